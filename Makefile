@@ -1,0 +1,94 @@
+# resplice — top-level build.  See README.md for the commands and
+# ../shared/DESIGN.md (or the README's layout section) for what lives where.
+#
+#   make deps        install the Debian packages the build, tests and testbed need
+#   make             build libresplice and the daemons (-Wall -Wextra -Werror)
+#   make test        unit tests (ASan+UBSan), bounded fuzzing, integration tests
+#   make fuzz        fuzz each target for FUZZ_SECONDS (default 600) seconds
+#   make emul-check  measure requested vs real RTT/loss for every link profile
+
+CC       ?= gcc
+CLANG    ?= clang
+PYTHON   := /usr/bin/python3
+BUILD    := build
+
+WARN     := -Wall -Wextra -Werror
+CFLAGS   ?= -O2 -g
+CPPFLAGS += -D_GNU_SOURCE -Icore -MMD -MP
+ALL_CFLAGS := -std=gnu11 $(WARN) $(CFLAGS)
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+# Libraries libresplice itself needs (HTTP parser, HMAC for control messages).
+CORE_LIBS := -lhttp_parser -lsodium
+
+CORE_SRC := $(wildcard core/*.c)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+CORE_ASAN_OBJ := $(CORE_SRC:%.c=$(BUILD)/asan/obj/%.o)
+LIB      := $(BUILD)/libresplice.a
+LIB_ASAN := $(BUILD)/asan/libresplice.a
+
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/asan/tests/%)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+# Daemons: one line each, name -> sources and extra libraries.
+BINS := $(BUILD)/rs-emul
+
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul clean
+all: $(LIB) $(BINS)
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/asan/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -O1 $(SANITIZE) -c $< -o $@
+
+$(LIB): $(CORE_OBJ)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(LIB_ASAN): $(CORE_ASAN_OBJ)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(BUILD)/asan/tests/%: tests/unit/%.c $(LIB_ASAN)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -O1 $(SANITIZE) $< -o $@ $(LIB_ASAN) -lcmocka $(CORE_LIBS) -lm
+
+# libFuzzer targets compile the core sources in directly, with clang.
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h)
+	@mkdir -p $(@D)
+	$(CLANG) -D_GNU_SOURCE -Icore -std=gnu11 $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=all $< $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
+
+$(BUILD)/rs-emul: emul/rs-emul.c $(LIB)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< -o $@ $(LIB) -lnetfilter_queue -lnfnetlink -lm
+
+unit: $(UNIT_BIN)
+fuzz-smoke: $(FUZZ_BIN)
+integration: all
+
+# Unit tests, FUZZ_SMOKE_SECONDS of fuzzing per target, then integration tests;
+# the last line is "N passed, N failed".
+test: all unit fuzz-smoke
+	@$(PYTHON) tests/run.py --build $(BUILD) --fuzz-seconds $(or $(FUZZ_SMOKE_SECONDS),15)
+
+fuzz: $(FUZZ_BIN)
+	@$(PYTHON) tests/run.py --build $(BUILD) --only fuzz --fuzz-seconds $(or $(FUZZ_SECONDS),600)
+
+emul-check: all
+	@$(PYTHON) emul/emul_check.py --build $(BUILD) --out results/emul-check
+
+bench-emul: all
+	@$(PYTHON) emul/bench_emul.py --build $(BUILD)
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(CORE_OBJ:.o=.d) $(CORE_ASAN_OBJ:.o=.d)

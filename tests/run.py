@@ -1,0 +1,109 @@
+#!/usr/bin/python3
+"""Runs resplice's test suites and prints one closing line "N passed, N failed".
+
+Suites: unit (cmocka binaries built under ASan+UBSan), fuzz (each libFuzzer
+target for a bounded time, starting from its seed corpus), integration
+(Python unittest modules in tests/integration that drive Mininet; root only).
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def run_unit(build):
+    passed = failed = 0
+    bins = sorted(glob.glob(os.path.join(build, "asan", "tests", "test_*")))
+    bins = [b for b in bins if os.access(b, os.X_OK) and not b.endswith(".d")]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    for b in bins:
+        r = subprocess.run([b], capture_output=True, text=True, env=env)
+        out = r.stdout + r.stderr
+        p = sum(int(n) for n in re.findall(r"\[  PASSED  \] (\d+) test", out))
+        f = sum(int(n) for n in re.findall(r"\[  FAILED  \] (\d+) test", out))
+        if r.returncode != 0 and f == 0:
+            f = 1  # crashed or sanitizer report: count the binary as one failure
+        passed += p
+        failed += f
+        status = "ok" if r.returncode == 0 and f == 0 else "FAIL"
+        print(f"unit  {os.path.basename(b):32s} {p} passed, {f} failed  {status}")
+        if status != "ok":
+            print(out)
+    return passed, failed
+
+
+def run_fuzz(build, seconds):
+    passed = failed = 0
+    for b in sorted(glob.glob(os.path.join(build, "fuzz", "fuzz_*"))):
+        if not os.access(b, os.X_OK) or b.endswith(".d"):
+            continue
+        name = os.path.basename(b)
+        seeds = os.path.join(HERE, "fuzz", "corpus", name)
+        with tempfile.TemporaryDirectory(prefix=name) as work:
+            corpus = os.path.join(work, "corpus")
+            if os.path.isdir(seeds):
+                shutil.copytree(seeds, corpus)
+            else:
+                os.makedirs(corpus)
+            cmd = [b, corpus, f"-max_total_time={seconds}", "-print_final_stats=1",
+                   f"-artifact_prefix={work}/"]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", r.stderr)
+            ok = r.returncode == 0
+            if not ok:
+                crash = glob.glob(os.path.join(work, "crash-*")) + glob.glob(os.path.join(work, "leak-*"))
+                keep = os.path.join(build, "fuzz", "artifacts")
+                os.makedirs(keep, exist_ok=True)
+                for c in crash:
+                    shutil.copy(c, keep)
+                print(r.stderr[-4000:])
+        passed += ok
+        failed += not ok
+        print(f"fuzz  {name:32s} {runs[0] if runs else '?'} runs in {seconds}s  {'ok' if ok else 'FAIL'}")
+    return passed, failed
+
+
+def run_integration(build, pattern):
+    if os.geteuid() != 0:
+        print("integration: skipped (needs root for network namespaces)")
+        return 0, 0
+    os.environ["RS_BUILD"] = os.path.abspath(build)
+    sys.path.insert(0, ROOT)
+    suite = unittest.defaultTestLoader.discover(os.path.join(HERE, "integration"),
+                                                pattern=pattern, top_level_dir=ROOT)
+    result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
+    bad = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    return result.testsRun - bad - len(result.skipped), bad
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--fuzz-seconds", type=int, default=15)
+    ap.add_argument("--only", choices=["unit", "fuzz", "integration"])
+    ap.add_argument("--pattern", default="test_*.py", help="integration test file pattern")
+    a = ap.parse_args()
+    total_p = total_f = 0
+    for name, fn in (("unit", lambda: run_unit(a.build)),
+                     ("fuzz", lambda: run_fuzz(a.build, a.fuzz_seconds)),
+                     ("integration", lambda: run_integration(a.build, a.pattern))):
+        if a.only and a.only != name:
+            continue
+        p, f = fn()
+        total_p += p
+        total_f += f
+    print(f"{total_p} passed, {total_f} failed")
+    return 1 if total_f else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
