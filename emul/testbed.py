@@ -1,0 +1,350 @@
+"""The Mininet testbed harness: build a topology, run daemons on its hosts,
+inject crashes, capture packets, and always clean up.
+
+    with Testbed(LanTopo(profile), run_dir="results/run1") as tb:
+        srv = tb.start("primary", "app", ["build/rs-app", "--port", "80"])
+        tb.crash_when(lambda: ..., tb.kill, srv)
+        ...
+
+Everything the testbed creates (hosts, switch, mirror, shaping, daemons,
+captures, OVS daemons) is undone on exit, on an exception and on Ctrl-C or
+SIGTERM, without `mn -c`.  Daemons are ended by the PIDs we started.
+Python is the harness only; every component it runs is C.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import OVSSwitch
+from mininet.nodelib import LinuxBridge
+
+from emul.shaping import Shaper, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("RS_BUILD", os.path.join(ROOT, "build"))
+OVS_RUN = "/var/run/openvswitch"
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+class Daemon:
+    """A process we started on a host, with its output files."""
+
+    def __init__(self, host, name, popen, out, err):
+        self.host, self.name, self.popen = host, name, popen
+        self.out, self.err = out, err
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def output(self):
+        with open(self.out) as f:
+            return f.read()
+
+    def __repr__(self):
+        return f"<Daemon {self.name} pid={self.pid} on {self.host.name}>"
+
+
+def kernel_has_ovs_datapath():
+    return os.path.exists("/sys/module/openvswitch")
+
+
+class _OvsDaemons:
+    """ovsdb-server + ovs-vswitchd started by us (no systemd here), in a
+    private run directory, stopped by PID."""
+
+    def __init__(self, run_dir):
+        self.dir = os.path.join(run_dir, "ovs")
+        self.procs = []
+
+    def start(self):
+        if os.path.exists(os.path.join(OVS_RUN, "db.sock")):
+            raise TestbedError(f"an OVS database already runs ({OVS_RUN}/db.sock); "
+                               "stop it or use the Linux bridge")
+        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs(OVS_RUN, exist_ok=True)
+        db = os.path.join(self.dir, "conf.db")
+        subprocess.run(["ovsdb-tool", "create", db,
+                        "/usr/share/openvswitch/vswitch.ovsschema"], check=True)
+        log = open(os.path.join(self.dir, "ovs.log"), "w")
+        self.procs.append(subprocess.Popen(
+            ["ovsdb-server", db, f"--remote=punix:{OVS_RUN}/db.sock",
+             f"--unixctl={self.dir}/ovsdb.ctl"], stdout=log, stderr=log))
+        if not wait_until(lambda: os.path.exists(f"{OVS_RUN}/db.sock"), 10):
+            raise TestbedError("ovsdb-server did not start")
+        subprocess.run(["ovs-vsctl", "--no-wait", "init"], check=True)
+        self.procs.append(subprocess.Popen(
+            ["ovs-vswitchd", f"unix:{OVS_RUN}/db.sock", f"--unixctl={self.dir}/vswitchd.ctl"],
+            stdout=log, stderr=log))
+        time.sleep(0.5)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.procs = []
+        for f in ("db.sock",):
+            try:
+                os.unlink(os.path.join(OVS_RUN, f))
+            except FileNotFoundError:
+                pass
+
+
+class Testbed:
+    """A running topology.  'topo' is a topologies.* Topo that declares
+    .mirror_host (the host whose port receives a copy of all other traffic,
+    or None).  'switch' is "bridge" (default) or "ovs"; 'shaping' forces
+    "netem" or "emul" (default: netem when the kernel has it)."""
+
+    def __init__(self, topo, run_dir, switch="bridge", shaping=None, seed=1, quiet=True):
+        self.topo, self.run_dir, self.switch_kind = topo, run_dir, switch
+        self.seed = seed
+        self.net = None
+        self.daemons = []
+        self.captures = []
+        self.timers = []
+        self.ovs = None
+        self._old_handlers = {}
+        os.makedirs(run_dir, exist_ok=True)
+        self.shaper = Shaper(os.path.join(BUILD, "rs-emul"), run_dir, mode=shaping, seed=seed)
+        topo.shaper = self.shaper
+        if quiet:
+            setLogLevel("error")
+
+    # -- lifetime ----------------------------------------------------------
+    def __enter__(self):
+        self._trap_signals()
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.down()
+        return False
+
+    def _trap_signals(self):
+        def raise_interrupt(sig, frame):
+            raise KeyboardInterrupt(f"signal {sig}")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[sig] = signal.signal(sig, raise_interrupt)
+
+    def up(self):
+        if not os.access(self.shaper.emulator, os.X_OK):
+            raise TestbedError(f"{self.shaper.emulator} missing: run make first")
+        if self.switch_kind == "ovs":
+            self.ovs = _OvsDaemons(self.run_dir)
+            self.ovs.start()
+            datapath = "kernel" if kernel_has_ovs_datapath() else "user"
+
+            def switch(name, **kw):
+                return OVSSwitch(name, failMode="standalone", datapath=datapath, **kw)
+        elif self.switch_kind == "bridge":
+            datapath = None
+            switch = LinuxBridge
+        else:
+            raise TestbedError(f"unknown switch kind {self.switch_kind!r}")
+        self.net = Mininet(topo=self.topo, switch=switch, controller=None,
+                           autoSetMacs=True, autoStaticArp=True, waitConnected=False)
+        self.net.start()
+        for h in self.net.hosts:
+            h.cmd("ip link set lo up")
+            if datapath == "user":
+                # The userspace datapath does not fill in offloaded checksums.
+                h.cmd(f"ethtool -K {h.defaultIntf()} tx off >/dev/null 2>&1")
+        self._mirror()
+        self.shaper.apply(self.net)
+        self.shaper.verify()
+
+    def down(self):
+        """Undoes everything; safe to call twice and after a partial up()."""
+        for t in self.timers:
+            t.cancel()
+        for d in self.daemons:
+            self._end(d.popen)
+        for c in self.captures:
+            self._end(c.popen, signal.SIGINT)
+        self.daemons, self.captures, self.timers = [], [], []
+        self.shaper.remove()
+        if self.net is not None:
+            self.net.stop()
+            self.net = None
+        if self.ovs:
+            self.ovs.stop()
+            self.ovs = None
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+        self._old_handlers = {}
+
+    @staticmethod
+    def _end(p, sig=signal.SIGTERM, grace=3):
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def __getitem__(self, name):
+        return self.net[name]
+
+    # -- port mirror -------------------------------------------------------
+    def _mirror(self):
+        mh = getattr(self.topo, "mirror_host", None)
+        if not mh:
+            return
+        sw = self.net.switches[0]
+        target = self.net[mh].defaultIntf().link
+        tport = target.intf2 if target.intf2.node is sw else target.intf1
+        if self.switch_kind == "ovs":
+            out = sw.cmd(f"ovs-vsctl -- --id=@p get port {tport.name} "
+                         f"-- --id=@m create mirror name=logmirror select-all=true output-port=@p "
+                         f"-- set bridge {sw.name} mirrors=@m 2>&1")
+            if "error" in out.lower():
+                raise TestbedError(f"OVS mirror failed: {out.strip()}")
+            return
+        # Every frame enters the switch through exactly one port, so copying
+        # each other port's ingress gives the logger one copy of each frame.
+        for intf in sw.intfList():
+            if intf.name in ("lo", tport.name) or intf.name == sw.name:
+                continue
+            out = sw.cmd(f"tc qdisc add dev {intf} clsact 2>&1 && "
+                         f"tc filter add dev {intf} ingress prio 1 protocol all u32 "
+                         f"match u32 0 0 action mirred egress mirror dev {tport} 2>&1; echo rc=$?")
+            if "rc=0" not in out:
+                raise TestbedError(f"mirror {intf} -> {tport} failed: {out.strip()}")
+
+    # -- daemons -----------------------------------------------------------
+    def start(self, host, name, argv, ready=None, timeout=10, env=None):
+        """Starts 'argv' on 'host' with stdout/stderr in run_dir/name.{out,err}.
+        'ready', when given, is a string to wait for in stdout.  Returns a Daemon."""
+        h = self.net[host] if isinstance(host, str) else host
+        out = os.path.join(self.run_dir, f"{name}.out")
+        err = os.path.join(self.run_dir, f"{name}.err")
+        with open(out, "w") as fo, open(err, "w") as fe:
+            p = h.popen(argv, stdout=fo, stderr=fe, env=env)
+        d = Daemon(h, name, p, out, err)
+        self.daemons.append(d)
+        if ready and not wait_until(lambda: ready in d.output() or not d.alive(), timeout):
+            raise TestbedError(f"{name} on {h.name} not ready after {timeout}s; see {err}")
+        if ready and not d.alive():
+            raise TestbedError(f"{name} on {h.name} exited with {p.returncode}; see {err}")
+        return d
+
+    def stop(self, d, sig=signal.SIGTERM):
+        self._end(d.popen, sig)
+
+    # -- crash injection ---------------------------------------------------
+    def kill(self, d):
+        """SIGKILLs daemon 'd' (a process crash).  Returns the monotonic time."""
+        t = time.monotonic()
+        d.popen.send_signal(signal.SIGKILL)
+        d.popen.wait()
+        return t
+
+    def host_down(self, host):
+        """Takes every interface of 'host' down (a host crash: no FIN, no RST).
+        Returns the monotonic time."""
+        h = self.net[host] if isinstance(host, str) else host
+        t = time.monotonic()
+        for intf in h.intfList():
+            if intf.name != "lo":
+                h.cmd(f"ip link set dev {intf.name} down")
+        return t
+
+    def crash_at(self, delay_s, action, *args):
+        """Runs action(*args) 'delay_s' seconds from now, in the background."""
+        t = threading.Timer(delay_s, action, args)
+        t.daemon = True
+        self.timers.append(t)
+        t.start()
+        return t
+
+    def crash_when(self, cond, action, *args, timeout=30, step=0.001):
+        """Runs action(*args) as soon as cond() is true (polled every 'step'
+        seconds, for at most 'timeout').  Returns a handle whose .result is
+        the action's return value, or None if the condition never held."""
+        ev = threading.Event()
+
+        class Handle:
+            result = None
+            fired = ev
+
+        def watch():
+            if wait_until(cond, timeout, step):
+                Handle.result = action(*args)
+            ev.set()
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        return Handle
+
+    # -- packet capture ----------------------------------------------------
+    def capture(self, host, name, intf=None, bpf_filter="", snaplen=0):
+        """Starts tcpdump on 'host' ('intf' defaults to its main interface)
+        writing run_dir/name.pcap; stopped at teardown or with stop().
+        Returns (Daemon, pcap path)."""
+        h = self.net[host] if isinstance(host, str) else host
+        path = os.path.join(self.run_dir, f"{name}.pcap")
+        intf = intf or h.defaultIntf().name
+        argv = ["tcpdump", "-i", intf, "-w", path, "-U", "-n", "-s", str(snaplen),
+                "--immediate-mode"] + (bpf_filter.split() if bpf_filter else [])
+        err = os.path.join(self.run_dir, f"{name}.tcpdump.err")
+        with open(err, "w") as fe:
+            p = h.popen(argv, stdout=fe, stderr=fe)
+        d = Daemon(h, name, p, err, err)
+        self.captures.append(d)
+        if not wait_until(lambda: "listening on" in open(err).read() or p.poll() is not None, 10):
+            raise TestbedError(f"tcpdump on {h.name}:{intf} did not start")
+        return d, path
+
+    def stop_capture(self, d):
+        self._end(d.popen, signal.SIGINT)
+
+
+def pcap_count(path, bpf_filter=""):
+    """Number of packets in 'path' matching 'bpf_filter' (via tcpdump -r)."""
+    r = subprocess.run(["tcpdump", "-r", path, "-n", "-q"] + (bpf_filter.split() if bpf_filter else []),
+                       capture_output=True, text=True)
+    return sum(1 for l in r.stdout.splitlines() if l.strip())
+
+
+def leftovers():
+    """What a testbed could leave behind on this machine: Mininet host
+    shells, our interfaces and bridges, our daemons.  Empty when clean."""
+    found = []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for l in links.splitlines():
+        name = l.split(":")[1].strip().split("@")[0]
+        if name.startswith("rs") and ("-eth" in name or name[2:].isdigit()):
+            found.append(f"interface {name}")
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for l in ps.splitlines()[1:]:
+        pid, _, args = l.strip().partition(" ")
+        if ("mininet:" in args or "rs-emul" in args.split(" ")[0]
+                or args.startswith(("ovs-vswitchd", "ovsdb-server"))):
+            found.append(f"process {pid} {args[:60]}")
+    if shutil.which("iptables"):
+        rules = subprocess.run(["iptables", "-w", "-t", "mangle", "-S"], capture_output=True,
+                               text=True).stdout
+        if "NFQUEUE" in rules:
+            found.append("NFQUEUE rule in the root namespace")
+    return found

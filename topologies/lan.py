@@ -1,0 +1,59 @@
+"""The testbed of DESIGN.md: clients, proxy, logger, auxlog, primary,
+alternate and mailstore on one switch.  The logger's port gets a copy of
+all traffic between the other ports.  With a WAN profile the clients sit
+behind an emulated link (delay/jitter/loss per direction).
+
+Addresses are fixed so logs and configs can name them.
+"""
+from mininet.topo import Topo
+
+from emul.shaping import Shape, ShapedLink
+
+SERVERS = {
+    "proxy": "10.0.0.1",
+    "logger": "10.0.0.2",
+    "auxlog": "10.0.0.3",
+    "primary": "10.0.0.11",
+    "alternate": "10.0.0.12",
+    "mailstore": "10.0.0.20",
+}
+SWITCH = "rs1"
+
+
+def client_ip(i):
+    return f"10.0.1.{i + 1}"
+
+
+class LanTopo(Topo):
+    """'profile' is a topologies.profiles.Profile, or None for plain LAN.
+    'clients' is how many client hosts (c1, c2, ...)."""
+
+    mirror_host = "logger"
+
+    def build(self, profile=None, clients=1):
+        self.profile = profile
+        sw = self.addSwitch(SWITCH)
+        for name, ip in SERVERS.items():
+            self.addHost(name, ip=f"{ip}/8")
+            self.addLink(name, sw)
+        shape = profile.shape() if profile else Shape()
+        for i in range(clients):
+            c = self.addHost(f"c{i + 1}", ip=f"{client_ip(i)}/8")
+            if shape.empty:
+                self.addLink(c, sw)
+            else:
+                # Mininet passes these to ShapedLink; the testbed fills in
+                # the shaper when it builds the net (see Testbed).
+                self.addLink(c, sw, cls=ShapedLink, up=shape, down=shape,
+                             shaper=_ShaperRef(self))
+
+
+class _ShaperRef:
+    """Resolves to the Testbed's Shaper when the link is created (the topo
+    is declared before the Testbed that owns the shaper exists)."""
+
+    def __init__(self, topo):
+        self.topo = topo
+
+    def add(self, link):
+        self.topo.shaper.add(link)
