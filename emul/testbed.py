@@ -170,6 +170,7 @@ class Testbed:
             if datapath == "user":
                 # The userspace datapath does not fill in offloaded checksums.
                 h.cmd(f"ethtool -K {h.defaultIntf()} tx off >/dev/null 2>&1")
+        self._pin_fdb()
         self._mirror()
         self.shaper.apply(self.net)
         self.shaper.verify()
@@ -206,6 +207,24 @@ class Testbed:
 
     def __getitem__(self, name):
         return self.net[name]
+
+    def _pin_fdb(self):
+        """Teaches the switch every host's port up front, so it never floods
+        unicast frames to unknown destinations: a flooded frame would reach
+        the logger twice (flood + mirror) and other hosts once."""
+        sw = self.net.switches[0]
+        if self.switch_kind == "ovs":
+            sw.cmd(f"ovs-vsctl set bridge {sw.name} other_config:mac-aging-time=3600")
+            first = self.net.hosts[0]
+            for h in self.net.hosts[1:]:
+                h.cmd(f"ping -c 1 -W 1 {first.IP()} >/dev/null")
+            return
+        for h in self.net.hosts:
+            link = h.defaultIntf().link
+            port = link.intf2 if link.intf2.node is sw else link.intf1
+            out = sw.cmd(f"bridge fdb replace {h.defaultIntf().MAC()} dev {port} master static 2>&1; echo rc=$?")
+            if "rc=0" not in out:
+                raise TestbedError(f"cannot pin {h.name}'s MAC on {port}: {out.strip()}")
 
     # -- port mirror -------------------------------------------------------
     def _mirror(self):
