@@ -69,9 +69,10 @@ int rs_parse_size(const char *text, uint64_t *bytes)
     if (!p || *p < '0' || *p > '9')
         return -EINVAL;
     for (; *p >= '0' && *p <= '9'; p++) {
-        if (v > (UINT64_MAX - 9) / 10)
+        uint64_t d = (uint64_t)(*p - '0');
+        if (v > UINT64_MAX / 10 || (v == UINT64_MAX / 10 && d > UINT64_MAX % 10))
             return -EINVAL;
-        v = v * 10 + (uint64_t)(*p - '0');
+        v = v * 10 + d;
     }
     switch (*p) {
     case '\0': break;
