@@ -91,6 +91,20 @@ class TestMirror(TestbedCase):
             self.assertEqual(pcap_count(pcap_p[1], d), pcap_count(pcap_l[1], d), d)
 
 
+class TestOvs(TestbedCase):
+    def test_ovs_switch_mirror_and_shaping(self):
+        flt = f"host {PROXY} and host {PRIMARY}"
+        with Testbed(LanTopo(profile=Profile("t", 10, 0, 0)), self.run_dir, switch="ovs") as tb:
+            tb.shaper.verify_rtt(tb["c1"], tb["proxy"], 10)
+            pp, pl = tb.capture("proxy", "p", bpf_filter=flt), tb.capture("logger", "l", bpf_filter=flt)
+            tb["proxy"].cmd(f"ping -c 100 -i 0.005 -q {PRIMARY}")
+            time.sleep(0.3)
+            tb.stop_capture(pp[0])
+            tb.stop_capture(pl[0])
+        self.assertEqual(pcap_count(pp[1]), 200)
+        self.assertEqual(pcap_count(pl[1]), 200)
+
+
 class TestShaping(TestbedCase):
     def rtt_within(self, rtt):
         with Testbed(LanTopo(profile=Profile("t", rtt, 0, 0)), self.run_dir) as tb:
