@@ -14,7 +14,8 @@
 
 /* ---- Types ---------------------------------------------------------------- */
 
-/* Transaction tags (set by the tagger). */
+/* Transaction tags.  The low two bits equal RS_TAG_UPDATE/RS_TAG_NONDET of
+ * core/tags.h, so the tagger's flags can be copied in unchanged. */
 #define RS_RECOVERY_F_UPDATE        (1u << 0) /* changes application state; else read-only */
 #define RS_RECOVERY_F_NONDET        (1u << 1) /* non-deterministic: the primary sends its
                                                 * state synchronously, before the response */

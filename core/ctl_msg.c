@@ -1,0 +1,489 @@
+/* Control-plane message framing (see ctl_msg.h).  The decoder frames on the
+ * unauthenticated header only as far as it must (magic, version, type,
+ * length bound), authenticates, and only then parses fields. */
+#include "ctl_msg.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include <sodium.h>
+
+/* Payload length of each type; STATE_UPDATE's is the minimum (no data). */
+static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
+    [RS_CTL_HEARTBEAT] = 16,
+    [RS_CTL_FAILURE] = 8,
+    [RS_CTL_TXN_LOGGED] = 12,
+    [RS_CTL_STATE_REPORT] = 12,
+    [RS_CTL_RECOVERY_INFO] = 20,
+    [RS_CTL_RESPLICE] = 28,
+    [RS_CTL_ACK] = 16,
+    [RS_CTL_STATE_UPDATE] = RS_CTL_STATE_HDR,
+};
+
+static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
+    [RS_CTL_HEARTBEAT] = "HEARTBEAT",
+    [RS_CTL_FAILURE] = "FAILURE",
+    [RS_CTL_TXN_LOGGED] = "TXN_LOGGED",
+    [RS_CTL_STATE_REPORT] = "STATE_REPORT",
+    [RS_CTL_RECOVERY_INFO] = "RECOVERY_INFO",
+    [RS_CTL_RESPLICE] = "RESPLICE",
+    [RS_CTL_ACK] = "ACK",
+    [RS_CTL_STATE_UPDATE] = "STATE_UPDATE",
+};
+
+/* Wire flag bits inside payloads. */
+#define F_HAS_TS (1u << 0)
+#define F_HAS_TA (1u << 1)
+#define F_HAS_TL (1u << 0)
+#define F_SYNC   (1u << 0)
+
+#define ERRNO_MAX 4095
+
+static bool type_known(unsigned type)
+{
+    return type >= RS_CTL_HEARTBEAT && type <= RS_CTL_TYPE_MAX;
+}
+
+static uint32_t max_body_len(unsigned type)
+{
+    return type == RS_CTL_STATE_UPDATE ? RS_CTL_PAYLOAD_MAX : body_len[type];
+}
+
+/* ---- Byte order helpers (cursor advances) ---------------------------------- */
+
+static void put8(uint8_t **p, uint8_t v) { *(*p)++ = v; }
+static void put16(uint8_t **p, uint16_t v) { put8(p, (uint8_t)(v >> 8)); put8(p, (uint8_t)v); }
+static void put32(uint8_t **p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p, (uint16_t)v); }
+static void put64(uint8_t **p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p, (uint32_t)v); }
+static void put_zero(uint8_t **p, size_t n) { memset(*p, 0, n); *p += n; }
+
+static uint8_t get8(const uint8_t **p) { return *(*p)++; }
+static uint16_t get16(const uint8_t **p) { uint16_t hi = get8(p); return (uint16_t)(hi << 8 | get8(p)); }
+static uint32_t get32(const uint8_t **p) { uint32_t hi = get16(p); return hi << 16 | get16(p); }
+static uint64_t get64(const uint8_t **p) { uint64_t hi = get32(p); return hi << 32 | get32(p); }
+
+/* True when the next 'n' bytes are zero (padding must be, so that every
+ * message has exactly one encoding). */
+static bool get_zero(const uint8_t **p, size_t n)
+{
+    bool zero = true;
+    for (size_t i = 0; i < n; i++)
+        zero &= get8(p) == 0;
+    return zero;
+}
+
+static void put_conn(uint8_t **p, const struct rs_ctl_conn *c)
+{
+    put32(p, c->ip4);
+    put16(p, c->port);
+}
+
+static void get_conn(const uint8_t **p, struct rs_ctl_conn *c)
+{
+    c->ip4 = get32(p);
+    c->port = get16(p);
+}
+
+/* ---- Validation shared by encoder and decoder ------------------------------ */
+
+static bool conn_ok(const struct rs_ctl_conn *c)
+{
+    return c->ip4 != 0 && c->port != 0;
+}
+
+static bool txn_ok(rs_txn_id id)
+{
+    return rs_txn_id_ip4(id) != 0 && rs_txn_id_port(id) != 0;
+}
+
+/* 0 when every field of 'm' is in range, else -EINVAL. */
+static int validate__(const struct rs_ctl_msg *m)
+{
+    bool ok;
+
+    if (!type_known(m->type) || m->sender == 0 || m->seq == 0)
+        return -EINVAL;
+    switch (m->type) {
+    case RS_CTL_HEARTBEAT: {
+        const struct rs_ctl_heartbeat *b = &m->u.heartbeat;
+        ok = b->role >= RS_CTL_ROLE_PROXY && b->role <= RS_CTL_ROLE_MAX
+             && (b->role == RS_CTL_ROLE_BACKEND) == (b->backend_id != 0);
+        break;
+    }
+    case RS_CTL_FAILURE:
+        ok = m->u.failure.backend_id != 0 && m->u.failure.reason >= RS_CTL_FAIL_TIMEOUT
+             && m->u.failure.reason <= RS_CTL_FAIL_MAX;
+        break;
+    case RS_CTL_TXN_LOGGED:
+        ok = txn_ok(m->u.txn_logged.txn);
+        break;
+    case RS_CTL_STATE_REPORT: {
+        const struct rs_ctl_state_report *b = &m->u.state_report;
+        ok = conn_ok(&b->conn) && (b->has_ta || !b->has_ts)
+             && (b->has_ts || b->ts == 0) && (b->has_ta || b->ta == 0);
+        break;
+    }
+    case RS_CTL_RECOVERY_INFO: {
+        const struct rs_ctl_recovery_info *b = &m->u.recovery_info;
+        ok = conn_ok(&b->conn) && (b->has_tl || b->tl == 0) && b->p <= 0x7fffffffu;
+        break;
+    }
+    case RS_CTL_RESPLICE: {
+        const struct rs_ctl_resplice *b = &m->u.resplice;
+        ok = conn_ok(&b->client) && conn_ok(&b->vip) && conn_ok(&b->target);
+        break;
+    }
+    case RS_CTL_ACK: {
+        const struct rs_ctl_ack *b = &m->u.ack;
+        ok = b->echo_seq != 0 && type_known(b->echo_type) && b->echo_type != RS_CTL_ACK
+             && b->status <= 0 && b->status >= -ERRNO_MAX;
+        break;
+    }
+    case RS_CTL_STATE_UPDATE: {
+        const struct rs_ctl_state_update *b = &m->u.state_update;
+        ok = txn_ok(b->txn) && b->len <= RS_CTL_STATE_MAX && (b->len == 0 || b->data);
+        break;
+    }
+    default:
+        ok = false;
+    }
+    return ok ? 0 : -EINVAL;
+}
+
+/* ---- Encoding ---------------------------------------------------------------- */
+
+int rs_ctl_init(void)
+{
+    /* 0: initialised now; 1: already was; -1: failure. */
+    return sodium_init() < 0 ? -EIO : 0;
+}
+
+void rs_ctl_replay_init(struct rs_ctl_replay *replay)
+{
+    memset(replay, 0, sizeof(*replay));
+}
+
+static uint32_t payload_len(const struct rs_ctl_msg *m)
+{
+    return body_len[m->type] + (m->type == RS_CTL_STATE_UPDATE ? m->u.state_update.len : 0);
+}
+
+int rs_ctl_encoded_len(const struct rs_ctl_msg *msg)
+{
+    if (!msg || validate__(msg))
+        return -EINVAL;
+    return (int)(RS_CTL_HDR_LEN + payload_len(msg) + RS_CTL_MAC_LEN);
+}
+
+static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
+{
+    switch (m->type) {
+    case RS_CTL_HEARTBEAT:
+        put8(p, m->u.heartbeat.role);
+        put_zero(p, 3);
+        put32(p, m->u.heartbeat.backend_id);
+        put64(p, m->u.heartbeat.time_us);
+        break;
+    case RS_CTL_FAILURE:
+        put32(p, m->u.failure.backend_id);
+        put16(p, m->u.failure.reason);
+        put_zero(p, 2);
+        break;
+    case RS_CTL_TXN_LOGGED:
+        put64(p, m->u.txn_logged.txn);
+        put32(p, m->u.txn_logged.resp_end);
+        break;
+    case RS_CTL_STATE_REPORT: {
+        const struct rs_ctl_state_report *b = &m->u.state_report;
+        put_conn(p, &b->conn);
+        put8(p, (uint8_t)((b->has_ts ? F_HAS_TS : 0) | (b->has_ta ? F_HAS_TA : 0)));
+        put_zero(p, 1);
+        put16(p, b->ts);
+        put16(p, b->ta);
+        break;
+    }
+    case RS_CTL_RECOVERY_INFO: {
+        const struct rs_ctl_recovery_info *b = &m->u.recovery_info;
+        put_conn(p, &b->conn);
+        put8(p, b->has_tl ? F_HAS_TL : 0);
+        put_zero(p, 1);
+        put16(p, b->tl);
+        put_zero(p, 2);
+        put32(p, b->ack_tl);
+        put32(p, b->p);
+        break;
+    }
+    case RS_CTL_RESPLICE: {
+        const struct rs_ctl_resplice *b = &m->u.resplice;
+        put_conn(p, &b->client);
+        put_conn(p, &b->vip);
+        put_conn(p, &b->target);
+        put_zero(p, 2);
+        put32(p, b->client_seq);
+        put32(p, b->resp_seq);
+        break;
+    }
+    case RS_CTL_ACK:
+        put64(p, m->u.ack.echo_seq);
+        put8(p, m->u.ack.echo_type);
+        put_zero(p, 3);
+        put32(p, (uint32_t)m->u.ack.status);
+        break;
+    case RS_CTL_STATE_UPDATE: {
+        const struct rs_ctl_state_update *b = &m->u.state_update;
+        put64(p, b->txn);
+        put8(p, b->sync ? F_SYNC : 0);
+        put_zero(p, 3);
+        put32(p, b->len);
+        if (b->len)
+            memmove(*p, b->data, b->len); /* the caller's data may live in 'buf' */
+        *p += b->len;
+        break;
+    }
+    }
+}
+
+int rs_ctl_encode(const struct rs_ctl_key *key, const struct rs_ctl_msg *msg,
+                  uint8_t *buf, size_t buflen)
+{
+    uint8_t *p = buf;
+    uint32_t plen;
+    int n;
+
+    if (!key || !msg || !buf)
+        return -EINVAL;
+    n = rs_ctl_encoded_len(msg);
+    if (n < 0)
+        return n;
+    if (buflen < (size_t)n)
+        return -ENOSPC;
+    plen = payload_len(msg);
+    /* Body first: STATE_UPDATE data inside 'buf' must be moved before the
+     * header overwrites it.  memmove copes with the overlap. */
+    p = buf + RS_CTL_HDR_LEN;
+    put_body(&p, msg);
+    p = buf;
+    put8(&p, 'R');
+    put8(&p, 'S');
+    put8(&p, RS_CTL_VERSION);
+    put8(&p, msg->type);
+    put16(&p, 0);
+    put32(&p, msg->sender);
+    put64(&p, msg->seq);
+    put32(&p, plen);
+    crypto_auth_hmacsha256(buf + RS_CTL_HDR_LEN + plen, buf, RS_CTL_HDR_LEN + plen, key->bytes);
+    return n;
+}
+
+/* ---- Decoding ---------------------------------------------------------------- */
+
+/* Parses the authenticated payload of 'plen' bytes at 'p' into 'm' (whose
+ * type is set).  Returns 0 or -EBADMSG. */
+static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
+{
+    bool pad_ok = true;
+    uint8_t fl;
+
+    if (plen < body_len[m->type]
+        || (m->type != RS_CTL_STATE_UPDATE && plen != body_len[m->type]))
+        return -EBADMSG;
+    switch (m->type) {
+    case RS_CTL_HEARTBEAT:
+        m->u.heartbeat.role = get8(&p);
+        pad_ok = get_zero(&p, 3);
+        m->u.heartbeat.backend_id = get32(&p);
+        m->u.heartbeat.time_us = get64(&p);
+        break;
+    case RS_CTL_FAILURE:
+        m->u.failure.backend_id = get32(&p);
+        m->u.failure.reason = get16(&p);
+        pad_ok = get_zero(&p, 2);
+        break;
+    case RS_CTL_TXN_LOGGED:
+        m->u.txn_logged.txn = get64(&p);
+        m->u.txn_logged.resp_end = get32(&p);
+        break;
+    case RS_CTL_STATE_REPORT: {
+        struct rs_ctl_state_report *b = &m->u.state_report;
+        get_conn(&p, &b->conn);
+        fl = get8(&p);
+        pad_ok = get_zero(&p, 1) && !(fl & ~(F_HAS_TS | F_HAS_TA));
+        b->has_ts = fl & F_HAS_TS;
+        b->has_ta = fl & F_HAS_TA;
+        b->ts = get16(&p);
+        b->ta = get16(&p);
+        break;
+    }
+    case RS_CTL_RECOVERY_INFO: {
+        struct rs_ctl_recovery_info *b = &m->u.recovery_info;
+        get_conn(&p, &b->conn);
+        fl = get8(&p);
+        pad_ok = get_zero(&p, 1) && !(fl & ~F_HAS_TL);
+        b->has_tl = fl & F_HAS_TL;
+        b->tl = get16(&p);
+        pad_ok &= get_zero(&p, 2);
+        b->ack_tl = get32(&p);
+        b->p = get32(&p);
+        break;
+    }
+    case RS_CTL_RESPLICE: {
+        struct rs_ctl_resplice *b = &m->u.resplice;
+        get_conn(&p, &b->client);
+        get_conn(&p, &b->vip);
+        get_conn(&p, &b->target);
+        pad_ok = get_zero(&p, 2);
+        b->client_seq = get32(&p);
+        b->resp_seq = get32(&p);
+        break;
+    }
+    case RS_CTL_ACK:
+        m->u.ack.echo_seq = get64(&p);
+        m->u.ack.echo_type = get8(&p);
+        pad_ok = get_zero(&p, 3);
+        m->u.ack.status = (int32_t)get32(&p);
+        break;
+    case RS_CTL_STATE_UPDATE: {
+        struct rs_ctl_state_update *b = &m->u.state_update;
+        b->txn = get64(&p);
+        fl = get8(&p);
+        pad_ok = get_zero(&p, 3) && !(fl & ~F_SYNC);
+        b->sync = fl & F_SYNC;
+        b->len = get32(&p);
+        /* The inner length must account for the whole payload. */
+        if (b->len != plen - RS_CTL_STATE_HDR)
+            return -EBADMSG;
+        b->data = b->len ? p : NULL;
+        break;
+    }
+    }
+    if (!pad_ok || validate__(m))
+        return -EBADMSG;
+    return 0;
+}
+
+/* Finds 'sender' in 'r'; returns its slot, r->n when absent. */
+static unsigned replay_slot(const struct rs_ctl_replay *r, uint32_t sender)
+{
+    unsigned i;
+
+    for (i = 0; i < r->n; i++)
+        if (r->peer[i].sender == sender)
+            break;
+    return i;
+}
+
+int rs_ctl_decode(const struct rs_ctl_key *key, struct rs_ctl_replay *replay,
+                  const uint8_t *buf, size_t len, struct rs_ctl_msg *msg)
+{
+    const uint8_t *p;
+    uint32_t plen;
+    size_t frame;
+    unsigned slot;
+    uint8_t type;
+    int err;
+
+    if (!key || !replay || !msg || (!buf && len) || replay->n > RS_CTL_REPLAY_PEERS)
+        return -EINVAL;
+    /* Reject garbage as early as the bytes allow, so a stream reader does
+     * not wait for a frame that can never be valid. */
+    if ((len > 0 && buf[0] != 'R') || (len > 1 && buf[1] != 'S'))
+        return -EPROTO;
+    if (len > 2 && buf[2] != RS_CTL_VERSION)
+        return -EPROTONOSUPPORT;
+    if (len > 3 && !type_known(buf[3]))
+        return -ENOMSG;
+    if (len < RS_CTL_HDR_LEN)
+        return 0;
+    type = buf[3];
+    p = buf + 18;
+    plen = get32(&p);
+    if (plen > max_body_len(type))
+        return -EMSGSIZE;
+    frame = RS_CTL_HDR_LEN + (size_t)plen + RS_CTL_MAC_LEN;
+    if (len < frame)
+        return 0;
+    if (crypto_auth_hmacsha256_verify(buf + RS_CTL_HDR_LEN + plen, buf,
+                                      RS_CTL_HDR_LEN + plen, key->bytes) != 0)
+        return -EACCES;
+
+    memset(msg, 0, sizeof(*msg));
+    p = buf + 4;
+    if (get16(&p) != 0)
+        return -EBADMSG;
+    msg->type = type;
+    msg->sender = get32(&p);
+    msg->seq = get64(&p);
+    err = get_body(buf + RS_CTL_HDR_LEN, plen, msg);
+    if (err)
+        return err;
+
+    /* Accept only sequences above the sender's last; record it last so any
+     * failure leaves 'replay' as it was. */
+    slot = replay_slot(replay, msg->sender);
+    if (slot < replay->n && msg->seq <= replay->peer[slot].last_seq)
+        return -EALREADY;
+    if (slot == replay->n) {
+        if (replay->n == RS_CTL_REPLAY_PEERS)
+            return -ENOBUFS;
+        replay->peer[slot].sender = msg->sender;
+        replay->n++;
+    }
+    replay->peer[slot].last_seq = msg->seq;
+    return (int)frame;
+}
+
+/* ---- Helpers ------------------------------------------------------------------ */
+
+static bool conn_eq(const struct rs_ctl_conn *a, const struct rs_ctl_conn *b)
+{
+    return a->ip4 == b->ip4 && a->port == b->port;
+}
+
+bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
+{
+    if (a->type != b->type || a->sender != b->sender || a->seq != b->seq)
+        return false;
+    switch (a->type) {
+    case RS_CTL_HEARTBEAT:
+        return a->u.heartbeat.role == b->u.heartbeat.role
+               && a->u.heartbeat.backend_id == b->u.heartbeat.backend_id
+               && a->u.heartbeat.time_us == b->u.heartbeat.time_us;
+    case RS_CTL_FAILURE:
+        return a->u.failure.backend_id == b->u.failure.backend_id
+               && a->u.failure.reason == b->u.failure.reason;
+    case RS_CTL_TXN_LOGGED:
+        return a->u.txn_logged.txn == b->u.txn_logged.txn
+               && a->u.txn_logged.resp_end == b->u.txn_logged.resp_end;
+    case RS_CTL_STATE_REPORT: {
+        const struct rs_ctl_state_report *x = &a->u.state_report, *y = &b->u.state_report;
+        return conn_eq(&x->conn, &y->conn) && x->has_ts == y->has_ts && x->has_ta == y->has_ta
+               && x->ts == y->ts && x->ta == y->ta;
+    }
+    case RS_CTL_RECOVERY_INFO: {
+        const struct rs_ctl_recovery_info *x = &a->u.recovery_info, *y = &b->u.recovery_info;
+        return conn_eq(&x->conn, &y->conn) && x->has_tl == y->has_tl && x->tl == y->tl
+               && x->ack_tl == y->ack_tl && x->p == y->p;
+    }
+    case RS_CTL_RESPLICE: {
+        const struct rs_ctl_resplice *x = &a->u.resplice, *y = &b->u.resplice;
+        return conn_eq(&x->client, &y->client) && conn_eq(&x->vip, &y->vip)
+               && conn_eq(&x->target, &y->target) && x->client_seq == y->client_seq
+               && x->resp_seq == y->resp_seq;
+    }
+    case RS_CTL_ACK:
+        return a->u.ack.echo_seq == b->u.ack.echo_seq && a->u.ack.echo_type == b->u.ack.echo_type
+               && a->u.ack.status == b->u.ack.status;
+    case RS_CTL_STATE_UPDATE: {
+        const struct rs_ctl_state_update *x = &a->u.state_update, *y = &b->u.state_update;
+        return x->txn == y->txn && x->sync == y->sync && x->len == y->len
+               && (x->len == 0 || x->data == y->data
+                   || (x->data && y->data && memcmp(x->data, y->data, x->len) == 0));
+    }
+    }
+    return true; /* unknown types carry no body to compare */
+}
+
+const char *rs_ctl_type_str(unsigned type)
+{
+    return type_known(type) ? type_name[type] : "?";
+}

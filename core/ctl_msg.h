@@ -1,0 +1,202 @@
+/* Control-plane messages between proxy, logger, aux logger and backends:
+ * versioned, length-prefixed frames authenticated with HMAC-SHA256 (libsodium)
+ * under a shared key, with per-sender sequence numbers against replay.
+ * Pure encode/decode: no I/O, no globals (receiver state is the caller's). */
+#ifndef RS_CTL_MSG_H
+#define RS_CTL_MSG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "txn_id.h"
+
+/* ---- Wire format -----------------------------------------------------------
+ *
+ *   off  size  field
+ *     0     2  magic "RS"
+ *     2     1  version (RS_CTL_VERSION)
+ *     3     1  type (enum rs_ctl_type)
+ *     4     2  flags (none defined yet: must be 0)
+ *     6     4  sender id (non-zero)
+ *    10     8  sequence (non-zero, strictly increasing per sender)
+ *    18     4  payload length
+ *    22     n  payload (type-specific, fixed-size fields, network byte order)
+ *  22+n    32  HMAC-SHA256 over bytes [0, 22+n)
+ */
+#define RS_CTL_VERSION     1u
+#define RS_CTL_HDR_LEN     22u
+#define RS_CTL_MAC_LEN     32u
+#define RS_CTL_KEY_LEN     32u
+/* Opaque state of one transaction; bounds the receiver's buffering. */
+#define RS_CTL_STATE_MAX   (1u << 20)
+#define RS_CTL_STATE_HDR   16u
+#define RS_CTL_PAYLOAD_MAX (RS_CTL_STATE_HDR + RS_CTL_STATE_MAX)
+#define RS_CTL_FRAME_MAX   (RS_CTL_HDR_LEN + RS_CTL_PAYLOAD_MAX + RS_CTL_MAC_LEN)
+/* Senders one receiver tracks; a deployment has a handful of daemons. */
+#define RS_CTL_REPLAY_PEERS 64u
+
+/* ---- Types ---------------------------------------------------------------- */
+
+enum rs_ctl_type {
+    RS_CTL_HEARTBEAT = 1,     /* "I am alive" */
+    RS_CTL_FAILURE,           /* a backend is considered dead */
+    RS_CTL_TXN_LOGGED,        /* logger -> alternate: response fully logged, apply state */
+    RS_CTL_STATE_REPORT,      /* alternate -> logger: Ts and TA of a connection */
+    RS_CTL_RECOVERY_INFO,     /* logger -> alternate/proxy: TL, AckTL, p */
+    RS_CTL_RESPLICE,          /* recovery manager -> proxies: splice to a new server */
+    RS_CTL_ACK,               /* reply to any request (RESPLICE_DONE is an ACK of RESPLICE) */
+    RS_CTL_STATE_UPDATE,      /* primary -> alternate: a transaction's state */
+    RS_CTL_TYPE_MAX = RS_CTL_STATE_UPDATE,
+};
+
+enum rs_ctl_role {
+    RS_CTL_ROLE_PROXY = 1,
+    RS_CTL_ROLE_LOGGER,
+    RS_CTL_ROLE_AUXLOG,
+    RS_CTL_ROLE_BACKEND,
+    RS_CTL_ROLE_MAX = RS_CTL_ROLE_BACKEND,
+};
+
+enum rs_ctl_fail_reason {
+    RS_CTL_FAIL_TIMEOUT = 1,  /* heartbeats stopped */
+    RS_CTL_FAIL_RESET,        /* backend reset its connections */
+    RS_CTL_FAIL_EXITED,       /* the process is known to have exited */
+    RS_CTL_FAIL_ADMIN,        /* an operator or the test harness said so */
+    RS_CTL_FAIL_MAX = RS_CTL_FAIL_ADMIN,
+};
+
+struct rs_ctl_key {
+    uint8_t bytes[RS_CTL_KEY_LEN];
+};
+
+/* A client's end of a spliced connection (host byte order). */
+struct rs_ctl_conn {
+    uint32_t ip4;             /* non-zero */
+    uint16_t port;            /* non-zero */
+};
+
+struct rs_ctl_heartbeat {
+    uint8_t role;             /* enum rs_ctl_role */
+    uint32_t backend_id;      /* sender's backend id; 0 unless role is BACKEND */
+    uint64_t time_us;         /* sender's clock, microseconds */
+};
+
+struct rs_ctl_failure {
+    uint32_t backend_id;
+    uint16_t reason;          /* enum rs_ctl_fail_reason */
+};
+
+struct rs_ctl_txn_logged {
+    rs_txn_id txn;
+    uint32_t resp_end;        /* seq after the transaction's last response byte */
+};
+
+struct rs_ctl_state_report {
+    struct rs_ctl_conn conn;
+    bool has_ts, has_ta;      /* Ts implies TA; 'ts'/'ta' are 0 when absent */
+    uint16_t ts, ta;
+};
+
+struct rs_ctl_recovery_info {
+    struct rs_ctl_conn conn;
+    bool has_tl;              /* 'tl' is 0 when absent */
+    uint16_t tl;
+    uint32_t ack_tl;
+    uint32_t p;               /* < 2^31 */
+};
+
+struct rs_ctl_resplice {
+    struct rs_ctl_conn client;
+    struct rs_ctl_conn vip;       /* the proxy side of the client connection */
+    struct rs_ctl_conn target;    /* the server to splice to */
+    uint32_t client_seq;          /* Q: first client byte the target gets directly */
+    uint32_t resp_seq;            /* R: first response byte taken from the target */
+};
+
+struct rs_ctl_ack {
+    uint64_t echo_seq;        /* sequence of the acknowledged message (non-zero) */
+    uint8_t echo_type;        /* its type (not ACK) */
+    int32_t status;           /* 0, or a negative errno in [-4095, -1] */
+};
+
+struct rs_ctl_state_update {
+    rs_txn_id txn;
+    bool sync;                /* sent before the response (non-deterministic txn) */
+    uint32_t len;             /* <= RS_CTL_STATE_MAX */
+    const uint8_t *data;      /* after decode: points into the frame buffer */
+};
+
+struct rs_ctl_msg {
+    uint8_t type;             /* enum rs_ctl_type */
+    uint32_t sender;          /* non-zero */
+    uint64_t seq;             /* non-zero; start from a clock so restarts keep increasing */
+    union {
+        struct rs_ctl_heartbeat heartbeat;
+        struct rs_ctl_failure failure;
+        struct rs_ctl_txn_logged txn_logged;
+        struct rs_ctl_state_report state_report;
+        struct rs_ctl_recovery_info recovery_info;
+        struct rs_ctl_resplice resplice;
+        struct rs_ctl_ack ack;
+        struct rs_ctl_state_update state_update;
+    } u;
+};
+
+/* Receiver's memory of the last sequence accepted from each sender. */
+struct rs_ctl_replay {
+    unsigned n;
+    struct {
+        uint32_t sender;
+        uint64_t last_seq;
+    } peer[RS_CTL_REPLAY_PEERS];
+};
+
+/* ---- Functions ------------------------------------------------------------ */
+
+/* Initialises libsodium; safe to call any number of times.  Returns 0, or
+ * -EIO when libsodium cannot start. */
+int rs_ctl_init(void);
+
+/* Forgets every sender. */
+void rs_ctl_replay_init(struct rs_ctl_replay *replay);
+
+/* Frame length 'msg' encodes to, or -EINVAL when a field is invalid. */
+int rs_ctl_encoded_len(const struct rs_ctl_msg *msg);
+
+/* Encodes and authenticates 'msg' under 'key' into 'buf' of 'buflen' bytes.
+ * Returns the frame length, -EINVAL when a field of 'msg' is invalid (the
+ * same checks the decoder applies), or -ENOSPC when 'buflen' is too small. */
+int rs_ctl_encode(const struct rs_ctl_key *key, const struct rs_ctl_msg *msg,
+                 uint8_t *buf, size_t buflen);
+
+/* Decodes the frame at the start of 'buf' ('len' bytes, possibly a partial
+ * or several frames from a stream) into '*msg'.  Returns:
+ *   > 0               bytes consumed: '*msg' is valid and the sender's
+ *                     sequence is recorded in 'replay';
+ *   0                 the frame is incomplete: call again with more bytes;
+ *   -EPROTO           bad magic;
+ *   -EPROTONOSUPPORT  unknown version;
+ *   -ENOMSG           unknown message type;
+ *   -EMSGSIZE         payload length over the bound for the type (checked
+ *                     before waiting for the payload);
+ *   -EACCES           bad MAC (wrong key or tampered frame);
+ *   -EBADMSG          authenticated but a field is invalid (flags, length
+ *                     for the type, enum value, padding, zero sender/seq);
+ *   -EALREADY         replayed: sequence not above the sender's last one;
+ *   -ENOBUFS          a new sender and 'replay' already tracks RS_CTL_REPLAY_PEERS;
+ *   -EINVAL           a NULL argument.
+ * Any negative return leaves 'replay' untouched; on a stream the connection
+ * should be closed since framing can no longer be trusted.  For
+ * STATE_UPDATE, msg->u.state_update.data points into 'buf'. */
+int rs_ctl_decode(const struct rs_ctl_key *key, struct rs_ctl_replay *replay,
+                 const uint8_t *buf, size_t len, struct rs_ctl_msg *msg);
+
+/* True when 'a' and 'b' carry the same message (state data compared by
+ * content). */
+bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b);
+
+/* Name of message type 'type' ("HEARTBEAT", ...), "?" when unknown. */
+const char *rs_ctl_type_str(unsigned type);
+
+#endif /* RS_CTL_MSG_H */
