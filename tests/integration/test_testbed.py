@@ -95,7 +95,8 @@ class TestOvs(TestbedCase):
     def test_ovs_switch_mirror_and_shaping(self):
         flt = f"host {PROXY} and host {PRIMARY}"
         with Testbed(LanTopo(profile=Profile("t", 10, 0, 0)), self.run_dir, switch="ovs") as tb:
-            tb.shaper.verify_rtt(tb["c1"], tb["proxy"], 10)
+            # The userspace datapath adds its own latency (upcalls, a busy CPU).
+            tb.shaper.verify_rtt(tb["c1"], tb["proxy"], 10, tolerance=3)
             pp, pl = tb.capture("proxy", "p", bpf_filter=flt), tb.capture("logger", "l", bpf_filter=flt)
             tb["proxy"].cmd(f"ping -c 100 -i 0.005 -q {PRIMARY}")
             time.sleep(0.3)
