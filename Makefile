@@ -32,8 +32,15 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/asan/tests/%)
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
-# Daemons: one line each, name -> sources and extra libraries.
-BINS := $(BUILD)/rs-emul
+# Daemons: folder NAME/ holds the sources of build/rs-NAME; NAME_LIBS are
+# the extra libraries it links besides libresplice.
+DAEMON_DIRS := app client proxy logger stated auxlog
+DAEMONS  := $(foreach d,$(DAEMON_DIRS),$(if $(wildcard $(d)/*.c),$(d)))
+app_LIBS    :=
+client_LIBS :=
+proxy_LIBS  := -lbpf -lelf -lz
+logger_LIBS := -lpcap
+BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
 
 .PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul clean
 all: $(LIB) $(BINS)
@@ -70,6 +77,13 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h)
 $(BUILD)/rs-emul: emul/rs-emul.c $(LIB)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< -o $@ $(LIB) -lnetfilter_queue -lnfnetlink -lm
 
+define daemon_rule
+$(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(LIB)
+	@mkdir -p $$(@D)
+	$$(CC) $$(CPPFLAGS) -I$(1) $$(ALL_CFLAGS) $(wildcard $(1)/*.c) -o $$@ $$(LIB) $$($(1)_LIBS) $$(CORE_LIBS) -lm
+endef
+$(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
+
 unit: $(UNIT_BIN)
 fuzz-smoke: $(FUZZ_BIN)
 integration: all
@@ -92,3 +106,4 @@ clean:
 	rm -rf $(BUILD)
 
 -include $(CORE_OBJ:.o=.d) $(CORE_ASAN_OBJ:.o=.d)
+-include $(BINS:=.d)
