@@ -39,6 +39,7 @@ DAEMONS  := $(foreach d,$(DAEMON_DIRS),$(if $(wildcard $(d)/*.c),$(d)))
 app_LIBS    :=
 client_LIBS :=
 proxy_LIBS  := -lbpf -lelf -lz
+proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
 
@@ -77,12 +78,25 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h)
 $(BUILD)/rs-emul: emul/rs-emul.c $(LIB)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< -o $@ $(LIB) -lnetfilter_queue -lnfnetlink -lm
 
+# common/: plumbing every daemon shares (logging, addresses, key files).
+COMMON_SRC := $(wildcard common/*.c)
+
 define daemon_rule
-$(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(LIB)
+$(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(COMMON_SRC) $(wildcard common/*.h) $(LIB) $($(1)_DEPS)
 	@mkdir -p $$(@D)
-	$$(CC) $$(CPPFLAGS) -I$(1) $$(ALL_CFLAGS) $(wildcard $(1)/*.c) -o $$@ $$(LIB) $$($(1)_LIBS) $$(CORE_LIBS) -lm
+	$$(CC) $$(CPPFLAGS) -I$(1) -Icommon -I$(BUILD) $$(ALL_CFLAGS) $(wildcard $(1)/*.c) $(COMMON_SRC) -o $$@ \
+		$$(LIB) $$($(1)_LIBS) $$(CORE_LIBS) -lm
 endef
 $(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
+
+# The proxy's tc program: compiled for BPF, embedded in rs-proxy as a
+# libbpf skeleton (no BTF of the running kernel needed).
+BPF_CFLAGS := -target bpf -mcpu=v3 -O2 -g -Wall -Werror -Icore -Iproxy -I/usr/include/$(shell gcc -dumpmachine)
+$(BUILD)/splice.bpf.o: proxy/bpf/splice.bpf.c proxy/splice_map.h core/splice.h core/seq.h
+	@mkdir -p $(@D)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+$(BUILD)/splice.skel.h: $(BUILD)/splice.bpf.o
+	bpftool gen skeleton $< name rs_splice > $@
 
 unit: $(UNIT_BIN)
 fuzz-smoke: $(FUZZ_BIN)

@@ -1,0 +1,118 @@
+/* Shared daemon plumbing (see daemon.h). */
+#include "daemon.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "parse.h"
+
+static const char *log_name = "rs";
+
+void rs_log_init(const char *name)
+{
+    log_name = name;
+    setvbuf(stderr, NULL, _IOLBF, 0);
+}
+
+uint64_t rs_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+uint64_t rs_mono_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void rs_log(const char *fmt, ...)
+{
+    uint64_t t = rs_now_us();
+    char line[1024];
+    int n;
+    va_list ap;
+
+    n = snprintf(line, sizeof(line), "%" PRIu64 ".%06" PRIu64 " %s ", t / 1000000, t % 1000000, log_name);
+    va_start(ap, fmt);
+    if (n > 0 && (size_t)n < sizeof(line))
+        vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", line);
+}
+
+int rs_addr_parse(const char *text, struct rs_addr *a)
+{
+    char host[64];
+    const char *colon = text ? strrchr(text, ':') : NULL;
+    struct in_addr in;
+    uint64_t port;
+
+    if (!colon || (size_t)(colon - text) >= sizeof(host))
+        return -EINVAL;
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = '\0';
+    if (inet_pton(AF_INET, host, &in) != 1 || rs_parse_size(colon + 1, &port) || !port || port > 65535)
+        return -EINVAL;
+    a->ip = ntohl(in.s_addr);
+    a->port = (uint16_t)port;
+    return 0;
+}
+
+const char *rs_addr_str(struct rs_addr a, char *buf, size_t len)
+{
+    snprintf(buf, len, "%u.%u.%u.%u:%u", a.ip >> 24, (a.ip >> 16) & 255, (a.ip >> 8) & 255, a.ip & 255,
+             a.port);
+    return buf;
+}
+
+struct sockaddr_in rs_addr_sin(struct rs_addr a)
+{
+    return (struct sockaddr_in){ .sin_family = AF_INET, .sin_port = htons(a.port),
+                                 .sin_addr.s_addr = htonl(a.ip) };
+}
+
+struct rs_addr rs_addr_of_sin(const struct sockaddr_in *s)
+{
+    return (struct rs_addr){ ntohl(s->sin_addr.s_addr), ntohs(s->sin_port) };
+}
+
+int rs_ctl_key_load(const char *path, struct rs_ctl_key *key)
+{
+    char text[256];
+    size_t n, j = 0;
+    FILE *f = fopen(path, "r");
+
+    if (!f)
+        return -errno;
+    n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        char c = text[i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (v < 0) {
+            if (c == ' ' || c == '\n' || c == '\r' || c == '\t')
+                continue;
+            return -EINVAL;
+        }
+        if (j == 2 * RS_CTL_KEY_LEN)
+            return -EINVAL;
+        if (j % 2 == 0)
+            key->bytes[j / 2] = (uint8_t)(v << 4);
+        else
+            key->bytes[j / 2] |= (uint8_t)v;
+        j++;
+    }
+    return j == 2 * RS_CTL_KEY_LEN ? 0 : -EINVAL;
+}

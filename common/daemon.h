@@ -1,0 +1,40 @@
+/* What every resplice daemon does the same way: one-line event logs with a
+ * microsecond timestamp, IPv4 address:port parsing and printing, and
+ * loading the shared control-plane key.  Linked into each daemon (I/O, so
+ * not in core/). */
+#ifndef RS_DAEMON_H
+#define RS_DAEMON_H
+
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ctl_msg.h"
+
+struct rs_addr {
+    uint32_t ip;        /* host order */
+    uint16_t port;      /* host order */
+};
+
+/* Sets the name rs_log prints after the timestamp ("rs-proxy"). */
+void rs_log_init(const char *name);
+/* Writes "<epoch>.<us> <name> <message>\n" to stderr. */
+void rs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+uint64_t rs_now_us(void);   /* CLOCK_REALTIME, microseconds */
+uint64_t rs_mono_ns(void);  /* CLOCK_MONOTONIC, nanoseconds (the clock BPF's ktime uses) */
+
+/* Parses "a.b.c.d:port" (port 1..65535).  Returns 0 or -EINVAL. */
+int rs_addr_parse(const char *text, struct rs_addr *a);
+/* Writes "a.b.c.d:port" into 'buf' and returns it. */
+const char *rs_addr_str(struct rs_addr a, char *buf, size_t len);
+/* rs_addr_str into a temporary, for log arguments. */
+#define RS_A(a) rs_addr_str((a), (char[24]){ 0 }, 24)
+
+struct sockaddr_in rs_addr_sin(struct rs_addr a);
+struct rs_addr rs_addr_of_sin(const struct sockaddr_in *s);
+
+/* Loads a key file: 64 hex characters (surrounding white space allowed).
+ * Returns 0, -errno when the file cannot be read, or -EINVAL. */
+int rs_ctl_key_load(const char *path, struct rs_ctl_key *key);
+
+#endif /* RS_DAEMON_H */

@@ -1,0 +1,156 @@
+/* tc (clsact ingress) program of rs-proxy: segments of spliced connections
+ * are rewritten onto the other connection (core/splice.h) and redirected
+ * out without touching the proxy's TCP stack; everything else passes.
+ * Checksums are fixed with the kernel's helpers, which know whether the
+ * skb carries a complete checksum or a CHECKSUM_PARTIAL one (GSO and
+ * veth traffic does). */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "splice_map.h"
+
+#define ETH_HLEN_ 14
+#define IP_CSUM_OFF (ETH_HLEN_ + 10)
+#define IP_SADDR_OFF (ETH_HLEN_ + 12)
+#define IP_DADDR_OFF (ETH_HLEN_ + 16)
+#define TCP_OFF (ETH_HLEN_ + 20)     /* only option-less IPv4 headers are spliced */
+#define TCP_CSUM_OFF (TCP_OFF + 16)
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RS_SPLICE_MAP_MAX);
+    __type(key, struct rs_flow_key);
+    __type(value, struct rs_flow);
+} rs_flows SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, RS_SPLICE_EVENTS_BYTES);
+} rs_events SEC(".maps");
+
+static __always_inline void report(const struct rs_flow_key *k, const struct rs_flow *f,
+                                   __u32 flags, __u32 seq)
+{
+    struct rs_flow_event *e = bpf_ringbuf_reserve(&rs_events, sizeof(*e), 0);
+
+    if (!e)
+        return;
+    e->key = *k;
+    e->splice_id = f->splice_id;
+    e->ns = bpf_ktime_get_ns();
+    e->flags = flags;
+    e->seq = seq;
+    bpf_ringbuf_submit(e, 0);
+}
+
+/* Keeps f->seq_next at the end of the newest segment the sender sent (raw
+ * numbering): where its byte stream stands, for a re-splice "at the current
+ * position" and for the logs. */
+static __always_inline void track_seq(struct __sk_buff *skb, struct rs_flow *f, const __u8 *tcp,
+                                      __u32 hlen)
+{
+    __u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
+    __u32 end = seq + (skb->len - TCP_OFF - hlen) + ((tcp[13] & 0x03) ? 1 : 0);
+
+    if (!f->has_seq || rs_seq_gt(end, f->seq_next)) {
+        f->seq_next = end;
+        f->has_seq = 1;
+    }
+}
+
+SEC("tc")
+int rs_splice_ingress(struct __sk_buff *skb)
+{
+    __u8 ip[20], old[RS_TCP_HDR_MAX], tcp[RS_TCP_HDR_MAX];
+    struct rs_flow_key key;
+    struct rs_flow *f;
+    __u32 hlen, i, evflags;
+    __s64 diff;
+
+    if (skb->protocol != bpf_htons(ETH_P_IP))
+        return TC_ACT_OK;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN_, ip, sizeof(ip)) < 0 || ip[9] != IPPROTO_TCP)
+        return TC_ACT_OK;
+    if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, RS_TCP_HDR_MIN) < 0)
+        return TC_ACT_OK;
+    __builtin_memcpy(&key.saddr, ip + 12, 4);
+    __builtin_memcpy(&key.daddr, ip + 16, 4);
+    __builtin_memcpy(&key.sport, tcp, 2);
+    __builtin_memcpy(&key.dport, tcp + 2, 2);
+    f = bpf_map_lookup_elem(&rs_flows, &key);
+    if (!f)
+        return TC_ACT_OK;
+
+    f->last_ns = bpf_ktime_get_ns();
+    hlen = (__u32)(tcp[12] >> 4) * 4;
+    if (ip[0] != 0x45 || hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX)
+        goto bad;
+    track_seq(skb, f, tcp, hlen);
+    if (f->state == RS_FLOW_WATCH) {
+        /* Before the splice: the stack handles it; remember the sender's
+         * clock, which the splice must continue. */
+        if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) == 0) {
+            struct rs_splice_optpos pos;
+            if (rs_splice_opts_scan(tcp, hlen, &pos) == 0 && pos.ts && pos.ts <= RS_TCP_HDR_MAX - 10)
+                f->ts_recent = rs_splice_load32(tcp + pos.ts + 2);
+        }
+        return TC_ACT_OK;
+    }
+    if (f->state != RS_FLOW_ACTIVE) {
+        /* Nothing of a spliced flow may reach the proxy's stack: its socket
+         * is gone (or going) and the stack would answer with a RST. */
+        __sync_fetch_and_add(&f->dropped, 1);
+        return TC_ACT_SHOT;
+    }
+    if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
+        goto bad;
+    __builtin_memcpy(old, tcp, sizeof(old));
+    if (rs_splice_tcp(&f->dir, tcp, hlen) < 0)
+        goto bad;
+
+    /* TCP header: the helpers recompute the checksum from the difference of
+     * the headers with their checksum fields set equal. */
+    tcp[16] = old[16];
+    tcp[17] = old[17];
+    diff = bpf_csum_diff((__be32 *)old, hlen, (__be32 *)tcp, hlen, 0);
+    if (diff < 0 || bpf_skb_store_bytes(skb, TCP_OFF, tcp, hlen, 0) < 0
+        || bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, (__u32)diff, 0) < 0)
+        goto bad;
+    /* Addresses: IPv4 header checksum and the TCP pseudo header. */
+    {
+        __u32 osrc = key.saddr, odst = key.daddr;
+        __u32 nsrc = bpf_htonl(f->dir.saddr), ndst = bpf_htonl(f->dir.daddr);
+
+        if (bpf_l4_csum_replace(skb, TCP_CSUM_OFF, osrc, nsrc, BPF_F_PSEUDO_HDR | 4) < 0
+            || bpf_l4_csum_replace(skb, TCP_CSUM_OFF, odst, ndst, BPF_F_PSEUDO_HDR | 4) < 0
+            || bpf_l3_csum_replace(skb, IP_CSUM_OFF, osrc, nsrc, 4) < 0
+            || bpf_l3_csum_replace(skb, IP_CSUM_OFF, odst, ndst, 4) < 0
+            || bpf_skb_store_bytes(skb, IP_SADDR_OFF, &nsrc, 4, 0) < 0
+            || bpf_skb_store_bytes(skb, IP_DADDR_OFF, &ndst, 4, 0) < 0)
+            goto bad;
+    }
+    __sync_fetch_and_add(&f->pkts, 1);
+    __sync_fetch_and_add(&f->bytes, skb->len);
+
+    evflags = 0;
+    if (old[13] & 0x01)
+        evflags |= RS_FLOW_SEEN_FIN;
+    if (old[13] & 0x04)
+        evflags |= RS_FLOW_SEEN_RST;
+    if (evflags && (f->seen & evflags) != evflags) {
+        f->seen |= evflags;
+        i = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
+        report(&key, f, evflags, i);
+    }
+    /* The kernel fills in the MAC addresses from its FIB and neighbours. */
+    return bpf_redirect_neigh(f->ifindex, NULL, 0, 0);
+bad:
+    __sync_fetch_and_add(&f->errors, 1);
+    return TC_ACT_SHOT;
+}
+
+char LICENSE[] SEC("license") = "GPL";
