@@ -184,6 +184,8 @@ static void pc_free(struct proxy *p, struct pconn *pc)
         rs_splicer_remove(p->sp, &kc);
         if (pc->backend.ip)
             rs_splicer_remove(p->sp, &kb);
+        for (int i = 0; i < pc->nheld; i++)
+            rs_splicer_remove(p->sp, &pc->held[i]);
     }
     if (pc->phase == PC_RELAY || pc->phase == PC_CONNECTING)
         p->relaying--;
@@ -622,6 +624,8 @@ static int resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, ui
 
     if ((e = rs_splicer_get(p->sp, &kc, &fc)) || (e = rs_splicer_get(p->sp, &kb, &fb)))
         return e;
+    if (pc->nheld == (int)(sizeof(pc->held) / sizeof(pc->held[0])))
+        return -EMLINK;
     if (!q && !r) {
         q = fc.seq_next;
         r = fb.seq_next + fb.dir.seq_delta;
@@ -667,6 +671,7 @@ static int resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, ui
            pc->id, RS_A(pc->client), RS_A(pc->backend), RS_A(target), RS_A(local), q, r, s.snd_nxt, s.rcv_nxt);
     /* The old backend's entry stays in HOLD until the connection ends, so its
      * late segments never reach the client or the proxy's stack. */
+    pc->held[pc->nheld++] = kb;
     pc->backend = target;
     pc->local = local;
     pc->c = c;

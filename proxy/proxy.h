@@ -43,6 +43,8 @@ struct pconn {
     struct rs_splice_conn c;
     uint64_t ts_base_us;          /* when c.ts_now was read */
     uint32_t seen;                /* RS_FLOW_SEEN_* both ways */
+    struct rs_flow_key held[4];   /* entries of earlier backends, dropping their late segments */
+    int nheld;
     struct pconn *next;           /* in the proxy's list */
     /* request parsing */
     void *parser;                 /* struct http_parser */

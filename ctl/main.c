@@ -1,0 +1,145 @@
+/* rs-ctl: sends one authenticated control-plane message to a resplice
+ * daemon and prints its reply.  For tests, labs and operators:
+ *
+ *   rs-ctl --to 10.0.0.1:7070 --key key.hex resplice --client 10.0.1.1:40000 \
+ *          --vip 10.0.0.1:80 --target 10.0.0.12:8080 [--q SEQ --r SEQ]
+ *   rs-ctl --to 10.0.0.1:7070 --key key.hex heartbeat
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "parse.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: rs-ctl --to ADDR:PORT --key FILE [--timeout DUR] MESSAGE [fields]\n"
+        "  resplice --client IP:PORT --vip IP:PORT --target IP:PORT [--q SEQ --r SEQ]\n"
+        "           (without --q/--r: where the client's streams stand now)\n"
+        "  heartbeat\n"
+        "Prints the reply; exits 0 when the daemon answered status 0.\n");
+}
+
+static int get_u32(const char *v, uint32_t *out)
+{
+    uint64_t n;
+
+    if (rs_parse_size(v, &n) || n > UINT32_MAX)
+        return -EINVAL;
+    *out = (uint32_t)n;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct rs_addr to = { 0 }, a;
+    struct rs_ctl_key key;
+    struct rs_ctl_msg m = { 0 }, reply;
+    struct rs_ctl_replay replay;
+    const char *keyfile = NULL;
+    uint8_t buf[4096];
+    uint64_t timeout_ns = 5000000000ull;
+    size_t have = 0;
+    int fd, n;
+
+    m.sender = 0x7f000000u | (uint32_t)(getpid() & 0xffffff);
+    m.seq = rs_now_us();
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(o, "resplice")) {
+            m.type = RS_CTL_RESPLICE;
+        } else if (!strcmp(o, "heartbeat")) {
+            m.type = RS_CTL_HEARTBEAT;
+            m.u.heartbeat.role = RS_CTL_ROLE_PROXY;
+            m.u.heartbeat.time_us = rs_now_us();
+        } else if (!v) {
+            fprintf(stderr, "rs-ctl: %s needs a value\n", o);
+            return 2;
+        } else {
+            int bad = 0;
+            i++;
+            if (!strcmp(o, "--to"))
+                bad = rs_addr_parse(v, &to);
+            else if (!strcmp(o, "--key"))
+                keyfile = v;
+            else if (!strcmp(o, "--timeout"))
+                bad = rs_parse_duration(v, &timeout_ns);
+            else if (!strcmp(o, "--client") && !(bad = rs_addr_parse(v, &a)))
+                m.u.resplice.client = (struct rs_ctl_conn){ a.ip, a.port };
+            else if (!strcmp(o, "--vip") && !(bad = rs_addr_parse(v, &a)))
+                m.u.resplice.vip = (struct rs_ctl_conn){ a.ip, a.port };
+            else if (!strcmp(o, "--target") && !(bad = rs_addr_parse(v, &a)))
+                m.u.resplice.target = (struct rs_ctl_conn){ a.ip, a.port };
+            else if (!strcmp(o, "--q"))
+                bad = get_u32(v, &m.u.resplice.client_seq);
+            else if (!strcmp(o, "--r"))
+                bad = get_u32(v, &m.u.resplice.resp_seq);
+            else if (strcmp(o, "--client") && strcmp(o, "--vip") && strcmp(o, "--target")) {
+                fprintf(stderr, "rs-ctl: unknown argument %s\n", o);
+                usage(stderr);
+                return 2;
+            }
+            if (bad) {
+                fprintf(stderr, "rs-ctl: bad value '%s' for %s\n", v, o);
+                return 2;
+            }
+        }
+    }
+    if (!to.port || !keyfile || !m.type) {
+        usage(stderr);
+        return 2;
+    }
+    if (rs_ctl_init() || (n = rs_ctl_key_load(keyfile, &key)) != 0) {
+        fprintf(stderr, "rs-ctl: cannot load key %s\n", keyfile);
+        return 1;
+    }
+    n = rs_ctl_encode(&key, &m, buf, sizeof(buf));
+    if (n < 0) {
+        fprintf(stderr, "rs-ctl: cannot encode: %s (a field is missing or invalid)\n", strerror(-n));
+        return 2;
+    }
+    struct sockaddr_in sin = rs_addr_sin(to);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin)) || write(fd, buf, (size_t)n) != n) {
+        fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(to), strerror(errno));
+        return 1;
+    }
+    rs_ctl_replay_init(&replay);
+    for (;;) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        ssize_t r;
+        if (poll(&pfd, 1, (int)(timeout_ns / 1000000)) <= 0) {
+            fprintf(stderr, "rs-ctl: no reply from %s\n", RS_A(to));
+            return 1;
+        }
+        r = read(fd, buf + have, sizeof(buf) - have);
+        if (r <= 0) {
+            fprintf(stderr, "rs-ctl: %s closed the connection (message rejected?)\n", RS_A(to));
+            return 1;
+        }
+        have += (size_t)r;
+        n = rs_ctl_decode(&key, &replay, buf, have, &reply);
+        if (n < 0) {
+            fprintf(stderr, "rs-ctl: bad reply: %s\n", strerror(-n));
+            return 1;
+        }
+        if (n > 0)
+            break;
+    }
+    if (reply.type != RS_CTL_ACK) {
+        printf("reply type=%s\n", rs_ctl_type_str(reply.type));
+        return 1;
+    }
+    printf("ack %s status=%d%s%s\n", rs_ctl_type_str(reply.u.ack.echo_type), reply.u.ack.status,
+           reply.u.ack.status ? " " : "", reply.u.ack.status ? strerror(-reply.u.ack.status) : "");
+    return reply.u.ack.status ? 1 : 0;
+}
