@@ -1,0 +1,324 @@
+/* rs-app: the reference web application behind the resplice proxy.  A
+ * single-threaded epoll HTTP/1.1 server (keep-alive, pipelining) with
+ * checkable static content, a counter, a random token and a slow chunked
+ * stream; see endpoints.c for the URLs and state.h for the state hooks. */
+#include "app.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "parse.h"
+
+int app_timer_set(int fd, uint64_t ns)
+{
+    struct itimerspec its = { 0 };
+
+    its.it_value.tv_sec = (time_t)(ns / 1000000000ull);
+    its.it_value.tv_nsec = (long)(ns % 1000000000ull);
+    return timerfd_settime(fd, 0, &its, NULL) < 0 ? -errno : 0;
+}
+
+/* ---- Stats ------------------------------------------------------------ */
+
+static const char *const stat_names[ST_MAX] = {
+    [ST_CONNS_TOTAL] = "conns_total", [ST_REQS] = "reqs", [ST_REQ_STATIC] = "req_static",
+    [ST_REQ_COUNTER_READ] = "req_counter_read", [ST_REQ_COUNTER_UPDATE] = "req_counter_update",
+    [ST_REQ_TOKEN] = "req_token", [ST_REQ_SLOW] = "req_slow", [ST_REQ_HEALTH] = "req_health",
+    [ST_REQ_OTHER] = "req_other", [ST_REQ_REJECTED] = "req_rejected",
+    [ST_BAD_REQUEST] = "bad_request", [ST_TXN_ABORTED] = "txn_aborted",
+    [ST_BYTES_IN] = "bytes_in", [ST_BYTES_OUT] = "bytes_out",
+};
+
+/* One machine-readable line on stdout: "stats id=NAME key=value ...". */
+static void stats_print(struct rs_app *app)
+{
+    printf("stats id=%s conns_open=%" PRIu64, app->name, app->conns_open);
+    for (int i = 0; i < ST_MAX; i++)
+        printf(" %s=%" PRIu64, stat_names[i], app->stats[i]);
+    printf(" counter=%" PRIu64 "\n", app->counter);
+    fflush(stdout);
+}
+
+/* ---- Set-up ----------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: rs-app [options]\n"
+        "Reference web application for resplice (HTTP/1.1, keep-alive, pipelining).\n"
+        "\n"
+        "  --listen ADDR:PORT   IPv4 address and port to serve (default 0.0.0.0:8080)\n"
+        "  --id NAME            name in log and stats lines (default app)\n"
+        "  --log FILE           append event logs to FILE instead of stderr\n"
+        "  --state BLOB[@TXN]   apply a state blob at start (repeatable): counter=41, or\n"
+        "                       token=<32 hex>@10.0.0.1:40000#3 to answer that token to\n"
+        "                       that transaction's /token, as the alternate does on replay\n"
+        "  --sync-delay DUR     hold each non-deterministic response DUR (e.g. 5ms),\n"
+        "                       standing in for a synchronous state transfer\n"
+        "  --help               this text\n"
+        "\n"
+        "Endpoints:\n"
+        "  GET|HEAD /static/SIZE[.EXT][?seed=N]  SIZE (e.g. 1M) bytes of checkable content\n"
+        "  GET|HEAD /counter                     counter=<value>  (read-only)\n"
+        "  POST /counter                         increment, counter=<new value>  (update)\n"
+        "  GET|POST /token                       token=<32 hex>  (non-deterministic)\n"
+        "  GET /slow?bytes=N&chunk=K&delay=D     chunked, D of think time before each chunk\n"
+        "  GET /health                           ok\n"
+        "\n"
+        "Prints \"listening on ADDR:PORT\" when ready.  SIGUSR1 prints a stats line;\n"
+        "SIGTERM or SIGINT exits cleanly.\n");
+}
+
+static int listen_open(struct rs_app *app)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_listen };
+    struct sockaddr_in sin = rs_addr_sin(app->laddr);
+    int one = 1;
+
+    app->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (app->lfd < 0)
+        return -errno;
+    setsockopt(app->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(app->lfd, (struct sockaddr *)&sin, sizeof(sin)) < 0 || listen(app->lfd, 1024) < 0)
+        return -errno;
+    app->ev_listen = (struct app_ev){ .kind = APP_EV_LISTEN };
+    return epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->lfd, &ev) < 0 ? -errno : 0;
+}
+
+static int signals_open(struct rs_app *app)
+{
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_signal };
+    sigset_t set;
+
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        return -errno;
+    app->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (app->sfd < 0)
+        return -errno;
+    app->ev_signal = (struct app_ev){ .kind = APP_EV_SIGNAL };
+    return epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->sfd, &ev) < 0 ? -errno : 0;
+}
+
+/* Scale experiments open thousands of connections: take all the fds allowed. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* ---- Event loop ------------------------------------------------------- */
+
+static void on_accept(struct rs_app *app)
+{
+    for (;;) {
+        struct sockaddr_in peer;
+        socklen_t sl = sizeof(peer);
+        int fd = accept4(app->lfd, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int err;
+
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if ((errno == EMFILE || errno == ENFILE) && app->reserve_fd >= 0) {
+                /* Out of fds: free the reserve to accept and drop the
+                 * connection, else the level-triggered listener spins. */
+                rs_log("error accept %s: dropping a connection", strerror(errno));
+                close(app->reserve_fd);
+                fd = accept(app->lfd, NULL, NULL);
+                if (fd >= 0)
+                    close(fd);
+                app->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                rs_log("error accept %s", strerror(errno));
+            return;
+        }
+        if (peer.sin_family != AF_INET) {
+            close(fd);
+            continue;
+        }
+        err = app_conn_open(app, fd, &peer);
+        if (err < 0)
+            rs_log("error conn-open %s", strerror(-err));
+    }
+}
+
+static void on_signal(struct rs_app *app)
+{
+    struct signalfd_siginfo si;
+
+    while (read(app->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGUSR1) {
+            stats_print(app);
+        } else {
+            rs_log("exit on signal %u", si.ssi_signo);
+            app->stop = true;
+        }
+    }
+}
+
+static void run(struct rs_app *app)
+{
+    struct epoll_event evs[64];
+
+    while (!app->stop) {
+        int n = epoll_wait(app->epfd, evs, 64, -1);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rs_log("error epoll_wait %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            struct app_ev *ev = evs[i].data.ptr;
+
+            switch (ev->kind) {
+            case APP_EV_LISTEN: on_accept(app); break;
+            case APP_EV_SIGNAL: on_signal(app); break;
+            case APP_EV_DELAY: app_sync_delay_fire(app); break;
+            case APP_EV_SOCK:
+            case APP_EV_TIMER: app_conn_event(ev->conn, ev->kind, evs[i].events); break;
+            }
+        }
+        app_conn_reap(app);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static struct rs_app app;   /* about 10 KB of records: not on the stack */
+    static char log_name[80];
+    static const struct option opts[] = {
+        { "listen", required_argument, NULL, 'l' },
+        { "id", required_argument, NULL, 'i' },
+        { "log", required_argument, NULL, 'L' },
+        { "state", required_argument, NULL, 's' },
+        { "sync-delay", required_argument, NULL, 'd' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *listen_text = "0.0.0.0:8080", *log_path = NULL;
+    const char *states[16];
+    int n_states = 0, opt, err = 0;
+    uint64_t sync_delay = 0;
+
+    app.name = "app";
+    app.epfd = app.lfd = app.sfd = app.delay_tfd = -1;
+    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'l': listen_text = optarg; break;
+        case 'i': app.name = optarg; break;
+        case 'L': log_path = optarg; break;
+        case 's':
+            if (n_states == (int)(sizeof(states) / sizeof(states[0]))) {
+                fprintf(stderr, "rs-app: too many --state options\n");
+                return 2;
+            }
+            states[n_states++] = optarg;
+            break;
+        case 'd':
+            if (rs_parse_duration(optarg, &sync_delay) < 0 || sync_delay == 0) {
+                fprintf(stderr, "rs-app: bad --sync-delay '%s' (e.g. 5ms)\n", optarg);
+                return 2;
+            }
+            break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "rs-app: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (rs_addr_parse(listen_text, &app.laddr) < 0) {
+        fprintf(stderr, "rs-app: bad --listen '%s' (want IPv4ADDR:PORT)\n", listen_text);
+        return 2;
+    }
+    for (int i = 0; i < n_states; i++) {
+        const char *at = strchr(states[i], '@');
+        size_t len = at ? (size_t)(at - states[i]) : strlen(states[i]);
+        rs_txn_id id = 0;
+
+        if ((at && rs_txn_id_parse(at + 1, &id) < 0) ||
+            rs_app_state_apply(&app, id, states[i], len) < 0) {
+            fprintf(stderr, "rs-app: bad --state '%s' (want counter=N or token=<32 hex>@TXN_ID)\n",
+                    states[i]);
+            return 2;
+        }
+    }
+    if (log_path) {
+        int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+        if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) {
+            fprintf(stderr, "rs-app: cannot open log %s: %s\n", log_path, strerror(errno));
+            return 1;
+        }
+        close(fd);
+    }
+    snprintf(log_name, sizeof(log_name), "rs-app[%s]", app.name);
+    rs_log_init(log_name);
+    if (sodium_init() < 0) {
+        fprintf(stderr, "rs-app: libsodium failed to initialise\n");
+        return 1;
+    }
+    raise_nofile();
+    app.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    app.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (app.epfd < 0)
+        err = -errno;
+    if (err == 0)
+        err = signals_open(&app);
+    if (err == 0)
+        err = listen_open(&app);
+    if (err == 0 && sync_delay)
+        err = app_sync_delay_init(&app, sync_delay);
+    if (err < 0) {
+        fprintf(stderr, "rs-app: cannot listen on %s: %s\n", listen_text, strerror(-err));
+        return 1;
+    }
+    rs_log("start listen=%s sync_delay=%" PRIu64 "ns counter=%" PRIu64, RS_A(app.laddr),
+           sync_delay, app.counter);
+    printf("listening on %s\n", RS_A(app.laddr));
+    fflush(stdout);
+
+    run(&app);
+
+    while (app.conns)
+        app_conn_close(app.conns, "shutdown");
+    app_conn_reap(&app);
+    stats_print(&app);
+    rs_log("exit");
+    close(app.lfd);
+    close(app.sfd);
+    close(app.epfd);
+    if (app.delay_tfd >= 0)
+        close(app.delay_tfd);
+    return 0;
+}

@@ -1,0 +1,173 @@
+/* rs-app state hooks (see state.h): installing hooks, applying state blobs on
+ * the alternate, resuming held responses, and --sync-delay, a stand-in hook
+ * that holds every non-deterministic response for a fixed time, so the
+ * held-response path runs (and its cost can be measured) before issue 5's
+ * real synchronous state transfer exists. */
+#include "app.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+void rs_app_set_hooks(struct rs_app *app, const struct rs_app_hooks *hooks)
+{
+    if (hooks)
+        app->hooks = *hooks;
+    else
+        memset(&app->hooks, 0, sizeof(app->hooks));
+}
+
+static bool is_hex32(const char *s, size_t len)
+{
+    if (len != 32)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+int rs_app_state_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t len)
+{
+    char text[RS_APP_STATE_MAX + 1];
+    uint64_t v = 0;
+
+    if (!state || len == 0 || len > RS_APP_STATE_MAX)
+        return -EINVAL;
+    memcpy(text, state, len);
+    text[len] = '\0';
+    if (strlen(text) != len)
+        return -EINVAL;         /* embedded NUL */
+
+    if (strncmp(text, "counter=", 8) == 0) {
+        const char *p = text + 8;
+
+        if (*p == '\0')
+            return -EINVAL;
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9' || v > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+                return -EINVAL;
+            v = v * 10 + (uint64_t)(*p - '0');
+        }
+        app->counter = v;
+        return 0;
+    }
+    if (strncmp(text, "token=", 6) == 0 && is_hex32(text + 6, len - 6)) {
+        /* A ring: the alternate applies tokens in transaction order and
+         * replays only the last few, so old records may be overwritten. */
+        struct app_token_rec *rec = &app->tokens[app->token_next++ % APP_TOKEN_REC];
+
+        rec->id = id;
+        rec->used = false;
+        memcpy(rec->token, text + 6, 33);
+        return 0;
+    }
+    return -EINVAL;
+}
+
+const char *app_token_take(struct rs_app *app, rs_txn_id id, char out[33])
+{
+    for (uint32_t i = 0; i < APP_TOKEN_REC; i++) {
+        struct app_token_rec *rec = &app->tokens[i];
+
+        if (rec->token[0] && !rec->used && rec->id == id) {
+            rec->used = true;
+            memcpy(out, rec->token, 33);
+            return out;
+        }
+    }
+    return NULL;
+}
+
+int rs_app_txn_resume(struct rs_app *app, rs_txn_id id, int err)
+{
+    for (struct app_conn *c = app->conns; c; c = c->next) {
+        if (!c->waiting || c->req.id != id)
+            continue;
+        c->waiting = false;
+        if (err < 0) {
+            char ids[RS_TXN_ID_STRLEN];
+
+            rs_txn_id_format(id, ids, sizeof(ids));
+            rs_log("state-update-failed %s %s %s", ids, c->tuple, strerror(-err));
+            app->stats[ST_REQ_REJECTED]++;
+            app_resp_small(c, 503, "text/plain", NULL, "state transfer failed\n", 22);
+        } else {
+            app_resp_small(c, c->held_status, "text/plain", NULL, c->held_body,
+                           strlen(c->held_body));
+        }
+        app_conn_service(c);
+        return 0;
+    }
+    return -ENOENT;
+}
+
+/* ---- --sync-delay ----------------------------------------------------- */
+
+static void delay_arm(struct rs_app *app)
+{
+    uint64_t now = rs_mono_ns(), next = UINT64_MAX;
+
+    for (uint32_t i = 0; i < app->n_delayed; i++)
+        if (app->delayed[i].due_ns < next)
+            next = app->delayed[i].due_ns;
+    if (next == UINT64_MAX)
+        app_timer_set(app->delay_tfd, 0);
+    else
+        app_timer_set(app->delay_tfd, next > now ? next - now : 1);
+}
+
+static int delay_update(void *ctx, rs_txn_id id, const void *state, size_t len, int nondet)
+{
+    struct rs_app *app = ctx;
+
+    (void)state;
+    (void)len;
+    if (!nondet)
+        return 0;
+    if (app->n_delayed == APP_DELAY_MAX)
+        return -EBUSY;
+    app->delayed[app->n_delayed++] = (struct app_delayed){ id, rs_mono_ns() + app->sync_delay_ns };
+    delay_arm(app);
+    return RS_APP_HOOK_WAIT;
+}
+
+void app_sync_delay_fire(struct rs_app *app)
+{
+    uint64_t ticks, now = rs_mono_ns();
+    uint32_t i = 0;
+
+    if (read(app->delay_tfd, &ticks, sizeof(ticks)) < 0)
+        return;
+    while (i < app->n_delayed) {
+        if (app->delayed[i].due_ns <= now) {
+            rs_txn_id id = app->delayed[i].id;
+
+            app->delayed[i] = app->delayed[--app->n_delayed];
+            rs_app_txn_resume(app, id, 0);      /* -ENOENT: its connection closed */
+        } else {
+            i++;
+        }
+    }
+    delay_arm(app);
+}
+
+int app_sync_delay_init(struct rs_app *app, uint64_t ns)
+{
+    struct rs_app_hooks hooks = { .ctx = app, .txn_update = delay_update };
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_delay };
+
+    app->delay_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (app->delay_tfd < 0)
+        return -errno;
+    app->ev_delay = (struct app_ev){ .kind = APP_EV_DELAY };
+    if (epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->delay_tfd, &ev) < 0)
+        return -errno;
+    app->sync_delay_ns = ns;
+    rs_app_set_hooks(app, &hooks);
+    return 0;
+}
