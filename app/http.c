@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
