@@ -1,0 +1,548 @@
+/* Packet-level TCP splice translation.  Once the proxy has spliced client
+ * connection C (client <-> proxy) to backend connection S (proxy <-> backend),
+ * every segment is rewritten to fit the other connection: addresses, ports,
+ * seq/ack, window (rescaled), timestamps, SACK blocks, with the IPv4 and TCP
+ * checksums updated incrementally (RFC 1624).
+ *
+ * Header-only, no libc: the same code serves user space, BPF C (tc) and the
+ * kernel module.  Packet bytes are network order; every number in the
+ * structs and every value passed to or returned by a function is host order.
+ * Loops have constant bounds and every packet index is checked against a
+ * constant maximum.  In BPF, load the IPv4 header (20 bytes) and the TCP
+ * header (into a 60-byte stack buffer) separately with bpf_skb_load_bytes,
+ * call rs_splice_tcp then rs_splice_ip4_addrs, and store both back: that
+ * passes the verifier (about 173k of its 1M instructions, kernel 6.18).
+ * rs_splice_packet, which finds the TCP header at a variable offset in one
+ * buffer, is for user space and the kernel module.
+ * The checksum helpers assume a complete checksum in the packet, as received
+ * from the wire; a CHECKSUM_PARTIAL skb needs the kernel's own helpers. */
+#ifndef RS_SPLICE_H
+#define RS_SPLICE_H
+
+#include "seq.h"
+
+typedef unsigned char rs_u8;
+typedef unsigned short rs_u16;
+/* Byte index into a header.  64 bits so that, in BPF, the register the
+ * compiler bounds-checks is the one it dereferences (a 32-bit index gets
+ * re-zero-extended into a copy whose bounds the verifier has lost). */
+typedef rs_u64 rs_splice_idx;
+
+/* Keeps the compiler from splitting an index into a checked copy and a
+ * dereferenced pointer increment, which the BPF verifier cannot follow
+ * (libbpf's barrier_var).  A no-op elsewhere. */
+#ifdef __bpf__
+#define rs_splice_barrier_var__(v) __asm__ volatile("" : "+r"(v))
+#else
+#define rs_splice_barrier_var__(v) ((void)0)
+#endif
+
+/* ---- Types -------------------------------------------------------------- */
+
+/* Error codes, as negative returns.  Spelled out because no libc header is
+ * included; the values are Linux's EINVAL and (x86, arm, arm64, riscv,
+ * powerpc) EOPNOTSUPP. */
+#ifdef __KERNEL__
+#include <linux/errno.h>
+#define RS_SPLICE_EINVAL     EINVAL
+#define RS_SPLICE_EOPNOTSUPP EOPNOTSUPP
+#else
+#define RS_SPLICE_EINVAL     22
+#define RS_SPLICE_EOPNOTSUPP 95
+#endif
+
+/* One of the proxy's two connections, read from the proxy's own socket under
+ * TCP_REPAIR at splice time, with both socket queues drained (so the send
+ * queue's write_seq equals snd_nxt).  All fields host order. */
+struct rs_splice_conn {
+    rs_u32 local_addr;  /* proxy's IPv4 address on this connection (VIP on C) */
+    rs_u32 remote_addr; /* peer's IPv4 address (client on C, backend on S) */
+    rs_u16 local_port;
+    rs_u16 remote_port;
+    rs_u32 snd_nxt;     /* next seq the proxy sends: TCP_QUEUE_SEQ of TCP_SEND_QUEUE */
+    rs_u32 rcv_nxt;     /* next seq the proxy expects: TCP_QUEUE_SEQ of TCP_RECV_QUEUE */
+    rs_u32 ts_now;      /* TSval the proxy's socket would send now: getsockopt(TCP_TIMESTAMP) */
+    rs_u32 ts_recent;   /* newest TSval received from the peer (from the peer's last segment) */
+    rs_u8 snd_wscale;   /* scale the peer announced, applied to windows it sends (tcpi_snd_wscale); 0 if none */
+    rs_u8 rcv_wscale;   /* scale the proxy announced, applied by the peer to windows the proxy sends (tcpi_rcv_wscale) */
+    rs_u8 ts_ok;        /* non-zero when timestamps were negotiated (TCPI_OPT_TIMESTAMPS) */
+    rs_u8 sack_ok;      /* non-zero when SACK was negotiated (TCPI_OPT_SACK) */
+};
+
+/* Flags of struct rs_splice_dir. */
+#define RS_SPLICE_F_TS         (1 << 0) /* translate TSval/TSecr */
+#define RS_SPLICE_F_TS_STRIP   (1 << 1) /* overwrite TS options with NOPs: receiver did not negotiate them */
+#define RS_SPLICE_F_TS_ABSENT  (1 << 2) /* receiver expects TS but the sender sends none; we cannot add
+                                         * bytes, Linux accepts such segments (RFC 7323 lets others drop) */
+#define RS_SPLICE_F_SACK       (1 << 3) /* translate SACK block edges */
+#define RS_SPLICE_F_SACK_STRIP (1 << 4) /* overwrite SACK options with NOPs: receiver did not negotiate SACK */
+
+/* How to rewrite segments flowing one way (client -> backend or back).
+ * Every delta is added mod 2^32 to the field of a segment as received. */
+struct rs_splice_dir {
+    rs_u32 seq_delta;    /* seq: sender's numbering -> what the receiver expects */
+    rs_u32 ack_delta;    /* ack and SACK edges: receiver's data numbering as the sender saw it -> receiver's own */
+    rs_u32 tsval_delta;  /* TSval: sender's clock -> continues what the receiver saw from the proxy */
+    rs_u32 tsecr_delta;  /* non-zero TSecr: echo of a proxy/peer TSval -> the receiver's own clock */
+    rs_u32 saddr;        /* IPv4 source address written into the segment */
+    rs_u32 daddr;        /* IPv4 destination address */
+    rs_u16 sport;        /* TCP source port written into the segment */
+    rs_u16 dport;        /* TCP destination port */
+    rs_u8 win_scale_in;  /* scale of the window field as received */
+    rs_u8 win_scale_out; /* scale the receiver applies to the window field as sent */
+    rs_u8 flags;         /* RS_SPLICE_F_* */
+    rs_u8 pad_;
+};
+
+#define RS_SPLICE_WSCALE_MAX 14  /* RFC 7323 §2.3 */
+#define RS_TCP_HDR_MIN       20
+#define RS_TCP_HDR_MAX       60
+#define RS_TCP_OPT_MAX       40  /* RS_TCP_HDR_MAX - RS_TCP_HDR_MIN */
+#define RS_IP4_HDR_MIN       20
+
+#define RS_TCPOPT_EOL  0
+#define RS_TCPOPT_NOP  1
+#define RS_TCPOPT_SACK 5
+#define RS_TCPOPT_TS   8
+#define RS_TCPOPT_MD5  19
+#define RS_TCPOPT_AO   29
+#define RS_TCPOLEN_TS  10
+
+#define RS_TCP_F_SYN 0x02
+#define RS_TCP_F_ACK 0x10
+
+/* ---- Byte order (network-order bytes <-> host-order values) ------------- */
+
+static inline rs_u16 rs_splice_load16(const rs_u8 *p)
+{
+    return (rs_u16)((p[0] << 8) | p[1]);
+}
+
+static inline rs_u32 rs_splice_load32(const rs_u8 *p)
+{
+    return ((rs_u32)p[0] << 24) | ((rs_u32)p[1] << 16) | ((rs_u32)p[2] << 8) | p[3];
+}
+
+static inline void rs_splice_store16(rs_u8 *p, rs_u16 v)
+{
+    p[0] = (rs_u8)(v >> 8);
+    p[1] = (rs_u8)v;
+}
+
+static inline void rs_splice_store32(rs_u8 *p, rs_u32 v)
+{
+    p[0] = (rs_u8)(v >> 24);
+    p[1] = (rs_u8)(v >> 16);
+    p[2] = (rs_u8)(v >> 8);
+    p[3] = (rs_u8)v;
+}
+
+/* ---- Incremental checksums (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')) ----
+ * 'csum' is the checksum field as a host-order value (rs_splice_load16 of
+ * the field); 'old' and 'new' are host-order values of a field whose first
+ * byte sits at an even offset from the start of the checksummed data. */
+
+static inline rs_u16 rs_splice_csum_fold__(rs_u32 sum)
+{
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    return (rs_u16)sum;
+}
+
+/* Returns 'csum' updated for a 16-bit field changing from 'old' to 'new'. */
+static inline rs_u16 rs_splice_csum_replace16(rs_u16 csum, rs_u16 old, rs_u16 new)
+{
+    rs_u32 sum = (rs_u16)~csum + (rs_u32)(rs_u16)~old + new;
+
+    return (rs_u16)~rs_splice_csum_fold__(sum);
+}
+
+/* Returns 'csum' updated for a 32-bit field changing from 'old' to 'new'. */
+static inline rs_u16 rs_splice_csum_replace32(rs_u16 csum, rs_u32 old, rs_u32 new)
+{
+    rs_u32 sum = (rs_u16)~csum;
+
+    sum += (rs_u16)~(old >> 16);
+    sum += (rs_u16)~old;
+    sum += new >> 16;
+    sum += new & 0xffff;
+    return (rs_u16)~rs_splice_csum_fold__(sum);
+}
+
+/* Swaps the two bytes of each 16-bit half of 'x'. */
+static inline rs_u32 rs_splice_bswap16x2__(rs_u32 x)
+{
+    return ((x & 0x00ff00ffu) << 8) | ((x >> 8) & 0x00ff00ffu);
+}
+
+/* As rs_splice_csum_replace32, for a field at byte offset 'off' from the
+ * start of the checksummed data.  TCP options can put a field at an odd
+ * offset; the one's complement sum is byte-order independent (RFC 1071), so
+ * such a field counts as its byte-swapped 16-bit halves. */
+static inline rs_u16 rs_splice_csum_replace32_at(rs_u16 csum, rs_u32 old, rs_u32 new, rs_splice_idx off)
+{
+    if (off & 1) {
+        old = rs_splice_bswap16x2__(old);
+        new = rs_splice_bswap16x2__(new);
+    }
+    return rs_splice_csum_replace32(csum, old, new);
+}
+
+/* Returns 'csum' updated for the byte at offset 'off' changing 'old' -> 'new'. */
+static inline rs_u16 rs_splice_csum_replace8_at(rs_u16 csum, rs_u8 old, rs_u8 new, rs_splice_idx off)
+{
+    if (off & 1)
+        return rs_splice_csum_replace16(csum, old, new);
+    return rs_splice_csum_replace16(csum, (rs_u16)(old << 8), (rs_u16)(new << 8));
+}
+
+/* Updates '*ip_csum' (IPv4 header) and '*l4_csum' (TCP, through the pseudo
+ * header) for an IPv4 address changing from 'old' to 'new'. */
+static inline void rs_splice_csum_replace_addr(rs_u16 *ip_csum, rs_u16 *l4_csum, rs_u32 old, rs_u32 new)
+{
+    *ip_csum = rs_splice_csum_replace32(*ip_csum, old, new);
+    *l4_csum = rs_splice_csum_replace32(*l4_csum, old, new);
+}
+
+/* ---- Setup --------------------------------------------------------------- */
+
+/* Fills '*d' for segments that arrive on the proxy's connection 'in' and
+ * leave on its connection 'out'. */
+static inline void rs_splice_dir_fill__(struct rs_splice_dir *d, const struct rs_splice_conn *in,
+                                        const struct rs_splice_conn *out)
+{
+    d->seq_delta = out->snd_nxt - in->rcv_nxt;
+    d->ack_delta = out->rcv_nxt - in->snd_nxt;
+    d->tsval_delta = out->ts_now - in->ts_recent;
+    d->tsecr_delta = out->ts_recent - in->ts_now;
+    d->saddr = out->local_addr;
+    d->daddr = out->remote_addr;
+    d->sport = out->local_port;
+    d->dport = out->remote_port;
+    d->win_scale_in = in->snd_wscale;
+    d->win_scale_out = out->rcv_wscale;
+    d->pad_ = 0;
+    d->flags = 0;
+    if (in->ts_ok && out->ts_ok)
+        d->flags |= RS_SPLICE_F_TS;
+    else if (in->ts_ok)
+        d->flags |= RS_SPLICE_F_TS_STRIP;
+    else if (out->ts_ok)
+        d->flags |= RS_SPLICE_F_TS_ABSENT;
+    if (in->sack_ok && out->sack_ok)
+        d->flags |= RS_SPLICE_F_SACK;
+    else if (in->sack_ok)
+        d->flags |= RS_SPLICE_F_SACK_STRIP;
+}
+
+/* Fills '*c2s' (segments the client sends on 'c', rewritten onto 's') and
+ * '*s2c' (segments the backend sends on 's', rewritten onto 'c') from the
+ * proxy's client connection 'c' and backend connection 's'.
+ *
+ * Bytes the client sends next (c->rcv_nxt) become the bytes the backend
+ * expects next (s->snd_nxt), and likewise c->snd_nxt <-> s->rcv_nxt, so any
+ * bytes the proxy itself already exchanged on either connection are
+ * accounted for.  The client's TSvals are shifted to continue from
+ * s->ts_now (the newest TSval the backend got from the proxy), the
+ * backend's from c->ts_now; TSecr is shifted back the opposite way so each
+ * end sees its own clock echoed.  The window the client sends (its scale
+ * c->snd_wscale) is re-expressed in the scale the backend applies to the
+ * proxy's windows (s->rcv_wscale), and the other way round.
+ *
+ * Returns 0, or -RS_SPLICE_EINVAL when a window scale exceeds 14 (the
+ * outputs are then untouched). */
+static inline int rs_splice_init(const struct rs_splice_conn *c, const struct rs_splice_conn *s,
+                                 struct rs_splice_dir *c2s, struct rs_splice_dir *s2c)
+{
+    if (c->snd_wscale > RS_SPLICE_WSCALE_MAX || c->rcv_wscale > RS_SPLICE_WSCALE_MAX ||
+        s->snd_wscale > RS_SPLICE_WSCALE_MAX || s->rcv_wscale > RS_SPLICE_WSCALE_MAX)
+        return -RS_SPLICE_EINVAL;
+    rs_splice_dir_fill__(c2s, c, s);
+    rs_splice_dir_fill__(s2c, s, c);
+    return 0;
+}
+
+/* ---- Field translation (host-order values) ------------------------------ */
+
+static inline rs_u32 rs_splice_seq(const struct rs_splice_dir *d, rs_u32 seq)
+{
+    return seq + d->seq_delta;
+}
+
+/* Also used for SACK block edges, which number the same bytes as ack. */
+static inline rs_u32 rs_splice_ack(const struct rs_splice_dir *d, rs_u32 ack)
+{
+    return ack + d->ack_delta;
+}
+
+static inline rs_u32 rs_splice_tsval(const struct rs_splice_dir *d, rs_u32 tsval)
+{
+    return tsval + d->tsval_delta;
+}
+
+/* TSecr 0 means "nothing echoed" (RFC 7323 §3.2) and stays 0. */
+static inline rs_u32 rs_splice_tsecr(const struct rs_splice_dir *d, rs_u32 tsecr)
+{
+    return tsecr ? tsecr + d->tsecr_delta : 0;
+}
+
+/* Returns the window field to send for a received field 'win': the real
+ * window (win << win_scale_in) in the receiver's scale, rounded down so the
+ * advertised window never exceeds the real one, clamped to 65535. */
+static inline rs_u16 rs_splice_win(const struct rs_splice_dir *d, rs_u16 win)
+{
+    /* masks keep a corrupt scale from shifting past 31 bits: 65535 << 15 fits */
+    rs_u32 real = (rs_u32)win << (d->win_scale_in & 15);
+    rs_u32 out = real >> (d->win_scale_out & 15);
+
+    return out > 0xffff ? 0xffff : (rs_u16)out;
+}
+
+/* ---- TCP options ---------------------------------------------------------- */
+
+/* Where the options a splice rewrites sit in a TCP header: byte offsets
+ * from the header's start, 0 when absent (options start at 20). */
+struct rs_splice_optpos {
+    rs_splice_idx ts;       /* TS option (10 bytes) */
+    rs_splice_idx sack;     /* SACK option */
+    rs_splice_idx sack_len; /* its length: 2 + 8n, n in 1..4 */
+};
+
+/* Scans the options of the TCP header 'tcp' of 'hdr_len' bytes (20..60)
+ * into '*pos' without writing.  Never reads outside 'tcp'[0..'hdr_len').
+ * Returns 0; -RS_SPLICE_EINVAL for a malformed option list (bad 'hdr_len',
+ * option length below 2, option running past the header, kind without its
+ * length byte, TS length other than 10, SACK length not 2 + 8n with n in
+ * 1..4, a second TS or SACK option); or -RS_SPLICE_EOPNOTSUPP for
+ * TCP-MD5/TCP-AO, whose signatures a rewrite would break. */
+static inline int rs_splice_opts_scan(const rs_u8 *tcp, rs_u32 hdr_len, struct rs_splice_optpos *pos)
+{
+    rs_splice_idx i = RS_TCP_HDR_MIN, end = hdr_len, kind, olen;
+
+    pos->ts = pos->sack = pos->sack_len = 0;
+    if (end < RS_TCP_HDR_MIN || end > RS_TCP_HDR_MAX)
+        return -RS_SPLICE_EINVAL;
+    /* Bounded by a constant: every pass moves 'i' forward by one (NOP) or by
+     * 'olen' >= 2 (checked below; that check is what ends the loop), and 'i'
+     * stops at RS_TCP_HDR_MAX, so at most 40 passes.  There is no separate
+     * pass counter on purpose: in BPF an exact counter makes every pass a
+     * distinct verifier state (over the 1M-instruction budget, and unrolling
+     * is worse), while this form verifies in about 10k instructions. */
+    while (i < end && i < RS_TCP_HDR_MAX) {
+        rs_splice_barrier_var__(i);
+        if (i >= end || i >= RS_TCP_HDR_MAX)
+            break;
+        kind = tcp[i];
+        if (kind == RS_TCPOPT_EOL)
+            break;
+        if (kind == RS_TCPOPT_NOP) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= end || i + 1 >= RS_TCP_HDR_MAX)
+            return -RS_SPLICE_EINVAL;
+        olen = tcp[i + 1];
+        if (olen < 2 || olen > end - i) /* olen >= 2 also guarantees progress */
+            return -RS_SPLICE_EINVAL;
+        if (kind == RS_TCPOPT_TS) {
+            if (olen != RS_TCPOLEN_TS || pos->ts)
+                return -RS_SPLICE_EINVAL;
+            pos->ts = i;
+        } else if (kind == RS_TCPOPT_SACK) {
+            if (olen < 10 || olen > 34 || (olen - 2) % 8 || pos->sack)
+                return -RS_SPLICE_EINVAL;
+            pos->sack = i;
+            pos->sack_len = olen;
+        } else if (kind == RS_TCPOPT_MD5 || kind == RS_TCPOPT_AO) {
+            return -RS_SPLICE_EOPNOTSUPP;
+        }
+        /* MSS, window scale, SACK-permitted (SYN only) and unknown kinds pass */
+        i += olen;
+    }
+    return 0;
+}
+
+/* Overwrites 'len' bytes at 'tcp'['i'] with NOPs, returning 'csum' updated. */
+static inline rs_u16 rs_splice_opt_nop__(rs_u8 *tcp, rs_splice_idx i, rs_splice_idx len, rs_u16 csum)
+{
+    rs_splice_idx k, off;
+
+    for (k = 0; k < RS_TCP_OPT_MAX; k++) {
+        off = i + k;
+        rs_splice_barrier_var__(off);
+        if (k >= len || off >= RS_TCP_HDR_MAX)
+            break;
+        csum = rs_splice_csum_replace8_at(csum, tcp[off], RS_TCPOPT_NOP, off);
+        tcp[off] = RS_TCPOPT_NOP;
+    }
+    return csum;
+}
+
+/* Rewrites the options found by rs_splice_opts_scan in the 'hdr_len'-byte
+ * header 'tcp' as 'd' says, returning the TCP checksum 'csum' updated.
+ * The constant bounds repeat what the scan proved, for the BPF verifier. */
+static inline rs_u16 rs_splice_opts_apply__(const struct rs_splice_dir *d, rs_u8 *tcp,
+                                            const struct rs_splice_optpos *pos, rs_u16 csum)
+{
+    rs_splice_idx i = pos->ts, e, off, end;
+    rs_u32 oldv, newv;
+
+    rs_splice_barrier_var__(i);
+    if (i && i <= RS_TCP_HDR_MAX - RS_TCPOLEN_TS) {
+        if (d->flags & RS_SPLICE_F_TS) {
+            oldv = rs_splice_load32(tcp + i + 2);
+            newv = rs_splice_tsval(d, oldv);
+            rs_splice_store32(tcp + i + 2, newv);
+            csum = rs_splice_csum_replace32_at(csum, oldv, newv, i + 2);
+            oldv = rs_splice_load32(tcp + i + 6);
+            newv = rs_splice_tsecr(d, oldv);
+            rs_splice_store32(tcp + i + 6, newv);
+            csum = rs_splice_csum_replace32_at(csum, oldv, newv, i + 6);
+        } else if (d->flags & RS_SPLICE_F_TS_STRIP) {
+            csum = rs_splice_opt_nop__(tcp, i, RS_TCPOLEN_TS, csum);
+        }
+    }
+
+    i = pos->sack;
+    end = i + pos->sack_len;
+    if (!i || end > RS_TCP_HDR_MAX)
+        return csum;
+    if (d->flags & RS_SPLICE_F_SACK) {
+        for (e = 0; e < 8; e++) { /* at most 4 blocks of 2 edges */
+            off = i + 2 + 4 * e;
+            rs_splice_barrier_var__(off);
+            if (off + 4 > end || off > RS_TCP_HDR_MAX - 4)
+                break;
+            oldv = rs_splice_load32(tcp + off);
+            newv = rs_splice_ack(d, oldv);
+            rs_splice_store32(tcp + off, newv);
+            csum = rs_splice_csum_replace32_at(csum, oldv, newv, off);
+        }
+    } else if (d->flags & RS_SPLICE_F_SACK_STRIP) {
+        csum = rs_splice_opt_nop__(tcp, i, pos->sack_len, csum);
+    }
+    return csum;
+}
+
+/* Rewrites the TS and SACK options of TCP header 'tcp' ('hdr_len' bytes,
+ * 20..60) as 'd' says, updating the TCP checksum.  Returns 0, or the
+ * negative error of rs_splice_opts_scan with the header unchanged. */
+static inline int rs_splice_opts_rewrite(const struct rs_splice_dir *d, rs_u8 *tcp, rs_u32 hdr_len)
+{
+    struct rs_splice_optpos pos;
+    int err = rs_splice_opts_scan(tcp, hdr_len, &pos);
+
+    if (err)
+        return err;
+    rs_splice_store16(tcp + 16, rs_splice_opts_apply__(d, tcp, &pos, rs_splice_load16(tcp + 16)));
+    return 0;
+}
+
+/* ---- Whole headers ----------------------------------------------------------- */
+
+/* Rewrites the TCP header at 'tcp' ('len' readable bytes, at least the
+ * header with its options): ports, seq, ack (when ACK is set), window
+ * (except on SYN, whose window is never scaled), options; updates the TCP
+ * checksum for all of them but not for the pseudo header (see
+ * rs_splice_ip4_addrs).  Returns 0, -RS_SPLICE_EINVAL when the header is
+ * short or malformed, or -RS_SPLICE_EOPNOTSUPP (MD5/AO); on error nothing
+ * was written. */
+static inline int rs_splice_tcp(const struct rs_splice_dir *d, rs_u8 *tcp, rs_u32 len)
+{
+    struct rs_splice_optpos pos;
+    rs_u32 hdr_len, oldv, newv;
+    rs_u16 csum, old16, new16;
+    rs_u8 flags;
+    int err;
+
+    if (len < RS_TCP_HDR_MIN)
+        return -RS_SPLICE_EINVAL;
+    hdr_len = (rs_u32)(tcp[12] >> 4) * 4;
+    if (hdr_len < RS_TCP_HDR_MIN || hdr_len > len)
+        return -RS_SPLICE_EINVAL;
+    err = rs_splice_opts_scan(tcp, hdr_len, &pos);
+    if (err)
+        return err;
+
+    flags = tcp[13];
+    csum = rs_splice_load16(tcp + 16);
+
+    old16 = rs_splice_load16(tcp);
+    rs_splice_store16(tcp, d->sport);
+    csum = rs_splice_csum_replace16(csum, old16, d->sport);
+    old16 = rs_splice_load16(tcp + 2);
+    rs_splice_store16(tcp + 2, d->dport);
+    csum = rs_splice_csum_replace16(csum, old16, d->dport);
+
+    oldv = rs_splice_load32(tcp + 4);
+    newv = rs_splice_seq(d, oldv);
+    rs_splice_store32(tcp + 4, newv);
+    csum = rs_splice_csum_replace32(csum, oldv, newv);
+
+    if (flags & RS_TCP_F_ACK) {
+        oldv = rs_splice_load32(tcp + 8);
+        newv = rs_splice_ack(d, oldv);
+        rs_splice_store32(tcp + 8, newv);
+        csum = rs_splice_csum_replace32(csum, oldv, newv);
+    }
+
+    if (!(flags & RS_TCP_F_SYN)) {
+        old16 = rs_splice_load16(tcp + 14);
+        new16 = rs_splice_win(d, old16);
+        rs_splice_store16(tcp + 14, new16);
+        csum = rs_splice_csum_replace16(csum, old16, new16);
+    }
+
+    rs_splice_store16(tcp + 16, rs_splice_opts_apply__(d, tcp, &pos, csum));
+    return 0;
+}
+
+/* Rewrites the addresses of IPv4 header 'ip' (20 bytes or more) to
+ * d->saddr/d->daddr, updating the IPv4 header checksum and, through the
+ * pseudo header, the checksum of the TCP header 'tcp'. */
+static inline void rs_splice_ip4_addrs(const struct rs_splice_dir *d, rs_u8 *ip, rs_u8 *tcp)
+{
+    rs_u16 ip_csum = rs_splice_load16(ip + 10), tcp_csum = rs_splice_load16(tcp + 16);
+
+    rs_splice_csum_replace_addr(&ip_csum, &tcp_csum, rs_splice_load32(ip + 12), d->saddr);
+    rs_splice_csum_replace_addr(&ip_csum, &tcp_csum, rs_splice_load32(ip + 16), d->daddr);
+    rs_splice_store32(ip + 12, d->saddr);
+    rs_splice_store32(ip + 16, d->daddr);
+    rs_splice_store16(ip + 10, ip_csum);
+    rs_splice_store16(tcp + 16, tcp_csum);
+}
+
+/* Translates the IPv4/TCP packet at 'pkt' ('len' readable bytes, from the
+ * IPv4 header on; the TCP payload need not be present as long as the IPv4
+ * total length covers it: only header bytes are read or written) for
+ * direction 'd'.
+ * Returns 0; -RS_SPLICE_EINVAL when 'pkt' is not a well-formed IPv4 TCP
+ * packet (short, bad version/IHL/total length/data offset, not TCP) or its
+ * options are malformed; -RS_SPLICE_EOPNOTSUPP for a fragment or a segment
+ * carrying TCP-MD5/TCP-AO.  On error 'pkt' is unchanged. */
+static inline int rs_splice_packet(const struct rs_splice_dir *d, rs_u8 *pkt, rs_u32 len)
+{
+    rs_u32 ihl, tot;
+    int err;
+
+    if (len < RS_IP4_HDR_MIN + RS_TCP_HDR_MIN || (pkt[0] >> 4) != 4)
+        return -RS_SPLICE_EINVAL;
+    ihl = (rs_u32)(pkt[0] & 0x0f) * 4;
+    tot = rs_splice_load16(pkt + 2);
+    if (ihl < RS_IP4_HDR_MIN || tot < ihl + RS_TCP_HDR_MIN || pkt[9] != 6 /* TCP */)
+        return -RS_SPLICE_EINVAL;
+    /* the header bytes must be readable; the payload only has to be declared */
+    if (ihl + RS_TCP_HDR_MIN > len)
+        return -RS_SPLICE_EINVAL;
+    if (rs_splice_load16(pkt + 6) & 0x3fff) /* MF or a fragment offset */
+        return -RS_SPLICE_EOPNOTSUPP;
+    if ((rs_u32)(pkt[ihl + 12] >> 4) * 4 > tot - ihl)
+        return -RS_SPLICE_EINVAL;
+    err = rs_splice_tcp(d, pkt + ihl, len - ihl);
+    if (err)
+        return err;
+    rs_splice_ip4_addrs(d, pkt, pkt + ihl);
+    return 0;
+}
+
+#endif /* RS_SPLICE_H */
