@@ -369,7 +369,7 @@ static int try_splice(struct proxy *p, struct pconn *pc)
     struct rs_flow_key kc = key_c(pc), kb = key_b(pc);
     struct rs_splice_conn s;
     struct rs_splice_dir c2s, s2c;
-    struct rs_flow fc, fb;
+    struct rs_flow fb, fc;
     int e;
 
     if (pc->c2b_len || pc->b2c_len || rs_sock_queued(pc->cfd) || rs_sock_queued(pc->bfd))
@@ -388,11 +388,16 @@ static int try_splice(struct proxy *p, struct pconn *pc)
     if ((e = rs_repair_on(pc->cfd)) || (e = rs_repair_on(pc->bfd))
         || (e = rs_repair_read(pc->cfd, pc->vip, pc->client, &pc->c))
         || (e = rs_repair_read(pc->bfd, pc->local, pc->backend, &s))
-        || (e = rs_splicer_get(p->sp, &kc, &fc)) || (e = rs_splicer_get(p->sp, &kb, &fb)))
+        || (e = rs_splicer_get(p->sp, &kb, &fb)))
         goto undo;
     pc->ts_base_us = rs_now_us();
-    /* Newest TSval each peer sent, recorded by the tc program before the freeze. */
-    pc->c.ts_recent = fc.ts_recent;
+    /* Newest TSval each peer sent, recorded by the tc program before the
+     * freeze: the client's since its SYN, the backend's since its SYN-ACK. */
+    if (pc->c.ts_ok && (e = rs_splicer_client_ts(p->sp, &kc, &pc->c.ts_recent)) != 0)
+        goto undo;
+    if (pc->c.ts_ok && !rs_splicer_get(p->sp, &kc, &fc) && fc.has_seq && fc.ts_recent
+        && rs_seq_gt(fc.ts_recent, pc->c.ts_recent))
+        pc->c.ts_recent = fc.ts_recent;
     s.ts_recent = fb.ts_recent;
     if ((e = rs_splice_init(&pc->c, &s, &c2s, &s2c)) != 0
         || (e = rs_splicer_activate(p->sp, &kb, &s2c, pc->id)) != 0
@@ -894,6 +899,10 @@ int main(int argc, char **argv)
         p->sp = rs_splicer_open(p->ifname, &e);
         if (!p->sp) {
             fprintf(stderr, "rs-proxy: cannot attach the splice program to %s: %s\n", p->ifname, strerror(-e));
+            return 1;
+        }
+        if ((e = rs_splicer_set_vip(p->sp, p->listen.ip, p->listen.port)) != 0) {
+            fprintf(stderr, "rs-proxy: cannot configure the splice program: %s\n", strerror(-e));
             return 1;
         }
     }

@@ -60,6 +60,11 @@ struct rs_splicer;
 struct rs_splicer *rs_splicer_open(const char *ifname, int *err);
 void rs_splicer_close(struct rs_splicer *s);
 int rs_splicer_ifindex(const struct rs_splicer *s);
+/* Tells the tc program where clients connect, so it records their TSvals. */
+int rs_splicer_set_vip(struct rs_splicer *s, uint32_t ip, uint16_t port);
+/* The newest TSval client connection 'k' sent before its splice (then
+ * forgotten).  Returns 0 or -ENOENT. */
+int rs_splicer_client_ts(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t *ts);
 int rs_splicer_events_fd(struct rs_splicer *s);
 typedef void (*rs_splicer_event_cb)(void *arg, const struct rs_flow_event *ev);
 int rs_splicer_poll_events(struct rs_splicer *s, rs_splicer_event_cb cb, void *arg);

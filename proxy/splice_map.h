@@ -10,6 +10,17 @@
 #define RS_SPLICE_MAP_MAX 65536   /* directions spliced at once (two per connection) */
 #define RS_SPLICE_EVENTS_BYTES (256 * 1024)
 
+#define RS_TS_MAP_MAX 65536      /* connections whose clients' TSvals are watched before a splice */
+
+/* Where clients connect (network order): segments to it that belong to no
+ * splice yet have their TSval recorded in rs_ts, because the splice must
+ * continue the client's clock and the proxy's socket does not tell it. */
+struct rs_vip {
+    rs_u32 addr;
+    rs_u16 port;
+    rs_u16 pad_;
+};
+
 /* Address fields in network order, exactly as read from the packet. */
 struct rs_flow_key {
     rs_u32 saddr;

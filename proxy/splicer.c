@@ -46,6 +46,24 @@ static int on_ring_event(void *ctx, void *data, size_t len)
     return 0;
 }
 
+int rs_splicer_set_vip(struct rs_splicer *s, uint32_t ip, uint16_t port)
+{
+    struct rs_vip v = { .addr = htonl(ip), .port = htons(port) };
+    uint32_t zero = 0;
+
+    return bpf_map_update_elem(bpf_map__fd(s->skel->maps.rs_vips), &zero, &v, BPF_ANY) ? -errno : 0;
+}
+
+int rs_splicer_client_ts(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t *ts)
+{
+    int fd = bpf_map__fd(s->skel->maps.rs_ts);
+
+    if (bpf_map_lookup_elem(fd, k, ts))
+        return -errno;
+    bpf_map_delete_elem(fd, k);
+    return 0;
+}
+
 struct rs_splicer *rs_splicer_open(const char *ifname, int *err)
 {
     struct rs_splicer *s = calloc(1, sizeof(*s));

@@ -28,6 +28,21 @@ struct {
 } rs_flows SEC(".maps");
 
 struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct rs_vip);
+} rs_vips SEC(".maps");
+
+/* Newest TSval of each client connection to the VIP that is not spliced yet. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, RS_TS_MAP_MAX);
+    __type(key, struct rs_flow_key);
+    __type(value, __u32);
+} rs_ts SEC(".maps");
+
+struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, RS_SPLICE_EVENTS_BYTES);
 } rs_events SEC(".maps");
@@ -62,6 +77,24 @@ static __always_inline void track_seq(struct __sk_buff *skb, struct rs_flow *f, 
     }
 }
 
+/* Records the TSval of a client segment to the VIP in rs_ts. */
+static __always_inline void record_ts(struct __sk_buff *skb, const struct rs_flow_key *key)
+{
+    __u8 tcp[RS_TCP_HDR_MAX];
+    struct rs_splice_optpos pos;
+    __u32 hlen, ts;
+
+    if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, RS_TCP_HDR_MIN) < 0)
+        return;
+    hlen = (__u32)(tcp[12] >> 4) * 4;
+    if (hlen <= RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX || bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
+        return;
+    if (rs_splice_opts_scan(tcp, hlen, &pos) == 0 && pos.ts && pos.ts <= RS_TCP_HDR_MAX - 10) {
+        ts = rs_splice_load32(tcp + pos.ts + 2);
+        bpf_map_update_elem(&rs_ts, key, &ts, BPF_ANY);
+    }
+}
+
 SEC("tc")
 int rs_splice_ingress(struct __sk_buff *skb)
 {
@@ -82,8 +115,14 @@ int rs_splice_ingress(struct __sk_buff *skb)
     __builtin_memcpy(&key.sport, tcp, 2);
     __builtin_memcpy(&key.dport, tcp + 2, 2);
     f = bpf_map_lookup_elem(&rs_flows, &key);
-    if (!f)
+    if (!f) {
+        __u32 zero = 0;
+        struct rs_vip *vip = bpf_map_lookup_elem(&rs_vips, &zero);
+
+        if (vip && vip->addr == key.daddr && vip->port == key.dport)
+            record_ts(skb, &key);
         return TC_ACT_OK;
+    }
 
     f->last_ns = bpf_ktime_get_ns();
     hlen = (__u32)(tcp[12] >> 4) * 4;
