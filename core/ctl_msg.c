@@ -8,7 +8,8 @@
 
 #include <sodium.h>
 
-/* Payload length of each type; STATE_UPDATE's is the minimum (no data). */
+/* Payload length of each type; for the types that carry data (STATE_UPDATE,
+ * PLAN) it is the minimum, without data. */
 static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_HEARTBEAT] = 16,
     [RS_CTL_FAILURE] = 8,
@@ -18,6 +19,12 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_RESPLICE] = 28,
     [RS_CTL_ACK] = 16,
     [RS_CTL_STATE_UPDATE] = RS_CTL_STATE_HDR,
+    [RS_CTL_CONN_MAP] = 16,
+    [RS_CTL_STATE_QUERY] = 8,
+    [RS_CTL_APPLY] = 8,
+    [RS_CTL_RECOVER] = 20,
+    [RS_CTL_PLAN] = RS_CTL_PLAN_HDR,
+    [RS_CTL_RESEND] = 16,
 };
 
 static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
@@ -29,6 +36,12 @@ static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_RESPLICE] = "RESPLICE",
     [RS_CTL_ACK] = "ACK",
     [RS_CTL_STATE_UPDATE] = "STATE_UPDATE",
+    [RS_CTL_CONN_MAP] = "CONN_MAP",
+    [RS_CTL_STATE_QUERY] = "STATE_QUERY",
+    [RS_CTL_APPLY] = "APPLY",
+    [RS_CTL_RECOVER] = "RECOVER",
+    [RS_CTL_PLAN] = "PLAN",
+    [RS_CTL_RESEND] = "RESEND",
 };
 
 /* Wire flag bits inside payloads. */
@@ -44,9 +57,14 @@ static bool type_known(unsigned type)
     return type >= RS_CTL_HEARTBEAT && type <= RS_CTL_TYPE_MAX;
 }
 
+static bool has_data(unsigned type)
+{
+    return type == RS_CTL_STATE_UPDATE || type == RS_CTL_PLAN;
+}
+
 static uint32_t max_body_len(unsigned type)
 {
-    return type == RS_CTL_STATE_UPDATE ? RS_CTL_PAYLOAD_MAX : body_len[type];
+    return has_data(type) ? body_len[type] + RS_CTL_STATE_MAX : body_len[type];
 }
 
 /* ---- Byte order helpers (cursor advances) ---------------------------------- */
@@ -144,6 +162,29 @@ static int validate__(const struct rs_ctl_msg *m)
         ok = txn_ok(b->txn) && b->len <= RS_CTL_STATE_MAX && (b->len == 0 || b->data);
         break;
     }
+    case RS_CTL_CONN_MAP:
+        ok = conn_ok(&m->u.conn_map.peer) && conn_ok(&m->u.conn_map.client);
+        break;
+    case RS_CTL_STATE_QUERY:
+        ok = conn_ok(&m->u.state_query.client);
+        break;
+    case RS_CTL_APPLY:
+        ok = conn_ok(&m->u.apply.client);
+        break;
+    case RS_CTL_RECOVER:
+        ok = conn_ok(&m->u.recover.client) && conn_ok(&m->u.recover.target)
+             && m->u.recover.backend_id != 0;
+        break;
+    case RS_CTL_PLAN: {
+        const struct rs_ctl_plan *b = &m->u.plan;
+        ok = conn_ok(&b->client) && b->status <= 0 && b->status >= -ERRNO_MAX
+             && !(b->flags & ~RS_CTL_PLAN_FLAGS_ALL) && ((b->flags & RS_CTL_PLAN_HAS_TL) || b->tl == 0)
+             && b->len <= RS_CTL_STATE_MAX && (b->len == 0 || b->data);
+        break;
+    }
+    case RS_CTL_RESEND:
+        ok = conn_ok(&m->u.resend.client);
+        break;
     default:
         ok = false;
     }
@@ -165,7 +206,8 @@ void rs_ctl_replay_init(struct rs_ctl_replay *replay)
 
 static uint32_t payload_len(const struct rs_ctl_msg *m)
 {
-    return body_len[m->type] + (m->type == RS_CTL_STATE_UPDATE ? m->u.state_update.len : 0);
+    return body_len[m->type] + (m->type == RS_CTL_STATE_UPDATE ? m->u.state_update.len
+                                : m->type == RS_CTL_PLAN ? m->u.plan.len : 0);
 }
 
 int rs_ctl_encoded_len(const struct rs_ctl_msg *msg)
@@ -240,6 +282,55 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         *p += b->len;
         break;
     }
+    case RS_CTL_CONN_MAP:
+        put_conn(p, &m->u.conn_map.peer);
+        put_conn(p, &m->u.conn_map.client);
+        put16(p, m->u.conn_map.next_num);
+        put_zero(p, 2);
+        break;
+    case RS_CTL_STATE_QUERY:
+        put_conn(p, &m->u.state_query.client);
+        put_zero(p, 2);
+        break;
+    case RS_CTL_APPLY:
+        put_conn(p, &m->u.apply.client);
+        put16(p, m->u.apply.upto);
+        break;
+    case RS_CTL_RECOVER:
+        put_conn(p, &m->u.recover.client);
+        put_zero(p, 2);
+        put32(p, m->u.recover.backend_id);
+        put_conn(p, &m->u.recover.target);
+        put_zero(p, 2);
+        break;
+    case RS_CTL_PLAN: {
+        const struct rs_ctl_plan *b = &m->u.plan;
+        put_conn(p, &b->client);
+        put8(p, b->flags);
+        put_zero(p, 1);
+        put32(p, (uint32_t)b->status);
+        put16(p, b->tl);
+        put16(p, b->tsp);
+        put16(p, b->tr);
+        put16(p, b->replayed);
+        put32(p, b->ack_tl);
+        put32(p, b->p);
+        put32(p, b->ackcl);
+        put32(p, b->resend_from);
+        put32(p, b->resend_to);
+        put32(p, b->q);
+        put32(p, b->len);
+        if (b->len)
+            memmove(*p, b->data, b->len);
+        *p += b->len;
+        break;
+    }
+    case RS_CTL_RESEND:
+        put_conn(p, &m->u.resend.client);
+        put_zero(p, 2);
+        put32(p, m->u.resend.from);
+        put32(p, m->u.resend.to);
+        break;
     }
 }
 
@@ -285,7 +376,7 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
     uint8_t fl;
 
     if (plen < body_len[m->type]
-        || (m->type != RS_CTL_STATE_UPDATE && plen != body_len[m->type]))
+        || (!has_data(m->type) && plen != body_len[m->type]))
         return -EBADMSG;
     switch (m->type) {
     case RS_CTL_HEARTBEAT:
@@ -355,6 +446,55 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         b->data = b->len ? p : NULL;
         break;
     }
+    case RS_CTL_CONN_MAP:
+        get_conn(&p, &m->u.conn_map.peer);
+        get_conn(&p, &m->u.conn_map.client);
+        m->u.conn_map.next_num = get16(&p);
+        pad_ok = get_zero(&p, 2);
+        break;
+    case RS_CTL_STATE_QUERY:
+        get_conn(&p, &m->u.state_query.client);
+        pad_ok = get_zero(&p, 2);
+        break;
+    case RS_CTL_APPLY:
+        get_conn(&p, &m->u.apply.client);
+        m->u.apply.upto = get16(&p);
+        break;
+    case RS_CTL_RECOVER:
+        get_conn(&p, &m->u.recover.client);
+        pad_ok = get_zero(&p, 2);
+        m->u.recover.backend_id = get32(&p);
+        get_conn(&p, &m->u.recover.target);
+        pad_ok &= get_zero(&p, 2);
+        break;
+    case RS_CTL_PLAN: {
+        struct rs_ctl_plan *b = &m->u.plan;
+        get_conn(&p, &b->client);
+        b->flags = get8(&p);
+        pad_ok = get_zero(&p, 1);
+        b->status = (int32_t)get32(&p);
+        b->tl = get16(&p);
+        b->tsp = get16(&p);
+        b->tr = get16(&p);
+        b->replayed = get16(&p);
+        b->ack_tl = get32(&p);
+        b->p = get32(&p);
+        b->ackcl = get32(&p);
+        b->resend_from = get32(&p);
+        b->resend_to = get32(&p);
+        b->q = get32(&p);
+        b->len = get32(&p);
+        if (b->len != plen - RS_CTL_PLAN_HDR)
+            return -EBADMSG;
+        b->data = b->len ? p : NULL;
+        break;
+    }
+    case RS_CTL_RESEND:
+        get_conn(&p, &m->u.resend.client);
+        pad_ok = get_zero(&p, 2);
+        m->u.resend.from = get32(&p);
+        m->u.resend.to = get32(&p);
+        break;
     }
     if (!pad_ok || validate__(m))
         return -EBADMSG;
@@ -479,6 +619,31 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
                && (x->len == 0 || x->data == y->data
                    || (x->data && y->data && memcmp(x->data, y->data, x->len) == 0));
     }
+    case RS_CTL_CONN_MAP:
+        return conn_eq(&a->u.conn_map.peer, &b->u.conn_map.peer)
+               && conn_eq(&a->u.conn_map.client, &b->u.conn_map.client)
+               && a->u.conn_map.next_num == b->u.conn_map.next_num;
+    case RS_CTL_STATE_QUERY:
+        return conn_eq(&a->u.state_query.client, &b->u.state_query.client);
+    case RS_CTL_APPLY:
+        return conn_eq(&a->u.apply.client, &b->u.apply.client) && a->u.apply.upto == b->u.apply.upto;
+    case RS_CTL_RECOVER:
+        return conn_eq(&a->u.recover.client, &b->u.recover.client)
+               && a->u.recover.backend_id == b->u.recover.backend_id
+               && conn_eq(&a->u.recover.target, &b->u.recover.target);
+    case RS_CTL_PLAN: {
+        const struct rs_ctl_plan *x = &a->u.plan, *y = &b->u.plan;
+        return conn_eq(&x->client, &y->client) && x->status == y->status && x->flags == y->flags
+               && x->tl == y->tl && x->tsp == y->tsp && x->tr == y->tr && x->replayed == y->replayed
+               && x->ack_tl == y->ack_tl && x->p == y->p && x->ackcl == y->ackcl
+               && x->resend_from == y->resend_from && x->resend_to == y->resend_to && x->q == y->q
+               && x->len == y->len
+               && (x->len == 0 || x->data == y->data
+                   || (x->data && y->data && memcmp(x->data, y->data, x->len) == 0));
+    }
+    case RS_CTL_RESEND:
+        return conn_eq(&a->u.resend.client, &b->u.resend.client) && a->u.resend.from == b->u.resend.from
+               && a->u.resend.to == b->u.resend.to;
     }
     return true; /* unknown types carry no body to compare */
 }

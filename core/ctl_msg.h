@@ -31,7 +31,8 @@
 /* Opaque state of one transaction; bounds the receiver's buffering. */
 #define RS_CTL_STATE_MAX   (1u << 20)
 #define RS_CTL_STATE_HDR   16u
-#define RS_CTL_PAYLOAD_MAX (RS_CTL_STATE_HDR + RS_CTL_STATE_MAX)
+#define RS_CTL_PLAN_HDR    48u
+#define RS_CTL_PAYLOAD_MAX (RS_CTL_PLAN_HDR + RS_CTL_STATE_MAX)
 #define RS_CTL_FRAME_MAX   (RS_CTL_HDR_LEN + RS_CTL_PAYLOAD_MAX + RS_CTL_MAC_LEN)
 /* Senders one receiver tracks; a deployment has a handful of daemons. */
 #define RS_CTL_REPLAY_PEERS 64u
@@ -47,7 +48,13 @@ enum rs_ctl_type {
     RS_CTL_RESPLICE,          /* recovery manager -> proxies: splice to a new server */
     RS_CTL_ACK,               /* reply to any request (RESPLICE_DONE is an ACK of RESPLICE) */
     RS_CTL_STATE_UPDATE,      /* primary -> alternate: a transaction's state */
-    RS_CTL_TYPE_MAX = RS_CTL_STATE_UPDATE,
+    RS_CTL_CONN_MAP,          /* proxy/logger -> stated: the TCP peer about to connect acts for a client */
+    RS_CTL_STATE_QUERY,       /* logger -> stated: report Ts and TA of a client connection */
+    RS_CTL_APPLY,             /* logger -> stated: apply buffered state of a client up to a number */
+    RS_CTL_RECOVER,           /* proxy -> logger: a client's backend failed, plan its recovery */
+    RS_CTL_PLAN,              /* logger -> proxy: the recovery plan, with TL+1's logged request */
+    RS_CTL_RESEND,            /* proxy -> logger (first frame on a resend connection): send these bytes */
+    RS_CTL_TYPE_MAX = RS_CTL_RESEND,
 };
 
 enum rs_ctl_role {
@@ -127,6 +134,62 @@ struct rs_ctl_state_update {
     const uint8_t *data;      /* after decode: points into the frame buffer */
 };
 
+/* The backend will see a TCP connection from 'peer' (the proxy's or the
+ * logger's end); its requests are client 'client''s, numbered from
+ * 'next_num' on (so transaction IDs match the logger's). */
+struct rs_ctl_conn_map {
+    struct rs_ctl_conn peer;
+    struct rs_ctl_conn client;
+    uint16_t next_num;
+};
+
+struct rs_ctl_state_query {
+    struct rs_ctl_conn client;
+};
+
+/* Apply every buffered state of 'client' whose number is below 'upto',
+ * logged or not (recovery: (Ts, TR)). */
+struct rs_ctl_apply {
+    struct rs_ctl_conn client;
+    uint16_t upto;
+};
+
+struct rs_ctl_recover {
+    struct rs_ctl_conn client;
+    uint32_t backend_id;      /* the failed backend */
+    struct rs_ctl_conn target;/* the alternate that takes over (its application port) */
+};
+
+/* Flags of rs_ctl_plan. */
+#define RS_CTL_PLAN_HAS_TL      (1u << 0)
+#define RS_CTL_PLAN_EQ1         (1u << 1)  /* equation 1 holds */
+#define RS_CTL_PLAN_REQ_DONE    (1u << 2)  /* TL+1's whole request is in 'data' */
+#define RS_CTL_PLAN_SYNC_STATE  (1u << 3)  /* TL+1 is answered from synchronously sent state */
+#define RS_CTL_PLAN_FLAGS_ALL   0x0fu
+
+/* The recovery of one client connection, in the client's sequence spaces:
+ * resend [resend_from, resend_to) of the response stream from the log;
+ * then the alternate gets 'data' (TL+1's request bytes logged so far,
+ * which start at client byte 'q') and its response to TL+1 lands at
+ * response byte 'ack_tl'. */
+struct rs_ctl_plan {
+    struct rs_ctl_conn client;
+    int32_t status;           /* 0, or why the connection cannot be recovered (negative errno) */
+    uint8_t flags;            /* RS_CTL_PLAN_* */
+    uint16_t tl, tsp, tr;     /* tl is 0 without RS_CTL_PLAN_HAS_TL */
+    uint16_t replayed;        /* transactions replayed on the alternate */
+    uint32_t ack_tl, p, ackcl;
+    uint32_t resend_from, resend_to;
+    uint32_t q;
+    uint32_t len;             /* <= RS_CTL_STATE_MAX */
+    const uint8_t *data;      /* after decode: points into the frame buffer */
+};
+
+struct rs_ctl_resend {
+    struct rs_ctl_conn client;
+    uint32_t from, to;        /* response bytes [from, to) in the client's numbering */
+};
+
 struct rs_ctl_msg {
     uint8_t type;             /* enum rs_ctl_type */
     uint32_t sender;          /* non-zero */
@@ -140,6 +203,12 @@ struct rs_ctl_msg {
         struct rs_ctl_resplice resplice;
         struct rs_ctl_ack ack;
         struct rs_ctl_state_update state_update;
+        struct rs_ctl_conn_map conn_map;
+        struct rs_ctl_state_query state_query;
+        struct rs_ctl_apply apply;
+        struct rs_ctl_recover recover;
+        struct rs_ctl_plan plan;
+        struct rs_ctl_resend resend;
     } u;
 };
 

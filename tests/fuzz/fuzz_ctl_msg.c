@@ -137,6 +137,47 @@ static void roundtrip(const struct rs_ctl_key *key, const uint8_t *data, size_t 
         m.u.state_update.len = (uint32_t)r.left; /* the rest is the state */
         m.u.state_update.data = r.left ? r.p : NULL;
         break;
+    case RS_CTL_CONN_MAP:
+        take_conn(&r, &m.u.conn_map.peer);
+        take_conn(&r, &m.u.conn_map.client);
+        m.u.conn_map.next_num = (uint16_t)take(&r, 2);
+        break;
+    case RS_CTL_STATE_QUERY:
+        take_conn(&r, &m.u.state_query.client);
+        break;
+    case RS_CTL_APPLY:
+        take_conn(&r, &m.u.apply.client);
+        m.u.apply.upto = (uint16_t)take(&r, 2);
+        break;
+    case RS_CTL_RECOVER:
+        take_conn(&r, &m.u.recover.client);
+        m.u.recover.backend_id = (uint32_t)take(&r, 4);
+        take_conn(&r, &m.u.recover.target);
+        break;
+    case RS_CTL_PLAN: {
+        struct rs_ctl_plan *b = &m.u.plan;
+        take_conn(&r, &b->client);
+        b->status = (int32_t)(uint32_t)take(&r, 4);
+        b->flags = (uint8_t)take(&r, 1);
+        b->tl = (uint16_t)take(&r, 2);
+        b->tsp = (uint16_t)take(&r, 2);
+        b->tr = (uint16_t)take(&r, 2);
+        b->replayed = (uint16_t)take(&r, 2);
+        b->ack_tl = (uint32_t)take(&r, 4);
+        b->p = (uint32_t)take(&r, 4);
+        b->ackcl = (uint32_t)take(&r, 4);
+        b->resend_from = (uint32_t)take(&r, 4);
+        b->resend_to = (uint32_t)take(&r, 4);
+        b->q = (uint32_t)take(&r, 4);
+        b->len = (uint32_t)r.left;
+        b->data = r.left ? r.p : NULL;
+        break;
+    }
+    case RS_CTL_RESEND:
+        take_conn(&r, &m.u.resend.client);
+        m.u.resend.from = (uint32_t)take(&r, 4);
+        m.u.resend.to = (uint32_t)take(&r, 4);
+        break;
     default:
         break; /* invalid type: encode must refuse it */
     }

@@ -33,7 +33,7 @@ static int setup(void **state)
 }
 
 /* A valid message of each type, numbered 0 .. N_SAMPLES-1. */
-#define N_SAMPLES 10
+#define N_SAMPLES 17
 
 static void sample(unsigned i, struct rs_ctl_msg *m)
 {
@@ -85,6 +85,39 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
         m->type = RS_CTL_STATE_UPDATE;
         m->u.state_update = (struct rs_ctl_state_update){ rs_txn_id_make(0x0a000002u, 1234, 4),
                                                           false, 0, NULL };
+        break;
+    case 10:
+        m->type = RS_CTL_CONN_MAP;
+        m->u.conn_map = (struct rs_ctl_conn_map){ { 0x0a000001u, 40001 }, { 0x0a000101u, 5555 }, 65535 };
+        break;
+    case 11:
+        m->type = RS_CTL_STATE_QUERY;
+        m->u.state_query.client = (struct rs_ctl_conn){ 0x0a000101u, 5555 };
+        break;
+    case 12:
+        m->type = RS_CTL_APPLY;
+        m->u.apply = (struct rs_ctl_apply){ { 0x0a000101u, 5555 }, 7 };
+        break;
+    case 13:
+        m->type = RS_CTL_RECOVER;
+        m->u.recover = (struct rs_ctl_recover){ { 0x0a000101u, 5555 }, 1, { 0x0a00000cu, 8080 } };
+        break;
+    case 14:
+        m->type = RS_CTL_PLAN;
+        m->u.plan = (struct rs_ctl_plan){ .client = { 0x0a000101u, 5555 }, .status = 0,
+                                          .flags = RS_CTL_PLAN_HAS_TL | RS_CTL_PLAN_EQ1 | RS_CTL_PLAN_REQ_DONE,
+                                          .tl = 4, .tsp = 5, .tr = 5, .replayed = 0, .ack_tl = 0xfffffff0u,
+                                          .p = 100, .ackcl = 0xfffffff8u, .resend_from = 0xfffffff8u,
+                                          .resend_to = 0x54u, .q = 0x1234u, .len = sizeof(state_data),
+                                          .data = state_data };
+        break;
+    case 15:
+        m->type = RS_CTL_PLAN;
+        m->u.plan = (struct rs_ctl_plan){ .client = { 0x0a000101u, 5555 }, .status = -34 };
+        break;
+    case 16:
+        m->type = RS_CTL_RESEND;
+        m->u.resend = (struct rs_ctl_resend){ { 0x0a000101u, 5555 }, 0xffffff00u, 0x100u };
         break;
     }
 }
@@ -159,8 +192,9 @@ static void roundtrip_max_state(void **state)
     m.u.state_update = (struct rs_ctl_state_update){ rs_txn_id_make(1, 1, 1), false,
                                                      RS_CTL_STATE_MAX, data };
     n = rs_ctl_encode(&key_a, &m, buf, cap);
-    assert_int_equal(n, (int)RS_CTL_FRAME_MAX);
-    assert_int_equal(rs_ctl_encode(&key_a, &m, buf, cap - 1), -ENOSPC);
+    assert_int_equal(n, (int)(RS_CTL_HDR_LEN + RS_CTL_STATE_HDR + RS_CTL_STATE_MAX + RS_CTL_MAC_LEN));
+    assert_true((size_t)n <= RS_CTL_FRAME_MAX);
+    assert_int_equal(rs_ctl_encode(&key_a, &m, buf, (size_t)n - 1), -ENOSPC);
     n = rs_ctl_encode(&key_a, &m, buf, cap);
     assert_int_equal(rs_ctl_decode(&key_a, &rp, buf, (size_t)n, &out), n);
     assert_true(rs_ctl_msg_equal(&m, &out));
@@ -402,12 +436,13 @@ static void oversize_length(void **state)
     hdr[18] = 0xff; hdr[19] = 0xff; hdr[20] = 0xff; hdr[21] = 0xff;
     assert_int_equal(rs_ctl_decode(&key_a, &rp, hdr, RS_CTL_HDR_LEN, &out), -EMSGSIZE);
     /* Just over the STATE_UPDATE bound, and exactly at it. */
-    hdr[18] = (uint8_t)((RS_CTL_PAYLOAD_MAX + 1) >> 24);
-    hdr[19] = (uint8_t)((RS_CTL_PAYLOAD_MAX + 1) >> 16);
-    hdr[20] = (uint8_t)((RS_CTL_PAYLOAD_MAX + 1) >> 8);
-    hdr[21] = (uint8_t)(RS_CTL_PAYLOAD_MAX + 1);
+#define STATE_PAYLOAD_MAX (RS_CTL_STATE_HDR + RS_CTL_STATE_MAX)
+    hdr[18] = (uint8_t)((STATE_PAYLOAD_MAX + 1) >> 24);
+    hdr[19] = (uint8_t)((STATE_PAYLOAD_MAX + 1) >> 16);
+    hdr[20] = (uint8_t)((STATE_PAYLOAD_MAX + 1) >> 8);
+    hdr[21] = (uint8_t)(STATE_PAYLOAD_MAX + 1);
     assert_int_equal(rs_ctl_decode(&key_a, &rp, hdr, RS_CTL_HDR_LEN, &out), -EMSGSIZE);
-    hdr[21] = (uint8_t)RS_CTL_PAYLOAD_MAX;
+    hdr[21] = (uint8_t)STATE_PAYLOAD_MAX;
     assert_int_equal(rs_ctl_decode(&key_a, &rp, hdr, RS_CTL_HDR_LEN, &out), 0);
 
     /* Fixed-size types allow exactly their size. */
