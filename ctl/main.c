@@ -4,6 +4,11 @@
  *   rs-ctl --to 10.0.0.1:7070 --key key.hex resplice --client 10.0.1.1:40000 \
  *          --vip 10.0.0.1:80 --target 10.0.0.12:8080 [--q SEQ --r SEQ]
  *   rs-ctl --to 10.0.0.1:7070 --key key.hex heartbeat
+ *   rs-ctl --to 10.0.0.2:7071 --key key.hex heartbeat --backend-id 1
+ *   rs-ctl --to 10.0.0.2:7071 --key key.hex recover --client 10.0.1.1:40000 \
+ *          --backend-id 1 --target 10.0.0.12:8080
+ *   rs-ctl --to 10.0.0.2:7072 --key key.hex resend --client 10.0.1.1:40000 \
+ *          --from SEQ --to-seq SEQ [--out FILE]
  */
 #include <errno.h>
 #include <poll.h>
@@ -15,6 +20,7 @@
 
 #include "daemon.h"
 #include "parse.h"
+#include "seq.h"
 
 static void usage(FILE *f)
 {
@@ -22,7 +28,10 @@ static void usage(FILE *f)
         "usage: rs-ctl --to ADDR:PORT --key FILE [--timeout DUR] MESSAGE [fields]\n"
         "  resplice --client IP:PORT --vip IP:PORT --target IP:PORT [--q SEQ --r SEQ]\n"
         "           (without --q/--r: where the client's streams stand now)\n"
-        "  heartbeat\n"
+        "  heartbeat [--backend-id N]   (role BACKEND with an id, else PROXY)\n"
+        "  recover --client IP:PORT --backend-id N --target IP:PORT   (prints the PLAN)\n"
+        "  resend --client IP:PORT --from SEQ --to-seq SEQ [--out FILE]\n"
+        "         (to a logger's resend port: writes the bytes received to FILE or stdout)\n"
         "Prints the reply; exits 0 when the daemon answered status 0.\n");
 }
 
@@ -36,14 +45,41 @@ static int get_u32(const char *v, uint32_t *out)
     return 0;
 }
 
+/* Reads what a logger's resend port sends after the RESEND frame: 'want'
+ * bytes, written to 'path' (stdout when NULL).  Returns the exit status. */
+static int resend_dump(int fd, uint32_t want, const char *path, uint64_t timeout_ns)
+{
+    FILE *f = path ? fopen(path, "wb") : stdout;
+    uint8_t chunk[65536];
+    uint64_t got = 0;
+
+    if (!f) {
+        fprintf(stderr, "rs-ctl: cannot open %s\n", path);
+        return 1;
+    }
+    while (got < want) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        ssize_t r;
+        if (poll(&pfd, 1, (int)(timeout_ns / 1000000)) <= 0 || (r = read(fd, chunk, sizeof(chunk))) <= 0)
+            break;
+        fwrite(chunk, 1, (size_t)r, f);
+        got += (uint64_t)r;
+    }
+    if (f != stdout)
+        fclose(f);
+    fprintf(stderr, "rs-ctl: resend got %llu of %u bytes\n", (unsigned long long)got, want);
+    return got == want ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
-    struct rs_addr to = { 0 }, a;
+    struct rs_addr to = { 0 }, a, client = { 0 }, target = { 0 };
     struct rs_ctl_key key;
     struct rs_ctl_msg m = { 0 }, reply;
     struct rs_ctl_replay replay;
-    const char *keyfile = NULL;
-    uint8_t buf[4096];
+    const char *keyfile = NULL, *outfile = NULL;
+    static uint8_t buf[RS_CTL_FRAME_MAX];   /* a PLAN carries up to RS_CTL_STATE_MAX bytes */
+    uint32_t backend_id = 0, from = 0, to_seq = 0;
     uint64_t timeout_ns = 5000000000ull;
     size_t have = 0;
     int fd, n;
@@ -61,6 +97,10 @@ int main(int argc, char **argv)
             m.type = RS_CTL_HEARTBEAT;
             m.u.heartbeat.role = RS_CTL_ROLE_PROXY;
             m.u.heartbeat.time_us = rs_now_us();
+        } else if (!strcmp(o, "recover")) {
+            m.type = RS_CTL_RECOVER;
+        } else if (!strcmp(o, "resend")) {
+            m.type = RS_CTL_RESEND;
         } else if (!v) {
             fprintf(stderr, "rs-ctl: %s needs a value\n", o);
             return 2;
@@ -74,11 +114,19 @@ int main(int argc, char **argv)
             else if (!strcmp(o, "--timeout"))
                 bad = rs_parse_duration(v, &timeout_ns);
             else if (!strcmp(o, "--client") && !(bad = rs_addr_parse(v, &a)))
-                m.u.resplice.client = (struct rs_ctl_conn){ a.ip, a.port };
+                m.u.resplice.client = (struct rs_ctl_conn){ a.ip, a.port }, client = a;
             else if (!strcmp(o, "--vip") && !(bad = rs_addr_parse(v, &a)))
                 m.u.resplice.vip = (struct rs_ctl_conn){ a.ip, a.port };
             else if (!strcmp(o, "--target") && !(bad = rs_addr_parse(v, &a)))
-                m.u.resplice.target = (struct rs_ctl_conn){ a.ip, a.port };
+                m.u.resplice.target = (struct rs_ctl_conn){ a.ip, a.port }, target = a;
+            else if (!strcmp(o, "--backend-id"))
+                bad = get_u32(v, &backend_id);
+            else if (!strcmp(o, "--from"))
+                bad = get_u32(v, &from);
+            else if (!strcmp(o, "--to-seq"))
+                bad = get_u32(v, &to_seq);
+            else if (!strcmp(o, "--out"))
+                outfile = v;
             else if (!strcmp(o, "--q"))
                 bad = get_u32(v, &m.u.resplice.client_seq);
             else if (!strcmp(o, "--r"))
@@ -98,6 +146,16 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* The options fill the RESPLICE layout; the other messages take theirs here. */
+    if (m.type == RS_CTL_HEARTBEAT && backend_id) {
+        m.u.heartbeat.role = RS_CTL_ROLE_BACKEND;
+        m.u.heartbeat.backend_id = backend_id;
+    } else if (m.type == RS_CTL_RECOVER) {
+        m.u.recover = (struct rs_ctl_recover){ { client.ip, client.port }, backend_id,
+                                               { target.ip, target.port } };
+    } else if (m.type == RS_CTL_RESEND) {
+        m.u.resend = (struct rs_ctl_resend){ { client.ip, client.port }, from, to_seq };
+    }
     if (rs_ctl_init() || (n = rs_ctl_key_load(keyfile, &key)) != 0) {
         fprintf(stderr, "rs-ctl: cannot load key %s\n", keyfile);
         return 1;
@@ -113,6 +171,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(to), strerror(errno));
         return 1;
     }
+    if (m.type == RS_CTL_RESEND)
+        return resend_dump(fd, rs_seq_dist(from, to_seq), outfile, timeout_ns);
     rs_ctl_replay_init(&replay);
     for (;;) {
         struct pollfd pfd = { fd, POLLIN, 0 };
@@ -134,6 +194,14 @@ int main(int argc, char **argv)
         }
         if (n > 0)
             break;
+    }
+    if (reply.type == RS_CTL_PLAN) {
+        const struct rs_ctl_plan *pl = &reply.u.plan;
+        printf("plan status=%d flags=0x%x tl=%u tsp=%u tr=%u replayed=%u ack_tl=%u p=%u ackcl=%u"
+               " resend_from=%u resend_to=%u q=%u len=%u\n", pl->status, pl->flags, pl->tl, pl->tsp,
+               pl->tr, pl->replayed, pl->ack_tl, pl->p, pl->ackcl, pl->resend_from, pl->resend_to, pl->q,
+               pl->len);
+        return pl->status ? 1 : 0;
     }
     if (reply.type != RS_CTL_ACK) {
         printf("reply type=%s\n", rs_ctl_type_str(reply.type));
