@@ -29,55 +29,9 @@
 #include "proxy.h"
 #include "seq.h"
 
-#define RELAY_BUF (256 * 1024)
-#define CTL_BUF (RS_CTL_HDR_LEN + 4096 + RS_CTL_MAC_LEN)
-#define MAX_EVENTS 64
-#define BUCKETS 4096
-
-enum tag_kind { T_LISTEN, T_CLIENT, T_BACKEND, T_TIMER, T_SIGNAL, T_EVENTS, T_CTL_LISTEN, T_CTL };
-
-struct tag {
-    enum tag_kind kind;
-    void *ptr;
-};
-
-struct ctl_conn {
-    int fd;
-    struct tag tag;
-    uint8_t buf[CTL_BUF];
-    size_t len;
-};
-
-struct stats {
-    uint64_t accepted, spliced, splice_retries, closed_early, resets, fins, reaped_idle,
-        reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors;
-};
-
-struct proxy {
-    struct rs_addr listen, ctl;
-    struct rs_addr backends[RS_PROXY_MAX_BACKENDS];
-    int nbackends, rr;
-    bool sticky, nosplice;
-    char cookie_name[64];
-    char ifname[IF_NAMESIZE];
-    uint64_t idle_ns, half_open_ns, linger_us;
-    int epfd, lfd, tfd, sfd, ctlfd;
-    struct tag ltag, ttag, stag, etag, ctltag;
-    struct rs_splicer *sp;
-    struct pconn *buckets[BUCKETS];
-    uint64_t next_id;
-    int relaying;                 /* connections waiting to become quiet */
-    struct rs_ctl_key key;
-    bool has_key;
-    struct rs_ctl_replay replay;
-    uint64_t ctl_seq;
-    struct stats st;
-    bool stop;
-};
-
 /* ---- small helpers --------------------------------------------------------- */
 
-static int local_of(int fd, struct rs_addr *a)
+int rs_local_of(int fd, struct rs_addr *a)
 {
     struct sockaddr_in s;
     socklen_t len = sizeof(s);
@@ -139,8 +93,8 @@ static struct pconn *pc_new(struct proxy *p)
     t->pc.cfd = t->pc.bfd = -1;
     t->ctag = (struct tag){ T_CLIENT, &t->pc };
     t->btag = (struct tag){ T_BACKEND, &t->pc };
-    t->pc.next = p->buckets[t->pc.id % BUCKETS];
-    p->buckets[t->pc.id % BUCKETS] = &t->pc;
+    t->pc.next = p->buckets[t->pc.id % RS_PROXY_BUCKETS];
+    p->buckets[t->pc.id % RS_PROXY_BUCKETS] = &t->pc;
     return &t->pc;
 }
 
@@ -149,28 +103,28 @@ static struct tag *btag_of(struct pconn *pc) { return &((struct pc_tags *)pc)->b
 
 static struct pconn *pc_find(struct proxy *p, uint64_t id)
 {
-    for (struct pconn *pc = p->buckets[id % BUCKETS]; pc; pc = pc->next)
+    for (struct pconn *pc = p->buckets[id % RS_PROXY_BUCKETS]; pc; pc = pc->next)
         if (pc->id == id)
             return pc;
     return NULL;
 }
 
-static struct pconn *pc_find_client(struct proxy *p, struct rs_addr client)
+struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client)
 {
-    for (int b = 0; b < BUCKETS; b++)
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
         for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next)
             if (pc->client.ip == client.ip && pc->client.port == client.port && pc->phase >= PC_SPLICED)
                 return pc;
     return NULL;
 }
 
-static struct rs_flow_key key_c(const struct pconn *pc) { return rs_flow_key_from(pc->client, pc->vip); }
-static struct rs_flow_key key_b(const struct pconn *pc) { return rs_flow_key_from(pc->backend, pc->local); }
+struct rs_flow_key rs_key_c(const struct pconn *pc) { return rs_flow_key_from(pc->client, pc->vip); }
+struct rs_flow_key rs_key_b(const struct pconn *pc) { return rs_flow_key_from(pc->backend, pc->local); }
 
 static void pc_free(struct proxy *p, struct pconn *pc)
 {
-    struct pconn **pp = &p->buckets[pc->id % BUCKETS];
-    struct rs_flow_key kc = key_c(pc), kb = key_b(pc);
+    struct pconn **pp = &p->buckets[pc->id % RS_PROXY_BUCKETS];
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
 
     while (*pp && *pp != pc)
         pp = &(*pp)->next;
@@ -195,7 +149,7 @@ static void pc_free(struct proxy *p, struct pconn *pc)
     free(pc);
 }
 
-static void pc_close(struct proxy *p, struct pconn *pc, const char *why)
+void rs_pc_close(struct proxy *p, struct pconn *pc, const char *why)
 {
     rs_log("close id=%" PRIu64 " client=%s backend=%s phase=%d reason=%s", pc->id, RS_A(pc->client),
            pc->backend.ip ? RS_A(pc->backend) : "-", pc->phase, why);
@@ -263,10 +217,25 @@ static const char *cookie_value(const char *hdr, const char *name, size_t *len)
     return NULL;
 }
 
+/* Index of the backend for 'pc', or -1 for the alternate when every
+ * backend has failed. */
 static int pick_backend(struct proxy *p, struct pconn *pc)
 {
     size_t len;
     const char *v = p->sticky ? cookie_value(pc->cookie, p->cookie_name, &len) : NULL;
+    int alive = 0;
+
+    for (int i = 0; i < p->nbackends; i++)
+        alive += !p->dead[i];
+    if (!alive)
+        return p->alternate.port ? -1 : 0;
+    if (alive < p->nbackends) {
+        for (int tries = 0; tries < p->nbackends; tries++) {
+            int i = p->rr++ % p->nbackends;
+            if (!p->dead[i])
+                return i;
+        }
+    }
 
     if (v) {
         uint32_t h = 2166136261u;   /* FNV-1a: same cookie, same backend */
@@ -279,19 +248,20 @@ static int pick_backend(struct proxy *p, struct pconn *pc)
 
 /* ---- backend connection -------------------------------------------------- */
 
-/* Opens a non-blocking connection from the proxy's address to 'to', with a
- * WATCH entry in place before the SYN leaves so the peer's first TSval is
- * recorded.  Returns the fd or -errno; '*local' gets the proxy's end. */
-static int connect_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local)
+/* Opens a non-blocking socket bound to the proxy's address, with a WATCH
+ * entry for segments from 'to' in place before any SYN leaves, so the
+ * peer's first TSval is recorded.  Returns the fd or -errno; '*local' gets
+ * the proxy's end.  rs_connect_start then connects it. */
+int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local)
 {
-    struct sockaddr_in me = rs_addr_sin((struct rs_addr){ p->listen.ip, 0 }), dst = rs_addr_sin(to);
+    struct sockaddr_in me = rs_addr_sin((struct rs_addr){ p->listen.ip, 0 });
     struct rs_flow_key k;
     int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), e;
 
     if (fd < 0)
         return -errno;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&me, sizeof(me)) || (e = local_of(fd, local)) != 0) {
+    if (bind(fd, (struct sockaddr *)&me, sizeof(me)) || (e = rs_local_of(fd, local)) != 0) {
         e = -errno;
         close(fd);
         return e;
@@ -301,27 +271,39 @@ static int connect_watched(struct proxy *p, struct rs_addr to, uint64_t id, stru
         close(fd);
         return e;
     }
-    if (connect(fd, (struct sockaddr *)&dst, sizeof(dst)) && errno != EINPROGRESS) {
-        e = -errno;
-        if (p->sp)
-            rs_splicer_remove(p->sp, &k);
-        close(fd);
-        return e;
-    }
     return fd;
+}
+
+int rs_connect_start(int fd, struct rs_addr to)
+{
+    struct sockaddr_in dst = rs_addr_sin(to);
+
+    return connect(fd, (struct sockaddr *)&dst, sizeof(dst)) && errno != EINPROGRESS ? -errno : 0;
 }
 
 static void start_backend(struct proxy *p, struct pconn *pc)
 {
     int fd;
 
+    int e;
+
     pc->backend_idx = pick_backend(p, pc);
-    pc->backend = p->backends[pc->backend_idx];
-    fd = connect_watched(p, pc->backend, pc->id, &pc->local);
+    pc->backend = pc->backend_idx < 0 ? p->alternate : p->backends[pc->backend_idx];
+    fd = rs_bind_watched(p, pc->backend, pc->id, &pc->local);
+    /* The backend must know whose requests these are before it accepts. */
+    if (fd >= 0 && (e = rs_conn_map(p, pc->backend, pc->local, pc->client, 0)) != 0) {
+        p->st.conn_map_errors++;
+        rs_log("conn-map id=%" PRIu64 " backend=%s failed: %s (transaction ids there will not match)",
+               pc->id, RS_A(pc->backend), strerror(-e));
+    }
+    if (fd >= 0 && (e = rs_connect_start(fd, pc->backend)) != 0) {
+        close(fd);
+        fd = e;
+    }
     if (fd < 0) {
         p->st.backend_errors++;
         rs_log("backend id=%" PRIu64 " %s: connect: %s", pc->id, RS_A(pc->backend), strerror(-fd));
-        pc_close(p, pc, "backend-connect");
+        rs_pc_close(p, pc, "backend-connect");
         return;
     }
     pc->bfd = fd;
@@ -366,7 +348,7 @@ static int pump(int from, int to, uint8_t *buf, size_t *len, size_t cap, bool ca
  * Returns 1 when spliced, 0 when not quiet yet, -errno on failure. */
 static int try_splice(struct proxy *p, struct pconn *pc)
 {
-    struct rs_flow_key kc = key_c(pc), kb = key_b(pc);
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
     struct rs_splice_conn s;
     struct rs_splice_dir c2s, s2c;
     struct rs_flow fb, fc;
@@ -400,8 +382,8 @@ static int try_splice(struct proxy *p, struct pconn *pc)
         pc->c.ts_recent = fc.ts_recent;
     s.ts_recent = fb.ts_recent;
     if ((e = rs_splice_init(&pc->c, &s, &c2s, &s2c)) != 0
-        || (e = rs_splicer_activate(p->sp, &kb, &s2c, pc->id)) != 0
-        || (e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id)) != 0)
+        || (e = rs_splicer_activate(p->sp, &kb, &s2c, pc->id, RS_FLOW_ACTIVE, p->logger.port != 0)) != 0
+        || (e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id, RS_FLOW_ACTIVE, false)) != 0)
         goto undo;
     /* Closed in repair mode: no FIN, no RST; the tc program owns the flow. */
     epoll_ctl(p->epfd, EPOLL_CTL_DEL, pc->cfd, NULL);
@@ -441,7 +423,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
         if (err) {
             p->st.backend_errors++;
             rs_log("backend id=%" PRIu64 " %s: connect: %s", pc->id, RS_A(pc->backend), strerror(err));
-            pc_close(p, pc, "backend-connect");
+            rs_pc_close(p, pc, "backend-connect");
             return;
         }
         pc->phase = PC_RELAY;
@@ -455,7 +437,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
         e = pump(pc->bfd, pc->cfd, pc->b2c, &pc->b2c_len, RELAY_BUF, bev & (EPOLLIN | EPOLLHUP | EPOLLERR));
     if (e) {
         p->st.closed_early++;
-        pc_close(p, pc, e > 0 ? "eof-before-splice" : strerror(-e));
+        rs_pc_close(p, pc, e > 0 ? "eof-before-splice" : strerror(-e));
         return;
     }
     if (p->nosplice)
@@ -463,7 +445,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
     e = try_splice(p, pc);
     if (e < 0) {
         rs_log("splice id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
-        pc_close(p, pc, "splice-failed");
+        rs_pc_close(p, pc, "splice-failed");
     }
 }
 
@@ -474,7 +456,7 @@ static void read_request(struct proxy *p, struct pconn *pc)
 
     if (n == 0 || (n < 0 && errno != EAGAIN)) {
         p->st.closed_early++;
-        pc_close(p, pc, n == 0 ? "eof-before-request" : strerror(errno));
+        rs_pc_close(p, pc, n == 0 ? "eof-before-request" : strerror(errno));
         return;
     }
     if (n < 0)
@@ -482,12 +464,12 @@ static void read_request(struct proxy *p, struct pconn *pc)
     used = http_parser_execute(pc->parser, &req_settings, (char *)pc->c2b + pc->c2b_len, (size_t)n);
     pc->c2b_len += (size_t)n;
     if (!pc->req_done && (used != (size_t)n || HTTP_PARSER_ERRNO((http_parser *)pc->parser) != HPE_OK)) {
-        pc_close(p, pc, "bad-request");
+        rs_pc_close(p, pc, "bad-request");
         return;
     }
     if (!pc->req_done) {
         if (pc->c2b_len == pc->c2b_cap)
-            pc_close(p, pc, "request-too-large");
+            rs_pc_close(p, pc, "request-too-large");
         return;
     }
     start_backend(p, pc);
@@ -513,22 +495,22 @@ static void on_accept(struct proxy *p)
         p->st.accepted++;
         pc->cfd = fd;
         pc->client = rs_addr_of_sin(&peer);
-        local_of(fd, &pc->vip);
+        rs_local_of(fd, &pc->vip);
         pc->t_accept_us = rs_now_us();
         pc->c2b_cap = RS_PROXY_REQ_MAX;
         pc->c2b = malloc(pc->c2b_cap);
         pc->b2c = malloc(RELAY_BUF);
         pc->parser = malloc(sizeof(http_parser));
         if (!pc->c2b || !pc->b2c || !pc->parser) {
-            pc_close(p, pc, "out-of-memory");
+            rs_pc_close(p, pc, "out-of-memory");
             continue;
         }
         http_parser_init(pc->parser, HTTP_REQUEST);
         ((http_parser *)pc->parser)->data = pc;
         pc->phase = PC_READ_REQ;
-        k = key_c(pc);
+        k = rs_key_c(pc);
         if (p->sp && rs_splicer_watch(p->sp, &k, pc->id)) {
-            pc_close(p, pc, "splice-table-full");
+            rs_pc_close(p, pc, "splice-table-full");
             continue;
         }
         ep_add(p, fd, EPOLLIN, ctag_of(pc));
@@ -546,6 +528,15 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
 
     if (!pc)
         return;
+    if (ev->flags & RS_FLOW_GUARDED) {
+        /* A backend ended its side: the fastest sign of a process crash.
+         * Recovery asks the logger whether the application meant it. */
+        rs_log("%s id=%" PRIu64 " from=%s client=%s held (guarded)", ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin",
+               pc->id, RS_A(from), RS_A(pc->client));
+        if (pc->phase == PC_SPLICED && !pc->recovering)
+            rs_recover(p, pc, ev->flags & RS_FLOW_SEEN_RST ? "backend-rst" : "backend-fin");
+        return;
+    }
     if (ev->flags & RS_FLOW_SEEN_RST)
         p->st.resets++;
     else
@@ -566,11 +557,11 @@ static void reap(struct proxy *p)
 {
     uint64_t now = rs_mono_ns(), now_us = rs_now_us();
 
-    for (int b = 0; b < BUCKETS; b++) {
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
         struct pconn *pc = p->buckets[b], *next;
         for (; pc; pc = next) {
             struct rs_flow fc, fb;
-            struct rs_flow_key kc = key_c(pc), kb = key_b(pc);
+            struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
             uint64_t last;
 
             next = pc->next;
@@ -588,10 +579,10 @@ static void reap(struct proxy *p)
             last = fc.last_ns > fb.last_ns ? fc.last_ns : fb.last_ns;
             if (now - last > p->idle_ns) {
                 p->st.reaped_idle++;
-                pc_close(p, pc, "idle");
+                rs_pc_close(p, pc, "idle");
             } else if (pc->seen && now - last > p->half_open_ns) {
                 p->st.reaped_half_open++;
-                pc_close(p, pc, "half-open");
+                rs_pc_close(p, pc, "half-open");
             }
         }
     }
@@ -602,93 +593,15 @@ static void print_stats(struct proxy *p)
     printf("stats accepted=%" PRIu64 " spliced=%" PRIu64 " splice_retries=%" PRIu64 " closed_early=%" PRIu64
            " fins=%" PRIu64 " resets=%" PRIu64 " reaped_idle=%" PRIu64 " reaped_half_open=%" PRIu64
            " resplices=%" PRIu64 " resplice_errors=%" PRIu64 " ctl_rejected=%" PRIu64 " backend_errors=%" PRIu64
-           "\n", p->st.accepted, p->st.spliced, p->st.splice_retries, p->st.closed_early, p->st.fins,
-           p->st.resets, p->st.reaped_idle, p->st.reaped_half_open, p->st.resplices, p->st.resplice_errors,
-           p->st.ctl_rejected, p->st.backend_errors);
+           " conn_map_errors=%" PRIu64 " failures=%" PRIu64 " recovered=%" PRIu64 " unrecoverable=%" PRIu64
+           " legit_closes=%" PRIu64 "\n", p->st.accepted, p->st.spliced, p->st.splice_retries, p->st.closed_early,
+           p->st.fins, p->st.resets, p->st.reaped_idle, p->st.reaped_half_open, p->st.resplices,
+           p->st.resplice_errors, p->st.ctl_rejected, p->st.backend_errors, p->st.conn_map_errors, p->st.failures,
+           p->st.recovered, p->st.unrecoverable, p->st.legit_closes);
     fflush(stdout);
 }
 
-/* ---- re-splice (control plane) ---------------------------------------------- */
-
-/* Moves spliced connection 'pc' to 'target' so the target's first request
- * byte is client byte 'q' and its first response byte lands at client-side
- * response byte 'r' (both 0: where the streams stand now).  The client's
- * entry holds (drops) while the new connection is made; the old backend's
- * late segments (a dying process's FIN/RST) are dropped from then on.
- * Returns 0 or -errno. */
-static int resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r)
-{
-    struct rs_flow_key kc = key_c(pc), kb = key_b(pc), kn;
-    struct rs_flow fc, fb;
-    struct rs_splice_conn c = pc->c, s;
-    struct rs_splice_dir c2s, s2c;
-    struct rs_addr local;
-    uint64_t deadline;
-    int fd, e, err = 0;
-    socklen_t len = sizeof(err);
-
-    if ((e = rs_splicer_get(p->sp, &kc, &fc)) || (e = rs_splicer_get(p->sp, &kb, &fb)))
-        return e;
-    if (pc->nheld == (int)(sizeof(pc->held) / sizeof(pc->held[0])))
-        return -EMLINK;
-    if (!q && !r) {
-        q = fc.seq_next;
-        r = fb.seq_next + fb.dir.seq_delta;
-    }
-    rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
-    rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
-    fd = connect_watched(p, target, pc->id, &local);
-    if (fd < 0)
-        return fd;
-    kn = rs_flow_key_from(target, local);
-    /* A short blocking wait: the target is on the LAN. */
-    deadline = rs_mono_ns() + 2000000000ull;
-    for (;;) {
-        if (!getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) && err) {
-            e = -err;
-            goto fail;
-        }
-        struct tcp_info ti;
-        socklen_t tl = sizeof(ti);
-        if (!getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) && ti.tcpi_state == TCP_ESTABLISHED)
-            break;
-        if (rs_mono_ns() > deadline) {
-            e = -ETIMEDOUT;
-            goto fail;
-        }
-        usleep(50);
-    }
-    if ((e = rs_splicer_set_state(p->sp, &kn, RS_FLOW_FROZEN)) || (e = rs_repair_on(fd))
-        || (e = rs_repair_read(fd, local, target, &s)) || (e = rs_splicer_get(p->sp, &kn, &fb)))
-        goto fail;
-    s.ts_recent = fb.ts_recent;
-    /* The client side continues at (q, r).  Its clock: the client saw at most
-     * the old backend's clock moved on since the splice (1 tick/ms), so
-     * continue a second past that; TSecr echoes still map back exactly. */
-    c.rcv_nxt = q;
-    c.snd_nxt = r;
-    c.ts_now = pc->c.ts_now + (uint32_t)((rs_now_us() - pc->ts_base_us) / 1000) + 1000;
-    if ((e = rs_splice_init(&c, &s, &c2s, &s2c)) || (e = rs_splicer_activate(p->sp, &kn, &s2c, pc->id))
-        || (e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id)))
-        goto fail;
-    close(fd);   /* in repair mode: silent */
-    rs_log("resplice id=%" PRIu64 " client=%s from=%s to=%s local=%s q=%u r=%u s.snd_nxt=%u s.rcv_nxt=%u",
-           pc->id, RS_A(pc->client), RS_A(pc->backend), RS_A(target), RS_A(local), q, r, s.snd_nxt, s.rcv_nxt);
-    /* The old backend's entry stays in HOLD until the connection ends, so its
-     * late segments never reach the client or the proxy's stack. */
-    pc->held[pc->nheld++] = kb;
-    pc->backend = target;
-    pc->local = local;
-    pc->c = c;
-    pc->ts_base_us = rs_now_us();
-    p->st.resplices++;
-    return 0;
-fail:
-    rs_splicer_remove(p->sp, &kn);
-    close(fd);
-    p->st.resplice_errors++;
-    return e;
-}
+/* ---- control plane -------------------------------------------------------- */
 
 static void ctl_reply(struct proxy *p, struct ctl_conn *cc, const struct rs_ctl_msg *req, int status)
 {
@@ -733,11 +646,15 @@ static void on_ctl(struct proxy *p, struct ctl_conn *cc)
         if (m.type == RS_CTL_RESPLICE) {
             struct rs_addr client = { m.u.resplice.client.ip4, m.u.resplice.client.port };
             struct rs_addr target = { m.u.resplice.target.ip4, m.u.resplice.target.port };
-            struct pconn *pc = pc_find_client(p, client);
-            int e = pc ? resplice(p, pc, target, m.u.resplice.client_seq, m.u.resplice.resp_seq) : -ENOENT;
+            struct pconn *pc = rs_pc_find_client(p, client);
+            int e = pc ? rs_resplice(p, pc, target, m.u.resplice.client_seq, m.u.resplice.resp_seq) : -ENOENT;
             if (e)
                 rs_log("resplice client=%s to=%s failed: %s", RS_A(client), RS_A(target), strerror(-e));
             ctl_reply(p, cc, &m, e);
+        } else if (m.type == RS_CTL_FAILURE) {
+            ctl_reply(p, cc, &m, 0);
+            rs_backend_failed(p, m.u.failure.backend_id,
+                              m.u.failure.reason == RS_CTL_FAIL_EXITED ? "process-exited" : "heartbeat-timeout");
         } else {
             ctl_reply(p, cc, &m, -EOPNOTSUPP);
         }
@@ -776,6 +693,12 @@ static void usage(FILE *f)
         "  --idle DUR         reap spliced connections idle this long (default 600s)\n"
         "  --half-open DUR    reap after one FIN and this long idle (default 60s)\n"
         "  --no-splice        relay in user space only (baseline, debugging)\n"
+        "Failover (docs/recovery.md):\n"
+        "  --backend [ID=]ADDR:PORT  backend ids default to 1, 2, ... in order\n"
+        "  --alternate [ID=]ADDR:PORT  the backend that takes over failed connections\n"
+        "  --logger ADDR:PORT  the logger's control port (enables recovery; needs --key)\n"
+        "  --logger-resend ADDR:PORT  the logger's resend port (default: logger's address, 7072)\n"
+        "  --stated-port N    rs-stated's port on each backend host (CONN_MAP before connecting)\n"
         "Logs one line per event on stderr; SIGUSR1 prints a stats line on stdout.\n");
 }
 
@@ -793,6 +716,27 @@ static int listen_on(struct rs_addr a)
         return e;
     }
     return fd;
+}
+
+/* Parses "[ID=]ADDR:PORT"; without an ID the backend gets 'default_id'. */
+static int parse_backend(const char *v, struct rs_addr *a, uint32_t *id, uint32_t default_id)
+{
+    const char *eq = strchr(v, '=');
+    uint64_t n;
+
+    *id = default_id;
+    if (eq) {
+        char num[16];
+        if ((size_t)(eq - v) >= sizeof(num))
+            return -EINVAL;
+        memcpy(num, v, (size_t)(eq - v));
+        num[eq - v] = '\0';
+        if (rs_parse_size(num, &n) || !n || n > UINT32_MAX)
+            return -EINVAL;
+        *id = (uint32_t)n;
+        v = eq + 1;
+    }
+    return rs_addr_parse(v, a);
 }
 
 static int parse_args(struct proxy *p, int argc, char **argv)
@@ -822,9 +766,24 @@ static int parse_args(struct proxy *p, int argc, char **argv)
             if (rs_addr_parse(v, &p->listen))
                 goto bad;
         } else if (!strcmp(a, "--backend")) {
-            if (p->nbackends == RS_PROXY_MAX_BACKENDS || rs_addr_parse(v, &p->backends[p->nbackends]))
+            if (p->nbackends == RS_PROXY_MAX_BACKENDS
+                || parse_backend(v, &p->backends[p->nbackends], &p->backend_ids[p->nbackends],
+                                 (uint32_t)p->nbackends + 1))
                 goto bad;
             p->nbackends++;
+        } else if (!strcmp(a, "--alternate")) {
+            if (parse_backend(v, &p->alternate, &p->alternate_id, 0))
+                goto bad;
+        } else if (!strcmp(a, "--logger")) {
+            if (rs_addr_parse(v, &p->logger))
+                goto bad;
+        } else if (!strcmp(a, "--logger-resend")) {
+            if (rs_addr_parse(v, &p->logger_resend))
+                goto bad;
+        } else if (!strcmp(a, "--stated-port")) {
+            if (rs_parse_size(v, &ns) || !ns || ns > 65535)
+                goto bad;
+            p->stated_port = (uint16_t)ns;
         } else if (!strcmp(a, "--sticky")) {
             p->sticky = true;
             snprintf(p->cookie_name, sizeof(p->cookie_name), "%s", v);
@@ -855,6 +814,14 @@ bad:
     }
     if (!p->listen.ip || !p->nbackends) {
         usage(stderr);
+        return -1;
+    }
+    if (p->alternate.port && !p->alternate_id)
+        p->alternate_id = (uint32_t)p->nbackends + 1;
+    if (p->logger.port && !p->logger_resend.port)
+        p->logger_resend = (struct rs_addr){ p->logger.ip, 7072 };
+    if (p->logger.port && (!keyfile || !p->alternate.port)) {
+        fprintf(stderr, "rs-proxy: --logger needs --key and --alternate\n");
         return -1;
     }
     if (p->ctl.port && !keyfile) {
@@ -970,7 +937,7 @@ int main(int argc, char **argv)
                 if (read(p->tfd, &exp, sizeof(exp)) < 0)
                     break;
                 if (p->relaying)
-                    for (int b = 0; b < BUCKETS; b++)
+                    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
                         for (struct pconn *q = p->buckets[b], *nx; q; q = nx) {
                             nx = q->next;
                             if (q->phase == PC_RELAY)

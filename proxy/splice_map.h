@@ -34,11 +34,15 @@ enum rs_flow_state {
     RS_FLOW_ACTIVE = 1,   /* translate and redirect */
     RS_FLOW_FROZEN = 2,   /* drop: the daemon is reading socket state (microseconds) */
     RS_FLOW_HOLD = 3,     /* drop: the backend failed, recovery is re-splicing */
+    RS_FLOW_ACKONLY = 4,  /* translate segments without payload (ACKs), drop the rest:
+                           * the client's ACKs reach the logger resending to it, its
+                           * data waits (unacknowledged) for the alternate */
 };
 
 /* Flags of rs_flow.seen and rs_flow_event.flags. */
 #define RS_FLOW_SEEN_FIN (1 << 0)
 #define RS_FLOW_SEEN_RST (1 << 1)
+#define RS_FLOW_GUARDED  (1 << 2)  /* event only: the segment was dropped, not passed */
 
 struct rs_flow {
     struct rs_splice_dir dir;  /* how to rewrite this direction */
@@ -54,6 +58,12 @@ struct rs_flow {
     rs_u32 ts_recent;          /* newest TSval from the sender, as received (WATCH only) */
     rs_u32 seq_next;           /* end of the sender's newest segment, as received */
     rs_u32 has_seq;            /* seq_next and ts_recent are set */
+    rs_u32 ack_max;            /* newest ACK number the sender sent, as received */
+    rs_u32 has_ack;
+    rs_u32 guard;              /* set by the daemon: drop FIN/RST from this sender and report
+                                * them (a backend's end of a connection is a failure signal
+                                * unless the logger confirms the application meant it) */
+    rs_u32 pad2_;
 };
 
 /* Sent on the ring buffer when a FIN or RST passes a splice. */

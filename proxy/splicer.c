@@ -173,14 +173,17 @@ int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint
 }
 
 int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_splice_dir *d,
-                        uint64_t id)
+                        uint64_t id, uint32_t state, bool guard)
 {
     struct rs_flow f;
 
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         memset(&f, 0, sizeof(f));
     f.dir = *d;
-    f.state = RS_FLOW_ACTIVE;
+    f.state = state;
+    f.guard = guard;
+    if (guard)
+        f.seen = 0;
     f.splice_id = id;
     f.ifindex = (rs_u32)s->ifindex;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY) ? -errno : 0;

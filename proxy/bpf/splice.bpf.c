@@ -75,6 +75,13 @@ static __always_inline void track_seq(struct __sk_buff *skb, struct rs_flow *f, 
         f->seq_next = end;
         f->has_seq = 1;
     }
+    if (tcp[13] & 0x10) {
+        __u32 ack = ((__u32)tcp[8] << 24) | ((__u32)tcp[9] << 16) | ((__u32)tcp[10] << 8) | tcp[11];
+        if (!f->has_ack || rs_seq_gt(ack, f->ack_max)) {
+            f->ack_max = ack;
+            f->has_ack = 1;
+        }
+    }
 }
 
 /* Records the TSval of a client segment to the VIP in rs_ts. */
@@ -139,11 +146,17 @@ int rs_splice_ingress(struct __sk_buff *skb)
         }
         return TC_ACT_OK;
     }
-    if (f->state != RS_FLOW_ACTIVE) {
-        /* Nothing of a spliced flow may reach the proxy's stack: its socket
-         * is gone (or going) and the stack would answer with a RST. */
-        __sync_fetch_and_add(&f->dropped, 1);
-        return TC_ACT_SHOT;
+    if (f->state == RS_FLOW_ACKONLY && (skb->len > TCP_OFF + hlen || (tcp[13] & 0x05)))
+        goto drop;
+    if (f->state != RS_FLOW_ACTIVE && f->state != RS_FLOW_ACKONLY)
+        goto drop;
+    if (f->guard && (tcp[13] & 0x05)) {
+        evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
+        if ((f->seen & evflags) != evflags) {
+            f->seen |= evflags;
+            report(&key, f, evflags | RS_FLOW_GUARDED, 0);
+        }
+        goto drop;
     }
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
         goto bad;
@@ -189,6 +202,11 @@ int rs_splice_ingress(struct __sk_buff *skb)
     return bpf_redirect_neigh(f->ifindex, NULL, 0, 0);
 bad:
     __sync_fetch_and_add(&f->errors, 1);
+    return TC_ACT_SHOT;
+drop:
+    /* Nothing of a spliced flow may reach the proxy's stack: its socket is
+     * gone (or going) and the stack would answer with a RST. */
+    __sync_fetch_and_add(&f->dropped, 1);
     return TC_ACT_SHOT;
 }
 
