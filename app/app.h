@@ -38,9 +38,12 @@ enum app_ev_kind {
     APP_EV_SOCK,
     APP_EV_TIMER,
     APP_EV_DELAY,               /* --sync-delay's timer */
+    APP_EV_XFER,                /* --stated socket (xfer.c) */
+    APP_EV_XFER_TIMER,          /* xfer.c's timeouts and reconnects */
 };
 
 struct app_conn;
+struct app_xfer;
 
 /* What an epoll event's data.ptr points at. */
 struct app_ev {
@@ -108,6 +111,9 @@ struct app_conn {
     uint32_t events;            /* epoll interest now registered */
     uint32_t peer_ip4;          /* host order */
     uint16_t peer_port;
+    uint32_t id_ip4;            /* the client its transaction IDs name: the peer, */
+    uint16_t id_port;           /*   or the client of a connection map (xfer.c) */
+    uint16_t id_base;           /* number of its first transaction */
     char tuple[64];             /* "10.0.0.1:40000->10.0.0.2:8080" */
     http_parser parser;
     struct app_req req;
@@ -159,6 +165,7 @@ struct rs_app {
     uint64_t sync_delay_ns;
     struct app_delayed delayed[APP_DELAY_MAX];
     uint32_t n_delayed;
+    struct app_xfer *xfer;      /* --stated: the state-transfer library, or NULL */
     uint64_t stats[ST_MAX];
 };
 

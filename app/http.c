@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "content.h"
+#include "xfer.h"
 
 /* ---- Parser callbacks ------------------------------------------------- */
 
@@ -437,7 +438,7 @@ static void conn_reject(struct app_conn *c, int status, const char *why)
 
     c->app->stats[ST_BAD_REQUEST]++;
     c->closing = true;
-    c->req.id = rs_txn_id_make(c->peer_ip4, c->peer_port, (uint16_t)c->n_req);
+    c->req.id = rs_txn_id_make(c->id_ip4, c->id_port, (uint16_t)(c->id_base + c->n_req));
     c->req.t_start = rs_mono_ns();
     c->req.head = false;
     rs_txn_id_format(c->req.id, id, sizeof(id));
@@ -463,7 +464,7 @@ static bool conn_parse(struct app_conn *c)
         c->in_off = c->in_len = 0;
     if (e == HPE_PAUSED && c->req.complete) {
         http_parser_pause(&c->parser, 0);
-        c->req.id = rs_txn_id_make(c->peer_ip4, c->peer_port, (uint16_t)c->n_req);
+        c->req.id = rs_txn_id_make(c->id_ip4, c->id_port, (uint16_t)(c->id_base + c->n_req));
         c->n_req++;
         c->req.t_start = rs_mono_ns();
         c->app->stats[ST_REQS]++;
@@ -637,11 +638,16 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     c->tfd = -1;
     c->ev_sock = (struct app_ev){ .kind = APP_EV_SOCK, .conn = c };
     c->ev_timer = (struct app_ev){ .kind = APP_EV_TIMER, .conn = c };
-    c->peer_ip4 = pa.ip;
-    c->peer_port = pa.port;
+    c->peer_ip4 = c->id_ip4 = pa.ip;
+    c->peer_port = c->id_port = pa.port;
     if (getsockname(fd, (struct sockaddr *)&local, &sl) == 0)
         la = rs_addr_of_sin(&local);
     snprintf(c->tuple, sizeof(c->tuple), "%s->%s", RS_A(pa), RS_A(la));
+    /* A proxy or the logger acting for a client: name that client's
+     * transactions as the logger does. */
+    if (app_xfer_map_take(app, pa.ip, pa.port, &c->id_ip4, &c->id_port, &c->id_base))
+        rs_log("conn-mapped %s client=%s next=%u", c->tuple,
+               RS_A(((struct rs_addr){ c->id_ip4, c->id_port })), c->id_base);
     /* Small responses must not wait for Nagle: latency is what we measure. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     http_parser_init(&c->parser, HTTP_REQUEST);

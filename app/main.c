@@ -25,6 +25,7 @@
 #include <sodium.h>
 
 #include "parse.h"
+#include "xfer.h"
 
 int app_timer_set(int fd, uint64_t ns)
 {
@@ -52,7 +53,9 @@ static void stats_print(struct rs_app *app)
     printf("stats id=%s conns_open=%" PRIu64, app->name, app->conns_open);
     for (int i = 0; i < ST_MAX; i++)
         printf(" %s=%" PRIu64, stat_names[i], app->stats[i]);
-    printf(" counter=%" PRIu64 "\n", app->counter);
+    printf(" counter=%" PRIu64, app->counter);
+    app_xfer_stats(app, stdout);
+    printf("\n");
     fflush(stdout);
 }
 
@@ -72,6 +75,11 @@ static void usage(FILE *f)
         "                       that transaction's /token, as the alternate does on replay\n"
         "  --sync-delay DUR     hold each non-deterministic response DUR (e.g. 5ms),\n"
         "                       standing in for a synchronous state transfer\n"
+        "  --stated PATH        send each update's state through the local rs-stated's\n"
+        "                       unix socket PATH and apply the state it forwards\n"
+        "                       (reconnects while it is absent; see app/xfer.h)\n"
+        "  --stated-timeout DUR answer 503 when a non-deterministic update's state is\n"
+        "                       not acknowledged by the peer within DUR (default 500ms)\n"
         "  --help               this text\n"
         "\n"
         "Endpoints:\n"
@@ -204,6 +212,8 @@ static void run(struct rs_app *app)
             case APP_EV_LISTEN: on_accept(app); break;
             case APP_EV_SIGNAL: on_signal(app); break;
             case APP_EV_DELAY: app_sync_delay_fire(app); break;
+            case APP_EV_XFER: app_xfer_event(app, 0, evs[i].events); break;
+            case APP_EV_XFER_TIMER: app_xfer_event(app, 1, evs[i].events); break;
             case APP_EV_SOCK:
             case APP_EV_TIMER: app_conn_event(ev->conn, ev->kind, evs[i].events); break;
             }
@@ -222,13 +232,15 @@ int main(int argc, char **argv)
         { "log", required_argument, NULL, 'L' },
         { "state", required_argument, NULL, 's' },
         { "sync-delay", required_argument, NULL, 'd' },
+        { "stated", required_argument, NULL, 'S' },
+        { "stated-timeout", required_argument, NULL, 'T' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    const char *listen_text = "0.0.0.0:8080", *log_path = NULL;
+    const char *listen_text = "0.0.0.0:8080", *log_path = NULL, *stated_path = NULL;
     const char *states[16];
     int n_states = 0, opt, err = 0;
-    uint64_t sync_delay = 0;
+    uint64_t sync_delay = 0, stated_timeout = XFER_TIMEOUT_NS;
 
     app.name = "app";
     app.epfd = app.lfd = app.sfd = app.delay_tfd = -1;
@@ -250,12 +262,23 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'S': stated_path = optarg; break;
+        case 'T':
+            if (rs_parse_duration(optarg, &stated_timeout) < 0 || stated_timeout == 0) {
+                fprintf(stderr, "rs-app: bad --stated-timeout '%s' (e.g. 500ms)\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if (optind < argc) {
         fprintf(stderr, "rs-app: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (stated_path && sync_delay) {
+        fprintf(stderr, "rs-app: --stated and --sync-delay both want the state hooks\n");
         return 2;
     }
     if (rs_addr_parse(listen_text, &app.laddr) < 0) {
@@ -300,12 +323,16 @@ int main(int argc, char **argv)
         err = listen_open(&app);
     if (err == 0 && sync_delay)
         err = app_sync_delay_init(&app, sync_delay);
+    if (err == 0 && stated_path && (err = app_xfer_init(&app, stated_path, stated_timeout)) < 0) {
+        fprintf(stderr, "rs-app: cannot set up --stated %s: %s\n", stated_path, strerror(-err));
+        return 1;
+    }
     if (err < 0) {
         fprintf(stderr, "rs-app: cannot listen on %s: %s\n", listen_text, strerror(-err));
         return 1;
     }
-    rs_log("start listen=%s sync_delay=%" PRIu64 "ns counter=%" PRIu64, RS_A(app.laddr),
-           sync_delay, app.counter);
+    rs_log("start listen=%s sync_delay=%" PRIu64 "ns counter=%" PRIu64 " stated=%s", RS_A(app.laddr),
+           sync_delay, app.counter, stated_path ? stated_path : "off");
     printf("listening on %s\n", RS_A(app.laddr));
     fflush(stdout);
 
@@ -321,5 +348,6 @@ int main(int argc, char **argv)
     close(app.epfd);
     if (app.delay_tfd >= 0)
         close(app.delay_tfd);
+    app_xfer_close(&app);
     return 0;
 }

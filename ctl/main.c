@@ -9,6 +9,7 @@
  *          --backend-id 1 --target 10.0.0.12:8080
  *   rs-ctl --to 10.0.0.2:7072 --key key.hex resend --client 10.0.1.1:40000 \
  *          --from SEQ --to-seq SEQ [--out FILE]
+ *   rs-ctl --to 10.0.0.12:7073 --key key.hex state-query --client 10.0.1.1:40000
  */
 #include <errno.h>
 #include <poll.h>
@@ -32,7 +33,21 @@ static void usage(FILE *f)
         "  recover --client IP:PORT --backend-id N --target IP:PORT   (prints the PLAN)\n"
         "  resend --client IP:PORT --from SEQ --to-seq SEQ [--out FILE]\n"
         "         (to a logger's resend port: writes the bytes received to FILE or stdout)\n"
+        "  conn-map --peer IP:PORT --client IP:PORT --next N\n"
+        "  txn-logged --txn IP:PORT#N --resp-end SEQ\n"
+        "  state-query --client IP:PORT   (prints \"report client=IP:PORT ts=N|none ta=N|none\")\n"
+        "  apply --client IP:PORT --upto N\n"
         "Prints the reply; exits 0 when the daemon answered status 0.\n");
+}
+
+static int get_u16(const char *v, uint16_t *out)
+{
+    uint64_t n;
+
+    if (rs_parse_size(v, &n) || n > UINT16_MAX)
+        return -EINVAL;
+    *out = (uint16_t)n;
+    return 0;
 }
 
 static int get_u32(const char *v, uint32_t *out)
@@ -73,13 +88,16 @@ static int resend_dump(int fd, uint32_t want, const char *path, uint64_t timeout
 
 int main(int argc, char **argv)
 {
-    struct rs_addr to = { 0 }, a, client = { 0 }, target = { 0 };
+    struct rs_addr to = { 0 }, a, client = { 0 }, target = { 0 }, peer = { 0 };
     struct rs_ctl_key key;
     struct rs_ctl_msg m = { 0 }, reply;
     struct rs_ctl_replay replay;
     const char *keyfile = NULL, *outfile = NULL;
     static uint8_t buf[RS_CTL_FRAME_MAX];   /* a PLAN carries up to RS_CTL_STATE_MAX bytes */
-    uint32_t backend_id = 0, from = 0, to_seq = 0;
+    uint32_t backend_id = 0, from = 0, to_seq = 0, resp_end = 0;
+    uint16_t num = 0;
+    rs_txn_id txn = 0;
+    int has_num = 0;
     uint64_t timeout_ns = 5000000000ull;
     size_t have = 0;
     int fd, n;
@@ -101,6 +119,14 @@ int main(int argc, char **argv)
             m.type = RS_CTL_RECOVER;
         } else if (!strcmp(o, "resend")) {
             m.type = RS_CTL_RESEND;
+        } else if (!strcmp(o, "conn-map")) {
+            m.type = RS_CTL_CONN_MAP;
+        } else if (!strcmp(o, "txn-logged")) {
+            m.type = RS_CTL_TXN_LOGGED;
+        } else if (!strcmp(o, "state-query")) {
+            m.type = RS_CTL_STATE_QUERY;
+        } else if (!strcmp(o, "apply")) {
+            m.type = RS_CTL_APPLY;
         } else if (!v) {
             fprintf(stderr, "rs-ctl: %s needs a value\n", o);
             return 2;
@@ -127,6 +153,14 @@ int main(int argc, char **argv)
                 bad = get_u32(v, &to_seq);
             else if (!strcmp(o, "--out"))
                 outfile = v;
+            else if (!strcmp(o, "--peer"))
+                bad = rs_addr_parse(v, &peer);
+            else if (!strcmp(o, "--next") || !strcmp(o, "--upto"))
+                bad = get_u16(v, &num), has_num = 1;
+            else if (!strcmp(o, "--txn"))
+                bad = rs_txn_id_parse(v, &txn);
+            else if (!strcmp(o, "--resp-end"))
+                bad = get_u32(v, &resp_end);
             else if (!strcmp(o, "--q"))
                 bad = get_u32(v, &m.u.resplice.client_seq);
             else if (!strcmp(o, "--r"))
@@ -155,6 +189,19 @@ int main(int argc, char **argv)
                                                { target.ip, target.port } };
     } else if (m.type == RS_CTL_RESEND) {
         m.u.resend = (struct rs_ctl_resend){ { client.ip, client.port }, from, to_seq };
+    } else if (m.type == RS_CTL_CONN_MAP) {
+        m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, num };
+    } else if (m.type == RS_CTL_TXN_LOGGED) {
+        m.u.txn_logged = (struct rs_ctl_txn_logged){ txn, resp_end };
+    } else if (m.type == RS_CTL_STATE_QUERY) {
+        m.u.state_query.client = (struct rs_ctl_conn){ client.ip, client.port };
+    } else if (m.type == RS_CTL_APPLY) {
+        m.u.apply = (struct rs_ctl_apply){ { client.ip, client.port }, num };
+    }
+    if ((m.type == RS_CTL_CONN_MAP || m.type == RS_CTL_APPLY) && !has_num) {
+        fprintf(stderr, "rs-ctl: %s needs %s N\n", rs_ctl_type_str(m.type),
+                m.type == RS_CTL_APPLY ? "--upto" : "--next");
+        return 2;
     }
     if (rs_ctl_init() || (n = rs_ctl_key_load(keyfile, &key)) != 0) {
         fprintf(stderr, "rs-ctl: cannot load key %s\n", keyfile);
@@ -202,6 +249,18 @@ int main(int argc, char **argv)
                pl->tr, pl->replayed, pl->ack_tl, pl->p, pl->ackcl, pl->resend_from, pl->resend_to, pl->q,
                pl->len);
         return pl->status ? 1 : 0;
+    }
+    if (reply.type == RS_CTL_STATE_REPORT) {
+        const struct rs_ctl_state_report *sr = &reply.u.state_report;
+        char ts[8] = "none", ta[8] = "none";
+
+        if (sr->has_ts)
+            snprintf(ts, sizeof(ts), "%u", sr->ts);
+        if (sr->has_ta)
+            snprintf(ta, sizeof(ta), "%u", sr->ta);
+        printf("report client=%s ts=%s ta=%s\n",
+               RS_A(((struct rs_addr){ sr->conn.ip4, sr->conn.port })), ts, ta);
+        return 0;
     }
     if (reply.type != RS_CTL_ACK) {
         printf("reply type=%s\n", rs_ctl_type_str(reply.type));

@@ -1,0 +1,1395 @@
+/* rs-stated: the per-backend state agent of docs/recovery.md.  Buffers the
+ * peer backend's STATE_UPDATEs per client connection and applies them to the
+ * local app (through its state library, app/xfer.h) once the logger says the
+ * transaction is logged; answers STATE_QUERY / APPLY / CONN_MAP; relays the
+ * local app's own updates to the peer; heartbeats to the logger while the app
+ * is connected and reports its death.  Single-threaded epoll. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "parse.h"
+#include "stated.h"
+#include "../app/xfer.h"
+
+/* ---- Limits ----------------------------------------------------------- */
+
+#define CTL_CONNS_MAX   1024u           /* control connections at once */
+#define CTL_IN_START    4096u           /* grows to RS_CTL_FRAME_MAX for big states */
+#define CTL_OUT_CAP     65536u          /* unsent replies; a peer that never reads is dropped */
+#define LIB_OUT_MAX     (32u << 20)     /* records queued to the app library */
+#define LIB_OPS_MAX     65536u          /* records the library has not answered yet */
+#define RELAY_MAX       8192u           /* relayed updates not yet acknowledged */
+#define PEER_OUT_MAX    (16u << 20)     /* relayed bytes queued for the peer */
+#define LOGGER_OUT_MAX  65536u          /* heartbeats queue no further when the logger stalls */
+#define RETRY_MIN_NS    10000000ull     /* reconnect back-off: 10 ms .. 1 s */
+#define RETRY_MAX_NS    1000000000ull
+
+/* Sender ids: role BACKEND in the top byte, the backend id, and one channel
+ * per connection kind, so that a receiver checking sequences per sender
+ * never sees one counter interleaved over two connections. */
+#define SENDER(id, ch)  (((uint32_t)RS_CTL_ROLE_BACKEND << 24) | ((id) << 4) | (ch))
+enum { CH_REPLY = 1, CH_PEER = 2, CH_LOGGER = 3 };
+
+/* ---- Types ------------------------------------------------------------ */
+
+enum tag_kind { T_CTL_LISTEN, T_CTL, T_APP_LISTEN, T_APP, T_PEER, T_LOGGER, T_TIMER, T_SIGNAL };
+
+struct tag {
+    enum tag_kind kind;
+    void *ptr;
+};
+
+struct ctl_conn {
+    struct ctl_conn *prev, *next;
+    uint64_t id;
+    int fd;
+    struct tag tag;
+    struct rs_addr from;
+    uint32_t events;
+    uint8_t *in;
+    size_t in_len, in_cap;
+    uint8_t out[CTL_OUT_CAP];
+    size_t out_len;
+};
+
+/* A control request answered once the app library has answered. */
+struct waiter {
+    uint64_t conn_id;
+    uint64_t seq;
+    uint8_t type;
+    uint32_t remaining;         /* library records still unanswered */
+    bool armed;                 /* every record is queued: answer at remaining 0 */
+    int status;
+};
+
+struct lib_op {
+    uint32_t id;
+    struct waiter *w;           /* NULL: an automatic apply */
+    rs_txn_id txn;              /* APPLY's transaction, for the log */
+};
+
+/* A STATE_UPDATE relayed for the app, at bytes [start, end) of the peer stream. */
+struct relay {
+    uint64_t seq;
+    uint64_t start, end;
+    uint64_t t_ns;
+    uint64_t app_gen;
+    uint32_t lib_id;
+    rs_txn_id txn;
+    bool done;
+};
+
+/* An outgoing TCP control connection (to the peer's stated or the logger). */
+struct link {
+    const char *name;
+    struct rs_addr addr;
+    int fd;
+    bool up;                    /* connected (else connecting when fd >= 0) */
+    struct tag tag;
+    uint32_t events;
+    uint32_t sender;
+    uint64_t retry_ns, next_try_ns;
+    struct rs_ctl_replay replay;        /* the far end's replies, per connection */
+    uint8_t in[4096];
+    size_t in_len;
+    uint8_t *out;
+    size_t out_off, out_len, out_cap, out_max;
+    uint64_t pos;               /* stream position of out[out_off] (sent or discarded) */
+};
+
+struct stats {
+    uint64_t ctl_accepted, ctl_frames, ctl_rejected, updates, update_bytes, updates_refused,
+        updates_stale, logged, applied, applied_forced, apply_errors, queries, conn_maps,
+        relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
+        app_disconnects;
+};
+
+struct stated {
+    uint32_t id;
+    struct rs_addr listen, peer, logger;
+    bool has_peer, has_logger;
+    const char *app_path;
+    uint64_t heartbeat_ns, relay_timeout_ns;
+    struct rs_ctl_key key;
+    struct rs_ctl_replay replay;        /* inbound control frames, per sender */
+    uint64_t seq;
+    int epfd, ctlfd, appfd, tfd, sfd;
+    struct tag ctltag, apptag, ttag, stag;
+    struct ctl_conn *conns;
+    struct ctl_conn *dead;              /* closed this loop turn */
+    uint32_t n_conns;
+    uint64_t next_conn_id;
+    /* The app library's connection. */
+    int lib_fd;
+    struct tag lib_tag;
+    uint32_t lib_events;
+    uint64_t lib_gen;
+    uint8_t *lib_in;
+    size_t lib_in_len;
+    uint8_t *lib_out;
+    size_t lib_out_off, lib_out_len, lib_out_cap;
+    uint32_t lib_next_id;
+    struct lib_op ops[LIB_OPS_MAX];
+    uint32_t ops_head, ops_len;
+    bool drain_blocked;
+    struct waiter *cur_waiter;          /* for apply_fn during an APPLY */
+    /* Outgoing links. */
+    struct link peer_link, logger_link;
+    struct relay relays[RELAY_MAX];
+    uint32_t rel_head, rel_len;
+    bool failure_pending;
+    struct st_store store;
+    struct stats st;
+    bool stop;
+};
+
+static const char *txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
+{
+    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
+    return buf;
+}
+#define TXN(id) txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
+
+static int ep_add(struct stated *s, int fd, uint32_t events, struct tag *t)
+{
+    struct epoll_event ev = { .events = events, .data.ptr = t };
+
+    return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+static void ep_mod(struct stated *s, int fd, uint32_t events, uint32_t *now, struct tag *t)
+{
+    struct epoll_event ev = { .events = events, .data.ptr = t };
+
+    if (*now != events && epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+        *now = events;
+}
+
+/* Makes room for 'n' more bytes in a growable buffer bounded by 'max'.
+ * Returns 0 or -ENOBUFS. */
+static int buf_reserve(uint8_t **buf, size_t *off, size_t *len, size_t *cap, size_t max, size_t n)
+{
+    if (*off > 0 && *len + n > *cap) {
+        memmove(*buf, *buf + *off, *len - *off);
+        *len -= *off;
+        *off = 0;
+    }
+    if (*len + n <= *cap)
+        return 0;
+    if (*len + n > max)
+        return -ENOBUFS;
+    size_t nc = *cap ? *cap : 4096;
+    while (nc < *len + n)
+        nc *= 2;
+    if (nc > max)
+        nc = max;
+    uint8_t *nb = realloc(*buf, nc);
+    if (!nb)
+        return -ENOBUFS;
+    *buf = nb;
+    *cap = nc;
+    return 0;
+}
+
+/* Sends bytes [*off, len) of 'buf' on non-blocking 'fd' until the socket
+ * is full, advancing '*off'.  Returns 0 or a negative errno. */
+static int send_some(int fd, const uint8_t *buf, size_t len, size_t *off)
+{
+    while (*off < len) {
+        ssize_t w = send(fd, buf + *off, len - *off, MSG_NOSIGNAL);
+
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+        }
+        *off += (size_t)w;
+    }
+    return 0;
+}
+
+/* ---- Control connections (inbound) ------------------------------------ */
+
+static void ctl_close(struct stated *s, struct ctl_conn *cc, const char *why)
+{
+    if (why)
+        rs_log("ctl-close from=%s %s", RS_A(cc->from), why);
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, cc->fd, NULL);
+    close(cc->fd);
+    if (cc->prev)
+        cc->prev->next = cc->next;
+    else
+        s->conns = cc->next;
+    if (cc->next)
+        cc->next->prev = cc->prev;
+    s->n_conns--;
+    cc->fd = -1;
+    cc->next = s->dead;
+    s->dead = cc;
+}
+
+static struct ctl_conn *ctl_by_id(struct stated *s, uint64_t id)
+{
+    for (struct ctl_conn *cc = s->conns; cc; cc = cc->next)
+        if (cc->id == id)
+            return cc;
+    return NULL;
+}
+
+/* Sends queued replies.  Returns 0, or a negative errno (close it). */
+static int ctl_flush(struct stated *s, struct ctl_conn *cc)
+{
+    size_t off = 0;
+    int err = send_some(cc->fd, cc->out, cc->out_len, &off);
+
+    if (err < 0)
+        return err;
+    memmove(cc->out, cc->out + off, cc->out_len - off);
+    cc->out_len -= off;
+    ep_mod(s, cc->fd, EPOLLIN | (cc->out_len ? EPOLLOUT : 0), &cc->events, &cc->tag);
+    return 0;
+}
+
+/* Queues reply 'm' on 'cc'.  Returns 0, or a negative errno after which
+ * 'cc' has been closed. */
+static int ctl_send(struct stated *s, struct ctl_conn *cc, struct rs_ctl_msg *m)
+{
+    int n, err;
+
+    m->sender = SENDER(s->id, CH_REPLY);
+    m->seq = ++s->seq;
+    n = rs_ctl_encode(&s->key, m, cc->out + cc->out_len, CTL_OUT_CAP - cc->out_len);
+    if (n < 0) {
+        ctl_close(s, cc, n == -ENOSPC ? "replies not read" : "cannot encode a reply");
+        return n;
+    }
+    cc->out_len += (size_t)n;
+    err = ctl_flush(s, cc);
+    if (err < 0)
+        ctl_close(s, cc, strerror(-err));
+    return err;
+}
+
+static int ctl_ack(struct stated *s, struct ctl_conn *cc, uint64_t seq, uint8_t type, int status)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_ACK };
+
+    m.u.ack.echo_seq = seq;
+    m.u.ack.echo_type = type;
+    m.u.ack.status = status < -4095 ? -EPROTO : status;
+    return ctl_send(s, cc, &m);
+}
+
+/* Answers a deferred request once every record is queued and answered. */
+static void waiter_check(struct stated *s, struct waiter *w)
+{
+    struct ctl_conn *cc;
+
+    if (!w->armed || w->remaining)
+        return;
+    cc = ctl_by_id(s, w->conn_id);
+    if (cc)
+        ctl_ack(s, cc, w->seq, w->type, w->status);
+    free(w);
+}
+
+/* ---- The app library's connection ------------------------------------- */
+
+static void lib_set_events(struct stated *s)
+{
+    ep_mod(s, s->lib_fd, EPOLLIN | (s->lib_out_off < s->lib_out_len ? EPOLLOUT : 0),
+           &s->lib_events, &s->lib_tag);
+}
+
+static int lib_flush(struct stated *s)
+{
+    int err = send_some(s->lib_fd, s->lib_out, s->lib_out_len, &s->lib_out_off);
+
+    if (err < 0)
+        return err;
+    if (s->lib_out_off == s->lib_out_len)
+        s->lib_out_off = s->lib_out_len = 0;
+    lib_set_events(s);
+    return 0;
+}
+
+/* Queues record 'r' for the library (a socket error shows up as EPOLLHUP
+ * and is handled there).  Returns 0, -ENOTCONN or -ENOBUFS. */
+static int lib_send(struct stated *s, const struct xfer_rec *r)
+{
+    size_t n = xfer_rec_size(r);
+
+    if (s->lib_fd < 0)
+        return -ENOTCONN;
+    if (buf_reserve(&s->lib_out, &s->lib_out_off, &s->lib_out_len, &s->lib_out_cap, LIB_OUT_MAX, n))
+        return -ENOBUFS;
+    s->lib_out_len += xfer_rec_encode(r, s->lib_out + s->lib_out_len);
+    lib_flush(s);
+    return 0;
+}
+
+/* Sends a request record (APPLY, CONN_MAP) whose DONE 'w' waits for. */
+static int lib_request(struct stated *s, struct xfer_rec *r, struct waiter *w)
+{
+    int err;
+
+    if (s->lib_fd < 0)
+        return -ENOTCONN;
+    if (s->ops_len == LIB_OPS_MAX)
+        return -ENOBUFS;
+    r->id = ++s->lib_next_id;
+    err = lib_send(s, r);
+    if (err < 0)
+        return err;
+    s->ops[(s->ops_head + s->ops_len++) % LIB_OPS_MAX] = (struct lib_op){ r->id, w, r->txn };
+    if (w)
+        w->remaining++;
+    return 0;
+}
+
+/* st_apply_fn: one state to the app. */
+static int apply_fn(void *ctx, rs_txn_id id, const uint8_t *data, uint32_t len)
+{
+    struct stated *s = ctx;
+    struct xfer_rec r = { .type = XFER_APPLY, .txn = id, .state = data, .len = len };
+    int err = lib_request(s, &r, s->cur_waiter);
+
+    if (err == -ENOBUFS)
+        s->drain_blocked = true;
+    if (err == 0) {
+        s->st.applied++;
+        if (s->cur_waiter)
+            s->st.applied_forced++;
+        rs_log("apply %s %uB%s", TXN(id), len, s->cur_waiter ? " forced" : "");
+    }
+    return err;
+}
+
+/* Applies what the logger has released, for every client (after the app
+ * connects or its queue drains). */
+static void drain_all(struct stated *s)
+{
+    s->drain_blocked = false;
+    for (uint32_t b = 0; b < ST_BUCKETS && s->lib_fd >= 0; b++)
+        for (struct st_client *c = s->store.buckets[b]; c; c = c->hnext)
+            if (c->head)
+                st_store_drain(&s->store, c, false, 0, apply_fn, s);
+}
+
+static void lib_close(struct stated *s, const char *why)
+{
+    if (s->lib_fd < 0)
+        return;
+    rs_log("app-disconnect %s pending=%u", why, s->ops_len);
+    s->st.app_disconnects++;
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->lib_fd, NULL);
+    close(s->lib_fd);
+    s->lib_fd = -1;
+    free(s->lib_in);
+    free(s->lib_out);
+    s->lib_in = s->lib_out = NULL;
+    s->lib_in_len = s->lib_out_off = s->lib_out_len = s->lib_out_cap = 0;
+    while (s->ops_len) {
+        struct lib_op *op = &s->ops[s->ops_head];
+
+        s->ops_head = (s->ops_head + 1) % LIB_OPS_MAX;
+        s->ops_len--;
+        if (op->w) {
+            op->w->status = -ECONNRESET;
+            op->w->remaining--;
+            waiter_check(s, op->w);
+        }
+    }
+    s->failure_pending = true;
+}
+
+/* Relays the app's UPDATE to the peer; answered by DONE when the peer ACKs. */
+static void relay_update(struct stated *s, const struct xfer_rec *r);
+
+static bool on_lib_record(void *ctx, const struct xfer_rec *r)
+{
+    struct stated *s = ctx;
+
+    switch (r->type) {
+    case XFER_UPDATE:
+        relay_update(s, r);
+        break;
+    case XFER_DONE: {
+        struct lib_op *op;
+
+        if (!s->ops_len || s->ops[s->ops_head].id != r->id) {
+            rs_log("app-done id=%u unexpected (ignored)", r->id);
+            break;
+        }
+        op = &s->ops[s->ops_head];
+        s->ops_head = (s->ops_head + 1) % LIB_OPS_MAX;
+        s->ops_len--;
+        if (r->status < 0 && op->txn) {
+            s->st.apply_errors++;
+            rs_log("apply %s refused by the app: %s", TXN(op->txn), strerror(-r->status));
+        }
+        if (op->w) {
+            if (r->status < 0)
+                op->w->status = r->status >= -4095 ? r->status : -EPROTO;
+            op->w->remaining--;
+            waiter_check(s, op->w);
+        }
+        break;
+    }
+    default:
+        rs_log("app-record type=%u unexpected (ignored)", r->type);
+    }
+    return s->lib_fd >= 0;
+}
+
+static void on_lib(struct stated *s, uint32_t events)
+{
+    int err = events & EPOLLOUT ? lib_flush(s) : 0;
+
+    if (err < 0) {
+        lib_close(s, strerror(-err));
+        return;
+    }
+    if (s->lib_fd >= 0 && s->drain_blocked && s->lib_out_len == 0)
+        drain_all(s);
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return;
+    err = xfer_read(s->lib_fd, s->lib_in, &s->lib_in_len, on_lib_record, s);
+    if (err < 0 && err != -ECANCELED)
+        lib_close(s, err == -ESHUTDOWN ? "closed" : err == -EBADMSG ? "malformed record" : strerror(-err));
+}
+
+static void on_lib_accept(struct stated *s)
+{
+    for (;;) {
+        int fd = accept4(s->appfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd < 0)
+            return;
+        if (s->lib_fd >= 0) {
+            rs_log("app-connect refused: an app is already connected");
+            close(fd);
+            continue;
+        }
+        s->lib_in = malloc(XFER_IN_CAP);
+        if (!s->lib_in) {
+            rs_log("app-connect refused: no memory");
+            close(fd);
+            continue;
+        }
+        s->lib_fd = fd;
+        s->lib_gen++;
+        s->lib_events = EPOLLIN;
+        s->lib_tag = (struct tag){ T_APP, NULL };
+        if (ep_add(s, fd, EPOLLIN, &s->lib_tag) < 0) {
+            close(fd);
+            s->lib_fd = -1;
+            free(s->lib_in);
+            s->lib_in = NULL;
+            continue;
+        }
+        s->failure_pending = false;
+        s->st.app_connects++;
+        rs_log("app-connect: heartbeating to %s", s->has_logger ? RS_A(s->logger) : "(no logger)");
+        drain_all(s);
+    }
+}
+
+/* ---- Outgoing links (peer stated, logger) ------------------------------ */
+
+static void link_set_events(struct stated *s, struct link *l)
+{
+    uint32_t ev = l->up ? EPOLLIN | (l->out_off < l->out_len ? EPOLLOUT : 0) : EPOLLOUT;
+
+    ep_mod(s, l->fd, ev, &l->events, &l->tag);
+}
+
+/* Bytes of 'l''s stream that have been queued: position of the next byte. */
+static uint64_t link_end(const struct link *l) { return l->pos + (l->out_len - l->out_off); }
+
+static void link_discard(struct link *l, uint64_t upto)
+{
+    if (upto <= l->pos)
+        return;
+    l->out_off += (size_t)(upto - l->pos);
+    l->pos = upto;
+    if (l->out_off == l->out_len)
+        l->out_off = l->out_len = 0;
+}
+
+static void relay_done(struct stated *s, struct relay *rl, int status);
+
+static void relay_pop_done(struct stated *s)
+{
+    while (s->rel_len && s->relays[s->rel_head].done) {
+        s->rel_head = (s->rel_head + 1) % RELAY_MAX;
+        s->rel_len--;
+    }
+}
+
+static void link_down(struct stated *s, struct link *l, const char *why)
+{
+    if (l->fd < 0)
+        return;
+    if (l->up)
+        rs_log("%s-disconnect %s %s", l->name, RS_A(l->addr), why);
+    else if (l->retry_ns == RETRY_MIN_NS)       /* once per outage, not per retry */
+        rs_log("%s-connect %s failed: %s (retrying)", l->name, RS_A(l->addr), why);
+    epoll_ctl(s->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+    close(l->fd);
+    l->fd = -1;
+    l->next_try_ns = rs_mono_ns() + l->retry_ns;
+    l->retry_ns = l->retry_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : l->retry_ns * 2;
+    if (l == &s->logger_link) {
+        link_discard(l, link_end(l));   /* heartbeats go stale */
+        return;
+    }
+    /* Updates of which any byte left may or may not have arrived: they fail
+     * (a synchronous one becomes a 503); the bytes left of a half-sent
+     * frame are dropped so the next connection starts on a frame. */
+    if (l->up) {
+        for (uint32_t i = 0; i < s->rel_len; i++) {
+            struct relay *rl = &s->relays[(s->rel_head + i) % RELAY_MAX];
+
+            if (rl->done || rl->start >= l->pos)
+                continue;
+            link_discard(l, rl->end);
+            relay_done(s, rl, -ECONNRESET);
+        }
+        relay_pop_done(s);
+    }
+    l->up = false;
+}
+
+static void link_connect(struct stated *s, struct link *l)
+{
+    struct sockaddr_in sin = rs_addr_sin(l->addr);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return;
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+
+        close(fd);
+        if (l->retry_ns == RETRY_MIN_NS)
+            rs_log("%s-connect %s failed: %s (retrying)", l->name, RS_A(l->addr), strerror(e));
+        l->next_try_ns = rs_mono_ns() + l->retry_ns;
+        l->retry_ns = l->retry_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : l->retry_ns * 2;
+        return;
+    }
+    l->fd = fd;
+    l->up = false;
+    l->events = EPOLLOUT;
+    l->in_len = 0;
+    if (ep_add(s, fd, EPOLLOUT, &l->tag) < 0) {
+        close(fd);
+        l->fd = -1;
+    }
+}
+
+static int link_flush(struct stated *s, struct link *l)
+{
+    size_t before = l->out_off;
+    int err = send_some(l->fd, l->out, l->out_len, &l->out_off);
+
+    l->pos += l->out_off - before;
+    if (err < 0)
+        return err;
+    if (l->out_off == l->out_len)
+        l->out_off = l->out_len = 0;
+    link_set_events(s, l);
+    return 0;
+}
+
+/* Encodes 'm' at the end of 'l''s queue.  Returns 0, -ENOBUFS or -EINVAL. */
+static int link_queue(struct stated *s, struct link *l, struct rs_ctl_msg *m)
+{
+    int n;
+
+    m->sender = l->sender;
+    m->seq = ++s->seq;
+    n = rs_ctl_encoded_len(m);
+    if (n < 0)
+        return n;
+    if (buf_reserve(&l->out, &l->out_off, &l->out_len, &l->out_cap, l->out_max, (size_t)n))
+        return -ENOBUFS;
+    n = rs_ctl_encode(&s->key, m, l->out + l->out_len, l->out_cap - l->out_len);
+    if (n < 0)
+        return n;
+    l->out_len += (size_t)n;
+    return 0;
+}
+
+static void send_failure(struct stated *s)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_FAILURE };
+    struct link *l = &s->logger_link;
+
+    if (!s->has_logger || !s->failure_pending)
+        return;
+    if (!l->up)
+        return;         /* sent when the link comes up, unless an app connects first */
+    m.u.failure.backend_id = s->id;
+    m.u.failure.reason = RS_CTL_FAIL_EXITED;
+    if (link_queue(s, l, &m) == 0) {
+        s->failure_pending = false;
+        s->st.failures_sent++;
+        rs_log("failure-sent backend=%u reason=EXITED to %s", s->id, RS_A(l->addr));
+        if (link_flush(s, l) < 0)
+            link_down(s, l, strerror(errno));
+    }
+}
+
+static void on_link_ack(struct stated *s, struct link *l, const struct rs_ctl_msg *m)
+{
+    if (m->type != RS_CTL_ACK) {
+        rs_log("%s-reply type=%s unexpected (ignored)", l->name, rs_ctl_type_str(m->type));
+        return;
+    }
+    if (l == &s->logger_link) {
+        if (m->u.ack.status)
+            rs_log("logger-ack %s status=%d %s", rs_ctl_type_str(m->u.ack.echo_type), m->u.ack.status,
+                   strerror(-m->u.ack.status));
+        return;
+    }
+    for (uint32_t i = 0; i < s->rel_len; i++) {
+        struct relay *rl = &s->relays[(s->rel_head + i) % RELAY_MAX];
+
+        if (!rl->done && rl->seq == m->u.ack.echo_seq) {
+            relay_done(s, rl, m->u.ack.status);
+            relay_pop_done(s);
+            return;
+        }
+    }
+    rs_log("peer-ack seq=%" PRIu64 " matches no relayed update (ignored)", m->u.ack.echo_seq);
+}
+
+static void on_link(struct stated *s, struct link *l, uint32_t events)
+{
+    if (!l->up) {
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+
+        getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+        if (soerr || (events & (EPOLLERR | EPOLLHUP))) {
+            link_down(s, l, strerror(soerr ? soerr : ECONNREFUSED));
+            return;
+        }
+        l->up = true;
+        l->retry_ns = RETRY_MIN_NS;
+        rs_ctl_replay_init(&l->replay);
+        rs_log("%s-connect %s", l->name, RS_A(l->addr));
+        if (l == &s->logger_link && s->lib_fd < 0)
+            send_failure(s);
+        events = EPOLLOUT;
+    }
+    if ((events & EPOLLOUT) && link_flush(s, l) < 0) {
+        link_down(s, l, strerror(errno));
+        return;
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return;
+    for (;;) {
+        ssize_t n = recv(l->fd, l->in + l->in_len, sizeof(l->in) - l->in_len, 0);
+        size_t off = 0;
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            link_down(s, l, n == 0 ? "closed by the far end" : strerror(errno));
+            return;
+        }
+        l->in_len += (size_t)n;
+        for (;;) {
+            struct rs_ctl_msg m;
+            int used = rs_ctl_decode(&s->key, &l->replay, l->in + off, l->in_len - off, &m);
+
+            if (used == 0)
+                break;
+            if (used < 0) {
+                link_down(s, l, strerror(-used));
+                return;
+            }
+            off += (size_t)used;
+            on_link_ack(s, l, &m);
+        }
+        memmove(l->in, l->in + off, l->in_len - off);
+        l->in_len -= off;
+        if (l->in_len == sizeof(l->in)) {
+            link_down(s, l, "reply too long");
+            return;
+        }
+    }
+}
+
+/* ---- Relaying the app's updates ---------------------------------------- */
+
+static void relay_done(struct stated *s, struct relay *rl, int status)
+{
+    struct xfer_rec r = { .type = XFER_DONE, .id = rl->lib_id, .status = status };
+
+    rl->done = true;
+    if (status == 0) {
+        s->st.relay_acked++;
+    } else {
+        s->st.relay_failed++;
+        rs_log("relay %s failed: %s", TXN(rl->txn), strerror(-status));
+    }
+    if (rl->app_gen == s->lib_gen && s->lib_fd >= 0)
+        lib_send(s, &r);
+}
+
+static void relay_update(struct stated *s, const struct xfer_rec *r)
+{
+    struct xfer_rec done = { .type = XFER_DONE, .id = r->id };
+    struct rs_ctl_msg m = { .type = RS_CTL_STATE_UPDATE };
+    struct link *l = &s->peer_link;
+    uint64_t start;
+    int err;
+
+    if (!s->has_peer) {
+        done.status = -ENOTCONN;
+        lib_send(s, &done);
+        return;
+    }
+    m.u.state_update = (struct rs_ctl_state_update){ r->txn, r->sync, r->len, r->state };
+    start = link_end(l);
+    err = s->rel_len == RELAY_MAX ? -ENOBUFS : link_queue(s, l, &m);
+    if (err < 0) {
+        s->st.relay_failed++;
+        rs_log("relay %s refused: %s", TXN(r->txn), strerror(-err));
+        done.status = err;
+        lib_send(s, &done);
+        return;
+    }
+    s->relays[(s->rel_head + s->rel_len++) % RELAY_MAX] = (struct relay){
+        m.seq, start, link_end(l), rs_mono_ns(), s->lib_gen, r->id, r->txn, false };
+    s->st.relayed++;
+    rs_log("relay %s %uB%s seq=%" PRIu64, TXN(r->txn), r->len, r->sync ? " sync" : "", m.seq);
+    if (l->up && link_flush(s, l) < 0)
+        link_down(s, l, strerror(errno));
+    else if (l->fd < 0 && rs_mono_ns() >= l->next_try_ns)
+        link_connect(s, l);
+}
+
+/* Fails relayed updates the peer did not take in time: unsent ones while
+ * the peer is away; a sent one without ACK means the link is stuck. */
+static void relay_expire(struct stated *s, uint64_t now)
+{
+    struct link *l = &s->peer_link;
+
+    while (s->rel_len) {
+        struct relay *rl = &s->relays[s->rel_head];
+
+        if (rl->done) {
+            relay_pop_done(s);
+            continue;
+        }
+        if (now - rl->t_ns < s->relay_timeout_ns)
+            break;
+        if (l->up && rl->start < l->pos) {
+            link_down(s, l, "no ACK in time");
+            continue;
+        }
+        if (l->up)
+            break;      /* connected: the queue moves, keep it */
+        link_discard(l, rl->end);
+        relay_done(s, rl, -ETIMEDOUT);
+        relay_pop_done(s);
+    }
+}
+
+/* ---- Control requests -------------------------------------------------- */
+
+static void on_state_update(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+{
+    const struct rs_ctl_state_update *u = &m->u.state_update;
+    int err = st_store_put(&s->store, u->txn, u->data, u->len, rs_mono_ns());
+
+    s->st.updates++;
+    s->st.update_bytes += u->len;
+    if (err == -ESTALE) {
+        s->st.updates_stale++;
+        rs_log("update %s %uB stale (at or before Ts): dropped", TXN(u->txn), u->len);
+        err = 0;
+    } else if (err < 0) {
+        s->st.updates_refused++;
+        rs_log("update %s %uB refused: %s (buffered %" PRIu64 " states %" PRIu64 "B)", TXN(u->txn),
+               u->len, strerror(-err), s->store.n_states, s->store.bytes);
+    } else {
+        struct st_client *c = st_store_find(&s->store, rs_txn_id_ip4(u->txn), rs_txn_id_port(u->txn));
+
+        rs_log("update %s %uB%s", TXN(u->txn), u->len, u->sync ? " sync" : "");
+        /* Its TXN_LOGGED may have come first (asynchronous transfer lags). */
+        if (c && s->lib_fd >= 0)
+            st_store_drain(&s->store, c, false, 0, apply_fn, s);
+    }
+    ctl_ack(s, cc, m->seq, m->type, err);
+}
+
+static void on_txn_logged(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+{
+    rs_txn_id id = m->u.txn_logged.txn;
+    int err = st_store_logged(&s->store, id, rs_mono_ns());
+
+    s->st.logged++;
+    rs_log("logged %s resp_end=%u%s", TXN(id), m->u.txn_logged.resp_end, err ? " (client table full)" : "");
+    if (err == 0 && s->lib_fd >= 0)
+        st_store_drain(&s->store, st_store_find(&s->store, rs_txn_id_ip4(id), rs_txn_id_port(id)),
+                       false, 0, apply_fn, s);
+    ctl_ack(s, cc, m->seq, m->type, err);
+}
+
+static void on_state_query(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+{
+    struct rs_ctl_conn cl = m->u.state_query.client;
+    struct st_client *c = st_store_find(&s->store, cl.ip4, cl.port);
+    struct rs_ctl_msg r = { .type = RS_CTL_STATE_REPORT };
+    char ts[8] = "none", ta[8] = "none";
+
+    r.u.state_report.conn = cl;
+    if (c) {
+        r.u.state_report = (struct rs_ctl_state_report){ cl, c->has_ts, c->has_ta,
+                                                        c->has_ts ? c->ts : 0, c->has_ta ? c->ta : 0 };
+        if (c->has_ts)
+            snprintf(ts, sizeof(ts), "%u", c->ts);
+        if (c->has_ta)
+            snprintf(ta, sizeof(ta), "%u", c->ta);
+    }
+    s->st.queries++;
+    rs_log("query client=%s ts=%s ta=%s buffered=%u", RS_A(((struct rs_addr){ cl.ip4, cl.port })), ts,
+           ta, c ? c->n_states : 0);
+    ctl_send(s, cc, &r);
+}
+
+static void on_apply(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+{
+    struct rs_ctl_conn cl = m->u.apply.client;
+    struct st_client *c = st_store_find(&s->store, cl.ip4, cl.port);
+    struct waiter *w;
+    int n = 0;
+
+    rs_log("apply-request client=%s upto=%u buffered=%u", RS_A(((struct rs_addr){ cl.ip4, cl.port })),
+           m->u.apply.upto, c ? c->n_states : 0);
+    if (!c || !c->head || !st_num_lt(c->head->num, m->u.apply.upto)) {
+        ctl_ack(s, cc, m->seq, m->type, 0);     /* nothing to apply */
+        return;
+    }
+    w = calloc(1, sizeof(*w));
+    if (!w) {
+        ctl_ack(s, cc, m->seq, m->type, -ENOMEM);
+        return;
+    }
+    *w = (struct waiter){ cc->id, m->seq, m->type, 0, false, 0 };
+    s->cur_waiter = w;
+    n = st_store_drain(&s->store, c, true, m->u.apply.upto, apply_fn, s);
+    s->cur_waiter = NULL;
+    if (n < 0)
+        w->status = n;
+    else if (c->head && st_num_lt(c->head->num, m->u.apply.upto))
+        w->status = -ENOBUFS;   /* the app's queue filled: the rest stays buffered */
+    w->armed = true;
+    waiter_check(s, w);         /* answers now when nothing went to the app */
+}
+
+static void on_conn_map(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+{
+    const struct rs_ctl_conn_map *cm = &m->u.conn_map;
+    struct xfer_rec r = { .type = XFER_CONN_MAP, .map = *cm };
+    struct waiter *w = calloc(1, sizeof(*w));
+    int err;
+
+    s->st.conn_maps++;
+    rs_log("conn-map peer=%s client=%s next=%u", RS_A(((struct rs_addr){ cm->peer.ip4, cm->peer.port })),
+           RS_A(((struct rs_addr){ cm->client.ip4, cm->client.port })), cm->next_num);
+    if (!w) {
+        ctl_ack(s, cc, m->seq, m->type, -ENOMEM);
+        return;
+    }
+    *w = (struct waiter){ cc->id, m->seq, m->type, 0, false, 0 };
+    err = lib_request(s, &r, w);
+    if (err < 0) {
+        rs_log("conn-map refused: %s", strerror(-err));
+        w->status = err;
+    }
+    w->armed = true;
+    waiter_check(s, w);
+}
+
+/* Handles one authenticated frame.  Returns false when 'cc' was closed. */
+static bool ctl_frame(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+{
+    uint64_t id = cc->id;
+
+    s->st.ctl_frames++;
+    switch (m->type) {
+    case RS_CTL_STATE_UPDATE: on_state_update(s, cc, m); break;
+    case RS_CTL_TXN_LOGGED: on_txn_logged(s, cc, m); break;
+    case RS_CTL_STATE_QUERY: on_state_query(s, cc, m); break;
+    case RS_CTL_APPLY: on_apply(s, cc, m); break;
+    case RS_CTL_CONN_MAP: on_conn_map(s, cc, m); break;
+    case RS_CTL_HEARTBEAT: ctl_ack(s, cc, m->seq, m->type, 0); break;
+    case RS_CTL_ACK: break;     /* never answered */
+    default:
+        rs_log("ctl from=%s type=%s not handled here", RS_A(cc->from), rs_ctl_type_str(m->type));
+        ctl_ack(s, cc, m->seq, m->type, -EOPNOTSUPP);
+    }
+    return ctl_by_id(s, id) != NULL;
+}
+
+static void on_ctl(struct stated *s, struct ctl_conn *cc, uint32_t events)
+{
+    if (cc->fd < 0)
+        return;         /* closed earlier in this loop turn */
+    int err = events & EPOLLOUT ? ctl_flush(s, cc) : 0;
+
+    if (err < 0) {
+        ctl_close(s, cc, strerror(-err));
+        return;
+    }
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return;
+    for (;;) {
+        ssize_t n;
+        size_t off = 0;
+
+        if (cc->in_len == cc->in_cap) {
+            size_t nc = cc->in_cap * 2 > RS_CTL_FRAME_MAX ? RS_CTL_FRAME_MAX : cc->in_cap * 2;
+            uint8_t *nb = nc > cc->in_cap ? realloc(cc->in, nc) : NULL;
+
+            if (!nb) {
+                ctl_close(s, cc, "frame too long");
+                return;
+            }
+            cc->in = nb;
+            cc->in_cap = nc;
+        }
+        n = recv(cc->fd, cc->in + cc->in_len, cc->in_cap - cc->in_len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            ctl_close(s, cc, NULL);
+            return;
+        }
+        cc->in_len += (size_t)n;
+        for (;;) {
+            struct rs_ctl_msg m;
+            int used = rs_ctl_decode(&s->key, &s->replay, cc->in + off, cc->in_len - off, &m);
+
+            if (used == 0)
+                break;
+            if (used < 0) {
+                s->st.ctl_rejected++;
+                ctl_close(s, cc, used == -EACCES ? "rejected: bad MAC (wrong key?)" : strerror(-used));
+                return;
+            }
+            off += (size_t)used;
+            if (!ctl_frame(s, cc, &m))
+                return;
+        }
+        memmove(cc->in, cc->in + off, cc->in_len - off);
+        cc->in_len -= off;
+    }
+}
+
+static void on_ctl_accept(struct stated *s)
+{
+    for (;;) {
+        struct sockaddr_in sin;
+        socklen_t sl = sizeof(sin);
+        int fd = accept4(s->ctlfd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct ctl_conn *cc;
+
+        if (fd < 0)
+            return;
+        cc = s->n_conns < CTL_CONNS_MAX ? calloc(1, sizeof(*cc)) : NULL;
+        if (cc)
+            cc->in = malloc(CTL_IN_START);
+        if (!cc || !cc->in) {
+            rs_log("ctl-accept refused: %u connections open or no memory", s->n_conns);
+            if (cc)
+                free(cc);
+            close(fd);
+            continue;
+        }
+        cc->fd = fd;
+        cc->id = ++s->next_conn_id;
+        cc->from = rs_addr_of_sin(&sin);
+        cc->in_cap = CTL_IN_START;
+        cc->events = EPOLLIN;
+        cc->tag = (struct tag){ T_CTL, cc };
+        if (ep_add(s, fd, EPOLLIN, &cc->tag) < 0) {
+            free(cc->in);
+            free(cc);
+            close(fd);
+            continue;
+        }
+        cc->next = s->conns;
+        if (s->conns)
+            s->conns->prev = cc;
+        s->conns = cc;
+        s->n_conns++;
+        s->st.ctl_accepted++;
+    }
+}
+
+/* ---- Timer, signals, stats --------------------------------------------- */
+
+static void on_tick(struct stated *s)
+{
+    uint64_t ticks, now = rs_mono_ns();
+    struct link *l = &s->logger_link;
+
+    if (read(s->tfd, &ticks, sizeof(ticks)) < 0)
+        return;
+    if (s->has_logger) {
+        if (l->fd < 0 && now >= l->next_try_ns)
+            link_connect(s, l);
+        if (l->up && s->lib_fd >= 0) {
+            struct rs_ctl_msg m = { .type = RS_CTL_HEARTBEAT };
+
+            m.u.heartbeat = (struct rs_ctl_heartbeat){ RS_CTL_ROLE_BACKEND, s->id, rs_now_us() };
+            /* A stalled logger gets no backlog of stale heartbeats. */
+            if (l->out_len - l->out_off < 1024 && link_queue(s, l, &m) == 0) {
+                s->st.heartbeats++;
+                if (link_flush(s, l) < 0)
+                    link_down(s, l, strerror(errno));
+            }
+        }
+    }
+    if (s->has_peer) {
+        struct link *p = &s->peer_link;
+
+        /* The peer link is opened when there is something to relay, and kept. */
+        if (p->fd < 0 && s->rel_len && now >= p->next_try_ns)
+            link_connect(s, p);
+        relay_expire(s, now);
+    }
+}
+
+static void stats_print(struct stated *s)
+{
+    const struct stats *t = &s->st;
+
+    printf("stats id=%u app=%d clients=%u buffered=%" PRIu64 " buffered_bytes=%" PRIu64
+           " evicted=%" PRIu64 " ctl_conns=%u ctl_accepted=%" PRIu64 " ctl_frames=%" PRIu64
+           " ctl_rejected=%" PRIu64 " updates=%" PRIu64 " update_bytes=%" PRIu64
+           " updates_refused=%" PRIu64 " updates_stale=%" PRIu64 " logged=%" PRIu64
+           " applied=%" PRIu64 " applied_forced=%" PRIu64 " apply_errors=%" PRIu64
+           " queries=%" PRIu64 " conn_maps=%" PRIu64 " relayed=%" PRIu64 " relay_acked=%" PRIu64
+           " relay_failed=%" PRIu64 " relay_queued=%u peer_up=%d logger_up=%d heartbeats=%" PRIu64
+           " failures_sent=%" PRIu64 " app_connects=%" PRIu64 " app_disconnects=%" PRIu64 "\n",
+           s->id, s->lib_fd >= 0, s->store.n_clients, s->store.n_states, s->store.bytes,
+           s->store.evicted, s->n_conns, t->ctl_accepted, t->ctl_frames, t->ctl_rejected, t->updates,
+           t->update_bytes, t->updates_refused, t->updates_stale, t->logged, t->applied,
+           t->applied_forced, t->apply_errors, t->queries, t->conn_maps, t->relayed, t->relay_acked,
+           t->relay_failed, s->rel_len, s->peer_link.up, s->logger_link.up, t->heartbeats,
+           t->failures_sent, t->app_connects, t->app_disconnects);
+    fflush(stdout);
+}
+
+static void on_signal(struct stated *s)
+{
+    struct signalfd_siginfo si;
+
+    while (read(s->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGUSR1) {
+            stats_print(s);
+        } else {
+            rs_log("exit on signal %u", si.ssi_signo);
+            s->stop = true;
+        }
+    }
+}
+
+/* ---- Set-up ------------------------------------------------------------ */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: rs-stated --id N --key FILE --app-socket PATH [options]\n"
+        "Per-backend state agent (docs/recovery.md): buffers the peer backend's state\n"
+        "updates, applies them to the local app once logged, answers STATE_QUERY, APPLY\n"
+        "and CONN_MAP, relays the local app's updates to the peer, heartbeats to the logger.\n"
+        "\n"
+        "  --id N               this backend's id (1..1048575)\n"
+        "  --listen ADDR:PORT   control port (default 0.0.0.0:7073)\n"
+        "  --app-socket PATH    unix socket the app's state library connects to\n"
+        "  --key FILE           shared control-plane key: 64 hex characters\n"
+        "  --peer ADDR:PORT     the other backend's rs-stated: where the local app's\n"
+        "                       updates go (without it they are refused)\n"
+        "  --logger ADDR:PORT   where HEARTBEAT and FAILURE go (without it: none)\n"
+        "  --heartbeat DUR      heartbeat interval while the app is connected (default 10ms)\n"
+        "  --relay-timeout DUR  fail a relayed update the peer has not taken in DUR\n"
+        "                       (default 1s)\n"
+        "  --help               this text\n"
+        "\n"
+        "Prints \"listening on ADDR:PORT\" when ready.  SIGUSR1 prints a stats line;\n"
+        "SIGTERM or SIGINT exits cleanly.\n");
+}
+
+static int listen_tcp(struct rs_addr a)
+{
+    struct sockaddr_in sin = rs_addr_sin(a);
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 || listen(fd, 128) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+static int listen_unix(const char *path)
+{
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(path) >= sizeof(sun.sun_path))
+        return -ENAMETOOLONG;
+    snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    unlink(path);       /* a stale socket of an earlier run */
+    if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || chmod(path, 0600) < 0 ||
+        listen(fd, 8) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+static int signals_open(struct stated *s)
+{
+    sigset_t set;
+
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        return -errno;
+    s->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return s->sfd < 0 ? -errno : 0;
+}
+
+static void link_init(struct link *l, const char *name, struct rs_addr a, uint32_t sender,
+                      size_t out_max, enum tag_kind kind)
+{
+    l->name = name;
+    l->addr = a;
+    l->fd = -1;
+    l->sender = sender;
+    l->retry_ns = RETRY_MIN_NS;
+    l->out_max = out_max;
+    l->tag = (struct tag){ kind, l };
+}
+
+static void run(struct stated *s)
+{
+    struct epoll_event evs[64];
+
+    while (!s->stop) {
+        int n = epoll_wait(s->epfd, evs, 64, -1);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rs_log("error epoll_wait %s", strerror(errno));
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            struct tag *t = evs[i].data.ptr;
+            uint32_t e = evs[i].events;
+
+            switch (t->kind) {
+            case T_CTL_LISTEN: on_ctl_accept(s); break;
+            case T_CTL: on_ctl(s, t->ptr, e); break;
+            case T_APP_LISTEN: on_lib_accept(s); break;
+            case T_APP:
+                if (s->lib_fd >= 0)
+                    on_lib(s, e);
+                break;
+            case T_PEER:
+            case T_LOGGER:
+                if (((struct link *)t->ptr)->fd >= 0)
+                    on_link(s, t->ptr, e);
+                break;
+            case T_TIMER: on_tick(s); break;
+            case T_SIGNAL: on_signal(s); break;
+            }
+            /* An app that closed: tell the logger now, not at the next tick. */
+            if (s->failure_pending && s->lib_fd < 0)
+                send_failure(s);
+        }
+        /* Freed only now: later events of the batch may still name them. */
+        while (s->dead) {
+            struct ctl_conn *cc = s->dead;
+
+            s->dead = cc->next;
+            free(cc->in);
+            free(cc);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static struct stated s;     /* large: records and relay ring */
+    static const char *const names[] = { "id", "listen", "app-socket", "key", "peer", "logger",
+                                         "heartbeat", "relay-timeout" };
+    const char *listen_text = "0.0.0.0:7073", *keyfile = NULL;
+    uint64_t id = 0;
+    struct itimerspec its = { 0 };
+    int err;
+
+    s.heartbeat_ns = 10000000ull;
+    s.relay_timeout_ns = 1000000000ull;
+    s.lib_fd = s.epfd = s.ctlfd = s.appfd = s.tfd = s.sfd = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0, k;
+
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        for (k = 0; k < (int)(sizeof(names) / sizeof(names[0])); k++)
+            if (!strncmp(o, "--", 2) && !strcmp(o + 2, names[k]))
+                break;
+        if (k == (int)(sizeof(names) / sizeof(names[0]))) {
+            fprintf(stderr, "rs-stated: unknown argument %s\n", o);
+            usage(stderr);
+            return 2;
+        }
+        if (!v) {
+            fprintf(stderr, "rs-stated: %s needs a value\n", o);
+            return 2;
+        }
+        i++;
+        switch (k) {
+        case 0: bad = rs_parse_size(v, &id) || id == 0 || id >= (1u << 20); break;
+        case 1: listen_text = v; bad = rs_addr_parse(v, &s.listen); break;
+        case 2: s.app_path = v; break;
+        case 3: keyfile = v; break;
+        case 4: bad = rs_addr_parse(v, &s.peer); s.has_peer = true; break;
+        case 5: bad = rs_addr_parse(v, &s.logger); s.has_logger = true; break;
+        case 6: bad = rs_parse_duration(v, &s.heartbeat_ns) || s.heartbeat_ns == 0; break;
+        case 7: bad = rs_parse_duration(v, &s.relay_timeout_ns) || s.relay_timeout_ns == 0; break;
+        }
+        if (bad) {
+            fprintf(stderr, "rs-stated: bad value '%s' for %s\n", v, o);
+            return 2;
+        }
+    }
+    if (!id || !keyfile || !s.app_path) {
+        fprintf(stderr, "rs-stated: --id, --key and --app-socket are required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (rs_addr_parse(listen_text, &s.listen) < 0) {
+        fprintf(stderr, "rs-stated: bad --listen '%s'\n", listen_text);
+        return 2;
+    }
+    s.id = (uint32_t)id;
+    rs_log_init("rs-stated");
+    if (rs_ctl_init() < 0 || (err = rs_ctl_key_load(keyfile, &s.key)) != 0) {
+        fprintf(stderr, "rs-stated: cannot load key %s\n", keyfile);
+        return 1;
+    }
+    rs_ctl_replay_init(&s.replay);
+    s.seq = rs_now_us();
+    link_init(&s.peer_link, "peer", s.peer, SENDER(s.id, CH_PEER), PEER_OUT_MAX, T_PEER);
+    link_init(&s.logger_link, "logger", s.logger, SENDER(s.id, CH_LOGGER), LOGGER_OUT_MAX, T_LOGGER);
+
+    s.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (s.epfd < 0 || (err = signals_open(&s)) < 0) {
+        fprintf(stderr, "rs-stated: cannot set up epoll/signals: %s\n", strerror(errno));
+        return 1;
+    }
+    s.ctlfd = listen_tcp(s.listen);
+    if (s.ctlfd < 0) {
+        fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", RS_A(s.listen), strerror(-s.ctlfd));
+        return 1;
+    }
+    s.appfd = listen_unix(s.app_path);
+    if (s.appfd < 0) {
+        fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", s.app_path, strerror(-s.appfd));
+        return 1;
+    }
+    s.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    its.it_value.tv_sec = its.it_interval.tv_sec = (time_t)(s.heartbeat_ns / 1000000000ull);
+    its.it_value.tv_nsec = its.it_interval.tv_nsec = (long)(s.heartbeat_ns % 1000000000ull);
+    s.ctltag = (struct tag){ T_CTL_LISTEN, NULL };
+    s.apptag = (struct tag){ T_APP_LISTEN, NULL };
+    s.ttag = (struct tag){ T_TIMER, NULL };
+    s.stag = (struct tag){ T_SIGNAL, NULL };
+    if (s.tfd < 0 || timerfd_settime(s.tfd, 0, &its, NULL) < 0 ||
+        ep_add(&s, s.ctlfd, EPOLLIN, &s.ctltag) || ep_add(&s, s.appfd, EPOLLIN, &s.apptag) ||
+        ep_add(&s, s.tfd, EPOLLIN, &s.ttag) || ep_add(&s, s.sfd, EPOLLIN, &s.stag)) {
+        fprintf(stderr, "rs-stated: cannot set up the event loop: %s\n", strerror(errno));
+        return 1;
+    }
+    if (s.has_logger)
+        link_connect(&s, &s.logger_link);
+    rs_log("start id=%u listen=%s app-socket=%s peer=%s logger=%s heartbeat=%" PRIu64 "us",
+           s.id, RS_A(s.listen), s.app_path, s.has_peer ? RS_A(s.peer) : "none",
+           s.has_logger ? RS_A(s.logger) : "none", s.heartbeat_ns / 1000);
+    printf("listening on %s\n", RS_A(s.listen));
+    fflush(stdout);
+
+    run(&s);
+
+    lib_close(&s, "shutdown");
+    while (s.conns)
+        ctl_close(&s, s.conns, NULL);
+    while (s.dead) {
+        struct ctl_conn *cc = s.dead;
+
+        s.dead = cc->next;
+        free(cc->in);
+        free(cc);
+    }
+    for (struct link *l = &s.peer_link; l; l = l == &s.peer_link ? &s.logger_link : NULL) {
+        if (l->fd >= 0)
+            close(l->fd);
+        free(l->out);
+    }
+    stats_print(&s);
+    st_store_clear(&s.store);
+    close(s.ctlfd);
+    close(s.appfd);
+    unlink(s.app_path);
+    close(s.tfd);
+    close(s.sfd);
+    close(s.epfd);
+    rs_log("exit");
+    return 0;
+}

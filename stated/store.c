@@ -1,0 +1,196 @@
+/* rs-stated's state buffer (see stated.h): per client connection, the states
+ * received from the primary in transaction order, Ts, TA and how far the
+ * logger has logged.  No I/O: applying goes through a callback. */
+#include "stated.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t bucket_of(uint32_t ip, uint16_t port)
+{
+    uint32_t h = ip * 2654435761u ^ ((uint32_t)port * 40503u);
+
+    return (h ^ (h >> 16)) % ST_BUCKETS;
+}
+
+static void client_free_states(struct st_store *st, struct st_client *c)
+{
+    while (c->head) {
+        struct st_state *s = c->head;
+
+        c->head = s->next;
+        st->n_states--;
+        st->bytes -= s->len;
+        free(s);
+    }
+    c->tail = NULL;
+    c->n_states = 0;
+}
+
+void st_store_clear(struct st_store *st)
+{
+    for (uint32_t b = 0; b < ST_BUCKETS; b++) {
+        while (st->buckets[b]) {
+            struct st_client *c = st->buckets[b];
+
+            st->buckets[b] = c->hnext;
+            client_free_states(st, c);
+            free(c);
+        }
+    }
+    st->n_clients = 0;
+}
+
+struct st_client *st_store_find(struct st_store *st, uint32_t ip, uint16_t port)
+{
+    for (struct st_client *c = st->buckets[bucket_of(ip, port)]; c; c = c->hnext)
+        if (c->ip == ip && c->port == port)
+            return c;
+    return NULL;
+}
+
+/* Frees the least recently active client that holds no state.  Returns
+ * false when every client holds state.  A linear scan: it runs only when
+ * the table is full. */
+static bool evict_one(struct st_store *st)
+{
+    struct st_client **victim = NULL;
+
+    for (uint32_t b = 0; b < ST_BUCKETS; b++)
+        for (struct st_client **pc = &st->buckets[b]; *pc; pc = &(*pc)->hnext)
+            if (!(*pc)->head && (!victim || (*pc)->last_ns < (*victim)->last_ns))
+                victim = pc;
+    if (!victim)
+        return false;
+    struct st_client *c = *victim;
+
+    *victim = c->hnext;
+    free(c);
+    st->n_clients--;
+    st->evicted++;
+    return true;
+}
+
+struct st_client *st_store_get(struct st_store *st, uint32_t ip, uint16_t port, uint64_t now_ns)
+{
+    struct st_client *c = st_store_find(st, ip, port);
+    uint32_t b;
+
+    if (c) {
+        c->last_ns = now_ns;
+        return c;
+    }
+    if (st->n_clients >= ST_CLIENTS_MAX && !evict_one(st))
+        return NULL;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->ip = ip;
+    c->port = port;
+    c->last_ns = now_ns;
+    b = bucket_of(ip, port);
+    c->hnext = st->buckets[b];
+    st->buckets[b] = c;
+    st->n_clients++;
+    return c;
+}
+
+int st_store_put(struct st_store *st, rs_txn_id id, const void *data, uint32_t len, uint64_t now_ns)
+{
+    uint16_t num = rs_txn_id_num(id);
+    struct st_client *c = st_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
+    struct st_state *s, **pp;
+
+    if (!c)
+        return -ENOBUFS;
+    if (c->has_ts && st_num_le(num, c->ts))
+        return -ESTALE;
+    if (c->n_states >= ST_CLIENT_STATES || st->n_states >= ST_STATES_MAX ||
+        st->bytes + len > ST_BYTES_MAX)
+        return -ENOBUFS;
+    s = malloc(sizeof(*s) + len);
+    if (!s)
+        return -ENOMEM;
+    s->num = num;
+    s->len = len;
+    if (len)
+        memcpy(s->data, data, len);
+    /* States arrive in order over one connection: append is the usual case. */
+    if (!c->tail || st_num_lt(c->tail->num, num)) {
+        s->next = NULL;
+        if (c->tail)
+            c->tail->next = s;
+        else
+            c->head = s;
+        c->tail = s;
+    } else {
+        for (pp = &c->head; *pp && st_num_lt((*pp)->num, num); pp = &(*pp)->next)
+            ;
+        if (*pp && (*pp)->num == num) {     /* a resend: the newer copy wins */
+            struct st_state *old = *pp;
+
+            s->next = old->next;
+            *pp = s;
+            if (c->tail == old)
+                c->tail = s;
+            st->bytes -= old->len;
+            st->n_states--;
+            c->n_states--;
+            free(old);
+        } else {
+            s->next = *pp;
+            *pp = s;
+        }
+    }
+    c->n_states++;
+    st->n_states++;
+    st->bytes += len;
+    if (!c->has_ta || st_num_lt(c->ta, num)) {
+        c->has_ta = true;
+        c->ta = num;
+    }
+    return 0;
+}
+
+int st_store_logged(struct st_store *st, rs_txn_id id, uint64_t now_ns)
+{
+    uint16_t num = rs_txn_id_num(id);
+    struct st_client *c = st_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
+
+    if (!c)
+        return -ENOBUFS;
+    if (!c->has_logged || st_num_lt(c->logged, num)) {
+        c->has_logged = true;
+        c->logged = num;
+    }
+    return 0;
+}
+
+int st_store_drain(struct st_store *st, struct st_client *c, bool force, uint16_t upto,
+                   st_apply_fn fn, void *ctx)
+{
+    int n = 0;
+
+    while (c->head) {
+        struct st_state *s = c->head;
+        int err;
+
+        if (force ? !st_num_lt(s->num, upto) : !(c->has_logged && st_num_le(s->num, c->logged)))
+            break;
+        err = fn(ctx, rs_txn_id_make(c->ip, c->port, s->num), s->data, s->len);
+        if (err < 0)
+            return n ? n : err;
+        c->head = s->next;
+        if (!c->head)
+            c->tail = NULL;
+        c->n_states--;
+        st->n_states--;
+        st->bytes -= s->len;
+        c->has_ts = true;
+        c->ts = s->num;
+        free(s);
+        n++;
+    }
+    return n;
+}
