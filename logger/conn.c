@@ -1,0 +1,609 @@
+/* rs-logger's log: parses captured frames (Ethernet/SLL/raw, IPv4, TCP),
+ * keeps one entry per client connection to the VIP, reassembles both byte
+ * streams in the client's sequence spaces, cuts them into transactions,
+ * tags them, tracks AckcL and FIN/RST, and releases what recovery can no
+ * longer need.
+ *
+ * Release policy (bounded memory, see LG_KEEP_TXNS), applied when a ring
+ * is three quarters full or refuses bytes:
+ *   - response bytes are released up to AckcL: the logger only ever resends
+ *     [AckcL, AckTL + p), and a replayed transaction's response is discarded;
+ *   - request bytes are kept for the last LG_KEEP_TXNS transactions, and
+ *     always from the oldest transaction whose response the client has not
+ *     acknowledged; when that would leave the ring over half full only the
+ *     newest one is kept, and the transactionalizer's ring (64) is a hard limit;
+ *   - a connection is forgotten --linger after both FINs or a RST. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <pcap/dlt.h>
+
+#include "logger.h"
+#include "seq.h"
+
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+
+static const char *dir_name[2] = { "req", "resp" };
+
+const char *lg_nl_str(enum lg_nl nl)
+{
+    switch (nl) {
+    case LG_NL_NONE:      return "none";
+    case LG_NL_MIDSTREAM: return "mid-stream";
+    case LG_NL_NOMEM:     return "no-memory";
+    case LG_NL_LIMIT:     return "too-many-connections";
+    }
+    return "?";
+}
+
+const char *lg_inc_str(enum lg_inc inc)
+{
+    switch (inc) {
+    case LG_INC_NONE:      return "none";
+    case LG_INC_REFUSED:   return "refused";
+    case LG_INC_CONFLICT:  return "conflict";
+    case LG_INC_HTTP:      return "http";
+    case LG_INC_TRUNCATED: return "truncated";
+    case LG_INC_GAP:       return "gap";
+    }
+    return "?";
+}
+
+const char *lg_tags_str(unsigned tags)
+{
+    static const char *s[4] = { "ro,det", "update,det", "ro,nondet", "update,nondet" };
+
+    return s[tags & 3];
+}
+
+static const char *cid(const struct lg_conn *c)
+{
+    static char buf[24];
+
+    return rs_addr_str((struct rs_addr){ c->ip, c->port }, buf, sizeof(buf));
+}
+
+static const char *tid(rs_txn_id id)
+{
+    static char buf[RS_TXN_ID_STRLEN];
+
+    rs_txn_id_format(id, buf, sizeof(buf));
+    return buf;
+}
+
+/* ---- table -------------------------------------------------------------- */
+
+static unsigned bucket(uint32_t ip, uint16_t port)
+{
+    return ((ip * 2654435761u) ^ (port * 40503u)) % LG_BUCKETS;
+}
+
+struct lg_conn *lg_conn_find(struct logger *lg, uint32_t ip, uint16_t port)
+{
+    for (struct lg_conn *c = lg->buckets[bucket(ip, port)]; c; c = c->next)
+        if (c->ip == ip && c->port == port)
+            return c;
+    return NULL;
+}
+
+static void conn_free(struct logger *lg, struct lg_conn *c)
+{
+    struct lg_conn **pp = &lg->buckets[bucket(c->ip, c->port)];
+
+    while (*pp && *pp != c)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = c->next;
+    for (int d = 0; d < 2; d++) {
+        rs_reasm_free(&c->rs[d]);
+        if (c->dump[d])
+            fclose(c->dump[d]);
+    }
+    lg->nconns--;
+    lg->s.conns_freed++;
+    free(c);
+}
+
+static struct lg_conn *conn_new(struct logger *lg, uint32_t ip, uint16_t port, uint64_t now)
+{
+    struct lg_conn *c;
+    unsigned b = bucket(ip, port);
+
+    if (lg->nconns >= lg->max_conns) {
+        if (lg->s.nl_limit++ % 1000 == 0)
+            rs_log("not-loggable client=%s reason=%s conns=%u", RS_A(((struct rs_addr){ ip, port })),
+                   lg_nl_str(LG_NL_LIMIT), lg->nconns);
+        return NULL;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        lg->s.nl_nomem++;
+        return NULL;
+    }
+    c->lg = lg;
+    c->ip = ip;
+    c->port = port;
+    c->inc_dir = -1;
+    c->last_ns = now;
+    c->next = lg->buckets[b];
+    lg->buckets[b] = c;
+    lg->nconns++;
+    lg->s.conns++;
+    return c;
+}
+
+/* ---- transactionalizer events ------------------------------------------- */
+
+static void set_inc(struct lg_conn *c, enum lg_inc why, int dir, uint32_t seq, const char *detail)
+{
+    struct lg_stats *s = &c->lg->s;
+
+    if (c->inc != LG_INC_NONE)
+        return;
+    c->inc = why;
+    c->inc_dir = dir;
+    c->inc_seq = seq;
+    if (why == LG_INC_REFUSED)
+        s->inc_refused++;
+    else if (why == LG_INC_CONFLICT)
+        s->inc_conflict++;
+    else if (why == LG_INC_HTTP)
+        s->inc_http++;
+    else if (why == LG_INC_TRUNCATED)
+        s->inc_truncated++;
+    else
+        s->inc_gap++;
+    rs_log("incomplete client=%s reason=%s dir=%s seq=%u off=%" PRId64 " next_txn=%u %s", cid(c),
+           lg_inc_str(why), dir >= 0 ? dir_name[dir] : "-", seq,
+           dir >= 0 && c->started ? rs_reasm_off(&c->rs[dir], seq) : -1, rs_http_txn_count(&c->http),
+           detail ? detail : "");
+}
+
+static void txn_line(FILE *f, const struct lg_conn *c, const struct rs_http_txn *t)
+{
+    uint32_t rb = c->isn[LG_REQ] + 1, sb = c->isn[LG_RESP] + 1;
+
+    fprintf(f, "txn id=%s method=%s target=%s status=%u tags=%s req_start=%u req_end=%u resp_start=%u"
+            " resp_end=%u req_off=%u req_len=%u resp_off=%u resp_len=%u req_done=%d resp_done=%d\n",
+            tid(t->id), t->method[0] ? t->method : "-", t->target_len ? t->target : "-", t->status,
+            lg_tags_str(c->tags[t->num % RS_HTTP_TXN_RING]), t->req_start, t->req_end,
+            t->resp_begun ? t->resp_start : 0, t->resp_begun ? t->resp_end : 0, rs_seq_dist(rb, t->req_start),
+            rs_seq_dist(t->req_start, t->req_end), t->resp_begun ? rs_seq_dist(sb, t->resp_start) : 0,
+            t->resp_begun ? rs_seq_dist(t->resp_start, t->resp_end) : 0, t->req_done, t->resp_done);
+}
+
+static void on_http(void *arg, struct rs_http_conn *hc, const struct rs_http_txn *t, enum rs_http_event ev)
+{
+    struct lg_conn *c = arg;
+    struct logger *lg = c->lg;
+
+    switch (ev) {
+    case RS_HTTP_EV_REQ_HEADERS:
+        c->tags[t->num % RS_HTTP_TXN_RING] = (uint8_t)rs_tags_classify(lg->tags, t->method, t->target);
+        lg->s.txns++;
+        rs_log("txn-request id=%s method=%s target=%s tags=%s req_start=%u", tid(t->id), t->method, t->target,
+               lg_tags_str(c->tags[t->num % RS_HTTP_TXN_RING]), t->req_start);
+        break;
+    case RS_HTTP_EV_REQ_DONE:
+        break;
+    case RS_HTTP_EV_RESP_DONE:
+        lg->s.txns_logged++;
+        c->logged_sent = t->num + 1;
+        rs_log("txn-logged id=%s status=%u req=[%u,%u) resp=[%u,%u) close=%d", tid(t->id), t->status,
+               t->req_start, t->req_end, t->resp_start, t->resp_end, t->close);
+        lg_ctl_txn_logged(lg, t->id, t->resp_end);
+        if (lg->readfile)
+            txn_line(stdout, c, t);
+        break;
+    case RS_HTTP_EV_ERROR:
+        set_inc(c, LG_INC_HTTP, hc->err_dir, hc->err_seq, rs_http_err_str(rs_http_conn_err(hc)));
+        rs_log("http-error client=%s error=\"%s\" detail=\"%s\"", cid(c), rs_http_err_str(rs_http_conn_err(hc)),
+               rs_http_conn_err_detail(hc));
+        break;
+    }
+}
+
+/* ---- streams ------------------------------------------------------------ */
+
+/* Sets up rings and parser once both ISNs are known.  A tight budget gets a
+ * smaller ring rather than no log at all. */
+static void conn_start(struct logger *lg, struct lg_conn *c)
+{
+    size_t cap = lg->ring;
+    int e = 0;
+
+    for (;;) {
+        e = rs_reasm_init(&c->rs[LG_REQ], &lg->budget, cap);
+        if (!e && !(e = rs_reasm_init(&c->rs[LG_RESP], &lg->budget, cap)))
+            break;
+        rs_reasm_free(&c->rs[LG_REQ]);
+        rs_reasm_free(&c->rs[LG_RESP]);
+        if (e != -ENOMEM || cap / 2 < LG_RING_MIN)
+            break;
+        cap /= 2;
+    }
+    if (e) {
+        c->nl = LG_NL_NOMEM;
+        lg->s.nl_nomem++;
+        rs_log("not-loggable client=%s reason=%s budget_used=%zu", cid(c), lg_nl_str(c->nl), lg->budget.used);
+        return;
+    }
+    if (cap != lg->ring)
+        lg->s.rings_shrunk++;
+    rs_reasm_set_base(&c->rs[LG_REQ], c->isn[LG_REQ] + 1);
+    rs_reasm_set_base(&c->rs[LG_RESP], c->isn[LG_RESP] + 1);
+    rs_http_conn_init(&c->http, c->ip, c->port, c->isn[LG_REQ], c->isn[LG_RESP]);
+    rs_http_conn_set_cb(&c->http, on_http, c);
+    c->dump_seq[LG_REQ] = c->isn[LG_REQ] + 1;
+    c->dump_seq[LG_RESP] = c->isn[LG_RESP] + 1;
+    c->started = true;
+    rs_log("conn client=%s isn_req=%u isn_resp=%u ring=%zu", cid(c), c->isn[LG_REQ], c->isn[LG_RESP], cap);
+}
+
+static void dump_write(struct logger *lg, struct lg_conn *c, int d)
+{
+    uint32_t end = rs_reasm_contig_seq(&c->rs[d]);
+
+    if (!c->dump[d]) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%u.%u.%u.%u_%u.%s", lg->dumpdir, c->ip >> 24, (c->ip >> 16) & 255,
+                 (c->ip >> 8) & 255, c->ip & 255, c->port, dir_name[d]);
+        c->dump[d] = fopen(path, "wb");
+        if (!c->dump[d]) {
+            rs_log("dump: cannot open %s: %s", path, strerror(errno));
+            lg->dumpdir = NULL;
+            return;
+        }
+    }
+    while (c->dump_seq[d] != end) {
+        const uint8_t *p;
+        size_t len;
+        if (rs_reasm_peek(&c->rs[d], c->dump_seq[d], &p, &len) || !len)
+            break;
+        fwrite(p, 1, len, c->dump[d]);
+        c->dump_seq[d] += (uint32_t)len;
+    }
+    fflush(c->dump[d]);   /* readable while the logger runs */
+}
+
+/* Feeds each direction's newly contiguous bytes to the transactionalizer
+ * (requests first: a response waits for its request), then FINs. */
+static void pump(struct logger *lg, struct lg_conn *c)
+{
+    for (int d = 0; d < 2; d++) {
+        uint32_t end = rs_reasm_contig_seq(&c->rs[d]);
+
+        if (lg->dumpdir)
+            dump_write(lg, c, d);
+        while (c->inc != LG_INC_HTTP) {
+            uint32_t next = rs_http_next_seq(&c->http, (enum rs_http_dir)d);
+            const uint8_t *p;
+            size_t len;
+            int n;
+
+            if (!rs_seq_lt(next, end) || rs_reasm_peek(&c->rs[d], next, &p, &len) || !len)
+                break;
+            n = rs_http_feed(&c->http, (enum rs_http_dir)d, next, p, len);
+            if (n <= 0)
+                break;   /* a stalled response (0) or an error the callback reported */
+            c->bytes[d] += (uint64_t)n;
+        }
+    }
+    for (int d = 0; d < 2; d++) {
+        if (c->fin[d] && !c->eof_fed[d] && c->inc != LG_INC_HTTP
+            && rs_http_next_seq(&c->http, (enum rs_http_dir)d) == c->fin_seq[d]) {
+            c->eof_fed[d] = true;
+            if (rs_http_txn_eof(&c->http, (enum rs_http_dir)d) == 1)
+                rs_log("eof client=%s dir=%s inside a message", cid(c), dir_name[d]);
+        }
+    }
+}
+
+static uint64_t held(const struct rs_reasm *r)
+{
+    return rs_reasm_contig_off(r) - rs_reasm_released_off(r);
+}
+
+/* Frees ring space of direction 'd' (see the release policy at the top of
+ * this file).  Called when the ring is three quarters full or refused bytes:
+ * rings are reserved whole from the budget, so releasing earlier would save
+ * nothing, and late release keeps acknowledged bytes available for labs
+ * and resends of what a client may not have yet. */
+static void release(struct logger *lg, struct lg_conn *c, int d)
+{
+    struct rs_reasm *r = &c->rs[d];
+    uint32_t n = rs_http_txn_count(&c->http), done = rs_http_resp_done_count(&c->http);
+    uint32_t first = c->log_first, upto;
+    const struct rs_http_txn *t = NULL;
+    int got;
+
+    if (d == LG_RESP) {
+        if (!c->has_ack)
+            return;
+        upto = rs_seq_min(c->ack_cl, rs_http_next_seq(&c->http, RS_DIR_RESP));
+        upto = rs_seq_min(upto, rs_reasm_contig_seq(r));
+    } else {
+        for (uint32_t keep = LG_KEEP_TXNS;; keep = 1) {
+            while (first + keep < n && first < done && (t = rs_http_txn_get(&c->http, first)) && c->has_ack
+                   && rs_seq_le(t->resp_end, c->ack_cl))
+                first++;
+            t = rs_http_txn_get(&c->http, first);
+            if (keep == 1 || !t || held(r) - rs_seq_dist(rs_reasm_released_seq(r), t->req_start) <= r->cap / 2)
+                break;
+        }
+        if (n > RS_HTTP_TXN_RING && first < n - RS_HTTP_TXN_RING)
+            first = n - RS_HTTP_TXN_RING;   /* its metadata is gone: useless for recovery */
+        if (first == c->log_first || !(t = rs_http_txn_get(&c->http, first)))
+            return;
+        upto = t->req_start;
+    }
+    if (c->dump[d])
+        upto = rs_seq_min(upto, c->dump_seq[d]);
+    got = rs_reasm_release(r, upto);
+    if (got >= 0) {
+        lg->s.released_bytes += (uint64_t)got;
+        if (d == LG_REQ && t && upto == t->req_start)
+            c->log_first = first;
+    }
+}
+
+static void add_bytes(struct logger *lg, struct lg_conn *c, int d, uint32_t seq, const uint8_t *data, uint32_t len)
+{
+    const struct rs_reasm_stats *st = rs_reasm_stats(&c->rs[d]);
+    uint64_t conflicts = st->segs_conflict;
+    int r = rs_reasm_add(&c->rs[d], seq, data, len);
+
+    if (r == -ENOBUFS) {
+        /* What fitted is stored; make room and offer the rest again. */
+        release(lg, c, d);
+        r = rs_reasm_add(&c->rs[d], seq, data, len);
+    }
+    if (r == -ENOBUFS || r == -ENOSPC)
+        set_inc(c, LG_INC_REFUSED, d, seq, r == -ENOBUFS ? "ring full" : "too many holes");
+    else if (r == -EINVAL)
+        set_inc(c, LG_INC_REFUSED, d, seq, "invalid segment");
+    if (st->segs_conflict != conflicts)
+        set_inc(c, LG_INC_CONFLICT, d, seq, "retransmission differs");
+}
+
+/* One TCP segment of the client leg; 'd' says which way it went. */
+static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint32_t seq, uint32_t ack,
+                    uint8_t flags, const uint8_t *data, uint32_t len, bool truncated)
+{
+    uint64_t now = rs_mono_ns();
+    struct lg_conn *c = lg_conn_find(lg, cip, cport);
+
+    if (d == LG_REQ && (flags & TH_SYN) && !(flags & TH_ACK)) {
+        if (c && c->syn && c->isn[LG_REQ] == seq)
+            return;   /* retransmitted SYN */
+        if (c) {
+            rs_log("forget client=%s reason=new-syn txns=%u", cid(c), rs_http_txn_count(&c->http));
+            conn_free(lg, c);
+        }
+        if (!(c = conn_new(lg, cip, cport, now)))
+            return;
+        c->syn = true;
+        c->isn[LG_REQ] = seq;
+        return;
+    }
+    if (!c) {
+        if (!(c = conn_new(lg, cip, cport, now)))
+            return;
+        c->nl = LG_NL_MIDSTREAM;
+        lg->s.nl_midstream++;
+        rs_log("not-loggable client=%s reason=%s dir=%s seq=%u", cid(c), lg_nl_str(c->nl), dir_name[d], seq);
+    }
+    c->last_ns = now;
+    if (c->nl == LG_NL_NONE && !c->started) {
+        if (d == LG_RESP && (flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK) && ack == c->isn[LG_REQ] + 1) {
+            c->synack = true;
+            c->isn[LG_RESP] = seq;
+        } else if (d == LG_REQ && (flags & TH_ACK) && !(flags & TH_SYN)) {
+            /* The SYN-ACK escaped the mirror: the handshake's ACK names it. */
+            c->synack = true;
+            c->isn[LG_RESP] = ack - 1;
+            rs_log("conn client=%s syn-ack not seen, isn_resp=%u from the client's ack", cid(c), ack - 1);
+        } else {
+            return;
+        }
+        conn_start(lg, c);
+    }
+    if (flags & TH_RST) {
+        if (!c->rst)
+            rs_log("rst client=%s from=%s seq=%u txns=%u", cid(c), d == LG_REQ ? "client" : "server", seq,
+                   c->started ? rs_http_txn_count(&c->http) : 0);
+        c->rst = true;
+        c->closed_ns = now;
+        return;
+    }
+    if (flags & TH_FIN) {
+        c->fin[d] = true;
+        c->fin_seq[d] = seq + len;
+        if (c->fin[0] && c->fin[1] && !c->closed_ns)
+            c->closed_ns = now;
+    }
+    if (c->nl != LG_NL_NONE || (flags & TH_SYN))
+        return;
+    if (d == LG_REQ && (flags & TH_ACK) && (!c->has_ack || rs_seq_gt(ack, c->ack_cl))) {
+        c->has_ack = true;
+        c->ack_cl = ack;
+    }
+    if (d == LG_RESP && (flags & TH_ACK) && (!c->has_ack_srv || rs_seq_gt(ack, c->ack_srv))) {
+        c->has_ack_srv = true;
+        c->ack_srv = ack;
+    }
+    if (len) {
+        add_bytes(lg, c, d, seq, data, len);
+        if (truncated)
+            set_inc(c, LG_INC_TRUNCATED, d, seq + len, "raise the snap length");
+    }
+    pump(lg, c);
+    for (int k = 0; k < 2; k++)
+        if (held(&c->rs[k]) > c->rs[k].cap / 4 * 3)
+            release(lg, c, k);
+}
+
+/* ---- frames ------------------------------------------------------------- */
+
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+void lg_packet(struct logger *lg, int dlt, const uint8_t *pkt, uint32_t caplen, uint32_t wirelen)
+{
+    uint32_t off, ethertype, ihl, totlen, doff, iplen_cap, cip, sip, dip;
+    uint16_t sport, dport, cport;
+    const uint8_t *ip, *tcp;
+    uint32_t avail, plen;
+    bool truncated;
+    int d;
+
+    lg->s.packets++;
+    lg->s.bytes += wirelen;
+    switch (dlt) {
+    case DLT_EN10MB:
+        if (caplen < 14)
+            goto not_tcp;
+        off = 14;
+        ethertype = rd16(pkt + 12);
+        while ((ethertype == 0x8100 || ethertype == 0x88a8) && caplen >= off + 4) {
+            ethertype = rd16(pkt + off + 2);
+            off += 4;
+        }
+        break;
+    case DLT_LINUX_SLL:
+        if (caplen < 16)
+            goto not_tcp;
+        off = 16;
+        ethertype = rd16(pkt + 14);
+        break;
+    case DLT_LINUX_SLL2:
+        if (caplen < 20)
+            goto not_tcp;
+        off = 20;
+        ethertype = rd16(pkt);
+        break;
+    case DLT_RAW:
+#ifdef DLT_IPV4
+    case DLT_IPV4:
+#endif
+        off = 0;
+        ethertype = 0x0800;
+        break;
+    default:
+        goto not_tcp;
+    }
+    if (ethertype != 0x0800 || caplen < off + 20)
+        goto not_tcp;
+    ip = pkt + off;
+    iplen_cap = caplen - off;
+    ihl = (uint32_t)(ip[0] & 15) * 4;
+    totlen = rd16(ip + 2);
+    /* GSO super-packets above 64 KB carry total length 0. */
+    if (totlen == 0)
+        totlen = wirelen - off;
+    if ((ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 6 || totlen < ihl + 20 || iplen_cap < ihl + 20
+        || (rd16(ip + 6) & 0x3fff))   /* fragments: never seen from a TCP stack with PMTU */
+        goto not_tcp;
+    tcp = ip + ihl;
+    doff = (uint32_t)(tcp[12] >> 4) * 4;
+    if (doff < 20 || totlen < ihl + doff || iplen_cap < ihl + doff)
+        goto not_tcp;
+    sip = rd32(ip + 12);
+    dip = rd32(ip + 16);
+    sport = rd16(tcp);
+    dport = rd16(tcp + 2);
+    if (dip == lg->vip.ip && dport == lg->vip.port) {
+        d = LG_REQ;
+        cip = sip;
+        cport = sport;
+    } else if (sip == lg->vip.ip && sport == lg->vip.port) {
+        d = LG_RESP;
+        cip = dip;
+        cport = dport;
+    } else {
+        lg->s.not_ours++;
+        return;
+    }
+    plen = totlen - ihl - doff;
+    avail = iplen_cap - ihl - doff;
+    truncated = avail < plen;
+    if (truncated) {
+        lg->s.truncated++;
+        plen = avail;
+    }
+    segment(lg, d, cip, cport, rd32(tcp + 4), rd32(tcp + 8), tcp[13], tcp + doff, plen, truncated);
+    return;
+not_tcp:
+    lg->s.non_tcp++;
+}
+
+/* ---- upkeep and reports --------------------------------------------------- */
+
+/* At the end of a log, a hole (or bytes short of a FIN) is lost data. */
+static void check_gap(struct lg_conn *c)
+{
+    for (int d = 0; d < 2 && c->started; d++)
+        if (rs_reasm_nranges(&c->rs[d]) || (c->fin[d] && rs_reasm_contig_seq(&c->rs[d]) != c->fin_seq[d]))
+            set_inc(c, LG_INC_GAP, d, rs_reasm_contig_seq(&c->rs[d]), "bytes missing at the end");
+}
+
+void lg_conn_gc(struct logger *lg, uint64_t now)
+{
+    for (unsigned b = 0; b < LG_BUCKETS; b++) {
+        struct lg_conn *c = lg->buckets[b], *next;
+        for (; c; c = next) {
+            next = c->next;
+            if ((c->closed_ns && now - c->closed_ns > lg->linger_ns)
+                || (c->nl != LG_NL_NONE && now - c->last_ns > LG_IDLE_FORGET_NS)) {
+                check_gap(c);
+                rs_log("forget client=%s txns=%u done=%u", cid(c), c->started ? rs_http_txn_count(&c->http) : 0,
+                       c->started ? rs_http_resp_done_count(&c->http) : 0);
+                conn_free(lg, c);
+            }
+        }
+    }
+}
+
+void lg_conn_table(struct logger *lg, FILE *f)
+{
+    for (unsigned b = 0; b < LG_BUCKETS; b++) {
+        for (struct lg_conn *c = lg->buckets[b]; c; c = c->next) {
+            uint32_t n = c->started ? rs_http_txn_count(&c->http) : 0;
+            const char *state;
+
+            check_gap(c);
+            state = c->nl != LG_NL_NONE ? "not-loggable" : !c->started ? "handshake"
+                              : c->inc != LG_INC_NONE ? "incomplete" : "complete";
+
+            fprintf(f, "conn client=%s state=%s reason=%s txns=%u done=%u req_bytes=%" PRIu64
+                    " resp_bytes=%" PRIu64 " isn_req=%u isn_resp=%u ackcl=%u fin_client=%d fin_server=%d rst=%d"
+                    " req_holes=%u resp_holes=%u resp_dup_segs=%" PRIu64 " resp_ooo_segs=%" PRIu64 "\n",
+                    cid(c), state, c->nl != LG_NL_NONE ? lg_nl_str(c->nl) : lg_inc_str(c->inc), n,
+                    c->started ? rs_http_resp_done_count(&c->http) : 0, c->bytes[LG_REQ], c->bytes[LG_RESP],
+                    c->isn[LG_REQ], c->isn[LG_RESP], c->ack_cl, c->fin[LG_REQ], c->fin[LG_RESP], c->rst,
+                    c->started ? rs_reasm_nranges(&c->rs[LG_REQ]) : 0,
+                    c->started ? rs_reasm_nranges(&c->rs[LG_RESP]) : 0,
+                    c->started ? rs_reasm_stats(&c->rs[LG_RESP])->segs_dup : 0,
+                    c->started ? rs_reasm_stats(&c->rs[LG_RESP])->segs_ooo : 0);
+            for (uint32_t i = n > RS_HTTP_TXN_RING ? n - RS_HTTP_TXN_RING : 0; i < n; i++) {
+                const struct rs_http_txn *t = rs_http_txn_get(&c->http, i);
+                if (t && !t->resp_done)
+                    txn_line(f, c, t);
+            }
+        }
+    }
+    fflush(f);
+}
+
+void lg_conn_free_all(struct logger *lg)
+{
+    for (unsigned b = 0; b < LG_BUCKETS; b++)
+        while (lg->buckets[b])
+            conn_free(lg, lg->buckets[b]);
+}

@@ -1,0 +1,190 @@
+/* rs-logger's shared types: the per-connection log of the client leg
+ * (both byte streams, their transactions and tags, the client's last ACK),
+ * the control plane (backend liveness, persistent peers, recovery, resend)
+ * and the prototypes the logger's files call across. */
+#ifndef RS_LOGGER_H
+#define RS_LOGGER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ctl_msg.h"
+#include "daemon.h"
+#include "http_txn.h"
+#include "reasm.h"
+#include "tags.h"
+
+/* ---- Tunables ------------------------------------------------------------- */
+
+#define LG_BUCKETS 16384u          /* connection hash buckets */
+#define LG_MAX_CONNS_DEFAULT 4096u /* every connection costs ~23 KB besides its rings */
+#define LG_RING_MIN (64u << 10)    /* rings shrink down to this when the budget is tight */
+/* Requests kept after their transaction is done and acknowledged: the
+ * alternate lags by a transaction or two on a LAN (TR > TL - 2); half the
+ * transactionalizer's ring leaves room for RS_HTTP_MAX_INFLIGHT pipelined. */
+#define LG_KEEP_TXNS 32u
+#define LG_MAX_BACKENDS 16
+#define LG_CTL_BUF (RS_CTL_HDR_LEN + 4096 + RS_CTL_MAC_LEN)
+#define LG_PEER_QUEUE (1u << 20)   /* bytes of frames queued for one peer */
+#define LG_RESEND_HOLD_NS (30ull * 1000000000ull)
+#define LG_IDLE_FORGET_NS (60ull * 1000000000ull)  /* not-loggable entries */
+
+/* Sender ids of our frames: one per connection kind, so a receiver that
+ * tracks replay per sender never sees one id's frames reordered across
+ * two TCP connections. */
+#define LG_SENDER_REPLY 0x4c4f4701u /* "LOG" 1: replies on accepted connections */
+#define LG_SENDER_PROXY 0x4c4f4702u
+#define LG_SENDER_STATED 0x4c4f4703u
+
+enum lg_dir { LG_REQ = RS_DIR_REQ, LG_RESP = RS_DIR_RESP };
+
+/* What an epoll event's data.ptr points at. */
+enum lg_tag_kind { LG_T_PCAP, LG_T_SIGNAL, LG_T_TIMER, LG_T_CTL_LISTEN, LG_T_CTL, LG_T_RESEND_LISTEN,
+                   LG_T_RESEND, LG_T_PEER };
+struct lg_tag {
+    enum lg_tag_kind kind;
+    void *ptr;
+};
+
+/* Why a connection is not logged at all. */
+enum lg_nl {
+    LG_NL_NONE = 0,
+    LG_NL_MIDSTREAM,       /* first seen without its SYN */
+    LG_NL_NOMEM,           /* budget or malloc refused its rings */
+    LG_NL_LIMIT,           /* too many connections */
+};
+
+/* Why a logged connection is incomplete from some point on (first wins). */
+enum lg_inc {
+    LG_INC_NONE = 0,
+    LG_INC_REFUSED,        /* ring full (unreleased bytes) or too many holes */
+    LG_INC_CONFLICT,       /* a retransmission differed from the logged copy */
+    LG_INC_HTTP,           /* the transactionalizer gave up (see http err) */
+    LG_INC_TRUNCATED,      /* a captured segment was cut by the snap length */
+    LG_INC_GAP,            /* bytes still missing when the log ended or was forgotten */
+};
+
+/* One client connection, keyed by the client's ip:port (the VIP is fixed). */
+struct lg_conn {
+    struct lg_conn *next;            /* hash chain */
+    struct logger *lg;               /* for the transactionalizer's callback */
+    uint32_t ip;                     /* client, host order */
+    uint16_t port;
+    enum lg_nl nl;
+    enum lg_inc inc;
+    uint32_t inc_seq;                /* where 'inc' happened */
+    int inc_dir;
+    bool syn, synack, started;       /* 'started': rings and parser set up */
+    uint32_t isn[2];                 /* [LG_REQ] client's ISN, [LG_RESP] server's */
+    bool has_ack, has_ack_srv;
+    uint32_t ack_cl;                 /* AckcL: highest ACK the client sent */
+    uint32_t ack_srv;                /* highest ACK the server side sent the client */
+    bool fin[2], eof_fed[2], rst;
+    uint32_t fin_seq[2];
+    uint64_t closed_ns;              /* both FINs or RST seen (0: open) */
+    uint64_t last_ns;
+    uint32_t log_first;              /* oldest transaction whose request is still held */
+    uint32_t logged_sent;            /* TXN_LOGGED sent for transactions below this */
+    uint64_t bytes[2];               /* fed to the transactionalizer */
+    struct rs_reasm rs[2];
+    uint8_t tags[RS_HTTP_TXN_RING];  /* RS_TAG_* by number % ring */
+    FILE *dump[2];
+    uint32_t dump_seq[2];            /* next byte to write to dump[dir] */
+    struct rs_http_conn http;
+};
+
+struct lg_backend {
+    uint32_t id;
+    uint32_t ip;
+    uint64_t last_ns;                /* last heartbeat (monotonic) */
+    bool seen, failed;
+};
+
+/* A persistent outgoing control connection (the proxy, the alternate's
+ * rs-stated): connects in the background, reconnects with back-off and
+ * queues frames (bounded) while down, so the capture loop never blocks. */
+struct lg_peer {
+    const char *name;
+    struct rs_addr addr;
+    uint32_t sender;
+    int fd;
+    struct lg_tag tag;
+    bool connecting, up, want_out;
+    uint64_t retry_ns, backoff_ns;
+    uint8_t *q;                      /* LG_PEER_QUEUE bytes of encoded frames */
+    size_t qlen;
+    uint8_t in[LG_CTL_BUF];
+    size_t inlen;
+    struct rs_ctl_replay replay;
+    uint64_t dropped, sent;
+};
+
+struct lg_stats {
+    uint64_t packets, bytes, non_tcp, not_ours, truncated;
+    uint64_t conns, conns_freed, nl_midstream, nl_nomem, nl_limit, rings_shrunk;
+    uint64_t inc_refused, inc_conflict, inc_http, inc_truncated, inc_gap;
+    uint64_t txns, txns_logged, released_bytes;
+    uint64_t heartbeats, hb_unknown, failures_declared, failures_forwarded;
+    uint64_t recoveries, recovery_errors, replays, resends, resend_errors, ctl_rejected;
+};
+
+struct logger {
+    /* configuration */
+    const char *iface, *readfile, *dumpdir;
+    bool stay;                       /* --read then keep serving control */
+    struct rs_addr vip, listen, resend, proxy, stated;
+    bool has_proxy, has_stated, has_key;
+    struct rs_ctl_key key;
+    struct lg_backend backends[LG_MAX_BACKENDS];
+    int nbackends;
+    uint64_t dead_after_ns, linger_ns;
+    size_t ring;
+    unsigned max_conns;
+    struct rs_tags *tags;
+    /* state */
+    struct rs_reasm_budget budget;
+    struct lg_conn *buckets[LG_BUCKETS];
+    unsigned nconns;
+    uint64_t seq;                    /* our control-frame sequence (all senders) */
+    struct lg_peer px, st;
+    struct lg_stats s;
+    int epfd, ctlfd, resendfd;
+    struct lg_tag ctltag, resendtag;
+    void *resends;                   /* ctl.c's list of resend connections */
+    void *pcap;                      /* pcap_t */
+    bool stop;
+};
+
+/* ---- conn.c: the log ----------------------------------------------------- */
+
+/* Handles one captured frame of link type 'dlt'; 'caplen' bytes of the
+ * 'wirelen' on the wire. */
+void lg_packet(struct logger *lg, int dlt, const uint8_t *pkt, uint32_t caplen, uint32_t wirelen);
+struct lg_conn *lg_conn_find(struct logger *lg, uint32_t ip, uint16_t port);
+/* Forgets closed and idle connections. */
+void lg_conn_gc(struct logger *lg, uint64_t now_ns);
+/* Prints every connection and its unfinished transactions (offline mode). */
+void lg_conn_table(struct logger *lg, FILE *f);
+void lg_conn_free_all(struct logger *lg);
+const char *lg_nl_str(enum lg_nl nl);
+const char *lg_inc_str(enum lg_inc inc);
+/* "ro,det" style tag text. */
+const char *lg_tags_str(unsigned tags);
+
+/* ---- ctl.c: control plane -------------------------------------------------- */
+
+/* Opens the control and resend ports and starts connecting the peers.
+ * Returns 0 or -errno (logged). */
+int lg_ctl_setup(struct logger *lg);
+/* Adds 'fd' to the logger's epoll set.  Returns 0 or -errno. */
+int lg_ep_add(struct logger *lg, int fd, uint32_t events, struct lg_tag *tag);
+/* Handles an epoll event on one of ctl.c's tags (LG_T_CTL_LISTEN ... LG_T_PEER). */
+void lg_ctl_event(struct logger *lg, struct lg_tag *tag, uint32_t events);
+/* Periodic work: liveness, reconnects, resend time-outs. */
+void lg_ctl_tick(struct logger *lg, uint64_t now_ns);
+/* Queues TXN_LOGGED for 'txn' to the alternate's rs-stated. */
+void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end);
+void lg_ctl_shutdown(struct logger *lg);
+
+#endif /* RS_LOGGER_H */

@@ -1,0 +1,428 @@
+/* rs-logger: logs the client leg of every connection to the VIP from a port
+ * mirror (libpcap, live or from a file), cuts it into tagged transactions,
+ * tells the alternate when a response is fully logged, detects backend
+ * failure from heartbeats, and plans and feeds recoveries
+ * (docs/recovery.md).  Single-threaded: one epoll loop. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pcap/pcap.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "logger.h"
+#include "parse.h"
+
+#define SNAPLEN 262144            /* GSO super-packets are up to ~64 KB (more with BIG TCP) */
+#define PCAP_BUFFER (64 << 20)    /* absorbs bursts while a recovery blocks the loop */
+#define DISPATCH_ROUNDS 64        /* pcap_dispatch calls per wake-up before serving sockets */
+#define TICK_NS (5 * 1000000)     /* liveness resolution: dead-after + 5 ms at worst */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: rs-logger (--iface IF | --read FILE.pcap) --vip ADDR:PORT [options]\n"
+        "Logs the client leg (client <-> VIP) of every connection from a port mirror,\n"
+        "transactionalizes and tags it, detects backend failures and plans recoveries.\n"
+        "  --iface IF              live capture on IF (promiscuous)\n"
+        "  --read FILE             offline: process a pcap, print the transaction table and\n"
+        "                          stats, exit (with --stay: then serve control as live)\n"
+        "  --vip ADDR:PORT         the service clients connect to\n"
+        "  --listen ADDR:PORT      control port (default 0.0.0.0:7071)\n"
+        "  --resend ADDR:PORT      resend port (default 0.0.0.0:7072)\n"
+        "  --key FILE              shared control-plane key (64 hex characters)\n"
+        "  --proxy ADDR:PORT       the proxy's control port: FAILURE goes there\n"
+        "  --alternate-stated ADDR:PORT  the alternate's rs-stated: TXN_LOGGED, STATE_QUERY,\n"
+        "                          APPLY, CONN_MAP go there\n"
+        "  --backend ID=ADDR       a monitored backend (repeatable), e.g. 1=10.0.0.11\n"
+        "  --dead-after DUR        failed after this long without heartbeats (default 30ms)\n"
+        "  --tags FILE             tagging rules (core/tags.h; default: GET/HEAD read-only)\n"
+        "  --mem SIZE              log memory budget (default 256M)\n"
+        "  --ring SIZE             ring per direction per connection (default 4M; shrinks to\n"
+        "                          64k when the budget is tight)\n"
+        "  --max-conns N           connections tracked (default 4096)\n"
+        "  --linger DUR            forget a connection this long after both FINs or RST\n"
+        "                          (default 10s)\n"
+        "  --dump DIR              write each connection's streams to DIR/IP_PORT.{req,resp}\n"
+        "  --help                  this text\n"
+        "Logs one line per event on stderr; prints \"listening on ...\" when capturing;\n"
+        "SIGUSR1 prints a stats line on stdout; SIGTERM exits.\n");
+}
+
+static int parse_backend(struct logger *lg, const char *v)
+{
+    char ip[64];
+    const char *eq = strchr(v, '=');
+    struct rs_addr a;
+    uint64_t id;
+
+    if (!eq || lg->nbackends == LG_MAX_BACKENDS || (size_t)(eq - v) >= sizeof(ip))
+        return -EINVAL;
+    memcpy(ip, v, (size_t)(eq - v));
+    ip[eq - v] = '\0';
+    if (rs_parse_size(ip, &id) || !id || id > UINT32_MAX)
+        return -EINVAL;
+    snprintf(ip, sizeof(ip), "%s:1", eq + 1);
+    if (rs_addr_parse(ip, &a))
+        return -EINVAL;
+    lg->backends[lg->nbackends++] = (struct lg_backend){ .id = (uint32_t)id, .ip = a.ip };
+    return 0;
+}
+
+static int load_tags(struct logger *lg, const char *path)
+{
+    static char text[1 << 20];
+    FILE *f = fopen(path, "r");
+    size_t n;
+    int line, r;
+
+    if (!f)
+        return -errno;
+    n = fread(text, 1, sizeof(text), f);
+    fclose(f);
+    r = rs_tags_parse(lg->tags, text, n, &line);
+    if (r < 0)
+        fprintf(stderr, "rs-logger: %s:%d: bad tagging rule\n", path, line);
+    return r < 0 ? r : 0;
+}
+
+static int parse_args(struct logger *lg, int argc, char **argv)
+{
+    const char *keyfile = NULL;
+    uint64_t n;
+
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(o, "--stay")) {
+            lg->stay = true;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "rs-logger: %s needs a value\n", o);
+            return -EINVAL;
+        }
+        i++;
+        if (!strcmp(o, "--iface"))
+            lg->iface = v;
+        else if (!strcmp(o, "--read"))
+            lg->readfile = v;
+        else if (!strcmp(o, "--vip"))
+            bad = rs_addr_parse(v, &lg->vip);
+        else if (!strcmp(o, "--listen"))
+            bad = rs_addr_parse(v, &lg->listen);
+        else if (!strcmp(o, "--resend"))
+            bad = rs_addr_parse(v, &lg->resend);
+        else if (!strcmp(o, "--key"))
+            keyfile = v;
+        else if (!strcmp(o, "--proxy"))
+            lg->has_proxy = !(bad = rs_addr_parse(v, &lg->proxy));
+        else if (!strcmp(o, "--alternate-stated"))
+            lg->has_stated = !(bad = rs_addr_parse(v, &lg->stated));
+        else if (!strcmp(o, "--backend"))
+            bad = parse_backend(lg, v);
+        else if (!strcmp(o, "--dead-after"))
+            bad = rs_parse_duration(v, &lg->dead_after_ns);
+        else if (!strcmp(o, "--linger"))
+            bad = rs_parse_duration(v, &lg->linger_ns);
+        else if (!strcmp(o, "--tags"))
+            bad = load_tags(lg, v);
+        else if (!strcmp(o, "--mem") && !(bad = rs_parse_size(v, &n)))
+            lg->budget.limit = (size_t)n;
+        else if (!strcmp(o, "--ring") && !(bad = rs_parse_size(v, &n))) {
+            if (n < LG_RING_MIN || n > RS_REASM_CAP_MAX)
+                bad = -EINVAL;
+            lg->ring = (size_t)n;
+        } else if (!strcmp(o, "--max-conns") && !(bad = rs_parse_size(v, &n)))
+            lg->max_conns = n && n <= 1000000 ? (unsigned)n : (bad = -EINVAL, 0);
+        else if (!strcmp(o, "--dump"))
+            lg->dumpdir = v;
+        else if (strcmp(o, "--mem") && strcmp(o, "--ring") && strcmp(o, "--max-conns")) {
+            fprintf(stderr, "rs-logger: unknown option %s\n", o);
+            usage(stderr);
+            return -EINVAL;
+        }
+        if (bad) {
+            fprintf(stderr, "rs-logger: bad value '%s' for %s\n", v, o);
+            return -EINVAL;
+        }
+    }
+    if (!lg->vip.port || !!lg->iface == !!lg->readfile) {
+        fprintf(stderr, "rs-logger: need --vip and one of --iface / --read\n");
+        usage(stderr);
+        return -EINVAL;
+    }
+    if (keyfile) {
+        int e = rs_ctl_key_load(keyfile, &lg->key);
+        if (e) {
+            fprintf(stderr, "rs-logger: cannot load key %s: %s\n", keyfile, strerror(-e));
+            return e;
+        }
+        lg->has_key = true;
+    }
+    if (!lg->has_key && (lg->iface || lg->stay)) {
+        fprintf(stderr, "rs-logger: --key is needed to serve control\n");
+        return -EINVAL;
+    }
+    if (lg->dumpdir)
+        mkdir(lg->dumpdir, 0755);
+    return 0;
+}
+
+static void on_pcap(u_char *arg, const struct pcap_pkthdr *h, const u_char *bytes)
+{
+    struct logger *lg = (struct logger *)arg;
+
+    lg_packet(lg, pcap_datalink(lg->pcap), bytes, h->caplen, h->len);
+}
+
+static void print_stats(struct logger *lg)
+{
+    struct pcap_stat ps = { 0 };
+    struct lg_stats *s = &lg->s;
+
+    if (lg->pcap && lg->iface)
+        pcap_stats(lg->pcap, &ps);
+    printf("stats received=%u dropped=%u ifdropped=%u packets=%" PRIu64 " bytes=%" PRIu64 " non_tcp=%" PRIu64
+           " not_ours=%" PRIu64 " truncated=%" PRIu64 " connections=%u conns_total=%" PRIu64 " conns_freed=%" PRIu64
+           " not_loggable=%" PRIu64 " nl_midstream=%" PRIu64 " nl_nomem=%" PRIu64 " nl_limit=%" PRIu64
+           " rings_shrunk=%" PRIu64 " incomplete=%" PRIu64 " inc_refused=%" PRIu64 " inc_conflict=%" PRIu64
+           " inc_http=%" PRIu64 " inc_truncated=%" PRIu64 " inc_gap=%" PRIu64 " txns=%" PRIu64 " txns_logged=%" PRIu64
+           " txn_logged_sent=%" PRIu64 " txn_logged_dropped=%" PRIu64 " released_bytes=%" PRIu64
+           " mem_used=%zu mem_refused=%" PRIu64 " heartbeats=%" PRIu64 " hb_unknown=%" PRIu64
+           " failures_declared=%" PRIu64 " failures_forwarded=%" PRIu64 " recoveries=%" PRIu64
+           " recovery_errors=%" PRIu64 " replays=%" PRIu64 " resends=%" PRIu64 " resend_errors=%" PRIu64
+           " ctl_rejected=%" PRIu64 "\n",
+           ps.ps_recv, ps.ps_drop, ps.ps_ifdrop, s->packets, s->bytes, s->non_tcp, s->not_ours, s->truncated,
+           lg->nconns, s->conns, s->conns_freed, s->nl_midstream + s->nl_nomem + s->nl_limit, s->nl_midstream,
+           s->nl_nomem, s->nl_limit, s->rings_shrunk, s->inc_refused + s->inc_conflict + s->inc_http + s->inc_truncated + s->inc_gap,
+           s->inc_refused, s->inc_conflict, s->inc_http, s->inc_truncated, s->inc_gap, s->txns, s->txns_logged,
+           lg->has_stated ? lg->st.sent : 0, lg->has_stated ? lg->st.dropped : 0, s->released_bytes,
+           lg->budget.used, lg->budget.refused, s->heartbeats, s->hb_unknown, s->failures_declared,
+           s->failures_forwarded, s->recoveries, s->recovery_errors, s->replays, s->resends, s->resend_errors,
+           s->ctl_rejected);
+    fflush(stdout);
+}
+
+static int set_filter(struct logger *lg)
+{
+    struct bpf_program prog;
+    char filter[128];
+
+    snprintf(filter, sizeof(filter), "tcp and host %u.%u.%u.%u and port %u", lg->vip.ip >> 24,
+             (lg->vip.ip >> 16) & 255, (lg->vip.ip >> 8) & 255, lg->vip.ip & 255, lg->vip.port);
+    if (pcap_compile(lg->pcap, &prog, filter, 1, PCAP_NETMASK_UNKNOWN) || pcap_setfilter(lg->pcap, &prog)) {
+        rs_log("pcap filter \"%s\": %s", filter, pcap_geterr(lg->pcap));
+        return -EINVAL;
+    }
+    pcap_freecode(&prog);
+    return 0;
+}
+
+static int open_live(struct logger *lg)
+{
+    char err[PCAP_ERRBUF_SIZE];
+    pcap_t *p = pcap_create(lg->iface, err);
+    int r;
+
+    if (!p) {
+        rs_log("pcap %s: %s", lg->iface, err);
+        return -ENODEV;
+    }
+    lg->pcap = p;
+    pcap_set_snaplen(p, SNAPLEN);
+    pcap_set_promisc(p, 1);
+    /* Immediate mode: a packet is delivered at once, not when a TPACKET_V3
+     * block fills or times out. */
+    pcap_set_immediate_mode(p, 1);
+    pcap_set_buffer_size(p, PCAP_BUFFER);
+    if ((r = pcap_activate(p)) < 0) {
+        rs_log("pcap %s: %s", lg->iface, pcap_geterr(p));
+        return -EIO;
+    }
+    if (r > 0)
+        rs_log("pcap %s: warning: %s", lg->iface, pcap_statustostr(r));
+    if (set_filter(lg))
+        return -EINVAL;
+    /* Non-blocking, driven by epoll: otherwise pcap_dispatch waits in poll
+     * inside libpcap when the ring is idle. */
+    if (pcap_setnonblock(p, 1, err)) {
+        rs_log("pcap %s: %s", lg->iface, err);
+        return -EIO;
+    }
+    return 0;
+}
+
+static int read_file(struct logger *lg)
+{
+    char err[PCAP_ERRBUF_SIZE];
+    int r;
+
+    lg->pcap = pcap_open_offline(lg->readfile, err);
+    if (!lg->pcap) {
+        rs_log("cannot read %s: %s", lg->readfile, err);
+        return -EIO;
+    }
+    if (set_filter(lg))
+        return -EINVAL;
+    while ((r = pcap_dispatch(lg->pcap, -1, on_pcap, (u_char *)lg)) > 0)
+        ;
+    if (r < 0) {
+        rs_log("reading %s: %s", lg->readfile, pcap_geterr(lg->pcap));
+        return -EIO;
+    }
+    lg_conn_table(lg, stdout);
+    print_stats(lg);
+    pcap_close(lg->pcap);
+    lg->pcap = NULL;
+    return 0;
+}
+
+/* Returns true when libpcap may hold more packets than it handed out. */
+static bool drain_pcap(struct logger *lg)
+{
+    for (int i = 0; i < DISPATCH_ROUNDS; i++) {
+        int r = pcap_dispatch(lg->pcap, 256, on_pcap, (u_char *)lg);
+        if (r == 0)
+            return false;
+        if (r < 0) {
+            rs_log("pcap: %s", pcap_geterr(lg->pcap));
+            return false;
+        }
+    }
+    return true;
+}
+
+static int run(struct logger *lg)
+{
+    struct lg_tag ptag = { LG_T_PCAP, NULL }, stag = { LG_T_SIGNAL, NULL }, ttag = { LG_T_TIMER, NULL };
+    struct itimerspec its = { { 0, TICK_NS }, { 0, TICK_NS } };
+    uint64_t last_gc = rs_mono_ns();
+    bool pending = false;
+    sigset_t set;
+    int sfd, tfd;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    lg->epfd = epoll_create1(EPOLL_CLOEXEC);
+    sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (lg->epfd < 0 || sfd < 0 || tfd < 0 || timerfd_settime(tfd, 0, &its, NULL)) {
+        rs_log("setup: %s", strerror(errno));
+        return 1;
+    }
+    lg_ep_add(lg, sfd, EPOLLIN, &stag);
+    lg_ep_add(lg, tfd, EPOLLIN, &ttag);
+    if (lg->iface) {
+        int e = open_live(lg);
+        if (e)
+            return 1;
+        if (lg_ep_add(lg, pcap_get_selectable_fd(lg->pcap), EPOLLIN, &ptag)) {
+            rs_log("pcap: no selectable fd");
+            return 1;
+        }
+    }
+    if (lg_ctl_setup(lg))
+        return 1;
+    printf("listening on control=%s resend=%s capture=%s vip=%s\n", RS_A(lg->listen), RS_A(lg->resend),
+           lg->iface ? lg->iface : lg->readfile, RS_A(lg->vip));
+    fflush(stdout);
+    rs_log("start vip=%s capture=%s control=%s resend=%s backends=%d dead_after_us=%" PRIu64 " ring=%zu mem=%zu",
+           RS_A(lg->vip), lg->iface ? lg->iface : lg->readfile, RS_A(lg->listen), RS_A(lg->resend), lg->nbackends,
+           lg->dead_after_ns / 1000, lg->ring, lg->budget.limit);
+    while (!lg->stop) {
+        struct epoll_event ev[64];
+        int n = epoll_wait(lg->epfd, ev, 64, pending ? 0 : -1);
+
+        if (n < 0 && errno != EINTR)
+            break;
+        if (pending)
+            pending = drain_pcap(lg);
+        for (int i = 0; i < n; i++) {
+            struct lg_tag *t = ev[i].data.ptr;
+            if (t->kind == LG_T_PCAP) {
+                pending = drain_pcap(lg);
+            } else if (t->kind == LG_T_SIGNAL) {
+                struct signalfd_siginfo si;
+                while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+                    if (si.ssi_signo == SIGUSR1)
+                        print_stats(lg);
+                    else
+                        lg->stop = true;
+                }
+            } else if (t->kind == LG_T_TIMER) {
+                uint64_t ticks, now = rs_mono_ns();
+                if (read(tfd, &ticks, sizeof(ticks)) < 0)
+                    ticks = 0;
+                lg_ctl_tick(lg, now);
+                if (now - last_gc > 1000000000ull) {
+                    lg_conn_gc(lg, now);
+                    last_gc = now;
+                }
+            } else {
+                lg_ctl_event(lg, t, ev[i].events);
+            }
+        }
+    }
+    rs_log("exit");
+    print_stats(lg);
+    lg_ctl_shutdown(lg);
+    if (lg->pcap)
+        pcap_close(lg->pcap);
+    close(sfd);
+    close(tfd);
+    close(lg->epfd);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static struct logger lg;
+    int rc;
+
+    rs_log_init("rs-logger");
+    lg.dead_after_ns = 30 * 1000000ull;
+    lg.linger_ns = 10 * 1000000000ull;
+    lg.ring = 4u << 20;
+    lg.max_conns = LG_MAX_CONNS_DEFAULT;
+    lg.listen = (struct rs_addr){ 0, 7071 };
+    lg.resend = (struct rs_addr){ 0, 7072 };
+    lg.px.fd = lg.st.fd = -1;
+    lg.tags = calloc(1, sizeof(*lg.tags));
+    if (!lg.tags)
+        return 1;
+    rs_tags_init(lg.tags);
+    rs_reasm_budget_init(&lg.budget, 256u << 20);
+    if (parse_args(&lg, argc, argv))
+        return 2;
+    if (rs_ctl_init()) {
+        fprintf(stderr, "rs-logger: libsodium failed to start\n");
+        return 1;
+    }
+    lg.seq = rs_now_us();
+    if (lg.readfile) {
+        if (read_file(&lg))
+            return 1;
+        rc = lg.stay ? run(&lg) : 0;
+    } else {
+        rc = run(&lg);
+    }
+    lg_conn_free_all(&lg);
+    free(lg.tags);
+    return rc;
+}
