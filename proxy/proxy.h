@@ -134,6 +134,9 @@ int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint
  * holds back FIN/RST from that sender (a backend) and reports them. */
 int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_splice_dir *d,
                         uint64_t id, uint32_t state, bool guard);
+/* Makes 'k' (a client's direction) never acknowledge past what the sender
+ * of entry 'peer' has sent (after a re-splice to a regenerating server). */
+int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_flow_key *peer);
 int rs_splicer_get(struct rs_splicer *s, const struct rs_flow_key *k, struct rs_flow *out);
 int rs_splicer_remove(struct rs_splicer *s, const struct rs_flow_key *k);
 

@@ -180,7 +180,8 @@ static int splice_to(struct proxy *p, struct pconn *pc, struct rs_addr target, c
     rs_repair_on(fd);
     close(fd);
     fd = -1;
-    if ((e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id, client_state, false)) != 0)
+    if ((e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id, client_state, false)) != 0
+        || (e = rs_splicer_clamp_ack(p->sp, &kc, &kn)) != 0)
         goto fail;
     pc->held[pc->nheld++] = kb;
     pc->backend = target;

@@ -63,7 +63,9 @@ struct rs_flow {
     rs_u32 guard;              /* set by the daemon: drop FIN/RST from this sender and report
                                 * them (a backend's end of a connection is a failure signal
                                 * unless the logger confirms the application meant it) */
-    rs_u32 pad2_;
+    rs_u32 clamp_ack;          /* set by the daemon: never acknowledge past what the
+                                * peer entry's sender has sent (see the tc program) */
+    struct rs_flow_key peer;   /* the other direction's entry, for clamp_ack */
 };
 
 /* Sent on the ring buffer when a FIN or RST passes a splice. */

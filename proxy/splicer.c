@@ -182,11 +182,23 @@ int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const
     f.dir = *d;
     f.state = state;
     f.guard = guard;
+    f.clamp_ack = 0;
     if (guard)
         f.seen = 0;
     f.splice_id = id;
     f.ifindex = (rs_u32)s->ifindex;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY) ? -errno : 0;
+}
+
+int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_flow_key *peer)
+{
+    struct rs_flow f;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    f.clamp_ack = 1;
+    f.peer = *peer;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
 }
 
 int rs_splicer_remove(struct rs_splicer *s, const struct rs_flow_key *k)

@@ -102,6 +102,30 @@ static __always_inline void record_ts(struct __sk_buff *skb, const struct rs_flo
     }
 }
 
+/* After a re-splice the new server regenerates a response whose first p
+ * bytes the client already has: the client's (translated) ACK can then be
+ * ahead of anything the server has sent, and a TCP drops such ACKs — the
+ * server would stall.  Bytes below the client's ACK are bytes the client
+ * holds, so acknowledging everything the server has sent so far is exact;
+ * the window field grows by the same amount so its right edge stays. */
+static __always_inline void clamp_ack(const struct rs_flow *f, __u8 *tcp)
+{
+    struct rs_flow *r = bpf_map_lookup_elem(&rs_flows, &f->peer);
+    __u32 ack, d, real, w;
+
+    if (!r || !r->has_seq)
+        return;
+    ack = rs_splice_load32(tcp + 8);
+    if (!rs_seq_gt(ack, r->seq_next))
+        return;
+    d = ack - r->seq_next;
+    rs_splice_store32(tcp + 8, r->seq_next);
+    w = rs_splice_load16(tcp + 14);
+    real = (w << (f->dir.win_scale_out & 15)) + d;
+    w = real >> (f->dir.win_scale_out & 15);
+    rs_splice_store16(tcp + 14, (__u16)(w > 0xffff ? 0xffff : w));
+}
+
 SEC("tc")
 int rs_splice_ingress(struct __sk_buff *skb)
 {
@@ -163,6 +187,8 @@ int rs_splice_ingress(struct __sk_buff *skb)
     __builtin_memcpy(old, tcp, sizeof(old));
     if (rs_splice_tcp(&f->dir, tcp, hlen) < 0)
         goto bad;
+    if (f->clamp_ack && (tcp[13] & 0x10))
+        clamp_ack(f, tcp);
 
     /* TCP header: the helpers recompute the checksum from the difference of
      * the headers with their checksum fields set equal. */

@@ -1,0 +1,83 @@
+"""Starts resplice's components on a running Testbed, with the addresses of
+topologies/lan.py and the ports of docs/recovery.md:
+
+    with Testbed(LanTopo(), run_dir) as tb:
+        stack = Stack(tb, run_dir).start()
+        ... rs-client against stack.vip ...
+        stack.kill_primary()
+
+'recovery=False' gives the splice alone (issue 4's setup: no logger, no
+state transfer)."""
+import os
+
+from topologies.lan import SERVERS
+
+APP_PORT = 8080
+STATED_PORT = 7073
+PROXY_CTL = 7070
+LOGGER_CTL = 7071
+LOGGER_RESEND = 7072
+PRIMARY_ID, ALTERNATE_ID = 1, 2
+
+
+def binary(name):
+    from emul.testbed import BUILD
+    return os.path.join(BUILD, name)
+
+
+class Stack:
+    def __init__(self, tb, run_dir, recovery=True, app_args=(), logger_args=(), proxy_args=(),
+                 heartbeat="10ms", dead_after="30ms"):
+        self.tb, self.dir, self.recovery = tb, run_dir, recovery
+        self.app_args, self.logger_args, self.proxy_args = list(app_args), list(logger_args), list(proxy_args)
+        self.heartbeat, self.dead_after = heartbeat, dead_after
+        self.key = os.path.join(run_dir, "key.hex")
+        self.vip = f"{SERVERS['proxy']}:80"
+        self.d = {}
+
+    def _key(self):
+        if not os.path.exists(self.key):
+            with open(self.key, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+
+    def start(self):
+        self._key()
+        s = SERVERS
+        if self.recovery:
+            for host, bid, peer in (("alternate", ALTERNATE_ID, "primary"), ("primary", PRIMARY_ID, "alternate")):
+                sock = os.path.join(self.dir, f"stated-{host}.sock")
+                self.d[f"stated-{host}"] = self.tb.start(host, f"stated-{host}", [
+                    binary("rs-stated"), "--id", str(bid), "--listen", f"0.0.0.0:{STATED_PORT}",
+                    "--app-socket", sock, "--key", self.key, "--peer", f"{s[peer]}:{STATED_PORT}",
+                    "--logger", f"{s['logger']}:{LOGGER_CTL}", "--heartbeat", self.heartbeat], ready="listening")
+            self.d["logger"] = self.tb.start("logger", "logger", [
+                binary("rs-logger"), "--iface", "logger-eth0", "--vip", self.vip,
+                "--listen", f"0.0.0.0:{LOGGER_CTL}", "--resend", f"0.0.0.0:{LOGGER_RESEND}", "--key", self.key,
+                "--proxy", f"{s['proxy']}:{PROXY_CTL}", "--alternate-stated", f"{s['alternate']}:{STATED_PORT}",
+                "--backend", f"{PRIMARY_ID}={s['primary']}", "--backend", f"{ALTERNATE_ID}={s['alternate']}",
+                "--dead-after", self.dead_after] + self.logger_args, ready="listening")
+        for host in ("primary", "alternate"):
+            argv = [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host] + self.app_args
+            if self.recovery:
+                argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
+            self.d[f"app-{host}"] = self.tb.start(host, f"app-{host}", argv, ready="listening")
+        argv = [binary("rs-proxy"), "--listen", self.vip, "--control", f"{s['proxy']}:{PROXY_CTL}",
+                "--key", self.key, "--backend", f"{PRIMARY_ID}={s['primary']}:{APP_PORT}"]
+        if self.recovery:
+            argv += ["--alternate", f"{ALTERNATE_ID}={s['alternate']}:{APP_PORT}",
+                     "--logger", f"{s['logger']}:{LOGGER_CTL}",
+                     "--logger-resend", f"{s['logger']}:{LOGGER_RESEND}", "--stated-port", str(STATED_PORT)]
+        self.d["proxy"] = self.tb.start("proxy", "proxy", argv + self.proxy_args, ready="listening")
+        return self
+
+    def log(self, name):
+        with open(self.d[name].err) as f:
+            return f.read()
+
+    def kill_primary(self):
+        """SIGKILLs the primary's application (a process crash)."""
+        return self.tb.kill(self.d["app-primary"])
+
+    def primary_down(self):
+        """Takes the primary host's interfaces down (a host crash)."""
+        return self.tb.host_down("primary")

@@ -1,0 +1,105 @@
+"""End-to-end failover (issue 5): the primary backend crashes — its process
+killed, or its host taken down — and the client's connection survives on
+the alternate: same 4-tuple, no RST/FIN, every response byte exactly once
+and as a crash-free run returns it, every update applied exactly once."""
+import csv
+import os
+import re
+import tempfile
+import time
+import unittest
+
+from emul.shaping import wait_until
+from emul.stack import Stack, binary
+from emul.testbed import Testbed, leftovers, pcap_count
+from topologies.lan import SERVERS, LanTopo
+
+SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s: a crash lands mid-response
+
+
+class FailoverCase(unittest.TestCase):
+    def setUp(self):
+        self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
+        self.tmp = tempfile.TemporaryDirectory(prefix="rs-failover-")
+        self.dir = self.tmp.name
+        self.tb = Testbed(LanTopo(), os.path.join(self.dir, "run"))
+        self.tb.__enter__()
+        self.stack = Stack(self.tb, self.dir).start()
+
+    def tearDown(self):
+        self.tb.__exit__(None, None, None)
+        self.tmp.cleanup()
+        self.assertEqual(leftovers(), [])
+
+    def run_client(self, trace, crash_after_step, crash, delay=0.4, timeout=60):
+        """Runs 'trace' and calls crash() 'delay' s after step 'crash_after_step'
+        answered.  Returns (client daemon, csv rows, crash time)."""
+        path = os.path.join(self.dir, "t.trace")
+        with open(path, "w") as f:
+            f.write(trace)
+        out = os.path.join(self.dir, "c.csv")
+        self.cap, self.pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.tb.start("c1", "client", [binary("rs-client"), "--server", self.stack.vip, "--trace", path,
+                                           "--csv", out, "--timeout", "10s"])
+        marker = f"step={crash_after_step} response"
+        h = self.tb.crash_when(lambda: marker in open(d.err).read(),
+                               lambda: (time.sleep(delay), crash())[1], timeout=30)
+        d.popen.wait(timeout)
+        self.tb.stop_capture(self.cap)
+        with open(out) as f:
+            rows = list(csv.DictReader(f))
+        return d, rows, h.result
+
+    def assert_transparent(self, d, rows):
+        log = open(d.err).read()
+        self.assertEqual(d.popen.returncode, 0, d.output() + log + self.stack.log("proxy")[-3000:])
+        self.assertEqual({r["result"] for r in rows}, {"ok"})
+        self.assertEqual(len({r["local_port"] for r in rows}), 1, "the client had to reconnect")
+        self.assertEqual(pcap_count(self.pcap, "tcp[tcpflags] & tcp-rst != 0"), 0, "the client saw a RST")
+        self.assertRegex(self.stack.log("proxy"), r"recovered id=1 ")
+
+
+class TestProcessCrash(FailoverCase):
+    def test_mid_response(self):
+        d, rows, _ = self.run_client(
+            "request POST /counter\n  expect contains \"counter=1\"\n"
+            "request POST /counter\n  expect contains \"counter=2\"\n"
+            f"request GET {SLOW}\n  expect length 400000\n  expect content seed=0\n"
+            "request POST /counter\n  expect contains \"counter=3\"\n"
+            "request GET /counter\n  expect contains \"counter=3\"\n",
+            crash_after_step=1, crash=self.stack.kill_primary)
+        self.assert_transparent(d, rows)
+
+    def test_between_transactions(self):
+        d, rows, _ = self.run_client(
+            "request POST /counter\n  expect contains \"counter=1\"\n"
+            "request POST /counter\n  expect contains \"counter=2\"\n"
+            "think 800ms\n"
+            "request POST /counter\n  expect contains \"counter=3\"\n"
+            "request GET /static/2000000?seed=4\n  expect content seed=4\n",
+            crash_after_step=1, crash=self.stack.kill_primary, delay=0.2)
+        self.assert_transparent(d, rows)
+
+    def test_nondeterministic_token(self):
+        d, rows, _ = self.run_client(
+            "request GET /token\n  capture t body \"token=([0-9a-f]+)\"\n"
+            f"request GET {SLOW}\n  expect content seed=0\n"
+            "request POST /counter\n  expect contains \"counter=1\"\n",
+            crash_after_step=0, crash=self.stack.kill_primary)
+        self.assert_transparent(d, rows)
+
+
+class TestHostCrash(FailoverCase):
+    def test_host_down_mid_response(self):
+        d, rows, t_crash = self.run_client(
+            "request POST /counter\n  expect contains \"counter=1\"\n"
+            f"request GET {SLOW}\n  expect content seed=0\n"
+            "request POST /counter\n  expect contains \"counter=2\"\n",
+            crash_after_step=0, crash=self.stack.primary_down)
+        self.assert_transparent(d, rows)
+        # Detected by missing heartbeats, not by a FIN or RST.
+        self.assertRegex(self.stack.log("proxy"), r"failure backend_id=1 .*why=heartbeat-timeout")
+
+
+if __name__ == "__main__":
+    unittest.main()
