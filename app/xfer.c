@@ -35,12 +35,12 @@ struct xfer_map {
 enum xfer_stat {
     XS_SENT, XS_SENT_SYNC, XS_ACKED, XS_FAILED, XS_TIMEOUTS, XS_UNSENT, XS_SKIPPED,
     XS_APPLIED, XS_APPLY_ERRORS, XS_MAPS, XS_MAPS_USED, XS_MAPS_EXPIRED, XS_CONNECTS,
-    XS_DISCONNECTS, XS_MAX,
+    XS_DISCONNECTS, XS_UNREPLICATED, XS_MAX,
 };
 
 static const char *const xs_names[XS_MAX] = {
     [XS_SENT] = "xfer_sent", [XS_SENT_SYNC] = "xfer_sent_sync", [XS_ACKED] = "xfer_acked",
-    [XS_FAILED] = "xfer_failed", [XS_TIMEOUTS] = "xfer_timeouts", [XS_UNSENT] = "xfer_unsent",
+    [XS_FAILED] = "xfer_failed", [XS_TIMEOUTS] = "xfer_timeouts", [XS_UNREPLICATED] = "xfer_unreplicated", [XS_UNSENT] = "xfer_unsent",
     [XS_SKIPPED] = "xfer_skipped_replayed", [XS_APPLIED] = "xfer_applied",
     [XS_APPLY_ERRORS] = "xfer_apply_errors", [XS_MAPS] = "xfer_maps",
     [XS_MAPS_USED] = "xfer_maps_used", [XS_MAPS_EXPIRED] = "xfer_maps_expired",
@@ -100,14 +100,29 @@ static void xfer_set_events(struct app_xfer *x)
         x->events = ev;
 }
 
-/* Ends every waiting update with 'err' (the response becomes a 503). */
+/* A synchronous update the peer did not take ('err'): the standby is gone
+ * or unreachable, so the response goes out unreplicated rather than never.
+ * That is safe: should this backend then crash mid-response, the alternate
+ * lacks the state and recovery ends the connection cleanly (the plan's
+ * "synchronous state missing"), never with a different response. */
+static void xfer_unreplicated(struct app_xfer *x, rs_txn_id id, int err)
+{
+    char ids[RS_TXN_ID_STRLEN];
+
+    x->stats[XS_UNREPLICATED]++;
+    rs_log("state-update %s unreplicated: %s; answering without a standby copy", txn_str(id, ids),
+           strerror(-err));
+    rs_app_txn_resume(x->app, id, 0);
+}
+
+/* Ends every waiting update: the standby copy cannot be confirmed. */
 static void xfer_fail_waiters(struct app_xfer *x, int err)
 {
     while (x->n_wait > 0) {
         rs_txn_id id = x->wait[--x->n_wait].id;
 
         x->stats[XS_FAILED]++;
-        rs_app_txn_resume(x->app, id, err);
+        xfer_unreplicated(x, id, err);
     }
 }
 
@@ -315,8 +330,10 @@ static bool on_record(void *ctx, const struct xfer_rec *r)
             id = w->id;
             *w = x->wait[--x->n_wait];
             x->stats[r->status ? XS_FAILED : XS_ACKED]++;
-            rs_app_txn_resume(x->app, id, r->status < 0 && r->status >= -4095 ? r->status
-                              : r->status ? -EPROTO : 0);
+            if (r->status)
+                xfer_unreplicated(x, id, r->status < 0 && r->status >= -4095 ? r->status : -EPROTO);
+            else
+                rs_app_txn_resume(x->app, id, 0);
             xfer_arm(x);
             return x->fd >= 0;
         }
@@ -361,7 +378,7 @@ void app_xfer_event(struct rs_app *app, int timer, uint32_t events)
                 x->wait[i] = x->wait[--x->n_wait];
                 x->stats[XS_TIMEOUTS]++;
                 rs_log("state-update %s timed out: no ACK from the peer", txn_str(id, ids));
-                rs_app_txn_resume(app, id, -ETIMEDOUT);
+                xfer_unreplicated(x, id, -ETIMEDOUT);
             } else {
                 i++;
             }
@@ -407,8 +424,10 @@ static int hook_update(void *ctx, rs_txn_id id, const void *state, size_t len, i
     if (err < 0) {
         x->stats[XS_UNSENT]++;
         rs_log("state-update %s not sent: %s%s", txn_str(id, ids), strerror(-err),
-               nondet ? "" : " (asynchronous: the peer misses it)");
-        return nondet ? err : 0;
+               nondet ? " (answered without a standby copy)" : " (asynchronous: the peer misses it)");
+        if (nondet)
+            x->stats[XS_UNREPLICATED]++;
+        return 0;
     }
     x->stats[XS_SENT]++;
     if (!nondet)
