@@ -611,6 +611,8 @@ static uint32_t build_input(struct lg_conn *c, struct rs_recovery_txn *txns, str
 /* Can the log of 'c' back a recovery at all?  Returns 0 or -errno. */
 static int loggable(const struct lg_conn *c)
 {
+    uint32_t logged;
+
     if (c->nl != LG_NL_NONE || !c->started)
         return -ENODATA;
     if (c->inc == LG_INC_CONFLICT)
@@ -619,10 +621,27 @@ static int loggable(const struct lg_conn *c)
         return -EPROTO;
     /* A request byte the server acknowledged but we lack is lost for good:
      * the client will not send it again. */
+    logged = rs_reasm_contig_seq(&c->rs[LG_REQ]);
+    /* The client's FIN takes a sequence number but no byte of the log. */
+    if (c->fin[LG_REQ] && c->fin_seq[LG_REQ] == logged)
+        logged++;
     if ((c->inc != LG_INC_NONE && c->inc_dir == LG_REQ)
-        || (c->has_ack_srv && rs_seq_gt(c->ack_srv, rs_reasm_contig_seq(&c->rs[LG_REQ]))))
+        || (c->has_ack_srv && rs_seq_gt(c->ack_srv, logged)))
         return -ENOBUFS;
     return 0;
+}
+
+#define RECOVER_SETTLE_MS 20   /* longest wait for the mirror's last frames */
+
+/* True when the connection's last transaction has its whole response, that
+ * response (or its request) closes the connection, and the client sent
+ * nothing after it. */
+static bool closed_as_meant(const struct lg_conn *c)
+{
+    uint32_t n = rs_http_txn_count(&c->http);
+    const struct rs_http_txn *t = n ? rs_http_txn_get(&c->http, n - 1) : NULL;
+
+    return t && t->resp_done && t->close && rs_http_next_seq(&c->http, RS_DIR_REQ) == t->req_end;
 }
 
 /* RECOVER -> PLAN (docs/recovery.md, "Plan").  This blocks the loop for the
@@ -649,12 +668,29 @@ static void lg_recover(struct logger *lg, struct ctl_conn *cc, const struct rs_c
     lg->s.recoveries++;
     memset(&plan, 0, sizeof(plan));
     pl->client = rq->client;
+    /* The mirror's copies of the last segments may still be in the capture
+     * buffer, or — the mirror does not order one port's frames against
+     * another's — a server's ACK may have overtaken the request bytes it
+     * acknowledges: process what is there, and give stragglers a few ms. */
+    for (int wait_ms = 0;; wait_ms++) {
+        lg_capture_drain(lg);
+        c = lg_conn_find(lg, client.ip, client.port);
+        if ((c && loggable(c) != -ENOBUFS) || wait_ms == RECOVER_SETTLE_MS)
+            break;
+        usleep(1000);
+    }
     if (!c) {
         e = -ENOENT;
         goto reply;
     }
     if ((e = loggable(c)))
         goto reply;
+    if (closed_as_meant(c)) {
+        /* The backend's FIN ends a complete response that said
+         * "Connection: close": the application meant it, nothing to recover. */
+        e = -ESHUTDOWN;
+        goto reply;
+    }
     if (!lg->has_stated) {
         e = -ENOTCONN;
         goto reply;

@@ -187,4 +187,8 @@ void lg_ctl_tick(struct logger *lg, uint64_t now_ns);
 void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end);
 void lg_ctl_shutdown(struct logger *lg);
 
+/* main.c: processes every packet the capture holds now (a recovery must
+ * see what the mirror has already delivered). */
+void lg_capture_drain(struct logger *lg);
+
 #endif /* RS_LOGGER_H */

@@ -292,6 +292,8 @@ static int read_file(struct logger *lg)
 /* Returns true when libpcap may hold more packets than it handed out. */
 static bool drain_pcap(struct logger *lg)
 {
+    if (!lg->pcap)
+        return false;
     for (int i = 0; i < DISPATCH_ROUNDS; i++) {
         int r = pcap_dispatch(lg->pcap, 256, on_pcap, (u_char *)lg);
         if (r == 0)
@@ -302,6 +304,12 @@ static bool drain_pcap(struct logger *lg)
         }
     }
     return true;
+}
+
+void lg_capture_drain(struct logger *lg)
+{
+    while (drain_pcap(lg))
+        ;
 }
 
 static int run(struct logger *lg)

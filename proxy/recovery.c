@@ -286,12 +286,8 @@ int rs_recover(struct proxy *p, struct pconn *pc, const char *why)
     if (plan->status == -ESHUTDOWN) {
         /* The application closed after a complete response: let its FIN through. */
         struct rs_flow fb;
-        if (!rs_splicer_get(p->sp, &kb, &fb)) {
-            fb.guard = 0;
-            fb.seen = 0;
-            fb.state = RS_FLOW_ACTIVE;
+        if (!rs_splicer_get(p->sp, &kb, &fb))
             rs_splicer_activate(p->sp, &kb, &fb.dir, pc->id, RS_FLOW_ACTIVE, false);
-        }
         rs_splicer_set_state(p->sp, &kc, RS_FLOW_ACTIVE);
         p->st.legit_closes++;
         pc->recovering = false;

@@ -183,8 +183,7 @@ int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const
     f.state = state;
     f.guard = guard;
     f.clamp_ack = 0;
-    if (guard)
-        f.seen = 0;
+    f.seen = 0;     /* FIN/RST held back while guarded are reported again once they pass */
     f.splice_id = id;
     f.ifindex = (rs_u32)s->ifindex;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY) ? -errno : 0;

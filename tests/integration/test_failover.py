@@ -89,6 +89,22 @@ class TestProcessCrash(FailoverCase):
         self.assert_transparent(d, rows)
 
 
+class TestLegitClose(FailoverCase):
+    def test_connection_close_passes(self):
+        d, rows, _ = self.run_client(
+            "request POST /counter\n  expect contains \"counter=1\"\n"
+            "request GET /static/3000?seed=2\n  header Connection: close\n  expect content seed=2\n",
+            crash_after_step=5, crash=lambda: None, timeout=20)
+        self.assertEqual(d.popen.returncode, 0, d.output() + open(d.err).read())
+        log = self.stack.log("proxy")
+        self.assertTrue(wait_until(lambda: "step=legit-close" in self.stack.log("proxy"), 5), log)
+        self.assertNotIn("recovered id=", log)
+        # The application's FIN reached the client (held, confirmed, retransmitted).
+        self.assertTrue(wait_until(lambda: "unsplice id=1" in self.stack.log("proxy"), 10),
+                        self.stack.log("proxy"))
+        self.assertGreater(pcap_count(self.pcap, f"src {SERVERS['proxy']} and tcp[tcpflags] & tcp-fin != 0"), 0)
+
+
 class TestHostCrash(FailoverCase):
     def test_host_down_mid_response(self):
         d, rows, t_crash = self.run_client(
