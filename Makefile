@@ -43,7 +43,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
 
-.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul clean
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -115,6 +115,9 @@ emul-check: all
 
 bench-emul: all
 	@$(PYTHON) emul/bench_emul.py --build $(BUILD)
+
+bench-failover: all
+	@$(PYTHON) experiments/bench_failover.py --build $(BUILD)
 
 clean:
 	rm -rf $(BUILD)
