@@ -28,7 +28,7 @@ from emul.testbed import Testbed  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 from topologies.profiles import get as get_profile  # noqa: E402
 
-SIZE = 20_000_000
+SIZE = 200_000_000   # ~0.3 s on this machine's veth: the crash lands mid-download
 
 
 def max_gap_ms(pcap):
@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--out", default="results/bench-failover")
     ap.add_argument("--trials", type=int, default=int(os.environ.get("TRIALS", 5)))
     ap.add_argument("--profile", default="lan")
-    ap.add_argument("--crash-after", type=float, default=0.05, help="seconds into the download")
+    ap.add_argument("--crash-after", type=float, default=0.1, help="seconds into the download")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     os.environ.setdefault("RS_BUILD", os.path.abspath(args.build))

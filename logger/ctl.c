@@ -633,15 +633,21 @@ static int loggable(const struct lg_conn *c)
 
 #define RECOVER_SETTLE_MS 20   /* longest wait for the mirror's last frames */
 
-/* True when the connection's last transaction has its whole response, that
- * response (or its request) closes the connection, and the client sent
- * nothing after it. */
+/* True when the backend's end of the connection is one the application
+ * meant: every request has its whole response, the client sent nothing
+ * after the last one, and either the client closed first or the last
+ * response said "Connection: close". */
 static bool closed_as_meant(const struct lg_conn *c)
 {
     uint32_t n = rs_http_txn_count(&c->http);
     const struct rs_http_txn *t = n ? rs_http_txn_get(&c->http, n - 1) : NULL;
+    uint32_t next = rs_http_next_seq(&c->http, RS_DIR_REQ);
 
-    return t && t->resp_done && t->close && rs_http_next_seq(&c->http, RS_DIR_REQ) == t->req_end;
+    if (!t)
+        return c->fin[LG_REQ];
+    if (!t->resp_done || next != t->req_end)
+        return false;
+    return c->fin[LG_REQ] || t->close;
 }
 
 /* RECOVER -> PLAN (docs/recovery.md, "Plan").  This blocks the loop for the
