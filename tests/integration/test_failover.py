@@ -13,16 +13,19 @@ from emul.shaping import wait_until
 from emul.stack import Stack, binary
 from emul.testbed import Testbed, leftovers, pcap_count
 from topologies.lan import SERVERS, LanTopo
+from topologies.profiles import Profile
 
 SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s: a crash lands mid-response
 
 
 class FailoverCase(unittest.TestCase):
+    profile = None
+
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-failover-")
         self.dir = self.tmp.name
-        self.tb = Testbed(LanTopo(), os.path.join(self.dir, "run"))
+        self.tb = Testbed(LanTopo(profile=self.profile), os.path.join(self.dir, "run"))
         self.tb.__enter__()
         self.stack = Stack(self.tb, self.dir).start()
 
@@ -104,6 +107,23 @@ class TestLegitClose(FailoverCase):
                         self.stack.log("proxy"))
         self.assertRegex(self.stack.log("proxy"),
                          rf"fin id=1 from={re.escape(SERVERS['primary'])}:\d+ client=\S+ backend=\S+ seq=")
+
+
+class TestWanCrash(FailoverCase):
+    """Over a 60 ms path the client has not acknowledged what the logger
+    logged when the primary dies: the logger resends it (seed §4.3 step 2)."""
+    profile = Profile("wan", 60, 0, 0)
+
+    def test_resend_from_log(self):
+        d, rows, _ = self.run_client(
+            "request POST /counter\n  expect contains \"counter=1\"\n"
+            "request GET /static/30000000?seed=9\n  expect length 30000000\n  expect content seed=9\n"
+            "request POST /counter\n  expect contains \"counter=2\"\n",
+            crash_after_step=0, crash=self.stack.kill_primary, delay=0.3, timeout=90)
+        self.assert_transparent(d, rows)
+        m = re.search(r"step=resent bytes=(\d+)", self.stack.log("proxy"))
+        self.assertIsNotNone(m, self.stack.log("proxy")[-2000:])
+        self.assertGreater(int(m.group(1)), 0)
 
 
 class TestHostCrash(FailoverCase):
