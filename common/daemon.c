@@ -7,7 +7,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "parse.h"
 
@@ -84,6 +86,22 @@ struct sockaddr_in rs_addr_sin(struct rs_addr a)
 struct rs_addr rs_addr_of_sin(const struct sockaddr_in *s)
 {
     return (struct rs_addr){ ntohl(s->sin_addr.s_addr), ntohs(s->sin_port) };
+}
+
+int rs_listen_tcp(struct rs_addr a, int backlog)
+{
+    struct sockaddr_in s = rs_addr_sin(a);
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&s, sizeof(s)) || listen(fd, backlog)) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
 }
 
 int rs_ctl_key_load(const char *path, struct rs_ctl_key *key)

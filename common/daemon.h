@@ -33,6 +33,10 @@ const char *rs_addr_str(struct rs_addr a, char *buf, size_t len);
 struct sockaddr_in rs_addr_sin(struct rs_addr a);
 struct rs_addr rs_addr_of_sin(const struct sockaddr_in *s);
 
+/* A non-blocking TCP listening socket on 'a' (SO_REUSEADDR).  Returns the
+ * fd or -errno. */
+int rs_listen_tcp(struct rs_addr a, int backlog);
+
 /* Loads a key file: 64 hex characters (surrounding white space allowed).
  * Returns 0, -errno when the file cannot be read, or -EINVAL. */
 int rs_ctl_key_load(const char *path, struct rs_ctl_key *key);

@@ -317,14 +317,15 @@ class Testbed:
         return Handle
 
     # -- packet capture ----------------------------------------------------
-    def capture(self, host, name, intf=None, bpf_filter="", snaplen=0):
+    def capture(self, host, name, intf=None, bpf_filter="", snaplen=0, buffer_kib=65536):
         """Starts tcpdump on 'host' ('intf' defaults to its main interface)
         writing run_dir/name.pcap; stopped at teardown or with stop().
-        Returns (Daemon, pcap path)."""
+        'buffer_kib' is the kernel buffer: tcpdump's default (2 MiB) drops
+        frames of a fast download on the mirror.  Returns (Daemon, pcap path)."""
         h = self.net[host] if isinstance(host, str) else host
         path = os.path.join(self.run_dir, f"{name}.pcap")
         intf = intf or h.defaultIntf().name
-        argv = ["tcpdump", "-i", intf, "-w", path, "-U", "-n", "-s", str(snaplen),
+        argv = ["tcpdump", "-i", intf, "-w", path, "-U", "-n", "-s", str(snaplen), "-B", str(buffer_kib),
                 "--immediate-mode"] + (bpf_filter.split() if bpf_filter else [])
         err = os.path.join(self.run_dir, f"{name}.tcpdump.err")
         with open(err, "w") as fe:

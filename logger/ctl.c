@@ -1003,29 +1003,13 @@ static void on_resend(struct logger *lg, struct resend_conn *r, uint32_t events)
 
 /* ---- set-up, events, ticks ---------------------------------------------------- */
 
-static int listen_on(struct rs_addr a)
-{
-    struct sockaddr_in s = rs_addr_sin(a);
-    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-    if (fd < 0)
-        return -errno;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&s, sizeof(s)) || listen(fd, 128)) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    return fd;
-}
-
 int lg_ctl_setup(struct logger *lg)
 {
-    if ((lg->ctlfd = listen_on(lg->listen)) < 0) {
+    if ((lg->ctlfd = rs_listen_tcp(lg->listen, 1024)) < 0) {
         rs_log("cannot listen on %s: %s", RS_A(lg->listen), strerror(-lg->ctlfd));
         return lg->ctlfd;
     }
-    if ((lg->resendfd = listen_on(lg->resend)) < 0) {
+    if ((lg->resendfd = rs_listen_tcp(lg->resend, 1024)) < 0) {
         rs_log("cannot listen on %s: %s", RS_A(lg->resend), strerror(-lg->resendfd));
         return lg->resendfd;
     }

@@ -702,22 +702,6 @@ static void usage(FILE *f)
         "Logs one line per event on stderr; SIGUSR1 prints a stats line on stdout.\n");
 }
 
-static int listen_on(struct rs_addr a)
-{
-    struct sockaddr_in s = rs_addr_sin(a);
-    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-    if (fd < 0)
-        return -errno;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&s, sizeof(s)) || listen(fd, 1024)) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    return fd;
-}
-
 /* Parses "[ID=]ADDR:PORT"; without an ID the backend gets 'default_id'. */
 static int parse_backend(const char *v, struct rs_addr *a, uint32_t *id, uint32_t default_id)
 {
@@ -874,7 +858,7 @@ int main(int argc, char **argv)
         }
     }
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
-    p->lfd = listen_on(p->listen);
+    p->lfd = rs_listen_tcp(p->listen, 1024);
     if (p->lfd < 0) {
         fprintf(stderr, "rs-proxy: cannot listen on %s: %s\n", RS_A(p->listen), strerror(-p->lfd));
         return 1;
@@ -882,7 +866,7 @@ int main(int argc, char **argv)
     p->ltag = (struct tag){ T_LISTEN, NULL };
     ep_add(p, p->lfd, EPOLLIN, &p->ltag);
     if (p->ctl.port) {
-        p->ctlfd = listen_on(p->ctl);
+        p->ctlfd = rs_listen_tcp(p->ctl, 1024);
         if (p->ctlfd < 0) {
             fprintf(stderr, "rs-proxy: cannot listen on %s: %s\n", RS_A(p->ctl), strerror(-p->ctlfd));
             return 1;

@@ -1148,22 +1148,6 @@ static void usage(FILE *f)
         "SIGTERM or SIGINT exits cleanly.\n");
 }
 
-static int listen_tcp(struct rs_addr a)
-{
-    struct sockaddr_in sin = rs_addr_sin(a);
-    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-    if (fd < 0)
-        return -errno;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 || listen(fd, 128) < 0) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    return fd;
-}
-
 static int listen_unix(const char *path)
 {
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
@@ -1334,7 +1318,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-stated: cannot set up epoll/signals: %s\n", strerror(errno));
         return 1;
     }
-    s.ctlfd = listen_tcp(s.listen);
+    s.ctlfd = rs_listen_tcp(s.listen, 128);
     if (s.ctlfd < 0) {
         fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", RS_A(s.listen), strerror(-s.ctlfd));
         return 1;
