@@ -340,6 +340,15 @@ class Testbed:
         self._end(d.popen, signal.SIGINT)
 
 
+def file_contains(path, text):
+    """True when file 'path' exists and contains 'text' (for crash_when)."""
+    try:
+        with open(path) as f:
+            return text in f.read()
+    except FileNotFoundError:
+        return False
+
+
 def pcap_count(path, bpf_filter=""):
     """Number of packets in 'path' matching 'bpf_filter' (via tcpdump -r)."""
     r = subprocess.run(["tcpdump", "-r", path, "-n", "-q"] + (bpf_filter.split() if bpf_filter else []),

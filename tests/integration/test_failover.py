@@ -5,13 +5,14 @@ and as a crash-free run returns it, every update applied exactly once."""
 import csv
 import os
 import re
+import signal
 import tempfile
 import time
 import unittest
 
 from emul.shaping import wait_until
 from emul.stack import Stack, binary
-from emul.testbed import Testbed, leftovers, pcap_count
+from emul.testbed import Testbed, file_contains, leftovers, pcap_count
 from topologies.lan import SERVERS, LanTopo
 from topologies.profiles import Profile
 
@@ -27,7 +28,8 @@ class FailoverCase(unittest.TestCase):
         self.dir = self.tmp.name
         self.tb = Testbed(LanTopo(profile=self.profile), os.path.join(self.dir, "run"))
         self.tb.__enter__()
-        self.stack = Stack(self.tb, self.dir).start()
+        self.stack = Stack(self.tb, self.dir, **getattr(self, "stack_args", {})).start()
+        self.client_log = os.path.join(self.dir, "run", "client.err")
 
     def tearDown(self):
         self.tb.__exit__(None, None, None)
@@ -45,7 +47,7 @@ class FailoverCase(unittest.TestCase):
         d = self.tb.start("c1", "client", [binary("rs-client"), "--server", self.stack.vip, "--trace", path,
                                            "--csv", out, "--timeout", "10s"])
         marker = f"step={crash_after_step} response"
-        h = self.tb.crash_when(lambda: marker in open(d.err).read(),
+        h = self.tb.crash_when(lambda: file_contains(d.err, marker),
                                lambda: (time.sleep(delay), crash())[1], timeout=30)
         d.popen.wait(timeout)
         self.tb.stop_capture(self.cap)
@@ -90,6 +92,42 @@ class TestProcessCrash(FailoverCase):
             "request POST /counter\n  expect contains \"counter=1\"\n",
             crash_after_step=0, crash=self.stack.kill_primary)
         self.assert_transparent(d, rows)
+
+
+class TestLaggingState(FailoverCase):
+    """The alternate is behind (its state updates are stuck on the primary):
+    TA < TL, so the logger applies what the alternate has and replays the
+    update transactions [TR, TL] before TL+1 (seed §4.3 step 3)."""
+
+    def setUp(self):
+        self.stack_args = {"dead_after": "3s"}   # the stuck rs-stated sends no heartbeats
+        super().setUp()
+
+    def test_replay_updates(self):
+        stated = self.stack.d["stated-primary"]
+        state = {"stopped": False}
+
+        def stop_then_crash():
+            stated.popen.send_signal(signal.SIGSTOP)   # updates 2 and 3 stay on the primary
+            state["stopped"] = True
+            time.sleep(0.05)
+        self.tb.crash_when(lambda: file_contains(self.client_log, "step=1 response"), stop_then_crash)
+        try:
+            d, rows, _ = self.run_client(
+                "request POST /counter\n  expect contains \"counter=1\"\n"
+                "request POST /counter\n  expect contains \"counter=2\"\n"
+                "think 300ms\n"
+                "request POST /counter\n  expect contains \"counter=3\"\n"
+                "request POST /counter\n  expect contains \"counter=4\"\n"
+                "think 300ms\n"
+                "request POST /counter\n  expect contains \"counter=5\"\n"
+                "request GET /counter\n  expect contains \"counter=5\"\n",
+                crash_after_step=3, crash=self.stack.kill_primary, delay=0.1)
+        finally:
+            stated.popen.send_signal(signal.SIGCONT)
+        self.assertTrue(state["stopped"])
+        self.assert_transparent(d, rows)
+        self.assertRegex(self.stack.log("proxy"), r"step=plan status=0 tl=3 tsp=4 tr=2 replayed=2 ")
 
 
 class TestLegitClose(FailoverCase):
