@@ -34,7 +34,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 # Daemons: folder NAME/ holds the sources of build/rs-NAME; NAME_LIBS are
 # the extra libraries it links besides libresplice.
-DAEMON_DIRS := app client proxy logger stated auxlog ctl
+DAEMON_DIRS := app client proxy logger stated auxlog ctl smtpd
 DAEMONS  := $(foreach d,$(DAEMON_DIRS),$(if $(wildcard $(d)/*.c),$(d)))
 app_LIBS    :=
 client_LIBS :=

@@ -11,6 +11,7 @@ libbpf-dev bpftool libelf-dev zlib1g-dev
 mininet openvswitch-switch bridge-utils iptables iproute2
 iputils-ping ethtool tcpdump iperf3 procps psmisc net-tools curl
 gnuplot-nox
+roundcube roundcube-core roundcube-sqlite3 php-cgi lighttpd dovecot-imapd
 "
 
 missing=""
@@ -26,6 +27,31 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "deps: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
+
+# The testbed starts lighttpd, dovecot, OVS ... itself, inside Mininet hosts:
+# keep the packages' maintainer scripts from starting system-wide copies
+# (invoke-rc.d asks policy-rc.d; 101 = "action forbidden").
+POLICY=${RS_POLICY_RC:-/usr/sbin/policy-rc.d}    # overridable for testing this script
+LOG=$(mktemp /tmp/resplice-deps.XXXXXX)
+cleanup() { rm -f "$LOG" ${made_policy:+"$POLICY"}; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+made_policy=""
+if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\n# resplice deps.sh: no service starts during install\nexit 101\n' > "$POLICY"
+    chmod 755 "$POLICY"
+    made_policy=1
+fi
+# Roundcube's database is made per backend by roundcube/deploy.py: no
+# dbconfig-common database (it would try a local MySQL/PostgreSQL).
+if command -v debconf-set-selections >/dev/null 2>&1; then
+    echo "roundcube-core roundcube/dbconfig-install boolean false" | debconf-set-selections
+fi
+
+# Quiet unless it fails: then the whole apt output.
 # shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } >"$LOG" 2>&1; then
+    cat "$LOG" >&2
+    echo "deps: apt-get failed" >&2
+    exit 1
+fi

@@ -1,0 +1,211 @@
+"""The paper's workload on the testbed (issue 6): dovecot + rs-smtpd on the
+mail store, Roundcube (lighttpd + php-cgi) on the primary, and the recorded
+Action 1 / Action 2 traces replayed by rs-client, directly and through
+rs-proxy's splice.  Sending must deliver the message exactly once."""
+import csv
+import os
+import re
+import signal
+import tempfile
+import textwrap
+import unittest
+
+from emul.shaping import wait_until
+from emul.stack import binary
+from emul.testbed import Testbed, leftovers
+from roundcube.deploy import USERS, MailStore, Roundcube, count_messages, pid_alive
+from topologies.lan import SERVERS, LanTopo
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRACES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "roundcube", "traces")
+VIP = f"{SERVERS['proxy']}:80"
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def summary(out):
+    """The key=value pairs of rs-client's last 'summary:' line."""
+    line = [l for l in out.splitlines() if l.startswith("summary:")][-1]
+    return dict(kv.split("=", 1) for kv in line.split()[1:])
+
+
+class RoundcubeCase(unittest.TestCase):
+    """One testbed for the whole class: deploying takes a second, the
+    testbed a few."""
+
+    @classmethod
+    def setUpClass(cls):
+        assert leftovers() == [], leftovers()
+        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-roundcube-")
+        os.chmod(cls.tmp.name, 0o755)      # dovecot's mail processes are not root
+        cls.dir = os.path.join(cls.tmp.name, "run")
+        cls.tb = Testbed(LanTopo(), cls.dir)
+        cls.tb.__enter__()
+        try:
+            cls.ms = MailStore(cls.tb, cls.dir).start()
+            cls.rc = Roundcube(cls.tb, cls.dir, "primary").start()
+            cls.proxy = cls.tb.start("proxy", "proxy", [
+                binary("rs-proxy"), "--listen", VIP, "--backend", cls.rc.addr], ready="listening")
+        except BaseException:
+            cls.tb.__exit__(None, None, None)
+            cls.tmp.cleanup()
+            raise
+        cls.pids = cls.rc.pids() + [d.pid for d in cls.ms.d.values()]
+        cls.times = {}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tb.__exit__(None, None, None)
+        try:
+            # Every process we started, php-cgi's children included, is gone.
+            left = [p for p in cls.pids if pid_alive(p)]
+            assert left == [], f"processes left behind: {left}"
+            assert leftovers() == [], leftovers()
+            for k, v in sorted(cls.times.items()):
+                print(f"\n  roundcube {k}: {v}", end="")
+        finally:
+            cls.tmp.cleanup()
+
+    def replay(self, name, server, trace, extra=()):
+        """Runs rs-client with 'trace' against 'server'.  Returns (summary,
+        csv rows)."""
+        out = os.path.join(self.dir, f"{name}.csv")
+        d = self.tb.start("c1", name, [binary("rs-client"), "--server", server, "--trace",
+                                       os.path.join(TRACES, trace), "--csv", out, "--timeout", "10s"]
+                          + list(extra))
+        d.popen.wait(60)
+        log = read(d.err)
+        self.assertEqual(d.popen.returncode, 0, d.output() + log[-4000:] + self.backend_logs())
+        with open(out) as f:
+            rows = list(csv.DictReader(f))
+        self.assertTrue(rows)
+        self.assertEqual({r["result"] for r in rows}, {"ok"}, log[-3000:])
+        return summary(d.output()), rows
+
+    def backend_logs(self):
+        out = []
+        for f in ("errors.log", "sendmail.log"):
+            out.append(f"--- {f}\n" + self.rc_log(f)[-2000:])
+        return "\n".join(out)
+
+    def rc_log(self, name):
+        p = os.path.join(self.rc.dir, "logs", name)
+        return read(p) if os.path.exists(p) else ""
+
+    def counts(self):
+        return count_messages(self.dir, "bob", "INBOX"), count_messages(self.dir, "alice", "Sent")
+
+    def run_actions(self, label, server):
+        s1, rows1 = self.replay(f"{label}-a1", server, "action1.trace")
+        self.assertEqual(len(rows1), 14, "login page + 13 static files")
+        self.assertGreater(sum(int(r["bytes"]) for r in rows1), 1000000)
+        before, sent_before = self.counts(), self.rc_log("sendmail.log").count("for bob@resplice.test; 250:")
+        s2, rows2 = self.replay(f"{label}-a2", server, "action2.trace")
+        self.assertEqual(len({r["local_port"] for r in rows2}), 1, "action 2 on one connection")
+        # Delivered exactly once: one more in bob's INBOX, one more in alice's Sent.
+        self.assertTrue(wait_until(lambda: self.counts() != before, 5))
+        self.assertEqual(self.counts(), (before[0] + 1, before[1] + 1))
+        # Roundcube's own log: one SMTP transaction accepted, no errors.
+        self.assertEqual(self.rc_log("sendmail.log").count("for bob@resplice.test; 250:"), sent_before + 1)
+        self.assertNotIn("Error", self.rc_log("errors.log"))
+        return rows2
+
+    def newest_message(self, user):
+        """Text of the newest message in 'user's INBOX (CRLFs kept)."""
+        md = os.path.join(self.dir, "mailstore", "home", user, "Maildir")
+        files = [os.path.join(md, s, f) for s in ("new", "cur") for f in os.listdir(os.path.join(md, s))]
+        with open(max(files, key=os.path.getmtime), newline="") as f:
+            return f.read()
+
+    # -- tests --------------------------------------------------------------
+    def test_1_direct(self):
+        self.run_actions("direct", self.rc.addr)
+        msg = self.newest_message("bob")
+        self.assertIn("Subject: resplice action 2", msg)
+        self.assertIn("From: alice <alice@resplice.test>", msg)
+
+    def test_2_through_proxy(self):
+        self.run_actions("proxy", VIP)
+        log = read(self.proxy.err)
+        self.assertTrue(self.proxy.alive(), log[-2000:])
+        # Both actions' connections were spliced to the primary.
+        spliced = re.findall(rf"splice id=\d+ client=\S+ vip=\S+ local=\S+ backend={re.escape(self.rc.addr)} ", log)
+        self.assertGreaterEqual(len(spliced), 2, log[-2000:])
+        self.assertNotRegex(log, r"splice id=\d+ client=\S+ failed")
+
+    def test_3_mailstore(self):
+        """rs-smtpd and dovecot on their own, from a client host: delivery
+        with dot-unstuffing, refusal of unknown users, IMAP sees the mail."""
+        script = os.path.join(self.dir, "smtp_check.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(f"""
+                import imaplib, smtplib
+                s = smtplib.SMTP("{SERVERS['mailstore']}", 25, timeout=5)
+                refused = s.sendmail("carol@x", ["bob@resplice.test", "nobody@resplice.test"],
+                                     "Subject: check\\r\\n\\r\\n.leading dot\\r\\nend\\r\\n")
+                print("refused", sorted(refused))
+                try:
+                    s.sendmail("carol@x", ["nobody@resplice.test"], "x")
+                except smtplib.SMTPRecipientsRefused as e:
+                    print("all-refused", list(e.recipients.values())[0][0])
+                s.quit()
+                m = imaplib.IMAP4("{SERVERS['mailstore']}", 143, timeout=5)
+                m.login("bob", "{USERS['bob']}")
+                typ, data = m.select("INBOX")
+                typ, found = m.search(None, 'SUBJECT "check"')
+                print("imap", typ, len(found[0].split()))
+                m.logout()
+            """))
+        before = count_messages(self.dir, "bob")
+        d = self.tb.start("c1", "smtp-check", ["/usr/bin/python3", script])
+        d.popen.wait(30)
+        out = d.output()
+        self.assertEqual(d.popen.returncode, 0, out + read(d.err))
+        self.assertIn("refused ['nobody@resplice.test']", out)
+        self.assertIn("all-refused 550", out)
+        self.assertIn("imap OK 1", out)
+        self.assertEqual(count_messages(self.dir, "bob"), before + 1)
+        self.assertIn("\r\n.leading dot\r\nend\r\n", self.newest_message("bob"))
+        self.assertRegex(read(self.ms.d["smtpd"].err), r"rcpt refused to=<nobody@resplice\.test>")
+
+    def test_5_timing(self):
+        """Action completion times, direct and through the splice, after the
+        warm-up of the tests above (printed, not asserted)."""
+        runs = 5
+        before = self.counts()
+        for label, server in (("direct", self.rc.addr), ("proxy", VIP)):
+            s1, _ = self.replay(f"{label}-t1", server, "action1.trace", ["--repeat", str(runs)])
+            s2, _ = self.replay(f"{label}-t2", server, "action2.trace", ["--repeat", str(runs)])
+            type(self).times[label] = (f"action1 {float(s1['action_ms_median']):.1f} ms, "
+                                       f"action2 {float(s2['action_ms_median']):.1f} ms "
+                                       f"(median of {runs} runs)")
+        self.assertTrue(wait_until(lambda: self.counts() == (before[0] + 2 * runs, before[1] + 2 * runs), 5),
+                        f"{self.counts()} after {before}")
+
+    def test_6_crash_and_stop(self):
+        """Roundcube.crash() kills lighttpd and every php-cgi process (a
+        SIGKILL of lighttpd alone would leave php-cgi serving); stop() ends
+        them all too."""
+        for how in ("crash", "stop"):
+            rc = Roundcube(self.tb, self.dir, "alternate").start()
+            self.replay(f"alternate-{how}", rc.addr, "action1.trace")
+            pids = rc.pids()
+            self.assertGreaterEqual(len(pids), 2 + rc.php_children, pids)
+            rc.crash() if how == "crash" else rc.stop()
+            self.assertTrue(wait_until(lambda: not any(pid_alive(p) for p in pids), 5),
+                            [p for p in pids if pid_alive(p)])
+            self.assertNotIn(":8080", self.tb["alternate"].cmd("ss -Hltn"))
+
+    def test_4_stats(self):
+        """rs-smtpd's stats line on SIGUSR1."""
+        d = self.ms.d["smtpd"]
+        d.popen.send_signal(signal.SIGUSR1)
+        self.assertTrue(wait_until(lambda: "stats:" in d.output(), 5))
+        self.assertRegex(d.output(), r"stats: conns=\d+ accepted=\d+ refused=0 messages=\d+ delivered=\d+")
+
+
+if __name__ == "__main__":
+    unittest.main()
