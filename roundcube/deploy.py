@@ -188,6 +188,11 @@ service imap {{
             raise DeployError(f"dovecot exited; see {self.d['dovecot'].err}")
         return self
 
+    def pids(self):
+        """Every process of the mail store: dovecot and its children, rs-smtpd."""
+        roots = [d.pid for d in self.d.values() if d.alive()]
+        return roots + [p for r in roots for p in descendants(r)]
+
     def stop(self):
         for d in self.d.values():
             self.tb.stop(d)

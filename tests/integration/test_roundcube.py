@@ -53,7 +53,7 @@ class RoundcubeCase(unittest.TestCase):
             cls.tb.__exit__(None, None, None)
             cls.tmp.cleanup()
             raise
-        cls.pids = cls.rc.pids() + [d.pid for d in cls.ms.d.values()]
+        cls.pids = cls.rc.pids() + cls.ms.pids()
         cls.times = {}
 
     @classmethod
@@ -70,8 +70,8 @@ class RoundcubeCase(unittest.TestCase):
             cls.tmp.cleanup()
 
     def replay(self, name, server, trace, extra=()):
-        """Runs rs-client with 'trace' against 'server'.  Returns (summary,
-        csv rows)."""
+        """Runs rs-client with 'trace' (in roundcube/traces unless a path)
+        against 'server'.  Returns (summary, csv rows)."""
         out = os.path.join(self.dir, f"{name}.csv")
         d = self.tb.start("c1", name, [binary("rs-client"), "--server", server, "--trace",
                                        os.path.join(TRACES, trace), "--csv", out, "--timeout", "10s"]
@@ -120,6 +120,16 @@ class RoundcubeCase(unittest.TestCase):
         with open(max(files, key=os.path.getmtime), newline="") as f:
             return f.read()
 
+    def python_on_c1(self, name, source):
+        """Runs the Python 'source' on c1; returns its stdout (exit 0 asserted)."""
+        script = os.path.join(self.dir, f"{name}.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(source))
+        d = self.tb.start("c1", name, ["/usr/bin/python3", script])
+        d.popen.wait(30)
+        self.assertEqual(d.popen.returncode, 0, d.output() + read(d.err))
+        return d.output()
+
     # -- tests --------------------------------------------------------------
     def test_1_direct(self):
         self.run_actions("direct", self.rc.addr)
@@ -139,31 +149,26 @@ class RoundcubeCase(unittest.TestCase):
     def test_3_mailstore(self):
         """rs-smtpd and dovecot on their own, from a client host: delivery
         with dot-unstuffing, refusal of unknown users, IMAP sees the mail."""
-        script = os.path.join(self.dir, "smtp_check.py")
-        with open(script, "w") as f:
-            f.write(textwrap.dedent(f"""
-                import imaplib, smtplib
-                s = smtplib.SMTP("{SERVERS['mailstore']}", 25, timeout=5)
-                refused = s.sendmail("carol@x", ["bob@resplice.test", "nobody@resplice.test"],
-                                     "Subject: check\\r\\n\\r\\n.leading dot\\r\\nend\\r\\n")
-                print("refused", sorted(refused))
-                try:
-                    s.sendmail("carol@x", ["nobody@resplice.test"], "x")
-                except smtplib.SMTPRecipientsRefused as e:
-                    print("all-refused", list(e.recipients.values())[0][0])
-                s.quit()
-                m = imaplib.IMAP4("{SERVERS['mailstore']}", 143, timeout=5)
-                m.login("bob", "{USERS['bob']}")
-                typ, data = m.select("INBOX")
-                typ, found = m.search(None, 'SUBJECT "check"')
-                print("imap", typ, len(found[0].split()))
-                m.logout()
-            """))
+        src = f"""
+            import imaplib, smtplib
+            s = smtplib.SMTP("{SERVERS['mailstore']}", 25, timeout=5)
+            refused = s.sendmail("carol@x", ["bob@resplice.test", "nobody@resplice.test"],
+                                 "Subject: check\\r\\n\\r\\n.leading dot\\r\\nend\\r\\n")
+            print("refused", sorted(refused))
+            try:
+                s.sendmail("carol@x", ["nobody@resplice.test"], "x")
+            except smtplib.SMTPRecipientsRefused as e:
+                print("all-refused", list(e.recipients.values())[0][0])
+            s.quit()
+            m = imaplib.IMAP4("{SERVERS['mailstore']}", 143, timeout=5)
+            m.login("bob", "{USERS['bob']}")
+            typ, data = m.select("INBOX")
+            typ, found = m.search(None, 'SUBJECT "check"')
+            print("imap", typ, len(found[0].split()))
+            m.logout()
+        """
         before = count_messages(self.dir, "bob")
-        d = self.tb.start("c1", "smtp-check", ["/usr/bin/python3", script])
-        d.popen.wait(30)
-        out = d.output()
-        self.assertEqual(d.popen.returncode, 0, out + read(d.err))
+        out = self.python_on_c1("smtp_check", src)
         self.assertIn("refused ['nobody@resplice.test']", out)
         self.assertIn("all-refused 550", out)
         self.assertIn("imap OK 1", out)
@@ -184,6 +189,60 @@ class RoundcubeCase(unittest.TestCase):
                                        f"(median of {runs} runs)")
         self.assertTrue(wait_until(lambda: self.counts() == (before[0] + 2 * runs, before[1] + 2 * runs), 5),
                         f"{self.counts()} after {before}")
+
+    def test_3b_smtp_protocol(self):
+        """rs-smtpd's edges over a raw socket: pipelined commands, commands
+        out of order, an overlong command line, an overlong message line
+        (the message is refused, nothing delivered), RSET, QUIT."""
+        src = f"""
+            import socket
+            s = socket.create_connection(("{SERVERS['mailstore']}", 25), timeout=5)
+            f = s.makefile("rb")
+            def replies(n):
+                out = []
+                while len(out) < n:
+                    l = f.readline().decode()
+                    if l[3:4] != "-":
+                        out.append(l[:3])
+                return out
+            print("greet", replies(1))
+            s.sendall(b"DATA\\r\\nMAIL FROM:<x@y>\\r\\n")
+            print("order", replies(2))
+            s.sendall(b"EHLO c1\\r\\nMAIL FROM:<x@y>\\r\\nRCPT TO:<bob@resplice.test>\\r\\nDATA\\r\\n")
+            print("pipelined", replies(4))
+            s.sendall(b"Subject: big\\r\\n\\r\\n" + b"a" * 5000 + b"\\r\\n.\\r\\n")
+            print("longline", replies(1))
+            s.sendall(b"NOOP " + b"b" * 5000 + b"\\r\\nRSET\\r\\nRCPT TO:<bob@resplice.test>\\r\\nQUIT\\r\\n")
+            print("tail", replies(4))
+            print("eof", f.read() == b"")
+        """
+        before = count_messages(self.dir, "bob")
+        out = self.python_on_c1("smtp_raw", src)
+        self.assertIn("greet ['220']", out)
+        self.assertIn("order ['503', '503']", out)
+        self.assertIn("pipelined ['250', '250', '250', '354']", out)
+        self.assertIn("longline ['552']", out)
+        self.assertIn("tail ['500', '250', '503', '221']", out)
+        self.assertIn("eof True", out)
+        self.assertEqual(count_messages(self.dir, "bob"), before)
+
+    def test_7_recorder(self):
+        """The recorder runs against the primary and what it writes replays;
+        a difference to the committed traces is reported, not failed (a
+        Roundcube update changes static file names)."""
+        out = os.path.join(self.dir, "traces")
+        d = self.tb.start("c1", "recorder", ["/usr/bin/python3", os.path.join(os.path.dirname(TRACES), "record.py"),
+                                             "--drive", f"http://{self.rc.addr}", "--out", out])
+        d.popen.wait(60)
+        self.assertEqual(d.popen.returncode, 0, d.output() + read(d.err)[-3000:])
+        self.assertRegex(d.output(), r"recorded action1: 14 requests \d+ bytes; action2: 17 requests")
+        before = self.counts()
+        self.replay("rerecorded-a1", self.rc.addr, os.path.join(out, "action1.trace"))
+        self.replay("rerecorded-a2", self.rc.addr, os.path.join(out, "action2.trace"))
+        self.assertTrue(wait_until(lambda: self.counts() == (before[0] + 1, before[1] + 1), 5))
+        for t in ("action1.trace", "action2.trace"):
+            if read(os.path.join(out, t)) != read(os.path.join(TRACES, t)):
+                print(f"\n  NOTE: roundcube/traces/{t} differs from a fresh recording: re-record", end="")
 
     def test_6_crash_and_stop(self):
         """Roundcube.crash() kills lighttpd and every php-cgi process (a
