@@ -10,9 +10,13 @@ carries on with no delay.
 
 Direction names follow the link's ends: 'up' is node1 -> node2 (e.g. client
 -> switch), 'down' is node2 -> node1.  With rs-emul, 'down' is shaped at
-node1's ingress; 'up' at node2's ingress when node2 is a host, or, when
-node2 is a switch, at the ingress of every other host for packets whose
-source is node1 (the switch itself has no ingress hook of ours).
+node1's ingress; 'up' at node2's ingress when node2 is a host.  When node2
+is a Linux bridge, 'up' is shaped where the frame enters the bridge (the
+root namespace's PREROUTING with bridge netfilter, matched by bridge port),
+so the delay sits on the "wire" — not behind a receiving host's tc hook,
+where a packet a tc program let through could wait while a socket it
+belongs to goes away.  Other switches (OVS) get the fallback: the ingress of
+every other host, for packets whose source is node1.
 """
 import dataclasses
 import os
@@ -88,10 +92,33 @@ class ShapedLink(Link):
 class _Rule:
     """One NFQUEUE rule at one host's ingress and the shape its queue applies."""
     host: object
-    intf: str
-    src: str          # source address to match, or None for all
+    match: str        # iptables match: "-i IF", "-i IF -s SRC", "-m physdev --physdev-in PORT"
     shape: Shape
     queue: int = -1
+
+
+class _RootNs:
+    """The root network namespace (where Mininet's Linux bridges live),
+    with the two methods of a Mininet host that shaping uses."""
+    name = "bridge"
+    shell = True
+    QUEUE_BASE = 30000   # root-namespace queue numbers, away from anyone else's
+
+    @staticmethod
+    def cmd(command):
+        r = subprocess.run(command, shell=True, capture_output=True, text=True)
+        return r.stdout + r.stderr
+
+    @staticmethod
+    def popen(args, **kw):
+        return subprocess.Popen(args, **kw)
+
+
+BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+def _is_linux_bridge(node):
+    return _is_switch(node) and type(node).__name__ == "LinuxBridge"
 
 
 class Shaper:
@@ -111,6 +138,7 @@ class Shaper:
         self.rules = []
         self.procs = {}       # host name -> Popen of its rs-emul
         self.netem_intfs = []
+        self.bridge_nf_saved = None
 
     def add(self, link):
         self.links.append(link)
@@ -142,16 +170,29 @@ class Shaper:
             if not l.down.empty:
                 if _is_switch(n1):
                     raise ShapingError(f"link {l}: node1 must be a host for rs-emul shaping")
-                self.rules.append(_Rule(n1, l.intf1.name, None, l.down))
+                self.rules.append(_Rule(n1, f"-i {l.intf1.name}", l.down))
             if l.up.empty:
                 continue
             if not _is_switch(n2):
-                self.rules.append(_Rule(n2, l.intf2.name, None, l.up))
-                continue
-            src = n1.IP()
-            for h in net.hosts:
-                if h is not n1:
-                    self.rules.append(_Rule(h, h.defaultIntf().name, src, l.up))
+                self.rules.append(_Rule(n2, f"-i {l.intf2.name}", l.up))
+            elif _is_linux_bridge(n2) and os.path.exists(BRIDGE_NF):
+                self._bridge_netfilter_on()
+                self.rules.append(_Rule(_RootNs, f"-m physdev --physdev-in {l.intf2.name}", l.up))
+            else:
+                src = n1.IP()
+                for h in net.hosts:
+                    if h is not n1:
+                        self.rules.append(_Rule(h, f"-i {h.defaultIntf().name} -s {src}", l.up))
+
+    def _bridge_netfilter_on(self):
+        """Bridged IPv4 frames must traverse the root namespace's iptables."""
+        if self.bridge_nf_saved is not None:
+            return
+        with open(BRIDGE_NF) as f:
+            self.bridge_nf_saved = f.read().strip()
+        if self.bridge_nf_saved != "1":
+            with open(BRIDGE_NF, "w") as f:
+                f.write("1")
 
     def _start_emul(self):
         by_host = {}
@@ -160,10 +201,11 @@ class Shaper:
         os.makedirs(self.run_dir, exist_ok=True)
         for name, rules in by_host.items():
             host = rules[0].host
+            base = getattr(host, "QUEUE_BASE", 0)
             args = [self.emulator, "--seed", str(self.seed + len(self.procs))]
             for q, r in enumerate(rules):
-                r.queue = q
-                args += ["queue", str(q)] + r.shape.emul_args()
+                r.queue = base + q
+                args += ["queue", str(r.queue)] + r.shape.emul_args()
             log = open(os.path.join(self.run_dir, f"rs-emul-{name}.log"), "w")
             p = host.popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
             self.procs[name] = p
@@ -175,8 +217,7 @@ class Shaper:
             # The rest of its stdout (statistics) goes to the log from now on.
             p.log_path = log.name
             for r in rules:
-                match = f"-i {r.intf}" + (f" -s {r.src}" if r.src else "")
-                out = host.cmd(f"iptables -w -t mangle -A PREROUTING {match} "
+                out = host.cmd(f"iptables -w -t mangle -A PREROUTING {r.match} "
                                f"-j NFQUEUE --queue-num {r.queue} 2>&1; echo rc=$?")
                 if "rc=0" not in out:
                     raise ShapingError(f"iptables on {name} failed: {out.strip()}")
@@ -217,8 +258,7 @@ class Shaper:
         emulators, which release every packet they hold.  Safe to repeat."""
         for r in self.rules:
             if r.queue >= 0 and getattr(r.host, "shell", None):
-                match = f"-i {r.intf}" + (f" -s {r.src}" if r.src else "")
-                r.host.cmd(f"iptables -w -t mangle -D PREROUTING {match} "
+                r.host.cmd(f"iptables -w -t mangle -D PREROUTING {r.match} "
                            f"-j NFQUEUE --queue-num {r.queue} 2>/dev/null")
         for p in self.procs.values():
             if p.poll() is None:
@@ -237,6 +277,10 @@ class Shaper:
             if getattr(intf.node, "shell", None):
                 intf.node.cmd(f"tc qdisc del dev {intf.name} root 2>/dev/null")
         self.netem_intfs = []
+        if self.bridge_nf_saved is not None and self.bridge_nf_saved != "1":
+            with open(BRIDGE_NF, "w") as f:
+                f.write(self.bridge_nf_saved)
+        self.bridge_nf_saved = None
 
     def stats(self):
         """Per-queue statistics lines of the (stopped) emulators' logs."""
