@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <netinet/in.h>
 #include <http_parser.h>
@@ -40,15 +41,23 @@ enum app_ev_kind {
     APP_EV_DELAY,               /* --sync-delay's timer */
     APP_EV_XFER,                /* --stated socket (xfer.c) */
     APP_EV_XFER_TIMER,          /* xfer.c's timeouts and reconnects */
+    APP_EV_FRONT_SOCK,          /* --upstream: a client socket (front.c) */
+    APP_EV_FRONT_UP,            /* --upstream: that client's upstream socket */
+    APP_EV_FRONT_TIMER,         /* --upstream: that client's linger timer */
+    APP_EV_FRONT_APPLY,         /* --apply-cmd: the running command's pidfd */
+    APP_EV_FRONT_APPLY_TIMER,   /* --apply-cmd: its timeout */
 };
 
 struct app_conn;
 struct app_xfer;
+struct app_front;
+struct front_conn;
 
 /* What an epoll event's data.ptr points at. */
 struct app_ev {
     enum app_ev_kind kind;
     struct app_conn *conn;
+    struct front_conn *fc;      /* APP_EV_FRONT_SOCK/UP/TIMER */
 };
 
 /* Counters for the SIGUSR1 stats line. */
@@ -166,6 +175,7 @@ struct rs_app {
     struct app_delayed delayed[APP_DELAY_MAX];
     uint32_t n_delayed;
     struct app_xfer *xfer;      /* --stated: the state-transfer library, or NULL */
+    struct app_front *front;    /* --upstream: front mode (front.c), or NULL */
     uint64_t stats[ST_MAX];
 };
 
@@ -211,5 +221,40 @@ const char *app_token_take(struct rs_app *app, rs_txn_id id, char out[33]);
 int app_sync_delay_init(struct rs_app *app, uint64_t ns);
 /* The --sync-delay timer fired. */
 void app_sync_delay_fire(struct rs_app *app);
+
+/* ---- front.c: front mode (--upstream) ---------------------------------- */
+
+/* Front mode's configuration (main.c fills it from the options). */
+struct app_front_cfg {
+    struct rs_addr upstream;        /* where the application listens */
+    const char *strip[16];          /* response headers never forwarded (Date by default) */
+    int n_strip;
+    const char *state_dir;          /* X-Resplice-State files must be in here; APPLY blobs go here */
+    const char *apply_cmd;          /* NULL: APPLY is refused (-EOPNOTSUPP) */
+    uint64_t apply_timeout_ns;
+};
+
+/* Turns 'app' into a front for 'cfg' (copied; its strings must outlive the
+ * app).  Returns 0 or a negative errno (memory, timerfd, epoll). */
+int app_front_init(struct rs_app *app, const struct app_front_cfg *cfg);
+/* Accepts client connection 'fd' from 'peer'.  Returns 0 or a negative
+ * errno (then 'fd' is closed). */
+int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer);
+/* Handles an epoll event of kind APP_EV_FRONT_* on 'ev'. */
+void app_front_event(struct rs_app *app, struct app_ev *ev, uint32_t events);
+/* rs_app_txn_resume in front mode: releases the held response of 'id'.
+ * Returns 0 or -ENOENT. */
+int app_front_resume(struct rs_app *app, rs_txn_id id, int err);
+/* Starts applying state blob 'state' ('len' bytes) of transaction 'id'
+ * with --apply-cmd.  Returns 1 when the command runs (its end is reported
+ * with app_xfer_apply_done(app, 'cookie', status)), or a negative errno when
+ * it could not start (-EOPNOTSUPP without --apply-cmd, -EBUSY when one runs). */
+int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t len, uint64_t cookie);
+/* Frees the front connections closed during this loop turn. */
+void app_front_reap(struct rs_app *app);
+/* Appends " front_key=value ..." counters to the stats line on 'f'. */
+void app_front_stats(struct rs_app *app, FILE *f);
+/* Closes every connection, kills a running apply command, frees the front. */
+void app_front_close(struct rs_app *app);
 
 #endif /* RS_APP_APP_H */

@@ -55,6 +55,7 @@ static void stats_print(struct rs_app *app)
         printf(" %s=%" PRIu64, stat_names[i], app->stats[i]);
     printf(" counter=%" PRIu64, app->counter);
     app_xfer_stats(app, stdout);
+    app_front_stats(app, stdout);
     printf("\n");
     fflush(stdout);
 }
@@ -82,7 +83,22 @@ static void usage(FILE *f)
         "                       not acknowledged by the peer within DUR (default 500ms)\n"
         "  --help               this text\n"
         "\n"
-        "Endpoints:\n"
+        "Front mode: a numbering reverse proxy in front of a real application\n"
+        "  --upstream ADDR:PORT forward every request (keep-alive, one upstream connection\n"
+        "                       per client connection) with X-Resplice-Txn: <txn id>;\n"
+        "                       a response's X-Resplice-State: <file> (the transaction's\n"
+        "                       state, read and deleted) goes to the alternate, held for\n"
+        "                       its ACK when X-Resplice-Sync: 1; no endpoints of our own\n"
+        "  --strip-header NAME  response header never forwarded (repeatable; the first use\n"
+        "                       replaces the default, Date; 'none' forwards all):\n"
+        "                       both backends must answer byte-identically\n"
+        "  --state-dir DIR      X-Resplice-State files must be in DIR; APPLY blobs are\n"
+        "                       written there (default /tmp)\n"
+        "  --apply-cmd CMD      on the alternate, apply a state blob by running\n"
+        "                       sh -c 'CMD \"$@\"' rs-apply BLOBFILE TXNID (exit 0 = applied)\n"
+        "  --apply-timeout DUR  kill the apply command after DUR (default 10s)\n"
+        "\n"
+        "Endpoints (application mode):\n"
         "  GET|HEAD /static/SIZE[.EXT][?seed=N]  SIZE (e.g. 1M) bytes of checkable content\n"
         "  GET|HEAD /counter                     counter=<value>  (read-only)\n"
         "  POST /counter                         increment, counter=<new value>  (update)\n"
@@ -172,7 +188,7 @@ static void on_accept(struct rs_app *app)
             close(fd);
             continue;
         }
-        err = app_conn_open(app, fd, &peer);
+        err = app->front ? app_front_conn_open(app, fd, &peer) : app_conn_open(app, fd, &peer);
         if (err < 0)
             rs_log("error conn-open %s", strerror(-err));
     }
@@ -216,9 +232,15 @@ static void run(struct rs_app *app)
             case APP_EV_XFER_TIMER: app_xfer_event(app, 1, evs[i].events); break;
             case APP_EV_SOCK:
             case APP_EV_TIMER: app_conn_event(ev->conn, ev->kind, evs[i].events); break;
+            case APP_EV_FRONT_SOCK:
+            case APP_EV_FRONT_UP:
+            case APP_EV_FRONT_TIMER:
+            case APP_EV_FRONT_APPLY:
+            case APP_EV_FRONT_APPLY_TIMER: app_front_event(app, ev, evs[i].events); break;
             }
         }
         app_conn_reap(app);
+        app_front_reap(app);
     }
 }
 
@@ -234,6 +256,11 @@ int main(int argc, char **argv)
         { "sync-delay", required_argument, NULL, 'd' },
         { "stated", required_argument, NULL, 'S' },
         { "stated-timeout", required_argument, NULL, 'T' },
+        { "upstream", required_argument, NULL, 'U' },
+        { "strip-header", required_argument, NULL, 'H' },
+        { "state-dir", required_argument, NULL, 'D' },
+        { "apply-cmd", required_argument, NULL, 'A' },
+        { "apply-timeout", required_argument, NULL, 'O' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -241,6 +268,10 @@ int main(int argc, char **argv)
     const char *states[16];
     int n_states = 0, opt, err = 0;
     uint64_t sync_delay = 0, stated_timeout = XFER_TIMEOUT_NS;
+    static struct app_front_cfg front = { .strip = { "Date" }, .n_strip = 1, .state_dir = "/tmp",
+                                          .apply_timeout_ns = 10000000000ull };
+    const char *upstream_text = NULL;
+    bool strip_given = false;
 
     app.name = "app";
     app.epfd = app.lfd = app.sfd = app.delay_tfd = -1;
@@ -269,6 +300,27 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'U': upstream_text = optarg; break;
+        case 'H':
+            if (!strip_given)
+                front.n_strip = 0;      /* the first --strip-header replaces the default */
+            strip_given = true;
+            if (strcmp(optarg, "none") == 0)
+                break;
+            if (front.n_strip == (int)(sizeof(front.strip) / sizeof(front.strip[0]))) {
+                fprintf(stderr, "rs-app: too many --strip-header options\n");
+                return 2;
+            }
+            front.strip[front.n_strip++] = optarg;
+            break;
+        case 'D': front.state_dir = optarg; break;
+        case 'A': front.apply_cmd = optarg; break;
+        case 'O':
+            if (rs_parse_duration(optarg, &front.apply_timeout_ns) < 0 || front.apply_timeout_ns == 0) {
+                fprintf(stderr, "rs-app: bad --apply-timeout '%s' (e.g. 10s)\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -279,6 +331,18 @@ int main(int argc, char **argv)
     }
     if (stated_path && sync_delay) {
         fprintf(stderr, "rs-app: --stated and --sync-delay both want the state hooks\n");
+        return 2;
+    }
+    if (upstream_text && (sync_delay || n_states)) {
+        fprintf(stderr, "rs-app: --upstream serves another application: no --sync-delay or --state\n");
+        return 2;
+    }
+    if (!upstream_text && (strip_given || front.apply_cmd)) {
+        fprintf(stderr, "rs-app: --strip-header and --apply-cmd need --upstream\n");
+        return 2;
+    }
+    if (upstream_text && rs_addr_parse(upstream_text, &front.upstream) < 0) {
+        fprintf(stderr, "rs-app: bad --upstream '%s' (want IPv4ADDR:PORT)\n", upstream_text);
         return 2;
     }
     if (rs_addr_parse(listen_text, &app.laddr) < 0) {
@@ -323,6 +387,11 @@ int main(int argc, char **argv)
         err = listen_open(&app);
     if (err == 0 && sync_delay)
         err = app_sync_delay_init(&app, sync_delay);
+    if (err == 0 && upstream_text && (err = app_front_init(&app, &front)) < 0) {
+        fprintf(stderr, "rs-app: cannot set up front mode (--state-dir %s): %s\n", front.state_dir,
+                strerror(-err));
+        return 1;
+    }
     if (err == 0 && stated_path && (err = app_xfer_init(&app, stated_path, stated_timeout)) < 0) {
         fprintf(stderr, "rs-app: cannot set up --stated %s: %s\n", stated_path, strerror(-err));
         return 1;
@@ -331,8 +400,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-app: cannot listen on %s: %s\n", listen_text, strerror(-err));
         return 1;
     }
-    rs_log("start listen=%s sync_delay=%" PRIu64 "ns counter=%" PRIu64 " stated=%s", RS_A(app.laddr),
-           sync_delay, app.counter, stated_path ? stated_path : "off");
+    rs_log("start listen=%s sync_delay=%" PRIu64 "ns counter=%" PRIu64 " stated=%s upstream=%s apply_cmd=%s",
+           RS_A(app.laddr), sync_delay, app.counter, stated_path ? stated_path : "off",
+           upstream_text ? upstream_text : "off", front.apply_cmd ? "set" : "off");
     printf("listening on %s\n", RS_A(app.laddr));
     fflush(stdout);
 
@@ -342,6 +412,7 @@ int main(int argc, char **argv)
         app_conn_close(app.conns, "shutdown");
     app_conn_reap(&app);
     stats_print(&app);
+    app_front_close(&app);      /* before the library: its hooks see the ends */
     rs_log("exit");
     close(app.lfd);
     close(app.sfd);

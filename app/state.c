@@ -85,6 +85,8 @@ const char *app_token_take(struct rs_app *app, rs_txn_id id, char out[33])
 
 int rs_app_txn_resume(struct rs_app *app, rs_txn_id id, int err)
 {
+    if (app->front)
+        return app_front_resume(app, id, err);
     for (struct app_conn *c = app->conns; c; c = c->next) {
         if (!c->waiting || c->req.id != id)
             continue;

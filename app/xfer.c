@@ -56,6 +56,12 @@ struct app_xfer {
     uint64_t timeout_ns;
     uint64_t retry_ns, next_try_ns;
     uint32_t next_id;
+    uint32_t gen;               /* connections to stated so far: tells a late
+                                   apply result from the current socket's */
+    bool paused;                /* front mode: an APPLY runs; later records wait */
+    uint32_t paused_id;         /*   its record id and transaction */
+    rs_txn_id paused_txn;
+    uint32_t paused_len;
     uint8_t *in;                /* XFER_REC_MAX + XFER_LEN_FIELD bytes */
     size_t in_len;
     uint8_t out[XFER_OUT_CAP];
@@ -93,7 +99,7 @@ static void xfer_arm(struct app_xfer *x)
 
 static void xfer_set_events(struct app_xfer *x)
 {
-    uint32_t ev = EPOLLIN | (x->out_off < x->out_len ? EPOLLOUT : 0);
+    uint32_t ev = (x->paused ? 0 : EPOLLIN) | (x->out_off < x->out_len ? EPOLLOUT : 0);
     struct epoll_event e = { .events = ev, .data.ptr = &x->ev_sock };
 
     if (x->fd >= 0 && ev != x->events && epoll_ctl(x->app->epfd, EPOLL_CTL_MOD, x->fd, &e) == 0)
@@ -136,6 +142,7 @@ static void xfer_disconnect(struct app_xfer *x, const char *why)
     close(x->fd);
     x->fd = -1;
     x->in_len = x->out_off = x->out_len = 0;
+    x->paused = false;          /* a running apply's result is dropped (gen moves on) */
     x->retry_ns = XFER_RETRY_MIN_NS;
     x->next_try_ns = rs_mono_ns() + x->retry_ns;
     xfer_fail_waiters(x, -ECONNRESET);
@@ -161,6 +168,7 @@ static void xfer_connect(struct app_xfer *x)
         return;
     }
     x->fd = fd;
+    x->gen++;
     x->events = EPOLLIN;
     x->retry_ns = XFER_RETRY_MIN_NS;
     x->stats[XS_CONNECTS]++;
@@ -290,22 +298,47 @@ static bool applied_here(struct app_xfer *x, rs_txn_id id)
     return false;
 }
 
+/* Counts and logs the apply of 'txn' ('len' bytes; 'state' is logged when
+ * given) that ended with 'err', and remembers an applied one (hook_update
+ * then does not send its state back). */
+static void xfer_applied(struct app_xfer *x, rs_txn_id txn, int err, const void *state, uint32_t len)
+{
+    char ids[RS_TXN_ID_STRLEN];
+
+    if (err < 0) {
+        x->stats[XS_APPLY_ERRORS]++;
+        rs_log("state-apply %s failed: %s (%u bytes)", txn_str(txn, ids), strerror(-err), len);
+        return;
+    }
+    x->stats[XS_APPLIED]++;
+    x->applied[x->applied_next++ % XFER_APPLIED_MAX] = txn;
+    if (state)
+        rs_log("state-apply %s %.*s", txn_str(txn, ids), (int)len, (const char *)state);
+}
+
 static bool on_record(void *ctx, const struct xfer_rec *r)
 {
     struct app_xfer *x = ctx;
-    char ids[RS_TXN_ID_STRLEN];
 
     switch (r->type) {
     case XFER_APPLY: {
-        int err = rs_app_state_apply(x->app, r->txn, r->state, r->len);
+        int err;
 
-        if (err < 0) {
-            x->stats[XS_APPLY_ERRORS]++;
-            rs_log("state-apply %s failed: %s (%u bytes)", txn_str(r->txn, ids), strerror(-err), r->len);
+        if (x->app->front) {
+            /* The apply command runs asynchronously; stated wants answers in
+             * order, so the records behind this one wait (app_xfer_apply_done). */
+            err = app_front_apply(x->app, r->txn, r->state, r->len, (uint64_t)x->gen << 32 | r->id);
+            if (err > 0) {
+                x->paused = true;
+                x->paused_id = r->id;
+                x->paused_txn = r->txn;
+                x->paused_len = r->len;
+                break;
+            }
+            xfer_applied(x, r->txn, err, NULL, r->len);
         } else {
-            x->stats[XS_APPLIED]++;
-            x->applied[x->applied_next++ % XFER_APPLIED_MAX] = r->txn;
-            rs_log("state-apply %s %.*s", txn_str(r->txn, ids), (int)r->len, (const char *)r->state);
+            err = rs_app_state_apply(x->app, r->txn, r->state, r->len);
+            xfer_applied(x, r->txn, err, r->state, r->len);
         }
         xfer_done(x, r->id, err);
         break;
@@ -351,13 +384,75 @@ static bool on_record(void *ctx, const struct xfer_rec *r)
     return x->fd >= 0;
 }
 
+/* Hands the complete records in 'in' to on_record until one pauses the
+ * stream.  Returns false when the socket was closed meanwhile. */
+static bool xfer_process(struct app_xfer *x)
+{
+    size_t off = 0;
+
+    while (!x->paused) {
+        struct xfer_rec r;
+        long used = xfer_rec_decode(x->in + off, x->in_len - off, &r);
+
+        if (used == 0)
+            break;
+        if (used < 0) {
+            xfer_disconnect(x, "malformed record");
+            return false;
+        }
+        off += (size_t)used;
+        if (!on_record(x, &r))
+            return false;       /* closed: 'in' was reset */
+    }
+    memmove(x->in, x->in + off, x->in_len - off);
+    x->in_len -= off;
+    return true;
+}
+
+/* Like xfer_read (xfer.h), but stops reading while an APPLY is paused. */
 static void xfer_on_readable(struct app_xfer *x)
 {
-    int err = xfer_read(x->fd, x->in, &x->in_len, on_record, x);
+    for (;;) {
+        ssize_t n;
 
-    if (err < 0 && err != -ECANCELED)
-        xfer_disconnect(x, err == -ESHUTDOWN ? "closed by stated"
-                           : err == -EBADMSG ? "malformed record" : strerror(-err));
+        if (!xfer_process(x))
+            return;
+        if (x->paused || x->in_len == XFER_IN_CAP) {
+            xfer_set_events(x);
+            return;
+        }
+        n = recv(x->fd, x->in + x->in_len, XFER_IN_CAP - x->in_len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                xfer_disconnect(x, strerror(errno));
+            return;
+        }
+        if (n == 0) {
+            xfer_disconnect(x, "closed by stated");
+            return;
+        }
+        x->in_len += (size_t)n;
+    }
+}
+
+void app_xfer_apply_done(struct rs_app *app, uint64_t cookie, int status)
+{
+    struct app_xfer *x = app->xfer;
+
+    if (!x || !x->paused || x->fd < 0 || (uint32_t)(cookie >> 32) != x->gen ||
+        (uint32_t)cookie != x->paused_id) {
+        rs_log("state-apply result %d dropped: stated reconnected meanwhile", status);
+        return;
+    }
+    x->paused = false;
+    xfer_applied(x, x->paused_txn, status, NULL, x->paused_len);
+    xfer_done(x, x->paused_id, status);
+    if (x->fd >= 0)
+        xfer_on_readable(x);
+    if (x->fd >= 0)
+        xfer_set_events(x);
 }
 
 void app_xfer_event(struct rs_app *app, int timer, uint32_t events)
@@ -397,6 +492,10 @@ void app_xfer_event(struct rs_app *app, int timer, uint32_t events)
             xfer_disconnect(x, strerror(-err));
             return;
         }
+    }
+    if (x->paused && (events & (EPOLLHUP | EPOLLERR))) {
+        xfer_disconnect(x, "closed by stated");     /* not read while paused: no EOF seen */
+        return;
     }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR))
         xfer_on_readable(x);

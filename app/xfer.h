@@ -252,7 +252,8 @@ struct app_xfer;
 #define XFER_MAP_MAX     1024u                  /* connection maps held */
 #define XFER_MAP_TTL_NS  5000000000ull          /* unused maps expire */
 #define XFER_WAIT_MAX    4096u                  /* synchronous updates in flight */
-#define XFER_OUT_CAP     (256u * 1024)          /* unsent records to stated */
+#define XFER_OUT_CAP     (2u << 20)             /* unsent records to stated: room for
+                                                   a largest (1 MiB) state and more */
 #define XFER_APPLIED_MAX 256u                   /* transaction IDs applied from the peer */
 #define XFER_TIMEOUT_NS  500000000ull           /* default synchronous-update timeout */
 #define XFER_RETRY_MIN_NS 10000000ull           /* reconnect back-off: 10 ms .. 1 s */
@@ -273,6 +274,12 @@ void app_xfer_event(struct rs_app *app, int timer, uint32_t events);
  * and returns true (the map is used up); else leaves them and returns false. */
 bool app_xfer_map_take(struct rs_app *app, uint32_t peer_ip, uint16_t peer_port,
                        uint32_t *client_ip, uint16_t *client_port, uint16_t *next_num);
+
+/* Front mode: the apply command started for the APPLY record 'cookie'
+ * (see app_front_apply) ended with 'status' (0 or a negative errno).
+ * Answers stated's record and resumes reading the records behind it, which
+ * waited so that answers keep their order. */
+void app_xfer_apply_done(struct rs_app *app, uint64_t cookie, int status);
 
 /* Appends " xfer_key=value ..." counters to the stats line on 'f'. */
 void app_xfer_stats(struct rs_app *app, FILE *f);

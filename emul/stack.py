@@ -7,7 +7,11 @@ topologies/lan.py and the ports of docs/recovery.md:
         stack.kill_primary()
 
 'recovery=False' gives the splice alone (issue 4's setup: no logger, no
-state transfer)."""
+state transfer).  'front' puts rs-app in front mode before another
+application on each backend: a dict with "upstream" (host name -> argv of
+the application, started first, ready when it prints "listening"), "port"
+(where it listens on the backend's loopback) and optionally "args" (host
+name -> extra rs-app options, e.g. --state-dir and --apply-cmd)."""
 import os
 
 from topologies.lan import SERVERS
@@ -27,10 +31,11 @@ def binary(name):
 
 class Stack:
     def __init__(self, tb, run_dir, recovery=True, app_args=(), logger_args=(), proxy_args=(),
-                 heartbeat="10ms", dead_after="30ms"):
+                 heartbeat="10ms", dead_after="30ms", front=None):
         self.tb, self.dir, self.recovery = tb, run_dir, recovery
         self.app_args, self.logger_args, self.proxy_args = list(app_args), list(logger_args), list(proxy_args)
         self.heartbeat, self.dead_after = heartbeat, dead_after
+        self.front = front
         self.key = os.path.join(run_dir, "key.hex")
         self.vip = f"{SERVERS['proxy']}:80"
         self.d = {}
@@ -58,6 +63,11 @@ class Stack:
                 "--dead-after", self.dead_after] + self.logger_args, ready="listening")
         for host in ("primary", "alternate"):
             argv = [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host] + self.app_args
+            if self.front:
+                self.d[f"upstream-{host}"] = self.tb.start(host, f"upstream-{host}", self.front["upstream"](host),
+                                                           ready="listening")
+                argv += ["--upstream", f"127.0.0.1:{self.front['port']}"]
+                argv += list(self.front.get("args", lambda h: [])(host))
             if self.recovery:
                 argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
             self.d[f"app-{host}"] = self.tb.start(host, f"app-{host}", argv, ready="listening")
@@ -75,7 +85,8 @@ class Stack:
             return f.read()
 
     def kill_primary(self):
-        """SIGKILLs the primary's application (a process crash)."""
+        """SIGKILLs the primary's rs-app (a process crash; in front mode the
+        front, the application behind it lives on)."""
         return self.tb.kill(self.d["app-primary"])
 
     def primary_down(self):
