@@ -11,7 +11,7 @@ libbpf-dev bpftool libelf-dev zlib1g-dev
 mininet openvswitch-switch bridge-utils iptables iproute2
 iputils-ping ethtool tcpdump iperf3 procps psmisc net-tools curl
 gnuplot-nox
-roundcube roundcube-core roundcube-sqlite3 php-cgi lighttpd dovecot-imapd
+roundcube roundcube-core roundcube-sqlite3 php-cgi php-cli php-sqlite3 lighttpd dovecot-imapd
 "
 
 missing=""
