@@ -1307,11 +1307,8 @@ int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *pe
 {
     struct app_front *f = app->front;
     struct front_conn *c = calloc(1, sizeof(*c));
-    struct sockaddr_in local;
-    socklen_t sl = sizeof(local);
-    struct rs_addr pa = rs_addr_of_sin(peer), la = { 0, 0 };
+    struct rs_addr pa = rs_addr_of_sin(peer);
     struct epoll_event ev;
-    int one = 1;
 
     if (!c) {
         close(fd);
@@ -1324,16 +1321,7 @@ int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *pe
     c->ev_sock = (struct app_ev){ .kind = APP_EV_FRONT_SOCK, .fc = c };
     c->ev_up = (struct app_ev){ .kind = APP_EV_FRONT_UP, .fc = c };
     c->ev_timer = (struct app_ev){ .kind = APP_EV_FRONT_TIMER, .fc = c };
-    c->id_ip4 = pa.ip;
-    c->id_port = pa.port;
-    if (getsockname(fd, (struct sockaddr *)&local, &sl) == 0)
-        la = rs_addr_of_sin(&local);
-    snprintf(c->tuple, sizeof(c->tuple), "%s->%s", RS_A(pa), RS_A(la));
-    /* A proxy or the logger acting for a client: number as the logger does. */
-    if (app_xfer_map_take(app, pa.ip, pa.port, &c->id_ip4, &c->id_port, &c->id_base))
-        rs_log("conn-mapped %s client=%s next=%u", c->tuple,
-               RS_A(((struct rs_addr){ c->id_ip4, c->id_port })), c->id_base);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base);
     http_parser_init(&c->rq, HTTP_REQUEST);
     c->rq.data = c;
     http_parser_init(&c->rs, HTTP_RESPONSE);

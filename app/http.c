@@ -621,14 +621,33 @@ void app_conn_event(struct app_conn *c, enum app_ev_kind kind, uint32_t events)
 
 /* ---- Open and close --------------------------------------------------- */
 
+void app_conn_identity(struct rs_app *app, int fd, struct rs_addr pa, char *tuple, size_t len,
+                       uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base)
+{
+    struct sockaddr_in local;
+    socklen_t sl = sizeof(local);
+    struct rs_addr la = { 0, 0 };
+    int one = 1;
+
+    *id_ip4 = pa.ip;
+    *id_port = pa.port;
+    if (getsockname(fd, (struct sockaddr *)&local, &sl) == 0)
+        la = rs_addr_of_sin(&local);
+    snprintf(tuple, len, "%s->%s", RS_A(pa), RS_A(la));
+    /* A proxy or the logger acting for a client: name that client's
+     * transactions as the logger does. */
+    if (app_xfer_map_take(app, pa.ip, pa.port, id_ip4, id_port, id_base))
+        rs_log("conn-mapped %s client=%s next=%u", tuple, RS_A(((struct rs_addr){ *id_ip4, *id_port })),
+               *id_base);
+    /* Small responses must not wait for Nagle: latency is what we measure. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
 {
     struct app_conn *c = calloc(1, sizeof(*c));
-    struct sockaddr_in local;
-    socklen_t sl = sizeof(local);
-    struct rs_addr pa = rs_addr_of_sin(peer), la = { 0, 0 };
+    struct rs_addr pa = rs_addr_of_sin(peer);
     struct epoll_event ev;
-    int one = 1;
 
     if (!c) {
         close(fd);
@@ -639,18 +658,9 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     c->tfd = -1;
     c->ev_sock = (struct app_ev){ .kind = APP_EV_SOCK, .conn = c };
     c->ev_timer = (struct app_ev){ .kind = APP_EV_TIMER, .conn = c };
-    c->peer_ip4 = c->id_ip4 = pa.ip;
-    c->peer_port = c->id_port = pa.port;
-    if (getsockname(fd, (struct sockaddr *)&local, &sl) == 0)
-        la = rs_addr_of_sin(&local);
-    snprintf(c->tuple, sizeof(c->tuple), "%s->%s", RS_A(pa), RS_A(la));
-    /* A proxy or the logger acting for a client: name that client's
-     * transactions as the logger does. */
-    if (app_xfer_map_take(app, pa.ip, pa.port, &c->id_ip4, &c->id_port, &c->id_base))
-        rs_log("conn-mapped %s client=%s next=%u", c->tuple,
-               RS_A(((struct rs_addr){ c->id_ip4, c->id_port })), c->id_base);
-    /* Small responses must not wait for Nagle: latency is what we measure. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->peer_ip4 = pa.ip;
+    c->peer_port = pa.port;
+    app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
 
