@@ -238,6 +238,12 @@ struct app_front_cfg {
     const char *state_dir;          /* X-Resplice-State files must be in here; APPLY blobs go here */
     const char *apply_cmd;          /* NULL: APPLY is refused (-EOPNOTSUPP) */
     uint64_t apply_timeout_ns;
+    /* Fault injection (--crash-at N+B): SIGKILL ourselves before byte B of
+     * the response to transaction number N leaves (crash_num < 0: never);
+     * the response bytes held then are written to state_dir/crash-<txn>.resp
+     * so a test can compare them with what the client got. */
+    int crash_num;
+    uint64_t crash_off;
 };
 
 /* Turns 'app' into a front for 'cfg' (copied; its strings must outlive the

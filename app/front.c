@@ -6,7 +6,16 @@
  * X-Resplice-State / X-Resplice-Sync headers become a STATE_UPDATE (xfer.c),
  * per-run headers (Date) are dropped, and the rest streams to the client,
  * held while a synchronous update waits for the alternate.  On the
- * alternate, APPLY runs --apply-cmd on the state blob. */
+ * alternate, APPLY runs --apply-cmd on the state blob.
+ *
+ * A state blob is an envelope (front_blob_*): the application's state and,
+ * for a synchronous (non-deterministic) update, the complete response the
+ * client is about to get.  The update then leaves once that response is
+ * complete, still before its first byte does.  The alternate keeps such a
+ * response (front_rec) and, when the recovery applies that transaction's
+ * state because the client already holds part of its response, answers the
+ * request from it instead of running it again: re-running would draw new
+ * random values (a session id, a token) and answer differently. */
 #include "app.h"
 #include "xfer.h"
 
@@ -50,6 +59,11 @@ extern char **environ;
 #define FRONT_TURN_BYTES (1u << 20)     /* bytes one connection sends per wake-up */
 #define FRONT_TXN_HDR    "X-Resplice-Txn"   /* request header naming the transaction */
 #define FRONT_LINGER_NS  2000000000ull  /* how long a closing socket drains input */
+#define FRONT_RECS       8u             /* recorded responses kept on the alternate */
+#define FRONT_REC_TTL_NS (300ull * 1000000000ull)  /* ... and for how long */
+/* Envelope of a state blob: magic, state length, response length (u32 LE). */
+#define FRONT_BLOB_MAGIC "RSF1"
+#define FRONT_BLOB_HDR   12u
 
 /* ---- Types ------------------------------------------------------------ */
 
@@ -94,7 +108,19 @@ struct front_txn {
     bool started;               /* a response byte is queued */
     bool hooked;                /* txn_update was called: txn_end is owed */
     bool waiting;               /* synchronous update not yet acknowledged: held */
+    uint8_t *sync_state;        /* a synchronous update's state, sent with the response */
+    uint32_t sync_len;          /*   once that is complete (front_sync_send) */
+    uint8_t *rec;               /* answered from this recorded response (the alternate) */
+    uint32_t rec_len, rec_off;
     char what[80];
+};
+
+/* A response that came with a synchronous update (the alternate). */
+struct front_rec {
+    rs_txn_id id;
+    uint8_t *data;              /* NULL: free slot */
+    uint32_t len;
+    uint64_t t_ns;
 };
 
 enum front_phase { PH_IDLE, PH_HEAD, PH_BODY };
@@ -118,6 +144,7 @@ struct front_conn {
     bool rq_keep, rq_upgrade, rq_head;
     int rq_reject;
     bool rq_stop;               /* no more requests are read */
+    bool rq_discard;            /* this request is answered from a record: drop its body */
     bool peer_eof;
     char rq_what[80];
     uint32_t rq_what_len;
@@ -150,7 +177,7 @@ struct front_conn {
 enum front_stat {
     FS_CONNS, FS_REQS, FS_RESPS, FS_LOCAL, FS_STATES, FS_STATE_BYTES, FS_SYNC, FS_STATE_ERRORS,
     FS_STRIPPED, FS_BYTES_IN, FS_BYTES_OUT, FS_UP_CONNECTS, FS_UP_ERRORS, FS_APPLIES,
-    FS_APPLY_ERRORS, FS_MAX,
+    FS_APPLY_ERRORS, FS_RESP_CARRIED, FS_RESP_NOT_CARRIED, FS_RECORDED, FS_FROM_RECORD, FS_MAX,
 };
 
 static const char *const fs_names[FS_MAX] = {
@@ -161,6 +188,8 @@ static const char *const fs_names[FS_MAX] = {
     [FS_BYTES_IN] = "front_bytes_in", [FS_BYTES_OUT] = "front_bytes_out",
     [FS_UP_CONNECTS] = "front_up_connects", [FS_UP_ERRORS] = "front_up_errors",
     [FS_APPLIES] = "front_applies", [FS_APPLY_ERRORS] = "front_apply_errors",
+    [FS_RESP_CARRIED] = "front_resp_carried", [FS_RESP_NOT_CARRIED] = "front_resp_not_carried",
+    [FS_RECORDED] = "front_recorded", [FS_FROM_RECORD] = "front_from_record",
 };
 
 struct app_front {
@@ -178,6 +207,9 @@ struct app_front {
     uint32_t apply_len;
     bool apply_timed_out;
     char apply_path[PATH_MAX + 32];
+    struct front_rec recs[FRONT_RECS];
+    uint32_t rec_next;
+    bool crashed;               /* --crash-at fired (a test's fault injection) */
     uint64_t stats[FS_MAX];
 };
 
@@ -496,6 +528,9 @@ static void txn_finish(struct front_conn *c, struct front_txn *t, bool complete)
         app->stats[ST_TXN_ABORTED]++;
     if (t->hooked && app->hooks.txn_end)
         app->hooks.txn_end(app->hooks.ctx, t->id, complete);
+    free(t->sync_state);
+    free(t->rec);
+    t->sync_state = t->rec = NULL;
 }
 
 /* Ends the transactions whose last response byte has been sent. */
@@ -572,6 +607,76 @@ static uint64_t out_limit(const struct front_conn *c)
     return lim;
 }
 
+/* ---- Recorded responses (the alternate) ------------------------------- */
+
+/* Keeps the response that came with transaction 'id's synchronous state
+ * ('len' bytes, copied). */
+static void rec_keep(struct app_front *f, rs_txn_id id, const uint8_t *data, uint32_t len)
+{
+    struct front_rec *r = &f->recs[f->rec_next++ % FRONT_RECS];
+    uint8_t *copy = malloc(len);
+
+    if (!copy)
+        return;         /* a crash in its response then re-runs it */
+    free(r->data);
+    memcpy(copy, data, len);
+    *r = (struct front_rec){ id, copy, len, rs_mono_ns() };
+    f->stats[FS_RECORDED]++;
+}
+
+/* Gives 't' the recorded response of its transaction, if there is one. */
+static void rec_take(struct front_conn *c, struct front_txn *t)
+{
+    uint64_t now = rs_mono_ns();
+
+    for (uint32_t i = 0; i < FRONT_RECS; i++) {
+        struct front_rec *r = &c->f->recs[i];
+
+        if (!r->data || r->id != t->id)
+            continue;
+        if (now - r->t_ns > FRONT_REC_TTL_NS) {
+            /* Stale: the client port was reused, not a failover. */
+            free(r->data);
+            r->data = NULL;
+            continue;
+        }
+        t->rec = r->data;
+        t->rec_len = r->len;
+        r->data = NULL;
+        return;
+    }
+}
+
+/* Moves what fits of 't's recorded response to 'out'.  Returns false when
+ * nothing could move. */
+static bool rec_emit(struct front_conn *c, struct front_txn *t)
+{
+    char id[RS_TXN_ID_STRLEN];
+    uint32_t n;
+
+    compact(c->out, &c->out_off, &c->out_len);
+    n = (uint32_t)min_u64(FRONT_OUT_CAP - c->out_len, t->rec_len - t->rec_off);
+    if (n == 0 && t->rec_off < t->rec_len)
+        return false;
+    if (!t->started) {
+        t->started = true;
+        t->start = t->hold_from = c->gen_total;
+        t->status = t->rec_len > 12 ? atoi((const char *)t->rec + 9) : 0;
+        rs_log("from-record %s %s %uB", txn_str(t->id, id), c->tuple, t->rec_len);
+    }
+    out_put(c, t->rec + t->rec_off, n);
+    t->rec_off += n;
+    if (t->rec_off == t->rec_len) {
+        t->end = c->gen_total;
+        c->q_done++;
+        c->f->stats[FS_RESPS]++;
+        c->f->stats[FS_FROM_RECORD]++;
+        free(t->rec);
+        t->rec = NULL;
+    }
+    return true;
+}
+
 /* ---- Requests: client -> upstream ------------------------------------- */
 
 /* Answers the next request here with 'status' (the request was malformed):
@@ -600,10 +705,14 @@ static bool rq_head_flush(struct front_conn *c)
     int n = snprintf(line, sizeof(line), FRONT_TXN_HDR ": %s\r\n", txn_str(t->id, id));
     uint32_t need = head_out_len(&c->rqh, (size_t)n);
 
+    if (t->rec)
+        need = 0;       /* answered from its record: the application never sees it */
+    c->rq_discard = t->rec != NULL;
     compact(c->up_out, &c->uo_off, &c->uo_len);
     if (FRONT_UP_OUT_CAP - c->uo_len < need)
         return false;
-    c->uo_len += head_build(&c->rqh, line, (size_t)n, c->up_out + c->uo_len);
+    if (!t->rec)
+        c->uo_len += head_build(&c->rqh, line, (size_t)n, c->up_out + c->uo_len);
     head_reset(&c->rqh);
     http_parser_pause(&c->rq, 0);
     c->rq_skip_lf = true;
@@ -652,7 +761,7 @@ static bool rq_parse(struct front_conn *c)
                     rq_reject(c, 400, "request head not understood");
                     return true;
                 }
-                txn_push(c, 0);
+                rec_take(c, txn_push(c, 0));
                 c->n_req++;
                 c->app->stats[ST_REQS]++;
                 c->f->stats[FS_REQS]++;
@@ -673,7 +782,7 @@ static bool rq_parse(struct front_conn *c)
         }
         /* Body (and the head's final LF): verbatim to the upstream. */
         compact(c->up_out, &c->uo_off, &c->uo_len);
-        lim = min_u64(avail, FRONT_UP_OUT_CAP - c->uo_len + (c->rq_skip_lf ? 1 : 0));
+        lim = c->rq_discard ? avail : min_u64(avail, FRONT_UP_OUT_CAP - c->uo_len + (c->rq_skip_lf ? 1 : 0));
         if (lim == 0)
             return progress;
         n = http_parser_execute(&c->rq, &rq_settings, at, lim);
@@ -681,15 +790,17 @@ static bool rq_parse(struct front_conn *c)
         if (n > 0) {
             uint32_t skip = c->rq_skip_lf ? 1 : 0;
 
-            memcpy(c->up_out + c->uo_len, at + skip, n - skip);
-            c->uo_len += (uint32_t)(n - skip);
+            if (!c->rq_discard) {
+                memcpy(c->up_out + c->uo_len, at + skip, n - skip);
+                c->uo_len += (uint32_t)(n - skip);
+            }
             c->in_off += (uint32_t)n;
             c->rq_skip_lf = false;
             progress = true;
         }
         if (e == HPE_PAUSED && c->rq_msg_done) {
             http_parser_pause(&c->rq, 0);
-            c->rq_msg_done = false;
+            c->rq_msg_done = c->rq_discard = false;
             c->rq_phase = PH_IDLE;
             if (!c->rq_keep || c->rq_upgrade)
                 c->rq_stop = true;      /* Connection: close, HTTP/1.0, Upgrade */
@@ -738,6 +849,11 @@ static void up_fail(struct front_conn *c, const char *why)
 
     c->f->stats[FS_UP_ERRORS]++;
     rs_log("upstream-error %s %s: %s", c->tuple, RS_A(c->f->cfg.upstream), why);
+    if (t && t->sync_state) {   /* its response will not complete: nothing to hold for */
+        free(t->sync_state);
+        t->sync_state = NULL;
+        t->waiting = false;
+    }
     if (t && t->started) {
         up_close(c);
         front_close(c, "upstream failed mid-response");
@@ -903,6 +1019,8 @@ static void local_resp(struct front_conn *c, struct front_txn *t)
     txn_drop_after(c, c->q_done);
 }
 
+static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen, uint32_t rlen, bool sync);
+
 /* Reads the state file a response named and hands it to the hooks; sets
  * 't->waiting' when the response must wait for the alternate. */
 static void rs_state(struct front_conn *c, struct front_txn *t)
@@ -916,7 +1034,7 @@ static void rs_state(struct front_conn *c, struct front_txn *t)
     size_t dlen = strlen(f->state_real);
     ssize_t len = 0;
     struct stat st;
-    int fd = -1, r;
+    int fd = -1;
 
     if (!h->has_state) {
         if (sync)
@@ -936,9 +1054,9 @@ static void rs_state(struct front_conn *c, struct front_txn *t)
         err = strerror(errno);
     else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         err = "not a regular file";
-    else if ((uint64_t)st.st_size > RS_CTL_STATE_MAX)
+    else if ((uint64_t)st.st_size > RS_CTL_STATE_MAX - FRONT_BLOB_HDR)
         err = "larger than the state limit (1 MiB)";
-    else if ((len = read(fd, f->blob, (size_t)st.st_size)) != (ssize_t)st.st_size)
+    else if ((len = read(fd, f->blob + FRONT_BLOB_HDR, (size_t)st.st_size)) != (ssize_t)st.st_size)
         err = len < 0 ? strerror(errno) : "short read";
     if (fd >= 0)
         close(fd);
@@ -956,13 +1074,70 @@ static void rs_state(struct front_conn *c, struct front_txn *t)
         f->stats[FS_SYNC]++;
     if (!app->hooks.txn_update)
         return;
-    t->hooked = true;
-    r = app->hooks.txn_update(app->hooks.ctx, t->id, f->blob, (size_t)len, sync);
-    if (r == RS_APP_HOOK_WAIT)
+    if (sync && (t->sync_state = malloc((size_t)len + 1))) {
+        /* Held; it leaves with the complete response (front_sync_send). */
+        memcpy(t->sync_state, f->blob + FRONT_BLOB_HDR, (size_t)len);
+        t->sync_len = (uint32_t)len;
         t->waiting = true;
-    else if (r < 0)
+        return;
+    }
+    state_send(c, t, (uint32_t)len, 0, sync);
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Hands the envelope in f->blob (the state of 'slen' bytes and a response
+ * of 'rlen' bytes already after the header) to the hooks. */
+static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen, uint32_t rlen, bool sync)
+{
+    struct rs_app *app = c->app;
+    uint8_t *b = c->f->blob;
+    char id[RS_TXN_ID_STRLEN];
+    int r;
+
+    memcpy(b, FRONT_BLOB_MAGIC, 4);
+    put_le32(b + 4, slen);
+    put_le32(b + 8, rlen);
+    t->hooked = true;
+    r = app->hooks.txn_update(app->hooks.ctx, t->id, b, FRONT_BLOB_HDR + slen + rlen, sync);
+    t->waiting = r == RS_APP_HOOK_WAIT;
+    if (r < 0)
         rs_log("state-update-failed %s %s %s (the application already ran it: answered anyway)",
                txn_str(t->id, id), c->tuple, strerror(-r));
+}
+
+/* Sends the held synchronous update of 't' with its response, which is
+ * complete and not yet sent when 'with_resp'; without it (the response
+ * does not fit in 'out' or in a state message) when not: a crash in the
+ * middle of that response then re-runs the request on the alternate. */
+static void front_sync_send(struct front_conn *c, struct front_txn *t, bool with_resp)
+{
+    struct app_front *f = c->f;
+    uint64_t rlen = with_resp ? t->end - t->hold_from : 0;
+    char id[RS_TXN_ID_STRLEN];
+
+    if (FRONT_BLOB_HDR + (uint64_t)t->sync_len + rlen > RS_CTL_STATE_MAX)
+        rlen = 0;
+    if (rlen)
+        memcpy(f->blob + FRONT_BLOB_HDR + t->sync_len, c->out + c->out_off + (t->hold_from - c->sent_total),
+               (size_t)rlen);
+    else
+        rs_log("state %s %s: response not carried with the synchronous state (%s)", txn_str(t->id, id),
+               c->tuple, with_resp ? "state + response over 1 MiB" : "response larger than the hold buffer");
+    f->stats[rlen ? FS_RESP_CARRIED : FS_RESP_NOT_CARRIED]++;
+    memcpy(f->blob + FRONT_BLOB_HDR, t->sync_state, t->sync_len);
+    free(t->sync_state);
+    t->sync_state = NULL;
+    state_send(c, t, t->sync_len, (uint32_t)rlen, true);
 }
 
 /* Moves the completed response head, rewritten, to 'out'.  Returns true
@@ -999,6 +1174,8 @@ static void rs_done(struct front_conn *c, struct front_txn *t)
     t->end = c->gen_total;
     c->q_done++;
     c->f->stats[FS_RESPS]++;
+    if (t->sync_state)
+        front_sync_send(c, t, true);
     if (!c->rs_keep) {
         /* The upstream closes after this response (Connection: close, or
          * HTTP/1.0): so does the client connection.  Requests pipelined
@@ -1028,6 +1205,12 @@ static bool rs_parse(struct front_conn *c)
             local_resp(c, t);
             return true;
         }
+        if (t && t->rec) {
+            if (!rec_emit(c, t))
+                return progress;
+            progress = true;
+            continue;
+        }
         if (!t) {
             if (avail > 0) {
                 rs_log("upstream-error %s: %u response bytes nobody asked for", c->tuple, avail);
@@ -1041,8 +1224,11 @@ static bool rs_parse(struct front_conn *c)
             return progress;
         }
         if (c->rs_phase == PH_BODY && c->rsh.done) {
-            if (!rs_head_flush(c, t))
+            if (!rs_head_flush(c, t)) {
+                if (t->sync_state)
+                    front_sync_send(c, t, false);
                 return progress;
+            }
             progress = true;
         }
         if (avail == 0) {
@@ -1104,8 +1290,11 @@ static bool rs_parse(struct front_conn *c)
         }
         compact(c->out, &c->out_off, &c->out_len);
         lim = min_u64(avail, FRONT_OUT_CAP - c->out_len + (c->rs_skip_lf ? 1 : 0));
-        if (lim == 0)
+        if (lim == 0) {
+            if (t->sync_state)
+                front_sync_send(c, t, false);
             return progress;    /* 'out' full (maybe held): back-pressure on the upstream */
+        }
         n = http_parser_execute(&c->rs, &rs_settings, at, lim);
         e = HTTP_PARSER_ERRNO(&c->rs);
         if (n > 0) {
@@ -1160,11 +1349,66 @@ static bool client_read(struct front_conn *c)
     return true;
 }
 
+/* --crash-at: the output position where this connection's process dies,
+ * or UINT64_MAX. */
+static uint64_t crash_point(struct front_conn *c, struct front_txn **which)
+{
+    const struct app_front_cfg *cfg = &c->f->cfg;
+
+    if (cfg->crash_num < 0 || c->f->crashed)
+        return UINT64_MAX;
+    for (uint32_t i = 0; i < c->q_len; i++) {
+        struct front_txn *t = &c->q[(c->q_head + i) % FRONT_TXN_Q];
+        uint64_t at;
+
+        if (rs_txn_id_num(t->id) != (uint16_t)cfg->crash_num || !t->started)
+            continue;
+        at = t->hold_from + cfg->crash_off;
+        if (t->end != UINT64_MAX && at > t->end)
+            at = t->end;
+        *which = t;
+        return at;
+    }
+    return UINT64_MAX;
+}
+
+/* Dies as a crashed backend does, leaving the response bytes it holds of
+ * 't' in state_dir/crash-<txn>.resp. */
+static void crash_now(struct front_conn *c, struct front_txn *t)
+{
+    char id[RS_TXN_ID_STRLEN], path[PATH_MAX + 64];
+    uint64_t from = t->hold_from > c->sent_total ? t->hold_from : c->sent_total;
+    uint64_t to = t->end == UINT64_MAX ? c->gen_total : t->end;
+    int fd;
+
+    c->f->crashed = true;
+    snprintf(path, sizeof(path), "%s/crash-%s.resp", c->f->state_real, txn_str(t->id, id));
+    for (char *p = strrchr(path, '/'); *p; p++)
+        if (*p == ':' || *p == '#')
+            *p = '_';
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        /* The bytes already sent are gone from 'out'; the file starts at 'from'. */
+        ssize_t w = write(fd, c->out + c->out_off + (from - c->sent_total), (size_t)(to - from));
+
+        (void)w;
+        close(fd);
+    }
+    rs_log("crash-at %s %s: SIGKILL after %" PRIu64 "B of the response (offset file %s from byte %" PRIu64 ")",
+           id, c->tuple, c->sent_total - t->hold_from, path, from - t->hold_from);
+    fflush(NULL);
+    raise(SIGKILL);
+}
+
 static bool client_flush(struct front_conn *c, uint64_t *budget)
 {
-    uint64_t lim = out_limit(c);
+    struct front_txn *victim = NULL;
+    uint64_t lim = out_limit(c), crash = crash_point(c, &victim);
     bool progress = false;
 
+    if (crash <= c->sent_total)
+        crash_now(c, victim);
+    lim = min_u64(lim, crash);
     while (c->sent_total < lim && *budget > 0) {
         size_t n = (size_t)min_u64(lim - c->sent_total, *budget);
         ssize_t w = send(c->fd, c->out + c->out_off, n, MSG_NOSIGNAL);
@@ -1183,6 +1427,8 @@ static bool client_flush(struct front_conn *c, uint64_t *budget)
         c->app->stats[ST_BYTES_OUT] += (uint64_t)w;
         *budget -= (uint64_t)w;
         progress = true;
+        if (c->sent_total == crash)
+            crash_now(c, victim);
     }
     if (c->out_off == c->out_len)
         c->out_off = c->out_len = 0;
@@ -1475,6 +1721,22 @@ int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t 
         return -EOPNOTSUPP;
     if (f->apply_pid > 0)
         return -EBUSY;
+    if (len >= FRONT_BLOB_HDR && memcmp(state, FRONT_BLOB_MAGIC, 4) == 0) {
+        const uint8_t *b = state;
+        uint32_t slen = get_le32(b + 4), rlen = get_le32(b + 8);
+
+        if ((uint64_t)FRONT_BLOB_HDR + slen + rlen != len) {
+            rs_log("state-apply %s: bad envelope (%zuB, state %u, response %u)", txn_str(id, ids), len,
+                   slen, rlen);
+            return -EINVAL;
+        }
+        if (rlen)
+            rec_keep(f, id, b + FRONT_BLOB_HDR + slen, rlen);
+        if (slen == 0)
+            return 0;
+        state = b + FRONT_BLOB_HDR;
+        len = slen;
+    }
     snprintf(f->apply_path, sizeof(f->apply_path), "%s/rs-apply-XXXXXX", f->state_real);
     fd = mkostemp(f->apply_path, O_CLOEXEC);
     if (fd < 0)

@@ -97,6 +97,10 @@ static void usage(FILE *f)
         "  --apply-cmd CMD      on the alternate, apply a state blob by running\n"
         "                       sh -c 'CMD \"$@\"' rs-apply BLOBFILE TXNID (exit 0 = applied)\n"
         "  --apply-timeout DUR  kill the apply command after DUR (default 10s)\n"
+        "  --crash-at N[+B]     fault injection: SIGKILL this process before byte B\n"
+        "                       (default 0) of the response to transaction number N leaves\n"
+        "                       (first connection to get there); the bytes it held go to\n"
+        "                       --state-dir/crash-<txn>.resp\n"
         "\n"
         "Endpoints (application mode):\n"
         "  GET|HEAD /static/SIZE[.EXT][?seed=N]  SIZE (e.g. 1M) bytes of checkable content\n"
@@ -261,6 +265,7 @@ int main(int argc, char **argv)
         { "state-dir", required_argument, NULL, 'D' },
         { "apply-cmd", required_argument, NULL, 'A' },
         { "apply-timeout", required_argument, NULL, 'O' },
+        { "crash-at", required_argument, NULL, 'C' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -269,7 +274,7 @@ int main(int argc, char **argv)
     int n_states = 0, opt, err = 0;
     uint64_t sync_delay = 0, stated_timeout = XFER_TIMEOUT_NS;
     static struct app_front_cfg front = { .strip = { "Date" }, .n_strip = 1, .state_dir = "/tmp",
-                                          .apply_timeout_ns = 10000000000ull };
+                                          .apply_timeout_ns = 10000000000ull, .crash_num = -1 };
     const char *upstream_text = NULL;
     bool strip_given = false;
 
@@ -321,6 +326,25 @@ int main(int argc, char **argv)
                 return 2;
             }
             break;
+        case 'C': {
+            char *end;
+            unsigned long n = strtoul(optarg, &end, 10);
+            unsigned long long b = 0;
+
+            if (end != optarg && *end == '+') {
+                char *bend;
+
+                b = strtoull(end + 1, &bend, 10);
+                end = bend == end + 1 ? end : bend;
+            }
+            if (end == optarg || *end || n > 65535 || optarg[0] == '-') {
+                fprintf(stderr, "rs-app: bad --crash-at '%s' (want N or N+BYTES, e.g. 12+4096)\n", optarg);
+                return 2;
+            }
+            front.crash_num = (int)n;
+            front.crash_off = b;
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -337,8 +361,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-app: --upstream serves another application: no --sync-delay or --state\n");
         return 2;
     }
-    if (!upstream_text && (strip_given || front.apply_cmd)) {
-        fprintf(stderr, "rs-app: --strip-header and --apply-cmd need --upstream\n");
+    if (!upstream_text && (strip_given || front.apply_cmd || front.crash_num >= 0)) {
+        fprintf(stderr, "rs-app: --strip-header, --apply-cmd and --crash-at need --upstream\n");
         return 2;
     }
     if (upstream_text && rs_addr_parse(upstream_text, &front.upstream) < 0) {

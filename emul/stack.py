@@ -11,7 +11,9 @@ state transfer).  'front' puts rs-app in front mode before another
 application on each backend: a dict with "upstream" (host name -> argv of
 the application, started first, ready when it prints "listening"), "port"
 (where it listens on the backend's loopback) and optionally "args" (host
-name -> extra rs-app options, e.g. --state-dir and --apply-cmd)."""
+name -> extra rs-app options, e.g. --state-dir and --apply-cmd).  Instead
+of "upstream", "start" (host name -> None) starts an application made of
+several processes itself (roundcube/deploy.py's Roundcube)."""
 import os
 
 from topologies.lan import SERVERS
@@ -63,9 +65,12 @@ class Stack:
                 "--dead-after", self.dead_after] + self.logger_args, ready="listening")
         for host in ("primary", "alternate"):
             argv = [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host] + self.app_args
-            if self.front:
+            if self.front and "start" in self.front:
+                self.front["start"](host)
+            elif self.front:
                 self.d[f"upstream-{host}"] = self.tb.start(host, f"upstream-{host}", self.front["upstream"](host),
                                                            ready="listening")
+            if self.front:
                 argv += ["--upstream", f"127.0.0.1:{self.front['port']}"]
                 argv += list(self.front.get("args", lambda h: [])(host))
             if self.recovery:

@@ -744,9 +744,11 @@ static void lg_recover(struct logger *lg, struct ctl_conn *cc, const struct rs_c
         e = -ESTALE;
         goto reply;
     }
-    /* 3. Apply the buffered state of (Ts, TR). */
+    /* 3. Apply the buffered state of (Ts, TR); of (Ts, TL+1] when TL+1 is
+     * answered from its synchronously sent state (the client holds p bytes
+     * of a response only that state reproduces; then TR = TL+1). */
     m = (struct rs_ctl_msg){ .type = RS_CTL_APPLY };
-    m.u.apply = (struct rs_ctl_apply){ rq->client, plan.tr };
+    m.u.apply = (struct rs_ctl_apply){ rq->client, plan.tl1_from_sync_state ? (uint16_t)(plan.tsp + 1) : plan.tr };
     if ((e = peer_call(lg, &lg->st, &m, &reply)) || (e = reply.type == RS_CTL_ACK ? reply.u.ack.status : -EBADMSG))
         goto reply;
     t_apply = rs_now_us();

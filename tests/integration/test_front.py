@@ -383,7 +383,8 @@ class TestFront(FrontCase):
         self.assertEqual(self.client(port + 1, [["POST", "/bigstate", {}, ""]])[0]["status"], 200)
         self.assertTrue(wait_until(lambda: self.report(ALTERNATE, big) == ("none", "0"), 5),
                         self.log("front-primary")[-2000:])
-        self.assertIn(f"update {big}#0 900004B", self.log("stated-alternate"))
+        # 900004 bytes of state in the front's 12-byte envelope.
+        self.assertIn(f"update {big}#0 900016B", self.log("stated-alternate"))
 
     def test_apply_failure_is_reported(self):
         self.start_pair()
@@ -420,8 +421,11 @@ class TestFront(FrontCase):
         self.assert_clean_headers(resps[0])
         self.assertRegex(resps[0]["body"], r"^token=[0-9a-f]{32}\n$")
         # The alternate's rs-stated had the state before the response left.
-        m = re.search(rf"^(\d+\.\d+) \S+ update {re.escape(client)}#0 38B sync", self.log("stated-alternate"), re.M)
+        m = re.search(rf"^(\d+\.\d+) \S+ update {re.escape(client)}#0 (\d+)B sync", self.log("stated-alternate"),
+                      re.M)
         self.assertIsNotNone(m, self.log("stated-alternate"))
+        # The envelope carries the 38-byte state and the whole response.
+        self.assertGreater(int(m.group(2)), 12 + 38 + len(resps[0]["body"]))
         self.assertLessEqual(float(m.group(1)), resps[0]["t"])
         self.assertGreaterEqual(float(m.group(1)), t0)
         self.assertEqual(self.report(ALTERNATE, client), ("none", "0"))
@@ -481,12 +485,18 @@ class TestFrontFailover(unittest.TestCase):
                 f.write(APPLY)
         self.tb = Testbed(LanTopo(), os.path.join(self.dir, "run"))
         self.tb.__enter__()
+
+    def start_stack(self, crash_at=None):
         hd = lambda h: os.path.join(self.dir, h)  # noqa: E731
-        self.stack = Stack(self.tb, self.dir, front={
+        crash = lambda h: ["--crash-at", crash_at] if crash_at and h == "primary" else []  # noqa: E731
+        tags = os.path.join(self.dir, "tags.conf")
+        with open(tags, "w") as f:
+            f.write("* /token* update nondeterministic\n")
+        self.stack = Stack(self.tb, self.dir, logger_args=["--tags", tags], front={
             "upstream": lambda h: [sys.executable, os.path.join(self.dir, "upstream.py"), "127.0.0.1",
                                    str(UP_PORT), hd(h)],
             "port": UP_PORT,
-            "args": lambda h: ["--state-dir", hd(h), "--apply-cmd", f"sh {hd(h)}/apply.sh"],
+            "args": lambda h: ["--state-dir", hd(h), "--apply-cmd", f"sh {hd(h)}/apply.sh"] + crash(h),
         }).start()
 
     def tearDown(self):
@@ -500,6 +510,7 @@ class TestFrontFailover(unittest.TestCase):
             return f.read()
 
     def test_front_killed_mid_response(self):
+        self.start_stack()
         slow = "/slow?bytes=400000&chunk=8000&delay=0.02"
         trace = os.path.join(self.dir, "t.trace")
         with open(trace, "w") as f:
@@ -536,6 +547,42 @@ class TestFrontFailover(unittest.TestCase):
             alt = [l.split()[:2] for l in f.read().splitlines()]
         for n, m in ((2, "GET"), (3, "POST"), (4, "GET")):
             self.assertIn([f"{C1}:{port}#{n}", m], alt)
+
+    def test_nondeterministic_answered_from_record(self):
+        """The primary dies 60 bytes into the response of a synchronous
+        (non-deterministic) transaction: the alternate must answer it with
+        the primary's response, which travelled with the state, not with a
+        new token of its own."""
+        self.start_stack(crash_at="1+60")
+        trace = os.path.join(self.dir, "t.trace")
+        with open(trace, "w") as f:
+            f.write("request POST /counter\n  expect contains \"counter=1\"\n"
+                    "request GET /token\n  capture t body \"token=([0-9a-f]+)\"\n"
+                    "request POST /counter\n  expect contains \"counter=2\"\n"
+                    "request GET /counter?t=${t}\n  expect contains \"counter=2\"\n")
+        out = os.path.join(self.dir, "c.csv")
+        d = self.tb.start("c1", "client", [binary("rs-client"), "--server", self.stack.vip, "--trace", trace,
+                                           "--csv", out, "--timeout", "10s"])
+        d.popen.wait(60)
+        self.assertEqual(d.popen.returncode, 0, d.output() + self.read(d.err) + self.stack.log("proxy")[-3000:]
+                         + self.stack.log("logger")[-3000:])
+        with open(out) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual([r["result"] for r in rows], ["ok"] * 4, rows)
+        self.assertEqual(len({r["local_port"] for r in rows}), 1, "the client had to reconnect")
+        client = f"{C1}:{rows[0]['local_port']}"
+        self.assertRegex(self.stack.log("app-primary"), rf"crash-at {re.escape(client)}#1 ")
+        self.assertRegex(self.stack.log("proxy"), r"recovered id=1 ")
+        self.assertIn(f"from-record {client}#1", self.stack.log("app-alternate"))
+        # The token the client went on with is the primary's.
+        crash = os.path.join(self.dir, "primary", f"crash-{client.replace(':', '_')}_1.resp")
+        primary_token = re.search(r"token=([0-9a-f]{32})", self.read(crash)).group(1)
+        with open(os.path.join(self.dir, "alternate", "txns.log")) as f:
+            used = re.findall(r"GET /counter\?t=([0-9a-f]+)", f.read())
+        self.assertEqual(used, [primary_token])
+        # The alternate never ran /token itself.
+        with open(os.path.join(self.dir, "alternate", "txns.log")) as f:
+            self.assertNotIn("/token", f.read())
 
 
 if __name__ == "__main__":
