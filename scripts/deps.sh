@@ -10,7 +10,7 @@ libnetfilter-queue-dev libpcap-dev libnl-3-dev libnl-route-3-dev
 libbpf-dev bpftool libelf-dev zlib1g-dev
 mininet openvswitch-switch bridge-utils iptables iproute2
 iputils-ping ethtool tcpdump iperf3 procps psmisc net-tools curl
-gnuplot-nox
+gnuplot-nox haproxy keepalived
 roundcube roundcube-core roundcube-sqlite3 php-cgi php-cli php-sqlite3 lighttpd dovecot-imapd
 "
 

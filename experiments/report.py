@@ -1,0 +1,176 @@
+#!/usr/bin/python3
+"""Writes results/REPORT.md from the CSVs under results/ and the figures
+under plots/: the machine and commit, one table per study, each figure
+linked, and a note for every study with no results.  Ends with a `summary:`
+line.
+
+Tables (statistics as in experiments/common.py: type-7 percentiles; values
+printed with two decimals, "–" when there is no value):
+  LAN failover (study failover), one row per workload, action, technique
+    over all its rows: trials, ok (trials with ok=1), failover median / p95
+    (ms, over the rows with a failover_ms; n of them), errors and re-logins
+    (sums over the trials).
+  WAN failover (study wan), one row per workload and profile (with its RTT
+    and loss), one column per technique: median failover_ms (n).
+  Overhead (study overhead), one row per workload, metric, technique:
+    median, p5, p95, n.
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import group, natural_key, num, stats, technique_order  # noqa: E402
+
+DASH = "–"
+
+
+def fmt(x):
+    """A table value: two decimals, or a dash for None."""
+    return DASH if x is None else f"{x:.2f}"
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def machine_lines(all_rows):
+    seen = []
+    for r in all_rows:
+        m = r.get("machine", "")
+        if m and m not in seen:
+            seen.append(m)
+    out = []
+    for m in seen:
+        try:
+            d = json.loads(m)
+            out.append(f"{d.get('host', '?')} (nproc {d.get('nproc', '?')}, kernel {d.get('kernel', '?')})")
+        except ValueError:
+            out.append(m)
+    return out
+
+
+def lan_table(rows):
+    body = []
+    keyf = lambda kv: (natural_key(kv[0][0]), natural_key(kv[0][1]), technique_order(kv[0][2]))  # noqa: E731
+    for (wl, action, tech), rs in sorted(group(rows, "workload", "action", "technique").items(), key=keyf):
+        st = stats(num(r["failover_ms"]) for r in rs)
+        body.append([wl, action, tech, len(rs), sum(1 for r in rs if num(r["ok"]) == 1),
+                     fmt(st["median"]), fmt(st["p95"]), st["n"],
+                     int(sum(num(r["errors"]) or 0 for r in rs)),
+                     int(sum(num(r["relogins"]) or 0 for r in rs))])
+    return table(["workload", "action", "technique", "trials", "ok", "failover median (ms)",
+                  "failover p95 (ms)", "n", "errors", "re-logins"], body)
+
+
+def wan_table(rows):
+    techs = sorted({r["technique"] for r in rows}, key=technique_order)
+    body = []
+    groups = group(rows, "workload", "profile")
+    for (wl, prof), rs in sorted(groups.items(), key=lambda kv: (natural_key(kv[0][0]),
+                                                                 num(kv[1][0]["rtt_ms"]) or 0,
+                                                                 num(kv[1][0]["loss_pct"]) or 0,
+                                                                 natural_key(kv[0][1]))):
+        rtts = sorted({r["rtt_ms"] for r in rs})
+        losses = sorted({r["loss_pct"] for r in rs})
+        cells = []
+        for t in techs:
+            st = stats(num(r["failover_ms"]) for r in rs if r["technique"] == t)
+            cells.append(f"{fmt(st['median'])} ({st['n']})")
+        body.append([wl, prof, "/".join(rtts), "/".join(losses)] + cells)
+    return table(["workload", "profile", "RTT (ms)", "loss (%)"] + techs, body)
+
+
+def overhead_table(rows):
+    body = []
+    keyf = lambda kv: (natural_key(kv[0][0]), kv[0][1], technique_order(kv[0][2]))  # noqa: E731
+    for (wl, metric, tech), rs in sorted(group(rows, "workload", "metric", "technique").items(), key=keyf):
+        st = stats(num(r["value"]) for r in rs)
+        body.append([wl, metric, tech, fmt(st["median"]), fmt(st["p5"]), fmt(st["p95"]), st["n"]])
+    return table(["workload", "metric", "technique", "median", "p5", "p95", "n"], body)
+
+
+TABLES = {"failover": lan_table, "wan": wan_table, "overhead": overhead_table}
+
+
+def figures_for(plots, study):
+    """PNG files under 'plots' drawn from 'study' (see figures.py names)."""
+    if not os.path.isdir(plots):
+        return []
+    return sorted(n for n in os.listdir(plots) if n.endswith(".png") and
+                  (n.startswith(study + "-") or n.startswith(f"timeline-{study}-")))
+
+
+def shown(path):
+    """'path' relative to the repository when inside it, else absolute."""
+    p = os.path.abspath(path)
+    return os.path.relpath(p, common.ROOT) if p.startswith(common.ROOT + os.sep) else p
+
+
+def render(results, plots, out):
+    """The text of REPORT.md and a dict of counts for the summary line."""
+    per = {s: common.read_rows(results, s) for s in common.STUDIES}
+    all_rows = [r for rs in per.values() for r in rs]
+    outdir = os.path.dirname(os.path.abspath(out))
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# resplice experiments: report", "",
+             f"Generated {now} by experiments/report.py from `{shown(results)}/` "
+             "(regenerate with `make figures`).", ""]
+    machines = machine_lines(all_rows)
+    lines.append("Machine: " + ("; ".join(machines) if machines else DASH))
+    commits = sorted({r.get("commit", "") for r in all_rows if r.get("commit")})
+    lines += [f"Commit: {', '.join(commits) if commits else DASH}", ""]
+    counts = {"studies": 0, "missing": 0, "rows": len(all_rows), "figures": 0}
+    for study in common.STUDIES:
+        rows = per[study]
+        lines += [f"## {common.STUDY_TITLES[study]} (study `{study}`)", ""]
+        if not rows:
+            counts["missing"] += 1
+            lines += [f"Missing: no results for study `{study}` "
+                      f"(`{os.path.relpath(os.path.join(results, study), outdir)}/*.csv` not found); "
+                      f"run `{common.STUDY_TARGETS[study]}`.", ""]
+            continue
+        counts["studies"] += 1
+        files = common.study_files(results, study)
+        lines += [f"{len(rows)} rows from " + ", ".join(f"`{os.path.relpath(p, outdir)}`" for p in files)
+                  + ".", ""]
+        lines += TABLES[study](rows) + [""]
+        figs = figures_for(plots, study)
+        counts["figures"] += len(figs)
+        if figs:
+            lines += ["Figures:", ""]
+            for n in figs:
+                rel = os.path.relpath(os.path.join(plots, n), outdir)
+                lines += [f"- [{n}]({rel})", "", f"  ![{n}]({rel})", ""]
+        else:
+            lines += ["Figures: none drawn yet (run `make figures`).", ""]
+    return "\n".join(lines).rstrip() + "\n", counts
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default=os.environ.get("RS_RESULTS", os.path.join(common.ROOT, "results")))
+    ap.add_argument("--plots", default=os.environ.get("RS_PLOTS", os.path.join(common.ROOT, "plots")))
+    ap.add_argument("--out", help="default: RESULTS/REPORT.md")
+    a = ap.parse_args(argv)
+    out = a.out or os.path.join(a.results, "REPORT.md")
+    text, counts = render(a.results, a.plots, out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, out)
+    print(out)
+    print(common.summary(studies=counts["studies"], missing=counts["missing"], rows=counts["rows"],
+                         figures=counts["figures"], report=out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
