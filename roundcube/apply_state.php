@@ -90,8 +90,9 @@ if ($tmp === false) {
 }
 $in = fopen($snap, 'rb');
 $out = fopen($tmp, 'wb');
-if (!$in || !$out || stream_copy_to_stream($in, $out) === false || !fflush($out)
-    || (function_exists('fsync') && !fsync($out))) {
+// No fsync: the standby's copy only has to survive the primary's crash, not
+// its own (and an fsync per transaction would make the standby lag).
+if (!$in || !$out || stream_copy_to_stream($in, $out) === false || !fflush($out)) {
     @unlink($tmp);
     fail(1, "$txn: cannot copy $snap to $tmp");
 }
