@@ -43,7 +43,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
 
-.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover clean
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-roundcube figures clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -118,6 +118,16 @@ bench-emul: all
 
 bench-failover: all
 	@$(PYTHON) experiments/bench_failover.py --build $(BUILD)
+
+# Roundcube direct vs through resplice, and failover at every crash point
+# (TRIALS=, QUICK=1, MID=1: see experiments/bench_roundcube.py).
+bench-roundcube: all
+	@$(PYTHON) experiments/bench_roundcube.py --build $(BUILD)
+
+# Redraws plots/ and results/REPORT.md from results/ (no run).
+figures:
+	@$(PYTHON) experiments/figures.py
+	@$(PYTHON) experiments/report.py
 
 clean:
 	rm -rf $(BUILD)

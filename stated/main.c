@@ -828,7 +828,8 @@ static void on_state_update(struct stated *s, struct ctl_conn *cc, const struct 
     s->st.update_bytes += u->len;
     if (err == -ESTALE) {
         s->st.updates_stale++;
-        rs_log("update %s %uB stale (at or before Ts): dropped", TXN(u->txn), u->len);
+        rs_log("update %s %uB stale (at or before Ts, or the connection was recovered here): dropped",
+               TXN(u->txn), u->len);
         err = 0;
     } else if (err < 0) {
         s->st.updates_refused++;
@@ -889,6 +890,15 @@ static void on_apply(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_
 
     rs_log("apply-request client=%s upto=%u buffered=%u", RS_A(((struct rs_addr){ cl.ip4, cl.port })),
            m->u.apply.upto, c ? c->n_states : 0);
+    if (!c)
+        c = st_store_get(&s->store, cl.ip4, cl.port, rs_mono_ns());
+    if (c) {
+        int dropped = st_store_take_over(&s->store, c, m->u.apply.upto);
+
+        if (dropped)
+            rs_log("take-over client=%s from=%u dropped=%d", RS_A(((struct rs_addr){ cl.ip4, cl.port })),
+                   m->u.apply.upto, dropped);
+    }
     if (!c || !c->head || !st_num_lt(c->head->num, m->u.apply.upto)) {
         ctl_ack(s, cc, m->seq, m->type, 0);     /* nothing to apply */
         return;

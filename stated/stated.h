@@ -40,6 +40,7 @@ struct st_client {
     struct st_state *head, *tail;
     uint32_t n_states;
     uint64_t last_ns;           /* last activity, for eviction */
+    bool taken_over;            /* recovered here: the primary's states are over */
 };
 
 struct st_store {
@@ -88,6 +89,13 @@ int st_store_logged(struct st_store *st, rs_txn_id id, uint64_t now_ns);
  * before applying any. */
 int st_store_drain(struct st_store *st, struct st_client *c, bool force, uint16_t upto,
                    st_apply_fn fn, void *ctx);
+
+/* Recovery moved 'c' to this backend from transaction 'upto' on: drops the
+ * buffered states numbered 'upto' and later (this backend answers those
+ * transactions itself now; the failed primary's copies would overwrite its
+ * state once the logger logs its responses) and refuses later ones
+ * (st_store_put: -ESTALE).  Returns the number dropped. */
+int st_store_take_over(struct st_store *st, struct st_client *c, uint16_t upto);
 
 /* Transaction-number order within one connection (numbers wrap at 2^16). */
 static inline bool st_num_lt(uint16_t a, uint16_t b) { return (int16_t)(uint16_t)(a - b) < 0; }

@@ -104,7 +104,7 @@ int st_store_put(struct st_store *st, rs_txn_id id, const void *data, uint32_t l
 
     if (!c)
         return -ENOBUFS;
-    if (c->has_ts && st_num_le(num, c->ts))
+    if (c->taken_over || (c->has_ts && st_num_le(num, c->ts)))
         return -ESTALE;
     if (c->n_states >= ST_CLIENT_STATES || st->n_states >= ST_STATES_MAX ||
         st->bytes + len > ST_BYTES_MAX)
@@ -189,6 +189,31 @@ int st_store_drain(struct st_store *st, struct st_client *c, bool force, uint16_
         st->bytes -= s->len;
         c->has_ts = true;
         c->ts = s->num;
+        free(s);
+        n++;
+    }
+    return n;
+}
+
+int st_store_take_over(struct st_store *st, struct st_client *c, uint16_t upto)
+{
+    struct st_state **pp = &c->head;
+    int n = 0;
+
+    c->taken_over = true;
+    c->tail = NULL;
+    while (*pp) {
+        struct st_state *s = *pp;
+
+        if (st_num_lt(s->num, upto)) {
+            c->tail = s;
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        c->n_states--;
+        st->n_states--;
+        st->bytes -= s->len;
         free(s);
         n++;
     }

@@ -29,6 +29,7 @@ from topologies.lan import LanTopo
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRACES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "roundcube", "traces")
 ACTION2_STEPS = 17
+SEND_STEP = 12          # Action 2's send POST (the SMTP conversation and the APPEND to Sent)
 
 
 def read(path, mode="r"):
@@ -122,6 +123,14 @@ class RoundcubeFailover(unittest.TestCase):
         plog = rr.stack.log("proxy")
         self.assertRegex(plog, r"recovered id=\d+ ", why)
         self.assertNotRegex(plog, r"recover.* failed|closing", why)
+        # The logger compares every response byte the alternate sends again
+        # with the copy it logged from the primary: no difference.
+        self.assertNotIn("reason=conflict", rr.stack.log("logger"), why)
+        if trace == "action2.trace" and step == SEND_STEP and offset == 0:
+            # Re-run on the alternate: its mail conversations came from the record.
+            aux = read(self.aux.d.err)
+            for proto in ("smtp", "imap"):
+                self.assertRegex(aux, rf"replay {proto} backend=\S+ txn=\S+:{rows[0]['local_port']}#{step} ", why)
         if trace == "action2.trace":
             self.assertTrue(wait_until(lambda: self.counts() != before, 5), why)
             self.assertEqual(self.counts(), (before[0] + 1, before[1] + 1),
