@@ -9,14 +9,12 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -48,8 +46,10 @@ static const char *const stat_names[ST_MAX] = {
 };
 
 /* One machine-readable line on stdout: "stats id=NAME key=value ...". */
-static void stats_print(struct rs_app *app)
+static void stats_print(void *ctx)
 {
+    struct rs_app *app = ctx;
+
     printf("stats id=%s conns_open=%" PRIu64, app->name, app->conns_open);
     for (int i = 0; i < ST_MAX; i++)
         printf(" %s=%" PRIu64, stat_names[i], app->stats[i]);
@@ -117,15 +117,10 @@ static void usage(FILE *f)
 static int listen_open(struct rs_app *app)
 {
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_listen };
-    struct sockaddr_in sin = rs_addr_sin(app->laddr);
-    int one = 1;
 
-    app->lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    app->lfd = rs_listen_tcp(app->laddr, 1024);
     if (app->lfd < 0)
-        return -errno;
-    setsockopt(app->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(app->lfd, (struct sockaddr *)&sin, sizeof(sin)) < 0 || listen(app->lfd, 1024) < 0)
-        return -errno;
+        return app->lfd;
     app->ev_listen = (struct app_ev){ .kind = APP_EV_LISTEN };
     return epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->lfd, &ev) < 0 ? -errno : 0;
 }
@@ -133,18 +128,10 @@ static int listen_open(struct rs_app *app)
 static int signals_open(struct rs_app *app)
 {
     struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_signal };
-    sigset_t set;
 
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR1);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-        return -errno;
-    app->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    app->sfd = rs_signals_open();
     if (app->sfd < 0)
-        return -errno;
+        return app->sfd;
     app->ev_signal = (struct app_ev){ .kind = APP_EV_SIGNAL };
     return epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->sfd, &ev) < 0 ? -errno : 0;
 }
@@ -198,20 +185,6 @@ static void on_accept(struct rs_app *app)
     }
 }
 
-static void on_signal(struct rs_app *app)
-{
-    struct signalfd_siginfo si;
-
-    while (read(app->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGUSR1) {
-            stats_print(app);
-        } else {
-            rs_log("exit on signal %u", si.ssi_signo);
-            app->stop = true;
-        }
-    }
-}
-
 static void run(struct rs_app *app)
 {
     struct epoll_event evs[64];
@@ -230,7 +203,10 @@ static void run(struct rs_app *app)
 
             switch (ev->kind) {
             case APP_EV_LISTEN: on_accept(app); break;
-            case APP_EV_SIGNAL: on_signal(app); break;
+            case APP_EV_SIGNAL:
+                if (rs_signals_read(app->sfd, stats_print, app))
+                    app->stop = true;
+                break;
             case APP_EV_DELAY: app_sync_delay_fire(app); break;
             case APP_EV_XFER: app_xfer_event(app, 0, evs[i].events); break;
             case APP_EV_XFER_TIMER: app_xfer_event(app, 1, evs[i].events); break;

@@ -8,12 +8,10 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -780,6 +778,23 @@ static int server_scan(struct auxlog *a, struct aux_conv *c)
 
 /* ---- Events ------------------------------------------------------------- */
 
+/* One recv from 'fd'.  Returns the bytes read (> 0), 0 when there is
+ * nothing more for now or the peer closed (then '*eof' is set), or -errno. */
+static ssize_t conv_recv(int fd, uint8_t *buf, size_t len, bool *eof)
+{
+    for (;;) {
+        ssize_t n = recv(fd, buf, len, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return errno == EAGAIN ? 0 : -errno;
+        if (n == 0)
+            *eof = true;
+        return n;
+    }
+}
+
 static int on_client_read(struct auxlog *a, struct aux_conv *c)
 {
     uint8_t tmp[AUX_READ_CHUNK];
@@ -787,17 +802,9 @@ static int on_client_read(struct auxlog *a, struct aux_conv *c)
     for (;;) {
         if ((c->mode == AUX_REPLAY ? c->cout.len : c->uout.len) >= AUX_HIGH_WATER)
             return 0;
-        ssize_t n = recv(c->cfd, tmp, sizeof(tmp), 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return 0;
-        if (n < 0)
-            return -errno;
-        if (n == 0) {
-            c->c_eof = true;
-            return 0;
-        }
+        ssize_t n = conv_recv(c->cfd, tmp, sizeof(tmp), &c->c_eof);
+        if (n <= 0)
+            return (int)n;
         setsockopt(c->cfd, IPPROTO_TCP, TCP_QUICKACK, &(int){ 1 }, sizeof(int));
         c->bytes_c += (uint64_t)n;
         if (c->mode == AUX_RELAY || c->mode == AUX_LIVE) {
@@ -823,17 +830,9 @@ static int on_upstream_read(struct auxlog *a, struct aux_conv *c)
     for (;;) {
         if (c->cout.len >= AUX_HIGH_WATER)
             return 0;
-        ssize_t n = recv(c->ufd, tmp, sizeof(tmp), 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EAGAIN)
-            return 0;
-        if (n < 0)
-            return -errno;
-        if (n == 0) {
-            c->u_eof = true;
-            return 0;
-        }
+        ssize_t n = conv_recv(c->ufd, tmp, sizeof(tmp), &c->u_eof);
+        if (n <= 0)
+            return (int)n;
         c->bytes_s += (uint64_t)n;
         if (c->mode == AUX_RELAY) {
             if (to_client(c, tmp, (size_t)n) < 0)
@@ -995,31 +994,16 @@ static void on_accept(struct auxlog *a, struct listener *l)
 
 /* ---- Main ---------------------------------------------------------------- */
 
-static void print_stats(const struct auxlog *a)
+static void print_stats(void *ctx)
 {
+    const struct auxlog *a = ctx;
+
     printf("stats: open=%u conns=%" PRIu64 " live=%" PRIu64 " unmarked=%" PRIu64 " replayed=%" PRIu64
            " caught_up=%" PRIu64 " diverged=%" PRIu64 " records=%" PRIu64 " record_bytes=%" PRIu64
            " expired=%" PRIu64 " evicted=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64 "\n",
            a->n_convs, a->conns, a->live, a->unmarked, a->replayed, a->caught_up, a->diverged, a->n_records,
            a->record_bytes, a->expired, a->evicted, a->errors, a->refused);
     fflush(stdout);
-}
-
-/* Returns true when the daemon should exit. */
-static bool on_signal(struct auxlog *a)
-{
-    struct signalfd_siginfo si;
-
-    while (read(a->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGUSR1) {
-            print_stats(a);
-            continue;
-        }
-        rs_log("exit on signal %u", si.ssi_signo);
-        print_stats(a);
-        return true;
-    }
-    return false;
 }
 
 static void usage(FILE *f)
@@ -1057,19 +1041,11 @@ static int parse_pair(const char *text, struct rs_addr *l, struct rs_addr *u)
 static int setup(struct auxlog *a)
 {
     struct epoll_event ev = { .events = EPOLLIN };
-    sigset_t set;
 
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR1);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-        return -errno;
     if ((a->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
         return -errno;
-    if ((a->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
-        return -errno;
+    if ((a->sfd = rs_signals_open()) < 0)
+        return a->sfd;
     a->sig_ep = (struct aux_ep){ EP_SIGNAL, NULL };
     ev.data.ptr = &a->sig_ep;
     if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->sfd, &ev) < 0)
@@ -1178,8 +1154,10 @@ int main(int argc, char **argv)
                 on_accept(&a, ep->ptr);
                 break;
             case EP_SIGNAL:
-                if (on_signal(&a))
+                if (rs_signals_read(a.sfd, print_stats, &a)) {
+                    print_stats(&a);
                     return 0;
+                }
                 break;
             case EP_CLIENT:
             case EP_UPSTREAM:

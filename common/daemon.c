@@ -4,9 +4,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -133,4 +135,36 @@ int rs_ctl_key_load(const char *path, struct rs_ctl_key *key)
         j++;
     }
     return j == 2 * RS_CTL_KEY_LEN ? 0 : -EINVAL;
+}
+
+int rs_signals_open(void)
+{
+    sigset_t set;
+    int fd;
+
+    signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGUSR1);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+        return -errno;
+    fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+bool rs_signals_read(int sfd, void (*stats)(void *ctx), void *ctx)
+{
+    struct signalfd_siginfo si;
+
+    while (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGUSR1) {
+            if (stats)
+                stats(ctx);
+            continue;
+        }
+        rs_log("exit on signal %u", si.ssi_signo);
+        return true;
+    }
+    return false;
 }

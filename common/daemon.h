@@ -1,11 +1,12 @@
 /* What every resplice daemon does the same way: one-line event logs with a
- * microsecond timestamp, IPv4 address:port parsing and printing, and
- * loading the shared control-plane key.  Linked into each daemon (I/O, so
+ * microsecond timestamp, IPv4 address:port parsing and printing, loading
+ * the shared control-plane key, and signals read from a signalfd.  Linked into each daemon (I/O, so
  * not in core/). */
 #ifndef RS_DAEMON_H
 #define RS_DAEMON_H
 
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,5 +41,16 @@ int rs_listen_tcp(struct rs_addr a, int backlog);
 /* Loads a key file: 64 hex characters (surrounding white space allowed).
  * Returns 0, -errno when the file cannot be read, or -EINVAL. */
 int rs_ctl_key_load(const char *path, struct rs_ctl_key *key);
+
+/* Signals: SIGUSR1 asks for a stats line, SIGTERM and SIGINT for an exit.
+ * Blocks those three (they then arrive only through the returned fd, which
+ * the daemon adds to its epoll set) and ignores SIGPIPE (a reset peer shows
+ * as EPIPE from send).  Returns a non-blocking signalfd, or -errno. */
+int rs_signals_open(void);
+/* Reads the signals pending on 'sfd' (from rs_signals_open): each SIGUSR1
+ * calls 'stats'('ctx') when 'stats' is not NULL; SIGTERM or SIGINT logs
+ * "exit on signal N" and stops reading.  Returns true on an exit signal
+ * (what is left stays unread: the daemon ends), false when none was pending. */
+bool rs_signals_read(int sfd, void (*stats)(void *ctx), void *ctx);
 
 #endif /* RS_DAEMON_H */

@@ -104,11 +104,14 @@ def binary(name):
 # ---- mail store: dovecot + rs-smtpd -----------------------------------------
 
 class MailStore:
-    """dovecot (IMAP on 143, passwd-file users, Maildir) and rs-smtpd (SMTP
-    on 25, delivering into the same Maildirs) on 'host'."""
+    """dovecot (IMAP on 'imap_port', default 143, passwd-file users, Maildir)
+    and rs-smtpd (SMTP on 25, delivering into the same Maildirs) on 'host'.
+    Without a testbed ('tb' None) only config() is of use: it writes the one
+    dovecot configuration, which a loopback test runs itself on 'listen'."""
 
-    def __init__(self, tb, run_dir, host="mailstore", users=None):
+    def __init__(self, tb, run_dir, host="mailstore", users=None, imap_port=IMAP_PORT, listen="*"):
         self.tb, self.host_name = tb, host
+        self.imap_port, self.listen = imap_port, listen
         self.dir = os.path.abspath(os.path.join(run_dir, "mailstore"))
         self.home = os.path.join(self.dir, "home")
         self.users = dict(users or USERS)
@@ -145,7 +148,7 @@ class MailStore:
 base_dir = {base}
 state_dir = {os.path.join(self.dir, 'state')}
 protocols = imap
-listen = *
+listen = {self.listen}
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
@@ -168,7 +171,7 @@ userdb {{
 }}
 service imap-login {{
   inet_listener imap {{
-    port = {IMAP_PORT}
+    port = {self.imap_port}
   }}
   inet_listener imaps {{
     port = 0
@@ -195,8 +198,8 @@ service imap {{
         self.d["smtpd"] = self.tb.start(h, "smtpd", [
             binary("rs-smtpd"), "--listen", f"0.0.0.0:{SMTP_PORT}", "--maildirs", self.home,
             "--hostname", MAIL_DOMAIN], ready="listening")
-        if not _wait(lambda: _listening(h, IMAP_PORT) or not self.d["dovecot"].alive(), timeout):
-            raise DeployError(f"dovecot not listening on {IMAP_PORT}; see {self.d['dovecot'].err}")
+        if not _wait(lambda: _listening(h, self.imap_port) or not self.d["dovecot"].alive(), timeout):
+            raise DeployError(f"dovecot not listening on {self.imap_port}; see {self.d['dovecot'].err}")
         if not self.d["dovecot"].alive():
             raise DeployError(f"dovecot exited; see {self.d['dovecot'].err}")
         return self

@@ -10,7 +10,6 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -18,7 +17,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -494,29 +492,14 @@ static void on_accept(struct smtpd *s)
     }
 }
 
-static void print_stats(const struct smtpd *s)
+static void print_stats(void *ctx)
 {
+    const struct smtpd *s = ctx;
+
     printf("stats: conns=%u accepted=%" PRIu64 " refused=%" PRIu64 " messages=%" PRIu64
            " delivered=%" PRIu64 " rejected_rcpt=%" PRIu64 " errors=%" PRIu64 "\n",
            s->n_conns, s->accepted, s->refused, s->messages, s->delivered, s->rejected_rcpt, s->errors);
     fflush(stdout);
-}
-
-/* Returns true when the daemon should exit. */
-static bool on_signal(struct smtpd *s)
-{
-    struct signalfd_siginfo si;
-
-    while (read(s->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGUSR1) {
-            print_stats(s);
-            continue;
-        }
-        rs_log("exit on signal %u", si.ssi_signo);
-        print_stats(s);
-        return true;
-    }
-    return false;
 }
 
 /* Drops connections idle for longer than SMTPD_IDLE_S. */
@@ -536,19 +519,11 @@ static void reap_idle(struct smtpd *s)
 static int setup(struct smtpd *s)
 {
     struct epoll_event ev = { .events = EPOLLIN };
-    sigset_t set;
 
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR1);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-        return -errno;
     if ((s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
         return -errno;
-    if ((s->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0)
-        return -errno;
+    if ((s->sfd = rs_signals_open()) < 0)
+        return s->sfd;
     ev.data.ptr = &ev_signal_tag;
     if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->sfd, &ev) < 0)
         return -errno;
@@ -640,8 +615,10 @@ int main(int argc, char **argv)
             if (evs[i].data.ptr == &ev_listen_tag)
                 on_accept(&s);
             else if (evs[i].data.ptr == &ev_signal_tag) {
-                if (on_signal(&s))
+                if (rs_signals_read(s.sfd, print_stats, &s)) {
+                    print_stats(&s);
                     return 0;
+                }
             } else {
                 conn_event(&s, evs[i].data.ptr, evs[i].events);
             }

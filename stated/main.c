@@ -8,12 +8,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -1097,8 +1095,9 @@ static void on_tick(struct stated *s)
     }
 }
 
-static void stats_print(struct stated *s)
+static void stats_print(void *ctx)
 {
+    const struct stated *s = ctx;
     const struct stats *t = &s->st;
 
     printf("stats id=%u app=%d clients=%u buffered=%" PRIu64 " buffered_bytes=%" PRIu64
@@ -1116,20 +1115,6 @@ static void stats_print(struct stated *s)
            t->relay_failed, s->rel_len, s->peer_link.up, s->logger_link.up, t->heartbeats,
            t->failures_sent, t->app_connects, t->app_disconnects);
     fflush(stdout);
-}
-
-static void on_signal(struct stated *s)
-{
-    struct signalfd_siginfo si;
-
-    while (read(s->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-        if (si.ssi_signo == SIGUSR1) {
-            stats_print(s);
-        } else {
-            rs_log("exit on signal %u", si.ssi_signo);
-            s->stop = true;
-        }
-    }
 }
 
 /* ---- Set-up ------------------------------------------------------------ */
@@ -1179,21 +1164,6 @@ static int listen_unix(const char *path)
     return fd;
 }
 
-static int signals_open(struct stated *s)
-{
-    sigset_t set;
-
-    signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR1);
-    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
-        return -errno;
-    s->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-    return s->sfd < 0 ? -errno : 0;
-}
-
 static void link_init(struct link *l, const char *name, struct rs_addr a, uint32_t sender,
                       size_t out_max, enum tag_kind kind)
 {
@@ -1237,7 +1207,10 @@ static void run(struct stated *s)
                     on_link(s, t->ptr, e);
                 break;
             case T_TIMER: on_tick(s); break;
-            case T_SIGNAL: on_signal(s); break;
+            case T_SIGNAL:
+                if (rs_signals_read(s->sfd, stats_print, s))
+                    s->stop = true;
+                break;
             }
             /* An app that closed: tell the logger now, not at the next tick. */
             if (s->failure_pending && s->lib_fd < 0)
@@ -1324,7 +1297,7 @@ int main(int argc, char **argv)
     link_init(&s.logger_link, "logger", s.logger, SENDER(s.id, CH_LOGGER), LOGGER_OUT_MAX, T_LOGGER);
 
     s.epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (s.epfd < 0 || (err = signals_open(&s)) < 0) {
+    if (s.epfd < 0 || (s.sfd = rs_signals_open()) < 0) {
         fprintf(stderr, "rs-stated: cannot set up epoll/signals: %s\n", strerror(errno));
         return 1;
     }

@@ -10,7 +10,6 @@ an IMAP LOGIN/SELECT/APPEND ({N} and {N+}) re-run stores nothing new; an
 unmarked conversation is relayed and not recorded; a backend reusing a
 marker opens a new ordinal and stays live; SIGTERM ends the daemon."""
 import os
-import pwd
 import queue
 import re
 import shutil
@@ -22,12 +21,11 @@ import threading
 import time
 import unittest
 
+from roundcube.deploy import DOVECOT, USERS, MailStore
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, "build")
-DOVECOT = "/usr/sbin/dovecot"
 PRIMARY, ALTERNATE = "127.0.0.2", "127.0.0.3"
-USERS = {"alice": "alice-secret", "bob": "bob-secret"}
-MAIL_USER = "mail"
 
 
 def free_port():
@@ -242,61 +240,14 @@ class AuxlogCase(unittest.TestCase):
 
     @classmethod
     def _start(cls):
-        os.chmod(cls.dir, 0o711)
-        pw = pwd.getpwnam(MAIL_USER)
-        cls.home = os.path.join(cls.dir, "home")
-        for user in USERS:
-            for folder in ("", ".Sent"):
-                for sub in ("cur", "new", "tmp"):
-                    os.makedirs(os.path.join(cls.home, user, "Maildir", folder, sub), exist_ok=True)
-            with open(os.path.join(cls.home, user, "Maildir", "subscriptions"), "w") as f:
-                f.write("Sent\n")
-            for root, dirs, files in os.walk(os.path.join(cls.home, user)):
-                for n in dirs + files:
-                    os.chown(os.path.join(root, n), pw.pw_uid, pw.pw_gid)
-            os.chown(os.path.join(cls.home, user), pw.pw_uid, pw.pw_gid)
-        os.chmod(cls.home, 0o755)
-        passwd = os.path.join(cls.dir, "passwd")
-        with open(passwd, "w") as f:
-            f.write("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in USERS.items()))
-        os.chmod(passwd, 0o644)
+        os.chmod(cls.dir, 0o711)       # dovecot's mail processes are not root
         cls.imap_port, cls.smtp_port = free_port(), free_port()
         cls.aux_imap, cls.aux_smtp = free_port(), free_port()
-        conf = os.path.join(cls.dir, "dovecot.conf")
-        os.makedirs(os.path.join(cls.dir, "run"))
-        os.makedirs(os.path.join(cls.dir, "state"))
-        with open(conf, "w") as f:
-            f.write(f"""base_dir = {cls.dir}/run
-state_dir = {cls.dir}/state
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-log_path = {cls.dir}/dovecot.log
-mail_location = maildir:~/Maildir
-mail_fsync = never
-first_valid_uid = {pw.pw_uid}
-last_valid_uid = {pw.pw_uid}
-mail_privileged_group =
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%n {passwd}
-}}
-userdb {{
-  driver = static
-  args = uid={pw.pw_uid} gid={pw.pw_gid} home={cls.home}/%n
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {cls.imap_port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-""")
-        cls.d["dovecot"] = Daemon([DOVECOT, "-F", "-c", conf], os.path.join(cls.dir, "dovecot.err"))
+        # The one dovecot configuration (roundcube/deploy.py), run here on loopback.
+        ms = MailStore(None, cls.dir, users=USERS, imap_port=cls.imap_port, listen="127.0.0.1")
+        conf = ms.config()
+        cls.home = ms.home
+        cls.d["dovecot"] = Daemon([DOVECOT, "-F", "-c", conf], os.path.join(cls.dir, "dovecot.log"))
         cls.d["smtpd"] = Daemon([os.path.join(BUILD, "rs-smtpd"), "--listen", f"127.0.0.1:{cls.smtp_port}",
                                  "--maildirs", cls.home, "--hostname", "resplice.test"],
                                 os.path.join(cls.dir, "smtpd.log"))
