@@ -43,7 +43,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
 
-.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-roundcube figures clean
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-roundcube figures experiment-lan clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -123,6 +123,14 @@ bench-failover: all
 # (TRIALS=, QUICK=1, MID=1: see experiments/bench_roundcube.py).
 bench-roundcube: all
 	@$(PYTHON) experiments/bench_roundcube.py --build $(BUILD)
+
+# The LAN failover study: techniques x Roundcube actions x crash points
+# (TRIALS=, QUICK=1, TECHNIQUES=; see experiments/failover.py), then the
+# figures and results/REPORT.md.
+experiment-lan: all
+	@$(PYTHON) experiments/failover.py
+	@$(PYTHON) experiments/figures.py
+	@$(PYTHON) experiments/report.py
 
 # Redraws plots/ and results/REPORT.md from results/ (no run).
 figures:

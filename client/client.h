@@ -33,6 +33,8 @@ enum rs_cl_result {
     RS_CL_EOF,                  /* connection closed before the response ended */
     RS_CL_CONNECT_FAILED,       /* connect() refused or unreachable */
     RS_CL_BAD_TRACE,            /* substitution made an invalid request */
+    RS_CL_LOGIN,                /* failed, and the body has --login-marker: the
+                                 * session is gone, the user must log in again */
     RS_CL_N_RESULTS
 };
 
@@ -200,6 +202,7 @@ struct rs_cl {
     unsigned repeat, connections, max_retries;
     uint64_t timeout_ns, backoff_ns;
     bool browser, retry_post, quiet;
+    const char *login_marker;   /* --login-marker, or NULL */
     /* trace */
     struct rs_trace *trace;
     regex_t *re;                /* [step * RS_TRACE_MAX_CAPTURES + k] */

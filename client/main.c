@@ -62,13 +62,16 @@ static void usage(FILE *f)
 "                        methods) too, as browsers do after a reset\n"
 "  --retries N           retries per request with --browser (default 3)\n"
 "  --backoff DUR         first retry delay, doubling, at most 2s (default 100ms)\n"
+"  --login-marker TEXT   a response that fails its checks and contains TEXT (the\n"
+"                        application's login form) counts as 'login': the session\n"
+"                        was lost and the user must log in again\n"
 "  -D, --define NAME=VALUE  value of ${NAME} in the trace\n"
 "  --host NAME           Host header (default: the --server text)\n"
 "  --quiet               log only failures, retries and runs\n"
 "  --help                this text\n"
 "\n"
 "Results: ok bad-status bad-length bad-content missing-marker bad-capture\n"
-"bad-response reset timeout eof connect-failed bad-trace.  Without --browser a\n"
+"bad-response reset timeout eof connect-failed bad-trace login.  Without --browser a\n"
 "failed request ends its run (the next run starts on a new connection).\n"
 "Cookies are kept per run; each run starts from the -D values only.\n"
 "The last stdout line is 'summary: runs= requests= ok= errors= resets=\n"
@@ -320,7 +323,7 @@ static void raise_nofile(unsigned need)
 int main(int argc, char **argv)
 {
     enum { O_SERVER = 256, O_TRACE, O_REPEAT, O_CONNS, O_CSV, O_TIMEOUT, O_BROWSER,
-           O_RETRY_POST, O_RETRIES, O_BACKOFF, O_HOST, O_QUIET, O_HELP };
+           O_RETRY_POST, O_LOGIN_MARKER, O_RETRIES, O_BACKOFF, O_HOST, O_QUIET, O_HELP };
     static const struct option opts[] = {
         { "server", required_argument, NULL, O_SERVER },
         { "trace", required_argument, NULL, O_TRACE },
@@ -330,6 +333,7 @@ int main(int argc, char **argv)
         { "timeout", required_argument, NULL, O_TIMEOUT },
         { "browser", no_argument, NULL, O_BROWSER },
         { "retry-post", no_argument, NULL, O_RETRY_POST },
+        { "login-marker", required_argument, NULL, O_LOGIN_MARKER },
         { "retries", required_argument, NULL, O_RETRIES },
         { "backoff", required_argument, NULL, O_BACKOFF },
         { "define", required_argument, NULL, 'D' },
@@ -380,6 +384,7 @@ int main(int argc, char **argv)
             break;
         case O_BROWSER: cl.browser = true; break;
         case O_RETRY_POST: cl.retry_post = true; break;
+        case O_LOGIN_MARKER: cl.login_marker = optarg; break;
         case O_RETRIES:
             if (parse_uint(optarg, 0, 1000, &cl.max_retries)) {
                 fprintf(stderr, "rs-client: --retries wants 0..1000\n");

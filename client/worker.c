@@ -20,6 +20,7 @@ const char *rs_cl_result_str(enum rs_cl_result r)
     static const char *const names[RS_CL_N_RESULTS] = {
         [RS_CL_OK] = "ok", [RS_CL_BAD_STATUS] = "bad-status", [RS_CL_BAD_LENGTH] = "bad-length",
         [RS_CL_BAD_CONTENT] = "bad-content", [RS_CL_MISSING_MARKER] = "missing-marker",
+        [RS_CL_LOGIN] = "login",
         [RS_CL_BAD_CAPTURE] = "bad-capture", [RS_CL_BAD_RESPONSE] = "bad-response",
         [RS_CL_RESET] = "reset", [RS_CL_TIMEOUT] = "timeout", [RS_CL_EOF] = "eof",
         [RS_CL_CONNECT_FAILED] = "connect-failed", [RS_CL_BAD_TRACE] = "bad-trace",
@@ -577,6 +578,11 @@ static void complete__(struct rs_cl *cl, struct rs_cl_worker *w, bool reusable)
                   RS_CL_HEADER_TEXT);
     res = rs_cl_resp_verify(&w->resp, cl->trace, &cl->re[w->step * RS_TRACE_MAX_CAPTURES],
                             &w->vars, why, sizeof(why));
+    /* A failed check on a page that asks the user to log in: the session
+     * is gone (the baselines' forced re-login), not a wrong page. */
+    if (cl->login_marker && (res == RS_CL_BAD_STATUS || res == RS_CL_MISSING_MARKER || res == RS_CL_BAD_CAPTURE)
+        && w->resp.body_len && memmem(w->resp.body, w->resp.body_len, cl->login_marker, strlen(cl->login_marker)))
+        res = RS_CL_LOGIN;
     if (!reusable || !w->resp.keep_alive || w->req_off < w->req_len)
         close_conn__(w);
     finish_step__(cl, w, res, why);

@@ -484,6 +484,23 @@ class AuxLog:
             self.tb.stop(self.d)
 
 
+def warm_up(tb, run_dir, hosts):
+    """Runs Action 2 without its send on each of 'hosts' against its own
+    lighttpd (no front: nothing is numbered or replicated), so PHP's opcache
+    holds Roundcube's code: a standby that never served would compile it
+    during the failover."""
+    with open(os.path.join(ROOT, "roundcube", "traces", "action2.trace")) as f:
+        blocks = re.split(r"\n(?=request )", f.read())
+    trace = os.path.join(run_dir, "warmup.trace")
+    with open(trace, "w") as f:
+        f.write("\n".join(b for b in blocks if "_unlock=sending" not in b.split("\n", 1)[0]))
+    for h in hosts:
+        d = tb.start(h, f"warmup-{h}", [binary("rs-client"), "--server", f"127.0.0.1:{UPSTREAM_PORT}",
+                                        "--trace", trace, "--quiet", "--timeout", "10s"])
+        if d.popen.wait(60) != 0:
+            raise DeployError(f"warm-up of {h} failed; see {d.err}")
+
+
 class ResplicedRoundcube:
     """The whole paper's setup (seed §6): the mail store and rs-auxlog, and
     Roundcube on the primary and the alternate, each behind an rs-app front,
@@ -498,9 +515,9 @@ class ResplicedRoundcube:
     unless given here).  Both backends are warmed up first (warm())."""
 
     def __init__(self, tb, run_dir, crash_at=None, auxlog=True, dead_after="30ms", mailstore=None, aux=None,
-                 warm_up=True):
+                 warm=True):
         from emul.stack import Stack
-        self.tb, self.dir, self.crash_at, self.warm_up = tb, os.path.abspath(run_dir), crash_at, warm_up
+        self.tb, self.dir, self.crash_at, self.warm_first = tb, os.path.abspath(run_dir), crash_at, warm
         self.ms = mailstore or MailStore(tb, run_dir)
         self.aux = aux if aux is not None else (AuxLog(tb, run_dir) if auxlog else None)
         self._own = [x for x, given in ((self.ms, mailstore), (self.aux, aux)) if x and not given]
@@ -536,25 +553,12 @@ class ResplicedRoundcube:
                     os.unlink(os.path.join(rc.state_dir, f))
         os.makedirs(os.path.join(self.dir, "streams"), exist_ok=True)
         self.stack.start()
-        if self.warm_up:
+        if self.warm_first:
             self.warm()
         return self
 
     def warm(self):
-        """Runs Action 2 without its send on each backend's lighttpd directly
-        (no front: nothing is numbered or replicated), so PHP's opcache holds
-        Roundcube's code: a standby that never served would compile it
-        during the failover."""
-        with open(os.path.join(ROOT, "roundcube", "traces", "action2.trace")) as f:
-            blocks = re.split(r"\n(?=request )", f.read())
-        trace = os.path.join(self.dir, "warmup.trace")
-        with open(trace, "w") as f:
-            f.write("\n".join(b for b in blocks if "_unlock=sending" not in b.split("\n", 1)[0]))
-        for h in self.rc:
-            d = self.tb.start(h, f"warmup-{h}", [binary("rs-client"), "--server", f"127.0.0.1:{UPSTREAM_PORT}",
-                                                 "--trace", trace, "--quiet", "--timeout", "10s"])
-            if d.popen.wait(60) != 0:
-                raise DeployError(f"warm-up of {h} failed; see {d.err}")
+        warm_up(self.tb, self.dir, self.rc)
 
     def front(self, host="primary"):
         return self.stack.d[f"app-{host}"]

@@ -400,6 +400,21 @@ class TestVerification(ClientCase):
                                  [want] if want != "ok" else ["ok", "ok"], err)
                 self.assertEqual(rc, 0 if want == "ok" else 1)
 
+    def test_login_marker_names_a_lost_session(self):
+        """A failed check on a page carrying the login form is 'login' (the
+        session is gone); the same failure without the form stays what it is."""
+        srv = self.serve(serve_bytes(lambda t: b'<form id="login-form">' if t == "/lost" else b"inbox"))
+        for target, want in (("/lost", "login"), ("/other", "missing-marker")):
+            with self.subTest(target=target):
+                rc, rows, _, err, _ = self.client(f'request GET {target}\n expect contains "inbox of alice"\n',
+                                                  srv.port, "--login-marker", 'id="login-form"')
+                self.assertEqual([r["result"] for r in rows], [want], err)
+                self.assertEqual(rc, 1)
+        # A response that passes its checks is ok even with the form in it.
+        rc, rows, _, err, _ = self.client('request GET /lost\n expect contains "login-form"\n', srv.port,
+                                          "--login-marker", 'id="login-form"')
+        self.assertEqual([r["result"] for r in rows], ["ok"], err)
+
     def test_malformed_response(self):
         def handler(srv, conn, req):
             conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")

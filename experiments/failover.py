@@ -1,0 +1,218 @@
+"""The LAN failover study (make experiment-lan): each technique of
+experiments/techniques.py x Roundcube action x crash point x trial, one row
+per trial in results/failover/roundcube.csv (experiments/common.py's
+failover schema).
+
+Crash points (the primary's front dies before byte B of request N's
+response, rs-app --crash-at N+B; then lighttpd and php-cgi):
+  action1 static-mid   the middle of Action 1's largest static file
+  action2 login-mid    inside the login response (a new session: non-deterministic)
+  action2 mailbox-mid  the middle of the mailbox page after login
+  action2 send         the send request ran (mail sent), no response byte left
+  action2 compose-mid  the middle of the compose page
+Per trial: ok (the action completed, every check passed, the message
+delivered exactly once), errors (failed attempts the client saw, retries
+included, plus duplicate deliveries), relogins (the session was gone: the
+login form came instead of a logged-in page, rs-client's "login" result), failover_ms (how much longer
+the crashed request took than its crash-free median with the same
+technique; blank when the action failed), detect_ms / recover_ms (resplice:
+crash -> proxy hold -> re-spliced; blank for the others).
+
+TRIALS= (default 5), QUICK=1 (1 trial, two crash points, four techniques),
+TECHNIQUES=a,b,... to choose.  Ends with a summary: line (median failover
+per technique over all crash points)."""
+import argparse
+import csv
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from emul.stack import binary  # noqa: E402
+from emul.testbed import Testbed  # noqa: E402
+from experiments import common  # noqa: E402
+from experiments.techniques import TECHNIQUES  # noqa: E402
+from roundcube.deploy import AuxLog, MailStore, count_messages  # noqa: E402
+from topologies.lan import LanTopo  # noqa: E402
+
+TRACES = os.path.join(common.ROOT, "roundcube", "traces")
+ACTIONS = {"action1": "action1.trace", "action2": "action2.trace"}
+# name -> (action, request, offset: bytes, or "mid" = half the crash-free body)
+POINTS = {
+    "static-mid": ("action1", "largest", "mid"),
+    "login-mid": ("action2", 1, 40),
+    "mailbox-mid": ("action2", 2, "mid"),
+    "send": ("action2", 12, 0),
+    "compose-mid": ("action2", 8, "mid"),
+}
+QUICK_POINTS = ("mailbox-mid", "send")
+QUICK_TECHNIQUES = ("none", "browser", "haproxy-tuned", "resplice")
+LOGIN_FORM = 'id="login-form"'     # rs-client --login-marker: the session was lost
+TS = re.compile(r"^(\d+\.\d+) ")
+
+
+def ts_of(log, pattern):
+    for line in log.splitlines():
+        if re.search(pattern, line):
+            m = TS.match(line)
+            return float(m.group(1)) if m else None
+    return None
+
+
+def run_ms(rows):
+    """Wall time of one run (its rs-client CSV rows), first request sent to
+    last response byte, in ms."""
+    return (max(int(r["end_us"]) for r in rows) - min(int(r["start_us"]) for r in rows)) / 1000
+
+
+def steps_of(rows):
+    """[(result, ms, retries)] per step of one run, in step order."""
+    rows = sorted(rows, key=lambda r: int(r["step"]))
+    return [(r["result"], (int(r["end_us"]) - int(r["start_us"])) / 1000, int(r["retries"] or 0)) for r in rows]
+
+
+class Study:
+    def __init__(self, tb, run_dir, writer, progress):
+        self.tb, self.dir, self.w, self.progress = tb, run_dir, writer, progress
+        self.ms = MailStore(tb, run_dir).start()
+        self.aux = AuxLog(tb, run_dir).start()
+        self.n = 0
+
+    def counts(self):
+        return count_messages(self.dir, "bob", "INBOX"), count_messages(self.dir, "alice", "Sent")
+
+    def client(self, tech, action, runs=1):
+        self.n += 1
+        out = os.path.join(self.dir, f"c{self.n}.csv")
+        d = self.tb.start("c1", f"client-{self.n}", [
+            binary("rs-client"), "--server", tech.server(), "--trace", os.path.join(TRACES, ACTIONS[action]),
+            "--csv", out, "--timeout", "10s", "--repeat", str(runs), "--quiet", "--login-marker", LOGIN_FORM]
+            + tech.client_args())
+        d.popen.wait(300)
+        if not os.path.exists(out):
+            return []
+        with open(out) as f:
+            return list(csv.DictReader(f))
+
+    def baseline(self, tech, runs=3, row=None):
+        """Crash-free runs of each action: {action: (per-step median ms, body
+        sizes, [action ms per run])}.  'row(action, run, ok, ms)', when
+        given, records each run."""
+        t = tech.start(None)
+        base = {}
+        try:
+            for action in ACTIONS:
+                self.client(t, action)                  # warm-up
+                by_run = {}
+                for r in self.client(t, action, runs):
+                    by_run.setdefault(int(r["run"]), []).append(r)
+                per, totals = [], []
+                for k in sorted(by_run):
+                    per.append(steps_of(by_run[k]))
+                    totals.append(run_ms(by_run[k]))
+                    if row:
+                        row(action, k, all(r["result"] == "ok" for r in by_run[k]), totals[-1])
+                sizes = [int(r["bytes"]) for r in sorted(by_run[min(by_run)], key=lambda r: int(r["step"]))]
+                base[action] = ([common.median([p[i][1] for p in per if len(p) > i]) for i in range(len(sizes))],
+                                sizes, totals)
+        finally:
+            t.stop()
+        return base
+
+    def trial(self, tech, action, point, step, offset, trial, base):
+        """One crash trial: 'tech' crashes at byte 'offset' of request
+        'step' of 'action'; 'base' is baseline()'s.  Writes its row; returns
+        (ok, failover ms or None)."""
+        before = self.counts()
+        t = tech.start(f"{step}+{offset}")
+        crashed = {}
+        w = threading.Thread(target=lambda: crashed.update(t=t.crash()), daemon=True)
+        w.start()
+        rows = self.client(t, action)
+        w.join(60)
+        time.sleep(0.2)
+        st = steps_of(rows)
+        ok = bool(st) and len(st) == len(base[action][0]) and all(r == "ok" for r, _, _ in st)
+        dup = 0
+        if action == "action2":
+            got = self.counts()
+            dup = max(0, (got[0] - before[0]) - 1) + max(0, (got[1] - before[1]) - 1)
+            ok = ok and got == (before[0] + 1, before[1] + 1)
+        errors = sum(rt for _, _, rt in st) + sum(1 for r, _, _ in st if r != "ok") + dup
+        relogin = int(any(r == "login" for r, _, _ in st))
+        failover = st[step][1] - base[action][0][step] if ok and len(st) > step else None
+        detect = recover = None
+        if tech.name == "resplice":
+            plog, flog = t.rr.stack.log("proxy"), t.rr.stack.log("app-primary")
+            tc, th = ts_of(flog, r"crash-at "), ts_of(plog, r"step=hold")
+            m = re.search(r"recovered id=\d+ .*total_us=(\d+)", plog)
+            detect = (th - tc) * 1000 if tc and th else None
+            recover = int(m.group(1)) / 1000 if m else None
+        t.stop()
+        self.w.write(workload="roundcube", action=action, technique=tech.name, crash_point=point, trial=trial,
+                     seed=trial, ok=int(ok), failover_ms=failover,
+                     action_ms=sum(ms for _, ms, _ in st) if st else None, errors=errors, relogins=relogin,
+                     detect_ms=detect, recover_ms=recover, profile="lan", rtt_ms=0, loss_pct=0,
+                     config={**tech.config(), "crash_at": f"{step}+{offset}", "request": step,
+                             "client": tech.client_args()})
+        return ok, failover
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--results", default=os.path.join(common.ROOT, "results"))
+    a = ap.parse_args()
+    quick = common.quick()
+    trials = common.trials(5, quick_default=1)
+    names = os.environ.get("TECHNIQUES")
+    techs = names.split(",") if names else list(QUICK_TECHNIQUES if quick else TECHNIQUES)
+    for n in techs:
+        if n not in TECHNIQUES:
+            sys.exit(f"failover: unknown technique {n!r} (known: {', '.join(TECHNIQUES)})")
+    points = list(QUICK_POINTS if quick else POINTS)
+    out_dir = os.path.join(a.results, "failover")
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, "roundcube.csv")
+    if os.path.exists(out):
+        os.unlink(out)
+    tmp = tempfile.mkdtemp(prefix="rs-failover-")
+    os.chmod(tmp, 0o755)        # dovecot's mail processes are not root
+    run_dir = os.path.join(tmp, "run")
+    progress = common.Progress(len(techs) * (1 + len(points) * trials))
+    by_tech = {}
+    with Testbed(LanTopo(), run_dir) as tb, common.RowWriter(out, "failover", config={"trials": trials}) as w:
+        s = Study(tb, run_dir, w, progress)
+        for name in techs:
+            tech = TECHNIQUES[name](tb, run_dir, s.ms, s.aux)
+            progress.step(f"{name} crash-free baseline")
+            base = s.baseline(tech)
+            for point in points:
+                action, step, off = POINTS[point]
+                sizes = base[action][1]
+                if step == "largest":
+                    step = max(range(1, len(sizes)), key=lambda i: sizes[i])
+                offset = max(sizes[step] // 2, 40) if off == "mid" else off
+                for trial in range(trials):
+                    progress.step(f"{name} {action} crash={point} trial {trial}")
+                    ok, f = s.trial(tech, action, point, step, offset, trial, base)
+                    by_tech.setdefault(name, []).append(f)
+    print()
+    for name in techs:
+        v = [x for x in by_tech.get(name, []) if x is not None]
+        n = len(by_tech.get(name, []))
+        med = f"{common.median(v):.1f} ms" if v else "-"
+        print(f"{name:15s} completed {len(v)}/{n}  median failover {med}")
+    print(common.summary(study="failover", trials=trials, points=len(points),
+                         **{f"{n.replace('-', '_')}_ms": (round(common.median([x for x in by_tech[n] if x is not None]), 2)
+                                                         if any(x is not None for x in by_tech.get(n, [])) else "none")
+                            for n in techs},
+                         **{f"{n.replace('-', '_')}_ok": sum(1 for x in by_tech.get(n, []) if x is not None)
+                            for n in techs}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The fault-tolerance techniques the studies compare, each deployed on the
+LAN testbed in front of the Roundcube workload as an operator would, with
+the same crash injection: every backend runs lighttpd + php-cgi behind an
+rs-app front (rs-app --upstream) whose --crash-at kills it at a chosen
+response byte; crash() then kills lighttpd and php-cgi (a process crash of
+the whole backend).
+
+    t = TECHNIQUES["haproxy"](tb, run_dir, mailstore)
+    t.start(crash_at="12+0")        # one trial
+    rs-client --server t.server() + t.client_args() ...
+    t.crash(); ...; t.stop()
+
+Techniques (experiments/common.py's names):
+  none            one backend, the client talks to it directly, no retry
+  browser         rs-client --browser (reload on a reset, POST included)
+                  through a plain round-robin proxy (HAProxy mode tcp, no
+                  checks); each backend its own session database: the
+                  alternate does not know the user
+  browser-shared  the same with one session database for both backends
+  haproxy         HAProxy mode http, health checks, option redispatch,
+                  retries 3, retry-on all-retryable-errors, default timers
+                  (inter 2s fall 3), active/backup, shared session database,
+                  the browser-like client in front of it
+  haproxy-tuned   the same with inter 100ms fall 2
+  resplice        roundcube/deploy.py's ResplicedRoundcube
+VRRP (keepalived) is not deployed yet (experiments/baselines.py has its
+configuration)."""
+import os
+import time
+
+from emul.stack import binary
+from experiments import baselines
+from roundcube.deploy import (UPSTREAM_PORT, DeployError, ResplicedRoundcube, Roundcube, init_db, warm_up,
+                              MAILSTORE_IP)
+from topologies.lan import SERVERS
+
+FRONT_PORT = 8080
+VIP = f"{SERVERS['proxy']}:80"
+# HAProxy's health check: a static file through the front (no PHP session
+# is made per check).
+CHECK_PATH = "/skins/elastic/images/favicon.ico"
+
+
+class Backends:
+    """Roundcube behind a crash-injecting front on 'hosts'."""
+
+    def __init__(self, tb, run_dir, hosts, shared_db=False, crash_host="primary"):
+        self.tb, self.dir, self.hosts, self.crash_host = tb, run_dir, hosts, crash_host
+        extra = {}
+        self.shared = os.path.join(os.path.abspath(run_dir), "shared-roundcube.db") if shared_db else None
+        if self.shared:
+            extra["db_dsnw"] = f"sqlite:///{self.shared}?mode=0640"
+        self.rc = {h: Roundcube(tb, run_dir, h, mailstore_ip=MAILSTORE_IP, port=UPSTREAM_PORT, bind="127.0.0.1",
+                                extra_config=extra) for h in hosts}
+        self.front = {}
+
+    def start(self, crash_at):
+        if self.shared:
+            for f in (self.shared,):
+                if os.path.exists(f):
+                    os.unlink(f)
+            init_db(self.shared)
+        for h, rc in self.rc.items():
+            if os.path.exists(rc.db):
+                os.unlink(rc.db)
+            rc.start()
+            argv = [binary("rs-app"), "--listen", f"0.0.0.0:{FRONT_PORT}", "--id", h,
+                    "--upstream", f"127.0.0.1:{UPSTREAM_PORT}", "--state-dir", rc.state_dir]
+            if crash_at and h == self.crash_host:
+                argv += ["--crash-at", str(crash_at)]
+            self.front[h] = self.tb.start(h, f"front-{h}", argv, ready="listening")
+        # Warm PHP's opcache on every backend (as ResplicedRoundcube does).
+        warm_up(self.tb, self.dir, self.rc)
+
+    def addr(self, host):
+        return f"{self.tb[host].IP()}:{FRONT_PORT}"
+
+    def crash(self, timeout=60):
+        d = self.front[self.crash_host]
+        try:
+            d.popen.wait(timeout)
+        except Exception:
+            return None
+        t = time.monotonic()
+        self.rc[self.crash_host].crash()
+        return t
+
+    def stop(self):
+        for d in self.front.values():
+            if d.alive():
+                self.tb.stop(d)
+        self.front.clear()
+        for rc in self.rc.values():
+            rc.stop()
+            rc.d.clear()
+
+
+class Technique:
+    name = "?"
+    browser = True      # the client reloads on errors, like a browser
+
+    def __init__(self, tb, run_dir, mailstore, aux=None):
+        self.tb, self.dir, self.ms, self.aux = tb, run_dir, mailstore, aux
+
+    def client_args(self):
+        return ["--browser", "--retry-post"] if self.browser else []
+
+    def config(self):
+        return baselines.config_record(self.name)
+
+
+class Direct(Technique):
+    name, browser = "none", False
+
+    def start(self, crash_at):
+        self.b = Backends(self.tb, self.dir, ["primary"])
+        self.b.start(crash_at)
+        return self
+
+    def server(self):
+        return self.b.addr("primary")
+
+    def crash(self):
+        return self.b.crash()
+
+    def stop(self):
+        self.b.stop()
+
+
+class HAProxied(Technique):
+    """Two backends behind HAProxy on the proxy host."""
+    shared, timers = True, "default"
+
+    def cfg(self, servers):
+        return baselines.haproxy_cfg(SERVERS["proxy"], servers, timers=self.timers, check_path=CHECK_PATH)
+
+    def start(self, crash_at):
+        self.b = Backends(self.tb, self.dir, ["primary", "alternate"], shared_db=self.shared)
+        self.b.start(crash_at)
+        path = os.path.join(self.dir, f"haproxy-{self.name}.cfg")
+        with open(path, "w") as f:
+            f.write(self.cfg([("primary", self.b.addr("primary")), ("alternate", self.b.addr("alternate"))]))
+        self.hp = self.tb.start("proxy", f"haproxy-{self.name}", ["haproxy", "-db", "-f", path])
+        if not _wait_listening(self.tb["proxy"], 80, 10) or not self.hp.alive():
+            raise DeployError(f"haproxy did not start; see {self.hp.err}")
+        time.sleep(0.3)             # its first health checks
+        return self
+
+    def server(self):
+        return VIP
+
+    def crash(self):
+        return self.b.crash()
+
+    def stop(self):
+        if self.hp.alive():
+            self.tb.stop(self.hp)
+        self.b.stop()
+
+
+class HAProxyDefault(HAProxied):
+    name, timers = "haproxy", "default"
+
+
+class HAProxyTuned(HAProxied):
+    name, timers = "haproxy-tuned", "tuned"
+
+
+class BrowserRetry(HAProxied):
+    name, shared = "browser", False
+
+    def cfg(self, servers):
+        return baselines.plain_proxy_cfg(SERVERS["proxy"], servers, mode="tcp")
+
+
+class BrowserRetryShared(BrowserRetry):
+    name, shared = "browser-shared", True
+
+
+class Resplice(Technique):
+    name, browser = "resplice", False
+
+    def start(self, crash_at):
+        self.rr = ResplicedRoundcube(self.tb, self.dir, crash_at=crash_at, mailstore=self.ms, aux=self.aux).start()
+        return self
+
+    def server(self):
+        return self.rr.vip
+
+    def crash(self):
+        return self.rr.crash(60)
+
+    def stop(self):
+        self.rr.stop()
+
+
+def _wait_listening(host, port, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if f":{port}" in host.cmd(f"ss -Hltn 'sport = :{port}'"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+TECHNIQUES = {t.name: t for t in (Direct, BrowserRetry, BrowserRetryShared, HAProxyDefault, HAProxyTuned, Resplice)}

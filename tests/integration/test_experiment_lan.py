@@ -1,0 +1,91 @@
+"""make experiment-lan's pieces end to end, QUICK: the failover driver on the
+testbed with the single backend and resplice (two crash points, one trial
+each), then figures.py and report.py on what it wrote.  Asserts on content
+(rows, columns, outcomes, the report's numbers against the CSV), never on
+timing."""
+import csv
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+from emul.testbed import leftovers
+from experiments import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = "/usr/bin/python3"
+
+
+class ExperimentLan(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        assert leftovers() == [], leftovers()
+        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-exp-lan-")
+        cls.results = os.path.join(cls.tmp.name, "results")
+        cls.plots = os.path.join(cls.tmp.name, "plots")
+        env = dict(os.environ, QUICK="1", TECHNIQUES="none,resplice")
+        cls.drv = subprocess.run([PY, os.path.join(ROOT, "experiments", "failover.py"), "--results", cls.results],
+                                 env=env, capture_output=True, text=True, timeout=900)
+        cls.fig = subprocess.run([PY, os.path.join(ROOT, "experiments", "figures.py"), "--results", cls.results,
+                                  "--plots", cls.plots], capture_output=True, text=True, timeout=300)
+        cls.rep = subprocess.run([PY, os.path.join(ROOT, "experiments", "report.py"), "--results", cls.results,
+                                  "--plots", cls.plots], capture_output=True, text=True, timeout=300)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+        assert leftovers() == [], leftovers()
+
+    def rows(self):
+        with open(os.path.join(self.results, "failover", "roundcube.csv")) as f:
+            return list(csv.DictReader(f))
+
+    def test_driver(self):
+        self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
+        rows = self.rows()
+        self.assertEqual(list(rows[0].keys()), list(common.FAILOVER_COLUMNS))
+        # 2 techniques x 2 crash points x 1 trial.
+        self.assertEqual(sorted((r["technique"], r["crash_point"]) for r in rows),
+                         [("none", "mailbox-mid"), ("none", "send"), ("resplice", "mailbox-mid"), ("resplice", "send")])
+        for r in rows:
+            self.assertEqual(r["study"], "failover")
+            self.assertEqual(r["workload"], "roundcube")
+            self.assertIn("crash_at", json.loads(r["config"]))
+            self.assertTrue(r["seed"])
+        for r in rows:
+            if r["technique"] == "resplice":
+                # Masked: completed, no error, nobody logged in again.
+                self.assertEqual((r["ok"], r["errors"], r["relogins"]), ("1", "0", "0"), r)
+                float(r["failover_ms"])         # a number: the action completed
+                self.assertTrue(r["recover_ms"], r)
+            else:
+                # A single backend: the crash is the client's error.
+                self.assertEqual(r["ok"], "0", r)
+                self.assertGreaterEqual(int(r["errors"]), 1, r)
+                self.assertEqual(r["failover_ms"], "", r)
+        last = self.drv.stdout.strip().splitlines()[-1]
+        s = common.parse_summary(last)
+        self.assertEqual(s["resplice_ok"], "2", last)
+        self.assertEqual(s["none_ms"], "none", last)
+
+    def test_figures_and_report(self):
+        self.assertEqual(self.fig.returncode, 0, self.fig.stdout + self.fig.stderr)
+        self.assertEqual(self.rep.returncode, 0, self.rep.stdout + self.rep.stderr)
+        png = os.path.join(self.plots, "failover-time-roundcube-action2.png")
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertGreater(os.path.getsize(png), 1000)
+        with open(os.path.join(self.results, "REPORT.md")) as f:
+            report = f.read()
+        rs = [r for r in self.rows() if r["technique"] == "resplice"]
+        med = common.median([float(r["failover_ms"]) for r in rs])
+        line = [l for l in report.splitlines() if l.startswith("| roundcube | action2 | resplice |")]
+        self.assertEqual(len(line), 1, report)
+        cells = [c.strip() for c in line[0].strip("|").split("|")]
+        self.assertEqual(cells[3:6], ["2", "2", f"{med:.2f}"], line)
+        self.assertIn("failover-time-roundcube-action2.png", report)
+
+
+if __name__ == "__main__":
+    unittest.main()
