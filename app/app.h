@@ -192,9 +192,11 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer);
 
 /* Names accepted connection 'fd' from 'pa': "peer->local" into 'tuple', and
  * the client and first transaction number its requests count under (the
- * peer itself from 0, or what a CONN_MAP said); sets TCP_NODELAY. */
+ * peer itself from 0, or what a CONN_MAP said), and, when 'rerun' is not
+ * NULL, whether the CONN_MAP said its transactions are re-runs; sets
+ * TCP_NODELAY. */
 void app_conn_identity(struct rs_app *app, int fd, struct rs_addr pa, char *tuple, size_t len,
-                       uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base);
+                       uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base, bool *rerun);
 /* Handles an epoll event on the connection's socket or timer. */
 void app_conn_event(struct app_conn *c, enum app_ev_kind kind, uint32_t events);
 /* Does all the work the connection can do now (parse, serve, send). */

@@ -58,6 +58,7 @@ extern char **environ;
 #define FRONT_LOCAL_ROOM 512u           /* 'out' space a locally made response needs */
 #define FRONT_TURN_BYTES (1u << 20)     /* bytes one connection sends per wake-up */
 #define FRONT_TXN_HDR    "X-Resplice-Txn"   /* request header naming the transaction */
+#define FRONT_RERUN_HDR  "X-Resplice-Rerun" /* ... and saying it may have run elsewhere already */
 #define FRONT_LINGER_NS  2000000000ull  /* how long a closing socket drains input */
 #define FRONT_RECS       8u             /* recorded responses kept on the alternate */
 #define FRONT_REC_TTL_NS (300ull * 1000000000ull)  /* ... and for how long */
@@ -134,6 +135,7 @@ struct front_conn {
     uint32_t events, up_events;
     uint32_t id_ip4;            /* the client its transaction IDs name */
     uint16_t id_port, id_base;
+    bool rerun;                 /* its CONN_MAP said: re-runs after a failover */
     uint32_t n_req;
     char tuple[64];
     /* client -> upstream */
@@ -700,9 +702,10 @@ static void rq_reject(struct front_conn *c, int status, const char *why)
  * when done, false while 'up_out' lacks room. */
 static bool rq_head_flush(struct front_conn *c)
 {
-    char line[64 + RS_TXN_ID_STRLEN], id[RS_TXN_ID_STRLEN];
+    char line[96 + RS_TXN_ID_STRLEN], id[RS_TXN_ID_STRLEN];
     struct front_txn *t = q_at(c, c->q_len - 1);
-    int n = snprintf(line, sizeof(line), FRONT_TXN_HDR ": %s\r\n", txn_str(t->id, id));
+    int n = snprintf(line, sizeof(line), FRONT_TXN_HDR ": %s\r\n%s", txn_str(t->id, id),
+                     c->rerun ? FRONT_RERUN_HDR ": 1\r\n" : "");
     uint32_t need = head_out_len(&c->rqh, (size_t)n);
 
     if (t->rec)
@@ -1567,7 +1570,7 @@ int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *pe
     c->ev_sock = (struct app_ev){ .kind = APP_EV_FRONT_SOCK, .fc = c };
     c->ev_up = (struct app_ev){ .kind = APP_EV_FRONT_UP, .fc = c };
     c->ev_timer = (struct app_ev){ .kind = APP_EV_FRONT_TIMER, .fc = c };
-    app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base);
+    app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base, &c->rerun);
     http_parser_init(&c->rq, HTTP_REQUEST);
     c->rq.data = c;
     http_parser_init(&c->rs, HTTP_RESPONSE);

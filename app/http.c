@@ -622,8 +622,10 @@ void app_conn_event(struct app_conn *c, enum app_ev_kind kind, uint32_t events)
 /* ---- Open and close --------------------------------------------------- */
 
 void app_conn_identity(struct rs_app *app, int fd, struct rs_addr pa, char *tuple, size_t len,
-                       uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base)
+                       uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base, bool *rerun)
 {
+    uint8_t flags = 0;
+
     struct sockaddr_in local;
     socklen_t sl = sizeof(local);
     struct rs_addr la = { 0, 0 };
@@ -636,9 +638,11 @@ void app_conn_identity(struct rs_app *app, int fd, struct rs_addr pa, char *tupl
     snprintf(tuple, len, "%s->%s", RS_A(pa), RS_A(la));
     /* A proxy or the logger acting for a client: name that client's
      * transactions as the logger does. */
-    if (app_xfer_map_take(app, pa.ip, pa.port, id_ip4, id_port, id_base))
-        rs_log("conn-mapped %s client=%s next=%u", tuple, RS_A(((struct rs_addr){ *id_ip4, *id_port })),
-               *id_base);
+    if (app_xfer_map_take(app, pa.ip, pa.port, id_ip4, id_port, id_base, &flags))
+        rs_log("conn-mapped %s client=%s next=%u%s", tuple, RS_A(((struct rs_addr){ *id_ip4, *id_port })),
+               *id_base, flags & RS_CTL_CONN_MAP_RERUN ? " rerun" : "");
+    if (rerun)
+        *rerun = flags & RS_CTL_CONN_MAP_RERUN;
     /* Small responses must not wait for Nagle: latency is what we measure. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
@@ -660,7 +664,7 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     c->ev_timer = (struct app_ev){ .kind = APP_EV_TIMER, .conn = c };
     c->peer_ip4 = pa.ip;
     c->peer_port = pa.port;
-    app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base);
+    app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base, NULL);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
 

@@ -29,6 +29,7 @@ struct xfer_map {
     uint16_t peer_port;
     struct rs_ctl_conn client;
     uint16_t next_num;
+    uint8_t flags;
     uint64_t expires_ns;
 };
 
@@ -259,14 +260,14 @@ static int map_put(struct app_xfer *x, const struct rs_ctl_conn_map *cm)
     }
     if (!free_slot)
         return -ENOBUFS;
-    *free_slot = (struct xfer_map){ true, cm->peer.ip4, cm->peer.port, cm->client, cm->next_num,
+    *free_slot = (struct xfer_map){ true, cm->peer.ip4, cm->peer.port, cm->client, cm->next_num, cm->flags,
                                     now + XFER_MAP_TTL_NS };
     x->stats[XS_MAPS]++;
     return 0;
 }
 
 bool app_xfer_map_take(struct rs_app *app, uint32_t peer_ip, uint16_t peer_port,
-                       uint32_t *client_ip, uint16_t *client_port, uint16_t *next_num)
+                       uint32_t *client_ip, uint16_t *client_port, uint16_t *next_num, uint8_t *flags)
 {
     struct app_xfer *x = app->xfer;
 
@@ -281,6 +282,7 @@ bool app_xfer_map_take(struct rs_app *app, uint32_t peer_ip, uint16_t peer_port,
             *client_ip = m->client.ip4;
             *client_port = m->client.port;
             *next_num = m->next_num;
+            *flags = m->flags;
             x->stats[XS_MAPS_USED]++;
             return true;
         }

@@ -122,6 +122,7 @@ static inline size_t xfer_rec_encode(const struct xfer_rec *r, uint8_t *buf)
         xfer_put32__(p + 6, r->map.client.ip4);
         xfer_put16__(p + 10, r->map.client.port);
         xfer_put16__(p + 12, r->map.next_num);
+        p[14] = r->map.flags;
         break;
     default:
         xfer_put32__(p, (uint32_t)r->status);
@@ -175,6 +176,7 @@ static inline long xfer_rec_decode(const uint8_t *buf, size_t len, struct xfer_r
         r->map.client.ip4 = xfer_get32__(p + 6);
         r->map.client.port = xfer_get16__(p + 10);
         r->map.next_num = xfer_get16__(p + 12);
+        r->map.flags = p[14];
         break;
     case XFER_DONE:
         if (n != XFER_DONE_LEN)
@@ -270,10 +272,11 @@ int app_xfer_init(struct rs_app *app, const char *path, uint64_t timeout_ns);
 void app_xfer_event(struct rs_app *app, int timer, uint32_t events);
 
 /* For an accepted connection from 'peer_ip':'peer_port' (host order): when
- * a map for that peer is held, sets the client identity and first number
- * and returns true (the map is used up); else leaves them and returns false. */
+ * a map for that peer is held, sets the client identity, first number and
+ * the map's RS_CTL_CONN_MAP_* flags and returns true (the map is used up);
+ * else leaves them and returns false. */
 bool app_xfer_map_take(struct rs_app *app, uint32_t peer_ip, uint16_t peer_port,
-                       uint32_t *client_ip, uint16_t *client_port, uint16_t *next_num);
+                       uint32_t *client_ip, uint16_t *client_port, uint16_t *next_num, uint8_t *flags);
 
 /* Front mode: the apply command started for the APPLY record 'cookie'
  * (see app_front_apply) ended with 'status' (0 or a negative errno).

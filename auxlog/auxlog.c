@@ -39,7 +39,7 @@ struct auxlog {
     struct aux_record *oldest, *newest;
     uint64_t n_records, record_bytes;
     /* stats */
-    uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, errors, refused;
+    uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, stale, errors, refused;
 };
 
 static const char *proto_name(enum rs_aux_proto p)
@@ -530,7 +530,26 @@ static int replay_decide(struct auxlog *a, struct aux_conv *c, const struct rs_a
 }
 
 /* The marker unit arrived in PRE mode: pick LIVE or REPLAY.  Returns 0 or -errno. */
-static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn)
+/* A first run of 'txn' by 'ip': records of it made by other backends belong
+ * to an earlier connection that had the same client address and port (the
+ * port was reused); dropping them keeps a later re-run from replaying them. */
+static void records_drop_stale(struct auxlog *a, enum rs_aux_proto p, rs_txn_id txn, uint32_t ip)
+{
+    for (struct aux_record *r = a->oldest, *next; r; r = next) {
+        next = r->newer;
+        if (r->proto == p && r->txn == txn && r->owner_ip != ip) {
+            rs_log("drop %s txn=%s ordinal=%u from=%u.%u.%u.%u: a first run of it came again", proto_name(p),
+                   TXN_S(txn), r->ordinal, r->owner_ip >> 24, (r->owner_ip >> 16) & 255, (r->owner_ip >> 8) & 255,
+                   r->owner_ip & 255);
+            a->stale++;
+            record_unkey(a, r);
+        }
+    }
+}
+
+/* 'rerun': the marker says the backend runs 'txn' again after a failover;
+ * only then may another backend's record answer it. */
+static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn, bool rerun)
 {
     int ord = ordinal_next(a, c->proto, txn, c->peer.ip);
     struct aux_record *r;
@@ -541,8 +560,10 @@ static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn)
     c->txn = txn;
     c->ordinal = (unsigned)ord;
     c->marker = c->nc;
+    if (!rerun)
+        records_drop_stale(a, c->proto, txn, c->peer.ip);
     r = record_find(a, c->proto, txn, c->ordinal);
-    if (r && r->owner_ip != c->peer.ip) {
+    if (r && rerun && r->owner_ip != c->peer.ip) {
         if (c->nr != c->nc) {
             /* Replies still owed before the marker would come after the replayed ones. */
             rs_log("no replay %s backend=%s txn=%s: client pipelined before the marker",
@@ -573,7 +594,8 @@ static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn)
     c->rec->writer = c;
     c->mode = AUX_LIVE;
     a->live++;
-    rs_log("live %s backend=%s txn=%s ordinal=%u", proto_name(c->proto), RS_A(c->peer), TXN_S(txn), c->ordinal);
+    rs_log("live %s backend=%s txn=%s ordinal=%u%s", proto_name(c->proto), RS_A(c->peer), TXN_S(txn), c->ordinal,
+           rerun ? " rerun (nothing recorded)" : "");
     return 0;
 }
 
@@ -597,10 +619,10 @@ static int client_unit(struct auxlog *a, struct aux_conv *c, size_t len, bool da
             conv_stop_recording(a, c, "unmarked");
             return 0;
         }
-        if (m == 1) {
+        if (m > 0) {
             if ((e = record_push(a, c->rec, c->cin.p, len, &cmd)) < 0)
                 return e;
-            if ((e = on_marker(a, c, txn)) < 0)
+            if ((e = on_marker(a, c, txn, m == RS_AUX_MARKER_RERUN)) < 0)
                 return e;
             if (c->mode == AUX_REPLAY) {
                 /* The pushed unit was in the private record, now gone. */
@@ -1000,9 +1022,9 @@ static void print_stats(void *ctx)
 
     printf("stats: open=%u conns=%" PRIu64 " live=%" PRIu64 " unmarked=%" PRIu64 " replayed=%" PRIu64
            " caught_up=%" PRIu64 " diverged=%" PRIu64 " records=%" PRIu64 " record_bytes=%" PRIu64
-           " expired=%" PRIu64 " evicted=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64 "\n",
+           " expired=%" PRIu64 " evicted=%" PRIu64 " stale=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64 "\n",
            a->n_convs, a->conns, a->live, a->unmarked, a->replayed, a->caught_up, a->diverged, a->n_records,
-           a->record_bytes, a->expired, a->evicted, a->errors, a->refused);
+           a->record_bytes, a->expired, a->evicted, a->stale, a->errors, a->refused);
     fflush(stdout);
 }
 
@@ -1017,7 +1039,7 @@ static void usage(FILE *f)
         "\n"
         "  --imap ADDR:PORT=ADDR:PORT   IMAP listener and the IMAP server behind it\n"
         "  --smtp ADDR:PORT=ADDR:PORT   SMTP listener and the SMTP server behind it\n"
-        "  --ttl DUR                    how long a record is kept (default 600s)\n"
+        "  --ttl DUR                    how long a record is kept (default 120s)\n"
         "  --max-bytes N                all records together (default 64M; oldest go first)\n"
         "  --log FILE                   append the event log to FILE instead of stderr\n"
         "  --help                       this text\n"
@@ -1075,7 +1097,9 @@ int main(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    static struct auxlog a = { .ttl_ns = 600ull * 1000000000ull, .max_bytes = 64u << 20 };
+    /* A record is needed for a failover's few seconds; a long TTL only widens
+     * the window in which a reused client port meets an old record. */
+    static struct auxlog a = { .ttl_ns = 120ull * 1000000000ull, .max_bytes = 64u << 20 };
     bool have[2] = { false, false };
     uint64_t last_expire = 0;
     int o;

@@ -11,6 +11,9 @@ enum { S_LINE, S_LITERAL, S_DATA, S_WAIT, S_FAIL };
 
 #define MARKER_LABEL "x-resplice-txn-"
 #define MARKER_KEY "x-resplice-txn"
+/* The same marker on a re-run (after a failover): only these are replayed. */
+#define RERUN_LABEL "x-resplice-rerun-"
+#define RERUN_KEY "x-resplice-rerun"
 
 void rs_aux_split_init(struct rs_aux_split *s, enum rs_aux_proto proto, enum rs_aux_side side,
                        size_t max_line, size_t max_unit)
@@ -378,16 +381,23 @@ static int take_num(const uint8_t *p, size_t len, size_t *i, unsigned max, unsig
 static int smtp_marker(const uint8_t *p, size_t n, rs_txn_id *id)
 {
     static const unsigned max[6] = { 255, 255, 255, 255, 65535, RS_TXN_NUM_MAX };
-    const size_t pl = sizeof(MARKER_LABEL) - 1;
+    const size_t pl = sizeof(MARKER_LABEL) - 1, rl = sizeof(RERUN_LABEL) - 1;
     unsigned v[6];
     size_t i = 5;
+    int kind;
 
     /* "EHLO " is checked by the caller. */
     while (i < n && p[i] == ' ')
         i++;
-    if (n - i < pl || strncasecmp((const char *)p + i, MARKER_LABEL, pl) != 0)
+    if (n - i >= pl && strncasecmp((const char *)p + i, MARKER_LABEL, pl) == 0) {
+        kind = RS_AUX_MARKER_TXN;
+        i += pl;
+    } else if (n - i >= rl && strncasecmp((const char *)p + i, RERUN_LABEL, rl) == 0) {
+        kind = RS_AUX_MARKER_RERUN;
+        i += rl;
+    } else {
         return 0;
-    i += pl;
+    }
     for (int k = 0; k < 6; k++) {
         if (k && (i >= n || p[i++] != '-'))
             return -EINVAL;
@@ -397,7 +407,7 @@ static int smtp_marker(const uint8_t *p, size_t n, rs_txn_id *id)
     if (i < n && p[i] != '.' && p[i] != ' ')
         return -EINVAL;
     *id = rs_txn_id_make(v[0] << 24 | v[1] << 16 | v[2] << 8 | v[3], (uint16_t)v[4], (uint16_t)v[5]);
-    return 1;
+    return kind;
 }
 
 /* Reads one IMAP string (quoted, literal, atom or NIL) at p[*i] into 'out'
@@ -484,10 +494,10 @@ static int imap_marker(const uint8_t *p, size_t len, size_t i, rs_txn_id *id)
         int vr = imap_string(p, len, &i, val, sizeof(val), &vfull);
         if (vr < 0)
             return 0;
-        if (kr == 0 && kfull && strcasecmp(key, MARKER_KEY) == 0) {
+        if (kr == 0 && kfull && (strcasecmp(key, MARKER_KEY) == 0 || strcasecmp(key, RERUN_KEY) == 0)) {
             if (vr == 1 || !vfull || rs_txn_id_parse(val, id) < 0)
                 return -EINVAL;
-            return 1;
+            return strcasecmp(key, MARKER_KEY) == 0 ? RS_AUX_MARKER_TXN : RS_AUX_MARKER_RERUN;
         }
     }
 }

@@ -126,12 +126,18 @@ bool rs_aux_cmd_pre_marker(enum rs_aux_proto proto, const struct rs_aux_cmd *cmd
 
 /* ---- Markers ---------------------------------------------------------- */
 
+/* What rs_aux_marker found. */
+#define RS_AUX_MARKER_TXN   1   /* the transaction's first run */
+#define RS_AUX_MARKER_RERUN 2   /* a re-run after a failover (recovered connection
+                                 * or the logger's replay): may be answered from a record */
+
 /* The marker in a client unit: IMAP "TAG ID (... "x-resplice-txn" "ID" ...)"
  * (key case-insensitive; quoted, atom or literal strings), SMTP
- * "EHLO|HELO x-resplice-txn-A-B-C-D-PORT-N[.domain]".
- * Returns 1 and sets '*id' when found, 0 when the unit is not a marker
- * command (or is one without the marker), -EINVAL when the marker is there
- * but malformed. */
+ * "EHLO|HELO x-resplice-txn-A-B-C-D-PORT-N[.domain]"; on a re-run the key
+ * is "x-resplice-rerun" and the label "x-resplice-rerun-...".
+ * Returns RS_AUX_MARKER_TXN or RS_AUX_MARKER_RERUN and sets '*id' when
+ * found, 0 when the unit is not a marker command (or is one without the
+ * marker), -EINVAL when the marker is there but malformed. */
 int rs_aux_marker(enum rs_aux_proto proto, const uint8_t *unit, size_t len, rs_txn_id *id);
 
 /* True for the command that may carry the marker (IMAP ID, SMTP EHLO/HELO). */

@@ -286,7 +286,8 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         put_conn(p, &m->u.conn_map.peer);
         put_conn(p, &m->u.conn_map.client);
         put16(p, m->u.conn_map.next_num);
-        put_zero(p, 2);
+        put8(p, m->u.conn_map.flags);
+        put_zero(p, 1);
         break;
     case RS_CTL_STATE_QUERY:
         put_conn(p, &m->u.state_query.client);
@@ -450,7 +451,8 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         get_conn(&p, &m->u.conn_map.peer);
         get_conn(&p, &m->u.conn_map.client);
         m->u.conn_map.next_num = get16(&p);
-        pad_ok = get_zero(&p, 2);
+        m->u.conn_map.flags = get8(&p);
+        pad_ok = get_zero(&p, 1) && !(m->u.conn_map.flags & ~RS_CTL_CONN_MAP_RERUN);
         break;
     case RS_CTL_STATE_QUERY:
         get_conn(&p, &m->u.state_query.client);
@@ -622,7 +624,7 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
     case RS_CTL_CONN_MAP:
         return conn_eq(&a->u.conn_map.peer, &b->u.conn_map.peer)
                && conn_eq(&a->u.conn_map.client, &b->u.conn_map.client)
-               && a->u.conn_map.next_num == b->u.conn_map.next_num;
+               && a->u.conn_map.next_num == b->u.conn_map.next_num && a->u.conn_map.flags == b->u.conn_map.flags;
     case RS_CTL_STATE_QUERY:
         return conn_eq(&a->u.state_query.client, &b->u.state_query.client);
     case RS_CTL_APPLY:

@@ -141,7 +141,14 @@ struct rs_ctl_conn_map {
     struct rs_ctl_conn peer;
     struct rs_ctl_conn client;
     uint16_t next_num;
+    uint8_t flags;            /* RS_CTL_CONN_MAP_* */
 };
+
+/* The connection re-runs transactions another backend already ran (a
+ * recovery's re-splice to the alternate, the logger's replay): the app
+ * says so to its auxiliary conversations, which rs-auxlog may then answer
+ * from the record. */
+#define RS_CTL_CONN_MAP_RERUN   (1u << 0)
 
 struct rs_ctl_state_query {
     struct rs_ctl_conn client;

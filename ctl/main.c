@@ -33,7 +33,7 @@ static void usage(FILE *f)
         "  recover --client IP:PORT --backend-id N --target IP:PORT   (prints the PLAN)\n"
         "  resend --client IP:PORT --from SEQ --to-seq SEQ [--out FILE]\n"
         "         (to a logger's resend port: writes the bytes received to FILE or stdout)\n"
-        "  conn-map --peer IP:PORT --client IP:PORT --next N\n"
+        "  conn-map --peer IP:PORT --client IP:PORT --next N [--flags F] (1: the txns are re-runs)\n"
         "  txn-logged --txn IP:PORT#N --resp-end SEQ\n"
         "  state-query --client IP:PORT   (prints \"report client=IP:PORT ts=N|none ta=N|none\")\n"
         "  apply --client IP:PORT --upto N\n"
@@ -94,7 +94,7 @@ int main(int argc, char **argv)
     struct rs_ctl_replay replay;
     const char *keyfile = NULL, *outfile = NULL;
     static uint8_t buf[RS_CTL_FRAME_MAX];   /* a PLAN carries up to RS_CTL_STATE_MAX bytes */
-    uint32_t backend_id = 0, from = 0, to_seq = 0, resp_end = 0;
+    uint32_t backend_id = 0, from = 0, to_seq = 0, resp_end = 0, flags = 0;
     uint16_t num = 0;
     rs_txn_id txn = 0;
     int has_num = 0;
@@ -159,6 +159,8 @@ int main(int argc, char **argv)
                 bad = get_u16(v, &num), has_num = 1;
             else if (!strcmp(o, "--txn"))
                 bad = rs_txn_id_parse(v, &txn);
+            else if (!strcmp(o, "--flags"))
+                bad = get_u32(v, &flags);
             else if (!strcmp(o, "--resp-end"))
                 bad = get_u32(v, &resp_end);
             else if (!strcmp(o, "--q"))
@@ -190,7 +192,8 @@ int main(int argc, char **argv)
     } else if (m.type == RS_CTL_RESEND) {
         m.u.resend = (struct rs_ctl_resend){ { client.ip, client.port }, from, to_seq };
     } else if (m.type == RS_CTL_CONN_MAP) {
-        m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, num };
+        m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, num,
+                                                 (uint8_t)flags };
     } else if (m.type == RS_CTL_TXN_LOGGED) {
         m.u.txn_logged = (struct rs_ctl_txn_logged){ txn, resp_end };
     } else if (m.type == RS_CTL_STATE_QUERY) {

@@ -515,7 +515,8 @@ static int replay_one(struct logger *lg, struct lg_conn *c, const struct rs_http
         goto out;
     }
     local = rs_addr_of_sin(&me);
-    m.u.conn_map = (struct rs_ctl_conn_map){ { local.ip, local.port }, { c->ip, c->port }, (uint16_t)t->num };
+    m.u.conn_map = (struct rs_ctl_conn_map){ { local.ip, local.port }, { c->ip, c->port }, (uint16_t)t->num,
+                                             RS_CTL_CONN_MAP_RERUN };
     if ((e = peer_call(lg, &lg->st, &m, &reply)))
         goto out;
     if (reply.type != RS_CTL_ACK || (e = reply.u.ack.status))

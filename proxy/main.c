@@ -291,7 +291,7 @@ static void start_backend(struct proxy *p, struct pconn *pc)
     pc->backend = pc->backend_idx < 0 ? p->alternate : p->backends[pc->backend_idx];
     fd = rs_bind_watched(p, pc->backend, pc->id, &pc->local);
     /* The backend must know whose requests these are before it accepts. */
-    if (fd >= 0 && (e = rs_conn_map(p, pc->backend, pc->local, pc->client, 0)) != 0) {
+    if (fd >= 0 && (e = rs_conn_map(p, pc->backend, pc->local, pc->client, 0, 0)) != 0) {
         p->st.conn_map_errors++;
         rs_log("conn-map id=%" PRIu64 " backend=%s failed: %s (transaction ids there will not match)",
                pc->id, RS_A(pc->backend), strerror(-e));

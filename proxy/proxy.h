@@ -160,9 +160,10 @@ struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client);
 /* recovery.c: moving a spliced client to another server, and failover */
 /* Tells the rs-stated of 'backend' (same host, p->stated_port) that the
  * connection from 'peer' carries client 'client''s requests from number
- * 'next_num'.  Returns 0 (also when no stated port is configured) or -errno. */
+ * 'next_num' ('flags': RS_CTL_CONN_MAP_*).  Returns 0 (also when no stated
+ * port is configured) or -errno. */
 int rs_conn_map(struct proxy *p, struct rs_addr backend, struct rs_addr peer, struct rs_addr client,
-                uint16_t next_num);
+                uint16_t next_num, uint8_t flags);
 /* Moves spliced connection 'pc' to 'target' so the target's first request
  * byte is client byte 'q' and its first response byte lands at client-side
  * response byte 'r' (both 0: where the streams stand now).  Returns 0 or -errno. */

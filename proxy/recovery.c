@@ -104,7 +104,7 @@ static int ctl_call(struct proxy *p, struct rs_addr to, struct rs_ctl_msg *req, 
 }
 
 int rs_conn_map(struct proxy *p, struct rs_addr backend, struct rs_addr peer, struct rs_addr client,
-                uint16_t next_num)
+                uint16_t next_num, uint8_t flags)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_CONN_MAP }, r;
     uint8_t buf[512];
@@ -112,7 +112,7 @@ int rs_conn_map(struct proxy *p, struct rs_addr backend, struct rs_addr peer, st
 
     if (!p->stated_port)
         return 0;
-    m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, next_num };
+    m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, next_num, flags };
     e = ctl_call(p, (struct rs_addr){ backend.ip, p->stated_port }, &m, &r, buf, sizeof(buf));
     if (e)
         return e;
@@ -156,7 +156,8 @@ static int splice_to(struct proxy *p, struct pconn *pc, struct rs_addr target, c
     if (fd < 0)
         return fd;
     kn = rs_flow_key_from(target, local);
-    if ((map && (e = rs_conn_map(p, target, local, pc->client, next_num)) != 0)
+    /* Only a recovery maps (to the alternate, which re-runs TL+1). */
+    if ((map && (e = rs_conn_map(p, target, local, pc->client, next_num, RS_CTL_CONN_MAP_RERUN)) != 0)
         || (e = rs_connect_start(fd, target)) != 0 || (e = wait_connected(fd, STEP_TIMEOUT_MS)) != 0
         || (e = rs_repair_on(fd)) != 0 || (e = rs_repair_read(fd, local, target, &s)) != 0
         || (e = rs_repair_off(fd)) != 0 || (e = rs_splicer_get(p->sp, &kn, &fn)) != 0)

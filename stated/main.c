@@ -926,8 +926,9 @@ static void on_conn_map(struct stated *s, struct ctl_conn *cc, const struct rs_c
     int err;
 
     s->st.conn_maps++;
-    rs_log("conn-map peer=%s client=%s next=%u", RS_A(((struct rs_addr){ cm->peer.ip4, cm->peer.port })),
-           RS_A(((struct rs_addr){ cm->client.ip4, cm->client.port })), cm->next_num);
+    rs_log("conn-map peer=%s client=%s next=%u%s", RS_A(((struct rs_addr){ cm->peer.ip4, cm->peer.port })),
+           RS_A(((struct rs_addr){ cm->client.ip4, cm->client.port })), cm->next_num,
+           cm->flags & RS_CTL_CONN_MAP_RERUN ? " rerun" : "");
     if (!w) {
         ctl_ack(s, cc, m->seq, m->type, -ENOMEM);
         return;

@@ -133,11 +133,12 @@ def smtp_reply(c):
             return out
 
 
-def marker_label(txn):
-    """'10.0.1.1:40000#3' -> 'x-resplice-txn-10-0-1-1-40000-3'"""
+def marker_label(txn, rerun=False):
+    """'10.0.1.1:40000#3' -> 'x-resplice-txn-10-0-1-1-40000-3' (a re-run after
+    a failover: 'x-resplice-rerun-...')"""
     ip, rest = txn.split(":")
     port, num = rest.split("#")
-    return "x-resplice-txn-" + "-".join(ip.split(".") + [port, num])
+    return ("x-resplice-rerun-" if rerun else "x-resplice-txn-") + "-".join(ip.split(".") + [port, num])
 
 
 def message(msg_id, to="bob"):
@@ -146,11 +147,11 @@ def message(msg_id, to="bob"):
             f"\r\nHello {to}.\r\n.a line starting with a dot\r\n").replace("\r\n.a", "\r\n..a").encode()
 
 
-def smtp_send(src, port, txn, msg_id, cut_mid_data=False, pipeline=False):
+def smtp_send(src, port, txn, msg_id, cut_mid_data=False, pipeline=False, rerun=False):
     """One Roundcube-like SMTP conversation; returns every reply received."""
     c = Conn(src, port)
     replies = [smtp_reply(c)]
-    helo = f"{marker_label(txn)}.resplice.test" if txn else "web.resplice.test"
+    helo = f"{marker_label(txn, rerun)}.resplice.test" if txn else "web.resplice.test"
     cmds = [f"EHLO {helo}\r\n", "MAIL FROM:<alice@resplice.test>\r\n", "RCPT TO:<bob@resplice.test>\r\n",
             "DATA\r\n"]
     if pipeline:
@@ -190,14 +191,15 @@ def imap_tagged(c, tag):
             return out
 
 
-def imap_append_session(src, port, txn, msg_ids):
+def imap_append_session(src, port, txn, msg_ids, rerun=False):
     """Greeting, ID with the marker, LOGIN, SELECT Sent, one APPEND per
     message (first with {N}, then {N+}), LOGOUT.  Returns what came back."""
     c = Conn(src, port)
     out = [c.line()]
     cmds = []
     if txn:
-        cmds.append(("A0001", f'ID ("name" "Roundcube" "version" "1.6" "x-resplice-txn" "{txn}")'))
+        key = "x-resplice-rerun" if rerun else "x-resplice-txn"
+        cmds.append(("A0001", f'ID ("name" "Roundcube" "version" "1.6" "{key}" "{txn}")'))
     cmds += [("A0002", 'LOGIN "alice" "alice-secret"'), ("A0003", 'SELECT "Sent"')]
     for tag, cmd in cmds:
         c.send(f"{tag} {cmd}\r\n".encode())
@@ -302,7 +304,7 @@ class AuxlogCase(unittest.TestCase):
         t1 = time.monotonic() - t
         self.assertEqual(self.count(), before + 1)
         t = time.monotonic()
-        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "a-alternate-new-id")
+        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "a-alternate-new-id", rerun=True)
         t2 = time.monotonic() - t
         self.assertEqual(r1, r2)
         self.assertTrue(r1[-2].startswith(b"250 2.0.0 Ok: queued"), r1)
@@ -319,7 +321,7 @@ class AuxlogCase(unittest.TestCase):
         txn = "10.0.1.1:40000#2"
         before = self.count()
         r1 = smtp_send(PRIMARY, self.aux_smtp, txn, "a2-primary", pipeline=True)
-        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "a2-alternate", pipeline=True)
+        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "a2-alternate", pipeline=True, rerun=True)
         self.assertEqual(r1, r2)
         self.assertEqual(self.count(), before + 1)
 
@@ -331,7 +333,7 @@ class AuxlogCase(unittest.TestCase):
         self.wait_log(r"end smtp backend=127\.0\.0\.2:\d+ txn=10\.0\.1\.1:40001#1 ")
         time.sleep(0.2)
         self.assertEqual(self.count(), before, "a cut message was delivered")
-        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "b-alternate")
+        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "b-alternate", rerun=True)
         self.assertTrue(r2[-2].startswith(b"250 2.0.0 Ok"), r2)
         self.assertEqual(self.count(), before + 1)
         self.wait_log(r"catch-up smtp backend=127\.0\.0\.3:\d+ txn=10\.0\.1\.1:40001#1 ordinal=0 at=5 resent=4")
@@ -343,7 +345,7 @@ class AuxlogCase(unittest.TestCase):
         # data unit included: a re-run from another backend replays all of it.
         # (The primary's own next run would be its ordinal 1; fake a third
         # backend instead.)
-        r3 = smtp_send("127.0.0.4", self.aux_smtp, txn, "b-third")
+        r3 = smtp_send("127.0.0.4", self.aux_smtp, txn, "b-third", rerun=True)
         self.assertEqual(r3, r2)
         self.assertEqual(self.count(), before + 1)
 
@@ -357,7 +359,7 @@ class AuxlogCase(unittest.TestCase):
         self.assertEqual(self.count("alice", ".Sent"), before + 2)
         self.assertTrue(any(b"APPENDUID" in x or b"OK" in x for x in r1[-2:]))
         t = time.monotonic()
-        r2 = imap_append_session(ALTERNATE, self.aux_imap, txn, ["c-1-rerun", "c-2-rerun"])
+        r2 = imap_append_session(ALTERNATE, self.aux_imap, txn, ["c-1-rerun", "c-2-rerun"], rerun=True)
         t2 = time.monotonic() - t
         self.assertEqual(r1[1:], r2[1:])   # the greeting comes live from dovecot
         self.assertEqual(self.count("alice", ".Sent"), before + 2, "the re-run appended again")
@@ -373,7 +375,7 @@ class AuxlogCase(unittest.TestCase):
         txn = "10.0.1.2:40000#8"
         before, s0 = self.count("alice", ".Sent"), self.stats()
         imap_append_session(PRIMARY, self.aux_imap, txn, ["c2-1"])
-        r2 = imap_append_session(ALTERNATE, self.aux_imap, txn, ["c2-1-rerun", "c2-2-new"])
+        r2 = imap_append_session(ALTERNATE, self.aux_imap, txn, ["c2-1-rerun", "c2-2-new"], rerun=True)
         self.assertEqual(self.count("alice", ".Sent"), before + 2)
         self.assertRegex(r2[-2], rb"(?m)^A0101 OK \[APPENDUID")
         self.wait_log(r"catch-up imap backend=127\.0\.0\.3:\d+ txn=10\.0\.1\.2:40000#8 ordinal=0 at=5 resent=3 "
@@ -406,8 +408,8 @@ class AuxlogCase(unittest.TestCase):
         self.assertEqual(s1["live"] - s0["live"], 2)
         self.assertEqual(s1["replayed"], s0["replayed"])
         # The alternate's first and second conversations map to ordinals 0 and 1.
-        a1 = smtp_send(ALTERNATE, self.aux_smtp, txn, "e-1-rerun")
-        a2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "e-2-rerun")
+        a1 = smtp_send(ALTERNATE, self.aux_smtp, txn, "e-1-rerun", rerun=True)
+        a2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "e-2-rerun", rerun=True)
         self.assertEqual((a1, a2), (r1, r2))
         self.assertEqual(self.count(), before + 2)
 
@@ -419,13 +421,32 @@ class AuxlogCase(unittest.TestCase):
         before = self.count()
         smtp_send(PRIMARY, self.aux_smtp, txn, "e2-primary", cut_mid_data=True)
         self.wait_log(r"end smtp backend=127\.0\.0\.2:\d+ txn=10\.0\.1\.3:40001#1 ")
-        smtp_send(ALTERNATE, self.aux_smtp, txn, "e2-alternate")   # caught up: owner is now .3
+        smtp_send(ALTERNATE, self.aux_smtp, txn, "e2-alternate", rerun=True)   # caught up: owner is now .3
         self.assertEqual(self.count(), before + 1)
         # The primary (a different IP) with ordinal 1 is new: live.
         smtp_send(PRIMARY, self.aux_smtp, txn, "e2-primary-2")
         self.assertEqual(self.count(), before + 2)
         # The alternate's ordinal-1 conversation finds the primary's record: replay.
-        smtp_send(ALTERNATE, self.aux_smtp, txn, "e2-alternate-2")
+        smtp_send(ALTERNATE, self.aux_smtp, txn, "e2-alternate-2", rerun=True)
+        self.assertEqual(self.count(), before + 2)
+
+    def test_e3_first_run_is_never_replayed(self):
+        """A reused client port: the same transaction ID comes as a first run
+        (no rerun marker) from another backend.  It goes live (the message is
+        sent), the other backend's record is dropped as stale, and a later
+        re-run replays the new conversation, not the stale one."""
+        txn = "10.0.1.3:40002#4"
+        before, s0 = self.count(), self.stats()
+        r1 = smtp_send(PRIMARY, self.aux_smtp, txn, "e3-old-connection")
+        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "e3-new-connection")
+        self.assertEqual(self.count(), before + 2, "a first run was answered from an old record")
+        self.assertNotEqual(r1[-2], r2[-2])
+        s1 = self.stats()
+        self.assertEqual(s1["stale"] - s0["stale"], 1)
+        self.assertEqual(s1["replayed"], s0["replayed"])
+        self.wait_log(r"drop smtp txn=10\.0\.1\.3:40002#4 ordinal=0 from=127\.0\.0\.2")
+        r3 = smtp_send("127.0.0.4", self.aux_smtp, txn, "e3-rerun", rerun=True)
+        self.assertEqual(r3, r2)
         self.assertEqual(self.count(), before + 2)
 
     # -- (f) ---------------------------------------------------------------------

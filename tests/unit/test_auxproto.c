@@ -371,6 +371,20 @@ static void markers(void **state)
                             &id), -EINVAL);
     assert_int_equal(marker(RS_AUX_IMAP, "a ID (\"x-resplice-txn\" {99}\r\n10.0.1.1:40000#3)\r\n", &id), 0);
     assert_int_equal(marker(RS_AUX_IMAP, "", &id), 0);
+
+    /* Re-runs after a failover say so; everything else is the same. */
+    id = 0;
+    assert_int_equal(marker(RS_AUX_SMTP, "EHLO x-resplice-rerun-10-0-1-1-40000-3.resplice.test\r\n", &id),
+                     RS_AUX_MARKER_RERUN);
+    assert_true(id == want);
+    assert_int_equal(marker(RS_AUX_SMTP, "EHLO x-resplice-txn-10-0-1-1-40000-3\r\n", &id), RS_AUX_MARKER_TXN);
+    assert_int_equal(marker(RS_AUX_SMTP, "EHLO x-resplice-rerun-10-0-1-1-40000\r\n", &id), -EINVAL);
+    assert_int_equal(marker(RS_AUX_SMTP, "EHLO x-resplice-rerunx-10-0-1-1-40000-3\r\n", &id), 0);
+    id = 0;
+    assert_int_equal(marker(RS_AUX_IMAP, "a ID (\"name\" \"Roundcube\" \"x-resplice-rerun\" \"10.0.1.1:40000#3\")\r\n",
+                            &id), RS_AUX_MARKER_RERUN);
+    assert_true(id == want);
+    assert_int_equal(marker(RS_AUX_IMAP, "a ID (\"x-resplice-rerun\" NIL)\r\n", &id), -EINVAL);
 }
 
 static struct rs_aux_unit_sum sum(const char *verb, int code, bool ok, bool data)

@@ -88,7 +88,8 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
         break;
     case 10:
         m->type = RS_CTL_CONN_MAP;
-        m->u.conn_map = (struct rs_ctl_conn_map){ { 0x0a000001u, 40001 }, { 0x0a000101u, 5555 }, 65535 };
+        m->u.conn_map = (struct rs_ctl_conn_map){ { 0x0a000001u, 40001 }, { 0x0a000101u, 5555 }, 65535,
+                                                  RS_CTL_CONN_MAP_RERUN };
         break;
     case 11:
         m->type = RS_CTL_STATE_QUERY;
@@ -511,6 +512,8 @@ static void bad_fields_rejected(void **state)
     DECODE_BAD(8, P(15), 63);   /* inner length disagrees with the frame */
     DECODE_BAD(9, P(15), 1);
     DECODE_BAD_N(8, P(0), 4, 0);/* transaction ID without client address */
+    DECODE_BAD(10, P(14), 2);   /* unknown CONN_MAP flag */
+    DECODE_BAD(10, P(15), 1);   /* padding */
 #undef DECODE_BAD
 #undef DECODE_BAD_N
 #undef P

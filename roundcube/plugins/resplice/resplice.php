@@ -22,6 +22,9 @@
  * the auxiliary logger (rs-auxlog) between the backends and the mail store:
  * IMAP: "x-resplice-txn" in the ID sent before login (preauth_ident);
  * SMTP: the EHLO host "x-resplice-txn-A-B-C-D-PORT-N.<smtp_helo_host>".
+ * When the front says the request is a re-run after a failover
+ * (X-Resplice-Rerun: 1), "rerun" replaces "txn" in both: only those
+ * conversations may be answered from another backend's record.
  *
  * Config (Roundcube's config.inc.php or this folder's config.inc.php; see
  * config.inc.php.dist):
@@ -35,8 +38,11 @@ class resplice extends rcube_plugin
 {
     /** Request header the front adds: "a.b.c.d:port#n". */
     const TXN_HEADER = 'HTTP_X_RESPLICE_TXN';
+    /* ... and X-Resplice-Rerun: 1 when it may have run elsewhere already. */
+    const RERUN_HEADER = 'HTTP_X_RESPLICE_RERUN';
 
     private $txn;
+    private $marker;            /* 'x-resplice-txn' or 'x-resplice-rerun' */
     private $state_dir;
     private $db_path;
 
@@ -52,6 +58,8 @@ class resplice extends rcube_plugin
         $this->load_config();   // plugins/resplice/config.inc.php, when present
         $rcmail = rcube::get_instance();
         $this->txn = $txn;
+        $this->marker = isset($_SERVER[self::RERUN_HEADER]) && $_SERVER[self::RERUN_HEADER] === '1'
+            ? 'x-resplice-rerun' : 'x-resplice-txn';
         $this->state_dir = rtrim($rcmail->config->get('resplice_state_dir', sys_get_temp_dir()), '/');
         $this->db_path = $rcmail->config->get('resplice_db_path')
             ?: self::sqlite_path($rcmail->config->get('db_dsnw'));
@@ -79,7 +87,7 @@ class resplice extends rcube_plugin
     {
         $ident = isset($args['preauth_ident']) && is_array($args['preauth_ident']) ? $args['preauth_ident'] : [];
         $ident['name'] = isset($ident['name']) ? $ident['name'] : 'Roundcube';
-        $ident['x-resplice-txn'] = $this->txn;
+        $ident[$this->marker] = $this->txn;
         $args['preauth_ident'] = $ident;
 
         return $args;
@@ -91,7 +99,7 @@ class resplice extends rcube_plugin
     public function smtp_connect($args)
     {
         $helo = !empty($args['smtp_helo_host']) ? $args['smtp_helo_host'] : 'localhost';
-        $args['smtp_helo_host'] = 'x-resplice-txn-' . strtr($this->txn, '.:#', '---') . '.' . $helo;
+        $args['smtp_helo_host'] = $this->marker . '-' . strtr($this->txn, '.:#', '---') . '.' . $helo;
 
         return $args;
     }
