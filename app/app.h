@@ -239,6 +239,7 @@ struct app_front_cfg {
     int n_strip;
     const char *state_dir;          /* X-Resplice-State files must be in here; APPLY blobs go here */
     const char *apply_cmd;          /* NULL: APPLY is refused (-EOPNOTSUPP) */
+    const char *apply_file;         /* or: the state is this whole file, installed by rename */
     uint64_t apply_timeout_ns;
     /* Fault injection (--crash-at N+B): SIGKILL ourselves before byte B of
      * the response to transaction number N leaves (crash_num < 0: never);

@@ -6,7 +6,8 @@
  * X-Resplice-State / X-Resplice-Sync headers become a STATE_UPDATE (xfer.c),
  * per-run headers (Date) are dropped, and the rest streams to the client,
  * held while a synchronous update waits for the alternate.  On the
- * alternate, APPLY runs --apply-cmd on the state blob.
+ * alternate, APPLY runs --apply-cmd on the state blob, or, with
+ * --apply-file, renames it over the application's state file.
  *
  * A state blob is an envelope (front_blob_*): the application's state and,
  * for a synchronous (non-deterministic) update, the complete response the
@@ -62,13 +63,14 @@ extern char **environ;
 #define FRONT_LINGER_NS  2000000000ull  /* how long a closing socket drains input */
 #define FRONT_RECS       8u             /* recorded responses kept on the alternate */
 #define FRONT_REC_TTL_NS (300ull * 1000000000ull)  /* ... and for how long */
-/* Envelope of a state blob: magic, state length, response length (u32 LE). */
+/* Envelope of a state blob: magic, state length, response length (u32 LE),
+ * the state's sequence number (u64 LE, X-Resplice-State-Seq; 0 = none). */
 #define FRONT_BLOB_MAGIC "RSF1"
-#define FRONT_BLOB_HDR   12u
+#define FRONT_BLOB_HDR   20u
 
 /* ---- Types ------------------------------------------------------------ */
 
-enum hdr_kind { HK_KEEP, HK_CUT, HK_STATE, HK_SYNC };
+enum hdr_kind { HK_KEEP, HK_CUT, HK_STATE, HK_SYNC, HK_SEQ };
 
 /* A request or response head being collected: its bytes, and the header
  * lines to drop from it, found through the parser's callbacks. */
@@ -95,6 +97,8 @@ struct front_head {
     bool path_long;
     char sync[8];
     uint32_t sync_len;
+    char seq[24];               /* X-Resplice-State-Seq: the state's age, for --apply-file */
+    uint32_t seq_len;
 };
 
 /* A forwarded request whose response is not yet all sent to the client. */
@@ -111,6 +115,7 @@ struct front_txn {
     bool waiting;               /* synchronous update not yet acknowledged: held */
     uint8_t *sync_state;        /* a synchronous update's state, sent with the response */
     uint32_t sync_len;          /*   once that is complete (front_sync_send) */
+    uint64_t state_seq;         /* its X-Resplice-State-Seq */
     uint8_t *rec;               /* answered from this recorded response (the alternate) */
     uint32_t rec_len, rec_off;
     char what[80];
@@ -211,6 +216,7 @@ struct app_front {
     char apply_path[PATH_MAX + 32];
     struct front_rec recs[FRONT_RECS];
     uint32_t rec_next;
+    uint64_t installed_seq;     /* --apply-file: the newest state installed */
     bool crashed;               /* --crash-at fired (a test's fault injection) */
     uint64_t stats[FS_MAX];
 };
@@ -240,7 +246,7 @@ static void head_reset(struct front_head *h)
     h->n_cuts = 0;
     h->cut_overflow = h->done = false;
     h->has_state = h->has_sync = h->path_long = false;
-    h->path_len = h->sync_len = 0;
+    h->path_len = h->sync_len = h->seq_len = 0;
 }
 
 static uint32_t head_pos(const struct front_head *h, const char *at)
@@ -279,6 +285,9 @@ static void head_classify(struct front_conn *c, struct front_head *h)
         h->kind = HK_SYNC;
         h->has_sync = true;
         h->sync_len = 0;
+    } else if (name_is(h, "X-Resplice-State-Seq")) {
+        h->kind = HK_SEQ;
+        h->seq_len = 0;
     } else if (ours) {
         h->kind = HK_CUT;
     } else {
@@ -341,6 +350,10 @@ static void head_value(struct front_conn *c, struct front_head *h, const char *a
         memcpy(h->sync + h->sync_len, at, len);
         h->sync_len += (uint32_t)len;
         h->sync[h->sync_len] = '\0';
+    } else if (h->kind == HK_SEQ && h->seq_len + len < sizeof(h->seq)) {
+        memcpy(h->seq + h->seq_len, at, len);
+        h->seq_len += (uint32_t)len;
+        h->seq[h->seq_len] = '\0';
     }
 }
 
@@ -1077,6 +1090,7 @@ static void rs_state(struct front_conn *c, struct front_txn *t)
         f->stats[FS_SYNC]++;
     if (!app->hooks.txn_update)
         return;
+    t->state_seq = h->seq_len ? strtoull(h->seq, NULL, 10) : 0;
     if (sync && (t->sync_state = malloc((size_t)len + 1))) {
         /* Held; it leaves with the complete response (front_sync_send). */
         memcpy(t->sync_state, f->blob + FRONT_BLOB_HDR, (size_t)len);
@@ -1098,6 +1112,11 @@ static uint32_t get_le32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+static uint64_t get_le64(const uint8_t *p)
+{
+    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+
 /* Hands the envelope in f->blob (the state of 'slen' bytes and a response
  * of 'rlen' bytes already after the header) to the hooks. */
 static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen, uint32_t rlen, bool sync)
@@ -1110,6 +1129,8 @@ static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen,
     memcpy(b, FRONT_BLOB_MAGIC, 4);
     put_le32(b + 4, slen);
     put_le32(b + 8, rlen);
+    put_le32(b + 12, (uint32_t)t->state_seq);
+    put_le32(b + 16, (uint32_t)(t->state_seq >> 32));
     t->hooked = true;
     r = app->hooks.txn_update(app->hooks.ctx, t->id, b, FRONT_BLOB_HDR + slen + rlen, sync);
     t->waiting = r == RS_APP_HOOK_WAIT;
@@ -1707,6 +1728,71 @@ static void apply_finish(struct app_front *f, struct rs_app *app)
     app_xfer_apply_done(app, f->apply_cookie, status);
 }
 
+/* Writes 'len' bytes of 'data' to a new file made from template 'tmpl'
+ * (mkostemp: the name is left there) with 'mode'.  Returns 0, or -errno
+ * and no file. */
+static int write_temp(char *tmpl, const void *data, size_t len, mode_t mode)
+{
+    size_t off = 0;
+    int fd = mkostemp(tmpl, O_CLOEXEC), err;
+
+    if (fd < 0)
+        return -errno;
+    while (off < len) {
+        ssize_t w = write(fd, (const uint8_t *)data + off, len - off);
+
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            err = -errno;
+            close(fd);
+            unlink(tmpl);
+            return err;
+        }
+        off += (size_t)w;
+    }
+    if (fchmod(fd, mode) < 0 || close(fd) < 0) {
+        err = -errno;
+        unlink(tmpl);
+        return err;
+    }
+    return 0;
+}
+
+/* --apply-file: the state is the application's whole state file; one
+ * rename installs it, unless a newer one ('seq', X-Resplice-State-Seq) is
+ * already there (states of different client connections can be logged,
+ * hence applied, out of the order they were taken in).  Returns 0 or -errno. */
+static int apply_file(struct app_front *f, rs_txn_id id, const void *state, size_t len, uint64_t seq)
+{
+    char tmp[PATH_MAX + 16], ids[RS_TXN_ID_STRLEN];
+    struct stat st;
+    int err;
+
+    txn_str(id, ids);
+    if (seq && seq < f->installed_seq) {
+        rs_log("state-apply %s file %zuB seq=%" PRIu64 " older than the installed %" PRIu64 ": skipped", ids,
+               len, seq, f->installed_seq);
+        return 0;
+    }
+    snprintf(tmp, sizeof(tmp), "%s.rs-XXXXXX", f->cfg.apply_file);
+    err = write_temp(tmp, state, len, stat(f->cfg.apply_file, &st) == 0 ? st.st_mode & 07777 : 0640);
+    if (err == 0 && rename(tmp, f->cfg.apply_file) < 0) {
+        err = -errno;
+        unlink(tmp);
+    }
+    if (err < 0) {
+        f->stats[FS_APPLY_ERRORS]++;
+        rs_log("state-apply %s file %s: %s", ids, f->cfg.apply_file, strerror(-err));
+        return err;
+    }
+    if (seq)
+        f->installed_seq = seq;
+    f->stats[FS_APPLIES]++;
+    rs_log("state-apply %s file %zuB seq=%" PRIu64, ids, len, seq);
+    return 0;
+}
+
 int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t len, uint64_t cookie)
 {
     struct app_front *f = app->front;
@@ -1716,11 +1802,11 @@ int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t 
     posix_spawnattr_t attr;
     struct epoll_event ev;
     sigset_t none, dfl;
-    size_t off = 0;
+    uint64_t seq = 0;
     pid_t pid;
-    int fd, err;
+    int err;
 
-    if (!f->cfg.apply_cmd)
+    if (!f->cfg.apply_cmd && !f->cfg.apply_file)
         return -EOPNOTSUPP;
     if (f->apply_pid > 0)
         return -EBUSY;
@@ -1733,6 +1819,7 @@ int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t 
                    slen, rlen);
             return -EINVAL;
         }
+        seq = get_le64(b + 12);
         if (rlen)
             rec_keep(f, id, b + FRONT_BLOB_HDR + slen, rlen);
         if (slen == 0)
@@ -1740,24 +1827,11 @@ int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t 
         state = b + FRONT_BLOB_HDR;
         len = slen;
     }
+    if (f->cfg.apply_file)
+        return apply_file(f, id, state, len, seq);
     snprintf(f->apply_path, sizeof(f->apply_path), "%s/rs-apply-XXXXXX", f->state_real);
-    fd = mkostemp(f->apply_path, O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    while (off < len) {
-        ssize_t w = write(fd, (const uint8_t *)state + off, len - off);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            err = -errno;
-            close(fd);
-            unlink(f->apply_path);
-            return err;
-        }
-        off += (size_t)w;
-    }
-    close(fd);
+    if ((err = write_temp(f->apply_path, state, len, 0600)) < 0)
+        return err;
     /* sh -c 'CMD "$@"' rs-apply FILE TXN: the blob and the ID are CMD's
      * last two arguments ($1 and $2 inside a script). */
     if (asprintf(&cmd, "%s \"$@\"", f->cfg.apply_cmd) < 0) {

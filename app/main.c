@@ -97,6 +97,9 @@ static void usage(FILE *f)
         "  --apply-cmd CMD      on the alternate, apply a state blob by running\n"
         "                       sh -c 'CMD \"$@\"' rs-apply BLOBFILE TXNID (exit 0 = applied)\n"
         "  --apply-timeout DUR  kill the apply command after DUR (default 10s)\n"
+        "  --apply-file PATH    instead: the state is the whole file PATH (e.g. an sqlite\n"
+        "                       database), installed by an atomic rename; an older state\n"
+        "                       (X-Resplice-State-Seq) than the installed one is skipped\n"
         "  --crash-at N[+B]     fault injection: SIGKILL this process before byte B\n"
         "                       (default 0) of the response to transaction number N leaves\n"
         "                       (first connection to get there); the bytes it held go to\n"
@@ -240,6 +243,7 @@ int main(int argc, char **argv)
         { "strip-header", required_argument, NULL, 'H' },
         { "state-dir", required_argument, NULL, 'D' },
         { "apply-cmd", required_argument, NULL, 'A' },
+        { "apply-file", required_argument, NULL, 'F' },
         { "apply-timeout", required_argument, NULL, 'O' },
         { "crash-at", required_argument, NULL, 'C' },
         { "help", no_argument, NULL, 'h' },
@@ -296,6 +300,7 @@ int main(int argc, char **argv)
             break;
         case 'D': front.state_dir = optarg; break;
         case 'A': front.apply_cmd = optarg; break;
+        case 'F': front.apply_file = optarg; break;
         case 'O':
             if (rs_parse_duration(optarg, &front.apply_timeout_ns) < 0 || front.apply_timeout_ns == 0) {
                 fprintf(stderr, "rs-app: bad --apply-timeout '%s' (e.g. 10s)\n", optarg);
@@ -337,8 +342,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-app: --upstream serves another application: no --sync-delay or --state\n");
         return 2;
     }
-    if (!upstream_text && (strip_given || front.apply_cmd || front.crash_num >= 0)) {
-        fprintf(stderr, "rs-app: --strip-header, --apply-cmd and --crash-at need --upstream\n");
+    if (front.apply_cmd && front.apply_file) {
+        fprintf(stderr, "rs-app: --apply-cmd or --apply-file, not both\n");
+        return 2;
+    }
+    if (!upstream_text && (strip_given || front.apply_cmd || front.apply_file || front.crash_num >= 0)) {
+        fprintf(stderr, "rs-app: --strip-header, --apply-cmd, --apply-file and --crash-at need --upstream\n");
         return 2;
     }
     if (upstream_text && rs_addr_parse(upstream_text, &front.upstream) < 0) {

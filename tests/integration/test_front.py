@@ -102,7 +102,8 @@ class H(http.server.BaseHTTPRequestHandler):
                 with open(counter + ".tmp", "w") as f:
                     f.write(str(v))
                 os.rename(counter + ".tmp", counter)
-                return self.small("counter=%d\n" % v, state="counter=%d" % v)
+                return self.small("counter=%d\n" % v, state="counter=%d" % v,
+                                  extra=[("X-Resplice-State-Seq", str(v))])
             return self.small("counter=%d\n" % v)
         if u.path == "/token":
             t = uuid.uuid4().hex
@@ -266,7 +267,11 @@ class FrontCase(unittest.TestCase):
         return [sys.executable, os.path.join(self.dir, "upstream.py"), "127.0.0.1", str(UP_PORT),
                 self.hdir(host)]
 
+    apply_file = None       # a test sets it: --apply-file instead of --apply-cmd
+
     def front_args(self, host):
+        if self.apply_file:
+            return ["--state-dir", self.hdir(host), "--apply-file", self.apply_file]
         return ["--state-dir", self.hdir(host), "--apply-cmd", f"sh {self.hdir(host)}/apply.sh",
                 "--apply-timeout", "5s"]
 
@@ -383,8 +388,29 @@ class TestFront(FrontCase):
         self.assertEqual(self.client(port + 1, [["POST", "/bigstate", {}, ""]])[0]["status"], 200)
         self.assertTrue(wait_until(lambda: self.report(ALTERNATE, big) == ("none", "0"), 5),
                         self.log("front-primary")[-2000:])
-        # 900004 bytes of state in the front's 12-byte envelope.
-        self.assertIn(f"update {big}#0 900016B", self.log("stated-alternate"))
+        # 900004 bytes of state in the front's 20-byte envelope.
+        self.assertIn(f"update {big}#0 900024B", self.log("stated-alternate"))
+
+    def test_apply_file_newest_state_wins(self):
+        """--apply-file installs a whole-state file by rename; states of two
+        client connections logged out of the order they were taken in: the
+        older one (X-Resplice-State-Seq) is skipped."""
+        self.apply_file = os.path.join(self.hdir("alternate"), "app.state")
+        self.start_pair()
+        a, b = f"{C1}:42041", f"{C1}:42042"
+        self.client(42041, [["POST", "/counter", {}, ""]])     # counter=1, seq 1
+        self.client(42042, [["POST", "/counter", {}, ""]])     # counter=2, seq 2
+        for cl in (a, b):
+            self.assertTrue(wait_until(lambda: self.report(ALTERNATE, cl) == ("none", "0"), 5))
+        read = lambda: open(self.apply_file).read() if os.path.exists(self.apply_file) else None  # noqa: E731
+        self.assertEqual(self.ctl(ALTERNATE, "txn-logged", "--txn", f"{b}#0", "--resp-end", "1")[0], 0)
+        self.assertTrue(wait_until(lambda: read() == "counter=2", 5), self.log("front-alternate"))
+        self.assertEqual(self.ctl(ALTERNATE, "txn-logged", "--txn", f"{a}#0", "--resp-end", "1")[0], 0)
+        self.assertTrue(wait_until(lambda: "older than the installed 2: skipped" in self.log("front-alternate"), 5),
+                        self.log("front-alternate"))
+        self.assertEqual(read(), "counter=2")
+        self.assertIn(f"state-apply {b}#0 file 9B seq=2", self.log("front-alternate"))
+        self.assertEqual([f for f in os.listdir(self.hdir("alternate")) if ".rs-" in f], [])
 
     def test_apply_failure_is_reported(self):
         self.start_pair()
@@ -425,7 +451,7 @@ class TestFront(FrontCase):
                       re.M)
         self.assertIsNotNone(m, self.log("stated-alternate"))
         # The envelope carries the 38-byte state and the whole response.
-        self.assertGreater(int(m.group(2)), 12 + 38 + len(resps[0]["body"]))
+        self.assertGreater(int(m.group(2)), 20 + 38 + len(resps[0]["body"]))
         self.assertLessEqual(float(m.group(1)), resps[0]["t"])
         self.assertGreaterEqual(float(m.group(1)), t0)
         self.assertEqual(self.report(ALTERNATE, client), ("none", "0"))

@@ -16,7 +16,8 @@
  *                                   session id, token or compose id): the
  *                                   front holds the response until the
  *                                   alternate has the state.
- * On the alternate, apply_state.php (--apply-cmd) installs the snapshot.
+ * On the alternate, the front installs the snapshot over the database
+ * (rs-app --apply-file), the newest (X-Resplice-State-Seq) winning.
  *
  * It also names the transaction in the request's mail conversations, for
  * the auxiliary logger (rs-auxlog) between the backends and the mail store:
@@ -124,7 +125,7 @@ class resplice extends rcube_plugin
         }
 
         try {
-            self::snapshot($this->db_path, $tmp, $this->skip_tables());
+            $seq = self::snapshot($this->db_path, $tmp, $this->skip_tables());
         }
         catch (Exception $e) {
             @unlink($tmp);
@@ -143,6 +144,8 @@ class resplice extends rcube_plugin
         header_remove('Last-Modified');
 
         header('X-Resplice-State: ' . $tmp);
+        // Its age: the alternate keeps the newest whole-database copy.
+        header('X-Resplice-State-Seq: ' . $seq);
         if ($this->is_nondeterministic()) {
             header('X-Resplice-Sync: 1');
         }
@@ -155,7 +158,8 @@ class resplice extends rcube_plugin
      * while other requests write; 'skip' tables are emptied in the copy
      * (caches: rebuilt on demand, and they would blow the 1 MiB state limit).
      * A resplice_meta row records when the copy was taken, so the alternate
-     * can ignore a snapshot older than one it already has.
+     * can ignore a snapshot older than one it already has; returns that
+     * sequence number (hrtime).
      */
     public static function snapshot($src, $dst, array $skip = [])
     {
@@ -181,12 +185,15 @@ class resplice extends rcube_plugin
         }
         $copy->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
         // hrtime: monotonic on this host; snapshots only come from the primary.
+        $seq = (string) hrtime(true);
         $st = $copy->prepare("INSERT OR REPLACE INTO resplice_meta (k, v) VALUES ('seq', ?)");
-        $st->execute([(string) hrtime(true)]);
+        $st->execute([$seq]);
         if ($emptied) {
             $copy->exec('VACUUM');
         }
         $copy = null;
+
+        return $seq;
     }
 
     /**
