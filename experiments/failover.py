@@ -23,8 +23,10 @@ TECHNIQUES=a,b,... to choose.  Ends with a summary: line (median failover
 per technique over all crash points)."""
 import argparse
 import csv
+import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -123,18 +125,22 @@ class Study:
             t.stop()
         return base
 
-    def trial(self, tech, action, point, step, offset, trial, base):
+    def trial(self, tech, action, point, step, offset, trial, base, timeline=None):
         """One crash trial: 'tech' crashes at byte 'offset' of request
         'step' of 'action'; 'base' is baseline()'s.  Writes its row; returns
-        (ok, failover ms or None)."""
+        (ok, failover ms or None).  'timeline' (a directory; resplice only):
+        keep the client's pcap and the failover's times there for figures.py."""
         before = self.counts()
         t = tech.start(f"{step}+{offset}")
         crashed = {}
         w = threading.Thread(target=lambda: crashed.update(t=t.crash()), daemon=True)
         w.start()
+        cap = self.tb.capture("c1", f"timeline-{self.n}", bpf_filter="tcp port 80", snaplen=96) if timeline else None
         rows = self.client(t, action)
         w.join(60)
         time.sleep(0.2)
+        if cap:
+            self.tb.stop_capture(cap[0])
         st = steps_of(rows)
         ok = bool(st) and len(st) == len(base[action][0]) and all(r == "ok" for r, _, _ in st)
         dup = 0
@@ -152,6 +158,10 @@ class Study:
             m = re.search(r"recovered id=\d+ .*total_us=(\d+)", plog)
             detect = (th - tc) * 1000 if tc and th else None
             recover = int(m.group(1)) / 1000 if m else None
+            if cap:
+                keep_timeline(timeline, f"{tech.name}-{action}-{point}", cap[1], {
+                    "crash": tc, "detect": th, "resend": ts_of(plog, r"step=resent"),
+                    "resplice": ts_of(plog, r"recovered id=")}, f"{tech.name}: {action}, crash {point}")
         t.stop()
         self.w.write(workload="roundcube", action=action, technique=tech.name, crash_point=point, trial=trial,
                      seed=trial, ok=int(ok), failover_ms=failover,
@@ -160,6 +170,22 @@ class Study:
                      config={**tech.config(), "crash_at": f"{step}+{offset}", "request": step,
                              "client": tech.client_args()})
         return ok, failover
+
+
+def keep_timeline(folder, name, pcap, marks, title):
+    """Copies a trial's client pcap into 'folder' with the sidecar that
+    figures.py draws the failover timeline from (marks: epoch seconds, the
+    daemons' log clock = tcpdump's)."""
+    os.makedirs(folder, exist_ok=True)
+    dst = os.path.join(folder, f"{name}.pcap")
+    shutil.copy(pcap, dst)
+    t = [v for v in marks.values() if v]
+    meta = {"pcap": os.path.basename(dst), "server": "10.0.0.1", "title": title,
+            "marks": {k: v for k, v in marks.items() if v}}
+    if t:
+        meta["xrange"] = [min(t) - 0.05, max(t) + 0.05]
+    with open(os.path.join(folder, f"{name}.timeline.json"), "w") as f:
+        json.dump(meta, f, indent=1)
 
 
 def main():
@@ -198,7 +224,8 @@ def main():
                 offset = max(sizes[step] // 2, 40) if off == "mid" else off
                 for trial in range(trials):
                     progress.step(f"{name} {action} crash={point} trial {trial}")
-                    ok, f = s.trial(tech, action, point, step, offset, trial, base)
+                    tl = os.path.join(out_dir, "timeline") if name == "resplice" and trial == 0 else None
+                    ok, f = s.trial(tech, action, point, step, offset, trial, base, timeline=tl)
                     by_tech.setdefault(name, []).append(f)
     print()
     for name in techs:

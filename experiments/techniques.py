@@ -22,9 +22,12 @@ Techniques (experiments/common.py's names):
                   (inter 2s fall 3), active/backup, shared session database,
                   the browser-like client in front of it
   haproxy-tuned   the same with inter 100ms fall 2
-  resplice        roundcube/deploy.py's ResplicedRoundcube
-VRRP (keepalived) is not deployed yet (experiments/baselines.py has its
-configuration)."""
+  vrrp            VIP takeover with keepalived (VRRPv2, advert 1 s) on the two
+                  backends, a check script (the front answers, every 1 s,
+                  keepalived's shortest interval) moves the VIP; shared
+                  session database, the browser-like client to the VIP
+  vrrp-tuned      the same with VRRPv3 adverts every 100 ms
+  resplice        roundcube/deploy.py's ResplicedRoundcube"""
 import os
 import time
 
@@ -36,6 +39,7 @@ from topologies.lan import SERVERS
 
 FRONT_PORT = 8080
 VIP = f"{SERVERS['proxy']}:80"
+VRRP_VIP = "10.0.0.100"     # a free address on the testbed's /8
 # HAProxy's health check: a static file through the front (no PHP session
 # is made per check).
 CHECK_PATH = "/skins/elastic/images/favicon.ico"
@@ -177,6 +181,51 @@ class BrowserRetryShared(BrowserRetry):
     name, shared = "browser-shared", True
 
 
+class Vrrp(Technique):
+    """keepalived on the primary (MASTER) and the alternate (BACKUP)."""
+    name, advert = "vrrp", "default"
+
+    def start(self, crash_at):
+        self.b = Backends(self.tb, self.dir, ["primary", "alternate"], shared_db=True)
+        self.b.start(crash_at)
+        hosts = ("primary", "alternate")
+        ifs = [(f"{h}-eth0", self.tb[h].IP()) for h in hosts]
+        check = f"/usr/bin/curl -sf -o /dev/null -m 1 http://127.0.0.1:{FRONT_PORT}{CHECK_PATH}"
+        texts = baselines.keepalived_pair(VRRP_VIP, ifs[0], ifs[1], advert=self.advert, check_script=check)
+        self.ka = {}
+        for h, text in zip(hosts, texts):
+            run = os.path.join(os.path.abspath(self.dir), f"keepalived-{h}")
+            os.makedirs(run, exist_ok=True)
+            cfg = os.path.join(run, "keepalived.conf")
+            with open(cfg, "w") as f:
+                f.write(text)
+            self.ka[h] = self.tb.start(h, f"keepalived-{h}", [
+                "keepalived", "-n", "-l", "-D", "-G", "-P", "-f", cfg, "-p", os.path.join(run, "pid"),
+                "-r", os.path.join(run, "vrrp.pid")])
+        end = time.monotonic() + 10
+        while VRRP_VIP not in self.tb["primary"].cmd("ip -4 -o addr show dev primary-eth0"):
+            if time.monotonic() > end or not all(d.alive() for d in self.ka.values()):
+                raise DeployError(f"keepalived: the primary never held {VRRP_VIP}; see {self.ka['primary'].err}")
+            time.sleep(0.05)
+        return self
+
+    def server(self):
+        return f"{VRRP_VIP}:{FRONT_PORT}"
+
+    def crash(self):
+        return self.b.crash()
+
+    def stop(self):
+        for d in self.ka.values():
+            if d.alive():
+                self.tb.stop(d)
+        self.b.stop()
+
+
+class VrrpTuned(Vrrp):
+    name, advert = "vrrp-tuned", "tuned"
+
+
 class Resplice(Technique):
     name, browser = "resplice", False
 
@@ -203,4 +252,5 @@ def _wait_listening(host, port, timeout):
     return False
 
 
-TECHNIQUES = {t.name: t for t in (Direct, BrowserRetry, BrowserRetryShared, HAProxyDefault, HAProxyTuned, Resplice)}
+TECHNIQUES = {t.name: t for t in (Direct, BrowserRetry, BrowserRetryShared, HAProxyDefault, HAProxyTuned, Vrrp,
+                                  VrrpTuned, Resplice)}

@@ -85,6 +85,12 @@ class ExperimentLan(unittest.TestCase):
         cells = [c.strip() for c in line[0].strip("|").split("|")]
         self.assertEqual(cells[3:6], ["2", "2", f"{med:.2f}"], line)
         self.assertIn("failover-time-roundcube-action2.png", report)
+        # One resplice trial per crash point kept its client pcap: a timeline each.
+        timelines = sorted(f for f in os.listdir(self.plots) if f.startswith("timeline-failover-"))
+        self.assertEqual(len(timelines), 2, os.listdir(self.plots))
+        for t in timelines:
+            with open(os.path.join(self.plots, t), "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
 
 if __name__ == "__main__":
