@@ -6,7 +6,6 @@ the exit code are checked.  A last case runs against build/rs-app if built."""
 import csv
 import hashlib
 import os
-import re
 import select
 import socket
 import struct

@@ -6,15 +6,14 @@ import csv
 import os
 import re
 import signal
-import tempfile
 import textwrap
 import unittest
 
 from emul.shaping import wait_until
 from emul.stack import binary
-from emul.testbed import Testbed, leftovers
-from roundcube.deploy import USERS, MailStore, Roundcube, count_messages, pid_alive
-from topologies.lan import SERVERS, LanTopo
+from roundcube.deploy import USERS, Roundcube, count_messages, pid_alive
+from tests.integration.mail_case import MailTestbedCase
+from topologies.lan import SERVERS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRACES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "roundcube", "traces")
@@ -32,42 +31,25 @@ def summary(out):
     return dict(kv.split("=", 1) for kv in line.split()[1:])
 
 
-class RoundcubeCase(unittest.TestCase):
+class RoundcubeCase(MailTestbedCase):
     """One testbed for the whole class: deploying takes a second, the
     testbed a few."""
 
+    prefix = "rs-roundcube-"
+
     @classmethod
-    def setUpClass(cls):
-        assert leftovers() == [], leftovers()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-roundcube-")
-        os.chmod(cls.tmp.name, 0o755)      # dovecot's mail processes are not root
-        cls.dir = os.path.join(cls.tmp.name, "run")
-        cls.tb = Testbed(LanTopo(), cls.dir)
-        cls.tb.__enter__()
-        try:
-            cls.ms = MailStore(cls.tb, cls.dir).start()
-            cls.rc = Roundcube(cls.tb, cls.dir, "primary").start()
-            cls.proxy = cls.tb.start("proxy", "proxy", [
-                binary("rs-proxy"), "--listen", VIP, "--backend", cls.rc.addr], ready="listening")
-        except BaseException:
-            cls.tb.__exit__(None, None, None)
-            cls.tmp.cleanup()
-            raise
-        cls.pids = cls.rc.pids() + cls.ms.pids()
+    def start_class(cls):
+        cls.rc = Roundcube(cls.tb, cls.dir, "primary").start()
+        cls.proxy = cls.tb.start("proxy", "proxy", [
+            binary("rs-proxy"), "--listen", VIP, "--backend", cls.rc.addr], ready="listening")
         cls.times = {}
+        return cls.rc.pids()
 
     @classmethod
     def tearDownClass(cls):
-        cls.tb.__exit__(None, None, None)
-        try:
-            # Every process we started, php-cgi's children included, is gone.
-            left = [p for p in cls.pids if pid_alive(p)]
-            assert left == [], f"processes left behind: {left}"
-            assert leftovers() == [], leftovers()
-            for k, v in sorted(cls.times.items()):
-                print(f"\n  roundcube {k}: {v}", end="")
-        finally:
-            cls.tmp.cleanup()
+        super().tearDownClass()
+        for k, v in sorted(cls.times.items()):
+            print(f"\n  roundcube {k}: {v}", end="")
 
     def replay(self, name, server, trace, extra=()):
         """Runs rs-client with 'trace' (in roundcube/traces unless a path)

@@ -15,16 +15,13 @@ static file.  One testbed for the class; a fresh resplice stack and fresh
 databases for every trial."""
 import csv
 import os
-import re
-import tempfile
 import threading
 import unittest
 
 from emul.shaping import wait_until
 from emul.stack import binary
-from emul.testbed import Testbed, leftovers
-from roundcube.deploy import AuxLog, MailStore, ResplicedRoundcube, count_messages, pid_alive
-from topologies.lan import LanTopo
+from roundcube.deploy import AuxLog, ResplicedRoundcube, count_messages
+from tests.integration.mail_case import MailTestbedCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRACES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "roundcube", "traces")
@@ -37,35 +34,15 @@ def read(path, mode="r"):
         return f.read()
 
 
-class RoundcubeFailover(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        assert leftovers() == [], leftovers()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-rcfo-")
-        os.chmod(cls.tmp.name, 0o755)      # dovecot's mail processes are not root
-        cls.dir = os.path.join(cls.tmp.name, "run")
-        cls.tb = Testbed(LanTopo(), cls.dir)
-        cls.tb.__enter__()
-        try:
-            cls.ms = MailStore(cls.tb, cls.dir).start()
-            cls.aux = AuxLog(cls.tb, cls.dir).start()
-        except BaseException:
-            cls.tb.__exit__(None, None, None)
-            cls.tmp.cleanup()
-            raise
-        cls.pids = cls.ms.pids() + [cls.aux.d.pid]
-        cls.sizes = None
-        cls.n = 0
+class RoundcubeFailover(MailTestbedCase):
+    prefix = "rs-rcfo-"
 
     @classmethod
-    def tearDownClass(cls):
-        cls.tb.__exit__(None, None, None)
-        try:
-            left = [p for p in cls.pids if pid_alive(p)]
-            assert left == [], f"processes left behind: {left}"
-            assert leftovers() == [], leftovers()
-        finally:
-            cls.tmp.cleanup()
+    def start_class(cls):
+        cls.aux = AuxLog(cls.tb, cls.dir).start()
+        cls.sizes = None
+        cls.n = 0
+        return [cls.aux.d.pid]
 
     # -- helpers -------------------------------------------------------------
     def counts(self):

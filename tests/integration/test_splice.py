@@ -6,7 +6,6 @@ another server between transactions."""
 import csv as csvmod
 import os
 import re
-import subprocess
 import tempfile
 import time
 import unittest
