@@ -43,7 +43,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
 
-.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-roundcube figures experiment-lan clean
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-roundcube figures experiment-lan experiment-wan clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -129,6 +129,12 @@ bench-roundcube: all
 # figures and results/REPORT.md.
 experiment-lan: all
 	@$(PYTHON) experiments/failover.py
+	@$(PYTHON) experiments/figures.py
+	@$(PYTHON) experiments/report.py
+
+# The same over emulated WAN client links (PROFILES=, TRIALS=, QUICK=1).
+experiment-wan: all
+	@$(PYTHON) experiments/failover.py --study wan
 	@$(PYTHON) experiments/figures.py
 	@$(PYTHON) experiments/report.py
 

@@ -20,7 +20,12 @@ crash -> proxy hold -> re-spliced; blank for the others).
 
 TRIALS= (default 5), QUICK=1 (1 trial, two crash points, four techniques),
 TECHNIQUES=a,b,... to choose.  Ends with a summary: line (median failover
-per technique over all crash points)."""
+per technique over all crash points).
+
+--study wan (make experiment-wan): the same trials over emulated client
+links (topologies/profiles.conf: PROFILES=a,b, default the five WAN
+profiles), at the headline crash point (mailbox-mid) with four techniques,
+3 trials each; results/wan/roundcube.csv (profile, rtt_ms, loss_pct)."""
 import argparse
 import csv
 import json
@@ -40,6 +45,7 @@ from experiments import common  # noqa: E402
 from experiments.techniques import TECHNIQUES  # noqa: E402
 from roundcube.deploy import AuxLog, MailStore, count_messages  # noqa: E402
 from topologies.lan import LanTopo  # noqa: E402
+from topologies.profiles import get as get_profile  # noqa: E402
 
 TRACES = os.path.join(common.ROOT, "roundcube", "traces")
 ACTIONS = {"action1": "action1.trace", "action2": "action2.trace"}
@@ -78,8 +84,8 @@ def steps_of(rows):
 
 
 class Study:
-    def __init__(self, tb, run_dir, writer, progress):
-        self.tb, self.dir, self.w, self.progress = tb, run_dir, writer, progress
+    def __init__(self, tb, run_dir, writer, progress, profile=None):
+        self.tb, self.dir, self.w, self.progress, self.profile = tb, run_dir, writer, progress, profile
         self.ms = MailStore(tb, run_dir).start()
         self.aux = AuxLog(tb, run_dir).start()
         self.n = 0
@@ -100,14 +106,14 @@ class Study:
         with open(out) as f:
             return list(csv.DictReader(f))
 
-    def baseline(self, tech, runs=3, row=None):
+    def baseline(self, tech, runs=3, row=None, actions=ACTIONS):
         """Crash-free runs of each action: {action: (per-step median ms, body
         sizes, [action ms per run])}.  'row(action, run, ok, ms)', when
         given, records each run."""
         t = tech.start(None)
         base = {}
         try:
-            for action in ACTIONS:
+            for action in actions:
                 self.client(t, action)                  # warm-up
                 by_run = {}
                 for r in self.client(t, action, runs):
@@ -166,7 +172,9 @@ class Study:
         self.w.write(workload="roundcube", action=action, technique=tech.name, crash_point=point, trial=trial,
                      seed=trial, ok=int(ok), failover_ms=failover,
                      action_ms=sum(ms for _, ms, _ in st) if st else None, errors=errors, relogins=relogin,
-                     detect_ms=detect, recover_ms=recover, profile="lan", rtt_ms=0, loss_pct=0,
+                     detect_ms=detect, recover_ms=recover, profile=self.profile.name if self.profile else "lan",
+                     rtt_ms=self.profile.rtt_ms if self.profile else 0,
+                     loss_pct=self.profile.loss * 100 if self.profile else 0,
                      config={**tech.config(), "crash_at": f"{step}+{offset}", "request": step,
                              "client": tech.client_args()})
         return ok, failover
@@ -188,52 +196,72 @@ def keep_timeline(folder, name, pcap, marks, title):
         json.dump(meta, f, indent=1)
 
 
+# The WAN study (make experiment-wan): the headline crash point only, over
+# each client-link profile (topologies/profiles.conf), fewer techniques.
+WAN_PROFILES = ("wan-60", "wan-250", "wan-300", "wan-60-loss1", "wan-250-loss2")
+WAN_POINTS = ("mailbox-mid",)
+WAN_TECHNIQUES = ("browser-shared", "haproxy-tuned", "vrrp-tuned", "resplice")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", default=os.path.join(common.ROOT, "results"))
+    ap.add_argument("--study", choices=("failover", "wan"), default="failover",
+                    help="failover: the LAN study; wan: over the client-link profiles (PROFILES=a,b)")
     a = ap.parse_args()
-    quick = common.quick()
-    trials = common.trials(5, quick_default=1)
+    quick, wan = common.quick(), a.study == "wan"
+    trials = common.trials(3 if wan else 5, quick_default=1)
     names = os.environ.get("TECHNIQUES")
-    techs = names.split(",") if names else list(QUICK_TECHNIQUES if quick else TECHNIQUES)
+    techs = names.split(",") if names else list(
+        QUICK_TECHNIQUES if quick and not wan else WAN_TECHNIQUES if wan else TECHNIQUES)
     for n in techs:
         if n not in TECHNIQUES:
             sys.exit(f"failover: unknown technique {n!r} (known: {', '.join(TECHNIQUES)})")
-    points = list(QUICK_POINTS if quick else POINTS)
-    out_dir = os.path.join(a.results, "failover")
+    points = list(WAN_POINTS if wan else QUICK_POINTS if quick else POINTS)
+    profiles = [None]
+    if wan:
+        names = os.environ.get("PROFILES")
+        profiles = [get_profile(n) for n in (names.split(",") if names else
+                                             WAN_PROFILES[:1] if quick else WAN_PROFILES)]
+    out_dir = os.path.join(a.results, a.study)
     os.makedirs(out_dir, exist_ok=True)
     out = os.path.join(out_dir, "roundcube.csv")
     if os.path.exists(out):
         os.unlink(out)
-    tmp = tempfile.mkdtemp(prefix="rs-failover-")
+    tmp = tempfile.mkdtemp(prefix=f"rs-{a.study}-")
     os.chmod(tmp, 0o755)        # dovecot's mail processes are not root
-    run_dir = os.path.join(tmp, "run")
-    progress = common.Progress(len(techs) * (1 + len(points) * trials))
+    progress = common.Progress(len(profiles) * len(techs) * (1 + len(points) * trials))
     by_tech = {}
-    with Testbed(LanTopo(), run_dir) as tb, common.RowWriter(out, "failover", config={"trials": trials}) as w:
-        s = Study(tb, run_dir, w, progress)
-        for name in techs:
-            tech = TECHNIQUES[name](tb, run_dir, s.ms, s.aux)
-            progress.step(f"{name} crash-free baseline")
-            base = s.baseline(tech)
-            for point in points:
-                action, step, off = POINTS[point]
-                sizes = base[action][1]
-                if step == "largest":
-                    step = max(range(1, len(sizes)), key=lambda i: sizes[i])
-                offset = max(sizes[step] // 2, 40) if off == "mid" else off
-                for trial in range(trials):
-                    progress.step(f"{name} {action} crash={point} trial {trial}")
-                    tl = os.path.join(out_dir, "timeline") if name == "resplice" and trial == 0 else None
-                    ok, f = s.trial(tech, action, point, step, offset, trial, base, timeline=tl)
-                    by_tech.setdefault(name, []).append(f)
+    with common.RowWriter(out, a.study, config={"trials": trials}) as w:
+        for k, profile in enumerate(profiles):
+            run_dir = os.path.join(tmp, f"run-{k}")
+            pname = profile.name if profile else "lan"
+            with Testbed(LanTopo(profile=profile), run_dir) as tb:
+                s = Study(tb, run_dir, w, progress, profile)
+                for name in techs:
+                    tech = TECHNIQUES[name](tb, run_dir, s.ms, s.aux)
+                    progress.step(f"{pname} {name} crash-free baseline")
+                    actions = sorted({POINTS[p][0] for p in points})
+                    base = s.baseline(tech, runs=1 if wan else 3, actions=actions)
+                    for point in points:
+                        action, step, off = POINTS[point]
+                        sizes = base[action][1]
+                        if step == "largest":
+                            step = max(range(1, len(sizes)), key=lambda i: sizes[i])
+                        offset = max(sizes[step] // 2, 40) if off == "mid" else off
+                        for trial in range(trials):
+                            progress.step(f"{pname} {name} {action} crash={point} trial {trial}")
+                            tl = (os.path.join(out_dir, "timeline") if name == "resplice" and trial == 0
+                                  and not wan else None)
+                            ok, f = s.trial(tech, action, point, step, offset, trial, base, timeline=tl)
+                            by_tech.setdefault(name, []).append(f)
     print()
     for name in techs:
         v = [x for x in by_tech.get(name, []) if x is not None]
         n = len(by_tech.get(name, []))
         med = f"{common.median(v):.1f} ms" if v else "-"
         print(f"{name:15s} completed {len(v)}/{n}  median failover {med}")
-    print(common.summary(study="failover", trials=trials, points=len(points),
+    print(common.summary(study=a.study, trials=trials, points=len(points), profiles=len(profiles),
                          **{f"{n.replace('-', '_')}_ms": (round(common.median([x for x in by_tech[n] if x is not None]), 2)
                                                          if any(x is not None for x in by_tech.get(n, [])) else "none")
                             for n in techs},

@@ -95,3 +95,43 @@ class ExperimentLan(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ExperimentWan(unittest.TestCase):
+    """make experiment-wan's driver, QUICK: resplice over the 60 ms profile,
+    one trial; the WAN figure and the report's WAN table from it."""
+
+    @classmethod
+    def setUpClass(cls):
+        assert leftovers() == [], leftovers()
+        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-exp-wan-")
+        cls.results = os.path.join(cls.tmp.name, "results")
+        cls.plots = os.path.join(cls.tmp.name, "plots")
+        env = dict(os.environ, QUICK="1", TECHNIQUES="resplice", PROFILES="wan-60")
+        cls.drv = subprocess.run([PY, os.path.join(ROOT, "experiments", "failover.py"), "--study", "wan",
+                                  "--results", cls.results], env=env, capture_output=True, text=True, timeout=900)
+        for tool, extra in (("figures.py", ["--plots", cls.plots]), ("report.py", ["--plots", cls.plots])):
+            subprocess.run([PY, os.path.join(ROOT, "experiments", tool), "--results", cls.results] + extra,
+                           capture_output=True, text=True, timeout=300, check=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+        assert leftovers() == [], leftovers()
+
+    def test_wan(self):
+        self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
+        with open(os.path.join(self.results, "wan", "roundcube.csv")) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(len(rows), 1)
+        r = rows[0]
+        self.assertEqual((r["study"], r["technique"], r["profile"], r["rtt_ms"], r["crash_point"], r["ok"]),
+                         ("wan", "resplice", "wan-60", "60", "mailbox-mid", "1"), r)
+        png = os.path.join(self.plots, "wan-failover-rtt-roundcube.png")
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        with open(os.path.join(self.results, "REPORT.md")) as f:
+            report = f.read()
+        line = [l for l in report.splitlines() if l.startswith("| roundcube | wan-60 |")]
+        self.assertEqual(len(line), 1, report)
+        self.assertIn(f"{float(r['failover_ms']):.2f} (1)", line[0])
