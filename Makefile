@@ -125,10 +125,12 @@ bench-roundcube: all
 	@$(PYTHON) experiments/bench_roundcube.py --build $(BUILD)
 
 # The LAN failover study: techniques x Roundcube actions x crash points
-# (TRIALS=, QUICK=1, TECHNIQUES=; see experiments/failover.py), then the
-# figures and results/REPORT.md.
+# (TRIALS=, QUICK=1, TECHNIQUES=; see experiments/failover.py), the overhead
+# without a crash (experiments/overhead.py), then the figures and
+# results/REPORT.md.
 experiment-lan: all
 	@$(PYTHON) experiments/failover.py
+	@$(PYTHON) experiments/overhead.py
 	@$(PYTHON) experiments/figures.py
 	@$(PYTHON) experiments/report.py
 

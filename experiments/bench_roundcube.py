@@ -28,28 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from emul.testbed import Testbed  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.failover import ACTIONS, Study  # noqa: E402
-from experiments.techniques import Resplice, Technique  # noqa: E402
-from roundcube.deploy import Roundcube  # noqa: E402
+from experiments.techniques import Plain, Resplice  # noqa: E402
 from topologies.lan import LanTopo  # noqa: E402
-
-
-class Direct(Technique):
-    """Roundcube on the primary, nothing in front of it (no crash injection)."""
-    name, browser = "direct", False
-
-    def start(self, crash_at):
-        self.rc = Roundcube(self.tb, self.dir, "primary", mailstore_ip=self.ms.ip).start()
-        return self
-
-    def server(self):
-        return self.rc.addr
-
-    def stop(self):
-        self.rc.stop()
-        self.rc.d.clear()
-
-    def config(self):
-        return {"technique": "direct"}
 
 
 def main():
@@ -76,7 +56,7 @@ def main():
                              columns=common.FAILOVER_COLUMNS) as w:
         s = Study(tb, run_dir, w, progress)
         base, resplice = {}, Resplice(tb, run_dir, s.ms, s.aux)
-        for tech in (Direct(tb, run_dir, s.ms), resplice):
+        for tech in (Plain(tb, run_dir, s.ms), resplice):
             progress.step(f"{tech.name}: both actions x{trials}, no crash")
             row = lambda action, run, ok, ms, name=tech.name: w.write(  # noqa: E731
                 workload="roundcube", action=action, technique=name, crash_point="none", trial=run, seed=run,

@@ -243,6 +243,25 @@ class Resplice(Technique):
         self.rr.stop()
 
 
+class Plain(Technique):
+    """Roundcube on the primary, nothing in front of it (no crash injection)."""
+    name, browser = "direct", False
+
+    def start(self, crash_at):
+        self.rc = Roundcube(self.tb, self.dir, "primary", mailstore_ip=self.ms.ip).start()
+        return self
+
+    def server(self):
+        return self.rc.addr
+
+    def stop(self):
+        self.rc.stop()
+        self.rc.d.clear()
+
+    def config(self):
+        return {"technique": "direct"}
+
+
 def _wait_listening(host, port, timeout):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

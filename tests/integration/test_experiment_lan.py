@@ -135,3 +135,50 @@ class ExperimentWan(unittest.TestCase):
         line = [l for l in report.splitlines() if l.startswith("| roundcube | wan-60 |")]
         self.assertEqual(len(line), 1, report)
         self.assertIn(f"{float(r['failover_ms']):.2f} (1)", line[0])
+
+
+class ExperimentOverhead(unittest.TestCase):
+    """The overhead driver, QUICK with two techniques: rows per run and
+    metric, the figure, and the report's overhead table."""
+
+    @classmethod
+    def setUpClass(cls):
+        assert leftovers() == [], leftovers()
+        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-exp-ovh-")
+        cls.results = os.path.join(cls.tmp.name, "results")
+        cls.plots = os.path.join(cls.tmp.name, "plots")
+        env = dict(os.environ, QUICK="1", TECHNIQUES="direct,resplice")
+        cls.drv = subprocess.run([PY, os.path.join(ROOT, "experiments", "overhead.py"), "--results", cls.results],
+                                 env=env, capture_output=True, text=True, timeout=900)
+        for tool in ("figures.py", "report.py"):
+            subprocess.run([PY, os.path.join(ROOT, "experiments", tool), "--results", cls.results,
+                            "--plots", cls.plots], capture_output=True, text=True, timeout=300, check=True)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+        assert leftovers() == [], leftovers()
+
+    def test_overhead(self):
+        self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
+        with open(os.path.join(self.results, "overhead", "roundcube.csv")) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(list(rows[0].keys()), list(common.OVERHEAD_COLUMNS))
+        # 2 techniques x (2 actions x 2 runs of latency + 2 of throughput).
+        got = sorted((r["technique"], r["workload"], r["metric"]) for r in rows)
+        want = sorted((t, f"roundcube-{a}", m) for t in ("direct", "resplice") for a, m in
+                      (("action1", "latency_ms"), ("action2", "latency_ms"), ("action1", "throughput_mbps"))
+                      for _ in range(2))
+        self.assertEqual(got, want)
+        self.assertTrue(all(float(r["value"]) > 0 for r in rows), rows)
+        with open(os.path.join(self.plots, "overhead-latency_ms-roundcube-action2.png"), "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        with open(os.path.join(self.results, "REPORT.md")) as f:
+            report = f.read()
+        med = common.median([float(r["value"]) for r in rows if r["technique"] == "resplice"
+                             and r["workload"] == "roundcube-action2"])
+        line = [l for l in report.splitlines() if l.startswith("| roundcube-action2 | latency_ms | resplice |")]
+        self.assertEqual(len(line), 1, report)
+        self.assertIn(f"| {med:.2f} |", line[0])
+        s = common.parse_summary(self.drv.stdout.strip().splitlines()[-1])
+        self.assertIn("resplice_ratio", s)
