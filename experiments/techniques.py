@@ -27,7 +27,9 @@ Techniques (experiments/common.py's names):
                   keepalived's shortest interval) moves the VIP; shared
                   session database, the browser-like client to the VIP
   vrrp-tuned      the same with VRRPv3 adverts every 100 ms
-  resplice        roundcube/deploy.py's ResplicedRoundcube"""
+  resplice        roundcube/deploy.py's ResplicedRoundcube
+and, for the overhead study only (no crash injection), Plain ("direct"):
+Roundcube on the primary with nothing in front of it."""
 import os
 import time
 
@@ -60,9 +62,8 @@ class Backends:
 
     def start(self, crash_at):
         if self.shared:
-            for f in (self.shared,):
-                if os.path.exists(f):
-                    os.unlink(f)
+            if os.path.exists(self.shared):
+                os.unlink(self.shared)
             init_db(self.shared)
         for h, rc in self.rc.items():
             if os.path.exists(rc.db):
