@@ -1,6 +1,6 @@
-"""make experiment-lan's pieces end to end, QUICK: the failover driver on the
-testbed with the single backend and resplice (two crash points, one trial
-each), then figures.py and report.py on what it wrote.  Asserts on content
+"""make experiment-lan's and experiment-wan's pieces end to end, QUICK: each
+driver (failover LAN and WAN, overhead) on the testbed with a few
+techniques, then figures.py and report.py on what it wrote.  Asserts on content
 (rows, columns, outcomes, the report's numbers against the CSV), never on
 timing."""
 import csv
@@ -17,25 +17,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PY = "/usr/bin/python3"
 
 
-class ExperimentLan(unittest.TestCase):
+class DriverCase(unittest.TestCase):
+    """Runs one driver (QUICK, with 'env' and 'args') into a temporary
+    results/ for the class, then figures.py and report.py on it."""
+    driver, args, env = "failover.py", (), {}
+
     @classmethod
     def setUpClass(cls):
         assert leftovers() == [], leftovers()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-exp-lan-")
+        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-exp-")
         cls.results = os.path.join(cls.tmp.name, "results")
         cls.plots = os.path.join(cls.tmp.name, "plots")
-        env = dict(os.environ, QUICK="1", TECHNIQUES="none,resplice")
-        cls.drv = subprocess.run([PY, os.path.join(ROOT, "experiments", "failover.py"), "--results", cls.results],
-                                 env=env, capture_output=True, text=True, timeout=900)
-        cls.fig = subprocess.run([PY, os.path.join(ROOT, "experiments", "figures.py"), "--results", cls.results,
-                                  "--plots", cls.plots], capture_output=True, text=True, timeout=300)
-        cls.rep = subprocess.run([PY, os.path.join(ROOT, "experiments", "report.py"), "--results", cls.results,
-                                  "--plots", cls.plots], capture_output=True, text=True, timeout=300)
+        cls.drv = subprocess.run([PY, os.path.join(ROOT, "experiments", cls.driver), "--results", cls.results]
+                                 + list(cls.args), env=dict(os.environ, QUICK="1", **cls.env),
+                                 capture_output=True, text=True, timeout=900)
+        cls.fig, cls.rep = (subprocess.run([PY, os.path.join(ROOT, "experiments", tool), "--results", cls.results,
+                                            "--plots", cls.plots], capture_output=True, text=True, timeout=300)
+                            for tool in ("figures.py", "report.py"))
 
     @classmethod
     def tearDownClass(cls):
         cls.tmp.cleanup()
         assert leftovers() == [], leftovers()
+
+
+class ExperimentLan(DriverCase):
+    env = {"TECHNIQUES": "none,resplice"}
 
     def rows(self):
         with open(os.path.join(self.results, "failover", "roundcube.csv")) as f:
@@ -97,30 +104,14 @@ if __name__ == "__main__":
     unittest.main()
 
 
-class ExperimentWan(unittest.TestCase):
+class ExperimentWan(DriverCase):
     """make experiment-wan's driver, QUICK: resplice over the 60 ms profile,
     one trial; the WAN figure and the report's WAN table from it."""
-
-    @classmethod
-    def setUpClass(cls):
-        assert leftovers() == [], leftovers()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-exp-wan-")
-        cls.results = os.path.join(cls.tmp.name, "results")
-        cls.plots = os.path.join(cls.tmp.name, "plots")
-        env = dict(os.environ, QUICK="1", TECHNIQUES="resplice", PROFILES="wan-60")
-        cls.drv = subprocess.run([PY, os.path.join(ROOT, "experiments", "failover.py"), "--study", "wan",
-                                  "--results", cls.results], env=env, capture_output=True, text=True, timeout=900)
-        for tool, extra in (("figures.py", ["--plots", cls.plots]), ("report.py", ["--plots", cls.plots])):
-            subprocess.run([PY, os.path.join(ROOT, "experiments", tool), "--results", cls.results] + extra,
-                           capture_output=True, text=True, timeout=300, check=True)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-        assert leftovers() == [], leftovers()
+    args, env = ("--study", "wan"), {"TECHNIQUES": "resplice", "PROFILES": "wan-60"}
 
     def test_wan(self):
         self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
+        self.assertEqual((self.fig.returncode, self.rep.returncode), (0, 0), self.fig.stderr + self.rep.stderr)
         with open(os.path.join(self.results, "wan", "roundcube.csv")) as f:
             rows = list(csv.DictReader(f))
         self.assertEqual(len(rows), 1)
@@ -137,30 +128,14 @@ class ExperimentWan(unittest.TestCase):
         self.assertIn(f"{float(r['failover_ms']):.2f} (1)", line[0])
 
 
-class ExperimentOverhead(unittest.TestCase):
+class ExperimentOverhead(DriverCase):
     """The overhead driver, QUICK with two techniques: rows per run and
     metric, the figure, and the report's overhead table."""
-
-    @classmethod
-    def setUpClass(cls):
-        assert leftovers() == [], leftovers()
-        cls.tmp = tempfile.TemporaryDirectory(prefix="rs-exp-ovh-")
-        cls.results = os.path.join(cls.tmp.name, "results")
-        cls.plots = os.path.join(cls.tmp.name, "plots")
-        env = dict(os.environ, QUICK="1", TECHNIQUES="direct,resplice")
-        cls.drv = subprocess.run([PY, os.path.join(ROOT, "experiments", "overhead.py"), "--results", cls.results],
-                                 env=env, capture_output=True, text=True, timeout=900)
-        for tool in ("figures.py", "report.py"):
-            subprocess.run([PY, os.path.join(ROOT, "experiments", tool), "--results", cls.results,
-                            "--plots", cls.plots], capture_output=True, text=True, timeout=300, check=True)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
-        assert leftovers() == [], leftovers()
+    driver, env = "overhead.py", {"TECHNIQUES": "direct,resplice"}
 
     def test_overhead(self):
         self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
+        self.assertEqual((self.fig.returncode, self.rep.returncode), (0, 0), self.fig.stderr + self.rep.stderr)
         with open(os.path.join(self.results, "overhead", "roundcube.csv")) as f:
             rows = list(csv.DictReader(f))
         self.assertEqual(list(rows[0].keys()), list(common.OVERHEAD_COLUMNS))
