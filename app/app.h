@@ -176,6 +176,11 @@ struct rs_app {
     uint32_t n_delayed;
     struct app_xfer *xfer;      /* --stated: the state-transfer library, or NULL */
     struct app_front *front;    /* --upstream: front mode (front.c), or NULL */
+    /* --crash-at N+B in application mode (fault injection): SIGKILL ourselves
+     * before byte B of transaction N's response leaves (crash_num < 0: never);
+     * front mode has its own (app_front_cfg). */
+    int crash_num;
+    uint64_t crash_off;
     uint64_t stats[ST_MAX];
 };
 

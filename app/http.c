@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -377,12 +378,49 @@ static bool body_produce(struct app_conn *c)
 
 /* ---- Socket I/O ------------------------------------------------------- */
 
+/* --crash-at: the position in this connection's output stream where the
+ * process dies, or UINT64_MAX. */
+static uint64_t crash_point(const struct app_conn *c, const struct app_txn **which)
+{
+    const struct rs_app *app = c->app;
+
+    if (app->crash_num < 0)
+        return UINT64_MAX;
+    for (uint32_t i = 0; i < c->q_len; i++) {
+        const struct app_txn *t = &c->q[(c->q_head + i) % APP_TXN_Q];
+        uint64_t at = t->start + app->crash_off;
+
+        if (rs_txn_id_num(t->id) != (uint16_t)app->crash_num)
+            continue;
+        *which = t;
+        return t->end != UINT64_MAX && at > t->end ? t->end : at;
+    }
+    return UINT64_MAX;
+}
+
+/* Dies as a crashed backend does, 't''s response cut where it is. */
+static void crash_now(const struct app_conn *c, const struct app_txn *t)
+{
+    char id[RS_TXN_ID_STRLEN];
+
+    rs_txn_id_format(t->id, id, sizeof(id));
+    rs_log("crash-at %s %s: SIGKILL after %" PRIu64 "B of the response", id, c->tuple,
+           c->sent_total - t->start);
+    fflush(NULL);
+    raise(SIGKILL);
+}
+
 /* Sends queued bytes, at most '*budget' of them.  Returns 0 (all sent, the
  * socket is full or the budget spent) or a negative errno. */
 static int conn_flush(struct app_conn *c, uint64_t *budget)
 {
-    while (c->out_off < c->out_len && *budget > 0) {
-        size_t n = (size_t)min_u64(c->out_len - c->out_off, *budget);
+    const struct app_txn *victim = NULL;
+    uint64_t crash = crash_point(c, &victim);
+
+    if (crash <= c->sent_total)
+        crash_now(c, victim);
+    while (c->out_off < c->out_len && *budget > 0 && c->sent_total < crash) {
+        size_t n = (size_t)min_u64(min_u64(c->out_len - c->out_off, *budget), crash - c->sent_total);
         ssize_t w = send(c->fd, c->out + c->out_off, n, MSG_NOSIGNAL);
 
         if (w < 0) {
@@ -396,6 +434,8 @@ static int conn_flush(struct app_conn *c, uint64_t *budget)
         c->sent_total += (uint64_t)w;
         c->app->stats[ST_BYTES_OUT] += (uint64_t)w;
         *budget -= (uint64_t)w;
+        if (c->sent_total == crash)
+            crash_now(c, victim);
     }
     if (c->out_off == c->out_len)
         c->out_off = c->out_len = 0;

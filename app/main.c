@@ -81,6 +81,10 @@ static void usage(FILE *f)
         "                       (reconnects while it is absent; see app/xfer.h)\n"
         "  --stated-timeout DUR answer 503 when a non-deterministic update's state is\n"
         "                       not acknowledged by the peer within DUR (default 500ms)\n"
+        "  --crash-at N[+B]     fault injection: SIGKILL this process before byte B\n"
+        "                       (default 0) of the response to transaction number N leaves\n"
+        "                       (first connection to get there); in front mode the bytes\n"
+        "                       it held go to --state-dir/crash-<txn>.resp\n"
         "  --help               this text\n"
         "\n"
         "Front mode: a numbering reverse proxy in front of a real application\n"
@@ -100,10 +104,6 @@ static void usage(FILE *f)
         "  --apply-file PATH    instead: the state is the whole file PATH (e.g. an sqlite\n"
         "                       database), installed by an atomic rename; an older state\n"
         "                       (X-Resplice-State-Seq) than the installed one is skipped\n"
-        "  --crash-at N[+B]     fault injection: SIGKILL this process before byte B\n"
-        "                       (default 0) of the response to transaction number N leaves\n"
-        "                       (first connection to get there); the bytes it held go to\n"
-        "                       --state-dir/crash-<txn>.resp\n"
         "\n"
         "Endpoints (application mode):\n"
         "  GET|HEAD /static/SIZE[.EXT][?seed=N]  SIZE (e.g. 1M) bytes of checkable content\n"
@@ -259,6 +259,7 @@ int main(int argc, char **argv)
     bool strip_given = false;
 
     app.name = "app";
+    app.crash_num = -1;
     app.epfd = app.lfd = app.sfd = app.delay_tfd = -1;
     while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (opt) {
@@ -322,8 +323,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "rs-app: bad --crash-at '%s' (want N or N+BYTES, e.g. 12+4096)\n", optarg);
                 return 2;
             }
-            front.crash_num = (int)n;
-            front.crash_off = b;
+            app.crash_num = front.crash_num = (int)n;
+            app.crash_off = front.crash_off = b;
             break;
         }
         case 'h': usage(stdout); return 0;
@@ -346,8 +347,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-app: --apply-cmd or --apply-file, not both\n");
         return 2;
     }
-    if (!upstream_text && (strip_given || front.apply_cmd || front.apply_file || front.crash_num >= 0)) {
-        fprintf(stderr, "rs-app: --strip-header, --apply-cmd, --apply-file and --crash-at need --upstream\n");
+    if (!upstream_text && (strip_given || front.apply_cmd || front.apply_file)) {
+        fprintf(stderr, "rs-app: --strip-header, --apply-cmd and --apply-file need --upstream\n");
         return 2;
     }
     if (upstream_text && rs_addr_parse(upstream_text, &front.upstream) < 0) {

@@ -624,5 +624,37 @@ class TestHeldResponse(AppCase):
         self.assertEqual(self.get(c, "GET", "/health")[0], 200)
 
 
+class TestCrashAt(AppCase):
+    """--crash-at N+B: the process dies (SIGKILL) before byte B of
+    transaction N's response leaves, earlier responses whole."""
+    args = ("--crash-at", "1+100")
+
+    def test_dies_at_the_byte(self):
+        s, f = self.app.connect()
+        s.sendall(request("GET", "/static/1K") + request("GET", "/static/1K"))
+        self.assertEqual(read_response(f)[2], content(0, 0, 1024))
+        self.assertEqual(len(f.read()), 100, "exactly B bytes of the second response")
+        self.assertEqual(self.app.proc.wait(TIMEOUT), -signal.SIGKILL)
+        self.assertRegex(self.app.log_text(), r"crash-at 127\.0\.0\.1:\d+#1 .*SIGKILL after 100B")
+        f.close()
+        s.close()
+
+    def test_offset_past_the_end_dies_after_the_response(self):
+        self.app.stop()
+        self.app = App("--crash-at", "0+999999")
+        s, f = self.app.connect()
+        s.sendall(request("GET", "/counter"))
+        self.assertEqual(read_response(f)[2], b"counter=0\n")
+        self.assertEqual(self.app.proc.wait(TIMEOUT), -signal.SIGKILL)
+        f.close()
+        s.close()
+
+    def test_bad_values(self):
+        for v in ("x", "-1", "70000", "1+", "1+x", "1+2x"):
+            r = subprocess.run([APP, "--crash-at", v], capture_output=True, text=True, timeout=TIMEOUT)
+            self.assertEqual(r.returncode, 2, v)
+            self.assertIn("bad --crash-at", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()
