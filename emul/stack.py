@@ -13,7 +13,9 @@ the application, started first, ready when it prints "listening"), "port"
 (where it listens on the backend's loopback) and optionally "args" (host
 name -> extra rs-app options, e.g. --state-dir and --apply-cmd).  Instead
 of "upstream", "start" (host name -> None) starts an application made of
-several processes itself (roundcube/deploy.py's Roundcube)."""
+several processes itself (roundcube/deploy.py's Roundcube).  'app_host_args'
+(host name -> extra rs-app options) gives one backend's rs-app its own
+options, e.g. the primary's --crash-at."""
 import os
 
 from topologies.lan import SERVERS
@@ -33,11 +35,12 @@ def binary(name):
 
 class Stack:
     def __init__(self, tb, run_dir, recovery=True, app_args=(), logger_args=(), proxy_args=(),
-                 heartbeat="10ms", dead_after="30ms", front=None):
+                 heartbeat="10ms", dead_after="30ms", front=None, app_host_args=None):
         self.tb, self.dir, self.recovery = tb, run_dir, recovery
         self.app_args, self.logger_args, self.proxy_args = list(app_args), list(logger_args), list(proxy_args)
         self.heartbeat, self.dead_after = heartbeat, dead_after
         self.front = front
+        self.app_host_args = app_host_args or (lambda host: [])
         self.key = os.path.join(run_dir, "key.hex")
         self.vip = f"{SERVERS['proxy']}:80"
         self.d = {}
@@ -65,6 +68,7 @@ class Stack:
                 "--dead-after", self.dead_after] + self.logger_args, ready="listening")
         for host in ("primary", "alternate"):
             argv = [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host] + self.app_args
+            argv += list(self.app_host_args(host))
             if self.front and "start" in self.front:
                 self.front["start"](host)
             elif self.front:

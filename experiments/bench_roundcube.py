@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from emul.testbed import Testbed  # noqa: E402
 from experiments import common  # noqa: E402
-from experiments.failover import ACTIONS, Study  # noqa: E402
+from experiments.failover import Study  # noqa: E402
 from experiments.techniques import Plain, Resplice  # noqa: E402
 from topologies.lan import LanTopo  # noqa: E402
 
@@ -54,9 +54,9 @@ def main():
     with Testbed(LanTopo(), run_dir) as tb, \
             common.RowWriter(out, "bench-roundcube", config={"trials": trials, "mid": mid},
                              columns=common.FAILOVER_COLUMNS) as w:
-        s = Study(tb, run_dir, w, progress)
-        base, resplice = {}, Resplice(tb, run_dir, s.ms, s.aux)
-        for tech in (Plain(tb, run_dir, s.ms), resplice):
+        s = Study(tb, run_dir, w, progress, "roundcube")
+        base, resplice = {}, Resplice(tb, run_dir, s.wl)
+        for tech in (Plain(tb, run_dir, s.wl), resplice):
             progress.step(f"{tech.name}: both actions x{trials}, no crash")
             row = lambda action, run, ok, ms, name=tech.name: w.write(  # noqa: E731
                 workload="roundcube", action=action, technique=name, crash_point="none", trial=run, seed=run,
@@ -79,7 +79,7 @@ def main():
     print(f"\nRoundcube on the LAN, {trials} trials each (ms; median [p5, p95])")
     print(f"{'action':8s} {'direct':>22s} {'resplice':>22s} {'ratio':>6s}")
     ratio = {}
-    for action in ACTIONS:
+    for action in ("action1", "action2"):
         d, r = common.stats(base["direct"][action][2]), common.stats(base["resplice"][action][2])
         ratio[action] = r["median"] / d["median"]
         print(f"{action:8s} {d['median']:8.1f} [{d['p5']:5.1f},{d['p95']:6.1f}] "

@@ -22,9 +22,10 @@ one row per trial:
   seed         the seed that reproduces this trial
   ok           1 when the action completed with correct responses (the
                client's checks passed), else 0
-  failover_ms  client-visible stall: the longest gap the client saw between
-               two data segments around the crash, in ms; blank when there
-               was no crash or the client never got data again
+  failover_ms  what the crash cost the client: how much longer the crashed
+               request took than its crash-free median with the same
+               technique (same run), in ms; noise can make it slightly
+               negative; blank when there was no crash or the action failed
   action_ms    wall time of the whole action at the client, ms
   errors       client-visible errors (failed requests, resets, reloads)
   relogins     times the user had to log in again

@@ -1,11 +1,10 @@
 """The fault-tolerance techniques the studies compare, each deployed on the
-LAN testbed in front of the Roundcube workload as an operator would, with
-the same crash injection: every backend runs lighttpd + php-cgi behind an
-rs-app front (rs-app --upstream) whose --crash-at kills it at a chosen
-response byte; crash() then kills lighttpd and php-cgi (a process crash of
-the whole backend).
+LAN testbed in front of a workload of experiments/workloads.py (the
+reference app or Roundcube) as an operator would, with the same crash
+injection: the primary backend's rs-app dies at a chosen response byte
+(rs-app --crash-at; see workloads.py).
 
-    t = TECHNIQUES["haproxy"](tb, run_dir, mailstore)
+    t = TECHNIQUES["haproxy"](tb, run_dir, workload)
     t.start(crash_at="12+0")        # one trial
     rs-client --server t.server() + t.client_args() ...
     t.crash(); ...; t.stop()
@@ -17,95 +16,45 @@ Techniques (experiments/common.py's names):
                   checks); each backend its own session database: the
                   alternate does not know the user
   browser-shared  the same with one session database for both backends
+                  (Roundcube only: the reference app's state is in its process)
   haproxy         HAProxy mode http, health checks, option redispatch,
                   retries 3, retry-on all-retryable-errors, default timers
-                  (inter 2s fall 3), active/backup, shared session database,
-                  the browser-like client in front of it
+                  (inter 2s fall 3), active/backup, shared session database
+                  (Roundcube), the browser-like client in front of it
   haproxy-tuned   the same with inter 100ms fall 2
   vrrp            VIP takeover with keepalived (VRRPv2, advert 1 s) on the two
                   backends, a check script (the front answers, every 1 s,
                   keepalived's shortest interval) moves the VIP; shared
-                  session database, the browser-like client to the VIP
+                  session database (Roundcube), the browser-like client to the VIP
   vrrp-tuned      the same with VRRPv3 adverts every 100 ms
-  resplice        roundcube/deploy.py's ResplicedRoundcube
+  resplice        the workload's resplice deployment (the whole stack of
+                  emul/stack.py; for Roundcube roundcube/deploy.py's
+                  ResplicedRoundcube)
 and, for the overhead study only (no crash injection), Plain ("direct"):
-Roundcube on the primary with nothing in front of it."""
+the workload on the primary with nothing in front of it."""
 import os
 import time
 
-from emul.stack import binary
 from experiments import baselines
-from roundcube.deploy import (UPSTREAM_PORT, DeployError, ResplicedRoundcube, Roundcube, init_db, warm_up,
-                              MAILSTORE_IP)
+from experiments.workloads import FRONT_PORT
+from roundcube.deploy import DeployError
 from topologies.lan import SERVERS
 
-FRONT_PORT = 8080
 VIP = f"{SERVERS['proxy']}:80"
 VRRP_VIP = "10.0.0.100"     # a free address on the testbed's /8
-# HAProxy's health check: a static file through the front (no PHP session
-# is made per check).
-CHECK_PATH = "/skins/elastic/images/favicon.ico"
-
-
-class Backends:
-    """Roundcube behind a crash-injecting front on 'hosts'."""
-
-    def __init__(self, tb, run_dir, hosts, shared_db=False, crash_host="primary"):
-        self.tb, self.dir, self.hosts, self.crash_host = tb, run_dir, hosts, crash_host
-        extra = {}
-        self.shared = os.path.join(os.path.abspath(run_dir), "shared-roundcube.db") if shared_db else None
-        if self.shared:
-            extra["db_dsnw"] = f"sqlite:///{self.shared}?mode=0640"
-        self.rc = {h: Roundcube(tb, run_dir, h, mailstore_ip=MAILSTORE_IP, port=UPSTREAM_PORT, bind="127.0.0.1",
-                                extra_config=extra) for h in hosts}
-        self.front = {}
-
-    def start(self, crash_at):
-        if self.shared:
-            if os.path.exists(self.shared):
-                os.unlink(self.shared)
-            init_db(self.shared)
-        for h, rc in self.rc.items():
-            if os.path.exists(rc.db):
-                os.unlink(rc.db)
-            rc.start()
-            argv = [binary("rs-app"), "--listen", f"0.0.0.0:{FRONT_PORT}", "--id", h,
-                    "--upstream", f"127.0.0.1:{UPSTREAM_PORT}", "--state-dir", rc.state_dir]
-            if crash_at and h == self.crash_host:
-                argv += ["--crash-at", str(crash_at)]
-            self.front[h] = self.tb.start(h, f"front-{h}", argv, ready="listening")
-        # Warm PHP's opcache on every backend (as ResplicedRoundcube does).
-        warm_up(self.tb, self.dir, self.rc)
-
-    def addr(self, host):
-        return f"{self.tb[host].IP()}:{FRONT_PORT}"
-
-    def crash(self, timeout=60):
-        d = self.front[self.crash_host]
-        try:
-            d.popen.wait(timeout)
-        except Exception:
-            return None
-        t = time.monotonic()
-        self.rc[self.crash_host].crash()
-        return t
-
-    def stop(self):
-        for d in self.front.values():
-            if d.alive():
-                self.tb.stop(d)
-        self.front.clear()
-        for rc in self.rc.values():
-            rc.stop()
-            rc.d.clear()
 
 
 class Technique:
     name = "?"
     browser = True      # the client reloads on errors, like a browser
 
-    def __init__(self, tb, run_dir, mailstore, aux=None):
-        self.tb, self.dir, self.ms, self.aux = tb, run_dir, mailstore, aux
+    def __init__(self, tb, run_dir, workload):
+        self.tb, self.dir, self.wl = tb, run_dir, workload
+
+    @classmethod
+    def applies(cls, workload):
+        """Whether the technique can be deployed with 'workload'."""
+        return True
 
     def client_args(self):
         return ["--browser", "--retry-post"] if self.browser else []
@@ -118,7 +67,7 @@ class Direct(Technique):
     name, browser = "none", False
 
     def start(self, crash_at):
-        self.b = Backends(self.tb, self.dir, ["primary"])
+        self.b = self.wl.backends(["primary"])
         self.b.start(crash_at)
         return self
 
@@ -137,10 +86,10 @@ class HAProxied(Technique):
     shared, timers = True, "default"
 
     def cfg(self, servers):
-        return baselines.haproxy_cfg(SERVERS["proxy"], servers, timers=self.timers, check_path=CHECK_PATH)
+        return baselines.haproxy_cfg(SERVERS["proxy"], servers, timers=self.timers, check_path=self.wl.check_path)
 
     def start(self, crash_at):
-        self.b = Backends(self.tb, self.dir, ["primary", "alternate"], shared_db=self.shared)
+        self.b = self.wl.backends(["primary", "alternate"], shared_db=self.shared)
         self.b.start(crash_at)
         path = os.path.join(self.dir, f"haproxy-{self.name}.cfg")
         with open(path, "w") as f:
@@ -181,17 +130,21 @@ class BrowserRetry(HAProxied):
 class BrowserRetryShared(BrowserRetry):
     name, shared = "browser-shared", True
 
+    @classmethod
+    def applies(cls, workload):
+        return workload.shared_store
+
 
 class Vrrp(Technique):
     """keepalived on the primary (MASTER) and the alternate (BACKUP)."""
     name, advert = "vrrp", "default"
 
     def start(self, crash_at):
-        self.b = Backends(self.tb, self.dir, ["primary", "alternate"], shared_db=True)
+        self.b = self.wl.backends(["primary", "alternate"], shared_db=True)
         self.b.start(crash_at)
         hosts = ("primary", "alternate")
         ifs = [(f"{h}-eth0", self.tb[h].IP()) for h in hosts]
-        check = f"/usr/bin/curl -sf -o /dev/null -m 1 http://127.0.0.1:{FRONT_PORT}{CHECK_PATH}"
+        check = f"/usr/bin/curl -sf -o /dev/null -m 1 http://127.0.0.1:{FRONT_PORT}{self.wl.check_path}"
         texts = baselines.keepalived_pair(VRRP_VIP, ifs[0], ifs[1], advert=self.advert, check_script=check)
         self.ka = {}
         for h, text in zip(hosts, texts):
@@ -231,7 +184,7 @@ class Resplice(Technique):
     name, browser = "resplice", False
 
     def start(self, crash_at):
-        self.rr = ResplicedRoundcube(self.tb, self.dir, crash_at=crash_at, mailstore=self.ms, aux=self.aux).start()
+        self.rr = self.wl.resplice(crash_at).start()
         return self
 
     def server(self):
@@ -245,19 +198,18 @@ class Resplice(Technique):
 
 
 class Plain(Technique):
-    """Roundcube on the primary, nothing in front of it (no crash injection)."""
+    """The workload on the primary, nothing in front of it (no crash injection)."""
     name, browser = "direct", False
 
     def start(self, crash_at):
-        self.rc = Roundcube(self.tb, self.dir, "primary", mailstore_ip=self.ms.ip).start()
+        self.d = self.wl.direct().start()
         return self
 
     def server(self):
-        return self.rc.addr
+        return self.d.addr
 
     def stop(self):
-        self.rc.stop()
-        self.rc.d.clear()
+        self.d.stop()
 
     def config(self):
         return {"technique": "direct"}

@@ -42,39 +42,39 @@ class DriverCase(unittest.TestCase):
 
 
 class ExperimentLan(DriverCase):
+    """The LAN driver, QUICK, both workloads, a single backend and resplice."""
     env = {"TECHNIQUES": "none,resplice"}
 
-    def rows(self):
-        with open(os.path.join(self.results, "failover", "roundcube.csv")) as f:
+    def rows(self, workload="roundcube"):
+        with open(os.path.join(self.results, "failover", f"{workload}.csv")) as f:
             return list(csv.DictReader(f))
 
     def test_driver(self):
         self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
-        rows = self.rows()
-        self.assertEqual(list(rows[0].keys()), list(common.FAILOVER_COLUMNS))
-        # 2 techniques x 2 crash points x 1 trial.
-        self.assertEqual(sorted((r["technique"], r["crash_point"]) for r in rows),
-                         [("none", "mailbox-mid"), ("none", "send"), ("resplice", "mailbox-mid"), ("resplice", "send")])
-        for r in rows:
-            self.assertEqual(r["study"], "failover")
-            self.assertEqual(r["workload"], "roundcube")
-            self.assertIn("crash_at", json.loads(r["config"]))
-            self.assertTrue(r["seed"])
-        for r in rows:
-            if r["technique"] == "resplice":
-                # Masked: completed, no error, nobody logged in again.
-                self.assertEqual((r["ok"], r["errors"], r["relogins"]), ("1", "0", "0"), r)
-                float(r["failover_ms"])         # a number: the action completed
-                self.assertTrue(r["recover_ms"], r)
-            else:
-                # A single backend: the crash is the client's error.
-                self.assertEqual(r["ok"], "0", r)
-                self.assertGreaterEqual(int(r["errors"]), 1, r)
-                self.assertEqual(r["failover_ms"], "", r)
+        for wl, points in (("roundcube", ("mailbox-mid", "send")), ("refapp", ("static-mid", "update"))):
+            rows = self.rows(wl)
+            self.assertEqual(list(rows[0].keys()), list(common.FAILOVER_COLUMNS))
+            # 2 techniques x 2 crash points x 1 trial.
+            self.assertEqual(sorted((r["technique"], r["crash_point"]) for r in rows),
+                             sorted((t, p) for t in ("none", "resplice") for p in points))
+            for r in rows:
+                self.assertEqual((r["study"], r["workload"]), ("failover", wl))
+                self.assertIn("crash_at", json.loads(r["config"]))
+                self.assertTrue(r["seed"])
+                if r["technique"] == "resplice":
+                    # Masked: completed, no error, nobody logged in again.
+                    self.assertEqual((r["ok"], r["errors"], r["relogins"]), ("1", "0", "0"), r)
+                    float(r["failover_ms"])         # a number: the action completed
+                    self.assertTrue(r["recover_ms"], r)
+                else:
+                    # A single backend: the crash is the client's error.
+                    self.assertEqual(r["ok"], "0", r)
+                    self.assertGreaterEqual(int(r["errors"]), 1, r)
+                    self.assertEqual(r["failover_ms"], "", r)
         last = self.drv.stdout.strip().splitlines()[-1]
         s = common.parse_summary(last)
-        self.assertEqual(s["resplice_ok"], "2", last)
-        self.assertEqual(s["none_ms"], "none", last)
+        self.assertEqual((s["roundcube_resplice_ok"], s["refapp_resplice_ok"]), ("2", "2"), last)
+        self.assertEqual((s["roundcube_none_ms"], s["refapp_none_ms"]), ("none", "none"), last)
 
     def test_figures_and_report(self):
         self.assertEqual(self.fig.returncode, 0, self.fig.stdout + self.fig.stderr)
@@ -92,68 +92,75 @@ class ExperimentLan(DriverCase):
         cells = [c.strip() for c in line[0].strip("|").split("|")]
         self.assertEqual(cells[3:6], ["2", "2", f"{med:.2f}"], line)
         self.assertIn("failover-time-roundcube-action2.png", report)
+        line = [l for l in report.splitlines() if l.startswith("| refapp | action1 | resplice |")]
+        self.assertEqual(len(line), 1, report)
+        self.assertIn("failover-time-refapp-action2.png", report)
         # One resplice trial per crash point kept its client pcap: a timeline each.
         timelines = sorted(f for f in os.listdir(self.plots) if f.startswith("timeline-failover-"))
-        self.assertEqual(len(timelines), 2, os.listdir(self.plots))
+        self.assertEqual(timelines, sorted(f"timeline-failover-{w}-resplice-{p}.png" for w, p in (
+            ("roundcube", "action2-mailbox-mid"), ("roundcube", "action2-send"),
+            ("refapp", "action1-static-mid"), ("refapp", "action2-update"))))
         for t in timelines:
             with open(os.path.join(self.plots, t), "rb") as f:
                 self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class ExperimentWan(DriverCase):
     """make experiment-wan's driver, QUICK: resplice over the 60 ms profile,
-    one trial; the WAN figure and the report's WAN table from it."""
+    one trial per workload; the WAN figure and the report's WAN table from it."""
     args, env = ("--study", "wan"), {"TECHNIQUES": "resplice", "PROFILES": "wan-60"}
 
     def test_wan(self):
         self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
         self.assertEqual((self.fig.returncode, self.rep.returncode), (0, 0), self.fig.stderr + self.rep.stderr)
-        with open(os.path.join(self.results, "wan", "roundcube.csv")) as f:
-            rows = list(csv.DictReader(f))
-        self.assertEqual(len(rows), 1)
-        r = rows[0]
-        self.assertEqual((r["study"], r["technique"], r["profile"], r["rtt_ms"], r["crash_point"], r["ok"]),
-                         ("wan", "resplice", "wan-60", "60", "mailbox-mid", "1"), r)
-        png = os.path.join(self.plots, "wan-failover-rtt-roundcube.png")
-        with open(png, "rb") as f:
-            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         with open(os.path.join(self.results, "REPORT.md")) as f:
             report = f.read()
-        line = [l for l in report.splitlines() if l.startswith("| roundcube | wan-60 |")]
-        self.assertEqual(len(line), 1, report)
-        self.assertIn(f"{float(r['failover_ms']):.2f} (1)", line[0])
+        for wl, point in (("roundcube", "mailbox-mid"), ("refapp", "static-mid")):
+            with open(os.path.join(self.results, "wan", f"{wl}.csv")) as f:
+                rows = list(csv.DictReader(f))
+            self.assertEqual(len(rows), 1)
+            r = rows[0]
+            self.assertEqual((r["study"], r["technique"], r["profile"], r["rtt_ms"], r["crash_point"], r["ok"]),
+                             ("wan", "resplice", "wan-60", "60", point, "1"), r)
+            png = os.path.join(self.plots, f"wan-failover-rtt-{wl}.png")
+            with open(png, "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+            line = [l for l in report.splitlines() if l.startswith(f"| {wl} | wan-60 |")]
+            self.assertEqual(len(line), 1, report)
+            self.assertIn(f"{float(r['failover_ms']):.2f} (1)", line[0])
 
 
 class ExperimentOverhead(DriverCase):
-    """The overhead driver, QUICK with two techniques: rows per run and
-    metric, the figure, and the report's overhead table."""
+    """The overhead driver, QUICK with two techniques and both workloads:
+    rows per run and metric, the figure, and the report's overhead table."""
     driver, env = "overhead.py", {"TECHNIQUES": "direct,resplice"}
 
     def test_overhead(self):
         self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
         self.assertEqual((self.fig.returncode, self.rep.returncode), (0, 0), self.fig.stderr + self.rep.stderr)
-        with open(os.path.join(self.results, "overhead", "roundcube.csv")) as f:
-            rows = list(csv.DictReader(f))
-        self.assertEqual(list(rows[0].keys()), list(common.OVERHEAD_COLUMNS))
-        # 2 techniques x (2 actions x 2 runs of latency + 2 of throughput).
-        got = sorted((r["technique"], r["workload"], r["metric"]) for r in rows)
-        want = sorted((t, f"roundcube-{a}", m) for t in ("direct", "resplice") for a, m in
-                      (("action1", "latency_ms"), ("action2", "latency_ms"), ("action1", "throughput_mbps"))
-                      for _ in range(2))
-        self.assertEqual(got, want)
-        self.assertTrue(all(float(r["value"]) > 0 for r in rows), rows)
-        with open(os.path.join(self.plots, "overhead-latency_ms-roundcube-action2.png"), "rb") as f:
-            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         with open(os.path.join(self.results, "REPORT.md")) as f:
             report = f.read()
-        med = common.median([float(r["value"]) for r in rows if r["technique"] == "resplice"
-                             and r["workload"] == "roundcube-action2"])
-        line = [l for l in report.splitlines() if l.startswith("| roundcube-action2 | latency_ms | resplice |")]
-        self.assertEqual(len(line), 1, report)
-        self.assertIn(f"| {med:.2f} |", line[0])
         s = common.parse_summary(self.drv.stdout.strip().splitlines()[-1])
-        self.assertIn("resplice_ratio", s)
+        for wl in ("roundcube", "refapp"):
+            with open(os.path.join(self.results, "overhead", f"{wl}.csv")) as f:
+                rows = list(csv.DictReader(f))
+            self.assertEqual(list(rows[0].keys()), list(common.OVERHEAD_COLUMNS))
+            # 2 techniques x (2 actions x 2 runs of latency + 2 of throughput).
+            got = sorted((r["technique"], r["workload"], r["metric"]) for r in rows)
+            want = sorted((t, f"{wl}-{a}", m) for t in ("direct", "resplice") for a, m in
+                          (("action1", "latency_ms"), ("action2", "latency_ms"), ("action1", "throughput_mbps"))
+                          for _ in range(2))
+            self.assertEqual(got, want)
+            self.assertTrue(all(float(r["value"]) > 0 for r in rows), rows)
+            with open(os.path.join(self.plots, f"overhead-latency_ms-{wl}-action2.png"), "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+            med = common.median([float(r["value"]) for r in rows if r["technique"] == "resplice"
+                                 and r["workload"] == f"{wl}-action2"])
+            line = [l for l in report.splitlines() if l.startswith(f"| {wl}-action2 | latency_ms | resplice |")]
+            self.assertEqual(len(line), 1, report)
+            self.assertIn(f"| {med:.2f} |", line[0])
+            self.assertIn(f"{wl}_resplice_ratio", s)
+
+
+if __name__ == "__main__":
+    unittest.main()
