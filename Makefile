@@ -124,21 +124,22 @@ bench-failover: all
 bench-roundcube: all
 	@$(PYTHON) experiments/bench_roundcube.py --build $(BUILD)
 
-# The LAN failover study: techniques x Roundcube actions x crash points
-# (TRIALS=, QUICK=1, TECHNIQUES=; see experiments/failover.py), the overhead
+# The LAN failover study: workloads (reference app, Roundcube) x techniques x
+# actions x crash points (TRIALS=, QUICK=1, TECHNIQUES=, WORKLOADS=; see
+# experiments/failover.py), the overhead
 # without a crash (experiments/overhead.py), then the figures and
 # results/REPORT.md.
 experiment-lan: all
 	@$(PYTHON) experiments/failover.py
 	@$(PYTHON) experiments/overhead.py
 	@$(PYTHON) experiments/figures.py
-	@$(PYTHON) experiments/report.py
+	@$(PYTHON) experiments/report.py --headline failover
 
 # The same over emulated WAN client links (PROFILES=, TRIALS=, QUICK=1).
 experiment-wan: all
 	@$(PYTHON) experiments/failover.py --study wan
 	@$(PYTHON) experiments/figures.py
-	@$(PYTHON) experiments/report.py
+	@$(PYTHON) experiments/report.py --headline wan
 
 # Redraws plots/ and results/REPORT.md from results/ (no run).
 figures:

@@ -68,6 +68,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STUDIES = ("failover", "wan", "overhead")
+# Each workload's headline crash point: the WAN study's only one, and the
+# one the summary: lines of make experiment-lan / -wan report.
+HEADLINE = {"refapp": "static-mid", "roundcube": "mailbox-mid"}
 STUDY_TITLES = {"failover": "LAN failover", "wan": "WAN failover", "overhead": "Overhead (no crash)"}
 STUDY_TARGETS = {"failover": "make experiment-lan", "wan": "make experiment-wan",
                  "overhead": "make experiment-lan"}

@@ -9,7 +9,8 @@ printed with two decimals, "–" when there is no value):
   LAN failover (study failover), one row per workload, action, technique
     over all its rows: trials, ok (trials with ok=1), failover median / p95
     (ms, over the rows with a failover_ms; n of them), errors and re-logins
-    (sums over the trials).
+    (sums over the trials); then one row per workload, action and crash
+    point, one column per technique: median failover (completed / trials).
   WAN failover (study wan), one row per workload and profile (with its RTT
     and loss), one column per technique: median failover_ms (n).
   Overhead (study overhead), one row per workload, metric, technique:
@@ -96,7 +97,28 @@ def overhead_table(rows):
     return table(["workload", "metric", "technique", "median", "p5", "p95", "n"], body)
 
 
-TABLES = {"failover": lan_table, "wan": wan_table, "overhead": overhead_table}
+def point_table(rows):
+    """One row per workload, action and crash point, one column per
+    technique: median failover (completed trials / trials)."""
+    techs = sorted({r["technique"] for r in rows}, key=technique_order)
+    body = []
+    keyf = lambda kv: tuple(natural_key(k) for k in kv[0])  # noqa: E731
+    for (wl, action, point), rs in sorted(group(rows, "workload", "action", "crash_point").items(), key=keyf):
+        cells = []
+        for t in techs:
+            tr = [r for r in rs if r["technique"] == t]
+            st = stats(num(r["failover_ms"]) for r in tr)
+            cells.append(f"{fmt(st['median'])} ({st['n']}/{len(tr)})" if tr else DASH)
+        body.append([wl, action, point] + cells)
+    return (["Per crash point: median failover in ms (completed trials / trials).", ""]
+            + table(["workload", "action", "crash point"] + techs, body))
+
+
+def failover_tables(rows):
+    return lan_table(rows) + [""] + point_table(rows)
+
+
+TABLES = {"failover": failover_tables, "wan": wan_table, "overhead": overhead_table}
 
 
 def figures_for(plots, study):
@@ -153,11 +175,26 @@ def render(results, plots, out):
     return "\n".join(lines).rstrip() + "\n", counts
 
 
+def headline(rows):
+    """{"<workload>_<technique>_ms": median failover at the workload's
+    headline crash point ("none" when no trial completed)} of failover rows."""
+    out = {}
+    for (wl, tech), rs in sorted(group(rows, "workload", "technique").items(),
+                                 key=lambda kv: (kv[0][0], technique_order(kv[0][1]))):
+        st = stats(num(r["failover_ms"]) for r in rs if r["crash_point"] == common.HEADLINE.get(wl))
+        if any(r["crash_point"] == common.HEADLINE.get(wl) for r in rs):
+            out[f"{wl}_{tech.replace('-', '_')}_ms"] = round(st["median"], 2) if st["n"] else "none"
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=os.environ.get("RS_RESULTS", os.path.join(common.ROOT, "results")))
     ap.add_argument("--plots", default=os.environ.get("RS_PLOTS", os.path.join(common.ROOT, "plots")))
     ap.add_argument("--out", help="default: RESULTS/REPORT.md")
+    ap.add_argument("--headline", choices=("failover", "wan"),
+                    help="the summary: line also gives this study's median failover per workload and "
+                         "technique at the workload's headline crash point")
     a = ap.parse_args(argv)
     out = a.out or os.path.join(a.results, "REPORT.md")
     text, counts = render(a.results, a.plots, out)
@@ -168,7 +205,8 @@ def main(argv=None):
     os.replace(tmp, out)
     print(out)
     print(common.summary(studies=counts["studies"], missing=counts["missing"], rows=counts["rows"],
-                         figures=counts["figures"], report=out))
+                         figures=counts["figures"], report=out,
+                         **(headline(common.read_rows(a.results, a.headline)) if a.headline else {})))
     return 0
 
 

@@ -23,6 +23,7 @@ import os
 import time
 
 from emul.stack import APP_PORT, Stack, binary
+from experiments import common
 from roundcube import deploy
 from roundcube.deploy import (UPSTREAM_PORT, MAILSTORE_IP, AuxLog, MailStore, ResplicedRoundcube, Roundcube,
                               count_messages, init_db, warm_up)
@@ -36,7 +37,7 @@ class Workload:
     actions = {}                # action -> trace file
     points = {}                 # crash point -> (action, request, offset)
     quick_points = ()           # QUICK=1's crash points
-    headline = "?"              # the WAN study's crash point
+    headline = "?"              # the WAN study's crash point (common.HEADLINE)
     check_path = "/"            # a cheap URL for health checks
     shared_store = False        # backends can share a session store (technique browser-shared)
     fresh_actions = ()          # actions whose every run needs a fresh deployment
@@ -139,7 +140,7 @@ class Refapp(Workload):
         "update": ("action2", 3, 0),            # the update ran, no response byte left
     }
     quick_points = ("static-mid", "update")
-    headline = "static-mid"
+    headline = common.HEADLINE["refapp"]
     check_path = "/health"
     fresh_actions = ("action2",)    # the counter starts at 0
     trials = 3                  # keeps make experiment-lan within 20 minutes
@@ -239,7 +240,7 @@ class RoundcubeWorkload(Workload):
         "compose-mid": ("action2", 8, "mid"),
     }
     quick_points = ("mailbox-mid", "send")
-    headline = "mailbox-mid"
+    headline = common.HEADLINE["roundcube"]
     # HAProxy's and keepalived's check: a static file through the front (no
     # PHP session is made per check).
     check_path = "/skins/elastic/images/favicon.ico"

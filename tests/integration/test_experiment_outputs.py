@@ -25,6 +25,7 @@ sys.path.insert(0, EXP)
 import baselines  # noqa: E402
 import common  # noqa: E402
 import figures  # noqa: E402
+import report  # noqa: E402
 
 PY = "/usr/bin/python3"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -492,6 +493,35 @@ class Outputs(unittest.TestCase):
         # haproxy-tuned has n = 1 per (crash point) somewhere: none has no values.
         none = [c for c in got if c[2] == "none"][0]
         self.assertEqual((none[5], none[6], none[7]), ("–", "–", "0"))
+
+    def test_point_table_matches_csv(self):
+        header, got = md_table(section(self.report, "failover"), "workload | action | crash point")
+        techs = header[3:]
+        self.assertEqual(techs, list(TECHS))
+        rows = self.rows("failover")
+        keys = sorted({(r["workload"], r["action"], r["crash_point"]) for r in rows})
+        self.assertEqual(sorted(tuple(c[:3]) for c in got), keys)
+        for cells in got:
+            for t, cell in zip(techs, cells[3:]):
+                rs = [r for r in rows if (r["workload"], r["action"], r["crash_point"]) == tuple(cells[:3])
+                      and r["technique"] == t]
+                fo = [float(r["failover_ms"]) for r in rs if r["failover_ms"] != ""]
+                want = f"{f2(ref_quantile(fo, 0.5)) if fo else '–'} ({len(fo)}/{len(rs)})" if rs else "–"
+                self.assertEqual(cell, want, (cells[:3], t))
+
+    def test_headline_summary(self):
+        rows = [dict(workload="refapp", technique=t, crash_point=cp, failover_ms=fo)
+                for t, cp, fo in (("resplice", "static-mid", "2"), ("resplice", "static-mid", "4"),
+                                  ("resplice", "update", "100"), ("haproxy", "static-mid", ""),
+                                  ("vrrp", "update", "7"))]
+        rows.append(dict(workload="roundcube", technique="resplice", crash_point="mailbox-mid", failover_ms="9"))
+        self.assertEqual(report.headline(rows), {"refapp_haproxy_ms": "none", "refapp_resplice_ms": 3.0,
+                                                 "roundcube_resplice_ms": 9.0})
+        r = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", self.results, "--plots", self.plots,
+                            "--out", os.path.join(self.tmp, "r2.md"), "--headline", "wan"],
+                           capture_output=True, text=True, timeout=120)
+        s = common.parse_summary(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(s["studies"], "3", r.stdout + r.stderr)
 
     def test_wan_table_matches_csv(self):
         header, got = md_table(section(self.report, "wan"), "workload")
