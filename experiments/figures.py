@@ -398,6 +398,12 @@ def fig_timeline(pl, study, sidecar):
         plots.append(f"NaN with lines lw 1.5 dt 2 lc rgb '{color}' title {q(MARK_TITLES.get(k, k))}")
     if meta.get("xrange"):
         a, b = meta["xrange"]
+        # Widen the window to the data segments on either side of it: a
+        # crash before a response's first byte leaves none inside.
+        times = sorted(t for v in conns.values() for t, _, _ in v)
+        a = min([a] + [t for t in times if t <= a][-1:])
+        b = max([b] + [t for t in times if t >= b][:1])
+        a, b = a - (b - a) * 0.05, b + (b - a) * 0.05
         body.append(f"set xrange [{a - t0:.6f}:{b - t0:.6f}]")
     title = meta.get("title") or name
     body += [f"set title {q(f'timeline: {title} (data from {server})')}",

@@ -161,6 +161,11 @@ def write_timeline(results, study="failover"):
     with open(os.path.join(d, "trial0.timeline.json"), "w") as f:
         json.dump({"pcap": "c1.pcap", "server": "10.0.0.100:80", "title": "resplice action2 trial 0",
                    "marks": {"crash": 100.115, "detect": 100.2, "resend": 100.3, "resplice": 100.4}}, f)
+    # A window with no data segment inside (a crash before a response's
+    # first byte): the figure widens it to the segments around it.
+    with open(os.path.join(d, "trial1.timeline.json"), "w") as f:
+        json.dump({"pcap": "c1.pcap", "marks": {"crash": 100.15, "resplice": 100.25},
+                   "xrange": [100.14, 100.26]}, f)
 
 
 def png_size(path):
@@ -454,7 +459,7 @@ class Outputs(unittest.TestCase):
         want = [f"failover-time-{w}-{a}.png" for w in ("refapp", "roundcube") for a in ("action1", "action2")]
         want += ["failover-errors-refapp.png", "failover-errors-roundcube.png", "wan-errors-refapp.png",
                  "overhead-latency_ms-refapp.png", "overhead-throughput_mbps-refapp.png",
-                 "timeline-failover-trial0.png"]
+                 "timeline-failover-trial0.png", "timeline-failover-trial1.png"]
         want += ["wan-failover-rtt-refapp.png"]
         made = sorted(os.listdir(self.plots))
         self.assertEqual(made, sorted(want))
