@@ -41,8 +41,6 @@ VRRP_ADVERT = {
     "tuned": {"version": 3, "advert_int": 0.1},
 }
 
-# A URL every backend answers 200 on, per workload.
-CHECK_PATHS = {"refapp": "/health", "roundcube": "/"}
 
 
 def _servers(servers):
@@ -232,10 +230,10 @@ def haproxy_detect_ms(timers="default"):
     """Worst-case time for HAProxy to mark a dead server DOWN: fall
     consecutive failed checks 'inter' apart (check timeouts aside), ms."""
     t = HAPROXY_TIMERS[timers] if isinstance(timers, str) else dict(timers)
-    return _ms(t["inter"]) * int(t["fall"])
+    return haproxy_ms(t["inter"]) * int(t["fall"])
 
 
-def _ms(v):
+def haproxy_ms(v):
     """HAProxy time ("100ms", "2s", "1m", "250" = ms) in ms."""
     s = str(v).strip()
     for suf, mul in (("us", 0.001), ("ms", 1), ("s", 1000), ("m", 60000), ("h", 3600000)):

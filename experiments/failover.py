@@ -21,7 +21,10 @@ form came instead of a logged-in page, rs-client's "login" result),
 failover_ms (how much longer the crashed request took than its crash-free
 median with the same technique; blank when the action failed), detect_ms /
 recover_ms (resplice: crash -> proxy hold -> re-spliced; blank for the
-others).
+others).  The seed (the trial number) draws when, within the period of the
+technique's slowest detection timer (keepalived's 1 s check script,
+HAProxy's check interval), the client starts: the crash meets the timer at
+a different phase in each trial (config's timer_phase_s).
 
 TRIALS= (default 3 for the reference app, 5 for Roundcube), QUICK=1 (1 trial, two crash points per workload, four
 techniques), TECHNIQUES=a,b,... and WORKLOADS=a,b to choose.  Ends with a
@@ -36,6 +39,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -98,10 +102,11 @@ class Study:
         with open(out) as f:
             return list(csv.DictReader(f))
 
-    def runs(self, tech, action, runs):
+    def runs(self, tech, action, runs, warm=True):
         """'runs' crash-free runs of 'action' on a started 'tech', after an
-        untimed warm-up run: their rows, per run."""
-        self.client(tech, action)
+        untimed warm-up run ('warm'): their rows, per run."""
+        if warm:
+            self.client(tech, action)
         by_run = {}
         for r in self.client(tech, action, runs):
             by_run.setdefault(int(r["run"]), []).append(r)
@@ -119,10 +124,11 @@ class Study:
                 t.stop()
         return out
 
-    def baseline(self, tech, runs=3, row=None, actions=None):
+    def baseline(self, tech, runs=3, row=None, actions=None, warm=True):
         """Crash-free runs of each action: {action: (per-step median ms, body
         sizes, [action ms per run])}.  'row(action, run, ok, ms)', when
-        given, records each run."""
+        given, records each run; 'warm': an untimed run first (when the
+        workload allows, see runs())."""
         base, t = {}, None
         try:
             for action in actions or self.wl.actions:
@@ -133,7 +139,7 @@ class Study:
                     per_run = self.fresh_runs(tech, action, runs)
                 else:
                     t = t or tech.start(None)
-                    per_run = self.runs(t, action, runs)
+                    per_run = self.runs(t, action, runs, warm)
                 per_run = [r for r in per_run if r]
                 if not per_run:
                     raise RuntimeError(f"{tech.name}: no crash-free run of {self.wl.name} {action} completed; "
@@ -159,6 +165,10 @@ class Study:
         keep the client's pcap and the failover's times there for figures.py."""
         before = self.wl.effects()
         t = tech.start(f"{step}+{offset}")
+        # The client starts at a random (seeded) phase of the technique's
+        # detection timer, so the crash does not always meet it at one point.
+        phase = random.Random(trial).uniform(0, tech.timer_period)
+        time.sleep(phase)
         crashed = {}
         w = threading.Thread(target=lambda: crashed.update(t=t.crash()), daemon=True)
         w.start()
@@ -194,6 +204,7 @@ class Study:
                      rtt_ms=self.profile.rtt_ms if self.profile else 0,
                      loss_pct=self.profile.loss * 100 if self.profile else 0,
                      config={**tech.config(), "crash_at": f"{step}+{offset}", "request": step,
+                             "timer_phase_s": round(phase, 3),
                              "client": tech.client_args()})
         return ok, failover
 
@@ -277,7 +288,9 @@ def main():
                     for name in wtechs:
                         tech = TECHNIQUES[name](tb, run_dir, s.wl)
                         progress.step(f"{w} {pname} {name} crash-free baseline")
-                        base = s.baseline(tech, runs=3,
+                        # Over a WAN link the round trips dwarf what a warm-up run
+                        # would take away; it would cost minutes.
+                        base = s.baseline(tech, runs=2 if wan else 3, warm=not wan,
                                           actions=sorted({s.wl.points[p][0] for p in points}))
                         for point in points:
                             action, step, off = s.wl.points[point]

@@ -47,6 +47,10 @@ VRRP_VIP = "10.0.0.100"     # a free address on the testbed's /8
 class Technique:
     name = "?"
     browser = True      # the client reloads on errors, like a browser
+    # The period of the technique's slowest failure-detection timer, s: a
+    # trial starts its client at a seeded random phase of it, so that the
+    # crash does not always land at the same point of the timer.
+    timer_period = 0
 
     def __init__(self, tb, run_dir, workload):
         self.tb, self.dir, self.wl = tb, run_dir, workload
@@ -85,6 +89,10 @@ class HAProxied(Technique):
     """Two backends behind HAProxy on the proxy host."""
     shared, timers = True, "default"
 
+    @property
+    def timer_period(self):
+        return baselines.haproxy_ms(baselines.HAPROXY_TIMERS[self.timers]["inter"]) / 1000
+
     def cfg(self, servers):
         return baselines.haproxy_cfg(SERVERS["proxy"], servers, timers=self.timers, check_path=self.wl.check_path)
 
@@ -122,6 +130,7 @@ class HAProxyTuned(HAProxied):
 
 class BrowserRetry(HAProxied):
     name, shared = "browser", False
+    timer_period = 0        # no health checks
 
     def cfg(self, servers):
         return baselines.plain_proxy_cfg(SERVERS["proxy"], servers, mode="tcp")
@@ -138,6 +147,7 @@ class BrowserRetryShared(BrowserRetry):
 class Vrrp(Technique):
     """keepalived on the primary (MASTER) and the alternate (BACKUP)."""
     name, advert = "vrrp", "default"
+    timer_period = 1.0      # the check script's interval
 
     def start(self, crash_at):
         self.b = self.wl.backends(["primary", "alternate"], shared_db=True)

@@ -60,6 +60,7 @@ class ExperimentLan(DriverCase):
             for r in rows:
                 self.assertEqual((r["study"], r["workload"]), ("failover", wl))
                 self.assertIn("crash_at", json.loads(r["config"]))
+                self.assertEqual(json.loads(r["config"])["timer_phase_s"], 0, "no detection timer")
                 self.assertTrue(r["seed"])
                 if r["technique"] == "resplice":
                     # Masked: completed, no error, nobody logged in again.
@@ -160,6 +161,17 @@ class ExperimentOverhead(DriverCase):
             self.assertEqual(len(line), 1, report)
             self.assertIn(f"| {med:.2f} |", line[0])
             self.assertIn(f"{wl}_resplice_ratio", s)
+
+
+class TechniqueTimers(unittest.TestCase):
+    """The period each technique's trials spread the client's start over
+    (its slowest detection timer)."""
+
+    def test_timer_periods(self):
+        from experiments.techniques import TECHNIQUES
+        got = {n: t(None, None, None).timer_period for n, t in TECHNIQUES.items()}
+        self.assertEqual(got, {"none": 0, "browser": 0, "browser-shared": 0, "haproxy": 2.0,
+                               "haproxy-tuned": 0.1, "vrrp": 1.0, "vrrp-tuned": 1.0, "resplice": 0})
 
 
 if __name__ == "__main__":

@@ -354,7 +354,7 @@ class Baselines(unittest.TestCase):
         for timers in ("default", "tuned"):
             for sticky in (True, False):
                 text = baselines.haproxy_cfg("10.0.0.100", self.SERVERS, timers=timers,
-                                             check_path=baselines.CHECK_PATHS["refapp"], sticky=sticky,
+                                             check_path="/health", sticky=sticky,
                                              stats_socket=os.path.join(self.tmp, "s.sock"))
                 rc, out = self.haproxy_check(text)
                 self.assertEqual(rc, 0, out)
