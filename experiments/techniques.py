@@ -29,7 +29,10 @@ Techniques (experiments/common.py's names):
   vrrp-tuned      the same with VRRPv3 adverts every 100 ms
   resplice        the workload's resplice deployment (the whole stack of
                   emul/stack.py; for Roundcube roundcube/deploy.py's
-                  ResplicedRoundcube)
+                  ResplicedRoundcube) on the ebpf data path: the only one
+                  that recovers on this machine (kmod needs Debian's 6.1
+                  kernel, in qemu; the proxy's user-space relay, --no-splice,
+                  recovers nothing: only spliced connections move)
 and, for the overhead study only (no crash injection), Plain ("direct"):
 the workload on the primary with nothing in front of it."""
 import os
