@@ -218,15 +218,28 @@ def title_of(t):
     return common.TECHNIQUE_TITLES.get(t, t)
 
 
+LOG_FLOOR = 0.1     # ms: on a log scale, values below are drawn here
+
+
 def _yscale(values):
-    """Log scale for positive values spanning more than 30x; from 0 when
-    none is negative (a failover time measured against a noisy crash-free
-    median can be)."""
+    """(gnuplot settings, 'using' columns) for error-bar data of 'values':
+    a log scale when the positive values span more than 30x (a failover time
+    measured against a noisy crash-free median can be zero or negative: such
+    values are drawn at LOG_FLOOR, and the axis says so), else linear from 0
+    (or from just below the lowest value)."""
     vals = [v for v in values if v is not None]
     pos = [v for v in vals if v > 0]
-    if pos and len(pos) == len(vals) and max(pos) / min(pos) > 30:
-        return "set logscale y\n"
-    return "set yrange [0:*]\n" if all(v >= 0 for v in vals) else "set yrange [*:*]\n"
+    if pos and max(pos) / min(pos) > 30:
+        if len(pos) == len(vals):
+            return "set logscale y\n", "1:2:3:4"
+        f = LOG_FLOOR
+        cols = ":".join(f"(${c} > {f} ? ${c} : {f})" for c in (2, 3, 4))
+        return f"set logscale y\nset yrange [{f}:*]\nset label {q(f'values <= {f} ms drawn at {f}')} " \
+               f"at graph 0.01, graph 0.02 font ',8'\n", "1:" + cols
+    if all(v >= 0 for v in vals):
+        return "set yrange [0:*]\n", "1:2:3:4"
+    lo, hi = min(vals), max(vals)
+    return f"set yrange [{lo - 0.05 * (hi - lo or 1):g}:*]\n", "1:2:3:4"
 
 
 # ---- figures ---------------------------------------------------------------
@@ -263,15 +276,16 @@ def fig_failover(pl, study, rows):
         if not series:
             continue
         tics = ", ".join(f"{q(title_of(t))} {i}" for i, t in enumerate(techs))
-        plots = ", ".join(f"{q(d)} using 1:2:3:4 with yerrorbars pt 7 ps 1 title {q('crash ' + cp)}"
+        scale, cols = _yscale(allv)
+        plots = ", ".join(f"{q(d)} using {cols} with yerrorbars pt 7 ps 1 title {q('crash ' + cp)}"
                           for cp, d in series)
         # A technique whose client never got data again has no point: say so.
-        gone = "".join(f"set label {q('no recovery')} at {i}, graph 0.06 center tc rgb '#d62728'\n"
+        gone = "".join(f"set label {q('no recovery')} at {i}, graph 0.04 left rotate by 90 tc rgb '#d62728'\n"
                        for i, t in enumerate(techs)
                        if not any(num(r["failover_ms"]) is not None for r in rs if r["technique"] == t))
         body = gone + (f"set title {q(f'{study}: failover time, {wl} {action} (median, p5-p95)')}\n"
                 f"set ylabel 'failover: extra time of the crashed request (ms)'\nset xrange [-0.6:{len(techs) - 0.4}]\n"
-                f"set xtics ({tics}) rotate by -25\n" + _yscale(allv) + f"plot {plots}")
+                f"set xtics ({tics}) rotate by -25\n" + scale + f"plot {plots}")
         pl.draw(f"{study}-time-{slug(wl)}-{slug(action)}.png", body)
 
 
@@ -318,7 +332,8 @@ def fig_wan(pl, rows):
                     series.append((t, pl.data(lines)))
             if not series:
                 continue
-            plots = ", ".join(f"{q(d)} using 1:2:3:4 with yerrorlines pt 7 title {q(title_of(t))}"
+            scale, cols = _yscale(allv)
+            plots = ", ".join(f"{q(d)} using {cols} with yerrorlines pt 7 title {q(title_of(t))}"
                               for t, d in series)
             body = "set xlabel 'RTT (ms)'\n"
             if paired:
@@ -332,7 +347,7 @@ def fig_wan(pl, rows):
                 name = f"wan-failover-rtt-{slug(wl)}-loss{slug(_g(loss))}.png"
             body = (f"set title {q(f'WAN: failover time vs RTT, {wl}{what} (median, p5-p95)')}\n" + body +
                     "set ylabel 'failover: extra time of the crashed request (ms)'\nset offsets graph 0.03, graph 0.03, 0, 0\n"
-                    + _yscale(allv) + f"plot {plots}")
+                    + scale + f"plot {plots}")
             pl.draw(name, body)
 
 

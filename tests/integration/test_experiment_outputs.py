@@ -596,6 +596,19 @@ class Outputs(unittest.TestCase):
             shutil.rmtree(tmp)
 
 
+class YScale(unittest.TestCase):
+    def test_scales(self):
+        self.assertEqual(figures._yscale([2, 2000]), ("set logscale y\n", "1:2:3:4"))
+        self.assertEqual(figures._yscale([2, 50]), ("set yrange [0:*]\n", "1:2:3:4"))
+        # Zero or negative values (a noisy crash-free median) on a log scale
+        # are drawn at the floor, and the figure says so.
+        script, cols = figures._yscale([-2, 5, 2000])
+        self.assertIn("set logscale y", script)
+        self.assertIn("drawn at 0.1", script)
+        self.assertEqual(cols, "1:($2 > 0.1 ? $2 : 0.1):($3 > 0.1 ? $3 : 0.1):($4 > 0.1 ? $4 : 0.1)")
+        self.assertEqual(figures._yscale([-10, 90]), ("set yrange [-15:*]\n", "1:2:3:4"))
+
+
 class WanPerLoss(unittest.TestCase):
     def test_one_file_per_loss_when_an_rtt_has_several(self):
         with tempfile.TemporaryDirectory() as tmp:
