@@ -243,6 +243,17 @@ def chosen(env_name, known, default, what):
     return names
 
 
+def forget_earlier(out_dir, workload):
+    """Removes what an earlier run of 'workload' left in 'out_dir': its CSV
+    and its timeline pcaps and sidecars."""
+    tl_dir = os.path.join(out_dir, "timeline")
+    old = [os.path.join(tl_dir, n) for n in (os.listdir(tl_dir) if os.path.isdir(tl_dir) else [])
+           if n.startswith(f"{workload}-")]
+    for f in old + [os.path.join(out_dir, f"{workload}.csv")]:
+        if os.path.exists(f):
+            os.unlink(f)
+
+
 def crash_points(wl, quick, wan):
     return [wl.headline] if wan else list(wl.quick_points if quick else wl.points)
 
@@ -265,12 +276,8 @@ def main():
                                              WAN_PROFILES[:1] if quick else WAN_PROFILES)]
     out_dir = os.path.join(a.results, a.study)
     os.makedirs(out_dir, exist_ok=True)
-    for w in wls:         # what an earlier run of these workloads left
-        tl_dir = os.path.join(out_dir, "timeline")
-        for f in [os.path.join(out_dir, f"{w}.csv")] + [os.path.join(tl_dir, n) for n in (
-                os.listdir(tl_dir) if os.path.isdir(tl_dir) else []) if n.startswith(f"{w}-")]:
-            if os.path.exists(f):
-                os.unlink(f)
+    for w in wls:
+        forget_earlier(out_dir, w)
     tmp = tempfile.mkdtemp(prefix=f"rs-{a.study}-")
     os.chmod(tmp, 0o755)        # dovecot's mail processes are not root
     plan = [(w, [t for t in techs if TECHNIQUES[t].applies(WORKLOADS[w])]) for w in wls]

@@ -174,5 +174,20 @@ class TechniqueTimers(unittest.TestCase):
                                "haproxy-tuned": 0.1, "vrrp": 1.0, "vrrp-tuned": 1.0, "resplice": 0})
 
 
+class ForgetEarlier(unittest.TestCase):
+    def test_only_that_workloads_files(self):
+        from experiments.failover import forget_earlier
+        with tempfile.TemporaryDirectory() as d:
+            os.makedirs(os.path.join(d, "timeline"))
+            names = ["refapp.csv", "roundcube.csv", "timeline/refapp-resplice-a.pcap",
+                     "timeline/refapp-resplice-a.timeline.json", "timeline/roundcube-resplice-a.pcap"]
+            for n in names:
+                open(os.path.join(d, n), "w").close()
+            forget_earlier(d, "refapp")
+            self.assertEqual(sorted(os.listdir(d)), ["roundcube.csv", "timeline"])
+            self.assertEqual(os.listdir(os.path.join(d, "timeline")), ["roundcube-resplice-a.pcap"])
+            forget_earlier(os.path.join(d, "nothing-here"), "refapp")     # no folder: nothing to do
+
+
 if __name__ == "__main__":
     unittest.main()
