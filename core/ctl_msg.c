@@ -25,6 +25,10 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_RECOVER] = 20,
     [RS_CTL_PLAN] = RS_CTL_PLAN_HDR,
     [RS_CTL_RESEND] = 16,
+    [RS_CTL_SUSPECT] = 12,
+    [RS_CTL_FENCE] = 12,
+    [RS_CTL_STATUS] = 4,
+    [RS_CTL_STATUS_REPORT] = 16 + 16 * RS_CTL_STATUS_BACKENDS,
 };
 
 static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
@@ -42,6 +46,10 @@ static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_RECOVER] = "RECOVER",
     [RS_CTL_PLAN] = "PLAN",
     [RS_CTL_RESEND] = "RESEND",
+    [RS_CTL_SUSPECT] = "SUSPECT",
+    [RS_CTL_FENCE] = "FENCE",
+    [RS_CTL_STATUS] = "STATUS",
+    [RS_CTL_STATUS_REPORT] = "STATUS_REPORT",
 };
 
 /* Wire flag bits inside payloads. */
@@ -185,6 +193,26 @@ static int validate__(const struct rs_ctl_msg *m)
     case RS_CTL_RESEND:
         ok = conn_ok(&m->u.resend.client);
         break;
+    case RS_CTL_SUSPECT:
+        ok = conn_ok(&m->u.suspect.client) && m->u.suspect.reason >= RS_CTL_SUSPECT_STALL
+             && m->u.suspect.reason <= RS_CTL_SUSPECT_MAX;
+        break;
+    case RS_CTL_FENCE:
+        ok = m->u.fence.backend_id != 0;
+        break;
+    case RS_CTL_STATUS:
+        ok = true;
+        break;
+    case RS_CTL_STATUS_REPORT: {
+        const struct rs_ctl_status_report *b = &m->u.status_report;
+        ok = b->n <= RS_CTL_STATUS_BACKENDS;
+        for (unsigned i = 0; ok && i < b->n; i++)
+            ok = b->b[i].id != 0 && b->b[i].role >= RS_CTL_ROLE_PRIMARY_BACKEND
+                 && b->b[i].role <= RS_CTL_ROLE_ALTERNATE_BACKEND && !(b->b[i].flags & ~RS_CTL_BACKEND_FLAGS_ALL);
+        for (unsigned i = b->n; ok && i < RS_CTL_STATUS_BACKENDS; i++)
+            ok = !b->b[i].id && !b->b[i].ip4 && !b->b[i].port && !b->b[i].role && !b->b[i].flags && !b->b[i].conns;
+        break;
+    }
     default:
         ok = false;
     }
@@ -299,7 +327,7 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         break;
     case RS_CTL_RECOVER:
         put_conn(p, &m->u.recover.client);
-        put_zero(p, 2);
+        put16(p, m->u.recover.budget_ms);
         put32(p, m->u.recover.backend_id);
         put_conn(p, &m->u.recover.target);
         put_zero(p, 2);
@@ -332,6 +360,37 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         put32(p, m->u.resend.from);
         put32(p, m->u.resend.to);
         break;
+    case RS_CTL_SUSPECT:
+        put_conn(p, &m->u.suspect.client);
+        put16(p, m->u.suspect.reason);
+        put32(p, m->u.suspect.silent_ms);
+        break;
+    case RS_CTL_FENCE:
+        put32(p, m->u.fence.backend_id);
+        put32(p, m->u.fence.ip4);
+        put8(p, m->u.fence.fenced ? 1 : 0);
+        put_zero(p, 3);
+        break;
+    case RS_CTL_STATUS:
+        put_zero(p, 4);
+        break;
+    case RS_CTL_STATUS_REPORT: {
+        const struct rs_ctl_status_report *b = &m->u.status_report;
+        put8(p, b->n);
+        put_zero(p, 3);
+        put32(p, b->recovering);
+        put32(p, b->recovered);
+        put32(p, b->unrecoverable);
+        for (unsigned i = 0; i < RS_CTL_STATUS_BACKENDS; i++) {
+            put32(p, b->b[i].id);
+            put32(p, b->b[i].ip4);
+            put16(p, b->b[i].port);
+            put8(p, b->b[i].role);
+            put8(p, b->b[i].flags);
+            put32(p, b->b[i].conns);
+        }
+        break;
+    }
     }
 }
 
@@ -464,7 +523,7 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         break;
     case RS_CTL_RECOVER:
         get_conn(&p, &m->u.recover.client);
-        pad_ok = get_zero(&p, 2);
+        m->u.recover.budget_ms = get16(&p);
         m->u.recover.backend_id = get32(&p);
         get_conn(&p, &m->u.recover.target);
         pad_ok &= get_zero(&p, 2);
@@ -497,6 +556,38 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         m->u.resend.from = get32(&p);
         m->u.resend.to = get32(&p);
         break;
+    case RS_CTL_SUSPECT:
+        get_conn(&p, &m->u.suspect.client);
+        m->u.suspect.reason = get16(&p);
+        m->u.suspect.silent_ms = get32(&p);
+        break;
+    case RS_CTL_FENCE:
+        m->u.fence.backend_id = get32(&p);
+        m->u.fence.ip4 = get32(&p);
+        fl = get8(&p);
+        pad_ok = fl <= 1 && get_zero(&p, 3);
+        m->u.fence.fenced = fl == 1;
+        break;
+    case RS_CTL_STATUS:
+        pad_ok = get_zero(&p, 4);
+        break;
+    case RS_CTL_STATUS_REPORT: {
+        struct rs_ctl_status_report *b = &m->u.status_report;
+        b->n = get8(&p);
+        pad_ok = get_zero(&p, 3);
+        b->recovering = get32(&p);
+        b->recovered = get32(&p);
+        b->unrecoverable = get32(&p);
+        for (unsigned i = 0; i < RS_CTL_STATUS_BACKENDS; i++) {
+            b->b[i].id = get32(&p);
+            b->b[i].ip4 = get32(&p);
+            b->b[i].port = get16(&p);
+            b->b[i].role = get8(&p);
+            b->b[i].flags = get8(&p);
+            b->b[i].conns = get32(&p);
+        }
+        break;
+    }
     }
     if (!pad_ok || validate__(m))
         return -EBADMSG;
@@ -631,6 +722,7 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
         return conn_eq(&a->u.apply.client, &b->u.apply.client) && a->u.apply.upto == b->u.apply.upto;
     case RS_CTL_RECOVER:
         return conn_eq(&a->u.recover.client, &b->u.recover.client)
+               && a->u.recover.budget_ms == b->u.recover.budget_ms
                && a->u.recover.backend_id == b->u.recover.backend_id
                && conn_eq(&a->u.recover.target, &b->u.recover.target);
     case RS_CTL_PLAN: {
@@ -646,6 +738,25 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
     case RS_CTL_RESEND:
         return conn_eq(&a->u.resend.client, &b->u.resend.client) && a->u.resend.from == b->u.resend.from
                && a->u.resend.to == b->u.resend.to;
+    case RS_CTL_SUSPECT:
+        return conn_eq(&a->u.suspect.client, &b->u.suspect.client) && a->u.suspect.reason == b->u.suspect.reason
+               && a->u.suspect.silent_ms == b->u.suspect.silent_ms;
+    case RS_CTL_FENCE:
+        return a->u.fence.backend_id == b->u.fence.backend_id && a->u.fence.ip4 == b->u.fence.ip4
+               && a->u.fence.fenced == b->u.fence.fenced;
+    case RS_CTL_STATUS:
+        return true;
+    case RS_CTL_STATUS_REPORT: {
+        const struct rs_ctl_status_report *x = &a->u.status_report, *y = &b->u.status_report;
+        if (x->n != y->n || x->recovering != y->recovering || x->recovered != y->recovered
+            || x->unrecoverable != y->unrecoverable)
+            return false;
+        for (unsigned i = 0; i < RS_CTL_STATUS_BACKENDS; i++)
+            if (x->b[i].id != y->b[i].id || x->b[i].ip4 != y->b[i].ip4 || x->b[i].port != y->b[i].port
+                || x->b[i].role != y->b[i].role || x->b[i].flags != y->b[i].flags || x->b[i].conns != y->b[i].conns)
+                return false;
+        return true;
+    }
     }
     return true; /* unknown types carry no body to compare */
 }

@@ -54,7 +54,11 @@ enum rs_ctl_type {
     RS_CTL_RECOVER,           /* proxy -> logger: a client's backend failed, plan its recovery */
     RS_CTL_PLAN,              /* logger -> proxy: the recovery plan, with TL+1's logged request */
     RS_CTL_RESEND,            /* proxy -> logger (first frame on a resend connection): send these bytes */
-    RS_CTL_TYPE_MAX = RS_CTL_RESEND,
+    RS_CTL_SUSPECT,           /* logger -> proxy: this client's backend owes a response and is silent */
+    RS_CTL_FENCE,             /* proxy -> stated, operator -> proxy: a backend is fenced (or readmitted) */
+    RS_CTL_STATUS,            /* operator -> proxy: report roles and protection */
+    RS_CTL_STATUS_REPORT,     /* proxy -> operator: the answer to STATUS */
+    RS_CTL_TYPE_MAX = RS_CTL_STATUS_REPORT,
 };
 
 enum rs_ctl_role {
@@ -163,6 +167,7 @@ struct rs_ctl_apply {
 
 struct rs_ctl_recover {
     struct rs_ctl_conn client;
+    uint16_t budget_ms;       /* the proxy gives up after this; the logger answers before (0: its default) */
     uint32_t backend_id;      /* the failed backend */
     struct rs_ctl_conn target;/* the alternate that takes over (its application port) */
 };
@@ -197,6 +202,52 @@ struct rs_ctl_resend {
     uint32_t from, to;        /* response bytes [from, to) in the client's numbering */
 };
 
+enum rs_ctl_suspect_reason {
+    RS_CTL_SUSPECT_STALL = 1, /* a complete request, no response byte for the configured bound */
+    RS_CTL_SUSPECT_MAX = RS_CTL_SUSPECT_STALL,
+};
+
+/* The connection of 'client' owes a response its backend has not begun
+ * (or stopped) sending for 'silent_ms' while the client could take it:
+ * the backend is hung, or cut off. */
+struct rs_ctl_suspect {
+    struct rs_ctl_conn client;
+    uint16_t reason;          /* enum rs_ctl_suspect_reason */
+    uint32_t silent_ms;
+};
+
+/* Backend 'backend_id' (whose host is 'ip4') is fenced: nothing it sends
+ * reaches a client, its rs-stated stops its application and every rs-stated
+ * refuses its states ('fenced' 1); or it is readmitted ('fenced' 0). */
+struct rs_ctl_fence {
+    uint32_t backend_id;
+    uint32_t ip4;             /* 0 when the sender does not know it */
+    bool fenced;
+};
+
+/* Roles and flags of rs_ctl_backend_status. */
+#define RS_CTL_ROLE_PRIMARY_BACKEND   1u   /* new connections go to it */
+#define RS_CTL_ROLE_ALTERNATE_BACKEND 2u   /* takes over failed connections */
+#define RS_CTL_BACKEND_FENCED    (1u << 0) /* declared failed, not readmitted */
+#define RS_CTL_BACKEND_PROTECTED (1u << 1) /* a live alternate would take over its connections */
+#define RS_CTL_BACKEND_FLAGS_ALL 0x03u
+#define RS_CTL_STATUS_BACKENDS 8u
+
+struct rs_ctl_backend_status {
+    uint32_t id;
+    uint32_t ip4;
+    uint16_t port;
+    uint8_t role;             /* RS_CTL_ROLE_*_BACKEND */
+    uint8_t flags;            /* RS_CTL_BACKEND_* */
+    uint32_t conns;           /* client connections it serves now */
+};
+
+struct rs_ctl_status_report {
+    uint8_t n;                /* entries of 'b' in use, <= RS_CTL_STATUS_BACKENDS */
+    uint32_t recovering, recovered, unrecoverable;
+    struct rs_ctl_backend_status b[RS_CTL_STATUS_BACKENDS];
+};
+
 struct rs_ctl_msg {
     uint8_t type;             /* enum rs_ctl_type */
     uint32_t sender;          /* non-zero */
@@ -216,6 +267,9 @@ struct rs_ctl_msg {
         struct rs_ctl_recover recover;
         struct rs_ctl_plan plan;
         struct rs_ctl_resend resend;
+        struct rs_ctl_suspect suspect;
+        struct rs_ctl_fence fence;
+        struct rs_ctl_status_report status_report;
     } u;
 };
 

@@ -10,6 +10,8 @@
  *   rs-ctl --to 10.0.0.2:7072 --key key.hex resend --client 10.0.1.1:40000 \
  *          --from SEQ --to-seq SEQ [--out FILE]
  *   rs-ctl --to 10.0.0.12:7073 --key key.hex state-query --client 10.0.1.1:40000
+ *   rs-ctl --to 10.0.0.1:7070 --key key.hex status
+ *   rs-ctl --to 10.0.0.1:7070 --key key.hex fence --backend-id 1   (readmit: the same)
  */
 #include <errno.h>
 #include <poll.h>
@@ -29,7 +31,11 @@ static void usage(FILE *f)
         "usage: rs-ctl --to ADDR:PORT --key FILE [--timeout DUR] MESSAGE [fields]\n"
         "  resplice --client IP:PORT --vip IP:PORT --target IP:PORT [--q SEQ --r SEQ]\n"
         "           (without --q/--r: where the client's streams stand now)\n"
-        "  heartbeat [--backend-id N]   (role BACKEND with an id, else PROXY)\n"
+        "  heartbeat [--backend-id N]   (one UDP datagram, as rs-stated sends them; role\n"
+        "           BACKEND with an id, else PROXY; no reply)\n"
+        "  status   (to the proxy: each backend's role, fenced, protected, connections)\n"
+        "  fence --backend-id N    (to the proxy: declare it failed; its connections move)\n"
+        "  readmit --backend-id N  (to the proxy: take it back after its rejoin)\n"
         "  recover --client IP:PORT --backend-id N --target IP:PORT   (prints the PLAN)\n"
         "  resend --client IP:PORT --from SEQ --to-seq SEQ [--out FILE]\n"
         "         (to a logger's resend port: writes the bytes received to FILE or stdout)\n"
@@ -127,6 +133,11 @@ int main(int argc, char **argv)
             m.type = RS_CTL_STATE_QUERY;
         } else if (!strcmp(o, "apply")) {
             m.type = RS_CTL_APPLY;
+        } else if (!strcmp(o, "status")) {
+            m.type = RS_CTL_STATUS;
+        } else if (!strcmp(o, "fence") || !strcmp(o, "readmit")) {
+            m.type = RS_CTL_FENCE;
+            m.u.fence.fenced = !strcmp(o, "fence");
         } else if (!v) {
             fprintf(stderr, "rs-ctl: %s needs a value\n", o);
             return 2;
@@ -187,8 +198,10 @@ int main(int argc, char **argv)
         m.u.heartbeat.role = RS_CTL_ROLE_BACKEND;
         m.u.heartbeat.backend_id = backend_id;
     } else if (m.type == RS_CTL_RECOVER) {
-        m.u.recover = (struct rs_ctl_recover){ { client.ip, client.port }, backend_id,
+        m.u.recover = (struct rs_ctl_recover){ { client.ip, client.port }, 0, backend_id,
                                                { target.ip, target.port } };
+    } else if (m.type == RS_CTL_FENCE) {
+        m.u.fence.backend_id = backend_id;
     } else if (m.type == RS_CTL_RESEND) {
         m.u.resend = (struct rs_ctl_resend){ { client.ip, client.port }, from, to_seq };
     } else if (m.type == RS_CTL_CONN_MAP) {
@@ -216,6 +229,15 @@ int main(int argc, char **argv)
         return 2;
     }
     struct sockaddr_in sin = rs_addr_sin(to);
+    if (m.type == RS_CTL_HEARTBEAT) {
+        fd = socket(AF_INET, SOCK_DGRAM, 0);
+        if (fd < 0 || sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&sin, sizeof(sin)) != n) {
+            fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(to), strerror(errno));
+            return 1;
+        }
+        printf("sent HEARTBEAT to %s (udp)\n", RS_A(to));
+        return 0;
+    }
     fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin)) || write(fd, buf, (size_t)n) != n) {
         fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(to), strerror(errno));
@@ -263,6 +285,19 @@ int main(int argc, char **argv)
             snprintf(ta, sizeof(ta), "%u", sr->ta);
         printf("report client=%s ts=%s ta=%s\n",
                RS_A(((struct rs_addr){ sr->conn.ip4, sr->conn.port })), ts, ta);
+        return 0;
+    }
+    if (reply.type == RS_CTL_STATUS_REPORT) {
+        const struct rs_ctl_status_report *r = &reply.u.status_report;
+
+        printf("status recovering=%u recovered=%u unrecoverable=%u\n", r->recovering, r->recovered,
+               r->unrecoverable);
+        for (unsigned i = 0; i < r->n; i++)
+            printf("backend id=%u addr=%s role=%s fenced=%d protected=%d conns=%u\n", r->b[i].id,
+                   RS_A(((struct rs_addr){ r->b[i].ip4, r->b[i].port })),
+                   r->b[i].role == RS_CTL_ROLE_PRIMARY_BACKEND ? "primary" : "alternate",
+                   !!(r->b[i].flags & RS_CTL_BACKEND_FENCED), !!(r->b[i].flags & RS_CTL_BACKEND_PROTECTED),
+                   r->b[i].conns);
         return 0;
     }
     if (reply.type != RS_CTL_ACK) {

@@ -1,7 +1,8 @@
 /* rs-proxy: accepts client connections on the VIP, hands each to a
  * backend, then splices the two TCP connections at packet level (a tc eBPF
  * program rewrites every segment) so the proxy's own sockets leave the path.
- * This header holds the types shared by its files. */
+ * Hosts the recovery manager (recovery.c).  This header holds the types
+ * shared by its files. */
 #ifndef RS_PROXY_H
 #define RS_PROXY_H
 
@@ -11,111 +12,127 @@
 #include <stdint.h>
 
 #include "ctl_msg.h"
+#include "ctlconn.h"
 #include "daemon.h"
+#include "loop.h"
 #include "splice.h"
 #include "splice_map.h"
 
 #define RS_PROXY_MAX_BACKENDS 16
 #define RS_PROXY_REQ_MAX (64 * 1024)    /* first request buffered before splicing */
+#define RS_PROXY_HELD_MAX 8             /* entries of earlier servers kept in HOLD */
+#define RELAY_BUF (256 * 1024)
+#define RS_PROXY_BUCKETS 4096
 
 enum pconn_phase {
     PC_READ_REQ,        /* reading the first request from the client */
+    PC_MAP,             /* waiting for the backend's rs-stated to take the CONN_MAP */
     PC_CONNECTING,      /* backend connect in progress */
     PC_RELAY,           /* relaying in user space until both connections are quiet */
     PC_SPLICED,         /* sockets closed; the tc program carries the flow */
-    PC_CLOSING,         /* FIN/RST seen both ways (or reset): entries removed after a linger */
+    PC_CLOSING,         /* ended (FIN both ways, RST, or a relay closed): freed after a linger */
 };
+
+enum backend_role { ROLE_PRIMARY = RS_CTL_ROLE_PRIMARY_BACKEND, ROLE_ALTERNATE = RS_CTL_ROLE_ALTERNATE_BACKEND };
+
+struct backend {
+    uint32_t id;
+    struct rs_addr addr;          /* the application's address */
+    enum backend_role role;
+    bool fenced;                  /* declared failed: nothing of it reaches a client */
+    unsigned conns;               /* client connections it serves now */
+    struct rs_ctlconn stated;     /* its rs-stated (CONN_MAP, FENCE); unused without --stated-port */
+};
+
+struct recovery;
 
 /* One client connection, from accept to the removal of its splice. */
 struct pconn {
     uint64_t id;
+    struct proxy *p;
     enum pconn_phase phase;
-    int cfd, bfd;
+    struct rs_io cio, bio;        /* cio.fd / bio.fd: the sockets, -1 once closed */
     struct rs_addr client, vip, backend, local;   /* local: proxy's end towards the backend */
-    int backend_idx;
+    int backend_idx;              /* into p->backends, -1 when none */
+    struct rs_timer timer;        /* connect time-out, relay polling, linger */
+    struct rs_ctl_call map_call;  /* CONN_MAP before connecting */
     /* bytes read from one side and not yet written to the other */
     uint8_t *c2b, *b2c;
-    size_t c2b_len, b2c_len;
-    size_t c2b_cap;
+    size_t c2b_len, b2c_len, c2b_cap;
     bool req_done;
-    uint64_t t_accept_us, t_spliced_us, t_close_us;
+    bool client_eof;              /* the client shut its side down (half-close) */
+    bool backend_eof;             /* relay: the backend ended its side */
+    bool redispatched;            /* the first backend was unreachable: now on the alternate */
+    uint64_t t_accept_us, t_spliced_us;
     int splice_tries;
     /* what the splice was made from (kept for re-splice) */
     struct rs_splice_conn c;
     uint64_t ts_base_us;          /* when c.ts_now was read */
-    uint32_t seen;                /* RS_FLOW_SEEN_* both ways */
-    struct rs_flow_key held[4];   /* entries of earlier backends, dropping their late segments */
+    uint32_t rtt_us;              /* client's smoothed RTT when spliced (resend progress bound) */
+    uint32_t seen;                /* RS_FLOW_SEEN_* from the client (low bits) and the server (<< 4) */
+    struct rs_flow_key held[RS_PROXY_HELD_MAX];   /* earlier servers' entries, in HOLD */
     int nheld;
-    struct pconn *next;           /* in the proxy's list */
+    struct recovery *rec;         /* while recovering */
+    struct pconn *next;           /* in the proxy's table */
     /* request parsing */
     void *parser;                 /* struct http_parser */
     char cookie[128];
     char hdr_name[32];
     size_t hdr_name_len;
     bool in_cookie;
-    bool recovering;
 };
 
 struct rs_splicer;
 
-#define RELAY_BUF (256 * 1024)
-#define CTL_BUF (RS_CTL_HDR_LEN + 4096 + RS_CTL_MAC_LEN)
-#define MAX_EVENTS 64
-#define RS_PROXY_BUCKETS 4096
-
-enum tag_kind { T_LISTEN, T_CLIENT, T_BACKEND, T_TIMER, T_SIGNAL, T_EVENTS, T_CTL_LISTEN, T_CTL };
-
-struct tag {
-    enum tag_kind kind;
-    void *ptr;
-};
-
-struct ctl_conn {
-    int fd;
-    struct tag tag;
-    uint8_t buf[CTL_BUF];
-    size_t len;
-};
-
 struct stats {
     uint64_t accepted, spliced, splice_retries, closed_early, resets, fins, reaped_idle,
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
-        conn_map_errors, failures, recovered, unrecoverable, legit_closes;
+        conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
+        resets_sent, fenced_drops, suspects;
 };
 
 struct proxy {
     struct rs_addr listen, ctl;
-    struct rs_addr backends[RS_PROXY_MAX_BACKENDS];
-    uint32_t backend_ids[RS_PROXY_MAX_BACKENDS];
-    bool dead[RS_PROXY_MAX_BACKENDS];
+    struct backend backends[RS_PROXY_MAX_BACKENDS];
     int nbackends, rr;
-    /* recovery: the alternate that takes over, the logger, backends' rs-stated port */
-    struct rs_addr alternate, logger, logger_resend;
-    uint32_t alternate_id;
+    int alternate;                /* index of the alternate in backends, -1 without one */
+    struct rs_addr logger, logger_resend;
     uint16_t stated_port;
     bool sticky, nosplice;
     char cookie_name[64];
     char ifname[IF_NAMESIZE];
-    uint64_t idle_ns, half_open_ns, linger_us;
-    int epfd, lfd, tfd, sfd, ctlfd;
-    struct tag ltag, ttag, stag, etag, ctltag;
+    uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, step_ns;
+    struct rs_loop loop;
+    struct rs_io lio, eio;        /* the VIP's listening socket, the splicer's events */
+    struct rs_timer reap_timer;
+    int rawfd;                    /* raw socket for the RSTs of clean ends */
     struct rs_splicer *sp;
     struct pconn *buckets[RS_PROXY_BUCKETS];
     uint64_t next_id;
-    int relaying;                 /* connections waiting to become quiet */
+    unsigned recovering;
     struct rs_ctl_key key;
     bool has_key;
-    struct rs_ctl_replay replay;
     uint64_t ctl_seq;
+    struct rs_ctlserver ctlsrv;
+    struct rs_ctlconn logger_conn;
     struct stats st;
-    bool stop;
 };
 
+/* Sender ids of our frames, one per connection (see ctlconn.h). */
+#define PX_SENDER_REPLY  0x50580001u     /* "PX": replies on accepted connections */
+#define PX_SENDER_LOGGER 0x50580002u
+#define PX_SENDER_STATED 0x50580010u     /* + backend index */
 
-/* splicer.c: the BPF side and TCP_REPAIR. */
+/* ---- splicer.c: the BPF side, TCP_REPAIR, raw RSTs ------------------------------ */
+
+/* The daemon's and the tc program's halves of one entry. */
+struct rs_flow_info {
+    struct rs_flow cfg;
+    struct rs_flow_track t;
+};
+
 struct rs_splicer *rs_splicer_open(const char *ifname, int *err);
 void rs_splicer_close(struct rs_splicer *s);
-int rs_splicer_ifindex(const struct rs_splicer *s);
 /* Tells the tc program where clients connect, so it records their TSvals. */
 int rs_splicer_set_vip(struct rs_splicer *s, uint32_t ip, uint16_t port);
 /* The newest TSval client connection 'k' sent before its splice (then
@@ -128,16 +145,25 @@ int rs_splicer_poll_events(struct rs_splicer *s, rs_splicer_event_cb cb, void *a
 /* Keys of the two directions of a connection, as segments arrive at the proxy. */
 struct rs_flow_key rs_flow_key_from(struct rs_addr src, struct rs_addr dst);
 
+/* Creates entry 'k' in WATCH (both halves).  Returns 0 or -errno. */
 int rs_splicer_watch(struct rs_splicer *s, const struct rs_flow_key *k, uint64_t id);
 int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t state);
-/* Makes 'k' translate with 'd' in 'state' (ACTIVE or ACKONLY); 'guard'
- * holds back FIN/RST from that sender (a backend) and reports them. */
+/* Makes 'k' translate with 'd' in 'state' (ACTIVE, ACKONLY); 'guard' holds
+ * back FIN/RST from that sender (a backend) and reports them; 'peer' is
+ * the other direction's entry.  Starts a new generation ('seen' afresh)
+ * and clears the ACK clamp and watch. */
 int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_splice_dir *d,
-                        uint64_t id, uint32_t state, bool guard);
+                        uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer);
+/* Passes the sender of 'k''s pure ACKs to the proxy's stack ('on') or translates them. */
+int rs_splicer_acks_to_stack(struct rs_splicer *s, const struct rs_flow_key *k, bool on);
 /* Makes 'k' (a client's direction) never acknowledge past what the sender
- * of entry 'peer' has sent (after a re-splice to a regenerating server). */
-int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_flow_key *peer);
-int rs_splicer_get(struct rs_splicer *s, const struct rs_flow_key *k, struct rs_flow *out);
+ * of its peer entry has sent (after a re-splice to a regenerating server). */
+int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k);
+/* Arms an ACK watch on 'k': an RS_FLOW_ACKED event carrying '*gen' comes
+ * once its sender acknowledges 'ack'.  Returns 1 when it already has (no
+ * event then), 0 when armed, -errno. */
+int rs_splicer_watch_ack(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen);
+int rs_splicer_get(struct rs_splicer *s, const struct rs_flow_key *k, struct rs_flow_info *out);
 int rs_splicer_remove(struct rs_splicer *s, const struct rs_flow_key *k);
 
 /* Reads the proxy's view of connection 'fd' (which must be in TCP_REPAIR
@@ -145,34 +171,78 @@ int rs_splicer_remove(struct rs_splicer *s, const struct rs_flow_key *k);
 int rs_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct rs_splice_conn *c);
 int rs_repair_on(int fd);
 int rs_repair_off(int fd);
+/* Closes 'fd' without a FIN or RST (repair mode). */
+void rs_close_silently(int fd);
 /* Queued bytes: unread received (SIOCINQ) plus unacknowledged sent (SIOCOUTQ). */
 int rs_sock_queued(int fd);
+/* Sends a RST from 'from' to 'to' with sequence number 'seq' on raw socket
+ * 'rawfd' (IPPROTO_RAW).  Returns 0 or -errno. */
+int rs_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq);
 
-/* main.c: the connection table and sockets */
-int rs_local_of(int fd, struct rs_addr *a);
-int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local);
-int rs_connect_start(int fd, struct rs_addr to);
+/* ---- conn.c: the connection table, accept, relay, splice, ends ------------------ */
+
+void rs_pc_accept(struct rs_io *io, uint32_t events);
+struct pconn *rs_pc_find(struct proxy *p, uint64_t id);
+struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client);
 struct rs_flow_key rs_key_c(const struct pconn *pc);
 struct rs_flow_key rs_key_b(const struct pconn *pc);
-void rs_pc_close(struct proxy *p, struct pconn *pc, const char *why);
-struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client);
+/* Frees 'pc' at once (its entries are removed). */
+void rs_pc_free(struct proxy *p, struct pconn *pc);
+/* Ends 'pc' cleanly: logged with 'why', entries removed; the client gets a
+ * RST when 'rst' (an end the client did not cause), else it is simply forgotten. */
+void rs_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst);
+/* Opens a non-blocking socket bound to the proxy's address, with a WATCH
+ * entry for segments from 'to' in place before any SYN leaves.  Returns the
+ * fd or -errno; '*local' gets the proxy's end. */
+int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local);
+int rs_connect_start(int fd, struct rs_addr to);
+/* Relay phase: takes the client connection out of the proxy's stack (its
+ * exact state into pc->c; the socket closed silently; the client's segments
+ * held at the tc program) and fences the backend's socket.  Returns 0 or -errno. */
+int rs_pc_detach(struct proxy *p, struct pconn *pc);
+/* Starts the connection to a backend. */
+void rs_pc_start_backend(struct proxy *p, struct pconn *pc);
+/* Gives up the backend 'pc' is connecting to (nothing was relayed yet) and
+ * starts over on the alternate, once; else ends it with a RST ('why'). */
+void rs_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why);
+/* Makes backend 'idx' (-1: none) the one serving 'pc' (connection counts). */
+void rs_pc_set_backend(struct proxy *p, struct pconn *pc, int idx);
+/* The splicer's ring buffer: FIN/RST and ACK-watch events. */
+void rs_pc_events(struct rs_io *io, uint32_t events);
+void rs_pc_reap(struct rs_timer *t);
+/* Counts the connections of backend 'idx' in each phase (status). */
+unsigned rs_pc_count(struct proxy *p, int idx);
 
-/* recovery.c: moving a spliced client to another server, and failover */
-/* Tells the rs-stated of 'backend' (same host, p->stated_port) that the
- * connection from 'peer' carries client 'client''s requests from number
- * 'next_num' ('flags': RS_CTL_CONN_MAP_*).  Returns 0 (also when no stated
- * port is configured) or -errno. */
-int rs_conn_map(struct proxy *p, struct rs_addr backend, struct rs_addr peer, struct rs_addr client,
-                uint16_t next_num, uint8_t flags);
+/* ---- recovery.c: the recovery manager and fencing -------------------------------- */
+
+/* Tells the rs-stated of backend 'b' that the connection from 'peer' carries
+ * client 'client''s requests from number 'next_num' ('flags':
+ * RS_CTL_CONN_MAP_*); 'done' hears the ACK.  Returns 0 or -errno (done is
+ * then not called); without --stated-port it returns -ENOTCONN. */
+int rs_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
+                uint8_t flags, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx);
 /* Moves spliced connection 'pc' to 'target' so the target's first request
  * byte is client byte 'q' and its first response byte lands at client-side
- * response byte 'r' (both 0: where the streams stand now).  Returns 0 or -errno. */
-int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r);
-/* Recovers 'pc' from the failure of its backend (docs/recovery.md).
- * Returns 0 when the client now talks to the alternate, or -errno after
- * closing the connection with a logged, counted reason. */
-int rs_recover(struct proxy *p, struct pconn *pc, const char *why);
-/* The failure of backend 'id': marks it dead and recovers its connections. */
+ * response byte 'r' (both 0: where the streams stand now).  Asynchronous:
+ * when it is done, the RESPLICE with sequence 'ctl_seq' on control
+ * connection 'ctl_conn' is ACKed.  Returns 0 when started, or -errno. */
+int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r,
+                uint64_t ctl_conn, uint64_t ctl_seq);
+/* Starts the recovery of 'pc' from the failure of its backend
+ * (docs/recovery.md); 'why' is logged.  The connection either continues on
+ * the alternate or ends cleanly (RST, counted).  A no-op when it already recovers. */
+void rs_recover(struct proxy *p, struct pconn *pc, const char *why);
+/* Backend 'id' failed: fence it (its segments are dropped for every
+ * connection it had, its rs-stated and the others are told) and recover
+ * its connections, all at once. */
 void rs_backend_failed(struct proxy *p, uint32_t id, const char *why);
+/* An operator readmits backend 'id' (after its rejoin). */
+int rs_backend_readmit(struct proxy *p, uint32_t id);
+/* The ring-buffer event 'ev' belongs to a recovery of 'pc'.  Returns true when taken. */
+bool rs_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev);
+/* 'pc' is being freed: ends its recovery, if any (no callbacks). */
+void rs_recovery_drop(struct proxy *p, struct pconn *pc);
+/* The index of backend 'id', or -1. */
+int rs_backend_index(struct proxy *p, uint32_t id);
 
 #endif /* RS_PROXY_H */

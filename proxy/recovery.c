@@ -1,18 +1,23 @@
-/* The recovery manager (docs/recovery.md): moves a spliced client to
- * another server without the client noticing — to the logger for the bytes
- * it has to resend, then to the alternate at transaction TL+1.
+/* The recovery manager (docs/recovery.md): fences a failed backend and
+ * moves each of its clients, without the client noticing, to the logger
+ * for the bytes it must resend and then to the alternate at TL+1.
  *
- * One primitive does every move: splice_to() connects to the target, makes
- * the target->proxy direction ACTIVE first (so no byte the target sends can
- * reach the proxy's stack), writes what the target must get from the proxy
- * (a RESEND frame, or TL+1's logged request), waits until the target has
- * acknowledged it, closes the socket silently, and only then lets the
- * client's segments through.  The steps block the proxy's loop for the few
- * milliseconds a recovery takes on a LAN. */
+ * Every recovery is a state machine on the proxy's loop (struct recovery,
+ * steps named after the seed's §4.3): PLAN (RECOVER sent, waiting for the
+ * logger's PLAN), RESEND (moved to the logger's resend port, waiting for
+ * the client to acknowledge the resent bytes), SPLICE (moving to the
+ * alternate).  Many run at once; none waits on another daemon.
+ *
+ * One primitive does every move (struct move): bind and watch a socket to
+ * the target, CONN_MAP it (a backend), connect, read its state, make the
+ * target->proxy direction ACTIVE (its pure ACKs still reach the socket while
+ * it sends its first bytes), write those bytes (a RESEND frame, or TL+1's
+ * logged request), wait for the tc program to report the target's ACK of
+ * them, close the socket silently, and only then let the client's segments
+ * through.  Each step has a deadline; a recovery that cannot finish ends
+ * with a RST to the client, logged and counted. */
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,336 +27,733 @@
 #include "proxy.h"
 #include "seq.h"
 
-#define STEP_TIMEOUT_MS 2000
-#define CTL_REPLY_MAX (RS_CTL_HDR_LEN + RS_CTL_PAYLOAD_MAX + RS_CTL_MAC_LEN)
+#define RESEND_CHECK_NS (100 * 1000000ull)   /* progress check of a resend */
+#define RESEND_IDLE_NS (1000 * 1000000ull)   /* plus 4 RTTs: no ACK progress for this long ends it */
 
-/* Waits until 'fd' is writable (connected) or 'ms' pass.  Returns 0 or -errno. */
-static int wait_connected(int fd, int ms)
+enum rec_step { REC_PLAN, REC_RESEND, REC_SPLICE };
+enum move_step { MV_NONE, MV_MAP, MV_CONNECT, MV_PRE };
+
+static const char *const step_name[] = { "plan", "resend", "splice" };
+
+struct recovery;
+typedef void (*move_done_fn)(struct recovery *rec, int err);
+
+/* One move of the client to a new server (see the top of this file). */
+struct move {
+    enum move_step step;
+    struct rs_addr target, local;
+    int target_idx;               /* a backend (CONN_MAP, guard), -1: the logger */
+    struct rs_flow_key kn;
+    struct rs_io io;
+    struct rs_ctl_call call;
+    const uint8_t *pre;
+    size_t npre, pre_off;
+    uint32_t q, r, client_state;
+    uint16_t next_num;
+    bool map, guard;
+    struct rs_splice_conn c, s;
+    struct rs_splice_dir c2s;
+    uint32_t ack_gen;
+    move_done_fn done;
+};
+
+struct recovery {
+    struct pconn *pc;
+    enum rec_step step;
+    const char *why;
+    bool relay_end;               /* relay phase, the backend ended: the client socket stays open
+                                   * (held) until the logger says whether the end was meant */
+    bool resplice_only;           /* an operator's RESPLICE: one move, no plan */
+    uint64_t ctl_conn, ctl_seq;   /* RESPLICE: whom to answer */
+    uint32_t backend_id;
+    uint64_t t0_us, t_plan_us, t_resend_us;
+    struct rs_ctl_call call;
+    struct rs_ctl_plan plan;      /* plan.data -> data */
+    uint8_t *data;
+    uint8_t frame[256];           /* the RESEND frame */
+    struct move mv;
+    struct rs_timer timer;        /* the current step's deadline */
+    uint32_t watch_gen, last_ack;
+    uint64_t last_progress_ns;
+};
+
+static void rec_fail(struct recovery *rec, int err);
+static void move_acked(struct recovery *rec);
+
+int rs_backend_index(struct proxy *p, uint32_t id)
 {
-    struct pollfd pfd = { fd, POLLOUT, 0 };
-    int err = 0;
-    socklen_t len = sizeof(err);
-
-    if (poll(&pfd, 1, ms) != 1)
-        return -ETIMEDOUT;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) || err)
-        return -(err ? err : errno);
-    return 0;
+    for (int i = 0; i < p->nbackends; i++)
+        if (p->backends[i].id == id)
+            return i;
+    return -1;
 }
 
-static int write_all(int fd, const uint8_t *buf, size_t len, int ms)
+int rs_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
+                uint8_t flags, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx)
 {
-    while (len) {
-        struct pollfd pfd = { fd, POLLOUT, 0 };
-        ssize_t n = write(fd, buf, len);
-        if (n > 0) {
-            buf += n;
-            len -= (size_t)n;
-        } else if (n < 0 && errno != EAGAIN) {
-            return -errno;
-        } else if (poll(&pfd, 1, ms) != 1) {
-            return -ETIMEDOUT;
-        }
-    }
-    return 0;
+    struct rs_ctl_msg m = { .type = RS_CTL_CONN_MAP };
+
+    if (!p->stated_port || b < 0)
+        return -ENOTCONN;
+    m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, next_num, flags };
+    return rs_ctl_call(&p->backends[b].stated, &m, RS_CTL_ACK, call, p->step_ns, done, ctx);
 }
 
-/* Sends 'req' to 'to' on a new connection and reads one reply into 'reply'
- * (whose data, for PLAN, points into 'buf').  Returns 0 or -errno. */
-static int ctl_call(struct proxy *p, struct rs_addr to, struct rs_ctl_msg *req, struct rs_ctl_msg *reply,
-                    uint8_t *buf, size_t cap)
+/* ---- the move primitive ---------------------------------------------------------- */
+
+static void move_cleanup(struct proxy *p, struct move *mv, bool remove_entry)
 {
-    struct sockaddr_in sin = rs_addr_sin(to);
-    struct rs_ctl_replay replay;
-    size_t have = 0;
-    int fd, n, e;
-
-    req->sender = 1;
-    req->seq = ++p->ctl_seq;
-    n = rs_ctl_encode(&p->key, req, buf, cap);
-    if (n < 0)
-        return n;
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if ((connect(fd, (struct sockaddr *)&sin, sizeof(sin)) && errno != EINPROGRESS)
-        || (e = wait_connected(fd, STEP_TIMEOUT_MS)) != 0 || (e = write_all(fd, buf, (size_t)n, STEP_TIMEOUT_MS)) != 0) {
-        e = errno ? -errno : -EIO;
-        close(fd);
-        return e;
-    }
-    rs_ctl_replay_init(&replay);
-    for (;;) {
-        struct pollfd pfd = { fd, POLLIN, 0 };
-        ssize_t r;
-
-        if (poll(&pfd, 1, STEP_TIMEOUT_MS) != 1) {
-            close(fd);
-            return -ETIMEDOUT;
-        }
-        r = read(fd, buf + have, cap - have);
-        if (r <= 0) {
-            close(fd);
-            return r ? -errno : -ECONNRESET;
-        }
-        have += (size_t)r;
-        n = rs_ctl_decode(&p->key, &replay, buf, have, reply);
-        if (n != 0)
-            break;
-    }
-    close(fd);
-    return n < 0 ? n : 0;
+    rs_ctl_call_cancel(&mv->call);
+    rs_io_stop(&mv->io);
+    if (mv->io.fd >= 0)
+        rs_close_silently(mv->io.fd);     /* leave without a RST or FIN */
+    mv->io.fd = -1;
+    if (remove_entry && mv->step != MV_NONE && p->sp)
+        rs_splicer_remove(p->sp, &mv->kn);
+    mv->step = MV_NONE;
 }
 
-int rs_conn_map(struct proxy *p, struct rs_addr backend, struct rs_addr peer, struct rs_addr client,
-                uint16_t next_num, uint8_t flags)
+static void move_fail(struct recovery *rec, int err)
 {
-    struct rs_ctl_msg m = { .type = RS_CTL_CONN_MAP }, r;
-    uint8_t buf[512];
+    move_cleanup(rec->pc->p, &rec->mv, true);
+    rec->mv.done(rec, err);
+}
+
+/* Writes what is left of the first bytes; once all are out, watches for
+ * the target's ACK of them. */
+static void move_write(struct recovery *rec)
+{
+    struct proxy *p = rec->pc->p;
+    struct move *mv = &rec->mv;
     int e;
 
-    if (!p->stated_port)
-        return 0;
-    m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, next_num, flags };
-    e = ctl_call(p, (struct rs_addr){ backend.ip, p->stated_port }, &m, &r, buf, sizeof(buf));
-    if (e)
-        return e;
-    return r.type == RS_CTL_ACK ? r.u.ack.status : -EPROTO;
-}
-
-/* Polls until the entry 'k' has seen an ACK at or after 'ack', or times out. */
-static int wait_acked(struct proxy *p, const struct rs_flow_key *k, uint32_t ack)
-{
-    uint64_t end = rs_mono_ns() + STEP_TIMEOUT_MS * 1000000ull;
-    struct rs_flow f;
-
-    while (rs_mono_ns() < end) {
-        if (!rs_splicer_get(p->sp, k, &f) && f.has_ack && rs_seq_ge(f.ack_max, ack))
-            return 0;
-        usleep(20);
+    while (mv->pre_off < mv->npre) {
+        ssize_t n = send(mv->io.fd, mv->pre + mv->pre_off, mv->npre - mv->pre_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno == EAGAIN) {
+            rs_io_set(&mv->io, EPOLLOUT);
+            return;
+        }
+        if (n < 0) {
+            move_fail(rec, -errno);
+            return;
+        }
+        mv->pre_off += (size_t)n;
     }
-    return -ETIMEDOUT;
+    rs_io_set(&mv->io, 0);
+    e = rs_splicer_watch_ack(p->sp, &mv->kn, mv->s.snd_nxt, &mv->ack_gen);
+    if (e < 0)
+        move_fail(rec, e);
+    else if (e == 1)
+        move_acked(rec);
 }
 
-/* Moves client 'pc' to a new connection to 'target': the proxy first sends
- * 'pre' ('npre' bytes); the client's own bytes continue from client byte
- * 'q'; the target's first byte to the proxy lands at client response byte
- * 'r'.  The client's entry ends in 'client_state'.  'map' asks the target's
- * rs-stated to number its requests from 'next_num'; 'guard' holds back the
- * target's FIN/RST (a backend).  Returns 0 or -errno; the old target's
- * entry joins pc->held. */
-static int splice_to(struct proxy *p, struct pconn *pc, struct rs_addr target, const uint8_t *pre, size_t npre,
-                     uint32_t q, uint32_t r, uint32_t client_state, bool map, uint16_t next_num, bool guard)
+static void move_connected(struct recovery *rec)
 {
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc), kn;
-    struct rs_splice_conn c = pc->c, s;
-    struct rs_splice_dir c2s, s2c;
-    struct rs_flow fn;
-    struct rs_addr local;
-    int fd, e;
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    struct move *mv = &rec->mv;
+    struct rs_flow_key kc = rs_key_c(pc);
+    struct rs_splice_dir s2c;
+    struct rs_flow_info fn;
+    int e;
 
-    if (pc->nheld == (int)(sizeof(pc->held) / sizeof(pc->held[0])))
-        return -EMLINK;
-    fd = rs_bind_watched(p, target, pc->id, &local);
-    if (fd < 0)
-        return fd;
-    kn = rs_flow_key_from(target, local);
-    /* Only a recovery maps (to the alternate, which re-runs TL+1). */
-    if ((map && (e = rs_conn_map(p, target, local, pc->client, next_num, RS_CTL_CONN_MAP_RERUN)) != 0)
-        || (e = rs_connect_start(fd, target)) != 0 || (e = wait_connected(fd, STEP_TIMEOUT_MS)) != 0
-        || (e = rs_repair_on(fd)) != 0 || (e = rs_repair_read(fd, local, target, &s)) != 0
-        || (e = rs_repair_off(fd)) != 0 || (e = rs_splicer_get(p->sp, &kn, &fn)) != 0)
-        goto fail;
-    s.ts_recent = fn.ts_recent;
-    s.snd_nxt += (uint32_t)npre;
+    if ((e = rs_repair_on(mv->io.fd)) || (e = rs_repair_read(mv->io.fd, mv->local, mv->target, &mv->s))
+        || (e = rs_repair_off(mv->io.fd)) || (e = rs_splicer_get(p->sp, &mv->kn, &fn))) {
+        move_fail(rec, e);
+        return;
+    }
+    mv->s.ts_recent = fn.t.ts_recent;
+    mv->s.snd_nxt += (uint32_t)mv->npre;
     /* The client continues at (q, r).  Its clock: it saw at most the old
      * server's clock moved on since the last splice (1 tick/ms), so continue
      * a second past that; TSecr echoes still map back exactly. */
-    c.rcv_nxt = q;
-    c.snd_nxt = r;
-    c.ts_now = pc->c.ts_now + (uint32_t)((rs_now_us() - pc->ts_base_us) / 1000) + 1000;
-    if ((e = rs_splice_init(&c, &s, &c2s, &s2c)) != 0
-        || (e = rs_splicer_activate(p->sp, &kn, &s2c, pc->id, RS_FLOW_ACTIVE, guard)) != 0)
-        goto fail;
-    if (npre && ((e = write_all(fd, pre, npre, STEP_TIMEOUT_MS)) != 0 || (e = wait_acked(p, &kn, s.snd_nxt)) != 0))
-        goto fail;
-    /* Closed in repair mode: silent.  The target's ACK of 'pre' went to the
-     * client (translated), not to this socket, which therefore still holds
-     * 'pre' as unacknowledged — another reason it must not send anything. */
-    rs_repair_on(fd);
-    close(fd);
-    fd = -1;
-    if ((e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id, client_state, false)) != 0
-        || (e = rs_splicer_clamp_ack(p->sp, &kc, &kn)) != 0)
-        goto fail;
-    pc->held[pc->nheld++] = kb;
-    pc->backend = target;
-    pc->local = local;
-    pc->c = c;
-    pc->ts_base_us = rs_now_us();
-    return 0;
-fail:
-    rs_splicer_remove(p->sp, &kn);
-    if (fd >= 0) {
-        rs_repair_on(fd);   /* leave without a RST or FIN */
-        close(fd);
+    mv->c = pc->c;
+    mv->c.rcv_nxt = mv->q;
+    mv->c.snd_nxt = mv->r;
+    mv->c.ts_now = pc->c.ts_now + (uint32_t)((rs_now_us() - pc->ts_base_us) / 1000) + 1000;
+    if ((e = rs_splice_init(&mv->c, &mv->s, &mv->c2s, &s2c)) != 0
+        || (e = rs_splicer_activate(p->sp, &mv->kn, &s2c, pc->id, RS_FLOW_ACTIVE, mv->guard, &kc)) != 0
+        || (mv->npre && (e = rs_splicer_acks_to_stack(p->sp, &mv->kn, true)) != 0)) {
+        move_fail(rec, e);
+        return;
     }
-    return e;
+    mv->step = MV_PRE;
+    move_write(rec);
 }
 
-int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r)
+static void move_io(struct rs_io *io, uint32_t events)
 {
+    struct recovery *rec = io->ctx;
+    struct move *mv = &rec->mv;
+
+    if (mv->step == MV_CONNECT) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) || err || (events & (EPOLLERR | EPOLLHUP))) {
+            move_fail(rec, -(err ? err : ECONNREFUSED));
+            return;
+        }
+        rs_io_set(io, 0);
+        move_connected(rec);
+    } else if (mv->step == MV_PRE && (events & EPOLLOUT)) {
+        move_write(rec);
+    } else if (events & (EPOLLERR | EPOLLHUP)) {
+        move_fail(rec, -ECONNRESET);
+    }
+}
+
+static void move_connect(struct recovery *rec)
+{
+    struct proxy *p = rec->pc->p;
+    struct move *mv = &rec->mv;
+    int e = rs_connect_start(mv->io.fd, mv->target);
+
+    if (!e)
+        e = rs_io_start(&p->loop, &mv->io, mv->io.fd, EPOLLOUT, move_io, rec);
+    if (e) {
+        move_fail(rec, e);
+        return;
+    }
+    mv->step = MV_CONNECT;
+}
+
+static void on_move_map(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *reply)
+{
+    struct recovery *rec = call->ctx;
+
+    if (!err && reply->u.ack.status)
+        err = reply->u.ack.status;
+    if (err) {
+        move_fail(rec, err);
+        return;
+    }
+    move_connect(rec);
+}
+
+/* The target has acknowledged the first bytes: hand the connection over. */
+static void move_acked(struct recovery *rec)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    struct move *mv = &rec->mv;
     struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
-    struct rs_flow fc, fb;
     int e;
 
+    /* Closed in repair mode: silent.  Switch the target's ACKs back to the
+     * client first, so none reaches a stack without a socket. */
+    if (mv->npre)
+        rs_splicer_acks_to_stack(p->sp, &mv->kn, false);
+    rs_io_stop(&mv->io);
+    rs_close_silently(mv->io.fd);
+    mv->io.fd = -1;
+    if ((e = rs_splicer_activate(p->sp, &kc, &mv->c2s, pc->id, mv->client_state, false, &mv->kn)) != 0
+        || (e = rs_splicer_clamp_ack(p->sp, &kc)) != 0) {
+        move_fail(rec, e);
+        return;
+    }
+    /* The server it leaves is fenced for this connection: nothing it still
+     * sends (a late FIN, a RST, retransmissions) reaches the client. */
+    if (pc->backend.ip) {
+        rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+        if (pc->nheld < RS_PROXY_HELD_MAX)
+            pc->held[pc->nheld++] = kb;
+        else
+            rs_splicer_remove(p->sp, &kb);
+    }
+    pc->backend = mv->target;
+    pc->local = mv->local;
+    pc->c = mv->c;
+    pc->ts_base_us = rs_now_us();
+    mv->step = MV_NONE;
+    mv->done(rec, 0);
+}
+
+/* Starts moving the client of 'rec' to 'target' (see struct move). */
+static void move_start(struct recovery *rec, struct rs_addr target, int target_idx, const uint8_t *pre,
+                       size_t npre, uint32_t q, uint32_t r, uint32_t client_state, bool map, uint16_t next_num,
+                       bool guard, move_done_fn done)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    struct move *mv = &rec->mv;
+    int fd, e;
+
+    *mv = (struct move){ .target = target, .target_idx = target_idx, .pre = pre, .npre = npre, .q = q, .r = r,
+                         .client_state = client_state, .map = map, .next_num = next_num, .guard = guard,
+                         .done = done };
+    mv->io.fd = -1;
+    fd = rs_bind_watched(p, target, pc->id, &mv->local);
+    if (fd < 0) {
+        done(rec, fd);
+        return;
+    }
+    mv->io.fd = fd;
+    mv->kn = rs_flow_key_from(target, mv->local);
+    mv->step = MV_MAP;
+    if (map && p->stated_port) {
+        e = rs_conn_map(p, target_idx, mv->local, pc->client, next_num, RS_CTL_CONN_MAP_RERUN, &mv->call,
+                        on_move_map, rec);
+        if (e)
+            move_fail(rec, e);
+        return;
+    }
+    move_connect(rec);
+}
+
+/* ---- one recovery ------------------------------------------------------------------- */
+
+static void rec_deadline(struct recovery *rec, uint64_t ns)
+{
+    rs_timer_at(&rec->pc->p->loop, &rec->timer, rs_loop_now(&rec->pc->p->loop) + ns);
+}
+
+/* Ends 'rec' (the connection lives on). */
+static void rec_end(struct recovery *rec)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+
+    move_cleanup(p, &rec->mv, false);
+    rs_ctl_call_cancel(&rec->call);
+    rs_timer_stop(&p->loop, &rec->timer);
+    free(rec->data);
+    free(rec);
+    pc->rec = NULL;
+    p->recovering--;
+}
+
+void rs_recovery_drop(struct proxy *p, struct pconn *pc)
+{
+    struct recovery *rec = pc->rec;
+
+    if (!rec)
+        return;
+    move_cleanup(p, &rec->mv, true);
+    rec_end(rec);
+}
+
+static void answer_resplice(struct recovery *rec, int err)
+{
+    struct proxy *p = rec->pc->p;
+    struct rs_ctlconn *cc = rec->ctl_conn ? rs_ctlserver_find(&p->ctlsrv, rec->ctl_conn) : NULL;
+    struct rs_ctl_msg req = { .type = RS_CTL_RESPLICE, .seq = rec->ctl_seq };
+
+    if (cc)
+        rs_ctl_ack(cc, &req, err);
+}
+
+static void rec_fail(struct recovery *rec, int err)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+
+    if (rec->resplice_only) {
+        /* An operator's move that failed: the connection stays where it was. */
+        struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+        p->st.resplice_errors++;
+        rs_log("resplice id=%" PRIu64 " client=%s to=%s failed: %s", pc->id, RS_A(pc->client),
+               RS_A(rec->mv.target), strerror(-err));
+        answer_resplice(rec, err);
+        move_cleanup(p, &rec->mv, true);
+        rs_splicer_set_state(p->sp, &kb, RS_FLOW_ACTIVE);
+        rs_splicer_set_state(p->sp, &kc, RS_FLOW_ACTIVE);
+        rec_end(rec);
+        return;
+    }
+    p->st.unrecoverable++;
+    rs_log("unrecoverable id=%" PRIu64 " client=%s why=%s step=%s error=%s us=%" PRIu64, pc->id, RS_A(pc->client),
+           rec->why, step_name[rec->step], strerror(-err), rs_now_us() - rec->t0_us);
+    rs_pc_close(p, pc, "unrecoverable", true);   /* frees rec */
+}
+
+static void rec_timeout(struct rs_timer *t)
+{
+    struct recovery *rec = t->ctx;
+    struct proxy *p = rec->pc->p;
+    struct rs_flow_key kc = rs_key_c(rec->pc);
+    struct rs_flow_info fc;
+
+    if (rec->step == REC_RESEND && rec->mv.step == MV_NONE) {
+        /* The client is taking the resent bytes: end only when it stops. */
+        uint64_t idle = RESEND_IDLE_NS + 4000ull * rec->pc->rtt_us, now = rs_loop_now(&p->loop);
+        if (!rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_ack && fc.t.ack_max != rec->last_ack) {
+            rec->last_ack = fc.t.ack_max;
+            rec->last_progress_ns = now;
+        }
+        if (now - rec->last_progress_ns < idle) {
+            rec_deadline(rec, RESEND_CHECK_NS);
+            return;
+        }
+    }
+    rec_fail(rec, -ETIMEDOUT);
+}
+
+static void on_alternate(struct recovery *rec, int err)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    uint64_t t_done = rs_now_us(), t_from = rec->t_resend_us ? rec->t_resend_us : rec->t_plan_us;
+
+    if (err) {
+        rec_fail(rec, err);
+        return;
+    }
+    if (rec->resplice_only) {
+        p->st.resplices++;
+        rs_log("resplice id=%" PRIu64 " client=%s to=%s local=%s q=%u r=%u", pc->id, RS_A(pc->client),
+               RS_A(pc->backend), RS_A(pc->local), rec->mv.q, rec->mv.r);
+        answer_resplice(rec, 0);
+        rec_end(rec);
+        return;
+    }
+    rs_pc_set_backend(p, pc, p->alternate);
+    p->st.recovered++;
+    rs_log("recovered id=%" PRIu64 " client=%s alternate=%s plan_us=%" PRIu64 " resend_us=%" PRIu64
+           " splice_us=%" PRIu64 " total_us=%" PRIu64, pc->id, RS_A(pc->client), RS_A(pc->backend),
+           rec->t_plan_us - rec->t0_us, rec->t_resend_us ? rec->t_resend_us - rec->t_plan_us : 0, t_done - t_from,
+           t_done - rec->t0_us);
+    rec_end(rec);
+}
+
+/* Step 4: re-splice to the alternate at Tsp = TL+1 with TL+1's logged
+ * request; its response lands at AckTL, so the p bytes the client has are
+ * dropped by the client's own TCP as duplicates. */
+static void splice_alternate(struct recovery *rec)
+{
+    struct proxy *p = rec->pc->p;
+    const struct rs_ctl_plan *pl = &rec->plan;
+
+    rec->step = REC_SPLICE;
+    rec_deadline(rec, p->recovery_ns);
+    move_start(rec, p->backends[p->alternate].addr, p->alternate, rec->data, pl->len, pl->q + pl->len, pl->ack_tl,
+               RS_FLOW_ACTIVE, true, pl->tsp, true, on_alternate);
+}
+
+static void resent(struct recovery *rec)
+{
+    rec->t_resend_us = rs_now_us();
+    rs_log("recover id=%" PRIu64 " client=%s step=resent bytes=%u us=%" PRIu64, rec->pc->id, RS_A(rec->pc->client),
+           rec->plan.resend_to - rec->plan.resend_from, rec->t_resend_us - rec->t_plan_us);
+    splice_alternate(rec);
+}
+
+/* Step 3 done moving: the logger now sends [from, to); the client's ACKs
+ * (only) reach it.  Wait for the client to acknowledge 'to'. */
+static void on_logger(struct recovery *rec, int err)
+{
+    struct proxy *p = rec->pc->p;
+    struct rs_flow_key kc = rs_key_c(rec->pc);
+    int e;
+
+    if (err) {
+        rec_fail(rec, err);
+        return;
+    }
+    e = rs_splicer_watch_ack(p->sp, &kc, rec->plan.resend_to, &rec->watch_gen);
+    if (e < 0) {
+        rec_fail(rec, e);
+        return;
+    }
+    if (e == 1) {
+        resent(rec);
+        return;
+    }
+    rec->last_progress_ns = rs_loop_now(&p->loop);
+    rec->last_ack = 0;
+    rec_deadline(rec, RESEND_CHECK_NS);
+}
+
+static void legit_close(struct recovery *rec)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_info fb;
+
+    p->st.legit_closes++;
+    rs_log("recover id=%" PRIu64 " client=%s step=legit-close", pc->id, RS_A(pc->client));
+    if (rec->relay_end) {
+        /* The client has every byte; pass the end on as a relay would. */
+        rs_splicer_set_state(p->sp, &kc, RS_FLOW_WATCH);
+        shutdown(pc->cio.fd, SHUT_WR);
+        rs_io_start(&p->loop, &pc->cio, pc->cio.fd, EPOLLIN, pc->cio.fn, pc);
+        pc->phase = PC_CLOSING;
+        rec_end(rec);
+        rs_timer_after(&p->loop, &pc->timer, p->linger_ns);
+        return;
+    }
+    /* The application closed after a complete response: let its FIN through. */
+    if (!rs_splicer_get(p->sp, &kb, &fb))
+        rs_splicer_activate(p->sp, &kb, &fb.cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
+    rs_splicer_set_state(p->sp, &kc, RS_FLOW_ACTIVE);
+    rec_end(rec);
+}
+
+static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *reply)
+{
+    struct recovery *rec = call->ctx;
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    const struct rs_ctl_plan *pl = &rec->plan;
+    struct rs_flow_key kc = rs_key_c(pc);
+    struct rs_flow_info fc;
+    struct rs_ctl_msg m = { .type = RS_CTL_RESEND };
+    uint32_t q;
+    int n;
+
+    if (!err && reply->type != RS_CTL_PLAN)
+        err = reply->u.ack.status ? reply->u.ack.status : -EPROTO;
+    if (err) {
+        rec_fail(rec, err);
+        return;
+    }
+    rec->plan = reply->u.plan;
+    rec->plan.data = NULL;
+    if (pl->len && !(rec->data = malloc(pl->len))) {
+        rec_fail(rec, -ENOMEM);
+        return;
+    }
+    if (pl->len)
+        memcpy(rec->data, reply->u.plan.data, pl->len);
+    rec->t_plan_us = rs_now_us();
+    rs_log("recover id=%" PRIu64 " client=%s step=plan status=%d tl=%s%u tsp=%u tr=%u replayed=%u ack_tl=%u p=%u "
+           "ackcl=%u resend=[%u,%u) q=%u req_bytes=%u us=%" PRIu64, pc->id, RS_A(pc->client), pl->status,
+           pl->flags & RS_CTL_PLAN_HAS_TL ? "" : "none/", pl->tl, pl->tsp, pl->tr, pl->replayed, pl->ack_tl, pl->p,
+           pl->ackcl, pl->resend_from, pl->resend_to, pl->q, pl->len, rec->t_plan_us - rec->t0_us);
+    if (pl->status == -ESHUTDOWN) {
+        legit_close(rec);
+        return;
+    }
+    if (pl->status) {
+        rec_fail(rec, pl->status);
+        return;
+    }
+    if (rec->relay_end && (err = rs_pc_detach(p, pc)) != 0) {
+        rec_fail(rec, err);
+        return;
+    }
+    /* Where the client's own bytes stand: after the last byte it sent. */
+    q = !rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_seq ? fc.t.seq_next : pc->c.rcv_nxt;
+    if (pl->resend_from == pl->resend_to) {
+        splice_alternate(rec);
+        return;
+    }
+    /* Step 3: resend from the log what the client has not acknowledged. */
+    m.u.resend = (struct rs_ctl_resend){ pl->client, pl->resend_from, pl->resend_to };
+    m.sender = PX_SENDER_LOGGER + 0x100;
+    m.seq = ++p->ctl_seq;
+    n = rs_ctl_encode(&p->key, &m, rec->frame, sizeof(rec->frame));
+    if (n < 0) {
+        rec_fail(rec, n);
+        return;
+    }
+    rec->step = REC_RESEND;
+    rec_deadline(rec, p->recovery_ns);
+    move_start(rec, p->logger_resend, -1, rec->frame, (size_t)n, q, pl->resend_from, RS_FLOW_ACKONLY, false, 0,
+               true, on_logger);
+}
+
+static struct recovery *rec_new(struct proxy *p, struct pconn *pc, const char *why)
+{
+    struct recovery *rec = calloc(1, sizeof(*rec));
+
+    if (!rec)
+        return NULL;
+    rec->pc = pc;
+    rec->why = why;
+    rec->t0_us = rs_now_us();
+    rec->mv.io.fd = -1;
+    rs_timer_init(&rec->timer, rec_timeout, rec);
+    pc->rec = rec;
+    p->recovering++;
+    return rec;
+}
+
+void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
+{
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_ctl_msg req = { .type = RS_CTL_RECOVER };
+    struct recovery *rec;
+    uint64_t budget_ms = p->recovery_ns / 1000000;
+    int e;
+
+    if (pc->rec || (pc->phase != PC_SPLICED && pc->phase != PC_RELAY))
+        return;
+    if (!(rec = rec_new(p, pc, why))) {
+        rs_pc_close(p, pc, "out-of-memory", true);
+        return;
+    }
+    rec->backend_id = pc->backend_idx >= 0 ? p->backends[pc->backend_idx].id : 1;
+    /* 1. Un-splice: nothing from the failed backend reaches the client (no
+     * FIN, no RST), nothing from the client reaches the proxy's stack. */
+    if (pc->phase == PC_SPLICED) {
+        rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
+        rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+    } else {
+        /* Relay phase: the proxy knows exactly what it forwarded.  A backend
+         * that ended its side by itself (not fenced) may have meant it:
+         * keep the client socket until the logger says. */
+        rs_io_stop(&pc->cio);
+        rs_io_stop(&pc->bio);
+        rec->relay_end = pc->backend_eof && pc->backend_idx >= 0 && !p->backends[pc->backend_idx].fenced;
+        if (rec->relay_end) {
+            rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+            rs_splicer_set_state(p->sp, &kc, RS_FLOW_FROZEN);
+        } else if ((e = rs_pc_detach(p, pc)) != 0) {
+            rec_fail(rec, e);
+            return;
+        }
+    }
+    rs_log("recover id=%" PRIu64 " client=%s backend=%s step=hold why=%s", pc->id, RS_A(pc->client),
+           RS_A(pc->backend), why);
+    if (!p->logger.port || p->alternate < 0) {
+        rec_fail(rec, -ENOTSUP);
+        return;
+    }
+    /* 2. Plan (the logger also brings the alternate's state up to TR and
+     * replays [TR, TL]); it answers within the budget we give it. */
+    req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
+                                             (uint16_t)(budget_ms > 65535 ? 65535 : budget_ms), rec->backend_id,
+                                             { p->backends[p->alternate].addr.ip, p->backends[p->alternate].addr.port } };
+    rec->step = REC_PLAN;
+    e = rs_ctl_call(&p->logger_conn, &req, RS_CTL_PLAN, &rec->call, p->recovery_ns, on_plan, rec);
+    if (e)
+        rec_fail(rec, e);
+}
+
+int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r,
+                uint64_t ctl_conn, uint64_t ctl_seq)
+{
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_info fc, fb;
+    struct recovery *rec;
+    int e;
+
+    if (pc->rec || pc->phase != PC_SPLICED)
+        return -EBUSY;
     if ((e = rs_splicer_get(p->sp, &kc, &fc)) || (e = rs_splicer_get(p->sp, &kb, &fb)))
         return e;
     if (!q && !r) {
-        q = fc.seq_next;
-        r = fb.seq_next + fb.dir.seq_delta;
+        q = fc.t.seq_next;
+        r = fb.t.seq_next + fb.cfg.dir.seq_delta;
     }
+    if (!(rec = rec_new(p, pc, "resplice")))
+        return -ENOMEM;
+    rec->resplice_only = true;
+    rec->ctl_conn = ctl_conn;
+    rec->ctl_seq = ctl_seq;
+    rec->step = REC_SPLICE;
     rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
     rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
-    e = splice_to(p, pc, target, NULL, 0, q, r, RS_FLOW_ACTIVE, false, 0, p->logger.port != 0);
-    if (e) {
-        p->st.resplice_errors++;
-        return e;
-    }
-    rs_log("resplice id=%" PRIu64 " client=%s to=%s local=%s q=%u r=%u", pc->id, RS_A(pc->client),
-           RS_A(target), RS_A(pc->local), q, r);
-    p->st.resplices++;
+    rec_deadline(rec, p->recovery_ns);
+    move_start(rec, target, -1, NULL, 0, q, r, RS_FLOW_ACTIVE, false, 0,
+               p->logger.port != 0, on_alternate);
     return 0;
 }
 
-/* Step 3 of docs/recovery.md: the logger resends [from, to) of the response
- * stream; the client's ACKs (only) reach it.  Returns once the client has
- * acknowledged 'to'. */
-static int resend_from_log(struct proxy *p, struct pconn *pc, const struct rs_ctl_plan *plan, uint32_t q)
+bool rs_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev)
 {
-    struct rs_ctl_msg m = { .type = RS_CTL_RESEND, .sender = 1 };
+    struct recovery *rec = pc->rec;
     struct rs_flow_key kc = rs_key_c(pc);
-    uint8_t frame[256];
-    int n, e;
 
-    m.seq = ++p->ctl_seq;
-    m.u.resend = (struct rs_ctl_resend){ plan->client, plan->resend_from, plan->resend_to };
-    n = rs_ctl_encode(&p->key, &m, frame, sizeof(frame));
-    if (n < 0)
-        return n;
-    e = splice_to(p, pc, p->logger_resend, frame, (size_t)n, q, plan->resend_from, RS_FLOW_ACKONLY, false, 0,
-                  false);
-    if (e)
-        return e;
-    /* The client's ACKs, as it sends them, number the response stream. */
-    return wait_acked(p, &kc, plan->resend_to);
+    (void)p;
+    if (ev->flags & RS_FLOW_ACKED) {
+        if (rec->mv.step == MV_PRE && ev->gen == rec->mv.ack_gen && !memcmp(&ev->key, &rec->mv.kn, sizeof(kc)))
+            move_acked(rec);
+        else if (rec->step == REC_RESEND && rec->mv.step == MV_NONE && ev->gen == rec->watch_gen
+                 && !memcmp(&ev->key, &kc, sizeof(kc)))
+            resent(rec);
+        return true;
+    }
+    if ((ev->flags & RS_FLOW_GUARDED) && rec->mv.step != MV_NONE && !memcmp(&ev->key, &rec->mv.kn, sizeof(kc))) {
+        /* The server we are moving to ended the connection under us. */
+        rs_log("recover id=%" PRIu64 " client=%s: %s from the target %s", pc->id, RS_A(pc->client),
+               ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin", RS_A(rec->mv.target));
+        move_fail(rec, -ECONNRESET);
+        return true;
+    }
+    return (ev->flags & RS_FLOW_GUARDED) != 0;   /* held FIN/RST of servers being left: nothing to do */
 }
 
-int rs_recover(struct proxy *p, struct pconn *pc, const char *why)
-{
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
-    struct rs_ctl_msg req = { .type = RS_CTL_RECOVER }, reply;
-    static uint8_t buf[CTL_REPLY_MAX];
-    const struct rs_ctl_plan *plan = &reply.u.plan;
-    uint64_t t0 = rs_now_us(), t_plan = 0, t_resend = 0, t_done;
-    struct rs_flow fc;
-    uint32_t q;
-    int e, backend_id = pc->backend_idx >= 0 ? (int)p->backend_ids[pc->backend_idx] : 0;
+/* ---- fencing ------------------------------------------------------------------------- */
 
-    pc->recovering = true;
-    /* 1. Un-splice: nothing from the failed backend reaches the client (no
-     * FIN, no RST), nothing from the client reaches the proxy's stack. */
-    rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
-    rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
-    rs_log("recover id=%" PRIu64 " client=%s backend=%s step=hold why=%s", pc->id, RS_A(pc->client),
-           RS_A(pc->backend), why);
-    if (!p->logger.port || !p->alternate.port) {
-        e = -ENOTSUP;
-        goto fail;
+/* Tells every backend's rs-stated that backend 'b' is fenced or readmitted:
+ * its own stops (or restarts) serving, the others refuse (or take) its states. */
+static void announce_fence(struct proxy *p, int b, bool fenced)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_FENCE };
+
+    if (!p->stated_port)
+        return;
+    for (int i = 0; i < p->nbackends; i++) {
+        m.u.fence = (struct rs_ctl_fence){ p->backends[b].id, p->backends[b].addr.ip, fenced };
+        rs_ctl_send(&p->backends[i].stated, &m);
     }
-    /* 2. Plan (the logger also brings the alternate's state up to TR and
-     * replays [TR, TL]). */
-    req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port }, backend_id ? (uint32_t)backend_id : 1,
-                                             { p->alternate.ip, p->alternate.port } };
-    if ((e = ctl_call(p, p->logger, &req, &reply, buf, sizeof(buf))) != 0)
-        goto fail;
-    if (reply.type != RS_CTL_PLAN) {
-        e = reply.type == RS_CTL_ACK && reply.u.ack.status ? reply.u.ack.status : -EPROTO;
-        goto fail;
-    }
-    t_plan = rs_now_us();
-    rs_log("recover id=%" PRIu64 " client=%s step=plan status=%d tl=%s%u tsp=%u tr=%u replayed=%u ack_tl=%u p=%u "
-           "ackcl=%u resend=[%u,%u) q=%u req_bytes=%u us=%" PRIu64, pc->id, RS_A(pc->client), plan->status,
-           plan->flags & RS_CTL_PLAN_HAS_TL ? "" : "none/", plan->tl, plan->tsp, plan->tr, plan->replayed,
-           plan->ack_tl, plan->p, plan->ackcl, plan->resend_from, plan->resend_to, plan->q, plan->len, t_plan - t0);
-    if (plan->status == -ESHUTDOWN) {
-        /* The application closed after a complete response: let its FIN through. */
-        struct rs_flow fb;
-        if (!rs_splicer_get(p->sp, &kb, &fb))
-            rs_splicer_activate(p->sp, &kb, &fb.dir, pc->id, RS_FLOW_ACTIVE, false);
-        rs_splicer_set_state(p->sp, &kc, RS_FLOW_ACTIVE);
-        p->st.legit_closes++;
-        pc->recovering = false;
-        rs_log("recover id=%" PRIu64 " client=%s step=legit-close", pc->id, RS_A(pc->client));
-        return 0;
-    }
-    if (plan->status) {
-        e = plan->status;
-        goto fail;
-    }
-    /* Where the client's own bytes stand: after the last byte it sent. */
-    if ((e = rs_splicer_get(p->sp, &kc, &fc)) != 0)
-        goto fail;
-    q = fc.seq_next;
-    /* 3. Resend from the log what the client has not acknowledged. */
-    if (plan->resend_from != plan->resend_to) {
-        if ((e = resend_from_log(p, pc, plan, q)) != 0)
-            goto fail;
-        t_resend = rs_now_us();
-        rs_log("recover id=%" PRIu64 " client=%s step=resent bytes=%u us=%" PRIu64, pc->id, RS_A(pc->client),
-               plan->resend_to - plan->resend_from, t_resend - t_plan);
-    }
-    /* 4. Re-splice to the alternate at Tsp = TL+1 with TL+1's logged request;
-     * its response lands at AckTL, so the p bytes the client has are dropped
-     * by the client's own TCP as duplicates. */
-    if ((e = splice_to(p, pc, p->alternate, plan->data, plan->len, plan->q + plan->len, plan->ack_tl,
-                       RS_FLOW_ACTIVE, true, plan->tsp, true)) != 0)
-        goto fail;
-    t_done = rs_now_us();
-    pc->backend_idx = -1;
-    pc->recovering = false;
-    p->st.recovered++;
-    rs_log("recovered id=%" PRIu64 " client=%s alternate=%s plan_us=%" PRIu64 " resend_us=%" PRIu64
-           " splice_us=%" PRIu64 " total_us=%" PRIu64, pc->id, RS_A(pc->client), RS_A(p->alternate), t_plan - t0,
-           t_resend ? t_resend - t_plan : 0, t_done - (t_resend ? t_resend : t_plan), t_done - t0);
-    return 0;
-fail:
-    p->st.unrecoverable++;
-    rs_log("unrecoverable id=%" PRIu64 " client=%s why=%s error=%s", pc->id, RS_A(pc->client), why, strerror(-e));
-    pc->recovering = false;
-    rs_pc_close(p, pc, "unrecoverable");
-    return e;
 }
 
 void rs_backend_failed(struct proxy *p, uint32_t id, const char *why)
 {
-    int idx = -1;
+    int idx = rs_backend_index(p, id);
+    uint64_t *ids = NULL;
+    size_t n = 0, cap = 0;
 
-    for (int i = 0; i < p->nbackends; i++)
-        if (p->backend_ids[i] == id)
-            idx = i;
     p->st.failures++;
     if (idx < 0) {
         rs_log("failure backend_id=%u why=%s: not one of ours", id, why);
         return;
     }
-    if (!p->dead[idx])
-        rs_log("failure backend_id=%u backend=%s why=%s", id, RS_A(p->backends[idx]), why);
-    p->dead[idx] = true;
-    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
-        for (struct pconn *pc = p->buckets[b], *next; pc; pc = next) {
-            next = pc->next;
-            if (pc->phase == PC_SPLICED && pc->backend_idx == idx && !pc->recovering)
-                rs_recover(p, pc, why);
+    if (!p->backends[idx].fenced)
+        rs_log("failure backend_id=%u backend=%s why=%s conns=%u: fenced", id, RS_A(p->backends[idx].addr), why,
+               p->backends[idx].conns);
+    p->backends[idx].fenced = true;
+    /* 1. Fence first, in one pass: from now on nothing this backend sends
+     * reaches any client, before any connection moves. */
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
+        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next) {
+            struct rs_flow_key kb = rs_key_b(pc), kc = rs_key_c(pc);
+
+            if (pc->backend_idx != idx || pc->phase == PC_CLOSING)
+                continue;
+            if (pc->phase == PC_SPLICED && !pc->rec) {
+                rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+                rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
+            } else if (pc->phase == PC_RELAY) {
+                if (p->sp)
+                    rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+                rs_io_stop(&pc->bio);
+            }
+            if (n == cap) {
+                uint64_t *nid = realloc(ids, (cap = cap ? cap * 2 : 64) * sizeof(*ids));
+                if (!nid)
+                    break;
+                ids = nid;
+            }
+            ids[n++] = pc->id;
         }
+    }
+    announce_fence(p, idx, true);
+    /* 2. Then move them, all at once: each recovery runs on its own. */
+    for (size_t i = 0; i < n; i++) {
+        struct pconn *pc = rs_pc_find(p, ids[i]);
+        if (!pc || pc->backend_idx != idx)
+            continue;
+        if (pc->phase == PC_MAP || pc->phase == PC_CONNECTING)
+            rs_pc_redispatch(p, pc, why);
+        else if (pc->phase == PC_SPLICED || pc->phase == PC_RELAY)
+            rs_recover(p, pc, why);
+    }
+    free(ids);
+}
+
+int rs_backend_readmit(struct proxy *p, uint32_t id)
+{
+    int idx = rs_backend_index(p, id);
+
+    if (idx < 0)
+        return -ENOENT;
+    if (p->backends[idx].fenced)
+        rs_log("readmit backend_id=%u backend=%s", id, RS_A(p->backends[idx].addr));
+    p->backends[idx].fenced = false;
+    announce_fence(p, idx, false);
+    return 0;
 }

@@ -1,14 +1,19 @@
 /* The splice table shared by the tc program (proxy/bpf/splice.bpf.c) and
- * rs-proxy: one entry per direction of a spliced connection, keyed by the
- * 4-tuple of segments as they arrive at the proxy.  Types only; compiled
- * by clang -target bpf and by gcc alike. */
+ * rs-proxy: one pair of entries per direction of a spliced connection,
+ * keyed by the 4-tuple of segments as they arrive at the proxy.
+ *
+ * Each field has one writer, so neither side can lose the other's update:
+ * rs_flows (struct rs_flow) is written by the daemon only, rs_track
+ * (struct rs_flow_track) by the tc program only (the daemon creates it
+ * zeroed and deletes it).  Types only; compiled by clang -target bpf and
+ * by gcc alike. */
 #ifndef RS_SPLICE_MAP_H
 #define RS_SPLICE_MAP_H
 
 #include "splice.h"
 
 #define RS_SPLICE_MAP_MAX 65536   /* directions spliced at once (two per connection) */
-#define RS_SPLICE_EVENTS_BYTES (256 * 1024)
+#define RS_SPLICE_EVENTS_BYTES (1024 * 1024)   /* 1000 connections' FINs, RSTs and ACK watches at once */
 
 #define RS_TS_MAP_MAX 65536      /* connections whose clients' TSvals are watched before a splice */
 
@@ -33,48 +38,70 @@ enum rs_flow_state {
     RS_FLOW_WATCH = 0,    /* pass to the stack; record the sender's TSval and seq */
     RS_FLOW_ACTIVE = 1,   /* translate and redirect */
     RS_FLOW_FROZEN = 2,   /* drop: the daemon is reading socket state (microseconds) */
-    RS_FLOW_HOLD = 3,     /* drop: the backend failed, recovery is re-splicing */
+    RS_FLOW_HOLD = 3,     /* drop: the sender failed or was moved off (fenced), or
+                           * recovery is re-splicing the connection */
     RS_FLOW_ACKONLY = 4,  /* translate segments without payload (ACKs), drop the rest:
                            * the client's ACKs reach the logger resending to it, its
                            * data waits (unacknowledged) for the alternate */
 };
 
-/* Flags of rs_flow.seen and rs_flow_event.flags. */
+/* Flags of rs_flow_track.seen and rs_flow_event.flags. */
 #define RS_FLOW_SEEN_FIN (1 << 0)
 #define RS_FLOW_SEEN_RST (1 << 1)
 #define RS_FLOW_GUARDED  (1 << 2)  /* event only: the segment was dropped, not passed */
+#define RS_FLOW_ACKED    (1 << 3)  /* event only: the sender acknowledged rs_flow.ack_watch */
 
+/* How a direction is handled: the daemon's half. */
 struct rs_flow {
     struct rs_splice_dir dir;  /* how to rewrite this direction */
     rs_u32 ifindex;            /* where rewritten segments leave */
     rs_u32 state;              /* enum rs_flow_state */
     rs_u64 splice_id;          /* the daemon's id of the connection */
-    rs_u64 last_ns;            /* bpf_ktime_get_ns of the last segment */
-    rs_u64 pkts;
-    rs_u64 bytes;
-    rs_u64 dropped;            /* segments dropped while FROZEN or HOLD */
-    rs_u64 errors;             /* segments that could not be translated */
-    rs_u32 seen;               /* RS_FLOW_SEEN_* */
-    rs_u32 ts_recent;          /* newest TSval from the sender, as received (WATCH only) */
-    rs_u32 seq_next;           /* end of the sender's newest segment, as received */
-    rs_u32 has_seq;            /* seq_next and ts_recent are set */
-    rs_u32 ack_max;            /* newest ACK number the sender sent, as received */
-    rs_u32 has_ack;
-    rs_u32 guard;              /* set by the daemon: drop FIN/RST from this sender and report
-                                * them (a backend's end of a connection is a failure signal
-                                * unless the logger confirms the application meant it) */
-    rs_u32 clamp_ack;          /* set by the daemon: never acknowledge past what the
-                                * peer entry's sender has sent (see the tc program) */
-    struct rs_flow_key peer;   /* the other direction's entry, for clamp_ack */
+    rs_u32 guard;              /* drop FIN/RST from this sender and report them (a backend's
+                                * end of a connection is a failure signal unless the logger
+                                * confirms the application meant it); a FIN passes when the
+                                * 'peer' entry's sender (the client) has sent its own FIN */
+    rs_u32 clamp_ack;          /* never acknowledge past what the 'peer' entry's sender has
+                                * sent (see the tc program) */
+    struct rs_flow_key peer;   /* the other direction of the same splice (zero: none) */
+    rs_u32 gen;                /* bumped at each (re)activation: 'seen' starts afresh */
+    rs_u32 ack_watch;          /* report RS_FLOW_ACKED once the sender's ACK reaches this */
+    rs_u32 ack_watch_gen;      /* non-zero: the watch is armed; a new watch, a new value */
+    rs_u32 acks_to_stack;      /* pass segments without payload, FIN, RST or SYN to the stack
+                                * untranslated: the proxy's own socket is still sending to
+                                * this sender (a re-splice's first bytes) and needs its ACKs */
 };
 
-/* Sent on the ring buffer when a FIN or RST passes a splice. */
+/* What the tc program saw of a direction: the tc program's half. */
+struct rs_flow_track {
+    rs_u64 last_ns;            /* bpf_ktime_get_ns of the last segment */
+    rs_u64 pkts;               /* translated and redirected */
+    rs_u64 bytes;
+    rs_u64 dropped;            /* segments dropped while FROZEN, HOLD or ACKONLY */
+    rs_u64 errors;             /* segments that could not be translated */
+    rs_u32 seen;               /* RS_FLOW_SEEN_* since activation 'seen_gen' */
+    rs_u32 seen_gen;
+    rs_u32 ts_recent;          /* newest TSval from the sender, as received (WATCH only) */
+    rs_u32 seq_next;           /* end of the sender's newest segment, as received */
+    rs_u32 has_seq;            /* seq_next is set */
+    rs_u32 ack_max;            /* newest ACK number the sender sent, as received */
+    rs_u32 has_ack;
+    rs_u32 acked_gen;          /* the last ack_watch_gen reported */
+    rs_u32 fin_seen;           /* the sender sent a FIN at some time, in any state: it has
+                                * closed its side for good */
+    rs_u32 pad_;
+};
+
+/* Sent on the ring buffer when a FIN or RST passes (or is held at) a
+ * splice, and when an ACK watch is reached. */
 struct rs_flow_event {
     struct rs_flow_key key;
     rs_u64 splice_id;
     rs_u64 ns;
-    rs_u32 flags;              /* RS_FLOW_SEEN_* of this segment */
-    rs_u32 seq;                /* the segment's seq, translated (host order) */
+    rs_u32 flags;              /* RS_FLOW_SEEN_*, RS_FLOW_GUARDED, RS_FLOW_ACKED */
+    rs_u32 seq;                /* FIN/RST: the segment's seq, translated (host order); ACKED: the ack */
+    rs_u32 gen;                /* ACKED: the ack_watch_gen it answers */
+    rs_u32 pad_;
 };
 
 #endif /* RS_SPLICE_MAP_H */

@@ -16,6 +16,7 @@
 #include <bpf/libbpf.h>
 
 #include "proxy.h"
+#include "seq.h"
 #include "splice.skel.h"
 
 struct rs_splicer {
@@ -24,7 +25,8 @@ struct rs_splicer {
     struct bpf_tc_hook hook;
     struct bpf_tc_opts opts;
     int ifindex;
-    int map_fd;
+    int map_fd, track_fd;
+    uint32_t watch_gen;
     bool hook_created;
     rs_splicer_event_cb cb;
     void *cb_arg;
@@ -85,6 +87,7 @@ struct rs_splicer *rs_splicer_open(const char *ifname, int *err)
         goto fail;
     }
     s->map_fd = bpf_map__fd(s->skel->maps.rs_flows);
+    s->track_fd = bpf_map__fd(s->skel->maps.rs_track);
     s->hook = (struct bpf_tc_hook){ .sz = sizeof(s->hook), .ifindex = s->ifindex,
                                     .attach_point = BPF_TC_INGRESS };
     e = bpf_tc_hook_create(&s->hook);
@@ -153,56 +156,109 @@ struct rs_flow_key rs_flow_key_from(struct rs_addr src, struct rs_addr dst)
 int rs_splicer_watch(struct rs_splicer *s, const struct rs_flow_key *k, uint64_t id)
 {
     struct rs_flow f = { .state = RS_FLOW_WATCH, .splice_id = id, .ifindex = (rs_u32)s->ifindex };
+    struct rs_flow_track t = { 0 };
 
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY) ? -errno : 0;
+    /* The track half first: the tc program needs both once the config exists. */
+    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY) || bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY)) {
+        int e = -errno;
+        bpf_map_delete_elem(s->track_fd, k);
+        return e;
+    }
+    return 0;
 }
 
-int rs_splicer_get(struct rs_splicer *s, const struct rs_flow_key *k, struct rs_flow *out)
+int rs_splicer_get(struct rs_splicer *s, const struct rs_flow_key *k, struct rs_flow_info *out)
 {
-    return bpf_map_lookup_elem(s->map_fd, k, out) ? -errno : 0;
+    if (bpf_map_lookup_elem(s->map_fd, k, &out->cfg))
+        return -errno;
+    if (bpf_map_lookup_elem(s->track_fd, k, &out->t))
+        memset(&out->t, 0, sizeof(out->t));
+    return 0;
 }
 
+/* The daemon is the only writer of rs_flows, so a read-modify-write of an
+ * entry loses nothing. */
 int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t state)
 {
     struct rs_flow f;
 
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         return -errno;
+    if (f.state == state)
+        return 0;
     f.state = state;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
 }
 
 int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_splice_dir *d,
-                        uint64_t id, uint32_t state, bool guard)
+                        uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer)
 {
     struct rs_flow f;
+    struct rs_flow_track t = { 0 };
 
-    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+    if (bpf_map_lookup_elem(s->map_fd, k, &f)) {
         memset(&f, 0, sizeof(f));
+        if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
+            return -errno;
+    }
     f.dir = *d;
     f.state = state;
     f.guard = guard;
     f.clamp_ack = 0;
-    f.seen = 0;     /* FIN/RST held back while guarded are reported again once they pass */
+    f.acks_to_stack = 0;
+    f.ack_watch = f.ack_watch_gen = 0;
+    f.gen++;
     f.splice_id = id;
     f.ifindex = (rs_u32)s->ifindex;
+    if (peer)
+        f.peer = *peer;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY) ? -errno : 0;
 }
 
-int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_flow_key *peer)
+int rs_splicer_acks_to_stack(struct rs_splicer *s, const struct rs_flow_key *k, bool on)
+{
+    struct rs_flow f;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    f.acks_to_stack = on;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+}
+
+int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k)
 {
     struct rs_flow f;
 
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         return -errno;
     f.clamp_ack = 1;
-    f.peer = *peer;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+}
+
+int rs_splicer_watch_ack(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen)
+{
+    struct rs_flow f;
+    struct rs_flow_track t;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    f.ack_watch = ack;
+    f.ack_watch_gen = ++s->watch_gen ? s->watch_gen : ++s->watch_gen;
+    *gen = f.ack_watch_gen;
+    if (bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST))
+        return -errno;
+    /* An ACK that came before the watch was armed raises no event. */
+    if (!bpf_map_lookup_elem(s->track_fd, k, &t) && t.has_ack && rs_seq_ge(t.ack_max, ack))
+        return 1;
+    return 0;
 }
 
 int rs_splicer_remove(struct rs_splicer *s, const struct rs_flow_key *k)
 {
-    return bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
+    int e = bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
+
+    bpf_map_delete_elem(s->track_fd, k);
+    return e;
 }
 
 /* ---- TCP_REPAIR ------------------------------------------------------------ */
@@ -259,6 +315,14 @@ int rs_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct r
     return 0;
 }
 
+void rs_close_silently(int fd)
+{
+    if (fd < 0)
+        return;
+    rs_repair_on(fd);   /* a socket in repair mode closes without a FIN or RST */
+    close(fd);
+}
+
 int rs_sock_queued(int fd)
 {
     int in = 0, out = 0;
@@ -266,4 +330,39 @@ int rs_sock_queued(int fd)
     if (ioctl(fd, SIOCINQ, &in) || ioctl(fd, SIOCOUTQ, &out))
         return -errno;
     return in + out;
+}
+
+/* ---- Clean ends -------------------------------------------------------------- */
+
+static uint16_t csum_fold(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+int rs_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq)
+{
+    uint8_t pkt[40] = { 0 };
+    struct sockaddr_in dst = rs_addr_sin(to);
+    uint32_t sum = 0;
+
+    pkt[0] = 0x45;
+    rs_splice_store16(pkt + 2, sizeof(pkt));
+    pkt[8] = 64;
+    pkt[9] = IPPROTO_TCP;
+    rs_splice_store32(pkt + 12, from.ip);
+    rs_splice_store32(pkt + 16, to.ip);     /* the kernel fills in the id and the IP checksum */
+    rs_splice_store16(pkt + 20, from.port);
+    rs_splice_store16(pkt + 22, to.port);
+    rs_splice_store32(pkt + 24, seq);
+    pkt[32] = 5 << 4;
+    pkt[33] = 0x04;                         /* RST */
+    /* TCP checksum over the pseudo header and the 20-byte header. */
+    sum += (from.ip >> 16) + (from.ip & 0xffff) + (to.ip >> 16) + (to.ip & 0xffff) + IPPROTO_TCP + 20;
+    for (int i = 20; i < 40; i += 2)
+        sum += rs_splice_load16(pkt + i);
+    rs_splice_store16(pkt + 36, csum_fold(sum));
+    return sendto(rawfd, pkt, sizeof(pkt), 0, (struct sockaddr *)&dst, sizeof(dst)) == (ssize_t)sizeof(pkt) ? 0
+                                                                                                           : -errno;
 }

@@ -20,12 +20,21 @@
 #define TCP_OFF (ETH_HLEN_ + 20)     /* only option-less IPv4 headers are spliced */
 #define TCP_CSUM_OFF (TCP_OFF + 16)
 
+/* The daemon's half of each entry: read here, never written. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, RS_SPLICE_MAP_MAX);
     __type(key, struct rs_flow_key);
     __type(value, struct rs_flow);
 } rs_flows SEC(".maps");
+
+/* Our half: written here only (the daemon creates and deletes it). */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RS_SPLICE_MAP_MAX);
+    __type(key, struct rs_flow_key);
+    __type(value, struct rs_flow_track);
+} rs_track SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -48,7 +57,7 @@ struct {
 } rs_events SEC(".maps");
 
 static __always_inline void report(const struct rs_flow_key *k, const struct rs_flow *f,
-                                   __u32 flags, __u32 seq)
+                                   __u32 flags, __u32 seq, __u32 gen)
 {
     struct rs_flow_event *e = bpf_ringbuf_reserve(&rs_events, sizeof(*e), 0);
 
@@ -59,27 +68,37 @@ static __always_inline void report(const struct rs_flow_key *k, const struct rs_
     e->ns = bpf_ktime_get_ns();
     e->flags = flags;
     e->seq = seq;
+    e->gen = gen;
+    e->pad_ = 0;
     bpf_ringbuf_submit(e, 0);
 }
 
-/* Keeps f->seq_next at the end of the newest segment the sender sent (raw
+/* Keeps t->seq_next at the end of the newest segment the sender sent (raw
  * numbering): where its byte stream stands, for a re-splice "at the current
- * position" and for the logs. */
-static __always_inline void track_seq(struct __sk_buff *skb, struct rs_flow *f, const __u8 *tcp,
-                                      __u32 hlen)
+ * position" and for the logs; t->ack_max likewise; and reports an ACK
+ * watch the daemon armed once the sender's ACK reaches it (recovery waits
+ * for those without polling). */
+static __always_inline void track_seq(struct __sk_buff *skb, const struct rs_flow_key *k, const struct rs_flow *f,
+                                      struct rs_flow_track *t, const __u8 *tcp, __u32 hlen)
 {
     __u32 seq = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
     __u32 end = seq + (skb->len - TCP_OFF - hlen) + ((tcp[13] & 0x03) ? 1 : 0);
 
-    if (!f->has_seq || rs_seq_gt(end, f->seq_next)) {
-        f->seq_next = end;
-        f->has_seq = 1;
+    if (!t->has_seq || rs_seq_gt(end, t->seq_next)) {
+        t->seq_next = end;
+        t->has_seq = 1;
     }
+    if (tcp[13] & 0x01)
+        t->fin_seen = 1;
     if (tcp[13] & 0x10) {
         __u32 ack = ((__u32)tcp[8] << 24) | ((__u32)tcp[9] << 16) | ((__u32)tcp[10] << 8) | tcp[11];
-        if (!f->has_ack || rs_seq_gt(ack, f->ack_max)) {
-            f->ack_max = ack;
-            f->has_ack = 1;
+        if (!t->has_ack || rs_seq_gt(ack, t->ack_max)) {
+            t->ack_max = ack;
+            t->has_ack = 1;
+        }
+        if (f->ack_watch_gen && t->acked_gen != f->ack_watch_gen && rs_seq_ge(ack, f->ack_watch)) {
+            t->acked_gen = f->ack_watch_gen;
+            report(k, f, RS_FLOW_ACKED, ack, f->ack_watch_gen);
         }
     }
 }
@@ -110,7 +129,7 @@ static __always_inline void record_ts(struct __sk_buff *skb, const struct rs_flo
  * the window field grows by the same amount so its right edge stays. */
 static __always_inline void clamp_ack(const struct rs_flow *f, __u8 *tcp)
 {
-    struct rs_flow *r = bpf_map_lookup_elem(&rs_flows, &f->peer);
+    struct rs_flow_track *r = bpf_map_lookup_elem(&rs_track, &f->peer);
     __u32 ack, d, real, w;
 
     if (!r || !r->has_seq)
@@ -132,6 +151,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
     __u8 ip[20], old[RS_TCP_HDR_MAX], tcp[RS_TCP_HDR_MAX];
     struct rs_flow_key key;
     struct rs_flow *f;
+    struct rs_flow_track *t;
     __u32 hlen, i, evflags;
     __s64 diff;
 
@@ -154,33 +174,48 @@ int rs_splice_ingress(struct __sk_buff *skb)
             record_ts(skb, &key);
         return TC_ACT_OK;
     }
+    t = bpf_map_lookup_elem(&rs_track, &key);
+    if (!t)
+        return f->state == RS_FLOW_WATCH ? TC_ACT_OK : TC_ACT_SHOT;   /* the daemon creates both */
 
-    f->last_ns = bpf_ktime_get_ns();
+    t->last_ns = bpf_ktime_get_ns();
+    if (t->seen_gen != f->gen) {
+        t->seen = 0;    /* re-activated: FIN/RST held back while guarded are reported again */
+        t->seen_gen = f->gen;
+    }
     hlen = (__u32)(tcp[12] >> 4) * 4;
     if (ip[0] != 0x45 || hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX)
         goto bad;
-    track_seq(skb, f, tcp, hlen);
+    track_seq(skb, &key, f, t, tcp, hlen);
     if (f->state == RS_FLOW_WATCH) {
         /* Before the splice: the stack handles it; remember the sender's
          * clock, which the splice must continue. */
         if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) == 0) {
             struct rs_splice_optpos pos;
             if (rs_splice_opts_scan(tcp, hlen, &pos) == 0 && pos.ts && pos.ts <= RS_TCP_HDR_MAX - 10)
-                f->ts_recent = rs_splice_load32(tcp + pos.ts + 2);
+                t->ts_recent = rs_splice_load32(tcp + pos.ts + 2);
         }
         return TC_ACT_OK;
     }
+    if (f->acks_to_stack && f->state == RS_FLOW_ACTIVE && skb->len == TCP_OFF + hlen && !(tcp[13] & 0x07))
+        return TC_ACT_OK;
     if (f->state == RS_FLOW_ACKONLY && (skb->len > TCP_OFF + hlen || (tcp[13] & 0x05)))
         goto drop;
     if (f->state != RS_FLOW_ACTIVE && f->state != RS_FLOW_ACKONLY)
         goto drop;
     if (f->guard && (tcp[13] & 0x05)) {
-        evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
-        if ((f->seen & evflags) != evflags) {
-            f->seen |= evflags;
-            report(&key, f, evflags | RS_FLOW_GUARDED, 0);
+        /* A FIN answering the client's own FIN is the normal end: pass it.
+         * Anything else ends the connection behind the client's back. */
+        struct rs_flow_track *pt = (tcp[13] & 0x04) ? 0 : bpf_map_lookup_elem(&rs_track, &f->peer);
+
+        if (!pt || !pt->fin_seen) {
+            evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
+            if ((t->seen & evflags) != evflags) {
+                t->seen |= evflags;
+                report(&key, f, evflags | RS_FLOW_GUARDED, 0, f->gen);
+            }
+            goto drop;
         }
-        goto drop;
     }
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
         goto bad;
@@ -211,28 +246,28 @@ int rs_splice_ingress(struct __sk_buff *skb)
             || bpf_skb_store_bytes(skb, IP_DADDR_OFF, &ndst, 4, 0) < 0)
             goto bad;
     }
-    __sync_fetch_and_add(&f->pkts, 1);
-    __sync_fetch_and_add(&f->bytes, skb->len);
+    __sync_fetch_and_add(&t->pkts, 1);
+    __sync_fetch_and_add(&t->bytes, skb->len);
 
     evflags = 0;
     if (old[13] & 0x01)
         evflags |= RS_FLOW_SEEN_FIN;
     if (old[13] & 0x04)
         evflags |= RS_FLOW_SEEN_RST;
-    if (evflags && (f->seen & evflags) != evflags) {
-        f->seen |= evflags;
+    if (evflags && (t->seen & evflags) != evflags) {
+        t->seen |= evflags;
         i = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
-        report(&key, f, evflags, i);
+        report(&key, f, evflags, i, f->gen);
     }
     /* The kernel fills in the MAC addresses from its FIB and neighbours. */
     return bpf_redirect_neigh(f->ifindex, NULL, 0, 0);
 bad:
-    __sync_fetch_and_add(&f->errors, 1);
+    __sync_fetch_and_add(&t->errors, 1);
     return TC_ACT_SHOT;
 drop:
     /* Nothing of a spliced flow may reach the proxy's stack: its socket is
      * gone (or going) and the stack would answer with a RST. */
-    __sync_fetch_and_add(&f->dropped, 1);
+    __sync_fetch_and_add(&t->dropped, 1);
     return TC_ACT_SHOT;
 }
 

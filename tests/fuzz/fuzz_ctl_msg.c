@@ -151,6 +151,7 @@ static void roundtrip(const struct rs_ctl_key *key, const uint8_t *data, size_t 
         break;
     case RS_CTL_RECOVER:
         take_conn(&r, &m.u.recover.client);
+        m.u.recover.budget_ms = (uint16_t)take(&r, 2);
         m.u.recover.backend_id = (uint32_t)take(&r, 4);
         take_conn(&r, &m.u.recover.target);
         break;
@@ -178,6 +179,34 @@ static void roundtrip(const struct rs_ctl_key *key, const uint8_t *data, size_t 
         m.u.resend.from = (uint32_t)take(&r, 4);
         m.u.resend.to = (uint32_t)take(&r, 4);
         break;
+    case RS_CTL_SUSPECT:
+        take_conn(&r, &m.u.suspect.client);
+        m.u.suspect.reason = (uint16_t)take(&r, 2);
+        m.u.suspect.silent_ms = (uint32_t)take(&r, 4);
+        break;
+    case RS_CTL_FENCE:
+        m.u.fence.backend_id = (uint32_t)take(&r, 4);
+        m.u.fence.ip4 = (uint32_t)take(&r, 4);
+        m.u.fence.fenced = take(&r, 1) & 1;
+        break;
+    case RS_CTL_STATUS:
+        break;
+    case RS_CTL_STATUS_REPORT: {
+        struct rs_ctl_status_report *b = &m.u.status_report;
+        b->n = (uint8_t)take(&r, 1);
+        b->recovering = (uint32_t)take(&r, 4);
+        b->recovered = (uint32_t)take(&r, 4);
+        b->unrecoverable = (uint32_t)take(&r, 4);
+        for (unsigned i = 0; i < RS_CTL_STATUS_BACKENDS && i < b->n; i++) {
+            b->b[i].id = (uint32_t)take(&r, 4);
+            b->b[i].ip4 = (uint32_t)take(&r, 4);
+            b->b[i].port = (uint16_t)take(&r, 2);
+            b->b[i].role = (uint8_t)take(&r, 1);
+            b->b[i].flags = (uint8_t)take(&r, 1);
+            b->b[i].conns = (uint32_t)take(&r, 4);
+        }
+        break;
+    }
     default:
         break; /* invalid type: encode must refuse it */
     }

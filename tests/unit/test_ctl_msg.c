@@ -33,7 +33,7 @@ static int setup(void **state)
 }
 
 /* A valid message of each type, numbered 0 .. N_SAMPLES-1. */
-#define N_SAMPLES 17
+#define N_SAMPLES 22
 
 static void sample(unsigned i, struct rs_ctl_msg *m)
 {
@@ -101,7 +101,7 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
         break;
     case 13:
         m->type = RS_CTL_RECOVER;
-        m->u.recover = (struct rs_ctl_recover){ { 0x0a000101u, 5555 }, 1, { 0x0a00000cu, 8080 } };
+        m->u.recover = (struct rs_ctl_recover){ { 0x0a000101u, 5555 }, 800, 1, { 0x0a00000cu, 8080 } };
         break;
     case 14:
         m->type = RS_CTL_PLAN;
@@ -119,6 +119,32 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
     case 16:
         m->type = RS_CTL_RESEND;
         m->u.resend = (struct rs_ctl_resend){ { 0x0a000101u, 5555 }, 0xffffff00u, 0x100u };
+        break;
+    case 17:
+        m->type = RS_CTL_SUSPECT;
+        m->u.suspect = (struct rs_ctl_suspect){ { 0x0a000101u, 5555 }, RS_CTL_SUSPECT_STALL, 0xfffffffeu };
+        break;
+    case 18:
+        m->type = RS_CTL_FENCE;
+        m->u.fence = (struct rs_ctl_fence){ 2, 0x0a00000cu, true };
+        break;
+    case 19:
+        m->type = RS_CTL_FENCE;
+        m->u.fence = (struct rs_ctl_fence){ 0xfffffu, 0, false };
+        break;
+    case 20:
+        m->type = RS_CTL_STATUS;
+        break;
+    case 21:
+        m->type = RS_CTL_STATUS_REPORT;
+        m->u.status_report.n = 2;
+        m->u.status_report.recovering = 3;
+        m->u.status_report.recovered = 0xffffffffu;
+        m->u.status_report.unrecoverable = 1;
+        m->u.status_report.b[0] = (struct rs_ctl_backend_status){ 1, 0x0a00000bu, 8080, RS_CTL_ROLE_PRIMARY_BACKEND,
+                                                                  RS_CTL_BACKEND_FENCED, 0 };
+        m->u.status_report.b[1] = (struct rs_ctl_backend_status){ 2, 0x0a00000cu, 8080,
+                                                                  RS_CTL_ROLE_ALTERNATE_BACKEND, 0, 200 };
         break;
     }
 }
@@ -514,6 +540,16 @@ static void bad_fields_rejected(void **state)
     DECODE_BAD_N(8, P(0), 4, 0);/* transaction ID without client address */
     DECODE_BAD(10, P(14), 2);   /* unknown CONN_MAP flag */
     DECODE_BAD(10, P(15), 1);   /* padding */
+    DECODE_BAD_N(17, P(6), 2, 0);/* suspect reason 0 */
+    DECODE_BAD(17, P(7), RS_CTL_SUSPECT_MAX + 1);
+    DECODE_BAD_N(18, P(0), 4, 0);/* fence of backend 0 */
+    DECODE_BAD(18, P(8), 2);    /* fenced is 0 or 1 */
+    DECODE_BAD(18, P(9), 1);    /* padding */
+    DECODE_BAD(20, P(3), 1);    /* STATUS carries only padding */
+    DECODE_BAD(21, P(0), RS_CTL_STATUS_BACKENDS + 1); /* more entries than fit */
+    DECODE_BAD(21, P(26), RS_CTL_ROLE_ALTERNATE_BACKEND + 1); /* unknown role */
+    DECODE_BAD(21, P(27), 0x04); /* unknown backend flag */
+    DECODE_BAD(21, P(48), 1);   /* an unused entry must be zero */
 #undef DECODE_BAD
 #undef DECODE_BAD_N
 #undef P

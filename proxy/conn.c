@@ -1,0 +1,872 @@
+/* rs-proxy's client connections: accept on the VIP, read the first
+ * request, pick a backend (round-robin, or sticky by a session cookie),
+ * CONN_MAP then connect (redispatching to the alternate when the backend
+ * cannot be reached: nothing was sent anywhere yet), relay in user space
+ * until both connections are quiet, then splice them (the sockets' exact
+ * sequence state read with TCP_REPAIR; the tc program takes the flow over;
+ * the sockets close silently).  Also: the tc program's events, reaping,
+ * and clean ends (a RST from the VIP the client can act on). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <http_parser.h>
+#include <inttypes.h>
+#include <linux/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "proxy.h"
+#include "seq.h"
+
+#define RELAY_POLL_MIN_NS 200000ull        /* quietness has no event: poll, backing off */
+#define RELAY_POLL_MAX_NS (5 * 1000000ull)
+#define REAP_NS (500 * 1000000ull)
+
+static void backend_io(struct rs_io *io, uint32_t events);
+static void client_io(struct rs_io *io, uint32_t events);
+static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev);
+static void pc_timer(struct rs_timer *t);
+
+/* ---- table ------------------------------------------------------------------ */
+
+static struct pconn *pc_new(struct proxy *p)
+{
+    struct pconn *pc = calloc(1, sizeof(*pc));
+
+    if (!pc)
+        return NULL;
+    pc->id = ++p->next_id;
+    pc->p = p;
+    pc->cio.fd = pc->bio.fd = -1;
+    pc->backend_idx = -1;
+    rs_timer_init(&pc->timer, pc_timer, pc);
+    pc->next = p->buckets[pc->id % RS_PROXY_BUCKETS];
+    p->buckets[pc->id % RS_PROXY_BUCKETS] = pc;
+    return pc;
+}
+
+struct pconn *rs_pc_find(struct proxy *p, uint64_t id)
+{
+    for (struct pconn *pc = p->buckets[id % RS_PROXY_BUCKETS]; pc; pc = pc->next)
+        if (pc->id == id)
+            return pc;
+    return NULL;
+}
+
+struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client)
+{
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
+        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next)
+            if (pc->client.ip == client.ip && pc->client.port == client.port && pc->phase != PC_CLOSING)
+                return pc;
+    return NULL;
+}
+
+unsigned rs_pc_count(struct proxy *p, int idx)
+{
+    unsigned n = 0;
+
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
+        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next)
+            n += pc->backend_idx == idx && pc->phase != PC_CLOSING;
+    return n;
+}
+
+struct rs_flow_key rs_key_c(const struct pconn *pc) { return rs_flow_key_from(pc->client, pc->vip); }
+struct rs_flow_key rs_key_b(const struct pconn *pc) { return rs_flow_key_from(pc->backend, pc->local); }
+
+static void close_io(struct rs_io *io, bool silently)
+{
+    int fd = io->fd;
+
+    rs_io_stop(io);
+    if (fd < 0)
+        return;
+    io->fd = -1;
+    if (silently)
+        rs_close_silently(fd);
+    else
+        close(fd);
+}
+
+void rs_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
+{
+    if (pc->backend_idx >= 0)
+        p->backends[pc->backend_idx].conns--;
+    pc->backend_idx = idx;
+    if (idx >= 0)
+        p->backends[idx].conns++;
+}
+
+void rs_pc_free(struct proxy *p, struct pconn *pc)
+{
+    struct pconn **pp = &p->buckets[pc->id % RS_PROXY_BUCKETS];
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+
+    while (*pp && *pp != pc)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = pc->next;
+    rs_recovery_drop(p, pc);
+    rs_ctl_call_cancel(&pc->map_call);
+    rs_timer_stop(&p->loop, &pc->timer);
+    close_io(&pc->cio, false);
+    close_io(&pc->bio, false);
+    if (p->sp) {
+        struct rs_flow_info f;
+        for (int i = 0; i < pc->nheld; i++) {
+            if (!rs_splicer_get(p->sp, &pc->held[i], &f))
+                p->st.fenced_drops += f.t.dropped;
+            rs_splicer_remove(p->sp, &pc->held[i]);
+        }
+        rs_splicer_remove(p->sp, &kc);
+        if (pc->backend.ip)
+            rs_splicer_remove(p->sp, &kb);
+    }
+    rs_pc_set_backend(p, pc, -1);
+    free(pc->c2b);
+    free(pc->b2c);
+    free(pc->parser);
+    free(pc);
+}
+
+/* Resets the client: the highest response byte it may expect next is where
+ * a RST must point (RFC 5961: anything else only draws a challenge ACK),
+ * so both candidates go out: its newest ACK, and the end of what was sent
+ * to it.  Once the entries are gone, the proxy's own stack answers any
+ * later segment of the client with a RST as well. */
+static void reset_client(struct proxy *p, struct pconn *pc)
+{
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_info fc, fb;
+    uint32_t seqs[2];
+    int n = 0;
+
+    if (pc->cio.fd >= 0) {
+        struct linger l = { 1, 0 };
+        setsockopt(pc->cio.fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        close_io(&pc->cio, false);
+        p->st.resets_sent++;
+        return;
+    }
+    if (!p->sp || p->rawfd < 0 || rs_splicer_get(p->sp, &kc, &fc))
+        return;
+    if (fc.t.has_ack)
+        seqs[n++] = fc.t.ack_max;
+    if (pc->backend.ip && !rs_splicer_get(p->sp, &kb, &fb) && fb.t.has_seq && fb.cfg.state != RS_FLOW_WATCH) {
+        uint32_t hi = fb.t.seq_next + fb.cfg.dir.seq_delta;
+        if (!n || hi != seqs[0])
+            seqs[n++] = hi;
+    }
+    if (!n)
+        seqs[n++] = pc->c.snd_nxt;
+    for (int i = 0; i < n; i++)
+        if (rs_send_rst(p->rawfd, pc->vip, pc->client, seqs[i]) == 0)
+            p->st.resets_sent++;
+}
+
+void rs_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst)
+{
+    rs_log("close id=%" PRIu64 " client=%s backend=%s phase=%d reason=%s%s", pc->id, RS_A(pc->client),
+           pc->backend.ip ? RS_A(pc->backend) : "-", pc->phase, why, rst ? " rst=1" : "");
+    if (rst) {
+        reset_client(p, pc);
+        if (pc->bio.fd >= 0) {
+            struct linger l = { 1, 0 };
+            setsockopt(pc->bio.fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        }
+    }
+    rs_pc_free(p, pc);
+}
+
+/* ---- first request -------------------------------------------------------- */
+
+static int on_hdr_field(http_parser *hp, const char *at, size_t len)
+{
+    struct pconn *pc = hp->data;
+
+    if (pc->in_cookie || pc->hdr_name_len == (size_t)-1)
+        pc->hdr_name_len = 0;
+    pc->in_cookie = false;
+    if (pc->hdr_name_len + len < sizeof(pc->hdr_name)) {
+        memcpy(pc->hdr_name + pc->hdr_name_len, at, len);
+        pc->hdr_name_len += len;
+    }
+    return 0;
+}
+
+static int on_hdr_value(http_parser *hp, const char *at, size_t len)
+{
+    struct pconn *pc = hp->data;
+    size_t have = strlen(pc->cookie);
+
+    if (pc->hdr_name_len != (size_t)-1) {
+        pc->in_cookie = pc->hdr_name_len == 6 && !strncasecmp(pc->hdr_name, "cookie", 6);
+        pc->hdr_name_len = (size_t)-1;
+    }
+    if (pc->in_cookie && have + len < sizeof(pc->cookie)) {
+        memcpy(pc->cookie + have, at, len);
+        pc->cookie[have + len] = '\0';
+    }
+    return 0;
+}
+
+static int on_msg_complete(http_parser *hp)
+{
+    ((struct pconn *)hp->data)->req_done = true;
+    http_parser_pause(hp, 1);   /* what follows is the next request: the backend's */
+    return 0;
+}
+
+static const http_parser_settings req_settings = {
+    .on_header_field = on_hdr_field,
+    .on_header_value = on_hdr_value,
+    .on_message_complete = on_msg_complete,
+};
+
+/* Value of cookie 'name' in the Cookie header 'hdr', or NULL. */
+static const char *cookie_value(const char *hdr, const char *name, size_t *len)
+{
+    size_t n = strlen(name);
+
+    for (const char *c = hdr; c && *c;) {
+        while (*c == ' ' || *c == ';')
+            c++;
+        if (!strncmp(c, name, n) && c[n] == '=') {
+            *len = strcspn(c + n + 1, ";");
+            return c + n + 1;
+        }
+        c = strchr(c, ';');
+    }
+    return NULL;
+}
+
+/* Index of the backend for 'pc': a primary that is not fenced (sticky by
+ * cookie, else round-robin), else the alternate; the alternate only when
+ * 'pc' was redispatched.  -1 when there is none. */
+static int pick_backend(struct proxy *p, struct pconn *pc)
+{
+    size_t len;
+    const char *v = p->sticky ? cookie_value(pc->cookie, p->cookie_name, &len) : NULL;
+    int alive[RS_PROXY_MAX_BACKENDS], n = 0;
+
+    if (pc->redispatched)
+        return p->alternate >= 0 && !p->backends[p->alternate].fenced && pc->backend_idx != p->alternate
+               ? p->alternate : -1;
+    for (int i = 0; i < p->nbackends; i++)
+        if (p->backends[i].role == ROLE_PRIMARY && !p->backends[i].fenced)
+            alive[n++] = i;
+    if (!n)
+        return p->alternate >= 0 && !p->backends[p->alternate].fenced ? p->alternate : -1;
+    if (v) {
+        uint32_t h = 2166136261u;   /* FNV-1a: same cookie, same backend */
+        for (size_t i = 0; i < len; i++)
+            h = (h ^ (uint8_t)v[i]) * 16777619u;
+        return alive[h % (uint32_t)n];
+    }
+    return alive[(unsigned)p->rr++ % (unsigned)n];
+}
+
+/* ---- backend connection -------------------------------------------------- */
+
+int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local)
+{
+    struct sockaddr_in me = rs_addr_sin((struct rs_addr){ p->listen.ip, 0 });
+    struct rs_flow_key k;
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), e;
+    struct sockaddr_in s;
+    socklen_t len = sizeof(s);
+
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&me, sizeof(me)) || getsockname(fd, (struct sockaddr *)&s, &len)) {
+        e = -errno;
+        close(fd);
+        return e;
+    }
+    *local = rs_addr_of_sin(&s);
+    k = rs_flow_key_from(to, *local);
+    if (p->sp && (e = rs_splicer_watch(p->sp, &k, id)) != 0) {
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+int rs_connect_start(int fd, struct rs_addr to)
+{
+    struct sockaddr_in dst = rs_addr_sin(to);
+
+    return connect(fd, (struct sockaddr *)&dst, sizeof(dst)) && errno != EINPROGRESS ? -errno : 0;
+}
+
+/* Drops the connection to the current backend (nothing was relayed yet)
+ * and starts over on the alternate, once. */
+void rs_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why)
+{
+    struct rs_flow_key kb = rs_key_b(pc);
+    struct rs_addr old = pc->backend;
+
+    rs_ctl_call_cancel(&pc->map_call);
+    rs_timer_stop(&p->loop, &pc->timer);
+    close_io(&pc->bio, false);
+    if (p->sp)
+        rs_splicer_remove(p->sp, &kb);
+    if (pc->redispatched || p->alternate < 0 || pc->backend_idx == p->alternate
+        || p->backends[p->alternate].fenced) {
+        p->st.closed_early++;
+        rs_pc_close(p, pc, why, true);
+        return;
+    }
+    pc->redispatched = true;
+    p->st.redispatched++;
+    rs_log("redispatch id=%" PRIu64 " client=%s from=%s why=%s", pc->id, RS_A(pc->client), RS_A(old), why);
+    rs_pc_start_backend(p, pc);
+}
+
+static void connect_failed(struct proxy *p, struct pconn *pc, int err)
+{
+    int idx = pc->backend_idx;
+
+    p->st.backend_errors++;
+    rs_log("backend id=%" PRIu64 " %s: connect: %s", pc->id, RS_A(pc->backend), strerror(-err));
+    /* Refused: nothing listens there, the application is gone.  With
+     * recovery on that is a failure signal for the whole backend (its other
+     * connections move; this one is redispatched as part of it). */
+    if (err == -ECONNREFUSED && p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
+        rs_backend_failed(p, p->backends[idx].id, "connect-refused");
+        return;
+    }
+    rs_pc_redispatch(p, pc, "backend-connect");
+}
+
+static void connect_backend(struct proxy *p, struct pconn *pc)
+{
+    int e = rs_connect_start(pc->bio.fd, pc->backend);
+
+    if (e) {
+        connect_failed(p, pc, e);
+        return;
+    }
+    pc->phase = PC_CONNECTING;
+    if ((e = rs_io_start(&p->loop, &pc->bio, pc->bio.fd, EPOLLOUT | EPOLLIN, backend_io, pc)) < 0) {
+        rs_pc_close(p, pc, "epoll", true);
+        return;
+    }
+    rs_timer_after(&p->loop, &pc->timer, p->connect_ns);
+}
+
+static void on_map_done(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *reply)
+{
+    struct pconn *pc = call->ctx;
+    struct proxy *p = pc->p;
+
+    if (!err && reply->u.ack.status)
+        err = reply->u.ack.status;
+    if (err) {
+        p->st.conn_map_errors++;
+        rs_log("conn-map id=%" PRIu64 " backend=%s failed: %s (transaction ids there will not match)", pc->id,
+               RS_A(pc->backend), strerror(-err));
+    }
+    connect_backend(p, pc);
+}
+
+void rs_pc_start_backend(struct proxy *p, struct pconn *pc)
+{
+    int idx = pick_backend(p, pc), fd, e;
+
+    if (idx < 0) {
+        p->st.closed_early++;
+        rs_pc_close(p, pc, "no-backend", true);
+        return;
+    }
+    rs_pc_set_backend(p, pc, idx);
+    pc->backend = p->backends[idx].addr;
+    fd = rs_bind_watched(p, pc->backend, pc->id, &pc->local);
+    if (fd < 0) {
+        p->st.backend_errors++;
+        rs_log("backend id=%" PRIu64 " %s: socket: %s", pc->id, RS_A(pc->backend), strerror(-fd));
+        rs_pc_close(p, pc, "backend-socket", true);
+        return;
+    }
+    pc->bio.fd = fd;
+    /* The backend must know whose requests these are before it accepts. */
+    pc->phase = PC_MAP;
+    e = rs_conn_map(p, idx, pc->local, pc->client, 0, 0, &pc->map_call, on_map_done, pc);
+    if (e == -ENOTCONN && !p->stated_port) {
+        connect_backend(p, pc);
+    } else if (e) {
+        p->st.conn_map_errors++;
+        rs_log("conn-map id=%" PRIu64 " backend=%s failed: %s (transaction ids there will not match)", pc->id,
+               RS_A(pc->backend), strerror(-e));
+        connect_backend(p, pc);
+    }
+}
+
+/* ---- relay and splice ---------------------------------------------------- */
+
+static void relay_events(struct pconn *pc)
+{
+    uint32_t ce = (!pc->client_eof && pc->c2b_len < pc->c2b_cap ? EPOLLIN : 0) | (pc->b2c_len ? EPOLLOUT : 0);
+    uint32_t be = (!pc->backend_eof && pc->b2c_len < RELAY_BUF ? EPOLLIN : 0) | (pc->c2b_len ? EPOLLOUT : 0);
+
+    rs_io_set(&pc->cio, ce);
+    rs_io_set(&pc->bio, be);
+}
+
+/* Writes from 'buf' to 'fd'.  Returns 0 or -errno. */
+static int drain(int fd, uint8_t *buf, size_t *len)
+{
+    ssize_t n;
+
+    if (!*len || fd < 0)
+        return 0;
+    n = send(fd, buf, *len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN ? 0 : -errno;
+    memmove(buf, buf + n, *len - (size_t)n);
+    *len -= (size_t)n;
+    return 0;
+}
+
+/* Reads into 'buf'.  Returns 0, 1 on EOF, -errno. */
+static int fill(int fd, uint8_t *buf, size_t *len, size_t cap)
+{
+    ssize_t n;
+
+    if (*len >= cap)
+        return 0;
+    n = recv(fd, buf + *len, cap - *len, MSG_DONTWAIT);
+    if (n == 0)
+        return 1;
+    if (n < 0)
+        return errno == EAGAIN ? 0 : -errno;
+    *len += (size_t)n;
+    return 0;
+}
+
+static uint32_t client_rtt_us(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) ? 0 : ti.tcpi_rtt;
+}
+
+/* Splices 'pc' if both connections are quiet: every byte read was
+ * forwarded and every byte sent was acknowledged.  The flow's entries are
+ * frozen (segments dropped, peers retransmit) while the sockets' state is
+ * read, so nothing can slip into the stack in between.
+ * Returns 1 when spliced, 0 when not quiet yet, -errno on failure. */
+static int try_splice(struct proxy *p, struct pconn *pc)
+{
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_splice_conn s;
+    struct rs_splice_dir c2s, s2c;
+    struct rs_flow_info fb, fc;
+    int cfd = pc->cio.fd, bfd = pc->bio.fd, e;
+    bool guard = p->logger.port != 0;
+
+    if (pc->client_eof || pc->backend_eof || pc->c2b_len || pc->b2c_len || rs_sock_queued(cfd)
+        || rs_sock_queued(bfd))
+        return 0;
+    if ((e = rs_splicer_set_state(p->sp, &kc, RS_FLOW_FROZEN)) || (e = rs_splicer_set_state(p->sp, &kb, RS_FLOW_FROZEN)))
+        return e;
+    if (rs_sock_queued(cfd) || rs_sock_queued(bfd)) {
+        /* something arrived between the check and the freeze */
+        rs_splicer_set_state(p->sp, &kc, RS_FLOW_WATCH);
+        rs_splicer_set_state(p->sp, &kb, RS_FLOW_WATCH);
+        p->st.splice_retries++;
+        pc->splice_tries++;
+        return 0;
+    }
+    if ((e = rs_repair_on(cfd)) || (e = rs_repair_on(bfd)) || (e = rs_repair_read(cfd, pc->vip, pc->client, &pc->c))
+        || (e = rs_repair_read(bfd, pc->local, pc->backend, &s)) || (e = rs_splicer_get(p->sp, &kb, &fb)))
+        goto undo;
+    pc->ts_base_us = rs_now_us();
+    pc->rtt_us = client_rtt_us(cfd);
+    /* Newest TSval each peer sent, recorded by the tc program before the
+     * freeze: the client's since its SYN, the backend's since its SYN-ACK. */
+    if (pc->c.ts_ok && (e = rs_splicer_client_ts(p->sp, &kc, &pc->c.ts_recent)) != 0)
+        goto undo;
+    if (pc->c.ts_ok && !rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_seq && fc.t.ts_recent
+        && rs_seq_gt(fc.t.ts_recent, pc->c.ts_recent))
+        pc->c.ts_recent = fc.t.ts_recent;
+    s.ts_recent = fb.t.ts_recent;
+    if ((e = rs_splice_init(&pc->c, &s, &c2s, &s2c)) != 0
+        || (e = rs_splicer_activate(p->sp, &kb, &s2c, pc->id, RS_FLOW_ACTIVE, guard, &kc)) != 0
+        || (e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id, RS_FLOW_ACTIVE, false, &kb)) != 0)
+        goto undo;
+    /* Closed in repair mode: no FIN, no RST; the tc program owns the flow. */
+    close_io(&pc->cio, true);
+    close_io(&pc->bio, true);
+    rs_timer_stop(&p->loop, &pc->timer);
+    pc->phase = PC_SPLICED;
+    pc->t_spliced_us = rs_now_us();
+    p->st.spliced++;
+    rs_log("splice id=%" PRIu64 " client=%s vip=%s local=%s backend=%s c.rcv_nxt=%u c.snd_nxt=%u "
+           "s.snd_nxt=%u s.rcv_nxt=%u wscale=%u/%u,%u/%u ts=%d sack=%d tries=%d rtt_us=%u setup_us=%" PRIu64,
+           pc->id, RS_A(pc->client), RS_A(pc->vip), RS_A(pc->local), RS_A(pc->backend), pc->c.rcv_nxt, pc->c.snd_nxt,
+           s.snd_nxt, s.rcv_nxt, pc->c.snd_wscale, pc->c.rcv_wscale, s.snd_wscale, s.rcv_wscale,
+           pc->c.ts_ok && s.ts_ok, pc->c.sack_ok && s.sack_ok, pc->splice_tries, pc->rtt_us,
+           pc->t_spliced_us - pc->t_accept_us);
+    return 1;
+undo:
+    rs_repair_off(cfd);
+    rs_repair_off(bfd);
+    rs_splicer_set_state(p->sp, &kc, RS_FLOW_WATCH);
+    rs_splicer_set_state(p->sp, &kb, RS_FLOW_WATCH);
+    return e;
+}
+
+int rs_pc_detach(struct proxy *p, struct pconn *pc)
+{
+    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_info fc;
+    int cfd = pc->cio.fd, e;
+
+    if (pc->phase == PC_SPLICED)
+        return 0;
+    if (cfd < 0 || !p->sp)
+        return -ENOTCONN;
+    /* Nothing more from the backend, nothing more into the client socket. */
+    if (pc->backend.ip)
+        rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+    if ((e = rs_splicer_set_state(p->sp, &kc, RS_FLOW_FROZEN)) || (e = rs_repair_on(cfd))
+        || (e = rs_repair_read(cfd, pc->vip, pc->client, &pc->c)))
+        return e;
+    pc->ts_base_us = rs_now_us();
+    pc->rtt_us = client_rtt_us(cfd);
+    if (pc->c.ts_ok && rs_splicer_client_ts(p->sp, &kc, &pc->c.ts_recent))
+        pc->c.ts_recent = 0;
+    if (pc->c.ts_ok && !rs_splicer_get(p->sp, &kc, &fc) && fc.t.ts_recent
+        && (!pc->c.ts_recent || rs_seq_gt(fc.t.ts_recent, pc->c.ts_recent)))
+        pc->c.ts_recent = fc.t.ts_recent;
+    rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
+    close_io(&pc->cio, true);
+    close_io(&pc->bio, true);
+    rs_timer_stop(&p->loop, &pc->timer);
+    pc->c2b_len = pc->b2c_len = 0;
+    pc->phase = PC_SPLICED;
+    rs_log("detach id=%" PRIu64 " client=%s c.rcv_nxt=%u c.snd_nxt=%u rtt_us=%u", pc->id, RS_A(pc->client),
+           pc->c.rcv_nxt, pc->c.snd_nxt, pc->rtt_us);
+    return 0;
+}
+
+/* The backend ended its side during the relay: once everything it sent
+ * is with the client, the logger says whether the application meant it
+ * (a legitimate close goes on as a relayed close) or it crashed. */
+static void relay_backend_ended(struct proxy *p, struct pconn *pc)
+{
+    if (pc->b2c_len || rs_sock_queued(pc->cio.fd) > 0) {
+        if (!rs_timer_armed(&pc->timer))   /* poll until the client has it all */
+            rs_timer_after(&p->loop, &pc->timer, RELAY_POLL_MAX_NS);
+        return;
+    }
+    if (!p->logger.port) {
+        /* No recovery: pass the end on. */
+        shutdown(pc->cio.fd, SHUT_WR);
+        if (pc->client_eof) {
+            pc->phase = PC_CLOSING;
+            rs_timer_after(&p->loop, &pc->timer, p->linger_ns);
+        }
+        return;
+    }
+    rs_recover(p, pc, "backend-end-relay");
+}
+
+static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
+{
+    int cfd = pc->cio.fd, bfd = pc->bio.fd, e = 0, r;
+    size_t moved = pc->c2b_len + pc->b2c_len;
+
+    if (pc->rec)
+        return;
+    if ((cev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !pc->client_eof) {
+        r = fill(cfd, pc->c2b, &pc->c2b_len, pc->c2b_cap);
+        if (r < 0) {
+            p->st.closed_early++;
+            rs_pc_close(p, pc, "client-error", false);
+            return;
+        }
+        if (r > 0) {
+            pc->client_eof = true;
+            rs_log("half-close id=%" PRIu64 " client=%s", pc->id, RS_A(pc->client));
+        }
+    }
+    if ((bev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !pc->backend_eof) {
+        r = fill(bfd, pc->b2c, &pc->b2c_len, RELAY_BUF);
+        if (r != 0) {
+            pc->backend_eof = true;
+            rs_log("backend-end id=%" PRIu64 " client=%s backend=%s %s", pc->id, RS_A(pc->client),
+                   RS_A(pc->backend), r > 0 ? "fin" : strerror(-r));
+        }
+    }
+    if ((e = drain(bfd, pc->c2b, &pc->c2b_len)) == 0)
+        e = drain(cfd, pc->b2c, &pc->b2c_len);
+    if (e) {
+        p->st.closed_early++;
+        rs_pc_close(p, pc, strerror(-e), true);
+        return;
+    }
+    if (pc->client_eof && !pc->c2b_len && bfd >= 0 && !pc->backend_eof)
+        shutdown(bfd, SHUT_WR);
+    if (moved != pc->c2b_len + pc->b2c_len)
+        pc->splice_tries = 0;       /* data moved: poll quietness from the start again */
+    relay_events(pc);
+    if (pc->backend_eof) {
+        relay_backend_ended(p, pc);   /* may free 'pc' */
+        return;
+    }
+    if (p->nosplice || pc->client_eof)
+        return;
+    e = try_splice(p, pc);
+    if (e < 0) {
+        rs_log("splice id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
+        rs_pc_close(p, pc, "splice-failed", true);
+    } else if (e == 0 && !rs_timer_armed(&pc->timer)) {
+        uint64_t d = RELAY_POLL_MIN_NS << (pc->splice_tries < 5 ? pc->splice_tries : 5);
+        rs_timer_after(&p->loop, &pc->timer, d < RELAY_POLL_MAX_NS ? d : RELAY_POLL_MAX_NS);
+    }
+}
+
+static void backend_io(struct rs_io *io, uint32_t events)
+{
+    struct pconn *pc = io->ctx;
+    struct proxy *p = pc->p;
+
+    if (pc->phase == PC_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+            return;
+        getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            connect_failed(pc->p, pc, -err);
+            return;
+        }
+        rs_timer_stop(&p->loop, &pc->timer);
+        pc->phase = PC_RELAY;
+        rs_log("connect id=%" PRIu64 " client=%s backend=%s local=%s", pc->id, RS_A(pc->client),
+               RS_A(pc->backend), RS_A(pc->local));
+        relay(p, pc, EPOLLIN, EPOLLIN);
+        return;
+    }
+    if (pc->phase == PC_RELAY)
+        relay(p, pc, 0, events);
+}
+
+static void read_request(struct proxy *p, struct pconn *pc)
+{
+    http_parser *hp = pc->parser;
+    ssize_t n = recv(pc->cio.fd, pc->c2b + pc->c2b_len, pc->c2b_cap - pc->c2b_len, MSG_DONTWAIT);
+    size_t used;
+
+    if (n == 0 || (n < 0 && errno != EAGAIN)) {
+        p->st.closed_early++;
+        rs_pc_close(p, pc, n == 0 ? "eof-before-request" : strerror(errno), false);
+        return;
+    }
+    if (n < 0)
+        return;
+    used = http_parser_execute(hp, &req_settings, (char *)pc->c2b + pc->c2b_len, (size_t)n);
+    pc->c2b_len += (size_t)n;
+    if (!pc->req_done && (used != (size_t)n || HTTP_PARSER_ERRNO(hp) != HPE_OK)) {
+        rs_pc_close(p, pc, "bad-request", true);
+        return;
+    }
+    if (!pc->req_done) {
+        if (pc->c2b_len == pc->c2b_cap)
+            rs_pc_close(p, pc, "request-too-large", true);
+        return;
+    }
+    rs_io_set(&pc->cio, 0);   /* the relay reads on once the backend is connected */
+    rs_pc_start_backend(p, pc);
+}
+
+static void client_io(struct rs_io *io, uint32_t events)
+{
+    struct pconn *pc = io->ctx;
+
+    if (pc->phase == PC_READ_REQ)
+        read_request(pc->p, pc);
+    else if (pc->phase == PC_RELAY)
+        relay(pc->p, pc, events, 0);
+    else if (pc->phase == PC_MAP || pc->phase == PC_CONNECTING) {
+        if (events & (EPOLLHUP | EPOLLERR)) {
+            pc->p->st.closed_early++;
+            rs_pc_close(pc->p, pc, "client-gone", false);
+        }
+    } else if (pc->phase == PC_CLOSING) {
+        uint8_t junk[4096];
+        ssize_t n = recv(io->fd, junk, sizeof(junk), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN))
+            rs_pc_free(pc->p, pc);   /* the client closed too */
+    }
+}
+
+/* One timer per connection: connect time-out, relay polling, linger. */
+static void pc_timer(struct rs_timer *t)
+{
+    struct pconn *pc = t->ctx;
+    struct proxy *p = pc->p;
+
+    switch (pc->phase) {
+    case PC_CONNECTING:
+        connect_failed(p, pc, -ETIMEDOUT);
+        break;
+    case PC_RELAY:
+        pc->splice_tries++;
+        relay(p, pc, 0, 0);
+        break;
+    case PC_CLOSING:
+        if (pc->cio.fd < 0) {
+            struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+            struct rs_flow_info fc = { 0 }, fb = { 0 };
+            rs_splicer_get(p->sp, &kc, &fc);
+            rs_splicer_get(p->sp, &kb, &fb);
+            rs_log("unsplice id=%" PRIu64 " client=%s backend=%s c2s_pkts=%" PRIu64 " s2c_pkts=%" PRIu64
+                   " s2c_bytes=%" PRIu64 " errors=%" PRIu64 " dropped=%" PRIu64, pc->id, RS_A(pc->client),
+                   RS_A(pc->backend), fc.t.pkts, fb.t.pkts, fb.t.bytes, fc.t.errors + fb.t.errors,
+                   fc.t.dropped + fb.t.dropped);
+        }
+        rs_pc_free(p, pc);
+        break;
+    default:
+        break;
+    }
+}
+
+void rs_pc_accept(struct rs_io *io, uint32_t events)
+{
+    struct proxy *p = io->ctx;
+
+    (void)events;
+    for (;;) {
+        struct sockaddr_in peer;
+        socklen_t len = sizeof(peer);
+        int one = 1, fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        struct sockaddr_in me;
+        socklen_t mlen = sizeof(me);
+        struct pconn *pc;
+        struct rs_flow_key k;
+
+        if (fd < 0)
+            return;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        pc = pc_new(p);
+        if (!pc) {
+            close(fd);
+            continue;
+        }
+        p->st.accepted++;
+        pc->client = rs_addr_of_sin(&peer);
+        getsockname(fd, (struct sockaddr *)&me, &mlen);
+        pc->vip = rs_addr_of_sin(&me);
+        pc->t_accept_us = rs_now_us();
+        pc->c2b_cap = RS_PROXY_REQ_MAX;
+        pc->c2b = malloc(pc->c2b_cap);
+        pc->b2c = malloc(RELAY_BUF);
+        pc->parser = malloc(sizeof(http_parser));
+        if (rs_io_start(&p->loop, &pc->cio, fd, EPOLLIN, client_io, pc) < 0) {
+            close(fd);
+            rs_pc_free(p, pc);
+            continue;
+        }
+        if (!pc->c2b || !pc->b2c || !pc->parser) {
+            rs_pc_close(p, pc, "out-of-memory", true);
+            continue;
+        }
+        http_parser_init(pc->parser, HTTP_REQUEST);
+        ((http_parser *)pc->parser)->data = pc;
+        pc->phase = PC_READ_REQ;
+        k = rs_key_c(pc);
+        if (p->sp && rs_splicer_watch(p->sp, &k, pc->id)) {
+            rs_pc_close(p, pc, "splice-table-full", true);
+            continue;
+        }
+        rs_log("accept id=%" PRIu64 " client=%s vip=%s", pc->id, RS_A(pc->client), RS_A(pc->vip));
+    }
+}
+
+/* ---- splice events and reaping --------------------------------------------- */
+
+static void on_flow_event(void *arg, const struct rs_flow_event *ev)
+{
+    struct proxy *p = arg;
+    struct pconn *pc = rs_pc_find(p, ev->splice_id);
+    struct rs_addr from = { ntohl(ev->key.saddr), ntohs(ev->key.sport) };
+    struct rs_flow_key kb;
+
+    if (!pc || (pc->rec && rs_recovery_event(p, pc, ev)) || (ev->flags & RS_FLOW_ACKED))
+        return;
+    kb = rs_key_b(pc);
+    if (ev->flags & RS_FLOW_GUARDED) {
+        bool ours = !memcmp(&ev->key, &kb, sizeof(kb));
+        rs_log("%s id=%" PRIu64 " from=%s client=%s held (guarded)%s", ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin",
+               pc->id, RS_A(from), RS_A(pc->client), ours ? "" : ", not the serving backend: ignored");
+        /* A backend ended its side: the fastest sign of a process crash.
+         * Recovery asks the logger whether the application meant it. */
+        if (ours && pc->phase == PC_SPLICED && !pc->rec)
+            rs_recover(p, pc, ev->flags & RS_FLOW_SEEN_RST ? "backend-rst" : "backend-fin");
+        return;
+    }
+    if (ev->flags & RS_FLOW_SEEN_RST)
+        p->st.resets++;
+    else
+        p->st.fins++;
+    pc->seen |= (from.ip == pc->client.ip && from.port == pc->client.port) ? ev->flags : ev->flags << 4;
+    rs_log("%s id=%" PRIu64 " from=%s client=%s backend=%s seq=%u", ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin",
+           pc->id, RS_A(from), RS_A(pc->client), RS_A(pc->backend), ev->seq);
+    if ((pc->seen & RS_FLOW_SEEN_RST) || (pc->seen & (RS_FLOW_SEEN_RST << 4))
+        || ((pc->seen & RS_FLOW_SEEN_FIN) && (pc->seen & (RS_FLOW_SEEN_FIN << 4)))) {
+        if (pc->phase == PC_SPLICED && !pc->rec) {
+            pc->phase = PC_CLOSING;
+            rs_timer_after(&p->loop, &pc->timer, p->linger_ns);
+        }
+    }
+}
+
+void rs_pc_events(struct rs_io *io, uint32_t events)
+{
+    struct proxy *p = io->ctx;
+
+    (void)events;
+    rs_splicer_poll_events(p->sp, on_flow_event, p);
+}
+
+void rs_pc_reap(struct rs_timer *t)
+{
+    struct proxy *p = t->ctx;
+
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
+        for (struct pconn *pc = p->buckets[b], *next; pc; pc = next) {
+            struct rs_flow_info fc, fb;
+            struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+            uint64_t last, now;
+
+            next = pc->next;
+            if (pc->phase != PC_SPLICED || pc->rec || rs_splicer_get(p->sp, &kc, &fc)
+                || rs_splicer_get(p->sp, &kb, &fb))
+                continue;
+            last = fc.t.last_ns > fb.t.last_ns ? fc.t.last_ns : fb.t.last_ns;
+            /* Read the clock after the entries: a segment stamped in between
+             * is newer than a clock read before, and "now - last" would wrap. */
+            now = rs_mono_ns();
+            if (last >= now)
+                continue;
+            if (now - last > p->idle_ns) {
+                p->st.reaped_idle++;
+                rs_pc_close(p, pc, "idle", true);
+            } else if (pc->seen && now - last > p->half_open_ns) {
+                p->st.reaped_half_open++;
+                rs_pc_close(p, pc, "half-open", true);
+            }
+        }
+    }
+    rs_timer_after(&p->loop, t, REAP_NS);
+}
