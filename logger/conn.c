@@ -191,6 +191,8 @@ static void on_http(void *arg, struct rs_http_conn *hc, const struct rs_http_txn
                lg_tags_str(c->tags[t->num % RS_HTTP_TXN_RING]), t->req_start);
         break;
     case RS_HTTP_EV_REQ_DONE:
+        c->progress_ns = rs_mono_ns();
+        c->suspected = false;
         break;
     case RS_HTTP_EV_RESP_DONE:
         lg->s.txns_logged++;
@@ -293,6 +295,10 @@ static void pump(struct logger *lg, struct lg_conn *c)
             if (n <= 0)
                 break;   /* a stalled response (0) or an error the callback reported */
             c->bytes[d] += (uint64_t)n;
+            if (d == LG_RESP) {
+                c->progress_ns = c->last_ns;
+                c->suspected = false;
+            }
         }
     }
     for (int d = 0; d < 2; d++) {
@@ -374,7 +380,7 @@ static void add_bytes(struct logger *lg, struct lg_conn *c, int d, uint32_t seq,
 
 /* One TCP segment of the client leg; 'd' says which way it went. */
 static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint32_t seq, uint32_t ack,
-                    uint8_t flags, const uint8_t *data, uint32_t len, bool truncated)
+                    uint8_t flags, uint16_t win, const uint8_t *data, uint32_t len, bool truncated)
 {
     uint64_t now = rs_mono_ns();
     struct lg_conn *c = lg_conn_find(lg, cip, cport);
@@ -430,9 +436,10 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
     }
     if (c->nl != LG_NL_NONE || (flags & TH_SYN))
         return;
-    if (d == LG_REQ && (flags & TH_ACK) && (!c->has_ack || rs_seq_gt(ack, c->ack_cl))) {
+    if (d == LG_REQ && (flags & TH_ACK) && (!c->has_ack || rs_seq_ge(ack, c->ack_cl))) {
         c->has_ack = true;
         c->ack_cl = ack;
+        c->win_cl = win;
     }
     if (d == LG_RESP && (flags & TH_ACK) && (!c->has_ack_srv || rs_seq_gt(ack, c->ack_srv))) {
         c->has_ack_srv = true;
@@ -537,7 +544,7 @@ void lg_packet(struct logger *lg, int dlt, const uint8_t *pkt, uint32_t caplen, 
         lg->s.truncated++;
         plen = avail;
     }
-    segment(lg, d, cip, cport, rd32(tcp + 4), rd32(tcp + 8), tcp[13], tcp + doff, plen, truncated);
+    segment(lg, d, cip, cport, rd32(tcp + 4), rd32(tcp + 8), tcp[13], rd16(tcp + 14), tcp + doff, plen, truncated);
     return;
 not_tcp:
     lg->s.non_tcp++;
@@ -566,6 +573,36 @@ void lg_conn_gc(struct logger *lg, uint64_t now)
                        c->started ? rs_http_resp_done_count(&c->http) : 0);
                 conn_free(lg, c);
             }
+        }
+    }
+}
+
+/* The backend owes 'c' a response (the oldest transaction without its whole
+ * response has its whole request) and has sent nothing since that request
+ * ended or since its last response byte, while the client could take more:
+ * it has acknowledged everything and its window is open. */
+static bool stalled(const struct lg_conn *c, uint64_t now, uint64_t bound)
+{
+    uint32_t done = rs_http_resp_done_count(&c->http);
+    const struct rs_http_txn *t;
+
+    if (!c->started || c->nl != LG_NL_NONE || c->closed_ns || c->fin[LG_RESP] || c->rst || c->suspected
+        || c->inc == LG_INC_HTTP || done >= rs_http_txn_count(&c->http))
+        return false;
+    t = rs_http_txn_get(&c->http, done);
+    if (!t || !t->req_done || now - c->progress_ns < bound)
+        return false;
+    return c->has_ack && c->ack_cl == rs_reasm_contig_seq(&c->rs[LG_RESP]) && c->win_cl;
+}
+
+void lg_conn_check_stalls(struct logger *lg, uint64_t now)
+{
+    for (unsigned b = 0; b < LG_BUCKETS; b++) {
+        for (struct lg_conn *c = lg->buckets[b]; c; c = c->next) {
+            if (!stalled(c, now, lg->stall_after_ns))
+                continue;
+            c->suspected = true;
+            lg_ctl_suspect(lg, c, (uint32_t)((now - c->progress_ns) / 1000000));
         }
     }
 }

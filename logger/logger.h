@@ -1,6 +1,6 @@
 /* rs-logger's shared types: the per-connection log of the client leg
  * (both byte streams, their transactions and tags, the client's last ACK),
- * the control plane (backend liveness, persistent peers, recovery, resend)
+ * the control plane (peers, recovery planning, resend), the liveness thread,
  * and the prototypes the logger's files call across. */
 #ifndef RS_LOGGER_H
 #define RS_LOGGER_H
@@ -10,7 +10,9 @@
 #include <stdio.h>
 
 #include "ctl_msg.h"
+#include "ctlconn.h"
 #include "daemon.h"
+#include "loop.h"
 #include "http_txn.h"
 #include "reasm.h"
 #include "tags.h"
@@ -26,7 +28,7 @@
 #define LG_KEEP_TXNS 32u
 #define LG_MAX_BACKENDS 16
 #define LG_CTL_BUF (RS_CTL_HDR_LEN + 4096 + RS_CTL_MAC_LEN)
-#define LG_PEER_QUEUE (1u << 20)   /* bytes of frames queued for one peer */
+#define LG_PEER_QUEUE (4u << 20)   /* bytes of frames queued for one peer */
 #define LG_RESEND_HOLD_NS (30ull * 1000000000ull)
 #define LG_IDLE_FORGET_NS (60ull * 1000000000ull)  /* not-loggable entries */
 
@@ -36,16 +38,9 @@
 #define LG_SENDER_REPLY 0x4c4f4701u /* "LOG" 1: replies on accepted connections */
 #define LG_SENDER_PROXY 0x4c4f4702u
 #define LG_SENDER_STATED 0x4c4f4703u
+#define LG_SENDER_PROXY_LIVE 0x4c4f4704u  /* the liveness thread's FAILUREs */
 
 enum lg_dir { LG_REQ = RS_DIR_REQ, LG_RESP = RS_DIR_RESP };
-
-/* What an epoll event's data.ptr points at. */
-enum lg_tag_kind { LG_T_PCAP, LG_T_SIGNAL, LG_T_TIMER, LG_T_CTL_LISTEN, LG_T_CTL, LG_T_RESEND_LISTEN,
-                   LG_T_RESEND, LG_T_PEER };
-struct lg_tag {
-    enum lg_tag_kind kind;
-    void *ptr;
-};
 
 /* Why a connection is not logged at all. */
 enum lg_nl {
@@ -84,6 +79,9 @@ struct lg_conn {
     uint32_t fin_seq[2];
     uint64_t closed_ns;              /* both FINs or RST seen (0: open) */
     uint64_t last_ns;
+    uint64_t progress_ns;            /* last request completed or response byte logged */
+    uint16_t win_cl;                 /* window field of the client's newest ACK (unscaled) */
+    bool suspected;                  /* a SUSPECT went out since the last progress */
     uint32_t log_first;              /* oldest transaction whose request is still held */
     uint32_t logged_sent;            /* TXN_LOGGED sent for transactions below this */
     uint64_t bytes[2];               /* fed to the transactionalizer */
@@ -94,39 +92,26 @@ struct lg_conn {
     struct rs_http_conn http;
 };
 
+/* A monitored backend: owned by the liveness thread once it runs. */
 struct lg_backend {
     uint32_t id;
     uint32_t ip;
     uint64_t last_ns;                /* last heartbeat (monotonic) */
+    uint64_t max_gap_ns;             /* longest time between two heartbeats seen */
+    unsigned uncorroborated;         /* ticks silent past dead-after with no witness */
     bool seen, failed;
 };
 
-/* A persistent outgoing control connection (the proxy, the alternate's
- * rs-stated): connects in the background, reconnects with back-off and
- * queues frames (bounded) while down, so the capture loop never blocks. */
-struct lg_peer {
-    const char *name;
-    struct rs_addr addr;
-    uint32_t sender;
-    int fd;
-    struct lg_tag tag;
-    bool connecting, up, want_out;
-    uint64_t retry_ns, backoff_ns;
-    uint8_t *q;                      /* LG_PEER_QUEUE bytes of encoded frames */
-    size_t qlen;
-    uint8_t in[LG_CTL_BUF];
-    size_t inlen;
-    struct rs_ctl_replay replay;
-    uint64_t dropped, sent;
-};
+struct lg_live;
+struct lg_plan;
 
 struct lg_stats {
     uint64_t packets, bytes, non_tcp, not_ours, truncated;
     uint64_t conns, conns_freed, nl_midstream, nl_nomem, nl_limit, rings_shrunk;
     uint64_t inc_refused, inc_conflict, inc_http, inc_truncated, inc_gap;
     uint64_t txns, txns_logged, released_bytes;
-    uint64_t heartbeats, hb_unknown, failures_declared, failures_forwarded;
-    uint64_t recoveries, recovery_errors, replays, resends, resend_errors, ctl_rejected;
+    uint64_t heartbeats, hb_unknown, failures_declared, failures_forwarded;   /* liveness thread */
+    uint64_t recoveries, recovery_errors, replays, resends, resend_errors, ctl_rejected, suspects;
 };
 
 struct logger {
@@ -138,7 +123,7 @@ struct logger {
     struct rs_ctl_key key;
     struct lg_backend backends[LG_MAX_BACKENDS];
     int nbackends;
-    uint64_t dead_after_ns, linger_ns;
+    uint64_t dead_after_ns, linger_ns, stall_after_ns;
     size_t ring;
     unsigned max_conns;
     struct rs_tags *tags;
@@ -146,14 +131,19 @@ struct logger {
     struct rs_reasm_budget budget;
     struct lg_conn *buckets[LG_BUCKETS];
     unsigned nconns;
-    uint64_t seq;                    /* our control-frame sequence (all senders) */
-    struct lg_peer px, st;
+    uint64_t seq;                    /* our control-frame sequence (main thread's senders) */
+    struct rs_loop loop;
+    struct rs_ctlserver ctlsrv;
+    struct rs_ctlconn px, st;        /* the proxy (SUSPECT), the alternate's rs-stated */
+    struct rs_io pcap_io, resend_io;
+    struct rs_timer tick;            /* resend time-outs, stalls, forgetting */
+    uint64_t last_gc_ns, last_stall_ns;
+    struct lg_live *live;            /* the liveness thread */
+    struct lg_plan *plans;           /* recoveries being planned */
+    unsigned n_plans;
     struct lg_stats s;
-    int epfd, ctlfd, resendfd;
-    struct lg_tag ctltag, resendtag;
     void *resends;                   /* ctl.c's list of resend connections */
     void *pcap;                      /* pcap_t */
-    bool stop;
 };
 
 /* ---- conn.c: the log ----------------------------------------------------- */
@@ -172,20 +162,36 @@ const char *lg_inc_str(enum lg_inc inc);
 /* "ro,det" style tag text. */
 const char *lg_tags_str(unsigned tags);
 
+/* Clients whose backend owes them a response and has been silent for
+ * --stall-after while they could take it: a SUSPECT goes to the proxy for each. */
+void lg_conn_check_stalls(struct logger *lg, uint64_t now_ns);
+
 /* ---- ctl.c: control plane -------------------------------------------------- */
 
 /* Opens the control and resend ports and starts connecting the peers.
  * Returns 0 or -errno (logged). */
 int lg_ctl_setup(struct logger *lg);
-/* Adds 'fd' to the logger's epoll set.  Returns 0 or -errno. */
-int lg_ep_add(struct logger *lg, int fd, uint32_t events, struct lg_tag *tag);
-/* Handles an epoll event on one of ctl.c's tags (LG_T_CTL_LISTEN ... LG_T_PEER). */
-void lg_ctl_event(struct logger *lg, struct lg_tag *tag, uint32_t events);
-/* Periodic work: liveness, reconnects, resend time-outs. */
-void lg_ctl_tick(struct logger *lg, uint64_t now_ns);
 /* Queues TXN_LOGGED for 'txn' to the alternate's rs-stated. */
 void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end);
+/* Tells the proxy that the backend of 'c' owes it a response and is silent. */
+void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint32_t silent_ms);
 void lg_ctl_shutdown(struct logger *lg);
+
+/* ---- plan.c: recovery planning ------------------------------------------------ */
+
+/* Starts planning the recovery that RECOVER 'req' (on control connection
+ * 'conn_id') asks for; the PLAN goes back on that connection. */
+void lg_plan_start(struct logger *lg, uint64_t conn_id, const struct rs_ctl_msg *req);
+/* Ends every plan in progress (shutdown). */
+void lg_plan_abort_all(struct logger *lg);
+
+/* ---- liveness.c: the liveness thread ---------------------------------------------- */
+
+/* Starts the thread: UDP on --listen's port, FAILURE to --proxy.  Returns 0 or -errno. */
+int lg_live_start(struct logger *lg);
+/* Hands a HEARTBEAT or FAILURE received some other way (TCP) to the thread. */
+void lg_live_report(struct logger *lg, const struct rs_ctl_msg *m);
+void lg_live_stop(struct logger *lg);
 
 /* main.c: processes every packet the capture holds now (a recovery must
  * see what the mirror has already delivered). */

@@ -1,8 +1,9 @@
 /* rs-logger: logs the client leg of every connection to the VIP from a port
  * mirror (libpcap, live or from a file), cuts it into tagged transactions,
  * tells the alternate when a response is fully logged, detects backend
- * failure from heartbeats, and plans and feeds recoveries
- * (docs/recovery.md).  Single-threaded: one epoll loop. */
+ * failure (heartbeats, on a thread of its own: liveness.c; silent backends
+ * that owe a response: conn.c), and plans and feeds recoveries
+ * (docs/recovery.md, plan.c).  The main thread is one event loop. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pcap/pcap.h>
@@ -20,9 +21,9 @@
 #include "parse.h"
 
 #define SNAPLEN 262144            /* GSO super-packets are up to ~64 KB (more with BIG TCP) */
-#define PCAP_BUFFER (64 << 20)    /* absorbs bursts while a recovery blocks the loop */
-#define DISPATCH_ROUNDS 64        /* pcap_dispatch calls per wake-up before serving sockets */
-#define TICK_NS (5 * 1000000)     /* liveness resolution: dead-after + 5 ms at worst */
+#define PCAP_BUFFER (64 << 20)    /* absorbs bursts while the CPU is busy elsewhere */
+#define DISPATCH_ROUNDS 8         /* pcap_dispatch calls per loop turn: sockets and timers
+                                   * are served between turns (the loop comes back at once) */
 
 static void usage(FILE *f)
 {
@@ -41,7 +42,11 @@ static void usage(FILE *f)
         "  --alternate-stated ADDR:PORT  the alternate's rs-stated: TXN_LOGGED, STATE_QUERY,\n"
         "                          APPLY, CONN_MAP go there\n"
         "  --backend ID=ADDR       a monitored backend (repeatable), e.g. 1=10.0.0.11\n"
-        "  --dead-after DUR        failed after this long without heartbeats (default 30ms)\n"
+        "  --dead-after DUR        failed after this long without heartbeats (default 30ms);\n"
+        "                          heartbeats are UDP datagrams to --listen's port\n"
+        "  --stall-after DUR       a backend that owes a response and sends nothing for this\n"
+        "                          long while the client could take it is suspected: the\n"
+        "                          proxy fails it over (a hung backend; default 2s, 0: off)\n"
         "  --tags FILE             tagging rules (core/tags.h; default: GET/HEAD read-only)\n"
         "  --mem SIZE              log memory budget (default 256M)\n"
         "  --ring SIZE             ring per direction per connection (default 4M; shrinks to\n"
@@ -133,7 +138,9 @@ static int parse_args(struct logger *lg, int argc, char **argv)
         else if (!strcmp(o, "--backend"))
             bad = parse_backend(lg, v);
         else if (!strcmp(o, "--dead-after"))
-            bad = rs_parse_duration(v, &lg->dead_after_ns);
+            bad = rs_parse_duration(v, &lg->dead_after_ns) || !lg->dead_after_ns;
+        else if (!strcmp(o, "--stall-after"))
+            bad = strcmp(v, "0") ? rs_parse_duration(v, &lg->stall_after_ns) : (lg->stall_after_ns = 0, 0);
         else if (!strcmp(o, "--linger"))
             bad = rs_parse_duration(v, &lg->linger_ns);
         else if (!strcmp(o, "--tags"))
@@ -187,10 +194,16 @@ static void on_pcap(u_char *arg, const struct pcap_pkthdr *h, const u_char *byte
     lg_packet(lg, pcap_datalink(lg->pcap), bytes, h->caplen, h->len);
 }
 
-static void print_stats(struct logger *lg)
+static void print_stats(void *ctx)
 {
+    struct logger *lg = ctx;
     struct pcap_stat ps = { 0 };
     struct lg_stats *s = &lg->s;
+    uint64_t max_gap = 0;
+
+    for (int i = 0; i < lg->nbackends; i++)
+        if (lg->backends[i].max_gap_ns > max_gap)
+            max_gap = lg->backends[i].max_gap_ns;
 
     if (lg->pcap && lg->iface)
         pcap_stats(lg->pcap, &ps);
@@ -203,15 +216,15 @@ static void print_stats(struct logger *lg)
            " mem_used=%zu mem_refused=%" PRIu64 " heartbeats=%" PRIu64 " hb_unknown=%" PRIu64
            " failures_declared=%" PRIu64 " failures_forwarded=%" PRIu64 " recoveries=%" PRIu64
            " recovery_errors=%" PRIu64 " replays=%" PRIu64 " resends=%" PRIu64 " resend_errors=%" PRIu64
-           " ctl_rejected=%" PRIu64 "\n",
+           " ctl_rejected=%" PRIu64 " suspects=%" PRIu64 " planning=%u hb_max_gap_us=%" PRIu64 "\n",
            ps.ps_recv, ps.ps_drop, ps.ps_ifdrop, s->packets, s->bytes, s->non_tcp, s->not_ours, s->truncated,
            lg->nconns, s->conns, s->conns_freed, s->nl_midstream + s->nl_nomem + s->nl_limit, s->nl_midstream,
            s->nl_nomem, s->nl_limit, s->rings_shrunk, s->inc_refused + s->inc_conflict + s->inc_http + s->inc_truncated + s->inc_gap,
            s->inc_refused, s->inc_conflict, s->inc_http, s->inc_truncated, s->inc_gap, s->txns, s->txns_logged,
-           lg->has_stated ? lg->st.sent : 0, lg->has_stated ? lg->st.dropped : 0, s->released_bytes,
+           lg->has_stated ? lg->st.frames : 0, lg->has_stated ? lg->st.dropped : 0, s->released_bytes,
            lg->budget.used, lg->budget.refused, s->heartbeats, s->hb_unknown, s->failures_declared,
            s->failures_forwarded, s->recoveries, s->recovery_errors, s->replays, s->resends, s->resend_errors,
-           s->ctl_rejected);
+           s->ctl_rejected + lg->ctlsrv.rejected, s->suspects, lg->n_plans, max_gap / 1000);
     fflush(stdout);
 }
 
@@ -308,93 +321,54 @@ static bool drain_pcap(struct logger *lg)
 
 void lg_capture_drain(struct logger *lg)
 {
-    while (drain_pcap(lg))
+    for (int i = 0; i < 64 && drain_pcap(lg); i++)
         ;
+}
+
+static bool capture_more(void *ctx)
+{
+    return drain_pcap(ctx);
+}
+
+static void on_capture(struct rs_io *io, uint32_t events)
+{
+    (void)events;
+    drain_pcap(io->ctx);
 }
 
 static int run(struct logger *lg)
 {
-    struct lg_tag ptag = { LG_T_PCAP, NULL }, stag = { LG_T_SIGNAL, NULL }, ttag = { LG_T_TIMER, NULL };
-    struct itimerspec its = { { 0, TICK_NS }, { 0, TICK_NS } };
-    uint64_t last_gc = rs_mono_ns();
-    bool pending = false;
-    sigset_t set;
-    int sfd, tfd;
+    int e;
 
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGUSR1);
-    sigprocmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    lg->epfd = epoll_create1(EPOLL_CLOEXEC);
-    sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
-    tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (lg->epfd < 0 || sfd < 0 || tfd < 0 || timerfd_settime(tfd, 0, &its, NULL)) {
-        rs_log("setup: %s", strerror(errno));
+    if ((e = rs_loop_init(&lg->loop)) || (e = rs_loop_signals(&lg->loop, print_stats, lg))) {
+        rs_log("setup: %s", strerror(-e));
         return 1;
     }
-    lg_ep_add(lg, sfd, EPOLLIN, &stag);
-    lg_ep_add(lg, tfd, EPOLLIN, &ttag);
     if (lg->iface) {
-        int e = open_live(lg);
-        if (e)
+        if (open_live(lg))
             return 1;
-        if (lg_ep_add(lg, pcap_get_selectable_fd(lg->pcap), EPOLLIN, &ptag)) {
+        if (rs_io_start(&lg->loop, &lg->pcap_io, pcap_get_selectable_fd(lg->pcap), EPOLLIN, on_capture, lg)) {
             rs_log("pcap: no selectable fd");
             return 1;
         }
+        rs_loop_idle(&lg->loop, capture_more, lg);
     }
     if (lg_ctl_setup(lg))
         return 1;
     printf("listening on control=%s resend=%s capture=%s vip=%s\n", RS_A(lg->listen), RS_A(lg->resend),
            lg->iface ? lg->iface : lg->readfile, RS_A(lg->vip));
     fflush(stdout);
-    rs_log("start vip=%s capture=%s control=%s resend=%s backends=%d dead_after_us=%" PRIu64 " ring=%zu mem=%zu",
-           RS_A(lg->vip), lg->iface ? lg->iface : lg->readfile, RS_A(lg->listen), RS_A(lg->resend), lg->nbackends,
-           lg->dead_after_ns / 1000, lg->ring, lg->budget.limit);
-    while (!lg->stop) {
-        struct epoll_event ev[64];
-        int n = epoll_wait(lg->epfd, ev, 64, pending ? 0 : -1);
-
-        if (n < 0 && errno != EINTR)
-            break;
-        if (pending)
-            pending = drain_pcap(lg);
-        for (int i = 0; i < n; i++) {
-            struct lg_tag *t = ev[i].data.ptr;
-            if (t->kind == LG_T_PCAP) {
-                pending = drain_pcap(lg);
-            } else if (t->kind == LG_T_SIGNAL) {
-                struct signalfd_siginfo si;
-                while (read(sfd, &si, sizeof(si)) == sizeof(si)) {
-                    if (si.ssi_signo == SIGUSR1)
-                        print_stats(lg);
-                    else
-                        lg->stop = true;
-                }
-            } else if (t->kind == LG_T_TIMER) {
-                uint64_t ticks, now = rs_mono_ns();
-                if (read(tfd, &ticks, sizeof(ticks)) < 0)
-                    ticks = 0;
-                lg_ctl_tick(lg, now);
-                if (now - last_gc > 1000000000ull) {
-                    lg_conn_gc(lg, now);
-                    last_gc = now;
-                }
-            } else {
-                lg_ctl_event(lg, t, ev[i].events);
-            }
-        }
-    }
+    rs_log("start vip=%s capture=%s control=%s resend=%s backends=%d dead_after_us=%" PRIu64
+           " stall_after_ms=%" PRIu64 " ring=%zu mem=%zu", RS_A(lg->vip), lg->iface ? lg->iface : lg->readfile,
+           RS_A(lg->listen), RS_A(lg->resend), lg->nbackends, lg->dead_after_ns / 1000, lg->stall_after_ns / 1000000,
+           lg->ring, lg->budget.limit);
+    rs_loop_run(&lg->loop);
     rs_log("exit");
     print_stats(lg);
     lg_ctl_shutdown(lg);
     if (lg->pcap)
         pcap_close(lg->pcap);
-    close(sfd);
-    close(tfd);
-    close(lg->epfd);
+    rs_loop_fini(&lg->loop);
     return 0;
 }
 
@@ -405,12 +379,12 @@ int main(int argc, char **argv)
 
     rs_log_init("rs-logger");
     lg.dead_after_ns = 30 * 1000000ull;
+    lg.stall_after_ns = 2000 * 1000000ull;
     lg.linger_ns = 10 * 1000000000ull;
     lg.ring = 4u << 20;
     lg.max_conns = LG_MAX_CONNS_DEFAULT;
     lg.listen = (struct rs_addr){ 0, 7071 };
     lg.resend = (struct rs_addr){ 0, 7072 };
-    lg.px.fd = lg.st.fd = -1;
     lg.tags = calloc(1, sizeof(*lg.tags));
     if (!lg.tags)
         return 1;

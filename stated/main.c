@@ -1,11 +1,16 @@
 /* rs-stated: the per-backend state agent of docs/recovery.md.  Buffers the
  * peer backend's STATE_UPDATEs per client connection and applies them to the
  * local app (through its state library, app/xfer.h) once the logger says the
- * transaction is logged; answers STATE_QUERY / APPLY / CONN_MAP; relays the
- * local app's own updates to the peer; heartbeats to the logger while the app
- * is connected and reports its death.  Single-threaded epoll. */
+ * transaction is logged; answers STATE_QUERY / APPLY / CONN_MAP / FENCE;
+ * relays the local app's own updates to the peer; heartbeats to the logger
+ * (UDP, from a real-time thread of its own, so a busy host does not make a
+ * healthy backend look dead) while the app is connected, and reports its
+ * death at once.  The rest is one epoll loop. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -33,7 +38,9 @@
 #define LIB_OPS_MAX     65536u          /* records the library has not answered yet */
 #define RELAY_MAX       8192u           /* relayed updates not yet acknowledged */
 #define PEER_OUT_MAX    (16u << 20)     /* relayed bytes queued for the peer */
-#define LOGGER_OUT_MAX  65536u          /* heartbeats queue no further when the logger stalls */
+#define HB_PRIO         20              /* SCHED_FIFO priority of the heartbeat thread */
+#define FAILURE_COPIES  3               /* a FAILURE datagram goes out this many times */
+#define FENCED_MAX      16
 #define RETRY_MIN_NS    10000000ull     /* reconnect back-off: 10 ms .. 1 s */
 #define RETRY_MAX_NS    1000000000ull
 
@@ -41,11 +48,11 @@
  * per connection kind, so that a receiver checking sequences per sender
  * never sees one counter interleaved over two connections. */
 #define SENDER(id, ch)  (((uint32_t)RS_CTL_ROLE_BACKEND << 24) | ((id) << 4) | (ch))
-enum { CH_REPLY = 1, CH_PEER = 2, CH_LOGGER = 3 };
+enum { CH_REPLY = 1, CH_PEER = 2, CH_HEARTBEAT = 3, CH_FAILURE = 4 };
 
 /* ---- Types ------------------------------------------------------------ */
 
-enum tag_kind { T_CTL_LISTEN, T_CTL, T_APP_LISTEN, T_APP, T_PEER, T_LOGGER, T_TIMER, T_SIGNAL };
+enum tag_kind { T_CTL_LISTEN, T_CTL, T_APP_LISTEN, T_APP, T_PEER, T_TIMER, T_SIGNAL };
 
 struct tag {
     enum tag_kind kind;
@@ -114,7 +121,7 @@ struct stats {
     uint64_t ctl_accepted, ctl_frames, ctl_rejected, updates, update_bytes, updates_refused,
         updates_stale, logged, applied, applied_forced, apply_errors, queries, conn_maps,
         relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
-        app_disconnects;
+        app_disconnects, updates_fenced, relays_degraded;
 };
 
 struct stated {
@@ -146,11 +153,20 @@ struct stated {
     uint32_t ops_head, ops_len;
     bool drain_blocked;
     struct waiter *cur_waiter;          /* for apply_fn during an APPLY */
-    /* Outgoing links. */
-    struct link peer_link, logger_link;
+    /* Outgoing: the peer's stated; UDP datagrams to the logger. */
+    struct link peer_link;
     struct relay relays[RELAY_MAX];
     uint32_t rel_head, rel_len;
-    bool failure_pending;
+    int udp_fd;                         /* connected to the logger */
+    uint64_t fail_seq;
+    pthread_t hb_thread;
+    bool hb_started;
+    int app_up;                         /* the heartbeat thread reads it (atomics) */
+    pid_t app_pid;                      /* the library's process, for a fence */
+    /* Fencing (FENCE from the proxy): this backend's own, its peer's, others'. */
+    bool self_fenced, peer_fenced;
+    uint32_t fenced[FENCED_MAX];
+    unsigned n_fenced;
     struct st_store store;
     struct stats st;
     bool stop;
@@ -413,11 +429,12 @@ static void lib_close(struct stated *s, const char *why)
             waiter_check(s, op->w);
         }
     }
-    s->failure_pending = true;
+    __atomic_store_n(&s->app_up, 0, __ATOMIC_RELEASE);
 }
 
 /* Relays the app's UPDATE to the peer; answered by DONE when the peer ACKs. */
 static void relay_update(struct stated *s, const struct xfer_rec *r);
+static void send_failure(struct stated *s);
 
 static bool on_lib_record(void *ctx, const struct xfer_rec *r)
 {
@@ -461,6 +478,7 @@ static void on_lib(struct stated *s, uint32_t events)
 
     if (err < 0) {
         lib_close(s, strerror(-err));
+        send_failure(s);
         return;
     }
     if (s->lib_fd >= 0 && s->drain_blocked && s->lib_out_len == 0)
@@ -468,8 +486,10 @@ static void on_lib(struct stated *s, uint32_t events)
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
         return;
     err = xfer_read(s->lib_fd, s->lib_in, &s->lib_in_len, on_lib_record, s);
-    if (err < 0 && err != -ECANCELED)
+    if (err < 0 && err != -ECANCELED) {
         lib_close(s, err == -ESHUTDOWN ? "closed" : err == -EBADMSG ? "malformed record" : strerror(-err));
+        send_failure(s);   /* the app's process died: tell the logger now */
+    }
 }
 
 static void on_lib_accept(struct stated *s)
@@ -479,8 +499,9 @@ static void on_lib_accept(struct stated *s)
 
         if (fd < 0)
             return;
-        if (s->lib_fd >= 0) {
-            rs_log("app-connect refused: an app is already connected");
+        if (s->lib_fd >= 0 || s->self_fenced) {
+            rs_log("app-connect refused: %s", s->self_fenced ? "this backend is fenced (readmit it first)"
+                                                               : "an app is already connected");
             close(fd);
             continue;
         }
@@ -501,9 +522,15 @@ static void on_lib_accept(struct stated *s)
             s->lib_in = NULL;
             continue;
         }
-        s->failure_pending = false;
+        {
+            struct ucred cr;
+            socklen_t cl = sizeof(cr);
+            s->app_pid = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) ? 0 : cr.pid;
+        }
+        __atomic_store_n(&s->app_up, 1, __ATOMIC_RELEASE);
         s->st.app_connects++;
-        rs_log("app-connect: heartbeating to %s", s->has_logger ? RS_A(s->logger) : "(no logger)");
+        rs_log("app-connect pid=%d: heartbeating to %s", (int)s->app_pid,
+               s->has_logger ? RS_A(s->logger) : "(no logger)");
         drain_all(s);
     }
 }
@@ -553,10 +580,6 @@ static void link_down(struct stated *s, struct link *l, const char *why)
     l->fd = -1;
     l->next_try_ns = rs_mono_ns() + l->retry_ns;
     l->retry_ns = l->retry_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : l->retry_ns * 2;
-    if (l == &s->logger_link) {
-        link_discard(l, link_end(l));   /* heartbeats go stale */
-        return;
-    }
     /* Updates of which any byte left may or may not have arrived: they fail
      * (a synchronous one becomes a 503); the bytes left of a half-sent
      * frame are dropped so the next connection starts on a frame. */
@@ -634,36 +657,67 @@ static int link_queue(struct stated *s, struct link *l, struct rs_ctl_msg *m)
     return 0;
 }
 
+/* The app's process is gone: the logger hears it at once (a few copies of
+ * one datagram; a lost heartbeat-silence would tell it too, later). */
 static void send_failure(struct stated *s)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_FAILURE };
-    struct link *l = &s->logger_link;
+    uint8_t buf[128];
 
-    if (!s->has_logger || !s->failure_pending)
+    if (s->udp_fd < 0)
         return;
-    if (!l->up)
-        return;         /* sent when the link comes up, unless an app connects first */
+    m.sender = SENDER(s->id, CH_FAILURE);
     m.u.failure.backend_id = s->id;
     m.u.failure.reason = RS_CTL_FAIL_EXITED;
-    if (link_queue(s, l, &m) == 0) {
-        s->failure_pending = false;
-        s->st.failures_sent++;
-        rs_log("failure-sent backend=%u reason=EXITED to %s", s->id, RS_A(l->addr));
-        if (link_flush(s, l) < 0)
-            link_down(s, l, strerror(errno));
+    for (int i = 0; i < FAILURE_COPIES; i++) {
+        int n;
+        m.seq = ++s->fail_seq;
+        n = rs_ctl_encode(&s->key, &m, buf, sizeof(buf));
+        if (n > 0 && send(s->udp_fd, buf, (size_t)n, MSG_DONTWAIT) != n)
+            rs_log("failure report to %s: %s", RS_A(s->logger), strerror(errno));
     }
+    s->st.failures_sent++;
+    rs_log("failure-sent backend=%u reason=EXITED to %s", s->id, RS_A(s->logger));
+}
+
+/* The heartbeat thread: every --heartbeat while the app is connected, one
+ * datagram.  Real-time priority so that neither the app's own load nor
+ * anything else on the host delays it into a false failure. */
+static void *heartbeats(void *arg)
+{
+    struct stated *s = arg;
+    struct sched_param sp = { .sched_priority = HB_PRIO };
+    struct rs_ctl_msg m = { .type = RS_CTL_HEARTBEAT };
+    struct timespec next;
+    uint8_t buf[128];
+    int e = pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+
+    if (e)
+        rs_log("heartbeat: real-time priority refused (%s)", strerror(e));
+    m.sender = SENDER(s->id, CH_HEARTBEAT);
+    m.seq = rs_now_us();
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    for (;;) {
+        uint64_t ns = (uint64_t)next.tv_nsec + s->heartbeat_ns;
+        next.tv_sec += (time_t)(ns / 1000000000u);
+        next.tv_nsec = (long)(ns % 1000000000u);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+            ;
+        if (!__atomic_load_n(&s->app_up, __ATOMIC_ACQUIRE))
+            continue;
+        m.seq++;
+        m.u.heartbeat = (struct rs_ctl_heartbeat){ RS_CTL_ROLE_BACKEND, s->id, rs_now_us() };
+        int n = rs_ctl_encode(&s->key, &m, buf, sizeof(buf));
+        if (n > 0 && send(s->udp_fd, buf, (size_t)n, MSG_DONTWAIT) == n)
+            __atomic_add_fetch(&s->st.heartbeats, 1, __ATOMIC_RELAXED);
+    }
+    return NULL;
 }
 
 static void on_link_ack(struct stated *s, struct link *l, const struct rs_ctl_msg *m)
 {
     if (m->type != RS_CTL_ACK) {
         rs_log("%s-reply type=%s unexpected (ignored)", l->name, rs_ctl_type_str(m->type));
-        return;
-    }
-    if (l == &s->logger_link) {
-        if (m->u.ack.status)
-            rs_log("logger-ack %s status=%d %s", rs_ctl_type_str(m->u.ack.echo_type), m->u.ack.status,
-                   strerror(-m->u.ack.status));
         return;
     }
     for (uint32_t i = 0; i < s->rel_len; i++) {
@@ -693,8 +747,6 @@ static void on_link(struct stated *s, struct link *l, uint32_t events)
         l->retry_ns = RETRY_MIN_NS;
         rs_ctl_replay_init(&l->replay);
         rs_log("%s-connect %s", l->name, RS_A(l->addr));
-        if (l == &s->logger_link && s->lib_fd < 0)
-            send_failure(s);
         events = EPOLLOUT;
     }
     if ((events & EPOLLOUT) && link_flush(s, l) < 0) {
@@ -763,8 +815,12 @@ static void relay_update(struct stated *s, const struct xfer_rec *r)
     uint64_t start;
     int err;
 
-    if (!s->has_peer) {
-        done.status = -ENOTCONN;
+    if (!s->has_peer || s->peer_fenced) {
+        /* No standby (or it was declared failed): the app answers at once,
+         * unreplicated, instead of waiting for a peer that will not come. */
+        done.status = s->has_peer ? -EHOSTDOWN : -ENOTCONN;
+        if (s->peer_fenced && s->st.relays_degraded++ % 1000 == 0)
+            rs_log("relay %s: the peer is fenced, degraded (updates not replicated)", TXN(r->txn));
         lib_send(s, &done);
         return;
     }
@@ -817,10 +873,28 @@ static void relay_expire(struct stated *s, uint64_t now)
 
 /* ---- Control requests -------------------------------------------------- */
 
+static bool is_fenced(const struct stated *s, uint32_t id)
+{
+    for (unsigned i = 0; i < s->n_fenced; i++)
+        if (s->fenced[i] == id)
+            return true;
+    return false;
+}
+
 static void on_state_update(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
 {
     const struct rs_ctl_state_update *u = &m->u.state_update;
-    int err = st_store_put(&s->store, u->txn, u->data, u->len, rs_mono_ns());
+    uint32_t from = (m->sender >> 24) == RS_CTL_ROLE_BACKEND ? (m->sender >> 4) & 0xfffff : 0;
+    int err;
+
+    if (from && is_fenced(s, from)) {
+        /* A fenced backend's state must never overwrite what the survivor does now. */
+        if (s->st.updates_fenced++ % 1000 == 0)
+            rs_log("update %s %uB from fenced backend=%u refused", TXN(u->txn), u->len, from);
+        ctl_ack(s, cc, m->seq, m->type, -EPERM);
+        return;
+    }
+    err = st_store_put(&s->store, u->txn, u->data, u->len, rs_mono_ns());
 
     s->st.updates++;
     s->st.update_bytes += u->len;
@@ -943,6 +1017,46 @@ static void on_conn_map(struct stated *s, struct ctl_conn *cc, const struct rs_c
     waiter_check(s, w);
 }
 
+/* FENCE from the proxy: backend 'id' was declared failed (or readmitted).
+ * Ourselves: stop the app and take no other until readmitted.  Our peer:
+ * stop replicating to it (degraded).  Anyone: refuse its states. */
+static void on_fence(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+{
+    const struct rs_ctl_fence *f = &m->u.fence;
+    bool peer = s->has_peer && f->ip4 && f->ip4 == s->peer.ip;
+
+    rs_log("fence backend=%u fenced=%d%s", f->backend_id, f->fenced,
+           f->backend_id == s->id ? " (this backend)" : peer ? " (the peer)" : "");
+    if (f->fenced && !is_fenced(s, f->backend_id) && s->n_fenced < FENCED_MAX)
+        s->fenced[s->n_fenced++] = f->backend_id;
+    if (!f->fenced)
+        for (unsigned i = 0; i < s->n_fenced; i++)
+            if (s->fenced[i] == f->backend_id)
+                s->fenced[i--] = s->fenced[--s->n_fenced];
+    if (f->backend_id == s->id) {
+        s->self_fenced = f->fenced;
+        if (f->fenced && s->lib_fd >= 0) {
+            rs_log("fenced: stopping the app (pid %d)", (int)s->app_pid);
+            if (s->app_pid > 0)
+                kill(s->app_pid, SIGKILL);
+            lib_close(s, "fenced");
+        }
+    } else if (peer) {
+        s->peer_fenced = f->fenced;
+        if (f->fenced) {
+            /* Updates waiting for the fenced peer: answered now, unreplicated. */
+            for (uint32_t i = 0; i < s->rel_len; i++) {
+                struct relay *rl = &s->relays[(s->rel_head + i) % RELAY_MAX];
+                if (!rl->done)
+                    relay_done(s, rl, -EHOSTDOWN);
+            }
+            relay_pop_done(s);
+            link_discard(&s->peer_link, link_end(&s->peer_link));
+        }
+    }
+    ctl_ack(s, cc, m->seq, m->type, 0);
+}
+
 /* Handles one authenticated frame.  Returns false when 'cc' was closed. */
 static bool ctl_frame(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
 {
@@ -955,6 +1069,7 @@ static bool ctl_frame(struct stated *s, struct ctl_conn *cc, const struct rs_ctl
     case RS_CTL_STATE_QUERY: on_state_query(s, cc, m); break;
     case RS_CTL_APPLY: on_apply(s, cc, m); break;
     case RS_CTL_CONN_MAP: on_conn_map(s, cc, m); break;
+    case RS_CTL_FENCE: on_fence(s, cc, m); break;
     case RS_CTL_HEARTBEAT: ctl_ack(s, cc, m->seq, m->type, 0); break;
     case RS_CTL_ACK: break;     /* never answered */
     default:
@@ -1067,25 +1182,9 @@ static void on_ctl_accept(struct stated *s)
 static void on_tick(struct stated *s)
 {
     uint64_t ticks, now = rs_mono_ns();
-    struct link *l = &s->logger_link;
 
     if (read(s->tfd, &ticks, sizeof(ticks)) < 0)
         return;
-    if (s->has_logger) {
-        if (l->fd < 0 && now >= l->next_try_ns)
-            link_connect(s, l);
-        if (l->up && s->lib_fd >= 0) {
-            struct rs_ctl_msg m = { .type = RS_CTL_HEARTBEAT };
-
-            m.u.heartbeat = (struct rs_ctl_heartbeat){ RS_CTL_ROLE_BACKEND, s->id, rs_now_us() };
-            /* A stalled logger gets no backlog of stale heartbeats. */
-            if (l->out_len - l->out_off < 1024 && link_queue(s, l, &m) == 0) {
-                s->st.heartbeats++;
-                if (link_flush(s, l) < 0)
-                    link_down(s, l, strerror(errno));
-            }
-        }
-    }
     if (s->has_peer) {
         struct link *p = &s->peer_link;
 
@@ -1107,14 +1206,16 @@ static void stats_print(void *ctx)
            " updates_refused=%" PRIu64 " updates_stale=%" PRIu64 " logged=%" PRIu64
            " applied=%" PRIu64 " applied_forced=%" PRIu64 " apply_errors=%" PRIu64
            " queries=%" PRIu64 " conn_maps=%" PRIu64 " relayed=%" PRIu64 " relay_acked=%" PRIu64
-           " relay_failed=%" PRIu64 " relay_queued=%u peer_up=%d logger_up=%d heartbeats=%" PRIu64
-           " failures_sent=%" PRIu64 " app_connects=%" PRIu64 " app_disconnects=%" PRIu64 "\n",
+           " relay_failed=%" PRIu64 " relay_queued=%u peer_up=%d heartbeats=%" PRIu64
+           " failures_sent=%" PRIu64 " app_connects=%" PRIu64 " app_disconnects=%" PRIu64 " fenced=%d peer_fenced=%d"
+           " updates_fenced=%" PRIu64 " relays_degraded=%" PRIu64 "\n",
            s->id, s->lib_fd >= 0, s->store.n_clients, s->store.n_states, s->store.bytes,
            s->store.evicted, s->n_conns, t->ctl_accepted, t->ctl_frames, t->ctl_rejected, t->updates,
            t->update_bytes, t->updates_refused, t->updates_stale, t->logged, t->applied,
            t->applied_forced, t->apply_errors, t->queries, t->conn_maps, t->relayed, t->relay_acked,
-           t->relay_failed, s->rel_len, s->peer_link.up, s->logger_link.up, t->heartbeats,
-           t->failures_sent, t->app_connects, t->app_disconnects);
+           t->relay_failed, s->rel_len, s->peer_link.up, __atomic_load_n(&t->heartbeats, __ATOMIC_RELAXED),
+           t->failures_sent, t->app_connects, t->app_disconnects, s->self_fenced, s->peer_fenced, t->updates_fenced,
+           t->relays_degraded);
     fflush(stdout);
 }
 
@@ -1203,7 +1304,6 @@ static void run(struct stated *s)
                     on_lib(s, e);
                 break;
             case T_PEER:
-            case T_LOGGER:
                 if (((struct link *)t->ptr)->fd >= 0)
                     on_link(s, t->ptr, e);
                 break;
@@ -1213,9 +1313,6 @@ static void run(struct stated *s)
                     s->stop = true;
                 break;
             }
-            /* An app that closed: tell the logger now, not at the next tick. */
-            if (s->failure_pending && s->lib_fd < 0)
-                send_failure(s);
         }
         /* Freed only now: later events of the batch may still name them. */
         while (s->dead) {
@@ -1295,7 +1392,6 @@ int main(int argc, char **argv)
     rs_ctl_replay_init(&s.replay);
     s.seq = rs_now_us();
     link_init(&s.peer_link, "peer", s.peer, SENDER(s.id, CH_PEER), PEER_OUT_MAX, T_PEER);
-    link_init(&s.logger_link, "logger", s.logger, SENDER(s.id, CH_LOGGER), LOGGER_OUT_MAX, T_LOGGER);
 
     s.epfd = epoll_create1(EPOLL_CLOEXEC);
     if (s.epfd < 0 || (s.sfd = rs_signals_open()) < 0) {
@@ -1325,8 +1421,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-stated: cannot set up the event loop: %s\n", strerror(errno));
         return 1;
     }
-    if (s.has_logger)
-        link_connect(&s, &s.logger_link);
+    s.udp_fd = -1;
+    if (s.has_logger) {
+        struct sockaddr_in lsin = rs_addr_sin(s.logger);
+        s.fail_seq = rs_now_us();
+        s.udp_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (s.udp_fd < 0 || connect(s.udp_fd, (struct sockaddr *)&lsin, sizeof(lsin))
+            || pthread_create(&s.hb_thread, NULL, heartbeats, &s)) {
+            fprintf(stderr, "rs-stated: cannot start heartbeats to %s: %s\n", RS_A(s.logger), strerror(errno));
+            return 1;
+        }
+        s.hb_started = true;
+    }
     rs_log("start id=%u listen=%s app-socket=%s peer=%s logger=%s heartbeat=%" PRIu64 "us",
            s.id, RS_A(s.listen), s.app_path, s.has_peer ? RS_A(s.peer) : "none",
            s.has_logger ? RS_A(s.logger) : "none", s.heartbeat_ns / 1000);
@@ -1345,11 +1451,9 @@ int main(int argc, char **argv)
         free(cc->in);
         free(cc);
     }
-    for (struct link *l = &s.peer_link; l; l = l == &s.peer_link ? &s.logger_link : NULL) {
-        if (l->fd >= 0)
-            close(l->fd);
-        free(l->out);
-    }
+    if (s.peer_link.fd >= 0)
+        close(s.peer_link.fd);
+    free(s.peer_link.out);
     stats_print(&s);
     st_store_clear(&s.store);
     close(s.ctlfd);
