@@ -610,6 +610,10 @@ void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
         rec_fail(rec, -ENOTSUP);
         return;
     }
+    if (p->backends[p->alternate].fenced || pc->backend_idx == p->alternate) {
+        rec_fail(rec, -EHOSTDOWN);   /* no standby left to take the connection */
+        return;
+    }
     /* 2. Plan (the logger also brings the alternate's state up to TR and
      * replays [TR, TL]); it answers within the budget we give it. */
     req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
@@ -704,7 +708,7 @@ void rs_backend_failed(struct proxy *p, uint32_t id, const char *why)
     }
     if (!p->backends[idx].fenced)
         rs_log("failure backend_id=%u backend=%s why=%s conns=%u: fenced", id, RS_A(p->backends[idx].addr), why,
-               p->backends[idx].conns);
+               rs_pc_count(p, idx));
     p->backends[idx].fenced = true;
     /* 1. Fence first, in one pass: from now on nothing this backend sends
      * reaches any client, before any connection moves. */

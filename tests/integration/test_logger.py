@@ -68,15 +68,15 @@ if mode in ("listen", "stated"):
         c, _ = ls.accept()
         threading.Thread(target=serve, args=(c, ts, ta), daemon=True).start()
 elif mode in ("heartbeat", "failure"):
+    # As rs-stated sends them: one datagram per frame, to the control port's number.
     host, port = sys.argv[3].split(":")
-    s = socket.create_connection((host, int(port)))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     bid, count, gap = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
     for i in range(count):
         if mode == "heartbeat":
-            s.sendall(frame(1, struct.pack(">B3xIQ", 4, bid, int(time.time() * 1e6))))
+            s.sendto(frame(1, struct.pack(">B3xIQ", 4, bid, int(time.time() * 1e6)), 0x42000000 + bid), (host, int(port)))
         else:
-            s.sendall(frame(2, struct.pack(">IH2x", bid, 3)))
+            s.sendto(frame(2, struct.pack(">IH2x", bid, 3), 0x43000000 + bid), (host, int(port)))
         out("sent %d" % i)
         time.sleep(gap)
     time.sleep(0.5)
@@ -382,7 +382,8 @@ class TestLoggerLive(LoggerCase):
         px = self.py_peer("proxy", "proxyctl", "listen", 7070, ready="listening")
         lg = self.logger("--backend", f"1={PRIMARY}", "--backend", f"2={ALTERNATE}", "--proxy",
                          f"{PROXY}:7070", "--dead-after", "30ms")
-        # 30 heartbeats 10 ms apart from backend 1, then silence.
+        # Backend 2 beats for 3 s; backend 1 beats 30 times 10 ms apart, then falls silent.
+        hb2 = self.py_peer("alternate", "hb2", "heartbeat", f"{LOGGER}:7071", 2, 300, 0.01)
         hb = self.py_peer("primary", "hb", "heartbeat", f"{LOGGER}:7071", 1, 30, 0.01)
         hb.popen.wait(10)
         last = float(re.findall(r"^([\d.]+) sent 29$", hb.output(), re.M)[0])
@@ -393,22 +394,30 @@ class TestLoggerLive(LoggerCase):
         print(f"\nfailure detection: FAILURE at the proxy {delay_ms:.1f} ms after the last heartbeat")
         self.assertLess(delay_ms, 30 + 20)
         self.assertGreater(delay_ms, 25)
-        # Declared once; backend 2 never sent a heartbeat, so it is not failed.
+        # Declared once; backend 2 keeps beating, so it is not failed.
         time.sleep(0.3)
         self.assertEqual(px.output().count("frame type=2 "), 1)
-        # An EXITED report from a stated is forwarded at once, once.
-        fl = self.py_peer("alternate", "fail", "failure", f"{LOGGER}:7071", 2, 2, 0.05)
-        fl.popen.wait(10)
-        self.assertTrue(wait_until(lambda: px.output().count("frame type=2 ") == 2, 2), px.output())
-        time.sleep(0.2)
-        self.assertEqual(re.findall(r"frame type=2 payload=([0-9a-f]+)", px.output())[1], "00000002" "0003" "0000")
-        self.assertEqual(px.output().count("frame type=2 "), 2)
-        self.assertIn("already declared", self.log(lg))
-        # rs-ctl's heartbeat with a backend id revives backend 1.
+        # rs-ctl's heartbeat (a datagram) revives backend 1, then its silence
+        # is a failure again: backend 2's heartbeats still prove the path works.
         out = self.tb["primary"].cmd(f"{binary('rs-ctl')} --to {LOGGER}:7071 --key {self.key} heartbeat "
                                      "--backend-id 1")
-        self.assertIn("status=0", out)
-        self.assertTrue(wait_until(lambda: px.output().count("frame type=2 ") == 3, 2), self.log(lg))
+        self.assertIn("sent HEARTBEAT", out)
+        self.assertTrue(wait_until(lambda: px.output().count("frame type=2 ") == 2, 2), self.log(lg))
+        # Once every backend is silent there is no witness: the logger's own
+        # host or the network stalls, not the backends; nothing is declared.
+        hb2.popen.wait(10)
+        time.sleep(0.3)
+        self.assertEqual(px.output().count("frame type=2 "), 2, px.output())
+        self.assertIn("backend=2 silent for", self.log(lg))
+        self.assertIn("no other backend was heard since: not declared", self.log(lg))
+        # An EXITED report from a stated needs no witness: forwarded at once, once.
+        fl = self.py_peer("alternate", "fail", "failure", f"{LOGGER}:7071", 2, 2, 0.05)
+        fl.popen.wait(10)
+        self.assertTrue(wait_until(lambda: px.output().count("frame type=2 ") == 3, 2), px.output() + self.log(lg))
+        time.sleep(0.2)
+        self.assertEqual(re.findall(r"frame type=2 payload=([0-9a-f]+)", px.output())[2], "00000002" "0003" "0000")
+        self.assertEqual(px.output().count("frame type=2 "), 3)
+        self.assertIn("already declared", self.log(lg))
 
     def test_recover_plan_and_resend(self):
         self.app("primary")
