@@ -40,6 +40,48 @@ void rs_reasm_free(struct rs_reasm *s)
     memset(s, 0, sizeof(*s));
 }
 
+static size_t ring_idx__(const struct rs_reasm *s, int64_t off);
+
+int rs_reasm_grow(struct rs_reasm *s, size_t cap)
+{
+    struct rs_reasm_budget *b = s->budget;
+    size_t more, done = 0;
+    uint8_t *ring;
+
+    if (!s->ring || cap > RS_REASM_CAP_MAX)
+        return -EINVAL;
+    if (cap <= s->cap)
+        return 0;
+    more = cap - s->cap;
+    if (more > b->limit || b->used > b->limit - more) {
+        b->refused++;
+        return -ENOMEM;
+    }
+    if (!(ring = malloc(cap))) {
+        b->refused++;
+        return -ENOMEM;
+    }
+    /* Every byte keeps its stream offset: the window [released, released +
+     * old cap) moves to its places modulo the new capacity, in the few
+     * pieces where either ring wraps. */
+    while (done < s->cap) {
+        int64_t off = s->released + (int64_t)done;
+        size_t from = ring_idx__(s, off), to = (size_t)((uint64_t)off % cap);
+        size_t n = s->cap - done;
+        if (n > s->cap - from)
+            n = s->cap - from;
+        if (n > cap - to)
+            n = cap - to;
+        memcpy(ring + to, s->ring + from, n);
+        done += n;
+    }
+    free(s->ring);
+    s->ring = ring;
+    b->used += more;
+    s->cap = cap;
+    return 0;
+}
+
 int rs_reasm_set_base(struct rs_reasm *s, uint32_t seq)
 {
     if (!s->ring)

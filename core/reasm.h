@@ -101,6 +101,13 @@ int rs_reasm_init(struct rs_reasm *s, struct rs_reasm_budget *budget, size_t cap
  * stream whose init failed and on one already freed. */
 void rs_reasm_free(struct rs_reasm *s);
 
+/* Grows the ring of 's' to 'cap' bytes (from the same budget), keeping
+ * every logged byte readable at its seq: a stream starts small and grows
+ * only when its unreleased bytes need it.  Returns 0 (also when 'cap' is
+ * not larger than now), -EINVAL when 'cap' is above RS_REASM_CAP_MAX or 's'
+ * has no ring, or -ENOMEM when the budget (or malloc) refuses; 's' is then
+ * unchanged. */
+int rs_reasm_grow(struct rs_reasm *s, size_t cap);
 /* Declares 'seq' the stream's first byte (the SYN's seq + 1).
  * Returns 0, -EALREADY when the base is already set (explicitly or by a
  * first segment), or -EINVAL when 's' has no ring. */

@@ -35,7 +35,7 @@ def binary(name):
 
 class Stack:
     def __init__(self, tb, run_dir, recovery=True, app_args=(), logger_args=(), proxy_args=(),
-                 heartbeat="10ms", dead_after="30ms", front=None, app_host_args=None):
+                 heartbeat="10ms", dead_after="100ms", front=None, app_host_args=None):
         self.tb, self.dir, self.recovery = tb, run_dir, recovery
         self.app_args, self.logger_args, self.proxy_args = list(app_args), list(logger_args), list(proxy_args)
         self.heartbeat, self.dead_after = heartbeat, dead_after

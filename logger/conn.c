@@ -213,31 +213,20 @@ static void on_http(void *arg, struct rs_http_conn *hc, const struct rs_http_txn
 
 /* ---- streams ------------------------------------------------------------ */
 
-/* Sets up rings and parser once both ISNs are known.  A tight budget gets a
- * smaller ring rather than no log at all. */
+/* Sets up rings (small: they grow on demand) and parser once both ISNs are known. */
 static void conn_start(struct logger *lg, struct lg_conn *c)
 {
-    size_t cap = lg->ring;
-    int e = 0;
+    size_t cap = lg->ring < LG_RING_MIN ? lg->ring : LG_RING_MIN;
+    int e;
 
-    for (;;) {
-        e = rs_reasm_init(&c->rs[LG_REQ], &lg->budget, cap);
-        if (!e && !(e = rs_reasm_init(&c->rs[LG_RESP], &lg->budget, cap)))
-            break;
+    if ((e = rs_reasm_init(&c->rs[LG_REQ], &lg->budget, cap)) || (e = rs_reasm_init(&c->rs[LG_RESP], &lg->budget, cap))) {
         rs_reasm_free(&c->rs[LG_REQ]);
         rs_reasm_free(&c->rs[LG_RESP]);
-        if (e != -ENOMEM || cap / 2 < LG_RING_MIN)
-            break;
-        cap /= 2;
-    }
-    if (e) {
         c->nl = LG_NL_NOMEM;
         lg->s.nl_nomem++;
         rs_log("not-loggable client=%s reason=%s budget_used=%zu", cid(c), lg_nl_str(c->nl), lg->budget.used);
         return;
     }
-    if (cap != lg->ring)
-        lg->s.rings_shrunk++;
     rs_reasm_set_base(&c->rs[LG_REQ], c->isn[LG_REQ] + 1);
     rs_reasm_set_base(&c->rs[LG_RESP], c->isn[LG_RESP] + 1);
     rs_http_conn_init(&c->http, c->ip, c->port, c->isn[LG_REQ], c->isn[LG_RESP]);
@@ -368,6 +357,16 @@ static void add_bytes(struct logger *lg, struct lg_conn *c, int d, uint32_t seq,
     if (r == -ENOBUFS) {
         /* What fitted is stored; make room and offer the rest again. */
         release(lg, c, d);
+        r = rs_reasm_add(&c->rs[d], seq, data, len);
+    }
+    /* Still full of bytes recovery may need: a bigger ring, up to --ring. */
+    while (r == -ENOBUFS && c->rs[d].cap < lg->ring) {
+        size_t cap = c->rs[d].cap * 2 < lg->ring ? c->rs[d].cap * 2 : lg->ring;
+        if (rs_reasm_grow(&c->rs[d], cap)) {
+            lg->s.rings_full++;
+            break;
+        }
+        lg->s.rings_grown++;
         r = rs_reasm_add(&c->rs[d], seq, data, len);
     }
     if (r == -ENOBUFS || r == -ENOSPC)

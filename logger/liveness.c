@@ -80,6 +80,8 @@ static void on_heartbeat(struct lg_live *lv, const struct rs_ctl_heartbeat *h)
         rs_log("backend=%u first heartbeat", b->id);
     else if (now - b->last_ns > b->max_gap_ns)
         b->max_gap_ns = now - b->last_ns;
+    if (b->seen && now - b->last_ns > lg->dead_after_ns / 2)
+        rs_log("heartbeat-gap backend=%u us=%" PRIu64, b->id, (now - b->last_ns) / 1000);
     if (b->failed)
         rs_log("backend=%u heartbeats resumed (the proxy keeps it fenced until it is readmitted)", b->id);
     else if (b->uncorroborated)

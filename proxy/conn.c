@@ -364,15 +364,28 @@ static void on_map_done(struct rs_ctl_call *call, int err, const struct rs_ctl_m
 {
     struct pconn *pc = call->ctx;
     struct proxy *p = pc->p;
+    int idx = pc->backend_idx;
 
     if (!err && reply->u.ack.status)
         err = reply->u.ack.status;
-    if (err) {
-        p->st.conn_map_errors++;
-        rs_log("conn-map id=%" PRIu64 " backend=%s failed: %s (transaction ids there will not match)", pc->id,
-               RS_A(pc->backend), strerror(-err));
+    if (!err) {
+        connect_backend(p, pc);
+        return;
     }
-    connect_backend(p, pc);
+    p->st.conn_map_errors++;
+    rs_log("conn-map id=%" PRIu64 " backend=%s failed: %s", pc->id, RS_A(pc->backend), strerror(-err));
+    /* Its rs-stated has no application: the backend's process is gone. */
+    if (err == -ENOTCONN && p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
+        rs_backend_failed(p, p->backends[idx].id, "no-application");
+        return;
+    }
+    /* Its rs-stated does not answer (host down, cut off): nothing was sent
+     * to the backend yet, so the alternate can take the request. */
+    if (err == -ETIMEDOUT || err == -ECONNREFUSED || err == -ECONNRESET || err == -EHOSTUNREACH) {
+        rs_pc_redispatch(p, pc, "stated-unreachable");
+        return;
+    }
+    connect_backend(p, pc);   /* transaction ids there will not match */
 }
 
 void rs_pc_start_backend(struct proxy *p, struct pconn *pc)
@@ -396,7 +409,7 @@ void rs_pc_start_backend(struct proxy *p, struct pconn *pc)
     pc->bio.fd = fd;
     /* The backend must know whose requests these are before it accepts. */
     pc->phase = PC_MAP;
-    e = rs_conn_map(p, idx, pc->local, pc->client, 0, 0, &pc->map_call, on_map_done, pc);
+    e = rs_conn_map(p, idx, pc->local, pc->client, 0, 0, p->connect_ns, &pc->map_call, on_map_done, pc);
     if (e == -ENOTCONN && !p->stated_port) {
         connect_backend(p, pc);
     } else if (e) {
@@ -624,7 +637,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
     }
     if (p->nosplice || pc->client_eof)
         return;
-    e = try_splice(p, pc);
+    e = rs_now_us() - pc->t_accept_us >= p->relay_first_ns / 1000 ? try_splice(p, pc) : 0;
     if (e < 0) {
         rs_log("splice id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
         rs_pc_close(p, pc, "splice-failed", true);

@@ -163,6 +163,8 @@ static void usage(FILE *f)
         "  --linger DUR       keep a closed connection's entries this long (default 2s)\n"
         "  --connect-timeout DUR  give up connecting to a backend (then: the alternate) (default 500ms)\n"
         "  --no-splice        relay in user space only (baseline, debugging)\n"
+        "  --relay-first DUR  relay each new connection in user space at least this long before\n"
+        "                     splicing it (default 0: as soon as both sides are quiet; tests)\n"
         "Failover (docs/recovery.md):\n"
         "  --backend [ID=]ADDR:PORT  backend ids default to 1, 2, ... in order\n"
         "  --alternate [ID=]ADDR:PORT  the backend that takes over failed connections\n"
@@ -257,12 +259,13 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         } else if (!strcmp(a, "--key")) {
             keyfile = v;
         } else if (!strcmp(a, "--idle") || !strcmp(a, "--half-open") || !strcmp(a, "--linger")
-                   || !strcmp(a, "--connect-timeout") || !strcmp(a, "--recovery-timeout")) {
-            if (rs_parse_duration(v, &ns) || !ns)
+                   || !strcmp(a, "--connect-timeout") || !strcmp(a, "--recovery-timeout")
+                   || !strcmp(a, "--relay-first")) {
+            if (rs_parse_duration(v, &ns) || (!ns && strcmp(a, "--relay-first")))
                 goto bad;
             *(!strcmp(a, "--idle") ? &p->idle_ns : !strcmp(a, "--half-open") ? &p->half_open_ns
               : !strcmp(a, "--linger") ? &p->linger_ns : !strcmp(a, "--connect-timeout") ? &p->connect_ns
-              : &p->recovery_ns) = ns;
+              : !strcmp(a, "--relay-first") ? &p->relay_first_ns : &p->recovery_ns) = ns;
         } else {
             fprintf(stderr, "rs-proxy: unknown option %s\n", a);
             usage(stderr);
@@ -283,7 +286,6 @@ bad:
                                .role = ROLE_ALTERNATE };
         p->alternate = p->nbackends++;
     }
-    p->step_ns = p->recovery_ns;
     if (p->logger.port && !p->logger_resend.port)
         p->logger_resend = (struct rs_addr){ p->logger.ip, 7072 };
     if (p->logger.port && (!keyfile || !alt.port)) {

@@ -101,7 +101,7 @@ struct proxy {
     bool sticky, nosplice;
     char cookie_name[64];
     char ifname[IF_NAMESIZE];
-    uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, step_ns;
+    uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns;
     struct rs_loop loop;
     struct rs_io lio, eio;        /* the VIP's listening socket, the splicer's events */
     struct rs_timer reap_timer;
@@ -217,10 +217,11 @@ unsigned rs_pc_count(struct proxy *p, int idx);
 
 /* Tells the rs-stated of backend 'b' that the connection from 'peer' carries
  * client 'client''s requests from number 'next_num' ('flags':
- * RS_CTL_CONN_MAP_*); 'done' hears the ACK.  Returns 0 or -errno (done is
- * then not called); without --stated-port it returns -ENOTCONN. */
+ * RS_CTL_CONN_MAP_*); 'done' hears the ACK, or the time-out after
+ * 'timeout_ns'.  Returns 0 or -errno (done is then not called); without
+ * --stated-port it returns -ENOTCONN. */
 int rs_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
-                uint8_t flags, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx);
+                uint8_t flags, uint64_t timeout_ns, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx);
 /* Moves spliced connection 'pc' to 'target' so the target's first request
  * byte is client byte 'q' and its first response byte lands at client-side
  * response byte 'r' (both 0: where the streams stand now).  Asynchronous:

@@ -89,14 +89,14 @@ int rs_backend_index(struct proxy *p, uint32_t id)
 }
 
 int rs_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
-                uint8_t flags, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx)
+                uint8_t flags, uint64_t timeout_ns, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_CONN_MAP };
 
     if (!p->stated_port || b < 0)
         return -ENOTCONN;
     m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, next_num, flags };
-    return rs_ctl_call(&p->backends[b].stated, &m, RS_CTL_ACK, call, p->step_ns, done, ctx);
+    return rs_ctl_call(&p->backends[b].stated, &m, RS_CTL_ACK, call, timeout_ns, done, ctx);
 }
 
 /* ---- the move primitive ---------------------------------------------------------- */
@@ -291,8 +291,8 @@ static void move_start(struct recovery *rec, struct rs_addr target, int target_i
     mv->kn = rs_flow_key_from(target, mv->local);
     mv->step = MV_MAP;
     if (map && p->stated_port) {
-        e = rs_conn_map(p, target_idx, mv->local, pc->client, next_num, RS_CTL_CONN_MAP_RERUN, &mv->call,
-                        on_move_map, rec);
+        e = rs_conn_map(p, target_idx, mv->local, pc->client, next_num, RS_CTL_CONN_MAP_RERUN, p->recovery_ns,
+                        &mv->call, on_move_map, rec);
         if (e)
             move_fail(rec, e);
         return;

@@ -513,7 +513,7 @@ class ResplicedRoundcube:
     on the same testbed (fresh databases; the mail store and rs-auxlog stay
     unless given here).  Both backends are warmed up first (warm())."""
 
-    def __init__(self, tb, run_dir, crash_at=None, auxlog=True, dead_after="30ms", mailstore=None, aux=None,
+    def __init__(self, tb, run_dir, crash_at=None, auxlog=True, dead_after="100ms", mailstore=None, aux=None,
                  warm=True):
         from emul.stack import Stack
         self.tb, self.dir, self.crash_at, self.warm_first = tb, os.path.abspath(run_dir), crash_at, warm

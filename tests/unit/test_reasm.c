@@ -57,6 +57,58 @@ static void open_stream(struct rs_reasm_budget *b, struct rs_reasm *s, size_t ca
     assert_int_equal(rs_reasm_set_base(s, base), 0);
 }
 
+/* A ring grown mid-stream (wrapped, with a hole and an out-of-order range
+ * beyond it, near the seq wrap) keeps every byte readable at its seq, takes
+ * more unreleased bytes, and charges the budget only the difference. */
+static void grow_keeps_bytes(void **state)
+{
+    struct rs_reasm_budget b;
+    struct rs_reasm s;
+    uint32_t base = 0xffffff00u;
+
+    (void)state;
+    open_stream(&b, &s, 4096, base);
+    assert_int_equal(add_pat(&s, 7, 0, 3000), 3000);
+    assert_int_equal(rs_reasm_release(&s, base + 2500), 2500);
+    assert_int_equal(add_pat(&s, 7, 3000, 3000), 3000);       /* wraps the 4 KB ring */
+    assert_int_equal(add_pat(&s, 7, 6400, 100), 100);        /* beyond a hole */
+    assert_int_equal(add_pat(&s, 7, 6500, 200), -ENOBUFS);   /* full at 2500 + 4096 = 6596: 96 stored */
+    assert_int_equal(rs_reasm_grow(&s, 2048), 0);            /* not larger: nothing happens */
+    assert_int_equal(s.cap, 4096);
+    assert_int_equal(rs_reasm_grow(&s, 10000), 0);
+    assert_int_equal(s.cap, 10000);
+    assert_int_equal(b.used, 10000);
+    expect_pat(&s, 7, 2500, 3500);
+    assert_int_equal(add_pat(&s, 7, 6000, 400), 400);        /* fills the hole */
+    expect_pat(&s, 7, 2500, 4000);
+    assert_int_equal(add_pat(&s, 7, 6500, 5000), 5000 - 96); /* what did not fit before */
+    expect_pat(&s, 7, 2500, 9000);
+    assert_int_equal(rs_reasm_read(&s, base + 2499, 10, (uint8_t[10]){ 0 }), -ESTALE);
+    rs_reasm_free(&s);
+    assert_int_equal(b.used, 0);
+}
+
+static void grow_refused_leaves_stream(void **state)
+{
+    struct rs_reasm_budget b;
+    struct rs_reasm s;
+
+    (void)state;
+    rs_reasm_budget_init(&b, 8192);
+    assert_int_equal(rs_reasm_init(&s, &b, 4096), 0);
+    assert_int_equal(rs_reasm_set_base(&s, 1), 0);
+    assert_int_equal(add_pat(&s, 3, 0, 4000), 4000);
+    assert_int_equal(rs_reasm_grow(&s, 8193), -ENOMEM);      /* the budget has 4096 left */
+    assert_int_equal(b.refused, 1);
+    assert_int_equal(s.cap, 4096);
+    expect_pat(&s, 3, 0, 4000);
+    assert_int_equal(rs_reasm_grow(&s, RS_REASM_CAP_MAX + 1ull), -EINVAL);
+    assert_int_equal(rs_reasm_grow(&s, 8192), 0);
+    assert_int_equal(b.used, 8192);
+    expect_pat(&s, 3, 0, 4000);
+    rs_reasm_free(&s);
+}
+
 static void init_rejects_bad_args(void **state)
 {
     struct rs_reasm_budget b;
@@ -675,6 +727,8 @@ int main(void)
         cmocka_unit_test(range_list_overflow_refuses),
         cmocka_unit_test(rejects_malformed_segments),
         cmocka_unit_test(matches_reference_model),
+        cmocka_unit_test(grow_keeps_bytes),
+        cmocka_unit_test(grow_refused_leaves_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
