@@ -93,6 +93,13 @@ class Stack:
         with open(self.d[name].err) as f:
             return f.read()
 
+    def stop(self):
+        """Stops every daemon of the stack (SIGTERM; the testbed lives on),
+        so that a driver can start a fresh stack for its next trial."""
+        for d in reversed(list(self.d.values())):
+            self.tb.stop(d)
+        self.d = {}
+
     def kill_primary(self):
         """SIGKILLs the primary's rs-app (a process crash; in front mode the
         front, the application behind it lives on)."""

@@ -290,6 +290,13 @@ class Testbed:
                 h.cmd(f"ip link set dev {intf.name} down")
         return t
 
+    def host_up(self, host):
+        """Brings 'host''s interfaces back up after host_down()."""
+        h = self.net[host] if isinstance(host, str) else host
+        for intf in h.intfList():
+            if intf.name != "lo":
+                h.cmd(f"ip link set dev {intf.name} up")
+
     def crash_at(self, delay_s, action, *args):
         """Runs action(*args) 'delay_s' seconds from now, in the background."""
         t = threading.Timer(delay_s, action, args)

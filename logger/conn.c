@@ -4,8 +4,11 @@
  * tags them, tracks AckcL and FIN/RST, and releases what recovery can no
  * longer need.
  *
+ * Rings start at 64k and double up to --ring.  While under half the
+ * memory budget is in use a full ring grows before it releases (old bytes
+ * stay readable for labs and dumps); past that it releases first.
  * Release policy (bounded memory, see LG_KEEP_TXNS), applied when a ring
- * is three quarters full or refuses bytes:
+ * is three quarters full (and may not grow) or refuses bytes:
  *   - response bytes are released up to AckcL: the logger only ever resends
  *     [AckcL, AckTL + p), and a replayed transaction's response is discarded;
  *   - request bytes are kept for the last LG_KEEP_TXNS transactions, and
@@ -348,27 +351,46 @@ static void release(struct logger *lg, struct lg_conn *c, int d)
     }
 }
 
+/* Memory is plentiful while under half the budget is in use: rings then
+ * grow before they release, so acknowledged bytes stay readable (labs, the
+ * resend port, --dump); past that they release first, so idle connections'
+ * old bytes never keep a new connection from being logged. */
+static bool plentiful(const struct logger *lg)
+{
+    return lg->budget.used < lg->budget.limit / 2;
+}
+
+/* Doubles the ring of direction 'd' (up to --ring).  Returns true when it grew. */
+static bool grow(struct logger *lg, struct lg_conn *c, int d)
+{
+    size_t cap = c->rs[d].cap * 2 < lg->ring ? c->rs[d].cap * 2 : lg->ring;
+
+    if (c->rs[d].cap >= lg->ring)
+        return false;
+    if (rs_reasm_grow(&c->rs[d], cap)) {
+        lg->s.rings_full++;
+        return false;
+    }
+    lg->s.rings_grown++;
+    return true;
+}
+
 static void add_bytes(struct logger *lg, struct lg_conn *c, int d, uint32_t seq, const uint8_t *data, uint32_t len)
 {
     const struct rs_reasm_stats *st = rs_reasm_stats(&c->rs[d]);
     uint64_t conflicts = st->segs_conflict;
     int r = rs_reasm_add(&c->rs[d], seq, data, len);
 
+    /* What fitted is stored; make room and offer the rest again. */
+    while (r == -ENOBUFS && plentiful(lg) && grow(lg, c, d))
+        r = rs_reasm_add(&c->rs[d], seq, data, len);
     if (r == -ENOBUFS) {
-        /* What fitted is stored; make room and offer the rest again. */
         release(lg, c, d);
         r = rs_reasm_add(&c->rs[d], seq, data, len);
     }
     /* Still full of bytes recovery may need: a bigger ring, up to --ring. */
-    while (r == -ENOBUFS && c->rs[d].cap < lg->ring) {
-        size_t cap = c->rs[d].cap * 2 < lg->ring ? c->rs[d].cap * 2 : lg->ring;
-        if (rs_reasm_grow(&c->rs[d], cap)) {
-            lg->s.rings_full++;
-            break;
-        }
-        lg->s.rings_grown++;
+    while (r == -ENOBUFS && grow(lg, c, d))
         r = rs_reasm_add(&c->rs[d], seq, data, len);
-    }
     if (r == -ENOBUFS || r == -ENOSPC)
         set_inc(c, LG_INC_REFUSED, d, seq, r == -ENOBUFS ? "ring full" : "too many holes");
     else if (r == -EINVAL)
@@ -451,7 +473,7 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
     }
     pump(lg, c);
     for (int k = 0; k < 2; k++)
-        if (held(&c->rs[k]) > c->rs[k].cap / 4 * 3)
+        if (held(&c->rs[k]) > c->rs[k].cap / 4 * 3 && (!plentiful(lg) || c->rs[k].cap >= lg->ring))
             release(lg, c, k);
 }
 

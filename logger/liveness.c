@@ -22,6 +22,8 @@
 
 #define REPORTS_MAX 256
 #define LIVE_PRIO 20     /* SCHED_FIFO priority: above any time-shared task, below kernel threads */
+#define GAP_WINDOW_NS (5000ull * 1000000u)   /* how long a long gap keeps the bound stretched */
+#define STRETCH_MAX 10   /* the stretched bound stays below this many --dead-after */
 
 struct lg_live {
     struct logger *lg;
@@ -34,6 +36,10 @@ struct lg_live {
     struct rs_ctl_replay replay;
     uint64_t seq;
     uint64_t tick_ns;
+    /* The longest heartbeat gap of any backend in this and the last window:
+     * a loaded host delays every heartbeat, so silence must exceed twice
+     * what was recently normal before it means anything. */
+    uint64_t gap_cur_ns, gap_prev_ns, window_end_ns;
     pthread_mutex_t mu;           /* guards the fields below */
     struct rs_ctl_msg reports[REPORTS_MAX];
     unsigned n_reports;
@@ -80,6 +86,8 @@ static void on_heartbeat(struct lg_live *lv, const struct rs_ctl_heartbeat *h)
         rs_log("backend=%u first heartbeat", b->id);
     else if (now - b->last_ns > b->max_gap_ns)
         b->max_gap_ns = now - b->last_ns;
+    if (b->seen && !b->failed && now - b->last_ns > lv->gap_cur_ns)
+        lv->gap_cur_ns = now - b->last_ns;
     if (b->seen && now - b->last_ns > lg->dead_after_ns / 2)
         rs_log("heartbeat-gap backend=%u us=%" PRIu64, b->id, (now - b->last_ns) / 1000);
     if (b->failed)
@@ -168,15 +176,17 @@ static void on_wake(struct rs_io *io, uint32_t events)
         rs_loop_stop(&lv->loop);
 }
 
-/* Silence proves a backend dead only when the path it would use is shown
- * to work: another backend was heard after this one's deadline.  When every
+/* Silence proves a backend dead only when it lasts beyond 'bound' (the
+ * configured --dead-after, stretched to twice the longest gap seen lately)
+ * and the path it would use is shown to work: another backend was heard
+ * after this one's deadline.  When every
  * backend falls silent at once, the logger's host or the network is what
  * stalls (a busy machine defers packet processing), not the backends; and a
  * lone backend has no witness at all: hung or cut-off lone backends are
  * found by the stall detector (a response owed and not sent) instead. */
-static bool corroborated(const struct logger *lg, const struct lg_backend *b)
+static bool corroborated(const struct logger *lg, const struct lg_backend *b, uint64_t bound)
 {
-    uint64_t deadline = b->last_ns + lg->dead_after_ns;
+    uint64_t deadline = b->last_ns + bound;
 
     for (int i = 0; i < lg->nbackends; i++) {
         const struct lg_backend *o = &lg->backends[i];
@@ -192,14 +202,25 @@ static void on_tick(struct rs_timer *t)
     struct logger *lg = lv->lg;
     uint64_t now;
 
+    uint64_t bound, recent;
+
     /* Judge only after reading what has arrived. */
     drain_udp(lv);
     now = rs_mono_ns();
+    if (now >= lv->window_end_ns) {
+        lv->gap_prev_ns = lv->gap_cur_ns;
+        lv->gap_cur_ns = 0;
+        lv->window_end_ns = now + GAP_WINDOW_NS;
+    }
+    recent = lv->gap_cur_ns > lv->gap_prev_ns ? lv->gap_cur_ns : lv->gap_prev_ns;
+    bound = 2 * recent > lg->dead_after_ns ? 2 * recent : lg->dead_after_ns;
+    if (bound > STRETCH_MAX * lg->dead_after_ns)
+        bound = STRETCH_MAX * lg->dead_after_ns;
     for (int i = 0; i < lg->nbackends; i++) {
         struct lg_backend *b = &lg->backends[i];
-        if (!b->seen || b->failed || now - b->last_ns <= lg->dead_after_ns)
+        if (!b->seen || b->failed || now - b->last_ns <= bound)
             continue;
-        if (!corroborated(lg, b)) {
+        if (!corroborated(lg, b, bound)) {
             if (!b->uncorroborated++)
                 rs_log("backend=%u silent for %" PRIu64 " us but no other backend was heard since: not declared",
                        b->id, (now - b->last_ns) / 1000);
@@ -207,7 +228,8 @@ static void on_tick(struct rs_timer *t)
         }
         b->failed = true;
         __atomic_add_fetch(&lg->s.failures_declared, 1, __ATOMIC_RELAXED);
-        rs_log("backend-failed backend=%u reason=timeout silent_us=%" PRIu64, b->id, (now - b->last_ns) / 1000);
+        rs_log("backend-failed backend=%u reason=timeout silent_us=%" PRIu64 " bound_us=%" PRIu64, b->id,
+               (now - b->last_ns) / 1000, bound / 1000);
         forward_failure(lv, b->id, RS_CTL_FAIL_TIMEOUT);
     }
     rs_timer_after(&lv->loop, t, lv->tick_ns);
