@@ -4,11 +4,11 @@
  * tags them, tracks AckcL and FIN/RST, and releases what recovery can no
  * longer need.
  *
- * Rings start at 64k and double up to --ring.  While under half the
- * memory budget is in use a full ring grows before it releases (old bytes
- * stay readable for labs and dumps); past that it releases first.
+ * Rings start at 64k and double, up to --ring, only when the bytes a
+ * recovery may still need do not fit (growing copies: measured, a grow-first
+ * policy made the capture drop frames at 200 concurrent downloads).
  * Release policy (bounded memory, see LG_KEEP_TXNS), applied when a ring
- * is three quarters full (and may not grow) or refuses bytes:
+ * is three quarters full or refuses bytes:
  *   - response bytes are released up to AckcL: the logger only ever resends
  *     [AckcL, AckTL + p), and a replayed transaction's response is discarded;
  *   - request bytes are kept for the last LG_KEEP_TXNS transactions, and
@@ -326,6 +326,11 @@ static void release(struct logger *lg, struct lg_conn *c, int d)
             return;
         upto = rs_seq_min(c->ack_cl, rs_http_next_seq(&c->http, RS_DIR_RESP));
         upto = rs_seq_min(upto, rs_reasm_contig_seq(r));
+        /* Down to half full only: the newest acknowledged bytes stay
+         * readable (labs, the resend port) at no extra cost. */
+        upto = rs_seq_min(upto, rs_reasm_contig_seq(r) - (uint32_t)(r->cap / 2));
+        if (rs_seq_le(upto, rs_reasm_released_seq(r)))
+            return;
     } else {
         for (uint32_t keep = LG_KEEP_TXNS;; keep = 1) {
             while (first + keep < n && first < done && (t = rs_http_txn_get(&c->http, first)) && c->has_ack
@@ -351,15 +356,6 @@ static void release(struct logger *lg, struct lg_conn *c, int d)
     }
 }
 
-/* Memory is plentiful while under half the budget is in use: rings then
- * grow before they release, so acknowledged bytes stay readable (labs, the
- * resend port, --dump); past that they release first, so idle connections'
- * old bytes never keep a new connection from being logged. */
-static bool plentiful(const struct logger *lg)
-{
-    return lg->budget.used < lg->budget.limit / 2;
-}
-
 /* Doubles the ring of direction 'd' (up to --ring).  Returns true when it grew. */
 static bool grow(struct logger *lg, struct lg_conn *c, int d)
 {
@@ -382,8 +378,6 @@ static void add_bytes(struct logger *lg, struct lg_conn *c, int d, uint32_t seq,
     int r = rs_reasm_add(&c->rs[d], seq, data, len);
 
     /* What fitted is stored; make room and offer the rest again. */
-    while (r == -ENOBUFS && plentiful(lg) && grow(lg, c, d))
-        r = rs_reasm_add(&c->rs[d], seq, data, len);
     if (r == -ENOBUFS) {
         release(lg, c, d);
         r = rs_reasm_add(&c->rs[d], seq, data, len);
@@ -473,7 +467,7 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
     }
     pump(lg, c);
     for (int k = 0; k < 2; k++)
-        if (held(&c->rs[k]) > c->rs[k].cap / 4 * 3 && (!plentiful(lg) || c->rs[k].cap >= lg->ring))
+        if (held(&c->rs[k]) > c->rs[k].cap / 4 * 3)
             release(lg, c, k);
 }
 
