@@ -43,7 +43,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
 
-.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-roundcube figures experiment-lan experiment-wan clean
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -116,8 +116,16 @@ emul-check: all
 bench-emul: all
 	@$(PYTHON) emul/bench_emul.py --build $(BUILD)
 
+# Masked fraction, false failovers and the client's extra stall for a crash
+# of the primary at a random moment (none/process/host/hang, with and
+# without a CPU hog; TRIALS=, KINDS=, HOG=0|1|both).
 bench-failover: all
 	@$(PYTHON) experiments/bench_failover.py --build $(BUILD)
+
+# N = 1, 10, 100, 1000 clients mid-download when the primary dies
+# (SCALE_N=, FAULTS=process,host).
+bench-scale: all
+	@$(PYTHON) experiments/bench_scale.py --build $(BUILD)
 
 # Roundcube direct vs through resplice, and failover at every crash point
 # (TRIALS=, QUICK=1, MID=1: see experiments/bench_roundcube.py).

@@ -94,7 +94,7 @@ static inline bool rs_io_active(const struct rs_io *io) { return io->on; }
 void rs_timer_init(struct rs_timer *t, rs_timer_fn fn, void *ctx);
 /* (Re)arms 't' for monotonic time 'when_ns'. */
 void rs_timer_at(struct rs_loop *l, struct rs_timer *t, uint64_t when_ns);
-/* (Re)arms 't' for 'delay_ns' after the current wake-up. */
+/* (Re)arms 't' for 'delay_ns' from now. */
 void rs_timer_after(struct rs_loop *l, struct rs_timer *t, uint64_t delay_ns);
 /* Disarms 't' (a no-op when it is not armed). */
 void rs_timer_stop(struct rs_loop *l, struct rs_timer *t);

@@ -287,10 +287,6 @@ static void pump(struct logger *lg, struct lg_conn *c)
             if (n <= 0)
                 break;   /* a stalled response (0) or an error the callback reported */
             c->bytes[d] += (uint64_t)n;
-            if (d == LG_RESP) {
-                c->progress_ns = c->last_ns;
-                c->suspected = false;
-            }
         }
     }
     for (int d = 0; d < 2; d++) {
@@ -459,6 +455,12 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
     if (d == LG_RESP && (flags & TH_ACK) && (!c->has_ack_srv || rs_seq_gt(ack, c->ack_srv))) {
         c->has_ack_srv = true;
         c->ack_srv = ack;
+    }
+    if (len && d == LG_RESP) {
+        /* Any response segment, even one the log already has (an alternate
+         * regenerating bytes the client holds), shows the server at work. */
+        c->progress_ns = now;
+        c->suspected = false;
     }
     if (len) {
         add_bytes(lg, c, d, seq, data, len);

@@ -128,6 +128,7 @@ struct logger {
     uint64_t dead_after_ns, linger_ns, stall_after_ns;
     size_t ring;
     unsigned max_conns;
+    int nice;
     struct rs_tags *tags;
     /* state */
     struct rs_reasm_budget budget;

@@ -65,6 +65,18 @@ struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client)
     return NULL;
 }
 
+uint64_t rs_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc)
+{
+    struct rs_flow_key kb = rs_key_b(pc);
+    struct rs_flow_info fb;
+    uint64_t now;
+
+    if (!p->sp || !pc->backend.ip || rs_splicer_get(p->sp, &kb, &fb) || !fb.t.last_ns)
+        return 0;
+    now = rs_mono_ns();
+    return now > fb.t.last_ns ? (now - fb.t.last_ns) / 1000000 : 0;
+}
+
 unsigned rs_pc_count(struct proxy *p, int idx)
 {
     unsigned n = 0;
@@ -272,29 +284,53 @@ static int pick_backend(struct proxy *p, struct pconn *pc)
 
 /* ---- backend connection -------------------------------------------------- */
 
+#define BIND_TRIES 32
+
 int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local)
 {
     struct sockaddr_in me = rs_addr_sin((struct rs_addr){ p->listen.ip, 0 });
-    struct rs_flow_key k;
-    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), e;
-    struct sockaddr_in s;
-    socklen_t len = sizeof(s);
+    int taken[BIND_TRIES], ntaken = 0, fd = -1, e = -EADDRINUSE;
 
-    if (fd < 0)
-        return -errno;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&me, sizeof(me)) || getsockname(fd, (struct sockaddr *)&s, &len)) {
-        e = -errno;
-        close(fd);
-        return e;
+    /* A spliced connection's socket is closed, so the kernel may hand its
+     * port out again; to the same backend that is the same 4-tuple, and the
+     * new entry would take the live splice's segments.  Ports a splice still
+     * uses are refused (held open meanwhile, so the kernel picks others). */
+    while (ntaken < BIND_TRIES) {
+        struct sockaddr_in s;
+        socklen_t len = sizeof(s);
+        struct rs_flow_info f;
+        struct rs_flow_key k;
+        int one = 1;
+
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            e = -errno;
+            break;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&me, sizeof(me)) || getsockname(fd, (struct sockaddr *)&s, &len)) {
+            e = -errno;
+            close(fd);
+            fd = -1;
+            break;
+        }
+        *local = rs_addr_of_sin(&s);
+        k = rs_flow_key_from(to, *local);
+        if (!p->sp || rs_splicer_get(p->sp, &k, &f)) {
+            e = p->sp ? rs_splicer_watch(p->sp, &k, id) : 0;
+            if (e) {
+                close(fd);
+                fd = -1;
+            }
+            break;
+        }
+        p->st.port_clashes++;
+        taken[ntaken++] = fd;
+        fd = -1;
     }
-    *local = rs_addr_of_sin(&s);
-    k = rs_flow_key_from(to, *local);
-    if (p->sp && (e = rs_splicer_watch(p->sp, &k, id)) != 0) {
-        close(fd);
-        return e;
-    }
-    return fd;
+    while (ntaken)
+        close(taken[--ntaken]);
+    return fd >= 0 ? fd : e;
 }
 
 int rs_connect_start(int fd, struct rs_addr to)

@@ -46,11 +46,12 @@ static void print_stats(void *ctx)
            " resplices=%" PRIu64 " resplice_errors=%" PRIu64 " ctl_rejected=%" PRIu64 " backend_errors=%" PRIu64
            " conn_map_errors=%" PRIu64 " failures=%" PRIu64 " suspects=%" PRIu64 " recovering=%u recovered=%" PRIu64
            " unrecoverable=%" PRIu64 " legit_closes=%" PRIu64 " redispatched=%" PRIu64 " resets_sent=%" PRIu64
-           " fenced_drops=%" PRIu64 "\n", p->st.accepted, p->st.spliced, p->st.splice_retries, p->st.closed_early,
+           " fenced_drops=%" PRIu64 " port_clashes=%" PRIu64 "\n", p->st.accepted, p->st.spliced, p->st.splice_retries, p->st.closed_early,
            p->st.fins, p->st.resets, p->st.reaped_idle, p->st.reaped_half_open, p->st.resplices,
            p->st.resplice_errors, p->ctlsrv.rejected + p->st.ctl_rejected, p->st.backend_errors,
            p->st.conn_map_errors, p->st.failures, p->st.suspects, p->recovering, p->st.recovered,
-           p->st.unrecoverable, p->st.legit_closes, p->st.redispatched, p->st.resets_sent, p->st.fenced_drops);
+           p->st.unrecoverable, p->st.legit_closes, p->st.redispatched, p->st.resets_sent, p->st.fenced_drops,
+           p->st.port_clashes);
     fflush(stdout);
 }
 
@@ -111,12 +112,17 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     case RS_CTL_SUSPECT: {
         struct rs_addr client = { m->u.suspect.client.ip4, m->u.suspect.client.port };
         struct pconn *pc = rs_pc_find_client(p, client);
+        uint64_t quiet_ms = pc ? rs_pc_backend_quiet_ms(p, pc) : 0;
+        /* The logger's view may have holes (a capture that fell behind): a
+         * backend the tc program saw sending meanwhile is not hung. */
+        bool confirmed = pc && pc->backend_idx >= 0 && !pc->rec && quiet_ms * 2 >= m->u.suspect.silent_ms;
+
         rs_ctl_ack(c, m, 0);
         p->st.suspects++;
-        rs_log("suspect client=%s backend=%s silent_ms=%u%s", RS_A(client),
+        rs_log("suspect client=%s backend=%s silent_ms=%u quiet_here_ms=%" PRIu64 "%s", RS_A(client),
                pc && pc->backend_idx >= 0 ? RS_A(p->backends[pc->backend_idx].addr) : "-", m->u.suspect.silent_ms,
-               pc && pc->backend_idx >= 0 && !pc->rec ? "" : " (no serving backend: ignored)");
-        if (pc && pc->backend_idx >= 0 && !pc->rec)
+               quiet_ms, confirmed ? "" : " (not confirmed: ignored)");
+        if (confirmed)
             rs_backend_failed(p, p->backends[pc->backend_idx].id, "response-stall");
         break;
     }

@@ -88,7 +88,7 @@ struct stats {
     uint64_t accepted, spliced, splice_retries, closed_early, resets, fins, reaped_idle,
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
-        resets_sent, fenced_drops, suspects;
+        resets_sent, fenced_drops, suspects, port_clashes;
 };
 
 struct proxy {
@@ -210,8 +210,11 @@ void rs_pc_set_backend(struct proxy *p, struct pconn *pc, int idx);
 /* The splicer's ring buffer: FIN/RST and ACK-watch events. */
 void rs_pc_events(struct rs_io *io, uint32_t events);
 void rs_pc_reap(struct rs_timer *t);
-/* Counts the connections of backend 'idx' in each phase (status). */
+/* Counts the connections of backend 'idx' (status). */
 unsigned rs_pc_count(struct proxy *p, int idx);
+/* How long ago the tc program saw a segment from the backend of 'pc', ms
+ * (0 when unknown). */
+uint64_t rs_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc);
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 
