@@ -528,6 +528,12 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
         rec_fail(rec, pl->status);
         return;
     }
+    if (pc->client_eof) {
+        /* The client's FIN went into the proxy's socket: the alternate would
+         * never see it, and a client reading to the end would wait forever. */
+        rec_fail(rec, -EPIPE);
+        return;
+    }
     if (rec->relay_end && (err = rs_pc_detach(p, pc)) != 0) {
         rec_fail(rec, err);
         return;

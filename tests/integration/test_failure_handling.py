@@ -191,6 +191,71 @@ class TestRandomMoment(Case):
         self.assertNotIn("unrecoverable", self.stack.log("proxy"))
 
 
+class TestAfterFailover(Case):
+    """What follows a failover: the client's close costs no RTO and leaks no
+    RST; the survivor knows at once that it is unprotected (rs-ctl status,
+    synchronous updates answered without waiting for the dead peer); the
+    failed backend is readmitted after its rejoin."""
+
+    def ctl(self, *args):
+        out = self.tb["logger"].cmd(" ".join([binary("rs-ctl"), "--to", f"{VIP_IP}:7070", "--key", self.stack.key]
+                                             + list(args)) + " 2>&1; echo rc=$?")
+        return out
+
+    def status(self):
+        return {int(m.group(1)): kv("x " + m.group(2)) for m in
+                re.finditer(r"^backend id=(\d+) (.*?)\r?$", self.ctl("status"), re.M)}
+
+    def test_close_status_degraded_readmit(self):
+        st = self.status()
+        self.assertEqual((st[1]["role"], st[1]["fenced"], st[1]["protected"]), ("primary", "0", "1"), st)
+        self.assertEqual((st[2]["role"], st[2]["fenced"]), ("alternate", "0"), st)
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        f"request GET {SLOW}\n  expect content seed=0\n"
+                        "request GET /token\n"
+                        "request POST /counter\n  expect contains \"counter=2\"\n")
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10))
+        time.sleep(0.3)
+        self.stack.kill_primary()
+        d.popen.wait(30)
+        time.sleep(2.5)     # past the proxy's linger: a stray RST would be in the pcap now
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        # The close: the VIP's FIN answers the client's at once.
+        fins = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", "tcp[tcpflags] & tcp-fin != 0"],
+                              capture_output=True, text=True).stdout.splitlines()
+        t_client = [float(l.split()[0]) for l in fins if f" > {VIP_IP}.80:" in l]
+        t_vip = [float(l.split()[0]) for l in fins if f" {VIP_IP}.80 > " in l]
+        self.assertTrue(t_client and t_vip, fins)
+        print(f"\nclose after the failover: the VIP's FIN {abs(t_vip[0] - t_client[0]) * 1000:.1f} ms after the client's")
+        self.assertLess(abs(t_vip[0] - t_client[0]), 0.1)
+        # The survivor is unprotected, and knows it.
+        st = self.status()
+        self.assertEqual((st[1]["fenced"], st[2]["fenced"], st[2]["protected"]), ("1", "0", "0"), st)
+        self.assertIn("fence backend=1 fenced=1 (the peer)", self.stack.log("stated-alternate"))
+        t0 = time.monotonic()
+        out = self.tb["c1"].cmd(f"curl -s -m 5 http://{VIP_IP}/token")
+        took = time.monotonic() - t0
+        self.assertIn("token=", out)
+        print(f"a synchronous update on the lone alternate: {took * 1000:.0f} ms (relay timeout 1 s)")
+        self.assertLess(took, 0.5)
+        # Rejoin: readmit, then the application comes back; new clients may use it.
+        self.assertIn("status=0", self.ctl("readmit", "--backend-id", "1"))
+        self.assertTrue(wait_until(lambda: "fence backend=1 fenced=0" in self.stack.log("stated-primary"), 5))
+        host_args = ["--stated", os.path.join(self.dir, "stated-primary.sock")]
+        self.stack.d["app-primary"] = self.tb.start("primary", "app-primary-2",
+                                                    [binary("rs-app"), "--listen", "0.0.0.0:8080", "--id", "primary"]
+                                                    + host_args, ready="listening")
+        self.assertTrue(wait_until(lambda: self.stack.log("stated-primary").count("app-connect") == 2, 5))
+        st = self.status()
+        self.assertEqual((st[1]["fenced"], st[1]["protected"]), ("0", "1"), st)
+        out = self.tb["c1"].cmd(f"curl -s -m 5 http://{VIP_IP}/static/100?seed=1 -o /dev/null -w '%{{http_code}}'")
+        self.assertIn("200", out)
+        self.assertRegex(self.stack.log("proxy"), rf"connect id=\d+ client=\S+ backend={SERVERS['primary']}:8080 "
+                                                  rf"local=\S+\n(.*\n)*.*connect id=\d+ client=\S+ backend={SERVERS['primary']}")
+
+
 class TestHungBackend(Case):
     """SIGSTOP of the primary's application mid-response: it heartbeats on
     (its rs-stated is fine) but owes a response; the logger's stall
