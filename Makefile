@@ -69,6 +69,12 @@ $(BUILD)/asan/tests/%: tests/unit/%.c $(LIB_ASAN)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -O1 $(SANITIZE) $< -o $@ $(LIB_ASAN) -lcmocka $(CORE_LIBS) -lm
 
+# The event loop's tests link the loop itself (common/, not libresplice).
+$(BUILD)/asan/tests/test_loop: tests/unit/test_loop.c common/loop.c common/daemon.c $(LIB_ASAN)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Icommon $(ALL_CFLAGS) -O1 $(SANITIZE) $< common/loop.c common/daemon.c -o $@ $(LIB_ASAN) \
+		-lcmocka $(CORE_LIBS) -lm
+
 # libFuzzer targets compile the core sources in directly, with clang.
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h)
 	@mkdir -p $(@D)

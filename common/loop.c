@@ -219,7 +219,7 @@ int rs_loop_signals(struct rs_loop *l, void (*stats)(void *ctx), void *ctx)
 
 int rs_loop_run(struct rs_loop *l)
 {
-    bool busy = false;
+    bool busy = l->idle != NULL;   /* the idle hook gets the first turn too */
 
     l->stop = false;
     while (!l->stop) {

@@ -22,7 +22,7 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_CONN_MAP] = 16,
     [RS_CTL_STATE_QUERY] = 8,
     [RS_CTL_APPLY] = 8,
-    [RS_CTL_RECOVER] = 20,
+    [RS_CTL_RECOVER] = 28,
     [RS_CTL_PLAN] = RS_CTL_PLAN_HDR,
     [RS_CTL_RESEND] = 16,
     [RS_CTL_SUSPECT] = 12,
@@ -181,7 +181,8 @@ static int validate__(const struct rs_ctl_msg *m)
         break;
     case RS_CTL_RECOVER:
         ok = conn_ok(&m->u.recover.client) && conn_ok(&m->u.recover.target)
-             && m->u.recover.backend_id != 0;
+             && m->u.recover.backend_id != 0
+             && (m->u.recover.has_seen || (!m->u.recover.client_ack && !m->u.recover.client_seq_end));
         break;
     case RS_CTL_PLAN: {
         const struct rs_ctl_plan *b = &m->u.plan;
@@ -330,7 +331,10 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         put16(p, m->u.recover.budget_ms);
         put32(p, m->u.recover.backend_id);
         put_conn(p, &m->u.recover.target);
-        put_zero(p, 2);
+        put8(p, m->u.recover.has_seen ? 1 : 0);
+        put_zero(p, 1);
+        put32(p, m->u.recover.client_ack);
+        put32(p, m->u.recover.client_seq_end);
         break;
     case RS_CTL_PLAN: {
         const struct rs_ctl_plan *b = &m->u.plan;
@@ -526,7 +530,11 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         m->u.recover.budget_ms = get16(&p);
         m->u.recover.backend_id = get32(&p);
         get_conn(&p, &m->u.recover.target);
-        pad_ok &= get_zero(&p, 2);
+        fl = get8(&p);
+        pad_ok = fl <= 1 && get_zero(&p, 1);
+        m->u.recover.has_seen = fl == 1;
+        m->u.recover.client_ack = get32(&p);
+        m->u.recover.client_seq_end = get32(&p);
         break;
     case RS_CTL_PLAN: {
         struct rs_ctl_plan *b = &m->u.plan;
@@ -724,7 +732,9 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
         return conn_eq(&a->u.recover.client, &b->u.recover.client)
                && a->u.recover.budget_ms == b->u.recover.budget_ms
                && a->u.recover.backend_id == b->u.recover.backend_id
-               && conn_eq(&a->u.recover.target, &b->u.recover.target);
+               && conn_eq(&a->u.recover.target, &b->u.recover.target)
+               && a->u.recover.has_seen == b->u.recover.has_seen && a->u.recover.client_ack == b->u.recover.client_ack
+               && a->u.recover.client_seq_end == b->u.recover.client_seq_end;
     case RS_CTL_PLAN: {
         const struct rs_ctl_plan *x = &a->u.plan, *y = &b->u.plan;
         return conn_eq(&x->client, &y->client) && x->status == y->status && x->flags == y->flags

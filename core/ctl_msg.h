@@ -170,6 +170,11 @@ struct rs_ctl_recover {
     uint16_t budget_ms;       /* the proxy gives up after this; the logger answers before (0: its default) */
     uint32_t backend_id;      /* the failed backend */
     struct rs_ctl_conn target;/* the alternate that takes over (its application port) */
+    /* What the proxy saw of the client: its newest ACK and the end of its
+     * newest segment.  The logger plans only once its log has seen as much
+     * (or gives up waiting after a few ms). */
+    bool has_seen;
+    uint32_t client_ack, client_seq_end;
 };
 
 /* Flags of rs_ctl_plan. */

@@ -199,7 +199,7 @@ int main(int argc, char **argv)
         m.u.heartbeat.backend_id = backend_id;
     } else if (m.type == RS_CTL_RECOVER) {
         m.u.recover = (struct rs_ctl_recover){ { client.ip, client.port }, 0, backend_id,
-                                               { target.ip, target.port } };
+                                               { target.ip, target.port }, false, 0, 0 };
     } else if (m.type == RS_CTL_FENCE) {
         m.u.fence.backend_id = backend_id;
     } else if (m.type == RS_CTL_RESEND) {

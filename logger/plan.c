@@ -153,6 +153,23 @@ static bool closed_as_meant(const struct lg_conn *c)
     return c->fin[LG_REQ] || t->close;
 }
 
+/* True while the log has not seen what the proxy saw of the client: its
+ * ACK (response bytes it holds) and its last segment (a FIN takes a
+ * sequence number the request log does not hold). */
+static bool behind(const struct lg_conn *c, const struct rs_ctl_recover *rq)
+{
+    uint32_t req_end;
+
+    if (!rq->has_seen)
+        return false;
+    if (!c->has_ack || rs_seq_lt(c->ack_cl, rq->client_ack))
+        return true;
+    req_end = c->started ? rs_reasm_contig_seq(&c->rs[LG_REQ]) : 0;
+    if (c->fin[LG_REQ] && c->fin_seq[LG_REQ] == req_end)
+        req_end++;
+    return rs_seq_lt(req_end, rq->client_seq_end);
+}
+
 /* The log of the plan's connection, if it is still the same incarnation. */
 static struct lg_conn *plan_conn(struct lg_plan *pl)
 {
@@ -533,7 +550,7 @@ static void settle(struct rs_timer *t)
      * acknowledges: process what is there, and give stragglers a few ms. */
     lg_capture_drain(lg);
     c = lg_conn_find(lg, pl->rq.client.ip4, pl->rq.client.port);
-    if ((!c || loggable(c) == -ENOBUFS) && pl->settle_ms++ < RECOVER_SETTLE_MS) {
+    if ((!c || loggable(c) == -ENOBUFS || behind(c, &pl->rq)) && pl->settle_ms++ < RECOVER_SETTLE_MS) {
         rs_timer_after(&lg->loop, &pl->timer, 1000000);
         return;
     }
@@ -541,6 +558,9 @@ static void settle(struct rs_timer *t)
         plan_reply(pl, -ENOENT);
         return;
     }
+    if (pl->settle_ms)
+        rs_log("recover client=%s settled in %d ms%s", RS_A(((struct rs_addr){ c->ip, c->port })), pl->settle_ms,
+               behind(c, &pl->rq) ? " (the log is still behind the proxy's view)" : "");
     pl->isn = c->isn[LG_REQ];
     if ((e = loggable(c))) {
         plan_reply(pl, e);

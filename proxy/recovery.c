@@ -624,7 +624,16 @@ void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
      * replays [TR, TL]); it answers within the budget we give it. */
     req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
                                              (uint16_t)(budget_ms > 65535 ? 65535 : budget_ms), rec->backend_id,
-                                             { p->backends[p->alternate].addr.ip, p->backends[p->alternate].addr.port } };
+                                             { p->backends[p->alternate].addr.ip, p->backends[p->alternate].addr.port },
+                                             false, 0, 0 };
+    {
+        struct rs_flow_info fc;
+        if (!rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_ack && fc.t.has_seq) {
+            req.u.recover.has_seen = true;
+            req.u.recover.client_ack = fc.t.ack_max;
+            req.u.recover.client_seq_end = fc.t.seq_next;
+        }
+    }
     rec->step = REC_PLAN;
     e = rs_ctl_call(&p->logger_conn, &req, RS_CTL_PLAN, &rec->call, p->recovery_ns, on_plan, rec);
     if (e)
