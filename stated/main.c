@@ -5,7 +5,8 @@
  * relays the local app's own updates to the peer; heartbeats to the logger
  * (UDP, from a real-time thread of its own, so a busy host does not make a
  * healthy backend look dead) while the app is connected, and reports its
- * death at once.  The rest is one epoll loop. */
+ * death at once.  The rest runs on one event loop (common/loop.h), with
+ * its control port and the peer link on common/ctlconn.h. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
@@ -16,24 +17,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "ctlconn.h"
 #include "daemon.h"
+#include "loop.h"
 #include "parse.h"
 #include "stated.h"
 #include "../app/xfer.h"
 
 /* ---- Limits ----------------------------------------------------------- */
 
-#define CTL_CONNS_MAX   1024u           /* control connections at once */
-#define CTL_IN_START    4096u           /* grows to RS_CTL_FRAME_MAX for big states */
-#define CTL_OUT_CAP     65536u          /* unsent replies; a peer that never reads is dropped */
 #define LIB_OUT_MAX     (32u << 20)     /* records queued to the app library */
 #define LIB_OPS_MAX     65536u          /* records the library has not answered yet */
 #define RELAY_MAX       8192u           /* relayed updates not yet acknowledged */
@@ -41,8 +39,6 @@
 #define HB_PRIO         20              /* SCHED_FIFO priority of the heartbeat thread */
 #define FAILURE_COPIES  3               /* a FAILURE datagram goes out this many times */
 #define FENCED_MAX      16
-#define RETRY_MIN_NS    10000000ull     /* reconnect back-off: 10 ms .. 1 s */
-#define RETRY_MAX_NS    1000000000ull
 
 /* Sender ids: role BACKEND in the top byte, the backend id, and one channel
  * per connection kind, so that a receiver checking sequences per sender
@@ -51,26 +47,6 @@
 enum { CH_REPLY = 1, CH_PEER = 2, CH_HEARTBEAT = 3, CH_FAILURE = 4 };
 
 /* ---- Types ------------------------------------------------------------ */
-
-enum tag_kind { T_CTL_LISTEN, T_CTL, T_APP_LISTEN, T_APP, T_PEER, T_TIMER, T_SIGNAL };
-
-struct tag {
-    enum tag_kind kind;
-    void *ptr;
-};
-
-struct ctl_conn {
-    struct ctl_conn *prev, *next;
-    uint64_t id;
-    int fd;
-    struct tag tag;
-    struct rs_addr from;
-    uint32_t events;
-    uint8_t *in;
-    size_t in_len, in_cap;
-    uint8_t out[CTL_OUT_CAP];
-    size_t out_len;
-};
 
 /* A control request answered once the app library has answered. */
 struct waiter {
@@ -88,37 +64,18 @@ struct lib_op {
     rs_txn_id txn;              /* APPLY's transaction, for the log */
 };
 
-/* A STATE_UPDATE relayed for the app, at bytes [start, end) of the peer stream. */
+/* A STATE_UPDATE relayed for the app: a call on the peer link. */
 struct relay {
-    uint64_t seq;
-    uint64_t start, end;
-    uint64_t t_ns;
+    struct rs_ctl_call call;
+    struct stated *s;
     uint64_t app_gen;
     uint32_t lib_id;
     rs_txn_id txn;
     bool done;
 };
 
-/* An outgoing TCP control connection (to the peer's stated or the logger). */
-struct link {
-    const char *name;
-    struct rs_addr addr;
-    int fd;
-    bool up;                    /* connected (else connecting when fd >= 0) */
-    struct tag tag;
-    uint32_t events;
-    uint32_t sender;
-    uint64_t retry_ns, next_try_ns;
-    struct rs_ctl_replay replay;        /* the far end's replies, per connection */
-    uint8_t in[4096];
-    size_t in_len;
-    uint8_t *out;
-    size_t out_off, out_len, out_cap, out_max;
-    uint64_t pos;               /* stream position of out[out_off] (sent or discarded) */
-};
-
 struct stats {
-    uint64_t ctl_accepted, ctl_frames, ctl_rejected, updates, update_bytes, updates_refused,
+    uint64_t ctl_frames, updates, update_bytes, updates_refused,
         updates_stale, logged, applied, applied_forced, apply_errors, queries, conn_maps,
         relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
         app_disconnects, updates_fenced, relays_degraded;
@@ -131,18 +88,13 @@ struct stated {
     const char *app_path;
     uint64_t heartbeat_ns, relay_timeout_ns;
     struct rs_ctl_key key;
-    struct rs_ctl_replay replay;        /* inbound control frames, per sender */
     uint64_t seq;
-    int epfd, ctlfd, appfd, tfd, sfd;
-    struct tag ctltag, apptag, ttag, stag;
-    struct ctl_conn *conns;
-    struct ctl_conn *dead;              /* closed this loop turn */
-    uint32_t n_conns;
-    uint64_t next_conn_id;
+    struct rs_loop loop;
+    struct rs_ctlserver ctlsrv;
+    struct rs_io app_io;                /* the unix socket the library connects to */
     /* The app library's connection. */
-    int lib_fd;
-    struct tag lib_tag;
-    uint32_t lib_events;
+    int lib_fd;                         /* lib_io.fd while connected, else -1 */
+    struct rs_io lib_io;
     uint64_t lib_gen;
     uint8_t *lib_in;
     size_t lib_in_len;
@@ -154,7 +106,7 @@ struct stated {
     bool drain_blocked;
     struct waiter *cur_waiter;          /* for apply_fn during an APPLY */
     /* Outgoing: the peer's stated; UDP datagrams to the logger. */
-    struct link peer_link;
+    struct rs_ctlconn peer_link;
     struct relay relays[RELAY_MAX];
     uint32_t rel_head, rel_len;
     int udp_fd;                         /* connected to the logger */
@@ -169,7 +121,6 @@ struct stated {
     unsigned n_fenced;
     struct st_store store;
     struct stats st;
-    bool stop;
 };
 
 static const char *txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
@@ -178,21 +129,6 @@ static const char *txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
     return buf;
 }
 #define TXN(id) txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
-
-static int ep_add(struct stated *s, int fd, uint32_t events, struct tag *t)
-{
-    struct epoll_event ev = { .events = events, .data.ptr = t };
-
-    return epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
-}
-
-static void ep_mod(struct stated *s, int fd, uint32_t events, uint32_t *now, struct tag *t)
-{
-    struct epoll_event ev = { .events = events, .data.ptr = t };
-
-    if (*now != events && epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
-        *now = events;
-}
 
 /* Makes room for 'n' more bytes in a growable buffer bounded by 'max'.
  * Returns 0 or -ENOBUFS. */
@@ -237,88 +173,20 @@ static int send_some(int fd, const uint8_t *buf, size_t len, size_t *off)
     return 0;
 }
 
-/* ---- Control connections (inbound) ------------------------------------ */
-
-static void ctl_close(struct stated *s, struct ctl_conn *cc, const char *why)
-{
-    if (why)
-        rs_log("ctl-close from=%s %s", RS_A(cc->from), why);
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, cc->fd, NULL);
-    close(cc->fd);
-    if (cc->prev)
-        cc->prev->next = cc->next;
-    else
-        s->conns = cc->next;
-    if (cc->next)
-        cc->next->prev = cc->prev;
-    s->n_conns--;
-    cc->fd = -1;
-    cc->next = s->dead;
-    s->dead = cc;
-}
-
-static struct ctl_conn *ctl_by_id(struct stated *s, uint64_t id)
-{
-    for (struct ctl_conn *cc = s->conns; cc; cc = cc->next)
-        if (cc->id == id)
-            return cc;
-    return NULL;
-}
-
-/* Sends queued replies.  Returns 0, or a negative errno (close it). */
-static int ctl_flush(struct stated *s, struct ctl_conn *cc)
-{
-    size_t off = 0;
-    int err = send_some(cc->fd, cc->out, cc->out_len, &off);
-
-    if (err < 0)
-        return err;
-    memmove(cc->out, cc->out + off, cc->out_len - off);
-    cc->out_len -= off;
-    ep_mod(s, cc->fd, EPOLLIN | (cc->out_len ? EPOLLOUT : 0), &cc->events, &cc->tag);
-    return 0;
-}
-
-/* Queues reply 'm' on 'cc'.  Returns 0, or a negative errno after which
- * 'cc' has been closed. */
-static int ctl_send(struct stated *s, struct ctl_conn *cc, struct rs_ctl_msg *m)
-{
-    int n, err;
-
-    m->sender = SENDER(s->id, CH_REPLY);
-    m->seq = ++s->seq;
-    n = rs_ctl_encode(&s->key, m, cc->out + cc->out_len, CTL_OUT_CAP - cc->out_len);
-    if (n < 0) {
-        ctl_close(s, cc, n == -ENOSPC ? "replies not read" : "cannot encode a reply");
-        return n;
-    }
-    cc->out_len += (size_t)n;
-    err = ctl_flush(s, cc);
-    if (err < 0)
-        ctl_close(s, cc, strerror(-err));
-    return err;
-}
-
-static int ctl_ack(struct stated *s, struct ctl_conn *cc, uint64_t seq, uint8_t type, int status)
-{
-    struct rs_ctl_msg m = { .type = RS_CTL_ACK };
-
-    m.u.ack.echo_seq = seq;
-    m.u.ack.echo_type = type;
-    m.u.ack.status = status < -4095 ? -EPROTO : status;
-    return ctl_send(s, cc, &m);
-}
+/* ---- Control requests answered later ---------------------------------- */
 
 /* Answers a deferred request once every record is queued and answered. */
 static void waiter_check(struct stated *s, struct waiter *w)
 {
-    struct ctl_conn *cc;
+    struct rs_ctlconn *cc;
 
     if (!w->armed || w->remaining)
         return;
-    cc = ctl_by_id(s, w->conn_id);
-    if (cc)
-        ctl_ack(s, cc, w->seq, w->type, w->status);
+    cc = rs_ctlserver_find(&s->ctlsrv, w->conn_id);
+    if (cc) {
+        struct rs_ctl_msg req = { .type = w->type, .seq = w->seq };
+        rs_ctl_ack(cc, &req, w->status < -4095 ? -EPROTO : w->status);
+    }
     free(w);
 }
 
@@ -326,8 +194,7 @@ static void waiter_check(struct stated *s, struct waiter *w)
 
 static void lib_set_events(struct stated *s)
 {
-    ep_mod(s, s->lib_fd, EPOLLIN | (s->lib_out_off < s->lib_out_len ? EPOLLOUT : 0),
-           &s->lib_events, &s->lib_tag);
+    rs_io_set(&s->lib_io, EPOLLIN | (s->lib_out_off < s->lib_out_len ? EPOLLOUT : 0));
 }
 
 static int lib_flush(struct stated *s)
@@ -411,9 +278,9 @@ static void lib_close(struct stated *s, const char *why)
         return;
     rs_log("app-disconnect %s pending=%u", why, s->ops_len);
     s->st.app_disconnects++;
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, s->lib_fd, NULL);
+    rs_io_stop(&s->lib_io);
     close(s->lib_fd);
-    s->lib_fd = -1;
+    s->lib_fd = s->lib_io.fd = -1;
     free(s->lib_in);
     free(s->lib_out);
     s->lib_in = s->lib_out = NULL;
@@ -472,8 +339,9 @@ static bool on_lib_record(void *ctx, const struct xfer_rec *r)
     return s->lib_fd >= 0;
 }
 
-static void on_lib(struct stated *s, uint32_t events)
+static void on_lib(struct rs_io *io, uint32_t events)
 {
+    struct stated *s = io->ctx;
     int err = events & EPOLLOUT ? lib_flush(s) : 0;
 
     if (err < 0) {
@@ -492,10 +360,13 @@ static void on_lib(struct stated *s, uint32_t events)
     }
 }
 
-static void on_lib_accept(struct stated *s)
+static void on_lib_accept(struct rs_io *io, uint32_t events)
 {
+    struct stated *s = io->ctx;
+
+    (void)events;
     for (;;) {
-        int fd = accept4(s->appfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (fd < 0)
             return;
@@ -511,17 +382,14 @@ static void on_lib_accept(struct stated *s)
             close(fd);
             continue;
         }
-        s->lib_fd = fd;
-        s->lib_gen++;
-        s->lib_events = EPOLLIN;
-        s->lib_tag = (struct tag){ T_APP, NULL };
-        if (ep_add(s, fd, EPOLLIN, &s->lib_tag) < 0) {
+        if (rs_io_start(&s->loop, &s->lib_io, fd, EPOLLIN, on_lib, s) < 0) {
             close(fd);
-            s->lib_fd = -1;
             free(s->lib_in);
             s->lib_in = NULL;
             continue;
         }
+        s->lib_fd = fd;
+        s->lib_gen++;
         {
             struct ucred cr;
             socklen_t cl = sizeof(cr);
@@ -535,29 +403,7 @@ static void on_lib_accept(struct stated *s)
     }
 }
 
-/* ---- Outgoing links (peer stated, logger) ------------------------------ */
-
-static void link_set_events(struct stated *s, struct link *l)
-{
-    uint32_t ev = l->up ? EPOLLIN | (l->out_off < l->out_len ? EPOLLOUT : 0) : EPOLLOUT;
-
-    ep_mod(s, l->fd, ev, &l->events, &l->tag);
-}
-
-/* Bytes of 'l''s stream that have been queued: position of the next byte. */
-static uint64_t link_end(const struct link *l) { return l->pos + (l->out_len - l->out_off); }
-
-static void link_discard(struct link *l, uint64_t upto)
-{
-    if (upto <= l->pos)
-        return;
-    l->out_off += (size_t)(upto - l->pos);
-    l->pos = upto;
-    if (l->out_off == l->out_len)
-        l->out_off = l->out_len = 0;
-}
-
-static void relay_done(struct stated *s, struct relay *rl, int status);
+/* ---- Relaying the app's updates ---------------------------------------- */
 
 static void relay_pop_done(struct stated *s)
 {
@@ -567,94 +413,89 @@ static void relay_pop_done(struct stated *s)
     }
 }
 
-static void link_down(struct stated *s, struct link *l, const char *why)
+static void relay_done(struct stated *s, struct relay *rl, int status)
 {
-    if (l->fd < 0)
-        return;
-    if (l->up)
-        rs_log("%s-disconnect %s %s", l->name, RS_A(l->addr), why);
-    else if (l->retry_ns == RETRY_MIN_NS)       /* once per outage, not per retry */
-        rs_log("%s-connect %s failed: %s (retrying)", l->name, RS_A(l->addr), why);
-    epoll_ctl(s->epfd, EPOLL_CTL_DEL, l->fd, NULL);
-    close(l->fd);
-    l->fd = -1;
-    l->next_try_ns = rs_mono_ns() + l->retry_ns;
-    l->retry_ns = l->retry_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : l->retry_ns * 2;
-    /* Updates of which any byte left may or may not have arrived: they fail
-     * (a synchronous one becomes a 503); the bytes left of a half-sent
-     * frame are dropped so the next connection starts on a frame. */
-    if (l->up) {
-        for (uint32_t i = 0; i < s->rel_len; i++) {
-            struct relay *rl = &s->relays[(s->rel_head + i) % RELAY_MAX];
+    struct xfer_rec r = { .type = XFER_DONE, .id = rl->lib_id, .status = status };
 
-            if (rl->done || rl->start >= l->pos)
-                continue;
-            link_discard(l, rl->end);
-            relay_done(s, rl, -ECONNRESET);
+    rl->done = true;
+    if (status == 0) {
+        s->st.relay_acked++;
+    } else {
+        s->st.relay_failed++;
+        rs_log("relay %s failed: %s", TXN(rl->txn), strerror(-status));
+    }
+    if (rl->app_gen == s->lib_gen && s->lib_fd >= 0)
+        lib_send(s, &r);
+}
+
+/* The peer's ACK of a relayed update, or its time-out, or the link's end:
+ * the app hears it (a synchronous update is held until then). */
+static void on_relay_ack(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *reply)
+{
+    struct relay *rl = call->ctx;
+
+    relay_done(rl->s, rl, err ? err : reply->u.ack.status);
+    relay_pop_done(rl->s);
+}
+
+static void relay_update(struct stated *s, const struct xfer_rec *r)
+{
+    struct xfer_rec done = { .type = XFER_DONE, .id = r->id };
+    struct rs_ctl_msg m = { .type = RS_CTL_STATE_UPDATE };
+    struct relay *rl;
+    int err;
+
+    if (!s->has_peer || s->peer_fenced) {
+        /* No standby (or it was declared failed): the app answers at once,
+         * unreplicated, instead of waiting for a peer that will not come. */
+        done.status = s->has_peer ? -EHOSTDOWN : -ENOTCONN;
+        if (s->peer_fenced && s->st.relays_degraded++ % 1000 == 0)
+            rs_log("relay %s: the peer is fenced, degraded (updates not replicated)", TXN(r->txn));
+        lib_send(s, &done);
+        return;
+    }
+    if (s->rel_len == RELAY_MAX) {
+        err = -ENOBUFS;
+    } else {
+        rl = &s->relays[(s->rel_head + s->rel_len) % RELAY_MAX];
+        *rl = (struct relay){ .s = s, .app_gen = s->lib_gen, .lib_id = r->id, .txn = r->txn };
+        m.u.state_update = (struct rs_ctl_state_update){ r->txn, r->sync, r->len, r->state };
+        err = rs_ctl_call(&s->peer_link, &m, RS_CTL_ACK, &rl->call, s->relay_timeout_ns, on_relay_ack, rl);
+        if (!err) {
+            s->rel_len++;
+            s->st.relayed++;
+            rs_log("relay %s %uB%s seq=%" PRIu64, TXN(r->txn), r->len, r->sync ? " sync" : "", m.seq);
+            return;
         }
-        relay_pop_done(s);
     }
-    l->up = false;
+    s->st.relay_failed++;
+    rs_log("relay %s refused: %s", TXN(r->txn), strerror(-err));
+    done.status = err;
+    lib_send(s, &done);
 }
 
-static void link_connect(struct stated *s, struct link *l)
+/* Ends every relay in flight with 'status' (the peer was fenced). */
+static void relay_fail_all(struct stated *s, int status)
 {
-    struct sockaddr_in sin = rs_addr_sin(l->addr);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-    if (fd < 0)
-        return;
-    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 && errno != EINPROGRESS) {
-        int e = errno;
-
-        close(fd);
-        if (l->retry_ns == RETRY_MIN_NS)
-            rs_log("%s-connect %s failed: %s (retrying)", l->name, RS_A(l->addr), strerror(e));
-        l->next_try_ns = rs_mono_ns() + l->retry_ns;
-        l->retry_ns = l->retry_ns * 2 > RETRY_MAX_NS ? RETRY_MAX_NS : l->retry_ns * 2;
-        return;
+    for (uint32_t i = 0; i < s->rel_len; i++) {
+        struct relay *rl = &s->relays[(s->rel_head + i) % RELAY_MAX];
+        if (!rl->done) {
+            rs_ctl_call_cancel(&rl->call);
+            relay_done(s, rl, status);
+        }
     }
-    l->fd = fd;
-    l->up = false;
-    l->events = EPOLLOUT;
-    l->in_len = 0;
-    if (ep_add(s, fd, EPOLLOUT, &l->tag) < 0) {
-        close(fd);
-        l->fd = -1;
-    }
+    relay_pop_done(s);
 }
 
-static int link_flush(struct stated *s, struct link *l)
+static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
-    size_t before = l->out_off;
-    int err = send_some(l->fd, l->out, l->out_len, &l->out_off);
-
-    l->pos += l->out_off - before;
-    if (err < 0)
-        return err;
-    if (l->out_off == l->out_len)
-        l->out_off = l->out_len = 0;
-    link_set_events(s, l);
-    return 0;
+    rs_log("%s-reply type=%s unexpected (ignored)", c->name, rs_ctl_type_str(m->type));
 }
 
-/* Encodes 'm' at the end of 'l''s queue.  Returns 0, -ENOBUFS or -EINVAL. */
-static int link_queue(struct stated *s, struct link *l, struct rs_ctl_msg *m)
+static void peer_open(struct stated *s)
 {
-    int n;
-
-    m->sender = l->sender;
-    m->seq = ++s->seq;
-    n = rs_ctl_encoded_len(m);
-    if (n < 0)
-        return n;
-    if (buf_reserve(&l->out, &l->out_off, &l->out_len, &l->out_cap, l->out_max, (size_t)n))
-        return -ENOBUFS;
-    n = rs_ctl_encode(&s->key, m, l->out + l->out_len, l->out_cap - l->out_len);
-    if (n < 0)
-        return n;
-    l->out_len += (size_t)n;
-    return 0;
+    rs_ctlconn_peer(&s->peer_link, &s->loop, "peer", s->peer, &s->key, &s->seq, SENDER(s->id, CH_PEER),
+                    PEER_OUT_MAX, on_peer_msg, NULL, s);
 }
 
 /* The app's process is gone: the logger hears it at once (a few copies of
@@ -714,163 +555,6 @@ static void *heartbeats(void *arg)
     return NULL;
 }
 
-static void on_link_ack(struct stated *s, struct link *l, const struct rs_ctl_msg *m)
-{
-    if (m->type != RS_CTL_ACK) {
-        rs_log("%s-reply type=%s unexpected (ignored)", l->name, rs_ctl_type_str(m->type));
-        return;
-    }
-    for (uint32_t i = 0; i < s->rel_len; i++) {
-        struct relay *rl = &s->relays[(s->rel_head + i) % RELAY_MAX];
-
-        if (!rl->done && rl->seq == m->u.ack.echo_seq) {
-            relay_done(s, rl, m->u.ack.status);
-            relay_pop_done(s);
-            return;
-        }
-    }
-    rs_log("peer-ack seq=%" PRIu64 " matches no relayed update (ignored)", m->u.ack.echo_seq);
-}
-
-static void on_link(struct stated *s, struct link *l, uint32_t events)
-{
-    if (!l->up) {
-        int soerr = 0;
-        socklen_t sl = sizeof(soerr);
-
-        getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        if (soerr || (events & (EPOLLERR | EPOLLHUP))) {
-            link_down(s, l, strerror(soerr ? soerr : ECONNREFUSED));
-            return;
-        }
-        l->up = true;
-        l->retry_ns = RETRY_MIN_NS;
-        rs_ctl_replay_init(&l->replay);
-        rs_log("%s-connect %s", l->name, RS_A(l->addr));
-        events = EPOLLOUT;
-    }
-    if ((events & EPOLLOUT) && link_flush(s, l) < 0) {
-        link_down(s, l, strerror(errno));
-        return;
-    }
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-        return;
-    for (;;) {
-        ssize_t n = recv(l->fd, l->in + l->in_len, sizeof(l->in) - l->in_len, 0);
-        size_t off = 0;
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            link_down(s, l, n == 0 ? "closed by the far end" : strerror(errno));
-            return;
-        }
-        l->in_len += (size_t)n;
-        for (;;) {
-            struct rs_ctl_msg m;
-            int used = rs_ctl_decode(&s->key, &l->replay, l->in + off, l->in_len - off, &m);
-
-            if (used == 0)
-                break;
-            if (used < 0) {
-                link_down(s, l, strerror(-used));
-                return;
-            }
-            off += (size_t)used;
-            on_link_ack(s, l, &m);
-        }
-        memmove(l->in, l->in + off, l->in_len - off);
-        l->in_len -= off;
-        if (l->in_len == sizeof(l->in)) {
-            link_down(s, l, "reply too long");
-            return;
-        }
-    }
-}
-
-/* ---- Relaying the app's updates ---------------------------------------- */
-
-static void relay_done(struct stated *s, struct relay *rl, int status)
-{
-    struct xfer_rec r = { .type = XFER_DONE, .id = rl->lib_id, .status = status };
-
-    rl->done = true;
-    if (status == 0) {
-        s->st.relay_acked++;
-    } else {
-        s->st.relay_failed++;
-        rs_log("relay %s failed: %s", TXN(rl->txn), strerror(-status));
-    }
-    if (rl->app_gen == s->lib_gen && s->lib_fd >= 0)
-        lib_send(s, &r);
-}
-
-static void relay_update(struct stated *s, const struct xfer_rec *r)
-{
-    struct xfer_rec done = { .type = XFER_DONE, .id = r->id };
-    struct rs_ctl_msg m = { .type = RS_CTL_STATE_UPDATE };
-    struct link *l = &s->peer_link;
-    uint64_t start;
-    int err;
-
-    if (!s->has_peer || s->peer_fenced) {
-        /* No standby (or it was declared failed): the app answers at once,
-         * unreplicated, instead of waiting for a peer that will not come. */
-        done.status = s->has_peer ? -EHOSTDOWN : -ENOTCONN;
-        if (s->peer_fenced && s->st.relays_degraded++ % 1000 == 0)
-            rs_log("relay %s: the peer is fenced, degraded (updates not replicated)", TXN(r->txn));
-        lib_send(s, &done);
-        return;
-    }
-    m.u.state_update = (struct rs_ctl_state_update){ r->txn, r->sync, r->len, r->state };
-    start = link_end(l);
-    err = s->rel_len == RELAY_MAX ? -ENOBUFS : link_queue(s, l, &m);
-    if (err < 0) {
-        s->st.relay_failed++;
-        rs_log("relay %s refused: %s", TXN(r->txn), strerror(-err));
-        done.status = err;
-        lib_send(s, &done);
-        return;
-    }
-    s->relays[(s->rel_head + s->rel_len++) % RELAY_MAX] = (struct relay){
-        m.seq, start, link_end(l), rs_mono_ns(), s->lib_gen, r->id, r->txn, false };
-    s->st.relayed++;
-    rs_log("relay %s %uB%s seq=%" PRIu64, TXN(r->txn), r->len, r->sync ? " sync" : "", m.seq);
-    if (l->up && link_flush(s, l) < 0)
-        link_down(s, l, strerror(errno));
-    else if (l->fd < 0 && rs_mono_ns() >= l->next_try_ns)
-        link_connect(s, l);
-}
-
-/* Fails relayed updates the peer did not take in time: unsent ones while
- * the peer is away; a sent one without ACK means the link is stuck. */
-static void relay_expire(struct stated *s, uint64_t now)
-{
-    struct link *l = &s->peer_link;
-
-    while (s->rel_len) {
-        struct relay *rl = &s->relays[s->rel_head];
-
-        if (rl->done) {
-            relay_pop_done(s);
-            continue;
-        }
-        if (now - rl->t_ns < s->relay_timeout_ns)
-            break;
-        if (l->up && rl->start < l->pos) {
-            link_down(s, l, "no ACK in time");
-            continue;
-        }
-        if (l->up)
-            break;      /* connected: the queue moves, keep it */
-        link_discard(l, rl->end);
-        relay_done(s, rl, -ETIMEDOUT);
-        relay_pop_done(s);
-    }
-}
-
 /* ---- Control requests -------------------------------------------------- */
 
 static bool is_fenced(const struct stated *s, uint32_t id)
@@ -881,7 +565,7 @@ static bool is_fenced(const struct stated *s, uint32_t id)
     return false;
 }
 
-static void on_state_update(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+static void on_state_update(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     const struct rs_ctl_state_update *u = &m->u.state_update;
     uint32_t from = (m->sender >> 24) == RS_CTL_ROLE_BACKEND ? (m->sender >> 4) & 0xfffff : 0;
@@ -891,7 +575,7 @@ static void on_state_update(struct stated *s, struct ctl_conn *cc, const struct 
         /* A fenced backend's state must never overwrite what the survivor does now. */
         if (s->st.updates_fenced++ % 1000 == 0)
             rs_log("update %s %uB from fenced backend=%u refused", TXN(u->txn), u->len, from);
-        ctl_ack(s, cc, m->seq, m->type, -EPERM);
+        rs_ctl_ack(cc, m, -EPERM);
         return;
     }
     err = st_store_put(&s->store, u->txn, u->data, u->len, rs_mono_ns());
@@ -915,10 +599,10 @@ static void on_state_update(struct stated *s, struct ctl_conn *cc, const struct 
         if (c && s->lib_fd >= 0)
             st_store_drain(&s->store, c, false, 0, apply_fn, s);
     }
-    ctl_ack(s, cc, m->seq, m->type, err);
+    rs_ctl_ack(cc, m, err);
 }
 
-static void on_txn_logged(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+static void on_txn_logged(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     rs_txn_id id = m->u.txn_logged.txn;
     int err = st_store_logged(&s->store, id, rs_mono_ns());
@@ -928,10 +612,10 @@ static void on_txn_logged(struct stated *s, struct ctl_conn *cc, const struct rs
     if (err == 0 && s->lib_fd >= 0)
         st_store_drain(&s->store, st_store_find(&s->store, rs_txn_id_ip4(id), rs_txn_id_port(id)),
                        false, 0, apply_fn, s);
-    ctl_ack(s, cc, m->seq, m->type, err);
+    rs_ctl_ack(cc, m, err);
 }
 
-static void on_state_query(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+static void on_state_query(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     struct rs_ctl_conn cl = m->u.state_query.client;
     struct st_client *c = st_store_find(&s->store, cl.ip4, cl.port);
@@ -950,10 +634,10 @@ static void on_state_query(struct stated *s, struct ctl_conn *cc, const struct r
     s->st.queries++;
     rs_log("query client=%s ts=%s ta=%s buffered=%u", RS_A(((struct rs_addr){ cl.ip4, cl.port })), ts,
            ta, c ? c->n_states : 0);
-    ctl_send(s, cc, &r);
+    rs_ctl_send(cc, &r);
 }
 
-static void on_apply(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+static void on_apply(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     struct rs_ctl_conn cl = m->u.apply.client;
     struct st_client *c = st_store_find(&s->store, cl.ip4, cl.port);
@@ -972,12 +656,12 @@ static void on_apply(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_
                    m->u.apply.upto, dropped);
     }
     if (!c || !c->head || !st_num_lt(c->head->num, m->u.apply.upto)) {
-        ctl_ack(s, cc, m->seq, m->type, 0);     /* nothing to apply */
+        rs_ctl_ack(cc, m, 0);     /* nothing to apply */
         return;
     }
     w = calloc(1, sizeof(*w));
     if (!w) {
-        ctl_ack(s, cc, m->seq, m->type, -ENOMEM);
+        rs_ctl_ack(cc, m, -ENOMEM);
         return;
     }
     *w = (struct waiter){ cc->id, m->seq, m->type, 0, false, 0 };
@@ -992,7 +676,7 @@ static void on_apply(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_
     waiter_check(s, w);         /* answers now when nothing went to the app */
 }
 
-static void on_conn_map(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+static void on_conn_map(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     const struct rs_ctl_conn_map *cm = &m->u.conn_map;
     struct xfer_rec r = { .type = XFER_CONN_MAP, .map = *cm };
@@ -1004,7 +688,7 @@ static void on_conn_map(struct stated *s, struct ctl_conn *cc, const struct rs_c
            RS_A(((struct rs_addr){ cm->client.ip4, cm->client.port })), cm->next_num,
            cm->flags & RS_CTL_CONN_MAP_RERUN ? " rerun" : "");
     if (!w) {
-        ctl_ack(s, cc, m->seq, m->type, -ENOMEM);
+        rs_ctl_ack(cc, m, -ENOMEM);
         return;
     }
     *w = (struct waiter){ cc->id, m->seq, m->type, 0, false, 0 };
@@ -1020,7 +704,7 @@ static void on_conn_map(struct stated *s, struct ctl_conn *cc, const struct rs_c
 /* FENCE from the proxy: backend 'id' was declared failed (or readmitted).
  * Ourselves: stop the app and take no other until readmitted.  Our peer:
  * stop replicating to it (degraded).  Anyone: refuse its states. */
-static void on_fence(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     const struct rs_ctl_fence *f = &m->u.fence;
     bool peer = s->has_peer && f->ip4 && f->ip4 == s->peer.ip;
@@ -1042,25 +726,23 @@ static void on_fence(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_
             lib_close(s, "fenced");
         }
     } else if (peer) {
-        s->peer_fenced = f->fenced;
-        if (f->fenced) {
-            /* Updates waiting for the fenced peer: answered now, unreplicated. */
-            for (uint32_t i = 0; i < s->rel_len; i++) {
-                struct relay *rl = &s->relays[(s->rel_head + i) % RELAY_MAX];
-                if (!rl->done)
-                    relay_done(s, rl, -EHOSTDOWN);
-            }
-            relay_pop_done(s);
-            link_discard(&s->peer_link, link_end(&s->peer_link));
+        if (f->fenced && !s->peer_fenced) {
+            /* Updates waiting for the fenced peer: answered now, unreplicated;
+             * nothing more goes to it until it is readmitted. */
+            relay_fail_all(s, -EHOSTDOWN);
+            rs_ctlconn_close(&s->peer_link);
+        } else if (!f->fenced && s->peer_fenced) {
+            peer_open(s);
         }
+        s->peer_fenced = f->fenced;
     }
-    ctl_ack(s, cc, m->seq, m->type, 0);
+    rs_ctl_ack(cc, m, 0);
 }
 
-/* Handles one authenticated frame.  Returns false when 'cc' was closed. */
-static bool ctl_frame(struct stated *s, struct ctl_conn *cc, const struct rs_ctl_msg *m)
+/* One authenticated frame on the control port. */
+static void on_ctl(struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
-    uint64_t id = cc->id;
+    struct stated *s = cc->ctx;
 
     s->st.ctl_frames++;
     switch (m->type) {
@@ -1070,130 +752,15 @@ static bool ctl_frame(struct stated *s, struct ctl_conn *cc, const struct rs_ctl
     case RS_CTL_APPLY: on_apply(s, cc, m); break;
     case RS_CTL_CONN_MAP: on_conn_map(s, cc, m); break;
     case RS_CTL_FENCE: on_fence(s, cc, m); break;
-    case RS_CTL_HEARTBEAT: ctl_ack(s, cc, m->seq, m->type, 0); break;
+    case RS_CTL_HEARTBEAT: rs_ctl_ack(cc, m, 0); break;
     case RS_CTL_ACK: break;     /* never answered */
     default:
-        rs_log("ctl from=%s type=%s not handled here", RS_A(cc->from), rs_ctl_type_str(m->type));
-        ctl_ack(s, cc, m->seq, m->type, -EOPNOTSUPP);
-    }
-    return ctl_by_id(s, id) != NULL;
-}
-
-static void on_ctl(struct stated *s, struct ctl_conn *cc, uint32_t events)
-{
-    if (cc->fd < 0)
-        return;         /* closed earlier in this loop turn */
-    int err = events & EPOLLOUT ? ctl_flush(s, cc) : 0;
-
-    if (err < 0) {
-        ctl_close(s, cc, strerror(-err));
-        return;
-    }
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-        return;
-    for (;;) {
-        ssize_t n;
-        size_t off = 0;
-
-        if (cc->in_len == cc->in_cap) {
-            size_t nc = cc->in_cap * 2 > RS_CTL_FRAME_MAX ? RS_CTL_FRAME_MAX : cc->in_cap * 2;
-            uint8_t *nb = nc > cc->in_cap ? realloc(cc->in, nc) : NULL;
-
-            if (!nb) {
-                ctl_close(s, cc, "frame too long");
-                return;
-            }
-            cc->in = nb;
-            cc->in_cap = nc;
-        }
-        n = recv(cc->fd, cc->in + cc->in_len, cc->in_cap - cc->in_len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        if (n <= 0) {
-            ctl_close(s, cc, NULL);
-            return;
-        }
-        cc->in_len += (size_t)n;
-        for (;;) {
-            struct rs_ctl_msg m;
-            int used = rs_ctl_decode(&s->key, &s->replay, cc->in + off, cc->in_len - off, &m);
-
-            if (used == 0)
-                break;
-            if (used < 0) {
-                s->st.ctl_rejected++;
-                ctl_close(s, cc, used == -EACCES ? "rejected: bad MAC (wrong key?)" : strerror(-used));
-                return;
-            }
-            off += (size_t)used;
-            if (!ctl_frame(s, cc, &m))
-                return;
-        }
-        memmove(cc->in, cc->in + off, cc->in_len - off);
-        cc->in_len -= off;
+        rs_log("ctl from=%s type=%s not handled here", RS_A(cc->addr), rs_ctl_type_str(m->type));
+        rs_ctl_ack(cc, m, -EOPNOTSUPP);
     }
 }
 
-static void on_ctl_accept(struct stated *s)
-{
-    for (;;) {
-        struct sockaddr_in sin;
-        socklen_t sl = sizeof(sin);
-        int fd = accept4(s->ctlfd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        struct ctl_conn *cc;
-
-        if (fd < 0)
-            return;
-        cc = s->n_conns < CTL_CONNS_MAX ? calloc(1, sizeof(*cc)) : NULL;
-        if (cc)
-            cc->in = malloc(CTL_IN_START);
-        if (!cc || !cc->in) {
-            rs_log("ctl-accept refused: %u connections open or no memory", s->n_conns);
-            if (cc)
-                free(cc);
-            close(fd);
-            continue;
-        }
-        cc->fd = fd;
-        cc->id = ++s->next_conn_id;
-        cc->from = rs_addr_of_sin(&sin);
-        cc->in_cap = CTL_IN_START;
-        cc->events = EPOLLIN;
-        cc->tag = (struct tag){ T_CTL, cc };
-        if (ep_add(s, fd, EPOLLIN, &cc->tag) < 0) {
-            free(cc->in);
-            free(cc);
-            close(fd);
-            continue;
-        }
-        cc->next = s->conns;
-        if (s->conns)
-            s->conns->prev = cc;
-        s->conns = cc;
-        s->n_conns++;
-        s->st.ctl_accepted++;
-    }
-}
-
-/* ---- Timer, signals, stats --------------------------------------------- */
-
-static void on_tick(struct stated *s)
-{
-    uint64_t ticks, now = rs_mono_ns();
-
-    if (read(s->tfd, &ticks, sizeof(ticks)) < 0)
-        return;
-    if (s->has_peer) {
-        struct link *p = &s->peer_link;
-
-        /* The peer link is opened when there is something to relay, and kept. */
-        if (p->fd < 0 && s->rel_len && now >= p->next_try_ns)
-            link_connect(s, p);
-        relay_expire(s, now);
-    }
-}
+/* ---- Stats, set-up ------------------------------------------------------ */
 
 static void stats_print(void *ctx)
 {
@@ -1210,7 +777,7 @@ static void stats_print(void *ctx)
            " failures_sent=%" PRIu64 " app_connects=%" PRIu64 " app_disconnects=%" PRIu64 " fenced=%d peer_fenced=%d"
            " updates_fenced=%" PRIu64 " relays_degraded=%" PRIu64 "\n",
            s->id, s->lib_fd >= 0, s->store.n_clients, s->store.n_states, s->store.bytes,
-           s->store.evicted, s->n_conns, t->ctl_accepted, t->ctl_frames, t->ctl_rejected, t->updates,
+           s->store.evicted, s->ctlsrv.n_conns, s->ctlsrv.accepted, t->ctl_frames, s->ctlsrv.rejected, t->updates,
            t->update_bytes, t->updates_refused, t->updates_stale, t->logged, t->applied,
            t->applied_forced, t->apply_errors, t->queries, t->conn_maps, t->relayed, t->relay_acked,
            t->relay_failed, s->rel_len, s->peer_link.up, __atomic_load_n(&t->heartbeats, __ATOMIC_RELAXED),
@@ -1266,65 +833,6 @@ static int listen_unix(const char *path)
     return fd;
 }
 
-static void link_init(struct link *l, const char *name, struct rs_addr a, uint32_t sender,
-                      size_t out_max, enum tag_kind kind)
-{
-    l->name = name;
-    l->addr = a;
-    l->fd = -1;
-    l->sender = sender;
-    l->retry_ns = RETRY_MIN_NS;
-    l->out_max = out_max;
-    l->tag = (struct tag){ kind, l };
-}
-
-static void run(struct stated *s)
-{
-    struct epoll_event evs[64];
-
-    while (!s->stop) {
-        int n = epoll_wait(s->epfd, evs, 64, -1);
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            rs_log("error epoll_wait %s", strerror(errno));
-            break;
-        }
-        for (int i = 0; i < n; i++) {
-            struct tag *t = evs[i].data.ptr;
-            uint32_t e = evs[i].events;
-
-            switch (t->kind) {
-            case T_CTL_LISTEN: on_ctl_accept(s); break;
-            case T_CTL: on_ctl(s, t->ptr, e); break;
-            case T_APP_LISTEN: on_lib_accept(s); break;
-            case T_APP:
-                if (s->lib_fd >= 0)
-                    on_lib(s, e);
-                break;
-            case T_PEER:
-                if (((struct link *)t->ptr)->fd >= 0)
-                    on_link(s, t->ptr, e);
-                break;
-            case T_TIMER: on_tick(s); break;
-            case T_SIGNAL:
-                if (rs_signals_read(s->sfd, stats_print, s))
-                    s->stop = true;
-                break;
-            }
-        }
-        /* Freed only now: later events of the batch may still name them. */
-        while (s->dead) {
-            struct ctl_conn *cc = s->dead;
-
-            s->dead = cc->next;
-            free(cc->in);
-            free(cc);
-        }
-    }
-}
-
 int main(int argc, char **argv)
 {
     static struct stated s;     /* large: records and relay ring */
@@ -1332,12 +840,11 @@ int main(int argc, char **argv)
                                          "heartbeat", "relay-timeout" };
     const char *listen_text = "0.0.0.0:7073", *keyfile = NULL;
     uint64_t id = 0;
-    struct itimerspec its = { 0 };
     int err;
 
     s.heartbeat_ns = 10000000ull;
     s.relay_timeout_ns = 1000000000ull;
-    s.lib_fd = s.epfd = s.ctlfd = s.appfd = s.tfd = s.sfd = -1;
+    s.lib_fd = s.lib_io.fd = s.app_io.fd = -1;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0, k;
@@ -1389,38 +896,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-stated: cannot load key %s\n", keyfile);
         return 1;
     }
-    rs_ctl_replay_init(&s.replay);
     s.seq = rs_now_us();
-    link_init(&s.peer_link, "peer", s.peer, SENDER(s.id, CH_PEER), PEER_OUT_MAX, T_PEER);
-
-    s.epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (s.epfd < 0 || (s.sfd = rs_signals_open()) < 0) {
-        fprintf(stderr, "rs-stated: cannot set up epoll/signals: %s\n", strerror(errno));
+    if ((err = rs_loop_init(&s.loop)) || (err = rs_loop_signals(&s.loop, stats_print, &s))) {
+        fprintf(stderr, "rs-stated: cannot set up the event loop: %s\n", strerror(-err));
         return 1;
     }
-    s.ctlfd = rs_listen_tcp(s.listen, 128);
-    if (s.ctlfd < 0) {
-        fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", RS_A(s.listen), strerror(-s.ctlfd));
+    if ((err = rs_ctlserver_open(&s.ctlsrv, &s.loop, s.listen, &s.key, &s.seq, SENDER(s.id, CH_REPLY), on_ctl,
+                                 &s))) {
+        fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", RS_A(s.listen), strerror(-err));
         return 1;
     }
-    s.appfd = listen_unix(s.app_path);
-    if (s.appfd < 0) {
-        fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", s.app_path, strerror(-s.appfd));
+    if ((err = listen_unix(s.app_path)) < 0 || (err = rs_io_start(&s.loop, &s.app_io, err, EPOLLIN, on_lib_accept, &s))) {
+        fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", s.app_path, strerror(-err));
         return 1;
     }
-    s.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    its.it_value.tv_sec = its.it_interval.tv_sec = (time_t)(s.heartbeat_ns / 1000000000ull);
-    its.it_value.tv_nsec = its.it_interval.tv_nsec = (long)(s.heartbeat_ns % 1000000000ull);
-    s.ctltag = (struct tag){ T_CTL_LISTEN, NULL };
-    s.apptag = (struct tag){ T_APP_LISTEN, NULL };
-    s.ttag = (struct tag){ T_TIMER, NULL };
-    s.stag = (struct tag){ T_SIGNAL, NULL };
-    if (s.tfd < 0 || timerfd_settime(s.tfd, 0, &its, NULL) < 0 ||
-        ep_add(&s, s.ctlfd, EPOLLIN, &s.ctltag) || ep_add(&s, s.appfd, EPOLLIN, &s.apptag) ||
-        ep_add(&s, s.tfd, EPOLLIN, &s.ttag) || ep_add(&s, s.sfd, EPOLLIN, &s.stag)) {
-        fprintf(stderr, "rs-stated: cannot set up the event loop: %s\n", strerror(errno));
-        return 1;
-    }
+    if (s.has_peer)
+        peer_open(&s);
     s.udp_fd = -1;
     if (s.has_logger) {
         struct sockaddr_in lsin = rs_addr_sin(s.logger);
@@ -1439,29 +930,18 @@ int main(int argc, char **argv)
     printf("listening on %s\n", RS_A(s.listen));
     fflush(stdout);
 
-    run(&s);
+    if (rs_loop_run(&s.loop) < 0)
+        rs_log("event loop: %s", strerror(errno));
 
     lib_close(&s, "shutdown");
-    while (s.conns)
-        ctl_close(&s, s.conns, NULL);
-    while (s.dead) {
-        struct ctl_conn *cc = s.dead;
-
-        s.dead = cc->next;
-        free(cc->in);
-        free(cc);
-    }
-    if (s.peer_link.fd >= 0)
-        close(s.peer_link.fd);
-    free(s.peer_link.out);
+    rs_ctlserver_close(&s.ctlsrv);
+    rs_ctlconn_close(&s.peer_link);
     stats_print(&s);
     st_store_clear(&s.store);
-    close(s.ctlfd);
-    close(s.appfd);
+    rs_io_stop(&s.app_io);
+    close(s.app_io.fd);
     unlink(s.app_path);
-    close(s.tfd);
-    close(s.sfd);
-    close(s.epfd);
+    rs_loop_fini(&s.loop);
     rs_log("exit");
     return 0;
 }

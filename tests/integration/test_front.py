@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -455,11 +456,16 @@ class TestFront(FrontCase):
         self.assertLessEqual(float(m.group(1)), resps[0]["t"])
         self.assertGreaterEqual(float(m.group(1)), t0)
         self.assertEqual(self.report(ALTERNATE, client), ("none", "0"))
-        # Without the alternate, a sync response waits for the library's
-        # timeout (then goes unreplicated); an async one does not wait.
-        self.tb.stop(self.d["stated-alternate"])
-        t0 = time.time()
-        r = self.client(port + 1, [["POST", "/counter", {}, ""], ["GET", "/token", {}, ""]])
+        # With the alternate's stated stuck (connected, never answering), a
+        # sync response waits for the library's timeout (then goes
+        # unreplicated); an async one does not wait.
+        st = self.d["stated-alternate"]
+        st.popen.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.time()
+            r = self.client(port + 1, [["POST", "/counter", {}, ""], ["GET", "/token", {}, ""]])
+        finally:
+            st.popen.send_signal(signal.SIGCONT)
         self.assertEqual([x["status"] for x in r], [200, 200])
         self.assertLess(r[0]["t"] - t0, 0.25 + 0.5)     # python start-up included
         self.assertGreaterEqual(r[1]["t"] - r[0]["t"], 0.25)

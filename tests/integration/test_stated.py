@@ -7,6 +7,7 @@ identity and numbering it names, and heartbeats must flow to the logger
 while the app lives and stop (with a FAILURE) when it dies."""
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -232,19 +233,29 @@ class TestStated(StatedCase):
         self.assertEqual(self.report(ALTERNATE, client), ("none", "0"))
         self.assertRegex(self.log("stated-primary"), rf"relay {re.escape(client)}#0 38B sync")
         # Deterministic updates do not wait, tokens do: with the alternate's
-        # stated gone, /token waits for the library's timeout, then answers
-        # without a standby copy (recovery would refuse to regenerate it).
-        self.tb.stop(self.d["stated-alternate"])
-        results = [self.curl(PRIMARY, "/token", port=41004 + i) for i in range(2)]
-        for code, secs, body in results:
-            self.assertEqual(code, 200, body)
-            self.assertLess(secs, 2.0)
-        self.assertGreaterEqual(max(s for _, s, _ in results), 0.25, results)
-        code, secs, body = self.curl(PRIMARY, "/counter", method="POST")
+        # stated stuck (connected, never answering), /token waits for the
+        # library's timeout, then answers without a standby copy (recovery
+        # would refuse to regenerate it).
+        st = self.d["stated-alternate"]
+        st.popen.send_signal(signal.SIGSTOP)
+        try:
+            results = [self.curl(PRIMARY, "/token", port=41004 + i) for i in range(2)]
+            code, secs, body = self.curl(PRIMARY, "/counter", method="POST")
+        finally:
+            st.popen.send_signal(signal.SIGCONT)
+        for c, s_, b in results:
+            self.assertEqual(c, 200, b)
+            self.assertLess(s_, 2.0)
+        self.assertGreaterEqual(max(s_ for _, s_, _ in results), 0.25, results)
         self.assertEqual((code, body.strip()), (200, "counter=1"))
         self.assertLess(secs, 0.25)
         self.assertRegex(self.log("app-primary"), r"state-update \S+ timed out")
         self.assertRegex(self.log("app-primary"), r"state-update \S+ unreplicated")
+        # With the alternate's stated gone (its port refuses), nothing waits.
+        self.tb.stop(st)
+        code, secs, body = self.curl(PRIMARY, "/token", port=41007)
+        self.assertEqual(code, 200, body)
+        self.assertLess(secs, 0.25)
 
     def test_conn_map_names_the_client(self):
         self.fake_logger()
