@@ -93,6 +93,18 @@ class Stack:
         with open(self.d[name].err) as f:
             return f.read()
 
+    def stats(self, name):
+        """Daemon 'name''s stats line (it prints one on SIGUSR1), as a dict."""
+        import signal
+        from emul.shaping import wait_until
+        d = self.d[name]
+        n = d.output().count("stats ")
+        d.popen.send_signal(signal.SIGUSR1)
+        if not wait_until(lambda: d.output().count("stats ") > n, 5):
+            raise RuntimeError(f"{name} printed no stats line")
+        line = [l for l in d.output().splitlines() if l.startswith("stats ")][-1]
+        return dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+
     def stop(self):
         """Stops every daemon of the stack (SIGTERM; the testbed lives on),
         so that a driver can start a fresh stack for its next trial."""

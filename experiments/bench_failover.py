@@ -32,7 +32,6 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -42,33 +41,11 @@ from emul.shaping import wait_until  # noqa: E402
 from emul.stack import Stack, binary  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments.common import Progress, percentile, summary  # noqa: E402
+from experiments.pcaps import gaps_ms, rst_ports  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 KINDS = ("none", "process", "host", "hang")
 VIP = SERVERS["proxy"]
-
-
-def gaps_ms(pcap, by_flow=False):
-    """The longest gap between data segments from the VIP in 'pcap', ms;
-    per client port when 'by_flow'."""
-    out = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", f"src host {VIP} and greater 100"],
-                         capture_output=True, text=True).stdout
-    last, gap = {}, {}
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) < 5:
-            continue
-        t, flow = float(f[0]), f[4].rstrip(":") if by_flow else "all"
-        if flow in last:
-            gap[flow] = max(gap.get(flow, 0.0), (t - last[flow]) * 1000)
-        last[flow] = t
-    return gap if by_flow else gap.get("all", 0.0)
-
-
-def rst_count(pcap):
-    out = subprocess.run(["tcpdump", "-r", pcap, "-n", f"src host {VIP} and tcp[tcpflags] & tcp-rst != 0"],
-                         capture_output=True, text=True).stdout
-    return sum(1 for l in out.splitlines() if l.strip())
 
 
 def false_failovers(plog, kind, t_crash):
@@ -116,9 +93,9 @@ def trial(tb, args, kind, hog, n, seed):
         tb.host_up("primary")
     ok = (d.popen.returncode == 0 and len(rows) == 3 and all(r["result"] == "ok" for r in rows)
           and len({r["local_port"] for r in rows}) == 1)
-    rsts = rst_count(pcap)
+    rsts = len(rst_ports(pcap, VIP))
     row = {"kind": kind, "hog": int(hog), "trial": n, "seed": seed, "crash_delay_ms": round(delay * 1000, 1)
-           if t_crash else "", "masked": int(ok and rsts == 0), "rsts": rsts, "stall_ms": round(gaps_ms(pcap), 3),
+           if t_crash else "", "masked": int(ok and rsts == 0), "rsts": rsts, "stall_ms": round(gaps_ms(pcap, VIP), 3),
            "false_failovers": false_failovers(plog, kind, t_crash), "size": args.size}
     hold = re.search(r"^(\d+\.\d+) rs-proxy recover id=\d+ .*step=hold why=(\S+)", plog, re.M)
     if hold and t_crash:

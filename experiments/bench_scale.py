@@ -22,7 +22,6 @@ import argparse
 import csv
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -32,34 +31,11 @@ from emul.shaping import wait_until  # noqa: E402
 from emul.stack import Stack, binary  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments.common import Progress, percentile, summary  # noqa: E402
+from experiments.pcaps import gaps_ms, rst_ports  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 HOSTS = 4
 VIP = SERVERS["proxy"]
-
-
-def flow_gaps(pcap):
-    """{client port: longest gap between data segments from the VIP, ms}."""
-    out = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", f"src host {VIP} and greater 100"],
-                         capture_output=True, text=True).stdout
-    last, gap = {}, {}
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) < 5:
-            continue
-        t, port = float(f[0]), f[4].rstrip(":").rsplit(".", 1)[-1]
-        if port in last:
-            gap[port] = max(gap.get(port, 0.0), (t - last[port]) * 1000)
-        else:
-            gap.setdefault(port, 0.0)
-        last[port] = t
-    return gap
-
-
-def rst_ports(pcap):
-    out = subprocess.run(["tcpdump", "-r", pcap, "-n", f"src host {VIP} and tcp[tcpflags] & tcp-rst != 0"],
-                         capture_output=True, text=True).stdout
-    return {l.split()[4].rstrip(":").rsplit(".", 1)[-1] for l in out.splitlines() if len(l.split()) > 4}
 
 
 def run(args, n, fault):
@@ -106,8 +82,8 @@ def run(args, n, fault):
                 ok_ports.add(rs[0]["local_port"])
     gaps, rsts = {}, set()
     for _, pcap in caps:
-        gaps.update(flow_gaps(pcap))
-        rsts |= rst_ports(pcap)
+        gaps.update(gaps_ms(pcap, VIP, by_flow=True))
+        rsts |= rst_ports(pcap, VIP)
     masked = len(ok_ports - rsts)
     rec = [float(m.group(1)) for m in re.finditer(r"^(\d+\.\d+) rs-proxy recovered id=", plog, re.M)]
     false = 0

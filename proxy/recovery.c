@@ -731,15 +731,25 @@ void rs_backend_failed(struct proxy *p, uint32_t id, const char *why)
         for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next) {
             struct rs_flow_key kb = rs_key_b(pc), kc = rs_key_c(pc);
 
+            int e = 0;
+
             if (pc->backend_idx != idx || pc->phase == PC_CLOSING)
                 continue;
             if (pc->phase == PC_SPLICED && !pc->rec) {
-                rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
-                rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
+                if (!(e = rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD)))
+                    e = rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
             } else if (pc->phase == PC_RELAY) {
                 if (p->sp)
-                    rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+                    e = rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
                 rs_io_stop(&pc->bio);
+            }
+            if (e) {
+                /* Not fenced means not safe to keep: end it (its entries go,
+                 * so nothing of the backend can reach the client). */
+                rs_log("fence id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
+                p->st.unrecoverable++;
+                rs_pc_close(p, pc, "fence-failed", true);
+                continue;
             }
             if (n == cap) {
                 uint64_t *nid = realloc(ids, (cap = cap ? cap * 2 : 64) * sizeof(*ids));

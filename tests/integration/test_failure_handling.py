@@ -76,17 +76,20 @@ class Case(unittest.TestCase):
         d.csv = out
         return d
 
+    def slow_stream(self):
+        """A client (pcap on) that updates, fetches SLOW, updates: returns
+        (client, pcap) once the first update was answered."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        f"request GET {SLOW}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=2\"\n")
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10))
+        d.cap = cap
+        return d, pcap
+
     def rows(self, d):
         with open(d.csv) as f:
             return list(csv.DictReader(f))
-
-    def stats(self, name):
-        """The daemon's stats line (SIGUSR1), as a dict."""
-        d = self.stack.d[name]
-        n = d.output().count("stats ")
-        d.popen.send_signal(signal.SIGUSR1)
-        self.assertTrue(wait_until(lambda: d.output().count("stats ") > n, 5))
-        return kv([l for l in d.output().splitlines() if l.startswith("stats ")][-1])
 
     def assert_transparent(self, d, pcap):
         log = open(d.err).read()
@@ -263,16 +266,12 @@ class TestHungBackend(Case):
     stack_args = {"logger_args": ["--stall-after", "300ms"]}
 
     def test_hang_detected_and_failed_over(self):
-        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
-        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
-                        f"request GET {SLOW}\n  expect content seed=0\n"
-                        "request POST /counter\n  expect contains \"counter=2\"\n")
-        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10))
+        d, pcap = self.slow_stream()
         time.sleep(0.3)
         t_stop = time.time()
         self.stack.d["app-primary"].popen.send_signal(signal.SIGSTOP)
         d.popen.wait(30)
-        self.tb.stop_capture(cap)
+        self.tb.stop_capture(d.cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
         m = re.search(r"^(\d+\.\d+) rs-proxy failure backend_id=1 .*why=response-stall", log, re.M)
@@ -323,24 +322,20 @@ class TestPartition(Case):
     fenced: the client continues on the alternate and gets none of its bytes."""
 
     def test_partitioned_primary_fenced(self):
-        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
-        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
-                        f"request GET {SLOW}\n  expect content seed=0\n"
-                        "request POST /counter\n  expect contains \"counter=2\"\n")
-        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10))
+        d, pcap = self.slow_stream()
         time.sleep(0.3)
         lg = SERVERS["logger"]
         self.tb["primary"].cmd(f"iptables -w -A OUTPUT -d {lg} -j DROP; iptables -w -A INPUT -s {lg} -j DROP;"
                                " iptables -w -A INPUT -p tcp --dport 7073 -j DROP")
         d.popen.wait(30)
         time.sleep(2.5)     # the connection's linger: its entries are gone, their drops counted
-        self.tb.stop_capture(cap)
+        self.tb.stop_capture(d.cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
         self.assertRegex(log, r"failure backend_id=1 .*why=heartbeat-timeout .*fenced")
         self.assertRegex(log, r"recovered id=1 ")
         self.assertTrue(self.stack.d["app-primary"].alive(), "the fence was not meant to reach the primary")
-        st = self.stats("proxy")
+        st = self.stack.stats("proxy")
         print(f"\nfenced primary: {st['fenced_drops']} of its segments dropped after the move")
         self.assertGreater(int(st["fenced_drops"]), 0)
 

@@ -7,12 +7,10 @@ unrecoverable.  Trials are drawn from a seed (RS_TEST_SEED, TRIALS)."""
 import os
 import random
 import re
-import signal
 import tempfile
 import time
 import unittest
 
-from emul.shaping import wait_until
 from emul.stack import Stack, binary
 from emul.testbed import Testbed, leftovers, pcap_count
 from topologies.lan import SERVERS, LanTopo
@@ -21,10 +19,6 @@ TRIALS = int(os.environ.get("SOAK_TRIALS", "20"))
 SEED = int(os.environ.get("RS_TEST_SEED", "12"))
 BIG = 200_000_000
 RST_FROM_VIP = f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"
-
-
-def kv(line):
-    return dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
 
 
 class TestSoak(unittest.TestCase):
@@ -40,13 +34,6 @@ class TestSoak(unittest.TestCase):
         self.tb.__exit__(None, None, None)
         self.tmp.cleanup()
         self.assertEqual(leftovers(), [])
-
-    def stats(self, name):
-        d = self.stack.d[name]
-        n = d.output().count("stats ")
-        d.popen.send_signal(signal.SIGUSR1)
-        self.assertTrue(wait_until(lambda: d.output().count("stats ") > n, 5))
-        return kv([l for l in d.output().splitlines() if l.startswith("stats ")][-1])
 
     def test_no_fault_no_failure_under_load(self):
         rng = random.Random(SEED)
@@ -79,7 +66,7 @@ class TestSoak(unittest.TestCase):
             self.tb.stop_capture(c)
         for _, pcap in caps:
             self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "a client got a RST from the VIP")
-        px, lg = self.stats("proxy"), self.stats("logger")
+        px, lg = self.stack.stats("proxy"), self.stack.stats("logger")
         print(f"\nsoak: {TRIALS} trials ({2 * TRIALS} downloads of {BIG // 1000000} MB, {4 * 41 * TRIALS} small "
               f"requests) with 3 CPU hogs in {elapsed:.0f} s; longest heartbeat gap {lg['hb_max_gap_us']} us; "
               f"proxy: spliced={px['spliced']} failures={px['failures']}; logger: dropped={lg['dropped']}")
