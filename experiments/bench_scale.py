@@ -32,7 +32,7 @@ from emul.stack import Stack, binary  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments.common import Progress, percentile, summary  # noqa: E402
 from experiments.pcaps import gaps_ms, rst_ports  # noqa: E402
-from topologies.lan import SERVERS, LanTopo  # noqa: E402
+from topologies.lan import SERVERS, LanTopo, client_ip  # noqa: E402
 
 HOSTS = 4
 VIP = SERVERS["proxy"]
@@ -57,7 +57,7 @@ def run(args, n, fault):
             d = tb.start(f"c{i + 1}", f"client{i + 1}", [binary("rs-client"), "--server", stack.vip, "--trace", tr,
                                                          "--csv", os.path.join(work, f"c{i}.csv"), "--timeout", "20s",
                                                          "--connections", str(k), "--quiet"])
-            d.csv = os.path.join(work, f"c{i}.csv")
+            d.csv, d.ip = os.path.join(work, f"c{i}.csv"), client_ip(i)
             ds.append(d)
         t_crash = None
         if fault != "none":
@@ -79,7 +79,7 @@ def run(args, n, fault):
             by.setdefault(r["connection"], []).append(r)
         for rs in by.values():
             if len(rs) == 2 and all(r["result"] == "ok" for r in rs) and len({r["local_port"] for r in rs}) == 1:
-                ok_ports.add(rs[0]["local_port"])
+                ok_ports.add(f"{d.ip}.{rs[0]['local_port']}")
     gaps, rsts = {}, set()
     for _, pcap in caps:
         gaps.update(gaps_ms(pcap, VIP, by_flow=True))

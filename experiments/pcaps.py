@@ -6,8 +6,8 @@ import subprocess
 
 def gaps_ms(pcap, src, by_flow=False):
     """The longest gap between two data segments from host 'src' in 'pcap',
-    ms; with 'by_flow' a dict {client port: gap} (0 for a flow with a single
-    data segment)."""
+    ms; with 'by_flow' a dict {"client-ip.port": gap} (0 for a flow with a
+    single data segment)."""
     out = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", f"src host {src} and greater 100"],
                          capture_output=True, text=True).stdout
     last, gap = {}, {}
@@ -15,7 +15,7 @@ def gaps_ms(pcap, src, by_flow=False):
         f = line.split()
         if len(f) < 5:
             continue
-        t, flow = float(f[0]), f[4].rstrip(":").rsplit(".", 1)[-1] if by_flow else "all"
+        t, flow = float(f[0]), f[4].rstrip(":") if by_flow else "all"
         if flow in last:
             gap[flow] = max(gap.get(flow, 0.0), (t - last[flow]) * 1000)
         else:
@@ -25,7 +25,7 @@ def gaps_ms(pcap, src, by_flow=False):
 
 
 def rst_ports(pcap, src):
-    """Client ports that got a RST from host 'src' in 'pcap'."""
+    """The clients ("ip.port") that got a RST from host 'src' in 'pcap'."""
     out = subprocess.run(["tcpdump", "-r", pcap, "-n", f"src host {src} and tcp[tcpflags] & tcp-rst != 0"],
                          capture_output=True, text=True).stdout
-    return {l.split()[4].rstrip(":").rsplit(".", 1)[-1] for l in out.splitlines() if len(l.split()) > 4}
+    return {l.split()[4].rstrip(":") for l in out.splitlines() if len(l.split()) > 4}
