@@ -154,8 +154,11 @@ int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint
  * and clears the ACK clamp and watch. */
 int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_splice_dir *d,
                         uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer);
-/* Passes the sender of 'k''s pure ACKs to the proxy's stack ('on') or translates them. */
+/* Sends the pure ACKs from 'k''s sender to the proxy's own stack, untranslated
+ * ('on'), or translates them like any other segment. */
 int rs_splicer_acks_to_stack(struct rs_splicer *s, const struct rs_flow_key *k, bool on);
+/* Lets a FIN from 'k''s sender pass although guarded: the client closed its side. */
+int rs_splicer_pass_fin(struct rs_splicer *s, const struct rs_flow_key *k);
 /* Makes 'k' (a client's direction) never acknowledge past what the sender
  * of its peer entry has sent (after a re-splice to a regenerating server). */
 int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k);

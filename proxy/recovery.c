@@ -51,6 +51,7 @@ struct move {
     uint32_t q, r, client_state;
     uint16_t next_num;
     bool map, guard;
+    bool fin;                     /* the client had closed its side: a FIN follows 'pre' */
     struct rs_splice_conn c, s;
     struct rs_splice_dir c2s;
     uint32_t ack_gen;
@@ -64,6 +65,7 @@ struct recovery {
     bool relay_end;               /* relay phase, the backend ended: the client socket stays open
                                    * (held) until the logger says whether the end was meant */
     bool resplice_only;           /* an operator's RESPLICE: one move, no plan */
+    bool client_fin;              /* the client sent its FIN after TL+1's request */
     uint64_t ctl_conn, ctl_seq;   /* RESPLICE: whom to answer */
     uint32_t backend_id;
     uint64_t t0_us, t_plan_us, t_resend_us;
@@ -139,6 +141,10 @@ static void move_write(struct recovery *rec)
         }
         mv->pre_off += (size_t)n;
     }
+    if (mv->fin && shutdown(mv->io.fd, SHUT_WR)) {
+        move_fail(rec, -errno);
+        return;
+    }
     rs_io_set(&mv->io, 0);
     e = rs_splicer_watch_ack(p->sp, &mv->kn, mv->s.snd_nxt, &mv->ack_gen);
     if (e < 0)
@@ -163,17 +169,20 @@ static void move_connected(struct recovery *rec)
         return;
     }
     mv->s.ts_recent = fn.t.ts_recent;
-    mv->s.snd_nxt += (uint32_t)mv->npre;
+    /* The first bytes (and the client's FIN after them, which then takes a
+     * sequence number on both connections) come from the proxy's socket. */
+    mv->s.snd_nxt += (uint32_t)mv->npre + (mv->fin ? 1 : 0);
     /* The client continues at (q, r).  Its clock: it saw at most the old
      * server's clock moved on since the last splice (1 tick/ms), so continue
      * a second past that; TSecr echoes still map back exactly. */
     mv->c = pc->c;
-    mv->c.rcv_nxt = mv->q;
+    mv->c.rcv_nxt = mv->q + (mv->fin ? 1 : 0);
     mv->c.snd_nxt = mv->r;
     mv->c.ts_now = pc->c.ts_now + (uint32_t)((rs_now_us() - pc->ts_base_us) / 1000) + 1000;
     if ((e = rs_splice_init(&mv->c, &mv->s, &mv->c2s, &s2c)) != 0
         || (e = rs_splicer_activate(p->sp, &mv->kn, &s2c, pc->id, RS_FLOW_ACTIVE, mv->guard, &kc)) != 0
-        || (mv->npre && (e = rs_splicer_acks_to_stack(p->sp, &mv->kn, true)) != 0)) {
+        || ((mv->npre || mv->fin) && (e = rs_splicer_acks_to_stack(p->sp, &mv->kn, true)) != 0)
+        || (mv->fin && (e = rs_splicer_pass_fin(p->sp, &mv->kn)) != 0)) {
         move_fail(rec, e);
         return;
     }
@@ -241,7 +250,7 @@ static void move_acked(struct recovery *rec)
 
     /* Closed in repair mode: silent.  Switch the target's ACKs back to the
      * client first, so none reaches a stack without a socket. */
-    if (mv->npre)
+    if (mv->npre || mv->fin)
         rs_splicer_acks_to_stack(p->sp, &mv->kn, false);
     rs_io_stop(&mv->io);
     rs_close_silently(mv->io.fd);
@@ -270,15 +279,15 @@ static void move_acked(struct recovery *rec)
 
 /* Starts moving the client of 'rec' to 'target' (see struct move). */
 static void move_start(struct recovery *rec, struct rs_addr target, int target_idx, const uint8_t *pre,
-                       size_t npre, uint32_t q, uint32_t r, uint32_t client_state, bool map, uint16_t next_num,
-                       bool guard, move_done_fn done)
+                       size_t npre, bool fin, uint32_t q, uint32_t r, uint32_t client_state, bool map,
+                       uint16_t next_num, bool guard, move_done_fn done)
 {
     struct pconn *pc = rec->pc;
     struct proxy *p = pc->p;
     struct move *mv = &rec->mv;
     int fd, e;
 
-    *mv = (struct move){ .target = target, .target_idx = target_idx, .pre = pre, .npre = npre, .q = q, .r = r,
+    *mv = (struct move){ .target = target, .target_idx = target_idx, .pre = pre, .npre = npre, .fin = fin, .q = q, .r = r,
                          .client_state = client_state, .map = map, .next_num = next_num, .guard = guard,
                          .done = done };
     mv->io.fd = -1;
@@ -425,8 +434,8 @@ static void splice_alternate(struct recovery *rec)
 
     rec->step = REC_SPLICE;
     rec_deadline(rec, p->recovery_ns);
-    move_start(rec, p->backends[p->alternate].addr, p->alternate, rec->data, pl->len, pl->q + pl->len, pl->ack_tl,
-               RS_FLOW_ACTIVE, true, pl->tsp, true, on_alternate);
+    move_start(rec, p->backends[p->alternate].addr, p->alternate, rec->data, pl->len, rec->client_fin,
+               pl->q + pl->len, pl->ack_tl, RS_FLOW_ACTIVE, true, pl->tsp, true, on_alternate);
 }
 
 static void resent(struct recovery *rec)
@@ -496,7 +505,7 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
     struct proxy *p = pc->p;
     const struct rs_ctl_plan *pl = &rec->plan;
     struct rs_flow_key kc = rs_key_c(pc);
-    struct rs_flow_info fc;
+    struct rs_flow_info fc = { 0 };
     struct rs_ctl_msg m = { .type = RS_CTL_RESEND };
     uint32_t q;
     int n;
@@ -528,18 +537,22 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
         rec_fail(rec, pl->status);
         return;
     }
-    if (pc->client_eof) {
-        /* The client's FIN went into the proxy's socket: the alternate would
-         * never see it, and a client reading to the end would wait forever. */
-        rec_fail(rec, -EPIPE);
-        return;
-    }
     if (rec->relay_end && (err = rs_pc_detach(p, pc)) != 0) {
         rec_fail(rec, err);
         return;
     }
     /* Where the client's own bytes stand: after the last byte it sent. */
     q = !rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_seq ? fc.t.seq_next : pc->c.rcv_nxt;
+    if (fc.t.fin_seen || pc->client_eof) {
+        /* The client closed its side (request, then FIN): the alternate
+         * must get that FIN right after TL+1's request, or a client reading
+         * to the end would wait forever.  Only when nothing else is missing. */
+        if (q != pl->q + pl->len + 1) {
+            rec_fail(rec, -EPIPE);
+            return;
+        }
+        rec->client_fin = true;
+    }
     if (pl->resend_from == pl->resend_to) {
         splice_alternate(rec);
         return;
@@ -555,8 +568,8 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
     }
     rec->step = REC_RESEND;
     rec_deadline(rec, p->recovery_ns);
-    move_start(rec, p->logger_resend, -1, rec->frame, (size_t)n, q, pl->resend_from, RS_FLOW_ACKONLY, false, 0,
-               true, on_logger);
+    move_start(rec, p->logger_resend, -1, rec->frame, (size_t)n, false, q, pl->resend_from, RS_FLOW_ACKONLY, false,
+               0, true, on_logger);
 }
 
 static struct recovery *rec_new(struct proxy *p, struct pconn *pc, const char *why)
@@ -665,7 +678,7 @@ int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32
     rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
     rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
     rec_deadline(rec, p->recovery_ns);
-    move_start(rec, target, -1, NULL, 0, q, r, RS_FLOW_ACTIVE, false, 0,
+    move_start(rec, target, -1, NULL, 0, false, q, r, RS_FLOW_ACTIVE, false, 0,
                p->logger.port != 0, on_alternate);
     return 0;
 }

@@ -70,6 +70,9 @@ struct rs_flow {
     rs_u32 acks_to_stack;      /* pass segments without payload, FIN, RST or SYN to the stack
                                 * untranslated: the proxy's own socket is still sending to
                                 * this sender (a re-splice's first bytes) and needs its ACKs */
+    rs_u32 pass_fin;           /* the client is known to have closed its side (the tc program
+                                * may have missed its FIN): this sender's FIN is the normal end */
+    rs_u32 pad_;
 };
 
 /* What the tc program saw of a direction: the tc program's half. */

@@ -206,6 +206,7 @@ int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const
     f.guard = guard;
     f.clamp_ack = 0;
     f.acks_to_stack = 0;
+    f.pass_fin = 0;
     f.ack_watch = f.ack_watch_gen = 0;
     f.gen++;
     f.splice_id = id;
@@ -222,6 +223,16 @@ int rs_splicer_acks_to_stack(struct rs_splicer *s, const struct rs_flow_key *k, 
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         return -errno;
     f.acks_to_stack = on;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+}
+
+int rs_splicer_pass_fin(struct rs_splicer *s, const struct rs_flow_key *k)
+{
+    struct rs_flow f;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    f.pass_fin = 1;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
 }
 

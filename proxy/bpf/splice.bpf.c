@@ -208,7 +208,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
          * Anything else ends the connection behind the client's back. */
         struct rs_flow_track *pt = (tcp[13] & 0x04) ? 0 : bpf_map_lookup_elem(&rs_track, &f->peer);
 
-        if (!pt || !pt->fin_seen) {
+        if (!(f->pass_fin && !(tcp[13] & 0x04)) && (!pt || !pt->fin_seen)) {
             evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
             if ((t->seen & evflags) != evflags) {
                 t->seen |= evflags;

@@ -147,6 +147,55 @@ class TestBeforeTheSplice(Case):
         self.assertIn("half-close id=1", self.stack.log("proxy"))
 
 
+HALF_CLOSE_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80))
+s.sendall(b"GET /slow?bytes=400000&chunk=8000&delay=20ms HTTP/1.1\r\nHost: x\r\n\r\n")
+s.shutdown(socket.SHUT_WR)
+s.settimeout(10)
+d = b""
+try:
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        d += c
+except Exception as e:
+    print("error", e, flush=True)
+    sys.exit(1)
+head, _, body = d.partition(b"\r\n\r\n")
+n, i = 0, 0
+while True:                 # chunked: sum the chunk sizes
+    j = body.index(b"\r\n", i)
+    k = int(body[i:j], 16)
+    if k == 0:
+        break
+    n += k
+    i = j + 2 + k + 2
+print("status", head.split()[1].decode(), "body", n, "eof", flush=True)
+"""
+
+
+class TestHalfClosed(Case):
+    """A client that sent its request and then shut its side down
+    (shutdown(SHUT_WR)), reading the response to the end: the proxy relays
+    it to the end in user space; when the primary dies meanwhile, the
+    alternate gets the request and then the client's FIN."""
+
+    def test_half_closed_client_fails_over(self):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.tb.start("c1", "halfclose", ["python3", "-c", HALF_CLOSE_CLIENT, VIP_IP])
+        self.assertTrue(wait_until(lambda: "half-close id=1" in self.stack.log("proxy"), 10))
+        time.sleep(0.3)
+        self.stack.kill_primary()
+        d.popen.wait(20)
+        self.tb.stop_capture(cap)
+        log = self.stack.log("proxy")
+        self.assertIn("status 200 body 400000 eof", d.output(), open(d.err).read() + log[-3000:])
+        self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "the client got a RST from the VIP")
+        self.assertRegex(log, r"recovered id=1 ")
+
+
 class TestFirstResponse(Case):
     """A crash while the first response of a fresh connection is still
     relayed in user space (the proxy relays the first 2 s here; over a
