@@ -2,6 +2,7 @@
  * the splice table, and reading a socket's exact TCP state with TCP_REPAIR
  * so the splice continues both byte streams where the proxy left them. */
 #include <errno.h>
+#include <stddef.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <net/if.h>
@@ -176,18 +177,23 @@ int rs_splicer_get(struct rs_splicer *s, const struct rs_flow_key *k, struct rs_
     return 0;
 }
 
-/* The daemon is the only writer of rs_flows, so a read-modify-write of an
- * entry loses nothing. */
-int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t state)
+/* Sets the 32-bit field at 'off' of entry 'k''s config to 'v'.  The daemon
+ * is the only writer of rs_flows, so a read-modify-write loses nothing. */
+static int cfg_set(struct rs_splicer *s, const struct rs_flow_key *k, size_t off, uint32_t v)
 {
     struct rs_flow f;
 
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         return -errno;
-    if (f.state == state)
+    if (!memcmp((char *)&f + off, &v, sizeof(v)))
         return 0;
-    f.state = state;
+    memcpy((char *)&f + off, &v, sizeof(v));
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+}
+
+int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t state)
+{
+    return cfg_set(s, k, offsetof(struct rs_flow, state), state);
 }
 
 int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_splice_dir *d,
@@ -218,32 +224,17 @@ int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const
 
 int rs_splicer_acks_to_stack(struct rs_splicer *s, const struct rs_flow_key *k, bool on)
 {
-    struct rs_flow f;
-
-    if (bpf_map_lookup_elem(s->map_fd, k, &f))
-        return -errno;
-    f.acks_to_stack = on;
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+    return cfg_set(s, k, offsetof(struct rs_flow, acks_to_stack), on);
 }
 
 int rs_splicer_pass_fin(struct rs_splicer *s, const struct rs_flow_key *k)
 {
-    struct rs_flow f;
-
-    if (bpf_map_lookup_elem(s->map_fd, k, &f))
-        return -errno;
-    f.pass_fin = 1;
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+    return cfg_set(s, k, offsetof(struct rs_flow, pass_fin), 1);
 }
 
 int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k)
 {
-    struct rs_flow f;
-
-    if (bpf_map_lookup_elem(s->map_fd, k, &f))
-        return -errno;
-    f.clamp_ack = 1;
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+    return cfg_set(s, k, offsetof(struct rs_flow, clamp_ack), 1);
 }
 
 int rs_splicer_watch_ack(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen)

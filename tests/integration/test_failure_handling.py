@@ -21,6 +21,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -139,7 +140,7 @@ class TestBeforeTheSplice(Case):
     def test_client_half_close(self):
         """A request then shutdown(SHUT_WR): the response still comes."""
         out = self.tb["c1"].cmd(
-            "python3 -c \"import socket;s=socket.create_connection(('%s',80));"
+            f"{sys.executable} -c \"import socket;s=socket.create_connection(('%s',80));"
             "s.sendall(b'GET /static/5000?seed=1 HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n');"
             "s.shutdown(socket.SHUT_WR);d=b''\nwhile True:\n c=s.recv(65536)\n if not c: break\n d+=c\n"
             "print(len(d.partition(b'\\r\\n\\r\\n')[2]), d.split(b' ')[1].decode())\"" % VIP_IP)
@@ -184,7 +185,7 @@ class TestHalfClosed(Case):
 
     def test_half_closed_client_fails_over(self):
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
-        d = self.tb.start("c1", "halfclose", ["python3", "-c", HALF_CLOSE_CLIENT, VIP_IP])
+        d = self.tb.start("c1", "halfclose", [sys.executable, "-c", HALF_CLOSE_CLIENT, VIP_IP])
         self.assertTrue(wait_until(lambda: "half-close id=1" in self.stack.log("proxy"), 10))
         time.sleep(0.3)
         self.stack.kill_primary()
