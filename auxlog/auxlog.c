@@ -2,7 +2,7 @@
  * and the mail store, relays IMAP and SMTP, records each marked
  * conversation against its web transaction, and answers a re-run of that
  * conversation by another backend (after a failover) from the record, so
- * that an email is sent once and stored once.  Single-threaded epoll. */
+ * that an email is sent once and stored once.  One event loop (common/loop.h). */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,7 +18,8 @@
 #include "parse.h"
 
 struct listener {
-    struct aux_ep ep;
+    struct auxlog *a;
+    struct rs_io io;
     enum rs_aux_proto proto;
     struct rs_addr laddr, up;
     int fd;
@@ -29,8 +29,8 @@ struct auxlog {
     struct listener ls[2];
     unsigned n_ls;
     uint64_t ttl_ns, max_bytes;
-    int epfd, sfd;
-    struct aux_ep sig_ep;
+    struct rs_loop loop;
+    struct rs_timer expire;
     struct aux_conv *convs;
     unsigned n_convs;
     uint64_t next_id;
@@ -345,10 +345,9 @@ static void conv_arm(struct auxlog *a, struct aux_conv *c)
         ue |= EPOLLIN;
     if (c->uout.len || c->connecting)
         ue |= EPOLLOUT;
-    struct epoll_event ev = { .events = ce, .data.ptr = &c->cep };
-    epoll_ctl(a->epfd, EPOLL_CTL_MOD, c->cfd, &ev);
-    ev = (struct epoll_event){ .events = ue, .data.ptr = &c->uep };
-    epoll_ctl(a->epfd, EPOLL_CTL_MOD, c->ufd, &ev);
+    (void)a;
+    rs_io_set(&c->cio, ce);
+    rs_io_set(&c->uio, ue);
 }
 
 /* Sends what 'b' holds on 'fd'.  Returns 0 or -errno. */
@@ -405,6 +404,8 @@ static void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
         a->convs = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    rs_io_stop(&c->cio);
+    rs_io_stop(&c->uio);
     close(c->cfd);
     close(c->ufd);
     buf_free(&c->cin);
@@ -943,12 +944,30 @@ static void conv_event(struct auxlog *a, struct aux_conv *c, bool upstream, uint
     conv_progress(a, c);
 }
 
-static void on_accept(struct auxlog *a, struct listener *l)
+static void on_client(struct rs_io *io, uint32_t events)
 {
+    struct aux_conv *c = io->ctx;
+
+    conv_event(c->a, c, false, events);
+}
+
+static void on_upstream(struct rs_io *io, uint32_t events)
+{
+    struct aux_conv *c = io->ctx;
+
+    conv_event(c->a, c, true, events);
+}
+
+static void on_accept(struct rs_io *io, uint32_t events)
+{
+    struct listener *l = io->ctx;
+    struct auxlog *a = l->a;
+
+    (void)events;
     for (;;) {
         struct sockaddr_in sin;
         socklen_t sl = sizeof(sin);
-        int one = 1, fd = accept4(l->fd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int one = 1, fd = accept4(io->fd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
         if (a->n_convs >= AUX_CONV_MAX) {
@@ -971,14 +990,13 @@ static void on_accept(struct auxlog *a, struct listener *l)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c->id = ++a->next_id;
+        c->a = a;
         c->proto = l->proto;
         c->cfd = fd;
         c->ufd = ufd;
         c->peer = rs_addr_of_sin(&sin);
         c->up = l->up;
         c->start_ns = rs_mono_ns();
-        c->cep = (struct aux_ep){ EP_CLIENT, c };
-        c->uep = (struct aux_ep){ EP_UPSTREAM, c };
         rs_aux_split_init(&c->cs, c->proto, RS_AUX_CLIENT, AUX_LINE_MAX, AUX_UNIT_MAX);
         rs_aux_split_init(&c->ss, c->proto, RS_AUX_SERVER, AUX_LINE_MAX, AUX_UNIT_MAX);
         c->rec = record_new(c->proto, c->peer.ip);
@@ -993,13 +1011,8 @@ static void on_accept(struct auxlog *a, struct listener *l)
             conv_error(a, c, "record", ENOMEM);
             continue;
         }
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &c->cep };
-        if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
-            conv_error(a, c, "epoll", errno);
-            continue;
-        }
-        ev.data.ptr = &c->uep;
-        if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, ufd, &ev) < 0) {
+        if (rs_io_start(&a->loop, &c->cio, fd, EPOLLIN, on_client, c) < 0
+            || rs_io_start(&a->loop, &c->uio, ufd, EPOLLIN, on_upstream, c) < 0) {
             conv_error(a, c, "epoll", errno);
             continue;
         }
@@ -1060,29 +1073,35 @@ static int parse_pair(const char *text, struct rs_addr *l, struct rs_addr *u)
     return rs_addr_parse(buf, l) < 0 || rs_addr_parse(eq + 1, u) < 0 ? -EINVAL : 0;
 }
 
+static void on_expire(struct rs_timer *t)
+{
+    struct auxlog *a = t->ctx;
+
+    records_expire(a);
+    rs_timer_after(&a->loop, t, 1000000000ull);
+}
+
 static int setup(struct auxlog *a)
 {
-    struct epoll_event ev = { .events = EPOLLIN };
+    int e;
 
-    if ((a->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
-        return -errno;
-    if ((a->sfd = rs_signals_open()) < 0)
-        return a->sfd;
-    a->sig_ep = (struct aux_ep){ EP_SIGNAL, NULL };
-    ev.data.ptr = &a->sig_ep;
-    if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->sfd, &ev) < 0)
-        return -errno;
+    if ((e = rs_loop_init(&a->loop)) || (e = rs_loop_signals(&a->loop, print_stats, a)))
+        return e;
     for (unsigned i = 0; i < a->n_ls; i++) {
         struct listener *l = &a->ls[i];
-        if ((l->fd = rs_listen_tcp(l->laddr, 256)) < 0) {
-            rs_log("cannot listen on %s: %s", RS_A(l->laddr), strerror(-l->fd));
-            return l->fd;
+        int fd = rs_listen_tcp(l->laddr, 256);
+        if (fd < 0) {
+            rs_log("cannot listen on %s: %s", RS_A(l->laddr), strerror(-fd));
+            return fd;
         }
-        l->ep = (struct aux_ep){ EP_LISTEN, l };
-        ev.data.ptr = &l->ep;
-        if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, l->fd, &ev) < 0)
-            return -errno;
+        l->a = a;
+        if ((e = rs_io_start(&a->loop, &l->io, fd, EPOLLIN, on_accept, l)) < 0) {
+            close(fd);
+            return e;
+        }
     }
+    rs_timer_init(&a->expire, on_expire, a);
+    rs_timer_after(&a->loop, &a->expire, 1000000000ull);
     return 0;
 }
 
@@ -1101,7 +1120,6 @@ int main(int argc, char **argv)
      * the window in which a reused client port meets an old record. */
     static struct auxlog a = { .ttl_ns = 120ull * 1000000000ull, .max_bytes = 64u << 20 };
     bool have[2] = { false, false };
-    uint64_t last_expire = 0;
     int o;
 
     rs_log_init("rs-auxlog");
@@ -1164,37 +1182,10 @@ int main(int argc, char **argv)
                RS_A(a.ls[i].laddr), RS_A(a.ls[i].up), (double)a.ttl_ns / 1e9, a.max_bytes);
     }
     fflush(stdout);
-    for (;;) {
-        struct epoll_event evs[64];
-        int n = epoll_wait(a.epfd, evs, 64, 1000);
-        if (n < 0 && errno != EINTR) {
-            rs_log("epoll_wait: %s", strerror(errno));
-            return 1;
-        }
-        for (int i = 0; i < n; i++) {
-            struct aux_ep *ep = evs[i].data.ptr;
-            switch (ep->kind) {
-            case EP_LISTEN:
-                on_accept(&a, ep->ptr);
-                break;
-            case EP_SIGNAL:
-                if (rs_signals_read(a.sfd, print_stats, &a)) {
-                    print_stats(&a);
-                    return 0;
-                }
-                break;
-            case EP_CLIENT:
-            case EP_UPSTREAM:
-                conv_event(&a, ep->ptr, ep->kind == EP_UPSTREAM, evs[i].events);
-                /* The conversation may be gone: later events of this batch
-                 * for it would be stale, so take one batch at a time. */
-                i = n;
-                break;
-            }
-        }
-        if (rs_mono_ns() - last_expire > 1000000000ull) {
-            last_expire = rs_mono_ns();
-            records_expire(&a);
-        }
+    if (rs_loop_run(&a.loop) < 0) {
+        rs_log("event loop: %s", strerror(errno));
+        return 1;
     }
+    print_stats(&a);
+    return 0;
 }

@@ -10,6 +10,7 @@
 
 #include "auxproto.h"
 #include "daemon.h"
+#include "loop.h"
 
 #define AUX_LINE_MAX    (64u << 10)     /* a command or reply line, with its CRLF */
 #define AUX_UNIT_MAX    (32u << 20)     /* a unit: literals and message data included */
@@ -71,18 +72,12 @@ enum aux_mode {
     AUX_RELAY,      /* unmarked (or no longer recordable): bytes only */
 };
 
-enum aux_ep_kind { EP_LISTEN, EP_SIGNAL, EP_CLIENT, EP_UPSTREAM };
-
-struct aux_ep {
-    enum aux_ep_kind kind;
-    void *ptr;
-};
-
 struct aux_conv {
     struct aux_conv *prev, *next;
     uint64_t id;
     enum rs_aux_proto proto;
-    struct aux_ep cep, uep;
+    struct auxlog *a;
+    struct rs_io cio, uio;              /* the backend's side, the mail store's side */
     int cfd, ufd;
     struct rs_addr peer, up;
     bool connecting, c_eof, u_eof, c_shut, u_shut;

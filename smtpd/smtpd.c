@@ -1,7 +1,7 @@
 /* rs-smtpd: the mail store's SMTP listener.  Accepts mail for local users
  * (EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT; no auth, no TLS, no relay)
  * and delivers each message into DIR/<user>/Maildir/new/, where dovecot
- * serves it over IMAP.  One epoll loop, TCP_NODELAY on every connection:
+ * serves it over IMAP.  One event loop (common/loop.h), TCP_NODELAY on every connection:
  * Roundcube waits for each reply, so Nagle + delayed ACK would add 40 ms. */
 #include <ctype.h>
 #include <errno.h>
@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -24,6 +23,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "loop.h"
 #include "parse.h"
 
 #define SMTPD_LINE_MAX 4096u       /* command line or message line, with CRLF */
@@ -36,6 +36,8 @@
 enum smtpd_state { ST_CMD, ST_DATA, ST_CLOSING };
 
 struct smtpd_conn {
+    struct smtpd *s;
+    struct rs_io io;
     int fd;
     struct rs_addr peer;
     enum smtpd_state state;
@@ -60,15 +62,15 @@ struct smtpd {
     const char *hostname;
     uint64_t max_size;
     unsigned max_conns;
-    int epfd, lfd, sfd;
+    struct rs_loop loop;
+    struct rs_io lio;
+    struct rs_timer reap;
     struct smtpd_conn *conns;
     unsigned n_conns;
     uint64_t seq;                  /* message counter for unique file names */
     /* stats */
     uint64_t accepted, refused, messages, delivered, rejected_rcpt, errors;
 };
-
-static int ev_listen_tag, ev_signal_tag;
 
 static void usage(FILE *f)
 {
@@ -99,6 +101,7 @@ static void conn_close(struct smtpd *s, struct smtpd_conn *c)
         ;
     if (*pp)
         *pp = c->next;
+    rs_io_stop(&c->io);
     close(c->fd);
     free(c->msg);
     free(c);
@@ -119,8 +122,8 @@ static int conn_flush(struct smtpd *s, struct smtpd_conn *c)
         memmove(c->out, c->out + n, c->out_len - (size_t)n);
         c->out_len -= (size_t)n;
     }
-    struct epoll_event ev = { .events = EPOLLIN | (c->out_len ? EPOLLOUT : 0), .data.ptr = c };
-    epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    (void)s;
+    rs_io_set(&c->io, EPOLLIN | (c->out_len ? EPOLLOUT : 0));
     return 0;
 }
 
@@ -441,8 +444,11 @@ static int conn_read(struct smtpd *s, struct smtpd_conn *c)
     }
 }
 
-static void conn_event(struct smtpd *s, struct smtpd_conn *c, uint32_t events)
+static void conn_event(struct rs_io *io, uint32_t events)
 {
+    struct smtpd_conn *c = io->ctx;
+    struct smtpd *s = c->s;
+
     if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && conn_read(s, c) < 0) {
         conn_close(s, c);
         return;
@@ -451,12 +457,15 @@ static void conn_event(struct smtpd *s, struct smtpd_conn *c, uint32_t events)
         conn_close(s, c);
 }
 
-static void on_accept(struct smtpd *s)
+static void on_accept(struct rs_io *io, uint32_t events)
 {
+    struct smtpd *s = io->ctx;
+
+    (void)events;
     for (;;) {
         struct sockaddr_in sin;
         socklen_t sl = sizeof(sin);
-        int one = 1, fd = accept4(s->lfd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int one = 1, fd = accept4(io->fd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return;
         if (s->n_conns >= s->max_conns) {
@@ -474,6 +483,7 @@ static void on_accept(struct smtpd *s)
             close(fd);
             continue;
         }
+        c->s = s;
         c->fd = fd;
         c->peer = rs_addr_of_sin(&sin);
         c->last = time(NULL);
@@ -481,8 +491,7 @@ static void on_accept(struct smtpd *s)
         s->conns = c;
         s->n_conns++;
         s->accepted++;
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
-        if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        if (rs_io_start(&s->loop, &c->io, fd, EPOLLIN, conn_event, c) < 0) {
             conn_close(s, c);
             continue;
         }
@@ -502,9 +511,10 @@ static void print_stats(void *ctx)
     fflush(stdout);
 }
 
-/* Drops connections idle for longer than SMTPD_IDLE_S. */
-static void reap_idle(struct smtpd *s)
+/* Drops connections idle for longer than SMTPD_IDLE_S (every 10 s). */
+static void reap_idle(struct rs_timer *t)
 {
+    struct smtpd *s = t->ctx;
     time_t now = time(NULL);
 
     for (struct smtpd_conn *c = s->conns, *next; c; c = next) {
@@ -514,23 +524,24 @@ static void reap_idle(struct smtpd *s)
             conn_close(s, c);
         }
     }
+    rs_timer_after(&s->loop, t, 10000000000ull);
 }
 
 static int setup(struct smtpd *s)
 {
-    struct epoll_event ev = { .events = EPOLLIN };
+    int e, fd;
 
-    if ((s->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
-        return -errno;
-    if ((s->sfd = rs_signals_open()) < 0)
-        return s->sfd;
-    ev.data.ptr = &ev_signal_tag;
-    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->sfd, &ev) < 0)
-        return -errno;
-    if ((s->lfd = rs_listen_tcp(s->laddr, 128)) < 0)
-        return s->lfd;
-    ev.data.ptr = &ev_listen_tag;
-    return epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->lfd, &ev) < 0 ? -errno : 0;
+    if ((e = rs_loop_init(&s->loop)) || (e = rs_loop_signals(&s->loop, print_stats, s)))
+        return e;
+    if ((fd = rs_listen_tcp(s->laddr, 128)) < 0)
+        return fd;
+    if ((e = rs_io_start(&s->loop, &s->lio, fd, EPOLLIN, on_accept, s))) {
+        close(fd);
+        return e;
+    }
+    rs_timer_init(&s->reap, reap_idle, s);
+    rs_timer_after(&s->loop, &s->reap, 10000000000ull);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -604,25 +615,10 @@ int main(int argc, char **argv)
     }
     printf("listening on %s\n", RS_A(s.laddr));
     fflush(stdout);
-    for (;;) {
-        struct epoll_event evs[64];
-        int n = epoll_wait(s.epfd, evs, 64, 10000);
-        if (n < 0 && errno != EINTR) {
-            rs_log("epoll_wait: %s", strerror(errno));
-            return 1;
-        }
-        for (int i = 0; i < n; i++) {
-            if (evs[i].data.ptr == &ev_listen_tag)
-                on_accept(&s);
-            else if (evs[i].data.ptr == &ev_signal_tag) {
-                if (rs_signals_read(s.sfd, print_stats, &s)) {
-                    print_stats(&s);
-                    return 0;
-                }
-            } else {
-                conn_event(&s, evs[i].data.ptr, evs[i].events);
-            }
-        }
-        reap_idle(&s);
+    if (rs_loop_run(&s.loop) < 0) {
+        rs_log("event loop: %s", strerror(errno));
+        return 1;
     }
+    print_stats(&s);
+    return 0;
 }
