@@ -12,6 +12,7 @@
 #include <http_parser.h>
 
 #include "daemon.h"     /* rs_log, rs_mono_ns, rs_addr */
+#include "loop.h"
 #include "state.h"
 #include "txn_id.h"
 
@@ -33,32 +34,10 @@
 
 /* ---- Types ------------------------------------------------------------ */
 
-enum app_ev_kind {
-    APP_EV_LISTEN,
-    APP_EV_SIGNAL,
-    APP_EV_SOCK,
-    APP_EV_TIMER,
-    APP_EV_DELAY,               /* --sync-delay's timer */
-    APP_EV_XFER,                /* --stated socket (xfer.c) */
-    APP_EV_XFER_TIMER,          /* xfer.c's timeouts and reconnects */
-    APP_EV_FRONT_SOCK,          /* --upstream: a client socket (front.c) */
-    APP_EV_FRONT_UP,            /* --upstream: that client's upstream socket */
-    APP_EV_FRONT_TIMER,         /* --upstream: that client's linger timer */
-    APP_EV_FRONT_APPLY,         /* --apply-cmd: the running command's pidfd */
-    APP_EV_FRONT_APPLY_TIMER,   /* --apply-cmd: its timeout */
-};
-
 struct app_conn;
 struct app_xfer;
 struct app_front;
 struct front_conn;
-
-/* What an epoll event's data.ptr points at. */
-struct app_ev {
-    enum app_ev_kind kind;
-    struct app_conn *conn;
-    struct front_conn *fc;      /* APP_EV_FRONT_SOCK/UP/TIMER */
-};
 
 /* Counters for the SIGUSR1 stats line. */
 enum app_stat {
@@ -115,9 +94,9 @@ struct app_txn {
 struct app_conn {
     struct app_conn *prev, *next;
     struct rs_app *app;
-    int fd, tfd;                /* socket, lazily created timerfd (-1) */
-    struct app_ev ev_sock, ev_timer;
-    uint32_t events;            /* epoll interest now registered */
+    int fd;                     /* the socket (io.fd while open) */
+    struct rs_io io;
+    struct rs_timer timer;      /* think time of a slow body, linger */
     uint32_t peer_ip4;          /* host order */
     uint16_t peer_port;
     uint32_t id_ip4;            /* the client its transaction IDs name: the peer, */
@@ -159,14 +138,14 @@ struct app_delayed {
 
 struct rs_app {
     const char *name;           /* --id */
-    int epfd, lfd, sfd, reserve_fd;
-    int delay_tfd;              /* --sync-delay timerfd, -1 if unused */
-    struct app_ev ev_listen, ev_signal, ev_delay;
+    struct rs_loop loop;
+    struct rs_io lio;           /* the listening socket */
+    int reserve_fd;
+    struct rs_timer delay_timer;    /* --sync-delay */
     struct rs_addr laddr;
     struct app_conn *conns;     /* open connections */
     struct app_conn *dead;      /* closed this loop turn, freed at its end */
     uint64_t conns_open;
-    bool stop;
     struct rs_app_hooks hooks;
     uint64_t counter;
     struct app_token_rec tokens[APP_TOKEN_REC];
@@ -186,9 +165,6 @@ struct rs_app {
 
 /* ---- main.c ----------------------------------------------------------- */
 
-/* Arms (ns > 0) or disarms (ns == 0) timerfd 'fd' relative to now. */
-int app_timer_set(int fd, uint64_t ns);
-
 /* ---- http.c ----------------------------------------------------------- */
 
 /* Accepts connection 'fd' from 'peer' and registers it.  Returns 0 or a
@@ -203,7 +179,6 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer);
 void app_conn_identity(struct rs_app *app, int fd, struct rs_addr pa, char *tuple, size_t len,
                        uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base, bool *rerun);
 /* Handles an epoll event on the connection's socket or timer. */
-void app_conn_event(struct app_conn *c, enum app_ev_kind kind, uint32_t events);
 /* Does all the work the connection can do now (parse, serve, send). */
 void app_conn_service(struct app_conn *c);
 /* Closes 'c' now; held and unsent transactions end incomplete. */
@@ -232,8 +207,6 @@ void app_serve(struct rs_app *app, struct app_conn *c);
 const char *app_token_take(struct rs_app *app, rs_txn_id id, char out[33]);
 /* Installs the --sync-delay hooks: every nondet update waits 'ns'. */
 int app_sync_delay_init(struct rs_app *app, uint64_t ns);
-/* The --sync-delay timer fired. */
-void app_sync_delay_fire(struct rs_app *app);
 
 /* ---- front.c: front mode (--upstream) ---------------------------------- */
 
@@ -260,8 +233,6 @@ int app_front_init(struct rs_app *app, const struct app_front_cfg *cfg);
 /* Accepts client connection 'fd' from 'peer'.  Returns 0 or a negative
  * errno (then 'fd' is closed). */
 int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer);
-/* Handles an epoll event of kind APP_EV_FRONT_* on 'ev'. */
-void app_front_event(struct rs_app *app, struct app_ev *ev, uint32_t events);
 /* rs_app_txn_resume in front mode: releases the held response of 'id'.
  * Returns 0 or -ENOENT. */
 int app_front_resume(struct rs_app *app, rs_txn_id id, int err);

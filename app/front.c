@@ -31,11 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -135,9 +133,9 @@ struct front_conn {
     struct front_conn *prev, *next;
     struct rs_app *app;
     struct app_front *f;
-    int fd, ufd, tfd;
-    struct app_ev ev_sock, ev_up, ev_timer;
-    uint32_t events, up_events;
+    int fd, ufd;                /* client and upstream sockets (sio.fd / uio.fd while open) */
+    struct rs_io sio, uio;
+    struct rs_timer timer;      /* linger */
     uint32_t id_ip4;            /* the client its transaction IDs name */
     uint16_t id_port, id_base;
     bool rerun;                 /* its CONN_MAP said: re-runs after a failover */
@@ -207,8 +205,9 @@ struct app_front {
     uint8_t *blob;              /* RS_CTL_STATE_MAX: one state read at a time */
     /* The running apply command (one at a time: stated's records are answered in order). */
     pid_t apply_pid;
-    int apply_pidfd, apply_tfd;
-    struct app_ev ev_apply, ev_apply_timer;
+    int apply_pidfd;
+    struct rs_io apply_io;      /* the command's pidfd: readable when it ends */
+    struct rs_timer apply_timer;    /* --apply-timeout */
     uint64_t apply_cookie, apply_t0;
     rs_txn_id apply_txn;
     uint32_t apply_len;
@@ -223,6 +222,10 @@ struct app_front {
 
 static void front_service(struct front_conn *c);
 static void front_close(struct front_conn *c, const char *why);
+static void on_sock(struct rs_io *io, uint32_t events);
+static void on_up(struct rs_io *io, uint32_t events);
+static void on_linger(struct rs_timer *t);
+static void on_apply_end(struct rs_io *io, uint32_t events);
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
@@ -840,10 +843,9 @@ static void up_close(struct front_conn *c)
 {
     if (c->ufd < 0)
         return;
-    epoll_ctl(c->app->epfd, EPOLL_CTL_DEL, c->ufd, NULL);
+    rs_io_stop(&c->uio);
     close(c->ufd);
     c->ufd = -1;
-    c->up_events = 0;
     c->up_connecting = c->up_eof = false;
     c->uo_off = c->uo_len = 0;
     c->ui_off = c->ui_len = 0;
@@ -893,19 +895,13 @@ static void up_set_events(struct front_conn *c)
         ev |= EPOLLOUT;
     if (!c->up_connecting && !c->up_eof && c->ui_len - c->ui_off < FRONT_UP_IN_CAP)
         ev |= EPOLLIN;
-    if (ev != c->up_events) {
-        struct epoll_event e = { .events = ev, .data.ptr = &c->ev_up };
-
-        if (epoll_ctl(c->app->epfd, EPOLL_CTL_MOD, c->ufd, &e) == 0)
-            c->up_events = ev;
-    }
+    rs_io_set(&c->uio, ev);
 }
 
 /* Starts the upstream connection.  Returns 0 or a negative errno. */
 static int up_connect(struct front_conn *c)
 {
     struct sockaddr_in sin = rs_addr_sin(c->f->cfg.upstream);
-    struct epoll_event ev = { .events = EPOLLOUT, .data.ptr = &c->ev_up };
     int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     if (fd < 0)
@@ -917,14 +913,13 @@ static int up_connect(struct front_conn *c)
         close(fd);
         return err;
     }
-    if (epoll_ctl(c->app->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (rs_io_start(&c->app->loop, &c->uio, fd, EPOLLOUT, on_up, c) < 0) {
         int err = -errno;
 
         close(fd);
         return err;
     }
     c->ufd = fd;
-    c->up_events = EPOLLOUT;
     c->up_connecting = true;
     c->f->stats[FS_UP_CONNECTS]++;
     return 0;
@@ -1460,19 +1455,11 @@ static bool client_flush(struct front_conn *c, uint64_t *budget)
     return progress;
 }
 
-/* Arms the linger timer, creating it on first use.  Returns 0 or -errno. */
+/* Arms the linger timer.  Returns 0. */
 static int conn_timer(struct front_conn *c, uint64_t ns)
 {
-    if (c->tfd < 0) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &c->ev_timer };
-
-        c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        if (c->tfd < 0)
-            return -errno;
-        if (epoll_ctl(c->app->epfd, EPOLL_CTL_ADD, c->tfd, &ev) < 0)
-            return -errno;
-    }
-    return app_timer_set(c->tfd, ns);
+    rs_timer_after(&c->app->loop, &c->timer, ns);
+    return 0;
 }
 
 /* Write side shut: drop input until the client closes, so unread request
@@ -1501,14 +1488,9 @@ static void conn_set_events(struct front_conn *c)
         ev |= EPOLLIN;
     if (c->sent_total < out_limit(c))
         ev |= EPOLLOUT;
-    if (ev != c->events) {
-        struct epoll_event e = { .events = ev, .data.ptr = &c->ev_sock };
-
-        if (epoll_ctl(c->app->epfd, EPOLL_CTL_MOD, c->fd, &e) < 0) {
-            front_close(c, "epoll failed");
-            return;
-        }
-        c->events = ev;
+    if (rs_io_set(&c->sio, ev) < 0) {
+        front_close(c, "epoll failed");
+        return;
     }
     up_set_events(c);
 }
@@ -1578,7 +1560,6 @@ int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *pe
     struct app_front *f = app->front;
     struct front_conn *c = calloc(1, sizeof(*c));
     struct rs_addr pa = rs_addr_of_sin(peer);
-    struct epoll_event ev;
 
     if (!c) {
         close(fd);
@@ -1587,19 +1568,15 @@ int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *pe
     c->app = app;
     c->f = f;
     c->fd = fd;
-    c->ufd = c->tfd = -1;
-    c->ev_sock = (struct app_ev){ .kind = APP_EV_FRONT_SOCK, .fc = c };
-    c->ev_up = (struct app_ev){ .kind = APP_EV_FRONT_UP, .fc = c };
-    c->ev_timer = (struct app_ev){ .kind = APP_EV_FRONT_TIMER, .fc = c };
+    c->ufd = -1;
+    rs_timer_init(&c->timer, on_linger, c);
     app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base, &c->rerun);
     http_parser_init(&c->rq, HTTP_REQUEST);
     c->rq.data = c;
     http_parser_init(&c->rs, HTTP_RESPONSE);
     c->rs.data = c;
 
-    c->events = EPOLLIN;
-    ev = (struct epoll_event){ .events = c->events, .data.ptr = &c->ev_sock };
-    if (epoll_ctl(app->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (rs_io_start(&app->loop, &c->sio, fd, EPOLLIN, on_sock, c) < 0) {
         int err = -errno;
 
         close(fd);
@@ -1635,20 +1612,17 @@ static void front_close(struct front_conn *c, const char *why)
     rs_log("conn-close %s reqs=%u in=%" PRIu64 "B out=%" PRIu64 "B %s", c->tuple, c->n_req,
            c->recv_total, c->sent_total, why);
     up_close(c);
-    epoll_ctl(c->app->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    rs_io_stop(&c->sio);
+    rs_timer_stop(&c->app->loop, &c->timer);
     close(c->fd);
-    if (c->tfd >= 0) {
-        epoll_ctl(c->app->epfd, EPOLL_CTL_DEL, c->tfd, NULL);
-        close(c->tfd);
-    }
-    c->fd = c->tfd = -1;
+    c->fd = -1;
     if (c->prev)
         c->prev->next = c->next;
     else
         f->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    /* Freed at the end of the loop turn: its events may still be pending. */
+    /* Freed at the end of the loop turn: callers up the stack may still hold it. */
     c->next = f->dead;
     c->prev = NULL;
     f->dead = c;
@@ -1716,9 +1690,9 @@ static void apply_finish(struct app_front *f, struct rs_app *app)
         snprintf(how, sizeof(how), "signal=%d", WTERMSIG(st));
     else
         snprintf(how, sizeof(how), "lost");
-    epoll_ctl(app->epfd, EPOLL_CTL_DEL, f->apply_pidfd, NULL);
+    rs_io_stop(&f->apply_io);
     close(f->apply_pidfd);
-    app_timer_set(f->apply_tfd, 0);
+    rs_timer_stop(&app->loop, &f->apply_timer);
     unlink(f->apply_path);
     f->apply_pidfd = -1;
     f->apply_pid = 0;
@@ -1800,7 +1774,6 @@ int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t 
     char *argv[6];
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
-    struct epoll_event ev;
     sigset_t none, dfl;
     uint64_t seq = 0;
     pid_t pid;
@@ -1873,8 +1846,7 @@ int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t 
     f->apply_t0 = rs_mono_ns();
     f->apply_timed_out = false;
     f->apply_pidfd = pidfd_open(pid, 0);
-    ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &f->ev_apply };
-    if (f->apply_pidfd < 0 || epoll_ctl(app->epfd, EPOLL_CTL_ADD, f->apply_pidfd, &ev) < 0) {
+    if (f->apply_pidfd < 0 || rs_io_start(&app->loop, &f->apply_io, f->apply_pidfd, EPOLLIN, on_apply_end, app) < 0) {
         /* Cannot watch it: wait for it here (rare; pidfds exist since 5.3). */
         int st;
 
@@ -1889,63 +1861,70 @@ int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t 
         f->stats[WIFEXITED(st) && WEXITSTATUS(st) == 0 ? FS_APPLIES : FS_APPLY_ERRORS]++;
         return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
     }
-    app_timer_set(f->apply_tfd, f->cfg.apply_timeout_ns);
+    rs_timer_after(&app->loop, &f->apply_timer, f->cfg.apply_timeout_ns);
     rs_log("state-apply %s start %zuB file=%s", ids, len, f->apply_path);
     return 1;
 }
 
 /* ---- Events, set-up, stats -------------------------------------------- */
 
-void app_front_event(struct rs_app *app, struct app_ev *ev, uint32_t events)
+static void on_apply_end(struct rs_io *io, uint32_t events)
 {
-    struct app_front *f = app->front;
-    struct front_conn *c = ev->fc;
-    uint64_t ticks;
+    struct rs_app *app = io->ctx;
 
-    switch (ev->kind) {
-    case APP_EV_FRONT_APPLY:
-        if (f->apply_pid > 0)
-            apply_finish(f, app);
-        return;
-    case APP_EV_FRONT_APPLY_TIMER:
-        if (read(f->apply_tfd, &ticks, sizeof(ticks)) == (ssize_t)sizeof(ticks) && f->apply_pid > 0) {
-            f->apply_timed_out = true;
-            rs_log("state-apply: command ran past --apply-timeout: killing it");
-            kill(f->apply_pid, SIGKILL);
-        }
-        return;
-    case APP_EV_FRONT_TIMER:
-        if (c->dead || read(c->tfd, &ticks, sizeof(ticks)) != (ssize_t)sizeof(ticks))
-            return;
-        if (c->draining)
-            front_close(c, "linger timeout");
-        return;
-    case APP_EV_FRONT_SOCK:
-        if (c->dead)
-            return;
-        if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
-            int soerr = 0;
-            socklen_t sl = sizeof(soerr);
+    (void)events;
+    if (app->front->apply_pid > 0)
+        apply_finish(app->front, app);
+}
 
-            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-            front_close(c, soerr ? strerror(soerr) : "hangup");
-            return;
-        }
-        front_service(c);
+static void on_apply_timeout(struct rs_timer *t)
+{
+    struct app_front *f = t->ctx;
+
+    if (f->apply_pid > 0) {
+        f->apply_timed_out = true;
+        rs_log("state-apply: command ran past --apply-timeout: killing it");
+        kill(f->apply_pid, SIGKILL);
+    }
+}
+
+static void on_linger(struct rs_timer *t)
+{
+    struct front_conn *c = t->ctx;
+
+    if (!c->dead && c->draining)
+        front_close(c, "linger timeout");
+}
+
+static void on_sock(struct rs_io *io, uint32_t events)
+{
+    struct front_conn *c = io->ctx;
+
+    if (c->dead)
         return;
-    case APP_EV_FRONT_UP:
-        if (!c->dead)
-            front_service(c);
-        return;
-    default:
+    if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+        front_close(c, soerr ? strerror(soerr) : "hangup");
         return;
     }
+    front_service(c);
+}
+
+static void on_up(struct rs_io *io, uint32_t events)
+{
+    struct front_conn *c = io->ctx;
+
+    (void)events;
+    if (!c->dead)
+        front_service(c);
 }
 
 int app_front_init(struct rs_app *app, const struct app_front_cfg *cfg)
 {
     struct app_front *f = calloc(1, sizeof(*f));
-    struct epoll_event ev;
 
     if (!f)
         return -ENOMEM;
@@ -1957,20 +1936,12 @@ int app_front_init(struct rs_app *app, const struct app_front_cfg *cfg)
         return err;
     }
     f->blob = malloc(RS_CTL_STATE_MAX);
-    f->apply_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
     f->apply_pidfd = -1;
-    f->ev_apply = (struct app_ev){ .kind = APP_EV_FRONT_APPLY };
-    f->ev_apply_timer = (struct app_ev){ .kind = APP_EV_FRONT_APPLY_TIMER };
-    ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &f->ev_apply_timer };
-    if (!f->blob || f->apply_tfd < 0 || epoll_ctl(app->epfd, EPOLL_CTL_ADD, f->apply_tfd, &ev) < 0) {
-        int err = f->blob ? -errno : -ENOMEM;
-
-        if (f->apply_tfd >= 0)
-            close(f->apply_tfd);
-        free(f->blob);
+    if (!f->blob) {
         free(f);
-        return err;
+        return -ENOMEM;
     }
+    rs_timer_init(&f->apply_timer, on_apply_timeout, f);
     app->front = f;
     return 0;
 }
@@ -2001,9 +1972,10 @@ void app_front_close(struct rs_app *app)
             ;
         unlink(f->apply_path);
     }
+    rs_io_stop(&f->apply_io);
+    rs_timer_stop(&app->loop, &f->apply_timer);
     if (f->apply_pidfd >= 0)
         close(f->apply_pidfd);
-    close(f->apply_tfd);
     free(f->blob);
     free(f);
     app->front = NULL;

@@ -13,9 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "content.h"
@@ -266,24 +264,11 @@ void app_resp_stream(struct app_conn *c, int status, const char *ctype, int64_t 
 
 /* ---- Body streaming --------------------------------------------------- */
 
-/* Arms the connection's timer, creating it on first use.  Returns 0 or a
- * negative errno. */
+/* Arms the connection's timer (think time, linger).  Returns 0. */
 static int conn_timer(struct app_conn *c, uint64_t ns)
 {
-    if (c->tfd < 0) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &c->ev_timer };
-
-        c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        if (c->tfd < 0)
-            return -errno;
-        if (epoll_ctl(c->app->epfd, EPOLL_CTL_ADD, c->tfd, &ev) < 0) {
-            int err = -errno;
-            close(c->tfd);
-            c->tfd = -1;
-            return err;
-        }
-    }
-    return app_timer_set(c->tfd, ns);
+    rs_timer_after(&c->app->loop, &c->timer, ns);
+    return 0;
 }
 
 static void body_done(struct app_conn *c)
@@ -554,15 +539,9 @@ static void conn_set_events(struct app_conn *c)
         ev |= EPOLLIN;
     if (c->out_off < c->out_len || (c->body.kind != BODY_NONE && !c->body.timer_wait))
         ev |= EPOLLOUT;
-    if (ev != c->events) {
-        struct epoll_event e = { .events = ev, .data.ptr = &c->ev_sock };
-
-        if (epoll_ctl(c->app->epfd, EPOLL_CTL_MOD, c->fd, &e) < 0) {
-            rs_log("error %s epoll_ctl %s", c->tuple, strerror(errno));
-            app_conn_close(c, "epoll failed");
-            return;
-        }
-        c->events = ev;
+    if (rs_io_set(&c->io, ev) < 0) {
+        rs_log("error %s epoll_ctl %s", c->tuple, strerror(errno));
+        app_conn_close(c, "epoll failed");
     }
 }
 
@@ -631,24 +610,30 @@ void app_conn_service(struct app_conn *c)
     conn_set_events(c);
 }
 
-void app_conn_event(struct app_conn *c, enum app_ev_kind kind, uint32_t events)
+static void conn_on_timer(struct rs_timer *t)
 {
+    struct app_conn *c = t->ctx;
+
     if (c->dead)
         return;
-    if (kind == APP_EV_TIMER) {
-        uint64_t ticks;
+    if (c->draining) {
+        app_conn_close(c, "linger timeout");
+        return;
+    }
+    if (c->body.timer_wait) {
+        c->body.timer_wait = false;
+        c->body.timer_fired = true;
+    }
+    app_conn_service(c);
+}
 
-        if (read(c->tfd, &ticks, sizeof(ticks)) != (ssize_t)sizeof(ticks))
-            return;     /* spurious: the timer was re-armed meanwhile */
-        if (c->draining) {
-            app_conn_close(c, "linger timeout");
-            return;
-        }
-        if (c->body.timer_wait) {
-            c->body.timer_wait = false;
-            c->body.timer_fired = true;
-        }
-    } else if (events & (EPOLLERR | EPOLLHUP)) {
+static void conn_on_io(struct rs_io *io, uint32_t events)
+{
+    struct app_conn *c = io->ctx;
+
+    if (c->dead)
+        return;
+    if (events & (EPOLLERR | EPOLLHUP)) {
         int soerr = 0;
         socklen_t sl = sizeof(soerr);
 
@@ -691,7 +676,6 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
 {
     struct app_conn *c = calloc(1, sizeof(*c));
     struct rs_addr pa = rs_addr_of_sin(peer);
-    struct epoll_event ev;
 
     if (!c) {
         close(fd);
@@ -699,18 +683,14 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     }
     c->app = app;
     c->fd = fd;
-    c->tfd = -1;
-    c->ev_sock = (struct app_ev){ .kind = APP_EV_SOCK, .conn = c };
-    c->ev_timer = (struct app_ev){ .kind = APP_EV_TIMER, .conn = c };
+    rs_timer_init(&c->timer, conn_on_timer, c);
     c->peer_ip4 = pa.ip;
     c->peer_port = pa.port;
     app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base, NULL);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
 
-    c->events = EPOLLIN;
-    ev = (struct epoll_event){ .events = c->events, .data.ptr = &c->ev_sock };
-    if (epoll_ctl(app->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    if (rs_io_start(&app->loop, &c->io, fd, EPOLLIN, conn_on_io, c) < 0) {
         int err = -errno;
         close(fd);
         free(c);
@@ -747,18 +727,17 @@ void app_conn_close(struct app_conn *c, const char *why)
     }
     rs_log("conn-close %s reqs=%u in=%" PRIu64 "B out=%" PRIu64 "B %s", c->tuple,
             c->n_req, c->recv_total, c->sent_total, why);
-    epoll_ctl(app->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    rs_io_stop(&c->io);
+    rs_timer_stop(&app->loop, &c->timer);
     close(c->fd);
-    if (c->tfd >= 0)
-        close(c->tfd);
-    c->fd = c->tfd = -1;
+    c->fd = -1;
     if (c->prev)
         c->prev->next = c->next;
     else
         app->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    /* Freed by app_conn_reap: this loop turn may still hold events for it. */
+    /* Freed by app_conn_reap after this loop turn: callers up the stack may still hold it. */
     c->next = app->dead;
     c->prev = NULL;
     app->dead = c;

@@ -1,5 +1,5 @@
 /* rs-app: the reference web application behind the resplice proxy.  A
- * single-threaded epoll HTTP/1.1 server (keep-alive, pipelining) with
+ * single-threaded event-loop HTTP/1.1 server (keep-alive, pipelining) with
  * checkable static content, a counter, a random token and a slow chunked
  * stream; see endpoints.c for the URLs and state.h for the state hooks. */
 #include "app.h"
@@ -16,7 +16,6 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,15 +23,6 @@
 
 #include "parse.h"
 #include "xfer.h"
-
-int app_timer_set(int fd, uint64_t ns)
-{
-    struct itimerspec its = { 0 };
-
-    its.it_value.tv_sec = (time_t)(ns / 1000000000ull);
-    its.it_value.tv_nsec = (long)(ns % 1000000000ull);
-    return timerfd_settime(fd, 0, &its, NULL) < 0 ? -errno : 0;
-}
 
 /* ---- Stats ------------------------------------------------------------ */
 
@@ -117,28 +107,6 @@ static void usage(FILE *f)
         "SIGTERM or SIGINT exits cleanly.\n");
 }
 
-static int listen_open(struct rs_app *app)
-{
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_listen };
-
-    app->lfd = rs_listen_tcp(app->laddr, 1024);
-    if (app->lfd < 0)
-        return app->lfd;
-    app->ev_listen = (struct app_ev){ .kind = APP_EV_LISTEN };
-    return epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->lfd, &ev) < 0 ? -errno : 0;
-}
-
-static int signals_open(struct rs_app *app)
-{
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_signal };
-
-    app->sfd = rs_signals_open();
-    if (app->sfd < 0)
-        return app->sfd;
-    app->ev_signal = (struct app_ev){ .kind = APP_EV_SIGNAL };
-    return epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->sfd, &ev) < 0 ? -errno : 0;
-}
-
 /* Scale experiments open thousands of connections: take all the fds allowed. */
 static void raise_nofile(void)
 {
@@ -152,12 +120,15 @@ static void raise_nofile(void)
 
 /* ---- Event loop ------------------------------------------------------- */
 
-static void on_accept(struct rs_app *app)
+static void on_accept(struct rs_io *io, uint32_t events)
 {
+    struct rs_app *app = io->ctx;
+
+    (void)events;
     for (;;) {
         struct sockaddr_in peer;
         socklen_t sl = sizeof(peer);
-        int fd = accept4(app->lfd, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(io->fd, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
         int err;
 
         if (fd < 0) {
@@ -168,7 +139,7 @@ static void on_accept(struct rs_app *app)
                  * connection, else the level-triggered listener spins. */
                 rs_log("error accept %s: dropping a connection", strerror(errno));
                 close(app->reserve_fd);
-                fd = accept(app->lfd, NULL, NULL);
+                fd = accept(io->fd, NULL, NULL);
                 if (fd >= 0)
                     close(fd);
                 app->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -188,43 +159,14 @@ static void on_accept(struct rs_app *app)
     }
 }
 
-static void run(struct rs_app *app)
+/* Once per loop turn: free what closed during it. */
+static bool reap(void *ctx)
 {
-    struct epoll_event evs[64];
+    struct rs_app *app = ctx;
 
-    while (!app->stop) {
-        int n = epoll_wait(app->epfd, evs, 64, -1);
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            rs_log("error epoll_wait %s", strerror(errno));
-            break;
-        }
-        for (int i = 0; i < n; i++) {
-            struct app_ev *ev = evs[i].data.ptr;
-
-            switch (ev->kind) {
-            case APP_EV_LISTEN: on_accept(app); break;
-            case APP_EV_SIGNAL:
-                if (rs_signals_read(app->sfd, stats_print, app))
-                    app->stop = true;
-                break;
-            case APP_EV_DELAY: app_sync_delay_fire(app); break;
-            case APP_EV_XFER: app_xfer_event(app, 0, evs[i].events); break;
-            case APP_EV_XFER_TIMER: app_xfer_event(app, 1, evs[i].events); break;
-            case APP_EV_SOCK:
-            case APP_EV_TIMER: app_conn_event(ev->conn, ev->kind, evs[i].events); break;
-            case APP_EV_FRONT_SOCK:
-            case APP_EV_FRONT_UP:
-            case APP_EV_FRONT_TIMER:
-            case APP_EV_FRONT_APPLY:
-            case APP_EV_FRONT_APPLY_TIMER: app_front_event(app, ev, evs[i].events); break;
-            }
-        }
-        app_conn_reap(app);
-        app_front_reap(app);
-    }
+    app_conn_reap(app);
+    app_front_reap(app);
+    return false;
 }
 
 int main(int argc, char **argv)
@@ -260,7 +202,6 @@ int main(int argc, char **argv)
 
     app.name = "app";
     app.crash_num = -1;
-    app.epfd = app.lfd = app.sfd = app.delay_tfd = -1;
     while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (opt) {
         case 'l': listen_text = optarg; break;
@@ -388,13 +329,11 @@ int main(int argc, char **argv)
     }
     raise_nofile();
     app.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    app.epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (app.epfd < 0)
-        err = -errno;
-    if (err == 0)
-        err = signals_open(&app);
-    if (err == 0)
-        err = listen_open(&app);
+    if ((err = rs_loop_init(&app.loop)) == 0)
+        err = rs_loop_signals(&app.loop, stats_print, &app);
+    if (err == 0 && (err = rs_listen_tcp(app.laddr, 1024)) >= 0)
+        err = rs_io_start(&app.loop, &app.lio, err, EPOLLIN, on_accept, &app);
+    rs_loop_idle(&app.loop, reap, &app);
     if (err == 0 && sync_delay)
         err = app_sync_delay_init(&app, sync_delay);
     if (err == 0 && upstream_text && (err = app_front_init(&app, &front)) < 0) {
@@ -416,7 +355,8 @@ int main(int argc, char **argv)
     printf("listening on %s\n", RS_A(app.laddr));
     fflush(stdout);
 
-    run(&app);
+    if (rs_loop_run(&app.loop) < 0)
+        rs_log("error event loop %s", strerror(errno));
 
     while (app.conns)
         app_conn_close(app.conns, "shutdown");
@@ -424,11 +364,8 @@ int main(int argc, char **argv)
     stats_print(&app);
     app_front_close(&app);      /* before the library: its hooks see the ends */
     rs_log("exit");
-    close(app.lfd);
-    close(app.sfd);
-    close(app.epfd);
-    if (app.delay_tfd >= 0)
-        close(app.delay_tfd);
     app_xfer_close(&app);
+    close(app.lio.fd);
+    rs_loop_fini(&app.loop);
     return 0;
 }

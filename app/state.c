@@ -9,8 +9,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 void rs_app_set_hooks(struct rs_app *app, const struct rs_app_hooks *hooks)
@@ -118,9 +116,9 @@ static void delay_arm(struct rs_app *app)
         if (app->delayed[i].due_ns < next)
             next = app->delayed[i].due_ns;
     if (next == UINT64_MAX)
-        app_timer_set(app->delay_tfd, 0);
+        rs_timer_stop(&app->loop, &app->delay_timer);
     else
-        app_timer_set(app->delay_tfd, next > now ? next - now : 1);
+        rs_timer_after(&app->loop, &app->delay_timer, next > now ? next - now : 1);
 }
 
 static int delay_update(void *ctx, rs_txn_id id, const void *state, size_t len, int nondet)
@@ -138,13 +136,12 @@ static int delay_update(void *ctx, rs_txn_id id, const void *state, size_t len, 
     return RS_APP_HOOK_WAIT;
 }
 
-void app_sync_delay_fire(struct rs_app *app)
+static void sync_delay_fire(struct rs_timer *t)
 {
-    uint64_t ticks, now = rs_mono_ns();
+    struct rs_app *app = t->ctx;
+    uint64_t now = rs_mono_ns();
     uint32_t i = 0;
 
-    if (read(app->delay_tfd, &ticks, sizeof(ticks)) < 0)
-        return;
     while (i < app->n_delayed) {
         if (app->delayed[i].due_ns <= now) {
             rs_txn_id id = app->delayed[i].id;
@@ -161,14 +158,8 @@ void app_sync_delay_fire(struct rs_app *app)
 int app_sync_delay_init(struct rs_app *app, uint64_t ns)
 {
     struct rs_app_hooks hooks = { .ctx = app, .txn_update = delay_update };
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &app->ev_delay };
 
-    app->delay_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (app->delay_tfd < 0)
-        return -errno;
-    app->ev_delay = (struct app_ev){ .kind = APP_EV_DELAY };
-    if (epoll_ctl(app->epfd, EPOLL_CTL_ADD, app->delay_tfd, &ev) < 0)
-        return -errno;
+    rs_timer_init(&app->delay_timer, sync_delay_fire, app);
     app->sync_delay_ns = ns;
     rs_app_set_hooks(app, &hooks);
     return 0;

@@ -11,9 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -51,9 +49,9 @@ static const char *const xs_names[XS_MAX] = {
 struct app_xfer {
     struct rs_app *app;
     const char *path;
-    int fd, tfd;                /* stated socket (-1: not connected), timer */
-    struct app_ev ev_sock, ev_timer;
-    uint32_t events;
+    int fd;                     /* stated socket (-1: not connected) */
+    struct rs_io io;
+    struct rs_timer timer;      /* the nearest deadline: a waiting update, a reconnect */
     uint64_t timeout_ns;
     uint64_t retry_ns, next_try_ns;
     uint32_t next_id;
@@ -93,18 +91,17 @@ static void xfer_arm(struct app_xfer *x)
     for (uint32_t i = 0; i < x->n_wait; i++)
         if (x->wait[i].deadline_ns < next)
             next = x->wait[i].deadline_ns;
-    app_timer_set(x->tfd, next == UINT64_MAX ? 0 : next > now ? next - now : 1);
+    if (next == UINT64_MAX)
+        rs_timer_stop(&x->app->loop, &x->timer);
+    else
+        rs_timer_after(&x->app->loop, &x->timer, next > now ? next - now : 1);
 }
 
 /* ---- Socket ----------------------------------------------------------- */
 
 static void xfer_set_events(struct app_xfer *x)
 {
-    uint32_t ev = (x->paused ? 0 : EPOLLIN) | (x->out_off < x->out_len ? EPOLLOUT : 0);
-    struct epoll_event e = { .events = ev, .data.ptr = &x->ev_sock };
-
-    if (x->fd >= 0 && ev != x->events && epoll_ctl(x->app->epfd, EPOLL_CTL_MOD, x->fd, &e) == 0)
-        x->events = ev;
+    rs_io_set(&x->io, (x->paused ? 0 : EPOLLIN) | (x->out_off < x->out_len ? EPOLLOUT : 0));
 }
 
 /* A synchronous update the peer did not take ('err'): the standby is gone
@@ -139,7 +136,7 @@ static void xfer_disconnect(struct app_xfer *x, const char *why)
         return;
     rs_log("stated-disconnect %s %s waiting=%u", x->path, why, x->n_wait);
     x->stats[XS_DISCONNECTS]++;
-    epoll_ctl(x->app->epfd, EPOLL_CTL_DEL, x->fd, NULL);
+    rs_io_stop(&x->io);
     close(x->fd);
     x->fd = -1;
     x->in_len = x->out_off = x->out_len = 0;
@@ -150,16 +147,17 @@ static void xfer_disconnect(struct app_xfer *x, const char *why)
     xfer_arm(x);
 }
 
+static void xfer_on_io(struct rs_io *io, uint32_t events);
+
 static void xfer_connect(struct app_xfer *x)
 {
     struct sockaddr_un sun = { .sun_family = AF_UNIX };
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &x->ev_sock };
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", x->path);
     /* A unix connect completes or fails at once (EAGAIN: backlog full). */
     if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
-        epoll_ctl(x->app->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        rs_io_start(&x->app->loop, &x->io, fd, EPOLLIN, xfer_on_io, x) < 0) {
         if (x->retry_ns == XFER_RETRY_MIN_NS)   /* once per outage, not per retry */
             rs_log("stated-connect %s failed: %s (retrying)", x->path, strerror(errno));
         if (fd >= 0)
@@ -170,7 +168,6 @@ static void xfer_connect(struct app_xfer *x)
     }
     x->fd = fd;
     x->gen++;
-    x->events = EPOLLIN;
     x->retry_ns = XFER_RETRY_MIN_NS;
     x->stats[XS_CONNECTS]++;
     rs_log("stated-connect %s", x->path);
@@ -457,34 +454,35 @@ void app_xfer_apply_done(struct rs_app *app, uint64_t cookie, int status)
         xfer_set_events(x);
 }
 
-void app_xfer_event(struct rs_app *app, int timer, uint32_t events)
+/* A waiting update's deadline or a reconnect is due. */
+static void xfer_on_timer(struct rs_timer *t)
 {
-    struct app_xfer *x = app->xfer;
+    struct app_xfer *x = t->ctx;
+    uint64_t now = rs_mono_ns();
+    uint32_t i = 0;
 
-    if (timer) {
-        uint64_t ticks, now = rs_mono_ns();
-        uint32_t i = 0;
+    while (i < x->n_wait) {
+        if (x->wait[i].deadline_ns <= now) {
+            rs_txn_id id = x->wait[i].id;
+            char ids[RS_TXN_ID_STRLEN];
 
-        if (read(x->tfd, &ticks, sizeof(ticks)) < 0)
-            return;
-        while (i < x->n_wait) {
-            if (x->wait[i].deadline_ns <= now) {
-                rs_txn_id id = x->wait[i].id;
-                char ids[RS_TXN_ID_STRLEN];
-
-                x->wait[i] = x->wait[--x->n_wait];
-                x->stats[XS_TIMEOUTS]++;
-                rs_log("state-update %s timed out: no ACK from the peer", txn_str(id, ids));
-                xfer_unreplicated(x, id, -ETIMEDOUT);
-            } else {
-                i++;
-            }
+            x->wait[i] = x->wait[--x->n_wait];
+            x->stats[XS_TIMEOUTS]++;
+            rs_log("state-update %s timed out: no ACK from the peer", txn_str(id, ids));
+            xfer_unreplicated(x, id, -ETIMEDOUT);
+        } else {
+            i++;
         }
-        if (x->fd < 0 && now >= x->next_try_ns)
-            xfer_connect(x);
-        xfer_arm(x);
-        return;
     }
+    if (x->fd < 0 && now >= x->next_try_ns)
+        xfer_connect(x);
+    xfer_arm(x);
+}
+
+static void xfer_on_io(struct rs_io *io, uint32_t events)
+{
+    struct app_xfer *x = io->ctx;
+
     if (x->fd < 0)
         return;
     if (events & EPOLLOUT) {
@@ -560,7 +558,6 @@ int app_xfer_init(struct rs_app *app, const char *path, uint64_t timeout_ns)
 {
     struct app_xfer *x = calloc(1, sizeof(*x));
     struct rs_app_hooks hooks;
-    struct epoll_event ev;
 
     if (!x)
         return -ENOMEM;
@@ -569,32 +566,16 @@ int app_xfer_init(struct rs_app *app, const char *path, uint64_t timeout_ns)
         return -ENAMETOOLONG;
     }
     x->in = malloc(XFER_IN_CAP);
-    x->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (!x->in || x->tfd < 0) {
-        int err = x->in ? -errno : -ENOMEM;
-
-        if (x->tfd >= 0)
-            close(x->tfd);
-        free(x->in);
+    if (!x->in) {
         free(x);
-        return err;
+        return -ENOMEM;
     }
     x->app = app;
     x->path = path;
     x->fd = -1;
     x->timeout_ns = timeout_ns;
     x->retry_ns = XFER_RETRY_MIN_NS;
-    x->ev_sock = (struct app_ev){ .kind = APP_EV_XFER };
-    x->ev_timer = (struct app_ev){ .kind = APP_EV_XFER_TIMER };
-    ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &x->ev_timer };
-    if (epoll_ctl(app->epfd, EPOLL_CTL_ADD, x->tfd, &ev) < 0) {
-        int err = -errno;
-
-        close(x->tfd);
-        free(x->in);
-        free(x);
-        return err;
-    }
+    rs_timer_init(&x->timer, xfer_on_timer, x);
     app->xfer = x;
     hooks = (struct rs_app_hooks){ .ctx = x, .txn_update = hook_update, .txn_end = hook_end };
     rs_app_set_hooks(app, &hooks);
@@ -620,9 +601,10 @@ void app_xfer_close(struct rs_app *app)
 
     if (!x)
         return;
+    rs_io_stop(&x->io);
+    rs_timer_stop(&app->loop, &x->timer);
     if (x->fd >= 0)
         close(x->fd);
-    close(x->tfd);
     free(x->in);
     free(x);
     app->xfer = NULL;

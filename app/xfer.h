@@ -262,14 +262,10 @@ struct app_xfer;
 #define XFER_RETRY_MAX_NS 1000000000ull
 
 /* Connects 'app' to the stated socket at 'path' (retrying in the
- * background while it is absent) and installs the hooks; 'timeout_ns' bounds
- * a synchronous update.  Returns 0, or a negative errno when the library
- * cannot be set up (memory, timerfd, epoll). */
+ * background while it is absent; its events on the app's loop) and
+ * installs the hooks; 'timeout_ns' bounds a synchronous update.  Returns 0,
+ * or a negative errno when the library cannot be set up (memory). */
 int app_xfer_init(struct rs_app *app, const char *path, uint64_t timeout_ns);
-
-/* Handles an epoll event on the stated socket (timer 0) or the library's
- * timer (timer 1). */
-void app_xfer_event(struct rs_app *app, int timer, uint32_t events);
 
 /* For an accepted connection from 'peer_ip':'peer_port' (host order): when
  * a map for that peer is held, sets the client identity, first number and
