@@ -140,7 +140,6 @@ struct rs_app {
     const char *name;           /* --id */
     struct rs_loop loop;
     struct rs_io lio;           /* the listening socket */
-    int reserve_fd;
     struct rs_timer delay_timer;    /* --sync-delay */
     struct rs_addr laddr;
     struct app_conn *conns;     /* open connections */

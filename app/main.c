@@ -127,32 +127,10 @@ static void on_accept(struct rs_io *io, uint32_t events)
     (void)events;
     for (;;) {
         struct sockaddr_in peer;
-        socklen_t sl = sizeof(peer);
-        int fd = accept4(io->fd, (struct sockaddr *)&peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        int err;
+        int fd = rs_accept_tcp(io->fd, &peer), err;
 
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if ((errno == EMFILE || errno == ENFILE) && app->reserve_fd >= 0) {
-                /* Out of fds: free the reserve to accept and drop the
-                 * connection, else the level-triggered listener spins. */
-                rs_log("error accept %s: dropping a connection", strerror(errno));
-                close(app->reserve_fd);
-                fd = accept(io->fd, NULL, NULL);
-                if (fd >= 0)
-                    close(fd);
-                app->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                continue;
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                rs_log("error accept %s", strerror(errno));
+        if (fd < 0)
             return;
-        }
-        if (peer.sin_family != AF_INET) {
-            close(fd);
-            continue;
-        }
         err = app->front ? app_front_conn_open(app, fd, &peer) : app_conn_open(app, fd, &peer);
         if (err < 0)
             rs_log("error conn-open %s", strerror(-err));
@@ -328,7 +306,6 @@ int main(int argc, char **argv)
         return 1;
     }
     raise_nofile();
-    app.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if ((err = rs_loop_init(&app.loop)) == 0)
         err = rs_loop_signals(&app.loop, stats_print, &app);
     if (err == 0 && (err = rs_listen_tcp(app.laddr, 1024)) >= 0)

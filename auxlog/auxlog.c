@@ -966,8 +966,7 @@ static void on_accept(struct rs_io *io, uint32_t events)
     (void)events;
     for (;;) {
         struct sockaddr_in sin;
-        socklen_t sl = sizeof(sin);
-        int one = 1, fd = accept4(io->fd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int one = 1, fd = rs_accept_tcp(io->fd, &sin);
         if (fd < 0)
             return;
         if (a->n_convs >= AUX_CONV_MAX) {
@@ -987,7 +986,6 @@ static void on_accept(struct rs_io *io, uint32_t events)
             a->errors++;
             continue;
         }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c->id = ++a->next_id;
         c->a = a;

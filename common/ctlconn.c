@@ -343,8 +343,7 @@ static void server_io(struct rs_io *io, uint32_t events)
     (void)events;
     for (;;) {
         struct sockaddr_in sin;
-        socklen_t sl = sizeof(sin);
-        int one = 1, fd = accept4(io->fd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = rs_accept_tcp(io->fd, &sin);
         struct rs_ctlconn *c;
 
         if (fd < 0)
@@ -355,7 +354,6 @@ static void server_io(struct rs_io *io, uint32_t events)
             close(fd);
             continue;
         }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         c->loop = s->loop;
         c->name = "client";
         c->addr = rs_addr_of_sin(&sin);

@@ -3,7 +3,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -104,6 +106,46 @@ int rs_listen_tcp(struct rs_addr a, int backlog)
         return e;
     }
     return fd;
+}
+
+int rs_accept_tcp(int lfd, struct sockaddr_in *peer)
+{
+    static int reserve = -1;    /* a spare descriptor, for when none is left */
+
+    if (reserve < 0)
+        reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (;;) {
+        socklen_t sl = sizeof(*peer);
+        int one = 1, fd = accept4(lfd, (struct sockaddr *)peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+        if (fd >= 0 && peer->sin_family == AF_INET) {
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            return fd;
+        }
+        if (fd >= 0) {
+            close(fd);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if ((errno == EMFILE || errno == ENFILE) && reserve >= 0) {
+            /* EMFILE comes before the look for a pending one: maybe none is. */
+            int e = errno;
+
+            close(reserve);
+            fd = accept(lfd, NULL, NULL);
+            if (fd >= 0)
+                close(fd);
+            reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            if (fd < 0)
+                return -1;      /* none pending after all */
+            rs_log("error accept %s: dropped a connection", strerror(e));
+            continue;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            rs_log("error accept %s", strerror(errno));
+        return -1;
+    }
 }
 
 int rs_ctl_key_load(const char *path, struct rs_ctl_key *key)

@@ -37,6 +37,12 @@ struct rs_addr rs_addr_of_sin(const struct sockaddr_in *s);
 /* A non-blocking TCP listening socket on 'a' (SO_REUSEADDR).  Returns the
  * fd or -errno. */
 int rs_listen_tcp(struct rs_addr a, int backlog);
+/* Accepts the next pending IPv4 connection on listener 'lfd': non-blocking,
+ * close-on-exec, TCP_NODELAY; its peer into '*peer'.  Returns the fd, or -1
+ * when none is pending (or on an error, which is logged).  Out of file
+ * descriptors, it accepts and drops the pending connections with a
+ * reserved one, so that a level-triggered listener does not spin. */
+int rs_accept_tcp(int lfd, struct sockaddr_in *peer);
 
 /* Loads a key file: 64 hex characters (surrounding white space allowed).
  * Returns 0, -errno when the file cannot be read, or -EINVAL. */

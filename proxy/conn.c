@@ -797,8 +797,7 @@ void rs_pc_accept(struct rs_io *io, uint32_t events)
     (void)events;
     for (;;) {
         struct sockaddr_in peer;
-        socklen_t len = sizeof(peer);
-        int one = 1, fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = rs_accept_tcp(io->fd, &peer);
         struct sockaddr_in me;
         socklen_t mlen = sizeof(me);
         struct pconn *pc;
@@ -806,7 +805,6 @@ void rs_pc_accept(struct rs_io *io, uint32_t events)
 
         if (fd < 0)
             return;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         pc = pc_new(p);
         if (!pc) {
             close(fd);

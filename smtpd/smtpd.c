@@ -464,8 +464,7 @@ static void on_accept(struct rs_io *io, uint32_t events)
     (void)events;
     for (;;) {
         struct sockaddr_in sin;
-        socklen_t sl = sizeof(sin);
-        int one = 1, fd = accept4(io->fd, (struct sockaddr *)&sin, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = rs_accept_tcp(io->fd, &sin);
         if (fd < 0)
             return;
         if (s->n_conns >= s->max_conns) {
@@ -477,7 +476,6 @@ static void on_accept(struct rs_io *io, uint32_t events)
             rs_log("refused peer=%s why=max-conns", RS_A(rs_addr_of_sin(&sin)));
             continue;
         }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         struct smtpd_conn *c = calloc(1, sizeof(*c));
         if (!c) {
             close(fd);

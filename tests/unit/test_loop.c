@@ -1,6 +1,7 @@
 /* Unit tests for common/loop.c: the timer heap (order, re-arming, stopping
  * in any position, against a sorted reference), fd events, an fd stopped
- * while its event is pending in the same batch, the idle hook. */
+ * while its event is pending in the same batch, the idle hook; and
+ * rs_accept_tcp out of file descriptors (common/daemon.c). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -171,12 +175,60 @@ static void idle_keeps_polling(void **state)
     rs_loop_fini(&l);
 }
 
+/* Out of file descriptors, a pending connection is accepted with the
+ * reserve and dropped (its client sees the end) instead of staying in the
+ * backlog, where a level-triggered listener would wake the loop forever;
+ * with descriptors again, accepting works as before. */
+static void accept_out_of_fds_drops(void **state)
+{
+    struct rs_addr lo = { 0x7f000001, 0 };
+    struct sockaddr_in sin, peer;
+    socklen_t sl = sizeof(sin);
+    struct rlimit old, low;
+    struct timeval tv = { .tv_sec = 2 };
+    int lfd = rs_listen_tcp(lo, 8), c1, c2, fd, fill[64], n_fill = 0;
+    char b;
+
+    (void)state;
+    assert_true(lfd >= 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sin, &sl), 0);
+    assert_int_equal(rs_accept_tcp(lfd, &peer), -1);     /* none pending; opens the reserve */
+    c1 = socket(AF_INET, SOCK_STREAM, 0);
+    setsockopt(c1, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    assert_int_equal(connect(c1, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    /* Every descriptor below 64 in use (the reserve among them), 64 the limit. */
+    while ((fd = dup(0)) >= 0 && fd < 63)
+        fill[n_fill++] = fd;
+    assert_int_equal(fd, 63);
+    fill[n_fill++] = fd;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = 64;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    fd = rs_accept_tcp(lfd, &peer);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    assert_int_equal(fd, -1);
+    while (n_fill)
+        close(fill[--n_fill]);
+    assert_true(recv(c1, &b, 1, 0) == 0 || errno == ECONNRESET);    /* dropped, not left pending */
+    c2 = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(connect(c2, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    fd = rs_accept_tcp(lfd, &peer);
+    assert_true(fd >= 0);
+    assert_int_equal(peer.sin_family, AF_INET);
+    close(fd);
+    close(c1);
+    close(c2);
+    close(lfd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(timers_fire_in_order),
         cmocka_unit_test(stopped_io_not_called),
         cmocka_unit_test(idle_keeps_polling),
+        cmocka_unit_test(accept_out_of_fds_drops),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
