@@ -109,7 +109,7 @@ fuzz-smoke: $(FUZZ_BIN)
 integration: all
 
 # Unit tests, FUZZ_SMOKE_SECONDS of fuzzing per target, then integration tests;
-# the last line is "N passed, N failed".
+# the last line is "N passed, N failed, N skipped" (any skip fails the run).
 test: all unit fuzz-smoke
 	@$(PYTHON) tests/run.py --build $(BUILD) --fuzz-seconds $(or $(FUZZ_SMOKE_SECONDS),15)
 

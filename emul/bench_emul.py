@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from emul.places import use_build  # noqa: E402
 from emul.shaping import measure_rtt  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from topologies.lan import LanTopo, SERVERS  # noqa: E402
@@ -43,7 +44,7 @@ def main():
     ap.add_argument("--pings", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    os.environ.setdefault("RS_BUILD", os.path.abspath(args.build))
+    use_build(args.build)
     base_rtt, base = run(None, args, "unshaped")
     rtt, shaped = run(Profile("bench", args.rtt, 0, 0), args, "shaped")
     offset = rtt - base_rtt - args.rtt

@@ -13,6 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from emul.places import use_build  # noqa: E402
 from emul.shaping import measure_rtt  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from topologies import profiles  # noqa: E402
@@ -52,7 +53,7 @@ def main():
     ap.add_argument("--shaping", choices=["netem", "emul"], default=None)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    os.environ.setdefault("RS_BUILD", os.path.abspath(args.build))
+    use_build(args.build)
     if os.geteuid() != 0:
         sys.exit("emul-check: needs root (Mininet builds network namespaces)")
 

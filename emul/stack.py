@@ -18,19 +18,9 @@ several processes itself (roundcube/deploy.py's Roundcube).  'app_host_args'
 options, e.g. the primary's --crash-at."""
 import os
 
+from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PRIMARY_ID, PROXY_CTL,
+                         STATED_PORT, VIP_PORT, binary)
 from topologies.lan import SERVERS
-
-APP_PORT = 8080
-STATED_PORT = 7073
-PROXY_CTL = 7070
-LOGGER_CTL = 7071
-LOGGER_RESEND = 7072
-PRIMARY_ID, ALTERNATE_ID = 1, 2
-
-
-def binary(name):
-    from emul.testbed import BUILD
-    return os.path.join(BUILD, name)
 
 
 class Stack:
@@ -42,7 +32,7 @@ class Stack:
         self.front = front
         self.app_host_args = app_host_args or (lambda host: [])
         self.key = os.path.join(run_dir, "key.hex")
-        self.vip = f"{SERVERS['proxy']}:80"
+        self.vip = f"{SERVERS['proxy']}:{VIP_PORT}"
         self.d = {}
 
     def _key(self):

@@ -23,10 +23,9 @@ from mininet.net import Mininet
 from mininet.node import OVSSwitch
 from mininet.nodelib import LinuxBridge
 
+from emul.places import binary
 from emul.shaping import Shaper, wait_until
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("RS_BUILD", os.path.join(ROOT, "build"))
 OVS_RUN = "/var/run/openvswitch"
 
 
@@ -122,7 +121,7 @@ class Testbed:
         self.ovs = None
         self._old_handlers = {}
         os.makedirs(run_dir, exist_ok=True)
-        self.shaper = Shaper(os.path.join(BUILD, "rs-emul"), run_dir, mode=shaping, seed=seed)
+        self.shaper = Shaper(binary("rs-emul"), run_dir, mode=shaping, seed=seed)
         topo.shaper = self.shaper
         if quiet:
             setLogLevel("error")

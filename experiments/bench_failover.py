@@ -37,8 +37,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from emul.places import use_build  # noqa: E402
 from emul.shaping import wait_until  # noqa: E402
-from emul.stack import Stack, binary  # noqa: E402
+from emul.places import binary  # noqa: E402
+from emul.stack import Stack  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments.common import Progress, percentile, summary  # noqa: E402
 from experiments.pcaps import gaps_ms, rst_ports  # noqa: E402
@@ -118,7 +120,7 @@ def main():
     ap.add_argument("--window", type=float, default=0.25, help="crash within this many s of the download's start")
     ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED", 1)))
     args = ap.parse_args()
-    os.environ.setdefault("RS_BUILD", os.path.abspath(args.build))
+    use_build(args.build)
     kinds = [k for k in args.kinds.split(",") if k]
     hogs = [False, True] if args.hog == "both" else [args.hog == "1"]
     os.makedirs(args.out, exist_ok=True)

@@ -25,6 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from emul.places import use_build  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.failover import Study  # noqa: E402
@@ -38,8 +39,7 @@ def main():
     ap.add_argument("--results", default=os.path.join(common.ROOT, "results"))
     a = ap.parse_args()
     if a.build:
-        import emul.testbed
-        emul.testbed.BUILD = os.path.abspath(a.build)
+        use_build(a.build)
     trials = common.trials(20, quick_default=2)
     mid = os.environ.get("MID") == "1"
     out = os.path.join(a.results, "bench-roundcube", "roundcube.csv")

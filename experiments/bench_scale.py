@@ -27,8 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from emul.places import use_build  # noqa: E402
 from emul.shaping import wait_until  # noqa: E402
-from emul.stack import Stack, binary  # noqa: E402
+from emul.places import binary  # noqa: E402
+from emul.stack import Stack  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments.common import Progress, percentile, summary  # noqa: E402
 from experiments.pcaps import gaps_ms, rst_ports  # noqa: E402
@@ -104,7 +106,7 @@ def main():
     ap.add_argument("--faults", default=os.environ.get("FAULTS", "process,host"))
     ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED", 1)))
     args = ap.parse_args()
-    os.environ.setdefault("RS_BUILD", os.path.abspath(args.build))
+    use_build(args.build)
     ns = [int(x) for x in args.n.split(",") if x]
     faults = [f for f in args.faults.split(",") if f]
     prog = Progress(len(ns) * (1 + len(faults)))

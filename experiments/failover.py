@@ -49,7 +49,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emul.stack import binary  # noqa: E402
+from emul.places import binary  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.techniques import TECHNIQUES  # noqa: E402

@@ -22,7 +22,8 @@ A crash point is (action, request, offset): request is a step number or
 import os
 import time
 
-from emul.stack import APP_PORT, Stack, binary
+from emul.places import APP_PORT, binary
+from emul.stack import Stack
 from experiments import common
 from roundcube import deploy
 from roundcube.deploy import (UPSTREAM_PORT, MAILSTORE_IP, AuxLog, MailStore, ResplicedRoundcube, Roundcube,

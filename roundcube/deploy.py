@@ -30,7 +30,9 @@ import signal
 import sqlite3
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from emul.places import APP_PORT, ROOT, UPSTREAM_PORT, binary
+from topologies.lan import SERVERS
+
 HTDOCS = "/var/lib/roundcube/public_html"
 RC_ETC = "/etc/roundcube"
 RC_SCHEMA = "/usr/share/roundcube/SQL/sqlite.initial.sql"
@@ -38,10 +40,10 @@ PHP_CGI = "/usr/bin/php-cgi"
 LIGHTTPD = "/usr/sbin/lighttpd"
 DOVECOT = "/usr/sbin/dovecot"
 
-MAILSTORE_IP = "10.0.0.20"
-AUXLOG_IP = "10.0.0.3"
-IMAP_PORT, SMTP_PORT, HTTP_PORT = 143, 25, 8080
-UPSTREAM_PORT = 8081        # lighttpd behind the front (rs-app --upstream)
+MAILSTORE_IP = SERVERS["mailstore"]
+AUXLOG_IP = SERVERS["auxlog"]
+IMAP_PORT, SMTP_PORT = 143, 25
+HTTP_PORT = APP_PORT            # Roundcube alone, or the front before it (lighttpd then on UPSTREAM_PORT)
 PLUGIN_SRC = os.path.join(ROOT, "roundcube", "plugins", "resplice")
 PLUGIN_DIR = "/var/lib/roundcube/plugins/resplice"
 TAGS = os.path.join(ROOT, "roundcube", "tags.conf")
@@ -93,11 +95,6 @@ def _write(path, text, mode=0o644):
     with open(path, "w") as f:
         f.write(text)
     os.chmod(path, mode)
-
-
-def binary(name):
-    from emul.testbed import BUILD
-    return os.path.join(BUILD, name)
 
 
 # ---- mail store: dovecot + rs-smtpd -----------------------------------------

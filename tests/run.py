@@ -1,9 +1,15 @@
 #!/usr/bin/python3
-"""Runs resplice's test suites and prints one closing line "N passed, N failed".
+"""Runs resplice's test suites and prints one closing line
+"N passed, N failed, N skipped".
 
 Suites: unit (cmocka binaries built under ASan+UBSan), fuzz (each libFuzzer
 target for a bounded time, starting from its seed corpus), integration
-(Python unittest modules in tests/integration that drive Mininet; root only).
+(Python unittest modules in tests/integration; those that build a testbed
+need root, the others run without it).
+
+Honest by construction: a skipped test, or a suite with nothing to run,
+fails the run (exit status 1) with the reasons listed, so a run that did
+not test something never reads as green.
 """
 import argparse
 import glob
@@ -19,10 +25,24 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def run_unit(build):
-    passed = failed = 0
+class Tally:
+    def __init__(self):
+        self.passed = self.failed = 0
+        self.skipped = {}       # reason -> count
+
+    def skip(self, reason, n=1):
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def nothing_ran(self, suite, why):
+        print(f"{suite}: nothing to run ({why})")
+        self.failed += 1
+
+
+def run_unit(build, t):
     bins = sorted(glob.glob(os.path.join(build, "asan", "tests", "test_*")))
     bins = [b for b in bins if os.access(b, os.X_OK) and not b.endswith(".d")]
+    if not bins:
+        t.nothing_ran("unit", f"no test binary in {build}/asan/tests: make unit")
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     for b in bins:
@@ -32,20 +52,20 @@ def run_unit(build):
         f = sum(int(n) for n in re.findall(r"\[  FAILED  \] (\d+) test", out))
         if r.returncode != 0 and f == 0:
             f = 1  # crashed or sanitizer report: count the binary as one failure
-        passed += p
-        failed += f
+        t.passed += p
+        t.failed += f
         status = "ok" if r.returncode == 0 and f == 0 else "FAIL"
         print(f"unit  {os.path.basename(b):32s} {p} passed, {f} failed  {status}")
         if status != "ok":
             print(out)
-    return passed, failed
 
 
-def run_fuzz(build, seconds):
-    passed = failed = 0
-    for b in sorted(glob.glob(os.path.join(build, "fuzz", "fuzz_*"))):
-        if not os.access(b, os.X_OK) or b.endswith(".d"):
-            continue
+def run_fuzz(build, seconds, t):
+    bins = sorted(glob.glob(os.path.join(build, "fuzz", "fuzz_*")))
+    bins = [b for b in bins if os.access(b, os.X_OK) and not b.endswith(".d")]
+    if not bins:
+        t.nothing_ran("fuzz", f"no target in {build}/fuzz: make fuzz-smoke")
+    for b in bins:
         name = os.path.basename(b)
         seeds = os.path.join(HERE, "fuzz", "corpus", name)
         with tempfile.TemporaryDirectory(prefix=name) as work:
@@ -66,23 +86,25 @@ def run_fuzz(build, seconds):
                 for c in crash:
                     shutil.copy(c, keep)
                 print(r.stderr[-4000:])
-        passed += ok
-        failed += not ok
+        t.passed += ok
+        t.failed += not ok
         print(f"fuzz  {name:32s} {runs[0] if runs else '?'} runs in {seconds}s  {'ok' if ok else 'FAIL'}")
-    return passed, failed
 
 
-def run_integration(build, pattern):
-    if os.geteuid() != 0:
-        print("integration: skipped (needs root for network namespaces)")
-        return 0, 0
+def run_integration(build, pattern, t):
     os.environ["RS_BUILD"] = os.path.abspath(build)
     sys.path.insert(0, ROOT)
     suite = unittest.defaultTestLoader.discover(os.path.join(HERE, "integration"),
                                                 pattern=pattern, top_level_dir=ROOT)
+    if suite.countTestCases() == 0:
+        t.nothing_ran("integration", f"no test matches {pattern}")
+        return
     result = unittest.TextTestRunner(verbosity=2, stream=sys.stdout).run(suite)
     bad = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
-    return result.testsRun - bad - len(result.skipped), bad
+    for _, reason in result.skipped:
+        t.skip(reason)
+    t.passed += result.testsRun - bad - len(result.skipped)
+    t.failed += bad
 
 
 def main():
@@ -92,17 +114,17 @@ def main():
     ap.add_argument("--only", choices=["unit", "fuzz", "integration"])
     ap.add_argument("--pattern", default="test_*.py", help="integration test file pattern")
     a = ap.parse_args()
-    total_p = total_f = 0
-    for name, fn in (("unit", lambda: run_unit(a.build)),
-                     ("fuzz", lambda: run_fuzz(a.build, a.fuzz_seconds)),
-                     ("integration", lambda: run_integration(a.build, a.pattern))):
-        if a.only and a.only != name:
-            continue
-        p, f = fn()
-        total_p += p
-        total_f += f
-    print(f"{total_p} passed, {total_f} failed")
-    return 1 if total_f else 0
+    t = Tally()
+    for name, fn in (("unit", lambda: run_unit(a.build, t)),
+                     ("fuzz", lambda: run_fuzz(a.build, a.fuzz_seconds, t)),
+                     ("integration", lambda: run_integration(a.build, a.pattern, t))):
+        if not a.only or a.only == name:
+            fn()
+    for reason, n in sorted(t.skipped.items()):
+        print(f"skipped {n}: {reason}")
+    n_skipped = sum(t.skipped.values())
+    print(f"{t.passed} passed, {t.failed} failed, {n_skipped} skipped")
+    return 1 if t.failed or n_skipped else 0
 
 
 if __name__ == "__main__":

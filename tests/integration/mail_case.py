@@ -7,9 +7,11 @@ import unittest
 
 from emul.testbed import Testbed, leftovers
 from roundcube.deploy import MailStore, pid_alive
+from tests.integration.harness import needs_root
 from topologies.lan import LanTopo
 
 
+@needs_root
 class MailTestbedCase(unittest.TestCase):
     prefix = "rs-mail-"
 

@@ -14,9 +14,9 @@ import threading
 import time
 import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("RS_BUILD", os.path.join(ROOT, "build"))
-APP = os.path.join(BUILD, "rs-app")
+from emul.places import binary
+
+APP = binary("rs-app")
 TIMEOUT = 10
 
 

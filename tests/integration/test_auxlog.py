@@ -21,10 +21,10 @@ import threading
 import time
 import unittest
 
+from emul.places import binary
 from roundcube.deploy import DOVECOT, USERS, MailStore
+from tests.integration.harness import needs_root
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.path.join(ROOT, "build")
 PRIMARY, ALTERNATE = "127.0.0.2", "127.0.0.3"
 
 
@@ -223,12 +223,12 @@ def imap_append_session(src, port, txn, msg_ids, rerun=False):
 
 # ---- the test case -----------------------------------------------------------
 
-@unittest.skipUnless(os.geteuid() == 0, "needs root (dovecot, mail user)")
+@needs_root
 class AuxlogCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         for b in ("rs-auxlog", "rs-smtpd"):
-            if not os.access(os.path.join(BUILD, b), os.X_OK):
+            if not os.access(binary(b), os.X_OK):
                 raise unittest.SkipTest(f"build/{b} missing (make)")
         if not os.access(DOVECOT, os.X_OK):
             raise unittest.SkipTest("dovecot not installed")
@@ -250,12 +250,12 @@ class AuxlogCase(unittest.TestCase):
         conf = ms.config()
         cls.home = ms.home
         cls.d["dovecot"] = Daemon([DOVECOT, "-F", "-c", conf], os.path.join(cls.dir, "dovecot.log"))
-        cls.d["smtpd"] = Daemon([os.path.join(BUILD, "rs-smtpd"), "--listen", f"127.0.0.1:{cls.smtp_port}",
+        cls.d["smtpd"] = Daemon([binary("rs-smtpd"), "--listen", f"127.0.0.1:{cls.smtp_port}",
                                  "--maildirs", cls.home, "--hostname", "resplice.test"],
                                 os.path.join(cls.dir, "smtpd.log"))
         cls.d["smtpd"].wait_line("listening")
         cls.auxlog_log = os.path.join(cls.dir, "auxlog.log")
-        cls.d["auxlog"] = Daemon([os.path.join(BUILD, "rs-auxlog"),
+        cls.d["auxlog"] = Daemon([binary("rs-auxlog"),
                                   "--imap", f"127.0.0.1:{cls.aux_imap}=127.0.0.1:{cls.imap_port}",
                                   "--smtp", f"127.0.0.1:{cls.aux_smtp}=127.0.0.1:{cls.smtp_port}",
                                   "--ttl", "600s", "--log", cls.auxlog_log], os.path.join(cls.dir, "auxlog.err"))
@@ -452,7 +452,7 @@ class AuxlogCase(unittest.TestCase):
     # -- (f) ---------------------------------------------------------------------
     def test_f_sigterm_exits_cleanly(self):
         port = free_port()
-        d = Daemon([os.path.join(BUILD, "rs-auxlog"), "--smtp", f"127.0.0.1:{port}=127.0.0.1:{self.smtp_port}"],
+        d = Daemon([binary("rs-auxlog"), "--smtp", f"127.0.0.1:{port}=127.0.0.1:{self.smtp_port}"],
                    os.path.join(self.dir, "auxlog-f.err"))
         try:
             d.wait_line("listening on smtp")
@@ -470,7 +470,7 @@ class AuxlogCase(unittest.TestCase):
     def test_g_bad_usage(self):
         for argv in ([], ["--smtp", "nonsense"], ["--ttl", "x", "--smtp", "127.0.0.1:1=127.0.0.1:2"],
                      ["--smtp", "127.0.0.1:1=127.0.0.1:2", "extra"]):
-            r = subprocess.run([os.path.join(BUILD, "rs-auxlog")] + argv, capture_output=True, text=True)
+            r = subprocess.run([binary("rs-auxlog")] + argv, capture_output=True, text=True)
             self.assertEqual(r.returncode, 2, argv)
             self.assertIn("rs-auxlog:", r.stderr)
 

@@ -2,7 +2,7 @@
 raw-socket HTTP/1.1 server in this process plays each server behaviour
 (keep-alive, cookies, tokens, chunked and close-delimited bodies, RST
 mid-response, silence, early close), and the CSV rows, the summary line and
-the exit code are checked.  A last case runs against build/rs-app if built."""
+the exit code are checked.  A last case runs against the built rs-app."""
 import csv
 import hashlib
 import os
@@ -15,9 +15,10 @@ import threading
 import time
 import unittest
 
-BUILD = os.environ.get("RS_BUILD", "build")
-CLIENT = os.path.join(BUILD, "rs-client")
-APP = os.path.join(BUILD, "rs-app")
+from emul.places import binary
+
+CLIENT = binary("rs-client")
+APP = binary("rs-app")
 
 COLUMNS = ["run", "connection", "step", "method", "target", "start_us", "first_byte_us",
            "end_us", "status", "bytes", "result", "local_port", "retries", "txn"]
@@ -166,7 +167,6 @@ def parse_summary(out):
     return dict(kv.split("=", 1) for kv in lines[-1].split()[1:])
 
 
-@unittest.skipUnless(os.access(CLIENT, os.X_OK), f"{CLIENT} not built")
 class ClientCase(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-client-test-")
@@ -648,7 +648,6 @@ class TestBrowserMode(ClientCase):
         self.assertNotEqual(rows[0]["local_port"], rows[1]["local_port"])
 
 
-@unittest.skipUnless(os.access(APP, os.X_OK), f"{APP} not built")
 class TestAgainstReferenceApp(ClientCase):
     def test_static_and_slow(self):
         s = socket.socket()

@@ -12,11 +12,13 @@ import unittest
 
 from emul.testbed import leftovers
 from experiments import common
+from tests.integration.harness import needs_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = "/usr/bin/python3"
 
 
+@needs_root
 class DriverCase(unittest.TestCase):
     """Runs one driver (QUICK, with 'env' and 'args') into a temporary
     results/ for the class, then figures.py and report.py on it."""

@@ -11,14 +11,17 @@ import time
 import unittest
 
 from emul.shaping import wait_until
-from emul.stack import Stack, binary
+from emul.places import binary
+from emul.stack import Stack
 from emul.testbed import Testbed, file_contains, leftovers, pcap_count
+from tests.integration.harness import needs_root
 from topologies.lan import SERVERS, LanTopo
 from topologies.profiles import Profile
 
 SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s: a crash lands mid-response
 
 
+@needs_root
 class FailoverCase(unittest.TestCase):
     profile = None
 

@@ -27,8 +27,10 @@ import time
 import unittest
 
 from emul.shaping import wait_until
-from emul.stack import Stack, binary
+from emul.places import APP_PORT, PROXY_CTL, STATED_PORT, binary
+from emul.stack import Stack
 from emul.testbed import Testbed, file_contains, leftovers, pcap_count
+from tests.integration.harness import needs_root
 from topologies.lan import SERVERS, LanTopo
 from topologies.profiles import Profile
 
@@ -49,6 +51,7 @@ def kv(line):
     return dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
 
 
+@needs_root
 class Case(unittest.TestCase):
     profile = None
     clients = 1
@@ -251,7 +254,7 @@ class TestAfterFailover(Case):
     failed backend is readmitted after its rejoin."""
 
     def ctl(self, *args):
-        out = self.tb["logger"].cmd(" ".join([binary("rs-ctl"), "--to", f"{VIP_IP}:7070", "--key", self.stack.key]
+        out = self.tb["logger"].cmd(" ".join([binary("rs-ctl"), "--to", f"{VIP_IP}:{PROXY_CTL}", "--key", self.stack.key]
                                              + list(args)) + " 2>&1; echo rc=$?")
         return out
 
@@ -298,14 +301,14 @@ class TestAfterFailover(Case):
         self.assertTrue(wait_until(lambda: "fence backend=1 fenced=0" in self.stack.log("stated-primary"), 5))
         host_args = ["--stated", os.path.join(self.dir, "stated-primary.sock")]
         self.stack.d["app-primary"] = self.tb.start("primary", "app-primary-2",
-                                                    [binary("rs-app"), "--listen", "0.0.0.0:8080", "--id", "primary"]
+                                                    [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", "primary"]
                                                     + host_args, ready="listening")
         self.assertTrue(wait_until(lambda: self.stack.log("stated-primary").count("app-connect") == 2, 5))
         st = self.status()
         self.assertEqual((st[1]["fenced"], st[1]["protected"]), ("0", "1"), st)
         out = self.tb["c1"].cmd(f"curl -s -m 5 http://{VIP_IP}/static/100?seed=1 -o /dev/null -w '%{{http_code}}'")
         self.assertIn("200", out)
-        self.assertRegex(self.stack.log("proxy"), rf"connect id=\d+ client=\S+ backend={SERVERS['primary']}:8080 "
+        self.assertRegex(self.stack.log("proxy"), rf"connect id=\d+ client=\S+ backend={SERVERS['primary']}:{APP_PORT} "
                                                   rf"local=\S+\n(.*\n)*.*connect id=\d+ client=\S+ backend={SERVERS['primary']}")
 
 
@@ -376,7 +379,7 @@ class TestPartition(Case):
         time.sleep(0.3)
         lg = SERVERS["logger"]
         self.tb["primary"].cmd(f"iptables -w -A OUTPUT -d {lg} -j DROP; iptables -w -A INPUT -s {lg} -j DROP;"
-                               " iptables -w -A INPUT -p tcp --dport 7073 -j DROP")
+                               f" iptables -w -A INPUT -p tcp --dport {STATED_PORT} -j DROP")
         d.popen.wait(30)
         time.sleep(2.5)     # the connection's linger: its entries are gone, their drops counted
         self.tb.stop_capture(d.cap)

@@ -15,16 +15,17 @@ import tempfile
 import time
 import unittest
 
+from emul.places import APP_PORT, LOGGER_CTL, STATED_PORT, UPSTREAM_PORT, binary
 from emul.shaping import wait_until
 from emul.stack import Stack
-from emul.testbed import BUILD, Testbed, leftovers, pcap_count
+from emul.testbed import Testbed, leftovers, pcap_count
+from tests.integration.harness import needs_root
 from topologies.lan import SERVERS, LanTopo, client_ip
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_stated import FAKE_LOGGER  # noqa: E402
 
 PRIMARY, ALTERNATE, LOGGER = SERVERS["primary"], SERVERS["alternate"], SERVERS["logger"]
-APP_PORT, UP_PORT, STATED_PORT, LOGGER_PORT = 8080, 8081, 7073, 7071
 C1 = client_ip(0)
 
 # The application behind the front: HTTP/1.1 keep-alive; logs the
@@ -232,10 +233,7 @@ print(json.dumps(out))
 '''
 
 
-def binary(name):
-    return os.path.join(BUILD, name)
-
-
+@needs_root
 class FrontCase(unittest.TestCase):
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
@@ -265,7 +263,7 @@ class FrontCase(unittest.TestCase):
         return os.path.join(self.dir, host)
 
     def upstream_argv(self, host):
-        return [sys.executable, os.path.join(self.dir, "upstream.py"), "127.0.0.1", str(UP_PORT),
+        return [sys.executable, os.path.join(self.dir, "upstream.py"), "127.0.0.1", str(UPSTREAM_PORT),
                 self.hdir(host)]
 
     apply_file = None       # a test sets it: --apply-file instead of --apply-cmd
@@ -280,7 +278,7 @@ class FrontCase(unittest.TestCase):
     def start_pair(self, *front_extra):
         """Fake logger; rs-stated, the upstream and a front on both backends."""
         self.d["logger"] = self.tb.start("logger", "fake-logger",
-                                         [sys.executable, "-c", FAKE_LOGGER, LOGGER, str(LOGGER_PORT)],
+                                         [sys.executable, "-c", FAKE_LOGGER, LOGGER, str(LOGGER_CTL)],
                                          ready="listening")
         for host, bid, peer in (("primary", 1, ALTERNATE), ("alternate", 2, PRIMARY)):
             sock = os.path.join(self.dir, f"{host}.sock")
@@ -288,13 +286,13 @@ class FrontCase(unittest.TestCase):
                 host, f"stated-{host}",
                 [binary("rs-stated"), "--id", str(bid), "--listen", f"0.0.0.0:{STATED_PORT}",
                  "--app-socket", sock, "--key", self.key, "--peer", f"{peer}:{STATED_PORT}",
-                 "--logger", f"{LOGGER}:{LOGGER_PORT}", "--heartbeat", "10ms"], ready="listening")
+                 "--logger", f"{LOGGER}:{LOGGER_CTL}", "--heartbeat", "10ms"], ready="listening")
             self.d[f"upstream-{host}"] = self.tb.start(host, f"upstream-{host}", self.upstream_argv(host),
                                                        ready="listening")
             self.d[f"front-{host}"] = self.tb.start(
                 host, f"front-{host}",
                 [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host, "--stated", sock,
-                 "--upstream", f"127.0.0.1:{UP_PORT}"] + self.front_args(host) + list(front_extra),
+                 "--upstream", f"127.0.0.1:{UPSTREAM_PORT}"] + self.front_args(host) + list(front_extra),
                 ready="listening")
         for h in ("primary", "alternate"):
             self.assertTrue(wait_until(lambda: "app-connect" in self.log(f"stated-{h}"), 5),
@@ -501,6 +499,7 @@ class TestFront(FrontCase):
         self.assertLess(hwm, 32 * 1024, f"front peaked at {hwm} kB")
 
 
+@needs_root
 class TestFrontFailover(unittest.TestCase):
     """The real stack (proxy, logger, rs-stated) with fronts and the Python
     application on both backends: the primary's front dies mid-response."""
@@ -526,8 +525,8 @@ class TestFrontFailover(unittest.TestCase):
             f.write("* /token* update nondeterministic\n")
         self.stack = Stack(self.tb, self.dir, logger_args=["--tags", tags], front={
             "upstream": lambda h: [sys.executable, os.path.join(self.dir, "upstream.py"), "127.0.0.1",
-                                   str(UP_PORT), hd(h)],
-            "port": UP_PORT,
+                                   str(UPSTREAM_PORT), hd(h)],
+            "port": UPSTREAM_PORT,
             "args": lambda h: ["--state-dir", hd(h), "--apply-cmd", f"sh {hd(h)}/apply.sh"] + crash(h),
         }).start()
 

@@ -10,14 +10,14 @@ import textwrap
 import unittest
 
 from emul.shaping import wait_until
-from emul.stack import binary
+from emul.places import APP_PORT, VIP_PORT, binary
 from roundcube.deploy import USERS, Roundcube, count_messages, pid_alive
 from tests.integration.mail_case import MailTestbedCase
 from topologies.lan import SERVERS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRACES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "roundcube", "traces")
-VIP = f"{SERVERS['proxy']}:80"
+VIP = f"{SERVERS['proxy']}:{VIP_PORT}"
 
 
 def read(path):
@@ -238,7 +238,7 @@ class RoundcubeCase(MailTestbedCase):
             rc.crash() if how == "crash" else rc.stop()
             self.assertTrue(wait_until(lambda: not any(pid_alive(p) for p in pids), 5),
                             [p for p in pids if pid_alive(p)])
-            self.assertNotIn(":8080", self.tb["alternate"].cmd("ss -Hltn"))
+            self.assertNotIn(f":{APP_PORT}", self.tb["alternate"].cmd("ss -Hltn"))
 
     def test_4_stats(self):
         """rs-smtpd's stats line on SIGUSR1."""

@@ -19,7 +19,7 @@ import threading
 import unittest
 
 from emul.shaping import wait_until
-from emul.stack import binary
+from emul.places import binary
 from roundcube.deploy import AuxLog, ResplicedRoundcube, count_messages
 from tests.integration.mail_case import MailTestbedCase
 

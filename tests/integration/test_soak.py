@@ -11,8 +11,10 @@ import tempfile
 import time
 import unittest
 
-from emul.stack import Stack, binary
+from emul.places import binary
+from emul.stack import Stack
 from emul.testbed import Testbed, leftovers, pcap_count
+from tests.integration.harness import needs_root
 from topologies.lan import SERVERS, LanTopo
 
 TRIALS = int(os.environ.get("SOAK_TRIALS", "20"))
@@ -21,6 +23,7 @@ BIG = 200_000_000
 RST_FROM_VIP = f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"
 
 
+@needs_root
 class TestSoak(unittest.TestCase):
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")

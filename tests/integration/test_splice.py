@@ -10,20 +10,18 @@ import tempfile
 import time
 import unittest
 
+from emul.places import APP_PORT, PROXY_CTL, VIP_PORT, binary
 from emul.shaping import wait_until
-from emul.testbed import BUILD, Testbed, leftovers, pcap_count
+from emul.testbed import Testbed, leftovers, pcap_count
+from tests.integration.harness import needs_root
 from topologies.lan import SERVERS, LanTopo, client_ip
 from topologies.profiles import Profile
 
 PROXY, PRIMARY, ALTERNATE = SERVERS["proxy"], SERVERS["primary"], SERVERS["alternate"]
-VIP = f"{PROXY}:80"
-APP_PORT = 8080
+VIP = f"{PROXY}:{VIP_PORT}"
 
 
-def binary(name):
-    return os.path.join(BUILD, name)
-
-
+@needs_root
 class SpliceCase(unittest.TestCase):
     profile = None
 
@@ -48,7 +46,7 @@ class SpliceCase(unittest.TestCase):
                              ready="listening")
 
     def proxy(self, *extra, backends=(PRIMARY,)):
-        argv = [binary("rs-proxy"), "--listen", VIP, "--control", f"{PROXY}:7070", "--key", self.key]
+        argv = [binary("rs-proxy"), "--listen", VIP, "--control", f"{PROXY}:{PROXY_CTL}", "--key", self.key]
         for b in backends:
             argv += ["--backend", f"{b}:{APP_PORT}"]
         return self.tb.start("proxy", "proxy", argv + list(extra), ready="listening")
@@ -73,7 +71,7 @@ class SpliceCase(unittest.TestCase):
         return dict(kv.split("=", 1) for kv in m.group(1).split())
 
     def ctl_resplice(self, client_port, target, q=None, r=None):
-        argv = [binary("rs-ctl"), "--to", f"{PROXY}:7070", "--key", self.key, "resplice",
+        argv = [binary("rs-ctl"), "--to", f"{PROXY}:{PROXY_CTL}", "--key", self.key, "resplice",
                 "--client", f"{client_ip(0)}:{client_port}", "--vip", VIP, "--target", target]
         if q is not None:
             argv += ["--q", str(q), "--r", str(r)]
@@ -198,7 +196,7 @@ class TestResplice(SpliceCase):
         bad = os.path.join(self.dir, "bad.hex")
         with open(bad, "w") as f:
             f.write(os.urandom(32).hex())
-        out = self.tb["logger"].cmd(f"{binary('rs-ctl')} --to {PROXY}:7070 --key {bad} resplice "
+        out = self.tb["logger"].cmd(f"{binary('rs-ctl')} --to {PROXY}:{PROXY_CTL} --key {bad} resplice "
                                     f"--client {client_ip(0)}:1234 --vip {VIP} --target {ALTERNATE}:{APP_PORT}")
         self.assertNotIn("status=0", out)
         self.assertTrue(wait_until(lambda: "rejected message" in self.log(px), 5))

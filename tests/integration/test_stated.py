@@ -13,12 +13,13 @@ import tempfile
 import time
 import unittest
 
+from emul.places import APP_PORT, LOGGER_CTL, STATED_PORT, binary
 from emul.shaping import wait_until
-from emul.testbed import BUILD, Testbed, leftovers
+from emul.testbed import Testbed, leftovers
+from tests.integration.harness import needs_root
 from topologies.lan import SERVERS, LanTopo, client_ip
 
 PRIMARY, ALTERNATE, LOGGER = SERVERS["primary"], SERVERS["alternate"], SERVERS["logger"]
-APP_PORT, STATED_PORT, LOGGER_PORT = 8080, 7073, 7071
 C1 = client_ip(0)
 
 # A stand-in for rs-logger's control port: accepts connections, and
@@ -63,10 +64,7 @@ while True:
 """
 
 
-def binary(name):
-    return os.path.join(BUILD, name)
-
-
+@needs_root
 class StatedCase(unittest.TestCase):
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
@@ -87,7 +85,7 @@ class StatedCase(unittest.TestCase):
     # -- daemons -------------------------------------------------------------
     def fake_logger(self):
         self.d["logger"] = self.tb.start("logger", "fake-logger",
-                                         [sys.executable, "-c", FAKE_LOGGER, LOGGER, str(LOGGER_PORT)],
+                                         [sys.executable, "-c", FAKE_LOGGER, LOGGER, str(LOGGER_CTL)],
                                          ready="listening")
 
     def stated(self, host, bid, peer):
@@ -96,7 +94,7 @@ class StatedCase(unittest.TestCase):
             host, f"stated-{host}",
             [binary("rs-stated"), "--id", str(bid), "--listen", f"0.0.0.0:{STATED_PORT}",
              "--app-socket", sock, "--key", self.key, "--peer", f"{peer}:{STATED_PORT}",
-             "--logger", f"{LOGGER}:{LOGGER_PORT}", "--heartbeat", "10ms"], ready="listening")
+             "--logger", f"{LOGGER}:{LOGGER_CTL}", "--heartbeat", "10ms"], ready="listening")
         return sock
 
     def app(self, host, sock, *extra):

@@ -9,6 +9,7 @@ import unittest
 
 from emul.shaping import ShapingError, measure_rtt
 from emul.testbed import Testbed, leftovers, pcap_count
+from tests.integration.harness import needs_root
 from topologies.lan import SERVERS, LanTopo
 from topologies.profiles import Profile
 
@@ -27,6 +28,7 @@ def emul_stats(run_dir):
     return out
 
 
+@needs_root
 class TestbedCase(unittest.TestCase):
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")

@@ -1,0 +1,33 @@
+"""Where resplice's pieces are, for every script and test: the source tree,
+the build's binaries and the ports of docs/recovery.md.  The addresses are
+topologies/lan.py's SERVERS.  Imports nothing heavy (no Mininet), so tests
+that need no root use it too.
+
+The build directory is $RS_BUILD, else build/ in the tree; it is read at
+each call, so a driver's --build option only has to set $RS_BUILD."""
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+VIP_PORT = 80           # rs-proxy's clients
+PROXY_CTL = 7070        # rs-proxy's control port (FAILURE, RESPLICE, STATUS, ...)
+LOGGER_CTL = 7071       # rs-logger's control port; heartbeats are UDP datagrams to it
+LOGGER_RESEND = 7072    # rs-logger's resend port
+STATED_PORT = 7073      # rs-stated on each backend
+APP_PORT = 8080         # the application (rs-app, or the front) on each backend
+UPSTREAM_PORT = 8081    # behind a front: the real application, on the backend's loopback
+PRIMARY_ID, ALTERNATE_ID = 1, 2
+
+
+def build_dir():
+    return os.environ.get("RS_BUILD", os.path.join(ROOT, "build"))
+
+
+def binary(name):
+    """The path of the built program 'name' (e.g. "rs-proxy")."""
+    return os.path.join(build_dir(), name)
+
+
+def use_build(path):
+    """Makes 'path' the build directory for binary() (a driver's --build)."""
+    os.environ["RS_BUILD"] = os.path.abspath(path)
