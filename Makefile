@@ -33,9 +33,13 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 # Daemons: folder NAME/ holds the sources of build/rs-NAME; NAME_LIBS are
-# the extra libraries it links besides libresplice.
-DAEMON_DIRS := app client proxy logger stated auxlog ctl smtpd
+# the extra libraries it links besides libresplice, NAME_SRC extra sources.
+DAEMON_DIRS := app front client proxy logger stated auxlog ctl smtpd
 DAEMONS  := $(foreach d,$(DAEMON_DIRS),$(if $(wildcard $(d)/*.c),$(d)))
+# libstate/: the state library an application links to talk to rs-stated.
+LIBSTATE_SRC := $(wildcard libstate/*.c) $(wildcard libstate/*.h)
+app_SRC     := $(LIBSTATE_SRC)
+front_SRC   := $(LIBSTATE_SRC)
 app_LIBS    :=
 client_LIBS :=
 proxy_LIBS  := -lbpf -lelf -lz
@@ -88,10 +92,10 @@ $(BUILD)/rs-emul: emul/rs-emul.c $(LIB)
 COMMON_SRC := $(wildcard common/*.c)
 
 define daemon_rule
-$(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(COMMON_SRC) $(wildcard common/*.h) $(LIB) $($(1)_DEPS)
+$(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(COMMON_SRC) $(wildcard common/*.h) $($(1)_SRC) $(LIB) $($(1)_DEPS)
 	@mkdir -p $$(@D)
-	$$(CC) $$(CPPFLAGS) -I$(1) -Icommon -I$(BUILD) $$(ALL_CFLAGS) $(wildcard $(1)/*.c) $(COMMON_SRC) -o $$@ \
-		$$(LIB) $$($(1)_LIBS) $$(CORE_LIBS) -lm
+	$$(CC) $$(CPPFLAGS) -I$(1) -Icommon -Ilibstate -I$(BUILD) $$(ALL_CFLAGS) $(wildcard $(1)/*.c) $(COMMON_SRC) \
+		$(filter %.c,$($(1)_SRC)) -o $$@ $$(LIB) $$($(1)_LIBS) $$(CORE_LIBS) -lm
 endef
 $(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
 

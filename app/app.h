@@ -1,6 +1,7 @@
 /* rs-app internals shared by the files of app/: the server, its connections,
  * the response machinery (http.c), the endpoints (endpoints.c), the state
- * hooks (state.c) and the event loop (main.c).  state.h is the public part. */
+ * hooks and their link to the state library (state.c), and the options and
+ * event loop (main.c).  state.h is the public part. */
 #ifndef RS_APP_APP_H
 #define RS_APP_APP_H
 
@@ -35,9 +36,7 @@
 /* ---- Types ------------------------------------------------------------ */
 
 struct app_conn;
-struct app_xfer;
-struct app_front;
-struct front_conn;
+struct rs_state;
 
 /* Counters for the SIGUSR1 stats line. */
 enum app_stat {
@@ -100,7 +99,7 @@ struct app_conn {
     uint32_t peer_ip4;          /* host order */
     uint16_t peer_port;
     uint32_t id_ip4;            /* the client its transaction IDs name: the peer, */
-    uint16_t id_port;           /*   or the client of a connection map (xfer.c) */
+    uint16_t id_port;           /*   or the client of a connection map (rs_state_accepted) */
     uint16_t id_base;           /* number of its first transaction */
     char tuple[64];             /* "10.0.0.1:40000->10.0.0.2:8080" */
     http_parser parser;
@@ -152,17 +151,13 @@ struct rs_app {
     uint64_t sync_delay_ns;
     struct app_delayed delayed[APP_DELAY_MAX];
     uint32_t n_delayed;
-    struct app_xfer *xfer;      /* --stated: the state-transfer library, or NULL */
-    struct app_front *front;    /* --upstream: front mode (front.c), or NULL */
-    /* --crash-at N+B in application mode (fault injection): SIGKILL ourselves
-     * before byte B of transaction N's response leaves (crash_num < 0: never);
-     * front mode has its own (app_front_cfg). */
+    struct rs_state *stated;    /* --stated: the state library, or NULL */
+    /* --crash-at N+B (fault injection): SIGKILL ourselves before byte B of
+     * transaction N's response leaves (crash_num < 0: never). */
     int crash_num;
     uint64_t crash_off;
     uint64_t stats[ST_MAX];
 };
-
-/* ---- main.c ----------------------------------------------------------- */
 
 /* ---- http.c ----------------------------------------------------------- */
 
@@ -170,14 +165,6 @@ struct rs_app {
  * negative errno (then 'fd' is closed). */
 int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer);
 
-/* Names accepted connection 'fd' from 'pa': "peer->local" into 'tuple', and
- * the client and first transaction number its requests count under (the
- * peer itself from 0, or what a CONN_MAP said), and, when 'rerun' is not
- * NULL, whether the CONN_MAP said its transactions are re-runs; sets
- * TCP_NODELAY. */
-void app_conn_identity(struct rs_app *app, int fd, struct rs_addr pa, char *tuple, size_t len,
-                       uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base, bool *rerun);
-/* Handles an epoll event on the connection's socket or timer. */
 /* Does all the work the connection can do now (parse, serve, send). */
 void app_conn_service(struct app_conn *c);
 /* Closes 'c' now; held and unsent transactions end incomplete. */
@@ -193,7 +180,6 @@ void app_conn_reap(struct rs_app *app);
 void app_resp_small(struct app_conn *c, int status, const char *ctype, const char *extra,
                     const char *body, size_t len);
 void app_resp_stream(struct app_conn *c, int status, const char *ctype, int64_t clen);
-const char *app_status_text(int status);
 
 /* ---- endpoints.c ------------------------------------------------------ */
 
@@ -206,45 +192,8 @@ void app_serve(struct rs_app *app, struct app_conn *c);
 const char *app_token_take(struct rs_app *app, rs_txn_id id, char out[33]);
 /* Installs the --sync-delay hooks: every nondet update waits 'ns'. */
 int app_sync_delay_init(struct rs_app *app, uint64_t ns);
-
-/* ---- front.c: front mode (--upstream) ---------------------------------- */
-
-/* Front mode's configuration (main.c fills it from the options). */
-struct app_front_cfg {
-    struct rs_addr upstream;        /* where the application listens */
-    const char *strip[16];          /* response headers never forwarded (Date by default) */
-    int n_strip;
-    const char *state_dir;          /* X-Resplice-State files must be in here; APPLY blobs go here */
-    const char *apply_cmd;          /* NULL: APPLY is refused (-EOPNOTSUPP) */
-    const char *apply_file;         /* or: the state is this whole file, installed by rename */
-    uint64_t apply_timeout_ns;
-    /* Fault injection (--crash-at N+B): SIGKILL ourselves before byte B of
-     * the response to transaction number N leaves (crash_num < 0: never);
-     * the response bytes held then are written to state_dir/crash-<txn>.resp
-     * so a test can compare them with what the client got. */
-    int crash_num;
-    uint64_t crash_off;
-};
-
-/* Turns 'app' into a front for 'cfg' (copied; its strings must outlive the
- * app).  Returns 0 or a negative errno (memory, timerfd, epoll). */
-int app_front_init(struct rs_app *app, const struct app_front_cfg *cfg);
-/* Accepts client connection 'fd' from 'peer'.  Returns 0 or a negative
- * errno (then 'fd' is closed). */
-int app_front_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer);
-/* rs_app_txn_resume in front mode: releases the held response of 'id'.
- * Returns 0 or -ENOENT. */
-int app_front_resume(struct rs_app *app, rs_txn_id id, int err);
-/* Starts applying state blob 'state' ('len' bytes) of transaction 'id'
- * with --apply-cmd.  Returns 1 when the command runs (its end is reported
- * with app_xfer_apply_done(app, 'cookie', status)), or a negative errno when
- * it could not start (-EOPNOTSUPP without --apply-cmd, -EBUSY when one runs). */
-int app_front_apply(struct rs_app *app, rs_txn_id id, const void *state, size_t len, uint64_t cookie);
-/* Frees the front connections closed during this loop turn. */
-void app_front_reap(struct rs_app *app);
-/* Appends " front_key=value ..." counters to the stats line on 'f'. */
-void app_front_stats(struct rs_app *app, FILE *f);
-/* Closes every connection, kills a running apply command, frees the front. */
-void app_front_close(struct rs_app *app);
+/* --stated: opens the state library on rs-stated's socket 'path' and
+ * installs the hooks that use it.  Returns 0 or a negative errno. */
+int app_stated_init(struct rs_app *app, const char *path, uint64_t timeout_ns);
 
 #endif /* RS_APP_APP_H */

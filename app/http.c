@@ -17,7 +17,8 @@
 #include <unistd.h>
 
 #include "content.h"
-#include "xfer.h"
+#include "http_txn.h"
+#include "rs_state.h"
 
 /* ---- Parser callbacks ------------------------------------------------- */
 
@@ -196,24 +197,6 @@ static void out_put(struct app_conn *c, const void *data, size_t len)
     c->gen_total += len;
 }
 
-const char *app_status_text(int status)
-{
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
-    }
-}
-
 /* Writes the response header.  No Date (or other per-run) header: a
  * deterministic request must get byte-identical responses from the primary
  * and from the alternate that replays it. */
@@ -233,7 +216,7 @@ static void resp_head(struct app_conn *c, int status, const char *ctype, int64_t
     else if (c->req.http10)
         conn_line = "Connection: keep-alive\r\n";
     n = snprintf(h, sizeof(h), "HTTP/1.1 %d %s\r\nServer: rs-app\r\nContent-Type: %s\r\n%s%s%s\r\n",
-                 status, app_status_text(status), ctype, len_line, conn_line, extra ? extra : "");
+                 status, rs_http_reason(status), ctype, len_line, conn_line, extra ? extra : "");
     if (n < 0 || n >= (int)sizeof(h))
         n = 0;          /* cannot happen with our fixed strings; send nothing rather than junk */
     out_compact(c);
@@ -469,7 +452,7 @@ static void conn_reject(struct app_conn *c, int status, const char *why)
     c->req.head = false;
     rs_txn_id_format(c->req.id, id, sizeof(id));
     rs_log("bad-request %s %s %d %s", id, c->tuple, status, why);
-    n = snprintf(body, sizeof(body), "%s\n", app_status_text(status));
+    n = snprintf(body, sizeof(body), "%s\n", rs_http_reason(status));
     app_resp_small(c, status, "text/plain", NULL, body, (size_t)n);
 }
 
@@ -502,7 +485,7 @@ static bool conn_parse(struct app_conn *c)
     if (e != HPE_OK) {
         int status = c->req.reject ? c->req.reject : e == HPE_HEADER_OVERFLOW ? 431 : 400;
 
-        conn_reject(c, status, c->req.reject ? app_status_text(status) : http_errno_description(e));
+        conn_reject(c, status, c->req.reject ? rs_http_reason(status) : http_errno_description(e));
         return true;
     }
     return n > 0;
@@ -646,36 +629,12 @@ static void conn_on_io(struct rs_io *io, uint32_t events)
 
 /* ---- Open and close --------------------------------------------------- */
 
-void app_conn_identity(struct rs_app *app, int fd, struct rs_addr pa, char *tuple, size_t len,
-                       uint32_t *id_ip4, uint16_t *id_port, uint16_t *id_base, bool *rerun)
-{
-    uint8_t flags = 0;
-
-    struct sockaddr_in local;
-    socklen_t sl = sizeof(local);
-    struct rs_addr la = { 0, 0 };
-    int one = 1;
-
-    *id_ip4 = pa.ip;
-    *id_port = pa.port;
-    if (getsockname(fd, (struct sockaddr *)&local, &sl) == 0)
-        la = rs_addr_of_sin(&local);
-    snprintf(tuple, len, "%s->%s", RS_A(pa), RS_A(la));
-    /* A proxy or the logger acting for a client: name that client's
-     * transactions as the logger does. */
-    if (app_xfer_map_take(app, pa.ip, pa.port, id_ip4, id_port, id_base, &flags))
-        rs_log("conn-mapped %s client=%s next=%u%s", tuple, RS_A(((struct rs_addr){ *id_ip4, *id_port })),
-               *id_base, flags & RS_CTL_CONN_MAP_RERUN ? " rerun" : "");
-    if (rerun)
-        *rerun = flags & RS_CTL_CONN_MAP_RERUN;
-    /* Small responses must not wait for Nagle: latency is what we measure. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
 int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
 {
     struct app_conn *c = calloc(1, sizeof(*c));
     struct rs_addr pa = rs_addr_of_sin(peer);
+    struct rs_state_conn who;
+    int one = 1;
 
     if (!c) {
         close(fd);
@@ -686,7 +645,13 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     rs_timer_init(&c->timer, conn_on_timer, c);
     c->peer_ip4 = pa.ip;
     c->peer_port = pa.port;
-    app_conn_identity(app, fd, pa, c->tuple, sizeof(c->tuple), &c->id_ip4, &c->id_port, &c->id_base, NULL);
+    rs_state_accepted(app->stated, fd, &who);
+    c->id_ip4 = who.client_ip;
+    c->id_port = who.client_port;
+    c->id_base = who.first_num;
+    snprintf(c->tuple, sizeof(c->tuple), "%s", who.name);
+    /* Small responses must not wait for Nagle: latency is what we measure. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
 

@@ -1,9 +1,10 @@
 /* rs-app state hooks (see state.h): installing hooks, applying state blobs on
- * the alternate, resuming held responses, and --sync-delay, a stand-in hook
- * that holds every non-deterministic response for a fixed time, so the
- * held-response path runs (and its cost can be measured) before issue 5's
- * real synchronous state transfer exists. */
+ * the alternate, resuming held responses; --stated, the hooks that link the
+ * state library (libstate/rs_state.h) to the local rs-stated; and
+ * --sync-delay, a stand-in hook that holds every non-deterministic response
+ * for a fixed time, so the held-response path can be measured alone. */
 #include "app.h"
+#include "rs_state.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -83,8 +84,6 @@ const char *app_token_take(struct rs_app *app, rs_txn_id id, char out[33])
 
 int rs_app_txn_resume(struct rs_app *app, rs_txn_id id, int err)
 {
-    if (app->front)
-        return app_front_resume(app, id, err);
     for (struct app_conn *c = app->conns; c; c = c->next) {
         if (!c->waiting || c->req.id != id)
             continue;
@@ -104,6 +103,59 @@ int rs_app_txn_resume(struct rs_app *app, rs_txn_id id, int err)
         return 0;
     }
     return -ENOENT;
+}
+
+/* ---- --stated: the state library -------------------------------------- */
+
+static int stated_update(void *ctx, rs_txn_id id, const void *state, size_t len, int nondet)
+{
+    struct rs_app *app = ctx;
+    int r = rs_state_update(app->stated, id, state, len, nondet != 0);
+
+    return r == RS_STATE_WAIT ? RS_APP_HOOK_WAIT : r;
+}
+
+static void stated_end(void *ctx, rs_txn_id id, int complete)
+{
+    struct rs_app *app = ctx;
+
+    if (!complete)
+        rs_state_forget(app->stated, id);
+}
+
+static int stated_apply(void *ctx, rs_txn_id id, const void *state, size_t len, uint64_t token)
+{
+    struct rs_app *app = ctx;
+    int err = rs_app_state_apply(app, id, state, len);
+
+    (void)token;
+    if (err == 0) {
+        char ids[RS_TXN_ID_STRLEN];
+
+        rs_txn_id_format(id, ids, sizeof(ids));
+        rs_log("state-apply %s %.*s", ids, (int)len, (const char *)state);
+    }
+    return err;
+}
+
+/* The library gave up on the standby or got its ACK: the response goes
+ * either way (an unreplicated one is logged and counted by the library). */
+static void stated_resume(void *ctx, rs_txn_id id, int err)
+{
+    (void)err;
+    rs_app_txn_resume(ctx, id, 0);      /* -ENOENT: its connection closed */
+}
+
+int app_stated_init(struct rs_app *app, const char *path, uint64_t timeout_ns)
+{
+    struct rs_state_ops ops = { .ctx = app, .apply = stated_apply, .resume = stated_resume };
+    struct rs_app_hooks hooks = { .ctx = app, .txn_update = stated_update, .txn_end = stated_end };
+
+    app->stated = rs_state_open(&app->loop, path, timeout_ns, &ops);
+    if (!app->stated)
+        return -errno;
+    rs_app_set_hooks(app, &hooks);
+    return 0;
 }
 
 /* ---- --sync-delay ----------------------------------------------------- */

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -23,6 +24,18 @@ void rs_log_init(const char *name)
 {
     log_name = name;
     setvbuf(stderr, NULL, _IOLBF, 0);
+}
+
+int rs_log_to(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644), err = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (dup2(fd, STDERR_FILENO) < 0)
+        err = -errno;
+    close(fd);
+    return err;
 }
 
 uint64_t rs_now_us(void)
@@ -209,4 +222,14 @@ bool rs_signals_read(int sfd, void (*stats)(void *ctx), void *ctx)
         return true;
     }
     return false;
+}
+
+void rs_raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }

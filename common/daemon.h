@@ -19,6 +19,9 @@ struct rs_addr {
 
 /* Sets the name rs_log prints after the timestamp ("rs-proxy"). */
 void rs_log_init(const char *name);
+/* --log FILE: appends stderr (the event log) to 'path' from now on.
+ * Returns 0 or -errno. */
+int rs_log_to(const char *path);
 /* Writes "<epoch>.<us> <name> <message>\n" to stderr. */
 void rs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 uint64_t rs_now_us(void);   /* CLOCK_REALTIME, microseconds */
@@ -43,6 +46,10 @@ int rs_listen_tcp(struct rs_addr a, int backlog);
  * descriptors, it accepts and drops the pending connections with a
  * reserved one, so that a level-triggered listener does not spin. */
 int rs_accept_tcp(int lfd, struct sockaddr_in *peer);
+
+/* Raises the soft limit of open files to the hard one: scale experiments
+ * open thousands of connections. */
+void rs_raise_nofile(void);
 
 /* Loads a key file: 64 hex characters (surrounding white space allowed).
  * Returns 0, -errno when the file cannot be read, or -EINVAL. */

@@ -2,6 +2,7 @@
  * unauthenticated header only as far as it must (magic, version, type,
  * length bound), authenticates, and only then parses fields. */
 #include "ctl_msg.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <string.h>
@@ -75,39 +76,26 @@ static uint32_t max_body_len(unsigned type)
     return has_data(type) ? body_len[type] + RS_CTL_STATE_MAX : body_len[type];
 }
 
-/* ---- Byte order helpers (cursor advances) ---------------------------------- */
-
-static void put8(uint8_t **p, uint8_t v) { *(*p)++ = v; }
-static void put16(uint8_t **p, uint16_t v) { put8(p, (uint8_t)(v >> 8)); put8(p, (uint8_t)v); }
-static void put32(uint8_t **p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p, (uint16_t)v); }
-static void put64(uint8_t **p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p, (uint32_t)v); }
-static void put_zero(uint8_t **p, size_t n) { memset(*p, 0, n); *p += n; }
-
-static uint8_t get8(const uint8_t **p) { return *(*p)++; }
-static uint16_t get16(const uint8_t **p) { uint16_t hi = get8(p); return (uint16_t)(hi << 8 | get8(p)); }
-static uint32_t get32(const uint8_t **p) { uint32_t hi = get16(p); return hi << 16 | get16(p); }
-static uint64_t get64(const uint8_t **p) { uint64_t hi = get32(p); return hi << 32 | get32(p); }
-
 /* True when the next 'n' bytes are zero (padding must be, so that every
  * message has exactly one encoding). */
 static bool get_zero(const uint8_t **p, size_t n)
 {
     bool zero = true;
     for (size_t i = 0; i < n; i++)
-        zero &= get8(p) == 0;
+        zero &= rs_get8(p) == 0;
     return zero;
 }
 
 static void put_conn(uint8_t **p, const struct rs_ctl_conn *c)
 {
-    put32(p, c->ip4);
-    put16(p, c->port);
+    rs_put32(p, c->ip4);
+    rs_put16(p, c->port);
 }
 
 static void get_conn(const uint8_t **p, struct rs_ctl_conn *c)
 {
-    c->ip4 = get32(p);
-    c->port = get16(p);
+    c->ip4 = rs_get32(p);
+    c->port = rs_get16(p);
 }
 
 /* ---- Validation shared by encoder and decoder ------------------------------ */
@@ -250,38 +238,38 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
 {
     switch (m->type) {
     case RS_CTL_HEARTBEAT:
-        put8(p, m->u.heartbeat.role);
-        put_zero(p, 3);
-        put32(p, m->u.heartbeat.backend_id);
-        put64(p, m->u.heartbeat.time_us);
+        rs_put8(p, m->u.heartbeat.role);
+        rs_put_zero(p, 3);
+        rs_put32(p, m->u.heartbeat.backend_id);
+        rs_put64(p, m->u.heartbeat.time_us);
         break;
     case RS_CTL_FAILURE:
-        put32(p, m->u.failure.backend_id);
-        put16(p, m->u.failure.reason);
-        put_zero(p, 2);
+        rs_put32(p, m->u.failure.backend_id);
+        rs_put16(p, m->u.failure.reason);
+        rs_put_zero(p, 2);
         break;
     case RS_CTL_TXN_LOGGED:
-        put64(p, m->u.txn_logged.txn);
-        put32(p, m->u.txn_logged.resp_end);
+        rs_put64(p, m->u.txn_logged.txn);
+        rs_put32(p, m->u.txn_logged.resp_end);
         break;
     case RS_CTL_STATE_REPORT: {
         const struct rs_ctl_state_report *b = &m->u.state_report;
         put_conn(p, &b->conn);
-        put8(p, (uint8_t)((b->has_ts ? F_HAS_TS : 0) | (b->has_ta ? F_HAS_TA : 0)));
-        put_zero(p, 1);
-        put16(p, b->ts);
-        put16(p, b->ta);
+        rs_put8(p, (uint8_t)((b->has_ts ? F_HAS_TS : 0) | (b->has_ta ? F_HAS_TA : 0)));
+        rs_put_zero(p, 1);
+        rs_put16(p, b->ts);
+        rs_put16(p, b->ta);
         break;
     }
     case RS_CTL_RECOVERY_INFO: {
         const struct rs_ctl_recovery_info *b = &m->u.recovery_info;
         put_conn(p, &b->conn);
-        put8(p, b->has_tl ? F_HAS_TL : 0);
-        put_zero(p, 1);
-        put16(p, b->tl);
-        put_zero(p, 2);
-        put32(p, b->ack_tl);
-        put32(p, b->p);
+        rs_put8(p, b->has_tl ? F_HAS_TL : 0);
+        rs_put_zero(p, 1);
+        rs_put16(p, b->tl);
+        rs_put_zero(p, 2);
+        rs_put32(p, b->ack_tl);
+        rs_put32(p, b->p);
         break;
     }
     case RS_CTL_RESPLICE: {
@@ -289,23 +277,23 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         put_conn(p, &b->client);
         put_conn(p, &b->vip);
         put_conn(p, &b->target);
-        put_zero(p, 2);
-        put32(p, b->client_seq);
-        put32(p, b->resp_seq);
+        rs_put_zero(p, 2);
+        rs_put32(p, b->client_seq);
+        rs_put32(p, b->resp_seq);
         break;
     }
     case RS_CTL_ACK:
-        put64(p, m->u.ack.echo_seq);
-        put8(p, m->u.ack.echo_type);
-        put_zero(p, 3);
-        put32(p, (uint32_t)m->u.ack.status);
+        rs_put64(p, m->u.ack.echo_seq);
+        rs_put8(p, m->u.ack.echo_type);
+        rs_put_zero(p, 3);
+        rs_put32(p, (uint32_t)m->u.ack.status);
         break;
     case RS_CTL_STATE_UPDATE: {
         const struct rs_ctl_state_update *b = &m->u.state_update;
-        put64(p, b->txn);
-        put8(p, b->sync ? F_SYNC : 0);
-        put_zero(p, 3);
-        put32(p, b->len);
+        rs_put64(p, b->txn);
+        rs_put8(p, b->sync ? F_SYNC : 0);
+        rs_put_zero(p, 3);
+        rs_put32(p, b->len);
         if (b->len)
             memmove(*p, b->data, b->len); /* the caller's data may live in 'buf' */
         *p += b->len;
@@ -314,45 +302,45 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
     case RS_CTL_CONN_MAP:
         put_conn(p, &m->u.conn_map.peer);
         put_conn(p, &m->u.conn_map.client);
-        put16(p, m->u.conn_map.next_num);
-        put8(p, m->u.conn_map.flags);
-        put_zero(p, 1);
+        rs_put16(p, m->u.conn_map.next_num);
+        rs_put8(p, m->u.conn_map.flags);
+        rs_put_zero(p, 1);
         break;
     case RS_CTL_STATE_QUERY:
         put_conn(p, &m->u.state_query.client);
-        put_zero(p, 2);
+        rs_put_zero(p, 2);
         break;
     case RS_CTL_APPLY:
         put_conn(p, &m->u.apply.client);
-        put16(p, m->u.apply.upto);
+        rs_put16(p, m->u.apply.upto);
         break;
     case RS_CTL_RECOVER:
         put_conn(p, &m->u.recover.client);
-        put16(p, m->u.recover.budget_ms);
-        put32(p, m->u.recover.backend_id);
+        rs_put16(p, m->u.recover.budget_ms);
+        rs_put32(p, m->u.recover.backend_id);
         put_conn(p, &m->u.recover.target);
-        put8(p, m->u.recover.has_seen ? 1 : 0);
-        put_zero(p, 1);
-        put32(p, m->u.recover.client_ack);
-        put32(p, m->u.recover.client_seq_end);
+        rs_put8(p, m->u.recover.has_seen ? 1 : 0);
+        rs_put_zero(p, 1);
+        rs_put32(p, m->u.recover.client_ack);
+        rs_put32(p, m->u.recover.client_seq_end);
         break;
     case RS_CTL_PLAN: {
         const struct rs_ctl_plan *b = &m->u.plan;
         put_conn(p, &b->client);
-        put8(p, b->flags);
-        put_zero(p, 1);
-        put32(p, (uint32_t)b->status);
-        put16(p, b->tl);
-        put16(p, b->tsp);
-        put16(p, b->tr);
-        put16(p, b->replayed);
-        put32(p, b->ack_tl);
-        put32(p, b->p);
-        put32(p, b->ackcl);
-        put32(p, b->resend_from);
-        put32(p, b->resend_to);
-        put32(p, b->q);
-        put32(p, b->len);
+        rs_put8(p, b->flags);
+        rs_put_zero(p, 1);
+        rs_put32(p, (uint32_t)b->status);
+        rs_put16(p, b->tl);
+        rs_put16(p, b->tsp);
+        rs_put16(p, b->tr);
+        rs_put16(p, b->replayed);
+        rs_put32(p, b->ack_tl);
+        rs_put32(p, b->p);
+        rs_put32(p, b->ackcl);
+        rs_put32(p, b->resend_from);
+        rs_put32(p, b->resend_to);
+        rs_put32(p, b->q);
+        rs_put32(p, b->len);
         if (b->len)
             memmove(*p, b->data, b->len);
         *p += b->len;
@@ -360,38 +348,38 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
     }
     case RS_CTL_RESEND:
         put_conn(p, &m->u.resend.client);
-        put_zero(p, 2);
-        put32(p, m->u.resend.from);
-        put32(p, m->u.resend.to);
+        rs_put_zero(p, 2);
+        rs_put32(p, m->u.resend.from);
+        rs_put32(p, m->u.resend.to);
         break;
     case RS_CTL_SUSPECT:
         put_conn(p, &m->u.suspect.client);
-        put16(p, m->u.suspect.reason);
-        put32(p, m->u.suspect.silent_ms);
+        rs_put16(p, m->u.suspect.reason);
+        rs_put32(p, m->u.suspect.silent_ms);
         break;
     case RS_CTL_FENCE:
-        put32(p, m->u.fence.backend_id);
-        put32(p, m->u.fence.ip4);
-        put8(p, m->u.fence.fenced ? 1 : 0);
-        put_zero(p, 3);
+        rs_put32(p, m->u.fence.backend_id);
+        rs_put32(p, m->u.fence.ip4);
+        rs_put8(p, m->u.fence.fenced ? 1 : 0);
+        rs_put_zero(p, 3);
         break;
     case RS_CTL_STATUS:
-        put_zero(p, 4);
+        rs_put_zero(p, 4);
         break;
     case RS_CTL_STATUS_REPORT: {
         const struct rs_ctl_status_report *b = &m->u.status_report;
-        put8(p, b->n);
-        put_zero(p, 3);
-        put32(p, b->recovering);
-        put32(p, b->recovered);
-        put32(p, b->unrecoverable);
+        rs_put8(p, b->n);
+        rs_put_zero(p, 3);
+        rs_put32(p, b->recovering);
+        rs_put32(p, b->recovered);
+        rs_put32(p, b->unrecoverable);
         for (unsigned i = 0; i < RS_CTL_STATUS_BACKENDS; i++) {
-            put32(p, b->b[i].id);
-            put32(p, b->b[i].ip4);
-            put16(p, b->b[i].port);
-            put8(p, b->b[i].role);
-            put8(p, b->b[i].flags);
-            put32(p, b->b[i].conns);
+            rs_put32(p, b->b[i].id);
+            rs_put32(p, b->b[i].ip4);
+            rs_put16(p, b->b[i].port);
+            rs_put8(p, b->b[i].role);
+            rs_put8(p, b->b[i].flags);
+            rs_put32(p, b->b[i].conns);
         }
         break;
     }
@@ -418,14 +406,14 @@ int rs_ctl_encode(const struct rs_ctl_key *key, const struct rs_ctl_msg *msg,
     p = buf + RS_CTL_HDR_LEN;
     put_body(&p, msg);
     p = buf;
-    put8(&p, 'R');
-    put8(&p, 'S');
-    put8(&p, RS_CTL_VERSION);
-    put8(&p, msg->type);
-    put16(&p, 0);
-    put32(&p, msg->sender);
-    put64(&p, msg->seq);
-    put32(&p, plen);
+    rs_put8(&p, 'R');
+    rs_put8(&p, 'S');
+    rs_put8(&p, RS_CTL_VERSION);
+    rs_put8(&p, msg->type);
+    rs_put16(&p, 0);
+    rs_put32(&p, msg->sender);
+    rs_put64(&p, msg->seq);
+    rs_put32(&p, plen);
     crypto_auth_hmacsha256(buf + RS_CTL_HDR_LEN + plen, buf, RS_CTL_HDR_LEN + plen, key->bytes);
     return n;
 }
@@ -444,41 +432,41 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         return -EBADMSG;
     switch (m->type) {
     case RS_CTL_HEARTBEAT:
-        m->u.heartbeat.role = get8(&p);
+        m->u.heartbeat.role = rs_get8(&p);
         pad_ok = get_zero(&p, 3);
-        m->u.heartbeat.backend_id = get32(&p);
-        m->u.heartbeat.time_us = get64(&p);
+        m->u.heartbeat.backend_id = rs_get32(&p);
+        m->u.heartbeat.time_us = rs_get64(&p);
         break;
     case RS_CTL_FAILURE:
-        m->u.failure.backend_id = get32(&p);
-        m->u.failure.reason = get16(&p);
+        m->u.failure.backend_id = rs_get32(&p);
+        m->u.failure.reason = rs_get16(&p);
         pad_ok = get_zero(&p, 2);
         break;
     case RS_CTL_TXN_LOGGED:
-        m->u.txn_logged.txn = get64(&p);
-        m->u.txn_logged.resp_end = get32(&p);
+        m->u.txn_logged.txn = rs_get64(&p);
+        m->u.txn_logged.resp_end = rs_get32(&p);
         break;
     case RS_CTL_STATE_REPORT: {
         struct rs_ctl_state_report *b = &m->u.state_report;
         get_conn(&p, &b->conn);
-        fl = get8(&p);
+        fl = rs_get8(&p);
         pad_ok = get_zero(&p, 1) && !(fl & ~(F_HAS_TS | F_HAS_TA));
         b->has_ts = fl & F_HAS_TS;
         b->has_ta = fl & F_HAS_TA;
-        b->ts = get16(&p);
-        b->ta = get16(&p);
+        b->ts = rs_get16(&p);
+        b->ta = rs_get16(&p);
         break;
     }
     case RS_CTL_RECOVERY_INFO: {
         struct rs_ctl_recovery_info *b = &m->u.recovery_info;
         get_conn(&p, &b->conn);
-        fl = get8(&p);
+        fl = rs_get8(&p);
         pad_ok = get_zero(&p, 1) && !(fl & ~F_HAS_TL);
         b->has_tl = fl & F_HAS_TL;
-        b->tl = get16(&p);
+        b->tl = rs_get16(&p);
         pad_ok &= get_zero(&p, 2);
-        b->ack_tl = get32(&p);
-        b->p = get32(&p);
+        b->ack_tl = rs_get32(&p);
+        b->p = rs_get32(&p);
         break;
     }
     case RS_CTL_RESPLICE: {
@@ -487,23 +475,23 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         get_conn(&p, &b->vip);
         get_conn(&p, &b->target);
         pad_ok = get_zero(&p, 2);
-        b->client_seq = get32(&p);
-        b->resp_seq = get32(&p);
+        b->client_seq = rs_get32(&p);
+        b->resp_seq = rs_get32(&p);
         break;
     }
     case RS_CTL_ACK:
-        m->u.ack.echo_seq = get64(&p);
-        m->u.ack.echo_type = get8(&p);
+        m->u.ack.echo_seq = rs_get64(&p);
+        m->u.ack.echo_type = rs_get8(&p);
         pad_ok = get_zero(&p, 3);
-        m->u.ack.status = (int32_t)get32(&p);
+        m->u.ack.status = (int32_t)rs_get32(&p);
         break;
     case RS_CTL_STATE_UPDATE: {
         struct rs_ctl_state_update *b = &m->u.state_update;
-        b->txn = get64(&p);
-        fl = get8(&p);
+        b->txn = rs_get64(&p);
+        fl = rs_get8(&p);
         pad_ok = get_zero(&p, 3) && !(fl & ~F_SYNC);
         b->sync = fl & F_SYNC;
-        b->len = get32(&p);
+        b->len = rs_get32(&p);
         /* The inner length must account for the whole payload. */
         if (b->len != plen - RS_CTL_STATE_HDR)
             return -EBADMSG;
@@ -513,8 +501,8 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
     case RS_CTL_CONN_MAP:
         get_conn(&p, &m->u.conn_map.peer);
         get_conn(&p, &m->u.conn_map.client);
-        m->u.conn_map.next_num = get16(&p);
-        m->u.conn_map.flags = get8(&p);
+        m->u.conn_map.next_num = rs_get16(&p);
+        m->u.conn_map.flags = rs_get8(&p);
         pad_ok = get_zero(&p, 1) && !(m->u.conn_map.flags & ~RS_CTL_CONN_MAP_RERUN);
         break;
     case RS_CTL_STATE_QUERY:
@@ -523,36 +511,36 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         break;
     case RS_CTL_APPLY:
         get_conn(&p, &m->u.apply.client);
-        m->u.apply.upto = get16(&p);
+        m->u.apply.upto = rs_get16(&p);
         break;
     case RS_CTL_RECOVER:
         get_conn(&p, &m->u.recover.client);
-        m->u.recover.budget_ms = get16(&p);
-        m->u.recover.backend_id = get32(&p);
+        m->u.recover.budget_ms = rs_get16(&p);
+        m->u.recover.backend_id = rs_get32(&p);
         get_conn(&p, &m->u.recover.target);
-        fl = get8(&p);
+        fl = rs_get8(&p);
         pad_ok = fl <= 1 && get_zero(&p, 1);
         m->u.recover.has_seen = fl == 1;
-        m->u.recover.client_ack = get32(&p);
-        m->u.recover.client_seq_end = get32(&p);
+        m->u.recover.client_ack = rs_get32(&p);
+        m->u.recover.client_seq_end = rs_get32(&p);
         break;
     case RS_CTL_PLAN: {
         struct rs_ctl_plan *b = &m->u.plan;
         get_conn(&p, &b->client);
-        b->flags = get8(&p);
+        b->flags = rs_get8(&p);
         pad_ok = get_zero(&p, 1);
-        b->status = (int32_t)get32(&p);
-        b->tl = get16(&p);
-        b->tsp = get16(&p);
-        b->tr = get16(&p);
-        b->replayed = get16(&p);
-        b->ack_tl = get32(&p);
-        b->p = get32(&p);
-        b->ackcl = get32(&p);
-        b->resend_from = get32(&p);
-        b->resend_to = get32(&p);
-        b->q = get32(&p);
-        b->len = get32(&p);
+        b->status = (int32_t)rs_get32(&p);
+        b->tl = rs_get16(&p);
+        b->tsp = rs_get16(&p);
+        b->tr = rs_get16(&p);
+        b->replayed = rs_get16(&p);
+        b->ack_tl = rs_get32(&p);
+        b->p = rs_get32(&p);
+        b->ackcl = rs_get32(&p);
+        b->resend_from = rs_get32(&p);
+        b->resend_to = rs_get32(&p);
+        b->q = rs_get32(&p);
+        b->len = rs_get32(&p);
         if (b->len != plen - RS_CTL_PLAN_HDR)
             return -EBADMSG;
         b->data = b->len ? p : NULL;
@@ -561,18 +549,18 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
     case RS_CTL_RESEND:
         get_conn(&p, &m->u.resend.client);
         pad_ok = get_zero(&p, 2);
-        m->u.resend.from = get32(&p);
-        m->u.resend.to = get32(&p);
+        m->u.resend.from = rs_get32(&p);
+        m->u.resend.to = rs_get32(&p);
         break;
     case RS_CTL_SUSPECT:
         get_conn(&p, &m->u.suspect.client);
-        m->u.suspect.reason = get16(&p);
-        m->u.suspect.silent_ms = get32(&p);
+        m->u.suspect.reason = rs_get16(&p);
+        m->u.suspect.silent_ms = rs_get32(&p);
         break;
     case RS_CTL_FENCE:
-        m->u.fence.backend_id = get32(&p);
-        m->u.fence.ip4 = get32(&p);
-        fl = get8(&p);
+        m->u.fence.backend_id = rs_get32(&p);
+        m->u.fence.ip4 = rs_get32(&p);
+        fl = rs_get8(&p);
         pad_ok = fl <= 1 && get_zero(&p, 3);
         m->u.fence.fenced = fl == 1;
         break;
@@ -581,18 +569,18 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         break;
     case RS_CTL_STATUS_REPORT: {
         struct rs_ctl_status_report *b = &m->u.status_report;
-        b->n = get8(&p);
+        b->n = rs_get8(&p);
         pad_ok = get_zero(&p, 3);
-        b->recovering = get32(&p);
-        b->recovered = get32(&p);
-        b->unrecoverable = get32(&p);
+        b->recovering = rs_get32(&p);
+        b->recovered = rs_get32(&p);
+        b->unrecoverable = rs_get32(&p);
         for (unsigned i = 0; i < RS_CTL_STATUS_BACKENDS; i++) {
-            b->b[i].id = get32(&p);
-            b->b[i].ip4 = get32(&p);
-            b->b[i].port = get16(&p);
-            b->b[i].role = get8(&p);
-            b->b[i].flags = get8(&p);
-            b->b[i].conns = get32(&p);
+            b->b[i].id = rs_get32(&p);
+            b->b[i].ip4 = rs_get32(&p);
+            b->b[i].port = rs_get16(&p);
+            b->b[i].role = rs_get8(&p);
+            b->b[i].flags = rs_get8(&p);
+            b->b[i].conns = rs_get32(&p);
         }
         break;
     }
@@ -637,7 +625,7 @@ int rs_ctl_decode(const struct rs_ctl_key *key, struct rs_ctl_replay *replay,
         return 0;
     type = buf[3];
     p = buf + 18;
-    plen = get32(&p);
+    plen = rs_get32(&p);
     if (plen > max_body_len(type))
         return -EMSGSIZE;
     frame = RS_CTL_HDR_LEN + (size_t)plen + RS_CTL_MAC_LEN;
@@ -649,11 +637,11 @@ int rs_ctl_decode(const struct rs_ctl_key *key, struct rs_ctl_replay *replay,
 
     memset(msg, 0, sizeof(*msg));
     p = buf + 4;
-    if (get16(&p) != 0)
+    if (rs_get16(&p) != 0)
         return -EBADMSG;
     msg->type = type;
-    msg->sender = get32(&p);
-    msg->seq = get64(&p);
+    msg->sender = rs_get32(&p);
+    msg->seq = rs_get64(&p);
     err = get_body(buf + RS_CTL_HDR_LEN, plen, msg);
     if (err)
         return err;

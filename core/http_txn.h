@@ -184,4 +184,9 @@ const char *rs_http_err_str(enum rs_http_err err);
  * HTTP method"), or "" when the error did not come from the parser. */
 const char *rs_http_conn_err_detail(const struct rs_http_conn *conn);
 
+/* The reason phrase of a status code that resplice's servers answer
+ * themselves (rs-app, rs-front): "Bad Gateway" for 502; "Unknown" for
+ * codes they never make. */
+const char *rs_http_reason(int status);
+
 #endif /* RS_HTTP_TXN_H */

@@ -1,6 +1,7 @@
 /* Command-line quantity parsing (see parse.h). */
 #include "parse.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -84,5 +85,29 @@ int rs_parse_size(const char *text, uint64_t *bytes)
     if (*p || (v && mult > UINT64_MAX / v))
         return -EINVAL;
     *bytes = v * mult;
+    return 0;
+}
+
+int rs_parse_crash_at(const char *text, int *num, uint64_t *off)
+{
+    unsigned long n;
+    unsigned long long b = 0;
+    char *end;
+
+    if (!isdigit((unsigned char)text[0]))
+        return -EINVAL;
+    errno = 0;
+    n = strtoul(text, &end, 10);
+    if (*end == '+') {
+        const char *bs = end + 1;
+
+        if (!isdigit((unsigned char)*bs))
+            return -EINVAL;
+        b = strtoull(bs, &end, 10);
+    }
+    if (*end || errno || n > 65535)
+        return -EINVAL;
+    *num = (int)n;
+    *off = b;
     return 0;
 }

@@ -7,15 +7,16 @@ topologies/lan.py and the ports of docs/recovery.md:
         stack.kill_primary()
 
 'recovery=False' gives the splice alone (issue 4's setup: no logger, no
-state transfer).  'front' puts rs-app in front mode before another
-application on each backend: a dict with "upstream" (host name -> argv of
-the application, started first, ready when it prints "listening"), "port"
-(where it listens on the backend's loopback) and optionally "args" (host
-name -> extra rs-app options, e.g. --state-dir and --apply-cmd).  Instead
-of "upstream", "start" (host name -> None) starts an application made of
-several processes itself (roundcube/deploy.py's Roundcube).  'app_host_args'
-(host name -> extra rs-app options) gives one backend's rs-app its own
-options, e.g. the primary's --crash-at."""
+state transfer).  'front' serves another application through rs-front
+instead of rs-app on each backend: a dict with "upstream" (host name ->
+argv of the application, started first, ready when it prints "listening"),
+"port" (where it listens on the backend's loopback) and optionally "args"
+(host name -> extra rs-front options, e.g. --state-dir and --apply-cmd).
+Instead of "upstream", "start" (host name -> None) starts an application
+made of several processes itself (roundcube/deploy.py's Roundcube).
+'app_args' go to every backend's rs-app (or rs-front), 'app_host_args'
+(host name -> extra options) to one backend's, e.g. the primary's
+--crash-at.  Either way the daemon serving APP_PORT is named "app-HOST"."""
 import os
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PRIMARY_ID, PROXY_CTL,
@@ -57,7 +58,8 @@ class Stack:
                 "--backend", f"{PRIMARY_ID}={s['primary']}", "--backend", f"{ALTERNATE_ID}={s['alternate']}",
                 "--dead-after", self.dead_after] + self.logger_args, ready="listening")
         for host in ("primary", "alternate"):
-            argv = [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host] + self.app_args
+            argv = [binary("rs-front" if self.front else "rs-app"), "--listen", f"0.0.0.0:{APP_PORT}",
+                    "--id", host] + self.app_args
             argv += list(self.app_host_args(host))
             if self.front and "start" in self.front:
                 self.front["start"](host)
@@ -103,8 +105,8 @@ class Stack:
         self.d = {}
 
     def kill_primary(self):
-        """SIGKILLs the primary's rs-app (a process crash; in front mode the
-        front, the application behind it lives on)."""
+        """SIGKILLs the primary's rs-app (a process crash; with 'front' its
+        rs-front: the application behind it lives on)."""
         return self.tb.kill(self.d["app-primary"])
 
     def primary_down(self):

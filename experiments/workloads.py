@@ -12,8 +12,8 @@ resplice stack, and the plain deployment the overhead study compares with.
              and Action 2 (log in, compose, send to bob, log out).
 
 Crash injection is the same for both: the primary's rs-app (the refapp
-itself, or Roundcube's front, rs-app --upstream) SIGKILLs itself before byte
-B of request N's response (rs-app --crash-at N+B); for Roundcube crash()
+itself, or Roundcube's front, rs-front) SIGKILLs itself before byte
+B of request N's response (--crash-at N+B); for Roundcube crash()
 then kills lighttpd and php-cgi too, as a crash of the whole backend.
 
 A crash point is (action, request, offset): request is a step number or
@@ -30,7 +30,7 @@ from roundcube.deploy import (UPSTREAM_PORT, MAILSTORE_IP, AuxLog, MailStore, Re
                               count_messages, init_db, warm_up)
 
 TRACES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "traces")
-FRONT_PORT = APP_PORT           # where every backend serves the client (the front, or rs-app itself)
+FRONT_PORT = APP_PORT           # where every backend serves the client (rs-front, or rs-app itself)
 
 
 class Workload:
@@ -162,7 +162,7 @@ LOGIN_FORM = 'id="login-form"'     # rs-client --login-marker: the session was l
 
 
 class RoundcubeBackends:
-    """Roundcube behind a crash-injecting front (rs-app --upstream) on
+    """Roundcube behind a crash-injecting front (rs-front) on
     'hosts'; 'shared_db': one session database for all of them."""
 
     def __init__(self, tb, run_dir, hosts, shared_db=False, crash_host="primary"):
@@ -184,7 +184,7 @@ class RoundcubeBackends:
             if os.path.exists(rc.db):
                 os.unlink(rc.db)
             rc.start()
-            argv = [binary("rs-app"), "--listen", f"0.0.0.0:{FRONT_PORT}", "--id", h,
+            argv = [binary("rs-front"), "--listen", f"0.0.0.0:{FRONT_PORT}", "--id", h,
                     "--upstream", f"127.0.0.1:{UPSTREAM_PORT}", "--state-dir", rc.state_dir]
             if crash_at and h == self.crash_host:
                 argv += ["--crash-at", str(crash_at)]

@@ -19,7 +19,7 @@ des_key and session_lifetime, so a state transfer (a copy of rows) is all
 the alternate needs to serve the primary's sessions.
 
 Behind resplice (ResplicedRoundcube): lighttpd listens on the backend's
-loopback (8081), rs-app in front mode on 8080 numbers the requests, the
+loopback (8081), rs-front on 8080 numbers the requests, the
 resplice plugin (plugins/resplice) snapshots the database after each PHP
 request and names the transaction in its IMAP and SMTP conversations, and
 both backends reach the mail store through rs-auxlog on host "auxlog"."""
@@ -499,12 +499,12 @@ def warm_up(tb, run_dir, hosts):
 
 class ResplicedRoundcube:
     """The whole paper's setup (seed §6): the mail store and rs-auxlog, and
-    Roundcube on the primary and the alternate, each behind an rs-app front,
+    Roundcube on the primary and the alternate, each behind rs-front,
     with rs-stated, rs-logger (roundcube/tags.conf) and rs-proxy from
     emul/stack.py.  The client talks to stack.vip.
 
     'crash_at' ("N" or "N+B") makes the primary's front SIGKILL itself before
-    byte B of transaction N's response (rs-app --crash-at); crash() then
+    byte B of transaction N's response (rs-front --crash-at); crash() then
     kills the rest of the primary (lighttpd, php-cgi), as a process crash of
     the whole backend.  start()/stop() may be called again for a new trial
     on the same testbed (fresh databases; the mail store and rs-auxlog stay

@@ -1,6 +1,6 @@
 /* rs-stated: the per-backend state agent of docs/recovery.md.  Buffers the
  * peer backend's STATE_UPDATEs per client connection and applies them to the
- * local app (through its state library, app/xfer.h) once the logger says the
+ * local app (through its state library, libstate/rs_state.h) once the logger says the
  * transaction is logged; answers STATE_QUERY / APPLY / CONN_MAP / FENCE;
  * relays the local app's own updates to the peer; heartbeats to the logger
  * (UDP, from a real-time thread of its own, so a busy host does not make a
@@ -28,7 +28,7 @@
 #include "loop.h"
 #include "parse.h"
 #include "stated.h"
-#include "../app/xfer.h"
+#include "xfer_rec.h"
 
 /* ---- Limits ----------------------------------------------------------- */
 
@@ -211,21 +211,21 @@ static int lib_flush(struct stated *s)
 
 /* Queues record 'r' for the library (a socket error shows up as EPOLLHUP
  * and is handled there).  Returns 0, -ENOTCONN or -ENOBUFS. */
-static int lib_send(struct stated *s, const struct xfer_rec *r)
+static int lib_send(struct stated *s, const struct rs_xfer_rec *r)
 {
-    size_t n = xfer_rec_size(r);
+    size_t n = rs_xfer_rec_size(r);
 
     if (s->lib_fd < 0)
         return -ENOTCONN;
     if (buf_reserve(&s->lib_out, &s->lib_out_off, &s->lib_out_len, &s->lib_out_cap, LIB_OUT_MAX, n))
         return -ENOBUFS;
-    s->lib_out_len += xfer_rec_encode(r, s->lib_out + s->lib_out_len);
+    s->lib_out_len += rs_xfer_rec_encode(r, s->lib_out + s->lib_out_len);
     lib_flush(s);
     return 0;
 }
 
 /* Sends a request record (APPLY, CONN_MAP) whose DONE 'w' waits for. */
-static int lib_request(struct stated *s, struct xfer_rec *r, struct waiter *w)
+static int lib_request(struct stated *s, struct rs_xfer_rec *r, struct waiter *w)
 {
     int err;
 
@@ -247,7 +247,7 @@ static int lib_request(struct stated *s, struct xfer_rec *r, struct waiter *w)
 static int apply_fn(void *ctx, rs_txn_id id, const uint8_t *data, uint32_t len)
 {
     struct stated *s = ctx;
-    struct xfer_rec r = { .type = XFER_APPLY, .txn = id, .state = data, .len = len };
+    struct rs_xfer_rec r = { .type = RS_XFER_APPLY, .txn = id, .state = data, .len = len };
     int err = lib_request(s, &r, s->cur_waiter);
 
     if (err == -ENOBUFS)
@@ -300,18 +300,17 @@ static void lib_close(struct stated *s, const char *why)
 }
 
 /* Relays the app's UPDATE to the peer; answered by DONE when the peer ACKs. */
-static void relay_update(struct stated *s, const struct xfer_rec *r);
+static void relay_update(struct stated *s, const struct rs_xfer_rec *r);
 static void send_failure(struct stated *s);
 
-static bool on_lib_record(void *ctx, const struct xfer_rec *r)
+/* Handles one record from the app.  Returns false when the socket closed. */
+static bool on_lib_record(struct stated *s, const struct rs_xfer_rec *r)
 {
-    struct stated *s = ctx;
-
     switch (r->type) {
-    case XFER_UPDATE:
+    case RS_XFER_UPDATE:
         relay_update(s, r);
         break;
-    case XFER_DONE: {
+    case RS_XFER_DONE: {
         struct lib_op *op;
 
         if (!s->ops_len || s->ops[s->ops_head].id != r->id) {
@@ -339,6 +338,40 @@ static bool on_lib_record(void *ctx, const struct xfer_rec *r)
     return s->lib_fd >= 0;
 }
 
+/* Reads what the app's socket has into s->lib_in and handles each complete
+ * record.  Returns 0 when the socket has nothing more for now, -ECANCELED
+ * when a record's handler closed it, -ESHUTDOWN at the end of the stream,
+ * -EBADMSG on a malformed record, or recv's negative errno. */
+static int lib_read(struct stated *s)
+{
+    for (;;) {
+        size_t off = 0;
+        ssize_t n = recv(s->lib_fd, s->lib_in + s->lib_in_len, RS_XFER_IN_CAP - s->lib_in_len, 0);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+        if (n == 0)
+            return -ESHUTDOWN;
+        s->lib_in_len += (size_t)n;
+        for (;;) {
+            struct rs_xfer_rec r;
+            long used = rs_xfer_rec_decode(s->lib_in + off, s->lib_in_len - off, &r);
+
+            if (used == 0)
+                break;
+            if (used < 0)
+                return -EBADMSG;
+            off += (size_t)used;
+            if (!on_lib_record(s, &r))
+                return -ECANCELED;
+        }
+        memmove(s->lib_in, s->lib_in + off, s->lib_in_len - off);
+        s->lib_in_len -= off;
+    }
+}
+
 static void on_lib(struct rs_io *io, uint32_t events)
 {
     struct stated *s = io->ctx;
@@ -353,7 +386,7 @@ static void on_lib(struct rs_io *io, uint32_t events)
         drain_all(s);
     if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
         return;
-    err = xfer_read(s->lib_fd, s->lib_in, &s->lib_in_len, on_lib_record, s);
+    err = lib_read(s);
     if (err < 0 && err != -ECANCELED) {
         lib_close(s, err == -ESHUTDOWN ? "closed" : err == -EBADMSG ? "malformed record" : strerror(-err));
         send_failure(s);   /* the app's process died: tell the logger now */
@@ -376,7 +409,7 @@ static void on_lib_accept(struct rs_io *io, uint32_t events)
             close(fd);
             continue;
         }
-        s->lib_in = malloc(XFER_IN_CAP);
+        s->lib_in = malloc(RS_XFER_IN_CAP);
         if (!s->lib_in) {
             rs_log("app-connect refused: no memory");
             close(fd);
@@ -415,7 +448,7 @@ static void relay_pop_done(struct stated *s)
 
 static void relay_done(struct stated *s, struct relay *rl, int status)
 {
-    struct xfer_rec r = { .type = XFER_DONE, .id = rl->lib_id, .status = status };
+    struct rs_xfer_rec r = { .type = RS_XFER_DONE, .id = rl->lib_id, .status = status };
 
     rl->done = true;
     if (status == 0) {
@@ -438,9 +471,9 @@ static void on_relay_ack(struct rs_ctl_call *call, int err, const struct rs_ctl_
     relay_pop_done(rl->s);
 }
 
-static void relay_update(struct stated *s, const struct xfer_rec *r)
+static void relay_update(struct stated *s, const struct rs_xfer_rec *r)
 {
-    struct xfer_rec done = { .type = XFER_DONE, .id = r->id };
+    struct rs_xfer_rec done = { .type = RS_XFER_DONE, .id = r->id };
     struct rs_ctl_msg m = { .type = RS_CTL_STATE_UPDATE };
     struct relay *rl;
     int err;
@@ -679,7 +712,7 @@ static void on_apply(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
 static void on_conn_map(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     const struct rs_ctl_conn_map *cm = &m->u.conn_map;
-    struct xfer_rec r = { .type = XFER_CONN_MAP, .map = *cm };
+    struct rs_xfer_rec r = { .type = RS_XFER_CONN_MAP, .map = *cm };
     struct waiter *w = calloc(1, sizeof(*w));
     int err;
 

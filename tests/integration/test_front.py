@@ -1,4 +1,4 @@
-"""Integration tests of rs-app's front mode (--upstream): rs-app numbers the
+"""Integration tests of rs-front (front/): rs-front numbers the
 requests of each client connection, forwards them to an application (here a
 Python HTTP/1.1 server standing in for lighttpd + PHP) with X-Resplice-Txn,
 turns the application's X-Resplice-State / X-Resplice-Sync response headers
@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -233,6 +234,39 @@ print(json.dumps(out))
 '''
 
 
+class TestFrontOptions(unittest.TestCase):
+    """rs-front refuses bad command lines with a reason (exit 2), and rs-app
+    points at rs-front for the options that moved there."""
+
+    def run_front(self, *args):
+        return subprocess.run([binary("rs-front"), *args], capture_output=True, text=True, timeout=10)
+
+    def test_help_and_bad_options(self):
+        r = self.run_front("--help")
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("--apply-file", r.stdout)
+        up = ("--upstream", "127.0.0.1:8081")
+        for args, why in ((("--listen", "0.0.0.0:1"), "--upstream ADDR:PORT is required"),
+                          (("--upstream", "nowhere"), "bad --upstream"),
+                          (up + ("--listen", "x"), "bad --listen"),
+                          (up + ("--apply-cmd", "true", "--apply-file", "/tmp/x"), "not both"),
+                          (up + ("--crash-at", "1+x"), "bad --crash-at"),
+                          (up + ("--apply-timeout", "0"), "bad --apply-timeout"),
+                          (up + ("extra",), "unexpected argument")):
+            r = self.run_front(*args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(why, r.stderr, args)
+        r = self.run_front(*up, "--listen", "127.0.0.1:1", "--state-dir", "/nonexistent/dir")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("bad --state-dir", r.stderr)
+
+    def test_rs_app_points_at_rs_front(self):
+        for opt in ("--upstream", "--apply-file", "--strip-header"):
+            r = subprocess.run([binary("rs-app"), opt, "x"], capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 2, opt)
+            self.assertIn(f"{opt} is an option of rs-front", r.stderr)
+
+
 @needs_root
 class FrontCase(unittest.TestCase):
     def setUp(self):
@@ -291,7 +325,7 @@ class FrontCase(unittest.TestCase):
                                                        ready="listening")
             self.d[f"front-{host}"] = self.tb.start(
                 host, f"front-{host}",
-                [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host, "--stated", sock,
+                [binary("rs-front"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host, "--stated", sock,
                  "--upstream", f"127.0.0.1:{UPSTREAM_PORT}"] + self.front_args(host) + list(front_extra),
                 ready="listening")
         for h in ("primary", "alternate"):

@@ -768,6 +768,16 @@ static void eof_edge_cases(void **state)
     free(c);
 }
 
+static void reason_phrases(void **state)
+{
+    (void)state;
+    assert_string_equal(rs_http_reason(200), "OK");
+    assert_string_equal(rs_http_reason(431), "Request Header Fields Too Large");
+    assert_string_equal(rs_http_reason(502), "Bad Gateway");
+    assert_string_equal(rs_http_reason(505), "HTTP Version Not Supported");
+    assert_string_equal(rs_http_reason(299), "Unknown");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -790,6 +800,7 @@ int main(void)
         cmocka_unit_test(ring_keeps_recent),
         cmocka_unit_test(long_target_truncated),
         cmocka_unit_test(eof_edge_cases),
+        cmocka_unit_test(reason_phrases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

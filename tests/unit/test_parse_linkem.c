@@ -70,6 +70,25 @@ static void sizes(void **state)
     assert_int_equal(rs_parse_size("-1", &b), -EINVAL);
 }
 
+static void crash_points(void **state)
+{
+    int n = -1;
+    uint64_t b = 99;
+
+    (void)state;
+    assert_int_equal(rs_parse_crash_at("12", &n, &b), 0);
+    assert_int_equal(n, 12);
+    assert_int_equal(b, 0);
+    assert_int_equal(rs_parse_crash_at("0+4096", &n, &b), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(b, 4096);
+    assert_int_equal(rs_parse_crash_at("65535+0", &n, &b), 0);
+    assert_int_equal(n, 65535);
+    const char *bad[] = { "", "-1", "+5", "3+", "3+-1", "65536", "3x", "3+4k", " 3", "3+99999999999999999999" };
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(rs_parse_crash_at(bad[i], &n, &b), -EINVAL);
+}
+
 static void schedule_fixed_delay(void **state)
 {
     struct rs_linkem l = { .delay_ns = 5000 };
@@ -153,6 +172,7 @@ int main(void)
         cmocka_unit_test(durations),
         cmocka_unit_test(probabilities),
         cmocka_unit_test(sizes),
+        cmocka_unit_test(crash_points),
         cmocka_unit_test(schedule_fixed_delay),
         cmocka_unit_test(schedule_jitter_never_reorders),
         cmocka_unit_test(schedule_loss_rate_and_seed),

@@ -2,7 +2,7 @@
 
 /**
  * resplice: hands each request's application state to the resplice front
- * (rs-app --upstream) in front of lighttpd, so the alternate backend can
+ * (rs-front) in front of lighttpd, so the alternate backend can
  * take over a client's connection.
  *
  * The front numbers the client's requests and sends X-Resplice-Txn with

@@ -1,0 +1,167 @@
+/* rs-front's state updates: the state file a response names
+ * (X-Resplice-State) goes, in an envelope, to the state library; a
+ * synchronous one (X-Resplice-Sync: 1) waits for its complete response and
+ * carries it along. */
+#include "front.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ctl_msg.h"
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+
+/* ---- The envelope ---------------------------------------------------------
+ *
+ *   off size
+ *     0    4 FRONT_BLOB_MAGIC
+ *     4    4 state length S (LE)
+ *     8    4 response length R (LE): 0, or the complete response of a
+ *            synchronous update
+ *    12    8 the state's sequence number (LE, X-Resplice-State-Seq; 0 = none)
+ *    20    S state, then R response bytes
+ */
+
+int front_blob_parse(const void *data, size_t len, struct front_blob *b)
+{
+    const uint8_t *p = data;
+
+    if (len < FRONT_BLOB_HDR || memcmp(p, FRONT_BLOB_MAGIC, 4) != 0)
+        return 0;
+    b->slen = get_le32(p + 4);
+    b->rlen = get_le32(p + 8);
+    b->seq = get_le64(p + 12);
+    if ((uint64_t)FRONT_BLOB_HDR + b->slen + b->rlen != len)
+        return -EINVAL;
+    b->state = p + FRONT_BLOB_HDR;
+    b->resp = b->state + b->slen;
+    return 1;
+}
+
+/* Hands the envelope in f->blob (the state of 'slen' bytes and a response
+ * of 'rlen' bytes already after the header) to the library. */
+static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen, uint32_t rlen, bool sync)
+{
+    uint8_t *b = c->f->blob;
+    char id[RS_TXN_ID_STRLEN];
+    int r;
+
+    memcpy(b, FRONT_BLOB_MAGIC, 4);
+    put_le32(b + 4, slen);
+    put_le32(b + 8, rlen);
+    put_le32(b + 12, (uint32_t)t->state_seq);
+    put_le32(b + 16, (uint32_t)(t->state_seq >> 32));
+    t->hooked = true;
+    r = rs_state_update(c->f->stated, t->id, b, FRONT_BLOB_HDR + slen + rlen, sync);
+    t->waiting = r == RS_STATE_WAIT;
+    if (r < 0)
+        rs_log("state-update-failed %s %s %s (the application already ran it: answered anyway)",
+               txn_str(t->id, id), c->tuple, strerror(-r));
+}
+
+/* Reads the state file a response named and hands it to the library; sets
+ * 't->waiting' when the response must wait for the alternate. */
+void update_take(struct front_conn *c, struct front_txn *t)
+{
+    struct front_head *h = &c->rsh;
+    struct front *f = c->f;
+    char id[RS_TXN_ID_STRLEN], real[PATH_MAX];
+    bool sync = h->has_sync && strtol(h->sync, NULL, 10) == 1;
+    const char *err = NULL;
+    size_t dlen = strlen(f->state_real);
+    ssize_t len = 0;
+    struct stat st;
+    int fd = -1;
+
+    if (!h->has_state) {
+        if (sync)
+            rs_log("state %s %s: X-Resplice-Sync without X-Resplice-State (ignored)", txn_str(t->id, id),
+                   c->tuple);
+        return;
+    }
+    /* Only files in --state-dir, so a response cannot make us read (and
+     * delete) anything else. */
+    if (h->path_long || h->path_len == 0)
+        err = "bad path";
+    else if (!realpath(h->path, real))
+        err = strerror(errno);
+    else if (strncmp(real, f->state_real, dlen) != 0 || real[dlen] != '/')
+        err = "not in --state-dir";
+    else if ((fd = open(real, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
+        err = strerror(errno);
+    else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        err = "not a regular file";
+    else if ((uint64_t)st.st_size > RS_CTL_STATE_MAX - FRONT_BLOB_HDR)
+        err = "larger than the state limit (1 MiB)";
+    else if ((len = read(fd, f->blob + FRONT_BLOB_HDR, (size_t)st.st_size)) != (ssize_t)st.st_size)
+        err = len < 0 ? strerror(errno) : "short read";
+    if (fd >= 0)
+        close(fd);
+    if (!err || fd >= 0)
+        unlink(real);           /* ours now, read or not */
+    if (err) {
+        f->stats[FS_STATE_ERRORS]++;
+        rs_log("state %s %s file '%s': %s; the transaction goes unreplicated", txn_str(t->id, id),
+               c->tuple, h->path_long ? "(too long)" : h->path, err);
+        return;
+    }
+    f->stats[FS_STATES]++;
+    f->stats[FS_STATE_BYTES] += (uint64_t)len;
+    if (sync)
+        f->stats[FS_SYNC]++;
+    if (!f->stated)
+        return;
+    t->state_seq = h->seq_len ? strtoull(h->seq, NULL, 10) : 0;
+    if (sync && (t->sync_state = malloc((size_t)len + 1))) {
+        /* Held; it leaves with the complete response (update_send_held). */
+        memcpy(t->sync_state, f->blob + FRONT_BLOB_HDR, (size_t)len);
+        t->sync_len = (uint32_t)len;
+        t->waiting = true;
+        return;
+    }
+    state_send(c, t, (uint32_t)len, 0, sync);
+}
+
+/* Sends the held synchronous update of 't' with its response, which is
+ * complete and not yet sent when 'with_resp'; without it (the response
+ * does not fit in 'out' or in a state message) when not: a crash in the
+ * middle of that response then re-runs the request on the alternate. */
+void update_send_held(struct front_conn *c, struct front_txn *t, bool with_resp)
+{
+    struct front *f = c->f;
+    uint64_t rlen = with_resp ? t->end - t->hold_from : 0;
+    char id[RS_TXN_ID_STRLEN];
+
+    if (FRONT_BLOB_HDR + (uint64_t)t->sync_len + rlen > RS_CTL_STATE_MAX)
+        rlen = 0;
+    if (rlen)
+        memcpy(f->blob + FRONT_BLOB_HDR + t->sync_len, c->out + c->out_off + (t->hold_from - c->sent_total),
+               (size_t)rlen);
+    else
+        rs_log("state %s %s: response not carried with the synchronous state (%s)", txn_str(t->id, id),
+               c->tuple, with_resp ? "state + response over 1 MiB" : "response larger than the hold buffer");
+    f->stats[rlen ? FS_RESP_CARRIED : FS_RESP_NOT_CARRIED]++;
+    memcpy(f->blob + FRONT_BLOB_HDR, t->sync_state, t->sync_len);
+    free(t->sync_state);
+    t->sync_state = NULL;
+    state_send(c, t, t->sync_len, (uint32_t)rlen, true);
+}
+

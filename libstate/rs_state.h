@@ -1,0 +1,103 @@
+/* The state library: what an application links to take part in resplice's
+ * state transfer (docs/recovery.md, seen from the application's side).
+ * rs-app (the reference application) and rs-front (the front of a real
+ * application such as Roundcube) both use it; a third-party C server can
+ * too.  It talks to the local rs-stated over a unix socket (records of
+ * core/xfer_rec.h) and runs on the caller's event loop (common/loop.h).
+ *
+ * The contract:
+ *   1. Name transactions as the logger does.  For each accepted connection
+ *      call rs_state_accepted(): the proxy (or the logger's replay) told
+ *      rs-stated beforehand which client the connection acts for and from
+ *      which number its requests count; requests are numbered from there,
+ *      one per request, 0-based (core/txn_id.h).
+ *   2. After an update transaction changed the state and before any byte of
+ *      its response is sent, call rs_state_update() with the state the
+ *      alternate needs to take over.  A deterministic update (sync false)
+ *      goes asynchronously; a non-deterministic one (sync true) holds its
+ *      response: send it when ops.resume is called for it.
+ *   3. On the alternate, ops.apply receives the peer's states, in the order
+ *      the transactions were logged; apply them (or report why not).  A
+ *      transaction whose state was applied here and that is then replayed
+ *      here sends no update back (rs_state_update returns 0 and counts it).
+ *   4. When a transaction ends before its held response was resumed (its
+ *      connection died), call rs_state_forget().
+ * The library is single-threaded: call it from the loop's thread only.
+ * Link: libstate/state.c, common/loop.c and common/daemon.c, libresplice. */
+#ifndef RS_STATE_H
+#define RS_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "txn_id.h"
+
+struct rs_loop;
+struct rs_state;
+
+/* rs_state_update's answer: hold the response until ops.resume. */
+#define RS_STATE_WAIT    1
+/* ops.apply's answer: the apply runs on; report with rs_state_apply_done. */
+#define RS_STATE_PENDING 1
+
+#define RS_STATE_TIMEOUT_NS 500000000ull    /* default bound of a synchronous update */
+
+struct rs_state_ops {
+    void *ctx;
+    /* The peer's state of transaction 'id' ('len' bytes, valid during the
+     * call).  Returns 0 when applied, a negative errno when it cannot be,
+     * or RS_STATE_PENDING when the apply goes on asynchronously: the later
+     * records wait (answers keep their order) until rs_state_apply_done
+     * with 'token'. */
+    int (*apply)(void *ctx, rs_txn_id id, const void *state, size_t len, uint64_t token);
+    /* A synchronous update is over: send the held response of 'id'.  'err'
+     * is 0 when the peer has the state, or why it could not be confirmed
+     * (-ETIMEDOUT, -ECONNRESET, -ENOTCONN, ...): the response goes
+     * unreplicated (logged and counted) rather than never, as the standby
+     * is gone or unreachable. */
+    void (*resume)(void *ctx, rs_txn_id id, int err);
+};
+
+/* Who an accepted connection's transactions are named after. */
+struct rs_state_conn {
+    uint32_t client_ip;         /* host order: the client, or the peer itself */
+    uint16_t client_port;
+    uint16_t first_num;         /* number of its first request */
+    bool rerun;                 /* its requests may have run on another backend */
+    char name[64];              /* "peer->local" for logs */
+};
+
+/* Connects to rs-stated's socket 'path' on 'loop' (retrying in the
+ * background while it is absent); 'timeout_ns' bounds a synchronous update
+ * (0: RS_STATE_TIMEOUT_NS).  'ops' is copied.  Returns the library, or NULL
+ * with errno set (ENOMEM, ENAMETOOLONG). */
+struct rs_state *rs_state_open(struct rs_loop *loop, const char *path, uint64_t timeout_ns,
+                               const struct rs_state_ops *ops);
+
+/* Names accepted connection 'fd' (see struct rs_state_conn).  A connection
+ * map for its peer is used up; without one (or with 's' NULL, no rs-stated)
+ * the peer is the client and numbering starts at 0. */
+void rs_state_accepted(struct rs_state *s, int fd, struct rs_state_conn *out);
+
+/* Hands transaction 'id''s state ('len' bytes, at most RS_CTL_STATE_MAX) to
+ * the peer.  Returns 0 (asynchronous, or nothing to send: not connected,
+ * replayed here), RS_STATE_WAIT (sync: hold the response until ops.resume),
+ * or -EBUSY (too many held; answer an error, the state stays local). */
+int rs_state_update(struct rs_state *s, rs_txn_id id, const void *state, size_t len, bool sync);
+
+/* Transaction 'id' ended before its held response was resumed. */
+void rs_state_forget(struct rs_state *s, rs_txn_id id);
+
+/* An apply that returned RS_STATE_PENDING ended with 'status' (0 or a
+ * negative errno); the records behind it go on. */
+void rs_state_apply_done(struct rs_state *s, uint64_t token, int status);
+
+/* Appends " xfer_key=value ..." counters to a stats line on 'f'. */
+void rs_state_stats(const struct rs_state *s, FILE *f);
+
+/* Closes the socket and frees the library (NULL: nothing). */
+void rs_state_close(struct rs_state *s);
+
+#endif /* RS_STATE_H */
