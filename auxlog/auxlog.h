@@ -1,6 +1,10 @@
-/* rs-auxlog's types: records of IMAP/SMTP conversations keyed by the web
- * transaction that caused them, and the conversations relayed between a
- * web backend and the mail store.  See auxlog.c for the behaviour. */
+/* rs-auxlog internals shared by the files of auxlog/: records of IMAP/SMTP
+ * conversations keyed by the web transaction that caused them (record.c),
+ * the conversations relayed between a web backend and the mail store
+ * (conv.c: sockets and buffers; replay.c: markers, recording, answering a
+ * re-run), and the daemon (main.c: options, listeners, the loop).  What is
+ * IMAP or SMTP is core/auxproto.h (pure, unit-tested and fuzzed): these
+ * files are the same for both. */
 #ifndef RS_AUXLOG_H
 #define RS_AUXLOG_H
 
@@ -97,5 +101,89 @@ struct aux_conv {
     bool cur_decided, cur_replay;       /* REPLAY: verdict on the unit in progress */
     uint64_t start_ns, bytes_c, bytes_s;
 };
+
+/* A listening port (--imap, --smtp) and the mail store behind it. */
+struct listener {
+    struct auxlog *a;
+    struct rs_io io;
+    enum rs_aux_proto proto;
+    struct rs_addr laddr, up;
+    int fd;
+};
+
+/* The daemon. */
+struct auxlog {
+    struct listener ls[2];
+    unsigned n_ls;
+    uint64_t ttl_ns, max_bytes;
+    struct rs_loop loop;
+    struct rs_timer expire;
+    struct aux_conv *convs;
+    unsigned n_convs;
+    uint64_t next_id;
+    struct aux_record *rtab[AUX_HASH_BUCKETS];
+    struct aux_ordinal *otab[AUX_HASH_BUCKETS];
+    struct aux_record *oldest, *newest;
+    uint64_t n_records, record_bytes;
+    /* stats */
+    uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, stale, errors, refused;
+};
+
+static inline const char *proto_name(enum rs_aux_proto p)
+{
+    return p == RS_AUX_IMAP ? "imap" : "smtp";
+}
+
+static inline const char *txn_str(rs_txn_id id, char *buf)
+{
+    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
+    return buf;
+}
+#define TXN_S(id) txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
+
+/* ---- record.c ------------------------------------------------------------- */
+
+/* A new unkeyed record of 'proto' made by backend 'owner' (one reference). */
+struct aux_record *record_new(enum rs_aux_proto proto, uint32_t owner);
+/* Drops one reference; the last frees an unkeyed or dead record. */
+void record_put(struct aux_record *r);
+/* Files 'r' under ('txn', 'ordinal') / takes it out of the table. */
+void record_key(struct auxlog *a, struct aux_record *r, rs_txn_id txn, unsigned ordinal);
+void record_unkey(struct auxlog *a, struct aux_record *r);
+/* The record of conversation 'ord' of transaction 'txn', or NULL. */
+struct aux_record *record_find(struct auxlog *a, enum rs_aux_proto p, rs_txn_id txn, unsigned ord);
+/* The ordinal of the next conversation backend 'ip' opens for 'txn', or a
+ * negative errno. */
+int ordinal_next(struct auxlog *a, enum rs_aux_proto p, rs_txn_id txn, uint32_t ip);
+/* Appends a unit with client bytes 'c' (and 'clen'); extends unit 'i''s
+ * client bytes; appends reply bytes to unit 'i'.  Return 0 or -ENOMEM. */
+int record_push(struct auxlog *a, struct aux_record *r, const uint8_t *c, size_t clen,
+                const struct rs_aux_cmd *cmd);
+int record_extend(struct auxlog *a, struct aux_record *r, size_t i, const uint8_t *p, size_t n);
+int record_reply(struct auxlog *a, struct aux_record *r, size_t i, const uint8_t *p, size_t n);
+/* Keeps the first 'n' units of 'r'. */
+void record_truncate(struct auxlog *a, struct aux_record *r, size_t n);
+/* Drops the oldest records while over --max-bytes / past --ttl. */
+void records_evict(struct auxlog *a);
+void records_expire(struct auxlog *a);
+
+/* ---- conv.c --------------------------------------------------------------- */
+
+/* The listeners' handler: a new conversation from a backend. */
+void conv_accept(struct rs_io *io, uint32_t events);
+/* Queues bytes for the backend / the mail store.  Return 0 or -ENOMEM. */
+int to_client(struct aux_conv *c, const void *p, size_t n);
+int to_upstream(struct aux_conv *c, const void *p, size_t n);
+/* Drops the first 'n' bytes of 'b'. */
+void buf_drop(struct aux_buf *b, size_t n);
+/* The conversation goes on relaying only (its record is closed, 'why'). */
+void conv_stop_recording(struct auxlog *a, struct aux_conv *c, const char *why);
+
+/* ---- replay.c ------------------------------------------------------------- */
+
+/* Handles the complete units the backend / the mail store sent.  Return 0
+ * or a negative errno (the conversation then ends). */
+int client_scan(struct auxlog *a, struct aux_conv *c);
+int server_scan(struct auxlog *a, struct aux_conv *c);
 
 #endif /* RS_AUXLOG_H */

@@ -7,6 +7,7 @@
 #define RS_TXN_ID_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef uint64_t rs_txn_id;
@@ -22,6 +23,10 @@ static inline rs_txn_id rs_txn_id_make(uint32_t ip4, uint16_t port, uint16_t num
 static inline uint32_t rs_txn_id_ip4(rs_txn_id id) { return (uint32_t)(id >> 32); }
 static inline uint16_t rs_txn_id_port(rs_txn_id id) { return (uint16_t)(id >> 16); }
 static inline uint16_t rs_txn_id_num(rs_txn_id id) { return (uint16_t)id; }
+
+/* Transaction-number order within one connection (numbers wrap at 2^16). */
+static inline bool rs_txn_num_lt(uint16_t a, uint16_t b) { return (int16_t)(uint16_t)(a - b) < 0; }
+static inline bool rs_txn_num_le(uint16_t a, uint16_t b) { return a == b || rs_txn_num_lt(a, b); }
 
 /* Longest text rs_txn_id_format writes, with its NUL: "255.255.255.255:65535#65535". */
 #define RS_TXN_ID_STRLEN 28

@@ -1,104 +1,170 @@
-/* rs-stated internals: the per-client-connection state buffer (store.c,
- * pure logic: no I/O) and the limits the daemon (main.c) works within.
- * See docs/recovery.md for the role of rs-stated. */
+/* rs-stated internals shared by the files of stated/: the daemon's state
+ * and what each file offers the others.  main.c parses the options, sets
+ * up and runs the loop; app_link.c is the local application's state
+ * library (the unix socket: records of core/xfer_rec.h); peer.c relays the
+ * application's updates to the peer backend's rs-stated; control.c answers
+ * the control port (STATE_UPDATE, TXN_LOGGED, STATE_QUERY, APPLY,
+ * CONN_MAP, FENCE); heartbeat.c tells the logger this backend lives (a
+ * real-time thread) or that its application died.  The buffer of states is
+ * core/store.h.  See docs/recovery.md for the role of rs-stated. */
 #ifndef RS_STATED_H
 #define RS_STATED_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
+#include "ctlconn.h"
+#include "daemon.h"
+#include "loop.h"
+#include "store.h"
 #include "txn_id.h"
+#include "xfer_rec.h"
 
 /* ---- Limits ----------------------------------------------------------- */
 
-#define ST_BUCKETS        4096u
-#define ST_CLIENTS_MAX    16384u        /* client connections tracked; idle ones are evicted */
-#define ST_CLIENT_STATES  1024u         /* buffered states of one client connection */
-#define ST_STATES_MAX     65536u        /* buffered states in all */
-#define ST_BYTES_MAX      (64u << 20)   /* buffered state bytes in all */
+#define LIB_OUT_MAX     (32u << 20)     /* records queued to the app library */
+#define LIB_OPS_MAX     65536u          /* records the library has not answered yet */
+#define RELAY_MAX       8192u           /* relayed updates not yet acknowledged */
+#define PEER_OUT_MAX    (16u << 20)     /* relayed bytes queued for the peer */
+#define HB_PRIO         20              /* SCHED_FIFO priority of the heartbeat thread */
+#define FAILURE_COPIES  3               /* a FAILURE datagram goes out this many times */
+#define FENCED_MAX      16
+
+/* Sender ids: role BACKEND in the top byte, the backend id, and one channel
+ * per connection kind, so that a receiver checking sequences per sender
+ * never sees one counter interleaved over two connections. */
+#define SENDER(id, ch)  (((uint32_t)RS_CTL_ROLE_BACKEND << 24) | ((id) << 4) | (ch))
+enum { CH_REPLY = 1, CH_PEER = 2, CH_HEARTBEAT = 3, CH_FAILURE = 4 };
 
 /* ---- Types ------------------------------------------------------------ */
 
-/* One buffered state: transaction 'num' of its client connection. */
-struct st_state {
-    struct st_state *next;      /* ascending 'num' */
-    uint16_t num;
-    uint32_t len;
-    uint8_t data[];
+struct stated;
+
+/* A control request answered once the app library has answered. */
+struct waiter {
+    uint64_t conn_id;
+    uint64_t seq;
+    uint8_t type;
+    uint32_t remaining;         /* library records still unanswered */
+    bool armed;                 /* every record is queued: answer at remaining 0 */
+    int status;
 };
 
-/* What rs-stated knows of one client connection (its transactions come from
- * the primary as STATE_UPDATE and from the logger as TXN_LOGGED). */
-struct st_client {
-    struct st_client *hnext;
-    uint32_t ip;                /* host order */
-    uint16_t port;
-    bool has_ts, has_ta, has_logged;
-    uint16_t ts;                /* Ts: last transaction whose state was applied */
-    uint16_t ta;                /* TA: last transaction whose state was received */
-    uint16_t logged;            /* last transaction the logger logged completely */
-    struct st_state *head, *tail;
-    uint32_t n_states;
-    uint64_t last_ns;           /* last activity, for eviction */
-    bool taken_over;            /* recovered here: the primary's states are over */
+struct lib_op {
+    uint32_t id;
+    struct waiter *w;           /* NULL: an automatic apply */
+    rs_txn_id txn;              /* APPLY's transaction, for the log */
 };
 
-struct st_store {
-    struct st_client *buckets[ST_BUCKETS];
-    uint32_t n_clients;
-    uint64_t n_states, bytes;
-    uint64_t evicted;
+/* A STATE_UPDATE relayed for the app: a call on the peer link. */
+struct relay {
+    struct rs_ctl_call call;
+    struct stated *s;
+    uint64_t app_gen;
+    uint32_t lib_id;
+    rs_txn_id txn;
+    bool done;
 };
 
-/* Hands one state to the application.  Returns 0 when it was passed on
- * (it then counts as applied), or a negative errno when it cannot be now
- * (no application connected, its queue full): the state stays buffered. */
-typedef int (*st_apply_fn)(void *ctx, rs_txn_id id, const uint8_t *data, uint32_t len);
+struct stats {
+    uint64_t ctl_frames, updates, update_bytes, updates_refused,
+        updates_stale, logged, applied, applied_forced, apply_errors, queries, conn_maps,
+        relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
+        app_disconnects, updates_fenced, relays_degraded;
+};
 
-/* ---- Functions -------------------------------------------------------- */
+struct stated {
+    uint32_t id;
+    struct rs_addr listen, peer, logger;
+    bool has_peer, has_logger;
+    const char *app_path;
+    uint64_t heartbeat_ns, relay_timeout_ns;
+    struct rs_ctl_key key;
+    uint64_t seq;
+    struct rs_loop loop;
+    struct rs_ctlserver ctlsrv;
+    struct rs_io app_io;                /* the unix socket the library connects to */
+    /* The app library's connection. */
+    int lib_fd;                         /* lib_io.fd while connected, else -1 */
+    struct rs_io lib_io;
+    uint64_t lib_gen;
+    uint8_t *lib_in;
+    size_t lib_in_len;
+    uint8_t *lib_out;
+    size_t lib_out_off, lib_out_len, lib_out_cap;
+    uint32_t lib_next_id;
+    struct lib_op ops[LIB_OPS_MAX];
+    uint32_t ops_head, ops_len;
+    bool drain_blocked;
+    struct waiter *cur_waiter;          /* for apply_fn during an APPLY */
+    /* Outgoing: the peer's stated; UDP datagrams to the logger. */
+    struct rs_ctlconn peer_link;
+    struct relay relays[RELAY_MAX];
+    uint32_t rel_head, rel_len;
+    int udp_fd;                         /* connected to the logger */
+    uint64_t fail_seq;
+    pthread_t hb_thread;
+    bool hb_started;
+    int app_up;                         /* the heartbeat thread reads it (atomics) */
+    pid_t app_pid;                      /* the library's process, for a fence */
+    /* Fencing (FENCE from the proxy): this backend's own, its peer's, others'. */
+    bool self_fenced, peer_fenced;
+    uint32_t fenced[FENCED_MAX];
+    unsigned n_fenced;
+    struct rs_store store;
+    struct stats st;
+};
 
-/* Empties 'st' (frees every client and state). */
-void st_store_clear(struct st_store *st);
 
-/* The client connection 'ip':'port', or NULL when unknown. */
-struct st_client *st_store_find(struct st_store *st, uint32_t ip, uint16_t port);
+static inline const char *txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
+{
+    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
+    return buf;
+}
+#define TXN(id) txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
 
-/* The client connection 'ip':'port', created when unknown (evicting the
- * least recently active client without buffered state when the table is
- * full).  Returns NULL when the table is full of clients holding state or
- * memory is short. */
-struct st_client *st_store_get(struct st_store *st, uint32_t ip, uint16_t port, uint64_t now_ns);
+/* ---- app_link.c: the application's state library --------------------------- */
 
-/* Buffers 'len' bytes of state of transaction 'id' (a repeated number
- * replaces the earlier state) and raises TA.  Returns:
- *   0          buffered;
- *   -ESTALE    its number is not after Ts (already applied or passed): dropped;
- *   -ENOBUFS   a bound (per client, count, bytes, clients) is reached;
- *   -ENOMEM    no memory. */
-int st_store_put(struct st_store *st, rs_txn_id id, const void *data, uint32_t len, uint64_t now_ns);
+/* Listens on unix socket 'path' for the library (mode 0600).  Returns the
+ * fd or a negative errno. */
+int app_link_listen(const char *path);
+/* The listening socket's handler: takes one application at a time. */
+void app_link_accept(struct rs_io *io, uint32_t events);
+/* Queues record 'r' for the library.  Returns 0, -ENOTCONN or -ENOBUFS. */
+int lib_send(struct stated *s, const struct rs_xfer_rec *r);
+/* Sends a request record (APPLY, CONN_MAP) whose DONE 'w' waits for
+ * ('w' NULL: nobody waits). */
+int lib_request(struct stated *s, struct rs_xfer_rec *r, struct waiter *w);
+/* Closes the library's connection; requests waiting for it fail. */
+void lib_close(struct stated *s, const char *why);
+/* rs_store_apply_fn: one state to the application. */
+int apply_fn(void *ctx, rs_txn_id id, const uint8_t *data, uint32_t len);
+/* Answers a deferred request once every record is queued and answered. */
+void waiter_check(struct stated *s, struct waiter *w);
 
-/* Records that the logger has transaction 'id''s response (and so every
- * earlier one of its connection).  Returns 0, or -ENOBUFS when the client
- * cannot be tracked. */
-int st_store_logged(struct st_store *st, rs_txn_id id, uint64_t now_ns);
+/* ---- peer.c: the application's updates to the peer --------------------------- */
 
-/* Applies, in number order, the buffered states of 'c' that may be applied:
- * with 'force' false those the logger has logged; with 'force' true every
- * one numbered below 'upto' (recovery's APPLY).  Stops at the first state
- * 'fn' refuses.  Returns the number applied, or fn's error when it refused
- * before applying any. */
-int st_store_drain(struct st_store *st, struct st_client *c, bool force, uint16_t upto,
-                   st_apply_fn fn, void *ctx);
+/* Opens the link to the peer (reconnecting in the background). */
+void peer_open(struct stated *s);
+/* Relays the app's UPDATE to the peer; the library hears DONE when the
+ * peer ACKs (or at once, unreplicated, without a peer or with it fenced). */
+void relay_update(struct stated *s, const struct rs_xfer_rec *r);
+/* Ends every relay in flight with 'status' (the peer was fenced). */
+void relay_fail_all(struct stated *s, int status);
 
-/* Recovery moved 'c' to this backend from transaction 'upto' on: drops the
- * buffered states numbered 'upto' and later (this backend answers those
- * transactions itself now; the failed primary's copies would overwrite its
- * state once the logger logs its responses) and refuses later ones
- * (st_store_put: -ESTALE).  Returns the number dropped. */
-int st_store_take_over(struct st_store *st, struct st_client *c, uint16_t upto);
+/* ---- control.c: the control port ------------------------------------------- */
 
-/* Transaction-number order within one connection (numbers wrap at 2^16). */
-static inline bool st_num_lt(uint16_t a, uint16_t b) { return (int16_t)(uint16_t)(a - b) < 0; }
-static inline bool st_num_le(uint16_t a, uint16_t b) { return a == b || st_num_lt(a, b); }
+/* One authenticated frame on the control port. */
+void control_on_msg(struct rs_ctlconn *cc, const struct rs_ctl_msg *m);
+
+/* ---- heartbeat.c: liveness to the logger ------------------------------------- */
+
+/* Opens the datagram socket to the logger and starts the heartbeat thread.
+ * Returns 0 or a negative errno. */
+int heartbeat_start(struct stated *s);
+/* The application's process is gone: tells the logger at once. */
+void send_failure(struct stated *s);
 
 #endif /* RS_STATED_H */

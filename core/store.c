@@ -1,7 +1,6 @@
-/* rs-stated's state buffer (see stated.h): per client connection, the states
- * received from the primary in transaction order, Ts, TA and how far the
- * logger has logged.  No I/O: applying goes through a callback. */
-#include "stated.h"
+/* rs-stated's buffer of states (see store.h): a hash table of client
+ * connections, each with its states in transaction order. */
+#include "store.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -11,13 +10,13 @@ static uint32_t bucket_of(uint32_t ip, uint16_t port)
 {
     uint32_t h = ip * 2654435761u ^ ((uint32_t)port * 40503u);
 
-    return (h ^ (h >> 16)) % ST_BUCKETS;
+    return (h ^ (h >> 16)) % RS_STORE_BUCKETS;
 }
 
-static void client_free_states(struct st_store *st, struct st_client *c)
+static void client_free_states(struct rs_store *st, struct rs_store_client *c)
 {
     while (c->head) {
-        struct st_state *s = c->head;
+        struct rs_store_state *s = c->head;
 
         c->head = s->next;
         st->n_states--;
@@ -28,11 +27,11 @@ static void client_free_states(struct st_store *st, struct st_client *c)
     c->n_states = 0;
 }
 
-void st_store_clear(struct st_store *st)
+void rs_store_clear(struct rs_store *st)
 {
-    for (uint32_t b = 0; b < ST_BUCKETS; b++) {
+    for (uint32_t b = 0; b < RS_STORE_BUCKETS; b++) {
         while (st->buckets[b]) {
-            struct st_client *c = st->buckets[b];
+            struct rs_store_client *c = st->buckets[b];
 
             st->buckets[b] = c->hnext;
             client_free_states(st, c);
@@ -42,9 +41,9 @@ void st_store_clear(struct st_store *st)
     st->n_clients = 0;
 }
 
-struct st_client *st_store_find(struct st_store *st, uint32_t ip, uint16_t port)
+struct rs_store_client *rs_store_find(struct rs_store *st, uint32_t ip, uint16_t port)
 {
-    for (struct st_client *c = st->buckets[bucket_of(ip, port)]; c; c = c->hnext)
+    for (struct rs_store_client *c = st->buckets[bucket_of(ip, port)]; c; c = c->hnext)
         if (c->ip == ip && c->port == port)
             return c;
     return NULL;
@@ -53,17 +52,17 @@ struct st_client *st_store_find(struct st_store *st, uint32_t ip, uint16_t port)
 /* Frees the least recently active client that holds no state.  Returns
  * false when every client holds state.  A linear scan: it runs only when
  * the table is full. */
-static bool evict_one(struct st_store *st)
+static bool evict_one(struct rs_store *st)
 {
-    struct st_client **victim = NULL;
+    struct rs_store_client **victim = NULL;
 
-    for (uint32_t b = 0; b < ST_BUCKETS; b++)
-        for (struct st_client **pc = &st->buckets[b]; *pc; pc = &(*pc)->hnext)
+    for (uint32_t b = 0; b < RS_STORE_BUCKETS; b++)
+        for (struct rs_store_client **pc = &st->buckets[b]; *pc; pc = &(*pc)->hnext)
             if (!(*pc)->head && (!victim || (*pc)->last_ns < (*victim)->last_ns))
                 victim = pc;
     if (!victim)
         return false;
-    struct st_client *c = *victim;
+    struct rs_store_client *c = *victim;
 
     *victim = c->hnext;
     free(c);
@@ -72,16 +71,16 @@ static bool evict_one(struct st_store *st)
     return true;
 }
 
-struct st_client *st_store_get(struct st_store *st, uint32_t ip, uint16_t port, uint64_t now_ns)
+struct rs_store_client *rs_store_get(struct rs_store *st, uint32_t ip, uint16_t port, uint64_t now_ns)
 {
-    struct st_client *c = st_store_find(st, ip, port);
+    struct rs_store_client *c = rs_store_find(st, ip, port);
     uint32_t b;
 
     if (c) {
         c->last_ns = now_ns;
         return c;
     }
-    if (st->n_clients >= ST_CLIENTS_MAX && !evict_one(st))
+    if (st->n_clients >= RS_STORE_CLIENTS_MAX && !evict_one(st))
         return NULL;
     c = calloc(1, sizeof(*c));
     if (!c)
@@ -96,18 +95,18 @@ struct st_client *st_store_get(struct st_store *st, uint32_t ip, uint16_t port, 
     return c;
 }
 
-int st_store_put(struct st_store *st, rs_txn_id id, const void *data, uint32_t len, uint64_t now_ns)
+int rs_store_put(struct rs_store *st, rs_txn_id id, const void *data, uint32_t len, uint64_t now_ns)
 {
     uint16_t num = rs_txn_id_num(id);
-    struct st_client *c = st_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
-    struct st_state *s, **pp;
+    struct rs_store_client *c = rs_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
+    struct rs_store_state *s, **pp;
 
     if (!c)
         return -ENOBUFS;
-    if (c->taken_over || (c->has_ts && st_num_le(num, c->ts)))
+    if (c->taken_over || (c->has_ts && rs_txn_num_le(num, c->ts)))
         return -ESTALE;
-    if (c->n_states >= ST_CLIENT_STATES || st->n_states >= ST_STATES_MAX ||
-        st->bytes + len > ST_BYTES_MAX)
+    if (c->n_states >= RS_STORE_CLIENT_STATES || st->n_states >= RS_STORE_STATES_MAX ||
+        st->bytes + len > RS_STORE_BYTES_MAX)
         return -ENOBUFS;
     s = malloc(sizeof(*s) + len);
     if (!s)
@@ -117,7 +116,7 @@ int st_store_put(struct st_store *st, rs_txn_id id, const void *data, uint32_t l
     if (len)
         memcpy(s->data, data, len);
     /* States arrive in order over one connection: append is the usual case. */
-    if (!c->tail || st_num_lt(c->tail->num, num)) {
+    if (!c->tail || rs_txn_num_lt(c->tail->num, num)) {
         s->next = NULL;
         if (c->tail)
             c->tail->next = s;
@@ -125,10 +124,10 @@ int st_store_put(struct st_store *st, rs_txn_id id, const void *data, uint32_t l
             c->head = s;
         c->tail = s;
     } else {
-        for (pp = &c->head; *pp && st_num_lt((*pp)->num, num); pp = &(*pp)->next)
+        for (pp = &c->head; *pp && rs_txn_num_lt((*pp)->num, num); pp = &(*pp)->next)
             ;
         if (*pp && (*pp)->num == num) {     /* a resend: the newer copy wins */
-            struct st_state *old = *pp;
+            struct rs_store_state *old = *pp;
 
             s->next = old->next;
             *pp = s;
@@ -146,37 +145,37 @@ int st_store_put(struct st_store *st, rs_txn_id id, const void *data, uint32_t l
     c->n_states++;
     st->n_states++;
     st->bytes += len;
-    if (!c->has_ta || st_num_lt(c->ta, num)) {
+    if (!c->has_ta || rs_txn_num_lt(c->ta, num)) {
         c->has_ta = true;
         c->ta = num;
     }
     return 0;
 }
 
-int st_store_logged(struct st_store *st, rs_txn_id id, uint64_t now_ns)
+int rs_store_logged(struct rs_store *st, rs_txn_id id, uint64_t now_ns)
 {
     uint16_t num = rs_txn_id_num(id);
-    struct st_client *c = st_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
+    struct rs_store_client *c = rs_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
 
     if (!c)
         return -ENOBUFS;
-    if (!c->has_logged || st_num_lt(c->logged, num)) {
+    if (!c->has_logged || rs_txn_num_lt(c->logged, num)) {
         c->has_logged = true;
         c->logged = num;
     }
     return 0;
 }
 
-int st_store_drain(struct st_store *st, struct st_client *c, bool force, uint16_t upto,
-                   st_apply_fn fn, void *ctx)
+int rs_store_drain(struct rs_store *st, struct rs_store_client *c, bool force, uint16_t upto,
+                   rs_store_apply_fn fn, void *ctx)
 {
     int n = 0;
 
     while (c->head) {
-        struct st_state *s = c->head;
+        struct rs_store_state *s = c->head;
         int err;
 
-        if (force ? !st_num_lt(s->num, upto) : !(c->has_logged && st_num_le(s->num, c->logged)))
+        if (force ? !rs_txn_num_lt(s->num, upto) : !(c->has_logged && rs_txn_num_le(s->num, c->logged)))
             break;
         err = fn(ctx, rs_txn_id_make(c->ip, c->port, s->num), s->data, s->len);
         if (err < 0)
@@ -195,17 +194,17 @@ int st_store_drain(struct st_store *st, struct st_client *c, bool force, uint16_
     return n;
 }
 
-int st_store_take_over(struct st_store *st, struct st_client *c, uint16_t upto)
+int rs_store_take_over(struct rs_store *st, struct rs_store_client *c, uint16_t upto)
 {
-    struct st_state **pp = &c->head;
+    struct rs_store_state **pp = &c->head;
     int n = 0;
 
     c->taken_over = true;
     c->tail = NULL;
     while (*pp) {
-        struct st_state *s = *pp;
+        struct rs_store_state *s = *pp;
 
-        if (st_num_lt(s->num, upto)) {
+        if (rs_txn_num_lt(s->num, upto)) {
             c->tail = s;
             pp = &s->next;
             continue;
