@@ -106,6 +106,25 @@ struct lg_backend {
 
 struct lg_live;
 struct lg_plan;
+struct logger;
+
+/* Counters of a capture source, as libpcap's pcap_stat has them. */
+struct lg_capture_stats {
+    unsigned received, dropped, ifdropped;
+};
+
+/* A capture source.  Each hands every frame to lg_packet(). */
+struct lg_capture_ops {
+    const char *name;
+    /* Starts capturing on lg->iface, its fd on lg->loop.  Returns 0 or -errno (logged). */
+    int (*open_live)(struct logger *lg);
+    /* Reads the whole of lg->readfile.  Returns 0 or -errno (logged). */
+    int (*read_file)(struct logger *lg);
+    /* Handles frames waiting now; true when more may wait. */
+    bool (*drain)(struct logger *lg);
+    void (*stats)(struct logger *lg, struct lg_capture_stats *out);
+    void (*close)(struct logger *lg);
+};
 
 struct lg_stats {
     uint64_t packets, bytes, non_tcp, not_ours, truncated;
@@ -138,15 +157,16 @@ struct logger {
     struct rs_loop loop;
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn px, st;        /* the proxy (SUSPECT), the alternate's rs-stated */
-    struct rs_io pcap_io, resend_io;
+    const struct lg_capture_ops *capture;   /* where frames come from (capture.c) */
+    struct rs_io capture_io, resend_io;
     struct rs_timer tick;            /* resend time-outs, stalls, forgetting */
     uint64_t last_gc_ns, last_stall_ns;
     struct lg_live *live;            /* the liveness thread */
     struct lg_plan *plans;           /* recoveries being planned */
     unsigned n_plans;
     struct lg_stats s;
-    void *resends;                   /* ctl.c's list of resend connections */
-    void *pcap;                      /* pcap_t */
+    void *resends;                   /* resend.c's list of resend connections */
+    void *pcap;                      /* pcap_t of lg_capture_pcap */
 };
 
 /* ---- conn.c: the log ----------------------------------------------------- */
@@ -196,8 +216,22 @@ int lg_live_start(struct logger *lg);
 void lg_live_report(struct logger *lg, const struct rs_ctl_msg *m);
 void lg_live_stop(struct logger *lg);
 
-/* main.c: processes every packet the capture holds now (a recovery must
- * see what the mirror has already delivered). */
+/* ---- capture.c: where frames come from -------------------------------------------- */
+
+extern const struct lg_capture_ops lg_capture_pcap;
+/* Starts lg->capture on lg->iface (at lg->nice).  Returns 0 or -errno. */
+int lg_capture_start(struct logger *lg);
+/* Processes every frame the capture holds now (a recovery must see what
+ * the mirror has already delivered). */
 void lg_capture_drain(struct logger *lg);
+
+/* ---- resend.c: the resend port ------------------------------------------------------ */
+
+/* Listens on lg->resend.  Returns 0 or -errno (logged). */
+int lg_resend_open(struct logger *lg);
+/* Ends resend connections whose frame is late or whose bytes the client
+ * has all acknowledged. */
+void lg_resend_tick(struct logger *lg, uint64_t now_ns);
+void lg_resend_close_all(struct logger *lg);
 
 #endif /* RS_LOGGER_H */

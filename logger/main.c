@@ -3,28 +3,20 @@
  * tells the alternate when a response is fully logged, detects backend
  * failure (heartbeats, on a thread of its own: liveness.c; silent backends
  * that owe a response: conn.c), and plans and feeds recoveries
- * (docs/recovery.md, plan.c).  The main thread is one event loop. */
+ * (docs/recovery.md, plan.c).  The main thread is one event loop.  This
+ * file: options, set-up, the loop, the stats line; capture.c (frames in),
+ * conn.c (the log), ctl.c (control port and peers), resend.c (the resend
+ * port), plan.c, liveness.c. */
 #include <errno.h>
 #include <inttypes.h>
-#include <pcap/pcap.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/signalfd.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "logger.h"
 #include "parse.h"
-
-#define SNAPLEN 262144            /* GSO super-packets are up to ~64 KB (more with BIG TCP) */
-#define PCAP_BUFFER (256 << 20)   /* absorbs bursts while the CPU is busy elsewhere */
-#define DISPATCH_ROUNDS 8         /* pcap_dispatch calls per loop turn: sockets and timers
-                                   * are served between turns (the loop comes back at once) */
 
 static void usage(FILE *f)
 {
@@ -197,17 +189,10 @@ static int parse_args(struct logger *lg, int argc, char **argv)
     return 0;
 }
 
-static void on_pcap(u_char *arg, const struct pcap_pkthdr *h, const u_char *bytes)
-{
-    struct logger *lg = (struct logger *)arg;
-
-    lg_packet(lg, pcap_datalink(lg->pcap), bytes, h->caplen, h->len);
-}
-
 static void print_stats(void *ctx)
 {
     struct logger *lg = ctx;
-    struct pcap_stat ps = { 0 };
+    struct lg_capture_stats ps;
     struct lg_stats *s = &lg->s;
     uint64_t max_gap = 0;
 
@@ -215,8 +200,7 @@ static void print_stats(void *ctx)
         if (lg->backends[i].max_gap_ns > max_gap)
             max_gap = lg->backends[i].max_gap_ns;
 
-    if (lg->pcap && lg->iface)
-        pcap_stats(lg->pcap, &ps);
+    lg->capture->stats(lg, &ps);
     printf("stats received=%u dropped=%u ifdropped=%u packets=%" PRIu64 " bytes=%" PRIu64 " non_tcp=%" PRIu64
            " not_ours=%" PRIu64 " truncated=%" PRIu64 " connections=%u conns_total=%" PRIu64 " conns_freed=%" PRIu64
            " not_loggable=%" PRIu64 " nl_midstream=%" PRIu64 " nl_nomem=%" PRIu64 " nl_limit=%" PRIu64
@@ -227,7 +211,7 @@ static void print_stats(void *ctx)
            " failures_declared=%" PRIu64 " failures_forwarded=%" PRIu64 " recoveries=%" PRIu64
            " recovery_errors=%" PRIu64 " replays=%" PRIu64 " resends=%" PRIu64 " resend_errors=%" PRIu64
            " ctl_rejected=%" PRIu64 " suspects=%" PRIu64 " planning=%u hb_max_gap_us=%" PRIu64 "\n",
-           ps.ps_recv, ps.ps_drop, ps.ps_ifdrop, s->packets, s->bytes, s->non_tcp, s->not_ours, s->truncated,
+           ps.received, ps.dropped, ps.ifdropped, s->packets, s->bytes, s->non_tcp, s->not_ours, s->truncated,
            lg->nconns, s->conns, s->conns_freed, s->nl_midstream + s->nl_nomem + s->nl_limit, s->nl_midstream,
            s->nl_nomem, s->nl_limit, s->rings_grown, s->rings_full, s->inc_refused + s->inc_conflict + s->inc_http + s->inc_truncated + s->inc_gap,
            s->inc_refused, s->inc_conflict, s->inc_http, s->inc_truncated, s->inc_gap, s->txns, s->txns_logged,
@@ -238,116 +222,6 @@ static void print_stats(void *ctx)
     fflush(stdout);
 }
 
-static int set_filter(struct logger *lg)
-{
-    struct bpf_program prog;
-    char filter[128];
-
-    snprintf(filter, sizeof(filter), "tcp and host %u.%u.%u.%u and port %u", lg->vip.ip >> 24,
-             (lg->vip.ip >> 16) & 255, (lg->vip.ip >> 8) & 255, lg->vip.ip & 255, lg->vip.port);
-    if (pcap_compile(lg->pcap, &prog, filter, 1, PCAP_NETMASK_UNKNOWN) || pcap_setfilter(lg->pcap, &prog)) {
-        rs_log("pcap filter \"%s\": %s", filter, pcap_geterr(lg->pcap));
-        return -EINVAL;
-    }
-    pcap_freecode(&prog);
-    return 0;
-}
-
-static int open_live(struct logger *lg)
-{
-    char err[PCAP_ERRBUF_SIZE];
-    pcap_t *p = pcap_create(lg->iface, err);
-    int r;
-
-    if (!p) {
-        rs_log("pcap %s: %s", lg->iface, err);
-        return -ENODEV;
-    }
-    lg->pcap = p;
-    pcap_set_snaplen(p, SNAPLEN);
-    pcap_set_promisc(p, 1);
-    /* TPACKET_V3 (not immediate mode, which is TPACKET_V2 with one
-     * snaplen-sized slot per frame: a 256 MB buffer then held only ~1000
-     * frames and 1000 downloads overflowed it); its blocks are handed over
-     * when full or after 1 ms, so the log lags the wire by 1 ms at most. */
-    pcap_set_timeout(p, 1);
-    pcap_set_buffer_size(p, PCAP_BUFFER);
-    if ((r = pcap_activate(p)) < 0) {
-        rs_log("pcap %s: %s", lg->iface, pcap_geterr(p));
-        return -EIO;
-    }
-    if (r > 0)
-        rs_log("pcap %s: warning: %s", lg->iface, pcap_statustostr(r));
-    if (set_filter(lg))
-        return -EINVAL;
-    /* Non-blocking, driven by epoll: otherwise pcap_dispatch waits in poll
-     * inside libpcap when the ring is idle. */
-    if (pcap_setnonblock(p, 1, err)) {
-        rs_log("pcap %s: %s", lg->iface, err);
-        return -EIO;
-    }
-    return 0;
-}
-
-static int read_file(struct logger *lg)
-{
-    char err[PCAP_ERRBUF_SIZE];
-    int r;
-
-    lg->pcap = pcap_open_offline(lg->readfile, err);
-    if (!lg->pcap) {
-        rs_log("cannot read %s: %s", lg->readfile, err);
-        return -EIO;
-    }
-    if (set_filter(lg))
-        return -EINVAL;
-    while ((r = pcap_dispatch(lg->pcap, -1, on_pcap, (u_char *)lg)) > 0)
-        ;
-    if (r < 0) {
-        rs_log("reading %s: %s", lg->readfile, pcap_geterr(lg->pcap));
-        return -EIO;
-    }
-    lg_conn_table(lg, stdout);
-    print_stats(lg);
-    pcap_close(lg->pcap);
-    lg->pcap = NULL;
-    return 0;
-}
-
-/* Returns true when libpcap may hold more packets than it handed out. */
-static bool drain_pcap(struct logger *lg)
-{
-    if (!lg->pcap)
-        return false;
-    for (int i = 0; i < DISPATCH_ROUNDS; i++) {
-        int r = pcap_dispatch(lg->pcap, 256, on_pcap, (u_char *)lg);
-        if (r == 0)
-            return false;
-        if (r < 0) {
-            rs_log("pcap: %s", pcap_geterr(lg->pcap));
-            return false;
-        }
-    }
-    return true;
-}
-
-void lg_capture_drain(struct logger *lg)
-{
-    for (int i = 0; i < 64 && drain_pcap(lg); i++)
-        ;
-}
-
-static bool capture_more(void *ctx)
-{
-    return drain_pcap(ctx);
-}
-
-static void on_capture(struct rs_io *io, uint32_t events)
-{
-    (void)events;
-    drain_pcap(io->ctx);
-}
-
 static int run(struct logger *lg)
 {
     int e;
@@ -356,17 +230,8 @@ static int run(struct logger *lg)
         rs_log("setup: %s", strerror(-e));
         return 1;
     }
-    if (lg->iface) {
-        if (setpriority(PRIO_PROCESS, 0, lg->nice))
-            rs_log("capture: nice %d refused (%s): it competes for the CPU as an equal", lg->nice, strerror(errno));
-        if (open_live(lg))
-            return 1;
-        if (rs_io_start(&lg->loop, &lg->pcap_io, pcap_get_selectable_fd(lg->pcap), EPOLLIN, on_capture, lg)) {
-            rs_log("pcap: no selectable fd");
-            return 1;
-        }
-        rs_loop_idle(&lg->loop, capture_more, lg);
-    }
+    if (lg->iface && lg_capture_start(lg))
+        return 1;
     if (lg_ctl_setup(lg))
         return 1;
     printf("listening on control=%s resend=%s capture=%s vip=%s\n", RS_A(lg->listen), RS_A(lg->resend),
@@ -380,8 +245,7 @@ static int run(struct logger *lg)
     rs_log("exit");
     print_stats(lg);
     lg_ctl_shutdown(lg);
-    if (lg->pcap)
-        pcap_close(lg->pcap);
+    lg->capture->close(lg);
     rs_loop_fini(&lg->loop);
     return 0;
 }
@@ -416,9 +280,13 @@ int main(int argc, char **argv)
         return 1;
     }
     lg.seq = rs_now_us();
+    lg.capture = &lg_capture_pcap;
     if (lg.readfile) {
-        if (read_file(&lg))
+        if (lg.capture->read_file(&lg))
             return 1;
+        lg_conn_table(&lg, stdout);
+        print_stats(&lg);
+        lg.capture->close(&lg);
         rc = lg.stay ? run(&lg) : 0;
     } else {
         rc = run(&lg);
