@@ -102,19 +102,25 @@ $(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
 # The proxy's tc program: compiled for BPF, embedded in rs-proxy as a
 # libbpf skeleton (no BTF of the running kernel needed).
 BPF_CFLAGS := -target bpf -mcpu=v3 -O2 -g -Wall -Werror -Icore -Iproxy -I/usr/include/$(shell gcc -dumpmachine)
-$(BUILD)/splice.bpf.o: proxy/bpf/splice.bpf.c proxy/splice_map.h core/splice.h core/seq.h
+$(BUILD)/splice.bpf.o: proxy/bpf/splice.bpf.c $(wildcard proxy/bpf/*.h) proxy/splice_map.h core/splice.h core/seq.h
 	@mkdir -p $(@D)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 $(BUILD)/splice.skel.h: $(BUILD)/splice.bpf.o
 	bpftool gen skeleton $< name rs_splice > $@
 
+# The tc program under BPF_PROG_TEST_RUN, compared with core/splice.h (needs
+# root; run by tests/integration/test_splice.py).
+$(BUILD)/tests/test_splice_prog: tests/bpf/test_splice_prog.c $(BUILD)/splice.skel.h $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iproxy -I$(BUILD) $(ALL_CFLAGS) $< -o $@ $(LIB) -lcmocka -lbpf -lelf -lz
+
 unit: $(UNIT_BIN)
 fuzz-smoke: $(FUZZ_BIN)
-integration: all
+integration: all $(BUILD)/tests/test_splice_prog
 
 # Unit tests, FUZZ_SMOKE_SECONDS of fuzzing per target, then integration tests;
 # the last line is "N passed, N failed, N skipped" (any skip fails the run).
-test: all unit fuzz-smoke
+test: all unit fuzz-smoke $(BUILD)/tests/test_splice_prog
 	@$(PYTHON) tests/run.py --build $(BUILD) --fuzz-seconds $(or $(FUZZ_SMOKE_SECONDS),15)
 
 fuzz: $(FUZZ_BIN)

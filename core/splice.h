@@ -545,4 +545,88 @@ static inline int rs_splice_packet(const struct rs_splice_dir *d, rs_u8 *pkt, rs
     return 0;
 }
 
+/* ---- What the data path keeps of each sender ------------------------------------ */
+
+/* Where one sender's byte stream stands, from the segments it sent (raw
+ * numbering, as received): for a re-splice "at the current position", for
+ * ACK watches, and for the ACK clamp below. */
+struct rs_splice_pos {
+    rs_u32 seq_next;    /* end of its newest segment (SYN and FIN count one) */
+    rs_u32 ack_max;     /* newest ACK number it sent */
+    rs_u32 has_seq;     /* seq_next is set */
+    rs_u32 has_ack;     /* ack_max is set */
+    rs_u32 fin_seen;    /* it sent a FIN at some time: it closed its side for good */
+};
+
+#define RS_TCP_F_FIN 0x01
+#define RS_TCP_F_RST 0x04
+
+/* Follows segment 'tcp' (a TCP header, at least 20 bytes) that carried
+ * 'payload' bytes of data.  Returns its ACK number when it carried one (and
+ * sets '*has_ack'). */
+static inline rs_u32 rs_splice_pos_update(struct rs_splice_pos *p, const rs_u8 *tcp, rs_u32 payload,
+                                          int *has_ack)
+{
+    rs_u32 seq = rs_splice_load32(tcp + 4), ack = 0;
+    rs_u32 end = seq + payload + ((tcp[13] & (RS_TCP_F_SYN | RS_TCP_F_FIN)) ? 1 : 0);
+
+    if (!p->has_seq || rs_seq_gt(end, p->seq_next)) {
+        p->seq_next = end;
+        p->has_seq = 1;
+    }
+    if (tcp[13] & RS_TCP_F_FIN)
+        p->fin_seen = 1;
+    *has_ack = (tcp[13] & RS_TCP_F_ACK) != 0;
+    if (*has_ack) {
+        ack = rs_splice_load32(tcp + 8);
+        if (!p->has_ack || rs_seq_gt(ack, p->ack_max)) {
+            p->ack_max = ack;
+            p->has_ack = 1;
+        }
+    }
+    return ack;
+}
+
+/* After a re-splice the new server regenerates a response whose first p
+ * bytes the client already has: the client's (translated) ACK can then be
+ * ahead of anything the server has sent, and a TCP drops such ACKs — the
+ * server would stall.  Bytes below the client's ACK are bytes the client
+ * holds, so acknowledging everything the server has sent so far ('sent',
+ * its rs_splice_pos.seq_next) is exact; the window grows by the same
+ * amount so its right edge stays ('win_scale': the receiver's, as in
+ * rs_splice_dir.win_scale_out).  'tcp' is a translated segment with ACK
+ * set; the checksum is updated.  Returns the bytes the ACK moved back (0:
+ * untouched). */
+static inline rs_u32 rs_splice_clamp_ack(rs_u8 *tcp, rs_u32 sent, rs_u8 win_scale)
+{
+    rs_u32 ack = rs_splice_load32(tcp + 8), d, real, w;
+    rs_u16 csum = rs_splice_load16(tcp + 16), oldw = rs_splice_load16(tcp + 14), neww;
+
+    if (!rs_seq_gt(ack, sent))
+        return 0;
+    d = ack - sent;
+    real = ((rs_u32)oldw << (win_scale & 15)) + d;
+    w = real >> (win_scale & 15);
+    neww = (rs_u16)(w > 0xffff ? 0xffff : w);
+    rs_splice_store32(tcp + 8, sent);
+    rs_splice_store16(tcp + 14, neww);
+    csum = rs_splice_csum_replace32(csum, ack, sent);
+    rs_splice_store16(tcp + 16, rs_splice_csum_replace16(csum, oldw, neww));
+    return d;
+}
+
+/* The TSval of TCP header 'tcp' ('hdr_len' bytes).  Returns 0 and sets
+ * '*tsval', or -RS_SPLICE_EINVAL when the header carries none (or its
+ * options are malformed). */
+static inline int rs_splice_tsval_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *tsval)
+{
+    struct rs_splice_optpos pos;
+
+    if (hdr_len <= RS_TCP_HDR_MIN || hdr_len > RS_TCP_HDR_MAX || rs_splice_opts_scan(tcp, hdr_len, &pos)
+        || !pos.ts || pos.ts > RS_TCP_HDR_MAX - RS_TCPOLEN_TS)
+        return -RS_SPLICE_EINVAL;
+    *tsval = rs_splice_load32(tcp + pos.ts + 2);
+    return 0;
+}
+
 #endif /* RS_SPLICE_H */

@@ -48,7 +48,7 @@ static struct pconn *pc_new(struct proxy *p)
     return pc;
 }
 
-struct pconn *rs_pc_find(struct proxy *p, uint64_t id)
+struct pconn *px_pc_find(struct proxy *p, uint64_t id)
 {
     for (struct pconn *pc = p->buckets[id % RS_PROXY_BUCKETS]; pc; pc = pc->next)
         if (pc->id == id)
@@ -56,7 +56,7 @@ struct pconn *rs_pc_find(struct proxy *p, uint64_t id)
     return NULL;
 }
 
-struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client)
+struct pconn *px_pc_find_client(struct proxy *p, struct rs_addr client)
 {
     for (int b = 0; b < RS_PROXY_BUCKETS; b++)
         for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next)
@@ -65,19 +65,19 @@ struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client)
     return NULL;
 }
 
-uint64_t rs_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc)
+uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc)
 {
-    struct rs_flow_key kb = rs_key_b(pc);
-    struct rs_flow_info fb;
+    struct rs_flow_key kb = px_key_b(pc);
+    struct px_flow_info fb;
     uint64_t now;
 
-    if (!p->sp || !pc->backend.ip || rs_splicer_get(p->sp, &kb, &fb) || !fb.t.last_ns)
+    if (!p->dp || !pc->backend.ip || px_dp_get(p->dp, &kb, &fb) || !fb.t.last_ns)
         return 0;
     now = rs_mono_ns();
     return now > fb.t.last_ns ? (now - fb.t.last_ns) / 1000000 : 0;
 }
 
-unsigned rs_pc_count(struct proxy *p, int idx)
+unsigned px_pc_count(struct proxy *p, int idx)
 {
     unsigned n = 0;
 
@@ -87,8 +87,14 @@ unsigned rs_pc_count(struct proxy *p, int idx)
     return n;
 }
 
-struct rs_flow_key rs_key_c(const struct pconn *pc) { return rs_flow_key_from(pc->client, pc->vip); }
-struct rs_flow_key rs_key_b(const struct pconn *pc) { return rs_flow_key_from(pc->backend, pc->local); }
+struct rs_flow_key px_flow_key(struct rs_addr src, struct rs_addr dst)
+{
+    return (struct rs_flow_key){ .saddr = htonl(src.ip), .daddr = htonl(dst.ip),
+                                 .sport = htons(src.port), .dport = htons(dst.port) };
+}
+
+struct rs_flow_key px_key_c(const struct pconn *pc) { return px_flow_key(pc->client, pc->vip); }
+struct rs_flow_key px_key_b(const struct pconn *pc) { return px_flow_key(pc->backend, pc->local); }
 
 static void close_io(struct rs_io *io, bool silently)
 {
@@ -99,12 +105,12 @@ static void close_io(struct rs_io *io, bool silently)
         return;
     io->fd = -1;
     if (silently)
-        rs_close_silently(fd);
+        px_close_silently(fd);
     else
         close(fd);
 }
 
-void rs_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
+void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
 {
     if (pc->backend_idx >= 0)
         p->backends[pc->backend_idx].conns--;
@@ -113,32 +119,32 @@ void rs_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
         p->backends[idx].conns++;
 }
 
-void rs_pc_free(struct proxy *p, struct pconn *pc)
+void px_pc_free(struct proxy *p, struct pconn *pc)
 {
     struct pconn **pp = &p->buckets[pc->id % RS_PROXY_BUCKETS];
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
 
     while (*pp && *pp != pc)
         pp = &(*pp)->next;
     if (*pp)
         *pp = pc->next;
-    rs_recovery_drop(p, pc);
+    px_recovery_drop(p, pc);
     rs_ctl_call_cancel(&pc->map_call);
     rs_timer_stop(&p->loop, &pc->timer);
     close_io(&pc->cio, false);
     close_io(&pc->bio, false);
-    if (p->sp) {
-        struct rs_flow_info f;
+    if (p->dp) {
+        struct px_flow_info f;
         for (int i = 0; i < pc->nheld; i++) {
-            if (!rs_splicer_get(p->sp, &pc->held[i], &f))
+            if (!px_dp_get(p->dp, &pc->held[i], &f))
                 p->st.fenced_drops += f.t.dropped;
-            rs_splicer_remove(p->sp, &pc->held[i]);
+            px_dp_remove(p->dp, &pc->held[i]);
         }
-        rs_splicer_remove(p->sp, &kc);
+        px_dp_remove(p->dp, &kc);
         if (pc->backend.ip)
-            rs_splicer_remove(p->sp, &kb);
+            px_dp_remove(p->dp, &kb);
     }
-    rs_pc_set_backend(p, pc, -1);
+    px_pc_set_backend(p, pc, -1);
     free(pc->c2b);
     free(pc->b2c);
     free(pc->parser);
@@ -152,8 +158,8 @@ void rs_pc_free(struct proxy *p, struct pconn *pc)
  * later segment of the client with a RST as well. */
 static void reset_client(struct proxy *p, struct pconn *pc)
 {
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
-    struct rs_flow_info fc, fb;
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+    struct px_flow_info fc, fb;
     uint32_t seqs[2];
     int n = 0;
 
@@ -164,23 +170,23 @@ static void reset_client(struct proxy *p, struct pconn *pc)
         p->st.resets_sent++;
         return;
     }
-    if (!p->sp || p->rawfd < 0 || rs_splicer_get(p->sp, &kc, &fc))
+    if (!p->dp || p->rawfd < 0 || px_dp_get(p->dp, &kc, &fc))
         return;
-    if (fc.t.has_ack)
-        seqs[n++] = fc.t.ack_max;
-    if (pc->backend.ip && !rs_splicer_get(p->sp, &kb, &fb) && fb.t.has_seq && fb.cfg.state != RS_FLOW_WATCH) {
-        uint32_t hi = fb.t.seq_next + fb.cfg.dir.seq_delta;
+    if (fc.t.pos.has_ack)
+        seqs[n++] = fc.t.pos.ack_max;
+    if (pc->backend.ip && !px_dp_get(p->dp, &kb, &fb) && fb.t.pos.has_seq && fb.cfg.state != RS_FLOW_WATCH) {
+        uint32_t hi = fb.t.pos.seq_next + fb.cfg.dir.seq_delta;
         if (!n || hi != seqs[0])
             seqs[n++] = hi;
     }
     if (!n)
         seqs[n++] = pc->c.snd_nxt;
     for (int i = 0; i < n; i++)
-        if (rs_send_rst(p->rawfd, pc->vip, pc->client, seqs[i]) == 0)
+        if (px_send_rst(p->rawfd, pc->vip, pc->client, seqs[i]) == 0)
             p->st.resets_sent++;
 }
 
-void rs_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst)
+void px_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst)
 {
     rs_log("close id=%" PRIu64 " client=%s backend=%s phase=%d reason=%s%s", pc->id, RS_A(pc->client),
            pc->backend.ip ? RS_A(pc->backend) : "-", pc->phase, why, rst ? " rst=1" : "");
@@ -191,7 +197,7 @@ void rs_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst)
             setsockopt(pc->bio.fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
         }
     }
-    rs_pc_free(p, pc);
+    px_pc_free(p, pc);
 }
 
 /* ---- first request -------------------------------------------------------- */
@@ -286,7 +292,7 @@ static int pick_backend(struct proxy *p, struct pconn *pc)
 
 #define BIND_TRIES 32
 
-int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local)
+int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local)
 {
     struct sockaddr_in me = rs_addr_sin((struct rs_addr){ p->listen.ip, 0 });
     int taken[BIND_TRIES], ntaken = 0, fd = -1, e = -EADDRINUSE;
@@ -298,7 +304,7 @@ int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
     while (ntaken < BIND_TRIES) {
         struct sockaddr_in s;
         socklen_t len = sizeof(s);
-        struct rs_flow_info f;
+        struct px_flow_info f;
         struct rs_flow_key k;
         int one = 1;
 
@@ -315,9 +321,9 @@ int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
             break;
         }
         *local = rs_addr_of_sin(&s);
-        k = rs_flow_key_from(to, *local);
-        if (!p->sp || rs_splicer_get(p->sp, &k, &f)) {
-            e = p->sp ? rs_splicer_watch(p->sp, &k, id) : 0;
+        k = px_flow_key(to, *local);
+        if (!p->dp || px_dp_get(p->dp, &k, &f)) {
+            e = p->dp ? px_dp_watch(p->dp, &k, id) : 0;
             if (e) {
                 close(fd);
                 fd = -1;
@@ -333,7 +339,7 @@ int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
     return fd >= 0 ? fd : e;
 }
 
-int rs_connect_start(int fd, struct rs_addr to)
+int px_connect_start(int fd, struct rs_addr to)
 {
     struct sockaddr_in dst = rs_addr_sin(to);
 
@@ -342,26 +348,26 @@ int rs_connect_start(int fd, struct rs_addr to)
 
 /* Drops the connection to the current backend (nothing was relayed yet)
  * and starts over on the alternate, once. */
-void rs_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why)
+void px_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why)
 {
-    struct rs_flow_key kb = rs_key_b(pc);
+    struct rs_flow_key kb = px_key_b(pc);
     struct rs_addr old = pc->backend;
 
     rs_ctl_call_cancel(&pc->map_call);
     rs_timer_stop(&p->loop, &pc->timer);
     close_io(&pc->bio, false);
-    if (p->sp)
-        rs_splicer_remove(p->sp, &kb);
+    if (p->dp)
+        px_dp_remove(p->dp, &kb);
     if (pc->redispatched || p->alternate < 0 || pc->backend_idx == p->alternate
         || p->backends[p->alternate].fenced) {
         p->st.closed_early++;
-        rs_pc_close(p, pc, why, true);
+        px_pc_close(p, pc, why, true);
         return;
     }
     pc->redispatched = true;
     p->st.redispatched++;
     rs_log("redispatch id=%" PRIu64 " client=%s from=%s why=%s", pc->id, RS_A(pc->client), RS_A(old), why);
-    rs_pc_start_backend(p, pc);
+    px_pc_start_backend(p, pc);
 }
 
 static void connect_failed(struct proxy *p, struct pconn *pc, int err)
@@ -374,15 +380,15 @@ static void connect_failed(struct proxy *p, struct pconn *pc, int err)
      * recovery on that is a failure signal for the whole backend (its other
      * connections move; this one is redispatched as part of it). */
     if (err == -ECONNREFUSED && p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
-        rs_backend_failed(p, p->backends[idx].id, "connect-refused");
+        px_backend_failed(p, p->backends[idx].id, "connect-refused");
         return;
     }
-    rs_pc_redispatch(p, pc, "backend-connect");
+    px_pc_redispatch(p, pc, "backend-connect");
 }
 
 static void connect_backend(struct proxy *p, struct pconn *pc)
 {
-    int e = rs_connect_start(pc->bio.fd, pc->backend);
+    int e = px_connect_start(pc->bio.fd, pc->backend);
 
     if (e) {
         connect_failed(p, pc, e);
@@ -390,7 +396,7 @@ static void connect_backend(struct proxy *p, struct pconn *pc)
     }
     pc->phase = PC_CONNECTING;
     if ((e = rs_io_start(&p->loop, &pc->bio, pc->bio.fd, EPOLLOUT | EPOLLIN, backend_io, pc)) < 0) {
-        rs_pc_close(p, pc, "epoll", true);
+        px_pc_close(p, pc, "epoll", true);
         return;
     }
     rs_timer_after(&p->loop, &pc->timer, p->connect_ns);
@@ -412,40 +418,40 @@ static void on_map_done(struct rs_ctl_call *call, int err, const struct rs_ctl_m
     rs_log("conn-map id=%" PRIu64 " backend=%s failed: %s", pc->id, RS_A(pc->backend), strerror(-err));
     /* Its rs-stated has no application: the backend's process is gone. */
     if (err == -ENOTCONN && p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
-        rs_backend_failed(p, p->backends[idx].id, "no-application");
+        px_backend_failed(p, p->backends[idx].id, "no-application");
         return;
     }
     /* Its rs-stated does not answer (host down, cut off): nothing was sent
      * to the backend yet, so the alternate can take the request. */
     if (err == -ETIMEDOUT || err == -ECONNREFUSED || err == -ECONNRESET || err == -EHOSTUNREACH) {
-        rs_pc_redispatch(p, pc, "stated-unreachable");
+        px_pc_redispatch(p, pc, "stated-unreachable");
         return;
     }
     connect_backend(p, pc);   /* transaction ids there will not match */
 }
 
-void rs_pc_start_backend(struct proxy *p, struct pconn *pc)
+void px_pc_start_backend(struct proxy *p, struct pconn *pc)
 {
     int idx = pick_backend(p, pc), fd, e;
 
     if (idx < 0) {
         p->st.closed_early++;
-        rs_pc_close(p, pc, "no-backend", true);
+        px_pc_close(p, pc, "no-backend", true);
         return;
     }
-    rs_pc_set_backend(p, pc, idx);
+    px_pc_set_backend(p, pc, idx);
     pc->backend = p->backends[idx].addr;
-    fd = rs_bind_watched(p, pc->backend, pc->id, &pc->local);
+    fd = px_bind_watched(p, pc->backend, pc->id, &pc->local);
     if (fd < 0) {
         p->st.backend_errors++;
         rs_log("backend id=%" PRIu64 " %s: socket: %s", pc->id, RS_A(pc->backend), strerror(-fd));
-        rs_pc_close(p, pc, "backend-socket", true);
+        px_pc_close(p, pc, "backend-socket", true);
         return;
     }
     pc->bio.fd = fd;
     /* The backend must know whose requests these are before it accepts. */
     pc->phase = PC_MAP;
-    e = rs_conn_map(p, idx, pc->local, pc->client, 0, 0, p->connect_ns, &pc->map_call, on_map_done, pc);
+    e = px_conn_map(p, idx, pc->local, pc->client, 0, 0, p->connect_ns, &pc->map_call, on_map_done, pc);
     if (e == -ENOTCONN && !p->stated_port) {
         connect_backend(p, pc);
     } else if (e) {
@@ -513,42 +519,42 @@ static uint32_t client_rtt_us(int fd)
  * Returns 1 when spliced, 0 when not quiet yet, -errno on failure. */
 static int try_splice(struct proxy *p, struct pconn *pc)
 {
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
     struct rs_splice_conn s;
     struct rs_splice_dir c2s, s2c;
-    struct rs_flow_info fb, fc;
+    struct px_flow_info fb, fc;
     int cfd = pc->cio.fd, bfd = pc->bio.fd, e;
     bool guard = p->logger.port != 0;
 
-    if (pc->client_eof || pc->backend_eof || pc->c2b_len || pc->b2c_len || rs_sock_queued(cfd)
-        || rs_sock_queued(bfd))
+    if (pc->client_eof || pc->backend_eof || pc->c2b_len || pc->b2c_len || px_sock_queued(cfd)
+        || px_sock_queued(bfd))
         return 0;
-    if ((e = rs_splicer_set_state(p->sp, &kc, RS_FLOW_FROZEN)) || (e = rs_splicer_set_state(p->sp, &kb, RS_FLOW_FROZEN)))
+    if ((e = px_dp_set_state(p->dp, &kc, RS_FLOW_FROZEN)) || (e = px_dp_set_state(p->dp, &kb, RS_FLOW_FROZEN)))
         return e;
-    if (rs_sock_queued(cfd) || rs_sock_queued(bfd)) {
+    if (px_sock_queued(cfd) || px_sock_queued(bfd)) {
         /* something arrived between the check and the freeze */
-        rs_splicer_set_state(p->sp, &kc, RS_FLOW_WATCH);
-        rs_splicer_set_state(p->sp, &kb, RS_FLOW_WATCH);
+        px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
+        px_dp_set_state(p->dp, &kb, RS_FLOW_WATCH);
         p->st.splice_retries++;
         pc->splice_tries++;
         return 0;
     }
-    if ((e = rs_repair_on(cfd)) || (e = rs_repair_on(bfd)) || (e = rs_repair_read(cfd, pc->vip, pc->client, &pc->c))
-        || (e = rs_repair_read(bfd, pc->local, pc->backend, &s)) || (e = rs_splicer_get(p->sp, &kb, &fb)))
+    if ((e = px_repair_on(cfd)) || (e = px_repair_on(bfd)) || (e = px_repair_read(cfd, pc->vip, pc->client, &pc->c))
+        || (e = px_repair_read(bfd, pc->local, pc->backend, &s)) || (e = px_dp_get(p->dp, &kb, &fb)))
         goto undo;
     pc->ts_base_us = rs_now_us();
     pc->rtt_us = client_rtt_us(cfd);
     /* Newest TSval each peer sent, recorded by the tc program before the
      * freeze: the client's since its SYN, the backend's since its SYN-ACK. */
-    if (pc->c.ts_ok && (e = rs_splicer_client_ts(p->sp, &kc, &pc->c.ts_recent)) != 0)
+    if (pc->c.ts_ok && (e = px_dp_client_ts(p->dp, &kc, &pc->c.ts_recent)) != 0)
         goto undo;
-    if (pc->c.ts_ok && !rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_seq && fc.t.ts_recent
+    if (pc->c.ts_ok && !px_dp_get(p->dp, &kc, &fc) && fc.t.pos.has_seq && fc.t.ts_recent
         && rs_seq_gt(fc.t.ts_recent, pc->c.ts_recent))
         pc->c.ts_recent = fc.t.ts_recent;
     s.ts_recent = fb.t.ts_recent;
     if ((e = rs_splice_init(&pc->c, &s, &c2s, &s2c)) != 0
-        || (e = rs_splicer_activate(p->sp, &kb, &s2c, pc->id, RS_FLOW_ACTIVE, guard, &kc)) != 0
-        || (e = rs_splicer_activate(p->sp, &kc, &c2s, pc->id, RS_FLOW_ACTIVE, false, &kb)) != 0)
+        || (e = px_dp_activate(p->dp, &kb, &s2c, pc->id, RS_FLOW_ACTIVE, guard, &kc)) != 0
+        || (e = px_dp_activate(p->dp, &kc, &c2s, pc->id, RS_FLOW_ACTIVE, false, &kb)) != 0)
         goto undo;
     /* Closed in repair mode: no FIN, no RST; the tc program owns the flow. */
     close_io(&pc->cio, true);
@@ -565,37 +571,37 @@ static int try_splice(struct proxy *p, struct pconn *pc)
            pc->t_spliced_us - pc->t_accept_us);
     return 1;
 undo:
-    rs_repair_off(cfd);
-    rs_repair_off(bfd);
-    rs_splicer_set_state(p->sp, &kc, RS_FLOW_WATCH);
-    rs_splicer_set_state(p->sp, &kb, RS_FLOW_WATCH);
+    px_repair_off(cfd);
+    px_repair_off(bfd);
+    px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
+    px_dp_set_state(p->dp, &kb, RS_FLOW_WATCH);
     return e;
 }
 
-int rs_pc_detach(struct proxy *p, struct pconn *pc)
+int px_pc_detach(struct proxy *p, struct pconn *pc)
 {
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
-    struct rs_flow_info fc;
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+    struct px_flow_info fc;
     int cfd = pc->cio.fd, e;
 
     if (pc->phase == PC_SPLICED)
         return 0;
-    if (cfd < 0 || !p->sp)
+    if (cfd < 0 || !p->dp)
         return -ENOTCONN;
     /* Nothing more from the backend, nothing more into the client socket. */
     if (pc->backend.ip)
-        rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
-    if ((e = rs_splicer_set_state(p->sp, &kc, RS_FLOW_FROZEN)) || (e = rs_repair_on(cfd))
-        || (e = rs_repair_read(cfd, pc->vip, pc->client, &pc->c)))
+        px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD);
+    if ((e = px_dp_set_state(p->dp, &kc, RS_FLOW_FROZEN)) || (e = px_repair_on(cfd))
+        || (e = px_repair_read(cfd, pc->vip, pc->client, &pc->c)))
         return e;
     pc->ts_base_us = rs_now_us();
     pc->rtt_us = client_rtt_us(cfd);
-    if (pc->c.ts_ok && rs_splicer_client_ts(p->sp, &kc, &pc->c.ts_recent))
+    if (pc->c.ts_ok && px_dp_client_ts(p->dp, &kc, &pc->c.ts_recent))
         pc->c.ts_recent = 0;
-    if (pc->c.ts_ok && !rs_splicer_get(p->sp, &kc, &fc) && fc.t.ts_recent
+    if (pc->c.ts_ok && !px_dp_get(p->dp, &kc, &fc) && fc.t.ts_recent
         && (!pc->c.ts_recent || rs_seq_gt(fc.t.ts_recent, pc->c.ts_recent)))
         pc->c.ts_recent = fc.t.ts_recent;
-    rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
+    px_dp_set_state(p->dp, &kc, RS_FLOW_HOLD);
     close_io(&pc->cio, true);
     close_io(&pc->bio, true);
     rs_timer_stop(&p->loop, &pc->timer);
@@ -611,7 +617,7 @@ int rs_pc_detach(struct proxy *p, struct pconn *pc)
  * (a legitimate close goes on as a relayed close) or it crashed. */
 static void relay_backend_ended(struct proxy *p, struct pconn *pc)
 {
-    if (pc->b2c_len || rs_sock_queued(pc->cio.fd) > 0) {
+    if (pc->b2c_len || px_sock_queued(pc->cio.fd) > 0) {
         if (!rs_timer_armed(&pc->timer))   /* poll until the client has it all */
             rs_timer_after(&p->loop, &pc->timer, RELAY_POLL_MAX_NS);
         return;
@@ -625,7 +631,7 @@ static void relay_backend_ended(struct proxy *p, struct pconn *pc)
         }
         return;
     }
-    rs_recover(p, pc, "backend-end-relay");
+    px_recover(p, pc, "backend-end-relay");
 }
 
 static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
@@ -639,7 +645,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
         r = fill(cfd, pc->c2b, &pc->c2b_len, pc->c2b_cap);
         if (r < 0) {
             p->st.closed_early++;
-            rs_pc_close(p, pc, "client-error", false);
+            px_pc_close(p, pc, "client-error", false);
             return;
         }
         if (r > 0) {
@@ -659,7 +665,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
         e = drain(cfd, pc->b2c, &pc->b2c_len);
     if (e) {
         p->st.closed_early++;
-        rs_pc_close(p, pc, strerror(-e), true);
+        px_pc_close(p, pc, strerror(-e), true);
         return;
     }
     if (pc->client_eof && !pc->c2b_len && bfd >= 0 && !pc->backend_eof)
@@ -676,7 +682,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
     e = rs_now_us() - pc->t_accept_us >= p->relay_first_ns / 1000 ? try_splice(p, pc) : 0;
     if (e < 0) {
         rs_log("splice id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
-        rs_pc_close(p, pc, "splice-failed", true);
+        px_pc_close(p, pc, "splice-failed", true);
     } else if (e == 0 && !rs_timer_armed(&pc->timer)) {
         uint64_t d = RELAY_POLL_MIN_NS << (pc->splice_tries < 5 ? pc->splice_tries : 5);
         rs_timer_after(&p->loop, &pc->timer, d < RELAY_POLL_MAX_NS ? d : RELAY_POLL_MAX_NS);
@@ -717,7 +723,7 @@ static void read_request(struct proxy *p, struct pconn *pc)
 
     if (n == 0 || (n < 0 && errno != EAGAIN)) {
         p->st.closed_early++;
-        rs_pc_close(p, pc, n == 0 ? "eof-before-request" : strerror(errno), false);
+        px_pc_close(p, pc, n == 0 ? "eof-before-request" : strerror(errno), false);
         return;
     }
     if (n < 0)
@@ -725,16 +731,16 @@ static void read_request(struct proxy *p, struct pconn *pc)
     used = http_parser_execute(hp, &req_settings, (char *)pc->c2b + pc->c2b_len, (size_t)n);
     pc->c2b_len += (size_t)n;
     if (!pc->req_done && (used != (size_t)n || HTTP_PARSER_ERRNO(hp) != HPE_OK)) {
-        rs_pc_close(p, pc, "bad-request", true);
+        px_pc_close(p, pc, "bad-request", true);
         return;
     }
     if (!pc->req_done) {
         if (pc->c2b_len == pc->c2b_cap)
-            rs_pc_close(p, pc, "request-too-large", true);
+            px_pc_close(p, pc, "request-too-large", true);
         return;
     }
     rs_io_set(&pc->cio, 0);   /* the relay reads on once the backend is connected */
-    rs_pc_start_backend(p, pc);
+    px_pc_start_backend(p, pc);
 }
 
 static void client_io(struct rs_io *io, uint32_t events)
@@ -748,13 +754,13 @@ static void client_io(struct rs_io *io, uint32_t events)
     else if (pc->phase == PC_MAP || pc->phase == PC_CONNECTING) {
         if (events & (EPOLLHUP | EPOLLERR)) {
             pc->p->st.closed_early++;
-            rs_pc_close(pc->p, pc, "client-gone", false);
+            px_pc_close(pc->p, pc, "client-gone", false);
         }
     } else if (pc->phase == PC_CLOSING) {
         uint8_t junk[4096];
         ssize_t n = recv(io->fd, junk, sizeof(junk), MSG_DONTWAIT);
         if (n == 0 || (n < 0 && errno != EAGAIN))
-            rs_pc_free(pc->p, pc);   /* the client closed too */
+            px_pc_free(pc->p, pc);   /* the client closed too */
     }
 }
 
@@ -774,23 +780,23 @@ static void pc_timer(struct rs_timer *t)
         break;
     case PC_CLOSING:
         if (pc->cio.fd < 0) {
-            struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
-            struct rs_flow_info fc = { 0 }, fb = { 0 };
-            rs_splicer_get(p->sp, &kc, &fc);
-            rs_splicer_get(p->sp, &kb, &fb);
+            struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+            struct px_flow_info fc = { 0 }, fb = { 0 };
+            px_dp_get(p->dp, &kc, &fc);
+            px_dp_get(p->dp, &kb, &fb);
             rs_log("unsplice id=%" PRIu64 " client=%s backend=%s c2s_pkts=%" PRIu64 " s2c_pkts=%" PRIu64
                    " s2c_bytes=%" PRIu64 " errors=%" PRIu64 " dropped=%" PRIu64, pc->id, RS_A(pc->client),
                    RS_A(pc->backend), fc.t.pkts, fb.t.pkts, fb.t.bytes, fc.t.errors + fb.t.errors,
                    fc.t.dropped + fb.t.dropped);
         }
-        rs_pc_free(p, pc);
+        px_pc_free(p, pc);
         break;
     default:
         break;
     }
 }
 
-void rs_pc_accept(struct rs_io *io, uint32_t events)
+void px_pc_accept(struct rs_io *io, uint32_t events)
 {
     struct proxy *p = io->ctx;
 
@@ -821,19 +827,19 @@ void rs_pc_accept(struct rs_io *io, uint32_t events)
         pc->parser = malloc(sizeof(http_parser));
         if (rs_io_start(&p->loop, &pc->cio, fd, EPOLLIN, client_io, pc) < 0) {
             close(fd);
-            rs_pc_free(p, pc);
+            px_pc_free(p, pc);
             continue;
         }
         if (!pc->c2b || !pc->b2c || !pc->parser) {
-            rs_pc_close(p, pc, "out-of-memory", true);
+            px_pc_close(p, pc, "out-of-memory", true);
             continue;
         }
         http_parser_init(pc->parser, HTTP_REQUEST);
         ((http_parser *)pc->parser)->data = pc;
         pc->phase = PC_READ_REQ;
-        k = rs_key_c(pc);
-        if (p->sp && rs_splicer_watch(p->sp, &k, pc->id)) {
-            rs_pc_close(p, pc, "splice-table-full", true);
+        k = px_key_c(pc);
+        if (p->dp && px_dp_watch(p->dp, &k, pc->id)) {
+            px_pc_close(p, pc, "splice-table-full", true);
             continue;
         }
         rs_log("accept id=%" PRIu64 " client=%s vip=%s", pc->id, RS_A(pc->client), RS_A(pc->vip));
@@ -845,13 +851,13 @@ void rs_pc_accept(struct rs_io *io, uint32_t events)
 static void on_flow_event(void *arg, const struct rs_flow_event *ev)
 {
     struct proxy *p = arg;
-    struct pconn *pc = rs_pc_find(p, ev->splice_id);
+    struct pconn *pc = px_pc_find(p, ev->splice_id);
     struct rs_addr from = { ntohl(ev->key.saddr), ntohs(ev->key.sport) };
     struct rs_flow_key kb;
 
-    if (!pc || (pc->rec && rs_recovery_event(p, pc, ev)) || (ev->flags & RS_FLOW_ACKED))
+    if (!pc || (pc->rec && px_recovery_event(p, pc, ev)) || (ev->flags & RS_FLOW_ACKED))
         return;
-    kb = rs_key_b(pc);
+    kb = px_key_b(pc);
     if (ev->flags & RS_FLOW_GUARDED) {
         bool ours = !memcmp(&ev->key, &kb, sizeof(kb));
         rs_log("%s id=%" PRIu64 " from=%s client=%s held (guarded)%s", ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin",
@@ -859,7 +865,7 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
         /* A backend ended its side: the fastest sign of a process crash.
          * Recovery asks the logger whether the application meant it. */
         if (ours && pc->phase == PC_SPLICED && !pc->rec)
-            rs_recover(p, pc, ev->flags & RS_FLOW_SEEN_RST ? "backend-rst" : "backend-fin");
+            px_recover(p, pc, ev->flags & RS_FLOW_SEEN_RST ? "backend-rst" : "backend-fin");
         return;
     }
     if (ev->flags & RS_FLOW_SEEN_RST)
@@ -878,27 +884,27 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     }
 }
 
-void rs_pc_events(struct rs_io *io, uint32_t events)
+void px_pc_events(struct rs_io *io, uint32_t events)
 {
     struct proxy *p = io->ctx;
 
     (void)events;
-    rs_splicer_poll_events(p->sp, on_flow_event, p);
+    px_dp_poll_events(p->dp, on_flow_event, p);
 }
 
-void rs_pc_reap(struct rs_timer *t)
+void px_pc_reap(struct rs_timer *t)
 {
     struct proxy *p = t->ctx;
 
     for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
         for (struct pconn *pc = p->buckets[b], *next; pc; pc = next) {
-            struct rs_flow_info fc, fb;
-            struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+            struct px_flow_info fc, fb;
+            struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
             uint64_t last, now;
 
             next = pc->next;
-            if (pc->phase != PC_SPLICED || pc->rec || rs_splicer_get(p->sp, &kc, &fc)
-                || rs_splicer_get(p->sp, &kb, &fb))
+            if (pc->phase != PC_SPLICED || pc->rec || px_dp_get(p->dp, &kc, &fc)
+                || px_dp_get(p->dp, &kb, &fb))
                 continue;
             last = fc.t.last_ns > fb.t.last_ns ? fc.t.last_ns : fb.t.last_ns;
             /* Read the clock after the entries: a segment stamped in between
@@ -908,10 +914,10 @@ void rs_pc_reap(struct rs_timer *t)
                 continue;
             if (now - last > p->idle_ns) {
                 p->st.reaped_idle++;
-                rs_pc_close(p, pc, "idle", true);
+                px_pc_close(p, pc, "idle", true);
             } else if (pc->seen && now - last > p->half_open_ns) {
                 p->st.reaped_half_open++;
-                rs_pc_close(p, pc, "half-open", true);
+                px_pc_close(p, pc, "half-open", true);
             }
         }
     }

@@ -72,7 +72,7 @@ static void status_report(struct proxy *p, struct rs_ctlconn *c)
         r->b[r->n++] = (struct rs_ctl_backend_status){ b->id, b->addr.ip, b->addr.port, (uint8_t)b->role,
                                                        (uint8_t)((b->fenced ? RS_CTL_BACKEND_FENCED : 0)
                                                                  | (protected ? RS_CTL_BACKEND_PROTECTED : 0)),
-                                                       rs_pc_count(p, i) };
+                                                       px_pc_count(p, i) };
     }
     rs_ctl_send(c, &m);
 }
@@ -96,8 +96,8 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     case RS_CTL_RESPLICE: {
         struct rs_addr client = { m->u.resplice.client.ip4, m->u.resplice.client.port };
         struct rs_addr target = { m->u.resplice.target.ip4, m->u.resplice.target.port };
-        struct pconn *pc = rs_pc_find_client(p, client);
-        int e = pc ? rs_resplice(p, pc, target, m->u.resplice.client_seq, m->u.resplice.resp_seq, c->id, m->seq)
+        struct pconn *pc = px_pc_find_client(p, client);
+        int e = pc ? px_resplice(p, pc, target, m->u.resplice.client_seq, m->u.resplice.resp_seq, c->id, m->seq)
                    : -ENOENT;
         if (e) {
             rs_log("resplice client=%s to=%s failed: %s", RS_A(client), RS_A(target), strerror(-e));
@@ -107,12 +107,12 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     }
     case RS_CTL_FAILURE:
         rs_ctl_ack(c, m, 0);
-        rs_backend_failed(p, m->u.failure.backend_id, fail_reason(m->u.failure.reason));
+        px_backend_failed(p, m->u.failure.backend_id, fail_reason(m->u.failure.reason));
         break;
     case RS_CTL_SUSPECT: {
         struct rs_addr client = { m->u.suspect.client.ip4, m->u.suspect.client.port };
-        struct pconn *pc = rs_pc_find_client(p, client);
-        uint64_t quiet_ms = pc ? rs_pc_backend_quiet_ms(p, pc) : 0;
+        struct pconn *pc = px_pc_find_client(p, client);
+        uint64_t quiet_ms = pc ? px_pc_backend_quiet_ms(p, pc) : 0;
         /* The logger's view may have holes (a capture that fell behind): a
          * backend the tc program saw sending meanwhile is not hung. */
         bool confirmed = pc && pc->backend_idx >= 0 && !pc->rec && quiet_ms * 2 >= m->u.suspect.silent_ms;
@@ -123,17 +123,17 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
                pc && pc->backend_idx >= 0 ? RS_A(p->backends[pc->backend_idx].addr) : "-", m->u.suspect.silent_ms,
                quiet_ms, confirmed ? "" : " (not confirmed: ignored)");
         if (confirmed)
-            rs_backend_failed(p, p->backends[pc->backend_idx].id, "response-stall");
+            px_backend_failed(p, p->backends[pc->backend_idx].id, "response-stall");
         break;
     }
     case RS_CTL_FENCE:
         if (m->u.fence.fenced) {
-            int known = rs_backend_index(p, m->u.fence.backend_id) >= 0;
+            int known = px_backend_index(p, m->u.fence.backend_id) >= 0;
             rs_ctl_ack(c, m, known ? 0 : -ENOENT);
             if (known)
-                rs_backend_failed(p, m->u.fence.backend_id, "operator");
+                px_backend_failed(p, m->u.fence.backend_id, "operator");
         } else {
-            rs_ctl_ack(c, m, rs_backend_readmit(p, m->u.fence.backend_id));
+            rs_ctl_ack(c, m, px_backend_readmit(p, m->u.fence.backend_id));
         }
         break;
     case RS_CTL_STATUS:
@@ -161,7 +161,8 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: rs-proxy --listen VIP:PORT --backend ADDR:PORT [--backend ...] [options]\n"
         "  --sticky COOKIE    pick the backend by a hash of this cookie (default: round-robin)\n"
-        "  --ifname IF        interface for the tc program (default: the one holding VIP)\n"
+        "  --ifname IF        interface of the data path (default: the one holding VIP)\n"
+        "  --datapath NAME    what splices segments: ebpf (default; a tc program)\n"
         "  --control ADDR:PORT  control port (RESPLICE, FAILURE, SUSPECT, FENCE, STATUS; needs --key)\n"
         "  --key FILE         shared control-plane key: 64 hex characters\n"
         "  --idle DUR         reap spliced connections idle this long (default 600s)\n"
@@ -210,6 +211,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     uint32_t alt_id = 0;
     uint64_t ns;
 
+    p->datapath = "ebpf";
     p->idle_ns = 600ull * 1000000000u;
     p->half_open_ns = 60ull * 1000000000u;
     p->linger_ns = 2000000000ull;
@@ -257,6 +259,12 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         } else if (!strcmp(a, "--sticky")) {
             p->sticky = true;
             snprintf(p->cookie_name, sizeof(p->cookie_name), "%s", v);
+        } else if (!strcmp(a, "--datapath")) {
+            p->datapath = v;
+            if (!px_datapath_find(v)) {
+                fprintf(stderr, "rs-proxy: unknown --datapath '%s' (this build has: %s)\n", v, px_datapath_names());
+                return -1;
+            }
         } else if (!strcmp(a, "--ifname")) {
             snprintf(p->ifname, sizeof(p->ifname), "%s", v);
         } else if (!strcmp(a, "--control")) {
@@ -329,24 +337,25 @@ static int setup(struct proxy *p)
     }
     p->rawfd = -1;
     if (!p->nosplice) {
-        p->sp = rs_splicer_open(p->ifname, &e);
-        if (!p->sp) {
-            fprintf(stderr, "rs-proxy: cannot attach the splice program to %s: %s\n", p->ifname, strerror(-e));
+        p->dp = px_datapath_find(p->datapath)->open(p->ifname, &e);
+        if (!p->dp) {
+            fprintf(stderr, "rs-proxy: cannot attach the %s data path to %s: %s\n", p->datapath, p->ifname,
+                    strerror(-e));
             return -1;
         }
-        if ((e = rs_splicer_set_vip(p->sp, p->listen.ip, p->listen.port)) != 0
-            || (e = rs_io_start(&p->loop, &p->eio, rs_splicer_events_fd(p->sp), EPOLLIN, rs_pc_events, p)) != 0) {
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port)) != 0
+            || (e = rs_io_start(&p->loop, &p->eio, px_dp_events_fd(p->dp), EPOLLIN, px_pc_events, p)) != 0) {
             fprintf(stderr, "rs-proxy: cannot configure the splice program: %s\n", strerror(-e));
             return -1;
         }
         p->rawfd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
         if (p->rawfd < 0)
             rs_log("raw socket: %s (unrecoverable spliced clients get no RST)", strerror(errno));
-        rs_timer_init(&p->reap_timer, rs_pc_reap, p);
+        rs_timer_init(&p->reap_timer, px_pc_reap, p);
         rs_timer_after(&p->loop, &p->reap_timer, 500000000ull);
     }
     lfd = rs_listen_tcp(p->listen, 4096);
-    if (lfd < 0 || (e = rs_io_start(&p->loop, &p->lio, lfd, EPOLLIN, rs_pc_accept, p)) != 0) {
+    if (lfd < 0 || (e = rs_io_start(&p->loop, &p->lio, lfd, EPOLLIN, px_pc_accept, p)) != 0) {
         fprintf(stderr, "rs-proxy: cannot listen on %s: %s\n", RS_A(p->listen), strerror(lfd < 0 ? -lfd : -e));
         return -1;
     }
@@ -385,13 +394,13 @@ int main(int argc, char **argv)
         return 1;
     rs_log("listening on %s ifname=%s backends=%d alternate=%s splice=%s control=%s recovery_timeout_ms=%" PRIu64,
            RS_A(p->listen), p->ifname, p->nbackends, p->alternate >= 0 ? RS_A(p->backends[p->alternate].addr) : "none",
-           p->nosplice ? "off" : "ebpf", p->ctl.port ? RS_A(p->ctl) : "off", p->recovery_ns / 1000000);
+           p->nosplice ? "off" : p->datapath, p->ctl.port ? RS_A(p->ctl) : "off", p->recovery_ns / 1000000);
     printf("listening on %s\n", RS_A(p->listen));
     fflush(stdout);
     if (rs_loop_run(&p->loop) < 0)
         rs_log("event loop: %s", strerror(errno));
     print_stats(p);
     rs_log("exiting: spliced connections stay with the tc program until it is detached");
-    rs_splicer_close(p->sp);
+    px_dp_close(p->dp);
     return 0;
 }

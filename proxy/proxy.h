@@ -16,6 +16,7 @@
 #include "daemon.h"
 #include "loop.h"
 #include "splice.h"
+#include "datapath.h"
 #include "splice_map.h"
 
 #define RS_PROXY_MAX_BACKENDS 16
@@ -82,8 +83,6 @@ struct pconn {
     bool in_cookie;
 };
 
-struct rs_splicer;
-
 struct stats {
     uint64_t accepted, spliced, splice_retries, closed_early, resets, fins, reaped_idle,
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
@@ -103,10 +102,11 @@ struct proxy {
     char ifname[IF_NAMESIZE];
     uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns;
     struct rs_loop loop;
-    struct rs_io lio, eio;        /* the VIP's listening socket, the splicer's events */
+    struct rs_io lio, eio;        /* the VIP's listening socket, the data path's events */
     struct rs_timer reap_timer;
     int rawfd;                    /* raw socket for the RSTs of clean ends */
-    struct rs_splicer *sp;
+    struct px_datapath *dp;       /* NULL with --no-splice */
+    const char *datapath;         /* --datapath */
     struct pconn *buckets[RS_PROXY_BUCKETS];
     uint64_t next_id;
     unsigned recovering;
@@ -123,101 +123,64 @@ struct proxy {
 #define PX_SENDER_LOGGER 0x50580002u
 #define PX_SENDER_STATED 0x50580010u     /* + backend index */
 
-/* ---- splicer.c: the BPF side, TCP_REPAIR, raw RSTs ------------------------------ */
+/* ---- datapath.h: the splice table and the segment rewriting ---------------------
 
-/* The daemon's and the tc program's halves of one entry. */
-struct rs_flow_info {
-    struct rs_flow cfg;
-    struct rs_flow_track t;
-};
+   (px_dp_* calls, one implementation per --datapath.) */
 
-struct rs_splicer *rs_splicer_open(const char *ifname, int *err);
-void rs_splicer_close(struct rs_splicer *s);
-/* Tells the tc program where clients connect, so it records their TSvals. */
-int rs_splicer_set_vip(struct rs_splicer *s, uint32_t ip, uint16_t port);
-/* The newest TSval client connection 'k' sent before its splice (then
- * forgotten).  Returns 0 or -ENOENT. */
-int rs_splicer_client_ts(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t *ts);
-int rs_splicer_events_fd(struct rs_splicer *s);
-typedef void (*rs_splicer_event_cb)(void *arg, const struct rs_flow_event *ev);
-int rs_splicer_poll_events(struct rs_splicer *s, rs_splicer_event_cb cb, void *arg);
+/* Key of the direction whose segments come from 'src' to 'dst'. */
+struct rs_flow_key px_flow_key(struct rs_addr src, struct rs_addr dst);
 
-/* Keys of the two directions of a connection, as segments arrive at the proxy. */
-struct rs_flow_key rs_flow_key_from(struct rs_addr src, struct rs_addr dst);
-
-/* Creates entry 'k' in WATCH (both halves).  Returns 0 or -errno. */
-int rs_splicer_watch(struct rs_splicer *s, const struct rs_flow_key *k, uint64_t id);
-int rs_splicer_set_state(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t state);
-/* Makes 'k' translate with 'd' in 'state' (ACTIVE, ACKONLY); 'guard' holds
- * back FIN/RST from that sender (a backend) and reports them; 'peer' is
- * the other direction's entry.  Starts a new generation ('seen' afresh)
- * and clears the ACK clamp and watch. */
-int rs_splicer_activate(struct rs_splicer *s, const struct rs_flow_key *k, const struct rs_splice_dir *d,
-                        uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer);
-/* Sends the pure ACKs from 'k''s sender to the proxy's own stack, untranslated
- * ('on'), or translates them like any other segment. */
-int rs_splicer_acks_to_stack(struct rs_splicer *s, const struct rs_flow_key *k, bool on);
-/* Lets a FIN from 'k''s sender pass although guarded: the client closed its side. */
-int rs_splicer_pass_fin(struct rs_splicer *s, const struct rs_flow_key *k);
-/* Makes 'k' (a client's direction) never acknowledge past what the sender
- * of its peer entry has sent (after a re-splice to a regenerating server). */
-int rs_splicer_clamp_ack(struct rs_splicer *s, const struct rs_flow_key *k);
-/* Arms an ACK watch on 'k': an RS_FLOW_ACKED event carrying '*gen' comes
- * once its sender acknowledges 'ack'.  Returns 1 when it already has (no
- * event then), 0 when armed, -errno. */
-int rs_splicer_watch_ack(struct rs_splicer *s, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen);
-int rs_splicer_get(struct rs_splicer *s, const struct rs_flow_key *k, struct rs_flow_info *out);
-int rs_splicer_remove(struct rs_splicer *s, const struct rs_flow_key *k);
+/* ---- repair.c: TCP_REPAIR, raw RSTs ------------------------------------------------ */
 
 /* Reads the proxy's view of connection 'fd' (which must be in TCP_REPAIR
  * mode) into 'c'; 'local'/'remote' name its ends.  Returns 0 or -errno. */
-int rs_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct rs_splice_conn *c);
-int rs_repair_on(int fd);
-int rs_repair_off(int fd);
+int px_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct rs_splice_conn *c);
+int px_repair_on(int fd);
+int px_repair_off(int fd);
 /* Closes 'fd' without a FIN or RST (repair mode). */
-void rs_close_silently(int fd);
+void px_close_silently(int fd);
 /* Queued bytes: unread received (SIOCINQ) plus unacknowledged sent (SIOCOUTQ). */
-int rs_sock_queued(int fd);
+int px_sock_queued(int fd);
 /* Sends a RST from 'from' to 'to' with sequence number 'seq' on raw socket
  * 'rawfd' (IPPROTO_RAW).  Returns 0 or -errno. */
-int rs_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq);
+int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq);
 
 /* ---- conn.c: the connection table, accept, relay, splice, ends ------------------ */
 
-void rs_pc_accept(struct rs_io *io, uint32_t events);
-struct pconn *rs_pc_find(struct proxy *p, uint64_t id);
-struct pconn *rs_pc_find_client(struct proxy *p, struct rs_addr client);
-struct rs_flow_key rs_key_c(const struct pconn *pc);
-struct rs_flow_key rs_key_b(const struct pconn *pc);
+void px_pc_accept(struct rs_io *io, uint32_t events);
+struct pconn *px_pc_find(struct proxy *p, uint64_t id);
+struct pconn *px_pc_find_client(struct proxy *p, struct rs_addr client);
+struct rs_flow_key px_key_c(const struct pconn *pc);
+struct rs_flow_key px_key_b(const struct pconn *pc);
 /* Frees 'pc' at once (its entries are removed). */
-void rs_pc_free(struct proxy *p, struct pconn *pc);
+void px_pc_free(struct proxy *p, struct pconn *pc);
 /* Ends 'pc' cleanly: logged with 'why', entries removed; the client gets a
  * RST when 'rst' (an end the client did not cause), else it is simply forgotten. */
-void rs_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst);
+void px_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst);
 /* Opens a non-blocking socket bound to the proxy's address, with a WATCH
  * entry for segments from 'to' in place before any SYN leaves.  Returns the
  * fd or -errno; '*local' gets the proxy's end. */
-int rs_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local);
-int rs_connect_start(int fd, struct rs_addr to);
+int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local);
+int px_connect_start(int fd, struct rs_addr to);
 /* Relay phase: takes the client connection out of the proxy's stack (its
  * exact state into pc->c; the socket closed silently; the client's segments
  * held at the tc program) and fences the backend's socket.  Returns 0 or -errno. */
-int rs_pc_detach(struct proxy *p, struct pconn *pc);
+int px_pc_detach(struct proxy *p, struct pconn *pc);
 /* Starts the connection to a backend. */
-void rs_pc_start_backend(struct proxy *p, struct pconn *pc);
+void px_pc_start_backend(struct proxy *p, struct pconn *pc);
 /* Gives up the backend 'pc' is connecting to (nothing was relayed yet) and
  * starts over on the alternate, once; else ends it with a RST ('why'). */
-void rs_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why);
+void px_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why);
 /* Makes backend 'idx' (-1: none) the one serving 'pc' (connection counts). */
-void rs_pc_set_backend(struct proxy *p, struct pconn *pc, int idx);
+void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx);
 /* The splicer's ring buffer: FIN/RST and ACK-watch events. */
-void rs_pc_events(struct rs_io *io, uint32_t events);
-void rs_pc_reap(struct rs_timer *t);
+void px_pc_events(struct rs_io *io, uint32_t events);
+void px_pc_reap(struct rs_timer *t);
 /* Counts the connections of backend 'idx' (status). */
-unsigned rs_pc_count(struct proxy *p, int idx);
+unsigned px_pc_count(struct proxy *p, int idx);
 /* How long ago the tc program saw a segment from the backend of 'pc', ms
  * (0 when unknown). */
-uint64_t rs_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc);
+uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc);
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 
@@ -226,30 +189,30 @@ uint64_t rs_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc);
  * RS_CTL_CONN_MAP_*); 'done' hears the ACK, or the time-out after
  * 'timeout_ns'.  Returns 0 or -errno (done is then not called); without
  * --stated-port it returns -ENOTCONN. */
-int rs_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
+int px_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
                 uint8_t flags, uint64_t timeout_ns, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx);
 /* Moves spliced connection 'pc' to 'target' so the target's first request
  * byte is client byte 'q' and its first response byte lands at client-side
  * response byte 'r' (both 0: where the streams stand now).  Asynchronous:
  * when it is done, the RESPLICE with sequence 'ctl_seq' on control
  * connection 'ctl_conn' is ACKed.  Returns 0 when started, or -errno. */
-int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r,
+int px_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r,
                 uint64_t ctl_conn, uint64_t ctl_seq);
 /* Starts the recovery of 'pc' from the failure of its backend
  * (docs/recovery.md); 'why' is logged.  The connection either continues on
  * the alternate or ends cleanly (RST, counted).  A no-op when it already recovers. */
-void rs_recover(struct proxy *p, struct pconn *pc, const char *why);
+void px_recover(struct proxy *p, struct pconn *pc, const char *why);
 /* Backend 'id' failed: fence it (its segments are dropped for every
  * connection it had, its rs-stated and the others are told) and recover
  * its connections, all at once. */
-void rs_backend_failed(struct proxy *p, uint32_t id, const char *why);
+void px_backend_failed(struct proxy *p, uint32_t id, const char *why);
 /* An operator readmits backend 'id' (after its rejoin). */
-int rs_backend_readmit(struct proxy *p, uint32_t id);
+int px_backend_readmit(struct proxy *p, uint32_t id);
 /* The ring-buffer event 'ev' belongs to a recovery of 'pc'.  Returns true when taken. */
-bool rs_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev);
+bool px_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev);
 /* 'pc' is being freed: ends its recovery, if any (no callbacks). */
-void rs_recovery_drop(struct proxy *p, struct pconn *pc);
+void px_recovery_drop(struct proxy *p, struct pconn *pc);
 /* The index of backend 'id', or -1. */
-int rs_backend_index(struct proxy *p, uint32_t id);
+int px_backend_index(struct proxy *p, uint32_t id);
 
 #endif /* RS_PROXY_H */

@@ -82,7 +82,7 @@ struct recovery {
 static void rec_fail(struct recovery *rec, int err);
 static void move_acked(struct recovery *rec);
 
-int rs_backend_index(struct proxy *p, uint32_t id)
+int px_backend_index(struct proxy *p, uint32_t id)
 {
     for (int i = 0; i < p->nbackends; i++)
         if (p->backends[i].id == id)
@@ -90,7 +90,7 @@ int rs_backend_index(struct proxy *p, uint32_t id)
     return -1;
 }
 
-int rs_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
+int px_conn_map(struct proxy *p, int b, struct rs_addr peer, struct rs_addr client, uint16_t next_num,
                 uint8_t flags, uint64_t timeout_ns, struct rs_ctl_call *call, rs_ctl_done_fn done, void *ctx)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_CONN_MAP };
@@ -108,10 +108,10 @@ static void move_cleanup(struct proxy *p, struct move *mv, bool remove_entry)
     rs_ctl_call_cancel(&mv->call);
     rs_io_stop(&mv->io);
     if (mv->io.fd >= 0)
-        rs_close_silently(mv->io.fd);     /* leave without a RST or FIN */
+        px_close_silently(mv->io.fd);     /* leave without a RST or FIN */
     mv->io.fd = -1;
-    if (remove_entry && mv->step != MV_NONE && p->sp)
-        rs_splicer_remove(p->sp, &mv->kn);
+    if (remove_entry && mv->step != MV_NONE && p->dp)
+        px_dp_remove(p->dp, &mv->kn);
     mv->step = MV_NONE;
 }
 
@@ -146,7 +146,7 @@ static void move_write(struct recovery *rec)
         return;
     }
     rs_io_set(&mv->io, 0);
-    e = rs_splicer_watch_ack(p->sp, &mv->kn, mv->s.snd_nxt, &mv->ack_gen);
+    e = px_dp_watch_ack(p->dp, &mv->kn, mv->s.snd_nxt, &mv->ack_gen);
     if (e < 0)
         move_fail(rec, e);
     else if (e == 1)
@@ -158,13 +158,13 @@ static void move_connected(struct recovery *rec)
     struct pconn *pc = rec->pc;
     struct proxy *p = pc->p;
     struct move *mv = &rec->mv;
-    struct rs_flow_key kc = rs_key_c(pc);
+    struct rs_flow_key kc = px_key_c(pc);
     struct rs_splice_dir s2c;
-    struct rs_flow_info fn;
+    struct px_flow_info fn;
     int e;
 
-    if ((e = rs_repair_on(mv->io.fd)) || (e = rs_repair_read(mv->io.fd, mv->local, mv->target, &mv->s))
-        || (e = rs_repair_off(mv->io.fd)) || (e = rs_splicer_get(p->sp, &mv->kn, &fn))) {
+    if ((e = px_repair_on(mv->io.fd)) || (e = px_repair_read(mv->io.fd, mv->local, mv->target, &mv->s))
+        || (e = px_repair_off(mv->io.fd)) || (e = px_dp_get(p->dp, &mv->kn, &fn))) {
         move_fail(rec, e);
         return;
     }
@@ -180,9 +180,9 @@ static void move_connected(struct recovery *rec)
     mv->c.snd_nxt = mv->r;
     mv->c.ts_now = pc->c.ts_now + (uint32_t)((rs_now_us() - pc->ts_base_us) / 1000) + 1000;
     if ((e = rs_splice_init(&mv->c, &mv->s, &mv->c2s, &s2c)) != 0
-        || (e = rs_splicer_activate(p->sp, &mv->kn, &s2c, pc->id, RS_FLOW_ACTIVE, mv->guard, &kc)) != 0
-        || ((mv->npre || mv->fin) && (e = rs_splicer_acks_to_stack(p->sp, &mv->kn, true)) != 0)
-        || (mv->fin && (e = rs_splicer_pass_fin(p->sp, &mv->kn)) != 0)) {
+        || (e = px_dp_activate(p->dp, &mv->kn, &s2c, pc->id, RS_FLOW_ACTIVE, mv->guard, &kc)) != 0
+        || ((mv->npre || mv->fin) && (e = px_dp_acks_to_stack(p->dp, &mv->kn, true)) != 0)
+        || (mv->fin && (e = px_dp_pass_fin(p->dp, &mv->kn)) != 0)) {
         move_fail(rec, e);
         return;
     }
@@ -215,7 +215,7 @@ static void move_connect(struct recovery *rec)
 {
     struct proxy *p = rec->pc->p;
     struct move *mv = &rec->mv;
-    int e = rs_connect_start(mv->io.fd, mv->target);
+    int e = px_connect_start(mv->io.fd, mv->target);
 
     if (!e)
         e = rs_io_start(&p->loop, &mv->io, mv->io.fd, EPOLLOUT, move_io, rec);
@@ -245,29 +245,29 @@ static void move_acked(struct recovery *rec)
     struct pconn *pc = rec->pc;
     struct proxy *p = pc->p;
     struct move *mv = &rec->mv;
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
     int e;
 
     /* Closed in repair mode: silent.  Switch the target's ACKs back to the
      * client first, so none reaches a stack without a socket. */
     if (mv->npre || mv->fin)
-        rs_splicer_acks_to_stack(p->sp, &mv->kn, false);
+        px_dp_acks_to_stack(p->dp, &mv->kn, false);
     rs_io_stop(&mv->io);
-    rs_close_silently(mv->io.fd);
+    px_close_silently(mv->io.fd);
     mv->io.fd = -1;
-    if ((e = rs_splicer_activate(p->sp, &kc, &mv->c2s, pc->id, mv->client_state, false, &mv->kn)) != 0
-        || (e = rs_splicer_clamp_ack(p->sp, &kc)) != 0) {
+    if ((e = px_dp_activate(p->dp, &kc, &mv->c2s, pc->id, mv->client_state, false, &mv->kn)) != 0
+        || (e = px_dp_clamp_ack(p->dp, &kc)) != 0) {
         move_fail(rec, e);
         return;
     }
     /* The server it leaves is fenced for this connection: nothing it still
      * sends (a late FIN, a RST, retransmissions) reaches the client. */
     if (pc->backend.ip) {
-        rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+        px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD);
         if (pc->nheld < RS_PROXY_HELD_MAX)
             pc->held[pc->nheld++] = kb;
         else
-            rs_splicer_remove(p->sp, &kb);
+            px_dp_remove(p->dp, &kb);
     }
     pc->backend = mv->target;
     pc->local = mv->local;
@@ -291,16 +291,16 @@ static void move_start(struct recovery *rec, struct rs_addr target, int target_i
                          .client_state = client_state, .map = map, .next_num = next_num, .guard = guard,
                          .done = done };
     mv->io.fd = -1;
-    fd = rs_bind_watched(p, target, pc->id, &mv->local);
+    fd = px_bind_watched(p, target, pc->id, &mv->local);
     if (fd < 0) {
         done(rec, fd);
         return;
     }
     mv->io.fd = fd;
-    mv->kn = rs_flow_key_from(target, mv->local);
+    mv->kn = px_flow_key(target, mv->local);
     mv->step = MV_MAP;
     if (map && p->stated_port) {
-        e = rs_conn_map(p, target_idx, mv->local, pc->client, next_num, RS_CTL_CONN_MAP_RERUN, p->recovery_ns,
+        e = px_conn_map(p, target_idx, mv->local, pc->client, next_num, RS_CTL_CONN_MAP_RERUN, p->recovery_ns,
                         &mv->call, on_move_map, rec);
         if (e)
             move_fail(rec, e);
@@ -331,7 +331,7 @@ static void rec_end(struct recovery *rec)
     p->recovering--;
 }
 
-void rs_recovery_drop(struct proxy *p, struct pconn *pc)
+void px_recovery_drop(struct proxy *p, struct pconn *pc)
 {
     struct recovery *rec = pc->rec;
 
@@ -358,35 +358,35 @@ static void rec_fail(struct recovery *rec, int err)
 
     if (rec->resplice_only) {
         /* An operator's move that failed: the connection stays where it was. */
-        struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+        struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
         p->st.resplice_errors++;
         rs_log("resplice id=%" PRIu64 " client=%s to=%s failed: %s", pc->id, RS_A(pc->client),
                RS_A(rec->mv.target), strerror(-err));
         answer_resplice(rec, err);
         move_cleanup(p, &rec->mv, true);
-        rs_splicer_set_state(p->sp, &kb, RS_FLOW_ACTIVE);
-        rs_splicer_set_state(p->sp, &kc, RS_FLOW_ACTIVE);
+        px_dp_set_state(p->dp, &kb, RS_FLOW_ACTIVE);
+        px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE);
         rec_end(rec);
         return;
     }
     p->st.unrecoverable++;
     rs_log("unrecoverable id=%" PRIu64 " client=%s why=%s step=%s error=%s us=%" PRIu64, pc->id, RS_A(pc->client),
            rec->why, step_name[rec->step], strerror(-err), rs_now_us() - rec->t0_us);
-    rs_pc_close(p, pc, "unrecoverable", true);   /* frees rec */
+    px_pc_close(p, pc, "unrecoverable", true);   /* frees rec */
 }
 
 static void rec_timeout(struct rs_timer *t)
 {
     struct recovery *rec = t->ctx;
     struct proxy *p = rec->pc->p;
-    struct rs_flow_key kc = rs_key_c(rec->pc);
-    struct rs_flow_info fc;
+    struct rs_flow_key kc = px_key_c(rec->pc);
+    struct px_flow_info fc;
 
     if (rec->step == REC_RESEND && rec->mv.step == MV_NONE) {
         /* The client is taking the resent bytes: end only when it stops. */
         uint64_t idle = RESEND_IDLE_NS + 4000ull * rec->pc->rtt_us, now = rs_loop_now(&p->loop);
-        if (!rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_ack && fc.t.ack_max != rec->last_ack) {
-            rec->last_ack = fc.t.ack_max;
+        if (!px_dp_get(p->dp, &kc, &fc) && fc.t.pos.has_ack && fc.t.pos.ack_max != rec->last_ack) {
+            rec->last_ack = fc.t.pos.ack_max;
             rec->last_progress_ns = now;
         }
         if (now - rec->last_progress_ns < idle) {
@@ -415,7 +415,7 @@ static void on_alternate(struct recovery *rec, int err)
         rec_end(rec);
         return;
     }
-    rs_pc_set_backend(p, pc, p->alternate);
+    px_pc_set_backend(p, pc, p->alternate);
     p->st.recovered++;
     rs_log("recovered id=%" PRIu64 " client=%s alternate=%s plan_us=%" PRIu64 " resend_us=%" PRIu64
            " splice_us=%" PRIu64 " total_us=%" PRIu64, pc->id, RS_A(pc->client), RS_A(pc->backend),
@@ -451,14 +451,14 @@ static void resent(struct recovery *rec)
 static void on_logger(struct recovery *rec, int err)
 {
     struct proxy *p = rec->pc->p;
-    struct rs_flow_key kc = rs_key_c(rec->pc);
+    struct rs_flow_key kc = px_key_c(rec->pc);
     int e;
 
     if (err) {
         rec_fail(rec, err);
         return;
     }
-    e = rs_splicer_watch_ack(p->sp, &kc, rec->plan.resend_to, &rec->watch_gen);
+    e = px_dp_watch_ack(p->dp, &kc, rec->plan.resend_to, &rec->watch_gen);
     if (e < 0) {
         rec_fail(rec, e);
         return;
@@ -476,14 +476,14 @@ static void legit_close(struct recovery *rec)
 {
     struct pconn *pc = rec->pc;
     struct proxy *p = pc->p;
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
-    struct rs_flow_info fb;
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+    struct px_flow_info fb;
 
     p->st.legit_closes++;
     rs_log("recover id=%" PRIu64 " client=%s step=legit-close", pc->id, RS_A(pc->client));
     if (rec->relay_end) {
         /* The client has every byte; pass the end on as a relay would. */
-        rs_splicer_set_state(p->sp, &kc, RS_FLOW_WATCH);
+        px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
         shutdown(pc->cio.fd, SHUT_WR);
         rs_io_start(&p->loop, &pc->cio, pc->cio.fd, EPOLLIN, pc->cio.fn, pc);
         pc->phase = PC_CLOSING;
@@ -492,9 +492,9 @@ static void legit_close(struct recovery *rec)
         return;
     }
     /* The application closed after a complete response: let its FIN through. */
-    if (!rs_splicer_get(p->sp, &kb, &fb))
-        rs_splicer_activate(p->sp, &kb, &fb.cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
-    rs_splicer_set_state(p->sp, &kc, RS_FLOW_ACTIVE);
+    if (!px_dp_get(p->dp, &kb, &fb))
+        px_dp_activate(p->dp, &kb, &fb.cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
+    px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE);
     rec_end(rec);
 }
 
@@ -504,8 +504,8 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
     struct pconn *pc = rec->pc;
     struct proxy *p = pc->p;
     const struct rs_ctl_plan *pl = &rec->plan;
-    struct rs_flow_key kc = rs_key_c(pc);
-    struct rs_flow_info fc = { 0 };
+    struct rs_flow_key kc = px_key_c(pc);
+    struct px_flow_info fc = { 0 };
     struct rs_ctl_msg m = { .type = RS_CTL_RESEND };
     uint32_t q;
     int n;
@@ -537,13 +537,13 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
         rec_fail(rec, pl->status);
         return;
     }
-    if (rec->relay_end && (err = rs_pc_detach(p, pc)) != 0) {
+    if (rec->relay_end && (err = px_pc_detach(p, pc)) != 0) {
         rec_fail(rec, err);
         return;
     }
     /* Where the client's own bytes stand: after the last byte it sent. */
-    q = !rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_seq ? fc.t.seq_next : pc->c.rcv_nxt;
-    if (fc.t.fin_seen || pc->client_eof) {
+    q = !px_dp_get(p->dp, &kc, &fc) && fc.t.pos.has_seq ? fc.t.pos.seq_next : pc->c.rcv_nxt;
+    if (fc.t.pos.fin_seen || pc->client_eof) {
         /* The client closed its side (request, then FIN): the alternate
          * must get that FIN right after TL+1's request, or a client reading
          * to the end would wait forever.  Only when nothing else is missing. */
@@ -588,9 +588,9 @@ static struct recovery *rec_new(struct proxy *p, struct pconn *pc, const char *w
     return rec;
 }
 
-void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
+void px_recover(struct proxy *p, struct pconn *pc, const char *why)
 {
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
     struct rs_ctl_msg req = { .type = RS_CTL_RECOVER };
     struct recovery *rec;
     uint64_t budget_ms = p->recovery_ns / 1000000;
@@ -599,15 +599,15 @@ void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
     if (pc->rec || (pc->phase != PC_SPLICED && pc->phase != PC_RELAY))
         return;
     if (!(rec = rec_new(p, pc, why))) {
-        rs_pc_close(p, pc, "out-of-memory", true);
+        px_pc_close(p, pc, "out-of-memory", true);
         return;
     }
     rec->backend_id = pc->backend_idx >= 0 ? p->backends[pc->backend_idx].id : 1;
     /* 1. Un-splice: nothing from the failed backend reaches the client (no
      * FIN, no RST), nothing from the client reaches the proxy's stack. */
     if (pc->phase == PC_SPLICED) {
-        rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
-        rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+        px_dp_set_state(p->dp, &kc, RS_FLOW_HOLD);
+        px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD);
     } else {
         /* Relay phase: the proxy knows exactly what it forwarded.  A backend
          * that ended its side by itself (not fenced) may have meant it:
@@ -616,9 +616,9 @@ void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
         rs_io_stop(&pc->bio);
         rec->relay_end = pc->backend_eof && pc->backend_idx >= 0 && !p->backends[pc->backend_idx].fenced;
         if (rec->relay_end) {
-            rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
-            rs_splicer_set_state(p->sp, &kc, RS_FLOW_FROZEN);
-        } else if ((e = rs_pc_detach(p, pc)) != 0) {
+            px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD);
+            px_dp_set_state(p->dp, &kc, RS_FLOW_FROZEN);
+        } else if ((e = px_pc_detach(p, pc)) != 0) {
             rec_fail(rec, e);
             return;
         }
@@ -640,11 +640,11 @@ void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
                                              { p->backends[p->alternate].addr.ip, p->backends[p->alternate].addr.port },
                                              false, 0, 0 };
     {
-        struct rs_flow_info fc;
-        if (!rs_splicer_get(p->sp, &kc, &fc) && fc.t.has_ack && fc.t.has_seq) {
+        struct px_flow_info fc;
+        if (!px_dp_get(p->dp, &kc, &fc) && fc.t.pos.has_ack && fc.t.pos.has_seq) {
             req.u.recover.has_seen = true;
-            req.u.recover.client_ack = fc.t.ack_max;
-            req.u.recover.client_seq_end = fc.t.seq_next;
+            req.u.recover.client_ack = fc.t.pos.ack_max;
+            req.u.recover.client_seq_end = fc.t.pos.seq_next;
         }
     }
     rec->step = REC_PLAN;
@@ -653,21 +653,21 @@ void rs_recover(struct proxy *p, struct pconn *pc, const char *why)
         rec_fail(rec, e);
 }
 
-int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r,
+int px_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32_t q, uint32_t r,
                 uint64_t ctl_conn, uint64_t ctl_seq)
 {
-    struct rs_flow_key kc = rs_key_c(pc), kb = rs_key_b(pc);
-    struct rs_flow_info fc, fb;
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+    struct px_flow_info fc, fb;
     struct recovery *rec;
     int e;
 
     if (pc->rec || pc->phase != PC_SPLICED)
         return -EBUSY;
-    if ((e = rs_splicer_get(p->sp, &kc, &fc)) || (e = rs_splicer_get(p->sp, &kb, &fb)))
+    if ((e = px_dp_get(p->dp, &kc, &fc)) || (e = px_dp_get(p->dp, &kb, &fb)))
         return e;
     if (!q && !r) {
-        q = fc.t.seq_next;
-        r = fb.t.seq_next + fb.cfg.dir.seq_delta;
+        q = fc.t.pos.seq_next;
+        r = fb.t.pos.seq_next + fb.cfg.dir.seq_delta;
     }
     if (!(rec = rec_new(p, pc, "resplice")))
         return -ENOMEM;
@@ -675,18 +675,18 @@ int rs_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32
     rec->ctl_conn = ctl_conn;
     rec->ctl_seq = ctl_seq;
     rec->step = REC_SPLICE;
-    rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
-    rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+    px_dp_set_state(p->dp, &kc, RS_FLOW_HOLD);
+    px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD);
     rec_deadline(rec, p->recovery_ns);
     move_start(rec, target, -1, NULL, 0, false, q, r, RS_FLOW_ACTIVE, false, 0,
                p->logger.port != 0, on_alternate);
     return 0;
 }
 
-bool rs_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev)
+bool px_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev)
 {
     struct recovery *rec = pc->rec;
-    struct rs_flow_key kc = rs_key_c(pc);
+    struct rs_flow_key kc = px_key_c(pc);
 
     (void)p;
     if (ev->flags & RS_FLOW_ACKED) {
@@ -723,9 +723,9 @@ static void announce_fence(struct proxy *p, int b, bool fenced)
     }
 }
 
-void rs_backend_failed(struct proxy *p, uint32_t id, const char *why)
+void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
 {
-    int idx = rs_backend_index(p, id);
+    int idx = px_backend_index(p, id);
     uint64_t *ids = NULL;
     size_t n = 0, cap = 0;
 
@@ -736,24 +736,24 @@ void rs_backend_failed(struct proxy *p, uint32_t id, const char *why)
     }
     if (!p->backends[idx].fenced)
         rs_log("failure backend_id=%u backend=%s why=%s conns=%u: fenced", id, RS_A(p->backends[idx].addr), why,
-               rs_pc_count(p, idx));
+               px_pc_count(p, idx));
     p->backends[idx].fenced = true;
     /* 1. Fence first, in one pass: from now on nothing this backend sends
      * reaches any client, before any connection moves. */
     for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
         for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next) {
-            struct rs_flow_key kb = rs_key_b(pc), kc = rs_key_c(pc);
+            struct rs_flow_key kb = px_key_b(pc), kc = px_key_c(pc);
 
             int e = 0;
 
             if (pc->backend_idx != idx || pc->phase == PC_CLOSING)
                 continue;
             if (pc->phase == PC_SPLICED && !pc->rec) {
-                if (!(e = rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD)))
-                    e = rs_splicer_set_state(p->sp, &kc, RS_FLOW_HOLD);
+                if (!(e = px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD)))
+                    e = px_dp_set_state(p->dp, &kc, RS_FLOW_HOLD);
             } else if (pc->phase == PC_RELAY) {
-                if (p->sp)
-                    e = rs_splicer_set_state(p->sp, &kb, RS_FLOW_HOLD);
+                if (p->dp)
+                    e = px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD);
                 rs_io_stop(&pc->bio);
             }
             if (e) {
@@ -761,7 +761,7 @@ void rs_backend_failed(struct proxy *p, uint32_t id, const char *why)
                  * so nothing of the backend can reach the client). */
                 rs_log("fence id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
                 p->st.unrecoverable++;
-                rs_pc_close(p, pc, "fence-failed", true);
+                px_pc_close(p, pc, "fence-failed", true);
                 continue;
             }
             if (n == cap) {
@@ -776,20 +776,20 @@ void rs_backend_failed(struct proxy *p, uint32_t id, const char *why)
     announce_fence(p, idx, true);
     /* 2. Then move them, all at once: each recovery runs on its own. */
     for (size_t i = 0; i < n; i++) {
-        struct pconn *pc = rs_pc_find(p, ids[i]);
+        struct pconn *pc = px_pc_find(p, ids[i]);
         if (!pc || pc->backend_idx != idx)
             continue;
         if (pc->phase == PC_MAP || pc->phase == PC_CONNECTING)
-            rs_pc_redispatch(p, pc, why);
+            px_pc_redispatch(p, pc, why);
         else if (pc->phase == PC_SPLICED || pc->phase == PC_RELAY)
-            rs_recover(p, pc, why);
+            px_recover(p, pc, why);
     }
     free(ids);
 }
 
-int rs_backend_readmit(struct proxy *p, uint32_t id)
+int px_backend_readmit(struct proxy *p, uint32_t id)
 {
-    int idx = rs_backend_index(p, id);
+    int idx = px_backend_index(p, id);
 
     if (idx < 0)
         return -ENOENT;

@@ -85,13 +85,8 @@ struct rs_flow_track {
     rs_u32 seen;               /* RS_FLOW_SEEN_* since activation 'seen_gen' */
     rs_u32 seen_gen;
     rs_u32 ts_recent;          /* newest TSval from the sender, as received (WATCH only) */
-    rs_u32 seq_next;           /* end of the sender's newest segment, as received */
-    rs_u32 has_seq;            /* seq_next is set */
-    rs_u32 ack_max;            /* newest ACK number the sender sent, as received */
-    rs_u32 has_ack;
     rs_u32 acked_gen;          /* the last ack_watch_gen reported */
-    rs_u32 fin_seen;           /* the sender sent a FIN at some time, in any state: it has
-                                * closed its side for good */
+    struct rs_splice_pos pos;  /* where the sender's stream stands, in any state */
     rs_u32 pad_;
 };
 

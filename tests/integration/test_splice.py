@@ -6,6 +6,7 @@ another server between transactions."""
 import csv as csvmod
 import os
 import re
+import subprocess
 import tempfile
 import time
 import unittest
@@ -19,6 +20,19 @@ from topologies.profiles import Profile
 
 PROXY, PRIMARY, ALTERNATE = SERVERS["proxy"], SERVERS["primary"], SERVERS["alternate"]
 VIP = f"{PROXY}:{VIP_PORT}"
+
+
+@needs_root
+class TestProgram(unittest.TestCase):
+    """The tc program rs-proxy embeds, under BPF_PROG_TEST_RUN, translates
+    as core/splice.h does (tests/bpf/test_splice_prog.c)."""
+
+    def test_program_matches_core(self):
+        r = subprocess.run([binary(os.path.join("tests", "test_splice_prog"))], capture_output=True, text=True,
+                           timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("3 test(s) run", r.stdout + r.stderr)
+        self.assertNotIn("FAILED", r.stdout + r.stderr)
 
 
 @needs_root

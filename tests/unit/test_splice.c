@@ -879,6 +879,122 @@ static void random_packets_checksum_identity(void **state)
     }
 }
 
+/* The sender's position: the end of its newest segment (SYN and FIN count
+ * one; retransmissions and reordered segments do not move it back), its
+ * newest ACK, a FIN for good; across the sequence wrap. */
+static void position_follows_the_sender(void **state)
+{
+    struct rs_splice_pos p = { 0 };
+    struct pkt_spec s;
+    uint8_t *pkt;
+    size_t len;
+    int has_ack;
+
+    (void)state;
+    default_spec(&s);
+    s.flags = RS_TCP_F_SYN;
+    s.seq = 0xfffffff0u;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_pos_update(&p, pkt + 20, 0, &has_ack), 0);
+    assert_false(has_ack);
+    assert_true(p.has_seq);
+    assert_int_equal(p.seq_next, 0xfffffff1u);
+    assert_false(p.has_ack);
+    free(pkt);
+
+    s.flags = RS_TCP_F_ACK;
+    s.seq = 0xfffffff1u;
+    s.ack = 5000;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_pos_update(&p, pkt + 20, 100, &has_ack), 5000);
+    assert_true(has_ack);
+    assert_int_equal(p.seq_next, 0x55u);           /* wrapped */
+    assert_int_equal(p.ack_max, 5000);
+    free(pkt);
+
+    s.seq = 0xfffffff1u;                           /* a retransmission of less */
+    s.ack = 4000;                                  /* and an older ACK */
+    pkt = build_pkt(&s, &len);
+    rs_splice_pos_update(&p, pkt + 20, 10, &has_ack);
+    assert_int_equal(p.seq_next, 0x55u);
+    assert_int_equal(p.ack_max, 5000);
+    assert_false(p.fin_seen);
+    free(pkt);
+
+    s.seq = 0x55u;
+    s.flags = RS_TCP_F_ACK | RS_TCP_F_FIN;
+    pkt = build_pkt(&s, &len);
+    rs_splice_pos_update(&p, pkt + 20, 0, &has_ack);
+    assert_int_equal(p.seq_next, 0x56u);
+    assert_true(p.fin_seen);
+    free(pkt);
+}
+
+/* The ACK clamp: an ACK past what the server sent comes back to it, the
+ * window's right edge stays (saturating at 0xffff), the checksum stays
+ * valid; an ACK at or below it is untouched. */
+static void ack_clamped_to_what_was_sent(void **state)
+{
+    struct pkt_spec s;
+    uint8_t *pkt;
+    size_t len;
+
+    (void)state;
+    default_spec(&s);
+    s.ack = 0x00000010u;               /* past 0xfffffff0 by 0x20, across the wrap */
+    s.win = 100;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_clamp_ack(pkt + 20, 0xfffffff0u, 7), 0x20);
+    assert_int_equal(rs_splice_load32(pkt + 28), 0xfffffff0u);
+    assert_int_equal(rs_splice_load16(pkt + 34), (100 * 128 + 0x20) >> 7);
+    assert_checksums_valid(pkt);
+    assert_int_equal(rs_splice_clamp_ack(pkt + 20, 0xfffffff0u, 7), 0);   /* now at it: untouched */
+    free(pkt);
+
+    s.ack = 2000;
+    s.win = 0xfff0;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_clamp_ack(pkt + 20, 1000, 0), 1000);
+    assert_int_equal(rs_splice_load16(pkt + 34), 0xffff);                  /* saturates */
+    assert_checksums_valid(pkt);
+    free(pkt);
+
+    s.ack = 900;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_clamp_ack(pkt + 20, 1000, 0), 0);
+    assert_int_equal(rs_splice_load32(pkt + 28), 900);
+    free(pkt);
+}
+
+/* The TSval of a header with a TS option; none without one or with
+ * malformed options. */
+static void tsval_found(void **state)
+{
+    static const uint8_t ts[] = { 1, 1, 8, 10, 0x11, 0x22, 0x33, 0x44, 0, 0, 0, 9 };
+    static const uint8_t bad[] = { 1, 1, 8, 9, 0x11, 0x22, 0x33, 0x44, 0, 0, 0, 9 };
+    struct pkt_spec s;
+    uint8_t *pkt;
+    size_t len;
+    uint32_t v = 0;
+
+    (void)state;
+    default_spec(&s);
+    s.opts = ts;
+    s.opt_len = sizeof(ts);
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_tsval_get(pkt + 20, 32, &v), 0);
+    assert_int_equal(v, 0x11223344u);
+    free(pkt);
+    s.opts = bad;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_tsval_get(pkt + 20, 32, &v), -RS_SPLICE_EINVAL);
+    free(pkt);
+    s.opt_len = 0;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_tsval_get(pkt + 20, 20, &v), -RS_SPLICE_EINVAL);
+    free(pkt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -897,6 +1013,9 @@ int main(void)
         cmocka_unit_test(random_options_never_misbehave),
         cmocka_unit_test(csum_helpers_match_recompute),
         cmocka_unit_test(random_packets_checksum_identity),
+        cmocka_unit_test(position_follows_the_sender),
+        cmocka_unit_test(ack_clamped_to_what_was_sent),
+        cmocka_unit_test(tsval_found),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

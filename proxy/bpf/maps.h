@@ -1,0 +1,49 @@
+/* The tc program's maps (the structs are ../splice_map.h, shared with the
+ * daemon).  rs_flows is the daemon's (configuration: read here, never
+ * written), rs_track the program's (positions, counters: written here
+ * only); the daemon creates and deletes both halves of an entry. */
+#ifndef RS_BPF_MAPS_H
+#define RS_BPF_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "splice_map.h"
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RS_SPLICE_MAP_MAX);
+    __type(key, struct rs_flow_key);
+    __type(value, struct rs_flow);
+} rs_flows SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, RS_SPLICE_MAP_MAX);
+    __type(key, struct rs_flow_key);
+    __type(value, struct rs_flow_track);
+} rs_track SEC(".maps");
+
+/* Where clients connect (one entry). */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct rs_vip);
+} rs_vips SEC(".maps");
+
+/* Newest TSval of each client connection to the VIP that is not spliced yet. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, RS_TS_MAP_MAX);
+    __type(key, struct rs_flow_key);
+    __type(value, __u32);
+} rs_ts SEC(".maps");
+
+/* FIN/RST seen or held at a splice, ACK watches reached (struct rs_flow_event). */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, RS_SPLICE_EVENTS_BYTES);
+} rs_events SEC(".maps");
+
+#endif /* RS_BPF_MAPS_H */

@@ -1,0 +1,141 @@
+/* rs-proxy's data path, behind one ops table: the splice table (a pair of
+ * entries per spliced connection, splice_map.h) and whatever rewrites and
+ * redirects the segments of spliced connections.  The model is iproute2's
+ * qdisc_util: an implementation fills a struct px_datapath_ops, and
+ * px_datapath_find() picks one by the name --datapath gives.  Today: "ebpf"
+ * (dp_ebpf.c, the tc program of proxy/bpf/); the seed's kernel module
+ * (kmod/) plugs in the same way.  The daemon calls the px_dp_* wrappers
+ * below and never an implementation directly. */
+#ifndef RS_PROXY_DATAPATH_H
+#define RS_PROXY_DATAPATH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "splice_map.h"
+
+/* The daemon's and the data path's halves of one entry. */
+struct px_flow_info {
+    struct rs_flow cfg;
+    struct rs_flow_track t;
+};
+
+/* The single-valued fields of an entry's daemon half that px_dp_set writes. */
+enum px_dp_field {
+    PX_DP_STATE,            /* enum rs_flow_state */
+    PX_DP_ACKS_TO_STACK,    /* rs_flow.acks_to_stack */
+    PX_DP_PASS_FIN,         /* rs_flow.pass_fin */
+    PX_DP_CLAMP_ACK,        /* rs_flow.clamp_ack */
+};
+
+typedef void (*px_dp_event_cb)(void *arg, const struct rs_flow_event *ev);
+
+/* An open data path; implementations embed it first in their own struct. */
+struct px_datapath {
+    const struct px_datapath_ops *ops;
+};
+
+struct px_datapath_ops {
+    const char *name;
+    /* Attaches to interface 'ifname'.  Returns the data path, or NULL with
+     * '*err' a negative errno. */
+    struct px_datapath *(*open)(const char *ifname, int *err);
+    void (*close)(struct px_datapath *dp);
+    /* Where clients connect: segments to it of no splice yet have their
+     * TSval recorded (the splice must continue the client's clock). */
+    int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port);
+    /* The newest TSval client connection 'k' sent before its splice (then
+     * forgotten).  Returns 0 or -ENOENT. */
+    int (*client_ts)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts);
+    /* An fd that is readable when events (struct rs_flow_event) wait, and
+     * the call that hands them to 'cb'. */
+    int (*events_fd)(struct px_datapath *dp);
+    int (*poll_events)(struct px_datapath *dp, px_dp_event_cb cb, void *arg);
+    /* Creates entry 'k' in WATCH (both halves).  Returns 0 or -errno. */
+    int (*watch)(struct px_datapath *dp, const struct rs_flow_key *k, uint64_t id);
+    int (*get)(struct px_datapath *dp, const struct rs_flow_key *k, struct px_flow_info *out);
+    int (*set)(struct px_datapath *dp, const struct rs_flow_key *k, enum px_dp_field field, uint32_t v);
+    /* Makes 'k' translate with 'd' in 'state' (ACTIVE, ACKONLY); 'guard'
+     * holds back FIN/RST from that sender (a backend) and reports them;
+     * 'peer' is the other direction's entry.  Starts a new generation
+     * ('seen' afresh) and clears the ACK clamp, the watch and the flags. */
+    int (*activate)(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_splice_dir *d,
+                    uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer);
+    /* Arms an ACK watch on 'k': an RS_FLOW_ACKED event carrying '*gen'
+     * comes once its sender acknowledges 'ack'.  Returns 1 when it already
+     * has (no event then), 0 when armed, -errno. */
+    int (*watch_ack)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen);
+    int (*remove)(struct px_datapath *dp, const struct rs_flow_key *k);
+};
+
+extern const struct px_datapath_ops px_dp_ebpf;     /* dp_ebpf.c */
+
+/* The implementation called 'name', or NULL. */
+const struct px_datapath_ops *px_datapath_find(const char *name);
+/* "ebpf" (the names px_datapath_find knows, for --help and errors). */
+const char *px_datapath_names(void);
+
+/* ---- What the daemon calls ------------------------------------------------- */
+
+static inline void px_dp_close(struct px_datapath *dp)
+{
+    if (dp)
+        dp->ops->close(dp);
+}
+static inline int px_dp_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port)
+{
+    return dp->ops->set_vip(dp, ip, port);
+}
+static inline int px_dp_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts)
+{
+    return dp->ops->client_ts(dp, k, ts);
+}
+static inline int px_dp_events_fd(struct px_datapath *dp) { return dp->ops->events_fd(dp); }
+static inline int px_dp_poll_events(struct px_datapath *dp, px_dp_event_cb cb, void *arg)
+{
+    return dp->ops->poll_events(dp, cb, arg);
+}
+static inline int px_dp_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint64_t id)
+{
+    return dp->ops->watch(dp, k, id);
+}
+static inline int px_dp_get(struct px_datapath *dp, const struct rs_flow_key *k, struct px_flow_info *out)
+{
+    return dp->ops->get(dp, k, out);
+}
+static inline int px_dp_set_state(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t state)
+{
+    return dp->ops->set(dp, k, PX_DP_STATE, state);
+}
+/* Sends the pure ACKs from 'k''s sender to the proxy's own stack,
+ * untranslated ('on'), or translates them like any other segment. */
+static inline int px_dp_acks_to_stack(struct px_datapath *dp, const struct rs_flow_key *k, bool on)
+{
+    return dp->ops->set(dp, k, PX_DP_ACKS_TO_STACK, on);
+}
+/* Lets a FIN from 'k''s sender pass although guarded: the client closed its side. */
+static inline int px_dp_pass_fin(struct px_datapath *dp, const struct rs_flow_key *k)
+{
+    return dp->ops->set(dp, k, PX_DP_PASS_FIN, 1);
+}
+/* Makes 'k' (a client's direction) never acknowledge past what the sender
+ * of its peer entry has sent (after a re-splice to a regenerating server). */
+static inline int px_dp_clamp_ack(struct px_datapath *dp, const struct rs_flow_key *k)
+{
+    return dp->ops->set(dp, k, PX_DP_CLAMP_ACK, 1);
+}
+static inline int px_dp_activate(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_splice_dir *d,
+                                 uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer)
+{
+    return dp->ops->activate(dp, k, d, id, state, guard, peer);
+}
+static inline int px_dp_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen)
+{
+    return dp->ops->watch_ack(dp, k, ack, gen);
+}
+static inline int px_dp_remove(struct px_datapath *dp, const struct rs_flow_key *k)
+{
+    return dp->ops->remove(dp, k);
+}
+
+#endif /* RS_PROXY_DATAPATH_H */

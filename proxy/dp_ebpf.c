@@ -1,0 +1,278 @@
+/* The "ebpf" data path (datapath.h): the tc clsact program of proxy/bpf/,
+ * embedded as a libbpf skeleton, attached at the interface's ingress; the
+ * splice table is its maps (rs_flows written here, rs_track by the
+ * program), its events a ring buffer. */
+#include <errno.h>
+#include <stddef.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "datapath.h"
+#include "daemon.h"
+#include "seq.h"
+#include "splice.skel.h"
+
+struct dp_ebpf {
+    struct px_datapath dp;      /* first: the daemon's handle */
+    struct rs_splice *skel;
+    struct ring_buffer *events;
+    struct bpf_tc_hook hook;
+    struct bpf_tc_opts opts;
+    int ifindex;
+    int map_fd, track_fd;
+    uint32_t watch_gen;
+    bool hook_created;
+    px_dp_event_cb cb;
+    void *cb_arg;
+};
+
+static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    if (level == LIBBPF_DEBUG)
+        return 0;
+    return vfprintf(stderr, fmt, ap);
+}
+
+static int on_ring_event(void *ctx, void *data, size_t len)
+{
+    struct dp_ebpf *s = ctx;
+
+    if (len >= sizeof(struct rs_flow_event) && s->cb)
+        s->cb(s->cb_arg, data);
+    return 0;
+}
+
+static int ebpf_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    struct rs_vip v = { .addr = htonl(ip), .port = htons(port) };
+    uint32_t zero = 0;
+
+    return bpf_map_update_elem(bpf_map__fd(s->skel->maps.rs_vips), &zero, &v, BPF_ANY) ? -errno : 0;
+}
+
+static int ebpf_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    int fd = bpf_map__fd(s->skel->maps.rs_ts);
+
+    if (bpf_map_lookup_elem(fd, k, ts))
+        return -errno;
+    bpf_map_delete_elem(fd, k);
+    return 0;
+}
+
+static void ebpf_close(struct px_datapath *dp);
+
+static struct px_datapath *ebpf_open(const char *ifname, int *err)
+{
+    struct dp_ebpf *s = calloc(1, sizeof(*s));
+    int e;
+
+    if (!s) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    s->dp.ops = &px_dp_ebpf;
+    libbpf_set_print(libbpf_quiet);
+    s->ifindex = (int)if_nametoindex(ifname);
+    if (!s->ifindex) {
+        *err = -ENODEV;
+        goto fail;
+    }
+    s->skel = rs_splice__open_and_load();
+    if (!s->skel) {
+        *err = -errno ? -errno : -EINVAL;
+        goto fail;
+    }
+    s->map_fd = bpf_map__fd(s->skel->maps.rs_flows);
+    s->track_fd = bpf_map__fd(s->skel->maps.rs_track);
+    s->hook = (struct bpf_tc_hook){ .sz = sizeof(s->hook), .ifindex = s->ifindex,
+                                    .attach_point = BPF_TC_INGRESS };
+    e = bpf_tc_hook_create(&s->hook);
+    if (e && e != -EEXIST) {
+        *err = e;
+        goto fail;
+    }
+    s->hook_created = e == 0;
+    s->opts = (struct bpf_tc_opts){ .sz = sizeof(s->opts), .handle = 1, .priority = 1,
+                                    .prog_fd = bpf_program__fd(s->skel->progs.rs_splice_ingress) };
+    e = bpf_tc_attach(&s->hook, &s->opts);
+    if (e) {
+        *err = e;
+        goto fail;
+    }
+    s->events = ring_buffer__new(bpf_map__fd(s->skel->maps.rs_events), on_ring_event, s, NULL);
+    if (!s->events) {
+        *err = -errno;
+        goto fail;
+    }
+    return &s->dp;
+fail:
+    ebpf_close(&s->dp);
+    return NULL;
+}
+
+static void ebpf_close(struct px_datapath *dp)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+
+    if (!s)
+        return;
+    if (s->opts.prog_id) {
+        s->opts.prog_fd = s->opts.prog_id = 0;
+        s->opts.flags = 0;
+        bpf_tc_detach(&s->hook, &s->opts);
+    }
+    if (s->hook_created)
+        bpf_tc_hook_destroy(&s->hook);
+    ring_buffer__free(s->events);
+    rs_splice__destroy(s->skel);
+    free(s);
+}
+
+static int ebpf_events_fd(struct px_datapath *dp)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    return ring_buffer__epoll_fd(s->events);
+}
+
+static int ebpf_poll_events(struct px_datapath *dp, px_dp_event_cb cb, void *arg)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    s->cb = cb;
+    s->cb_arg = arg;
+    return ring_buffer__consume(s->events);
+}
+
+static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint64_t id)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    struct rs_flow f = { .state = RS_FLOW_WATCH, .splice_id = id, .ifindex = (rs_u32)s->ifindex };
+    struct rs_flow_track t = { 0 };
+
+    /* The track half first: the tc program needs both once the config exists. */
+    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY) || bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY)) {
+        int e = -errno;
+        bpf_map_delete_elem(s->track_fd, k);
+        return e;
+    }
+    return 0;
+}
+
+static int ebpf_get(struct px_datapath *dp, const struct rs_flow_key *k, struct px_flow_info *out)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    if (bpf_map_lookup_elem(s->map_fd, k, &out->cfg))
+        return -errno;
+    if (bpf_map_lookup_elem(s->track_fd, k, &out->t))
+        memset(&out->t, 0, sizeof(out->t));
+    return 0;
+}
+
+/* Sets the 32-bit field at 'off' of entry 'k''s config to 'v'.  The daemon
+ * is the only writer of rs_flows, so a read-modify-write loses nothing. */
+static int cfg_set(struct dp_ebpf *s, const struct rs_flow_key *k, size_t off, uint32_t v)
+{
+    struct rs_flow f;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    if (!memcmp((char *)&f + off, &v, sizeof(v)))
+        return 0;
+    memcpy((char *)&f + off, &v, sizeof(v));
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+}
+
+static int ebpf_set(struct px_datapath *dp, const struct rs_flow_key *k, enum px_dp_field field, uint32_t v)
+{
+    static const size_t off[] = {
+        [PX_DP_STATE] = offsetof(struct rs_flow, state),
+        [PX_DP_ACKS_TO_STACK] = offsetof(struct rs_flow, acks_to_stack),
+        [PX_DP_PASS_FIN] = offsetof(struct rs_flow, pass_fin),
+        [PX_DP_CLAMP_ACK] = offsetof(struct rs_flow, clamp_ack),
+    };
+
+    return cfg_set((struct dp_ebpf *)dp, k, off[field], v);
+}
+
+static int ebpf_activate(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_splice_dir *d,
+                         uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    struct rs_flow f;
+    struct rs_flow_track t = { 0 };
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f)) {
+        memset(&f, 0, sizeof(f));
+        if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
+            return -errno;
+    }
+    f.dir = *d;
+    f.state = state;
+    f.guard = guard;
+    f.clamp_ack = 0;
+    f.acks_to_stack = 0;
+    f.pass_fin = 0;
+    f.ack_watch = f.ack_watch_gen = 0;
+    f.gen++;
+    f.splice_id = id;
+    f.ifindex = (rs_u32)s->ifindex;
+    if (peer)
+        f.peer = *peer;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY) ? -errno : 0;
+}
+
+static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    struct rs_flow f;
+    struct rs_flow_track t;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    f.ack_watch = ack;
+    f.ack_watch_gen = ++s->watch_gen ? s->watch_gen : ++s->watch_gen;
+    *gen = f.ack_watch_gen;
+    if (bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST))
+        return -errno;
+    /* An ACK that came before the watch was armed raises no event. */
+    if (!bpf_map_lookup_elem(s->track_fd, k, &t) && t.pos.has_ack && rs_seq_ge(t.pos.ack_max, ack))
+        return 1;
+    return 0;
+}
+
+static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    int e = bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
+
+    bpf_map_delete_elem(s->track_fd, k);
+    return e;
+}
+
+const struct px_datapath_ops px_dp_ebpf = {
+    .name = "ebpf",
+    .open = ebpf_open,
+    .close = ebpf_close,
+    .set_vip = ebpf_set_vip,
+    .client_ts = ebpf_client_ts,
+    .events_fd = ebpf_events_fd,
+    .poll_events = ebpf_poll_events,
+    .watch = ebpf_watch,
+    .get = ebpf_get,
+    .set = ebpf_set,
+    .activate = ebpf_activate,
+    .watch_ack = ebpf_watch_ack,
+    .remove = ebpf_remove,
+};

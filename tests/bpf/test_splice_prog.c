@@ -1,0 +1,296 @@
+/* The tc program rs-proxy runs (build/splice.skel.h, the very object it
+ * embeds), fed frames with BPF_PROG_TEST_RUN and compared with
+ * core/splice.h's rs_splice_packet on the same frames: the translation the
+ * unit tests check is the translation the data path does, checksums
+ * included (the program fixes them with the kernel's helpers).  Also: the
+ * states that drop, a guarded FIN held back and reported, the ACK clamp.
+ * Needs CAP_BPF (root); run by tests/integration/test_splice.py. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <linux/pkt_cls.h>
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "splice.skel.h"
+#include "splice_map.h"
+
+#define ETH_LEN 14
+
+static struct rs_splice *skel;
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)rng;
+}
+
+static uint16_t csum_fold_not(uint32_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)~sum;
+}
+
+static uint32_t sum16(uint32_t sum, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i += 2)
+        sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+    if (n & 1)
+        sum += (uint32_t)p[n - 1] << 8;
+    return sum;
+}
+
+/* Sets valid IPv4 and TCP checksums on the IPv4 packet at 'ip'. */
+static void set_checksums(uint8_t *ip, size_t len)
+{
+    uint8_t pseudo[12];
+
+    ip[10] = ip[11] = 0;
+    rs_splice_store16(ip + 10, csum_fold_not(sum16(0, ip, 20)));
+    ip[36] = ip[37] = 0;
+    memcpy(pseudo, ip + 12, 8);
+    pseudo[8] = 0;
+    pseudo[9] = 6;
+    rs_splice_store16(pseudo + 10, (uint16_t)(len - 20));
+    rs_splice_store16(ip + 36, csum_fold_not(sum16(sum16(0, pseudo, 12), ip + 20, len - 20)));
+}
+
+/* A checksum and its one's-complement twin (0x0000 / 0xffff) are the same sum. */
+static void assert_same_bytes(const uint8_t *a, const uint8_t *b, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (a[i] == b[i])
+            continue;
+        if ((i == ETH_LEN + 36 || i == ETH_LEN + 37) && (a[i] ^ b[i]) == 0xff)
+            continue;
+        fail_msg("byte %zu differs: program %#x, core %#x", i, a[i], b[i]);
+    }
+}
+
+/* A random frame: Ethernet, IPv4 (no options), TCP with random options
+ * among NOP, TS and SACK (1..3 blocks), random flags and payload. */
+static size_t random_frame(uint8_t *f, uint32_t saddr, uint32_t daddr, uint16_t sport, uint16_t dport)
+{
+    size_t opt = 0, pay = rnd() % 200, len;
+    uint8_t *ip = f + ETH_LEN, *tcp = ip + 20;
+
+    memset(f, 0, ETH_LEN + 20 + 60 + 200);
+    f[12] = 0x08;                                       /* IPv4 */
+    ip[0] = 0x45;
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    rs_splice_store32(ip + 12, saddr);
+    rs_splice_store32(ip + 16, daddr);
+    rs_splice_store16(tcp, sport);
+    rs_splice_store16(tcp + 2, dport);
+    rs_splice_store32(tcp + 4, rnd());
+    rs_splice_store32(tcp + 8, rnd());
+    tcp[13] = RS_TCP_F_ACK | (rnd() % 4 == 0 ? 0x08 /* PSH */ : 0);
+    rs_splice_store16(tcp + 14, (uint16_t)rnd());
+    if (rnd() % 4) {                                    /* TS */
+        uint8_t ts[12] = { 1, 1, 8, 10 };
+        rs_splice_store32(ts + 4, rnd());
+        rs_splice_store32(ts + 8, rnd());
+        memcpy(tcp + 20, ts, 12);
+        opt = 12;
+    }
+    if (rnd() % 3 == 0) {                               /* SACK, 1..3 blocks */
+        unsigned n = 1 + rnd() % 3;
+        uint8_t *o = tcp + 20 + opt;
+        o[0] = o[1] = 1;
+        o[2] = 5;
+        o[3] = (uint8_t)(2 + 8 * n);
+        for (unsigned i = 0; i < 2 * n; i++)
+            rs_splice_store32(o + 4 + 4 * i, rnd());
+        opt += 4 + 8 * n;
+    }
+    tcp[12] = (uint8_t)((20 + opt) / 4 << 4);
+    for (size_t i = 0; i < pay; i++)
+        tcp[20 + opt + i] = (uint8_t)rnd();
+    len = 20 + 20 + opt + pay;
+    rs_splice_store16(ip + 2, (uint16_t)len);
+    set_checksums(ip, len);
+    return ETH_LEN + len;
+}
+
+static struct rs_flow_key key_of(const uint8_t *f)
+{
+    struct rs_flow_key k;
+
+    memcpy(&k.saddr, f + ETH_LEN + 12, 4);
+    memcpy(&k.daddr, f + ETH_LEN + 16, 4);
+    memcpy(&k.sport, f + ETH_LEN + 20, 2);
+    memcpy(&k.dport, f + ETH_LEN + 22, 2);
+    return k;
+}
+
+static void put_flow(const struct rs_flow_key *k, const struct rs_flow *fl)
+{
+    struct rs_flow_track t = { 0 };
+
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_track), k, &t, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_flows), k, fl, BPF_ANY), 0);
+}
+
+/* Runs the program on 'in' ('len' bytes); the frame it leaves in 'out'. */
+static int run(const uint8_t *in, size_t len, uint8_t *out)
+{
+    LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = in, .data_size_in = (uint32_t)len, .data_out = out,
+                .data_size_out = (uint32_t)len + 64, .repeat = 1);
+
+    assert_int_equal(bpf_prog_test_run_opts(bpf_program__fd(skel->progs.rs_splice_ingress), &o), 0);
+    assert_int_equal(o.data_size_out, len);
+    return (int)o.retval;
+}
+
+static struct rs_splice_dir random_dir(void)
+{
+    struct rs_splice_dir d = {
+        .seq_delta = rnd(), .ack_delta = rnd(), .tsval_delta = rnd(), .tsecr_delta = rnd(),
+        .saddr = 0x0a000001u, .daddr = 0x0a00000bu, .sport = (uint16_t)(1024 + rnd() % 60000), .dport = 8080,
+        .win_scale_in = (uint8_t)(rnd() % 15), .win_scale_out = (uint8_t)(rnd() % 15),
+        .flags = RS_SPLICE_F_TS | RS_SPLICE_F_SACK,
+    };
+    return d;
+}
+
+/* 500 random segments: the program's output equals rs_splice_packet's. */
+static void program_translates_as_core_does(void **state)
+{
+    uint8_t in[400], out[464], want[400];
+
+    (void)state;
+    for (int i = 0; i < 500; i++) {
+        size_t len = random_frame(in, 0x0a000101u + (uint32_t)i, 0x0a000001u, (uint16_t)(40000 + i), 80);
+        struct rs_flow_key k = key_of(in);
+        struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .splice_id = 7 };
+
+        put_flow(&k, &fl);
+        memcpy(want, in, len);
+        assert_int_equal(rs_splice_packet(&fl.dir, want + ETH_LEN, (uint32_t)(len - ETH_LEN)), 0);
+        assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+        assert_same_bytes(out, want, len);
+        bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
+        bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
+    }
+}
+
+static int count_guarded_fin(void *ctx, void *data, size_t len)
+{
+    const struct rs_flow_event *e = data;
+
+    if (len >= sizeof(*e) && (e->flags & RS_FLOW_GUARDED) && (e->flags & RS_FLOW_SEEN_FIN))
+        ++*(int *)ctx;
+    return 0;
+}
+
+/* FROZEN, HOLD and ACKONLY-with-data drop; a guarded FIN is held back and
+ * reported once; the track half follows the sender. */
+static void states_drop_and_guard(void **state)
+{
+    uint8_t in[400], out[464];
+    size_t len = random_frame(in, 0x0a000201u, 0x0a000001u, 41000, 80);
+    struct rs_flow_key k = key_of(in);
+    struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_FROZEN, .ifindex = 1 };
+    struct rs_flow_track t;
+    struct ring_buffer *rb = NULL;
+    int events = 0;
+    size_t hdr = ETH_LEN + 20 + (size_t)(in[ETH_LEN + 32] >> 4) * 4;
+
+    (void)state;
+    put_flow(&k, &fl);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    fl.state = RS_FLOW_HOLD;
+    put_flow(&k, &fl);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    fl.state = RS_FLOW_ACKONLY;
+    put_flow(&k, &fl);
+    assert_int_equal(run(in, len, out), len > hdr ? TC_ACT_SHOT : TC_ACT_REDIRECT);   /* data waits */
+
+    /* A guarded FIN from the backend: dropped, reported with RS_FLOW_GUARDED. */
+    fl.state = RS_FLOW_ACTIVE;
+    fl.guard = 1;
+    put_flow(&k, &fl);
+    in[ETH_LEN + 33] |= RS_TCP_F_FIN;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), count_guarded_fin, &events, NULL);
+    assert_non_null(rb);
+    ring_buffer__consume(rb);               /* what earlier tests left */
+    events = 0;
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);         /* again: not reported twice */
+    ring_buffer__consume(rb);
+    assert_int_equal(events, 1);
+    ring_buffer__free(rb);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
+    assert_true(t.pos.fin_seen);
+    assert_true(t.pos.has_seq);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
+}
+
+/* The ACK clamp: a client ACK past what the server (the peer entry) has
+ * sent leaves as rs_splice_clamp_ack makes it. */
+static void ack_clamp_as_core_does(void **state)
+{
+    uint8_t in[400], out[464], want[400], srv[400];
+    size_t len = random_frame(in, 0x0a000301u, 0x0a000001u, 42000, 80);
+    size_t slen = random_frame(srv, 0x0a00000bu, 0x0a000001u, 8080, 43000);
+    struct rs_flow_key kc = key_of(in), ks = key_of(srv);
+    struct rs_flow fc = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .clamp_ack = 1,
+                          .peer = ks };
+    struct rs_flow fs = { .dir = random_dir(), .state = RS_FLOW_WATCH, .ifindex = 1 };
+    struct rs_flow_track ts;
+
+    (void)state;
+    put_flow(&ks, &fs);
+    assert_int_equal(run(srv, slen, out), TC_ACT_OK);         /* WATCH: to the stack, position kept */
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &ks, &ts), 0);
+    assert_true(ts.pos.has_seq);
+    put_flow(&kc, &fc);
+    /* Make the translated ACK land 1000 past the server's position. */
+    rs_splice_store32(in + ETH_LEN + 28, ts.pos.seq_next + 1000 - fc.dir.ack_delta);
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    memcpy(want, in, len);
+    assert_int_equal(rs_splice_packet(&fc.dir, want + ETH_LEN, (uint32_t)(len - ETH_LEN)), 0);
+    assert_int_equal(rs_splice_clamp_ack(want + ETH_LEN + 20, ts.pos.seq_next, fc.dir.win_scale_out), 1000);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_same_bytes(out, want, len);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    skel = rs_splice__open_and_load();
+    return skel ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    rs_splice__destroy(skel);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(program_translates_as_core_does),
+        cmocka_unit_test(states_drop_and_guard),
+        cmocka_unit_test(ack_clamp_as_core_does),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
