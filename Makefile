@@ -79,6 +79,12 @@ $(BUILD)/asan/tests/test_loop: tests/unit/test_loop.c common/loop.c common/daemo
 	$(CC) $(CPPFLAGS) -Icommon $(ALL_CFLAGS) -O1 $(SANITIZE) $< common/loop.c common/daemon.c -o $@ $(LIB_ASAN) \
 		-lcmocka $(CORE_LIBS) -lm
 
+# The option parser's tests link it (common/).
+$(BUILD)/asan/tests/test_options: tests/unit/test_options.c common/options.c common/daemon.c $(LIB_ASAN)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Icommon $(ALL_CFLAGS) -O1 $(SANITIZE) $< common/options.c common/daemon.c -o $@ $(LIB_ASAN) \
+		-lcmocka $(CORE_LIBS) -lm
+
 # libFuzzer targets compile the core sources in directly, with clang.
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h)
 	@mkdir -p $(@D)

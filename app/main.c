@@ -7,7 +7,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 
 #include <sodium.h>
 
+#include "options.h"
 #include "parse.h"
 #include "rs_state.h"
 
@@ -40,8 +40,7 @@ static void stats_print(void *ctx)
     struct rs_app *app = ctx;
 
     printf("stats id=%s conns_open=%" PRIu64, app->name, app->conns_open);
-    for (int i = 0; i < ST_MAX; i++)
-        printf(" %s=%" PRIu64, stat_names[i], app->stats[i]);
+    rs_stats_put(stdout, stat_names, app->stats, ST_MAX);
     printf(" counter=%" PRIu64, app->counter);
     rs_state_stats(app->stated, stdout);
     printf("\n");
@@ -116,79 +115,65 @@ static bool reap(void *ctx)
     return false;
 }
 
+struct state_opts {
+    const char *blob[16];
+    int n;
+};
+
+static int add_state(const char *v, void *dst)
+{
+    struct state_opts *st = dst;
+
+    if (st->n == (int)(sizeof(st->blob) / sizeof(st->blob[0])))
+        return -EINVAL;
+    st->blob[st->n++] = v;
+    return 0;
+}
+
+static int crash_at(const char *v, void *dst)
+{
+    struct rs_app *app = dst;
+
+    return rs_parse_crash_at(v, &app->crash_num, &app->crash_off);
+}
+
+/* The front's options, given to rs-app: a hint where they went. */
+static int moved_to_front(const char *v, void *dst)
+{
+    (void)v;
+    fprintf(stderr, "rs-app: --%s is an option of rs-front, the front of a real application "
+            "(rs-app is the reference application only)\n", (const char *)dst);
+    return -EINVAL;
+}
+
+#define FRONT_OPTION(n) RS_OPTION(n, RS_OPT_FN, (void *)n, .want = "rs-front", .fn = moved_to_front)
+
 int main(int argc, char **argv)
 {
     static struct rs_app app;   /* about 10 KB of records: not on the stack */
     static char log_name[80];
-    static const struct option opts[] = {
-        { "listen", required_argument, NULL, 'l' },
-        { "id", required_argument, NULL, 'i' },
-        { "log", required_argument, NULL, 'L' },
-        { "state", required_argument, NULL, 's' },
-        { "sync-delay", required_argument, NULL, 'd' },
-        { "stated", required_argument, NULL, 'S' },
-        { "stated-timeout", required_argument, NULL, 'T' },
-        /* rs-front's options, for a hint: the front has its own daemon */
-        { "upstream", required_argument, NULL, 'U' },
-        { "strip-header", required_argument, NULL, 'U' },
-        { "state-dir", required_argument, NULL, 'U' },
-        { "apply-cmd", required_argument, NULL, 'U' },
-        { "apply-file", required_argument, NULL, 'U' },
-        { "apply-timeout", required_argument, NULL, 'U' },
-        { "crash-at", required_argument, NULL, 'C' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     const char *listen_text = "0.0.0.0:8080", *log_path = NULL, *stated_path = NULL;
-    const char *states[16];
-    int n_states = 0, opt, li = 0, err = 0;
+    struct state_opts states = { .n = 0 };
     uint64_t sync_delay = 0, stated_timeout = RS_STATE_TIMEOUT_NS;
+    const struct rs_opt opts[] = {
+        RS_OPTION("listen", RS_OPT_STR, &listen_text),
+        RS_OPTION("id", RS_OPT_STR, &app.name),
+        RS_OPTION("log", RS_OPT_STR, &log_path),
+        RS_OPTION("state", RS_OPT_FN, &states, .want = "at most 16 of them", .fn = add_state),
+        RS_OPTION("sync-delay", RS_OPT_DURATION, &sync_delay, .nonzero = true),
+        RS_OPTION("stated", RS_OPT_STR, &stated_path),
+        RS_OPTION("stated-timeout", RS_OPT_DURATION, &stated_timeout, .nonzero = true),
+        RS_OPTION("crash-at", RS_OPT_FN, &app, .want = "N or N+BYTES, e.g. 12+4096", .fn = crash_at),
+        FRONT_OPTION("upstream"), FRONT_OPTION("strip-header"), FRONT_OPTION("state-dir"),
+        FRONT_OPTION("apply-cmd"), FRONT_OPTION("apply-file"), FRONT_OPTION("apply-timeout"),
+        RS_OPTIONS_END,
+    };
+    int err;
 
     app.name = "app";
     app.crash_num = -1;
-    while ((opt = getopt_long(argc, argv, "h", opts, &li)) != -1) {
-        switch (opt) {
-        case 'l': listen_text = optarg; break;
-        case 'i': app.name = optarg; break;
-        case 'L': log_path = optarg; break;
-        case 's':
-            if (n_states == (int)(sizeof(states) / sizeof(states[0]))) {
-                fprintf(stderr, "rs-app: too many --state options\n");
-                return 2;
-            }
-            states[n_states++] = optarg;
-            break;
-        case 'd':
-            if (rs_parse_duration(optarg, &sync_delay) < 0 || sync_delay == 0) {
-                fprintf(stderr, "rs-app: bad --sync-delay '%s' (e.g. 5ms)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'S': stated_path = optarg; break;
-        case 'T':
-            if (rs_parse_duration(optarg, &stated_timeout) < 0 || stated_timeout == 0) {
-                fprintf(stderr, "rs-app: bad --stated-timeout '%s' (e.g. 500ms)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'U':
-            fprintf(stderr, "rs-app: --%s is an option of rs-front, the front of a real application "
-                    "(rs-app is the reference application only)\n", opts[li].name);
-            return 2;
-        case 'C':
-            if (rs_parse_crash_at(optarg, &app.crash_num, &app.crash_off) < 0) {
-                fprintf(stderr, "rs-app: bad --crash-at '%s' (want N or N+BYTES, e.g. 12+4096)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "rs-app: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if ((err = rs_opts_parse("rs-app", argc, argv, opts, usage)))
+        return rs_opts_exit(err);
     if (stated_path && sync_delay) {
         fprintf(stderr, "rs-app: --stated and --sync-delay both want the state hooks\n");
         return 2;
@@ -197,15 +182,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-app: bad --listen '%s' (want IPv4ADDR:PORT)\n", listen_text);
         return 2;
     }
-    for (int i = 0; i < n_states; i++) {
-        const char *at = strchr(states[i], '@');
-        size_t len = at ? (size_t)(at - states[i]) : strlen(states[i]);
+    for (int i = 0; i < states.n; i++) {
+        const char *at = strchr(states.blob[i], '@');
+        size_t len = at ? (size_t)(at - states.blob[i]) : strlen(states.blob[i]);
         rs_txn_id id = 0;
 
         if ((at && rs_txn_id_parse(at + 1, &id) < 0) ||
-            rs_app_state_apply(&app, id, states[i], len) < 0) {
+            rs_app_state_apply(&app, id, states.blob[i], len) < 0) {
             fprintf(stderr, "rs-app: bad --state '%s' (want counter=N or token=<32 hex>@TXN_ID)\n",
-                    states[i]);
+                    states.blob[i]);
             return 2;
         }
     }

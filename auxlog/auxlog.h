@@ -134,13 +134,6 @@ static inline const char *proto_name(enum rs_aux_proto p)
     return p == RS_AUX_IMAP ? "imap" : "smtp";
 }
 
-static inline const char *txn_str(rs_txn_id id, char *buf)
-{
-    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
-    return buf;
-}
-#define TXN_S(id) txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
-
 /* ---- record.c ------------------------------------------------------------- */
 
 /* A new unkeyed record of 'proto' made by backend 'owner' (one reference). */

@@ -155,7 +155,7 @@ void conv_stop_recording(struct auxlog *a, struct aux_conv *c, const char *why)
         return;
     if (c->marked)
         rs_log("stop recording %s backend=%s txn=%s ordinal=%u why=%s", proto_name(c->proto),
-               RS_A(c->peer), TXN_S(c->txn), c->ordinal, why);
+               RS_A(c->peer), RS_TXN(c->txn), c->ordinal, why);
     /* Unforwarded client bytes (a held PRE unit) go out now. */
     if (c->cfwd < c->cin.len)
         to_upstream(c, c->cin.p + c->cfwd, c->cin.len - c->cfwd);
@@ -240,7 +240,7 @@ static int on_upstream_read(struct auxlog *a, struct aux_conv *c)
             /* The server was told nothing; whatever it says (a timeout) is not the client's. */
             if (!c->stray_warned)
                 rs_log("dropped %zd unexpected bytes from upstream during replay backend=%s txn=%s", n,
-                       RS_A(c->peer), TXN_S(c->txn));
+                       RS_A(c->peer), RS_TXN(c->txn));
             c->stray_warned = true;
             continue;
         }

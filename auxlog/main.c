@@ -6,12 +6,12 @@
 #include "auxlog.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "options.h"
 #include "parse.h"
 
 /* ---- Main ---------------------------------------------------------------- */
@@ -92,72 +92,49 @@ static int setup(struct auxlog *a)
     return 0;
 }
 
+/* --imap / --smtp LISTEN=UPSTREAM: a listener (each protocol once). */
+static int add_listener(struct auxlog *a, enum rs_aux_proto p, const char *v)
+{
+    struct listener *l = &a->ls[a->n_ls];
+
+    for (unsigned i = 0; i < a->n_ls; i++)
+        if (a->ls[i].proto == p)
+            return -EINVAL;
+    if (parse_pair(v, &l->laddr, &l->up) < 0)
+        return -EINVAL;
+    l->proto = p;
+    a->n_ls++;
+    return 0;
+}
+
+static int imap_listener(const char *v, void *dst) { return add_listener(dst, RS_AUX_IMAP, v); }
+static int smtp_listener(const char *v, void *dst) { return add_listener(dst, RS_AUX_SMTP, v); }
+
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "imap", required_argument, NULL, 'i' },
-        { "smtp", required_argument, NULL, 's' },
-        { "ttl", required_argument, NULL, 't' },
-        { "max-bytes", required_argument, NULL, 'm' },
-        { "log", required_argument, NULL, 'L' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     /* A record is needed for a failover's few seconds; a long TTL only widens
      * the window in which a reused client port meets an old record. */
     static struct auxlog a = { .ttl_ns = 120ull * 1000000000ull, .max_bytes = 64u << 20 };
-    bool have[2] = { false, false };
-    int o;
+    const char *log_path = NULL;
+    const struct rs_opt opts[] = {
+        RS_OPTION("imap", RS_OPT_FN, &a, .want = "ADDR:PORT=ADDR:PORT, once", .fn = imap_listener),
+        RS_OPTION("smtp", RS_OPT_FN, &a, .want = "ADDR:PORT=ADDR:PORT, once", .fn = smtp_listener),
+        RS_OPTION("ttl", RS_OPT_DURATION, &a.ttl_ns, .nonzero = true),
+        RS_OPTION("max-bytes", RS_OPT_SIZE, &a.max_bytes, .nonzero = true),
+        RS_OPTION("log", RS_OPT_STR, &log_path),
+        RS_OPTIONS_END,
+    };
+    int err;
 
-    rs_log_init("rs-auxlog");
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'i':
-        case 's': {
-            enum rs_aux_proto p = o == 'i' ? RS_AUX_IMAP : RS_AUX_SMTP;
-            struct listener *l = &a.ls[a.n_ls];
-            if (have[p]) {
-                fprintf(stderr, "rs-auxlog: --%s given twice\n", proto_name(p));
-                return 2;
-            }
-            if (parse_pair(optarg, &l->laddr, &l->up) < 0) {
-                fprintf(stderr, "rs-auxlog: bad --%s %s (want ADDR:PORT=ADDR:PORT)\n", proto_name(p), optarg);
-                return 2;
-            }
-            l->proto = p;
-            have[p] = true;
-            a.n_ls++;
-            break;
-        }
-        case 't':
-            if (rs_parse_duration(optarg, &a.ttl_ns) < 0 || a.ttl_ns == 0) {
-                fprintf(stderr, "rs-auxlog: bad --ttl %s (e.g. 600s, 1500ms)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'm':
-            if (rs_parse_size(optarg, &a.max_bytes) < 0 || a.max_bytes == 0) {
-                fprintf(stderr, "rs-auxlog: bad --max-bytes %s (e.g. 64M)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'L':
-            if (!freopen(optarg, "a", stderr)) {
-                fprintf(stdout, "rs-auxlog: cannot open --log %s: %s\n", optarg, strerror(errno));
-                return 2;
-            }
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind != argc || a.n_ls == 0) {
-        fprintf(stderr, "rs-auxlog: %s\n", optind != argc ? "unexpected argument" : "give --imap and/or --smtp");
+    if ((err = rs_opts_parse("rs-auxlog", argc, argv, opts, usage)))
+        return rs_opts_exit(err);
+    if (a.n_ls == 0) {
+        fprintf(stderr, "rs-auxlog: give --imap and/or --smtp\n");
         usage(stderr);
+        return 2;
+    }
+    if (log_path && (err = rs_log_to(log_path)) < 0) {
+        fprintf(stderr, "rs-auxlog: cannot open --log %s: %s\n", log_path, strerror(-err));
         return 2;
     }
     rs_log_init("rs-auxlog");   /* line-buffers the (maybe reopened) stderr */

@@ -134,7 +134,7 @@ void records_evict(struct auxlog *a)
     while (a->record_bytes > a->max_bytes && a->oldest) {
         struct aux_record *r = a->oldest;
         rs_log("evict %s txn=%s ordinal=%u bytes=%zu (record_bytes=%" PRIu64 " > max %" PRIu64 ")",
-               proto_name(r->proto), TXN_S(r->txn), r->ordinal, r->bytes, a->record_bytes, a->max_bytes);
+               proto_name(r->proto), RS_TXN(r->txn), r->ordinal, r->bytes, a->record_bytes, a->max_bytes);
         a->evicted++;
         record_unkey(a, r);
     }

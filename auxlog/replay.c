@@ -38,7 +38,7 @@ static int catch_up(struct auxlog *a, struct aux_conv *c, size_t cur, bool cur_d
         if (to_upstream(c, r->u[plan[i]].c, r->u[plan[i]].clen) < 0)
             return -ENOMEM;
     rs_log("catch-up %s backend=%s txn=%s ordinal=%u at=%zu resent=%d why=%s", proto_name(c->proto),
-           RS_A(c->peer), TXN_S(c->txn), c->ordinal, j, k, why);
+           RS_A(c->peer), RS_TXN(c->txn), c->ordinal, j, k, why);
     c->discard = (size_t)k;
     c->nr = cur;
     /* Everything the client sent from this unit on goes upstream now. */
@@ -100,7 +100,7 @@ static void records_drop_stale(struct auxlog *a, enum rs_aux_proto p, rs_txn_id 
         next = r->newer;
         if (r->proto == p && r->txn == txn && r->owner_ip != ip) {
             rs_log("drop %s txn=%s ordinal=%u from=%u.%u.%u.%u: a first run of it came again", proto_name(p),
-                   TXN_S(txn), r->ordinal, r->owner_ip >> 24, (r->owner_ip >> 16) & 255, (r->owner_ip >> 8) & 255,
+                   RS_TXN(txn), r->ordinal, r->owner_ip >> 24, (r->owner_ip >> 16) & 255, (r->owner_ip >> 8) & 255,
                    r->owner_ip & 255);
             a->stale++;
             record_unkey(a, r);
@@ -128,7 +128,7 @@ static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn, bool r
         if (c->nr != c->nc) {
             /* Replies still owed before the marker would come after the replayed ones. */
             rs_log("no replay %s backend=%s txn=%s: client pipelined before the marker",
-                   proto_name(c->proto), RS_A(c->peer), TXN_S(txn));
+                   proto_name(c->proto), RS_A(c->peer), RS_TXN(txn));
             a->errors++;
             conv_stop_recording(a, c, "pipelined before marker");
             return 0;
@@ -141,12 +141,12 @@ static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn, bool r
         c->replayed = true;
         a->replayed++;
         rs_log("replay %s backend=%s txn=%s ordinal=%u from=%u.%u.%u.%u units=%zu%s", proto_name(c->proto),
-               RS_A(c->peer), TXN_S(txn), c->ordinal, r->owner_ip >> 24, (r->owner_ip >> 16) & 255,
+               RS_A(c->peer), RS_TXN(txn), c->ordinal, r->owner_ip >> 24, (r->owner_ip >> 16) & 255,
                (r->owner_ip >> 8) & 255, r->owner_ip & 255, r->n, r->writer ? " (still open)" : "");
         return 0;
     }
     if (r) {
-        rs_log("replace %s txn=%s ordinal=%u backend=%s", proto_name(c->proto), TXN_S(txn), c->ordinal,
+        rs_log("replace %s txn=%s ordinal=%u backend=%s", proto_name(c->proto), RS_TXN(txn), c->ordinal,
                RS_A(c->peer));
         record_unkey(a, r);
     }
@@ -155,7 +155,7 @@ static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn, bool r
     c->rec->writer = c;
     c->mode = AUX_LIVE;
     a->live++;
-    rs_log("live %s backend=%s txn=%s ordinal=%u%s", proto_name(c->proto), RS_A(c->peer), TXN_S(txn), c->ordinal,
+    rs_log("live %s backend=%s txn=%s ordinal=%u%s", proto_name(c->proto), RS_A(c->peer), RS_TXN(txn), c->ordinal,
            rerun ? " rerun (nothing recorded)" : "");
     return 0;
 }

@@ -3,7 +3,6 @@
  * row per request and ends with a "summary:" line.  Options and the single
  * ppoll() loop live here; one connection's life is in worker.c. */
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <netdb.h>
 #include <poll.h>
@@ -16,6 +15,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "options.h"
 #include "parse.h"
 
 /* A trace file larger than this is surely not a trace. */
@@ -94,8 +94,9 @@ static int parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
     return 0;
 }
 
-static int parse_server(struct rs_cl *cl, const char *s)
+static int parse_server(const char *s, void *dst)
 {
+    struct rs_cl *cl = dst;
     char host[256];
     const char *port;
     struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV }, *ai;
@@ -320,32 +321,43 @@ static void raise_nofile(unsigned need)
     }
 }
 
+static int repeat_count(const char *v, void *dst) { return parse_uint(v, 1, 100000000, dst); }
+static int conn_count(const char *v, void *dst) { return parse_uint(v, 1, 1000000, dst); }
+static int retry_count(const char *v, void *dst) { return parse_uint(v, 0, 1000, dst); }
+
+static int define(const char *v, void *dst)
+{
+    int r = rs_trace_vars_define(dst, v);
+
+    if (r && r != -EINVAL)
+        fprintf(stderr, "rs-client: -D %s: %s\n", v, strerror(-r));
+    return r;
+}
+
 int main(int argc, char **argv)
 {
-    enum { O_SERVER = 256, O_TRACE, O_REPEAT, O_CONNS, O_CSV, O_TIMEOUT, O_BROWSER,
-           O_RETRY_POST, O_LOGIN_MARKER, O_RETRIES, O_BACKOFF, O_HOST, O_QUIET, O_HELP };
-    static const struct option opts[] = {
-        { "server", required_argument, NULL, O_SERVER },
-        { "trace", required_argument, NULL, O_TRACE },
-        { "repeat", required_argument, NULL, O_REPEAT },
-        { "connections", required_argument, NULL, O_CONNS },
-        { "csv", required_argument, NULL, O_CSV },
-        { "timeout", required_argument, NULL, O_TIMEOUT },
-        { "browser", no_argument, NULL, O_BROWSER },
-        { "retry-post", no_argument, NULL, O_RETRY_POST },
-        { "login-marker", required_argument, NULL, O_LOGIN_MARKER },
-        { "retries", required_argument, NULL, O_RETRIES },
-        { "backoff", required_argument, NULL, O_BACKOFF },
-        { "define", required_argument, NULL, 'D' },
-        { "host", required_argument, NULL, O_HOST },
-        { "quiet", no_argument, NULL, O_QUIET },
-        { "help", no_argument, NULL, O_HELP },
-        { NULL, 0, NULL, 0 },
-    };
     static struct rs_cl cl;
     const char *csv_path = NULL, *host = NULL;
     bool have_server = false;
-    int c, r, rc;
+    const struct rs_opt opts[] = {
+        RS_OPTION("server", RS_OPT_FN, &cl, .want = "ADDR:PORT", .fn = parse_server, .given = &have_server),
+        RS_OPTION("trace", RS_OPT_STR, &cl.trace_path),
+        RS_OPTION("repeat", RS_OPT_FN, &cl.repeat, .want = "a count >= 1", .fn = repeat_count),
+        RS_OPTION("connections", RS_OPT_FN, &cl.connections, .want = "a count >= 1", .fn = conn_count),
+        RS_OPTION("csv", RS_OPT_STR, &csv_path),
+        RS_OPTION("timeout", RS_OPT_DURATION, &cl.timeout_ns, .nonzero = true),
+        RS_OPTION("browser", RS_OPT_FLAG, &cl.browser),
+        RS_OPTION("retry-post", RS_OPT_FLAG, &cl.retry_post),
+        RS_OPTION("login-marker", RS_OPT_STR, &cl.login_marker),
+        RS_OPTION("retries", RS_OPT_FN, &cl.max_retries, .want = "0..1000", .fn = retry_count),
+        RS_OPTION("backoff", RS_OPT_DURATION, &cl.backoff_ns),
+        RS_OPTION("define", RS_OPT_FN, &cl.defs, .want = "NAME=VALUE, NAME of [A-Za-z0-9_]", .fn = define,
+                  .short_name = 'D'),
+        RS_OPTION("host", RS_OPT_STR, &host),
+        RS_OPTION("quiet", RS_OPT_FLAG, &cl.quiet),
+        RS_OPTIONS_END,
+    };
+    int r, rc;
 
     cl.repeat = cl.connections = 1;
     cl.max_retries = 3;
@@ -353,66 +365,10 @@ int main(int argc, char **argv)
     cl.backoff_ns = 100000000ull;
     rs_trace_vars_init(&cl.defs);
     rs_log_init("rs-client");
-    while ((c = getopt_long(argc, argv, "D:h", opts, NULL)) != -1) {
-        switch (c) {
-        case O_SERVER:
-            if (parse_server(&cl, optarg)) {
-                fprintf(stderr, "rs-client: --server wants ADDR:PORT, not '%s'\n", optarg);
-                return 2;
-            }
-            have_server = true;
-            break;
-        case O_TRACE: cl.trace_path = optarg; break;
-        case O_REPEAT:
-            if (parse_uint(optarg, 1, 100000000, &cl.repeat)) {
-                fprintf(stderr, "rs-client: --repeat wants a count >= 1\n");
-                return 2;
-            }
-            break;
-        case O_CONNS:
-            if (parse_uint(optarg, 1, 1000000, &cl.connections)) {
-                fprintf(stderr, "rs-client: --connections wants a count >= 1\n");
-                return 2;
-            }
-            break;
-        case O_CSV: csv_path = optarg; break;
-        case O_TIMEOUT:
-            if (rs_parse_duration(optarg, &cl.timeout_ns) || cl.timeout_ns == 0) {
-                fprintf(stderr, "rs-client: --timeout wants a duration like 10s\n");
-                return 2;
-            }
-            break;
-        case O_BROWSER: cl.browser = true; break;
-        case O_RETRY_POST: cl.retry_post = true; break;
-        case O_LOGIN_MARKER: cl.login_marker = optarg; break;
-        case O_RETRIES:
-            if (parse_uint(optarg, 0, 1000, &cl.max_retries)) {
-                fprintf(stderr, "rs-client: --retries wants 0..1000\n");
-                return 2;
-            }
-            break;
-        case O_BACKOFF:
-            if (rs_parse_duration(optarg, &cl.backoff_ns)) {
-                fprintf(stderr, "rs-client: --backoff wants a duration like 100ms\n");
-                return 2;
-            }
-            break;
-        case 'D':
-            if ((r = rs_trace_vars_define(&cl.defs, optarg))) {
-                fprintf(stderr, "rs-client: -D %s: %s\n", optarg,
-                        r == -EINVAL ? "want NAME=VALUE, NAME of [A-Za-z0-9_]" : strerror(-r));
-                return 2;
-            }
-            break;
-        case O_HOST: host = optarg; break;
-        case O_QUIET: cl.quiet = true; break;
-        case O_HELP: case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc || !have_server || !cl.trace_path) {
-        fprintf(stderr, "rs-client: %s\n", optind < argc ? "unexpected argument"
-                                           : "--server and --trace are required");
+    if ((r = rs_opts_parse("rs-client", argc, argv, opts, usage)))
+        return rs_opts_exit(r);
+    if (!have_server || !cl.trace_path) {
+        fprintf(stderr, "rs-client: --server and --trace are required\n");
         usage(stderr);
         return 2;
     }

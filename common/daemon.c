@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "parse.h"
 
 static const char *log_name = "rs";
@@ -164,7 +166,8 @@ int rs_accept_tcp(int lfd, struct sockaddr_in *peer)
 int rs_ctl_key_load(const char *path, struct rs_ctl_key *key)
 {
     char text[256];
-    size_t n, j = 0;
+    const char *end = NULL;
+    size_t n, len = 0;
     FILE *f = fopen(path, "r");
 
     if (!f)
@@ -172,24 +175,11 @@ int rs_ctl_key_load(const char *path, struct rs_ctl_key *key)
     n = fread(text, 1, sizeof(text) - 1, f);
     fclose(f);
     text[n] = '\0';
-    for (size_t i = 0; i < n; i++) {
-        char c = text[i];
-        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-        if (v < 0) {
-            if (c == ' ' || c == '\n' || c == '\r' || c == '\t')
-                continue;
-            return -EINVAL;
-        }
-        if (j == 2 * RS_CTL_KEY_LEN)
-            return -EINVAL;
-        if (j % 2 == 0)
-            key->bytes[j / 2] = (uint8_t)(v << 4);
-        else
-            key->bytes[j / 2] |= (uint8_t)v;
-        j++;
-    }
-    return j == 2 * RS_CTL_KEY_LEN ? 0 : -EINVAL;
+    /* Leading white space is skipped; what follows the hex must be white space. */
+    if (sodium_hex2bin(key->bytes, sizeof(key->bytes), text, n, " \t\r\n", &len, &end) != 0
+        || len != sizeof(key->bytes))
+        return -EINVAL;
+    return end[strspn(end, " \t\r\n")] ? -EINVAL : 0;
 }
 
 int rs_signals_open(void)
@@ -232,4 +222,10 @@ void rs_raise_nofile(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+}
+
+void rs_stats_put(FILE *f, const char *const *names, const uint64_t *vals, int n)
+{
+    for (int i = 0; i < n; i++)
+        fprintf(f, " %s=%" PRIu64, names[i], vals[i]);
 }

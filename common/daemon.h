@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ctl_msg.h"
 
@@ -46,6 +47,10 @@ int rs_listen_tcp(struct rs_addr a, int backlog);
  * descriptors, it accepts and drops the pending connections with a
  * reserved one, so that a level-triggered listener does not spin. */
 int rs_accept_tcp(int lfd, struct sockaddr_in *peer);
+
+/* The stats line (SIGUSR1): appends " name=value" for each of the 'n'
+ * counters 'vals' named by 'names' to 'f'. */
+void rs_stats_put(FILE *f, const char *const *names, const uint64_t *vals, int n);
 
 /* Raises the soft limit of open files to the hard one: scale experiments
  * open thousands of connections. */

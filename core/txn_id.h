@@ -36,6 +36,15 @@ static inline bool rs_txn_num_le(uint16_t a, uint16_t b) { return a == b || rs_t
  * 'len' is too small (buf then holds a truncated, NUL-terminated string). */
 int rs_txn_id_format(rs_txn_id id, char *buf, size_t len);
 
+/* rs_txn_id_format into 'buf', returned: for log arguments. */
+static inline const char *rs_txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
+{
+    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
+    return buf;
+}
+/* rs_txn_str into a temporary of the enclosing block (several in one call are fine). */
+#define RS_TXN(id) rs_txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
+
 /* Parses "a.b.c.d:port#num" from 'str' into '*id'.
  * Returns 0, or -EINVAL when 'str' is not exactly that form. */
 int rs_txn_id_parse(const char *str, rs_txn_id *id);

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "options.h"
 #include "parse.h"
 #include "seq.h"
 
@@ -46,24 +47,57 @@ static void usage(FILE *f)
         "Prints the reply; exits 0 when the daemon answered status 0.\n");
 }
 
-static int get_u16(const char *v, uint16_t *out)
+/* What the command line says. */
+struct args {
+    struct rs_ctl_msg m;
+    struct rs_addr to, client, target, peer, vip;
+    const char *keyfile, *outfile;
+    uint32_t backend_id, from, to_seq, resp_end, flags;
+    uint16_t num;
+    bool has_num;
+    rs_txn_id txn;
+    uint64_t timeout_ns;
+};
+
+/* The command word: the message type. */
+static int command(const char *w, void *dst)
+{
+    struct rs_ctl_msg *m = dst;
+    static const struct { const char *word; uint8_t type; } cmds[] = {
+        { "resplice", RS_CTL_RESPLICE }, { "heartbeat", RS_CTL_HEARTBEAT }, { "recover", RS_CTL_RECOVER },
+        { "resend", RS_CTL_RESEND }, { "conn-map", RS_CTL_CONN_MAP }, { "txn-logged", RS_CTL_TXN_LOGGED },
+        { "state-query", RS_CTL_STATE_QUERY }, { "apply", RS_CTL_APPLY }, { "status", RS_CTL_STATUS },
+        { "fence", RS_CTL_FENCE }, { "readmit", RS_CTL_FENCE },
+    };
+
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (strcmp(w, cmds[i].word))
+            continue;
+        m->type = cmds[i].type;
+        if (m->type == RS_CTL_HEARTBEAT) {
+            m->u.heartbeat.role = RS_CTL_ROLE_PROXY;
+            m->u.heartbeat.time_us = rs_now_us();
+        }
+        if (m->type == RS_CTL_FENCE)
+            m->u.fence.fenced = !strcmp(w, "fence");
+        return 0;
+    }
+    return -EINVAL;
+}
+
+static int u16_value(const char *v, void *dst)
 {
     uint64_t n;
 
     if (rs_parse_size(v, &n) || n > UINT16_MAX)
         return -EINVAL;
-    *out = (uint16_t)n;
+    *(uint16_t *)dst = (uint16_t)n;
     return 0;
 }
 
-static int get_u32(const char *v, uint32_t *out)
+static int txn_value(const char *v, void *dst)
 {
-    uint64_t n;
-
-    if (rs_parse_size(v, &n) || n > UINT32_MAX)
-        return -EINVAL;
-    *out = (uint32_t)n;
-    return 0;
+    return rs_txn_id_parse(v, dst);
 }
 
 /* Reads what a logger's resend port sends after the RESEND frame: 'want'
@@ -94,133 +128,77 @@ static int resend_dump(int fd, uint32_t want, const char *path, uint64_t timeout
 
 int main(int argc, char **argv)
 {
-    struct rs_addr to = { 0 }, a, client = { 0 }, target = { 0 }, peer = { 0 };
+    static struct args a = { .timeout_ns = 5000000000ull };
+    const struct rs_opt opts[] = {
+        RS_OPTION("", RS_OPT_FN, &a.m, .fn = command),
+        RS_OPTION("to", RS_OPT_ADDR, &a.to),
+        RS_OPTION("key", RS_OPT_STR, &a.keyfile),
+        RS_OPTION("timeout", RS_OPT_DURATION, &a.timeout_ns),
+        RS_OPTION("client", RS_OPT_ADDR, &a.client),
+        RS_OPTION("vip", RS_OPT_ADDR, &a.vip),
+        RS_OPTION("target", RS_OPT_ADDR, &a.target),
+        RS_OPTION("backend-id", RS_OPT_U32, &a.backend_id),
+        RS_OPTION("from", RS_OPT_U32, &a.from),
+        RS_OPTION("to-seq", RS_OPT_U32, &a.to_seq),
+        RS_OPTION("out", RS_OPT_STR, &a.outfile),
+        RS_OPTION("peer", RS_OPT_ADDR, &a.peer),
+        RS_OPTION("next", RS_OPT_FN, &a.num, .want = "0..65535", .fn = u16_value, .given = &a.has_num),
+        RS_OPTION("upto", RS_OPT_FN, &a.num, .want = "0..65535", .fn = u16_value, .given = &a.has_num),
+        RS_OPTION("txn", RS_OPT_FN, &a.txn, .want = "IP:PORT#N", .fn = txn_value),
+        RS_OPTION("flags", RS_OPT_U32, &a.flags),
+        RS_OPTION("resp-end", RS_OPT_U32, &a.resp_end),
+        RS_OPTION("q", RS_OPT_U32, &a.m.u.resplice.client_seq),
+        RS_OPTION("r", RS_OPT_U32, &a.m.u.resplice.resp_seq),
+        RS_OPTIONS_END,
+    };
     struct rs_ctl_key key;
-    struct rs_ctl_msg m = { 0 }, reply;
+    struct rs_ctl_msg m, reply;
     struct rs_ctl_replay replay;
-    const char *keyfile = NULL, *outfile = NULL;
     static uint8_t buf[RS_CTL_FRAME_MAX];   /* a PLAN carries up to RS_CTL_STATE_MAX bytes */
-    uint32_t backend_id = 0, from = 0, to_seq = 0, resp_end = 0, flags = 0;
-    uint16_t num = 0;
-    rs_txn_id txn = 0;
-    int has_num = 0;
-    uint64_t timeout_ns = 5000000000ull;
     size_t have = 0;
     int fd, n;
 
+    if ((n = rs_opts_parse("rs-ctl", argc, argv, opts, usage)))
+        return rs_opts_exit(n);
+    m = a.m;
     m.sender = 0x7f000000u | (uint32_t)(getpid() & 0xffffff);
     m.seq = rs_now_us();
-    for (int i = 1; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(o, "resplice")) {
-            m.type = RS_CTL_RESPLICE;
-        } else if (!strcmp(o, "heartbeat")) {
-            m.type = RS_CTL_HEARTBEAT;
-            m.u.heartbeat.role = RS_CTL_ROLE_PROXY;
-            m.u.heartbeat.time_us = rs_now_us();
-        } else if (!strcmp(o, "recover")) {
-            m.type = RS_CTL_RECOVER;
-        } else if (!strcmp(o, "resend")) {
-            m.type = RS_CTL_RESEND;
-        } else if (!strcmp(o, "conn-map")) {
-            m.type = RS_CTL_CONN_MAP;
-        } else if (!strcmp(o, "txn-logged")) {
-            m.type = RS_CTL_TXN_LOGGED;
-        } else if (!strcmp(o, "state-query")) {
-            m.type = RS_CTL_STATE_QUERY;
-        } else if (!strcmp(o, "apply")) {
-            m.type = RS_CTL_APPLY;
-        } else if (!strcmp(o, "status")) {
-            m.type = RS_CTL_STATUS;
-        } else if (!strcmp(o, "fence") || !strcmp(o, "readmit")) {
-            m.type = RS_CTL_FENCE;
-            m.u.fence.fenced = !strcmp(o, "fence");
-        } else if (!v) {
-            fprintf(stderr, "rs-ctl: %s needs a value\n", o);
-            return 2;
-        } else {
-            int bad = 0;
-            i++;
-            if (!strcmp(o, "--to"))
-                bad = rs_addr_parse(v, &to);
-            else if (!strcmp(o, "--key"))
-                keyfile = v;
-            else if (!strcmp(o, "--timeout"))
-                bad = rs_parse_duration(v, &timeout_ns);
-            else if (!strcmp(o, "--client") && !(bad = rs_addr_parse(v, &a)))
-                m.u.resplice.client = (struct rs_ctl_conn){ a.ip, a.port }, client = a;
-            else if (!strcmp(o, "--vip") && !(bad = rs_addr_parse(v, &a)))
-                m.u.resplice.vip = (struct rs_ctl_conn){ a.ip, a.port };
-            else if (!strcmp(o, "--target") && !(bad = rs_addr_parse(v, &a)))
-                m.u.resplice.target = (struct rs_ctl_conn){ a.ip, a.port }, target = a;
-            else if (!strcmp(o, "--backend-id"))
-                bad = get_u32(v, &backend_id);
-            else if (!strcmp(o, "--from"))
-                bad = get_u32(v, &from);
-            else if (!strcmp(o, "--to-seq"))
-                bad = get_u32(v, &to_seq);
-            else if (!strcmp(o, "--out"))
-                outfile = v;
-            else if (!strcmp(o, "--peer"))
-                bad = rs_addr_parse(v, &peer);
-            else if (!strcmp(o, "--next") || !strcmp(o, "--upto"))
-                bad = get_u16(v, &num), has_num = 1;
-            else if (!strcmp(o, "--txn"))
-                bad = rs_txn_id_parse(v, &txn);
-            else if (!strcmp(o, "--flags"))
-                bad = get_u32(v, &flags);
-            else if (!strcmp(o, "--resp-end"))
-                bad = get_u32(v, &resp_end);
-            else if (!strcmp(o, "--q"))
-                bad = get_u32(v, &m.u.resplice.client_seq);
-            else if (!strcmp(o, "--r"))
-                bad = get_u32(v, &m.u.resplice.resp_seq);
-            else if (strcmp(o, "--client") && strcmp(o, "--vip") && strcmp(o, "--target")) {
-                fprintf(stderr, "rs-ctl: unknown argument %s\n", o);
-                usage(stderr);
-                return 2;
-            }
-            if (bad) {
-                fprintf(stderr, "rs-ctl: bad value '%s' for %s\n", v, o);
-                return 2;
-            }
-        }
-    }
-    if (!to.port || !keyfile || !m.type) {
+    if (!a.to.port || !a.keyfile || !m.type) {
         usage(stderr);
         return 2;
     }
-    /* The options fill the RESPLICE layout; the other messages take theirs here. */
-    if (m.type == RS_CTL_HEARTBEAT && backend_id) {
+    /* Each message takes its fields from the options. */
+    if (m.type == RS_CTL_RESPLICE) {
+        m.u.resplice.client = (struct rs_ctl_conn){ a.client.ip, a.client.port };
+        m.u.resplice.vip = (struct rs_ctl_conn){ a.vip.ip, a.vip.port };
+        m.u.resplice.target = (struct rs_ctl_conn){ a.target.ip, a.target.port };
+    } else if (m.type == RS_CTL_HEARTBEAT && a.backend_id) {
         m.u.heartbeat.role = RS_CTL_ROLE_BACKEND;
-        m.u.heartbeat.backend_id = backend_id;
+        m.u.heartbeat.backend_id = a.backend_id;
     } else if (m.type == RS_CTL_RECOVER) {
-        m.u.recover = (struct rs_ctl_recover){ { client.ip, client.port }, 0, backend_id,
-                                               { target.ip, target.port }, false, 0, 0 };
+        m.u.recover = (struct rs_ctl_recover){ { a.client.ip, a.client.port }, 0, a.backend_id,
+                                               { a.target.ip, a.target.port }, false, 0, 0 };
     } else if (m.type == RS_CTL_FENCE) {
-        m.u.fence.backend_id = backend_id;
+        m.u.fence.backend_id = a.backend_id;
     } else if (m.type == RS_CTL_RESEND) {
-        m.u.resend = (struct rs_ctl_resend){ { client.ip, client.port }, from, to_seq };
+        m.u.resend = (struct rs_ctl_resend){ { a.client.ip, a.client.port }, a.from, a.to_seq };
     } else if (m.type == RS_CTL_CONN_MAP) {
-        m.u.conn_map = (struct rs_ctl_conn_map){ { peer.ip, peer.port }, { client.ip, client.port }, num,
-                                                 (uint8_t)flags };
+        m.u.conn_map = (struct rs_ctl_conn_map){ { a.peer.ip, a.peer.port }, { a.client.ip, a.client.port },
+                                                 a.num, (uint8_t)a.flags };
     } else if (m.type == RS_CTL_TXN_LOGGED) {
-        m.u.txn_logged = (struct rs_ctl_txn_logged){ txn, resp_end };
+        m.u.txn_logged = (struct rs_ctl_txn_logged){ a.txn, a.resp_end };
     } else if (m.type == RS_CTL_STATE_QUERY) {
-        m.u.state_query.client = (struct rs_ctl_conn){ client.ip, client.port };
+        m.u.state_query.client = (struct rs_ctl_conn){ a.client.ip, a.client.port };
     } else if (m.type == RS_CTL_APPLY) {
-        m.u.apply = (struct rs_ctl_apply){ { client.ip, client.port }, num };
+        m.u.apply = (struct rs_ctl_apply){ { a.client.ip, a.client.port }, a.num };
     }
-    if ((m.type == RS_CTL_CONN_MAP || m.type == RS_CTL_APPLY) && !has_num) {
+    if ((m.type == RS_CTL_CONN_MAP || m.type == RS_CTL_APPLY) && !a.has_num) {
         fprintf(stderr, "rs-ctl: %s needs %s N\n", rs_ctl_type_str(m.type),
                 m.type == RS_CTL_APPLY ? "--upto" : "--next");
         return 2;
     }
-    if (rs_ctl_init() || (n = rs_ctl_key_load(keyfile, &key)) != 0) {
-        fprintf(stderr, "rs-ctl: cannot load key %s\n", keyfile);
+    if (rs_ctl_init() || (n = rs_ctl_key_load(a.keyfile, &key)) != 0) {
+        fprintf(stderr, "rs-ctl: cannot load key %s\n", a.keyfile);
         return 1;
     }
     n = rs_ctl_encode(&key, &m, buf, sizeof(buf));
@@ -228,34 +206,34 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-ctl: cannot encode: %s (a field is missing or invalid)\n", strerror(-n));
         return 2;
     }
-    struct sockaddr_in sin = rs_addr_sin(to);
+    struct sockaddr_in sin = rs_addr_sin(a.to);
     if (m.type == RS_CTL_HEARTBEAT) {
         fd = socket(AF_INET, SOCK_DGRAM, 0);
         if (fd < 0 || sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&sin, sizeof(sin)) != n) {
-            fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(to), strerror(errno));
+            fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(a.to), strerror(errno));
             return 1;
         }
-        printf("sent HEARTBEAT to %s (udp)\n", RS_A(to));
+        printf("sent HEARTBEAT to %s (udp)\n", RS_A(a.to));
         return 0;
     }
     fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sin, sizeof(sin)) || write(fd, buf, (size_t)n) != n) {
-        fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(to), strerror(errno));
+        fprintf(stderr, "rs-ctl: cannot send to %s: %s\n", RS_A(a.to), strerror(errno));
         return 1;
     }
     if (m.type == RS_CTL_RESEND)
-        return resend_dump(fd, rs_seq_dist(from, to_seq), outfile, timeout_ns);
+        return resend_dump(fd, rs_seq_dist(a.from, a.to_seq), a.outfile, a.timeout_ns);
     rs_ctl_replay_init(&replay);
     for (;;) {
         struct pollfd pfd = { fd, POLLIN, 0 };
         ssize_t r;
-        if (poll(&pfd, 1, (int)(timeout_ns / 1000000)) <= 0) {
-            fprintf(stderr, "rs-ctl: no reply from %s\n", RS_A(to));
+        if (poll(&pfd, 1, (int)(a.timeout_ns / 1000000)) <= 0) {
+            fprintf(stderr, "rs-ctl: no reply from %s\n", RS_A(a.to));
             return 1;
         }
         r = read(fd, buf + have, sizeof(buf) - have);
         if (r <= 0) {
-            fprintf(stderr, "rs-ctl: %s closed the connection (message rejected?)\n", RS_A(to));
+            fprintf(stderr, "rs-ctl: %s closed the connection (message rejected?)\n", RS_A(a.to));
             return 1;
         }
         have += (size_t)r;

@@ -73,7 +73,7 @@ bool rec_emit(struct front_conn *c, struct front_txn *t)
         t->started = true;
         t->start = t->hold_from = c->gen_total;
         t->status = t->rec_len > 12 ? atoi((const char *)t->rec + 9) : 0;
-        rs_log("from-record %s %s %uB", txn_str(t->id, id), c->tuple, t->rec_len);
+        rs_log("from-record %s %s %uB", rs_txn_str(t->id, id), c->tuple, t->rec_len);
     }
     out_put(c, t->rec + t->rec_off, n);
     t->rec_off += n;
@@ -123,7 +123,7 @@ static void apply_finish(struct front *f)
     f->apply_pidfd = -1;
     f->apply_pid = 0;
     f->stats[status ? FS_APPLY_ERRORS : FS_APPLIES]++;
-    rs_log("state-apply %s cmd %s %uB %" PRIu64 ".%03" PRIu64 "ms%s", txn_str(f->apply_txn, ids), how,
+    rs_log("state-apply %s cmd %s %uB %" PRIu64 ".%03" PRIu64 "ms%s", rs_txn_str(f->apply_txn, ids), how,
            f->apply_len, us / 1000, us % 1000, f->apply_timed_out ? " timed out" : "");
     rs_state_apply_done(f->stated, f->apply_token, status);
 }
@@ -169,7 +169,7 @@ static int apply_file(struct front *f, rs_txn_id id, const void *state, size_t l
     struct stat st;
     int err;
 
-    txn_str(id, ids);
+    rs_txn_str(id, ids);
     if (seq && seq < f->installed_seq) {
         rs_log("state-apply %s file %zuB seq=%" PRIu64 " older than the installed %" PRIu64 ": skipped", ids,
                len, seq, f->installed_seq);
@@ -213,7 +213,7 @@ int front_apply(void *ctx, rs_txn_id id, const void *state, size_t len, uint64_t
     if (f->apply_pid > 0)
         return -EBUSY;
     if (err < 0) {
-        rs_log("state-apply %s: bad envelope (%zuB)", txn_str(id, ids), len);
+        rs_log("state-apply %s: bad envelope (%zuB)", rs_txn_str(id, ids), len);
         return err;
     }
     if (err > 0) {
@@ -241,7 +241,7 @@ int front_apply(void *ctx, rs_txn_id id, const void *state, size_t len, uint64_t
     argv[2] = cmd;
     argv[3] = "rs-apply";
     argv[4] = f->apply_path;
-    argv[5] = (char *)txn_str(id, ids);
+    argv[5] = (char *)rs_txn_str(id, ids);
     {
         char *full[7] = { argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], NULL };
 

@@ -24,7 +24,7 @@ static void txn_finish(struct front_conn *c, struct front_txn *t, bool complete)
 
     if (!t->started)
         end = t->start = 0;
-    rs_log("txn %s %s %s %d %" PRIu64 "B %" PRIu64 ".%03" PRIu64 "ms%s%s", txn_str(t->id, id), c->tuple,
+    rs_log("txn %s %s %s %d %" PRIu64 "B %" PRIu64 ".%03" PRIu64 "ms%s%s", rs_txn_str(t->id, id), c->tuple,
            t->what, t->status, end - t->start, us / 1000, us % 1000, t->local ? " local" : "",
            complete ? "" : " aborted");
     if (!complete) {
@@ -173,7 +173,7 @@ static void crash_now(struct front_conn *c, struct front_txn *t)
     int fd;
 
     c->f->crashed = true;
-    snprintf(path, sizeof(path), "%s/crash-%s.resp", c->f->state_real, txn_str(t->id, id));
+    snprintf(path, sizeof(path), "%s/crash-%s.resp", c->f->state_real, rs_txn_str(t->id, id));
     for (char *p = strrchr(path, '/'); *p; p++)
         if (*p == ':' || *p == '#')
             *p = '_';

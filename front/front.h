@@ -236,12 +236,6 @@ struct front {
 
 static inline uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
-static inline const char *txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
-{
-    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
-    return buf;
-}
-
 /* The 'i'th transaction queued on 'c' (0: the oldest). */
 static inline struct front_txn *q_at(struct front_conn *c, uint32_t i)
 {

@@ -5,7 +5,6 @@
 #include "front.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <unistd.h>
 
 #include "ctl_msg.h"
+#include "options.h"
 #include "parse.h"
 
 /* ---- Stats ------------------------------------------------------------ */
@@ -36,8 +36,7 @@ static void stats_print(void *ctx)
     struct front *f = ctx;
 
     printf("stats id=%s front_conns_open=%" PRIu64, f->name, f->conns_open);
-    for (int i = 0; i < FS_MAX; i++)
-        printf(" %s=%" PRIu64, fs_names[i], f->stats[i]);
+    rs_stats_put(stdout, fs_names, f->stats, FS_MAX);
     rs_state_stats(f->stated, stdout);
     printf("\n");
     fflush(stdout);
@@ -82,93 +81,63 @@ static void usage(FILE *out)
         "SIGTERM or SIGINT exits cleanly.\n");
 }
 
+/* Options that set up the daemon rather than configure the front. */
 struct opts {
-    const char *listen, *log, *stated, *upstream;
+    const char *log, *stated;
     uint64_t stated_timeout_ns;
-    bool strip_given;
 };
+
+/* --strip-header: the first use replaces the default (Date); 'none' forwards all. */
+static int strip_header(const char *v, void *dst)
+{
+    struct front_cfg *cfg = dst;
+    static bool given;
+
+    if (!given)
+        cfg->n_strip = 0;
+    given = true;
+    if (strcmp(v, "none") == 0)
+        return 0;
+    if (cfg->n_strip == (int)(sizeof(cfg->strip) / sizeof(cfg->strip[0])))
+        return -EINVAL;
+    cfg->strip[cfg->n_strip++] = v;
+    return 0;
+}
+
+static int crash_at(const char *v, void *dst)
+{
+    struct front_cfg *cfg = dst;
+
+    return rs_parse_crash_at(v, &cfg->crash_num, &cfg->crash_off);
+}
 
 /* Fills 'f->cfg' and 'o' from the command line.  Returns 0, 1 after
  * --help, or 2 after printing why the options are wrong. */
 static int parse_options(int argc, char **argv, struct front *f, struct opts *o)
 {
-    static const struct option opts[] = {
-        { "upstream", required_argument, NULL, 'U' },
-        { "listen", required_argument, NULL, 'l' },
-        { "id", required_argument, NULL, 'i' },
-        { "log", required_argument, NULL, 'L' },
-        { "stated", required_argument, NULL, 'S' },
-        { "stated-timeout", required_argument, NULL, 'T' },
-        { "strip-header", required_argument, NULL, 'H' },
-        { "state-dir", required_argument, NULL, 'D' },
-        { "apply-cmd", required_argument, NULL, 'A' },
-        { "apply-file", required_argument, NULL, 'F' },
-        { "apply-timeout", required_argument, NULL, 'O' },
-        { "crash-at", required_argument, NULL, 'C' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
-    };
     struct front_cfg *cfg = &f->cfg;
-    int opt;
+    bool has_upstream = false;
+    const struct rs_opt opts[] = {
+        RS_OPTION("upstream", RS_OPT_ADDR, &cfg->upstream, .given = &has_upstream),
+        RS_OPTION("listen", RS_OPT_ADDR, &f->laddr),
+        RS_OPTION("id", RS_OPT_STR, &f->name),
+        RS_OPTION("log", RS_OPT_STR, &o->log),
+        RS_OPTION("stated", RS_OPT_STR, &o->stated),
+        RS_OPTION("stated-timeout", RS_OPT_DURATION, &o->stated_timeout_ns, .nonzero = true),
+        RS_OPTION("strip-header", RS_OPT_FN, cfg, .want = "a header name, at most 16", .fn = strip_header),
+        RS_OPTION("state-dir", RS_OPT_STR, &cfg->state_dir),
+        RS_OPTION("apply-cmd", RS_OPT_STR, &cfg->apply_cmd),
+        RS_OPTION("apply-file", RS_OPT_STR, &cfg->apply_file),
+        RS_OPTION("apply-timeout", RS_OPT_DURATION, &cfg->apply_timeout_ns, .nonzero = true),
+        RS_OPTION("crash-at", RS_OPT_FN, cfg, .want = "N or N+BYTES, e.g. 12+4096", .fn = crash_at),
+        RS_OPTIONS_END,
+    };
+    int r = rs_opts_parse("rs-front", argc, argv, opts, usage);
 
-    while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (opt) {
-        case 'U': o->upstream = optarg; break;
-        case 'l': o->listen = optarg; break;
-        case 'i': f->name = optarg; break;
-        case 'L': o->log = optarg; break;
-        case 'S': o->stated = optarg; break;
-        case 'T':
-            if (rs_parse_duration(optarg, &o->stated_timeout_ns) < 0 || o->stated_timeout_ns == 0) {
-                fprintf(stderr, "rs-front: bad --stated-timeout '%s' (e.g. 500ms)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'H':
-            if (!o->strip_given)
-                cfg->n_strip = 0;       /* the first --strip-header replaces the default */
-            o->strip_given = true;
-            if (strcmp(optarg, "none") == 0)
-                break;
-            if (cfg->n_strip == (int)(sizeof(cfg->strip) / sizeof(cfg->strip[0]))) {
-                fprintf(stderr, "rs-front: too many --strip-header options\n");
-                return 2;
-            }
-            cfg->strip[cfg->n_strip++] = optarg;
-            break;
-        case 'D': cfg->state_dir = optarg; break;
-        case 'A': cfg->apply_cmd = optarg; break;
-        case 'F': cfg->apply_file = optarg; break;
-        case 'O':
-            if (rs_parse_duration(optarg, &cfg->apply_timeout_ns) < 0 || cfg->apply_timeout_ns == 0) {
-                fprintf(stderr, "rs-front: bad --apply-timeout '%s' (e.g. 10s)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'C':
-            if (rs_parse_crash_at(optarg, &cfg->crash_num, &cfg->crash_off) < 0) {
-                fprintf(stderr, "rs-front: bad --crash-at '%s' (want N or N+BYTES, e.g. 12+4096)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'h': usage(stdout); return 1;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "rs-front: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
-    if (!o->upstream) {
+    if (r)
+        return r;
+    if (!has_upstream) {
         fprintf(stderr, "rs-front: --upstream ADDR:PORT is required (where the application listens)\n");
-        return 2;
-    }
-    if (rs_addr_parse(o->upstream, &cfg->upstream) < 0) {
-        fprintf(stderr, "rs-front: bad --upstream '%s' (want IPv4ADDR:PORT)\n", o->upstream);
-        return 2;
-    }
-    if (rs_addr_parse(o->listen, &f->laddr) < 0) {
-        fprintf(stderr, "rs-front: bad --listen '%s' (want IPv4ADDR:PORT)\n", o->listen);
         return 2;
     }
     if (cfg->apply_cmd && cfg->apply_file) {
@@ -223,7 +192,7 @@ static int setup(struct front *f, const struct opts *o)
     if (err == 0 && (err = rs_listen_tcp(f->laddr, 1024)) >= 0)
         err = rs_io_start(&f->loop, &f->lio, err, EPOLLIN, on_accept, f);
     if (err < 0) {
-        fprintf(stderr, "rs-front: cannot listen on %s: %s\n", o->listen, strerror(-err));
+        fprintf(stderr, "rs-front: cannot listen on %s: %s\n", RS_A(f->laddr), strerror(-err));
         return 1;
     }
     rs_loop_idle(&f->loop, reap, f);
@@ -238,11 +207,12 @@ int main(int argc, char **argv)
 {
     static struct front f = {   /* ~1 MB of records: not on the stack */
         .name = "front",
+        .laddr = { 0, 8080 },
         .cfg = { .strip = { "Date" }, .n_strip = 1, .state_dir = "/tmp",
                  .apply_timeout_ns = 10000000000ull, .crash_num = -1 },
     };
     static char log_name[80];
-    struct opts o = { .listen = "0.0.0.0:8080" };
+    struct opts o = { .log = NULL };
     int err = parse_options(argc, argv, &f, &o);
 
     if (err)

@@ -96,7 +96,7 @@ static void rq_reject(struct front_conn *c, int status, const char *why)
         return;
     }
     t = txn_push(c, status);
-    rs_log("bad-request %s %s %d %s", txn_str(t->id, id), c->tuple, status, why);
+    rs_log("bad-request %s %s %d %s", rs_txn_str(t->id, id), c->tuple, status, why);
 }
 
 /* Moves the completed request head, rewritten, to 'up_out'.  Returns true
@@ -105,7 +105,7 @@ static bool rq_head_flush(struct front_conn *c)
 {
     char line[96 + RS_TXN_ID_STRLEN], id[RS_TXN_ID_STRLEN];
     struct front_txn *t = q_at(c, c->q_len - 1);
-    int n = snprintf(line, sizeof(line), FRONT_TXN_HDR ": %s\r\n%s", txn_str(t->id, id),
+    int n = snprintf(line, sizeof(line), FRONT_TXN_HDR ": %s\r\n%s", rs_txn_str(t->id, id),
                      c->rerun ? FRONT_RERUN_HDR ": 1\r\n" : "");
     uint32_t need = head_out_len(&c->rqh, (size_t)n);
 

@@ -89,12 +89,6 @@ struct rs_state {
     uint64_t stats[XS_MAX];
 };
 
-static const char *txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
-{
-    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
-    return buf;
-}
-
 /* ---- Timer ------------------------------------------------------------ */
 
 /* Arms the timer for the nearest deadline: a held update or a reconnect. */
@@ -130,7 +124,7 @@ static void unreplicated(struct rs_state *x, rs_txn_id id, int err)
     char ids[RS_TXN_ID_STRLEN];
 
     x->stats[XS_UNREPLICATED]++;
-    rs_log("state-update %s unreplicated: %s; answering without a standby copy", txn_str(id, ids),
+    rs_log("state-update %s unreplicated: %s; answering without a standby copy", rs_txn_str(id, ids),
            strerror(-err));
     x->ops.resume(x->ops.ctx, id, err);
 }
@@ -339,7 +333,7 @@ static void applied(struct rs_state *x, rs_txn_id txn, int err, uint32_t len)
 
     if (err < 0) {
         x->stats[XS_APPLY_ERRORS]++;
-        rs_log("state-apply %s failed: %s (%u bytes)", txn_str(txn, ids), strerror(-err), len);
+        rs_log("state-apply %s failed: %s (%u bytes)", rs_txn_str(txn, ids), strerror(-err), len);
         return;
     }
     x->stats[XS_APPLIED]++;
@@ -495,7 +489,7 @@ static void on_timer(struct rs_timer *t)
 
             x->held[i] = x->held[--x->n_held];
             x->stats[XS_TIMEOUTS]++;
-            rs_log("state-update %s timed out: no ACK from the peer", txn_str(id, ids));
+            rs_log("state-update %s timed out: no ACK from the peer", rs_txn_str(id, ids));
             unreplicated(x, id, -ETIMEDOUT);
         } else {
             i++;
@@ -548,7 +542,7 @@ int rs_state_update(struct rs_state *x, rs_txn_id id, const void *state, size_t 
     err = send_rec(x, &r);
     if (err < 0) {
         x->stats[XS_UNSENT]++;
-        rs_log("state-update %s not sent: %s%s", txn_str(id, ids), strerror(-err),
+        rs_log("state-update %s not sent: %s%s", rs_txn_str(id, ids), strerror(-err),
                sync ? " (answered without a standby copy)" : " (asynchronous: the peer misses it)");
         if (sync)
             x->stats[XS_UNREPLICATED]++;
@@ -608,8 +602,7 @@ void rs_state_stats(const struct rs_state *x, FILE *f)
     if (!x)
         return;
     fprintf(f, " xfer_connected=%d xfer_waiting=%u", x->fd >= 0, x->n_held);
-    for (int i = 0; i < XS_MAX; i++)
-        fprintf(f, " %s=%" PRIu64, xs_names[i], x->stats[i]);
+    rs_stats_put(f, xs_names, x->stats, XS_MAX);
 }
 
 void rs_state_close(struct rs_state *x)

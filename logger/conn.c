@@ -72,14 +72,6 @@ static const char *cid(const struct lg_conn *c)
     return rs_addr_str((struct rs_addr){ c->ip, c->port }, buf, sizeof(buf));
 }
 
-static const char *tid(rs_txn_id id)
-{
-    static char buf[RS_TXN_ID_STRLEN];
-
-    rs_txn_id_format(id, buf, sizeof(buf));
-    return buf;
-}
-
 /* ---- table -------------------------------------------------------------- */
 
 static unsigned bucket(uint32_t ip, uint16_t port)
@@ -174,7 +166,7 @@ static void txn_line(FILE *f, const struct lg_conn *c, const struct rs_http_txn 
 
     fprintf(f, "txn id=%s method=%s target=%s status=%u tags=%s req_start=%u req_end=%u resp_start=%u"
             " resp_end=%u req_off=%u req_len=%u resp_off=%u resp_len=%u req_done=%d resp_done=%d\n",
-            tid(t->id), t->method[0] ? t->method : "-", t->target_len ? t->target : "-", t->status,
+            RS_TXN(t->id), t->method[0] ? t->method : "-", t->target_len ? t->target : "-", t->status,
             lg_tags_str(c->tags[t->num % RS_HTTP_TXN_RING]), t->req_start, t->req_end,
             t->resp_begun ? t->resp_start : 0, t->resp_begun ? t->resp_end : 0, rs_seq_dist(rb, t->req_start),
             rs_seq_dist(t->req_start, t->req_end), t->resp_begun ? rs_seq_dist(sb, t->resp_start) : 0,
@@ -190,7 +182,7 @@ static void on_http(void *arg, struct rs_http_conn *hc, const struct rs_http_txn
     case RS_HTTP_EV_REQ_HEADERS:
         c->tags[t->num % RS_HTTP_TXN_RING] = (uint8_t)rs_tags_classify(lg->tags, t->method, t->target);
         lg->s.txns++;
-        rs_log("txn-request id=%s method=%s target=%s tags=%s req_start=%u", tid(t->id), t->method, t->target,
+        rs_log("txn-request id=%s method=%s target=%s tags=%s req_start=%u", RS_TXN(t->id), t->method, t->target,
                lg_tags_str(c->tags[t->num % RS_HTTP_TXN_RING]), t->req_start);
         break;
     case RS_HTTP_EV_REQ_DONE:
@@ -200,7 +192,7 @@ static void on_http(void *arg, struct rs_http_conn *hc, const struct rs_http_txn
     case RS_HTTP_EV_RESP_DONE:
         lg->s.txns_logged++;
         c->logged_sent = t->num + 1;
-        rs_log("txn-logged id=%s status=%u req=[%u,%u) resp=[%u,%u) close=%d", tid(t->id), t->status,
+        rs_log("txn-logged id=%s status=%u req=[%u,%u) resp=[%u,%u) close=%d", RS_TXN(t->id), t->status,
                t->req_start, t->req_end, t->resp_start, t->resp_end, t->close);
         lg_ctl_txn_logged(lg, t->id, t->resp_end);
         if (lg->readfile)

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "logger.h"
+#include "options.h"
 #include "parse.h"
 
 static void usage(FILE *f)
@@ -56,8 +57,9 @@ static void usage(FILE *f)
         "SIGUSR1 prints a stats line on stdout; SIGTERM exits.\n");
 }
 
-static int parse_backend(struct logger *lg, const char *v)
+static int parse_backend(const char *v, void *dst)
 {
+    struct logger *lg = dst;
     char ip[64];
     const char *eq = strchr(v, '=');
     struct rs_addr a;
@@ -76,8 +78,9 @@ static int parse_backend(struct logger *lg, const char *v)
     return 0;
 }
 
-static int load_tags(struct logger *lg, const char *path)
+static int load_tags(const char *path, void *dst)
 {
+    struct logger *lg = dst;
     static char text[1 << 20];
     FILE *f = fopen(path, "r");
     size_t n;
@@ -93,96 +96,81 @@ static int load_tags(struct logger *lg, const char *path)
     return r < 0 ? r : 0;
 }
 
+static int stall_after(const char *v, void *dst)
+{
+    if (!strcmp(v, "0")) {
+        *(uint64_t *)dst = 0;
+        return 0;
+    }
+    return rs_parse_duration(v, dst);
+}
+
+static int nice_value(const char *v, void *dst)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+
+    if (end == v || *end || n < -20 || n > 19)
+        return -EINVAL;
+    *(int *)dst = (int)n;
+    return 0;
+}
+
+/* Returns 0, 1 after --help, or 2 (and prints why). */
 static int parse_args(struct logger *lg, int argc, char **argv)
 {
     const char *keyfile = NULL;
-    char *end;
-    uint64_t n;
+    uint64_t mem = lg->budget.limit, ring = lg->ring, max_conns = lg->max_conns;
+    const struct rs_opt opts[] = {
+        RS_OPTION("iface", RS_OPT_STR, &lg->iface),
+        RS_OPTION("read", RS_OPT_STR, &lg->readfile),
+        RS_OPTION("stay", RS_OPT_FLAG, &lg->stay),
+        RS_OPTION("vip", RS_OPT_ADDR, &lg->vip),
+        RS_OPTION("listen", RS_OPT_ADDR, &lg->listen),
+        RS_OPTION("resend", RS_OPT_ADDR, &lg->resend),
+        RS_OPTION("key", RS_OPT_STR, &keyfile),
+        RS_OPTION("proxy", RS_OPT_ADDR, &lg->proxy, .given = &lg->has_proxy),
+        RS_OPTION("alternate-stated", RS_OPT_ADDR, &lg->stated, .given = &lg->has_stated),
+        RS_OPTION("backend", RS_OPT_FN, lg, .want = "ID=IPv4ADDR", .fn = parse_backend),
+        RS_OPTION("dead-after", RS_OPT_DURATION, &lg->dead_after_ns, .nonzero = true),
+        RS_OPTION("stall-after", RS_OPT_FN, &lg->stall_after_ns, .want = "a duration, or 0", .fn = stall_after),
+        RS_OPTION("linger", RS_OPT_DURATION, &lg->linger_ns),
+        RS_OPTION("tags", RS_OPT_FN, lg, .want = "a readable file of tagging rules", .fn = load_tags),
+        RS_OPTION("mem", RS_OPT_SIZE, &mem),
+        RS_OPTION("ring", RS_OPT_SIZE, &ring),
+        RS_OPTION("max-conns", RS_OPT_SIZE, &max_conns, .nonzero = true),
+        RS_OPTION("dump", RS_OPT_STR, &lg->dumpdir),
+        RS_OPTION("nice", RS_OPT_FN, &lg->nice, .want = "-20..19", .fn = nice_value),
+        RS_OPTIONS_END,
+    };
+    int r = rs_opts_parse("rs-logger", argc, argv, opts, usage);
 
-    for (int i = 1; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
-
-        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
-            usage(stdout);
-            exit(0);
-        }
-        if (!strcmp(o, "--stay")) {
-            lg->stay = true;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, "rs-logger: %s needs a value\n", o);
-            return -EINVAL;
-        }
-        i++;
-        if (!strcmp(o, "--iface"))
-            lg->iface = v;
-        else if (!strcmp(o, "--read"))
-            lg->readfile = v;
-        else if (!strcmp(o, "--vip"))
-            bad = rs_addr_parse(v, &lg->vip);
-        else if (!strcmp(o, "--listen"))
-            bad = rs_addr_parse(v, &lg->listen);
-        else if (!strcmp(o, "--resend"))
-            bad = rs_addr_parse(v, &lg->resend);
-        else if (!strcmp(o, "--key"))
-            keyfile = v;
-        else if (!strcmp(o, "--proxy"))
-            lg->has_proxy = !(bad = rs_addr_parse(v, &lg->proxy));
-        else if (!strcmp(o, "--alternate-stated"))
-            lg->has_stated = !(bad = rs_addr_parse(v, &lg->stated));
-        else if (!strcmp(o, "--backend"))
-            bad = parse_backend(lg, v);
-        else if (!strcmp(o, "--dead-after"))
-            bad = rs_parse_duration(v, &lg->dead_after_ns) || !lg->dead_after_ns;
-        else if (!strcmp(o, "--stall-after"))
-            bad = strcmp(v, "0") ? rs_parse_duration(v, &lg->stall_after_ns) : (lg->stall_after_ns = 0, 0);
-        else if (!strcmp(o, "--linger"))
-            bad = rs_parse_duration(v, &lg->linger_ns);
-        else if (!strcmp(o, "--tags"))
-            bad = load_tags(lg, v);
-        else if (!strcmp(o, "--mem") && !(bad = rs_parse_size(v, &n)))
-            lg->budget.limit = (size_t)n;
-        else if (!strcmp(o, "--ring") && !(bad = rs_parse_size(v, &n))) {
-            if (n < LG_RING_MIN || n > RS_REASM_CAP_MAX)
-                bad = -EINVAL;
-            lg->ring = (size_t)n;
-        } else if (!strcmp(o, "--max-conns") && !(bad = rs_parse_size(v, &n)))
-            lg->max_conns = n && n <= 1000000 ? (unsigned)n : (bad = -EINVAL, 0);
-        else if (!strcmp(o, "--dump"))
-            lg->dumpdir = v;
-        else if (!strcmp(o, "--nice")) {
-            long n = strtol(v, &end, 10);
-            bad = *end || n < -20 || n > 19;
-            lg->nice = (int)n;
-        }
-        else if (strcmp(o, "--mem") && strcmp(o, "--ring") && strcmp(o, "--max-conns") && strcmp(o, "--nice")) {
-            fprintf(stderr, "rs-logger: unknown option %s\n", o);
-            usage(stderr);
-            return -EINVAL;
-        }
-        if (bad) {
-            fprintf(stderr, "rs-logger: bad value '%s' for %s\n", v, o);
-            return -EINVAL;
-        }
+    if (r)
+        return r;
+    if (ring < LG_RING_MIN || ring > RS_REASM_CAP_MAX || max_conns > 1000000) {
+        fprintf(stderr, "rs-logger: bad --ring (%u..%u) or --max-conns (1..1000000)\n", LG_RING_MIN,
+                RS_REASM_CAP_MAX);
+        return 2;
     }
+    lg->budget.limit = (size_t)mem;
+    lg->ring = (size_t)ring;
+    lg->max_conns = (unsigned)max_conns;
     if (!lg->vip.port || !!lg->iface == !!lg->readfile) {
         fprintf(stderr, "rs-logger: need --vip and one of --iface / --read\n");
         usage(stderr);
-        return -EINVAL;
+        return 2;
     }
     if (keyfile) {
         int e = rs_ctl_key_load(keyfile, &lg->key);
         if (e) {
             fprintf(stderr, "rs-logger: cannot load key %s: %s\n", keyfile, strerror(-e));
-            return e;
+            return 2;
         }
         lg->has_key = true;
     }
     if (!lg->has_key && (lg->iface || lg->stay)) {
         fprintf(stderr, "rs-logger: --key is needed to serve control\n");
-        return -EINVAL;
+        return 2;
     }
     if (lg->dumpdir)
         mkdir(lg->dumpdir, 0755);
@@ -273,8 +261,8 @@ int main(int argc, char **argv)
         return 1;
     rs_tags_init(lg.tags);
     rs_reasm_budget_init(&lg.budget, 1024u << 20);
-    if (parse_args(&lg, argc, argv))
-        return 2;
+    if ((rc = parse_args(&lg, argc, argv)))
+        return rs_opts_exit(rc);
     if (rs_ctl_init()) {
         fprintf(stderr, "rs-logger: libsodium failed to start\n");
         return 1;

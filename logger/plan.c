@@ -65,14 +65,6 @@ struct lg_plan {
     struct resp_reader rr;
 };
 
-static const char *tid(rs_txn_id id)
-{
-    static char buf[RS_TXN_ID_STRLEN];
-
-    rs_txn_id_format(id, buf, sizeof(buf));
-    return buf;
-}
-
 /* ---- what the log says ----------------------------------------------------------- */
 
 /* Fills 'in' (with 'txns' of RS_HTTP_TXN_RING entries) from the log of 'c'.
@@ -311,13 +303,13 @@ static void replay_done(struct lg_plan *pl, int e)
 
     replay_close(pl);
     if (e) {
-        rs_log("replay id=%s target=%s failed: %s", tid(id), RS_A(target), strerror(-e));
+        rs_log("replay id=%s target=%s failed: %s", RS_TXN(id), RS_A(target), strerror(-e));
         plan_reply(pl, e);
         return;
     }
     lg->s.replays++;
     pl->out.u.plan.replayed++;
-    rs_log("replayed id=%s local=%s target=%s status=%u", tid(id), RS_A(pl->rlocal), RS_A(target),
+    rs_log("replayed id=%s local=%s target=%s status=%u", RS_TXN(id), RS_A(pl->rlocal), RS_A(target),
            pl->hp.status_code);
     pl->replay_i++;
     replay_next(pl);

@@ -97,16 +97,20 @@ static struct px_datapath *ebpf_open(const char *ifname, int *err)
     }
     s->map_fd = bpf_map__fd(s->skel->maps.rs_flows);
     s->track_fd = bpf_map__fd(s->skel->maps.rs_track);
-    s->hook = (struct bpf_tc_hook){ .sz = sizeof(s->hook), .ifindex = s->ifindex,
-                                    .attach_point = BPF_TC_INGRESS };
+    {
+        LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = s->ifindex, .attach_point = BPF_TC_INGRESS);
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = 1, .priority = 1,
+                    .prog_fd = bpf_program__fd(s->skel->progs.rs_splice_ingress));
+
+        s->hook = hook;
+        s->opts = opts;
+    }
     e = bpf_tc_hook_create(&s->hook);
     if (e && e != -EEXIST) {
         *err = e;
         goto fail;
     }
     s->hook_created = e == 0;
-    s->opts = (struct bpf_tc_opts){ .sz = sizeof(s->opts), .handle = 1, .priority = 1,
-                                    .prog_fd = bpf_program__fd(s->skel->progs.rs_splice_ingress) };
     e = bpf_tc_attach(&s->hook, &s->opts);
     if (e) {
         *err = e;

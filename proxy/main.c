@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "options.h"
 #include "parse.h"
 #include "proxy.h"
 
@@ -204,12 +205,78 @@ static int parse_backend(const char *v, struct rs_addr *a, uint32_t *id, uint32_
     return rs_addr_parse(v, a);
 }
 
+static int add_backend(const char *v, void *dst)
+{
+    struct proxy *p = dst;
+    struct backend *b = &p->backends[p->nbackends];
+
+    if (p->nbackends == RS_PROXY_MAX_BACKENDS - 1 || parse_backend(v, &b->addr, &b->id, (uint32_t)p->nbackends + 1))
+        return -EINVAL;
+    b->role = ROLE_PRIMARY;
+    p->nbackends++;
+    return 0;
+}
+
+struct alternate_opt {
+    struct rs_addr addr;
+    uint32_t id;
+};
+
+static int set_alternate(const char *v, void *dst)
+{
+    struct alternate_opt *a = dst;
+
+    return parse_backend(v, &a->addr, &a->id, 0);
+}
+
+static int port_number(const char *v, void *dst)
+{
+    uint64_t n;
+
+    if (rs_parse_size(v, &n) || !n || n > 65535)
+        return -EINVAL;
+    *(uint16_t *)dst = (uint16_t)n;
+    return 0;
+}
+
+static int datapath_name(const char *v, void *dst)
+{
+    if (!px_datapath_find(v))
+        return -EINVAL;
+    *(const char **)dst = v;
+    return 0;
+}
+
+/* Returns 0, 1 after --help, or 2 (and prints why). */
 static int parse_args(struct proxy *p, int argc, char **argv)
 {
-    const char *keyfile = NULL;
-    struct rs_addr alt = { 0, 0 };
-    uint32_t alt_id = 0;
-    uint64_t ns;
+    const char *keyfile = NULL, *sticky = NULL, *ifname = NULL;
+    struct alternate_opt alt = { { 0, 0 }, 0 };
+    char dp_want[80];
+    const struct rs_opt opts[] = {
+        RS_OPTION("listen", RS_OPT_ADDR, &p->listen),
+        RS_OPTION("backend", RS_OPT_FN, p, .want = "[ID=]IPv4ADDR:PORT", .fn = add_backend),
+        RS_OPTION("alternate", RS_OPT_FN, &alt, .want = "[ID=]IPv4ADDR:PORT", .fn = set_alternate),
+        RS_OPTION("logger", RS_OPT_ADDR, &p->logger),
+        RS_OPTION("logger-resend", RS_OPT_ADDR, &p->logger_resend),
+        RS_OPTION("stated-port", RS_OPT_FN, &p->stated_port, .want = "a port, 1..65535", .fn = port_number),
+        RS_OPTION("sticky", RS_OPT_STR, &sticky),
+        RS_OPTION("datapath", RS_OPT_FN, &p->datapath, .want = dp_want, .fn = datapath_name),
+        RS_OPTION("ifname", RS_OPT_STR, &ifname),
+        RS_OPTION("control", RS_OPT_ADDR, &p->ctl),
+        RS_OPTION("key", RS_OPT_STR, &keyfile),
+        RS_OPTION("no-splice", RS_OPT_FLAG, &p->nosplice),
+        RS_OPTION("idle", RS_OPT_DURATION, &p->idle_ns, .nonzero = true),
+        RS_OPTION("half-open", RS_OPT_DURATION, &p->half_open_ns, .nonzero = true),
+        RS_OPTION("linger", RS_OPT_DURATION, &p->linger_ns, .nonzero = true),
+        RS_OPTION("connect-timeout", RS_OPT_DURATION, &p->connect_ns, .nonzero = true),
+        RS_OPTION("recovery-timeout", RS_OPT_DURATION, &p->recovery_ns, .nonzero = true),
+        RS_OPTION("relay-first", RS_OPT_DURATION, &p->relay_first_ns),
+        RS_OPTIONS_END,
+    };
+    int r;
+
+    snprintf(dp_want, sizeof(dp_want), "one of: %s", px_datapath_names());
 
     p->datapath = "ebpf";
     p->idle_ns = 600ull * 1000000000u;
@@ -218,103 +285,40 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     p->connect_ns = 500000000ull;
     p->recovery_ns = 800000000ull;
     p->alternate = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            exit(0);
-        }
-        if (!strcmp(a, "--no-splice")) {
-            p->nosplice = true;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, "rs-proxy: %s needs a value\n", a);
-            return -1;
-        }
-        i++;
-        if (!strcmp(a, "--listen")) {
-            if (rs_addr_parse(v, &p->listen))
-                goto bad;
-        } else if (!strcmp(a, "--backend")) {
-            struct backend *b = &p->backends[p->nbackends];
-            if (p->nbackends == RS_PROXY_MAX_BACKENDS - 1
-                || parse_backend(v, &b->addr, &b->id, (uint32_t)p->nbackends + 1))
-                goto bad;
-            b->role = ROLE_PRIMARY;
-            p->nbackends++;
-        } else if (!strcmp(a, "--alternate")) {
-            if (parse_backend(v, &alt, &alt_id, 0))
-                goto bad;
-        } else if (!strcmp(a, "--logger")) {
-            if (rs_addr_parse(v, &p->logger))
-                goto bad;
-        } else if (!strcmp(a, "--logger-resend")) {
-            if (rs_addr_parse(v, &p->logger_resend))
-                goto bad;
-        } else if (!strcmp(a, "--stated-port")) {
-            if (rs_parse_size(v, &ns) || !ns || ns > 65535)
-                goto bad;
-            p->stated_port = (uint16_t)ns;
-        } else if (!strcmp(a, "--sticky")) {
-            p->sticky = true;
-            snprintf(p->cookie_name, sizeof(p->cookie_name), "%s", v);
-        } else if (!strcmp(a, "--datapath")) {
-            p->datapath = v;
-            if (!px_datapath_find(v)) {
-                fprintf(stderr, "rs-proxy: unknown --datapath '%s' (this build has: %s)\n", v, px_datapath_names());
-                return -1;
-            }
-        } else if (!strcmp(a, "--ifname")) {
-            snprintf(p->ifname, sizeof(p->ifname), "%s", v);
-        } else if (!strcmp(a, "--control")) {
-            if (rs_addr_parse(v, &p->ctl))
-                goto bad;
-        } else if (!strcmp(a, "--key")) {
-            keyfile = v;
-        } else if (!strcmp(a, "--idle") || !strcmp(a, "--half-open") || !strcmp(a, "--linger")
-                   || !strcmp(a, "--connect-timeout") || !strcmp(a, "--recovery-timeout")
-                   || !strcmp(a, "--relay-first")) {
-            if (rs_parse_duration(v, &ns) || (!ns && strcmp(a, "--relay-first")))
-                goto bad;
-            *(!strcmp(a, "--idle") ? &p->idle_ns : !strcmp(a, "--half-open") ? &p->half_open_ns
-              : !strcmp(a, "--linger") ? &p->linger_ns : !strcmp(a, "--connect-timeout") ? &p->connect_ns
-              : !strcmp(a, "--relay-first") ? &p->relay_first_ns : &p->recovery_ns) = ns;
-        } else {
-            fprintf(stderr, "rs-proxy: unknown option %s\n", a);
-            usage(stderr);
-            return -1;
-        }
-        continue;
-bad:
-        fprintf(stderr, "rs-proxy: bad value '%s' for %s\n", v, a);
-        return -1;
+    r = rs_opts_parse("rs-proxy", argc, argv, opts, usage);
+    if (r)
+        return r;
+    if (sticky) {
+        p->sticky = true;
+        snprintf(p->cookie_name, sizeof(p->cookie_name), "%s", sticky);
     }
+    if (ifname)
+        snprintf(p->ifname, sizeof(p->ifname), "%s", ifname);
     if (!p->listen.ip || !p->nbackends) {
         usage(stderr);
-        return -1;
+        return 2;
     }
-    if (alt.port) {
+    if (alt.addr.port) {
         struct backend *b = &p->backends[p->nbackends];
-        *b = (struct backend){ .id = alt_id ? alt_id : (uint32_t)p->nbackends + 1, .addr = alt,
+        *b = (struct backend){ .id = alt.id ? alt.id : (uint32_t)p->nbackends + 1, .addr = alt.addr,
                                .role = ROLE_ALTERNATE };
         p->alternate = p->nbackends++;
     }
     if (p->logger.port && !p->logger_resend.port)
         p->logger_resend = (struct rs_addr){ p->logger.ip, 7072 };
-    if (p->logger.port && (!keyfile || !alt.port)) {
+    if (p->logger.port && (!keyfile || !alt.addr.port)) {
         fprintf(stderr, "rs-proxy: --logger needs --key and --alternate\n");
-        return -1;
+        return 2;
     }
     if ((p->ctl.port || p->stated_port) && !keyfile) {
         fprintf(stderr, "rs-proxy: --control and --stated-port need --key\n");
-        return -1;
+        return 2;
     }
     if (keyfile) {
         int e = rs_ctl_key_load(keyfile, &p->key);
         if (e) {
             fprintf(stderr, "rs-proxy: cannot load key %s: %s\n", keyfile, strerror(-e));
-            return -1;
+            return 2;
         }
         p->has_key = true;
     }
@@ -384,8 +388,10 @@ int main(int argc, char **argv)
     struct proxy *p = &px;
 
     rs_log_init("rs-proxy");
-    if (parse_args(p, argc, argv))
-        return 2;
+    int r = parse_args(p, argc, argv);
+
+    if (r)
+        return rs_opts_exit(r);
     if (rs_ctl_init()) {
         fprintf(stderr, "rs-proxy: libsodium init failed\n");
         return 1;

@@ -6,7 +6,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -23,6 +22,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "options.h"
 #include "loop.h"
 #include "parse.h"
 
@@ -542,64 +542,53 @@ static int setup(struct smtpd *s)
     return 0;
 }
 
+static int hostname(const char *v, void *dst)
+{
+    if (!*v || strlen(v) > 64 || strpbrk(v, "/ \r\n"))
+        return -EINVAL;
+    *(const char **)dst = v;
+    return 0;
+}
+
+static int max_size(const char *v, void *dst)
+{
+    uint64_t n;
+
+    if (rs_parse_size(v, &n) < 0 || n < 1024 || n > (1u << 30))
+        return -EINVAL;
+    *(uint64_t *)dst = n;
+    return 0;
+}
+
+static int max_conns(const char *v, void *dst)
+{
+    uint64_t n;
+
+    if (rs_parse_size(v, &n) < 0 || n == 0 || n > 100000)
+        return -EINVAL;
+    *(unsigned *)dst = (unsigned)n;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "listen", required_argument, NULL, 'l' },
-        { "maildirs", required_argument, NULL, 'm' },
-        { "hostname", required_argument, NULL, 'H' },
-        { "max-size", required_argument, NULL, 's' },
-        { "max-conns", required_argument, NULL, 'c' },
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
+    struct smtpd s = { .hostname = "mailstore", .max_size = 10u << 20, .max_conns = 64,
+                       .laddr = { 0, 25 } };
+    const struct rs_opt opts[] = {
+        RS_OPTION("listen", RS_OPT_ADDR, &s.laddr),
+        RS_OPTION("maildirs", RS_OPT_STR, &s.maildirs),
+        RS_OPTION("hostname", RS_OPT_FN, &s.hostname, .want = "a name of up to 64 characters", .fn = hostname),
+        RS_OPTION("max-size", RS_OPT_FN, &s.max_size, .want = "1K..1G", .fn = max_size),
+        RS_OPTION("max-conns", RS_OPT_FN, &s.max_conns, .want = "1..100000", .fn = max_conns),
+        RS_OPTIONS_END,
     };
-    struct smtpd s = { .hostname = "mailstore", .max_size = 10u << 20, .max_conns = 64 };
-    uint64_t v;
     struct stat st;
-    int o, r;
+    int r;
 
     rs_log_init("rs-smtpd");
-    rs_addr_parse("0.0.0.0:25", &s.laddr);
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'l':
-            if (rs_addr_parse(optarg, &s.laddr) < 0) {
-                fprintf(stderr, "rs-smtpd: bad --listen %s\n", optarg);
-                return 2;
-            }
-            break;
-        case 'm':
-            s.maildirs = optarg;
-            break;
-        case 'H':
-            if (!*optarg || strlen(optarg) > 64 || strpbrk(optarg, "/ \r\n")) {
-                fprintf(stderr, "rs-smtpd: bad --hostname %s\n", optarg);
-                return 2;
-            }
-            s.hostname = optarg;
-            break;
-        case 's':
-            if (rs_parse_size(optarg, &s.max_size) < 0 || s.max_size < 1024 || s.max_size > (1u << 30)) {
-                fprintf(stderr, "rs-smtpd: bad --max-size %s (1K..1G)\n", optarg);
-                return 2;
-            }
-            break;
-        case 'c':
-            if (rs_parse_size(optarg, &v) < 0 || v == 0 || v > 100000) {
-                fprintf(stderr, "rs-smtpd: bad --max-conns %s\n", optarg);
-                return 2;
-            }
-            s.max_conns = (unsigned)v;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (!s.maildirs || optind != argc) {
+    if ((r = rs_opts_parse("rs-smtpd", argc, argv, opts, usage)))
+        return rs_opts_exit(r);
+    if (!s.maildirs) {
         usage(stderr);
         return 2;
     }

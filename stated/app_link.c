@@ -138,7 +138,7 @@ int apply_fn(void *ctx, rs_txn_id id, const uint8_t *data, uint32_t len)
         s->st.applied++;
         if (s->cur_waiter)
             s->st.applied_forced++;
-        rs_log("apply %s %uB%s", TXN(id), len, s->cur_waiter ? " forced" : "");
+        rs_log("apply %s %uB%s", RS_TXN(id), len, s->cur_waiter ? " forced" : "");
     }
     return err;
 }
@@ -202,7 +202,7 @@ static bool on_lib_record(struct stated *s, const struct rs_xfer_rec *r)
         s->ops_len--;
         if (r->status < 0 && op->txn) {
             s->st.apply_errors++;
-            rs_log("apply %s refused by the app: %s", TXN(op->txn), strerror(-r->status));
+            rs_log("apply %s refused by the app: %s", RS_TXN(op->txn), strerror(-r->status));
         }
         if (op->w) {
             if (r->status < 0)

@@ -29,7 +29,7 @@ static void on_state_update(struct stated *s, struct rs_ctlconn *cc, const struc
     if (from && is_fenced(s, from)) {
         /* A fenced backend's state must never overwrite what the survivor does now. */
         if (s->st.updates_fenced++ % 1000 == 0)
-            rs_log("update %s %uB from fenced backend=%u refused", TXN(u->txn), u->len, from);
+            rs_log("update %s %uB from fenced backend=%u refused", RS_TXN(u->txn), u->len, from);
         rs_ctl_ack(cc, m, -EPERM);
         return;
     }
@@ -40,16 +40,16 @@ static void on_state_update(struct stated *s, struct rs_ctlconn *cc, const struc
     if (err == -ESTALE) {
         s->st.updates_stale++;
         rs_log("update %s %uB stale (at or before Ts, or the connection was recovered here): dropped",
-               TXN(u->txn), u->len);
+               RS_TXN(u->txn), u->len);
         err = 0;
     } else if (err < 0) {
         s->st.updates_refused++;
-        rs_log("update %s %uB refused: %s (buffered %" PRIu64 " states %" PRIu64 "B)", TXN(u->txn),
+        rs_log("update %s %uB refused: %s (buffered %" PRIu64 " states %" PRIu64 "B)", RS_TXN(u->txn),
                u->len, strerror(-err), s->store.n_states, s->store.bytes);
     } else {
         struct rs_store_client *c = rs_store_find(&s->store, rs_txn_id_ip4(u->txn), rs_txn_id_port(u->txn));
 
-        rs_log("update %s %uB%s", TXN(u->txn), u->len, u->sync ? " sync" : "");
+        rs_log("update %s %uB%s", RS_TXN(u->txn), u->len, u->sync ? " sync" : "");
         /* Its TXN_LOGGED may have come first (asynchronous transfer lags). */
         if (c && s->lib_fd >= 0)
             rs_store_drain(&s->store, c, false, 0, apply_fn, s);
@@ -63,7 +63,7 @@ static void on_txn_logged(struct stated *s, struct rs_ctlconn *cc, const struct 
     int err = rs_store_logged(&s->store, id, rs_mono_ns());
 
     s->st.logged++;
-    rs_log("logged %s resp_end=%u%s", TXN(id), m->u.txn_logged.resp_end, err ? " (client table full)" : "");
+    rs_log("logged %s resp_end=%u%s", RS_TXN(id), m->u.txn_logged.resp_end, err ? " (client table full)" : "");
     if (err == 0 && s->lib_fd >= 0)
         rs_store_drain(&s->store, rs_store_find(&s->store, rs_txn_id_ip4(id), rs_txn_id_port(id)),
                        false, 0, apply_fn, s);

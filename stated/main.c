@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "options.h"
 #include "parse.h"
 
 /* ---- Stats ------------------------------------------------------------ */
@@ -70,64 +71,44 @@ static void usage(FILE *f)
         "SIGTERM or SIGINT exits cleanly.\n");
 }
 
+static int backend_id(const char *v, void *dst)
+{
+    uint64_t id;
+
+    if (rs_parse_size(v, &id) < 0 || id == 0 || id >= (1u << 20))
+        return -EINVAL;
+    *(uint32_t *)dst = (uint32_t)id;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct stated s;     /* large: records and relay ring */
-    static const char *const names[] = { "id", "listen", "app-socket", "key", "peer", "logger",
-                                         "heartbeat", "relay-timeout" };
-    const char *listen_text = "0.0.0.0:7073", *keyfile = NULL;
-    uint64_t id = 0;
+    const char *keyfile = NULL;
+    const struct rs_opt opts[] = {
+        RS_OPTION("id", RS_OPT_FN, &s.id, .want = "1..1048575", .fn = backend_id),
+        RS_OPTION("listen", RS_OPT_ADDR, &s.listen),
+        RS_OPTION("app-socket", RS_OPT_STR, &s.app_path),
+        RS_OPTION("key", RS_OPT_STR, &keyfile),
+        RS_OPTION("peer", RS_OPT_ADDR, &s.peer, .given = &s.has_peer),
+        RS_OPTION("logger", RS_OPT_ADDR, &s.logger, .given = &s.has_logger),
+        RS_OPTION("heartbeat", RS_OPT_DURATION, &s.heartbeat_ns, .nonzero = true),
+        RS_OPTION("relay-timeout", RS_OPT_DURATION, &s.relay_timeout_ns, .nonzero = true),
+        RS_OPTIONS_END,
+    };
     int err;
 
+    s.listen = (struct rs_addr){ 0, 7073 };
     s.heartbeat_ns = 10000000ull;
     s.relay_timeout_ns = 1000000000ull;
     s.lib_fd = s.lib_io.fd = s.app_io.fd = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0, k;
-
-        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
-            usage(stdout);
-            return 0;
-        }
-        for (k = 0; k < (int)(sizeof(names) / sizeof(names[0])); k++)
-            if (!strncmp(o, "--", 2) && !strcmp(o + 2, names[k]))
-                break;
-        if (k == (int)(sizeof(names) / sizeof(names[0]))) {
-            fprintf(stderr, "rs-stated: unknown argument %s\n", o);
-            usage(stderr);
-            return 2;
-        }
-        if (!v) {
-            fprintf(stderr, "rs-stated: %s needs a value\n", o);
-            return 2;
-        }
-        i++;
-        switch (k) {
-        case 0: bad = rs_parse_size(v, &id) || id == 0 || id >= (1u << 20); break;
-        case 1: listen_text = v; bad = rs_addr_parse(v, &s.listen); break;
-        case 2: s.app_path = v; break;
-        case 3: keyfile = v; break;
-        case 4: bad = rs_addr_parse(v, &s.peer); s.has_peer = true; break;
-        case 5: bad = rs_addr_parse(v, &s.logger); s.has_logger = true; break;
-        case 6: bad = rs_parse_duration(v, &s.heartbeat_ns) || s.heartbeat_ns == 0; break;
-        case 7: bad = rs_parse_duration(v, &s.relay_timeout_ns) || s.relay_timeout_ns == 0; break;
-        }
-        if (bad) {
-            fprintf(stderr, "rs-stated: bad value '%s' for %s\n", v, o);
-            return 2;
-        }
-    }
-    if (!id || !keyfile || !s.app_path) {
+    if ((err = rs_opts_parse("rs-stated", argc, argv, opts, usage)))
+        return rs_opts_exit(err);
+    if (!s.id || !keyfile || !s.app_path) {
         fprintf(stderr, "rs-stated: --id, --key and --app-socket are required\n");
         usage(stderr);
         return 2;
     }
-    if (rs_addr_parse(listen_text, &s.listen) < 0) {
-        fprintf(stderr, "rs-stated: bad --listen '%s'\n", listen_text);
-        return 2;
-    }
-    s.id = (uint32_t)id;
     rs_log_init("rs-stated");
     if (rs_ctl_init() < 0 || (err = rs_ctl_key_load(keyfile, &s.key)) != 0) {
         fprintf(stderr, "rs-stated: cannot load key %s\n", keyfile);

@@ -26,7 +26,7 @@ static void relay_done(struct stated *s, struct relay *rl, int status)
         s->st.relay_acked++;
     } else {
         s->st.relay_failed++;
-        rs_log("relay %s failed: %s", TXN(rl->txn), strerror(-status));
+        rs_log("relay %s failed: %s", RS_TXN(rl->txn), strerror(-status));
     }
     if (rl->app_gen == s->lib_gen && s->lib_fd >= 0)
         lib_send(s, &r);
@@ -54,7 +54,7 @@ void relay_update(struct stated *s, const struct rs_xfer_rec *r)
          * unreplicated, instead of waiting for a peer that will not come. */
         done.status = s->has_peer ? -EHOSTDOWN : -ENOTCONN;
         if (s->peer_fenced && s->st.relays_degraded++ % 1000 == 0)
-            rs_log("relay %s: the peer is fenced, degraded (updates not replicated)", TXN(r->txn));
+            rs_log("relay %s: the peer is fenced, degraded (updates not replicated)", RS_TXN(r->txn));
         lib_send(s, &done);
         return;
     }
@@ -68,12 +68,12 @@ void relay_update(struct stated *s, const struct rs_xfer_rec *r)
         if (!err) {
             s->rel_len++;
             s->st.relayed++;
-            rs_log("relay %s %uB%s seq=%" PRIu64, TXN(r->txn), r->len, r->sync ? " sync" : "", m.seq);
+            rs_log("relay %s %uB%s seq=%" PRIu64, RS_TXN(r->txn), r->len, r->sync ? " sync" : "", m.seq);
             return;
         }
     }
     s->st.relay_failed++;
-    rs_log("relay %s refused: %s", TXN(r->txn), strerror(-err));
+    rs_log("relay %s refused: %s", RS_TXN(r->txn), strerror(-err));
     done.status = err;
     lib_send(s, &done);
 }

@@ -118,12 +118,7 @@ struct stated {
 };
 
 
-static inline const char *txn_str(rs_txn_id id, char buf[RS_TXN_ID_STRLEN])
-{
-    rs_txn_id_format(id, buf, RS_TXN_ID_STRLEN);
-    return buf;
-}
-#define TXN(id) txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
+#define RS_TXN(id) rs_txn_str((id), (char[RS_TXN_ID_STRLEN]){ 0 })
 
 /* ---- app_link.c: the application's state library --------------------------- */
 
