@@ -14,6 +14,7 @@
 
 #include "daemon.h"     /* rs_log, rs_mono_ns, rs_addr */
 #include "loop.h"
+#include "rs_state.h"
 #include "state.h"
 #include "txn_id.h"
 
@@ -98,10 +99,9 @@ struct app_conn {
     struct rs_timer timer;      /* think time of a slow body, linger */
     uint32_t peer_ip4;          /* host order */
     uint16_t peer_port;
-    uint32_t id_ip4;            /* the client its transaction IDs name: the peer, */
-    uint16_t id_port;           /*   or the client of a connection map (rs_state_accepted) */
-    uint16_t id_base;           /* number of its first transaction */
-    char tuple[64];             /* "10.0.0.1:40000->10.0.0.2:8080" */
+    struct rs_state_conn who;   /* the client its transaction IDs name (the peer, or
+                                   the client of a connection map) and the number of
+                                   its first one; who.name ("peer->local") for logs */
     http_parser parser;
     struct app_req req;
     uint32_t n_req;             /* requests so far: the next transaction number */

@@ -105,7 +105,7 @@ static void resp_after_update(struct rs_app *app, struct app_conn *c, int r, con
     }
     if (r < 0) {
         rs_txn_id_format(c->req.id, id, sizeof(id));
-        rs_log("state-update-failed %s %s %s", id, c->tuple, strerror(-r));
+        rs_log("state-update-failed %s %s %s", id, c->who.name, strerror(-r));
         app->stats[ST_REQ_REJECTED]++;
         resp_text(c, 503, "state transfer failed\n");
         return;
@@ -288,7 +288,7 @@ void app_serve(struct rs_app *app, struct app_conn *c)
             char id[RS_TXN_ID_STRLEN];
 
             rs_txn_id_format(c->req.id, id, sizeof(id));
-            rs_log("txn-refused %s %s %s", id, c->tuple, strerror(-r));
+            rs_log("txn-refused %s %s %s", id, c->who.name, strerror(-r));
             app->stats[ST_REQ_REJECTED]++;
             resp_text(c, 503, "refused\n");
             return;

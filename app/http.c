@@ -135,7 +135,7 @@ static void txn_finish(struct app_conn *c, struct app_txn *t, bool complete)
     uint64_t us = (rs_mono_ns() - t->t_start) / 1000;
 
     rs_txn_id_format(t->id, id, sizeof(id));
-    rs_log("txn %s %s %s %d %" PRIu64 "B %" PRIu64 ".%03" PRIu64 "ms%s", id, c->tuple,
+    rs_log("txn %s %s %s %d %" PRIu64 "B %" PRIu64 ".%03" PRIu64 "ms%s", id, c->who.name,
             t->what, t->status, end - t->start, us / 1000, us % 1000,
             complete ? "" : " aborted");
     if (!complete)
@@ -319,7 +319,7 @@ static bool body_produce(struct app_conn *c)
                 break;
             err = conn_timer(c, b->delay_ns);
             if (err < 0) {
-                rs_log("error %s slow-timer %s", c->tuple, strerror(-err));
+                rs_log("error %s slow-timer %s", c->who.name, strerror(-err));
                 app_conn_close(c, "timer failed");
                 return false;
             }
@@ -372,7 +372,7 @@ static void crash_now(const struct app_conn *c, const struct app_txn *t)
     char id[RS_TXN_ID_STRLEN];
 
     rs_txn_id_format(t->id, id, sizeof(id));
-    rs_log("crash-at %s %s: SIGKILL after %" PRIu64 "B of the response", id, c->tuple,
+    rs_log("crash-at %s %s: SIGKILL after %" PRIu64 "B of the response", id, c->who.name,
            c->sent_total - t->start);
     fflush(NULL);
     raise(SIGKILL);
@@ -447,11 +447,11 @@ static void conn_reject(struct app_conn *c, int status, const char *why)
 
     c->app->stats[ST_BAD_REQUEST]++;
     c->closing = true;
-    c->req.id = rs_txn_id_make(c->id_ip4, c->id_port, (uint16_t)(c->id_base + c->n_req));
+    c->req.id = rs_txn_id_make(c->who.client_ip, c->who.client_port, (uint16_t)(c->who.first_num + c->n_req));
     c->req.t_start = rs_mono_ns();
     c->req.head = false;
     rs_txn_id_format(c->req.id, id, sizeof(id));
-    rs_log("bad-request %s %s %d %s", id, c->tuple, status, why);
+    rs_log("bad-request %s %s %d %s", id, c->who.name, status, why);
     n = snprintf(body, sizeof(body), "%s\n", rs_http_reason(status));
     app_resp_small(c, status, "text/plain", NULL, body, (size_t)n);
 }
@@ -473,7 +473,7 @@ static bool conn_parse(struct app_conn *c)
         c->in_off = c->in_len = 0;
     if (e == HPE_PAUSED && c->req.complete) {
         http_parser_pause(&c->parser, 0);
-        c->req.id = rs_txn_id_make(c->id_ip4, c->id_port, (uint16_t)(c->id_base + c->n_req));
+        c->req.id = rs_txn_id_make(c->who.client_ip, c->who.client_port, (uint16_t)(c->who.first_num + c->n_req));
         c->n_req++;
         c->req.t_start = rs_mono_ns();
         c->app->stats[ST_REQS]++;
@@ -523,7 +523,7 @@ static void conn_set_events(struct app_conn *c)
     if (c->out_off < c->out_len || (c->body.kind != BODY_NONE && !c->body.timer_wait))
         ev |= EPOLLOUT;
     if (rs_io_set(&c->io, ev) < 0) {
-        rs_log("error %s epoll_ctl %s", c->tuple, strerror(errno));
+        rs_log("error %s epoll_ctl %s", c->who.name, strerror(errno));
         app_conn_close(c, "epoll failed");
     }
 }
@@ -633,7 +633,6 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
 {
     struct app_conn *c = calloc(1, sizeof(*c));
     struct rs_addr pa = rs_addr_of_sin(peer);
-    struct rs_state_conn who;
     int one = 1;
 
     if (!c) {
@@ -645,11 +644,7 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     rs_timer_init(&c->timer, conn_on_timer, c);
     c->peer_ip4 = pa.ip;
     c->peer_port = pa.port;
-    rs_state_accepted(app->stated, fd, &who);
-    c->id_ip4 = who.client_ip;
-    c->id_port = who.client_port;
-    c->id_base = who.first_num;
-    snprintf(c->tuple, sizeof(c->tuple), "%s", who.name);
+    rs_state_accepted(app->stated, fd, &c->who);
     /* Small responses must not wait for Nagle: latency is what we measure. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     http_parser_init(&c->parser, HTTP_REQUEST);
@@ -667,7 +662,7 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     app->conns = c;
     app->conns_open++;
     app->stats[ST_CONNS_TOTAL]++;
-    rs_log("conn-open %s", c->tuple);
+    rs_log("conn-open %s", c->who.name);
     return 0;
 }
 
@@ -690,7 +685,7 @@ void app_conn_close(struct app_conn *c, const char *why)
             app->hooks.txn_end(app->hooks.ctx, c->req.id, 0);
         c->req.hooked = false;
     }
-    rs_log("conn-close %s reqs=%u in=%" PRIu64 "B out=%" PRIu64 "B %s", c->tuple,
+    rs_log("conn-close %s reqs=%u in=%" PRIu64 "B out=%" PRIu64 "B %s", c->who.name,
             c->n_req, c->recv_total, c->sent_total, why);
     rs_io_stop(&c->io);
     rs_timer_stop(&app->loop, &c->timer);

@@ -92,7 +92,7 @@ int rs_app_txn_resume(struct rs_app *app, rs_txn_id id, int err)
             char ids[RS_TXN_ID_STRLEN];
 
             rs_txn_id_format(id, ids, sizeof(ids));
-            rs_log("state-update-failed %s %s %s", ids, c->tuple, strerror(-err));
+            rs_log("state-update-failed %s %s %s", ids, c->who.name, strerror(-err));
             app->stats[ST_REQ_REJECTED]++;
             app_resp_small(c, 503, "text/plain", NULL, "state transfer failed\n", 22);
         } else {

@@ -229,3 +229,18 @@ void rs_stats_put(FILE *f, const char *const *names, const uint64_t *vals, int n
     for (int i = 0; i < n; i++)
         fprintf(f, " %s=%" PRIu64, names[i], vals[i]);
 }
+
+int rs_send_some(int fd, const uint8_t *buf, size_t len, size_t *off)
+{
+    while (*off < len) {
+        ssize_t w = send(fd, buf + *off, len - *off, MSG_NOSIGNAL);
+
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+        }
+        *off += (size_t)w;
+    }
+    return 0;
+}

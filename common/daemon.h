@@ -48,6 +48,10 @@ int rs_listen_tcp(struct rs_addr a, int backlog);
  * reserved one, so that a level-triggered listener does not spin. */
 int rs_accept_tcp(int lfd, struct sockaddr_in *peer);
 
+/* Sends bytes [*off, len) of 'buf' on non-blocking 'fd' until the socket
+ * is full, advancing '*off' (no SIGPIPE).  Returns 0 or a negative errno. */
+int rs_send_some(int fd, const uint8_t *buf, size_t len, size_t *off);
+
 /* The stats line (SIGUSR1): appends " name=value" for each of the 'n'
  * counters 'vals' named by 'names' to 'f'. */
 void rs_stats_put(FILE *f, const char *const *names, const uint64_t *vals, int n);

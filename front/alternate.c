@@ -73,7 +73,7 @@ bool rec_emit(struct front_conn *c, struct front_txn *t)
         t->started = true;
         t->start = t->hold_from = c->gen_total;
         t->status = t->rec_len > 12 ? atoi((const char *)t->rec + 9) : 0;
-        rs_log("from-record %s %s %uB", rs_txn_str(t->id, id), c->tuple, t->rec_len);
+        rs_log("from-record %s %s %uB", rs_txn_str(t->id, id), c->who.name, t->rec_len);
     }
     out_put(c, t->rec + t->rec_off, n);
     t->rec_off += n;

@@ -24,7 +24,7 @@ static void txn_finish(struct front_conn *c, struct front_txn *t, bool complete)
 
     if (!t->started)
         end = t->start = 0;
-    rs_log("txn %s %s %s %d %" PRIu64 "B %" PRIu64 ".%03" PRIu64 "ms%s%s", rs_txn_str(t->id, id), c->tuple,
+    rs_log("txn %s %s %s %d %" PRIu64 "B %" PRIu64 ".%03" PRIu64 "ms%s%s", rs_txn_str(t->id, id), c->who.name,
            t->what, t->status, end - t->start, us / 1000, us % 1000, t->local ? " local" : "",
            complete ? "" : " aborted");
     if (!complete) {
@@ -72,7 +72,7 @@ struct front_txn *txn_push(struct front_conn *c, int local)
 
     *t = (struct front_txn){ .end = UINT64_MAX, .t_start = rs_mono_ns(), .local = local,
                              .head_req = c->rq_head && !local };
-    t->id = rs_txn_id_make(c->id_ip4, c->id_port, (uint16_t)(c->id_base + c->n_req));
+    t->id = rs_txn_id_make(c->who.client_ip, c->who.client_port, (uint16_t)(c->who.first_num + c->n_req));
     n = snprintf(t->what, sizeof(t->what), "%s %s", local ? "-" : m, c->rq_what_len ? c->rq_what : "-");
     if (n >= (int)sizeof(t->what))
         memcpy(t->what + sizeof(t->what) - 4, "...", 4);
@@ -186,7 +186,7 @@ static void crash_now(struct front_conn *c, struct front_txn *t)
         close(fd);
     }
     rs_log("crash-at %s %s: SIGKILL after %" PRIu64 "B of the response (offset file %s from byte %" PRIu64 ")",
-           id, c->tuple, c->sent_total - t->hold_from, path, from - t->hold_from);
+           id, c->who.name, c->sent_total - t->hold_from, path, from - t->hold_from);
     fflush(NULL);
     raise(SIGKILL);
 }
@@ -365,7 +365,6 @@ void front_on_up(struct rs_io *io, uint32_t events)
 int front_conn_open(struct front *f, int fd)
 {
     struct front_conn *c = calloc(1, sizeof(*c));
-    struct rs_state_conn who;
     int one = 1;
 
     if (!c) {
@@ -376,12 +375,7 @@ int front_conn_open(struct front *f, int fd)
     c->fd = fd;
     c->ufd = -1;
     rs_timer_init(&c->timer, on_linger, c);
-    rs_state_accepted(f->stated, fd, &who);
-    c->id_ip4 = who.client_ip;
-    c->id_port = who.client_port;
-    c->id_base = who.first_num;
-    c->rerun = who.rerun;
-    snprintf(c->tuple, sizeof(c->tuple), "%s", who.name);
+    rs_state_accepted(f->stated, fd, &c->who);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     http_parser_init(&c->rq, HTTP_REQUEST);
     c->rq.data = c;
@@ -401,7 +395,7 @@ int front_conn_open(struct front *f, int fd)
     f->conns = c;
     f->conns_open++;
     f->stats[FS_CONNS]++;
-    rs_log("conn-open %s", c->tuple);
+    rs_log("conn-open %s", c->who.name);
     return 0;
 }
 
@@ -419,7 +413,7 @@ void front_close(struct front_conn *c, const char *why)
         c->q_len--;
     }
     c->q_done = 0;
-    rs_log("conn-close %s reqs=%u in=%" PRIu64 "B out=%" PRIu64 "B %s", c->tuple, c->n_req,
+    rs_log("conn-close %s reqs=%u in=%" PRIu64 "B out=%" PRIu64 "B %s", c->who.name, c->n_req,
            c->recv_total, c->sent_total, why);
     up_close(c);
     rs_io_stop(&c->sio);

@@ -137,11 +137,9 @@ struct front_conn {
     int fd, ufd;                /* client and upstream sockets (sio.fd / uio.fd while open) */
     struct rs_io sio, uio;
     struct rs_timer timer;      /* linger */
-    uint32_t id_ip4;            /* the client its transaction IDs name */
-    uint16_t id_port, id_base;
-    bool rerun;                 /* its CONN_MAP said: re-runs after a failover */
+    struct rs_state_conn who;   /* the client its transaction IDs name, from which
+                                   number, re-runs or not; who.name for logs */
     uint32_t n_req;
-    char tuple[64];
     /* client -> upstream */
     http_parser rq;
     enum front_phase rq_phase;
@@ -296,9 +294,9 @@ bool resp_parse(struct front_conn *c);
 /* ---- head.c: header lines to drop ---------------------------------------------- */
 
 void head_reset(struct front_head *h);
-/* Parser callbacks: a piece of a header name or value at 'at'. */
-void head_field(struct front_conn *c, struct front_head *h, const char *at, size_t len);
-void head_value(struct front_conn *c, struct front_head *h, const char *at, size_t len);
+/* Parser callbacks (both directions): a piece of a header name or value. */
+int head_on_field(http_parser *p, const char *at, size_t len);
+int head_on_value(http_parser *p, const char *at, size_t len);
 /* Headers are complete; 'next' is the byte after the parsed ones.  Returns
  * 0, or -EPROTO when the head is not what the parser promised. */
 int head_finish(struct front_conn *c, struct front_head *h, uint8_t next);

@@ -86,7 +86,7 @@ static void head_close_line(struct front_conn *c, struct front_head *h, uint32_t
     h->cut_to[h->n_cuts++] = end;
 }
 
-void head_field(struct front_conn *c, struct front_head *h, const char *at, size_t len)
+static void head_field(struct front_conn *c, struct front_head *h, const char *at, size_t len)
 {
     if (!h->in_field) {         /* a new header line starts here */
         head_close_line(c, h, head_pos(h, at));
@@ -103,7 +103,7 @@ void head_field(struct front_conn *c, struct front_head *h, const char *at, size
     h->name_len += (uint32_t)len;
 }
 
-void head_value(struct front_conn *c, struct front_head *h, const char *at, size_t len)
+static void head_value(struct front_conn *c, struct front_head *h, const char *at, size_t len)
 {
     if (h->in_field) {
         h->in_field = false;
@@ -126,6 +126,24 @@ void head_value(struct front_conn *c, struct front_head *h, const char *at, size
         h->seq_len += (uint32_t)len;
         h->seq[h->seq_len] = '\0';
     }
+}
+
+/* The parsers' callbacks: the request parser (c->rq) feeds c->rqh, the
+ * response parser c->rsh. */
+int head_on_field(http_parser *p, const char *at, size_t len)
+{
+    struct front_conn *c = p->data;
+
+    head_field(c, p == &c->rq ? &c->rqh : &c->rsh, at, len);
+    return 0;
+}
+
+int head_on_value(http_parser *p, const char *at, size_t len)
+{
+    struct front_conn *c = p->data;
+
+    head_value(c, p == &c->rq ? &c->rqh : &c->rsh, at, len);
+    return 0;
 }
 
 /* Headers are complete; the parser stopped before the final LF ('next' is

@@ -29,22 +29,6 @@ static int rq_on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
-static int rq_on_field(http_parser *p, const char *at, size_t len)
-{
-    struct front_conn *c = p->data;
-
-    head_field(c, &c->rqh, at, len);
-    return 0;
-}
-
-static int rq_on_value(http_parser *p, const char *at, size_t len)
-{
-    struct front_conn *c = p->data;
-
-    head_value(c, &c->rqh, at, len);
-    return 0;
-}
-
 static int rq_on_headers_complete(http_parser *p)
 {
     struct front_conn *c = p->data;
@@ -74,8 +58,8 @@ static int rq_on_message_complete(http_parser *p)
 static const http_parser_settings rq_settings = {
     .on_message_begin = rq_on_message_begin,
     .on_url = rq_on_url,
-    .on_header_field = rq_on_field,
-    .on_header_value = rq_on_value,
+    .on_header_field = head_on_field,
+    .on_header_value = head_on_value,
     .on_headers_complete = rq_on_headers_complete,
     .on_message_complete = rq_on_message_complete,
 };
@@ -96,7 +80,7 @@ static void rq_reject(struct front_conn *c, int status, const char *why)
         return;
     }
     t = txn_push(c, status);
-    rs_log("bad-request %s %s %d %s", rs_txn_str(t->id, id), c->tuple, status, why);
+    rs_log("bad-request %s %s %d %s", rs_txn_str(t->id, id), c->who.name, status, why);
 }
 
 /* Moves the completed request head, rewritten, to 'up_out'.  Returns true
@@ -106,7 +90,7 @@ static bool rq_head_flush(struct front_conn *c)
     char line[96 + RS_TXN_ID_STRLEN], id[RS_TXN_ID_STRLEN];
     struct front_txn *t = q_at(c, c->q_len - 1);
     int n = snprintf(line, sizeof(line), FRONT_TXN_HDR ": %s\r\n%s", rs_txn_str(t->id, id),
-                     c->rerun ? FRONT_RERUN_HDR ": 1\r\n" : "");
+                     c->who.rerun ? FRONT_RERUN_HDR ": 1\r\n" : "");
     uint32_t need = head_out_len(&c->rqh, (size_t)n);
 
     if (t->rec)
@@ -211,7 +195,7 @@ bool rq_parse(struct front_conn *c)
         }
         if (e != HPE_OK) {
             /* Part of it went on already: nothing sensible can follow. */
-            rs_log("error %s request body: %s", c->tuple, http_errno_description(e));
+            rs_log("error %s request body: %s", c->who.name, http_errno_description(e));
             front_close(c, "bad request body");
             return false;
         }

@@ -10,22 +10,6 @@
 
 /* ---- Parser callbacks: responses -------------------------------------- */
 
-static int resp_on_field(http_parser *p, const char *at, size_t len)
-{
-    struct front_conn *c = p->data;
-
-    head_field(c, &c->rsh, at, len);
-    return 0;
-}
-
-static int resp_on_value(http_parser *p, const char *at, size_t len)
-{
-    struct front_conn *c = p->data;
-
-    head_value(c, &c->rsh, at, len);
-    return 0;
-}
-
 static int resp_on_headers_complete(http_parser *p)
 {
     struct front_conn *c = p->data;
@@ -48,8 +32,8 @@ static int resp_on_message_complete(http_parser *p)
 }
 
 static const http_parser_settings resp_settings = {
-    .on_header_field = resp_on_field,
-    .on_header_value = resp_on_value,
+    .on_header_field = head_on_field,
+    .on_header_value = head_on_value,
     .on_headers_complete = resp_on_headers_complete,
     .on_message_complete = resp_on_message_complete,
 };
@@ -151,7 +135,7 @@ bool resp_parse(struct front_conn *c)
         }
         if (!t) {
             if (avail > 0) {
-                rs_log("upstream-error %s: %u response bytes nobody asked for", c->tuple, avail);
+                rs_log("upstream-error %s: %u response bytes nobody asked for", c->who.name, avail);
                 up_close(c);
                 return true;
             }

@@ -74,7 +74,7 @@ static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen,
     t->waiting = r == RS_STATE_WAIT;
     if (r < 0)
         rs_log("state-update-failed %s %s %s (the application already ran it: answered anyway)",
-               rs_txn_str(t->id, id), c->tuple, strerror(-r));
+               rs_txn_str(t->id, id), c->who.name, strerror(-r));
 }
 
 /* Reads the state file a response named and hands it to the library; sets
@@ -94,7 +94,7 @@ void update_take(struct front_conn *c, struct front_txn *t)
     if (!h->has_state) {
         if (sync)
             rs_log("state %s %s: X-Resplice-Sync without X-Resplice-State (ignored)", rs_txn_str(t->id, id),
-                   c->tuple);
+                   c->who.name);
         return;
     }
     /* Only files in --state-dir, so a response cannot make us read (and
@@ -120,7 +120,7 @@ void update_take(struct front_conn *c, struct front_txn *t)
     if (err) {
         f->stats[FS_STATE_ERRORS]++;
         rs_log("state %s %s file '%s': %s; the transaction goes unreplicated", rs_txn_str(t->id, id),
-               c->tuple, h->path_long ? "(too long)" : h->path, err);
+               c->who.name, h->path_long ? "(too long)" : h->path, err);
         return;
     }
     f->stats[FS_STATES]++;
@@ -157,7 +157,7 @@ void update_send_held(struct front_conn *c, struct front_txn *t, bool with_resp)
                (size_t)rlen);
     else
         rs_log("state %s %s: response not carried with the synchronous state (%s)", rs_txn_str(t->id, id),
-               c->tuple, with_resp ? "state + response over 1 MiB" : "response larger than the hold buffer");
+               c->who.name, with_resp ? "state + response over 1 MiB" : "response larger than the hold buffer");
     f->stats[rlen ? FS_RESP_CARRIED : FS_RESP_NOT_CARRIED]++;
     memcpy(f->blob + FRONT_BLOB_HDR, t->sync_state, t->sync_len);
     free(t->sync_state);

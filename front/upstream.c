@@ -37,7 +37,7 @@ void up_fail(struct front_conn *c, const char *why)
     struct front_txn *t = c->q_done < c->q_len ? q_at(c, c->q_done) : NULL;
 
     c->f->stats[FS_UP_ERRORS]++;
-    rs_log("upstream-error %s %s: %s", c->tuple, RS_A(c->f->cfg.upstream), why);
+    rs_log("upstream-error %s %s: %s", c->who.name, RS_A(c->f->cfg.upstream), why);
     if (t && t->sync_state) {   /* its response will not complete: nothing to hold for */
         free(t->sync_state);
         t->sync_state = NULL;

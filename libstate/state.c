@@ -186,18 +186,10 @@ static void try_connect(struct rs_state *x)
 /* Writes what the socket takes.  Returns 0 or a negative errno. */
 static int flush(struct rs_state *x)
 {
-    while (x->out_off < x->out_len) {
-        ssize_t w = send(x->fd, x->out + x->out_off, x->out_len - x->out_off, MSG_NOSIGNAL);
+    int err = rs_send_some(x->fd, x->out, x->out_len, &x->out_off);
 
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                break;
-            return -errno;
-        }
-        x->out_off += (size_t)w;
-    }
+    if (err < 0)
+        return err;
     if (x->out_off == x->out_len)
         x->out_off = x->out_len = 0;
     set_events(x);

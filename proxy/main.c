@@ -1,7 +1,8 @@
 /* rs-proxy: the splicing proxy and recovery manager.  Options, set-up, the
  * control port (RESPLICE, FAILURE, SUSPECT, FENCE, STATUS), stats, and the
  * event loop; the connections are conn.c, the recoveries recovery.c, the
- * data path splicer.c and bpf/splice.bpf.c. */
+ * data path datapath.h (the eBPF one: dp_ebpf.c and bpf/), the socket
+ * tools (TCP_REPAIR, RSTs) repair.c. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ifaddrs.h>

@@ -1,8 +1,9 @@
 /* rs-proxy: accepts client connections on the VIP, hands each to a
- * backend, then splices the two TCP connections at packet level (a tc eBPF
- * program rewrites every segment) so the proxy's own sockets leave the path.
- * Hosts the recovery manager (recovery.c).  This header holds the types
- * shared by its files. */
+ * backend, then splices the two TCP connections at packet level (the data
+ * path, datapath.h: a tc eBPF program rewrites every segment) so the
+ * proxy's own sockets leave the path.  Hosts the recovery manager
+ * (recovery.c).  This header holds the types shared by its files; their
+ * functions are px_*. */
 #ifndef RS_PROXY_H
 #define RS_PROXY_H
 
@@ -173,7 +174,7 @@ void px_pc_start_backend(struct proxy *p, struct pconn *pc);
 void px_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why);
 /* Makes backend 'idx' (-1: none) the one serving 'pc' (connection counts). */
 void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx);
-/* The splicer's ring buffer: FIN/RST and ACK-watch events. */
+/* The data path's events: FIN/RST and ACK watches. */
 void px_pc_events(struct rs_io *io, uint32_t events);
 void px_pc_reap(struct rs_timer *t);
 /* Counts the connections of backend 'idx' (status). */

@@ -38,23 +38,6 @@ static int buf_reserve(uint8_t **buf, size_t *off, size_t *len, size_t *cap, siz
     return 0;
 }
 
-/* Sends bytes [*off, len) of 'buf' on non-blocking 'fd' until the socket
- * is full, advancing '*off'.  Returns 0 or a negative errno. */
-static int send_some(int fd, const uint8_t *buf, size_t len, size_t *off)
-{
-    while (*off < len) {
-        ssize_t w = send(fd, buf + *off, len - *off, MSG_NOSIGNAL);
-
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
-        }
-        *off += (size_t)w;
-    }
-    return 0;
-}
-
 /* ---- Control requests answered later ---------------------------------- */
 
 /* Answers a deferred request once every record is queued and answered. */
@@ -81,7 +64,7 @@ static void lib_set_events(struct stated *s)
 
 static int lib_flush(struct stated *s)
 {
-    int err = send_some(s->lib_fd, s->lib_out, s->lib_out_len, &s->lib_out_off);
+    int err = rs_send_some(s->lib_fd, s->lib_out, s->lib_out_len, &s->lib_out_off);
 
     if (err < 0)
         return err;
