@@ -496,22 +496,10 @@ static bool conn_parse(struct app_conn *c)
  * the client has read the last response. */
 static void conn_drain(struct app_conn *c)
 {
-    char sink[4096];
+    int r = rs_drain_input(c->fd);      /* the linger timer ends a client that keeps sending */
 
-    /* Bounded per wake-up: a client that keeps sending must not hold the
-     * loop; the linger timer ends it. */
-    for (int i = 0; i < 16; i++) {
-        ssize_t r = recv(c->fd, sink, sizeof(sink), 0);
-
-        if (r > 0)
-            continue;
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        app_conn_close(c, r == 0 ? "closed" : "drain error");
-        return;
-    }
+    if (r)
+        app_conn_close(c, r > 0 ? "closed" : "drain error");
 }
 
 static void conn_set_events(struct app_conn *c)
@@ -617,11 +605,9 @@ static void conn_on_io(struct rs_io *io, uint32_t events)
     if (c->dead)
         return;
     if (events & (EPOLLERR | EPOLLHUP)) {
-        int soerr = 0;
-        socklen_t sl = sizeof(soerr);
+        int err = rs_sock_error(c->fd);
 
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        app_conn_close(c, soerr ? strerror(soerr) : "hangup");
+        app_conn_close(c, err ? strerror(err) : "hangup");
         return;
     }
     app_conn_service(c);

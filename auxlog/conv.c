@@ -299,9 +299,8 @@ static void conv_event(struct auxlog *a, struct aux_conv *c, bool upstream, uint
     int e = 0;
 
     if (upstream && c->connecting && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) {
-        int err = 0;
-        socklen_t l = sizeof(err);
-        getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &l);
+        int err = rs_sock_error(c->ufd);
+
         if (err) {
             conv_error(a, c, "connect upstream", err);
             return;

@@ -670,10 +670,8 @@ static void on_readable__(struct rs_cl *cl, struct rs_cl_worker *w)
 void rs_cl_worker_events(struct rs_cl *cl, struct rs_cl_worker *w, short revents)
 {
     if (w->state == RS_CL_W_CONNECTING) {
-        int err = 0;
-        socklen_t el = sizeof(err);
-        if (getsockopt(w->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
-            err = errno;
+        int err = rs_sock_error(w->fd);
+
         if (err) {
             char why[64];
             snprintf(why, sizeof(why), "connect: %s", strerror(err));

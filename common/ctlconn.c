@@ -314,9 +314,9 @@ static void conn_io(struct rs_io *io, uint32_t events)
     struct rs_ctlconn *c = io->ctx;
 
     if (c->outgoing && !c->up) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) || err || (events & (EPOLLERR | EPOLLHUP))) {
+        int err = rs_sock_error(io->fd);
+
+        if (err || (events & (EPOLLERR | EPOLLHUP))) {
             conn_down(c, -(err ? err : ECONNREFUSED));
             return;
         }

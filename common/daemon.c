@@ -244,3 +244,27 @@ int rs_send_some(int fd, const uint8_t *buf, size_t len, size_t *off)
     }
     return 0;
 }
+
+int rs_sock_error(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 ? errno : err;
+}
+
+int rs_drain_input(int fd)
+{
+    char sink[4096];
+
+    for (int i = 0; i < 16; i++) {
+        ssize_t r = recv(fd, sink, sizeof(sink), 0);
+
+        if (r > 0 || (r < 0 && errno == EINTR))
+            continue;
+        if (r == 0)
+            return 1;
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    }
+    return 0;
+}

@@ -52,6 +52,17 @@ int rs_accept_tcp(int lfd, struct sockaddr_in *peer);
  * is full, advancing '*off' (no SIGPIPE).  Returns 0 or a negative errno. */
 int rs_send_some(int fd, const uint8_t *buf, size_t len, size_t *off);
 
+/* The error pending on socket 'fd' (SO_ERROR: a connect's outcome, why
+ * it hung up), or getsockopt's own errno; 0 when none. */
+int rs_sock_error(int fd);
+
+/* A connection whose write side is shut reads and drops what the peer
+ * still sends, so unread bytes do not make the kernel reset it under the
+ * last response; bounded per call (16 x 4 KiB) so that a peer that keeps
+ * sending does not hold the loop.  Returns 0 (nothing more for now), 1
+ * when the peer closed, or a negative errno. */
+int rs_drain_input(int fd);
+
 /* The stats line (SIGUSR1): appends " name=value" for each of the 'n'
  * counters 'vals' named by 'names' to 'f'. */
 void rs_stats_put(FILE *f, const char *const *names, const uint64_t *vals, int n);

@@ -237,18 +237,10 @@ static int conn_timer(struct front_conn *c, uint64_t ns)
  * bytes do not make the kernel reset the connection under the last response. */
 static void conn_drain(struct front_conn *c)
 {
-    char sink[4096];
+    int r = rs_drain_input(c->fd);
 
-    for (int i = 0; i < 16; i++) {
-        ssize_t r = recv(c->fd, sink, sizeof(sink), 0);
-
-        if (r > 0 || (r < 0 && errno == EINTR))
-            continue;
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return;
-        front_close(c, r == 0 ? "closed" : "drain error");
-        return;
-    }
+    if (r)
+        front_close(c, r > 0 ? "closed" : "drain error");
 }
 
 static void conn_set_events(struct front_conn *c)
@@ -341,11 +333,9 @@ static void on_sock(struct rs_io *io, uint32_t events)
     if (c->dead)
         return;
     if ((events & (EPOLLERR | EPOLLHUP)) && !(events & EPOLLIN)) {
-        int soerr = 0;
-        socklen_t sl = sizeof(soerr);
+        int err = rs_sock_error(c->fd);
 
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-        front_close(c, soerr ? strerror(soerr) : "hangup");
+        front_close(c, err ? strerror(err) : "hangup");
         return;
     }
     front_service(c);

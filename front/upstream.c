@@ -113,12 +113,11 @@ bool up_flush(struct front_conn *c)
         }
     }
     if (c->up_connecting) {
-        int soerr = 0;
-        socklen_t sl = sizeof(soerr);
+        int err = rs_sock_error(c->ufd);
 
         /* Still connecting shows as ENOTCONN from getpeername. */
-        if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr) {
-            up_fail(c, strerror(soerr ? soerr : errno));
+        if (err) {
+            up_fail(c, strerror(err));
             return true;
         }
         {

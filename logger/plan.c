@@ -321,10 +321,10 @@ static void replay_io(struct rs_io *io, uint32_t events)
     uint8_t in[16384];
 
     if (pl->roff < pl->rlen) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) || err) {
-            replay_done(pl, -(err ? err : EIO));
+        int err = rs_sock_error(io->fd);
+
+        if (err) {
+            replay_done(pl, -err);
             return;
         }
         while (pl->roff < pl->rlen) {

@@ -695,12 +695,11 @@ static void backend_io(struct rs_io *io, uint32_t events)
     struct proxy *p = pc->p;
 
     if (pc->phase == PC_CONNECTING) {
-        int err = 0;
-        socklen_t len = sizeof(err);
+        int err;
+
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return;
-        getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err) {
+        if ((err = rs_sock_error(io->fd))) {
             connect_failed(pc->p, pc, -err);
             return;
         }

@@ -196,9 +196,9 @@ static void move_io(struct rs_io *io, uint32_t events)
     struct move *mv = &rec->mv;
 
     if (mv->step == MV_CONNECT) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) || err || (events & (EPOLLERR | EPOLLHUP))) {
+        int err = rs_sock_error(io->fd);
+
+        if (err || (events & (EPOLLERR | EPOLLHUP))) {
             move_fail(rec, -(err ? err : ECONNREFUSED));
             return;
         }
