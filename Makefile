@@ -45,7 +45,7 @@ client_LIBS :=
 proxy_LIBS  := -lbpf -lelf -lz
 proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
-BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%)
+BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
 .PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan clean
 all: $(LIB) $(BINS)
@@ -104,6 +104,17 @@ $(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(COMMON_SRC) $(wild
 		$(filter %.c,$($(1)_SRC)) -o $$@ $$(LIB) $$($(1)_LIBS) $$(CORE_LIBS) -lm
 endef
 $(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
+
+# libstate as the library a third-party application links (libstate/rs_state.h):
+# the state library and the event loop and helpers it runs on; with
+# libresplice, -lsodium -lhttp_parser.  rs-kv (libstate/example/) is built
+# against it alone, as such an application would be.
+LIBSTATE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard libstate/*.c) common/loop.c common/daemon.c common/options.c)
+$(LIBSTATE_OBJ): CPPFLAGS += -Icommon -Ilibstate
+$(BUILD)/librs-state.a: $(LIBSTATE_OBJ)
+	ar rcs $@ $^
+$(BUILD)/rs-kv: libstate/example/kv.c $(BUILD)/librs-state.a $(LIB)
+	$(CC) $(CPPFLAGS) -Ilibstate -Icommon $(ALL_CFLAGS) $< -o $@ $(BUILD)/librs-state.a $(LIB) $(CORE_LIBS) -lm
 
 # The proxy's tc program: compiled for BPF, embedded in rs-proxy as a
 # libbpf skeleton (no BTF of the running kernel needed).
@@ -179,5 +190,5 @@ figures:
 clean:
 	rm -rf $(BUILD)
 
--include $(CORE_OBJ:.o=.d) $(CORE_ASAN_OBJ:.o=.d)
+-include $(CORE_OBJ:.o=.d) $(CORE_ASAN_OBJ:.o=.d) $(LIBSTATE_OBJ:.o=.d)
 -include $(BINS:=.d)

@@ -23,7 +23,9 @@
  *   4. When a transaction ends before its held response was resumed (its
  *      connection died), call rs_state_forget().
  * The library is single-threaded: call it from the loop's thread only.
- * Link: libstate/state.c, common/loop.c and common/daemon.c, libresplice. */
+ * Link: build/librs-state.a build/libresplice.a -lsodium -lhttp_parser -lm
+ * (make builds both).  libstate/example/kv.c is a whole application in
+ * 250 lines, tested in tests/integration/test_stated.py. */
 #ifndef RS_STATE_H
 #define RS_STATE_H
 

@@ -313,5 +313,62 @@ class TestStated(StatedCase):
         self.assertIn("app-disconnect", self.log("stated-primary"))
 
 
+# Connects from c1's port argv[3] to argv[1]:argv[2], sends the lines of
+# argv[4] ('|'-separated) and prints the answers '|'-separated.
+LINES_CLIENT = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", int(sys.argv[3]))); s.settimeout(10); s.connect((sys.argv[1], int(sys.argv[2])))
+lines = sys.argv[4].split("|")
+s.sendall("".join(l + "\n" for l in lines).encode())
+f = s.makefile()
+print("|".join(f.readline().strip() for _ in lines))
+"""
+
+
+class TestLibraryAlone(StatedCase):
+    """rs-kv (libstate/example/kv.c), written against libstate/rs_state.h
+    alone as a third-party application would be, takes part like rs-app:
+    its updates reach the alternate and are applied once logged, its
+    non-deterministic answer waits for the alternate and is repeated there
+    by a replay that a CONN_MAP names."""
+
+    def kv(self, host, sock):
+        self.d[f"app-{host}"] = self.tb.start(host, f"kv-{host}", [binary("rs-kv"), "--listen",
+                                              f"0.0.0.0:{APP_PORT}", "--stated", sock], ready="listening")
+
+    def talk(self, host_ip, port, *lines):
+        script = os.path.join(self.dir, "lines.py")
+        with open(script, "w") as f:
+            f.write(LINES_CLIENT)
+        out = self.tb["c1"].cmd(f"{sys.executable} {script} {host_ip} {APP_PORT} {port} '{'|'.join(lines)}'")
+        return out.strip().split("|")
+
+    def test_state_flows_and_token_replays(self):
+        self.fake_logger()
+        sp = self.stated("primary", 1, ALTERNATE)
+        sa = self.stated("alternate", 2, PRIMARY)
+        self.kv("primary", sp)
+        self.kv("alternate", sa)
+        for h in ("primary", "alternate"):
+            self.assertTrue(wait_until(lambda: "app-connect" in self.log(f"stated-{h}"), 5))
+        client = f"{C1}:42001"
+        answers = self.talk(PRIMARY, 42001, "set a 1", "set b 2", "token")
+        self.assertEqual(answers[:2], ["ok", "ok"], answers)
+        self.assertRegex(answers[2], r"^token [0-9a-f]{16}$")
+        self.assertRegex(self.log("stated-alternate"), rf"update {re.escape(client)}#2 \d+B sync")
+        self.assertTrue(wait_until(lambda: self.report(ALTERNATE, client) == ("none", "2"), 5))
+        self.assertEqual(self.talk(ALTERNATE, 42010, "get a"), ["none"])       # not logged yet
+        for n in (0, 1):
+            self.assertEqual(self.ctl(ALTERNATE, "txn-logged", "--txn", f"{client}#{n}", "--resp-end", "1")[0], 0)
+        self.assertTrue(wait_until(lambda: self.talk(ALTERNATE, 42011, "get a", "get b") == ["1", "2"], 5))
+        # Recovery: APPLY below 3 (the token's state), then the replay of #2
+        # from a connection the CONN_MAP names as the client's, from number 2.
+        self.assertEqual(self.ctl(ALTERNATE, "apply", "--client", client, "--upto", "3"), (0, "ack APPLY status=0"))
+        rc, out = self.ctl(ALTERNATE, "conn-map", "--peer", f"{C1}:42012", "--client", client, "--next", "2")
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(self.talk(ALTERNATE, 42012, "token"), [answers[2]])
+
+
 if __name__ == "__main__":
     unittest.main()
