@@ -119,7 +119,7 @@ $(BUILD)/rs-kv: libstate/example/kv.c $(BUILD)/librs-state.a $(LIB)
 # The proxy's tc program: compiled for BPF, embedded in rs-proxy as a
 # libbpf skeleton (no BTF of the running kernel needed).
 BPF_CFLAGS := -target bpf -mcpu=v3 -O2 -g -Wall -Werror -Icore -Iproxy -I/usr/include/$(shell gcc -dumpmachine)
-$(BUILD)/splice.bpf.o: proxy/bpf/splice.bpf.c $(wildcard proxy/bpf/*.h) proxy/splice_map.h core/splice.h core/seq.h
+$(BUILD)/splice.bpf.o: proxy/bpf/splice.bpf.c $(wildcard proxy/bpf/*.h) proxy/splice_map.h core/splice.h core/splice-t.h core/seq.h
 	@mkdir -p $(@D)
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 $(BUILD)/splice.skel.h: $(BUILD)/splice.bpf.o

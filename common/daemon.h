@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ctl_msg.h"
+#include "ctl_msg-t.h"
 
 struct rs_addr {
     uint32_t ip;        /* host order */

@@ -33,7 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ctl_msg.h"
+#include "ctl_msg-t.h"
 #include "txn_id.h"
 
 enum rs_xfer_type {

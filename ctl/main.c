@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "ctl_msg.h"
 #include "daemon.h"
 #include "options.h"
 #include "parse.h"

@@ -25,7 +25,7 @@
  * The library is single-threaded: call it from the loop's thread only.
  * Link: build/librs-state.a build/libresplice.a -lsodium -lhttp_parser -lm
  * (make builds both).  libstate/example/kv.c is a whole application in
- * 250 lines, tested in tests/integration/test_stated.py. */
+ * under 300 lines, tested in tests/integration/test_stated.py. */
 #ifndef RS_STATE_H
 #define RS_STATE_H
 

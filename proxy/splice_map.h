@@ -10,7 +10,7 @@
 #ifndef RS_SPLICE_MAP_H
 #define RS_SPLICE_MAP_H
 
-#include "splice.h"
+#include "splice-t.h"
 
 #define RS_SPLICE_MAP_MAX 65536   /* directions spliced at once (two per connection) */
 #define RS_SPLICE_EVENTS_BYTES (1024 * 1024)   /* 1000 connections' FINs, RSTs and ACK watches at once */

@@ -10,6 +10,7 @@
 
 #include "consts.h"
 #include "maps.h"
+#include "splice.h"
 
 static __always_inline void report(const struct rs_flow_key *k, const struct rs_flow *f,
                                    __u32 flags, __u32 seq, __u32 gen)

@@ -20,6 +20,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "splice.h"
 #include "splice.skel.h"
 #include "splice_map.h"
 

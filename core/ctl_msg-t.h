@@ -1,0 +1,288 @@
+/* Types of the control messages (ctl_msg.h has their functions): the wire
+ * format, the message structs, keys and replay windows. */
+#ifndef RS_CTL_MSG_T_H
+#define RS_CTL_MSG_T_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "txn_id.h"
+
+/* ---- Wire format -----------------------------------------------------------
+ *
+ *   off  size  field
+ *     0     2  magic "RS"
+ *     2     1  version (RS_CTL_VERSION)
+ *     3     1  type (enum rs_ctl_type)
+ *     4     2  flags (none defined yet: must be 0)
+ *     6     4  sender id (non-zero)
+ *    10     8  sequence (non-zero, strictly increasing per sender)
+ *    18     4  payload length
+ *    22     n  payload (type-specific, fixed-size fields, network byte order)
+ *  22+n    32  HMAC-SHA256 over bytes [0, 22+n)
+ */
+#define RS_CTL_VERSION     1u
+#define RS_CTL_HDR_LEN     22u
+#define RS_CTL_MAC_LEN     32u
+#define RS_CTL_KEY_LEN     32u
+/* Opaque state of one transaction; bounds the receiver's buffering. */
+#define RS_CTL_STATE_MAX   (1u << 20)
+#define RS_CTL_STATE_HDR   16u
+#define RS_CTL_PLAN_HDR    48u
+#define RS_CTL_PAYLOAD_MAX (RS_CTL_PLAN_HDR + RS_CTL_STATE_MAX)
+#define RS_CTL_FRAME_MAX   (RS_CTL_HDR_LEN + RS_CTL_PAYLOAD_MAX + RS_CTL_MAC_LEN)
+/* Senders one receiver tracks; a deployment has a handful of daemons. */
+#define RS_CTL_REPLAY_PEERS 64u
+
+/* ---- Types ---------------------------------------------------------------- */
+
+enum rs_ctl_type {
+    RS_CTL_HEARTBEAT = 1,     /* "I am alive" */
+    RS_CTL_FAILURE,           /* a backend is considered dead */
+    RS_CTL_TXN_LOGGED,        /* logger -> alternate: response fully logged, apply state */
+    RS_CTL_STATE_REPORT,      /* alternate -> logger: Ts and TA of a connection */
+    RS_CTL_RECOVERY_INFO,     /* logger -> alternate/proxy: TL, AckTL, p */
+    RS_CTL_RESPLICE,          /* recovery manager -> proxies: splice to a new server */
+    RS_CTL_ACK,               /* reply to any request (RESPLICE_DONE is an ACK of RESPLICE) */
+    RS_CTL_STATE_UPDATE,      /* primary -> alternate: a transaction's state */
+    RS_CTL_CONN_MAP,          /* proxy/logger -> stated: the TCP peer about to connect acts for a client */
+    RS_CTL_STATE_QUERY,       /* logger -> stated: report Ts and TA of a client connection */
+    RS_CTL_APPLY,             /* logger -> stated: apply buffered state of a client up to a number */
+    RS_CTL_RECOVER,           /* proxy -> logger: a client's backend failed, plan its recovery */
+    RS_CTL_PLAN,              /* logger -> proxy: the recovery plan, with TL+1's logged request */
+    RS_CTL_RESEND,            /* proxy -> logger (first frame on a resend connection): send these bytes */
+    RS_CTL_SUSPECT,           /* logger -> proxy: this client's backend owes a response and is silent */
+    RS_CTL_FENCE,             /* proxy -> stated, operator -> proxy: a backend is fenced (or readmitted) */
+    RS_CTL_STATUS,            /* operator -> proxy: report roles and protection */
+    RS_CTL_STATUS_REPORT,     /* proxy -> operator: the answer to STATUS */
+    RS_CTL_TYPE_MAX = RS_CTL_STATUS_REPORT,
+};
+
+enum rs_ctl_role {
+    RS_CTL_ROLE_PROXY = 1,
+    RS_CTL_ROLE_LOGGER,
+    RS_CTL_ROLE_AUXLOG,
+    RS_CTL_ROLE_BACKEND,
+    RS_CTL_ROLE_MAX = RS_CTL_ROLE_BACKEND,
+};
+
+enum rs_ctl_fail_reason {
+    RS_CTL_FAIL_TIMEOUT = 1,  /* heartbeats stopped */
+    RS_CTL_FAIL_RESET,        /* backend reset its connections */
+    RS_CTL_FAIL_EXITED,       /* the process is known to have exited */
+    RS_CTL_FAIL_ADMIN,        /* an operator or the test harness said so */
+    RS_CTL_FAIL_MAX = RS_CTL_FAIL_ADMIN,
+};
+
+struct rs_ctl_key {
+    uint8_t bytes[RS_CTL_KEY_LEN];
+};
+
+/* A client's end of a spliced connection (host byte order). */
+struct rs_ctl_conn {
+    uint32_t ip4;             /* non-zero */
+    uint16_t port;            /* non-zero */
+};
+
+struct rs_ctl_heartbeat {
+    uint8_t role;             /* enum rs_ctl_role */
+    uint32_t backend_id;      /* sender's backend id; 0 unless role is BACKEND */
+    uint64_t time_us;         /* sender's clock, microseconds */
+};
+
+struct rs_ctl_failure {
+    uint32_t backend_id;
+    uint16_t reason;          /* enum rs_ctl_fail_reason */
+};
+
+struct rs_ctl_txn_logged {
+    rs_txn_id txn;
+    uint32_t resp_end;        /* seq after the transaction's last response byte */
+};
+
+struct rs_ctl_state_report {
+    struct rs_ctl_conn conn;
+    bool has_ts, has_ta;      /* Ts implies TA; 'ts'/'ta' are 0 when absent */
+    uint16_t ts, ta;
+};
+
+struct rs_ctl_recovery_info {
+    struct rs_ctl_conn conn;
+    bool has_tl;              /* 'tl' is 0 when absent */
+    uint16_t tl;
+    uint32_t ack_tl;
+    uint32_t p;               /* < 2^31 */
+};
+
+struct rs_ctl_resplice {
+    struct rs_ctl_conn client;
+    struct rs_ctl_conn vip;       /* the proxy side of the client connection */
+    struct rs_ctl_conn target;    /* the server to splice to */
+    uint32_t client_seq;          /* Q: first client byte the target gets directly */
+    uint32_t resp_seq;            /* R: first response byte taken from the target */
+};
+
+struct rs_ctl_ack {
+    uint64_t echo_seq;        /* sequence of the acknowledged message (non-zero) */
+    uint8_t echo_type;        /* its type (not ACK) */
+    int32_t status;           /* 0, or a negative errno in [-4095, -1] */
+};
+
+struct rs_ctl_state_update {
+    rs_txn_id txn;
+    bool sync;                /* sent before the response (non-deterministic txn) */
+    uint32_t len;             /* <= RS_CTL_STATE_MAX */
+    const uint8_t *data;      /* after decode: points into the frame buffer */
+};
+
+/* The backend will see a TCP connection from 'peer' (the proxy's or the
+ * logger's end); its requests are client 'client''s, numbered from
+ * 'next_num' on (so transaction IDs match the logger's). */
+struct rs_ctl_conn_map {
+    struct rs_ctl_conn peer;
+    struct rs_ctl_conn client;
+    uint16_t next_num;
+    uint8_t flags;            /* RS_CTL_CONN_MAP_* */
+};
+
+/* The connection re-runs transactions another backend already ran (a
+ * recovery's re-splice to the alternate, the logger's replay): the app
+ * says so to its auxiliary conversations, which rs-auxlog may then answer
+ * from the record. */
+#define RS_CTL_CONN_MAP_RERUN   (1u << 0)
+
+struct rs_ctl_state_query {
+    struct rs_ctl_conn client;
+};
+
+/* Apply every buffered state of 'client' whose number is below 'upto',
+ * logged or not (recovery: (Ts, TR)). */
+struct rs_ctl_apply {
+    struct rs_ctl_conn client;
+    uint16_t upto;
+};
+
+struct rs_ctl_recover {
+    struct rs_ctl_conn client;
+    uint16_t budget_ms;       /* the proxy gives up after this; the logger answers before (0: its default) */
+    uint32_t backend_id;      /* the failed backend */
+    struct rs_ctl_conn target;/* the alternate that takes over (its application port) */
+    /* What the proxy saw of the client: its newest ACK and the end of its
+     * newest segment.  The logger plans only once its log has seen as much
+     * (or gives up waiting after a few ms). */
+    bool has_seen;
+    uint32_t client_ack, client_seq_end;
+};
+
+/* Flags of rs_ctl_plan. */
+#define RS_CTL_PLAN_HAS_TL      (1u << 0)
+#define RS_CTL_PLAN_EQ1         (1u << 1)  /* equation 1 holds */
+#define RS_CTL_PLAN_REQ_DONE    (1u << 2)  /* TL+1's whole request is in 'data' */
+#define RS_CTL_PLAN_SYNC_STATE  (1u << 3)  /* TL+1 is answered from synchronously sent state */
+#define RS_CTL_PLAN_FLAGS_ALL   0x0fu
+
+/* The recovery of one client connection, in the client's sequence spaces:
+ * resend [resend_from, resend_to) of the response stream from the log;
+ * then the alternate gets 'data' (TL+1's request bytes logged so far,
+ * which start at client byte 'q') and its response to TL+1 lands at
+ * response byte 'ack_tl'. */
+struct rs_ctl_plan {
+    struct rs_ctl_conn client;
+    int32_t status;           /* 0, or why the connection cannot be recovered (negative errno) */
+    uint8_t flags;            /* RS_CTL_PLAN_* */
+    uint16_t tl, tsp, tr;     /* tl is 0 without RS_CTL_PLAN_HAS_TL */
+    uint16_t replayed;        /* transactions replayed on the alternate */
+    uint32_t ack_tl, p, ackcl;
+    uint32_t resend_from, resend_to;
+    uint32_t q;
+    uint32_t len;             /* <= RS_CTL_STATE_MAX */
+    const uint8_t *data;      /* after decode: points into the frame buffer */
+};
+
+struct rs_ctl_resend {
+    struct rs_ctl_conn client;
+    uint32_t from, to;        /* response bytes [from, to) in the client's numbering */
+};
+
+enum rs_ctl_suspect_reason {
+    RS_CTL_SUSPECT_STALL = 1, /* a complete request, no response byte for the configured bound */
+    RS_CTL_SUSPECT_MAX = RS_CTL_SUSPECT_STALL,
+};
+
+/* The connection of 'client' owes a response its backend has not begun
+ * (or stopped) sending for 'silent_ms' while the client could take it:
+ * the backend is hung, or cut off. */
+struct rs_ctl_suspect {
+    struct rs_ctl_conn client;
+    uint16_t reason;          /* enum rs_ctl_suspect_reason */
+    uint32_t silent_ms;
+};
+
+/* Backend 'backend_id' (whose host is 'ip4') is fenced: nothing it sends
+ * reaches a client, its rs-stated stops its application and every rs-stated
+ * refuses its states ('fenced' 1); or it is readmitted ('fenced' 0). */
+struct rs_ctl_fence {
+    uint32_t backend_id;
+    uint32_t ip4;             /* 0 when the sender does not know it */
+    bool fenced;
+};
+
+/* Roles and flags of rs_ctl_backend_status. */
+#define RS_CTL_ROLE_PRIMARY_BACKEND   1u   /* new connections go to it */
+#define RS_CTL_ROLE_ALTERNATE_BACKEND 2u   /* takes over failed connections */
+#define RS_CTL_BACKEND_FENCED    (1u << 0) /* declared failed, not readmitted */
+#define RS_CTL_BACKEND_PROTECTED (1u << 1) /* a live alternate would take over its connections */
+#define RS_CTL_BACKEND_FLAGS_ALL 0x03u
+#define RS_CTL_STATUS_BACKENDS 8u
+
+struct rs_ctl_backend_status {
+    uint32_t id;
+    uint32_t ip4;
+    uint16_t port;
+    uint8_t role;             /* RS_CTL_ROLE_*_BACKEND */
+    uint8_t flags;            /* RS_CTL_BACKEND_* */
+    uint32_t conns;           /* client connections it serves now */
+};
+
+struct rs_ctl_status_report {
+    uint8_t n;                /* entries of 'b' in use, <= RS_CTL_STATUS_BACKENDS */
+    uint32_t recovering, recovered, unrecoverable;
+    struct rs_ctl_backend_status b[RS_CTL_STATUS_BACKENDS];
+};
+
+struct rs_ctl_msg {
+    uint8_t type;             /* enum rs_ctl_type */
+    uint32_t sender;          /* non-zero */
+    uint64_t seq;             /* non-zero; start from a clock so restarts keep increasing */
+    union {
+        struct rs_ctl_heartbeat heartbeat;
+        struct rs_ctl_failure failure;
+        struct rs_ctl_txn_logged txn_logged;
+        struct rs_ctl_state_report state_report;
+        struct rs_ctl_recovery_info recovery_info;
+        struct rs_ctl_resplice resplice;
+        struct rs_ctl_ack ack;
+        struct rs_ctl_state_update state_update;
+        struct rs_ctl_conn_map conn_map;
+        struct rs_ctl_state_query state_query;
+        struct rs_ctl_apply apply;
+        struct rs_ctl_recover recover;
+        struct rs_ctl_plan plan;
+        struct rs_ctl_resend resend;
+        struct rs_ctl_suspect suspect;
+        struct rs_ctl_fence fence;
+        struct rs_ctl_status_report status_report;
+    } u;
+};
+
+/* Receiver's memory of the last sequence accepted from each sender. */
+struct rs_ctl_replay {
+    unsigned n;
+    struct {
+        uint32_t sender;
+        uint64_t last_seq;
+    } peer[RS_CTL_REPLAY_PEERS];
+};
+
+#endif /* RS_CTL_MSG_T_H */
