@@ -230,6 +230,16 @@ void rs_stats_put(FILE *f, const char *const *names, const uint64_t *vals, int n
         fprintf(f, " %s=%" PRIu64, names[i], vals[i]);
 }
 
+void rs_stats_fields(FILE *f, const void *base, const struct rs_stat_field *fields, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+
+        memcpy(&v, (const char *)base + fields[i].off, sizeof(v));
+        fprintf(f, " %s=%" PRIu64, fields[i].name, v);
+    }
+}
+
 int rs_send_some(int fd, const uint8_t *buf, size_t len, size_t *off)
 {
     while (*off < len) {

@@ -66,6 +66,14 @@ int rs_drain_input(int fd);
 /* The stats line (SIGUSR1): appends " name=value" for each of the 'n'
  * counters 'vals' named by 'names' to 'f'. */
 void rs_stats_put(FILE *f, const char *const *names, const uint64_t *vals, int n);
+/* The same for counters kept as uint64_t fields of a struct: 'fields' names
+ * them (RS_STAT(struct stats, accepted) prints " accepted=N"). */
+struct rs_stat_field {
+    const char *name;
+    size_t off;
+};
+#define RS_STAT(type, field) { #field, offsetof(type, field) }
+void rs_stats_fields(FILE *f, const void *base, const struct rs_stat_field *fields, size_t n);
 
 /* Raises the soft limit of open files to the hard one: scale experiments
  * open thousands of connections. */

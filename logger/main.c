@@ -9,6 +9,7 @@
  * port), plan.c, liveness.c. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,34 +180,35 @@ static int parse_args(struct logger *lg, int argc, char **argv)
 
 static void print_stats(void *ctx)
 {
+#define LG_STAT(f) RS_STAT(struct lg_stats, f)
+    static const struct rs_stat_field fields[] = {
+        LG_STAT(packets), LG_STAT(bytes), LG_STAT(non_tcp), LG_STAT(not_ours), LG_STAT(truncated),
+        { "conns_total", offsetof(struct lg_stats, conns) }, LG_STAT(conns_freed), LG_STAT(nl_midstream),
+        LG_STAT(nl_nomem), LG_STAT(nl_limit), LG_STAT(rings_grown), LG_STAT(rings_full), LG_STAT(inc_refused),
+        LG_STAT(inc_conflict), LG_STAT(inc_http), LG_STAT(inc_truncated), LG_STAT(inc_gap), LG_STAT(txns),
+        LG_STAT(txns_logged), LG_STAT(released_bytes), LG_STAT(heartbeats), LG_STAT(hb_unknown),
+        LG_STAT(failures_declared), LG_STAT(failures_forwarded), LG_STAT(recoveries), LG_STAT(recovery_errors),
+        LG_STAT(replays), LG_STAT(resends), LG_STAT(resend_errors), LG_STAT(suspects),
+    };
+#undef LG_STAT
     struct logger *lg = ctx;
     struct lg_capture_stats ps;
-    struct lg_stats *s = &lg->s;
+    const struct lg_stats *s = &lg->s;
     uint64_t max_gap = 0;
 
     for (int i = 0; i < lg->nbackends; i++)
         if (lg->backends[i].max_gap_ns > max_gap)
             max_gap = lg->backends[i].max_gap_ns;
-
     lg->capture->stats(lg, &ps);
-    printf("stats received=%u dropped=%u ifdropped=%u packets=%" PRIu64 " bytes=%" PRIu64 " non_tcp=%" PRIu64
-           " not_ours=%" PRIu64 " truncated=%" PRIu64 " connections=%u conns_total=%" PRIu64 " conns_freed=%" PRIu64
-           " not_loggable=%" PRIu64 " nl_midstream=%" PRIu64 " nl_nomem=%" PRIu64 " nl_limit=%" PRIu64
-           " rings_grown=%" PRIu64 " rings_full=%" PRIu64 " incomplete=%" PRIu64 " inc_refused=%" PRIu64 " inc_conflict=%" PRIu64
-           " inc_http=%" PRIu64 " inc_truncated=%" PRIu64 " inc_gap=%" PRIu64 " txns=%" PRIu64 " txns_logged=%" PRIu64
-           " txn_logged_sent=%" PRIu64 " txn_logged_dropped=%" PRIu64 " released_bytes=%" PRIu64
-           " mem_used=%zu mem_refused=%" PRIu64 " heartbeats=%" PRIu64 " hb_unknown=%" PRIu64
-           " failures_declared=%" PRIu64 " failures_forwarded=%" PRIu64 " recoveries=%" PRIu64
-           " recovery_errors=%" PRIu64 " replays=%" PRIu64 " resends=%" PRIu64 " resend_errors=%" PRIu64
-           " ctl_rejected=%" PRIu64 " suspects=%" PRIu64 " planning=%u hb_max_gap_us=%" PRIu64 "\n",
-           ps.received, ps.dropped, ps.ifdropped, s->packets, s->bytes, s->non_tcp, s->not_ours, s->truncated,
-           lg->nconns, s->conns, s->conns_freed, s->nl_midstream + s->nl_nomem + s->nl_limit, s->nl_midstream,
-           s->nl_nomem, s->nl_limit, s->rings_grown, s->rings_full, s->inc_refused + s->inc_conflict + s->inc_http + s->inc_truncated + s->inc_gap,
-           s->inc_refused, s->inc_conflict, s->inc_http, s->inc_truncated, s->inc_gap, s->txns, s->txns_logged,
-           lg->has_stated ? lg->st.frames : 0, lg->has_stated ? lg->st.dropped : 0, s->released_bytes,
-           lg->budget.used, lg->budget.refused, s->heartbeats, s->hb_unknown, s->failures_declared,
-           s->failures_forwarded, s->recoveries, s->recovery_errors, s->replays, s->resends, s->resend_errors,
-           s->ctl_rejected + lg->ctlsrv.rejected, s->suspects, lg->n_plans, max_gap / 1000);
+    printf("stats received=%u dropped=%u ifdropped=%u connections=%u not_loggable=%" PRIu64 " incomplete=%" PRIu64
+           " txn_logged_sent=%" PRIu64 " txn_logged_dropped=%" PRIu64 " mem_used=%zu mem_refused=%" PRIu64
+           " ctl_rejected=%" PRIu64 " planning=%u hb_max_gap_us=%" PRIu64,
+           ps.received, ps.dropped, ps.ifdropped, lg->nconns, s->nl_midstream + s->nl_nomem + s->nl_limit,
+           s->inc_refused + s->inc_conflict + s->inc_http + s->inc_truncated + s->inc_gap,
+           lg->has_stated ? lg->st.frames : 0, lg->has_stated ? lg->st.dropped : 0, lg->budget.used,
+           lg->budget.refused, s->ctl_rejected + lg->ctlsrv.rejected, lg->n_plans, max_gap / 1000);
+    rs_stats_fields(stdout, s, fields, sizeof(fields) / sizeof(fields[0]));
+    printf("\n");
     fflush(stdout);
 }
 

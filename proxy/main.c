@@ -43,17 +43,22 @@ static void print_stats(void *ctx)
 {
     struct proxy *p = ctx;
 
-    printf("stats accepted=%" PRIu64 " spliced=%" PRIu64 " splice_retries=%" PRIu64 " closed_early=%" PRIu64
-           " fins=%" PRIu64 " resets=%" PRIu64 " reaped_idle=%" PRIu64 " reaped_half_open=%" PRIu64
-           " resplices=%" PRIu64 " resplice_errors=%" PRIu64 " ctl_rejected=%" PRIu64 " backend_errors=%" PRIu64
-           " conn_map_errors=%" PRIu64 " failures=%" PRIu64 " suspects=%" PRIu64 " recovering=%u recovered=%" PRIu64
-           " unrecoverable=%" PRIu64 " legit_closes=%" PRIu64 " redispatched=%" PRIu64 " resets_sent=%" PRIu64
-           " fenced_drops=%" PRIu64 " port_clashes=%" PRIu64 "\n", p->st.accepted, p->st.spliced, p->st.splice_retries, p->st.closed_early,
-           p->st.fins, p->st.resets, p->st.reaped_idle, p->st.reaped_half_open, p->st.resplices,
-           p->st.resplice_errors, p->ctlsrv.rejected + p->st.ctl_rejected, p->st.backend_errors,
-           p->st.conn_map_errors, p->st.failures, p->st.suspects, p->recovering, p->st.recovered,
-           p->st.unrecoverable, p->st.legit_closes, p->st.redispatched, p->st.resets_sent, p->st.fenced_drops,
-           p->st.port_clashes);
+    static const struct rs_stat_field fields[] = {
+        RS_STAT(struct stats, accepted), RS_STAT(struct stats, spliced), RS_STAT(struct stats, splice_retries),
+        RS_STAT(struct stats, closed_early), RS_STAT(struct stats, fins), RS_STAT(struct stats, resets),
+        RS_STAT(struct stats, reaped_idle), RS_STAT(struct stats, reaped_half_open),
+        RS_STAT(struct stats, resplices), RS_STAT(struct stats, resplice_errors),
+        RS_STAT(struct stats, backend_errors), RS_STAT(struct stats, conn_map_errors),
+        RS_STAT(struct stats, failures), RS_STAT(struct stats, false_alarms), RS_STAT(struct stats, suspects),
+        RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
+        RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, redispatched),
+        RS_STAT(struct stats, resets_sent), RS_STAT(struct stats, fenced_drops),
+        RS_STAT(struct stats, port_clashes),
+    };
+
+    printf("stats recovering=%u ctl_rejected=%" PRIu64, p->recovering, p->ctlsrv.rejected + p->st.ctl_rejected);
+    rs_stats_fields(stdout, &p->st, fields, sizeof(fields) / sizeof(fields[0]));
+    printf("\n");
     fflush(stdout);
 }
 

@@ -23,25 +23,26 @@
 
 static void stats_print(void *ctx)
 {
+    static const struct rs_stat_field fields[] = {
+        RS_STAT(struct stats, ctl_frames), RS_STAT(struct stats, updates), RS_STAT(struct stats, update_bytes),
+        RS_STAT(struct stats, updates_refused), RS_STAT(struct stats, updates_stale), RS_STAT(struct stats, logged),
+        RS_STAT(struct stats, applied), RS_STAT(struct stats, applied_forced), RS_STAT(struct stats, apply_errors),
+        RS_STAT(struct stats, queries), RS_STAT(struct stats, conn_maps), RS_STAT(struct stats, relayed),
+        RS_STAT(struct stats, relay_acked), RS_STAT(struct stats, relay_failed),
+        RS_STAT(struct stats, failures_sent), RS_STAT(struct stats, app_connects),
+        RS_STAT(struct stats, app_disconnects), RS_STAT(struct stats, updates_fenced),
+        RS_STAT(struct stats, relays_degraded),
+    };
     const struct stated *s = ctx;
-    const struct stats *t = &s->st;
 
-    printf("stats id=%u app=%d clients=%u buffered=%" PRIu64 " buffered_bytes=%" PRIu64
-           " evicted=%" PRIu64 " ctl_conns=%u ctl_accepted=%" PRIu64 " ctl_frames=%" PRIu64
-           " ctl_rejected=%" PRIu64 " updates=%" PRIu64 " update_bytes=%" PRIu64
-           " updates_refused=%" PRIu64 " updates_stale=%" PRIu64 " logged=%" PRIu64
-           " applied=%" PRIu64 " applied_forced=%" PRIu64 " apply_errors=%" PRIu64
-           " queries=%" PRIu64 " conn_maps=%" PRIu64 " relayed=%" PRIu64 " relay_acked=%" PRIu64
-           " relay_failed=%" PRIu64 " relay_queued=%u peer_up=%d heartbeats=%" PRIu64
-           " failures_sent=%" PRIu64 " app_connects=%" PRIu64 " app_disconnects=%" PRIu64 " fenced=%d peer_fenced=%d"
-           " updates_fenced=%" PRIu64 " relays_degraded=%" PRIu64 "\n",
-           s->id, s->lib_fd >= 0, s->store.n_clients, s->store.n_states, s->store.bytes,
-           s->store.evicted, s->ctlsrv.n_conns, s->ctlsrv.accepted, t->ctl_frames, s->ctlsrv.rejected, t->updates,
-           t->update_bytes, t->updates_refused, t->updates_stale, t->logged, t->applied,
-           t->applied_forced, t->apply_errors, t->queries, t->conn_maps, t->relayed, t->relay_acked,
-           t->relay_failed, s->rel_len, s->peer_link.up, __atomic_load_n(&t->heartbeats, __ATOMIC_RELAXED),
-           t->failures_sent, t->app_connects, t->app_disconnects, s->self_fenced, s->peer_fenced, t->updates_fenced,
-           t->relays_degraded);
+    printf("stats id=%u app=%d clients=%u buffered=%" PRIu64 " buffered_bytes=%" PRIu64 " evicted=%" PRIu64
+           " ctl_conns=%u ctl_accepted=%" PRIu64 " ctl_rejected=%" PRIu64 " relay_queued=%u peer_up=%d"
+           " heartbeats=%" PRIu64 " fenced=%d peer_fenced=%d", s->id, s->lib_fd >= 0, s->store.n_clients,
+           s->store.n_states, s->store.bytes, s->store.evicted, s->ctlsrv.n_conns, s->ctlsrv.accepted,
+           s->ctlsrv.rejected, s->rel_len, s->peer_link.up, __atomic_load_n(&s->st.heartbeats, __ATOMIC_RELAXED),
+           s->self_fenced, s->peer_fenced);
+    rs_stats_fields(stdout, &s->st, fields, sizeof(fields) / sizeof(fields[0]));
+    printf("\n");
     fflush(stdout);
 }
 
