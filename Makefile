@@ -109,7 +109,8 @@ $(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
 # the state library and the event loop and helpers it runs on; with
 # libresplice, -lsodium -lhttp_parser.  rs-kv (libstate/example/) is built
 # against it alone, as such an application would be.
-LIBSTATE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard libstate/*.c) common/loop.c common/daemon.c common/options.c)
+LIBSTATE_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard libstate/*.c) common/loop.c common/daemon.c common/options.c \
+                common/server.c)
 $(LIBSTATE_OBJ): CPPFLAGS += -Icommon -Ilibstate
 $(BUILD)/librs-state.a: $(LIBSTATE_OBJ)
 	ar rcs $@ $^

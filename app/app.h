@@ -14,6 +14,7 @@
 
 #include "daemon.h"     /* rs_log, rs_mono_ns, rs_addr */
 #include "loop.h"
+#include "server.h"
 #include "rs_state.h"
 #include "state.h"
 #include "txn_id.h"
@@ -138,7 +139,7 @@ struct app_delayed {
 struct rs_app {
     const char *name;           /* --id */
     struct rs_loop loop;
-    struct rs_io lio;           /* the listening socket */
+    struct rs_server server;    /* the listening socket */
     struct rs_timer delay_timer;    /* --sync-delay */
     struct rs_addr laddr;
     struct app_conn *conns;     /* open connections */
@@ -161,9 +162,9 @@ struct rs_app {
 
 /* ---- http.c ----------------------------------------------------------- */
 
-/* Accepts connection 'fd' from 'peer' and registers it.  Returns 0 or a
- * negative errno (then 'fd' is closed). */
-int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer);
+/* rs_server_fn: registers accepted connection 'fd' from 'peer' of the app
+ * 'ctx'.  Returns 0 or a negative errno (then 'fd' is closed). */
+int app_conn_open(void *ctx, int fd, const struct sockaddr_in *peer);
 
 /* Does all the work the connection can do now (parse, serve, send). */
 void app_conn_service(struct app_conn *c);

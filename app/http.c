@@ -615,11 +615,11 @@ static void conn_on_io(struct rs_io *io, uint32_t events)
 
 /* ---- Open and close --------------------------------------------------- */
 
-int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
+int app_conn_open(void *ctx, int fd, const struct sockaddr_in *peer)
 {
+    struct rs_app *app = ctx;
     struct app_conn *c = calloc(1, sizeof(*c));
     struct rs_addr pa = rs_addr_of_sin(peer);
-    int one = 1;
 
     if (!c) {
         close(fd);
@@ -630,9 +630,7 @@ int app_conn_open(struct rs_app *app, int fd, const struct sockaddr_in *peer)
     rs_timer_init(&c->timer, conn_on_timer, c);
     c->peer_ip4 = pa.ip;
     c->peer_port = pa.port;
-    rs_state_accepted(app->stated, fd, &c->who);
-    /* Small responses must not wait for Nagle: latency is what we measure. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    rs_state_accepted(app->stated, fd, &c->who);     /* rs_accept_tcp set TCP_NODELAY */
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
 

@@ -22,6 +22,7 @@
 #include "options.h"
 #include "parse.h"
 #include "rs_state.h"
+#include "server.h"
 
 /* ---- Stats ------------------------------------------------------------ */
 
@@ -88,23 +89,6 @@ static void usage(FILE *f)
 }
 
 /* ---- Event loop ------------------------------------------------------- */
-
-static void on_accept(struct rs_io *io, uint32_t events)
-{
-    struct rs_app *app = io->ctx;
-
-    (void)events;
-    for (;;) {
-        struct sockaddr_in peer;
-        int fd = rs_accept_tcp(io->fd, &peer), err;
-
-        if (fd < 0)
-            return;
-        err = app_conn_open(app, fd, &peer);
-        if (err < 0)
-            rs_log("error conn-open %s", strerror(-err));
-    }
-}
 
 /* Once per loop turn: free what closed during it. */
 static bool reap(void *ctx)
@@ -207,8 +191,8 @@ int main(int argc, char **argv)
     rs_raise_nofile();
     if ((err = rs_loop_init(&app.loop)) == 0)
         err = rs_loop_signals(&app.loop, stats_print, &app);
-    if (err == 0 && (err = rs_listen_tcp(app.laddr, 1024)) >= 0)
-        err = rs_io_start(&app.loop, &app.lio, err, EPOLLIN, on_accept, &app);
+    if (err == 0)
+        err = rs_server_open(&app.server, &app.loop, app.laddr, 1024, app_conn_open, &app);
     rs_loop_idle(&app.loop, reap, &app);
     if (err == 0 && sync_delay)
         err = app_sync_delay_init(&app, sync_delay);
@@ -234,7 +218,7 @@ int main(int argc, char **argv)
     stats_print(&app);
     rs_log("exit");
     rs_state_close(app.stated);
-    close(app.lio.fd);
+    rs_server_close(&app.server);
     rs_loop_fini(&app.loop);
     return 0;
 }

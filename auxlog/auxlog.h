@@ -15,6 +15,7 @@
 #include "auxproto.h"
 #include "daemon.h"
 #include "loop.h"
+#include "server.h"
 
 #define AUX_LINE_MAX    (64u << 10)     /* a command or reply line, with its CRLF */
 #define AUX_UNIT_MAX    (32u << 20)     /* a unit: literals and message data included */
@@ -105,10 +106,9 @@ struct aux_conv {
 /* A listening port (--imap, --smtp) and the mail store behind it. */
 struct listener {
     struct auxlog *a;
-    struct rs_io io;
+    struct rs_server server;
     enum rs_aux_proto proto;
     struct rs_addr laddr, up;
-    int fd;
 };
 
 /* The daemon. */
@@ -162,8 +162,8 @@ void records_expire(struct auxlog *a);
 
 /* ---- conv.c --------------------------------------------------------------- */
 
-/* The listeners' handler: a new conversation from a backend. */
-void conv_accept(struct rs_io *io, uint32_t events);
+/* rs_server_fn of each listener ('ctx'): a new conversation from a backend. */
+int conv_accept(void *ctx, int fd, const struct sockaddr_in *sin);
 /* Queues bytes for the backend / the mail store.  Return 0 or -ENOMEM. */
 int to_client(struct aux_conv *c, const void *p, size_t n);
 int to_upstream(struct aux_conv *c, const void *p, size_t n);

@@ -331,70 +331,66 @@ static void on_upstream(struct rs_io *io, uint32_t events)
     conv_event(c->a, c, true, events);
 }
 
-void conv_accept(struct rs_io *io, uint32_t events)
+int conv_accept(void *ctx, int fd, const struct sockaddr_in *sin)
 {
-    struct listener *l = io->ctx;
+    struct listener *l = ctx;
     struct auxlog *a = l->a;
+    struct aux_conv *c;
+    struct sockaddr_in up = rs_addr_sin(l->up);
+    int one = 1, ufd;
 
-    (void)events;
-    for (;;) {
-        struct sockaddr_in sin;
-        int one = 1, fd = rs_accept_tcp(io->fd, &sin);
-        if (fd < 0)
-            return;
-        if (a->n_convs >= AUX_CONV_MAX) {
-            a->refused++;
-            rs_log("refused %s backend=%s why=max-conns", proto_name(l->proto), RS_A(rs_addr_of_sin(&sin)));
-            close(fd);
-            continue;
-        }
-        struct aux_conv *c = calloc(1, sizeof(*c));
-        struct sockaddr_in up = rs_addr_sin(l->up);
-        int ufd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (!c || ufd < 0) {
-            free(c);
-            if (ufd >= 0)
-                close(ufd);
-            close(fd);
-            a->errors++;
-            continue;
-        }
-        setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        c->id = ++a->next_id;
-        c->a = a;
-        c->proto = l->proto;
-        c->cfd = fd;
-        c->ufd = ufd;
-        c->peer = rs_addr_of_sin(&sin);
-        c->up = l->up;
-        c->start_ns = rs_mono_ns();
-        rs_aux_split_init(&c->cs, c->proto, RS_AUX_CLIENT, AUX_LINE_MAX, AUX_UNIT_MAX);
-        rs_aux_split_init(&c->ss, c->proto, RS_AUX_SERVER, AUX_LINE_MAX, AUX_UNIT_MAX);
-        c->rec = record_new(c->proto, c->peer.ip);
-        c->nc = 1;      /* unit 0 is the greeting */
-        c->next = a->convs;
-        if (a->convs)
-            a->convs->prev = c;
-        a->convs = c;
-        a->n_convs++;
-        a->conns++;
-        if (!c->rec || record_push(a, c->rec, NULL, 0, NULL) < 0) {
-            conv_error(a, c, "record", ENOMEM);
-            continue;
-        }
-        if (rs_io_start(&a->loop, &c->cio, fd, EPOLLIN, on_client, c) < 0
-            || rs_io_start(&a->loop, &c->uio, ufd, EPOLLIN, on_upstream, c) < 0) {
-            conv_error(a, c, "epoll", errno);
-            continue;
-        }
-        if (connect(ufd, (struct sockaddr *)&up, sizeof(up)) < 0) {
-            if (errno != EINPROGRESS) {
-                conv_error(a, c, "connect upstream", errno);
-                continue;
-            }
-            c->connecting = true;
-        }
-        conv_arm(a, c);
+    if (a->n_convs >= AUX_CONV_MAX) {
+        a->refused++;
+        rs_log("refused %s backend=%s why=max-conns", proto_name(l->proto), RS_A(rs_addr_of_sin(sin)));
+        close(fd);
+        return 0;
     }
+    c = calloc(1, sizeof(*c));
+    ufd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (!c || ufd < 0) {
+        free(c);
+        if (ufd >= 0)
+            close(ufd);
+        close(fd);
+        a->errors++;
+        return -ENOMEM;
+    }
+    setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->id = ++a->next_id;
+    c->a = a;
+    c->proto = l->proto;
+    c->cfd = fd;
+    c->ufd = ufd;
+    c->peer = rs_addr_of_sin(sin);
+    c->up = l->up;
+    c->start_ns = rs_mono_ns();
+    rs_aux_split_init(&c->cs, c->proto, RS_AUX_CLIENT, AUX_LINE_MAX, AUX_UNIT_MAX);
+    rs_aux_split_init(&c->ss, c->proto, RS_AUX_SERVER, AUX_LINE_MAX, AUX_UNIT_MAX);
+    c->rec = record_new(c->proto, c->peer.ip);
+    c->nc = 1;      /* unit 0 is the greeting */
+    c->next = a->convs;
+    if (a->convs)
+        a->convs->prev = c;
+    a->convs = c;
+    a->n_convs++;
+    a->conns++;
+    if (!c->rec || record_push(a, c->rec, NULL, 0, NULL) < 0) {
+        conv_error(a, c, "record", ENOMEM);
+        return 0;
+    }
+    if (rs_io_start(&a->loop, &c->cio, fd, EPOLLIN, on_client, c) < 0
+        || rs_io_start(&a->loop, &c->uio, ufd, EPOLLIN, on_upstream, c) < 0) {
+        conv_error(a, c, "epoll", errno);
+        return 0;
+    }
+    if (connect(ufd, (struct sockaddr *)&up, sizeof(up)) < 0) {
+        if (errno != EINPROGRESS) {
+            conv_error(a, c, "connect upstream", errno);
+            return 0;
+        }
+        c->connecting = true;
+    }
+    conv_arm(a, c);
+    return 0;
 }
 

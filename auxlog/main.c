@@ -76,14 +76,10 @@ static int setup(struct auxlog *a)
         return e;
     for (unsigned i = 0; i < a->n_ls; i++) {
         struct listener *l = &a->ls[i];
-        int fd = rs_listen_tcp(l->laddr, 256);
-        if (fd < 0) {
-            rs_log("cannot listen on %s: %s", RS_A(l->laddr), strerror(-fd));
-            return fd;
-        }
+
         l->a = a;
-        if ((e = rs_io_start(&a->loop, &l->io, fd, EPOLLIN, conv_accept, l)) < 0) {
-            close(fd);
+        if ((e = rs_server_open(&l->server, &a->loop, l->laddr, 256, conv_accept, l)) < 0) {
+            rs_log("cannot listen on %s: %s", RS_A(l->laddr), strerror(-e));
             return e;
         }
     }

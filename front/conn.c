@@ -352,10 +352,12 @@ void front_on_up(struct rs_io *io, uint32_t events)
 
 /* ---- Open and close --------------------------------------------------- */
 
-int front_conn_open(struct front *f, int fd)
+int front_conn_open(void *ctx, int fd, const struct sockaddr_in *peer)
 {
+    struct front *f = ctx;
     struct front_conn *c = calloc(1, sizeof(*c));
-    int one = 1;
+
+    (void)peer;                 /* named by rs_state_accepted */
 
     if (!c) {
         close(fd);
@@ -366,7 +368,6 @@ int front_conn_open(struct front *f, int fd)
     c->ufd = -1;
     rs_timer_init(&c->timer, on_linger, c);
     rs_state_accepted(f->stated, fd, &c->who);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     http_parser_init(&c->rq, HTTP_REQUEST);
     c->rq.data = c;
     http_parser_init(&c->rs, HTTP_RESPONSE);

@@ -37,6 +37,7 @@
 
 #include "daemon.h"     /* rs_log, rs_mono_ns, rs_addr */
 #include "loop.h"
+#include "server.h"
 #include "rs_state.h"
 #include "txn_id.h"
 
@@ -206,7 +207,7 @@ struct front {
     const char *name;               /* --id */
     struct front_cfg cfg;
     struct rs_loop loop;
-    struct rs_io lio;               /* the listening socket */
+    struct rs_server server;        /* the listening socket */
     struct rs_addr laddr;
     struct rs_state *stated;        /* --stated: the state library, or NULL */
     char state_real[PATH_MAX];      /* realpath of cfg.state_dir */
@@ -242,9 +243,9 @@ static inline struct front_txn *q_at(struct front_conn *c, uint32_t i)
 
 /* ---- conn.c: a client connection ------------------------------------------ */
 
-/* Accepts client connection 'fd'.  Returns 0 or a negative errno (then
- * 'fd' is closed). */
-int front_conn_open(struct front *f, int fd);
+/* rs_server_fn: takes client connection 'fd' of the front 'ctx'.  Returns
+ * 0 or a negative errno (then 'fd' is closed). */
+int front_conn_open(void *ctx, int fd, const struct sockaddr_in *peer);
 /* Does all the work the connection can do now (read, forward, answer, send). */
 void front_service(struct front_conn *c);
 /* Closes 'c' now; unsent transactions end incomplete.  Freed by front_reap. */

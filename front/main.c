@@ -149,22 +149,6 @@ static int parse_options(int argc, char **argv, struct front *f, struct opts *o)
 
 /* ---- Event loop ------------------------------------------------------- */
 
-static void on_accept(struct rs_io *io, uint32_t events)
-{
-    struct front *f = io->ctx;
-
-    (void)events;
-    for (;;) {
-        struct sockaddr_in peer;
-        int fd = rs_accept_tcp(io->fd, &peer), err;
-
-        if (fd < 0)
-            return;
-        if ((err = front_conn_open(f, fd)) < 0)
-            rs_log("error conn-open %s", strerror(-err));
-    }
-}
-
 /* Once per loop turn: free what closed during it. */
 static bool reap(void *ctx)
 {
@@ -189,8 +173,8 @@ static int setup(struct front *f, const struct opts *o)
     front_apply_init(f);
     if ((err = rs_loop_init(&f->loop)) == 0)
         err = rs_loop_signals(&f->loop, stats_print, f);
-    if (err == 0 && (err = rs_listen_tcp(f->laddr, 1024)) >= 0)
-        err = rs_io_start(&f->loop, &f->lio, err, EPOLLIN, on_accept, f);
+    if (err == 0)
+        err = rs_server_open(&f->server, &f->loop, f->laddr, 1024, front_conn_open, f);
     if (err < 0) {
         fprintf(stderr, "rs-front: cannot listen on %s: %s\n", RS_A(f->laddr), strerror(-err));
         return 1;
@@ -242,7 +226,7 @@ int main(int argc, char **argv)
     rs_log("exit");
     rs_state_close(f.stated);
     free(f.blob);
-    close(f.lio.fd);
+    rs_server_close(&f.server);
     rs_loop_fini(&f.loop);
     return 0;
 }

@@ -23,6 +23,7 @@
 
 #include "daemon.h"
 #include "options.h"
+#include "server.h"
 #include "loop.h"
 #include "parse.h"
 
@@ -63,7 +64,7 @@ struct smtpd {
     uint64_t max_size;
     unsigned max_conns;
     struct rs_loop loop;
-    struct rs_io lio;
+    struct rs_server server;
     struct rs_timer reap;
     struct smtpd_conn *conns;
     unsigned n_conns;
@@ -457,46 +458,42 @@ static void conn_event(struct rs_io *io, uint32_t events)
         conn_close(s, c);
 }
 
-static void on_accept(struct rs_io *io, uint32_t events)
+/* rs_server_fn: a new SMTP session, or "421" when there are too many. */
+static int on_accept(void *ctx, int fd, const struct sockaddr_in *sin)
 {
-    struct smtpd *s = io->ctx;
+    struct smtpd *s = ctx;
+    struct smtpd_conn *c;
 
-    (void)events;
-    for (;;) {
-        struct sockaddr_in sin;
-        int fd = rs_accept_tcp(io->fd, &sin);
-        if (fd < 0)
-            return;
-        if (s->n_conns >= s->max_conns) {
-            static const char busy[] = "421 4.3.2 too many connections\r\n";
-            ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL);
-            (void)w;
-            close(fd);
-            s->refused++;
-            rs_log("refused peer=%s why=max-conns", RS_A(rs_addr_of_sin(&sin)));
-            continue;
-        }
-        struct smtpd_conn *c = calloc(1, sizeof(*c));
-        if (!c) {
-            close(fd);
-            continue;
-        }
-        c->s = s;
-        c->fd = fd;
-        c->peer = rs_addr_of_sin(&sin);
-        c->last = time(NULL);
-        c->next = s->conns;
-        s->conns = c;
-        s->n_conns++;
-        s->accepted++;
-        if (rs_io_start(&s->loop, &c->io, fd, EPOLLIN, conn_event, c) < 0) {
-            conn_close(s, c);
-            continue;
-        }
-        reply(c, "220 %s ESMTP rs-smtpd\r\n", s->hostname);
-        if (conn_flush(s, c) < 0)
-            conn_close(s, c);
+    if (s->n_conns >= s->max_conns) {
+        static const char busy[] = "421 4.3.2 too many connections\r\n";
+        ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL);
+
+        (void)w;
+        close(fd);
+        s->refused++;
+        rs_log("refused peer=%s why=max-conns", RS_A(rs_addr_of_sin(sin)));
+        return 0;
     }
+    if (!(c = calloc(1, sizeof(*c)))) {
+        close(fd);
+        return -ENOMEM;
+    }
+    c->s = s;
+    c->fd = fd;
+    c->peer = rs_addr_of_sin(sin);
+    c->last = time(NULL);
+    c->next = s->conns;
+    s->conns = c;
+    s->n_conns++;
+    s->accepted++;
+    if (rs_io_start(&s->loop, &c->io, fd, EPOLLIN, conn_event, c) < 0) {
+        conn_close(s, c);
+        return 0;
+    }
+    reply(c, "220 %s ESMTP rs-smtpd\r\n", s->hostname);
+    if (conn_flush(s, c) < 0)
+        conn_close(s, c);
+    return 0;
 }
 
 static void print_stats(void *ctx)
@@ -527,16 +524,11 @@ static void reap_idle(struct rs_timer *t)
 
 static int setup(struct smtpd *s)
 {
-    int e, fd;
+    int e;
 
-    if ((e = rs_loop_init(&s->loop)) || (e = rs_loop_signals(&s->loop, print_stats, s)))
+    if ((e = rs_loop_init(&s->loop)) || (e = rs_loop_signals(&s->loop, print_stats, s))
+        || (e = rs_server_open(&s->server, &s->loop, s->laddr, 128, on_accept, s)))
         return e;
-    if ((fd = rs_listen_tcp(s->laddr, 128)) < 0)
-        return fd;
-    if ((e = rs_io_start(&s->loop, &s->lio, fd, EPOLLIN, on_accept, s))) {
-        close(fd);
-        return e;
-    }
     rs_timer_init(&s->reap, reap_idle, s);
     rs_timer_after(&s->loop, &s->reap, 10000000000ull);
     return 0;

@@ -29,6 +29,7 @@
 #include "loop.h"
 #include "options.h"
 #include "rs_state.h"
+#include "server.h"
 
 #define KEYS     64
 #define LINE_MAX 256
@@ -53,7 +54,7 @@ struct conn {
 
 struct server {
     struct rs_loop loop;
-    struct rs_io lio;
+    struct rs_server server;
     struct rs_state *stated;
     struct conn *conns;
     struct kv kv[KEYS];
@@ -194,27 +195,23 @@ static void on_conn(struct rs_io *io, uint32_t events)
     serve(c);
 }
 
-static void on_accept(struct rs_io *io, uint32_t events)
+static int on_accept(void *ctx, int fd, const struct sockaddr_in *peer)
 {
-    struct server *s = io->ctx;
-    struct sockaddr_in peer;
-    int fd;
+    struct server *s = ctx;
+    struct conn *c = calloc(1, sizeof(*c));
 
-    (void)events;
-    while ((fd = rs_accept_tcp(io->fd, &peer)) >= 0) {
-        struct conn *c = calloc(1, sizeof(*c));
-
-        if (!c || rs_io_start(&s->loop, &c->io, fd, EPOLLIN, on_conn, c) < 0) {
-            free(c);
-            close(fd);
-            continue;
-        }
-        c->srv = s;
-        c->fd = fd;
-        rs_state_accepted(s->stated, fd, &c->who);      /* whose requests, from which number */
-        c->next = s->conns;
-        s->conns = c;
+    (void)peer;
+    if (!c || rs_io_start(&s->loop, &c->io, fd, EPOLLIN, on_conn, c) < 0) {
+        free(c);
+        close(fd);
+        return -ENOMEM;
     }
+    c->srv = s;
+    c->fd = fd;
+    rs_state_accepted(s->stated, fd, &c->who);      /* whose requests, from which number */
+    c->next = s->conns;
+    s->conns = c;
+    return 0;
 }
 
 /* ---- The library's callbacks -------------------------------------------------- */
@@ -256,13 +253,13 @@ int main(int argc, char **argv)
         RS_OPTIONS_END,
     };
     struct rs_state_ops ops = { .ctx = &s, .apply = apply, .resume = resume };
-    int fd, err = rs_opts_parse("rs-kv", argc, argv, opts, usage);
+    int err = rs_opts_parse("rs-kv", argc, argv, opts, usage);
 
     if (err || !stated)
         return err ? rs_opts_exit(err) : (usage(stderr), 2);
     rs_log_init("rs-kv");
     if (rs_loop_init(&s.loop) < 0 || rs_loop_signals(&s.loop, NULL, NULL) < 0
-        || (fd = rs_listen_tcp(listen, 64)) < 0 || rs_io_start(&s.loop, &s.lio, fd, EPOLLIN, on_accept, &s) < 0
+        || rs_server_open(&s.server, &s.loop, listen, 64, on_accept, &s) < 0
         || !(s.stated = rs_state_open(&s.loop, stated, 0, &ops))) {
         fprintf(stderr, "rs-kv: cannot start: %s\n", strerror(errno));
         return 1;

@@ -97,8 +97,12 @@ class TestSplice(SpliceCase):
         self.app("primary")
         px = self.proxy()
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        # The think time gives the proxy its quiet moment to splice in: on an
+        # idle machine all four requests can otherwise pass in 12 ms of
+        # relaying with no pause long enough (the splice polls every 5 ms).
         d, _ = self.client("request GET /static/5000000?seed=3\n"
                            "  expect status 200\n  expect length 5000000\n  expect content seed=3\n"
+                           "think 50ms\n"
                            "request GET /static/1000?seed=4\n  expect content seed=4\n"
                            "request POST /counter\n  expect contains \"counter=1\"\n"
                            "request POST /counter\n  expect contains \"counter=2\"\n")
