@@ -18,6 +18,7 @@
 
 #include "content.h"
 #include "http_txn.h"
+#include "list.h"
 #include "rs_state.h"
 
 /* ---- Parser callbacks ------------------------------------------------- */
@@ -640,10 +641,7 @@ int app_conn_open(void *ctx, int fd, const struct sockaddr_in *peer)
         free(c);
         return err;
     }
-    c->next = app->conns;
-    if (app->conns)
-        app->conns->prev = c;
-    app->conns = c;
+    RS_LIST_PUSH(app->conns, c);
     app->conns_open++;
     app->stats[ST_CONNS_TOTAL]++;
     rs_log("conn-open %s", c->who.name);
@@ -675,15 +673,9 @@ void app_conn_close(struct app_conn *c, const char *why)
     rs_timer_stop(&app->loop, &c->timer);
     close(c->fd);
     c->fd = -1;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        app->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    RS_LIST_UNLINK(app->conns, c);
     /* Freed by app_conn_reap after this loop turn: callers up the stack may still hold it. */
     c->next = app->dead;
-    c->prev = NULL;
     app->dead = c;
     app->conns_open--;
 }

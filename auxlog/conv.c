@@ -13,6 +13,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "list.h"
+
 /* ---- Buffers ------------------------------------------------------------ */
 
 /* Appends 'n' bytes.  Returns 0 or -ENOMEM. */
@@ -121,12 +123,7 @@ static void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
             c->rec->writer = NULL;
         record_put(c->rec);
     }
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        a->convs = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    RS_LIST_UNLINK(a->convs, c);
     rs_io_stop(&c->cio);
     rs_io_stop(&c->uio);
     close(c->cfd);
@@ -368,10 +365,7 @@ int conv_accept(void *ctx, int fd, const struct sockaddr_in *sin)
     rs_aux_split_init(&c->ss, c->proto, RS_AUX_SERVER, AUX_LINE_MAX, AUX_UNIT_MAX);
     c->rec = record_new(c->proto, c->peer.ip);
     c->nc = 1;      /* unit 0 is the greeting */
-    c->next = a->convs;
-    if (a->convs)
-        a->convs->prev = c;
-    a->convs = c;
+    RS_LIST_PUSH(a->convs, c);
     a->n_convs++;
     a->conns++;
     if (!c->rec || record_push(a, c->rec, NULL, 0, NULL) < 0) {

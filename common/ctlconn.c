@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "list.h"
+
 #define IN_START       4096u                 /* grows to RS_CTL_FRAME_MAX for big frames */
 #define BACKOFF_MIN_NS (10ull * 1000000u)
 #define BACKOFF_MAX_NS (500ull * 1000000u)
@@ -27,14 +29,8 @@ static void call_unlink(struct rs_ctl_call *call)
 
     if (!c)
         return;
-    if (call->prev)
-        call->prev->next = call->next;
-    else
-        c->calls = call->next;
-    if (call->next)
-        call->next->prev = call->prev;
+    RS_LIST_UNLINK(c->calls, call);
     rs_timer_stop(c->loop, &call->timer);
-    call->prev = call->next = NULL;
     call->conn = NULL;
 }
 
@@ -198,11 +194,7 @@ int rs_ctl_call(struct rs_ctlconn *c, struct rs_ctl_msg *m, uint8_t reply_type, 
     call->done = done;
     call->ctx = ctx;
     call->conn = c;
-    call->prev = NULL;
-    call->next = c->calls;
-    if (c->calls)
-        c->calls->prev = call;
-    c->calls = call;
+    RS_LIST_PUSH(c->calls, call);
     rs_timer_init(&call->timer, call_timeout, call);
     rs_timer_after(c->loop, &call->timer, timeout_ns);
     return 0;
@@ -273,12 +265,7 @@ static void accepted_free(struct rs_ctlconn *c)
 {
     struct rs_ctlserver *s = c->server;
 
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    RS_LIST_UNLINK(s->conns, c);
     s->n_conns--;
     free(c->in);
     free(c->out);
@@ -372,10 +359,7 @@ static void server_io(struct rs_io *io, uint32_t events)
             free(c);
             continue;
         }
-        c->next = s->conns;
-        if (s->conns)
-            s->conns->prev = c;
-        s->conns = c;
+        RS_LIST_PUSH(s->conns, c);
         s->n_conns++;
         s->accepted++;
     }

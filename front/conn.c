@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "list.h"
+
 /* ---- Transactions ----------------------------------------------------- */
 
 static void txn_finish(struct front_conn *c, struct front_txn *t, bool complete)
@@ -380,10 +382,7 @@ int front_conn_open(void *ctx, int fd, const struct sockaddr_in *peer)
         free(c);
         return err;
     }
-    c->next = f->conns;
-    if (f->conns)
-        f->conns->prev = c;
-    f->conns = c;
+    RS_LIST_PUSH(f->conns, c);
     f->conns_open++;
     f->stats[FS_CONNS]++;
     rs_log("conn-open %s", c->who.name);
@@ -411,15 +410,9 @@ void front_close(struct front_conn *c, const char *why)
     rs_timer_stop(&c->f->loop, &c->timer);
     close(c->fd);
     c->fd = -1;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        f->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    RS_LIST_UNLINK(f->conns, c);
     /* Freed at the end of the loop turn: callers up the stack may still hold it. */
     c->next = f->dead;
-    c->prev = NULL;
     f->dead = c;
     f->conns_open--;
 }

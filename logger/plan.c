@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "logger.h"
+#include "list.h"
 #include "recovery.h"
 #include "seq.h"
 
@@ -190,12 +191,7 @@ static void plan_free(struct lg_plan *pl)
     rs_ctl_call_cancel(&pl->call);
     rs_timer_stop(&lg->loop, &pl->timer);
     rs_timer_stop(&lg->loop, &pl->deadline);
-    if (pl->prev)
-        pl->prev->next = pl->next;
-    else
-        lg->plans = pl->next;
-    if (pl->next)
-        pl->next->prev = pl->prev;
+    RS_LIST_UNLINK(lg->plans, pl);
     lg->n_plans--;
     free(pl->data);
     free(pl);
@@ -592,10 +588,7 @@ void lg_plan_start(struct logger *lg, uint64_t conn_id, const struct rs_ctl_msg 
     pl->rq = req->u.recover;
     pl->t0_us = rs_now_us();
     pl->rio.fd = -1;
-    pl->next = lg->plans;
-    if (lg->plans)
-        lg->plans->prev = pl;
-    lg->plans = pl;
+    RS_LIST_PUSH(lg->plans, pl);
     lg->n_plans++;
     rs_timer_init(&pl->timer, settle, pl);
     rs_timer_init(&pl->deadline, on_deadline, pl);
