@@ -13,6 +13,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -167,13 +168,29 @@ int rs_ctl_key_load(const char *path, struct rs_ctl_key *key)
 {
     char text[256];
     const char *end = NULL;
-    size_t n, len = 0;
-    FILE *f = fopen(path, "r");
+    size_t len = 0;
+    struct stat st;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-    if (!f)
+    if (fd < 0)
         return -errno;
-    n = fread(text, 1, sizeof(text) - 1, f);
-    fclose(f);
+    if (fstat(fd, &st) < 0) {
+        int err = -errno;
+
+        close(fd);
+        return err;
+    }
+    if (st.st_mode & 077) {
+        close(fd);
+        fprintf(stderr, "key file %s can be read by others (mode %04o): chmod 600 it\n", path,
+                (unsigned)(st.st_mode & 07777));
+        return -EPERM;
+    }
+    n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n < 0)
+        return -errno;
     text[n] = '\0';
     /* Leading white space is skipped; what follows the hex must be white space. */
     if (sodium_hex2bin(key->bytes, sizeof(key->bytes), text, n, " \t\r\n", &len, &end) != 0

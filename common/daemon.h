@@ -79,8 +79,10 @@ void rs_stats_fields(FILE *f, const void *base, const struct rs_stat_field *fiel
  * open thousands of connections. */
 void rs_raise_nofile(void);
 
-/* Loads a key file: 64 hex characters (surrounding white space allowed).
- * Returns 0, -errno when the file cannot be read, or -EINVAL. */
+/* Loads a key file: 64 hex characters (surrounding white space allowed),
+ * readable by its owner only (mode 0600; else it says so on stderr).
+ * Returns 0, -errno when the file cannot be read, -EPERM when others can
+ * read it, or -EINVAL. */
 int rs_ctl_key_load(const char *path, struct rs_ctl_key *key);
 
 /* Signals: SIGUSR1 asks for a stats line, SIGTERM and SIGINT for an exit.

@@ -31,3 +31,13 @@ def binary(name):
 def use_build(path):
     """Makes 'path' the build directory for binary() (a driver's --build)."""
     os.environ["RS_BUILD"] = os.path.abspath(path)
+
+
+def write_key(path):
+    """A fresh control-plane key file at 'path': 64 hex characters, mode
+    0600 (the daemons refuse a key file others can read)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(32).hex() + "\n")
+    return path

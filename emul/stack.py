@@ -20,7 +20,7 @@ made of several processes itself (roundcube/deploy.py's Roundcube).
 import os
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PRIMARY_ID, PROXY_CTL,
-                         STATED_PORT, VIP_PORT, binary)
+                         STATED_PORT, VIP_PORT, binary, write_key)
 from topologies.lan import SERVERS
 
 
@@ -38,8 +38,7 @@ class Stack:
 
     def _key(self):
         if not os.path.exists(self.key):
-            with open(self.key, "w") as f:
-                f.write(os.urandom(32).hex() + "\n")
+            write_key(self.key)
 
     def start(self):
         self._key()

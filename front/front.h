@@ -54,7 +54,8 @@
 #define FRONT_OUT_CAP    (256u * 1024)
 #define FRONT_TXN_Q      32u            /* requests forwarded, response not yet sent */
 #define FRONT_CUTS       16u            /* header lines removed from one head */
-#define FRONT_NAME_MAX   64u            /* longer header names match nothing we cut */
+#define FRONT_NAME_MAX   64u            /* header name bytes kept: longer names match no
+                                           exact name, but their prefix is still checked */
 #define FRONT_PATH_MAX   1024u          /* X-Resplice-State path */
 #define FRONT_LOCAL_ROOM 512u           /* 'out' space a locally made response needs */
 #define FRONT_TURN_BYTES (1u << 20)     /* bytes one connection sends per wake-up */
@@ -84,8 +85,9 @@ struct front_head {
     bool classified;
     enum hdr_kind kind;
     uint32_t line_start;
-    char name[FRONT_NAME_MAX + 1];
-    uint32_t name_len;          /* FRONT_NAME_MAX + 1: too long to match */
+    char name[FRONT_NAME_MAX];  /* the name's first bytes */
+    uint32_t name_len;          /* bytes in 'name' */
+    bool name_long;             /* the name is longer than 'name' holds */
     uint32_t cut_from[FRONT_CUTS], cut_to[FRONT_CUTS];
     uint32_t n_cuts;
     bool cut_overflow;
@@ -180,7 +182,7 @@ struct front_conn {
 };
 
 enum front_stat {
-    FS_CONNS, FS_REQS, FS_RESPS, FS_LOCAL, FS_BAD_REQUESTS, FS_TXN_ABORTED, FS_STATES,
+    FS_CONNS, FS_REQS, FS_RESPS, FS_LOCAL, FS_BAD_REQUESTS, FS_CLIENT_RESPLICE_HDRS, FS_TXN_ABORTED, FS_STATES,
     FS_STATE_BYTES, FS_SYNC, FS_STATE_ERRORS, FS_STRIPPED, FS_BYTES_IN, FS_BYTES_OUT,
     FS_UP_CONNECTS, FS_UP_ERRORS, FS_APPLIES, FS_APPLY_ERRORS, FS_RESP_CARRIED,
     FS_RESP_NOT_CARRIED, FS_RECORDED, FS_FROM_RECORD, FS_MAX,

@@ -4,6 +4,7 @@
  * and the --strip-header names), and writes the head without them. */
 #include "front.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <string.h>
 #include <strings.h>
@@ -27,24 +28,46 @@ static uint32_t head_pos(const struct front_head *h, const char *at)
 
 static bool name_is(const struct front_head *h, const char *name)
 {
-    return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+    return !h->name_long && h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+}
+
+/* True for a name of resplice's own, X-Resplice-*, as the application may
+ * see it: web servers hand headers to CGI with '-' and '_' alike
+ * (lighttpd: X_Resplice_Rerun and X-Resplice-Rerun both become
+ * HTTP_X_RESPLICE_RERUN), in any case, and at any length. */
+static bool name_is_ours(const struct front_head *h)
+{
+    static const char pfx[] = "x-resplice-";
+
+    if (h->name_len < sizeof(pfx) - 1)
+        return false;
+    for (size_t i = 0; i < sizeof(pfx) - 1; i++) {
+        char ch = (char)tolower((unsigned char)h->name[i]);
+
+        if ((ch == '_' ? '-' : ch) != pfx[i])
+            return false;
+    }
+    return true;
 }
 
 /* Decides what becomes of the current header line.  Requests lose every
- * X-Resplice-* header (a client must not name its own transaction); responses
- * lose X-Resplice-* (State and Sync are read first) and the --strip-header
+ * X-Resplice-* header, however spelled (a client must not name its own
+ * transaction or claim a re-run; logged and counted); responses lose
+ * X-Resplice-* (State and Sync are read first) and the --strip-header
  * names. */
 static void head_classify(struct front_conn *c, struct front_head *h)
 {
-    const char *pfx = "x-resplice-";
-    bool ours = h->name_len <= FRONT_NAME_MAX && h->name_len >= strlen(pfx) &&
-                strncasecmp(h->name, pfx, strlen(pfx)) == 0;
+    bool ours = name_is_ours(h);
 
     h->classified = true;
     h->kind = HK_KEEP;
     if (h == &c->rqh) {
-        if (ours)
+        if (ours) {
             h->kind = HK_CUT;
+            c->f->stats[FS_CLIENT_RESPLICE_HDRS]++;
+            rs_log("client-header %s '%.*s%s' dropped: resplice's own", c->who.name, (int)h->name_len, h->name,
+                   h->name_long ? "..." : "");
+        }
         return;
     }
     if (name_is(h, "X-Resplice-State")) {
@@ -94,10 +117,11 @@ static void head_field(struct front_conn *c, struct front_head *h, const char *a
         h->classified = false;
         h->line_start = head_pos(h, at);
         h->name_len = 0;
+        h->name_long = false;
     }
     if (h->name_len + len > FRONT_NAME_MAX) {
-        h->name_len = FRONT_NAME_MAX + 1;
-        return;
+        h->name_long = true;
+        len = FRONT_NAME_MAX - h->name_len;     /* keep the first bytes: the prefix decides */
     }
     memcpy(h->name + h->name_len, at, len);
     h->name_len += (uint32_t)len;

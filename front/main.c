@@ -20,6 +20,7 @@
 static const char *const fs_names[FS_MAX] = {
     [FS_CONNS] = "front_conns", [FS_REQS] = "front_reqs", [FS_RESPS] = "front_resps",
     [FS_LOCAL] = "front_local_resps", [FS_BAD_REQUESTS] = "front_bad_requests",
+    [FS_CLIENT_RESPLICE_HDRS] = "front_client_resplice_hdrs",
     [FS_TXN_ABORTED] = "front_txn_aborted", [FS_STATES] = "front_states",
     [FS_STATE_BYTES] = "front_state_bytes", [FS_SYNC] = "front_sync",
     [FS_STATE_ERRORS] = "front_state_errors", [FS_STRIPPED] = "front_hdrs_stripped",

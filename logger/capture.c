@@ -3,6 +3,7 @@
  * by a kernel module, an AF_XDP socket) plugs in beside libpcap.  Today:
  * libpcap live on --iface, or a pcap file with --read. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pcap/pcap.h>
 #include <stdio.h>
 #include <string.h>
@@ -123,9 +124,10 @@ static int pcap_read_all(struct logger *lg)
         return -EINVAL;
     while ((r = pcap_dispatch(lg->pcap, -1, on_pcap, (u_char *)lg)) > 0)
         ;
-    if (r < 0) {
-        rs_log("reading %s: %s", lg->readfile, pcap_geterr(lg->pcap));
-        return -EIO;
+    if (r < 0) {        /* a truncated or damaged file: what came before it is logged */
+        fprintf(stderr, "rs-logger: reading %s: %s (the table covers the %" PRIu64 " packets before it)\n",
+                lg->readfile, pcap_geterr(lg->pcap), lg->s.packets);
+        return -EPIPE;
     }
     return 0;
 }

@@ -118,7 +118,9 @@ struct lg_capture_ops {
     const char *name;
     /* Starts capturing on lg->iface, its fd on lg->loop.  Returns 0 or -errno (logged). */
     int (*open_live)(struct logger *lg);
-    /* Reads the whole of lg->readfile.  Returns 0 or -errno (logged). */
+    /* Reads the whole of lg->readfile.  Returns 0, -EPIPE when it stopped
+     * early at damaged or truncated data (what came before is logged), or
+     * another -errno when nothing could be read (logged). */
     int (*read_file)(struct logger *lg);
     /* Handles frames waiting now; true when more may wait. */
     bool (*drain)(struct logger *lg);

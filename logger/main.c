@@ -272,12 +272,14 @@ int main(int argc, char **argv)
     lg.seq = rs_now_us();
     lg.capture = &lg_capture_pcap;
     if (lg.readfile) {
-        if (lg.capture->read_file(&lg))
+        int err = lg.capture->read_file(&lg);
+
+        if (err && err != -EPIPE)
             return 1;
-        lg_conn_table(&lg, stdout);
+        lg_conn_table(&lg, stdout);     /* a partial one for a truncated file */
         print_stats(&lg);
         lg.capture->close(&lg);
-        rc = lg.stay ? run(&lg) : 0;
+        rc = err ? 1 : lg.stay ? run(&lg) : 0;
     } else {
         rc = run(&lg);
     }

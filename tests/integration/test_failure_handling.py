@@ -27,7 +27,7 @@ import time
 import unittest
 
 from emul.shaping import wait_until
-from emul.places import APP_PORT, PROXY_CTL, STATED_PORT, binary
+from emul.places import APP_PORT, LOGGER_CTL, LOGGER_RESEND, PROXY_CTL, STATED_PORT, binary
 from emul.stack import Stack
 from emul.testbed import Testbed, file_contains, leftovers, pcap_count
 from tests.integration.harness import needs_root
@@ -424,6 +424,60 @@ class TestConcurrent(Case):
         self.assertNotIn("unrecoverable", log)
         self.assertNotIn("backend-failed backend=2", self.stack.log("logger"))
         self.assertNotRegex(log, r"failure backend_id=2 ")
+
+
+# From a client host: for each ADDR:PORT in argv[1:], one connection of 4 KiB
+# of random bytes, one with a well-formed header that claims a 4 GiB frame,
+# and one that sends half a header and stays; prints "sent".
+HOSTILE_FRAMES = r"""
+import os, socket, struct, sys, time
+idle = []
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    for payload in (os.urandom(4096), b"RS" + bytes([1, 1, 0, 0]) + struct.pack(">IQI", 7, 1, 0xfffffff0)):
+        s = socket.create_connection((host, int(port)), timeout=5)
+        try:
+            s.sendall(payload)
+        except OSError:
+            pass
+        s.close()
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.sendall(b"RS\x01")
+    idle.append(s)
+time.sleep(0.5)
+print("sent", flush=True)
+"""
+
+
+class TestHostileFrames(Case):
+    """Garbage, a frame claiming 4 GiB and a half-sent header on every
+    control port (proxy, logger, logger resend, both rs-stated), from a
+    client host: each is refused and counted, nothing else changes — a
+    failover right after is as transparent as ever."""
+
+    def test_junk_on_every_control_port(self):
+        s = SERVERS
+        targets = [f"{s['proxy']}:{PROXY_CTL}", f"{s['logger']}:{LOGGER_CTL}", f"{s['logger']}:{LOGGER_RESEND}",
+                   f"{s['primary']}:{STATED_PORT}", f"{s['alternate']}:{STATED_PORT}"]
+        script = os.path.join(self.dir, "hostile.py")
+        with open(script, "w") as f:
+            f.write(HOSTILE_FRAMES)
+        out = self.tb["c1"].cmd(f"{sys.executable} {script} {' '.join(targets)}")
+        self.assertIn("sent", out)
+        for name in ("proxy", "logger", "stated-primary", "stated-alternate"):
+            self.assertGreaterEqual(int(self.stack.stats(name)["ctl_rejected"]), 2, (name, self.stack.log(name)))
+        # The stack works as before: a mid-download crash is masked.
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client(f"request GET {SLOW}\n  expect content seed=0\n")
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "connected"), 10))
+        time.sleep(0.4)
+        self.stack.kill_primary()
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        for name in ("proxy", "logger"):
+            self.assertNotRegex(self.stack.log(name), r"backend-failed backend=2|failure backend_id=2",
+                                "the alternate was declared failed")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from emul.places import APP_PORT, LOGGER_CTL, STATED_PORT, UPSTREAM_PORT, binary
+from emul.places import APP_PORT, LOGGER_CTL, STATED_PORT, UPSTREAM_PORT, binary, write_key
 from emul.shaping import wait_until
 from emul.stack import Stack
 from emul.testbed import Testbed, leftovers, pcap_count
@@ -274,8 +274,7 @@ class FrontCase(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-front-")
         self.dir = self.tmp.name
         self.key = os.path.join(self.dir, "key.hex")
-        with open(self.key, "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
+        write_key(self.key)
         for name, text in (("upstream.py", UPSTREAM), ("client.py", CLIENT)):
             with open(os.path.join(self.dir, name), "w") as f:
                 f.write(text)
@@ -381,7 +380,10 @@ class TestFront(FrontCase):
         port = 42001
         client = f"{C1}:{port}"
         resps = self.client(port, [["POST", "/counter", {}, ""], ["POST", "/counter", {}, ""],
-                                   ["GET", "/headers", {"X-Resplice-Txn": "10.9.9.9:1#7"}, ""],
+                                   ["GET", "/headers", {"X-Resplice-Txn": "10.9.9.9:1#7",
+                                                        # as lighttpd would hand them to PHP:
+                                                        "X_Resplice_Rerun": "1", "x-RESPLICE_txn": "x",
+                                                        "X-Resplice-" + "y" * 80: "long"}, ""],
                                    ["GET", "/counter", {}, ""]])
         self.assertEqual([r["body"] for r in resps[:2]], ["counter=1\n", "counter=2\n"])
         self.assertEqual(resps[3]["body"], "counter=2\n")
@@ -393,6 +395,12 @@ class TestFront(FrontCase):
         self.assertEqual([t[0] for t in self.txns("primary")], [f"{client}#{n}" for n in range(4)])
         self.assertIn(f"X-Resplice-Txn: {client}#2\n", resps[2]["body"])
         self.assertNotIn("10.9.9.9", resps[2]["body"])
+        # However spelled, a client's X-Resplice-* never reaches the application:
+        # only the front's own header does (logged and counted).
+        seen = [l.split(":")[0] for l in resps[2]["body"].splitlines()]
+        self.assertEqual([n for n in seen if n.lower().replace("_", "-").startswith("x-resplice-")],
+                         ["X-Resplice-Txn"], resps[2]["body"])
+        self.assertEqual(len(re.findall(r"client-header \S+ '.*' dropped", self.log("front-primary"))), 4)
         # The state files went to the alternate's rs-stated (and are gone).
         self.assertTrue(wait_until(lambda: self.report(ALTERNATE, client) == ("none", "1"), 5),
                         self.log("stated-alternate"))

@@ -13,7 +13,8 @@ import tempfile
 import time
 import unittest
 
-from emul.places import APP_PORT, LOGGER_CTL, LOGGER_RESEND, PROXY_CTL, STATED_PORT, VIP_PORT, binary
+from emul.places import (APP_PORT, LOGGER_CTL, LOGGER_RESEND, PROXY_CTL, STATED_PORT, VIP_PORT, binary,
+                         write_key)
 from emul.shaping import wait_until
 from emul.testbed import Testbed, leftovers
 from tests.integration.harness import needs_root
@@ -141,8 +142,7 @@ class LoggerCase(unittest.TestCase):
         self.dir = self.tmp.name
         os.chmod(self.dir, 0o755)
         self.key = os.path.join(self.dir, "key.hex")
-        with open(self.key, "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
+        write_key(self.key)
         self.peer = os.path.join(self.dir, "peer.py")
         with open(self.peer, "w") as f:
             f.write(PEER_SCRIPT)
@@ -288,6 +288,30 @@ class TestLoggerOffline(LoggerCase):
             # The loss showed on the mirror as retransmissions or reordering.
             self.assertGreater(int(conn["resp_dup_segs"]) + int(conn["resp_ooo_segs"]), 0, conn)
 
+    def test_truncated_pcap(self):
+        """A pcap cut in the middle of a packet: a clean message, the table of
+        what came before, exit status 1."""
+        self.app("primary")
+        self.proxy()
+        cap, pcap = self.capture()
+        self.client(TRACE)
+        time.sleep(0.5)
+        self.stop_capture(cap)
+        cut = os.path.join(self.dir, "cut.pcap")
+        with open(pcap, "rb") as f:
+            data = f.read()
+        with open(cut, "wb") as f:
+            f.write(data[:len(data) // 2 + 7])      # mid-packet, almost surely
+        r = subprocess.run([binary("rs-logger"), "--read", cut, "--vip", VIP], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 1, r.stderr[-2000:])
+        self.assertRegex(r.stderr, rf"rs-logger: reading {re.escape(cut)}: .*truncated.* \(the table covers "
+                                   r"the \d+ packets before it\)")
+        txns, conns, stats = parse_table(r.stdout)
+        self.assertEqual(len(conns), 1, r.stdout)
+        self.assertGreater(int(stats["packets"]), 0)
+        self.assertLess(len(txns), len(STEPS) + 1)
+
     def test_small_ring_releases_and_stays_exact(self):
         self.app("primary")
         self.proxy()
@@ -319,11 +343,12 @@ class TestLoggerOffline(LoggerCase):
 
 
 class TestLoggerOfflineLossy(TestLoggerOffline):
-    """The offline cases over a lossy link, but for two that are about the
+    """The offline cases over a lossy link, but for three that are about the
     LAN capture only (not tests here, rather than skipped ones)."""
     profile = Profile("l", 10, 0, 0.02)
     test_small_ring_releases_and_stays_exact = None
     test_midstream_not_loggable = None
+    test_truncated_pcap = None
 
 
 class TestLoggerLive(LoggerCase):

@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from emul.places import APP_PORT, PROXY_CTL, VIP_PORT, binary
+from emul.places import APP_PORT, PROXY_CTL, VIP_PORT, binary, write_key
 from emul.shaping import wait_until
 from emul.testbed import Testbed, leftovers, pcap_count
 from tests.integration.harness import needs_root
@@ -44,8 +44,7 @@ class SpliceCase(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-splice-")
         self.dir = self.tmp.name
         self.key = os.path.join(self.dir, "key.hex")
-        with open(self.key, "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
+        write_key(self.key)
         self.tb = Testbed(LanTopo(profile=self.profile), os.path.join(self.dir, "run"))
         self.tb.__enter__()
 
@@ -212,8 +211,7 @@ class TestResplice(SpliceCase):
         self.app("primary")
         px = self.proxy()
         bad = os.path.join(self.dir, "bad.hex")
-        with open(bad, "w") as f:
-            f.write(os.urandom(32).hex())
+        write_key(bad)
         out = self.tb["logger"].cmd(f"{binary('rs-ctl')} --to {PROXY}:{PROXY_CTL} --key {bad} resplice "
                                     f"--client {client_ip(0)}:1234 --vip {VIP} --target {ALTERNATE}:{APP_PORT}")
         self.assertNotIn("status=0", out)

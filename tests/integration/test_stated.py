@@ -8,12 +8,13 @@ while the app lives and stop (with a FAILURE) when it dies."""
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 import unittest
 
-from emul.places import APP_PORT, LOGGER_CTL, STATED_PORT, binary
+from emul.places import APP_PORT, LOGGER_CTL, STATED_PORT, binary, write_key
 from emul.shaping import wait_until
 from emul.testbed import Testbed, leftovers
 from tests.integration.harness import needs_root
@@ -71,8 +72,7 @@ class StatedCase(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-stated-")
         self.dir = self.tmp.name
         self.key = os.path.join(self.dir, "key.hex")
-        with open(self.key, "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
+        write_key(self.key)
         self.tb = Testbed(LanTopo(), os.path.join(self.dir, "run"))
         self.tb.__enter__()
         self.d = {}
@@ -207,8 +207,7 @@ class TestStated(StatedCase):
         self.assertEqual(self.report(ALTERNATE, client), ("0", "0"))
         # A frame under another key and plain junk are refused; stated carries on.
         other = os.path.join(self.dir, "other.hex")
-        with open(other, "w") as f:
-            f.write(os.urandom(32).hex())
+        write_key(other)
         out = self.tb["logger"].cmd(f"{binary('rs-ctl')} --to {ALTERNATE}:{STATED_PORT} --key {other} "
                                     f"apply --client {client} --upto 9 2>&1; echo rc=$?")
         self.assertIn("rc=1", out)
@@ -311,6 +310,26 @@ class TestStated(StatedCase):
         self.app("primary", os.path.join(self.dir, "primary.sock"))
         self.assertTrue(wait_until(lambda: [t for t, _ in self.frames(PRIMARY, 1) if t > t_kill + 0.4], 5))
         self.assertIn("app-disconnect", self.log("stated-primary"))
+
+
+class TestKeyFile(unittest.TestCase):
+    """A key file others can read is refused, with the reason; 0600 is taken.
+    (No testbed: the daemons fail before they open a socket.)"""
+
+    def test_readable_key_refused(self):
+        with tempfile.TemporaryDirectory(prefix="rs-key-") as d:
+            key = write_key(os.path.join(d, "key.hex"))
+            self.assertEqual(os.stat(key).st_mode & 0o777, 0o600)
+            os.chmod(key, 0o640)
+            for argv in ([binary("rs-stated"), "--id", "1", "--key", key, "--app-socket", os.path.join(d, "s")],
+                         [binary("rs-ctl"), "--to", "127.0.0.1:1", "--key", key, "status"]):
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                self.assertEqual(r.returncode, 1, argv)
+                self.assertIn("can be read by others (mode 0640): chmod 600 it", r.stderr)
+            os.chmod(key, 0o600)
+            r = subprocess.run([binary("rs-ctl"), "--to", "127.0.0.1:1", "--key", key, "status"],
+                               capture_output=True, text=True, timeout=10)
+            self.assertIn("cannot send to 127.0.0.1:1", r.stderr)     # past the key
 
 
 # Connects from c1's port argv[3] to argv[1]:argv[2], sends the lines of
