@@ -243,7 +243,8 @@ static bool conn_read(struct rs_ctlconn *c)
                 if (c->server)
                     c->server->rejected++;
                 rs_log("control %s=%s: rejected message: %s", c->name, RS_A(c->addr),
-                       used == -EACCES ? "bad MAC (wrong key?)" : strerror(-used));
+                       used == -EACCES ? "bad MAC (wrong key?)"
+                       : used == -EALREADY ? "replayed (sequence not above the sender's last)" : strerror(-used));
                 conn_down(c, used);
                 return false;
             }

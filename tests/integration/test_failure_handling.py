@@ -449,11 +449,64 @@ print("sent", flush=True)
 """
 
 
+# "grab PORT": takes one connection, saves what it sends to ./frame.bin.
+# "replay ADDR:PORT": sends frame.bin twice, each on a new connection, and
+# says whether an answer came or the connection was closed.
+REPLAY_FRAME = r"""
+import os, socket, sys, time
+path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frame.bin")
+if sys.argv[1] == "grab":
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("", int(sys.argv[2]))); ls.listen(1)
+    print("listening", flush=True)
+    c, _ = ls.accept(); c.settimeout(2); data = b""
+    try:
+        while len(data) < 22 or len(data) < 22 + int.from_bytes(data[18:22], "big") + 32:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    open(path, "wb").write(data)
+    print("grabbed %d" % len(data), flush=True)
+    time.sleep(30)
+else:
+    host, port = sys.argv[2].rsplit(":", 1)
+    for label in ("first", "again"):
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(open(path, "rb").read())
+        try:
+            print(label + (": answered" if s.recv(65536) else ": closed"), flush=True)
+        except (ConnectionResetError, socket.timeout):
+            print(label + ": closed", flush=True)
+        s.close()
+"""
+
+
 class TestHostileFrames(Case):
     """Garbage, a frame claiming 4 GiB and a half-sent header on every
     control port (proxy, logger, logger resend, both rs-stated), from a
     client host: each is refused and counted, nothing else changes — a
     failover right after is as transparent as ever."""
+
+    def test_sniffed_frame_replayed(self):
+        """A control frame seen on the wire (here: rs-ctl's STATUS request,
+        caught by a listener standing in for the proxy) is taken once and
+        refused when it comes again on a new connection."""
+        script = os.path.join(self.dir, "replay.py")
+        with open(script, "w") as f:
+            f.write(REPLAY_FRAME)
+        grab = self.tb.start("logger", "grab", [sys.executable, script, "grab", "9999"], ready="listening")
+        self.tb["logger"].cmd(f"{binary('rs-ctl')} --to {SERVERS['logger']}:9999 --key {self.stack.key} "
+                              "--timeout 1s status")
+        self.assertTrue(wait_until(lambda: "grabbed" in grab.output(), 5), grab.output())
+        before = int(self.stack.stats("proxy")["ctl_rejected"])
+        out = self.tb["logger"].cmd(f"{sys.executable} {script} replay {SERVERS['proxy']}:{PROXY_CTL}")
+        self.assertIn("first: answered", out)
+        self.assertIn("again: closed", out)
+        self.assertEqual(int(self.stack.stats("proxy")["ctl_rejected"]), before + 1)
+        self.assertIn("rejected message: replayed", self.stack.log("proxy"))
 
     def test_junk_on_every_control_port(self):
         s = SERVERS
