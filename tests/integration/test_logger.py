@@ -267,13 +267,19 @@ class LoggerCase(unittest.TestCase):
 
 
 class TestLoggerOffline(LoggerCase):
-    def run_and_read(self):
+    def captured_run(self):
+        """The app behind the proxy, TRACE from c1, captured on the mirror:
+        the pcap's path."""
         self.app("primary")
         self.proxy()
         cap, pcap = self.capture()
         self.client(TRACE)
         time.sleep(0.5)
         self.stop_capture(cap)
+        return pcap
+
+    def run_and_read(self):
+        pcap = self.captured_run()
         txns, conns, stats, dump, err = self.read_pcap(pcap)
         self.assertEqual(len(conns), 1, conns)
         port = self.check_streams(txns, conns[0], dump)
@@ -291,12 +297,7 @@ class TestLoggerOffline(LoggerCase):
     def test_truncated_pcap(self):
         """A pcap cut in the middle of a packet: a clean message, the table of
         what came before, exit status 1."""
-        self.app("primary")
-        self.proxy()
-        cap, pcap = self.capture()
-        self.client(TRACE)
-        time.sleep(0.5)
-        self.stop_capture(cap)
+        pcap = self.captured_run()
         cut = os.path.join(self.dir, "cut.pcap")
         with open(pcap, "rb") as f:
             data = f.read()
@@ -313,12 +314,7 @@ class TestLoggerOffline(LoggerCase):
         self.assertLess(len(txns), len(STEPS) + 1)
 
     def test_small_ring_releases_and_stays_exact(self):
-        self.app("primary")
-        self.proxy()
-        cap, pcap = self.capture()
-        self.client(TRACE)
-        time.sleep(0.5)
-        self.stop_capture(cap)
+        pcap = self.captured_run()
         # A 1 MB ring cannot hold the 2 MB response: bytes the client acked
         # must be released in time (the dump lags at most the contiguous end).
         txns, conns, stats, dump, err = self.read_pcap(pcap, "--ring", "1M")
