@@ -533,5 +533,69 @@ class TestHostileFrames(Case):
                                 "the alternate was declared failed")
 
 
+# On the logger host: "grab PCAP PORT OUT SRC": the payload of the first UDP
+# datagram from SRC to PORT in an Ethernet pcap, into OUT; "replay FRAME
+# ADDR PORT SECONDS": sends it to ADDR:PORT every 5 ms for SECONDS.
+REPLAY_HEARTBEAT = r"""
+import socket, struct, sys, time
+if sys.argv[1] == "grab":
+    data = open(sys.argv[2], "rb").read()
+    off = 24
+    while off + 16 <= len(data):
+        caplen = struct.unpack("<I", data[off + 8:off + 12])[0]
+        pkt = data[off + 16:off + 16 + caplen]
+        off += 16 + caplen
+        ip = pkt[14:]
+        if pkt[12:14] == b"\x08\x00" and len(ip) > 28 and ip[9] == 17 and ip[12:16] == socket.inet_aton(sys.argv[5]):
+            udp = ip[(ip[0] & 15) * 4:]
+            if struct.unpack(">H", udp[2:4])[0] == int(sys.argv[3]):
+                open(sys.argv[4], "wb").write(udp[8:])
+                print("grabbed %d" % (len(udp) - 8))
+                break
+else:
+    frame = open(sys.argv[2], "rb").read()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    end = time.monotonic() + float(sys.argv[5])
+    while time.monotonic() < end:
+        s.sendto(frame, (sys.argv[3], int(sys.argv[4])))
+        time.sleep(0.005)
+    print("replayed")
+"""
+
+
+class TestReplayedHeartbeats(Case):
+    """A backend's heartbeat caught on the wire and replayed every 5 ms does
+    not keep it alive: with its rs-stated stopped (SIGSTOP: no heartbeats),
+    the logger still declares it failed within the bound."""
+
+    def test_replayed_heartbeat_does_not_keep_a_backend_alive(self):
+        logger = SERVERS["logger"]
+        pcap = os.path.join(self.dir, "hb.pcap")
+        cap = self.tb.start("logger", "hb-capture", ["tcpdump", "-i", "logger-eth0", "-w", pcap, "-U", "-n",
+                                                     "--immediate-mode", "udp", "and", "dst", "port",
+                                                     str(LOGGER_CTL)])
+        self.assertTrue(wait_until(lambda: "listening on" in open(cap.err).read(), 10))
+        time.sleep(0.3)
+        self.tb.stop(cap, signal.SIGINT)
+        script = os.path.join(self.dir, "hb.py")
+        with open(script, "w") as f:
+            f.write(REPLAY_HEARTBEAT)
+        frame = os.path.join(self.dir, "hb.bin")
+        out = self.tb["logger"].cmd(f"{sys.executable} {script} grab {pcap} {LOGGER_CTL} {frame} "
+                                    f"{SERVERS['primary']}")
+        self.assertIn("grabbed", out, (os.path.getsize(pcap), open(cap.err).read()))
+        replay = self.tb.start("logger", "hb-replay", [sys.executable, script, "replay", frame, logger,
+                                                       str(LOGGER_CTL), "3"])
+        time.sleep(0.2)
+        self.stack.d["stated-primary"].popen.send_signal(signal.SIGSTOP)
+        try:
+            self.assertTrue(wait_until(lambda: "backend-failed backend=1 reason=timeout" in self.stack.log("logger"), 2.5),
+                            self.stack.log("logger")[-2000:])
+        finally:
+            self.stack.d["stated-primary"].popen.send_signal(signal.SIGCONT)
+        replay.popen.wait(10)
+        self.assertIn("replayed", replay.output())
+
+
 if __name__ == "__main__":
     unittest.main()
