@@ -487,6 +487,16 @@ static inline rs_u32 rs_splice_pos_update(struct rs_splice_pos *p, const rs_u8 *
     return ack;
 }
 
+/* Whether segment 'tcp' starts where the sender's stream stands (before
+ * rs_splice_pos_update of it), or nothing is known of the sender yet.  A
+ * FIN or RST is a sender's real end only there: one elsewhere is a
+ * retransmission or forged (RFC 5961 asks a RST to sit exactly at the
+ * next expected sequence number), and must not end or move a connection. */
+static inline int rs_splice_pos_at(const struct rs_splice_pos *p, const rs_u8 *tcp)
+{
+    return !p->has_seq || rs_splice_load32(tcp + 4) == p->seq_next;
+}
+
 /* After a re-splice the new server regenerates a response whose first p
  * bytes the client already has: the client's (translated) ACK can then be
  * ahead of anything the server has sent, and a TCP drops such ACKs — the

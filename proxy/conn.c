@@ -784,9 +784,9 @@ static void pc_timer(struct rs_timer *t)
             px_dp_get(p->dp, &kc, &fc);
             px_dp_get(p->dp, &kb, &fb);
             rs_log("unsplice id=%" PRIu64 " client=%s backend=%s c2s_pkts=%" PRIu64 " s2c_pkts=%" PRIu64
-                   " s2c_bytes=%" PRIu64 " errors=%" PRIu64 " dropped=%" PRIu64, pc->id, RS_A(pc->client),
-                   RS_A(pc->backend), fc.t.pkts, fb.t.pkts, fb.t.bytes, fc.t.errors + fb.t.errors,
-                   fc.t.dropped + fb.t.dropped);
+                   " s2c_bytes=%" PRIu64 " errors=%" PRIu64 " dropped=%" PRIu64 " ends_refused=%u", pc->id,
+                   RS_A(pc->client), RS_A(pc->backend), fc.t.pkts, fb.t.pkts, fb.t.bytes,
+                   fc.t.errors + fb.t.errors, fc.t.dropped + fb.t.dropped, fb.t.ends_refused);
         }
         px_pc_free(p, pc);
         break;

@@ -87,7 +87,8 @@ struct rs_flow_track {
     rs_u32 ts_recent;          /* newest TSval from the sender, as received (WATCH only) */
     rs_u32 acked_gen;          /* the last ack_watch_gen reported */
     struct rs_splice_pos pos;  /* where the sender's stream stands, in any state */
-    rs_u32 pad_;
+    rs_u32 ends_refused;       /* guarded FIN/RST not at the stream's position
+                                * (rs_splice_pos_at): dropped, not reported */
 };
 
 /* Sent on the ring buffer when a FIN or RST passes (or is held at) a

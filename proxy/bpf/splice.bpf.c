@@ -24,6 +24,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
     struct rs_flow *f;
     struct rs_flow_track *t;
     __u32 hlen, i, evflags;
+    int at_pos;
     __s64 diff;
 
     if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -57,7 +58,9 @@ int rs_splice_ingress(struct __sk_buff *skb)
     hlen = (__u32)(tcp[12] >> 4) * 4;
     if (ip[0] != 0x45 || hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX)
         goto bad;
-    track_seq(skb, &key, f, t, tcp, hlen);
+    at_pos = rs_splice_pos_at(&t->pos, tcp);
+    if (at_pos || !f->guard || !(tcp[13] & 0x05))     /* a forged end does not move the position */
+        track_seq(skb, &key, f, t, tcp, hlen);
     if (f->state == RS_FLOW_WATCH) {
         /* Before the splice: the stack handles it; remember the sender's
          * clock, which the splice must continue. */
@@ -79,6 +82,12 @@ int rs_splice_ingress(struct __sk_buff *skb)
         struct rs_flow_track *pt = (tcp[13] & 0x04) ? 0 : bpf_map_lookup_elem(&rs_track, &f->peer);
 
         if (!(f->pass_fin && !(tcp[13] & 0x04)) && (!pt || !pt->pos.fin_seen)) {
+            if (!at_pos) {
+                /* Not where the sender's stream stands: forged or stale,
+                 * no failure signal (counted, dropped). */
+                __sync_fetch_and_add(&t->ends_refused, 1);
+                goto drop;
+            }
             evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
             if ((t->seen & evflags) != evflags) {
                 t->seen |= evflags;

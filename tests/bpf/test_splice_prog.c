@@ -209,6 +209,7 @@ static void states_drop_and_guard(void **state)
     struct rs_flow_track t;
     struct ring_buffer *rb = NULL;
     int events = 0;
+    uint32_t pos;
     size_t hdr = ETH_LEN + 20 + (size_t)(in[ETH_LEN + 32] >> 4) * 4;
 
     (void)state;
@@ -221,24 +222,39 @@ static void states_drop_and_guard(void **state)
     put_flow(&k, &fl);
     assert_int_equal(run(in, len, out), len > hdr ? TC_ACT_SHOT : TC_ACT_REDIRECT);   /* data waits */
 
-    /* A guarded FIN from the backend: dropped, reported with RS_FLOW_GUARDED. */
+    /* A guarded backend: a FIN or RST where its stream stands is dropped and
+     * reported once (RS_FLOW_GUARDED); one anywhere else (forged, stale) is
+     * dropped, counted, not reported, and does not move the position. */
     fl.state = RS_FLOW_ACTIVE;
     fl.guard = 1;
     put_flow(&k, &fl);
-    in[ETH_LEN + 33] |= RS_TCP_F_FIN;
-    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);   /* data: the position is learnt */
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
+    assert_true(t.pos.has_seq);
+    pos = t.pos.seq_next;
     rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), count_guarded_fin, &events, NULL);
     assert_non_null(rb);
     ring_buffer__consume(rb);               /* what earlier tests left */
     events = 0;
+    in[ETH_LEN + 33] |= RS_TCP_F_FIN;
+    rs_splice_store32(in + ETH_LEN + 24, pos + 100000);      /* forged: far from the stream */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
     assert_int_equal(run(in, len, out), TC_ACT_SHOT);
-    assert_int_equal(run(in, len, out), TC_ACT_SHOT);         /* again: not reported twice */
+    ring_buffer__consume(rb);
+    assert_int_equal(events, 0);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
+    assert_int_equal(t.ends_refused, 1);
+    assert_int_equal(t.pos.seq_next, pos);
+    assert_false(t.pos.fin_seen);
+    rs_splice_store32(in + ETH_LEN + 24, pos);                /* the real end */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);         /* again (stale now): not reported twice */
     ring_buffer__consume(rb);
     assert_int_equal(events, 1);
     ring_buffer__free(rb);
     assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
     assert_true(t.pos.fin_seen);
-    assert_true(t.pos.has_seq);
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
 }

@@ -597,5 +597,54 @@ class TestReplayedHeartbeats(Case):
         self.assertIn("replayed", replay.output())
 
 
+# From a client host: a RST forged with the backend's address and port to
+# the proxy's port argv[3] (argv[1] backend, argv[2] proxy), sequence
+# number argv[4]; prints "sent".
+FORGED_RST = r"""
+import socket, struct, sys
+src, dst, dport, seq = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def csum(b):
+    if len(b) % 2:
+        b += b"\\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+tcp = struct.pack("!HHIIBBHHH", 8080, dport, seq, 0, 5 << 4, 0x04, 0, 0, 0)
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + tcp, (dst, 0))
+print("sent")
+"""
+
+
+class TestForgedEnds(Case):
+    """A RST forged with the primary's address and port, mid-download, at a
+    sequence number that is not where the primary's stream stands: the
+    splice drops and counts it, nothing is recovered, the download is exact
+    and the client never sees it."""
+
+    def test_forged_rst_changes_nothing(self):
+        script = os.path.join(self.dir, "rst.py")
+        with open(script, "w") as f:
+            f.write(FORGED_RST)
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client(f"request GET {SLOW}\n  expect content seed=0\n")
+        self.assertTrue(wait_until(lambda: " splice id=1 " in self.stack.log("proxy"), 10), self.stack.log("proxy"))
+        port = re.search(r"connect id=1 .* local=[\d.]+:(\d+)", self.stack.log("proxy")).group(1)
+        out = self.tb["c1"].cmd(f"{sys.executable} {script} {SERVERS['primary']} {VIP_IP} {port} 12345")
+        self.assertIn("sent", out)
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        log = self.stack.log("proxy")
+        self.assertNotIn("recover id=1", log)
+        self.assertTrue(wait_until(lambda: "unsplice id=1 " in self.stack.log("proxy"), 10))
+        self.assertRegex(self.stack.log("proxy"), r"unsplice id=1 .* ends_refused=1\b")
+
+
 if __name__ == "__main__":
     unittest.main()

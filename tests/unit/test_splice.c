@@ -895,6 +895,7 @@ static void position_follows_the_sender(void **state)
     s.flags = RS_TCP_F_SYN;
     s.seq = 0xfffffff0u;
     pkt = build_pkt(&s, &len);
+    assert_true(rs_splice_pos_at(&p, pkt + 20));  /* nothing known yet */
     assert_int_equal(rs_splice_pos_update(&p, pkt + 20, 0, &has_ack), 0);
     assert_false(has_ack);
     assert_true(p.has_seq);
@@ -921,9 +922,16 @@ static void position_follows_the_sender(void **state)
     assert_false(p.fin_seen);
     free(pkt);
 
+    s.seq = 0x56u;                                 /* not where the stream stands */
+    s.flags = RS_TCP_F_ACK | RS_TCP_F_RST;
+    pkt = build_pkt(&s, &len);
+    assert_false(rs_splice_pos_at(&p, pkt + 20));
+    free(pkt);
+
     s.seq = 0x55u;
     s.flags = RS_TCP_F_ACK | RS_TCP_F_FIN;
     pkt = build_pkt(&s, &len);
+    assert_true(rs_splice_pos_at(&p, pkt + 20));  /* exactly at its end */
     rs_splice_pos_update(&p, pkt + 20, 0, &has_ack);
     assert_int_equal(p.seq_next, 0x56u);
     assert_true(p.fin_seen);
