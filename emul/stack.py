@@ -37,8 +37,9 @@ class Stack:
         self.d = {}
 
     def _key(self):
-        if not os.path.exists(self.key):
-            write_key(self.key)
+        # A fresh key each start: one left by an earlier run may predate the
+        # 0600 rule (the daemons refuse a key file others can read).
+        write_key(self.key)
 
     def start(self):
         self._key()
