@@ -47,7 +47,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan clean
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -182,6 +182,16 @@ experiment-wan: all
 	@$(PYTHON) experiments/failover.py --study wan
 	@$(PYTHON) experiments/figures.py
 	@$(PYTHON) experiments/report.py --headline wan
+
+# The daemons built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (in build/san), for the fault campaign.
+san:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/san CFLAGS="-O1 -g $(SANITIZE)" all
+
+# Faults of every component at random moments, judged from outside
+# (experiments/fault_campaign.py; TRIALS=, QUICK=1, FAULTS=, WORKLOADS=).
+fault-campaign: san
+	@$(PYTHON) experiments/fault_campaign.py --build $(BUILD)/san
 
 # Redraws plots/ and results/REPORT.md from results/ (no run).
 figures:

@@ -25,7 +25,7 @@
 #define APP_OUT_CAP     16384u      /* queued response bytes per connection */
 #define APP_URL_MAX     2048u       /* longer request targets get 414 */
 #define APP_HDR_MAX     8192u       /* request target + header bytes; more gets 431 */
-#define APP_BODY_MAX    (1u << 20)  /* request body bytes; more gets 413 */
+#define APP_BODY_MAX    (64u << 20) /* request body bytes (streamed, not kept); more gets 413 */
 #define APP_SMALL_MAX   1024u       /* free 'out' space a buffered response needs */
 #define APP_TXN_Q       32u         /* finished-but-unsent responses per connection */
 #define APP_TURN_BYTES  (1u << 20)  /* bytes one connection sends per wake-up, so a
@@ -43,7 +43,7 @@ struct rs_state;
 /* Counters for the SIGUSR1 stats line. */
 enum app_stat {
     ST_CONNS_TOTAL, ST_REQS, ST_REQ_STATIC, ST_REQ_COUNTER_READ, ST_REQ_COUNTER_UPDATE,
-    ST_REQ_TOKEN, ST_REQ_SLOW, ST_REQ_HEALTH, ST_REQ_OTHER, ST_REQ_REJECTED,
+    ST_REQ_TOKEN, ST_REQ_UPLOAD, ST_REQ_SLOW, ST_REQ_HEALTH, ST_REQ_OTHER, ST_REQ_REJECTED,
     ST_BAD_REQUEST, ST_TXN_ABORTED, ST_BYTES_IN, ST_BYTES_OUT, ST_MAX,
 };
 
@@ -54,6 +54,9 @@ struct app_req {
     uint32_t url_len;
     uint32_t hdr_bytes;
     uint64_t body_bytes;
+    bool check_body;            /* POST /upload: the body must be seed 'body_seed''s content */
+    uint64_t body_seed;
+    int64_t body_bad;           /* first wrong body byte, -1: none (yet) */
     int reject;                 /* 413/414/431 decided by a parser callback */
     bool complete;
     bool keep_alive;
@@ -186,6 +189,9 @@ void app_resp_stream(struct app_conn *c, int status, const char *ctype, int64_t 
 
 /* Runs the complete request c->req and starts its response. */
 void app_serve(struct rs_app *app, struct app_conn *c);
+/* True when request target 'url' is an upload whose body must be checkable
+ * content (POST /upload?seed=N); '*seed' is then N. */
+bool app_upload_seed(const char *url, uint64_t *seed);
 
 /* ---- state.c ---------------------------------------------------------- */
 

@@ -195,6 +195,39 @@ static void ep_token(struct rs_app *app, struct app_conn *c, const char *path, c
     resp_after_update(app, c, state_update(app, c, blob, 1), body);
 }
 
+bool app_upload_seed(const char *url, uint64_t *seed)
+{
+    size_t n = strlen("/upload?");
+    char val[32];
+
+    return strncmp(url, "/upload?", n) == 0 && query_get(url + n, "seed", val, sizeof(val)) == 1 &&
+           parse_u64(val, seed) == 0;
+}
+
+/* POST /upload?seed=N: a body of checkable content, checked as it streamed
+ * in (http.c); a whole one increments the counter, an update like POST
+ * /counter.  The alternate answers a replayed upload the same way, so a
+ * failover that loses or garbles a request byte shows as a 400. */
+static void ep_upload(struct rs_app *app, struct app_conn *c, const char *path, const char *query)
+{
+    char body[96];
+
+    (void)path;
+    (void)query;
+    app->stats[ST_REQ_UPLOAD]++;
+    if (!c->req.check_body)
+        return resp_bad_param(c, "seed");
+    if (c->req.body_bad >= 0) {
+        snprintf(body, sizeof(body), "upload wrong at byte %" PRId64 "\n", c->req.body_bad);
+        return resp_text(c, 400, body);
+    }
+    app->counter++;
+    snprintf(body, sizeof(body), "counter=%" PRIu64, app->counter);
+    int r = state_update(app, c, body, 0);
+    snprintf(body, sizeof(body), "upload=%" PRIu64 " counter=%" PRIu64 "\n", c->req.body_bytes, app->counter);
+    resp_after_update(app, c, r, body);
+}
+
 /* GET|HEAD /slow?bytes=N&chunk=K&delay=D[&seed=S]: N content bytes in chunks
  * of K, each after D of think time, so a crash can land mid-response. */
 static void ep_slow(struct rs_app *app, struct app_conn *c, const char *path, const char *query)
@@ -240,6 +273,7 @@ static const struct app_endpoint {
     { "/static/", true, M_GET | M_HEAD, "GET, HEAD", ep_static },
     { "/counter", false, M_GET | M_HEAD | M_POST, "GET, HEAD, POST", ep_counter },
     { "/token", false, M_GET | M_POST, "GET, POST", ep_token },
+    { "/upload", false, M_POST, "POST", ep_upload },
     { "/slow", false, M_GET | M_HEAD, "GET, HEAD", ep_slow },
     { "/health", false, M_GET | M_HEAD, "GET, HEAD", ep_health },
 };

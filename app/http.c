@@ -32,6 +32,8 @@ static int on_message_begin(http_parser *p)
     r->url_len = 0;
     r->hdr_bytes = 0;
     r->body_bytes = 0;
+    r->check_body = false;
+    r->body_bad = -1;
     r->reject = 0;
     r->complete = false;
     r->hooked = false;
@@ -84,6 +86,7 @@ static int on_headers_complete(http_parser *p)
         r->reject = 413;
         return -1;
     }
+    r->check_body = p->method == HTTP_POST && app_upload_seed(r->url, &r->body_seed);
     return 0;
 }
 
@@ -91,7 +94,9 @@ static int on_body(http_parser *p, const char *at, size_t len)
 {
     struct app_req *r = &((struct app_conn *)p->data)->req;
 
-    (void)at;           /* no endpoint reads a body: count it, drop it */
+    /* Bodies are counted and dropped; an upload's is checked on the way. */
+    if (r->check_body && r->body_bad < 0)
+        r->body_bad = rs_content_check(r->body_seed, r->body_bytes, (const uint8_t *)at, len);
     r->body_bytes += len;
     if (r->body_bytes > APP_BODY_MAX) {
         r->reject = 413;

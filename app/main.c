@@ -29,7 +29,8 @@
 static const char *const stat_names[ST_MAX] = {
     [ST_CONNS_TOTAL] = "conns_total", [ST_REQS] = "reqs", [ST_REQ_STATIC] = "req_static",
     [ST_REQ_COUNTER_READ] = "req_counter_read", [ST_REQ_COUNTER_UPDATE] = "req_counter_update",
-    [ST_REQ_TOKEN] = "req_token", [ST_REQ_SLOW] = "req_slow", [ST_REQ_HEALTH] = "req_health",
+    [ST_REQ_TOKEN] = "req_token", [ST_REQ_UPLOAD] = "req_upload", [ST_REQ_SLOW] = "req_slow",
+    [ST_REQ_HEALTH] = "req_health",
     [ST_REQ_OTHER] = "req_other", [ST_REQ_REJECTED] = "req_rejected",
     [ST_BAD_REQUEST] = "bad_request", [ST_TXN_ABORTED] = "txn_aborted",
     [ST_BYTES_IN] = "bytes_in", [ST_BYTES_OUT] = "bytes_out",
@@ -81,6 +82,9 @@ static void usage(FILE *f)
         "  GET|HEAD /counter                     counter=<value>  (read-only)\n"
         "  POST /counter                         increment, counter=<new value>  (update)\n"
         "  GET|POST /token                       token=<32 hex>  (non-deterministic)\n"
+        "  POST /upload?seed=N                   a body of seed N's checkable content (up to\n"
+        "                                        64 MiB): increment, upload=<bytes> counter=<value>\n"
+        "                                        (update), or 400 at the first wrong byte\n"
         "  GET /slow?bytes=N&chunk=K&delay=D     chunked, D of think time before each chunk\n"
         "  GET /health                           ok\n"
         "\n"

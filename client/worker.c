@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "client.h"
+
+#include "content.h"
 #include "txn_id.h"
 
 const char *rs_cl_result_str(enum rs_cl_result r)
@@ -359,8 +361,14 @@ static int build__(struct rs_cl *cl, struct rs_cl_worker *w, char *why, size_t w
             return -EINVAL;
         }
         body_len = (size_t)n;
+    } else if (st->has_fill) {
+        if (reserve__(&w->req, &w->req_cap, w->req_len + st->fill_len + 1))
+            goto nomem;
+        rs_content_fill(st->fill_seed, 0, (uint8_t *)w->req + w->req_len, st->fill_len);
+        w->req_len += st->fill_len;
+        body_len = st->fill_len;
     }
-    bool want_cl = st->has_body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+    bool want_cl = st->has_body || st->has_fill || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
                    strcmp(method, "PATCH") == 0;
     char extra[64];
     size_t extra_len = 0;

@@ -56,7 +56,8 @@ enum rs_ctl_type {
     RS_CTL_FENCE,             /* proxy -> stated, operator -> proxy: a backend is fenced (or readmitted) */
     RS_CTL_STATUS,            /* operator -> proxy: report roles and protection */
     RS_CTL_STATUS_REPORT,     /* proxy -> operator: the answer to STATUS */
-    RS_CTL_TYPE_MAX = RS_CTL_STATUS_REPORT,
+    RS_CTL_UNLOGGED,          /* logger -> alternate: a connection it cannot log, apply its states as they come */
+    RS_CTL_TYPE_MAX = RS_CTL_UNLOGGED,
 };
 
 enum rs_ctl_role {
@@ -99,6 +100,14 @@ struct rs_ctl_failure {
 struct rs_ctl_txn_logged {
     rs_txn_id txn;
     uint32_t resp_end;        /* seq after the transaction's last response byte */
+};
+
+/* The logger cannot log client connection 'from' (ip, port) from
+ * transaction 'from''s number on (a ring full, a hole, a stream it joined
+ * midway): it cannot be recovered, so no TXN_LOGGED will come for it and
+ * the alternate applies its states as they arrive, as the primary did. */
+struct rs_ctl_unlogged {
+    rs_txn_id from;
 };
 
 struct rs_ctl_state_report {
@@ -259,6 +268,7 @@ struct rs_ctl_msg {
         struct rs_ctl_heartbeat heartbeat;
         struct rs_ctl_failure failure;
         struct rs_ctl_txn_logged txn_logged;
+        struct rs_ctl_unlogged unlogged;
         struct rs_ctl_state_report state_report;
         struct rs_ctl_recovery_info recovery_info;
         struct rs_ctl_resplice resplice;

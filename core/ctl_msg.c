@@ -30,6 +30,7 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_FENCE] = 12,
     [RS_CTL_STATUS] = 4,
     [RS_CTL_STATUS_REPORT] = 16 + 16 * RS_CTL_STATUS_BACKENDS,
+    [RS_CTL_UNLOGGED] = 8,
 };
 
 static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
@@ -51,6 +52,7 @@ static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_FENCE] = "FENCE",
     [RS_CTL_STATUS] = "STATUS",
     [RS_CTL_STATUS_REPORT] = "STATUS_REPORT",
+    [RS_CTL_UNLOGGED] = "UNLOGGED",
 };
 
 /* Wire flag bits inside payloads. */
@@ -130,6 +132,9 @@ static int validate__(const struct rs_ctl_msg *m)
         break;
     case RS_CTL_TXN_LOGGED:
         ok = txn_ok(m->u.txn_logged.txn);
+        break;
+    case RS_CTL_UNLOGGED:
+        ok = txn_ok(m->u.unlogged.from);
         break;
     case RS_CTL_STATE_REPORT: {
         const struct rs_ctl_state_report *b = &m->u.state_report;
@@ -251,6 +256,9 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
     case RS_CTL_TXN_LOGGED:
         rs_put64(p, m->u.txn_logged.txn);
         rs_put32(p, m->u.txn_logged.resp_end);
+        break;
+    case RS_CTL_UNLOGGED:
+        rs_put64(p, m->u.unlogged.from);
         break;
     case RS_CTL_STATE_REPORT: {
         const struct rs_ctl_state_report *b = &m->u.state_report;
@@ -445,6 +453,9 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
     case RS_CTL_TXN_LOGGED:
         m->u.txn_logged.txn = rs_get64(&p);
         m->u.txn_logged.resp_end = rs_get32(&p);
+        break;
+    case RS_CTL_UNLOGGED:
+        m->u.unlogged.from = rs_get64(&p);
         break;
     case RS_CTL_STATE_REPORT: {
         struct rs_ctl_state_report *b = &m->u.state_report;
@@ -683,6 +694,8 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
     case RS_CTL_TXN_LOGGED:
         return a->u.txn_logged.txn == b->u.txn_logged.txn
                && a->u.txn_logged.resp_end == b->u.txn_logged.resp_end;
+    case RS_CTL_UNLOGGED:
+        return a->u.unlogged.from == b->u.unlogged.from;
     case RS_CTL_STATE_REPORT: {
         const struct rs_ctl_state_report *x = &a->u.state_report, *y = &b->u.state_report;
         return conn_eq(&x->conn, &y->conn) && x->has_ts == y->has_ts && x->has_ta == y->has_ta

@@ -129,8 +129,12 @@ int rs_recovery_plan(const struct rs_recovery_input *in, struct rs_recovery_plan
         return fail(plan, RS_RECOVERY_R_ACK_BEFORE_LOG, -ENODATA);
 
     o_tr = o_tl >= o_ta ? o_ta + 1 : o_tl + 1;
-    if (o_tr < 0)
-        return fail(plan, RS_RECOVERY_R_TRIMMED, -ENODATA);
+    if (o_tr < 0) {
+        /* Trimmed transactions from TR on need no replay if all were read-only. */
+        if (!in->has_read_only_from || ord_of(in->read_only_from, in->first_num) > o_tr)
+            return fail(plan, RS_RECOVERY_R_TRIMMED, -ENODATA);
+        o_tr = 0;
+    }
     plan->tr = num_of(o_tr, in->first_num);
 
     /* The client holds p bytes of a response that re-execution would not

@@ -54,6 +54,9 @@ struct rs_recovery_input {
     uint16_t first_num;  /* number of txns[0]; of the next transaction if n_txns == 0 */
     bool has_prior;      /* earlier transactions existed, all complete, and were
                           * trimmed from the log; else first_num opens the connection */
+    bool has_read_only_from; /* the trimmed transactions numbered from */
+    uint16_t read_only_from; /* read_only_from on were read-only: TR may be among
+                              * them (their responses are all the client needs) */
     uint32_t req_base;   /* client->server seq where txns[0]'s request starts
                           * (the next request byte when n_txns == 0) */
     uint32_t resp_base;  /* server->client seq where txns[0]'s response starts
@@ -71,7 +74,8 @@ enum rs_recovery_reason {
     RS_RECOVERY_R_BAD_INPUT,       /* inconsistent history or Ts/TA (-EINVAL) */
     RS_RECOVERY_R_EQ1_FALSE,       /* AckcL > AckTL + p: client acked unlogged bytes (-ERANGE) */
     RS_RECOVERY_R_ACK_BEFORE_LOG,  /* AckcL before the logged bytes start (-ENODATA) */
-    RS_RECOVERY_R_TRIMMED,         /* TR precedes the logged history (-ENODATA) */
+    RS_RECOVERY_R_TRIMMED,         /* TR precedes the logged history, and an update may
+                                    * be among the trimmed transactions from TR on (-ENODATA) */
     RS_RECOVERY_R_NONDET_NO_STATE, /* a non-deterministic transaction would have to be
                                     * re-executed but its state never reached the
                                     * alternate (-ENOTRECOVERABLE) */

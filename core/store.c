@@ -166,6 +166,16 @@ int rs_store_logged(struct rs_store *st, rs_txn_id id, uint64_t now_ns)
     return 0;
 }
 
+int rs_store_unlogged(struct rs_store *st, rs_txn_id id, uint64_t now_ns)
+{
+    struct rs_store_client *c = rs_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
+
+    if (!c)
+        return -ENOBUFS;
+    c->unlogged = true;
+    return 0;
+}
+
 int rs_store_drain(struct rs_store *st, struct rs_store_client *c, bool force, uint16_t upto,
                    rs_store_apply_fn fn, void *ctx)
 {
@@ -175,7 +185,8 @@ int rs_store_drain(struct rs_store *st, struct rs_store_client *c, bool force, u
         struct rs_store_state *s = c->head;
         int err;
 
-        if (force ? !rs_txn_num_lt(s->num, upto) : !(c->has_logged && rs_txn_num_le(s->num, c->logged)))
+        if (force ? !rs_txn_num_lt(s->num, upto)
+                  : !(c->unlogged || (c->has_logged && rs_txn_num_le(s->num, c->logged))))
             break;
         err = fn(ctx, rs_txn_id_make(c->ip, c->port, s->num), s->data, s->len);
         if (err < 0)

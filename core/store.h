@@ -43,6 +43,7 @@ struct rs_store_client {
     uint32_t n_states;
     uint64_t last_ns;           /* last activity, for eviction */
     bool taken_over;            /* recovered here: the primary's states are over */
+    bool unlogged;              /* the logger gave up on it: apply states as they come */
 };
 
 struct rs_store {
@@ -84,8 +85,14 @@ int rs_store_put(struct rs_store *st, rs_txn_id id, const void *data, uint32_t l
  * cannot be tracked. */
 int rs_store_logged(struct rs_store *st, rs_txn_id id, uint64_t now_ns);
 
+/* Records that the logger cannot log the connection of 'id' (it will never
+ * be recovered): from now on its states are applied as they arrive.
+ * Returns 0, or -ENOBUFS when the client cannot be tracked. */
+int rs_store_unlogged(struct rs_store *st, rs_txn_id id, uint64_t now_ns);
+
 /* Applies, in number order, the buffered states of 'c' that may be applied:
- * with 'force' false those the logger has logged; with 'force' true every
+ * with 'force' false those the logger has logged (all, once it gave up on
+ * the connection: rs_store_unlogged); with 'force' true every
  * one numbered below 'upto' (recovery's APPLY).  Stops at the first state
  * 'fn' refuses.  Returns the number applied, or fn's error when it refused
  * before applying any. */

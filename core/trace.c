@@ -504,6 +504,8 @@ static int d_body__(struct parser__ *ps, struct rs_trace_step *st)
     size_t add;
     int r;
 
+    if (st->has_fill)
+        return fail__(ps, -EINVAL, "'body' and 'fill' in one request");
     skip_ws__(ps);
     if (ps->p < ps->end && *ps->p == '"') {
         if ((r = quoted__(ps)) || (r = no_more__(ps, "quoted body")))
@@ -537,6 +539,32 @@ static int d_body__(struct parser__ *ps, struct rs_trace_step *st)
     st->body_len += (uint32_t)add;
     t->text[st->body + st->body_len] = '\0';
     t->text_used += (uint32_t)add;
+    return 0;
+}
+
+/* fill seed=N length=SIZE */
+static int d_fill__(struct parser__ *ps, struct rs_trace_step *st)
+{
+    const char *w[2];
+    size_t len[2];
+    char size[32];
+    int r;
+
+    if (st->has_body || st->has_fill)
+        return fail__(ps, -EINVAL, st->has_fill ? "duplicate fill" : "'body' and 'fill' in one request");
+    if (!word__(ps, &w[0], &len[0]) || !word__(ps, &w[1], &len[1]))
+        return fail__(ps, -EINVAL, "fill wants seed=N length=SIZE");
+    if ((r = no_more__(ps, "fill")))
+        return r;
+    if (len[0] < 6 || memcmp(w[0], "seed=", 5) != 0 || !number__(w[0] + 5, len[0] - 5, UINT64_MAX, &st->fill_seed))
+        return fail__(ps, -EINVAL, "fill wants seed=N first");
+    if (len[1] < 8 || len[1] - 7 >= sizeof(size) || memcmp(w[1], "length=", 7) != 0)
+        return fail__(ps, -EINVAL, "fill wants length=SIZE second");
+    memcpy(size, w[1] + 7, len[1] - 7);
+    size[len[1] - 7] = '\0';
+    if (rs_parse_size(size, &st->fill_len) || st->fill_len > RS_TRACE_FILL_MAX)
+        return fail__(ps, -EINVAL, "fill length wants a size up to 1G, not '%s'", size);
+    st->has_fill = true;
     return 0;
 }
 
@@ -686,7 +714,7 @@ static int line__(struct parser__ *ps, uint64_t *think)
         return d_request__(ps, think);
     if (word_is__(w, len, "think"))
         return d_think__(ps, think);
-    if (!word_is__(w, len, "header") && !word_is__(w, len, "body") &&
+    if (!word_is__(w, len, "header") && !word_is__(w, len, "body") && !word_is__(w, len, "fill") &&
         !word_is__(w, len, "expect") && !word_is__(w, len, "capture"))
         return fail__(ps, -EINVAL, "unknown directive '%.*s'", (int)(len > 40 ? 40 : len), w);
     if (t->n_steps == 0 || *think)
@@ -696,6 +724,7 @@ static int line__(struct parser__ *ps, uint64_t *think)
     case 'h': return d_header__(ps, st);
     case 'b': return d_body__(ps, st);
     case 'e': return d_expect__(ps, st);
+    case 'f': return d_fill__(ps, st);
     default: return d_capture__(ps, st);
     }
 }

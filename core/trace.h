@@ -9,6 +9,9 @@
  *                                   a word outside quotes ends the line)
  *   request METHOD TARGET         starts a step; TARGET may hold ${name}
  *     header Name: value          value is the rest of the line (${name} ok)
+ *     fill seed=N length=SIZE     the body is SIZE (e.g. 4M, at most 1G) bytes of
+ *                                   rs_content_fill(N, 0, ...), as rs-app's
+ *                                   POST /upload?seed=N checks; not with 'body'
  *     body TEXT | body "TEXT"     appends to the body (several lines append
  *                                   without separator: use "\r\n" to break)
  *     expect status 200 | 3xx     default: any status below 400
@@ -45,6 +48,7 @@
 #define RS_TRACE_LINE_MAX 8192u      /* bytes per line without the newline */
 #define RS_TRACE_NAME_MAX 32u        /* placeholder name, with its NUL */
 #define RS_TRACE_ERR_MAX 160u        /* error message, with its NUL */
+#define RS_TRACE_FILL_MAX (1ull << 30)  /* bytes of one 'fill' body */
 
 /* Offset of a NUL-terminated string in the trace's arena; 0 is "". */
 typedef uint32_t rs_trace_str;
@@ -84,6 +88,8 @@ struct rs_trace_step {
     rs_trace_str body;           /* may hold placeholders and NUL bytes */
     uint32_t body_len;
     unsigned body_line;          /* line of the first 'body' directive */
+    bool has_fill;               /* 'fill': the body is generated content */
+    uint64_t fill_seed, fill_len;
     uint16_t status_lo, status_hi;      /* accepted status range, inclusive */
     int64_t length;              /* expected body bytes, -1: not checked */
     bool check_content;

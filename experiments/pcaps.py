@@ -29,3 +29,24 @@ def rst_ports(pcap, src):
     out = subprocess.run(["tcpdump", "-r", pcap, "-n", f"src host {src} and tcp[tcpflags] & tcp-rst != 0"],
                          capture_output=True, text=True).stdout
     return {l.split()[4].rstrip(":") for l in out.splitlines() if len(l.split()) > 4}
+
+
+def ends(pcap, server):
+    """How each connection with host 'server' in 'pcap' ended, as a dict
+    {"client-ip.port": {"server_rst": t, "server_fin": t, "client_end": t}}
+    (the first such segment's time, seconds since the epoch; absent keys:
+    none seen).  'client_end' is the client's own FIN or RST: a server end
+    before it is one the client did not cause."""
+    out = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", f"host {server} and "
+                          "tcp[tcpflags] & (tcp-rst|tcp-fin) != 0"], capture_output=True, text=True).stdout
+    flows = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 7 or f[1] != "IP" or f[3] != ">":
+            continue
+        src, dst, flags = f[2], f[4].rstrip(":"), f[6]
+        from_server = src.rsplit(".", 1)[0] == server
+        e = flows.setdefault(dst if from_server else src, {})
+        key = ("server_rst" if "R" in flags else "server_fin") if from_server else "client_end"
+        e.setdefault(key, float(f[0]))
+    return flows

@@ -135,6 +135,16 @@ static struct lg_conn *conn_new(struct logger *lg, uint32_t ip, uint16_t port, u
 
 /* ---- transactionalizer events ------------------------------------------- */
 
+/* The log of 'c' ends here: it cannot be recovered, so the alternate must
+ * not wait for TXN_LOGGED to apply its states (they would be lost with
+ * the primary). */
+static void give_up(struct lg_conn *c)
+{
+    uint16_t next = c->started ? (uint16_t)rs_http_txn_count(&c->http) : 0;
+
+    lg_ctl_unlogged(c->lg, rs_txn_id_make(c->ip, c->port, next));
+}
+
 static void set_inc(struct lg_conn *c, enum lg_inc why, int dir, uint32_t seq, const char *detail)
 {
     struct lg_stats *s = &c->lg->s;
@@ -158,6 +168,7 @@ static void set_inc(struct lg_conn *c, enum lg_inc why, int dir, uint32_t seq, c
            lg_inc_str(why), dir >= 0 ? dir_name[dir] : "-", seq,
            dir >= 0 && c->started ? rs_reasm_off(&c->rs[dir], seq) : -1, rs_http_txn_count(&c->http),
            detail ? detail : "");
+    give_up(c);
 }
 
 static void txn_line(FILE *f, const struct lg_conn *c, const struct rs_http_txn *t)
@@ -220,6 +231,7 @@ static void conn_start(struct logger *lg, struct lg_conn *c)
         c->nl = LG_NL_NOMEM;
         lg->s.nl_nomem++;
         rs_log("not-loggable client=%s reason=%s budget_used=%zu", cid(c), lg_nl_str(c->nl), lg->budget.used);
+        give_up(c);
         return;
     }
     rs_reasm_set_base(&c->rs[LG_REQ], c->isn[LG_REQ] + 1);
@@ -339,8 +351,14 @@ static void release(struct logger *lg, struct lg_conn *c, int d)
     got = rs_reasm_release(r, upto);
     if (got >= 0) {
         lg->s.released_bytes += (uint64_t)got;
-        if (d == LG_REQ && t && upto == t->req_start)
+        if (d == LG_REQ && t && upto == t->req_start) {
+            /* Remember where the released ones stopped changing state (a
+             * tag already overwritten in the ring counts as an update). */
+            for (uint32_t i = c->log_first; i < first; i++)
+                if (i + RS_HTTP_TXN_RING < n || (c->tags[i % RS_HTTP_TXN_RING] & RS_TAG_UPDATE))
+                    c->read_only_from = i + 1;
             c->log_first = first;
+        }
     }
 }
 
@@ -407,6 +425,7 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
         c->nl = LG_NL_MIDSTREAM;
         lg->s.nl_midstream++;
         rs_log("not-loggable client=%s reason=%s dir=%s seq=%u", cid(c), lg_nl_str(c->nl), dir_name[d], seq);
+        give_up(c);
     }
     c->last_ns = now;
     if (c->nl == LG_NL_NONE && !c->started) {

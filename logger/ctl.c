@@ -31,6 +31,16 @@ void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end)
     rs_ctl_send(&lg->st, &m);
 }
 
+void lg_ctl_unlogged(struct logger *lg, rs_txn_id from)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_UNLOGGED };
+
+    if (!lg->has_stated || !lg->st.loop)
+        return;
+    m.u.unlogged.from = from;
+    rs_ctl_send(&lg->st, &m);
+}
+
 void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint32_t silent_ms)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_SUSPECT };

@@ -85,6 +85,7 @@ struct lg_conn {
     uint16_t win_cl;                 /* window field of the client's newest ACK (unscaled) */
     bool suspected;                  /* a SUSPECT went out since the last progress */
     uint32_t log_first;              /* oldest transaction whose request is still held */
+    uint32_t read_only_from;         /* the released transactions from this one on were read-only */
     uint32_t logged_sent;            /* TXN_LOGGED sent for transactions below this */
     uint64_t bytes[2];               /* fed to the transactionalizer */
     struct rs_reasm rs[2];
@@ -198,6 +199,10 @@ void lg_conn_check_stalls(struct logger *lg, uint64_t now_ns);
 int lg_ctl_setup(struct logger *lg);
 /* Queues TXN_LOGGED for 'txn' to the alternate's rs-stated. */
 void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end);
+/* Tells the alternate's rs-stated that the connection of 'from' cannot be
+ * logged from that transaction on (UNLOGGED): it applies its states as
+ * they come instead of waiting for TXN_LOGGED. */
+void lg_ctl_unlogged(struct logger *lg, rs_txn_id from);
 /* Tells the proxy that the backend of 'c' owes it a response and is silent. */
 void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint32_t silent_ms);
 void lg_ctl_shutdown(struct logger *lg);

@@ -45,8 +45,9 @@ static void usage(FILE *f)
         "                          proxy fails it over (a hung backend; default 2s, 0: off)\n"
         "  --tags FILE             tagging rules (core/tags.h; default: GET/HEAD read-only)\n"
         "  --mem SIZE              log memory budget (default 1G)\n"
-        "  --ring SIZE             largest ring per direction per connection (default 4M; each\n"
-        "                          starts at 64k and doubles while its unreleased bytes need it)\n"
+        "  --ring SIZE             largest ring per direction per connection (default 64M: an\n"
+        "                          upload that does not fit cannot be recovered; each starts\n"
+        "                          at 64k and doubles while its unreleased bytes need it)\n"
         "  --max-conns N           connections tracked (default 4096)\n"
         "  --linger DUR            forget a connection this long after both FINs or RST\n"
         "                          (default 10s)\n"
@@ -254,7 +255,7 @@ int main(int argc, char **argv)
     lg.stall_after_ns = 2000 * 1000000ull;
     lg.nice = -10;
     lg.linger_ns = 10 * 1000000000ull;
-    lg.ring = 4u << 20;
+    lg.ring = 64u << 20;
     lg.max_conns = LG_MAX_CONNS_DEFAULT;
     lg.listen = (struct rs_addr){ 0, 7071 };
     lg.resend = (struct rs_addr){ 0, 7072 };

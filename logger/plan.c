@@ -87,6 +87,9 @@ static uint32_t build_input(struct lg_conn *c, struct rs_recovery_txn *txns, str
     in->txns = txns;
     in->first_num = (uint16_t)first;
     in->has_prior = first > 0;
+    /* Clamped past log_first: the tags of those are gone, assume updates. */
+    in->has_read_only_from = first == c->log_first;
+    in->read_only_from = (uint16_t)c->read_only_from;
     in->req_base = first < n ? rs_http_txn_get(&c->http, first)->req_start : rs_http_next_seq(&c->http, RS_DIR_REQ);
     in->resp_base = resp_next;
     for (uint32_t i = first; i < n; i++) {
@@ -420,9 +423,10 @@ static void replay_next(struct lg_plan *pl)
     pl->hp.data = &pl->rr;
     pl->rlen = rs_seq_dist(t->req_start, t->req_end);
     pl->roff = 0;
-    if (!(pl->req = malloc(pl->rlen ? pl->rlen : 1))
-        || (e = rs_reasm_read(&c->rs[LG_REQ], t->req_start, (uint32_t)pl->rlen, pl->req))) {
-        plan_reply(pl, pl->req ? e : -ENOMEM);
+    pl->req = malloc(pl->rlen ? pl->rlen : 1);
+    e = pl->req ? rs_reasm_read(&c->rs[LG_REQ], t->req_start, (uint32_t)pl->rlen, pl->req) : -ENOMEM;
+    if (e) {
+        plan_reply(pl, e);
         return;
     }
     pl->rlocal = (struct rs_addr){ 0, 0 };

@@ -57,6 +57,16 @@ static void on_state_update(struct stated *s, struct rs_ctlconn *cc, const struc
     rs_ctl_ack(cc, m, err);
 }
 
+/* Applies what the logger's news about 'id''s connection ('err' from
+ * recording it) made applicable, and answers. */
+static void drain_logged(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m, rs_txn_id id, int err)
+{
+    if (err == 0 && s->lib_fd >= 0)
+        rs_store_drain(&s->store, rs_store_find(&s->store, rs_txn_id_ip4(id), rs_txn_id_port(id)),
+                       false, 0, apply_fn, s);
+    rs_ctl_ack(cc, m, err);
+}
+
 static void on_txn_logged(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     rs_txn_id id = m->u.txn_logged.txn;
@@ -64,10 +74,18 @@ static void on_txn_logged(struct stated *s, struct rs_ctlconn *cc, const struct 
 
     s->st.logged++;
     rs_log("logged %s resp_end=%u%s", RS_TXN(id), m->u.txn_logged.resp_end, err ? " (client table full)" : "");
-    if (err == 0 && s->lib_fd >= 0)
-        rs_store_drain(&s->store, rs_store_find(&s->store, rs_txn_id_ip4(id), rs_txn_id_port(id)),
-                       false, 0, apply_fn, s);
-    rs_ctl_ack(cc, m, err);
+    drain_logged(s, cc, m, id, err);
+}
+
+/* The logger gave up on a connection: its states apply as they come. */
+static void on_unlogged(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
+{
+    rs_txn_id id = m->u.unlogged.from;
+    int err = rs_store_unlogged(&s->store, id, rs_mono_ns());
+
+    s->st.unlogged++;
+    rs_log("unlogged %s: its states apply as they come%s", RS_TXN(id), err ? " (client table full)" : "");
+    drain_logged(s, cc, m, id, err);
 }
 
 static void on_state_query(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
@@ -203,6 +221,7 @@ void control_on_msg(struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
     switch (m->type) {
     case RS_CTL_STATE_UPDATE: on_state_update(s, cc, m); break;
     case RS_CTL_TXN_LOGGED: on_txn_logged(s, cc, m); break;
+    case RS_CTL_UNLOGGED: on_unlogged(s, cc, m); break;
     case RS_CTL_STATE_QUERY: on_state_query(s, cc, m); break;
     case RS_CTL_APPLY: on_apply(s, cc, m); break;
     case RS_CTL_CONN_MAP: on_conn_map(s, cc, m); break;

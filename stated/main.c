@@ -26,6 +26,7 @@ static void stats_print(void *ctx)
     static const struct rs_stat_field fields[] = {
         RS_STAT(struct stats, ctl_frames), RS_STAT(struct stats, updates), RS_STAT(struct stats, update_bytes),
         RS_STAT(struct stats, updates_refused), RS_STAT(struct stats, updates_stale), RS_STAT(struct stats, logged),
+        RS_STAT(struct stats, unlogged),
         RS_STAT(struct stats, applied), RS_STAT(struct stats, applied_forced), RS_STAT(struct stats, apply_errors),
         RS_STAT(struct stats, queries), RS_STAT(struct stats, conn_maps), RS_STAT(struct stats, relayed),
         RS_STAT(struct stats, relay_acked), RS_STAT(struct stats, relay_failed),

@@ -70,7 +70,7 @@ struct relay {
 
 struct stats {
     uint64_t ctl_frames, updates, update_bytes, updates_refused,
-        updates_stale, logged, applied, applied_forced, apply_errors, queries, conn_maps,
+        updates_stale, logged, unlogged, applied, applied_forced, apply_errors, queries, conn_maps,
         relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
         app_disconnects, updates_fenced, relays_degraded;
 };

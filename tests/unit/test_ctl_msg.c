@@ -33,7 +33,7 @@ static int setup(void **state)
 }
 
 /* A valid message of each type, numbered 0 .. N_SAMPLES-1. */
-#define N_SAMPLES 22
+#define N_SAMPLES 23
 
 static void sample(unsigned i, struct rs_ctl_msg *m)
 {
@@ -146,6 +146,10 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
                                                                   RS_CTL_BACKEND_FENCED, 0 };
         m->u.status_report.b[1] = (struct rs_ctl_backend_status){ 2, 0x0a00000cu, 8080,
                                                                   RS_CTL_ROLE_ALTERNATE_BACKEND, 0, 200 };
+        break;
+    case 22:
+        m->type = RS_CTL_UNLOGGED;
+        m->u.unlogged.from = rs_txn_id_make(0x0a000101u, 5555, 3);
         break;
     }
 }
@@ -583,6 +587,7 @@ static void invalid_messages(void **state)
     BAD_MSG(2, m.u.failure.backend_id = 0);
     BAD_MSG(3, m.u.txn_logged.txn = rs_txn_id_make(0, 1, 1));
     BAD_MSG(3, m.u.txn_logged.txn = rs_txn_id_make(1, 0, 1));
+    BAD_MSG(22, m.u.unlogged.from = rs_txn_id_make(0, 1, 1));
     BAD_MSG(4, m.u.state_report.conn.ip4 = 0);
     BAD_MSG(4, m.u.state_report.conn.port = 0);
     BAD_MSG(4, (m.u.state_report.has_ta = false, m.u.state_report.ta = 0));

@@ -462,6 +462,21 @@ static void trimmed_history(void **state)
     set_alt(&h, false, 0, false, 0);
     assert_int_equal(rs_recovery_plan(&h.in, &p), -ENODATA);
 
+    /* ... unless the log knows the trimmed ones from TR on were read-only
+     * (TA = 18, #19 a trimmed GET): TR moves to the log's first. */
+    set_alt(&h, true, 17, true, 18);
+    h.in.has_read_only_from = true;
+    h.in.read_only_from = 19;
+    assert_int_equal(rs_recovery_plan(&h.in, &p), 0);
+    assert_int_equal(p.tr, 20);
+    assert_int_equal(p.n_replay, 2);
+    assert_true(rs_recovery_plan_applies(&p, 18));      /* received, not applied */
+    assert_false(rs_recovery_plan_applies(&p, 20));
+    h.in.read_only_from = 20;           /* #19 was an update: it would need a replay */
+    assert_int_equal(rs_recovery_plan(&h.in, &p), -ENODATA);
+    assert_int_equal(p.reason, RS_RECOVERY_R_TRIMMED);
+    h.in.has_read_only_from = false;
+
     set_alt(&h, true, 19, true, 19);
     h.in.ack_cl = 999; /* client lacks bytes the logger dropped */
     assert_int_equal(rs_recovery_plan(&h.in, &p), -ENODATA);

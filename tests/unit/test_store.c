@@ -98,6 +98,31 @@ static void released_by_the_logger_in_order(void **state)
     assert_int_equal(c->logged, 1);
 }
 
+/* Once the logger gives up on a connection (UNLOGGED) nothing waits for
+ * TXN_LOGGED: what is buffered and what comes later applies at once. */
+static void unlogged_applies_as_states_come(void **state)
+{
+    struct rs_store_client *c;
+
+    (void)state;
+    assert_int_equal(put(0, "s0"), 0);
+    assert_int_equal(put(1, "s1"), 0);
+    c = client();
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 0);
+    assert_int_equal(rs_store_unlogged(st, rs_txn_id_make(IP, PORT, 1), 2000), 0);
+    assert_true(c->unlogged);
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 2);
+    assert_int_equal(put(2, "s2"), 0);
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 1);
+    assert_int_equal(seen.n, 3);
+    assert_string_equal(seen.data[2], "s2");
+    assert_int_equal(c->ts, 2);
+    assert_int_equal(c->n_states, 0);
+    /* An unknown connection is created (its states may come later). */
+    assert_int_equal(rs_store_unlogged(st, rs_txn_id_make(IP, PORT + 1, 0), 3000), 0);
+    assert_true(rs_store_find(st, IP, PORT + 1)->unlogged);
+}
+
 /* A resend replaces the buffered copy; a state at or before Ts is stale. */
 static void resend_and_stale(void **state)
 {
@@ -211,6 +236,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(released_by_the_logger_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(unlogged_applies_as_states_come, setup, teardown),
         cmocka_unit_test_setup_teardown(resend_and_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(forced_drain_and_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(take_over, setup, teardown),

@@ -183,6 +183,24 @@ static void body_appends_across_other_directives(void **state)
     assert_string_equal(TXT(t, t->steps[1].body), "one");
 }
 
+static void fill_generates_a_body(void **state)
+{
+    struct rs_trace *t = *state;
+    static const char text[] =
+        "request POST /upload?seed=7\n"
+        "fill seed=7 length=4M\n"
+        "request POST /upload?seed=8\n"
+        "fill seed=18446744073709551615 length=60000\n";
+
+    assert_int_equal(parse(t, text, NULL), 0);
+    assert_true(t->steps[0].has_fill);
+    assert_false(t->steps[0].has_body);
+    assert_int_equal(t->steps[0].fill_seed, 7);
+    assert_int_equal(t->steps[0].fill_len, 4u << 20);
+    assert_int_equal(t->steps[1].fill_seed, UINT64_MAX);
+    assert_int_equal(t->steps[1].fill_len, 60000);
+}
+
 static void empty_input(void **state)
 {
     struct rs_trace *t = *state;
@@ -231,6 +249,15 @@ static void errors_carry_line_numbers(void **state)
         { "request GET /\nexpect contains\n", -EINVAL, 2, "missing" },
         { "request GET /\nexpect bogus 1\n", -EINVAL, 2, "unknown expectation" },
         { "request GET /\nexpect\n", -EINVAL, 2, "expect wants" },
+        { "request POST /\nfill seed=1\n", -EINVAL, 2, "fill wants" },
+        { "request POST /\nfill length=1 seed=1\n", -EINVAL, 2, "seed=N first" },
+        { "request POST /\nfill seed=1 size=1\n", -EINVAL, 2, "length=SIZE" },
+        { "request POST /\nfill seed=1 length=2G\n", -EINVAL, 2, "up to 1G" },
+        { "request POST /\nfill seed=1 length=1x\n", -EINVAL, 2, "up to 1G" },
+        { "request POST /\nfill seed=1 length=1 more\n", -EINVAL, 2, "unexpected text" },
+        { "request POST /\nbody x\nfill seed=1 length=1\n", -EINVAL, 3, "'body' and 'fill'" },
+        { "request POST /\nfill seed=1 length=1\nbody x\n", -EINVAL, 3, "'body' and 'fill'" },
+        { "request POST /\nfill seed=1 length=1\nfill seed=1 length=1\n", -EINVAL, 3, "duplicate fill" },
         { "request GET /\ncapture bad-name body \"x\"\n", -EINVAL, 2, "name" },
         { "request GET /\ncapture n trailer \"x\"\n", -EINVAL, 2, "body" },
         { "request GET /\ncapture n header\n", -EINVAL, 2, "header name" },
@@ -517,6 +544,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(parses_every_directive, setup, teardown),
         cmocka_unit_test_setup_teardown(quoting_and_comments, setup, teardown),
         cmocka_unit_test_setup_teardown(body_appends_across_other_directives, setup, teardown),
+        cmocka_unit_test_setup_teardown(fill_generates_a_body, setup, teardown),
         cmocka_unit_test_setup_teardown(empty_input, setup, teardown),
         cmocka_unit_test_setup_teardown(errors_carry_line_numbers, setup, teardown),
         cmocka_unit_test_setup_teardown(bounds, setup, teardown),
