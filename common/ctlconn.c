@@ -11,7 +11,8 @@
 
 #include "list.h"
 
-#define IN_START       4096u                 /* grows to RS_CTL_FRAME_MAX for big frames */
+#define IN_START       4096u   /* grows for big frames: to RS_CTL_SMALL_FRAME_MAX on an
+                                  accepted connection, RS_CTL_FRAME_MAX on our own */
 #define BACKOFF_MIN_NS (10ull * 1000000u)
 #define BACKOFF_MAX_NS (500ull * 1000000u)
 #define CONNECT_NS     (1000ull * 1000000u)  /* a peer that does not answer a SYN in 1 s is down */
@@ -213,9 +214,10 @@ static bool conn_read(struct rs_ctlconn *c)
 
         if (c->in_len == c->in_cap) {
             size_t cap = c->in_cap ? c->in_cap * 2 : IN_START;
+            size_t max = c->server ? RS_CTL_SMALL_FRAME_MAX : RS_CTL_FRAME_MAX;
             uint8_t *b;
-            if (cap > RS_CTL_FRAME_MAX)
-                cap = RS_CTL_FRAME_MAX;
+            if (cap > max)
+                cap = max;
             if (cap <= c->in_cap || !(b = realloc(c->in, cap))) {
                 conn_down(c, -EMSGSIZE);
                 return false;
@@ -283,6 +285,8 @@ static void conn_down(struct rs_ctlconn *c, int err)
     c->in_len = 0;
     if (!c->outgoing) {
         calls_fail(c, err);
+        if (c->server->on_close)
+            c->server->on_close(c, err);
         accepted_free(c);
         return;
     }

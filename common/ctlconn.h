@@ -83,6 +83,7 @@ struct rs_ctlserver {
     uint64_t next_id;
     size_t out_max;
     rs_ctl_msg_fn on_msg;
+    rs_ctl_state_fn on_close;     /* may be NULL: an accepted connection ends */
     void *ctx;
     uint64_t accepted, rejected;
 };

@@ -30,8 +30,13 @@
 #define RS_CTL_STATE_MAX   (1u << 20)
 #define RS_CTL_STATE_HDR   16u
 #define RS_CTL_PLAN_HDR    48u
-#define RS_CTL_PAYLOAD_MAX (RS_CTL_PLAN_HDR + RS_CTL_STATE_MAX)
+/* TL+1's logged request in a PLAN: up to the logger's largest ring (an
+ * upload in flight).  Only a connection a daemon opened itself takes a
+ * frame above RS_CTL_SMALL_FRAME_MAX (a PLAN is the reply to a RECOVER). */
+#define RS_CTL_PLAN_DATA_MAX (64u << 20)
+#define RS_CTL_PAYLOAD_MAX (RS_CTL_PLAN_HDR + RS_CTL_PLAN_DATA_MAX)
 #define RS_CTL_FRAME_MAX   (RS_CTL_HDR_LEN + RS_CTL_PAYLOAD_MAX + RS_CTL_MAC_LEN)
+#define RS_CTL_SMALL_FRAME_MAX (RS_CTL_HDR_LEN + RS_CTL_PLAN_HDR + RS_CTL_STATE_MAX + RS_CTL_MAC_LEN)
 /* Senders one receiver tracks; a deployment has a handful of daemons. */
 #define RS_CTL_REPLAY_PEERS 64u
 
@@ -205,7 +210,7 @@ struct rs_ctl_plan {
     uint32_t ack_tl, p, ackcl;
     uint32_t resend_from, resend_to;
     uint32_t q;
-    uint32_t len;             /* <= RS_CTL_STATE_MAX */
+    uint32_t len;             /* <= RS_CTL_PLAN_DATA_MAX */
     const uint8_t *data;      /* after decode: points into the frame buffer */
 };
 

@@ -75,7 +75,8 @@ static bool has_data(unsigned type)
 
 static uint32_t max_body_len(unsigned type)
 {
-    return has_data(type) ? body_len[type] + RS_CTL_STATE_MAX : body_len[type];
+    return type == RS_CTL_PLAN ? body_len[type] + RS_CTL_PLAN_DATA_MAX
+           : has_data(type) ? body_len[type] + RS_CTL_STATE_MAX : body_len[type];
 }
 
 /* True when the next 'n' bytes are zero (padding must be, so that every
@@ -181,7 +182,7 @@ static int validate__(const struct rs_ctl_msg *m)
         const struct rs_ctl_plan *b = &m->u.plan;
         ok = conn_ok(&b->client) && b->status <= 0 && b->status >= -ERRNO_MAX
              && !(b->flags & ~RS_CTL_PLAN_FLAGS_ALL) && ((b->flags & RS_CTL_PLAN_HAS_TL) || b->tl == 0)
-             && b->len <= RS_CTL_STATE_MAX && (b->len == 0 || b->data);
+             && b->len <= RS_CTL_PLAN_DATA_MAX && (b->len == 0 || b->data);
         break;
     }
     case RS_CTL_RESEND:

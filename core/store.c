@@ -176,6 +176,11 @@ int rs_store_unlogged(struct rs_store *st, rs_txn_id id, uint64_t now_ns)
     return 0;
 }
 
+void rs_store_set_logger(struct rs_store *st, bool present)
+{
+    st->no_logger = !present;
+}
+
 int rs_store_drain(struct rs_store *st, struct rs_store_client *c, bool force, uint16_t upto,
                    rs_store_apply_fn fn, void *ctx)
 {
@@ -186,7 +191,7 @@ int rs_store_drain(struct rs_store *st, struct rs_store_client *c, bool force, u
         int err;
 
         if (force ? !rs_txn_num_lt(s->num, upto)
-                  : !(c->unlogged || (c->has_logged && rs_txn_num_le(s->num, c->logged))))
+                  : !(st->no_logger || c->unlogged || (c->has_logged && rs_txn_num_le(s->num, c->logged))))
             break;
         err = fn(ctx, rs_txn_id_make(c->ip, c->port, s->num), s->data, s->len);
         if (err < 0)

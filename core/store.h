@@ -44,10 +44,12 @@ struct rs_store_client {
     uint64_t last_ns;           /* last activity, for eviction */
     bool taken_over;            /* recovered here: the primary's states are over */
     bool unlogged;              /* the logger gave up on it: apply states as they come */
+    bool queried;               /* a recovery read Ts and TA: its plan stands on them */
 };
 
 struct rs_store {
     struct rs_store_client *buckets[RS_STORE_BUCKETS];
+    bool no_logger;             /* the logger is gone: states apply as they arrive */
     uint32_t n_clients;
     uint64_t n_states, bytes;
     uint64_t evicted;
@@ -90,9 +92,14 @@ int rs_store_logged(struct rs_store *st, rs_txn_id id, uint64_t now_ns);
  * Returns 0, or -ENOBUFS when the client cannot be tracked. */
 int rs_store_unlogged(struct rs_store *st, rs_txn_id id, uint64_t now_ns);
 
+/* Whether the logger is there.  Without it (its connection ended) no
+ * recovery can need a buffered state: every state of every connection may
+ * be applied (rs_store_drain) until it is back. */
+void rs_store_set_logger(struct rs_store *st, bool present);
+
 /* Applies, in number order, the buffered states of 'c' that may be applied:
  * with 'force' false those the logger has logged (all, once it gave up on
- * the connection: rs_store_unlogged); with 'force' true every
+ * the connection or is gone: rs_store_unlogged, rs_store_set_logger); with 'force' true every
  * one numbered below 'upto' (recovery's APPLY).  Stops at the first state
  * 'fn' refuses.  Returns the number applied, or fn's error when it refused
  * before applying any. */

@@ -252,7 +252,9 @@ def judge(row, clients, flows, plog, fault, times, counter):
     if any(c["hung"] for c in clients):
         bad.append("hang")
     last_fault = max((t for _, t in times), default=None)
-    unrecoverable = set(re.findall(r"rs-proxy unrecoverable id=\d+ client=(\S+) why=\S+", plog))
+    # tcpdump names a client ip.port, the proxy ip:port.
+    unrecoverable = {c.replace(":", ".") for c in
+                     re.findall(r"rs-proxy unrecoverable id=\d+ client=(\S+) why=\S+", plog)}
     clean, detail = 0, []
     for client, e in flows.items():
         server = [t for k, t in e.items() if k.startswith("server")]
@@ -276,7 +278,8 @@ def judge(row, clients, flows, plog, fault, times, counter):
                  for r in results)
     row.update(updates_ok=okd, updates_unsure=unsure, counter=counter if counter is not None else "")
     if counter is None:
-        bad.append("no_counter")
+        if not row["no_backend"]:
+            bad.append("no_counter")
     elif counter > okd + unsure:
         bad.append("duplicates")
     elif counter < okd:
@@ -340,7 +343,9 @@ def trial(tb, args, fault, workload, n, seed, window):
     faults.revert()
     time.sleep(0.05)
     serving = "alternate" if re.search(r"rs-proxy failure backend_id=1 ", stack.log("proxy")) else "primary"
-    counter = counter_of(tb, serving)
+    # Both backends dead: no state left to check (nor to serve from).
+    no_backend = not stack.d[f"app-{serving}"].alive()
+    counter = None if no_backend else counter_of(tb, serving)
     plog, llog = stack.log("proxy"), stack.log("logger")
     stack.stop()
     san = [name for name, d in list(stack_files(args.work)) if SANITIZER.search(d)]
@@ -353,7 +358,7 @@ def trial(tb, args, fault, workload, n, seed, window):
     row = {"fault": fault, "workload": workload, "load": nhosts * WORKLOADS[workload][2],
            "trial": n, "seed": seed, "moment_ms": round(moment * 1000, 1) if moment is not None else "",
            "faults": " ".join(f"{w}@{(t - t0) * 1000:.0f}ms" for w, t in faults.times),
-           "action_ms": round(action_s * 1000, 1), "serving": serving,
+           "action_ms": round(action_s * 1000, 1), "serving": serving, "no_backend": int(no_backend),
            "false_failovers": false_failovers(plog, llog, fault, faults.times), "sanitizer": " ".join(san),
            "recovered": plog.count("rs-proxy recovered id="), "unrecoverable": plog.count("rs-proxy unrecoverable id=")}
     bad = judge(row, clients, flows, plog, fault, faults.times, counter)

@@ -104,6 +104,7 @@ int lg_ctl_setup(struct logger *lg)
         rs_log("cannot listen on %s: %s", RS_A(lg->listen), strerror(-e));
         return e;
     }
+    lg->ctlsrv.out_max += RS_CTL_FRAME_MAX;   /* a PLAN with a large request (an upload) */
     if ((e = lg_resend_open(lg)))
         return e;
     if (lg->has_proxy)

@@ -258,7 +258,7 @@ static void plan_finish(struct lg_plan *pl)
     }
     end = rs_reasm_contig_seq(&c->rs[LG_REQ]);
     len = rs_seq_dist(pl->plan.req_fwd_from, end);
-    if (rs_seq_lt(end, pl->plan.req_fwd_from) || len > RS_CTL_STATE_MAX) {
+    if (rs_seq_lt(end, pl->plan.req_fwd_from) || len > RS_CTL_PLAN_DATA_MAX) {
         plan_reply(pl, -EMSGSIZE);
         return;
     }

@@ -376,11 +376,14 @@ static void connect_failed(struct proxy *p, struct pconn *pc, int err)
 
     p->st.backend_errors++;
     rs_log("backend id=%" PRIu64 " %s: connect: %s", pc->id, RS_A(pc->backend), strerror(-err));
-    /* Refused: nothing listens there, the application is gone.  With
-     * recovery on that is a failure signal for the whole backend (its other
-     * connections move; this one is redispatched as part of it). */
-    if (err == -ECONNREFUSED && p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
-        px_backend_failed(p, p->backends[idx].id, "connect-refused");
+    /* Refused: nothing listens there, the application is gone; timed out:
+     * the host or the application is gone or hung.  With recovery on either
+     * is a failure signal for the whole backend: fenced before the alternate
+     * serves anyone, so a hung backend that wakes up cannot serve with state
+     * of its own (its other connections move; this one is redispatched as
+     * part of it). */
+    if (p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
+        px_backend_failed(p, p->backends[idx].id, err == -ECONNREFUSED ? "connect-refused" : "connect-failed");
         return;
     }
     px_pc_redispatch(p, pc, "backend-connect");
@@ -421,10 +424,14 @@ static void on_map_done(struct rs_ctl_call *call, int err, const struct rs_ctl_m
         px_backend_failed(p, p->backends[idx].id, "no-application");
         return;
     }
-    /* Its rs-stated does not answer (host down, cut off): nothing was sent
-     * to the backend yet, so the alternate can take the request. */
+    /* Its rs-stated does not answer (host down, cut off, application hung:
+     * CONN_MAP goes through it): nothing was sent to the backend yet, so the
+     * alternate can take the request, once the backend is fenced (above). */
     if (err == -ETIMEDOUT || err == -ECONNREFUSED || err == -ECONNRESET || err == -EHOSTUNREACH) {
-        px_pc_redispatch(p, pc, "stated-unreachable");
+        if (p->logger.port && idx >= 0 && !p->backends[idx].fenced)
+            px_backend_failed(p, p->backends[idx].id, "stated-unreachable");
+        else
+            px_pc_redispatch(p, pc, "stated-unreachable");
         return;
     }
     connect_backend(p, pc);   /* transaction ids there will not match */

@@ -126,9 +126,7 @@ int apply_fn(void *ctx, rs_txn_id id, const uint8_t *data, uint32_t len)
     return err;
 }
 
-/* Applies what the logger has released, for every client (after the app
- * connects or its queue drains). */
-static void drain_all(struct stated *s)
+void drain_all(struct stated *s)
 {
     s->drain_blocked = false;
     for (uint32_t b = 0; b < RS_STORE_BUCKETS && s->lib_fd >= 0; b++)

@@ -24,10 +24,14 @@ static void on_state_update(struct stated *s, struct rs_ctlconn *cc, const struc
 {
     const struct rs_ctl_state_update *u = &m->u.state_update;
     uint32_t from = (m->sender >> 24) == RS_CTL_ROLE_BACKEND ? (m->sender >> 4) & 0xfffff : 0;
+    struct rs_store_client *fc = rs_store_find(&s->store, rs_txn_id_ip4(u->txn), rs_txn_id_port(u->txn));
     int err;
 
-    if (from && is_fenced(s, from)) {
-        /* A fenced backend's state must never overwrite what the survivor does now. */
+    /* A fenced backend's state must never change what a recovery planned
+     * on (Ts, TA).  Before that query it is still welcome: the state of a
+     * transaction it finished before it failed, late on the wire (its
+     * connection may have ended: nothing else would bring it). */
+    if (from && is_fenced(s, from) && fc && fc->queried) {
         if (s->st.updates_fenced++ % 1000 == 0)
             rs_log("update %s %uB from fenced backend=%u refused", RS_TXN(u->txn), u->len, from);
         rs_ctl_ack(cc, m, -EPERM);
@@ -91,12 +95,13 @@ static void on_unlogged(struct stated *s, struct rs_ctlconn *cc, const struct rs
 static void on_state_query(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     struct rs_ctl_conn cl = m->u.state_query.client;
-    struct rs_store_client *c = rs_store_find(&s->store, cl.ip4, cl.port);
+    struct rs_store_client *c = rs_store_get(&s->store, cl.ip4, cl.port, rs_mono_ns());
     struct rs_ctl_msg r = { .type = RS_CTL_STATE_REPORT };
     char ts[8] = "none", ta[8] = "none";
 
     r.u.state_report.conn = cl;
     if (c) {
+        c->queried = true;      /* no fenced backend's state may move TA now */
         r.u.state_report = (struct rs_ctl_state_report){ cl, c->has_ts, c->has_ta,
                                                         c->has_ts ? c->ts : 0, c->has_ta ? c->ta : 0 };
         if (c->has_ts)
@@ -212,12 +217,44 @@ static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
     rs_ctl_ack(cc, m, 0);
 }
 
+/* TXN_LOGGED and UNLOGGED come on the logger's connection. */
+static void logger_seen(struct stated *s, struct rs_ctlconn *cc)
+{
+    if (s->logger_conn == cc->id)
+        return;
+    s->logger_conn = cc->id;
+    if (s->store.no_logger) {
+        rs_store_set_logger(&s->store, true);
+        rs_log("logger back from %s: states wait for TXN_LOGGED again", RS_A(cc->addr));
+    }
+}
+
+void control_on_close(struct rs_ctlconn *cc, int err)
+{
+    struct stated *s = cc->ctx;
+    uint64_t applied;
+
+    if (cc->id != s->logger_conn)
+        return;
+    /* No recovery can need a buffered state any more: the primary's state
+     * must not die with it (the updates of finished transactions). */
+    s->logger_conn = 0;
+    s->st.logger_lost++;
+    rs_store_set_logger(&s->store, false);
+    applied = s->st.applied;
+    drain_all(s);
+    rs_log("logger gone (%s): %" PRIu64 " buffered states applied, the rest apply as they arrive",
+           err ? strerror(-err) : "closed", s->st.applied - applied);
+}
+
 /* One authenticated frame on the control port. */
 void control_on_msg(struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     struct stated *s = cc->ctx;
 
     s->st.ctl_frames++;
+    if (m->type == RS_CTL_TXN_LOGGED || m->type == RS_CTL_UNLOGGED)
+        logger_seen(s, cc);
     switch (m->type) {
     case RS_CTL_STATE_UPDATE: on_state_update(s, cc, m); break;
     case RS_CTL_TXN_LOGGED: on_txn_logged(s, cc, m); break;

@@ -26,7 +26,7 @@ static void stats_print(void *ctx)
     static const struct rs_stat_field fields[] = {
         RS_STAT(struct stats, ctl_frames), RS_STAT(struct stats, updates), RS_STAT(struct stats, update_bytes),
         RS_STAT(struct stats, updates_refused), RS_STAT(struct stats, updates_stale), RS_STAT(struct stats, logged),
-        RS_STAT(struct stats, unlogged),
+        RS_STAT(struct stats, unlogged), RS_STAT(struct stats, logger_lost),
         RS_STAT(struct stats, applied), RS_STAT(struct stats, applied_forced), RS_STAT(struct stats, apply_errors),
         RS_STAT(struct stats, queries), RS_STAT(struct stats, conn_maps), RS_STAT(struct stats, relayed),
         RS_STAT(struct stats, relay_acked), RS_STAT(struct stats, relay_failed),
@@ -126,6 +126,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", RS_A(s.listen), strerror(-err));
         return 1;
     }
+    s.ctlsrv.on_close = control_on_close;
     if ((err = app_link_listen(s.app_path)) < 0 || (err = rs_io_start(&s.loop, &s.app_io, err, EPOLLIN, app_link_accept, &s))) {
         fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", s.app_path, strerror(-err));
         return 1;

@@ -70,7 +70,7 @@ struct relay {
 
 struct stats {
     uint64_t ctl_frames, updates, update_bytes, updates_refused,
-        updates_stale, logged, unlogged, applied, applied_forced, apply_errors, queries, conn_maps,
+        updates_stale, logged, unlogged, logger_lost, applied, applied_forced, apply_errors, queries, conn_maps,
         relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
         app_disconnects, updates_fenced, relays_degraded;
 };
@@ -114,6 +114,7 @@ struct stated {
     uint32_t fenced[FENCED_MAX];
     unsigned n_fenced;
     struct rs_store store;
+    uint64_t logger_conn;               /* id of the accepted connection TXN_LOGGED comes on, 0: none */
     struct stats st;
 };
 
@@ -153,6 +154,11 @@ void relay_fail_all(struct stated *s, int status);
 
 /* One authenticated frame on the control port. */
 void control_on_msg(struct rs_ctlconn *cc, const struct rs_ctl_msg *m);
+/* Applies what the logger has released, for every client (after the app
+ * connects or its queue drains, or when the logger is gone). */
+void drain_all(struct stated *s);
+/* An accepted control connection ended: the logger's means it is gone. */
+void control_on_close(struct rs_ctlconn *cc, int err);
 
 /* ---- heartbeat.c: liveness to the logger ------------------------------------- */
 

@@ -120,7 +120,8 @@ class TestBeforeTheSplice(Case):
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
-        self.assertRegex(log, r"redispatch id=1 .*why=(stated-unreachable|backend-connect)")
+        self.assertRegex(log, r"redispatch id=1 .*why=(stated-unreachable|connect-failed)")
+        self.assertRegex(log, r"failure backend_id=1 .*fenced")
         self.assertRegex(log, rf"connect id=1 client=\S+ backend={SERVERS['alternate']}:")
         print(f"\nrequest to a dead host answered by the alternate in {elapsed * 1000:.0f} ms")
         self.assertLess(elapsed, 2.0)
@@ -139,6 +140,27 @@ class TestBeforeTheSplice(Case):
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
         self.assertRegex(self.stack.log("proxy"), r"redispatch id=1 ")
+
+    def test_hung_application_at_connect_is_fenced(self):
+        """A hung application leaves CONN_MAP unanswered: the request goes to
+        the alternate, and the primary is fenced first, so it cannot wake up
+        and serve the next client with a counter the alternate never saw
+        (found by make fault-campaign)."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        app = self.stack.d["app-primary"].popen
+        app.send_signal(signal.SIGSTOP)
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n")
+        d.popen.wait(20)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        log = self.stack.log("proxy")
+        self.assertRegex(log, r"failure backend_id=1 .*why=stated-unreachable .*fenced")
+        self.assertRegex(log, rf"connect id=1 client=\S+ backend={SERVERS['alternate']}:")
+        app.send_signal(signal.SIGCONT)
+        self.assertTrue(wait_until(lambda: app.poll() is not None, 5), "the fenced application lives on")
+        d = self.client("request POST /counter\n  expect contains \"counter=2\"\n", name="client2")
+        d.popen.wait(20)
+        self.assertEqual(d.popen.returncode, 0, d.output())
 
     def test_client_half_close(self):
         """A request then shutdown(SHUT_WR): the response still comes."""

@@ -237,6 +237,39 @@ static void roundtrip_max_state(void **state)
     free(data);
 }
 
+/* Largest plan: RS_CTL_PLAN_DATA_MAX bytes of TL+1's request (an upload),
+ * far above a state's bound; one byte more is refused. */
+static void roundtrip_max_plan(void **state)
+{
+    size_t cap = RS_CTL_FRAME_MAX;
+    uint8_t *buf = malloc(cap), *data = calloc(1, RS_CTL_PLAN_DATA_MAX);
+    struct rs_ctl_replay rp;
+    struct rs_ctl_msg m, out;
+    int n;
+
+    (void)state;
+    assert_non_null(buf);
+    assert_non_null(data);
+    data[RS_CTL_PLAN_DATA_MAX - 1] = 7;
+    rs_ctl_replay_init(&rp);
+    memset(&m, 0, sizeof(m));
+    m.type = RS_CTL_PLAN;
+    m.sender = 5;
+    m.seq = 1;
+    m.u.plan.client = (struct rs_ctl_conn){ 0x0a000101u, 5555 };
+    m.u.plan.len = RS_CTL_PLAN_DATA_MAX;
+    m.u.plan.data = data;
+    n = rs_ctl_encode(&key_a, &m, buf, cap);
+    assert_int_equal(n, (int)RS_CTL_FRAME_MAX);
+    assert_int_equal(rs_ctl_decode(&key_a, &rp, buf, (size_t)n, &out), n);
+    assert_true(rs_ctl_msg_equal(&m, &out));
+    m.u.plan.len = RS_CTL_PLAN_DATA_MAX + 1;
+    assert_int_equal(rs_ctl_encode(&key_a, &m, buf, cap), -EINVAL);
+    assert_true(RS_CTL_SMALL_FRAME_MAX < RS_CTL_FRAME_MAX);
+    free(buf);
+    free(data);
+}
+
 /* Every field at its documented offset, in network byte order. */
 static void wire_layout(void **state)
 {
@@ -636,6 +669,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(roundtrip_every_type),
         cmocka_unit_test(roundtrip_max_state),
+        cmocka_unit_test(roundtrip_max_plan),
         cmocka_unit_test(wire_layout),
         cmocka_unit_test(tamper_each_byte),
         cmocka_unit_test(wrong_key_rejected),

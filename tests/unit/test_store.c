@@ -123,6 +123,27 @@ static void unlogged_applies_as_states_come(void **state)
     assert_true(rs_store_find(st, IP, PORT + 1)->unlogged);
 }
 
+/* Without a logger nothing waits for TXN_LOGGED, for any connection;
+ * once it is back, new states wait again. */
+static void logger_gone_and_back(void **state)
+{
+    struct rs_store_client *c;
+
+    (void)state;
+    assert_int_equal(put(0, "s0"), 0);
+    c = client();
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 0);
+    rs_store_set_logger(st, false);
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 1);
+    assert_int_equal(put(1, "s1"), 0);
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 1);
+    rs_store_set_logger(st, true);
+    assert_int_equal(put(2, "s2"), 0);
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 0);
+    assert_int_equal(seen.n, 2);
+    assert_int_equal(c->n_states, 1);
+}
+
 /* A resend replaces the buffered copy; a state at or before Ts is stale. */
 static void resend_and_stale(void **state)
 {
@@ -237,6 +258,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(released_by_the_logger_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(unlogged_applies_as_states_come, setup, teardown),
+        cmocka_unit_test_setup_teardown(logger_gone_and_back, setup, teardown),
         cmocka_unit_test_setup_teardown(resend_and_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(forced_drain_and_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(take_over, setup, teardown),
