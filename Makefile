@@ -4,6 +4,7 @@
 #   make deps        install the Debian packages the build, tests and testbed need
 #   make             build libresplice and the daemons (-Wall -Wextra -Werror)
 #   make test        unit tests (ASan+UBSan), bounded fuzzing, integration tests
+#                    (with a QUICK fault campaign on sanitized daemons, build/san)
 #   make fuzz        fuzz each target for FUZZ_SECONDS (default 600) seconds
 #   make emul-check  measure requested vs real RTT/loss for every link profile
 
@@ -134,11 +135,11 @@ $(BUILD)/tests/test_splice_prog: tests/bpf/test_splice_prog.c $(BUILD)/splice.sk
 
 unit: $(UNIT_BIN)
 fuzz-smoke: $(FUZZ_BIN)
-integration: all $(BUILD)/tests/test_splice_prog
+integration: all san $(BUILD)/tests/test_splice_prog
 
 # Unit tests, FUZZ_SMOKE_SECONDS of fuzzing per target, then integration tests;
 # the last line is "N passed, N failed, N skipped" (any skip fails the run).
-test: all unit fuzz-smoke $(BUILD)/tests/test_splice_prog
+test: all san unit fuzz-smoke $(BUILD)/tests/test_splice_prog
 	@$(PYTHON) tests/run.py --build $(BUILD) --fuzz-seconds $(or $(FUZZ_SMOKE_SECONDS),15)
 
 fuzz: $(FUZZ_BIN)

@@ -221,7 +221,9 @@ struct rs_ctl_resend {
 
 enum rs_ctl_suspect_reason {
     RS_CTL_SUSPECT_STALL = 1, /* a complete request, no response byte for the configured bound */
-    RS_CTL_SUSPECT_MAX = RS_CTL_SUSPECT_STALL,
+    RS_CTL_SUSPECT_NOT_READING, /* request bytes wait unacknowledged, the backend's ACK has not
+                                 * moved for the bound (it stopped reading: an upload in flight) */
+    RS_CTL_SUSPECT_MAX = RS_CTL_SUSPECT_NOT_READING,
 };
 
 /* The connection of 'client' owes a response its backend has not begun

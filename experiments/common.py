@@ -47,6 +47,18 @@ Overhead CSV (study "overhead"), one row per measured value:
   study, technique, workload, metric (latency_ms | throughput_mbps), value,
   trial, seed, profile, config, machine, commit, timestamp
 
+Fault CSV (study "faults", make fault-campaign), one row per trial:
+
+  fault, workload, load (concurrent connections), trial, seed, moment_ms
+  (when the first fault came, from the action's start), faults (each fault
+  injected, with its time), verdict (masked | clean_end | violation),
+  reason (the violations, blank otherwise), detail, then what the checker
+  saw: action_ms, serving (the backend whose counter was read), no_backend
+  (1: none left alive), requests, failed, resets, clean_ends, updates_ok,
+  updates_unsure, counter, recovered, unrecoverable, false_failovers,
+  sanitizer (daemons with a sanitizer report), kept (where a violation's
+  logs and pcaps went), and the stamp columns.
+
 Statistics: percentiles use linear interpolation between closest ranks
 (Hyndman & Fan type 7, numpy's default): for sorted x[0..n-1] and p in [0,1],
 h = (n-1)p, q = x[floor h] + (h - floor h)(x[floor h + 1] - x[floor h]).  So
@@ -67,13 +79,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-STUDIES = ("failover", "wan", "overhead")
+STUDIES = ("failover", "wan", "overhead", "faults")
 # Each workload's headline crash point: the WAN study's only one, and the
 # one the summary: lines of make experiment-lan / -wan report.
 HEADLINE = {"refapp": "static-mid", "roundcube": "mailbox-mid"}
-STUDY_TITLES = {"failover": "LAN failover", "wan": "WAN failover", "overhead": "Overhead (no crash)"}
+STUDY_TITLES = {"failover": "LAN failover", "wan": "WAN failover", "overhead": "Overhead (no crash)",
+                "faults": "Fault campaign"}
 STUDY_TARGETS = {"failover": "make experiment-lan", "wan": "make experiment-wan",
-                 "overhead": "make experiment-lan"}
+                 "overhead": "make experiment-lan", "faults": "make fault-campaign"}
 
 # Canonical technique names, in the order tables and figures show them.
 TECHNIQUES = ("none", "browser", "browser-shared", "haproxy", "haproxy-tuned",
@@ -96,7 +109,13 @@ FAILOVER_COLUMNS = ["study", "workload", "action", "technique", "crash_point", "
 OVERHEAD_COLUMNS = ["study", "technique", "workload", "metric", "value", "trial", "seed",
                     "profile"] + STAMP_COLUMNS
 OVERHEAD_METRICS = ("latency_ms", "throughput_mbps")
-COLUMNS = {"failover": FAILOVER_COLUMNS, "wan": FAILOVER_COLUMNS, "overhead": OVERHEAD_COLUMNS}
+FAULT_COLUMNS = ["study", "fault", "workload", "load", "trial", "seed", "moment_ms", "faults", "verdict", "reason",
+                 "detail", "action_ms", "serving", "no_backend", "requests", "failed", "resets", "clean_ends",
+                 "updates_ok", "updates_unsure", "counter", "recovered", "unrecoverable", "false_failovers",
+                 "sanitizer", "kept"] + STAMP_COLUMNS
+FAULT_VERDICTS = ("masked", "clean_end", "violation")
+COLUMNS = {"failover": FAILOVER_COLUMNS, "wan": FAILOVER_COLUMNS, "overhead": OVERHEAD_COLUMNS,
+           "faults": FAULT_COLUMNS}
 
 
 # ---- environment: TRIALS=, QUICK=1 ----------------------------------------

@@ -23,12 +23,18 @@ from outside the component:
   second                SIGKILL of the primary, then 0-2 s later one of:
                         client-loss, logger kill, alternate kill
 
-Workloads (the reference app; every response is checkable content):
+Workloads (the reference app's responses are checkable content):
   refapp-1    one client, one connection: a first request at the proxy's
               64 KiB limit (an upload), a 16 MB download, a 6 MB upload,
               two counter updates, a token, a 1 MB download
-  refapp-50   50 connections on 5 client hosts: a counter update, a 2 MB
-              download, a 1 MB upload, a counter update, a token
+  refapp-50   50 connections on 5 client hosts: a counter update, a 1 MB
+              download, a 256 KB upload, a counter update, a token
+  roundcube-action1, roundcube-action2
+              Roundcube behind rs-front (the paper's workload), one
+              client running the recorded Action 1 (login page and its
+              static files) or Action 2 (log in, compose, send, log out):
+              Action 2 must deliver its message exactly once (bob's INBOX,
+              alice's Sent)
 
 The checker sees only what lands outside the daemons:
   - the clients' own pcaps: a RST or FIN from the VIP before the client's
@@ -47,17 +53,20 @@ The checker sees only what lands outside the daemons:
     build/san).
 
 Writes results/faults/trials.csv (one row per trial: seed, fault, moment,
-workload, load, verdict, reason, ...), results/faults/matrix.csv, and ends
+workload, load, verdict, reason, ...; experiments/common.py documents the
+columns; make figures draws the matrix and REPORT.md's section), and ends
 with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
 false_failovers= ...'.  TRIALS= per (fault, workload) (default 50: 1000
 trials), QUICK=1 (2 per pair for refapp-1, 1 for refapp-50), FAULTS=,
-WORKLOADS=, SEED=.  Exit status 1 when any trial is a violation.
+WORKLOADS=, SEED=, HOG=1 (a busy loop on the logger and proxy hosts: the
+machine has two cores).  Exit status 1 when any trial is a violation.
 """
 import argparse
 import csv
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -65,11 +74,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emul.places import APP_PORT, use_build, binary  # noqa: E402
+from emul.places import APP_PORT, ROOT, binary, use_build  # noqa: E402
 from emul.shaping import wait_until  # noqa: E402
 from emul.stack import Stack  # noqa: E402
+from experiments.workloads import RoundcubeWorkload  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
-from experiments.common import Progress, median, quick, summary, trials  # noqa: E402
+from experiments.common import FAULT_VERDICTS, Progress, RowWriter, median, summary, trials  # noqa: E402
 from experiments.pcaps import ends  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
@@ -105,34 +115,188 @@ def refapp_1(seed):
 
 def refapp_50(seed):
     return ("request POST /counter\n  expect contains \"counter=\"\n"
-            f"request GET /static/2M?seed={seed}\n  expect content seed={seed}\n"
-            f"request POST /upload?seed={seed + 1}\n  fill seed={seed + 1} length=1M\n"
-            "  expect contains \"upload=1048576 \"\n"
+            f"request GET /static/1M?seed={seed}\n  expect content seed={seed}\n"
+            f"request POST /upload?seed={seed + 1}\n  fill seed={seed + 1} length=256k\n"
+            "  expect contains \"upload=262144 \"\n"
             "request POST /counter\n  expect contains \"counter=\"\n"
             "request GET /token\n  expect status 200\n  capture tok body \"token=([0-9a-f]{32})\"\n")
 
 
-# name -> (trace maker, client hosts, connections per host)
-WORKLOADS = {"refapp-1": (refapp_1, 1, 1), "refapp-50": (refapp_50, 5, 10)}
-UPDATES = ("POST /counter", "POST /upload")
+def kind(r):
+    """"POST /counter" for a client row."""
+    return f"{r['method']} {r['target'].split('?')[0]}"
+
+
+class Refapp:
+    """rs-app on both backends (one process each); its side effect is the
+    counter, which every update (POST /counter, POST /upload) increments."""
+    UPDATES = ("POST /counter", "POST /upload")
+
+    def __init__(self, tb, work, make, nhosts, conns):
+        self.tb, self.work, self.make = tb, work, make
+        self.hosts = [f"c{i + 1}" for i in range(nhosts)]
+        self.conns = conns
+        self.stack = None
+
+    def start(self):
+        self.stack = Stack(self.tb, self.work).start()
+        return self.stack
+
+    def stop(self):
+        self.stack.stop()
+
+    def processes(self, host):
+        """The application's processes on backend 'host' (a hang stops
+        them all)."""
+        d = self.stack.d[f"app-{host}"]
+        return [d.pid] if d.alive() else []
+
+    def kill(self, host):
+        """A process crash of the application on backend 'host'."""
+        self.tb.kill(self.stack.d[f"app-{host}"])
+
+    def app_alive(self, host):
+        return self.stack.d[f"app-{host}"].alive()
+
+    def trace(self, host, seed):
+        path = os.path.join(self.work, f"{host}.trace")
+        with open(path, "w") as f:
+            f.write(self.make(seed))
+        return path
+
+    def client_args(self):
+        return ["--connections", str(self.conns)]
+
+    def before(self):
+        return None
+
+    def effects(self, results, serving, before):
+        """(fields, violations) of the side effects: the serving backend's
+        counter must settle between the updates the clients saw succeed
+        and those plus the ones cut off (the client cannot know whether
+        they ran).  The logger confirms states to the alternate a little
+        behind the clients (the mirror's backlog), so wait for it."""
+        okd = sum(r["result"] == "ok" and kind(r) in self.UPDATES for r in results)
+        unsure = sum(r["result"] != "ok" and kind(r) in self.UPDATES for r in results)
+        fields = {"updates_ok": okd, "updates_unsure": unsure}
+        if not self.app_alive(serving):
+            return fields, []       # both backends dead: no state left to check
+        counter = {}
+        wait_until(lambda: (counter.update(v=counter_of(self.tb, serving)) or
+                            (counter["v"] is not None and counter["v"] >= okd)), 5, 0.1)
+        time.sleep(0.2)
+        v = counter_of(self.tb, serving)
+        fields["counter"] = "" if v is None else v
+        if v is None:
+            return fields, ["no_counter"]
+        if v > okd + unsure:
+            return fields, ["duplicates"]
+        if v < okd:
+            return fields, ["lost_update"]
+        return fields, []
+
+
+class Roundcube(Refapp):
+    """Roundcube behind rs-front on both backends (lighttpd and php-cgi
+    behind each front: a process crash kills all three, a hang stops all
+    three), the mail store and rs-auxlog, one client running the recorded
+    action.  Action 2 sends one message: bob's INBOX and alice's Sent must
+    each grow by exactly one (by at most one when the action was cut off
+    by a clean end)."""
+
+    shared = None       # the mail store and rs-auxlog: one per campaign
+
+    def __init__(self, tb, work, action):
+        super().__init__(tb, work, None, 1, 1)
+        self.action = action
+        if Roundcube.shared is None:
+            os.chmod(work, 0o755)       # dovecot's mail processes are not root
+            Roundcube.shared = RoundcubeWorkload(tb, work)
+        self.wl = Roundcube.shared
+        self.rr = None
+
+    def start(self):
+        self.rr = self.wl.resplice(None).start()
+        self.stack = self.rr.stack
+        return self.stack
+
+    def stop(self):
+        self.rr.stop()
+
+    def processes(self, host):
+        return super().processes(host) + self.rr.rc[host].pids()
+
+    def kill(self, host):
+        super().kill(host)
+        self.rr.rc[host].crash()
+
+    def trace(self, host, seed):
+        return os.path.join(ROOT, "roundcube", "traces", f"{self.action}.trace")
+
+    def client_args(self):
+        return self.wl.client_args()
+
+    def before(self):
+        return self.wl.effects()
+
+    def effects(self, results, serving, before):
+        if self.action != "action2":
+            return {}, []
+        ok = bool(results) and all(r["result"] == "ok" for r in results)
+        wait_until(lambda: self.wl.effects() != before, 5 if ok else 1, 0.1)
+        time.sleep(0.2)
+        got = self.wl.effects()
+        delta = (got[0] - before[0], got[1] - before[1])
+        fields = {"updates_ok": int(ok), "updates_unsure": int(not ok), "counter": f"{delta[0]}/{delta[1]}"}
+        if max(delta) > 1:
+            return fields, ["duplicates"]
+        if ok and min(delta) < 1:
+            return fields, ["lost_update"]
+        return fields, []
+
+
+# name -> (make the target on a testbed and run dir)
+WORKLOADS = {
+    "refapp-1": lambda tb, work: Refapp(tb, work, refapp_1, 1, 1),
+    "refapp-50": lambda tb, work: Refapp(tb, work, refapp_50, 5, 10),
+    "roundcube-action1": lambda tb, work: Roundcube(tb, work, "action1"),
+    "roundcube-action2": lambda tb, work: Roundcube(tb, work, "action2"),
+}
+CLIENT_HOSTS = 5
+# Trials per fault of each workload in the full campaign (TRIALS= sets them
+# all): 1000 trials, about 45 minutes here.
+FULL_TRIALS = {"refapp-1": 70, "refapp-50": 20, "roundcube-action1": 5, "roundcube-action2": 5}
 
 
 # ---- faults ----------------------------------------------------------------
+
+def signal_pid(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
 
 class Faults:
     """Injects one trial's faults and undoes them; 'times' lists (what,
     time.time()) for every fault injected."""
 
-    def __init__(self, tb, stack, hosts, rng):
-        self.tb, self.stack, self.hosts, self.rng = tb, stack, hosts, rng
+    def __init__(self, tb, target, rng):
+        self.tb, self.target, self.rng = tb, target, rng
+        self.stack, self.hosts = target.stack, target.hosts
         self.times, self.undo = [], []
 
     def mark(self, what):
         self.times.append((what, time.time()))
 
     def kill(self, name):
+        """SIGKILL of daemon 'name' of the stack (the application's whole
+        process group for "app-HOST")."""
         self.mark(name)
-        self.tb.kill(self.stack.d[name])
+        if name.startswith("app-"):
+            self.target.kill(name[4:])
+        else:
+            self.tb.kill(self.stack.d[name])
 
     def primary_kill(self):
         self.kill("app-primary")
@@ -144,9 +308,10 @@ class Faults:
 
     def hang(self):
         self.mark("hang")
-        p = self.stack.d["app-primary"].popen
-        p.send_signal(signal.SIGSTOP)
-        self.undo.append(lambda: p.poll() is None and p.send_signal(signal.SIGCONT))
+        pids = self.target.processes("primary")
+        for pid in pids:
+            signal_pid(pid, signal.SIGSTOP)
+        self.undo.append(lambda: [signal_pid(pid, signal.SIGCONT) for pid in pids])
 
     def cut_logger(self):
         self.mark("cut-logger")
@@ -240,9 +405,10 @@ def counter_of(tb, host):
     return int(m.group(1)) if m else None
 
 
-def judge(row, clients, flows, plog, fault, times, counter):
+def judge(row, clients, flows, plog, fault, times, effects):
     """Fills the verdict of 'row' from outside: client rows, pcap ends,
-    the proxy's log, the counter.  Returns the list of violations."""
+    the proxy's log, the side effects ((fields, violations) from the
+    workload).  Returns the list of violations."""
     bad = []
     results = [r for c in clients for r in c["rows"]]
     row["requests"] = len(results)
@@ -252,38 +418,30 @@ def judge(row, clients, flows, plog, fault, times, counter):
     if any(c["hung"] for c in clients):
         bad.append("hang")
     last_fault = max((t for _, t in times), default=None)
-    # tcpdump names a client ip.port, the proxy ip:port.
-    unrecoverable = {c.replace(":", ".") for c in
-                     re.findall(r"rs-proxy unrecoverable id=\d+ client=(\S+) why=\S+", plog)}
+    # Connections the proxy reset with a counted reason (unrecoverable, or
+    # a new one with no backend left); tcpdump names a client ip.port, the
+    # proxy ip:port.
+    counted = {c.replace(":", ".") for c in re.findall(r"rs-proxy close id=\d+ client=(\S+) .*reason=\S+ rst=1", plog)}
     clean, detail = 0, []
     for client, e in flows.items():
         server = [t for k, t in e.items() if k.startswith("server")]
         end = min(server) if server else None
         if end is None or ("client_end" in e and e["client_end"] <= end):
             continue
-        ok = ("server_rst" in e and e["server_rst"] == end and fault in UNMASKABLE and client in unrecoverable
-              and last_fault is not None and end - last_fault <= CLEAN_END_S)
+        since = max(last_fault or 0, e.get("client_syn", 0))
+        ok = ("server_rst" in e and e["server_rst"] == end and fault in UNMASKABLE and client in counted
+              and last_fault is not None and end - since <= CLEAN_END_S)
         if ok:
             clean += 1
         else:
             bad.append("unclean_end")
             detail.append(("rst" if "server_rst" in e else "fin") + f"@{client}"
-                          + (f"+{(end - last_fault) * 1000:.0f}ms" if last_fault else ""))
+                          + (f"+{(end - since) * 1000:.0f}ms" if last_fault else ""))
     row["clean_ends"] = clean
     row["resets"] = sum(r["result"] == "reset" for r in results)
-    # Exactly once: every update the clients saw succeed, plus at most the
-    # ones cut off by a clean end (the client cannot know whether they ran).
-    okd = sum(r["result"] == "ok" and f"{r['method']} {r['target'].split('?')[0]}" in UPDATES for r in results)
-    unsure = sum(r["result"] != "ok" and f"{r['method']} {r['target'].split('?')[0]}" in UPDATES
-                 for r in results)
-    row.update(updates_ok=okd, updates_unsure=unsure, counter=counter if counter is not None else "")
-    if counter is None:
-        if not row["no_backend"]:
-            bad.append("no_counter")
-    elif counter > okd + unsure:
-        bad.append("duplicates")
-    elif counter < okd:
-        bad.append("lost_update")
+    fields, effects_bad = effects
+    row.update(fields)
+    bad += effects_bad
     if row["false_failovers"]:
         bad.append("false_failover")
     if row["sanitizer"]:
@@ -298,32 +456,40 @@ def judge(row, clients, flows, plog, fault, times, counter):
 
 # ---- a trial ---------------------------------------------------------------
 
-def run_clients(tb, args, workload, seed):
-    make, nhosts, conns = WORKLOADS[workload]
+def run_clients(tb, args, target, seed):
     out = []
-    for i in range(nhosts):
-        host = f"c{i + 1}"
-        trace = os.path.join(args.work, f"{host}.trace")
-        with open(trace, "w") as f:
-            f.write(make(seed * 10 + i * 1000))
+    for i, host in enumerate(target.hosts):
         csvp = os.path.join(args.work, f"{host}.csv")
-        d = tb.start(host, f"client-{host}", [binary("rs-client"), "--server", f"{VIP}:80", "--trace", trace,
-                                              "--csv", csvp, "--connections", str(conns), "--quiet",
-                                              "--timeout", "10s"])
+        if os.path.exists(csvp):
+            os.remove(csvp)
+        d = tb.start(host, f"client-{host}", [args.client, "--server", f"{VIP}:80", "--trace",
+                                              target.trace(host, seed * 10 + i * 1000), "--csv", csvp,
+                                              "--quiet", "--timeout", "10s"] + target.client_args())
         out.append({"host": host, "d": d, "csv": csvp, "hung": False, "rows": []})
     return out
 
 
-def trial(tb, args, fault, workload, n, seed, window):
+def keep(args, name):
+    """Copies the trial's logs, traces, tables and pcaps to
+    OUT/violations/NAME; returns that folder, relative to OUT."""
+    dst = os.path.join(args.out, "violations", name)
+    os.makedirs(dst, exist_ok=True)
+    for f in os.listdir(args.work):
+        src = os.path.join(args.work, f)
+        if os.path.isfile(src) and f.endswith((".err", ".out", ".csv", ".trace", ".pcap")):
+            shutil.copy(src, dst)
+    return os.path.relpath(dst, args.out)
+
+
+def trial(tb, args, target, fault, workload, n, seed, window):
     rng = random.Random(seed)
-    stack = Stack(tb, args.work).start()
-    _, nhosts, _ = WORKLOADS[workload]
-    hosts = [f"c{i + 1}" for i in range(nhosts)]
-    caps = [tb.capture(h, f"cap-{h}", bpf_filter="tcp port 80", snaplen=96) for h in hosts]
-    faults = Faults(tb, stack, hosts, rng)
+    stack = target.start()
+    caps = [tb.capture(h, f"cap-{h}", bpf_filter="tcp port 80", snaplen=96) for h in target.hosts]
+    faults = Faults(tb, target, rng)
     moment = rng.uniform(0, window) if fault != "none" else None
+    before = target.before()
     t0 = time.time()
-    clients = run_clients(tb, args, workload, seed)
+    clients = run_clients(tb, args, target, seed)
     handle = None
     if moment is not None:
         time.sleep(max(0.0, t0 + moment - time.time()))
@@ -341,33 +507,27 @@ def trial(tb, args, fault, workload, n, seed, window):
     for cap, _ in caps:
         tb.stop_capture(cap)
     faults.revert()
-    time.sleep(0.05)
-    serving = "alternate" if re.search(r"rs-proxy failure backend_id=1 ", stack.log("proxy")) else "primary"
-    # Both backends dead: no state left to check (nor to serve from).
-    no_backend = not stack.d[f"app-{serving}"].alive()
-    counter = None if no_backend else counter_of(tb, serving)
-    plog, llog = stack.log("proxy"), stack.log("logger")
-    stack.stop()
-    san = [name for name, d in list(stack_files(args.work)) if SANITIZER.search(d)]
     for c in clients:
         with open(c["csv"]) as f:
             c["rows"] = list(csv.DictReader(f))
+    results = [r for c in clients for r in c["rows"]]
+    serving = "alternate" if re.search(r"rs-proxy failure backend_id=1 ", stack.log("proxy")) else "primary"
+    effects = target.effects(results, serving, before)
+    plog, llog = stack.log("proxy"), stack.log("logger")
+    target.stop()
+    san = [name for name, d in stack_files(args.work) if SANITIZER.search(d)]
     flows = {}
     for _, pcap in caps:
         flows.update(ends(pcap, VIP))
-    row = {"fault": fault, "workload": workload, "load": nhosts * WORKLOADS[workload][2],
+    row = {"fault": fault, "workload": workload, "load": len(target.hosts) * target.conns,
            "trial": n, "seed": seed, "moment_ms": round(moment * 1000, 1) if moment is not None else "",
            "faults": " ".join(f"{w}@{(t - t0) * 1000:.0f}ms" for w, t in faults.times),
-           "action_ms": round(action_s * 1000, 1), "serving": serving, "no_backend": int(no_backend),
+           "action_ms": round(action_s * 1000, 1), "serving": serving,
+           "no_backend": int(not target.app_alive(serving)),
            "false_failovers": false_failovers(plog, llog, fault, faults.times), "sanitizer": " ".join(san),
            "recovered": plog.count("rs-proxy recovered id="), "unrecoverable": plog.count("rs-proxy unrecoverable id=")}
-    bad = judge(row, clients, flows, plog, fault, faults.times, counter)
-    if bad:
-        keep = os.path.join(args.out, "violations", f"{fault}-{workload}-{n}")
-        os.makedirs(keep, exist_ok=True)
-        for name in os.listdir(args.work):
-            os.replace(os.path.join(args.work, name), os.path.join(keep, name))
-        row["kept"] = os.path.relpath(keep, args.out)
+    if judge(row, clients, flows, plog, fault, faults.times, effects):
+        row["kept"] = keep(args, f"{fault}-{workload}-{n}")
     return row
 
 
@@ -380,24 +540,10 @@ def stack_files(work):
 
 # ---- the campaign ----------------------------------------------------------
 
-def write_csv(path, rows):
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
 def matrix(rows, faults, workloads):
     """(fault, workload) -> {"masked": n, "clean_end": n, "violation": n}"""
-    m = {}
-    for f in faults:
-        for w in workloads:
-            rs = [r for r in rows if r["fault"] == f and r["workload"] == w]
-            m[(f, w)] = {v: sum(r["verdict"] == v for r in rs) for v in ("masked", "clean_end", "violation")}
-    return m
+    return {(f, w): {v: sum(r["fault"] == f and r["workload"] == w and r["verdict"] == v for r in rows)
+                     for v in FAULT_VERDICTS} for f in faults for w in workloads}
 
 
 def main():
@@ -408,6 +554,10 @@ def main():
     ap.add_argument("--workloads", default=os.environ.get("WORKLOADS", ",".join(WORKLOADS)))
     ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED", 1)))
     ap.add_argument("--bound", type=float, default=30.0, help="a client still running after this many s hangs")
+    ap.add_argument("--hog", action="store_true", default=os.environ.get("HOG", "") not in ("", "0"),
+                    help="a CPU hog (busy loop) on the logger and proxy hosts all along (HOG=1)")
+    ap.add_argument("--client", default=os.path.join(ROOT, "build", "rs-client"),
+                    help="the client (not under test: without sanitizers, so it keeps its pace)")
     args = ap.parse_args()
     use_build(args.build)
     if not os.access(binary("rs-proxy"), os.X_OK):
@@ -422,27 +572,37 @@ def main():
     for w in workloads:
         if w not in WORKLOADS:
             sys.exit(f"fault-campaign: unknown workload {w!r} (known: {', '.join(WORKLOADS)})")
-    per = {w: trials(50, quick_default=2 if w == "refapp-1" else 1) for w in workloads}
+    per = {w: trials(FULL_TRIALS[w], quick_default=2 if w == "refapp-1" else 1) for w in workloads}
     if "none" in faults:       # first: it measures the window the others draw from
         faults = ["none"] + [f for f in faults if f != "none"]
     os.makedirs(args.out, exist_ok=True)
     args.work = os.path.join(args.out, "run")
     os.makedirs(args.work, exist_ok=True)
+    table = os.path.join(args.out, "trials.csv")
+    if os.path.exists(table):       # one campaign, one table
+        os.remove(table)
+    out = RowWriter(table, "faults", config={"faults": faults, "workloads": workloads, "per": per,
+                                             "build": args.build, "bound_s": args.bound, "hog": args.hog})
     prog = Progress(sum(per[w] for w in workloads) * len(faults))
     rows, t_start = [], time.time()
-    with Testbed(LanTopo(clients=max(WORKLOADS[w][1] for w in workloads)), args.work, seed=args.seed) as tb:
+    with Testbed(LanTopo(clients=CLIENT_HOSTS), args.work, seed=args.seed) as tb:
+        if args.hog:        # the machine has two cores: everything competes with these
+            for h in ("logger", "proxy"):
+                tb.start(h, f"hog-{h}", ["sh", "-c", "while :; do :; done"])
         for w in workloads:
+            target = WORKLOADS[w](tb, args.work)
             window = None
             for f in faults:
                 for n in range(per[w]):
                     if f != "none" and window is None:
                         # No crash-free run in this campaign: measure one.
                         seed = args.seed * 1000000 + 999999
-                        window = trial(tb, args, "none", w, -1, seed, 0)["action_ms"] / 1000
+                        window = trial(tb, args, target, "none", w, -1, seed, 0)["action_ms"] / 1000
                     seed = args.seed * 1000000 + FAULTS.index(f) * 10000 + list(WORKLOADS).index(w) * 1000 + n
                     prog.step(f"{f} {w} trial {n}")
-                    r = trial(tb, args, f, w, n, seed, window or 0)
+                    r = trial(tb, args, target, f, w, n, seed, window or 0)
                     rows.append(r)
+                    out.write(**r)
                     if r["verdict"] == "violation":
                         print(f"  VIOLATION {f} {w} trial {n} seed={seed}: {r['reason']} ({r['faults']}; "
                               f"kept in {r.get('kept')})", flush=True)
@@ -450,10 +610,8 @@ def main():
                     window = median([r["action_ms"] for r in rows if r["workload"] == w and r["fault"] == "none"
                                      and r["verdict"] != "violation"]) or None
                     window = window / 1000 if window else None
-    write_csv(os.path.join(args.out, "trials.csv"), rows)
+    out.close()
     m = matrix(rows, faults, workloads)
-    write_csv(os.path.join(args.out, "matrix.csv"),
-              [{"fault": f, "workload": w, **m[(f, w)]} for f in faults for w in workloads])
     print(f"{'fault':22s} " + " ".join(f"{w:>22s}" for w in workloads))
     for f in faults:
         print(f"{f:22s} " + " ".join(f"{'%d/%d/%d' % (m[(f, w)]['masked'], m[(f, w)]['clean_end'], m[(f, w)]['violation']):>22s}"

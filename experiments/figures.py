@@ -12,6 +12,8 @@ Figures (file names are what REPORT.md links):
       RTT, one line per technique (one file per loss rate when an RTT comes
       with several loss rates)
   overhead-<metric>-<workload>.png  latency / throughput per technique
+  faults-matrix.png  the fault campaign: per fault and workload, the trials
+      masked / ended cleanly / violating an invariant (stacked)
   timeline-<study>-<name>.png  from a sidecar results/<study>/**/<name>.timeline.json:
       {"pcap": "c1.pcap",          (relative to the sidecar's folder, or absolute)
        "server": "10.0.0.100",     (optional: the data sender, ip or ip:port;
@@ -309,6 +311,30 @@ def fig_errors(pl, study, rows):
         pl.draw(f"{study}-errors-{slug(wl)}.png", body)
 
 
+def fault_cells(rows):
+    """[(fault, workload, {verdict: n})] in the campaign's order."""
+    order = []
+    for r in rows:
+        if (r["fault"], r["workload"]) not in order:
+            order.append((r["fault"], r["workload"]))
+    return [(f, w, {v: sum(r["fault"] == f and r["workload"] == w and r["verdict"] == v for r in rows)
+                    for v in common.FAULT_VERDICTS}) for f, w in order]
+
+
+def fig_faults(pl, rows):
+    """The fault campaign's matrix, one stacked bar per (fault, workload)."""
+    lines = [f"{f} / {w}\t" + "\t".join(str(n[v]) for v in common.FAULT_VERDICTS) for f, w, n in fault_cells(rows)]
+    d = pl.data(lines)
+    body = (f"set title {q(f'fault campaign: {len(rows)} trials, verdict per fault and workload')}\n"
+            "set style data histogram\nset style histogram rowstacked\n"
+            "set style fill solid 0.85 border -1\nset boxwidth 0.8\nset yrange [0:*]\n"
+            "set ylabel 'trials'\nset xtics rotate by -50 font ',8'\nset bmargin 12\n"
+            f"plot {q(d)} using 2:xtic(1) title 'masked' lc rgb '#2ca02c', "
+            "'' using 3 title 'clean end (RST, counted)' lc rgb '#1f77b4', "
+            "'' using 4 title 'violation' lc rgb '#d62728'")
+    pl.draw("faults-matrix.png", body, size="1100,560")
+
+
 def fig_wan(pl, rows):
     """Median failover vs RTT, one line per technique, one file per
     workload.  When the profiles pair each RTT with one loss rate the x tics
@@ -441,6 +467,8 @@ def draw_all(results, plots, work):
         rows = common.read_rows(results, study)
         if not rows:
             notes.append(f"no results for study {study} ({os.path.join(results, study)}/*.csv): skipped")
+        elif study == "faults":
+            fig_faults(pl, rows)
         elif study in ("failover", "wan"):
             if study == "failover":
                 fig_failover(pl, study, rows)

@@ -32,13 +32,13 @@ def rst_ports(pcap, src):
 
 
 def ends(pcap, server):
-    """How each connection with host 'server' in 'pcap' ended, as a dict
-    {"client-ip.port": {"server_rst": t, "server_fin": t, "client_end": t}}
-    (the first such segment's time, seconds since the epoch; absent keys:
-    none seen).  'client_end' is the client's own FIN or RST: a server end
-    before it is one the client did not cause."""
+    """How each connection with host 'server' in 'pcap' began and ended, as
+    a dict {"client-ip.port": {"client_syn": t, "server_rst": t, "server_fin":
+    t, "client_end": t}} (the first such segment's time, seconds since the
+    epoch; absent keys: none seen).  'client_end' is the client's own FIN or
+    RST: a server end before it is one the client did not cause."""
     out = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", f"host {server} and "
-                          "tcp[tcpflags] & (tcp-rst|tcp-fin) != 0"], capture_output=True, text=True).stdout
+                          "tcp[tcpflags] & (tcp-rst|tcp-fin|tcp-syn) != 0"], capture_output=True, text=True).stdout
     flows = {}
     for line in out.splitlines():
         f = line.split()
@@ -47,6 +47,12 @@ def ends(pcap, server):
         src, dst, flags = f[2], f[4].rstrip(":"), f[6]
         from_server = src.rsplit(".", 1)[0] == server
         e = flows.setdefault(dst if from_server else src, {})
-        key = ("server_rst" if "R" in flags else "server_fin") if from_server else "client_end"
-        e.setdefault(key, float(f[0]))
+        if "S" in flags:
+            key = None if from_server else "client_syn"
+        elif from_server:
+            key = "server_rst" if "R" in flags else "server_fin"
+        else:
+            key = "client_end"
+        if key:
+            e.setdefault(key, float(f[0]))
     return flows

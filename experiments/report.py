@@ -118,7 +118,37 @@ def failover_tables(rows):
     return lan_table(rows) + [""] + point_table(rows)
 
 
-TABLES = {"failover": failover_tables, "wan": wan_table, "overhead": overhead_table}
+def faults_table(rows):
+    """The campaign's matrix (fault x workload: masked / clean end /
+    violation), its totals and every violation with its seed."""
+    wls = []
+    for r in rows:
+        if r["workload"] not in wls:
+            wls.append(r["workload"])
+    faults = []
+    for r in rows:
+        if r["fault"] not in faults:
+            faults.append(r["fault"])
+    cell = {(r["fault"], r["workload"]): [0, 0, 0] for r in rows}
+    for r in rows:
+        cell[(r["fault"], r["workload"])][common.FAULT_VERDICTS.index(r["verdict"])] += 1
+    body = [[f] + ["/".join(map(str, cell[(f, w)])) if (f, w) in cell else DASH for w in wls] for f in faults]
+    n = {v: sum(r["verdict"] == v for r in rows) for v in common.FAULT_VERDICTS}
+    bad = [r for r in rows if r["verdict"] == "violation"]
+    out = (["Trials per fault and workload: masked / clean end (a RST from the VIP within 1 s of a fault "
+            "that left no backend, counted by the proxy) / violation.", ""]
+           + table(["fault"] + wls, body)
+           + ["", f"{len(rows)} trials: {n['masked']} masked, {n['clean_end']} clean ends, "
+              f"{n['violation']} violations."])
+    if bad:
+        out += ["", "Violations (rerun one with SEED= and FAULTS=, its logs are kept):", ""]
+        out += table(["fault", "workload", "trial", "seed", "reason", "kept"],
+                     [[r["fault"], r["workload"], r["trial"], r["seed"], r["reason"], r.get("kept", "")]
+                      for r in bad[:20]])
+    return out
+
+
+TABLES = {"failover": failover_tables, "wan": wan_table, "overhead": overhead_table, "faults": faults_table}
 
 
 def figures_for(plots, study):

@@ -463,9 +463,14 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
         c->ack_cl = ack;
         c->win_cl = win;
     }
-    if (d == LG_RESP && (flags & TH_ACK) && (!c->has_ack_srv || rs_seq_gt(ack, c->ack_srv))) {
+    if (d == LG_RESP && (flags & TH_ACK) && (!c->has_ack_srv || rs_seq_ge(ack, c->ack_srv))) {
+        if (!c->has_ack_srv || ack != c->ack_srv) {
+            c->ack_srv_ns = now;
+            c->suspected = false;
+        }
         c->has_ack_srv = true;
         c->ack_srv = ack;
+        c->win_srv = win;
     }
     if (len && d == LG_RESP) {
         /* Any response segment, even one the log already has (an alternate
@@ -605,32 +610,47 @@ void lg_conn_gc(struct logger *lg, uint64_t now)
     }
 }
 
-/* The backend owes 'c' a response (the oldest transaction without its whole
- * response has its whole request) and has sent nothing since that request
- * ended or since its last response byte, while the client could take more:
- * it has acknowledged everything and its window is open. */
-static bool stalled(const struct lg_conn *c, uint64_t now, uint64_t bound)
+/* Is the backend of 'c' hung?  Returns the SUSPECT reason, or 0:
+ * - RS_CTL_SUSPECT_NOT_READING: a request is coming in, its bytes wait
+ *   unacknowledged or the backend's window is shut, and its ACK has not
+ *   moved for the bound (it stopped reading, e.g. mid-upload; its kernel
+ *   still answers the client's window probes);
+ * - RS_CTL_SUSPECT_STALL: it owes a response (the oldest transaction
+ *   without its whole response has its whole request) and has sent nothing
+ *   since that request ended or since its last response byte, while the
+ *   client could take more: it has acknowledged everything and its window
+ *   is open. */
+static uint16_t stalled(const struct lg_conn *c, uint64_t now, uint64_t bound)
 {
-    uint32_t done = rs_http_resp_done_count(&c->http);
+    uint32_t done = rs_http_resp_done_count(&c->http), n;
     const struct rs_http_txn *t;
 
     if (!c->started || c->nl != LG_NL_NONE || c->closed_ns || c->fin[LG_RESP] || c->rst || c->suspected
-        || c->inc == LG_INC_HTTP || done >= rs_http_txn_count(&c->http))
-        return false;
+        || c->inc == LG_INC_HTTP)
+        return 0;
+    n = rs_http_txn_count(&c->http);
+    if (n && (t = rs_http_txn_get(&c->http, n - 1)) && !t->req_done && c->has_ack_srv && now - c->ack_srv_ns >= bound
+        && (c->win_srv == 0 || rs_seq_lt(c->ack_srv, rs_reasm_contig_seq(&c->rs[LG_REQ]))))
+        return RS_CTL_SUSPECT_NOT_READING;
+    if (done >= n)
+        return 0;
     t = rs_http_txn_get(&c->http, done);
     if (!t || !t->req_done || now - c->progress_ns < bound)
-        return false;
-    return c->has_ack && c->ack_cl == rs_reasm_contig_seq(&c->rs[LG_RESP]) && c->win_cl;
+        return 0;
+    return c->has_ack && c->ack_cl == rs_reasm_contig_seq(&c->rs[LG_RESP]) && c->win_cl ? RS_CTL_SUSPECT_STALL : 0;
 }
 
 void lg_conn_check_stalls(struct logger *lg, uint64_t now)
 {
     for (unsigned b = 0; b < LG_BUCKETS; b++) {
         for (struct lg_conn *c = lg->buckets[b]; c; c = c->next) {
-            if (!stalled(c, now, lg->stall_after_ns))
+            uint16_t why = stalled(c, now, lg->stall_after_ns);
+
+            if (!why)
                 continue;
             c->suspected = true;
-            lg_ctl_suspect(lg, c, (uint32_t)((now - c->progress_ns) / 1000000));
+            lg_ctl_suspect(lg, c, why, (uint32_t)((now - (why == RS_CTL_SUSPECT_STALL ? c->progress_ns
+                                                                                    : c->ack_srv_ns)) / 1000000));
         }
     }
 }

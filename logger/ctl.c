@@ -41,16 +41,17 @@ void lg_ctl_unlogged(struct logger *lg, rs_txn_id from)
     rs_ctl_send(&lg->st, &m);
 }
 
-void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint32_t silent_ms)
+void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason, uint32_t silent_ms)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_SUSPECT };
 
     lg->s.suspects++;
-    rs_log("suspect client=%s silent_ms=%u txns=%u done=%u", RS_A(((struct rs_addr){ c->ip, c->port })), silent_ms,
+    rs_log("suspect client=%s why=%s silent_ms=%u txns=%u done=%u", RS_A(((struct rs_addr){ c->ip, c->port })),
+           reason == RS_CTL_SUSPECT_STALL ? "response-stall" : "not-reading", silent_ms,
            rs_http_txn_count(&c->http), rs_http_resp_done_count(&c->http));
     if (!lg->has_proxy || !lg->px.loop)
         return;
-    m.u.suspect = (struct rs_ctl_suspect){ { c->ip, c->port }, RS_CTL_SUSPECT_STALL, silent_ms };
+    m.u.suspect = (struct rs_ctl_suspect){ { c->ip, c->port }, reason, silent_ms };
     rs_ctl_send(&lg->px, &m);
 }
 

@@ -82,6 +82,8 @@ struct lg_conn {
     uint64_t closed_ns;              /* both FINs or RST seen (0: open) */
     uint64_t last_ns;
     uint64_t progress_ns;            /* last request completed or response byte logged */
+    uint64_t ack_srv_ns;             /* when the backend's ACK (ack_srv) last moved */
+    uint16_t win_srv;                /* the backend's last window field (0: it stopped reading) */
     uint16_t win_cl;                 /* window field of the client's newest ACK (unscaled) */
     bool suspected;                  /* a SUSPECT went out since the last progress */
     uint32_t log_first;              /* oldest transaction whose request is still held */
@@ -204,7 +206,7 @@ void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end);
  * they come instead of waiting for TXN_LOGGED. */
 void lg_ctl_unlogged(struct logger *lg, rs_txn_id from);
 /* Tells the proxy that the backend of 'c' owes it a response and is silent. */
-void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint32_t silent_ms);
+void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason, uint32_t silent_ms);
 void lg_ctl_shutdown(struct logger *lg);
 
 /* ---- plan.c: recovery planning ------------------------------------------------ */

@@ -65,16 +65,17 @@ struct pconn *px_pc_find_client(struct proxy *p, struct rs_addr client)
     return NULL;
 }
 
-uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc)
+uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc, bool ack)
 {
     struct rs_flow_key kb = px_key_b(pc);
     struct px_flow_info fb;
-    uint64_t now;
+    uint64_t now, last;
 
-    if (!p->dp || !pc->backend.ip || px_dp_get(p->dp, &kb, &fb) || !fb.t.last_ns)
+    if (!p->dp || !pc->backend.ip || px_dp_get(p->dp, &kb, &fb))
         return 0;
+    last = ack ? fb.t.ack_ns : fb.t.last_ns;
     now = rs_mono_ns();
-    return now > fb.t.last_ns ? (now - fb.t.last_ns) / 1000000 : 0;
+    return last && now > last ? (now - last) / 1000000 : 0;
 }
 
 unsigned px_pc_count(struct proxy *p, int idx)

@@ -119,18 +119,21 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     case RS_CTL_SUSPECT: {
         struct rs_addr client = { m->u.suspect.client.ip4, m->u.suspect.client.port };
         struct pconn *pc = px_pc_find_client(p, client);
-        uint64_t quiet_ms = pc ? px_pc_backend_quiet_ms(p, pc) : 0;
+        bool reading = m->u.suspect.reason == RS_CTL_SUSPECT_NOT_READING;
+        uint64_t quiet_ms = pc ? px_pc_backend_quiet_ms(p, pc, reading) : 0;
         /* The logger's view may have holes (a capture that fell behind): a
-         * backend the tc program saw sending meanwhile is not hung. */
+         * backend the tc program saw sending (or, for one that stopped
+         * reading, moving its ACK) meanwhile is not hung. */
         bool confirmed = pc && pc->backend_idx >= 0 && !pc->rec && quiet_ms * 2 >= m->u.suspect.silent_ms;
 
         rs_ctl_ack(c, m, 0);
         p->st.suspects++;
-        rs_log("suspect client=%s backend=%s silent_ms=%u quiet_here_ms=%" PRIu64 "%s", RS_A(client),
-               pc && pc->backend_idx >= 0 ? RS_A(p->backends[pc->backend_idx].addr) : "-", m->u.suspect.silent_ms,
-               quiet_ms, confirmed ? "" : " (not confirmed: ignored)");
+        rs_log("suspect client=%s backend=%s why=%s silent_ms=%u quiet_here_ms=%" PRIu64 "%s", RS_A(client),
+               pc && pc->backend_idx >= 0 ? RS_A(p->backends[pc->backend_idx].addr) : "-",
+               reading ? "not-reading" : "response-stall", m->u.suspect.silent_ms, quiet_ms,
+               confirmed ? "" : " (not confirmed: ignored)");
         if (confirmed)
-            px_backend_failed(p, p->backends[pc->backend_idx].id, "response-stall");
+            px_backend_failed(p, p->backends[pc->backend_idx].id, reading ? "not-reading" : "response-stall");
         break;
     }
     case RS_CTL_FENCE:

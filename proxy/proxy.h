@@ -179,9 +179,9 @@ void px_pc_events(struct rs_io *io, uint32_t events);
 void px_pc_reap(struct rs_timer *t);
 /* Counts the connections of backend 'idx' (status). */
 unsigned px_pc_count(struct proxy *p, int idx);
-/* How long ago the tc program saw a segment from the backend of 'pc', ms
- * (0 when unknown). */
-uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc);
+/* How long ago the tc program saw a segment from the backend of 'pc' (with
+ * 'ack': saw its ACK number move), ms (0 when unknown). */
+uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc, bool ack);
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 

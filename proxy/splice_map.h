@@ -89,6 +89,9 @@ struct rs_flow_track {
     struct rs_splice_pos pos;  /* where the sender's stream stands, in any state */
     rs_u32 ends_refused;       /* guarded FIN/RST not at the stream's position
                                 * (rs_splice_pos_at): dropped, not reported */
+    rs_u32 ack_hi;             /* the sender's highest ACK number (its own numbering) */
+    rs_u64 ack_ns;             /* when it last moved: a backend that stops reading a
+                                * request stops moving it, though it still answers probes */
 };
 
 /* Sent on the ring buffer when a FIN or RST passes (or is held at) a

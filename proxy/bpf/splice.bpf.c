@@ -51,6 +51,16 @@ int rs_splice_ingress(struct __sk_buff *skb)
         return f->state == RS_FLOW_WATCH ? TC_ACT_OK : TC_ACT_SHOT;   /* the daemon creates both */
 
     t->last_ns = bpf_ktime_get_ns();
+    if (tcp[13] & 0x10) {
+        __u32 ack;
+
+        __builtin_memcpy(&ack, tcp + 8, 4);
+        ack = bpf_ntohl(ack);
+        if (!t->ack_ns || (__s32)(ack - t->ack_hi) > 0) {
+            t->ack_hi = ack;
+            t->ack_ns = t->last_ns;
+        }
+    }
     if (t->seen_gen != f->gen) {
         t->seen = 0;    /* re-activated: FIN/RST held back while guarded are reported again */
         t->seen_gen = f->gen;

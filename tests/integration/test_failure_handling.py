@@ -356,6 +356,29 @@ class TestHungBackend(Case):
         self.assertLess(detect, 0.3 + 0.02 + 0.1)
         self.assertRegex(log, r"recovered id=1 ")
 
+    def test_hang_mid_upload_detected_and_failed_over(self):
+        """Hung while a large request body comes in: it owes no response
+        yet, but it stops reading, so its ACK stops moving (its kernel
+        still answers the client's window probes).  Found by make
+        fault-campaign: the client used to time out after 10 s."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        "request POST /upload?seed=3\n  fill seed=3 length=48M\n"
+                        "  expect contains \"upload=50331648 counter=2\"\n")
+        d.cap = cap
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10))
+        time.sleep(0.05)
+        t_stop = time.time()
+        self.stack.d["app-primary"].popen.send_signal(signal.SIGSTOP)
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        log = self.stack.log("proxy")
+        m = re.search(r"^(\d+\.\d+) rs-proxy failure backend_id=1 .*why=not-reading", log, re.M)
+        self.assertIsNotNone(m, log[-3000:] + self.stack.log("logger")[-3000:])
+        self.assert_transparent(d, pcap)
+        print(f"\nbackend that stopped reading detected {(float(m.group(1)) - t_stop) * 1000:.0f} ms after SIGSTOP")
+        self.assertRegex(log, r"recovered id=1 ")
+
 
 class TestUnreachableDuringRecovery(Case):
     """Nothing hangs: a connection whose recovery cannot finish ends with a
