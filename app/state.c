@@ -52,7 +52,12 @@ int rs_app_state_apply(struct rs_app *app, rs_txn_id id, const void *state, size
                 return -EINVAL;
             v = v * 10 + (uint64_t)(*p - '0');
         }
-        app->counter = v;
+        /* States of different client connections are applied in the order
+         * the logger confirms them, not the order the primary made them: a
+         * counter only grows, so an older snapshot must not roll it back
+         * (found by make fault-campaign: the alternate lost updates). */
+        if (v > app->counter)
+            app->counter = v;
         return 0;
     }
     if (strncmp(text, "token=", 6) == 0 && is_hex32(text + 6, len - 6)) {

@@ -513,6 +513,7 @@ def trial(tb, args, target, fault, workload, n, seed, window):
     results = [r for c in clients for r in c["rows"]]
     serving = "alternate" if re.search(r"rs-proxy failure backend_id=1 ", stack.log("proxy")) else "primary"
     effects = target.effects(results, serving, before)
+    no_backend = not target.app_alive(serving)
     plog, llog = stack.log("proxy"), stack.log("logger")
     target.stop()
     san = [name for name, d in stack_files(args.work) if SANITIZER.search(d)]
@@ -523,7 +524,7 @@ def trial(tb, args, target, fault, workload, n, seed, window):
            "trial": n, "seed": seed, "moment_ms": round(moment * 1000, 1) if moment is not None else "",
            "faults": " ".join(f"{w}@{(t - t0) * 1000:.0f}ms" for w, t in faults.times),
            "action_ms": round(action_s * 1000, 1), "serving": serving,
-           "no_backend": int(not target.app_alive(serving)),
+           "no_backend": int(no_backend),
            "false_failovers": false_failovers(plog, llog, fault, faults.times), "sanitizer": " ".join(san),
            "recovered": plog.count("rs-proxy recovered id="), "unrecoverable": plog.count("rs-proxy unrecoverable id=")}
     if judge(row, clients, flows, plog, fault, faults.times, effects):

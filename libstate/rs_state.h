@@ -17,7 +17,10 @@
  *      goes asynchronously; a non-deterministic one (sync true) holds its
  *      response: send it when ops.resume is called for it.
  *   3. On the alternate, ops.apply receives the peer's states, in the order
- *      the transactions were logged; apply them (or report why not).  A
+ *      the transactions were logged; apply them (or report why not).  That
+ *      order holds per client connection only: across connections a
+ *      state made earlier can come later, so a snapshot state must carry
+ *      what tells the newer one (a version, a sequence number).  A
  *      transaction whose state was applied here and that is then replayed
  *      here sends no update back (rs_state_update returns 0 and counts it).
  *   4. When a transaction ends before its held response was resumed (its
