@@ -461,6 +461,13 @@ static inline int rs_splice_packet(const struct rs_splice_dir *d, rs_u8 *pkt, rs
 
 /* ---- What the data path keeps of each sender (struct rs_splice_pos) ---------------- */
 
+/* How far one segment may move a position (its sequence or its ACK): more
+ * than any TCP window (Linux's largest receive buffer is a few MB by
+ * default, a window at most 1 GB), so a segment that would move it further
+ * is forged or garbage (a blind spoofer's random sequence number lands
+ * here with probability 2^25 / 2^32, under 1 %) and is not followed. */
+#define RS_SPLICE_POS_JUMP_MAX (1u << 25)
+
 /* Follows segment 'tcp' (a TCP header, at least 20 bytes) that carried
  * 'payload' bytes of data.  Returns its ACK number when it carried one (and
  * sets '*has_ack'). */
@@ -470,7 +477,7 @@ static inline rs_u32 rs_splice_pos_update(struct rs_splice_pos *p, const rs_u8 *
     rs_u32 seq = rs_splice_load32(tcp + 4), ack = 0;
     rs_u32 end = seq + payload + ((tcp[13] & (RS_TCP_F_SYN | RS_TCP_F_FIN)) ? 1 : 0);
 
-    if (!p->has_seq || rs_seq_gt(end, p->seq_next)) {
+    if (!p->has_seq || (rs_seq_gt(end, p->seq_next) && end - p->seq_next <= RS_SPLICE_POS_JUMP_MAX)) {
         p->seq_next = end;
         p->has_seq = 1;
     }
@@ -479,7 +486,7 @@ static inline rs_u32 rs_splice_pos_update(struct rs_splice_pos *p, const rs_u8 *
     *has_ack = (tcp[13] & RS_TCP_F_ACK) != 0;
     if (*has_ack) {
         ack = rs_splice_load32(tcp + 8);
-        if (!p->has_ack || rs_seq_gt(ack, p->ack_max)) {
+        if (!p->has_ack || (rs_seq_gt(ack, p->ack_max) && ack - p->ack_max <= RS_SPLICE_POS_JUMP_MAX)) {
             p->ack_max = ack;
             p->has_ack = 1;
         }

@@ -12,8 +12,8 @@ Figures (file names are what REPORT.md links):
       RTT, one line per technique (one file per loss rate when an RTT comes
       with several loss rates)
   overhead-<metric>-<workload>.png  latency / throughput per technique
-  faults-matrix.png  the fault campaign: per fault and workload, the trials
-      masked / ended cleanly / violating an invariant (stacked)
+  faults-matrix.png  the fault campaign: per fault and workload, the share
+      of trials masked / ended cleanly / violating an invariant (stacked)
   timeline-<study>-<name>.png  from a sidecar results/<study>/**/<name>.timeline.json:
       {"pcap": "c1.pcap",          (relative to the sidecar's folder, or absolute)
        "server": "10.0.0.100",     (optional: the data sender, ip or ip:port;
@@ -323,12 +323,13 @@ def fault_cells(rows):
 
 def fig_faults(pl, rows):
     """The fault campaign's matrix, one stacked bar per (fault, workload)."""
-    lines = [f"{f} / {w}\t" + "\t".join(str(n[v]) for v in common.FAULT_VERDICTS) for f, w, n in fault_cells(rows)]
+    lines = [f"{f} / {w}\t" + "\t".join(f"{100.0 * n[v] / max(1, sum(n.values())):.2f}" for v in common.FAULT_VERDICTS)
+             for f, w, n in fault_cells(rows)]
     d = pl.data(lines)
-    body = (f"set title {q(f'fault campaign: {len(rows)} trials, verdict per fault and workload')}\n"
+    body = (f"set title {q(f'fault campaign: {len(rows)} trials, verdicts per fault and workload')}\n"
             "set style data histogram\nset style histogram rowstacked\n"
-            "set style fill solid 0.85 border -1\nset boxwidth 0.8\nset yrange [0:*]\n"
-            "set ylabel 'trials'\nset xtics rotate by -50 font ',8'\nset bmargin 12\n"
+            "set style fill solid 0.85 border -1\nset boxwidth 0.8\nset yrange [0:100]\n"
+            "set ylabel '% of the trials'\nset xtics rotate by -50 font ',8'\nset bmargin 12\n"
             f"plot {q(d)} using 2:xtic(1) title 'masked' lc rgb '#2ca02c', "
             "'' using 3 title 'clean end (RST, counted)' lc rgb '#1f77b4', "
             "'' using 4 title 'violation' lc rgb '#d62728'")

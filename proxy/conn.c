@@ -10,11 +10,13 @@
 #include <errno.h>
 #include <http_parser.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -747,6 +749,7 @@ static void read_request(struct proxy *p, struct pconn *pc)
         return;
     }
     rs_io_set(&pc->cio, 0);   /* the relay reads on once the backend is connected */
+    rs_timer_stop(&p->loop, &pc->timer);
     px_pc_start_backend(p, pc);
 }
 
@@ -771,13 +774,18 @@ static void client_io(struct rs_io *io, uint32_t events)
     }
 }
 
-/* One timer per connection: connect time-out, relay polling, linger. */
+/* One timer per connection: the first request's time-out, connect
+ * time-out, relay polling, linger. */
 static void pc_timer(struct rs_timer *t)
 {
     struct pconn *pc = t->ctx;
     struct proxy *p = pc->p;
 
     switch (pc->phase) {
+    case PC_READ_REQ:
+        p->st.request_timeouts++;
+        px_pc_close(p, pc, "request-timeout", true);
+        break;
     case PC_CONNECTING:
         connect_failed(p, pc, -ETIMEDOUT);
         break;
@@ -803,9 +811,31 @@ static void pc_timer(struct rs_timer *t)
     }
 }
 
+/* The connection that has waited longest for its whole first request, or
+ * NULL. */
+static struct pconn *slowest_request(struct proxy *p)
+{
+    struct pconn *old = NULL;
+
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
+        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next)
+            if (pc->phase == PC_READ_REQ && (!old || pc->t_accept_us < old->t_accept_us))
+                old = pc;
+    return old;
+}
+
+/* The descriptor limit, read each time (an operator may change it). */
+static long fd_limit(void)
+{
+    struct rlimit rl;
+
+    return getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)LONG_MAX ? (long)rl.rlim_cur : LONG_MAX;
+}
+
 void px_pc_accept(struct rs_io *io, uint32_t events)
 {
     struct proxy *p = io->ctx;
+    long limit = fd_limit();
 
     (void)events;
     for (;;) {
@@ -818,6 +848,23 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
 
         if (fd < 0)
             return;
+        /* Descriptors are handed out lowest first, so 'fd' tells how many
+         * are open: the last RS_PROXY_FD_RESERVE stay for recoveries (a
+         * connection to the alternate, one to the logger's resend port)
+         * and the control plane, whatever clients hold.  Under that
+         * pressure the client that has waited longest for its first
+         * request (slowloris) makes room; without one, the new one goes. */
+        if (fd >= limit - RS_PROXY_FD_RESERVE && (pc = slowest_request(p))) {
+            p->st.request_evictions++;
+            px_pc_close(p, pc, "evicted-slow-request", true);
+        } else if (fd >= limit - RS_PROXY_FD_RESERVE) {
+            if (p->st.fd_reserve_drops++ % 1000 == 0)
+                rs_log("accept client=%s dropped: descriptor %d of %ld, the last %d are for recoveries (%" PRIu64
+                       " dropped)", RS_A(rs_addr_of_sin(&peer)), fd, limit, RS_PROXY_FD_RESERVE,
+                       p->st.fd_reserve_drops);
+            close(fd);
+            continue;
+        }
         pc = pc_new(p);
         if (!pc) {
             close(fd);
@@ -844,6 +891,7 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
         http_parser_init(pc->parser, HTTP_REQUEST);
         ((http_parser *)pc->parser)->data = pc;
         pc->phase = PC_READ_REQ;
+        rs_timer_after(&p->loop, &pc->timer, p->request_ns);
         k = px_key_c(pc);
         if (p->dp && px_dp_watch(p->dp, &k, pc->id)) {
             px_pc_close(p, pc, "splice-table-full", true);

@@ -47,6 +47,8 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, accepted), RS_STAT(struct stats, spliced), RS_STAT(struct stats, splice_retries),
         RS_STAT(struct stats, closed_early), RS_STAT(struct stats, fins), RS_STAT(struct stats, resets),
         RS_STAT(struct stats, reaped_idle), RS_STAT(struct stats, reaped_half_open),
+        RS_STAT(struct stats, request_timeouts), RS_STAT(struct stats, request_evictions),
+        RS_STAT(struct stats, fd_reserve_drops),
         RS_STAT(struct stats, resplices), RS_STAT(struct stats, resplice_errors),
         RS_STAT(struct stats, backend_errors), RS_STAT(struct stats, conn_map_errors),
         RS_STAT(struct stats, failures), RS_STAT(struct stats, false_alarms), RS_STAT(struct stats, suspects),
@@ -179,6 +181,8 @@ static void usage(FILE *f)
         "  --half-open DUR    reap after one FIN and this long idle (default 60s)\n"
         "  --linger DUR       keep a closed connection's entries this long (default 2s)\n"
         "  --connect-timeout DUR  give up connecting to a backend (then: the alternate) (default 500ms)\n"
+        "  --request-timeout DUR  a client whose first request is not whole by then is reset\n"
+        "                     (a slow or idle client holds no descriptor for long) (default 10s)\n"
         "  --no-splice        relay in user space only (baseline, debugging)\n"
         "  --relay-first DUR  relay each new connection in user space at least this long before\n"
         "                     splicing it (default 0: as soon as both sides are quiet; tests)\n"
@@ -279,6 +283,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("half-open", RS_OPT_DURATION, &p->half_open_ns, .nonzero = true),
         RS_OPTION("linger", RS_OPT_DURATION, &p->linger_ns, .nonzero = true),
         RS_OPTION("connect-timeout", RS_OPT_DURATION, &p->connect_ns, .nonzero = true),
+        RS_OPTION("request-timeout", RS_OPT_DURATION, &p->request_ns, .nonzero = true),
         RS_OPTION("recovery-timeout", RS_OPT_DURATION, &p->recovery_ns, .nonzero = true),
         RS_OPTION("relay-first", RS_OPT_DURATION, &p->relay_first_ns),
         RS_OPTIONS_END,
@@ -292,6 +297,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     p->half_open_ns = 60ull * 1000000000u;
     p->linger_ns = 2000000000ull;
     p->connect_ns = 500000000ull;
+    p->request_ns = 10ull * 1000000000u;
     p->recovery_ns = 800000000ull;
     p->alternate = -1;
     r = rs_opts_parse("rs-proxy", argc, argv, opts, usage);
@@ -401,6 +407,7 @@ int main(int argc, char **argv)
 
     if (r)
         return rs_opts_exit(r);
+    rs_raise_nofile();
     if (rs_ctl_init()) {
         fprintf(stderr, "rs-proxy: libsodium init failed\n");
         return 1;

@@ -22,6 +22,7 @@
 
 #define RS_PROXY_MAX_BACKENDS 16
 #define RS_PROXY_REQ_MAX (64 * 1024)    /* first request buffered before splicing */
+#define RS_PROXY_FD_RESERVE 64          /* descriptors clients never get: for recoveries */
 #define RS_PROXY_HELD_MAX 8             /* entries of earlier servers kept in HOLD */
 #define RELAY_BUF (256 * 1024)
 #define RS_PROXY_BUCKETS 4096
@@ -88,7 +89,7 @@ struct stats {
     uint64_t accepted, spliced, splice_retries, closed_early, resets, fins, reaped_idle,
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
-        resets_sent, fenced_drops, suspects, port_clashes;
+        resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops;
 };
 
 struct proxy {
@@ -101,7 +102,7 @@ struct proxy {
     bool sticky, nosplice;
     char cookie_name[64];
     char ifname[IF_NAMESIZE];
-    uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns;
+    uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns, request_ns;
     struct rs_loop loop;
     struct rs_io lio, eio;        /* the VIP's listening socket, the data path's events */
     struct rs_timer reap_timer;

@@ -115,6 +115,25 @@ def write_overhead(results, rnd):
     return p
 
 
+def write_faults(results):
+    """A campaign's table: 2 faults x 2 workloads, 4 trials each; one
+    violation, two clean ends."""
+    p = os.path.join(results, "faults", "trials.csv")
+    with common.RowWriter(p, "faults") as w:
+        n = 0
+        for fault in ("none", "alternate-in-recovery"):
+            for wl in ("refapp-1", "refapp-50"):
+                for trial in range(4):
+                    verdict = "masked"
+                    if fault != "none" and trial < 1 + (wl == "refapp-1"):
+                        verdict = "violation" if (wl, trial) == ("refapp-50", 0) else "clean_end"
+                    w.write(fault=fault, workload=wl, load=1 if wl == "refapp-1" else 50, trial=trial, seed=n,
+                            verdict=verdict, reason="hang" if verdict == "violation" else "",
+                            kept="violations/x" if verdict == "violation" else "")
+                    n += 1
+    return p
+
+
 def pcap_bytes(segments, linktype=1):
     """A classic little-endian pcap (µs) of IPv4/TCP 'segments': (t, src,
     sport, dst, dport, seq, flags, payload_len); payloads are cut at a
@@ -433,6 +452,7 @@ class Outputs(unittest.TestCase):
         write_failover(cls.results, rnd)
         write_wan(cls.results, rnd)
         write_overhead(cls.results, rnd)
+        write_faults(cls.results)
         write_timeline(cls.results)
         cls.fig = subprocess.run([PY, os.path.join(EXP, "figures.py"), "--results", cls.results,
                                   "--plots", cls.plots], capture_output=True, text=True, timeout=300)
@@ -460,7 +480,7 @@ class Outputs(unittest.TestCase):
         want += ["failover-errors-refapp.png", "failover-errors-roundcube.png", "wan-errors-refapp.png",
                  "overhead-latency_ms-refapp.png", "overhead-throughput_mbps-refapp.png",
                  "timeline-failover-trial0.png", "timeline-failover-trial1.png"]
-        want += ["wan-failover-rtt-refapp.png"]
+        want += ["wan-failover-rtt-refapp.png", "faults-matrix.png"]
         made = sorted(os.listdir(self.plots))
         self.assertEqual(made, sorted(want))
         for n in made:
@@ -473,7 +493,7 @@ class Outputs(unittest.TestCase):
 
     def test_lan_table_matches_csv(self):
         self.assertEqual(self.rep.returncode, 0, self.rep.stderr)
-        self.assertTrue(self.rep.stdout.strip().splitlines()[-1].startswith("summary: studies=3 missing=0"))
+        self.assertTrue(self.rep.stdout.strip().splitlines()[-1].startswith("summary: studies=4 missing=0"))
         header, got = md_table(section(self.report, "failover"), "workload")
         self.assertEqual(header, ["workload", "action", "technique", "trials", "ok", "failover median (ms)",
                                   "failover p95 (ms)", "n", "errors", "re-logins"])
@@ -526,7 +546,7 @@ class Outputs(unittest.TestCase):
                             "--out", os.path.join(self.tmp, "r2.md"), "--headline", "wan"],
                            capture_output=True, text=True, timeout=120)
         s = common.parse_summary(r.stdout.strip().splitlines()[-1])
-        self.assertEqual(s["studies"], "3", r.stdout + r.stderr)
+        self.assertEqual(s["studies"], "4", r.stdout + r.stderr)
 
     def test_wan_table_matches_csv(self):
         header, got = md_table(section(self.report, "wan"), "workload")
@@ -580,10 +600,10 @@ class Outputs(unittest.TestCase):
                                  timeout=60, env=env)
             self.assertEqual(rep.returncode, 0, rep.stderr)
             s = common.parse_summary(rep.stdout.strip().splitlines()[-1])
-            self.assertEqual((s["studies"], s["missing"], s["figures"]), ("1", "2", "2"))
+            self.assertEqual((s["studies"], s["missing"], s["figures"]), ("1", "3", "2"))
             with open(os.path.join(results, "REPORT.md")) as f:
                 text = f.read()
-            for study in ("failover", "wan"):
+            for study in ("failover", "wan", "faults"):
                 self.assertIn(f"Missing: no results for study `{study}`", section(text, study))
             self.assertNotIn("Missing", section(text, "overhead"))
             # Nothing at all: still a report, every study missing.
@@ -591,7 +611,29 @@ class Outputs(unittest.TestCase):
             rep = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", empty, "--plots", plots],
                                  capture_output=True, text=True, timeout=60)
             self.assertEqual(rep.returncode, 0, rep.stderr)
-            self.assertIn("missing=3", rep.stdout)
+            self.assertIn("missing=4", rep.stdout)
+        finally:
+            shutil.rmtree(tmp)
+
+
+class FaultsSection(unittest.TestCase):
+    """REPORT.md's fault campaign section from a synthetic table."""
+
+    def test_matrix_and_violations(self):
+        tmp = tempfile.mkdtemp(prefix="rs-exp-faults.")
+        try:
+            results = os.path.join(tmp, "results")
+            write_faults(results)
+            rep = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", results, "--plots",
+                                  os.path.join(tmp, "plots")], capture_output=True, text=True, timeout=60)
+            self.assertEqual(rep.returncode, 0, rep.stderr)
+            with open(os.path.join(results, "REPORT.md")) as f:
+                text = section(f.read(), "faults")
+            header, rows = md_table(text, "fault")
+            self.assertEqual(header, ["fault", "refapp-1", "refapp-50"])
+            self.assertEqual(rows, [["none", "4/0/0", "4/0/0"], ["alternate-in-recovery", "2/2/0", "3/0/1"]])
+            self.assertIn("16 trials: 13 masked, 2 clean ends, 1 violations.", text)
+            self.assertIn("| alternate-in-recovery | refapp-50 | 0 | 12 | hang | violations/x |", text)
         finally:
             shutil.rmtree(tmp)
 

@@ -693,3 +693,92 @@ class TestForgedEnds(Case):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# From a client host: keeps argv[2] connections to argv[1]:80 that never
+# finish their first request (a header line every 200 ms, reconnecting when
+# the server drops one) for argv[3] seconds; prints how many it opened and
+# how many the server ended.
+SLOWLORIS = r"""
+import socket, sys, time
+vip, n, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+socks, opened, ended = [], 0, 0
+end = time.time() + secs
+while time.time() < end:
+    while len(socks) < n and time.time() < end:
+        try:
+            s = socket.create_connection((vip, 80), timeout=1)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+            opened += 1
+        except OSError:
+            ended += 1
+            break
+    time.sleep(0.2)
+    for s in list(socks):
+        try:
+            s.sendall(b"X-Slow: 1\r\n")
+            s.setblocking(False)
+            if s.recv(1) == b"":
+                raise OSError
+        except BlockingIOError:
+            pass
+        except OSError:
+            ended += 1
+            socks.remove(s)
+            s.close()
+print(f"opened={opened} ended={ended}", flush=True)
+"""
+
+# From a client host whose SYN-ACKs are dropped: argv[2] connection
+# attempts to argv[1]:80 that stay half-open on the server's side.
+HALF_OPEN = r"""
+import socket, sys, time
+vip, n = sys.argv[1], int(sys.argv[2])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((vip, 80))
+    socks.append(s)
+time.sleep(3)
+print("sent", len(socks), flush=True)
+"""
+
+
+class TestHostileClients(Case):
+    """Slow clients that never finish their first request (slowloris), a
+    flood of half-open connections, and a proxy out of file descriptors:
+    it keeps serving the connections it has, a crash is still masked (its
+    recoveries have descriptors of their own), the slow clients are reset
+    after --request-timeout, and all of it is counted."""
+    clients = 3
+    stack_args = {"proxy_args": ["--request-timeout", "1s"]}
+
+    def test_slowloris_half_open_and_no_descriptors(self):
+        pid = self.stack.d["proxy"].pid
+        subprocess.run(["prlimit", "--pid", str(pid), "--nofile=256:256"], check=True)
+        self.tb["c3"].cmd(f"iptables -w -A INPUT -p tcp -s {VIP_IP} --tcp-flags SYN,ACK SYN,ACK -j DROP")
+        slow = self.tb.start("c2", "slowloris", [sys.executable, "-c", SLOWLORIS, VIP_IP, "400", "4"])
+        half = self.tb.start("c3", "half-open", [sys.executable, "-c", HALF_OPEN, VIP_IP, "2000"])
+        time.sleep(0.5)
+        d, pcap = self.slow_stream()
+        time.sleep(0.3)
+        self.stack.kill_primary()
+        d.popen.wait(30)
+        self.tb.stop_capture(d.cap)
+        self.assert_transparent(d, pcap)
+        self.assertRegex(self.stack.log("proxy"), r"recovered id=\d+ client=10\.0\.1\.1:")
+        slow.popen.wait(30)
+        half.popen.wait(30)
+        print("\nslowloris: " + slow.output().strip())
+        opened, ended = (int(v) for v in re.findall(r"=(\d+)", slow.output()))
+        st = self.stack.stats("proxy")
+        print(f"proxy: request_timeouts={st['request_timeouts']} request_evictions={st['request_evictions']} "
+              f"fd_reserve_drops={st['fd_reserve_drops']} accepted={st['accepted']}")
+        self.assertGreater(int(st["request_timeouts"]), 0)
+        self.assertGreater(int(st["request_evictions"]), 0, "the attack never reached the descriptor reserve")
+        self.assertGreater(ended, 0)
+        # The attack over, a new client is served at once.
+        out = self.tb["c1"].cmd(f"curl -s -m 5 http://{VIP_IP}/static/1000?seed=2 -o /dev/null -w '%{{http_code}}'")
+        self.assertIn("200", out)

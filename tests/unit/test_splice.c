@@ -922,7 +922,25 @@ static void position_follows_the_sender(void **state)
     assert_false(p.fin_seen);
     free(pkt);
 
+    s.seq = 0x55u + RS_SPLICE_POS_JUMP_MAX;        /* forged far ahead: not followed */
+    s.ack = 5000 + RS_SPLICE_POS_JUMP_MAX + 1;
+    pkt = build_pkt(&s, &len);
+    rs_splice_pos_update(&p, pkt + 20, 10, &has_ack);
+    assert_int_equal(p.seq_next, 0x55u);
+    assert_int_equal(p.ack_max, 5000);
+    free(pkt);
+    s.seq = 0x55u + RS_SPLICE_POS_JUMP_MAX - 10;   /* as far as a window may reach */
+    s.ack = 5000 + RS_SPLICE_POS_JUMP_MAX;
+    pkt = build_pkt(&s, &len);
+    rs_splice_pos_update(&p, pkt + 20, 10, &has_ack);
+    assert_int_equal(p.seq_next, 0x55u + RS_SPLICE_POS_JUMP_MAX);
+    assert_int_equal(p.ack_max, 5000 + RS_SPLICE_POS_JUMP_MAX);
+    p.seq_next = 0x55u;
+    p.ack_max = 5000;
+    free(pkt);
+
     s.seq = 0x56u;                                 /* not where the stream stands */
+    s.ack = 4000;
     s.flags = RS_TCP_F_ACK | RS_TCP_F_RST;
     pkt = build_pkt(&s, &len);
     assert_false(rs_splice_pos_at(&p, pkt + 20));
