@@ -18,6 +18,7 @@ made of several processes itself (roundcube/deploy.py's Roundcube).
 (host name -> extra options) to one backend's, e.g. the primary's
 --crash-at.  Either way the daemon serving APP_PORT is named "app-HOST"."""
 import os
+import signal
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PRIMARY_ID, PROXY_CTL,
                          STATED_PORT, VIP_PORT, binary, write_key)
@@ -87,7 +88,6 @@ class Stack:
 
     def stats(self, name):
         """Daemon 'name''s stats line (it prints one on SIGUSR1), as a dict."""
-        import signal
         from emul.shaping import wait_until
         d = self.d[name]
         n = d.output().count("stats ")
@@ -99,7 +99,12 @@ class Stack:
 
     def stop(self):
         """Stops every daemon of the stack (SIGTERM; the testbed lives on),
-        so that a driver can start a fresh stack for its next trial."""
+        so that a driver can start a fresh stack for its next trial.  All
+        are told at once (sanitized daemons take a while to exit), then
+        waited for."""
+        for d in reversed(list(self.d.values())):
+            if d.alive():
+                d.popen.send_signal(signal.SIGTERM)
         for d in reversed(list(self.d.values())):
             self.tb.stop(d)
         self.d = {}

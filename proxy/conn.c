@@ -8,6 +8,7 @@
  * and clean ends (a RST from the VIP the client can act on). */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <http_parser.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -855,8 +856,17 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
          * pressure the client that has waited longest for its first
          * request (slowloris) makes room; without one, the new one goes. */
         if (fd >= limit - RS_PROXY_FD_RESERVE && (pc = slowest_request(p))) {
+            int low;
+
             p->st.request_evictions++;
             px_pc_close(p, pc, "evicted-slow-request", true);
+            /* Into the descriptor just freed, so the count stays exact. */
+            if ((low = fcntl(fd, F_DUPFD_CLOEXEC, 0)) >= 0 && low < fd) {
+                close(fd);
+                fd = low;
+            } else if (low >= 0) {
+                close(low);
+            }
         } else if (fd >= limit - RS_PROXY_FD_RESERVE) {
             if (p->st.fd_reserve_drops++ % 1000 == 0)
                 rs_log("accept client=%s dropped: descriptor %d of %ld, the last %d are for recoveries (%" PRIu64
