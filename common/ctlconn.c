@@ -252,6 +252,15 @@ static bool conn_read(struct rs_ctlconn *c)
             }
             off += (size_t)used;
             c->frames++;
+            if (!rs_ctl_role_may_send(rs_ctl_sender_role(m.sender), m.type)) {
+                /* Signed, but the role its sender belongs to never sends this. */
+                c->rejected++;
+                if (c->server)
+                    c->server->rejected++;
+                rs_log("control %s=%s: %s from sender %08x refused: its role does not send it", c->name,
+                       RS_A(c->addr), rs_ctl_type_str(m.type), m.sender);
+                continue;
+            }
             if (!call_match(c, &m) && c->on_msg)
                 c->on_msg(c, &m);
             if (!rs_io_active(&c->io))

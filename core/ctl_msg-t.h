@@ -72,6 +72,16 @@ enum rs_ctl_role {
     RS_CTL_ROLE_BACKEND,
     RS_CTL_ROLE_MAX = RS_CTL_ROLE_BACKEND,
 };
+/* Not a heartbeat role: an operator's tool (rs-ctl). */
+#define RS_CTL_ROLE_OPERATOR (RS_CTL_ROLE_MAX + 1)
+
+/* Each daemon numbers the senders of its frames in its own space, so the
+ * receiver knows which role sent a frame (the sender field is signed with
+ * it) and refuses a type that role never sends (rs_ctl_role_may_send). */
+#define RS_CTL_SENDER_PROXY    0x50580000u   /* "PX" << 16 | channel */
+#define RS_CTL_SENDER_LOGGER   0x4c4f4700u   /* "LOG" << 8 | channel */
+#define RS_CTL_SENDER_OPERATOR 0x7f000000u   /* | the tool's pid */
+/* rs-stated: RS_CTL_ROLE_BACKEND << 24 | backend id << 4 | channel */
 
 enum rs_ctl_fail_reason {
     RS_CTL_FAIL_TIMEOUT = 1,  /* heartbeats stopped */

@@ -773,6 +773,50 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
     return true; /* unknown types carry no body to compare */
 }
 
+int rs_ctl_sender_role(uint32_t sender)
+{
+    if ((sender & 0xffff0000u) == RS_CTL_SENDER_PROXY)
+        return RS_CTL_ROLE_PROXY;
+    if ((sender & 0xffffff00u) == RS_CTL_SENDER_LOGGER)
+        return RS_CTL_ROLE_LOGGER;
+    if ((sender & 0xff000000u) == RS_CTL_SENDER_OPERATOR)
+        return RS_CTL_ROLE_OPERATOR;
+    if (sender >> 24 == RS_CTL_ROLE_BACKEND)
+        return RS_CTL_ROLE_BACKEND;
+    return 0;
+}
+
+bool rs_ctl_role_may_send(int role, unsigned type)
+{
+#define R(x) (1u << (x))
+    enum { P = R(RS_CTL_ROLE_PROXY), L = R(RS_CTL_ROLE_LOGGER), B = R(RS_CTL_ROLE_BACKEND),
+           O = R(RS_CTL_ROLE_OPERATOR) };
+    static const unsigned senders[RS_CTL_TYPE_MAX + 1] = {
+        [RS_CTL_HEARTBEAT] = P | L | B | O,
+        [RS_CTL_FAILURE] = L | B,
+        [RS_CTL_TXN_LOGGED] = L | O,
+        [RS_CTL_STATE_REPORT] = B,
+        [RS_CTL_RECOVERY_INFO] = L,
+        [RS_CTL_RESPLICE] = L | P | O,
+        [RS_CTL_ACK] = P | L | B | O,
+        [RS_CTL_STATE_UPDATE] = B,
+        [RS_CTL_CONN_MAP] = P | L | O,
+        [RS_CTL_STATE_QUERY] = L | O,
+        [RS_CTL_APPLY] = L | O,
+        [RS_CTL_RECOVER] = P | O,
+        [RS_CTL_PLAN] = L,
+        [RS_CTL_RESEND] = P | O,
+        [RS_CTL_SUSPECT] = L,
+        [RS_CTL_FENCE] = P | O,
+        [RS_CTL_STATUS] = O,
+        [RS_CTL_STATUS_REPORT] = P,
+        [RS_CTL_UNLOGGED] = L | O,
+    };
+#undef R
+
+    return role > 0 && role <= RS_CTL_ROLE_OPERATOR && type <= RS_CTL_TYPE_MAX && (senders[type] & (1u << role));
+}
+
 const char *rs_ctl_type_str(unsigned type)
 {
     return type_known(type) ? type_name[type] : "?";

@@ -57,6 +57,15 @@ int rs_ctl_decode(const struct rs_ctl_key *key, struct rs_ctl_replay *replay,
  * content). */
 bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b);
 
+/* The role that numbers its senders like 'sender' (RS_CTL_ROLE_PROXY,
+ * _LOGGER, _BACKEND, RS_CTL_ROLE_OPERATOR), 0 when none does. */
+int rs_ctl_sender_role(uint32_t sender);
+
+/* Whether 'role' ever sends messages of 'type': a FAILURE comes from the
+ * logger or a backend's rs-stated, a RESPLICE from the logger, a proxy or
+ * an operator, ... (docs/recovery.md).  Receivers refuse the others. */
+bool rs_ctl_role_may_send(int role, unsigned type);
+
 /* Name of message type 'type' ("HEARTBEAT", ...), "?" when unknown. */
 const char *rs_ctl_type_str(unsigned type);
 

@@ -162,7 +162,7 @@ int main(int argc, char **argv)
     if ((n = rs_opts_parse("rs-ctl", argc, argv, opts, usage)))
         return rs_opts_exit(n);
     m = a.m;
-    m.sender = 0x7f000000u | (uint32_t)(getpid() & 0xffffff);
+    m.sender = RS_CTL_SENDER_OPERATOR | (uint32_t)(getpid() & 0xffffff);
     m.seq = rs_now_us();
     if (!a.to.port || !a.keyfile || !m.type) {
         usage(stderr);

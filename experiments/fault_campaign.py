@@ -44,7 +44,10 @@ The checker sees only what lands outside the daemons:
     that leaves no backend to move to, within 1 s of that fault, the
     proxy's log naming the connection unrecoverable with a reason;
   - every response byte checked by rs-client against the content the
-    crash-free run sends (content seeds; counter and upload bodies);
+    crash-free run sends (content seeds; counter and upload bodies), and
+    every byte the alternate sends again compared on the wire with what
+    the primary had sent there (the logger's "retransmission differs":
+    a non-deterministic response must come back as the primary began it);
   - exactly-once effects: the serving backend's counter after the run must
     be between the updates the clients saw succeed and those plus the
     updates whose outcome the client cannot know (cut off by a clean end);
@@ -169,6 +172,14 @@ class Refapp:
     def app_alive(self, host):
         return self.stack.d[f"app-{host}"].alive()
 
+    def serving(self):
+        """The backend that holds the application's state now: the
+        alternate once the proxy declared the primary failed (it may do so
+        after the clients are done: a partitioned primary) or the primary's
+        application is gone."""
+        failed = re.search(r"rs-proxy failure backend_id=1 ", self.stack.log("proxy"))
+        return "alternate" if failed or not self.app_alive("primary") else "primary"
+
     def trace(self, host, seed):
         path = os.path.join(self.work, f"{host}.trace")
         with open(path, "w") as f:
@@ -185,7 +196,7 @@ class Refapp:
         """rs-auxlog, or None: only Roundcube talks to a mail store."""
         return None
 
-    def effects(self, results, serving, before):
+    def effects(self, results, before):
         """(fields, violations) of the side effects: the serving backend's
         counter must settle between the updates the clients saw succeed
         and those plus the ones cut off (the client cannot know whether
@@ -194,13 +205,17 @@ class Refapp:
         okd = sum(r["result"] == "ok" and kind(r) in self.UPDATES for r in results)
         unsure = sum(r["result"] != "ok" and kind(r) in self.UPDATES for r in results)
         fields = {"updates_ok": okd, "updates_unsure": unsure}
-        if not self.app_alive(serving):
+
+        def read():
+            host = self.serving()
+            return counter_of(self.tb, host) if self.app_alive(host) else None
+
+        if not self.app_alive(self.serving()):
             return fields, []       # both backends dead: no state left to check
         counter = {}
-        wait_until(lambda: (counter.update(v=counter_of(self.tb, serving)) or
-                            (counter["v"] is not None and counter["v"] >= okd)), 5, 0.1)
+        wait_until(lambda: (counter.update(v=read()) or (counter["v"] is not None and counter["v"] >= okd)), 5, 0.1)
         time.sleep(0.2)
-        v = counter_of(self.tb, serving)
+        v = read()
         fields["counter"] = "" if v is None else v
         if v is None:
             return fields, ["no_counter"]
@@ -257,7 +272,7 @@ class Roundcube(Refapp):
     def auxlog(self):
         return self.wl.aux
 
-    def effects(self, results, serving, before):
+    def effects(self, results, before):
         if self.action != "action2":
             return {}, []
         ok = bool(results) and all(r["result"] == "ok" for r in results)
@@ -539,10 +554,10 @@ def trial(tb, args, target, fault, workload, n, seed, window):
         with open(c["csv"]) as f:
             c["rows"] = list(csv.DictReader(f))
     results = [r for c in clients for r in c["rows"]]
-    serving = "alternate" if re.search(r"rs-proxy failure backend_id=1 ", stack.log("proxy")) else "primary"
-    effects = target.effects(results, serving, before)
+    effects = target.effects(results, before)
+    serving = target.serving()
     no_backend = not target.app_alive(serving)
-    plog = stack.log("proxy")
+    plog, llog = stack.log("proxy"), stack.log("logger")
     target.stop()
     san = [name for name, d in stack_files(args.work) if SANITIZER.search(d)]
     flows = {}
@@ -555,6 +570,11 @@ def trial(tb, args, target, fault, workload, n, seed, window):
            "no_backend": int(no_backend),
            "false_failovers": false_failovers(plog, faults.times), "sanitizer": " ".join(san),
            "recovered": plog.count("rs-proxy recovered id="), "unrecoverable": plog.count("rs-proxy unrecoverable id=")}
+    # A byte the alternate sent again that differs from what the primary
+    # had sent there (a token regenerated, a page rendered differently):
+    # the logger compares every such byte on the wire.
+    if "reason=conflict" in llog:
+        effects = (effects[0], effects[1] + ["wrong_bytes"])
     if judge(row, clients, flows, plog, faults.times, effects):
         row["kept"] = keep(args, f"{fault}-{workload}-{n}")
     return row

@@ -138,6 +138,8 @@ static void drain_udp(struct lg_live *lv)
         if (n < 0)
             return;
         used = rs_ctl_decode(&lg->key, &lv->replay, buf, (size_t)n, &m);
+        if (used == (int)n && !rs_ctl_role_may_send(rs_ctl_sender_role(m.sender), m.type))
+            used = -EPERM;      /* a FAILURE only from a backend, ... */
         if (used == (int)n) {
             on_frame(lv, &m);
         } else if (used != -EALREADY) {   /* a reordered datagram is no news */

@@ -37,10 +37,10 @@
 /* Sender ids of our frames: one per connection kind, so a receiver that
  * tracks replay per sender never sees one id's frames reordered across
  * two TCP connections. */
-#define LG_SENDER_REPLY 0x4c4f4701u /* "LOG" 1: replies on accepted connections */
-#define LG_SENDER_PROXY 0x4c4f4702u
-#define LG_SENDER_STATED 0x4c4f4703u
-#define LG_SENDER_PROXY_LIVE 0x4c4f4704u  /* the liveness thread's FAILUREs */
+#define LG_SENDER_REPLY (RS_CTL_SENDER_LOGGER | 1u)  /* replies on accepted connections */
+#define LG_SENDER_PROXY (RS_CTL_SENDER_LOGGER | 2u)
+#define LG_SENDER_STATED (RS_CTL_SENDER_LOGGER | 3u)
+#define LG_SENDER_PROXY_LIVE (RS_CTL_SENDER_LOGGER | 4u)  /* the liveness thread's FAILUREs */
 
 enum lg_dir { LG_REQ = RS_DIR_REQ, LG_RESP = RS_DIR_RESP };
 

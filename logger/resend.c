@@ -146,7 +146,7 @@ static void on_resend(struct rs_io *io, uint32_t events)
     used = rs_ctl_decode(&lg->key, &r->replay, r->buf, r->len, &m);
     if (used == 0 && r->len < sizeof(r->buf))
         return;
-    if (used <= 0 || m.type != RS_CTL_RESEND) {
+    if (used <= 0 || m.type != RS_CTL_RESEND || !rs_ctl_role_may_send(rs_ctl_sender_role(m.sender), m.type)) {
         lg->s.ctl_rejected++;
         rs_log("resend: rejected first frame: %s", used < 0 ? strerror(-used) : used ? rs_ctl_type_str(m.type)
                                                                                   : "too long");

@@ -121,9 +121,9 @@ struct proxy {
 };
 
 /* Sender ids of our frames, one per connection (see ctlconn.h). */
-#define PX_SENDER_REPLY  0x50580001u     /* "PX": replies on accepted connections */
-#define PX_SENDER_LOGGER 0x50580002u
-#define PX_SENDER_STATED 0x50580010u     /* + backend index */
+#define PX_SENDER_REPLY  (RS_CTL_SENDER_PROXY | 1u)      /* replies on accepted connections */
+#define PX_SENDER_LOGGER (RS_CTL_SENDER_PROXY | 2u)
+#define PX_SENDER_STATED (RS_CTL_SENDER_PROXY | 0x10u)   /* + backend index */
 
 /* ---- datapath.h: the splice table and the segment rewriting ---------------------
 

@@ -87,8 +87,10 @@ struct rs_flow_track {
     rs_u32 ts_recent;          /* newest TSval from the sender, as received (WATCH only) */
     rs_u32 acked_gen;          /* the last ack_watch_gen reported */
     struct rs_splice_pos pos;  /* where the sender's stream stands, in any state */
-    rs_u32 ends_refused;       /* guarded FIN/RST not at the stream's position
-                                * (rs_splice_pos_at): dropped, not reported */
+    rs_u32 ends_refused;       /* FIN/RST not at the stream's position
+                                * (rs_splice_pos_at), never reported: a guarded
+                                * one is dropped, another passed on (the
+                                * receiver's TCP judges it) */
     rs_u32 ack_hi;             /* the sender's highest ACK number (its own numbering) */
     rs_u64 ack_ns;             /* when it last moved: a backend that stops reading a
                                 * request stops moving it, though it still answers probes */

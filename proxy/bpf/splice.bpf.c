@@ -143,7 +143,11 @@ int rs_splice_ingress(struct __sk_buff *skb)
         evflags |= RS_FLOW_SEEN_FIN;
     if (old[13] & 0x04)
         evflags |= RS_FLOW_SEEN_RST;
-    if (evflags && (t->seen & evflags) != evflags) {
+    if (evflags && !at_pos) {
+        /* Forged or stale: passed on (the receiver's TCP judges it), but
+         * no end of the splice (counted). */
+        __sync_fetch_and_add(&t->ends_refused, 1);
+    } else if (evflags && (t->seen & evflags) != evflags) {
         t->seen |= evflags;
         i = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
         report(&key, f, evflags, i, f->gen);

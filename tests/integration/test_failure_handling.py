@@ -555,6 +555,26 @@ class TestHostileFrames(Case):
         self.assertEqual(int(self.stack.stats("proxy")["ctl_rejected"]), before + 1)
         self.assertIn("rejected message: replayed", self.stack.log("proxy"))
 
+    def test_role_checked_not_only_the_key(self):
+        """Frames signed with the right key but from a sender whose role
+        never sends them — a FAILURE from an operator's tool, a RESPLICE
+        from a backend — are refused and counted: no backend is failed,
+        nothing moves."""
+        script = os.path.join(self.dir, "roles.py")
+        with open(script, "w") as f:
+            f.write(WRONG_ROLE_FRAMES)
+        before = int(self.stack.stats("proxy")["ctl_rejected"])
+        out = self.tb["logger"].cmd(f"{sys.executable} {script} {self.stack.key} {SERVERS['proxy']}:{PROXY_CTL}")
+        self.assertIn("sent 2", out)
+        self.assertTrue(wait_until(lambda: int(self.stack.stats("proxy")["ctl_rejected"]) >= before + 2, 5),
+                        self.stack.log("proxy")[-2000:])
+        log = self.stack.log("proxy")
+        self.assertRegex(log, r"FAILURE from sender 7f\w+ refused: its role does not send it")
+        self.assertRegex(log, r"RESPLICE from sender 04\w+ refused: its role does not send it")
+        self.assertNotRegex(log, r"failure backend_id=1 ")
+        out = self.tb["c1"].cmd(f"curl -s -m 5 http://{VIP_IP}/static/1000?seed=2 -o /dev/null -w '%{{http_code}}'")
+        self.assertIn("200", out)
+
     def test_junk_on_every_control_port(self):
         s = SERVERS
         targets = [f"{s['proxy']}:{PROXY_CTL}", f"{s['logger']}:{LOGGER_CTL}", f"{s['logger']}:{LOGGER_RESEND}",
@@ -578,6 +598,26 @@ class TestHostileFrames(Case):
         for name in ("proxy", "logger"):
             self.assertNotRegex(self.stack.log(name), r"backend-failed backend=2|failure backend_id=2",
                                 "the alternate was declared failed")
+
+
+# "KEYFILE ADDR:PORT": on one connection, a FAILURE{backend 1} signed with
+# the key but from an operator's sender, then a RESPLICE from a backend's
+# sender; prints "sent 2".
+WRONG_ROLE_FRAMES = r"""
+import hashlib, hmac, socket, struct, sys, time
+key = bytes.fromhex(open(sys.argv[1]).read().strip())
+host, port = sys.argv[2].rsplit(":", 1)
+def frame(mtype, sender, payload):
+    head = b"RS" + bytes([1, mtype, 0, 0]) + struct.pack(">IQI", sender, time.time_ns() // 1000, len(payload))
+    return head + payload + hmac.new(key, head + payload, hashlib.sha256).digest()
+s = socket.create_connection((host, int(port)), timeout=5)
+s.sendall(frame(2, 0x7f000001, struct.pack(">IHH", 1, 1, 0)))                    # FAILURE, TIMEOUT
+conn = lambda ip, port: socket.inet_aton(ip) + struct.pack(">H", port)
+s.sendall(frame(6, 0x04000021, conn("10.0.1.1", 40000) + conn("10.0.0.1", 80)
+                + conn("10.0.0.12", 8080) + b"\0\0" + struct.pack(">II", 1, 2)))       # RESPLICE
+time.sleep(0.5)
+print("sent 2", flush=True)
+"""
 
 
 # On the logger host: "grab PCAP PORT OUT SRC": the payload of the first UDP
@@ -674,27 +714,30 @@ class TestForgedEnds(Case):
     splice drops and counts it, nothing is recovered, the download is exact
     and the client never sees it."""
 
-    def test_forged_rst_changes_nothing(self):
+    def forged_rst_mid_download(self, target):
+        """Downloads 'target' (seed 0) on c1 and, once spliced, forges a RST
+        from the primary's address and port at sequence number 12345.
+        Returns (client, pcap) after the client ended."""
         script = os.path.join(self.dir, "rst.py")
         with open(script, "w") as f:
             f.write(FORGED_RST)
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
-        d = self.client(f"request GET {SLOW}\n  expect content seed=0\n")
+        d = self.client(f"request GET {target}\n  expect content seed=0\n")
         self.assertTrue(wait_until(lambda: " splice id=1 " in self.stack.log("proxy"), 10), self.stack.log("proxy"))
         port = re.search(r"connect id=1 .* local=[\d.]+:(\d+)", self.stack.log("proxy")).group(1)
         out = self.tb["c1"].cmd(f"{sys.executable} {script} {SERVERS['primary']} {VIP_IP} {port} 12345")
         self.assertIn("sent", out)
         d.popen.wait(30)
         self.tb.stop_capture(cap)
+        return d, pcap
+
+    def test_forged_rst_changes_nothing(self):
+        d, pcap = self.forged_rst_mid_download(SLOW)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
         self.assertNotIn("recover id=1", log)
         self.assertTrue(wait_until(lambda: "unsplice id=1 " in self.stack.log("proxy"), 10))
         self.assertRegex(self.stack.log("proxy"), r"unsplice id=1 .* ends_refused=1\b")
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 # From a client host: keeps argv[2] connections to argv[1]:80 that never
@@ -787,3 +830,22 @@ class TestHostileClients(Case):
         # The attack over, a new client is served at once.
         out = self.tb["c1"].cmd(f"curl -s -m 5 http://{VIP_IP}/static/1000?seed=2 -o /dev/null -w '%{{http_code}}'")
         self.assertIn("200", out)
+
+
+class TestForgedEndsWithoutRecovery(TestForgedEnds):
+    """Without recovery (no guard), a RST forged with the primary's address
+    and port at a sequence number that is not where its stream stands is
+    passed on (the client's TCP judges it: a challenge ACK) but does not end
+    the splice: a 3 s download outlives the proxy's linger and stays exact."""
+    stack_args = {"recovery": False}
+
+    def test_forged_rst_changes_nothing(self):
+        d, _ = self.forged_rst_mid_download("/slow?bytes=400000&chunk=4000&delay=30ms")
+        self.assertEqual(d.popen.returncode, 0, d.output() + open(d.err).read()[-2000:] + self.stack.log("proxy"))
+        self.assertNotRegex(self.stack.log("proxy"), r"rst id=1 ")
+        self.assertTrue(wait_until(lambda: "unsplice id=1 " in self.stack.log("proxy"), 10))
+        self.assertRegex(self.stack.log("proxy"), r"unsplice id=1 .* ends_refused=1\b")
+
+
+if __name__ == "__main__":
+    unittest.main()

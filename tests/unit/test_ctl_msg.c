@@ -270,6 +270,40 @@ static void roundtrip_max_plan(void **state)
     free(data);
 }
 
+/* Senders tell their role; each role sends only its own messages. */
+static void roles_of_senders(void **state)
+{
+    (void)state;
+    assert_int_equal(rs_ctl_sender_role(RS_CTL_SENDER_PROXY | 0x102), RS_CTL_ROLE_PROXY);
+    assert_int_equal(rs_ctl_sender_role(RS_CTL_SENDER_LOGGER | 4), RS_CTL_ROLE_LOGGER);
+    assert_int_equal(rs_ctl_sender_role(RS_CTL_SENDER_OPERATOR | 12345), RS_CTL_ROLE_OPERATOR);
+    assert_int_equal(rs_ctl_sender_role((uint32_t)RS_CTL_ROLE_BACKEND << 24 | 2 << 4 | 1), RS_CTL_ROLE_BACKEND);
+    assert_int_equal(rs_ctl_sender_role(5), 0);
+    assert_int_equal(rs_ctl_sender_role(0x4c4f4800u), 0);           /* "LOH": no one's */
+    /* The two: FAILURE and RESPLICE. */
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_FAILURE));
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_BACKEND, RS_CTL_FAILURE));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR, RS_CTL_FAILURE));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_FAILURE));
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_RESPLICE));
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR, RS_CTL_RESPLICE));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_BACKEND, RS_CTL_RESPLICE));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_BACKEND, RS_CTL_FENCE));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_STATE_UPDATE));
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_BACKEND, RS_CTL_ACK));
+    /* Unknown roles and types send nothing. */
+    assert_false(rs_ctl_role_may_send(0, RS_CTL_ACK));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR + 1, RS_CTL_ACK));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_TYPE_MAX + 1));
+    /* Every type has a sender. */
+    for (unsigned t = RS_CTL_HEARTBEAT; t <= RS_CTL_TYPE_MAX; t++) {
+        bool any = false;
+        for (int r = RS_CTL_ROLE_PROXY; r <= RS_CTL_ROLE_OPERATOR; r++)
+            any |= rs_ctl_role_may_send(r, t);
+        assert_true(any);
+    }
+}
+
 /* Every field at its documented offset, in network byte order. */
 static void wire_layout(void **state)
 {
@@ -670,6 +704,7 @@ int main(void)
         cmocka_unit_test(roundtrip_every_type),
         cmocka_unit_test(roundtrip_max_state),
         cmocka_unit_test(roundtrip_max_plan),
+        cmocka_unit_test(roles_of_senders),
         cmocka_unit_test(wire_layout),
         cmocka_unit_test(tamper_each_byte),
         cmocka_unit_test(wrong_key_rejected),
