@@ -40,9 +40,11 @@ Workloads (the reference app's responses are checkable content):
 
 The checker sees only what lands outside the daemons:
   - the clients' own pcaps: a RST or FIN from the VIP before the client's
-    own close is a violation, unless it is a clean end: a RST, for a fault
-    that leaves no backend to move to, within 1 s of that fault, the
-    proxy's log naming the connection unrecoverable with a reason;
+    own close is a violation, unless it is a clean end: a RST, after a
+    second fault that left no backend to move to (the alternate or the
+    logger gone after the primary), within 1 s of that fault (or of the
+    connection's SYN, when it came later), for a connection the proxy
+    closed with a counted reason;
   - every response byte checked by rs-client against the content the
     crash-free run sends (content seeds; counter and upload bodies), and
     every byte the alternate sends again compared on the wire with what
@@ -51,6 +53,7 @@ The checker sees only what lands outside the daemons:
   - exactly-once effects: the serving backend's counter after the run must
     be between the updates the clients saw succeed and those plus the
     updates whose outcome the client cannot know (cut off by a clean end);
+    for Roundcube's Action 2, bob's INBOX and alice's Sent (+1 each);
   - a time bound on every client (no hang);
   - the daemons' logs: a backend declared failed that no fault touched, or
     before its fault, is a false failover; a sanitizer report fails the
@@ -61,8 +64,9 @@ Writes results/faults/trials.csv (one row per trial: seed, fault, moment,
 workload, load, verdict, reason, ...; experiments/common.py documents the
 columns; make figures draws the matrix and REPORT.md's section), and ends
 with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
-false_failovers= ...'.  TRIALS= per (fault, workload) (default 50: 1000
-trials), QUICK=1 (2 per pair for refapp-1, 1 for refapp-50), FAULTS=,
+false_failovers= ...'.  TRIALS= per (fault, workload) (default: 70 for
+refapp-1, 20 for refapp-50, 5 for each Roundcube action: 1000 trials),
+QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
 WORKLOADS=, SEED=, HOG=1 (a busy loop on the logger and proxy hosts: the
 machine has two cores).  Exit status 1 when any trial is a violation.
 """

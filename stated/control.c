@@ -217,7 +217,7 @@ static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
     rs_ctl_ack(cc, m, 0);
 }
 
-/* TXN_LOGGED and UNLOGGED come on the logger's connection. */
+/* The logger's TXN_LOGGED and UNLOGGED come on its connection. */
 static void logger_seen(struct stated *s, struct rs_ctlconn *cc)
 {
     if (s->logger_conn == cc->id)
@@ -253,8 +253,9 @@ void control_on_msg(struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
     struct stated *s = cc->ctx;
 
     s->st.ctl_frames++;
-    if (m->type == RS_CTL_TXN_LOGGED || m->type == RS_CTL_UNLOGGED)
-        logger_seen(s, cc);
+    if ((m->type == RS_CTL_TXN_LOGGED || m->type == RS_CTL_UNLOGGED)
+        && rs_ctl_sender_role(m->sender) == RS_CTL_ROLE_LOGGER)
+        logger_seen(s, cc);     /* not an operator's rs-ctl standing in for it */
     switch (m->type) {
     case RS_CTL_STATE_UPDATE: on_state_update(s, cc, m); break;
     case RS_CTL_TXN_LOGGED: on_txn_logged(s, cc, m); break;
