@@ -26,6 +26,7 @@ class TestFaultCampaign(unittest.TestCase):
         self.assertTrue(os.access(os.path.join(san, "rs-proxy"), os.X_OK), f"no sanitized build in {san}: make san")
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
         with tempfile.TemporaryDirectory(prefix="rs-faults-") as out:
+            os.chmod(out, 0o755)        # dovecot's mail processes are not root
             env = dict(os.environ, QUICK="1", SEED=SEED)
             env.pop("TRIALS", None)
             r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "fault_campaign.py"),

@@ -32,7 +32,7 @@ PEER_SCRIPT = r'''
 import hmac, hashlib, socket, struct, sys, threading, time
 key = bytes.fromhex(open(sys.argv[1]).read().strip())
 seq = [int(time.time() * 1e6)]
-def frame(t, payload, sender=0x50595401):
+def frame(t, payload, sender=0x04000011):   # a backend's sender space (roles are checked)
     seq[0] += 1
     h = b"RS" + bytes([1, t]) + struct.pack(">HIQI", 0, sender, seq[0], len(payload)) + payload
     return h + hmac.new(key, h, hashlib.sha256).digest()
@@ -76,9 +76,9 @@ elif mode in ("heartbeat", "failure"):
     bid, count, gap = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
     for i in range(count):
         if mode == "heartbeat":
-            s.sendto(frame(1, struct.pack(">B3xIQ", 4, bid, int(time.time() * 1e6)), 0x42000000 + bid), (host, int(port)))
+            s.sendto(frame(1, struct.pack(">B3xIQ", 4, bid, int(time.time() * 1e6)), 0x04000003 + (bid << 4)), (host, int(port)))
         else:
-            s.sendto(frame(2, struct.pack(">IH2x", bid, 3), 0x43000000 + bid), (host, int(port)))
+            s.sendto(frame(2, struct.pack(">IH2x", bid, 3), 0x04000004 + (bid << 4)), (host, int(port)))
         out("sent %d" % i)
         time.sleep(gap)
     time.sleep(0.5)
