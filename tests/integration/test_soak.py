@@ -76,8 +76,9 @@ class TestSoak(unittest.TestCase):
         for k in ("failures", "suspects", "unrecoverable", "reaped_idle", "reaped_half_open", "resets_sent",
                   "redispatched", "recovered"):
             self.assertEqual(px[k], "0", f"proxy {k}: {px}")
+        held = "\n".join(l for l in self.stack.log("proxy").splitlines() if "held (guarded)" in l or "recover id=" in l)
         for k in ("failures_declared", "suspects", "recoveries"):
-            self.assertEqual(lg[k], "0", f"logger {k}: {lg}")
+            self.assertEqual(lg[k], "0", f"logger {k}: {lg}\n{held[-3000:]}")
         self.assertNotIn("backend-failed", self.stack.log("logger"))
 
 
