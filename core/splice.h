@@ -504,6 +504,20 @@ static inline int rs_splice_pos_at(const struct rs_splice_pos *p, const rs_u8 *t
     return !p->has_seq || rs_splice_load32(tcp + 4) == p->seq_next;
 }
 
+/* Whether FIN or RST segment 'tcp' (carrying 'payload' bytes) is the
+ * sender's real end, given 'at' = rs_splice_pos_at before its update: at
+ * the stream's position, or the retransmission of the FIN already
+ * followed (ending exactly where that FIN left the position).  The data
+ * path may hold a FIN back and let its retransmission through later; that
+ * retransmission still ends the connection. */
+static inline int rs_splice_pos_is_end(const struct rs_splice_pos *p, const rs_u8 *tcp, rs_u32 payload, int at)
+{
+    if (at)
+        return 1;
+    return (tcp[13] & RS_TCP_F_FIN) && !(tcp[13] & RS_TCP_F_RST) && p->fin_seen
+        && rs_splice_load32(tcp + 4) + payload + 1 == p->seq_next;
+}
+
 /* After a re-splice the new server regenerates a response whose first p
  * bytes the client already has: the client's (translated) ACK can then be
  * ahead of anything the server has sent, and a TCP drops such ACKs — the

@@ -137,7 +137,7 @@ struct lg_stats {
     uint64_t inc_refused, inc_conflict, inc_http, inc_truncated, inc_gap;
     uint64_t txns, txns_logged, released_bytes;
     uint64_t heartbeats, hb_unknown, failures_declared, failures_forwarded;   /* liveness thread */
-    uint64_t recoveries, recovery_errors, replays, resends, resend_errors, ctl_rejected, suspects;
+    uint64_t recoveries, recovery_errors, legit_closes, replays, resends, resend_errors, ctl_rejected, suspects;
 };
 
 struct logger {

@@ -210,8 +210,11 @@ static void plan_reply(struct lg_plan *pl, int e)
 
     pl->out.type = RS_CTL_PLAN;
     o->client = pl->rq.client;
-    if (e) {
+    if (e == -ESHUTDOWN)
+        lg->s.legit_closes++;   /* the application meant its end: no error */
+    else if (e)
         lg->s.recovery_errors++;
+    if (e) {
         o->len = 0;
         o->data = NULL;
     }

@@ -24,7 +24,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
     struct rs_flow *f;
     struct rs_flow_track *t;
     __u32 hlen, i, evflags;
-    int at_pos;
+    int at_pos, at_end;
     __s64 diff;
 
     if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -69,6 +69,8 @@ int rs_splice_ingress(struct __sk_buff *skb)
     if (ip[0] != 0x45 || hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX)
         goto bad;
     at_pos = rs_splice_pos_at(&t->pos, tcp);
+    /* Before the update: whether a FIN or RST here really ends the stream. */
+    at_end = rs_splice_pos_is_end(&t->pos, tcp, skb->len - TCP_OFF - hlen, at_pos);
     if (at_pos || !f->guard || !(tcp[13] & 0x05))     /* a forged end does not move the position */
         track_seq(skb, &key, f, t, tcp, hlen);
     if (f->state == RS_FLOW_WATCH) {
@@ -92,7 +94,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
         struct rs_flow_track *pt = (tcp[13] & 0x04) ? 0 : bpf_map_lookup_elem(&rs_track, &f->peer);
 
         if (!(f->pass_fin && !(tcp[13] & 0x04)) && (!pt || !pt->pos.fin_seen)) {
-            if (!at_pos) {
+            if (!at_end) {
                 /* Not where the sender's stream stands: forged or stale,
                  * no failure signal (counted, dropped). */
                 __sync_fetch_and_add(&t->ends_refused, 1);
@@ -143,7 +145,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
         evflags |= RS_FLOW_SEEN_FIN;
     if (old[13] & 0x04)
         evflags |= RS_FLOW_SEEN_RST;
-    if (evflags && !at_pos) {
+    if (evflags && !at_end) {
         /* Forged or stale: passed on (the receiver's TCP judges it), but
          * no end of the splice (counted). */
         __sync_fetch_and_add(&t->ends_refused, 1);

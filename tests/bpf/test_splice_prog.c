@@ -189,17 +189,20 @@ static void program_translates_as_core_does(void **state)
     }
 }
 
-static int count_guarded_fin(void *ctx, void *data, size_t len)
+/* Counts FIN events: ctx[0] those held back (guarded), ctx[1] those passed. */
+static int count_fin(void *ctx, void *data, size_t len)
 {
     const struct rs_flow_event *e = data;
 
-    if (len >= sizeof(*e) && (e->flags & RS_FLOW_GUARDED) && (e->flags & RS_FLOW_SEEN_FIN))
-        ++*(int *)ctx;
+    if (len >= sizeof(*e) && (e->flags & RS_FLOW_SEEN_FIN))
+        ++((int *)ctx)[(e->flags & RS_FLOW_GUARDED) ? 0 : 1];
     return 0;
 }
 
 /* FROZEN, HOLD and ACKONLY-with-data drop; a guarded FIN is held back and
- * reported once; the track half follows the sender. */
+ * reported once, its retransmission passes and is reported once the flow is
+ * re-activated unguarded (a legitimate close); the track half follows the
+ * sender. */
 static void states_drop_and_guard(void **state)
 {
     uint8_t in[400], out[464];
@@ -208,7 +211,7 @@ static void states_drop_and_guard(void **state)
     struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_FROZEN, .ifindex = 1 };
     struct rs_flow_track t;
     struct ring_buffer *rb = NULL;
-    int events = 0;
+    int events[2] = { 0, 0 };
     uint32_t pos;
     size_t hdr = ETH_LEN + 20 + (size_t)(in[ETH_LEN + 32] >> 4) * 4;
 
@@ -232,16 +235,16 @@ static void states_drop_and_guard(void **state)
     assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
     assert_true(t.pos.has_seq);
     pos = t.pos.seq_next;
-    rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), count_guarded_fin, &events, NULL);
+    rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), count_fin, events, NULL);
     assert_non_null(rb);
     ring_buffer__consume(rb);               /* what earlier tests left */
-    events = 0;
+    events[0] = events[1] = 0;
     in[ETH_LEN + 33] |= RS_TCP_F_FIN;
     rs_splice_store32(in + ETH_LEN + 24, pos + 100000);      /* forged: far from the stream */
     set_checksums(in + ETH_LEN, len - ETH_LEN);
     assert_int_equal(run(in, len, out), TC_ACT_SHOT);
     ring_buffer__consume(rb);
-    assert_int_equal(events, 0);
+    assert_int_equal(events[0] + events[1], 0);
     assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
     assert_int_equal(t.ends_refused, 1);
     assert_int_equal(t.pos.seq_next, pos);
@@ -251,10 +254,21 @@ static void states_drop_and_guard(void **state)
     assert_int_equal(run(in, len, out), TC_ACT_SHOT);
     assert_int_equal(run(in, len, out), TC_ACT_SHOT);         /* again (stale now): not reported twice */
     ring_buffer__consume(rb);
-    assert_int_equal(events, 1);
-    ring_buffer__free(rb);
+    assert_int_equal(events[0], 1);
+    assert_int_equal(events[1], 0);
     assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
     assert_true(t.pos.fin_seen);
+    /* The logger said the application meant it: re-activated unguarded, the
+     * FIN's retransmission passes and ends the splice. */
+    fl.guard = 0;
+    fl.gen++;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_flows), &k, &fl, BPF_ANY), 0);  /* track kept */
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    ring_buffer__consume(rb);
+    assert_int_equal(events[1], 1);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
+    assert_int_equal(t.ends_refused, 1);       /* only the forged one */
+    ring_buffer__free(rb);
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
 }

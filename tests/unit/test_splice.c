@@ -950,9 +950,19 @@ static void position_follows_the_sender(void **state)
     s.flags = RS_TCP_F_ACK | RS_TCP_F_FIN;
     pkt = build_pkt(&s, &len);
     assert_true(rs_splice_pos_at(&p, pkt + 20));  /* exactly at its end */
+    assert_false(rs_splice_pos_is_end(&p, pkt + 20, 0, 0));
     rs_splice_pos_update(&p, pkt + 20, 0, &has_ack);
     assert_int_equal(p.seq_next, 0x56u);
     assert_true(p.fin_seen);
+    /* Its retransmission (held back the first time) is still the end... */
+    assert_false(rs_splice_pos_at(&p, pkt + 20));
+    assert_true(rs_splice_pos_is_end(&p, pkt + 20, 0, 0));
+    assert_false(rs_splice_pos_is_end(&p, pkt + 20, 1, 0));
+    free(pkt);
+    s.flags = RS_TCP_F_ACK | RS_TCP_F_RST;         /* ...a RST there is not */
+    pkt = build_pkt(&s, &len);
+    assert_false(rs_splice_pos_is_end(&p, pkt + 20, 0, 0));
+    assert_true(rs_splice_pos_is_end(&p, pkt + 20, 0, 1));
     free(pkt);
 }
 
