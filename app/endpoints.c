@@ -170,10 +170,8 @@ static void ep_counter(struct rs_app *app, struct app_conn *c, const char *path,
     }
     app->stats[ST_REQ_COUNTER_UPDATE]++;
     app->counter++;
-    snprintf(body, sizeof(body), "counter=%" PRIu64, app->counter);
-    int r = state_update(app, c, body, 0);
-    strcat(body, "\n");
-    resp_after_update(app, c, r, body);
+    snprintf(body, sizeof(body), "counter=%" PRIu64 "\n", app->counter);
+    resp_after_update(app, c, state_update(app, c, APP_COUNTER_INCREMENT, 0), body);
 }
 
 /* GET|POST /token: 128 random bits.  On the alternate, a token recorded by
@@ -222,10 +220,8 @@ static void ep_upload(struct rs_app *app, struct app_conn *c, const char *path, 
         return resp_text(c, 400, body);
     }
     app->counter++;
-    snprintf(body, sizeof(body), "counter=%" PRIu64, app->counter);
-    int r = state_update(app, c, body, 0);
     snprintf(body, sizeof(body), "upload=%" PRIu64 " counter=%" PRIu64 "\n", c->req.body_bytes, app->counter);
-    resp_after_update(app, c, r, body);
+    resp_after_update(app, c, state_update(app, c, APP_COUNTER_INCREMENT, 0), body);
 }
 
 /* GET|HEAD /slow?bytes=N&chunk=K&delay=D[&seed=S]: N content bytes in chunks

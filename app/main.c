@@ -60,7 +60,8 @@ static void usage(FILE *f)
         "  --listen ADDR:PORT   IPv4 address and port to serve (default 0.0.0.0:8080)\n"
         "  --id NAME            name in log and stats lines (default app)\n"
         "  --log FILE           append event logs to FILE instead of stderr\n"
-        "  --state BLOB[@TXN]   apply a state blob at start (repeatable): counter=41, or\n"
+        "  --state BLOB[@TXN]   apply a state blob at start (repeatable): counter=41 (a\n"
+        "                       value), counter+=1 (an update's state: an increment), or\n"
         "                       token=<32 hex>@10.0.0.1:40000#3 to answer that token to\n"
         "                       that transaction's /token, as the alternate does on replay\n"
         "  --sync-delay DUR     hold each non-deterministic response DUR (e.g. 5ms),\n"
@@ -177,7 +178,7 @@ int main(int argc, char **argv)
 
         if ((at && rs_txn_id_parse(at + 1, &id) < 0) ||
             rs_app_state_apply(&app, id, states.blob[i], len) < 0) {
-            fprintf(stderr, "rs-app: bad --state '%s' (want counter=N or token=<32 hex>@TXN_ID)\n",
+            fprintf(stderr, "rs-app: bad --state '%s' (want counter=N, counter+=N or token=<32 hex>@TXN_ID)\n",
                     states.blob[i]);
             return 2;
         }

@@ -65,6 +65,16 @@ struct aux_ordinal {
     uint64_t touched_ns;
 };
 
+/* Which backend re-ran a transaction after a failover: from then on it
+ * alone acts for it (fencing at the mail store: the failed-over backend may
+ * only have hung, and resumed it would send its mail a second time). */
+struct aux_rerun {
+    struct aux_rerun *hnext;
+    rs_txn_id txn;
+    uint32_t ip;
+    uint64_t touched_ns;
+};
+
 struct aux_buf {
     uint8_t *p;
     size_t len, cap;
@@ -123,10 +133,12 @@ struct auxlog {
     uint64_t next_id;
     struct aux_record *rtab[AUX_HASH_BUCKETS];
     struct aux_ordinal *otab[AUX_HASH_BUCKETS];
+    struct aux_rerun *xtab[AUX_HASH_BUCKETS];
     struct aux_record *oldest, *newest;
     uint64_t n_records, record_bytes;
     /* stats */
-    uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, stale, errors, refused;
+    uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, stale, errors, refused,
+        superseded;
 };
 
 static inline const char *proto_name(enum rs_aux_proto p)
@@ -148,6 +160,10 @@ struct aux_record *record_find(struct auxlog *a, enum rs_aux_proto p, rs_txn_id 
 /* The ordinal of the next conversation backend 'ip' opens for 'txn', or a
  * negative errno. */
 int ordinal_next(struct auxlog *a, enum rs_aux_proto p, rs_txn_id txn, uint32_t ip);
+/* The backend that re-ran 'txn' last (0: none within --ttl); records that
+ * 'ip' re-runs it now.  rerun_set returns 0 or -ENOMEM. */
+uint32_t rerun_owner(struct auxlog *a, rs_txn_id txn);
+int rerun_set(struct auxlog *a, rs_txn_id txn, uint32_t ip);
 /* Appends a unit with client bytes 'c' (and 'clen'); extends unit 'i''s
  * client bytes; appends reply bytes to unit 'i'.  Return 0 or -ENOMEM. */
 int record_push(struct auxlog *a, struct aux_record *r, const uint8_t *c, size_t clen,
@@ -169,6 +185,8 @@ int to_client(struct aux_conv *c, const void *p, size_t n);
 int to_upstream(struct aux_conv *c, const void *p, size_t n);
 /* Drops the first 'n' bytes of 'b'. */
 void buf_drop(struct aux_buf *b, size_t n);
+/* Ends 'c' (both sockets closed, its record let go), logging 'why'. */
+void conv_close(struct auxlog *a, struct aux_conv *c, const char *why);
 /* The conversation goes on relaying only (its record is closed, 'why'). */
 void conv_stop_recording(struct auxlog *a, struct aux_conv *c, const char *why);
 

@@ -108,7 +108,7 @@ static const char *mode_name(const struct aux_conv *c)
     return "live";
 }
 
-static void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
+void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
 {
     char txn[RS_TXN_ID_STRLEN] = "-";
 
@@ -306,6 +306,10 @@ static void conv_event(struct auxlog *a, struct aux_conv *c, bool upstream, uint
     }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
         e = upstream ? (c->connecting ? 0 : on_upstream_read(a, c)) : on_client_read(a, c);
+        if (e == -EACCES) {     /* another backend re-runs its transaction */
+            conv_close(a, c, "superseded");
+            return;
+        }
         if (e < 0) {
             conv_error(a, c, upstream ? "upstream" : "backend", e);
             return;

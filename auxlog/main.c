@@ -22,9 +22,10 @@ static void print_stats(void *ctx)
 
     printf("stats: open=%u conns=%" PRIu64 " live=%" PRIu64 " unmarked=%" PRIu64 " replayed=%" PRIu64
            " caught_up=%" PRIu64 " diverged=%" PRIu64 " records=%" PRIu64 " record_bytes=%" PRIu64
-           " expired=%" PRIu64 " evicted=%" PRIu64 " stale=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64 "\n",
+           " expired=%" PRIu64 " evicted=%" PRIu64 " stale=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64
+           " superseded=%" PRIu64 "\n",
            a->n_convs, a->conns, a->live, a->unmarked, a->replayed, a->caught_up, a->diverged, a->n_records,
-           a->record_bytes, a->expired, a->evicted, a->stale, a->errors, a->refused);
+           a->record_bytes, a->expired, a->evicted, a->stale, a->errors, a->refused, a->superseded);
     fflush(stdout);
 }
 

@@ -151,7 +151,7 @@ void records_expire(struct auxlog *a)
         a->expired++;
         record_unkey(a, r);
     }
-    for (unsigned b = 0; b < AUX_HASH_BUCKETS; b++)
+    for (unsigned b = 0; b < AUX_HASH_BUCKETS; b++) {
         for (struct aux_ordinal **pp = &a->otab[b]; *pp;) {
             struct aux_ordinal *o = *pp;
             if (now - o->touched_ns >= a->ttl_ns) {
@@ -161,6 +161,43 @@ void records_expire(struct auxlog *a)
                 pp = &o->hnext;
             }
         }
+        for (struct aux_rerun **pp = &a->xtab[b]; *pp;) {
+            struct aux_rerun *x = *pp;
+            if (now - x->touched_ns >= a->ttl_ns) {
+                *pp = x->hnext;
+                free(x);
+            } else {
+                pp = &x->hnext;
+            }
+        }
+    }
+}
+
+uint32_t rerun_owner(struct auxlog *a, rs_txn_id txn)
+{
+    for (struct aux_rerun *x = a->xtab[key_hash(RS_AUX_IMAP, txn, 0)]; x; x = x->hnext)
+        if (x->txn == txn)
+            return x->ip;
+    return 0;
+}
+
+int rerun_set(struct auxlog *a, rs_txn_id txn, uint32_t ip)
+{
+    unsigned h = key_hash(RS_AUX_IMAP, txn, 0);
+    struct aux_rerun *x;
+
+    for (x = a->xtab[h]; x && x->txn != txn; x = x->hnext)
+        ;
+    if (!x) {
+        if (!(x = calloc(1, sizeof(*x))))
+            return -ENOMEM;
+        x->txn = txn;
+        x->hnext = a->xtab[h];
+        a->xtab[h] = x;
+    }
+    x->ip = ip;
+    x->touched_ns = rs_mono_ns();
+    return 0;
 }
 
 /* Returns the ordinal of 'ip's next conversation for 'txn', or -ENOMEM. */

@@ -108,14 +108,46 @@ static void records_drop_stale(struct auxlog *a, enum rs_aux_proto p, rs_txn_id 
     }
 }
 
+/* Backend 'c->peer' re-runs 'txn' after a failover: it alone acts for it
+ * from now on.  Another backend's conversations of it still open are cut
+ * (a cut SMTP DATA sends nothing): that backend was failed over and fenced,
+ * and if it only hung, resumed it would send its mail a second time (found
+ * by make fault-campaign: a SIGSTOP of Roundcube's php-cgi mid-send). */
+static int rerun_claim(struct auxlog *a, struct aux_conv *c, rs_txn_id txn)
+{
+    int e = rerun_set(a, txn, c->peer.ip);
+
+    for (struct aux_conv *x = a->convs, *next; x; x = next) {
+        next = x->next;
+        if (x != c && x->marked && x->txn == txn && x->peer.ip != c->peer.ip) {
+            a->superseded++;
+            rs_log("cut %s backend=%s txn=%s ordinal=%u: re-run by %s", proto_name(x->proto), RS_A(x->peer),
+                   RS_TXN(txn), x->ordinal, RS_A(c->peer));
+            conv_close(a, x, "superseded");
+        }
+    }
+    return e;
+}
+
 /* 'rerun': the marker says the backend runs 'txn' again after a failover;
- * only then may another backend's record answer it. */
+ * only then may another backend's record answer it.  Returns 0, -EACCES
+ * when another backend re-runs 'txn' (this one must not act for it), or
+ * another negative errno. */
 static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn, bool rerun)
 {
-    int ord = ordinal_next(a, c->proto, txn, c->peer.ip);
+    uint32_t owner = rerun_owner(a, txn);
     struct aux_record *r;
+    int ord, e;
 
-    if (ord < 0)
+    if (!rerun && owner && owner != c->peer.ip) {
+        a->superseded++;
+        rs_log("refused %s backend=%s txn=%s: re-run by %u.%u.%u.%u", proto_name(c->proto), RS_A(c->peer),
+               RS_TXN(txn), owner >> 24, (owner >> 16) & 255, (owner >> 8) & 255, owner & 255);
+        return -EACCES;
+    }
+    if (rerun && (e = rerun_claim(a, c, txn)) < 0)
+        return e;
+    if ((ord = ordinal_next(a, c->proto, txn, c->peer.ip)) < 0)
         return ord;
     c->marked = true;
     c->txn = txn;

@@ -20,7 +20,10 @@
  *      the transactions were logged; apply them (or report why not).  That
  *      order holds per client connection only: across connections a
  *      state made earlier can come later, so a snapshot state must carry
- *      what tells the newer one (a version, a sequence number).  A
+ *      what tells the newer one (a version, a sequence number), or the
+ *      state must be a change that commutes (an increment: the alternate
+ *      re-executes the transactions whose state it lacks on its own
+ *      state, and a snapshot would swallow such an update).  A
  *      transaction whose state was applied here and that is then replayed
  *      here sends no update back (rs_state_update returns 0 and counts it).
  *   4. When a transaction ends before its held response was resumed (its

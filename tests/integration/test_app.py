@@ -556,12 +556,13 @@ class TestLogsAndSignals(AppCase):
 
 
 class TestStartState(AppCase):
-    args = ("--state", "counter=41")
+    # A value, then increments (an update's state): they add, in any order.
+    args = ("--state", "counter=41", "--state", "counter+=2", "--state", "counter+=1")
 
     def test_state_blob_applied(self):
         c = self.app.http()
-        self.assertEqual(self.get(c, "GET", "/counter")[1], b"counter=41\n")
-        self.assertEqual(self.get(c, "POST", "/counter", body=b"")[1], b"counter=42\n")
+        self.assertEqual(self.get(c, "GET", "/counter")[1], b"counter=44\n")
+        self.assertEqual(self.get(c, "POST", "/counter", body=b"")[1], b"counter=45\n")
 
     def test_recorded_token_replayed(self):
         # The alternate answers a replayed /token with the primary's token.
@@ -585,9 +586,13 @@ class TestStartState(AppCase):
 
     def test_bad_state_blob(self):
         for blob in ("counter=", "counter=x", "token=abc", "nothing", "counter=1@10.0.0.1:80",
-                     "token=" + "0" * 31 + "g@10.0.0.1:80#1", "counter=18446744073709551616"):
+                     "token=" + "0" * 31 + "g@10.0.0.1:80#1", "counter=18446744073709551616", "counter+=",
+                     "counter+=-1", "counter++"):
             r = subprocess.run([APP, "--state", blob], capture_output=True, text=True, timeout=TIMEOUT)
             self.assertEqual(r.returncode, 2, blob)
+        r = subprocess.run([APP, "--state", "counter=18446744073709551615", "--state", "counter+=1"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 2, "an increment past the counter's range")
 
 
 class TestHeldResponse(AppCase):

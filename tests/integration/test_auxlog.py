@@ -413,22 +413,52 @@ class AuxlogCase(unittest.TestCase):
         self.assertEqual((a1, a2), (r1, r2))
         self.assertEqual(self.count(), before + 2)
 
-    def test_e2_ordinals_after_a_take_over(self):
-        """After the alternate took ordinal 0 over (catch-up), the primary's
-        next conversation for the same transaction is its ordinal 1 (live),
-        and the alternate's ordinal 1 replays that one."""
+    def test_e2_after_a_take_over_only_the_rerunner_acts(self):
+        """After the alternate re-ran a transaction (here: caught up on the
+        primary's cut conversation), the primary — failed over, perhaps
+        only hung — may not act for it any more: its next conversation for
+        it is refused at the marker, and the alternate's second one goes
+        live (nothing of the primary's to replay)."""
         txn = "10.0.1.3:40001#1"
-        before = self.count()
+        before, s0 = self.count(), self.stats()
         smtp_send(PRIMARY, self.aux_smtp, txn, "e2-primary", cut_mid_data=True)
         self.wait_log(r"end smtp backend=127\.0\.0\.2:\d+ txn=10\.0\.1\.3:40001#1 ")
         smtp_send(ALTERNATE, self.aux_smtp, txn, "e2-alternate", rerun=True)   # caught up: owner is now .3
         self.assertEqual(self.count(), before + 1)
-        # The primary (a different IP) with ordinal 1 is new: live.
-        smtp_send(PRIMARY, self.aux_smtp, txn, "e2-primary-2")
-        self.assertEqual(self.count(), before + 2)
-        # The alternate's ordinal-1 conversation finds the primary's record: replay.
+        with self.assertRaises(ConnectionError):
+            smtp_send(PRIMARY, self.aux_smtp, txn, "e2-primary-2")
+        self.wait_log(r"refused smtp backend=127\.0\.0\.2:\d+ txn=10\.0\.1\.3:40001#1: re-run by 127\.0\.0\.3")
+        self.assertEqual(self.count(), before + 1)
         smtp_send(ALTERNATE, self.aux_smtp, txn, "e2-alternate-2", rerun=True)
         self.assertEqual(self.count(), before + 2)
+        self.assertEqual(self.stats()["superseded"] - s0["superseded"], 1)
+
+    def test_e4_rerun_cuts_a_hung_backends_conversation(self):
+        """The primary hangs mid-DATA (its conversation still open), the
+        alternate re-runs the transaction: the primary's conversation is
+        cut, so when it resumes its message goes nowhere — one mail."""
+        txn = "10.0.1.3:40003#2"
+        before, s0 = self.count(), self.stats()
+        c = Conn(PRIMARY, self.aux_smtp)
+        smtp_reply(c)
+        for cmd in (f"EHLO {marker_label(txn)}.resplice.test\r\n", "MAIL FROM:<alice@resplice.test>\r\n",
+                    "RCPT TO:<bob@resplice.test>\r\n", "DATA\r\n"):
+            c.send(cmd.encode())
+            smtp_reply(c)
+        body = message("e4-primary")
+        c.send(body[: len(body) // 2])
+        time.sleep(0.2)
+        r2 = smtp_send(ALTERNATE, self.aux_smtp, txn, "e4-alternate", rerun=True)
+        self.assertTrue(r2[-2].startswith(b"250 2.0.0 Ok"), r2)
+        self.wait_log(r"cut smtp backend=127\.0\.0\.2:\d+ txn=10\.0\.1\.3:40003#2 ordinal=0: re-run by 127\.0\.0\.3")
+        # The primary resumes: the rest of its message and the end of DATA.
+        with self.assertRaises((ConnectionError, OSError)):
+            c.send(body[len(body) // 2:] + b".\r\n")
+            smtp_reply(c)
+        c.close()
+        time.sleep(0.3)
+        self.assertEqual(self.count(), before + 1)
+        self.assertEqual(self.stats()["superseded"] - s0["superseded"], 1)
 
     def test_e3_first_run_is_never_replayed(self):
         """A reused client port: the same transaction ID comes as a first run
