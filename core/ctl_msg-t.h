@@ -197,6 +197,11 @@ struct rs_ctl_recover {
      * (or gives up waiting after a few ms). */
     bool has_seen;
     uint32_t client_ack, client_seq_end;
+    /* The failed backend's newest ACK of the client's bytes, in the
+     * client's numbering: the client will not send those bytes again, so a
+     * plan whose log lacks any of them cannot be right. */
+    bool has_server_ack;
+    uint32_t server_ack;
 };
 
 /* Flags of rs_ctl_plan. */

@@ -43,6 +43,7 @@ struct lg_plan {
     uint32_t isn;                 /* the connection's client ISN: the same incarnation throughout */
     enum plan_step step;
     int settle_ms;
+    uint64_t budget_ns;           /* from the start to the deadline */
     uint64_t t0_us, t_query, t_apply, t_replay;
     struct rs_timer timer, deadline;
     struct rs_ctl_call call;
@@ -110,8 +111,10 @@ static uint32_t build_input(struct lg_conn *c, struct rs_recovery_txn *txns, str
     return first;
 }
 
-/* Can the log of 'c' back a recovery at all?  Returns 0 or -errno. */
-static int loggable(const struct lg_conn *c)
+/* Can the log of 'c' back a recovery at all ('rq': what the proxy saw, or
+ * NULL)?  Returns 0 or -errno; -ENOBUFS: request bytes the backend
+ * acknowledged are not in the log (yet, when the capture lags). */
+static int loggable(const struct lg_conn *c, const struct rs_ctl_recover *rq)
 {
     uint32_t logged;
 
@@ -128,6 +131,10 @@ static int loggable(const struct lg_conn *c)
     if (c->fin[LG_REQ] && c->fin_seq[LG_REQ] == logged)
         logged++;
     if ((c->inc != LG_INC_NONE && c->inc_dir == LG_REQ) || (c->has_ack_srv && rs_seq_gt(c->ack_srv, logged)))
+        return -ENOBUFS;
+    /* The proxy saw the backend's newest ACK; the mirror's copy of it may
+     * still be in the capture's backlog with the bytes it acknowledges. */
+    if (rq && rq->has_server_ack && rs_seq_gt(rq->server_ack, logged))
         return -ENOBUFS;
     return 0;
 }
@@ -537,6 +544,7 @@ static void settle(struct rs_timer *t)
     struct logger *lg = pl->lg;
     struct lg_conn *c;
     struct rs_ctl_msg m = { .type = RS_CTL_STATE_QUERY };
+    bool lacking;
     int e;
 
     /* The mirror's copies of the last segments may still be in the capture
@@ -545,7 +553,17 @@ static void settle(struct rs_timer *t)
      * acknowledges: process what is there, and give stragglers a few ms. */
     lg_capture_drain(lg);
     c = lg_conn_find(lg, pl->rq.client.ip4, pl->rq.client.port);
-    if ((!c || loggable(c) == -ENOBUFS || behind(c, &pl->rq)) && pl->settle_ms++ < RECOVER_SETTLE_MS) {
+    lacking = c && loggable(c, &pl->rq) == -ENOBUFS;
+    if ((!c || lacking || behind(c, &pl->rq)) && pl->settle_ms++ < RECOVER_SETTLE_MS) {
+        rs_timer_after(&lg->loop, &pl->timer, 1000000);
+        return;
+    }
+    /* Bytes the backend acknowledged are still missing: a capture that
+     * lags (a loaded machine) brings them later.  Wait while half the
+     * budget is left for the rest of the plan; without them the plan would
+     * hand the alternate a request with a hole the client never fills. */
+    if (lacking && remaining(pl) > pl->budget_ns / 2) {
+        pl->settle_ms++;
         rs_timer_after(&lg->loop, &pl->timer, 1000000);
         return;
     }
@@ -555,9 +573,10 @@ static void settle(struct rs_timer *t)
     }
     if (pl->settle_ms)
         rs_log("recover client=%s settled in %d ms%s", RS_A(((struct rs_addr){ c->ip, c->port })), pl->settle_ms,
-               behind(c, &pl->rq) ? " (the log is still behind the proxy's view)" : "");
+               behind(c, &pl->rq) ? " (the log is still behind the proxy's view)"
+               : lacking ? " (the log still lacks bytes the backend acknowledged)" : "");
     pl->isn = c->isn[LG_REQ];
-    if ((e = loggable(c))) {
+    if ((e = loggable(c, &pl->rq))) {
         plan_reply(pl, e);
         return;
     }
@@ -599,7 +618,8 @@ void lg_plan_start(struct logger *lg, uint64_t conn_id, const struct rs_ctl_msg 
     lg->n_plans++;
     rs_timer_init(&pl->timer, settle, pl);
     rs_timer_init(&pl->deadline, on_deadline, pl);
-    rs_timer_after(&lg->loop, &pl->deadline, budget > 2 * BUDGET_MARGIN_NS ? budget - BUDGET_MARGIN_NS : budget / 2);
+    pl->budget_ns = budget > 2 * BUDGET_MARGIN_NS ? budget - BUDGET_MARGIN_NS : budget / 2;
+    rs_timer_after(&lg->loop, &pl->deadline, pl->budget_ns);
     settle(&pl->timer);
 }
 

@@ -594,6 +594,7 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
     struct rs_ctl_msg req = { .type = RS_CTL_RECOVER };
     struct recovery *rec;
     uint64_t budget_ms = p->recovery_ns / 1000000;
+    bool spliced = pc->phase == PC_SPLICED;
     int e;
 
     if (pc->rec || (pc->phase != PC_SPLICED && pc->phase != PC_RELAY))
@@ -638,13 +639,19 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
     req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
                                              (uint16_t)(budget_ms > 65535 ? 65535 : budget_ms), rec->backend_id,
                                              { p->backends[p->alternate].addr.ip, p->backends[p->alternate].addr.port },
-                                             false, 0, 0 };
+                                             false, 0, 0, false, 0 };
     {
-        struct px_flow_info fc;
+        struct px_flow_info fc, fb;
         if (!px_dp_get(p->dp, &kc, &fc) && fc.t.pos.has_ack && fc.t.pos.has_seq) {
             req.u.recover.has_seen = true;
             req.u.recover.client_ack = fc.t.pos.ack_max;
             req.u.recover.client_seq_end = fc.t.pos.seq_next;
+        }
+        /* Spliced: what the backend acknowledged of the client's bytes,
+         * in the client's numbering (relayed, the proxy's socket did). */
+        if (spliced && !px_dp_get(p->dp, &kb, &fb) && fb.t.pos.has_ack) {
+            req.u.recover.has_server_ack = true;
+            req.u.recover.server_ack = fb.t.pos.ack_max + fb.cfg.dir.ack_delta;
         }
     }
     rec->step = REC_PLAN;

@@ -157,6 +157,8 @@ static void roundtrip(const struct rs_ctl_key *key, const uint8_t *data, size_t 
         m.u.recover.has_seen = take(&r, 1) & 1;
         m.u.recover.client_ack = (uint32_t)take(&r, 4);
         m.u.recover.client_seq_end = (uint32_t)take(&r, 4);
+        m.u.recover.has_server_ack = take(&r, 1) & 1;
+        m.u.recover.server_ack = (uint32_t)take(&r, 4);
         break;
     case RS_CTL_PLAN: {
         struct rs_ctl_plan *b = &m.u.plan;

@@ -102,7 +102,7 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
     case 13:
         m->type = RS_CTL_RECOVER;
         m->u.recover = (struct rs_ctl_recover){ { 0x0a000101u, 5555 }, 800, 1, { 0x0a00000cu, 8080 }, true,
-                                                0xfffffff0u, 0x12345678u };
+                                                0xfffffff0u, 0x12345678u, true, 0x12340000u };
         break;
     case 14:
         m->type = RS_CTL_PLAN;
@@ -612,7 +612,7 @@ static void bad_fields_rejected(void **state)
     DECODE_BAD_N(8, P(0), 4, 0);/* transaction ID without client address */
     DECODE_BAD(10, P(14), 2);   /* unknown CONN_MAP flag */
     DECODE_BAD(10, P(15), 1);   /* padding */
-    DECODE_BAD(13, P(18), 2);   /* RECOVER's has_seen is 0 or 1 */
+    DECODE_BAD(13, P(18), 4);   /* RECOVER's flags: has_seen, has_server_ack */
     DECODE_BAD(13, P(19), 1);   /* padding */
     DECODE_BAD_N(17, P(6), 2, 0);/* suspect reason 0 */
     DECODE_BAD(17, P(7), RS_CTL_SUSPECT_MAX + 1);
@@ -662,6 +662,7 @@ static void invalid_messages(void **state)
     BAD_MSG(6, m.u.resplice.vip.port = 0);
     BAD_MSG(6, m.u.resplice.target.ip4 = 0);
     BAD_MSG(13, (m.u.recover.has_seen = false, m.u.recover.client_ack = 1));
+    BAD_MSG(13, (m.u.recover.has_server_ack = false, m.u.recover.server_ack = 1));
     BAD_MSG(7, m.u.ack.status = 1);
     BAD_MSG(7, m.u.ack.echo_seq = 0);
     BAD_MSG(8, m.u.state_update.data = NULL);
