@@ -55,23 +55,17 @@ struct aux_record {
     uint64_t touched_ns;
 };
 
-/* How many conversations a backend opened for one transaction. */
+/* How many conversations a backend opened for one transaction ('otab'); or,
+ * in 'xtab', which backend ('ip') re-ran a transaction after a failover:
+ * from then on it alone acts for it (fencing at the mail store: the
+ * failed-over backend may only have hung, and resumed it would send its
+ * mail a second time). */
 struct aux_ordinal {
     struct aux_ordinal *hnext;
     enum rs_aux_proto proto;
     rs_txn_id txn;
     uint32_t ip;
     unsigned count;
-    uint64_t touched_ns;
-};
-
-/* Which backend re-ran a transaction after a failover: from then on it
- * alone acts for it (fencing at the mail store: the failed-over backend may
- * only have hung, and resumed it would send its mail a second time). */
-struct aux_rerun {
-    struct aux_rerun *hnext;
-    rs_txn_id txn;
-    uint32_t ip;
     uint64_t touched_ns;
 };
 
@@ -133,7 +127,7 @@ struct auxlog {
     uint64_t next_id;
     struct aux_record *rtab[AUX_HASH_BUCKETS];
     struct aux_ordinal *otab[AUX_HASH_BUCKETS];
-    struct aux_rerun *xtab[AUX_HASH_BUCKETS];
+    struct aux_ordinal *xtab[AUX_HASH_BUCKETS];
     struct aux_record *oldest, *newest;
     uint64_t n_records, record_bytes;
     /* stats */

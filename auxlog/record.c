@@ -140,6 +140,19 @@ void records_evict(struct auxlog *a)
     }
 }
 
+static void expire_chain(struct aux_ordinal **pp, uint64_t now, uint64_t ttl)
+{
+    while (*pp) {
+        struct aux_ordinal *o = *pp;
+        if (now - o->touched_ns >= ttl) {
+            *pp = o->hnext;
+            free(o);
+        } else {
+            pp = &o->hnext;
+        }
+    }
+}
+
 void records_expire(struct auxlog *a)
 {
     uint64_t now = rs_mono_ns();
@@ -152,30 +165,14 @@ void records_expire(struct auxlog *a)
         record_unkey(a, r);
     }
     for (unsigned b = 0; b < AUX_HASH_BUCKETS; b++) {
-        for (struct aux_ordinal **pp = &a->otab[b]; *pp;) {
-            struct aux_ordinal *o = *pp;
-            if (now - o->touched_ns >= a->ttl_ns) {
-                *pp = o->hnext;
-                free(o);
-            } else {
-                pp = &o->hnext;
-            }
-        }
-        for (struct aux_rerun **pp = &a->xtab[b]; *pp;) {
-            struct aux_rerun *x = *pp;
-            if (now - x->touched_ns >= a->ttl_ns) {
-                *pp = x->hnext;
-                free(x);
-            } else {
-                pp = &x->hnext;
-            }
-        }
+        expire_chain(&a->otab[b], now, a->ttl_ns);
+        expire_chain(&a->xtab[b], now, a->ttl_ns);
     }
 }
 
 uint32_t rerun_owner(struct auxlog *a, rs_txn_id txn)
 {
-    for (struct aux_rerun *x = a->xtab[key_hash(RS_AUX_IMAP, txn, 0)]; x; x = x->hnext)
+    for (struct aux_ordinal *x = a->xtab[key_hash(RS_AUX_IMAP, txn, 0)]; x; x = x->hnext)
         if (x->txn == txn)
             return x->ip;
     return 0;
@@ -184,7 +181,7 @@ uint32_t rerun_owner(struct auxlog *a, rs_txn_id txn)
 int rerun_set(struct auxlog *a, rs_txn_id txn, uint32_t ip)
 {
     unsigned h = key_hash(RS_AUX_IMAP, txn, 0);
-    struct aux_rerun *x;
+    struct aux_ordinal *x;
 
     for (x = a->xtab[h]; x && x->txn != txn; x = x->hnext)
         ;
