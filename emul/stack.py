@@ -52,12 +52,7 @@ class Stack:
                     binary("rs-stated"), "--id", str(bid), "--listen", f"0.0.0.0:{STATED_PORT}",
                     "--app-socket", sock, "--key", self.key, "--peer", f"{s[peer]}:{STATED_PORT}",
                     "--logger", f"{s['logger']}:{LOGGER_CTL}", "--heartbeat", self.heartbeat], ready="listening")
-            self.d["logger"] = self.tb.start("logger", "logger", [
-                binary("rs-logger"), "--iface", "logger-eth0", "--vip", self.vip,
-                "--listen", f"0.0.0.0:{LOGGER_CTL}", "--resend", f"0.0.0.0:{LOGGER_RESEND}", "--key", self.key,
-                "--proxy", f"{s['proxy']}:{PROXY_CTL}", "--alternate-stated", f"{s['alternate']}:{STATED_PORT}",
-                "--backend", f"{PRIMARY_ID}={s['primary']}", "--backend", f"{ALTERNATE_ID}={s['alternate']}",
-                "--dead-after", self.dead_after] + self.logger_args, ready="listening")
+            self.start_logger()
         for host in ("primary", "alternate"):
             argv = [binary("rs-front" if self.front else "rs-app"), "--listen", f"0.0.0.0:{APP_PORT}",
                     "--id", host] + self.app_args
@@ -81,6 +76,18 @@ class Stack:
                      "--logger-resend", f"{s['logger']}:{LOGGER_RESEND}", "--stated-port", str(STATED_PORT)]
         self.d["proxy"] = self.tb.start("proxy", "proxy", argv + self.proxy_args, ready="listening")
         return self
+
+    def start_logger(self, name="logger"):
+        """Starts rs-logger (again, after a crash: its log then goes to
+        run/'name'.err, and log("logger") reads the new one)."""
+        s = SERVERS
+        self.d["logger"] = self.tb.start("logger", name, [
+            binary("rs-logger"), "--iface", "logger-eth0", "--vip", self.vip,
+            "--listen", f"0.0.0.0:{LOGGER_CTL}", "--resend", f"0.0.0.0:{LOGGER_RESEND}", "--key", self.key,
+            "--proxy", f"{s['proxy']}:{PROXY_CTL}", "--alternate-stated", f"{s['alternate']}:{STATED_PORT}",
+            "--backend", f"{PRIMARY_ID}={s['primary']}", "--backend", f"{ALTERNATE_ID}={s['alternate']}",
+            "--dead-after", self.dead_after] + self.logger_args, ready="listening")
+        return self.d["logger"]
 
     def log(self, name):
         with open(self.d[name].err) as f:

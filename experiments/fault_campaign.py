@@ -630,6 +630,9 @@ def main():
         faults = ["none"] + [f for f in faults if f != "none"]
     os.makedirs(args.out, exist_ok=True)
     args.work = os.path.join(args.out, "run")
+    # One campaign, one run directory: an earlier campaign's logs would be
+    # judged again (a stale sanitizer report failed every trial).
+    shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work, exist_ok=True)
     table = os.path.join(args.out, "trials.csv")
     if os.path.exists(table):       # one campaign, one table

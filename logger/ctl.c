@@ -21,6 +21,20 @@ static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         rs_log("peer %s=%s: unexpected %s", c->name, RS_A(c->addr), rs_ctl_type_str(m->type));
 }
 
+/* Up (again): the alternate's rs-stated learns at once that this
+ * connection is the logger's (a HEARTBEAT of role LOGGER), so it knows the
+ * logger gone when it closes, even before any TXN_LOGGED (else the states
+ * it buffered would wait for ever). */
+static void on_stated_state(struct rs_ctlconn *c, int err)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_HEARTBEAT };
+
+    if (err)
+        return;
+    m.u.heartbeat.role = RS_CTL_ROLE_LOGGER;
+    rs_ctl_send(c, &m);
+}
+
 void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_TXN_LOGGED };
@@ -28,7 +42,8 @@ void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end)
     if (!lg->has_stated || !lg->st.loop)
         return;
     m.u.txn_logged = (struct rs_ctl_txn_logged){ txn, resp_end };
-    rs_ctl_send(&lg->st, &m);
+    if (rs_ctl_send(&lg->st, &m) == 0)
+        lg->s.txn_logged_sent++;
 }
 
 void lg_ctl_unlogged(struct logger *lg, rs_txn_id from)
@@ -113,7 +128,7 @@ int lg_ctl_setup(struct logger *lg)
                         on_peer_msg, NULL, lg);
     if (lg->has_stated)
         rs_ctlconn_peer(&lg->st, &lg->loop, "stated", lg->stated, &lg->key, &lg->seq, LG_SENDER_STATED,
-                        LG_PEER_QUEUE, on_peer_msg, NULL, lg);
+                        LG_PEER_QUEUE, on_peer_msg, on_stated_state, lg);
     if ((e = lg_live_start(lg))) {
         rs_log("cannot start the liveness thread: %s", strerror(-e));
         return e;

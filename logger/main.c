@@ -207,7 +207,7 @@ static void print_stats(void *ctx)
            " ctl_rejected=%" PRIu64 " planning=%u hb_max_gap_us=%" PRIu64,
            ps.received, ps.dropped, ps.ifdropped, lg->nconns, s->nl_midstream + s->nl_nomem + s->nl_limit,
            s->inc_refused + s->inc_conflict + s->inc_http + s->inc_truncated + s->inc_gap,
-           lg->has_stated ? lg->st.frames : 0, lg->has_stated ? lg->st.dropped : 0, lg->budget.used,
+           s->txn_logged_sent, lg->has_stated ? lg->st.dropped : 0, lg->budget.used,
            lg->budget.refused, s->ctl_rejected + lg->ctlsrv.rejected, lg->n_plans, max_gap / 1000);
     rs_stats_fields(stdout, s, fields, sizeof(fields) / sizeof(fields[0]));
     printf("\n");

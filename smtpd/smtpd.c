@@ -599,5 +599,9 @@ int main(int argc, char **argv)
         return 1;
     }
     print_stats(&s);
+    while (s.conns)
+        conn_close(&s, s.conns);
+    rs_server_close(&s.server);
+    rs_loop_fini(&s.loop);
     return 0;
 }

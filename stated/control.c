@@ -217,7 +217,8 @@ static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
     rs_ctl_ack(cc, m, 0);
 }
 
-/* The logger's TXN_LOGGED and UNLOGGED come on its connection. */
+/* The logger's TXN_LOGGED and UNLOGGED come on its connection; it says
+ * which it is as soon as it connects (a HEARTBEAT of role LOGGER). */
 static void logger_seen(struct stated *s, struct rs_ctlconn *cc)
 {
     if (s->logger_conn == cc->id)
@@ -253,7 +254,8 @@ void control_on_msg(struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
     struct stated *s = cc->ctx;
 
     s->st.ctl_frames++;
-    if ((m->type == RS_CTL_TXN_LOGGED || m->type == RS_CTL_UNLOGGED)
+    if ((m->type == RS_CTL_TXN_LOGGED || m->type == RS_CTL_UNLOGGED
+         || (m->type == RS_CTL_HEARTBEAT && m->u.heartbeat.role == RS_CTL_ROLE_LOGGER))
         && rs_ctl_sender_role(m->sender) == RS_CTL_ROLE_LOGGER)
         logger_seen(s, cc);     /* not an operator's rs-ctl standing in for it */
     switch (m->type) {

@@ -11,6 +11,8 @@ logs and stats, and a time bound.
   - a hung backend (SIGSTOP) found by the stall detector and failed over;
   - the logger or the alternate unreachable during a recovery: a RST
     within 1 s, nothing hangs;
+  - the logger restarted: connections it joined midway end with a RST on
+    their next failure, new ones are masked, no update is lost;
   - a partitioned primary (cut off from the logger only) is fenced: its
     late bytes are dropped, never delivered;
   - 200 connections mid-download fail over together, byte-exact, and the
@@ -413,6 +415,55 @@ class TestUnreachableDuringRecovery(Case):
 
     def test_alternate_down(self):
         self.crash_and_measure(lambda: self.tb.host_down("alternate"))
+
+
+class TestLoggerRestart(Case):
+    """The logger crashes mid-run and is restarted (issue 15): a restarted
+    logger cannot recover a connection it joined midway (it lacks its
+    history), so such a connection ends with a RST, counted, on its
+    backend's next failure; a connection opened after the restart is
+    logged whole and masked.  Meanwhile no update is lost: with the logger
+    gone the alternate applies every state as it arrives."""
+    clients = 2
+
+    def test_new_connections_masked_old_ones_end_cleanly(self):
+        cap_old, pcap_old = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        old = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                          "think 3s\nrequest POST /counter\n", name="old")
+        self.assertTrue(wait_until(lambda: file_contains(old.err, "step=0 response"), 10))
+        self.tb.kill(self.stack.d["logger"])
+        self.assertTrue(wait_until(lambda: "logger gone" in self.stack.log("stated-alternate"), 5),
+                        self.stack.log("stated-alternate"))
+        self.stack.start_logger("logger-restarted")
+        cap_new, pcap_new = self.tb.capture("c2", "c2", bpf_filter="tcp port 80")
+        new = self.client("request POST /counter\n  expect contains \"counter=2\"\n"
+                          f"request GET {SLOW}\n  expect content seed=0\n"
+                          "request POST /counter\n  expect contains \"counter=3\"\n", host="c2", name="new")
+        self.assertTrue(wait_until(lambda: file_contains(new.err, "step=0 response"), 10))
+        time.sleep(0.3)
+        t_crash = time.time()
+        self.stack.kill_primary()
+        new.popen.wait(30)
+        old.popen.wait(30)
+        time.sleep(0.3)
+        self.tb.stop_capture(cap_new)
+        self.tb.stop_capture(cap_old)
+        log = self.stack.log("proxy")
+        self.assert_transparent(new, pcap_new)
+        self.assertRegex(log, r"recovered id=2 ")
+        # The old connection, idle: a RST within 1 s of the crash, a counted
+        # reason; the client opens a new one for its next request, as a
+        # browser does with a keep-alive connection the server closed.
+        self.assertEqual(old.popen.returncode, 0, open(old.err).read()[-2000:])
+        self.assertEqual(len({r["local_port"] for r in self.rows(old)}), 2, self.rows(old))
+        rsts = rst_times(pcap_old)
+        self.assertTrue(rsts, "the old connection got no RST")
+        self.assertLess(rsts[0] - t_crash, 1.0)
+        self.assertRegex(log, r"close id=1 .*reason=unrecoverable rst=1")
+        self.assertRegex(self.stack.log("logger"), r"not-loggable client=10\.0\.1\.1:\d+ reason=mid-stream")
+        # Every update counted once: two of each client.
+        out = self.tb["c2"].cmd(f"curl -s http://{SERVERS['alternate']}:{APP_PORT}/counter")
+        self.assertEqual(out.strip(), "counter=4", out)
 
 
 class TestPartition(Case):
