@@ -68,14 +68,20 @@ class Stack:
             if self.recovery:
                 argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
             self.d[f"app-{host}"] = self.tb.start(host, f"app-{host}", argv, ready="listening")
+        self.start_proxy()
+        return self
+
+    def start_proxy(self, name="proxy"):
+        """Starts rs-proxy (again, after a crash: as start_logger)."""
+        s = SERVERS
         argv = [binary("rs-proxy"), "--listen", self.vip, "--control", f"{s['proxy']}:{PROXY_CTL}",
                 "--key", self.key, "--backend", f"{PRIMARY_ID}={s['primary']}:{APP_PORT}"]
         if self.recovery:
             argv += ["--alternate", f"{ALTERNATE_ID}={s['alternate']}:{APP_PORT}",
                      "--logger", f"{s['logger']}:{LOGGER_CTL}",
                      "--logger-resend", f"{s['logger']}:{LOGGER_RESEND}", "--stated-port", str(STATED_PORT)]
-        self.d["proxy"] = self.tb.start("proxy", "proxy", argv + self.proxy_args, ready="listening")
-        return self
+        self.d["proxy"] = self.tb.start("proxy", name, argv + self.proxy_args, ready="listening")
+        return self.d["proxy"]
 
     def start_logger(self, name="logger"):
         """Starts rs-logger (again, after a crash: its log then goes to

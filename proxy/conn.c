@@ -81,6 +81,22 @@ uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc, bool ack)
     return last && now > last ? (now - last) / 1000000 : 0;
 }
 
+bool px_backend_read_within(struct proxy *p, int idx, const struct pconn *except, uint64_t ms)
+{
+    uint64_t now = rs_mono_ns();
+
+    for (int b = 0; p->dp && b < RS_PROXY_BUCKETS; b++)
+        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next) {
+            struct rs_flow_key kb = px_key_b(pc);
+            struct px_flow_info fb;
+
+            if (pc != except && pc->backend_idx == idx && pc->phase == PC_SPLICED && !pc->rec
+                && !px_dp_get(p->dp, &kb, &fb) && fb.t.ack_ns && fb.t.ack_ns + ms * 1000000 > now)
+                return true;
+        }
+    return false;
+}
+
 unsigned px_pc_count(struct proxy *p, int idx)
 {
     unsigned n = 0;

@@ -99,7 +99,9 @@ static struct px_datapath *ebpf_open(const char *ifname, int *err)
     s->track_fd = bpf_map__fd(s->skel->maps.rs_track);
     {
         LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = s->ifindex, .attach_point = BPF_TC_INGRESS);
-        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = 1, .priority = 1,
+        /* REPLACE: a proxy killed on this interface left its program
+         * attached (tc filters outlive their process); this one takes over. */
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = 1, .priority = 1, .flags = BPF_TC_F_REPLACE,
                     .prog_fd = bpf_program__fd(s->skel->progs.rs_splice_ingress));
 
         s->hook = hook;

@@ -127,13 +127,20 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
          * backend the tc program saw sending (or, for one that stopped
          * reading, moving its ACK) meanwhile is not hung. */
         bool confirmed = pc && pc->backend_idx >= 0 && !pc->rec && quiet_ms * 2 >= m->u.suspect.silent_ms;
+        /* A hung application reads nothing anywhere; one that takes in
+         * another client's bytes meanwhile is only slow to this one (a
+         * loaded alternate after a failover of many uploads): not failed. */
+        bool elsewhere = confirmed && reading
+                         && px_backend_read_within(p, pc->backend_idx, pc, m->u.suspect.silent_ms / 2);
+
+        confirmed = confirmed && !elsewhere;
 
         rs_ctl_ack(c, m, 0);
         p->st.suspects++;
         rs_log("suspect client=%s backend=%s why=%s silent_ms=%u quiet_here_ms=%" PRIu64 "%s", RS_A(client),
                pc && pc->backend_idx >= 0 ? RS_A(p->backends[pc->backend_idx].addr) : "-",
                reading ? "not-reading" : "response-stall", m->u.suspect.silent_ms, quiet_ms,
-               confirmed ? "" : " (not confirmed: ignored)");
+               confirmed ? "" : elsewhere ? " (it reads other connections: slow, not hung)" : " (not confirmed: ignored)");
         if (confirmed)
             px_backend_failed(p, p->backends[pc->backend_idx].id, reading ? "not-reading" : "response-stall");
         break;

@@ -183,6 +183,9 @@ unsigned px_pc_count(struct proxy *p, int idx);
 /* How long ago the tc program saw a segment from the backend of 'pc' (with
  * 'ack': saw its ACK number move), ms (0 when unknown). */
 uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc, bool ack);
+/* Whether backend 'idx' took in client bytes (its ACK moved) on a spliced
+ * connection other than 'except' within the last 'ms'. */
+bool px_backend_read_within(struct proxy *p, int idx, const struct pconn *except, uint64_t ms);
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 

@@ -466,6 +466,27 @@ class TestLoggerRestart(Case):
         self.assertEqual(out.strip(), "counter=4", out)
 
 
+class TestProxyRestart(Case):
+    """A proxy killed with SIGKILL leaves its tc program attached (a tc
+    filter outlives its process); a new one on the same host replaces it and
+    serves (it failed with EEXIST before).  Its predecessor's spliced
+    connections are not adopted yet (issue 15)."""
+
+    def test_restart_after_sigkill(self):
+        trace = "request GET /static/300000?seed=1\n  expect content seed=1\nthink 300ms\n" \
+                "request POST /counter\n  expect contains \"counter=\"\n"
+        d = self.client(trace, name="before")
+        d.popen.wait(20)
+        self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:])
+        self.assertIn("splice id=1 ", self.stack.log("proxy"))
+        self.tb.kill(self.stack.d["proxy"])
+        self.stack.start_proxy("proxy-restarted")
+        d = self.client(trace, name="after")
+        d.popen.wait(20)
+        self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:] + self.stack.log("proxy")[-2000:])
+        self.assertIn("splice id=1 ", self.stack.log("proxy"))
+
+
 class TestPartition(Case):
     """The primary is cut off from the logger only (its heartbeats stop;
     the mirror still sees its traffic) and the proxy's FENCE cannot reach
