@@ -114,7 +114,10 @@ class TestLaggingState(FailoverCase):
             stated.popen.send_signal(signal.SIGSTOP)   # updates 2 and 3 stay on the primary
             state["stopped"] = True
             time.sleep(0.05)
-        self.tb.crash_when(lambda: file_contains(self.client_log, "step=1 response"), stop_then_crash)
+        # Updates 0 and 1 reached the alternate (they go asynchronously: the
+        # client may see response 1 before its state left the primary).
+        self.tb.crash_when(lambda: file_contains(self.client_log, "step=1 response")
+                           and re.search(r"update \S+#1 ", self.stack.log("stated-alternate")), stop_then_crash)
         try:
             d, rows, _ = self.run_client(
                 "request POST /counter\n  expect contains \"counter=1\"\n"
