@@ -115,6 +115,41 @@ static void move_cleanup(struct proxy *p, struct move *mv, bool remove_entry)
     mv->step = MV_NONE;
 }
 
+/* A socket a move leaves behind, closed after a grace period rather than at
+ * once: a segment the tc program sent towards it just before the switch may
+ * still be on its way up the stack (on the other CPU), and without the
+ * socket the stack answers it with a RST that resets the target's
+ * connection (found by make fault-campaign: 4 MB of an upload's first
+ * bytes written by the proxy, the alternate's window updates streaming). */
+#define MOVE_GRACE_NS (100 * 1000000ull)
+
+struct lingering {
+    struct rs_timer timer;
+    int fd;
+};
+
+static void lingering_done(struct rs_timer *t)
+{
+    struct lingering *l = t->ctx;
+
+    close(l->fd);       /* in repair mode: silent */
+    free(l);
+}
+
+static void close_after_grace(struct proxy *p, int fd)
+{
+    struct lingering *l = malloc(sizeof(*l));
+
+    px_repair_on(fd);   /* from now on it sends nothing */
+    if (!l) {
+        close(fd);
+        return;
+    }
+    l->fd = fd;
+    rs_timer_init(&l->timer, lingering_done, l);
+    rs_timer_after(&p->loop, &l->timer, MOVE_GRACE_NS);
+}
+
 static void move_fail(struct recovery *rec, int err)
 {
     move_cleanup(rec->pc->p, &rec->mv, true);
@@ -248,12 +283,12 @@ static void move_acked(struct recovery *rec)
     struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
     int e;
 
-    /* Closed in repair mode: silent.  Switch the target's ACKs back to the
-     * client first, so none reaches a stack without a socket. */
+    /* Switch the target's ACKs back to the client first, then close (in
+     * repair mode: silent) once those already on their way have landed. */
     if (mv->npre || mv->fin)
         px_dp_acks_to_stack(p->dp, &mv->kn, false);
     rs_io_stop(&mv->io);
-    px_close_silently(mv->io.fd);
+    close_after_grace(p, mv->io.fd);
     mv->io.fd = -1;
     if ((e = px_dp_activate(p->dp, &kc, &mv->c2s, pc->id, mv->client_state, false, &mv->kn)) != 0
         || (e = px_dp_clamp_ack(p->dp, &kc)) != 0) {
