@@ -67,7 +67,8 @@ with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
 false_failovers= ...'.  TRIALS= per (fault, workload) (default: 70 for
 refapp-1, 20 for refapp-50, 5 for each Roundcube action: 1000 trials),
 QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
-WORKLOADS=, SEED=, HOG=1 (a busy loop on the logger and proxy hosts: the
+WORKLOADS=, SEED=, MOMENT_MS= (every fault at this moment: the drawn
+moment depends on the machine's pace), HOG=1 (a busy loop on the logger and proxy hosts: the
 machine has two cores).  Exit status 1 when any trial is a violation.
 """
 import argparse
@@ -534,6 +535,8 @@ def trial(tb, args, target, fault, workload, n, seed, window):
     caps = [tb.capture(h, f"cap-{h}", bpf_filter="tcp port 80", snaplen=96) for h in target.hosts]
     faults = Faults(tb, target, rng)
     moment = rng.uniform(0, window) if fault != "none" else None
+    if moment is not None and args.moment_ms is not None:     # reproducing a kept trial
+        moment = args.moment_ms / 1000
     before = target.before()
     t0 = time.time()
     clients = run_clients(tb, args, target, seed)
@@ -606,6 +609,9 @@ def main():
     ap.add_argument("--faults", default=os.environ.get("FAULTS", ",".join(FAULTS)))
     ap.add_argument("--workloads", default=os.environ.get("WORKLOADS", ",".join(WORKLOADS)))
     ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED", 1)))
+    ap.add_argument("--moment-ms", type=float, default=float(os.environ["MOMENT_MS"]) if os.environ.get("MOMENT_MS") else None,
+                    help="inject every fault this many ms into the action instead of at the drawn moment "
+                         "(MOMENT_MS=; to reproduce a trial another machine kept)")
     ap.add_argument("--bound", type=float, default=30.0, help="a client still running after this many s hangs")
     ap.add_argument("--hog", action="store_true", default=os.environ.get("HOG", "") not in ("", "0"),
                     help="a CPU hog (busy loop) on the logger and proxy hosts all along (HOG=1)")

@@ -603,8 +603,13 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
     }
     rec->step = REC_RESEND;
     rec_deadline(rec, p->recovery_ns);
-    move_start(rec, p->logger_resend, -1, rec->frame, (size_t)n, false, q, pl->resend_from, RS_FLOW_ACKONLY, false,
-               0, true, on_logger);
+    /* The logger's socket acknowledges the client's bytes only up to where
+     * the alternate takes over (q + len), never up to where the client
+     * stands: bytes the client sent during the hold that the plan lacks
+     * would count as delivered, the client would never send them again,
+     * and the alternate would wait for them forever. */
+    move_start(rec, p->logger_resend, -1, rec->frame, (size_t)n, false, pl->q + pl->len, pl->resend_from,
+               RS_FLOW_ACKONLY, false, 0, true, on_logger);
 }
 
 static struct recovery *rec_new(struct proxy *p, struct pconn *pc, const char *why)
