@@ -68,11 +68,13 @@ class Stack:
             if self.recovery:
                 argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
             self.d[f"app-{host}"] = self.tb.start(host, f"app-{host}", argv, ready="listening")
-        self.start_proxy()
+        self.start_proxy(fresh=True)   # a new deployment: nothing of an earlier stack
         return self
 
-    def start_proxy(self, name="proxy"):
-        """Starts rs-proxy (again, after a crash: as start_logger)."""
+    def start_proxy(self, name="proxy", fresh=False):
+        """Starts rs-proxy (again, after a crash or a stop: as start_logger;
+        it adopts the spliced connections its predecessor left, unless
+        'fresh')."""
         s = SERVERS
         argv = [binary("rs-proxy"), "--listen", self.vip, "--control", f"{s['proxy']}:{PROXY_CTL}",
                 "--key", self.key, "--backend", f"{PRIMARY_ID}={s['primary']}:{APP_PORT}"]
@@ -80,6 +82,8 @@ class Stack:
             argv += ["--alternate", f"{ALTERNATE_ID}={s['alternate']}:{APP_PORT}",
                      "--logger", f"{s['logger']}:{LOGGER_CTL}",
                      "--logger-resend", f"{s['logger']}:{LOGGER_RESEND}", "--stated-port", str(STATED_PORT)]
+        if fresh:
+            argv.append("--fresh")
         self.d["proxy"] = self.tb.start("proxy", name, argv + self.proxy_args, ready="listening")
         return self.d["proxy"]
 

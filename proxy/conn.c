@@ -35,13 +35,13 @@ static void pc_timer(struct rs_timer *t);
 
 /* ---- table ------------------------------------------------------------------ */
 
-static struct pconn *pc_new(struct proxy *p)
+struct pconn *px_pc_new(struct proxy *p, uint64_t id)
 {
     struct pconn *pc = calloc(1, sizeof(*pc));
 
     if (!pc)
         return NULL;
-    pc->id = ++p->next_id;
+    pc->id = id ? id : ++p->next_id;
     pc->p = p;
     pc->cio.fd = pc->bio.fd = -1;
     pc->backend_idx = -1;
@@ -114,6 +114,14 @@ struct rs_flow_key px_flow_key(struct rs_addr src, struct rs_addr dst)
 }
 
 struct rs_flow_key px_key_c(const struct pconn *pc) { return px_flow_key(pc->client, pc->vip); }
+
+bool px_pc_owns_client_entry(struct proxy *p, const struct pconn *pc)
+{
+    struct rs_flow_key kc = px_key_c(pc);
+    struct px_flow_info f;
+
+    return px_dp_get(p->dp, &kc, &f) || f.cfg.splice_id == pc->id;
+}
 struct rs_flow_key px_key_b(const struct pconn *pc) { return px_flow_key(pc->backend, pc->local); }
 
 static void close_io(struct rs_io *io, bool silently)
@@ -160,7 +168,8 @@ void px_pc_free(struct proxy *p, struct pconn *pc)
                 p->st.fenced_drops += f.t.dropped;
             px_dp_remove(p->dp, &pc->held[i]);
         }
-        px_dp_remove(p->dp, &kc);
+        if (px_pc_owns_client_entry(p, pc))
+            px_dp_remove(p->dp, &kc);
         if (pc->backend.ip)
             px_dp_remove(p->dp, &kb);
     }
@@ -210,6 +219,8 @@ void px_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst)
 {
     rs_log("close id=%" PRIu64 " client=%s backend=%s phase=%d reason=%s%s", pc->id, RS_A(pc->client),
            pc->backend.ip ? RS_A(pc->backend) : "-", pc->phase, why, rst ? " rst=1" : "");
+    if (rst && p->dp && !px_pc_owns_client_entry(p, pc))
+        rst = false;        /* the client's port is another connection's now */
     if (rst) {
         reset_client(p, pc);
         if (pc->bio.fd >= 0) {
@@ -588,6 +599,7 @@ static int try_splice(struct proxy *p, struct pconn *pc)
     close_io(&pc->bio, true);
     rs_timer_stop(&p->loop, &pc->timer);
     pc->phase = PC_SPLICED;
+    px_pc_save(p, pc);
     pc->t_spliced_us = rs_now_us();
     p->st.spliced++;
     rs_log("splice id=%" PRIu64 " client=%s vip=%s local=%s backend=%s c.rcv_nxt=%u c.snd_nxt=%u "
@@ -891,7 +903,7 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
             close(fd);
             continue;
         }
-        pc = pc_new(p);
+        pc = px_pc_new(p, 0);
         if (!pc) {
             close(fd);
             continue;
@@ -987,6 +999,12 @@ void px_pc_reap(struct rs_timer *t)
             if (pc->phase != PC_SPLICED || pc->rec || px_dp_get(p->dp, &kc, &fc)
                 || px_dp_get(p->dp, &kb, &fb))
                 continue;
+            if (fc.cfg.splice_id != pc->id) {
+                /* A new connection of the same client port took the entry:
+                 * this one (adopted, long ended) goes without a word. */
+                px_pc_close(p, pc, "superseded", false);
+                continue;
+            }
             last = fc.t.last_ns > fb.t.last_ns ? fc.t.last_ns : fb.t.last_ns;
             /* Read the clock after the entries: a segment stamped in between
              * is newer than a clock read before, and "now - last" would wrap. */

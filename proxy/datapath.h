@@ -37,13 +37,21 @@ struct px_datapath {
 
 struct px_datapath_ops {
     const char *name;
-    /* Attaches to interface 'ifname'.  Returns the data path, or NULL with
-     * '*err' a negative errno. */
-    struct px_datapath *(*open)(const char *ifname, int *err);
-    void (*close)(struct px_datapath *dp);
+    /* Attaches to interface 'ifname'.  Where a predecessor left its data
+     * path attached there (killed, or stopped to hand over), the table is
+     * taken over as it stands: its entries go on being translated without
+     * a gap (px_dp_next_key lists them) — unless not 'adopt': then the
+     * table starts empty.  Returns the data path, or NULL with '*err' a
+     * negative errno. */
+    struct px_datapath *(*open)(const char *ifname, bool adopt, int *err);
+    /* 'keep': leave the data path attached with its table, for a successor
+     * (spliced connections go on meanwhile, unprotected). */
+    void (*close)(struct px_datapath *dp, bool keep);
     /* Where clients connect: segments to it of no splice yet have their
-     * TSval recorded (the splice must continue the client's clock). */
-    int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port);
+     * TSval recorded (the splice must continue the client's clock).  New
+     * connections' SYNs are dropped until CLOCK_MONOTONIC 'away_until_ns'
+     * (a hand-over; 0: never). */
+    int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t away_until_ns);
     /* The newest TSval client connection 'k' sent before its splice (then
      * forgotten).  Returns 0 or -ENOENT. */
     int (*client_ts)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts);
@@ -66,6 +74,11 @@ struct px_datapath_ops {
      * has (no event then), 0 when armed, -errno. */
     int (*watch_ack)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen);
     int (*remove)(struct px_datapath *dp, const struct rs_flow_key *k);
+    /* Writes the client entry 'k''s connection record. */
+    int (*set_conn)(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *conn);
+    /* The key after 'prev' (NULL: the first) in the table's own order.
+     * Returns 0, or -ENOENT after the last. */
+    int (*next_key)(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next);
 };
 
 extern const struct px_datapath_ops px_dp_ebpf;     /* dp_ebpf.c */
@@ -77,14 +90,14 @@ const char *px_datapath_names(void);
 
 /* ---- What the daemon calls ------------------------------------------------- */
 
-static inline void px_dp_close(struct px_datapath *dp)
+static inline void px_dp_close(struct px_datapath *dp, bool keep)
 {
     if (dp)
-        dp->ops->close(dp);
+        dp->ops->close(dp, keep);
 }
-static inline int px_dp_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port)
+static inline int px_dp_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t away_until_ns)
 {
-    return dp->ops->set_vip(dp, ip, port);
+    return dp->ops->set_vip(dp, ip, port, away_until_ns);
 }
 static inline int px_dp_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts)
 {
@@ -136,6 +149,14 @@ static inline int px_dp_watch_ack(struct px_datapath *dp, const struct rs_flow_k
 static inline int px_dp_remove(struct px_datapath *dp, const struct rs_flow_key *k)
 {
     return dp->ops->remove(dp, k);
+}
+static inline int px_dp_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *c)
+{
+    return dp->ops->set_conn(dp, k, c);
+}
+static inline int px_dp_next_key(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next)
+{
+    return dp->ops->next_key(dp, prev, next);
 }
 
 #endif /* RS_PROXY_DATAPATH_H */

@@ -52,10 +52,10 @@ static int on_ring_event(void *ctx, void *data, size_t len)
     return 0;
 }
 
-static int ebpf_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port)
+static int ebpf_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t away_until_ns)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
-    struct rs_vip v = { .addr = htonl(ip), .port = htons(port) };
+    struct rs_vip v = { .addr = htonl(ip), .port = htons(port), .away_until_ns = away_until_ns };
     uint32_t zero = 0;
 
     return bpf_map_update_elem(bpf_map__fd(s->skel->maps.rs_vips), &zero, &v, BPF_ANY) ? -errno : 0;
@@ -72,9 +72,67 @@ static int ebpf_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, u
     return 0;
 }
 
-static void ebpf_close(struct px_datapath *dp);
+static void ebpf_close(struct px_datapath *dp, bool keep);
 
-static struct px_datapath *ebpf_open(const char *ifname, int *err)
+/* The program a predecessor left at our place on the interface: its maps
+ * become ours (bpf_map__reuse_fd, before the load), so the entries stay
+ * while the new program replaces the old one.  Nothing is taken over when
+ * there is none, or when a map differs (another version of the table):
+ * the replacement then starts with an empty table.  Returns the number of
+ * maps taken over. */
+static int reuse_maps(struct dp_ebpf *s)
+{
+    LIBBPF_OPTS(bpf_tc_opts, q, .handle = 1, .priority = 1);
+    struct bpf_prog_info pinfo = { 0 };
+    uint32_t ids[16], plen = sizeof(pinfo);
+    int pfd, fds[16], n = 0, ok = 1;
+
+    if (bpf_tc_query(&s->hook, &q) || !q.prog_id || (pfd = bpf_prog_get_fd_by_id(q.prog_id)) < 0)
+        return 0;
+    pinfo.nr_map_ids = 16;
+    pinfo.map_ids = (uint64_t)(uintptr_t)ids;
+    if (bpf_obj_get_info_by_fd(pfd, &pinfo, &plen) || pinfo.nr_map_ids > 16)
+        ok = 0;
+    close(pfd);
+    for (uint32_t i = 0; ok && i < pinfo.nr_map_ids; i++) {
+        struct bpf_map_info mi = { 0 };
+        uint32_t mlen = sizeof(mi);
+        struct bpf_map *m;
+        int fd = bpf_map_get_fd_by_id(ids[i]);
+
+        if (fd < 0 || bpf_obj_get_info_by_fd(fd, &mi, &mlen)) {
+            if (fd >= 0)
+                close(fd);
+            ok = 0;
+            break;
+        }
+        fds[n++] = fd;
+        m = bpf_object__find_map_by_name(s->skel->obj, mi.name);
+        if (!m || strncmp(mi.name, "rs_", 3))
+            continue;       /* the program's own data sections: fresh ones */
+        if (bpf_map__type(m) != mi.type || bpf_map__key_size(m) != mi.key_size
+            || bpf_map__value_size(m) != mi.value_size || bpf_map__max_entries(m) != mi.max_entries)
+            ok = 0;
+    }
+    for (int i = 0; ok && i < n; i++) {
+        struct bpf_map_info mi = { 0 };
+        uint32_t mlen = sizeof(mi);
+        struct bpf_map *m;
+
+        if (!bpf_obj_get_info_by_fd(fds[i], &mi, &mlen) && !strncmp(mi.name, "rs_", 3)
+            && (m = bpf_object__find_map_by_name(s->skel->obj, mi.name)) && bpf_map__reuse_fd(m, fds[i]))
+            ok = 0;
+    }
+    for (int i = 0; i < n; i++)
+        close(fds[i]);      /* reuse_fd keeps its own copy */
+    if (!ok) {
+        rs_log("ebpf: the program attached to ifindex %d has another table layout: not taken over", s->ifindex);
+        return 0;
+    }
+    return n;
+}
+
+static struct px_datapath *ebpf_open(const char *ifname, bool adopt, int *err)
 {
     struct dp_ebpf *s = calloc(1, sizeof(*s));
     int e;
@@ -90,21 +148,29 @@ static struct px_datapath *ebpf_open(const char *ifname, int *err)
         *err = -ENODEV;
         goto fail;
     }
-    s->skel = rs_splice__open_and_load();
+    s->skel = rs_splice__open();
     if (!s->skel) {
         *err = -errno ? -errno : -EINVAL;
+        goto fail;
+    }
+    {
+        LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = s->ifindex, .attach_point = BPF_TC_INGRESS);
+        s->hook = hook;
+    }
+    if (adopt && reuse_maps(s))
+        rs_log("ebpf: took over the splice table of the program attached to %s", ifname);
+    if ((e = rs_splice__load(s->skel)) != 0) {
+        *err = e;
         goto fail;
     }
     s->map_fd = bpf_map__fd(s->skel->maps.rs_flows);
     s->track_fd = bpf_map__fd(s->skel->maps.rs_track);
     {
-        LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = s->ifindex, .attach_point = BPF_TC_INGRESS);
-        /* REPLACE: a proxy killed on this interface left its program
-         * attached (tc filters outlive their process); this one takes over. */
+        /* REPLACE: a proxy killed (or stopped to hand over) on this
+         * interface left its program attached (tc filters outlive their
+         * process); this one takes its place atomically. */
         LIBBPF_OPTS(bpf_tc_opts, opts, .handle = 1, .priority = 1, .flags = BPF_TC_F_REPLACE,
                     .prog_fd = bpf_program__fd(s->skel->progs.rs_splice_ingress));
-
-        s->hook = hook;
         s->opts = opts;
     }
     e = bpf_tc_hook_create(&s->hook);
@@ -125,16 +191,18 @@ static struct px_datapath *ebpf_open(const char *ifname, int *err)
     }
     return &s->dp;
 fail:
-    ebpf_close(&s->dp);
+    ebpf_close(&s->dp, false);
     return NULL;
 }
 
-static void ebpf_close(struct px_datapath *dp)
+static void ebpf_close(struct px_datapath *dp, bool keep)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
 
     if (!s)
         return;
+    if (keep)
+        s->opts.prog_id = 0, s->hook_created = false;   /* the filter keeps program and maps alive */
     if (s->opts.prog_id) {
         s->opts.prog_fd = s->opts.prog_id = 0;
         s->opts.flags = 0;
@@ -267,6 +335,22 @@ static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k)
     return e;
 }
 
+static int ebpf_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *c)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    struct rs_flow f;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    f.conn = *c;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+}
+
+static int ebpf_next_key(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next)
+{
+    return bpf_map_get_next_key(((struct dp_ebpf *)dp)->map_fd, prev, next) ? -errno : 0;
+}
+
 const struct px_datapath_ops px_dp_ebpf = {
     .name = "ebpf",
     .open = ebpf_open,
@@ -281,4 +365,6 @@ const struct px_datapath_ops px_dp_ebpf = {
     .activate = ebpf_activate,
     .watch_ack = ebpf_watch_ack,
     .remove = ebpf_remove,
+    .set_conn = ebpf_set_conn,
+    .next_key = ebpf_next_key,
 };

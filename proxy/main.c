@@ -55,7 +55,7 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, redispatched),
         RS_STAT(struct stats, resets_sent), RS_STAT(struct stats, fenced_drops),
-        RS_STAT(struct stats, port_clashes),
+        RS_STAT(struct stats, port_clashes), RS_STAT(struct stats, adopted),
     };
 
     printf("stats recovering=%u ctl_rejected=%" PRIu64, p->recovering, p->ctlsrv.rejected + p->st.ctl_rejected);
@@ -190,6 +190,8 @@ static void usage(FILE *f)
         "  --connect-timeout DUR  give up connecting to a backend (then: the alternate) (default 500ms)\n"
         "  --request-timeout DUR  a client whose first request is not whole by then is reset\n"
         "                     (a slow or idle client holds no descriptor for long) (default 10s)\n"
+        "  --fresh            start with an empty splice table: do not adopt the connections a\n"
+        "                     proxy stopped (SIGTERM hands them over) or killed here left\n"
         "  --no-splice        relay in user space only (baseline, debugging)\n"
         "  --relay-first DUR  relay each new connection in user space at least this long before\n"
         "                     splicing it (default 0: as soon as both sides are quiet; tests)\n"
@@ -286,6 +288,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("control", RS_OPT_ADDR, &p->ctl),
         RS_OPTION("key", RS_OPT_STR, &keyfile),
         RS_OPTION("no-splice", RS_OPT_FLAG, &p->nosplice),
+        RS_OPTION("fresh", RS_OPT_FLAG, &p->fresh),
         RS_OPTION("idle", RS_OPT_DURATION, &p->idle_ns, .nonzero = true),
         RS_OPTION("half-open", RS_OPT_DURATION, &p->half_open_ns, .nonzero = true),
         RS_OPTION("linger", RS_OPT_DURATION, &p->linger_ns, .nonzero = true),
@@ -363,13 +366,13 @@ static int setup(struct proxy *p)
     }
     p->rawfd = -1;
     if (!p->nosplice) {
-        p->dp = px_datapath_find(p->datapath)->open(p->ifname, &e);
+        p->dp = px_datapath_find(p->datapath)->open(p->ifname, !p->fresh, &e);
         if (!p->dp) {
             fprintf(stderr, "rs-proxy: cannot attach the %s data path to %s: %s\n", p->datapath, p->ifname,
                     strerror(-e));
             return -1;
         }
-        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port)) != 0
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, 0)) != 0
             || (e = rs_io_start(&p->loop, &p->eio, px_dp_events_fd(p->dp), EPOLLIN, px_pc_events, p)) != 0) {
             fprintf(stderr, "rs-proxy: cannot configure the splice program: %s\n", strerror(-e));
             return -1;
@@ -401,7 +404,87 @@ static int setup(struct proxy *p)
                         (struct rs_addr){ p->backends[i].addr.ip, p->stated_port }, &p->key, &p->ctl_seq,
                         PX_SENDER_STATED + (uint32_t)i, 4u << 20, on_peer_msg, NULL, p);
     }
+    /* Last: adopting may start recoveries, which use the peers above. */
+    if (p->dp && (e = px_adopt(p)) < 0)
+        rs_log("adopting the previous proxy's connections: %s", strerror(-e));
     return 0;
+}
+
+/* ---- hand-over ----------------------------------------------------------------- */
+
+#define DRAIN_NS ((uint64_t)2000 * 1000000)    /* the most a stop waits for relays and recoveries */
+#define DRAIN_CHECK_NS ((uint64_t)10 * 1000000)
+#define LISTEN_LAST_NS ((uint64_t)50 * 1000000)  /* handshakes under way when SYNs stop still complete */
+#define AWAY_NS ((uint64_t)5000 * 1000000)       /* new connections wait this long for a successor */
+
+/* Connections a stop would cut (not spliced yet, or moving); with
+ * 'spliced', those it hands over. */
+static unsigned unsettled(struct proxy *p, unsigned *spliced)
+{
+    unsigned n = 0, s = 0;
+
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
+        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next) {
+            bool moving = pc->rec || (pc->phase != PC_SPLICED && pc->phase != PC_CLOSING);
+            n += moving;
+            s += !moving && pc->phase == PC_SPLICED;
+        }
+    if (spliced)
+        *spliced = s;
+    return n;
+}
+
+static void stop_listening(struct proxy *p)
+{
+    if (p->lio.fd < 0)
+        return;
+    rs_io_stop(&p->lio);
+    close(p->lio.fd);
+    p->lio.fd = -1;
+}
+
+static void drain_check(struct rs_timer *t)
+{
+    struct proxy *p = t->ctx;
+    uint64_t now = rs_loop_now(&p->loop);
+
+    if (now >= p->drain_until_ns - DRAIN_NS + LISTEN_LAST_NS)
+        stop_listening(p);
+    if ((p->lio.fd < 0 && !unsettled(p, NULL)) || now >= p->drain_until_ns)
+        rs_loop_stop(&p->loop);
+    else
+        rs_timer_after(&p->loop, t, DRAIN_CHECK_NS);
+}
+
+/* SIGTERM: hand the spliced connections over to whoever starts next on
+ * this interface (adopt.c).  New connections' SYNs are dropped by the tc
+ * program for up to AWAY_NS (their clients retry: the successor takes
+ * them; a successor that never comes leaves them refused after that);
+ * handshakes already under way get LISTEN_LAST_NS to complete, and
+ * connections still relayed up to DRAIN_NS to splice, recoveries to
+ * finish; then the tc program stays attached with its table.  A second
+ * signal stops at once. */
+static void hand_over(struct proxy *p)
+{
+    struct rs_timer t;
+    unsigned n = 0, spliced = 0;
+    int e;
+
+    if (p->dp) {
+        uint64_t now = rs_mono_ns();
+
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, now + AWAY_NS)) != 0)
+            rs_log("stopping: new connections cannot be held back: %s", strerror(-e));
+        p->drain_until_ns = now + DRAIN_NS;
+        rs_timer_init(&t, drain_check, p);
+        rs_timer_after(&p->loop, &t, DRAIN_CHECK_NS);
+        rs_loop_run(&p->loop);
+        rs_timer_stop(&p->loop, &t);
+        n = unsettled(p, &spliced);
+    }
+    stop_listening(p);
+    rs_log("exiting: %u spliced connections handed over to the tc program (a new rs-proxy adopts them), %u cut",
+           spliced, n);
 }
 
 int main(int argc, char **argv)
@@ -428,8 +511,8 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (rs_loop_run(&p->loop) < 0)
         rs_log("event loop: %s", strerror(errno));
+    hand_over(p);
     print_stats(p);
-    rs_log("exiting: spliced connections stay with the tc program until it is detached");
-    px_dp_close(p->dp);
+    px_dp_close(p->dp, true);
     return 0;
 }

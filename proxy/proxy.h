@@ -89,7 +89,8 @@ struct stats {
     uint64_t accepted, spliced, splice_retries, closed_early, resets, fins, reaped_idle,
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
-        resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops;
+        resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
+        adopted;
 };
 
 struct proxy {
@@ -99,7 +100,7 @@ struct proxy {
     int alternate;                /* index of the alternate in backends, -1 without one */
     struct rs_addr logger, logger_resend;
     uint16_t stated_port;
-    bool sticky, nosplice;
+    bool sticky, nosplice, fresh;
     char cookie_name[64];
     char ifname[IF_NAMESIZE];
     uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns, request_ns;
@@ -111,6 +112,7 @@ struct proxy {
     const char *datapath;         /* --datapath */
     struct pconn *buckets[RS_PROXY_BUCKETS];
     uint64_t next_id;
+    uint64_t drain_until_ns;      /* stopping: when the hand-over stops waiting */
     unsigned recovering;
     struct rs_ctl_key key;
     bool has_key;
@@ -154,6 +156,11 @@ struct pconn *px_pc_find(struct proxy *p, uint64_t id);
 struct pconn *px_pc_find_client(struct proxy *p, struct rs_addr client);
 struct rs_flow_key px_key_c(const struct pconn *pc);
 struct rs_flow_key px_key_b(const struct pconn *pc);
+/* A new connection with id 'id' (0: the next free one), in the table. */
+struct pconn *px_pc_new(struct proxy *p, uint64_t id);
+/* Whether 'pc''s client entry is its own (a new connection of the same
+ * client port may have replaced an adopted one's). */
+bool px_pc_owns_client_entry(struct proxy *p, const struct pconn *pc);
 /* Frees 'pc' at once (its entries are removed). */
 void px_pc_free(struct proxy *p, struct pconn *pc);
 /* Ends 'pc' cleanly: logged with 'why', entries removed; the client gets a
@@ -186,6 +193,14 @@ uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc, bool ack);
 /* Whether backend 'idx' took in client bytes (its ACK moved) on a spliced
  * connection other than 'except' within the last 'ms'. */
 bool px_backend_read_within(struct proxy *p, int idx, const struct pconn *except, uint64_t ms);
+
+/* ---- adopt.c: a predecessor's spliced connections --------------------------------- */
+
+/* Writes 'pc''s record into its client entry (at the splice, after a move). */
+void px_pc_save(struct proxy *p, struct pconn *pc);
+/* Rebuilds the connections of the splice table the data path took over.
+ * Returns how many, or -errno. */
+int px_adopt(struct proxy *p);
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 

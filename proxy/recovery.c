@@ -308,6 +308,7 @@ static void move_acked(struct recovery *rec)
     pc->local = mv->local;
     pc->c = mv->c;
     pc->ts_base_us = rs_now_us();
+    px_pc_save(p, pc);
     mv->step = MV_NONE;
     mv->done(rec, 0);
 }

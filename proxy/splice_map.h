@@ -24,6 +24,9 @@ struct rs_vip {
     rs_u32 addr;
     rs_u16 port;
     rs_u16 pad_;
+    rs_u64 away_until_ns;      /* a proxy handing over (bpf_ktime_get_ns): new connections'
+                                * SYNs are dropped until then, so they are retried (and
+                                * taken by the successor) instead of refused */
 };
 
 /* Address fields in network order, exactly as read from the packet. */
@@ -51,6 +54,21 @@ enum rs_flow_state {
 #define RS_FLOW_GUARDED  (1 << 2)  /* event only: the segment was dropped, not passed */
 #define RS_FLOW_ACKED    (1 << 3)  /* event only: the sender acknowledged rs_flow.ack_watch */
 
+/* What the daemon needs, besides the translation, to go on with a spliced
+ * connection: kept in the client's entry (zero in the others), so a proxy
+ * started on the same interface adopts its predecessor's connections from
+ * the table alone (proxy/adopt.c).  Written at the splice and after every
+ * completed move. */
+struct rs_flow_conn {
+    rs_u64 ts_base_us;         /* CLOCK_REALTIME when c.ts_now was read (0: no record) */
+    struct rs_splice_conn c;   /* the proxy's client connection when spliced */
+    rs_u32 rtt_us;             /* the client's smoothed RTT then */
+    rs_u32 backend_ip;         /* the server the client is spliced to, and the */
+    rs_u32 local_ip;           /* proxy's end towards it (host order) */
+    rs_u16 backend_port;
+    rs_u16 local_port;
+};
+
 /* How a direction is handled: the daemon's half. */
 struct rs_flow {
     struct rs_splice_dir dir;  /* how to rewrite this direction */
@@ -73,6 +91,7 @@ struct rs_flow {
     rs_u32 pass_fin;           /* the client is known to have closed its side (the tc program
                                 * may have missed its FIN): this sender's FIN is the normal end */
     rs_u32 pad_;
+    struct rs_flow_conn conn;  /* the client's entry only: see above (never read here) */
 };
 
 /* What the tc program saw of a direction: the tc program's half. */

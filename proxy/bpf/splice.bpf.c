@@ -42,10 +42,19 @@ int rs_splice_ingress(struct __sk_buff *skb)
         __u32 zero = 0;
         struct rs_vip *vip = bpf_map_lookup_elem(&rs_vips, &zero);
 
-        if (vip && vip->addr == key.daddr && vip->port == key.dport)
+        if (vip && vip->addr == key.daddr && vip->port == key.dport) {
+            if ((tcp[13] & 0x12) == 0x02 && vip->away_until_ns > bpf_ktime_get_ns())
+                return TC_ACT_SHOT;
             record_ts(skb, &key);
+        }
         return TC_ACT_OK;
     }
+    /* A bare SYN opens a new connection that reuses the 4-tuple of one
+     * in the table (an entry its proxy adopted from a predecessor and has
+     * not yet reaped): the stack's listener takes it, the proxy replaces
+     * the entry. */
+    if ((tcp[13] & 0x12) == 0x02)
+        return TC_ACT_OK;
     t = bpf_map_lookup_elem(&rs_track, &key);
     if (!t)
         return f->state == RS_FLOW_WATCH ? TC_ACT_OK : TC_ACT_SHOT;   /* the daemon creates both */

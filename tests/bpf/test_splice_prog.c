@@ -302,6 +302,54 @@ static void ack_clamp_as_core_does(void **state)
     assert_same_bytes(out, want, len);
 }
 
+/* A bare SYN on a spliced 4-tuple opens a new connection (the old one
+ * adopted from a predecessor, long gone): it goes to the stack as it is;
+ * a SYN-ACK (a moving socket's answer) does not count. */
+static void bare_syn_goes_to_stack(void **state)
+{
+    uint8_t in[400], out[464];
+    size_t len = random_frame(in, 0x0a000109u, 0x0a000001u, 41000, 80);
+    struct rs_flow_key k = key_of(in);
+    struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .splice_id = 9 };
+
+    (void)state;
+    put_flow(&k, &fl);
+    in[ETH_LEN + 20 + 13] = 0x02;      /* SYN */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    assert_same_bytes(out, in, len);
+    in[ETH_LEN + 20 + 13] = 0x12;      /* SYN-ACK: translated */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
+}
+
+/* A proxy handing over: new connections' SYNs to the VIP are dropped
+ * until the deadline (retried, for the successor); nothing else is. */
+static void syn_held_back_while_away(void **state)
+{
+    uint8_t in[400], out[464];
+    size_t len = random_frame(in, 0x0a00010au, 0x0a000001u, 41001, 80);
+    uint32_t zero = 0;
+    int vips = bpf_map__fd(skel->maps.rs_vips);
+    struct rs_vip v = { .addr = htonl(0x0a000001u), .port = htons(80), .away_until_ns = ~0ull };
+
+    (void)state;
+    in[ETH_LEN + 20 + 13] = 0x02;      /* SYN */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(bpf_map_update_elem(vips, &zero, &v, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    in[ETH_LEN + 20 + 13] = 0x10;      /* an ACK of no splice: the stack's */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    in[ETH_LEN + 20 + 13] = 0x02;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    v.away_until_ns = 1;               /* long past */
+    assert_int_equal(bpf_map_update_elem(vips, &zero, &v, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -322,6 +370,8 @@ int main(void)
         cmocka_unit_test(program_translates_as_core_does),
         cmocka_unit_test(states_drop_and_guard),
         cmocka_unit_test(ack_clamp_as_core_does),
+        cmocka_unit_test(bare_syn_goes_to_stack),
+        cmocka_unit_test(syn_held_back_while_away),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -13,6 +13,8 @@ logs and stats, and a time bound.
     within 1 s, nothing hangs;
   - the logger restarted: connections it joined midway end with a RST on
     their next failure, new ones are masked, no update is lost;
+  - the proxy restarted (SIGKILL, or SIGTERM's hand-over): its spliced
+    connections are adopted and a later primary crash is still masked;
   - a partitioned primary (cut off from the logger only) is fenced: its
     late bytes are dropped, never delivered;
   - 200 connections mid-download fail over together, byte-exact, and the
@@ -467,24 +469,187 @@ class TestLoggerRestart(Case):
 
 
 class TestProxyRestart(Case):
-    """A proxy killed with SIGKILL leaves its tc program attached (a tc
-    filter outlives its process); a new one on the same host replaces it and
-    serves (it failed with EEXIST before).  Its predecessor's spliced
-    connections are not adopted yet (issue 15)."""
+    """rs-proxy restarted on its host (issue 15): the tc program it leaves
+    attached goes on splicing while no proxy runs; the next proxy takes
+    over its table, adopts the spliced connections and protects them: the
+    primary then dies mid-download and the client, on the same
+    connection, notices nothing."""
+    STREAM = "/slow?bytes=1200000&chunk=8000&delay=20ms"   # 150 chunks, ~3 s
 
-    def test_restart_after_sigkill(self):
-        trace = "request GET /static/300000?seed=1\n  expect content seed=1\nthink 300ms\n" \
-                "request POST /counter\n  expect contains \"counter=\"\n"
-        d = self.client(trace, name="before")
-        d.popen.wait(20)
-        self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:])
-        self.assertIn("splice id=1 ", self.stack.log("proxy"))
+    def restart_then_crash(self, stop):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        f"request GET {self.STREAM}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=2\"\n")
+        d.cap = cap
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
+        self.assertTrue(wait_until(lambda: "splice id=1 " in self.stack.log("proxy"), 5))
+        time.sleep(0.3)
+        old = self.stack.log("proxy")
+        stop(self.stack.d["proxy"])
+        self.stack.start_proxy("proxy-restarted")
+        log = self.stack.log("proxy")
+        self.assertIn("adopted 1 spliced connections", log, old[-2000:] + log[-2000:])
+        time.sleep(0.3)
+        self.assertFalse(file_contains(d.err, "step=1 response"), "the stream ended before the crash")
+        self.stack.kill_primary()
+        d.popen.wait(30)
+        self.tb.stop_capture(d.cap)
+        self.assert_transparent(d, pcap)
+        log = self.stack.log("proxy")
+        self.assertRegex(log, r"recovered id=1 ")
+        self.assertNotIn("unrecoverable", log)
+        return old
+
+    def test_sigkill_then_primary_crash(self):
+        self.restart_then_crash(self.tb.kill)
+
+    def test_sigterm_hands_over(self):
+        def term(d):
+            self.tb.stop(d)
+            self.assertFalse(d.alive())
+        old = self.restart_then_crash(term)
+        self.assertRegex(old, r"exiting: 1 spliced connections handed over .* 0 cut")
+
+    def test_new_connection_on_an_adopted_port(self):
+        """An adopted connection that ends (a RST from its client) while a
+        new one from the same client port begins: the new one is served,
+        and the old one's removal, a linger later, leaves it alone."""
+        go = os.path.join(self.dir, "go")
+        script = os.path.join(self.dir, "sameport.py")
+        with open(script, "w") as f:
+            f.write(SAME_PORT_CLIENT)
+        d = self.tb.start("c1", "sameport", ["python3", script, VIP_IP, go])
+        self.assertTrue(wait_until(lambda: "splice id=1 " in self.stack.log("proxy"), 10),
+                        d.output() + self.stack.log("proxy")[-2000:])
         self.tb.kill(self.stack.d["proxy"])
         self.stack.start_proxy("proxy-restarted")
-        d = self.client(trace, name="after")
+        self.assertIn("adopted 1 spliced connections", self.stack.log("proxy"))
+        open(go, "w").close()
         d.popen.wait(20)
-        self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:] + self.stack.log("proxy")[-2000:])
-        self.assertIn("splice id=1 ", self.stack.log("proxy"))
+        self.assertEqual(d.popen.returncode, 0, d.output() + self.stack.log("proxy")[-3000:])
+        self.assertIn("second: 100000 bytes", d.output())
+        self.assertIn("third: 100000 bytes", d.output())
+        log = self.stack.log("proxy")
+        self.assertRegex(log, r"close id=1 .*")
+        self.assertRegex(log, r"splice id=2 ")
+
+
+class TestProxyHandOverUnderLoad(Case):
+    """A graceful restart (SIGTERM, then a new rs-proxy) under load: 50
+    connections mid-stream on c1 go on, every byte checked; new
+    connections opened from c2 all along are delayed (their SYNs are held
+    back until the successor listens), never refused."""
+    clients = 2
+
+    def test_graceful_restart_loses_no_connection(self):
+        caps = [self.tb.capture(f"c{i + 1}", f"c{i + 1}", bpf_filter="tcp port 80", snaplen=96)
+                for i in range(self.clients)]
+        d = self.client("request GET /static/1000?seed=9\n  expect content seed=9\n"
+                        "request GET /slow?bytes=800000&chunk=8000&delay=20ms\n  expect content seed=0\n",
+                        name="streams", extra=["--connections", "50", "--quiet"])
+        stop = os.path.join(self.dir, "stop")
+        script = os.path.join(self.dir, "newconns.py")
+        with open(script, "w") as f:
+            f.write(NEW_CONNECTIONS)
+        n = self.tb.start("c2", "newconns", ["python3", script, VIP_IP, stop])
+        self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("splice id=") >= 50, 20),
+                        self.stack.log("proxy")[-2000:])
+        time.sleep(0.3)
+        self.tb.stop(self.stack.d["proxy"])
+        old = self.stack.log("proxy")
+        self.stack.start_proxy("proxy-restarted")
+        d.popen.wait(60)
+        time.sleep(1.5)
+        open(stop, "w").close()
+        n.popen.wait(20)
+        for c, _ in caps:
+            self.tb.stop_capture(c)
+        self.assert_transparent(d, caps[0][1])
+        self.assertEqual(len(self.rows(d)), 100)
+        self.assertRegex(old, r"exiting: 50 spliced connections handed over .* 0 cut")
+        self.assertIn("adopted 50 spliced connections", self.stack.log("proxy"))
+        out = n.output()
+        print(f"\nnew connections across the restart: {out.strip()}")
+        m = re.search(r"ok=(\d+) failed=(\d+) held=(\d+)", out)
+        self.assertTrue(m, out + open(n.err).read())
+        self.assertEqual(m.group(2), "0", out)
+        self.assertGreater(int(m.group(1)), 20, out)
+        self.assertGreater(int(m.group(3)), 0, "no new connection met the hand-over: " + out)
+        self.assertEqual(pcap_count(caps[1][1], RST_FROM_VIP), 0)
+
+
+# From a client host: new connections to VIP:80, one after another (each a
+# GET of 1000 bytes, closed by the client), until file STOP exists; prints
+# "ok= failed= held=" (held: the connect took over 0.5 s: a SYN retried).
+NEW_CONNECTIONS = r"""
+import os, socket, sys, time
+vip, stop = sys.argv[1], sys.argv[2]
+ok = failed = held = 0
+while not os.path.exists(stop):
+    t0 = time.monotonic()
+    try:
+        s = socket.create_connection((vip, 80), timeout=5)
+        if time.monotonic() - t0 > 0.5:
+            held += 1
+        s.sendall(b"GET /static/1000?seed=9 HTTP/1.1\r\nHost: x\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf or len(buf.split(b"\r\n\r\n", 1)[1]) < 1000:
+            c = s.recv(65536)
+            if not c:
+                raise OSError("closed early")
+            buf += c
+        s.close()
+        ok += 1
+    except OSError as e:
+        failed += 1
+        print("failed:", e, file=sys.stderr, flush=True)
+    time.sleep(0.02)
+print(f"ok={ok} failed={failed} held={held}", flush=True)
+"""
+
+
+# Two connections from client port 45001: the first is spliced, then (once
+# the harness has restarted the proxy and created GO) reset by the client,
+# and the second begins at once, before the first's entries are gone.
+SAME_PORT_CLIENT = r"""
+import os, socket, struct, sys, time
+vip, go = sys.argv[1], sys.argv[2]
+
+def conn():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", 45001))
+    s.connect((vip, 80))
+    return s
+
+def get(s):
+    s.sendall(b"GET /static/100000?seed=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, body = buf.split(b"\r\n\r\n", 1)
+    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < n:
+        c = s.recv(65536)
+        if not c:
+            raise SystemExit("closed early")
+        body += c
+    return len(body)
+
+s = conn()
+print("first:", get(s), "bytes", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.05)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+s = conn()
+s.settimeout(10)
+print("second:", get(s), "bytes", flush=True)
+time.sleep(3)   # past the first connection's linger: its end must leave this one's entries alone
+print("third:", get(s), "bytes", flush=True)
+s.close()
+"""
 
 
 class TestPartition(Case):
