@@ -113,6 +113,10 @@ struct rs_flow_track {
     rs_u32 ack_hi;             /* the sender's highest ACK number (its own numbering) */
     rs_u64 ack_ns;             /* when it last moved: a backend that stops reading a
                                 * request stops moving it, though it still answers probes */
+    rs_u32 reused;             /* a bare SYN came after the sender's end: a new connection on
+                                * the same 4-tuple, whose segments go to the stack until the
+                                * daemon replaces the entry */
+    rs_u32 pad_;
 };
 
 /* Sent on the ring buffer when a FIN or RST passes (or is held at) a

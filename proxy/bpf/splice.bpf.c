@@ -49,15 +49,22 @@ int rs_splice_ingress(struct __sk_buff *skb)
         }
         return TC_ACT_OK;
     }
-    /* A bare SYN opens a new connection that reuses the 4-tuple of one
-     * in the table (an entry its proxy adopted from a predecessor and has
-     * not yet reaped): the stack's listener takes it, the proxy replaces
-     * the entry. */
-    if ((tcp[13] & 0x12) == 0x02)
-        return TC_ACT_OK;
     t = bpf_map_lookup_elem(&rs_track, &key);
     if (!t)
         return f->state == RS_FLOW_WATCH ? TC_ACT_OK : TC_ACT_SHOT;   /* the daemon creates both */
+    /* A bare SYN after the sender ended its connection opens a new one on
+     * the same 4-tuple (the old entry lingers, or was adopted from a
+     * predecessor and not yet reaped): it and what follows go to the
+     * stack's listener until the proxy replaces the entry.  On a live
+     * connection a SYN is translated like any segment (the server's TCP
+     * answers it with a challenge ACK): a forged one steals nothing. */
+    if (!t->reused && (tcp[13] & 0x12) == 0x02 && t->seen_gen == f->gen
+        && (t->seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)))
+        t->reused = 1;
+    if (t->reused) {
+        record_ts(skb, &key);       /* as for any connection not spliced yet */
+        return TC_ACT_OK;
+    }
 
     t->last_ns = bpf_ktime_get_ns();
     if (tcp[13] & 0x10) {

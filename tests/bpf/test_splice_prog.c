@@ -302,25 +302,34 @@ static void ack_clamp_as_core_does(void **state)
     assert_same_bytes(out, want, len);
 }
 
-/* A bare SYN on a spliced 4-tuple opens a new connection (the old one
- * adopted from a predecessor, long gone): it goes to the stack as it is;
- * a SYN-ACK (a moving socket's answer) does not count. */
-static void bare_syn_goes_to_stack(void **state)
+/* A bare SYN on a spliced 4-tuple after the client's end opens a new
+ * connection (the old entry lingers, or was adopted and not yet reaped):
+ * it and what follows go to the stack as they are.  Before an end, a SYN
+ * is translated like any segment (a forged one steals nothing). */
+static void bare_syn_after_end_goes_to_stack(void **state)
 {
     uint8_t in[400], out[464];
     size_t len = random_frame(in, 0x0a000109u, 0x0a000001u, 41000, 80);
     struct rs_flow_key k = key_of(in);
-    struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .splice_id = 9 };
+    struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .splice_id = 9, .gen = 3 };
+    struct rs_flow_track t = { .seen = RS_FLOW_SEEN_RST, .seen_gen = 3 };
 
     (void)state;
     put_flow(&k, &fl);
-    in[ETH_LEN + 20 + 13] = 0x02;      /* SYN */
+    in[ETH_LEN + 20 + 13] = 0x02;      /* SYN, no end yet: translated */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_track), &k, &t, BPF_ANY), 0);
+    in[ETH_LEN + 20 + 13] = 0x12;      /* SYN-ACK: not a new connection */
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    in[ETH_LEN + 20 + 13] = 0x02;      /* after the client's RST: the stack's */
     set_checksums(in + ETH_LEN, len - ETH_LEN);
     assert_int_equal(run(in, len, out), TC_ACT_OK);
     assert_same_bytes(out, in, len);
-    in[ETH_LEN + 20 + 13] = 0x12;      /* SYN-ACK: translated */
+    in[ETH_LEN + 20 + 13] = 0x10;      /* the handshake's ACK follows it there */
     set_checksums(in + ETH_LEN, len - ETH_LEN);
-    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
 }
@@ -370,7 +379,7 @@ int main(void)
         cmocka_unit_test(program_translates_as_core_does),
         cmocka_unit_test(states_drop_and_guard),
         cmocka_unit_test(ack_clamp_as_core_does),
-        cmocka_unit_test(bare_syn_goes_to_stack),
+        cmocka_unit_test(bare_syn_after_end_goes_to_stack),
         cmocka_unit_test(syn_held_back_while_away),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -485,8 +485,8 @@ class TestProxyRestart(Case):
         self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
         self.assertTrue(wait_until(lambda: "splice id=1 " in self.stack.log("proxy"), 5))
         time.sleep(0.3)
-        old = self.stack.log("proxy")
         stop(self.stack.d["proxy"])
+        old = self.stack.log("proxy")
         self.stack.start_proxy("proxy-restarted")
         log = self.stack.log("proxy")
         self.assertIn("adopted 1 spliced connections", log, old[-2000:] + log[-2000:])
@@ -531,8 +531,11 @@ class TestProxyRestart(Case):
         self.assertIn("second: 100000 bytes", d.output())
         self.assertIn("third: 100000 bytes", d.output())
         log = self.stack.log("proxy")
-        self.assertRegex(log, r"close id=1 .*")
+        self.assertRegex(log, r"unsplice id=1 ")
         self.assertRegex(log, r"splice id=2 ")
+        t_rst = float(re.search(r"^(\d+\.\d+) rs-proxy rst id=1 ", log, re.M).group(1))
+        t_acc = float(re.search(r"^(\d+\.\d+) rs-proxy accept id=2 ", log, re.M).group(1))
+        self.assertLess(t_acc - t_rst, 0.5, "the new connection waited for the old one's entries to go")
 
 
 class TestProxyHandOverUnderLoad(Case):
