@@ -22,6 +22,11 @@ from outside the component:
                         100-600 ms (iptables statistic match on the client hosts)
   second                SIGKILL of the primary, then 0-2 s later one of:
                         client-loss, logger kill, alternate kill
+  proxy                 SIGKILL of rs-proxy, started again 200 ms later (a
+                        supervisor): the new one adopts the spliced
+                        connections; those it had not spliced yet die with
+                        its sockets, and new ones are refused until it
+                        listens (a clean end, counted; see below)
   auxlog                SIGKILL of rs-auxlog (Roundcube only; not in the
                         default list: it is not replicated, nothing masks it)
 
@@ -44,7 +49,9 @@ The checker sees only what lands outside the daemons:
     second fault that left no backend to move to (the alternate or the
     logger gone after the primary), within 1 s of that fault (or of the
     connection's SYN, when it came later), for a connection the proxy
-    closed with a counted reason;
+    closed with a counted reason; or, after a SIGKILL of the proxy, a
+    FIN or RST within 1 s of it, for a connection the proxy had not
+    spliced (it died with the proxy's sockets; a spliced one must live);
   - every response byte checked by rs-client against the content the
     crash-free run sends (content seeds; counter and upload bodies), and
     every byte the alternate sends again compared on the wire with what
@@ -94,7 +101,7 @@ from experiments.pcaps import ends  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 FAULTS = ("none", "process", "host", "hang", "cut-logger", "alternate-in-recovery", "logger-idle",
-          "logger-in-recovery", "client-loss", "second")
+          "logger-in-recovery", "client-loss", "second", "proxy")
 # Faults a campaign runs only when asked (FAULTS=...): rs-auxlog is not
 # replicated, so its death is not masked (see the closing notes of issue 14).
 OPT_IN = ("auxlog",)
@@ -108,6 +115,14 @@ def unmaskable(times):
         any(w in ("app-alternate", "logger") for w in names)
 
 SECOND = ("client-loss", "logger", "alternate")
+PROXY_RESTART_S = 0.2        # a supervisor's delay before it starts a killed rs-proxy again
+
+
+def spliced_before(plog, t):
+    """Clients (tcpdump's ip.port) whose connection the proxy of log 'plog'
+    had spliced before time 't'."""
+    return {m.group(2).replace(":", ".") for m in re.finditer(r"^(\d+\.\d+) rs-proxy splice id=\d+ client=(\S+) ", plog, re.M)
+            if float(m.group(1)) < t}
 VIP = SERVERS["proxy"]
 CLEAN_END_S = 1.0
 REQ_MAX = 64 * 1024          # rs-proxy's first-request limit (RS_PROXY_REQ_MAX)
@@ -323,6 +338,7 @@ class Faults:
         self.tb, self.target, self.rng = tb, target, rng
         self.stack, self.hosts = target.stack, target.hosts
         self.times, self.undo = [], []
+        self.dead_proxy_log = ""     # the log of an rs-proxy killed and replaced
 
     def mark(self, what):
         self.times.append((what, time.time()))
@@ -405,6 +421,11 @@ class Faults:
         elif fault == "logger-in-recovery":
             self.primary_kill()
             return self.after_hold(lambda: self.kill("logger"))
+        elif fault == "proxy":
+            self.kill("proxy")
+            t = threading.Timer(PROXY_RESTART_S, self.restart_proxy)
+            t.start()
+            return t
         elif fault == "second":
             second, delay = self.rng.choice(SECOND), self.rng.uniform(0, 2)
             self.primary_kill()
@@ -415,6 +436,11 @@ class Faults:
             t.start()
             return t
         return None
+
+    def restart_proxy(self):
+        self.dead_proxy_log = self.stack.log("proxy")
+        self.stack.start_proxy("proxy-restarted")
+        self.mark("proxy-restarted")
 
     def wait(self, handle):
         if handle is None:
@@ -466,6 +492,8 @@ def judge(row, clients, flows, plog, times, effects):
     if any(c["hung"] for c in clients):
         bad.append("hang")
     last_fault = max((t for _, t in times), default=None)
+    proxy_t = next((t for w, t in times if w == "proxy"), None)
+    spliced_at_kill = spliced_before(plog, proxy_t) if proxy_t is not None else set()
     # Connections the proxy reset with a counted reason (unrecoverable, or
     # a new one with no backend left); tcpdump names a client ip.port, the
     # proxy ip:port.
@@ -479,6 +507,8 @@ def judge(row, clients, flows, plog, times, effects):
         since = max(last_fault or 0, e.get("client_syn", 0))
         ok = ("server_rst" in e and e["server_rst"] == end and unmaskable(times) and client in counted
               and last_fault is not None and end - since <= CLEAN_END_S)
+        if proxy_t is not None and client not in spliced_at_kill:
+            ok = ok or 0 <= end - max(proxy_t, e.get("client_syn", 0)) <= CLEAN_END_S
         if ok:
             clean += 1
         else:
@@ -564,7 +594,7 @@ def trial(tb, args, target, fault, workload, n, seed, window):
     effects = target.effects(results, before)
     serving = target.serving()
     no_backend = not target.app_alive(serving)
-    plog, llog = stack.log("proxy"), stack.log("logger")
+    plog, llog = faults.dead_proxy_log + stack.log("proxy"), stack.log("logger")
     target.stop()
     san = [name for name, d in stack_files(args.work) if SANITIZER.search(d)]
     flows = {}

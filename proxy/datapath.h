@@ -48,10 +48,11 @@ struct px_datapath_ops {
      * (spliced connections go on meanwhile, unprotected). */
     void (*close)(struct px_datapath *dp, bool keep);
     /* Where clients connect: segments to it of no splice yet have their
-     * TSval recorded (the splice must continue the client's clock).  New
-     * connections' SYNs are dropped until CLOCK_MONOTONIC 'away_until_ns'
-     * (a hand-over; 0: never). */
-    int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t away_until_ns);
+     * TSval recorded (the splice must continue the client's clock).
+     * 'lease_ns': the proxy is alive until then (CLOCK_MONOTONIC; 0: no
+     * lease): once it runs out, new connections' SYNs are held back for a
+     * successor (struct rs_vip). */
+    int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns);
     /* The newest TSval client connection 'k' sent before its splice (then
      * forgotten).  Returns 0 or -ENOENT. */
     int (*client_ts)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts);
@@ -95,9 +96,9 @@ static inline void px_dp_close(struct px_datapath *dp, bool keep)
     if (dp)
         dp->ops->close(dp, keep);
 }
-static inline int px_dp_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t away_until_ns)
+static inline int px_dp_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns)
 {
-    return dp->ops->set_vip(dp, ip, port, away_until_ns);
+    return dp->ops->set_vip(dp, ip, port, lease_ns);
 }
 static inline int px_dp_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts)
 {

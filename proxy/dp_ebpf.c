@@ -52,10 +52,10 @@ static int on_ring_event(void *ctx, void *data, size_t len)
     return 0;
 }
 
-static int ebpf_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t away_until_ns)
+static int ebpf_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
-    struct rs_vip v = { .addr = htonl(ip), .port = htons(port), .away_until_ns = away_until_ns };
+    struct rs_vip v = { .addr = htonl(ip), .port = htons(port), .lease_ns = lease_ns };
     uint32_t zero = 0;
 
     return bpf_map_update_elem(bpf_map__fd(s->skel->maps.rs_vips), &zero, &v, BPF_ANY) ? -errno : 0;

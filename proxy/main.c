@@ -352,6 +352,21 @@ static int parse_args(struct proxy *p, int argc, char **argv)
 
 /* ---- set-up -------------------------------------------------------------------- */
 
+#define LEASE_NS ((uint64_t)500 * 1000000)        /* how long the tc program trusts we are alive */
+#define LEASE_RENEW_NS ((uint64_t)100 * 1000000)
+
+/* While the proxy runs, its lease in the tc program does not run out; when
+ * it dies (or stops), new connections wait for a successor (struct rs_vip). */
+static void renew_lease(struct rs_timer *t)
+{
+    struct proxy *p = t->ctx;
+    int e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, rs_mono_ns() + LEASE_NS);
+
+    if (e)
+        rs_log("lease: %s", strerror(-e));
+    rs_timer_after(&p->loop, t, LEASE_RENEW_NS);
+}
+
 static int setup(struct proxy *p)
 {
     int e, lfd;
@@ -372,7 +387,7 @@ static int setup(struct proxy *p)
                     strerror(-e));
             return -1;
         }
-        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, 0)) != 0
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, rs_mono_ns() + LEASE_NS)) != 0
             || (e = rs_io_start(&p->loop, &p->eio, px_dp_events_fd(p->dp), EPOLLIN, px_pc_events, p)) != 0) {
             fprintf(stderr, "rs-proxy: cannot configure the splice program: %s\n", strerror(-e));
             return -1;
@@ -382,6 +397,8 @@ static int setup(struct proxy *p)
             rs_log("raw socket: %s (unrecoverable spliced clients get no RST)", strerror(errno));
         rs_timer_init(&p->reap_timer, px_pc_reap, p);
         rs_timer_after(&p->loop, &p->reap_timer, 500000000ull);
+        rs_timer_init(&p->lease_timer, renew_lease, p);
+        rs_timer_after(&p->loop, &p->lease_timer, LEASE_RENEW_NS);
     }
     lfd = rs_listen_tcp(p->listen, 4096);
     if (lfd < 0 || (e = rs_io_start(&p->loop, &p->lio, lfd, EPOLLIN, px_pc_accept, p)) != 0) {
@@ -415,7 +432,6 @@ static int setup(struct proxy *p)
 #define DRAIN_NS ((uint64_t)2000 * 1000000)    /* the most a stop waits for relays and recoveries */
 #define DRAIN_CHECK_NS ((uint64_t)10 * 1000000)
 #define LISTEN_LAST_NS ((uint64_t)50 * 1000000)  /* handshakes under way when SYNs stop still complete */
-#define AWAY_NS ((uint64_t)5000 * 1000000)       /* new connections wait this long for a successor */
 
 /* Connections a stop would cut (not spliced yet, or moving); with
  * 'spliced', those it hands over. */
@@ -457,9 +473,9 @@ static void drain_check(struct rs_timer *t)
 }
 
 /* SIGTERM: hand the spliced connections over to whoever starts next on
- * this interface (adopt.c).  New connections' SYNs are dropped by the tc
- * program for up to AWAY_NS (their clients retry: the successor takes
- * them; a successor that never comes leaves them refused after that);
+ * this interface (adopt.c).  The lease ends at once: new connections' SYNs
+ * are dropped by the tc program (their clients retry: the successor takes
+ * them; after RS_VIP_SUCCESSOR_NS without one, the host refuses them);
  * handshakes already under way get LISTEN_LAST_NS to complete, and
  * connections still relayed up to DRAIN_NS to splice, recoveries to
  * finish; then the tc program stays attached with its table.  A second
@@ -473,7 +489,8 @@ static void hand_over(struct proxy *p)
     if (p->dp) {
         uint64_t now = rs_mono_ns();
 
-        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, now + AWAY_NS)) != 0)
+        rs_timer_stop(&p->loop, &p->lease_timer);
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, now)) != 0)
             rs_log("stopping: new connections cannot be held back: %s", strerror(-e));
         p->drain_until_ns = now + DRAIN_NS;
         rs_timer_init(&t, drain_check, p);

@@ -106,7 +106,7 @@ struct proxy {
     uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns, request_ns;
     struct rs_loop loop;
     struct rs_io lio, eio;        /* the VIP's listening socket, the data path's events */
-    struct rs_timer reap_timer;
+    struct rs_timer reap_timer, lease_timer;
     int rawfd;                    /* raw socket for the RSTs of clean ends */
     struct px_datapath *dp;       /* NULL with --no-splice */
     const char *datapath;         /* --datapath */

@@ -17,6 +17,10 @@
 
 #define RS_TS_MAP_MAX 65536      /* connections whose clients' TSvals are watched before a splice */
 
+/* New connections whose proxy is gone wait this long for its successor
+ * (see struct rs_vip). */
+#define RS_VIP_SUCCESSOR_NS (5000ull * 1000000ull)
+
 /* Where clients connect (network order): segments to it that belong to no
  * splice yet have their TSval recorded in rs_ts, because the splice must
  * continue the client's clock and the proxy's socket does not tell it. */
@@ -24,9 +28,11 @@ struct rs_vip {
     rs_u32 addr;
     rs_u16 port;
     rs_u16 pad_;
-    rs_u64 away_until_ns;      /* a proxy handing over (bpf_ktime_get_ns): new connections'
-                                * SYNs are dropped until then, so they are retried (and
-                                * taken by the successor) instead of refused */
+    rs_u64 lease_ns;           /* the proxy is alive until then (bpf_ktime_get_ns; renewed
+                                * as it runs, ended by a stop; 0: no lease).  For
+                                * RS_VIP_SUCCESSOR_NS after a lease ran out, new connections'
+                                * SYNs are dropped: their clients retry them and the
+                                * successor takes them, where the host would refuse them */
 };
 
 /* Address fields in network order, exactly as read from the packet. */

@@ -16,6 +16,14 @@
 #include "helpers.h"
 #include "maps.h"
 
+/* Whether the proxy holds its lease, or may yet be succeeded (struct rs_vip). */
+static __always_inline int proxy_alive(const struct rs_vip *vip)
+{
+    __u64 now = bpf_ktime_get_ns();
+
+    return now <= vip->lease_ns || now > vip->lease_ns + RS_VIP_SUCCESSOR_NS;
+}
+
 SEC("tc")
 int rs_splice_ingress(struct __sk_buff *skb)
 {
@@ -43,7 +51,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
         struct rs_vip *vip = bpf_map_lookup_elem(&rs_vips, &zero);
 
         if (vip && vip->addr == key.daddr && vip->port == key.dport) {
-            if ((tcp[13] & 0x12) == 0x02 && vip->away_until_ns > bpf_ktime_get_ns())
+            if ((tcp[13] & 0x12) == 0x02 && vip->lease_ns && !proxy_alive(vip))
                 return TC_ACT_SHOT;
             record_ts(skb, &key);
         }

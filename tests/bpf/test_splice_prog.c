@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include <linux/pkt_cls.h>
@@ -334,29 +335,38 @@ static void bare_syn_after_end_goes_to_stack(void **state)
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
 }
 
-/* A proxy handing over: new connections' SYNs to the VIP are dropped
- * until the deadline (retried, for the successor); nothing else is. */
-static void syn_held_back_while_away(void **state)
+/* New connections' SYNs to the VIP are dropped (retried, for a
+ * successor) from the end of the proxy's lease for RS_VIP_SUCCESSOR_NS;
+ * nothing else is, and nothing without a lease. */
+static void syn_held_back_without_proxy(void **state)
 {
     uint8_t in[400], out[464];
     size_t len = random_frame(in, 0x0a00010au, 0x0a000001u, 41001, 80);
     uint32_t zero = 0;
     int vips = bpf_map__fd(skel->maps.rs_vips);
-    struct rs_vip v = { .addr = htonl(0x0a000001u), .port = htons(80), .away_until_ns = ~0ull };
+    struct timespec now;
+    uint64_t now_ns;
+    struct rs_vip v = { .addr = htonl(0x0a000001u), .port = htons(80) };
+    const struct { int64_t lease; int syn; } cases[] = {
+        { 0, TC_ACT_OK },                                            /* no lease */
+        { 1000000000ll, TC_ACT_OK },                                 /* alive for another second */
+        { -1000000ll, TC_ACT_SHOT },                                 /* ran out 1 ms ago */
+        { -2 * (int64_t)RS_VIP_SUCCESSOR_NS, TC_ACT_OK },            /* no successor came */
+    };
 
     (void)state;
-    in[ETH_LEN + 20 + 13] = 0x02;      /* SYN */
-    set_checksums(in + ETH_LEN, len - ETH_LEN);
-    assert_int_equal(bpf_map_update_elem(vips, &zero, &v, BPF_ANY), 0);
-    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
-    in[ETH_LEN + 20 + 13] = 0x10;      /* an ACK of no splice: the stack's */
-    set_checksums(in + ETH_LEN, len - ETH_LEN);
-    assert_int_equal(run(in, len, out), TC_ACT_OK);
-    in[ETH_LEN + 20 + 13] = 0x02;
-    set_checksums(in + ETH_LEN, len - ETH_LEN);
-    v.away_until_ns = 1;               /* long past */
-    assert_int_equal(bpf_map_update_elem(vips, &zero, &v, BPF_ANY), 0);
-    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    now_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        v.lease_ns = cases[i].lease ? now_ns + (uint64_t)cases[i].lease : 0;
+        assert_int_equal(bpf_map_update_elem(vips, &zero, &v, BPF_ANY), 0);
+        in[ETH_LEN + 20 + 13] = 0x02;      /* SYN */
+        set_checksums(in + ETH_LEN, len - ETH_LEN);
+        assert_int_equal(run(in, len, out), cases[i].syn);
+        in[ETH_LEN + 20 + 13] = 0x10;      /* an ACK of no splice: always the stack's */
+        set_checksums(in + ETH_LEN, len - ETH_LEN);
+        assert_int_equal(run(in, len, out), TC_ACT_OK);
+    }
 }
 
 static int setup(void **state)
@@ -380,7 +390,7 @@ int main(void)
         cmocka_unit_test(states_drop_and_guard),
         cmocka_unit_test(ack_clamp_as_core_does),
         cmocka_unit_test(bare_syn_after_end_goes_to_stack),
-        cmocka_unit_test(syn_held_back_while_away),
+        cmocka_unit_test(syn_held_back_without_proxy),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
