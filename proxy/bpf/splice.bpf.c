@@ -16,6 +16,20 @@
 #include "helpers.h"
 #include "maps.h"
 
+/* Whether the connection of entry 'f' (track 't') has ended: its sender
+ * reset it, or it and the peer entry's sender both sent their FIN. */
+static __always_inline int ended(const struct rs_flow_track *t, const struct rs_flow *f)
+{
+    const struct rs_flow_track *pt;
+
+    if (t->seen & RS_FLOW_SEEN_RST)
+        return 1;
+    if (!(t->seen & RS_FLOW_SEEN_FIN))
+        return 0;
+    pt = bpf_map_lookup_elem(&rs_track, &f->peer);
+    return pt && pt->pos.fin_seen;
+}
+
 /* Whether the proxy holds its lease, or may yet be succeeded (struct rs_vip). */
 static __always_inline int proxy_alive(const struct rs_vip *vip)
 {
@@ -60,14 +74,14 @@ int rs_splice_ingress(struct __sk_buff *skb)
     t = bpf_map_lookup_elem(&rs_track, &key);
     if (!t)
         return f->state == RS_FLOW_WATCH ? TC_ACT_OK : TC_ACT_SHOT;   /* the daemon creates both */
-    /* A bare SYN after the sender ended its connection opens a new one on
-     * the same 4-tuple (the old entry lingers, or was adopted from a
-     * predecessor and not yet reaped): it and what follows go to the
-     * stack's listener until the proxy replaces the entry.  On a live
-     * connection a SYN is translated like any segment (the server's TCP
+    /* A bare SYN on a connection that has ended (the sender reset it, or
+     * both sides sent their FIN) opens a new one on the same 4-tuple (the
+     * old entry lingers, or was adopted from a predecessor and not yet
+     * reaped): it and what follows go to the stack's listener until the
+     * proxy replaces the entry.  On a live connection, half-closed ones
+     * included, a SYN is translated like any segment (the server's TCP
      * answers it with a challenge ACK): a forged one steals nothing. */
-    if (!t->reused && (tcp[13] & 0x12) == 0x02 && t->seen_gen == f->gen
-        && (t->seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)))
+    if (!t->reused && (tcp[13] & 0x12) == 0x02 && t->seen_gen == f->gen && ended(t, f))
         t->reused = 1;
     if (t->reused) {
         record_ts(skb, &key);       /* as for any connection not spliced yet */

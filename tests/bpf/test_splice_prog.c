@@ -303,17 +303,21 @@ static void ack_clamp_as_core_does(void **state)
     assert_same_bytes(out, want, len);
 }
 
-/* A bare SYN on a spliced 4-tuple after the client's end opens a new
+/* A bare SYN on a spliced 4-tuple after the connection's end opens a new
  * connection (the old entry lingers, or was adopted and not yet reaped):
- * it and what follows go to the stack as they are.  Before an end, a SYN
- * is translated like any segment (a forged one steals nothing). */
+ * it and what follows go to the stack as they are.  Before the end (a
+ * half-close is not one), a SYN is translated like any segment (a forged
+ * one steals nothing). */
 static void bare_syn_after_end_goes_to_stack(void **state)
 {
     uint8_t in[400], out[464];
     size_t len = random_frame(in, 0x0a000109u, 0x0a000001u, 41000, 80);
     struct rs_flow_key k = key_of(in);
-    struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .splice_id = 9, .gen = 3 };
-    struct rs_flow_track t = { .seen = RS_FLOW_SEEN_RST, .seen_gen = 3 };
+    struct rs_flow_key kp = { 0x0b0000a0u, 0x0a000001u, 8080, 40000 };   /* the backend's direction */
+    struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .splice_id = 9, .gen = 3,
+                          .peer = kp };
+    struct rs_flow_track t = { .seen = RS_FLOW_SEEN_RST, .seen_gen = 3 }, pt = { .pos = { .fin_seen = 1 } };
+    int track = bpf_map__fd(skel->maps.rs_track);
 
     (void)state;
     put_flow(&k, &fl);
@@ -324,15 +328,25 @@ static void bare_syn_after_end_goes_to_stack(void **state)
     in[ETH_LEN + 20 + 13] = 0x12;      /* SYN-ACK: not a new connection */
     set_checksums(in + ETH_LEN, len - ETH_LEN);
     assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
-    in[ETH_LEN + 20 + 13] = 0x02;      /* after the client's RST: the stack's */
+    t.seen = RS_FLOW_SEEN_FIN;         /* half-closed (the server still sends): translated */
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_track), &k, &t, BPF_ANY), 0);
+    in[ETH_LEN + 20 + 13] = 0x02;
     set_checksums(in + ETH_LEN, len - ETH_LEN);
-    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_int_equal(bpf_map_update_elem(track, &kp, &pt, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);       /* both FINs: the stack's */
     assert_same_bytes(out, in, len);
     in[ETH_LEN + 20 + 13] = 0x10;      /* the handshake's ACK follows it there */
     set_checksums(in + ETH_LEN, len - ETH_LEN);
     assert_int_equal(run(in, len, out), TC_ACT_OK);
+    bpf_map_delete_elem(track, &kp);
+    t.seen = RS_FLOW_SEEN_RST;         /* afresh: the client reset it */
+    assert_int_equal(bpf_map_update_elem(track, &k, &t, BPF_ANY), 0);
+    in[ETH_LEN + 20 + 13] = 0x02;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
-    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
+    bpf_map_delete_elem(track, &k);
 }
 
 /* New connections' SYNs to the VIP are dropped (retried, for a
