@@ -19,10 +19,10 @@
  * an adopted connection that the predecessor had already been told about
  * reaches this proxy only through that connection's own signals (its
  * guard, its stall). */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
-#include <arpa/inet.h>
 #include <string.h>
 
 #include "proxy.h"
