@@ -137,18 +137,18 @@ int px_adopt(struct proxy *p)
     /* 2. Every other entry belongs to one of them, or goes. */
     for (size_t i = 0; i < n; i++) {
         struct px_flow_info f;
+        struct pconn *pc;
 
         if (owner[i] || px_dp_get(p->dp, &keys[i], &f))
             continue;
-        if (f.cfg.splice_id && (owner[i] = px_pc_find(p, f.cfg.splice_id)) && belongs(owner[i], &keys[i], &f)) {
-            struct pconn *pc = owner[i];
+        pc = f.cfg.splice_id ? px_pc_find(p, f.cfg.splice_id) : NULL;
+        if (pc && belongs(pc, &keys[i], &f)) {
             struct rs_flow_key kb = px_key_b(pc);
 
             if (memcmp(&keys[i], &kb, sizeof(kb)) && pc->nheld < RS_PROXY_HELD_MAX)
                 pc->held[pc->nheld++] = keys[i];
             continue;
         }
-        owner[i] = NULL;
         px_dp_remove(p->dp, &keys[i]);
         dropped++;
     }

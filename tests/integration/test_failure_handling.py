@@ -570,8 +570,13 @@ class TestProxyHandOverUnderLoad(Case):
             self.tb.stop_capture(c)
         self.assert_transparent(d, caps[0][1])
         self.assertEqual(len(self.rows(d)), 100)
-        self.assertRegex(old, r"exiting: 50 spliced connections handed over .* 0 cut")
-        self.assertIn("adopted 50 spliced connections", self.stack.log("proxy"))
+        # The 50 streams, and any of c2's short connections spliced then
+        # (the successor also adopts those that were ending: they linger).
+        handed = re.search(r"exiting: (\d+) spliced connections handed over .*, 0 cut", old)
+        adopted = re.search(r"adopted (\d+) spliced connections", self.stack.log("proxy"))
+        self.assertTrue(handed and adopted, old[-2000:])
+        self.assertGreaterEqual(int(handed.group(1)), 50)
+        self.assertGreaterEqual(int(adopted.group(1)), int(handed.group(1)))
         out = n.output()
         print(f"\nnew connections across the restart: {out.strip()}")
         m = re.search(r"ok=(\d+) failed=(\d+) held=(\d+)", out)
