@@ -383,3 +383,18 @@ def leftovers():
         if "NFQUEUE" in rules:
             found.append("NFQUEUE rule in the root namespace")
     return found
+
+
+def sweep_stale():
+    """Delete the interfaces and bridges an earlier run left when it was
+    killed before its cleanup ran.  Only when no testbed process is alive
+    (another run may own them otherwise).  Returns what it removed."""
+    found = leftovers()
+    if any(not f.startswith("interface ") for f in found):
+        return []
+    removed = []
+    for f in found:
+        name = f.split(" ", 1)[1]
+        if subprocess.run(["ip", "link", "del", name], capture_output=True).returncode == 0:
+            removed.append(name)
+    return removed

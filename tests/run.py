@@ -94,6 +94,10 @@ def run_fuzz(build, seconds, t):
 def run_integration(build, pattern, t):
     os.environ["RS_BUILD"] = os.path.abspath(build)
     sys.path.insert(0, ROOT)
+    from emul.testbed import sweep_stale
+    swept = sweep_stale()
+    if swept:
+        print(f"removed interfaces an earlier, interrupted run left: {' '.join(swept)}")
     suite = unittest.defaultTestLoader.discover(os.path.join(HERE, "integration"),
                                                 pattern=pattern, top_level_dir=ROOT)
     if suite.countTestCases() == 0:
