@@ -34,6 +34,10 @@
  * upload in flight).  Only a connection a daemon opened itself takes a
  * frame above RS_CTL_SMALL_FRAME_MAX (a PLAN is the reply to a RECOVER). */
 #define RS_CTL_PLAN_DATA_MAX (64u << 20)
+/* An entry of the proxies' splice table in a FLOW (opaque here: both ends
+ * run the same rs-proxy). */
+#define RS_CTL_FLOW_HDR      28u
+#define RS_CTL_FLOW_DATA_MAX 512u
 #define RS_CTL_PAYLOAD_MAX (RS_CTL_PLAN_HDR + RS_CTL_PLAN_DATA_MAX)
 #define RS_CTL_FRAME_MAX   (RS_CTL_HDR_LEN + RS_CTL_PAYLOAD_MAX + RS_CTL_MAC_LEN)
 #define RS_CTL_SMALL_FRAME_MAX (RS_CTL_HDR_LEN + RS_CTL_PLAN_HDR + RS_CTL_STATE_MAX + RS_CTL_MAC_LEN)
@@ -62,7 +66,8 @@ enum rs_ctl_type {
     RS_CTL_STATUS,            /* operator -> proxy: report roles and protection */
     RS_CTL_STATUS_REPORT,     /* proxy -> operator: the answer to STATUS */
     RS_CTL_UNLOGGED,          /* logger -> alternate: a connection it cannot log, apply its states as they come */
-    RS_CTL_TYPE_MAX = RS_CTL_UNLOGGED,
+    RS_CTL_FLOW,              /* active proxy -> standby proxy: its splice table, as it changes */
+    RS_CTL_TYPE_MAX = RS_CTL_FLOW,
 };
 
 enum rs_ctl_role {
@@ -259,6 +264,28 @@ struct rs_ctl_fence {
     bool fenced;
 };
 
+enum rs_ctl_flow_op {
+    RS_CTL_FLOW_BEGIN = 1,    /* the sender is the active proxy since 'epoch': forget the
+                               * copy of its table, the whole table follows */
+    RS_CTL_FLOW_SET,          /* entry 'key' is now 'data' */
+    RS_CTL_FLOW_DEL,          /* entry 'key' is gone */
+    RS_CTL_FLOW_ALIVE,        /* the active proxy of 'epoch' is alive (sent every few ms) */
+    RS_CTL_FLOW_OP_MAX = RS_CTL_FLOW_ALIVE,
+};
+
+/* The active proxy keeps its standby's copy of the splice table (proxy/pair.c).
+ * 'epoch' (non-zero) names the active proxy's term: its clock, in ms, when
+ * it became active; a later term wins.  The key is an entry's 4-tuple (host
+ * order), zero in BEGIN and ALIVE. */
+struct rs_ctl_flow {
+    uint8_t op;               /* enum rs_ctl_flow_op */
+    uint64_t epoch;
+    uint32_t saddr, daddr;
+    uint16_t sport, dport;
+    uint32_t len;             /* SET: 1 .. RS_CTL_FLOW_DATA_MAX; else 0 */
+    const uint8_t *data;      /* after decode: points into the frame buffer */
+};
+
 /* Roles and flags of rs_ctl_backend_status. */
 #define RS_CTL_ROLE_PRIMARY_BACKEND   1u   /* new connections go to it */
 #define RS_CTL_ROLE_ALTERNATE_BACKEND 2u   /* takes over failed connections */
@@ -305,6 +332,7 @@ struct rs_ctl_msg {
         struct rs_ctl_suspect suspect;
         struct rs_ctl_fence fence;
         struct rs_ctl_status_report status_report;
+        struct rs_ctl_flow flow;
     } u;
 };
 

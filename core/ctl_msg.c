@@ -31,6 +31,7 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_STATUS] = 4,
     [RS_CTL_STATUS_REPORT] = 16 + 16 * RS_CTL_STATUS_BACKENDS,
     [RS_CTL_UNLOGGED] = 8,
+    [RS_CTL_FLOW] = RS_CTL_FLOW_HDR,
 };
 
 static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
@@ -53,6 +54,7 @@ static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_STATUS] = "STATUS",
     [RS_CTL_STATUS_REPORT] = "STATUS_REPORT",
     [RS_CTL_UNLOGGED] = "UNLOGGED",
+    [RS_CTL_FLOW] = "FLOW",
 };
 
 /* Wire flag bits inside payloads. */
@@ -70,12 +72,13 @@ static bool type_known(unsigned type)
 
 static bool has_data(unsigned type)
 {
-    return type == RS_CTL_STATE_UPDATE || type == RS_CTL_PLAN;
+    return type == RS_CTL_STATE_UPDATE || type == RS_CTL_PLAN || type == RS_CTL_FLOW;
 }
 
 static uint32_t max_body_len(unsigned type)
 {
     return type == RS_CTL_PLAN ? body_len[type] + RS_CTL_PLAN_DATA_MAX
+           : type == RS_CTL_FLOW ? body_len[type] + RS_CTL_FLOW_DATA_MAX
            : has_data(type) ? body_len[type] + RS_CTL_STATE_MAX : body_len[type];
 }
 
@@ -199,6 +202,15 @@ static int validate__(const struct rs_ctl_msg *m)
     case RS_CTL_STATUS:
         ok = true;
         break;
+    case RS_CTL_FLOW: {
+        const struct rs_ctl_flow *b = &m->u.flow;
+        bool keyed = b->op == RS_CTL_FLOW_SET || b->op == RS_CTL_FLOW_DEL;
+        bool key_zero = !b->saddr && !b->daddr && !b->sport && !b->dport;
+        ok = b->op >= RS_CTL_FLOW_BEGIN && b->op <= RS_CTL_FLOW_OP_MAX && b->epoch != 0
+             && (keyed ? b->saddr && b->daddr && b->sport && b->dport : key_zero)
+             && (b->op == RS_CTL_FLOW_SET ? b->len > 0 && b->len <= RS_CTL_FLOW_DATA_MAX && b->data : b->len == 0);
+        break;
+    }
     case RS_CTL_STATUS_REPORT: {
         const struct rs_ctl_status_report *b = &m->u.status_report;
         ok = b->n <= RS_CTL_STATUS_BACKENDS;
@@ -231,7 +243,8 @@ void rs_ctl_replay_init(struct rs_ctl_replay *replay)
 static uint32_t payload_len(const struct rs_ctl_msg *m)
 {
     return body_len[m->type] + (m->type == RS_CTL_STATE_UPDATE ? m->u.state_update.len
-                                : m->type == RS_CTL_PLAN ? m->u.plan.len : 0);
+                                : m->type == RS_CTL_PLAN ? m->u.plan.len
+                                : m->type == RS_CTL_FLOW ? m->u.flow.len : 0);
 }
 
 int rs_ctl_encoded_len(const struct rs_ctl_msg *msg)
@@ -262,6 +275,21 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
     case RS_CTL_UNLOGGED:
         rs_put64(p, m->u.unlogged.from);
         break;
+    case RS_CTL_FLOW: {
+        const struct rs_ctl_flow *b = &m->u.flow;
+        rs_put8(p, b->op);
+        rs_put_zero(p, 3);
+        rs_put64(p, b->epoch);
+        rs_put32(p, b->saddr);
+        rs_put32(p, b->daddr);
+        rs_put16(p, b->sport);
+        rs_put16(p, b->dport);
+        rs_put32(p, b->len);
+        if (b->len)
+            memmove(*p, b->data, b->len);
+        *p += b->len;
+        break;
+    }
     case RS_CTL_STATE_REPORT: {
         const struct rs_ctl_state_report *b = &m->u.state_report;
         put_conn(p, &b->conn);
@@ -460,6 +488,21 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
     case RS_CTL_UNLOGGED:
         m->u.unlogged.from = rs_get64(&p);
         break;
+    case RS_CTL_FLOW: {
+        struct rs_ctl_flow *b = &m->u.flow;
+        b->op = rs_get8(&p);
+        pad_ok = get_zero(&p, 3);
+        b->epoch = rs_get64(&p);
+        b->saddr = rs_get32(&p);
+        b->daddr = rs_get32(&p);
+        b->sport = rs_get16(&p);
+        b->dport = rs_get16(&p);
+        b->len = rs_get32(&p);
+        if (b->len != plen - RS_CTL_FLOW_HDR)
+            return -EBADMSG;
+        b->data = b->len ? p : NULL;
+        break;
+    }
     case RS_CTL_STATE_REPORT: {
         struct rs_ctl_state_report *b = &m->u.state_report;
         get_conn(&p, &b->conn);
@@ -701,6 +744,12 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
                && a->u.txn_logged.resp_end == b->u.txn_logged.resp_end;
     case RS_CTL_UNLOGGED:
         return a->u.unlogged.from == b->u.unlogged.from;
+    case RS_CTL_FLOW: {
+        const struct rs_ctl_flow *x = &a->u.flow, *y = &b->u.flow;
+        return x->op == y->op && x->epoch == y->epoch && x->saddr == y->saddr && x->daddr == y->daddr
+               && x->sport == y->sport && x->dport == y->dport && x->len == y->len
+               && (x->len == 0 || x->data == y->data || (x->data && y->data && !memcmp(x->data, y->data, x->len)));
+    }
     case RS_CTL_STATE_REPORT: {
         const struct rs_ctl_state_report *x = &a->u.state_report, *y = &b->u.state_report;
         return conn_eq(&x->conn, &y->conn) && x->has_ts == y->has_ts && x->has_ta == y->has_ta
@@ -817,6 +866,7 @@ bool rs_ctl_role_may_send(int role, unsigned type)
         [RS_CTL_STATUS] = O,
         [RS_CTL_STATUS_REPORT] = P,
         [RS_CTL_UNLOGGED] = L | O,
+        [RS_CTL_FLOW] = P,
     };
 #undef R
 

@@ -212,6 +212,18 @@ static void roundtrip(const struct rs_ctl_key *key, const uint8_t *data, size_t 
         }
         break;
     }
+    case RS_CTL_FLOW: {
+        struct rs_ctl_flow *b = &m.u.flow;
+        b->op = (uint8_t)take(&r, 1);
+        b->epoch = take(&r, 8);
+        b->saddr = (uint32_t)take(&r, 4);
+        b->daddr = (uint32_t)take(&r, 4);
+        b->sport = (uint16_t)take(&r, 2);
+        b->dport = (uint16_t)take(&r, 2);
+        b->len = (uint32_t)r.left;
+        b->data = r.left ? r.p : NULL;
+        break;
+    }
     default:
         break; /* invalid type: encode must refuse it */
     }

@@ -33,7 +33,7 @@ static int setup(void **state)
 }
 
 /* A valid message of each type, numbered 0 .. N_SAMPLES-1. */
-#define N_SAMPLES 23
+#define N_SAMPLES 26
 
 static void sample(unsigned i, struct rs_ctl_msg *m)
 {
@@ -150,6 +150,19 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
     case 22:
         m->type = RS_CTL_UNLOGGED;
         m->u.unlogged.from = rs_txn_id_make(0x0a000101u, 5555, 3);
+        break;
+    case 23:
+        m->type = RS_CTL_FLOW;
+        m->u.flow = (struct rs_ctl_flow){ RS_CTL_FLOW_SET, 0x0123456789abcdefull, 0x0a000101u, 0x0a000001u,
+                                          5555, 80, sizeof(state_data), state_data };
+        break;
+    case 24:
+        m->type = RS_CTL_FLOW;
+        m->u.flow = (struct rs_ctl_flow){ RS_CTL_FLOW_DEL, 1, 0x0a00000bu, 0x0a000001u, 8080, 40000, 0, NULL };
+        break;
+    case 25:
+        m->type = RS_CTL_FLOW;
+        m->u.flow = (struct rs_ctl_flow){ .op = RS_CTL_FLOW_BEGIN, .epoch = 0xffffffffffffffffull };
         break;
     }
 }
@@ -291,6 +304,10 @@ static void roles_of_senders(void **state)
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_BACKEND, RS_CTL_FENCE));
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_STATE_UPDATE));
     assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_BACKEND, RS_CTL_ACK));
+    /* Only a proxy writes into another proxy's splice table. */
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_FLOW));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR, RS_CTL_FLOW));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_FLOW));
     /* Unknown roles and types send nothing. */
     assert_false(rs_ctl_role_may_send(0, RS_CTL_ACK));
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR + 1, RS_CTL_ACK));
@@ -666,6 +683,14 @@ static void invalid_messages(void **state)
     BAD_MSG(7, m.u.ack.status = 1);
     BAD_MSG(7, m.u.ack.echo_seq = 0);
     BAD_MSG(8, m.u.state_update.data = NULL);
+    BAD_MSG(23, m.u.flow.epoch = 0);
+    BAD_MSG(23, m.u.flow.op = 0);
+    BAD_MSG(23, m.u.flow.op = RS_CTL_FLOW_OP_MAX + 1);
+    BAD_MSG(23, m.u.flow.len = 0);
+    BAD_MSG(23, m.u.flow.len = RS_CTL_FLOW_DATA_MAX + 1);
+    BAD_MSG(23, m.u.flow.dport = 0);
+    BAD_MSG(24, m.u.flow.len = 1);
+    BAD_MSG(25, m.u.flow.sport = 1);
 #undef BAD_MSG
 
     /* Header fields zeroed after signing are refused by the decoder too. */
