@@ -14,6 +14,7 @@ PROXY_CTL = 7070        # rs-proxy's control port (FAILURE, RESPLICE, STATUS, ..
 LOGGER_CTL = 7071       # rs-logger's control port; heartbeats are UDP datagrams to it
 LOGGER_RESEND = 7072    # rs-logger's resend port
 STATED_PORT = 7073      # rs-stated on each backend
+PAIR_PORT = 7074        # a proxy pair: the standby's copy of the active's splice table
 APP_PORT = 8080         # the application (rs-app, or the front) on each backend
 UPSTREAM_PORT = 8081    # behind a front: the real application, on the backend's loopback
 PRIMARY_ID, ALTERNATE_ID = 1, 2

@@ -16,22 +16,26 @@ Instead of "upstream", "start" (host name -> None) starts an application
 made of several processes itself (roundcube/deploy.py's Roundcube).
 'app_args' go to every backend's rs-app (or rs-front), 'app_host_args'
 (host name -> extra options) to one backend's, e.g. the primary's
---crash-at.  Either way the daemon serving APP_PORT is named "app-HOST"."""
+--crash-at.  Either way the daemon serving APP_PORT is named "app-HOST".
+
+On a LanTopo(pair=True), 'pair' starts a proxy pair: "proxy" active on
+host proxy, "proxy2" standing by on host proxy2 (proxy/pair.c)."""
 import os
 import signal
 
-from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PRIMARY_ID, PROXY_CTL,
+from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PAIR_PORT, PRIMARY_ID, PROXY_CTL,
                          STATED_PORT, VIP_PORT, binary, write_key)
-from topologies.lan import SERVERS
+from topologies.lan import PAIR_HOSTS, SERVERS
 
 
 class Stack:
     def __init__(self, tb, run_dir, recovery=True, app_args=(), logger_args=(), proxy_args=(),
-                 heartbeat="10ms", dead_after="100ms", front=None, app_host_args=None):
+                 heartbeat="10ms", dead_after="100ms", front=None, app_host_args=None, pair=False):
         self.tb, self.dir, self.recovery = tb, run_dir, recovery
         self.app_args, self.logger_args, self.proxy_args = list(app_args), list(logger_args), list(proxy_args)
         self.heartbeat, self.dead_after = heartbeat, dead_after
         self.front = front
+        self.pair = pair
         self.app_host_args = app_host_args or (lambda host: [])
         self.key = os.path.join(run_dir, "key.hex")
         self.vip = f"{SERVERS['proxy']}:{VIP_PORT}"
@@ -69,12 +73,22 @@ class Stack:
                 argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
             self.d[f"app-{host}"] = self.tb.start(host, f"app-{host}", argv, ready="listening")
         self.start_proxy(fresh=True)   # a new deployment: nothing of an earlier stack
+        if self.pair:
+            self.start_proxy("proxy2", fresh=True, host="proxy2", standby=True)
+            self.wait_standby()
         return self
 
-    def start_proxy(self, name="proxy", fresh=False):
-        """Starts rs-proxy (again, after a crash or a stop: as start_logger;
-        it adopts the spliced connections its predecessor left, unless
-        'fresh')."""
+    def wait_standby(self, host="proxy2", timeout=5):
+        """Waits until the pair's standby on 'host' holds the active's table."""
+        from emul.shaping import wait_until
+        if not wait_until(lambda: "pair: standby of" in self.log(host), timeout):
+            raise RuntimeError(f"the standby on {host} never heard of the active proxy")
+
+    def start_proxy(self, name="proxy", fresh=False, host="proxy", standby=False):
+        """Starts rs-proxy on 'host' (again, after a crash or a stop: as
+        start_logger; it adopts the spliced connections its predecessor
+        left, unless 'fresh').  In a pair, 'standby' starts the standby;
+        the daemon is self.d[host] either way."""
         s = SERVERS
         argv = [binary("rs-proxy"), "--listen", self.vip, "--control", f"{s['proxy']}:{PROXY_CTL}",
                 "--key", self.key, "--backend", f"{PRIMARY_ID}={s['primary']}:{APP_PORT}"]
@@ -84,8 +98,12 @@ class Stack:
                      "--logger-resend", f"{s['logger']}:{LOGGER_RESEND}", "--stated-port", str(STATED_PORT)]
         if fresh:
             argv.append("--fresh")
-        self.d["proxy"] = self.tb.start("proxy", name, argv + self.proxy_args, ready="listening")
-        return self.d["proxy"]
+        if self.pair:
+            other = "proxy2" if host == "proxy" else "proxy"
+            argv += ["--ifname", f"{host}-eth0", "--pair", f"{PAIR_HOSTS[other]}:{PAIR_PORT}",
+                     "--pair-listen", f"{PAIR_HOSTS[host]}:{PAIR_PORT}"] + (["--standby"] if standby else [])
+        self.d[host] = self.tb.start(host, name, argv + self.proxy_args, ready="listening")
+        return self.d[host]
 
     def start_logger(self, name="logger"):
         """Starts rs-logger (again, after a crash: its log then goes to

@@ -169,6 +169,8 @@ class Testbed:
             if datapath == "user":
                 # The userspace datapath does not fill in offloaded checksums.
                 h.cmd(f"ethtool -K {h.defaultIntf()} tx off >/dev/null 2>&1")
+        if hasattr(self.topo, "configure"):
+            self.topo.configure(self.net)
         self._pin_fdb()
         self._mirror()
         self.shaper.apply(self.net)

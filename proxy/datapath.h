@@ -29,10 +29,16 @@ enum px_dp_field {
 };
 
 typedef void (*px_dp_event_cb)(void *arg, const struct rs_flow_event *ev);
+/* Entry 'k''s daemon half changed ('gone': it was removed). */
+typedef void (*px_dp_change_cb)(void *arg, const struct rs_flow_key *k, bool gone);
 
-/* An open data path; implementations embed it first in their own struct. */
+/* An open data path; implementations embed it first in their own struct.
+ * 'changed' (set by the daemon, may be NULL) hears of every change the
+ * px_dp_* wrappers below make to the table: a standby proxy keeps a copy. */
 struct px_datapath {
     const struct px_datapath_ops *ops;
+    px_dp_change_cb changed;
+    void *changed_arg;
 };
 
 struct px_datapath_ops {
@@ -75,6 +81,10 @@ struct px_datapath_ops {
      * has (no event then), 0 when armed, -errno. */
     int (*watch_ack)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen);
     int (*remove)(struct px_datapath *dp, const struct rs_flow_key *k);
+    /* Makes entry 'k''s daemon half 'f' as another proxy's table has it
+     * (its own interface in place of the other's); the data path's half
+     * starts afresh where the entry is new.  Returns 0 or -errno. */
+    int (*put)(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow *f);
     /* Writes the client entry 'k''s connection record. */
     int (*set_conn)(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *conn);
     /* The key after 'prev' (NULL: the first) in the table's own order.
@@ -90,6 +100,14 @@ const struct px_datapath_ops *px_datapath_find(const char *name);
 const char *px_datapath_names(void);
 
 /* ---- What the daemon calls ------------------------------------------------- */
+
+/* Tells the daemon's listener of a change when 'e' (the change's result) is 0. */
+static inline int px_dp_tell(struct px_datapath *dp, const struct rs_flow_key *k, bool gone, int e)
+{
+    if (e >= 0 && dp->changed)
+        dp->changed(dp->changed_arg, k, gone);
+    return e;
+}
 
 static inline void px_dp_close(struct px_datapath *dp, bool keep)
 {
@@ -111,7 +129,7 @@ static inline int px_dp_poll_events(struct px_datapath *dp, px_dp_event_cb cb, v
 }
 static inline int px_dp_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint64_t id)
 {
-    return dp->ops->watch(dp, k, id);
+    return px_dp_tell(dp, k, false, dp->ops->watch(dp, k, id));
 }
 static inline int px_dp_get(struct px_datapath *dp, const struct rs_flow_key *k, struct px_flow_info *out)
 {
@@ -119,41 +137,46 @@ static inline int px_dp_get(struct px_datapath *dp, const struct rs_flow_key *k,
 }
 static inline int px_dp_set_state(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t state)
 {
-    return dp->ops->set(dp, k, PX_DP_STATE, state);
+    return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_STATE, state));
 }
 /* Sends the pure ACKs from 'k''s sender to the proxy's own stack,
  * untranslated ('on'), or translates them like any other segment. */
 static inline int px_dp_acks_to_stack(struct px_datapath *dp, const struct rs_flow_key *k, bool on)
 {
-    return dp->ops->set(dp, k, PX_DP_ACKS_TO_STACK, on);
+    return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_ACKS_TO_STACK, on));
 }
 /* Lets a FIN from 'k''s sender pass although guarded: the client closed its side. */
 static inline int px_dp_pass_fin(struct px_datapath *dp, const struct rs_flow_key *k)
 {
-    return dp->ops->set(dp, k, PX_DP_PASS_FIN, 1);
+    return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_PASS_FIN, 1));
 }
 /* Makes 'k' (a client's direction) never acknowledge past what the sender
  * of its peer entry has sent (after a re-splice to a regenerating server). */
 static inline int px_dp_clamp_ack(struct px_datapath *dp, const struct rs_flow_key *k)
 {
-    return dp->ops->set(dp, k, PX_DP_CLAMP_ACK, 1);
+    return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_CLAMP_ACK, 1));
 }
 static inline int px_dp_activate(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_splice_dir *d,
                                  uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer)
 {
-    return dp->ops->activate(dp, k, d, id, state, guard, peer);
+    return px_dp_tell(dp, k, false, dp->ops->activate(dp, k, d, id, state, guard, peer));
 }
 static inline int px_dp_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen)
 {
-    return dp->ops->watch_ack(dp, k, ack, gen);
+    return px_dp_tell(dp, k, false, dp->ops->watch_ack(dp, k, ack, gen));
 }
 static inline int px_dp_remove(struct px_datapath *dp, const struct rs_flow_key *k)
 {
-    return dp->ops->remove(dp, k);
+    return px_dp_tell(dp, k, true, dp->ops->remove(dp, k));
 }
 static inline int px_dp_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *c)
 {
-    return dp->ops->set_conn(dp, k, c);
+    return px_dp_tell(dp, k, false, dp->ops->set_conn(dp, k, c));
+}
+/* Not told to 'changed': the copy is written from what it reports. */
+static inline int px_dp_put(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow *f)
+{
+    return dp->ops->put(dp, k, f);
 }
 static inline int px_dp_next_key(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next)
 {

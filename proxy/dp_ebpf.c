@@ -335,6 +335,19 @@ static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k)
     return e;
 }
 
+static int ebpf_put(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow *f)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    struct rs_flow mine = *f;
+    /* Idle since now (no segment seen yet here is no idleness of its own). */
+    struct rs_flow_track t = { .last_ns = rs_mono_ns() };
+
+    mine.ifindex = (rs_u32)s->ifindex;
+    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
+        return -errno;
+    return bpf_map_update_elem(s->map_fd, k, &mine, BPF_ANY) ? -errno : 0;
+}
+
 static int ebpf_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *c)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
@@ -365,6 +378,7 @@ const struct px_datapath_ops px_dp_ebpf = {
     .activate = ebpf_activate,
     .watch_ack = ebpf_watch_ack,
     .remove = ebpf_remove,
+    .put = ebpf_put,
     .set_conn = ebpf_set_conn,
     .next_key = ebpf_next_key,
 };

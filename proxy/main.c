@@ -60,6 +60,10 @@ static void print_stats(void *ctx)
 
     printf("stats recovering=%u ctl_rejected=%" PRIu64, p->recovering, p->ctlsrv.rejected + p->st.ctl_rejected);
     rs_stats_fields(stdout, &p->st, fields, sizeof(fields) / sizeof(fields[0]));
+    if (p->pair.peer.port)
+        printf(" pair_role=%s pair_epoch=%" PRIu64 " pair_sent=%" PRIu64 " pair_applied=%" PRIu64
+               " pair_apply_errors=%" PRIu64 " garps=%" PRIu64, p->pair.active ? "active" : "standby", p->pair.epoch,
+               p->pair.sent, p->pair.applied, p->pair.apply_errors, p->pair.garps);
     printf("\n");
     fflush(stdout);
 }
@@ -193,6 +197,14 @@ static void usage(FILE *f)
         "  --fresh            start with an empty splice table: do not adopt the connections a\n"
         "                     proxy stopped (SIGTERM hands them over) or killed here left\n"
         "  --no-splice        relay in user space only (baseline, debugging)\n"
+        "  --pair ADDR:PORT   the other proxy of a pair (its --pair-listen): the active one keeps\n"
+        "                     the standby's copy of its splice table; the standby takes the VIP\n"
+        "                     over when the active dies (the VIP on both hosts' loopback, their\n"
+        "                     kernels not answering ARP for it: arp_ignore=1; needs --ifname)\n"
+        "  --pair-listen ADDR:PORT  where the other proxy of the pair connects\n"
+        "  --standby          start as the standby of the pair (default: active)\n"
+        "  --takeover-after DUR  the standby takes over after the active is silent this long\n"
+        "                     (default 300ms; at once when the active's connection closes)\n"
         "  --relay-first DUR  relay each new connection in user space at least this long before\n"
         "                     splicing it (default 0: as soon as both sides are quiet; tests)\n"
         "Failover (docs/recovery.md):\n"
@@ -296,6 +308,10 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("request-timeout", RS_OPT_DURATION, &p->request_ns, .nonzero = true),
         RS_OPTION("recovery-timeout", RS_OPT_DURATION, &p->recovery_ns, .nonzero = true),
         RS_OPTION("relay-first", RS_OPT_DURATION, &p->relay_first_ns),
+        RS_OPTION("pair", RS_OPT_ADDR, &p->pair.peer),
+        RS_OPTION("pair-listen", RS_OPT_ADDR, &p->pair.listen),
+        RS_OPTION("standby", RS_OPT_FLAG, &p->pair.standby),
+        RS_OPTION("takeover-after", RS_OPT_DURATION, &p->pair.takeover_ns, .nonzero = true),
         RS_OPTIONS_END,
     };
     int r;
@@ -310,6 +326,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     p->request_ns = 10ull * 1000000000u;
     p->recovery_ns = 800000000ull;
     p->alternate = -1;
+    p->pair.takeover_ns = 300000000ull;
     r = rs_opts_parse("rs-proxy", argc, argv, opts, usage);
     if (r)
         return r;
@@ -333,6 +350,14 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         p->logger_resend = (struct rs_addr){ p->logger.ip, 7072 };
     if (p->logger.port && (!keyfile || !alt.addr.port)) {
         fprintf(stderr, "rs-proxy: --logger needs --key and --alternate\n");
+        return 2;
+    }
+    if ((p->pair.peer.port != 0) != (p->pair.listen.port != 0) || (p->pair.standby && !p->pair.peer.port)) {
+        fprintf(stderr, "rs-proxy: --pair and --pair-listen go together (and --standby needs them)\n");
+        return 2;
+    }
+    if (p->pair.peer.port && (!keyfile || !ifname || p->nosplice)) {
+        fprintf(stderr, "rs-proxy: --pair needs --key and --ifname, and splicing\n");
         return 2;
     }
     if ((p->ctl.port || p->stated_port) && !keyfile) {
@@ -387,7 +412,7 @@ static int setup(struct proxy *p)
                     strerror(-e));
             return -1;
         }
-        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, rs_mono_ns() + LEASE_NS)) != 0
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, 0)) != 0
             || (e = rs_io_start(&p->loop, &p->eio, px_dp_events_fd(p->dp), EPOLLIN, px_pc_events, p)) != 0) {
             fprintf(stderr, "rs-proxy: cannot configure the splice program: %s\n", strerror(-e));
             return -1;
@@ -398,7 +423,6 @@ static int setup(struct proxy *p)
         rs_timer_init(&p->reap_timer, px_pc_reap, p);
         rs_timer_after(&p->loop, &p->reap_timer, 500000000ull);
         rs_timer_init(&p->lease_timer, renew_lease, p);
-        rs_timer_after(&p->loop, &p->lease_timer, LEASE_RENEW_NS);
     }
     lfd = rs_listen_tcp(p->listen, 4096);
     if (lfd < 0 || (e = rs_io_start(&p->loop, &p->lio, lfd, EPOLLIN, px_pc_accept, p)) != 0) {
@@ -411,6 +435,23 @@ static int setup(struct proxy *p)
         fprintf(stderr, "rs-proxy: cannot listen on %s: %s\n", RS_A(p->ctl), strerror(-e));
         return -1;
     }
+    if (p->pair.peer.port) {
+        if ((e = px_pair_start(p)) != 0) {
+            fprintf(stderr, "rs-proxy: cannot start the pair: %s\n", strerror(-e));
+            return -1;
+        }
+    } else {
+        px_serve(p);
+    }
+    return 0;
+}
+
+void px_serve(struct proxy *p)
+{
+    int e;
+
+    if (p->dp)
+        renew_lease(&p->lease_timer);
     if (p->logger.port)
         rs_ctlconn_peer(&p->logger_conn, &p->loop, "logger", p->logger, &p->key, &p->ctl_seq, PX_SENDER_LOGGER,
                         16u << 20, on_peer_msg, NULL, p);
@@ -424,7 +465,6 @@ static int setup(struct proxy *p)
     /* Last: adopting may start recoveries, which use the peers above. */
     if (p->dp && (e = px_adopt(p)) < 0)
         rs_log("adopting the previous proxy's connections: %s", strerror(-e));
-    return 0;
 }
 
 /* ---- hand-over ----------------------------------------------------------------- */
@@ -528,6 +568,11 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (rs_loop_run(&p->loop) < 0)
         rs_log("event loop: %s", strerror(errno));
+    if (p->pair.stepped_down) {
+        print_stats(p);
+        px_dp_close(p->dp, true);
+        return 3;
+    }
     hand_over(p);
     print_stats(p);
     px_dp_close(p->dp, true);

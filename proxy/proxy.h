@@ -93,6 +93,27 @@ struct stats {
         adopted;
 };
 
+/* The proxy pair (pair.c): this proxy and another share the VIP. */
+struct pair {
+    struct rs_addr peer, listen;  /* --pair (the other's pair port), --pair-listen; peer.port 0: alone */
+    bool standby;                 /* --standby: start as the standby */
+    bool active, stepped_down;
+    bool in_sync, told_unreachable;   /* active: the standby has the table; its absence was logged */
+    uint64_t takeover_ns;         /* --takeover-after */
+    uint64_t epoch;               /* the active's term (ours once active), 0 before any */
+    uint64_t started_ns, last_heard_ns;
+    uint64_t active_conn;         /* standby: the active's connection (accepted id), 0: none */
+    struct rs_ctlserver srv;      /* standby: the active's connection comes here */
+    struct rs_ctlconn out;        /* active: to the standby */
+    struct rs_timer timer;        /* active: ALIVE; standby: the watch */
+    struct rs_timer garp_timer;
+    unsigned garp_next;
+    int arpfd, ifindex;
+    struct rs_io arpio;
+    uint8_t mac[6];
+    uint64_t sent, applied, apply_errors, garps;
+};
+
 struct proxy {
     struct rs_addr listen, ctl;
     struct backend backends[RS_PROXY_MAX_BACKENDS];
@@ -119,12 +140,14 @@ struct proxy {
     uint64_t ctl_seq;
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn logger_conn;
+    struct pair pair;
     struct stats st;
 };
 
 /* Sender ids of our frames, one per connection (see ctlconn.h). */
 #define PX_SENDER_REPLY  (RS_CTL_SENDER_PROXY | 1u)      /* replies on accepted connections */
 #define PX_SENDER_LOGGER (RS_CTL_SENDER_PROXY | 2u)
+#define PX_SENDER_PAIR   (RS_CTL_SENDER_PROXY | 3u)
 #define PX_SENDER_STATED (RS_CTL_SENDER_PROXY | 0x10u)   /* + backend index */
 
 /* ---- datapath.h: the splice table and the segment rewriting ---------------------
@@ -201,6 +224,18 @@ void px_pc_save(struct proxy *p, struct pconn *pc);
 /* Rebuilds the connections of the splice table the data path took over.
  * Returns how many, or -errno. */
 int px_adopt(struct proxy *p);
+
+/* ---- pair.c: a standby proxy, or the active one of a pair ------------------------- */
+
+/* With --pair: starts as the active proxy (then px_serve) or as the
+ * standby (which calls px_serve when it takes over).  Returns 0 or -errno. */
+int px_pair_start(struct proxy *p);
+
+/* ---- main.c ----------------------------------------------------------------------- */
+
+/* Starts serving the VIP: the lease, the logger's and the rs-stateds'
+ * connections, and the adoption of the spliced connections in the table. */
+void px_serve(struct proxy *p);
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 

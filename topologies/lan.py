@@ -4,6 +4,11 @@ all traffic between the other ports.  With a WAN profile the clients sit
 behind an emulated link (delay/jitter/loss per direction).
 
 Addresses are fixed so logs and configs can name them.
+
+With 'pair', a second proxy host (proxy2) stands by: the VIP (SERVERS's
+"proxy" address) is then on both proxy hosts' loopback, their kernels do
+not answer ARP for it, and each host has an address of its own (PAIR_HOSTS)
+for the pair's connection (proxy/pair.c).
 """
 from mininet.topo import Topo
 
@@ -17,6 +22,7 @@ SERVERS = {
     "alternate": "10.0.0.12",
     "mailstore": "10.0.0.20",
 }
+PAIR_HOSTS = {"proxy": "10.0.0.5", "proxy2": "10.0.0.6"}
 SWITCH = "rs1"
 
 
@@ -30,10 +36,11 @@ class LanTopo(Topo):
 
     mirror_host = "logger"
 
-    def build(self, profile=None, clients=1):
-        self.profile = profile
+    def build(self, profile=None, clients=1, pair=False):
+        self.profile, self.pair = profile, pair
         sw = self.addSwitch(SWITCH)
-        for name, ip in SERVERS.items():
+        hosts = dict(SERVERS, **PAIR_HOSTS) if pair else SERVERS
+        for name, ip in hosts.items():
             self.addHost(name, ip=f"{ip}/8")
             self.addLink(name, sw)
         shape = profile.shape() if profile else Shape()
@@ -46,6 +53,19 @@ class LanTopo(Topo):
                 # the shaper when it builds the net (see Testbed).
                 self.addLink(c, sw, cls=ShapedLink, up=shape, down=shape,
                              shaper=_ShaperRef(self))
+
+
+    def configure(self, net):
+        """After the hosts are up: the pair's shared VIP."""
+        if not self.pair:
+            return
+        for name in PAIR_HOSTS:
+            h = net[name]
+            for cmd in ("sysctl -qw net.ipv4.conf.all.arp_ignore=1", "sysctl -qw net.ipv4.conf.all.arp_announce=2",
+                        f"ip addr add {SERVERS['proxy']}/32 dev lo"):
+                out = h.cmd(f"{cmd} 2>&1; echo rc=$?")
+                if "rc=0" not in out:
+                    raise RuntimeError(f"{name}: {cmd}: {out.strip()}")
 
 
 class _ShaperRef:

@@ -23,6 +23,7 @@ import csv
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,18 +60,22 @@ def kv(line):
 class Case(unittest.TestCase):
     profile = None
     clients = 1
+    topo_args = {}
     stack_args = {}
 
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-fh-")
         self.dir = self.tmp.name
-        self.tb = Testbed(LanTopo(profile=self.profile, clients=self.clients), os.path.join(self.dir, "run"))
+        self.tb = Testbed(LanTopo(profile=self.profile, clients=self.clients, **self.topo_args),
+                          os.path.join(self.dir, "run"))
         self.tb.__enter__()
         self.stack = Stack(self.tb, self.dir, **self.stack_args).start()
 
     def tearDown(self):
         self.tb.__exit__(None, None, None)
+        if os.environ.get("RS_KEEP"):     # a directory to keep the run's logs and pcaps in
+            shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
         self.tmp.cleanup()
         self.assertEqual(leftovers(), [])
 
@@ -538,6 +543,71 @@ class TestProxyRestart(Case):
         self.assertLess(t_acc - t_rst, 0.5, "the new connection waited for the old one's entries to go")
 
 
+class TestProxyPair(Case):
+    """Two proxies share the VIP (issue 15): the standby keeps a copy of
+    the active's splice table and takes the VIP over when the active
+    dies, its process or its whole host.  A client mid-download goes on
+    on the same connection; then the primary dies too, and the proxy that
+    took over masks that as well."""
+    topo_args = {"pair": True}
+    stack_args = {"pair": True}
+
+    def takeover_then_crash(self, *faults):
+        """Each of 'faults' is (what to do, the host whose proxy then serves)."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        f"request GET {TestProxyRestart.STREAM}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=2\"\n")
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
+        self.assertTrue(wait_until(lambda: "splice id=1 " in self.stack.log("proxy"), 5))
+        for fault, serving in faults:
+            time.sleep(0.3)
+            t_fault = time.monotonic()
+            fault()
+            self.assertTrue(wait_until(lambda: "adopted 1 spliced connections" in self.stack.log(serving), 5),
+                            self.stack.log(serving)[-3000:])
+            print(f"\ntakeover by {serving} {time.monotonic() - t_fault:.3f} s after the fault")
+        time.sleep(0.3)
+        self.assertFalse(file_contains(d.err, "step=1 response"), "the stream ended before the crash")
+        self.stack.kill_primary()
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        log = self.stack.log(serving)
+        self.assertRegex(log, r"recovered id=1 ")
+        self.assertNotIn("unrecoverable", log)
+        out = self.tb["c1"].cmd(f"curl -s http://{SERVERS['alternate']}:{APP_PORT}/counter")
+        self.assertEqual(out.strip(), "counter=2", out)
+        return log
+
+    def test_sigkill_of_the_active_proxy(self):
+        log = self.takeover_then_crash((lambda: self.tb.kill(self.stack.d["proxy"]), "proxy2"))
+        self.assertIn("pair: active (the active proxy's connection closed)", log)
+
+    def test_host_down_of_the_active_proxy(self):
+        log = self.takeover_then_crash((lambda: self.tb.host_down("proxy"), "proxy2"))
+        self.assertIn("pair: active (the active proxy is silent)", log)
+
+    def test_hang_of_the_active_proxy(self):
+        """SIGSTOP: taken over while it lives; woken, it steps down."""
+        old = self.stack.d["proxy"]
+
+        def wake():
+            old.popen.send_signal(signal.SIGCONT)
+            old.popen.wait(5)
+        self.takeover_then_crash((lambda: old.popen.send_signal(signal.SIGSTOP), "proxy2"), (wake, "proxy2"))
+        self.assertEqual(old.popen.returncode, 3)
+        self.assertIn("pair: stepping down", self.stack.log("proxy"))
+
+    def test_restarted_proxy_stands_by_and_takes_over_again(self):
+        def restart_then_kill_the_other():
+            self.stack.start_proxy("proxy-restarted", host="proxy", standby=True)
+            self.stack.wait_standby("proxy")
+            self.tb.kill(self.stack.d["proxy2"])
+        self.takeover_then_crash((lambda: self.tb.kill(self.stack.d["proxy"]), "proxy2"),
+                                 (restart_then_kill_the_other, "proxy"))
+
+
 class TestProxyHandOverUnderLoad(Case):
     """A graceful restart (SIGTERM, then a new rs-proxy) under load: 50
     connections mid-stream on c1 go on, every byte checked; new
@@ -561,7 +631,7 @@ class TestProxyHandOverUnderLoad(Case):
         time.sleep(0.3)
         self.tb.stop(self.stack.d["proxy"])
         old = self.stack.log("proxy")
-        self.stack.start_proxy("proxy-restarted")
+        serving = self.successor()
         d.popen.wait(60)
         time.sleep(1.5)
         open(stop, "w").close()
@@ -573,7 +643,7 @@ class TestProxyHandOverUnderLoad(Case):
         # The 50 streams, and any of c2's short connections spliced then
         # (the successor also adopts those that were ending: they linger).
         handed = re.search(r"exiting: (\d+) spliced connections handed over .*, 0 cut", old)
-        adopted = re.search(r"adopted (\d+) spliced connections", self.stack.log("proxy"))
+        adopted = re.search(r"adopted (\d+) spliced connections", self.stack.log(serving))
         self.assertTrue(handed and adopted, old[-2000:])
         self.assertGreaterEqual(int(handed.group(1)), 50)
         self.assertGreaterEqual(int(adopted.group(1)), int(handed.group(1)))
@@ -583,8 +653,31 @@ class TestProxyHandOverUnderLoad(Case):
         self.assertTrue(m, out + open(n.err).read())
         self.assertEqual(m.group(2), "0", out)
         self.assertGreater(int(m.group(1)), 20, out)
-        self.assertGreater(int(m.group(3)), 0, "no new connection met the hand-over: " + out)
+        if self.expect_held:
+            self.assertGreater(int(m.group(3)), 0, "no new connection met the hand-over: " + out)
+        self.assertIn("accept id=", self.stack.log(serving).split("adopted")[-1], "none came after")
         self.assertEqual(pcap_count(caps[1][1], RST_FROM_VIP), 0)
+
+    expect_held = True      # some new connection's SYN came while no proxy listened
+
+    def successor(self):
+        """Starts the proxy that takes over; returns its host."""
+        self.stack.start_proxy("proxy-restarted")
+        return "proxy"
+
+
+class TestPairHandOverUnderLoad(TestProxyHandOverUnderLoad):
+    """The same graceful stop of the active proxy of a pair: the standby
+    takes over when the stopping proxy is gone (within ms: a new
+    connection may not even have to retry its SYN)."""
+    topo_args = {"pair": True}
+    stack_args = {"pair": True}
+    expect_held = False
+
+    def successor(self):
+        self.assertTrue(wait_until(lambda: "adopted" in self.stack.log("proxy2"), 5),
+                        self.stack.log("proxy2")[-2000:])
+        return "proxy2"
 
 
 # From a client host: new connections to VIP:80, one after another (each a

@@ -1,0 +1,403 @@
+/* A proxy pair: two rs-proxy instances on two hosts share the VIP.  The
+ * active one serves it; the standby keeps a copy of the active's splice
+ * table and takes the VIP over when the active dies (its process, or its
+ * whole host), so spliced connections continue (docs/failure-handling.md,
+ * "A proxy pair").
+ *
+ *   - The copy.  Every change the active makes to its table (datapath.h
+ *     tells it: the daemon's halves of the entries, with each client
+ *     entry's connection record) goes to the standby as a FLOW frame on an
+ *     authenticated connection between the two (--pair), and the standby
+ *     writes it into its own tc program's table, which carries nothing
+ *     while it is standby.  A new connection starts with BEGIN and the
+ *     whole table.  The data path's halves (what the program saw of each
+ *     stream) are not copied: the standby's program learns them from the
+ *     next segments, as after a re-splice.
+ *   - Liveness.  The active sends ALIVE every PAIR_ALIVE_NS.  The standby
+ *     takes over when the active's connection closes (a killed process:
+ *     its host's kernel closes it at once) or stays silent for
+ *     --takeover-after (a host down, a hang).
+ *   - The VIP.  Both hosts hold it on their loopback and their kernels do
+ *     not answer ARP for it (arp_ignore); the active rs-proxy answers
+ *     itself, on a packet socket, and announces itself with gratuitous
+ *     ARP when it takes over, so every host sends the VIP's segments to it
+ *     from then on.  Dying, it stops answering.
+ *   - Terms.  Each activation has an epoch (the clock in ms when it began).
+ *     An active proxy that hears of a later epoch (a FLOW from the other,
+ *     or the other's gratuitous ARP) was taken over while it lived (a hang
+ *     longer than --takeover-after): it steps down, exiting with its tc
+ *     program left in place for the stragglers whose ARP is stale.
+ *
+ * The takeover itself is proxy/adopt.c's: the standby rebuilds its
+ * connections from the copied entries, as a proxy restarted on the same
+ * host does from its predecessor's. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/if_ether.h>
+#include <linux/if_packet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "proxy.h"
+
+#define PAIR_ALIVE_NS ((uint64_t)50 * 1000000)     /* the active's ALIVE period */
+#define PAIR_WATCH_NS ((uint64_t)20 * 1000000)     /* the standby's check period */
+#define PAIR_ALONE_NS ((uint64_t)2000 * 1000000)   /* a standby that never heard an active */
+#define PAIR_OUT_MAX (64u << 20)                   /* FLOW frames queued for a slow standby */
+
+/* Gratuitous ARPs after a takeover: at once, then these long after. */
+static const uint64_t garp_after_ns[] = { 0, 100 * 1000000ull, 500 * 1000000ull };
+#define N_GARPS (sizeof(garp_after_ns) / sizeof(garp_after_ns[0]))
+
+struct arp_frame {
+    struct ether_header eh;
+    struct ether_arp ea;
+} __attribute__((packed));
+
+static uint64_t now_ms(void) { return rs_now_us() / 1000; }
+
+/* ---- ARP: the active answers for the VIP ------------------------------------------- */
+
+static int arp_send(struct proxy *p, const uint8_t *to_mac, uint16_t op, const uint8_t *tha, uint32_t tpa)
+{
+    struct pair *pr = &p->pair;
+    struct arp_frame f;
+    struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ARP),
+                              .sll_ifindex = pr->ifindex, .sll_halen = ETH_ALEN };
+    uint32_t vip = htonl(p->listen.ip);
+
+    memset(&f, 0, sizeof(f));
+    memcpy(f.eh.ether_dhost, to_mac, ETH_ALEN);
+    memcpy(f.eh.ether_shost, pr->mac, ETH_ALEN);
+    f.eh.ether_type = htons(ETHERTYPE_ARP);
+    f.ea.arp_hrd = htons(ARPHRD_ETHER);
+    f.ea.arp_pro = htons(ETHERTYPE_IP);
+    f.ea.arp_hln = ETH_ALEN;
+    f.ea.arp_pln = 4;
+    f.ea.arp_op = htons(op);
+    memcpy(f.ea.arp_sha, pr->mac, ETH_ALEN);
+    memcpy(f.ea.arp_spa, &vip, 4);
+    memcpy(f.ea.arp_tha, tha, ETH_ALEN);
+    memcpy(f.ea.arp_tpa, &tpa, 4);
+    memcpy(to.sll_addr, to_mac, ETH_ALEN);
+    return sendto(pr->arpfd, &f, sizeof(f), 0, (struct sockaddr *)&to, sizeof(to)) < 0 ? -errno : 0;
+}
+
+static void step_down(struct proxy *p, const char *why);
+
+static void arp_readable(struct rs_io *io, uint32_t events)
+{
+    struct proxy *p = io->ctx;
+    struct pair *pr = &p->pair;
+    struct arp_frame f;
+    struct sockaddr_ll from;
+    socklen_t fl;
+    uint32_t vip = htonl(p->listen.ip), spa, tpa;
+    ssize_t n;
+
+    (void)events;
+    for (;;) {
+        fl = sizeof(from);
+        n = recvfrom(pr->arpfd, &f, sizeof(f), 0, (struct sockaddr *)&from, &fl);
+        if (n < 0)
+            return;
+        if ((size_t)n < sizeof(f) || from.sll_pkttype == PACKET_OUTGOING || f.ea.arp_hln != ETH_ALEN
+            || f.ea.arp_pln != 4 || f.ea.arp_pro != htons(ETHERTYPE_IP)
+            || !memcmp(f.ea.arp_sha, pr->mac, ETH_ALEN))
+            continue;
+        memcpy(&spa, f.ea.arp_spa, 4);
+        memcpy(&tpa, f.ea.arp_tpa, 4);
+        if (spa == vip && pr->active) {
+            /* Another proxy announces the VIP: it took over. */
+            char why[64];
+            snprintf(why, sizeof(why), "%02x:%02x:%02x:%02x:%02x:%02x announced the VIP", f.ea.arp_sha[0],
+                     f.ea.arp_sha[1], f.ea.arp_sha[2], f.ea.arp_sha[3], f.ea.arp_sha[4], f.ea.arp_sha[5]);
+            step_down(p, why);
+            return;
+        }
+        if (pr->active && tpa == vip && f.ea.arp_op == htons(ARPOP_REQUEST))
+            arp_send(p, f.ea.arp_sha, ARPOP_REPLY, f.ea.arp_sha, spa);
+    }
+}
+
+static void garp(struct rs_timer *t)
+{
+    struct proxy *p = t->ctx;
+    struct pair *pr = &p->pair;
+    static const uint8_t bcast[ETH_ALEN] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff }, zero[ETH_ALEN] = { 0 };
+    int e = arp_send(p, bcast, ARPOP_REQUEST, zero, htonl(p->listen.ip));
+
+    if (e)
+        rs_log("pair: gratuitous ARP: %s", strerror(-e));
+    else
+        pr->garps++;
+    if (++pr->garp_next < N_GARPS)
+        rs_timer_after(&p->loop, t, garp_after_ns[pr->garp_next] - garp_after_ns[pr->garp_next - 1]);
+}
+
+static int arp_open(struct proxy *p)
+{
+    struct pair *pr = &p->pair;
+    struct sockaddr_ll sll = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ARP) };
+    struct ifreq ifr;
+    int e;
+
+    pr->ifindex = (int)if_nametoindex(p->ifname);
+    if (!pr->ifindex)
+        return -errno;
+    pr->arpfd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ARP));
+    if (pr->arpfd < 0)
+        return -errno;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", p->ifname);
+    sll.sll_ifindex = pr->ifindex;
+    if (bind(pr->arpfd, (struct sockaddr *)&sll, sizeof(sll)) || ioctl(pr->arpfd, SIOCGIFHWADDR, &ifr))
+        return -errno;
+    memcpy(pr->mac, ifr.ifr_hwaddr.sa_data, ETH_ALEN);
+    if ((e = rs_io_start(&p->loop, &pr->arpio, pr->arpfd, EPOLLIN, arp_readable, p)) < 0)
+        return e;
+    return 0;
+}
+
+/* ---- The active: its table to the standby ------------------------------------------ */
+
+static void send_flow(struct proxy *p, uint8_t op, const struct rs_flow_key *k, const struct rs_flow *f)
+{
+    struct pair *pr = &p->pair;
+    struct rs_ctl_msg m = { .type = RS_CTL_FLOW };
+
+    if (!pr->out.up)
+        return;     /* the copy is made afresh when it comes up */
+    m.u.flow = (struct rs_ctl_flow){ .op = op, .epoch = pr->epoch };
+    if (k) {
+        m.u.flow.saddr = ntohl(k->saddr);
+        m.u.flow.daddr = ntohl(k->daddr);
+        m.u.flow.sport = ntohs(k->sport);
+        m.u.flow.dport = ntohs(k->dport);
+    }
+    if (f) {
+        m.u.flow.len = sizeof(*f);
+        m.u.flow.data = (const uint8_t *)f;
+    }
+    if (rs_ctl_send(&pr->out, &m) == 0)
+        pr->sent++;
+}
+
+/* datapath.h's change listener while active. */
+static void table_changed(void *arg, const struct rs_flow_key *k, bool gone)
+{
+    struct proxy *p = arg;
+    struct px_flow_info f;
+
+    if (gone)
+        send_flow(p, RS_CTL_FLOW_DEL, k, NULL);
+    else if (px_dp_get(p->dp, k, &f) == 0)
+        send_flow(p, RS_CTL_FLOW_SET, k, &f.cfg);
+}
+
+static void out_state(struct rs_ctlconn *c, int err)
+{
+    struct proxy *p = c->ctx;
+    struct rs_flow_key k, *prev = NULL;
+    struct px_flow_info f;
+    size_t n = 0;
+
+    if (err) {
+        if (p->pair.in_sync || !p->pair.told_unreachable)
+            rs_log("pair: standby %s unreachable: %s (the VIP is unprotected; retrying)", RS_A(c->addr),
+                   strerror(-err));
+        p->pair.in_sync = false;
+        p->pair.told_unreachable = true;
+        return;
+    }
+    p->pair.in_sync = true;
+    send_flow(p, RS_CTL_FLOW_BEGIN, NULL, NULL);
+    while (!px_dp_next_key(p->dp, prev, &k)) {
+        if (!px_dp_get(p->dp, &k, &f)) {
+            send_flow(p, RS_CTL_FLOW_SET, &k, &f.cfg);
+            n++;
+        }
+        prev = &k;
+    }
+    rs_log("pair: standby %s in sync (%zu entries sent)", RS_A(c->addr), n);
+}
+
+/* Frames from the standby: only an ACK refusing us (it knows a later term). */
+static void out_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
+{
+    if (m->type == RS_CTL_ACK && m->u.ack.echo_type == RS_CTL_FLOW && m->u.ack.status == -ESTALE)
+        step_down(c->ctx, "the other proxy is active in a later term");
+}
+
+static void alive(struct rs_timer *t)
+{
+    struct proxy *p = t->ctx;
+
+    send_flow(p, RS_CTL_FLOW_ALIVE, NULL, NULL);
+    rs_timer_after(&p->loop, t, PAIR_ALIVE_NS);
+}
+
+static void become_active(struct proxy *p, const char *why)
+{
+    struct pair *pr = &p->pair;
+    uint64_t was = pr->epoch;
+
+    pr->active = true;
+    pr->epoch = now_ms() > was ? now_ms() : was + 1;
+    rs_timer_stop(&p->loop, &pr->timer);
+    rs_log("pair: active (%s), epoch %" PRIu64 ", last heard of the other %" PRIu64 " ms ago", why, pr->epoch,
+           pr->last_heard_ns ? (rs_mono_ns() - pr->last_heard_ns) / 1000000 : 0);
+    pr->garp_next = 0;
+    rs_timer_init(&pr->garp_timer, garp, p);
+    rs_timer_after(&p->loop, &pr->garp_timer, 0);
+    px_serve(p);
+    p->dp->changed = table_changed;
+    p->dp->changed_arg = p;
+    rs_ctlconn_peer(&pr->out, &p->loop, "pair", pr->peer, &p->key, &p->ctl_seq, PX_SENDER_PAIR, PAIR_OUT_MAX,
+                    out_msg, out_state, p);
+    rs_timer_init(&pr->timer, alive, p);
+    rs_timer_after(&p->loop, &pr->timer, PAIR_ALIVE_NS);
+}
+
+/* ---- The standby: the copy, and the watch -------------------------------------------- */
+
+static void forget_table(struct proxy *p)
+{
+    struct rs_flow_key k;
+
+    while (!px_dp_next_key(p->dp, NULL, &k))
+        if (p->dp->ops->remove(p->dp, &k))
+            break;
+}
+
+static int apply_flow(struct proxy *p, const struct rs_ctl_flow *fl)
+{
+    struct rs_flow_key k = { htonl(fl->saddr), htonl(fl->daddr), htons(fl->sport), htons(fl->dport) };
+    struct rs_flow f;
+
+    if (fl->op == RS_CTL_FLOW_DEL)
+        return p->dp->ops->remove(p->dp, &k);
+    if (fl->len != sizeof(f))
+        return -EBADMSG;    /* another version of rs-proxy */
+    memcpy(&f, fl->data, sizeof(f));
+    if (f.state > RS_FLOW_ACKONLY)
+        return -EBADMSG;
+    return px_dp_put(p->dp, &k, &f);
+}
+
+static void pair_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
+{
+    struct proxy *p = c->ctx;
+    struct pair *pr = &p->pair;
+    const struct rs_ctl_flow *fl = &m->u.flow;
+    int e;
+
+    if (m->type != RS_CTL_FLOW) {
+        rs_ctl_ack(c, m, -EOPNOTSUPP);
+        return;
+    }
+    if (pr->active) {
+        /* The other believes it is active too: the later term wins. */
+        if (fl->epoch > pr->epoch) {
+            step_down(p, "the other proxy became active in a later term");
+        } else {
+            if (fl->op == RS_CTL_FLOW_BEGIN)
+                rs_log("pair: %s claims the VIP with an earlier term (%" PRIu64 " < %" PRIu64 "): refused",
+                       RS_A(c->addr), fl->epoch, pr->epoch);
+            rs_ctl_ack(c, m, -ESTALE);
+        }
+        return;
+    }
+    if (fl->op == RS_CTL_FLOW_BEGIN) {
+        if (fl->epoch < pr->epoch) {
+            rs_ctl_ack(c, m, -ESTALE);
+            return;
+        }
+        forget_table(p);
+        pr->epoch = fl->epoch;
+        pr->active_conn = c->id;
+        rs_log("pair: standby of %s (epoch %" PRIu64 ")", RS_A(c->addr), fl->epoch);
+    } else if (c->id != pr->active_conn) {
+        return;     /* an earlier active's late frame */
+    } else if (fl->op != RS_CTL_FLOW_ALIVE && (e = apply_flow(p, fl)) != 0) {
+        if (!pr->apply_errors++)
+            rs_log("pair: cannot copy an entry: %s (a takeover would lose it)", strerror(-e));
+    } else if (fl->op != RS_CTL_FLOW_ALIVE) {
+        pr->applied++;
+    }
+    pr->last_heard_ns = rs_mono_ns();
+}
+
+static void pair_closed(struct rs_ctlconn *c, int err)
+{
+    struct proxy *p = c->ctx;
+    struct pair *pr = &p->pair;
+
+    (void)err;
+    if (pr->active || c->id != pr->active_conn)
+        return;
+    pr->active_conn = 0;
+    become_active(p, "the active proxy's connection closed");
+}
+
+static void watch(struct rs_timer *t)
+{
+    struct proxy *p = t->ctx;
+    struct pair *pr = &p->pair;
+    uint64_t now = rs_mono_ns();
+
+    if (pr->active_conn && now - pr->last_heard_ns > pr->takeover_ns) {
+        become_active(p, "the active proxy is silent");
+        return;
+    }
+    if (!pr->epoch && now - pr->started_ns > PAIR_ALONE_NS) {
+        become_active(p, "no active proxy");
+        return;
+    }
+    rs_timer_after(&p->loop, t, PAIR_WATCH_NS);
+}
+
+/* ---- Both ------------------------------------------------------------------------------ */
+
+static void step_down(struct proxy *p, const char *why)
+{
+    if (p->pair.stepped_down)
+        return;
+    rs_log("pair: stepping down (%s): exiting, the tc program stays for segments sent here still", why);
+    p->pair.stepped_down = true;
+    rs_loop_stop(&p->loop);
+}
+
+int px_pair_start(struct proxy *p)
+{
+    struct pair *pr = &p->pair;
+    int e;
+
+    pr->arpfd = -1;
+    pr->started_ns = rs_mono_ns();
+    if ((e = arp_open(p)) != 0) {
+        rs_log("pair: packet socket on %s: %s", p->ifname, strerror(-e));
+        return e;
+    }
+    if ((e = rs_ctlserver_open(&pr->srv, &p->loop, pr->listen, &p->key, &p->ctl_seq, PX_SENDER_REPLY, pair_msg, p))
+        != 0) {
+        rs_log("pair: cannot listen on %s: %s", RS_A(pr->listen), strerror(-e));
+        return e;
+    }
+    pr->srv.on_close = pair_closed;
+    if (!pr->standby) {
+        become_active(p, "started active");
+        return 0;
+    }
+    rs_log("pair: standby, waiting for the active proxy (takeover after %" PRIu64 " ms of silence)",
+           pr->takeover_ns / 1000000);
+    rs_timer_init(&pr->timer, watch, p);
+    rs_timer_after(&p->loop, &pr->timer, PAIR_WATCH_NS);
+    return 0;
+}
