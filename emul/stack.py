@@ -18,7 +18,7 @@ made of several processes itself (roundcube/deploy.py's Roundcube).
 (host name -> extra options) to one backend's, e.g. the primary's
 --crash-at.  Either way the daemon serving APP_PORT is named "app-HOST".
 
-On a LanTopo(pair=True), 'pair' starts a proxy pair: "proxy" active on
+On a LanTopo(pair=True) the stack has a proxy pair: "proxy" active on
 host proxy, "proxy2" standing by on host proxy2 (proxy/pair.c)."""
 import os
 import signal
@@ -30,12 +30,12 @@ from topologies.lan import PAIR_HOSTS, SERVERS
 
 class Stack:
     def __init__(self, tb, run_dir, recovery=True, app_args=(), logger_args=(), proxy_args=(),
-                 heartbeat="10ms", dead_after="100ms", front=None, app_host_args=None, pair=False):
+                 heartbeat="10ms", dead_after="100ms", front=None, app_host_args=None):
         self.tb, self.dir, self.recovery = tb, run_dir, recovery
         self.app_args, self.logger_args, self.proxy_args = list(app_args), list(logger_args), list(proxy_args)
         self.heartbeat, self.dead_after = heartbeat, dead_after
         self.front = front
-        self.pair = pair
+        self.pair = getattr(tb.topo, "pair", False)
         self.app_host_args = app_host_args or (lambda host: [])
         self.key = os.path.join(run_dir, "key.hex")
         self.vip = f"{SERVERS['proxy']}:{VIP_PORT}"
@@ -72,9 +72,10 @@ class Stack:
             if self.recovery:
                 argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
             self.d[f"app-{host}"] = self.tb.start(host, f"app-{host}", argv, ready="listening")
+        if self.pair:       # the standby first: the active connects to it at once
+            self.start_proxy("proxy2", fresh=True, host="proxy2", standby=True)
         self.start_proxy(fresh=True)   # a new deployment: nothing of an earlier stack
         if self.pair:
-            self.start_proxy("proxy2", fresh=True, host="proxy2", standby=True)
             self.wait_standby()
         return self
 
@@ -120,6 +121,10 @@ class Stack:
     def log(self, name):
         with open(self.d[name].err) as f:
             return f.read()
+
+    def proxy_log(self):
+        """The logs of the running stack's proxies (both of a pair), one after the other."""
+        return "".join(self.log(h) for h in ("proxy", "proxy2") if h in self.d)
 
     def stats(self, name):
         """Daemon 'name''s stats line (it prints one on SIGUSR1), as a dict."""

@@ -27,6 +27,14 @@ from outside the component:
                         connections; those it had not spliced yet die with
                         its sockets, and new ones are refused until it
                         listens (a clean end, counted; see below)
+  pair-kill             with a proxy pair (LanTopo(pair=True)): SIGKILL of the
+                        active rs-proxy; the standby takes the VIP over, and a
+                        supervisor starts the killed one again (as the standby)
+                        200 ms later
+  pair-host             with a proxy pair: the active proxy's host's
+                        interfaces down (the standby takes over after
+                        --takeover-after; the clients of connections still
+                        being set up there are reset at once, probed)
   auxlog                SIGKILL of rs-auxlog (Roundcube only; not in the
                         default list: it is not replicated, nothing masks it)
 
@@ -49,9 +57,10 @@ The checker sees only what lands outside the daemons:
     second fault that left no backend to move to (the alternate or the
     logger gone after the primary), within 1 s of that fault (or of the
     connection's SYN, when it came later), for a connection the proxy
-    closed with a counted reason; or, after a SIGKILL of the proxy, a
-    FIN or RST within 1 s of it, for a connection the proxy had not
-    spliced (it died with the proxy's sockets; a spliced one must live);
+    closed with a counted reason; or, after a SIGKILL of the proxy (or of
+    the active one of a pair, or its host down), a FIN or RST within 1 s
+    of it, for a connection the proxy had not spliced (it died with the
+    proxy's sockets; a spliced one must live);
   - every response byte checked by rs-client against the content the
     crash-free run sends (content seeds; counter and upload bodies), and
     every byte the alternate sends again compared on the wire with what
@@ -71,8 +80,8 @@ Writes results/faults/trials.csv (one row per trial: seed, fault, moment,
 workload, load, verdict, reason, ...; experiments/common.py documents the
 columns; make figures draws the matrix and REPORT.md's section), and ends
 with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
-false_failovers= ...'.  TRIALS= per (fault, workload) (default: 70 for
-refapp-1, 20 for refapp-50, 5 for each Roundcube action: 1100 trials),
+false_failovers= ...'.  TRIALS= per (fault, workload) (default: 50 for
+refapp-1, 20 for refapp-50, 5 for each Roundcube action: 1040 trials),
 QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
 WORKLOADS=, SEED=, MOMENT_MS= (every fault at this moment: the drawn
 moment depends on the machine's pace), HOG=1 (a busy loop on the logger and proxy hosts: the
@@ -101,7 +110,9 @@ from experiments.pcaps import ends  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 FAULTS = ("none", "process", "host", "hang", "cut-logger", "alternate-in-recovery", "logger-idle",
-          "logger-in-recovery", "client-loss", "second", "proxy")
+          "logger-in-recovery", "client-loss", "second", "proxy", "pair-kill", "pair-host")
+# These run on a testbed of their own, with a proxy pair.
+PAIR_FAULTS = ("pair-kill", "pair-host")
 # Faults a campaign runs only when asked (FAULTS=...): rs-auxlog is not
 # replicated, so its death is not masked (see the closing notes of issue 14).
 OPT_IN = ("auxlog",)
@@ -197,7 +208,7 @@ class Refapp:
         alternate once the proxy declared the primary failed (it may do so
         after the clients are done: a partitioned primary) or the primary's
         application is gone."""
-        failed = re.search(r"rs-proxy failure backend_id=1 ", self.stack.log("proxy"))
+        failed = re.search(r"rs-proxy failure backend_id=1 ", self.stack.proxy_log())
         return "alternate" if failed or not self.app_alive("primary") else "primary"
 
     def trace(self, host, seed):
@@ -317,9 +328,9 @@ WORKLOADS = {
 }
 CLIENT_HOSTS = 5
 # Trials per fault of each workload in the full campaign (TRIALS= sets them
-# all): 1100 trials (100 per fault), 44 minutes here: the 45-minute bound is near,
-# trim these before adding a fault.
-FULL_TRIALS = {"refapp-1": 70, "refapp-50": 20, "roundcube-action1": 5, "roundcube-action2": 5}
+# all): 1040 trials (80 per fault); the 45-minute bound is near, trim these
+# before adding a fault.
+FULL_TRIALS = {"refapp-1": 50, "refapp-50": 20, "roundcube-action1": 5, "roundcube-action2": 5}
 
 
 # ---- faults ----------------------------------------------------------------
@@ -394,7 +405,7 @@ class Faults:
     def after_hold(self, action):
         """Runs 'action' as soon as the proxy holds a connection of the
         failed primary (a recovery has begun), in the background."""
-        return self.tb.crash_when(lambda: "step=hold" in self.stack.log("proxy"), action, timeout=5)
+        return self.tb.crash_when(lambda: "step=hold" in self.stack.proxy_log(), action, timeout=5)
 
     def inject(self, fault):
         """Injects 'fault'; returns a handle to wait for when it has a
@@ -427,6 +438,15 @@ class Faults:
             t = threading.Timer(PROXY_RESTART_S, self.restart_proxy)
             t.start()
             return t
+        elif fault == "pair-kill":
+            self.kill("proxy")
+            t = threading.Timer(PROXY_RESTART_S, self.restart_proxy, kwargs={"standby": True})
+            t.start()
+            return t
+        elif fault == "pair-host":
+            self.mark("proxy")
+            self.tb.host_down("proxy")
+            self.undo.append(lambda: self.tb.host_up("proxy"))
         elif fault == "second":
             second, delay = self.rng.choice(SECOND), self.rng.uniform(0, 2)
             self.primary_kill()
@@ -438,9 +458,9 @@ class Faults:
             return t
         return None
 
-    def restart_proxy(self):
+    def restart_proxy(self, standby=False):
         self.dead_proxy_log = self.stack.log("proxy")
-        self.stack.start_proxy("proxy-restarted")
+        self.stack.start_proxy("proxy-restarted", standby=standby)
         self.mark("proxy-restarted")
 
     def wait(self, handle):
@@ -595,7 +615,7 @@ def trial(tb, args, target, fault, workload, n, seed, window):
     effects = target.effects(results, before)
     serving = target.serving()
     no_backend = not target.app_alive(serving)
-    plog, llog = faults.dead_proxy_log + stack.log("proxy"), stack.log("logger")
+    plog, llog = faults.dead_proxy_log + stack.proxy_log(), stack.log("logger")
     target.stop()
     san = [name for name, d in stack_files(args.work) if SANITIZER.search(d)]
     flows = {}
@@ -631,6 +651,37 @@ def matrix(rows, faults, workloads):
     """(fault, workload) -> {"masked": n, "clean_end": n, "violation": n}"""
     return {(f, w): {v: sum(r["fault"] == f and r["workload"] == w and r["verdict"] == v for r in rows)
                      for v in FAULT_VERDICTS} for f in faults for w in workloads}
+
+
+def run_group(args, pair, faults, workloads, per, windows, prog, rows, out):
+    """The trials of 'faults' on one testbed (with a proxy pair or not)."""
+    Roundcube.shared = None     # its daemons live on one testbed
+    with Testbed(LanTopo(clients=CLIENT_HOSTS, pair=pair), args.work, seed=args.seed) as tb:
+        if args.hog:        # the machine has two cores: everything competes with these
+            for h in ("logger", "proxy") + (("proxy2",) if pair else ()):
+                tb.start(h, f"hog-{h}", ["sh", "-c", "while :; do :; done"])
+        for w in workloads:
+            target = WORKLOADS[w](tb, args.work)
+            for f in faults:
+                if f == "auxlog" and not target.auxlog():
+                    continue
+                for n in range(per[w]):
+                    if f != "none" and windows.get(w) is None:
+                        # No crash-free run in this campaign: measure one.
+                        seed = args.seed * 1000000 + 999999
+                        windows[w] = trial(tb, args, target, "none", w, -1, seed, 0)["action_ms"] / 1000
+                    seed = args.seed * 1000000 + (FAULTS + OPT_IN).index(f) * 10000 + list(WORKLOADS).index(w) * 1000 + n
+                    prog.step(f"{f} {w} trial {n}")
+                    r = trial(tb, args, target, f, w, n, seed, windows.get(w) or 0)
+                    rows.append(r)
+                    out.write(**r)
+                    if r["verdict"] == "violation":
+                        print(f"  VIOLATION {f} {w} trial {n} seed={seed}: {r['reason']} ({r['faults']}; "
+                              f"kept in {r.get('kept')})", flush=True)
+                if f == "none":
+                    window = median([r["action_ms"] for r in rows if r["workload"] == w and r["fault"] == "none"
+                                     and r["verdict"] != "violation"]) or None
+                    windows[w] = window / 1000 if window else None
 
 
 def main():
@@ -678,33 +729,11 @@ def main():
                                              "build": args.build, "bound_s": args.bound, "hog": args.hog})
     prog = Progress(sum(per[w] * sum(f != "auxlog" or w.startswith("roundcube") for f in faults) for w in workloads))
     rows, t_start = [], time.time()
-    with Testbed(LanTopo(clients=CLIENT_HOSTS), args.work, seed=args.seed) as tb:
-        if args.hog:        # the machine has two cores: everything competes with these
-            for h in ("logger", "proxy"):
-                tb.start(h, f"hog-{h}", ["sh", "-c", "while :; do :; done"])
-        for w in workloads:
-            target = WORKLOADS[w](tb, args.work)
-            window = None
-            for f in faults:
-                if f == "auxlog" and not target.auxlog():
-                    continue
-                for n in range(per[w]):
-                    if f != "none" and window is None:
-                        # No crash-free run in this campaign: measure one.
-                        seed = args.seed * 1000000 + 999999
-                        window = trial(tb, args, target, "none", w, -1, seed, 0)["action_ms"] / 1000
-                    seed = args.seed * 1000000 + (FAULTS + OPT_IN).index(f) * 10000 + list(WORKLOADS).index(w) * 1000 + n
-                    prog.step(f"{f} {w} trial {n}")
-                    r = trial(tb, args, target, f, w, n, seed, window or 0)
-                    rows.append(r)
-                    out.write(**r)
-                    if r["verdict"] == "violation":
-                        print(f"  VIOLATION {f} {w} trial {n} seed={seed}: {r['reason']} ({r['faults']}; "
-                              f"kept in {r.get('kept')})", flush=True)
-                if f == "none":
-                    window = median([r["action_ms"] for r in rows if r["workload"] == w and r["fault"] == "none"
-                                     and r["verdict"] != "violation"]) or None
-                    window = window / 1000 if window else None
+    windows = {}     # workload -> the crash-free action's length (s), measured once
+    for pair in (False, True):
+        group = [f for f in faults if (f in PAIR_FAULTS) == pair]
+        if group:
+            run_group(args, pair, group, workloads, per, windows, prog, rows, out)
     out.close()
     m = matrix(rows, faults, workloads)
     print(f"{'fault':22s} " + " ".join(f"{w:>22s}" for w in workloads))

@@ -14,6 +14,9 @@
  *     sockets died with the predecessor; a move's half-made entries): the
  *     entries are removed, and the stack answers those clients.
  *
+ * A client whose connection was still being set up is probed (probe()),
+ * so it learns of its end at once.
+ *
  * A connection the predecessor had already seen end lingers and is reaped
  * as usual (idle, half-open).  Known limit: the first backend-failure of
  * an adopted connection that the predecessor had already been told about
@@ -88,6 +91,20 @@ static bool belongs(const struct pconn *pc, const struct rs_flow_key *k, const s
         || (f->cfg.state == RS_FLOW_HOLD && !memcmp(&f->cfg.peer, &kc, sizeof(kc)));
 }
 
+/* A client connection the predecessor was still setting up died with its
+ * sockets.  Where its host died too, nothing told the client, which may
+ * be waiting in silence for a response: a segment outside its window
+ * makes it answer with an ACK, which meets no socket here, and this
+ * host's stack resets it. */
+static void probe(struct proxy *p, const struct rs_flow_key *kc)
+{
+    struct rs_addr client = addr_of(kc->saddr, kc->sport), vip = addr_of(kc->daddr, kc->dport);
+    int e;
+
+    if (p->rawfd >= 0 && (e = px_send_tcp(p->rawfd, vip, client, 0, 0, 0x10)) != 0)
+        rs_log("probe client=%s: %s", RS_A(client), strerror(-e));
+}
+
 int px_adopt(struct proxy *p)
 {
     struct rs_flow_key *keys = NULL, k, *prev = NULL;
@@ -151,6 +168,8 @@ int px_adopt(struct proxy *p)
         }
         px_dp_remove(p->dp, &keys[i]);
         dropped++;
+        if (ntohl(keys[i].daddr) == p->listen.ip && ntohs(keys[i].dport) == p->listen.port)
+            probe(p, &keys[i]);
     }
     /* 3. Recoveries the predecessor left half-done start again. */
     for (size_t i = 0; i < n; i++) {

@@ -171,6 +171,8 @@ int px_sock_queued(int fd);
 /* Sends a RST from 'from' to 'to' with sequence number 'seq' on raw socket
  * 'rawfd' (IPPROTO_RAW).  Returns 0 or -errno. */
 int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq);
+/* Sends a bare TCP segment with 'flags' (RS_TCP_F_*, 0x10 ACK) likewise. */
+int px_send_tcp(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq, uint32_t ack, uint8_t flags);
 
 /* ---- conn.c: the connection table, accept, relay, splice, ends ------------------ */
 

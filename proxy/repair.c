@@ -92,7 +92,7 @@ static uint16_t csum_fold(uint32_t sum)
     return (uint16_t)~sum;
 }
 
-int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq)
+int px_send_tcp(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq, uint32_t ack, uint8_t flags)
 {
     uint8_t pkt[40] = { 0 };
     struct sockaddr_in dst = rs_addr_sin(to);
@@ -107,8 +107,9 @@ int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq)
     rs_splice_store16(pkt + 20, from.port);
     rs_splice_store16(pkt + 22, to.port);
     rs_splice_store32(pkt + 24, seq);
+    rs_splice_store32(pkt + 28, ack);
     pkt[32] = 5 << 4;
-    pkt[33] = 0x04;                         /* RST */
+    pkt[33] = flags;
     /* TCP checksum over the pseudo header and the 20-byte header. */
     sum += (from.ip >> 16) + (from.ip & 0xffff) + (to.ip >> 16) + (to.ip & 0xffff) + IPPROTO_TCP + 20;
     for (int i = 20; i < 40; i += 2)
@@ -116,4 +117,9 @@ int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq)
     rs_splice_store16(pkt + 36, csum_fold(sum));
     return sendto(rawfd, pkt, sizeof(pkt), 0, (struct sockaddr *)&dst, sizeof(dst)) == (ssize_t)sizeof(pkt) ? 0
                                                                                                            : -errno;
+}
+
+int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq)
+{
+    return px_send_tcp(rawfd, from, to, seq, 0, 0x04);
 }

@@ -550,7 +550,6 @@ class TestProxyPair(Case):
     on the same connection; then the primary dies too, and the proxy that
     took over masks that as well."""
     topo_args = {"pair": True}
-    stack_args = {"pair": True}
 
     def takeover_then_crash(self, *faults):
         """Each of 'faults' is (what to do, the host whose proxy then serves)."""
@@ -671,7 +670,6 @@ class TestPairHandOverUnderLoad(TestProxyHandOverUnderLoad):
     takes over when the stopping proxy is gone (within ms: a new
     connection may not even have to retry its SYN)."""
     topo_args = {"pair": True}
-    stack_args = {"pair": True}
     expect_held = False
 
     def successor(self):
