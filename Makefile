@@ -80,6 +80,12 @@ $(BUILD)/asan/tests/test_loop: tests/unit/test_loop.c common/loop.c common/daemo
 	$(CC) $(CPPFLAGS) -Icommon $(ALL_CFLAGS) -O1 $(SANITIZE) $< common/loop.c common/daemon.c -o $@ $(LIB_ASAN) \
 		-lcmocka $(CORE_LIBS) -lm
 
+# The control connections' tests link them and the loop (common/).
+$(BUILD)/asan/tests/test_ctlconn: tests/unit/test_ctlconn.c common/ctlconn.c common/loop.c common/daemon.c $(LIB_ASAN)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Icommon $(ALL_CFLAGS) -O1 $(SANITIZE) $< common/ctlconn.c common/loop.c common/daemon.c -o $@ \
+		$(LIB_ASAN) -lcmocka $(CORE_LIBS) -lm
+
 # The option parser's tests link it (common/).
 $(BUILD)/asan/tests/test_options: tests/unit/test_options.c common/options.c common/daemon.c $(LIB_ASAN)
 	@mkdir -p $(@D)

@@ -52,19 +52,21 @@ void rs_ctl_call_cancel(struct rs_ctl_call *call)
 }
 
 /* Ends every pending call of 'c' with 'err'.  A callback may start new
- * calls on 'c': those stay. */
+ * calls on 'c' (those stay), and may cancel, or free, other calls that
+ * are failing: each stays listed on 'c' until its own turn. */
 static void calls_fail(struct rs_ctlconn *c, int err)
 {
-    struct rs_ctl_call *list = c->calls;
+    struct rs_ctl_call *call;
 
-    c->calls = NULL;
-    while (list) {
-        struct rs_ctl_call *call = list;
-        list = call->next;
-        rs_timer_stop(c->loop, &call->timer);
-        call->prev = call->next = NULL;
-        call->conn = NULL;
-        call->done(call, err, NULL);
+    for (call = c->calls; call; call = call->next)
+        call->failing = true;
+    for (;;) {
+        for (call = c->calls; call && !call->failing; call = call->next)
+            ;
+        if (!call)
+            break;
+        call->failing = false;
+        call_end(call, err, NULL);
     }
 }
 
@@ -195,6 +197,7 @@ int rs_ctl_call(struct rs_ctlconn *c, struct rs_ctl_msg *m, uint8_t reply_type, 
     call->done = done;
     call->ctx = ctx;
     call->conn = c;
+    call->failing = false;
     RS_LIST_PUSH(c->calls, call);
     rs_timer_init(&call->timer, call_timeout, call);
     rs_timer_after(c->loop, &call->timer, timeout_ns);

@@ -42,6 +42,7 @@ struct rs_ctl_call {
     struct rs_timer timer;
     rs_ctl_done_fn done;
     void *ctx;
+    bool failing;                 /* its connection went down: it ends soon */
 };
 
 struct rs_ctlconn {

@@ -12,7 +12,9 @@
  *     while it is standby.  A new connection starts with BEGIN and the
  *     whole table.  The data path's halves (what the program saw of each
  *     stream) are not copied: the standby's program learns them from the
- *     next segments, as after a re-splice.
+ *     next segments, as after a re-splice.  Which backends are fenced
+ *     goes with it (FENCE frames), so a backend fenced before a takeover
+ *     stays fenced after it.
  *   - Liveness.  The active sends ALIVE every PAIR_ALIVE_NS.  The standby
  *     takes over when the active's connection closes (a killed process:
  *     its host's kernel closes it at once) or stays silent for
@@ -225,7 +227,20 @@ static void out_state(struct rs_ctlconn *c, int err)
         }
         prev = &k;
     }
+    for (int b = 0; b < p->nbackends; b++)
+        px_pair_fence(p, b);
     rs_log("pair: standby %s in sync (%zu entries sent)", RS_A(c->addr), n);
+}
+
+void px_pair_fence(struct proxy *p, int b)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_FENCE };
+
+    if (!p->pair.active || !p->pair.out.up)
+        return;
+    m.u.fence = (struct rs_ctl_fence){ p->backends[b].id, p->backends[b].addr.ip, p->backends[b].fenced };
+    if (rs_ctl_send(&p->pair.out, &m) == 0)
+        p->pair.sent++;
 }
 
 /* Frames from the standby: only an ACK refusing us (it knows a later term). */
@@ -298,6 +313,17 @@ static void pair_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     const struct rs_ctl_flow *fl = &m->u.flow;
     int e;
 
+    if (m->type == RS_CTL_FENCE && !pr->active && c->id == pr->active_conn) {
+        /* The active proxy fenced (or readmitted) a backend: so will we. */
+        int b = px_backend_index(p, m->u.fence.backend_id);
+        if (b >= 0 && p->backends[b].fenced != m->u.fence.fenced)
+            rs_log("pair: backend_id=%u %s by the active proxy", m->u.fence.backend_id,
+                   m->u.fence.fenced ? "fenced" : "readmitted");
+        if (b >= 0)
+            p->backends[b].fenced = m->u.fence.fenced;
+        pr->last_heard_ns = rs_mono_ns();
+        return;
+    }
     if (m->type != RS_CTL_FLOW) {
         rs_ctl_ack(c, m, -EOPNOTSUPP);
         return;
@@ -320,6 +346,8 @@ static void pair_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
             return;
         }
         forget_table(p);
+        for (int b = 0; b < p->nbackends; b++)
+            p->backends[b].fenced = false;      /* the active's FENCEs follow */
         pr->epoch = fl->epoch;
         pr->active_conn = c->id;
         rs_log("pair: standby of %s (epoch %" PRIu64 ")", RS_A(c->addr), fl->epoch);

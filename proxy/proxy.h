@@ -232,6 +232,8 @@ int px_adopt(struct proxy *p);
 /* With --pair: starts as the active proxy (then px_serve) or as the
  * standby (which calls px_serve when it takes over).  Returns 0 or -errno. */
 int px_pair_start(struct proxy *p);
+/* Backend 'b' was fenced or readmitted: the standby learns it. */
+void px_pair_fence(struct proxy *p, int b);
 
 /* ---- main.c ----------------------------------------------------------------------- */
 

@@ -763,6 +763,7 @@ static void announce_fence(struct proxy *p, int b, bool fenced)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_FENCE };
 
+    px_pair_fence(p, b);
     if (!p->stated_port)
         return;
     for (int i = 0; i < p->nbackends; i++) {

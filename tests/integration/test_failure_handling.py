@@ -665,6 +665,29 @@ class TestProxyHandOverUnderLoad(Case):
         return "proxy"
 
 
+class TestPairFence(Case):
+    """A backend fenced before a takeover stays fenced after it: the
+    standby learns fences with the table (a primary cut off from the
+    logger lives on, and must never serve again)."""
+    topo_args = {"pair": True}
+    ctl = TestAfterFailover.ctl
+    status = TestAfterFailover.status
+
+    def test_fenced_backend_stays_fenced(self):
+        self.assertIn("status=0", self.ctl("fence", "--backend-id", "1"))
+        self.assertTrue(wait_until(lambda: "backend_id=1 fenced by the active proxy" in self.stack.log("proxy2"), 5),
+                        self.stack.log("proxy2"))
+        self.tb.kill(self.stack.d["proxy"])
+        self.assertTrue(wait_until(lambda: "pair: active" in self.stack.log("proxy2"), 5))
+        st = self.status()
+        self.assertEqual(st[1]["fenced"], "1", st)
+        # New connections go to the alternate: the primary's counter stays.
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n")
+        d.popen.wait(20)
+        self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:])
+        self.assertRegex(self.stack.log("proxy2"), r"connect id=\d+ client=\S+ backend=10\.0\.0\.12:")
+
+
 class TestPairHandOverUnderLoad(TestProxyHandOverUnderLoad):
     """The same graceful stop of the active proxy of a pair: the standby
     takes over when the stopping proxy is gone (within ms: a new
