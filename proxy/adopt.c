@@ -96,13 +96,26 @@ static bool belongs(const struct pconn *pc, const struct rs_flow_key *k, const s
  * be waiting in silence for a response: a segment outside its window
  * makes it answer with an ACK, which meets no socket here, and this
  * host's stack resets it. */
-static void probe(struct proxy *p, const struct rs_flow_key *kc)
+void px_probe(struct proxy *p, const struct rs_flow_key *kc)
 {
     struct rs_addr client = addr_of(kc->saddr, kc->sport), vip = addr_of(kc->daddr, kc->dport);
     int e;
 
     if (p->rawfd >= 0 && (e = px_send_tcp(p->rawfd, vip, client, 0, 0, 0x10)) != 0)
         rs_log("probe client=%s: %s", RS_A(client), strerror(-e));
+}
+
+/* Probes 'kc' now and, in a pair, once more later (pair.c). */
+static void probe(struct proxy *p, const struct rs_flow_key *kc)
+{
+    px_probe(p, kc);
+    if (p->pair.peer.port) {
+        struct rs_flow_key *n = realloc(p->probes, (p->nprobes + 1) * sizeof(*n));
+        if (n) {
+            p->probes = n;
+            p->probes[p->nprobes++] = *kc;
+        }
+    }
 }
 
 int px_adopt(struct proxy *p)

@@ -415,6 +415,8 @@ static void connect_failed(struct proxy *p, struct pconn *pc, int err)
      * part of it). */
     if (p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
         px_backend_failed(p, p->backends[idx].id, err == -ECONNREFUSED ? "connect-refused" : "connect-failed");
+        if (!p->backends[idx].fenced)
+            px_pc_close(p, pc, "isolated", true);
         return;
     }
     px_pc_redispatch(p, pc, "backend-connect");
@@ -453,16 +455,21 @@ static void on_map_done(struct rs_ctl_call *call, int err, const struct rs_ctl_m
     /* Its rs-stated has no application: the backend's process is gone. */
     if (err == -ENOTCONN && p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
         px_backend_failed(p, p->backends[idx].id, "no-application");
+        if (!p->backends[idx].fenced)       /* not believed (we are cut off): pc is ours still */
+            px_pc_close(p, pc, "isolated", true);
         return;
     }
     /* Its rs-stated does not answer (host down, cut off, application hung:
      * CONN_MAP goes through it): nothing was sent to the backend yet, so the
      * alternate can take the request, once the backend is fenced (above). */
     if (err == -ETIMEDOUT || err == -ECONNREFUSED || err == -ECONNRESET || err == -EHOSTUNREACH) {
-        if (p->logger.port && idx >= 0 && !p->backends[idx].fenced)
+        if (p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
             px_backend_failed(p, p->backends[idx].id, "stated-unreachable");
-        else
+            if (!p->backends[idx].fenced)
+                px_pc_close(p, pc, "isolated", true);
+        } else {
             px_pc_redispatch(p, pc, "stated-unreachable");
+        }
         return;
     }
     connect_backend(p, pc);   /* transaction ids there will not match */

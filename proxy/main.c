@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -444,6 +445,22 @@ static int setup(struct proxy *p)
         px_serve(p);
     }
     return 0;
+}
+
+bool px_link_up(struct proxy *p)
+{
+    struct ifreq ifr;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    bool up = true;
+
+    if (fd < 0)
+        return true;    /* cannot tell: act as before */
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", p->ifname);
+    if (!ioctl(fd, SIOCGIFFLAGS, &ifr))
+        up = (ifr.ifr_flags & (IFF_UP | IFF_RUNNING)) == (IFF_UP | IFF_RUNNING);
+    close(fd);
+    return up;
 }
 
 void px_serve(struct proxy *p)

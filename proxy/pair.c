@@ -34,8 +34,10 @@
  * connections from the copied entries, as a proxy restarted on the same
  * host does from its predecessor's. */
 #include <arpa/inet.h>
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <netinet/if_ether.h>
@@ -53,14 +55,23 @@
 #define PAIR_ALONE_NS ((uint64_t)2000 * 1000000)   /* a standby that never heard an active */
 #define PAIR_OUT_MAX (64u << 20)                   /* FLOW frames queued for a slow standby */
 
-/* Gratuitous ARPs after a takeover: at once, then these long after. */
-static const uint64_t garp_after_ns[] = { 0, 100 * 1000000ull, 500 * 1000000ull };
+/* Gratuitous ARPs after a takeover: at once, then these long after.  The
+ * last one also probes again the clients of connections the predecessor
+ * was setting up (adopt.c): after the clients' rate limit on answering
+ * such segments (500 ms), in case the first answer went astray. */
+static const uint64_t garp_after_ns[] = { 0, 100 * 1000000ull, 600 * 1000000ull };
 #define N_GARPS (sizeof(garp_after_ns) / sizeof(garp_after_ns[0]))
 
+/* An ARP frame; a proxy's own carry its mark and epoch where the frame's
+ * padding goes, so that the other proxy knows whose term is later. */
 struct arp_frame {
     struct ether_header eh;
     struct ether_arp ea;
+    uint8_t mark[4];            /* PAIR_MARK */
+    uint64_t epoch;             /* network order */
 } __attribute__((packed));
+
+static const uint8_t PAIR_MARK[4] = { 'R', 'S', 'P', 'X' };
 
 static uint64_t now_ms(void) { return rs_now_us() / 1000; }
 
@@ -87,11 +98,25 @@ static int arp_send(struct proxy *p, const uint8_t *to_mac, uint16_t op, const u
     memcpy(f.ea.arp_spa, &vip, 4);
     memcpy(f.ea.arp_tha, tha, ETH_ALEN);
     memcpy(f.ea.arp_tpa, &tpa, 4);
+    memcpy(f.mark, PAIR_MARK, sizeof(f.mark));
+    f.epoch = htobe64(pr->epoch);
     memcpy(to.sll_addr, to_mac, ETH_ALEN);
     return sendto(pr->arpfd, &f, sizeof(f), 0, (struct sockaddr *)&to, sizeof(to)) < 0 ? -errno : 0;
 }
 
 static void step_down(struct proxy *p, const char *why);
+
+/* A gratuitous ARP for the VIP. */
+static void announce(struct proxy *p)
+{
+    static const uint8_t bcast[ETH_ALEN] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff }, zero[ETH_ALEN] = { 0 };
+    int e = arp_send(p, bcast, ARPOP_REQUEST, zero, htonl(p->listen.ip));
+
+    if (e)
+        rs_log("pair: gratuitous ARP: %s", strerror(-e));
+    else
+        p->pair.garps++;
+}
 
 static void arp_readable(struct rs_io *io, uint32_t events)
 {
@@ -109,19 +134,32 @@ static void arp_readable(struct rs_io *io, uint32_t events)
         n = recvfrom(pr->arpfd, &f, sizeof(f), 0, (struct sockaddr *)&from, &fl);
         if (n < 0)
             return;
-        if ((size_t)n < sizeof(f) || from.sll_pkttype == PACKET_OUTGOING || f.ea.arp_hln != ETH_ALEN
+        if ((size_t)n < offsetof(struct arp_frame, mark) || from.sll_pkttype == PACKET_OUTGOING || f.ea.arp_hln != ETH_ALEN
             || f.ea.arp_pln != 4 || f.ea.arp_pro != htons(ETHERTYPE_IP)
             || !memcmp(f.ea.arp_sha, pr->mac, ETH_ALEN))
             continue;
         memcpy(&spa, f.ea.arp_spa, 4);
         memcpy(&tpa, f.ea.arp_tpa, 4);
         if (spa == vip && pr->active) {
-            /* Another proxy announces the VIP: it took over. */
-            char why[64];
-            snprintf(why, sizeof(why), "%02x:%02x:%02x:%02x:%02x:%02x announced the VIP", f.ea.arp_sha[0],
-                     f.ea.arp_sha[1], f.ea.arp_sha[2], f.ea.arp_sha[3], f.ea.arp_sha[4], f.ea.arp_sha[5]);
-            step_down(p, why);
-            return;
+            /* The other proxy announces the VIP: in a later term it took
+             * over; in an earlier one it woke up late (a hang), and its
+             * announcement must not stand. */
+            uint64_t theirs = (size_t)n >= sizeof(f) && !memcmp(f.mark, PAIR_MARK, sizeof(f.mark))
+                                  ? be64toh(f.epoch) : 0;
+            char why[96];
+
+            if (theirs > pr->epoch) {
+                snprintf(why, sizeof(why), "%02x:%02x:%02x:%02x:%02x:%02x announced the VIP in a later term",
+                         f.ea.arp_sha[0], f.ea.arp_sha[1], f.ea.arp_sha[2], f.ea.arp_sha[3], f.ea.arp_sha[4],
+                         f.ea.arp_sha[5]);
+                step_down(p, why);
+                return;
+            }
+            rs_log("pair: %02x:%02x:%02x:%02x:%02x:%02x announced the VIP in an earlier term (%" PRIu64
+                   "): announcing it again", f.ea.arp_sha[0], f.ea.arp_sha[1], f.ea.arp_sha[2], f.ea.arp_sha[3],
+                   f.ea.arp_sha[4], f.ea.arp_sha[5], theirs);
+            announce(p);
+            continue;
         }
         if (pr->active && tpa == vip && f.ea.arp_op == htons(ARPOP_REQUEST))
             arp_send(p, f.ea.arp_sha, ARPOP_REPLY, f.ea.arp_sha, spa);
@@ -132,15 +170,22 @@ static void garp(struct rs_timer *t)
 {
     struct proxy *p = t->ctx;
     struct pair *pr = &p->pair;
-    static const uint8_t bcast[ETH_ALEN] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff }, zero[ETH_ALEN] = { 0 };
-    int e = arp_send(p, bcast, ARPOP_REQUEST, zero, htonl(p->listen.ip));
 
-    if (e)
-        rs_log("pair: gratuitous ARP: %s", strerror(-e));
-    else
-        pr->garps++;
-    if (++pr->garp_next < N_GARPS)
+    /* What came meanwhile first: a proxy that slept through a takeover
+     * learns of it before it announces anything. */
+    arp_readable(&pr->arpio, EPOLLIN);
+    if (pr->stepped_down)
+        return;
+    announce(p);
+    if (++pr->garp_next < N_GARPS) {
         rs_timer_after(&p->loop, t, garp_after_ns[pr->garp_next] - garp_after_ns[pr->garp_next - 1]);
+    } else {
+        for (size_t i = 0; i < p->nprobes; i++)
+            px_probe(p, &p->probes[i]);
+        free(p->probes);
+        p->probes = NULL;
+        p->nprobes = 0;
+    }
 }
 
 static int arp_open(struct proxy *p)
@@ -254,6 +299,12 @@ static void alive(struct rs_timer *t)
 {
     struct proxy *p = t->ctx;
 
+    if (!px_link_up(p)) {
+        /* Cut off (its host's interfaces down, a cable): the standby takes
+         * over, and nothing done from here could be right. */
+        step_down(p, "our interface is down");
+        return;
+    }
     send_flow(p, RS_CTL_FLOW_ALIVE, NULL, NULL);
     rs_timer_after(&p->loop, t, PAIR_ALIVE_NS);
 }
@@ -265,12 +316,17 @@ static void become_active(struct proxy *p, const char *why)
 
     pr->active = true;
     pr->epoch = now_ms() > was ? now_ms() : was + 1;
+    /* Our frames to the logger and the rs-stateds use the senders the
+     * other proxy used: their numbers must go on above its. */
+    if (p->ctl_seq < rs_now_us())
+        p->ctl_seq = rs_now_us();
     rs_timer_stop(&p->loop, &pr->timer);
     rs_log("pair: active (%s), epoch %" PRIu64 ", last heard of the other %" PRIu64 " ms ago", why, pr->epoch,
            pr->last_heard_ns ? (rs_mono_ns() - pr->last_heard_ns) / 1000000 : 0);
+    /* The VIP first, so that the answers to adopt.c's probes come here. */
     pr->garp_next = 0;
     rs_timer_init(&pr->garp_timer, garp, p);
-    rs_timer_after(&p->loop, &pr->garp_timer, 0);
+    garp(&pr->garp_timer);
     px_serve(p);
     p->dp->changed = table_changed;
     p->dp->changed_arg = p;

@@ -141,6 +141,8 @@ struct proxy {
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn logger_conn;
     struct pair pair;
+    struct rs_flow_key *probes;   /* adopted: clients of dead connections, probed again later */
+    size_t nprobes;
     struct stats st;
 };
 
@@ -226,6 +228,9 @@ void px_pc_save(struct proxy *p, struct pconn *pc);
 /* Rebuilds the connections of the splice table the data path took over.
  * Returns how many, or -errno. */
 int px_adopt(struct proxy *p);
+/* Makes the client of dead client entry 'kc' answer, so that this host's
+ * stack resets it (a segment outside its window). */
+void px_probe(struct proxy *p, const struct rs_flow_key *kc);
 
 /* ---- pair.c: a standby proxy, or the active one of a pair ------------------------- */
 
@@ -240,6 +245,8 @@ void px_pair_fence(struct proxy *p, int b);
 /* Starts serving the VIP: the lease, the logger's and the rs-stateds'
  * connections, and the adoption of the spliced connections in the table. */
 void px_serve(struct proxy *p);
+/* Whether the data path's interface is up (a proxy cut off acts on nothing). */
+bool px_link_up(struct proxy *p);
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 

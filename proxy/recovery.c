@@ -783,6 +783,12 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
         rs_log("failure backend_id=%u why=%s: not one of ours", id, why);
         return;
     }
+    if (!p->backends[idx].fenced && !px_link_up(p)) {
+        /* Everything is unreachable from a proxy cut off: that says nothing
+         * of the backend, and a fence would reach it when the link returns. */
+        rs_log("failure backend_id=%u why=%s: ignored, our interface %s is down", id, why, p->ifname);
+        return;
+    }
     if (!p->backends[idx].fenced)
         rs_log("failure backend_id=%u backend=%s why=%s conns=%u: fenced", id, RS_A(p->backends[idx].addr), why,
                px_pc_count(p, idx));
