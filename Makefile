@@ -48,7 +48,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan san fault-campaign clean
+.PHONY: all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -185,6 +185,9 @@ experiment-lan: all
 	@$(PYTHON) experiments/report.py --headline failover
 
 # The same over emulated WAN client links (PROFILES=, TRIALS=, QUICK=1).
+experiment-nospof: all
+	@$(PYTHON) experiments/nospof.py --build $(BUILD)
+
 experiment-wan: all
 	@$(PYTHON) experiments/failover.py --study wan
 	@$(PYTHON) experiments/figures.py

@@ -79,14 +79,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-STUDIES = ("failover", "wan", "overhead", "faults")
+STUDIES = ("failover", "wan", "overhead", "faults", "nospof")
 # Each workload's headline crash point: the WAN study's only one, and the
 # one the summary: lines of make experiment-lan / -wan report.
 HEADLINE = {"refapp": "static-mid", "roundcube": "mailbox-mid"}
 STUDY_TITLES = {"failover": "LAN failover", "wan": "WAN failover", "overhead": "Overhead (no crash)",
-                "faults": "Fault campaign"}
+                "faults": "Fault campaign", "nospof": "The proxy fails (no single point of failure)"}
 STUDY_TARGETS = {"failover": "make experiment-lan", "wan": "make experiment-wan",
-                 "overhead": "make experiment-lan", "faults": "make fault-campaign"}
+                 "overhead": "make experiment-lan", "faults": "make fault-campaign",
+                 "nospof": "make experiment-nospof"}
 
 # Canonical technique names, in the order tables and figures show them.
 TECHNIQUES = ("none", "browser", "browser-shared", "haproxy", "haproxy-tuned",
@@ -114,8 +115,10 @@ FAULT_COLUMNS = ["study", "fault", "workload", "load", "trial", "seed", "moment_
                  "updates_ok", "updates_unsure", "counter", "recovered", "unrecoverable", "false_failovers",
                  "sanitizer", "kept"] + STAMP_COLUMNS
 FAULT_VERDICTS = ("masked", "clean_end", "violation")
+NOSPOF_COLUMNS = ["study", "technique", "fault", "trial", "seed", "moment_ms", "masked", "completed", "stall_ms",
+                  "connections", "cut", "hung", "requests"] + STAMP_COLUMNS
 COLUMNS = {"failover": FAILOVER_COLUMNS, "wan": FAILOVER_COLUMNS, "overhead": OVERHEAD_COLUMNS,
-           "faults": FAULT_COLUMNS}
+           "faults": FAULT_COLUMNS, "nospof": NOSPOF_COLUMNS}
 
 
 # ---- environment: TRIALS=, QUICK=1 ----------------------------------------
@@ -394,3 +397,22 @@ def parse_summary(line):
     if not line.startswith("summary:"):
         raise ValueError("not a summary line")
     return dict(p.split("=", 1) for p in line[len("summary:"):].split() if "=" in p)
+
+
+# ---- the proxy-failure study --------------------------------------------
+
+def nospof_cells(rows):
+    """[(technique, fault, masked %, completed %, median extra stall ms)] of
+    the proxy-failure study: the stall over the technique's crash-free
+    median."""
+    out = []
+    for t in dict.fromkeys(r["technique"] for r in rows):
+        base = median([num(r["stall_ms"]) for r in rows if r["technique"] == t and r["fault"] == "none"])
+        for f in dict.fromkeys(r["fault"] for r in rows if r["fault"] != "none"):
+            rs = [r for r in rows if r["technique"] == t and r["fault"] == f]
+            if not rs:
+                continue
+            extra = median([num(r["stall_ms"]) - base for r in rs]) if base is not None else None
+            out.append((t, f, 100.0 * sum(num(r["masked"]) for r in rs) / len(rs),
+                        100.0 * sum(num(r["completed"]) for r in rs) / len(rs), extra))
+    return out

@@ -12,6 +12,8 @@ Figures (file names are what REPORT.md links):
       RTT, one line per technique (one file per loss rate when an RTT comes
       with several loss rates)
   overhead-<metric>-<workload>.png  latency / throughput per technique
+  nospof-proxy.png   the proxy fails: per technique and proxy fault, the
+                     share masked and completed, and the median extra stall
   faults-matrix.png  the fault campaign: per fault and workload, the share
       of trials masked / ended cleanly / violating an invariant (stacked)
   timeline-<study>-<name>.png  from a sidecar results/<study>/**/<name>.timeline.json:
@@ -336,6 +338,23 @@ def fig_faults(pl, rows):
     pl.draw("faults-matrix.png", body, size="1100,560")
 
 
+def fig_nospof(pl, rows):
+    """Masked share and median extra stall per technique and proxy fault."""
+    cells = common.nospof_cells(rows)
+    d = pl.data([f"{t} / {f}\t{m:.1f}\t{c:.1f}\t{e if e is not None else 0:.1f}" for t, f, m, c, e in cells])
+    body = (f"set title {q('the proxy fails: masked share and extra stall (client pcap)')}\n"
+            "set multiplot layout 1,2\n"
+            "set style data histogram\nset style histogram cluster gap 1\n"
+            "set style fill solid 0.85 border -1\nset boxwidth 0.9\nset xtics rotate by -30 font ',9'\n"
+            "set bmargin 8\nset yrange [0:100]\nset ylabel '% of the trials'\n"
+            f"plot {q(d)} using 2:xtic(1) title 'masked' lc rgb '#2ca02c', "
+            "'' using 3 title 'completed (a browser may reload)' lc rgb '#1f77b4'\n"
+            "set yrange [0:*]\nset ylabel 'ms (median)'\n"
+            f"plot {q(d)} using 4:xtic(1) title 'extra stall over crash-free' lc rgb '#ff7f0e'\n"
+            "unset multiplot")
+    pl.draw("nospof-proxy.png", body, size="1100,520")
+
+
 def fig_wan(pl, rows):
     """Median failover vs RTT, one line per technique, one file per
     workload.  When the profiles pair each RTT with one loss rate the x tics
@@ -470,6 +489,8 @@ def draw_all(results, plots, work):
             notes.append(f"no results for study {study} ({os.path.join(results, study)}/*.csv): skipped")
         elif study == "faults":
             fig_faults(pl, rows)
+        elif study == "nospof":
+            fig_nospof(pl, rows)
         elif study in ("failover", "wan"):
             if study == "failover":
                 fig_failover(pl, study, rows)

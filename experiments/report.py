@@ -148,7 +148,21 @@ def faults_table(rows):
     return out
 
 
-TABLES = {"failover": failover_tables, "wan": wan_table, "overhead": overhead_table, "faults": faults_table}
+def nospof_table(rows):
+    """Per technique and proxy fault: trials, masked, completed, median
+    extra stall."""
+    body = [[t, f, str(sum(r["technique"] == t and r["fault"] == f for r in rows)), f"{m:.0f}%", f"{c:.0f}%",
+             fmt(e)] for t, f, m, c, e in common.nospof_cells(rows)]
+    return (["The active proxy killed (its process) or cut off (its host's interfaces down) during a "
+             "keep-alive client's download.  Masked: every response complete and right on the connection it "
+             "began on, no RST or FIN from the VIP; completed: the action finished at all (the baseline's "
+             "client reloads like a browser); extra stall: the client's longest gap between data segments "
+             "from the VIP (its own pcap), over the technique's crash-free median.", ""]
+            + table(["technique", "fault", "trials", "masked", "completed", "extra stall ms"], body))
+
+
+TABLES = {"failover": failover_tables, "wan": wan_table, "overhead": overhead_table, "faults": faults_table,
+          "nospof": nospof_table}
 
 
 def figures_for(plots, study):
