@@ -152,7 +152,7 @@ def nospof_table(rows):
     """Per technique and proxy fault: trials, masked, completed, median
     extra stall."""
     body = [[t, f, str(sum(r["technique"] == t and r["fault"] == f for r in rows)), f"{m:.0f}%", f"{c:.0f}%",
-             fmt(e)] for t, f, m, c, e in common.nospof_cells(rows)]
+             DASH if e is None else f"{e:.0f}"] for t, f, m, c, e in common.nospof_cells(rows)]
     return (["The active proxy killed (its process) or cut off (its host's interfaces down) during a "
              "keep-alive client's download.  Masked: every response complete and right on the connection it "
              "began on, no RST or FIN from the VIP; completed: the action finished at all (the baseline's "

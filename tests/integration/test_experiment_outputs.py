@@ -134,6 +134,26 @@ def write_faults(results):
     return p
 
 
+def write_nospof(results):
+    """The proxy-failure study: 2 techniques x (none, proxy-kill), 3
+    trials each.  resplice: stalls 10, 12, 14 ms crash-free and 15, 16, 400
+    ms with the fault, all masked; haproxy-vrrp: 10 ms crash-free, 700,
+    800, 900 ms with the fault, none masked, two completed."""
+    p = os.path.join(results, "nospof", "trials.csv")
+    stalls = {("resplice", "none"): (10, 12, 14), ("resplice", "proxy-kill"): (15, 16, 400),
+              ("haproxy-vrrp", "none"): (10, 10, 10), ("haproxy-vrrp", "proxy-kill"): (700, 800, 900)}
+    with common.RowWriter(p, "nospof") as w:
+        n = 0
+        for (tech, fault), st in stalls.items():
+            for trial, stall in enumerate(st):
+                masked = int(tech == "resplice" or fault == "none")
+                w.write(technique=tech, fault=fault, trial=trial, seed=n, masked=masked,
+                        completed=int(masked or trial < 2), stall_ms=stall, connections=1, cut=1 - masked,
+                        hung=0, requests=3)
+                n += 1
+    return p
+
+
 def pcap_bytes(segments, linktype=1):
     """A classic little-endian pcap (µs) of IPv4/TCP 'segments': (t, src,
     sport, dst, dport, seq, flags, payload_len); payloads are cut at a
@@ -453,6 +473,7 @@ class Outputs(unittest.TestCase):
         write_wan(cls.results, rnd)
         write_overhead(cls.results, rnd)
         write_faults(cls.results)
+        write_nospof(cls.results)
         write_timeline(cls.results)
         cls.fig = subprocess.run([PY, os.path.join(EXP, "figures.py"), "--results", cls.results,
                                   "--plots", cls.plots], capture_output=True, text=True, timeout=300)
@@ -480,7 +501,7 @@ class Outputs(unittest.TestCase):
         want += ["failover-errors-refapp.png", "failover-errors-roundcube.png", "wan-errors-refapp.png",
                  "overhead-latency_ms-refapp.png", "overhead-throughput_mbps-refapp.png",
                  "timeline-failover-trial0.png", "timeline-failover-trial1.png"]
-        want += ["wan-failover-rtt-refapp.png", "faults-matrix.png"]
+        want += ["wan-failover-rtt-refapp.png", "faults-matrix.png", "nospof-proxy.png"]
         made = sorted(os.listdir(self.plots))
         self.assertEqual(made, sorted(want))
         for n in made:
@@ -493,7 +514,7 @@ class Outputs(unittest.TestCase):
 
     def test_lan_table_matches_csv(self):
         self.assertEqual(self.rep.returncode, 0, self.rep.stderr)
-        self.assertTrue(self.rep.stdout.strip().splitlines()[-1].startswith("summary: studies=4 missing=0"))
+        self.assertTrue(self.rep.stdout.strip().splitlines()[-1].startswith("summary: studies=5 missing=0"))
         header, got = md_table(section(self.report, "failover"), "workload")
         self.assertEqual(header, ["workload", "action", "technique", "trials", "ok", "failover median (ms)",
                                   "failover p95 (ms)", "n", "errors", "re-logins"])
@@ -546,7 +567,7 @@ class Outputs(unittest.TestCase):
                             "--out", os.path.join(self.tmp, "r2.md"), "--headline", "wan"],
                            capture_output=True, text=True, timeout=120)
         s = common.parse_summary(r.stdout.strip().splitlines()[-1])
-        self.assertEqual(s["studies"], "4", r.stdout + r.stderr)
+        self.assertEqual(s["studies"], "5", r.stdout + r.stderr)
 
     def test_wan_table_matches_csv(self):
         header, got = md_table(section(self.report, "wan"), "workload")
@@ -600,10 +621,10 @@ class Outputs(unittest.TestCase):
                                  timeout=60, env=env)
             self.assertEqual(rep.returncode, 0, rep.stderr)
             s = common.parse_summary(rep.stdout.strip().splitlines()[-1])
-            self.assertEqual((s["studies"], s["missing"], s["figures"]), ("1", "3", "2"))
+            self.assertEqual((s["studies"], s["missing"], s["figures"]), ("1", "4", "2"))
             with open(os.path.join(results, "REPORT.md")) as f:
                 text = f.read()
-            for study in ("failover", "wan", "faults"):
+            for study in ("failover", "wan", "faults", "nospof"):
                 self.assertIn(f"Missing: no results for study `{study}`", section(text, study))
             self.assertNotIn("Missing", section(text, "overhead"))
             # Nothing at all: still a report, every study missing.
@@ -611,7 +632,7 @@ class Outputs(unittest.TestCase):
             rep = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", empty, "--plots", plots],
                                  capture_output=True, text=True, timeout=60)
             self.assertEqual(rep.returncode, 0, rep.stderr)
-            self.assertIn("missing=4", rep.stdout)
+            self.assertIn("missing=5", rep.stdout)
         finally:
             shutil.rmtree(tmp)
 
@@ -634,6 +655,29 @@ class FaultsSection(unittest.TestCase):
             self.assertEqual(rows, [["none", "4/0/0", "4/0/0"], ["alternate-in-recovery", "2/2/0", "3/0/1"]])
             self.assertIn("16 trials: 13 masked, 2 clean ends, 1 violations.", text)
             self.assertIn("| alternate-in-recovery | refapp-50 | 0 | 12 | hang | violations/x |", text)
+        finally:
+            shutil.rmtree(tmp)
+
+
+class NospofSection(unittest.TestCase):
+    """REPORT.md's proxy-failure section from a synthetic table: masked and
+    completed shares, the extra stall over each technique's crash-free
+    median."""
+
+    def test_table(self):
+        tmp = tempfile.mkdtemp(prefix="rs-exp-nospof.")
+        try:
+            results = os.path.join(tmp, "results")
+            write_nospof(results)
+            rep = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", results, "--plots",
+                                  os.path.join(tmp, "plots")], capture_output=True, text=True, timeout=60)
+            self.assertEqual(rep.returncode, 0, rep.stderr)
+            with open(os.path.join(results, "REPORT.md")) as f:
+                text = section(f.read(), "nospof")
+            header, rows = md_table(text, "technique")
+            self.assertEqual(header, ["technique", "fault", "trials", "masked", "completed", "extra stall ms"])
+            self.assertEqual(rows, [["resplice", "proxy-kill", "3", "100%", "100%", "4"],
+                                    ["haproxy-vrrp", "proxy-kill", "3", "0%", "67%", "790"]])
         finally:
             shutil.rmtree(tmp)
 
