@@ -289,6 +289,7 @@ struct rs_ctl_flow {
 /* Roles and flags of rs_ctl_backend_status. */
 #define RS_CTL_ROLE_PRIMARY_BACKEND   1u   /* new connections go to it */
 #define RS_CTL_ROLE_ALTERNATE_BACKEND 2u   /* takes over failed connections */
+#define RS_CTL_ROLE_SPARE_BACKEND     3u   /* the alternate's standby: it takes over from it */
 #define RS_CTL_BACKEND_FENCED    (1u << 0) /* declared failed, not readmitted */
 #define RS_CTL_BACKEND_PROTECTED (1u << 1) /* a live alternate would take over its connections */
 #define RS_CTL_BACKEND_FLAGS_ALL 0x03u

@@ -216,7 +216,7 @@ static int validate__(const struct rs_ctl_msg *m)
         ok = b->n <= RS_CTL_STATUS_BACKENDS;
         for (unsigned i = 0; ok && i < b->n; i++)
             ok = b->b[i].id != 0 && b->b[i].role >= RS_CTL_ROLE_PRIMARY_BACKEND
-                 && b->b[i].role <= RS_CTL_ROLE_ALTERNATE_BACKEND && !(b->b[i].flags & ~RS_CTL_BACKEND_FLAGS_ALL);
+                 && b->b[i].role <= RS_CTL_ROLE_SPARE_BACKEND && !(b->b[i].flags & ~RS_CTL_BACKEND_FLAGS_ALL);
         for (unsigned i = b->n; ok && i < RS_CTL_STATUS_BACKENDS; i++)
             ok = !b->b[i].id && !b->b[i].ip4 && !b->b[i].port && !b->b[i].role && !b->b[i].flags && !b->b[i].conns;
         break;

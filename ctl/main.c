@@ -274,7 +274,9 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < r->n; i++)
             printf("backend id=%u addr=%s role=%s fenced=%d protected=%d conns=%u\n", r->b[i].id,
                    RS_A(((struct rs_addr){ r->b[i].ip4, r->b[i].port })),
-                   r->b[i].role == RS_CTL_ROLE_PRIMARY_BACKEND ? "primary" : "alternate",
+                   r->b[i].role == RS_CTL_ROLE_PRIMARY_BACKEND     ? "primary"
+                   : r->b[i].role == RS_CTL_ROLE_ALTERNATE_BACKEND ? "alternate"
+                                                                   : "spare",
                    !!(r->b[i].flags & RS_CTL_BACKEND_FENCED), !!(r->b[i].flags & RS_CTL_BACKEND_PROTECTED),
                    r->b[i].conns);
         return 0;

@@ -17,7 +17,7 @@ STATED_PORT = 7073      # rs-stated on each backend
 PAIR_PORT = 7074        # a proxy pair: the standby's copy of the active's splice table
 APP_PORT = 8080         # the application (rs-app, or the front) on each backend
 UPSTREAM_PORT = 8081    # behind a front: the real application, on the backend's loopback
-PRIMARY_ID, ALTERNATE_ID = 1, 2
+PRIMARY_ID, ALTERNATE_ID, SPARE_ID = 1, 2, 3
 
 
 def build_dir():

@@ -19,13 +19,20 @@ made of several processes itself (roundcube/deploy.py's Roundcube).
 --crash-at.  Either way the daemon serving APP_PORT is named "app-HOST".
 
 On a LanTopo(pair=True) the stack has a proxy pair: "proxy" active on
-host proxy, "proxy2" standing by on host proxy2 (proxy/pair.c)."""
+host proxy, "proxy2" standing by on host proxy2 (proxy/pair.c).  On a
+LanTopo(spare=True) a third backend, "spare", stands by to become the
+alternate after a failover: the rs-stateds form a chain (primary ->
+alternate -> spare, --peer with ids) and the proxy and the logger know
+it (--spare, --spare-stated)."""
 import os
 import signal
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PAIR_PORT, PRIMARY_ID, PROXY_CTL,
-                         STATED_PORT, VIP_PORT, binary, write_key)
-from topologies.lan import PAIR_HOSTS, SERVERS
+                         SPARE_ID, STATED_PORT, VIP_PORT, binary, write_key)
+from topologies.lan import PAIR_HOSTS, SERVERS, SPARE_HOST
+
+
+BACKEND_IDS = {"primary": PRIMARY_ID, "alternate": ALTERNATE_ID, "spare": SPARE_ID}
 
 
 class Stack:
@@ -36,6 +43,8 @@ class Stack:
         self.heartbeat, self.dead_after = heartbeat, dead_after
         self.front = front
         self.pair = getattr(tb.topo, "pair", False)
+        self.spare = getattr(tb.topo, "spare", False)
+        self.backends = ("primary", "alternate") + (("spare",) if self.spare else ())
         self.app_host_args = app_host_args or (lambda host: [])
         self.key = os.path.join(run_dir, "key.hex")
         self.vip = f"{SERVERS['proxy']}:{VIP_PORT}"
@@ -50,14 +59,14 @@ class Stack:
         self._key()
         s = SERVERS
         if self.recovery:
-            for host, bid, peer in (("alternate", ALTERNATE_ID, "primary"), ("primary", PRIMARY_ID, "alternate")):
+            for host in reversed(self.backends):    # the chain's end first
                 sock = os.path.join(self.dir, f"stated-{host}.sock")
                 self.d[f"stated-{host}"] = self.tb.start(host, f"stated-{host}", [
-                    binary("rs-stated"), "--id", str(bid), "--listen", f"0.0.0.0:{STATED_PORT}",
-                    "--app-socket", sock, "--key", self.key, "--peer", f"{s[peer]}:{STATED_PORT}",
+                    binary("rs-stated"), "--id", str(BACKEND_IDS[host]), "--listen", f"0.0.0.0:{STATED_PORT}",
+                    "--app-socket", sock, "--key", self.key] + self._peers(host) + [
                     "--logger", f"{s['logger']}:{LOGGER_CTL}", "--heartbeat", self.heartbeat], ready="listening")
             self.start_logger()
-        for host in ("primary", "alternate"):
+        for host in self.backends:
             argv = [binary("rs-front" if self.front else "rs-app"), "--listen", f"0.0.0.0:{APP_PORT}",
                     "--id", host] + self.app_args
             argv += list(self.app_host_args(host))
@@ -85,6 +94,19 @@ class Stack:
         if not wait_until(lambda: "pair: standby of" in self.log(host), timeout):
             raise RuntimeError(f"the standby on {host} never heard of the active proxy")
 
+    def _peers(self, host):
+        """rs-stated's --peer options on backend 'host': the other one (as
+        before re-protection), or with a spare the chain, with ids."""
+        if not self.spare:
+            other = "alternate" if host == "primary" else "primary"
+            return ["--peer", f"{SERVERS[other]}:{STATED_PORT}"]
+        return [a for h in self.backends if h != host
+                for a in ("--peer", f"{BACKEND_IDS[h]}={self.addr(h)}:{STATED_PORT}")]
+
+    @staticmethod
+    def addr(host):
+        return SERVERS.get(host) or SPARE_HOST[host]
+
     def start_proxy(self, name="proxy", fresh=False, host="proxy", standby=False):
         """Starts rs-proxy on 'host' (again, after a crash or a stop: as
         start_logger; it adopts the spliced connections its predecessor
@@ -97,6 +119,8 @@ class Stack:
             argv += ["--alternate", f"{ALTERNATE_ID}={s['alternate']}:{APP_PORT}",
                      "--logger", f"{s['logger']}:{LOGGER_CTL}",
                      "--logger-resend", f"{s['logger']}:{LOGGER_RESEND}", "--stated-port", str(STATED_PORT)]
+            if self.spare:
+                argv += ["--spare", f"{SPARE_ID}={self.addr('spare')}:{APP_PORT}"]
         if fresh:
             argv.append("--fresh")
         if self.pair:
@@ -115,7 +139,10 @@ class Stack:
             "--listen", f"0.0.0.0:{LOGGER_CTL}", "--resend", f"0.0.0.0:{LOGGER_RESEND}", "--key", self.key,
             "--proxy", f"{s['proxy']}:{PROXY_CTL}", "--alternate-stated", f"{s['alternate']}:{STATED_PORT}",
             "--backend", f"{PRIMARY_ID}={s['primary']}", "--backend", f"{ALTERNATE_ID}={s['alternate']}",
-            "--dead-after", self.dead_after] + self.logger_args, ready="listening")
+            "--dead-after", self.dead_after] + ([
+                "--backend", f"{SPARE_ID}={self.addr('spare')}",
+                "--spare-stated", f"{self.addr('spare')}:{STATED_PORT}"] if self.spare else []) + self.logger_args,
+            ready="listening")
         return self.d["logger"]
 
     def log(self, name):

@@ -144,8 +144,8 @@ struct logger {
     /* configuration */
     const char *iface, *readfile, *dumpdir;
     bool stay;                       /* --read then keep serving control */
-    struct rs_addr vip, listen, resend, proxy, stated;
-    bool has_proxy, has_stated, has_key;
+    struct rs_addr vip, listen, resend, proxy, stated, spare_stated;
+    bool has_proxy, has_stated, has_spare_stated, has_key;
     struct rs_ctl_key key;
     struct lg_backend backends[LG_MAX_BACKENDS];
     int nbackends;
@@ -162,6 +162,7 @@ struct logger {
     struct rs_loop loop;
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn px, st;        /* the proxy (SUSPECT), the alternate's rs-stated */
+    struct rs_ctlconn st_spare;      /* the spare's rs-stated (re-protection), or unused */
     const struct lg_capture_ops *capture;   /* where frames come from (capture.c) */
     struct rs_io capture_io, resend_io;
     struct rs_timer tick;            /* resend time-outs, stalls, forgetting */
@@ -199,8 +200,13 @@ void lg_conn_check_stalls(struct logger *lg, uint64_t now_ns);
 /* Opens the control and resend ports and starts connecting the peers.
  * Returns 0 or -errno (logged). */
 int lg_ctl_setup(struct logger *lg);
-/* Queues TXN_LOGGED for 'txn' to the alternate's rs-stated. */
+/* Queues TXN_LOGGED for 'txn' to the alternate's rs-stated (and the
+ * spare's: it holds the alternate's states, forwarded, for when it takes
+ * over). */
 void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end);
+/* The rs-stated of the backend at 'ip' that a recovery moves a connection
+ * to: the spare's once it is the alternate, else the alternate's. */
+struct rs_ctlconn *lg_ctl_stated_of(struct logger *lg, uint32_t ip);
 /* Tells the alternate's rs-stated that the connection of 'from' cannot be
  * logged from that transaction on (UNLOGGED): it applies its states as
  * they come instead of waiting for TXN_LOGGED. */

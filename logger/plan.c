@@ -457,7 +457,8 @@ static void replay_next(struct lg_plan *pl)
     pl->rlocal = rs_addr_of_sin(&me);
     m.u.conn_map = (struct rs_ctl_conn_map){ { pl->rlocal.ip, pl->rlocal.port }, pl->rq.client, (uint16_t)t->num,
                                              RS_CTL_CONN_MAP_RERUN };
-    if ((e = rs_ctl_call(&lg->st, &m, RS_CTL_ACK, &pl->call, remaining(pl), on_replay_map, pl)))
+    if ((e = rs_ctl_call(lg_ctl_stated_of(lg, pl->rq.target.ip4), &m, RS_CTL_ACK, &pl->call, remaining(pl),
+                         on_replay_map, pl)))
         replay_done(pl, e);
 }
 
@@ -534,7 +535,8 @@ static void on_report(struct rs_ctl_call *call, int err, const struct rs_ctl_msg
      * of a response only that state reproduces; then TR = TL+1). */
     pl->step = PL_APPLY;
     m.u.apply = (struct rs_ctl_apply){ pl->rq.client, plan->tl1_from_sync_state ? (uint16_t)(plan->tsp + 1) : plan->tr };
-    if ((e = rs_ctl_call(&pl->lg->st, &m, RS_CTL_ACK, &pl->call, remaining(pl), on_applied, pl)))
+    if ((e = rs_ctl_call(lg_ctl_stated_of(pl->lg, pl->rq.target.ip4), &m, RS_CTL_ACK, &pl->call, remaining(pl),
+                         on_applied, pl)))
         plan_reply(pl, e);
 }
 
@@ -593,7 +595,8 @@ static void settle(struct rs_timer *t)
     /* 1. Ts and TA from the alternate. */
     pl->step = PL_QUERY;
     m.u.state_query.client = pl->rq.client;
-    if ((e = rs_ctl_call(&lg->st, &m, RS_CTL_STATE_REPORT, &pl->call, remaining(pl), on_report, pl)))
+    if ((e = rs_ctl_call(lg_ctl_stated_of(lg, pl->rq.target.ip4), &m, RS_CTL_STATE_REPORT, &pl->call,
+                         remaining(pl), on_report, pl)))
         plan_reply(pl, e);
 }
 

@@ -211,6 +211,8 @@ static void usage(FILE *f)
         "Failover (docs/recovery.md):\n"
         "  --backend [ID=]ADDR:PORT  backend ids default to 1, 2, ... in order\n"
         "  --alternate [ID=]ADDR:PORT  the backend that takes over failed connections\n"
+        "  --spare [ID=]ADDR:PORT  becomes the alternate once the alternate serves (re-protection;\n"
+        "                     its rs-stated receives the alternate's states: rs-stated --peer)\n"
         "  --logger ADDR:PORT  the logger's control port (enables recovery; needs --key)\n"
         "  --logger-resend ADDR:PORT  the logger's resend port (default: logger's address, 7072)\n"
         "  --stated-port N    rs-stated's port on each backend host (CONN_MAP, FENCE)\n"
@@ -247,7 +249,7 @@ static int add_backend(const char *v, void *dst)
 
     if (p->nbackends == RS_PROXY_MAX_BACKENDS - 1 || parse_backend(v, &b->addr, &b->id, (uint32_t)p->nbackends + 1))
         return -EINVAL;
-    b->role = ROLE_PRIMARY;
+    b->configured = b->role = ROLE_PRIMARY;
     p->nbackends++;
     return 0;
 }
@@ -256,6 +258,22 @@ struct alternate_opt {
     struct rs_addr addr;
     uint32_t id;
 };
+
+#define SPARES_MAX 4
+
+struct spares_opt {
+    struct alternate_opt s[SPARES_MAX];
+    int n;
+};
+
+static int add_spare(const char *v, void *dst)
+{
+    struct spares_opt *sp = dst;
+
+    if (sp->n == SPARES_MAX)
+        return -EINVAL;
+    return parse_backend(v, &sp->s[sp->n].addr, &sp->s[sp->n].id, 0) ? -EINVAL : (sp->n++, 0);
+}
 
 static int set_alternate(const char *v, void *dst)
 {
@@ -287,11 +305,13 @@ static int parse_args(struct proxy *p, int argc, char **argv)
 {
     const char *keyfile = NULL, *sticky = NULL, *ifname = NULL;
     struct alternate_opt alt = { { 0, 0 }, 0 };
+    struct spares_opt spares = { .n = 0 };
     char dp_want[80];
     const struct rs_opt opts[] = {
         RS_OPTION("listen", RS_OPT_ADDR, &p->listen),
         RS_OPTION("backend", RS_OPT_FN, p, .want = "[ID=]IPv4ADDR:PORT", .fn = add_backend),
         RS_OPTION("alternate", RS_OPT_FN, &alt, .want = "[ID=]IPv4ADDR:PORT", .fn = set_alternate),
+        RS_OPTION("spare", RS_OPT_FN, &spares, .want = "[ID=]IPv4ADDR:PORT (at most 4)", .fn = add_spare),
         RS_OPTION("logger", RS_OPT_ADDR, &p->logger),
         RS_OPTION("logger-resend", RS_OPT_ADDR, &p->logger_resend),
         RS_OPTION("stated-port", RS_OPT_FN, &p->stated_port, .want = "a port, 1..65535", .fn = port_number),
@@ -344,8 +364,18 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     if (alt.addr.port) {
         struct backend *b = &p->backends[p->nbackends];
         *b = (struct backend){ .id = alt.id ? alt.id : (uint32_t)p->nbackends + 1, .addr = alt.addr,
-                               .role = ROLE_ALTERNATE };
+                               .configured = ROLE_ALTERNATE, .role = ROLE_ALTERNATE };
         p->alternate = p->nbackends++;
+    }
+    if (spares.n && !alt.addr.port) {
+        fprintf(stderr, "rs-proxy: --spare needs --alternate\n");
+        return 2;
+    }
+    for (int i = 0; i < spares.n && p->nbackends < RS_PROXY_MAX_BACKENDS; i++) {
+        struct backend *b = &p->backends[p->nbackends];
+        *b = (struct backend){ .id = spares.s[i].id ? spares.s[i].id : (uint32_t)p->nbackends + 1,
+                               .addr = spares.s[i].addr, .configured = ROLE_SPARE, .role = ROLE_SPARE };
+        p->nbackends++;
     }
     if (p->logger.port && !p->logger_resend.port)
         p->logger_resend = (struct rs_addr){ p->logger.ip, 7072 };

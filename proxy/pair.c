@@ -375,8 +375,10 @@ static void pair_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         if (b >= 0 && p->backends[b].fenced != m->u.fence.fenced)
             rs_log("pair: backend_id=%u %s by the active proxy", m->u.fence.backend_id,
                    m->u.fence.fenced ? "fenced" : "readmitted");
-        if (b >= 0)
+        if (b >= 0) {
             p->backends[b].fenced = m->u.fence.fenced;
+            px_roles(p);
+        }
         pr->last_heard_ns = rs_mono_ns();
         return;
     }
@@ -404,6 +406,7 @@ static void pair_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         forget_table(p);
         for (int b = 0; b < p->nbackends; b++)
             p->backends[b].fenced = false;      /* the active's FENCEs follow */
+        px_roles(p);
         pr->epoch = fl->epoch;
         pr->active_conn = c->id;
         rs_log("pair: standby of %s (epoch %" PRIu64 ")", RS_A(c->addr), fl->epoch);

@@ -36,12 +36,20 @@ enum pconn_phase {
     PC_CLOSING,         /* ended (FIN both ways, RST, or a relay closed): freed after a linger */
 };
 
-enum backend_role { ROLE_PRIMARY = RS_CTL_ROLE_PRIMARY_BACKEND, ROLE_ALTERNATE = RS_CTL_ROLE_ALTERNATE_BACKEND };
+/* A backend's role now (px_roles derives it from the configuration and
+ * the fences): primaries serve new connections, the alternate takes over
+ * failed ones, spares wait to become the alternate. */
+enum backend_role {
+    ROLE_PRIMARY = RS_CTL_ROLE_PRIMARY_BACKEND,
+    ROLE_ALTERNATE = RS_CTL_ROLE_ALTERNATE_BACKEND,
+    ROLE_SPARE = RS_CTL_ROLE_SPARE_BACKEND,
+};
 
 struct backend {
     uint32_t id;
     struct rs_addr addr;          /* the application's address */
-    enum backend_role role;
+    enum backend_role configured; /* --backend, --alternate, --spare */
+    enum backend_role role;       /* now */
     bool fenced;                  /* declared failed: nothing of it reaches a client */
     unsigned conns;               /* client connections it serves now */
     struct rs_ctlconn stated;     /* its rs-stated (CONN_MAP, FENCE); unused without --stated-port */
@@ -280,5 +288,11 @@ bool px_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_e
 void px_recovery_drop(struct proxy *p, struct pconn *pc);
 /* The index of backend 'id', or -1. */
 int px_backend_index(struct proxy *p, uint32_t id);
+/* Derives every backend's role from the configuration and the fences:
+ * while a configured primary lives, the primaries serve and the first
+ * live of the alternate and the spares (in their order) is the alternate;
+ * else the first of those serves and the next one is its alternate
+ * (re-protection).  Logs a change. */
+void px_roles(struct proxy *p);
 
 #endif /* RS_PROXY_H */

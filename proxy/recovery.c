@@ -68,6 +68,7 @@ struct recovery {
     bool client_fin;              /* the client sent its FIN after TL+1's request */
     uint64_t ctl_conn, ctl_seq;   /* RESPLICE: whom to answer */
     uint32_t backend_id;
+    int target;                   /* the alternate when it began: roles may change meanwhile */
     uint64_t t0_us, t_plan_us, t_resend_us;
     struct rs_ctl_call call;
     struct rs_ctl_plan plan;      /* plan.data -> data */
@@ -451,7 +452,7 @@ static void on_alternate(struct recovery *rec, int err)
         rec_end(rec);
         return;
     }
-    px_pc_set_backend(p, pc, p->alternate);
+    px_pc_set_backend(p, pc, rec->target);
     p->st.recovered++;
     rs_log("recovered id=%" PRIu64 " client=%s alternate=%s plan_us=%" PRIu64 " resend_us=%" PRIu64
            " splice_us=%" PRIu64 " total_us=%" PRIu64, pc->id, RS_A(pc->client), RS_A(pc->backend),
@@ -470,7 +471,7 @@ static void splice_alternate(struct recovery *rec)
 
     rec->step = REC_SPLICE;
     rec_deadline(rec, p->recovery_ns);
-    move_start(rec, p->backends[p->alternate].addr, p->alternate, rec->data, pl->len, rec->client_fin,
+    move_start(rec, p->backends[rec->target].addr, rec->target, rec->data, pl->len, rec->client_fin,
                pl->q + pl->len, pl->ack_tl, RS_FLOW_ACTIVE, true, pl->tsp, true, on_alternate);
 }
 
@@ -667,19 +668,20 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
     }
     rs_log("recover id=%" PRIu64 " client=%s backend=%s step=hold why=%s", pc->id, RS_A(pc->client),
            RS_A(pc->backend), why);
-    if (!p->logger.port || p->alternate < 0) {
+    if (!p->logger.port) {
         rec_fail(rec, -ENOTSUP);
         return;
     }
-    if (p->backends[p->alternate].fenced || pc->backend_idx == p->alternate) {
+    if (p->alternate < 0 || p->backends[p->alternate].fenced || pc->backend_idx == p->alternate) {
         rec_fail(rec, -EHOSTDOWN);   /* no standby left to take the connection */
         return;
     }
+    rec->target = p->alternate;
     /* 2. Plan (the logger also brings the alternate's state up to TR and
      * replays [TR, TL]); it answers within the budget we give it. */
     req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
                                              (uint16_t)(budget_ms > 65535 ? 65535 : budget_ms), rec->backend_id,
-                                             { p->backends[p->alternate].addr.ip, p->backends[p->alternate].addr.port },
+                                             { p->backends[rec->target].addr.ip, p->backends[rec->target].addr.port },
                                              false, 0, 0, false, 0 };
     {
         struct px_flow_info fc, fb;
@@ -840,6 +842,37 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
             px_recover(p, pc, why);
     }
     free(ids);
+    /* 3. The survivor serves; a spare becomes its alternate. */
+    px_roles(p);
+}
+
+void px_roles(struct proxy *p)
+{
+    int primaries = 0, serve = -1, alt = -1;
+
+    for (int i = 0; i < p->nbackends; i++)
+        primaries += p->backends[i].configured == ROLE_PRIMARY && !p->backends[i].fenced;
+    for (int i = 0; i < p->nbackends; i++) {
+        if (p->backends[i].configured == ROLE_PRIMARY || p->backends[i].fenced)
+            continue;
+        if (!primaries && serve < 0)
+            serve = i;
+        else if (alt < 0)
+            alt = i;
+    }
+    for (int i = 0; i < p->nbackends; i++) {
+        struct backend *b = &p->backends[i];
+        enum backend_role r = b->configured == ROLE_PRIMARY || i == serve ? ROLE_PRIMARY
+                              : i == alt                                  ? ROLE_ALTERNATE
+                              : b->fenced                                 ? b->configured
+                                                                          : ROLE_SPARE;
+        if (r != b->role)
+            rs_log("role backend_id=%u backend=%s %s -> %s", b->id, RS_A(b->addr),
+                   b->role == ROLE_PRIMARY ? "primary" : b->role == ROLE_ALTERNATE ? "alternate" : "spare",
+                   r == ROLE_PRIMARY ? "primary" : r == ROLE_ALTERNATE ? "alternate" : "spare");
+        b->role = r;
+    }
+    p->alternate = alt;
 }
 
 int px_backend_readmit(struct proxy *p, uint32_t id)
@@ -852,5 +885,6 @@ int px_backend_readmit(struct proxy *p, uint32_t id)
         rs_log("readmit backend_id=%u backend=%s", id, RS_A(p->backends[idx].addr));
     p->backends[idx].fenced = false;
     announce_fence(p, idx, false);
+    px_roles(p);
     return 0;
 }

@@ -54,6 +54,7 @@ static void on_state_update(struct stated *s, struct rs_ctlconn *cc, const struc
         struct rs_store_client *c = rs_store_find(&s->store, rs_txn_id_ip4(u->txn), rs_txn_id_port(u->txn));
 
         rs_log("update %s %uB%s", RS_TXN(u->txn), u->len, u->sync ? " sync" : "");
+        peer_forward(s, m, from);
         /* Its TXN_LOGGED may have come first (asynchronous transfer lags). */
         if (c && s->lib_fd >= 0)
             rs_store_drain(&s->store, c, false, 0, apply_fn, s);
@@ -180,12 +181,13 @@ static void on_conn_map(struct stated *s, struct rs_ctlconn *cc, const struct rs
 }
 
 /* FENCE from the proxy: backend 'id' was declared failed (or readmitted).
- * Ourselves: stop the app and take no other until readmitted.  Our peer:
- * stop replicating to it (degraded).  Anyone: refuse its states. */
+ * Ourselves: stop the app and take no other until readmitted.  Our
+ * successor: replicate to the next one (a spare), or nobody (degraded).
+ * Anyone: refuse its states. */
 static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     const struct rs_ctl_fence *f = &m->u.fence;
-    bool peer = s->has_peer && f->ip4 && f->ip4 == s->peer.ip;
+    bool peer = f->backend_id != s->id && peer_fence(s, f->backend_id, f->ip4, f->fenced);
 
     rs_log("fence backend=%u fenced=%d%s", f->backend_id, f->fenced,
            f->backend_id == s->id ? " (this backend)" : peer ? " (the peer)" : "");
@@ -204,15 +206,7 @@ static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
             lib_close(s, "fenced");
         }
     } else if (peer) {
-        if (f->fenced && !s->peer_fenced) {
-            /* Updates waiting for the fenced peer: answered now, unreplicated;
-             * nothing more goes to it until it is readmitted. */
-            relay_fail_all(s, -EHOSTDOWN);
-            rs_ctlconn_close(&s->peer_link);
-        } else if (!f->fenced && s->peer_fenced) {
-            peer_open(s);
-        }
-        s->peer_fenced = f->fenced;
+        peer_choose(s);     /* nothing more to a fenced one until it is readmitted */
     }
     rs_ctl_ack(cc, m, 0);
 }

@@ -32,7 +32,8 @@ static void stats_print(void *ctx)
         RS_STAT(struct stats, relay_acked), RS_STAT(struct stats, relay_failed),
         RS_STAT(struct stats, failures_sent), RS_STAT(struct stats, app_connects),
         RS_STAT(struct stats, app_disconnects), RS_STAT(struct stats, updates_fenced),
-        RS_STAT(struct stats, relays_degraded),
+        RS_STAT(struct stats, relays_degraded), RS_STAT(struct stats, forwarded),
+        RS_STAT(struct stats, forward_failed),
     };
     const struct stated *s = ctx;
 
@@ -61,8 +62,11 @@ static void usage(FILE *f)
         "  --listen ADDR:PORT   control port (default 0.0.0.0:7073)\n"
         "  --app-socket PATH    unix socket the app's state library connects to\n"
         "  --key FILE           shared control-plane key: 64 hex characters\n"
-        "  --peer ADDR:PORT     the other backend's rs-stated: where the local app's\n"
-        "                       updates go (without it they are refused)\n"
+        "  --peer [ID=]ADDR:PORT  another backend's rs-stated (repeat it, in the chain's\n"
+        "                       order): the first live one after this backend (a higher\n"
+        "                       id; one without an id always is) gets the local app's\n"
+        "                       updates and the states this one receives (without any,\n"
+        "                       updates are refused)\n"
         "  --logger ADDR:PORT   where HEARTBEAT and FAILURE go (without it: none)\n"
         "  --heartbeat DUR      heartbeat interval while the app is connected (default 10ms)\n"
         "  --relay-timeout DUR  fail a relayed update the peer has not taken in DUR\n"
@@ -92,7 +96,7 @@ int main(int argc, char **argv)
         RS_OPTION("listen", RS_OPT_ADDR, &s.listen),
         RS_OPTION("app-socket", RS_OPT_STR, &s.app_path),
         RS_OPTION("key", RS_OPT_STR, &keyfile),
-        RS_OPTION("peer", RS_OPT_ADDR, &s.peer, .given = &s.has_peer),
+        RS_OPTION("peer", RS_OPT_FN, &s, .want = "[ID=]IPv4ADDR:PORT", .fn = peer_add),
         RS_OPTION("logger", RS_OPT_ADDR, &s.logger, .given = &s.has_logger),
         RS_OPTION("heartbeat", RS_OPT_DURATION, &s.heartbeat_ns, .nonzero = true),
         RS_OPTION("relay-timeout", RS_OPT_DURATION, &s.relay_timeout_ns, .nonzero = true),
@@ -131,15 +135,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "rs-stated: cannot listen on %s: %s\n", s.app_path, strerror(-err));
         return 1;
     }
-    if (s.has_peer)
-        peer_open(&s);
+    s.successor = -1;
+    peer_choose(&s);
     s.udp_fd = -1;
     if (s.has_logger && (err = heartbeat_start(&s)) < 0) {
         fprintf(stderr, "rs-stated: cannot start heartbeats to %s: %s\n", RS_A(s.logger), strerror(-err));
         return 1;
     }
     rs_log("start id=%u listen=%s app-socket=%s peer=%s logger=%s heartbeat=%" PRIu64 "us",
-           s.id, RS_A(s.listen), s.app_path, s.has_peer ? RS_A(s.peer) : "none",
+           s.id, RS_A(s.listen), s.app_path, s.successor >= 0 ? RS_A(s.peer) : "none",
            s.has_logger ? RS_A(s.logger) : "none", s.heartbeat_ns / 1000);
     printf("listening on %s\n", RS_A(s.listen));
     fflush(stdout);

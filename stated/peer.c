@@ -1,11 +1,15 @@
-/* rs-stated's link to the peer backend's rs-stated: the local
- * application's updates, relayed as STATE_UPDATE calls, and their ACKs back
- * to the application. */
+/* rs-stated's link to its successor's rs-stated (stated.h, struct peer):
+ * the local application's updates, relayed as STATE_UPDATE calls, and
+ * their ACKs back to the application; and the states this backend
+ * receives, forwarded down the chain. */
 #include "stated.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "parse.h"
 
 /* ---- Relaying the app's updates ---------------------------------------- */
 
@@ -49,7 +53,7 @@ void relay_update(struct stated *s, const struct rs_xfer_rec *r)
     struct relay *rl;
     int err;
 
-    if (!s->has_peer || s->peer_fenced) {
+    if (s->successor < 0) {
         /* No standby (or it was declared failed): the app answers at once,
          * unreplicated, instead of waiting for a peer that will not come. */
         done.status = s->has_peer ? -EHOSTDOWN : -ENOTCONN;
@@ -91,15 +95,98 @@ void relay_fail_all(struct stated *s, int status)
     relay_pop_done(s);
 }
 
+/* Frames from the successor that no call took: the ACKs of forwards. */
 static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
+    struct stated *s = c->ctx;
+
+    if (m->type == RS_CTL_ACK && m->u.ack.echo_type == RS_CTL_STATE_UPDATE) {
+        if (m->u.ack.status && s->st.forward_failed++ % 1000 == 0)
+            rs_log("forward refused by the successor: %s", strerror(-m->u.ack.status));
+        return;
+    }
     rs_log("%s-reply type=%s unexpected (ignored)", c->name, rs_ctl_type_str(m->type));
 }
 
-void peer_open(struct stated *s)
+int peer_add(const char *v, void *dst)
 {
+    struct stated *s = dst;
+    struct peer *pr = &s->peers[s->n_peers];
+    const char *eq = strchr(v, '=');
+    uint64_t id = 0;
+
+    if (s->n_peers == PEERS_MAX)
+        return -EINVAL;
+    if (eq) {
+        char num[16];
+        if ((size_t)(eq - v) >= sizeof(num))
+            return -EINVAL;
+        memcpy(num, v, (size_t)(eq - v));
+        num[eq - v] = '\0';
+        if (rs_parse_size(num, &id) || !id || id >= (1u << 20))
+            return -EINVAL;
+        v = eq + 1;
+    }
+    *pr = (struct peer){ .id = (uint32_t)id };
+    if (rs_addr_parse(v, &pr->addr))
+        return -EINVAL;
+    s->n_peers++;
+    s->has_peer = true;
+    return 0;
+}
+
+bool peer_fence(struct stated *s, uint32_t id, uint32_t ip, bool fenced)
+{
+    bool ours = false;
+
+    for (int i = 0; i < s->n_peers; i++)
+        if (s->peers[i].id ? s->peers[i].id == id : ip && s->peers[i].addr.ip == ip) {
+            s->peers[i].fenced = fenced;
+            ours = true;
+        }
+    return ours;
+}
+
+void peer_choose(struct stated *s)
+{
+    int next = -1;
+
+    for (int i = 0; i < s->n_peers && next < 0; i++)
+        if (!s->peers[i].fenced && (!s->peers[i].id || s->peers[i].id > s->id))
+            next = i;
+    s->peer_fenced = s->n_peers && next < 0;
+    if (next == s->successor && (next < 0 || s->peer_link.loop))
+        return;
+    if (s->successor >= 0) {
+        /* Updates waiting for the old successor: answered now, unreplicated. */
+        relay_fail_all(s, -EHOSTDOWN);
+        rs_ctlconn_close(&s->peer_link);
+        memset(&s->peer_link, 0, sizeof(s->peer_link));
+    }
+    s->successor = next;
+    if (next < 0) {
+        if (s->n_peers)
+            rs_log("no successor: the app's updates are not replicated (degraded)");
+        return;
+    }
+    s->peer = s->peers[next].addr;
+    rs_log("successor backend=%u at %s", s->peers[next].id, RS_A(s->peer));
     rs_ctlconn_peer(&s->peer_link, &s->loop, "peer", s->peer, &s->key, &s->seq, SENDER(s->id, CH_PEER),
                     PEER_OUT_MAX, on_peer_msg, NULL, s);
+}
+
+void peer_forward(struct stated *s, const struct rs_ctl_msg *m, uint32_t from)
+{
+    struct rs_ctl_msg f = *m;
+
+    /* Only down a chain of ids (each successor after its predecessor):
+     * a peer without one may be where the state came from. */
+    if (s->successor < 0 || !s->peers[s->successor].id || s->peers[s->successor].id == from)
+        return;
+    if (rs_ctl_send(&s->peer_link, &f) == 0)
+        s->st.forwarded++;
+    else if (s->st.forward_failed++ % 1000 == 0)
+        rs_log("forward %s: the successor's queue is full", RS_TXN(m->u.state_update.txn));
 }
 
 /* The app's process is gone: the logger hears it at once (a few copies of

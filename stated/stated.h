@@ -31,6 +31,7 @@
 #define HB_PRIO         20              /* SCHED_FIFO priority of the heartbeat thread */
 #define FAILURE_COPIES  3               /* a FAILURE datagram goes out this many times */
 #define FENCED_MAX      16
+#define PEERS_MAX       4               /* --peer */
 
 /* Sender ids: role BACKEND in the top byte, the backend id, and one channel
  * per connection kind, so that a receiver checking sequences per sender
@@ -72,13 +73,27 @@ struct stats {
     uint64_t ctl_frames, updates, update_bytes, updates_refused,
         updates_stale, logged, unlogged, logger_lost, applied, applied_forced, apply_errors, queries, conn_maps,
         relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
-        app_disconnects, updates_fenced, relays_degraded;
+        app_disconnects, updates_fenced, relays_degraded, forwarded, forward_failed;
+};
+
+/* Another backend's rs-stated (--peer).  This one's successor, the first
+ * live peer after it (a higher id, in the order given; an id-less peer is
+ * always after it), receives the local app's updates and forwards of the
+ * states this one receives: a chain, primary -> alternate -> spare, so
+ * that the spare holds what the alternate holds when it takes over. */
+struct peer {
+    uint32_t id;                        /* 0: not given */
+    struct rs_addr addr;
+    bool fenced;
 };
 
 struct stated {
     uint32_t id;
-    struct rs_addr listen, peer, logger;
-    bool has_peer, has_logger;
+    struct rs_addr listen, peer, logger;    /* peer: the successor's (when peer_link is open) */
+    bool has_peer, has_logger;              /* has_peer: any --peer */
+    struct peer peers[PEERS_MAX];
+    int n_peers;
+    int successor;                          /* into peers, -1: none alive */
     const char *app_path;
     uint64_t heartbeat_ns, relay_timeout_ns;
     struct rs_ctl_key key;
@@ -109,7 +124,8 @@ struct stated {
     bool hb_started;
     int app_up;                         /* the heartbeat thread reads it (atomics) */
     pid_t app_pid;                      /* the library's process, for a fence */
-    /* Fencing (FENCE from the proxy): this backend's own, its peer's, others'. */
+    /* Fencing (FENCE from the proxy): this backend's own, its peer's, others'.
+     * peer_fenced: every peer after this one is fenced (no successor). */
     bool self_fenced, peer_fenced;
     uint32_t fenced[FENCED_MAX];
     unsigned n_fenced;
@@ -142,8 +158,18 @@ void waiter_check(struct stated *s, struct waiter *w);
 
 /* ---- peer.c: the application's updates to the peer --------------------------- */
 
-/* Opens the link to the peer (reconnecting in the background). */
-void peer_open(struct stated *s);
+/* Parses --peer "[ID=]ADDR:PORT" into s->peers (an RS_OPT_FN). */
+int peer_add(const char *v, void *dst);
+/* Picks the successor (the first live peer after this backend) and opens
+ * the link to it, after a FENCE too; updates in flight to a successor
+ * that was fenced are answered at once, unreplicated. */
+void peer_choose(struct stated *s);
+/* Marks peer 'id' (or, for one given without an id, the one at 'ip')
+ * fenced or not; returns whether it is one of ours. */
+bool peer_fence(struct stated *s, uint32_t id, uint32_t ip, bool fenced);
+/* Passes a STATE_UPDATE this backend received from backend 'from' on to
+ * its successor (the chain), unless it came from there. */
+void peer_forward(struct stated *s, const struct rs_ctl_msg *m, uint32_t from);
 /* Relays the app's UPDATE to the peer; the library hears DONE when the
  * peer ACKs (or at once, unreplicated, without a peer or with it fenced). */
 void relay_update(struct stated *s, const struct rs_xfer_rec *r);

@@ -8,7 +8,9 @@ Addresses are fixed so logs and configs can name them.
 With 'pair', a second proxy host (proxy2) stands by: the VIP (SERVERS's
 "proxy" address) is then on both proxy hosts' loopback, their kernels do
 not answer ARP for it, and each host has an address of its own (PAIR_HOSTS)
-for the pair's connection (proxy/pair.c).
+for the pair's connection (proxy/pair.c).  With 'spare', a third backend
+host (spare, SPARE_HOST) stands by to become the alternate after a
+failover (re-protection).
 """
 from mininet.topo import Topo
 
@@ -23,6 +25,7 @@ SERVERS = {
     "mailstore": "10.0.0.20",
 }
 PAIR_HOSTS = {"proxy": "10.0.0.5", "proxy2": "10.0.0.6"}
+SPARE_HOST = {"spare": "10.0.0.13"}
 SWITCH = "rs1"
 
 
@@ -36,10 +39,10 @@ class LanTopo(Topo):
 
     mirror_host = "logger"
 
-    def build(self, profile=None, clients=1, pair=False):
-        self.profile, self.pair = profile, pair
+    def build(self, profile=None, clients=1, pair=False, spare=False):
+        self.profile, self.pair, self.spare = profile, pair, spare
         sw = self.addSwitch(SWITCH)
-        hosts = dict(SERVERS, **PAIR_HOSTS) if pair else SERVERS
+        hosts = dict(SERVERS, **(PAIR_HOSTS if pair else {}), **(SPARE_HOST if spare else {}))
         for name, ip in hosts.items():
             self.addHost(name, ip=f"{ip}/8")
             self.addLink(name, sw)

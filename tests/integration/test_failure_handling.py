@@ -36,10 +36,11 @@ from emul.places import APP_PORT, LOGGER_CTL, LOGGER_RESEND, PROXY_CTL, STATED_P
 from emul.stack import Stack
 from emul.testbed import Testbed, file_contains, leftovers, pcap_count
 from tests.integration.harness import needs_root
-from topologies.lan import SERVERS, LanTopo
+from topologies.lan import SERVERS, SPARE_HOST, LanTopo
 from topologies.profiles import Profile
 
 VIP_IP = SERVERS["proxy"]
+SPARE_IP = SPARE_HOST["spare"]
 SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s
 RST_FROM_VIP = f"src host {VIP_IP} and tcp[tcpflags] & tcp-rst != 0"
 SEED = int(os.environ.get("RS_TEST_SEED", "12"))
@@ -663,6 +664,48 @@ class TestProxyHandOverUnderLoad(Case):
         """Starts the proxy that takes over; returns its host."""
         self.stack.start_proxy("proxy-restarted")
         return "proxy"
+
+
+class TestReprotection(Case):
+    """Three backends (issue 15): after the primary fails and the alternate
+    serves its clients, the spare becomes the alternate's standby (the
+    rs-stateds form a chain: it has held the alternate's states all
+    along), so a second crash, of the alternate, 1 s later on the same
+    client connection, is masked too, and every update counts once."""
+    topo_args = {"spare": True}
+    STREAM = "/slow?bytes=2000000&chunk=8000&delay=20ms"   # 250 chunks, ~5 s
+
+    def test_primary_then_alternate_crash(self):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        f"request GET {SLOW}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=2\"\n"
+                        "request GET /token\n"
+                        f"request GET {self.STREAM}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=3\"\n")
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
+        time.sleep(0.3)
+        t1 = time.monotonic()
+        self.stack.kill_primary()       # mid-SLOW: the alternate takes over
+        self.assertTrue(wait_until(lambda: "recovered id=1 " in self.stack.log("proxy"), 5),
+                        self.stack.log("proxy")[-3000:])
+        self.assertRegex(self.stack.log("proxy"), r"role backend_id=3 \S+ spare -> alternate")
+        # The alternate serves an update and a synchronous one (the token),
+        # which reach the spare, then dies mid-STREAM.
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=3 response"), 10), open(d.err).read()[-2000:])
+        time.sleep(max(0.3, 1.0 - (time.monotonic() - t1)))
+        self.assertFalse(file_contains(d.err, "step=4 response"), "the stream ended before the second crash")
+        self.tb.kill(self.stack.d["app-alternate"])
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        log = self.stack.log("proxy")
+        self.assertEqual(len(re.findall(r"recovered id=1 ", log)), 2, log[-3000:])
+        self.assertRegex(log, rf"recovered id=1 client=\S+ alternate={SPARE_IP}:{APP_PORT}")
+        out = self.tb["c1"].cmd(f"curl -s http://{SPARE_IP}:{APP_PORT}/counter")
+        self.assertEqual(out.strip(), "counter=3", out)
+        self.assertIn("successor backend=3", self.stack.log("stated-alternate"))
+        self.assertRegex(self.stack.log("stated-spare"), r"update 10\.0\.1\.1:\d+#3 \d+B sync")
 
 
 class TestPairFence(Case):

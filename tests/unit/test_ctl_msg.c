@@ -638,7 +638,7 @@ static void bad_fields_rejected(void **state)
     DECODE_BAD(18, P(9), 1);    /* padding */
     DECODE_BAD(20, P(3), 1);    /* STATUS carries only padding */
     DECODE_BAD(21, P(0), RS_CTL_STATUS_BACKENDS + 1); /* more entries than fit */
-    DECODE_BAD(21, P(26), RS_CTL_ROLE_ALTERNATE_BACKEND + 1); /* unknown role */
+    DECODE_BAD(21, P(26), RS_CTL_ROLE_SPARE_BACKEND + 1); /* unknown role */
     DECODE_BAD(21, P(27), 0x04); /* unknown backend flag */
     DECODE_BAD(21, P(48), 1);   /* an unused entry must be zero */
 #undef DECODE_BAD
