@@ -84,7 +84,7 @@ STUDIES = ("failover", "wan", "overhead", "faults", "nospof")
 # one the summary: lines of make experiment-lan / -wan report.
 HEADLINE = {"refapp": "static-mid", "roundcube": "mailbox-mid"}
 STUDY_TITLES = {"failover": "LAN failover", "wan": "WAN failover", "overhead": "Overhead (no crash)",
-                "faults": "Fault campaign", "nospof": "The proxy fails (no single point of failure)"}
+                "faults": "Fault campaign", "nospof": "No single point of failure (the proxy, two backends)"}
 STUDY_TARGETS = {"failover": "make experiment-lan", "wan": "make experiment-wan",
                  "overhead": "make experiment-lan", "faults": "make fault-campaign",
                  "nospof": "make experiment-nospof"}

@@ -12,7 +12,7 @@ Figures (file names are what REPORT.md links):
       RTT, one line per technique (one file per loss rate when an RTT comes
       with several loss rates)
   overhead-<metric>-<workload>.png  latency / throughput per technique
-  nospof-proxy.png   the proxy fails: per technique and proxy fault, the
+  nospof-proxy.png   the proxy fails, or two backends: per technique and fault, the
                      share masked and completed, and the median extra stall
   faults-matrix.png  the fault campaign: per fault and workload, the share
       of trials masked / ended cleanly / violating an invariant (stacked)
@@ -342,7 +342,7 @@ def fig_nospof(pl, rows):
     """Masked share and median extra stall per technique and proxy fault."""
     cells = common.nospof_cells(rows)
     d = pl.data([f"{t} / {f}\t{m:.1f}\t{c:.1f}\t{e if e is not None else 0:.1f}" for t, f, m, c, e in cells])
-    body = (f"set title {q('the proxy fails: masked share and extra stall (client pcap)')}\n"
+    body = (f"set title {q('no single point of failure: masked share and extra stall (client pcap)')}\n"
             "set multiplot layout 1,2\n"
             "set style data histogram\nset style histogram cluster gap 1\n"
             "set style fill solid 0.85 border -1\nset boxwidth 0.9\nset xtics rotate by -30 font ',9'\n"

@@ -1,8 +1,10 @@
 #!/usr/bin/python3
-"""make experiment-nospof: the proxy itself fails.  resplice's proxy pair
-(proxy/pair.c) against the operators' answer, an HAProxy pair with
-keepalived moving a VIP between them, on the LAN testbed with two proxy
-hosts (LanTopo(pair=True)).
+"""make experiment-nospof: no single point of failure.  The proxy itself
+fails, or two backends one after the other: resplice's proxy pair
+(proxy/pair.c) and spare backend (re-protection) against the operators'
+answer, an HAProxy pair with keepalived moving a VIP between them and a
+third backend, on the LAN testbed with two proxy hosts and three backends
+(LanTopo(pair=True, spare=True)).
 
 Per trial a fresh deployment serves one client (rs-client on c1) that
 updates the counter, downloads a slow 1.2 MB stream (about 3 s) and
@@ -10,16 +12,21 @@ updates again, on one keep-alive connection.  At a moment drawn (seeded)
 uniformly over the first 2 s of the download the harness injects, from
 outside:
 
-  none        nothing (the crash-free reference of each technique)
-  proxy-kill  SIGKILL of the active proxy's process (rs-proxy; haproxy)
-  proxy-host  the active proxy host's interfaces down
+  none            nothing (the crash-free reference of each technique)
+  proxy-kill      SIGKILL of the active proxy's process (rs-proxy; haproxy)
+  proxy-host      the active proxy host's interfaces down
+  double-backend  SIGKILL of the primary's application, then of the
+                  alternate's 1 s later (the moment drawn over the first
+                  1.2 s: both land in the download)
 
 Techniques:
   resplice      the proxy pair: the standby keeps a copy of the active's
                 splice table and takes the VIP over (gratuitous ARP) when
-                the active's connection closes or it is silent 300 ms
+                the active's connection closes or it is silent 300 ms;
+                the spare becomes the alternate after the first failover
   haproxy-vrrp  HAProxy (mode http, health checks inter 100ms fall 2,
-                retries, redispatch) on both proxy hosts; keepalived
+                retries, redispatch; the alternate and the spare as
+                backups) on both proxy hosts; keepalived
                 (VRRPv3, advert 100 ms, unicast) moves a VIP between them,
                 with a check script (the local HAProxy answers, every 1 s:
                 keepalived's shortest interval); the client behaves like a
@@ -31,11 +38,6 @@ VIP before the client's own close), whether the action completed at all
 (the browser-like client may reload), and the client's stall: the longest
 gap between two data segments from the VIP in the client's own pcap, as
 the extra over the technique's crash-free median.
-
-The double backend crash (the primary, then the alternate 1 s later) is
-not here yet: resplice needs the spare backend that becomes the
-alternate's standby (issue 15, re-protection), and without it both
-techniques lose the connection.
 
 Writes results/nospof/trials.csv (experiments/common.py's NOSPOF_COLUMNS),
 make figures draws plots/nospof.png and REPORT.md's section; ends with
@@ -61,12 +63,13 @@ from experiments.pcaps import ends, gaps_ms  # noqa: E402
 from experiments.workloads import RefappBackends  # noqa: E402
 from topologies.lan import PAIR_HOSTS, SERVERS, LanTopo  # noqa: E402
 
-FAULTS = ("none", "proxy-kill", "proxy-host")
+FAULTS = ("none", "proxy-kill", "proxy-host", "double-backend")
 STREAM = "/slow?bytes=1200000&chunk=8000&delay=20ms"
 TRACE = ("request POST /counter\n  expect contains \"counter=\"\n"
          f"request GET {STREAM}\n  expect content seed=0\n"
          "request POST /counter\n  expect contains \"counter=\"\n")
 FAULT_WINDOW_S = 2.0        # the download lasts about 3 s: the fault lands inside it
+SECOND_CRASH_S = 1.0        # double-backend: the alternate dies this long after the primary
 BOUND_S = 40                # a client still running after this hangs
 VRRP_VIP = "10.0.0.100"     # the baseline's VIP (resplice's is on the proxies' loopback)
 
@@ -86,6 +89,9 @@ class Resplice:
         """The active proxy's daemon."""
         return self.stack.d["proxy"]
 
+    def app(self, host):
+        return self.stack.d[f"app-{host}"]
+
     def stop(self):
         self.stack.stop()
 
@@ -98,10 +104,10 @@ class HAProxyVrrp:
         self.vip = VRRP_VIP
 
     def start(self):
-        self.b = RefappBackends(self.tb, self.work, ["primary", "alternate"])
+        hosts = ["primary", "alternate", "spare"]
+        self.b = RefappBackends(self.tb, self.work, hosts)
         self.b.start(None)
-        cfg = baselines.haproxy_cfg("*", [("primary", self.b.addr("primary")), ("alternate", self.b.addr("alternate"))],
-                                    timers="tuned", check_path="/counter")
+        cfg = baselines.haproxy_cfg("*", [(h, self.b.addr(h)) for h in hosts], timers="tuned", check_path="/counter")
         check = "/usr/bin/curl -sf -o /dev/null -m 1 http://127.0.0.1:80/counter"
         texts = baselines.keepalived_pair(VRRP_VIP, ("proxy-eth0", PAIR_HOSTS["proxy"]),
                                           ("proxy2-eth0", PAIR_HOSTS["proxy2"]), advert="tuned", check_script=check)
@@ -127,6 +133,9 @@ class HAProxyVrrp:
     def active(self):
         return self.d["haproxy-proxy"]
 
+    def app(self, host):
+        return self.b.d[host]
+
     def stop(self):
         for d in self.d.values():
             if d.alive():
@@ -151,7 +160,8 @@ def trial(tb, args, tech, fault, n, seed):
     if t.browser:
         argv += ["--browser", "--retry-post"]
     c = tb.start("c1", "client-c1", argv)
-    moment = rng.uniform(0.1, FAULT_WINDOW_S) if fault != "none" else None
+    window = FAULT_WINDOW_S - SECOND_CRASH_S * (fault == "double-backend")
+    moment = rng.uniform(0.1, window) if fault != "none" else None
     undo = None
     if moment is not None:
         if not wait_until(lambda: file_contains(c.err, "step=0 response"), 10):
@@ -159,6 +169,10 @@ def trial(tb, args, tech, fault, n, seed):
         time.sleep(moment)
         if fault == "proxy-kill":
             tb.kill(t.active())
+        elif fault == "double-backend":
+            tb.kill(t.app("primary"))
+            time.sleep(SECOND_CRASH_S)
+            tb.kill(t.app("alternate"))
         else:
             tb.host_down("proxy")
             undo = lambda: tb.host_up("proxy")  # noqa: E731
@@ -212,7 +226,7 @@ def main():
     out = RowWriter(table, "nospof", config={"trials": per, "stream": STREAM, "window_s": FAULT_WINDOW_S})
     prog = Progress(len(techs) * len(FAULTS) * per)
     rows, t0 = [], time.time()
-    with Testbed(LanTopo(pair=True), args.work, seed=args.seed) as tb:
+    with Testbed(LanTopo(pair=True, spare=True), args.work, seed=args.seed) as tb:
         for tech in techs:
             for f in FAULTS:
                 for n in range(per):

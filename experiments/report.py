@@ -153,8 +153,8 @@ def nospof_table(rows):
     extra stall."""
     body = [[t, f, str(sum(r["technique"] == t and r["fault"] == f for r in rows)), f"{m:.0f}%", f"{c:.0f}%",
              DASH if e is None else f"{e:.0f}"] for t, f, m, c, e in common.nospof_cells(rows)]
-    return (["The active proxy killed (its process) or cut off (its host's interfaces down) during a "
-             "keep-alive client's download.  Masked: every response complete and right on the connection it "
+    return (["The active proxy killed (its process) or cut off (its host's interfaces down), or the primary's "
+             "application killed and the alternate's 1 s later, during a keep-alive client's download.  Masked: every response complete and right on the connection it "
              "began on, no RST or FIN from the VIP; completed: the action finished at all (the baseline's "
              "client reloads like a browser); extra stall: the client's longest gap between data segments "
              "from the VIP (its own pcap), over the technique's crash-free median.", ""]
