@@ -202,11 +202,23 @@ def trial(tb, args, tech, fault, n, seed):
             "hung": int(hung), "requests": len(rows)}
 
 
+def keep(args, name):
+    """Copies the trial's logs and pcaps to OUT/kept/NAME; returns it."""
+    dst = os.path.join(args.out, "kept", name)
+    os.makedirs(dst, exist_ok=True)
+    for f in os.listdir(args.work):
+        if f.endswith((".err", ".out", ".csv", ".pcap")):
+            shutil.copy(os.path.join(args.work, f), dst)
+    return dst
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.environ.get("BUILD_DIR", "build"))
     ap.add_argument("--out", default="results/nospof")
     ap.add_argument("--techniques", default=os.environ.get("TECHNIQUES", ",".join(TECHNIQUES)))
+    ap.add_argument("--faults", default=os.environ.get("FAULTS", ",".join(FAULTS)),
+                    help="(FAULTS=) none measures the crash-free stall the others are compared with")
     ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED", 1)))
     args = ap.parse_args()
     use_build(args.build)
@@ -215,6 +227,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"experiment-nospof: {tool} is missing: make deps")
     techs = [TECHNIQUES[n] for n in args.techniques.split(",") if n]
+    faults = [f for f in FAULTS if f in args.faults.split(",")]
     per = trials(10, quick_default=2)
     os.makedirs(args.out, exist_ok=True)
     args.work = os.path.join(args.out, "run")
@@ -224,15 +237,19 @@ def main():
     if os.path.exists(table):
         os.remove(table)
     out = RowWriter(table, "nospof", config={"trials": per, "stream": STREAM, "window_s": FAULT_WINDOW_S})
-    prog = Progress(len(techs) * len(FAULTS) * per)
+    prog = Progress(len(techs) * len(faults) * per)
     rows, t0 = [], time.time()
     with Testbed(LanTopo(pair=True, spare=True), args.work, seed=args.seed) as tb:
         for tech in techs:
-            for f in FAULTS:
+            for f in faults:
                 for n in range(per):
                     seed = args.seed * 100000 + FAULTS.index(f) * 1000 + list(TECHNIQUES).index(tech.name) * 100 + n
                     prog.step(f"{tech.name} {f} trial {n}")
-                    rows.append(out.write(**trial(tb, args, tech, f, n, seed)))
+                    r = out.write(**trial(tb, args, tech, f, n, seed))
+                    rows.append(r)
+                    if tech.browser is False and f != "none" and r["masked"] != "1":
+                        print(f"  not masked: {tech.name} {f} trial {n} seed={seed}; kept in "
+                              f"{keep(args, f'{tech.name}-{f}-{n}')}", flush=True)
     out.close()
     pairs = []
     for t, f, masked, done, extra in nospof_cells(rows):

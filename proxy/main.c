@@ -425,7 +425,7 @@ static void renew_lease(struct rs_timer *t)
 
 static int setup(struct proxy *p)
 {
-    int e, lfd;
+    int e;
 
     if (!p->ifname[0] && (e = ifname_of(p->listen.ip, p->ifname))) {
         fprintf(stderr, "rs-proxy: no interface holds %s\n", RS_A(p->listen));
@@ -435,7 +435,7 @@ static int setup(struct proxy *p)
         fprintf(stderr, "rs-proxy: cannot set up the event loop: %s\n", strerror(-e));
         return -1;
     }
-    p->rawfd = -1;
+    p->rawfd = p->lio.fd = -1;
     if (!p->nosplice) {
         p->dp = px_datapath_find(p->datapath)->open(p->ifname, !p->fresh, &e);
         if (!p->dp) {
@@ -455,24 +455,34 @@ static int setup(struct proxy *p)
         rs_timer_after(&p->loop, &p->reap_timer, 500000000ull);
         rs_timer_init(&p->lease_timer, renew_lease, p);
     }
-    lfd = rs_listen_tcp(p->listen, 4096);
-    if (lfd < 0 || (e = rs_io_start(&p->loop, &p->lio, lfd, EPOLLIN, px_pc_accept, p)) != 0) {
-        fprintf(stderr, "rs-proxy: cannot listen on %s: %s\n", RS_A(p->listen), strerror(lfd < 0 ? -lfd : -e));
-        return -1;
-    }
     p->ctl_seq = rs_now_us();
-    if (p->ctl.port && (e = rs_ctlserver_open(&p->ctlsrv, &p->loop, p->ctl, &p->key, &p->ctl_seq, PX_SENDER_REPLY,
-                                              on_ctl, p)) != 0) {
-        fprintf(stderr, "rs-proxy: cannot listen on %s: %s\n", RS_A(p->ctl), strerror(-e));
-        return -1;
-    }
     if (p->pair.peer.port) {
         if ((e = px_pair_start(p)) != 0) {
             fprintf(stderr, "rs-proxy: cannot start the pair: %s\n", strerror(-e));
             return -1;
         }
-    } else {
-        px_serve(p);
+        return 0;
+    }
+    return px_serve(p) ? -1 : 0;
+}
+
+/* The VIP's listening socket and the control port: only a proxy that
+ * serves has them (a standby's would take what a stale ARP entry sends
+ * it, as if it served). */
+static int listen_vip(struct proxy *p)
+{
+    int lfd = rs_listen_tcp(p->listen, 4096), e = lfd < 0 ? lfd : 0;
+
+    if (lfd < 0 || (e = rs_io_start(&p->loop, &p->lio, lfd, EPOLLIN, px_pc_accept, p)) != 0) {
+        rs_log("cannot listen on %s: %s", RS_A(p->listen), strerror(-e));
+        if (lfd >= 0)
+            close(lfd);
+        return e;
+    }
+    if (p->ctl.port && (e = rs_ctlserver_open(&p->ctlsrv, &p->loop, p->ctl, &p->key, &p->ctl_seq, PX_SENDER_REPLY,
+                                              on_ctl, p)) != 0) {
+        rs_log("cannot listen on %s: %s", RS_A(p->ctl), strerror(-e));
+        return e;
     }
     return 0;
 }
@@ -493,10 +503,12 @@ bool px_link_up(struct proxy *p)
     return up;
 }
 
-void px_serve(struct proxy *p)
+int px_serve(struct proxy *p)
 {
     int e;
 
+    if ((e = listen_vip(p)) != 0)
+        return e;
     if (p->dp)
         renew_lease(&p->lease_timer);
     if (p->logger.port)
@@ -512,6 +524,7 @@ void px_serve(struct proxy *p)
     /* Last: adopting may start recoveries, which use the peers above. */
     if (p->dp && (e = px_adopt(p)) < 0)
         rs_log("adopting the previous proxy's connections: %s", strerror(-e));
+    return 0;
 }
 
 /* ---- hand-over ----------------------------------------------------------------- */
@@ -608,8 +621,8 @@ int main(int argc, char **argv)
     }
     if (setup(p))
         return 1;
-    rs_log("listening on %s ifname=%s backends=%d alternate=%s splice=%s control=%s recovery_timeout_ms=%" PRIu64,
-           RS_A(p->listen), p->ifname, p->nbackends, p->alternate >= 0 ? RS_A(p->backends[p->alternate].addr) : "none",
+    rs_log("%s %s ifname=%s backends=%d alternate=%s splice=%s control=%s recovery_timeout_ms=%" PRIu64,
+           p->lio.fd >= 0 ? "listening on" : "standing by for", RS_A(p->listen), p->ifname, p->nbackends, p->alternate >= 0 ? RS_A(p->backends[p->alternate].addr) : "none",
            p->nosplice ? "off" : p->datapath, p->ctl.port ? RS_A(p->ctl) : "off", p->recovery_ns / 1000000);
     printf("listening on %s\n", RS_A(p->listen));
     fflush(stdout);

@@ -313,6 +313,7 @@ static void become_active(struct proxy *p, const char *why)
 {
     struct pair *pr = &p->pair;
     uint64_t was = pr->epoch;
+    int e;
 
     pr->active = true;
     pr->epoch = now_ms() > was ? now_ms() : was + 1;
@@ -327,7 +328,11 @@ static void become_active(struct proxy *p, const char *why)
     pr->garp_next = 0;
     rs_timer_init(&pr->garp_timer, garp, p);
     garp(&pr->garp_timer);
-    px_serve(p);
+    if ((e = px_serve(p)) != 0) {
+        /* Another process holds the VIP's port here: nothing can be served. */
+        step_down(p, "cannot listen on the VIP");
+        return;
+    }
     p->dp->changed = table_changed;
     p->dp->changed_arg = p;
     rs_ctlconn_peer(&pr->out, &p->loop, "pair", pr->peer, &p->key, &p->ctl_seq, PX_SENDER_PAIR, PAIR_OUT_MAX,

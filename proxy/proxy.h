@@ -250,9 +250,10 @@ void px_pair_fence(struct proxy *p, int b);
 
 /* ---- main.c ----------------------------------------------------------------------- */
 
-/* Starts serving the VIP: the lease, the logger's and the rs-stateds'
- * connections, and the adoption of the spliced connections in the table. */
-void px_serve(struct proxy *p);
+/* Starts serving the VIP: its listening socket and the control port, the
+ * lease, the logger's and the rs-stateds' connections, and the adoption
+ * of the spliced connections in the table.  Returns 0 or -errno. */
+int px_serve(struct proxy *p);
 /* Whether the data path's interface is up (a proxy cut off acts on nothing). */
 bool px_link_up(struct proxy *p);
 

@@ -82,6 +82,7 @@ struct recovery {
 
 static void rec_fail(struct recovery *rec, int err);
 static void move_acked(struct recovery *rec);
+static int standby_for(struct proxy *p, const struct pconn *pc);
 
 int px_backend_index(struct proxy *p, uint32_t id)
 {
@@ -672,11 +673,10 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
         rec_fail(rec, -ENOTSUP);
         return;
     }
-    if (p->alternate < 0 || p->backends[p->alternate].fenced || pc->backend_idx == p->alternate) {
+    if ((rec->target = standby_for(p, pc)) < 0) {
         rec_fail(rec, -EHOSTDOWN);   /* no standby left to take the connection */
         return;
     }
-    rec->target = p->alternate;
     /* 2. Plan (the logger also brings the alternate's state up to TR and
      * replays [TR, TL]); it answers within the budget we give it. */
     req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
@@ -844,6 +844,20 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
     free(ids);
     /* 3. The survivor serves; a spare becomes its alternate. */
     px_roles(p);
+}
+
+/* Where a connection of a failed backend goes: the alternate; or, when it
+ * is already there (its first recovery came from its own signals, before
+ * any FAILURE changed the roles), the next live standby. */
+static int standby_for(struct proxy *p, const struct pconn *pc)
+{
+    if (p->alternate >= 0 && !p->backends[p->alternate].fenced && pc->backend_idx != p->alternate)
+        return p->alternate;
+    for (int i = 0; i < p->nbackends; i++)
+        if (p->backends[i].configured != ROLE_PRIMARY && !p->backends[i].fenced && i != pc->backend_idx
+            && i != p->alternate)
+            return i;
+    return -1;
 }
 
 void px_roles(struct proxy *p)
