@@ -90,6 +90,26 @@ int rs_addr_parse(const char *text, struct rs_addr *a)
     return 0;
 }
 
+int rs_id_addr_parse(const char *text, uint32_t max_id, uint32_t *id, struct rs_addr *a)
+{
+    const char *eq = text ? strchr(text, '=') : NULL;
+    uint64_t n;
+
+    *id = 0;
+    if (eq) {
+        char num[16];
+        if ((size_t)(eq - text) >= sizeof(num))
+            return -EINVAL;
+        memcpy(num, text, (size_t)(eq - text));
+        num[eq - text] = '\0';
+        if (rs_parse_size(num, &n) || !n || n > max_id)
+            return -EINVAL;
+        *id = (uint32_t)n;
+        text = eq + 1;
+    }
+    return rs_addr_parse(text, a);
+}
+
 const char *rs_addr_str(struct rs_addr a, char *buf, size_t len)
 {
     snprintf(buf, len, "%u.%u.%u.%u:%u", a.ip >> 24, (a.ip >> 16) & 255, (a.ip >> 8) & 255, a.ip & 255,

@@ -30,6 +30,9 @@ uint64_t rs_mono_ns(void);  /* CLOCK_MONOTONIC, nanoseconds (the clock BPF's kti
 
 /* Parses "a.b.c.d:port" (port 1..65535).  Returns 0 or -EINVAL. */
 int rs_addr_parse(const char *text, struct rs_addr *a);
+/* Parses "[ID=]a.b.c.d:port" (an id 1..'max_id'; '*id' 0 without one).
+ * Returns 0 or -EINVAL. */
+int rs_id_addr_parse(const char *text, uint32_t max_id, uint32_t *id, struct rs_addr *a);
 /* Writes "a.b.c.d:port" into 'buf' and returns it. */
 const char *rs_addr_str(struct rs_addr a, char *buf, size_t len);
 /* rs_addr_str into a temporary, for log arguments. */

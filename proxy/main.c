@@ -224,22 +224,11 @@ static void usage(FILE *f)
 /* Parses "[ID=]ADDR:PORT"; without an ID the backend gets 'default_id'. */
 static int parse_backend(const char *v, struct rs_addr *a, uint32_t *id, uint32_t default_id)
 {
-    const char *eq = strchr(v, '=');
-    uint64_t n;
+    int e = rs_id_addr_parse(v, UINT32_MAX, id, a);
 
-    *id = default_id;
-    if (eq) {
-        char num[16];
-        if ((size_t)(eq - v) >= sizeof(num))
-            return -EINVAL;
-        memcpy(num, v, (size_t)(eq - v));
-        num[eq - v] = '\0';
-        if (rs_parse_size(num, &n) || !n || n > UINT32_MAX)
-            return -EINVAL;
-        *id = (uint32_t)n;
-        v = eq + 1;
-    }
-    return rs_addr_parse(v, a);
+    if (!e && !*id)
+        *id = default_id;
+    return e;
 }
 
 static int add_backend(const char *v, void *dst)

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "parse.h"
 
 /* ---- Relaying the app's updates ---------------------------------------- */
 
@@ -112,24 +111,10 @@ int peer_add(const char *v, void *dst)
 {
     struct stated *s = dst;
     struct peer *pr = &s->peers[s->n_peers];
-    const char *eq = strchr(v, '=');
-    uint64_t id = 0;
 
-    if (s->n_peers == PEERS_MAX)
+    if (s->n_peers == PEERS_MAX || rs_id_addr_parse(v, (1u << 20) - 1, &pr->id, &pr->addr))
         return -EINVAL;
-    if (eq) {
-        char num[16];
-        if ((size_t)(eq - v) >= sizeof(num))
-            return -EINVAL;
-        memcpy(num, v, (size_t)(eq - v));
-        num[eq - v] = '\0';
-        if (rs_parse_size(num, &id) || !id || id >= (1u << 20))
-            return -EINVAL;
-        v = eq + 1;
-    }
-    *pr = (struct peer){ .id = (uint32_t)id };
-    if (rs_addr_parse(v, &pr->addr))
-        return -EINVAL;
+    pr->fenced = false;
     s->n_peers++;
     s->has_peer = true;
     return 0;

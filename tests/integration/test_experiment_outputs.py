@@ -637,26 +637,31 @@ class Outputs(unittest.TestCase):
             shutil.rmtree(tmp)
 
 
+def report_section(case, write, study):
+    """REPORT.md's section of 'study' from the results 'write' makes alone."""
+    tmp = tempfile.mkdtemp(prefix=f"rs-exp-{study}.")
+    try:
+        results = os.path.join(tmp, "results")
+        write(results)
+        rep = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", results, "--plots",
+                              os.path.join(tmp, "plots")], capture_output=True, text=True, timeout=60)
+        case.assertEqual(rep.returncode, 0, rep.stderr)
+        with open(os.path.join(results, "REPORT.md")) as f:
+            return section(f.read(), study)
+    finally:
+        shutil.rmtree(tmp)
+
+
 class FaultsSection(unittest.TestCase):
     """REPORT.md's fault campaign section from a synthetic table."""
 
     def test_matrix_and_violations(self):
-        tmp = tempfile.mkdtemp(prefix="rs-exp-faults.")
-        try:
-            results = os.path.join(tmp, "results")
-            write_faults(results)
-            rep = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", results, "--plots",
-                                  os.path.join(tmp, "plots")], capture_output=True, text=True, timeout=60)
-            self.assertEqual(rep.returncode, 0, rep.stderr)
-            with open(os.path.join(results, "REPORT.md")) as f:
-                text = section(f.read(), "faults")
-            header, rows = md_table(text, "fault")
-            self.assertEqual(header, ["fault", "refapp-1", "refapp-50"])
-            self.assertEqual(rows, [["none", "4/0/0", "4/0/0"], ["alternate-in-recovery", "2/2/0", "3/0/1"]])
-            self.assertIn("16 trials: 13 masked, 2 clean ends, 1 violations.", text)
-            self.assertIn("| alternate-in-recovery | refapp-50 | 0 | 12 | hang | violations/x |", text)
-        finally:
-            shutil.rmtree(tmp)
+        text = report_section(self, write_faults, "faults")
+        header, rows = md_table(text, "fault")
+        self.assertEqual(header, ["fault", "refapp-1", "refapp-50"])
+        self.assertEqual(rows, [["none", "4/0/0", "4/0/0"], ["alternate-in-recovery", "2/2/0", "3/0/1"]])
+        self.assertIn("16 trials: 13 masked, 2 clean ends, 1 violations.", text)
+        self.assertIn("| alternate-in-recovery | refapp-50 | 0 | 12 | hang | violations/x |", text)
 
 
 class NospofSection(unittest.TestCase):
@@ -665,21 +670,10 @@ class NospofSection(unittest.TestCase):
     median."""
 
     def test_table(self):
-        tmp = tempfile.mkdtemp(prefix="rs-exp-nospof.")
-        try:
-            results = os.path.join(tmp, "results")
-            write_nospof(results)
-            rep = subprocess.run([PY, os.path.join(EXP, "report.py"), "--results", results, "--plots",
-                                  os.path.join(tmp, "plots")], capture_output=True, text=True, timeout=60)
-            self.assertEqual(rep.returncode, 0, rep.stderr)
-            with open(os.path.join(results, "REPORT.md")) as f:
-                text = section(f.read(), "nospof")
-            header, rows = md_table(text, "technique")
-            self.assertEqual(header, ["technique", "fault", "trials", "masked", "completed", "extra stall ms"])
-            self.assertEqual(rows, [["resplice", "proxy-kill", "3", "100%", "100%", "4"],
-                                    ["haproxy-vrrp", "proxy-kill", "3", "0%", "67%", "790"]])
-        finally:
-            shutil.rmtree(tmp)
+        header, rows = md_table(report_section(self, write_nospof, "nospof"), "technique")
+        self.assertEqual(header, ["technique", "fault", "trials", "masked", "completed", "extra stall ms"])
+        self.assertEqual(rows, [["resplice", "proxy-kill", "3", "100%", "100%", "4"],
+                                ["haproxy-vrrp", "proxy-kill", "3", "0%", "67%", "790"]])
 
 
 class YScale(unittest.TestCase):

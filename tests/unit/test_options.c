@@ -129,12 +129,37 @@ static void words(void **state)
     assert_int_equal(rs_opts_parse("test", 2, bad, opts, usage), 2);
 }
 
+/* "[ID=]ADDR:PORT" (common/daemon.c), as --backend and --peer take it. */
+static void id_and_address(void **state)
+{
+    struct rs_addr a;
+    uint32_t id = 7;
+
+    (void)state;
+    assert_int_equal(rs_id_addr_parse("10.0.0.12:7073", 15, &id, &a), 0);
+    assert_int_equal(id, 0);
+    assert_int_equal(a.ip, 0x0a00000cu);
+    assert_int_equal(a.port, 7073);
+    assert_int_equal(rs_id_addr_parse("3=10.0.0.13:8080", 15, &id, &a), 0);
+    assert_int_equal(id, 3);
+    assert_int_equal(a.port, 8080);
+    assert_int_equal(rs_id_addr_parse("15=1.2.3.4:1", 15, &id, &a), 0);
+    assert_int_equal(rs_id_addr_parse("16=1.2.3.4:1", 15, &id, &a), -EINVAL);    /* over the bound */
+    assert_int_equal(rs_id_addr_parse("0=1.2.3.4:1", 15, &id, &a), -EINVAL);     /* ids start at 1 */
+    assert_int_equal(rs_id_addr_parse("=1.2.3.4:1", 15, &id, &a), -EINVAL);
+    assert_int_equal(rs_id_addr_parse("x=1.2.3.4:1", 15, &id, &a), -EINVAL);
+    assert_int_equal(rs_id_addr_parse("12345678901234567=1.2.3.4:1", UINT32_MAX, &id, &a), -EINVAL);
+    assert_int_equal(rs_id_addr_parse("3=1.2.3.4", 15, &id, &a), -EINVAL);        /* no port */
+    assert_int_equal(rs_id_addr_parse(NULL, 15, &id, &a), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(every_kind_both_spellings),
         cmocka_unit_test(help_and_errors),
         cmocka_unit_test(words),
+        cmocka_unit_test(id_and_address),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
