@@ -243,7 +243,7 @@ static int add_backend(const char *v, void *dst)
     return 0;
 }
 
-struct alternate_opt {
+struct backend_opt {
     struct rs_addr addr;
     uint32_t id;
 };
@@ -251,7 +251,7 @@ struct alternate_opt {
 #define SPARES_MAX 4
 
 struct spares_opt {
-    struct alternate_opt s[SPARES_MAX];
+    struct backend_opt s[SPARES_MAX];
     int n;
 };
 
@@ -259,14 +259,15 @@ static int add_spare(const char *v, void *dst)
 {
     struct spares_opt *sp = dst;
 
-    if (sp->n == SPARES_MAX)
+    if (sp->n == SPARES_MAX || parse_backend(v, &sp->s[sp->n].addr, &sp->s[sp->n].id, 0))
         return -EINVAL;
-    return parse_backend(v, &sp->s[sp->n].addr, &sp->s[sp->n].id, 0) ? -EINVAL : (sp->n++, 0);
+    sp->n++;
+    return 0;
 }
 
 static int set_alternate(const char *v, void *dst)
 {
-    struct alternate_opt *a = dst;
+    struct backend_opt *a = dst;
 
     return parse_backend(v, &a->addr, &a->id, 0);
 }
@@ -293,7 +294,7 @@ static int datapath_name(const char *v, void *dst)
 static int parse_args(struct proxy *p, int argc, char **argv)
 {
     const char *keyfile = NULL, *sticky = NULL, *ifname = NULL;
-    struct alternate_opt alt = { { 0, 0 }, 0 };
+    struct backend_opt alt = { { 0, 0 }, 0 };
     struct spares_opt spares = { .n = 0 };
     char dp_want[80];
     const struct rs_opt opts[] = {
@@ -611,9 +612,10 @@ int main(int argc, char **argv)
     if (setup(p))
         return 1;
     rs_log("%s %s ifname=%s backends=%d alternate=%s splice=%s control=%s recovery_timeout_ms=%" PRIu64,
-           p->lio.fd >= 0 ? "listening on" : "standing by for", RS_A(p->listen), p->ifname, p->nbackends, p->alternate >= 0 ? RS_A(p->backends[p->alternate].addr) : "none",
-           p->nosplice ? "off" : p->datapath, p->ctl.port ? RS_A(p->ctl) : "off", p->recovery_ns / 1000000);
-    printf("listening on %s\n", RS_A(p->listen));
+           p->lio.fd >= 0 ? "listening on" : "standing by for", RS_A(p->listen), p->ifname, p->nbackends,
+           p->alternate >= 0 ? RS_A(p->backends[p->alternate].addr) : "none", p->nosplice ? "off" : p->datapath,
+           p->ctl.port ? RS_A(p->ctl) : "off", p->recovery_ns / 1000000);
+    printf("listening on %s\n", RS_A(p->listen));     /* the readiness line (a standby: ready to take over) */
     fflush(stdout);
     if (rs_loop_run(&p->loop) < 0)
         rs_log("event loop: %s", strerror(errno));

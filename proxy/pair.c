@@ -24,11 +24,13 @@
  *     itself, on a packet socket, and announces itself with gratuitous
  *     ARP when it takes over, so every host sends the VIP's segments to it
  *     from then on.  Dying, it stops answering.
+ *     Only the active one listens on the VIP and its control port.
  *   - Terms.  Each activation has an epoch (the clock in ms when it began).
  *     An active proxy that hears of a later epoch (a FLOW from the other,
- *     or the other's gratuitous ARP) was taken over while it lived (a hang
- *     longer than --takeover-after): it steps down, exiting with its tc
- *     program left in place for the stragglers whose ARP is stale.
+ *     the other's gratuitous ARP, which carries it) was taken over while
+ *     it lived (a hang longer than --takeover-after): it steps down,
+ *     exiting with its tc program left in place for the stragglers whose
+ *     ARP is stale.  So does one whose interface goes down (cut off).
  *
  * The takeover itself is proxy/adopt.c's: the standby rebuilds its
  * connections from the copied entries, as a proxy restarted on the same
@@ -37,11 +39,11 @@
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <stddef.h>
+#include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <netinet/if_ether.h>
-#include <linux/if_packet.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>

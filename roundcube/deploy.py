@@ -508,18 +508,25 @@ class ResplicedRoundcube:
     kills the rest of the primary (lighttpd, php-cgi), as a process crash of
     the whole backend.  start()/stop() may be called again for a new trial
     on the same testbed (fresh databases; the mail store and rs-auxlog stay
-    unless given here).  Both backends are warmed up first (warm())."""
+    unless given here).  Both backends are warmed up first (warm()).
+
+    On a testbed with a spare backend (LanTopo(spare=True)) Roundcube runs
+    there too, and 'alternate_crash_at' makes the alternate's front kill
+    itself likewise (crash_alternate() kills the rest): a second failover,
+    to the spare."""
 
     def __init__(self, tb, run_dir, crash_at=None, auxlog=True, dead_after="100ms", mailstore=None, aux=None,
-                 warm=True):
+                 warm=True, alternate_crash_at=None):
         from emul.stack import Stack
         self.tb, self.dir, self.crash_at, self.warm_first = tb, os.path.abspath(run_dir), crash_at, warm
+        self.alternate_crash_at = alternate_crash_at
+        hosts = ("primary", "alternate") + (("spare",) if getattr(tb.topo, "spare", False) else ())
         self.ms = mailstore or MailStore(tb, run_dir)
         self.aux = aux if aux is not None else (AuxLog(tb, run_dir) if auxlog else None)
         self._own = [x for x, given in ((self.ms, mailstore), (self.aux, aux)) if x and not given]
         store_ip = AUXLOG_IP if self.aux else MAILSTORE_IP
         self.rc = {h: Roundcube(tb, run_dir, h, mailstore_ip=store_ip, port=UPSTREAM_PORT, bind="127.0.0.1",
-                                plugin=True) for h in ("primary", "alternate")}
+                                plugin=True) for h in hosts}
         self.stack = Stack(tb, run_dir, front={"start": lambda h: self.rc[h].start(), "port": UPSTREAM_PORT,
                                                "args": self._front_args},
                            logger_args=["--tags", TAGS, "--dump", os.path.join(self.dir, "streams")],
@@ -531,8 +538,9 @@ class ResplicedRoundcube:
         # rename (a command per state, php's start-up alone, took ~20 ms and
         # the standby lagged behind).
         argv = ["--state-dir", rc.state_dir, "--apply-file", rc.db]
-        if host == "primary" and self.crash_at:
-            argv += ["--crash-at", str(self.crash_at)]
+        crash_at = {"primary": self.crash_at, "alternate": self.alternate_crash_at}.get(host)
+        if crash_at:
+            argv += ["--crash-at", str(crash_at)]
         return argv
 
     @property
@@ -562,18 +570,22 @@ class ResplicedRoundcube:
     def front(self, host="primary"):
         return self.stack.d[f"app-{host}"]
 
-    def crash(self, timeout=30):
+    def crash(self, timeout=30, host="primary"):
         """Waits for the primary's front to die at its --crash-at point, then
         kills lighttpd and php-cgi there.  Returns the monotonic time of the
         front's death as seen here, or None when it did not die in time."""
-        d = self.front("primary")
+        d = self.front(host)
         try:
             d.popen.wait(timeout)
         except Exception:
             return None
         t = time.monotonic()
-        self.rc["primary"].crash()
+        self.rc[host].crash()
         return t
+
+    def crash_alternate(self, timeout=30):
+        """crash() of the alternate, at its --crash-at point."""
+        return self.crash(timeout, "alternate")
 
     def stop(self):
         """Stops the trial's processes (the stack and both Roundcubes)."""

@@ -14,6 +14,7 @@ from topologies.lan import LanTopo
 @needs_root
 class MailTestbedCase(unittest.TestCase):
     prefix = "rs-mail-"
+    topo_args = {}
 
     @classmethod
     def start_class(cls):
@@ -27,7 +28,7 @@ class MailTestbedCase(unittest.TestCase):
         cls.tmp = tempfile.TemporaryDirectory(prefix=cls.prefix)
         os.chmod(cls.tmp.name, 0o755)      # dovecot's mail processes are not root
         cls.dir = os.path.join(cls.tmp.name, "run")
-        cls.tb = Testbed(LanTopo(), cls.dir)
+        cls.tb = Testbed(LanTopo(**cls.topo_args), cls.dir)
         cls.tb.__enter__()
         try:
             cls.ms = MailStore(cls.tb, cls.dir).start()

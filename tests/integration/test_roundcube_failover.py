@@ -15,6 +15,7 @@ static file.  One testbed for the class; a fresh resplice stack and fresh
 databases for every trial."""
 import csv
 import os
+import re
 import threading
 import unittest
 
@@ -22,6 +23,7 @@ from emul.shaping import wait_until
 from emul.places import binary
 from roundcube.deploy import AuxLog, ResplicedRoundcube, count_messages
 from tests.integration.mail_case import MailTestbedCase
+from topologies.lan import SPARE_HOST
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRACES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "roundcube", "traces")
@@ -152,6 +154,56 @@ def _crash_test(step, mid):
 for _step in range(ACTION2_STEPS):
     setattr(RoundcubeFailover, f"test_action2_{_step:02d}_first_byte", _crash_test(_step, False))
     setattr(RoundcubeFailover, f"test_action2_{_step:02d}_mid", _crash_test(_step, True))
+
+
+class RoundcubeReprotection(MailTestbedCase):
+    """Re-protection on the paper's workload (issue 15): Roundcube on three
+    backends.  The primary's front dies in Action 2's request 4 (before its
+    first byte), the alternate's as the send runs on it (request 12, before
+    its first byte: the message went out); the spare finishes the action on
+    the same connection, its re-run of the send answered from rs-auxlog's
+    record: the message is delivered once."""
+    prefix = "rs-rcre-"
+    topo_args = {"spare": True}
+
+    @classmethod
+    def start_class(cls):
+        cls.aux = AuxLog(cls.tb, cls.dir).start()
+        return [cls.aux.d.pid]
+
+    def test_primary_then_alternate_crash(self):
+        counts = lambda: (count_messages(self.dir, "bob", "INBOX"), count_messages(self.dir, "alice", "Sent"))  # noqa: E731
+        before = counts()
+        rr = ResplicedRoundcube(self.tb, self.dir, crash_at="4+0", alternate_crash_at=f"{SEND_STEP}+0",
+                                mailstore=self.ms, aux=self.aux).start()
+        self.addCleanup(rr.stop)
+        crashed = {}
+        watchers = [threading.Thread(target=lambda: crashed.update(primary=rr.crash(60)), daemon=True),
+                    threading.Thread(target=lambda: crashed.update(alternate=rr.crash_alternate(60)), daemon=True)]
+        for w in watchers:
+            w.start()
+        out = os.path.join(self.dir, "reprotect.csv")
+        d = self.tb.start("c1", "client-reprotect", [binary("rs-client"), "--server", rr.vip, "--trace",
+                                                      os.path.join(TRACES, "action2.trace"), "--csv", out,
+                                                      "--timeout", "10s"])
+        d.popen.wait(90)
+        for w in watchers:
+            w.join(60)
+        plog = rr.stack.log("proxy")
+        why = read(d.err)[-3000:] + "\n--- proxy\n" + plog[-4000:] + "\n--- auxlog\n" + read(self.aux.d.err)[-1500:]
+        self.assertIsNotNone(crashed.get("primary"), why)
+        self.assertIsNotNone(crashed.get("alternate"), why)
+        self.assertEqual(d.popen.returncode, 0, why)
+        rows = list(csv.DictReader(open(out)))
+        self.assertEqual([r["result"] for r in rows], ["ok"] * ACTION2_STEPS, why)
+        self.assertEqual(len({r["local_port"] for r in rows}), 1, "the client had to reconnect\n" + why)
+        self.assertEqual(len(re.findall(r"recovered id=\d+ ", plog)), 2, why)
+        self.assertRegex(plog, rf"recovered id=\d+ client=\S+ alternate={SPARE_HOST['spare']}:", why)
+        self.assertNotIn("reason=conflict", rr.stack.log("logger"), why)
+        self.assertRegex(read(self.aux.d.err), rf"replay smtp backend=\S+ txn=\S+:{rows[0]['local_port']}#{SEND_STEP} ",
+                         why)
+        self.assertTrue(wait_until(lambda: counts() != before, 5), why)
+        self.assertEqual(counts(), (before[0] + 1, before[1] + 1), "the message must be delivered exactly once\n" + why)
 
 
 if __name__ == "__main__":
