@@ -248,7 +248,7 @@ struct backend_opt {
     uint32_t id;
 };
 
-#define SPARES_MAX 4
+#define SPARES_MAX 1       /* the logger knows one (--spare-stated) */
 
 struct spares_opt {
     struct backend_opt s[SPARES_MAX];
@@ -301,7 +301,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("listen", RS_OPT_ADDR, &p->listen),
         RS_OPTION("backend", RS_OPT_FN, p, .want = "[ID=]IPv4ADDR:PORT", .fn = add_backend),
         RS_OPTION("alternate", RS_OPT_FN, &alt, .want = "[ID=]IPv4ADDR:PORT", .fn = set_alternate),
-        RS_OPTION("spare", RS_OPT_FN, &spares, .want = "[ID=]IPv4ADDR:PORT (at most 4)", .fn = add_spare),
+        RS_OPTION("spare", RS_OPT_FN, &spares, .want = "[ID=]IPv4ADDR:PORT (one)", .fn = add_spare),
         RS_OPTION("logger", RS_OPT_ADDR, &p->logger),
         RS_OPTION("logger-resend", RS_OPT_ADDR, &p->logger_resend),
         RS_OPTION("stated-port", RS_OPT_FN, &p->stated_port, .want = "a port, 1..65535", .fn = port_number),
@@ -477,6 +477,13 @@ static int listen_vip(struct proxy *p)
     return 0;
 }
 
+void px_exit(struct proxy *p, int status)
+{
+    print_stats(p);
+    px_dp_close(p->dp, true);
+    exit(status);
+}
+
 bool px_link_up(struct proxy *p)
 {
     struct ifreq ifr;
@@ -619,11 +626,6 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (rs_loop_run(&p->loop) < 0)
         rs_log("event loop: %s", strerror(errno));
-    if (p->pair.stepped_down) {
-        print_stats(p);
-        px_dp_close(p->dp, true);
-        return 3;
-    }
     hand_over(p);
     print_stats(p);
     px_dp_close(p->dp, true);

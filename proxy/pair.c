@@ -54,7 +54,7 @@
 
 #define PAIR_ALIVE_NS ((uint64_t)50 * 1000000)     /* the active's ALIVE period */
 #define PAIR_WATCH_NS ((uint64_t)20 * 1000000)     /* the standby's check period */
-#define PAIR_ALONE_NS ((uint64_t)2000 * 1000000)   /* a standby that never heard an active */
+#define PAIR_ALONE_NS ((uint64_t)2000 * 1000000)   /* a standby that never heard an active says so */
 #define PAIR_OUT_MAX (64u << 20)                   /* FLOW frames queued for a slow standby */
 
 /* Gratuitous ARPs after a takeover: at once, then these long after.  The
@@ -120,51 +120,73 @@ static void announce(struct proxy *p)
         p->pair.garps++;
 }
 
+#define ARP_BATCH 64
+
+/* Whether frame 'f' ('n' bytes) announces the VIP from another host. */
+static bool announces_vip(const struct proxy *p, const struct arp_frame *f, ssize_t n)
+{
+    uint32_t spa;
+
+    memcpy(&spa, f->ea.arp_spa, 4);
+    return spa == htonl(p->listen.ip) && (size_t)n >= offsetof(struct arp_frame, mark);
+}
+
 static void arp_readable(struct rs_io *io, uint32_t events)
 {
     struct proxy *p = io->ctx;
     struct pair *pr = &p->pair;
-    struct arp_frame f;
+    struct arp_frame f[ARP_BATCH];
+    ssize_t len[ARP_BATCH];
     struct sockaddr_ll from;
     socklen_t fl;
     uint32_t vip = htonl(p->listen.ip), spa, tpa;
-    ssize_t n;
+    int n = 0;
 
     (void)events;
     for (;;) {
-        fl = sizeof(from);
-        n = recvfrom(pr->arpfd, &f, sizeof(f), 0, (struct sockaddr *)&from, &fl);
-        if (n < 0)
-            return;
-        if ((size_t)n < offsetof(struct arp_frame, mark) || from.sll_pkttype == PACKET_OUTGOING || f.ea.arp_hln != ETH_ALEN
-            || f.ea.arp_pln != 4 || f.ea.arp_pro != htons(ETHERTYPE_IP)
-            || !memcmp(f.ea.arp_sha, pr->mac, ETH_ALEN))
-            continue;
-        memcpy(&spa, f.ea.arp_spa, 4);
-        memcpy(&tpa, f.ea.arp_tpa, 4);
-        if (spa == vip && pr->active) {
+        /* A batch first: a later term's announcement among the frames that
+         * waited (a proxy that hung) must be seen before any request in
+         * front of it is answered. */
+        for (n = 0; n < ARP_BATCH; n++) {
+            fl = sizeof(from);
+            len[n] = recvfrom(pr->arpfd, &f[n], sizeof(f[n]), 0, (struct sockaddr *)&from, &fl);
+            if (len[n] < 0)
+                break;
+            if ((size_t)len[n] < offsetof(struct arp_frame, mark) || from.sll_pkttype == PACKET_OUTGOING
+                || f[n].ea.arp_hln != ETH_ALEN || f[n].ea.arp_pln != 4 || f[n].ea.arp_pro != htons(ETHERTYPE_IP)
+                || !memcmp(f[n].ea.arp_sha, pr->mac, ETH_ALEN))
+                n--;    /* not for us: dropped */
+        }
+        if (!pr->active)
+            return;     /* a standby only drains them */
+        for (int i = 0; i < n; i++) {
             /* The other proxy announces the VIP: in a later term it took
              * over; in an earlier one it woke up late (a hang), and its
              * announcement must not stand. */
-            uint64_t theirs = (size_t)n >= sizeof(f) && !memcmp(f.mark, PAIR_MARK, sizeof(f.mark))
-                                  ? be64toh(f.epoch) : 0;
+            const uint8_t *m = f[i].ea.arp_sha;
+            uint64_t theirs = (size_t)len[i] >= sizeof(f[i]) && !memcmp(f[i].mark, PAIR_MARK, sizeof(f[i].mark))
+                                  ? be64toh(f[i].epoch) : 0;
             char why[96];
 
+            if (!announces_vip(p, &f[i], len[i]))
+                continue;
             if (theirs > pr->epoch) {
                 snprintf(why, sizeof(why), "%02x:%02x:%02x:%02x:%02x:%02x announced the VIP in a later term",
-                         f.ea.arp_sha[0], f.ea.arp_sha[1], f.ea.arp_sha[2], f.ea.arp_sha[3], f.ea.arp_sha[4],
-                         f.ea.arp_sha[5]);
+                         m[0], m[1], m[2], m[3], m[4], m[5]);
                 step_down(p, why);
-                return;
             }
             rs_log("pair: %02x:%02x:%02x:%02x:%02x:%02x announced the VIP in an earlier term (%" PRIu64
-                   "): announcing it again", f.ea.arp_sha[0], f.ea.arp_sha[1], f.ea.arp_sha[2], f.ea.arp_sha[3],
-                   f.ea.arp_sha[4], f.ea.arp_sha[5], theirs);
+                   "): announcing it again", m[0], m[1], m[2], m[3], m[4], m[5], theirs);
             announce(p);
-            continue;
         }
-        if (pr->active && tpa == vip && f.ea.arp_op == htons(ARPOP_REQUEST))
-            arp_send(p, f.ea.arp_sha, ARPOP_REPLY, f.ea.arp_sha, spa);
+        for (int i = 0; i < n; i++) {
+            memcpy(&spa, f[i].ea.arp_spa, 4);
+            memcpy(&tpa, f[i].ea.arp_tpa, 4);
+            if (tpa == vip && spa != vip && f[i].ea.arp_op == htons(ARPOP_REQUEST))
+                arp_send(p, f[i].ea.arp_sha, ARPOP_REPLY, f[i].ea.arp_sha, spa);
+        }
+        if (n < ARP_BATCH)
+            return;
     }
 }
 
@@ -174,10 +196,8 @@ static void garp(struct rs_timer *t)
     struct pair *pr = &p->pair;
 
     /* What came meanwhile first: a proxy that slept through a takeover
-     * learns of it before it announces anything. */
+     * learns of it (and exits) before it announces anything. */
     arp_readable(&pr->arpio, EPOLLIN);
-    if (pr->stepped_down)
-        return;
     announce(p);
     if (++pr->garp_next < N_GARPS) {
         rs_timer_after(&p->loop, t, garp_after_ns[pr->garp_next] - garp_after_ns[pr->garp_next - 1]);
@@ -234,8 +254,34 @@ static void send_flow(struct proxy *p, uint8_t op, const struct rs_flow_key *k, 
         m.u.flow.len = sizeof(*f);
         m.u.flow.data = (const uint8_t *)f;
     }
-    if (rs_ctl_send(&pr->out, &m) == 0)
+    if (rs_ctl_send(&pr->out, &m) == 0) {
         pr->sent++;
+        return;
+    }
+    /* Its queue is full: the copy lost a change.  A new connection starts
+     * it afresh (BEGIN and the whole table), from the loop, not from here. */
+    if (pr->in_sync) {
+        rs_log("pair: the standby's queue is full: its copy starts afresh");
+        pr->in_sync = false;
+        rs_timer_after(&p->loop, &pr->resync_timer, 0);
+    }
+}
+
+static void out_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m);
+static void out_state(struct rs_ctlconn *c, int err);
+
+static void connect_standby(struct proxy *p)
+{
+    rs_ctlconn_peer(&p->pair.out, &p->loop, "pair", p->pair.peer, &p->key, &p->ctl_seq, PX_SENDER_PAIR,
+                    PAIR_OUT_MAX, out_msg, out_state, p);
+}
+
+static void resync(struct rs_timer *t)
+{
+    struct proxy *p = t->ctx;
+
+    rs_ctlconn_close(&p->pair.out);
+    connect_standby(p);
 }
 
 /* datapath.h's change listener while active. */
@@ -300,7 +346,16 @@ static void out_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 static void alive(struct rs_timer *t)
 {
     struct proxy *p = t->ctx;
+    struct pair *pr = &p->pair;
+    uint64_t now = rs_mono_ns(), last = pr->alive_ns;
 
+    pr->alive_ns = now;
+    if (last && pr->in_sync && now - last > pr->takeover_ns) {
+        /* Stopped (a hang) longer than the standby waits: it has taken
+         * over, or takes over as we go (our connection closes). */
+        step_down(p, "we were stopped longer than --takeover-after");
+        return;
+    }
     if (!px_link_up(p)) {
         /* Cut off (its host's interfaces down, a cable): the standby takes
          * over, and nothing done from here could be right. */
@@ -337,8 +392,8 @@ static void become_active(struct proxy *p, const char *why)
     }
     p->dp->changed = table_changed;
     p->dp->changed_arg = p;
-    rs_ctlconn_peer(&pr->out, &p->loop, "pair", pr->peer, &p->key, &p->ctl_seq, PX_SENDER_PAIR, PAIR_OUT_MAX,
-                    out_msg, out_state, p);
+    rs_timer_init(&pr->resync_timer, resync, p);
+    connect_standby(p);
     rs_timer_init(&pr->timer, alive, p);
     rs_timer_after(&p->loop, &pr->timer, PAIR_ALIVE_NS);
 }
@@ -440,32 +495,47 @@ static void pair_closed(struct rs_ctlconn *c, int err)
     become_active(p, "the active proxy's connection closed");
 }
 
+/* The standby's check.  It takes over only from an active it has heard
+ * (a standby that never did, its --pair wrong or its key, must not evict a
+ * healthy active it cannot see), only while its own interface is up (cut
+ * off, it would only lose), and not in the round after a stall of its
+ * own (the ALIVEs that waited meanwhile are read first). */
 static void watch(struct rs_timer *t)
 {
     struct proxy *p = t->ctx;
     struct pair *pr = &p->pair;
-    uint64_t now = rs_mono_ns();
+    uint64_t now = rs_mono_ns(), last = pr->watch_ns;
 
+    pr->watch_ns = now;
+    rs_timer_after(&p->loop, t, PAIR_WATCH_NS);
+    if (last && now - last > pr->takeover_ns)
+        return;
     if (pr->active_conn && now - pr->last_heard_ns > pr->takeover_ns) {
+        if (!px_link_up(p)) {
+            if (!pr->told_cut_off)
+                rs_log("pair: the active proxy is silent, but our interface is down: not taking over");
+            pr->told_cut_off = true;
+            return;
+        }
+        rs_timer_stop(&p->loop, t);
         become_active(p, "the active proxy is silent");
         return;
     }
-    if (!pr->epoch && now - pr->started_ns > PAIR_ALONE_NS) {
-        become_active(p, "no active proxy");
-        return;
+    pr->told_cut_off = false;
+    if (!pr->epoch && now - pr->started_ns > PAIR_ALONE_NS && !pr->told_alone) {
+        rs_log("pair: no active proxy heard yet (check --pair and the key on both): standing by");
+        pr->told_alone = true;
     }
-    rs_timer_after(&p->loop, t, PAIR_WATCH_NS);
 }
 
 /* ---- Both ------------------------------------------------------------------------------ */
 
+/* Exits at once: nothing a proxy does after the other took over (a
+ * timer's RST, a recovery, an ARP reply) could be right. */
 static void step_down(struct proxy *p, const char *why)
 {
-    if (p->pair.stepped_down)
-        return;
     rs_log("pair: stepping down (%s): exiting, the tc program stays for segments sent here still", why);
-    p->pair.stepped_down = true;
-    rs_loop_stop(&p->loop);
+    px_exit(p, 3);
 }
 
 int px_pair_start(struct proxy *p)

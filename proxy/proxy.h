@@ -105,8 +105,10 @@ struct stats {
 struct pair {
     struct rs_addr peer, listen;  /* --pair (the other's pair port), --pair-listen; peer.port 0: alone */
     bool standby;                 /* --standby: start as the standby */
-    bool active, stepped_down;
+    bool active;
     bool in_sync, told_unreachable;   /* active: the standby has the table; its absence was logged */
+    bool told_alone, told_cut_off;    /* standby: logged once */
+    uint64_t watch_ns, alive_ns;      /* when the standby's watch, the active's ALIVE last ran */
     uint64_t takeover_ns;         /* --takeover-after */
     uint64_t epoch;               /* the active's term (ours once active), 0 before any */
     uint64_t started_ns, last_heard_ns;
@@ -114,7 +116,7 @@ struct pair {
     struct rs_ctlserver srv;      /* standby: the active's connection comes here */
     struct rs_ctlconn out;        /* active: to the standby */
     struct rs_timer timer;        /* active: ALIVE; standby: the watch */
-    struct rs_timer garp_timer;
+    struct rs_timer garp_timer, resync_timer;
     unsigned garp_next;
     int arpfd, ifindex;
     struct rs_io arpio;
@@ -256,6 +258,9 @@ void px_pair_fence(struct proxy *p, int b);
 int px_serve(struct proxy *p);
 /* Whether the data path's interface is up (a proxy cut off acts on nothing). */
 bool px_link_up(struct proxy *p);
+/* Prints the stats and exits with 'status' at once, the tc program left
+ * attached (a proxy of a pair that steps down). */
+void px_exit(struct proxy *p, int status) __attribute__((noreturn));
 
 /* ---- recovery.c: the recovery manager and fencing -------------------------------- */
 

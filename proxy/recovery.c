@@ -848,14 +848,14 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
 
 /* Where a connection of a failed backend goes: the alternate; or, when it
  * is already there (its first recovery came from its own signals, before
- * any FAILURE changed the roles), the next live standby. */
+ * any FAILURE changed the roles), the next live standby after it, down the
+ * chain its states went (a spare). */
 static int standby_for(struct proxy *p, const struct pconn *pc)
 {
     if (p->alternate >= 0 && !p->backends[p->alternate].fenced && pc->backend_idx != p->alternate)
         return p->alternate;
-    for (int i = 0; i < p->nbackends; i++)
-        if (p->backends[i].configured != ROLE_PRIMARY && !p->backends[i].fenced && i != pc->backend_idx
-            && i != p->alternate)
+    for (int i = pc->backend_idx + 1; pc->backend_idx >= 0 && i < p->nbackends; i++)
+        if (p->backends[i].configured != ROLE_PRIMARY && !p->backends[i].fenced)
             return i;
     return -1;
 }

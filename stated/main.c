@@ -110,6 +110,12 @@ int main(int argc, char **argv)
     s.lib_fd = s.lib_io.fd = s.app_io.fd = -1;
     if ((err = rs_opts_parse("rs-stated", argc, argv, opts, usage)))
         return rs_opts_exit(err);
+    for (int i = 1; i < s.n_peers; i++)
+        if (!s.peers[i].id != !s.peers[0].id) {
+            /* A chain needs every id: a state must never come back to where it came from. */
+            fprintf(stderr, "rs-stated: give every --peer an id (ID=ADDR:PORT), or none\n");
+            return 2;
+        }
     if (!s.id || !keyfile || !s.app_path) {
         fprintf(stderr, "rs-stated: --id, --key and --app-socket are required\n");
         usage(stderr);
