@@ -788,7 +788,7 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
     if (!p->backends[idx].fenced && !px_link_up(p)) {
         /* Everything is unreachable from a proxy cut off: that says nothing
          * of the backend, and a fence would reach it when the link returns. */
-        rs_log("failure backend_id=%u why=%s: ignored, our interface %s is down", id, why, p->ifname);
+        rs_log("not fencing backend_id=%u (why=%s): our interface %s is down", id, why, p->ifname);
         return;
     }
     if (!p->backends[idx].fenced)
