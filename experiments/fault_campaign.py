@@ -377,7 +377,11 @@ class Faults:
         pids = self.target.processes("primary")
         for pid in pids:
             signal_pid(pid, signal.SIGSTOP)
-        self.undo.append(lambda: [signal_pid(pid, signal.SIGCONT) for pid in pids])
+        # Killed, not resumed, after the trial: the fence stops only the
+        # front, and a php-cgi resumed mid-send would finish it behind the
+        # fence, into the next trial's mail count (a known gap: rs-auxlog
+        # does not know fences yet; see docs/failure-handling.md).
+        self.undo.append(lambda: [signal_pid(pid, signal.SIGKILL) for pid in pids])
 
     def cut_logger(self):
         self.mark("cut-logger")
