@@ -25,6 +25,7 @@
 #define AUX_PLAN_MAX    256u            /* units a catch-up may resend */
 #define AUX_HASH_BUCKETS 4096u
 #define AUX_CONV_MAX    4096u           /* conversations at once; more are refused */
+#define AUX_DRAIN_NS    5000000000ull   /* a superseded conversation waits this long for its replies */
 
 /* One request/reply unit: 'c' the client's bytes (none for the greeting),
  * 'r' the reply without continuation requests. */
@@ -92,6 +93,16 @@ struct aux_conv {
     bool connecting, c_eof, u_eof, c_shut, u_shut;
     enum aux_mode mode;
     bool marked, replayed, caught_up, diverged, stray_warned;
+    /* Superseded (another backend re-runs its transaction) while a unit it
+     * forwarded awaits its reply: the backend is no longer heard, the mail
+     * store's reply still completes the record (draining_ns: since when). */
+    bool draining;
+    uint64_t draining_ns;
+    /* REPLAY: the client's unit cin[0, wait_end) waits for a draining
+     * writer to complete its reply in the record (wait_literal: an IMAP
+     * literal's announcement, not a whole unit). */
+    bool waiting, wait_data, wait_literal, wake;
+    size_t wait_end;
     rs_txn_id txn;
     unsigned ordinal;
     struct aux_buf cin, sin, cout, uout;
@@ -132,7 +143,7 @@ struct auxlog {
     uint64_t n_records, record_bytes;
     /* stats */
     uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, stale, errors, refused,
-        superseded;
+        superseded, drained;
 };
 
 static inline const char *proto_name(enum rs_aux_proto p)
@@ -183,6 +194,14 @@ void buf_drop(struct aux_buf *b, size_t n);
 void conv_close(struct auxlog *a, struct aux_conv *c, const char *why);
 /* The conversation goes on relaying only (its record is closed, 'why'). */
 void conv_stop_recording(struct auxlog *a, struct aux_conv *c, const char *why);
+/* Another backend re-runs 'c''s transaction: 'c' ends, or drains when a
+ * unit it forwarded awaits its reply (see struct aux_conv). */
+void conv_supersede(struct auxlog *a, struct aux_conv *c);
+/* Ends the draining conversations older than AUX_DRAIN_NS. */
+void convs_expire(struct auxlog *a);
+/* Record 'r''s draining writer got a reply or is gone: the replays
+ * waiting on it decide again. */
+void replay_wake(struct auxlog *a, struct aux_record *r);
 
 /* ---- replay.c ------------------------------------------------------------- */
 
@@ -190,5 +209,8 @@ void conv_stop_recording(struct auxlog *a, struct aux_conv *c, const char *why);
  * or a negative errno (the conversation then ends). */
 int client_scan(struct auxlog *a, struct aux_conv *c);
 int server_scan(struct auxlog *a, struct aux_conv *c);
+/* REPLAY: 'c' waited for its record (struct aux_conv, 'waiting'): decides
+ * again and goes on.  Returns 0 (perhaps waiting again) or -errno. */
+int replay_resume(struct auxlog *a, struct aux_conv *c);
 
 #endif /* RS_AUXLOG_H */

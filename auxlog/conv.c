@@ -93,6 +93,8 @@ static int flush_fd(int fd, struct aux_buf *b)
 
 int to_client(struct aux_conv *c, const void *p, size_t n)
 {
+    if (c->draining)
+        return 0;       /* its backend is not heard any more, nor told anything */
     return buf_add(&c->cout, p, n);
 }
 
@@ -111,6 +113,8 @@ static const char *mode_name(const struct aux_conv *c)
 void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
 {
     char txn[RS_TXN_ID_STRLEN] = "-";
+    /* A draining writer's replays decide once it is gone. */
+    struct aux_record *woken = c->draining && c->rec && c->rec->writer == c ? c->rec : NULL;
 
     if (c->marked)
         rs_txn_id_format(c->txn, txn, sizeof(txn));
@@ -121,7 +125,8 @@ void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
     if (c->rec) {
         if (c->rec->writer == c)
             c->rec->writer = NULL;
-        record_put(c->rec);
+        if (!woken)
+            record_put(c->rec);     /* else after the wake */
     }
     RS_LIST_UNLINK(a->convs, c);
     rs_io_stop(&c->cio);
@@ -134,7 +139,13 @@ void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
     buf_free(&c->uout);
     free(c);
     a->n_convs--;
+    if (woken) {
+        replay_wake(a, woken);
+        record_put(woken);
+    }
 }
+
+static bool conv_progress(struct auxlog *a, struct aux_conv *c);
 
 static void conv_error(struct auxlog *a, struct aux_conv *c, const char *what, int err)
 {
@@ -142,6 +153,63 @@ static void conv_error(struct auxlog *a, struct aux_conv *c, const char *what, i
     a->errors++;
     snprintf(why, sizeof(why), "error:%s:%s", what, strerror(err < 0 ? -err : err));
     conv_close(a, c, why);
+}
+
+void conv_supersede(struct auxlog *a, struct aux_conv *c)
+{
+    if (c->draining)
+        return;
+    if (c->mode != AUX_LIVE || c->nr >= c->nc || c->u_eof) {
+        conv_close(a, c, "superseded");
+        return;
+    }
+    /* What it forwarded may have been done (an SMTP DATA's end: the message
+     * is delivered): its reply must complete the record, so that the re-run
+     * is answered from it instead of doing it again. */
+    rs_log("drain %s backend=%s txn=%s ordinal=%u: %zu unit(s) sent await their replies", proto_name(c->proto),
+           RS_A(c->peer), RS_TXN(c->txn), c->ordinal, c->nc - c->nr);
+    a->drained++;
+    c->draining = true;
+    c->draining_ns = rs_mono_ns();
+    c->c_eof = true;
+    shutdown(c->cfd, SHUT_RDWR);
+    buf_free(&c->cout);
+    conv_arm(a, c);
+}
+
+void convs_expire(struct auxlog *a)
+{
+    uint64_t now = rs_mono_ns();
+    struct aux_conv *c;
+
+    /* From the head again after each: a close may end others (its replays). */
+    do {
+        for (c = a->convs; c && !(c->draining && now - c->draining_ns > AUX_DRAIN_NS); c = c->next)
+            ;
+        if (c)
+            conv_close(a, c, "superseded (no reply)");
+    } while (c);
+}
+
+void replay_wake(struct auxlog *a, struct aux_record *r)
+{
+    struct aux_conv *c;
+
+    for (c = a->convs; c; c = c->next)
+        c->wake = c->waiting && c->rec == r;
+    /* One at a time, from the head: resuming one may end others. */
+    for (;;) {
+        for (c = a->convs; c && !c->wake; c = c->next)
+            ;
+        if (!c)
+            return;
+        c->wake = c->waiting = false;
+        int e = replay_resume(a, c);
+        if (e < 0)
+            conv_error(a, c, "backend", e);
+        else
+            conv_progress(a, c);
+    }
 }
 
 /* From here on only bytes are relayed: nothing more is recorded. */
@@ -258,6 +326,16 @@ static bool conv_progress(struct auxlog *a, struct aux_conv *c)
     if (!c->connecting && (e = flush_fd(c->ufd, &c->uout)) < 0 && !c->u_eof) {
         conv_error(a, c, "send upstream", e);
         return true;
+    }
+    if (c->draining) {
+        if (c->nr >= c->nc || c->u_eof || c->mode != AUX_LIVE) {
+            conv_close(a, c, "superseded (drained)");
+            return true;
+        }
+        if (c->rec)
+            replay_wake(a, c->rec);
+        conv_arm(a, c);
+        return false;
     }
     if ((e = flush_fd(c->cfd, &c->cout)) < 0) {
         conv_close(a, c, "backend gone");

@@ -23,9 +23,10 @@ static void print_stats(void *ctx)
     printf("stats: open=%u conns=%" PRIu64 " live=%" PRIu64 " unmarked=%" PRIu64 " replayed=%" PRIu64
            " caught_up=%" PRIu64 " diverged=%" PRIu64 " records=%" PRIu64 " record_bytes=%" PRIu64
            " expired=%" PRIu64 " evicted=%" PRIu64 " stale=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64
-           " superseded=%" PRIu64 "\n",
+           " superseded=%" PRIu64 " drained=%" PRIu64 "\n",
            a->n_convs, a->conns, a->live, a->unmarked, a->replayed, a->caught_up, a->diverged, a->n_records,
-           a->record_bytes, a->expired, a->evicted, a->stale, a->errors, a->refused, a->superseded);
+           a->record_bytes, a->expired, a->evicted, a->stale, a->errors, a->refused, a->superseded,
+           a->drained);
     fflush(stdout);
 }
 
@@ -66,6 +67,7 @@ static void on_expire(struct rs_timer *t)
     struct auxlog *a = t->ctx;
 
     records_expire(a);
+    convs_expire(a);
     rs_timer_after(&a->loop, t, 1000000000ull);
 }
 

@@ -57,9 +57,13 @@ static int catch_up(struct auxlog *a, struct aux_conv *c, size_t cur, bool cur_d
     return 0;
 }
 
+#define AUX_WAIT 2
+
 /* REPLAY: decides whether the client's unit 'cur' (its head is 'cmd') is
  * answered from the record or the conversation catches up and goes live.
- * Returns 1 for replay, 0 for live, or -errno. */
+ * Returns 1 for replay, 0 for live, AUX_WAIT when the recorded unit's reply
+ * is still coming to a draining writer (it may have been done: resending it
+ * could do it twice), or -errno. */
 static int replay_decide(struct auxlog *a, struct aux_conv *c, const struct rs_aux_cmd *cmd, bool parsed)
 {
     struct aux_record *r = c->rec;
@@ -67,6 +71,9 @@ static int replay_decide(struct auxlog *a, struct aux_conv *c, const struct rs_a
     size_t j = (size_t)jj;
     char why[256];
 
+    if (!r->dead && jj >= 0 && j < r->n && !r->u[j].sum.complete && r->writer && r->writer != c
+        && r->writer->draining)
+        return AUX_WAIT;
     c->cur_decided = true;
     if (!r->dead && jj >= 0 && j < r->n && r->u[j].sum.complete && parsed &&
         rs_aux_cmd_same(cmd, &r->u[j].sum.cmd)) {
@@ -119,11 +126,11 @@ static int rerun_claim(struct auxlog *a, struct aux_conv *c, rs_txn_id txn)
 
     for (struct aux_conv *x = a->convs, *next; x; x = next) {
         next = x->next;
-        if (x != c && x->marked && x->txn == txn && x->peer.ip != c->peer.ip) {
+        if (x != c && x->marked && x->txn == txn && x->peer.ip != c->peer.ip && !x->draining) {
             a->superseded++;
             rs_log("cut %s backend=%s txn=%s ordinal=%u: re-run by %s", proto_name(x->proto), RS_A(x->peer),
                    RS_TXN(txn), x->ordinal, RS_A(c->peer));
-            conv_close(a, x, "superseded");
+            conv_supersede(a, x);
         }
     }
     return e;
@@ -262,7 +269,7 @@ static int client_unit(struct auxlog *a, struct aux_conv *c, size_t len, bool da
     if (c->mode == AUX_REPLAY) {
         if (!c->cur_decided) {
             e = replay_decide(a, c, &cmd, parsed);
-            if (e < 0)
+            if (e < 0 || e == AUX_WAIT)
                 return e;
         }
         if (!c->cur_replay)
@@ -278,10 +285,63 @@ static int client_unit(struct auxlog *a, struct aux_conv *c, size_t len, bool da
     return 0;
 }
 
+/* Handles the client's unit cin[0, end) and, unless it waits or the
+ * conversation now only relays, lets the splitter go on after it.
+ * Returns 0, AUX_WAIT or -errno. */
+static int take_unit(struct auxlog *a, struct aux_conv *c, size_t end, bool data)
+{
+    int e = client_unit(a, c, end, data);
+
+    if (e == AUX_WAIT) {
+        c->waiting = true;
+        c->wait_literal = false;
+        c->wait_end = end;
+        c->wait_data = data;
+    }
+    if (e || c->mode == AUX_RELAY)
+        return e;
+    buf_drop(&c->cin, end);
+    c->cfwd = c->cfwd > end ? c->cfwd - end : 0;
+    c->cur_decided = c->cur_replay = false;
+    return 0;
+}
+
+/* REPLAY: decides on the IMAP literal announced by cin[0, end); when it is
+ * answered from the record, asks for the literal in the server's stead.
+ * Returns 0, AUX_WAIT or -errno. */
+static int take_literal(struct auxlog *a, struct aux_conv *c, size_t end)
+{
+    int e;
+
+    if (!c->cur_decided) {
+        struct rs_aux_cmd cmd;
+        bool parsed = rs_aux_cmd_parse(c->proto, c->cin.p, end, false, &cmd) == 0;
+        if (!parsed)
+            memset(&cmd, 0, sizeof(cmd));
+        if ((e = replay_decide(a, c, &cmd, parsed)) < 0)
+            return e;
+        if (e == AUX_WAIT) {
+            c->waiting = c->wait_literal = true;
+            c->wait_end = end;
+            return e;
+        }
+    }
+    return c->cur_replay ? to_client(c, "+ OK\r\n", 6) : 0;
+}
+
+int replay_resume(struct auxlog *a, struct aux_conv *c)
+{
+    int e = c->wait_literal ? take_literal(a, c, c->wait_end) : take_unit(a, c, c->wait_end, c->wait_data);
+
+    if (e < 0 || e == AUX_WAIT)
+        return e < 0 ? e : 0;
+    return client_scan(a, c);
+}
+
 /* Cuts the client's bytes into units.  Returns 0 or -errno. */
 int client_scan(struct auxlog *a, struct aux_conv *c)
 {
-    while (c->mode != AUX_RELAY) {
+    while (c->mode != AUX_RELAY && !c->waiting) {
         struct rs_aux_event ev;
         int k = rs_aux_split_scan(&c->cs, c->cin.p, c->cin.len, &ev), e;
 
@@ -293,28 +353,13 @@ int client_scan(struct auxlog *a, struct aux_conv *c)
             if (c->mode == AUX_PRE) {
                 to_upstream(c, c->cin.p + c->cfwd, ev.end - c->cfwd);
                 c->cfwd = ev.end;
-            } else if (c->mode == AUX_REPLAY) {
-                if (!c->cur_decided) {
-                    struct rs_aux_cmd cmd;
-                    bool parsed = rs_aux_cmd_parse(c->proto, c->cin.p, ev.end, false, &cmd) == 0;
-                    if (!parsed)
-                        memset(&cmd, 0, sizeof(cmd));
-                    if ((e = replay_decide(a, c, &cmd, parsed)) < 0)
-                        return e;
-                }
-                /* We stand in for the server: ask for the literal ourselves. */
-                if (c->cur_replay && (e = to_client(c, "+ OK\r\n", 6)) < 0)
-                    return e;
+            } else if (c->mode == AUX_REPLAY && (e = take_literal(a, c, ev.end)) < 0) {
+                return e;
             }
             continue;
         }
-        if ((e = client_unit(a, c, ev.end, ev.data)) < 0)
+        if ((e = take_unit(a, c, ev.end, ev.data)) < 0)
             return e;
-        if (c->mode == AUX_RELAY)
-            return 0;
-        buf_drop(&c->cin, ev.end);
-        c->cfwd = c->cfwd > ev.end ? c->cfwd - ev.end : 0;
-        c->cur_decided = c->cur_replay = false;
     }
     return 0;
 }
