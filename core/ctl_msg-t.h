@@ -158,11 +158,23 @@ struct rs_ctl_ack {
     int32_t status;           /* 0, or a negative errno in [-4095, -1] */
 };
 
+/* What a STATE_UPDATE carries.  A backend's rs-stated that gets a new
+ * successor in the chain (a readmitted backend) first sends it a snapshot:
+ * its application's whole state, then, per client connection, how far
+ * that state goes (COVERED), then the states it buffers. */
+enum rs_ctl_state_kind {
+    RS_CTL_STATE_TXN = 0,     /* transaction 'txn''s state */
+    RS_CTL_STATE_SNAPSHOT,    /* the sender's whole application state; 'txn' 0, not sync, len > 0 */
+    RS_CTL_STATE_COVERED,     /* the snapshot holds the states of 'txn''s connection up to
+                               * 'txn' itself; len 0, not sync */
+};
+
 struct rs_ctl_state_update {
     rs_txn_id txn;
     bool sync;                /* sent before the response (non-deterministic txn) */
     uint32_t len;             /* <= RS_CTL_STATE_MAX */
     const uint8_t *data;      /* after decode: points into the frame buffer */
+    uint8_t kind;             /* enum rs_ctl_state_kind */
 };
 
 /* The backend will see a TCP connection from 'peer' (the proxy's or the

@@ -62,6 +62,8 @@ static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
 #define F_HAS_TA (1u << 1)
 #define F_HAS_TL (1u << 0)
 #define F_SYNC   (1u << 0)
+#define F_SNAPSHOT (1u << 1)
+#define F_COVERED  (1u << 2)
 
 #define ERRNO_MAX 4095
 
@@ -164,7 +166,11 @@ static int validate__(const struct rs_ctl_msg *m)
     }
     case RS_CTL_STATE_UPDATE: {
         const struct rs_ctl_state_update *b = &m->u.state_update;
-        ok = txn_ok(b->txn) && b->len <= RS_CTL_STATE_MAX && (b->len == 0 || b->data);
+        ok = b->len <= RS_CTL_STATE_MAX && (b->len == 0 || b->data)
+             && (b->kind == RS_CTL_STATE_TXN        ? txn_ok(b->txn)
+                 : b->kind == RS_CTL_STATE_SNAPSHOT ? b->txn == 0 && !b->sync && b->len > 0
+                 : b->kind == RS_CTL_STATE_COVERED  ? txn_ok(b->txn) && !b->sync && b->len == 0
+                                                    : false);
         break;
     }
     case RS_CTL_CONN_MAP:
@@ -329,7 +335,8 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
     case RS_CTL_STATE_UPDATE: {
         const struct rs_ctl_state_update *b = &m->u.state_update;
         rs_put64(p, b->txn);
-        rs_put8(p, b->sync ? F_SYNC : 0);
+        rs_put8(p, (b->sync ? F_SYNC : 0) | (b->kind == RS_CTL_STATE_SNAPSHOT ? F_SNAPSHOT : 0)
+                       | (b->kind == RS_CTL_STATE_COVERED ? F_COVERED : 0));
         rs_put_zero(p, 3);
         rs_put32(p, b->len);
         if (b->len)
@@ -546,8 +553,10 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         struct rs_ctl_state_update *b = &m->u.state_update;
         b->txn = rs_get64(&p);
         fl = rs_get8(&p);
-        pad_ok = get_zero(&p, 3) && !(fl & ~F_SYNC);
+        pad_ok = get_zero(&p, 3) && !(fl & ~(F_SYNC | F_SNAPSHOT | F_COVERED))
+                 && (fl & (F_SNAPSHOT | F_COVERED)) != (F_SNAPSHOT | F_COVERED);
         b->sync = fl & F_SYNC;
+        b->kind = fl & F_SNAPSHOT ? RS_CTL_STATE_SNAPSHOT : fl & F_COVERED ? RS_CTL_STATE_COVERED : RS_CTL_STATE_TXN;
         b->len = rs_get32(&p);
         /* The inner length must account for the whole payload. */
         if (b->len != plen - RS_CTL_STATE_HDR)
@@ -771,7 +780,7 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
                && a->u.ack.status == b->u.ack.status;
     case RS_CTL_STATE_UPDATE: {
         const struct rs_ctl_state_update *x = &a->u.state_update, *y = &b->u.state_update;
-        return x->txn == y->txn && x->sync == y->sync && x->len == y->len
+        return x->txn == y->txn && x->sync == y->sync && x->kind == y->kind && x->len == y->len
                && (x->len == 0 || x->data == y->data
                    || (x->data && y->data && memcmp(x->data, y->data, x->len) == 0));
     }

@@ -210,6 +210,35 @@ int rs_store_drain(struct rs_store *st, struct rs_store_client *c, bool force, u
     return n;
 }
 
+int rs_store_cover(struct rs_store *st, rs_txn_id id, uint64_t now_ns)
+{
+    uint16_t num = rs_txn_id_num(id);
+    struct rs_store_client *c = rs_store_get(st, rs_txn_id_ip4(id), rs_txn_id_port(id), now_ns);
+
+    if (!c)
+        return -ENOBUFS;
+    while (c->head && rs_txn_num_le(c->head->num, num)) {
+        struct rs_store_state *s = c->head;
+
+        c->head = s->next;
+        c->n_states--;
+        st->n_states--;
+        st->bytes -= s->len;
+        free(s);
+    }
+    if (!c->head)
+        c->tail = NULL;
+    if (!c->has_ts || rs_txn_num_lt(c->ts, num)) {
+        c->has_ts = true;
+        c->ts = num;
+    }
+    if (!c->has_ta || rs_txn_num_lt(c->ta, num)) {
+        c->has_ta = true;
+        c->ta = num;
+    }
+    return 0;
+}
+
 int rs_store_take_over(struct rs_store *st, struct rs_store_client *c, uint16_t upto)
 {
     struct rs_store_state **pp = &c->head;

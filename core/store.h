@@ -106,6 +106,13 @@ void rs_store_set_logger(struct rs_store *st, bool present);
 int rs_store_drain(struct rs_store *st, struct rs_store_client *c, bool force, uint16_t upto,
                    rs_store_apply_fn fn, void *ctx);
 
+/* The application holds the state of connection 'id' up to transaction
+ * 'id' itself: its own update (this backend serves it), or a snapshot
+ * that came whole from the predecessor in the chain.  Ts and TA rise to
+ * it and the buffered states numbered up to it are dropped.  Returns 0,
+ * or -ENOBUFS when the client cannot be tracked. */
+int rs_store_cover(struct rs_store *st, rs_txn_id id, uint64_t now_ns);
+
 /* Recovery moved 'c' to this backend from transaction 'upto' on: drops the
  * buffered states numbered 'upto' and later (this backend answers those
  * transactions itself now; the failed primary's copies would overwrite its

@@ -12,6 +12,8 @@ size_t rs_xfer_rec_size(const struct rs_xfer_rec *r)
     case RS_XFER_UPDATE: return RS_XFER_UPDATE_HDR + r->len;
     case RS_XFER_APPLY: return RS_XFER_APPLY_HDR + r->len;
     case RS_XFER_CONN_MAP: return RS_XFER_MAP_LEN;
+    case RS_XFER_EXPORT: return RS_XFER_REC_HDR;
+    case RS_XFER_SNAPSHOT: return RS_XFER_REC_HDR + r->len;
     default: return RS_XFER_DONE_LEN;
     }
 }
@@ -41,6 +43,11 @@ size_t rs_xfer_rec_encode(const struct rs_xfer_rec *r, uint8_t *buf)
         rs_put16(&p, r->map.client.port);
         rs_put16(&p, r->map.next_num);
         rs_put8(&p, r->map.flags);
+        break;
+    case RS_XFER_EXPORT:
+        break;
+    case RS_XFER_SNAPSHOT:
+        rs_put_bytes(&p, r->state, r->len);
         break;
     default:
         rs_put32(&p, (uint32_t)r->status);
@@ -98,6 +105,14 @@ long rs_xfer_rec_decode(const uint8_t *buf, size_t len, struct rs_xfer_rec *r)
         if (n != RS_XFER_DONE_LEN)
             return -EBADMSG;
         r->status = (int32_t)rs_get32(&p);
+        break;
+    case RS_XFER_EXPORT:
+        if (n != RS_XFER_REC_HDR)
+            return -EBADMSG;
+        break;
+    case RS_XFER_SNAPSHOT:
+        r->state = p;
+        r->len = (uint32_t)(n - RS_XFER_REC_HDR);
         break;
     default:
         return -EBADMSG;

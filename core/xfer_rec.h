@@ -21,6 +21,11 @@
  *            u16 client port, u16 next number, u8 flags.  Answered DONE once
  *            recorded (0, or -ENOBUFS when the table is full).
  *   DONE     (both)           i32 status (0 or a negative errno).
+ *   EXPORT   (stated -> app)  no body: the app's whole state, please (a new
+ *            standby in the chain needs it).  Answered by SNAPSHOT, or by
+ *            DONE with a negative status when the app cannot export.
+ *   SNAPSHOT (app -> stated)  state bytes (rest): the whole state, in the
+ *            form an APPLY takes, including every UPDATE sent before it.
  *
  * Records are answered in the order they arrive.  A reader that sees a
  * record it cannot parse has lost the framing and closes the socket (the
@@ -41,6 +46,8 @@ enum rs_xfer_type {
     RS_XFER_APPLY,
     RS_XFER_CONN_MAP,
     RS_XFER_DONE,
+    RS_XFER_EXPORT,
+    RS_XFER_SNAPSHOT,
 };
 
 #define RS_XFER_LEN_FIELD  4u
@@ -61,7 +68,7 @@ struct rs_xfer_rec {
     uint32_t id;
     rs_txn_id txn;                  /* UPDATE, APPLY */
     bool sync;                      /* UPDATE */
-    const uint8_t *state;           /* UPDATE, APPLY */
+    const uint8_t *state;           /* UPDATE, APPLY, SNAPSHOT */
     uint32_t len;
     struct rs_ctl_conn_map map;     /* CONN_MAP */
     int32_t status;                 /* DONE */

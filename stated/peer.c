@@ -66,7 +66,7 @@ void relay_update(struct stated *s, const struct rs_xfer_rec *r)
     } else {
         rl = &s->relays[(s->rel_head + s->rel_len) % RELAY_MAX];
         *rl = (struct relay){ .s = s, .app_gen = s->lib_gen, .lib_id = r->id, .txn = r->txn };
-        m.u.state_update = (struct rs_ctl_state_update){ r->txn, r->sync, r->len, r->state };
+        m.u.state_update = (struct rs_ctl_state_update){ r->txn, r->sync, r->len, r->state, RS_CTL_STATE_TXN };
         err = rs_ctl_call(&s->peer_link, &m, RS_CTL_ACK, &rl->call, s->relay_timeout_ns, on_relay_ack, rl);
         if (!err) {
             s->rel_len++;

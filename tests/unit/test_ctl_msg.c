@@ -33,7 +33,7 @@ static int setup(void **state)
 }
 
 /* A valid message of each type, numbered 0 .. N_SAMPLES-1. */
-#define N_SAMPLES 26
+#define N_SAMPLES 28
 
 static void sample(unsigned i, struct rs_ctl_msg *m)
 {
@@ -79,12 +79,13 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
     case 8:
         m->type = RS_CTL_STATE_UPDATE;
         m->u.state_update = (struct rs_ctl_state_update){ rs_txn_id_make(0x0a000002u, 1234, 3),
-                                                          true, sizeof(state_data), state_data };
+                                                          true, sizeof(state_data), state_data,
+                                                          RS_CTL_STATE_TXN };
         break;
     case 9:
         m->type = RS_CTL_STATE_UPDATE;
         m->u.state_update = (struct rs_ctl_state_update){ rs_txn_id_make(0x0a000002u, 1234, 4),
-                                                          false, 0, NULL };
+                                                          false, 0, NULL, RS_CTL_STATE_TXN };
         break;
     case 10:
         m->type = RS_CTL_CONN_MAP;
@@ -164,6 +165,16 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
         m->type = RS_CTL_FLOW;
         m->u.flow = (struct rs_ctl_flow){ .op = RS_CTL_FLOW_BEGIN, .epoch = 0xffffffffffffffffull };
         break;
+    case 26:
+        m->type = RS_CTL_STATE_UPDATE;
+        m->u.state_update = (struct rs_ctl_state_update){ .kind = RS_CTL_STATE_SNAPSHOT,
+                                                          .len = sizeof(state_data), .data = state_data };
+        break;
+    case 27:
+        m->type = RS_CTL_STATE_UPDATE;
+        m->u.state_update = (struct rs_ctl_state_update){ .kind = RS_CTL_STATE_COVERED,
+                                                          .txn = rs_txn_id_make(0x0a000002u, 1234, 9) };
+        break;
     }
 }
 
@@ -235,7 +246,7 @@ static void roundtrip_max_state(void **state)
     m.sender = 5;
     m.seq = 1;
     m.u.state_update = (struct rs_ctl_state_update){ rs_txn_id_make(1, 1, 1), false,
-                                                     RS_CTL_STATE_MAX, data };
+                                                     RS_CTL_STATE_MAX, data, RS_CTL_STATE_TXN };
     n = rs_ctl_encode(&key_a, &m, buf, cap);
     assert_int_equal(n, (int)(RS_CTL_HDR_LEN + RS_CTL_STATE_HDR + RS_CTL_STATE_MAX + RS_CTL_MAC_LEN));
     assert_true((size_t)n <= RS_CTL_FRAME_MAX);
@@ -683,6 +694,14 @@ static void invalid_messages(void **state)
     BAD_MSG(7, m.u.ack.status = 1);
     BAD_MSG(7, m.u.ack.echo_seq = 0);
     BAD_MSG(8, m.u.state_update.data = NULL);
+    BAD_MSG(8, m.u.state_update.kind = RS_CTL_STATE_COVERED + 1);
+    BAD_MSG(9, m.u.state_update.txn = 0);
+    BAD_MSG(26, m.u.state_update.txn = rs_txn_id_make(0x0a000002u, 1234, 9));
+    BAD_MSG(26, m.u.state_update.sync = true);
+    BAD_MSG(26, (m.u.state_update.len = 0, m.u.state_update.data = NULL));
+    BAD_MSG(27, m.u.state_update.txn = 0);
+    BAD_MSG(27, (m.u.state_update.len = sizeof(state_data), m.u.state_update.data = state_data));
+    BAD_MSG(27, m.u.state_update.sync = true);
     BAD_MSG(23, m.u.flow.epoch = 0);
     BAD_MSG(23, m.u.flow.op = 0);
     BAD_MSG(23, m.u.flow.op = RS_CTL_FLOW_OP_MAX + 1);

@@ -203,6 +203,40 @@ static void take_over(void **state)
     assert_null(c->tail);
 }
 
+/* A snapshot (or the app's own update) covers the connection up to a
+ * number: Ts and TA rise to it, the buffered states up to it go, later
+ * ones stay and apply once logged; a lower cover changes nothing. */
+static void cover(void **state)
+{
+    struct rs_store_client *c;
+
+    (void)state;
+    for (uint16_t i = 2; i < 7; i++)
+        assert_int_equal(put(i, "z"), 0);
+    assert_int_equal(rs_store_cover(st, rs_txn_id_make(IP, PORT, 4), 1000), 0);
+    c = client();
+    assert_true(c->has_ts && c->has_ta);
+    assert_int_equal(c->ts, 4);
+    assert_int_equal(c->ta, 6);
+    assert_int_equal(c->n_states, 2);
+    assert_int_equal(c->head->num, 5);
+    assert_int_equal(st->n_states, 2);
+    assert_int_equal(put(4, "old"), -ESTALE);
+    assert_int_equal(rs_store_cover(st, rs_txn_id_make(IP, PORT, 1), 1000), 0);
+    assert_int_equal(c->ts, 4);
+    assert_int_equal(rs_store_logged(st, rs_txn_id_make(IP, PORT, 6), 1000), 0);
+    assert_int_equal(rs_store_drain(st, c, false, 0, apply, NULL), 2);
+    assert_int_equal(seen.nums[0], 5);
+    assert_int_equal(c->ts, 6);
+    /* All covered: the list empties, TA follows. */
+    assert_int_equal(put(8, "w"), 0);
+    assert_int_equal(rs_store_cover(st, rs_txn_id_make(IP, PORT, 9), 1000), 0);
+    assert_null(c->head);
+    assert_null(c->tail);
+    assert_int_equal(c->ta, 9);
+    assert_int_equal(st->bytes, 0);
+}
+
 /* Numbers wrap at 2^16: 65535 comes before 0. */
 static void numbers_wrap(void **state)
 {
@@ -262,6 +296,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(resend_and_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(forced_drain_and_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(take_over, setup, teardown),
+        cmocka_unit_test_setup_teardown(cover, setup, teardown),
         cmocka_unit_test_setup_teardown(numbers_wrap, setup, teardown),
         cmocka_unit_test_setup_teardown(per_client_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(eviction, setup, teardown),

@@ -32,6 +32,12 @@ static struct rs_xfer_rec sample(uint8_t type)
         r.map.next_num = 7;
         r.map.flags = RS_CTL_CONN_MAP_RERUN;
         break;
+    case RS_XFER_EXPORT:
+        break;
+    case RS_XFER_SNAPSHOT:
+        r.state = state_bytes;
+        r.len = sizeof(state_bytes) - 1;
+        break;
     default:
         r.status = -ETIMEDOUT;
         break;
@@ -42,7 +48,7 @@ static struct rs_xfer_rec sample(uint8_t type)
 static void round_trip_every_type(void **state)
 {
     (void)state;
-    for (uint8_t t = RS_XFER_UPDATE; t <= RS_XFER_DONE; t++) {
+    for (uint8_t t = RS_XFER_UPDATE; t <= RS_XFER_SNAPSHOT; t++) {
         struct rs_xfer_rec in = sample(t), out;
         uint8_t buf[256];
         size_t n = rs_xfer_rec_encode(&in, buf);
@@ -91,6 +97,13 @@ static void wire_layout(void **state)
     assert_int_equal(buf[16], 0x88);
     assert_int_equal(buf[17], 1);                   /* sync */
     assert_memory_equal(buf + 18, state_bytes, u.len);
+    /* EXPORT: the header alone; SNAPSHOT: the state right after it. */
+    struct rs_xfer_rec e = sample(RS_XFER_EXPORT), s = sample(RS_XFER_SNAPSHOT);
+    assert_int_equal(rs_xfer_rec_encode(&e, buf), RS_XFER_REC_HDR);
+    assert_memory_equal(buf, ((uint8_t[]){ 0, 0, 0, 5, RS_XFER_EXPORT, 1, 2, 3, 4 }), RS_XFER_REC_HDR);
+    assert_int_equal(rs_xfer_rec_encode(&s, buf), RS_XFER_REC_HDR + s.len);
+    assert_int_equal(buf[4], RS_XFER_SNAPSHOT);
+    assert_memory_equal(buf + RS_XFER_REC_HDR, state_bytes, s.len);
 }
 
 /* Every prefix of a record asks for more bytes; two records back to back
@@ -160,6 +173,8 @@ static void malformed_streams(void **state)
     buf[4] = 99;                                                    /* unknown type */
     assert_int_equal(rs_xfer_rec_decode(buf, n, &out), -EBADMSG);
     buf[4] = RS_XFER_CONN_MAP;                                      /* wrong size */
+    assert_int_equal(rs_xfer_rec_decode(buf, n, &out), -EBADMSG);
+    buf[4] = RS_XFER_EXPORT;                                        /* EXPORT has no body */
     assert_int_equal(rs_xfer_rec_decode(buf, n, &out), -EBADMSG);
 
     struct rs_xfer_rec u = sample(RS_XFER_UPDATE);
