@@ -87,6 +87,11 @@ static bool call_match(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     bool keyed = reply_key(m, &k);
 
     for (struct rs_ctl_call *call = c->calls; call; call = call->next) {
+        if (m->type == RS_CTL_ACK && m->u.ack.status < 0 && m->u.ack.echo_seq == call->seq) {
+            /* A refusal ends any call, whatever reply it waited for. */
+            call_end(call, m->u.ack.status, m);
+            return true;
+        }
         if (call->reply_type != m->type)
             continue;
         if (m->type == RS_CTL_ACK ? m->u.ack.echo_seq != call->seq

@@ -36,8 +36,10 @@ static void usage(FILE *f)
         "  heartbeat [--backend-id N]   (one UDP datagram, as rs-stated sends them; role\n"
         "           BACKEND with an id, else PROXY; no reply)\n"
         "  status   (to the proxy: each backend's role, fenced, protected, connections)\n"
-        "  fence --backend-id N    (to the proxy: declare it failed; its connections move)\n"
-        "  readmit --backend-id N  (to the proxy: take it back after its rejoin)\n"
+        "  fence --backend-id N [--target IP:PORT]   (to the proxy: declare it failed; its\n"
+        "           connections move.  To an rs-stated, as the proxy sends it: --target is\n"
+        "           the backend's address, which names a --peer given without an id)\n"
+        "  readmit --backend-id N [--target IP:PORT]  (take it back after its rejoin)\n"
         "  recover --client IP:PORT --backend-id N --target IP:PORT   (prints the PLAN)\n"
         "  resend --client IP:PORT --from SEQ --to-seq SEQ [--out FILE]\n"
         "         (to a logger's resend port: writes the bytes received to FILE or stdout)\n"
@@ -181,6 +183,7 @@ int main(int argc, char **argv)
                                                { a.target.ip, a.target.port }, false, 0, 0, false, 0 };
     } else if (m.type == RS_CTL_FENCE) {
         m.u.fence.backend_id = a.backend_id;
+        m.u.fence.ip4 = a.target.ip;
     } else if (m.type == RS_CTL_RESEND) {
         m.u.resend = (struct rs_ctl_resend){ { a.client.ip, a.client.port }, a.from, a.to_seq };
     } else if (m.type == RS_CTL_CONN_MAP) {

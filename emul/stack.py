@@ -23,7 +23,9 @@ host proxy, "proxy2" standing by on host proxy2 (proxy/pair.c).  On a
 LanTopo(spare=True) a third backend, "spare", stands by to become the
 alternate after a failover: the rs-stateds form a chain (primary ->
 alternate -> spare, --peer with ids) and the proxy and the logger know
-it (--spare, --spare-stated)."""
+it (--spare, --spare-stated).  With 'readmit' (always with a spare) the
+logger also knows the primary's rs-stated (--spare-stated), so that the
+primary can be readmitted after a failover as a standby."""
 import os
 import signal
 
@@ -37,7 +39,7 @@ BACKEND_IDS = {"primary": PRIMARY_ID, "alternate": ALTERNATE_ID, "spare": SPARE_
 
 class Stack:
     def __init__(self, tb, run_dir, recovery=True, app_args=(), logger_args=(), proxy_args=(),
-                 heartbeat="10ms", dead_after="100ms", front=None, app_host_args=None):
+                 heartbeat="10ms", dead_after="100ms", front=None, app_host_args=None, readmit=False):
         self.tb, self.dir, self.recovery = tb, run_dir, recovery
         self.app_args, self.logger_args, self.proxy_args = list(app_args), list(logger_args), list(proxy_args)
         self.heartbeat, self.dead_after = heartbeat, dead_after
@@ -45,6 +47,7 @@ class Stack:
         self.pair = getattr(tb.topo, "pair", False)
         self.spare = getattr(tb.topo, "spare", False)
         self.backends = ("primary", "alternate") + (("spare",) if self.spare else ())
+        self.readmit = readmit or self.spare
         self.app_host_args = app_host_args or (lambda host: [])
         self.key = os.path.join(run_dir, "key.hex")
         self.vip = f"{SERVERS['proxy']}:{VIP_PORT}"
@@ -57,36 +60,57 @@ class Stack:
 
     def start(self):
         self._key()
-        s = SERVERS
         if self.recovery:
             for host in reversed(self.backends):    # the chain's end first
-                sock = os.path.join(self.dir, f"stated-{host}.sock")
-                self.d[f"stated-{host}"] = self.tb.start(host, f"stated-{host}", [
-                    binary("rs-stated"), "--id", str(BACKEND_IDS[host]), "--listen", f"0.0.0.0:{STATED_PORT}",
-                    "--app-socket", sock, "--key", self.key] + self._peers(host) + [
-                    "--logger", f"{s['logger']}:{LOGGER_CTL}", "--heartbeat", self.heartbeat], ready="listening")
+                self.start_stated(host)
             self.start_logger()
         for host in self.backends:
-            argv = [binary("rs-front" if self.front else "rs-app"), "--listen", f"0.0.0.0:{APP_PORT}",
-                    "--id", host] + self.app_args
-            argv += list(self.app_host_args(host))
-            if self.front and "start" in self.front:
-                self.front["start"](host)
-            elif self.front:
-                self.d[f"upstream-{host}"] = self.tb.start(host, f"upstream-{host}", self.front["upstream"](host),
-                                                           ready="listening")
-            if self.front:
-                argv += ["--upstream", f"127.0.0.1:{self.front['port']}"]
-                argv += list(self.front.get("args", lambda h: [])(host))
-            if self.recovery:
-                argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
-            self.d[f"app-{host}"] = self.tb.start(host, f"app-{host}", argv, ready="listening")
+            self.start_app(host)
         if self.pair:       # the standby first: the active connects to it at once
             self.start_proxy("proxy2", fresh=True, host="proxy2", standby=True)
         self.start_proxy(fresh=True)   # a new deployment: nothing of an earlier stack
         if self.pair:
             self.wait_standby()
         return self
+
+    def start_stated(self, host, name=None):
+        """Starts rs-stated on backend 'host' (again, after a crash: its log
+        then goes to run/'name'.err)."""
+        s = SERVERS
+        sock = os.path.join(self.dir, f"stated-{host}.sock")
+        self.d[f"stated-{host}"] = self.tb.start(host, name or f"stated-{host}", [
+            binary("rs-stated"), "--id", str(BACKEND_IDS[host]), "--listen", f"0.0.0.0:{STATED_PORT}",
+            "--app-socket", sock, "--key", self.key] + self._peers(host) + [
+            "--logger", f"{s['logger']}:{LOGGER_CTL}", "--heartbeat", self.heartbeat], ready="listening")
+        return self.d[f"stated-{host}"]
+
+    def start_app(self, host, name=None):
+        """Starts the application on backend 'host' (again: see start_stated)."""
+        argv = [binary("rs-front" if self.front else "rs-app"), "--listen", f"0.0.0.0:{APP_PORT}",
+                "--id", host] + self.app_args
+        argv += list(self.app_host_args(host))
+        if self.front and "start" in self.front:
+            self.front["start"](host)
+        elif self.front:
+            self.d[f"upstream-{host}"] = self.tb.start(host, f"upstream-{host}", self.front["upstream"](host),
+                                                       ready="listening")
+        if self.front:
+            argv += ["--upstream", f"127.0.0.1:{self.front['port']}"]
+            argv += list(self.front.get("args", lambda h: [])(host))
+        if self.recovery:
+            argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
+        self.d[f"app-{host}"] = self.tb.start(host, name or f"app-{host}", argv, ready="listening")
+        return self.d[f"app-{host}"]
+
+    def restart_backend(self, host, generation=2):
+        """A failed backend's restart: SIGKILLs what is left of its rs-stated
+        and application, starts both afresh (logs run/stated-'host'-N.err,
+        app-'host'-N.err).  Readmit it at the proxy afterwards."""
+        for key in (f"app-{host}", f"stated-{host}"):
+            if self.d[key].alive():
+                self.tb.kill(self.d[key])
+        self.start_stated(host, f"stated-{host}-{generation}")
+        return self.start_app(host, f"app-{host}-{generation}")
 
     def wait_standby(self, host="proxy2", timeout=5):
         """Waits until the pair's standby on 'host' holds the active's table."""
@@ -141,7 +165,8 @@ class Stack:
             "--backend", f"{PRIMARY_ID}={s['primary']}", "--backend", f"{ALTERNATE_ID}={s['alternate']}",
             "--dead-after", self.dead_after] + ([
                 "--backend", f"{SPARE_ID}={self.addr('spare')}",
-                "--spare-stated", f"{self.addr('spare')}:{STATED_PORT}"] if self.spare else []) + self.logger_args,
+                "--spare-stated", f"{self.addr('spare')}:{STATED_PORT}"] if self.spare else []) + (
+                ["--spare-stated", f"{s['primary']}:{STATED_PORT}"] if self.readmit else []) + self.logger_args,
             ready="listening")
         return self.d["logger"]
 

@@ -35,6 +35,10 @@ from outside the component:
                         interfaces down (the standby takes over after
                         --takeover-after; the clients of connections still
                         being set up there are reset at once, probed)
+  double                with a spare backend (LanTopo(spare=True), the reference
+                        app only): SIGKILL of the primary, then of the
+                        alternate 0.3-1.5 s later (it serves by then, or is
+                        still recovering): the spare takes over, masked
   auxlog                SIGKILL of rs-auxlog (Roundcube only; not in the
                         default list: it is not replicated, nothing masks it)
 
@@ -80,8 +84,8 @@ Writes results/faults/trials.csv (one row per trial: seed, fault, moment,
 workload, load, verdict, reason, ...; experiments/common.py documents the
 columns; make figures draws the matrix and REPORT.md's section), and ends
 with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
-false_failovers= ...'.  TRIALS= per (fault, workload) (default: 52 for
-refapp-1, 20 for refapp-50, 4 for each Roundcube action: 1040 trials),
+false_failovers= ...'.  TRIALS= per (fault, workload) (default: 48 for
+refapp-1, 18 for refapp-50, 4 for each Roundcube action: 1028 trials),
 QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
 WORKLOADS=, SEED=, MOMENT_MS= (every fault at this moment: the drawn
 moment depends on the machine's pace), HOG=1 (a busy loop on the logger and proxy hosts: the
@@ -110,20 +114,23 @@ from experiments.pcaps import ends  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 FAULTS = ("none", "process", "host", "hang", "cut-logger", "alternate-in-recovery", "logger-idle",
-          "logger-in-recovery", "client-loss", "second", "proxy", "pair-kill", "pair-host")
-# These run on a testbed of their own, with a proxy pair.
+          "logger-in-recovery", "client-loss", "second", "proxy", "pair-kill", "pair-host", "double")
+# These run on a testbed of their own, with a proxy pair, or with a spare.
 PAIR_FAULTS = ("pair-kill", "pair-host")
+SPARE_FAULTS = ("double",)
+DOUBLE_DELAY_S = (0.3, 1.5)
 # Faults a campaign runs only when asked (FAULTS=...): rs-auxlog is not
 # replicated, so its death is not masked (see the closing notes of issue 14).
 OPT_IN = ("auxlog",)
 # The seed's model masks one fault: after the primary's, the alternate or
 # the logger gone too leaves some connections nothing to move to, and a
 # clean end (a RST within 1 s, counted) is a correct outcome for them.
-def unmaskable(times):
+# With a spare (re-protection) the alternate's death is masked too.
+def unmaskable(times, backends=2):
     """True when 'times' (the faults injected) hold such a second fault."""
     names = [w for w, _ in times]
     return any(w in ("app-primary", "host", "hang", "cut-logger") for w in names) and \
-        any(w in ("app-alternate", "logger") for w in names)
+        any(w == "logger" or (w == "app-alternate" and backends < 3) for w in names)
 
 SECOND = ("client-loss", "logger", "alternate")
 PROXY_RESTART_S = 0.2        # a supervisor's delay before it starts a killed rs-proxy again
@@ -204,12 +211,15 @@ class Refapp:
         return self.stack.d[f"app-{host}"].alive()
 
     def serving(self):
-        """The backend that holds the application's state now: the
-        alternate once the proxy declared the primary failed (it may do so
-        after the clients are done: a partitioned primary) or the primary's
-        application is gone."""
-        failed = re.search(r"rs-proxy failure backend_id=1 ", self.stack.proxy_log())
-        return "alternate" if failed or not self.app_alive("primary") else "primary"
+        """The backend that holds the application's state now: the first,
+        in the chain's order, that the proxy did not declare failed (it may
+        do so after the clients are done: a partitioned primary) and whose
+        application lives."""
+        plog, chain = self.stack.proxy_log(), self.stack.backends
+        for i, host in enumerate(chain[:-1]):
+            if not re.search(rf"rs-proxy failure backend_id={i + 1} ", plog) and self.app_alive(host):
+                return host
+        return chain[-1]
 
     def trace(self, host, seed):
         path = os.path.join(self.work, f"{host}.trace")
@@ -328,9 +338,10 @@ WORKLOADS = {
 }
 CLIENT_HOSTS = 5
 # Trials per fault of each workload in the full campaign (TRIALS= sets them
-# all): 1040 trials (80 per fault), about 43 minutes here (with 50/20/5/5:
-# 44.5); the 45-minute bound is near, trim these before adding a fault.
-FULL_TRIALS = {"refapp-1": 52, "refapp-50": 20, "roundcube-action1": 4, "roundcube-action2": 4}
+# all): 1028 trials (74 per fault, 66 for 'double', which runs with the
+# reference app only); 1040 took 44.5 minutes here (50/20/5/5 per fault):
+# the 45-minute bound is near, trim these before adding a fault.
+FULL_TRIALS = {"refapp-1": 48, "refapp-50": 18, "roundcube-action1": 4, "roundcube-action2": 4}
 
 
 # ---- faults ----------------------------------------------------------------
@@ -451,6 +462,11 @@ class Faults:
             self.mark("proxy")
             self.tb.host_down("proxy")
             self.undo.append(lambda: self.tb.host_up("proxy"))
+        elif fault == "double":
+            self.primary_kill()
+            t = threading.Timer(self.rng.uniform(*DOUBLE_DELAY_S), lambda: self.kill("app-alternate"))
+            t.start()
+            return t
         elif fault == "second":
             second, delay = self.rng.choice(SECOND), self.rng.uniform(0, 2)
             self.primary_kill()
@@ -491,7 +507,7 @@ def false_failovers(plog, times):
     n = 0
     for m in re.finditer(r"^(\d+\.\d+) rs-proxy failure backend_id=(\d+) ", plog, re.M):
         t, bid = float(m.group(1)), int(m.group(2))
-        since = primary_t if bid == 1 else alt_t
+        since = {1: primary_t, 2: alt_t}.get(bid)
         if since is None or t < since:
             n += 1
     return n
@@ -504,10 +520,11 @@ def counter_of(tb, host):
     return int(m.group(1)) if m else None
 
 
-def judge(row, clients, flows, plog, times, effects):
+def judge(row, clients, flows, plog, times, effects, backends=2):
     """Fills the verdict of 'row' from outside: client rows, pcap ends,
     the proxy's log, the side effects ((fields, violations) from the
-    workload).  Returns the list of violations."""
+    workload), on a stack of 'backends' backends.  Returns the list of
+    violations."""
     bad = []
     results = [r for c in clients for r in c["rows"]]
     row["requests"] = len(results)
@@ -535,7 +552,7 @@ def judge(row, clients, flows, plog, times, effects):
         if end is None or ("client_end" in e and e["client_end"] <= end):
             continue
         since = max(last_fault or 0, e.get("client_syn", 0))
-        ok = ("server_rst" in e and e["server_rst"] == end and unmaskable(times) and client in counted
+        ok = ("server_rst" in e and e["server_rst"] == end and unmaskable(times, backends) and client in counted
               and last_fault is not None and end - since <= CLEAN_END_S)
         if proxy_t is not None and client not in spliced_at_kill:
             ok = ok or 0 <= end - max(proxy_t, e.get("client_syn", 0)) <= CLEAN_END_S
@@ -642,7 +659,7 @@ def trial(tb, args, target, fault, workload, n, seed, window):
     # the logger compares every such byte on the wire.
     if "reason=conflict" in llog:
         effects = (effects[0], effects[1] + ["wrong_bytes"])
-    if judge(row, clients, flows, plog, faults.times, effects):
+    if judge(row, clients, flows, plog, faults.times, effects, len(stack.backends)):
         row["kept"] = keep(args, f"{fault}-{workload}-{n}")
     return row
 
@@ -662,17 +679,27 @@ def matrix(rows, faults, workloads):
                      for v in FAULT_VERDICTS} for f in faults for w in workloads}
 
 
-def run_group(args, pair, faults, workloads, per, windows, prog, rows, out):
-    """The trials of 'faults' on one testbed (with a proxy pair or not)."""
+def runs(f, w):
+    """Whether fault 'f' runs with workload 'w'."""
+    if f == "auxlog":
+        return w.startswith("roundcube")      # only Roundcube talks to a mail store
+    return f not in SPARE_FAULTS or not w.startswith("roundcube")
+
+
+def run_group(args, topo, faults, workloads, per, windows, prog, rows, out):
+    """The trials of 'faults' on one testbed (LanTopo's 'topo' options: a
+    proxy pair, a spare, or neither)."""
     Roundcube.shared = None     # its daemons live on one testbed
-    with Testbed(LanTopo(clients=CLIENT_HOSTS, pair=pair), args.work, seed=args.seed) as tb:
+    with Testbed(LanTopo(clients=CLIENT_HOSTS, **topo), args.work, seed=args.seed) as tb:
         if args.hog:        # the machine has two cores: everything competes with these
-            for h in ("logger", "proxy") + (("proxy2",) if pair else ()):
+            for h in ("logger", "proxy") + (("proxy2",) if topo.get("pair") else ()):
                 tb.start(h, f"hog-{h}", ["sh", "-c", "while :; do :; done"])
         for w in workloads:
+            if not any(runs(f, w) for f in faults):
+                continue
             target = WORKLOADS[w](tb, args.work)
             for f in faults:
-                if f == "auxlog" and not target.auxlog():
+                if not runs(f, w):
                     continue
                 for n in range(per[w]):
                     if f != "none" and windows.get(w) is None:
@@ -736,13 +763,13 @@ def main():
         os.remove(table)
     out = RowWriter(table, "faults", config={"faults": faults, "workloads": workloads, "per": per,
                                              "build": args.build, "bound_s": args.bound, "hog": args.hog})
-    prog = Progress(sum(per[w] * sum(f != "auxlog" or w.startswith("roundcube") for f in faults) for w in workloads))
+    prog = Progress(sum(per[w] * sum(runs(f, w) for f in faults) for w in workloads))
     rows, t_start = [], time.time()
     windows = {}     # workload -> the crash-free action's length (s), measured once
-    for pair in (False, True):
-        group = [f for f in faults if (f in PAIR_FAULTS) == pair]
+    for topo, kinds in (({}, None), ({"pair": True}, PAIR_FAULTS), ({"spare": True}, SPARE_FAULTS)):
+        group = [f for f in faults if (f in kinds if kinds else f not in PAIR_FAULTS + SPARE_FAULTS)]
         if group:
-            run_group(args, pair, group, workloads, per, windows, prog, rows, out)
+            run_group(args, topo, group, workloads, per, windows, prog, rows, out)
     out.close()
     m = matrix(rows, faults, workloads)
     print(f"{'fault':22s} " + " ".join(f"{w:>22s}" for w in workloads))

@@ -229,6 +229,11 @@ struct front {
     struct front_rec recs[FRONT_RECS];
     uint32_t rec_next;
     uint64_t installed_seq;         /* --apply-file: the newest state installed */
+    /* The newest state this front's own updates carried (a copy), for an
+     * export to a standby joining the chain (update.c). */
+    uint8_t *own;
+    uint32_t own_len;
+    uint64_t own_seq;
     bool crashed;                   /* --crash-at fired (a test's fault injection) */
     uint64_t stats[FS_MAX];
 };
@@ -327,6 +332,10 @@ void update_send_held(struct front_conn *c, struct front_txn *t, bool with_resp)
 /* Decodes envelope 'data' ('len' bytes).  Returns 1 when it is one, 0 when
  * the data is a bare state, -EINVAL when the envelope is malformed. */
 int front_blob_parse(const void *data, size_t len, struct front_blob *b);
+/* The library's ops.export: the newest whole state this backend has, its
+ * own update's or the one --apply-file installed, in an envelope.  With
+ * --apply-cmd the state lives in the application: -EOPNOTSUPP. */
+int front_export(void *ctx, const void **state, size_t *len);
 
 /* ---- alternate.c: the peer's states and recorded responses ---------------------- */
 

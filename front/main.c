@@ -160,7 +160,7 @@ static bool reap(void *ctx)
 /* Sets up everything the loop serves.  Returns 0, or 1 after printing why not. */
 static int setup(struct front *f, const struct opts *o)
 {
-    struct rs_state_ops ops = { .ctx = f, .apply = front_apply, .resume = front_resume };
+    struct rs_state_ops ops = { .ctx = f, .apply = front_apply, .resume = front_resume, .export = front_export };
     int err;
 
     if (!realpath(f->cfg.state_dir, f->state_real)) {
@@ -227,6 +227,7 @@ int main(int argc, char **argv)
     rs_log("exit");
     rs_state_close(f.stated);
     free(f.blob);
+    free(f.own);
     rs_server_close(&f.server);
     rs_loop_fini(&f.loop);
     return 0;

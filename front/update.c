@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -56,6 +57,63 @@ int front_blob_parse(const void *data, size_t len, struct front_blob *b)
     return 1;
 }
 
+static void blob_header(uint8_t *b, uint32_t slen, uint32_t rlen, uint64_t seq)
+{
+    memcpy(b, FRONT_BLOB_MAGIC, 4);
+    put_le32(b + 4, slen);
+    put_le32(b + 8, rlen);
+    put_le32(b + 12, (uint32_t)seq);
+    put_le32(b + 16, (uint32_t)(seq >> 32));
+}
+
+/* Keeps a copy of 'len' bytes of state 'seq' when it is the newest this
+ * front made (an export's; a state without a sequence is kept as newest). */
+static void own_keep(struct front *f, const uint8_t *state, uint32_t len, uint64_t seq)
+{
+    uint8_t *p;
+
+    if (seq && seq < f->own_seq)
+        return;
+    if (!(p = realloc(f->own, len ? len : 1)))
+        return;         /* an export then offers the previous one: older, still consistent */
+    memcpy(p, state, len);
+    f->own = p;
+    f->own_len = len;
+    f->own_seq = seq;
+}
+
+int front_export(void *ctx, const void **state, size_t *len)
+{
+    struct front *f = ctx;
+    uint8_t *b = f->blob;
+    uint64_t seq;
+    size_t slen;
+
+    if (f->own && f->own_seq >= f->installed_seq) {
+        seq = f->own_seq;
+        slen = f->own_len;
+        memcpy(b + FRONT_BLOB_HDR, f->own, slen);
+    } else if (f->cfg.apply_file) {
+        /* The state installed by rename: whole whenever it is read. */
+        int fd = open(f->cfg.apply_file, O_RDONLY | O_CLOEXEC);
+        ssize_t n = fd < 0 ? -1 : read(fd, b + FRONT_BLOB_HDR, RS_CTL_STATE_MAX - FRONT_BLOB_HDR + 1);
+
+        if (fd >= 0)
+            close(fd);
+        if (n < 0 || (size_t)n > RS_CTL_STATE_MAX - FRONT_BLOB_HDR)
+            return n < 0 ? -errno : -EMSGSIZE;
+        seq = f->installed_seq;
+        slen = (size_t)n;
+    } else {
+        return -EOPNOTSUPP;     /* --apply-cmd: the state lives in the application */
+    }
+    blob_header(b, (uint32_t)slen, 0, seq);
+    *state = b;
+    *len = FRONT_BLOB_HDR + slen;
+    rs_log("state-export %zuB seq=%" PRIu64, slen, seq);
+    return 0;
+}
+
 /* Hands the envelope in f->blob (the state of 'slen' bytes and a response
  * of 'rlen' bytes already after the header) to the library. */
 static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen, uint32_t rlen, bool sync)
@@ -64,11 +122,8 @@ static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen,
     char id[RS_TXN_ID_STRLEN];
     int r;
 
-    memcpy(b, FRONT_BLOB_MAGIC, 4);
-    put_le32(b + 4, slen);
-    put_le32(b + 8, rlen);
-    put_le32(b + 12, (uint32_t)t->state_seq);
-    put_le32(b + 16, (uint32_t)(t->state_seq >> 32));
+    blob_header(b, slen, rlen, t->state_seq);
+    own_keep(c->f, b + FRONT_BLOB_HDR, slen, t->state_seq);
     t->hooked = true;
     r = rs_state_update(c->f->stated, t->id, b, FRONT_BLOB_HDR + slen + rlen, sync);
     t->waiting = r == RS_STATE_WAIT;

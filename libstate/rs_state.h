@@ -28,6 +28,8 @@
  *      here sends no update back (rs_state_update returns 0 and counts it).
  *   4. When a transaction ends before its held response was resumed (its
  *      connection died), call rs_state_forget().
+ *   5. Optionally, ops.export gives the whole state at once, so that a
+ *      backend readmitted after a restart can become a standby again.
  * The library is single-threaded: call it from the loop's thread only.
  * Link: build/librs-state.a build/libresplice.a -lsodium -lhttp_parser -lm
  * (make builds both).  libstate/example/kv.c is a whole application in
@@ -66,6 +68,14 @@ struct rs_state_ops {
      * unreplicated (logged and counted) rather than never, as the standby
      * is gone or unreachable. */
     void (*resume)(void *ctx, rs_txn_id id, int err);
+    /* Optional: the application's whole state, in the form 'apply' takes
+     * (at most RS_CTL_STATE_MAX bytes; '*state' valid until the next call
+     * into the library), including every update passed to
+     * rs_state_update before.  rs-stated asks for it when a standby joins
+     * the chain behind this backend (a readmitted one), to bring it up to
+     * date.  Returns 0 or a negative errno.  Without it a joining standby
+     * cannot be brought up to date through this backend. */
+    int (*export)(void *ctx, const void **state, size_t *len);
 };
 
 /* Who an accepted connection's transactions are named after. */

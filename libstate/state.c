@@ -392,6 +392,25 @@ static bool on_record(struct rs_state *x, const struct rs_xfer_rec *r)
     case RS_XFER_DONE:
         on_done(x, r);
         break;
+    case RS_XFER_EXPORT: {
+        struct rs_xfer_rec s = { .type = RS_XFER_SNAPSHOT, .id = r->id };
+        const void *state = NULL;
+        size_t len = 0;
+        int err = x->ops.export ? x->ops.export(x->ops.ctx, &state, &len) : -EOPNOTSUPP;
+
+        if (!err && (len == 0 || len > RS_CTL_STATE_MAX))
+            err = -EMSGSIZE;
+        if (!err) {
+            s.state = state;
+            s.len = (uint32_t)len;
+            if (send_rec(x, &s) < 0)
+                rs_log("state-export id=%u lost (socket full or closed)", r->id);
+        } else {
+            send_done(x, r->id, err);
+        }
+        rs_log("state-export id=%u %zuB%s%s", r->id, len, err ? ": " : "", err ? strerror(-err) : "");
+        break;
+    }
     default:
         rs_log("stated-record type=%u unexpected (ignored)", r->type);
         break;

@@ -44,13 +44,16 @@ void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end)
     m.u.txn_logged = (struct rs_ctl_txn_logged){ txn, resp_end };
     if (rs_ctl_send(&lg->st, &m) == 0)
         lg->s.txn_logged_sent++;
-    if (lg->has_spare_stated)
-        rs_ctl_send(&lg->st_spare, &m);
+    for (int i = 0; i < lg->n_spare_stated; i++)
+        rs_ctl_send(&lg->st_spare[i], &m);
 }
 
 struct rs_ctlconn *lg_ctl_stated_of(struct logger *lg, uint32_t ip)
 {
-    return lg->has_spare_stated && ip == lg->spare_stated.ip ? &lg->st_spare : &lg->st;
+    for (int i = 0; i < lg->n_spare_stated; i++)
+        if (ip == lg->spare_stated[i].ip)
+            return &lg->st_spare[i];
+    return &lg->st;
 }
 
 void lg_ctl_unlogged(struct logger *lg, rs_txn_id from)
@@ -61,8 +64,8 @@ void lg_ctl_unlogged(struct logger *lg, rs_txn_id from)
         return;
     m.u.unlogged.from = from;
     rs_ctl_send(&lg->st, &m);
-    if (lg->has_spare_stated)
-        rs_ctl_send(&lg->st_spare, &m);
+    for (int i = 0; i < lg->n_spare_stated; i++)
+        rs_ctl_send(&lg->st_spare[i], &m);
 }
 
 void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason, uint32_t silent_ms)
@@ -138,8 +141,8 @@ int lg_ctl_setup(struct logger *lg)
     if (lg->has_stated)
         rs_ctlconn_peer(&lg->st, &lg->loop, "stated", lg->stated, &lg->key, &lg->seq, LG_SENDER_STATED,
                         LG_PEER_QUEUE, on_peer_msg, on_stated_state, lg);
-    if (lg->has_spare_stated)
-        rs_ctlconn_peer(&lg->st_spare, &lg->loop, "spare-stated", lg->spare_stated, &lg->key, &lg->seq,
+    for (int i = 0; i < lg->n_spare_stated; i++)
+        rs_ctlconn_peer(&lg->st_spare[i], &lg->loop, "spare-stated", lg->spare_stated[i], &lg->key, &lg->seq,
                         LG_SENDER_STATED, LG_PEER_QUEUE, on_peer_msg, on_stated_state, lg);
     if ((e = lg_live_start(lg))) {
         rs_log("cannot start the liveness thread: %s", strerror(-e));
@@ -158,5 +161,6 @@ void lg_ctl_shutdown(struct logger *lg)
     rs_ctlserver_close(&lg->ctlsrv);
     rs_ctlconn_close(&lg->px);
     rs_ctlconn_close(&lg->st);
-    rs_ctlconn_close(&lg->st_spare);
+    for (int i = 0; i < lg->n_spare_stated; i++)
+        rs_ctlconn_close(&lg->st_spare[i]);
 }

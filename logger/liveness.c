@@ -24,6 +24,13 @@
 #define LIVE_PRIO 20     /* SCHED_FIFO priority: above any time-shared task, below kernel threads */
 #define GAP_WINDOW_NS (5000ull * 1000000u)   /* how long a long gap keeps the bound stretched */
 #define STRETCH_MAX 10   /* the stretched bound stays below this many --dead-after */
+/* A backend just (re)started has no gap history yet, and its first second
+ * is its noisiest (every daemon of a stack starting at once, page faults,
+ * sanitizers): silence must last this many --dead-after then (a 125 ms gap
+ * at a stack's start-up under ASan was a false failover in the fault
+ * campaign).  A process crash is reported at once whatever the bound. */
+#define WARMUP_NS   (1000ull * 1000000u)
+#define WARMUP_MIN  3
 
 struct lg_live {
     struct logger *lg;
@@ -82,6 +89,8 @@ static void on_heartbeat(struct lg_live *lv, const struct rs_ctl_heartbeat *h)
             rs_log("heartbeat from unmonitored backend=%u", h->backend_id);
         return;
     }
+    if (!b->seen || b->failed)
+        b->first_ns = now;
     if (!b->seen)
         rs_log("backend=%u first heartbeat", b->id);
     else if (now - b->last_ns > b->max_gap_ns)
@@ -220,9 +229,13 @@ static void on_tick(struct rs_timer *t)
         bound = STRETCH_MAX * lg->dead_after_ns;
     for (int i = 0; i < lg->nbackends; i++) {
         struct lg_backend *b = &lg->backends[i];
-        if (!b->seen || b->failed || now - b->last_ns <= bound)
+        uint64_t bb = bound;
+
+        if (now - b->first_ns < WARMUP_NS && bb < WARMUP_MIN * lg->dead_after_ns)
+            bb = WARMUP_MIN * lg->dead_after_ns;
+        if (!b->seen || b->failed || now - b->last_ns <= bb)
             continue;
-        if (!corroborated(lg, b, bound)) {
+        if (!corroborated(lg, b, bb)) {
             if (!b->uncorroborated++)
                 rs_log("backend=%u silent for %" PRIu64 " us but no other backend was heard since: not declared",
                        b->id, (now - b->last_ns) / 1000);
@@ -231,7 +244,7 @@ static void on_tick(struct rs_timer *t)
         b->failed = true;
         __atomic_add_fetch(&lg->s.failures_declared, 1, __ATOMIC_RELAXED);
         rs_log("backend-failed backend=%u reason=timeout silent_us=%" PRIu64 " bound_us=%" PRIu64, b->id,
-               (now - b->last_ns) / 1000, bound / 1000);
+               (now - b->last_ns) / 1000, bb / 1000);
         forward_failure(lv, b->id, RS_CTL_FAIL_TIMEOUT);
     }
     rs_timer_after(&lv->loop, t, lv->tick_ns);

@@ -29,6 +29,7 @@
  * transactionalizer's ring leaves room for RS_HTTP_MAX_INFLIGHT pipelined. */
 #define LG_KEEP_TXNS 32u
 #define LG_MAX_BACKENDS 16
+#define LG_SPARES_MAX   4               /* --spare-stated */
 #define LG_CTL_BUF (RS_CTL_HDR_LEN + 4096 + RS_CTL_MAC_LEN)
 #define LG_PEER_QUEUE (4u << 20)   /* bytes of frames queued for one peer */
 #define LG_RESEND_HOLD_NS (30ull * 1000000000ull)
@@ -102,6 +103,7 @@ struct lg_backend {
     uint32_t id;
     uint32_t ip;
     uint64_t last_ns;                /* last heartbeat (monotonic) */
+    uint64_t first_ns;               /* first heartbeat since it was (re)started */
     uint64_t max_gap_ns;             /* longest time between two heartbeats seen */
     unsigned uncorroborated;         /* ticks silent past dead-after with no witness */
     bool seen, failed;
@@ -144,8 +146,10 @@ struct logger {
     /* configuration */
     const char *iface, *readfile, *dumpdir;
     bool stay;                       /* --read then keep serving control */
-    struct rs_addr vip, listen, resend, proxy, stated, spare_stated;
-    bool has_proxy, has_stated, has_spare_stated, has_key;
+    struct rs_addr vip, listen, resend, proxy, stated;
+    struct rs_addr spare_stated[LG_SPARES_MAX];
+    int n_spare_stated;
+    bool has_proxy, has_stated, has_key;
     struct rs_ctl_key key;
     struct lg_backend backends[LG_MAX_BACKENDS];
     int nbackends;
@@ -162,7 +166,7 @@ struct logger {
     struct rs_loop loop;
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn px, st;        /* the proxy (SUSPECT), the alternate's rs-stated */
-    struct rs_ctlconn st_spare;      /* the spare's rs-stated (re-protection), or unused */
+    struct rs_ctlconn st_spare[LG_SPARES_MAX];  /* other standbys' rs-stated (re-protection) */
     const struct lg_capture_ops *capture;   /* where frames come from (capture.c) */
     struct rs_io capture_io, resend_io;
     struct rs_timer tick;            /* resend time-outs, stalls, forgetting */
@@ -201,11 +205,12 @@ void lg_conn_check_stalls(struct logger *lg, uint64_t now_ns);
  * Returns 0 or -errno (logged). */
 int lg_ctl_setup(struct logger *lg);
 /* Queues TXN_LOGGED for 'txn' to the alternate's rs-stated (and the
- * spare's: it holds the alternate's states, forwarded, for when it takes
- * over). */
+ * spares': each holds the alternate's states, forwarded down the chain,
+ * for when it takes over). */
 void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end);
 /* The rs-stated of the backend at 'ip' that a recovery moves a connection
- * to: the spare's once it is the alternate, else the alternate's. */
+ * to: a spare's (--spare-stated at that address) once it is the
+ * alternate, else the alternate's. */
 struct rs_ctlconn *lg_ctl_stated_of(struct logger *lg, uint32_t ip);
 /* Tells the alternate's rs-stated that the connection of 'from' cannot be
  * logged from that transaction on (UNLOGGED): it applies its states as

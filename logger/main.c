@@ -36,8 +36,9 @@ static void usage(FILE *f)
         "  --proxy ADDR:PORT       the proxy's control port: FAILURE goes there\n"
         "  --alternate-stated ADDR:PORT  the alternate's rs-stated: TXN_LOGGED, STATE_QUERY,\n"
         "                          APPLY, CONN_MAP go there\n"
-        "  --spare-stated ADDR:PORT  the spare's rs-stated (re-protection): TXN_LOGGED too,\n"
-        "                          and a recovery to the spare asks it\n"
+        "  --spare-stated ADDR:PORT  another standby's rs-stated (re-protection: the spare;\n"
+        "                          a backend that may be readmitted; repeat, at most 4):\n"
+        "                          TXN_LOGGED too, and a recovery to it asks it\n"
         "  --backend ID=ADDR       a monitored backend (repeatable), e.g. 1=10.0.0.11\n"
         "  --dead-after DUR        failed after this long without heartbeats, when another\n"
         "                          backend was heard meanwhile (default 100ms);\n"
@@ -59,6 +60,16 @@ static void usage(FILE *f)
         "  --help                  this text\n"
         "Logs one line per event on stderr; prints \"listening on ...\" when capturing;\n"
         "SIGUSR1 prints a stats line on stdout; SIGTERM exits.\n");
+}
+
+static int add_spare_stated(const char *v, void *dst)
+{
+    struct logger *lg = dst;
+
+    if (lg->n_spare_stated == LG_SPARES_MAX || rs_addr_parse(v, &lg->spare_stated[lg->n_spare_stated]) < 0)
+        return -EINVAL;
+    lg->n_spare_stated++;
+    return 0;
 }
 
 static int parse_backend(const char *v, void *dst)
@@ -135,7 +146,7 @@ static int parse_args(struct logger *lg, int argc, char **argv)
         RS_OPTION("key", RS_OPT_STR, &keyfile),
         RS_OPTION("proxy", RS_OPT_ADDR, &lg->proxy, .given = &lg->has_proxy),
         RS_OPTION("alternate-stated", RS_OPT_ADDR, &lg->stated, .given = &lg->has_stated),
-        RS_OPTION("spare-stated", RS_OPT_ADDR, &lg->spare_stated, .given = &lg->has_spare_stated),
+        RS_OPTION("spare-stated", RS_OPT_FN, lg, .want = "IPv4ADDR:PORT", .fn = add_spare_stated),
         RS_OPTION("backend", RS_OPT_FN, lg, .want = "ID=IPv4ADDR", .fn = parse_backend),
         RS_OPTION("dead-after", RS_OPT_DURATION, &lg->dead_after_ns, .nonzero = true),
         RS_OPTION("stall-after", RS_OPT_FN, &lg->stall_after_ns, .want = "a duration, or 0", .fn = stall_after),

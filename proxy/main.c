@@ -239,6 +239,7 @@ static int add_backend(const char *v, void *dst)
     if (p->nbackends == RS_PROXY_MAX_BACKENDS - 1 || parse_backend(v, &b->addr, &b->id, (uint32_t)p->nbackends + 1))
         return -EINVAL;
     b->configured = b->role = ROLE_PRIMARY;
+    b->rank = b->id;
     p->nbackends++;
     return 0;
 }
@@ -355,6 +356,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         struct backend *b = &p->backends[p->nbackends];
         *b = (struct backend){ .id = alt.id ? alt.id : (uint32_t)p->nbackends + 1, .addr = alt.addr,
                                .configured = ROLE_ALTERNATE, .role = ROLE_ALTERNATE };
+        b->rank = b->id;
         p->alternate = p->nbackends++;
     }
     if (spares.n && !alt.addr.port) {
@@ -365,6 +367,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         struct backend *b = &p->backends[p->nbackends];
         *b = (struct backend){ .id = spares.s[i].id ? spares.s[i].id : (uint32_t)p->nbackends + 1,
                                .addr = spares.s[i].addr, .configured = ROLE_SPARE, .role = ROLE_SPARE };
+        b->rank = b->id;
         p->nbackends++;
     }
     if (p->logger.port && !p->logger_resend.port)

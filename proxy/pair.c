@@ -437,9 +437,11 @@ static void pair_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         if (b >= 0 && p->backends[b].fenced != m->u.fence.fenced)
             rs_log("pair: backend_id=%u %s by the active proxy", m->u.fence.backend_id,
                    m->u.fence.fenced ? "fenced" : "readmitted");
-        if (b >= 0) {
-            p->backends[b].fenced = m->u.fence.fenced;
+        if (b >= 0 && m->u.fence.fenced) {
+            p->backends[b].fenced = true;
             px_roles(p);
+        } else if (b >= 0 && p->backends[b].fenced) {
+            px_backend_rejoin(p, b);
         }
         pr->last_heard_ns = rs_mono_ns();
         return;

@@ -50,6 +50,8 @@ struct backend {
     struct rs_addr addr;          /* the application's address */
     enum backend_role configured; /* --backend, --alternate, --spare */
     enum backend_role role;       /* now */
+    uint32_t rank;                /* place in the chain of standbys: the id, then the end of it
+                                   * after a readmission (as every rs-stated orders it) */
     bool fenced;                  /* declared failed: nothing of it reaches a client */
     unsigned conns;               /* client connections it serves now */
     struct rs_ctlconn stated;     /* its rs-stated (CONN_MAP, FENCE); unused without --stated-port */
@@ -286,8 +288,12 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why);
  * connection it had, its rs-stated and the others are told) and recover
  * its connections, all at once. */
 void px_backend_failed(struct proxy *p, uint32_t id, const char *why);
-/* An operator readmits backend 'id' (after its rejoin). */
+/* An operator readmits backend 'id' (after its rejoin).  A fenced one
+ * rejoins at the end of the chain, as a standby (never as a primary: its
+ * state is brought up to date by its predecessor's snapshot). */
 int px_backend_readmit(struct proxy *p, uint32_t id);
+/* Backend 'b' is readmitted (here, or by the active proxy of a pair). */
+void px_backend_rejoin(struct proxy *p, int b);
 /* The ring-buffer event 'ev' belongs to a recovery of 'pc'.  Returns true when taken. */
 bool px_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev);
 /* 'pc' is being freed: ends its recovery, if any (no callbacks). */
@@ -296,7 +302,7 @@ void px_recovery_drop(struct proxy *p, struct pconn *pc);
 int px_backend_index(struct proxy *p, uint32_t id);
 /* Derives every backend's role from the configuration and the fences:
  * while a configured primary lives, the primaries serve and the first
- * live of the alternate and the spares (in their order) is the alternate;
+ * live of the alternate and the spares (in rank order) is the alternate;
  * else the first of those serves and the next one is its alternate
  * (re-protection).  Logs a change. */
 void px_roles(struct proxy *p);

@@ -852,21 +852,42 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
  * chain its states went (a spare). */
 static int standby_for(struct proxy *p, const struct pconn *pc)
 {
+    int best = -1;
+
     if (p->alternate >= 0 && !p->backends[p->alternate].fenced && pc->backend_idx != p->alternate)
         return p->alternate;
-    for (int i = pc->backend_idx + 1; pc->backend_idx >= 0 && i < p->nbackends; i++)
-        if (p->backends[i].configured != ROLE_PRIMARY && !p->backends[i].fenced)
-            return i;
-    return -1;
+    for (int i = 0; pc->backend_idx >= 0 && i < p->nbackends; i++) {
+        const struct backend *b = &p->backends[i];
+
+        if (b->configured != ROLE_PRIMARY && !b->fenced && b->rank > p->backends[pc->backend_idx].rank
+            && (best < 0 || b->rank < p->backends[best].rank))
+            best = i;
+    }
+    return best;
+}
+
+/* The backends' indexes in rank order (the chain's). */
+static void rank_order(const struct proxy *p, int *order)
+{
+    for (int i = 0; i < p->nbackends; i++) {
+        int j = i;
+
+        for (; j > 0 && p->backends[order[j - 1]].rank > p->backends[i].rank; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
 }
 
 void px_roles(struct proxy *p)
 {
-    int primaries = 0, serve = -1, alt = -1;
+    int primaries = 0, serve = -1, alt = -1, order[RS_PROXY_MAX_BACKENDS];
 
+    rank_order(p, order);
     for (int i = 0; i < p->nbackends; i++)
         primaries += p->backends[i].configured == ROLE_PRIMARY && !p->backends[i].fenced;
-    for (int i = 0; i < p->nbackends; i++) {
+    for (int k = 0; k < p->nbackends; k++) {
+        int i = order[k];
+
         if (p->backends[i].configured == ROLE_PRIMARY || p->backends[i].fenced)
             continue;
         if (!primaries && serve < 0)
@@ -889,16 +910,31 @@ void px_roles(struct proxy *p)
     p->alternate = alt;
 }
 
+void px_backend_rejoin(struct proxy *p, int b)
+{
+    struct backend *be = &p->backends[b];
+    uint32_t last = 0;
+
+    for (int i = 0; i < p->nbackends; i++)
+        if (p->backends[i].rank > last)
+            last = p->backends[i].rank;
+    be->fenced = false;
+    be->rank = last + 1;
+    if (be->configured == ROLE_PRIMARY)
+        be->configured = ROLE_SPARE;    /* its state is the chain's now, not its own */
+    rs_log("readmit backend_id=%u backend=%s rank=%u", be->id, RS_A(be->addr), be->rank);
+    px_roles(p);
+}
+
 int px_backend_readmit(struct proxy *p, uint32_t id)
 {
     int idx = px_backend_index(p, id);
 
     if (idx < 0)
         return -ENOENT;
-    if (p->backends[idx].fenced)
-        rs_log("readmit backend_id=%u backend=%s", id, RS_A(p->backends[idx].addr));
-    p->backends[idx].fenced = false;
+    if (!p->backends[idx].fenced)
+        return 0;       /* nothing to take back (and its place in the chain stays) */
+    px_backend_rejoin(p, idx);
     announce_fence(p, idx, false);
-    px_roles(p);
     return 0;
 }

@@ -102,7 +102,7 @@ int lib_request(struct stated *s, struct rs_xfer_rec *r, struct waiter *w)
     err = lib_send(s, r);
     if (err < 0)
         return err;
-    s->ops[(s->ops_head + s->ops_len++) % LIB_OPS_MAX] = (struct lib_op){ r->id, w, r->txn };
+    s->ops[(s->ops_head + s->ops_len++) % LIB_OPS_MAX] = (struct lib_op){ r->id, r->type, w, r->txn };
     if (w)
         w->remaining++;
     return 0;
@@ -113,8 +113,14 @@ int apply_fn(void *ctx, rs_txn_id id, const uint8_t *data, uint32_t len)
 {
     struct stated *s = ctx;
     struct rs_xfer_rec r = { .type = RS_XFER_APPLY, .txn = id, .state = data, .len = len };
-    int err = lib_request(s, &r, s->cur_waiter);
+    int err;
 
+    /* Nothing applies under a snapshot being made (it would be in neither
+     * the app's export nor the buffered states sent after it), nor before
+     * a readmitted backend's snapshot (which would overwrite it). */
+    if (s->snap_pending || s->joining)
+        return -EAGAIN;
+    err = lib_request(s, &r, s->cur_waiter);
     if (err == -ENOBUFS)
         s->drain_blocked = true;
     if (err == 0) {
@@ -148,6 +154,7 @@ void lib_close(struct stated *s, const char *why)
     free(s->lib_out);
     s->lib_in = s->lib_out = NULL;
     s->lib_in_len = s->lib_out_off = s->lib_out_len = s->lib_out_cap = 0;
+    s->snap_pending = false;
     while (s->ops_len) {
         struct lib_op *op = &s->ops[s->ops_head];
 
@@ -171,16 +178,22 @@ static bool on_lib_record(struct stated *s, const struct rs_xfer_rec *r)
     case RS_XFER_UPDATE:
         relay_update(s, r);
         break;
+    case RS_XFER_SNAPSHOT:
     case RS_XFER_DONE: {
         struct lib_op *op;
 
-        if (!s->ops_len || s->ops[s->ops_head].id != r->id) {
-            rs_log("app-done id=%u unexpected (ignored)", r->id);
+        if (!s->ops_len || s->ops[s->ops_head].id != r->id
+            || (r->type == RS_XFER_SNAPSHOT) != (s->ops[s->ops_head].type == RS_XFER_EXPORT)) {
+            rs_log("app-%s id=%u unexpected (ignored)", r->type == RS_XFER_DONE ? "done" : "snapshot", r->id);
             break;
         }
         op = &s->ops[s->ops_head];
         s->ops_head = (s->ops_head + 1) % LIB_OPS_MAX;
         s->ops_len--;
+        if (op->type == RS_XFER_EXPORT) {
+            snapshot_send(s, r->state, r->len, r->type == RS_XFER_DONE ? (r->status < 0 ? r->status : -EPROTO) : 0);
+            break;
+        }
         if (r->status < 0 && op->txn) {
             s->st.apply_errors++;
             rs_log("apply %s refused by the app: %s", RS_TXN(op->txn), strerror(-r->status));
@@ -293,6 +306,15 @@ void app_link_accept(struct rs_io *io, uint32_t events)
         s->st.app_connects++;
         rs_log("app-connect pid=%d: heartbeating to %s", (int)s->app_pid,
                s->has_logger ? RS_A(s->logger) : "(no logger)");
+        if (s->snap_in) {
+            /* A snapshot came before the app: first thing it gets. */
+            uint8_t *blob = s->snap_in;
+
+            s->snap_in = NULL;
+            s->st.snapshots_received--;     /* counted when it came */
+            snapshot_take(s, blob, s->snap_in_len);
+            free(blob);
+        }
         drain_all(s);
     }
 }

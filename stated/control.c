@@ -37,6 +37,18 @@ static void on_state_update(struct stated *s, struct rs_ctlconn *cc, const struc
         rs_ctl_ack(cc, m, -EPERM);
         return;
     }
+    if (u->kind != RS_CTL_STATE_TXN) {
+        /* A snapshot from the predecessor (peer.c): how far it goes for one
+         * connection, or the app's whole state.  Down the chain too. */
+        err = u->kind == RS_CTL_STATE_COVERED ? rs_store_cover(&s->store, u->txn, rs_mono_ns())
+                                              : snapshot_take(s, u->data, u->len);
+        if (u->kind == RS_CTL_STATE_SNAPSHOT)
+            rs_log("snapshot from backend=%u %uB%s", from, u->len, err ? ": refused" : "");
+        if (!err)
+            peer_forward(s, m, from);
+        rs_ctl_ack(cc, m, err);
+        return;
+    }
     err = rs_store_put(&s->store, u->txn, u->data, u->len, rs_mono_ns());
 
     s->st.updates++;
@@ -93,12 +105,27 @@ static void on_unlogged(struct stated *s, struct rs_ctlconn *cc, const struct rs
     drain_logged(s, cc, m, id, err);
 }
 
+/* A readmitted backend before its snapshot has nothing a recovery could
+ * plan on: the query (or APPLY) is refused, the recovery ends cleanly. */
+static bool refuse_joining(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
+{
+    if (!s->joining && !s->snap_in)
+        return false;
+    s->st.refused_joining++;
+    rs_log("%s refused: readmitted, no snapshot applied yet", rs_ctl_type_str(m->type));
+    rs_ctl_ack(cc, m, -EAGAIN);
+    return true;
+}
+
 static void on_state_query(struct stated *s, struct rs_ctlconn *cc, const struct rs_ctl_msg *m)
 {
     struct rs_ctl_conn cl = m->u.state_query.client;
     struct rs_store_client *c = rs_store_get(&s->store, cl.ip4, cl.port, rs_mono_ns());
     struct rs_ctl_msg r = { .type = RS_CTL_STATE_REPORT };
     char ts[8] = "none", ta[8] = "none";
+
+    if (refuse_joining(s, cc, m))
+        return;
 
     r.u.state_report.conn = cl;
     if (c) {
@@ -123,6 +150,8 @@ static void on_apply(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
     struct waiter *w;
     int n = 0;
 
+    if (refuse_joining(s, cc, m))
+        return;
     rs_log("apply-request client=%s upto=%u buffered=%u", RS_A(((struct rs_addr){ cl.ip4, cl.port })),
            m->u.apply.upto, c ? c->n_states : 0);
     if (!c)
@@ -197,6 +226,8 @@ static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
         for (unsigned i = 0; i < s->n_fenced; i++)
             if (s->fenced[i] == f->backend_id)
                 s->fenced[i--] = s->fenced[--s->n_fenced];
+    if (!f->fenced)
+        peer_rejoin(s, f->backend_id);      /* the proxy readmits only a fenced one */
     if (f->backend_id == s->id) {
         s->self_fenced = f->fenced;
         if (f->fenced && s->lib_fd >= 0) {
@@ -205,9 +236,9 @@ static void on_fence(struct stated *s, struct rs_ctlconn *cc, const struct rs_ct
                 kill(s->app_pid, SIGKILL);
             lib_close(s, "fenced");
         }
-    } else if (peer) {
-        peer_choose(s);     /* nothing more to a fenced one until it is readmitted */
     }
+    if (peer || (f->backend_id == s->id && !f->fenced))
+        peer_choose(s);     /* nothing more to a fenced one until it is readmitted; the chain's new order */
     rs_ctl_ack(cc, m, 0);
 }
 

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -33,7 +34,8 @@ static void stats_print(void *ctx)
         RS_STAT(struct stats, failures_sent), RS_STAT(struct stats, app_connects),
         RS_STAT(struct stats, app_disconnects), RS_STAT(struct stats, updates_fenced),
         RS_STAT(struct stats, relays_degraded), RS_STAT(struct stats, forwarded),
-        RS_STAT(struct stats, forward_failed),
+        RS_STAT(struct stats, forward_failed), RS_STAT(struct stats, snapshots_sent),
+        RS_STAT(struct stats, snapshots_received), RS_STAT(struct stats, refused_joining),
     };
     const struct stated *s = ctx;
 
@@ -142,6 +144,7 @@ int main(int argc, char **argv)
         return 1;
     }
     s.successor = -1;
+    s.rank = s.id;
     peer_choose(&s);
     s.udp_fd = -1;
     if (s.has_logger && (err = heartbeat_start(&s)) < 0) {
@@ -162,6 +165,7 @@ int main(int argc, char **argv)
     rs_ctlconn_close(&s.peer_link);
     stats_print(&s);
     rs_store_clear(&s.store);
+    free(s.snap_in);
     rs_io_stop(&s.app_io);
     close(s.app_io.fd);
     unlink(s.app_path);

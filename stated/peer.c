@@ -52,6 +52,9 @@ void relay_update(struct stated *s, const struct rs_xfer_rec *r)
     struct relay *rl;
     int err;
 
+    /* The app has this connection's state up to here: what a snapshot for
+     * a later successor says (COVERED). */
+    rs_store_cover(&s->store, r->txn, rs_mono_ns());
     if (s->successor < 0) {
         /* No standby (or it was declared failed): the app answers at once,
          * unreplicated, instead of waiting for a peer that will not come. */
@@ -115,6 +118,7 @@ int peer_add(const char *v, void *dst)
     if (s->n_peers == PEERS_MAX || rs_id_addr_parse(v, (1u << 20) - 1, &pr->id, &pr->addr))
         return -EINVAL;
     pr->fenced = false;
+    pr->rank = pr->id;
     s->n_peers++;
     s->has_peer = true;
     return 0;
@@ -132,13 +136,130 @@ bool peer_fence(struct stated *s, uint32_t id, uint32_t ip, bool fenced)
     return ours;
 }
 
+/* Asks the app for its whole state, for a new successor. */
+static void snapshot_begin(struct stated *s)
+{
+    struct rs_xfer_rec r = { .type = RS_XFER_EXPORT };
+    int e;
+
+    if (s->snap_pending)
+        return;         /* its answer goes to the successor of that moment */
+    if (s->lib_fd < 0) {
+        if (s->st.app_connects)
+            rs_log("snapshot for backend=%u: no app connected", s->peers[s->successor].id);
+        return;
+    }
+    if ((e = lib_request(s, &r, NULL)) < 0) {
+        rs_log("snapshot for backend=%u: %s", s->peers[s->successor].id, strerror(-e));
+        return;
+    }
+    s->snap_pending = true;
+    rs_log("snapshot for backend=%u: asking the app", s->peers[s->successor].id);
+}
+
+/* Queues one message of a snapshot; counts those the link refused. */
+static void snapshot_put(struct stated *s, const struct rs_ctl_state_update *u, unsigned *refused)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_STATE_UPDATE, .u.state_update = *u };
+
+    if (rs_ctl_send(&s->peer_link, &m) < 0)
+        (*refused)++;
+}
+
+void snapshot_send(struct stated *s, const uint8_t *blob, uint32_t len, int err)
+{
+    unsigned covered = 0, buffered = 0, refused = 0;
+
+    s->snap_pending = false;
+    if (err || s->successor < 0) {
+        rs_log("snapshot: %s", err ? strerror(-err) : "no successor any more");
+        drain_all(s);
+        return;
+    }
+    /* How far the app's state goes per connection, then the state itself,
+     * then what is buffered beyond it: the successor applies in that order. */
+    for (uint32_t b = 0; b < RS_STORE_BUCKETS; b++)
+        for (struct rs_store_client *c = s->store.buckets[b]; c; c = c->hnext)
+            if (c->has_ts) {
+                snapshot_put(s, &(struct rs_ctl_state_update){
+                    .kind = RS_CTL_STATE_COVERED, .txn = rs_txn_id_make(c->ip, c->port, c->ts) }, &refused);
+                covered++;
+            }
+    snapshot_put(s, &(struct rs_ctl_state_update){ .kind = RS_CTL_STATE_SNAPSHOT, .len = len, .data = blob },
+                 &refused);
+    for (uint32_t b = 0; b < RS_STORE_BUCKETS; b++)
+        for (struct rs_store_client *c = s->store.buckets[b]; c; c = c->hnext)
+            for (struct rs_store_state *st = c->head; st; st = st->next) {
+                snapshot_put(s, &(struct rs_ctl_state_update){ .txn = rs_txn_id_make(c->ip, c->port, st->num),
+                                                               .len = st->len, .data = st->data }, &refused);
+                buffered++;
+            }
+    s->st.snapshots_sent++;
+    rs_log("snapshot to backend=%u: %uB covered=%u buffered=%u%s", s->peers[s->successor].id, len, covered,
+           buffered, refused ? " (some refused: the link's queue is full; it is no standby)" : "");
+    drain_all(s);
+}
+
+int snapshot_take(struct stated *s, const uint8_t *blob, uint32_t len)
+{
+    struct rs_xfer_rec r = { .type = RS_XFER_APPLY, .state = blob, .len = len };
+    int e = 0;
+
+    s->st.snapshots_received++;
+    if (s->lib_fd >= 0 && (e = lib_request(s, &r, NULL)) == 0) {
+        free(s->snap_in);
+        s->snap_in = NULL;
+        if (s->joining)
+            rs_log("snapshot applied (%uB): a standby again", len);
+        s->joining = false;
+        drain_all(s);
+        return 0;
+    }
+    /* Kept for the app, which gets it first when it connects. */
+    uint8_t *copy = malloc(len);
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, blob, len);
+    free(s->snap_in);
+    s->snap_in = copy;
+    s->snap_in_len = len;
+    rs_log("snapshot kept (%uB): %s", len, e ? strerror(-e) : "no app connected");
+    return 0;
+}
+
+void peer_rejoin(struct stated *s, uint32_t id)
+{
+    uint32_t last = s->rank;
+
+    for (int i = 0; i < s->n_peers; i++)
+        if (s->peers[i].rank > last)
+            last = s->peers[i].rank;
+    if (id == s->id) {
+        s->rank = last + 1;
+        s->joining = s->n_peers > 0;
+        rs_log("readmitted: rank %u (the end of the chain)%s", s->rank,
+               s->joining ? ", a standby once a snapshot came" : "");
+        return;
+    }
+    for (int i = 0; i < s->n_peers; i++)
+        if (s->peers[i].id == id) {
+            s->peers[i].rank = last + 1;
+            rs_log("backend=%u rejoins at rank %u", id, last + 1);
+        }
+}
+
 void peer_choose(struct stated *s)
 {
     int next = -1;
 
-    for (int i = 0; i < s->n_peers && next < 0; i++)
-        if (!s->peers[i].fenced && (!s->peers[i].id || s->peers[i].id > s->id))
+    for (int i = 0; i < s->n_peers; i++) {
+        const struct peer *pr = &s->peers[i];
+
+        if (pr->fenced || (pr->id && pr->rank < s->rank))
+            continue;
+        if (next < 0 || (pr->id && pr->rank < s->peers[next].rank))
             next = i;
+    }
     s->peer_fenced = s->n_peers && next < 0;
     if (next == s->successor && (next < 0 || s->peer_link.loop))
         return;
@@ -158,6 +279,9 @@ void peer_choose(struct stated *s)
     rs_log("successor backend=%u at %s", s->peers[next].id, RS_A(s->peer));
     rs_ctlconn_peer(&s->peer_link, &s->loop, "peer", s->peer, &s->key, &s->seq, SENDER(s->id, CH_PEER),
                     PEER_OUT_MAX, on_peer_msg, NULL, s);
+    /* A new successor (a readmitted backend, or the next one after a
+     * fenced one) gets what this one holds. */
+    snapshot_begin(s);
 }
 
 void peer_forward(struct stated *s, const struct rs_ctl_msg *m, uint32_t from)
@@ -165,8 +289,9 @@ void peer_forward(struct stated *s, const struct rs_ctl_msg *m, uint32_t from)
     struct rs_ctl_msg f = *m;
 
     /* Only down a chain of ids (each successor after its predecessor):
-     * a peer without one may be where the state came from. */
-    if (s->successor < 0 || !s->peers[s->successor].id || s->peers[s->successor].id == from)
+     * a peer without one may be where the state came from.  While a
+     * snapshot is made the state stays buffered: it follows the snapshot. */
+    if (s->successor < 0 || !s->peers[s->successor].id || s->peers[s->successor].id == from || s->snap_pending)
         return;
     if (rs_ctl_send(&s->peer_link, &f) == 0)
         s->st.forwarded++;

@@ -55,6 +55,7 @@ struct waiter {
 
 struct lib_op {
     uint32_t id;
+    uint8_t type;               /* the record sent: RS_XFER_APPLY, _CONN_MAP, _EXPORT */
     struct waiter *w;           /* NULL: an automatic apply */
     rs_txn_id txn;              /* APPLY's transaction, for the log */
 };
@@ -73,16 +74,21 @@ struct stats {
     uint64_t ctl_frames, updates, update_bytes, updates_refused,
         updates_stale, logged, unlogged, logger_lost, applied, applied_forced, apply_errors, queries, conn_maps,
         relayed, relay_acked, relay_failed, heartbeats, failures_sent, app_connects,
-        app_disconnects, updates_fenced, relays_degraded, forwarded, forward_failed;
+        app_disconnects, updates_fenced, relays_degraded, forwarded, forward_failed, snapshots_sent,
+        snapshots_received, refused_joining;
 };
 
 /* Another backend's rs-stated (--peer).  This one's successor, the first
- * live peer after it (a higher id, in the order given; an id-less peer is
- * always after it), receives the local app's updates and forwards of the
- * states this one receives: a chain, primary -> alternate -> spare, so
- * that the spare holds what the alternate holds when it takes over. */
+ * live peer after it in the chain (the lowest rank above its own; an
+ * id-less peer is always after it), receives the local app's updates and
+ * forwards of the states this one receives: a chain, primary -> alternate
+ * -> spare, so that the spare holds what the alternate holds when it takes
+ * over.  Ranks start as the ids; a readmitted backend rejoins at the end
+ * of the chain (every rs-stated sees the same FENCEs, so all agree), and
+ * its predecessor brings it up to date with a snapshot (peer.c). */
 struct peer {
     uint32_t id;                        /* 0: not given */
+    uint32_t rank;                      /* place in the chain */
     struct rs_addr addr;
     bool fenced;
 };
@@ -94,6 +100,16 @@ struct stated {
     struct peer peers[PEERS_MAX];
     int n_peers;
     int successor;                          /* into peers, -1: none alive */
+    uint32_t rank;                          /* this backend's place in the chain */
+    /* A new successor is brought up to date: the app's whole state (EXPORT),
+     * then how far it goes per connection, then the buffered states.  While
+     * the app's answer is awaited no state is applied or forwarded. */
+    bool snap_pending;
+    /* Readmitted: not a standby until its predecessor's snapshot came (and
+     * was applied: 'snap_in' keeps one that came while no app was connected). */
+    bool joining;
+    uint8_t *snap_in;
+    uint32_t snap_in_len;
     const char *app_path;
     uint64_t heartbeat_ns, relay_timeout_ns;
     struct rs_ctl_key key;
@@ -173,6 +189,15 @@ void peer_forward(struct stated *s, const struct rs_ctl_msg *m, uint32_t from);
 /* Relays the app's UPDATE to the peer; the library hears DONE when the
  * peer ACKs (or at once, unreplicated, without a peer or with it fenced). */
 void relay_update(struct stated *s, const struct rs_xfer_rec *r);
+/* Backend 'id' was readmitted: it rejoins at the end of the chain (this
+ * one too: it then waits for a snapshot before it is a standby). */
+void peer_rejoin(struct stated *s, uint32_t id);
+/* The app answered the EXPORT of a snapshot for the successor: 'blob'
+ * ('len' bytes), or 'err' when it cannot export. */
+void snapshot_send(struct stated *s, const uint8_t *blob, uint32_t len, int err);
+/* A snapshot came from the predecessor: applied now, or kept until an app
+ * connects.  Returns 0 or a negative errno. */
+int snapshot_take(struct stated *s, const uint8_t *blob, uint32_t len);
 /* Ends every relay in flight with 'status' (the peer was fenced). */
 void relay_fail_all(struct stated *s, int status);
 

@@ -285,7 +285,9 @@ class TestAfterFailover(Case):
     """What follows a failover: the client's close costs no RTO and leaks no
     RST; the survivor knows at once that it is unprotected (rs-ctl status,
     synchronous updates answered without waiting for the dead peer); the
-    failed backend is readmitted after its rejoin."""
+    failed backend is readmitted after its rejoin, as the survivor's
+    standby, and masks the survivor's crash."""
+    stack_args = {"readmit": True}
 
     def ctl(self, *args):
         out = self.tb["logger"].cmd(" ".join([binary("rs-ctl"), "--to", f"{VIP_IP}:{PROXY_CTL}", "--key", self.stack.key]
@@ -330,20 +332,34 @@ class TestAfterFailover(Case):
         self.assertIn("token=", out)
         print(f"a synchronous update on the lone alternate: {took * 1000:.0f} ms (relay timeout 1 s)")
         self.assertLess(took, 0.5)
-        # Rejoin: readmit, then the application comes back; new clients may use it.
+        # Rejoin: readmit, then the application comes back.  The primary
+        # rejoins as the standby at the end of the chain (its state is stale;
+        # the survivor serves on), brought up to date by the survivor's
+        # snapshot: the counter's value and how far each connection went.
         self.assertIn("status=0", self.ctl("readmit", "--backend-id", "1"))
         self.assertTrue(wait_until(lambda: "fence backend=1 fenced=0" in self.stack.log("stated-primary"), 5))
-        host_args = ["--stated", os.path.join(self.dir, "stated-primary.sock")]
-        self.stack.d["app-primary"] = self.tb.start("primary", "app-primary-2",
-                                                    [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", "primary"]
-                                                    + host_args, ready="listening")
-        self.assertTrue(wait_until(lambda: self.stack.log("stated-primary").count("app-connect") == 2, 5))
+        self.assertTrue(wait_until(lambda: "snapshot to backend=" in self.stack.log("stated-alternate"), 5),
+                        self.stack.log("stated-alternate")[-2000:])
+        self.stack.start_app("primary", "app-primary-2")
+        self.assertTrue(wait_until(lambda: "snapshot applied" in self.stack.log("stated-primary"), 5),
+                        self.stack.log("stated-primary")[-2000:])
+        self.assertIn("state-apply 0.0.0.0:0#0 counter=2", self.stack.log("app-primary"))
         st = self.status()
-        self.assertEqual((st[1]["fenced"], st[1]["protected"]), ("0", "1"), st)
-        out = self.tb["c1"].cmd(f"curl -s -m 5 http://{VIP_IP}/static/100?seed=1 -o /dev/null -w '%{{http_code}}'")
-        self.assertIn("200", out)
-        self.assertRegex(self.stack.log("proxy"), rf"connect id=\d+ client=\S+ backend={SERVERS['primary']}:{APP_PORT} "
-                                                  rf"local=\S+\n(.*\n)*.*connect id=\d+ client=\S+ backend={SERVERS['primary']}")
+        self.assertEqual((st[1]["role"], st[1]["fenced"]), ("alternate", "0"), st)
+        self.assertEqual((st[2]["role"], st[2]["protected"]), ("primary", "1"), st)
+        # Protected again: the survivor crashes mid-response, the readmitted
+        # primary takes the connection over, the counter exact.
+        cap, pcap = self.tb.capture("c1", "c1-2", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=3\"\n"
+                        f"request GET {SLOW}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=4\"\n", name="client-2")
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10))
+        time.sleep(0.3)
+        self.tb.kill(self.stack.d["app-alternate"])
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        self.assertRegex(self.stack.log("proxy"), rf"recovered id=\d+ client=\S+ .*alternate={SERVERS['primary']}")
 
 
 class TestHungBackend(Case):
@@ -706,6 +722,60 @@ class TestReprotection(Case):
         self.assertEqual(out.strip(), "counter=3", out)
         self.assertIn("successor backend=3", self.stack.log("stated-alternate"))
         self.assertRegex(self.stack.log("stated-spare"), r"update 10\.0\.1\.1:\d+#3 \d+B sync")
+
+
+class TestReadmission(Case):
+    """Three backends, three crashes on one client connection (issue 15):
+    the primary fails (the alternate serves, the spare is its standby); the
+    primary is restarted and readmitted: it rejoins at the end of the chain,
+    brought up to date by the spare's snapshot; the alternate fails (the
+    spare serves, the readmitted primary is its standby); the spare fails:
+    the readmitted primary takes the connection over.  Every response
+    byte-exact on one connection, every update counted once."""
+    topo_args = {"spare": True}
+    ctl = TestAfterFailover.ctl
+    status = TestAfterFailover.status
+    STREAM = "/slow?bytes=3200000&chunk=8000&delay=20ms"   # 400 chunks, ~8 s
+
+    def kill_mid(self, d, step, app, recovered, target):
+        """Once step 'step' was answered, SIGKILLs 'app' during the next one
+        and waits until the proxy recovered the connection for the
+        'recovered'-th time, to 'target'."""
+        self.assertTrue(wait_until(lambda: file_contains(d.err, f"step={step} response"), 20), open(d.err).read()[-2000:])
+        time.sleep(0.5)
+        self.assertFalse(file_contains(d.err, f"step={step + 1} response"), "the stream ended before the crash")
+        self.tb.kill(self.stack.d[app])
+        self.assertTrue(wait_until(lambda: len(re.findall(r"recovered id=1 ", self.stack.log("proxy"))) == recovered, 5),
+                        self.stack.log("proxy")[-3000:])
+        self.assertRegex(self.stack.log("proxy"), rf"recovered id=1 client=\S+ alternate={target}:{APP_PORT}")
+
+    def test_three_crashes_one_connection(self):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        f"request GET {SLOW}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=2\"\n"
+                        f"request GET {self.STREAM}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=3\"\n"
+                        f"request GET {self.STREAM}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=4\"\n", extra=["--timeout", "30s"])
+        self.kill_mid(d, 0, "app-primary", 1, SERVERS["alternate"])
+        # The primary's host restarts its daemons; the operator readmits it.
+        self.stack.restart_backend("primary")
+        self.assertIn("status=0", self.ctl("readmit", "--backend-id", "1"))
+        self.assertTrue(wait_until(lambda: "snapshot applied" in self.stack.log("stated-primary"), 5),
+                        self.stack.log("stated-primary")[-2000:] + self.stack.log("stated-spare")[-2000:])
+        self.assertRegex(self.stack.log("stated-spare"), r"snapshot to backend=1: \d+B covered=\d+")
+        st = self.status()
+        self.assertEqual([st[i]["role"] for i in (1, 2, 3)], ["spare", "primary", "alternate"], st)
+        self.kill_mid(d, 2, "app-alternate", 2, SPARE_IP)
+        st = self.status()
+        self.assertEqual([st[i]["role"] for i in (1, 3)], ["alternate", "primary"], st)
+        self.kill_mid(d, 4, "app-spare", 3, SERVERS["primary"])
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        out = self.tb["c1"].cmd(f"curl -s http://{SERVERS['primary']}:{APP_PORT}/counter")
+        self.assertEqual(out.strip(), "counter=4", out)
 
 
 class TestPairFence(Case):

@@ -322,14 +322,18 @@ class FrontCase(unittest.TestCase):
                  "--logger", f"{LOGGER}:{LOGGER_CTL}", "--heartbeat", "10ms"], ready="listening")
             self.d[f"upstream-{host}"] = self.tb.start(host, f"upstream-{host}", self.upstream_argv(host),
                                                        ready="listening")
-            self.d[f"front-{host}"] = self.tb.start(
-                host, f"front-{host}",
-                [binary("rs-front"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host, "--stated", sock,
-                 "--upstream", f"127.0.0.1:{UPSTREAM_PORT}"] + self.front_args(host) + list(front_extra),
-                ready="listening")
+            self.start_front(host, f"front-{host}", *front_extra)
         for h in ("primary", "alternate"):
             self.assertTrue(wait_until(lambda: "app-connect" in self.log(f"stated-{h}"), 5),
                             self.log(f"stated-{h}"))
+
+    def start_front(self, host, name, *extra):
+        """rs-front on 'host' (again, after a crash: its log goes to run/'name'.err)."""
+        sock = os.path.join(self.dir, f"{host}.sock")
+        self.d[f"front-{host}"] = self.tb.start(
+            host, name, [binary("rs-front"), "--listen", f"0.0.0.0:{APP_PORT}", "--id", host, "--stated", sock,
+                         "--upstream", f"127.0.0.1:{UPSTREAM_PORT}"] + self.front_args(host) + list(extra),
+            ready="listening")
 
     def log(self, name):
         with open(self.d[name].err) as f:
@@ -452,6 +456,37 @@ class TestFront(FrontCase):
         self.assertEqual(read(), "counter=2")
         self.assertIn(f"state-apply {b}#0 file 9B seq=2", self.log("front-alternate"))
         self.assertEqual([f for f in os.listdir(self.hdir("alternate")) if ".rs-" in f], [])
+
+    def test_export_brings_a_rejoining_standby_up_to_date(self):
+        """A backend readmitted after a failure rejoins the chain and gets its
+        predecessor's whole state (rs-stated's snapshot, the library's
+        export): from the serving front its own newest state, from a
+        standby the one --apply-file installed.  Each readmission is the
+        proxy's FENCE pair (fenced, then readmitted) sent by rs-ctl to both
+        rs-stateds; the fenced backend's front is stopped and started again."""
+        self.front_args = lambda host: ["--state-dir", self.hdir(host), "--apply-file",
+                                        os.path.join(self.hdir(host), "app.state")]
+        self.start_pair()
+        self.client(42051, [["POST", "/counter", {}, ""]])     # counter=1, seq 1
+        self.client(42052, [["POST", "/counter", {}, ""]])     # counter=2, seq 2
+
+        def readmit(bid, host, generation):
+            for word in ("fence", "readmit"):
+                for to in (PRIMARY, ALTERNATE):
+                    self.assertEqual(self.ctl(to, word, "--backend-id", str(bid),
+                                              "--target", f"{SERVERS[host]}:{APP_PORT}")[0], 0)
+            self.start_front(host, f"front-{host}-{generation}")
+            self.assertTrue(wait_until(lambda: "snapshot applied" in self.log(f"stated-{host}"), 5),
+                            self.log(f"stated-{host}")[-2000:])
+            path = os.path.join(self.hdir(host), "app.state")
+            self.assertEqual(open(path).read(), "counter=2")
+            self.assertIn("state-apply 0.0.0.0:0#0 file 9B seq=2", self.log(f"front-{host}"))
+
+        readmit(2, "alternate", 2)      # from the serving primary: its own newest state
+        self.assertIn("state-export 9B seq=2", self.log("front-primary"))
+        readmit(1, "primary", 2)        # from the alternate: the state it installed
+        self.assertIn("state-export 9B seq=2", self.log("front-alternate"))
+        self.assertIn("snapshot to backend=0: 29B covered=2", self.log("stated-alternate"))
 
     def test_apply_failure_is_reported(self):
         self.start_pair()
