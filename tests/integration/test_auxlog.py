@@ -178,6 +178,17 @@ def smtp_send(src, port, txn, msg_id, cut_mid_data=False, pipeline=False, rerun=
     return replies
 
 
+def smtp_until_data(src, port, txn):
+    """A marked SMTP conversation up to DATA's 354; returns the connection."""
+    c = Conn(src, port)
+    smtp_reply(c)
+    for cmd in (f"EHLO {marker_label(txn)}.resplice.test\r\n", "MAIL FROM:<alice@resplice.test>\r\n",
+                "RCPT TO:<bob@resplice.test>\r\n", "DATA\r\n"):
+        c.send(cmd.encode())
+        smtp_reply(c)
+    return c
+
+
 def imap_tagged(c, tag):
     out = b""
     while True:
@@ -439,12 +450,7 @@ class AuxlogCase(unittest.TestCase):
         cut, so when it resumes its message goes nowhere — one mail."""
         txn = "10.0.1.3:40003#2"
         before, s0 = self.count(), self.stats()
-        c = Conn(PRIMARY, self.aux_smtp)
-        smtp_reply(c)
-        for cmd in (f"EHLO {marker_label(txn)}.resplice.test\r\n", "MAIL FROM:<alice@resplice.test>\r\n",
-                    "RCPT TO:<bob@resplice.test>\r\n", "DATA\r\n"):
-            c.send(cmd.encode())
-            smtp_reply(c)
+        c = smtp_until_data(PRIMARY, self.aux_smtp, txn)
         body = message("e4-primary")
         c.send(body[: len(body) // 2])
         time.sleep(0.2)
@@ -584,12 +590,7 @@ class AuxlogDrainCase(unittest.TestCase):
         primary's message and the re-run's catch-up sent a second one.)"""
         txn = "10.0.1.3:40005#2"
         s0 = stats(self.auxlog)
-        c = Conn(PRIMARY, self.port)
-        smtp_reply(c)
-        for cmd in (f"EHLO {marker_label(txn)}.resplice.test\r\n", "MAIL FROM:<alice@resplice.test>\r\n",
-                    "RCPT TO:<bob@resplice.test>\r\n", "DATA\r\n"):
-            c.send(cmd.encode())
-            smtp_reply(c)
+        c = smtp_until_data(PRIMARY, self.port, txn)
         c.send(message("drain-primary") + b".\r\n")
         end = time.monotonic() + 5
         while not self.store.delivered and time.monotonic() < end:
