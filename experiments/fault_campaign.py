@@ -37,8 +37,10 @@ from outside the component:
                         being set up there are reset at once, probed)
   double                with a spare backend (LanTopo(spare=True), the reference
                         app only): SIGKILL of the primary, then of the
-                        alternate 0.3-1.5 s later (it serves by then, or is
-                        still recovering): the spare takes over, masked
+                        alternate at a second moment drawn over the rest
+                        of the action (at least 50 ms later: it serves the
+                        recovered connections by then, or still recovers
+                        them): the spare takes over, masked
   auxlog                SIGKILL of rs-auxlog (Roundcube only; not in the
                         default list: it is not replicated, nothing masks it)
 
@@ -118,7 +120,7 @@ FAULTS = ("none", "process", "host", "hang", "cut-logger", "alternate-in-recover
 # These run on a testbed of their own, with a proxy pair, or with a spare.
 PAIR_FAULTS = ("pair-kill", "pair-host")
 SPARE_FAULTS = ("double",)
-DOUBLE_DELAY_S = (0.3, 1.5)
+DOUBLE_MIN_S = 0.05
 # Faults a campaign runs only when asked (FAULTS=...): rs-auxlog is not
 # replicated, so its death is not masked (see the closing notes of issue 14).
 OPT_IN = ("auxlog",)
@@ -464,7 +466,8 @@ class Faults:
             self.undo.append(lambda: self.tb.host_up("proxy"))
         elif fault == "double":
             self.primary_kill()
-            t = threading.Timer(self.rng.uniform(*DOUBLE_DELAY_S), lambda: self.kill("app-alternate"))
+            rest = max(2 * DOUBLE_MIN_S, self.window - self.moment)
+            t = threading.Timer(self.rng.uniform(DOUBLE_MIN_S, rest), lambda: self.kill("app-alternate"))
             t.start()
             return t
         elif fault == "second":
@@ -614,6 +617,7 @@ def trial(tb, args, target, fault, workload, n, seed, window):
     moment = rng.uniform(0, window) if fault != "none" else None
     if moment is not None and args.moment_ms is not None:     # reproducing a kept trial
         moment = args.moment_ms / 1000
+    faults.window, faults.moment = window, moment
     before = target.before()
     t0 = time.time()
     clients = run_clients(tb, args, target, seed)

@@ -100,7 +100,7 @@ struct stats {
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
-        adopted;
+        adopted, recovery_retargets;
 };
 
 /* The proxy pair (pair.c): this proxy and another share the VIP. */

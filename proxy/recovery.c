@@ -69,6 +69,8 @@ struct recovery {
     uint64_t ctl_conn, ctl_seq;   /* RESPLICE: whom to answer */
     uint32_t backend_id;
     int target;                   /* the alternate when it began: roles may change meanwhile */
+    unsigned attempt;             /* earlier recoveries of this failure whose target failed too */
+    bool failing;                 /* in rec_fail: a fence it causes leaves it to rec_fail */
     uint64_t t0_us, t_plan_us, t_resend_us;
     struct rs_ctl_call call;
     struct rs_ctl_plan plan;      /* plan.data -> data */
@@ -389,6 +391,47 @@ static void answer_resplice(struct recovery *rec, int err)
         rs_ctl_ack(cc, &req, err);
 }
 
+/* Whether 'rec' failed because its target failed too (a second crash
+ * while the first one's recoveries run): the target is fenced by now, or
+ * the move to it was refused or reset by its host (its application is
+ * gone: that fences it, as a refused connect at a connection's start
+ * does), and another standby is left to try. */
+static bool target_failed(struct recovery *rec, int err)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    struct backend *t = rec->target >= 0 ? &p->backends[rec->target] : NULL;
+    bool gone = err == -ECONNREFUSED || err == -ECONNRESET || err == -ENOTCONN || err == -EPIPE;
+
+    if (!t || pc->phase != PC_SPLICED || rec->attempt + 1 >= (unsigned)p->nbackends)
+        return false;
+    if (!t->fenced && rec->step == REC_SPLICE && gone) {
+        rec->failing = true;
+        px_backend_failed(p, t->id, "recovery-target");
+        rec->failing = false;
+    }
+    return t->fenced && standby_for(p, pc) >= 0;
+}
+
+/* Recovers 'rec''s connection again, towards the next standby: the plan
+ * is made afresh (the logger asks the new target's rs-stated). */
+static void rec_again(struct recovery *rec, int err)
+{
+    struct pconn *pc = rec->pc;
+    struct proxy *p = pc->p;
+    const char *why = rec->why;
+    unsigned attempt = rec->attempt + 1;
+
+    p->st.recovery_retargets++;
+    rs_log("recover id=%" PRIu64 " client=%s step=%s target=%s failed (%s): again, to the next standby",
+           pc->id, RS_A(pc->client), step_name[rec->step], RS_A(p->backends[rec->target].addr), strerror(-err));
+    move_cleanup(p, &rec->mv, true);
+    rec_end(rec);
+    px_recover(p, pc, why);
+    if (pc->rec)
+        pc->rec->attempt = attempt;
+}
+
 static void rec_fail(struct recovery *rec, int err)
 {
     struct pconn *pc = rec->pc;
@@ -405,6 +448,10 @@ static void rec_fail(struct recovery *rec, int err)
         px_dp_set_state(p->dp, &kb, RS_FLOW_ACTIVE);
         px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE);
         rec_end(rec);
+        return;
+    }
+    if (target_failed(rec, err)) {
+        rec_again(rec, err);
         return;
     }
     p->st.unrecoverable++;
@@ -803,6 +850,12 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
 
             int e = 0;
 
+            if (pc->rec && pc->rec->target == idx && !pc->rec->resplice_only && pc->backend_idx != idx
+                && !pc->rec->failing) {
+                /* Being recovered to it: again, to the next standby (below). */
+                e = 0;
+                goto keep;
+            }
             if (pc->backend_idx != idx || pc->phase == PC_CLOSING)
                 continue;
             if (pc->phase == PC_SPLICED && !pc->rec) {
@@ -821,6 +874,7 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
                 px_pc_close(p, pc, "fence-failed", true);
                 continue;
             }
+        keep:
             if (n == cap) {
                 uint64_t *nid = realloc(ids, (cap = cap ? cap * 2 : 64) * sizeof(*ids));
                 if (!nid)
@@ -834,6 +888,11 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
     /* 2. Then move them, all at once: each recovery runs on its own. */
     for (size_t i = 0; i < n; i++) {
         struct pconn *pc = px_pc_find(p, ids[i]);
+        if (pc && pc->rec && pc->rec->target == idx && pc->backend_idx != idx) {
+            if (standby_for(p, pc) >= 0 && pc->phase == PC_SPLICED && !pc->rec->resplice_only)
+                rec_again(pc->rec, -EHOSTDOWN);
+            continue;   /* else it fails by itself, and ends cleanly */
+        }
         if (!pc || pc->backend_idx != idx)
             continue;
         if (pc->phase == PC_MAP || pc->phase == PC_CONNECTING)

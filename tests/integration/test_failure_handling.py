@@ -724,6 +724,37 @@ class TestReprotection(Case):
         self.assertRegex(self.stack.log("stated-spare"), r"update 10\.0\.1\.1:\d+#3 \d+B sync")
 
 
+class TestSecondCrashDuringRecovery(Case):
+    """Three backends: the primary is killed under 20 connections and the
+    alternate as soon as the proxy holds the first of them (their
+    recoveries to it are under way): each recovery whose target died
+    starts again, to the spare; every connection masked, every update
+    counted once (found by make fault-campaign's 'double': 20-47 of 50
+    connections reset)."""
+    topo_args = {"spare": True}
+
+    def test_alternate_killed_while_recovering_to_it(self):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n"
+                        f"request GET {SLOW}\n  expect content seed=0\n"
+                        "request POST /counter\n", extra=["--connections", "20"])
+        self.assertTrue(wait_until(lambda: open(d.err).read().count("step=0 response") == 20, 10),
+                        open(d.err).read()[-2000:])
+        time.sleep(0.3)
+        second = self.tb.crash_when(lambda: "step=hold" in self.stack.proxy_log(),
+                                    lambda: self.tb.kill(self.stack.d["app-alternate"]), timeout=5)
+        self.stack.kill_primary()
+        second.fired.wait(6)
+        d.popen.wait(30)
+        self.tb.stop_capture(cap)
+        self.assert_transparent(d, pcap)
+        log = self.stack.proxy_log()
+        self.assertIn("again, to the next standby", log)
+        self.assertNotIn("unrecoverable", log)
+        out = self.tb["c1"].cmd(f"curl -s http://{SPARE_IP}:{APP_PORT}/counter")
+        self.assertEqual(out.strip(), "counter=40", out)
+
+
 class TestReadmission(Case):
     """Three backends, three crashes on one client connection (issue 15):
     the primary fails (the alternate serves, the spare is its standby); the
