@@ -71,6 +71,9 @@ struct recovery {
     int target;                   /* the alternate when it began: roles may change meanwhile */
     unsigned attempt;             /* earlier recoveries of this failure whose target failed too */
     bool failing;                 /* in rec_fail: a fence it causes leaves it to rec_fail */
+    bool again;                   /* its target failed while the logger plans: start again on
+                                   * its answer (a PLAN names only the client: an earlier one
+                                   * answering a later RECOVER would be taken for it) */
     uint64_t t0_us, t_plan_us, t_resend_us;
     struct rs_ctl_call call;
     struct rs_ctl_plan plan;      /* plan.data -> data */
@@ -422,9 +425,15 @@ static void rec_again(struct recovery *rec, int err)
     const char *why = rec->why;
     unsigned attempt = rec->attempt + 1;
 
-    p->st.recovery_retargets++;
-    rs_log("recover id=%" PRIu64 " client=%s step=%s target=%s failed (%s): again, to the next standby",
-           pc->id, RS_A(pc->client), step_name[rec->step], RS_A(p->backends[rec->target].addr), strerror(-err));
+    if (!rec->again) {
+        p->st.recovery_retargets++;
+        rs_log("recover id=%" PRIu64 " client=%s step=%s target=%s failed (%s): again, to the next standby",
+               pc->id, RS_A(pc->client), step_name[rec->step], RS_A(p->backends[rec->target].addr), strerror(-err));
+    }
+    if (rec->step == REC_PLAN && rec->call.conn) {
+        rec->again = true;      /* on_plan starts it again */
+        return;
+    }
     move_cleanup(p, &rec->mv, true);
     rec_end(rec);
     px_recover(p, pc, why);
@@ -595,6 +604,10 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
     uint32_t q;
     int n;
 
+    if (rec->again) {
+        rec_again(rec, err ? err : -EHOSTDOWN);
+        return;
+    }
     if (!err && reply->type != RS_CTL_PLAN)
         err = reply->u.ack.status ? reply->u.ack.status : -EPROTO;
     if (err) {
