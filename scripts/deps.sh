@@ -12,6 +12,7 @@ mininet openvswitch-switch bridge-utils iptables iproute2
 iputils-ping ethtool tcpdump iperf3 procps psmisc net-tools curl
 gnuplot-nox haproxy keepalived
 roundcube roundcube-core roundcube-sqlite3 php-cgi php-cli php-sqlite3 lighttpd dovecot-imapd
+linux-headers-amd64 linux-image-amd64 qemu-system-x86 busybox-static cpio
 "
 
 missing=""

@@ -91,6 +91,28 @@ def run_fuzz(build, seconds, t):
         print(f"fuzz  {name:32s} {runs[0] if runs else '?'} runs in {seconds}s  {'ok' if ok else 'FAIL'}")
 
 
+def run_kmod(build, t):
+    """The kernel modules' tests, in Debian's kernel booted under qemu
+    (kmod/guest/run.py; make kmod builds the modules first)."""
+    if not os.path.exists(os.path.join(build, "kmod", "rs_logmod.ko")):
+        t.nothing_ran("kmod", f"no {build}/kmod/rs_logmod.ko: make kmod")
+        return
+    sys.path.insert(0, os.path.join(ROOT, "kmod", "guest"))
+    from run import run as guest_run
+    status, console = guest_run([sys.executable, os.path.join(ROOT, "kmod", "tests", "guest_tests.py")],
+                                timeout=600, echo=False)
+    m = re.search(r"^(\d+) passed, (\d+) failed$", console, re.M)
+    p, f = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+    if status and not f:
+        f = 1
+    for line in console.splitlines():
+        if line.startswith(("ok", "FAIL", "  ")) or "Traceback" in line or "Error" in line:
+            print(f"kmod  {line}")
+    print(f"kmod  guest_tests (Debian's kernel in qemu) {p} passed, {f} failed  {'ok' if not f else 'FAIL'}")
+    t.passed += p
+    t.failed += f
+
+
 def run_integration(build, pattern, t):
     os.environ["RS_BUILD"] = os.path.abspath(build)
     sys.path.insert(0, ROOT)
@@ -115,12 +137,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--build", default="build")
     ap.add_argument("--fuzz-seconds", type=int, default=15)
-    ap.add_argument("--only", choices=["unit", "fuzz", "integration"])
+    ap.add_argument("--only", choices=["unit", "fuzz", "kmod", "integration"])
     ap.add_argument("--pattern", default="test_*.py", help="integration test file pattern")
     a = ap.parse_args()
     t = Tally()
     for name, fn in (("unit", lambda: run_unit(a.build, t)),
                      ("fuzz", lambda: run_fuzz(a.build, a.fuzz_seconds, t)),
+                     ("kmod", lambda: run_kmod(a.build, t)),
                      ("integration", lambda: run_integration(a.build, a.pattern, t))):
         if not a.only or a.only == name:
             fn()
