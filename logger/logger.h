@@ -177,6 +177,7 @@ struct logger {
     struct lg_stats s;
     void *resends;                   /* resend.c's list of resend connections */
     void *pcap;                      /* pcap_t of lg_capture_pcap */
+    struct lg_kmod *kmod;            /* lg_capture_kmod's (capture_kmod.c) */
 };
 
 /* ---- conn.c: the log ----------------------------------------------------- */
@@ -239,6 +240,8 @@ void lg_live_stop(struct logger *lg);
 /* ---- capture.c: where frames come from -------------------------------------------- */
 
 extern const struct lg_capture_ops lg_capture_pcap;
+/* capture_kmod.c: from the kernel module kmod/logmod.c (--capture kmod). */
+extern const struct lg_capture_ops lg_capture_kmod;
 /* Starts lg->capture on lg->iface (at lg->nice).  Returns 0 or -errno. */
 int lg_capture_start(struct logger *lg);
 /* Processes every frame the capture holds now (a recovery must see what

@@ -27,6 +27,8 @@ static void usage(FILE *f)
         "Logs the client leg (client <-> VIP) of every connection from a port mirror,\n"
         "transactionalizes and tags it, detects backend failures and plans recoveries.\n"
         "  --iface IF              live capture on IF (promiscuous)\n"
+        "  --capture pcap|kmod     where frames come from: libpcap (default), or the kernel\n"
+        "                          module kmod/logmod.c's ring (/dev/rs_logmod)\n"
         "  --read FILE             offline: process a pcap, print the transaction table and\n"
         "                          stats, exit (with --stay: then serve control as live)\n"
         "  --vip ADDR:PORT         the service clients connect to\n"
@@ -60,6 +62,19 @@ static void usage(FILE *f)
         "  --help                  this text\n"
         "Logs one line per event on stderr; prints \"listening on ...\" when capturing;\n"
         "SIGUSR1 prints a stats line on stdout; SIGTERM exits.\n");
+}
+
+static int capture_source(const char *v, void *dst)
+{
+    struct logger *lg = dst;
+
+    if (!strcmp(v, "pcap"))
+        lg->capture = &lg_capture_pcap;
+    else if (!strcmp(v, "kmod"))
+        lg->capture = &lg_capture_kmod;
+    else
+        return -EINVAL;
+    return 0;
 }
 
 static int add_spare_stated(const char *v, void *dst)
@@ -138,6 +153,7 @@ static int parse_args(struct logger *lg, int argc, char **argv)
     uint64_t mem = lg->budget.limit, ring = lg->ring, max_conns = lg->max_conns;
     const struct rs_opt opts[] = {
         RS_OPTION("iface", RS_OPT_STR, &lg->iface),
+        RS_OPTION("capture", RS_OPT_FN, lg, .want = "pcap or kmod", .fn = capture_source),
         RS_OPTION("read", RS_OPT_STR, &lg->readfile),
         RS_OPTION("stay", RS_OPT_FLAG, &lg->stay),
         RS_OPTION("vip", RS_OPT_ADDR, &lg->vip),
@@ -274,6 +290,7 @@ int main(int argc, char **argv)
     lg.max_conns = LG_MAX_CONNS_DEFAULT;
     lg.listen = (struct rs_addr){ 0, 7071 };
     lg.resend = (struct rs_addr){ 0, 7072 };
+    lg.capture = &lg_capture_pcap;
     lg.tags = calloc(1, sizeof(*lg.tags));
     if (!lg.tags)
         return 1;
@@ -286,7 +303,8 @@ int main(int argc, char **argv)
         return 1;
     }
     lg.seq = rs_now_us();
-    lg.capture = &lg_capture_pcap;
+    if (lg.readfile)
+        lg.capture = &lg_capture_pcap;      /* files are libpcap's */
     if (lg.readfile) {
         int err = lg.capture->read_file(&lg);
 

@@ -17,6 +17,7 @@ import ctypes
 import fcntl
 import mmap
 import os
+import re
 import select
 import signal
 import socket
@@ -301,6 +302,76 @@ def test_interface_gone_ends_capture():
     c.close()
 
 
+def test_logger_captures_through_logmod():
+    """rs-logger --capture kmod beside rs-logger --capture pcap on the same
+    interface, a keep-alive client's transactions through rs-app: both
+    log the same transactions, byte for byte the same request and response
+    ranges, and the kmod one dropped nothing."""
+    netns_setup()
+    procs = []
+    try:
+        key = "/tmp/rs-key.hex"
+        with open(key, "w") as f:
+            f.write("ab" * 32 + "\n")
+        os.chmod(key, 0o600)
+        build = os.path.join(ROOT, "build")
+
+        def start(argv, log):
+            p = subprocess.Popen(["ip", "netns", "exec", "srv"] + argv, stdout=open(log + ".out", "w"),
+                                 stderr=open(log, "w"))
+            procs.append(p)
+            return p
+        start([f"{build}/rs-app", "--listen", f"{VIP}:{PORT}", "--id", "guest"], "/tmp/app.err")
+        logs = {}
+        for cap, base in (("kmod", 7071), ("pcap", 7081)):
+            logs[cap] = f"/tmp/logger-{cap}.err"
+            start([f"{build}/rs-logger", "--iface", "vb", "--vip", f"{VIP}:{PORT}", "--key", key, "--capture", cap,
+                   "--listen", f"127.0.0.1:{base}", "--resend", f"127.0.0.1:{base + 1}"], logs[cap])
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not all("start vip=" in open(l).read() for l in logs.values()):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        setns("cli")
+        for conn in range(2):
+            s = socket.create_connection((VIP, PORT), timeout=20)
+            f = s.makefile("rb")
+            reqs = [f"GET /static/200000?seed={conn * 10 + i} HTTP/1.1\r\nHost: x\r\n\r\n" for i in range(5)]
+            reqs += ["POST /counter HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"] * 2
+            for r in reqs:
+                s.sendall(r.encode())
+                status = f.readline()
+                assert b" 200 " in status, status
+                length = 0
+                while True:
+                    line = f.readline()
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                    if line in (b"\r\n", b""):
+                        break
+                f.read(length)
+            s.close()
+        time.sleep(1.0)
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(10)
+        txns = {}
+        for cap, log in logs.items():
+            text = open(log).read()
+            txns[cap] = sorted(re.findall(r"txn-logged (id=\S+ status=\d+ req=\S+ resp=\S+)", text))
+        print(f"  transactions logged: kmod {len(txns['kmod'])}, pcap {len(txns['pcap'])}")
+        assert len(txns["kmod"]) == 14, txns["kmod"]
+        assert txns["kmod"] == txns["pcap"], (txns["kmod"], txns["pcap"])
+        stats = re.findall(r"^stats received=(\d+) dropped=(\d+)", open(logs["kmod"] + ".out").read(), re.M)
+        assert stats and int(stats[-1][0]) > 0 and stats[-1][1] == "0", stats
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        netns_teardown()
+
+
 def test_unload_clean():
     sh("rmmod rs_logmod")
     assert not os.path.exists(DEV)
@@ -310,7 +381,8 @@ def test_unload_clean():
 
 
 TESTS = [test_load, test_bad_configurations, test_fast_transfer_no_loss, test_small_ring_counts_drops,
-         test_no_unload_while_held_then_reader_killed, test_interface_gone_ends_capture, test_unload_clean]
+         test_no_unload_while_held_then_reader_killed, test_interface_gone_ends_capture,
+         test_logger_captures_through_logmod, test_unload_clean]
 
 
 def main():
