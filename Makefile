@@ -48,7 +48,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -228,6 +228,11 @@ $(BUILD)/kmod/rs_logmod.ko: $(KMOD_SRC)
 # part of make test: about 45 s).
 kmod-test: kmod all
 	@$(PYTHON) tests/run.py --build $(BUILD) --only kmod
+
+# The capture half of the kmod benchmark (inside the guest): rs-logger
+# through logmod vs libpcap on the same download; ends with summary:.
+bench-kmod: kmod all
+	@$(PYTHON) kmod/guest/run.py --timeout 900 -- $(PYTHON) kmod/tests/bench_capture.py
 
 clean:
 	rm -rf $(BUILD)

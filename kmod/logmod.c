@@ -83,10 +83,12 @@ static void lm_copy(struct lm_cap *c, struct sk_buff *skb, unsigned int iplen)
 	unsigned long flags;
 	u64 head, tail;
 	u32 off, room;
+	bool was_empty;
 
 	spin_lock_irqsave(&c->wlock, flags);
 	head = h->head;
 	tail = smp_load_acquire(&h->tail);
+	was_empty = head == tail;
 	off = (u32)(head & (c->size - 1));
 	room = c->size - off;
 	/* A record never wraps: pad to the ring's end first when it would. */
@@ -113,7 +115,11 @@ static void lm_copy(struct lm_cap *c, struct sk_buff *skb, unsigned int iplen)
 	}
 	smp_store_release(&h->head, head + need);
 	spin_unlock_irqrestore(&c->wlock, flags);
-	wake_up_interruptible(&c->wait);
+	/* A reader that has not caught up yet drains this one too before it
+	 * polls again (poll looks at the ring after it registers): wake it
+	 * only when it may be asleep. */
+	if (was_empty)
+		wake_up_interruptible(&c->wait);
 }
 
 static unsigned int lm_hook(void *priv, struct sk_buff *skb, const struct nf_hook_state *state)

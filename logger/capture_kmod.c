@@ -55,7 +55,9 @@ static bool kmod_drain(struct logger *lg)
         tail += r->len;
     }
     __atomic_store_n(&k->hdr->tail, tail, __ATOMIC_RELEASE);
-    return tail < __atomic_load_n(&k->hdr->head, __ATOMIC_ACQUIRE);
+    /* More may wait only after a full batch: otherwise the module wakes the
+     * loop (poll) for what came meanwhile, rather than the loop spinning. */
+    return n == KMOD_BATCH;
 }
 
 static void on_readable(struct rs_io *io, uint32_t events)
