@@ -219,6 +219,17 @@ struct rs_ctl_recover {
      * plan whose log lacks any of them cannot be right. */
     bool has_server_ack;
     uint32_t server_ack;
+    /* The end of what the proxy forwarded of the failed backend's bytes
+     * (not counting a FIN it held), in the client's numbering: before its
+     * verdict on an end (is the last response complete?) the logger waits
+     * until its log holds as much, for a capture that lags behind. */
+    bool has_server_end;
+    uint32_t server_end;
+    /* No backend is left to take the connection over: the logger only
+     * says whether the backend's end was meant (-ESHUTDOWN) or not
+     * (-EHOSTDOWN), and neither queries nor changes any backend's state.
+     * 'target' is then the backend that ended. */
+    bool verdict_only;
 };
 
 /* Flags of rs_ctl_plan. */

@@ -23,7 +23,7 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_CONN_MAP] = 16,
     [RS_CTL_STATE_QUERY] = 8,
     [RS_CTL_APPLY] = 8,
-    [RS_CTL_RECOVER] = 32,
+    [RS_CTL_RECOVER] = 36,
     [RS_CTL_PLAN] = RS_CTL_PLAN_HDR,
     [RS_CTL_RESEND] = 16,
     [RS_CTL_SUSPECT] = 12,
@@ -186,7 +186,8 @@ static int validate__(const struct rs_ctl_msg *m)
         ok = conn_ok(&m->u.recover.client) && conn_ok(&m->u.recover.target)
              && m->u.recover.backend_id != 0
              && (m->u.recover.has_seen || (!m->u.recover.client_ack && !m->u.recover.client_seq_end))
-             && (m->u.recover.has_server_ack || !m->u.recover.server_ack);
+             && (m->u.recover.has_server_ack || !m->u.recover.server_ack)
+             && (m->u.recover.has_server_end || !m->u.recover.server_end);
         break;
     case RS_CTL_PLAN: {
         const struct rs_ctl_plan *b = &m->u.plan;
@@ -364,11 +365,13 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         rs_put16(p, m->u.recover.budget_ms);
         rs_put32(p, m->u.recover.backend_id);
         put_conn(p, &m->u.recover.target);
-        rs_put8(p, (m->u.recover.has_seen ? 1 : 0) | (m->u.recover.has_server_ack ? 2 : 0));
+        rs_put8(p, (m->u.recover.has_seen ? 1 : 0) | (m->u.recover.has_server_ack ? 2 : 0)
+                       | (m->u.recover.verdict_only ? 4 : 0) | (m->u.recover.has_server_end ? 8 : 0));
         rs_put_zero(p, 1);
         rs_put32(p, m->u.recover.client_ack);
         rs_put32(p, m->u.recover.client_seq_end);
         rs_put32(p, m->u.recover.server_ack);
+        rs_put32(p, m->u.recover.server_end);
         break;
     case RS_CTL_PLAN: {
         const struct rs_ctl_plan *b = &m->u.plan;
@@ -585,12 +588,15 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         m->u.recover.backend_id = rs_get32(&p);
         get_conn(&p, &m->u.recover.target);
         fl = rs_get8(&p);
-        pad_ok = fl <= 3 && get_zero(&p, 1);
+        pad_ok = fl <= 15 && get_zero(&p, 1);
         m->u.recover.has_seen = (fl & 1) != 0;
         m->u.recover.has_server_ack = (fl & 2) != 0;
+        m->u.recover.verdict_only = (fl & 4) != 0;
+        m->u.recover.has_server_end = (fl & 8) != 0;
         m->u.recover.client_ack = rs_get32(&p);
         m->u.recover.client_seq_end = rs_get32(&p);
         m->u.recover.server_ack = rs_get32(&p);
+        m->u.recover.server_end = rs_get32(&p);
         break;
     case RS_CTL_PLAN: {
         struct rs_ctl_plan *b = &m->u.plan;

@@ -180,7 +180,8 @@ int main(int argc, char **argv)
         m.u.heartbeat.backend_id = a.backend_id;
     } else if (m.type == RS_CTL_RECOVER) {
         m.u.recover = (struct rs_ctl_recover){ { a.client.ip, a.client.port }, 0, a.backend_id,
-                                               { a.target.ip, a.target.port }, false, 0, 0, false, 0 };
+                                               { a.target.ip, a.target.port }, false, 0, 0, false, 0, false, 0,
+                                               false };
     } else if (m.type == RS_CTL_FENCE) {
         m.u.fence.backend_id = a.backend_id;
         m.u.fence.ip4 = a.target.ip;

@@ -105,12 +105,35 @@ static void conn_free(struct logger *lg, struct lg_conn *c)
     free(c);
 }
 
+static void check_gap(struct lg_conn *c);
+
+/* Forgets the connection that ended (both FINs or a RST) longest ago, to
+ * make room for a new one: a table full of connections lingering after
+ * their end (short "Connection: close" ones, hundreds a second) must not
+ * leave a live connection unlogged, hence unrecoverable.  Returns whether
+ * one went. */
+static bool evict_closed(struct logger *lg)
+{
+    struct lg_conn *old = NULL;
+
+    for (unsigned b = 0; b < LG_BUCKETS; b++)
+        for (struct lg_conn *c = lg->buckets[b]; c; c = c->next)
+            if (c->closed_ns && (!old || c->closed_ns < old->closed_ns))
+                old = c;
+    if (!old)
+        return false;
+    check_gap(old);
+    lg->s.closed_evicted++;
+    conn_free(lg, old);
+    return true;
+}
+
 static struct lg_conn *conn_new(struct logger *lg, uint32_t ip, uint16_t port, uint64_t now)
 {
     struct lg_conn *c;
     unsigned b = bucket(ip, port);
 
-    if (lg->nconns >= lg->max_conns) {
+    if (lg->nconns >= lg->max_conns && !evict_closed(lg)) {
         if (lg->s.nl_limit++ % 1000 == 0)
             rs_log("not-loggable client=%s reason=%s conns=%u", RS_A(((struct rs_addr){ ip, port })),
                    lg_nl_str(LG_NL_LIMIT), lg->nconns);

@@ -135,7 +135,7 @@ struct lg_capture_ops {
 
 struct lg_stats {
     uint64_t packets, bytes, non_tcp, not_ours, truncated;
-    uint64_t conns, conns_freed, nl_midstream, nl_nomem, nl_limit, rings_grown, rings_full;
+    uint64_t conns, conns_freed, closed_evicted, nl_midstream, nl_nomem, nl_limit, rings_grown, rings_full;
     uint64_t inc_refused, inc_conflict, inc_http, inc_truncated, inc_gap;
     uint64_t txns, txns_logged, txn_logged_sent, released_bytes;
     uint64_t heartbeats, hb_unknown, failures_declared, failures_forwarded;   /* liveness thread */

@@ -214,7 +214,8 @@ static void print_stats(void *ctx)
 #define LG_STAT(f) RS_STAT(struct lg_stats, f)
     static const struct rs_stat_field fields[] = {
         LG_STAT(packets), LG_STAT(bytes), LG_STAT(non_tcp), LG_STAT(not_ours), LG_STAT(truncated),
-        { "conns_total", offsetof(struct lg_stats, conns) }, LG_STAT(conns_freed), LG_STAT(nl_midstream),
+        { "conns_total", offsetof(struct lg_stats, conns) }, LG_STAT(conns_freed), LG_STAT(closed_evicted),
+        LG_STAT(nl_midstream),
         LG_STAT(nl_nomem), LG_STAT(nl_limit), LG_STAT(rings_grown), LG_STAT(rings_full), LG_STAT(inc_refused),
         LG_STAT(inc_conflict), LG_STAT(inc_http), LG_STAT(inc_truncated), LG_STAT(inc_gap), LG_STAT(txns),
         LG_STAT(txns_logged), LG_STAT(released_bytes), LG_STAT(heartbeats), LG_STAT(hb_unknown),

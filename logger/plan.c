@@ -173,6 +173,17 @@ static bool behind(const struct lg_conn *c, const struct rs_ctl_recover *rq)
     return rs_seq_lt(req_end, rq->client_seq_end);
 }
 
+/* True while the log lacks response bytes the proxy forwarded to the
+ * client ('rq'->server_end): the verdict on the backend's end (is the
+ * last response complete?) must not be taken from a capture that lags. */
+static bool resp_behind(const struct lg_conn *c, const struct rs_ctl_recover *rq)
+{
+    /* (A log that never started cannot back a plan anyway: loggable().) */
+    if (!rq->has_server_end || !c->started)
+        return false;
+    return rs_seq_lt(rs_reasm_contig_seq(&c->rs[LG_RESP]), rq->server_end);
+}
+
 /* The log of the plan's connection, if it is still the same incarnation. */
 static struct lg_conn *plan_conn(struct lg_plan *pl)
 {
@@ -546,7 +557,7 @@ static void settle(struct rs_timer *t)
     struct logger *lg = pl->lg;
     struct lg_conn *c;
     struct rs_ctl_msg m = { .type = RS_CTL_STATE_QUERY };
-    bool lacking;
+    bool lacking, resp_lags;
     int e;
 
     /* The mirror's copies of the last segments may still be in the capture
@@ -556,15 +567,19 @@ static void settle(struct rs_timer *t)
     lg_capture_drain(lg);
     c = lg_conn_find(lg, pl->rq.client.ip4, pl->rq.client.port);
     lacking = c && loggable(c, &pl->rq) == -ENOBUFS;
-    if ((!c || lacking || behind(c, &pl->rq)) && pl->settle_ms++ < RECOVER_SETTLE_MS) {
+    resp_lags = c && resp_behind(c, &pl->rq);
+    if ((!c || lacking || resp_lags || behind(c, &pl->rq)) && pl->settle_ms++ < RECOVER_SETTLE_MS) {
         rs_timer_after(&lg->loop, &pl->timer, 1000000);
         return;
     }
     /* Bytes the backend acknowledged are still missing: a capture that
      * lags (a loaded machine) brings them later.  Wait while half the
      * budget is left for the rest of the plan; without them the plan would
-     * hand the alternate a request with a hole the client never fills. */
-    if (lacking && remaining(pl) > pl->budget_ns / 2) {
+     * hand the alternate a request with a hole the client never fills.
+     * Likewise for response bytes the client was sent: without them a
+     * complete "Connection: close" response looks cut short, and a meant
+     * close becomes a failover. */
+    if ((lacking || resp_lags) && remaining(pl) > pl->budget_ns / 2) {
         pl->settle_ms++;
         rs_timer_after(&lg->loop, &pl->timer, 1000000);
         return;
@@ -576,7 +591,8 @@ static void settle(struct rs_timer *t)
     if (pl->settle_ms)
         rs_log("recover client=%s settled in %d ms%s", RS_A(((struct rs_addr){ c->ip, c->port })), pl->settle_ms,
                behind(c, &pl->rq) ? " (the log is still behind the proxy's view)"
-               : lacking ? " (the log still lacks bytes the backend acknowledged)" : "");
+               : lacking ? " (the log still lacks bytes the backend acknowledged)"
+               : resp_lags ? " (the log still lacks response bytes the client was sent)" : "");
     pl->isn = c->isn[LG_REQ];
     if ((e = loggable(c, &pl->rq))) {
         plan_reply(pl, e);
@@ -586,6 +602,11 @@ static void settle(struct rs_timer *t)
         /* The backend's FIN ends a complete response that said
          * "Connection: close": the application meant it, nothing to recover. */
         plan_reply(pl, -ESHUTDOWN);
+        return;
+    }
+    if (pl->rq.verdict_only) {
+        /* Not meant, and the proxy has no backend left to move it to. */
+        plan_reply(pl, -EHOSTDOWN);
         return;
     }
     if (!lg->has_stated) {

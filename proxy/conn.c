@@ -204,7 +204,10 @@ static void reset_client(struct proxy *p, struct pconn *pc)
     if (fc.t.pos.has_ack)
         seqs[n++] = fc.t.pos.ack_max;
     if (pc->backend.ip && !px_dp_get(p->dp, &kb, &fb) && fb.t.pos.has_seq && fb.cfg.state != RS_FLOW_WATCH) {
-        uint32_t hi = fb.t.pos.seq_next + fb.cfg.dir.seq_delta;
+        /* A FIN the guard held never reached the client: it expects the
+         * sequence number the FIN took, not the one after it. */
+        bool fin_held = fb.t.pos.fin_seen && !(pc->seen & (RS_FLOW_SEEN_FIN << 4));
+        uint32_t hi = fb.t.pos.seq_next - (fin_held ? 1 : 0) + fb.cfg.dir.seq_delta;
         if (!n || hi != seqs[0])
             seqs[n++] = hi;
     }
@@ -557,12 +560,49 @@ static uint32_t client_rtt_us(int fd)
     return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) ? 0 : ti.tcpi_rtt;
 }
 
+/* Whether 'fd''s peer has ended its side (its FIN is in the socket, read or
+ * not): the socket left ESTABLISHED.  A FIN queues no byte, so
+ * px_sock_queued() does not see it; a splice taken then would start the
+ * peer's numbering one past the FIN the other side never got. */
+static bool sock_peer_ended(int fd)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+
+    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) || ti.tcpi_state != 1 /* TCP_ESTABLISHED */;
+}
+
+/* Whether the tc program saw more of entry 'k''s sender than its socket
+ * holds in order ('rcv_nxt'): a segment the freeze dropped, or one the
+ * socket keeps out of order (the repair read does not carry it over).
+ * The sender retransmits it; the splice must wait for that, or the
+ * guard would take a retransmitted FIN for an end the client never saw
+ * the data of. */
+static bool flow_ahead(struct proxy *p, const struct rs_flow_key *k, uint32_t rcv_nxt)
+{
+    struct px_flow_info f;
+
+    return !px_dp_get(p->dp, k, &f) && f.t.pos.has_seq && rs_seq_gt(f.t.pos.seq_next, rcv_nxt);
+}
+
+static void open_write(struct proxy *p, struct pconn *pc);
+
 /* Splices 'pc' if both connections are quiet: every byte read was
  * forwarded and every byte sent was acknowledged.  The flow's entries are
  * frozen (segments dropped, peers retransmit) while the sockets' state is
  * read, so nothing can slip into the stack in between.
+ *
+ * 'at_connect': the backend connection is up and the proxy has not written
+ * it a byte yet, so the backend cannot be sending (HTTP: the client speaks
+ * first) and the freeze drops nothing of its.  Later, a quiet moment is
+ * only the pause between the backend's ACK of the request and its
+ * response: a response dropped there came back an RTO (200 ms) later,
+ * merged with the FIN.  The request read so far (c2b) then goes out from
+ * the backend socket after the splice (open_write): the backend's
+ * direction is translated at once (its pure ACKs go to that socket), the
+ * client's passes ACKs only until the backend acknowledges the request.
  * Returns 1 when spliced, 0 when not quiet yet, -errno on failure. */
-static int try_splice(struct proxy *p, struct pconn *pc)
+static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
 {
     struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
     struct rs_splice_conn s;
@@ -570,8 +610,9 @@ static int try_splice(struct proxy *p, struct pconn *pc)
     struct px_flow_info fb, fc;
     int cfd = pc->cio.fd, bfd = pc->bio.fd, e;
     bool guard = p->logger.port != 0;
+    uint32_t pending = at_connect ? (uint32_t)pc->c2b_len : 0;
 
-    if (pc->client_eof || pc->backend_eof || pc->c2b_len || pc->b2c_len || px_sock_queued(cfd)
+    if (pc->client_eof || pc->backend_eof || (pc->c2b_len && !at_connect) || pc->b2c_len || px_sock_queued(cfd)
         || px_sock_queued(bfd))
         return 0;
     if ((e = px_dp_set_state(p->dp, &kc, RS_FLOW_FROZEN)) || (e = px_dp_set_state(p->dp, &kb, RS_FLOW_FROZEN)))
@@ -587,6 +628,18 @@ static int try_splice(struct proxy *p, struct pconn *pc)
     if ((e = px_repair_on(cfd)) || (e = px_repair_on(bfd)) || (e = px_repair_read(cfd, pc->vip, pc->client, &pc->c))
         || (e = px_repair_read(bfd, pc->local, pc->backend, &s)) || (e = px_dp_get(p->dp, &kb, &fb)))
         goto undo;
+    if (sock_peer_ended(cfd) || sock_peer_ended(bfd) || flow_ahead(p, &kc, pc->c.rcv_nxt)
+        || flow_ahead(p, &kb, s.rcv_nxt)) {
+        /* Not quiet after all: a FIN the relay has not read yet (it will),
+         * or segments that came during the freeze and were dropped. */
+        px_repair_off(cfd);
+        px_repair_off(bfd);
+        px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
+        px_dp_set_state(p->dp, &kb, RS_FLOW_WATCH);
+        p->st.splice_retries++;
+        pc->splice_tries++;
+        return 0;
+    }
     pc->ts_base_us = rs_now_us();
     pc->rtt_us = client_rtt_us(cfd);
     /* Newest TSval each peer sent, recorded by the tc program before the
@@ -597,24 +650,35 @@ static int try_splice(struct proxy *p, struct pconn *pc)
         && rs_seq_gt(fc.t.ts_recent, pc->c.ts_recent))
         pc->c.ts_recent = fc.t.ts_recent;
     s.ts_recent = fb.t.ts_recent;
+    s.snd_nxt += pending;       /* the client's next byte lands after the request */
     if ((e = rs_splice_init(&pc->c, &s, &c2s, &s2c)) != 0
         || (e = px_dp_activate(p->dp, &kb, &s2c, pc->id, RS_FLOW_ACTIVE, guard, &kc)) != 0
-        || (e = px_dp_activate(p->dp, &kc, &c2s, pc->id, RS_FLOW_ACTIVE, false, &kb)) != 0)
+        || (pending && (e = px_dp_acks_to_stack(p->dp, &kb, true)) != 0)
+        || (e = px_dp_activate(p->dp, &kc, &c2s, pc->id, pending ? RS_FLOW_ACKONLY : RS_FLOW_ACTIVE, false,
+                               &kb)) != 0)
         goto undo;
     /* Closed in repair mode: no FIN, no RST; the tc program owns the flow. */
     close_io(&pc->cio, true);
-    close_io(&pc->bio, true);
+    if (pending) {
+        pc->opening = true;
+        pc->open_ack = s.snd_nxt;
+        px_repair_off(bfd);
+    } else {
+        close_io(&pc->bio, true);
+    }
     rs_timer_stop(&p->loop, &pc->timer);
     pc->phase = PC_SPLICED;
     px_pc_save(p, pc);
     pc->t_spliced_us = rs_now_us();
     p->st.spliced++;
     rs_log("splice id=%" PRIu64 " client=%s vip=%s local=%s backend=%s c.rcv_nxt=%u c.snd_nxt=%u "
-           "s.snd_nxt=%u s.rcv_nxt=%u wscale=%u/%u,%u/%u ts=%d sack=%d tries=%d rtt_us=%u setup_us=%" PRIu64,
-           pc->id, RS_A(pc->client), RS_A(pc->vip), RS_A(pc->local), RS_A(pc->backend), pc->c.rcv_nxt, pc->c.snd_nxt,
-           s.snd_nxt, s.rcv_nxt, pc->c.snd_wscale, pc->c.rcv_wscale, s.snd_wscale, s.rcv_wscale,
-           pc->c.ts_ok && s.ts_ok, pc->c.sack_ok && s.sack_ok, pc->splice_tries, pc->rtt_us,
-           pc->t_spliced_us - pc->t_accept_us);
+           "s.snd_nxt=%u s.rcv_nxt=%u wscale=%u/%u,%u/%u ts=%d sack=%d tries=%d rtt_us=%u setup_us=%" PRIu64
+           " pending=%u", pc->id, RS_A(pc->client), RS_A(pc->vip), RS_A(pc->local), RS_A(pc->backend),
+           pc->c.rcv_nxt, pc->c.snd_nxt, s.snd_nxt, s.rcv_nxt, pc->c.snd_wscale, pc->c.rcv_wscale, s.snd_wscale,
+           s.rcv_wscale, pc->c.ts_ok && s.ts_ok, pc->c.sack_ok && s.sack_ok, pc->splice_tries, pc->rtt_us,
+           pc->t_spliced_us - pc->t_accept_us, pending);
+    if (pending)
+        open_write(p, pc);      /* may free 'pc' */
     return 1;
 undo:
     px_repair_off(cfd);
@@ -622,6 +686,69 @@ undo:
     px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
     px_dp_set_state(p->dp, &kb, RS_FLOW_WATCH);
     return e;
+}
+
+/* The backend acknowledged the request: the client's direction opens and
+ * the backend socket goes (silently, after a grace). */
+static void open_done(struct proxy *p, struct pconn *pc)
+{
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+
+    pc->opening = false;
+    pc->open_gen = 0;
+    px_dp_acks_to_stack(p->dp, &kb, false);
+    rs_io_stop(&pc->bio);
+    px_close_after_grace(p, pc->bio.fd);
+    pc->bio.fd = -1;
+    px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE);
+    rs_log("open id=%" PRIu64 " client=%s us=%" PRIu64, pc->id, RS_A(pc->client), rs_now_us() - pc->t_spliced_us);
+}
+
+void px_pc_open_abandon(struct proxy *p, struct pconn *pc)
+{
+    if (!pc->opening)
+        return;
+    pc->opening = false;
+    pc->open_gen = 0;
+    rs_io_stop(&pc->bio);
+    px_close_after_grace(p, pc->bio.fd);
+    pc->bio.fd = -1;
+}
+
+/* A connection spliced at connect whose request cannot go out: the backend
+ * is as good as failed for it. */
+static void open_failed(struct proxy *p, struct pconn *pc, int err)
+{
+    rs_log("open id=%" PRIu64 " client=%s backend=%s failed: %s", pc->id, RS_A(pc->client), RS_A(pc->backend),
+           strerror(-err));
+    px_pc_open_abandon(p, pc);
+    if (p->logger.port)
+        px_recover(p, pc, "backend-error");
+    else
+        px_pc_close(p, pc, "splice-failed", true);
+}
+
+/* Writes what is left of the request to the backend; once all is out,
+ * watches for the backend's ACK of it. */
+static void open_write(struct proxy *p, struct pconn *pc)
+{
+    struct rs_flow_key kb = px_key_b(pc);
+    int e;
+
+    if ((e = drain(pc->bio.fd, pc->c2b, &pc->c2b_len)) != 0) {
+        open_failed(p, pc, e);
+        return;
+    }
+    if (pc->c2b_len) {
+        rs_io_set(&pc->bio, EPOLLOUT);
+        return;
+    }
+    rs_io_set(&pc->bio, 0);
+    e = px_dp_watch_ack(p->dp, &kb, pc->open_ack, &pc->open_gen);
+    if (e < 0)
+        open_failed(p, pc, e);
+    else if (e == 1)
+        open_done(p, pc);
 }
 
 int px_pc_detach(struct proxy *p, struct pconn *pc)
@@ -725,7 +852,7 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
     }
     if (p->nosplice || pc->client_eof)
         return;
-    e = rs_now_us() - pc->t_accept_us >= p->relay_first_ns / 1000 ? try_splice(p, pc) : 0;
+    e = rs_now_us() - pc->t_accept_us >= p->relay_first_ns / 1000 ? try_splice(p, pc, false) : 0;
     if (e < 0) {
         rs_log("splice id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
         px_pc_close(p, pc, "splice-failed", true);
@@ -753,11 +880,26 @@ static void backend_io(struct rs_io *io, uint32_t events)
         pc->phase = PC_RELAY;
         rs_log("connect id=%" PRIu64 " client=%s backend=%s local=%s", pc->id, RS_A(pc->client),
                RS_A(pc->backend), RS_A(pc->local));
+        if (p->dp && !p->nosplice && !p->relay_first_ns) {
+            int e = try_splice(p, pc, true);
+            if (e < 0) {
+                rs_log("splice id=%" PRIu64 " client=%s failed: %s", pc->id, RS_A(pc->client), strerror(-e));
+                px_pc_close(p, pc, "splice-failed", true);
+            }
+            if (e)
+                return;
+        }
         relay(p, pc, EPOLLIN, EPOLLIN);
         return;
     }
     if (pc->phase == PC_RELAY)
         relay(p, pc, 0, events);
+    else if (pc->phase == PC_SPLICED && pc->opening) {
+        if (events & (EPOLLERR | EPOLLHUP))
+            open_failed(p, pc, -(rs_sock_error(io->fd) ?: ECONNRESET));
+        else if (events & EPOLLOUT)
+            open_write(p, pc);
+    }
 }
 
 static void read_request(struct proxy *p, struct pconn *pc)
@@ -955,9 +1097,14 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     struct rs_addr from = { ntohl(ev->key.saddr), ntohs(ev->key.sport) };
     struct rs_flow_key kb;
 
-    if (!pc || (pc->rec && px_recovery_event(p, pc, ev)) || (ev->flags & RS_FLOW_ACKED))
+    if (!pc || (pc->rec && px_recovery_event(p, pc, ev)))
         return;
     kb = px_key_b(pc);
+    if (ev->flags & RS_FLOW_ACKED) {
+        if (pc->opening && pc->open_gen && ev->gen == pc->open_gen && !memcmp(&ev->key, &kb, sizeof(kb)))
+            open_done(p, pc);
+        return;
+    }
     if (ev->flags & RS_FLOW_GUARDED) {
         bool ours = !memcmp(&ev->key, &kb, sizeof(kb));
         rs_log("%s id=%" PRIu64 " from=%s client=%s held (guarded)%s", ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin",
@@ -975,6 +1122,11 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     pc->seen |= (from.ip == pc->client.ip && from.port == pc->client.port) ? ev->flags : ev->flags << 4;
     rs_log("%s id=%" PRIu64 " from=%s client=%s backend=%s seq=%u", ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin",
            pc->id, RS_A(from), RS_A(pc->client), RS_A(pc->backend), ev->seq);
+    px_pc_check_end(p, pc);
+}
+
+void px_pc_check_end(struct proxy *p, struct pconn *pc)
+{
     if ((pc->seen & RS_FLOW_SEEN_RST) || (pc->seen & (RS_FLOW_SEEN_RST << 4))
         || ((pc->seen & RS_FLOW_SEEN_FIN) && (pc->seen & (RS_FLOW_SEEN_FIN << 4)))) {
         if (pc->phase == PC_SPLICED && !pc->rec) {

@@ -236,7 +236,8 @@ static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint6
     struct rs_flow_track t = { 0 };
 
     /* The track half first: the tc program needs both once the config exists. */
-    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY) || bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY)) {
+    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY)
+        || bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY | BPF_F_LOCK)) {
         int e = -errno;
         bpf_map_delete_elem(s->track_fd, k);
         return e;
@@ -265,7 +266,7 @@ static int cfg_set(struct dp_ebpf *s, const struct rs_flow_key *k, size_t off, u
     if (!memcmp((char *)&f + off, &v, sizeof(v)))
         return 0;
     memcpy((char *)&f + off, &v, sizeof(v));
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK) ? -errno : 0;
 }
 
 static int ebpf_set(struct px_datapath *dp, const struct rs_flow_key *k, enum px_dp_field field, uint32_t v)
@@ -304,7 +305,7 @@ static int ebpf_activate(struct px_datapath *dp, const struct rs_flow_key *k, co
     f.ifindex = (rs_u32)s->ifindex;
     if (peer)
         f.peer = *peer;
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY) ? -errno : 0;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY | BPF_F_LOCK) ? -errno : 0;
 }
 
 static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen)
@@ -318,7 +319,7 @@ static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, u
     f.ack_watch = ack;
     f.ack_watch_gen = ++s->watch_gen ? s->watch_gen : ++s->watch_gen;
     *gen = f.ack_watch_gen;
-    if (bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST))
+    if (bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK))
         return -errno;
     /* An ACK that came before the watch was armed raises no event. */
     if (!bpf_map_lookup_elem(s->track_fd, k, &t) && t.pos.has_ack && rs_seq_ge(t.pos.ack_max, ack))
@@ -345,7 +346,7 @@ static int ebpf_put(struct px_datapath *dp, const struct rs_flow_key *k, const s
     mine.ifindex = (rs_u32)s->ifindex;
     if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
         return -errno;
-    return bpf_map_update_elem(s->map_fd, k, &mine, BPF_ANY) ? -errno : 0;
+    return bpf_map_update_elem(s->map_fd, k, &mine, BPF_ANY | BPF_F_LOCK) ? -errno : 0;
 }
 
 static int ebpf_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *c)
@@ -356,7 +357,7 @@ static int ebpf_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, co
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         return -errno;
     f.conn = *c;
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST) ? -errno : 0;
+    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK) ? -errno : 0;
 }
 
 static int ebpf_next_key(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next)

@@ -55,7 +55,8 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, failures), RS_STAT(struct stats, false_alarms), RS_STAT(struct stats, suspects),
         RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
         RS_STAT(struct stats, recovery_retargets),
-        RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, redispatched),
+        RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
+        RS_STAT(struct stats, redispatched),
         RS_STAT(struct stats, resets_sent), RS_STAT(struct stats, fenced_drops),
         RS_STAT(struct stats, port_clashes), RS_STAT(struct stats, adopted),
     };

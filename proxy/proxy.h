@@ -78,6 +78,11 @@ struct pconn {
     bool redispatched;            /* the first backend was unreachable: now on the alternate */
     uint64_t t_accept_us, t_spliced_us;
     int splice_tries;
+    /* spliced at connect: the request still goes out from the backend
+     * socket (bio) until the backend acknowledges 'open_ack' (ACK watch
+     * 'open_gen'); the client's direction passes ACKs only meanwhile */
+    bool opening;
+    uint32_t open_ack, open_gen;
     /* what the splice was made from (kept for re-splice) */
     struct rs_splice_conn c;
     uint64_t ts_base_us;          /* when c.ts_now was read */
@@ -100,7 +105,7 @@ struct stats {
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
-        adopted, recovery_retargets;
+        adopted, recovery_retargets, fins_released;
 };
 
 /* The proxy pair (pair.c): this proxy and another share the VIP. */
@@ -187,10 +192,20 @@ int px_sock_queued(int fd);
 int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq);
 /* Sends a bare TCP segment with 'flags' (RS_TCP_F_*, 0x10 ACK) likewise. */
 int px_send_tcp(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq, uint32_t ack, uint8_t flags);
+/* Sends the TCP header 'tcp' ('hlen' bytes, options included, no data) from
+ * 'from' to 'to' (ports written over, checksum computed).  Returns 0 or
+ * -errno. */
+int px_send_hdr(int rawfd, struct rs_addr from, struct rs_addr to, const uint8_t *tcp, uint32_t hlen);
 
 /* ---- conn.c: the connection table, accept, relay, splice, ends ------------------ */
 
 void px_pc_accept(struct rs_io *io, uint32_t events);
+/* Spliced 'pc' (not recovering) ended on both sides (pc->seen: both FINs
+ * passed, or a RST): it lingers, then goes. */
+void px_pc_check_end(struct proxy *p, struct pconn *pc);
+/* Ends the opening of a connection spliced at connect (its backend socket
+ * goes, the request unsent stays unsent): a recovery takes it over. */
+void px_pc_open_abandon(struct proxy *p, struct pconn *pc);
 struct pconn *px_pc_find(struct proxy *p, uint64_t id);
 struct pconn *px_pc_find_client(struct proxy *p, struct rs_addr client);
 struct rs_flow_key px_key_c(const struct pconn *pc);
@@ -284,6 +299,8 @@ int px_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32
  * (docs/recovery.md); 'why' is logged.  The connection either continues on
  * the alternate or ends cleanly (RST, counted).  A no-op when it already recovers. */
 void px_recover(struct proxy *p, struct pconn *pc, const char *why);
+/* Closes 'fd' silently once segments already on their way to it landed. */
+void px_close_after_grace(struct proxy *p, int fd);
 /* Backend 'id' failed: fence it (its segments are dropped for every
  * connection it had, its rs-stated and the others are told) and recover
  * its connections, all at once. */

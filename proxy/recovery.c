@@ -89,6 +89,13 @@ static void rec_fail(struct recovery *rec, int err);
 static void move_acked(struct recovery *rec);
 static int standby_for(struct proxy *p, const struct pconn *pc);
 
+/* Whether recovery reason 'why' is the backend's own end of the connection
+ * (a FIN, held at the splice or read by the relay): possibly meant. */
+static bool px_recover_ended(const char *why)
+{
+    return !strcmp(why, "backend-fin") || !strcmp(why, "backend-end-relay");
+}
+
 int px_backend_index(struct proxy *p, uint32_t id)
 {
     for (int i = 0; i < p->nbackends; i++)
@@ -143,7 +150,7 @@ static void lingering_done(struct rs_timer *t)
     free(l);
 }
 
-static void close_after_grace(struct proxy *p, int fd)
+void px_close_after_grace(struct proxy *p, int fd)
 {
     struct lingering *l = malloc(sizeof(*l));
 
@@ -295,7 +302,7 @@ static void move_acked(struct recovery *rec)
     if (mv->npre || mv->fin)
         px_dp_acks_to_stack(p->dp, &mv->kn, false);
     rs_io_stop(&mv->io);
-    close_after_grace(p, mv->io.fd);
+    px_close_after_grace(p, mv->io.fd);
     mv->io.fd = -1;
     if ((e = px_dp_activate(p->dp, &kc, &mv->c2s, pc->id, mv->client_state, false, &mv->kn)) != 0
         || (e = px_dp_clamp_ack(p->dp, &kc)) != 0) {
@@ -566,6 +573,28 @@ static void on_logger(struct recovery *rec, int err)
     rec_deadline(rec, RESEND_CHECK_NS);
 }
 
+/* Releases the FIN the guard held from the backend ('fb': its entry) to
+ * the client, translated as the backend sent it: the backend's own
+ * retransmission would come only after its RTO (200 ms at least).
+ * Returns whether it went out.  Only a FIN where the backend's stream ends
+ * (nothing it sent after it) is released. */
+static bool release_fin(struct proxy *p, struct pconn *pc, const struct px_flow_info *fb)
+{
+    uint8_t hdr[RS_TCP_HDR_MAX];
+    uint32_t len = fb->t.fin_hdr_len;
+
+    if (p->rawfd < 0 || len < RS_TCP_HDR_MIN || len > sizeof(hdr) || !fb->t.pos.fin_seen || !fb->t.pos.has_seq)
+        return false;
+    memcpy(hdr, fb->t.fin_hdr, len);
+    if (!(hdr[13] & RS_TCP_F_FIN) || (hdr[13] & (RS_TCP_F_RST | RS_TCP_F_SYN))
+        || rs_splice_load32(hdr + 4) + 1 != fb->t.pos.seq_next || rs_splice_tcp(&fb->cfg.dir, hdr, len)
+        || px_send_hdr(p->rawfd, pc->vip, pc->client, hdr, len))
+        return false;
+    rs_log("fin id=%" PRIu64 " from=%s client=%s backend=%s seq=%u released", pc->id, RS_A(pc->backend),
+           RS_A(pc->client), RS_A(pc->backend), rs_splice_load32(hdr + 4));
+    return true;
+}
+
 static void legit_close(struct recovery *rec)
 {
     struct pconn *pc = rec->pc;
@@ -585,11 +614,21 @@ static void legit_close(struct recovery *rec)
         rs_timer_after(&p->loop, &pc->timer, p->linger_ns);
         return;
     }
-    /* The application closed after a complete response: let its FIN through. */
-    if (!px_dp_get(p->dp, &kb, &fb))
-        px_dp_activate(p->dp, &kb, &fb.cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
+    /* The application closed after a complete response: let its FIN
+     * through, the one held at once (the client's answer, its own FIN,
+     * comes within an RTT: its direction opens first), its
+     * retransmissions as they come. */
     px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE);
+    if (!px_dp_get(p->dp, &kb, &fb)) {
+        px_dp_activate(p->dp, &kb, &fb.cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
+        if (release_fin(p, pc, &fb)) {
+            p->st.fins_released++;
+            p->st.fins++;
+            pc->seen |= RS_FLOW_SEEN_FIN << 4;   /* it passed: the client's FIN ends the splice */
+        }
+    }
     rec_end(rec);
+    px_pc_check_end(p, pc);     /* the client may have closed meanwhile */
 }
 
 static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *reply)
@@ -631,8 +670,8 @@ static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *
         legit_close(rec);
         return;
     }
-    if (pl->status) {
-        rec_fail(rec, pl->status);
+    if (pl->status || rec->target < 0) {
+        rec_fail(rec, pl->status ? pl->status : -EHOSTDOWN);
         return;
     }
     if (rec->relay_end && (err = px_pc_detach(p, pc)) != 0) {
@@ -707,6 +746,7 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
         return;
     }
     rec->backend_id = pc->backend_idx >= 0 ? p->backends[pc->backend_idx].id : 1;
+    px_pc_open_abandon(p, pc);      /* spliced at connect, the request still going out */
     /* 1. Un-splice: nothing from the failed backend reaches the client (no
      * FIN, no RST), nothing from the client reaches the proxy's stack. */
     if (pc->phase == PC_SPLICED) {
@@ -733,16 +773,23 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
         rec_fail(rec, -ENOTSUP);
         return;
     }
-    if ((rec->target = standby_for(p, pc)) < 0) {
+    if ((rec->target = standby_for(p, pc)) < 0 && !px_recover_ended(why)) {
         rec_fail(rec, -EHOSTDOWN);   /* no standby left to take the connection */
         return;
     }
     /* 2. Plan (the logger also brings the alternate's state up to TR and
-     * replays [TR, TL]); it answers within the budget we give it. */
-    req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
-                                             (uint16_t)(budget_ms > 65535 ? 65535 : budget_ms), rec->backend_id,
-                                             { p->backends[rec->target].addr.ip, p->backends[rec->target].addr.port },
-                                             false, 0, 0, false, 0 };
+     * replays [TR, TL]); it answers within the budget we give it.  With no
+     * standby left (a connection already moved once) a backend's FIN may
+     * still be the application's own close after a "Connection: close"
+     * response: only the logger's verdict is asked for then, or every
+     * such connection would end in a RST. */
+    {
+        struct rs_addr to = rec->target >= 0 ? p->backends[rec->target].addr : pc->backend;
+        req.u.recover = (struct rs_ctl_recover){ { pc->client.ip, pc->client.port },
+                                                 (uint16_t)(budget_ms > 65535 ? 65535 : budget_ms), rec->backend_id,
+                                                 { to.ip, to.port }, false, 0, 0, false, 0, false, 0,
+                                                 rec->target < 0 };
+    }
     {
         struct px_flow_info fc, fb;
         if (!px_dp_get(p->dp, &kc, &fc) && fc.t.pos.has_ack && fc.t.pos.has_seq) {
@@ -755,6 +802,12 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
         if (spliced && !px_dp_get(p->dp, &kb, &fb) && fb.t.pos.has_ack) {
             req.u.recover.has_server_ack = true;
             req.u.recover.server_ack = fb.t.pos.ack_max + fb.cfg.dir.ack_delta;
+        }
+        /* Spliced: how far the backend's bytes went to the client (a FIN
+         * the guard held did not), in the client's numbering. */
+        if (spliced && !px_dp_get(p->dp, &kb, &fb) && fb.t.pos.has_seq && fb.cfg.state != RS_FLOW_WATCH) {
+            req.u.recover.has_server_end = true;
+            req.u.recover.server_end = fb.t.pos.seq_next - (fb.t.pos.fin_seen ? 1 : 0) + fb.cfg.dir.seq_delta;
         }
     }
     rec->step = REC_PLAN;

@@ -119,6 +119,31 @@ int px_send_tcp(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq,
                                                                                                            : -errno;
 }
 
+int px_send_hdr(int rawfd, struct rs_addr from, struct rs_addr to, const uint8_t *tcp, uint32_t hlen)
+{
+    uint8_t pkt[20 + RS_TCP_HDR_MAX] = { 0 };
+    struct sockaddr_in dst = rs_addr_sin(to);
+    uint32_t sum = 0;
+
+    if (hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX || hlen % 4)
+        return -EINVAL;
+    pkt[0] = 0x45;
+    rs_splice_store16(pkt + 2, (uint16_t)(20 + hlen));
+    pkt[8] = 64;
+    pkt[9] = IPPROTO_TCP;
+    rs_splice_store32(pkt + 12, from.ip);
+    rs_splice_store32(pkt + 16, to.ip);
+    memcpy(pkt + 20, tcp, hlen);
+    rs_splice_store16(pkt + 20, from.port);
+    rs_splice_store16(pkt + 22, to.port);
+    pkt[36] = pkt[37] = 0;
+    sum += (from.ip >> 16) + (from.ip & 0xffff) + (to.ip >> 16) + (to.ip & 0xffff) + IPPROTO_TCP + hlen;
+    for (uint32_t i = 20; i < 20 + hlen; i += 2)
+        sum += rs_splice_load16(pkt + i);
+    rs_splice_store16(pkt + 36, csum_fold(sum));
+    return sendto(rawfd, pkt, 20 + hlen, 0, (struct sockaddr *)&dst, sizeof(dst)) == (ssize_t)(20 + hlen) ? 0 : -errno;
+}
+
 int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq)
 {
     return px_send_tcp(rawfd, from, to, seq, 0, 0x04);

@@ -10,6 +10,8 @@
 #ifndef RS_SPLICE_MAP_H
 #define RS_SPLICE_MAP_H
 
+#include <linux/bpf.h>
+
 #include "splice-t.h"
 
 #define RS_SPLICE_MAP_MAX 65536   /* directions spliced at once (two per connection) */
@@ -83,8 +85,9 @@ struct rs_flow {
     rs_u64 splice_id;          /* the daemon's id of the connection */
     rs_u32 guard;              /* drop FIN/RST from this sender and report them (a backend's
                                 * end of a connection is a failure signal unless the logger
-                                * confirms the application meant it); a FIN passes when the
-                                * 'peer' entry's sender (the client) has sent its own FIN */
+                                * confirms the application meant it; data a FIN carries
+                                * passes without it); a FIN passes when the 'peer' entry's
+                                * sender (the client) has sent its own FIN */
     rs_u32 clamp_ack;          /* never acknowledge past what the 'peer' entry's sender has
                                 * sent (see the tc program) */
     struct rs_flow_key peer;   /* the other direction of the same splice (zero: none) */
@@ -96,7 +99,12 @@ struct rs_flow {
                                 * this sender (a re-splice's first bytes) and needs its ACKs */
     rs_u32 pass_fin;           /* the client is known to have closed its side (the tc program
                                 * may have missed its FIN): this sender's FIN is the normal end */
-    rs_u32 pad_;
+    struct bpf_spin_lock lock; /* never taken here: its presence makes the daemon's updates
+                                * (BPF_F_LOCK) write the entry in place.  A replacing update
+                                * recycles the old element at once (a preallocated hash map
+                                * keeps it as the CPU's spare), so the tc program, still
+                                * reading it on another CPU, would see another entry's values
+                                * (a backend's segment sent to the backend's address) */
     struct rs_flow_conn conn;  /* the client's entry only: see above (never read here) */
 };
 
@@ -122,6 +130,11 @@ struct rs_flow_track {
     rs_u32 reused;             /* a bare SYN came after the sender's end: a new connection on
                                 * the same 4-tuple, whose segments go to the stack until the
                                 * daemon replaces the entry */
+    rs_u32 fin_hdr_len;        /* non-zero: fin_hdr holds the TCP header of the FIN the guard
+                                * held last (as received; seq moved past any data it carried,
+                                * which passed), so the daemon can release it at once when the
+                                * logger says the end was meant, without the sender's RTO */
+    rs_u8 fin_hdr[RS_TCP_HDR_MAX];
     rs_u32 pad_;
 };
 

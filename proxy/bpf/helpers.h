@@ -44,6 +44,24 @@ static __always_inline void track_seq(struct __sk_buff *skb, const struct rs_flo
     }
 }
 
+/* Keeps the header of the FIN segment 'skb' ('hlen' header bytes,
+ * 'payload' data bytes) that the guard holds, as a bare FIN after the
+ * data (which passes), for the daemon to release once the logger says
+ * the end was meant (rs_flow_track.fin_hdr). */
+static __always_inline void keep_fin(struct __sk_buff *skb, struct rs_flow_track *t, __u32 hlen, __u32 payload)
+{
+    __u32 seq;
+
+    t->fin_hdr_len = 0;
+    if (hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX || bpf_skb_load_bytes(skb, TCP_OFF, t->fin_hdr, hlen) < 0)
+        return;
+    __builtin_memcpy(&seq, t->fin_hdr + 4, 4);
+    seq = bpf_htonl(bpf_ntohl(seq) + payload);
+    __builtin_memcpy(t->fin_hdr + 4, &seq, 4);
+    t->fin_hdr[13] &= ~0x08;    /* PSH was the data's */
+    t->fin_hdr_len = hlen;
+}
+
 /* Loads the TCP header of 'skb' into 'tcp' and returns its TSval in '*ts'.
  * Returns 0, or -1 when it has none. */
 static __always_inline int load_tsval(struct __sk_buff *skb, __u8 *tcp, __u32 *ts)

@@ -45,8 +45,8 @@ int rs_splice_ingress(struct __sk_buff *skb)
     struct rs_flow_key key;
     struct rs_flow *f;
     struct rs_flow_track *t;
-    __u32 hlen, i, evflags;
-    int at_pos, at_end;
+    __u32 hlen, i, evflags, payload;
+    int at_pos, at_end, hold_fin = 0;
     __s64 diff;
 
     if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -106,10 +106,17 @@ int rs_splice_ingress(struct __sk_buff *skb)
     hlen = (__u32)(tcp[12] >> 4) * 4;
     if (ip[0] != 0x45 || hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX)
         goto bad;
+    payload = skb->len - TCP_OFF - hlen;
     at_pos = rs_splice_pos_at(&t->pos, tcp);
     /* Before the update: whether a FIN or RST here really ends the stream. */
-    at_end = rs_splice_pos_is_end(&t->pos, tcp, skb->len - TCP_OFF - hlen, at_pos);
-    if (at_pos || !f->guard || !(tcp[13] & 0x05))     /* a forged end does not move the position */
+    at_end = rs_splice_pos_is_end(&t->pos, tcp, payload, at_pos);
+    /* A forged end does not move the position, nor does a segment the
+     * freeze drops (the daemon is reading the sockets): its sender sends
+     * it again, and until then the receiver has not got it.  Counted as
+     * received, a FIN retransmitted before the data it follows (a tail
+     * loss probe sends the last segment first) would sit "at the end" and
+     * be taken for the backend's end of a response the client never got. */
+    if ((at_pos || !f->guard || !(tcp[13] & 0x05)) && f->state != RS_FLOW_FROZEN)
         track_seq(skb, &key, f, t, tcp, hlen);
     if (f->state == RS_FLOW_WATCH) {
         /* Before the splice: the stack handles it; remember the sender's
@@ -141,9 +148,17 @@ int rs_splice_ingress(struct __sk_buff *skb)
             evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
             if ((t->seen & evflags) != evflags) {
                 t->seen |= evflags;
+                if (evflags == RS_FLOW_SEEN_FIN)
+                    keep_fin(skb, t, hlen, payload);
                 report(&key, f, evflags | RS_FLOW_GUARDED, 0, f->gen);
             }
-            goto drop;
+            /* Data that comes with the FIN (a response's last segment; a
+             * retransmission merges what is unacknowledged) is the
+             * response's, whatever the FIN turns out to be: it passes,
+             * only the FIN is held. */
+            if ((tcp[13] & 0x04) || !payload)
+                goto drop;
+            hold_fin = 1;
         }
     }
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
@@ -153,6 +168,8 @@ int rs_splice_ingress(struct __sk_buff *skb)
         goto bad;
     if (f->clamp_ack && (tcp[13] & 0x10))
         clamp_ack(f, tcp);
+    if (hold_fin)
+        tcp[13] &= ~0x01;       /* the checksum below follows */
 
     /* TCP header: the helpers recompute the checksum from the difference of
      * the headers with their checksum fields set equal. */
@@ -179,9 +196,9 @@ int rs_splice_ingress(struct __sk_buff *skb)
     __sync_fetch_and_add(&t->bytes, skb->len);
 
     evflags = 0;
-    if (old[13] & 0x01)
+    if (tcp[13] & 0x01)
         evflags |= RS_FLOW_SEEN_FIN;
-    if (old[13] & 0x04)
+    if (tcp[13] & 0x04)
         evflags |= RS_FLOW_SEEN_RST;
     if (evflags && !at_end) {
         /* Forged or stale: passed on (the receiver's TCP judges it), but

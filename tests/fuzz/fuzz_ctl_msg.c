@@ -159,6 +159,9 @@ static void roundtrip(const struct rs_ctl_key *key, const uint8_t *data, size_t 
         m.u.recover.client_seq_end = (uint32_t)take(&r, 4);
         m.u.recover.has_server_ack = take(&r, 1) & 1;
         m.u.recover.server_ack = (uint32_t)take(&r, 4);
+        m.u.recover.verdict_only = take(&r, 1) & 1;
+        m.u.recover.has_server_end = take(&r, 1) & 1;
+        m.u.recover.server_end = m.u.recover.has_server_end ? (uint32_t)take(&r, 4) : 0;
         break;
     case RS_CTL_PLAN: {
         struct rs_ctl_plan *b = &m.u.plan;

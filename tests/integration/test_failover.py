@@ -144,7 +144,7 @@ class TestLegitClose(FailoverCase):
             crash_after_step=5, crash=lambda: None, timeout=20)
         self.assertEqual(d.popen.returncode, 0, d.output() + open(d.err).read())
         # The application's FIN reached the client: at once when the client
-        # had closed first, else held, confirmed by the logger and retransmitted.
+        # had closed first, else held, confirmed by the logger and released.
         self.assertTrue(wait_until(lambda: "unsplice id=1" in self.stack.log("proxy"), 10),
                         self.stack.log("proxy"))
         log = self.stack.log("proxy")

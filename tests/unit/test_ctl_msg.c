@@ -103,7 +103,7 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
     case 13:
         m->type = RS_CTL_RECOVER;
         m->u.recover = (struct rs_ctl_recover){ { 0x0a000101u, 5555 }, 800, 1, { 0x0a00000cu, 8080 }, true,
-                                                0xfffffff0u, 0x12345678u, true, 0x12340000u };
+                                                0xfffffff0u, 0x12345678u, true, 0x12340000u, true, 0x9abcdef0u, true };
         break;
     case 14:
         m->type = RS_CTL_PLAN;
@@ -640,7 +640,7 @@ static void bad_fields_rejected(void **state)
     DECODE_BAD_N(8, P(0), 4, 0);/* transaction ID without client address */
     DECODE_BAD(10, P(14), 2);   /* unknown CONN_MAP flag */
     DECODE_BAD(10, P(15), 1);   /* padding */
-    DECODE_BAD(13, P(18), 4);   /* RECOVER's flags: has_seen, has_server_ack */
+    DECODE_BAD(13, P(18), 16);  /* RECOVER's flags: has_seen, has_server_ack, verdict_only, has_server_end */
     DECODE_BAD(13, P(19), 1);   /* padding */
     DECODE_BAD_N(17, P(6), 2, 0);/* suspect reason 0 */
     DECODE_BAD(17, P(7), RS_CTL_SUSPECT_MAX + 1);
