@@ -399,11 +399,13 @@ class TestLoggerLive(LoggerCase):
         px = self.py_peer("proxy", "proxyctl", "listen", PROXY_CTL, ready="listening")
         lg = self.logger("--backend", f"1={PRIMARY}", "--backend", f"2={ALTERNATE}", "--proxy",
                          f"{PROXY}:{PROXY_CTL}", "--dead-after", "30ms")
-        # Backend 2 beats for 3 s; backend 1 beats 30 times 10 ms apart, then falls silent.
-        hb2 = self.py_peer("alternate", "hb2", "heartbeat", f"{LOGGER}:{LOGGER_CTL}", 2, 300, 0.01)
-        hb = self.py_peer("primary", "hb", "heartbeat", f"{LOGGER}:{LOGGER_CTL}", 1, 30, 0.01)
+        # Backend 2 beats for 4 s; backend 1 beats 130 times 10 ms apart, then
+        # falls silent: past its first second (a warm-up, when silence must
+        # last 3 x --dead-after: docs/failure-handling.md).
+        hb2 = self.py_peer("alternate", "hb2", "heartbeat", f"{LOGGER}:{LOGGER_CTL}", 2, 400, 0.01)
+        hb = self.py_peer("primary", "hb", "heartbeat", f"{LOGGER}:{LOGGER_CTL}", 1, 130, 0.01)
         hb.popen.wait(10)
-        last = float(re.findall(r"^([\d.]+) sent 29$", hb.output(), re.M)[0])
+        last = float(re.findall(r"^([\d.]+) sent 129$", hb.output(), re.M)[0])
         self.assertTrue(wait_until(lambda: "frame type=2 " in px.output(), 2), self.log(lg))
         m = re.search(r"^([\d.]+) frame type=2 payload=([0-9a-f]+)$", px.output(), re.M)
         self.assertEqual(m.group(2), "00000001" "0001" "0000")   # backend 1, TIMEOUT
