@@ -9,7 +9,9 @@
  *   - a client entry ACTIVE with a record: a spliced connection, adopted;
  *   - one in HOLD or ACKONLY with a record: its recovery was under way
  *     (the moving socket died with the predecessor): adopted, and its
- *     recovery starts again from the plan;
+ *     recovery starts again from the plan; or, ACKONLY towards its own
+ *     backend, it was spliced at connect and its request was going out
+ *     (opened(): complete when the backend has it all, else recovered);
  *   - everything else (connections still relayed in user space, whose
  *     sockets died with the predecessor; a move's half-made entries): the
  *     entries are removed, and the stack answers those clients.
@@ -118,6 +120,26 @@ static void probe(struct proxy *p, const struct rs_flow_key *kc)
     }
 }
 
+/* A connection its predecessor spliced at connect (conn.c, open_write)
+ * that died before the backend acknowledged the request: once the backend
+ * has acknowledged it all, the opening is complete (the client's direction
+ * opens; the backend's pure ACKs, which went to the dead socket, go on
+ * with the splice).  Else the request died with that socket: recovered.
+ * Returns whether it opened. */
+static bool opened(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc)
+{
+    struct rs_flow_key kb = px_key_b(pc), kc = px_key_c(pc);
+    struct px_flow_info fb;
+
+    if (memcmp(&fc->cfg.peer, &kb, sizeof(kb)) || px_dp_get(p->dp, &kb, &fb) || fb.cfg.state != RS_FLOW_ACTIVE
+        || !fb.t.pos.has_ack || rs_seq_lt(fb.t.pos.ack_max + fb.cfg.dir.ack_delta, pc->c.rcv_nxt))
+        return false;
+    if (px_dp_acks_to_stack(p->dp, &kb, false) || px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE))
+        return false;
+    rs_log("open id=%" PRIu64 " client=%s: the backend had the request (adopted)", pc->id, RS_A(pc->client));
+    return true;
+}
+
 int px_adopt(struct proxy *p)
 {
     struct rs_flow_key *keys = NULL, k, *prev = NULL;
@@ -194,7 +216,7 @@ int px_adopt(struct proxy *p)
             continue;
         rs_log("adopt id=%" PRIu64 " client=%s backend=%s state=%u held=%d", pc->id, RS_A(pc->client),
                RS_A(pc->backend), f.cfg.state, pc->nheld);
-        if (f.cfg.state != RS_FLOW_ACTIVE) {
+        if (f.cfg.state != RS_FLOW_ACTIVE && !(f.cfg.state == RS_FLOW_ACKONLY && opened(p, pc, &f))) {
             resumed++;
             px_recover(p, pc, "adopted-midway");
         }
