@@ -391,9 +391,9 @@ class Faults:
         for pid in pids:
             signal_pid(pid, signal.SIGSTOP)
         # Killed, not resumed, after the trial: the fence stops only the
-        # front, and a php-cgi resumed mid-send would finish it behind the
-        # fence, into the next trial's mail count (a known gap: rs-auxlog
-        # does not know fences yet; see docs/failure-handling.md).
+        # front, and a php-cgi resumed later would act in the next trial
+        # (rs-auxlog keeps its mail from counting twice: a superseded
+        # conversation drains; docs/failure-handling.md).
         self.undo.append(lambda: [signal_pid(pid, signal.SIGKILL) for pid in pids])
 
     def cut_logger(self):
