@@ -16,7 +16,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from guest_tests import KO, PORT, ROOT, VIP, netns_setup, netns_teardown, setns, sh  # noqa: E402
+from guest_tests import KO, PORT, ROOT, VIP, listen_vip, netns_setup, netns_teardown, setns, sh  # noqa: E402
 
 MB = int(os.environ.get("BENCH_MB", "256"))
 
@@ -34,11 +34,7 @@ def download(nbytes):
     ready = threading.Event()
 
     def server():
-        setns("srv")
-        ls = socket.socket()
-        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind((VIP, PORT))
-        ls.listen(1)
+        ls = listen_vip()
         ready.set()
         c, _ = ls.accept()
         chunk = bytes(1 << 20)

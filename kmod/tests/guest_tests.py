@@ -132,6 +132,17 @@ def payloads(packets):
     return joined
 
 
+def listen_vip():
+    """A listening socket on VIP:PORT in namespace 'srv' (the calling
+    thread moves there)."""
+    setns("srv")
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((VIP, PORT))
+    ls.listen(1)
+    return ls
+
+
 def transfer(nbytes_up, nbytes_down):
     """A server in 'srv' reads nbytes_up and answers nbytes_down; a client in
     'cli' sends and reads.  Returns the two bodies (what was sent)."""
@@ -142,11 +153,7 @@ def transfer(nbytes_up, nbytes_down):
 
     def server():
         try:
-            setns("srv")
-            ls = socket.socket()
-            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            ls.bind((VIP, PORT))
-            ls.listen(1)
+            ls = listen_vip()
             ready.set()
             c, _ = ls.accept()
             got = 0
