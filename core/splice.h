@@ -10,8 +10,9 @@
  * Loops have constant bounds and every packet index is checked against a
  * constant maximum.  In BPF, load the IPv4 header (20 bytes) and the TCP
  * header (into a 60-byte stack buffer) separately with bpf_skb_load_bytes,
- * call rs_splice_tcp then rs_splice_ip4_addrs, and store both back: that
- * passes the verifier (about 173k of its 1M instructions, kernel 6.18).
+ * call rs_splice_tcp then rs_splice_ip4_addrs, and store both back; call
+ * the option parsing from a global function (proxy/bpf/helpers.h), which
+ * the verifier checks once rather than on every path that reaches it.
  * rs_splice_packet, which finds the TCP header at a variable offset in one
  * buffer, is for user space and the kernel module.
  * The checksum helpers assume a complete checksum in the packet, as received

@@ -59,13 +59,16 @@ class Stack:
         write_key(self.key)
 
     def start(self):
+        """Starts the rs-stateds, the chain's end first (each connects to
+        its successor at once), then the logger and the applications side
+        by side, then the proxy (which talks to all of them)."""
         self._key()
+        first = []
         if self.recovery:
-            for host in reversed(self.backends):    # the chain's end first
+            for host in reversed(self.backends):
                 self.start_stated(host)
-            self.start_logger()
-        for host in self.backends:
-            self.start_app(host)
+            first.append(self.start_logger(wait=False))
+        self.tb.wait_ready(*first, *[self.start_app(host, wait=False) for host in self.backends])
         if self.pair:       # the standby first: the active connects to it at once
             self.start_proxy("proxy2", fresh=True, host="proxy2", standby=True)
         self.start_proxy(fresh=True)   # a new deployment: nothing of an earlier stack
@@ -73,18 +76,18 @@ class Stack:
             self.wait_standby()
         return self
 
-    def start_stated(self, host, name=None):
+    def start_stated(self, host, name=None, wait=True):
         """Starts rs-stated on backend 'host' (again, after a crash: its log
-        then goes to run/'name'.err)."""
+        then goes to run/'name'.err).  'wait' as for Testbed.start."""
         s = SERVERS
         sock = os.path.join(self.dir, f"stated-{host}.sock")
         self.d[f"stated-{host}"] = self.tb.start(host, name or f"stated-{host}", [
             binary("rs-stated"), "--id", str(BACKEND_IDS[host]), "--listen", f"0.0.0.0:{STATED_PORT}",
             "--app-socket", sock, "--key", self.key] + self._peers(host) + [
-            "--logger", f"{s['logger']}:{LOGGER_CTL}", "--heartbeat", self.heartbeat], ready="listening")
+            "--logger", f"{s['logger']}:{LOGGER_CTL}", "--heartbeat", self.heartbeat], ready="listening", wait=wait)
         return self.d[f"stated-{host}"]
 
-    def start_app(self, host, name=None):
+    def start_app(self, host, name=None, wait=True):
         """Starts the application on backend 'host' (again: see start_stated)."""
         argv = [binary("rs-front" if self.front else "rs-app"), "--listen", f"0.0.0.0:{APP_PORT}",
                 "--id", host] + self.app_args
@@ -99,7 +102,7 @@ class Stack:
             argv += list(self.front.get("args", lambda h: [])(host))
         if self.recovery:
             argv += ["--stated", os.path.join(self.dir, f"stated-{host}.sock")]
-        self.d[f"app-{host}"] = self.tb.start(host, name or f"app-{host}", argv, ready="listening")
+        self.d[f"app-{host}"] = self.tb.start(host, name or f"app-{host}", argv, ready="listening", wait=wait)
         return self.d[f"app-{host}"]
 
     def restart_backend(self, host, generation=2):
@@ -154,7 +157,7 @@ class Stack:
         self.d[host] = self.tb.start(host, name, argv + self.proxy_args, ready="listening")
         return self.d[host]
 
-    def start_logger(self, name="logger"):
+    def start_logger(self, name="logger", wait=True):
         """Starts rs-logger (again, after a crash: its log then goes to
         run/'name'.err, and log("logger") reads the new one)."""
         s = SERVERS
@@ -167,7 +170,7 @@ class Stack:
                 "--backend", f"{SPARE_ID}={self.addr('spare')}",
                 "--spare-stated", f"{self.addr('spare')}:{STATED_PORT}"] if self.spare else []) + (
                 ["--spare-stated", f"{s['primary']}:{STATED_PORT}"] if self.readmit else []) + self.logger_args,
-            ready="listening")
+            ready="listening", wait=wait)
         return self.d["logger"]
 
     def log(self, name):
@@ -190,15 +193,10 @@ class Stack:
         return dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
 
     def stop(self):
-        """Stops every daemon of the stack (SIGTERM; the testbed lives on),
-        so that a driver can start a fresh stack for its next trial.  All
-        are told at once (sanitized daemons take a while to exit), then
-        waited for."""
-        for d in reversed(list(self.d.values())):
-            if d.alive():
-                d.popen.send_signal(signal.SIGTERM)
-        for d in reversed(list(self.d.values())):
-            self.tb.stop(d)
+        """Stops every daemon of the stack (SIGTERM, all at once; the testbed
+        lives on), so that a driver can start a fresh stack for its next
+        trial."""
+        self.tb.stop(*reversed(list(self.d.values())))
         self.d = {}
 
     def kill_primary(self):

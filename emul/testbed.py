@@ -36,9 +36,10 @@ class TestbedError(RuntimeError):
 class Daemon:
     """A process we started on a host, with its output files."""
 
-    def __init__(self, host, name, popen, out, err):
+    def __init__(self, host, name, popen, out, err, ready=None, timeout=10):
         self.host, self.name, self.popen = host, name, popen
         self.out, self.err = out, err
+        self.ready, self.timeout = ready, timeout    # () -> whether it is ready (None: at once)
 
     @property
     def pid(self):
@@ -254,24 +255,43 @@ class Testbed:
                 raise TestbedError(f"mirror {intf} -> {tport} failed: {out.strip()}")
 
     # -- daemons -----------------------------------------------------------
-    def start(self, host, name, argv, ready=None, timeout=10, env=None):
+    def start(self, host, name, argv, ready=None, timeout=10, env=None, wait=True):
         """Starts 'argv' on 'host' with stdout/stderr in run_dir/name.{out,err}.
-        'ready', when given, is a string to wait for in stdout.  Returns a Daemon."""
+        'ready', when given, is a string to wait for in stdout; with 'wait'
+        False, wait_ready() waits for it later (daemons that do not need
+        each other start side by side).  Returns a Daemon."""
         h = self.net[host] if isinstance(host, str) else host
         out = os.path.join(self.run_dir, f"{name}.out")
         err = os.path.join(self.run_dir, f"{name}.err")
         with open(out, "w") as fo, open(err, "w") as fe:
             p = h.popen(argv, stdout=fo, stderr=fe, env=env)
-        d = Daemon(h, name, p, out, err)
+        d = Daemon(h, name, p, out, err, ready and (lambda: ready in d.output()), timeout)
         self.daemons.append(d)
-        if ready and not wait_until(lambda: ready in d.output() or not d.alive(), timeout):
-            raise TestbedError(f"{name} on {h.name} not ready after {timeout}s; see {err}")
-        if ready and not d.alive():
-            raise TestbedError(f"{name} on {h.name} exited with {p.returncode}; see {err}")
+        if wait:
+            self.wait_ready(d)
         return d
 
-    def stop(self, d, sig=signal.SIGTERM):
-        self._end(d.popen, sig)
+    def wait_ready(self, *ds):
+        """Waits until every daemon of 'ds' is ready; raises TestbedError
+        when one exits first or is not ready within its timeout."""
+        t0 = time.monotonic()
+        for d in ds:
+            if d.ready is None:
+                continue
+            left = d.timeout - (time.monotonic() - t0)
+            if not wait_until(lambda: d.ready() or not d.alive(), max(left, 0.01)):
+                raise TestbedError(f"{d.name} on {d.host.name} not ready after {d.timeout}s; see {d.err}")
+            if not d.alive():
+                raise TestbedError(f"{d.name} on {d.host.name} exited with {d.popen.returncode}; see {d.err}")
+
+    def stop(self, *ds, sig=signal.SIGTERM):
+        """Stops daemons 'ds': all are signalled first, then each is
+        waited for (sanitized daemons take a while to exit)."""
+        for d in ds:
+            if d.popen.poll() is None:
+                d.popen.send_signal(sig)
+        for d in ds:
+            self._end(d.popen, sig)
 
     # -- crash injection ---------------------------------------------------
     def kill(self, d):
@@ -325,11 +345,12 @@ class Testbed:
         return Handle
 
     # -- packet capture ----------------------------------------------------
-    def capture(self, host, name, intf=None, bpf_filter="", snaplen=0, buffer_kib=65536):
+    def capture(self, host, name, intf=None, bpf_filter="", snaplen=0, buffer_kib=65536, wait=True):
         """Starts tcpdump on 'host' ('intf' defaults to its main interface)
         writing run_dir/name.pcap; stopped at teardown or with stop().
         'buffer_kib' is the kernel buffer: tcpdump's default (2 MiB) drops
-        frames of a fast download on the mirror.  Returns (Daemon, pcap path)."""
+        frames of a fast download on the mirror.  'wait' as for start().
+        Returns (Daemon, pcap path)."""
         h = self.net[host] if isinstance(host, str) else host
         path = os.path.join(self.run_dir, f"{name}.pcap")
         intf = intf or h.defaultIntf().name
@@ -338,10 +359,10 @@ class Testbed:
         err = os.path.join(self.run_dir, f"{name}.tcpdump.err")
         with open(err, "w") as fe:
             p = h.popen(argv, stdout=fe, stderr=fe)
-        d = Daemon(h, name, p, err, err)
+        d = Daemon(h, name, p, err, err, lambda: "listening on" in d.output())
         self.captures.append(d)
-        if not wait_until(lambda: "listening on" in open(err).read() or p.poll() is not None, 10):
-            raise TestbedError(f"tcpdump on {h.name}:{intf} did not start")
+        if wait:
+            self.wait_ready(d)
         return d, path
 
     def stop_capture(self, d):

@@ -615,7 +615,8 @@ def keep(args, name):
 def trial(tb, args, target, fault, workload, n, seed, window):
     rng = random.Random(seed)
     stack = target.start()
-    caps = [tb.capture(h, f"cap-{h}", bpf_filter="tcp port 80", snaplen=96) for h in target.hosts]
+    caps = [tb.capture(h, f"cap-{h}", bpf_filter="tcp port 80", snaplen=96, wait=False) for h in target.hosts]
+    tb.wait_ready(*[cap for cap, _ in caps])
     faults = Faults(tb, target, rng)
     moment = rng.uniform(0, window) if fault != "none" else None
     if moment is not None and args.moment_ms is not None:     # reproducing a kept trial
@@ -638,8 +639,7 @@ def trial(tb, args, target, fault, workload, n, seed, window):
             c["d"].popen.wait()
     action_s = time.time() - t0
     faults.wait(handle)
-    for cap, _ in caps:
-        tb.stop_capture(cap)
+    tb.stop(*[cap for cap, _ in caps], sig=signal.SIGINT)
     faults.revert()
     for c in clients:
         with open(c["csv"]) as f:

@@ -387,15 +387,21 @@ fastcgi.server = (".php" => ((
         return t
 
     def stop(self):
-        kids = self.pids()
-        for name in ("lighttpd", "php"):
-            if name in self.d:
-                self.tb.stop(self.d[name])
-        # php-cgi ends its children on SIGTERM; make sure of it.
-        _wait(lambda: not any(pid_alive(p) for p in kids), 3)
-        for p in kids:
-            if pid_alive(p):
-                os.kill(p, signal.SIGKILL)
+        stop_roundcubes(self.tb, [self])
+
+
+def stop_roundcubes(tb, rcs, others=()):
+    """Stops the Roundcubes 'rcs' (lighttpd, php-cgi and its children) and
+    the daemons 'others', all signalled at once, then waited for."""
+    kids = [p for rc in rcs for p in rc.pids()]
+    tb.stop(*others, *[rc.d[name] for rc in rcs for name in ("lighttpd", "php") if name in rc.d])
+    # php-cgi ends its children on SIGTERM; make sure of it.
+    _wait(lambda: not any(pid_alive(p) for p in kids), 3)
+    for p in kids:
+        if pid_alive(p):
+            os.kill(p, signal.SIGKILL)
+    for rc in rcs:
+        rc.d.clear()
 
 
 def install_plugin():
@@ -490,9 +496,9 @@ def warm_up(tb, run_dir, hosts):
     trace = os.path.join(run_dir, "warmup.trace")
     with open(trace, "w") as f:
         f.write("\n".join(b for b in blocks if "_unlock=sending" not in b.split("\n", 1)[0]))
-    for h in hosts:
-        d = tb.start(h, f"warmup-{h}", [binary("rs-client"), "--server", f"127.0.0.1:{UPSTREAM_PORT}",
-                                        "--trace", trace, "--quiet", "--timeout", "10s"])
+    clients = [tb.start(h, f"warmup-{h}", [binary("rs-client"), "--server", f"127.0.0.1:{UPSTREAM_PORT}",
+                                           "--trace", trace, "--quiet", "--timeout", "10s"]) for h in hosts]
+    for h, d in zip(hosts, clients):     # side by side: the machine has two cores
         if d.popen.wait(60) != 0:
             raise DeployError(f"warm-up of {h} failed; see {d.err}")
 
@@ -588,14 +594,9 @@ class ResplicedRoundcube:
         return self.crash(timeout, "alternate")
 
     def stop(self):
-        """Stops the trial's processes (the stack and both Roundcubes)."""
-        for d in self.stack.d.values():
-            if d.alive():
-                self.tb.stop(d)
+        """Stops the trial's processes (the stack and every Roundcube)."""
+        stop_roundcubes(self.tb, list(self.rc.values()), self.stack.d.values())
         self.stack.d.clear()
-        for rc in self.rc.values():
-            rc.stop()
-            rc.d.clear()
 
     def stop_all(self):
         self.stop()

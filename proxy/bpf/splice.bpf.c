@@ -41,7 +41,9 @@ static __always_inline int proxy_alive(const struct rs_vip *vip)
 SEC("tc")
 int rs_splice_ingress(struct __sk_buff *skb)
 {
-    __u8 ip[20], old[RS_TCP_HDR_MAX], tcp[RS_TCP_HDR_MAX];
+    __u8 ip[20], old[RS_TCP_HDR_MAX];
+    struct rs_tcp_buf buf;
+    __u8 *tcp = buf.b;
     struct rs_flow_key key;
     struct rs_flow *f;
     struct rs_flow_track *t;
@@ -123,7 +125,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
          * clock, which the splice must continue. */
         __u32 ts;
 
-        if (load_tsval(skb, tcp, &ts) == 0)
+        if (load_tsval(skb, &buf, &ts) == 0)
             t->ts_recent = ts;
         return TC_ACT_OK;
     }
@@ -164,7 +166,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
         goto bad;
     __builtin_memcpy(old, tcp, sizeof(old));
-    if (rs_splice_tcp(&f->dir, tcp, hlen) < 0)
+    if (rs_bpf_splice_tcp(&f->dir, &buf, hlen) < 0)
         goto bad;
     if (f->clamp_ack && (tcp[13] & 0x10))
         clamp_ack(f, tcp);

@@ -1169,7 +1169,7 @@ class TestReplayedHeartbeats(Case):
                                                      str(LOGGER_CTL)])
         self.assertTrue(wait_until(lambda: "listening on" in open(cap.err).read(), 10))
         time.sleep(0.3)
-        self.tb.stop(cap, signal.SIGINT)
+        self.tb.stop(cap, sig=signal.SIGINT)
         script = os.path.join(self.dir, "hb.py")
         with open(script, "w") as f:
             f.write(REPLAY_HEARTBEAT)

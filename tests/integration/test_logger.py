@@ -201,7 +201,7 @@ class LoggerCase(unittest.TestCase):
         return d, path
 
     def stop_capture(self, d):
-        self.tb.stop(d, signal.SIGINT)
+        self.tb.stop(d, sig=signal.SIGINT)
         m = re.search(r"(\d+) packets dropped by kernel", self.log(d))
         self.assertEqual(m.group(1) if m else None, "0", "tcpdump dropped packets: " + self.log(d))
 
