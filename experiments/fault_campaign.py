@@ -140,9 +140,16 @@ PROXY_RESTART_S = 0.2        # a supervisor's delay before it starts a killed rs
 
 def spliced_before(plog, t):
     """Clients (tcpdump's ip.port) whose connection the proxy of log 'plog'
-    had spliced before time 't'."""
-    return {m.group(2).replace(":", ".") for m in re.finditer(r"^(\d+\.\d+) rs-proxy splice id=\d+ client=(\S+) ", plog, re.M)
-            if float(m.group(1)) < t}
+    had spliced before time 't'.  A splice at connect counts once its
+    request is through (`open id=... us=`): until then the request goes
+    out through the proxy's own socket, which dies with it (the successor
+    ends such a connection: reason=opening-lost)."""
+    out = set()
+    for m in re.finditer(r"^(\d+\.\d+) rs-proxy (splice|open) id=\d+ client=(\S+) (.*)$", plog, re.M):
+        when, what, client, rest = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+        if when < t and ((what == "splice" and rest.endswith(" pending=0")) or (what == "open" and rest.startswith("us="))):
+            out.add(client.replace(":", "."))
+    return out
 VIP = SERVERS["proxy"]
 CLEAN_END_S = 1.0
 REQ_MAX = 64 * 1024          # rs-proxy's first-request limit (RS_PROXY_REQ_MAX)

@@ -11,7 +11,8 @@
  *     (the moving socket died with the predecessor): adopted, and its
  *     recovery starts again from the plan; or, ACKONLY towards its own
  *     backend, it was spliced at connect and its request was going out
- *     (opened(): complete when the backend has it all, else recovered);
+ *     through the predecessor's socket, whose end reached the backend (or
+ *     strands there): ended with a RST (was_opening());
  *   - everything else (connections still relayed in user space, whose
  *     sockets died with the predecessor; a move's half-made entries): the
  *     entries are removed, and the stack answers those clients.
@@ -120,31 +121,22 @@ static void probe(struct proxy *p, const struct rs_flow_key *kc)
     }
 }
 
-/* A connection its predecessor spliced at connect (conn.c, open_write)
- * that died before the backend acknowledged the request: once the backend
- * has acknowledged it all, the opening is complete (the client's direction
- * opens; the backend's pure ACKs, which went to the dead socket, go on
- * with the splice).  Else the request died with that socket: recovered.
- * Returns whether it opened. */
-static bool opened(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc)
+/* Whether client entry 'fc' of 'pc' is a connection its predecessor
+ * spliced at connect (conn.c, open_write) and was still opening: ACKONLY
+ * towards its own backend, whose request went out through the
+ * predecessor's own socket. */
+static bool was_opening(const struct pconn *pc, const struct px_flow_info *fc)
 {
-    struct rs_flow_key kb = px_key_b(pc), kc = px_key_c(pc);
-    struct px_flow_info fb;
+    struct rs_flow_key kb = px_key_b(pc);
 
-    if (memcmp(&fc->cfg.peer, &kb, sizeof(kb)) || px_dp_get(p->dp, &kb, &fb) || fb.cfg.state != RS_FLOW_ACTIVE
-        || !fb.t.pos.has_ack || rs_seq_lt(fb.t.pos.ack_max + fb.cfg.dir.ack_delta, pc->c.rcv_nxt))
-        return false;
-    if (px_dp_acks_to_stack(p->dp, &kb, false) || px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE))
-        return false;
-    rs_log("open id=%" PRIu64 " client=%s: the backend had the request (adopted)", pc->id, RS_A(pc->client));
-    return true;
+    return fc->cfg.state == RS_FLOW_ACKONLY && !memcmp(&fc->cfg.peer, &kb, sizeof(kb));
 }
 
 int px_adopt(struct proxy *p)
 {
     struct rs_flow_key *keys = NULL, k, *prev = NULL;
     struct pconn **owner;
-    size_t n = 0, cap = 0, adopted = 0, resumed = 0, dropped = 0;
+    size_t n = 0, cap = 0, adopted = 0, resumed = 0, dropped = 0, opening_lost = 0;
     uint64_t max_id = 0;
 
     if (!p->dp)
@@ -216,13 +208,21 @@ int px_adopt(struct proxy *p)
             continue;
         rs_log("adopt id=%" PRIu64 " client=%s backend=%s state=%u held=%d", pc->id, RS_A(pc->client),
                RS_A(pc->backend), f.cfg.state, pc->nheld);
-        if (f.cfg.state != RS_FLOW_ACTIVE && !(f.cfg.state == RS_FLOW_ACKONLY && opened(p, pc, &f))) {
+        if (was_opening(pc, &f)) {
+            /* That socket's end went to the backend with the predecessor
+             * (its kernel's FIN or RST), or it strands there (a proxy host
+             * cut off): the backend's connection is lost.  Moving the
+             * client to a standby would leave two backends serving, each
+             * with part of the updates: the client gets a clean end. */
+            opening_lost++;
+            px_pc_close(p, pc, "opening-lost", true);
+        } else if (f.cfg.state != RS_FLOW_ACTIVE) {
             resumed++;
             px_recover(p, pc, "adopted-midway");
         }
     }
-    rs_log("adopted %zu spliced connections (%zu recoveries started again), removed %zu other entries", adopted,
-           resumed, dropped);
+    rs_log("adopted %zu spliced connections (%zu recoveries started again, %zu ended: caught opening), "
+           "removed %zu other entries", adopted - opening_lost, resumed, opening_lost, dropped);
     p->st.adopted += adopted;
     free(owner);
     free(keys);

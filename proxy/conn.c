@@ -834,8 +834,15 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
                    RS_A(pc->backend), r > 0 ? "fin" : strerror(-r));
         }
     }
-    if ((e = drain(bfd, pc->c2b, &pc->c2b_len)) == 0)
-        e = drain(cfd, pc->b2c, &pc->b2c_len);
+    if ((e = drain(bfd, pc->c2b, &pc->c2b_len)) != 0 && !pc->backend_eof) {
+        /* The backend reset the connection before the request was all
+         * out (its application died at connect): its end, recovered
+         * below like any, not the client's. */
+        pc->backend_eof = true;
+        rs_log("backend-end id=%" PRIu64 " client=%s backend=%s %s", pc->id, RS_A(pc->client), RS_A(pc->backend),
+               strerror(-e));
+    }
+    e = drain(cfd, pc->b2c, &pc->b2c_len);
     if (e) {
         p->st.closed_early++;
         px_pc_close(p, pc, strerror(-e), true);
