@@ -43,7 +43,8 @@ app_SRC     := $(LIBSTATE_SRC)
 front_SRC   := $(LIBSTATE_SRC)
 app_LIBS    :=
 client_LIBS :=
-proxy_LIBS  := -lbpf -lelf -lz
+proxy_LIBS  := -lbpf -lelf -lz -lnl-genl-3 -lnl-3
+proxy_CFLAGS := $(shell pkg-config --cflags libnl-genl-3.0)
 proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
@@ -72,7 +73,7 @@ $(LIB_ASAN): $(CORE_ASAN_OBJ)
 
 $(BUILD)/asan/tests/%: tests/unit/%.c $(LIB_ASAN)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -O1 $(SANITIZE) $< -o $@ $(LIB_ASAN) -lcmocka $(CORE_LIBS) -lm
+	$(CC) $(CPPFLAGS) -Iproxy $(ALL_CFLAGS) -O1 $(SANITIZE) $< -o $@ $(LIB_ASAN) -lcmocka $(CORE_LIBS) -lm
 
 # The event loop's tests link the loop itself (common/, not libresplice).
 $(BUILD)/asan/tests/test_loop: tests/unit/test_loop.c common/loop.c common/daemon.c $(LIB_ASAN)
@@ -93,9 +94,9 @@ $(BUILD)/asan/tests/test_options: tests/unit/test_options.c common/options.c com
 		-lcmocka $(CORE_LIBS) -lm
 
 # libFuzzer targets compile the core sources in directly, with clang.
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h) proxy/tcpsp.h proxy/splice_map.h
 	@mkdir -p $(@D)
-	$(CLANG) -D_GNU_SOURCE -Icore -std=gnu11 $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
+	$(CLANG) -D_GNU_SOURCE -Icore -Iproxy -std=gnu11 $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=all $< $(CORE_SRC) -o $@ $(CORE_LIBS) -lm
 
 $(BUILD)/rs-emul: emul/rs-emul.c $(LIB)
@@ -107,7 +108,7 @@ COMMON_SRC := $(wildcard common/*.c)
 define daemon_rule
 $(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(COMMON_SRC) $(wildcard common/*.h) $($(1)_SRC) $(LIB) $($(1)_DEPS)
 	@mkdir -p $$(@D)
-	$$(CC) $$(CPPFLAGS) -I$(1) -Icommon -Ilibstate -I$(BUILD) $$(ALL_CFLAGS) $(wildcard $(1)/*.c) $(COMMON_SRC) \
+	$$(CC) $$(CPPFLAGS) -I$(1) -Icommon -Ilibstate -I$(BUILD) $$(ALL_CFLAGS) $($(1)_CFLAGS) $(wildcard $(1)/*.c) $(COMMON_SRC) \
 		$(filter %.c,$($(1)_SRC)) -o $$@ $$(LIB) $$($(1)_LIBS) $$(CORE_LIBS) -lm
 endef
 $(foreach d,$(DAEMONS),$(eval $(call daemon_rule,$(d))))
@@ -213,25 +214,31 @@ figures:
 # the modules are tested in Debian's kernel booted under qemu, kmod/guest/).
 KVER     ?= $(shell ls /lib/modules 2>/dev/null | grep -- '-amd64$$' | sort -V | tail -1)
 KDIR     ?= /lib/modules/$(KVER)/build
-KMOD_SRC := kmod/Kbuild kmod/logmod.c kmod/logmod.h
+# tcpspmod shares the splice arithmetic (core/) and the table's types and
+# netlink protocol (proxy/) with rs-proxy and the tc program.
+KMOD_SRC := kmod/Kbuild kmod/logmod.c kmod/logmod.h kmod/tcpspmod.c \
+	core/splice.h core/splice-t.h core/seq.h proxy/splice_map.h proxy/tcpsp.h
+KMODS    := rs_logmod rs_tcpspmod
 
-kmod: $(BUILD)/kmod/rs_logmod.ko
+kmod: $(KMODS:%=$(BUILD)/kmod/%.ko)
 
-$(BUILD)/kmod/rs_logmod.ko: $(KMOD_SRC)
+$(KMODS:%=$(BUILD)/kmod/%.ko) &: $(KMOD_SRC)
 	@test -d "$(KDIR)" || { echo "make kmod: no kernel headers in '$(KDIR)' (make deps installs linux-headers-amd64)"; exit 1; }
 	@mkdir -p $(BUILD)/kmod/src
 	cp $(KMOD_SRC) $(BUILD)/kmod/src/
 	$(MAKE) -s -C $(KDIR) M=$(abspath $(BUILD)/kmod/src) modules
-	cp $(BUILD)/kmod/src/rs_logmod.ko $@
+	for m in $(KMODS); do cp $(BUILD)/kmod/src/$$m.ko $(BUILD)/kmod/; done
 
 # Boots Debian's kernel in qemu (TCG) and runs the module tests in it (also
 # part of make test: about 45 s).
 kmod-test: kmod all
 	@$(PYTHON) tests/run.py --build $(BUILD) --only kmod
 
-# The capture half of the kmod benchmark (inside the guest): rs-logger
-# through logmod vs libpcap on the same download; ends with summary:.
+# The kmod benchmark, inside the guest: the splice (direct vs the tc program
+# vs tcpspmod), then the capture (rs-logger through logmod vs libpcap on
+# the same download); each ends with summary:.
 bench-kmod: kmod all
+	@$(PYTHON) kmod/guest/run.py --timeout 1800 --mem 2048 -- $(PYTHON) kmod/tests/bench_splice.py
 	@$(PYTHON) kmod/guest/run.py --timeout 900 -- $(PYTHON) kmod/tests/bench_capture.py
 
 clean:

@@ -303,7 +303,11 @@ static inline rs_u16 rs_splice_opts_apply__(const struct rs_splice_dir *d, rs_u8
     rs_u32 oldv, newv;
 
     rs_splice_barrier_var__(i);
-    if (i && i <= RS_TCP_HDR_MAX - RS_TCPOLEN_TS) {
+    if (i)      /* two tests, not one merged range test on a copy (see rs_splice_tsval_get) */
+        rs_splice_barrier_var__(i);
+    else
+        i = RS_TCP_HDR_MAX;             /* no TS option: fails the test below */
+    if (i <= RS_TCP_HDR_MAX - RS_TCPOLEN_TS) {
         if (d->flags & RS_SPLICE_F_TS) {
             oldv = rs_splice_load32(tcp + i + 2);
             newv = rs_splice_tsval(d, oldv);
@@ -553,11 +557,17 @@ static inline rs_u32 rs_splice_clamp_ack(rs_u8 *tcp, rs_u32 sent, rs_u8 win_scal
 static inline int rs_splice_tsval_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *tsval)
 {
     struct rs_splice_optpos pos;
+    rs_splice_idx i;
 
-    if (hdr_len <= RS_TCP_HDR_MIN || hdr_len > RS_TCP_HDR_MAX || rs_splice_opts_scan(tcp, hdr_len, &pos)
-        || !pos.ts || pos.ts > RS_TCP_HDR_MAX - RS_TCPOLEN_TS)
+    if (hdr_len <= RS_TCP_HDR_MIN || hdr_len > RS_TCP_HDR_MAX || rs_splice_opts_scan(tcp, hdr_len, &pos) || !pos.ts)
         return -RS_SPLICE_EINVAL;
-    *tsval = rs_splice_load32(tcp + pos.ts + 2);
+    /* Apart from the test above: merged into one range test on a copy,
+     * the bound would not reach the index for older verifiers (6.1). */
+    i = pos.ts;
+    rs_splice_barrier_var__(i);
+    if (i > RS_TCP_HDR_MAX - RS_TCPOLEN_TS)
+        return -RS_SPLICE_EINVAL;
+    *tsval = rs_splice_load32(tcp + i + 2);
     return 0;
 }
 

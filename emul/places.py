@@ -4,7 +4,8 @@ topologies/lan.py's SERVERS.  Imports nothing heavy (no Mininet), so tests
 that need no root use it too.
 
 The build directory is $RS_BUILD, else build/ in the tree; it is read at
-each call, so a driver's --build option only has to set $RS_BUILD."""
+each call, so a driver's --build option only has to set $RS_BUILD.
+$RS_DATAPATH picks rs-proxy's data path likewise (proxy_datapath)."""
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +28,14 @@ def build_dir():
 def binary(name):
     """The path of the built program 'name' (e.g. "rs-proxy")."""
     return os.path.join(build_dir(), name)
+
+
+def proxy_datapath():
+    """rs-proxy's --datapath option as $RS_DATAPATH names it ("ebpf",
+    "kmod"), or nothing: the default.  The kmod tests run the same
+    integration tests with each inside Debian's kernel (kmod/tests/)."""
+    dp = os.environ.get("RS_DATAPATH")
+    return ["--datapath", dp] if dp else []
 
 
 def use_build(path):

@@ -1,11 +1,11 @@
-/* The data paths rs-proxy knows (datapath.h), by name. */
+/* The data paths rs-proxy knows (datapath.h), by name, and what they share. */
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "datapath.h"
 
-static const struct px_datapath_ops *const datapaths[] = { &px_dp_ebpf };
+static const struct px_datapath_ops *const datapaths[] = { &px_dp_ebpf, &px_dp_kmod };
 
 const struct px_datapath_ops *px_datapath_find(const char *name)
 {
@@ -24,4 +24,42 @@ const char *px_datapath_names(void)
             snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? ", " : "",
                      datapaths[i]->name);
     return names;
+}
+
+uint32_t *px_flow_field(struct rs_flow *f, enum px_dp_field field)
+{
+    switch (field) {
+    case PX_DP_STATE:
+        return &f->state;
+    case PX_DP_ACKS_TO_STACK:
+        return &f->acks_to_stack;
+    case PX_DP_PASS_FIN:
+        return &f->pass_fin;
+    default:
+        return &f->clamp_ack;
+    }
+}
+
+void px_flow_activate(struct rs_flow *f, const struct rs_splice_dir *d, uint64_t id, uint32_t state, bool guard,
+                      const struct rs_flow_key *peer, uint32_t ifindex)
+{
+    f->dir = *d;
+    f->state = state;
+    f->guard = guard;
+    f->clamp_ack = 0;
+    f->acks_to_stack = 0;
+    f->pass_fin = 0;
+    f->ack_watch = f->ack_watch_gen = 0;
+    f->gen++;
+    f->splice_id = id;
+    f->ifindex = ifindex;
+    if (peer)
+        f->peer = *peer;
+}
+
+uint32_t px_flow_watch_ack(struct rs_flow *f, uint32_t ack, uint32_t *gen_counter)
+{
+    f->ack_watch = ack;
+    f->ack_watch_gen = ++*gen_counter ? *gen_counter : ++*gen_counter;
+    return f->ack_watch_gen;
 }

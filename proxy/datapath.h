@@ -2,9 +2,9 @@
  * entries per spliced connection, splice_map.h) and whatever rewrites and
  * redirects the segments of spliced connections.  The model is iproute2's
  * qdisc_util: an implementation fills a struct px_datapath_ops, and
- * px_datapath_find() picks one by the name --datapath gives.  Today: "ebpf"
- * (dp_ebpf.c, the tc program of proxy/bpf/); the seed's kernel module
- * (kmod/) plugs in the same way.  The daemon calls the px_dp_* wrappers
+ * px_datapath_find() picks one by the name --datapath gives: "ebpf"
+ * (dp_ebpf.c, the tc program of proxy/bpf/) or "kmod" (dp_kmod.c, the
+ * seed's kernel module kmod/tcpspmod.c).  The daemon calls the px_dp_* wrappers
  * below and never an implementation directly. */
 #ifndef RS_PROXY_DATAPATH_H
 #define RS_PROXY_DATAPATH_H
@@ -93,6 +93,19 @@ struct px_datapath_ops {
 };
 
 extern const struct px_datapath_ops px_dp_ebpf;     /* dp_ebpf.c */
+extern const struct px_datapath_ops px_dp_kmod;     /* dp_kmod.c */
+
+/* What the implementations share: their tables hold the same entries and
+ * change them the same way, by reading the daemon's half, changing it and
+ * writing it back (the daemon is its only writer). */
+/* The field 'field' of daemon half 'f'. */
+uint32_t *px_flow_field(struct rs_flow *f, enum px_dp_field field);
+/* Daemon half 'f' as ops->activate leaves it (out of interface 'ifindex'). */
+void px_flow_activate(struct rs_flow *f, const struct rs_splice_dir *d, uint64_t id, uint32_t state, bool guard,
+                      const struct rs_flow_key *peer, uint32_t ifindex);
+/* Arms the ACK watch of 'f' for 'ack' with the next of the generations
+ * '*gen_counter' numbers (never 0); returns it. */
+uint32_t px_flow_watch_ack(struct rs_flow *f, uint32_t ack, uint32_t *gen_counter);
 
 /* The implementation called 'name', or NULL. */
 const struct px_datapath_ops *px_datapath_find(const char *name);

@@ -255,30 +255,18 @@ static int ebpf_get(struct px_datapath *dp, const struct rs_flow_key *k, struct 
     return 0;
 }
 
-/* Sets the 32-bit field at 'off' of entry 'k''s config to 'v'.  The daemon
- * is the only writer of rs_flows, so a read-modify-write loses nothing. */
-static int cfg_set(struct dp_ebpf *s, const struct rs_flow_key *k, size_t off, uint32_t v)
+/* The daemon is the only writer of rs_flows, so a read-modify-write loses nothing. */
+static int ebpf_set(struct px_datapath *dp, const struct rs_flow_key *k, enum px_dp_field field, uint32_t v)
 {
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
     struct rs_flow f;
 
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         return -errno;
-    if (!memcmp((char *)&f + off, &v, sizeof(v)))
+    if (*px_flow_field(&f, field) == v)
         return 0;
-    memcpy((char *)&f + off, &v, sizeof(v));
+    *px_flow_field(&f, field) = v;
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK) ? -errno : 0;
-}
-
-static int ebpf_set(struct px_datapath *dp, const struct rs_flow_key *k, enum px_dp_field field, uint32_t v)
-{
-    static const size_t off[] = {
-        [PX_DP_STATE] = offsetof(struct rs_flow, state),
-        [PX_DP_ACKS_TO_STACK] = offsetof(struct rs_flow, acks_to_stack),
-        [PX_DP_PASS_FIN] = offsetof(struct rs_flow, pass_fin),
-        [PX_DP_CLAMP_ACK] = offsetof(struct rs_flow, clamp_ack),
-    };
-
-    return cfg_set((struct dp_ebpf *)dp, k, off[field], v);
 }
 
 static int ebpf_activate(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_splice_dir *d,
@@ -293,18 +281,7 @@ static int ebpf_activate(struct px_datapath *dp, const struct rs_flow_key *k, co
         if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
             return -errno;
     }
-    f.dir = *d;
-    f.state = state;
-    f.guard = guard;
-    f.clamp_ack = 0;
-    f.acks_to_stack = 0;
-    f.pass_fin = 0;
-    f.ack_watch = f.ack_watch_gen = 0;
-    f.gen++;
-    f.splice_id = id;
-    f.ifindex = (rs_u32)s->ifindex;
-    if (peer)
-        f.peer = *peer;
+    px_flow_activate(&f, d, id, state, guard, peer, (uint32_t)s->ifindex);
     return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY | BPF_F_LOCK) ? -errno : 0;
 }
 
@@ -316,9 +293,7 @@ static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, u
 
     if (bpf_map_lookup_elem(s->map_fd, k, &f))
         return -errno;
-    f.ack_watch = ack;
-    f.ack_watch_gen = ++s->watch_gen ? s->watch_gen : ++s->watch_gen;
-    *gen = f.ack_watch_gen;
+    *gen = px_flow_watch_ack(&f, ack, &s->watch_gen);
     if (bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK))
         return -errno;
     /* An ACK that came before the watch was armed raises no event. */

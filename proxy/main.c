@@ -1,8 +1,8 @@
 /* rs-proxy: the splicing proxy and recovery manager.  Options, set-up, the
  * control port (RESPLICE, FAILURE, SUSPECT, FENCE, STATUS), stats, and the
  * event loop; the connections are conn.c, the recoveries recovery.c, the
- * data path datapath.h (the eBPF one: dp_ebpf.c and bpf/), the socket
- * tools (TCP_REPAIR, RSTs) repair.c. */
+ * data path datapath.h (the eBPF one: dp_ebpf.c and bpf/; the kernel
+ * module's: dp_kmod.c), the socket tools (TCP_REPAIR, RSTs) repair.c. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ifaddrs.h>
@@ -188,7 +188,8 @@ static void usage(FILE *f)
         "usage: rs-proxy --listen VIP:PORT --backend ADDR:PORT [--backend ...] [options]\n"
         "  --sticky COOKIE    pick the backend by a hash of this cookie (default: round-robin)\n"
         "  --ifname IF        interface of the data path (default: the one holding VIP)\n"
-        "  --datapath NAME    what splices segments: ebpf (default; a tc program)\n"
+        "  --datapath NAME    what splices segments: ebpf (default; a tc program) or kmod\n"
+        "                     (the kernel module kmod/tcpspmod.c, loaded beforehand)\n"
         "  --control ADDR:PORT  control port (RESPLICE, FAILURE, SUSPECT, FENCE, STATUS; needs --key)\n"
         "  --key FILE         shared control-plane key: 64 hex characters\n"
         "  --idle DUR         reap spliced connections idle this long (default 600s)\n"

@@ -6,7 +6,7 @@ set -eu
 PKGS="
 build-essential clang llvm pkg-config
 libcmocka-dev libhttp-parser-dev libsodium-dev
-libnetfilter-queue-dev libpcap-dev libnl-3-dev libnl-route-3-dev
+libnetfilter-queue-dev libpcap-dev libnl-3-dev libnl-route-3-dev libnl-genl-3-dev
 libbpf-dev bpftool libelf-dev zlib1g-dev
 mininet openvswitch-switch bridge-utils iptables iproute2
 iputils-ping ethtool tcpdump iperf3 procps psmisc net-tools curl

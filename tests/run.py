@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -93,24 +94,28 @@ def run_fuzz(build, seconds, t):
 
 def run_kmod(build, t):
     """The kernel modules' tests, in Debian's kernel booted under qemu
-    (kmod/guest/run.py; make kmod builds the modules first)."""
-    if not os.path.exists(os.path.join(build, "kmod", "rs_logmod.ko")):
-        t.nothing_ran("kmod", f"no {build}/kmod/rs_logmod.ko: make kmod")
+    (kmod/guest/run.py; make kmod builds the modules first): one boot for
+    logmod's, one for tcpspmod's."""
+    if not all(os.path.exists(os.path.join(build, "kmod", f"{m}.ko")) for m in ("rs_logmod", "rs_tcpspmod")):
+        t.nothing_ran("kmod", f"no {build}/kmod/rs_logmod.ko or rs_tcpspmod.ko: make kmod")
         return
     sys.path.insert(0, os.path.join(ROOT, "kmod", "guest"))
     from run import run as guest_run
-    status, console = guest_run([sys.executable, os.path.join(ROOT, "kmod", "tests", "guest_tests.py")],
-                                timeout=600, echo=False)
-    m = re.search(r"^(\d+) passed, (\d+) failed$", console, re.M)
-    p, f = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
-    if status and not f:
-        f = 1
-    for line in console.splitlines():
-        if line.startswith(("ok", "FAIL", "  ")) or "Traceback" in line or "Error" in line:
-            print(f"kmod  {line}")
-    print(f"kmod  guest_tests (Debian's kernel in qemu) {p} passed, {f} failed  {'ok' if not f else 'FAIL'}")
-    t.passed += p
-    t.failed += f
+    for script in ("guest_tests.py", "splice_tests.py"):
+        t0 = time.monotonic()
+        status, console = guest_run([sys.executable, os.path.join(ROOT, "kmod", "tests", script)],
+                                    timeout=900, mem=2048, echo=False)
+        m = re.search(r"^(\d+) passed, (\d+) failed$", console, re.M)
+        p, f = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+        if status and not f:
+            f = 1
+        for line in console.splitlines():
+            if line.startswith(("ok", "FAIL", "ERROR", "  ")) or "Traceback" in line or "Error" in line:
+                print(f"kmod  {line}")
+        print(f"kmod  {script} (Debian's kernel in qemu, {time.monotonic() - t0:.0f} s) {p} passed, {f} failed  "
+              f"{'ok' if not f else 'FAIL'}")
+        t.passed += p
+        t.failed += f
 
 
 def run_integration(build, pattern, t):

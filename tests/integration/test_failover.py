@@ -31,6 +31,7 @@ class FailoverCase(unittest.TestCase):
         self.dir = self.tmp.name
         self.tb = Testbed(LanTopo(profile=self.profile), os.path.join(self.dir, "run"))
         self.tb.__enter__()
+        self.addCleanup(self.tb.__exit__, None, None, None)    # also when the stack fails to start
         self.stack = Stack(self.tb, self.dir, **getattr(self, "stack_args", {})).start()
         self.client_log = os.path.join(self.dir, "run", "client.err")
 

@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from emul.places import APP_PORT, PROXY_CTL, ROOT, VIP_PORT, binary, write_key
+from emul.places import APP_PORT, PROXY_CTL, ROOT, VIP_PORT, binary, proxy_datapath, write_key
 from emul.shaping import wait_until
 from emul.testbed import Testbed, leftovers, pcap_count
 from tests.integration.harness import needs_root
@@ -49,6 +49,7 @@ class SpliceCase(unittest.TestCase):
         write_key(self.key)
         self.tb = Testbed(LanTopo(profile=self.profile), os.path.join(self.dir, "run"))
         self.tb.__enter__()
+        self.addCleanup(self.tb.__exit__, None, None, None)    # also when a test's set-up fails
 
     def tearDown(self):
         self.tb.__exit__(None, None, None)
@@ -64,7 +65,7 @@ class SpliceCase(unittest.TestCase):
         argv = [binary("rs-proxy"), "--listen", VIP, "--control", f"{PROXY}:{PROXY_CTL}", "--key", self.key]
         for b in backends:
             argv += ["--backend", f"{b}:{APP_PORT}"]
-        return self.tb.start("proxy", "proxy", argv + list(extra), ready="listening")
+        return self.tb.start("proxy", "proxy", argv + proxy_datapath() + list(extra), ready="listening")
 
     def client(self, trace, name="client", *extra, wait=True, timeout=60):
         path = os.path.join(self.dir, f"{name}.trace")
