@@ -56,6 +56,7 @@
 #define PAIR_WATCH_NS ((uint64_t)20 * 1000000)     /* the standby's check period */
 #define PAIR_ALONE_NS ((uint64_t)2000 * 1000000)   /* a standby that never heard an active says so */
 #define PAIR_OUT_MAX (64u << 20)                   /* FLOW frames queued for a slow standby */
+#define PAIR_SNDBUF (8 << 20)                      /* the kernel's share of them: ~30k frames */
 
 /* Gratuitous ARPs after a takeover: at once, then these long after.  The
  * last one also probes again the clients of connections the predecessor
@@ -311,6 +312,13 @@ static void out_state(struct rs_ctlconn *c, int err)
         p->pair.told_unreachable = true;
         return;
     }
+    /* Every change must be in the kernel's hands before the segments it
+     * describes flow: what the socket does not take waits in this
+     * process and dies with it (a burst of new connections filled the
+     * default 16 KB and the standby never learned the last splices).
+     * Past wmem_max: the proxy runs as root. */
+    if (setsockopt(c->io.fd, SOL_SOCKET, SO_SNDBUFFORCE, &(int){ PAIR_SNDBUF }, sizeof(int)))
+        rs_log("pair: send buffer: %s (a burst of changes may wait in this process)", strerror(errno));
     p->pair.in_sync = true;
     send_flow(p, RS_CTL_FLOW_BEGIN, NULL, NULL);
     while (!px_dp_next_key(p->dp, prev, &k)) {
