@@ -230,7 +230,7 @@ $(KMODS:%=$(BUILD)/kmod/%.ko) &: $(KMOD_SRC)
 	for m in $(KMODS); do cp $(BUILD)/kmod/src/$$m.ko $(BUILD)/kmod/; done
 
 # Boots Debian's kernel in qemu (TCG) and runs the module tests in it (also
-# part of make test: about 45 s).
+# part of make test: about 3 minutes, two boots).
 kmod-test: kmod all
 	@$(PYTHON) tests/run.py --build $(BUILD) --only kmod
 
