@@ -28,6 +28,10 @@
  * alternate lags by a transaction or two on a LAN (TR > TL - 2); half the
  * transactionalizer's ring leaves room for RS_HTTP_MAX_INFLIGHT pipelined. */
 #define LG_KEEP_TXNS 32u
+/* An update's request is kept at least this long after its response was
+ * logged, whatever the ring's pressure (it grows instead): until its state
+ * has reached the alternate, a failover must replay it (conn.c). */
+#define LG_UPDATE_HOLD_NS (2000ull * 1000000ull)
 #define LG_MAX_BACKENDS 16
 #define LG_SPARES_MAX   4               /* --spare-stated */
 #define LG_CTL_BUF (RS_CTL_HDR_LEN + 4096 + RS_CTL_MAC_LEN)
@@ -93,6 +97,7 @@ struct lg_conn {
     uint64_t bytes[2];               /* fed to the transactionalizer */
     struct rs_reasm rs[2];
     uint8_t tags[RS_HTTP_TXN_RING];  /* RS_TAG_* by number % ring */
+    uint64_t logged_ns[RS_HTTP_TXN_RING]; /* when each one's response was all logged (0: not yet) */
     FILE *dump[2];
     uint32_t dump_seq[2];            /* next byte to write to dump[dir] */
     struct rs_http_conn http;

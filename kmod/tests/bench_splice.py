@@ -41,11 +41,24 @@ def run_trace(tb, run_dir, server, trace, name):
         return list(csv.DictReader(f))
 
 
+def tcp_counters(tb, host):
+    """The TCP counters of 'host''s namespace (/proc/net/snmp), by name."""
+    lines = [l.split() for l in tb[host].cmd("cat /proc/net/snmp").splitlines() if l.startswith("Tcp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:])))
+
+
 def measure(tb, run_dir, server, mode):
-    """(MB/s of the download, ms per keep-alive GET) through 'server'."""
+    """(MB/s of the download, ms per keep-alive GET) through 'server'; and
+    what the download cost in retransmissions (the backend's) and segments
+    with bad checksums (the client's)."""
+    before = tcp_counters(tb, "primary"), tcp_counters(tb, "c1")
     rows = run_trace(tb, run_dir, server, f"request GET /static/{MB}M?seed=1\n  expect length {MB << 20}\n",
                      f"{mode}-download")
     secs = (int(rows[0]["end_us"]) - int(rows[0]["start_us"])) / 1e6
+    after = tcp_counters(tb, "primary"), tcp_counters(tb, "c1")
+    print(f"  {mode}: backend retransmitted {after[0]['RetransSegs'] - before[0]['RetransSegs']} segments, "
+          f"client got {after[1]['InCsumErrors'] - before[1]['InCsumErrors']} with bad checksums, "
+          f"{after[1]['InErrs'] - before[1]['InErrs']} in error", flush=True)
     # The first request and the pause let the proxy splice; then GETS small ones.
     rows = run_trace(tb, run_dir, server, "request GET /static/1000?seed=2\nthink 100ms\n"
                      + "request GET /static/1000?seed=2\n  expect length 1000\n" * GETS, f"{mode}-gets")
