@@ -348,11 +348,11 @@ WORKLOADS = {
 CLIENT_HOSTS = 5
 # Trials per fault of each workload in the full campaign (TRIALS= sets them
 # all): 1028 trials (74 per fault, 66 for 'double', which runs with the
-# reference app only).  Measured at 3046d7a: 51.1 minutes, over the
-# 45-minute bound (a trial: refapp-1 2.4 s, refapp-50 3.3 s, Roundcube
-# 4.6-4.8 s, each a little more on the pair and spare testbeds; 1040 had
-# taken 44.5 minutes before): the per-trial cost (a stack started and
-# stopped every trial) must come down before the bound holds again.
+# reference app only).  Measured at 3c78304: 32.7 minutes (a trial:
+# refapp-1 1.6 s, refapp-50 2.2 s, Roundcube 3.0 s; 51.1 minutes before
+# the stack's start was cut from 0.95 s to 0.35 s: the tc program's
+# verification, 0.6 s of every rs-proxy start, fell to 0.1 s, and the
+# daemons and captures start side by side).
 FULL_TRIALS = {"refapp-1": 48, "refapp-50": 18, "roundcube-action1": 4, "roundcube-action2": 4}
 
 
