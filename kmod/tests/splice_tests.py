@@ -198,7 +198,11 @@ class KilledProxy(unittest.TestCase):
                 d, _ = self.client("request GET /slow?bytes=2000000&chunk=20000&delay=10ms\n"
                                    "  expect length 2000000\n", wait=False)
                 from emul.shaping import wait_until
-                self.assertTrue(wait_until(lambda: " splice id=1" in self.log(px), 20), self.log(px))
+                # Once the connection has opened (its request through): before
+                # that the request goes out through the proxy's own socket,
+                # which dies with it (a successor would end the connection).
+                self.assertTrue(wait_until(lambda: re.search(r" open id=1 client=\S+ us=", self.log(px)), 20),
+                                self.log(px))
                 self.tb.kill(px)
                 d.popen.wait(60)
                 self.assertEqual(d.popen.returncode, 0, "the splice goes on without its daemon: "
