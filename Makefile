@@ -49,7 +49,7 @@ proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test bench-kmod all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod bench-core bench-splice all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -157,6 +157,13 @@ emul-check: all
 
 bench-emul: all
 	@$(PYTHON) emul/bench_emul.py --build $(BUILD)
+
+# Reassembly + transactionalizing of one keep-alive connection with 5%
+# reordered and 1% duplicated segments, against memcpy of the same bytes.
+bench-core: $(BUILD)/bench_core
+	@$(BUILD)/bench_core
+$(BUILD)/bench_core: tests/bench/bench_core.c $(LIB)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< -o $@ $(LIB) $(CORE_LIBS)
 
 # Masked fraction, false failovers and the client's extra stall for a crash
 # of the primary at a random moment (none/process/host/hang, with and
