@@ -158,6 +158,11 @@ emul-check: all
 bench-emul: all
 	@$(PYTHON) emul/bench_emul.py --build $(BUILD)
 
+# Normal-operation cost: direct, HAProxy (tcp, http), the splice alone and
+# the whole stack, in one run (ROUNDS=, REQS=, DEPLOYMENTS=).
+bench-splice: all
+	@$(PYTHON) experiments/bench_splice.py --build $(BUILD)
+
 # Reassembly + transactionalizing of one keep-alive connection with 5%
 # reordered and 1% duplicated segments, against memcpy of the same bytes.
 bench-core: $(BUILD)/bench_core

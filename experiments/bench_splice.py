@@ -1,0 +1,302 @@
+#!/usr/bin/python3
+"""make bench-splice: what resplice costs while nothing fails, against the
+same client talking to the reference app directly and through HAProxy, in
+one run on one LAN testbed (a benchmark: it prints a table and a summary:
+line and never fails on time).
+
+Deployments (each started fresh, one after the other, the client on c1):
+  direct        rs-app on the primary, the client connects to it
+  haproxy-tcp   HAProxy (mode tcp, no logging) on the proxy host in front of it
+  haproxy-http  the same in mode http (keep-alive to the server)
+  splice        rs-proxy alone (emul/stack.py with recovery=False: no
+                logger, no rs-stated)
+  resplice      the whole stack: rs-proxy, rs-logger, rs-stated, rs-app
+                with its state library
+
+Phases (rs-client for requests, curl for bulk transfers):
+  keepalive  REQS 1 KB GETs, one after the other on persistent connections
+             (each connection's first request, which connects, left out):
+             latency p50 / p99
+  newconn    the same, each on a new connection the client closes after
+             the response: latency p50 / p99 (connect to last byte)
+  close      the same with "Connection: close" (the server closes): p50
+  conns      8 clients opening connections for one 1 KB GET each, as fast
+             as they can: new connections per second
+  single     one 200 MB download (median of 3): Gbit/s
+  parallel   8 downloads of 50 MB at once: aggregate Gbit/s
+and the CPU time each component used (user + system, from /proc): per GB
+for the two download phases, per 1000 requests for the others, with the
+whole machine's busy time (kernel softirq work of the tc program included)
+beside it.
+
+ROUNDS= (default 1) repeats the whole run and keeps each figure's median;
+REQS= (default 2000); DEPLOYMENTS= a comma list of the above.  Ends with
+'summary: ...' holding every figure and its ratio to direct (x_...).
+Writes results/bench-splice/runs.csv (one row per round, deployment and
+figure)."""
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from emul.places import APP_PORT, VIP_PORT, binary, use_build  # noqa: E402
+from emul.stack import Stack  # noqa: E402
+from emul.testbed import Testbed  # noqa: E402
+from experiments import baselines  # noqa: E402
+from experiments.common import ROOT, Progress, median, percentile, summary  # noqa: E402
+from topologies.lan import SERVERS, LanTopo  # noqa: E402
+
+DEPLOYMENTS = ("direct", "haproxy-tcp", "haproxy-http", "splice", "resplice")
+PARALLEL = 8
+SINGLE_BYTES, PARALLEL_BYTES = 200_000_000, 50_000_000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Figures: key, unit, how to print it, whether lower is better.
+FIGURES = [
+    ("ka_p50_ms", "ms", "keep-alive p50", True), ("ka_p99_ms", "ms", "keep-alive p99", True),
+    ("new_p50_ms", "ms", "new conn p50", True), ("new_p99_ms", "ms", "new conn p99", True),
+    ("close_p50_ms", "ms", "server closes p50", True),
+    ("conns_per_s", "/s", "new conns/s (8 clients)", False),
+    ("single_gbps", "Gbit/s", "one 200 MB download", False),
+    ("parallel_gbps", "Gbit/s", f"{PARALLEL} x 50 MB at once", False),
+]
+
+
+class Deployment:
+    """One deployment on the testbed: start(), server (ip:port), cpu(), stop()."""
+
+    def __init__(self, tb, run_dir, name):
+        self.tb, self.dir, self.name = tb, os.path.join(run_dir, name), name
+        os.makedirs(self.dir, exist_ok=True)
+        self.stack, self.ds = None, {}
+
+    def app(self, host):
+        return self.tb.start(host, f"{self.name}-app-{host}", [binary("rs-app"), "--listen", f"0.0.0.0:{APP_PORT}",
+                                                              "--id", host], ready="listening")
+
+    def start(self):
+        if self.name in ("splice", "resplice"):
+            self.stack = Stack(self.tb, self.dir, recovery=self.name == "resplice").start()
+            self.server = self.stack.vip
+            return self
+        self.ds["app"] = self.app("primary")
+        self.server = f"{SERVERS['primary']}:{APP_PORT}"
+        if self.name.startswith("haproxy"):
+            cfg = os.path.join(self.dir, "haproxy.cfg")
+            with open(cfg, "w") as f:
+                f.write(baselines.plain_proxy_cfg(SERVERS["proxy"], [("primary", self.server)], port=VIP_PORT,
+                                                  mode=self.name.split("-")[1], log=None))
+            self.ds["proxy"] = self.tb.start("proxy", f"{self.name}-haproxy", ["haproxy", "-db", "-f", cfg])
+            if not _listening(self.tb["proxy"], VIP_PORT, 10):
+                raise RuntimeError(f"haproxy did not start; see {self.ds['proxy'].err}")
+            self.server = f"{SERVERS['proxy']}:{VIP_PORT}"
+        return self
+
+    def daemons(self):
+        """{component: [Daemon]}: proxy, logger, stated, app."""
+        if self.stack:
+            out = {}
+            for key, d in self.stack.d.items():
+                comp = key.split("-")[0]
+                out.setdefault("proxy" if comp == "proxy" else comp, []).append(d)
+            return out
+        return {k: [d] for k, d in self.ds.items()}
+
+    def cpu(self):
+        """{component: CPU seconds so far}."""
+        return {comp: sum(_cpu_s(d.pid) for d in ds) for comp, ds in self.daemons().items()}
+
+    def stop(self):
+        if self.stack:
+            self.stack.stop()
+        else:
+            self.tb.stop(*self.ds.values())
+
+
+def _cpu_s(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _machine_busy_s():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK       # all but idle and iowait
+
+
+def _listening(host, port, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if f":{port}" in host.cmd(f"ss -Hltn 'sport = :{port}'"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class Bench:
+    def __init__(self, tb, run_dir, reqs):
+        self.tb, self.dir, self.reqs = tb, run_dir, reqs
+        self.c1 = tb["c1"]
+
+    def trace(self, name, steps, close=False):
+        path = os.path.join(self.dir, f"{name}.trace")
+        with open(path, "w") as f:
+            for _ in range(steps):
+                f.write("request GET /static/1024?seed=1\n  expect length 1024\n")
+                if close:
+                    f.write("  header Connection: close\n")
+        return path
+
+    def client(self, dep, name, trace, repeat, connections=1):
+        """Runs rs-client on c1; returns (rows of its CSV, wall seconds)."""
+        csv_path = os.path.join(self.dir, f"{dep.name}-{name}.csv")
+        argv = [binary("rs-client"), "--server", dep.server, "--trace", trace, "--repeat", str(repeat),
+                "--connections", str(connections), "--csv", csv_path, "--quiet", "--timeout", "10s"]
+        t0 = time.monotonic()
+        d = self.tb.start(self.c1, f"{dep.name}-client-{name}", argv)
+        rc = d.popen.wait(600)
+        wall = time.monotonic() - t0
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        bad = [r for r in rows if r["result"] != "ok"]
+        if rc or bad:
+            raise RuntimeError(f"{dep.name} {name}: rs-client exit {rc}, {len(bad)} failed requests; see {d.err}")
+        return rows, wall
+
+    @staticmethod
+    def latencies_ms(rows, skip_first=False):
+        return [(int(r["end_us"]) - int(r["start_us"])) / 1000 for r in rows
+                if not (skip_first and r["step"] == "0")]
+
+    def download(self, dep, size, n):
+        """'n' curls of 'size' bytes at once on c1; returns aggregate Gbit/s."""
+        url = f"http://{dep.server}/static/{size}.bin"
+        cmd = " & ".join([f"curl -sf -o /dev/null {url}"] * n) + " ; wait"
+        t0 = time.monotonic()
+        out = self.c1.cmd(f"{cmd}; echo rc=$?")
+        wall = time.monotonic() - t0
+        if "rc=0" not in out:
+            raise RuntimeError(f"{dep.name}: curl of {url} failed: {out.strip()}")
+        return size * n * 8 / wall / 1e9
+
+    def measure(self, dep):
+        """Every figure of FIGURES, and CPU per component, for 'dep'."""
+        fig, cpu = {}, {}
+        n = self.reqs
+
+        def phase(kind, units, fn):
+            c0, m0 = dep.cpu(), _machine_busy_s()
+            r = fn()
+            c1, m1 = dep.cpu(), _machine_busy_s()
+            for comp in c1:
+                cpu.setdefault((kind, comp), 0.0)
+                cpu[(kind, comp)] += c1[comp] - c0.get(comp, 0.0)
+            cpu.setdefault((kind, "machine"), 0.0)
+            cpu[(kind, "machine")] += m1 - m0
+            cpu.setdefault((kind, "units"), 0.0)
+            cpu[(kind, "units")] += units
+            return r
+
+        per_conn = 500                     # at most RS_TRACE_MAX_STEPS steps per run
+        rows, _ = phase("req", n, lambda: self.client(dep, "keepalive", self.trace("ka", per_conn),
+                                                      max(1, n // per_conn)))
+        lat = self.latencies_ms(rows, skip_first=True)
+        fig["ka_p50_ms"], fig["ka_p99_ms"] = percentile(lat, 0.5), percentile(lat, 0.99)
+        rows, _ = phase("req", n, lambda: self.client(dep, "newconn", self.trace("one", 1), n))
+        lat = self.latencies_ms(rows)
+        fig["new_p50_ms"], fig["new_p99_ms"] = percentile(lat, 0.5), percentile(lat, 0.99)
+        rows, _ = phase("req", n // 2, lambda: self.client(dep, "close", self.trace("close", 1, close=True), n // 2))
+        fig["close_p50_ms"] = percentile(self.latencies_ms(rows), 0.5)
+        rows, wall = phase("req", n, lambda: self.client(dep, "conns", self.trace("one", 1), n // PARALLEL, PARALLEL))
+        fig["conns_per_s"] = len(rows) / wall
+        singles = [phase("bulk", SINGLE_BYTES / 1e9, lambda: self.download(dep, SINGLE_BYTES, 1)) for _ in range(3)]
+        fig["single_gbps"] = median(singles)
+        fig["parallel_gbps"] = phase("bulk", PARALLEL_BYTES * PARALLEL / 1e9,
+                                     lambda: self.download(dep, PARALLEL_BYTES, PARALLEL))
+        return fig, cpu
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default=None)
+    ap.add_argument("--out", default=os.path.join(ROOT, "results", "bench-splice"))
+    a = ap.parse_args()
+    if a.build:
+        use_build(a.build)
+    rounds = int(os.environ.get("ROUNDS", "1"))
+    reqs = int(os.environ.get("REQS", "2000"))
+    deps = [d.strip() for d in os.environ.get("DEPLOYMENTS", ",".join(DEPLOYMENTS)).split(",") if d.strip()]
+    unknown = [d for d in deps if d not in DEPLOYMENTS]
+    if unknown or "direct" not in deps or reqs < 2 * PARALLEL:
+        sys.exit(f"bench-splice: DEPLOYMENTS must include direct and name only {', '.join(DEPLOYMENTS)} "
+                 f"(got {unknown or deps}); REQS >= {2 * PARALLEL}")
+    os.makedirs(a.out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="rs-bench-splice-")
+    figs, cpus = {}, {}
+    progress = Progress(rounds * len(deps))
+    rows = []
+    with Testbed(LanTopo(), tmp) as tb:
+        for k in range(rounds):
+            for name in deps:
+                progress.step(f"round {k + 1}: {name}")
+                dep = Deployment(tb, os.path.join(tmp, f"r{k}"), name).start()
+                try:
+                    b = Bench(tb, dep.dir, reqs)
+                    fig, cpu = b.measure(dep)
+                finally:
+                    dep.stop()
+                for key, v in fig.items():
+                    figs.setdefault((name, key), []).append(v)
+                    rows.append(dict(round=k, deployment=name, figure=key, value=round(v, 4)))
+                for key, v in cpu.items():
+                    cpus.setdefault((name,) + key, []).append(v)
+    with open(os.path.join(a.out, "runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["round", "deployment", "figure", "value"])
+        w.writeheader()
+        w.writerows(rows)
+    report(deps, {k: median(v) for k, v in figs.items()}, {k: median(v) for k, v in cpus.items()}, rounds, reqs)
+
+
+def report(deps, fig, cpu, rounds, reqs):
+    print()
+    print(f"{'':26s}" + "".join(f"{d:>14s}" for d in deps))
+    kv = [("rounds", rounds), ("reqs", reqs)]
+    for key, unit, label, _ in FIGURES:
+        base = fig.get(("direct", key))
+        cells = []
+        for d in deps:
+            v = fig.get((d, key))
+            cells.append(f"{v:8.3f} x{v / base:4.2f}" if v is not None and base else "na")
+            kv.append((f"{d.replace('-', '_')}_{key}", v))
+            if d != "direct" and v is not None and base:
+                kv.append((f"x_{d.replace('-', '_')}_{key}", v / base))
+        print(f"{label + ' (' + unit + ')':26s}" + "".join(f"{c:>14s}" for c in cells))
+    print()
+    for kind, unit in (("req", "per 1000 requests"), ("bulk", "per GB")):
+        print(f"CPU seconds {unit}:")
+        comps = sorted({c for (d, k, c) in cpu if k == kind and c not in ("units", "machine")}) + ["machine"]
+        print(f"{'':12s}" + "".join(f"{d:>14s}" for d in deps))
+        for comp in comps:
+            cells = []
+            for d in deps:
+                units = cpu.get((d, kind, "units"))
+                v = cpu.get((d, kind, comp))
+                scaled = v / units * (1000 if kind == "req" else 1) if v is not None and units else None
+                cells.append(f"{scaled:.3f}" if scaled is not None else "-")
+                if scaled is not None:
+                    kv.append((f"cpu_{kind}_{d.replace('-', '_')}_{comp}", scaled))
+            print(f"{comp:12s}" + "".join(f"{c:>14s}" for c in cells))
+        print()
+    print(summary(*kv))
+
+
+if __name__ == "__main__":
+    main()
