@@ -552,37 +552,25 @@ static int fill(int fd, uint8_t *buf, size_t *len, size_t cap)
     return 0;
 }
 
-static uint32_t client_rtt_us(int fd)
+/* Whether the peer of a socket whose TCP_INFO is 'ti' has ended its side
+ * (its FIN is in the socket, read or not): the socket left ESTABLISHED.  A
+ * FIN queues no byte, so px_sock_queued() does not see it; a splice taken
+ * then would start the peer's numbering one past the FIN the other side
+ * never got. */
+static bool sock_peer_ended(const struct tcp_info *ti)
 {
-    struct tcp_info ti;
-    socklen_t len = sizeof(ti);
-
-    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) ? 0 : ti.tcpi_rtt;
+    return ti->tcpi_state != 1 /* TCP_ESTABLISHED */;
 }
 
-/* Whether 'fd''s peer has ended its side (its FIN is in the socket, read or
- * not): the socket left ESTABLISHED.  A FIN queues no byte, so
- * px_sock_queued() does not see it; a splice taken then would start the
- * peer's numbering one past the FIN the other side never got. */
-static bool sock_peer_ended(int fd)
+/* Whether the tc program saw more of the sender of entry 'f' than its
+ * socket holds in order ('rcv_nxt'): a segment the freeze dropped, or one
+ * the socket keeps out of order (the repair read does not carry it over).
+ * The sender retransmits it; the splice must wait for that, or the guard
+ * would take a retransmitted FIN for an end the client never saw the data
+ * of. */
+static bool flow_ahead(const struct px_flow_info *f, uint32_t rcv_nxt)
 {
-    struct tcp_info ti;
-    socklen_t len = sizeof(ti);
-
-    return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) || ti.tcpi_state != 1 /* TCP_ESTABLISHED */;
-}
-
-/* Whether the tc program saw more of entry 'k''s sender than its socket
- * holds in order ('rcv_nxt'): a segment the freeze dropped, or one the
- * socket keeps out of order (the repair read does not carry it over).
- * The sender retransmits it; the splice must wait for that, or the
- * guard would take a retransmitted FIN for an end the client never saw
- * the data of. */
-static bool flow_ahead(struct proxy *p, const struct rs_flow_key *k, uint32_t rcv_nxt)
-{
-    struct px_flow_info f;
-
-    return !px_dp_get(p->dp, k, &f) && f.t.pos.has_seq && rs_seq_gt(f.t.pos.seq_next, rcv_nxt);
+    return f->t.pos.has_seq && rs_seq_gt(f->t.pos.seq_next, rcv_nxt);
 }
 
 static void open_write(struct proxy *p, struct pconn *pc);
@@ -608,12 +596,15 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
     struct rs_splice_conn s;
     struct rs_splice_dir c2s, s2c;
     struct px_flow_info fb, fc;
+    struct tcp_info cinfo, binfo;
     int cfd = pc->cio.fd, bfd = pc->bio.fd, e;
     bool guard = p->logger.port != 0;
     uint32_t pending = at_connect ? (uint32_t)pc->c2b_len : 0;
 
-    if (pc->client_eof || pc->backend_eof || (pc->c2b_len && !at_connect) || pc->b2c_len || px_sock_queued(cfd)
-        || px_sock_queued(bfd))
+    /* (At connect both sockets are as good as always quiet: only the check
+     * after the freeze, which decides, is made.) */
+    if (pc->client_eof || pc->backend_eof || (pc->c2b_len && !at_connect) || pc->b2c_len
+        || (!at_connect && (px_sock_queued(cfd) || px_sock_queued(bfd))))
         return 0;
     if ((e = px_dp_set_state(p->dp, &kc, RS_FLOW_FROZEN)) || (e = px_dp_set_state(p->dp, &kb, RS_FLOW_FROZEN)))
         return e;
@@ -625,11 +616,13 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
         pc->splice_tries++;
         return 0;
     }
-    if ((e = px_repair_on(cfd)) || (e = px_repair_on(bfd)) || (e = px_repair_read(cfd, pc->vip, pc->client, &pc->c))
-        || (e = px_repair_read(bfd, pc->local, pc->backend, &s)) || (e = px_dp_get(p->dp, &kb, &fb)))
+    if ((e = px_repair_on(cfd)) || (e = px_repair_on(bfd))
+        || (e = px_repair_read(cfd, pc->vip, pc->client, &pc->c, &cinfo))
+        || (e = px_repair_read(bfd, pc->local, pc->backend, &s, &binfo)) || (e = px_dp_get(p->dp, &kb, &fb))
+        || (e = px_dp_get(p->dp, &kc, &fc)))
         goto undo;
-    if (sock_peer_ended(cfd) || sock_peer_ended(bfd) || flow_ahead(p, &kc, pc->c.rcv_nxt)
-        || flow_ahead(p, &kb, s.rcv_nxt)) {
+    if (sock_peer_ended(&cinfo) || sock_peer_ended(&binfo) || flow_ahead(&fc, pc->c.rcv_nxt)
+        || flow_ahead(&fb, s.rcv_nxt)) {
         /* Not quiet after all: a FIN the relay has not read yet (it will),
          * or segments that came during the freeze and were dropped. */
         px_repair_off(cfd);
@@ -641,12 +634,12 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
         return 0;
     }
     pc->ts_base_us = rs_now_us();
-    pc->rtt_us = client_rtt_us(cfd);
+    pc->rtt_us = cinfo.tcpi_rtt;
     /* Newest TSval each peer sent, recorded by the tc program before the
      * freeze: the client's since its SYN, the backend's since its SYN-ACK. */
     if (pc->c.ts_ok && (e = px_dp_client_ts(p->dp, &kc, &pc->c.ts_recent)) != 0)
         goto undo;
-    if (pc->c.ts_ok && !px_dp_get(p->dp, &kc, &fc) && fc.t.pos.has_seq && fc.t.ts_recent
+    if (pc->c.ts_ok && fc.t.pos.has_seq && fc.t.ts_recent
         && rs_seq_gt(fc.t.ts_recent, pc->c.ts_recent))
         pc->c.ts_recent = fc.t.ts_recent;
     s.ts_recent = fb.t.ts_recent;
@@ -755,6 +748,7 @@ int px_pc_detach(struct proxy *p, struct pconn *pc)
 {
     struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
     struct px_flow_info fc;
+    struct tcp_info cinfo;
     int cfd = pc->cio.fd, e;
 
     if (pc->phase == PC_SPLICED)
@@ -765,10 +759,10 @@ int px_pc_detach(struct proxy *p, struct pconn *pc)
     if (pc->backend.ip)
         px_dp_set_state(p->dp, &kb, RS_FLOW_HOLD);
     if ((e = px_dp_set_state(p->dp, &kc, RS_FLOW_FROZEN)) || (e = px_repair_on(cfd))
-        || (e = px_repair_read(cfd, pc->vip, pc->client, &pc->c)))
+        || (e = px_repair_read(cfd, pc->vip, pc->client, &pc->c, &cinfo)))
         return e;
     pc->ts_base_us = rs_now_us();
-    pc->rtt_us = client_rtt_us(cfd);
+    pc->rtt_us = cinfo.tcpi_rtt;
     if (pc->c.ts_ok && px_dp_client_ts(p->dp, &kc, &pc->c.ts_recent))
         pc->c.ts_recent = 0;
     if (pc->c.ts_ok && !px_dp_get(p->dp, &kc, &fc) && fc.t.ts_recent
@@ -827,6 +821,10 @@ static void relay(struct proxy *p, struct pconn *pc, uint32_t cev, uint32_t bev)
         }
     }
     if ((bev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !pc->backend_eof) {
+        if (!pc->b2c && !(pc->b2c = malloc(RELAY_BUF))) {
+            px_pc_close(p, pc, "out-of-memory", true);
+            return;
+        }
         r = fill(bfd, pc->b2c, &pc->b2c_len, RELAY_BUF);
         if (r != 0) {
             pc->backend_eof = true;
@@ -1071,14 +1069,13 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
         pc->t_accept_us = rs_now_us();
         pc->c2b_cap = RS_PROXY_REQ_MAX;
         pc->c2b = malloc(pc->c2b_cap);
-        pc->b2c = malloc(RELAY_BUF);
         pc->parser = malloc(sizeof(http_parser));
         if (rs_io_start(&p->loop, &pc->cio, fd, EPOLLIN, client_io, pc) < 0) {
             close(fd);
             px_pc_free(p, pc);
             continue;
         }
-        if (!pc->c2b || !pc->b2c || !pc->parser) {
+        if (!pc->c2b || !pc->parser) {
             px_pc_close(p, pc, "out-of-memory", true);
             continue;
         }

@@ -1,7 +1,13 @@
 /* The "ebpf" data path (datapath.h): the tc clsact program of proxy/bpf/,
  * embedded as a libbpf skeleton, attached at the interface's ingress; the
  * splice table is its maps (rs_flows written here, rs_track by the
- * program), its events a ring buffer. */
+ * program), its events a ring buffer.
+ *
+ * This process is rs_flows' only writer (the program only reads it), so
+ * it keeps a copy of each entry it wrote or read: a change is one update,
+ * not a lookup and an update, and reading an entry's configuration costs
+ * no syscall (a splice makes a dozen fewer).  An entry not in the copy,
+ * one a predecessor left, is read from the map once. */
 #include <errno.h>
 #include <stddef.h>
 #include <linux/sockios.h>
@@ -22,8 +28,18 @@
 #include "seq.h"
 #include "splice.skel.h"
 
+#define COPY_BUCKETS 16384u
+
+/* The copy of one rs_flows entry. */
+struct flow_copy {
+    struct flow_copy *next;
+    struct rs_flow_key k;
+    struct rs_flow f;
+};
+
 struct dp_ebpf {
     struct px_datapath dp;      /* first: the daemon's handle */
+    struct flow_copy *copy[COPY_BUCKETS];
     struct rs_splice *skel;
     struct ring_buffer *events;
     struct bpf_tc_hook hook;
@@ -35,6 +51,67 @@ struct dp_ebpf {
     px_dp_event_cb cb;
     void *cb_arg;
 };
+
+/* ---- The copy of rs_flows ------------------------------------------------ */
+
+static struct flow_copy **copy_slot(struct dp_ebpf *s, const struct rs_flow_key *k)
+{
+    uint32_t h = (k->saddr * 2654435761u) ^ (k->daddr * 2246822519u) ^ ((uint32_t)k->sport << 16 | k->dport);
+    struct flow_copy **c = &s->copy[(h ^ h >> 15) % COPY_BUCKETS];
+
+    while (*c && memcmp(&(*c)->k, k, sizeof(*k)))
+        c = &(*c)->next;
+    return c;
+}
+
+static void copy_forget(struct dp_ebpf *s, const struct rs_flow_key *k)
+{
+    struct flow_copy **c = copy_slot(s, k), *gone = *c;
+
+    if (gone) {
+        *c = gone->next;
+        free(gone);
+    }
+}
+
+/* Keeps 'f' as entry 'k''s copy.  Without memory for it the copy is
+ * dropped: the entry is then read from the map. */
+static void copy_keep(struct dp_ebpf *s, const struct rs_flow_key *k, const struct rs_flow *f)
+{
+    struct flow_copy **c = copy_slot(s, k);
+
+    if (!*c && (*c = calloc(1, sizeof(**c))))
+        (*c)->k = *k;
+    if (*c)
+        (*c)->f = *f;
+}
+
+/* Entry 'k''s configuration.  Returns 0 or -errno (-ENOENT: no entry). */
+static int cfg_read(struct dp_ebpf *s, const struct rs_flow_key *k, struct rs_flow *f)
+{
+    struct flow_copy *c = *copy_slot(s, k);
+
+    if (c) {
+        *f = c->f;
+        return 0;
+    }
+    if (bpf_map_lookup_elem(s->map_fd, k, f))
+        return -errno;
+    copy_keep(s, k, f);
+    return 0;
+}
+
+/* Writes entry 'k' ('flags' as for bpf_map_update_elem; BPF_F_LOCK always). */
+static int cfg_write(struct dp_ebpf *s, const struct rs_flow_key *k, const struct rs_flow *f, uint64_t flags)
+{
+    if (bpf_map_update_elem(s->map_fd, k, f, flags | BPF_F_LOCK)) {
+        int e = -errno;
+        copy_forget(s, k);
+        return e;
+    }
+    copy_keep(s, k, f);
+    return 0;
+}
 
 static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
@@ -212,6 +289,11 @@ static void ebpf_close(struct px_datapath *dp, bool keep)
         bpf_tc_hook_destroy(&s->hook);
     ring_buffer__free(s->events);
     rs_splice__destroy(s->skel);
+    for (unsigned b = 0; b < COPY_BUCKETS; b++)
+        for (struct flow_copy *c = s->copy[b], *next; c; c = next) {
+            next = c->next;
+            free(c);
+        }
     free(s);
 }
 
@@ -236,37 +318,39 @@ static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint6
     struct rs_flow_track t = { 0 };
 
     /* The track half first: the tc program needs both once the config exists. */
-    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY)
-        || bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY | BPF_F_LOCK)) {
-        int e = -errno;
+    int e;
+
+    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY))
+        return -errno;
+    if ((e = cfg_write(s, k, &f, BPF_ANY)) != 0)
         bpf_map_delete_elem(s->track_fd, k);
-        return e;
-    }
-    return 0;
+    return e;
 }
 
 static int ebpf_get(struct px_datapath *dp, const struct rs_flow_key *k, struct px_flow_info *out)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
-    if (bpf_map_lookup_elem(s->map_fd, k, &out->cfg))
-        return -errno;
+    int e = cfg_read(s, k, &out->cfg);
+
+    if (e)
+        return e;
     if (bpf_map_lookup_elem(s->track_fd, k, &out->t))
         memset(&out->t, 0, sizeof(out->t));
     return 0;
 }
 
-/* The daemon is the only writer of rs_flows, so a read-modify-write loses nothing. */
 static int ebpf_set(struct px_datapath *dp, const struct rs_flow_key *k, enum px_dp_field field, uint32_t v)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
     struct rs_flow f;
+    int e = cfg_read(s, k, &f);
 
-    if (bpf_map_lookup_elem(s->map_fd, k, &f))
-        return -errno;
+    if (e)
+        return e;
     if (*px_flow_field(&f, field) == v)
         return 0;
     *px_flow_field(&f, field) = v;
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK) ? -errno : 0;
+    return cfg_write(s, k, &f, BPF_EXIST);
 }
 
 static int ebpf_activate(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_splice_dir *d,
@@ -276,13 +360,13 @@ static int ebpf_activate(struct px_datapath *dp, const struct rs_flow_key *k, co
     struct rs_flow f;
     struct rs_flow_track t = { 0 };
 
-    if (bpf_map_lookup_elem(s->map_fd, k, &f)) {
+    if (cfg_read(s, k, &f)) {
         memset(&f, 0, sizeof(f));
         if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
             return -errno;
     }
     px_flow_activate(&f, d, id, state, guard, peer, (uint32_t)s->ifindex);
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_ANY | BPF_F_LOCK) ? -errno : 0;
+    return cfg_write(s, k, &f, BPF_ANY);
 }
 
 static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen)
@@ -290,12 +374,13 @@ static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, u
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
     struct rs_flow f;
     struct rs_flow_track t;
+    int e = cfg_read(s, k, &f);
 
-    if (bpf_map_lookup_elem(s->map_fd, k, &f))
-        return -errno;
+    if (e)
+        return e;
     *gen = px_flow_watch_ack(&f, ack, &s->watch_gen);
-    if (bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK))
-        return -errno;
+    if ((e = cfg_write(s, k, &f, BPF_EXIST)) != 0)
+        return e;
     /* An ACK that came before the watch was armed raises no event. */
     if (!bpf_map_lookup_elem(s->track_fd, k, &t) && t.pos.has_ack && rs_seq_ge(t.pos.ack_max, ack))
         return 1;
@@ -307,6 +392,7 @@ static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k)
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
     int e = bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
 
+    copy_forget(s, k);
     bpf_map_delete_elem(s->track_fd, k);
     return e;
 }
@@ -321,18 +407,19 @@ static int ebpf_put(struct px_datapath *dp, const struct rs_flow_key *k, const s
     mine.ifindex = (rs_u32)s->ifindex;
     if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
         return -errno;
-    return bpf_map_update_elem(s->map_fd, k, &mine, BPF_ANY | BPF_F_LOCK) ? -errno : 0;
+    return cfg_write(s, k, &mine, BPF_ANY);
 }
 
 static int ebpf_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *c)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
     struct rs_flow f;
+    int e = cfg_read(s, k, &f);
 
-    if (bpf_map_lookup_elem(s->map_fd, k, &f))
-        return -errno;
+    if (e)
+        return e;
     f.conn = *c;
-    return bpf_map_update_elem(s->map_fd, k, &f, BPF_EXIST | BPF_F_LOCK) ? -errno : 0;
+    return cfg_write(s, k, &f, BPF_EXIST);
 }
 
 static int ebpf_next_key(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next)

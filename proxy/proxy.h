@@ -179,8 +179,12 @@ struct rs_flow_key px_flow_key(struct rs_addr src, struct rs_addr dst);
 /* ---- repair.c: TCP_REPAIR, raw RSTs ------------------------------------------------ */
 
 /* Reads the proxy's view of connection 'fd' (which must be in TCP_REPAIR
- * mode) into 'c'; 'local'/'remote' name its ends.  Returns 0 or -errno. */
-int px_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct rs_splice_conn *c);
+ * mode) into 'c'; 'local'/'remote' name its ends.  'info', when not NULL,
+ * gets the socket's TCP_INFO (its state, its RTT) read on the way.
+ * Returns 0 or -errno. */
+struct tcp_info;
+int px_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct rs_splice_conn *c,
+                   struct tcp_info *info);
 int px_repair_on(int fd);
 int px_repair_off(int fd);
 /* Closes 'fd' without a FIN or RST (repair mode). */

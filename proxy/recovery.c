@@ -212,7 +212,7 @@ static void move_connected(struct recovery *rec)
     struct px_flow_info fn;
     int e;
 
-    if ((e = px_repair_on(mv->io.fd)) || (e = px_repair_read(mv->io.fd, mv->local, mv->target, &mv->s))
+    if ((e = px_repair_on(mv->io.fd)) || (e = px_repair_read(mv->io.fd, mv->local, mv->target, &mv->s, NULL))
         || (e = px_repair_off(mv->io.fd)) || (e = px_dp_get(p->dp, &mv->kn, &fn))) {
         move_fail(rec, e);
         return;

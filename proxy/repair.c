@@ -37,7 +37,8 @@ static int queue_seq(int fd, int queue, uint32_t *seq)
     return getsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, seq, &len) ? -errno : 0;
 }
 
-int px_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct rs_splice_conn *c)
+int px_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct rs_splice_conn *c,
+                   struct tcp_info *info)
 {
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
@@ -63,6 +64,8 @@ int px_repair_read(int fd, struct rs_addr local, struct rs_addr remote, struct r
     if (c->ts_ok && getsockopt(fd, IPPROTO_TCP, TCP_TIMESTAMP, &ts, &len))
         return -errno;
     c->ts_now = ts;
+    if (info)
+        *info = ti;
     return 0;
 }
 
