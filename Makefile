@@ -142,11 +142,11 @@ $(BUILD)/tests/test_splice_prog: tests/bpf/test_splice_prog.c $(BUILD)/splice.sk
 
 unit: $(UNIT_BIN)
 fuzz-smoke: $(FUZZ_BIN)
-integration: all san $(BUILD)/tests/test_splice_prog
+integration: all san $(BUILD)/tests/test_splice_prog $(BUILD)/bench_core
 
 # Unit tests, FUZZ_SMOKE_SECONDS of fuzzing per target, then integration tests;
 # the last line is "N passed, N failed, N skipped" (any skip fails the run).
-test: all san unit fuzz-smoke kmod $(BUILD)/tests/test_splice_prog
+test: all san unit fuzz-smoke kmod $(BUILD)/tests/test_splice_prog $(BUILD)/bench_core
 	@$(PYTHON) tests/run.py --build $(BUILD) --fuzz-seconds $(or $(FUZZ_SMOKE_SECONDS),15)
 
 fuzz: $(FUZZ_BIN)
