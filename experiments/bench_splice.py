@@ -145,6 +145,9 @@ class Bench:
     def __init__(self, tb, run_dir, reqs):
         self.tb, self.dir, self.reqs = tb, run_dir, reqs
         self.c1 = tb["c1"]
+        # Thousands of connections a round, each closed by the client: its
+        # TIME_WAITs would use up the ports (its own namespace's settings).
+        self.c1.cmd("sysctl -qw net.ipv4.ip_local_port_range='1024 65535' net.ipv4.tcp_tw_reuse=1")
 
     def trace(self, name, steps, close=False):
         path = os.path.join(self.dir, f"{name}.trace")
