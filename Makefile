@@ -46,7 +46,8 @@ client_LIBS :=
 proxy_LIBS  := -lbpf -lelf -lz -lnl-genl-3 -lnl-3
 proxy_CFLAGS := $(shell pkg-config --cflags libnl-genl-3.0)
 proxy_DEPS  := $(BUILD)/splice.skel.h
-logger_LIBS := -lpcap
+logger_LIBS := -lpcap -lbpf -lelf -lz
+logger_DEPS := $(BUILD)/capture.skel.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
 .PHONY: kmod kmod-test bench-kmod bench-core bench-splice all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
@@ -134,19 +135,30 @@ $(BUILD)/splice.bpf.o: proxy/bpf/splice.bpf.c $(wildcard proxy/bpf/*.h) proxy/sp
 $(BUILD)/splice.skel.h: $(BUILD)/splice.bpf.o
 	bpftool gen skeleton $< name rs_splice > $@
 
-# The tc program under BPF_PROG_TEST_RUN, compared with core/splice.h (needs
-# root; run by tests/integration/test_splice.py).
+# rs-logger's capture program (--capture ebpf), embedded the same way.
+$(BUILD)/capture.bpf.o: logger/bpf/capture.bpf.c $(wildcard logger/bpf/*.h) core/capture.h core/seq.h
+	@mkdir -p $(@D)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+$(BUILD)/capture.skel.h: $(BUILD)/capture.bpf.o
+	bpftool gen skeleton $< name lg_capture_bpf > $@
+
+# The tc programs under BPF_PROG_TEST_RUN (need root): the proxy's compared
+# with core/splice.h (run by tests/integration/test_splice.py), the
+# logger's capture (tests/integration/test_capture.py).
 $(BUILD)/tests/test_splice_prog: tests/bpf/test_splice_prog.c $(BUILD)/splice.skel.h $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iproxy -I$(BUILD) $(ALL_CFLAGS) $< -o $@ $(LIB) -lcmocka -lbpf -lelf -lz
+$(BUILD)/tests/test_capture_prog: tests/bpf/test_capture_prog.c $(BUILD)/capture.skel.h $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -I$(BUILD) $(ALL_CFLAGS) $< -o $@ $(LIB) -lcmocka -lbpf -lelf -lz
 
 unit: $(UNIT_BIN)
 fuzz-smoke: $(FUZZ_BIN)
-integration: all san $(BUILD)/tests/test_splice_prog $(BUILD)/bench_core
+integration: all san $(BUILD)/tests/test_splice_prog $(BUILD)/tests/test_capture_prog $(BUILD)/bench_core
 
 # Unit tests, FUZZ_SMOKE_SECONDS of fuzzing per target, then integration tests;
 # the last line is "N passed, N failed, N skipped" (any skip fails the run).
-test: all san unit fuzz-smoke kmod $(BUILD)/tests/test_splice_prog $(BUILD)/bench_core
+test: all san unit fuzz-smoke kmod $(BUILD)/tests/test_splice_prog $(BUILD)/tests/test_capture_prog $(BUILD)/bench_core
 	@$(PYTHON) tests/run.py --build $(BUILD) --fuzz-seconds $(or $(FUZZ_SMOKE_SECONDS),15)
 
 fuzz: $(FUZZ_BIN)

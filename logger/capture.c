@@ -1,7 +1,7 @@
 /* rs-logger's capture: where the mirrored frames come from, behind one ops
- * table (struct lg_capture_ops) so that another source (a ring buffer fed
- * by a kernel module, an AF_XDP socket) plugs in beside libpcap.  Today:
- * libpcap live on --iface, or a pcap file with --read. */
+ * table (struct lg_capture_ops): here libpcap, live on --iface or a pcap
+ * file with --read; beside it a tc program's ring buffer (capture_ebpf.c,
+ * the default for live capture) and a kernel module's (capture_kmod.c). */
 #include <errno.h>
 #include <inttypes.h>
 #include <pcap/pcap.h>
@@ -163,8 +163,21 @@ const struct lg_capture_ops lg_capture_pcap = {
 
 int lg_capture_start(struct logger *lg)
 {
+    int e;
+
     if (setpriority(PRIO_PROCESS, 0, lg->nice))
         rs_log("capture: nice %d refused (%s): it competes for the CPU as an equal", lg->nice, strerror(errno));
+    if (lg->capture)
+        return lg->capture->open_live(lg);
+    /* The default: the tc program costs a copy per segment in softirq and
+     * none of AF_PACKET's per-frame work; where it cannot run (no BPF
+     * permission, an old kernel), libpcap (the failure is logged). */
+    e = lg_capture_ebpf.open_live(lg);
+    if (e == 0 || e == -ENODEV) {
+        lg->capture = &lg_capture_ebpf;
+        return e;
+    }
+    lg->capture = &lg_capture_pcap;
     return lg->capture->open_live(lg);
 }
 

@@ -172,7 +172,8 @@ struct logger {
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn px, st;        /* the proxy (SUSPECT), the alternate's rs-stated */
     struct rs_ctlconn st_spare[LG_SPARES_MAX];  /* other standbys' rs-stated (re-protection) */
-    const struct lg_capture_ops *capture;   /* where frames come from (capture.c) */
+    const struct lg_capture_ops *capture;   /* where frames come from (capture.c); NULL until
+                                             * live capture starts: the default, ebpf or pcap */
     struct rs_io capture_io, resend_io;
     struct rs_timer tick;            /* resend time-outs, stalls, forgetting */
     uint64_t last_gc_ns, last_stall_ns;
@@ -183,6 +184,7 @@ struct logger {
     void *resends;                   /* resend.c's list of resend connections */
     void *pcap;                      /* pcap_t of lg_capture_pcap */
     struct lg_kmod *kmod;            /* lg_capture_kmod's (capture_kmod.c) */
+    struct lg_ebpf *ebpf;            /* lg_capture_ebpf's (capture_ebpf.c) */
 };
 
 /* ---- conn.c: the log ----------------------------------------------------- */
@@ -247,7 +249,11 @@ void lg_live_stop(struct logger *lg);
 extern const struct lg_capture_ops lg_capture_pcap;
 /* capture_kmod.c: from the kernel module kmod/logmod.c (--capture kmod). */
 extern const struct lg_capture_ops lg_capture_kmod;
-/* Starts lg->capture on lg->iface (at lg->nice).  Returns 0 or -errno. */
+/* capture_ebpf.c: from the tc program logger/bpf/capture.bpf.c (--capture ebpf). */
+extern const struct lg_capture_ops lg_capture_ebpf;
+/* Starts lg->capture on lg->iface (at lg->nice); without one, the tc
+ * program where it loads and attaches, else libpcap (one line says why).
+ * Returns 0 or -errno (logged). */
 int lg_capture_start(struct logger *lg);
 /* Processes every frame the capture holds now (a recovery must see what
  * the mirror has already delivered). */

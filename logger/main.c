@@ -27,8 +27,11 @@ static void usage(FILE *f)
         "Logs the client leg (client <-> VIP) of every connection from a port mirror,\n"
         "transactionalizes and tags it, detects backend failures and plans recoveries.\n"
         "  --iface IF              live capture on IF (promiscuous)\n"
-        "  --capture pcap|kmod     where frames come from: libpcap (default), or the kernel\n"
-        "                          module kmod/logmod.c's ring (/dev/rs_logmod)\n"
+        "  --capture ebpf|pcap|kmod  where frames come from: a tc program on IF copying the\n"
+        "                          VIP's segments into a BPF ring buffer (the default; when it\n"
+        "                          cannot load or attach, one line says why and libpcap\n"
+        "                          captures instead), libpcap, or the kernel module\n"
+        "                          kmod/logmod.c's ring (/dev/rs_logmod)\n"
         "  --read FILE             offline: process a pcap, print the transaction table and\n"
         "                          stats, exit (with --stay: then serve control as live)\n"
         "  --vip ADDR:PORT         the service clients connect to\n"
@@ -61,14 +64,16 @@ static void usage(FILE *f)
         "                          keep up with every backend at once, or recoveries fail)\n"
         "  --help                  this text\n"
         "Logs one line per event on stderr; prints \"listening on ...\" when capturing;\n"
-        "SIGUSR1 prints a stats line on stdout; SIGTERM exits.\n");
+        "SIGUSR1 prints a stats line on stdout; SIGTERM exits (and detaches the tc program).\n");
 }
 
 static int capture_source(const char *v, void *dst)
 {
     struct logger *lg = dst;
 
-    if (!strcmp(v, "pcap"))
+    if (!strcmp(v, "ebpf"))
+        lg->capture = &lg_capture_ebpf;
+    else if (!strcmp(v, "pcap"))
         lg->capture = &lg_capture_pcap;
     else if (!strcmp(v, "kmod"))
         lg->capture = &lg_capture_kmod;
@@ -153,7 +158,7 @@ static int parse_args(struct logger *lg, int argc, char **argv)
     uint64_t mem = lg->budget.limit, ring = lg->ring, max_conns = lg->max_conns;
     const struct rs_opt opts[] = {
         RS_OPTION("iface", RS_OPT_STR, &lg->iface),
-        RS_OPTION("capture", RS_OPT_FN, lg, .want = "pcap or kmod", .fn = capture_source),
+        RS_OPTION("capture", RS_OPT_FN, lg, .want = "ebpf, pcap or kmod", .fn = capture_source),
         RS_OPTION("read", RS_OPT_STR, &lg->readfile),
         RS_OPTION("stay", RS_OPT_FLAG, &lg->stay),
         RS_OPTION("vip", RS_OPT_ADDR, &lg->vip),
@@ -232,7 +237,10 @@ static void print_stats(void *ctx)
     for (int i = 0; i < lg->nbackends; i++)
         if (lg->backends[i].max_gap_ns > max_gap)
             max_gap = lg->backends[i].max_gap_ns;
-    lg->capture->stats(lg, &ps);
+    if (lg->capture)
+        lg->capture->stats(lg, &ps);
+    else
+        ps = (struct lg_capture_stats){ 0 };
     printf("stats received=%u dropped=%u ifdropped=%u connections=%u not_loggable=%" PRIu64 " incomplete=%" PRIu64
            " txn_logged_sent=%" PRIu64 " txn_logged_dropped=%" PRIu64 " mem_used=%zu mem_refused=%" PRIu64
            " ctl_rejected=%" PRIu64 " planning=%u hb_max_gap_us=%" PRIu64,
@@ -255,20 +263,23 @@ static int run(struct logger *lg)
     }
     if (lg->iface && lg_capture_start(lg))
         return 1;
-    if (lg_ctl_setup(lg))
+    if (lg_ctl_setup(lg)) {
+        lg->capture->close(lg);     /* detaches the tc program */
         return 1;
-    printf("listening on control=%s resend=%s capture=%s vip=%s\n", RS_A(lg->listen), RS_A(lg->resend),
-           lg->iface ? lg->iface : lg->readfile, RS_A(lg->vip));
+    }
+    printf("listening on control=%s resend=%s capture=%s vip=%s source=%s\n", RS_A(lg->listen), RS_A(lg->resend),
+           lg->iface ? lg->iface : lg->readfile, RS_A(lg->vip), lg->capture->name);
     fflush(stdout);
     rs_log("start vip=%s capture=%s control=%s resend=%s backends=%d dead_after_us=%" PRIu64
-           " stall_after_ms=%" PRIu64 " ring=%zu mem=%zu", RS_A(lg->vip), lg->iface ? lg->iface : lg->readfile,
-           RS_A(lg->listen), RS_A(lg->resend), lg->nbackends, lg->dead_after_ns / 1000, lg->stall_after_ns / 1000000,
-           lg->ring, lg->budget.limit);
+           " stall_after_ms=%" PRIu64 " ring=%zu mem=%zu source=%s", RS_A(lg->vip),
+           lg->iface ? lg->iface : lg->readfile, RS_A(lg->listen), RS_A(lg->resend), lg->nbackends,
+           lg->dead_after_ns / 1000, lg->stall_after_ns / 1000000, lg->ring, lg->budget.limit, lg->capture->name);
     rs_loop_run(&lg->loop);
     rs_log("exit");
     print_stats(lg);
     lg_ctl_shutdown(lg);
-    lg->capture->close(lg);
+    if (lg->capture)
+        lg->capture->close(lg);
     rs_loop_fini(&lg->loop);
     return 0;
 }
@@ -291,7 +302,6 @@ int main(int argc, char **argv)
     lg.max_conns = LG_MAX_CONNS_DEFAULT;
     lg.listen = (struct rs_addr){ 0, 7071 };
     lg.resend = (struct rs_addr){ 0, 7072 };
-    lg.capture = &lg_capture_pcap;
     lg.tags = calloc(1, sizeof(*lg.tags));
     if (!lg.tags)
         return 1;

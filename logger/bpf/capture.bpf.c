@@ -1,0 +1,93 @@
+/* tc (clsact ingress) program of rs-logger (--capture ebpf): on the
+ * capture interface, a port mirror, it copies every TCP segment to or from
+ * the VIP into a ring buffer that rs-logger drains (logger/capture_ebpf.c),
+ * then drops the copied frames that are not addressed to this host: they
+ * are the mirror's copies, which the stack would only parse and discard.
+ * Every other frame goes on to the next filter untouched (TC_ACT_UNSPEC).
+ * The segment test, record layout and size classes are core/capture.h. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "capture.h"
+#include "maps.h"
+
+#define ETH_HLEN_ 14
+
+/* The service, host order, and the snap length: set by rs-logger before
+ * the load (read-only afterwards, so the verifier knows them). */
+const volatile __u32 rs_cap_vip = 0;
+const volatile __u16 rs_cap_port = 0;
+const volatile __u32 rs_cap_snaplen = RS_CAPTURE_SNAPLEN;
+
+enum { COPIED = 0, NO_ROOM = -1, UNREADABLE = -2 };
+
+/* Copies the first 'caplen' bytes of the packet ('len' bytes, from its IP
+ * header on) into a record of 'room' bytes of data: a constant once
+ * inlined, as bpf_ringbuf_reserve needs.  Returns COPIED, NO_ROOM (the ring
+ * is full) or UNREADABLE. */
+static __always_inline int copy(struct __sk_buff *skb, __u32 len, __u32 caplen, const __u32 room)
+{
+    struct rs_capture_rec *r = bpf_ringbuf_reserve(&rs_cap_ring, sizeof(*r) + room, 0);
+
+    if (!r)
+        return NO_ROOM;
+    if (caplen == 0 || caplen > room || bpf_skb_load_bytes(skb, ETH_HLEN_, r + 1, caplen) < 0) {
+        bpf_ringbuf_discard(r, BPF_RB_NO_WAKEUP);
+        return UNREADABLE;
+    }
+    r->len = len;
+    r->caplen = caplen;
+    bpf_ringbuf_submit(r, 0);   /* wakes rs-logger only when it has caught up */
+    return COPIED;
+}
+
+#define CLASS(i) \
+    case i: \
+        e = copy(skb, len, caplen, RS_CAPTURE_CLASS_BYTES(i)); \
+        break;
+
+SEC("tc")
+int rs_capture_ingress(struct __sk_buff *skb)
+{
+    __u8 ip[20], ports[4];
+    struct rs_capture_counts *c;
+    __u32 zero = 0, ihl, len, caplen;
+    int e;
+
+    if (skb->protocol != bpf_htons(ETH_P_IP) || skb->len < ETH_HLEN_ + 20)
+        return TC_ACT_UNSPEC;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN_, ip, sizeof(ip)) < 0)
+        return TC_ACT_UNSPEC;
+    ihl = rs_capture_ihl(ip);
+    if (!ihl || bpf_skb_load_bytes(skb, ETH_HLEN_ + ihl, ports, sizeof(ports)) < 0)
+        return TC_ACT_UNSPEC;
+    if (!rs_capture_match(ip, ports, rs_cap_vip, rs_cap_port))
+        return TC_ACT_UNSPEC;
+    len = skb->len - ETH_HLEN_;
+    caplen = rs_capture_caplen(len, rs_cap_snaplen);
+    switch (rs_capture_class(caplen)) {
+    CLASS(0) CLASS(1) CLASS(2) CLASS(3) CLASS(4) CLASS(5) CLASS(6) CLASS(7) CLASS(8) CLASS(9)
+    default:
+        e = copy(skb, len, caplen, RS_CAPTURE_CLASS_BYTES(RS_CAPTURE_CLASSES - 1));
+        break;
+    }
+    c = bpf_map_lookup_elem(&rs_cap_counts, &zero);
+    if (c) {
+        if (e == COPIED) {
+            c->records++;
+            c->bytes += len;
+            c->truncated += caplen < len;
+        } else if (e == NO_ROOM) {
+            c->drops++;
+        }
+    }
+    if (e == COPIED && skb->pkt_type == PACKET_OTHERHOST)
+        return TC_ACT_SHOT;
+    return TC_ACT_UNSPEC;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,329 @@
+/* rs-logger's capture by a tc program (--capture ebpf; the default for
+ * live capture where it loads): logger/bpf/capture.bpf.c, embedded as a
+ * libbpf skeleton and attached at --iface's clsact ingress, copies the
+ * VIP's segments into a BPF ring buffer that this file drains from the
+ * event loop, each record handed to lg_packet() as a raw-IP frame (as
+ * capture_kmod.c's are).  The program drops the mirror's frames it copied,
+ * so the host's stack does no more work on them.  Its drops (a full ring)
+ * are reported as pcap's are. */
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <pcap/dlt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "capture.h"
+#include "capture.skel.h"
+#include "logger.h"
+
+#define EBPF_BATCH 4096            /* records per drain: sockets and timers between */
+/* While segments keep coming, the ring is read every millisecond with its
+ * wake-ups off, rather than woken for each record that finds the logger
+ * caught up (a context switch each: with two downloads at 200 MB/s that
+ * was half the logger's CPU).  The log then lags the wire by 1 ms at most,
+ * as libpcap's TPACKET_V3 blocks do. */
+#define EBPF_POLL_NS (1000ull * 1000ull)
+#define EBPF_BATCH_FULL (-EAGAIN)  /* what the record callback returns to end a drain */
+/* Where the filter sits in the ingress chain: a fixed place, so that the
+ * filter a SIGKILLed logger left behind (tc filters outlive their process)
+ * is replaced by its successor's, never stacked under it.  Priority 2: the
+ * proxy's program is at 1, and neither may replace the other should they
+ * ever share an interface. */
+#define EBPF_TC_HANDLE 1
+#define EBPF_TC_PRIO 2
+
+struct lg_ebpf {
+    struct lg_capture_bpf *skel;
+    struct ring_buffer *ring;
+    struct bpf_tc_hook hook;
+    bool hook_created;              /* we added the clsact qdisc (it stays: see ebpf_close) */
+    uint32_t prog_id;               /* our filter's program, once attached */
+    int promisc_fd;                 /* holds the interface promiscuous while open */
+    unsigned batch;                 /* records handled in the current drain */
+    struct rs_timer poll;           /* armed while segments keep coming (EBPF_POLL_NS) */
+    int ncpus;
+    struct rs_capture_counts *percpu;   /* one per possible CPU, for the counters' lookup */
+};
+
+/* ---- libbpf's messages ------------------------------------------------------ */
+
+/* With an explicit --capture ebpf, libbpf's warnings (a verifier log, say)
+ * are printed; as the default, the one line that says why libpcap captures
+ * instead is enough. */
+static bool libbpf_verbose;
+
+static int on_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    if (level == LIBBPF_DEBUG || !libbpf_verbose)
+        return 0;
+    return vfprintf(stderr, fmt, ap);
+}
+
+/* ---- Draining ------------------------------------------------------------------ */
+
+static int on_record(void *ctx, void *data, size_t size)
+{
+    struct logger *lg = ctx;
+    const struct rs_capture_rec *r = data;
+
+    if (size >= sizeof(*r) && r->caplen <= size - sizeof(*r))
+        lg_packet(lg, DLT_RAW, (const uint8_t *)(r + 1), r->caplen, r->len);
+    return ++lg->ebpf->batch < EBPF_BATCH ? 0 : EBPF_BATCH_FULL;
+}
+
+/* After a drain that found records ('busy') or none: while segments keep
+ * coming, the ring's wake-ups are off and the poll timer reads it; once a
+ * drain finds it empty, the program's next record wakes the loop (a ring
+ * that filled meanwhile is seen when the wake-ups are back on: epoll
+ * checks a watch it modifies). */
+static void ebpf_pace(struct logger *lg, bool busy)
+{
+    struct lg_ebpf *b = lg->ebpf;
+
+    if (busy) {
+        if (!b->poll.slot)
+            rs_timer_after(&lg->loop, &b->poll, EBPF_POLL_NS);
+        rs_io_set(&lg->capture_io, 0);
+    } else {
+        rs_timer_stop(&lg->loop, &b->poll);
+        rs_io_set(&lg->capture_io, EPOLLIN);
+    }
+}
+
+/* Handles up to EBPF_BATCH records; true when more may wait. */
+static bool ebpf_drain(struct logger *lg)
+{
+    struct lg_ebpf *b = lg->ebpf;
+    int r;
+
+    if (!b || !b->ring)
+        return false;
+    b->batch = 0;
+    r = ring_buffer__consume(b->ring);
+    if (r < 0 && r != EBPF_BATCH_FULL) {
+        rs_log("capture ebpf: reading the ring: %s", strerror(-r));
+        return false;
+    }
+    return b->batch == EBPF_BATCH;
+}
+
+/* A wake-up or the poll timer: the drain tells whether segments keep
+ * coming.  (The loop's idle drains after every batch do not: one right
+ * after another finds the ring empty, however busy the wire.) */
+static void ebpf_wake(struct logger *lg)
+{
+    if (!ebpf_drain(lg) && lg->ebpf && rs_io_active(&lg->capture_io))
+        ebpf_pace(lg, lg->ebpf->batch > 0);
+}
+
+static void on_readable(struct rs_io *io, uint32_t events)
+{
+    (void)events;
+    ebpf_wake(io->ctx);
+}
+
+static void on_poll(struct rs_timer *t)
+{
+    ebpf_wake(t->ctx);
+}
+
+static bool drain_more(void *ctx)
+{
+    return ebpf_drain(ctx);
+}
+
+/* ---- Set-up and tear-down -------------------------------------------------------- */
+
+static void ebpf_close(struct logger *lg)
+{
+    struct lg_ebpf *b = lg->ebpf;
+
+    if (!b)
+        return;
+    if (rs_io_active(&lg->capture_io))
+        rs_io_stop(&lg->capture_io);
+    rs_timer_stop(&lg->loop, &b->poll);
+    if (b->prog_id) {
+        LIBBPF_OPTS(bpf_tc_opts, now, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO);
+        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO);
+
+        /* Another logger started on the interface since replaced ours:
+         * its filter stays. */
+        if (!bpf_tc_query(&b->hook, &now) && now.prog_id == b->prog_id && bpf_tc_detach(&b->hook, &opts))
+            rs_log("capture ebpf: detaching the filter from ifindex %d failed", b->hook.ifindex);
+    }
+    /* A clsact qdisc we added stays: removing it would take with it any
+     * filter someone else attached since; an empty one costs nothing. */
+    ring_buffer__free(b->ring);
+    lg_capture_bpf__destroy(b->skel);
+    if (b->promisc_fd >= 0)
+        close(b->promisc_fd);
+    free(b->percpu);
+    free(b);
+    lg->ebpf = NULL;
+}
+
+/* Whether the program of id 'id' is a capture program (another logger's). */
+static bool is_capture_prog(const struct lg_ebpf *b, uint32_t id)
+{
+    struct bpf_prog_info info = { 0 };
+    uint32_t len = sizeof(info);
+    int fd = bpf_prog_get_fd_by_id(id);
+    bool ours;
+
+    if (fd < 0)
+        return false;
+    ours = !bpf_obj_get_info_by_fd(fd, &info, &len)
+           && !strncmp(info.name, bpf_program__name(b->skel->progs.rs_capture_ingress), sizeof(info.name) - 1);
+    close(fd);
+    return ours;
+}
+
+/* Attaches the loaded program at 'ifindex''s ingress, replacing the filter
+ * a previous logger left there.  Returns 0, -EBUSY when another program
+ * holds the place, or libbpf's -errno. */
+static int ebpf_attach(struct logger *lg, int ifindex)
+{
+    struct lg_ebpf *b = lg->ebpf;
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+    LIBBPF_OPTS(bpf_tc_opts, old, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO);
+    LIBBPF_OPTS(bpf_tc_opts, opts, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO, .flags = BPF_TC_F_REPLACE,
+                .prog_fd = bpf_program__fd(b->skel->progs.rs_capture_ingress));
+    int e;
+
+    b->hook = hook;
+    e = bpf_tc_hook_create(&b->hook);
+    if (e && e != -EEXIST)
+        return e;
+    b->hook_created = e == 0;
+    if (bpf_tc_query(&b->hook, &old))
+        old.prog_id = 0;
+    if (old.prog_id && !is_capture_prog(b, old.prog_id))
+        return -EBUSY;
+    if ((e = bpf_tc_attach(&b->hook, &opts)))
+        return e;
+    b->prog_id = opts.prog_id;
+    if (old.prog_id)
+        rs_log("capture ebpf on %s: replaced the filter a previous rs-logger left (program %u)", lg->iface,
+               old.prog_id);
+    return 0;
+}
+
+/* Puts the interface in promiscuous mode while we run, as libpcap does for
+ * its source: a real NIC on a mirror port filters out frames addressed to
+ * other hosts otherwise.  The socket has no protocol, so it receives
+ * nothing; the membership ends with it, however the process ends. */
+static int promisc(struct lg_ebpf *b, int ifindex)
+{
+    struct packet_mreq mr = { .mr_ifindex = ifindex, .mr_type = PACKET_MR_PROMISC };
+
+    b->promisc_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    if (b->promisc_fd < 0 || setsockopt(b->promisc_fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof(mr)))
+        return -errno;
+    return 0;
+}
+
+static int ebpf_open(struct logger *lg)
+{
+    bool fallback = lg->capture != &lg_capture_ebpf;   /* the default: libpcap after us */
+    struct lg_ebpf *b = calloc(1, sizeof(*b));
+    const char *step = "allocate";
+    int ifindex, e = -ENOMEM;
+
+    if (!b)
+        goto fail;
+    lg->ebpf = b;
+    b->promisc_fd = -1;
+    rs_timer_init(&b->poll, on_poll, lg);
+    libbpf_verbose = !fallback;
+    libbpf_set_print(on_libbpf);
+    ifindex = (int)if_nametoindex(lg->iface);
+    if (!ifindex) {
+        /* libpcap could not open it either: no fallback, and one clear line. */
+        rs_log("capture on %s: no such interface", lg->iface);
+        ebpf_close(lg);
+        return -ENODEV;
+    }
+    b->ncpus = libbpf_num_possible_cpus();
+    if (b->ncpus <= 0 || !(b->percpu = calloc((size_t)b->ncpus, sizeof(*b->percpu))))
+        goto fail;
+    step = "open the program";
+    if (!(b->skel = lg_capture_bpf__open())) {
+        e = -errno;
+        goto fail;
+    }
+    b->skel->rodata->rs_cap_vip = lg->vip.ip;
+    b->skel->rodata->rs_cap_port = lg->vip.port;
+    step = "load the program";
+    if ((e = lg_capture_bpf__load(b->skel)))
+        goto fail;
+    step = "attach it";
+    if ((e = ebpf_attach(lg, ifindex)))
+        goto fail;
+    step = "map its ring";
+    b->ring = ring_buffer__new(bpf_map__fd(b->skel->maps.rs_cap_ring), on_record, lg, NULL);
+    if (!b->ring) {
+        e = -errno;
+        goto fail;
+    }
+    step = "make the interface promiscuous";
+    if ((e = promisc(b, ifindex)))
+        goto fail;
+    step = "poll its ring";
+    if ((e = rs_io_start(&lg->loop, &lg->capture_io, bpf_map__fd(b->skel->maps.rs_cap_ring), EPOLLIN, on_readable,
+                         lg)))
+        goto fail;
+    rs_loop_idle(&lg->loop, drain_more, lg);
+    rs_log("capture ebpf on %s: tc ingress filter (handle %d prio %d), a %u MB ring", lg->iface, EBPF_TC_HANDLE,
+           EBPF_TC_PRIO, RS_CAPTURE_RING_BYTES >> 20);
+    return 0;
+fail:
+    if (e == -EBUSY)
+        rs_log("capture ebpf on %s: cannot attach it: another program's filter holds handle %d prio %d%s", lg->iface,
+               EBPF_TC_HANDLE, EBPF_TC_PRIO, fallback ? "; libpcap instead" : "");
+    else
+        rs_log("capture ebpf on %s: cannot %s: %s%s", lg->iface, step, strerror(e < 0 ? -e : EINVAL),
+               fallback ? "; libpcap instead" : "");
+    ebpf_close(lg);
+    return e < 0 ? e : -EINVAL;
+}
+
+static int ebpf_read_file(struct logger *lg)
+{
+    (void)lg;
+    return -EOPNOTSUPP;     /* files are libpcap's */
+}
+
+static void ebpf_counts(struct logger *lg, struct lg_capture_stats *out)
+{
+    struct lg_ebpf *b = lg->ebpf;
+    uint32_t zero = 0;
+    uint64_t records = 0, drops = 0;
+
+    *out = (struct lg_capture_stats){ 0 };
+    if (!b || bpf_map_lookup_elem(bpf_map__fd(b->skel->maps.rs_cap_counts), &zero, b->percpu))
+        return;
+    for (int i = 0; i < b->ncpus; i++) {
+        records += b->percpu[i].records;
+        drops += b->percpu[i].drops;
+    }
+    /* As libpcap's: 'received' counts what the filter took, dropped or not. */
+    *out = (struct lg_capture_stats){ (unsigned)(records + drops), (unsigned)drops, 0 };
+}
+
+const struct lg_capture_ops lg_capture_ebpf = {
+    .name = "ebpf",
+    .open_live = ebpf_open,
+    .read_file = ebpf_read_file,
+    .drain = ebpf_drain,
+    .stats = ebpf_counts,
+    .close = ebpf_close,
+};
