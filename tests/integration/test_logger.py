@@ -3,7 +3,9 @@ spliced connections from the port mirror, cuts it into transactions with
 exact sequence ranges, sends TXN_LOGGED to the alternate, detects backend
 failure from heartbeats, answers RECOVER with a PLAN (state query, apply,
 replay) and serves logged bytes on the resend port.  Offline (--read of a
-tcpdump capture, also under 2% loss) and live (--iface on the mirror)."""
+tcpdump capture, also under 2% loss) and live (--iface on the mirror),
+the live cases once with the default capture (the tc program's ring,
+--capture ebpf) and once with libpcap (--capture pcap)."""
 import os
 import re
 import shutil
@@ -135,6 +137,7 @@ STEPS = [("GET", "/static/1000?seed=1", (1, 1000)), ("GET", "/static/300000?seed
 @needs_root
 class LoggerCase(unittest.TestCase):
     profile = None
+    source = None       # --capture of the live logger (None: the default, ebpf here)
 
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
@@ -180,10 +183,18 @@ class LoggerCase(unittest.TestCase):
         return self.tb.start(host, name, ["/usr/bin/python3", self.peer, self.key] + [str(a) for a in args],
                              ready=ready)
 
-    def logger(self, *extra):
-        argv = [binary("rs-logger"), "--iface", "logger-eth0", "--vip", VIP, "--key", self.key,
-                "--listen", f"{LOGGER}:{LOGGER_CTL}", "--resend", f"{LOGGER}:{LOGGER_RESEND}"]
-        return self.tb.start("logger", "logger", argv + list(extra), ready="listening on")
+    def logger(self, *extra, name="logger", ctl=LOGGER_CTL, resend=LOGGER_RESEND, source=None, wrap=()):
+        """rs-logger on the mirror port with --capture 'source' (or the
+        case's); 'wrap' goes before it (setpriv ...).  Checks the source it
+        captures with: the one asked for, or the default's (ebpf)."""
+        source = source or self.source
+        argv = list(wrap) + [binary("rs-logger"), "--iface", "logger-eth0", "--vip", VIP, "--key", self.key,
+                             "--listen", f"{LOGGER}:{ctl}", "--resend", f"{LOGGER}:{resend}"]
+        d = self.tb.start("logger", name, argv + (["--capture", source] if source else []) + list(extra),
+                          ready="listening on")
+        if not wrap:
+            self.assertIn(f"source={source or 'ebpf'}\n", d.output(), self.log(d))
+        return d
 
     def log(self, d):
         with open(d.err) as f:
@@ -499,6 +510,13 @@ class TestLoggerLive(LoggerCase):
         txns, conns, stats, dump, err = self.read_pcap(pcap)
         self.assertEqual(int(txns[2]["resp_end"]), resp_end)
         self.assertEqual(int(txns[2]["req_end"]), req_end)
+
+
+class TestLoggerLivePcap(TestLoggerLive):
+    """The live cases with libpcap (--capture pcap), but for the failure
+    detection, which no capture feeds."""
+    source = "pcap"
+    test_failure_detection = None
 
 
 if __name__ == "__main__":
