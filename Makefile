@@ -50,7 +50,7 @@ logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test bench-kmod bench-core bench-splice all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -192,6 +192,12 @@ bench-failover: all
 # (SCALE_N=, FAULTS=process,host).
 bench-scale: all
 	@$(PYTHON) experiments/bench_scale.py --build $(BUILD)
+
+# rs-logger's capture, the tc program's ring (--capture ebpf) against
+# libpcap in the same run: CPU per GB and whether it keeps 1 GB/s without
+# drops (its own namespaces, not the testbed; BENCH_MB=, BENCH_P=, BENCH_ROUNDS=).
+bench-capture: all
+	@$(PYTHON) experiments/bench_capture.py --build $(BUILD)
 
 # Roundcube direct vs through resplice, and failover at every crash point
 # (TRIALS=, QUICK=1, MID=1: see experiments/bench_roundcube.py).

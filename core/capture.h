@@ -14,8 +14,14 @@
 /* Packet bytes kept of one segment: libpcap's snap length in the logger
  * (logger/capture.c), so that both sources cut (and report) the same. */
 #define RS_CAPTURE_SNAPLEN 262144u
-/* The ring: at 1 GB/s, 128 ms of segments while the logger is busy elsewhere. */
-#define RS_CAPTURE_RING_BYTES (128u << 20)
+/* The ring: at 2 GB/s, 32 ms of segments while the logger is busy
+ * elsewhere (a connection's rings growing fault in fresh pages).  Its
+ * pages are vmalloc'd 4 KB ones, and the program's copy into them costs
+ * more the larger the ring (page walks; make bench-capture on a 2-core
+ * VM, the whole capture's CPU per GB against libpcap's: 128 MB 1.2x,
+ * 64 MB 0.9x, 32 MB 0.66x), while 16 MB and less dropped segments when
+ * the logger fell behind for a few milliseconds. */
+#define RS_CAPTURE_RING_BYTES (64u << 20)
 
 /* A ring record is reserved at a constant size (the verifier wants one),
  * the smallest class that holds the segment: ACKs, one MSS, then GSO

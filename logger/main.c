@@ -1,10 +1,11 @@
 /* rs-logger: logs the client leg of every connection to the VIP from a port
- * mirror (libpcap, live or from a file), cuts it into tagged transactions,
- * tells the alternate when a response is fully logged, detects backend
+ * mirror (live: a tc program's ring, or libpcap; a pcap file), cuts it into
+ * tagged transactions, tells the alternate when a response is fully
+ * logged, detects backend
  * failure (heartbeats, on a thread of its own: liveness.c; silent backends
  * that owe a response: conn.c), and plans and feeds recoveries
  * (docs/recovery.md, plan.c).  The main thread is one event loop.  This
- * file: options, set-up, the loop, the stats line; capture.c (frames in),
+ * file: options, set-up, the loop, the stats line; capture*.c (frames in),
  * conn.c (the log), ctl.c (control port and peers), resend.c (the resend
  * port), plan.c, liveness.c. */
 #include <errno.h>
