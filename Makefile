@@ -41,6 +41,7 @@ DAEMONS  := $(foreach d,$(DAEMON_DIRS),$(if $(wildcard $(d)/*.c),$(d)))
 LIBSTATE_SRC := $(wildcard libstate/*.c) $(wildcard libstate/*.h)
 app_SRC     := $(LIBSTATE_SRC)
 front_SRC   := $(LIBSTATE_SRC)
+front_LIBS  := -lsqlite3
 app_LIBS    :=
 client_LIBS :=
 proxy_LIBS  := -lbpf -lelf -lz -lnl-genl-3 -lnl-3
@@ -87,6 +88,12 @@ $(BUILD)/asan/tests/test_ctlconn: tests/unit/test_ctlconn.c common/ctlconn.c com
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Icommon $(ALL_CFLAGS) -O1 $(SANITIZE) $< common/ctlconn.c common/loop.c common/daemon.c -o $@ \
 		$(LIB_ASAN) -lcmocka $(CORE_LIBS) -lm
+
+# rs-front's sqlite change sets (front/changes.c).
+$(BUILD)/asan/tests/test_front_changes: tests/unit/test_front_changes.c front/changes.c $(LIB_ASAN)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Ifront -Icommon -Ilibstate $(ALL_CFLAGS) -O1 $(SANITIZE) $< front/changes.c -o $@ $(LIB_ASAN) \
+		-lcmocka -lsqlite3 $(CORE_LIBS) -lm
 
 # The option parser's tests link it (common/).
 $(BUILD)/asan/tests/test_options: tests/unit/test_options.c common/options.c common/daemon.c $(LIB_ASAN)

@@ -190,7 +190,7 @@ class RoundcubeBackends:
                 argv += ["--crash-at", str(crash_at)]
             self.front[h] = self.tb.start(h, f"front-{h}", argv, ready="listening")
         # Warm PHP's opcache on every backend (as ResplicedRoundcube does).
-        warm_up(self.tb, self.dir, self.rc)
+        warm_up(self.tb, self.dir, self.rc, one_by_one=self.shared is not None)
 
     def addr(self, host):
         return f"{self.tb[host].IP()}:{FRONT_PORT}"

@@ -162,17 +162,32 @@ static int write_temp(char *tmpl, const void *data, size_t len, mode_t mode)
 /* --apply-file: the state is the application's whole state file; one
  * rename installs it, unless a newer one ('seq', X-Resplice-State-Seq) is
  * already there (states of different client connections can be logged,
- * hence applied, out of the order they were taken in).  Returns 0 or -errno. */
+ * hence applied, out of the order they were taken in).  Or it is an sqlite
+ * change set (changes.c), run on the file in one transaction: it sets each
+ * row it names to the newest image this file has seen.  Returns 0 or -errno. */
 static int apply_file(struct front *f, rs_txn_id id, const void *state, size_t len, uint64_t seq)
 {
-    char tmp[PATH_MAX + 16], ids[RS_TXN_ID_STRLEN];
+    char tmp[PATH_MAX + 16], ids[RS_TXN_ID_STRLEN], why[256];
+    bool changes = front_is_changes(state, len);
     struct stat st;
     int err;
 
     rs_txn_str(id, ids);
     if (seq && seq < f->installed_seq) {
-        rs_log("state-apply %s file %zuB seq=%" PRIu64 " older than the installed %" PRIu64 ": skipped", ids,
-               len, seq, f->installed_seq);
+        rs_log("state-apply %s %s %zuB seq=%" PRIu64 " older than the installed %" PRIu64 ": skipped", ids,
+               changes ? "changes" : "file", len, seq, f->installed_seq);
+        return 0;
+    }
+    if (changes) {
+        uint64_t t0 = rs_mono_ns();
+
+        if ((err = front_changes_apply(f->cfg.apply_file, state, len, why, sizeof(why))) != 0) {
+            f->stats[FS_APPLY_ERRORS]++;
+            rs_log("state-apply %s changes %zuB seq=%" PRIu64 " failed: %s", ids, len, seq, why);
+            return err;
+        }
+        f->stats[FS_APPLIES]++;
+        rs_log("state-apply %s changes %zuB seq=%" PRIu64 " us=%" PRIu64, ids, len, seq, (rs_mono_ns() - t0) / 1000);
         return 0;
     }
     snprintf(tmp, sizeof(tmp), "%s.rs-XXXXXX", f->cfg.apply_file);

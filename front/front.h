@@ -337,6 +337,21 @@ int front_blob_parse(const void *data, size_t len, struct front_blob *b);
  * --apply-cmd the state lives in the application: -EOPNOTSUPP. */
 int front_export(void *ctx, const void **state, size_t *len);
 
+/* ---- changes.c: an sqlite --apply-file ------------------------------------ */
+
+/* A state that starts with this line is a change set (SQL), not a whole file. */
+#define FRONT_CHANGES_MAGIC "-- resplice changes "
+
+bool front_is_changes(const void *state, size_t len);
+/* Whether the 'len' bytes at 'head' begin an sqlite database file. */
+bool front_is_sqlite(const void *head, size_t len);
+/* Runs change set 'sql' ('len' bytes) on database 'path' in one
+ * transaction.  Returns 0, or -errno with 'why' said (nothing applied). */
+int front_changes_apply(const char *path, const void *sql, size_t len, char *why, size_t whylen);
+/* Writes a consistent copy of database 'path' to 'copy' (VACUUM INTO),
+ * without the change tracking's tables.  Returns 0 or -errno ('why'). */
+int front_sqlite_copy(const char *path, const char *copy, char *why, size_t whylen);
+
 /* ---- alternate.c: the peer's states and recorded responses ---------------------- */
 
 /* Applies the peer's state blob (the library's ops.apply). */

@@ -66,12 +66,21 @@ static void blob_header(uint8_t *b, uint32_t slen, uint32_t rlen, uint64_t seq)
     put_le32(b + 16, (uint32_t)(seq >> 32));
 }
 
-/* Keeps a copy of 'len' bytes of state 'seq' when it is the newest this
- * front made (an export's; a state without a sequence is kept as newest). */
+/* Keeps a copy of 'len' bytes of whole state 'seq' when it is the newest
+ * this front made (an export's; a state without a sequence is kept as
+ * newest).  A change set is no whole state: an export then copies the
+ * database. */
 static void own_keep(struct front *f, const uint8_t *state, uint32_t len, uint64_t seq)
 {
     uint8_t *p;
 
+    if (front_is_changes(state, len)) {
+        free(f->own);
+        f->own = NULL;
+        f->own_len = 0;
+        f->own_seq = 0;
+        return;
+    }
     if (seq && seq < f->own_seq)
         return;
     if (!(p = realloc(f->own, len ? len : 1)))
@@ -94,15 +103,33 @@ int front_export(void *ctx, const void **state, size_t *len)
         slen = f->own_len;
         memcpy(b + FRONT_BLOB_HDR, f->own, slen);
     } else if (f->cfg.apply_file) {
-        /* The state installed by rename: whole whenever it is read. */
-        int fd = open(f->cfg.apply_file, O_RDONLY | O_CLOEXEC);
+        /* The state installed by rename: whole whenever it is read.  An
+         * sqlite database changes in place (change sets, the application
+         * itself): a copy of it, numbered before it is taken, so that the
+         * change sets numbered after it still apply over it. */
+        char copy[PATH_MAX + 16], why[256];
+        const char *path = f->cfg.apply_file;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
         ssize_t n = fd < 0 ? -1 : read(fd, b + FRONT_BLOB_HDR, RS_CTL_STATE_MAX - FRONT_BLOB_HDR + 1);
 
         if (fd >= 0)
             close(fd);
+        seq = f->installed_seq;
+        if (n > 0 && front_is_sqlite(b + FRONT_BLOB_HDR, (size_t)n)) {
+            seq = rs_mono_ns();
+            snprintf(copy, sizeof(copy), "%s.rs-export", path);
+            if (front_sqlite_copy(path, copy, why, sizeof(why))) {
+                rs_log("state-export: copy of %s: %s", path, why);
+                return -EIO;
+            }
+            fd = open(copy, O_RDONLY | O_CLOEXEC);
+            n = fd < 0 ? -1 : read(fd, b + FRONT_BLOB_HDR, RS_CTL_STATE_MAX - FRONT_BLOB_HDR + 1);
+            if (fd >= 0)
+                close(fd);
+            unlink(copy);
+        }
         if (n < 0 || (size_t)n > RS_CTL_STATE_MAX - FRONT_BLOB_HDR)
             return n < 0 ? -errno : -EMSGSIZE;
-        seq = f->installed_seq;
         slen = (size_t)n;
     } else {
         return -EOPNOTSUPP;     /* --apply-cmd: the state lives in the application */

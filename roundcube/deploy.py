@@ -290,6 +290,10 @@ class Roundcube:
             c["plugins"] = ["resplice"]
             c["resplice_state_dir"] = self.state_dir
             c["resplice_db_path"] = self.db
+            # $RS_ROUNDCUBE_STATE: "changes" (the plugin's default) or
+            # "snapshot" (the whole database each request), to compare.
+            if os.environ.get("RS_ROUNDCUBE_STATE"):
+                c["resplice_state"] = os.environ["RS_ROUNDCUBE_STATE"]
         c.update(self.extra_config)
         return c
 
@@ -486,21 +490,33 @@ class AuxLog:
             self.tb.stop(self.d)
 
 
-def warm_up(tb, run_dir, hosts):
+def warm_up(tb, run_dir, hosts, one_by_one=False):
     """Runs Action 2 without its send on each of 'hosts' against its own
     lighttpd (no front: nothing is numbered or replicated), so PHP's opcache
     holds Roundcube's code: a standby that never served would compile it
-    during the failover."""
+    during the failover.  'one_by_one': the backends share one database,
+    so they warm up one after the other (two first logins at once would
+    both try to create the user)."""
     with open(os.path.join(ROOT, "roundcube", "traces", "action2.trace")) as f:
         blocks = re.split(r"\n(?=request )", f.read())
     trace = os.path.join(run_dir, "warmup.trace")
     with open(trace, "w") as f:
         f.write("\n".join(b for b in blocks if "_unlock=sending" not in b.split("\n", 1)[0]))
-    clients = [tb.start(h, f"warmup-{h}", [binary("rs-client"), "--server", f"127.0.0.1:{UPSTREAM_PORT}",
-                                           "--trace", trace, "--quiet", "--timeout", "10s"]) for h in hosts]
-    for h, d in zip(hosts, clients):     # side by side: the machine has two cores
+    def start(h):
+        return tb.start(h, f"warmup-{h}", [binary("rs-client"), "--server", f"127.0.0.1:{UPSTREAM_PORT}",
+                                           "--trace", trace, "--quiet", "--timeout", "10s"])
+
+    def wait(h, d):
         if d.popen.wait(60) != 0:
             raise DeployError(f"warm-up of {h} failed; see {d.err}")
+
+    if one_by_one:
+        for h in hosts:
+            wait(h, start(h))
+        return
+    clients = [start(h) for h in hosts]
+    for h, d in zip(hosts, clients):     # side by side: the machine has two cores
+        wait(h, d)
 
 
 class ResplicedRoundcube:

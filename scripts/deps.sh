@@ -5,7 +5,7 @@ set -eu
 
 PKGS="
 build-essential clang llvm pkg-config
-libcmocka-dev libhttp-parser-dev libsodium-dev
+libcmocka-dev libhttp-parser-dev libsodium-dev libsqlite3-dev
 libnetfilter-queue-dev libpcap-dev libnl-3-dev libnl-route-3-dev libnl-genl-3-dev
 libbpf-dev bpftool libelf-dev zlib1g-dev
 mininet openvswitch-switch bridge-utils iptables iproute2

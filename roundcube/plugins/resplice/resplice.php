@@ -8,16 +8,26 @@
  * The front numbers the client's requests and sends X-Resplice-Txn with
  * each one.  For every PHP request that came through it (all of them update
  * the session row), this plugin holds the output, and once Roundcube has
- * written the session at shutdown it copies the sqlite database (VACUUM
- * INTO, a consistent snapshot without the cache tables) to a file in the
- * front's --state-dir and answers
+ * written the session at shutdown it writes the request's state to a file
+ * in the front's --state-dir and answers
  *   X-Resplice-State: <that file>   (the front reads, sends and deletes it)
  *   X-Resplice-Sync: 1              for non-deterministic requests (a new
  *                                   session id, token or compose id): the
  *                                   front holds the response until the
  *                                   alternate has the state.
- * On the alternate, the front installs the snapshot over the database
- * (rs-app --apply-file), the newest (X-Resplice-State-Seq) winning.
+ * The state is, by default, what the request changed ("changes"): triggers
+ * (made once per database) note the key of every row any writer inserts,
+ * updates or deletes, in resplice_changes; at shutdown the rows noted
+ * since the request began are written as SQL that sets each row to its
+ * image now (or deletes it), stamped with a sequence number taken under
+ * the write lock (hrtime), so that on the alternate the newest image of a
+ * row wins whatever order states arrive in (resplice_rowver keeps each
+ * row's).  A few KB instead of the whole database.  With
+ * resplice_state = 'snapshot', or when the changes cannot be read, the
+ * state is a copy of the whole database (VACUUM INTO, without the caches).
+ * On the alternate, the front (rs-front --apply-file DB) runs the changes
+ * in one transaction, or installs a snapshot over the database, the newest
+ * (X-Resplice-State-Seq) winning.
  *
  * It also names the transaction in the request's mail conversations, for
  * the auxiliary logger (rs-auxlog) between the backends and the mail store:
@@ -33,7 +43,8 @@
  *   resplice_db_path      the sqlite file (default: from db_dsnw)
  *   resplice_sync_actions actions answered synchronously besides any response
  *                         that sets a cookie (default login, logout, compose, send)
- *   resplice_skip_tables  tables emptied in the snapshot (default: the caches)
+ *   resplice_skip_tables  tables emptied in the snapshot and not tracked (default: the caches)
+ *   resplice_state        'changes' (default) or 'snapshot'
  */
 class resplice extends rcube_plugin
 {
@@ -46,6 +57,14 @@ class resplice extends rcube_plugin
     private $marker;            /* 'x-resplice-txn' or 'x-resplice-rerun' */
     private $state_dir;
     private $db_path;
+    private $changes_from;      /* resplice_changes' last id when the request began; null: snapshot */
+
+    /* The state file of a change set starts with this (rs-front tells the kinds apart by it). */
+    const CHANGES_MAGIC = '-- resplice changes';
+    /* Bumped when the triggers change: each database gets them anew. */
+    const TRIGGERS_VERSION = '1';
+    /* Noted changes older than this many seconds are pruned (no request runs that long). */
+    const CHANGES_KEEP_S = 600;
 
     public function init()
     {
@@ -68,6 +87,16 @@ class resplice extends rcube_plugin
         if (!$this->db_path) {
             rcube::raise_error("resplice: db_dsnw is not sqlite; set resplice_db_path", true, false);
             return;
+        }
+
+        if ($rcmail->config->get('resplice_state', 'changes') === 'changes') {
+            try {
+                $this->changes_from = self::track_changes($this->db_path, $this->skip_tables());
+            }
+            catch (Exception $e) {
+                rcube::raise_error("resplice: {$this->txn}: cannot track changes (a snapshot instead): "
+                    . $e->getMessage(), true, false);
+            }
         }
 
         $this->add_hook('storage_connect', [$this, 'storage_connect']);
@@ -124,8 +153,18 @@ class resplice extends rcube_plugin
             return;
         }
 
+        $seq = null;
+        if ($this->changes_from !== null) {
+            try {
+                $seq = self::changes($this->db_path, $tmp, $this->changes_from);
+            }
+            catch (Exception $e) {
+                rcube::raise_error("resplice: {$this->txn}: changes failed (a snapshot instead): "
+                    . $e->getMessage(), true, false);
+            }
+        }
         try {
-            $seq = self::snapshot($this->db_path, $tmp, $this->skip_tables());
+            $seq = $seq !== null ? $seq : self::snapshot($this->db_path, $tmp, $this->skip_tables());
         }
         catch (Exception $e) {
             @unlink($tmp);
@@ -144,7 +183,7 @@ class resplice extends rcube_plugin
         header_remove('Last-Modified');
 
         header('X-Resplice-State: ' . $tmp);
-        // Its age: the alternate keeps the newest whole-database copy.
+        // Its age: the alternate keeps the newest image of each row.
         header('X-Resplice-State-Seq: ' . $seq);
         if ($this->is_nondeterministic()) {
             header('X-Resplice-Sync: 1');
@@ -165,6 +204,8 @@ class resplice extends rcube_plugin
     {
         $opts = [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 5];
         $db = new PDO('sqlite:' . $src, null, null, $opts);
+        // The change tracking's own tables mean nothing in another database.
+        $skip = array_merge($skip, ['resplice_changes', 'resplice_rowver']);
         // The copy is a transient file: no fsync (it costs more than the copy).
         $db->exec('PRAGMA synchronous = OFF');
         $db->exec('VACUUM INTO ' . $db->quote($dst));
@@ -194,6 +235,157 @@ class resplice extends rcube_plugin
         $copy = null;
 
         return $seq;
+    }
+
+    /**
+     * Makes sure every table of 'src' but the 'skip' ones has the triggers
+     * that note changed rows in resplice_changes (once per database and
+     * TRIGGERS_VERSION), and returns the last note's id: the request's
+     * changes are the notes after it.
+     */
+    public static function track_changes($src, array $skip)
+    {
+        $db = self::open($src);
+        $ver = null;
+        try {
+            $ver = $db->query("SELECT v FROM resplice_meta WHERE k = 'triggers'")->fetchColumn();
+        }
+        catch (PDOException $e) {
+            // no resplice_meta yet
+        }
+        if ($ver !== self::TRIGGERS_VERSION) {
+            $db->exec('BEGIN IMMEDIATE');
+            try {
+                $db->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
+                $db->exec('CREATE TABLE IF NOT EXISTS resplice_changes (id INTEGER PRIMARY KEY AUTOINCREMENT,'
+                    . ' tbl TEXT NOT NULL, k TEXT NOT NULL, at INTEGER NOT NULL)');
+                $tables = $db->query("SELECT name FROM sqlite_master WHERE type = 'table'"
+                    . " AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'resplice_%'")->fetchAll(PDO::FETCH_COLUMN);
+                foreach (array_diff($tables, $skip) as $t) {
+                    foreach (self::trigger_sql($db, $t) as $sql) {
+                        $db->exec($sql);
+                    }
+                }
+                $db->exec("INSERT OR REPLACE INTO resplice_meta (k, v) VALUES ('triggers', "
+                    . $db->quote(self::TRIGGERS_VERSION) . ")");
+                $db->exec('COMMIT');
+            }
+            catch (Exception $e) {
+                $db->exec('ROLLBACK');
+                throw $e;
+            }
+        }
+        return (int) $db->query('SELECT COALESCE(MAX(id), 0) FROM resplice_changes')->fetchColumn();
+    }
+
+    /**
+     * The statements that (re)make table 't''s three triggers.  A row's
+     * key is noted as SQL ("sess_id"='abc' AND ...), built by sqlite's
+     * quote(); a table without a primary key is keyed by rowid.
+     */
+    private static function trigger_sql(PDO $db, $t)
+    {
+        $pk = [];
+        foreach ($db->query('PRAGMA table_info(' . self::ident($t) . ')') as $c) {
+            if ($c['pk'] > 0) {
+                $pk[$c['pk']] = $c['name'];
+            }
+        }
+        ksort($pk);
+        $key = function ($row) use ($pk) {
+            if (!$pk) {
+                return "'rowid=' || $row.rowid";
+            }
+            $parts = [];
+            foreach ($pk as $c) {
+                $parts[] = "'" . str_replace("'", "''", self::ident($c)) . "=' || quote($row." . self::ident($c) . ")";
+            }
+            return implode(" || ' AND ' || ", $parts);
+        };
+        $note = function ($row) use ($db, $t, $key) {
+            return 'INSERT INTO resplice_changes (tbl, k, at) VALUES (' . $db->quote($t) . ', ' . $key($row)
+                . ", CAST(strftime('%s', 'now') AS INTEGER));";
+        };
+        $name = function ($what) use ($t) {
+            return self::ident('resplice_' . $t . '_' . $what);
+        };
+        $on = self::ident($t);
+        return [
+            'DROP TRIGGER IF EXISTS ' . $name('ins'), 'DROP TRIGGER IF EXISTS ' . $name('upd'),
+            'DROP TRIGGER IF EXISTS ' . $name('del'),
+            'CREATE TRIGGER ' . $name('ins') . " AFTER INSERT ON $on BEGIN " . $note('NEW') . ' END',
+            'CREATE TRIGGER ' . $name('upd') . " AFTER UPDATE ON $on BEGIN " . $note('OLD') . ' ' . $note('NEW') . ' END',
+            'CREATE TRIGGER ' . $name('del') . " AFTER DELETE ON $on BEGIN " . $note('OLD') . ' END',
+        ];
+    }
+
+    /**
+     * Writes to 'dst' the rows of 'src' noted after id 'from' as SQL for
+     * the alternate: each row set to its image now (INSERT OR REPLACE) or
+     * deleted, only if this state's sequence number is the newest the
+     * alternate has seen for that row (resplice_rowver).  The images and
+     * the number are taken under the write lock, so a later number never
+     * goes with an older image.  Returns the sequence number.
+     */
+    public static function changes($src, $dst, $from)
+    {
+        $db = self::open($src);
+        $db->exec('BEGIN IMMEDIATE');
+        try {
+            $seq = (string) hrtime(true);
+            $out = self::CHANGES_MAGIC . " seq=$seq\n"
+                . "CREATE TABLE IF NOT EXISTS resplice_rowver (tbl TEXT NOT NULL, k TEXT NOT NULL,"
+                . " seq INTEGER NOT NULL, PRIMARY KEY (tbl, k));\n";
+            $rows = $db->prepare('SELECT tbl, k FROM resplice_changes WHERE id > ? GROUP BY tbl, k ORDER BY MIN(id)');
+            $rows->execute([(int) $from]);
+            $cols = [];
+            foreach ($rows->fetchAll(PDO::FETCH_NUM) as list($t, $k)) {
+                if (!isset($cols[$t])) {
+                    $cols[$t] = $db->query('PRAGMA table_info(' . self::ident($t) . ')')->fetchAll(PDO::FETCH_COLUMN, 1);
+                    if (strpos($k, 'rowid=') === 0) {
+                        array_unshift($cols[$t], 'rowid');
+                    }
+                }
+                $names = implode(', ', array_map([self::class, 'ident'], $cols[$t]));
+                $quoted = implode(" || ',' || ", array_map(function ($c) {
+                    return 'quote(' . self::ident($c) . ')';
+                }, $cols[$t]));
+                $image = $db->query("SELECT $quoted FROM " . self::ident($t) . " WHERE $k")->fetchColumn();
+                $tq = $db->quote($t);
+                $kq = $db->quote($k);
+                $won = "(SELECT seq FROM resplice_rowver WHERE tbl = $tq AND k = $kq) = $seq";
+                $out .= "INSERT INTO resplice_rowver (tbl, k, seq) VALUES ($tq, $kq, $seq) ON CONFLICT (tbl, k)"
+                    . " DO UPDATE SET seq = excluded.seq WHERE excluded.seq > resplice_rowver.seq;\n";
+                $out .= $image !== false
+                    ? 'INSERT OR REPLACE INTO ' . self::ident($t) . " ($names) SELECT $image WHERE $won;\n"
+                    : 'DELETE FROM ' . self::ident($t) . " WHERE $k AND $won;\n";
+            }
+            if (mt_rand(0, 63) === 0) {
+                $db->exec("DELETE FROM resplice_changes WHERE at < CAST(strftime('%s', 'now') AS INTEGER) - "
+                    . self::CHANGES_KEEP_S);
+            }
+            $db->exec('COMMIT');
+        }
+        catch (Exception $e) {
+            $db->exec('ROLLBACK');
+            throw $e;
+        }
+        if (file_put_contents($dst, $out) !== strlen($out)) {
+            throw new Exception("cannot write $dst");
+        }
+        return $seq;
+    }
+
+    private static function open($path)
+    {
+        return new PDO('sqlite:' . $path, null, null, [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION,
+                                                       PDO::ATTR_TIMEOUT => 5]);
+    }
+
+    /** An sqlite identifier, quoted. */
+    public static function ident($name)
+    {
+        return '"' . str_replace('"', '""', $name) . '"';
     }
 
     /**

@@ -1,0 +1,101 @@
+/* rs-front and an sqlite database (--apply-file DB): the resplice plugin's
+ * change sets (roundcube/plugins/resplice: SQL that sets each changed row
+ * to its image, the newest image of a row winning) run in one transaction
+ * on the alternate, and a consistent copy of the whole database for an
+ * export. */
+#include "front.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#define BUSY_MS 5000        /* the application may hold the write lock a while */
+
+bool front_is_changes(const void *state, size_t len)
+{
+    return len >= sizeof(FRONT_CHANGES_MAGIC) - 1 && !memcmp(state, FRONT_CHANGES_MAGIC, sizeof(FRONT_CHANGES_MAGIC) - 1);
+}
+
+bool front_is_sqlite(const void *head, size_t len)
+{
+    static const char magic[] = "SQLite format 3";     /* with its NUL: 16 bytes */
+
+    return len >= sizeof(magic) && !memcmp(head, magic, sizeof(magic));
+}
+
+static int open_db(const char *path, int flags, sqlite3 **db, char *why, size_t whylen)
+{
+    if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK) {
+        snprintf(why, whylen, "open %s: %s", path, *db ? sqlite3_errmsg(*db) : "out of memory");
+        sqlite3_close(*db);
+        *db = NULL;
+        return -EIO;
+    }
+    sqlite3_busy_timeout(*db, BUSY_MS);
+    return 0;
+}
+
+/* Runs 'sql'; on failure says why and returns -EIO. */
+static int run(sqlite3 *db, const char *sql, char *why, size_t whylen)
+{
+    char *msg = NULL;
+
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK)
+        return 0;
+    snprintf(why, whylen, "%s", msg ? msg : sqlite3_errmsg(db));
+    sqlite3_free(msg);
+    return -EIO;
+}
+
+int front_changes_apply(const char *path, const void *sql, size_t len, char *why, size_t whylen)
+{
+    char *text = malloc(len + 1);
+    sqlite3 *db = NULL;
+    int err;
+
+    if (!text)
+        return -ENOMEM;
+    memcpy(text, sql, len);
+    text[len] = '\0';
+    if (strlen(text) != len) {
+        snprintf(why, whylen, "a NUL byte in the change set");
+        free(text);
+        return -EINVAL;
+    }
+    if ((err = open_db(path, SQLITE_OPEN_READWRITE, &db, why, whylen)) == 0
+        && (err = run(db, "BEGIN IMMEDIATE", why, whylen)) == 0) {
+        if ((err = run(db, text, why, whylen)) == 0)
+            err = run(db, "COMMIT", why, whylen);
+        if (err)
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    sqlite3_close(db);
+    free(text);
+    return err;
+}
+
+int front_sqlite_copy(const char *path, const char *copy, char *why, size_t whylen)
+{
+    sqlite3 *db = NULL;
+    char *sql;
+    int err;
+
+    unlink(copy);       /* VACUUM INTO wants no file there */
+    if ((err = open_db(path, SQLITE_OPEN_READONLY, &db, why, whylen)) != 0)
+        return err;
+    sql = sqlite3_mprintf("VACUUM INTO %Q", copy);
+    err = sql ? run(db, sql, why, whylen) : -ENOMEM;
+    sqlite3_free(sql);
+    sqlite3_close(db);
+    if (err || (err = open_db(copy, SQLITE_OPEN_READWRITE, &db, why, whylen)) != 0)
+        return err;
+    /* The change tracking's own tables mean nothing in another database. */
+    sqlite3_exec(db, "DELETE FROM resplice_changes", NULL, NULL, NULL);
+    sqlite3_exec(db, "DELETE FROM resplice_rowver", NULL, NULL, NULL);
+    sqlite3_close(db);
+    return 0;
+}
