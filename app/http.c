@@ -472,6 +472,23 @@ static bool conn_parse(struct app_conn *c)
 
     if (avail == 0)
         return false;
+    if (!c->who.settled) {
+        /* rs-proxy --identity header: the client's name comes first. */
+        int h = rs_state_named_by_header(c->app->stated, c->in + c->in_off, avail, c->peer_eof, &c->who);
+
+        if (h == 0)
+            return false;
+        if (h == -EPROTO) {
+            conn_reject(c, 400, "malformed PROXY header");
+            return true;
+        }
+        if (h > 0) {
+            c->in_off += (uint32_t)h;
+            if (c->in_off == c->in_len)
+                c->in_off = c->in_len = 0;
+            return true;
+        }
+    }
     n = http_parser_execute(&c->parser, &parser_settings, (const char *)c->in + c->in_off, avail);
     e = HTTP_PARSER_ERRNO(&c->parser);
     c->in_off += (uint32_t)n;

@@ -5,7 +5,8 @@ that need no root use it too.
 
 The build directory is $RS_BUILD, else build/ in the tree; it is read at
 each call, so a driver's --build option only has to set $RS_BUILD.
-$RS_DATAPATH picks rs-proxy's data path likewise (proxy_datapath)."""
+$RS_DATAPATH picks rs-proxy's data path likewise (proxy_datapath), and
+$RS_IDENTITY how it names a new connection to a backend (proxy_identity)."""
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +37,13 @@ def proxy_datapath():
     integration tests with each inside Debian's kernel (kmod/tests/)."""
     dp = os.environ.get("RS_DATAPATH")
     return ["--datapath", dp] if dp else []
+
+
+def proxy_identity():
+    """rs-proxy's --identity option as $RS_IDENTITY names it ("map",
+    "header"), or nothing: the default."""
+    how = os.environ.get("RS_IDENTITY")
+    return ["--identity", how] if how else []
 
 
 def use_build(path):

@@ -3,6 +3,7 @@
  * its body to the upstream; answers malformed requests itself. */
 #include "front.h"
 
+#include <errno.h>
 #include <string.h>
 
 #include "http_txn.h"
@@ -127,6 +128,22 @@ bool rq_parse(struct front_conn *c)
         }
         if (avail == 0)
             return progress;
+        if (!c->who.settled) {
+            /* rs-proxy --identity header: the client's name comes first. */
+            int h = rs_state_named_by_header(c->f->stated, at, avail, c->peer_eof, &c->who);
+
+            if (h == 0)
+                return progress;
+            if (h == -EPROTO) {
+                rq_reject(c, 400, "malformed PROXY header");
+                return true;
+            }
+            if (h > 0) {
+                c->in_off += (uint32_t)h;
+                progress = true;
+                continue;
+            }
+        }
         if (c->rq_phase != PH_BODY) {
             if (c->q_len == FRONT_TXN_Q)
                 return progress;        /* pipelined too deep: wait for responses */

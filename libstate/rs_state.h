@@ -84,6 +84,7 @@ struct rs_state_conn {
     uint16_t client_port;
     uint16_t first_num;         /* number of its first request */
     bool rerun;                 /* its requests may have run on another backend */
+    bool settled;               /* named for good: mapped, or its first bytes were read */
     char name[64];              /* "peer->local" for logs */
 };
 
@@ -98,6 +99,17 @@ struct rs_state *rs_state_open(struct rs_loop *loop, const char *path, uint64_t 
  * map for its peer is used up; without one (or with 's' NULL, no rs-stated)
  * the peer is the client and numbering starts at 0. */
 void rs_state_accepted(struct rs_state *s, int fd, struct rs_state_conn *out);
+
+/* A connection with no map may start with the PROXY protocol v2 header
+ * rs-proxy --identity header sends (core/pp2.h): it names the client in
+ * the connection itself, numbering from 0.  Call with the connection's
+ * first unread bytes ('eof': no more will come) until 'who' is settled.
+ * Returns the header's length (skip it: 'who' now names its client), 0
+ * when more bytes are needed to tell, -ENOENT when there is none (the
+ * bytes are the application's; 'who' stays as it is), or -EPROTO for a
+ * malformed header (refuse the connection).  Without rs-stated ('s' NULL:
+ * not a resplice backend) no header is believed. */
+int rs_state_named_by_header(struct rs_state *s, const void *buf, size_t len, bool eof, struct rs_state_conn *who);
 
 /* Hands transaction 'id''s state ('len' bytes, at most RS_CTL_STATE_MAX) to
  * the peer.  Returns 0 (asynchronous, or nothing to send: not connected,

@@ -15,6 +15,7 @@
 
 #include "daemon.h"     /* rs_log, rs_mono_ns, rs_addr */
 #include "loop.h"
+#include "pp2.h"
 #include "xfer_rec.h"
 
 /* ---- Limits ----------------------------------------------------------- */
@@ -48,7 +49,7 @@ struct conn_map {
 
 enum lib_stat {
     XS_SENT, XS_SENT_SYNC, XS_ACKED, XS_FAILED, XS_TIMEOUTS, XS_UNSENT, XS_SKIPPED,
-    XS_APPLIED, XS_APPLY_ERRORS, XS_MAPS, XS_MAPS_USED, XS_MAPS_EXPIRED, XS_CONNECTS,
+    XS_APPLIED, XS_APPLY_ERRORS, XS_MAPS, XS_MAPS_USED, XS_MAPS_EXPIRED, XS_HEADERS, XS_CONNECTS,
     XS_DISCONNECTS, XS_UNREPLICATED, XS_MAX,
 };
 
@@ -57,7 +58,7 @@ static const char *const xs_names[XS_MAX] = {
     [XS_FAILED] = "xfer_failed", [XS_TIMEOUTS] = "xfer_timeouts", [XS_UNREPLICATED] = "xfer_unreplicated", [XS_UNSENT] = "xfer_unsent",
     [XS_SKIPPED] = "xfer_skipped_replayed", [XS_APPLIED] = "xfer_applied",
     [XS_APPLY_ERRORS] = "xfer_apply_errors", [XS_MAPS] = "xfer_maps",
-    [XS_MAPS_USED] = "xfer_maps_used", [XS_MAPS_EXPIRED] = "xfer_maps_expired",
+    [XS_MAPS_USED] = "xfer_maps_used", [XS_MAPS_EXPIRED] = "xfer_maps_expired", [XS_HEADERS] = "xfer_headers",
     [XS_CONNECTS] = "xfer_connects", [XS_DISCONNECTS] = "xfer_disconnects",
 };
 
@@ -296,14 +297,39 @@ void rs_state_accepted(struct rs_state *s, int fd, struct rs_state_conn *out)
         pa = rs_addr_of_sin(&peer);
     if (getsockname(fd, (struct sockaddr *)&local, &ll) == 0)
         la = rs_addr_of_sin(&local);
-    *out = (struct rs_state_conn){ .client_ip = pa.ip, .client_port = pa.port };
+    *out = (struct rs_state_conn){ .client_ip = pa.ip, .client_port = pa.port, .settled = !s };
     snprintf(out->name, sizeof(out->name), "%s->%s", RS_A(pa), RS_A(la));
     /* A proxy or the logger acting for a client: name that client's
      * transactions as the logger does. */
-    if (s && map_take(s, pa, out))
+    if (s && map_take(s, pa, out)) {
+        out->settled = true;
         rs_log("conn-mapped %s client=%s next=%u%s", out->name,
                RS_A(((struct rs_addr){ out->client_ip, out->client_port })), out->first_num,
                out->rerun ? " rerun" : "");
+    }
+}
+
+int rs_state_named_by_header(struct rs_state *s, const void *buf, size_t len, bool eof, struct rs_state_conn *who)
+{
+    struct rs_pp2 h;
+    int n;
+
+    if (who->settled || !s)
+        return -ENOENT;
+    n = rs_pp2_parse(buf, len, &h);
+    if (n == 0 && !eof)
+        return 0;
+    who->settled = true;
+    if (n <= 0)
+        return n < 0 ? n : -ENOENT;
+    if (!h.local) {
+        who->client_ip = h.src_ip;
+        who->client_port = h.src_port;
+        who->first_num = 0;
+        s->stats[XS_HEADERS]++;
+        rs_log("conn-named %s client=%s (PROXY header)", who->name, RS_A(((struct rs_addr){ h.src_ip, h.src_port })));
+    }
+    return n;
 }
 
 /* ---- Records from stated ---------------------------------------------- */

@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "pp2.h"
 #include "proxy.h"
 #include "seq.h"
 
@@ -497,6 +498,19 @@ void px_pc_start_backend(struct proxy *p, struct pconn *pc)
         return;
     }
     pc->bio.fd = fd;
+    /* --identity header: the request carries the client's name itself
+     * (core/pp2.h), read by the backend's state library before the
+     * request; no CONN_MAP to wait for. */
+    if (p->identity_header && !pc->named && pc->c2b_cap - pc->c2b_len >= RS_PP2_V4_LEN) {
+        memmove(pc->c2b + RS_PP2_V4_LEN, pc->c2b, pc->c2b_len);
+        rs_pp2_build_v4(pc->c2b, pc->client.ip, pc->client.port, pc->vip.ip, pc->vip.port);
+        pc->c2b_len += RS_PP2_V4_LEN;
+        pc->named = true;
+    }
+    if (pc->named) {
+        connect_backend(p, pc);
+        return;
+    }
     /* The backend must know whose requests these are before it accepts. */
     pc->phase = PC_MAP;
     e = px_conn_map(p, idx, pc->local, pc->client, 0, 0, p->connect_ns, &pc->map_call, on_map_done, pc);

@@ -219,6 +219,10 @@ static void usage(FILE *f)
         "  --logger ADDR:PORT  the logger's control port (enables recovery; needs --key)\n"
         "  --logger-resend ADDR:PORT  the logger's resend port (default: logger's address, 7072)\n"
         "  --stated-port N    rs-stated's port on each backend host (CONN_MAP, FENCE)\n"
+        "  --identity map|header  how a backend learns whose requests a new connection carries:\n"
+        "                     CONN_MAP to its rs-stated before the connect (map, the default), or\n"
+        "                     a PROXY protocol v2 header before the request (header: no round trip;\n"
+        "                     an application hung at connect is then found by the stall detector)\n"
         "  --recovery-timeout DUR  each control step of a recovery (plan, each move) ends by then,\n"
         "                     else the client gets a RST (default 800ms)\n"
         "Logs one line per event on stderr; SIGUSR1 prints a stats line on stdout.\n");
@@ -294,6 +298,14 @@ static int datapath_name(const char *v, void *dst)
     return 0;
 }
 
+static int identity_mode(const char *v, void *dst)
+{
+    if (strcmp(v, "map") && strcmp(v, "header"))
+        return -EINVAL;
+    *(bool *)dst = !strcmp(v, "header");
+    return 0;
+}
+
 /* Returns 0, 1 after --help, or 2 (and prints why). */
 static int parse_args(struct proxy *p, int argc, char **argv)
 {
@@ -309,6 +321,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("logger", RS_OPT_ADDR, &p->logger),
         RS_OPTION("logger-resend", RS_OPT_ADDR, &p->logger_resend),
         RS_OPTION("stated-port", RS_OPT_FN, &p->stated_port, .want = "a port, 1..65535", .fn = port_number),
+        RS_OPTION("identity", RS_OPT_FN, &p->identity_header, .want = "map or header", .fn = identity_mode),
         RS_OPTION("sticky", RS_OPT_STR, &sticky),
         RS_OPTION("datapath", RS_OPT_FN, &p->datapath, .want = dp_want, .fn = datapath_name),
         RS_OPTION("ifname", RS_OPT_STR, &ifname),

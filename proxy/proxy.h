@@ -74,6 +74,7 @@ struct pconn {
     size_t c2b_len, b2c_len, c2b_cap;
     bool req_done;
     bool client_eof;              /* the client shut its side down (half-close) */
+    bool named;                   /* c2b starts with the PROXY header naming the client */
     bool backend_eof;             /* relay: the backend ended its side */
     bool redispatched;            /* the first backend was unreachable: now on the alternate */
     uint64_t t_accept_us, t_spliced_us;
@@ -139,6 +140,7 @@ struct proxy {
     struct rs_addr logger, logger_resend;
     uint16_t stated_port;
     bool sticky, nosplice, fresh;
+    bool identity_header;         /* --identity header: a PROXY v2 header instead of CONN_MAP */
     char cookie_name[64];
     char ifname[IF_NAMESIZE];
     uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns, request_ns;

@@ -15,6 +15,7 @@ import time
 import unittest
 
 from emul.places import binary
+from emul.shaping import wait_until
 
 APP = binary("rs-app")
 TIMEOUT = 10
@@ -443,6 +444,15 @@ class TestEndpoints(AppCase):
         self.assertEqual(self.get(c, "POST", "/static/10", body=b"")[0], 405)
 
 
+PP2 = b"\r\n\r\n\x00\r\nQUIT\n"           # the PROXY protocol v2 signature
+
+
+def pp2(client_ip, client_port, cmd=0x21):
+    """A PROXY protocol v2 header naming 'client_ip':'client_port' (to 10.0.0.1:80)."""
+    return (PP2 + bytes([cmd, 0x11, 0, 12]) + socket.inet_aton(client_ip) + socket.inet_aton("10.0.0.1")
+            + client_port.to_bytes(2, "big") + (80).to_bytes(2, "big"))
+
+
 class TestBadRequests(AppCase):
     def exchange(self, raw):
         """Sends 'raw'; returns (status, headers, then-closed)."""
@@ -593,6 +603,52 @@ class TestStartState(AppCase):
         r = subprocess.run([APP, "--state", "counter=18446744073709551615", "--state", "counter+=1"],
                            capture_output=True, text=True, timeout=TIMEOUT)
         self.assertEqual(r.returncode, 2, "an increment past the counter's range")
+
+
+class TestProxyHeader(AppCase):
+    """rs-proxy --identity header: a connection may start with a PROXY v2
+    header naming the client its transactions belong to; believed only by
+    a resplice backend (with --stated), refused when malformed."""
+    args = ("--stated", "/nonexistent/rs-stated.sock")      # the library keeps trying in the background
+
+    def test_named_by_header(self):
+        s, f = self.app.connect()
+        s.sendall(pp2("10.9.8.7", 4242)[:10])       # a header may come in pieces
+        time.sleep(0.05)
+        s.sendall(pp2("10.9.8.7", 4242)[10:] + request("GET", "/health") + request("POST", "/counter"))
+        self.assertEqual(read_response(f)[:1], (200,))
+        self.assertEqual(read_response(f)[0], 200)
+        self.assertTrue(wait_until(lambda: "client=10.9.8.7:4242 (PROXY header)" in self.app.log_text(), TIMEOUT))
+        self.assertTrue(wait_until(lambda: "txn 10.9.8.7:4242#1 " in self.app.log_text(), TIMEOUT),
+                        self.app.log_text())
+        f.close()
+        s.close()
+
+    def test_malformed_header_refused(self):
+        s, f = self.app.connect()
+        s.sendall(pp2("10.9.8.7", 4242, cmd=0x11) + request("GET", "/health"))   # "version 1"
+        st, h, _, _ = read_response(f)
+        self.assertEqual((st, h.get("connection")), (400, "close"))
+        f.close()
+        s.close()
+
+    def test_without_header_named_by_peer(self):
+        c = self.app.http()
+        self.assertEqual(self.get(c, "GET", "/health")[0], 200)
+        self.assertTrue(wait_until(lambda: "txn 127.0.0.1:" in self.app.log_text(), TIMEOUT), self.app.log_text())
+
+
+class TestProxyHeaderNotBelieved(AppCase):
+    """Without rs-stated an application is nobody's backend: a client
+    cannot name itself someone else."""
+
+    def test_refused(self):
+        s, f = self.app.connect()
+        s.sendall(pp2("10.9.8.7", 4242) + request("GET", "/health"))
+        self.assertEqual(read_response(f)[0], 400)
+        f.close()
+        s.close()
+        self.assertNotIn("conn-named", self.app.log_text())
 
 
 class TestHeldResponse(AppCase):

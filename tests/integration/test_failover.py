@@ -98,6 +98,31 @@ class TestProcessCrash(FailoverCase):
         self.assert_transparent(d, rows)
 
 
+class TestProcessCrashHeader(TestProcessCrash):
+    """The same with rs-proxy --identity header: a new connection tells the
+    backend whose requests it carries with a PROXY protocol v2 header
+    before the request, not with CONN_MAP through rs-stated."""
+    stack_args = {"proxy_args": ["--identity", "header"]}
+
+    def test_named_by_header(self):
+        d, rows, _ = self.run_client(
+            "request POST /counter\n  expect contains \"counter=1\"\n"
+            f"request GET {SLOW}\n  expect content seed=0\n"
+            "request POST /counter\n  expect contains \"counter=2\"\n",
+            crash_after_step=0, crash=self.stack.kill_primary)
+        self.assert_transparent(d, rows)
+        client = f"10.0.1.1:{rows[0]['local_port']}"
+        app = self.stack.log("app-primary")
+        self.assertRegex(app, rf"conn-named \S+ client={client} \(PROXY header\)")
+        self.assertNotIn("conn-mapped", app, "the first connection needed no CONN_MAP")
+        self.assertNotRegex(self.stack.log("stated-primary"), r"conn-map peer=")
+        # The states went out named as the logger names the transactions.
+        self.assertRegex(self.stack.log("stated-alternate"), rf"update {client}#0 ")
+        self.assertRegex(self.stack.log("logger"), rf"txn-logged id={client}#0 ")
+        # The recovery's move to the alternate still maps (a rerun from #1 on).
+        self.assertRegex(self.stack.log("app-alternate"), rf"conn-mapped \S+ client={client} next=[12] rerun")
+
+
 class TestLaggingState(FailoverCase):
     """The alternate is behind (its state updates are stuck on the primary):
     TA < TL, so the logger applies what the alternate has and replays the
