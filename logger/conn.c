@@ -130,6 +130,23 @@ static bool evict_closed(struct logger *lg)
     return true;
 }
 
+/* A connection's state, zeroed but for its transactionalizer's ring of
+ * transactions (21 KB of its 23: a slot is cleared when its transaction
+ * is made, and none is read before; zeroing it for each connection was
+ * 15% of the logger's CPU on short connections, measured with perf). */
+static struct lg_conn *conn_alloc(void)
+{
+    const size_t from = offsetof(struct lg_conn, http) + offsetof(struct rs_http_conn, ring);
+    const size_t to = from + sizeof(((struct rs_http_conn *)0)->ring);
+    struct lg_conn *c = malloc(sizeof(*c));
+
+    if (c) {
+        memset(c, 0, from);
+        memset((char *)c + to, 0, sizeof(*c) - to);
+    }
+    return c;
+}
+
 static struct lg_conn *conn_new(struct logger *lg, uint32_t ip, uint16_t port, uint64_t now)
 {
     struct lg_conn *c;
@@ -141,7 +158,7 @@ static struct lg_conn *conn_new(struct logger *lg, uint32_t ip, uint16_t port, u
                    lg_nl_str(LG_NL_LIMIT), lg->nconns);
         return NULL;
     }
-    c = calloc(1, sizeof(*c));
+    c = conn_alloc();
     if (!c) {
         lg->s.nl_nomem++;
         return NULL;

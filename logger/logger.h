@@ -21,9 +21,10 @@
 
 #define LG_BUCKETS 16384u          /* connection hash buckets */
 #define LG_MAX_CONNS_DEFAULT 4096u /* every connection costs ~23 KB besides its rings */
-#define LG_RING_MIN (64u << 10)    /* every ring starts this small and grows (x2) up to --ring
+#define LG_RING_MIN (16u << 10)    /* every ring starts this small and grows (x2) up to --ring
                                     * while its unreleased bytes need it: a thousand idle
-                                    * connections cost 128 MB, not 8 GB */
+                                    * connections cost 32 MB, not 8 GB (and a short one's
+                                    * rings stay in the cache) */
 /* Requests kept after their transaction is done and acknowledged: the
  * alternate lags by a transaction or two on a LAN (TR > TL - 2); half the
  * transactionalizer's ring leaves room for RS_HTTP_MAX_INFLIGHT pipelined. */
