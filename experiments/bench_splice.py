@@ -11,9 +11,10 @@ Deployments (each started fresh, one after the other, the client on c1):
   splice        rs-proxy alone (emul/stack.py with recovery=False: no
                 logger, no rs-stated)
   resplice      the whole stack: rs-proxy, rs-logger, rs-stated, rs-app
-                with its state library
-  resplice-header  the same with rs-proxy --identity header (a PROXY v2
-                header names a new connection's client: no CONN_MAP)
+                with its state library (a PROXY v2 header names a new
+                connection's client to the backend: --identity header)
+  resplice-map  the same with rs-proxy --identity map (a CONN_MAP round
+                trip through rs-stated before each backend connect)
 
 Phases (rs-client for requests, curl for bulk transfers):
   keepalive  REQS 1 KB GETs, one after the other on persistent connections
@@ -52,7 +53,7 @@ from experiments import baselines  # noqa: E402
 from experiments.common import ROOT, Progress, median, percentile, summary  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
-DEPLOYMENTS = ("direct", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-header")
+DEPLOYMENTS = ("direct", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map")
 PARALLEL = 8
 SINGLE_BYTES, PARALLEL_BYTES = 200_000_000, 50_000_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -81,9 +82,9 @@ class Deployment:
                                                               "--id", host], ready="listening")
 
     def start(self):
-        if self.name in ("splice", "resplice", "resplice-header"):
+        if self.name in ("splice", "resplice", "resplice-map"):
             self.stack = Stack(self.tb, self.dir, recovery=self.name != "splice",
-                               proxy_args=["--identity", "header"] if self.name == "resplice-header" else []).start()
+                               proxy_args=["--identity", "map"] if self.name == "resplice-map" else []).start()
             self.server = self.stack.vip
             return self
         self.ds["app"] = self.app("primary")

@@ -219,10 +219,11 @@ static void usage(FILE *f)
         "  --logger ADDR:PORT  the logger's control port (enables recovery; needs --key)\n"
         "  --logger-resend ADDR:PORT  the logger's resend port (default: logger's address, 7072)\n"
         "  --stated-port N    rs-stated's port on each backend host (CONN_MAP, FENCE)\n"
-        "  --identity map|header  how a backend learns whose requests a new connection carries:\n"
-        "                     CONN_MAP to its rs-stated before the connect (map, the default), or\n"
-        "                     a PROXY protocol v2 header before the request (header: no round trip;\n"
-        "                     an application hung at connect is then found by the stall detector)\n"
+        "  --identity header|map  how a backend learns whose requests a new connection carries: a\n"
+        "                     PROXY protocol v2 header before the request (header, the default: no\n"
+        "                     round trip; an application hung at connect is found by the stall\n"
+        "                     detector), or CONN_MAP to its rs-stated before the connect (map: a\n"
+        "                     hung application is found at connect, within --connect-timeout)\n"
         "  --recovery-timeout DUR  each control step of a recovery (plan, each move) ends by then,\n"
         "                     else the client gets a RST (default 800ms)\n"
         "Logs one line per event on stderr; SIGUSR1 prints a stats line on stdout.\n");
@@ -351,6 +352,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     p->half_open_ns = 60ull * 1000000000u;
     p->linger_ns = 2000000000ull;
     p->connect_ns = 500000000ull;
+    p->identity_header = true;
     p->request_ns = 10ull * 1000000000u;
     p->recovery_ns = 800000000ull;
     p->alternate = -1;

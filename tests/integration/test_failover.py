@@ -98,13 +98,26 @@ class TestProcessCrash(FailoverCase):
         self.assert_transparent(d, rows)
 
 
-class TestProcessCrashHeader(TestProcessCrash):
-    """The same with rs-proxy --identity header: a new connection tells the
-    backend whose requests it carries with a PROXY protocol v2 header
-    before the request, not with CONN_MAP through rs-stated."""
-    stack_args = {"proxy_args": ["--identity", "header"]}
+class TestProcessCrashMapped(TestProcessCrash):
+    """The same with rs-proxy --identity map: the backend learns whose
+    requests a new connection carries from a CONN_MAP through rs-stated
+    before the connect, not from a PROXY protocol v2 header."""
+    stack_args = {"proxy_args": ["--identity", "map"]}
 
+    def test_named_by_map(self):
+        d, rows, _ = self.run_client("request POST /counter\n  expect contains \"counter=1\"\n"
+                                     f"request GET {SLOW}\n  expect content seed=0\n",
+                                     crash_after_step=0, crash=self.stack.kill_primary)
+        self.assert_transparent(d, rows)
+        client = f"10.0.1.1:{rows[0]['local_port']}"
+        self.assertRegex(self.stack.log("app-primary"), rf"conn-mapped \S+ client={client} next=0")
+        self.assertNotIn("conn-named", self.stack.log("app-primary"))
+
+
+class TestIdentity(FailoverCase):
     def test_named_by_header(self):
+        """rs-proxy's default: a new connection tells the backend whose
+        requests it carries with a PROXY protocol v2 header."""
         d, rows, _ = self.run_client(
             "request POST /counter\n  expect contains \"counter=1\"\n"
             f"request GET {SLOW}\n  expect content seed=0\n"

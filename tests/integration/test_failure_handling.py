@@ -153,11 +153,16 @@ class TestBeforeTheSplice(Case):
         self.assert_transparent(d, pcap)
         self.assertRegex(self.stack.log("proxy"), r"redispatch id=1 ")
 
+    # How a hung application is found at connect: with the default
+    # --identity header nothing asks it anything before the request goes
+    # out, so the stall detector finds it (--stall-after, 2 s).
+    hung_why = "response-stall"
+
     def test_hung_application_at_connect_is_fenced(self):
-        """A hung application leaves CONN_MAP unanswered: the request goes to
-        the alternate, and the primary is fenced first, so it cannot wake up
-        and serve the next client with a counter the alternate never saw
-        (found by make fault-campaign)."""
+        """A hung application: the request goes to the alternate, and the
+        primary is fenced first, so it cannot wake up and serve the next
+        client with a counter the alternate never saw (found by make
+        fault-campaign)."""
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
         app = self.stack.d["app-primary"].popen
         app.send_signal(signal.SIGSTOP)
@@ -166,8 +171,8 @@ class TestBeforeTheSplice(Case):
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
-        self.assertRegex(log, r"failure backend_id=1 .*why=stated-unreachable .*fenced")
-        self.assertRegex(log, rf"connect id=1 client=\S+ backend={SERVERS['alternate']}:")
+        self.assertRegex(log, rf"failure backend_id=1 .*why={self.hung_why} .*fenced")
+        self.assertRegex(log, rf"(connect|recovered) id=1 client=\S+ (backend|alternate)={SERVERS['alternate']}:")
         app.send_signal(signal.SIGCONT)
         self.assertTrue(wait_until(lambda: app.poll() is not None, 5), "the fenced application lives on")
         d = self.client("request POST /counter\n  expect contains \"counter=2\"\n", name="client2")
@@ -184,6 +189,15 @@ class TestBeforeTheSplice(Case):
         self.assertEqual(out.split()[-2:], ["5000", "200"], out + self.stack.log("proxy")[-2000:])
         self.assertIn("half-close id=1", self.stack.log("proxy"))
 
+
+
+class TestBeforeTheSpliceMapped(Case):
+    """With --identity map the proxy asks the backend's rs-stated first
+    (CONN_MAP): a hung application leaves it unanswered, and the request
+    goes to the alternate before anything was sent."""
+    stack_args = {"dead_after": "5s", "proxy_args": ["--identity", "map"]}
+    hung_why = "stated-unreachable"
+    test_hung_application_at_connect_is_fenced = TestBeforeTheSplice.test_hung_application_at_connect_is_fenced
 
 HALF_CLOSE_CLIENT = r"""
 import socket, sys, time
