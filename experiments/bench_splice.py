@@ -51,6 +51,7 @@ from emul.stack import Stack  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments import baselines  # noqa: E402
 from experiments.common import ROOT, Progress, median, percentile, summary  # noqa: E402
+from experiments.techniques import wait_listening  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 DEPLOYMENTS = ("direct", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map")
@@ -95,7 +96,7 @@ class Deployment:
                 f.write(baselines.plain_proxy_cfg(SERVERS["proxy"], [("primary", self.server)], port=VIP_PORT,
                                                   mode=self.name.split("-")[1], log=None))
             self.ds["proxy"] = self.tb.start("proxy", f"{self.name}-haproxy", ["haproxy", "-db", "-f", cfg])
-            if not _listening(self.tb["proxy"], VIP_PORT, 10):
+            if not wait_listening(self.tb["proxy"], VIP_PORT, 10):
                 raise RuntimeError(f"haproxy did not start; see {self.ds['proxy'].err}")
             self.server = f"{SERVERS['proxy']}:{VIP_PORT}"
         return self
@@ -134,15 +135,6 @@ def _machine_busy_s():
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
     return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK       # all but idle and iowait
-
-
-def _listening(host, port, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if f":{port}" in host.cmd(f"ss -Hltn 'sport = :{port}'"):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class Bench:

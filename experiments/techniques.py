@@ -106,7 +106,7 @@ class HAProxied(Technique):
         with open(path, "w") as f:
             f.write(self.cfg([("primary", self.b.addr("primary")), ("alternate", self.b.addr("alternate"))]))
         self.hp = self.tb.start("proxy", f"haproxy-{self.name}", ["haproxy", "-db", "-f", path])
-        if not _wait_listening(self.tb["proxy"], 80, 10) or not self.hp.alive():
+        if not wait_listening(self.tb["proxy"], 80, 10) or not self.hp.alive():
             raise DeployError(f"haproxy did not start; see {self.hp.err}")
         time.sleep(0.3)             # its first health checks
         return self
@@ -228,7 +228,7 @@ class Plain(Technique):
         return {"technique": "direct"}
 
 
-def _wait_listening(host, port, timeout):
+def wait_listening(host, port, timeout):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if f":{port}" in host.cmd(f"ss -Hltn 'sport = :{port}'"):

@@ -500,8 +500,9 @@ void px_pc_start_backend(struct proxy *p, struct pconn *pc)
     pc->bio.fd = fd;
     /* --identity header: the request carries the client's name itself
      * (core/pp2.h), read by the backend's state library before the
-     * request; no CONN_MAP to wait for. */
-    if (p->identity_header && !pc->named && pc->c2b_cap - pc->c2b_len >= RS_PP2_V4_LEN) {
+     * request; no CONN_MAP to wait for.  Only to resplice backends (their
+     * rs-stated known: --stated-port), as CONN_MAP. */
+    if (p->identity_header && p->stated_port && !pc->named && pc->c2b_cap - pc->c2b_len >= RS_PP2_V4_LEN) {
         memmove(pc->c2b + RS_PP2_V4_LEN, pc->c2b, pc->c2b_len);
         rs_pp2_build_v4(pc->c2b, pc->client.ip, pc->client.port, pc->vip.ip, pc->vip.port);
         pc->c2b_len += RS_PP2_V4_LEN;
