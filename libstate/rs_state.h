@@ -10,7 +10,11 @@
  *      call rs_state_accepted(): the proxy (or the logger's replay) told
  *      rs-stated beforehand which client the connection acts for and from
  *      which number its requests count; requests are numbered from there,
- *      one per request, 0-based (core/txn_id.h).
+ *      one per request, 0-based (core/txn_id.h).  Then, until the name is
+ *      settled, hand the connection's first bytes to
+ *      rs_state_named_by_header(): a new client connection from rs-proxy
+ *      (its default --identity header) carries the client's name in a
+ *      PROXY protocol v2 header before the first request instead.
  *   2. After an update transaction changed the state and before any byte of
  *      its response is sent, call rs_state_update() with the state the
  *      alternate needs to take over.  A deterministic update (sync false)

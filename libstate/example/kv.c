@@ -161,6 +161,21 @@ static void serve(struct conn *c)
 {
     char *nl;
 
+    if (!c->who.settled) {
+        /* rs-proxy names a new connection's client in a header first. */
+        int h = rs_state_named_by_header(c->srv->stated, c->in, c->len, false, &c->who);
+
+        if (h == 0)
+            return;
+        if (h == -EPROTO) {
+            conn_close(c);
+            return;
+        }
+        if (h > 0) {
+            memmove(c->in, c->in + h, c->len - (size_t)h);
+            c->len -= (size_t)h;
+        }
+    }
     while (!c->held && (nl = memchr(c->in, '\n', c->len))) {
         rs_txn_id id = rs_txn_id_make(c->who.client_ip, c->who.client_port, (uint16_t)(c->who.first_num + c->n++));
         size_t used = (size_t)(nl - c->in) + 1;
