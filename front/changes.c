@@ -66,7 +66,11 @@ int front_changes_apply(const char *path, const void *sql, size_t len, char *why
         free(text);
         return -EINVAL;
     }
+    /* No fsync: the standby's copy is as durable as an installed
+     * snapshot (written and renamed, not synced); a synced commit took
+     * 3.5 ms per change set here. */
     if ((err = open_db(path, SQLITE_OPEN_READWRITE, &db, why, whylen)) == 0
+        && (err = run(db, "PRAGMA synchronous = OFF", why, whylen)) == 0
         && (err = run(db, "BEGIN IMMEDIATE", why, whylen)) == 0) {
         if ((err = run(db, text, why, whylen)) == 0)
             err = run(db, "COMMIT", why, whylen);

@@ -388,6 +388,24 @@ class TestLibraryAlone(StatedCase):
         self.assertEqual(rc, 0, out)
         self.assertEqual(self.talk(ALTERNATE, 42012, "token"), [answers[2]])
 
+    def test_named_by_proxy_header(self):
+        """rs-proxy's PROXY v2 header, in two pieces, names the client."""
+        self.fake_logger()
+        sp = self.stated("primary", 1, ALTERNATE)
+        self.stated("alternate", 2, PRIMARY)
+        self.kv("primary", sp)
+        self.assertTrue(wait_until(lambda: "app-connect" in self.log("stated-primary"), 5))
+        header = ("b'\\r\\n\\r\\n\\x00\\r\\nQUIT\\n\\x21\\x11\\x00\\x0c' + bytes([10, 0, 9, 9, 10, 0, 0, 1])"
+                  " + (777).to_bytes(2, 'big') + (80).to_bytes(2, 'big')")
+        out = self.tb["c1"].cmd(
+            f"{sys.executable} -c \"import socket,time;s=socket.create_connection(('{PRIMARY}',{APP_PORT}));"
+            f"h={header};s.sendall(h[:9]);time.sleep(0.05);s.sendall(h[9:]+b'set c 3\\n');"
+            "print(s.recv(100).decode().strip())\"")
+        self.assertEqual(out.strip().splitlines()[-1:], ["ok"], out)
+        self.assertRegex(self.log("app-primary"), r"conn-named \S+ client=10\.0\.9\.9:777 \(PROXY header\)")
+        self.assertTrue(wait_until(lambda: "update 10.0.9.9:777#0 " in self.log("stated-alternate"), 5),
+                        self.log("stated-alternate"))
+
 
 if __name__ == "__main__":
     unittest.main()
