@@ -33,13 +33,15 @@ whole machine's busy time (kernel softirq work of the tc program included)
 beside it.
 
 ROUNDS= (default 1) repeats the whole run and keeps each figure's median;
-REQS= (default 2000); DEPLOYMENTS= a comma list of the above.  Ends with
+REQS= (default 2000); DEPLOYMENTS= a comma list of the above; KEEP=1 keeps
+the run directory (the daemons' logs).  Ends with
 'summary: ...' holding every figure and its ratio to direct (x_...).
 Writes results/bench-splice/runs.csv (one row per round, deployment and
 figure)."""
 import argparse
 import csv
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -261,6 +263,10 @@ def main():
         w = csv.DictWriter(f, fieldnames=["round", "deployment", "figure", "value"])
         w.writeheader()
         w.writerows(rows)
+    if os.environ.get("KEEP") == "1":
+        print(f"run directory kept: {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     report(deps, {k: median(v) for k, v in figs.items()}, {k: median(v) for k, v in cpus.items()}, rounds, reqs)
 
 
