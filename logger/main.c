@@ -292,7 +292,7 @@ int main(int argc, char **argv)
     int rc;
 
     rs_log_init("rs-logger");
-    /* Connections come and go by the thousand, each with ~150 KB of rings
+    /* Connections come and go by the thousand, each with ~55 KB of rings
      * and parser: keep freed memory for the next ones rather than give it
      * back to the kernel each time (the heap trimmed and grown again cost
      * page faults and a brk per connection: a third of the logger's CPU on

@@ -6,6 +6,7 @@ deleted row goes; an older change set never undoes a newer one; the whole
 snapshot carries none of the tracking's tables.  rs-front's own apply and
 export of an sqlite --apply-file are checked in tests/unit/test_front_changes.c
 and, end to end, by the Roundcube failover tests."""
+import json
 import os
 import sqlite3
 import subprocess
@@ -57,7 +58,6 @@ class ChangeSets(unittest.TestCase):
         self.n = 0
 
     def php(self, *args):
-        import json
         r = subprocess.run(["php", self.harness, PLUGIN, self.primary, args[0], json.dumps(SKIP)] + list(args[1:]),
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
