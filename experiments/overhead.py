@@ -11,8 +11,11 @@ results/overhead/<workload>.csv (experiments/common.py's overhead schema):
   workload <w>-action1, metric throughput_mbps          its bytes / time
 
 TRIALS=, QUICK=1 (2 runs; direct, haproxy-tuned, resplice), TECHNIQUES=,
-WORKLOADS=.  Ends with a summary: line (median Action 2 time per workload
-and technique and its ratio to direct)."""
+WORKLOADS=, ROUNDS= (default 1): the techniques take turns ROUNDS times,
+each with its share of the TRIALS, so that a host that slows down or
+speeds up during the study (these machines do, by a third within a
+minute) weighs on all of them alike.  Ends with a summary: line (median
+Action 2 time per workload and technique and its ratio to direct)."""
 import argparse
 import os
 import sys
@@ -35,13 +38,14 @@ def main():
     ap.add_argument("--results", default=os.path.join(common.ROOT, "results"))
     a = ap.parse_args()
     runs = common.trials(10, quick_default=2)
+    rounds = max(1, min(runs, int(os.environ.get("ROUNDS", "1"))))
     known = {"direct": Plain, **TECHNIQUES}
     techs = chosen("TECHNIQUES", known, QUICK_TECHNIQUES if common.quick() else known, "technique")
     wls = chosen("WORKLOADS", WORKLOADS, WORKLOADS, "workload")
     plan = [(w, [t for t in techs if known[t].applies(WORKLOADS[w])]) for w in wls]
     tmp = tempfile.mkdtemp(prefix="rs-overhead-")
     os.chmod(tmp, 0o755)        # dovecot's mail processes are not root
-    progress = common.Progress(sum(len(ts) for _, ts in plan))
+    progress = common.Progress(rounds * sum(len(ts) for _, ts in plan))
     medians = {}
     for wl, wtechs in plan:
         out = os.path.join(a.results, "overhead", f"{wl}.csv")
@@ -49,21 +53,27 @@ def main():
             os.unlink(out)
         run_dir = os.path.join(tmp, wl)
         with Testbed(LanTopo(), run_dir) as tb, \
-                common.RowWriter(out, "overhead", config={"runs": runs}) as w:
+                common.RowWriter(out, "overhead", config={"runs": runs, "rounds": rounds}) as w:
             s = Study(tb, run_dir, w, progress, wl)
-            for name in wtechs:
-                progress.step(f"{wl} {name}: both actions x{runs}")
-                tech = known[name](tb, run_dir, s.wl)
-                base = s.baseline(tech, runs)
-                for action in s.wl.actions:
-                    _, sizes, times = base[action]
-                    for k, ms in enumerate(times):
-                        row = dict(technique=name, trial=k, seed=k, profile="lan", config=tech.config())
-                        w.write(workload=f"{wl}-{action}", metric="latency_ms", value=round(ms, 3), **row)
-                        if action == "action1":
-                            w.write(workload=f"{wl}-{action}", metric="throughput_mbps",
-                                    value=round(sum(sizes) * 8 / (ms * 1000), 3), **row)
-                    medians[(wl, name, action)] = common.median(times)
+            times = {}
+            for r in range(rounds):
+                share = runs // rounds + (1 if r < runs % rounds else 0)
+                for name in wtechs:
+                    progress.step(f"{wl} {name}: both actions x{share}" + (f" (round {r + 1})" if rounds > 1 else ""))
+                    tech = known[name](tb, run_dir, s.wl)
+                    base = s.baseline(tech, share)
+                    for action in s.wl.actions:
+                        _, sizes, ts = base[action]
+                        for ms in ts:
+                            k = len(times.setdefault((name, action), []))
+                            times[(name, action)].append(ms)
+                            row = dict(technique=name, trial=k, seed=k, profile="lan", config=tech.config())
+                            w.write(workload=f"{wl}-{action}", metric="latency_ms", value=round(ms, 3), **row)
+                            if action == "action1":
+                                w.write(workload=f"{wl}-{action}", metric="throughput_mbps",
+                                        value=round(sum(sizes) * 8 / (ms * 1000), 3), **row)
+            for (name, action), ts in times.items():
+                medians[(wl, name, action)] = common.median(ts)
     print()
     summary = {}
     for wl, wtechs in plan:

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -51,10 +52,53 @@ static int run(sqlite3 *db, const char *sql, char *why, size_t whylen)
     return -EIO;
 }
 
+/* The database change sets run in, open from one to the next: opening it
+ * reads its whole schema, 1 ms for Roundcube's (measured), where the
+ * change set itself takes 0.05.  Opened anew when 'path' names another
+ * file (a snapshot installed by rename) or after a failure. */
+static struct {
+    char *path;
+    sqlite3 *db;
+    dev_t dev;
+    ino_t ino;
+} kept;
+
+void front_changes_close(void)
+{
+    sqlite3_close(kept.db);
+    free(kept.path);
+    memset(&kept, 0, sizeof(kept));
+}
+
+static int kept_open(const char *path, char *why, size_t whylen)
+{
+    struct stat st;
+    int err;
+
+    if (stat(path, &st) < 0) {
+        snprintf(why, whylen, "open %s: %s", path, strerror(errno));
+        front_changes_close();
+        return -EIO;
+    }
+    if (kept.db && !strcmp(kept.path, path) && kept.dev == st.st_dev && kept.ino == st.st_ino)
+        return 0;
+    front_changes_close();
+    if (!(kept.path = strdup(path)))
+        return -ENOMEM;
+    kept.dev = st.st_dev;
+    kept.ino = st.st_ino;
+    /* No fsync: the standby's copy is as durable as an installed
+     * snapshot (written and renamed, not synced); a synced commit took
+     * 3.5 ms per change set here. */
+    if ((err = open_db(path, SQLITE_OPEN_READWRITE, &kept.db, why, whylen)) != 0
+        || (err = run(kept.db, "PRAGMA synchronous = OFF", why, whylen)) != 0)
+        front_changes_close();
+    return err;
+}
+
 int front_changes_apply(const char *path, const void *sql, size_t len, char *why, size_t whylen)
 {
     char *text = malloc(len + 1);
-    sqlite3 *db = NULL;
     int err;
 
     if (!text)
@@ -66,18 +110,14 @@ int front_changes_apply(const char *path, const void *sql, size_t len, char *why
         free(text);
         return -EINVAL;
     }
-    /* No fsync: the standby's copy is as durable as an installed
-     * snapshot (written and renamed, not synced); a synced commit took
-     * 3.5 ms per change set here. */
-    if ((err = open_db(path, SQLITE_OPEN_READWRITE, &db, why, whylen)) == 0
-        && (err = run(db, "PRAGMA synchronous = OFF", why, whylen)) == 0
-        && (err = run(db, "BEGIN IMMEDIATE", why, whylen)) == 0) {
-        if ((err = run(db, text, why, whylen)) == 0)
-            err = run(db, "COMMIT", why, whylen);
+    if ((err = kept_open(path, why, whylen)) == 0 && (err = run(kept.db, "BEGIN IMMEDIATE", why, whylen)) == 0) {
+        if ((err = run(kept.db, text, why, whylen)) == 0)
+            err = run(kept.db, "COMMIT", why, whylen);
         if (err)
-            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+            sqlite3_exec(kept.db, "ROLLBACK", NULL, NULL, NULL);
     }
-    sqlite3_close(db);
+    if (err)
+        front_changes_close();
     free(text);
     return err;
 }

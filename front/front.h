@@ -346,8 +346,12 @@ bool front_is_changes(const void *state, size_t len);
 /* Whether the 'len' bytes at 'head' begin an sqlite database file. */
 bool front_is_sqlite(const void *head, size_t len);
 /* Runs change set 'sql' ('len' bytes) on database 'path' in one
- * transaction.  Returns 0, or -errno with 'why' said (nothing applied). */
+ * transaction, on a connection kept open until the next (reopened when
+ * 'path' is another file by then).  Returns 0, or -errno with 'why' said
+ * (nothing applied). */
 int front_changes_apply(const char *path, const void *sql, size_t len, char *why, size_t whylen);
+/* Closes the connection front_changes_apply keeps. */
+void front_changes_close(void);
 /* Writes a consistent copy of database 'path' to 'copy' (VACUUM INTO),
  * without the change tracking's tables.  Returns 0 or -errno ('why'). */
 int front_sqlite_copy(const char *path, const char *copy, char *why, size_t whylen);

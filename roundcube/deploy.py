@@ -535,13 +535,15 @@ class ResplicedRoundcube:
     On a testbed with a spare backend (LanTopo(spare=True)) Roundcube runs
     there too, and 'alternate_crash_at' makes the alternate's front kill
     itself likewise (crash_alternate() kills the rest): a second failover,
-    to the spare."""
+    to the spare.  'dump': the logger also writes every connection's two
+    streams to streams/ (rs-logger --dump; for tests that read them, not for
+    measurements)."""
 
     def __init__(self, tb, run_dir, crash_at=None, auxlog=True, dead_after="100ms", mailstore=None, aux=None,
-                 warm=True, alternate_crash_at=None):
+                 warm=True, alternate_crash_at=None, dump=False):
         from emul.stack import Stack
         self.tb, self.dir, self.crash_at, self.warm_first = tb, os.path.abspath(run_dir), crash_at, warm
-        self.alternate_crash_at = alternate_crash_at
+        self.alternate_crash_at, self.dump = alternate_crash_at, dump
         hosts = ("primary", "alternate") + (("spare",) if getattr(tb.topo, "spare", False) else ())
         self.ms = mailstore or MailStore(tb, run_dir)
         self.aux = aux if aux is not None else (AuxLog(tb, run_dir) if auxlog else None)
@@ -551,7 +553,8 @@ class ResplicedRoundcube:
                                 plugin=True) for h in hosts}
         self.stack = Stack(tb, run_dir, front={"start": lambda h: self.rc[h].start(), "port": UPSTREAM_PORT,
                                                "args": self._front_args},
-                           logger_args=["--tags", TAGS, "--dump", os.path.join(self.dir, "streams")],
+                           logger_args=["--tags", TAGS]
+                           + (["--dump", os.path.join(self.dir, "streams")] if dump else []),
                            dead_after=dead_after)
 
     def _front_args(self, host):
@@ -580,7 +583,8 @@ class ResplicedRoundcube:
             if os.path.isdir(rc.state_dir):
                 for f in os.listdir(rc.state_dir):
                     os.unlink(os.path.join(rc.state_dir, f))
-        os.makedirs(os.path.join(self.dir, "streams"), exist_ok=True)
+        if self.dump:
+            os.makedirs(os.path.join(self.dir, "streams"), exist_ok=True)
         self.stack.start()
         if self.warm_first:
             self.warm()

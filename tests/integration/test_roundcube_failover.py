@@ -54,7 +54,8 @@ class RoundcubeFailover(MailTestbedCase):
         """Runs 'trace' once through a fresh stack, crashing the primary at
         'crash_at'.  Returns (rows, stack, client exit status, client log)."""
         type(self).n += 1
-        rr = ResplicedRoundcube(self.tb, self.dir, crash_at=crash_at, mailstore=self.ms, aux=self.aux).start()
+        rr = ResplicedRoundcube(self.tb, self.dir, crash_at=crash_at, mailstore=self.ms, aux=self.aux,
+                                dump=True).start()
         self.addCleanup(rr.stop)
         crashed = {}
         if crash_at:

@@ -25,6 +25,13 @@ class rcube_plugin {}
 require $argv[1];
 $db = $argv[2];
 $skip = json_decode($argv[4], true);
+if (getenv('RS_PDO') === '1') {
+    // A connection as Roundcube's own (rcube_db): silent, numbers as strings.
+    $pdo = new PDO('sqlite:' . $db);
+    $pdo->setAttribute(PDO::ATTR_ERRMODE, PDO::ERRMODE_SILENT);
+    $pdo->setAttribute(PDO::ATTR_STRINGIFY_FETCHES, 1);
+    $db = $pdo;
+}
 switch ($argv[3]) {
 case 'track':
     echo resplice::track_changes($db, $skip);
@@ -33,8 +40,12 @@ case 'changes':
     echo resplice::changes($db, $argv[5], (int) $argv[6]);
     break;
 case 'snapshot':
-    echo resplice::snapshot($db, $argv[5], $skip);
+    echo resplice::snapshot($argv[2], $argv[5], $skip);   // a path, always
     break;
+}
+if (isset($pdo) && $pdo->getAttribute(PDO::ATTR_ERRMODE) !== PDO::ERRMODE_SILENT) {
+    fwrite(STDERR, "the borrowed connection's error mode was not given back\n");
+    exit(3);
 }
 """
 
@@ -45,6 +56,8 @@ def rows(path, table):
 
 
 class ChangeSets(unittest.TestCase):
+    env = {}
+
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-rcstate-")
         self.addCleanup(self.tmp.cleanup)
@@ -59,7 +72,7 @@ class ChangeSets(unittest.TestCase):
 
     def php(self, *args):
         r = subprocess.run(["php", self.harness, PLUGIN, self.primary, args[0], json.dumps(SKIP)] + list(args[1:]),
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=30, env={**os.environ, **self.env})
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return r.stdout
 
@@ -151,6 +164,13 @@ class ChangeSets(unittest.TestCase):
             self.assertEqual(db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0], n)
         tables = 17 - len(SKIP)     # Roundcube's schema: 17 tables
         self.assertEqual(n, 3 * tables)
+
+
+class ChangeSetsOnRoundcubesConnection(ChangeSets):
+    """The same through a connection as Roundcube's own, which the plugin
+    borrows in Roundcube (errors silent, numbers as strings): the error
+    mode is given back.  (The snapshot opens its own.)"""
+    env = {"RS_PDO": "1"}
 
 
 if __name__ == "__main__":

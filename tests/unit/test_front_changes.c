@@ -62,6 +62,7 @@ static int teardown(void **state)
 {
     struct fx *f = *state;
 
+    front_changes_close();
     unlink(f->db);
     unlink(f->copy);
     rmdir(f->dir);
@@ -123,6 +124,24 @@ static void test_refuses_nul_and_missing_db(void **state)
     assert_int_equal(access(missing, F_OK), -1);        /* not created */
 }
 
+/* The connection kept between change sets follows the path: a snapshot
+ * installed by rename in between gets the next change set. */
+static void test_apply_after_rename(void **state)
+{
+    struct fx *f = *state;
+    static const char one[] = FRONT_CHANGES_MAGIC "seq=10\nINSERT OR REPLACE INTO session VALUES ('one', 'y');\n";
+    static const char two[] = FRONT_CHANGES_MAGIC "seq=11\nINSERT OR REPLACE INTO session VALUES ('two', 'y');\n";
+    char why[128] = "", snap[128];
+
+    assert_int_equal(front_changes_apply(f->db, one, strlen(one), why, sizeof(why)), 0);
+    snprintf(snap, sizeof(snap), "%s/snap.db", f->dir);
+    sql(snap, "CREATE TABLE session (sess_id TEXT PRIMARY KEY, vars TEXT);");
+    assert_int_equal(rename(snap, f->db), 0);
+    assert_int_equal(front_changes_apply(f->db, two, strlen(two), why, sizeof(why)), 0);
+    assert_int_equal(count(f->db, "SELECT count(*) FROM session"), 1);
+    assert_int_equal(count(f->db, "SELECT count(*) FROM session WHERE sess_id = 'two'"), 1);
+}
+
 static void test_copy_without_tracking(void **state)
 {
     struct fx *f = *state;
@@ -148,6 +167,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kinds),
         cmocka_unit_test_setup_teardown(test_apply_all, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_apply_after_rename, setup, teardown),
         cmocka_unit_test_setup_teardown(test_apply_none_on_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuses_nul_and_missing_db, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_without_tracking, setup, teardown),

@@ -58,6 +58,7 @@ class resplice extends rcube_plugin
     private $state_dir;
     private $db_path;
     private $changes_from;      /* resplice_changes' last id when the request began; null: snapshot */
+    private $db;                /* Roundcube's own connection to db_path (PDO), or db_path */
 
     /* The state file of a change set starts with this (rs-front tells the kinds apart by it). */
     const CHANGES_MAGIC = '-- resplice changes';
@@ -90,8 +91,9 @@ class resplice extends rcube_plugin
         }
 
         if ($rcmail->config->get('resplice_state', 'changes') === 'changes') {
+            $this->db = self::roundcube_pdo($rcmail, $this->db_path) ?: $this->db_path;
             try {
-                $this->changes_from = self::track_changes($this->db_path, $this->skip_tables());
+                $this->changes_from = self::track_changes($this->db, $this->skip_tables());
             }
             catch (Exception $e) {
                 rcube::raise_error("resplice: {$this->txn}: cannot track changes (a snapshot instead): "
@@ -156,7 +158,7 @@ class resplice extends rcube_plugin
         $seq = null;
         if ($this->changes_from !== null) {
             try {
-                $seq = self::changes($this->db_path, $tmp, $this->changes_from);
+                $seq = self::changes($this->db, $tmp, $this->changes_from);
             }
             catch (Exception $e) {
                 rcube::raise_error("resplice: {$this->txn}: changes failed (a snapshot instead): "
@@ -241,11 +243,17 @@ class resplice extends rcube_plugin
      * Makes sure every table of 'src' but the 'skip' ones has the triggers
      * that note changed rows in resplice_changes (once per database and
      * TRIGGERS_VERSION), and returns the last note's id: the request's
-     * changes are the notes after it.
+     * changes are the notes after it.  'src': a PDO or a path (self::using).
      */
     public static function track_changes($src, array $skip)
     {
-        $db = self::open($src);
+        return self::using($src, function (PDO $db) use ($skip) {
+            return self::track_changes_in($db, $skip);
+        });
+    }
+
+    private static function track_changes_in(PDO $db, array $skip)
+    {
         $ver = null;
         try {
             $ver = $db->query("SELECT v FROM resplice_meta WHERE k = 'triggers'")->fetchColumn();
@@ -325,11 +333,18 @@ class resplice extends rcube_plugin
      * deleted, only if this state's sequence number is the newest the
      * alternate has seen for that row (resplice_rowver).  The images and
      * the number are taken under the write lock, so a later number never
-     * goes with an older image.  Returns the sequence number.
+     * goes with an older image.  Returns the sequence number.  'src': a
+     * PDO or a path (self::using).
      */
     public static function changes($src, $dst, $from)
     {
-        $db = self::open($src);
+        return self::using($src, function (PDO $db) use ($dst, $from) {
+            return self::changes_in($db, $dst, $from);
+        });
+    }
+
+    private static function changes_in(PDO $db, $dst, $from)
+    {
         $db->exec('BEGIN IMMEDIATE');
         try {
             $seq = (string) hrtime(true);
@@ -374,6 +389,46 @@ class resplice extends rcube_plugin
             throw new Exception("cannot write $dst");
         }
         return $seq;
+    }
+
+    /**
+     * Runs 'fn' on 'src': a PDO (Roundcube's own connection, made to throw
+     * for the while), or a path, opened for it.
+     */
+    private static function using($src, callable $fn)
+    {
+        if (!($src instanceof PDO)) {
+            return $fn(self::open($src));
+        }
+        $mode = $src->getAttribute(PDO::ATTR_ERRMODE);
+        $src->setAttribute(PDO::ATTR_ERRMODE, PDO::ERRMODE_EXCEPTION);
+        try {
+            return $fn($src);
+        }
+        finally {
+            $src->setAttribute(PDO::ATTR_ERRMODE, $mode);
+        }
+    }
+
+    /**
+     * Roundcube's own connection, when it is to sqlite file 'path', else
+     * null.  Each new connection reads the whole schema (about 0.7 ms for
+     * Roundcube's tables and these triggers): borrowing this one spares
+     * two per request.  rcube_db keeps its PDO protected; a closure bound
+     * to it reads it.
+     */
+    private static function roundcube_pdo($rcmail, $path)
+    {
+        $rc = $rcmail->get_dbh();
+        $own = self::sqlite_path($rcmail->config->get('db_dsnw'));
+        if (!$rc || !$own || @realpath($own) !== @realpath($path)) {
+            return null;
+        }
+        $rc->db_connect('w');
+        $pdo = (function () {
+            return $this->dbh;
+        })->call($rc);
+        return $pdo instanceof PDO ? $pdo : null;
     }
 
     private static function open($path)
