@@ -51,7 +51,7 @@ logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -221,6 +221,17 @@ experiment-lan: all
 	@$(PYTHON) experiments/overhead.py
 	@$(PYTHON) experiments/figures.py
 	@$(PYTHON) experiments/report.py --headline failover
+
+# Failover-time regression: a short fixed failover study (resplice, both
+# workloads, two crash points each, REGRESS_TRIALS= trials, default 15)
+# compared with results/reference/regress/ (experiments/regress.py); exits 1
+# with a table when failover got slower or masked less.  regress-update
+# makes the run the new reference.
+regress: all
+	@$(PYTHON) experiments/regress.py
+
+regress-update: all
+	@$(PYTHON) experiments/regress.py --update
 
 # The same over emulated WAN client links (PROFILES=, TRIALS=, QUICK=1).
 experiment-nospof: all

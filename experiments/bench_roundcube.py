@@ -21,7 +21,6 @@ ends with a summary: line.  TRIALS= (default 20), QUICK=1 (2 trials), MID=1."""
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,15 +44,13 @@ def main():
     out = os.path.join(a.results, "bench-roundcube", "roundcube.csv")
     if os.path.exists(out):
         os.unlink(out)
-    tmp = tempfile.mkdtemp(prefix="rs-bench-rc-")
-    os.chmod(tmp, 0o755)        # dovecot's mail processes are not root
-    run_dir = os.path.join(tmp, "run")
     n_points = 17 * (2 if mid else 1) + 1
     progress = common.Progress(2 + n_points * trials)
     by_point = {}
-    with Testbed(LanTopo(), run_dir) as tb, \
+    with common.WorkDir("rs-bench-rc-") as work, Testbed(LanTopo(), os.path.join(work.path, "run")) as tb, \
             common.RowWriter(out, "bench-roundcube", config={"trials": trials, "mid": mid},
                              columns=common.FAILOVER_COLUMNS) as w:
+        run_dir = os.path.join(work.path, "run")
         s = Study(tb, run_dir, w, progress, "roundcube")
         base, resplice = {}, Resplice(tb, run_dir, s.wl)
         for tech in (Plain(tb, run_dir, s.wl), resplice):
@@ -71,6 +68,8 @@ def main():
             for t in range(trials):
                 progress.step(f"crash {action} request {step}+{offset} trial {t}")
                 ok, f = s.trial(resplice, action, f"{step}+{offset}", step, offset, t, base["resplice"])
+                if not ok:
+                    work.keep(f"{action} request {step}+{offset} trial {t} not masked")
                 by_point.setdefault((action, step, offset), []).append(f)
     rows = common.read_rows(a.results, "bench-roundcube")
     crash_rows = [r for r in rows if r["crash_point"] != "none"]

@@ -41,9 +41,7 @@ figure)."""
 import argparse
 import csv
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,7 +50,7 @@ from emul.places import APP_PORT, VIP_PORT, binary, use_build  # noqa: E402
 from emul.stack import Stack  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
 from experiments import baselines  # noqa: E402
-from experiments.common import ROOT, Progress, median, percentile, summary  # noqa: E402
+from experiments.common import ROOT, Progress, WorkDir, median, percentile, summary  # noqa: E402
 from experiments.techniques import wait_listening  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
@@ -240,11 +238,11 @@ def main():
         sys.exit(f"bench-splice: DEPLOYMENTS must include direct and name only {', '.join(DEPLOYMENTS)} "
                  f"(got {unknown or deps}); REQS >= {2 * PARALLEL}")
     os.makedirs(a.out, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="rs-bench-splice-")
     figs, cpus = {}, {}
     progress = Progress(rounds * len(deps))
     rows = []
-    with Testbed(LanTopo(), tmp) as tb:
+    with WorkDir("rs-bench-splice-") as work, Testbed(LanTopo(), work.path) as tb:
+        tmp = work.path
         for k in range(rounds):
             for name in deps:
                 progress.step(f"round {k + 1}: {name}")
@@ -263,10 +261,6 @@ def main():
         w = csv.DictWriter(f, fieldnames=["round", "deployment", "figure", "value"])
         w.writeheader()
         w.writerows(rows)
-    if os.environ.get("KEEP") == "1":
-        print(f"run directory kept: {tmp}", file=sys.stderr)
-    else:
-        shutil.rmtree(tmp, ignore_errors=True)
     report(deps, {k: median(v) for k, v in figs.items()}, {k: median(v) for k, v in cpus.items()}, rounds, reqs)
 
 

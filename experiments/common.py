@@ -72,9 +72,11 @@ import math
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +107,7 @@ TECHNIQUE_TITLES = {
 
 STAMP_COLUMNS = ["config", "machine", "commit", "timestamp"]
 FAILOVER_COLUMNS = ["study", "workload", "action", "technique", "crash_point", "trial", "seed",
-                    "ok", "failover_ms", "action_ms", "errors", "relogins", "detect_ms",
+                    "ok", "failover_ms", "stall_ms", "action_ms", "errors", "relogins", "detect_ms",
                     "recover_ms", "profile", "rtt_ms", "loss_pct"] + STAMP_COLUMNS
 OVERHEAD_COLUMNS = ["study", "technique", "workload", "metric", "value", "trial", "seed",
                     "profile"] + STAMP_COLUMNS
@@ -143,6 +145,42 @@ def trials(default, quick_default=1, env=None):
             raise ValueError(f"TRIALS={v!r}: must be at least 1")
         return n
     return quick_default if quick(env) else default
+
+
+# ---- run directories: KEEP= ------------------------------------------------
+
+class WorkDir:
+    """A study's scratch directory under /tmp (the daemons' logs, traces
+    and pcaps of its trials), as a context manager: removed at the end
+    unless KEEP=1, or the study failed (an exception), or keep() was called
+    (a trial went wrong: its evidence stays); a kept one is named on
+    stderr.  World-readable: dovecot's mail processes are not root."""
+
+    def __init__(self, prefix, env=None, stream=None):
+        self.prefix, self.env, self.stream = prefix, os.environ if env is None else env, stream
+        self.path, self.reasons = None, []
+
+    def __enter__(self):
+        self.path = tempfile.mkdtemp(prefix=self.prefix)
+        os.chmod(self.path, 0o755)
+        return self
+
+    def keep(self, reason):
+        """Keeps the directory whatever happens ('reason' is printed)."""
+        self.reasons.append(reason)
+
+    def __exit__(self, exc_type, exc, tb):
+        why = list(self.reasons)
+        if self.env.get("KEEP") == "1":
+            why.append("KEEP=1")
+        if exc_type is not None and exc_type is not GeneratorExit:
+            why.append(f"the study failed ({exc_type.__name__})")
+        if why:
+            print(f"run directory kept: {self.path} ({'; '.join(why[:3])}{'; ...' if len(why) > 3 else ''})",
+                  file=self.stream or sys.stderr, flush=True)
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+        return False
 
 
 # ---- row stamping -------------------------------------------------------

@@ -19,7 +19,12 @@ once), errors (failed attempts the client saw, retries included, plus
 duplicate deliveries), relogins (Roundcube: the session was gone, the login
 form came instead of a logged-in page, rs-client's "login" result),
 failover_ms (how much longer the crashed request took than its crash-free
-median with the same technique; blank when the action failed), detect_ms /
+median with the same technique; blank when the action failed; noise-bound
+at WAN round trips and for large files, where it can go negative),
+stall_ms (what the user felt, from the client's own pcap: the longest wait
+between the crashed request sent or a segment bringing new bytes and the
+next one that did, on the connection that completed it; retransmissions
+are no progress; blank when the request failed), detect_ms /
 recover_ms (resplice: crash -> proxy hold -> re-spliced; blank for the
 others).  The seed (the trial number) draws when, within the period of the
 technique's slowest detection timer (keepalived's 1 s check script,
@@ -27,7 +32,9 @@ HAProxy's check interval), the client starts: the crash meets the timer at
 a different phase in each trial (config's timer_phase_s).
 
 TRIALS= (default 3 for the reference app, 5 for Roundcube), QUICK=1 (1 trial, two crash points per workload, four
-techniques), TECHNIQUES=a,b,... and WORKLOADS=a,b to choose.  Ends with a
+techniques), TECHNIQUES=a,b,... and WORKLOADS=a,b to choose; RESUME=1 after an
+interruption keeps the trials already in the CSVs and runs only the rest
+(KEEP=1: common.WorkDir).  Ends with a
 summary: line (median failover per workload and technique over all crash
 points).
 
@@ -43,7 +50,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -51,7 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from emul.places import binary  # noqa: E402
 from emul.testbed import Testbed  # noqa: E402
-from experiments import common  # noqa: E402
+from experiments import common, pcaps  # noqa: E402
 from experiments.techniques import TECHNIQUES  # noqa: E402
 from experiments.workloads import WORKLOADS  # noqa: E402
 from topologies.lan import LanTopo  # noqa: E402
@@ -172,13 +178,17 @@ class Study:
         crashed = {}
         w = threading.Thread(target=lambda: crashed.update(t=t.crash()), daemon=True)
         w.start()
-        cap = self.tb.capture("c1", f"timeline-{self.n}", bpf_filter="tcp port 80", snaplen=96) if timeline else None
+        # The client's own pcap: the stall it felt (and the timeline's figure).
+        cap = self.tb.capture("c1", f"trial-{self.n}", bpf_filter=f"tcp port {t.server().rsplit(':', 1)[1]}",
+                              snaplen=96)
         rows = self.client(t, action)
         w.join(60)
         time.sleep(0.2)
-        if cap:
-            self.tb.stop_capture(cap[0])
+        self.tb.stop_capture(cap[0])
         st = steps_of(rows)
+        hit = [r for r in rows if int(r["step"]) == step]      # the crashed request
+        stall = (pcaps.stall_ms(cap[1], int(hit[0]["local_port"]), int(hit[0]["start_us"]) / 1e6,
+                                int(hit[0]["end_us"]) / 1e6) if hit and hit[0]["result"] == "ok" else None)
         ok = bool(st) and len(st) == len(base[action][0]) and all(r == "ok" for r, _, _ in st)
         effects_ok, dup = self.wl.effects_ok(action, before)
         ok = ok and effects_ok
@@ -192,13 +202,14 @@ class Study:
             m = re.search(r"recovered id=\d+ .*total_us=(\d+)", plog)
             detect = (th - tc) * 1000 if tc and th else None
             recover = int(m.group(1)) / 1000 if m else None
-            if cap:
+            if timeline:
                 keep_timeline(timeline, f"{self.wl.name}-{tech.name}-{action}-{point}", cap[1], {
                     "crash": tc, "detect": th, "resend": ts_of(plog, r"step=resent"),
                     "resplice": ts_of(plog, r"recovered id=")}, f"{tech.name}: {self.wl.name} {action}, crash {point}")
         t.stop()
+        os.unlink(cap[1])
         self.w.write(workload=self.wl.name, action=action, technique=tech.name, crash_point=point, trial=trial,
-                     seed=trial, ok=int(ok), failover_ms=failover,
+                     seed=trial, ok=int(ok), failover_ms=failover, stall_ms=stall,
                      action_ms=sum(ms for _, ms, _ in st) if st else None, errors=errors, relogins=relogin,
                      detect_ms=detect, recover_ms=recover, profile=self.profile.name if self.profile else "lan",
                      rtt_ms=self.profile.rtt_ms if self.profile else 0,
@@ -254,6 +265,44 @@ def forget_earlier(out_dir, workload):
             os.unlink(f)
 
 
+def run_technique(s, name, points, n_trials, todo, wan, out_dir, work, by_tech):
+    """Technique 'name' on Study 's': its crash-free baseline, then its
+    trials at 'points' that 'todo' holds ({(crash point, trial)}); each
+    trial's failover ms into by_tech[(workload, name)]; a resplice trial not
+    masked keeps the run directory ('work')."""
+    w, pname = s.wl.name, s.profile.name if s.profile else "lan"
+    tech = TECHNIQUES[name](s.tb, s.dir, s.wl)
+    s.progress.step(f"{w} {pname} {name} crash-free baseline")
+    # Over a WAN link the round trips dwarf what a warm-up run would take
+    # away; it would cost minutes.
+    base = s.baseline(tech, runs=2 if wan else 3, warm=not wan, actions=sorted({s.wl.points[p][0] for p in points}))
+    for point in points:
+        action, step, off = s.wl.points[point]
+        sizes = base[action][1]
+        if step == "largest":
+            step = max(range(1, len(sizes)), key=lambda i: sizes[i])
+        offset = max(sizes[step] // 2, 40) if off == "mid" else off
+        for trial in range(n_trials):
+            if (point, trial) not in todo:
+                continue
+            s.progress.step(f"{w} {pname} {name} {action} crash={point} trial {trial}")
+            tl = os.path.join(out_dir, "timeline") if name == "resplice" and trial == 0 and not wan else None
+            ok, f = s.trial(tech, action, point, step, offset, trial, base, timeline=tl)
+            if name == "resplice" and not ok:
+                work.keep(f"{w} {pname} {action} crash={point} trial {trial} not masked")
+            by_tech.setdefault((w, name), []).append(f)
+
+
+def done_trials(path):
+    """RESUME=1: {(technique, profile, crash_point, trial): failover ms or
+    None} of the trials already in 'path'."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        return {(r["technique"], r["profile"], r["crash_point"], int(r["trial"])): common.num(r["failover_ms"])
+                for r in csv.DictReader(f)}
+
+
 def crash_points(wl, quick, wan):
     return [wl.headline] if wan else list(wl.quick_points if quick else wl.points)
 
@@ -276,41 +325,36 @@ def main():
                                              WAN_PROFILES[:1] if quick else WAN_PROFILES)]
     out_dir = os.path.join(a.results, a.study)
     os.makedirs(out_dir, exist_ok=True)
+    resume = os.environ.get("RESUME") == "1"
     for w in wls:
-        forget_earlier(out_dir, w)
-    tmp = tempfile.mkdtemp(prefix=f"rs-{a.study}-")
-    os.chmod(tmp, 0o755)        # dovecot's mail processes are not root
-    plan = [(w, [t for t in techs if TECHNIQUES[t].applies(WORKLOADS[w])]) for w in wls]
-    progress = common.Progress(len(profiles) * sum(
-        len(ts) * (1 + len(crash_points(WORKLOADS[w], quick, wan)) * trials[w]) for w, ts in plan))
-    by_tech = {}
-    for w, wtechs in plan:
-        with common.RowWriter(os.path.join(out_dir, f"{w}.csv"), a.study, config={"trials": trials[w]}) as out:
-            for k, profile in enumerate(profiles):
-                run_dir = os.path.join(tmp, f"{w}-{k}")
-                pname = profile.name if profile else "lan"
-                with Testbed(LanTopo(profile=profile), run_dir) as tb:
-                    s = Study(tb, run_dir, out, progress, w, profile)
-                    points = crash_points(s.wl, quick, wan)
-                    for name in wtechs:
-                        tech = TECHNIQUES[name](tb, run_dir, s.wl)
-                        progress.step(f"{w} {pname} {name} crash-free baseline")
-                        # Over a WAN link the round trips dwarf what a warm-up run
-                        # would take away; it would cost minutes.
-                        base = s.baseline(tech, runs=2 if wan else 3, warm=not wan,
-                                          actions=sorted({s.wl.points[p][0] for p in points}))
-                        for point in points:
-                            action, step, off = s.wl.points[point]
-                            sizes = base[action][1]
-                            if step == "largest":
-                                step = max(range(1, len(sizes)), key=lambda i: sizes[i])
-                            offset = max(sizes[step] // 2, 40) if off == "mid" else off
-                            for trial in range(trials[w]):
-                                progress.step(f"{w} {pname} {name} {action} crash={point} trial {trial}")
-                                tl = (os.path.join(out_dir, "timeline") if name == "resplice" and trial == 0
-                                      and not wan else None)
-                                ok, f = s.trial(tech, action, point, step, offset, trial, base, timeline=tl)
-                                by_tech.setdefault((w, name), []).append(f)
+        if not resume:
+            forget_earlier(out_dir, w)
+    with common.WorkDir(f"rs-{a.study}-") as work:
+        tmp = work.path
+        plan = [(w, [t for t in techs if TECHNIQUES[t].applies(WORKLOADS[w])]) for w in wls]
+        progress = common.Progress(len(profiles) * sum(
+            len(ts) * (1 + len(crash_points(WORKLOADS[w], quick, wan)) * trials[w]) for w, ts in plan))
+        by_tech = {}
+        for w, wtechs in plan:
+            done = done_trials(os.path.join(out_dir, f"{w}.csv")) if resume else {}
+            for (name, *_), f in done.items():
+                by_tech.setdefault((w, name), []).append(f)
+            if done:
+                print(f"{w}: resuming, {len(done)} trials already in {out_dir}/{w}.csv", file=sys.stderr)
+            with common.RowWriter(os.path.join(out_dir, f"{w}.csv"), a.study, config={"trials": trials[w]}) as out:
+                for k, profile in enumerate(profiles):
+                    run_dir = os.path.join(tmp, f"{w}-{k}")
+                    pname = profile.name if profile else "lan"
+                    with Testbed(LanTopo(profile=profile), run_dir) as tb:
+                        s = Study(tb, run_dir, out, progress, w, profile)
+                        points = crash_points(s.wl, quick, wan)
+                        for name in wtechs:
+                            todo = {(point, trial) for point in points for trial in range(trials[w])
+                                    if (name, pname, point, trial) not in done}
+                            progress.total -= len(points) * trials[w] - len(todo) + (0 if todo else 1)
+                            if not todo:
+                                continue
+                            run_technique(s, name, points, trials[w], todo, wan, out_dir, work, by_tech)
     print()
     summary = {}
     for w, wtechs in plan:

@@ -91,7 +91,9 @@ refapp-1, 18 for refapp-50, 4 for each Roundcube action: 1028 trials),
 QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
 WORKLOADS=, SEED=, MOMENT_MS= (every fault at this moment: the drawn
 moment depends on the machine's pace), HOG=1 (a busy loop on the logger and proxy hosts: the
-machine has two cores).  Exit status 1 when any trial is a violation.
+machine has two cores), RESUME=1 (after an interruption: the trials
+already in trials.csv stay and only the missing ones run; use the same
+SEED= and FAULTS=).  Exit status 1 when any trial is a violation.
 """
 import argparse
 import csv
@@ -700,6 +702,21 @@ def runs(f, w):
     return f not in SPARE_FAULTS or not w.startswith("roundcube")
 
 
+def read_table(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def resumed(row):
+    """A row of trials.csv as trial() returned it (the numbers the matrix
+    and the summary add up)."""
+    r = dict(row)
+    r["trial"] = int(r["trial"])
+    r["false_failovers"] = int(float(r["false_failovers"] or 0))
+    r["action_ms"] = float(r["action_ms"]) if r["action_ms"] not in ("", None) else None
+    return r
+
+
 def run_group(args, topo, faults, workloads, per, windows, prog, rows, out):
     """The trials of 'faults' on one testbed (LanTopo's 'topo' options: a
     proxy pair, a spare, or neither)."""
@@ -716,6 +733,8 @@ def run_group(args, topo, faults, workloads, per, windows, prog, rows, out):
                 if not runs(f, w):
                     continue
                 for n in range(per[w]):
+                    if (f, w, n) in args.done:
+                        continue        # RESUME=1: in the table from before
                     if f != "none" and windows.get(w) is None:
                         # No crash-free run in this campaign: measure one.
                         seed = args.seed * 1000000 + 999999
@@ -730,7 +749,7 @@ def run_group(args, topo, faults, workloads, per, windows, prog, rows, out):
                               f"kept in {r.get('kept')})", flush=True)
                 if f == "none":
                     window = median([r["action_ms"] for r in rows if r["workload"] == w and r["fault"] == "none"
-                                     and r["verdict"] != "violation"]) or None
+                                     and r["verdict"] != "violation" and r["action_ms"] is not None]) or None
                     windows[w] = window / 1000 if window else None
 
 
@@ -773,13 +792,25 @@ def main():
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work, exist_ok=True)
     table = os.path.join(args.out, "trials.csv")
-    if os.path.exists(table):       # one campaign, one table
+    rows, args.done = [], set()
+    if os.environ.get("RESUME") == "1" and os.path.exists(table):
+        # Resuming an interrupted campaign: its trials stay; only the
+        # missing ones run (the same SEED draws the same moments).
+        rows = [resumed(r) for r in read_table(table) if r["fault"] in faults and r["workload"] in workloads]
+        args.done = {(r["fault"], r["workload"], r["trial"]) for r in rows}
+        print(f"fault-campaign: resuming, {len(rows)} trials already in {table}", flush=True)
+    elif os.path.exists(table):     # one campaign, one table
         os.remove(table)
     out = RowWriter(table, "faults", config={"faults": faults, "workloads": workloads, "per": per,
                                              "build": args.build, "bound_s": args.bound, "hog": args.hog})
-    prog = Progress(sum(per[w] * sum(runs(f, w) for f in faults) for w in workloads))
-    rows, t_start = [], time.time()
+    prog = Progress(sum(per[w] * sum(runs(f, w) for f in faults) for w in workloads) - len(args.done))
+    t_start = time.time()
     windows = {}     # workload -> the crash-free action's length (s), measured once
+    for w in workloads:
+        window = median([r["action_ms"] for r in rows if r["workload"] == w and r["fault"] == "none"
+                         and r["verdict"] != "violation" and r["action_ms"] is not None])
+        if window:
+            windows[w] = window / 1000
     for topo, kinds in (({}, None), ({"pair": True}, PAIR_FAULTS), ({"spare": True}, SPARE_FAULTS)):
         group = [f for f in faults if (f in kinds if kinds else f not in PAIR_FAULTS + SPARE_FAULTS)]
         if group:

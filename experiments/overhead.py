@@ -19,7 +19,6 @@ Action 2 time per workload and technique and its ratio to direct)."""
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,8 +42,11 @@ def main():
     techs = chosen("TECHNIQUES", known, QUICK_TECHNIQUES if common.quick() else known, "technique")
     wls = chosen("WORKLOADS", WORKLOADS, WORKLOADS, "workload")
     plan = [(w, [t for t in techs if known[t].applies(WORKLOADS[w])]) for w in wls]
-    tmp = tempfile.mkdtemp(prefix="rs-overhead-")
-    os.chmod(tmp, 0o755)        # dovecot's mail processes are not root
+    with common.WorkDir("rs-overhead-") as work:
+        run(a, runs, rounds, known, plan, work.path)
+
+
+def run(a, runs, rounds, known, plan, tmp):
     progress = common.Progress(rounds * sum(len(ts) for _, ts in plan))
     medians = {}
     for wl, wtechs in plan:

@@ -1,7 +1,11 @@
 """What the benchmarks read from a client's own pcap (tcpdump -r): the
 longest silences between data segments from a server, per connection or in
 all, and which connections got a RST from it."""
+import re
 import subprocess
+
+# tcpdump -tt -S: "1796485.123 IP a.80 > b.5555: Flags [P.], seq 100:1548, ack 7, win 5, options [...], length 1448"
+SEGMENT = re.compile(r"^(\d+\.\d+) IP .* seq (\d+):(\d+), .*length (\d+)")
 
 
 def gaps_ms(pcap, src, by_flow=False):
@@ -22,6 +26,27 @@ def gaps_ms(pcap, src, by_flow=False):
             gap.setdefault(flow, 0.0)
         last[flow] = t
     return gap if by_flow else gap.get("all", 0.0)
+
+
+def stall_ms(pcap, client_port, t0, t1):
+    """How long the client on port 'client_port' waited longest, between
+    t0 and t1 (epoch seconds: its request sent, its response complete), for
+    a new byte: from t0 or from a segment that brought new data to the next
+    one that did (a retransmission of bytes it had, the logger's resend of
+    what the crashed backend sent, is no progress).  From the client's own
+    'pcap' (tcpdump -r); 0.0 when no data came."""
+    out = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", "-S", f"tcp dst port {client_port}"],
+                         capture_output=True, text=True).stdout
+    last, top, stall = t0, None, 0.0
+    for line in out.splitlines():
+        m = SEGMENT.match(line)
+        if not m or not t0 <= float(m.group(1)) <= t1 or m.group(4) == "0":
+            continue
+        t, end = float(m.group(1)), int(m.group(3))
+        if top is None or 0 < (end - top) % (1 << 32) < (1 << 31):
+            stall = max(stall, (t - last) * 1000)
+            last, top = t, end
+    return stall
 
 
 def rst_ports(pcap, src):

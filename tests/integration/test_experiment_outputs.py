@@ -324,6 +324,41 @@ class ProgressAndSummary(unittest.TestCase):
             common.parse_summary("nope")
 
 
+class WorkDirs(unittest.TestCase):
+    """common.WorkDir: a study's /tmp directory goes at the end unless
+    KEEP=1, the study failed or a trial asked to keep it; a kept one is
+    named."""
+
+    def work(self, env, fail=False, keep=None):
+        out = io.StringIO()
+        try:
+            with common.WorkDir("rs-test-workdir-", env=env, stream=out) as w:
+                with open(os.path.join(w.path, "trial.log"), "w") as f:
+                    f.write("evidence")
+                if keep:
+                    w.keep(keep)
+                if fail:
+                    raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+        kept = os.path.isdir(w.path)
+        if kept:
+            self.addCleanup(shutil.rmtree, w.path, True)
+        return kept, out.getvalue(), w.path
+
+    def test_removed_unless_kept(self):
+        kept, said, _ = self.work({})
+        self.assertFalse(kept)
+        self.assertEqual(said, "")
+        for env, fail, keep, why in (({"KEEP": "1"}, False, None, "KEEP=1"),
+                                     ({}, True, None, "the study failed (RuntimeError)"),
+                                     ({}, False, "trial 3 not masked", "trial 3 not masked")):
+            kept, said, path = self.work(env, fail, keep)
+            self.assertTrue(kept, why)
+            self.assertTrue(os.path.exists(os.path.join(path, "trial.log")))
+            self.assertIn(f"run directory kept: {path} ({why}", said)
+
+
 class RowWriting(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="rs-exp-rows.")
