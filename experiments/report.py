@@ -65,9 +65,10 @@ def lan_table(rows):
         body.append([wl, action, tech, len(rs), sum(1 for r in rs if num(r["ok"]) == 1),
                      fmt(st["median"]), fmt(st["p95"]), st["n"],
                      int(sum(num(r["errors"]) or 0 for r in rs)),
-                     int(sum(num(r["relogins"]) or 0 for r in rs))])
+                     int(sum(num(r["relogins"]) or 0 for r in rs)),
+                     fmt(stats(num(r.get("stall_ms")) for r in rs)["median"])])
     return table(["workload", "action", "technique", "trials", "ok", "failover median (ms)",
-                  "failover p95 (ms)", "n", "errors", "re-logins"], body)
+                  "failover p95 (ms)", "n", "errors", "re-logins", "stall median (ms)"], body)
 
 
 def wan_table(rows):
@@ -165,6 +166,46 @@ TABLES = {"failover": failover_tables, "wan": wan_table, "overhead": overhead_ta
           "nospof": nospof_table}
 
 
+# One sentence per figure: what it shows (by the start of its name).
+CAPTIONS = (
+    ("failover-time-", "How much longer the crashed request took than crash-free, per technique and crash "
+                       "point (median, p5-p95 bars): what each technique costs the user when a backend dies."),
+    ("wan-time-", "The same over the WAN client links."),
+    ("failover-errors-", "Errors the client saw and forced re-logins per trial, per technique: what the "
+                         "baselines cannot hide and resplice masks."),
+    ("wan-errors-", "Errors and forced re-logins per trial over the WAN client links."),
+    ("wan-failover-rtt-", "Median failover (p5-p95) against the client link's round trip, per technique: "
+                          "whether the advantage holds far from the data center."),
+    ("overhead-", "Each action's time (or Action 1's throughput) per technique with no crash: what the "
+                  "protection costs while nothing fails."),
+    ("nospof-", "The proxy killed or cut off, or two backends killed: per technique, the share of trials "
+                "masked and completed, and the extra stall."),
+    ("faults-", "Per fault and workload, the share of trials masked, ended cleanly, or violating an "
+                "invariant, judged from outside."),
+    ("timeline-", "One resplice trial from the client's own pcap: every data segment's sequence number "
+                  "over time, re-sent data in grey, with the crash, detection, resend and re-splice marked."),
+)
+
+
+def trials_line(study, rows):
+    """How many trials (runs) each cell of the study had, as a sentence."""
+    keys = {"failover": ("workload", "technique", "crash_point"), "wan": ("workload", "technique", "profile"),
+            "overhead": ("workload", "technique", "metric"), "faults": ("fault", "workload"),
+            "nospof": ("technique", "fault")}[study]
+    cells = group([r for r in rows if r.get("crash_point") != "none"], *keys)
+    n = sorted(len(v) for v in cells.values())
+    if not n:
+        return ""
+    span = str(n[0]) if n[0] == n[-1] else f"{n[0]}–{n[-1]}"
+    noun = "trial" if n[-1] == 1 else "trials"
+    return f"{span} {noun} per {', '.join(k.replace('_', ' ') for k in keys)} ({len(cells)} cells)."
+
+
+def caption(name):
+    """The sentence REPORT.md puts under figure 'name' (CAPTIONS)."""
+    return next((text for prefix, text in CAPTIONS if name.startswith(prefix)), "")
+
+
 def figures_for(plots, study):
     """PNG files under 'plots' drawn from 'study' (see figures.py names)."""
     if not os.path.isdir(plots):
@@ -205,7 +246,7 @@ def render(results, plots, out):
         counts["studies"] += 1
         files = common.study_files(results, study)
         lines += [f"{len(rows)} rows from " + ", ".join(f"`{os.path.relpath(p, outdir)}`" for p in files)
-                  + ".", ""]
+                  + ". " + trials_line(study, rows), ""]
         lines += TABLES[study](rows) + [""]
         figs = figures_for(plots, study)
         counts["figures"] += len(figs)
@@ -213,7 +254,7 @@ def render(results, plots, out):
             lines += ["Figures:", ""]
             for n in figs:
                 rel = os.path.relpath(os.path.join(plots, n), outdir)
-                lines += [f"- [{n}]({rel})", "", f"  ![{n}]({rel})", ""]
+                lines += [f"- [{n}]({rel}): {caption(n)}", "", f"  ![{n}]({rel})", ""]
         else:
             lines += ["Figures: none drawn yet (run `make figures`).", ""]
     return "\n".join(lines).rstrip() + "\n", counts

@@ -73,6 +73,7 @@ def write_failover(results, rnd):
                         ws[seed % 2].write(
                             workload=wl, action=action, technique=tech, crash_point=cp, trial=trial,
                             seed=seed, ok=int(fo is not None and rnd.random() > 0.2), failover_ms=fo,
+                            stall_ms=None if fo is None else round(fo + 20 * rnd.random(), 3),
                             action_ms=round(500 + rnd.random() * 100, 3), errors=rnd.randint(0, 3),
                             relogins=rnd.randint(0, 1) if tech == "browser" else 0,
                             detect_ms=None if fo is None else fo / 2, recover_ms=None,
@@ -547,12 +548,18 @@ class Outputs(unittest.TestCase):
         s = common.parse_summary(self.fig.stdout.strip().splitlines()[-1])
         self.assertEqual((s["figures"], s["failed"], s["skipped_studies"]), (str(len(want)), "0", "0"))
 
+    def test_every_figure_linked_with_a_sentence(self):
+        linked = re.findall(r"^- \[([^\]]+\.png)\]\([^)]+\): (.*)$", self.report, re.M)
+        self.assertEqual(sorted(n for n, _ in linked), sorted(os.listdir(self.plots)))
+        for name, sentence in linked:
+            self.assertTrue(sentence.endswith(".") and len(sentence) > 30, (name, sentence))
+
     def test_lan_table_matches_csv(self):
         self.assertEqual(self.rep.returncode, 0, self.rep.stderr)
         self.assertTrue(self.rep.stdout.strip().splitlines()[-1].startswith("summary: studies=5 missing=0"))
         header, got = md_table(section(self.report, "failover"), "workload")
         self.assertEqual(header, ["workload", "action", "technique", "trials", "ok", "failover median (ms)",
-                                  "failover p95 (ms)", "n", "errors", "re-logins"])
+                                  "failover p95 (ms)", "n", "errors", "re-logins", "stall median (ms)"])
         rows = self.rows("failover")
         expect = {}
         for r in rows:
@@ -561,10 +568,12 @@ class Outputs(unittest.TestCase):
         for cells in got:
             rs = expect[tuple(cells[:3])]
             fo = [float(r["failover_ms"]) for r in rs if r["failover_ms"] != ""]
+            stall = [float(r["stall_ms"]) for r in rs if r.get("stall_ms", "") != ""]
             self.assertEqual(cells[3:], [str(len(rs)), str(sum(r["ok"] == "1" for r in rs)),
                                          f2(ref_quantile(fo, 0.5)), f2(ref_quantile(fo, 0.95)), str(len(fo)),
                                          str(sum(int(r["errors"]) for r in rs)),
-                                         str(sum(int(r["relogins"]) for r in rs))], cells[:3])
+                                         str(sum(int(r["relogins"]) for r in rs)), f2(ref_quantile(stall, 0.5))],
+                             cells[:3])
         # Canonical technique order within each (workload, action).
         techs = [c[2] for c in got if c[:2] == ["refapp", "action1"]]
         self.assertEqual(techs, [t for t in common.TECHNIQUES if t in techs])
