@@ -51,7 +51,7 @@ logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update lab-1 lab-1-check san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -232,6 +232,16 @@ regress: all
 
 regress-update: all
 	@$(PYTHON) experiments/regress.py --update
+
+# Teaching labs (docs/labs/): lab-N runs one on the testbed and leaves its
+# files in labs/run/lab-N/ (CLI=1: a Mininet CLI with the stack running);
+# lab-N-check says whether that run and the student's answers show what
+# the lab is about.
+lab-1: all
+	@$(PYTHON) labs/splice.py run
+
+lab-1-check:
+	@$(PYTHON) labs/splice.py check
 
 # The same over emulated WAN client links (PROFILES=, TRIALS=, QUICK=1).
 experiment-nospof: all
