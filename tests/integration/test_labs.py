@@ -1,13 +1,15 @@
-"""The teaching labs (docs/labs/): lab 1's self-check on a recorded good
-run (tests/data/labs/lab-1: its pcaps, the proxy's log, right answers)
-passes; the same run with a wrong or missing answer, without its splice
-line, or with a response segment lost on the way fails it; and on the
-testbed, `labs/splice.py run` makes a run whose observations the check
-finds, and which passes once answered."""
+"""The teaching labs (docs/labs/), each lab's self-check on a recorded good
+run (tests/data/labs/lab-N: its files and right answers) and on broken
+copies of it that must fail, then on the testbed: the lab's run makes
+files whose observations the check finds, and which pass once answered.
+Lab 1: a wrong or missing answer, no splice line, a response segment lost
+on the way.  Lab 2: a wrong answer, a reset from the VIP, no re-splice."""
 import os
 import re
 import shutil
+import struct
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -16,12 +18,14 @@ from tests.integration.harness import needs_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB1 = os.path.join(ROOT, "labs", "splice.py")
+LAB2 = os.path.join(ROOT, "labs", "failover.py")
 GOOD = os.path.join(ROOT, "tests", "data", "labs", "lab-1")
+GOOD2 = os.path.join(ROOT, "tests", "data", "labs", "lab-2")
 PY = "/usr/bin/python3"
 
 
-def check(folder):
-    r = subprocess.run([PY, LAB1, "check", "--dir", folder], capture_output=True, text=True, timeout=60)
+def check(folder, lab=LAB1):
+    r = subprocess.run([PY, lab, "check", "--dir", folder], capture_output=True, text=True, timeout=60)
     return r.returncode, r.stdout + r.stderr
 
 
@@ -32,6 +36,17 @@ def set_answer(folder, key, value):
     text = re.sub(rf"^{key} =.*$", f"{key} = {value}" if value is not None else f"{key} =", text, flags=re.M)
     with open(path, "w") as f:
         f.write(text)
+
+
+def append_rst(pcap, t, port):
+    """Appends to Ethernet 'pcap' a RST from the VIP (10.0.0.1:80) to the
+    client (10.0.1.1:'port') at epoch time 't' (checksums left zero)."""
+    tcp = struct.pack("!HHIIBBHHH", 80, port, 1, 0, 5 << 4, 0x04, 0, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, bytes([10, 0, 0, 1]),
+                     bytes([10, 0, 1, 1]))
+    frame = b"\x00" * 12 + b"\x08\x00" + ip + tcp
+    with open(pcap, "ab") as f:
+        f.write(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)) + frame)
 
 
 class Lab1Check(unittest.TestCase):
@@ -102,6 +117,73 @@ class Lab1Run(unittest.TestCase):
                            ("offset_s2c", (c_snd - s_rcv) % (1 << 32)), ("offset_c2s", (s_snd - c_rcv) % (1 << 32))):
                 set_answer(folder, key, v)
             rc, out = check(folder)
+            self.assertEqual(rc, 0, out)
+        self.assertEqual(leftovers(), [])
+
+
+class Lab2Check(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="rs-lab-")
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = os.path.join(self.tmp.name, "lab-2")
+        shutil.copytree(GOOD2, self.dir)
+
+    def test_good_run_passes(self):
+        rc, out = check(self.dir, LAB2)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("lab-2: all observations made", out)
+        self.assertEqual(out.count(": right"), 5, out)
+
+    def test_wrong_answer_fails(self):
+        set_answer(self.dir, "detected_by", "heartbeat")
+        set_answer(self.dir, "stall_ms", 1)
+        rc, out = check(self.dir, LAB2)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("detected_by: heartbeat is not what the run shows", out)
+        self.assertIn("stall_ms: 1 is not what the run shows", out)
+
+    def test_unmasked_or_unrecovered_run_fails(self):
+        # A reset from the VIP in the client's pcap: the connection was lost.
+        pcap = os.path.join(self.dir, "client.pcap")
+        listing = subprocess.run(["tcpdump", "-r", pcap, "-n", "-tt", "tcp"], capture_output=True,
+                                 text=True).stdout.splitlines()
+        port = re.search(r"10\.0\.1\.1\.(\d+) > 10\.0\.0\.1\.80", "\n".join(listing)).group(1)
+        t_mid = float(listing[len(listing) // 2].split()[0])
+        append_rst(pcap, t_mid, int(port))
+        rc, out = check(self.dir, LAB2)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("not masked", out)
+        shutil.copy(os.path.join(GOOD2, "client.pcap"), pcap)
+        # No re-splice in the proxy's log.
+        log = os.path.join(self.dir, "proxy.log")
+        with open(log) as f:
+            lines = [l for l in f if "recovered id=" not in l]
+        with open(log, "w") as f:
+            f.writelines(lines)
+        rc, out = check(self.dir, LAB2)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("lacks the re-splice", out)
+
+
+@needs_root
+class Lab2Run(unittest.TestCase):
+    def test_run_then_check(self):
+        self.assertEqual(leftovers(), [])
+        with tempfile.TemporaryDirectory(prefix="rs-lab-") as tmp:
+            folder = os.path.join(tmp, "lab-2")
+            r = subprocess.run([PY, LAB2, "run", "--dir", folder], capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, SEED="2"))
+            self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+            for f in ("answers.txt", "client.pcap", "crash.json", "logger.log", "proxy.log", "timeline.png"):
+                self.assertTrue(os.path.exists(os.path.join(folder, f)), f)
+            rc, out = check(folder, LAB2)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("the run shows a masked failover", out)
+            sys.path.insert(0, os.path.join(ROOT, "labs"))
+            import failover
+            for key, v in failover.truth(folder).items():
+                set_answer(folder, key, round(v, 2) if isinstance(v, float) else v)
+            rc, out = check(folder, LAB2)
             self.assertEqual(rc, 0, out)
         self.assertEqual(leftovers(), [])
 

@@ -1,0 +1,218 @@
+#!/usr/bin/python3
+"""Lab 2, crash a backend mid-download (docs/labs/lab-2.md): `make lab-2`
+runs it, `make lab-2-check` checks it.
+
+run:   the LAN testbed with the whole stack; tcpdump on the client (c1);
+       curl downloads 20 MB through the VIP at 25 MB/s, and at a moment
+       drawn from SEED= (default 1) between 0.2 and 0.5 s in, the harness
+       SIGKILLs the primary's rs-app from outside.  Leaves in
+       labs/run/lab-2/ (or DIR): client.pcap, proxy.log, logger.log,
+       crash.json (when the kill happened, epoch seconds), timeline.png
+       (the client's sequence numbers over time with the crash, detection,
+       resend and re-splice marked) and answers.txt.  CLI=1 leaves a
+       Mininet CLI with the stack running (the alternate serving).
+check: that the run shows a masked failover (the whole download, no RST
+       or FIN from the VIP before the client's own end, the proxy's hold,
+       plan, resend and re-splice of that connection after the kill), then
+       that answers.txt matches what the files show.  Exit 0 and "lab-2:
+       all observations made", or 1 with what is missing or wrong."""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import pcaps  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "labs", "run", "lab-2")
+SIZE = 20_000_000
+RATE = "25M"
+VIP = "10.0.0.1"
+ANSWERS = """# Lab 2: crash a backend mid-download (docs/labs/lab-2.md).  Read
+# proxy.log, logger.log, crash.json, client.pcap and timeline.png, fill in
+# each line, then run
+#   make lab-2-check
+# Q1. Milliseconds from the kill (crash.json) to the proxy's hold of the
+#     connection (its "step=hold" line), to 0.1 ms:
+detect_ms =
+# Q2. What told the proxy (the hold line's why=):
+detected_by =
+# Q3. How many response bytes did the logger send again from its log (the
+#     "step=resent" line)?
+resent_bytes =
+# Q4. Milliseconds from the hold to the connection re-spliced to the
+#     alternate (the "recovered" line's total_us), to 0.1 ms:
+recover_ms =
+# Q5. The longest the client waited for a new byte (client.pcap: the gap
+#     between segments that brought new data; re-sent data is no progress),
+#     to 1 ms:
+stall_ms =
+"""
+LOG_TS = re.compile(r"^(\d+\.\d+) ")
+
+
+def first(log, pattern):
+    """(epoch seconds, match) of the first line of 'log' matching 'pattern'."""
+    for line in log.splitlines():
+        m = re.search(pattern, line)
+        if m:
+            return float(LOG_TS.match(line).group(1)), m
+    return None, None
+
+
+def truth(folder):
+    """What the run shows (the answers' true values); raises ValueError
+    naming what is missing."""
+    for f in ("client.pcap", "proxy.log", "crash.json"):
+        if not os.path.exists(os.path.join(folder, f)):
+            raise ValueError(f"no {f} in {folder}: run make lab-2 first")
+    with open(os.path.join(folder, "crash.json")) as f:
+        crash = json.load(f)
+    with open(os.path.join(folder, "proxy.log")) as f:
+        plog = f.read()
+    t_hold, hold = first(plog, r"recover id=(\d+) client=(\S+) backend=\S+ step=hold why=(\S+)")
+    if not hold:
+        raise ValueError("proxy.log has no step=hold: the proxy never held a connection")
+    cid, client = hold.group(1), hold.group(2)
+    if t_hold < crash["t"]:
+        raise ValueError("the proxy held the connection before the kill: not this crash")
+    _, resent = first(plog, rf"recover id={cid} client=\S+ step=resent bytes=(\d+)")
+    _, done = first(plog, rf"recovered id={cid} .*total_us=(\d+)")
+    if not resent or not done:
+        raise ValueError(f"proxy.log lacks the {'resend' if not resent else 're-splice'} of connection {cid}")
+    port = int(client.rsplit(":", 1)[1])
+    end = pcaps.ends(os.path.join(folder, "client.pcap"), VIP).get(client.replace(":", "."), {})
+    if "client_syn" not in end:
+        raise ValueError(f"client.pcap has no connection from {client}")
+    for what in ("server_rst", "server_fin"):
+        if what in end and end[what] < end.get("client_end", float("inf")):
+            raise ValueError(f"the VIP ended the client's connection ({what}) before the client did: not masked")
+    if crash.get("size") != SIZE:
+        raise ValueError(f"the client got {crash.get('size')} bytes, not {SIZE}")
+    stall = pcaps.stall_ms(os.path.join(folder, "client.pcap"), port, end["client_syn"], end.get("client_end", 1e12))
+    return {"detect_ms": (t_hold - crash["t"]) * 1000, "detected_by": hold.group(3),
+            "resent_bytes": int(resent.group(1)), "recover_ms": int(done.group(1)) / 1000, "stall_ms": stall}
+
+
+TOLERANCE = {"detect_ms": 0.1, "recover_ms": 0.1, "stall_ms": 1.0}
+
+
+def answers(folder):
+    out = {}
+    path = os.path.join(folder, "answers.txt")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                k, eq, v = line.partition("=")
+                if eq and not line.lstrip().startswith("#") and v.strip():
+                    out[k.strip()] = v.strip()
+    return out
+
+
+def check(folder):
+    try:
+        t = truth(folder)
+    except ValueError as e:
+        print(f"lab-2: the run does not show a masked failover: {e}")
+        return 1
+    print(f"lab-2: the run shows a masked failover: detected {t['detect_ms']:.2f} ms after the kill, "
+          f"re-spliced {t['recover_ms']:.2f} ms later")
+    got, bad = answers(folder), 0
+    for k, want in t.items():
+        v = got.get(k)
+        if v is None:
+            print(f"  {k}: not answered yet (answers.txt)")
+            bad += 1
+            continue
+        try:
+            right = abs(float(v) - want) <= TOLERANCE.get(k, 0) if isinstance(want, (int, float)) else v == want
+        except ValueError:
+            right = False
+        print(f"  {k}: {'right' if right else f'{v} is not what the run shows; look again'}")
+        bad += not right
+    if bad:
+        return 1
+    print("lab-2: all observations made")
+    return 0
+
+
+def draw(folder, marks):
+    """timeline.png from client.pcap and the marks (experiments/figures.py)."""
+    fig = os.path.join(folder, ".figure")
+    os.makedirs(os.path.join(fig, "failover"))
+    shutil.copy(os.path.join(folder, "client.pcap"), os.path.join(fig, "failover", "lab-2.pcap"))
+    t = [v for v in marks.values() if v]
+    with open(os.path.join(fig, "failover", "lab-2.timeline.json"), "w") as f:
+        json.dump({"pcap": "lab-2.pcap", "server": VIP, "title": "lab 2: the primary killed mid-download",
+                   "marks": {k: v for k, v in marks.items() if v}, "xrange": [min(t) - 0.03, max(t) + 0.03]}, f)
+    subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "figures.py"), "--results", fig,
+                    "--plots", fig], capture_output=True, text=True)
+    png = os.path.join(fig, "timeline-failover-lab-2.png")
+    if os.path.exists(png):
+        shutil.move(png, os.path.join(folder, "timeline.png"))
+    shutil.rmtree(fig, ignore_errors=True)
+
+
+def run(folder, cli, seed):
+    from emul.stack import Stack
+    from emul.testbed import Testbed
+    from topologies.lan import LanTopo
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    work = folder + ".testbed"
+    shutil.rmtree(work, ignore_errors=True)
+    moment = random.Random(seed).uniform(0.2, 0.5)
+    with Testbed(LanTopo(), work) as tb:
+        stack = Stack(tb, work).start()
+        cap, pcap = tb.capture("c1", "client", bpf_filter="tcp port 80", snaplen=96)
+        crash = {}
+        tb.crash_at(moment, lambda: crash.update(t=time.time(), mono=stack.kill_primary()))
+        out = tb["c1"].cmd(f"curl -sf --limit-rate {RATE} -o /dev/null -w '%{{size_download}}' "
+                           f"'http://{stack.vip}/static/{SIZE}.jpg?seed=9'")
+        time.sleep(0.2)
+        tb.stop_capture(cap)
+        shutil.copy(pcap, os.path.join(folder, "client.pcap"))
+        for name in ("proxy", "logger"):
+            with open(os.path.join(folder, f"{name}.log"), "w") as f:
+                f.write(stack.log(name))
+        size = int(out.strip()) if out.strip().isdigit() else None
+        with open(os.path.join(folder, "crash.json"), "w") as f:
+            json.dump({"t": crash.get("t"), "seed": seed, "moment_s": round(moment, 3), "size": size}, f)
+            f.write("\n")
+        print(f"lab-2: c1 downloaded {size} of {SIZE} bytes; the primary's rs-app was killed {moment:.3f} s in")
+        if cli:
+            from mininet.cli import CLI
+            print("Mininet CLI with the stack running, the alternate serving (exit to end)")
+            CLI(tb.net)
+        stack.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    with open(os.path.join(folder, "proxy.log")) as f:
+        plog = f.read()
+    draw(folder, {"crash": crash.get("t"), "detect": first(plog, r"step=hold")[0],
+                  "resend": first(plog, r"step=resent")[0], "resplice": first(plog, r"recovered id=")[0]})
+    with open(os.path.join(folder, "answers.txt"), "w") as f:
+        f.write(ANSWERS)
+    print(f"lab-2: in {os.path.relpath(folder)}: client.pcap, proxy.log, logger.log, crash.json, timeline.png; "
+          f"answer the questions in {os.path.relpath(os.path.join(folder, 'answers.txt'))}, then make lab-2-check")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=("run", "check"))
+    ap.add_argument("--dir", default=RUN)
+    a = ap.parse_args()
+    if a.what == "run":
+        run(a.dir, os.environ.get("CLI") == "1", int(os.environ.get("SEED", "1")))
+        return 0
+    return check(a.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
