@@ -3,7 +3,9 @@ run (tests/data/labs/lab-N: its files and right answers) and on broken
 copies of it that must fail, then on the testbed: the lab's run makes
 files whose observations the check finds, and which pass once answered.
 Lab 1: a wrong or missing answer, no splice line, a response segment lost
-on the way.  Lab 2: a wrong answer, a reset from the VIP, no re-splice."""
+on the way.  Lab 2: a wrong answer, a reset from the VIP, no re-splice.
+Lab 3: a wrong answer, no replay (the alternate did not lag), a response
+the client found wrong."""
 import os
 import re
 import shutil
@@ -21,6 +23,8 @@ LAB1 = os.path.join(ROOT, "labs", "splice.py")
 LAB2 = os.path.join(ROOT, "labs", "failover.py")
 GOOD = os.path.join(ROOT, "tests", "data", "labs", "lab-1")
 GOOD2 = os.path.join(ROOT, "tests", "data", "labs", "lab-2")
+LAB3 = os.path.join(ROOT, "labs", "replay.py")
+GOOD3 = os.path.join(ROOT, "tests", "data", "labs", "lab-3")
 PY = "/usr/bin/python3"
 
 
@@ -184,6 +188,73 @@ class Lab2Run(unittest.TestCase):
             for key, v in failover.truth(folder).items():
                 set_answer(folder, key, round(v, 2) if isinstance(v, float) else v)
             rc, out = check(folder, LAB2)
+            self.assertEqual(rc, 0, out)
+        self.assertEqual(leftovers(), [])
+
+
+class Lab3Check(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="rs-lab-")
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = os.path.join(self.tmp.name, "lab-3")
+        shutil.copytree(GOOD3, self.dir)
+
+    def edit(self, name, old, new):
+        path = os.path.join(self.dir, name)
+        with open(path) as f:
+            text = f.read()
+        self.assertIn(old, text)
+        with open(path, "w") as f:
+            f.write(text.replace(old, new))
+
+    def test_good_run_passes(self):
+        rc, out = check(self.dir, LAB3)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count(": right"), 7, out)
+
+    def test_wrong_answer_fails(self):
+        set_answer(self.dir, "tr", 4)           # TL + 1: as if the alternate had not lagged
+        rc, out = check(self.dir, LAB3)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("tr: 4 is not what the run shows", out)
+
+    def test_no_replay_fails(self):
+        self.edit("proxy.log", "tr=2 replayed=2", "tr=4 replayed=0")
+        rc, out = check(self.dir, LAB3)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("did not lag", out)
+
+    def test_wrong_response_fails(self):
+        with open(os.path.join(self.dir, "client.csv")) as f:
+            text = f.read()
+        lines = text.splitlines(True)
+        lines[-1] = lines[-1].replace(",ok,", ",mismatch,")
+        with open(os.path.join(self.dir, "client.csv"), "w") as f:
+            f.writelines(lines)
+        rc, out = check(self.dir, LAB3)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("did not get its 7 responses as expected", out)
+
+
+@needs_root
+class Lab3Run(unittest.TestCase):
+    def test_run_then_check(self):
+        self.assertEqual(leftovers(), [])
+        with tempfile.TemporaryDirectory(prefix="rs-lab-") as tmp:
+            folder = os.path.join(tmp, "lab-3")
+            r = subprocess.run([PY, LAB3, "run", "--dir", folder], capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+            rc, out = check(folder, LAB3)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("the run shows a recovery with", out)
+            sys.path.insert(0, os.path.join(ROOT, "labs"))
+            import replay
+            want = replay.truth(folder)
+            self.assertEqual((want["tl"], want["tsp"], want["tr"]), (3, 4, want["ta"] + 1))    # TR = TA + 1
+            self.assertEqual(want["replayed"], want["tl"] - want["ta"])                       # [TR, TL]
+            for key, v in want.items():
+                set_answer(folder, key, v)
+            rc, out = check(folder, LAB3)
             self.assertEqual(rc, 0, out)
         self.assertEqual(leftovers(), [])
 
