@@ -16,19 +16,18 @@ check: that the run shows a masked failover (the whole download, no RST
        plan, resend and re-splice of that connection after the kill), then
        that answers.txt matches what the files show.  Exit 0 and "lab-2:
        all observations made", or 1 with what is missing or wrong."""
-import argparse
 import json
 import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import pcaps  # noqa: E402
+from labs import common  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "labs", "run", "lab-2")
@@ -104,60 +103,8 @@ def truth(folder):
 TOLERANCE = {"detect_ms": 0.1, "recover_ms": 0.1, "stall_ms": 1.0}
 
 
-def answers(folder):
-    out = {}
-    path = os.path.join(folder, "answers.txt")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                k, eq, v = line.partition("=")
-                if eq and not line.lstrip().startswith("#") and v.strip():
-                    out[k.strip()] = v.strip()
-    return out
-
-
 def check(folder):
-    try:
-        t = truth(folder)
-    except ValueError as e:
-        print(f"lab-2: the run does not show a masked failover: {e}")
-        return 1
-    print(f"lab-2: the run shows a masked failover: detected {t['detect_ms']:.2f} ms after the kill, "
-          f"re-spliced {t['recover_ms']:.2f} ms later")
-    got, bad = answers(folder), 0
-    for k, want in t.items():
-        v = got.get(k)
-        if v is None:
-            print(f"  {k}: not answered yet (answers.txt)")
-            bad += 1
-            continue
-        try:
-            right = abs(float(v) - want) <= TOLERANCE.get(k, 0) if isinstance(want, (int, float)) else v == want
-        except ValueError:
-            right = False
-        print(f"  {k}: {'right' if right else f'{v} is not what the run shows; look again'}")
-        bad += not right
-    if bad:
-        return 1
-    print("lab-2: all observations made")
-    return 0
-
-
-def draw(folder, marks):
-    """timeline.png from client.pcap and the marks (experiments/figures.py)."""
-    fig = os.path.join(folder, ".figure")
-    os.makedirs(os.path.join(fig, "failover"))
-    shutil.copy(os.path.join(folder, "client.pcap"), os.path.join(fig, "failover", "lab-2.pcap"))
-    t = [v for v in marks.values() if v]
-    with open(os.path.join(fig, "failover", "lab-2.timeline.json"), "w") as f:
-        json.dump({"pcap": "lab-2.pcap", "server": VIP, "title": "lab 2: the primary killed mid-download",
-                   "marks": {k: v for k, v in marks.items() if v}, "xrange": [min(t) - 0.03, max(t) + 0.03]}, f)
-    subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "figures.py"), "--results", fig,
-                    "--plots", fig], capture_output=True, text=True)
-    png = os.path.join(fig, "timeline-failover-lab-2.png")
-    if os.path.exists(png):
-        shutil.move(png, os.path.join(folder, "timeline.png"))
-    shutil.rmtree(fig, ignore_errors=True)
+    return common.check("lab-2", folder, truth, "a masked failover", TOLERANCE)
 
 
 def run(folder, cli, seed):
@@ -195,8 +142,13 @@ def run(folder, cli, seed):
     shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(folder, "proxy.log")) as f:
         plog = f.read()
-    draw(folder, {"crash": crash.get("t"), "detect": first(plog, r"step=hold")[0],
-                  "resend": first(plog, r"step=resent")[0], "resplice": first(plog, r"recovered id=")[0]})
+    side = os.path.join(folder, ".sidecar")
+    common.write_sidecar(side, "lab-2", os.path.join(folder, "client.pcap"), VIP,
+                         "lab 2: the primary killed mid-download",
+                         {"crash": crash.get("t"), "detect": first(plog, r"step=hold")[0],
+                          "resend": first(plog, r"step=resent")[0], "resplice": first(plog, r"recovered id=")[0]})
+    common.draw_timeline(folder, side, "lab-2", os.path.join(folder, "timeline.png"))
+    shutil.rmtree(side, ignore_errors=True)
     with open(os.path.join(folder, "answers.txt"), "w") as f:
         f.write(ANSWERS)
     print(f"lab-2: in {os.path.relpath(folder)}: client.pcap, proxy.log, logger.log, crash.json, timeline.png; "
@@ -204,14 +156,8 @@ def run(folder, cli, seed):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("run", "check"))
-    ap.add_argument("--dir", default=RUN)
-    a = ap.parse_args()
-    if a.what == "run":
-        run(a.dir, os.environ.get("CLI") == "1", int(os.environ.get("SEED", "1")))
-        return 0
-    return check(a.dir)
+    return common.main(__doc__, lambda d: run(d, os.environ.get("CLI") == "1", int(os.environ.get("SEED", "1"))),
+                       check, RUN)
 
 
 if __name__ == "__main__":

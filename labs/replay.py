@@ -17,7 +17,6 @@ check: that the run shows a recovery with replays (every response as
        plan with Tsp, TR and the replayed count, TR <= TL), then that
        answers.txt matches it.  Exit 0 and "lab-3: all observations made",
        or 1 with what is missing or wrong."""
-import argparse
 import csv
 import os
 import re
@@ -27,6 +26,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from labs import common  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "labs", "run", "lab-3")
@@ -89,39 +90,8 @@ def truth(folder):
             "equation1": "yes" if holds else "no", "counter": 6}
 
 
-def answers(folder):
-    out = {}
-    path = os.path.join(folder, "answers.txt")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                k, eq, v = line.partition("=")
-                if eq and not line.lstrip().startswith("#") and v.strip():
-                    out[k.strip()] = v.strip().lower()
-    return out
-
-
 def check(folder):
-    try:
-        t = truth(folder)
-    except ValueError as e:
-        print(f"lab-3: the run does not show a recovery with replays: {e}")
-        return 1
-    print(f"lab-3: the run shows a recovery with {t['replayed']} transactions replayed, every update once")
-    got, bad = answers(folder), 0
-    for k, want in t.items():
-        if k not in got:
-            print(f"  {k}: not answered yet (answers.txt)")
-            bad += 1
-        elif got[k] != str(want):
-            print(f"  {k}: {got[k]} is not what the run shows; look again")
-            bad += 1
-        else:
-            print(f"  {k}: right")
-    if bad:
-        return 1
-    print("lab-3: all observations made")
-    return 0
+    return common.check("lab-3", folder, truth, "a recovery with replays, every update applied once")
 
 
 def run(folder, cli):
@@ -168,14 +138,7 @@ def run(folder, cli):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("run", "check"))
-    ap.add_argument("--dir", default=RUN)
-    a = ap.parse_args()
-    if a.what == "run":
-        run(a.dir, os.environ.get("CLI") == "1")
-        return 0
-    return check(a.dir)
+    return common.main(__doc__, lambda d: run(d, os.environ.get("CLI") == "1"), check, RUN)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ files whose observations the check finds, and which pass once answered.
 Lab 1: a wrong or missing answer, no splice line, a response segment lost
 on the way.  Lab 2: a wrong answer, a reset from the VIP, no re-splice.
 Lab 3: a wrong answer, no replay (the alternate did not lag), a response
-the client found wrong."""
+the client found wrong.  Lab 4: a wrong answer, resplice's client seeing
+an error."""
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ GOOD = os.path.join(ROOT, "tests", "data", "labs", "lab-1")
 GOOD2 = os.path.join(ROOT, "tests", "data", "labs", "lab-2")
 LAB3 = os.path.join(ROOT, "labs", "replay.py")
 GOOD3 = os.path.join(ROOT, "tests", "data", "labs", "lab-3")
+LAB4 = os.path.join(ROOT, "labs", "baselines.py")
+GOOD4 = os.path.join(ROOT, "tests", "data", "labs", "lab-4")
 PY = "/usr/bin/python3"
 
 
@@ -256,6 +259,52 @@ class Lab3Run(unittest.TestCase):
                 set_answer(folder, key, v)
             rc, out = check(folder, LAB3)
             self.assertEqual(rc, 0, out)
+        self.assertEqual(leftovers(), [])
+
+
+class Lab4Check(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="rs-lab-")
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = os.path.join(self.tmp.name, "lab-4")
+        shutil.copytree(GOOD4, self.dir)
+
+    def test_good_run_passes(self):
+        rc, out = check(self.dir, LAB4)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count(": right"), 7, out)
+
+    def test_wrong_answer_fails(self):
+        set_answer(self.dir, "kept_connection_haproxy_tuned", "yes")
+        rc, out = check(self.dir, LAB4)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("kept_connection_haproxy_tuned: yes is not what the run shows", out)
+
+    def test_resplice_with_an_error_fails(self):
+        path = os.path.join(self.dir, "trials.csv")
+        with open(path) as f:
+            lines = f.readlines()
+        lines = [re.sub(r"^(failover,refapp,action1,resplice,static-mid,0,0,1,[^,]*,[^,]*,[^,]*,)0,", r"\g<1>1,", l)
+                 for l in lines]
+        with open(path, "w") as f:
+            f.writelines(lines)
+        rc, out = check(self.dir, LAB4)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("resplice's trial did not complete without an error", out)
+
+
+@needs_root
+class Lab4Run(unittest.TestCase):
+    def test_run_then_check(self):
+        self.assertEqual(leftovers(), [])
+        with tempfile.TemporaryDirectory(prefix="rs-lab-") as tmp:
+            folder = os.path.join(tmp, "lab-4")
+            r = subprocess.run([PY, LAB4, "run", "--dir", folder], capture_output=True, text=True, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+            self.assertTrue(os.path.exists(os.path.join(folder, "timeline.png")))
+            rc, out = check(folder, LAB4)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("the run shows the difference", out)
         self.assertEqual(leftovers(), [])
 
 
