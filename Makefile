@@ -51,7 +51,7 @@ logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update lab-1 lab-1-check lab-2 lab-2-check lab-3 lab-3-check lab-4 lab-4-check san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update lab-1 lab-1-check lab-2 lab-2-check lab-3 lab-3-check lab-4 lab-4-check lab-5 lab-5-check san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -260,6 +260,12 @@ lab-4: all
 
 lab-4-check:
 	@$(PYTHON) labs/baselines.py check
+
+lab-5: all
+	@$(PYTHON) labs/rerun.py run
+
+lab-5-check:
+	@$(PYTHON) labs/rerun.py check
 
 # The same over emulated WAN client links (PROFILES=, TRIALS=, QUICK=1).
 experiment-nospof: all

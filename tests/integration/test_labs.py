@@ -6,17 +6,19 @@ Lab 1: a wrong or missing answer, no splice line, a response segment lost
 on the way.  Lab 2: a wrong answer, a reset from the VIP, no re-splice.
 Lab 3: a wrong answer, no replay (the alternate did not lag), a response
 the client found wrong.  Lab 4: a wrong answer, resplice's client seeing
-an error."""
+an error.  Lab 5: a wrong answer, the message delivered twice with
+rs-auxlog, no replay in its log."""
+import json
 import os
 import re
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 import unittest
 
 from emul.testbed import leftovers
+from labs import failover, replay
 from tests.integration.harness import needs_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,6 +30,8 @@ LAB3 = os.path.join(ROOT, "labs", "replay.py")
 GOOD3 = os.path.join(ROOT, "tests", "data", "labs", "lab-3")
 LAB4 = os.path.join(ROOT, "labs", "baselines.py")
 GOOD4 = os.path.join(ROOT, "tests", "data", "labs", "lab-4")
+LAB5 = os.path.join(ROOT, "labs", "rerun.py")
+GOOD5 = os.path.join(ROOT, "tests", "data", "labs", "lab-5")
 PY = "/usr/bin/python3"
 
 
@@ -186,8 +190,6 @@ class Lab2Run(unittest.TestCase):
             rc, out = check(folder, LAB2)
             self.assertEqual(rc, 1, out)
             self.assertIn("the run shows a masked failover", out)
-            sys.path.insert(0, os.path.join(ROOT, "labs"))
-            import failover
             for key, v in failover.truth(folder).items():
                 set_answer(folder, key, round(v, 2) if isinstance(v, float) else v)
             rc, out = check(folder, LAB2)
@@ -250,8 +252,6 @@ class Lab3Run(unittest.TestCase):
             rc, out = check(folder, LAB3)
             self.assertEqual(rc, 1, out)
             self.assertIn("the run shows a recovery with", out)
-            sys.path.insert(0, os.path.join(ROOT, "labs"))
-            import replay
             want = replay.truth(folder)
             self.assertEqual((want["tl"], want["tsp"], want["tr"]), (3, 4, want["ta"] + 1))    # TR = TA + 1
             self.assertEqual(want["replayed"], want["tl"] - want["ta"])                       # [TR, TL]
@@ -305,6 +305,59 @@ class Lab4Run(unittest.TestCase):
             rc, out = check(folder, LAB4)
             self.assertEqual(rc, 1, out)
             self.assertIn("the run shows the difference", out)
+        self.assertEqual(leftovers(), [])
+
+
+class Lab5Check(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="rs-lab-")
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = os.path.join(self.tmp.name, "lab-5")
+        shutil.copytree(GOOD5, self.dir)
+
+    def test_good_run_passes(self):
+        rc, out = check(self.dir, LAB5)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(out.count(": right"), 4, out)
+
+    def test_wrong_answer_fails(self):
+        set_answer(self.dir, "copies_without_auxlog", 1)
+        rc, out = check(self.dir, LAB5)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("copies_without_auxlog: 1 is not what the run shows", out)
+
+    def test_duplicate_with_auxlog_or_no_replay_fails(self):
+        path = os.path.join(self.dir, "counts.json")
+        with open(path) as f:
+            counts = json.load(f)
+        counts["auxlog"]["bob"] = 2
+        with open(path, "w") as f:
+            json.dump(counts, f)
+        rc, out = check(self.dir, LAB5)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("with rs-auxlog bob got 2 messages", out)
+        shutil.copy(os.path.join(GOOD5, "counts.json"), path)
+        log = os.path.join(self.dir, "auxlog.log")
+        with open(log) as f:
+            lines = [l for l in f if "replay smtp" not in l]
+        with open(log, "w") as f:
+            f.writelines(lines)
+        rc, out = check(self.dir, LAB5)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("no replay of an SMTP conversation", out)
+
+
+@needs_root
+class Lab5Run(unittest.TestCase):
+    def test_run_then_check(self):
+        self.assertEqual(leftovers(), [])
+        with tempfile.TemporaryDirectory(prefix="rs-lab-") as tmp:
+            folder = os.path.join(tmp, "lab-5")
+            r = subprocess.run([PY, LAB5, "run", "--dir", folder], capture_output=True, text=True, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+            rc, out = check(folder, LAB5)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("the run shows a re-run send", out)
         self.assertEqual(leftovers(), [])
 
 
