@@ -51,7 +51,7 @@ logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update lab-1 lab-1-check lab-2 lab-2-check lab-3 lab-3-check lab-4 lab-4-check lab-5 lab-5-check san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -237,35 +237,14 @@ regress-update: all
 # files in labs/run/lab-N/ (CLI=1: a Mininet CLI with the stack running);
 # lab-N-check says whether that run and the student's answers show what
 # the lab is about.
-lab-1: all
-	@$(PYTHON) labs/splice.py run
+LAB_SCRIPTS := 1=splice 2=failover 3=replay 4=baselines 5=rerun
+lab_script = $(if $(filter $(1)=%,$(LAB_SCRIPTS)),labs/$(patsubst $(1)=%,%,$(filter $(1)=%,$(LAB_SCRIPTS))).py,$(error no lab $(1): the labs are 1 to 5, docs/labs/))
 
-lab-1-check:
-	@$(PYTHON) labs/splice.py check
+lab-%-check:
+	@$(PYTHON) $(call lab_script,$*) check
 
-lab-2: all
-	@$(PYTHON) labs/failover.py run
-
-lab-2-check:
-	@$(PYTHON) labs/failover.py check
-
-lab-3: all
-	@$(PYTHON) labs/replay.py run
-
-lab-3-check:
-	@$(PYTHON) labs/replay.py check
-
-lab-4: all
-	@$(PYTHON) labs/baselines.py run
-
-lab-4-check:
-	@$(PYTHON) labs/baselines.py check
-
-lab-5: all
-	@$(PYTHON) labs/rerun.py run
-
-lab-5-check:
-	@$(PYTHON) labs/rerun.py check
+lab-%: all
+	@$(PYTHON) $(call lab_script,$*) run
 
 # The same over emulated WAN client links (PROFILES=, TRIALS=, QUICK=1).
 experiment-nospof: all

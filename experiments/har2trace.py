@@ -28,9 +28,14 @@ Prints what it turned into captures; exits 2 on a file that is not a HAR."""
 import argparse
 import base64
 import json
+import os
 import re
 import sys
 import urllib.parse
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from roundcube.record import q as quote  # noqa: E402  (a trace's quoted string)
 
 KEEP_HEADERS = ("content-type", "authorization")
 MIN_TOKEN = 8
@@ -41,25 +46,6 @@ ERE_SPECIAL = set("\\.[]()*+?{}|^$")
 def ere_escape(text):
     """'text' as a literal POSIX extended regular expression."""
     return "".join("\\" + c if c in ERE_SPECIAL else c for c in text)
-
-
-def quote(text):
-    """A trace string literal: "..." with \\" \\\\ \\r \\n \\t \\xHH."""
-    out = []
-    for c in text:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c == "\r":
-            out.append("\\r")
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif ord(c) < 0x20 or ord(c) == 0x7f:
-            out.append(f"\\x{ord(c):02x}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
 
 
 def origin_of(url):

@@ -104,10 +104,7 @@ def run(folder):
     shutil.rmtree(work, ignore_errors=True)
     common.draw_timeline(folder, os.path.join(folder, "timeline"), "refapp-resplice-action1-static-mid",
                          os.path.join(folder, "timeline.png"))
-    with open(os.path.join(folder, "answers.txt"), "w") as f:
-        f.write(ANSWERS)
-    print(f"lab-4: in {os.path.relpath(folder)}: trials.csv, timeline/; answer the questions in "
-          f"{os.path.relpath(os.path.join(folder, 'answers.txt'))}, then make lab-4-check")
+    common.hand_over("lab-4", folder, ANSWERS)
 
 
 def main():

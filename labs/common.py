@@ -97,8 +97,26 @@ def write_sidecar(folder, name, pcap, server, title, marks):
         json.dump(meta, f)
 
 
+def offer_cli(tb, what):
+    """CLI=1: a Mininet CLI on testbed 'tb' before it goes ('what': what is
+    running, said first)."""
+    if os.environ.get("CLI") == "1":
+        from mininet.cli import CLI
+        print(f"Mininet CLI with {what} (exit to end)")
+        CLI(tb.net)
+
+
+def hand_over(lab, folder, answers):
+    """Writes the questions (folder/answers.txt) and says what to do next."""
+    with open(os.path.join(folder, "answers.txt"), "w") as f:
+        f.write(answers)
+    files = ", ".join(sorted(n for n in os.listdir(folder) if n != "answers.txt"))
+    print(f"{lab}: in {os.path.relpath(folder)}: {files}; answer the questions in "
+          f"{os.path.relpath(os.path.join(folder, 'answers.txt'))}, then make {lab}-check")
+
+
 def main(doc, run, check_fn, default_dir):
-    """The labs' command line: run | check [--dir DIR]; CLI=1 for run."""
+    """The labs' command line: run | check [--dir DIR]."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("what", choices=("run", "check"))
     ap.add_argument("--dir", default=default_dir)

@@ -44,7 +44,8 @@ detect_ms =
 # Q2. What told the proxy (the hold line's why=):
 detected_by =
 # Q3. How many response bytes did the logger send again from its log (the
-#     "step=resent" line)?
+#     "step=plan" line's resend=[a,b): b - a; 0 when the client had them
+#     all, else the "step=resent" line says it too)?
 resent_bytes =
 # Q4. Milliseconds from the hold to the connection re-spliced to the
 #     alternate (the "recovered" line's total_us), to 0.1 ms:
@@ -82,10 +83,10 @@ def truth(folder):
     cid, client = hold.group(1), hold.group(2)
     if t_hold < crash["t"]:
         raise ValueError("the proxy held the connection before the kill: not this crash")
-    _, resent = first(plog, rf"recover id={cid} client=\S+ step=resent bytes=(\d+)")
+    _, plan = first(plog, rf"recover id={cid} client=\S+ step=plan status=0 .* resend=\[(\d+),(\d+)\)")
     _, done = first(plog, rf"recovered id={cid} .*total_us=(\d+)")
-    if not resent or not done:
-        raise ValueError(f"proxy.log lacks the {'resend' if not resent else 're-splice'} of connection {cid}")
+    if not plan or not done:
+        raise ValueError(f"proxy.log lacks the {'plan' if not plan else 're-splice'} of connection {cid}")
     port = int(client.rsplit(":", 1)[1])
     end = pcaps.ends(os.path.join(folder, "client.pcap"), VIP).get(client.replace(":", "."), {})
     if "client_syn" not in end:
@@ -97,7 +98,8 @@ def truth(folder):
         raise ValueError(f"the client got {crash.get('size')} bytes, not {SIZE}")
     stall = pcaps.stall_ms(os.path.join(folder, "client.pcap"), port, end["client_syn"], end.get("client_end", 1e12))
     return {"detect_ms": (t_hold - crash["t"]) * 1000, "detected_by": hold.group(3),
-            "resent_bytes": int(resent.group(1)), "recover_ms": int(done.group(1)) / 1000, "stall_ms": stall}
+            "resent_bytes": (int(plan.group(2)) - int(plan.group(1))) % (1 << 32),
+            "recover_ms": int(done.group(1)) / 1000, "stall_ms": stall}
 
 
 TOLERANCE = {"detect_ms": 0.1, "recover_ms": 0.1, "stall_ms": 1.0}
@@ -107,7 +109,7 @@ def check(folder):
     return common.check("lab-2", folder, truth, "a masked failover", TOLERANCE)
 
 
-def run(folder, cli, seed):
+def run(folder, seed):
     from emul.stack import Stack
     from emul.testbed import Testbed
     from topologies.lan import LanTopo
@@ -134,10 +136,7 @@ def run(folder, cli, seed):
             json.dump({"t": crash.get("t"), "seed": seed, "moment_s": round(moment, 3), "size": size}, f)
             f.write("\n")
         print(f"lab-2: c1 downloaded {size} of {SIZE} bytes; the primary's rs-app was killed {moment:.3f} s in")
-        if cli:
-            from mininet.cli import CLI
-            print("Mininet CLI with the stack running, the alternate serving (exit to end)")
-            CLI(tb.net)
+        common.offer_cli(tb, "the stack running, the alternate serving")
         stack.stop()
     shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(folder, "proxy.log")) as f:
@@ -149,15 +148,11 @@ def run(folder, cli, seed):
                           "resend": first(plog, r"step=resent")[0], "resplice": first(plog, r"recovered id=")[0]})
     common.draw_timeline(folder, side, "lab-2", os.path.join(folder, "timeline.png"))
     shutil.rmtree(side, ignore_errors=True)
-    with open(os.path.join(folder, "answers.txt"), "w") as f:
-        f.write(ANSWERS)
-    print(f"lab-2: in {os.path.relpath(folder)}: client.pcap, proxy.log, logger.log, crash.json, timeline.png; "
-          f"answer the questions in {os.path.relpath(os.path.join(folder, 'answers.txt'))}, then make lab-2-check")
+    common.hand_over("lab-2", folder, ANSWERS)
 
 
 def main():
-    return common.main(__doc__, lambda d: run(d, os.environ.get("CLI") == "1", int(os.environ.get("SEED", "1"))),
-                       check, RUN)
+    return common.main(__doc__, lambda d: run(d, int(os.environ.get("SEED", "1"))), check, RUN)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def check(folder):
     return common.check("lab-3", folder, truth, "a recovery with replays, every update applied once")
 
 
-def run(folder, cli):
+def run(folder):
     from emul.places import binary
     from emul.stack import Stack
     from emul.testbed import Testbed, file_contains
@@ -125,20 +125,14 @@ def run(folder, cli):
             with open(os.path.join(folder, f"{name}.log"), "w") as f:
                 f.write(stack.log(log))
         print(f"lab-3: the client's run ended with status {client.popen.returncode}")
-        if cli:
-            from mininet.cli import CLI
-            print("Mininet CLI with the stack running, the alternate serving (exit to end)")
-            CLI(tb.net)
+        common.offer_cli(tb, "the stack running, the alternate serving")
         stack.stop()
     shutil.rmtree(work, ignore_errors=True)
-    with open(os.path.join(folder, "answers.txt"), "w") as f:
-        f.write(ANSWERS)
-    print(f"lab-3: in {os.path.relpath(folder)}: client.csv, proxy.log, logger.log, stated-alternate.log; answer "
-          f"the questions in {os.path.relpath(os.path.join(folder, 'answers.txt'))}, then make lab-3-check")
+    common.hand_over("lab-3", folder, ANSWERS)
 
 
 def main():
-    return common.main(__doc__, lambda d: run(d, os.environ.get("CLI") == "1"), check, RUN)
+    return common.main(__doc__, run, check, RUN)
 
 
 if __name__ == "__main__":

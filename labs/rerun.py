@@ -114,10 +114,7 @@ def run(folder):
     with open(os.path.join(folder, "counts.json"), "w") as f:
         json.dump(counts, f, indent=1)
         f.write("\n")
-    with open(os.path.join(folder, "answers.txt"), "w") as f:
-        f.write(ANSWERS)
-    print(f"lab-5: in {os.path.relpath(folder)}: counts.json, auxlog.log, the clients' and proxies' logs; answer "
-          f"the questions in {os.path.relpath(os.path.join(folder, 'answers.txt'))}, then make lab-5-check")
+    common.hand_over("lab-5", folder, ANSWERS)
 
 
 def main():

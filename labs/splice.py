@@ -119,7 +119,7 @@ def check(folder):
     return common.check("lab-1", folder, shown, "a splice", normalize={"offset_s2c": modulo, "offset_c2s": modulo})
 
 
-def run(folder, cli):
+def run(folder):
     from emul.stack import Stack
     from emul.testbed import Testbed
     from topologies.lan import LanTopo
@@ -142,20 +142,14 @@ def run(folder, cli):
         with open(os.path.join(folder, "proxy.log"), "w") as f:
             f.write(stack.log("proxy"))
         print(f"lab-1: c1 downloaded {SIZE} bytes through {stack.vip}")
-        if cli:
-            from mininet.cli import CLI
-            print("Mininet CLI with the stack running (try: c1 curl -s http://10.0.0.1/health; exit to end)")
-            CLI(tb.net)
+        common.offer_cli(tb, "the stack running (try: c1 curl -s http://10.0.0.1/health)")
         stack.stop()
     shutil.rmtree(work, ignore_errors=True)
-    with open(os.path.join(folder, "answers.txt"), "w") as f:
-        f.write(ANSWERS)
-    print(f"lab-1: in {os.path.relpath(folder)}: client.pcap, backend.pcap, proxy.log; answer the questions in "
-          f"{os.path.relpath(os.path.join(folder, 'answers.txt'))}, then make lab-1-check")
+    common.hand_over("lab-1", folder, ANSWERS)
 
 
 def main():
-    return common.main(__doc__, lambda d: run(d, os.environ.get("CLI") == "1"), check, RUN)
+    return common.main(__doc__, run, check, RUN)
 
 
 if __name__ == "__main__":

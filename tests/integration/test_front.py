@@ -478,8 +478,11 @@ class TestFront(FrontCase):
             self.start_front(host, f"front-{host}-{generation}")
             self.assertTrue(wait_until(lambda: "snapshot applied" in self.log(f"stated-{host}"), 5),
                             self.log(f"stated-{host}")[-2000:])
+            # rs-stated logs the snapshot once it went to the front, which
+            # installs it a moment later.
             path = os.path.join(self.hdir(host), "app.state")
-            self.assertEqual(open(path).read(), "counter=2")
+            self.assertTrue(wait_until(lambda: os.path.exists(path) and open(path).read() == "counter=2", 5),
+                            self.log(f"front-{host}")[-2000:])
             self.assertIn("state-apply 0.0.0.0:0#0 file 9B seq=2", self.log(f"front-{host}"))
 
         readmit(2, "alternate", 2)      # from the serving primary: its own newest state
