@@ -104,7 +104,10 @@ class TestCaptureLive(CaptureCase):
         time.sleep(0.3)
         out = self.tb["logger"].cmd(f"tc -s qdisc show dev {IFACE}")
         m = re.search(r"qdisc clsact .*?dropped (\d+)", out, re.S)
-        self.assertTrue(m and int(m.group(1)) > 100, out)
+        # At least one copy per 64 KB of the 1 MB response (veth hands GSO
+        # super-packets over whole: a busy machine makes fewer, larger ones;
+        # 73 were seen with make test's load).
+        self.assertTrue(m and int(m.group(1)) >= 16, out)
         before = self.stats(lg)
         self.assertEqual(before["not_loggable"], "0", before)
         # The logger host as a client of the VIP: the segments it receives
