@@ -17,7 +17,6 @@ check: that the run shows the difference (resplice completed the action
        trials.csv.  Exit 0 and "lab-4: all observations made", or 1."""
 import csv
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,13 +82,10 @@ def run(folder):
     from experiments.failover import Study
     from experiments.techniques import TECHNIQUES
     from topologies.lan import LanTopo
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    work = folder + ".testbed"
-    shutil.rmtree(work, ignore_errors=True)
     progress = studies.Progress(2 * len(TECHS))
-    with Testbed(LanTopo(), work) as tb, \
+    with common.fresh("lab-4", folder) as scratch, Testbed(LanTopo(), scratch.path) as tb, \
             studies.RowWriter(os.path.join(folder, "trials.csv"), "failover") as out:
+        work = scratch.path
         s = Study(tb, work, out, progress, "refapp")
         action, _, _ = s.wl.points["static-mid"]
         for name in TECHS:
@@ -101,7 +97,6 @@ def run(folder):
             progress.step(f"{name}: the primary killed in the middle of request {step} ({sizes[step]} bytes)")
             tl = os.path.join(folder, "timeline") if name == "resplice" else None
             s.trial(tech, action, "static-mid", step, sizes[step] // 2, 0, base, timeline=tl)
-    shutil.rmtree(work, ignore_errors=True)
     common.draw_timeline(folder, os.path.join(folder, "timeline"), "refapp-resplice-action1-static-mid",
                          os.path.join(folder, "timeline.png"))
     common.hand_over("lab-4", folder, ANSWERS)

@@ -97,6 +97,16 @@ def write_sidecar(folder, name, pcap, server, title, marks):
         json.dump(meta, f)
 
 
+def fresh(lab, folder):
+    """Empties 'folder' for a new run of 'lab'; returns the testbed's scratch
+    directory under /tmp, open to all (experiments/common.py's WorkDir: gone
+    at the end unless KEEP=1 or the run failed)."""
+    from experiments.common import WorkDir
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    return WorkDir(f"rs-{lab}-")
+
+
 def offer_cli(tb, what):
     """CLI=1: a Mininet CLI on testbed 'tb' before it goes ('what': what is
     running, said first)."""

@@ -118,12 +118,9 @@ def run(folder, seed):
     from emul.stack import Stack
     from emul.testbed import Testbed
     from topologies.lan import LanTopo
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    work = folder + ".testbed"
-    shutil.rmtree(work, ignore_errors=True)
     moment = random.Random(seed).uniform(0.1, 0.35)
-    with Testbed(LanTopo(), work) as tb:
+    with common.fresh("lab-2", folder) as scratch, Testbed(LanTopo(), scratch.path) as tb:
+        work = scratch.path
         stack = Stack(tb, work).start()
         cap, pcap = tb.capture("c1", "client", bpf_filter="tcp port 80", snaplen=96)
         crash = {}
@@ -149,7 +146,6 @@ def run(folder, seed):
               "the splice")
         common.offer_cli(tb, "the stack running, the alternate serving")
         stack.stop()
-    shutil.rmtree(work, ignore_errors=True)
     with open(os.path.join(folder, "proxy.log")) as f:
         plog = f.read()
     side = os.path.join(folder, ".sidecar")

@@ -20,7 +20,6 @@ check: that the run shows a recovery with replays (every response as
 import csv
 import os
 import re
-import shutil
 import signal
 import sys
 import time
@@ -99,11 +98,8 @@ def run(folder):
     from emul.stack import Stack
     from emul.testbed import Testbed, file_contains
     from topologies.lan import LanTopo
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    work = folder + ".testbed"
-    shutil.rmtree(work, ignore_errors=True)
-    with Testbed(LanTopo(), work) as tb:
+    with common.fresh("lab-3", folder) as scratch, Testbed(LanTopo(), scratch.path) as tb:
+        work = scratch.path
         # A frozen rs-stated sends no heartbeats: the logger waits 3 s
         # before it calls that a failure (the SIGKILL is found long before).
         stack = Stack(tb, work, dead_after="3s").start()
@@ -127,7 +123,6 @@ def run(folder):
         print(f"lab-3: the client's run ended with status {client.popen.returncode}")
         common.offer_cli(tb, "the stack running, the alternate serving")
         stack.stop()
-    shutil.rmtree(work, ignore_errors=True)
     common.hand_over("lab-3", folder, ANSWERS)
 
 

@@ -80,15 +80,12 @@ def check(folder):
 def run(folder):
     from emul.places import binary
     from emul.testbed import Testbed
-    from experiments import common as studies
     from roundcube.deploy import AuxLog, MailStore, ResplicedRoundcube, count_messages
     from topologies.lan import LanTopo
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
     trace = os.path.join(ROOT, "roundcube", "traces", "action2.trace")
     counts = {}
-    # The testbed under /tmp, open to all: dovecot's mail processes are not root.
-    with studies.WorkDir("rs-lab-5-") as work, Testbed(LanTopo(), os.path.join(work.path, "run")) as tb:
+    # The testbed under /tmp, open to all (common.fresh): dovecot runs as another user.
+    with common.fresh("lab-5", folder) as work, Testbed(LanTopo(), os.path.join(work.path, "run")) as tb:
         run_dir = os.path.join(work.path, "run")
         ms = MailStore(tb, run_dir).start()
         aux = AuxLog(tb, run_dir).start()

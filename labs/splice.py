@@ -123,11 +123,8 @@ def run(folder):
     from emul.stack import Stack
     from emul.testbed import Testbed
     from topologies.lan import LanTopo
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    work = folder + ".testbed"
-    shutil.rmtree(work, ignore_errors=True)
-    with Testbed(LanTopo(), work) as tb:
+    with common.fresh("lab-1", folder) as scratch, Testbed(LanTopo(), scratch.path) as tb:
+        work = scratch.path
         stack = Stack(tb, work).start()
         caps = [tb.capture("c1", "client", bpf_filter="tcp port 80", snaplen=96),
                 tb.capture("primary", "backend", bpf_filter="tcp port 8080", snaplen=96)]
@@ -144,7 +141,6 @@ def run(folder):
         print(f"lab-1: c1 downloaded {SIZE} bytes through {stack.vip}")
         common.offer_cli(tb, "the stack running (try: c1 curl -s http://10.0.0.1/health)")
         stack.stop()
-    shutil.rmtree(work, ignore_errors=True)
     common.hand_over("lab-1", folder, ANSWERS)
 
 
