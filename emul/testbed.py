@@ -369,6 +369,22 @@ class Testbed:
         self._end(d.popen, signal.SIGINT)
 
 
+def wait_death(d, timeout):
+    """Waits for daemon 'd' to die (e.g. at its --crash-at); returns the
+    monotonic time it was seen dead, or None after 'timeout' s."""
+    try:
+        d.popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    return time.monotonic()
+
+
+def wait_listening(host, port, timeout):
+    """Whether something listens on TCP 'port' on Mininet host 'host'
+    within 'timeout' s."""
+    return bool(wait_until(lambda: f":{port}" in host.cmd(f"ss -Hltn 'sport = :{port}'"), timeout, 0.05))
+
+
 def file_contains(path, text):
     """True when file 'path' exists and contains 'text' (for crash_when)."""
     try:

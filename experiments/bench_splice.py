@@ -48,10 +48,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from emul.places import APP_PORT, VIP_PORT, binary, use_build  # noqa: E402
 from emul.stack import Stack  # noqa: E402
-from emul.testbed import Testbed  # noqa: E402
+from emul.testbed import Testbed, wait_listening  # noqa: E402
 from experiments import baselines  # noqa: E402
 from experiments.common import ROOT, Progress, WorkDir, median, percentile, summary  # noqa: E402
-from experiments.techniques import wait_listening  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 DEPLOYMENTS = ("direct", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map")

@@ -7,15 +7,17 @@ after an untimed warm-up run, on one deployment; the reference app: each
 run on a fresh one); one row per run and metric in
 results/overhead/<workload>.csv (experiments/common.py's overhead schema):
 
-  workload <w>-action1 / -action2, metric latency_ms   the action's time
-  workload <w>-action1, metric throughput_mbps          its bytes / time
+  workload <w>-<action>, metric latency_ms   each action's time
+  workload <w>-<first action>, metric throughput_mbps   its bytes / time (the
+                                                 page and its files)
 
 TRIALS=, QUICK=1 (2 runs; direct, haproxy-tuned, resplice), TECHNIQUES=,
 WORKLOADS=, ROUNDS= (default 1): the techniques take turns ROUNDS times,
 each with its share of the TRIALS, so that a host that slows down or
 speeds up during the study (these machines do, by a third within a
 minute) weighs on all of them alike.  Ends with a summary: line (median
-Action 2 time per workload and technique and its ratio to direct)."""
+Action 2 time, or the last action's, per workload and technique and its
+ratio to direct)."""
 import argparse
 import os
 import sys
@@ -71,7 +73,7 @@ def run(a, runs, rounds, known, plan, tmp):
                             times[(name, action)].append(ms)
                             row = dict(technique=name, trial=k, seed=k, profile="lan", config=tech.config())
                             w.write(workload=f"{wl}-{action}", metric="latency_ms", value=round(ms, 3), **row)
-                            if action == "action1":
+                            if action == next(iter(s.wl.actions)):     # the page and its files
                                 w.write(workload=f"{wl}-{action}", metric="throughput_mbps",
                                         value=round(sum(sizes) * 8 / (ms * 1000), 3), **row)
             for (name, action), ts in times.items():
@@ -79,15 +81,17 @@ def run(a, runs, rounds, known, plan, tmp):
     print()
     summary = {}
     for wl, wtechs in plan:
-        ref = medians.get((wl, "direct", "action2"))
+        actions = list(WORKLOADS[wl].actions)
+        last = actions[-1]          # the seed's Action 2: the one with updates
+        ref = medians.get((wl, "direct", last))
         for name in wtechs:
-            m1, m2 = medians[(wl, name, "action1")], medians[(wl, name, "action2")]
-            print(f"{wl:10s} {name:15s} action1 {m1:8.1f} ms  action2 {m2:8.1f} ms"
-                  + (f"  x{m2 / ref:.2f}" if ref else ""))
+            ms = {a: medians[(wl, name, a)] for a in actions}
+            print(f"{wl:10s} {name:15s} " + "  ".join(f"{a} {m:8.1f} ms" for a, m in ms.items())
+                  + (f"  x{ms[last] / ref:.2f}" if ref else ""))
             key = f"{wl}_{name.replace('-', '_')}"
-            summary[f"{key}_action2_ms"] = round(m2, 2)
+            summary[f"{key}_{last}_ms"] = round(ms[last], 2)
             if ref:
-                summary[f"{key}_ratio"] = round(m2 / ref, 2)
+                summary[f"{key}_ratio"] = round(ms[last] / ref, 2)
     print(common.summary(study="overhead", runs=runs, **summary))
 
 

@@ -38,6 +38,7 @@ the workload on the primary with nothing in front of it."""
 import os
 import time
 
+from emul.testbed import wait_listening
 from experiments import baselines
 from experiments.workloads import FRONT_PORT
 from roundcube.deploy import DeployError
@@ -226,15 +227,6 @@ class Plain(Technique):
 
     def config(self):
         return {"technique": "direct"}
-
-
-def wait_listening(host, port, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if f":{port}" in host.cmd(f"ss -Hltn 'sport = :{port}'"):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 TECHNIQUES = {t.name: t for t in (Direct, BrowserRetry, BrowserRetryShared, HAProxyDefault, HAProxyTuned, Vrrp,

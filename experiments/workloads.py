@@ -10,6 +10,9 @@ resplice stack, and the plain deployment the overhead study compares with.
   roundcube  Roundcube 1.6 (lighttpd + php-cgi) with dovecot and the SMTP
              server: the seed's Action 1 (login page and its static files)
              and Action 2 (log in, compose, send to bob, log out).
+  mine       (only when WORKLOADS= names it) your own application, as
+             the workload file $MINE describes it (experiments/mine.py;
+             default: the guestbook, examples/guestbook/workload.ini).
 
 Crash injection is the same for both: the primary's rs-app (the refapp
 itself, or Roundcube's front, rs-front) SIGKILLs itself before byte
@@ -20,11 +23,12 @@ A crash point is (action, request, offset): request is a step number or
 "largest" (the action's largest response), offset is bytes into the response
 (its headers included) or "mid" (half the crash-free body)."""
 import os
-import time
+import sys
 
 from emul.places import APP_PORT, binary
 from emul.stack import Stack
-from experiments import common
+from emul.testbed import wait_death
+from experiments import common, mine
 from roundcube import deploy
 from roundcube.deploy import (UPSTREAM_PORT, MAILSTORE_IP, AuxLog, MailStore, ResplicedRoundcube, Roundcube,
                               count_messages, init_db, warm_up)
@@ -277,14 +281,11 @@ class RoundcubeWorkload(Workload):
         return got == (before[0] + 1, before[1] + 1), dup
 
 
-def wait_death(d, timeout):
-    """Waits for daemon 'd' to die (its --crash-at); returns the monotonic
-    time it was seen dead, or None after 'timeout' s."""
-    try:
-        d.popen.wait(timeout)
-    except Exception:
-        return None
-    return time.monotonic()
-
-
 WORKLOADS = {w.name: w for w in (Refapp, RoundcubeWorkload)}
+# WORKLOADS=mine: your own application, as the workload file $MINE says
+# (experiments/mine.py; default the guestbook example).
+if "mine" in os.environ.get("WORKLOADS", "").split(","):
+    try:
+        WORKLOADS["mine"] = mine.load(os.environ.get("MINE") or mine.EXAMPLE, FRONT_PORT, Workload)
+    except mine.BadWorkload as e:
+        sys.exit(f"WORKLOADS=mine: {e}")
