@@ -14,9 +14,10 @@ replay what a user did on your own application.
 - Each response becomes `expect status N` (3xx for a redirect); a static
   file (not HTML or JSON) also `expect length N`.
 - Tokens: a value a later request sends (a query or form parameter, an X-*
-  or Authorization header; 8 characters or more) that an earlier response
-  carried (its body, or its Location header) is a value the server made
-  for this session: it becomes ${name}, and that response gets a
+  or Authorization header, a path segment with a digit and no dot; 8
+  characters or more) that an earlier response carried (its body, or its
+  Location header) is a value the server made for this session: it
+  becomes ${name}, and that response gets a
   `capture name body|header Location "ERE"` that finds it anew on every
   replay (the characters before it in the response, then the value up to
   the character that followed it).  A value no response carried stays as
@@ -84,6 +85,11 @@ def sent_values(entry):
         if n.lower().startswith("x-") or n.lower() == "authorization":
             v = h.get("value", "").split()[-1] if n.lower() == "authorization" else h.get("value", "")
             out.append(("header", n, v))
+    # An id in the path (/entry/3f9a...): named after the segment before it.
+    # It has a digit and no dot, unlike a file's name.
+    segs = [urllib.parse.unquote(x) for x in urllib.parse.urlsplit(req["url"]).path.split("/")]
+    out += [("path", segs[i - 1] or "id", v) for i, v in enumerate(segs)
+            if i and re.search(r"[0-9]", v) and "." not in v]
     return [(w, n, v) for w, n, v in out if len(v) >= MIN_TOKEN and re.fullmatch(r"[A-Za-z0-9_\-.~+/=]+", v)]
 
 

@@ -10,7 +10,7 @@ libnetfilter-queue-dev libpcap-dev libnl-3-dev libnl-route-3-dev libnl-genl-3-de
 libbpf-dev bpftool libelf-dev zlib1g-dev
 mininet openvswitch-switch bridge-utils iptables iproute2
 iputils-ping ethtool tcpdump iperf3 procps psmisc net-tools curl
-gnuplot-nox haproxy keepalived
+gnuplot-nox haproxy keepalived chromium chromium-driver python3-selenium
 roundcube roundcube-core roundcube-sqlite3 php-cgi php-cli php-sqlite3 lighttpd dovecot-imapd
 linux-headers-amd64 linux-image-amd64 qemu-system-x86 busybox-static cpio
 "

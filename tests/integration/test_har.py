@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import secrets
+import socket
 import subprocess
 import tempfile
 import threading
@@ -21,6 +22,7 @@ import unittest
 import urllib.parse
 
 from emul.places import binary
+from tests.integration.harness import needs_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "experiments", "har2trace.py")
@@ -180,6 +182,97 @@ class HarImport(unittest.TestCase):
                            capture_output=True, text=True)
         self.assertEqual(r.returncode, 2)
         self.assertIn("not a HAR file", r.stderr)
+
+
+GUESTBOOK = os.path.join(ROOT, "examples", "guestbook")
+BROWSER = os.path.join(ROOT, "experiments", "browser_har.py")
+
+
+def requests_of(trace_text):
+    return [l for l in trace_text.splitlines() if l.startswith("request ")]
+
+
+@needs_root
+class BrowserRecording(unittest.TestCase):
+    """A real browser session: headless Chromium, driven by
+    experiments/browser_har.py through examples/guestbook/visit.steps in a
+    network namespace with nothing but loopback, records a HAR; har2trace
+    turns the entry's id (drawn by the server, in the path of a later
+    request) into a capture; the trace replays against a fresh guestbook,
+    which draws another id; the example's visit.trace is that import."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="rs-har-browser-")
+        self.addCleanup(self.tmp.cleanup)
+
+    def record(self, steps):
+        har = os.path.join(self.tmp.name, "visit.har")
+        serve = f"{PY} {GUESTBOOK}/guestbook.py --port 8000 --data {self.tmp.name}/recorded"
+        r = subprocess.run([PY, BROWSER, "--serve", serve, "--url", "http://127.0.0.1:8000/", "--steps", steps,
+                            "--out", har], capture_output=True, text=True, timeout=120)
+        return r, har
+
+    def test_visit_recorded_in_chromium_replays(self):
+        r, har = self.record(os.path.join(GUESTBOOK, "visit.steps"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(har) as f:
+            entries = json.load(f)["log"]["entries"]
+        got = [(e["request"]["method"], urllib.parse.urlsplit(e["request"]["url"]).path) for e in entries]
+        self.assertEqual([g for g in got if g[1] != "/favicon.ico"],
+                         [("GET", "/"), ("POST", "/sign"), ("GET", got[-3][1]), ("GET", "/"),
+                          ("GET", "/static/guide.txt")], got)
+        self.assertRegex(got[-3][1], r"^/entry/[0-9a-f]{16}$")
+        sign = entries[[g[1] for g in got].index("/sign")]
+        self.assertEqual(sign["request"]["postData"]["text"], "name=carol&message=recorded+in+Chromium")
+        self.assertIn("HeadlessChrome", json.dumps(sign["request"]["headers"]))     # the browser's own request
+        self.assertEqual(entries[-1]["response"]["content"]["size"], 280000)
+
+        trace = os.path.join(self.tmp.name, "visit.trace")
+        c = subprocess.run([PY, TOOL, har, "--out", trace], capture_output=True, text=True, timeout=60)
+        self.assertEqual(c.returncode, 0, c.stderr)
+        self.assertIn("${entry} = the value", c.stdout)
+        with open(trace) as f, open(os.path.join(GUESTBOOK, "visit.trace")) as g:
+            text, shipped = f.read(), g.read()
+        self.assertIn("request GET /entry/${entry}", text)
+        self.assertEqual([l for l in requests_of(text) if "favicon" not in l],
+                         [l for l in requests_of(shipped) if "favicon" not in l])
+
+        # A fresh guestbook draws another id: only the capture can follow it.
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = sk.getsockname()[1]
+        app = subprocess.Popen([PY, os.path.join(GUESTBOOK, "guestbook.py"), "--port", str(port), "--data",
+                                os.path.join(self.tmp.name, "fresh")], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(app.stdout.close)
+        self.addCleanup(app.wait)
+        self.addCleanup(app.kill)
+        self.assertIn("listening", app.stdout.readline())
+        out = os.path.join(self.tmp.name, "c.csv")
+        c = subprocess.run([binary("rs-client"), "--server", f"127.0.0.1:{port}", "--trace", trace, "--csv", out,
+                            "--quiet"], capture_output=True, text=True, timeout=60)
+        with open(out) as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual(c.returncode, 0, c.stdout + c.stderr + text)
+        self.assertEqual({r["result"] for r in rows}, {"ok"})
+        replayed = [r["target"] for r in rows if r["target"].startswith("/entry/")]
+        self.assertEqual(len(replayed), 1)
+        self.assertNotEqual(replayed[0], got[-3][1], "the replay reused the recorded id")
+
+    def test_bad_steps(self):
+        steps = os.path.join(self.tmp.name, "bad.steps")
+        with open(steps, "w") as f:
+            f.write("open /\nscroll down\n")
+        r, _ = self.record(steps)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("line 2: unknown step 'scroll'", r.stderr)
+
+    def test_a_step_that_fails_is_named(self):
+        steps = os.path.join(self.tmp.name, "missing.steps")
+        with open(steps, "w") as f:
+            f.write("open /\nclick #no-such-button\n")
+        r, _ = self.record(steps)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("step on line 2 (click #no-such-button)", r.stderr)
 
 
 if __name__ == "__main__":

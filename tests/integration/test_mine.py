@@ -48,8 +48,7 @@ class Loader(unittest.TestCase):
             self.good = f.read()
 
     def load(self, text):
-        for name in ("browse.trace", "sign.trace", "tags.conf", "guestbook.py"):
-            shutil.copy(os.path.join(GUESTBOOK, name), self.tmp.name)
+        shutil.copytree(GUESTBOOK, self.tmp.name, dirs_exist_ok=True)
         path = os.path.join(self.tmp.name, "workload.ini")
         with open(path, "w") as f:
             f.write(text)
@@ -66,7 +65,7 @@ class Loader(unittest.TestCase):
         w = self.load(self.good)
         self.assertTrue(issubclass(w, Workload))
         self.assertEqual(w.name, "mine")
-        self.assertEqual(set(w.actions), {"browse", "sign"})
+        self.assertEqual(set(w.actions), {"browse", "sign", "visit"})
         self.assertEqual(w.points["guide-mid"], ("browse", "largest", "mid"))
         self.assertEqual(w.points["sign-mid"], ("sign", 1, 170))
         self.assertEqual((w.quick_points, w.headline, w.trials), (("guide-mid", "sign-mid"), "guide-mid", 3))
@@ -181,7 +180,7 @@ class Study(unittest.TestCase):
         r = self.study("overhead.py", {"TECHNIQUES": "direct,resplice"})
         table = rows(os.path.join(self.tmp.name, "overhead", "mine.csv"))
         timed = {(x["technique"], x["workload"]) for x in table if x["metric"] == "latency_ms"}
-        self.assertEqual(timed, {(t, f"mine-{a}") for t in ("direct", "resplice") for a in ("browse", "sign")})
+        self.assertEqual(timed, {(t, f"mine-{a}") for t in ("direct", "resplice") for a in ("browse", "sign", "visit")})
         self.assertIn("summary:", r.stdout)
 
     def test_without_state_hooks_the_sign_is_not_masked(self):
