@@ -36,6 +36,7 @@ EXAMPLE = os.path.join(ROOT, "examples", "guestbook", "workload.ini")
 # What a command may use; {dir} (the workload file's directory) is also
 # allowed in every other path.
 COMMAND_FIELDS = ("addr", "port", "data", "state_dir", "host", "dir")
+APPLY_FIELDS = ("data", "dir")
 START_TIMEOUT = 20          # s for the command to listen
 
 
@@ -74,13 +75,18 @@ def load(path, front_port, base):
     for section in ("app", "actions", "points"):
         if not cp.has_section(section):
             raise BadWorkload(f"{path}: no [{section}] section")
-    command = get("app", "command")
+    def fields_ok(key, text, fields):
+        try:
+            text.format(**{k: "" for k in fields})
+        except (ValueError, KeyError, IndexError) as e:
+            raise bad("app", key, f"{e} (it may use {{{'}, {'.join(fields)}}})") from None
+
     try:
-        argv = shlex.split(command)
-        for word in argv:
-            word.format(**{k: "" for k in COMMAND_FIELDS})
-    except (ValueError, KeyError, IndexError) as e:
-        raise bad("app", "command", f"{e} (it may use {{{'}, {'.join(COMMAND_FIELDS)}}})") from None
+        argv = shlex.split(get("app", "command"))
+    except ValueError as e:
+        raise bad("app", "command", e) from None
+    for word in argv:
+        fields_ok("command", word, COMMAND_FIELDS)
     try:
         port = int(get("app", "port"))
     except ValueError:
@@ -90,6 +96,8 @@ def load(path, front_port, base):
     apply_file, apply_cmd = get("app", "apply_file", ""), get("app", "apply_cmd", "")
     if apply_file and apply_cmd:
         raise bad("app", "apply_file", "and apply_cmd: one or the other")
+    fields_ok("apply_file", apply_file, APPLY_FIELDS)
+    fields_ok("apply_cmd", apply_cmd, APPLY_FIELDS)
     tags = get("app", "tags", "")
     actions = {name: a_file("actions", name, v) for name, v in cp.items("actions")}
     if not actions:
@@ -126,15 +134,25 @@ def load(path, front_port, base):
 
     app = App(path, here, argv, port, apply_file, apply_cmd, tags and a_file("app", "tags", tags),
               get("app", "strip_header", "").split())
-    return type("Mine", (base,), {
+    return type("Mine", (Deployments, base), {
         "name": "mine", "actions": actions, "points": points, "quick_points": quick, "headline": headline,
         "check_path": get("app", "check_path", "/"), "shared_store": True, "trials": trials, "app": app,
-        "backends": lambda self, hosts, shared_db=False, crash_host="primary":
-            MineBackends(self.tb, self.dir, self.app, hosts, front_port, shared_db, crash_host),
-        "resplice": lambda self, crash_at: MineResplice(self.tb, self.dir, self.app, crash_at),
-        "direct": lambda self: MineDirect(self.tb, self.dir, self.app, front_port),
-        "__doc__": f"The application of {path}.",
+        "front_port": front_port, "__doc__": f"The application of {path}.",
     })
+
+
+class Deployments:
+    """What a workload does to deploy the application (the interface of
+    experiments/workloads.py's workloads)."""
+
+    def backends(self, hosts, shared_db=False, crash_host="primary"):
+        return MineBackends(self.tb, self.dir, self.app, hosts, self.front_port, shared_db, crash_host)
+
+    def resplice(self, crash_at):
+        return MineResplice(self.tb, self.dir, self.app, crash_at)
+
+    def direct(self):
+        return MineDirect(self.tb, self.dir, self.app, self.front_port)
 
 
 class App:

@@ -14,7 +14,7 @@ resplice stack, and the plain deployment the overhead study compares with.
              the workload file $MINE describes it (experiments/mine.py;
              default: the guestbook, examples/guestbook/workload.ini).
 
-Crash injection is the same for both: the primary's rs-app (the refapp
+Crash injection is the same for all: the primary's rs-app (the refapp
 itself, or Roundcube's front, rs-front) SIGKILLs itself before byte
 B of request N's response (--crash-at N+B); for Roundcube crash()
 then kills lighttpd and php-cgi too, as a crash of the whole backend.

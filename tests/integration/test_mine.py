@@ -86,6 +86,8 @@ class Loader(unittest.TestCase):
         self.refused("apply_file = {data}/guestbook.json",
                      "apply_file = {data}/guestbook.json\napply_cmd = cp", r"one or the other")
         self.refused("tags = {dir}/tags.conf", "tags = {dir}/tag.conf", r"\[app\] tags: no such file")
+        self.refused("apply_file = {data}/guestbook.json", "apply_file = {data}/${name}.json",
+                     r"\[app\] apply_file: 'name' \(it may use \{data\}, \{dir\}\)")
 
     def test_refused_by_the_studies(self):
         """A study asked for WORKLOADS=mine with a bad file stops at once and
