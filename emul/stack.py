@@ -31,6 +31,7 @@ import signal
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PAIR_PORT, PRIMARY_ID, PROXY_CTL,
                          SPARE_ID, STATED_PORT, VIP_PORT, binary, proxy_datapath, proxy_identity, write_key)
+from emul.testbed import wait_death
 from topologies.lan import PAIR_HOSTS, SERVERS, SPARE_HOST
 
 
@@ -208,3 +209,31 @@ class Stack:
     def primary_down(self):
         """Takes the primary host's interfaces down (a host crash)."""
         return self.tb.host_down("primary")
+
+
+class StackRun:
+    """A Stack as one deployment of a study's trial: the client talks to
+    'vip'; crash() waits for the primary's application (rs-app or
+    rs-front) to die at its --crash-at; stop() ends what is still running,
+    so that the next trial starts afresh on the same testbed."""
+
+    def __init__(self, stack):
+        self.stack = stack
+
+    @property
+    def vip(self):
+        return self.stack.vip
+
+    def start(self):
+        self.stack.start()
+        return self
+
+    def crash(self, timeout=60):
+        """The monotonic time the primary's application was seen dead, or
+        None after 'timeout' s."""
+        return wait_death(self.stack.d["app-primary"], timeout)
+
+    def stop(self):
+        self.stack.tb.stop(*[d for d in self.stack.d.values() if d.alive()])
+        self.stack.d.clear()
+

@@ -27,7 +27,7 @@ import shutil
 import signal
 
 from emul.places import binary
-from emul.stack import Stack
+from emul.stack import Stack, StackRun
 from emul.testbed import wait_death, wait_listening
 from roundcube.deploy import descendants
 
@@ -246,7 +246,7 @@ class MineBackends:
         self.apps.clear()
 
 
-class MineResplice:
+class MineResplice(StackRun):
     """The application behind rs-front on both backends with the whole
     stack (emul/stack.py); the primary's front dies at 'crash_at' and
     crash() kills the application there too."""
@@ -254,8 +254,9 @@ class MineResplice:
     def __init__(self, tb, run_dir, app, crash_at):
         self.tb, self.dir, self.app, self.crash_at = tb, run_dir, app, crash_at
         self.apps, self.paths = {}, {}
-        self.stack = Stack(tb, run_dir, front={"start": self._start_app, "port": app.port, "args": self._front_args},
-                           logger_args=["--tags", app.tags] if app.tags else [])
+        super().__init__(Stack(tb, run_dir, front={"start": self._start_app, "port": app.port,
+                                                   "args": self._front_args},
+                               logger_args=["--tags", app.tags] if app.tags else []))
 
     def _start_app(self, host):
         self.paths[host] = self.app.dirs(self.dir, host)
@@ -266,24 +267,15 @@ class MineResplice:
         argv = self.app.front_args(*self.paths[host])
         return argv + (["--crash-at", str(self.crash_at)] if self.crash_at and host == "primary" else [])
 
-    @property
-    def vip(self):
-        return self.stack.vip
-
-    def start(self):
-        self.stack.start()
-        return self
-
     def crash(self, timeout=60):
-        t = wait_death(self.stack.d["app-primary"], timeout)
+        t = super().crash(timeout)
         if t is not None:
             crash_app(self.tb, self.apps["primary"])
         return t
 
     def stop(self):
-        ds = [d for d in list(self.stack.d.values()) + list(self.apps.values()) if d.alive()]
-        self.tb.stop(*ds)
-        self.stack.d.clear()
+        super().stop()
+        self.tb.stop(*[d for d in self.apps.values() if d.alive()])
         self.apps.clear()
 
 

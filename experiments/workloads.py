@@ -26,7 +26,7 @@ import os
 import sys
 
 from emul.places import APP_PORT, binary
-from emul.stack import Stack
+from emul.stack import Stack, StackRun
 from emul.testbed import wait_death
 from experiments import common, mine
 from roundcube import deploy
@@ -94,30 +94,13 @@ class RefappBackends:
         self.d.clear()
 
 
-class RefappResplice:
+class RefappResplice(StackRun):
     """rs-app on both backends with rs-stated, rs-logger and rs-proxy
     (emul/stack.py); the primary's rs-app dies at 'crash_at'."""
 
     def __init__(self, tb, run_dir, crash_at):
-        self.stack = Stack(tb, run_dir, app_host_args=lambda h: ["--crash-at", str(crash_at)]
-                           if crash_at and h == "primary" else [])
-
-    @property
-    def vip(self):
-        return self.stack.vip
-
-    def start(self):
-        self.stack.start()
-        return self
-
-    def crash(self, timeout=60):
-        return wait_death(self.stack.d["app-primary"], timeout)
-
-    def stop(self):
-        for d in self.stack.d.values():
-            if d.alive():
-                self.stack.tb.stop(d)
-        self.stack.d.clear()
+        super().__init__(Stack(tb, run_dir, app_host_args=lambda h: ["--crash-at", str(crash_at)]
+                               if crash_at and h == "primary" else []))
 
 
 class RefappDirect:
