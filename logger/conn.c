@@ -248,7 +248,13 @@ static void on_http(void *arg, struct rs_http_conn *hc, const struct rs_http_txn
         c->logged_ns[t->num % RS_HTTP_TXN_RING] = rs_mono_ns();
         rs_log("txn-logged id=%s status=%u req=[%u,%u) resp=[%u,%u) close=%d", RS_TXN(t->id), t->status,
                t->req_start, t->req_end, t->resp_start, t->resp_end, t->close);
-        lg_ctl_txn_logged(lg, t->id, t->resp_end);
+        /* The alternate applies a transaction's state once it is logged; a
+         * read-only transaction has none, so it goes unannounced: one
+         * message and its ACK less per static file.  (rs-stated's mark only
+         * grows: a state an application sent for a request tagged
+         * read-only is released by the next update's TXN_LOGGED.) */
+        if (c->tags[t->num % RS_HTTP_TXN_RING] & RS_TAG_UPDATE)
+            lg_ctl_txn_logged(lg, t->id, t->resp_end);
         if (lg->readfile)
             txn_line(stdout, c, t);
         break;
