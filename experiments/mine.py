@@ -26,12 +26,11 @@ import shlex
 import shutil
 import signal
 
-from emul.places import binary
+from emul.places import ROOT, binary
 from emul.stack import Stack, StackRun
 from emul.testbed import wait_death, wait_listening
 from roundcube.deploy import descendants
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "guestbook", "workload.ini")
 # What a command may use; {dir} (the workload file's directory) is also
 # allowed in every other path.

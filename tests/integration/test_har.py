@@ -258,19 +258,19 @@ class BrowserRecording(unittest.TestCase):
         self.assertEqual(len(replayed), 1)
         self.assertNotEqual(replayed[0], got[-3][1], "the replay reused the recorded id")
 
-    def test_bad_steps(self):
-        steps = os.path.join(self.tmp.name, "bad.steps")
+    def record_steps(self, text):
+        steps = os.path.join(self.tmp.name, "test.steps")
         with open(steps, "w") as f:
-            f.write("open /\nscroll down\n")
-        r, _ = self.record(steps)
+            f.write(text)
+        return self.record(steps)[0]
+
+    def test_bad_steps(self):
+        r = self.record_steps("open /\nscroll down\n")
         self.assertEqual(r.returncode, 2)
         self.assertIn("line 2: unknown step 'scroll'", r.stderr)
 
     def test_a_step_that_fails_is_named(self):
-        steps = os.path.join(self.tmp.name, "missing.steps")
-        with open(steps, "w") as f:
-            f.write("open /\nclick #no-such-button\n")
-        r, _ = self.record(steps)
+        r = self.record_steps("open /\nclick #no-such-button\n")
         self.assertEqual(r.returncode, 1)
         self.assertIn("step on line 2 (click #no-such-button)", r.stderr)
 
