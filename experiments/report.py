@@ -12,7 +12,8 @@ printed with two decimals, "–" when there is no value):
     (sums over the trials); then one row per workload, action and crash
     point, one column per technique: median failover (completed / trials).
   WAN failover (study wan), one row per workload and profile (with its RTT
-    and loss), one column per technique: median failover_ms (n).
+    and loss), one column per technique: median failover_ms (n), and the
+    median stall_ms (from the client's pcap) when the rows have it.
   Overhead (study overhead), one row per workload, metric, technique:
     median, p5, p95, n.
 """
@@ -84,7 +85,11 @@ def wan_table(rows):
         cells = []
         for t in techs:
             st = stats(num(r["failover_ms"]) for r in rs if r["technique"] == t)
-            cells.append(f"{fmt(st['median'])} ({st['n']})")
+            stall = stats(num(r.get("stall_ms")) for r in rs if r["technique"] == t)
+            # The stall the client felt, from its pcap: the difference to a
+            # crash-free median is noise-dominated at these round trips.
+            cells.append(f"{fmt(st['median'])} ({st['n']})"
+                         + (f", stall {fmt(stall['median'])}" if stall["n"] else ""))
         body.append([wl, prof, "/".join(rtts), "/".join(losses)] + cells)
     return table(["workload", "profile", "RTT (ms)", "loss (%)"] + techs, body)
 

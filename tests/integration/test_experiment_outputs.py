@@ -100,6 +100,7 @@ def write_wan(results, rnd):
                     w.write(workload="refapp", action="action2", technique=tech,
                             crash_point="mid-response", trial=trial, seed=trial + 7, ok=1,
                             failover_ms=round(BASE_MS.get(tech, 3600) + 2 * rtt + rnd.random() * 50, 3),
+                            stall_ms=round(BASE_MS.get(tech, 3600) + rnd.random() * 50, 3),
                             errors=0, relogins=0, profile=prof, rtt_ms=rtt, loss_pct=loss)
     return p
 
@@ -626,7 +627,8 @@ class Outputs(unittest.TestCase):
             self.assertEqual(float(cells[3]), loss)
             for t, cell in zip(techs, cells[4:]):
                 fo = [float(r["failover_ms"]) for r in rows if r["profile"] == prof and r["technique"] == t]
-                self.assertEqual(cell, f"{f2(ref_quantile(fo, 0.5))} ({len(fo)})")
+                stall = [float(r["stall_ms"]) for r in rows if r["profile"] == prof and r["technique"] == t]
+                self.assertEqual(cell, f"{f2(ref_quantile(fo, 0.5))} ({len(fo)}), stall {f2(ref_quantile(stall, 0.5))}")
 
     def test_overhead_table_matches_csv(self):
         header, got = md_table(section(self.report, "overhead"), "workload")
