@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -23,6 +24,43 @@
 
 static const char *log_name = "rs";
 
+/* Lines held by rs_log_hold()'s thread until rs_log_flush(). */
+#define LOG_HOLD_BYTES 32768
+static __thread char *held;
+static __thread size_t held_len;
+
+static void write_all(int fd, const char *p, size_t len)
+{
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;     /* nowhere to report it */
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+void rs_log_flush(void)
+{
+    if (held_len) {
+        write_all(STDERR_FILENO, held, held_len);
+        held_len = 0;
+    }
+}
+
+static void flush_at_exit(void)
+{
+    rs_log_flush();
+}
+
+void rs_log_hold(void)
+{
+    if (!held && (held = malloc(LOG_HOLD_BYTES)) != NULL)
+        atexit(flush_at_exit);
+}
+
 void rs_log_init(const char *name)
 {
     log_name = name;
@@ -32,6 +70,8 @@ void rs_log_init(const char *name)
 int rs_log_to(const char *path)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644), err = 0;
+
+    rs_log_flush();     /* what was logged before goes where it was meant to */
 
     if (fd < 0)
         return -errno;
@@ -69,7 +109,18 @@ void rs_log(const char *fmt, ...)
     if (n > 0 && (size_t)n < sizeof(line))
         vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s\n", line);
+    if (n < 0)
+        return;
+    if (!held) {
+        fprintf(stderr, "%s\n", line);
+        return;
+    }
+    n = (int)strlen(line);
+    if (held_len + (size_t)n + 1 > LOG_HOLD_BYTES)
+        rs_log_flush();
+    memcpy(held + held_len, line, (size_t)n);
+    held_len += (size_t)n;
+    held[held_len++] = '\n';
 }
 
 int rs_addr_parse(const char *text, struct rs_addr *a)

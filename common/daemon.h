@@ -25,6 +25,13 @@ void rs_log_init(const char *name);
 int rs_log_to(const char *path);
 /* Writes "<epoch>.<us> <name> <message>\n" to stderr. */
 void rs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* From now on this thread's lines wait in a buffer (32 KB) until
+ * rs_log_flush(), which the event loop calls before it sleeps, and at
+ * exit: a burst of events costs one write instead of one per line, and
+ * every write ends at a line's end.  The timestamps are the events' own.
+ * A SIGKILL loses what the loop's current turn logged. */
+void rs_log_hold(void);
+void rs_log_flush(void);
 uint64_t rs_now_us(void);   /* CLOCK_REALTIME, microseconds */
 uint64_t rs_mono_ns(void);  /* CLOCK_MONOTONIC, nanoseconds (the clock BPF's ktime uses) */
 

@@ -137,18 +137,24 @@ int rs_io_set(struct rs_io *io, uint32_t events)
     return 0;
 }
 
-void rs_io_stop(struct rs_io *io)
+void rs_io_forget(struct rs_io *io)
 {
     struct rs_loop *l = io->loop;
 
     if (!rs_io_active(io))
         return;
-    epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL);
     /* Events of this batch not dispatched yet must not reach a freed owner. */
     for (int i = l->cur_ev + 1; i < l->n_evs; i++)
         if (l->evs[i].data.ptr == io)
             l->evs[i].data.ptr = NULL;
     io->on = false;
+}
+
+void rs_io_stop(struct rs_io *io)
+{
+    if (rs_io_active(io))
+        epoll_ctl(io->loop->epfd, EPOLL_CTL_DEL, io->fd, NULL);
+    rs_io_forget(io);
 }
 
 /* ---- The loop ------------------------------------------------------------------ */
@@ -238,6 +244,7 @@ int rs_loop_run(struct rs_loop *l)
             ts = (struct timespec){ (time_t)(d / 1000000000u), (long)(d % 1000000000u) };
             tp = &ts;
         }
+        rs_log_flush();
         n = epoll_pwait2(l->epfd, l->evs, RS_LOOP_BATCH, tp, NULL);
         if (n < 0) {
             if (errno == EINTR)

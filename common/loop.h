@@ -87,6 +87,9 @@ int rs_io_set(struct rs_io *io, uint32_t events);
 /* Stops watching (the fd stays open and in io->fd) and drops its pending
  * events.  A no-op when not watching. */
 void rs_io_stop(struct rs_io *io);
+/* As rs_io_stop() for an fd about to be closed that has no duplicate:
+ * closing it takes it out of the epoll set, so no epoll_ctl is made. */
+void rs_io_forget(struct rs_io *io);
 static inline bool rs_io_active(const struct rs_io *io) { return io->on; }
 
 /* ---- Timers ---------------------------------------------------------------- */

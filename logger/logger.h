@@ -86,6 +86,7 @@ struct lg_conn {
     bool fin[2], eof_fed[2], rst;
     uint32_t fin_seq[2];
     uint64_t closed_ns;              /* both FINs or RST seen (0: open) */
+    struct lg_conn *closed_prev, *closed_next;  /* lg->closed, oldest end first */
     uint64_t last_ns;
     uint64_t progress_ns;            /* last request completed or response byte logged */
     uint64_t ack_srv_ns;             /* when the backend's ACK (ack_srv) last moved */
@@ -168,6 +169,7 @@ struct logger {
     struct rs_reasm_budget budget;
     struct lg_conn *buckets[LG_BUCKETS];
     unsigned nconns;
+    struct lg_conn *closed, *closed_last;  /* the ended connections, by closed_ns */
     uint64_t seq;                    /* our control-frame sequence (main thread's senders) */
     struct rs_loop loop;
     struct rs_ctlserver ctlsrv;

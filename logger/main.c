@@ -276,6 +276,7 @@ static int run(struct logger *lg)
            " stall_after_ms=%" PRIu64 " ring=%zu mem=%zu source=%s", RS_A(lg->vip),
            lg->iface ? lg->iface : lg->readfile, RS_A(lg->listen), RS_A(lg->resend), lg->nbackends,
            lg->dead_after_ns / 1000, lg->stall_after_ns / 1000000, lg->ring, lg->budget.limit, lg->capture->name);
+    rs_log_hold();      /* lines per connection: one write per turn of the loop */
     rs_loop_run(&lg->loop);
     rs_log("exit");
     print_stats(lg);

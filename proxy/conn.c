@@ -139,6 +139,15 @@ static void close_io(struct rs_io *io, bool silently)
         close(fd);
 }
 
+/* Closes a socket already in repair mode (no FIN, no RST): its close
+ * takes it out of the epoll set too. */
+static void close_repaired(struct rs_io *io)
+{
+    rs_io_forget(io);
+    close(io->fd);
+    io->fd = -1;
+}
+
 void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
 {
     if (pc->backend_idx >= 0)
@@ -666,13 +675,13 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
                                &kb)) != 0)
         goto undo;
     /* Closed in repair mode: no FIN, no RST; the tc program owns the flow. */
-    close_io(&pc->cio, true);
+    close_repaired(&pc->cio);
     if (pending) {
         pc->opening = true;
         pc->open_ack = s.snd_nxt;
         px_repair_off(bfd);
     } else {
-        close_io(&pc->bio, true);
+        close_repaired(&pc->bio);
     }
     rs_timer_stop(&p->loop, &pc->timer);
     pc->phase = PC_SPLICED;
@@ -784,7 +793,7 @@ int px_pc_detach(struct proxy *p, struct pconn *pc)
         && (!pc->c.ts_recent || rs_seq_gt(fc.t.ts_recent, pc->c.ts_recent)))
         pc->c.ts_recent = fc.t.ts_recent;
     px_dp_set_state(p->dp, &kc, RS_FLOW_HOLD);
-    close_io(&pc->cio, true);
+    close_repaired(&pc->cio);
     close_io(&pc->bio, true);
     rs_timer_stop(&p->loop, &pc->timer);
     pc->c2b_len = pc->b2c_len = 0;
@@ -933,8 +942,10 @@ static void read_request(struct proxy *p, struct pconn *pc)
         px_pc_close(p, pc, n == 0 ? "eof-before-request" : strerror(errno), false);
         return;
     }
-    if (n < 0)
+    if (n < 0) {
+        rs_io_set(&pc->cio, EPOLLIN);
         return;
+    }
     used = http_parser_execute(hp, &req_settings, (char *)pc->c2b + pc->c2b_len, (size_t)n);
     pc->c2b_len += (size_t)n;
     if (!pc->req_done && (used != (size_t)n || HTTP_PARSER_ERRNO(hp) != HPE_OK)) {
@@ -944,6 +955,8 @@ static void read_request(struct proxy *p, struct pconn *pc)
     if (!pc->req_done) {
         if (pc->c2b_len == pc->c2b_cap)
             px_pc_close(p, pc, "request-too-large", true);
+        else
+            rs_io_set(&pc->cio, EPOLLIN);
         return;
     }
     rs_io_set(&pc->cio, 0);   /* the relay reads on once the backend is connected */
@@ -1022,18 +1035,24 @@ static struct pconn *slowest_request(struct proxy *p)
     return old;
 }
 
-/* The descriptor limit, read each time (an operator may change it). */
-static long fd_limit(void)
+/* The descriptor limit, read again once a second (an operator may change
+ * it; a read on every accept was a syscall per connection). */
+static long fd_limit(struct proxy *p)
 {
     struct rlimit rl;
 
-    return getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)LONG_MAX ? (long)rl.rlim_cur : LONG_MAX;
+    if (!p->fd_limit_ns || p->loop.now_ns - p->fd_limit_ns >= 1000000000ull) {
+        p->fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)LONG_MAX ? (long)rl.rlim_cur
+                                                                                          : LONG_MAX;
+        p->fd_limit_ns = p->loop.now_ns ? p->loop.now_ns : 1;
+    }
+    return p->fd_limit;
 }
 
 void px_pc_accept(struct rs_io *io, uint32_t events)
 {
     struct proxy *p = io->ctx;
-    long limit = fd_limit();
+    long limit = fd_limit(p);
 
     (void)events;
     for (;;) {
@@ -1079,13 +1098,20 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
         }
         p->st.accepted++;
         pc->client = rs_addr_of_sin(&peer);
-        getsockname(fd, (struct sockaddr *)&me, &mlen);
-        pc->vip = rs_addr_of_sin(&me);
+        if (p->listen.ip) {
+            pc->vip = p->listen;        /* bound to it: no need to ask */
+        } else {
+            getsockname(fd, (struct sockaddr *)&me, &mlen);
+            pc->vip = rs_addr_of_sin(&me);
+        }
         pc->t_accept_us = rs_now_us();
         pc->c2b_cap = RS_PROXY_REQ_MAX;
         pc->c2b = malloc(pc->c2b_cap);
         pc->parser = malloc(sizeof(http_parser));
-        if (rs_io_start(&p->loop, &pc->cio, fd, EPOLLIN, client_io, pc) < 0) {
+        /* Watched for nothing yet (a hang-up or error still wakes it): the
+         * request has as good as always come with the handshake's last ACK
+         * and is read below at once; EPOLLIN only if it has not. */
+        if (rs_io_start(&p->loop, &pc->cio, fd, 0, client_io, pc) < 0) {
             close(fd);
             px_pc_free(p, pc);
             continue;
@@ -1104,6 +1130,7 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
             continue;
         }
         rs_log("accept id=%" PRIu64 " client=%s vip=%s", pc->id, RS_A(pc->client), RS_A(pc->vip));
+        read_request(p, pc);    /* may free 'pc' */
     }
 }
 

@@ -59,8 +59,9 @@ struct px_datapath_ops {
      * lease): once it runs out, new connections' SYNs are held back for a
      * successor (struct rs_vip). */
     int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns);
-    /* The newest TSval client connection 'k' sent before its splice (then
-     * forgotten).  Returns 0 or -ENOENT. */
+    /* The newest TSval client connection 'k' sent before its splice (the
+     * kernel module then forgets it; the tc program's LRU map keeps it
+     * until a SYN on that 4-tuple writes it afresh).  Returns 0 or -ENOENT. */
     int (*client_ts)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts);
     /* An fd that is readable when events (struct rs_flow_event) wait, and
      * the call that hands them to 'cb'. */

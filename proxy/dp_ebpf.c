@@ -47,6 +47,7 @@ struct dp_ebpf {
     int ifindex;
     int map_fd, track_fd;
     uint32_t watch_gen;
+    bool complete;              /* every entry of rs_flows has its copy: a miss is no entry */
     bool hook_created;
     px_dp_event_cb cb;
     void *cb_arg;
@@ -84,6 +85,26 @@ static void copy_keep(struct dp_ebpf *s, const struct rs_flow_key *k, const stru
         (*c)->k = *k;
     if (*c)
         (*c)->f = *f;
+    else
+        s->complete = false;
+}
+
+/* Copies every entry the table holds (a predecessor's, when adopted).
+ * Returns whether the copy is complete. */
+static bool copy_load(struct dp_ebpf *s)
+{
+    struct rs_flow_key k, prev;
+    struct rs_flow f;
+    bool first = true;
+
+    s->complete = true;
+    while (!bpf_map_get_next_key(s->map_fd, first ? NULL : &prev, &k)) {
+        if (!bpf_map_lookup_elem(s->map_fd, &k, &f))
+            copy_keep(s, &k, &f);
+        prev = k;
+        first = false;
+    }
+    return s->complete;
 }
 
 /* Entry 'k''s configuration.  Returns 0 or -errno (-ENOENT: no entry). */
@@ -95,6 +116,8 @@ static int cfg_read(struct dp_ebpf *s, const struct rs_flow_key *k, struct rs_fl
         *f = c->f;
         return 0;
     }
+    if (s->complete)
+        return -ENOENT;
     if (bpf_map_lookup_elem(s->map_fd, k, f))
         return -errno;
     copy_keep(s, k, f);
@@ -107,6 +130,8 @@ static int cfg_write(struct dp_ebpf *s, const struct rs_flow_key *k, const struc
     if (bpf_map_update_elem(s->map_fd, k, f, flags | BPF_F_LOCK)) {
         int e = -errno;
         copy_forget(s, k);
+        if (e != -ENOENT && e != -E2BIG)    /* not "no such entry": it may still be there */
+            s->complete = false;
         return e;
     }
     copy_keep(s, k, f);
@@ -143,10 +168,9 @@ static int ebpf_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, u
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
     int fd = bpf_map__fd(s->skel->maps.rs_ts);
 
-    if (bpf_map_lookup_elem(fd, k, ts))
-        return -errno;
-    bpf_map_delete_elem(fd, k);
-    return 0;
+    /* Left in place: the map is an LRU one, and a new connection's SYN
+     * writes its entry afresh (a delete was a syscall per connection). */
+    return bpf_map_lookup_elem(fd, k, ts) ? -errno : 0;
 }
 
 static void ebpf_close(struct px_datapath *dp, bool keep);
@@ -242,6 +266,8 @@ static struct px_datapath *ebpf_open(const char *ifname, bool adopt, int *err)
     }
     s->map_fd = bpf_map__fd(s->skel->maps.rs_flows);
     s->track_fd = bpf_map__fd(s->skel->maps.rs_track);
+    if (!copy_load(s))
+        rs_log("ebpf: no memory for a copy of the splice table: entries are read from it");
     {
         /* REPLACE: a proxy killed (or stopped to hand over) on this
          * interface left its program attached (tc filters outlive their
@@ -393,6 +419,8 @@ static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k)
     int e = bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
 
     copy_forget(s, k);
+    if (e)
+        s->complete = false;
     bpf_map_delete_elem(s->track_fd, k);
     return e;
 }

@@ -645,6 +645,7 @@ int main(int argc, char **argv)
            p->ctl.port ? RS_A(p->ctl) : "off", p->recovery_ns / 1000000);
     printf("listening on %s\n", RS_A(p->listen));     /* the readiness line (a standby: ready to take over) */
     fflush(stdout);
+    rs_log_hold();      /* four lines per connection: one write per turn of the loop */
     if (rs_loop_run(&p->loop) < 0)
         rs_log("event loop: %s", strerror(errno));
     hand_over(p);

@@ -148,6 +148,8 @@ struct proxy {
     struct rs_io lio, eio;        /* the VIP's listening socket, the data path's events */
     struct rs_timer reap_timer, lease_timer;
     int rawfd;                    /* raw socket for the RSTs of clean ends */
+    long fd_limit;                /* RLIMIT_NOFILE, read again after FD_LIMIT_NS */
+    uint64_t fd_limit_ns;
     struct px_datapath *dp;       /* NULL with --no-splice */
     const char *datapath;         /* --datapath */
     struct pconn *buckets[RS_PROXY_BUCKETS];
