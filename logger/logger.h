@@ -20,6 +20,7 @@
 /* ---- Tunables ------------------------------------------------------------- */
 
 #define LG_BUCKETS 16384u          /* connection hash buckets */
+#define LG_ENDED_MAX 65536u        /* connections that ended cleanly, remembered by their 4-tuple */
 #define LG_MAX_CONNS_DEFAULT 4096u /* every connection costs ~23 KB besides its rings */
 #define LG_RING_MIN (16u << 10)    /* every ring starts this small and grows (x2) up to --ring
                                     * while its unreleased bytes need it: a thousand idle
@@ -105,6 +106,17 @@ struct lg_conn {
     struct rs_http_conn http;
 };
 
+/* A connection that ended cleanly (retire() in conn.c), all that is kept
+ * of it until --linger has passed: what tells its late segments (a
+ * retransmitted FIN or ACK) from a new connection's. */
+struct lg_ended {
+    uint32_t ip;
+    uint16_t port;
+    uint32_t next;                   /* hash chain: index + 1 (0: the end) */
+    uint32_t txns, done;
+    uint64_t closed_ns;
+};
+
 /* A monitored backend: owned by the liveness thread once it runs. */
 struct lg_backend {
     uint32_t id;
@@ -142,7 +154,8 @@ struct lg_capture_ops {
 
 struct lg_stats {
     uint64_t packets, bytes, non_tcp, not_ours, truncated;
-    uint64_t conns, conns_freed, closed_evicted, nl_midstream, nl_nomem, nl_limit, rings_grown, rings_full;
+    uint64_t conns, conns_freed, closed_evicted, retired, late_segments;
+    uint64_t nl_midstream, nl_nomem, nl_limit, rings_grown, rings_full;
     uint64_t inc_refused, inc_conflict, inc_http, inc_truncated, inc_gap;
     uint64_t txns, txns_logged, txn_logged_sent, released_bytes;
     uint64_t heartbeats, hb_unknown, failures_declared, failures_forwarded;   /* liveness thread */
@@ -170,6 +183,9 @@ struct logger {
     struct lg_conn *buckets[LG_BUCKETS];
     unsigned nconns;
     struct lg_conn *closed, *closed_last;  /* the ended connections, by closed_ns */
+    struct lg_ended ended[LG_ENDED_MAX];   /* a ring: n_ended from ended_first, oldest first */
+    uint32_t ended_bucket[LG_BUCKETS];     /* index + 1 of each chain's first (0: none) */
+    uint32_t ended_first, n_ended;
     uint64_t seq;                    /* our control-frame sequence (main thread's senders) */
     struct rs_loop loop;
     struct rs_ctlserver ctlsrv;
@@ -196,6 +212,8 @@ struct logger {
  * 'wirelen' on the wire. */
 void lg_packet(struct logger *lg, int dlt, const uint8_t *pkt, uint32_t caplen, uint32_t wirelen);
 struct lg_conn *lg_conn_find(struct logger *lg, uint32_t ip, uint16_t port);
+/* Whether ip:port's connection ended cleanly and was freed (within --linger). */
+bool lg_conn_ended(const struct logger *lg, uint32_t ip, uint16_t port);
 /* Forgets closed and idle connections. */
 void lg_conn_gc(struct logger *lg, uint64_t now_ns);
 /* Prints every connection and its unfinished transactions (offline mode). */
@@ -238,6 +256,8 @@ void lg_ctl_shutdown(struct logger *lg);
 void lg_plan_start(struct logger *lg, uint64_t conn_id, const struct rs_ctl_msg *req);
 /* Ends every plan in progress (shutdown). */
 void lg_plan_abort_all(struct logger *lg);
+/* Whether a recovery of client ip:port is being planned. */
+bool lg_plan_for(const struct logger *lg, uint32_t ip, uint16_t port);
 
 /* ---- liveness.c: the liveness thread ---------------------------------------------- */
 

@@ -58,9 +58,12 @@ static void usage(FILE *f)
         "  --ring SIZE             largest ring per direction per connection (default 64M: an\n"
         "                          upload that does not fit cannot be recovered; each starts\n"
         "                          at 64k and doubles while its unreleased bytes need it)\n"
-        "  --max-conns N           connections tracked (default 4096)\n"
+        "  --max-conns N           connections tracked (default 4096; when full, the one that\n"
+        "                          ended longest ago makes room)\n"
         "  --linger DUR            forget a connection this long after both FINs or RST\n"
-        "                          (default 10s)\n"
+        "                          (default 10s; one that ended cleanly, every byte logged and\n"
+        "                          both FINs acknowledged, is freed at once and only its\n"
+        "                          4-tuple kept this long)\n"
         "  --dump DIR              write each connection's streams to DIR/IP_PORT.{req,resp}\n"
         "  --nice N                scheduling priority of the capture (default -10: the log must\n"
         "                          keep up with every backend at once, or recoveries fail)\n"
@@ -222,6 +225,7 @@ static void print_stats(void *ctx)
     static const struct rs_stat_field fields[] = {
         LG_STAT(packets), LG_STAT(bytes), LG_STAT(non_tcp), LG_STAT(not_ours), LG_STAT(truncated),
         { "conns_total", offsetof(struct lg_stats, conns) }, LG_STAT(conns_freed), LG_STAT(closed_evicted),
+        LG_STAT(retired), LG_STAT(late_segments),
         LG_STAT(nl_midstream),
         LG_STAT(nl_nomem), LG_STAT(nl_limit), LG_STAT(rings_grown), LG_STAT(rings_full), LG_STAT(inc_refused),
         LG_STAT(inc_conflict), LG_STAT(inc_http), LG_STAT(inc_truncated), LG_STAT(inc_gap), LG_STAT(txns),

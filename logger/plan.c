@@ -566,6 +566,12 @@ static void settle(struct rs_timer *t)
      * acknowledges: process what is there, and give stragglers a few ms. */
     lg_capture_drain(lg);
     c = lg_conn_find(lg, pl->rq.client.ip4, pl->rq.client.port);
+    if (!c && lg_conn_ended(lg, pl->rq.client.ip4, pl->rq.client.port)) {
+        /* It ended cleanly (both FINs acknowledged) and was freed: nothing
+         * to recover, the ends were meant. */
+        plan_reply(pl, -ESHUTDOWN);
+        return;
+    }
     lacking = c && loggable(c, &pl->rq) == -ENOBUFS;
     resp_lags = c && resp_behind(c, &pl->rq);
     if ((!c || lacking || resp_lags || behind(c, &pl->rq)) && pl->settle_ms++ < RECOVER_SETTLE_MS) {
@@ -619,6 +625,14 @@ static void settle(struct rs_timer *t)
     if ((e = rs_ctl_call(lg_ctl_stated_of(lg, pl->rq.target.ip4), &m, RS_CTL_STATE_REPORT, &pl->call,
                          remaining(pl), on_report, pl)))
         plan_reply(pl, e);
+}
+
+bool lg_plan_for(const struct logger *lg, uint32_t ip, uint16_t port)
+{
+    for (const struct lg_plan *pl = lg->plans; pl; pl = pl->next)
+        if (pl->rq.client.ip4 == ip && pl->rq.client.port == port)
+            return true;
+    return false;
 }
 
 void lg_plan_start(struct logger *lg, uint64_t conn_id, const struct rs_ctl_msg *req)
