@@ -310,23 +310,22 @@ static enum tsp_verdict tsp_decide(struct tsp_table *tb, struct sk_buff *skb, st
 	if (f->state != RS_FLOW_ACTIVE && f->state != RS_FLOW_ACKONLY)
 		goto drop;
 	if (f->guard && (flags & 0x05)) {
-		p = (flags & 0x04) ? NULL : tsp_find(tb, &f->peer);
-		if (!(f->pass_fin && !(flags & 0x04)) && (!p || !p->t.pos.fin_seen)) {
-			if (!at_end) {
-				t->ends_refused++;
-				goto drop;
-			}
-			evflags = (flags & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (flags & 0x04 ? RS_FLOW_SEEN_RST : 0);
-			if ((t->seen & evflags) != evflags) {
-				t->seen |= evflags;
-				if (evflags == RS_FLOW_SEEN_FIN)
-					tsp_keep_fin(skb, s, t);
-				tsp_report(s, f, evflags | RS_FLOW_GUARDED, 0, f->gen);
-			}
-			if ((flags & 0x04) || !s->payload)
-				goto drop;
-			hold_fin = 1;
+		/* Every end from a guarded backend waits for the logger's word,
+		 * even one after the client's own FIN (see the tc program). */
+		if (!at_end) {
+			t->ends_refused++;
+			goto drop;
 		}
+		evflags = (flags & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (flags & 0x04 ? RS_FLOW_SEEN_RST : 0);
+		if ((t->seen & evflags) != evflags) {
+			t->seen |= evflags;
+			if (evflags == RS_FLOW_SEEN_FIN)
+				tsp_keep_fin(skb, s, t);
+			tsp_report(s, f, evflags | RS_FLOW_GUARDED, 0, f->gen);
+		}
+		if ((flags & 0x04) || !s->payload)
+			goto drop;
+		hold_fin = 1;
 	}
 	if (!tsp_load_tcp(skb, s) || rs_splice_tcp(&f->dir, tcp, s->hlen) < 0)
 		goto bad;

@@ -33,8 +33,6 @@ uint32_t *px_flow_field(struct rs_flow *f, enum px_dp_field field)
         return &f->state;
     case PX_DP_ACKS_TO_STACK:
         return &f->acks_to_stack;
-    case PX_DP_PASS_FIN:
-        return &f->pass_fin;
     default:
         return &f->clamp_ack;
     }
@@ -48,7 +46,6 @@ void px_flow_activate(struct rs_flow *f, const struct rs_splice_dir *d, uint64_t
     f->guard = guard;
     f->clamp_ack = 0;
     f->acks_to_stack = 0;
-    f->pass_fin = 0;
     f->ack_watch = f->ack_watch_gen = 0;
     f->gen++;
     f->splice_id = id;

@@ -24,7 +24,6 @@ struct px_flow_info {
 enum px_dp_field {
     PX_DP_STATE,            /* enum rs_flow_state */
     PX_DP_ACKS_TO_STACK,    /* rs_flow.acks_to_stack */
-    PX_DP_PASS_FIN,         /* rs_flow.pass_fin */
     PX_DP_CLAMP_ACK,        /* rs_flow.clamp_ack */
 };
 
@@ -158,11 +157,6 @@ static inline int px_dp_set_state(struct px_datapath *dp, const struct rs_flow_k
 static inline int px_dp_acks_to_stack(struct px_datapath *dp, const struct rs_flow_key *k, bool on)
 {
     return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_ACKS_TO_STACK, on));
-}
-/* Lets a FIN from 'k''s sender pass although guarded: the client closed its side. */
-static inline int px_dp_pass_fin(struct px_datapath *dp, const struct rs_flow_key *k)
-{
-    return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_PASS_FIN, 1));
 }
 /* Makes 'k' (a client's direction) never acknowledge past what the sender
  * of its peer entry has sent (after a re-splice to a regenerating server). */

@@ -230,8 +230,7 @@ static void move_connected(struct recovery *rec)
     mv->c.ts_now = pc->c.ts_now + (uint32_t)((rs_now_us() - pc->ts_base_us) / 1000) + 1000;
     if ((e = rs_splice_init(&mv->c, &mv->s, &mv->c2s, &s2c)) != 0
         || (e = px_dp_activate(p->dp, &mv->kn, &s2c, pc->id, RS_FLOW_ACTIVE, mv->guard, &kc)) != 0
-        || ((mv->npre || mv->fin) && (e = px_dp_acks_to_stack(p->dp, &mv->kn, true)) != 0)
-        || (mv->fin && (e = px_dp_pass_fin(p->dp, &mv->kn)) != 0)) {
+        || ((mv->npre || mv->fin) && (e = px_dp_acks_to_stack(p->dp, &mv->kn, true)) != 0)) {
         move_fail(rec, e);
         return;
     }

@@ -85,9 +85,8 @@ struct rs_flow {
     rs_u64 splice_id;          /* the daemon's id of the connection */
     rs_u32 guard;              /* drop FIN/RST from this sender and report them (a backend's
                                 * end of a connection is a failure signal unless the logger
-                                * confirms the application meant it; data a FIN carries
-                                * passes without it); a FIN passes when the 'peer' entry's
-                                * sender (the client) has sent its own FIN */
+                                * confirms the application meant it, even after the client's
+                                * own FIN; data a FIN carries passes without it) */
     rs_u32 clamp_ack;          /* never acknowledge past what the 'peer' entry's sender has
                                 * sent (see the tc program) */
     struct rs_flow_key peer;   /* the other direction of the same splice (zero: none) */
@@ -97,8 +96,6 @@ struct rs_flow {
     rs_u32 acks_to_stack;      /* pass segments without payload, FIN, RST or SYN to the stack
                                 * untranslated: the proxy's own socket is still sending to
                                 * this sender (a re-splice's first bytes) and needs its ACKs */
-    rs_u32 pass_fin;           /* the client is known to have closed its side (the tc program
-                                * may have missed its FIN): this sender's FIN is the normal end */
     struct bpf_spin_lock lock; /* never taken here: its presence makes the daemon's updates
                                 * (BPF_F_LOCK) write the entry in place.  A replacing update
                                 * recycles the old element at once (a preallocated hash map

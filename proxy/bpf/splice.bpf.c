@@ -136,32 +136,30 @@ int rs_splice_ingress(struct __sk_buff *skb)
     if (f->state != RS_FLOW_ACTIVE && f->state != RS_FLOW_ACKONLY)
         goto drop;
     if (f->guard && (tcp[13] & 0x05)) {
-        /* A FIN answering the client's own FIN is the normal end: pass it.
-         * Anything else ends the connection behind the client's back. */
-        struct rs_flow_track *pt = (tcp[13] & 0x04) ? 0 : bpf_map_lookup_elem(&rs_track, &f->peer);
-
-        if (!(f->pass_fin && !(tcp[13] & 0x04)) && (!pt || !pt->pos.fin_seen)) {
-            if (!at_end) {
-                /* Not where the sender's stream stands: forged or stale,
-                 * no failure signal (counted, dropped). */
-                __sync_fetch_and_add(&t->ends_refused, 1);
-                goto drop;
-            }
-            evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
-            if ((t->seen & evflags) != evflags) {
-                t->seen |= evflags;
-                if (evflags == RS_FLOW_SEEN_FIN)
-                    keep_fin(skb, t, hlen, payload);
-                report(&key, f, evflags | RS_FLOW_GUARDED, 0, f->gen);
-            }
-            /* Data that comes with the FIN (a response's last segment; a
-             * retransmission merges what is unacknowledged) is the
-             * response's, whatever the FIN turns out to be: it passes,
-             * only the FIN is held. */
-            if ((tcp[13] & 0x04) || !payload)
-                goto drop;
-            hold_fin = 1;
+        /* Every end from a guarded backend waits for the logger's word,
+         * even one after the client's own FIN: a client may close its side
+         * right after its last request (shutdown(SHUT_WR)) and still wait
+         * for the response, which a crashed backend's FIN would cut short. */
+        if (!at_end) {
+            /* Not where the sender's stream stands: forged or stale,
+             * no failure signal (counted, dropped). */
+            __sync_fetch_and_add(&t->ends_refused, 1);
+            goto drop;
         }
+        evflags = (tcp[13] & 0x01 ? RS_FLOW_SEEN_FIN : 0) | (tcp[13] & 0x04 ? RS_FLOW_SEEN_RST : 0);
+        if ((t->seen & evflags) != evflags) {
+            t->seen |= evflags;
+            if (evflags == RS_FLOW_SEEN_FIN)
+                keep_fin(skb, t, hlen, payload);
+            report(&key, f, evflags | RS_FLOW_GUARDED, 0, f->gen);
+        }
+        /* Data that comes with the FIN (a response's last segment; a
+         * retransmission merges what is unacknowledged) is the
+         * response's, whatever the FIN turns out to be: it passes,
+         * only the FIN is held. */
+        if ((tcp[13] & 0x04) || !payload)
+            goto drop;
+        hold_fin = 1;
     }
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
         goto bad;

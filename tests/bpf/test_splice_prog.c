@@ -288,6 +288,52 @@ static void states_drop_and_guard(void **state)
     bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
 }
 
+/* A guarded backend's FIN is held and reported even after the client's own
+ * FIN: a client that closed its side right after its last request still
+ * waits for the response, which a crashed backend's FIN would cut short
+ * (it passed at once before, found with a client that half-closes). */
+static void guarded_fin_held_after_client_fin(void **state)
+{
+    uint8_t in[400], out[464];
+    size_t len = random_frame(in, 0x0a00000bu, 0x0a000001u, 8080, 44000);
+    struct rs_flow_key kb = key_of(in), kc = { .saddr = htonl(0x0a000401u), .daddr = htonl(0x0a000001u),
+                                               .sport = htons(45000), .dport = htons(80) };
+    struct rs_flow fb = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .guard = 1, .peer = kc };
+    struct rs_flow fc = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .peer = kb };
+    struct rs_flow_track t, ct = { .pos = { .has_seq = 1, .fin_seen = 1 } };
+    struct ring_buffer *rb;
+    int events[2] = { 0, 0 };
+
+    (void)state;
+    put_flow(&kc, &fc);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_track), &kc, &ct, BPF_ANY), 0);
+    put_flow(&kb, &fb);
+    in[ETH_LEN + 33] &= (uint8_t)~RS_TCP_F_FIN;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);   /* the position is learnt */
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kb, &t), 0);
+    rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), count_fin, events, NULL);
+    assert_non_null(rb);
+    ring_buffer__consume(rb);
+    events[0] = events[1] = 0;
+    rs_splice_store32(in + ETH_LEN + 24, t.pos.seq_next);     /* a bare FIN where the stream ends */
+    in[ETH_LEN + 33] |= RS_TCP_F_FIN;
+    len = ETH_LEN + 20 + (size_t)(in[ETH_LEN + 32] >> 4) * 4;
+    in[ETH_LEN + 2] = (uint8_t)((len - ETH_LEN) >> 8);
+    in[ETH_LEN + 3] = (uint8_t)(len - ETH_LEN);
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    ring_buffer__consume(rb);
+    assert_int_equal(events[0], 1);          /* held and reported, for the logger's verdict */
+    assert_int_equal(events[1], 0);
+    ring_buffer__free(rb);
+    for (int i = 0; i < 2; i++) {
+        const struct rs_flow_key *k = i ? &kc : &kb;
+        bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), k);
+        bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), k);
+    }
+}
+
 /* The ACK clamp: a client ACK past what the server (the peer entry) has
  * sent leaves as rs_splice_clamp_ack makes it. */
 static void ack_clamp_as_core_does(void **state)
@@ -416,6 +462,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(program_translates_as_core_does),
         cmocka_unit_test(states_drop_and_guard),
+        cmocka_unit_test(guarded_fin_held_after_client_fin),
         cmocka_unit_test(ack_clamp_as_core_does),
         cmocka_unit_test(bare_syn_after_end_goes_to_stack),
         cmocka_unit_test(syn_held_back_without_proxy),
