@@ -174,6 +174,7 @@ static int ebpf_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, u
 }
 
 static void ebpf_close(struct px_datapath *dp, bool keep);
+static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k);
 
 /* The program a predecessor left at our place on the interface: its maps
  * become ours (bpf_map__reuse_fd, before the load), so the entries stay
@@ -343,13 +344,21 @@ static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint6
     struct rs_flow f = { .state = RS_FLOW_WATCH, .splice_id = id, .ifindex = (rs_u32)s->ifindex };
     struct rs_flow_track t = { 0 };
 
-    /* The track half first: the tc program needs both once the config exists. */
-    int e;
+    /* The configuration first: a WATCH entry sends every segment to the
+     * stack, with or without its track half.  The other order left an
+     * instant where a 4-tuple used again (a client port in TIME_WAIT reused)
+     * had a fresh track under the old connection's ACTIVE configuration,
+     * which translated the new connection's request to the old backend
+     * port, whose RST reset the client (seen once in ~15000 connections
+     * of make bench-splice). */
+    int e = cfg_write(s, k, &f, BPF_ANY);
 
-    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY))
-        return -errno;
-    if ((e = cfg_write(s, k, &f, BPF_ANY)) != 0)
-        bpf_map_delete_elem(s->track_fd, k);
+    if (e)
+        return e;
+    if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY)) {
+        e = -errno;
+        ebpf_remove(dp, k);
+    }
     return e;
 }
 

@@ -79,9 +79,9 @@ class TestSoak(unittest.TestCase):
         held = "\n".join(l for l in self.stack.log("proxy").splitlines() if "held (guarded)" in l or "recover id=" in l)
         for k in ("failures_declared", "suspects", "recovery_errors"):
             self.assertEqual(lg[k], "0", f"logger {k}: {lg}\n{held[-3000:]}")
-        # A backend's end the proxy could not judge alone (a connection still
-        # relayed in user space when the client closed) is asked of the
-        # logger: a legitimate close, never a recovery.
+        # Every backend's end is asked of the logger (the proxy cannot judge
+        # one alone, not even after the client's FIN): a legitimate close,
+        # never a recovery.
         self.assertEqual(lg["recoveries"], lg["legit_closes"], f"logger: {lg}\n{held[-3000:]}")
         self.assertEqual(px["legit_closes"], lg["legit_closes"], f"proxy: {px}\nlogger: {lg}")
         self.assertNotIn("backend-failed", self.stack.log("logger"))
