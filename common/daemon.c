@@ -29,23 +29,26 @@ static const char *log_name = "rs";
 static __thread char *held;
 static __thread size_t held_len;
 
-static void write_all(int fd, const char *p, size_t len)
+int rs_write_all(int fd, const void *buf, size_t len)
 {
+    const char *p = buf;
+
     while (len) {
         ssize_t n = write(fd, p, len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return;     /* nowhere to report it */
+            return n < 0 ? -errno : -EIO;
         p += n;
         len -= (size_t)n;
     }
+    return 0;
 }
 
 void rs_log_flush(void)
 {
     if (held_len) {
-        write_all(STDERR_FILENO, held, held_len);
+        rs_write_all(STDERR_FILENO, held, held_len);    /* a failure has nowhere to be reported */
         held_len = 0;
     }
 }

@@ -32,6 +32,9 @@ void rs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * A SIGKILL loses what the loop's current turn logged. */
 void rs_log_hold(void);
 void rs_log_flush(void);
+/* Writes all 'len' bytes (again after EINTR or a short write).  Returns 0
+ * or -errno. */
+int rs_write_all(int fd, const void *buf, size_t len);
 uint64_t rs_now_us(void);   /* CLOCK_REALTIME, microseconds */
 uint64_t rs_mono_ns(void);  /* CLOCK_MONOTONIC, nanoseconds (the clock BPF's ktime uses) */
 

@@ -148,21 +148,6 @@ static void reply(struct smtpd_conn *c, const char *fmt, ...)
 
 /* ---- Delivery ---------------------------------------------------------- */
 
-/* Writes all 'len' bytes.  Returns 0 or -errno. */
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? -errno : -EIO;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* Writes the message into 'user's Maildir: tmp/ first, then a rename into
  * new/, so dovecot never sees a partial file.  The file gets the Maildir's
  * owner (dovecot reads it as the mail user; we run as root).
@@ -189,9 +174,9 @@ static int deliver(struct smtpd *s, struct smtpd_conn *c, const char *user, char
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
     if (fd < 0)
         return -errno;
-    r = write_all(fd, head, (size_t)hl);
+    r = rs_write_all(fd, head, (size_t)hl);
     if (!r)
-        r = write_all(fd, c->msg, c->msg_len);
+        r = rs_write_all(fd, c->msg, c->msg_len);
     if (!r && fchown(fd, st.st_uid, st.st_gid) < 0)
         r = -errno;
     if (close(fd) < 0 && !r)
