@@ -207,12 +207,23 @@ static struct lg_conn *conn_new(struct logger *lg, uint32_t ip, uint16_t port, u
  * their page faults were half of the logger's CPU on short connections,
  * measured. */
 
-bool lg_conn_ended(const struct logger *lg, uint32_t ip, uint16_t port)
+const struct lg_ended *lg_conn_ended(const struct logger *lg, uint32_t ip, uint16_t port)
 {
     for (uint32_t i = lg->ended_bucket[bucket(ip, port)]; i; i = lg->ended[i - 1].next)
         if (lg->ended[i - 1].ip == ip && lg->ended[i - 1].port == port)
-            return true;
-    return false;
+            return &lg->ended[i - 1];
+    return NULL;
+}
+
+/* Whether a segment going way 'd' at 'seq' is a late one of ended
+ * connection 'e' (a retransmission from near its end), not one of a new
+ * connection on the same 4-tuple whose SYN the capture missed (that one
+ * is not loggable, and the alternate must be told so). */
+static bool ended_late(const struct lg_ended *e, int d, uint32_t seq)
+{
+    int32_t before_end = e ? rs_seq_diff(e->fin_seq[d] + 1, seq) : -1;
+
+    return before_end >= 0 && before_end < (1 << 24);
 }
 
 /* Forgets the oldest record. */
@@ -221,8 +232,9 @@ static void ended_drop(struct logger *lg)
     uint32_t idx = lg->ended_first, *link;
     struct lg_ended *e = &lg->ended[idx];
 
-    for (link = &lg->ended_bucket[bucket(e->ip, e->port)]; *link && *link != idx + 1; link = &lg->ended[*link - 1].next)
-        ;
+    link = &lg->ended_bucket[bucket(e->ip, e->port)];
+    while (*link && *link != idx + 1)
+        link = &lg->ended[*link - 1].next;
     if (*link)
         *link = e->next;
     lg->ended_first = (idx + 1) % LG_ENDED_MAX;
@@ -254,7 +266,8 @@ static void retire(struct logger *lg, struct lg_conn *c, uint64_t now)
     idx = (lg->ended_first + lg->n_ended++) % LG_ENDED_MAX;
     e = &lg->ended[idx];
     *e = (struct lg_ended){ .ip = c->ip, .port = c->port, .txns = rs_http_txn_count(&c->http),
-                            .done = rs_http_resp_done_count(&c->http), .closed_ns = now, .next = lg->ended_bucket[b] };
+                            .done = rs_http_resp_done_count(&c->http), .fin_seq = { c->fin_seq[0], c->fin_seq[1] },
+                            .closed_ns = now, .next = lg->ended_bucket[b] };
     lg->ended_bucket[b] = idx + 1;
     lg->s.retired++;
     conn_free(lg, c);
@@ -580,7 +593,7 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
         c->isn[LG_REQ] = seq;
         return;
     }
-    if (!c && lg_conn_ended(lg, cip, cport)) {
+    if (!c && ended_late(lg_conn_ended(lg, cip, cport), d, seq)) {
         lg->s.late_segments++;      /* a retransmission after the end */
         return;
     }

@@ -114,6 +114,7 @@ struct lg_ended {
     uint16_t port;
     uint32_t next;                   /* hash chain: index + 1 (0: the end) */
     uint32_t txns, done;
+    uint32_t fin_seq[2];             /* [LG_REQ] the client's FIN, [LG_RESP] the server's */
     uint64_t closed_ns;
 };
 
@@ -212,8 +213,9 @@ struct logger {
  * 'wirelen' on the wire. */
 void lg_packet(struct logger *lg, int dlt, const uint8_t *pkt, uint32_t caplen, uint32_t wirelen);
 struct lg_conn *lg_conn_find(struct logger *lg, uint32_t ip, uint16_t port);
-/* Whether ip:port's connection ended cleanly and was freed (within --linger). */
-bool lg_conn_ended(const struct logger *lg, uint32_t ip, uint16_t port);
+/* ip:port's connection if it ended cleanly and was freed (within
+ * --linger), else NULL. */
+const struct lg_ended *lg_conn_ended(const struct logger *lg, uint32_t ip, uint16_t port);
 /* Forgets closed and idle connections. */
 void lg_conn_gc(struct logger *lg, uint64_t now_ns);
 /* Prints every connection and its unfinished transactions (offline mode). */

@@ -557,6 +557,7 @@ static void settle(struct rs_timer *t)
     struct logger *lg = pl->lg;
     struct lg_conn *c;
     struct rs_ctl_msg m = { .type = RS_CTL_STATE_QUERY };
+    const struct lg_ended *e_old;
     bool lacking, resp_lags;
     int e;
 
@@ -566,9 +567,11 @@ static void settle(struct rs_timer *t)
      * acknowledges: process what is there, and give stragglers a few ms. */
     lg_capture_drain(lg);
     c = lg_conn_find(lg, pl->rq.client.ip4, pl->rq.client.port);
-    if (!c && lg_conn_ended(lg, pl->rq.client.ip4, pl->rq.client.port)) {
+    e_old = c ? NULL : lg_conn_ended(lg, pl->rq.client.ip4, pl->rq.client.port);
+    if (e_old && pl->rq.has_seen && pl->rq.client_seq_end == e_old->fin_seq[LG_REQ] + 1) {
         /* It ended cleanly (both FINs acknowledged) and was freed: nothing
-         * to recover, the ends were meant. */
+         * to recover, the ends were meant.  (The proxy's view of the
+         * client's stream ends at that FIN: the same connection.) */
         plan_reply(pl, -ESHUTDOWN);
         return;
     }
