@@ -203,9 +203,9 @@ static struct lg_conn *conn_new(struct logger *lg, uint32_t ip, uint16_t port, u
  * --linger, so that its late segments are told from a new connection's.
  * Kept whole for the linger (23 KB and two rings each, on a busy server
  * thousands of them), the freed memory came back to the next connections
- * only after 10 s: every new connection meanwhile took fresh pages, and
- * their page faults were half of the logger's CPU on short connections,
- * measured. */
+ * only after 10 s: every new connection meanwhile took fresh pages (page
+ * faults and malloc were a third of the logger's profile in perf; its CPU
+ * per short connection halved without them, 120-150 -> 55-70 us). */
 
 const struct lg_ended *lg_conn_ended(const struct logger *lg, uint32_t ip, uint16_t port)
 {
