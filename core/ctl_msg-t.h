@@ -67,7 +67,9 @@ enum rs_ctl_type {
     RS_CTL_STATUS_REPORT,     /* proxy -> operator: the answer to STATUS */
     RS_CTL_UNLOGGED,          /* logger -> alternate: a connection it cannot log, apply its states as they come */
     RS_CTL_FLOW,              /* active proxy -> standby proxy: its splice table, as it changes */
-    RS_CTL_TYPE_MAX = RS_CTL_FLOW,
+    RS_CTL_CLOSE_ASK,         /* proxy -> logger: is this backend's end (its FIN, held) meant? */
+    RS_CTL_CLOSE_WORD,        /* logger -> proxy: whether a client's connection may end there */
+    RS_CTL_TYPE_MAX = RS_CTL_CLOSE_WORD,
 };
 
 enum rs_ctl_role {
@@ -278,6 +280,26 @@ struct rs_ctl_suspect {
     uint32_t silent_ms;
 };
 
+#define RS_CTL_CLOSE_MEANT  (1u << 0)  /* the application means its end there */
+#define RS_CTL_CLOSE_ANSWER (1u << 1)  /* the answer to a CLOSE_ASK (else unasked) */
+#define RS_CTL_CLOSE_FLAGS_ALL 0x03u
+
+/* The verdict on a backend's end without a RECOVER (docs/recovery.md).
+ * CLOSE_ASK (flags 0): the guard holds the FIN of the backend of 'client'
+ * at 'resp_end'; the client's stream stands at 'req_end'.  CLOSE_WORD:
+ * the logger's log shows an end the application means (MEANT: every
+ * request has its whole response, and the client closed its side or the
+ * last response said "Connection: close") at these ends — unasked as soon
+ * as it does, or the ANSWER to an ask (then without MEANT when it cannot
+ * say so: a RECOVER judges).  Both in the client's numbering, 'req_end'
+ * past the client's FIN if it sent one. */
+struct rs_ctl_close {
+    struct rs_ctl_conn client;
+    uint8_t flags;            /* RS_CTL_CLOSE_* */
+    uint32_t req_end;
+    uint32_t resp_end;
+};
+
 /* Backend 'backend_id' (whose host is 'ip4') is fenced: nothing it sends
  * reaches a client, its rs-stated stops its application and every rs-stated
  * refuses its states ('fenced' 1); or it is readmitted ('fenced' 0). */
@@ -357,6 +379,7 @@ struct rs_ctl_msg {
         struct rs_ctl_fence fence;
         struct rs_ctl_status_report status_report;
         struct rs_ctl_flow flow;
+        struct rs_ctl_close close;        /* CLOSE_ASK, CLOSE_WORD */
     } u;
 };
 

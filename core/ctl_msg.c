@@ -32,6 +32,8 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_STATUS_REPORT] = 16 + 16 * RS_CTL_STATUS_BACKENDS,
     [RS_CTL_UNLOGGED] = 8,
     [RS_CTL_FLOW] = RS_CTL_FLOW_HDR,
+    [RS_CTL_CLOSE_ASK] = 16,
+    [RS_CTL_CLOSE_WORD] = 16,
 };
 
 static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
@@ -55,6 +57,8 @@ static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_STATUS_REPORT] = "STATUS_REPORT",
     [RS_CTL_UNLOGGED] = "UNLOGGED",
     [RS_CTL_FLOW] = "FLOW",
+    [RS_CTL_CLOSE_ASK] = "CLOSE_ASK",
+    [RS_CTL_CLOSE_WORD] = "CLOSE_WORD",
 };
 
 /* Wire flag bits inside payloads. */
@@ -198,6 +202,12 @@ static int validate__(const struct rs_ctl_msg *m)
     }
     case RS_CTL_RESEND:
         ok = conn_ok(&m->u.resend.client);
+        break;
+    case RS_CTL_CLOSE_ASK:
+        ok = conn_ok(&m->u.close.client) && m->u.close.flags == 0;
+        break;
+    case RS_CTL_CLOSE_WORD:
+        ok = conn_ok(&m->u.close.client) && !(m->u.close.flags & ~RS_CTL_CLOSE_FLAGS_ALL);
         break;
     case RS_CTL_SUSPECT:
         ok = conn_ok(&m->u.suspect.client) && m->u.suspect.reason >= RS_CTL_SUSPECT_STALL
@@ -400,6 +410,14 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         rs_put_zero(p, 2);
         rs_put32(p, m->u.resend.from);
         rs_put32(p, m->u.resend.to);
+        break;
+    case RS_CTL_CLOSE_ASK:
+    case RS_CTL_CLOSE_WORD:
+        put_conn(p, &m->u.close.client);
+        rs_put8(p, m->u.close.flags);
+        rs_put_zero(p, 1);
+        rs_put32(p, m->u.close.req_end);
+        rs_put32(p, m->u.close.resp_end);
         break;
     case RS_CTL_SUSPECT:
         put_conn(p, &m->u.suspect.client);
@@ -626,6 +644,14 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         m->u.resend.from = rs_get32(&p);
         m->u.resend.to = rs_get32(&p);
         break;
+    case RS_CTL_CLOSE_ASK:
+    case RS_CTL_CLOSE_WORD:
+        get_conn(&p, &m->u.close.client);
+        m->u.close.flags = rs_get8(&p);
+        pad_ok = get_zero(&p, 1);
+        m->u.close.req_end = rs_get32(&p);
+        m->u.close.resp_end = rs_get32(&p);
+        break;
     case RS_CTL_SUSPECT:
         get_conn(&p, &m->u.suspect.client);
         m->u.suspect.reason = rs_get16(&p);
@@ -820,6 +846,10 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
     case RS_CTL_RESEND:
         return conn_eq(&a->u.resend.client, &b->u.resend.client) && a->u.resend.from == b->u.resend.from
                && a->u.resend.to == b->u.resend.to;
+    case RS_CTL_CLOSE_ASK:
+    case RS_CTL_CLOSE_WORD:
+        return conn_eq(&a->u.close.client, &b->u.close.client) && a->u.close.flags == b->u.close.flags
+               && a->u.close.req_end == b->u.close.req_end && a->u.close.resp_end == b->u.close.resp_end;
     case RS_CTL_SUSPECT:
         return conn_eq(&a->u.suspect.client, &b->u.suspect.client) && a->u.suspect.reason == b->u.suspect.reason
                && a->u.suspect.silent_ms == b->u.suspect.silent_ms;
@@ -882,6 +912,8 @@ bool rs_ctl_role_may_send(int role, unsigned type)
         [RS_CTL_STATUS_REPORT] = P,
         [RS_CTL_UNLOGGED] = L | O,
         [RS_CTL_FLOW] = P,
+        [RS_CTL_CLOSE_ASK] = P,
+        [RS_CTL_CLOSE_WORD] = L,
     };
 #undef R
 

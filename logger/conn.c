@@ -574,6 +574,39 @@ static void add_bytes(struct logger *lg, struct lg_conn *c, int d, uint32_t seq,
 }
 
 /* One TCP segment of the client leg; 'd' says which way it went. */
+bool lg_conn_meant_ends(const struct lg_conn *c, uint32_t *req_end, uint32_t *resp_end)
+{
+    if (!c->started || c->nl != LG_NL_NONE || c->inc != LG_INC_NONE || c->rst || !lg_closed_as_meant(c))
+        return false;
+    *req_end = rs_reasm_contig_seq(&c->rs[LG_REQ]);
+    if (*req_end != rs_http_next_seq(&c->http, RS_DIR_REQ) || (c->fin[LG_REQ] && c->fin_seq[LG_REQ] != *req_end))
+        return false;
+    if (c->fin[LG_REQ])
+        ++*req_end;     /* the FIN's sequence number */
+    *resp_end = rs_reasm_contig_seq(&c->rs[LG_RESP]);
+    return true;
+}
+
+/* Tells the proxy, unasked, as soon as the log shows an end the
+ * application means: the backend's FIN, which the guard holds, then
+ * passes without a question (CLOSE_ASK) or a RECOVER.  Again whenever
+ * either end moves (the client's FIN after a "Connection: close"
+ * response; a response whose last bytes came late). */
+static void close_word(struct logger *lg, struct lg_conn *c)
+{
+    struct rs_ctl_conn client = { c->ip, c->port };
+    uint32_t req_end, resp_end;
+
+    if (!lg->has_proxy || lg->readfile || !lg->px.loop || c->fin[LG_RESP]
+        || !lg_conn_meant_ends(c, &req_end, &resp_end)
+        || (c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end))
+        return;
+    c->word_sent = true;
+    c->word_end[LG_REQ] = req_end;
+    c->word_end[LG_RESP] = resp_end;
+    lg_ctl_close_word(lg, &lg->px, &client, RS_CTL_CLOSE_MEANT, req_end, resp_end);
+}
+
 static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint32_t seq, uint32_t ack,
                     uint8_t flags, uint16_t win, const uint8_t *data, uint32_t len, bool truncated)
 {
@@ -667,6 +700,7 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
         retire(lg, c, now);
         return;
     }
+    close_word(lg, c);
     for (int k = 0; k < 2; k++)
         if (held(&c->rs[k]) > c->rs[k].cap / 4 * 3)
             release(lg, c, k);

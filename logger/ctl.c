@@ -82,6 +82,33 @@ void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason,
     rs_ctl_send(&lg->px, &m);
 }
 
+void lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
+                       uint32_t req_end, uint32_t resp_end)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_CLOSE_WORD };
+
+    m.u.close = (struct rs_ctl_close){ *client, flags, req_end, resp_end };
+    if (rs_ctl_send(to, &m) == 0)
+        lg->s.close_words++;
+}
+
+/* The proxy holds a backend's FIN and asks whether it is meant: answered
+ * from the log as it stands once the capture is read (a RECOVER judges
+ * what this cannot say). */
+static void on_close_ask(struct logger *lg, struct rs_ctlconn *cc, const struct rs_ctl_close *q)
+{
+    struct lg_conn *c;
+    uint32_t req_end, resp_end;
+    bool meant;
+
+    lg->s.close_asks++;
+    lg_capture_drain(lg);
+    c = lg_conn_find(lg, q->client.ip4, q->client.port);
+    meant = c && lg_conn_meant_ends(c, &req_end, &resp_end) && req_end == q->req_end && resp_end == q->resp_end;
+    lg_ctl_close_word(lg, cc, &q->client, RS_CTL_CLOSE_ANSWER | (meant ? RS_CTL_CLOSE_MEANT : 0), q->req_end,
+                      q->resp_end);
+}
+
 /* ---- the control port --------------------------------------------------------------- */
 
 static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
@@ -96,6 +123,9 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         break;
     case RS_CTL_RECOVER:
         lg_plan_start(lg, c->id, m);
+        break;
+    case RS_CTL_CLOSE_ASK:
+        on_close_ask(lg, c, &m->u.close);
         break;
     case RS_CTL_ACK:
         break;

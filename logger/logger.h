@@ -94,6 +94,8 @@ struct lg_conn {
     uint16_t win_srv;                /* the backend's last window field (0: it stopped reading) */
     uint16_t win_cl;                 /* window field of the client's newest ACK (unscaled) */
     bool suspected;                  /* a SUSPECT went out since the last progress */
+    bool word_sent;                  /* an unasked CLOSE_WORD went out for the ends below */
+    uint32_t word_end[2];            /* [LG_REQ] req_end, [LG_RESP] resp_end of the last one */
     uint32_t log_first;              /* oldest transaction whose request is still held */
     uint32_t read_only_from;         /* the released transactions from this one on were read-only */
     uint32_t logged_sent;            /* TXN_LOGGED sent for transactions below this */
@@ -161,6 +163,7 @@ struct lg_stats {
     uint64_t txns, txns_logged, txn_logged_sent, released_bytes;
     uint64_t heartbeats, hb_unknown, failures_declared, failures_forwarded;   /* liveness thread */
     uint64_t recoveries, recovery_errors, legit_closes, replays, resends, resend_errors, ctl_rejected, suspects;
+    uint64_t close_words, close_asks;
 };
 
 struct logger {
@@ -249,6 +252,9 @@ struct rs_ctlconn *lg_ctl_stated_of(struct logger *lg, uint32_t ip);
 void lg_ctl_unlogged(struct logger *lg, rs_txn_id from);
 /* Tells the proxy that the backend of 'c' owes it a response and is silent. */
 void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason, uint32_t silent_ms);
+/* Sends CLOSE_WORD{client, flags, req_end, resp_end} on 'to'. */
+void lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
+                       uint32_t req_end, uint32_t resp_end);
 void lg_ctl_shutdown(struct logger *lg);
 
 /* ---- plan.c: recovery planning ------------------------------------------------ */
@@ -260,6 +266,10 @@ void lg_plan_start(struct logger *lg, uint64_t conn_id, const struct rs_ctl_msg 
 void lg_plan_abort_all(struct logger *lg);
 /* Whether a recovery of client ip:port is being planned. */
 bool lg_plan_for(const struct logger *lg, uint32_t ip, uint16_t port);
+bool lg_closed_as_meant(const struct lg_conn *c);
+/* Whether the log of 'c' shows an end the application means, over a log
+ * without holes; then where its two streams end (the client's past its FIN). */
+bool lg_conn_meant_ends(const struct lg_conn *c, uint32_t *req_end, uint32_t *resp_end);
 
 /* ---- liveness.c: the liveness thread ---------------------------------------------- */
 

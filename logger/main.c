@@ -231,7 +231,7 @@ static void print_stats(void *ctx)
         LG_STAT(inc_conflict), LG_STAT(inc_http), LG_STAT(inc_truncated), LG_STAT(inc_gap), LG_STAT(txns),
         LG_STAT(txns_logged), LG_STAT(released_bytes), LG_STAT(heartbeats), LG_STAT(hb_unknown),
         LG_STAT(failures_declared), LG_STAT(failures_forwarded), LG_STAT(recoveries), LG_STAT(recovery_errors),
-        LG_STAT(legit_closes),
+        LG_STAT(legit_closes), LG_STAT(close_words), LG_STAT(close_asks),
         LG_STAT(replays), LG_STAT(resends), LG_STAT(resend_errors), LG_STAT(suspects),
     };
 #undef LG_STAT

@@ -143,7 +143,7 @@ static int loggable(const struct lg_conn *c, const struct rs_ctl_recover *rq)
  * meant: every request has its whole response, the client sent nothing
  * after the last one, and either the client closed first or the last
  * response said "Connection: close". */
-static bool closed_as_meant(const struct lg_conn *c)
+bool lg_closed_as_meant(const struct lg_conn *c)
 {
     uint32_t n = rs_http_txn_count(&c->http);
     const struct rs_http_txn *t = n ? rs_http_txn_get(&c->http, n - 1) : NULL;
@@ -607,7 +607,7 @@ static void settle(struct rs_timer *t)
         plan_reply(pl, e);
         return;
     }
-    if (closed_as_meant(c)) {
+    if (lg_closed_as_meant(c)) {
         /* The backend's FIN ends a complete response that said
          * "Connection: close": the application meant it, nothing to recover. */
         plan_reply(pl, -ESHUTDOWN);

@@ -64,12 +64,11 @@ static int backend_at(struct proxy *p, struct rs_addr a)
 static struct pconn *adopt_one(struct proxy *p, const struct rs_flow_key *kc, const struct px_flow_info *f)
 {
     const struct rs_flow_conn *r = &f->cfg.conn;
-    struct pconn *pc = px_pc_new(p, f->cfg.splice_id);
+    struct pconn *pc = px_pc_new(p, f->cfg.splice_id, addr_of(kc->saddr, kc->sport));
 
     if (!pc)
         return NULL;
     pc->phase = PC_SPLICED;
-    pc->client = addr_of(kc->saddr, kc->sport);
     pc->vip = addr_of(kc->daddr, kc->dport);
     pc->backend = (struct rs_addr){ r->backend_ip, r->backend_port };
     pc->local = (struct rs_addr){ r->local_ip, r->local_port };

@@ -36,19 +36,28 @@ static void pc_timer(struct rs_timer *t);
 
 /* ---- table ------------------------------------------------------------------ */
 
-struct pconn *px_pc_new(struct proxy *p, uint64_t id)
+static struct pconn **client_bucket(struct proxy *p, struct rs_addr client)
+{
+    return &p->cbuckets[(client.ip ^ client.port * 2654435761u) % RS_PROXY_BUCKETS];
+}
+
+struct pconn *px_pc_new(struct proxy *p, uint64_t id, struct rs_addr client)
 {
     struct pconn *pc = calloc(1, sizeof(*pc));
+    struct pconn **cb = client_bucket(p, client);
 
     if (!pc)
         return NULL;
     pc->id = id ? id : ++p->next_id;
     pc->p = p;
+    pc->client = client;
     pc->cio.fd = pc->bio.fd = -1;
     pc->backend_idx = -1;
     rs_timer_init(&pc->timer, pc_timer, pc);
     pc->next = p->buckets[pc->id % RS_PROXY_BUCKETS];
     p->buckets[pc->id % RS_PROXY_BUCKETS] = pc;
+    pc->cnext = *cb;
+    *cb = pc;
     return pc;
 }
 
@@ -62,10 +71,9 @@ struct pconn *px_pc_find(struct proxy *p, uint64_t id)
 
 struct pconn *px_pc_find_client(struct proxy *p, struct rs_addr client)
 {
-    for (int b = 0; b < RS_PROXY_BUCKETS; b++)
-        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next)
-            if (pc->client.ip == client.ip && pc->client.port == client.port && pc->phase != PC_CLOSING)
-                return pc;
+    for (struct pconn *pc = *client_bucket(p, client); pc; pc = pc->cnext)
+        if (pc->client.ip == client.ip && pc->client.port == client.port && pc->phase != PC_CLOSING)
+            return pc;
     return NULL;
 }
 
@@ -159,13 +167,17 @@ void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
 
 void px_pc_free(struct proxy *p, struct pconn *pc)
 {
-    struct pconn **pp = &p->buckets[pc->id % RS_PROXY_BUCKETS];
+    struct pconn **pp = &p->buckets[pc->id % RS_PROXY_BUCKETS], **cp = client_bucket(p, pc->client);
     struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
 
     while (*pp && *pp != pc)
         pp = &(*pp)->next;
     if (*pp)
         *pp = pc->next;
+    while (*cp && *cp != pc)
+        cp = &(*cp)->cnext;
+    if (*cp)
+        *cp = pc->cnext;
     px_recovery_drop(p, pc);
     rs_ctl_call_cancel(&pc->map_call);
     rs_timer_stop(&p->loop, &pc->timer);
@@ -1004,6 +1016,10 @@ static void pc_timer(struct rs_timer *t)
         pc->splice_tries++;
         relay(p, pc, 0, 0);
         break;
+    case PC_SPLICED:
+        if (pc->fin_wait)
+            px_close_word_late(p, pc);
+        break;
     case PC_CLOSING:
         if (pc->cio.fd < 0) {
             struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
@@ -1091,13 +1107,12 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
             close(fd);
             continue;
         }
-        pc = px_pc_new(p, 0);
+        pc = px_pc_new(p, 0, rs_addr_of_sin(&peer));
         if (!pc) {
             close(fd);
             continue;
         }
         p->st.accepted++;
-        pc->client = rs_addr_of_sin(&peer);
         if (p->listen.ip) {
             pc->vip = p->listen;        /* bound to it: no need to ask */
         } else {
@@ -1155,10 +1170,10 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
         bool ours = !memcmp(&ev->key, &kb, sizeof(kb));
         rs_log("%s id=%" PRIu64 " from=%s client=%s held (guarded)%s", ev->flags & RS_FLOW_SEEN_RST ? "rst" : "fin",
                pc->id, RS_A(from), RS_A(pc->client), ours ? "" : ", not the serving backend: ignored");
-        /* A backend ended its side: the fastest sign of a process crash.
-         * Recovery asks the logger whether the application meant it. */
-        if (ours && pc->phase == PC_SPLICED && !pc->rec)
-            px_recover(p, pc, ev->flags & RS_FLOW_SEEN_RST ? "backend-rst" : "backend-fin");
+        /* A backend ended its side: the fastest sign of a process crash,
+         * unless the logger says the application meant it. */
+        if (ours)
+            px_backend_end(p, pc, ev->flags & RS_FLOW_SEEN_RST);
         return;
     }
     if (ev->flags & RS_FLOW_SEEN_RST)

@@ -56,6 +56,8 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
         RS_STAT(struct stats, recovery_retargets),
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
+        RS_STAT(struct stats, close_words), RS_STAT(struct stats, close_asks),
+        RS_STAT(struct stats, close_words_late), RS_STAT(struct stats, close_refused),
         RS_STAT(struct stats, redispatched),
         RS_STAT(struct stats, resets_sent), RS_STAT(struct stats, fenced_drops),
         RS_STAT(struct stats, port_clashes), RS_STAT(struct stats, adopted),
@@ -165,6 +167,9 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     case RS_CTL_STATUS:
         status_report(p, c);
         break;
+    case RS_CTL_CLOSE_WORD:
+        px_close_word(p, &m->u.close);    /* a word, not a request: no ACK */
+        break;
     case RS_CTL_ACK:
         break;
     default:
@@ -172,10 +177,15 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     }
 }
 
-/* Frames from rs-stated or the logger outside a call: ACKs of FENCE. */
+/* Frames from rs-stated or the logger outside a call: ACKs of FENCE, the
+ * logger's answers to CLOSE_ASK. */
 static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
-    if (m->type == RS_CTL_ACK && m->u.ack.status)
+    struct proxy *p = c->ctx;
+
+    if (m->type == RS_CTL_CLOSE_WORD && c == &p->logger_conn)
+        px_close_word(p, &m->u.close);
+    else if (m->type == RS_CTL_ACK && m->u.ack.status)
         rs_log("control %s=%s: %s answered %s", c->name, RS_A(c->addr), rs_ctl_type_str(m->u.ack.echo_type),
                strerror(-m->u.ack.status));
 }

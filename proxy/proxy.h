@@ -92,7 +92,14 @@ struct pconn {
     struct rs_flow_key held[RS_PROXY_HELD_MAX];   /* earlier servers' entries, in HOLD */
     int nheld;
     struct recovery *rec;         /* while recovering */
-    struct pconn *next;           /* in the proxy's table */
+    struct pconn *next;           /* in the proxy's table, by id */
+    struct pconn *cnext;          /* ... and by client */
+    /* the logger's word that the application means to end here
+     * (CLOSE_WORD): [0] the client's stream end (past its FIN), [1] the
+     * response's */
+    bool word;
+    uint32_t word_end[2];
+    bool fin_wait;                /* the backend's FIN is held: waiting for the word */
     /* request parsing */
     void *parser;                 /* struct http_parser */
     char cookie[128];
@@ -106,7 +113,8 @@ struct stats {
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
-        adopted, recovery_retargets, fins_released;
+        adopted, recovery_retargets, fins_released, close_words, close_asks,
+        close_words_late, close_refused;
 };
 
 /* The proxy pair (pair.c): this proxy and another share the VIP. */
@@ -152,7 +160,8 @@ struct proxy {
     uint64_t fd_limit_ns;
     struct px_datapath *dp;       /* NULL with --no-splice */
     const char *datapath;         /* --datapath */
-    struct pconn *buckets[RS_PROXY_BUCKETS];
+    struct pconn *buckets[RS_PROXY_BUCKETS];     /* by id */
+    struct pconn *cbuckets[RS_PROXY_BUCKETS];    /* by client address */
     uint64_t next_id;
     uint64_t drain_until_ns;      /* stopping: when the hand-over stops waiting */
     unsigned recovering;
@@ -215,11 +224,12 @@ void px_pc_check_end(struct proxy *p, struct pconn *pc);
  * goes, the request unsent stays unsent): a recovery takes it over. */
 void px_pc_open_abandon(struct proxy *p, struct pconn *pc);
 struct pconn *px_pc_find(struct proxy *p, uint64_t id);
+/* The connection of 'client' that is not closing, or NULL. */
 struct pconn *px_pc_find_client(struct proxy *p, struct rs_addr client);
 struct rs_flow_key px_key_c(const struct pconn *pc);
 struct rs_flow_key px_key_b(const struct pconn *pc);
-/* A new connection with id 'id' (0: the next free one), in the table. */
-struct pconn *px_pc_new(struct proxy *p, uint64_t id);
+/* A new connection of 'client' with id 'id' (0: the next free one), in the table. */
+struct pconn *px_pc_new(struct proxy *p, uint64_t id, struct rs_addr client);
 /* Whether 'pc''s client entry is its own (a new connection of the same
  * client port may have replaced an adopted one's). */
 bool px_pc_owns_client_entry(struct proxy *p, const struct pconn *pc);
@@ -319,6 +329,15 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why);
 int px_backend_readmit(struct proxy *p, uint32_t id);
 /* Backend 'b' is readmitted (here, or by the active proxy of a pair). */
 void px_backend_rejoin(struct proxy *p, int b);
+/* The guard held a FIN ('rst': a RST) from 'pc''s backend: it passes at
+ * once if the logger's word (CLOSE_WORD) covers it, else the logger is
+ * asked (CLOSE_ASK); a RST, a FIN the answer does not cover, or no answer
+ * within a bound: the recovery judges (px_recover). */
+void px_backend_end(struct proxy *p, struct pconn *pc, bool rst);
+/* The logger's CLOSE_WORD 'w', asked or not. */
+void px_close_word(struct proxy *p, const struct rs_ctl_close *w);
+/* No word came for the FIN 'pc''s backend sent: recover. */
+void px_close_word_late(struct proxy *p, struct pconn *pc);
 /* The ring-buffer event 'ev' belongs to a recovery of 'pc'.  Returns true when taken. */
 bool px_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev);
 /* 'pc' is being freed: ends its recovery, if any (no callbacks). */

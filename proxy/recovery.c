@@ -630,6 +630,110 @@ static void legit_close(struct recovery *rec)
     px_pc_check_end(p, pc);     /* the client may have closed meanwhile */
 }
 
+/* ---- the logger's word without a RECOVER (CLOSE_ASK, CLOSE_WORD) ------------------- */
+
+/* How long a FIN the guard held waits for the logger's word (its answer
+ * to CLOSE_ASK, or an unasked one) before a RECOVER asks the careful way:
+ * the word comes within a few hundred us unless the logger is down or
+ * starved of CPU. */
+#define CLOSE_WORD_WAIT_NS (20 * 1000000ull)
+
+/* Passes the FIN the guard holds from 'pc''s backend ('fc', 'fb': the two
+ * entries) if the logger's word covers it: the FIN comes exactly where the
+ * logged response ends, and the client's stream stands where the log's
+ * does.  Returns whether it did. */
+static bool close_as_told(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc,
+                          const struct px_flow_info *fb)
+{
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+
+    if (!pc->word || !fb->t.pos.fin_seen || !fb->t.pos.has_seq || !fc->t.pos.has_seq
+        || fb->t.pos.seq_next - 1 + fb->cfg.dir.seq_delta != pc->word_end[1] || fc->t.pos.seq_next != pc->word_end[0])
+        return false;
+    pc->fin_wait = false;
+    p->st.legit_closes++;
+    p->st.close_words++;
+    rs_log("close id=%" PRIu64 " client=%s backend=%s meant (the logger's word)", pc->id, RS_A(pc->client),
+           RS_A(pc->backend));
+    /* Unguarded: the FIN's retransmissions pass as they come. */
+    px_dp_activate(p->dp, &kb, &fb->cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
+    if (release_fin(p, pc, fb)) {
+        p->st.fins_released++;
+        p->st.fins++;
+        pc->seen |= RS_FLOW_SEEN_FIN << 4;
+    }
+    px_pc_check_end(p, pc);     /* (the timer: the linger's now, or idle) */
+    return true;
+}
+
+static int flows(struct proxy *p, struct pconn *pc, struct px_flow_info *fc, struct px_flow_info *fb)
+{
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+    int e = px_dp_get(p->dp, &kc, fc);
+
+    return e ? e : px_dp_get(p->dp, &kb, fb);
+}
+
+void px_backend_end(struct proxy *p, struct pconn *pc, bool rst)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_CLOSE_ASK };
+    struct px_flow_info fc, fb;
+
+    if (pc->phase != PC_SPLICED || pc->rec)
+        return;
+    /* A RST is never meant. */
+    if (rst || !p->logger.port || flows(p, pc, &fc, &fb) || !fb.t.pos.fin_seen || !fb.t.pos.has_seq
+        || !fc.t.pos.has_seq) {
+        px_recover(p, pc, rst ? "backend-rst" : "backend-fin");
+        return;
+    }
+    if (close_as_told(p, pc, &fc, &fb))
+        return;
+    m.u.close = (struct rs_ctl_close){ { pc->client.ip, pc->client.port }, 0, fc.t.pos.seq_next,
+                                       fb.t.pos.seq_next - 1 + fb.cfg.dir.seq_delta };
+    if (rs_ctl_send(&p->logger_conn, &m)) {
+        px_recover(p, pc, "backend-fin");
+        return;
+    }
+    p->st.close_asks++;
+    pc->fin_wait = true;
+    rs_timer_after(&p->loop, &pc->timer, CLOSE_WORD_WAIT_NS);
+}
+
+void px_close_word_late(struct proxy *p, struct pconn *pc)
+{
+    pc->fin_wait = false;
+    p->st.close_words_late++;
+    rs_log("close id=%" PRIu64 " client=%s: no word from the logger within %llu ms", pc->id, RS_A(pc->client),
+           CLOSE_WORD_WAIT_NS / 1000000);
+    px_recover(p, pc, "backend-fin");
+}
+
+void px_close_word(struct proxy *p, const struct rs_ctl_close *w)
+{
+    struct pconn *pc = px_pc_find_client(p, (struct rs_addr){ w->client.ip4, w->client.port });
+    struct px_flow_info fc, fb;
+
+    if (!pc || pc->phase != PC_SPLICED || pc->rec)
+        return;
+    if (w->flags & RS_CTL_CLOSE_MEANT) {
+        pc->word = true;
+        pc->word_end[0] = w->req_end;
+        pc->word_end[1] = w->resp_end;
+    }
+    if (!pc->fin_wait || (!flows(p, pc, &fc, &fb) && close_as_told(p, pc, &fc, &fb)))
+        return;
+    /* Not meant, or not at these ends (an unasked word the answer may
+     * still correct is waited past). */
+    if (w->flags & RS_CTL_CLOSE_ANSWER) {
+        p->st.close_refused++;
+        rs_log("close id=%" PRIu64 " client=%s: %s", pc->id, RS_A(pc->client),
+               w->flags & RS_CTL_CLOSE_MEANT ? "the client's stream moved since the question"
+                                             : "not meant, as far as the log tells");
+        px_recover(p, pc, "backend-fin");
+    }
+}
+
 static void on_plan(struct rs_ctl_call *call, int err, const struct rs_ctl_msg *reply)
 {
     struct recovery *rec = call->ctx;
@@ -740,6 +844,10 @@ void px_recover(struct proxy *p, struct pconn *pc, const char *why)
 
     if (pc->rec || (pc->phase != PC_SPLICED && pc->phase != PC_RELAY))
         return;
+    if (pc->fin_wait) {
+        pc->fin_wait = false;
+        rs_timer_stop(&p->loop, &pc->timer);
+    }
     if (!(rec = rec_new(p, pc, why))) {
         px_pc_close(p, pc, "out-of-memory", true);
         return;

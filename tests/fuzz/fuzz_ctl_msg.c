@@ -187,6 +187,13 @@ static void roundtrip(const struct rs_ctl_key *key, const uint8_t *data, size_t 
         m.u.resend.from = (uint32_t)take(&r, 4);
         m.u.resend.to = (uint32_t)take(&r, 4);
         break;
+    case RS_CTL_CLOSE_ASK:
+    case RS_CTL_CLOSE_WORD:
+        take_conn(&r, &m.u.close.client);
+        m.u.close.flags = (uint8_t)take(&r, 1);
+        m.u.close.req_end = (uint32_t)take(&r, 4);
+        m.u.close.resp_end = (uint32_t)take(&r, 4);
+        break;
     case RS_CTL_SUSPECT:
         take_conn(&r, &m.u.suspect.client);
         m.u.suspect.reason = (uint16_t)take(&r, 2);

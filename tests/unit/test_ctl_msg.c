@@ -33,7 +33,7 @@ static int setup(void **state)
 }
 
 /* A valid message of each type, numbered 0 .. N_SAMPLES-1. */
-#define N_SAMPLES 28
+#define N_SAMPLES 30
 
 static void sample(unsigned i, struct rs_ctl_msg *m)
 {
@@ -174,6 +174,15 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
         m->type = RS_CTL_STATE_UPDATE;
         m->u.state_update = (struct rs_ctl_state_update){ .kind = RS_CTL_STATE_COVERED,
                                                           .txn = rs_txn_id_make(0x0a000002u, 1234, 9) };
+        break;
+    case 28:
+        m->type = RS_CTL_CLOSE_ASK;
+        m->u.close = (struct rs_ctl_close){ { 0x0a000101u, 5555 }, 0, 0xffffffffu, 0x80000001u };
+        break;
+    case 29:
+        m->type = RS_CTL_CLOSE_WORD;
+        m->u.close = (struct rs_ctl_close){ { 0x0a000102u, 5556 }, RS_CTL_CLOSE_MEANT | RS_CTL_CLOSE_ANSWER,
+                                            0x12345678u, 0x9abcdef0u };
         break;
     }
 }
@@ -319,6 +328,14 @@ static void roles_of_senders(void **state)
     assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_FLOW));
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR, RS_CTL_FLOW));
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_FLOW));
+    /* Only the logger, whose log it rests on, says a close was meant;
+     * only the proxy, whose guard holds the FIN, asks. */
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_CLOSE_WORD));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR, RS_CTL_CLOSE_WORD));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_BACKEND, RS_CTL_CLOSE_WORD));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_CLOSE_WORD));
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_CLOSE_ASK));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_CLOSE_ASK));
     /* Unknown roles and types send nothing. */
     assert_false(rs_ctl_role_may_send(0, RS_CTL_ACK));
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR + 1, RS_CTL_ACK));
@@ -648,6 +665,11 @@ static void bad_fields_rejected(void **state)
     DECODE_BAD(18, P(8), 2);    /* fenced is 0 or 1 */
     DECODE_BAD(18, P(9), 1);    /* padding */
     DECODE_BAD(20, P(3), 1);    /* STATUS carries only padding */
+    DECODE_BAD_N(28, P(4), 2, 0);/* CLOSE_ASK of client port 0 */
+    DECODE_BAD(28, P(6), RS_CTL_CLOSE_MEANT);  /* an ask has no flags */
+    DECODE_BAD(28, P(7), 1);    /* padding */
+    DECODE_BAD(29, P(6), 0x07); /* unknown CLOSE_WORD flag */
+    DECODE_BAD(29, P(7), 1);    /* padding */
     DECODE_BAD(21, P(0), RS_CTL_STATUS_BACKENDS + 1); /* more entries than fit */
     DECODE_BAD(21, P(26), RS_CTL_ROLE_SPARE_BACKEND + 1); /* unknown role */
     DECODE_BAD(21, P(27), 0x04); /* unknown backend flag */
