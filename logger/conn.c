@@ -601,10 +601,11 @@ static void close_word(struct logger *lg, struct lg_conn *c)
         || !lg_conn_meant_ends(c, &req_end, &resp_end)
         || (c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end))
         return;
+    if (lg_ctl_close_word(lg, &lg->px, &client, RS_CTL_CLOSE_MEANT, req_end, resp_end))
+        return;
     c->word_sent = true;
     c->word_end[LG_REQ] = req_end;
     c->word_end[LG_RESP] = resp_end;
-    lg_ctl_close_word(lg, &lg->px, &client, RS_CTL_CLOSE_MEANT, req_end, resp_end);
 }
 
 static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint32_t seq, uint32_t ack,

@@ -1,7 +1,8 @@
 /* rs-logger's control plane (docs/recovery.md): the control port (RECOVER
  * goes to the planner, plan.c; HEARTBEAT and FAILURE that come over TCP go
  * to the liveness thread), the persistent peers (TXN_LOGGED to the
- * alternate's rs-stated, SUSPECT to the proxy), and the periodic tick.
+ * alternate's rs-stated, SUSPECT and CLOSE_WORD to the proxy; CLOSE_ASK
+ * answered), and the periodic tick.
  * Everything runs on the main thread's loop without blocking. */
 #include <errno.h>
 #include <inttypes.h>
@@ -82,14 +83,16 @@ void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason,
     rs_ctl_send(&lg->px, &m);
 }
 
-void lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
-                       uint32_t req_end, uint32_t resp_end)
+int lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
+                      uint32_t req_end, uint32_t resp_end)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_CLOSE_WORD };
+    int e;
 
     m.u.close = (struct rs_ctl_close){ *client, flags, req_end, resp_end };
-    if (rs_ctl_send(to, &m) == 0)
+    if ((e = rs_ctl_send(to, &m)) == 0)
         lg->s.close_words++;
+    return e;
 }
 
 /* The proxy holds a backend's FIN and asks whether it is meant: answered
@@ -105,6 +108,10 @@ static void on_close_ask(struct logger *lg, struct rs_ctlconn *cc, const struct 
     lg_capture_drain(lg);
     c = lg_conn_find(lg, q->client.ip4, q->client.port);
     meant = c && lg_conn_meant_ends(c, &req_end, &resp_end) && req_end == q->req_end && resp_end == q->resp_end;
+    /* The drain may have sent the unasked word for these very ends: it
+     * answers the question as well. */
+    if (meant && c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end)
+        return;
     lg_ctl_close_word(lg, cc, &q->client, RS_CTL_CLOSE_ANSWER | (meant ? RS_CTL_CLOSE_MEANT : 0), q->req_end,
                       q->resp_end);
 }

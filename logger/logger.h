@@ -252,9 +252,9 @@ struct rs_ctlconn *lg_ctl_stated_of(struct logger *lg, uint32_t ip);
 void lg_ctl_unlogged(struct logger *lg, rs_txn_id from);
 /* Tells the proxy that the backend of 'c' owes it a response and is silent. */
 void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason, uint32_t silent_ms);
-/* Sends CLOSE_WORD{client, flags, req_end, resp_end} on 'to'. */
-void lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
-                       uint32_t req_end, uint32_t resp_end);
+/* Sends CLOSE_WORD{client, flags, req_end, resp_end} on 'to'; 0 or -errno. */
+int lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
+                      uint32_t req_end, uint32_t resp_end);
 void lg_ctl_shutdown(struct logger *lg);
 
 /* ---- plan.c: recovery planning ------------------------------------------------ */

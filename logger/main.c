@@ -40,7 +40,7 @@ static void usage(FILE *f)
         "  --listen ADDR:PORT      control port (default 0.0.0.0:7071)\n"
         "  --resend ADDR:PORT      resend port (default 0.0.0.0:7072)\n"
         "  --key FILE              shared control-plane key (64 hex characters)\n"
-        "  --proxy ADDR:PORT       the proxy's control port: FAILURE goes there\n"
+        "  --proxy ADDR:PORT       the proxy's control port: FAILURE, SUSPECT, CLOSE_WORD go there\n"
         "  --alternate-stated ADDR:PORT  the alternate's rs-stated: TXN_LOGGED, STATE_QUERY,\n"
         "                          APPLY, CONN_MAP go there\n"
         "  --spare-stated ADDR:PORT  another standby's rs-stated (re-protection: the spare;\n"
