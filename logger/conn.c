@@ -597,7 +597,7 @@ static void close_word(struct logger *lg, struct lg_conn *c)
     struct rs_ctl_conn client = { c->ip, c->port };
     uint32_t req_end, resp_end;
 
-    if (!lg->has_proxy || lg->readfile || !lg->px.loop || c->fin[LG_RESP]
+    if (!lg->has_proxy || lg->readfile || !lg->px.up || c->fin[LG_RESP]
         || !lg_conn_meant_ends(c, &req_end, &resp_end)
         || (c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end))
         return;

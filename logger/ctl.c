@@ -109,8 +109,9 @@ static void on_close_ask(struct logger *lg, struct rs_ctlconn *cc, const struct 
     c = lg_conn_find(lg, q->client.ip4, q->client.port);
     meant = c && lg_conn_meant_ends(c, &req_end, &resp_end) && req_end == q->req_end && resp_end == q->resp_end;
     /* The drain may have sent the unasked word for these very ends: it
-     * answers the question as well. */
-    if (meant && c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end)
+     * answers the question as well (unless it waits in the queue of a
+     * connection not up: an unasked word goes only over one that is). */
+    if (meant && lg->px.up && c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end)
         return;
     lg_ctl_close_word(lg, cc, &q->client, RS_CTL_CLOSE_ANSWER | (meant ? RS_CTL_CLOSE_MEANT : 0), q->req_end,
                       q->resp_end);

@@ -682,8 +682,8 @@ void px_backend_end(struct proxy *p, struct pconn *pc, bool rst)
     if (pc->phase != PC_SPLICED || pc->rec)
         return;
     /* A RST is never meant. */
-    if (rst || !p->logger.port || flows(p, pc, &fc, &fb) || !fb.t.pos.fin_seen || !fb.t.pos.has_seq
-        || !fc.t.pos.has_seq) {
+    if (rst || !p->logger.port || !p->logger_conn.up || flows(p, pc, &fc, &fb) || !fb.t.pos.fin_seen
+        || !fb.t.pos.has_seq || !fc.t.pos.has_seq) {
         px_recover(p, pc, rst ? "backend-rst" : "backend-fin");
         return;
     }
