@@ -573,7 +573,6 @@ static void add_bytes(struct logger *lg, struct lg_conn *c, int d, uint32_t seq,
         set_inc(c, LG_INC_CONFLICT, d, seq, "retransmission differs");
 }
 
-/* One TCP segment of the client leg; 'd' says which way it went. */
 bool lg_conn_meant_ends(const struct lg_conn *c, uint32_t *req_end, uint32_t *resp_end)
 {
     if (!c->started || c->nl != LG_NL_NONE || c->inc != LG_INC_NONE || c->rst || !lg_closed_as_meant(c))
@@ -608,6 +607,7 @@ static void close_word(struct logger *lg, struct lg_conn *c)
     c->word_end[LG_RESP] = resp_end;
 }
 
+/* One TCP segment of the client leg; 'd' says which way it went. */
 static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint32_t seq, uint32_t ack,
                     uint8_t flags, uint16_t win, const uint8_t *data, uint32_t len, bool truncated)
 {

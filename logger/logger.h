@@ -266,6 +266,9 @@ void lg_plan_start(struct logger *lg, uint64_t conn_id, const struct rs_ctl_msg 
 void lg_plan_abort_all(struct logger *lg);
 /* Whether a recovery of client ip:port is being planned. */
 bool lg_plan_for(const struct logger *lg, uint32_t ip, uint16_t port);
+/* Whether the backend's end of 'c' is one the application means: every
+ * request has its whole response, and the client closed first or the
+ * last response said "Connection: close". */
 bool lg_closed_as_meant(const struct lg_conn *c);
 /* Whether the log of 'c' shows an end the application means, over a log
  * without holes; then where its two streams end (the client's past its FIN). */

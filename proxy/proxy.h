@@ -100,6 +100,7 @@ struct pconn {
     bool word;
     uint32_t word_end[2];
     bool fin_wait;                /* the backend's FIN is held: waiting for the word */
+    bool fin_asked;               /* ... asked for (CLOSE_ASK) */
     /* request parsing */
     void *parser;                 /* struct http_parser */
     char cookie[128];
@@ -336,7 +337,7 @@ void px_backend_rejoin(struct proxy *p, int b);
 void px_backend_end(struct proxy *p, struct pconn *pc, bool rst);
 /* The logger's CLOSE_WORD 'w', asked or not. */
 void px_close_word(struct proxy *p, const struct rs_ctl_close *w);
-/* No word came for the FIN 'pc''s backend sent: recover. */
+/* No word came for the FIN 'pc''s backend sent: ask, or (asked) recover. */
 void px_close_word_late(struct proxy *p, struct pconn *pc);
 /* The ring-buffer event 'ev' belongs to a recovery of 'pc'.  Returns true when taken. */
 bool px_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev);

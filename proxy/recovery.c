@@ -594,6 +594,20 @@ static bool release_fin(struct proxy *p, struct pconn *pc, const struct px_flow_
     return true;
 }
 
+/* Lets the FIN of 'pc''s backend ('fb': its entry) through: the one the
+ * guard held at once, its retransmissions as they come (unguarded). */
+static void pass_fin(struct proxy *p, struct pconn *pc, const struct px_flow_info *fb)
+{
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+
+    px_dp_activate(p->dp, &kb, &fb->cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
+    if (release_fin(p, pc, fb)) {
+        p->st.fins_released++;
+        p->st.fins++;
+        pc->seen |= RS_FLOW_SEEN_FIN << 4;   /* it passed: the client's FIN ends the splice */
+    }
+}
+
 static void legit_close(struct recovery *rec)
 {
     struct pconn *pc = rec->pc;
@@ -614,29 +628,27 @@ static void legit_close(struct recovery *rec)
         return;
     }
     /* The application closed after a complete response: let its FIN
-     * through, the one held at once (the client's answer, its own FIN,
-     * comes within an RTT: its direction opens first), its
-     * retransmissions as they come. */
+     * through (the client's answer, its own FIN, comes within an RTT: its
+     * direction opens first). */
     px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE);
-    if (!px_dp_get(p->dp, &kb, &fb)) {
-        px_dp_activate(p->dp, &kb, &fb.cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
-        if (release_fin(p, pc, &fb)) {
-            p->st.fins_released++;
-            p->st.fins++;
-            pc->seen |= RS_FLOW_SEEN_FIN << 4;   /* it passed: the client's FIN ends the splice */
-        }
-    }
+    if (!px_dp_get(p->dp, &kb, &fb))
+        pass_fin(p, pc, &fb);
     rec_end(rec);
     px_pc_check_end(p, pc);     /* the client may have closed meanwhile */
 }
 
 /* ---- the logger's word without a RECOVER (CLOSE_ASK, CLOSE_WORD) ------------------- */
 
-/* How long a FIN the guard held waits for the logger's word (its answer
- * to CLOSE_ASK, or an unasked one) before a RECOVER asks the careful way:
- * the word comes within a few hundred us unless the logger is down or
- * starved of CPU. */
+/* How long a FIN the guard held waits for the logger's answer to
+ * CLOSE_ASK before a RECOVER asks the careful way: it comes within a few
+ * hundred us unless the logger is down or starved of CPU. */
 #define CLOSE_WORD_WAIT_NS (20 * 1000000ull)
+/* After the client's own FIN the client waits for nothing: the FIN
+ * waits this long for the unasked word (the logger reads its capture
+ * every ms while segments keep coming) before it asks, which saves a
+ * question and its answer per connection.  (A crash there is found by
+ * rs-stated meanwhile, ~1-2 ms.) */
+#define CLOSE_WORD_UNASKED_NS (2 * 1000000ull)
 
 /* Passes the FIN the guard holds from 'pc''s backend ('fc', 'fb': the two
  * entries) if the logger's word covers it: the FIN comes exactly where the
@@ -645,8 +657,6 @@ static void legit_close(struct recovery *rec)
 static bool close_as_told(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc,
                           const struct px_flow_info *fb)
 {
-    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
-
     if (!pc->word || !fb->t.pos.fin_seen || !fb->t.pos.has_seq || !fc->t.pos.has_seq
         || fb->t.pos.seq_next - 1 + fb->cfg.dir.seq_delta != pc->word_end[1] || fc->t.pos.seq_next != pc->word_end[0])
         return false;
@@ -655,13 +665,7 @@ static bool close_as_told(struct proxy *p, struct pconn *pc, const struct px_flo
     p->st.close_words++;
     rs_log("close id=%" PRIu64 " client=%s backend=%s meant (the logger's word)", pc->id, RS_A(pc->client),
            RS_A(pc->backend));
-    /* Unguarded: the FIN's retransmissions pass as they come. */
-    px_dp_activate(p->dp, &kb, &fb->cfg.dir, pc->id, RS_FLOW_ACTIVE, false, &kc);
-    if (release_fin(p, pc, fb)) {
-        p->st.fins_released++;
-        p->st.fins++;
-        pc->seen |= RS_FLOW_SEEN_FIN << 4;
-    }
+    pass_fin(p, pc, fb);
     px_pc_check_end(p, pc);     /* (the timer: the linger's now, or idle) */
     return true;
 }
@@ -674,34 +678,58 @@ static int flows(struct proxy *p, struct pconn *pc, struct px_flow_info *fc, str
     return e ? e : px_dp_get(p->dp, &kb, fb);
 }
 
-void px_backend_end(struct proxy *p, struct pconn *pc, bool rst)
+/* Asks the logger about the FIN held from 'pc''s backend ('fc', 'fb': the
+ * two entries), or recovers when it cannot. */
+static void close_ask(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc,
+                      const struct px_flow_info *fb)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_CLOSE_ASK };
+
+    m.u.close = (struct rs_ctl_close){ { pc->client.ip, pc->client.port }, 0, fc->t.pos.seq_next,
+                                       fb->t.pos.seq_next - 1 + fb->cfg.dir.seq_delta };
+    if (!p->logger_conn.up || rs_ctl_send(&p->logger_conn, &m)) {
+        pc->fin_wait = false;
+        px_recover(p, pc, "backend-fin");
+        return;
+    }
+    p->st.close_asks++;
+    pc->fin_wait = pc->fin_asked = true;
+    rs_timer_after(&p->loop, &pc->timer, CLOSE_WORD_WAIT_NS);
+}
+
+void px_backend_end(struct proxy *p, struct pconn *pc, bool rst)
+{
     struct px_flow_info fc, fb;
 
     if (pc->phase != PC_SPLICED || pc->rec)
         return;
     /* A RST is never meant. */
-    if (rst || !p->logger.port || !p->logger_conn.up || flows(p, pc, &fc, &fb) || !fb.t.pos.fin_seen
-        || !fb.t.pos.has_seq || !fc.t.pos.has_seq) {
+    if (rst || !p->logger.port || flows(p, pc, &fc, &fb) || !fb.t.pos.fin_seen || !fb.t.pos.has_seq
+        || !fc.t.pos.has_seq) {
         px_recover(p, pc, rst ? "backend-rst" : "backend-fin");
         return;
     }
     if (close_as_told(p, pc, &fc, &fb))
         return;
-    m.u.close = (struct rs_ctl_close){ { pc->client.ip, pc->client.port }, 0, fc.t.pos.seq_next,
-                                       fb.t.pos.seq_next - 1 + fb.cfg.dir.seq_delta };
-    if (rs_ctl_send(&p->logger_conn, &m)) {
-        px_recover(p, pc, "backend-fin");
+    if ((pc->seen & RS_FLOW_SEEN_FIN) && !pc->word) {
+        pc->fin_wait = true;
+        rs_timer_after(&p->loop, &pc->timer, CLOSE_WORD_UNASKED_NS);
         return;
     }
-    p->st.close_asks++;
-    pc->fin_wait = true;
-    rs_timer_after(&p->loop, &pc->timer, CLOSE_WORD_WAIT_NS);
+    close_ask(p, pc, &fc, &fb);
 }
 
 void px_close_word_late(struct proxy *p, struct pconn *pc)
 {
+    struct px_flow_info fc, fb;
+
+    if (!pc->fin_asked) {
+        if (!flows(p, pc, &fc, &fb))
+            close_ask(p, pc, &fc, &fb);
+        else
+            px_recover(p, pc, "backend-fin");
+        return;
+    }
     pc->fin_wait = false;
     p->st.close_words_late++;
     rs_log("close id=%" PRIu64 " client=%s: no word from the logger within %llu ms", pc->id, RS_A(pc->client),
