@@ -1018,7 +1018,7 @@ static void pc_timer(struct rs_timer *t)
         break;
     case PC_SPLICED:
         if (pc->fin_wait)
-            px_close_word_late(p, pc);
+            px_fin_wait_over(p, pc);
         break;
     case PC_CLOSING:
         if (pc->cio.fd < 0) {

@@ -719,7 +719,7 @@ void px_backend_end(struct proxy *p, struct pconn *pc, bool rst)
     close_ask(p, pc, &fc, &fb);
 }
 
-void px_close_word_late(struct proxy *p, struct pconn *pc)
+void px_fin_wait_over(struct proxy *p, struct pconn *pc)
 {
     struct px_flow_info fc, fb;
 
