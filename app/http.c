@@ -653,7 +653,7 @@ int app_conn_open(void *ctx, int fd, const struct sockaddr_in *peer)
     rs_timer_init(&c->timer, conn_on_timer, c);
     c->peer_ip4 = pa.ip;
     c->peer_port = pa.port;
-    rs_state_accepted(app->stated, fd, &c->who);     /* rs_accept_tcp set TCP_NODELAY */
+    rs_state_accepted(app->stated, fd, &c->who);     /* TCP_NODELAY: the listener's, inherited */
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
 

@@ -213,10 +213,13 @@ int rs_ctl_call(struct rs_ctlconn *c, struct rs_ctl_msg *m, uint8_t reply_type, 
 
 static void conn_down(struct rs_ctlconn *c, int err);
 
-/* Reads and dispatches what 'c' has.  Returns false when 'c' went down. */
+/* Reads and dispatches what 'c' has.  Returns false when 'c' went down.
+ * A read that leaves room in the buffer took all there was: the loop's
+ * level-triggered watch reports what comes later (no read that only
+ * says EAGAIN: a syscall per message saved on both ends). */
 static bool conn_read(struct rs_ctlconn *c)
 {
-    for (;;) {
+    for (bool drained = false; !drained;) {
         ssize_t n;
         size_t off = 0;
 
@@ -242,6 +245,7 @@ static bool conn_read(struct rs_ctlconn *c)
             conn_down(c, n == 0 ? -ECONNRESET : -errno);
             return false;
         }
+        drained = (size_t)n < c->in_cap - c->in_len;
         c->in_len += (size_t)n;
         for (;;) {
             struct rs_ctl_msg m;
@@ -277,6 +281,7 @@ static bool conn_read(struct rs_ctlconn *c)
         memmove(c->in, c->in + off, c->in_len - off);
         c->in_len -= off;
     }
+    return true;
 }
 
 /* ---- Accepted connections ------------------------------------------------------ */

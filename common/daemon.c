@@ -190,6 +190,8 @@ int rs_listen_tcp(struct rs_addr a, int backlog)
     if (fd < 0)
         return -errno;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* Inherited by every connection it accepts: a syscall per accept saved. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&s, sizeof(s)) || listen(fd, backlog)) {
         int e = -errno;
         close(fd);
@@ -206,12 +208,10 @@ int rs_accept_tcp(int lfd, struct sockaddr_in *peer)
         reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
     for (;;) {
         socklen_t sl = sizeof(*peer);
-        int one = 1, fd = accept4(lfd, (struct sockaddr *)peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(lfd, (struct sockaddr *)peer, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-        if (fd >= 0 && peer->sin_family == AF_INET) {
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (fd >= 0 && peer->sin_family == AF_INET)
             return fd;
-        }
         if (fd >= 0) {
             close(fd);
             continue;

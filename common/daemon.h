@@ -51,11 +51,12 @@ const char *rs_addr_str(struct rs_addr a, char *buf, size_t len);
 struct sockaddr_in rs_addr_sin(struct rs_addr a);
 struct rs_addr rs_addr_of_sin(const struct sockaddr_in *s);
 
-/* A non-blocking TCP listening socket on 'a' (SO_REUSEADDR).  Returns the
- * fd or -errno. */
+/* A non-blocking TCP listening socket on 'a' (SO_REUSEADDR, TCP_NODELAY,
+ * which the connections it accepts inherit).  Returns the fd or -errno. */
 int rs_listen_tcp(struct rs_addr a, int backlog);
-/* Accepts the next pending IPv4 connection on listener 'lfd': non-blocking,
- * close-on-exec, TCP_NODELAY; its peer into '*peer'.  Returns the fd, or -1
+/* Accepts the next pending IPv4 connection on listener 'lfd' (one of
+ * rs_listen_tcp's: TCP_NODELAY): non-blocking, close-on-exec; its peer
+ * into '*peer'.  Returns the fd, or -1
  * when none is pending (or on an error, which is logged).  Out of file
  * descriptors, it accepts and drops the pending connections with a
  * reserved one, so that a level-triggered listener does not spin. */

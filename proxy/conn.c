@@ -165,10 +165,34 @@ void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
         p->backends[idx].conns++;
 }
 
+/* Removes 'pc''s entries from the table, once; 'tc' and 'tb' (may be
+ * NULL) receive the data path's halves of the client's and the backend's
+ * (zeroed when they were not there). */
+static void drop_entries(struct proxy *p, struct pconn *pc, struct rs_flow_track *tc, struct rs_flow_track *tb)
+{
+    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
+    struct rs_flow_track t;
+
+    if (tc)
+        memset(tc, 0, sizeof(*tc));
+    if (tb)
+        memset(tb, 0, sizeof(*tb));
+    if (!p->dp || pc->entries_gone)
+        return;
+    pc->entries_gone = true;
+    for (int i = 0; i < pc->nheld; i++) {
+        px_dp_remove_read(p->dp, &pc->held[i], &t);
+        p->st.fenced_drops += t.dropped;
+    }
+    if (px_pc_owns_client_entry(p, pc))
+        px_dp_remove_read(p->dp, &kc, tc);
+    if (pc->backend.ip)
+        px_dp_remove_read(p->dp, &kb, tb);
+}
+
 void px_pc_free(struct proxy *p, struct pconn *pc)
 {
     struct pconn **pp = &p->buckets[pc->id % RS_PROXY_BUCKETS], **cp = client_bucket(p, pc->client);
-    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
 
     while (*pp && *pp != pc)
         pp = &(*pp)->next;
@@ -183,18 +207,7 @@ void px_pc_free(struct proxy *p, struct pconn *pc)
     rs_timer_stop(&p->loop, &pc->timer);
     close_io(&pc->cio, false);
     close_io(&pc->bio, false);
-    if (p->dp) {
-        struct px_flow_info f;
-        for (int i = 0; i < pc->nheld; i++) {
-            if (!px_dp_get(p->dp, &pc->held[i], &f))
-                p->st.fenced_drops += f.t.dropped;
-            px_dp_remove(p->dp, &pc->held[i]);
-        }
-        if (px_pc_owns_client_entry(p, pc))
-            px_dp_remove(p->dp, &kc);
-        if (pc->backend.ip)
-            px_dp_remove(p->dp, &kb);
-    }
+    drop_entries(p, pc, NULL, NULL);
     px_pc_set_backend(p, pc, -1);
     free(pc->c2b);
     free(pc->b2c);
@@ -346,53 +359,68 @@ static int pick_backend(struct proxy *p, struct pconn *pc)
 
 /* ---- backend connection -------------------------------------------------- */
 
-#define BIND_TRIES 32
+#define BIND_TRIES 64
+
+/* The ports of the proxy's connections to backends: it picks them itself,
+ * in turn through the host's ephemeral range, so a port comes back only
+ * after all the others.  (The kernel's bind to port 0 hands out one just
+ * freed, and a spliced connection's socket is closed while its entry
+ * lives on: one bind in six met a lingering entry.) */
+void px_ports_init(struct proxy *p)
+{
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    unsigned lo = 0, hi = 0;
+
+    if (!f || fscanf(f, "%u %u", &lo, &hi) != 2 || lo < 1024 || hi > 65535 || lo >= hi)
+        lo = 32768, hi = 60999;
+    if (f)
+        fclose(f);
+    p->port_lo = (uint16_t)lo;
+    p->port_hi = (uint16_t)hi;
+    p->port_next = (uint16_t)(lo + rs_mono_ns() % (hi - lo + 1));
+}
+
+static uint16_t next_port(struct proxy *p)
+{
+    uint16_t port = p->port_next;
+
+    p->port_next = port >= p->port_hi ? p->port_lo : port + 1;
+    return port;
+}
 
 int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local)
 {
     struct sockaddr_in me = rs_addr_sin((struct rs_addr){ p->listen.ip, 0 });
-    int taken[BIND_TRIES], ntaken = 0, fd = -1, e = -EADDRINUSE;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), e = -EADDRINUSE;
 
-    /* A spliced connection's socket is closed, so the kernel may hand its
-     * port out again; to the same backend that is the same 4-tuple, and the
-     * new entry would take the live splice's segments.  Ports a splice still
-     * uses are refused (held open meanwhile, so the kernel picks others). */
-    while (ntaken < BIND_TRIES) {
-        struct sockaddr_in s;
-        socklen_t len = sizeof(s);
+    if (fd < 0)
+        return -errno;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
+    for (int tries = 0; tries < BIND_TRIES; tries++) {
         struct px_flow_info f;
         struct rs_flow_key k;
-        int one = 1;
 
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            e = -errno;
-            break;
-        }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (bind(fd, (struct sockaddr *)&me, sizeof(me)) || getsockname(fd, (struct sockaddr *)&s, &len)) {
-            e = -errno;
-            close(fd);
-            fd = -1;
-            break;
-        }
-        *local = rs_addr_of_sin(&s);
+        *local = (struct rs_addr){ p->listen.ip, next_port(p) };
         k = px_flow_key(to, *local);
-        if (!p->dp || px_dp_get(p->dp, &k, &f)) {
-            e = p->dp ? px_dp_watch(p->dp, &k, id) : 0;
-            if (e) {
-                close(fd);
-                fd = -1;
-            }
+        /* A port whose entry towards 'to' lives on (a splice, or a
+         * connection that ended lingering) is that connection's 4-tuple. */
+        if (p->dp && !px_dp_get(p->dp, &k, &f)) {
+            p->st.port_clashes++;
+            continue;
+        }
+        me.sin_port = htons(local->port);
+        if (bind(fd, (struct sockaddr *)&me, sizeof(me))) {
+            if (errno == EADDRINUSE)
+                continue;       /* another socket of this host holds it */
+            e = -errno;
             break;
         }
-        p->st.port_clashes++;
-        taken[ntaken++] = fd;
-        fd = -1;
+        if ((e = p->dp ? px_dp_watch(p->dp, &k, id) : 0) == 0)
+            return fd;
+        break;
     }
-    while (ntaken)
-        close(taken[--ntaken]);
-    return fd >= 0 ? fd : e;
+    close(fd);
+    return e;
 }
 
 int px_connect_start(int fd, struct rs_addr to)
@@ -611,6 +639,27 @@ static bool flow_ahead(const struct px_flow_info *f, uint32_t rcv_nxt)
 
 static void open_write(struct proxy *p, struct pconn *pc);
 
+/* Puts both of 'pc''s entries in 'state' with one change of the table. */
+static int set_both(struct proxy *p, const struct rs_flow_key *kc, const struct rs_flow_key *kb, uint32_t state)
+{
+    int e, f;
+
+    px_dp_hold(p->dp);
+    if ((e = px_dp_set_state(p->dp, kc, state)) == 0)
+        e = px_dp_set_state(p->dp, kb, state);
+    f = px_dp_flush(p->dp);
+    return e ? e : f;
+}
+
+/* Whether bytes wait in either socket: unread, or (but 'at_connect',
+ * when the proxy has written neither) not yet acknowledged. */
+static bool socks_queued(int cfd, int bfd, bool at_connect)
+{
+    if (at_connect)
+        return px_sock_unread(cfd) || px_sock_unread(bfd);
+    return px_sock_queued(cfd) || px_sock_queued(bfd);
+}
+
 /* Splices 'pc' if both connections are quiet: every byte read was
  * forwarded and every byte sent was acknowledged.  The flow's entries are
  * frozen (segments dropped, peers retransmit) while the sockets' state is
@@ -633,7 +682,7 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
     struct rs_splice_dir c2s, s2c;
     struct px_flow_info fb, fc;
     struct tcp_info cinfo, binfo;
-    int cfd = pc->cio.fd, bfd = pc->bio.fd, e;
+    int cfd = pc->cio.fd, bfd = pc->bio.fd, e, f;
     bool guard = p->logger.port != 0;
     uint32_t pending = at_connect ? (uint32_t)pc->c2b_len : 0;
 
@@ -642,12 +691,11 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
     if (pc->client_eof || pc->backend_eof || (pc->c2b_len && !at_connect) || pc->b2c_len
         || (!at_connect && (px_sock_queued(cfd) || px_sock_queued(bfd))))
         return 0;
-    if ((e = px_dp_set_state(p->dp, &kc, RS_FLOW_FROZEN)) || (e = px_dp_set_state(p->dp, &kb, RS_FLOW_FROZEN)))
+    if ((e = set_both(p, &kc, &kb, RS_FLOW_FROZEN)) != 0)
         return e;
-    if (px_sock_queued(cfd) || px_sock_queued(bfd)) {
+    if (socks_queued(cfd, bfd, at_connect)) {
         /* something arrived between the check and the freeze */
-        px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
-        px_dp_set_state(p->dp, &kb, RS_FLOW_WATCH);
+        set_both(p, &kc, &kb, RS_FLOW_WATCH);
         p->st.splice_retries++;
         pc->splice_tries++;
         return 0;
@@ -663,8 +711,7 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
          * or segments that came during the freeze and were dropped. */
         px_repair_off(cfd);
         px_repair_off(bfd);
-        px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
-        px_dp_set_state(p->dp, &kb, RS_FLOW_WATCH);
+        set_both(p, &kc, &kb, RS_FLOW_WATCH);
         p->st.splice_retries++;
         pc->splice_tries++;
         return 0;
@@ -680,11 +727,19 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
         pc->c.ts_recent = fc.t.ts_recent;
     s.ts_recent = fb.t.ts_recent;
     s.snd_nxt += pending;       /* the client's next byte lands after the request */
-    if ((e = rs_splice_init(&pc->c, &s, &c2s, &s2c)) != 0
-        || (e = px_dp_activate(p->dp, &kb, &s2c, pc->id, RS_FLOW_ACTIVE, guard, &kc)) != 0
-        || (pending && (e = px_dp_acks_to_stack(p->dp, &kb, true)) != 0)
-        || (e = px_dp_activate(p->dp, &kc, &c2s, pc->id, pending ? RS_FLOW_ACKONLY : RS_FLOW_ACTIVE, false,
-                               &kb)) != 0)
+    if ((e = rs_splice_init(&pc->c, &s, &c2s, &s2c)) != 0)
+        goto undo;
+    /* Both directions and the client entry's record (adopt.c) in one
+     * change of the table, the backend's entry first: the client's
+     * segments are translated only once the backend's answers are. */
+    px_dp_hold(p->dp);
+    if ((e = px_dp_activate(p->dp, &kb, &s2c, pc->id, RS_FLOW_ACTIVE, guard, &kc)) == 0
+        && (!pending || (e = px_dp_acks_to_stack(p->dp, &kb, true)) == 0)
+        && (e = px_dp_activate(p->dp, &kc, &c2s, pc->id, pending ? RS_FLOW_ACKONLY : RS_FLOW_ACTIVE, false,
+                               &kb)) == 0)
+        px_pc_save(p, pc);
+    f = px_dp_flush(p->dp);
+    if ((e = e ? e : f) != 0)
         goto undo;
     /* Closed in repair mode: no FIN, no RST; the tc program owns the flow. */
     close_repaired(&pc->cio);
@@ -697,7 +752,6 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
     }
     rs_timer_stop(&p->loop, &pc->timer);
     pc->phase = PC_SPLICED;
-    px_pc_save(p, pc);
     pc->t_spliced_us = rs_now_us();
     p->st.spliced++;
     rs_log("splice id=%" PRIu64 " client=%s vip=%s local=%s backend=%s c.rcv_nxt=%u c.snd_nxt=%u "
@@ -712,8 +766,7 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
 undo:
     px_repair_off(cfd);
     px_repair_off(bfd);
-    px_dp_set_state(p->dp, &kc, RS_FLOW_WATCH);
-    px_dp_set_state(p->dp, &kb, RS_FLOW_WATCH);
+    set_both(p, &kc, &kb, RS_FLOW_WATCH);
     return e;
 }
 
@@ -725,11 +778,13 @@ static void open_done(struct proxy *p, struct pconn *pc)
 
     pc->opening = false;
     pc->open_gen = 0;
-    px_dp_acks_to_stack(p->dp, &kb, false);
     rs_io_stop(&pc->bio);
     px_close_after_grace(p, pc->bio.fd);
     pc->bio.fd = -1;
+    px_dp_hold(p->dp);
+    px_dp_acks_to_stack(p->dp, &kb, false);
     px_dp_set_state(p->dp, &kc, RS_FLOW_ACTIVE);
+    px_dp_flush(p->dp);
     rs_log("open id=%" PRIu64 " client=%s us=%" PRIu64, pc->id, RS_A(pc->client), rs_now_us() - pc->t_spliced_us);
 }
 
@@ -772,12 +827,13 @@ static void open_write(struct proxy *p, struct pconn *pc)
         rs_io_set(&pc->bio, EPOLLOUT);
         return;
     }
-    rs_io_set(&pc->bio, 0);
     e = px_dp_watch_ack(p->dp, &kb, pc->open_ack, &pc->open_gen);
     if (e < 0)
         open_failed(p, pc, e);
     else if (e == 1)
         open_done(p, pc);
+    else
+        rs_io_set(&pc->bio, 0);     /* only a hang-up or an error now */
 }
 
 int px_pc_detach(struct proxy *p, struct pconn *pc)
@@ -913,7 +969,8 @@ static void backend_io(struct rs_io *io, uint32_t events)
 
         if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return;
-        if ((err = rs_sock_error(io->fd))) {
+        /* (A failed connect raises EPOLLERR: EPOLLOUT alone is no error to ask for.) */
+        if ((events & (EPOLLERR | EPOLLHUP)) && (err = rs_sock_error(io->fd))) {
             connect_failed(pc->p, pc, -err);
             return;
         }
@@ -1022,14 +1079,12 @@ static void pc_timer(struct rs_timer *t)
         break;
     case PC_CLOSING:
         if (pc->cio.fd < 0) {
-            struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
-            struct px_flow_info fc = { 0 }, fb = { 0 };
-            px_dp_get(p->dp, &kc, &fc);
-            px_dp_get(p->dp, &kb, &fb);
+            struct rs_flow_track tc, tb;
+            drop_entries(p, pc, &tc, &tb);
             rs_log("unsplice id=%" PRIu64 " client=%s backend=%s c2s_pkts=%" PRIu64 " s2c_pkts=%" PRIu64
                    " s2c_bytes=%" PRIu64 " errors=%" PRIu64 " dropped=%" PRIu64 " ends_refused=%u", pc->id,
-                   RS_A(pc->client), RS_A(pc->backend), fc.t.pkts, fb.t.pkts, fb.t.bytes,
-                   fc.t.errors + fb.t.errors, fc.t.dropped + fb.t.dropped, fb.t.ends_refused);
+                   RS_A(pc->client), RS_A(pc->backend), tc.pkts, tb.pkts, tb.bytes, tc.errors + tb.errors,
+                   tc.dropped + tb.dropped, tb.ends_refused);
         }
         px_pc_free(p, pc);
         break;

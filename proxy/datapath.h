@@ -78,9 +78,11 @@ struct px_datapath_ops {
                     uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer);
     /* Arms an ACK watch on 'k': an RS_FLOW_ACKED event carrying '*gen'
      * comes once its sender acknowledges 'ack'.  Returns 1 when it already
-     * has (no event then), 0 when armed, -errno. */
+     * has (no event then, and maybe no watch), 0 when armed, -errno. */
     int (*watch_ack)(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t ack, uint32_t *gen);
-    int (*remove)(struct px_datapath *dp, const struct rs_flow_key *k);
+    /* Removes entry 'k'; 'last' (may be NULL) receives its data path's
+     * half as it was (zeroed when there was none). */
+    int (*remove)(struct px_datapath *dp, const struct rs_flow_key *k, struct rs_flow_track *last);
     /* Makes entry 'k''s daemon half 'f' as another proxy's table has it
      * (its own interface in place of the other's); the data path's half
      * starts afresh where the entry is new.  Returns 0 or -errno. */
@@ -90,6 +92,11 @@ struct px_datapath_ops {
     /* The key after 'prev' (NULL: the first) in the table's own order.
      * Returns 0, or -ENOENT after the last. */
     int (*next_key)(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next);
+    /* Optional (NULL: every change is made at once).  After hold(), the
+     * changes of the daemon's halves wait in this process, the newest per
+     * entry, until flush() makes them all, in order, in one call. */
+    void (*hold)(struct px_datapath *dp);
+    int (*flush)(struct px_datapath *dp);
 };
 
 extern const struct px_datapath_ops px_dp_ebpf;     /* dp_ebpf.c */
@@ -175,7 +182,24 @@ static inline int px_dp_watch_ack(struct px_datapath *dp, const struct rs_flow_k
 }
 static inline int px_dp_remove(struct px_datapath *dp, const struct rs_flow_key *k)
 {
-    return px_dp_tell(dp, k, true, dp->ops->remove(dp, k));
+    return px_dp_tell(dp, k, true, dp->ops->remove(dp, k, NULL));
+}
+/* Removes 'k' and reads its data path's half in the same call. */
+static inline int px_dp_remove_read(struct px_datapath *dp, const struct rs_flow_key *k, struct rs_flow_track *last)
+{
+    return px_dp_tell(dp, k, true, dp->ops->remove(dp, k, last));
+}
+/* The changes made between the two calls go to the table together, when
+ * px_dp_flush() returns (one syscall instead of one each, where the data
+ * path can); nothing of them holds before.  Returns 0 or -errno. */
+static inline void px_dp_hold(struct px_datapath *dp)
+{
+    if (dp->ops->hold)
+        dp->ops->hold(dp);
+}
+static inline int px_dp_flush(struct px_datapath *dp)
+{
+    return dp->ops->flush ? dp->ops->flush(dp) : 0;
 }
 static inline int px_dp_set_conn(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_flow_conn *c)
 {

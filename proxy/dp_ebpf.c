@@ -29,6 +29,7 @@
 #include "splice.skel.h"
 
 #define COPY_BUCKETS 16384u
+#define HOLD_MAX 8      /* changes held for one flush (a splice makes 2; more flush early) */
 
 /* The copy of one rs_flows entry. */
 struct flow_copy {
@@ -48,6 +49,10 @@ struct dp_ebpf {
     int map_fd, track_fd;
     uint32_t watch_gen;
     bool complete;              /* every entry of rs_flows has its copy: a miss is no entry */
+    bool holding;               /* changes wait in held_k/held_f for ebpf_flush */
+    unsigned nheld;
+    struct rs_flow_key held_k[HOLD_MAX];
+    struct rs_flow held_f[HOLD_MAX];
     bool hook_created;
     px_dp_event_cb cb;
     void *cb_arg;
@@ -124,18 +129,75 @@ static int cfg_read(struct dp_ebpf *s, const struct rs_flow_key *k, struct rs_fl
     return 0;
 }
 
-/* Writes entry 'k' ('flags' as for bpf_map_update_elem; BPF_F_LOCK always). */
+/* After a failed write of 'k': the copy no longer knows what the map holds. */
+static void copy_lost(struct dp_ebpf *s, const struct rs_flow_key *k, int e)
+{
+    copy_forget(s, k);
+    if (e != -ENOENT && e != -E2BIG)    /* not "no such entry": it may still be there */
+        s->complete = false;
+}
+
+static int ebpf_flush(struct px_datapath *dp);
+
+/* Writes entry 'k' ('flags' as for bpf_map_update_elem; BPF_F_LOCK always),
+ * or, while changes are held, replaces the one held for 'k' or queues it.
+ * (A held change is written with BPF_ANY: the callers that ask for
+ * BPF_EXIST have read the entry from the copy first, and this process is
+ * the map's only writer.) */
 static int cfg_write(struct dp_ebpf *s, const struct rs_flow_key *k, const struct rs_flow *f, uint64_t flags)
 {
+    if (s->holding) {
+        unsigned i = 0;
+        int e;
+
+        while (i < s->nheld && memcmp(&s->held_k[i], k, sizeof(*k)))
+            i++;
+        if (i == HOLD_MAX) {
+            if ((e = ebpf_flush(&s->dp)) != 0)
+                return e;
+            s->holding = true;
+            i = 0;
+        }
+        if (i == s->nheld) {
+            s->held_k[i] = *k;
+            s->nheld++;
+        }
+        s->held_f[i] = *f;
+        copy_keep(s, k, f);
+        return 0;
+    }
     if (bpf_map_update_elem(s->map_fd, k, f, flags | BPF_F_LOCK)) {
         int e = -errno;
-        copy_forget(s, k);
-        if (e != -ENOENT && e != -E2BIG)    /* not "no such entry": it may still be there */
-            s->complete = false;
+        copy_lost(s, k, e);
         return e;
     }
     copy_keep(s, k, f);
     return 0;
+}
+
+static void ebpf_hold(struct px_datapath *dp)
+{
+    ((struct dp_ebpf *)dp)->holding = true;
+}
+
+/* The held changes in one BPF_MAP_UPDATE_BATCH (element by element, in
+ * the order they were first made). */
+static int ebpf_flush(struct px_datapath *dp)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_F_LOCK);
+    uint32_t held = s->nheld, done = held;
+    int e = 0;
+
+    s->holding = false;
+    s->nheld = 0;
+    if (held == 1 && bpf_map_update_elem(s->map_fd, &s->held_k[0], &s->held_f[0], BPF_F_LOCK))
+        e = -errno, done = 0;
+    else if (held > 1 && bpf_map_update_batch(s->map_fd, s->held_k, s->held_f, &done, &opts))
+        e = -errno;     /* 'done': how many were written */
+    for (uint32_t i = done; e && i < held; i++)
+        copy_lost(s, &s->held_k[i], e);
+    return e;
 }
 
 static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
@@ -174,7 +236,7 @@ static int ebpf_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, u
 }
 
 static void ebpf_close(struct px_datapath *dp, bool keep);
-static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k);
+static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k, struct rs_flow_track *last);
 
 /* The program a predecessor left at our place on the interface: its maps
  * become ours (bpf_map__reuse_fd, before the load), so the entries stay
@@ -357,7 +419,7 @@ static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint6
         return e;
     if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY)) {
         e = -errno;
-        ebpf_remove(dp, k);
+        ebpf_remove(dp, k, NULL);
     }
     return e;
 }
@@ -413,6 +475,10 @@ static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, u
 
     if (e)
         return e;
+    /* Usually the ACK is there already (the stack answers a segment as
+     * it is sent): no watch then. */
+    if (!bpf_map_lookup_elem(s->track_fd, k, &t) && t.pos.has_ack && rs_seq_ge(t.pos.ack_max, ack))
+        return 1;
     *gen = px_flow_watch_ack(&f, ack, &s->watch_gen);
     if ((e = cfg_write(s, k, &f, BPF_EXIST)) != 0)
         return e;
@@ -422,15 +488,26 @@ static int ebpf_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, u
     return 0;
 }
 
-static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k)
+static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k, struct rs_flow_track *last)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
-    int e = bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
+    int e;
 
+    for (unsigned i = 0; i < s->nheld; i++)     /* a held change would bring it back */
+        if (!memcmp(&s->held_k[i], k, sizeof(*k))) {
+            memmove(&s->held_k[i], &s->held_k[i + 1], (s->nheld - i - 1) * sizeof(*k));
+            memmove(&s->held_f[i], &s->held_f[i + 1], (s->nheld - i - 1) * sizeof(s->held_f[0]));
+            s->nheld--;
+            break;
+        }
+    e = bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
     copy_forget(s, k);
     if (e)
         s->complete = false;
-    bpf_map_delete_elem(s->track_fd, k);
+    if (!last)
+        bpf_map_delete_elem(s->track_fd, k);
+    else if (bpf_map_lookup_and_delete_elem(s->track_fd, k, last))
+        memset(last, 0, sizeof(*last));
     return e;
 }
 
@@ -481,4 +558,6 @@ const struct px_datapath_ops px_dp_ebpf = {
     .put = ebpf_put,
     .set_conn = ebpf_set_conn,
     .next_key = ebpf_next_key,
+    .hold = ebpf_hold,
+    .flush = ebpf_flush,
 };

@@ -330,6 +330,8 @@ static int kmod_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, u
 
     if (e)
         return e;
+    if (fi.t.pos.has_ack && rs_seq_ge(fi.t.pos.ack_max, ack))
+        return 1;       /* acknowledged already: no watch */
     *gen = px_flow_watch_ack(&fi.cfg, ack, &s->watch_gen);
     if ((e = kmod_write(s, k, &fi.cfg, RS_TCPSP_F_EXIST, NULL)) != 0)
         return e;
@@ -339,10 +341,15 @@ static int kmod_watch_ack(struct px_datapath *dp, const struct rs_flow_key *k, u
     return 0;
 }
 
-static int kmod_remove(struct px_datapath *dp, const struct rs_flow_key *k)
+static int kmod_remove(struct px_datapath *dp, const struct rs_flow_key *k, struct rs_flow_track *last)
 {
+    struct px_flow_info fi;
     struct answer a;
-    int e = request((struct dp_kmod *)dp, RS_TCPSP_C_DEL, &a, 1, RS_TCPSP_A_KEY, k);
+    int e;
+
+    if (last)
+        *last = kmod_get(dp, k, &fi) ? (struct rs_flow_track){ 0 } : fi.t;
+    e = request((struct dp_kmod *)dp, RS_TCPSP_C_DEL, &a, 1, RS_TCPSP_A_KEY, k);
 
     done(&a);
     return e == -ENOENT ? 0 : e;

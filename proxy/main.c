@@ -457,6 +457,7 @@ static int setup(struct proxy *p)
         return -1;
     }
     p->rawfd = p->lio.fd = -1;
+    px_ports_init(p);
     if (!p->nosplice) {
         p->dp = px_datapath_find(p->datapath)->open(p->ifname, !p->fresh, &e);
         if (!p->dp) {

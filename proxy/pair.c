@@ -413,7 +413,7 @@ static void forget_table(struct proxy *p)
     struct rs_flow_key k;
 
     while (!px_dp_next_key(p->dp, NULL, &k))
-        if (p->dp->ops->remove(p->dp, &k))
+        if (p->dp->ops->remove(p->dp, &k, NULL))
             break;
 }
 
@@ -423,7 +423,7 @@ static int apply_flow(struct proxy *p, const struct rs_ctl_flow *fl)
     struct rs_flow f;
 
     if (fl->op == RS_CTL_FLOW_DEL)
-        return p->dp->ops->remove(p->dp, &k);
+        return p->dp->ops->remove(p->dp, &k, NULL);
     if (fl->len != sizeof(f))
         return -EBADMSG;    /* another version of rs-proxy */
     memcpy(&f, fl->data, sizeof(f));

@@ -91,6 +91,7 @@ struct pconn {
     uint32_t seen;                /* RS_FLOW_SEEN_* from the client (low bits) and the server (<< 4) */
     struct rs_flow_key held[RS_PROXY_HELD_MAX];   /* earlier servers' entries, in HOLD */
     int nheld;
+    bool entries_gone;            /* its entries are removed (px_pc_drop_entries) */
     struct recovery *rec;         /* while recovering */
     struct pconn *next;           /* in the proxy's table, by id */
     struct pconn *cnext;          /* ... and by client */
@@ -145,6 +146,8 @@ struct proxy {
     struct rs_addr listen, ctl;
     struct backend backends[RS_PROXY_MAX_BACKENDS];
     int nbackends, rr;
+    /* the ports of backend connections, taken in turn (px_bind_watched) */
+    uint16_t port_lo, port_hi, port_next;
     int alternate;                /* index of the alternate in backends, -1 without one */
     struct rs_addr logger, logger_resend;
     uint16_t stated_port;
@@ -205,6 +208,8 @@ int px_repair_off(int fd);
 void px_close_silently(int fd);
 /* Queued bytes: unread received (SIOCINQ) plus unacknowledged sent (SIOCOUTQ). */
 int px_sock_queued(int fd);
+/* Unread received bytes only (SIOCINQ), or -errno. */
+int px_sock_unread(int fd);
 /* Sends a RST from 'from' to 'to' with sequence number 'seq' on raw socket
  * 'rawfd' (IPPROTO_RAW).  Returns 0 or -errno. */
 int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq);
@@ -239,6 +244,9 @@ void px_pc_free(struct proxy *p, struct pconn *pc);
 /* Ends 'pc' cleanly: logged with 'why', entries removed; the client gets a
  * RST when 'rst' (an end the client did not cause), else it is simply forgotten. */
 void px_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst);
+/* Reads the host's ephemeral port range, where px_bind_watched takes the
+ * ports of backend connections in turn (from a place of its own). */
+void px_ports_init(struct proxy *p);
 /* Opens a non-blocking socket bound to the proxy's address, with a WATCH
  * entry for segments from 'to' in place before any SYN leaves.  Returns the
  * fd or -errno; '*local' gets the proxy's end. */

@@ -670,12 +670,16 @@ static bool close_as_told(struct proxy *p, struct pconn *pc, const struct px_flo
     return true;
 }
 
+/* Reads both of 'pc''s entries, which must show the FIN the guard holds
+ * and both streams' positions.  Returns 0, or -errno when they do not. */
 static int flows(struct proxy *p, struct pconn *pc, struct px_flow_info *fc, struct px_flow_info *fb)
 {
     struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
     int e = px_dp_get(p->dp, &kc, fc);
 
-    return e ? e : px_dp_get(p->dp, &kb, fb);
+    if (e || (e = px_dp_get(p->dp, &kb, fb)))
+        return e;
+    return fb->t.pos.fin_seen && fb->t.pos.has_seq && fc->t.pos.has_seq ? 0 : -ENODATA;
 }
 
 /* Asks the logger about the FIN held from 'pc''s backend ('fc', 'fb': the
@@ -704,19 +708,22 @@ void px_backend_end(struct proxy *p, struct pconn *pc, bool rst)
     if (pc->phase != PC_SPLICED || pc->rec)
         return;
     /* A RST is never meant. */
-    if (rst || !p->logger.port || flows(p, pc, &fc, &fb) || !fb.t.pos.fin_seen || !fb.t.pos.has_seq
-        || !fc.t.pos.has_seq) {
+    if (rst || !p->logger.port) {
         px_recover(p, pc, rst ? "backend-rst" : "backend-fin");
         return;
     }
-    if (close_as_told(p, pc, &fc, &fb))
-        return;
     if ((pc->seen & RS_FLOW_SEEN_FIN) && !pc->word) {
+        /* (The entries are read when the word comes, or the wait ends.) */
         pc->fin_wait = true;
         rs_timer_after(&p->loop, &pc->timer, CLOSE_WORD_UNASKED_NS);
         return;
     }
-    close_ask(p, pc, &fc, &fb);
+    if (flows(p, pc, &fc, &fb)) {
+        px_recover(p, pc, "backend-fin");
+        return;
+    }
+    if (!close_as_told(p, pc, &fc, &fb))
+        close_ask(p, pc, &fc, &fb);
 }
 
 void px_fin_wait_over(struct proxy *p, struct pconn *pc)

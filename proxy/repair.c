@@ -77,12 +77,19 @@ void px_close_silently(int fd)
     close(fd);
 }
 
+int px_sock_unread(int fd)
+{
+    int in = 0;
+
+    return ioctl(fd, SIOCINQ, &in) ? -errno : in;
+}
+
 int px_sock_queued(int fd)
 {
-    int in = 0, out = 0;
+    int in = px_sock_unread(fd), out = 0;
 
-    if (ioctl(fd, SIOCINQ, &in) || ioctl(fd, SIOCOUTQ, &out))
-        return -errno;
+    if (in < 0 || ioctl(fd, SIOCOUTQ, &out))
+        return in < 0 ? in : -errno;
     return in + out;
 }
 
