@@ -245,7 +245,7 @@ void px_pc_free(struct proxy *p, struct pconn *pc);
  * RST when 'rst' (an end the client did not cause), else it is simply forgotten. */
 void px_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst);
 /* Reads the host's ephemeral port range, where px_bind_watched takes the
- * ports of backend connections in turn (from a place of its own). */
+ * ports of backend connections in turn (those of bind(0)'s parity). */
 void px_ports_init(struct proxy *p);
 /* Opens a non-blocking socket bound to the proxy's address, with a WATCH
  * entry for segments from 'to' in place before any SYN leaves.  Returns the
