@@ -56,10 +56,10 @@ struct rs_addr rs_addr_of_sin(const struct sockaddr_in *s);
 int rs_listen_tcp(struct rs_addr a, int backlog);
 /* Accepts the next pending IPv4 connection on listener 'lfd' (one of
  * rs_listen_tcp's: TCP_NODELAY): non-blocking, close-on-exec; its peer
- * into '*peer'.  Returns the fd, or -1
- * when none is pending (or on an error, which is logged).  Out of file
- * descriptors, it accepts and drops the pending connections with a
- * reserved one, so that a level-triggered listener does not spin. */
+ * into '*peer'.  Returns the fd, or -1 when none is pending (or on an
+ * error, which is logged).  Out of file descriptors, it accepts and drops
+ * the pending connections with a reserved one, so that a level-triggered
+ * listener does not spin. */
 int rs_accept_tcp(int lfd, struct sockaddr_in *peer);
 
 /* Sends bytes [*off, len) of 'buf' on non-blocking 'fd' until the socket

@@ -133,6 +133,14 @@ class TestSplice(SpliceCase):
         self.assertEqual(s["errors"], "0", d.output() + self.log(d))
         self.assertEqual(s["ok"], "80")
         self.assertEqual(len(re.findall(r" splice id=", self.log(px))), 40)
+        # Its backend ports: 40 different ones, all of the parity the
+        # kernel's bind(0) takes, so no connect() from the proxy's host
+        # (the other parity) lands on a 4-tuple whose splice outlived its
+        # socket.
+        ports = [int(x) for x in re.findall(r"connect id=\d+ .* local=[\d.]+:(\d+)", self.log(px))]
+        low = int(self.tb["proxy"].cmd("sysctl -n net.ipv4.ip_local_port_range").split()[0])
+        self.assertEqual(len(set(ports)), 40, ports)
+        self.assertEqual({p % 2 for p in ports}, {(low + 1) % 2}, ports)
         # 80 POSTs reached one counter: every update applied once.
         out = self.tb["c1"].cmd(f"curl -s http://{VIP}/counter")
         self.assertIn("counter=40", out)
