@@ -399,7 +399,6 @@ int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
 
     if (fd < 0)
         return -errno;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
     for (int tries = 0; tries < BIND_TRIES; tries++) {
         struct px_flow_info f;
         struct rs_flow_key k;
@@ -419,7 +418,9 @@ int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
             e = -errno;
             break;
         }
-        if ((e = p->dp ? px_dp_watch(p->dp, &k, id) : 0) == 0)
+        /* (Written now if the accept held the client's entry back: its
+         * SYN must find this one.) */
+        if ((e = p->dp ? px_dp_watch(p->dp, &k, id) : 0) == 0 && (e = p->dp ? px_dp_flush(p->dp) : 0) == 0)
             return fd;
         break;
     }
@@ -828,6 +829,7 @@ static void open_write(struct proxy *p, struct pconn *pc)
         return;
     }
     if (pc->c2b_len) {
+        px_nodelay(pc->bio.fd);     /* the rest must not wait for an ACK */
         rs_io_set(&pc->bio, EPOLLOUT);
         return;
     }
@@ -991,6 +993,7 @@ static void backend_io(struct rs_io *io, uint32_t events)
             if (e)
                 return;
         }
+        px_nodelay(pc->bio.fd);
         relay(p, pc, EPOLLIN, EPOLLIN);
         return;
     }
@@ -1137,6 +1140,7 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
         socklen_t mlen = sizeof(me);
         struct pconn *pc;
         struct rs_flow_key k;
+        uint64_t id;
 
         if (fd < 0)
             return;
@@ -1199,12 +1203,20 @@ void px_pc_accept(struct rs_io *io, uint32_t events)
         pc->phase = PC_READ_REQ;
         rs_timer_after(&p->loop, &pc->timer, p->request_ns);
         k = px_key_c(pc);
+        /* The client's entry waits for the backend's (px_bind_watched):
+         * both in one change of the table, usually. */
+        if (p->dp)
+            px_dp_hold(p->dp);
         if (p->dp && px_dp_watch(p->dp, &k, pc->id)) {
+            px_dp_flush(p->dp);
             px_pc_close(p, pc, "splice-table-full", true);
             continue;
         }
         rs_log("accept id=%" PRIu64 " client=%s vip=%s", pc->id, RS_A(pc->client), RS_A(pc->vip));
+        id = pc->id;
         read_request(p, pc);    /* may free 'pc' */
+        if (p->dp && px_dp_flush(p->dp) && (pc = px_pc_find(p, id)))
+            px_pc_close(p, pc, "splice-table-full", true);
     }
 }
 

@@ -50,9 +50,10 @@ struct dp_ebpf {
     uint32_t watch_gen;
     bool complete;              /* every entry of rs_flows has its copy: a miss is no entry */
     bool holding;               /* changes wait in held_k/held_f for ebpf_flush */
-    unsigned nheld;
+    unsigned nheld, nheld_t;
     struct rs_flow_key held_k[HOLD_MAX];
     struct rs_flow held_f[HOLD_MAX];
+    struct rs_flow_key held_tk[HOLD_MAX];   /* new WATCH entries' track halves, written after */
     bool hook_created;
     px_dp_event_cb cb;
     void *cb_arg;
@@ -184,20 +185,40 @@ static void ebpf_hold(struct px_datapath *dp)
  * the order they were first made). */
 static int ebpf_flush(struct px_datapath *dp)
 {
+    static const struct rs_flow_track fresh[HOLD_MAX];
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
     LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_F_LOCK);
-    uint32_t held = s->nheld, done = held;
+    LIBBPF_OPTS(bpf_map_batch_opts, topts);
+    uint32_t held = s->nheld, done = held, tracks = s->nheld_t;
     int e = 0;
 
     s->holding = false;
-    s->nheld = 0;
+    s->nheld = s->nheld_t = 0;
     if (held == 1 && bpf_map_update_elem(s->map_fd, &s->held_k[0], &s->held_f[0], BPF_F_LOCK))
         e = -errno, done = 0;
     else if (held > 1 && bpf_map_update_batch(s->map_fd, s->held_k, s->held_f, &done, &opts))
         e = -errno;     /* 'done': how many were written */
     for (uint32_t i = done; e && i < held; i++)
         copy_lost(s, &s->held_k[i], e);
+    /* The track halves after their configurations (ebpf_watch says why);
+     * none when those failed (the caller removes the entries). */
+    if (!e && tracks && bpf_map_update_batch(s->track_fd, s->held_tk, fresh, &tracks, &topts))
+        e = -errno;
     return e;
+}
+
+/* Forgets the change held for 'k' in 'keys' (and its value in 'vals', of
+ * 'vsize' bytes each), if any. */
+static void held_drop(struct rs_flow_key *keys, void *vals, size_t vsize, unsigned *n, const struct rs_flow_key *k)
+{
+    for (unsigned i = 0; i < *n; i++)
+        if (!memcmp(&keys[i], k, sizeof(*k))) {
+            memmove(&keys[i], &keys[i + 1], (*n - i - 1) * sizeof(*k));
+            if (vals)
+                memmove((char *)vals + i * vsize, (char *)vals + (i + 1) * vsize, (*n - i - 1) * vsize);
+            --*n;
+            return;
+        }
 }
 
 static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
@@ -417,6 +438,16 @@ static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint6
 
     if (e)
         return e;
+    if (s->holding) {
+        held_drop(s->held_tk, NULL, 0, &s->nheld_t, k);
+        if (s->nheld_t == HOLD_MAX) {
+            if ((e = ebpf_flush(dp)) != 0)
+                return e;
+            s->holding = true;
+        }
+        s->held_tk[s->nheld_t++] = *k;
+        return 0;
+    }
     if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY)) {
         e = -errno;
         ebpf_remove(dp, k, NULL);
@@ -493,13 +524,9 @@ static int ebpf_remove(struct px_datapath *dp, const struct rs_flow_key *k, stru
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
     int e;
 
-    for (unsigned i = 0; i < s->nheld; i++)     /* a held change would bring it back */
-        if (!memcmp(&s->held_k[i], k, sizeof(*k))) {
-            memmove(&s->held_k[i], &s->held_k[i + 1], (s->nheld - i - 1) * sizeof(*k));
-            memmove(&s->held_f[i], &s->held_f[i + 1], (s->nheld - i - 1) * sizeof(s->held_f[0]));
-            s->nheld--;
-            break;
-        }
+    /* A held change would bring it back. */
+    held_drop(s->held_k, s->held_f, sizeof(s->held_f[0]), &s->nheld, k);
+    held_drop(s->held_tk, NULL, 0, &s->nheld_t, k);
     e = bpf_map_delete_elem(s->map_fd, k) && errno != ENOENT ? -errno : 0;
     copy_forget(s, k);
     if (e)

@@ -210,6 +210,8 @@ void px_close_silently(int fd);
 int px_sock_queued(int fd);
 /* Unread received bytes only (SIOCINQ), or -errno. */
 int px_sock_unread(int fd);
+/* TCP_NODELAY on 'fd': for sockets that relay or write in pieces. */
+void px_nodelay(int fd);
 /* Sends a RST from 'from' to 'to' with sequence number 'seq' on raw socket
  * 'rawfd' (IPPROTO_RAW).  Returns 0 or -errno. */
 int px_send_rst(int rawfd, struct rs_addr from, struct rs_addr to, uint32_t seq);
@@ -249,7 +251,9 @@ void px_pc_close(struct proxy *p, struct pconn *pc, const char *why, bool rst);
 void px_ports_init(struct proxy *p);
 /* Opens a non-blocking socket bound to the proxy's address, with a WATCH
  * entry for segments from 'to' in place before any SYN leaves.  Returns the
- * fd or -errno; '*local' gets the proxy's end. */
+ * fd or -errno; '*local' gets the proxy's end.  Nagle's algorithm stays on
+ * (px_nodelay): a socket spliced at connect writes its request at once,
+ * in one piece, and goes. */
 int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_addr *local);
 int px_connect_start(int fd, struct rs_addr to);
 /* Relay phase: takes the client connection out of the proxy's stack (its

@@ -345,6 +345,7 @@ static void move_start(struct recovery *rec, struct rs_addr target, int target_i
         done(rec, fd);
         return;
     }
+    px_nodelay(fd);
     mv->io.fd = fd;
     mv->kn = px_flow_key(target, mv->local);
     mv->step = MV_MAP;

@@ -77,6 +77,11 @@ void px_close_silently(int fd)
     close(fd);
 }
 
+void px_nodelay(int fd)
+{
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
+}
+
 int px_sock_unread(int fd)
 {
     int in = 0;
