@@ -93,8 +93,9 @@ struct px_datapath_ops {
      * Returns 0, or -ENOENT after the last. */
     int (*next_key)(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next);
     /* Optional (NULL: every change is made at once).  After hold(), the
-     * changes of the daemon's halves wait in this process, the newest per
-     * entry, until flush() makes them all, in order, in one call. */
+     * changes of the daemon's halves (the newest per entry) and the fresh
+     * data path's halves of new WATCH entries wait in this process until
+     * flush() makes them, in order, in one call per map. */
     void (*hold)(struct px_datapath *dp);
     int (*flush)(struct px_datapath *dp);
 };

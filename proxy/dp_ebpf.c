@@ -49,7 +49,7 @@ struct dp_ebpf {
     int map_fd, track_fd;
     uint32_t watch_gen;
     bool complete;              /* every entry of rs_flows has its copy: a miss is no entry */
-    bool holding;               /* changes wait in held_k/held_f for ebpf_flush */
+    bool holding;               /* changes wait here for ebpf_flush: */
     unsigned nheld, nheld_t;
     struct rs_flow_key held_k[HOLD_MAX];
     struct rs_flow held_f[HOLD_MAX];
@@ -181,8 +181,9 @@ static void ebpf_hold(struct px_datapath *dp)
     ((struct dp_ebpf *)dp)->holding = true;
 }
 
-/* The held changes in one BPF_MAP_UPDATE_BATCH (element by element, in
- * the order they were first made). */
+/* The held configurations in one BPF_MAP_UPDATE_BATCH (element by
+ * element, in the order they were first made), then the fresh track
+ * halves of new WATCH entries in another. */
 static int ebpf_flush(struct px_datapath *dp)
 {
     static const struct rs_flow_track fresh[HOLD_MAX];
