@@ -418,8 +418,8 @@ int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
             e = -errno;
             break;
         }
-        /* (Written now if the accept held the client's entry back: its
-         * SYN must find this one.) */
+        /* (Flushed with the client's entry, if the accept held it back:
+         * both must be in the table before this socket's SYN leaves.) */
         if ((e = p->dp ? px_dp_watch(p->dp, &k, id) : 0) == 0 && (e = p->dp ? px_dp_flush(p->dp) : 0) == 0)
             return fd;
         break;
