@@ -140,6 +140,29 @@ static void copy_lost(struct dp_ebpf *s, const struct rs_flow_key *k, int e)
 
 static int ebpf_flush(struct px_datapath *dp);
 
+/* Where 'k' is among the 'n' held keys 'keys'; 'n' when it is not. */
+static unsigned held_find(const struct rs_flow_key *keys, unsigned n, const struct rs_flow_key *k)
+{
+    unsigned i = 0;
+
+    while (i < n && memcmp(&keys[i], k, sizeof(*k)))
+        i++;
+    return i;
+}
+
+/* Room for one more in a held list of 'n': a full one is flushed first
+ * (and the holding goes on).  Returns 0 or -errno. */
+static int held_room(struct dp_ebpf *s, unsigned n)
+{
+    int e;
+
+    if (n < HOLD_MAX)
+        return 0;
+    e = ebpf_flush(&s->dp);
+    s->holding = true;
+    return e;
+}
+
 /* Writes entry 'k' ('flags' as for bpf_map_update_elem; BPF_F_LOCK always),
  * or, while changes are held, replaces the one held for 'k' or queues it.
  * (A held change is written with BPF_ANY: the callers that ask for
@@ -148,20 +171,14 @@ static int ebpf_flush(struct px_datapath *dp);
 static int cfg_write(struct dp_ebpf *s, const struct rs_flow_key *k, const struct rs_flow *f, uint64_t flags)
 {
     if (s->holding) {
-        unsigned i = 0;
+        unsigned i = held_find(s->held_k, s->nheld, k);
         int e;
 
-        while (i < s->nheld && memcmp(&s->held_k[i], k, sizeof(*k)))
-            i++;
-        if (i == HOLD_MAX) {
-            if ((e = ebpf_flush(&s->dp)) != 0)
-                return e;
-            s->holding = true;
-            i = 0;
-        }
         if (i == s->nheld) {
+            if ((e = held_room(s, s->nheld)) != 0)
+                return e;
+            i = s->nheld++;
             s->held_k[i] = *k;
-            s->nheld++;
         }
         s->held_f[i] = *f;
         copy_keep(s, k, f);
@@ -212,14 +229,14 @@ static int ebpf_flush(struct px_datapath *dp)
  * 'vsize' bytes each), if any. */
 static void held_drop(struct rs_flow_key *keys, void *vals, size_t vsize, unsigned *n, const struct rs_flow_key *k)
 {
-    for (unsigned i = 0; i < *n; i++)
-        if (!memcmp(&keys[i], k, sizeof(*k))) {
-            memmove(&keys[i], &keys[i + 1], (*n - i - 1) * sizeof(*k));
-            if (vals)
-                memmove((char *)vals + i * vsize, (char *)vals + (i + 1) * vsize, (*n - i - 1) * vsize);
-            --*n;
-            return;
-        }
+    unsigned i = held_find(keys, *n, k);
+
+    if (i == *n)
+        return;
+    memmove(&keys[i], &keys[i + 1], (*n - i - 1) * sizeof(*k));
+    if (vals)
+        memmove((char *)vals + i * vsize, (char *)vals + (i + 1) * vsize, (*n - i - 1) * vsize);
+    --*n;
 }
 
 static int libbpf_quiet(enum libbpf_print_level level, const char *fmt, va_list ap)
@@ -440,13 +457,13 @@ static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint6
     if (e)
         return e;
     if (s->holding) {
-        held_drop(s->held_tk, NULL, 0, &s->nheld_t, k);
-        if (s->nheld_t == HOLD_MAX) {
-            if ((e = ebpf_flush(dp)) != 0)
+        /* (All track halves go after all configurations: their own order
+         * does not matter.) */
+        if (held_find(s->held_tk, s->nheld_t, k) == s->nheld_t) {
+            if ((e = held_room(s, s->nheld_t)) != 0)
                 return e;
-            s->holding = true;
+            s->held_tk[s->nheld_t++] = *k;
         }
-        s->held_tk[s->nheld_t++] = *k;
         return 0;
     }
     if (bpf_map_update_elem(s->track_fd, k, &t, BPF_ANY)) {

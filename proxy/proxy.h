@@ -91,7 +91,7 @@ struct pconn {
     uint32_t seen;                /* RS_FLOW_SEEN_* from the client (low bits) and the server (<< 4) */
     struct rs_flow_key held[RS_PROXY_HELD_MAX];   /* earlier servers' entries, in HOLD */
     int nheld;
-    bool entries_gone;            /* its entries are removed (px_pc_drop_entries) */
+    bool entries_gone;            /* its entries are removed (conn.c's drop_entries) */
     struct recovery *rec;         /* while recovering */
     struct pconn *next;           /* in the proxy's table, by id */
     struct pconn *cnext;          /* ... and by client */
