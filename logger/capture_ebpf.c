@@ -48,6 +48,7 @@ struct lg_ebpf {
     uint32_t prog_id;               /* our filter's program, once attached */
     int promisc_fd;                 /* holds the interface promiscuous while open */
     unsigned batch;                 /* records handled in the current drain */
+    unsigned since_wake;            /* records handled since the last wake-up or poll */
     struct rs_timer poll;           /* armed while segments keep coming (EBPF_POLL_NS) */
     int ncpus;
     struct rs_capture_counts *percpu;   /* one per possible CPU, for the counters' lookup */
@@ -76,14 +77,17 @@ static int on_record(void *ctx, void *data, size_t size)
 
     if (size >= sizeof(*r) && r->caplen <= size - sizeof(*r))
         lg_packet(lg, DLT_RAW, (const uint8_t *)(r + 1), r->caplen, r->len);
+    lg->ebpf->since_wake++;
     return ++lg->ebpf->batch < EBPF_BATCH ? 0 : EBPF_BATCH_FULL;
 }
 
 /* After a drain that found records ('busy') or none: while segments keep
- * coming, the ring's wake-ups are off and the poll timer reads it; once a
- * drain finds it empty, the program's next record wakes the loop (a ring
- * that filled meanwhile is seen when the wake-ups are back on: epoll
- * checks a watch it modifies). */
+ * coming, the ring's wake-ups are off, in the program too (rs_cap_polled:
+ * no interrupt per catch-up), and the poll timer reads it; once a drain
+ * finds it empty, the program's next record wakes the loop.  A record
+ * that came meanwhile is seen when the wake-ups are back on: the flag is
+ * cleared first, then epoll checks the watch it modifies (the program's
+ * side of this is in its copy()). */
 static void ebpf_pace(struct logger *lg, bool busy)
 {
     struct lg_ebpf *b = lg->ebpf;
@@ -91,9 +95,11 @@ static void ebpf_pace(struct logger *lg, bool busy)
     if (busy) {
         if (!b->poll.slot)
             rs_timer_after(&lg->loop, &b->poll, EBPF_POLL_NS);
+        b->skel->bss->rs_cap_polled = 1;
         rs_io_set(&lg->capture_io, 0);
     } else {
         rs_timer_stop(&lg->loop, &b->poll);
+        __atomic_store_n(&b->skel->bss->rs_cap_polled, 0, __ATOMIC_SEQ_CST);
         rs_io_set(&lg->capture_io, EPOLLIN);
     }
 }
@@ -115,13 +121,16 @@ static bool ebpf_drain(struct logger *lg)
     return b->batch == EBPF_BATCH;
 }
 
-/* A wake-up or the poll timer: the drain tells whether segments keep
- * coming.  (The loop's idle drains after every batch do not: one right
- * after another finds the ring empty, however busy the wire.) */
+/* A wake-up or the poll timer: whether segments keep coming is whether
+ * any came since the last one, this drain's or the loop's idle drains'
+ * (these run after every batch of events, so a poll right after one
+ * finds the ring empty, however busy the wire). */
 static void ebpf_wake(struct logger *lg)
 {
-    if (!ebpf_drain(lg) && lg->ebpf && rs_io_active(&lg->capture_io))
-        ebpf_pace(lg, lg->ebpf->batch > 0);
+    if (!ebpf_drain(lg) && lg->ebpf && rs_io_active(&lg->capture_io)) {
+        ebpf_pace(lg, lg->ebpf->since_wake > 0);
+        lg->ebpf->since_wake = 0;
+    }
 }
 
 static void on_readable(struct rs_io *io, uint32_t events)

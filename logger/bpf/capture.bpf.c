@@ -23,6 +23,13 @@ const volatile __u32 rs_cap_vip = 0;
 const volatile __u16 rs_cap_port = 0;
 const volatile __u32 rs_cap_snaplen = RS_CAPTURE_SNAPLEN;
 
+/* Non-zero while rs-logger reads the ring on a timer (it is busy): then a
+ * record wakes nobody.  Otherwise the ring wakes it when it has caught
+ * up, through an interrupt that this machine pays dearly for, and that
+ * would be wasted on a logger that polls.  rs-logger writes it through
+ * the skeleton's mapping of .bss (logger/capture_ebpf.c, ebpf_pace). */
+__u32 rs_cap_polled = 0;
+
 enum { COPIED = 0, NO_ROOM = -1, UNREADABLE = -2 };
 
 /* Copies the first 'caplen' bytes of the packet ('len' bytes, from its IP
@@ -41,7 +48,14 @@ static __always_inline int copy(struct __sk_buff *skb, __u32 len, __u32 caplen, 
     }
     r->len = len;
     r->caplen = caplen;
-    bpf_ringbuf_submit(r, 0);   /* wakes rs-logger only when it has caught up */
+    /* An atomic read, a full barrier: the reservation above (which makes
+     * the ring readable) is seen before the flag is.  rs-logger clears the
+     * flag, then asks whether the ring is readable, so one of the two sees
+     * the other: no record is left unread with nobody woken. */
+    if (__sync_fetch_and_add(&rs_cap_polled, 0))
+        bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+    else
+        bpf_ringbuf_submit(r, 0);   /* wakes rs-logger only when it has caught up */
     return COPIED;
 }
 

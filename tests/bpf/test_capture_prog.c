@@ -3,7 +3,8 @@
  * the VIP's segments byte for byte into its ring with their lengths, cuts
  * them at the snap length and says so, counts a full ring's drops, drops
  * the mirror's frames it copied (addressed to another host) and passes
- * everything else on.  Needs CAP_BPF (root); run by
+ * everything else on; it wakes a reader that caught up, but not while
+ * rs-logger polls the ring (rs_cap_polled).  Needs CAP_BPF (root); run by
  * tests/integration/test_capture.py. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +12,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
 #include <cmocka.h>
 
 #include <linux/pkt_cls.h>
@@ -251,6 +254,39 @@ static void test_full_ring_counts_drops(void **state)
     assert_int_equal(counts().drops, 1);
 }
 
+/* Whether the ring's watch in 'ep' was woken within 'ms'. */
+static int woken(int ep, int ms)
+{
+    struct epoll_event e;
+
+    return epoll_wait(ep, &e, 1, ms);
+}
+
+static void test_polled_ring_wakes_nobody(void **state)
+{
+    uint8_t f[2048];
+    size_t n = frame(f, OTHER_MAC, CLIENT, VIP, 40000, PORT, 300);
+    struct epoll_event ev = { .events = EPOLLIN };
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+
+    (void)state;
+    load(RS_CAPTURE_SNAPLEN, 1u << 20);
+    assert_true(ep >= 0);
+    assert_int_equal(epoll_ctl(ep, EPOLL_CTL_ADD, bpf_map__fd(skel->maps.rs_cap_ring), &ev), 0);
+    /* rs-logger reads the ring on a timer: a record wakes nobody, though
+     * the reader had read everything before it. */
+    skel->bss->rs_cap_polled = 1;
+    assert_int_equal(run(f, n), TC_ACT_SHOT);
+    assert_int_equal(woken(ep, 100), 0);
+    assert_int_equal(drain(), 1);
+    /* It waits for the ring again: the next record wakes it. */
+    skel->bss->rs_cap_polled = 0;
+    assert_int_equal(run(f, n), TC_ACT_SHOT);
+    assert_int_equal(woken(ep, 2000), 1);
+    assert_int_equal(drain(), 1);
+    close(ep);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -259,6 +295,7 @@ int main(void)
         cmocka_unit_test_teardown(test_own_frames_copied_not_dropped, unload),
         cmocka_unit_test_teardown(test_snaplen_cuts_and_says_so, unload),
         cmocka_unit_test_teardown(test_full_ring_counts_drops, unload),
+        cmocka_unit_test_teardown(test_polled_ring_wakes_nobody, unload),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
