@@ -93,6 +93,13 @@ void rs_stats_fields(FILE *f, const void *base, const struct rs_stat_field *fiel
  * open thousands of connections. */
 void rs_raise_nofile(void);
 
+/* For daemons whose connections come and go by the thousand, each with
+ * its buffers: keeps freed memory for the next ones instead of giving it
+ * back to the kernel (glibc trims the heap's top past 128 KB free and
+ * serves blocks from 128 KB up with mmap; the heap shrunk and grown again
+ * costs a brk and page faults every few connections). */
+void rs_malloc_keep(void);
+
 /* Loads a key file: 64 hex characters (surrounding white space allowed),
  * readable by its owner only (mode 0600; else it says so on stderr).
  * Returns 0, -errno when the file cannot be read, -EPERM when others can

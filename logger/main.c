@@ -8,7 +8,6 @@
  * file: options, set-up, the loop, the stats line; capture*.c (frames in),
  * conn.c (the log), ctl.c (control port and peers), resend.c (the resend
  * port), plan.c, liveness.c. */
-#include <malloc.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
@@ -297,13 +296,10 @@ int main(int argc, char **argv)
     int rc;
 
     rs_log_init("rs-logger");
-    /* Connections come and go by the thousand, each with ~55 KB of rings
-     * and parser: keep freed memory for the next ones rather than give it
-     * back to the kernel each time (the heap trimmed and grown again cost
-     * page faults and a brk per connection: a third of the logger's CPU on
-     * short connections, measured with perf). */
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
-    mallopt(M_MMAP_THRESHOLD, 16 << 20);
+    /* Each connection has ~55 KB of rings and parser: given back each time,
+     * the heap trimmed and grown again cost a third of the logger's CPU on
+     * short connections (perf). */
+    rs_malloc_keep();
     /* Heartbeats come every 10 ms; on a busy 2-core host their gaps were
      * measured up to 27 ms (the kernel defers packet processing), and a
      * 30 ms bound failed healthy backends over.  Process crashes are seen

@@ -190,6 +190,21 @@ static void drop_entries(struct proxy *p, struct pconn *pc, struct rs_flow_track
         px_dp_remove_read(p->dp, &kb, tb);
 }
 
+/* The request and relay buffers, once everything in them is out: a
+ * spliced connection lives on for its linger (seconds) and would keep its
+ * 64 KB request buffer that long, and every new connection meanwhile take
+ * fresh heap pages (a page fault each, and the heap growing by ~60 KB per
+ * connection a second: 180 MB at 3000). */
+static void drop_buffers(struct pconn *pc)
+{
+    free(pc->c2b);
+    free(pc->b2c);
+    free(pc->parser);
+    pc->c2b = pc->b2c = NULL;
+    pc->parser = NULL;
+    pc->c2b_len = pc->b2c_len = pc->c2b_cap = 0;
+}
+
 void px_pc_free(struct proxy *p, struct pconn *pc)
 {
     struct pconn **pp = &p->buckets[pc->id % RS_PROXY_BUCKETS], **cp = client_bucket(p, pc->client);
@@ -209,9 +224,7 @@ void px_pc_free(struct proxy *p, struct pconn *pc)
     close_io(&pc->bio, false);
     drop_entries(p, pc, NULL, NULL);
     px_pc_set_backend(p, pc, -1);
-    free(pc->c2b);
-    free(pc->b2c);
-    free(pc->parser);
+    drop_buffers(pc);
     free(pc);
 }
 
@@ -767,6 +780,8 @@ static int try_splice(struct proxy *p, struct pconn *pc, bool at_connect)
            pc->t_spliced_us - pc->t_accept_us, pending);
     if (pending)
         open_write(p, pc);      /* may free 'pc' */
+    else
+        drop_buffers(pc);
     return 1;
 undo:
     px_repair_off(cfd);
@@ -833,6 +848,7 @@ static void open_write(struct proxy *p, struct pconn *pc)
         rs_io_set(&pc->bio, EPOLLOUT);
         return;
     }
+    drop_buffers(pc);
     e = px_dp_watch_ack(p->dp, &kb, pc->open_ack, &pc->open_gen);
     if (e < 0)
         open_failed(p, pc, e);
@@ -870,7 +886,7 @@ int px_pc_detach(struct proxy *p, struct pconn *pc)
     close_repaired(&pc->cio);
     close_io(&pc->bio, true);
     rs_timer_stop(&p->loop, &pc->timer);
-    pc->c2b_len = pc->b2c_len = 0;
+    drop_buffers(pc);
     pc->phase = PC_SPLICED;
     rs_log("detach id=%" PRIu64 " client=%s c.rcv_nxt=%u c.snd_nxt=%u rtt_us=%u", pc->id, RS_A(pc->client),
            pc->c.rcv_nxt, pc->c.snd_nxt, pc->rtt_us);

@@ -639,6 +639,7 @@ int main(int argc, char **argv)
     struct proxy *p = &px;
 
     rs_log_init("rs-proxy");
+    rs_malloc_keep();   /* a 64 KB request buffer per connection (RS_PROXY_REQ_MAX) */
     int r = parse_args(p, argc, argv);
 
     if (r)
