@@ -32,12 +32,16 @@ for the two download phases, per 1000 requests for the others, with the
 whole machine's busy time (kernel softirq work of the tc program included)
 beside it.
 
-ROUNDS= (default 1) repeats the whole run and keeps each figure's median;
+ROUNDS= (default 3) repeats the whole run, the deployments taking turns,
+and keeps each figure's median.  A ratio to direct is taken within each
+round (the host's drift moves both alike) and the median of the rounds'
+ratios reported, with their range beside it: this host's figures move by
+tens of percent between runs, and one round's ratio says little.
 REQS= (default 2000); DEPLOYMENTS= a comma list of the above; KEEP=1 keeps
-the run directory (the daemons' logs).  Ends with
-'summary: ...' holding every figure and its ratio to direct (x_...).
-Writes results/bench-splice/runs.csv (one row per round, deployment and
-figure)."""
+the run directory (the daemons' logs).  Ends with 'summary: ...' holding
+every figure, its ratio to direct (x_...) and, with several rounds, the
+range of that ratio (x_..._lo, x_..._hi).  Writes
+results/bench-splice/runs.csv (one row per round, deployment and figure)."""
 import argparse
 import csv
 import os
@@ -229,7 +233,7 @@ def main():
     a = ap.parse_args()
     if a.build:
         use_build(a.build)
-    rounds = int(os.environ.get("ROUNDS", "1"))
+    rounds = int(os.environ.get("ROUNDS", "3"))
     reqs = int(os.environ.get("REQS", "2000"))
     deps = [d.strip() for d in os.environ.get("DEPLOYMENTS", ",".join(DEPLOYMENTS)).split(",") if d.strip()]
     unknown = [d for d in deps if d not in DEPLOYMENTS]
@@ -260,23 +264,42 @@ def main():
         w = csv.DictWriter(f, fieldnames=["round", "deployment", "figure", "value"])
         w.writeheader()
         w.writerows(rows)
-    report(deps, {k: median(v) for k, v in figs.items()}, {k: median(v) for k, v in cpus.items()}, rounds, reqs)
+    report(deps, figs, {k: median(v) for k, v in cpus.items()}, rounds, reqs)
 
 
-def report(deps, fig, cpu, rounds, reqs):
+def round_ratios(values, bases):
+    """The ratios of 'values' to 'bases', round by round (the two lists in
+    the same order of rounds; a round whose base is 0 left out): (median,
+    lowest, highest), or None when no round has both."""
+    r = [v / b for v, b in zip(values, bases) if b]
+    return (median(r), min(r), max(r)) if r else None
+
+
+def report(deps, figs, cpu, rounds, reqs):
+    """Prints the table and the summary line.  'figs': {(deployment,
+    figure): [one value per round]}; 'cpu': {(deployment, kind, component):
+    median seconds}."""
+    width = 14 if rounds == 1 else 26
     print()
-    print(f"{'':26s}" + "".join(f"{d:>14s}" for d in deps))
+    print(f"{'':26s}" + "".join(f"{d:>{width}s}" for d in deps))
     kv = [("rounds", rounds), ("reqs", reqs)]
     for key, unit, label, _ in FIGURES:
-        base = fig.get(("direct", key))
         cells = []
         for d in deps:
-            v = fig.get((d, key))
-            cells.append(f"{v:8.3f} x{v / base:4.2f}" if v is not None and base else "na")
-            kv.append((f"{d.replace('-', '_')}_{key}", v))
-            if d != "direct" and v is not None and base:
-                kv.append((f"x_{d.replace('-', '_')}_{key}", v / base))
-        print(f"{label + ' (' + unit + ')':26s}" + "".join(f"{c:>14s}" for c in cells))
+            vals = figs.get((d, key))
+            x = round_ratios(vals, figs.get(("direct", key), [])) if vals else None
+            v = median(vals) if vals else None
+            name = d.replace('-', '_')
+            kv.append((f"{name}_{key}", v))
+            if v is None or x is None:
+                cells.append("na" if v is None else f"{v:8.3f}")
+                continue
+            cells.append(f"{v:8.3f} x{x[0]:4.2f}" + (f" ({x[1]:.2f}-{x[2]:.2f})" if rounds > 1 else ""))
+            if d != "direct":
+                kv.append((f"x_{name}_{key}", x[0]))
+                if rounds > 1:
+                    kv += [(f"x_{name}_{key}_lo", x[1]), (f"x_{name}_{key}_hi", x[2])]
+        print(f"{label + ' (' + unit + ')':26s}" + "".join(f"{c:>{width}s}" for c in cells))
     print()
     for kind, unit in (("req", "per 1000 requests"), ("bulk", "per GB")):
         print(f"CPU seconds {unit}:")

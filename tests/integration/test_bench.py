@@ -1,7 +1,8 @@
 """The normal-operation benchmarks still run and still measure what they
 claim (issue 17): bench-core finds every transaction of its damaged
 connection, and bench-splice brings up each deployment, gets every
-request answered and prints every figure with its ratio to direct.  They
+request answered and prints every figure with its ratio to direct (with
+several rounds, the median of the rounds' ratios and their range).  They
 never gate on time: only the shape of the results is checked."""
 import os
 import subprocess
@@ -11,6 +12,7 @@ import unittest
 
 from emul.places import binary
 from emul.testbed import leftovers
+from experiments.bench_splice import round_ratios
 from tests.integration.harness import needs_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,7 +44,8 @@ class TestBenchCore(unittest.TestCase):
 class TestBenchSplice(unittest.TestCase):
     def test_every_deployment_measured(self):
         with tempfile.TemporaryDirectory(prefix="rs-test-bench-") as out:
-            env = dict(os.environ, REQS="32", DEPLOYMENTS="direct,haproxy-tcp,splice,resplice,resplice-map")
+            env = dict(os.environ, REQS="32", ROUNDS="1",
+                       DEPLOYMENTS="direct,haproxy-tcp,splice,resplice,resplice-map")
             r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_splice.py"), "--out", out],
                                capture_output=True, text=True, timeout=300, env=env)
             self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-3000:])
@@ -56,6 +59,29 @@ class TestBenchSplice(unittest.TestCase):
             with open(os.path.join(out, "runs.csv")) as f:
                 self.assertEqual(sum(1 for _ in f), 1 + 5 * 8)
         self.assertEqual(leftovers(), [])
+
+    def test_rounds_give_ratio_ranges(self):
+        """Two rounds: each ratio is the median of the rounds' own ratios,
+        within the range printed beside it."""
+        with tempfile.TemporaryDirectory(prefix="rs-test-bench-") as out:
+            env = dict(os.environ, REQS="16", ROUNDS="2", DEPLOYMENTS="direct,splice")
+            r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_splice.py"), "--out", out],
+                               capture_output=True, text=True, timeout=300, env=env)
+            self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-3000:])
+            s = summary(r.stdout)
+            self.assertEqual(s.get("rounds"), "2", s)
+            for fig in ("ka_p50_ms", "new_p50_ms", "conns_per_s", "single_gbps"):
+                lo, x, hi = (float(s[f"x_splice_{fig}{k}"]) for k in ("_lo", "", "_hi"))
+                self.assertTrue(0 < lo <= x <= hi, (fig, lo, x, hi))
+            with open(os.path.join(out, "runs.csv")) as f:
+                self.assertEqual(sum(1 for _ in f), 1 + 2 * 2 * 8)
+        self.assertEqual(leftovers(), [])
+
+    def test_round_ratios(self):
+        # Per round, not the ratio of the medians (8 / 2 = 4.0 here).
+        self.assertEqual(round_ratios([2, 8, 30], [1, 2, 10]), (3.0, 2.0, 4.0))
+        self.assertEqual(round_ratios([5, 6], [0, 3]), (2.0, 2.0, 2.0))     # a round with no base left out
+        self.assertIsNone(round_ratios([5], [0]))
 
 
 if __name__ == "__main__":
