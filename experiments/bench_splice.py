@@ -15,6 +15,15 @@ Deployments (each started fresh, one after the other, the client on c1):
                 connection's client to the backend: --identity header)
   resplice-map  the same with rs-proxy --identity map (a CONN_MAP round
                 trip through rs-stated before each backend connect)
+  nat           the kernel's NAT on the proxy host (iptables DNAT of the
+                VIP's port to the primary, SNAT to the proxy's address;
+                nothing else is translated, nothing leaves the testbed): a
+                forwarder in the path with no process at all, what a splice
+                set up in the kernel at the SYN could at best cost
+
+A stack leaves its tc program on the proxy host when it stops (so that a
+successor can adopt its connections); here the next deployment is another
+system, so its clsact qdisc is removed with it.
 
 Phases (rs-client for requests, curl for bulk transfers):
   keepalive  REQS 1 KB GETs, one after the other on persistent connections
@@ -57,7 +66,7 @@ from experiments import baselines  # noqa: E402
 from experiments.common import ROOT, Progress, WorkDir, median, percentile, summary  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
-DEPLOYMENTS = ("direct", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map")
+DEPLOYMENTS = ("direct", "nat", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map")
 PARALLEL = 8
 SINGLE_BYTES, PARALLEL_BYTES = 200_000_000, 50_000_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -93,6 +102,9 @@ class Deployment:
             return self
         self.ds["app"] = self.app("primary")
         self.server = f"{SERVERS['primary']}:{APP_PORT}"
+        if self.name == "nat":
+            self._nat("-A")
+            self.server = f"{SERVERS['proxy']}:{VIP_PORT}"
         if self.name.startswith("haproxy"):
             cfg = os.path.join(self.dir, "haproxy.cfg")
             with open(cfg, "w") as f:
@@ -118,11 +130,29 @@ class Deployment:
         """{component: CPU seconds so far}."""
         return {comp: sum(_cpu_s(d.pid) for d in ds) for comp, ds in self.daemons().items()}
 
+    def _nat(self, op):
+        """Adds ('-A') or deletes ('-D') the nat deployment's rules, with
+        forwarding on the proxy host while they are there."""
+        h, vip, prim = self.tb["proxy"], SERVERS["proxy"], SERVERS["primary"]
+        rules = [f"PREROUTING -d {vip} -p tcp --dport {VIP_PORT} -j DNAT --to-destination {prim}:{APP_PORT}",
+                 f"POSTROUTING -d {prim} -p tcp --dport {APP_PORT} -j SNAT --to-source {vip}"]
+        on = "1" if op == "-A" else "0"
+        # Forwarded out of the interface it came in by: no ICMP redirect.
+        out = h.cmd(f"sysctl -qw net.ipv4.ip_forward={on} net.ipv4.conf.all.send_redirects={1 - int(on)} "
+                    f"net.ipv4.conf.proxy-eth0.send_redirects={1 - int(on)}; echo rc=$?")
+        for r in rules:
+            out += h.cmd(f"iptables -t nat {op} {r}; echo rc=$?")
+        if op == "-A" and out.count("rc=0") != 1 + len(rules):
+            raise RuntimeError(f"nat: the proxy host's rules failed: {out.strip()}")
+
     def stop(self):
         if self.stack:
             self.stack.stop()
+            self.tb["proxy"].cmd("tc qdisc del dev proxy-eth0 clsact 2>/dev/null")
         else:
             self.tb.stop(*self.ds.values())
+            if self.name == "nat":
+                self._nat("-D")
 
 
 def _cpu_s(pid):
