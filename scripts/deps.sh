@@ -8,7 +8,7 @@ build-essential clang llvm pkg-config
 libcmocka-dev libhttp-parser-dev libsodium-dev libsqlite3-dev
 libnetfilter-queue-dev libpcap-dev libnl-3-dev libnl-route-3-dev libnl-genl-3-dev
 libbpf-dev bpftool libelf-dev zlib1g-dev
-mininet openvswitch-switch bridge-utils iptables iproute2
+mininet openvswitch-switch bridge-utils iptables nftables iproute2
 iputils-ping ethtool tcpdump iperf3 procps psmisc net-tools curl
 gnuplot-nox haproxy keepalived chromium chromium-driver python3-selenium
 roundcube roundcube-core roundcube-sqlite3 php-cgi php-cli php-sqlite3 lighttpd dovecot-imapd
