@@ -64,18 +64,17 @@ from emul.stack import Stack  # noqa: E402
 from emul.testbed import Testbed, wait_listening  # noqa: E402
 from experiments import baselines  # noqa: E402
 from experiments.common import ROOT, Progress, WorkDir, median, percentile, summary  # noqa: E402
-from topologies.lan import SERVERS, LanTopo  # noqa: E402
+from topologies.lan import NAT_SOURCE, SERVERS, LanTopo  # noqa: E402
 
 DEPLOYMENTS = ("direct", "nat", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map")
 PARALLEL = 8
 SINGLE_BYTES, PARALLEL_BYTES = 200_000_000, 50_000_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 NAT_TABLE = "rs_bench_nat"
-# The nat deployment's address towards the primary: not the proxy's own, so
+# The nat deployment translates to NAT_SOURCE, not the proxy's address, so
 # that the TIME_WAITs its connections leave on the primary (their ports are
 # the client's, of either parity) never meet a later deployment's connects
 # from the proxy (2% of HAProxy's waited 12 ms on them).
-NAT_SOURCE = "10.0.2.1"
 
 # Figures: key, unit, how to print it, whether lower is better.
 FIGURES = [

@@ -25,6 +25,9 @@ SERVERS = {
     "mailstore": "10.0.0.20",
 }
 PAIR_HOSTS = {"proxy": "10.0.0.5", "proxy2": "10.0.0.6"}
+# bench-splice's nat deployment: the proxy host's second address, towards
+# the primary (experiments/bench_splice.py says why it is not the proxy's).
+NAT_SOURCE = "10.0.2.1"
 SPARE_HOST = {"spare": "10.0.0.13"}
 SWITCH = "rs1"
 
