@@ -280,10 +280,13 @@ class AuxlogCase(unittest.TestCase):
             if name in cls.d:
                 cls.d[name].stop()
         alive = [n for n, d in cls.d.items() if d.p.poll() is None]
-        if os.environ.get("RS_KEEP"):
-            print(f"kept {cls.dir}")
-        else:
-            shutil.rmtree(cls.dir, ignore_errors=True)
+        if os.environ.get("RS_KEEP"):   # a directory to keep the run's logs in
+            # (not dovecot's sockets and fifos: only files and directories)
+            shutil.copytree(cls.dir, os.path.join(os.environ["RS_KEEP"], f"{cls.__module__}.{cls.__name__}"),
+                            dirs_exist_ok=True, ignore=lambda d, names: [
+                                n for n in names if not os.path.isdir(os.path.join(d, n))
+                                and not os.path.isfile(os.path.join(d, n))])
+        shutil.rmtree(cls.dir, ignore_errors=True)
         assert not alive, f"still running: {alive}"
 
     # -- helpers ---------------------------------------------------------------

@@ -154,9 +154,8 @@ class LoggerCase(unittest.TestCase):
 
     def tearDown(self):
         self.tb.__exit__(None, None, None)
-        if os.environ.get("RS_KEEP"):   # for debugging: keep pcaps and logs
-            shutil.copytree(self.dir, self.dir + "-kept")
-            print(f"\nkept {self.dir}-kept")
+        if os.environ.get("RS_KEEP"):   # a directory to keep the run's logs and pcaps in
+            shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
         self.tmp.cleanup()
         self.assertEqual(leftovers(), [])
 
