@@ -110,4 +110,34 @@ struct rs_splice_pos {
 #define RS_TCP_F_FIN 0x01
 #define RS_TCP_F_RST 0x04
 
+/* ---- A splice made at the client's SYN (rs-proxy --splice-at syn) ------- */
+
+#define RS_TCPOPT_MSS    2
+#define RS_TCPOPT_WS     3
+#define RS_TCPOPT_SACKOK 4
+
+/* Flags of struct rs_syn_info. */
+#define RS_SYN_SEEN (1 << 0)   /* the info is filled in */
+#define RS_SYN_WS   (1 << 1)   /* the sender announced a window scale */
+#define RS_SYN_SACK (1 << 2)   /* ... SACK-permitted */
+#define RS_SYN_TS   (1 << 3)   /* ... timestamps (tsval is its TSval) */
+
+/* What one end announced in its SYN (or SYN-ACK), host order. */
+struct rs_syn_info {
+    rs_u32 isn;         /* its initial sequence number */
+    rs_u32 tsval;
+    rs_u16 mss;         /* 0: none announced */
+    rs_u8 wscale;
+    rs_u8 flags;        /* RS_SYN_* */
+};
+
+/* The client's name in its SYN, for the backend (which reads it with
+ * getsockopt(TCP_SAVED_SYN)): an experimental option (RFC 6994, kind 253)
+ * with ExID "RS", then the client's IPv4 address and port.  Two NOPs before
+ * it keep the header a multiple of 4 bytes. */
+#define RS_TCPOPT_EXP      253
+#define RS_IDENT_EXID      0x5253
+#define RS_IDENT_OPT_LEN   10
+#define RS_IDENT_ROOM      12
+
 #endif /* RS_SPLICE_T_H */

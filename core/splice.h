@@ -571,4 +571,132 @@ static inline int rs_splice_tsval_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *
     return 0;
 }
 
+/* ---- A splice made at the client's SYN ------------------------------------------ */
+
+/* Reads what SYN (or SYN-ACK) 'tcp' ('hdr_len' bytes: 20..60) announces
+ * into '*si': its sequence number and its MSS, window scale, SACK-permitted
+ * and timestamp options.  Never reads outside 'tcp'[0..'hdr_len').  Returns
+ * 0, or -RS_SPLICE_EINVAL when it is no SYN or its option list is malformed
+ * (as rs_splice_opts_scan judges it, and an MSS, window scale or
+ * SACK-permitted option of the wrong length). */
+static inline int rs_splice_syn_info(const rs_u8 *tcp, rs_u32 hdr_len, struct rs_syn_info *si)
+{
+    rs_splice_idx i = RS_TCP_HDR_MIN, end = hdr_len, kind, olen, v;
+
+    si->isn = si->tsval = 0;
+    si->mss = 0;
+    si->wscale = si->flags = 0;
+    if (end < RS_TCP_HDR_MIN || end > RS_TCP_HDR_MAX || !(tcp[13] & RS_TCP_F_SYN))
+        return -RS_SPLICE_EINVAL;
+    si->isn = rs_splice_load32(tcp + 4);
+    /* Bounded as rs_splice_opts_scan's loop is (see there). */
+    while (i < end && i < RS_TCP_HDR_MAX) {
+        rs_splice_barrier_var__(i);
+        if (i >= end || i >= RS_TCP_HDR_MAX)
+            break;
+        kind = tcp[i];
+        if (kind == RS_TCPOPT_EOL)
+            break;
+        if (kind == RS_TCPOPT_NOP) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= end || i + 1 >= RS_TCP_HDR_MAX)
+            return -RS_SPLICE_EINVAL;
+        olen = tcp[i + 1];
+        if (olen < 2 || olen > end - i)
+            return -RS_SPLICE_EINVAL;
+        /* The option's value at 'v': a copy the verifier bounds on its
+         * own (as rs_splice_tsval_get's index). */
+        v = i + 2;
+        rs_splice_barrier_var__(v);
+        if (kind == RS_TCPOPT_MSS) {
+            if (olen != 4 || v > RS_TCP_HDR_MAX - 2)
+                return -RS_SPLICE_EINVAL;
+            si->mss = rs_splice_load16(tcp + v);
+        } else if (kind == RS_TCPOPT_WS) {
+            if (olen != 3 || v > RS_TCP_HDR_MAX - 1)
+                return -RS_SPLICE_EINVAL;
+            si->wscale = tcp[v] > RS_SPLICE_WSCALE_MAX ? RS_SPLICE_WSCALE_MAX : tcp[v];
+            si->flags |= RS_SYN_WS;
+        } else if (kind == RS_TCPOPT_SACKOK) {
+            if (olen != 2)
+                return -RS_SPLICE_EINVAL;
+            si->flags |= RS_SYN_SACK;
+        } else if (kind == RS_TCPOPT_TS) {
+            if (olen != RS_TCPOLEN_TS || v > RS_TCP_HDR_MAX - 4)
+                return -RS_SPLICE_EINVAL;
+            si->tsval = rs_splice_load32(tcp + v);
+            si->flags |= RS_SYN_TS;
+        }
+        i += olen;
+    }
+    si->flags |= RS_SYN_SEEN;
+    return 0;
+}
+
+/* Writes the RS_IDENT_ROOM bytes of the option naming client 'addr':'port'
+ * (host order) at 'p'. */
+static inline void rs_ident_opt_put(rs_u8 *p, rs_u32 addr, rs_u16 port)
+{
+    p[0] = p[1] = RS_TCPOPT_NOP;
+    p[2] = RS_TCPOPT_EXP;
+    p[3] = RS_IDENT_OPT_LEN;
+    rs_splice_store16(p + 4, RS_IDENT_EXID);
+    rs_splice_store32(p + 6, addr);
+    rs_splice_store16(p + 10, port);
+}
+
+/* Finds the option naming a client in TCP header 'tcp' ('hdr_len' bytes)
+ * and returns 0 with the client in '*addr':'*port' (host order); -1 when
+ * there is none or the option list is malformed. */
+static inline int rs_ident_opt_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *addr, rs_u16 *port)
+{
+    rs_u32 i = RS_TCP_HDR_MIN, olen;
+
+    if (hdr_len < RS_TCP_HDR_MIN || hdr_len > RS_TCP_HDR_MAX)
+        return -1;
+    while (i < hdr_len && tcp[i] != RS_TCPOPT_EOL) {
+        if (tcp[i] == RS_TCPOPT_NOP) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= hdr_len || (olen = tcp[i + 1]) < 2 || olen > hdr_len - i)
+            return -1;
+        if (tcp[i] == RS_TCPOPT_EXP && olen == RS_IDENT_OPT_LEN && rs_splice_load16(tcp + i + 2) == RS_IDENT_EXID) {
+            *addr = rs_splice_load32(tcp + i + 4);
+            *port = rs_splice_load16(tcp + i + 8);
+            return 0;
+        }
+        i += olen;
+    }
+    return -1;
+}
+
+/* The proxy's client connection of a splice made at the SYN, as though
+ * the proxy had accepted it and answered with the backend's SYN-ACK: the
+ * record a recovery starts from (struct rs_flow_conn).  'syn' is what the
+ * client's SYN announced, 'synack' the backend's SYN-ACK; 'vip':'vport'
+ * where the client connected, 'client':'cport' the client (host order).
+ * A window scale is in effect only when both ends announced one, and
+ * likewise timestamps and SACK (RFC 7323, RFC 2018). */
+static inline void rs_splice_syn_conn(const struct rs_syn_info *syn, const struct rs_syn_info *synack, rs_u32 vip,
+                                      rs_u16 vport, rs_u32 client, rs_u16 cport, struct rs_splice_conn *c)
+{
+    int ws = (syn->flags & RS_SYN_WS) && (synack->flags & RS_SYN_WS);
+
+    c->local_addr = vip;
+    c->remote_addr = client;
+    c->local_port = vport;
+    c->remote_port = cport;
+    c->snd_nxt = synack->isn + 1;
+    c->rcv_nxt = syn->isn + 1;
+    c->ts_now = synack->tsval;
+    c->ts_recent = syn->tsval;
+    c->snd_wscale = ws ? syn->wscale : 0;
+    c->rcv_wscale = ws ? synack->wscale : 0;
+    c->ts_ok = (syn->flags & RS_SYN_TS) && (synack->flags & RS_SYN_TS);
+    c->sack_ok = (syn->flags & RS_SYN_SACK) && (synack->flags & RS_SYN_SACK);
+}
+
 #endif /* RS_SPLICE_H */

@@ -37,6 +37,28 @@ struct rs_vip {
                                 * successor takes them, where the host would refuse them */
 };
 
+/* Splicing at the client's SYN (rs-proxy --splice-at syn; one entry):
+ * a SYN to the VIP that belongs to no splice takes a port of the proxy's
+ * from rs_syn_ports (which rs-proxy fills) and becomes a splice to the
+ * backend named here, set up by the tc program alone: both entries made
+ * with zero deltas (client and backend negotiate their options end to
+ * end), the client's name added to the SYN.  rs-proxy learns of it from
+ * the backend's SYN-ACK (RS_FLOW_OPENED) and takes the connection on as
+ * though it had spliced it.  With the port queue empty, or 'on' zero, a
+ * SYN goes to the stack's listener as before. */
+struct rs_syn_cfg {
+    rs_u32 backend_addr;       /* network order, as the entries' keys */
+    rs_u32 local_addr;         /* the proxy's address towards it */
+    rs_u16 backend_port;
+    rs_u16 on;
+    rs_u32 ifindex;            /* where the segments leave */
+    rs_u32 guard;              /* the backend entry's rs_flow.guard */
+    rs_u32 pad_;
+    rs_u64 next_id;            /* splice ids, from RS_SYN_ID_BASE up (the tc program's) */
+};
+
+#define RS_SYN_ID_BASE (1ull << 62)   /* below: the daemon's own ids */
+
 /* Address fields in network order, exactly as read from the packet. */
 struct rs_flow_key {
     rs_u32 saddr;
@@ -61,6 +83,7 @@ enum rs_flow_state {
 #define RS_FLOW_SEEN_RST (1 << 1)
 #define RS_FLOW_GUARDED  (1 << 2)  /* event only: the segment was dropped, not passed */
 #define RS_FLOW_ACKED    (1 << 3)  /* event only: the sender acknowledged rs_flow.ack_watch */
+#define RS_FLOW_OPENED   (1 << 4)  /* event only: a backend's SYN-ACK passed a splice made at the SYN */
 
 /* What the daemon needs, besides the translation, to go on with a spliced
  * connection: kept in the client's entry (zero in the others), so a proxy
@@ -93,6 +116,9 @@ struct rs_flow {
     rs_u32 gen;                /* bumped at each (re)activation: 'seen' starts afresh */
     rs_u32 ack_watch;          /* report RS_FLOW_ACKED once the sender's ACK reaches this */
     rs_u32 ack_watch_gen;      /* non-zero: the watch is armed; a new watch, a new value */
+    rs_u32 at_syn;             /* made by the tc program at the client's SYN (--splice-at syn):
+                                * the client's entry adds the client's name to its SYNs
+                                * (RS_IDENT), the backend's reports its SYN-ACK (RS_FLOW_OPENED) */
     rs_u32 acks_to_stack;      /* pass segments without payload, FIN, RST or SYN to the stack
                                 * untranslated: the proxy's own socket is still sending to
                                 * this sender (a re-splice's first bytes) and needs its ACKs */
@@ -132,7 +158,7 @@ struct rs_flow_track {
                                 * which passed), so the daemon can release it at once when the
                                 * logger says the end was meant, without the sender's RTO */
     rs_u8 fin_hdr[RS_TCP_HDR_MAX];
-    rs_u32 pad_;
+    struct rs_syn_info syn;    /* what the sender's SYN announced (a splice made at the SYN) */
 };
 
 /* Sent on the ring buffer when a FIN or RST passes (or is held at) a

@@ -88,6 +88,13 @@ __attribute__((noinline)) int rs_bpf_tsval_get(const struct rs_tcp_buf *tcp, __u
     return rs_splice_tsval_get(tcp->b, hlen, ts);
 }
 
+__attribute__((noinline)) int rs_bpf_syn_info(const struct rs_tcp_buf *tcp, __u32 hlen, struct rs_syn_info *si)
+{
+    if (!tcp || !si)
+        return -1;
+    return rs_splice_syn_info(tcp->b, hlen, si);
+}
+
 /* Loads the TCP header of 'skb' into 'tcp' and returns its TSval in '*ts'.
  * Returns 0, or -1 when it has none. */
 static __always_inline int load_tsval(struct __sk_buff *skb, struct rs_tcp_buf *buf, __u32 *ts)
@@ -121,6 +128,104 @@ static __always_inline void clamp_ack(const struct rs_flow *f, __u8 *tcp)
 
     if (r && r->pos.has_seq)
         rs_splice_clamp_ack(tcp, r->pos.seq_next, f->dir.win_scale_out);
+}
+
+/* ---- Splicing at the SYN (struct rs_syn_cfg) ----------------------------- */
+
+/* Makes the splice of the client's SYN 'kc' (a bare SYN without data to
+ * the VIP; TCP header 'tcp', 'hlen' bytes): a port from the queue, both
+ * entries with their tracks, the backend's first (its SYN-ACK must find
+ * it).  Returns 0, or -1 when it cannot be made here (not configured, no
+ * port free, no room for the client's name in the SYN): the SYN then goes
+ * to the stack's listener. */
+static __always_inline int syn_splice(const struct rs_flow_key *kc, const __u8 *tcp, __u32 hlen)
+{
+    __u32 zero = 0;
+    __u16 port;
+    struct rs_syn_cfg *cfg = bpf_map_lookup_elem(&rs_syn, &zero);
+    struct rs_syn_scratch *sc = bpf_map_lookup_elem(&rs_syn_scratch, &zero);
+    struct rs_flow *fc, *fb;
+    struct rs_flow_key kb;
+    __u64 id;
+
+    if (!cfg || !sc || !cfg->on || hlen + RS_IDENT_ROOM > RS_TCP_HDR_MAX)
+        return -1;
+    if (bpf_map_pop_elem(&rs_syn_ports, &port))
+        return -1;
+    kb.saddr = cfg->backend_addr;
+    kb.daddr = cfg->local_addr;
+    kb.sport = cfg->backend_port;
+    kb.dport = bpf_htons(port);
+    id = __sync_fetch_and_add(&cfg->next_id, 1);
+    fc = (struct rs_flow *)sc->fc;
+    fb = (struct rs_flow *)sc->fb;
+    __builtin_memset(sc->fc, 0, sizeof(sc->fc));
+    __builtin_memset(sc->fb, 0, sizeof(sc->fb));
+    fc->dir.saddr = bpf_ntohl(cfg->local_addr);
+    fc->dir.daddr = bpf_ntohl(cfg->backend_addr);
+    fc->dir.sport = port;
+    fc->dir.dport = bpf_ntohs(cfg->backend_port);
+    fb->dir.saddr = bpf_ntohl(kc->daddr);
+    fb->dir.daddr = bpf_ntohl(kc->saddr);
+    fb->dir.sport = bpf_ntohs(kc->dport);
+    fb->dir.dport = bpf_ntohs(kc->sport);
+    fc->ifindex = fb->ifindex = cfg->ifindex;
+    fc->state = fb->state = RS_FLOW_ACTIVE;
+    fc->splice_id = fb->splice_id = id;
+    fc->gen = fb->gen = 1;
+    fc->at_syn = fb->at_syn = 1;
+    fb->guard = cfg->guard;
+    fc->peer = kb;
+    fb->peer = *kc;
+    if (bpf_map_update_elem(&rs_track, kc, sc->zero_track, BPF_ANY)
+        || bpf_map_update_elem(&rs_track, &kb, sc->zero_track, BPF_ANY))
+        goto undo;
+    if (bpf_map_update_elem(&rs_flows, &kb, fb, BPF_NOEXIST))
+        goto undo;
+    if (bpf_map_update_elem(&rs_flows, kc, fc, BPF_NOEXIST)) {
+        bpf_map_delete_elem(&rs_flows, &kb);
+        goto undo;
+    }
+    return 0;
+undo:
+    bpf_map_delete_elem(&rs_track, kc);
+    bpf_map_delete_elem(&rs_track, &kb);
+    bpf_map_push_elem(&rs_syn_ports, &port, 0);
+    return -1;
+}
+
+/* Adds the option naming client 'kc' to the SYN 'skb', whose TCP header
+ * (the whole segment: a SYN made into a splice carries no data) is 'hlen'
+ * bytes, its first 14 in 'tcp'.  Returns 0 or -1. */
+static __always_inline int syn_name_client(struct __sk_buff *skb, const struct rs_flow_key *kc, const __u8 *tcp,
+                                           __u32 hlen)
+{
+    __u8 opt[RS_IDENT_ROOM];
+    __u16 old16, new16;
+    __u16 tot;
+    __s64 diff;
+
+    rs_ident_opt_put(opt, bpf_ntohl(kc->saddr), bpf_ntohs(kc->sport));
+    if (bpf_skb_load_bytes(skb, ETH_HLEN_ + 2, &tot, 2) < 0
+        || bpf_skb_change_tail(skb, skb->len + RS_IDENT_ROOM, 0) < 0
+        || bpf_skb_store_bytes(skb, TCP_OFF + hlen, opt, RS_IDENT_ROOM, 0) < 0)
+        return -1;
+    /* The option's bytes, the header length (its byte shares a word with
+     * the flags), the pseudo header's TCP length, the IP total length. */
+    diff = bpf_csum_diff(0, 0, (__be32 *)opt, RS_IDENT_ROOM, 0);
+    old16 = bpf_htons((__u16)tcp[12] << 8 | tcp[13]);
+    new16 = bpf_htons((__u16)((hlen + RS_IDENT_ROOM) / 4) << 12 | (__u16)(tcp[12] & 0x0f) << 8 | tcp[13]);
+    if (diff < 0 || bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, (__u32)diff, 0) < 0
+        || bpf_l4_csum_replace(skb, TCP_CSUM_OFF, old16, new16, 2) < 0
+        || bpf_skb_store_bytes(skb, TCP_OFF + 12, &new16, 2, 0) < 0
+        || bpf_l4_csum_replace(skb, TCP_CSUM_OFF, bpf_htons(hlen), bpf_htons(hlen + RS_IDENT_ROOM),
+                               BPF_F_PSEUDO_HDR | 2) < 0)
+        return -1;
+    new16 = bpf_htons(bpf_ntohs(tot) + RS_IDENT_ROOM);
+    if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, tot, new16, 2) < 0
+        || bpf_skb_store_bytes(skb, ETH_HLEN_ + 2, &new16, 2, 0) < 0)
+        return -1;
+    return 0;
 }
 
 #endif /* RS_BPF_HELPERS_H */

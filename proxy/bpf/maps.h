@@ -40,6 +40,36 @@ struct {
     __type(value, __u32);
 } rs_ts SEC(".maps");
 
+/* Splicing at the SYN (struct rs_syn_cfg): the configuration, the proxy's
+ * free ports (host order), and room to build a new splice's entries in
+ * (too big for the stack; its track half is never written, so it stays
+ * zero). */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct rs_syn_cfg);
+} rs_syn SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_QUEUE);
+    __uint(max_entries, 65536);
+    __type(value, __u16);
+} rs_syn_ports SEC(".maps");
+
+struct rs_syn_scratch {
+    __u8 fc[sizeof(struct rs_flow)];     /* bytes: a per-CPU map holds no bpf_spin_lock */
+    __u8 fb[sizeof(struct rs_flow)];
+    __u8 zero_track[sizeof(struct rs_flow_track)];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct rs_syn_scratch);
+} rs_syn_scratch SEC(".maps");
+
 /* FIN/RST seen or held at a splice, ACK watches reached (struct rs_flow_event). */
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -48,7 +48,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
     struct rs_flow *f;
     struct rs_flow_track *t;
     __u32 hlen, i, evflags, payload;
-    int at_pos, at_end, hold_fin = 0;
+    int at_pos, at_end, hold_fin = 0, name_client = 0;
     __s64 diff;
 
     if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -66,12 +66,23 @@ int rs_splice_ingress(struct __sk_buff *skb)
         __u32 zero = 0;
         struct rs_vip *vip = bpf_map_lookup_elem(&rs_vips, &zero);
 
-        if (vip && vip->addr == key.daddr && vip->port == key.dport) {
-            if ((tcp[13] & 0x12) == 0x02 && vip->lease_ns && !proxy_alive(vip))
+        if (!vip || vip->addr != key.daddr || vip->port != key.dport)
+            return TC_ACT_OK;
+        if ((tcp[13] & 0x12) == 0x02) {
+            if (vip->lease_ns && !proxy_alive(vip))
                 return TC_ACT_SHOT;
-            record_ts(skb, &key);
+            /* Splicing at the SYN: only while the proxy holds its lease
+             * (it takes the connection on when the SYN-ACK comes). */
+            hlen = (__u32)(tcp[12] >> 4) * 4;
+            if (vip->lease_ns && bpf_ktime_get_ns() <= vip->lease_ns && ip[0] == 0x45
+                && skb->len == TCP_OFF + hlen && hlen >= RS_TCP_HDR_MIN
+                && syn_splice(&key, tcp, hlen) == 0)
+                f = bpf_map_lookup_elem(&rs_flows, &key);
         }
-        return TC_ACT_OK;
+        if (!f) {
+            record_ts(skb, &key);
+            return TC_ACT_OK;
+        }
     }
     t = bpf_map_lookup_elem(&rs_track, &key);
     if (!t)
@@ -163,6 +174,19 @@ int rs_splice_ingress(struct __sk_buff *skb)
     }
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
         goto bad;
+    /* A splice made at the SYN: what each end's SYN announced, kept for
+     * the proxy's record of the connection; the backend's SYN-ACK tells
+     * the proxy (retransmissions too: it takes the first). */
+    if (f->at_syn && (tcp[13] & RS_TCP_F_SYN)) {
+        struct rs_syn_info si;
+
+        if (rs_bpf_syn_info(&buf, hlen, &si) == 0) {
+            t->syn = si;
+            if (tcp[13] & RS_TCP_F_ACK)
+                report(&key, f, RS_FLOW_OPENED, si.isn, f->gen);
+        }
+        name_client = !(tcp[13] & RS_TCP_F_ACK) && payload == 0;
+    }
     __builtin_memcpy(old, tcp, sizeof(old));
     if (rs_bpf_splice_tcp(&f->dir, &buf, hlen) < 0)
         goto bad;
@@ -209,6 +233,9 @@ int rs_splice_ingress(struct __sk_buff *skb)
         i = ((__u32)tcp[4] << 24) | ((__u32)tcp[5] << 16) | ((__u32)tcp[6] << 8) | tcp[7];
         report(&key, f, evflags, i, f->gen);
     }
+    /* Last, as it moves the checksums' ground: the client's name. */
+    if (name_client && syn_name_client(skb, &key, tcp, hlen) < 0)
+        goto bad;
     /* The kernel fills in the MAC addresses from its FIB and neighbours. */
     return bpf_redirect_neigh(f->ifindex, NULL, 0, 0);
 bad:

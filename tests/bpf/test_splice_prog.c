@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -443,6 +444,149 @@ static void syn_held_back_without_proxy(void **state)
     }
 }
 
+/* Counts the ring's RS_FLOW_OPENED events into ctx (keeps the last). */
+static int opened(void *ctx, void *data, size_t len)
+{
+    const struct rs_flow_event *e = data;
+
+    if (len >= sizeof(*e) && (e->flags & RS_FLOW_OPENED))
+        *(struct rs_flow_event *)ctx = *e;
+    return 0;
+}
+
+/* A SYN frame of client 'c':'cport' to 'vip':80 (Linux's options: MSS,
+ * SACK-permitted, TS, NOP, window scale 7), or the backend's SYN-ACK. */
+static size_t syn_frame(uint8_t *f, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint32_t isn,
+                        bool ack)
+{
+    static const uint8_t opts[20] = { 2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0, 1, 3, 3, 7 };
+    uint8_t *ip = f + ETH_LEN, *tcp = ip + 20;
+
+    memset(f, 0, ETH_LEN + 60);
+    f[12] = 0x08;
+    ip[0] = 0x45;
+    ip[8] = 64;
+    ip[9] = 6;
+    rs_splice_store16(ip + 2, 60);
+    rs_splice_store32(ip + 12, src);
+    rs_splice_store32(ip + 16, dst);
+    rs_splice_store16(tcp, sport);
+    rs_splice_store16(tcp + 2, dport);
+    rs_splice_store32(tcp + 4, isn);
+    if (ack)
+        rs_splice_store32(tcp + 8, 1001);
+    tcp[12] = 10 << 4;
+    tcp[13] = RS_TCP_F_SYN | (ack ? RS_TCP_F_ACK : 0);
+    rs_splice_store16(tcp + 14, 64240);
+    memcpy(tcp + 20, opts, sizeof(opts));
+    set_checksums(ip, 60);
+    return ETH_LEN + 60;
+}
+
+/* Splicing at the SYN (struct rs_syn_cfg): a client's SYN to the VIP takes
+ * a port from the queue and goes to the backend with the client's name
+ * added, both entries made; the backend's SYN-ACK goes to the client and
+ * is reported; with no port left, or the splicing off, or no lease, a
+ * SYN is the stack's. */
+static void syn_spliced_by_the_program(void **state)
+{
+    uint8_t in[128], out[200], want[200];
+    const uint32_t vip = 0x0a000001u, client = 0x0a000101u, backend = 0x0a00000bu;
+    uint32_t zero = 0, addr;
+    uint16_t port = 61000, cport;
+    struct timespec now;
+    struct rs_vip v = { .addr = htonl(vip), .port = htons(80) };
+    struct rs_syn_cfg cfg = { .backend_addr = htonl(backend), .local_addr = htonl(vip), .backend_port = htons(8080),
+                              .on = 1, .ifindex = 1, .guard = 1, .next_id = RS_SYN_ID_BASE };
+    struct rs_flow_key kc = { htonl(client), htonl(vip), htons(42000), htons(80) };
+    struct rs_flow_key kb = { htonl(backend), htonl(vip), htons(8080), htons(port) };
+    struct rs_flow fc, fb;
+    struct rs_flow_track t;
+    struct rs_flow_event ev = { 0 };
+    struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), opened, &ev, NULL);
+    size_t len;
+
+    (void)state;
+    assert_non_null(rb);
+    ring_buffer__consume(rb);
+    memset(&ev, 0, sizeof(ev));
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    v.lease_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec + 1000000000ull;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
+
+    /* The client's SYN: to the backend from the proxy's port, named. */
+    len = syn_frame(in, client, 42000, vip, 80, 1000, false);
+    {
+        LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = in, .data_size_in = (uint32_t)len, .data_out = out,
+                    .data_size_out = sizeof(out), .repeat = 1);
+
+        assert_int_equal(bpf_prog_test_run_opts(bpf_program__fd(skel->progs.rs_splice_ingress), &o), 0);
+        assert_int_equal(o.retval, TC_ACT_REDIRECT);
+        assert_int_equal(o.data_size_out, len + RS_IDENT_ROOM);
+    }
+    assert_int_equal(rs_splice_load32(out + ETH_LEN + 12), vip);
+    assert_int_equal(rs_splice_load32(out + ETH_LEN + 16), backend);
+    assert_int_equal(rs_splice_load16(out + ETH_LEN + 20), port);
+    assert_int_equal(rs_splice_load16(out + ETH_LEN + 22), 8080);
+    assert_int_equal(rs_splice_load32(out + ETH_LEN + 24), 1000);             /* seq: the client's own */
+    assert_int_equal(out[ETH_LEN + 32] >> 4, 13);
+    assert_int_equal(rs_splice_load16(out + ETH_LEN + 2), 72);
+    assert_int_equal(rs_ident_opt_get(out + ETH_LEN + 20, 52, &addr, &cport), 0);
+    assert_int_equal(addr, client);
+    assert_int_equal(cport, 42000);
+    memcpy(want, out, len + RS_IDENT_ROOM);                                    /* checksums right */
+    set_checksums(want + ETH_LEN, 72);
+    assert_same_bytes(out, want, len + RS_IDENT_ROOM);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_flows), &kc, &fc), 0);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_flows), &kb, &fb), 0);
+    assert_true(fc.at_syn && fb.at_syn);
+    assert_int_equal(fc.splice_id, RS_SYN_ID_BASE);
+    assert_int_equal(fb.guard, 1);
+    assert_int_equal(fc.guard, 0);
+    assert_memory_equal(&fc.peer, &kb, sizeof(kb));
+    assert_memory_equal(&fb.peer, &kc, sizeof(kc));
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kc, &t), 0);
+    assert_int_equal(t.syn.isn, 1000);
+    assert_int_equal(t.syn.wscale, 7);
+    assert_int_equal(t.syn.tsval, 12345);
+
+    /* The backend's SYN-ACK: to the client from the VIP, reported. */
+    len = syn_frame(in, backend, 8080, vip, port, 5000, true);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_int_equal(rs_splice_load32(out + ETH_LEN + 12), vip);
+    assert_int_equal(rs_splice_load32(out + ETH_LEN + 16), client);
+    assert_int_equal(rs_splice_load16(out + ETH_LEN + 20), 80);
+    assert_int_equal(rs_splice_load16(out + ETH_LEN + 22), 42000);
+    assert_int_equal(rs_splice_load32(out + ETH_LEN + 24), 5000);
+    assert_int_equal(ring_buffer__consume(rb) >= 1, 1);
+    assert_int_equal(ev.flags & RS_FLOW_OPENED, RS_FLOW_OPENED);
+    assert_memory_equal(&ev.key, &kb, sizeof(kb));
+    assert_int_equal(ev.seq, 5000);
+
+    /* No port left; then splicing off; then no lease: the stack's. */
+    len = syn_frame(in, client + 1, 42001, vip, 80, 7, false);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
+    cfg.on = 0;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    cfg.on = 1;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
+    v.lease_ns = 0;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    kc.saddr = htonl(client + 1);
+    kc.sport = htons(42001);
+    assert_true(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_flows), &kc, &fc) < 0);
+    assert_int_equal(bpf_map_lookup_and_delete_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port), 0);
+
+    cfg.on = 0;
+    bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY);
+    ring_buffer__free(rb);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -466,6 +610,7 @@ int main(void)
         cmocka_unit_test(ack_clamp_as_core_does),
         cmocka_unit_test(bare_syn_after_end_goes_to_stack),
         cmocka_unit_test(syn_held_back_without_proxy),
+        cmocka_unit_test(syn_spliced_by_the_program),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

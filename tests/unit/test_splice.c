@@ -1031,6 +1031,128 @@ static void tsval_found(void **state)
     free(pkt);
 }
 
+/* ---- A splice made at the client's SYN ------------------------------------ */
+
+/* A SYN as Linux sends it: MSS, SACK-permitted, TS, NOP, window scale. */
+static size_t linux_syn(uint8_t *t, uint32_t isn, uint32_t tsval, uint8_t ws, uint8_t flags)
+{
+    static const uint8_t opts[20] = { 2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3, 0 };
+
+    memset(t, 0, 40);
+    rs_splice_store32(t + 4, isn);
+    t[12] = 10 << 4;
+    t[13] = flags;
+    memcpy(t + 20, opts, sizeof(opts));
+    rs_splice_store32(t + 28, tsval);
+    t[39] = ws;
+    return 40;
+}
+
+static void syn_info_read(void **state)
+{
+    uint8_t t[60];
+    struct rs_syn_info si;
+
+    (void)state;
+    linux_syn(t, 0xfffffff0u, 12345, 7, RS_TCP_F_SYN);
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), 0);
+    assert_int_equal(si.isn, 0xfffffff0u);
+    assert_int_equal(si.tsval, 12345);
+    assert_int_equal(si.mss, 1460);
+    assert_int_equal(si.wscale, 7);
+    assert_int_equal(si.flags, RS_SYN_SEEN | RS_SYN_WS | RS_SYN_SACK | RS_SYN_TS);
+
+    /* Options absent: none claimed. */
+    memset(t + 20, RS_TCPOPT_NOP, 20);
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), 0);
+    assert_int_equal(si.flags, RS_SYN_SEEN);
+    assert_int_equal(si.mss, 0);
+
+    /* A scale above 14 is taken as 14 (RFC 7323 §2.3). */
+    linux_syn(t, 1, 1, 15, RS_TCP_F_SYN | RS_TCP_F_ACK);
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), 0);
+    assert_int_equal(si.wscale, 14);
+}
+
+static void syn_info_rejects(void **state)
+{
+    uint8_t t[60];
+    struct rs_syn_info si;
+
+    (void)state;
+    linux_syn(t, 1, 1, 7, RS_TCP_F_ACK);                /* no SYN */
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), -RS_SPLICE_EINVAL);
+    linux_syn(t, 1, 1, 7, RS_TCP_F_SYN);
+    t[38] = 4;                                          /* window scale of length 4 */
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), -RS_SPLICE_EINVAL);
+    linux_syn(t, 1, 1, 7, RS_TCP_F_SYN);
+    t[21] = 3;                                          /* MSS of length 3 */
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), -RS_SPLICE_EINVAL);
+    linux_syn(t, 1, 1, 7, RS_TCP_F_SYN);
+    t[38] = 5;                                          /* runs past the header */
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), -RS_SPLICE_EINVAL);
+    assert_int_equal(rs_splice_syn_info(t, 64, &si), -RS_SPLICE_EINVAL);
+    assert_int_equal(rs_splice_syn_info(t, 16, &si), -RS_SPLICE_EINVAL);
+}
+
+static void ident_option_roundtrip(void **state)
+{
+    uint8_t t[60];
+    uint32_t addr = 0;
+    uint16_t port = 0;
+
+    (void)state;
+    linux_syn(t, 1, 1, 7, RS_TCP_F_SYN);
+    assert_int_equal(rs_ident_opt_get(t, 40, &addr, &port), -1);    /* none */
+    rs_ident_opt_put(t + 40, 0x0a000102u, 54321);
+    t[12] = 13 << 4;
+    assert_int_equal(rs_ident_opt_get(t, 52, &addr, &port), 0);
+    assert_int_equal(addr, 0x0a000102u);
+    assert_int_equal(port, 54321);
+    /* The SYN's other options still read the same. */
+    {
+        struct rs_syn_info si;
+
+        assert_int_equal(rs_splice_syn_info(t, 52, &si), 0);
+        assert_int_equal(si.wscale, 7);
+        assert_int_equal(si.mss, 1460);
+    }
+    /* Cut short, or with another experiment's ExID: not ours. */
+    assert_int_equal(rs_ident_opt_get(t, 48, &addr, &port), -1);
+    t[45] ^= 1;
+    assert_int_equal(rs_ident_opt_get(t, 52, &addr, &port), -1);
+}
+
+static void syn_conn_from_handshake(void **state)
+{
+    struct rs_syn_info syn = { .isn = 100, .tsval = 5000, .mss = 1460, .wscale = 7,
+                               .flags = RS_SYN_SEEN | RS_SYN_WS | RS_SYN_SACK | RS_SYN_TS };
+    struct rs_syn_info synack = { .isn = 0xffffffffu, .tsval = 9000, .mss = 1460, .wscale = 9,
+                                  .flags = RS_SYN_SEEN | RS_SYN_WS | RS_SYN_SACK | RS_SYN_TS };
+    struct rs_splice_conn c;
+
+    (void)state;
+    rs_splice_syn_conn(&syn, &synack, 0x0a000001u, 80, 0x0a000102u, 40000, &c);
+    assert_int_equal(c.local_addr, 0x0a000001u);
+    assert_int_equal(c.local_port, 80);
+    assert_int_equal(c.remote_addr, 0x0a000102u);
+    assert_int_equal(c.remote_port, 40000);
+    assert_int_equal(c.rcv_nxt, 101);
+    assert_int_equal(c.snd_nxt, 0);             /* wraps */
+    assert_int_equal(c.ts_recent, 5000);
+    assert_int_equal(c.ts_now, 9000);
+    assert_int_equal(c.snd_wscale, 7);
+    assert_int_equal(c.rcv_wscale, 9);
+    assert_true(c.ts_ok && c.sack_ok);
+
+    /* One end without window scale, SACK or timestamps: none in effect. */
+    synack.flags = RS_SYN_SEEN;
+    rs_splice_syn_conn(&syn, &synack, 1, 2, 3, 4, &c);
+    assert_int_equal(c.snd_wscale, 0);
+    assert_int_equal(c.rcv_wscale, 0);
+    assert_false(c.ts_ok || c.sack_ok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1052,6 +1174,10 @@ int main(void)
         cmocka_unit_test(position_follows_the_sender),
         cmocka_unit_test(ack_clamped_to_what_was_sent),
         cmocka_unit_test(tsval_found),
+        cmocka_unit_test(syn_info_read),
+        cmocka_unit_test(syn_info_rejects),
+        cmocka_unit_test(ident_option_roundtrip),
+        cmocka_unit_test(syn_conn_from_handshake),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
