@@ -176,7 +176,7 @@ int app_stated_init(struct rs_app *app, const char *path, uint64_t timeout_ns)
     if (!app->stated)
         return -errno;
     rs_app_set_hooks(app, &hooks);
-    return 0;
+    return rs_state_listening(app->stated, app->server.io.fd);     /* opened before */
 }
 
 /* ---- --sync-delay ----------------------------------------------------- */

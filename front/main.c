@@ -181,7 +181,8 @@ static int setup(struct front *f, const struct opts *o)
         return 1;
     }
     rs_loop_idle(&f->loop, reap, f);
-    if (o->stated && !(f->stated = rs_state_open(&f->loop, o->stated, o->stated_timeout_ns, &ops))) {
+    if (o->stated && (!(f->stated = rs_state_open(&f->loop, o->stated, o->stated_timeout_ns, &ops))
+                      || (errno = -rs_state_listening(f->stated, f->server.io.fd)) != 0)) {
         fprintf(stderr, "rs-front: cannot set up --stated %s: %s\n", o->stated, strerror(errno));
         return 1;
     }

@@ -99,9 +99,17 @@ struct rs_state_conn {
 struct rs_state *rs_state_open(struct rs_loop *loop, const char *path, uint64_t timeout_ns,
                                const struct rs_state_ops *ops);
 
+/* Makes listening socket 'fd' keep each connection's SYN (TCP_SAVE_SYN),
+ * where rs-proxy --splice-at syn names the client (a TCP option; see
+ * rs_state_accepted).  Does nothing with 's' NULL.  Returns 0 or -errno. */
+int rs_state_listening(struct rs_state *s, int fd);
+
 /* Names accepted connection 'fd' (see struct rs_state_conn).  A connection
- * map for its peer is used up; without one (or with 's' NULL, no rs-stated)
- * the peer is the client and numbering starts at 0. */
+ * map for its peer is used up; without one, the client a SYN spliced by
+ * rs-proxy --splice-at syn names (when the listener keeps SYNs:
+ * rs_state_listening) is the connection's, numbering from 0; without
+ * either (or with 's' NULL, no rs-stated) the peer is the client and
+ * numbering starts at 0. */
 void rs_state_accepted(struct rs_state *s, int fd, struct rs_state_conn *out);
 
 /* A connection with no map may start with the PROXY protocol v2 header

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include "daemon.h"     /* rs_log, rs_mono_ns, rs_addr */
 #include "loop.h"
 #include "pp2.h"
+#include "splice.h"     /* rs_ident_opt_get */
 #include "xfer_rec.h"
 
 /* ---- Limits ----------------------------------------------------------- */
@@ -49,7 +51,7 @@ struct conn_map {
 
 enum lib_stat {
     XS_SENT, XS_SENT_SYNC, XS_ACKED, XS_FAILED, XS_TIMEOUTS, XS_UNSENT, XS_SKIPPED,
-    XS_APPLIED, XS_APPLY_ERRORS, XS_MAPS, XS_MAPS_USED, XS_MAPS_EXPIRED, XS_HEADERS, XS_CONNECTS,
+    XS_APPLIED, XS_APPLY_ERRORS, XS_MAPS, XS_MAPS_USED, XS_MAPS_EXPIRED, XS_HEADERS, XS_SYN_NAMES, XS_CONNECTS,
     XS_DISCONNECTS, XS_UNREPLICATED, XS_MAX,
 };
 
@@ -58,7 +60,7 @@ static const char *const xs_names[XS_MAX] = {
     [XS_FAILED] = "xfer_failed", [XS_TIMEOUTS] = "xfer_timeouts", [XS_UNREPLICATED] = "xfer_unreplicated", [XS_UNSENT] = "xfer_unsent",
     [XS_SKIPPED] = "xfer_skipped_replayed", [XS_APPLIED] = "xfer_applied",
     [XS_APPLY_ERRORS] = "xfer_apply_errors", [XS_MAPS] = "xfer_maps",
-    [XS_MAPS_USED] = "xfer_maps_used", [XS_MAPS_EXPIRED] = "xfer_maps_expired", [XS_HEADERS] = "xfer_headers",
+    [XS_MAPS_USED] = "xfer_maps_used", [XS_MAPS_EXPIRED] = "xfer_maps_expired", [XS_HEADERS] = "xfer_headers", [XS_SYN_NAMES] = "xfer_syn_names",
     [XS_CONNECTS] = "xfer_connects", [XS_DISCONNECTS] = "xfer_disconnects",
 };
 
@@ -287,6 +289,42 @@ static bool map_take(struct rs_state *x, struct rs_addr pa, struct rs_state_conn
     return false;
 }
 
+int rs_state_listening(struct rs_state *s, int fd)
+{
+    int one = 1;
+
+    if (!s)
+        return 0;
+    return setsockopt(fd, IPPROTO_TCP, TCP_SAVE_SYN, &one, sizeof(one)) ? -errno : 0;
+}
+
+/* The client the SYN of 'fd' names (the option rs-proxy's tc program adds
+ * when it splices at the SYN).  Returns whether there was one. */
+static bool named_by_syn(struct rs_state *s, int fd, struct rs_state_conn *out)
+{
+    uint8_t syn[RS_IP4_HDR_MIN + 40 + RS_TCP_HDR_MAX];
+    socklen_t len = sizeof(syn);
+    uint32_t ihl, hlen, ip;
+    uint16_t port;
+
+    if (getsockopt(fd, IPPROTO_TCP, TCP_SAVED_SYN, syn, &len) || len < RS_IP4_HDR_MIN + RS_TCP_HDR_MIN
+        || syn[0] >> 4 != 4)
+        return false;
+    ihl = (uint32_t)(syn[0] & 0x0f) * 4;
+    if (ihl < RS_IP4_HDR_MIN || len < ihl + RS_TCP_HDR_MIN)
+        return false;
+    hlen = (uint32_t)(syn[ihl + 12] >> 4) * 4;
+    if (len < ihl + hlen || rs_ident_opt_get(syn + ihl, hlen, &ip, &port))
+        return false;
+    out->client_ip = ip;
+    out->client_port = port;
+    out->first_num = 0;
+    out->settled = true;
+    s->stats[XS_SYN_NAMES]++;
+    rs_log("conn-named %s client=%s (SYN option)", out->name, RS_A(((struct rs_addr){ ip, port })));
+    return true;
+}
+
 void rs_state_accepted(struct rs_state *s, int fd, struct rs_state_conn *out)
 {
     struct sockaddr_in peer, local;
@@ -306,7 +344,10 @@ void rs_state_accepted(struct rs_state *s, int fd, struct rs_state_conn *out)
         rs_log("conn-mapped %s client=%s next=%u%s", out->name,
                RS_A(((struct rs_addr){ out->client_ip, out->client_port })), out->first_num,
                out->rerun ? " rerun" : "");
+        return;
     }
+    if (s)
+        named_by_syn(s, fd, out);
 }
 
 int rs_state_named_by_header(struct rs_state *s, const void *buf, size_t len, bool eof, struct rs_state_conn *who)

@@ -51,7 +51,7 @@ static struct rs_addr addr_of(uint32_t ip_net, uint16_t port_net)
     return (struct rs_addr){ ntohl(ip_net), ntohs(port_net) };
 }
 
-static int backend_at(struct proxy *p, struct rs_addr a)
+int px_backend_at(struct proxy *p, struct rs_addr a)
 {
     for (int i = 0; i < p->nbackends; i++)
         if (p->backends[i].addr.ip == a.ip && p->backends[i].addr.port == a.port)
@@ -76,10 +76,12 @@ static struct pconn *adopt_one(struct proxy *p, const struct rs_flow_key *kc, co
     pc->ts_base_us = r->ts_base_us;
     pc->rtt_us = r->rtt_us;
     pc->t_accept_us = pc->t_spliced_us = rs_now_us();
+    if (f->cfg.splice_id >= RS_SYN_ID_BASE)
+        pc->syn_port = pc->local.port;    /* spliced at the SYN: its port is the pool's */
     /* The client's ends only: a backend's may have been held back (a
      * failure signal, still queued for us as an event), not passed. */
     pc->seen = f->t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST);
-    px_pc_set_backend(p, pc, backend_at(p, pc->backend));
+    px_pc_set_backend(p, pc, px_backend_at(p, pc->backend));
     return pc;
 }
 
@@ -171,7 +173,7 @@ int px_adopt(struct proxy *p)
         if (!(pc = adopt_one(p, &keys[i], &f)))
             break;
         owner[i] = pc;
-        if (f.cfg.splice_id > max_id)
+        if (f.cfg.splice_id > max_id && f.cfg.splice_id < RS_SYN_ID_BASE)     /* the tc program's go on there */
             max_id = f.cfg.splice_id;
         adopted++;
     }

@@ -224,6 +224,7 @@ void px_pc_free(struct proxy *p, struct pconn *pc)
     close_io(&pc->bio, false);
     drop_entries(p, pc, NULL, NULL);
     px_pc_set_backend(p, pc, -1);
+    px_syn_port_free(p, pc);
     drop_buffers(pc);
     free(pc);
 }
@@ -1245,9 +1246,15 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     struct rs_addr from = { ntohl(ev->key.saddr), ntohs(ev->key.sport) };
     struct rs_flow_key kb;
 
+    if (ev->flags & RS_FLOW_OPENED) {
+        px_syn_opened(p, ev);
+        return;
+    }
     if (!pc || (pc->rec && px_recovery_event(p, pc, ev)))
         return;
     kb = px_key_b(pc);
+    if ((ev->flags & RS_FLOW_SEEN_FIN) && !memcmp(&ev->key, &kb, sizeof(kb)) && !(pc->seen & RS_FLOW_SEEN_FIN))
+        pc->backend_fin_first = true;
     if (ev->flags & RS_FLOW_ACKED) {
         if (pc->opening && pc->open_gen && ev->gen == pc->open_gen && !memcmp(&ev->key, &kb, sizeof(kb)))
             open_done(p, pc);
@@ -1327,5 +1334,6 @@ void px_pc_reap(struct rs_timer *t)
             }
         }
     }
+    px_syn_tick(p);
     rs_timer_after(&p->loop, t, REAP_NS);
 }

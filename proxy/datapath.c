@@ -47,6 +47,7 @@ void px_flow_activate(struct rs_flow *f, const struct rs_splice_dir *d, uint64_t
     f->clamp_ack = 0;
     f->acks_to_stack = 0;
     f->ack_watch = f->ack_watch_gen = 0;
+    f->at_syn = 0;      /* the daemon's now, whoever made it */
     f->gen++;
     f->splice_id = id;
     f->ifindex = ifindex;

@@ -9,7 +9,9 @@
 #ifndef RS_PROXY_DATAPATH_H
 #define RS_PROXY_DATAPATH_H
 
+#include <errno.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "splice_map.h"
@@ -92,6 +94,15 @@ struct px_datapath_ops {
     /* The key after 'prev' (NULL: the first) in the table's own order.
      * Returns 0, or -ENOENT after the last. */
     int (*next_key)(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next);
+    /* Splicing at the SYN (struct rs_syn_cfg); optional (NULL: the data
+     * path cannot).  syn_setup() writes the configuration (its id counter
+     * goes on from a predecessor's) and makes 'ports' (host order) the
+     * free ones, less those of entries the table holds; syn_port_put()
+     * gives one back; learn() takes entry 'k', which the data path made,
+     * into the daemon's knowledge. */
+    int (*syn_setup)(struct px_datapath *dp, const struct rs_syn_cfg *cfg, const uint16_t *ports, size_t n);
+    int (*syn_port_put)(struct px_datapath *dp, uint16_t port);
+    int (*learn)(struct px_datapath *dp, const struct rs_flow_key *k);
     /* Optional (NULL: every change is made at once).  After hold(), the
      * changes of the daemon's halves (the newest per entry) and the fresh
      * data path's halves of new WATCH entries wait in this process until
@@ -189,6 +200,19 @@ static inline int px_dp_remove(struct px_datapath *dp, const struct rs_flow_key 
 static inline int px_dp_remove_read(struct px_datapath *dp, const struct rs_flow_key *k, struct rs_flow_track *last)
 {
     return px_dp_tell(dp, k, true, dp->ops->remove(dp, k, last));
+}
+static inline int px_dp_syn_setup(struct px_datapath *dp, const struct rs_syn_cfg *cfg, const uint16_t *ports,
+                                  size_t n)
+{
+    return dp->ops->syn_setup ? dp->ops->syn_setup(dp, cfg, ports, n) : -EOPNOTSUPP;
+}
+static inline int px_dp_syn_port_put(struct px_datapath *dp, uint16_t port)
+{
+    return dp->ops->syn_port_put ? dp->ops->syn_port_put(dp, port) : -EOPNOTSUPP;
+}
+static inline int px_dp_learn(struct px_datapath *dp, const struct rs_flow_key *k)
+{
+    return px_dp_tell(dp, k, false, dp->ops->learn ? dp->ops->learn(dp, k) : -EOPNOTSUPP);
 }
 /* The changes made between the two calls go to the table together, when
  * px_dp_flush() returns (one syscall instead of one each, where the data

@@ -586,6 +586,65 @@ static int ebpf_next_key(struct px_datapath *dp, const struct rs_flow_key *prev,
     return bpf_map_get_next_key(((struct dp_ebpf *)dp)->map_fd, prev, next) ? -errno : 0;
 }
 
+/* ---- Splicing at the SYN ---------------------------------------------------- */
+
+static int ebpf_syn_setup(struct px_datapath *dp, const struct rs_syn_cfg *cfg, const uint16_t *ports, size_t n)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    int qfd = bpf_map__fd(s->skel->maps.rs_syn_ports), ifd = bpf_map__fd(s->skel->maps.rs_syn_ids);
+    struct rs_syn_cfg c = *cfg;
+    struct rs_flow_key k, prev;
+    uint64_t id = 0;
+    uint32_t zero = 0;
+    uint16_t port;
+    uint8_t *used = calloc(65536, 1);
+    bool first = true;
+
+    if (!used)
+        return -ENOMEM;
+    /* The ports of the table's entries towards the backend stay taken
+     * (a predecessor's connections, adopted). */
+    while (!bpf_map_get_next_key(s->map_fd, first ? NULL : &prev, &k)) {
+        if (k.daddr == cfg->local_addr)
+            used[ntohs(k.dport)] = 1;
+        prev = k;
+        first = false;
+    }
+    while (!bpf_map_lookup_and_delete_elem(qfd, NULL, &port))
+        ;
+    for (size_t i = 0; i < n; i++)
+        if (!used[ports[i]] && bpf_map_update_elem(qfd, NULL, &ports[i], BPF_ANY)) {
+            free(used);
+            return -errno;
+        }
+    free(used);
+    if (bpf_map_lookup_elem(ifd, &zero, &id) || id < RS_SYN_ID_BASE) {
+        id = RS_SYN_ID_BASE;
+        if (bpf_map_update_elem(ifd, &zero, &id, BPF_ANY))
+            return -errno;
+    }
+    c.ifindex = (rs_u32)s->ifindex;
+    return bpf_map_update_elem(bpf_map__fd(s->skel->maps.rs_syn), &zero, &c, BPF_ANY) ? -errno : 0;
+}
+
+static int ebpf_syn_port_put(struct px_datapath *dp, uint16_t port)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+
+    return bpf_map_update_elem(bpf_map__fd(s->skel->maps.rs_syn_ports), NULL, &port, BPF_ANY) ? -errno : 0;
+}
+
+static int ebpf_learn(struct px_datapath *dp, const struct rs_flow_key *k)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    struct rs_flow f;
+
+    if (bpf_map_lookup_elem(s->map_fd, k, &f))
+        return -errno;
+    copy_keep(s, k, &f);
+    return 0;
+}
+
 const struct px_datapath_ops px_dp_ebpf = {
     .name = "ebpf",
     .open = ebpf_open,
@@ -603,6 +662,9 @@ const struct px_datapath_ops px_dp_ebpf = {
     .put = ebpf_put,
     .set_conn = ebpf_set_conn,
     .next_key = ebpf_next_key,
+    .syn_setup = ebpf_syn_setup,
+    .syn_port_put = ebpf_syn_port_put,
+    .learn = ebpf_learn,
     .hold = ebpf_hold,
     .flush = ebpf_flush,
 };

@@ -56,6 +56,7 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
         RS_STAT(struct stats, recovery_retargets),
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
+        RS_STAT(struct stats, syn_spliced),
         RS_STAT(struct stats, close_words), RS_STAT(struct stats, close_asks),
         RS_STAT(struct stats, close_words_late), RS_STAT(struct stats, close_refused),
         RS_STAT(struct stats, redispatched),
@@ -234,6 +235,12 @@ static void usage(FILE *f)
         "                     round trip; an application hung at connect is found by the stall\n"
         "                     detector), or CONN_MAP to its rs-stated before the connect (map: a\n"
         "                     hung application is found at connect, within --connect-timeout)\n"
+        "  --splice-at request|syn  when a new connection is spliced: once the proxy has read its\n"
+        "                     request (request, the default), or by the tc program at the client's\n"
+        "                     SYN, no process in the way (syn: eBPF data path, one --backend; the\n"
+        "                     backend reads the client's name from its SYN, docs/recovery.md)\n"
+        "  --syn-ports LO-HI  the proxy's ports for connections spliced at the SYN (default\n"
+        "                     61000-65535; outside the host's ephemeral range)\n"
         "  --recovery-timeout DUR  each control step of a recovery (plan, each move) ends by then,\n"
         "                     else the client gets a RST (default 800ms)\n"
         "Logs one line per event on stderr; SIGUSR1 prints a stats line on stdout.\n");
@@ -309,6 +316,27 @@ static int datapath_name(const char *v, void *dst)
     return 0;
 }
 
+static int splice_at(const char *v, void *dst)
+{
+    if (strcmp(v, "request") && strcmp(v, "syn"))
+        return -EINVAL;
+    *(bool *)dst = !strcmp(v, "syn");
+    return 0;
+}
+
+static int port_range(const char *v, void *dst)
+{
+    struct px_syn *s = dst;
+    unsigned lo, hi;
+    int n = 0;
+
+    if (sscanf(v, "%u-%u%n", &lo, &hi, &n) != 2 || v[n] || !lo || lo > hi || hi > 65535)
+        return -EINVAL;
+    s->port_lo = (uint16_t)lo;
+    s->port_hi = (uint16_t)hi;
+    return 0;
+}
+
 static int identity_mode(const char *v, void *dst)
 {
     if (strcmp(v, "map") && strcmp(v, "header"))
@@ -333,6 +361,8 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("logger-resend", RS_OPT_ADDR, &p->logger_resend),
         RS_OPTION("stated-port", RS_OPT_FN, &p->stated_port, .want = "a port, 1..65535", .fn = port_number),
         RS_OPTION("identity", RS_OPT_FN, &p->identity_header, .want = "map or header", .fn = identity_mode),
+        RS_OPTION("splice-at", RS_OPT_FN, &p->syn.on, .want = "request or syn", .fn = splice_at),
+        RS_OPTION("syn-ports", RS_OPT_FN, &p->syn, .want = "LO-HI, 1..65535", .fn = port_range),
         RS_OPTION("sticky", RS_OPT_STR, &sticky),
         RS_OPTION("datapath", RS_OPT_FN, &p->datapath, .want = dp_want, .fn = datapath_name),
         RS_OPTION("ifname", RS_OPT_STR, &ifname),
@@ -367,6 +397,9 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     p->recovery_ns = 800000000ull;
     p->alternate = -1;
     p->pair.takeover_ns = 300000000ull;
+    p->syn.port_lo = 61000;
+    p->syn.port_hi = 65535;
+    p->syn.backend = -1;
     r = rs_opts_parse("rs-proxy", argc, argv, opts, usage);
     if (r)
         return r;
@@ -411,6 +444,17 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     if (p->pair.peer.port && (!keyfile || !ifname || p->nosplice)) {
         fprintf(stderr, "rs-proxy: --pair needs --key and --ifname, and splicing\n");
         return 2;
+    }
+    if (p->syn.on) {
+        int primaries = 0;
+
+        for (int i = 0; i < p->nbackends; i++)
+            primaries += p->backends[i].configured == ROLE_PRIMARY;
+        if (p->nosplice || p->sticky || p->pair.peer.port || primaries != 1 || strcmp(p->datapath, "ebpf")) {
+            fprintf(stderr, "rs-proxy: --splice-at syn needs the ebpf data path and one --backend (not --sticky, "
+                            "--no-splice or --pair)\n");
+            return 2;
+        }
     }
     if ((p->ctl.port || p->stated_port) && !keyfile) {
         fprintf(stderr, "rs-proxy: --control and --stated-port need --key\n");
@@ -458,6 +502,11 @@ static int setup(struct proxy *p)
     }
     p->rawfd = p->lio.fd = -1;
     px_ports_init(p);
+    if (p->syn.on && p->syn.port_lo <= p->port_hi && p->syn.port_hi >= p->port_lo) {
+        fprintf(stderr, "rs-proxy: --syn-ports %u-%u overlaps the host's ephemeral ports %u-%u\n", p->syn.port_lo,
+                p->syn.port_hi, p->port_lo, p->port_hi);
+        return -1;
+    }
     if (!p->nosplice) {
         p->dp = px_datapath_find(p->datapath)->open(p->ifname, !p->fresh, &e);
         if (!p->dp) {
@@ -553,6 +602,10 @@ int px_serve(struct proxy *p)
     /* Last: adopting may start recoveries, which use the peers above. */
     if (p->dp && (e = px_adopt(p)) < 0)
         rs_log("adopting the previous proxy's connections: %s", strerror(-e));
+    if (p->syn.on && (e = px_syn_start(p)) != 0) {
+        rs_log("splice-at syn: cannot set up: %s", strerror(-e));
+        return e;
+    }
     return 0;
 }
 

@@ -101,6 +101,8 @@ struct pconn {
     bool word;
     uint32_t word_end[2];
     bool fin_wait;                /* the backend's FIN is held: waiting for the word */
+    uint16_t syn_port;            /* spliced at the SYN (syn.c): the proxy's port, back to the pool at the end */
+    bool backend_fin_first;       /* the backend sent its FIN before the client's: it holds a TIME_WAIT */
     bool fin_asked;               /* ... asked for (CLOSE_ASK) */
     /* request parsing */
     void *parser;                 /* struct http_parser */
@@ -116,7 +118,21 @@ struct stats {
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
         adopted, recovery_retargets, fins_released, close_words, close_asks,
-        close_words_late, close_refused;
+        close_words_late, close_refused, syn_spliced;
+};
+
+/* Splicing at the SYN (syn.c). */
+struct px_syn_wait {
+    uint16_t port;
+    uint64_t due_ns;              /* back to the pool then (the backend's TIME_WAIT is over) */
+};
+
+struct px_syn {
+    bool on;                      /* --splice-at syn */
+    uint16_t port_lo, port_hi;    /* --syn-ports */
+    int backend;                  /* where new connections go (index), -1: none */
+    struct px_syn_wait *wait;     /* ports waiting, oldest first */
+    size_t nwait, capwait;
 };
 
 /* The proxy pair (pair.c): this proxy and another share the VIP. */
@@ -175,6 +191,7 @@ struct proxy {
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn logger_conn;
     struct pair pair;
+    struct px_syn syn;
     struct rs_flow_key *probes;   /* adopted: clients of dead connections, probed again later */
     size_t nprobes;
     struct stats st;
@@ -364,5 +381,20 @@ int px_backend_index(struct proxy *p, uint32_t id);
  * else the first of those serves and the next one is its alternate
  * (re-protection).  Logs a change. */
 void px_roles(struct proxy *p);
+
+/* ---- syn.c: splicing at the client's SYN (--splice-at syn) ----------------------- */
+
+/* Fills the port pool and names the backend (after adopting). */
+int px_syn_start(struct proxy *p);
+/* The serving backend may have changed (fence, roles): new SYNs go to the new one. */
+void px_syn_sync(struct proxy *p);
+/* An RS_FLOW_OPENED event: takes the connection the tc program spliced on. */
+void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev);
+/* 'pc' is freed: its port goes back to the pool (now or after a TIME_WAIT). */
+void px_syn_port_free(struct proxy *p, const struct pconn *pc);
+/* Gives back the ports whose wait is over (the reaper's timer). */
+void px_syn_tick(struct proxy *p);
+/* The index of the backend at 'a', or -1 (adopt.c). */
+int px_backend_at(struct proxy *p, struct rs_addr a);
 
 #endif /* RS_PROXY_H */

@@ -1051,6 +1051,7 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
         rs_log("failure backend_id=%u backend=%s why=%s conns=%u: fenced", id, RS_A(p->backends[idx].addr), why,
                px_pc_count(p, idx));
     p->backends[idx].fenced = true;
+    px_syn_sync(p);     /* new connections' SYNs go elsewhere at once */
     /* 1. Fence first, in one pass: from now on nothing this backend sends
      * reaches any client, before any connection moves. */
     for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
@@ -1176,6 +1177,7 @@ void px_roles(struct proxy *p)
         b->role = r;
     }
     p->alternate = alt;
+    px_syn_sync(p);
 }
 
 void px_backend_rejoin(struct proxy *p, int b)

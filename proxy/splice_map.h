@@ -53,11 +53,9 @@ struct rs_syn_cfg {
     rs_u16 on;
     rs_u32 ifindex;            /* where the segments leave */
     rs_u32 guard;              /* the backend entry's rs_flow.guard */
-    rs_u32 pad_;
-    rs_u64 next_id;            /* splice ids, from RS_SYN_ID_BASE up (the tc program's) */
 };
 
-#define RS_SYN_ID_BASE (1ull << 62)   /* below: the daemon's own ids */
+#define RS_SYN_ID_BASE (1ull << 62)   /* the tc program's splice ids; below: the daemon's */
 
 /* Address fields in network order, exactly as read from the packet. */
 struct rs_flow_key {

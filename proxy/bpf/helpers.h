@@ -146,9 +146,9 @@ static __always_inline int syn_splice(const struct rs_flow_key *kc, const __u8 *
     struct rs_syn_scratch *sc = bpf_map_lookup_elem(&rs_syn_scratch, &zero);
     struct rs_flow *fc, *fb;
     struct rs_flow_key kb;
-    __u64 id;
+    __u64 *ids = bpf_map_lookup_elem(&rs_syn_ids, &zero), id;
 
-    if (!cfg || !sc || !cfg->on || hlen + RS_IDENT_ROOM > RS_TCP_HDR_MAX)
+    if (!cfg || !sc || !ids || !cfg->on || hlen + RS_IDENT_ROOM > RS_TCP_HDR_MAX)
         return -1;
     if (bpf_map_pop_elem(&rs_syn_ports, &port))
         return -1;
@@ -156,7 +156,7 @@ static __always_inline int syn_splice(const struct rs_flow_key *kc, const __u8 *
     kb.daddr = cfg->local_addr;
     kb.sport = cfg->backend_port;
     kb.dport = bpf_htons(port);
-    id = __sync_fetch_and_add(&cfg->next_id, 1);
+    id = __sync_fetch_and_add(ids, 1);
     fc = (struct rs_flow *)sc->fc;
     fb = (struct rs_flow *)sc->fb;
     __builtin_memset(sc->fc, 0, sizeof(sc->fc));

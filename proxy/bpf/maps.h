@@ -51,6 +51,15 @@ struct {
     __type(value, struct rs_syn_cfg);
 } rs_syn SEC(".maps");
 
+/* The next splice id the tc program gives (RS_SYN_ID_BASE up): written
+ * here only, but for rs-proxy's first value. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} rs_syn_ids SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_QUEUE);
     __uint(max_entries, 65536);

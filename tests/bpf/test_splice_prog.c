@@ -497,7 +497,8 @@ static void syn_spliced_by_the_program(void **state)
     struct timespec now;
     struct rs_vip v = { .addr = htonl(vip), .port = htons(80) };
     struct rs_syn_cfg cfg = { .backend_addr = htonl(backend), .local_addr = htonl(vip), .backend_port = htons(8080),
-                              .on = 1, .ifindex = 1, .guard = 1, .next_id = RS_SYN_ID_BASE };
+                              .on = 1, .ifindex = 1, .guard = 1 };
+    uint64_t id0 = RS_SYN_ID_BASE;
     struct rs_flow_key kc = { htonl(client), htonl(vip), htons(42000), htons(80) };
     struct rs_flow_key kb = { htonl(backend), htonl(vip), htons(8080), htons(port) };
     struct rs_flow fc, fb;
@@ -514,6 +515,7 @@ static void syn_spliced_by_the_program(void **state)
     v.lease_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec + 1000000000ull;
     assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY), 0);
     assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ids), &zero, &id0, BPF_ANY), 0);
     assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
 
     /* The client's SYN: to the backend from the proxy's port, named. */

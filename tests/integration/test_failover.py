@@ -24,6 +24,7 @@ SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s: a crash l
 @needs_root
 class FailoverCase(unittest.TestCase):
     profile = None
+    first_id = 1        # rs-proxy's id of the first connection
 
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
@@ -65,7 +66,7 @@ class FailoverCase(unittest.TestCase):
         self.assertEqual({r["result"] for r in rows}, {"ok"})
         self.assertEqual(len({r["local_port"] for r in rows}), 1, "the client had to reconnect")
         self.assertEqual(pcap_count(self.pcap, "tcp[tcpflags] & tcp-rst != 0"), 0, "the client saw a RST")
-        self.assertRegex(self.stack.log("proxy"), r"recovered id=1 ")
+        self.assertRegex(self.stack.log("proxy"), rf"recovered id={self.first_id} ")
 
 
 class TestProcessCrash(FailoverCase):
@@ -112,6 +113,32 @@ class TestProcessCrashMapped(TestProcessCrash):
         client = f"10.0.1.1:{rows[0]['local_port']}"
         self.assertRegex(self.stack.log("app-primary"), rf"conn-mapped \S+ client={client} next=0")
         self.assertNotIn("conn-named", self.stack.log("app-primary"))
+
+
+class TestProcessCrashSyn(TestProcessCrash):
+    """The same with rs-proxy --splice-at syn: the tc program splices each
+    new connection at the client's SYN, names the client in the SYN (the
+    backend reads it with TCP_SAVED_SYN), and the proxy takes the
+    connection on from the backend's SYN-ACK: its recovery starts from the
+    record made of the two SYNs."""
+    stack_args = {"proxy_args": ["--splice-at", "syn"]}
+    first_id = 1 << 62      # RS_SYN_ID_BASE: the tc program's ids
+
+    def test_named_by_syn(self):
+        d, rows, _ = self.run_client("request POST /counter\n  expect contains \"counter=1\"\n"
+                                     f"request GET {SLOW}\n  expect content seed=0\n"
+                                     "request POST /counter\n  expect contains \"counter=2\"\n",
+                                     crash_after_step=0, crash=self.stack.kill_primary)
+        self.assert_transparent(d, rows)
+        client = f"10.0.1.1:{rows[0]['local_port']}"
+        app = self.stack.log("app-primary")
+        self.assertRegex(app, rf"conn-named \S+ client={client} \(SYN option\)")
+        self.assertNotIn("PROXY header", app)
+        self.assertRegex(self.stack.log("proxy"), rf"syn-spliced id={self.first_id} client={client} ")
+        self.assertNotRegex(self.stack.log("proxy"), r"accept id=")
+        self.assertRegex(self.stack.log("stated-alternate"), rf"update {client}#0 ")
+        self.assertRegex(self.stack.log("logger"), rf"txn-logged id={client}#0 ")
+        self.assertRegex(self.stack.log("app-alternate"), rf"conn-mapped \S+ client={client} next=[12] rerun")
 
 
 class TestIdentity(FailoverCase):

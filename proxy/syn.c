@@ -1,0 +1,203 @@
+/* Splicing at the client's SYN (--splice-at syn): the tc program makes a
+ * new connection's splice itself, at the client's SYN (struct rs_syn_cfg),
+ * so no process stands between a client and the backend while they
+ * connect.  This side of it:
+ *
+ *   - the ports: the free ones wait in the tc program's queue; a port comes
+ *     back when its connection is freed, at once where the backend holds
+ *     no TIME_WAIT on it (the client closed first, or either side reset),
+ *     else after SYN_TIME_WAIT_NS;
+ *   - the backend new connections go to: the serving primary, whatever
+ *     px_roles makes it (px_syn_sync); a SYN sent to a backend fenced
+ *     before it answered loses its entries, and its retransmission is
+ *     spliced to the next;
+ *   - taking a connection on when its backend's SYN-ACK is reported
+ *     (px_syn_opened): from then on it is a spliced connection like any
+ *     other, whose record (struct rs_flow_conn) is made from the two SYNs
+ *     the tc program kept (rs_splice_syn_conn), as though the proxy had
+ *     accepted it.
+ *
+ * The backend learns whose connection it is from the option the tc
+ * program adds to the SYN (RS_IDENT; the state library reads it with
+ * TCP_SAVED_SYN). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy.h"
+#include "splice.h"
+
+#define SYN_TIME_WAIT_NS (61ull * 1000000000ull)   /* Linux's TIME_WAIT, and a second */
+
+static struct rs_addr addr_of(uint32_t ip_net, uint16_t port_net)
+{
+    return (struct rs_addr){ ntohl(ip_net), ntohs(port_net) };
+}
+
+/* The backend new connections go to: the first serving primary. */
+static int serving(const struct proxy *p)
+{
+    for (int i = 0; i < p->nbackends; i++)
+        if (p->backends[i].role == ROLE_PRIMARY && !p->backends[i].fenced)
+            return i;
+    return -1;
+}
+
+static int write_cfg(struct proxy *p, const uint16_t *ports, size_t n)
+{
+    int b = serving(p);
+    struct rs_syn_cfg cfg = { .on = b >= 0, .guard = p->logger.port != 0, .local_addr = htonl(p->listen.ip) };
+
+    if (b >= 0) {
+        cfg.backend_addr = htonl(p->backends[b].addr.ip);
+        cfg.backend_port = htons(p->backends[b].addr.port);
+    }
+    p->syn.backend = b;
+    return px_dp_syn_setup(p->dp, &cfg, ports, n);
+}
+
+int px_syn_start(struct proxy *p)
+{
+    size_t n = (size_t)(p->syn.port_hi - p->syn.port_lo) + 1;
+    uint16_t *ports = malloc(n * sizeof(*ports));
+    int e;
+
+    if (!ports)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        ports[i] = (uint16_t)(p->syn.port_lo + i);
+    e = write_cfg(p, ports, n);
+    free(ports);
+    if (!e)
+        rs_log("splice-at syn: ports %u-%u, backend %s", p->syn.port_lo, p->syn.port_hi,
+               p->syn.backend >= 0 ? RS_A(p->backends[p->syn.backend].addr) : "none");
+    return e;
+}
+
+/* Removes the entries of SYNs spliced to a backend other than the serving
+ * one that nobody took on yet (it never answered): their clients' next
+ * SYN is spliced afresh. */
+static void forget_unanswered(struct proxy *p)
+{
+    struct rs_flow_key k, *prev = NULL, *keys = NULL;
+    size_t n = 0, cap = 0;
+
+    while (!px_dp_next_key(p->dp, prev, &k)) {
+        if (n == cap) {
+            struct rs_flow_key *nk = realloc(keys, (cap = cap ? 2 * cap : 64) * sizeof(*keys));
+            if (!nk)
+                break;
+            keys = nk;
+        }
+        keys[n++] = k;
+        prev = &keys[n - 1];
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct px_flow_info f;
+        struct rs_addr from = addr_of(keys[i].saddr, keys[i].sport);
+        int b = p->syn.backend;
+
+        if (ntohl(keys[i].daddr) != p->listen.ip || (b >= 0 && !memcmp(&from, &p->backends[b].addr, sizeof(from)))
+            || px_dp_learn(p->dp, &keys[i]) || px_dp_get(p->dp, &keys[i], &f) || !f.cfg.at_syn
+            || f.cfg.splice_id < RS_SYN_ID_BASE || px_pc_find(p, f.cfg.splice_id))
+            continue;
+        rs_log("syn-unanswered client=%s backend=%s port=%u: entries removed",
+               RS_A(addr_of(f.cfg.peer.saddr, f.cfg.peer.sport)), RS_A(from), ntohs(keys[i].dport));
+        px_dp_remove(p->dp, &keys[i]);
+        if (!px_dp_learn(p->dp, &f.cfg.peer))
+            px_dp_remove(p->dp, &f.cfg.peer);
+        px_dp_syn_port_put(p->dp, ntohs(keys[i].dport));
+    }
+    free(keys);
+}
+
+void px_syn_sync(struct proxy *p)
+{
+    int e;
+
+    if (!p->syn.on || !p->dp || serving(p) == p->syn.backend)
+        return;
+    if ((e = write_cfg(p, NULL, 0)) != 0) {
+        rs_log("splice-at syn: cannot change the backend: %s", strerror(-e));
+        return;
+    }
+    rs_log("splice-at syn: backend %s", p->syn.backend >= 0 ? RS_A(p->backends[p->syn.backend].addr) : "none");
+    forget_unanswered(p);
+}
+
+void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev)
+{
+    struct px_flow_info fb, fc;
+    struct rs_flow_key kb = ev->key, kc;
+    struct pconn *pc;
+    uint64_t now_mono = rs_mono_ns();
+
+    if (px_pc_find(p, ev->splice_id))
+        return;                             /* a SYN-ACK again */
+    if (px_dp_learn(p->dp, &kb) || px_dp_get(p->dp, &kb, &fb) || fb.cfg.splice_id != ev->splice_id)
+        return;                             /* gone already (forget_unanswered) */
+    kc = fb.cfg.peer;
+    if (px_dp_learn(p->dp, &kc) || px_dp_get(p->dp, &kc, &fc) || fc.cfg.splice_id != ev->splice_id
+        || !(pc = px_pc_new(p, ev->splice_id, addr_of(kc.saddr, kc.sport)))) {
+        rs_log("syn-spliced id=%" PRIu64 ": cannot take it on (no client entry, or no memory): removed",
+               ev->splice_id);
+        px_dp_remove(p->dp, &kb);
+        px_dp_remove(p->dp, &kc);
+        return;
+    }
+    pc->phase = PC_SPLICED;
+    pc->vip = addr_of(kc.daddr, kc.dport);
+    pc->backend = addr_of(kb.saddr, kb.sport);
+    pc->local = addr_of(kb.daddr, kb.dport);
+    pc->syn_port = pc->local.port;
+    rs_splice_syn_conn(&fc.t.syn, &fb.t.syn, pc->vip.ip, pc->vip.port, pc->client.ip, pc->client.port, &pc->c);
+    /* The backend's TSval was read when its SYN-ACK passed. */
+    pc->ts_base_us = rs_now_us() - (now_mono > ev->ns ? (now_mono - ev->ns) / 1000 : 0);
+    pc->rtt_us = 1000;      /* not measured: a LAN's order, rounded up (the resend's patience) */
+    pc->t_accept_us = pc->t_spliced_us = rs_now_us();
+    px_pc_set_backend(p, pc, px_backend_at(p, pc->backend));
+    px_pc_save(p, pc);
+    p->st.accepted++;
+    p->st.spliced++;
+    p->st.syn_spliced++;
+    rs_log("syn-spliced id=%" PRIu64 " client=%s backend=%s port=%u", pc->id, RS_A(pc->client),
+           RS_A(pc->backend), pc->local.port);
+}
+
+void px_syn_port_free(struct proxy *p, const struct pconn *pc)
+{
+    bool rst = pc->seen & (RS_FLOW_SEEN_RST | RS_FLOW_SEEN_RST << 4);
+    bool client_first = (pc->seen & RS_FLOW_SEEN_FIN) && (pc->seen & RS_FLOW_SEEN_FIN << 4) && !pc->backend_fin_first;
+
+    if (!pc->syn_port || !p->syn.on)
+        return;
+    if (rst || client_first) {
+        px_dp_syn_port_put(p->dp, pc->syn_port);
+        return;
+    }
+    if (p->syn.nwait == p->syn.capwait) {
+        size_t cap = p->syn.capwait ? 2 * p->syn.capwait : 256;
+        struct px_syn_wait *w = realloc(p->syn.wait, cap * sizeof(*w));
+
+        if (!w)
+            return;     /* the port is lost until a restart: better than a clash */
+        p->syn.wait = w;
+        p->syn.capwait = cap;
+    }
+    p->syn.wait[p->syn.nwait++] = (struct px_syn_wait){ pc->syn_port, rs_mono_ns() + SYN_TIME_WAIT_NS };
+}
+
+void px_syn_tick(struct proxy *p)
+{
+    uint64_t now = rs_mono_ns();
+    size_t i = 0;
+
+    while (i < p->syn.nwait && p->syn.wait[i].due_ns <= now)
+        px_dp_syn_port_put(p->dp, p->syn.wait[i++].port);
+    if (i) {
+        memmove(p->syn.wait, p->syn.wait + i, (p->syn.nwait - i) * sizeof(*p->syn.wait));
+        p->syn.nwait -= i;
+    }
+}
