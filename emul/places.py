@@ -46,6 +46,14 @@ def proxy_identity():
     return ["--identity", how] if how else []
 
 
+def proxy_splice_at():
+    """rs-proxy's --splice-at option as $RS_SPLICE_AT names it ("request",
+    "syn"), or nothing: the default.  The whole stack's tests run with
+    RS_SPLICE_AT=syn as well (docs/recovery.md)."""
+    at = os.environ.get("RS_SPLICE_AT")
+    return ["--splice-at", at] if at else []
+
+
 def use_build(path):
     """Makes 'path' the build directory for binary() (a driver's --build)."""
     os.environ["RS_BUILD"] = os.path.abspath(path)

@@ -30,7 +30,8 @@ import os
 import signal
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PAIR_PORT, PRIMARY_ID, PROXY_CTL,
-                         SPARE_ID, STATED_PORT, VIP_PORT, binary, proxy_datapath, proxy_identity, write_key)
+                         SPARE_ID, STATED_PORT, VIP_PORT, binary, proxy_datapath, proxy_identity, proxy_splice_at,
+                         write_key)
 from emul.testbed import wait_death
 from topologies.lan import PAIR_HOSTS, SERVERS, SPARE_HOST
 
@@ -155,7 +156,8 @@ class Stack:
             other = "proxy2" if host == "proxy" else "proxy"
             argv += ["--ifname", f"{host}-eth0", "--pair", f"{PAIR_HOSTS[other]}:{PAIR_PORT}",
                      "--pair-listen", f"{PAIR_HOSTS[host]}:{PAIR_PORT}"] + (["--standby"] if standby else [])
-        self.d[host] = self.tb.start(host, name, argv + proxy_datapath() + proxy_identity() + self.proxy_args,
+        self.d[host] = self.tb.start(host, name,
+                                     argv + proxy_datapath() + proxy_identity() + proxy_splice_at() + self.proxy_args,
                                      ready="listening")
         return self.d[host]
 

@@ -15,6 +15,9 @@ Deployments (each started fresh, one after the other, the client on c1):
                 connection's client to the backend: --identity header)
   resplice-map  the same with rs-proxy --identity map (a CONN_MAP round
                 trip through rs-stated before each backend connect)
+  resplice-syn  the same with rs-proxy --splice-at syn (the tc program
+                splices each new connection at the client's SYN; the
+                backend reads the client's name from the SYN)
   nat           the kernel's NAT on the proxy host (an nftables DNAT of the
                 VIP's port to the primary, SNAT to an address of its own;
                 nothing else is translated, nothing leaves the testbed): a
@@ -66,7 +69,8 @@ from experiments import baselines  # noqa: E402
 from experiments.common import ROOT, Progress, WorkDir, median, percentile, summary  # noqa: E402
 from topologies.lan import NAT_SOURCE, SERVERS, LanTopo  # noqa: E402
 
-DEPLOYMENTS = ("direct", "nat", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map")
+DEPLOYMENTS = ("direct", "nat", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map", "resplice-syn")
+PROXY_ARGS = {"resplice-map": ["--identity", "map"], "resplice-syn": ["--splice-at", "syn"]}
 PARALLEL = 8
 SINGLE_BYTES, PARALLEL_BYTES = 200_000_000, 50_000_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -100,9 +104,9 @@ class Deployment:
                                                               "--id", host], ready="listening")
 
     def start(self):
-        if self.name in ("splice", "resplice", "resplice-map"):
+        if self.name == "splice" or self.name.startswith("resplice"):
             self.stack = Stack(self.tb, self.dir, recovery=self.name != "splice",
-                               proxy_args=["--identity", "map"] if self.name == "resplice-map" else []).start()
+                               proxy_args=PROXY_ARGS.get(self.name, [])).start()
             self.server = self.stack.vip
             return self
         self.ds["app"] = self.app("primary")

@@ -96,8 +96,9 @@ struct px_datapath_ops {
     int (*next_key)(struct px_datapath *dp, const struct rs_flow_key *prev, struct rs_flow_key *next);
     /* Splicing at the SYN (struct rs_syn_cfg); optional (NULL: the data
      * path cannot).  syn_setup() writes the configuration (its id counter
-     * goes on from a predecessor's) and makes 'ports' (host order) the
-     * free ones, less those of entries the table holds; syn_port_put()
+     * goes on from a predecessor's) and, unless 'ports' is NULL, makes
+     * 'ports' (host order) the free ones, less those of entries the table
+     * holds; syn_port_put()
      * gives one back; learn() takes entry 'k', which the data path made,
      * into the daemon's knowledge. */
     int (*syn_setup)(struct px_datapath *dp, const struct rs_syn_cfg *cfg, const uint16_t *ports, size_t n);

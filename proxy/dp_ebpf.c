@@ -604,13 +604,13 @@ static int ebpf_syn_setup(struct px_datapath *dp, const struct rs_syn_cfg *cfg, 
         return -ENOMEM;
     /* The ports of the table's entries towards the backend stay taken
      * (a predecessor's connections, adopted). */
-    while (!bpf_map_get_next_key(s->map_fd, first ? NULL : &prev, &k)) {
+    while (ports && !bpf_map_get_next_key(s->map_fd, first ? NULL : &prev, &k)) {
         if (k.daddr == cfg->local_addr)
-            used[ntohs(k.dport)] = 1;
+            used[ntohs(k.dport)] = 1;     /* a client's entry marks the VIP's port: not in the pool */
         prev = k;
         first = false;
     }
-    while (!bpf_map_lookup_and_delete_elem(qfd, NULL, &port))
+    while (ports && !bpf_map_lookup_and_delete_elem(qfd, NULL, &port))
         ;
     for (size_t i = 0; i < n; i++)
         if (!used[ports[i]] && bpf_map_update_elem(qfd, NULL, &ports[i], BPF_ANY)) {

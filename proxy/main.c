@@ -502,9 +502,10 @@ static int setup(struct proxy *p)
     }
     p->rawfd = p->lio.fd = -1;
     px_ports_init(p);
-    if (p->syn.on && p->syn.port_lo <= p->port_hi && p->syn.port_hi >= p->port_lo) {
-        fprintf(stderr, "rs-proxy: --syn-ports %u-%u overlaps the host's ephemeral ports %u-%u\n", p->syn.port_lo,
-                p->syn.port_hi, p->port_lo, p->port_hi);
+    if (p->syn.on && ((p->syn.port_lo <= p->port_hi && p->syn.port_hi >= p->port_lo)
+                      || (p->syn.port_lo <= p->listen.port && p->syn.port_hi >= p->listen.port))) {
+        fprintf(stderr, "rs-proxy: --syn-ports %u-%u overlaps the host's ephemeral ports %u-%u or the VIP's\n",
+                p->syn.port_lo, p->syn.port_hi, p->port_lo, p->port_hi);
         return -1;
     }
     if (!p->nosplice) {

@@ -96,10 +96,13 @@ static void forget_unanswered(struct proxy *p)
     }
     for (size_t i = 0; i < n; i++) {
         struct px_flow_info f;
-        struct rs_addr from = addr_of(keys[i].saddr, keys[i].sport);
+        struct rs_addr from = addr_of(keys[i].saddr, keys[i].sport), to = addr_of(keys[i].daddr, keys[i].dport);
         int b = p->syn.backend;
 
-        if (ntohl(keys[i].daddr) != p->listen.ip || (b >= 0 && !memcmp(&from, &p->backends[b].addr, sizeof(from)))
+        /* A backend's entry: to one of the pool's ports (the VIP may be
+         * the proxy's address too: its port tells the clients' apart). */
+        if (to.ip != p->listen.ip || to.port < p->syn.port_lo || to.port > p->syn.port_hi
+            || (b >= 0 && !memcmp(&from, &p->backends[b].addr, sizeof(from)))
             || px_dp_learn(p->dp, &keys[i]) || px_dp_get(p->dp, &keys[i], &f) || !f.cfg.at_syn
             || f.cfg.splice_id < RS_SYN_ID_BASE || px_pc_find(p, f.cfg.splice_id))
             continue;
@@ -108,7 +111,7 @@ static void forget_unanswered(struct proxy *p)
         px_dp_remove(p->dp, &keys[i]);
         if (!px_dp_learn(p->dp, &f.cfg.peer))
             px_dp_remove(p->dp, &f.cfg.peer);
-        px_dp_syn_port_put(p->dp, ntohs(keys[i].dport));
+        px_dp_syn_port_put(p->dp, to.port);
     }
     free(keys);
 }

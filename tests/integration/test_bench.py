@@ -45,19 +45,19 @@ class TestBenchSplice(unittest.TestCase):
     def test_every_deployment_measured(self):
         with tempfile.TemporaryDirectory(prefix="rs-test-bench-") as out:
             env = dict(os.environ, REQS="32", ROUNDS="1",
-                       DEPLOYMENTS="direct,nat,haproxy-tcp,splice,resplice,resplice-map")
+                       DEPLOYMENTS="direct,nat,haproxy-tcp,splice,resplice,resplice-map,resplice-syn")
             r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_splice.py"), "--out", out],
                                capture_output=True, text=True, timeout=300, env=env)
             self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-3000:])
             s = summary(r.stdout)
-            for dep in ("nat", "haproxy_tcp", "splice", "resplice", "resplice_map"):
+            for dep in ("nat", "haproxy_tcp", "splice", "resplice", "resplice_map", "resplice_syn"):
                 for fig in ("ka_p50_ms", "new_p99_ms", "close_p50_ms", "conns_per_s", "single_gbps", "parallel_gbps"):
                     self.assertRegex(s.get(f"x_{dep}_{fig}", ""), r"^\d+(\.\d+)?$", f"x_{dep}_{fig} in {s}")
             # Every component's CPU was read (the whole stack has all four).
             for comp in ("proxy", "logger", "stated", "app"):
                 self.assertIn(f"cpu_req_resplice_{comp}", s)
             with open(os.path.join(out, "runs.csv")) as f:
-                self.assertEqual(sum(1 for _ in f), 1 + 6 * 8)
+                self.assertEqual(sum(1 for _ in f), 1 + 7 * 8)
         self.assertEqual(leftovers(), [])
 
     def test_rounds_give_ratio_ranges(self):

@@ -19,12 +19,16 @@ from topologies.lan import SERVERS, LanTopo
 from topologies.profiles import Profile
 
 SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s: a crash lands mid-response
+# The ...Syn cases: rs-proxy --splice-at syn, whose first id is the tc program's (RS_SYN_ID_BASE).
+SYN = {"stack_args": {"proxy_args": ["--splice-at", "syn"]}, "first_id": 1 << 62}
 
 
 @needs_root
 class FailoverCase(unittest.TestCase):
     profile = None
-    first_id = 1        # rs-proxy's id of the first connection
+    # rs-proxy's id of the first connection: the tc program's first when it
+    # splices at the SYN (RS_SYN_ID_BASE; RS_SPLICE_AT=syn runs every case so)
+    first_id = SYN["first_id"] if os.environ.get("RS_SPLICE_AT") == "syn" else 1
 
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
@@ -103,7 +107,8 @@ class TestProcessCrashMapped(TestProcessCrash):
     """The same with rs-proxy --identity map: the backend learns whose
     requests a new connection carries from a CONN_MAP through rs-stated
     before the connect, not from a PROXY protocol v2 header."""
-    stack_args = {"proxy_args": ["--identity", "map"]}
+    stack_args = {"proxy_args": ["--identity", "map", "--splice-at", "request"]}
+    first_id = 1
 
     def test_named_by_map(self):
         d, rows, _ = self.run_client("request POST /counter\n  expect contains \"counter=1\"\n"
@@ -121,8 +126,7 @@ class TestProcessCrashSyn(TestProcessCrash):
     backend reads it with TCP_SAVED_SYN), and the proxy takes the
     connection on from the backend's SYN-ACK: its recovery starts from the
     record made of the two SYNs."""
-    stack_args = {"proxy_args": ["--splice-at", "syn"]}
-    first_id = 1 << 62      # RS_SYN_ID_BASE: the tc program's ids
+    stack_args, first_id = SYN["stack_args"], SYN["first_id"]     # RS_SYN_ID_BASE: the tc program's ids
 
     def test_named_by_syn(self):
         d, rows, _ = self.run_client("request POST /counter\n  expect contains \"counter=1\"\n"
@@ -142,6 +146,9 @@ class TestProcessCrashSyn(TestProcessCrash):
 
 
 class TestIdentity(FailoverCase):
+    stack_args = {"proxy_args": ["--splice-at", "request"]}     # the PROXY header is the request path's
+    first_id = 1
+
     def test_named_by_header(self):
         """rs-proxy's default: a new connection tells the backend whose
         requests it carries with a PROXY protocol v2 header."""
@@ -211,7 +218,7 @@ class TestLegitClose(FailoverCase):
         self.assertEqual(d.popen.returncode, 0, d.output() + open(d.err).read())
         # The application's FIN reached the client: held, confirmed by the
         # logger (its word, or a RECOVER's plan) and released.
-        self.assertTrue(wait_until(lambda: "unsplice id=1" in self.stack.log("proxy"), 10),
+        self.assertTrue(wait_until(lambda: f"unsplice id={self.first_id} " in self.stack.log("proxy"), 10),
                         self.stack.log("proxy"))
         log = self.stack.log("proxy")
         self.assertNotIn("recovered id=", log)
@@ -220,7 +227,7 @@ class TestLegitClose(FailoverCase):
         if "step=hold" in log:
             self.assertIn("step=legit-close", log)
         self.assertRegex(self.stack.log("proxy"),
-                         rf"fin id=1 from={re.escape(SERVERS['primary'])}:\d+ client=\S+ backend=\S+ seq=")
+                         rf"fin id={self.first_id} from={re.escape(SERVERS['primary'])}:\d+ client=\S+ backend=\S+ seq=")
 
 
 class TestWanCrash(FailoverCase):
@@ -264,6 +271,22 @@ class TestHostCrash(FailoverCase):
         self.assert_transparent(d, rows)
         # Detected by missing heartbeats, not by a FIN or RST.
         self.assertRegex(self.stack.log("proxy"), r"failure backend_id=1 .*why=heartbeat-timeout")
+
+
+
+class TestHostCrashSyn(TestHostCrash):
+    """The primary's host down under a connection spliced at the SYN."""
+    stack_args, first_id = SYN["stack_args"], SYN["first_id"]
+
+
+class TestWanCrashSyn(TestWanCrash):
+    """The logger resends what a WAN client lacks, on a connection spliced
+    at the SYN."""
+    stack_args, first_id = SYN["stack_args"], SYN["first_id"]
+
+
+class TestLegitCloseSyn(TestLegitClose):
+    stack_args, first_id = SYN["stack_args"], SYN["first_id"]
 
 
 if __name__ == "__main__":

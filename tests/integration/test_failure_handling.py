@@ -71,6 +71,7 @@ class Case(unittest.TestCase):
         self.tb = Testbed(LanTopo(profile=self.profile, clients=self.clients, **self.topo_args),
                           os.path.join(self.dir, "run"))
         self.tb.__enter__()
+        self.addCleanup(self.tb.__exit__, None, None, None)    # also when the stack fails to start
         self.stack = Stack(self.tb, self.dir, **self.stack_args).start()
 
     def tearDown(self):

@@ -1,0 +1,174 @@
+"""rs-proxy --splice-at syn (issue 17): the tc program splices each new
+connection at the client's SYN, with no process in the way.  What must
+hold around it: a SYN sent to a backend that died before answering is
+spliced to the next one when the client sends it again; with no port of
+the pool free, or a port still in the backend's TIME_WAIT, a SYN goes to
+the proxy's listener and is spliced at its request as before; a proxy
+restarted adopts the connections spliced at the SYN and protects them;
+the options that cannot go with it are refused.  (test_failover's
+...Syn cases crash the primary mid-response, between transactions and
+with its host down on connections spliced at the SYN.)"""
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from emul.places import binary
+from emul.shaping import wait_until
+from emul.stack import Stack
+from emul.testbed import Testbed, file_contains, leftovers, pcap_count
+from tests.integration.harness import needs_root
+from topologies.lan import SERVERS, LanTopo
+
+SYN_ID = 1 << 62        # RS_SYN_ID_BASE: the first id the tc program gives
+STREAM = "/slow?bytes=1200000&chunk=8000&delay=20ms"    # 150 chunks, ~3 s
+
+
+@needs_root
+class SynCase(unittest.TestCase):
+    proxy_args = ["--splice-at", "syn"]
+    clients = 1
+
+    def setUp(self):
+        self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
+        self.tmp = tempfile.TemporaryDirectory(prefix="rs-syn-")
+        self.dir = self.tmp.name
+        self.tb = Testbed(LanTopo(clients=self.clients), os.path.join(self.dir, "run"))
+        self.tb.__enter__()
+        self.addCleanup(self.tb.__exit__, None, None, None)    # also when the stack fails to start
+        self.stack = Stack(self.tb, self.dir, proxy_args=self.proxy_args).start()
+
+    def tearDown(self):
+        self.tb.__exit__(None, None, None)
+        self.tmp.cleanup()
+        self.assertEqual(leftovers(), [])
+
+    def client(self, trace, name="client", host="c1"):
+        path = os.path.join(self.dir, f"{name}.trace")
+        with open(path, "w") as f:
+            f.write(trace)
+        return self.tb.start(host, name, [binary("rs-client"), "--server", self.stack.vip, "--trace", path,
+                                          "--timeout", "10s"])
+
+    def assert_ok(self, d, timeout=30):
+        d.popen.wait(timeout)
+        self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:] + self.stack.log("proxy")[-3000:])
+
+
+class TestBackendGone(SynCase):
+    def test_dead_primary_at_the_syn(self):
+        """The primary's application is dead and nothing has told the
+        proxy yet (its rs-stated stopped): the client's SYN is spliced to
+        it and gets no answer (its kernel's RST is held back, as any end of
+        a backend's).  Once the primary is fenced, the SYN's entries go and
+        the client's next SYN is spliced to the alternate: the client sees
+        a slow connect, no RST, its request served once."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        self.stack.d["stated-primary"].popen.send_signal(signal.SIGSTOP)
+        try:
+            self.stack.kill_primary()
+            t0 = time.monotonic()
+            d = self.client("request POST /counter\n  expect contains \"counter=1\"\n")
+            self.assert_ok(d, 20)
+            took = time.monotonic() - t0
+        finally:
+            self.stack.d["stated-primary"].popen.send_signal(signal.SIGCONT)
+        self.tb.stop_capture(cap)
+        self.assertEqual(pcap_count(pcap, "tcp[tcpflags] & tcp-rst != 0"), 0, "the client saw a RST")
+        log = self.stack.log("proxy")
+        self.assertRegex(log, r"failure backend_id=1 .*fenced")
+        self.assertRegex(log, r"syn-unanswered client=\S+ backend=10\.0\.0\.11:8080 port=\d+: entries removed")
+        self.assertRegex(log, rf"syn-spliced id=\d+ client=\S+ backend={re.escape(SERVERS['alternate'])}:8080 ")
+        self.assertNotRegex(log, r"accept id=", "the retransmitted SYN went to the listener")
+        self.assertLess(took, 8, "a connect waited past the SYN retransmission after the fence")
+
+
+class TestPortPool(SynCase):
+    proxy_args = ["--splice-at", "syn", "--syn-ports", "62000-62001"]
+
+    def test_pool_empty_goes_to_the_listener(self):
+        """Two ports, four connections open at once: two are spliced at
+        the SYN, the others through the listener, all served."""
+        trace = ("request GET /static/1024?seed=1\n  expect length 1024\nthink 1500ms\n"
+                 "request GET /static/1024?seed=2\n  expect length 1024\n")
+        ds = [self.client(trace, name=f"client{i}") for i in range(4)]
+        for d in ds:
+            self.assert_ok(d)
+        log = self.stack.log("proxy")
+        self.assertEqual(len(re.findall(r"syn-spliced id=", log)), 2, log[-3000:])
+        self.assertEqual(len(re.findall(r"accept id=", log)), 2, log[-3000:])
+        self.assertEqual(set(re.findall(r"syn-spliced id=\d+ client=\S+ backend=\S+ port=(\d+)", log)),
+                         {"62000", "62001"})
+
+
+class TestPortReturn(SynCase):
+    proxy_args = ["--splice-at", "syn", "--syn-ports", "62000-62000", "--linger", "50ms"]
+
+    def test_ports_come_back(self):
+        """A port comes back when its connection is freed: at once where
+        the client closed first, only after the backend's TIME_WAIT where
+        the backend did.  One port: client-closed connections one after
+        another are all spliced at the SYN; after a server-closed one, the
+        next goes to the listener."""
+        one = "request GET /static/1024?seed=1\n  expect length 1024\n"
+        for i, trace in enumerate([one] * 3 + [one + "  header Connection: close\n", one]):
+            self.assert_ok(self.client(trace, name=f"seq{i}"))
+            self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("unsplice id=") > i, 10),
+                            self.stack.log("proxy")[-2000:])
+        log = self.stack.log("proxy")
+        self.assertEqual(len(re.findall(r"syn-spliced id=\S+ client=\S+ backend=\S+ port=62000", log)), 4, log[-3000:])
+        self.assertEqual(len(re.findall(r"accept id=", log)), 1, "the port in the backend's TIME_WAIT was used")
+
+
+class TestRestart(SynCase):
+    def test_restarted_proxy_adopts_and_protects(self):
+        """A connection spliced at the SYN survives a SIGKILL of rs-proxy
+        and the primary's crash after it: the next proxy adopts it (its
+        port stays out of the pool), and new connections get new ids."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
+                        f"request GET {STREAM}\n  expect content seed=0\n"
+                        "request POST /counter\n  expect contains \"counter=2\"\n")
+        self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
+        old = self.stack.log("proxy")
+        port = re.search(rf"syn-spliced id={SYN_ID} client=\S+ backend=\S+ port=(\d+)", old).group(1)
+        self.tb.kill(self.stack.d["proxy"])
+        self.stack.start_proxy("proxy-restarted")
+        log = self.stack.log("proxy")
+        self.assertIn("adopted 1 spliced connections", log, old[-2000:] + log[-2000:])
+        time.sleep(0.3)
+        new = self.client("request GET /static/1024?seed=3\n  expect length 1024\n", name="new")
+        self.assert_ok(new)
+        self.assertFalse(file_contains(d.err, "step=1 response"), "the stream ended before the crash")
+        self.stack.kill_primary()
+        self.assert_ok(d)
+        self.tb.stop_capture(cap)
+        self.assertEqual(pcap_count(pcap, "tcp[tcpflags] & tcp-rst != 0"), 0, "the client saw a RST")
+        log = self.stack.log("proxy")
+        self.assertRegex(log, rf"recovered id={SYN_ID} ")
+        m = re.search(r"syn-spliced id=(\d+) client=\S+ backend=\S+ port=(\d+)", log)
+        self.assertIsNotNone(m, log[-3000:])
+        self.assertGreater(int(m.group(1)), SYN_ID)
+        self.assertNotEqual(m.group(2), port, "the adopted connection's port was given out again")
+
+
+class TestRefused(unittest.TestCase):
+    def test_options_that_cannot_go_with_it(self):
+        base = [binary("rs-proxy"), "--listen", "127.0.0.1:8080", "--backend", "127.0.0.1:9000"]
+        for extra, why in ((["--backend", "127.0.0.1:9001"], "one --backend"),
+                           (["--datapath", "kmod"], "ebpf data path"),
+                           (["--sticky", "sid"], "not --sticky"),
+                           (["--no-splice"], "not --sticky, --no-splice")):
+            r = subprocess.run(base + ["--splice-at", "syn"] + extra, capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(why, r.stderr)
+        for bad in ("--splice-at=connect", "--syn-ports=9-8", "--syn-ports=0-10", "--syn-ports=1-70000"):
+            r = subprocess.run(base + [bad], capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 2, bad + r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
