@@ -839,6 +839,13 @@ void lg_conn_gc(struct logger *lg, uint64_t now)
  *   since that request ended or since its last response byte, while the
  *   client could take more: it has acknowledged everything and its window
  *   is open. */
+/* How long ago 'then' was at 'now': 0 when it is later (a segment taken
+ * in after the caller read its clock: the loop's time is read once a turn). */
+static uint64_t age(uint64_t now, uint64_t then)
+{
+    return now > then ? now - then : 0;
+}
+
 static uint16_t stalled(const struct lg_conn *c, uint64_t now, uint64_t bound)
 {
     uint32_t done = rs_http_resp_done_count(&c->http), n;
@@ -848,13 +855,13 @@ static uint16_t stalled(const struct lg_conn *c, uint64_t now, uint64_t bound)
         || c->inc == LG_INC_HTTP)
         return 0;
     n = rs_http_txn_count(&c->http);
-    if (n && (t = rs_http_txn_get(&c->http, n - 1)) && !t->req_done && c->has_ack_srv && now - c->ack_srv_ns >= bound
+    if (n && (t = rs_http_txn_get(&c->http, n - 1)) && !t->req_done && c->has_ack_srv && age(now, c->ack_srv_ns) >= bound
         && (c->win_srv == 0 || rs_seq_lt(c->ack_srv, rs_reasm_contig_seq(&c->rs[LG_REQ]))))
         return RS_CTL_SUSPECT_NOT_READING;
     if (done >= n)
         return 0;
     t = rs_http_txn_get(&c->http, done);
-    if (!t || !t->req_done || now - c->progress_ns < bound)
+    if (!t || !t->req_done || age(now, c->progress_ns) < bound)
         return 0;
     return c->has_ack && c->ack_cl == rs_reasm_contig_seq(&c->rs[LG_RESP]) && c->win_cl ? RS_CTL_SUSPECT_STALL : 0;
 }
@@ -868,8 +875,8 @@ void lg_conn_check_stalls(struct logger *lg, uint64_t now)
             if (!why)
                 continue;
             c->suspected = true;
-            lg_ctl_suspect(lg, c, why, (uint32_t)((now - (why == RS_CTL_SUSPECT_STALL ? c->progress_ns
-                                                                                    : c->ack_srv_ns)) / 1000000));
+            lg_ctl_suspect(lg, c, why, (uint32_t)(age(now, why == RS_CTL_SUSPECT_STALL ? c->progress_ns
+                                                                                        : c->ack_srv_ns) / 1000000));
         }
     }
 }

@@ -177,6 +177,21 @@ int px_adopt(struct proxy *p)
             max_id = f.cfg.splice_id;
         adopted++;
     }
+    /* 1b. Connections spliced at the SYN that the predecessor had not
+     * taken on yet (it died between their SYN-ACK and its event): taken
+     * on here from their SYNs; those not answered yet are left to their
+     * SYN-ACK's event (or to the sweep of syn.c). */
+    for (size_t i = 0; i < n; i++) {
+        struct px_flow_info f;
+        struct pconn *pc;
+
+        if (owner[i] || px_dp_get(p->dp, &keys[i], &f) || f.cfg.conn.ts_base_us || !f.cfg.at_syn
+            || f.cfg.splice_id < RS_SYN_ID_BASE || ntohs(keys[i].dport) != p->listen.port
+            || !(pc = px_syn_take(p, &f.cfg.peer, f.cfg.splice_id, rs_mono_ns())))
+            continue;
+        owner[i] = pc;
+        adopted++;
+    }
     if (max_id > p->next_id)
         p->next_id = max_id;
     /* 2. Every other entry belongs to one of them, or goes. */
@@ -187,6 +202,8 @@ int px_adopt(struct proxy *p)
         if (owner[i] || px_dp_get(p->dp, &keys[i], &f))
             continue;
         pc = f.cfg.splice_id ? px_pc_find(p, f.cfg.splice_id) : NULL;
+        if (!pc && f.cfg.at_syn && f.cfg.splice_id >= RS_SYN_ID_BASE)
+            continue;       /* a SYN spliced, not answered yet (1b) */
         if (pc && belongs(pc, &keys[i], &f)) {
             struct rs_flow_key kb = px_key_b(pc);
 

@@ -133,6 +133,7 @@ struct px_syn {
     int backend;                  /* where new connections go (index), -1: none */
     struct px_syn_wait *wait;     /* ports waiting, oldest first */
     size_t nwait, capwait;
+    uint64_t swept_ns;            /* the last look for SYNs never answered */
 };
 
 /* The proxy pair (pair.c): this proxy and another share the VIP. */
@@ -390,6 +391,11 @@ int px_syn_start(struct proxy *p);
 void px_syn_sync(struct proxy *p);
 /* An RS_FLOW_OPENED event: takes the connection the tc program spliced on. */
 void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev);
+/* Takes on the connection spliced at the SYN whose backend entry is 'kb'
+ * (splice id 'id'), its SYN-ACK seen at 'ns' (CLOCK_MONOTONIC): its record
+ * made of the two SYNs.  Returns it, or NULL when it is gone or its
+ * backend has not answered yet (adopt.c calls it for a predecessor's). */
+struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_t id, uint64_t ns);
 /* 'pc' is freed: its port goes back to the pool (now or after a TIME_WAIT). */
 void px_syn_port_free(struct proxy *p, const struct pconn *pc);
 /* Gives back the ports whose wait is over (the reaper's timer). */

@@ -30,6 +30,10 @@
 #include "splice.h"
 
 #define SYN_TIME_WAIT_NS (61ull * 1000000000ull)   /* Linux's TIME_WAIT, and a second */
+/* How often the entries of SYNs never answered are looked for, and how
+ * long their client must have been silent to lose them (a client gives a
+ * connect up after its SYN retransmissions, ~2 min on Linux). */
+#define SYN_SWEEP_NS (30ull * 1000000000ull)
 
 static struct rs_addr addr_of(uint32_t ip_net, uint16_t port_net)
 {
@@ -76,13 +80,15 @@ int px_syn_start(struct proxy *p)
     return e;
 }
 
-/* Removes the entries of SYNs spliced to a backend other than the serving
- * one that nobody took on yet (it never answered): their clients' next
- * SYN is spliced afresh. */
-static void forget_unanswered(struct proxy *p)
+/* Removes the entries of SYNs spliced that nobody took on (no SYN-ACK
+ * came): those to a backend other than the serving one ('idle_ns' 0: it
+ * was fenced; their clients' next SYN is spliced afresh), or those whose
+ * client has been silent for 'idle_ns' (it gave up). */
+static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
 {
     struct rs_flow_key k, *prev = NULL, *keys = NULL;
     size_t n = 0, cap = 0;
+    uint64_t now = rs_mono_ns();
 
     while (!px_dp_next_key(p->dp, prev, &k)) {
         if (n == cap) {
@@ -95,19 +101,22 @@ static void forget_unanswered(struct proxy *p)
         prev = &keys[n - 1];
     }
     for (size_t i = 0; i < n; i++) {
-        struct px_flow_info f;
+        struct px_flow_info f, fc;
         struct rs_addr from = addr_of(keys[i].saddr, keys[i].sport), to = addr_of(keys[i].daddr, keys[i].dport);
         int b = p->syn.backend;
 
         /* A backend's entry: to one of the pool's ports (the VIP may be
          * the proxy's address too: its port tells the clients' apart). */
         if (to.ip != p->listen.ip || to.port < p->syn.port_lo || to.port > p->syn.port_hi
-            || (b >= 0 && !memcmp(&from, &p->backends[b].addr, sizeof(from)))
+            || (!idle_ns && b >= 0 && !memcmp(&from, &p->backends[b].addr, sizeof(from)))
             || px_dp_learn(p->dp, &keys[i]) || px_dp_get(p->dp, &keys[i], &f) || !f.cfg.at_syn
             || f.cfg.splice_id < RS_SYN_ID_BASE || px_pc_find(p, f.cfg.splice_id))
             continue;
+        if (idle_ns && (px_dp_learn(p->dp, &f.cfg.peer) || px_dp_get(p->dp, &f.cfg.peer, &fc)
+                        || fc.t.last_ns + idle_ns > now))
+            continue;
         rs_log("syn-unanswered client=%s backend=%s port=%u: entries removed",
-               RS_A(addr_of(f.cfg.peer.saddr, f.cfg.peer.sport)), RS_A(from), ntohs(keys[i].dport));
+               RS_A(addr_of(f.cfg.peer.saddr, f.cfg.peer.sport)), RS_A(from), to.port);
         px_dp_remove(p->dp, &keys[i]);
         if (!px_dp_learn(p->dp, &f.cfg.peer))
             px_dp_remove(p->dp, &f.cfg.peer);
@@ -127,39 +136,40 @@ void px_syn_sync(struct proxy *p)
         return;
     }
     rs_log("splice-at syn: backend %s", p->syn.backend >= 0 ? RS_A(p->backends[p->syn.backend].addr) : "none");
-    forget_unanswered(p);
+    forget_unanswered(p, 0);
 }
 
-void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev)
+struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_t id, uint64_t ns)
 {
     struct px_flow_info fb, fc;
-    struct rs_flow_key kb = ev->key, kc;
+    struct rs_flow_key kc;
     struct pconn *pc;
     uint64_t now_mono = rs_mono_ns();
 
-    if (px_pc_find(p, ev->splice_id))
-        return;                             /* a SYN-ACK again */
-    if (px_dp_learn(p->dp, &kb) || px_dp_get(p->dp, &kb, &fb) || fb.cfg.splice_id != ev->splice_id)
-        return;                             /* gone already (forget_unanswered) */
+    if ((pc = px_pc_find(p, id)) != NULL)
+        return pc;                          /* a SYN-ACK again */
+    if (px_dp_learn(p->dp, kb) || px_dp_get(p->dp, kb, &fb) || fb.cfg.splice_id != id
+        || !(fb.t.syn.flags & RS_SYN_SEEN))
+        return NULL;                        /* gone already (forget_unanswered), or not answered yet */
     kc = fb.cfg.peer;
-    if (px_dp_learn(p->dp, &kc) || px_dp_get(p->dp, &kc, &fc) || fc.cfg.splice_id != ev->splice_id
-        || !(pc = px_pc_new(p, ev->splice_id, addr_of(kc.saddr, kc.sport)))) {
-        rs_log("syn-spliced id=%" PRIu64 ": cannot take it on (no client entry, or no memory): removed",
-               ev->splice_id);
-        px_dp_remove(p->dp, &kb);
+    if (px_dp_learn(p->dp, &kc) || px_dp_get(p->dp, &kc, &fc) || fc.cfg.splice_id != id
+        || !(fc.t.syn.flags & RS_SYN_SEEN) || !(pc = px_pc_new(p, id, addr_of(kc.saddr, kc.sport)))) {
+        rs_log("syn-spliced id=%" PRIu64 ": cannot take it on (no client entry, or no memory): removed", id);
+        px_dp_remove(p->dp, kb);
         px_dp_remove(p->dp, &kc);
-        return;
+        return NULL;
     }
     pc->phase = PC_SPLICED;
     pc->vip = addr_of(kc.daddr, kc.dport);
-    pc->backend = addr_of(kb.saddr, kb.sport);
-    pc->local = addr_of(kb.daddr, kb.dport);
+    pc->backend = addr_of(kb->saddr, kb->sport);
+    pc->local = addr_of(kb->daddr, kb->dport);
     pc->syn_port = pc->local.port;
     rs_splice_syn_conn(&fc.t.syn, &fb.t.syn, pc->vip.ip, pc->vip.port, pc->client.ip, pc->client.port, &pc->c);
-    /* The backend's TSval was read when its SYN-ACK passed. */
-    pc->ts_base_us = rs_now_us() - (now_mono > ev->ns ? (now_mono - ev->ns) / 1000 : 0);
+    /* The backend's TSval was read when its SYN-ACK passed ('ns'). */
+    pc->ts_base_us = rs_now_us() - (now_mono > ns ? (now_mono - ns) / 1000 : 0);
     pc->rtt_us = 1000;      /* not measured: a LAN's order, rounded up (the resend's patience) */
     pc->t_accept_us = pc->t_spliced_us = rs_now_us();
+    pc->seen = fc.t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST);
     px_pc_set_backend(p, pc, px_backend_at(p, pc->backend));
     px_pc_save(p, pc);
     p->st.accepted++;
@@ -167,6 +177,12 @@ void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev)
     p->st.syn_spliced++;
     rs_log("syn-spliced id=%" PRIu64 " client=%s backend=%s port=%u", pc->id, RS_A(pc->client),
            RS_A(pc->backend), pc->local.port);
+    return pc;
+}
+
+void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev)
+{
+    px_syn_take(p, &ev->key, ev->splice_id, ev->ns);
 }
 
 void px_syn_port_free(struct proxy *p, const struct pconn *pc)
@@ -197,6 +213,12 @@ void px_syn_tick(struct proxy *p)
     uint64_t now = rs_mono_ns();
     size_t i = 0;
 
+    if (!p->syn.on)
+        return;
+    if (now > p->syn.swept_ns + SYN_SWEEP_NS) {
+        forget_unanswered(p, SYN_SWEEP_NS);
+        p->syn.swept_ns = now;
+    }
     while (i < p->syn.nwait && p->syn.wait[i].due_ns <= now)
         px_dp_syn_port_put(p->dp, p->syn.wait[i++].port);
     if (i) {
