@@ -1253,8 +1253,8 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     if (!pc || (pc->rec && px_recovery_event(p, pc, ev)))
         return;
     kb = px_key_b(pc);
-    if ((ev->flags & RS_FLOW_SEEN_FIN) && !memcmp(&ev->key, &kb, sizeof(kb)) && !(pc->seen & RS_FLOW_SEEN_FIN))
-        pc->backend_fin_first = true;
+    if (pc->syn_port && (ev->flags & RS_FLOW_SEEN_FIN) && !memcmp(&ev->key, &kb, sizeof(kb)))
+        pc->backend_fin_first = px_syn_backend_closed_first(p, pc);
     if (ev->flags & RS_FLOW_ACKED) {
         if (pc->opening && pc->open_gen && ev->gen == pc->open_gen && !memcmp(&ev->key, &kb, sizeof(kb)))
             open_done(p, pc);

@@ -102,7 +102,7 @@ struct pconn {
     uint32_t word_end[2];
     bool fin_wait;                /* the backend's FIN is held: waiting for the word */
     uint16_t syn_port;            /* spliced at the SYN (syn.c): the proxy's port, back to the pool at the end */
-    bool backend_fin_first;       /* the backend sent its FIN before the client's: it holds a TIME_WAIT */
+    bool backend_fin_first;       /* the backend sent its FIN before it had the client's: it holds a TIME_WAIT */
     bool fin_asked;               /* ... asked for (CLOSE_ASK) */
     /* request parsing */
     void *parser;                 /* struct http_parser */
@@ -396,6 +396,9 @@ void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev);
  * made of the two SYNs.  Returns it, or NULL when it is gone or its
  * backend has not answered yet (adopt.c calls it for a predecessor's). */
 struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_t id, uint64_t ns);
+/* Whether the backend of 'pc', whose FIN just came, sent it before it got
+ * the client's (it then holds a TIME_WAIT on the port). */
+bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc);
 /* 'pc' is freed: its port goes back to the pool (now or after a TIME_WAIT). */
 void px_syn_port_free(struct proxy *p, const struct pconn *pc);
 /* Gives back the ports whose wait is over (the reaper's timer). */
