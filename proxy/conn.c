@@ -1246,8 +1246,8 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     struct rs_addr from = { ntohl(ev->key.saddr), ntohs(ev->key.sport) };
     struct rs_flow_key kb;
 
-    if (ev->flags & RS_FLOW_OPENED) {
-        px_syn_opened(p, ev);
+    if (ev->flags & (RS_FLOW_OPENED | RS_FLOW_STALE)) {
+        px_syn_event(p, ev);
         return;
     }
     if (!pc || (pc->rec && px_recovery_event(p, pc, ev)))

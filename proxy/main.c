@@ -56,7 +56,7 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
         RS_STAT(struct stats, recovery_retargets),
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
-        RS_STAT(struct stats, syn_spliced),
+        RS_STAT(struct stats, syn_spliced), RS_STAT(struct stats, syn_stale),
         RS_STAT(struct stats, close_words), RS_STAT(struct stats, close_asks),
         RS_STAT(struct stats, close_words_late), RS_STAT(struct stats, close_refused),
         RS_STAT(struct stats, redispatched),
@@ -450,9 +450,9 @@ static int parse_args(struct proxy *p, int argc, char **argv)
 
         for (int i = 0; i < p->nbackends; i++)
             primaries += p->backends[i].configured == ROLE_PRIMARY;
-        if (p->nosplice || p->sticky || p->pair.peer.port || primaries != 1 || strcmp(p->datapath, "ebpf")) {
-            fprintf(stderr, "rs-proxy: --splice-at syn needs the ebpf data path and one --backend (not --sticky, "
-                            "--no-splice or --pair)\n");
+        if (p->nosplice || p->sticky || primaries != 1 || strcmp(p->datapath, "ebpf")) {
+            fprintf(stderr, "rs-proxy: --splice-at syn needs the ebpf data path and one --backend (not --sticky "
+                            "or --no-splice)\n");
             return 2;
         }
     }

@@ -118,7 +118,7 @@ struct stats {
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
         adopted, recovery_retargets, fins_released, close_words, close_asks,
-        close_words_late, close_refused, syn_spliced;
+        close_words_late, close_refused, syn_spliced, syn_stale;
 };
 
 /* Splicing at the SYN (syn.c). */
@@ -389,8 +389,9 @@ void px_roles(struct proxy *p);
 int px_syn_start(struct proxy *p);
 /* The serving backend may have changed (fence, roles): new SYNs go to the new one. */
 void px_syn_sync(struct proxy *p);
-/* An RS_FLOW_OPENED event: takes the connection the tc program spliced on. */
-void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev);
+/* An RS_FLOW_OPENED event: takes the connection the tc program spliced
+ * on; RS_FLOW_STALE: resets the old connection its backend answered with. */
+void px_syn_event(struct proxy *p, const struct rs_flow_event *ev);
 /* Takes on the connection spliced at the SYN whose backend entry is 'kb'
  * (splice id 'id'), its SYN-ACK seen at 'ns' (CLOCK_MONOTONIC): its record
  * made of the two SYNs.  Returns it, or NULL when it is gone or its

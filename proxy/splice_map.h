@@ -82,6 +82,9 @@ enum rs_flow_state {
 #define RS_FLOW_GUARDED  (1 << 2)  /* event only: the segment was dropped, not passed */
 #define RS_FLOW_ACKED    (1 << 3)  /* event only: the sender acknowledged rs_flow.ack_watch */
 #define RS_FLOW_OPENED   (1 << 4)  /* event only: a backend's SYN-ACK passed a splice made at the SYN */
+#define RS_FLOW_STALE    (1 << 5)  /* event only: a backend answered a splice made at the SYN with a
+                                    * bare ACK (an old connection holds the port there, a TIME_WAIT
+                                    * another proxy left): dropped; seq is that ACK's number */
 
 /* What the daemon needs, besides the translation, to go on with a spliced
  * connection: kept in the client's entry (zero in the others), so a proxy

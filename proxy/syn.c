@@ -70,8 +70,10 @@ int px_syn_start(struct proxy *p)
 
     if (!ports)
         return -ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        ports[i] = (uint16_t)(p->syn.port_lo + i);
+    /* From a place of the range of its own: the ports a predecessor handed
+     * out last may still be in the backends' TIME_WAITs. */
+    for (size_t i = 0, first = (size_t)(rs_mono_ns() / 1000 % n); i < n; i++)
+        ports[i] = (uint16_t)(p->syn.port_lo + (first + i) % n);
     e = write_cfg(p, ports, n);
     free(ports);
     if (!e)
@@ -180,9 +182,24 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     return pc;
 }
 
-void px_syn_opened(struct proxy *p, const struct rs_flow_event *ev)
+void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
 {
-    px_syn_take(p, &ev->key, ev->splice_id, ev->ns);
+    struct rs_addr backend = addr_of(ev->key.saddr, ev->key.sport), local = addr_of(ev->key.daddr, ev->key.dport);
+    int e = -EBADF;
+
+    if (ev->flags & RS_FLOW_OPENED) {
+        px_syn_take(p, &ev->key, ev->splice_id, ev->ns);
+        return;
+    }
+    /* The backend still holds an old connection on this port (a TIME_WAIT
+     * left by another proxy, which handed out the same ports): a RST at
+     * its ACK ends it there (RFC 1337's hazard, which Linux accepts by
+     * default), and the client's next SYN makes the new one. */
+    p->st.syn_stale++;
+    if (p->rawfd >= 0)
+        e = px_send_rst(p->rawfd, local, backend, ev->seq);
+    rs_log("syn-stale id=%" PRIu64 " backend=%s port=%u: an old connection answered the SYN; reset%s%s", ev->splice_id,
+           RS_A(backend), local.port, e ? ": " : "", e ? strerror(-e) : "");
 }
 
 bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc)

@@ -174,6 +174,17 @@ int rs_splice_ingress(struct __sk_buff *skb)
     }
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
         goto bad;
+    /* A splice made at the SYN whose backend answers the client's SYN
+     * with a bare ACK (before any SYN-ACK: only a client's entry has seen
+     * a SYN then): an old connection of the port's, which the client must
+     * not see; rs-proxy resets it, and the client's next SYN gets through. */
+    if (f->at_syn && !t->syn.flags && (tcp[13] & 0x17) == RS_TCP_F_ACK) {
+        __u32 ack;
+
+        __builtin_memcpy(&ack, tcp + 8, 4);
+        report(&key, f, RS_FLOW_STALE, bpf_ntohl(ack), f->gen);
+        goto drop;
+    }
     /* A splice made at the SYN: what each end's SYN announced, kept for
      * the proxy's record of the connection; the backend's SYN-ACK tells
      * the proxy (retransmissions too: it takes the first). */

@@ -444,13 +444,14 @@ static void syn_held_back_without_proxy(void **state)
     }
 }
 
-/* Counts the ring's RS_FLOW_OPENED events into ctx (keeps the last). */
+/* Keeps the ring's last RS_FLOW_OPENED event in ctx[0], its last
+ * RS_FLOW_STALE in ctx[1]. */
 static int opened(void *ctx, void *data, size_t len)
 {
     const struct rs_flow_event *e = data;
 
-    if (len >= sizeof(*e) && (e->flags & RS_FLOW_OPENED))
-        *(struct rs_flow_event *)ctx = *e;
+    if (len >= sizeof(*e) && (e->flags & (RS_FLOW_OPENED | RS_FLOW_STALE)))
+        ((struct rs_flow_event *)ctx)[(e->flags & RS_FLOW_STALE) ? 1 : 0] = *e;
     return 0;
 }
 
@@ -503,14 +504,14 @@ static void syn_spliced_by_the_program(void **state)
     struct rs_flow_key kb = { htonl(backend), htonl(vip), htons(8080), htons(port) };
     struct rs_flow fc, fb;
     struct rs_flow_track t;
-    struct rs_flow_event ev = { 0 };
-    struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), opened, &ev, NULL);
+    struct rs_flow_event evs[2], ev;
+    struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), opened, evs, NULL);
     size_t len;
 
     (void)state;
     assert_non_null(rb);
     ring_buffer__consume(rb);
-    memset(&ev, 0, sizeof(ev));
+    memset(evs, 0, sizeof(evs));
     clock_gettime(CLOCK_MONOTONIC, &now);
     v.lease_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec + 1000000000ull;
     assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY), 0);
@@ -554,6 +555,18 @@ static void syn_spliced_by_the_program(void **state)
     assert_int_equal(t.syn.wscale, 7);
     assert_int_equal(t.syn.tsval, 12345);
 
+    /* An old connection on the port answers with a bare ACK: the client
+     * does not see it; it is reported with its ACK number. */
+    len = syn_frame(in, backend, 8080, vip, port, 777, true);
+    in[ETH_LEN + 20 + 13] = RS_TCP_F_ACK;
+    rs_splice_store32(in + ETH_LEN + 20 + 8, 424242);
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    assert_int_equal(ring_buffer__consume(rb) >= 1, 1);
+    assert_int_equal(evs[1].flags, RS_FLOW_STALE);
+    assert_int_equal(evs[1].seq, 424242);
+    assert_memory_equal(&evs[1].key, &kb, sizeof(kb));
+
     /* The backend's SYN-ACK: to the client from the VIP, reported. */
     len = syn_frame(in, backend, 8080, vip, port, 5000, true);
     assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
@@ -563,6 +576,7 @@ static void syn_spliced_by_the_program(void **state)
     assert_int_equal(rs_splice_load16(out + ETH_LEN + 22), 42000);
     assert_int_equal(rs_splice_load32(out + ETH_LEN + 24), 5000);
     assert_int_equal(ring_buffer__consume(rb) >= 1, 1);
+    ev = evs[0];
     assert_int_equal(ev.flags & RS_FLOW_OPENED, RS_FLOW_OPENED);
     assert_memory_equal(&ev.key, &kb, sizeof(kb));
     assert_int_equal(ev.seq, 5000);
