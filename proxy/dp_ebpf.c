@@ -564,6 +564,10 @@ static int ebpf_put(struct px_datapath *dp, const struct rs_flow_key *k, const s
     struct rs_flow_track t = { .last_ns = rs_mono_ns() };
 
     mine.ifindex = (rs_u32)s->ifindex;
+    /* Another proxy's entry is a daemon's here, whoever made it: its track
+     * starts afresh, without the SYNs a splice made at the SYN waits for
+     * (a bare ACK would be taken for an old connection's). */
+    mine.at_syn = 0;
     if (bpf_map_update_elem(s->track_fd, k, &t, BPF_NOEXIST) && errno != EEXIST)
         return -errno;
     return cfg_write(s, k, &mine, BPF_ANY);
