@@ -4,7 +4,8 @@ workloads (one client; 50 connections on five client hosts), against the
 daemons built with AddressSanitizer and UndefinedBehaviorSanitizer
 (build/san, `make san`).  Judged from outside by the driver's checker:
 no wrong byte, no duplicate or lost update, no hang, no false failover, no
-unclean end, no sanitizer report.  The seed is RS_TEST_SEED (default 1)."""
+unclean end, no sanitizer report.  The seed is RS_TEST_SEED (default 1).
+Twice: new connections spliced at their request, and at their SYN."""
 import os
 import subprocess
 import sys
@@ -21,13 +22,13 @@ SEED = os.environ.get("RS_TEST_SEED", "1")
 
 @needs_root
 class TestFaultCampaign(unittest.TestCase):
-    def test_quick_campaign_has_no_violation(self):
+    def campaign(self, **extra_env):
         san = os.path.join(build_dir(), "san")
         self.assertTrue(os.access(os.path.join(san, "rs-proxy"), os.X_OK), f"no sanitized build in {san}: make san")
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
         with tempfile.TemporaryDirectory(prefix="rs-faults-") as out:
             os.chmod(out, 0o755)        # dovecot's mail processes are not root
-            env = dict(os.environ, QUICK="1", SEED=SEED)
+            env = dict(os.environ, QUICK="1", SEED=SEED, **extra_env)
             env.pop("TRIALS", None)
             r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "fault_campaign.py"),
                                 "--build", san, "--out", out], env=env, capture_output=True, text=True,
@@ -45,6 +46,15 @@ class TestFaultCampaign(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr[-3000:])
             self.assertTrue(os.path.getsize(os.path.join(out, "trials.csv")) > 0)
         self.assertEqual(leftovers(), [])
+
+    def test_quick_campaign_has_no_violation(self):
+        self.campaign(RS_SPLICE_AT="request")
+
+    def test_quick_campaign_spliced_at_the_syn(self):
+        """The same with every new connection spliced by the tc program at
+        the client's SYN (rs-proxy --splice-at syn), the proxy pair's
+        trials included."""
+        self.campaign(RS_SPLICE_AT="syn")
 
 
 if __name__ == "__main__":
