@@ -129,6 +129,8 @@ struct rs_syn_info {
     rs_u16 mss;         /* 0: none announced */
     rs_u8 wscale;
     rs_u8 flags;        /* RS_SYN_* */
+    rs_u16 win;         /* its window field */
+    rs_u16 pad_;
 };
 
 /* The client's name in its SYN, for the backend (which reads it with

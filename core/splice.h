@@ -584,11 +584,12 @@ static inline int rs_splice_syn_info(const rs_u8 *tcp, rs_u32 hdr_len, struct rs
     rs_splice_idx i = RS_TCP_HDR_MIN, end = hdr_len, kind, olen, v;
 
     si->isn = si->tsval = 0;
-    si->mss = 0;
+    si->mss = si->win = si->pad_ = 0;
     si->wscale = si->flags = 0;
     if (end < RS_TCP_HDR_MIN || end > RS_TCP_HDR_MAX || !(tcp[13] & RS_TCP_F_SYN))
         return -RS_SPLICE_EINVAL;
     si->isn = rs_splice_load32(tcp + 4);
+    si->win = rs_splice_load16(tcp + 14);
     /* Bounded as rs_splice_opts_scan's loop is (see there). */
     while (i < end && i < RS_TCP_HDR_MAX) {
         rs_splice_barrier_var__(i);
@@ -671,6 +672,51 @@ static inline int rs_ident_opt_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *add
         i += olen;
     }
     return -1;
+}
+
+/* Writes into 'tcp' (RS_TCP_HDR_MAX bytes) the SYN that '*si' describes
+ * (Linux's option order: MSS, SACK-permitted, TS, NOP, window scale), with
+ * the option naming client 'addr':'port' (host order) last; ports zero.
+ * Returns its length. */
+static inline rs_u32 rs_syn_build(const struct rs_syn_info *si, rs_u32 addr, rs_u16 port, rs_u8 *tcp)
+{
+    rs_u32 n = RS_TCP_HDR_MIN, i;
+
+    for (i = 0; i < RS_TCP_HDR_MAX; i++)
+        tcp[i] = 0;
+    rs_splice_store32(tcp + 4, si->isn);
+    tcp[13] = RS_TCP_F_SYN;
+    rs_splice_store16(tcp + 14, si->win);
+    if (si->mss) {
+        tcp[n] = RS_TCPOPT_MSS;
+        tcp[n + 1] = 4;
+        rs_splice_store16(tcp + n + 2, si->mss);
+        n += 4;
+    }
+    if (si->flags & RS_SYN_SACK) {
+        tcp[n] = RS_TCPOPT_SACKOK;
+        tcp[n + 1] = 2;
+        n += 2;
+    }
+    if (si->flags & RS_SYN_TS) {
+        tcp[n] = RS_TCPOPT_TS;
+        tcp[n + 1] = RS_TCPOLEN_TS;
+        rs_splice_store32(tcp + n + 2, si->tsval);
+        n += RS_TCPOLEN_TS;
+    }
+    if (si->flags & RS_SYN_WS) {
+        tcp[n] = RS_TCPOPT_NOP;
+        tcp[n + 1] = RS_TCPOPT_WS;
+        tcp[n + 2] = 3;
+        tcp[n + 3] = si->wscale;
+        n += 4;
+    }
+    while (n % 4)
+        tcp[n++] = RS_TCPOPT_NOP;
+    rs_ident_opt_put(tcp + n, addr, port);
+    n += RS_IDENT_ROOM;
+    tcp[12] = (rs_u8)(n / 4 << 4);
+    return n;
 }
 
 /* The proxy's client connection of a splice made at the SYN, as though

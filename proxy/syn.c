@@ -182,6 +182,24 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     return pc;
 }
 
+/* Sends the client's SYN of the splice whose backend entry is 'kb' to the
+ * backend again, as the tc program passed it (from the SYN it kept), so
+ * that the client need not wait a second for its own retransmission. */
+static int resend_syn(struct proxy *p, const struct rs_flow_key *kb)
+{
+    struct px_flow_info fb, fc;
+    uint8_t tcp[RS_TCP_HDR_MAX];
+    int e;
+
+    if ((e = px_dp_learn(p->dp, kb)) || (e = px_dp_get(p->dp, kb, &fb)) || (e = px_dp_learn(p->dp, &fb.cfg.peer))
+        || (e = px_dp_get(p->dp, &fb.cfg.peer, &fc)))
+        return e;
+    if (!(fc.t.syn.flags & RS_SYN_SEEN))
+        return -ENOENT;
+    return px_send_hdr(p->rawfd, addr_of(kb->daddr, kb->dport), addr_of(kb->saddr, kb->sport), tcp,
+                       rs_syn_build(&fc.t.syn, ntohl(fb.cfg.peer.saddr), ntohs(fb.cfg.peer.sport), tcp));
+}
+
 void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
 {
     struct rs_addr backend = addr_of(ev->key.saddr, ev->key.sport), local = addr_of(ev->key.daddr, ev->key.dport);
@@ -196,10 +214,10 @@ void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
      * its ACK ends it there (RFC 1337's hazard, which Linux accepts by
      * default), and the client's next SYN makes the new one. */
     p->st.syn_stale++;
-    if (p->rawfd >= 0)
-        e = px_send_rst(p->rawfd, local, backend, ev->seq);
-    rs_log("syn-stale id=%" PRIu64 " backend=%s port=%u: an old connection answered the SYN; reset%s%s", ev->splice_id,
-           RS_A(backend), local.port, e ? ": " : "", e ? strerror(-e) : "");
+    if (p->rawfd >= 0 && (e = px_send_rst(p->rawfd, local, backend, ev->seq)) == 0)
+        e = resend_syn(p, &ev->key);
+    rs_log("syn-stale id=%" PRIu64 " backend=%s port=%u: an old connection answered the SYN; reset, SYN sent again%s%s",
+           ev->splice_id, RS_A(backend), local.port, e ? ": " : "", e ? strerror(-e) : "");
 }
 
 bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc)

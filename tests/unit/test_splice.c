@@ -1123,6 +1123,38 @@ static void ident_option_roundtrip(void **state)
     assert_int_equal(rs_ident_opt_get(t, 52, &addr, &port), -1);
 }
 
+static void syn_built_reads_back(void **state)
+{
+    uint8_t t[60], b[60];
+    struct rs_syn_info si, back;
+    uint32_t addr;
+    uint16_t port;
+    uint32_t n;
+
+    (void)state;
+    linux_syn(t, 0x12345678u, 777, 9, RS_TCP_F_SYN);
+    rs_splice_store16(t + 14, 42340);
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), 0);
+    n = rs_syn_build(&si, 0x0a000102u, 40001, b);
+    assert_int_equal(n, 52);
+    assert_int_equal(b[12] >> 4, 13);
+    assert_memory_equal(b + 20, t + 20, 20);           /* Linux's options, byte for byte */
+    assert_int_equal(rs_splice_syn_info(b, n, &back), 0);
+    assert_memory_equal(&back, &si, sizeof(si));
+    assert_int_equal(rs_ident_opt_get(b, n, &addr, &port), 0);
+    assert_int_equal(addr, 0x0a000102u);
+    assert_int_equal(port, 40001);
+    /* No options but the name. */
+    memset(&si, 0, sizeof(si));
+    si.isn = 5;
+    si.flags = RS_SYN_SEEN;
+    n = rs_syn_build(&si, 1, 2, b);
+    assert_int_equal(n, 32);
+    assert_int_equal(rs_splice_syn_info(b, n, &back), 0);
+    assert_int_equal(back.flags, RS_SYN_SEEN);
+    assert_int_equal(back.isn, 5);
+}
+
 static void syn_conn_from_handshake(void **state)
 {
     struct rs_syn_info syn = { .isn = 100, .tsval = 5000, .mss = 1460, .wscale = 7,
@@ -1178,6 +1210,7 @@ int main(void)
         cmocka_unit_test(syn_info_rejects),
         cmocka_unit_test(ident_option_roundtrip),
         cmocka_unit_test(syn_conn_from_handshake),
+        cmocka_unit_test(syn_built_reads_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
