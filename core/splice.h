@@ -576,9 +576,11 @@ static inline int rs_splice_tsval_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *
 /* Reads what SYN (or SYN-ACK) 'tcp' ('hdr_len' bytes: 20..60) announces
  * into '*si': its sequence number and its MSS, window scale, SACK-permitted
  * and timestamp options.  Never reads outside 'tcp'[0..'hdr_len').  Returns
- * 0, or -RS_SPLICE_EINVAL when it is no SYN or its option list is malformed
- * (as rs_splice_opts_scan judges it, and an MSS, window scale or
- * SACK-permitted option of the wrong length). */
+ * 0, or -RS_SPLICE_EINVAL when it is no SYN, when its option list is
+ * malformed (as rs_splice_opts_scan judges it, and an MSS, window scale or
+ * SACK-permitted option of the wrong length) or carries TCP-MD5/AO (which
+ * no splice carries).  Its loop is rs_splice_opts_scan's on purpose: one
+ * loop recording these options too went over the verifier's budget. */
 static inline int rs_splice_syn_info(const rs_u8 *tcp, rs_u32 hdr_len, struct rs_syn_info *si)
 {
     rs_splice_idx i = RS_TCP_HDR_MIN, end = hdr_len, kind, olen, v;
@@ -605,7 +607,7 @@ static inline int rs_splice_syn_info(const rs_u8 *tcp, rs_u32 hdr_len, struct rs
         if (i + 1 >= end || i + 1 >= RS_TCP_HDR_MAX)
             return -RS_SPLICE_EINVAL;
         olen = tcp[i + 1];
-        if (olen < 2 || olen > end - i)
+        if (olen < 2 || olen > end - i || kind == RS_TCPOPT_MD5 || kind == RS_TCPOPT_AO)
             return -RS_SPLICE_EINVAL;
         /* The option's value at 'v': a copy the verifier bounds on its
          * own (as rs_splice_tsval_get's index). */

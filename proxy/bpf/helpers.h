@@ -132,6 +132,16 @@ static __always_inline void clamp_ack(const struct rs_flow *f, __u8 *tcp)
 
 /* ---- Splicing at the SYN (struct rs_syn_cfg) ----------------------------- */
 
+/* Whether the SYN 'skb' ('hlen' header bytes, 20..60) can be spliced: its
+ * options are well formed and none is one a splice cannot carry (TCP-MD5,
+ * whose segments would all be refused).  Its first 20 bytes stay in 'buf'. */
+static __always_inline int syn_spliceable(struct __sk_buff *skb, struct rs_tcp_buf *buf, __u32 hlen)
+{
+    struct rs_syn_info si;
+
+    return bpf_skb_load_bytes(skb, TCP_OFF, buf->b, hlen) == 0 && rs_bpf_syn_info(buf, hlen, &si) == 0;
+}
+
 /* Makes the splice of the client's SYN 'kc' (a bare SYN without data to
  * the VIP; TCP header 'tcp', 'hlen' bytes): a port from the queue, both
  * entries with their tracks, the backend's first (its SYN-ACK must find

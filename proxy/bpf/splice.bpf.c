@@ -75,8 +75,8 @@ int rs_splice_ingress(struct __sk_buff *skb)
              * (it takes the connection on when the SYN-ACK comes). */
             hlen = (__u32)(tcp[12] >> 4) * 4;
             if (vip->lease_ns && bpf_ktime_get_ns() <= vip->lease_ns && ip[0] == 0x45
-                && skb->len == TCP_OFF + hlen && hlen >= RS_TCP_HDR_MIN
-                && syn_splice(&key, tcp, hlen) == 0)
+                && skb->len == TCP_OFF + hlen && hlen >= RS_TCP_HDR_MIN && hlen <= RS_TCP_HDR_MAX
+                && syn_spliceable(skb, &buf, hlen) && syn_splice(&key, tcp, hlen) == 0)
                 f = bpf_map_lookup_elem(&rs_flows, &key);
         }
         if (!f) {

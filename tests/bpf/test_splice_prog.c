@@ -581,6 +581,15 @@ static void syn_spliced_by_the_program(void **state)
     assert_memory_equal(&ev.key, &kb, sizeof(kb));
     assert_int_equal(ev.seq, 5000);
 
+    /* A SYN with TCP-MD5, which no splice carries: the stack's, with the
+     * port still free. */
+    len = syn_frame(in, client + 2, 42002, vip, 80, 9, false);
+    in[ETH_LEN + 20 + 26] = RS_TCPOPT_MD5;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    assert_int_equal(bpf_map_lookup_and_delete_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port), 0);
+
     /* No port left; then splicing off; then no lease: the stack's. */
     len = syn_frame(in, client + 1, 42001, vip, 80, 7, false);
     assert_int_equal(run(in, len, out), TC_ACT_OK);

@@ -1093,6 +1093,10 @@ static void syn_info_rejects(void **state)
     assert_int_equal(rs_splice_syn_info(t, 40, &si), -RS_SPLICE_EINVAL);
     assert_int_equal(rs_splice_syn_info(t, 64, &si), -RS_SPLICE_EINVAL);
     assert_int_equal(rs_splice_syn_info(t, 16, &si), -RS_SPLICE_EINVAL);
+    linux_syn(t, 1, 1, 7, RS_TCP_F_SYN);
+    t[26] = RS_TCPOPT_MD5;                              /* TCP-MD5 where TS was (18 bytes): no splice carries it */
+    t[27] = 10;
+    assert_int_equal(rs_splice_syn_info(t, 40, &si), -RS_SPLICE_EINVAL);
 }
 
 static void ident_option_roundtrip(void **state)
