@@ -12,10 +12,14 @@
  *     before it answered loses its entries, and its retransmission is
  *     spliced to the next;
  *   - taking a connection on when its backend's SYN-ACK is reported
- *     (px_syn_opened): from then on it is a spliced connection like any
- *     other, whose record (struct rs_flow_conn) is made from the two SYNs
- *     the tc program kept (rs_splice_syn_conn), as though the proxy had
- *     accepted it.
+ *     (RS_FLOW_OPENED, px_syn_take; adopt.c too, for a predecessor's): from
+ *     then on it is a spliced connection like any other, whose record
+ *     (struct rs_flow_conn) is made from the two SYNs the tc program kept
+ *     (rs_splice_syn_conn), as though the proxy had accepted it;
+ *   - a port the backend still holds an old connection on (RS_FLOW_STALE:
+ *     it answered the SYN with a bare ACK): that connection reset, the
+ *     client's SYN sent again (resend_syn);
+ *   - the entries of SYNs never answered, swept (forget_unanswered).
  *
  * The backend learns whose connection it is from the option the tc
  * program adds to the SYN (RS_IDENT; the state library reads it with

@@ -101,6 +101,19 @@ int rs_splice_ingress(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
 
+    /* A splice made at the SYN whose backend answers the client's SYN
+     * with a bare ACK (before any SYN-ACK: only a client's entry has seen
+     * a SYN then): an old connection of the port's, which the client must
+     * not see, nor the track follow; rs-proxy resets it and sends the
+     * client's SYN again. */
+    if (f->at_syn && !t->syn.flags && (tcp[13] & 0x17) == RS_TCP_F_ACK) {
+        __u32 ack;
+
+        __builtin_memcpy(&ack, tcp + 8, 4);
+        report(&key, f, RS_FLOW_STALE, bpf_ntohl(ack), f->gen);
+        __sync_fetch_and_add(&t->dropped, 1);
+        return TC_ACT_SHOT;
+    }
     t->last_ns = bpf_ktime_get_ns();
     if (tcp[13] & 0x10) {
         __u32 ack;
@@ -174,17 +187,6 @@ int rs_splice_ingress(struct __sk_buff *skb)
     }
     if (bpf_skb_load_bytes(skb, TCP_OFF, tcp, hlen) < 0)
         goto bad;
-    /* A splice made at the SYN whose backend answers the client's SYN
-     * with a bare ACK (before any SYN-ACK: only a client's entry has seen
-     * a SYN then): an old connection of the port's, which the client must
-     * not see; rs-proxy resets it, and the client's next SYN gets through. */
-    if (f->at_syn && !t->syn.flags && (tcp[13] & 0x17) == RS_TCP_F_ACK) {
-        __u32 ack;
-
-        __builtin_memcpy(&ack, tcp + 8, 4);
-        report(&key, f, RS_FLOW_STALE, bpf_ntohl(ack), f->gen);
-        goto drop;
-    }
     /* A splice made at the SYN: what each end's SYN announced, kept for
      * the proxy's record of the connection; the backend's SYN-ACK tells
      * the proxy (retransmissions too: it takes the first). */

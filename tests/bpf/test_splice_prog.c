@@ -557,7 +557,7 @@ static void syn_spliced_by_the_program(void **state)
 
     /* An old connection on the port answers with a bare ACK: the client
      * does not see it; it is reported with its ACK number. */
-    len = syn_frame(in, backend, 8080, vip, port, 777, true);
+    len = syn_frame(in, backend, 8080, vip, port, 0x80000000u, true);
     in[ETH_LEN + 20 + 13] = RS_TCP_F_ACK;
     rs_splice_store32(in + ETH_LEN + 20 + 8, 424242);
     set_checksums(in + ETH_LEN, len - ETH_LEN);
@@ -575,6 +575,8 @@ static void syn_spliced_by_the_program(void **state)
     assert_int_equal(rs_splice_load16(out + ETH_LEN + 20), 80);
     assert_int_equal(rs_splice_load16(out + ETH_LEN + 22), 42000);
     assert_int_equal(rs_splice_load32(out + ETH_LEN + 24), 5000);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kb, &t), 0);
+    assert_int_equal(t.pos.seq_next, 5001);         /* the old connection's ACK moved nothing */
     assert_int_equal(ring_buffer__consume(rb) >= 1, 1);
     ev = evs[0];
     assert_int_equal(ev.flags & RS_FLOW_OPENED, RS_FLOW_OPENED);
