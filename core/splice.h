@@ -604,9 +604,14 @@ static inline int rs_splice_syn_info(const rs_u8 *tcp, rs_u32 hdr_len, struct rs
             i++;
             continue;
         }
-        if (i + 1 >= end || i + 1 >= RS_TCP_HDR_MAX)
+        /* The length byte's index: a copy of its own, tested against the
+         * constant on that very register (6.1's verifier learns nothing
+         * from a test against 'end', a register). */
+        v = i + 1;
+        rs_splice_barrier_var__(v);
+        if (v >= end || v >= RS_TCP_HDR_MAX)
             return -RS_SPLICE_EINVAL;
-        olen = tcp[i + 1];
+        olen = tcp[v];
         if (olen < 2 || olen > end - i || kind == RS_TCPOPT_MD5 || kind == RS_TCPOPT_AO)
             return -RS_SPLICE_EINVAL;
         /* The option's value at 'v': a copy the verifier bounds on its

@@ -40,7 +40,7 @@ INTEGRATION = (
 # proxy/tcpsp.h
 C_ATTACH, C_DETACH, C_VIP, C_TS_TAKE, C_GET, C_SET, C_DEL, C_NEXT, C_EVENT = range(1, 10)
 A_IFINDEX, A_FLAGS, A_KEY, A_FLOW, A_TRACK, A_VIP, A_TS, A_EVENT = range(1, 9)
-FLOW_SIZE, TRACK_SIZE = 144, 168       # sizeof(struct rs_flow), sizeof(struct rs_flow_track)
+FLOW_SIZE, TRACK_SIZE = 152, 184       # sizeof(struct rs_flow), sizeof(struct rs_flow_track)
 FLOW_STATE, FLOW_SPLICE_ID = 36, 40     # their offsets in struct rs_flow
 NLM_F_REQUEST, NLM_F_ACK, NLMSG_ERROR, GENL_ID_CTRL = 1, 4, 2, 0x10
 
