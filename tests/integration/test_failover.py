@@ -64,6 +64,18 @@ class FailoverCase(unittest.TestCase):
             rows = list(csv.DictReader(f))
         return d, rows, h.result
 
+    def crash_mid_stream(self):
+        """An update, a slow download the primary's crash cuts, an update,
+        transparent to the client.  Returns the client ("IP:port") and the
+        primary application's log."""
+        d, rows, _ = self.run_client(
+            "request POST /counter\n  expect contains \"counter=1\"\n"
+            f"request GET {SLOW}\n  expect content seed=0\n"
+            "request POST /counter\n  expect contains \"counter=2\"\n",
+            crash_after_step=0, crash=self.stack.kill_primary)
+        self.assert_transparent(d, rows)
+        return f"10.0.1.1:{rows[0]['local_port']}", self.stack.log("app-primary")
+
     def assert_transparent(self, d, rows):
         log = open(d.err).read()
         self.assertEqual(d.popen.returncode, 0, d.output() + log + self.stack.log("proxy")[-3000:])
@@ -129,13 +141,7 @@ class TestProcessCrashSyn(TestProcessCrash):
     stack_args, first_id = SYN["stack_args"], SYN["first_id"]     # RS_SYN_ID_BASE: the tc program's ids
 
     def test_named_by_syn(self):
-        d, rows, _ = self.run_client("request POST /counter\n  expect contains \"counter=1\"\n"
-                                     f"request GET {SLOW}\n  expect content seed=0\n"
-                                     "request POST /counter\n  expect contains \"counter=2\"\n",
-                                     crash_after_step=0, crash=self.stack.kill_primary)
-        self.assert_transparent(d, rows)
-        client = f"10.0.1.1:{rows[0]['local_port']}"
-        app = self.stack.log("app-primary")
+        client, app = self.crash_mid_stream()
         self.assertRegex(app, rf"conn-named \S+ client={client} \(SYN option\)")
         self.assertNotIn("PROXY header", app)
         self.assertRegex(self.stack.log("proxy"), rf"syn-spliced id={self.first_id} client={client} ")
@@ -152,14 +158,7 @@ class TestIdentity(FailoverCase):
     def test_named_by_header(self):
         """rs-proxy's default: a new connection tells the backend whose
         requests it carries with a PROXY protocol v2 header."""
-        d, rows, _ = self.run_client(
-            "request POST /counter\n  expect contains \"counter=1\"\n"
-            f"request GET {SLOW}\n  expect content seed=0\n"
-            "request POST /counter\n  expect contains \"counter=2\"\n",
-            crash_after_step=0, crash=self.stack.kill_primary)
-        self.assert_transparent(d, rows)
-        client = f"10.0.1.1:{rows[0]['local_port']}"
-        app = self.stack.log("app-primary")
+        client, app = self.crash_mid_stream()
         self.assertRegex(app, rf"conn-named \S+ client={client} \(PROXY header\)")
         self.assertNotIn("conn-mapped", app, "the first connection needed no CONN_MAP")
         self.assertNotRegex(self.stack.log("stated-primary"), r"conn-map peer=")
