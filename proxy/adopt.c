@@ -46,7 +46,7 @@ void px_pc_save(struct proxy *p, struct pconn *pc)
                strerror(-e));
 }
 
-static struct rs_addr addr_of(uint32_t ip_net, uint16_t port_net)
+struct rs_addr px_addr_of(uint32_t ip_net, uint16_t port_net)
 {
     return (struct rs_addr){ ntohl(ip_net), ntohs(port_net) };
 }
@@ -64,12 +64,12 @@ int px_backend_at(struct proxy *p, struct rs_addr a)
 static struct pconn *adopt_one(struct proxy *p, const struct rs_flow_key *kc, const struct px_flow_info *f)
 {
     const struct rs_flow_conn *r = &f->cfg.conn;
-    struct pconn *pc = px_pc_new(p, f->cfg.splice_id, addr_of(kc->saddr, kc->sport));
+    struct pconn *pc = px_pc_new(p, f->cfg.splice_id, px_addr_of(kc->saddr, kc->sport));
 
     if (!pc)
         return NULL;
     pc->phase = PC_SPLICED;
-    pc->vip = addr_of(kc->daddr, kc->dport);
+    pc->vip = px_addr_of(kc->daddr, kc->dport);
     pc->backend = (struct rs_addr){ r->backend_ip, r->backend_port };
     pc->local = (struct rs_addr){ r->local_ip, r->local_port };
     pc->c = r->c;
@@ -102,7 +102,7 @@ static bool belongs(const struct pconn *pc, const struct rs_flow_key *k, const s
  * host's stack resets it. */
 void px_probe(struct proxy *p, const struct rs_flow_key *kc)
 {
-    struct rs_addr client = addr_of(kc->saddr, kc->sport), vip = addr_of(kc->daddr, kc->dport);
+    struct rs_addr client = px_addr_of(kc->saddr, kc->sport), vip = px_addr_of(kc->daddr, kc->dport);
     int e;
 
     if (p->rawfd >= 0 && (e = px_send_tcp(p->rawfd, vip, client, 0, 0, 0x10)) != 0)

@@ -404,6 +404,8 @@ bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc);
 void px_syn_port_free(struct proxy *p, const struct pconn *pc);
 /* Gives back the ports whose wait is over (the reaper's timer). */
 void px_syn_tick(struct proxy *p);
+/* The address of a key's fields (network order), in host order (adopt.c). */
+struct rs_addr px_addr_of(uint32_t ip_net, uint16_t port_net);
 /* The index of the backend at 'a', or -1 (adopt.c). */
 int px_backend_at(struct proxy *p, struct rs_addr a);
 

@@ -39,11 +39,6 @@
  * connect up after its SYN retransmissions, ~2 min on Linux). */
 #define SYN_SWEEP_NS (30ull * 1000000000ull)
 
-static struct rs_addr addr_of(uint32_t ip_net, uint16_t port_net)
-{
-    return (struct rs_addr){ ntohl(ip_net), ntohs(port_net) };
-}
-
 /* The backend new connections go to: the first serving primary. */
 static int serving(const struct proxy *p)
 {
@@ -108,7 +103,7 @@ static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
     }
     for (size_t i = 0; i < n; i++) {
         struct px_flow_info f, fc;
-        struct rs_addr from = addr_of(keys[i].saddr, keys[i].sport), to = addr_of(keys[i].daddr, keys[i].dport);
+        struct rs_addr from = px_addr_of(keys[i].saddr, keys[i].sport), to = px_addr_of(keys[i].daddr, keys[i].dport);
         int b = p->syn.backend;
 
         /* A backend's entry: to one of the pool's ports (the VIP may be
@@ -122,7 +117,7 @@ static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
                         || fc.t.last_ns + idle_ns > now))
             continue;
         rs_log("syn-unanswered client=%s backend=%s port=%u: entries removed",
-               RS_A(addr_of(f.cfg.peer.saddr, f.cfg.peer.sport)), RS_A(from), to.port);
+               RS_A(px_addr_of(f.cfg.peer.saddr, f.cfg.peer.sport)), RS_A(from), to.port);
         px_dp_remove(p->dp, &keys[i]);
         if (!px_dp_learn(p->dp, &f.cfg.peer))
             px_dp_remove(p->dp, &f.cfg.peer);
@@ -151,6 +146,7 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     struct rs_flow_key kc;
     struct pconn *pc;
     uint64_t now_mono = rs_mono_ns();
+    bool ours;
 
     if ((pc = px_pc_find(p, id)) != NULL)
         return pc;                          /* a SYN-ACK again */
@@ -158,17 +154,19 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
         || !(fb.t.syn.flags & RS_SYN_SEEN))
         return NULL;                        /* gone already (forget_unanswered), or not answered yet */
     kc = fb.cfg.peer;
-    if (px_dp_learn(p->dp, &kc) || px_dp_get(p->dp, &kc, &fc) || fc.cfg.splice_id != id
-        || !(fc.t.syn.flags & RS_SYN_SEEN) || !(pc = px_pc_new(p, id, addr_of(kc.saddr, kc.sport)))) {
+    ours = !px_dp_learn(p->dp, &kc) && !px_dp_get(p->dp, &kc, &fc) && fc.cfg.splice_id == id;
+    if (!ours || !(fc.t.syn.flags & RS_SYN_SEEN) || !(pc = px_pc_new(p, id, px_addr_of(kc.saddr, kc.sport)))) {
         rs_log("syn-spliced id=%" PRIu64 ": cannot take it on (no client entry, or no memory): removed", id);
         px_dp_remove(p->dp, kb);
-        px_dp_remove(p->dp, &kc);
+        if (ours)           /* another connection's, else: left alone */
+            px_dp_remove(p->dp, &kc);
+        px_dp_syn_port_put(p->dp, ntohs(kb->dport));    /* nothing holds it now */
         return NULL;
     }
     pc->phase = PC_SPLICED;
-    pc->vip = addr_of(kc.daddr, kc.dport);
-    pc->backend = addr_of(kb->saddr, kb->sport);
-    pc->local = addr_of(kb->daddr, kb->dport);
+    pc->vip = px_addr_of(kc.daddr, kc.dport);
+    pc->backend = px_addr_of(kb->saddr, kb->sport);
+    pc->local = px_addr_of(kb->daddr, kb->dport);
     pc->syn_port = pc->local.port;
     rs_splice_syn_conn(&fc.t.syn, &fb.t.syn, pc->vip.ip, pc->vip.port, pc->client.ip, pc->client.port, &pc->c);
     /* The backend's TSval was read when its SYN-ACK passed ('ns'). */
@@ -200,13 +198,13 @@ static int resend_syn(struct proxy *p, const struct rs_flow_key *kb)
         return e;
     if (!(fc.t.syn.flags & RS_SYN_SEEN))
         return -ENOENT;
-    return px_send_hdr(p->rawfd, addr_of(kb->daddr, kb->dport), addr_of(kb->saddr, kb->sport), tcp,
+    return px_send_hdr(p->rawfd, px_addr_of(kb->daddr, kb->dport), px_addr_of(kb->saddr, kb->sport), tcp,
                        rs_syn_build(&fc.t.syn, ntohl(fb.cfg.peer.saddr), ntohs(fb.cfg.peer.sport), tcp));
 }
 
 void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
 {
-    struct rs_addr backend = addr_of(ev->key.saddr, ev->key.sport), local = addr_of(ev->key.daddr, ev->key.dport);
+    struct rs_addr backend = px_addr_of(ev->key.saddr, ev->key.sport), local = px_addr_of(ev->key.daddr, ev->key.dport);
     int e = -EBADF;
 
     if (ev->flags & RS_FLOW_OPENED) {
