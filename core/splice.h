@@ -682,10 +682,10 @@ static inline int rs_ident_opt_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *add
 }
 
 /* Writes into 'tcp' (RS_TCP_HDR_MAX bytes) the SYN that '*si' describes
- * (Linux's option order: MSS, SACK-permitted, TS, NOP, window scale), with
- * the option naming client 'addr':'port' (host order) last; ports zero.
+ * (Linux's option order: MSS, SACK-permitted, TS, NOP, window scale), as
+ * its client sent it: ports zero, no name (the tc program adds it).
  * Returns its length. */
-static inline rs_u32 rs_syn_build(const struct rs_syn_info *si, rs_u32 addr, rs_u16 port, rs_u8 *tcp)
+static inline rs_u32 rs_syn_build(const struct rs_syn_info *si, rs_u8 *tcp)
 {
     rs_u32 n = RS_TCP_HDR_MIN, i;
 
@@ -720,8 +720,6 @@ static inline rs_u32 rs_syn_build(const struct rs_syn_info *si, rs_u32 addr, rs_
     }
     while (n % 4)
         tcp[n++] = RS_TCPOPT_NOP;
-    rs_ident_opt_put(tcp + n, addr, port);
-    n += RS_IDENT_ROOM;
     tcp[12] = (rs_u8)(n / 4 << 4);
     return n;
 }

@@ -1246,7 +1246,7 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     struct rs_addr from = { ntohl(ev->key.saddr), ntohs(ev->key.sport) };
     struct rs_flow_key kb;
 
-    if (ev->flags & (RS_FLOW_OPENED | RS_FLOW_STALE)) {
+    if (ev->flags & (RS_FLOW_OPENED | RS_FLOW_STALE | RS_FLOW_REFUSED | RS_FLOW_UNANSWERED)) {
         px_syn_event(p, ev);
         return;
     }

@@ -104,6 +104,12 @@ struct px_datapath_ops {
     int (*syn_setup)(struct px_datapath *dp, const struct rs_syn_cfg *cfg, const uint16_t *ports, size_t n);
     int (*syn_port_put)(struct px_datapath *dp, uint16_t port);
     int (*learn)(struct px_datapath *dp, const struct rs_flow_key *k);
+    /* Optional: runs the data path on Ethernet frame 'in' ('len' bytes) as
+     * though it had just arrived, its maps changed as they would be, and
+     * leaves in 'out' (*out_len bytes, then its length) the frame as it
+     * would leave.  Returns the tc verdict (TC_ACT_REDIRECT: translated,
+     * to be sent) or -errno. */
+    int (*replay)(struct px_datapath *dp, const uint8_t *in, uint32_t len, uint8_t *out, uint32_t *out_len);
     /* Optional (NULL: every change is made at once).  After hold(), the
      * changes of the daemon's halves (the newest per entry) and the fresh
      * data path's halves of new WATCH entries wait in this process until
@@ -214,6 +220,11 @@ static inline int px_dp_syn_port_put(struct px_datapath *dp, uint16_t port)
 static inline int px_dp_learn(struct px_datapath *dp, const struct rs_flow_key *k)
 {
     return px_dp_tell(dp, k, false, dp->ops->learn ? dp->ops->learn(dp, k) : -EOPNOTSUPP);
+}
+static inline int px_dp_replay(struct px_datapath *dp, const uint8_t *in, uint32_t len, uint8_t *out,
+                               uint32_t *out_len)
+{
+    return dp->ops->replay ? dp->ops->replay(dp, in, len, out, out_len) : -EOPNOTSUPP;
 }
 /* The changes made between the two calls go to the table together, when
  * px_dp_flush() returns (one syscall instead of one each, where the data

@@ -649,6 +649,18 @@ static int ebpf_learn(struct px_datapath *dp, const struct rs_flow_key *k)
     return 0;
 }
 
+static int ebpf_replay(struct px_datapath *dp, const uint8_t *in, uint32_t len, uint8_t *out, uint32_t *out_len)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+    LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = in, .data_size_in = len, .data_out = out,
+                .data_size_out = *out_len, .repeat = 1);
+
+    if (bpf_prog_test_run_opts(bpf_program__fd(s->skel->progs.rs_splice_ingress), &o))
+        return -errno;
+    *out_len = o.data_size_out;
+    return (int)o.retval;
+}
+
 const struct px_datapath_ops px_dp_ebpf = {
     .name = "ebpf",
     .open = ebpf_open,
@@ -669,6 +681,7 @@ const struct px_datapath_ops px_dp_ebpf = {
     .syn_setup = ebpf_syn_setup,
     .syn_port_put = ebpf_syn_port_put,
     .learn = ebpf_learn,
+    .replay = ebpf_replay,
     .hold = ebpf_hold,
     .flush = ebpf_flush,
 };

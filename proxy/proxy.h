@@ -127,6 +127,11 @@ struct px_syn_wait {
     uint64_t due_ns;              /* back to the pool then (the backend's TIME_WAIT is over) */
 };
 
+struct px_syn_again {
+    struct rs_flow_key kc;        /* the client's entry */
+    struct rs_syn_info syn;       /* its SYN */
+};
+
 struct px_syn {
     bool on;                      /* --splice-at syn */
     uint16_t port_lo, port_hi;    /* --syn-ports */
@@ -134,6 +139,8 @@ struct px_syn {
     struct px_syn_wait *wait;     /* ports waiting, oldest first */
     size_t nwait, capwait;
     uint64_t swept_ns;            /* the last look for SYNs never answered */
+    struct px_syn_again *again;   /* SYNs a failed backend left unanswered, for the next one */
+    size_t nagain, capagain;
 };
 
 /* The proxy pair (pair.c): this proxy and another share the VIP. */
@@ -390,7 +397,9 @@ int px_syn_start(struct proxy *p);
 /* The serving backend may have changed (fence, roles): new SYNs go to the new one. */
 void px_syn_sync(struct proxy *p);
 /* An RS_FLOW_OPENED event: takes the connection the tc program spliced
- * on; RS_FLOW_STALE: resets the old connection its backend answered with. */
+ * on; RS_FLOW_STALE: resets the old connection its backend answered with;
+ * RS_FLOW_REFUSED, RS_FLOW_UNANSWERED: its backend did not answer, which
+ * may be its failure. */
 void px_syn_event(struct proxy *p, const struct rs_flow_event *ev);
 /* Takes on the connection spliced at the SYN whose backend entry is 'kb'
  * (splice id 'id'), its SYN-ACK seen at 'ns' (CLOCK_MONOTONIC): its record

@@ -85,6 +85,11 @@ enum rs_flow_state {
 #define RS_FLOW_STALE    (1 << 5)  /* event only: a backend answered a splice made at the SYN with a
                                     * bare ACK (an old connection holds the port there, a TIME_WAIT
                                     * another proxy left): dropped; seq is that ACK's number */
+#define RS_FLOW_REFUSED  (1 << 6)  /* event only: a guarded backend reset a splice made at the SYN
+                                    * before answering it (nothing listens there): dropped */
+#define RS_FLOW_UNANSWERED (1 << 7) /* event only: the client sent its SYN again on a splice made at
+                                    * the SYN that its backend has not answered; seq: the
+                                    * microseconds since its previous SYN (the SYN passes) */
 
 /* What the daemon needs, besides the translation, to go on with a spliced
  * connection: kept in the client's entry (zero in the others), so a proxy

@@ -19,6 +19,10 @@
  *   - a port the backend still holds an old connection on (RS_FLOW_STALE:
  *     it answered the SYN with a bare ACK): that connection reset, the
  *     client's SYN sent again (resend_syn);
+ *   - a backend that does not answer a SYN (it resets it: nothing
+ *     listens; or the client sends its SYN again: the request path's
+ *     failed connect) fails (px_backend_failed) and the SYNs it left
+ *     unanswered go to the next backend at once (replay_syn);
  *   - the entries of SYNs never answered, swept (forget_unanswered).
  *
  * The backend learns whose connection it is from the option the tc
@@ -27,6 +31,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <linux/pkt_cls.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +43,7 @@
  * long their client must have been silent to lose them (a client gives a
  * connect up after its SYN retransmissions, ~2 min on Linux). */
 #define SYN_SWEEP_NS (30ull * 1000000000ull)
+#define SYN_AGAIN_MAX 4096     /* SYNs kept to send to the next backend; beyond, the clients' own */
 
 /* The backend new connections go to: the first serving primary. */
 static int serving(const struct proxy *p)
@@ -81,9 +87,57 @@ int px_syn_start(struct proxy *p)
     return e;
 }
 
+/* Sends client 'kc''s SYN (as '*si' describes it) through the tc program
+ * as though it came again, and on to the backend the program sends it to
+ * (made a splice, or one already: the program names the client), so that
+ * the client need not wait a second or more for its own retransmission. */
+static int replay_syn(struct proxy *p, const struct rs_flow_key *kc, const struct rs_syn_info *si)
+{
+    uint8_t in[14 + 20 + RS_TCP_HDR_MAX] = { 0 }, out[sizeof(in) + 64], *tcp = in + 34;
+    uint32_t hlen = rs_syn_build(si, tcp), n = sizeof(out);
+    struct rs_flow_key k;
+    int v;
+
+    if (p->rawfd < 0)
+        return -EBADF;
+    in[12] = 0x08;                          /* Ethernet, IPv4; addresses unused */
+    in[14] = 0x45;
+    rs_splice_store16(in + 16, (uint16_t)(20 + hlen));
+    in[22] = 64;
+    in[23] = IPPROTO_TCP;
+    memcpy(in + 26, &kc->saddr, 4);
+    memcpy(in + 30, &kc->daddr, 4);
+    memcpy(tcp, &kc->sport, 2);
+    memcpy(tcp + 2, &kc->dport, 2);
+    if ((v = px_dp_replay(p->dp, in, 34 + hlen, out, &n)) < 0)
+        return v;
+    if (v != TC_ACT_REDIRECT || n < 34 + RS_TCP_HDR_MIN || n < 34 + (hlen = (uint32_t)(out[46] >> 4) * 4))
+        return -EAGAIN;                     /* not spliced (no port free): the client's own SYN will be */
+    memcpy(&k.saddr, out + 26, 4);
+    memcpy(&k.daddr, out + 30, 4);
+    memcpy(&k.sport, out + 34, 2);
+    memcpy(&k.dport, out + 36, 2);
+    return px_send_hdr(p->rawfd, px_addr_of(k.saddr, k.sport), px_addr_of(k.daddr, k.dport), out + 34, hlen);
+}
+
+/* Keeps client 'kc''s SYN to send to the next backend (px_syn_sync). */
+static void keep_syn(struct proxy *p, const struct rs_flow_key *kc, const struct rs_syn_info *si)
+{
+    if (p->syn.nagain == p->syn.capagain) {
+        size_t cap = p->syn.capagain ? 2 * p->syn.capagain : 64;
+        struct px_syn_again *a = cap <= SYN_AGAIN_MAX ? realloc(p->syn.again, cap * sizeof(*a)) : NULL;
+
+        if (!a)
+            return;     /* its client's own retransmission will do */
+        p->syn.again = a;
+        p->syn.capagain = cap;
+    }
+    p->syn.again[p->syn.nagain++] = (struct px_syn_again){ *kc, *si };
+}
+
 /* Removes the entries of SYNs spliced that nobody took on (no SYN-ACK
  * came): those to a backend other than the serving one ('idle_ns' 0: it
- * was fenced; their clients' next SYN is spliced afresh), or those whose
+ * failed; their SYNs go to the next one, px_syn_sync), or those whose
  * client has been silent for 'idle_ns' (it gave up). */
 static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
 {
@@ -105,6 +159,7 @@ static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
         struct px_flow_info f, fc;
         struct rs_addr from = px_addr_of(keys[i].saddr, keys[i].sport), to = px_addr_of(keys[i].daddr, keys[i].dport);
         int b = p->syn.backend;
+        bool have_c;
 
         /* A backend's entry: to one of the pool's ports (the VIP may be
          * the proxy's address too: its port tells the clients' apart). */
@@ -113,10 +168,12 @@ static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
             || px_dp_learn(p->dp, &keys[i]) || px_dp_get(p->dp, &keys[i], &f) || !f.cfg.at_syn
             || f.cfg.splice_id < RS_SYN_ID_BASE || px_pc_find(p, f.cfg.splice_id))
             continue;
-        if (idle_ns && (px_dp_learn(p->dp, &f.cfg.peer) || px_dp_get(p->dp, &f.cfg.peer, &fc)
-                        || fc.t.last_ns + idle_ns > now))
+        have_c = !px_dp_learn(p->dp, &f.cfg.peer) && !px_dp_get(p->dp, &f.cfg.peer, &fc);
+        if (idle_ns && (!have_c || fc.t.last_ns + idle_ns > now))
             continue;
-        rs_log("syn-unanswered client=%s backend=%s port=%u: entries removed",
+        if (!idle_ns && have_c && (fc.t.syn.flags & RS_SYN_SEEN))
+            keep_syn(p, &f.cfg.peer, &fc.t.syn);
+        rs_log("syn-forget client=%s backend=%s port=%u: entries removed",
                RS_A(px_addr_of(f.cfg.peer.saddr, f.cfg.peer.sport)), RS_A(from), to.port);
         px_dp_remove(p->dp, &keys[i]);
         if (!px_dp_learn(p->dp, &f.cfg.peer))
@@ -138,6 +195,16 @@ void px_syn_sync(struct proxy *p)
     }
     rs_log("splice-at syn: backend %s", p->syn.backend >= 0 ? RS_A(p->backends[p->syn.backend].addr) : "none");
     forget_unanswered(p, 0);
+    if (p->syn.backend < 0 || !p->syn.nagain)
+        return;                 /* kept until a backend serves */
+    for (size_t i = 0; i < p->syn.nagain; i++) {
+        struct px_syn_again *a = &p->syn.again[i];
+
+        e = replay_syn(p, &a->kc, &a->syn);
+        rs_log("syn-redispatch client=%s backend=%s%s%s", RS_A(px_addr_of(a->kc.saddr, a->kc.sport)),
+               RS_A(p->backends[p->syn.backend].addr), e ? ": " : "", e ? strerror(-e) : "");
+    }
+    p->syn.nagain = 0;
 }
 
 struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_t id, uint64_t ns)
@@ -184,13 +251,11 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     return pc;
 }
 
-/* Sends the client's SYN of the splice whose backend entry is 'kb' to the
- * backend again, as the tc program passed it (from the SYN it kept), so
- * that the client need not wait a second for its own retransmission. */
+/* Sends the client's SYN of the splice whose backend entry is 'kb' to its
+ * backend again (replay_syn). */
 static int resend_syn(struct proxy *p, const struct rs_flow_key *kb)
 {
     struct px_flow_info fb, fc;
-    uint8_t tcp[RS_TCP_HDR_MAX];
     int e;
 
     if ((e = px_dp_learn(p->dp, kb)) || (e = px_dp_get(p->dp, kb, &fb)) || (e = px_dp_learn(p->dp, &fb.cfg.peer))
@@ -198,8 +263,36 @@ static int resend_syn(struct proxy *p, const struct rs_flow_key *kb)
         return e;
     if (!(fc.t.syn.flags & RS_SYN_SEEN))
         return -ENOENT;
-    return px_send_hdr(p->rawfd, px_addr_of(kb->daddr, kb->dport), px_addr_of(kb->saddr, kb->sport), tcp,
-                       rs_syn_build(&fc.t.syn, ntohl(fb.cfg.peer.saddr), ntohs(fb.cfg.peer.sport), tcp));
+    return replay_syn(p, &fb.cfg.peer, &fc.t.syn);
+}
+
+/* An RS_FLOW_REFUSED or RS_FLOW_UNANSWERED event: the backend of a splice
+ * made at the SYN did not answer it, which is what a failed connect is on
+ * the request path (connect_failed in conn.c): a failure of the backend,
+ * where recovery is on.  A SYN sent again sooner than --connect-timeout
+ * after the previous one (replay_syn's, then the client's) says nothing. */
+static void not_answered(struct proxy *p, const struct rs_flow_event *ev)
+{
+    bool refused = ev->flags & RS_FLOW_REFUSED;
+    struct px_flow_info f;
+    struct rs_flow_key kb = ev->key, kc;
+    int b;
+
+    if ((!refused && ev->seq < p->connect_ns / 1000) || !p->logger.port || px_dp_learn(p->dp, &ev->key)
+        || px_dp_get(p->dp, &ev->key, &f))
+        return;
+    kc = refused ? f.cfg.peer : ev->key;
+    if (!refused)
+        kb = f.cfg.peer;
+    if ((b = px_backend_at(p, px_addr_of(kb.saddr, kb.sport))) < 0 || p->backends[b].fenced)
+        return;
+    if (refused)
+        rs_log("syn-refused id=%" PRIu64 " client=%s backend=%s", ev->splice_id, RS_A(px_addr_of(kc.saddr, kc.sport)),
+               RS_A(p->backends[b].addr));
+    else
+        rs_log("syn-unanswered id=%" PRIu64 " client=%s backend=%s again_after_ms=%u", ev->splice_id,
+               RS_A(px_addr_of(kc.saddr, kc.sport)), RS_A(p->backends[b].addr), ev->seq / 1000);
+    px_backend_failed(p, p->backends[b].id, refused ? "connect-refused" : "connect-failed");
 }
 
 void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
@@ -209,6 +302,10 @@ void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
 
     if (ev->flags & RS_FLOW_OPENED) {
         px_syn_take(p, &ev->key, ev->splice_id, ev->ns);
+        return;
+    }
+    if (ev->flags & (RS_FLOW_REFUSED | RS_FLOW_UNANSWERED)) {
+        not_answered(p, ev);
         return;
     }
     /* The backend still holds an old connection on this port (a TIME_WAIT

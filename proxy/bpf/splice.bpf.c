@@ -114,6 +114,22 @@ int rs_splice_ingress(struct __sk_buff *skb)
         __sync_fetch_and_add(&t->dropped, 1);
         return TC_ACT_SHOT;
     }
+    /* Before the backend's SYN-ACK, signs that it will not answer (the
+     * request path's failed connect): its RST (nothing listens there),
+     * which the client must not see, and the client's SYN sent again (its
+     * retransmission); rs-proxy judges them (syn.c). */
+    if (f->at_syn && f->guard && !t->syn.flags && (tcp[13] & RS_TCP_F_RST)) {
+        report(&key, f, RS_FLOW_REFUSED, 0, f->gen);
+        __sync_fetch_and_add(&t->dropped, 1);
+        return TC_ACT_SHOT;
+    }
+    if (f->at_syn && t->syn.flags && (tcp[13] & 0x12) == RS_TCP_F_SYN) {
+        const struct rs_flow_track *pt = bpf_map_lookup_elem(&rs_track, &f->peer);
+        __u64 since = (bpf_ktime_get_ns() - t->last_ns) / 1000;
+
+        if (pt && !pt->syn.flags)
+            report(&key, f, RS_FLOW_UNANSWERED, since > 0xffffffffu ? 0xffffffffu : (__u32)since, f->gen);
+    }
     t->last_ns = bpf_ktime_get_ns();
     if (tcp[13] & 0x10) {
         __u32 ack;

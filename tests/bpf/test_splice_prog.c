@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 #include <cmocka.h>
 
@@ -148,15 +149,21 @@ static void put_flow(const struct rs_flow_key *k, const struct rs_flow *fl)
     assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_flows), k, fl, BPF_ANY), 0);
 }
 
-/* Runs the program on 'in' ('len' bytes); the frame it leaves in 'out'. */
-static int run(const uint8_t *in, size_t len, uint8_t *out)
+/* Runs the program on 'in' ('len' bytes); the frame it leaves in 'out',
+ * 'grown' bytes longer (a SYN the program names its client in). */
+static int run_grown(const uint8_t *in, size_t len, uint8_t *out, size_t grown)
 {
     LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = in, .data_size_in = (uint32_t)len, .data_out = out,
                 .data_size_out = (uint32_t)len + 64, .repeat = 1);
 
     assert_int_equal(bpf_prog_test_run_opts(bpf_program__fd(skel->progs.rs_splice_ingress), &o), 0);
-    assert_int_equal(o.data_size_out, len);
+    assert_int_equal(o.data_size_out, len + grown);
     return (int)o.retval;
+}
+
+static int run(const uint8_t *in, size_t len, uint8_t *out)
+{
+    return run_grown(in, len, out, 0);
 }
 
 static struct rs_splice_dir random_dir(void)
@@ -450,8 +457,11 @@ static int opened(void *ctx, void *data, size_t len)
 {
     const struct rs_flow_event *e = data;
 
-    if (len >= sizeof(*e) && (e->flags & (RS_FLOW_OPENED | RS_FLOW_STALE)))
-        ((struct rs_flow_event *)ctx)[(e->flags & RS_FLOW_STALE) ? 1 : 0] = *e;
+    if (len < sizeof(*e))
+        return 0;
+    for (int i = 0; i < 4; i++)     /* OPENED, STALE, REFUSED, UNANSWERED: evs[0..3] */
+        if (e->flags & (RS_FLOW_OPENED << i))
+            ((struct rs_flow_event *)ctx)[i] = *e;
     return 0;
 }
 
@@ -504,7 +514,7 @@ static void syn_spliced_by_the_program(void **state)
     struct rs_flow_key kb = { htonl(backend), htonl(vip), htons(8080), htons(port) };
     struct rs_flow fc, fb;
     struct rs_flow_track t;
-    struct rs_flow_event evs[2], ev;
+    struct rs_flow_event evs[4], ev;
     struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), opened, evs, NULL);
     size_t len;
 
@@ -567,6 +577,24 @@ static void syn_spliced_by_the_program(void **state)
     assert_int_equal(evs[1].seq, 424242);
     assert_memory_equal(&evs[1].key, &kb, sizeof(kb));
 
+    /* The client's SYN again, unanswered: passed, reported with the time
+     * since its first; then the backend's RST (nothing listens there):
+     * dropped, reported. */
+    usleep(2000);
+    len = syn_frame(in, client, 42000, vip, 80, 1000, false);
+    assert_int_equal(run_grown(in, len, out, RS_IDENT_ROOM), TC_ACT_REDIRECT);
+    assert_int_equal(ring_buffer__consume(rb) >= 1, 1);
+    assert_int_equal(evs[3].flags, RS_FLOW_UNANSWERED);
+    assert_memory_equal(&evs[3].key, &kc, sizeof(kc));
+    assert_true(evs[3].seq >= 2000 && evs[3].seq < 1000000);
+    len = syn_frame(in, backend, 8080, vip, port, 0, true);
+    in[ETH_LEN + 20 + 13] = RS_TCP_F_RST | RS_TCP_F_ACK;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    assert_int_equal(ring_buffer__consume(rb) >= 1, 1);
+    assert_int_equal(evs[2].flags, RS_FLOW_REFUSED);
+    assert_memory_equal(&evs[2].key, &kb, sizeof(kb));
+
     /* The backend's SYN-ACK: to the client from the VIP, reported. */
     len = syn_frame(in, backend, 8080, vip, port, 5000, true);
     assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
@@ -582,6 +610,12 @@ static void syn_spliced_by_the_program(void **state)
     assert_int_equal(ev.flags & RS_FLOW_OPENED, RS_FLOW_OPENED);
     assert_memory_equal(&ev.key, &kb, sizeof(kb));
     assert_int_equal(ev.seq, 5000);
+    /* A SYN again once it was answered: no sign of anything. */
+    memset(evs, 0, sizeof(evs));
+    len = syn_frame(in, client, 42000, vip, 80, 1000, false);
+    assert_int_equal(run_grown(in, len, out, RS_IDENT_ROOM), TC_ACT_REDIRECT);
+    ring_buffer__consume(rb);
+    assert_int_equal(evs[3].flags, 0);
 
     /* A SYN with TCP-MD5, which no splice carries: the stack's, with the
      * port still free. */

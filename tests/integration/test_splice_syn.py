@@ -1,7 +1,8 @@
 """rs-proxy --splice-at syn (issue 17): the tc program splices each new
 connection at the client's SYN, with no process in the way.  What must
-hold around it: a SYN sent to a backend that died before answering is
-spliced to the next one when the client sends it again; with no port of
+hold around it: a SYN sent to a backend that does not answer it (it
+resets it, or the client sends it again) fails that backend and goes on
+to the next one at once, as a failed connect does; with no port of
 the pool free, or a port still in the backend's TIME_WAIT, a SYN goes to
 the proxy's listener and is spliced at its request as before; a proxy
 restarted adopts the connections spliced at the SYN and protects them;
@@ -12,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -30,6 +32,7 @@ STREAM = "/slow?bytes=1200000&chunk=8000&delay=20ms"    # 150 chunks, ~3 s
 @needs_root
 class SynCase(unittest.TestCase):
     proxy_args = ["--splice-at", "syn"]
+    stack_args = {}
     clients = 1
 
     def setUp(self):
@@ -39,7 +42,7 @@ class SynCase(unittest.TestCase):
         self.tb = Testbed(LanTopo(clients=self.clients), os.path.join(self.dir, "run"))
         self.tb.__enter__()
         self.addCleanup(self.tb.__exit__, None, None, None)    # also when the stack fails to start
-        self.stack = Stack(self.tb, self.dir, proxy_args=self.proxy_args).start()
+        self.stack = Stack(self.tb, self.dir, proxy_args=self.proxy_args, **self.stack_args).start()
 
     def tearDown(self):
         self.tb.__exit__(None, None, None)
@@ -59,17 +62,17 @@ class SynCase(unittest.TestCase):
 
 
 class TestBackendGone(SynCase):
-    def test_dead_primary_at_the_syn(self):
-        """The primary's application is dead and nothing has told the
-        proxy yet (its rs-stated stopped): the client's SYN is spliced to
-        it and gets no answer (its kernel's RST is held back, as any end of
-        a backend's).  Once the primary is fenced, the SYN's entries go and
-        the client's next SYN is spliced to the alternate: the client sees
-        a slow connect, no RST, its request served once."""
+    """A backend that does not answer a SYN spliced to it, before anything
+    told the proxy it failed: what a failed connect is on the request
+    path.  The client sees a connect no slower than its own SYN
+    retransmission, no RST, its request served once by the alternate."""
+    stack_args = {"dead_after": "5s"}   # only the SYN's fate can tell the proxy in time
+
+    def connect_to_the_gone(self, gone):
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
-        self.stack.d["stated-primary"].popen.send_signal(signal.SIGSTOP)
+        self.stack.d["stated-primary"].popen.send_signal(signal.SIGSTOP)    # nothing tells the proxy
         try:
-            self.stack.kill_primary()
+            gone()
             t0 = time.monotonic()
             d = self.client("request POST /counter\n  expect contains \"counter=1\"\n")
             self.assert_ok(d, 20)
@@ -79,11 +82,30 @@ class TestBackendGone(SynCase):
         self.tb.stop_capture(cap)
         self.assertEqual(pcap_count(pcap, "tcp[tcpflags] & tcp-rst != 0"), 0, "the client saw a RST")
         log = self.stack.log("proxy")
-        self.assertRegex(log, r"failure backend_id=1 .*fenced")
-        self.assertRegex(log, r"syn-unanswered client=\S+ backend=10\.0\.0\.11:8080 port=\d+: entries removed")
+        self.assertRegex(log, r"syn-forget client=\S+ backend=10\.0\.0\.11:8080 port=\d+: entries removed")
+        self.assertRegex(log, rf"syn-redispatch client=\S+ backend={re.escape(SERVERS['alternate'])}:8080\n")
         self.assertRegex(log, rf"syn-spliced id=\d+ client=\S+ backend={re.escape(SERVERS['alternate'])}:8080 ")
-        self.assertNotRegex(log, r"accept id=", "the retransmitted SYN went to the listener")
-        self.assertLess(took, 8, "a connect waited past the SYN retransmission after the fence")
+        self.assertNotRegex(log, r"accept id=", "the SYN went to the listener")
+        out = self.tb["c1"].cmd(f"curl -s http://{SERVERS['alternate']}:8080/counter")
+        self.assertEqual(out.strip(), "counter=1", out)
+        print(f"\nserved in {took * 1000:.0f} ms")
+        return log, took
+
+    def test_dead_application_refuses(self):
+        """Its kernel resets the SYN (nothing listens): the RST is held back,
+        the primary fenced, the SYN sent on to the alternate at once."""
+        log, took = self.connect_to_the_gone(self.stack.kill_primary)
+        self.assertRegex(log, r"syn-refused id=\d+ client=\S+ backend=10\.0\.0\.11:8080")
+        self.assertRegex(log, r"failure backend_id=1 .*why=connect-refused .*fenced")
+        self.assertLess(took, 0.8, "the client waited for its own SYN retransmission")
+
+    def test_dead_host_does_not_answer(self):
+        """Its host is down: the client's SYN again (a second later) is the
+        sign; the primary fenced, that SYN sent on to the alternate."""
+        log, took = self.connect_to_the_gone(self.stack.primary_down)
+        self.assertRegex(log, r"syn-unanswered id=\d+ client=\S+ backend=10\.0\.0\.11:8080 again_after_ms=\d+")
+        self.assertRegex(log, r"failure backend_id=1 .*why=connect-failed .*fenced")
+        self.assertLess(took, 2.0, "the client waited for a second SYN retransmission")
 
 
 class TestPortPool(SynCase):
@@ -104,6 +126,13 @@ class TestPortPool(SynCase):
                          {"62000", "62001"})
 
 
+# A client that asks the server to close, reads to the server's FIN, then waits before it closes.
+SERVER_CLOSES = ("import socket, sys, time; s = socket.create_connection((sys.argv[1], 80)); "
+                 "s.sendall(b'GET /static/1024?seed=1 HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "
+                 "d = b''.join(iter(lambda: s.recv(65536), b'')); time.sleep(0.3); s.close(); "
+                 "print(len(d), 'eof')")
+
+
 class TestPortReturn(SynCase):
     proxy_args = ["--splice-at", "syn", "--syn-ports", "62000-62000", "--linger", "50ms"]
 
@@ -114,11 +143,12 @@ class TestPortReturn(SynCase):
         another are all spliced at the SYN; after a server-closed one, the
         next goes to the listener."""
         one = "request GET /static/1024?seed=1\n  expect length 1024\n"
-        # The server closes, and its FIN reaches the client before the
-        # client closes (it thinks on): the backend closed first.
-        server_closes = one + "  header Connection: close\nthink 300ms\n"
-        for i, trace in enumerate([one] * 3 + [server_closes, one]):
-            self.assert_ok(self.client(trace, name=f"seq{i}"))
+        for i in range(5):
+            if i == 3:      # the server closes; the client reads its FIN, and only then closes
+                out = self.tb["c1"].cmd(f"{sys.executable} -c \"{SERVER_CLOSES}\" {SERVERS['proxy']}")
+                self.assertIn("eof", out)
+            else:
+                self.assert_ok(self.client(one, name=f"seq{i}"))
             self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("unsplice id=") > i, 10),
                             self.stack.log("proxy")[-2000:])
         log = self.stack.log("proxy")
