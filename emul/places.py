@@ -54,6 +54,13 @@ def proxy_splice_at():
     return ["--splice-at", at] if at else []
 
 
+def splice_at(proxy_argv):
+    """Where an rs-proxy started with 'proxy_argv' splices new connections:
+    "syn" or "request" (its last --splice-at, else its default)."""
+    at = [proxy_argv[i + 1] for i, a in enumerate(proxy_argv[:-1]) if a == "--splice-at"]
+    return at[-1] if at else "request"
+
+
 def use_build(path):
     """Makes 'path' the build directory for binary() (a driver's --build)."""
     os.environ["RS_BUILD"] = os.path.abspath(path)

@@ -30,7 +30,7 @@ import os
 import signal
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PAIR_PORT, PRIMARY_ID, PROXY_CTL,
-                         SPARE_ID, STATED_PORT, VIP_PORT, binary, proxy_datapath, proxy_identity, proxy_splice_at,
+                         SPARE_ID, STATED_PORT, VIP_PORT, binary, proxy_datapath, proxy_identity, proxy_splice_at, splice_at,
                          write_key)
 from emul.testbed import wait_death
 from topologies.lan import PAIR_HOSTS, SERVERS, SPARE_HOST
@@ -160,6 +160,15 @@ class Stack:
                                      argv + proxy_datapath() + proxy_identity() + proxy_splice_at() + self.proxy_args,
                                      ready="listening")
         return self.d[host]
+
+    def splice_at(self):
+        """Where rs-proxy splices new connections: "syn" or "request"."""
+        return splice_at(proxy_datapath() + proxy_splice_at() + self.proxy_args)
+
+    def first_id(self):
+        """rs-proxy's id of the first connection it splices (its log's
+        id=): the tc program's when it splices at the SYN (RS_SYN_ID_BASE)."""
+        return 1 << 62 if self.splice_at() == "syn" else 1
 
     def start_logger(self, name="logger", wait=True):
         """Starts rs-logger (again, after a crash: its log then goes to

@@ -56,7 +56,8 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
         RS_STAT(struct stats, recovery_retargets),
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
-        RS_STAT(struct stats, syn_spliced), RS_STAT(struct stats, syn_stale),
+        RS_STAT(struct stats, syn_spliced), RS_STAT(struct stats, syn_stale), RS_STAT(struct stats, syn_late),
+        RS_STAT(struct stats, syn_half_open),
         RS_STAT(struct stats, close_words), RS_STAT(struct stats, close_asks),
         RS_STAT(struct stats, close_words_late), RS_STAT(struct stats, close_refused),
         RS_STAT(struct stats, redispatched),
@@ -241,6 +242,10 @@ static void usage(FILE *f)
         "                     backend reads the client's name from its SYN, docs/recovery.md)\n"
         "  --syn-ports LO-HI  the proxy's ports for connections spliced at the SYN (default\n"
         "                     61000-65535; outside the host's ephemeral range)\n"
+        "  --syn-sweep DUR    how long a client may stay silent after a SYN the backend has not\n"
+        "                     answered, or leave the backend's SYN-ACK unacknowledged, before its\n"
+        "                     port is taken back (default 30s; a client gives a connect up after\n"
+        "                     ~2 min of SYN retransmissions)\n"
         "  --recovery-timeout DUR  each control step of a recovery (plan, each move) ends by then,\n"
         "                     else the client gets a RST (default 800ms)\n"
         "Logs one line per event on stderr; SIGUSR1 prints a stats line on stdout.\n");
@@ -363,6 +368,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("identity", RS_OPT_FN, &p->identity_header, .want = "map or header", .fn = identity_mode),
         RS_OPTION("splice-at", RS_OPT_FN, &p->syn.on, .want = "request or syn", .fn = splice_at),
         RS_OPTION("syn-ports", RS_OPT_FN, &p->syn, .want = "LO-HI, 1..65535", .fn = port_range),
+        RS_OPTION("syn-sweep", RS_OPT_DURATION, &p->syn.sweep_ns, .nonzero = true),
         RS_OPTION("sticky", RS_OPT_STR, &sticky),
         RS_OPTION("datapath", RS_OPT_FN, &p->datapath, .want = dp_want, .fn = datapath_name),
         RS_OPTION("ifname", RS_OPT_STR, &ifname),
@@ -392,6 +398,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     p->half_open_ns = 60ull * 1000000000u;
     p->linger_ns = 2000000000ull;
     p->connect_ns = 500000000ull;
+    p->syn.sweep_ns = 30000000000ull;
     p->identity_header = true;
     p->request_ns = 10ull * 1000000000u;
     p->recovery_ns = 800000000ull;

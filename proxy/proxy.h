@@ -102,6 +102,7 @@ struct pconn {
     uint32_t word_end[2];
     bool fin_wait;                /* the backend's FIN is held: waiting for the word */
     uint16_t syn_port;            /* spliced at the SYN (syn.c): the proxy's port, back to the pool at the end */
+    bool syn_confirmed;           /* ... and its client acknowledged the backend's SYN-ACK (close_half_open) */
     bool backend_fin_first;       /* the backend sent its FIN before it had the client's: it holds a TIME_WAIT */
     bool fin_asked;               /* ... asked for (CLOSE_ASK) */
     /* request parsing */
@@ -118,7 +119,7 @@ struct stats {
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
         adopted, recovery_retargets, fins_released, close_words, close_asks,
-        close_words_late, close_refused, syn_spliced, syn_stale;
+        close_words_late, close_refused, syn_spliced, syn_stale, syn_late, syn_half_open;
 };
 
 /* Splicing at the SYN (syn.c). */
@@ -138,6 +139,7 @@ struct px_syn {
     int backend;                  /* where new connections go (index), -1: none */
     struct px_syn_wait *wait;     /* ports waiting, oldest first */
     size_t nwait, capwait;
+    uint64_t sweep_ns;            /* --syn-sweep */
     uint64_t swept_ns;            /* the last look for SYNs never answered */
     struct px_syn_again *again;   /* SYNs a failed backend left unanswered, for the next one */
     size_t nagain, capagain;

@@ -23,7 +23,10 @@
  *     listens; or the client sends its SYN again: the request path's
  *     failed connect) fails (px_backend_failed) and the SYNs it left
  *     unanswered go to the next backend at once (replay_syn);
- *   - the entries of SYNs never answered, swept (forget_unanswered).
+ *   - swept every --syn-sweep: the entries of SYNs never answered
+ *     (forget_unanswered), which also takes on those answered whose event
+ *     was lost, and the connections whose client never acknowledged the
+ *     SYN-ACK (close_half_open).
  *
  * The backend learns whose connection it is from the option the tc
  * program adds to the SYN (RS_IDENT; the state library reads it with
@@ -39,10 +42,6 @@
 #include "splice.h"
 
 #define SYN_TIME_WAIT_NS (61ull * 1000000000ull)   /* Linux's TIME_WAIT, and a second */
-/* How often the entries of SYNs never answered are looked for, and how
- * long their client must have been silent to lose them (a client gives a
- * connect up after its SYN retransmissions, ~2 min on Linux). */
-#define SYN_SWEEP_NS (30ull * 1000000000ull)
 #define SYN_AGAIN_MAX 4096     /* SYNs kept to send to the next backend; beyond, the clients' own */
 
 /* The backend new connections go to: the first serving primary. */
@@ -168,6 +167,13 @@ static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
             || px_dp_learn(p->dp, &keys[i]) || px_dp_get(p->dp, &keys[i], &f) || !f.cfg.at_syn
             || f.cfg.splice_id < RS_SYN_ID_BASE || px_pc_find(p, f.cfg.splice_id))
             continue;
+        if (f.t.syn.flags & RS_SYN_SEEN) {
+            /* Answered, but its event was lost (the ring was full): taken
+             * on now, as a successor takes a predecessor's (adopt.c). */
+            if (px_syn_take(p, &keys[i], f.cfg.splice_id, now))
+                p->st.syn_late++;
+            continue;
+        }
         have_c = !px_dp_learn(p->dp, &f.cfg.peer) && !px_dp_get(p->dp, &f.cfg.peer, &fc);
         if (idle_ns && (!have_c || fc.t.last_ns + idle_ns > now))
             continue;
@@ -357,6 +363,38 @@ void px_syn_port_free(struct proxy *p, const struct pconn *pc)
     p->syn.wait[p->syn.nwait++] = (struct px_syn_wait){ pc->syn_port, rs_mono_ns() + SYN_TIME_WAIT_NS };
 }
 
+/* Closes the connections spliced at the SYN whose client has not
+ * acknowledged the backend's SYN-ACK after 'older_ns' (half-open: a SYN
+ * flood, a client gone).  Nothing else would end them (the backend gives
+ * up in silence), and each holds a port of the pool and a record. */
+static void close_half_open(struct proxy *p, uint64_t older_ns)
+{
+    uint64_t now = rs_now_us();
+    struct pconn *pc, *next;
+
+    for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
+        for (pc = p->buckets[b]; pc; pc = next) {
+            struct rs_flow_key kc = px_key_c(pc);
+            struct px_flow_info fc;
+
+            next = pc->next;
+            if (!pc->syn_port || pc->syn_confirmed || pc->rec || pc->t_accept_us + older_ns / 1000 > now
+                || px_dp_get(p->dp, &kc, &fc))
+                continue;
+            if (fc.t.ack_ns) {
+                pc->syn_confirmed = true;
+                continue;
+            }
+            p->st.syn_half_open++;
+            /* The backend's half of it goes too (it would answer the
+             * port's next SYN as its own), so the port is free at once. */
+            if (p->rawfd >= 0 && !px_send_rst(p->rawfd, pc->local, pc->backend, fc.t.syn.isn + 1))
+                pc->seen |= RS_FLOW_SEEN_RST;
+            px_pc_close(p, pc, "half-open", false);
+        }
+    }
+}
+
 void px_syn_tick(struct proxy *p)
 {
     uint64_t now = rs_mono_ns();
@@ -364,8 +402,9 @@ void px_syn_tick(struct proxy *p)
 
     if (!p->syn.on)
         return;
-    if (now > p->syn.swept_ns + SYN_SWEEP_NS) {
-        forget_unanswered(p, SYN_SWEEP_NS);
+    if (now > p->syn.swept_ns + p->syn.sweep_ns) {
+        forget_unanswered(p, p->syn.sweep_ns);
+        close_half_open(p, p->syn.sweep_ns);
         p->syn.swept_ns = now;
     }
     while (i < p->syn.nwait && p->syn.wait[i].due_ns <= now)

@@ -43,6 +43,7 @@ VIP_IP = SERVERS["proxy"]
 SPARE_IP = SPARE_HOST["spare"]
 SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s
 RST_FROM_VIP = f"src host {VIP_IP} and tcp[tcpflags] & tcp-rst != 0"
+SPLICED = r"\b(?:splice|syn-spliced) id="    # a splice made at the request, or at the SYN
 SEED = int(os.environ.get("RS_TEST_SEED", "12"))
 
 
@@ -80,6 +81,14 @@ class Case(unittest.TestCase):
             shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
         self.tmp.cleanup()
         self.assertEqual(leftovers(), [])
+
+    def cid(self, n=1):
+        """rs-proxy's id (its log's id=) of the n-th connection it splices."""
+        return self.stack.first_id() + n - 1
+
+    @property
+    def at_syn(self):
+        return self.stack.splice_at() == "syn"
 
     def client(self, trace, host="c1", name="client", extra=()):
         path = os.path.join(self.dir, f"{name}.trace")
@@ -133,9 +142,13 @@ class TestBeforeTheSplice(Case):
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
-        self.assertRegex(log, r"redispatch id=1 .*why=(stated-unreachable|connect-failed)")
+        if self.at_syn:     # the client's SYN again: the sign (docs/recovery.md)
+            self.assertRegex(log, r"syn-unanswered id=\d+ .*backend=10\.0\.0\.11:")
+            self.assertRegex(log, rf"syn-spliced id=\d+ client=\S+ backend={SERVERS['alternate']}:")
+        else:
+            self.assertRegex(log, r"redispatch id=1 .*why=(stated-unreachable|connect-failed)")
+            self.assertRegex(log, rf"connect id=1 client=\S+ backend={SERVERS['alternate']}:")
         self.assertRegex(log, r"failure backend_id=1 .*fenced")
-        self.assertRegex(log, rf"connect id=1 client=\S+ backend={SERVERS['alternate']}:")
         print(f"\nrequest to a dead host answered by the alternate in {elapsed * 1000:.0f} ms")
         self.assertLess(elapsed, 2.0)
 
@@ -152,7 +165,7 @@ class TestBeforeTheSplice(Case):
             self.stack.d["stated-primary"].popen.send_signal(signal.SIGCONT)
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
-        self.assertRegex(self.stack.log("proxy"), r"redispatch id=1 ")
+        self.assertRegex(self.stack.log("proxy"), r"syn-refused id=\d+ " if self.at_syn else r"redispatch id=1 ")
 
     # How a hung application is found at connect: with the default
     # --identity header nothing asks it anything before the request goes
@@ -172,8 +185,9 @@ class TestBeforeTheSplice(Case):
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
-        self.assertRegex(log, rf"failure backend_id=1 .*why={self.hung_why} .*fenced")
-        self.assertRegex(log, rf"(connect|recovered) id=1 client=\S+ (backend|alternate)={SERVERS['alternate']}:")
+        # At the SYN nothing asks it anything before the request, whatever --identity says.
+        self.assertRegex(log, rf"failure backend_id=1 .*why={'response-stall' if self.at_syn else self.hung_why} .*fenced")
+        self.assertRegex(log, rf"(connect|recovered) id={self.cid()} client=\S+ (backend|alternate)={SERVERS['alternate']}:")
         app.send_signal(signal.SIGCONT)
         self.assertTrue(wait_until(lambda: app.poll() is not None, 5), "the fenced application lives on")
         d = self.client("request POST /counter\n  expect contains \"counter=2\"\n", name="client2")
@@ -188,7 +202,8 @@ class TestBeforeTheSplice(Case):
             "s.shutdown(socket.SHUT_WR);d=b''\nwhile True:\n c=s.recv(65536)\n if not c: break\n d+=c\n"
             "print(len(d.partition(b'\\r\\n\\r\\n')[2]), d.split(b' ')[1].decode())\"" % VIP_IP)
         self.assertEqual(out.split()[-2:], ["5000", "200"], out + self.stack.log("proxy")[-2000:])
-        self.assertIn("half-close id=1", self.stack.log("proxy"))
+        if not self.at_syn:     # at the SYN its FIN passes the splice like any segment
+            self.assertIn("half-close id=1", self.stack.log("proxy"))
 
 
 
@@ -240,7 +255,7 @@ class TestHalfClosed(Case):
     def test_half_closed_client_fails_over(self):
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
         d = self.tb.start("c1", "halfclose", [sys.executable, "-c", HALF_CLOSE_CLIENT, VIP_IP])
-        either = r"half-close id=1 |fin id=1 from=10\.0\.1\."     # relayed, or its FIN passed the splice
+        either = rf"half-close id=1 |fin id={self.cid()} from=10\.0\.1\."     # relayed, or its FIN passed the splice
         self.assertTrue(wait_until(lambda: re.search(either, self.stack.log("proxy")), 10), self.stack.log("proxy"))
         time.sleep(0.3)
         self.stack.kill_primary()
@@ -249,7 +264,7 @@ class TestHalfClosed(Case):
         log = self.stack.log("proxy")
         self.assertIn("status 200 body 400000 eof", d.output(), open(d.err).read() + log[-3000:])
         self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "the client got a RST from the VIP")
-        self.assertRegex(log, r"recovered id=1 ")
+        self.assertRegex(log, rf"recovered id={self.cid()} ")
 
 
 class TestFirstResponse(Case):
@@ -257,7 +272,7 @@ class TestFirstResponse(Case):
     relayed in user space (the proxy relays the first 2 s here; over a
     60 ms path the logger also has bytes to resend)."""
     profile = Profile("wan", 60, 0, 0)
-    stack_args = {"proxy_args": ["--relay-first", "2s"]}
+    stack_args = {"proxy_args": ["--relay-first", "2s", "--splice-at", "request"]}    # a relay: the request path's
 
     def test_crash_mid_first_response(self):
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
@@ -272,7 +287,7 @@ class TestFirstResponse(Case):
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
         self.assertIn("detach id=1 ", log)
-        self.assertRegex(log, r"recovered id=1 ")
+        self.assertRegex(log, rf"recovered id={self.cid()} ")
 
 
 class TestRandomMoment(Case):
@@ -400,7 +415,7 @@ class TestHungBackend(Case):
         detect = float(m.group(1)) - t_stop
         print(f"\nhung backend detected {detect * 1000:.0f} ms after SIGSTOP (bound 300 ms + chunk gap)")
         self.assertLess(detect, 0.3 + 0.02 + 0.1)
-        self.assertRegex(log, r"recovered id=1 ")
+        self.assertRegex(log, rf"recovered id={self.cid()} ")
 
     def test_hang_mid_upload_detected_and_failed_over(self):
         """Hung while a large request body comes in: it owes no response
@@ -423,7 +438,7 @@ class TestHungBackend(Case):
         self.assertIsNotNone(m, log[-3000:] + self.stack.log("logger")[-3000:])
         self.assert_transparent(d, pcap)
         print(f"\nbackend that stopped reading detected {(float(m.group(1)) - t_stop) * 1000:.0f} ms after SIGSTOP")
-        self.assertRegex(log, r"recovered id=1 ")
+        self.assertRegex(log, rf"recovered id={self.cid()} ")
 
 
 class TestUnreachableDuringRecovery(Case):
@@ -449,8 +464,8 @@ class TestUnreachableDuringRecovery(Case):
         self.assertTrue(rsts, "no RST reached the client")
         print(f"\nRST at the client {(rsts[0] - t_crash) * 1000:.0f} ms after the crash")
         self.assertLess(rsts[0] - t_crash, 1.0)
-        self.assertRegex(self.stack.log("proxy"), r"unrecoverable id=1 ")
-        self.assertRegex(self.stack.log("proxy"), r"close id=1 .*reason=unrecoverable rst=1")
+        self.assertRegex(self.stack.log("proxy"), rf"unrecoverable id={self.cid()} ")
+        self.assertRegex(self.stack.log("proxy"), rf"close id={self.cid()} .*reason=unrecoverable rst=1")
 
     def test_logger_down(self):
         self.crash_and_measure(lambda: self.tb.host_down("logger"))
@@ -492,7 +507,7 @@ class TestLoggerRestart(Case):
         self.tb.stop_capture(cap_old)
         log = self.stack.log("proxy")
         self.assert_transparent(new, pcap_new)
-        self.assertRegex(log, r"recovered id=2 ")
+        self.assertRegex(log, rf"recovered id={self.cid(2)} ")
         # The old connection, idle: a RST within 1 s of the crash, a counted
         # reason; the client opens a new one for its next request, as a
         # browser does with a keep-alive connection the server closed.
@@ -501,7 +516,7 @@ class TestLoggerRestart(Case):
         rsts = rst_times(pcap_old)
         self.assertTrue(rsts, "the old connection got no RST")
         self.assertLess(rsts[0] - t_crash, 1.0)
-        self.assertRegex(log, r"close id=1 .*reason=unrecoverable rst=1")
+        self.assertRegex(log, rf"close id={self.cid()} .*reason=unrecoverable rst=1")
         self.assertRegex(self.stack.log("logger"), r"not-loggable client=10\.0\.1\.1:\d+ reason=mid-stream")
         # Every update counted once: two of each client.
         out = self.tb["c2"].cmd(f"curl -s http://{SERVERS['alternate']}:{APP_PORT}/counter")
@@ -523,7 +538,7 @@ class TestProxyRestart(Case):
                         "request POST /counter\n  expect contains \"counter=2\"\n")
         d.cap = cap
         self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
-        self.assertTrue(wait_until(lambda: "splice id=1 " in self.stack.log("proxy"), 5))
+        self.assertTrue(wait_until(lambda: re.search(SPLICED + f"{self.cid()} ", self.stack.log("proxy")), 5))
         time.sleep(0.3)
         stop(self.stack.d["proxy"])
         old = self.stack.log("proxy")
@@ -537,7 +552,7 @@ class TestProxyRestart(Case):
         self.tb.stop_capture(d.cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
-        self.assertRegex(log, r"recovered id=1 ")
+        self.assertRegex(log, rf"recovered id={self.cid()} ")
         self.assertNotIn("unrecoverable", log)
         return old
 
@@ -560,7 +575,8 @@ class TestProxyRestart(Case):
         with open(script, "w") as f:
             f.write(SAME_PORT_CLIENT)
         d = self.tb.start("c1", "sameport", ["python3", script, VIP_IP, go])
-        self.assertTrue(wait_until(lambda: "splice id=1 " in self.stack.log("proxy"), 10),
+        first = self.cid()
+        self.assertTrue(wait_until(lambda: re.search(SPLICED + f"{first} ", self.stack.log("proxy")), 10),
                         d.output() + self.stack.log("proxy")[-2000:])
         self.tb.kill(self.stack.d["proxy"])
         self.stack.start_proxy("proxy-restarted")
@@ -571,10 +587,13 @@ class TestProxyRestart(Case):
         self.assertIn("second: 100000 bytes", d.output())
         self.assertIn("third: 100000 bytes", d.output())
         log = self.stack.log("proxy")
-        self.assertRegex(log, r"unsplice id=1 ")
-        self.assertRegex(log, r"splice id=2 ")
-        t_rst = float(re.search(r"^(\d+\.\d+) rs-proxy rst id=1 ", log, re.M).group(1))
-        t_acc = float(re.search(r"^(\d+\.\d+) rs-proxy accept id=2 ", log, re.M).group(1))
+        self.assertRegex(log, rf"unsplice id={first} ")
+        t_rst = float(re.search(rf"^(\d+\.\d+) rs-proxy rst id={first} ", log, re.M).group(1))
+        # The new one's SYN met the old one's entries: the listener's, spliced at its request.
+        acc = re.search(r"^(\d+\.\d+) rs-proxy accept id=(\d+) ", log, re.M)
+        self.assertTrue(acc, log[-3000:])
+        self.assertRegex(log, rf"splice id={acc.group(2)} ")
+        t_acc = float(acc.group(1))
         self.assertLess(t_acc - t_rst, 0.5, "the new connection waited for the old one's entries to go")
 
 
@@ -593,7 +612,7 @@ class TestProxyPair(Case):
                         f"request GET {TestProxyRestart.STREAM}\n  expect content seed=0\n"
                         "request POST /counter\n  expect contains \"counter=2\"\n")
         self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
-        self.assertTrue(wait_until(lambda: "splice id=1 " in self.stack.log("proxy"), 5))
+        self.assertTrue(wait_until(lambda: re.search(SPLICED + f"{self.cid()} ", self.stack.log("proxy")), 5))
         for fault, serving in faults:
             time.sleep(0.3)
             t_fault = time.monotonic()
@@ -608,7 +627,7 @@ class TestProxyPair(Case):
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log(serving)
-        self.assertRegex(log, r"recovered id=1 ")
+        self.assertRegex(log, rf"recovered id={self.cid()} ")
         self.assertNotIn("unrecoverable", log)
         out = self.tb["c1"].cmd(f"curl -s http://{SERVERS['alternate']}:{APP_PORT}/counter")
         self.assertEqual(out.strip(), "counter=2", out)
@@ -660,7 +679,7 @@ class TestProxyHandOverUnderLoad(Case):
         with open(script, "w") as f:
             f.write(NEW_CONNECTIONS)
         n = self.tb.start("c2", "newconns", ["python3", script, VIP_IP, stop])
-        self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("splice id=") >= 50, 20),
+        self.assertTrue(wait_until(lambda: len(re.findall(SPLICED, self.stack.log("proxy"))) >= 50, 20),
                         self.stack.log("proxy")[-2000:])
         time.sleep(0.3)
         self.tb.stop(self.stack.d["proxy"])
@@ -692,7 +711,7 @@ class TestProxyHandOverUnderLoad(Case):
             # listened (1 run in 4 here, with four connectors every 5 ms);
             # when one does, it must be delayed, not refused (failed = 0).
             print("(no new connection met the hand-over's gap this time)")
-        self.assertIn("accept id=", self.stack.log(serving).split("adopted")[-1], "none came after")
+        self.assertRegex(self.stack.log(serving).split("adopted")[-1], r"\b(?:accept|syn-spliced) id=", "none came after")
         self.assertEqual(pcap_count(caps[1][1], RST_FROM_VIP), 0)
 
     expect_held = True      # some new connection's SYN came while no proxy listened
@@ -724,7 +743,7 @@ class TestReprotection(Case):
         time.sleep(0.3)
         t1 = time.monotonic()
         self.stack.kill_primary()       # mid-SLOW: the alternate takes over
-        self.assertTrue(wait_until(lambda: "recovered id=1 " in self.stack.log("proxy"), 5),
+        self.assertTrue(wait_until(lambda: f"recovered id={self.cid()} " in self.stack.log("proxy"), 5),
                         self.stack.log("proxy")[-3000:])
         # The roles change with the FAILURE, which may come after a recovery
         # that the primary's own end (a FIN, a RST) began.
@@ -740,8 +759,8 @@ class TestReprotection(Case):
         self.tb.stop_capture(cap)
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
-        self.assertEqual(len(re.findall(r"recovered id=1 ", log)), 2, log[-3000:])
-        self.assertRegex(log, rf"recovered id=1 client=\S+ alternate={SPARE_IP}:{APP_PORT}")
+        self.assertEqual(len(re.findall(rf"recovered id={self.cid()} ", log)), 2, log[-3000:])
+        self.assertRegex(log, rf"recovered id={self.cid()} client=\S+ alternate={SPARE_IP}:{APP_PORT}")
         out = self.tb["c1"].cmd(f"curl -s http://{SPARE_IP}:{APP_PORT}/counter")
         self.assertEqual(out.strip(), "counter=3", out)
         self.assertIn("successor backend=3", self.stack.log("stated-alternate"))
@@ -800,9 +819,9 @@ class TestReadmission(Case):
         time.sleep(0.5)
         self.assertFalse(file_contains(d.err, f"step={step + 1} response"), "the stream ended before the crash")
         self.tb.kill(self.stack.d[app])
-        self.assertTrue(wait_until(lambda: len(re.findall(r"recovered id=1 ", self.stack.log("proxy"))) == recovered, 5),
+        self.assertTrue(wait_until(lambda: len(re.findall(rf"recovered id={self.cid()} ", self.stack.log("proxy"))) == recovered, 5),
                         self.stack.log("proxy")[-3000:])
-        self.assertRegex(self.stack.log("proxy"), rf"recovered id=1 client=\S+ alternate={target}:{APP_PORT}")
+        self.assertRegex(self.stack.log("proxy"), rf"recovered id={self.cid()} client=\S+ alternate={target}:{APP_PORT}")
 
     def test_three_crashes_one_connection(self):
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
@@ -853,7 +872,7 @@ class TestPairFence(Case):
         d = self.client("request POST /counter\n  expect contains \"counter=1\"\n")
         d.popen.wait(20)
         self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:])
-        self.assertRegex(self.stack.log("proxy2"), r"connect id=\d+ client=\S+ backend=10\.0\.0\.12:")
+        self.assertRegex(self.stack.log("proxy2"), r"\b(?:connect|syn-spliced) id=\d+ client=\S+ backend=10\.0\.0\.12:")
 
 
 class TestPairHandOverUnderLoad(TestProxyHandOverUnderLoad):
@@ -975,7 +994,7 @@ class TestPartition(Case):
         self.assert_transparent(d, pcap)
         log = self.stack.log("proxy")
         self.assertRegex(log, r"failure backend_id=1 .*why=heartbeat-timeout .*fenced")
-        self.assertRegex(log, r"recovered id=1 ")
+        self.assertRegex(log, rf"recovered id={self.cid()} ")
         self.assertTrue(self.stack.d["app-primary"].alive(), "the fence was not meant to reach the primary")
         st = self.stack.stats("proxy")
         print(f"\nfenced primary: {st['fenced_drops']} of its segments dropped after the move")
@@ -994,8 +1013,7 @@ class TestConcurrent(Case):
                           f"request GET /static/4000000?seed={i}\n  expect content seed={i}\n",
                           host=f"c{i + 1}", name=f"client{i + 1}", extra=["--connections", "50", "--quiet"])
               for i in range(self.clients)]
-        # Spliced at the request or (RS_SPLICE_AT=syn) at the SYN.
-        self.assertTrue(wait_until(lambda: len(re.findall(r"\b(splice|syn-spliced) id=", self.stack.log("proxy")))
+        self.assertTrue(wait_until(lambda: len(re.findall(SPLICED, self.stack.log("proxy")))
                                    >= 200, 20), self.stack.log("proxy")[-2000:])
         time.sleep(0.1)
         self.stack.kill_primary()
@@ -1269,8 +1287,11 @@ class TestForgedEnds(Case):
             f.write(FORGED_RST)
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
         d = self.client(f"request GET {target}\n  expect content seed=0\n")
-        self.assertTrue(wait_until(lambda: " splice id=1 " in self.stack.log("proxy"), 10), self.stack.log("proxy"))
-        port = re.search(r"connect id=1 .* local=[\d.]+:(\d+)", self.stack.log("proxy")).group(1)
+        self.assertTrue(wait_until(lambda: re.search(SPLICED + f"{self.cid()} ", self.stack.log("proxy")), 10),
+                        self.stack.log("proxy"))
+        # The proxy's port towards the primary.
+        port = re.search(rf"(?:connect id=1 .* local=[\d.]+:|syn-spliced id={self.cid()} .* port=)(\d+)",
+                         self.stack.log("proxy")).group(1)
         out = self.tb["c1"].cmd(f"{sys.executable} {script} {SERVERS['primary']} {VIP_IP} {port} 12345")
         self.assertIn("sent", out)
         d.popen.wait(30)
@@ -1284,9 +1305,9 @@ class TestForgedEnds(Case):
         # The RST was never taken for the primary's end, and nothing failed
         # over (the download's own end is a meant close, the logger says).
         self.assertNotIn("why=backend-rst", log)
-        self.assertNotIn("recovered id=1", log)
-        self.assertTrue(wait_until(lambda: "unsplice id=1 " in self.stack.log("proxy"), 10))
-        self.assertRegex(self.stack.log("proxy"), r"unsplice id=1 .* ends_refused=1\b")
+        self.assertNotIn(f"recovered id={self.cid()}", log)
+        self.assertTrue(wait_until(lambda: f"unsplice id={self.cid()} " in self.stack.log("proxy"), 10))
+        self.assertRegex(self.stack.log("proxy"), rf"unsplice id={self.cid()} .* ends_refused=1\b")
 
 
 # From a client host: keeps argv[2] connections to argv[1]:80 that never
@@ -1347,7 +1368,9 @@ class TestHostileClients(Case):
     recoveries have descriptors of their own), the slow clients are reset
     after --request-timeout, and all of it is counted."""
     clients = 3
-    stack_args = {"proxy_args": ["--request-timeout", "1s"]}
+    # The proxy's own descriptors and request timeout: the request path's (at
+    # the SYN the backend meets such clients itself, as it would direct).
+    stack_args = {"proxy_args": ["--request-timeout", "1s", "--splice-at", "request"]}
 
     def test_slowloris_half_open_and_no_descriptors(self):
         pid = self.stack.d["proxy"].pid
@@ -1391,9 +1414,9 @@ class TestForgedEndsWithoutRecovery(TestForgedEnds):
     def test_forged_rst_changes_nothing(self):
         d, _ = self.forged_rst_mid_download("/slow?bytes=400000&chunk=4000&delay=30ms")
         self.assertEqual(d.popen.returncode, 0, d.output() + open(d.err).read()[-2000:] + self.stack.log("proxy"))
-        self.assertNotRegex(self.stack.log("proxy"), r"rst id=1 ")
-        self.assertTrue(wait_until(lambda: "unsplice id=1 " in self.stack.log("proxy"), 10))
-        self.assertRegex(self.stack.log("proxy"), r"unsplice id=1 .* ends_refused=1\b")
+        self.assertNotRegex(self.stack.log("proxy"), rf"rst id={self.cid()} ")
+        self.assertTrue(wait_until(lambda: f"unsplice id={self.cid()} " in self.stack.log("proxy"), 10))
+        self.assertRegex(self.stack.log("proxy"), rf"unsplice id={self.cid()} .* ends_refused=1\b")
 
 
 if __name__ == "__main__":

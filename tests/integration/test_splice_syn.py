@@ -156,6 +156,40 @@ class TestPortReturn(SynCase):
         self.assertEqual(len(re.findall(r"accept id=", log)), 1, "the port in the backend's TIME_WAIT was used")
 
 
+# From a client host: opens argv[2] connections to argv[1]:80 at once and
+# gives them up after 0.5 s (its host drops the SYN-ACKs: half-open ones).
+HALF_OPEN = ("import socket, sys, time; ss = [socket.socket() for _ in range(int(sys.argv[2]))]; "
+             "[s.setblocking(False) or s.connect_ex((sys.argv[1], 80)) for s in ss]; time.sleep(0.5); "
+             "[s.close() for s in ss]; print('opened', len(ss))")
+
+
+class TestHalfOpen(SynCase):
+    proxy_args = ["--splice-at", "syn", "--syn-ports", "62000-62009", "--syn-sweep", "1s"]
+
+    def test_half_open_connections_give_their_ports_back(self):
+        """Clients that never acknowledge the backend's SYN-ACK (a SYN
+        flood) take every port of the pool; the sweep closes them (and
+        resets the backend's half), the ports come back, and the next
+        client is spliced at the SYN again."""
+        c1 = self.tb["c1"]
+        drop = f"INPUT -p tcp -s {SERVERS['proxy']} --tcp-flags SYN,ACK SYN,ACK -j DROP"
+        c1.cmd(f"iptables -w -A {drop}")
+        try:
+            out = c1.cmd(f"{sys.executable} -c \"{HALF_OPEN}\" {SERVERS['proxy']} 10")
+            self.assertIn("opened 10", out)
+            self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("syn-spliced id=") == 10, 5),
+                            self.stack.log("proxy")[-3000:])
+            self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("reason=half-open") == 10, 5),
+                            self.stack.log("proxy")[-3000:])
+        finally:
+            c1.cmd(f"iptables -w -D {drop}")
+        self.assertEqual(self.stack.stats("proxy")["syn_half_open"], "10")
+        self.assert_ok(self.client("request GET /static/1024?seed=1\n  expect length 1024\n"))
+        log = self.stack.log("proxy")
+        self.assertEqual(log.count("syn-spliced id="), 11, log[-3000:])
+        self.assertNotIn("accept id=", log, "no port came back")
+
+
 class TestRestart(SynCase):
     def test_restarted_proxy_adopts_and_protects(self):
         """A connection spliced at the SYN survives a SIGKILL of rs-proxy
