@@ -48,17 +48,21 @@ def proxy_identity():
 
 def proxy_splice_at():
     """rs-proxy's --splice-at option as $RS_SPLICE_AT names it ("request",
-    "syn"), or nothing: the default.  The whole stack's tests run with
-    RS_SPLICE_AT=syn as well (docs/recovery.md)."""
+    "syn"), or nothing: the default (at the SYN).  The whole stack's tests
+    run with RS_SPLICE_AT=request as well (docs/recovery.md)."""
     at = os.environ.get("RS_SPLICE_AT")
     return ["--splice-at", at] if at else []
 
 
 def splice_at(proxy_argv):
-    """Where an rs-proxy started with 'proxy_argv' splices new connections:
-    "syn" or "request" (its last --splice-at, else its default)."""
+    """Where an rs-proxy with one --backend, started with 'proxy_argv',
+    splices new connections: "syn" or "request" (its last --splice-at, else
+    its default: at the SYN where it can be)."""
     at = [proxy_argv[i + 1] for i, a in enumerate(proxy_argv[:-1]) if a == "--splice-at"]
-    return at[-1] if at else "request"
+    if at:
+        return at[-1]
+    kmod = any(a == "--datapath" and b == "kmod" for a, b in zip(proxy_argv, proxy_argv[1:]))
+    return "request" if kmod or "--sticky" in proxy_argv or "--no-splice" in proxy_argv else "syn"
 
 
 def use_build(path):

@@ -27,6 +27,7 @@ it (--spare, --spare-stated).  With 'readmit' (always with a spare) the
 logger also knows the primary's rs-stated (--spare-stated), so that the
 primary can be readmitted after a failover as a standby."""
 import os
+import re
 import signal
 
 from emul.places import (ALTERNATE_ID, APP_PORT, LOGGER_CTL, LOGGER_RESEND, PAIR_PORT, PRIMARY_ID, PROXY_CTL,
@@ -164,6 +165,11 @@ class Stack:
     def splice_at(self):
         """Where rs-proxy splices new connections: "syn" or "request"."""
         return splice_at(proxy_datapath() + proxy_splice_at() + self.proxy_args)
+
+    def splices(self, name="proxy"):
+        """How many connections rs-proxy 'name' spliced, at the request or
+        at the SYN (its log's "splice id=", "syn-spliced id=")."""
+        return len(re.findall(r"\b(?:splice|syn-spliced) id=", self.log(name)))
 
     def first_id(self):
         """rs-proxy's id of the first connection it splices (its log's

@@ -63,7 +63,7 @@ def run(args, n, fault):
             ds.append(d)
         t_crash = None
         if fault != "none":
-            wait_until(lambda: stack.log("proxy").count("splice id=") >= n, 60, 0.005)
+            wait_until(lambda: stack.splices() >= n, 60, 0.005)
             time.sleep(0.05)
             t_crash = time.time()
             stack.kill_primary() if fault == "process" else stack.primary_down()

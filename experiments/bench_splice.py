@@ -11,13 +11,14 @@ Deployments (each started fresh, one after the other, the client on c1):
   splice        rs-proxy alone (emul/stack.py with recovery=False: no
                 logger, no rs-stated)
   resplice      the whole stack: rs-proxy, rs-logger, rs-stated, rs-app
-                with its state library (a PROXY v2 header names a new
-                connection's client to the backend: --identity header)
-  resplice-map  the same with rs-proxy --identity map (a CONN_MAP round
-                trip through rs-stated before each backend connect)
-  resplice-syn  the same with rs-proxy --splice-at syn (the tc program
+                with its state library (rs-proxy's default: the tc program
                 splices each new connection at the client's SYN; the
                 backend reads the client's name from the SYN)
+  resplice-request  the same with rs-proxy --splice-at request (the proxy
+                accepts, reads the request, connects and splices; a PROXY
+                v2 header names the client to the backend)
+  resplice-map  the same with --identity map as well (a CONN_MAP round
+                trip through rs-stated before each backend connect)
   nat           the kernel's NAT on the proxy host (an nftables DNAT of the
                 VIP's port to the primary, SNAT to an address of its own;
                 nothing else is translated, nothing leaves the testbed): a
@@ -69,8 +70,9 @@ from experiments import baselines  # noqa: E402
 from experiments.common import ROOT, Progress, WorkDir, median, percentile, summary  # noqa: E402
 from topologies.lan import NAT_SOURCE, SERVERS, LanTopo  # noqa: E402
 
-DEPLOYMENTS = ("direct", "nat", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-map", "resplice-syn")
-PROXY_ARGS = {"resplice-map": ["--identity", "map"], "resplice-syn": ["--splice-at", "syn"]}
+DEPLOYMENTS = ("direct", "nat", "haproxy-tcp", "haproxy-http", "splice", "resplice", "resplice-request", "resplice-map")
+PROXY_ARGS = {"resplice-request": ["--splice-at", "request"],
+              "resplice-map": ["--splice-at", "request", "--identity", "map"]}
 PARALLEL = 8
 SINGLE_BYTES, PARALLEL_BYTES = 200_000_000, 50_000_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -128,7 +128,7 @@ def run(folder, seed):
                                f"http://{stack.vip}/static/{SIZE}.jpg?seed=9"], stdout=subprocess.PIPE, text=True)
         # The moment counts from the splice, not from curl's start (a busy
         # machine may take longer than the moment to start it).
-        if wait_until(lambda: "splice id=" in stack.log("proxy"), 10):
+        if wait_until(lambda: stack.splices() > 0, 10):
             time.sleep(moment)
             crash.update(t=time.time(), mono=stack.kill_primary())
         out, _ = curl.communicate(timeout=120)

@@ -125,7 +125,8 @@ def run(folder):
     from topologies.lan import LanTopo
     with common.fresh("lab-1", folder) as scratch, Testbed(LanTopo(), scratch.path) as tb:
         work = scratch.path
-        stack = Stack(tb, work).start()
+        # At the request: a splice at the SYN has no offsets to find.
+        stack = Stack(tb, work, proxy_args=["--splice-at", "request"]).start()
         caps = [tb.capture("c1", "client", bpf_filter="tcp port 80", snaplen=96),
                 tb.capture("primary", "backend", bpf_filter="tcp port 8080", snaplen=96)]
         url = f"http://{stack.vip}/static/{SIZE}.jpg?seed=7"

@@ -231,15 +231,17 @@ static void usage(FILE *f)
         "  --logger ADDR:PORT  the logger's control port (enables recovery; needs --key)\n"
         "  --logger-resend ADDR:PORT  the logger's resend port (default: logger's address, 7072)\n"
         "  --stated-port N    rs-stated's port on each backend host (CONN_MAP, FENCE)\n"
-        "  --identity header|map  how a backend learns whose requests a new connection carries: a\n"
+        "  --identity header|map  how a backend learns whose requests a connection spliced at its\n"
+        "                     request carries (at the SYN: an option of the SYN): a\n"
         "                     PROXY protocol v2 header before the request (header, the default: no\n"
         "                     round trip; an application hung at connect is found by the stall\n"
         "                     detector), or CONN_MAP to its rs-stated before the connect (map: a\n"
         "                     hung application is found at connect, within --connect-timeout)\n"
-        "  --splice-at request|syn  when a new connection is spliced: once the proxy has read its\n"
-        "                     request (request, the default), or by the tc program at the client's\n"
-        "                     SYN, no process in the way (syn: eBPF data path, one --backend; the\n"
-        "                     backend reads the client's name from its SYN, docs/recovery.md)\n"
+        "  --splice-at request|syn  when a new connection is spliced: by the tc program at the\n"
+        "                     client's SYN, no process in the way (syn: the default where it can be:\n"
+        "                     the eBPF data path, one --backend, not --sticky; the backend reads the\n"
+        "                     client's name from its SYN, docs/recovery.md), or once the proxy has\n"
+        "                     read its request (request: --identity applies)\n"
         "  --syn-ports LO-HI  the proxy's ports for connections spliced at the SYN (default\n"
         "                     61000-65535; outside the host's ephemeral range)\n"
         "  --syn-sweep DUR    how long a client may stay silent after a SYN the backend has not\n"
@@ -325,7 +327,7 @@ static int splice_at(const char *v, void *dst)
 {
     if (strcmp(v, "request") && strcmp(v, "syn"))
         return -EINVAL;
-    *(bool *)dst = !strcmp(v, "syn");
+    *(int *)dst = !strcmp(v, "syn") ? PX_AT_SYN : PX_AT_REQUEST;
     return 0;
 }
 
@@ -366,7 +368,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("logger-resend", RS_OPT_ADDR, &p->logger_resend),
         RS_OPTION("stated-port", RS_OPT_FN, &p->stated_port, .want = "a port, 1..65535", .fn = port_number),
         RS_OPTION("identity", RS_OPT_FN, &p->identity_header, .want = "map or header", .fn = identity_mode),
-        RS_OPTION("splice-at", RS_OPT_FN, &p->syn.on, .want = "request or syn", .fn = splice_at),
+        RS_OPTION("splice-at", RS_OPT_FN, &p->syn.at, .want = "request or syn", .fn = splice_at),
         RS_OPTION("syn-ports", RS_OPT_FN, &p->syn, .want = "LO-HI, 1..65535", .fn = port_range),
         RS_OPTION("syn-sweep", RS_OPT_DURATION, &p->syn.sweep_ns, .nonzero = true),
         RS_OPTION("sticky", RS_OPT_STR, &sticky),
@@ -452,16 +454,19 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         fprintf(stderr, "rs-proxy: --pair needs --key and --ifname, and splicing\n");
         return 2;
     }
-    if (p->syn.on) {
+    {
         int primaries = 0;
+        bool can = !p->nosplice && !p->sticky && !strcmp(p->datapath, "ebpf");
 
         for (int i = 0; i < p->nbackends; i++)
             primaries += p->backends[i].configured == ROLE_PRIMARY;
-        if (p->nosplice || p->sticky || primaries != 1 || strcmp(p->datapath, "ebpf")) {
+        can = can && primaries == 1;
+        if (p->syn.at == PX_AT_SYN && !can) {
             fprintf(stderr, "rs-proxy: --splice-at syn needs the ebpf data path and one --backend (not --sticky "
                             "or --no-splice)\n");
             return 2;
         }
+        p->syn.on = p->syn.at == PX_AT_SYN || (p->syn.at == PX_AT_AUTO && can);
     }
     if ((p->ctl.port || p->stated_port) && !keyfile) {
         fprintf(stderr, "rs-proxy: --control and --stated-port need --key\n");
@@ -511,9 +516,12 @@ static int setup(struct proxy *p)
     px_ports_init(p);
     if (p->syn.on && ((p->syn.port_lo <= p->port_hi && p->syn.port_hi >= p->port_lo)
                       || (p->syn.port_lo <= p->listen.port && p->syn.port_hi >= p->listen.port))) {
-        fprintf(stderr, "rs-proxy: --syn-ports %u-%u overlaps the host's ephemeral ports %u-%u or the VIP's\n",
-                p->syn.port_lo, p->syn.port_hi, p->port_lo, p->port_hi);
-        return -1;
+        fprintf(stderr, "rs-proxy: --syn-ports %u-%u overlaps the host's ephemeral ports %u-%u or the VIP's%s\n",
+                p->syn.port_lo, p->syn.port_hi, p->port_lo, p->port_hi,
+                p->syn.at == PX_AT_AUTO ? ": splicing at the request" : "");
+        if (p->syn.at != PX_AT_AUTO)
+            return -1;
+        p->syn.on = false;
     }
     if (!p->nosplice) {
         p->dp = px_datapath_find(p->datapath)->open(p->ifname, !p->fresh, &e);

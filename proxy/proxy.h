@@ -133,8 +133,11 @@ struct px_syn_again {
     struct rs_syn_info syn;       /* its SYN */
 };
 
+enum { PX_AT_AUTO, PX_AT_REQUEST, PX_AT_SYN };     /* --splice-at: unset (syn where it can be), ... */
+
 struct px_syn {
-    bool on;                      /* --splice-at syn */
+    int at;                       /* --splice-at (PX_AT_*) */
+    bool on;                      /* splicing at the SYN */
     uint16_t port_lo, port_hi;    /* --syn-ports */
     int backend;                  /* where new connections go (index), -1: none */
     struct px_syn_wait *wait;     /* ports waiting, oldest first */

@@ -45,12 +45,12 @@ class TestBenchSplice(unittest.TestCase):
     def test_every_deployment_measured(self):
         with tempfile.TemporaryDirectory(prefix="rs-test-bench-") as out:
             env = dict(os.environ, REQS="32", ROUNDS="1",
-                       DEPLOYMENTS="direct,nat,haproxy-tcp,splice,resplice,resplice-map,resplice-syn")
+                       DEPLOYMENTS="direct,nat,haproxy-tcp,splice,resplice,resplice-request,resplice-map")
             r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_splice.py"), "--out", out],
                                capture_output=True, text=True, timeout=300, env=env)
             self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-3000:])
             s = summary(r.stdout)
-            for dep in ("nat", "haproxy_tcp", "splice", "resplice", "resplice_map", "resplice_syn"):
+            for dep in ("nat", "haproxy_tcp", "splice", "resplice", "resplice_request", "resplice_map"):
                 for fig in ("ka_p50_ms", "new_p99_ms", "close_p50_ms", "conns_per_s", "single_gbps", "parallel_gbps"):
                     self.assertRegex(s.get(f"x_{dep}_{fig}", ""), r"^\d+(\.\d+)?$", f"x_{dep}_{fig} in {s}")
             # Every component's CPU was read (the whole stack has all four).

@@ -19,16 +19,18 @@ from topologies.lan import SERVERS, LanTopo
 from topologies.profiles import Profile
 
 SLOW = "/slow?bytes=400000&chunk=8000&delay=20ms"   # 50 chunks, ~1 s: a crash lands mid-response
-# The ...Syn cases: rs-proxy --splice-at syn, whose first id is the tc program's (RS_SYN_ID_BASE).
-SYN = {"stack_args": {"proxy_args": ["--splice-at", "syn"]}, "first_id": 1 << 62}
+# The ...Request cases: rs-proxy spliced at the request (the default splices at the SYN).
+REQUEST = {"proxy_args": ["--splice-at", "request"]}
 
 
 @needs_root
 class FailoverCase(unittest.TestCase):
     profile = None
-    # rs-proxy's id of the first connection: the tc program's first when it
-    # splices at the SYN (RS_SYN_ID_BASE; RS_SPLICE_AT=syn runs every case so)
-    first_id = SYN["first_id"] if os.environ.get("RS_SPLICE_AT") == "syn" else 1
+
+    @property
+    def first_id(self):
+        """rs-proxy's id of the first connection (the tc program's at the SYN)."""
+        return self.stack.first_id()
 
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
@@ -120,7 +122,6 @@ class TestProcessCrashMapped(TestProcessCrash):
     requests a new connection carries from a CONN_MAP through rs-stated
     before the connect, not from a PROXY protocol v2 header."""
     stack_args = {"proxy_args": ["--identity", "map", "--splice-at", "request"]}
-    first_id = 1
 
     def test_named_by_map(self):
         d, rows, _ = self.run_client("request POST /counter\n  expect contains \"counter=1\"\n"
@@ -133,12 +134,13 @@ class TestProcessCrashMapped(TestProcessCrash):
 
 
 class TestProcessCrashSyn(TestProcessCrash):
-    """The same with rs-proxy --splice-at syn: the tc program splices each
+    """The same with rs-proxy --splice-at syn (the default, RS_SPLICE_AT
+    aside): the tc program splices each
     new connection at the client's SYN, names the client in the SYN (the
     backend reads it with TCP_SAVED_SYN), and the proxy takes the
     connection on from the backend's SYN-ACK: its recovery starts from the
     record made of the two SYNs."""
-    stack_args, first_id = SYN["stack_args"], SYN["first_id"]     # RS_SYN_ID_BASE: the tc program's ids
+    stack_args = {"proxy_args": ["--splice-at", "syn"]}
 
     def test_named_by_syn(self):
         client, app = self.crash_mid_stream()
@@ -152,12 +154,12 @@ class TestProcessCrashSyn(TestProcessCrash):
 
 
 class TestIdentity(FailoverCase):
-    stack_args = {"proxy_args": ["--splice-at", "request"]}     # the PROXY header is the request path's
-    first_id = 1
+    stack_args = REQUEST      # the PROXY header is the request path's
 
     def test_named_by_header(self):
-        """rs-proxy's default: a new connection tells the backend whose
-        requests it carries with a PROXY protocol v2 header."""
+        """Spliced at its request (--identity header, the default there), a
+        new connection tells the backend whose requests it carries with a
+        PROXY protocol v2 header."""
         client, app = self.crash_mid_stream()
         self.assertRegex(app, rf"conn-named \S+ client={client} \(PROXY header\)")
         self.assertNotIn("conn-mapped", app, "the first connection needed no CONN_MAP")
@@ -273,19 +275,19 @@ class TestHostCrash(FailoverCase):
 
 
 
-class TestHostCrashSyn(TestHostCrash):
-    """The primary's host down under a connection spliced at the SYN."""
-    stack_args, first_id = SYN["stack_args"], SYN["first_id"]
+class TestHostCrashRequest(TestHostCrash):
+    """The primary's host down under a connection spliced at its request."""
+    stack_args = REQUEST
 
 
-class TestWanCrashSyn(TestWanCrash):
+class TestWanCrashRequest(TestWanCrash):
     """The logger resends what a WAN client lacks, on a connection spliced
-    at the SYN."""
-    stack_args, first_id = SYN["stack_args"], SYN["first_id"]
+    at its request."""
+    stack_args = REQUEST
 
 
-class TestLegitCloseSyn(TestLegitClose):
-    stack_args, first_id = SYN["stack_args"], SYN["first_id"]
+class TestLegitCloseRequest(TestLegitClose):
+    stack_args = REQUEST
 
 
 if __name__ == "__main__":

@@ -679,7 +679,7 @@ class TestProxyHandOverUnderLoad(Case):
         with open(script, "w") as f:
             f.write(NEW_CONNECTIONS)
         n = self.tb.start("c2", "newconns", ["python3", script, VIP_IP, stop])
-        self.assertTrue(wait_until(lambda: len(re.findall(SPLICED, self.stack.log("proxy"))) >= 50, 20),
+        self.assertTrue(wait_until(lambda: self.stack.splices() >= 50, 20),
                         self.stack.log("proxy")[-2000:])
         time.sleep(0.3)
         self.tb.stop(self.stack.d["proxy"])
@@ -1013,7 +1013,7 @@ class TestConcurrent(Case):
                           f"request GET /static/4000000?seed={i}\n  expect content seed={i}\n",
                           host=f"c{i + 1}", name=f"client{i + 1}", extra=["--connections", "50", "--quiet"])
               for i in range(self.clients)]
-        self.assertTrue(wait_until(lambda: len(re.findall(SPLICED, self.stack.log("proxy")))
+        self.assertTrue(wait_until(lambda: self.stack.splices()
                                    >= 200, 20), self.stack.log("proxy")[-2000:])
         time.sleep(0.1)
         self.stack.kill_primary()

@@ -62,7 +62,9 @@ class SpliceCase(unittest.TestCase):
                              ready="listening")
 
     def proxy(self, *extra, backends=(PRIMARY,)):
-        argv = [binary("rs-proxy"), "--listen", VIP, "--control", f"{PROXY}:{PROXY_CTL}", "--key", self.key]
+        # The splice made at the request (test_splice_syn has the SYN's).
+        argv = [binary("rs-proxy"), "--listen", VIP, "--control", f"{PROXY}:{PROXY_CTL}", "--key", self.key,
+                "--splice-at", "request"]
         for b in backends:
             argv += ["--backend", f"{b}:{APP_PORT}"]
         return self.tb.start("proxy", "proxy", argv + proxy_datapath() + list(extra), ready="listening")
