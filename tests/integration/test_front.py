@@ -647,7 +647,7 @@ class TestFrontFailover(unittest.TestCase):
         self.assertEqual({r["result"] for r in rows}, {"ok"}, rows)
         self.assertEqual(len({r["local_port"] for r in rows}), 1, "the client had to reconnect")
         self.assertEqual(pcap_count(pcap, "tcp[tcpflags] & tcp-rst != 0"), 0, "the client saw a RST")
-        self.assertRegex(self.stack.log("proxy"), r"recovered id=1 ")
+        self.assertRegex(self.stack.log("proxy"), rf"recovered id={self.stack.first_id()} ")
         # The alternate got the counter through --apply-cmd and served the rest.
         with open(os.path.join(self.dir, "alternate", "counter")) as f:
             self.assertEqual(f.read().strip(), "3")
@@ -683,7 +683,7 @@ class TestFrontFailover(unittest.TestCase):
         self.assertEqual(len({r["local_port"] for r in rows}), 1, "the client had to reconnect")
         client = f"{C1}:{rows[0]['local_port']}"
         self.assertRegex(self.stack.log("app-primary"), rf"crash-at {re.escape(client)}#1 ")
-        self.assertRegex(self.stack.log("proxy"), r"recovered id=1 ")
+        self.assertRegex(self.stack.log("proxy"), rf"recovered id={self.stack.first_id()} ")
         self.assertIn(f"from-record {client}#1", self.stack.log("app-alternate"))
         # The token the client went on with is the primary's.
         crash = os.path.join(self.dir, "primary", f"crash-{client.replace(':', '_')}_1.resp")

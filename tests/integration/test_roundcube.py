@@ -124,7 +124,8 @@ class RoundcubeCase(MailTestbedCase):
         log = read(self.proxy.err)
         self.assertTrue(self.proxy.alive(), log[-2000:])
         # Both actions' connections were spliced to the primary.
-        spliced = re.findall(rf"splice id=\d+ client=\S+ vip=\S+ local=\S+ backend={re.escape(self.rc.addr)} ", log)
+        spliced = re.findall(rf"\b(?:splice id=\d+ client=\S+ vip=\S+ local=\S+|syn-spliced id=\d+ client=\S+) "
+                             rf"backend={re.escape(self.rc.addr)} ", log)
         self.assertGreaterEqual(len(spliced), 2, log[-2000:])
         self.assertNotRegex(log, r"splice id=\d+ client=\S+ failed")
 
