@@ -1319,6 +1319,8 @@ void px_pc_reap(struct rs_timer *t)
                 px_pc_close(p, pc, "superseded", false);
                 continue;
             }
+            if (pc->syn_port && px_syn_half_open(p, pc, &fc))
+                continue;
             last = fc.t.last_ns > fb.t.last_ns ? fc.t.last_ns : fb.t.last_ns;
             /* Read the clock after the entries: a segment stamped in between
              * is newer than a clock read before, and "now - last" would wrap. */

@@ -102,7 +102,7 @@ struct pconn {
     uint32_t word_end[2];
     bool fin_wait;                /* the backend's FIN is held: waiting for the word */
     uint16_t syn_port;            /* spliced at the SYN (syn.c): the proxy's port, back to the pool at the end */
-    bool syn_confirmed;           /* ... and its client acknowledged the backend's SYN-ACK (close_half_open) */
+    bool syn_confirmed;           /* ... and its client acknowledged the backend's SYN-ACK (px_syn_half_open) */
     bool backend_fin_first;       /* the backend sent its FIN before it had the client's: it holds a TIME_WAIT */
     bool fin_asked;               /* ... asked for (CLOSE_ASK) */
     /* request parsing */
@@ -414,6 +414,11 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
 /* Whether the backend of 'pc', whose FIN just came, sent it before it got
  * the client's (it then holds a TIME_WAIT on the port). */
 bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc);
+/* Closes 'pc', spliced at the SYN, when its client (entry 'fc') has not
+ * acknowledged the backend's SYN-ACK within --syn-sweep (half-open: a SYN
+ * flood, a client gone): nothing else would end it for --idle, and it
+ * holds a port of the pool.  Returns whether it did. */
+bool px_syn_half_open(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc);
 /* 'pc' is freed: its port goes back to the pool (now or after a TIME_WAIT). */
 void px_syn_port_free(struct proxy *p, const struct pconn *pc);
 /* Gives back the ports whose wait is over (the reaper's timer). */

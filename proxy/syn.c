@@ -25,8 +25,8 @@
  *     unanswered go to the next backend at once (replay_syn);
  *   - swept every --syn-sweep: the entries of SYNs never answered
  *     (forget_unanswered), which also takes on those answered whose event
- *     was lost, and the connections whose client never acknowledged the
- *     SYN-ACK (close_half_open).
+ *     was lost; and closed --syn-sweep after their SYN-ACK, the
+ *     connections whose client never acknowledged it (px_syn_half_open).
  *
  * The backend learns whose connection it is from the option the tc
  * program adds to the SYN (RS_IDENT; the state library reads it with
@@ -363,36 +363,21 @@ void px_syn_port_free(struct proxy *p, const struct pconn *pc)
     p->syn.wait[p->syn.nwait++] = (struct px_syn_wait){ pc->syn_port, rs_mono_ns() + SYN_TIME_WAIT_NS };
 }
 
-/* Closes the connections spliced at the SYN whose client has not
- * acknowledged the backend's SYN-ACK after 'older_ns' (half-open: a SYN
- * flood, a client gone).  Nothing else would end them (the backend gives
- * up in silence), and each holds a port of the pool and a record. */
-static void close_half_open(struct proxy *p, uint64_t older_ns)
+bool px_syn_half_open(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc)
 {
-    uint64_t now = rs_now_us();
-    struct pconn *pc, *next;
-
-    for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
-        for (pc = p->buckets[b]; pc; pc = next) {
-            struct rs_flow_key kc = px_key_c(pc);
-            struct px_flow_info fc;
-
-            next = pc->next;
-            if (!pc->syn_port || pc->syn_confirmed || pc->rec || pc->t_accept_us + older_ns / 1000 > now
-                || px_dp_get(p->dp, &kc, &fc))
-                continue;
-            if (fc.t.ack_ns) {
-                pc->syn_confirmed = true;
-                continue;
-            }
-            p->st.syn_half_open++;
-            /* The backend's half of it goes too (it would answer the
-             * port's next SYN as its own), so the port is free at once. */
-            if (p->rawfd >= 0 && !px_send_rst(p->rawfd, pc->local, pc->backend, fc.t.syn.isn + 1))
-                pc->seen |= RS_FLOW_SEEN_RST;
-            px_pc_close(p, pc, "half-open", false);
-        }
+    if (pc->syn_confirmed || fc->t.ack_ns) {
+        pc->syn_confirmed = true;
+        return false;
     }
+    if (pc->rec || pc->t_accept_us + p->syn.sweep_ns / 1000 > rs_now_us())
+        return false;
+    p->st.syn_half_open++;
+    /* The backend's half of it goes too (it would answer the port's next
+     * SYN as its own), so the port is free at once. */
+    if (p->rawfd >= 0 && !px_send_rst(p->rawfd, pc->local, pc->backend, fc->t.syn.isn + 1))
+        pc->seen |= RS_FLOW_SEEN_RST;
+    px_pc_close(p, pc, "half-open", false);
+    return true;
 }
 
 void px_syn_tick(struct proxy *p)
@@ -404,7 +389,6 @@ void px_syn_tick(struct proxy *p)
         return;
     if (now > p->syn.swept_ns + p->syn.sweep_ns) {
         forget_unanswered(p, p->syn.sweep_ns);
-        close_half_open(p, p->syn.sweep_ns);
         p->syn.swept_ns = now;
     }
     while (i < p->syn.nwait && p->syn.wait[i].due_ns <= now)
