@@ -720,10 +720,11 @@ int main(int argc, char **argv)
     }
     if (setup(p))
         return 1;
-    rs_log("%s %s ifname=%s backends=%d alternate=%s splice=%s control=%s recovery_timeout_ms=%" PRIu64,
+    rs_log("%s %s ifname=%s backends=%d alternate=%s splice=%s splice_at=%s control=%s recovery_timeout_ms=%" PRIu64,
            p->lio.fd >= 0 ? "listening on" : "standing by for", RS_A(p->listen), p->ifname, p->nbackends,
            p->alternate >= 0 ? RS_A(p->backends[p->alternate].addr) : "none", p->nosplice ? "off" : p->datapath,
-           p->ctl.port ? RS_A(p->ctl) : "off", p->recovery_ns / 1000000);
+           p->nosplice ? "-" : p->syn.on ? "syn" : "request", p->ctl.port ? RS_A(p->ctl) : "off",
+           p->recovery_ns / 1000000);
     printf("listening on %s\n", RS_A(p->listen));     /* the readiness line (a standby: ready to take over) */
     fflush(stdout);
     rs_log_hold();      /* four lines per connection: one write per turn of the loop */
