@@ -18,7 +18,12 @@ logs and stats, and a time bound.
   - a partitioned primary (cut off from the logger only) is fenced: its
     late bytes are dropped, never delivered;
   - 200 connections mid-download fail over together, byte-exact, and the
-    alternate is never declared failed."""
+    alternate is never declared failed.
+
+Each case runs where rs-proxy splices by default, at the client's SYN
+(RS_SPLICE_AT=request runs them all at the request); the connect windows
+run both ways, and the relay's and the proxy's own descriptors' cases at
+the request, theirs alone."""
 import csv
 import os
 import random
@@ -207,11 +212,17 @@ class TestBeforeTheSplice(Case):
 
 
 
+class TestBeforeTheSpliceRequest(TestBeforeTheSplice):
+    """The same windows spliced at the request: the proxy connects, and a
+    failed connect sends the request to the alternate."""
+    stack_args = {"dead_after": "5s", "proxy_args": ["--splice-at", "request"]}
+
+
 class TestBeforeTheSpliceMapped(Case):
     """With --identity map the proxy asks the backend's rs-stated first
     (CONN_MAP): a hung application leaves it unanswered, and the request
     goes to the alternate before anything was sent."""
-    stack_args = {"dead_after": "5s", "proxy_args": ["--identity", "map"]}
+    stack_args = {"dead_after": "5s", "proxy_args": ["--identity", "map", "--splice-at", "request"]}
     hung_why = "stated-unreachable"
     test_hung_application_at_connect_is_fenced = TestBeforeTheSplice.test_hung_application_at_connect_is_fenced
 
