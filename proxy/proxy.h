@@ -188,6 +188,7 @@ struct proxy {
     struct rs_loop loop;
     struct rs_io lio, eio;        /* the VIP's listening socket, the data path's events */
     struct rs_timer reap_timer, lease_timer;
+    unsigned reap_next;           /* the bucket the reap's next turn starts at */
     int rawfd;                    /* raw socket for the RSTs of clean ends */
     long fd_limit;                /* RLIMIT_NOFILE, read again after FD_LIMIT_NS */
     uint64_t fd_limit_ns;

@@ -190,6 +190,33 @@ class TestHalfOpen(SynCase):
         self.assertNotIn("accept id=", log, "no port came back")
 
 
+# From a client host: opens argv[2] connections to argv[1]:80, one request
+# each, and keeps them open, idle, until killed.
+IDLE = ("import socket, sys, time; ss = [socket.create_connection((sys.argv[1], 80)) for _ in range(int(sys.argv[2]))]; "
+        "[s.sendall(b'GET /static/100?seed=1 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n') for s in ss]; "
+        "[s.recv(65536) for s in ss]; print('idle', len(ss), flush=True); time.sleep(60)")
+
+
+class TestReap(SynCase):
+    proxy_args = ["--splice-at", "syn", "--idle", "10s"]
+
+    def test_idle_connections_reaped_in_time(self):
+        """Connections idle for --idle are closed: read by the reap a slice
+        at a time (here each one every second), none before its time and
+        none much after it."""
+        d = self.tb.start("c1", "idle", [sys.executable, "-c", IDLE, SERVERS["proxy"], "20"])
+        self.assertTrue(wait_until(lambda: "idle 20" in d.output(), 10), d.output() + open(d.err).read())
+        t_idle = time.time()
+        self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("reason=idle") == 20, 15),
+                        self.stack.log("proxy")[-3000:])
+        closes = [float(l.split()[0]) for l in self.stack.log("proxy").splitlines() if "reason=idle" in l]
+        print(f"\nidle closes {min(closes) - t_idle:.2f}-{max(closes) - t_idle:.2f} s after the last byte")
+        self.assertGreaterEqual(min(closes) - t_idle, 9.9)
+        self.assertLess(max(closes) - t_idle, 12)
+        self.assertEqual(self.stack.stats("proxy")["reaped_idle"], "20")
+        d.popen.kill()
+
+
 class TestRestart(SynCase):
     def test_restarted_proxy_adopts_and_protects(self):
         """A connection spliced at the SYN survives a SIGKILL of rs-proxy
