@@ -48,12 +48,14 @@ class TestFaultCampaign(unittest.TestCase):
         self.assertEqual(leftovers(), [])
 
     def test_quick_campaign_has_no_violation(self):
+        """Every new connection spliced at its request (rs-proxy
+        --splice-at request)."""
         self.campaign(RS_SPLICE_AT="request")
 
     def test_quick_campaign_spliced_at_the_syn(self):
         """The same with every new connection spliced by the tc program at
-        the client's SYN (rs-proxy --splice-at syn), the proxy pair's
-        trials included."""
+        the client's SYN (rs-proxy's default), the proxy pair's trials
+        included."""
         self.campaign(RS_SPLICE_AT="syn")
 
 
