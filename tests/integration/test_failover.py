@@ -133,9 +133,9 @@ class TestProcessCrashMapped(TestProcessCrash):
         self.assertNotIn("conn-named", self.stack.log("app-primary"))
 
 
-class TestProcessCrashSyn(TestProcessCrash):
-    """The same with rs-proxy --splice-at syn (the default, RS_SPLICE_AT
-    aside): the tc program splices each
+class TestSynIdentity(FailoverCase):
+    """Spliced at the SYN (the default; TestProcessCrash's cases run so,
+    this one even under RS_SPLICE_AT=request): the tc program splices each
     new connection at the client's SYN, names the client in the SYN (the
     backend reads it with TCP_SAVED_SYN), and the proxy takes the
     connection on from the backend's SYN-ACK: its recovery starts from the
