@@ -381,7 +381,7 @@ void px_backend_end(struct proxy *p, struct pconn *pc, bool rst);
 /* The logger's CLOSE_WORD 'w', asked or not. */
 void px_close_word(struct proxy *p, const struct rs_ctl_close *w);
 /* The FIN 'pc''s backend sent waited its time for a word: ask (after the
- * unasked word's 2 ms), or recover (the answer's 20 ms). */
+ * unasked word's 2 ms), or recover (the answer's 50 ms). */
 void px_fin_wait_over(struct proxy *p, struct pconn *pc);
 /* The ring-buffer event 'ev' belongs to a recovery of 'pc'.  Returns true when taken. */
 bool px_recovery_event(struct proxy *p, struct pconn *pc, const struct rs_flow_event *ev);

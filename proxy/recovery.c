@@ -642,8 +642,11 @@ static void legit_close(struct recovery *rec)
 
 /* How long a FIN the guard held waits for the logger's answer to
  * CLOSE_ASK before a RECOVER asks the careful way: it comes within a few
- * hundred us unless the logger is down or starved of CPU. */
-#define CLOSE_WORD_WAIT_NS (20 * 1000000ull)
+ * hundred us unless the logger is down or starved of CPU.  (A RECOVER
+ * needs the logger as well, so waiting longer costs nothing when it is
+ * down; 20 ms was overrun by ~1% of closes with two busy loops on the
+ * 2-core machine, 50 ms rarely.) */
+#define CLOSE_WORD_WAIT_NS (50 * 1000000ull)
 /* After the client's own FIN the client waits for nothing: the FIN
  * waits this long for the unasked word (the logger reads its capture
  * every ms while segments keep coming) before it asks, which saves a
