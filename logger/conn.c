@@ -830,15 +830,17 @@ void lg_conn_gc(struct logger *lg, uint64_t now)
 }
 
 /* Is the backend of 'c' hung?  Returns the SUSPECT reason, or 0:
- * - RS_CTL_SUSPECT_NOT_READING: a request is coming in, its bytes wait
- *   unacknowledged or the backend's window is shut, and its ACK has not
- *   moved for the bound (it stopped reading, e.g. mid-upload; its kernel
- *   still answers the client's window probes);
+ * - RS_CTL_SUSPECT_NOT_READING: its ACK has not moved for the bound while
+ *   the client's bytes wait unacknowledged, or the rest of a request waits
+ *   for a window it keeps shut (it stopped reading, e.g. mid-upload; its
+ *   kernel still answers the client's window probes; or it never took the
+ *   connection in: while its accept queue is full, the handshake's end
+ *   and the request are dropped);
  * - RS_CTL_SUSPECT_STALL: it owes a response (the oldest transaction
- *   without its whole response has its whole request) and has sent nothing
- *   since that request ended or since its last response byte, while the
- *   client could take more: it has acknowledged everything and its window
- *   is open. */
+ *   without its whole response has its whole request, which it has
+ *   acknowledged) and has sent nothing since that request ended or since
+ *   its last response byte, while the client could take more: it has
+ *   acknowledged everything and its window is open. */
 /* How long ago 'then' was at 'now': 0 when it is later (a segment taken
  * in after the caller read its clock: the loop's time is read once a turn). */
 static uint64_t age(uint64_t now, uint64_t then)
@@ -850,15 +852,17 @@ static uint16_t stalled(const struct lg_conn *c, uint64_t now, uint64_t bound)
 {
     uint32_t done = rs_http_resp_done_count(&c->http), n;
     const struct rs_http_txn *t;
+    bool unacked;
 
     if (!c->started || c->nl != LG_NL_NONE || c->closed_ns || c->fin[LG_RESP] || c->rst || c->suspected
         || c->inc == LG_INC_HTTP)
         return 0;
     n = rs_http_txn_count(&c->http);
-    if (n && (t = rs_http_txn_get(&c->http, n - 1)) && !t->req_done && c->has_ack_srv && age(now, c->ack_srv_ns) >= bound
-        && (c->win_srv == 0 || rs_seq_lt(c->ack_srv, rs_reasm_contig_seq(&c->rs[LG_REQ]))))
+    unacked = c->has_ack_srv && rs_seq_lt(c->ack_srv, rs_reasm_contig_seq(&c->rs[LG_REQ]));
+    if (n && c->has_ack_srv && age(now, c->ack_srv_ns) >= bound
+        && (unacked || (c->win_srv == 0 && (t = rs_http_txn_get(&c->http, n - 1)) && !t->req_done)))
         return RS_CTL_SUSPECT_NOT_READING;
-    if (done >= n)
+    if (done >= n || !c->has_ack_srv || unacked)
         return 0;
     t = rs_http_txn_get(&c->http, done);
     if (!t || !t->req_done || age(now, c->progress_ns) < bound)

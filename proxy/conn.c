@@ -108,6 +108,16 @@ bool px_backend_read_within(struct proxy *p, int idx, const struct pconn *except
     return false;
 }
 
+bool px_backend_busy(struct proxy *p, int idx, uint64_t sent_ns)
+{
+    uint64_t a = p->backends[idx].answered_ns;
+
+    if (!a || a + p->connect_ns < sent_ns)
+        return false;
+    p->st.connects_busy++;
+    return true;
+}
+
 unsigned px_pc_count(struct proxy *p, int idx)
 {
     unsigned n = 0;
@@ -488,6 +498,12 @@ static void connect_failed(struct proxy *p, struct pconn *pc, int err)
      * of its own (its other connections move; this one is redispatched as
      * part of it). */
     if (p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
+        /* (The kernel gave up on its SYNs, ~2 min, while the backend
+         * answered others: overloaded that long; this client is let go.) */
+        if (err == -ETIMEDOUT && px_backend_busy(p, idx, pc->connect_ns_at)) {
+            px_pc_close(p, pc, "connect-timeout", true);
+            return;
+        }
         px_backend_failed(p, p->backends[idx].id, err == -ECONNREFUSED ? "connect-refused" : "connect-failed");
         if (!p->backends[idx].fenced)
             px_pc_close(p, pc, "isolated", true);
@@ -505,6 +521,7 @@ static void connect_backend(struct proxy *p, struct pconn *pc)
         return;
     }
     pc->phase = PC_CONNECTING;
+    pc->connect_ns_at = rs_mono_ns();
     if ((e = rs_io_start(&p->loop, &pc->bio, pc->bio.fd, EPOLLOUT | EPOLLIN, backend_io, pc)) < 0) {
         px_pc_close(p, pc, "epoll", true);
         return;
@@ -1001,6 +1018,8 @@ static void backend_io(struct rs_io *io, uint32_t events)
         }
         rs_timer_stop(&p->loop, &pc->timer);
         pc->phase = PC_RELAY;
+        if (pc->backend_idx >= 0)
+            p->backends[pc->backend_idx].answered_ns = rs_mono_ns();
         rs_log("connect id=%" PRIu64 " client=%s backend=%s local=%s", pc->id, RS_A(pc->client),
                RS_A(pc->backend), RS_A(pc->local));
         if (p->dp && !p->nosplice && !p->relay_first_ns) {
@@ -1093,6 +1112,17 @@ static void pc_timer(struct rs_timer *t)
         px_pc_close(p, pc, "request-timeout", true);
         break;
     case PC_CONNECTING:
+        /* (Judged from the connect's first SYN: its kernel sends it again
+         * 1, 3, 7 ... s later, when the backend may answer everyone at
+         * once; a backend found dead or hung meanwhile, by its heartbeats
+         * or the stall detector, is fenced and the connect moved.) */
+        if (pc->backend_idx >= 0 && px_backend_busy(p, pc->backend_idx, pc->connect_ns_at)) {
+            rs_log("backend id=%" PRIu64 " %s: connect: no answer within %" PRIu64 " ms, but it answers others "
+                   "(busy, not failed): the kernel sends the SYN again", pc->id, RS_A(pc->backend),
+                   p->connect_ns / 1000000);
+            rs_timer_after(&p->loop, &pc->timer, p->connect_ns);
+            break;
+        }
         connect_failed(p, pc, -ETIMEDOUT);
         break;
     case PC_RELAY:

@@ -53,6 +53,8 @@ struct backend {
     uint32_t rank;                /* place in the chain of standbys: the id, then the end of it
                                    * after a readmission (as every rs-stated orders it) */
     bool fenced;                  /* declared failed: nothing of it reaches a client */
+    uint64_t answered_ns;         /* when it last answered a SYN (a connect done, a SYN-ACK at the
+                                   * SYN), CLOCK_MONOTONIC */
     unsigned conns;               /* client connections it serves now */
     struct rs_ctlconn stated;     /* its rs-stated (CONN_MAP, FENCE); unused without --stated-port */
 };
@@ -78,6 +80,7 @@ struct pconn {
     bool backend_eof;             /* relay: the backend ended its side */
     bool redispatched;            /* the first backend was unreachable: now on the alternate */
     uint64_t t_accept_us, t_spliced_us;
+    uint64_t connect_ns_at;        /* CLOCK_MONOTONIC: when the connect to the backend began */
     int splice_tries;
     /* spliced at connect: the request still goes out from the backend
      * socket (bio) until the backend acknowledges 'open_ack' (ACK watch
@@ -119,7 +122,7 @@ struct stats {
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
         adopted, recovery_retargets, fins_released, close_words, close_asks,
-        close_words_late, close_refused, syn_spliced, syn_stale, syn_late, syn_half_open;
+        close_words_late, close_refused, syn_spliced, syn_stale, syn_late, syn_half_open, connects_busy;
 };
 
 /* Splicing at the SYN (syn.c). */
@@ -309,6 +312,14 @@ uint64_t px_pc_backend_quiet_ms(struct proxy *p, struct pconn *pc, bool ack);
 /* Whether backend 'idx' took in client bytes (its ACK moved) on a spliced
  * connection other than 'except' within the last 'ms'. */
 bool px_backend_read_within(struct proxy *p, int idx, const struct pconn *except, uint64_t ms);
+/* Whether backend 'idx', which left a SYN sent at 'sent_ns'
+ * (CLOCK_MONOTONIC) unanswered, answered another no more than
+ * --connect-timeout before it, or after: then it is busy (its accept
+ * queue full for a moment: a burst, a slow application), not failed, and
+ * the SYN's sender sends it again.  A hung application answers nobody
+ * once its queue is full; a dead host nobody at all.  Counts the
+ * judgement (connects_busy) when it is busy. */
+bool px_backend_busy(struct proxy *p, int idx, uint64_t sent_ns);
 
 /* ---- adopt.c: a predecessor's spliced connections --------------------------------- */
 

@@ -276,7 +276,8 @@ static int resend_syn(struct proxy *p, const struct rs_flow_key *kb)
  * made at the SYN did not answer it, which is what a failed connect is on
  * the request path (connect_failed in conn.c): a failure of the backend,
  * where recovery is on.  A SYN sent again sooner than --connect-timeout
- * after the previous one (replay_syn's, then the client's) says nothing. */
+ * after the previous one (replay_syn's, then the client's) says nothing,
+ * nor does one a backend left unanswered while it answered others: busy. */
 static void not_answered(struct proxy *p, const struct rs_flow_event *ev)
 {
     bool refused = ev->flags & RS_FLOW_REFUSED;
@@ -285,13 +286,20 @@ static void not_answered(struct proxy *p, const struct rs_flow_event *ev)
     int b;
 
     if ((!refused && ev->seq < p->connect_ns / 1000) || !p->logger.port || px_dp_learn(p->dp, &ev->key)
-        || px_dp_get(p->dp, &ev->key, &f))
-        return;
+        || px_dp_get(p->dp, &ev->key, &f) || f.cfg.splice_id != ev->splice_id)
+        return;     /* (or the entry was made again since: for the next backend) */
     kc = refused ? f.cfg.peer : ev->key;
     if (!refused)
         kb = f.cfg.peer;
     if ((b = px_backend_at(p, px_addr_of(kb.saddr, kb.sport))) < 0 || p->backends[b].fenced)
         return;
+    /* (The client's previous SYN was sent 'seq' us before.) */
+    if (!refused && px_backend_busy(p, b, ev->ns - (uint64_t)ev->seq * 1000)) {
+        rs_log("syn-unanswered id=%" PRIu64 " client=%s backend=%s again_after_ms=%u: it answers other SYNs "
+               "(busy, not failed)", ev->splice_id, RS_A(px_addr_of(kc.saddr, kc.sport)), RS_A(p->backends[b].addr),
+               ev->seq / 1000);
+        return;
+    }
     if (refused)
         rs_log("syn-refused id=%" PRIu64 " client=%s backend=%s", ev->splice_id, RS_A(px_addr_of(kc.saddr, kc.sport)),
                RS_A(p->backends[b].addr));
@@ -307,6 +315,10 @@ void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
     int e = -EBADF;
 
     if (ev->flags & RS_FLOW_OPENED) {
+        int b = px_backend_at(p, backend);
+
+        if (b >= 0 && ev->ns > p->backends[b].answered_ns)
+            p->backends[b].answered_ns = ev->ns;
         px_syn_take(p, &ev->key, ev->splice_id, ev->ns);
         return;
     }

@@ -9,6 +9,7 @@ restarted adopts the connections spliced at the SYN and protects them;
 the options that cannot go with it are refused.  (test_failover's
 ...Syn cases crash the primary mid-response, between transactions and
 with its host down on connections spliced at the SYN.)"""
+import json
 import os
 import re
 import signal
@@ -42,7 +43,11 @@ class SynCase(unittest.TestCase):
         self.tb = Testbed(LanTopo(clients=self.clients), os.path.join(self.dir, "run"))
         self.tb.__enter__()
         self.addCleanup(self.tb.__exit__, None, None, None)    # also when the stack fails to start
+        self.prepare()
         self.stack = Stack(self.tb, self.dir, proxy_args=self.proxy_args, **self.stack_args).start()
+
+    def prepare(self):
+        """The testbed runs, the stack not yet."""
 
     def tearDown(self):
         self.tb.__exit__(None, None, None)
@@ -106,6 +111,137 @@ class TestBackendGone(SynCase):
         self.assertRegex(log, r"syn-unanswered id=\d+ client=\S+ backend=10\.0\.0\.11:8080 again_after_ms=\d+")
         self.assertRegex(log, r"failure backend_id=1 .*why=connect-failed .*fenced")
         self.assertLess(took, 2.0, "the client waited for a second SYN retransmission")
+
+
+# From a client host: opens argv[2] connections to argv[1]:80 one after
+# another, sending a GET ("Connection: close") on each as soon as it is
+# open, then reads every response to EOF; prints how many were whole, and
+# how long it all took (s).
+ONE_BY_ONE = r"""
+import json, socket, sys, time
+t0, conns = time.monotonic(), []
+for _ in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 80), timeout=10)
+    s.sendall(b"GET /static/1000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    conns.append(s)
+ok = 0
+for s in conns:
+    d = b"".join(iter(lambda: s.recv(65536), b""))
+    ok += d.startswith(b"HTTP/1.1 200") and len(d.partition(b"\r\n\r\n")[2]) == 1000
+print(json.dumps({"ok": ok, "took_s": round(time.monotonic() - t0, 2)}))
+"""
+
+
+# From a client host: opens argv[2] connections to argv[1]:80 at once, a
+# GET on each as soon as it is open; gives up on those not done in 10 s.
+AT_ONCE = r"""
+import json, selectors, socket, sys, time
+sel, t0, n = selectors.DefaultSelector(), time.monotonic(), int(sys.argv[2])
+for _ in range(n):
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((sys.argv[1], 80))
+    sel.register(s, selectors.EVENT_WRITE, [b""])
+ok = left = n
+while left and time.monotonic() - t0 < 10:
+    for k, ev in sel.select(0.5):
+        s, got = k.fileobj, k.data
+        try:
+            if ev & selectors.EVENT_WRITE:
+                s.send(b"GET /static/1000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                sel.modify(s, selectors.EVENT_READ, got)
+                continue
+            d = s.recv(65536)
+        except OSError:
+            d = b""
+        got[0] += d
+        if not d:
+            sel.unregister(s)
+            left -= 1
+            ok -= not (got[0].startswith(b"HTTP/1.1 200") and len(got[0].partition(b"\r\n\r\n")[2]) == 1000)
+print(json.dumps({"ok": ok - left, "waiting": left}))
+"""
+
+
+class TestBusyBackend(SynCase):
+    """A backend that pauses for 0.4 s (SIGSTOP, SIGCONT: a garbage
+    collector's pause) while new connections come, its accept queue short
+    (its host's net.core.somaxconn at 4): once the queue is full it drops
+    the next SYN, which is sent again a second later, when it answers.
+    That is no failure, since it answered other SYNs just before: nothing
+    fenced, every response whole, no RST from the VIP, the wait no longer
+    than the SYN's retransmission.  (The SYN again, and at the request the
+    connect past --connect-timeout, were taken for a dead backend.)  A
+    connection the backend resets (a handshake ended by a SYN cookie while
+    the queue was full) moves to the alternate, as any reset one does."""
+    CONNS = 12
+
+    def prepare(self):
+        # (A listen() takes it then: before the application starts.)
+        self.tb["primary"].cmd("sysctl -qw net.core.somaxconn=4; nstat -n")
+
+    def test_paused_backend_with_its_accept_queue_full(self):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        script = os.path.join(self.dir, "one_by_one.py")
+        with open(script, "w") as f:
+            f.write(ONE_BY_ONE)
+        app = self.stack.d["app-primary"].popen
+        app.send_signal(signal.SIGSTOP)
+        try:
+            self.tb.crash_at(0.4, lambda: app.send_signal(signal.SIGCONT))
+            out = self.tb["c1"].cmd(f"{sys.executable} {script} {SERVERS['proxy']} {self.CONNS}").strip()
+        finally:
+            app.send_signal(signal.SIGCONT)
+        self.tb.stop_capture(cap)
+        log, st = self.stack.log("proxy"), self.stack.stats("proxy")
+        r = json.loads(out.splitlines()[-1])
+        self.assertEqual(r["ok"], self.CONNS, f"{out}\n{log[-3000:]}")
+        self.assertLess(r["took_s"], 3, r)
+        drops = self.tb["primary"].cmd("nstat -z TcpExtListenOverflows")
+        self.assertGreater(int(drops.split()[-2]), 0, f"the queue never filled:\n{drops}")
+        self.assertNotIn("failure backend_id", log, log[-3000:])
+        self.assertEqual((st["failures"], st["unrecoverable"], st["resets_sent"]), ("0", "0", "0"),
+                         f"{st}\n{log[-3000:]}")
+        self.assertGreater(int(st["connects_busy"]), 0, st)
+        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
+                         "the client saw a RST from the VIP")
+
+
+class TestBusyBackendRequest(TestBusyBackend):
+    proxy_args = ["--splice-at", "request"]
+
+
+class TestBurst(SynCase):
+    """200 connections at once on a healthy backend's accept queue of 2
+    (its host's net.core.somaxconn): many a handshake's end and request are
+    dropped, to wait for the SYN-ACK sent again (as they would without the
+    proxy: some for a minute), while the others are served.  A request
+    that waits unacknowledged that long is no stall of the application (it
+    never had it): no backend fenced, no RST from the VIP."""
+
+    def prepare(self):
+        self.tb["primary"].cmd("sysctl -qw net.core.somaxconn=2")
+
+    def test_burst_at_once(self):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        script = os.path.join(self.dir, "at_once.py")
+        with open(script, "w") as f:
+            f.write(AT_ONCE)
+        out = self.tb["c1"].cmd(f"{sys.executable} {script} {SERVERS['proxy']} 200").strip()
+        self.tb.stop_capture(cap)
+        log, st = self.stack.log("proxy"), self.stack.stats("proxy")
+        r = json.loads(out.splitlines()[-1])
+        self.assertGreater(r["ok"], 0, out)
+        self.assertNotIn("failure backend_id", log, log[-3000:])
+        self.assertEqual((st["failures"], st["unrecoverable"], st["resets_sent"]), ("0", "0", "0"),
+                         f"{st}\n{log[-3000:]}")
+        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
+                         "the client saw a RST from the VIP")
+
+
+
+class TestBurstRequest(TestBurst):
+    proxy_args = ["--splice-at", "request"]
 
 
 class TestPortPool(SynCase):
