@@ -2,7 +2,9 @@
 connection at the client's SYN, with no process in the way.  What must
 hold around it: a SYN sent to a backend that does not answer it (it
 resets it, or the client sends it again) fails that backend and goes on
-to the next one at once, as a failed connect does; with no port of
+to the next one at once, as a failed connect does, unless it answers
+others meanwhile (its accept queue full: busy, not failed, at the SYN
+and at the request alike); with no port of
 the pool free, or a port still in the backend's TIME_WAIT, a SYN goes to
 the proxy's listener and is spliced at its request as before; a proxy
 restarted adopts the connections spliced at the SYN and protects them;
