@@ -183,7 +183,7 @@ void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx)
 static void drop_entries(struct proxy *p, struct pconn *pc, struct rs_flow_track *tc, struct rs_flow_track *tb)
 {
     struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
-    struct rs_flow_track t;
+    struct rs_flow_track t, last;
 
     if (tc)
         memset(tc, 0, sizeof(*tc));
@@ -198,8 +198,12 @@ static void drop_entries(struct proxy *p, struct pconn *pc, struct rs_flow_track
     }
     if (px_pc_owns_client_entry(p, pc))
         px_dp_remove_read(p->dp, &kc, tc);
-    if (pc->backend.ip)
-        px_dp_remove_read(p->dp, &kb, tb);
+    if (pc->backend.ip && !px_dp_remove_read(p->dp, &kb, &last)) {
+        pc->backend_ack = last.ack_hi;
+        pc->backend_acked = last.ack_ns != 0;
+        if (tb)
+            *tb = last;
+    }
 }
 
 /* Frees the request and relay buffers (and the parser): called once

@@ -58,6 +58,7 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
         RS_STAT(struct stats, syn_spliced), RS_STAT(struct stats, syn_stale), RS_STAT(struct stats, syn_late),
         RS_STAT(struct stats, syn_half_open), RS_STAT(struct stats, connects_busy),
+        RS_STAT(struct stats, syn_time_waits_reset),
         RS_STAT(struct stats, close_words), RS_STAT(struct stats, close_asks),
         RS_STAT(struct stats, close_words_late), RS_STAT(struct stats, close_refused),
         RS_STAT(struct stats, redispatched),
@@ -242,8 +243,9 @@ static void usage(FILE *f)
         "                     the eBPF data path, one --backend, not --sticky; the backend reads the\n"
         "                     client's name from its SYN, docs/recovery.md), or once the proxy has\n"
         "                     read its request (request: --identity applies)\n"
-        "  --syn-ports LO-HI  the proxy's ports for connections spliced at the SYN (default\n"
-        "                     61000-65535; outside the host's ephemeral range)\n"
+        "  --syn-ports LO-HI  the proxy's ports for connections spliced at the SYN (default:\n"
+        "                     the larger range outside the host's ephemeral ports, 1024-32767\n"
+        "                     with Linux's 32768-60999)\n"
         "  --syn-sweep DUR    how long a client may stay silent after a SYN the backend has not\n"
         "                     answered, or leave the backend's SYN-ACK unacknowledged, before its\n"
         "                     port is taken back (default 30s; a client gives a connect up after\n"
@@ -406,8 +408,6 @@ static int parse_args(struct proxy *p, int argc, char **argv)
     p->recovery_ns = 800000000ull;
     p->alternate = -1;
     p->pair.takeover_ns = 300000000ull;
-    p->syn.port_lo = 61000;
-    p->syn.port_hi = 65535;
     p->syn.backend = -1;
     r = rs_opts_parse("rs-proxy", argc, argv, opts, usage);
     if (r)
@@ -500,6 +500,28 @@ static void renew_lease(struct rs_timer *t)
     rs_timer_after(&p->loop, t, LEASE_RENEW_NS);
 }
 
+/* --syn-ports by default: the larger of the ranges below and above the
+ * host's ephemeral ports (from 1024), less the VIP's port and what lies
+ * beyond it on the smaller side.  (32768-60999, Linux's: 1024-32767.) */
+static void default_syn_ports(struct proxy *p)
+{
+    unsigned eph_lo = p->port_lo - 1u, eph_hi = p->port_hi, lo = 1024, hi = eph_lo - 1;
+    unsigned vip = p->listen.port;
+
+    if (eph_lo <= 1024 || 65535 - eph_hi > hi - lo)
+        lo = eph_hi + 1, hi = 65535;
+    if (vip >= lo && vip <= hi) {
+        if (vip - lo > hi - vip)
+            hi = vip - 1;
+        else
+            lo = vip + 1;
+    }
+    if (lo > hi || hi > 65535)
+        lo = hi = eph_hi;       /* none: the check below splices at the request */
+    p->syn.port_lo = (uint16_t)lo;
+    p->syn.port_hi = (uint16_t)hi;
+}
+
 static int setup(struct proxy *p)
 {
     int e;
@@ -514,6 +536,8 @@ static int setup(struct proxy *p)
     }
     p->rawfd = p->lio.fd = -1;
     px_ports_init(p);
+    if (!p->syn.port_lo)
+        default_syn_ports(p);
     if (p->syn.on && ((p->syn.port_lo <= p->port_hi && p->syn.port_hi >= p->port_lo)
                       || (p->syn.port_lo <= p->listen.port && p->syn.port_hi >= p->listen.port))) {
         fprintf(stderr, "rs-proxy: --syn-ports %u-%u overlaps the host's ephemeral ports %u-%u or the VIP's%s\n",

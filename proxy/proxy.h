@@ -81,6 +81,8 @@ struct pconn {
     bool redispatched;            /* the first backend was unreachable: now on the alternate */
     uint64_t t_accept_us, t_spliced_us;
     uint64_t connect_ns_at;        /* CLOCK_MONOTONIC: when the connect to the backend began */
+    uint32_t backend_ack;         /* the backend's last ACK number, read as its entry went */
+    bool backend_acked;           /* (there was one) */
     int splice_tries;
     /* spliced at connect: the request still goes out from the backend
      * socket (bio) until the backend acknowledges 'open_ack' (ACK watch
@@ -122,7 +124,8 @@ struct stats {
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
         adopted, recovery_retargets, fins_released, close_words, close_asks,
-        close_words_late, close_refused, syn_spliced, syn_stale, syn_late, syn_half_open, connects_busy;
+        close_words_late, close_refused, syn_spliced, syn_stale, syn_late, syn_half_open, connects_busy,
+        syn_time_waits_reset;
 };
 
 /* Splicing at the SYN (syn.c). */
@@ -431,7 +434,8 @@ bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc);
  * flood, a client gone): nothing else would end it for --idle, and it
  * holds a port of the pool.  Returns whether it did. */
 bool px_syn_half_open(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc);
-/* 'pc' is freed: its port goes back to the pool (now or after a TIME_WAIT). */
+/* 'pc' is freed: its port goes back to the pool (now, or after the
+ * backend's TIME_WAIT if a RST could not end it). */
 void px_syn_port_free(struct proxy *p, const struct pconn *pc);
 /* Gives back the ports whose wait is over (the reaper's timer). */
 void px_syn_tick(struct proxy *p);

@@ -5,8 +5,8 @@
  *
  *   - the ports: the free ones wait in the tc program's queue; a port comes
  *     back when its connection is freed, at once where the backend holds
- *     no TIME_WAIT on it (the client closed first, or either side reset),
- *     else after SYN_TIME_WAIT_NS;
+ *     no TIME_WAIT on it (the client closed first, or either side reset)
+ *     or once a RST ended that TIME_WAIT, else after SYN_TIME_WAIT_NS;
  *   - the backend new connections go to: the serving primary, whatever
  *     px_roles makes it (px_syn_sync); a SYN sent to a backend fenced
  *     before it answered loses its entries, and its retransmission is
@@ -359,6 +359,17 @@ void px_syn_port_free(struct proxy *p, const struct pconn *pc)
 
     if (!pc->syn_port || !p->syn.on)
         return;
+    /* The backend closed first: its TIME_WAIT on the port ends at a RST
+     * exactly at its next expected byte (RFC 1337's hazard, which Linux
+     * accepts by default), the client's FIN acknowledged in the last ACK
+     * it sent; the linger (--linger) has let old segments die out, as
+     * tcp_tw_reuse's second does.  Should the RST be lost, the port's
+     * next SYN meets the TIME_WAIT's ACK: RS_FLOW_STALE. */
+    if (!rst && !client_first && pc->backend_acked && p->rawfd >= 0
+        && px_send_rst(p->rawfd, pc->local, pc->backend, pc->backend_ack) == 0) {
+        p->st.syn_time_waits_reset++;
+        rst = true;
+    }
     if (rst || client_first) {
         px_dp_syn_port_put(p->dp, pc->syn_port);
         return;

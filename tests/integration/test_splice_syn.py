@@ -276,10 +276,10 @@ class TestPortReturn(SynCase):
 
     def test_ports_come_back(self):
         """A port comes back when its connection is freed: at once where
-        the client closed first, only after the backend's TIME_WAIT where
-        the backend did.  One port: client-closed connections one after
-        another are all spliced at the SYN; after a server-closed one, the
-        next goes to the listener."""
+        the client closed first; where the backend did, once a RST has
+        ended the backend's TIME_WAIT on it.  One port: connections one
+        after another, one of them closed by the server, are all spliced
+        at the SYN, and the backend holds no TIME_WAIT from the proxy."""
         one = "request GET /static/1024?seed=1\n  expect length 1024\n"
         for i in range(5):
             if i == 3:      # the server closes; the client reads its FIN, and only then closes
@@ -290,8 +290,11 @@ class TestPortReturn(SynCase):
             self.assertTrue(wait_until(lambda: self.stack.log("proxy").count("unsplice id=") > i, 10),
                             self.stack.log("proxy")[-2000:])
         log = self.stack.log("proxy")
-        self.assertEqual(len(re.findall(r"syn-spliced id=\S+ client=\S+ backend=\S+ port=62000", log)), 4, log[-3000:])
-        self.assertEqual(len(re.findall(r"accept id=", log)), 1, "the port in the backend's TIME_WAIT was used")
+        self.assertEqual(len(re.findall(r"syn-spliced id=\S+ client=\S+ backend=\S+ port=62000", log)), 5, log[-3000:])
+        self.assertNotRegex(log, r"accept id=|syn-stale", "the port's TIME_WAIT on the backend was still there")
+        self.assertEqual(self.stack.stats("proxy")["syn_time_waits_reset"], "1")
+        tw = self.tb["primary"].cmd(f"ss -tan state time-wait dst {SERVERS['proxy']}")
+        self.assertNotIn(":62000", tw)
 
 
 # From a client host: opens argv[2] connections to argv[1]:80 at once and
