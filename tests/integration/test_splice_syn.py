@@ -63,6 +63,34 @@ class SynCase(unittest.TestCase):
         return self.tb.start(host, name, [binary("rs-client"), "--server", self.stack.vip, "--trace", path,
                                           "--timeout", "10s"])
 
+    def run_on_c1(self, source, *args, during=None):
+        """Runs the Python 'source' on c1 with 'args' (after 'during()', if
+        given), its segments captured; returns (its last line as JSON, the
+        pcap)."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        script = os.path.join(self.dir, "script.py")
+        with open(script, "w") as f:
+            f.write(source)
+        if during:
+            during()
+        out = self.tb["c1"].cmd(" ".join([sys.executable, script] + [str(a) for a in args])).strip()
+        self.tb.stop_capture(cap)
+        try:
+            return json.loads(out.splitlines()[-1]), pcap
+        except (IndexError, ValueError):
+            self.fail(out)
+
+    def assert_no_failover(self, pcap):
+        """No backend fenced, nothing unrecoverable or reset by the proxy,
+        no RST from the VIP in 'pcap'.  Returns the proxy's log and stats."""
+        log, st = self.stack.log("proxy"), self.stack.stats("proxy")
+        self.assertNotIn("failure backend_id", log, log[-3000:])
+        self.assertEqual((st["failures"], st["unrecoverable"], st["resets_sent"]), ("0", "0", "0"),
+                         f"{st}\n{log[-3000:]}")
+        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
+                         "the client saw a RST from the VIP")
+        return log, st
+
     def assert_ok(self, d, timeout=30):
         d.popen.wait(timeout)
         self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:] + self.stack.log("proxy")[-3000:])
@@ -183,30 +211,21 @@ class TestBusyBackend(SynCase):
         self.tb["primary"].cmd("sysctl -qw net.core.somaxconn=4; nstat -n")
 
     def test_paused_backend_with_its_accept_queue_full(self):
-        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
-        script = os.path.join(self.dir, "one_by_one.py")
-        with open(script, "w") as f:
-            f.write(ONE_BY_ONE)
         app = self.stack.d["app-primary"].popen
-        app.send_signal(signal.SIGSTOP)
-        try:
+
+        def pause():
+            app.send_signal(signal.SIGSTOP)
             self.tb.crash_at(0.4, lambda: app.send_signal(signal.SIGCONT))
-            out = self.tb["c1"].cmd(f"{sys.executable} {script} {SERVERS['proxy']} {self.CONNS}").strip()
+        try:
+            r, pcap = self.run_on_c1(ONE_BY_ONE, SERVERS["proxy"], self.CONNS, during=pause)
         finally:
             app.send_signal(signal.SIGCONT)
-        self.tb.stop_capture(cap)
-        log, st = self.stack.log("proxy"), self.stack.stats("proxy")
-        r = json.loads(out.splitlines()[-1])
-        self.assertEqual(r["ok"], self.CONNS, f"{out}\n{log[-3000:]}")
+        log, st = self.assert_no_failover(pcap)
+        self.assertEqual(r["ok"], self.CONNS, f"{r}\n{log[-3000:]}")
         self.assertLess(r["took_s"], 3, r)
         drops = self.tb["primary"].cmd("nstat -z TcpExtListenOverflows")
         self.assertGreater(int(drops.split()[-2]), 0, f"the queue never filled:\n{drops}")
-        self.assertNotIn("failure backend_id", log, log[-3000:])
-        self.assertEqual((st["failures"], st["unrecoverable"], st["resets_sent"]), ("0", "0", "0"),
-                         f"{st}\n{log[-3000:]}")
         self.assertGreater(int(st["connects_busy"]), 0, st)
-        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
-                         "the client saw a RST from the VIP")
 
 
 class TestBusyBackendRequest(TestBusyBackend):
@@ -225,21 +244,9 @@ class TestBurst(SynCase):
         self.tb["primary"].cmd("sysctl -qw net.core.somaxconn=2")
 
     def test_burst_at_once(self):
-        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
-        script = os.path.join(self.dir, "at_once.py")
-        with open(script, "w") as f:
-            f.write(AT_ONCE)
-        out = self.tb["c1"].cmd(f"{sys.executable} {script} {SERVERS['proxy']} 200").strip()
-        self.tb.stop_capture(cap)
-        log, st = self.stack.log("proxy"), self.stack.stats("proxy")
-        r = json.loads(out.splitlines()[-1])
-        self.assertGreater(r["ok"], 0, out)
-        self.assertNotIn("failure backend_id", log, log[-3000:])
-        self.assertEqual((st["failures"], st["unrecoverable"], st["resets_sent"]), ("0", "0", "0"),
-                         f"{st}\n{log[-3000:]}")
-        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
-                         "the client saw a RST from the VIP")
-
+        r, pcap = self.run_on_c1(AT_ONCE, SERVERS["proxy"], 200)
+        self.assert_no_failover(pcap)
+        self.assertGreater(r["ok"], 0, r)
 
 
 class TestBurstRequest(TestBurst):
