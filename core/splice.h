@@ -655,30 +655,28 @@ static inline void rs_ident_opt_put(rs_u8 *p, rs_u32 addr, rs_u16 port)
     rs_splice_store16(p + 10, port);
 }
 
-/* Finds the option naming a client in TCP header 'tcp' ('hdr_len' bytes)
- * and returns 0 with the client in '*addr':'*port' (host order); -1 when
- * there is none or the option list is malformed. */
+/* Reads the option naming a client from TCP header 'tcp' ('hdr_len'
+ * bytes) and returns 0 with the client in '*addr':'*port' (host order);
+ * -1 when there is none.  Only the header's last RS_IDENT_ROOM bytes are
+ * read, exactly as rs_ident_opt_put wrote them: the tc program appends the
+ * option after all the client's own, so one a client put in its SYN to
+ * name somebody else is never believed, nor is the name lost after a
+ * client's end-of-options (a macOS SYN's).  (A client that reaches the
+ * backend without the proxy could still name anyone: backends take
+ * connections from the proxy alone, as the PROXY header's readers do.) */
 static inline int rs_ident_opt_get(const rs_u8 *tcp, rs_u32 hdr_len, rs_u32 *addr, rs_u16 *port)
 {
-    rs_u32 i = RS_TCP_HDR_MIN, olen;
+    const rs_u8 *p;
 
-    if (hdr_len < RS_TCP_HDR_MIN || hdr_len > RS_TCP_HDR_MAX)
+    if (hdr_len < RS_TCP_HDR_MIN + RS_IDENT_ROOM || hdr_len > RS_TCP_HDR_MAX)
         return -1;
-    while (i < hdr_len && tcp[i] != RS_TCPOPT_EOL) {
-        if (tcp[i] == RS_TCPOPT_NOP) {
-            i++;
-            continue;
-        }
-        if (i + 1 >= hdr_len || (olen = tcp[i + 1]) < 2 || olen > hdr_len - i)
-            return -1;
-        if (tcp[i] == RS_TCPOPT_EXP && olen == RS_IDENT_OPT_LEN && rs_splice_load16(tcp + i + 2) == RS_IDENT_EXID) {
-            *addr = rs_splice_load32(tcp + i + 4);
-            *port = rs_splice_load16(tcp + i + 8);
-            return 0;
-        }
-        i += olen;
-    }
-    return -1;
+    p = tcp + hdr_len - RS_IDENT_ROOM;
+    if (p[0] != RS_TCPOPT_NOP || p[1] != RS_TCPOPT_NOP || p[2] != RS_TCPOPT_EXP || p[3] != RS_IDENT_OPT_LEN
+        || rs_splice_load16(p + 4) != RS_IDENT_EXID)
+        return -1;
+    *addr = rs_splice_load32(p + 6);
+    *port = rs_splice_load16(p + 10);
+    return 0;
 }
 
 /* Writes into 'tcp' (RS_TCP_HDR_MAX bytes) the SYN that '*si' describes

@@ -1125,6 +1125,23 @@ static void ident_option_roundtrip(void **state)
     assert_int_equal(rs_ident_opt_get(t, 48, &addr, &port), -1);
     t[45] ^= 1;
     assert_int_equal(rs_ident_opt_get(t, 52, &addr, &port), -1);
+    t[45] ^= 1;
+    /* A client's own option naming somebody else, then its options ended
+     * early (EOL), then the program's: the program's alone is believed. */
+    linux_syn(t, 1, 1, 7, RS_TCP_F_SYN);
+    rs_ident_opt_put(t + 20, 0x0a000999u, 1);
+    t[32] = RS_TCPOPT_EOL;
+    rs_ident_opt_put(t + 40, 0x0a000102u, 54321);
+    t[12] = 13 << 4;
+    assert_int_equal(rs_ident_opt_get(t, 52, &addr, &port), 0);
+    assert_int_equal(addr, 0x0a000102u);
+    assert_int_equal(port, 54321);
+    /* The client's alone (not at the end: other options follow): none. */
+    linux_syn(t, 1, 1, 7, RS_TCP_F_SYN);
+    rs_ident_opt_put(t + 20, 0x0a000999u, 1);
+    memset(t + 32, RS_TCPOPT_NOP, 20);
+    t[12] = 13 << 4;
+    assert_int_equal(rs_ident_opt_get(t, 52, &addr, &port), -1);
 }
 
 static void syn_built_reads_back(void **state)
