@@ -1286,6 +1286,10 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
         px_syn_event(p, ev);
         return;
     }
+    if (!pc && ev->splice_id >= RS_SYN_ID_BASE) {
+        px_syn_take_late(p, ev);    /* (what it tells, its entries show) */
+        return;
+    }
     if (!pc || (pc->rec && px_recovery_event(p, pc, ev)))
         return;
     kb = px_key_b(pc);

@@ -48,9 +48,11 @@ struct px_datapath_ops {
      * path attached there (killed, or stopped to hand over), the table is
      * taken over as it stands: its entries go on being translated without
      * a gap (px_dp_next_key lists them) — unless not 'adopt': then the
-     * table starts empty.  Returns the data path, or NULL with '*err' a
-     * negative errno. */
-    struct px_datapath *(*open)(const char *ifname, bool adopt, int *err);
+     * table starts empty.  'event_ring': the bytes of the ring its events
+     * wait in for the daemon, where it has one (0: its own default; a
+     * table taken over keeps its ring).  Returns the data path, or NULL
+     * with '*err' a negative errno. */
+    struct px_datapath *(*open)(const char *ifname, bool adopt, uint64_t event_ring, int *err);
     /* 'keep': leave the data path attached with its table, for a successor
      * (spliced connections go on meanwhile, unprotected). */
     void (*close)(struct px_datapath *dp, bool keep);

@@ -335,7 +335,7 @@ static int reuse_maps(struct dp_ebpf *s)
     return n;
 }
 
-static struct px_datapath *ebpf_open(const char *ifname, bool adopt, int *err)
+static struct px_datapath *ebpf_open(const char *ifname, bool adopt, uint64_t event_ring, int *err)
 {
     struct dp_ebpf *s = calloc(1, sizeof(*s));
     int e;
@@ -359,6 +359,10 @@ static struct px_datapath *ebpf_open(const char *ifname, bool adopt, int *err)
     {
         LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = s->ifindex, .attach_point = BPF_TC_INGRESS);
         s->hook = hook;
+    }
+    if (event_ring && (e = bpf_map__set_max_entries(s->skel->maps.rs_events, (uint32_t)event_ring)) != 0) {
+        *err = e;
+        goto fail;
     }
     if (adopt && reuse_maps(s))
         rs_log("ebpf: took over the splice table of the program attached to %s", ifname);

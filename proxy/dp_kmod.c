@@ -175,13 +175,14 @@ static void kmod_close(struct px_datapath *dp, bool keep)
     free(s);
 }
 
-static struct px_datapath *kmod_open(const char *ifname, bool adopt, int *err)
+static struct px_datapath *kmod_open(const char *ifname, bool adopt, uint64_t event_ring, int *err)
 {
     struct dp_kmod *s = calloc(1, sizeof(*s));
     uint32_t flags = adopt ? RS_TCPSP_F_ADOPT : 0;
     struct answer a;
     int grp;
 
+    (void)event_ring;       /* (events come over generic netlink, read as they come) */
     if (!s) {
         *err = -ENOMEM;
         return NULL;

@@ -203,6 +203,10 @@ static void usage(FILE *f)
         "  --ifname IF        interface of the data path (default: the one holding VIP)\n"
         "  --datapath NAME    what splices segments: ebpf (default; a tc program) or kmod\n"
         "                     (the kernel module kmod/tcpspmod.c, loaded beforehand)\n"
+        "  --event-ring SIZE  ebpf: the ring the tc program's events wait in for rs-proxy, a power\n"
+        "                     of two of pages (default 1M: the FINs and SYN-ACKs of 6000\n"
+        "                     connections; one found full loses events, which the sweep and the\n"
+        "                     connection's next event make up for)\n"
         "  --control ADDR:PORT  control port (RESPLICE, FAILURE, SUSPECT, FENCE, STATUS; needs --key)\n"
         "  --key FILE         shared control-plane key: 64 hex characters\n"
         "  --idle DUR         reap spliced connections idle this long (default 600s)\n"
@@ -375,6 +379,7 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         RS_OPTION("syn-sweep", RS_OPT_DURATION, &p->syn.sweep_ns, .nonzero = true),
         RS_OPTION("sticky", RS_OPT_STR, &sticky),
         RS_OPTION("datapath", RS_OPT_FN, &p->datapath, .want = dp_want, .fn = datapath_name),
+        RS_OPTION("event-ring", RS_OPT_SIZE, &p->event_ring),
         RS_OPTION("ifname", RS_OPT_STR, &ifname),
         RS_OPTION("control", RS_OPT_ADDR, &p->ctl),
         RS_OPTION("key", RS_OPT_STR, &keyfile),
@@ -472,6 +477,10 @@ static int parse_args(struct proxy *p, int argc, char **argv)
         fprintf(stderr, "rs-proxy: --control and --stated-port need --key\n");
         return 2;
     }
+    if (p->event_ring && (p->event_ring < 4096 || p->event_ring > (1u << 30) || (p->event_ring & (p->event_ring - 1)))) {
+        fprintf(stderr, "rs-proxy: --event-ring must be a power of two from 4k to 1G\n");
+        return 2;
+    }
     if (keyfile) {
         int e = rs_ctl_key_load(keyfile, &p->key);
         if (e) {
@@ -548,7 +557,7 @@ static int setup(struct proxy *p)
         p->syn.on = false;
     }
     if (!p->nosplice) {
-        p->dp = px_datapath_find(p->datapath)->open(p->ifname, !p->fresh, &e);
+        p->dp = px_datapath_find(p->datapath)->open(p->ifname, !p->fresh, p->event_ring, &e);
         if (!p->dp) {
             fprintf(stderr, "rs-proxy: cannot attach the %s data path to %s: %s\n", p->datapath, p->ifname,
                     strerror(-e));

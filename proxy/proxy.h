@@ -191,6 +191,7 @@ struct proxy {
     char cookie_name[64];
     char ifname[IF_NAMESIZE];
     uint64_t idle_ns, half_open_ns, linger_ns, connect_ns, recovery_ns, relay_first_ns, request_ns;
+    uint64_t event_ring;          /* --event-ring (0: the data path's default) */
     struct rs_loop loop;
     struct rs_io lio, eio;        /* the VIP's listening socket, the data path's events */
     struct rs_timer reap_timer, lease_timer;
@@ -434,6 +435,9 @@ bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc);
  * flood, a client gone): nothing else would end it for --idle, and it
  * holds a port of the pool.  Returns whether it did. */
 bool px_syn_half_open(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc);
+/* An event of a splice made at the SYN that no connection holds: its
+ * backend's SYN-ACK was reported into a full ring; taken on now. */
+void px_syn_take_late(struct proxy *p, const struct rs_flow_event *ev);
 /* 'pc' is freed: its port goes back to the pool (now, or after the
  * backend's TIME_WAIT if a RST could not end it). */
 void px_syn_port_free(struct proxy *p, const struct pconn *pc);

@@ -254,7 +254,31 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     p->st.syn_spliced++;
     rs_log("syn-spliced id=%" PRIu64 " client=%s backend=%s port=%u", pc->id, RS_A(pc->client),
            RS_A(pc->backend), pc->local.port);
+    /* Taken on late (its SYN-ACK's event lost, or a predecessor's): the
+     * backend may have ended its side meanwhile, its FIN or RST held by
+     * the guard and reported once, to nobody. */
+    if ((fb.t.seen & RS_FLOW_SEEN_RST) || ((fb.t.seen & RS_FLOW_SEEN_FIN) && fb.cfg.guard))
+        px_backend_end(p, pc, fb.t.seen & RS_FLOW_SEEN_RST);
+    else if (fb.t.seen & RS_FLOW_SEEN_FIN)
+        pc->seen |= RS_FLOW_SEEN_FIN << 4;
+    px_pc_check_end(p, pc);
     return pc;
+}
+
+void px_syn_take_late(struct proxy *p, const struct rs_flow_event *ev)
+{
+    struct rs_flow_key kb = ev->key;
+    struct px_flow_info f;
+
+    if (!p->syn.on || px_dp_learn(p->dp, &ev->key) || px_dp_get(p->dp, &ev->key, &f) || !f.cfg.at_syn
+        || f.cfg.splice_id != ev->splice_id)
+        return;
+    if (px_backend_at(p, px_addr_of(kb.saddr, kb.sport)) < 0)
+        kb = f.cfg.peer;            /* the client's entry told */
+    if (px_syn_take(p, &kb, ev->splice_id, rs_mono_ns())) {
+        p->st.syn_late++;
+        rs_log("syn-late id=%" PRIu64 ": taken on at a later event (its SYN-ACK's was lost)", ev->splice_id);
+    }
 }
 
 /* Sends the client's SYN of the splice whose backend entry is 'kb' to its

@@ -253,6 +253,72 @@ class TestBurstRequest(TestBurst):
     proxy_args = ["--splice-at", "request"]
 
 
+class TestLostEvents(SynCase):
+    """The tc program's events fill their ring while rs-proxy is stopped
+    (SIGSTOP, 0.3 s: within its lease; a ring of 4 KB holds ~70 events, 300
+    connections make ~900): the connections whose SYN-ACK's event was lost
+    are taken on at their next event, or by the sweep, and the FINs their
+    backend sent meanwhile, held by the guard and reported to nobody, are
+    judged then.  Every response whole; afterwards no connection of the
+    backend's is left waiting for its FIN's ACK, none in the proxy."""
+    proxy_args = ["--splice-at", "syn", "--event-ring", "4096", "--syn-sweep", "1s", "--linger", "100ms"]
+
+    def fill_the_ring(self, then=None):
+        """Stops the proxy, makes 300 connections (their events fill the
+        ring), runs 'then', resumes the proxy."""
+        path = os.path.join(self.dir, "one.trace")
+        with open(path, "w") as f:
+            f.write("request GET /static/1024?seed=1\n  expect length 1024\n")
+        proxy = self.stack.d["proxy"].popen
+        proxy.send_signal(signal.SIGSTOP)
+        try:
+            out = self.tb["c1"].cmd(f"{binary('rs-client')} --server {self.stack.vip} --trace {path} "
+                                    "--repeat 300 --quiet --timeout 10s; echo rc=$?")
+            if then:
+                then()
+        finally:
+            proxy.send_signal(signal.SIGCONT)
+        self.assertIn("rc=0", out)
+
+    def test_events_lost_to_a_full_ring(self):
+        self.fill_the_ring()
+
+        def settled():
+            waiting = self.tb["primary"].cmd(f"ss -tanH state last-ack state fin-wait-1 dst {SERVERS['proxy']}")
+            return not waiting.strip() and self.stack.log("proxy").count("unsplice id=") == 300
+        t0 = time.monotonic()
+        self.assertTrue(wait_until(settled, 10), self.tb["primary"].cmd("ss -tan") + self.stack.log("proxy")[-3000:])
+        print(f"\nsettled {time.monotonic() - t0:.2f} s after the proxy resumed")
+        st = self.stack.stats("proxy")
+        self.assertGreater(int(st["syn_late"]), 0, st)
+        self.assertEqual(int(st["syn_spliced"]), 300, st)
+        self.assertEqual((st["failures"], st["unrecoverable"]), ("0", "0"), st)
+
+    def test_primary_crash_with_events_lost(self):
+        """And then, the proxy still stopped, streams begin (their SYN-ACKs'
+        events lost) and the primary's application is killed (its FINs'
+        events lost): taken on when the primary is fenced, the streams are
+        recovered on the alternate, whole, no RST from the VIP."""
+        trace = f"request GET {STREAM}\n  expect length 1200000\n"
+        ds = []
+
+        def streams_then_crash():
+            ds.extend(self.client(trace, name=f"stream{i}") for i in range(6))
+            time.sleep(0.15)
+            self.stack.kill_primary()
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        self.fill_the_ring(then=streams_then_crash)
+        for d in ds:
+            self.assert_ok(d)
+        self.tb.stop_capture(cap)
+        st = self.stack.stats("proxy")
+        self.assertGreater(int(st["syn_late"]), 0, st)
+        self.assertGreaterEqual(int(st["recovered"]), 6, st)
+        self.assertEqual(st["unrecoverable"], "0", st)
+        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
+                         "the client saw a RST from the VIP")
+
+
 class TestPortPool(SynCase):
     proxy_args = ["--splice-at", "syn", "--syn-ports", "62000-62001"]
 
