@@ -691,7 +691,15 @@ static void segment(struct logger *lg, int d, uint32_t cip, uint16_t cport, uint
         c->suspected = false;
     }
     if (len) {
+        /* Client bytes that find every earlier one acknowledged start the
+         * backend's wait for its ACK now, not when its ACK last moved
+         * (a long response ago, perhaps). */
+        bool waited = d == LG_REQ && c->has_ack_srv && rs_seq_lt(c->ack_srv, rs_reasm_contig_seq(&c->rs[LG_REQ]));
+
         add_bytes(lg, c, d, seq, data, len);
+        if (d == LG_REQ && c->has_ack_srv && !waited
+            && rs_seq_lt(c->ack_srv, rs_reasm_contig_seq(&c->rs[LG_REQ])))
+            c->ack_srv_ns = now;
         if (truncated)
             set_inc(c, LG_INC_TRUNCATED, d, seq + len, "raise the snap length");
     }

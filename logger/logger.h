@@ -90,7 +90,8 @@ struct lg_conn {
     struct lg_conn *closed_prev, *closed_next;  /* lg->closed, oldest end first */
     uint64_t last_ns;
     uint64_t progress_ns;            /* last request completed or response byte logged */
-    uint64_t ack_srv_ns;             /* when the backend's ACK (ack_srv) last moved */
+    uint64_t ack_srv_ns;             /* when the backend's ACK (ack_srv) last moved, or client bytes
+                                      * began to wait for it (all before acknowledged) */
     uint16_t win_srv;                /* the backend's last window field (0: it stopped reading) */
     uint16_t win_cl;                 /* window field of the client's newest ACK (unscaled) */
     bool suspected;                  /* a SUSPECT went out since the last progress */
