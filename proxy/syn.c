@@ -257,10 +257,10 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     /* Taken on late (its SYN-ACK's event lost, or a predecessor's): the
      * backend may have ended its side meanwhile, its FIN or RST held by
      * the guard and reported once, to nobody. */
-    if ((fb.t.seen & RS_FLOW_SEEN_RST) || ((fb.t.seen & RS_FLOW_SEEN_FIN) && fb.cfg.guard))
+    if (fb.cfg.guard && (fb.t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)))
         px_backend_end(p, pc, fb.t.seen & RS_FLOW_SEEN_RST);
-    else if (fb.t.seen & RS_FLOW_SEEN_FIN)
-        pc->seen |= RS_FLOW_SEEN_FIN << 4;
+    else
+        pc->seen |= (fb.t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)) << 4;   /* (it passed) */
     px_pc_check_end(p, pc);
     return pc;
 }
