@@ -255,25 +255,30 @@ class TestBurstRequest(TestBurst):
 
 class TestLostEvents(SynCase):
     """The tc program's events fill their ring while rs-proxy is stopped
-    (SIGSTOP, 0.3 s: within its lease; a ring of 4 KB holds ~70 events, 300
-    connections make ~900): the connections whose SYN-ACK's event was lost
-    are taken on at their next event, or by the sweep, and the FINs their
-    backend sent meanwhile, held by the guard and reported to nobody, are
-    judged then.  Every response whole; afterwards no connection of the
-    backend's is left waiting for its FIN's ACK, none in the proxy."""
+    (SIGSTOP, under 0.5 s: within its lease; a ring of 4 KB holds ~70
+    events, 100 connections make ~300): the connections whose SYN-ACK's
+    event was lost are taken on at their next event, or by the sweep, and
+    the FINs their backend sent meanwhile, held by the guard and reported
+    to nobody, are judged then.  Every response whole; afterwards no
+    connection of the backend's is left waiting for its FIN's ACK, none in
+    the proxy."""
     proxy_args = ["--splice-at", "syn", "--event-ring", "4096", "--syn-sweep", "1s", "--linger", "100ms"]
 
+    CONNS = 100
+
     def fill_the_ring(self, then=None):
-        """Stops the proxy, makes 300 connections (their events fill the
-        ring), runs 'then', resumes the proxy."""
+        """Stops the proxy, makes CONNS connections (their events fill the
+        ring), runs 'then', resumes the proxy: at the latest after 0.45 s,
+        within its lease (0.5 s), whatever is left of them then."""
         path = os.path.join(self.dir, "one.trace")
         with open(path, "w") as f:
             f.write("request GET /static/1024?seed=1\n  expect length 1024\n")
         proxy = self.stack.d["proxy"].popen
         proxy.send_signal(signal.SIGSTOP)
+        self.tb.crash_at(0.45, proxy.send_signal, signal.SIGCONT)
         try:
             out = self.tb["c1"].cmd(f"{binary('rs-client')} --server {self.stack.vip} --trace {path} "
-                                    "--repeat 300 --quiet --timeout 10s; echo rc=$?")
+                                    f"--repeat {self.CONNS} --quiet --timeout 10s; echo rc=$?")
             if then:
                 then()
         finally:
@@ -285,13 +290,13 @@ class TestLostEvents(SynCase):
 
         def settled():
             waiting = self.tb["primary"].cmd(f"ss -tanH state last-ack state fin-wait-1 dst {SERVERS['proxy']}")
-            return not waiting.strip() and self.stack.log("proxy").count("unsplice id=") == 300
+            return not waiting.strip() and self.stack.log("proxy").count("unsplice id=") == self.CONNS
         t0 = time.monotonic()
         self.assertTrue(wait_until(settled, 10), self.tb["primary"].cmd("ss -tan") + self.stack.log("proxy")[-3000:])
         print(f"\nsettled {time.monotonic() - t0:.2f} s after the proxy resumed")
         st = self.stack.stats("proxy")
         self.assertGreater(int(st["syn_late"]), 0, st)
-        self.assertEqual(int(st["syn_spliced"]), 300, st)
+        self.assertEqual(int(st["syn_spliced"]), self.CONNS, st)
         self.assertEqual((st["failures"], st["unrecoverable"]), ("0", "0"), st)
 
     def test_primary_crash_with_events_lost(self):
@@ -315,8 +320,14 @@ class TestLostEvents(SynCase):
         self.assertGreater(int(st["syn_late"]), 0, st)
         self.assertGreaterEqual(int(st["recovered"]), 6, st)
         self.assertEqual(st["unrecoverable"], "0", st)
-        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
-                         "the client saw a RST from the VIP")
+        # (A connection of the first 100, whose end was held while its
+        # events were lost, can meet the dead backend's RST at its very end,
+        # the client in TIME_WAIT already: seen once with two busy loops.)
+        ports = [p for d in ds for p in re.findall(r"connected lport=(\d+)", d.output() + open(d.err).read())]
+        self.assertEqual(len(ports), len(ds))
+        streams = " or ".join(f"dst port {p}" for p in ports)
+        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0 "
+                                          f"and ({streams})"), 0, "a stream saw a RST from the VIP")
 
 
 class TestPortPool(SynCase):
