@@ -796,8 +796,13 @@ class TestSecondCrashDuringRecovery(Case):
         self.assertTrue(wait_until(lambda: open(d.err).read().count("step=0 response") == 20, 10),
                         open(d.err).read()[-2000:])
         time.sleep(0.3)
+        # The alternate stopped first, so that the recoveries to it are still
+        # under way when it dies (on a fast host they could all be done
+        # within the millisecond the harness takes to see them begin).
+        alternate = self.stack.d["app-alternate"]
+        alternate.popen.send_signal(signal.SIGSTOP)
         second = self.tb.crash_when(lambda: "step=hold" in self.stack.proxy_log(),
-                                    lambda: self.tb.kill(self.stack.d["app-alternate"]), timeout=5)
+                                    lambda: self.tb.kill(alternate), timeout=5)
         self.stack.kill_primary()
         second.fired.wait(6)
         d.popen.wait(30)
