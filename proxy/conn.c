@@ -141,7 +141,7 @@ bool px_pc_owns_client_entry(struct proxy *p, const struct pconn *pc)
     struct rs_flow_key kc = px_key_c(pc);
     struct px_flow_info f;
 
-    return px_dp_get(p->dp, &kc, &f) || f.cfg.splice_id == pc->id;
+    return !pc->client_entry_freed && (px_dp_get(p->dp, &kc, &f) || f.cfg.splice_id == pc->id);
 }
 struct rs_flow_key px_key_b(const struct pconn *pc) { return px_flow_key(pc->backend, pc->local); }
 
@@ -196,8 +196,12 @@ static void drop_entries(struct proxy *p, struct pconn *pc, struct rs_flow_track
         px_dp_remove_read(p->dp, &pc->held[i], &t);
         p->st.fenced_drops += t.dropped;
     }
-    if (px_pc_owns_client_entry(p, pc))
-        px_dp_remove_read(p->dp, &kc, tc);
+    if (px_pc_owns_client_entry(p, pc) && !px_dp_remove_read(p->dp, &kc, &t)) {
+        if (tc)
+            *tc = t;
+        if (!pc->reuse_declined)
+            px_syn_reused_again(p, &kc, &t, pc->id);  /* (its event comes too late: no entry) */
+    }
     if (pc->backend.ip && !px_dp_remove_read(p->dp, &kb, &last)) {
         pc->backend_ack = last.ack_hi;
         pc->backend_acked = last.ack_ns != 0;
@@ -1282,7 +1286,7 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     struct rs_addr from = { ntohl(ev->key.saddr), ntohs(ev->key.sport) };
     struct rs_flow_key kb;
 
-    if (ev->flags & (RS_FLOW_OPENED | RS_FLOW_STALE | RS_FLOW_REFUSED | RS_FLOW_UNANSWERED)) {
+    if (ev->flags & (RS_FLOW_OPENED | RS_FLOW_STALE | RS_FLOW_REFUSED | RS_FLOW_UNANSWERED | RS_FLOW_REUSED)) {
         px_syn_event(p, ev);
         return;
     }

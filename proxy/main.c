@@ -58,7 +58,7 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
         RS_STAT(struct stats, syn_spliced), RS_STAT(struct stats, syn_stale), RS_STAT(struct stats, syn_late),
         RS_STAT(struct stats, syn_half_open), RS_STAT(struct stats, connects_busy),
-        RS_STAT(struct stats, syn_time_waits_reset),
+        RS_STAT(struct stats, syn_time_waits_reset), RS_STAT(struct stats, syn_reused),
         RS_STAT(struct stats, close_words), RS_STAT(struct stats, close_asks),
         RS_STAT(struct stats, close_words_late), RS_STAT(struct stats, close_refused),
         RS_STAT(struct stats, redispatched),

@@ -97,6 +97,10 @@ struct pconn {
     struct rs_flow_key held[RS_PROXY_HELD_MAX];   /* earlier servers' entries, in HOLD */
     int nheld;
     bool entries_gone;            /* its entries are removed (conn.c's drop_entries) */
+    bool client_entry_freed;      /* its client's entry removed early: the client's port is
+                                   * another connection's (px_syn_event's RS_FLOW_REUSED) */
+    bool reuse_declined;          /* ... or not, as it had not ended here: the client's
+                                   * next SYN goes to the listener */
     struct recovery *rec;         /* while recovering */
     struct pconn *next;           /* in the proxy's table, by id */
     struct pconn *cnext;          /* ... and by client */
@@ -125,7 +129,7 @@ struct stats {
         resets_sent, fenced_drops, suspects, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
         adopted, recovery_retargets, fins_released, close_words, close_asks,
         close_words_late, close_refused, syn_spliced, syn_stale, syn_late, syn_half_open, connects_busy,
-        syn_time_waits_reset;
+        syn_time_waits_reset, syn_reused;
 };
 
 /* Splicing at the SYN (syn.c). */
@@ -420,7 +424,8 @@ void px_syn_sync(struct proxy *p);
 /* An RS_FLOW_OPENED event: takes the connection the tc program spliced
  * on; RS_FLOW_STALE: resets the old connection its backend answered with;
  * RS_FLOW_REFUSED, RS_FLOW_UNANSWERED: its backend did not answer, which
- * may be its failure. */
+ * may be its failure; RS_FLOW_REUSED: a client's SYN on its ended
+ * connection's 4-tuple, spliced after the old entry is removed. */
 void px_syn_event(struct proxy *p, const struct rs_flow_event *ev);
 /* Takes on the connection spliced at the SYN whose backend entry is 'kb'
  * (splice id 'id'), its SYN-ACK seen at 'ns' (CLOCK_MONOTONIC): its record
@@ -435,6 +440,10 @@ bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc);
  * flood, a client gone): nothing else would end it for --idle, and it
  * holds a port of the pool.  Returns whether it did. */
 bool px_syn_half_open(struct proxy *p, struct pconn *pc, const struct px_flow_info *fc);
+/* The client entry 'kc' of connection 'id', just removed ('last': its
+ * track): a SYN the tc program dropped on it (RS_FLOW_REUSED) is sent
+ * again, spliced as a new connection. */
+void px_syn_reused_again(struct proxy *p, const struct rs_flow_key *kc, const struct rs_flow_track *last, uint64_t id);
 /* An event of a splice made at the SYN that no connection holds: its
  * backend's SYN-ACK was reported into a full ring; taken on now. */
 void px_syn_take_late(struct proxy *p, const struct rs_flow_event *ev);

@@ -90,6 +90,11 @@ enum rs_flow_state {
 #define RS_FLOW_UNANSWERED (1 << 7) /* event only: the client sent its SYN again on a splice made at
                                     * the SYN that its backend has not answered; seq: the
                                     * microseconds since its previous SYN (the SYN passes) */
+#define RS_REUSED_PASSED  1        /* rs_flow_track.reused */
+#define RS_REUSED_DROPPED 2
+#define RS_FLOW_REUSED   (1 << 8)  /* event only: a client's bare SYN came on its ended connection's
+                                    * entry (a splice made at the SYN lingers): dropped, what it
+                                    * announced kept in the entry's rs_flow_track.syn */
 
 /* What the daemon needs, besides the translation, to go on with a spliced
  * connection: kept in the client's entry (zero in the others), so a proxy
@@ -158,13 +163,16 @@ struct rs_flow_track {
                                 * request stops moving it, though it still answers probes */
     rs_u32 reused;             /* a bare SYN came after the sender's end: a new connection on
                                 * the same 4-tuple, whose segments go to the stack until the
-                                * daemon replaces the entry */
+                                * daemon replaces the entry; RS_REUSED_DROPPED: that SYN was
+                                * dropped and RS_FLOW_REUSED reported, for the daemon to
+                                * remove the entry and send the SYN again */
     rs_u32 fin_hdr_len;        /* non-zero: fin_hdr holds the TCP header of the FIN the guard
                                 * held last (as received; seq moved past any data it carried,
                                 * which passed), so the daemon can release it at once when the
                                 * logger says the end was meant, without the sender's RTO */
     rs_u8 fin_hdr[RS_TCP_HDR_MAX];
-    struct rs_syn_info syn;    /* what the sender's SYN announced (a splice made at the SYN) */
+    struct rs_syn_info syn;    /* what the sender's SYN announced (a splice made at the SYN;
+                                * after RS_FLOW_REUSED, the new connection's SYN) */
 };
 
 /* Sent on the ring buffer when a FIN or RST passes (or is held at) a

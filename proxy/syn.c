@@ -333,6 +333,48 @@ static void not_answered(struct proxy *p, const struct rs_flow_event *ev)
     px_backend_failed(p, p->backends[b].id, refused ? "connect-refused" : "connect-failed");
 }
 
+void px_syn_reused_again(struct proxy *p, const struct rs_flow_key *kc, const struct rs_flow_track *last, uint64_t id)
+{
+    int e;
+
+    if (last->reused != RS_REUSED_DROPPED)
+        return;
+    p->st.syn_reused++;
+    e = last->syn.flags & RS_SYN_SEEN ? replay_syn(p, kc, &last->syn) : -ENOENT;
+    rs_log("syn-reused id=%" PRIu64 " client=%s: its ended connection's entry removed, the SYN sent again%s%s", id,
+           RS_A(px_addr_of(kc->saddr, kc->sport)), e ? ": " : "", e ? strerror(-e) : "");
+}
+
+/* An RS_FLOW_REUSED event: client 'ev->key' sent a SYN on the 4-tuple of
+ * its ended connection, whose entry lingers (the client's TCP reused a
+ * port in TIME_WAIT: tcp_tw_reuse does after a second, the linger is
+ * longer).  The tc program dropped it and kept what it announced; the old
+ * entry goes (that connection's backend half lingers on: a late segment of
+ * the old backend still finds it) and the SYN is sent again, spliced like
+ * any new one, as the client's SYN would have been.  (Where the linger
+ * ended first, drop_entries sent it.)  Should the old connection not have
+ * ended here (recovering), the client's own retransmission goes to the
+ * listener, as before. */
+static void reused(struct proxy *p, const struct rs_flow_event *ev)
+{
+    struct pconn *pc = px_pc_find(p, ev->splice_id);
+    struct px_flow_info f;
+    struct rs_flow_track last;
+
+    if (px_dp_learn(p->dp, &ev->key) || px_dp_get(p->dp, &ev->key, &f) || f.cfg.splice_id != ev->splice_id)
+        return;                     /* removed since, the SYN sent */
+    if (pc && (pc->phase != PC_CLOSING || pc->rec)) {
+        pc->reuse_declined = true;  /* (nor is the SYN sent when its entry goes) */
+        rs_log("syn-reused id=%" PRIu64 " client=%s: the old connection has not ended here; its next SYN goes "
+               "to the listener", ev->splice_id, RS_A(px_addr_of(ev->key.saddr, ev->key.sport)));
+        return;
+    }
+    if (pc)
+        pc->client_entry_freed = true;
+    if (!px_dp_remove_read(p->dp, &ev->key, &last))
+        px_syn_reused_again(p, &ev->key, &last, ev->splice_id);
+}
+
 void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
 {
     struct rs_addr backend = px_addr_of(ev->key.saddr, ev->key.sport), local = px_addr_of(ev->key.daddr, ev->key.dport);
@@ -348,6 +390,10 @@ void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
     }
     if (ev->flags & (RS_FLOW_REFUSED | RS_FLOW_UNANSWERED)) {
         not_answered(p, ev);
+        return;
+    }
+    if (ev->flags & RS_FLOW_REUSED) {
+        reused(p, ev);
         return;
     }
     /* The backend still holds an old connection on this port (a TIME_WAIT

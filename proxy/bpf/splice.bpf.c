@@ -38,6 +38,34 @@ static __always_inline int proxy_alive(const struct rs_vip *vip)
     return now <= vip->lease_ns || now > vip->lease_ns + RS_VIP_SUCCESSOR_NS;
 }
 
+/* The client's SYN 'skb' (its IP header 'ip') on the ended connection of
+ * entry 'k' ('f', 't'), where new connections are spliced at the SYN and
+ * the proxy holds its lease: what the SYN announced is kept in the track
+ * and RS_FLOW_REUSED reported, for the proxy to remove the old entry
+ * (it alone writes and removes entries a connection it took on has) and
+ * send the SYN again through this program (proxy/syn.c).  Returns whether
+ * so (the SYN is then dropped). */
+static __always_inline int syn_reused(struct __sk_buff *skb, struct rs_tcp_buf *buf, const struct rs_flow_key *k,
+                                      const struct rs_flow *f, struct rs_flow_track *t, const __u8 *ip)
+{
+    __u32 zero = 0, hlen;
+    struct rs_vip *vip = bpf_map_lookup_elem(&rs_vips, &zero);
+    struct rs_syn_cfg *cfg = bpf_map_lookup_elem(&rs_syn, &zero);
+    struct rs_syn_info si;
+
+    if (!vip || !cfg || !cfg->on || !vip->lease_ns || bpf_ktime_get_ns() > vip->lease_ns || ip[0] != 0x45
+        || bpf_skb_load_bytes(skb, TCP_OFF, buf->b, RS_TCP_HDR_MIN) < 0)
+        return 0;
+    hlen = (__u32)(buf->b[12] >> 4) * 4;
+    if (skb->len != TCP_OFF + hlen || hlen < RS_TCP_HDR_MIN || hlen > RS_TCP_HDR_MAX
+        || bpf_skb_load_bytes(skb, TCP_OFF, buf->b, hlen) < 0 || rs_bpf_syn_info(buf, hlen, &si) != 0)
+        return 0;
+    t->syn = si;
+    t->reused = RS_REUSED_DROPPED;
+    report(k, f, RS_FLOW_REUSED, 0, f->gen);
+    return 1;
+}
+
 SEC("tc")
 int rs_splice_ingress(struct __sk_buff *skb)
 {
@@ -90,12 +118,17 @@ int rs_splice_ingress(struct __sk_buff *skb)
     /* A bare SYN on a connection that has ended (the sender reset it, or
      * both sides sent their FIN) opens a new one on the same 4-tuple (the
      * old entry lingers, or was adopted from a predecessor and not yet
-     * reaped): it and what follows go to the stack's listener until the
-     * proxy replaces the entry.  On a live connection, half-closed ones
+     * reaped).  Where new connections are spliced at the SYN, the proxy
+     * frees the 4-tuple and sends the SYN again (syn_reused); otherwise,
+     * or should it not, it and what follows go to the stack's listener
+     * until the proxy replaces the entry.  On a live connection, half-closed ones
      * included, a SYN is translated like any segment (the server's TCP
      * answers it with a challenge ACK): a forged one steals nothing. */
-    if (!t->reused && (tcp[13] & 0x12) == 0x02 && t->seen_gen == f->gen && ended(t, f))
-        t->reused = 1;
+    if (!t->reused && (tcp[13] & 0x12) == 0x02 && t->seen_gen == f->gen && ended(t, f)) {
+        t->reused = RS_REUSED_PASSED;
+        if (syn_reused(skb, &buf, &key, f, t, ip))
+            return TC_ACT_SHOT;
+    }
     if (t->reused) {
         record_ts(skb, &key);       /* as for any connection not spliced yet */
         return TC_ACT_OK;

@@ -451,15 +451,15 @@ static void syn_held_back_without_proxy(void **state)
     }
 }
 
-/* Keeps the ring's last RS_FLOW_OPENED event in ctx[0], its last
- * RS_FLOW_STALE in ctx[1]. */
+/* Keeps the ring's last RS_FLOW_OPENED, STALE, REFUSED, UNANSWERED and
+ * REUSED events in ctx[0..4]. */
 static int opened(void *ctx, void *data, size_t len)
 {
     const struct rs_flow_event *e = data;
 
     if (len < sizeof(*e))
         return 0;
-    for (int i = 0; i < 4; i++)     /* OPENED, STALE, REFUSED, UNANSWERED: evs[0..3] */
+    for (int i = 0; i < 5; i++)
         if (e->flags & (RS_FLOW_OPENED << i))
             ((struct rs_flow_event *)ctx)[i] = *e;
     return 0;
@@ -497,8 +497,8 @@ static size_t syn_frame(uint8_t *f, uint32_t src, uint16_t sport, uint32_t dst, 
 /* Splicing at the SYN (struct rs_syn_cfg): a client's SYN to the VIP takes
  * a port from the queue and goes to the backend with the client's name
  * added, both entries made; the backend's SYN-ACK goes to the client and
- * is reported; with no port left, or the splicing off, or no lease, a
- * SYN is the stack's. */
+ * is reported; a SYN on the ended connection's 4-tuple is reported; with
+ * no port left, or the splicing off, or no lease, a SYN is the stack's. */
 static void syn_spliced_by_the_program(void **state)
 {
     uint8_t in[128], out[200], want[200];
@@ -514,7 +514,7 @@ static void syn_spliced_by_the_program(void **state)
     struct rs_flow_key kb = { htonl(backend), htonl(vip), htons(8080), htons(port) };
     struct rs_flow fc, fb;
     struct rs_flow_track t;
-    struct rs_flow_event evs[4], ev;
+    struct rs_flow_event evs[5], ev;
     struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), opened, evs, NULL);
     size_t len;
 
@@ -616,6 +616,32 @@ static void syn_spliced_by_the_program(void **state)
     assert_int_equal(run_grown(in, len, out, RS_IDENT_ROOM), TC_ACT_REDIRECT);
     ring_buffer__consume(rb);
     assert_int_equal(evs[3].flags, 0);
+
+    /* Both ends sent their FIN; the client's SYN on the same 4-tuple (its
+     * port reused while the entry lingers): dropped, what it announced
+     * kept, reported for the proxy to free the 4-tuple and send it again.
+     * Its retransmission goes to the stack's listener. */
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kc, &t), 0);
+    t.seen = RS_FLOW_SEEN_FIN;
+    t.seen_gen = fc.gen;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_track), &kc, &t, BPF_ANY), 0);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kb, &t), 0);
+    t.pos.fin_seen = 1;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_track), &kb, &t, BPF_ANY), 0);
+    len = syn_frame(in, client, 42000, vip, 80, 777777, false);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    assert_int_equal(ring_buffer__consume(rb) >= 1, 1);
+    assert_int_equal(evs[4].flags, RS_FLOW_REUSED);
+    assert_int_equal(evs[4].splice_id, RS_SYN_ID_BASE);
+    assert_memory_equal(&evs[4].key, &kc, sizeof(kc));
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kc, &t), 0);
+    assert_int_equal(t.reused, RS_REUSED_DROPPED);
+    assert_int_equal(t.syn.isn, 777777);
+    assert_int_equal(t.syn.tsval, 12345);
+    memset(evs, 0, sizeof(evs));
+    assert_int_equal(run(in, len, out), TC_ACT_OK);
+    ring_buffer__consume(rb);
+    assert_int_equal(evs[4].flags, 0);
 
     /* A SYN with TCP-MD5, which no splice carries: the stack's, with the
      * port still free. */

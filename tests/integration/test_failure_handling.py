@@ -601,12 +601,13 @@ class TestProxyRestart(Case):
         log = self.stack.log("proxy")
         self.assertRegex(log, rf"unsplice id={first} ")
         t_rst = float(re.search(rf"^(\d+\.\d+) rs-proxy rst id={first} ", log, re.M).group(1))
-        # The new one's SYN met the old one's entries: the listener's, spliced at its request.
-        acc = re.search(r"^(\d+\.\d+) rs-proxy accept id=(\d+) ", log, re.M)
-        self.assertTrue(acc, log[-3000:])
-        self.assertRegex(log, rf"splice id={acc.group(2)} ")
-        t_acc = float(acc.group(1))
-        self.assertLess(t_acc - t_rst, 0.5, "the new connection waited for the old one's entries to go")
+        # The new one's SYN met the old one's entries: the old client entry
+        # removed and the SYN sent again, spliced at the SYN as a new one.
+        self.assertRegex(log, rf"syn-reused id={first} ")
+        new = re.search(r"^(\d+\.\d+) rs-proxy syn-spliced id=(\d+) client=10\.0\.1\.1:45001 ", log, re.M)
+        self.assertTrue(new and int(new.group(2)) != first, log[-3000:])
+        self.assertNotIn("accept id=", log)
+        self.assertLess(float(new.group(1)) - t_rst, 0.5, "the new connection waited for the old one's entries to go")
 
 
 class TestProxyPair(Case):

@@ -381,6 +381,63 @@ class TestPortReturn(SynCase):
         self.assertNotIn(":62000", tw)
 
 
+# From a client host: connects to argv[1]:80 from port argv[2], GETs, closes
+# first (its TIME_WAIT), and after tcp_tw_reuse's second connects from the
+# same port again (its old connection's entry on the proxy still lingers);
+# GETs on it, and once more after argv[3] seconds.
+PORT_REUSED = """
+import json, socket, sys, time
+vip, port, later = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def connect():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", port))
+    s.settimeout(5)
+    s.connect((vip, 80))
+    return s
+def get(s, seed):
+    s.sendall(b"GET /static/1024?seed=%d HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n" % seed)
+    d = b""
+    while b"\\r\\n\\r\\n" not in d:
+        d += s.recv(65536)
+    head, body = d.split(b"\\r\\n\\r\\n", 1)
+    n = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
+    while len(body) < n:
+        body += s.recv(65536)
+    return len(body)
+got = []
+s = connect(); got.append(get(s, 1)); s.close()
+time.sleep(1.3)
+s = connect(); got.append(get(s, 2))
+time.sleep(later)
+got.append(get(s, 3)); s.close()
+print(json.dumps(got))
+"""
+
+
+class TestPortReused(SynCase):
+    proxy_args = ["--splice-at", "syn", "--linger", "4s"]
+
+    def prepare(self):
+        self.tb["c1"].cmd("sysctl -qw net.ipv4.tcp_tw_reuse=1")
+
+    def test_client_port_reused_while_its_old_connection_lingers(self):
+        """A client whose TCP reuses a port in TIME_WAIT (after a second)
+        while its ended connection's entry still lingers on the proxy: the
+        new connection is spliced at the SYN too (the proxy removes the old
+        entry and sends the SYN again), not through the listener, and the
+        old connection's linger end leaves the new one's entry alone."""
+        got, pcap = self.run_on_c1(PORT_REUSED, SERVERS["proxy"], 40000, 3.5)
+        self.assertEqual(got, [1024, 1024, 1024])
+        log, st = self.assert_no_failover(pcap)
+        self.assertEqual(len(re.findall(r"syn-spliced id=\d+ client=10\.0\.1\.1:40000 ", log)), 2, log[-3000:])
+        self.assertNotIn("accept id=", log, "the new connection went to the listener")
+        self.assertIn("syn-reused id=", log)
+        self.assertEqual(st["syn_reused"], "1")
+        self.assertEqual(pcap_count(pcap, "tcp[tcpflags] & tcp-syn != 0 and dst port 80"), 2,
+                         "the client had to send a SYN again")
+
+
 # From a client host: opens argv[2] connections to argv[1]:80 at once and
 # gives them up after 0.5 s (its host drops the SYN-ACKs: half-open ones).
 HALF_OPEN = ("import socket, sys, time; ss = [socket.socket() for _ in range(int(sys.argv[2]))]; "
