@@ -1343,6 +1343,15 @@ void px_pc_events(struct rs_io *io, uint32_t events)
     px_dp_poll_events(p->dp, on_flow_event, p);
 }
 
+bool px_pc_events_idle(void *ctx)
+{
+    struct proxy *p = ctx;
+
+    if (p->dp)
+        px_dp_poll_quiet(p->dp, on_flow_event, p);
+    return false;
+}
+
 /* How many turns of the reap it takes to read every connection once: each
  * is read REAP_VISITS times within the shortest of the times the reap
  * watches for (--idle, the half-open time, --syn-sweep), no more often

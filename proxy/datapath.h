@@ -70,6 +70,9 @@ struct px_datapath_ops {
      * the call that hands them to 'cb'. */
     int (*events_fd)(struct px_datapath *dp);
     int (*poll_events)(struct px_datapath *dp, px_dp_event_cb cb, void *arg);
+    /* Optional: handles the events that woke nobody (poll_events does
+     * too, first), without a system call when there are none. */
+    int (*poll_quiet)(struct px_datapath *dp, px_dp_event_cb cb, void *arg);
     /* Creates entry 'k' in WATCH (both halves).  Returns 0 or -errno. */
     int (*watch)(struct px_datapath *dp, const struct rs_flow_key *k, uint64_t id);
     int (*get)(struct px_datapath *dp, const struct rs_flow_key *k, struct px_flow_info *out);
@@ -167,6 +170,10 @@ static inline int px_dp_events_fd(struct px_datapath *dp) { return dp->ops->even
 static inline int px_dp_poll_events(struct px_datapath *dp, px_dp_event_cb cb, void *arg)
 {
     return dp->ops->poll_events(dp, cb, arg);
+}
+static inline int px_dp_poll_quiet(struct px_datapath *dp, px_dp_event_cb cb, void *arg)
+{
+    return dp->ops->poll_quiet ? dp->ops->poll_quiet(dp, cb, arg) : 0;
 }
 static inline int px_dp_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint64_t id)
 {

@@ -43,6 +43,7 @@ struct dp_ebpf {
     struct flow_copy *copy[COPY_BUCKETS];
     struct rs_splice *skel;
     struct ring_buffer *events;
+    struct ring_buffer *quiet;          /* rs_events_quiet (read first, never woken by) */
     struct bpf_tc_hook hook;
     struct bpf_tc_opts opts;
     int ifindex;
@@ -360,7 +361,8 @@ static struct px_datapath *ebpf_open(const char *ifname, bool adopt, uint64_t ev
         LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = s->ifindex, .attach_point = BPF_TC_INGRESS);
         s->hook = hook;
     }
-    if (event_ring && (e = bpf_map__set_max_entries(s->skel->maps.rs_events, (uint32_t)event_ring)) != 0) {
+    if (event_ring && ((e = bpf_map__set_max_entries(s->skel->maps.rs_events, (uint32_t)event_ring)) != 0
+                       || (e = bpf_map__set_max_entries(s->skel->maps.rs_events_quiet, (uint32_t)event_ring)) != 0)) {
         *err = e;
         goto fail;
     }
@@ -394,7 +396,8 @@ static struct px_datapath *ebpf_open(const char *ifname, bool adopt, uint64_t ev
         goto fail;
     }
     s->events = ring_buffer__new(bpf_map__fd(s->skel->maps.rs_events), on_ring_event, s, NULL);
-    if (!s->events) {
+    s->quiet = ring_buffer__new(bpf_map__fd(s->skel->maps.rs_events_quiet), on_ring_event, s, NULL);
+    if (!s->events || !s->quiet) {
         *err = -errno;
         goto fail;
     }
@@ -420,6 +423,7 @@ static void ebpf_close(struct px_datapath *dp, bool keep)
     if (s->hook_created)
         bpf_tc_hook_destroy(&s->hook);
     ring_buffer__free(s->events);
+    ring_buffer__free(s->quiet);
     rs_splice__destroy(s->skel);
     for (unsigned b = 0; b < COPY_BUCKETS; b++)
         for (struct flow_copy *c = s->copy[b], *next; c; c = next) {
@@ -435,12 +439,23 @@ static int ebpf_events_fd(struct px_datapath *dp)
     return ring_buffer__epoll_fd(s->events);
 }
 
+static int ebpf_poll_quiet(struct px_datapath *dp, px_dp_event_cb cb, void *arg)
+{
+    struct dp_ebpf *s = (struct dp_ebpf *)dp;
+
+    s->cb = cb;
+    s->cb_arg = arg;
+    return ring_buffer__consume(s->quiet);
+}
+
 static int ebpf_poll_events(struct px_datapath *dp, px_dp_event_cb cb, void *arg)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
-    s->cb = cb;
-    s->cb_arg = arg;
-    return ring_buffer__consume(s->events);
+    /* The quiet ring first: a connection's RS_FLOW_OPENED was written
+     * before any later event of it. */
+    int n = ebpf_poll_quiet(dp, cb, arg);
+
+    return n < 0 ? n : ring_buffer__consume(s->events);
 }
 
 static int ebpf_watch(struct px_datapath *dp, const struct rs_flow_key *k, uint64_t id)
@@ -673,6 +688,7 @@ const struct px_datapath_ops px_dp_ebpf = {
     .client_ts = ebpf_client_ts,
     .events_fd = ebpf_events_fd,
     .poll_events = ebpf_poll_events,
+    .poll_quiet = ebpf_poll_quiet,
     .watch = ebpf_watch,
     .get = ebpf_get,
     .set = ebpf_set,

@@ -113,6 +113,7 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
     struct proxy *p = c->ctx;
 
+    px_pc_events_idle(p);       /* the connections a message may name are taken on first */
     switch (m->type) {
     case RS_CTL_RESPLICE: {
         struct rs_addr client = { m->u.resplice.client.ip4, m->u.resplice.client.port };
@@ -186,6 +187,7 @@ static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
     struct proxy *p = c->ctx;
 
+    px_pc_events_idle(p);       /* (as on_ctl) */
     if (m->type == RS_CTL_CLOSE_WORD && c == &p->logger_conn)
         px_close_word(p, &m->u.close);
     else if (m->type == RS_CTL_ACK && m->u.ack.status)
@@ -203,10 +205,10 @@ static void usage(FILE *f)
         "  --ifname IF        interface of the data path (default: the one holding VIP)\n"
         "  --datapath NAME    what splices segments: ebpf (default; a tc program) or kmod\n"
         "                     (the kernel module kmod/tcpspmod.c, loaded beforehand)\n"
-        "  --event-ring SIZE  ebpf: the ring the tc program's events wait in for rs-proxy, a power\n"
-        "                     of two of pages (default 1M: the FINs and SYN-ACKs of 6000\n"
-        "                     connections; one found full loses events, which the sweep and the\n"
-        "                     connection's next event make up for)\n"
+        "  --event-ring SIZE  ebpf: each of the two rings the tc program's events wait in for\n"
+        "                     rs-proxy, a power of two of pages (default 1M: the FINs and\n"
+        "                     SYN-ACKs of 6000 connections; one found full loses events, which the\n"
+        "                     sweep and the connection's next event make up for)\n"
         "  --control ADDR:PORT  control port (RESPLICE, FAILURE, SUSPECT, FENCE, STATUS; needs --key)\n"
         "  --key FILE         shared control-plane key: 64 hex characters\n"
         "  --idle DUR         reap spliced connections idle this long (default 600s)\n"
@@ -574,6 +576,10 @@ static int setup(struct proxy *p)
         rs_timer_init(&p->reap_timer, px_pc_reap, p);
         rs_timer_after(&p->loop, &p->reap_timer, 500000000ull);
         rs_timer_init(&p->lease_timer, renew_lease, p);
+        /* Events that wake nobody (a connection to take on) are read after
+         * every turn of the loop, whatever woke it (the lease's renewal
+         * does every 100 ms): reading an empty ring costs no system call. */
+        rs_loop_idle(&p->loop, px_pc_events_idle, p);
     }
     p->ctl_seq = rs_now_us();
     if (p->pair.peer.port) {

@@ -56,9 +56,12 @@ static int serving(const struct proxy *p)
 static int write_cfg(struct proxy *p, const uint16_t *ports, size_t n)
 {
     int b = serving(p);
-    struct rs_syn_cfg cfg = { .on = b >= 0, .guard = p->logger.port != 0, .local_addr = htonl(p->listen.ip) };
+    struct rs_syn_cfg cfg = { .guard = p->logger.port != 0, .local_addr = htonl(p->listen.ip) };
 
     if (b >= 0) {
+        /* A pair's active proxy copies each connection to its standby
+         * when it takes it on: no waiting for the next wake-up there. */
+        cfg.on = 1 | (p->pair.peer.port ? RS_SYN_OPENED_WAKES : 0);
         cfg.backend_addr = htonl(p->backends[b].addr.ip);
         cfg.backend_port = htons(p->backends[b].addr.port);
     }

@@ -12,10 +12,21 @@
 #include "maps.h"
 #include "splice.h"
 
+/* Whether RS_FLOW_OPENED goes on the ring that wakes nobody. */
+static __always_inline int opened_quiet(void)
+{
+    __u32 zero = 0;
+    const struct rs_syn_cfg *cfg = bpf_map_lookup_elem(&rs_syn, &zero);
+
+    return cfg && !(cfg->on & RS_SYN_OPENED_WAKES);
+}
+
 static __always_inline void report(const struct rs_flow_key *k, const struct rs_flow *f,
                                    __u32 flags, __u32 seq, __u32 gen)
 {
-    struct rs_flow_event *e = bpf_ringbuf_reserve(&rs_events, sizeof(*e), 0);
+    int quiet = flags == RS_FLOW_OPENED && opened_quiet();
+    struct rs_flow_event *e = quiet ? bpf_ringbuf_reserve(&rs_events_quiet, sizeof(*e), 0)
+                                    : bpf_ringbuf_reserve(&rs_events, sizeof(*e), 0);
 
     if (!e)
         return;
@@ -26,7 +37,7 @@ static __always_inline void report(const struct rs_flow_key *k, const struct rs_
     e->seq = seq;
     e->gen = gen;
     e->pad_ = 0;
-    bpf_ringbuf_submit(e, 0);
+    bpf_ringbuf_submit(e, quiet ? BPF_RB_NO_WAKEUP : 0);
 }
 
 /* Follows the sender's position (rs_splice_pos_update) and reports an ACK

@@ -85,4 +85,13 @@ struct {
     __uint(max_entries, RS_SPLICE_EVENTS_BYTES);
 } rs_events SEC(".maps");
 
+/* Events no one need be woken for (RS_FLOW_OPENED: a connection to take
+ * on, whose SYN-ACK must not wait for a wake-up's interrupts): rs-proxy
+ * reads this ring first whenever rs_events wakes it, and at every lease
+ * renewal (proxy/dp_ebpf.c). */
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, RS_SPLICE_EVENTS_BYTES);
+} rs_events_quiet SEC(".maps");
+
 #endif /* RS_BPF_MAPS_H */

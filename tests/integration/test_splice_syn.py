@@ -509,8 +509,10 @@ class TestRestart(SynCase):
                         f"request GET {STREAM}\n  expect content seed=0\n"
                         "request POST /counter\n  expect contains \"counter=2\"\n")
         self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
+        taken = rf"syn-spliced id={SYN_ID} client=\S+ backend=\S+ port=(\d+)"   # (read within 100 ms)
+        self.assertTrue(wait_until(lambda: re.search(taken, self.stack.log("proxy")), 2), self.stack.log("proxy"))
         old = self.stack.log("proxy")
-        port = re.search(rf"syn-spliced id={SYN_ID} client=\S+ backend=\S+ port=(\d+)", old).group(1)
+        port = re.search(taken, old).group(1)
         self.tb.kill(self.stack.d["proxy"])
         self.stack.start_proxy("proxy-restarted")
         log = self.stack.log("proxy")
