@@ -523,6 +523,22 @@ static inline int rs_splice_pos_is_end(const struct rs_splice_pos *p, const rs_u
         && rs_splice_load32(tcp + 4) + payload + 1 == p->seq_next;
 }
 
+/* Whether the connection of two directions ('own': a sender's position
+ * and its entry's translation; 'peer': the other direction's) closed in
+ * full: each sender sent its FIN and the other acknowledged it (each
+ * ACK, as its sender numbered it, translated by its entry into the data
+ * sender's own numbering).  Its receivers are then in TIME_WAIT or
+ * closed: a RST now answers a segment that came after the end (a FIN sent
+ * again crossed the last ACK, and the socket it reached is gone) and
+ * tells nobody anything. */
+static inline int rs_splice_closed_both(const struct rs_splice_pos *own, const struct rs_splice_dir *own_dir,
+                                        const struct rs_splice_pos *peer, const struct rs_splice_dir *peer_dir)
+{
+    return own->fin_seen && own->has_seq && own->has_ack && peer->fin_seen && peer->has_seq && peer->has_ack
+        && rs_seq_ge(rs_splice_ack(peer_dir, peer->ack_max), own->seq_next)
+        && rs_seq_ge(rs_splice_ack(own_dir, own->ack_max), peer->seq_next);
+}
+
 /* After a re-splice the new server regenerates a response whose first p
  * bytes the client already has: the client's (translated) ACK can then be
  * ahead of anything the server has sent, and a TCP drops such ACKs — the

@@ -30,6 +30,16 @@ static __always_inline int ended(const struct rs_flow_track *t, const struct rs_
     return pt && pt->pos.fin_seen;
 }
 
+/* Whether the connection of entry 'f' (track 't') and its peer closed in
+ * full (rs_splice_closed_both). */
+static __always_inline int closed_both(const struct rs_flow_track *t, const struct rs_flow *f)
+{
+    const struct rs_flow_track *pt = bpf_map_lookup_elem(&rs_track, &f->peer);
+    const struct rs_flow *pf = bpf_map_lookup_elem(&rs_flows, &f->peer);
+
+    return pt && pf && rs_splice_closed_both(&t->pos, &f->dir, &pt->pos, &pf->dir);
+}
+
 /* Whether the proxy holds its lease, or may yet be succeeded (struct rs_vip). */
 static __always_inline int proxy_alive(const struct rs_vip *vip)
 {
@@ -163,6 +173,12 @@ int rs_splice_ingress(struct __sk_buff *skb)
         if (pt && !pt->syn.flags)
             report(&key, f, RS_FLOW_UNANSWERED, since > 0xffffffffu ? 0xffffffffu : (__u32)since, f->gen);
     }
+    /* A RST once both sides closed and acknowledged each other's FIN ends
+     * nothing (it answers a segment sent after the end: a FIN sent again
+     * crossed the last ACK, and the socket it reached is gone): dropped,
+     * so a client in TIME_WAIT never sees a RST it did not cause. */
+    if ((tcp[13] & RS_TCP_F_RST) && f->state == RS_FLOW_ACTIVE && closed_both(t, f))
+        goto drop;
     t->last_ns = bpf_ktime_get_ns();
     if (tcp[13] & 0x10) {
         __u32 ack;

@@ -342,6 +342,48 @@ static void guarded_fin_held_after_client_fin(void **state)
     }
 }
 
+/* A backend's RST once both sides closed and acknowledged each other's
+ * FIN is dropped (counted): the client, in TIME_WAIT, never sees it.
+ * Before the client's last ACK it passes as any RST. */
+static void rst_after_closing_in_full_dropped(void **state)
+{
+    uint8_t in[400], out[464];
+    size_t len = random_frame(in, 0x0a00000bu, 0x0a000001u, 8080, 44010);
+    struct rs_flow_key kb = key_of(in), kc = { .saddr = htonl(0x0a000402u), .daddr = htonl(0x0a000001u),
+                                               .sport = htons(45010), .dport = htons(80) };
+    struct rs_flow fb = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .peer = kc };
+    struct rs_flow fc = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .peer = kb };
+    struct rs_flow_track tb = { .pos = { .seq_next = 9001, .has_seq = 1, .fin_seen = 1, .has_ack = 1 } };
+    struct rs_flow_track tc = { .pos = { .seq_next = 20001, .has_seq = 1, .fin_seen = 1, .has_ack = 1 } }, t;
+    int track = bpf_map__fd(skel->maps.rs_track);
+
+    (void)state;
+    tb.pos.ack_max = 20001 - fb.dir.ack_delta;      /* the backend acknowledged the client's FIN */
+    tc.pos.ack_max = 9001 - fc.dir.ack_delta - 1;   /* the client not yet the backend's */
+    put_flow(&kc, &fc);
+    put_flow(&kb, &fb);
+    assert_int_equal(bpf_map_update_elem(track, &kc, &tc, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(track, &kb, &tb, BPF_ANY), 0);
+    in[ETH_LEN + 33] = RS_TCP_F_RST | RS_TCP_F_ACK;
+    len = ETH_LEN + 20 + (size_t)(in[ETH_LEN + 32] >> 4) * 4;
+    in[ETH_LEN + 2] = (uint8_t)((len - ETH_LEN) >> 8);
+    in[ETH_LEN + 3] = (uint8_t)(len - ETH_LEN);
+    rs_splice_store32(in + ETH_LEN + 24, 9001);
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    tc.pos.ack_max++;                               /* now it has: closed in full */
+    assert_int_equal(bpf_map_update_elem(track, &kc, &tc, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(track, &kb, &tb, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    assert_int_equal(bpf_map_lookup_elem(track, &kb, &t), 0);
+    assert_int_equal(t.dropped, 1);
+    for (int i = 0; i < 2; i++) {
+        const struct rs_flow_key *k = i ? &kc : &kb;
+        bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), k);
+        bpf_map_delete_elem(track, k);
+    }
+}
+
 /* The ACK clamp: a client ACK past what the server (the peer entry) has
  * sent leaves as rs_splice_clamp_ack makes it. */
 static void ack_clamp_as_core_does(void **state)
@@ -709,6 +751,7 @@ int main(void)
         cmocka_unit_test(program_translates_as_core_does),
         cmocka_unit_test(states_drop_and_guard),
         cmocka_unit_test(guarded_fin_held_after_client_fin),
+        cmocka_unit_test(rst_after_closing_in_full_dropped),
         cmocka_unit_test(ack_clamp_as_core_does),
         cmocka_unit_test(bare_syn_after_end_goes_to_stack),
         cmocka_unit_test(syn_held_back_without_proxy),

@@ -320,14 +320,12 @@ class TestLostEvents(SynCase):
         self.assertGreater(int(st["syn_late"]), 0, st)
         self.assertGreaterEqual(int(st["recovered"]), 6, st)
         self.assertEqual(st["unrecoverable"], "0", st)
-        # (A connection of the first 100, whose end was held while its
-        # events were lost, can meet the dead backend's RST at its very end,
-        # the client in TIME_WAIT already: seen once with two busy loops.)
-        ports = [p for d in ds for p in re.findall(r"connected lport=(\d+)", d.output() + open(d.err).read())]
-        self.assertEqual(len(ports), len(ds))
-        streams = " or ".join(f"dst port {p}" for p in ports)
-        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0 "
-                                          f"and ({streams})"), 0, "a stream saw a RST from the VIP")
+        # None of the first 100 either: one whose end was held while its
+        # events were lost met the dead backend's RST at its very end, the
+        # client in TIME_WAIT already (once with two busy loops), before
+        # the tc program dropped RSTs after a close in full.
+        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
+                         "the client saw a RST from the VIP")
 
 
 class TestPortPool(SynCase):

@@ -1004,6 +1004,35 @@ static void ack_clamped_to_what_was_sent(void **state)
 
 /* The TSval of a header with a TS option; none without one or with
  * malformed options. */
+/* Closed in full only when both FINs were sent and each acknowledged by
+ * the other side, through the entries' ACK translations. */
+static void closed_both_ways(void **state)
+{
+    struct rs_splice_dir db = { .ack_delta = 1000 }, dc = { .ack_delta = (rs_u32)-5000 };
+    /* The backend's numbering: its FIN ends at 9001; the client's: 20001. */
+    struct rs_splice_pos b = { .seq_next = 9001, .has_seq = 1, .fin_seen = 1, .ack_max = 19001, .has_ack = 1 };
+    struct rs_splice_pos c = { .seq_next = 20001, .has_seq = 1, .fin_seen = 1, .ack_max = 14001, .has_ack = 1 };
+
+    (void)state;
+    assert_true(rs_splice_closed_both(&b, &db, &c, &dc));   /* 19001+1000 >= 20001, 14001-5000 >= 9001 */
+    assert_true(rs_splice_closed_both(&c, &dc, &b, &db));
+    c.ack_max = 14000;                                       /* the backend's FIN not acknowledged */
+    assert_false(rs_splice_closed_both(&b, &db, &c, &dc));
+    c.ack_max = 14001;
+    b.ack_max = 19000;                                       /* the client's FIN not acknowledged */
+    assert_false(rs_splice_closed_both(&b, &db, &c, &dc));
+    b.ack_max = 19001;
+    c.fin_seen = 0;                                          /* the client never closed */
+    assert_false(rs_splice_closed_both(&b, &db, &c, &dc));
+    c.fin_seen = 1;
+    b.has_ack = 0;
+    assert_false(rs_splice_closed_both(&b, &db, &c, &dc));
+    b.has_ack = 1;
+    c.seq_next = 0xfffffff0u;                                /* across the wrap */
+    b.ack_max = (rs_u32)(0x10u - 1000u);                    /* its ACK 0x10, past it */
+    assert_true(rs_splice_closed_both(&b, &db, &c, &dc));
+}
+
 static void tsval_found(void **state)
 {
     static const uint8_t ts[] = { 1, 1, 8, 10, 0x11, 0x22, 0x33, 0x44, 0, 0, 0, 9 };
@@ -1224,6 +1253,7 @@ int main(void)
         cmocka_unit_test(random_packets_checksum_identity),
         cmocka_unit_test(position_follows_the_sender),
         cmocka_unit_test(ack_clamped_to_what_was_sent),
+        cmocka_unit_test(closed_both_ways),
         cmocka_unit_test(tsval_found),
         cmocka_unit_test(syn_info_read),
         cmocka_unit_test(syn_info_rejects),
