@@ -273,6 +273,10 @@ static enum tsp_verdict tsp_decide(struct tsp_table *tb, struct sk_buff *skb, st
 		tsp_record_ts(tb, skb, s);
 		return TSP_PASS;
 	}
+	/* A RST once both sides closed in full ends nothing (see the tc program). */
+	if ((flags & 0x04) && f->state == RS_FLOW_ACTIVE && (p = tsp_find(tb, &f->peer))
+	    && rs_splice_closed_both(&t->pos, &f->dir, &p->t.pos, &p->cfg.dir))
+		goto drop;
 	t->last_ns = ktime_get_ns();
 	if (flags & 0x10) {
 		ack = rs_splice_load32(tcp + 8);
