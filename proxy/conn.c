@@ -508,6 +508,7 @@ static void connect_failed(struct proxy *p, struct pconn *pc, int err)
     if (p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
         /* (The kernel gave up on its SYNs, ~2 min, while the backend
          * answered others: overloaded that long; this client is let go.) */
+        px_pc_events_idle(p);       /* (the SYN-ACKs reported meanwhile count) */
         if (err == -ETIMEDOUT && px_backend_busy(p, idx, pc->connect_ns_at)) {
             px_pc_close(p, pc, "connect-timeout", true);
             return;
@@ -1124,6 +1125,7 @@ static void pc_timer(struct rs_timer *t)
          * 1, 3, 7 ... s later, when the backend may answer everyone at
          * once; a backend found dead or hung meanwhile, by its heartbeats
          * or the stall detector, is fenced and the connect moved.) */
+        px_pc_events_idle(p);       /* (as in connect_failed) */
         if (pc->backend_idx >= 0 && px_backend_busy(p, pc->backend_idx, pc->connect_ns_at)) {
             rs_log("backend id=%" PRIu64 " %s: connect: no answer within %" PRIu64 " ms, but it answers others "
                    "(busy, not failed): the kernel sends the SYN again", pc->id, RS_A(pc->backend),
