@@ -40,7 +40,7 @@ from emul.shaping import wait_until
 from emul.places import APP_PORT, LOGGER_CTL, LOGGER_RESEND, PROXY_CTL, STATED_PORT, binary
 from emul.stack import Stack
 from emul.testbed import Testbed, file_contains, leftovers, pcap_count
-from tests.integration.harness import needs_root
+from tests.integration.harness import SAME_PORT, needs_root
 from topologies.lan import SERVERS, SPARE_HOST, LanTopo
 from topologies.profiles import Profile
 
@@ -583,10 +583,10 @@ class TestProxyRestart(Case):
         new one from the same client port begins: the new one is served,
         and the old one's removal, a linger later, leaves it alone."""
         go = os.path.join(self.dir, "go")
-        script = os.path.join(self.dir, "sameport.py")
-        with open(script, "w") as f:
-            f.write(SAME_PORT_CLIENT)
-        d = self.tb.start("c1", "sameport", ["python3", script, VIP_IP, go])
+        # Client port 45001: the first connection reset by the client once
+        # the harness has restarted the proxy and created GO, the second
+        # begun at once, before the first's entries are gone.
+        d = self.tb.start("c1", "sameport", ["python3", SAME_PORT, VIP_IP, "45001", "rst", go, "3"])
         first = self.cid()
         self.assertTrue(wait_until(lambda: re.search(SPLICED + f"{first} ", self.stack.log("proxy")), 10),
                         d.output() + self.stack.log("proxy")[-2000:])
@@ -951,47 +951,6 @@ print(f"ok={counts['ok']} failed={counts['failed']} held={counts['held']}", flus
 """
 
 
-# Two connections from client port 45001: the first is spliced, then (once
-# the harness has restarted the proxy and created GO) reset by the client,
-# and the second begins at once, before the first's entries are gone.
-SAME_PORT_CLIENT = r"""
-import os, socket, struct, sys, time
-vip, go = sys.argv[1], sys.argv[2]
-
-def conn():
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("", 45001))
-    s.connect((vip, 80))
-    return s
-
-def get(s):
-    s.sendall(b"GET /static/100000?seed=1 HTTP/1.1\r\nHost: x\r\n\r\n")
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += s.recv(65536)
-    head, body = buf.split(b"\r\n\r\n", 1)
-    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
-    while len(body) < n:
-        c = s.recv(65536)
-        if not c:
-            raise SystemExit("closed early")
-        body += c
-    return len(body)
-
-s = conn()
-print("first:", get(s), "bytes", flush=True)
-while not os.path.exists(go):
-    time.sleep(0.05)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-s.close()
-s = conn()
-s.settimeout(10)
-print("second:", get(s), "bytes", flush=True)
-time.sleep(3)   # past the first connection's linger: its end must leave this one's entries alone
-print("third:", get(s), "bytes", flush=True)
-s.close()
-"""
 
 
 class TestPartition(Case):

@@ -25,7 +25,7 @@ from emul.places import binary
 from emul.shaping import wait_until
 from emul.stack import Stack
 from emul.testbed import Testbed, file_contains, leftovers, pcap_count
-from tests.integration.harness import needs_root
+from tests.integration.harness import SAME_PORT, needs_root
 from topologies.lan import SERVERS, LanTopo
 
 SYN_ID = 1 << 62        # RS_SYN_ID_BASE: the first id the tc program gives
@@ -379,38 +379,6 @@ class TestPortReturn(SynCase):
         self.assertNotIn(":62000", tw)
 
 
-# From a client host: connects to argv[1]:80 from port argv[2], GETs, closes
-# first (its TIME_WAIT), and after tcp_tw_reuse's second connects from the
-# same port again (its old connection's entry on the proxy still lingers);
-# GETs on it, and once more after argv[3] seconds.
-PORT_REUSED = """
-import json, socket, sys, time
-vip, port, later = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-def connect():
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("", port))
-    s.settimeout(5)
-    s.connect((vip, 80))
-    return s
-def get(s, seed):
-    s.sendall(b"GET /static/1024?seed=%d HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n" % seed)
-    d = b""
-    while b"\\r\\n\\r\\n" not in d:
-        d += s.recv(65536)
-    head, body = d.split(b"\\r\\n\\r\\n", 1)
-    n = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
-    while len(body) < n:
-        body += s.recv(65536)
-    return len(body)
-got = []
-s = connect(); got.append(get(s, 1)); s.close()
-time.sleep(1.3)
-s = connect(); got.append(get(s, 2))
-time.sleep(later)
-got.append(get(s, 3)); s.close()
-print(json.dumps(got))
-"""
 
 
 class TestPortReused(SynCase):
@@ -425,8 +393,11 @@ class TestPortReused(SynCase):
         new connection is spliced at the SYN too (the proxy removes the old
         entry and sends the SYN again), not through the listener, and the
         old connection's linger end leaves the new one's entry alone."""
-        got, pcap = self.run_on_c1(PORT_REUSED, SERVERS["proxy"], 40000, 3.5)
-        self.assertEqual(got, [1024, 1024, 1024])
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        out = self.tb["c1"].cmd(f"python3 {SAME_PORT} {SERVERS['proxy']} 40000 close 1.3 3.5")
+        self.tb.stop_capture(cap)
+        for step in ("first", "second", "third"):
+            self.assertIn(f"{step}: 100000 bytes", out)
         log, st = self.assert_no_failover(pcap)
         self.assertEqual(len(re.findall(r"syn-spliced id=\d+ client=10\.0\.1\.1:40000 ", log)), 2, log[-3000:])
         self.assertNotIn("accept id=", log, "the new connection went to the listener")
