@@ -199,6 +199,12 @@ void rs_loop_idle(struct rs_loop *l, bool (*fn)(void *ctx), void *ctx)
     l->idle_ctx = ctx;
 }
 
+void rs_loop_woken(struct rs_loop *l, void (*fn)(void *ctx), void *ctx)
+{
+    l->woken = fn;
+    l->woken_ctx = ctx;
+}
+
 static void on_signal__(struct rs_io *io, uint32_t events)
 {
     struct rs_loop *l = io->ctx;
@@ -233,6 +239,8 @@ int rs_loop_run(struct rs_loop *l)
         int n;
 
         l->now_ns = rs_mono_ns();
+        if (l->woken)
+            l->woken(l->woken_ctx);
         run_timers__(l);
         if (l->stop)
             break;
@@ -252,6 +260,8 @@ int rs_loop_run(struct rs_loop *l)
             return -errno;
         }
         l->now_ns = rs_mono_ns();
+        if (l->woken && n > 0)
+            l->woken(l->woken_ctx);
         l->n_evs = n;
         for (l->cur_ev = 0; l->cur_ev < n; l->cur_ev++) {
             struct rs_io *io = l->evs[l->cur_ev].data.ptr;

@@ -52,6 +52,9 @@ struct rs_loop {
     /* idle: called after every batch; true = more work pending, poll again at once */
     bool (*idle)(void *ctx);
     void *idle_ctx;
+    /* woken: called before each round of timers and each batch */
+    void (*woken)(void *ctx);
+    void *woken_ctx;
     /* signals (rs_loop_signals) */
     struct rs_io sig;
     void (*stats)(void *ctx);
@@ -72,6 +75,10 @@ static inline uint64_t rs_loop_now(const struct rs_loop *l) { return l->now_ns; 
 /* 'fn'('ctx') runs after each batch; while it returns true the loop does
  * not sleep (e.g. a capture that has more packets than one batch takes). */
 void rs_loop_idle(struct rs_loop *l, bool (*fn)(void *ctx), void *ctx);
+/* 'fn'('ctx') runs before the due timers and before each batch of
+ * descriptors are handled: what it brings up to date (state that arrived
+ * without waking the loop) every handler sees. */
+void rs_loop_woken(struct rs_loop *l, void (*fn)(void *ctx), void *ctx);
 /* SIGTERM and SIGINT stop the loop ("exit on signal N" is logged); SIGUSR1
  * calls 'stats'('ctx') when not NULL.  SIGPIPE is ignored.  For the main
  * thread only (the signals are blocked process-wide first).  Returns 0 or -errno. */

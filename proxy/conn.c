@@ -508,7 +508,6 @@ static void connect_failed(struct proxy *p, struct pconn *pc, int err)
     if (p->logger.port && idx >= 0 && !p->backends[idx].fenced) {
         /* (The kernel gave up on its SYNs, ~2 min, while the backend
          * answered others: overloaded that long; this client is let go.) */
-        px_pc_events_idle(p);       /* (the SYN-ACKs reported meanwhile count) */
         if (err == -ETIMEDOUT && px_backend_busy(p, idx, pc->connect_ns_at)) {
             px_pc_close(p, pc, "connect-timeout", true);
             return;
@@ -1125,7 +1124,6 @@ static void pc_timer(struct rs_timer *t)
          * 1, 3, 7 ... s later, when the backend may answer everyone at
          * once; a backend found dead or hung meanwhile, by its heartbeats
          * or the stall detector, is fenced and the connect moved.) */
-        px_pc_events_idle(p);       /* (as in connect_failed) */
         if (pc->backend_idx >= 0 && px_backend_busy(p, pc->backend_idx, pc->connect_ns_at)) {
             rs_log("backend id=%" PRIu64 " %s: connect: no answer within %" PRIu64 " ms, but it answers others "
                    "(busy, not failed): the kernel sends the SYN again", pc->id, RS_A(pc->backend),
@@ -1345,13 +1343,11 @@ void px_pc_events(struct rs_io *io, uint32_t events)
     px_dp_poll_events(p->dp, on_flow_event, p);
 }
 
-bool px_pc_events_idle(void *ctx)
+void px_pc_events_quiet(void *ctx)
 {
     struct proxy *p = ctx;
 
-    if (p->dp)
-        px_dp_poll_quiet(p->dp, on_flow_event, p);
-    return false;
+    px_dp_poll_quiet(p->dp, on_flow_event, p);
 }
 
 /* How many turns of the reap it takes to read every connection once: each

@@ -113,7 +113,6 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
     struct proxy *p = c->ctx;
 
-    px_pc_events_idle(p);       /* the connections a message may name are taken on first */
     switch (m->type) {
     case RS_CTL_RESPLICE: {
         struct rs_addr client = { m->u.resplice.client.ip4, m->u.resplice.client.port };
@@ -187,7 +186,6 @@ static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
     struct proxy *p = c->ctx;
 
-    px_pc_events_idle(p);       /* (as on_ctl) */
     if (m->type == RS_CTL_CLOSE_WORD && c == &p->logger_conn)
         px_close_word(p, &m->u.close);
     else if (m->type == RS_CTL_ACK && m->u.ack.status)
@@ -576,10 +574,11 @@ static int setup(struct proxy *p)
         rs_timer_init(&p->reap_timer, px_pc_reap, p);
         rs_timer_after(&p->loop, &p->reap_timer, 500000000ull);
         rs_timer_init(&p->lease_timer, renew_lease, p);
-        /* Events that wake nobody (a connection to take on) are read after
-         * every turn of the loop, whatever woke it (the lease's renewal
-         * does every 100 ms): reading an empty ring costs no system call. */
-        rs_loop_idle(&p->loop, px_pc_events_idle, p);
+        /* Events that wake nobody (a connection to take on) are read
+         * whenever the loop wakes, whatever woke it (the lease's renewal
+         * does every 100 ms), before anything else is handled: reading an
+         * empty ring costs no system call. */
+        rs_loop_woken(&p->loop, px_pc_events_quiet, p);
     }
     p->ctl_seq = rs_now_us();
     if (p->pair.peer.port) {

@@ -311,10 +311,9 @@ void px_pc_redispatch(struct proxy *p, struct pconn *pc, const char *why);
 void px_pc_set_backend(struct proxy *p, struct pconn *pc, int idx);
 /* The data path's events: FIN/RST and ACK watches. */
 void px_pc_events(struct rs_io *io, uint32_t events);
-/* The events that woke nobody (connections to take on): after each turn
- * of the loop (rs_loop_idle), and before any message that may name a
- * connection is handled. */
-bool px_pc_events_idle(void *ctx);
+/* The events that woke nobody (connections to take on): whenever the loop
+ * wakes, before its timers and descriptors (rs_loop_woken). */
+void px_pc_events_quiet(void *ctx);
 void px_pc_reap(struct rs_timer *t);
 /* Counts the connections of backend 'idx' (status). */
 unsigned px_pc_count(struct proxy *p, int idx);

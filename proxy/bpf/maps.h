@@ -87,9 +87,8 @@ struct {
 
 /* Events no one need be woken for (RS_FLOW_OPENED: a connection to take
  * on, whose SYN-ACK must not wait for a wake-up's interrupts): rs-proxy
- * reads this ring first whenever rs_events wakes it, before any message
- * that may name a connection, and after every turn of its loop (its
- * lease's renewal makes one every 100 ms). */
+ * reads this ring whenever its loop wakes, before anything else is
+ * handled (its lease's renewal wakes it every 100 ms). */
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, RS_SPLICE_EVENTS_BYTES);
