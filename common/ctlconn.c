@@ -172,8 +172,22 @@ int rs_ctl_send(struct rs_ctlconn *c, struct rs_ctl_msg *m)
     if (n < 0)
         return n;
     c->out_len += (size_t)n;
-    flush(c);
+    if (!c->held)
+        flush(c);
     return 0;
+}
+
+void rs_ctlconn_hold(struct rs_ctlconn *c, bool on)
+{
+    c->held = on;
+    if (!on)
+        flush(c);
+}
+
+void rs_ctlconn_flush(struct rs_ctlconn *c)
+{
+    if (c->out_len > c->out_off)
+        flush(c);
 }
 
 int rs_ctl_ack(struct rs_ctlconn *c, const struct rs_ctl_msg *req, int status)

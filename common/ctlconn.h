@@ -57,6 +57,7 @@ struct rs_ctlconn {
     struct rs_ctl_replay own_replay;
     struct rs_ctl_replay *replay; /* accepted: the server's; outgoing: own_replay */
     bool outgoing, up;
+    bool held;                    /* rs_ctlconn_hold: frames wait for rs_ctlconn_flush */
     uint8_t *in;
     size_t in_len, in_cap;
     uint8_t *out;
@@ -117,6 +118,12 @@ void rs_ctlconn_close(struct rs_ctlconn *c);
 /* Queues 'm' (its sender and seq are set here) and writes what it can.
  * Returns 0, -ENOBUFS (queue full: dropped and counted), or -EINVAL. */
 int rs_ctl_send(struct rs_ctlconn *c, struct rs_ctl_msg *m);
+/* While 'on', what rs_ctl_send queues on 'c' waits for rs_ctlconn_flush
+ * (which the owner calls once per turn of its loop, rs_loop_before_sleep):
+ * the frames a turn raises go out in one write, not a system call each. */
+void rs_ctlconn_hold(struct rs_ctlconn *c, bool on);
+/* Writes what 'c' holds queued, as far as the socket takes it. */
+void rs_ctlconn_flush(struct rs_ctlconn *c);
 /* ACKs 'req' with 'status'.  Returns as rs_ctl_send. */
 int rs_ctl_ack(struct rs_ctlconn *c, const struct rs_ctl_msg *req, int status);
 /* Sends 'm' and waits (without blocking) 'timeout_ns' for its reply: an ACK

@@ -205,6 +205,12 @@ void rs_loop_woken(struct rs_loop *l, void (*fn)(void *ctx), void *ctx)
     l->woken_ctx = ctx;
 }
 
+void rs_loop_before_sleep(struct rs_loop *l, void (*fn)(void *ctx), void *ctx)
+{
+    l->before_sleep = fn;
+    l->before_sleep_ctx = ctx;
+}
+
 static void on_signal__(struct rs_io *io, uint32_t events)
 {
     struct rs_loop *l = io->ctx;
@@ -252,6 +258,8 @@ int rs_loop_run(struct rs_loop *l)
             ts = (struct timespec){ (time_t)(d / 1000000000u), (long)(d % 1000000000u) };
             tp = &ts;
         }
+        if (l->before_sleep)
+            l->before_sleep(l->before_sleep_ctx);
         rs_log_flush();
         n = epoll_pwait2(l->epfd, l->evs, RS_LOOP_BATCH, tp, NULL);
         if (n < 0) {

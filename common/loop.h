@@ -55,6 +55,9 @@ struct rs_loop {
     /* woken: called before each round of timers and each batch */
     void (*woken)(void *ctx);
     void *woken_ctx;
+    /* before_sleep: called at the end of every turn, before epoll waits */
+    void (*before_sleep)(void *ctx);
+    void *before_sleep_ctx;
     /* signals (rs_loop_signals) */
     struct rs_io sig;
     void (*stats)(void *ctx);
@@ -79,6 +82,10 @@ void rs_loop_idle(struct rs_loop *l, bool (*fn)(void *ctx), void *ctx);
  * descriptors are handled: what it brings up to date (state that arrived
  * without waking the loop) every handler sees. */
 void rs_loop_woken(struct rs_loop *l, void (*fn)(void *ctx), void *ctx);
+/* 'fn'('ctx') runs at the end of every turn, after the due timers, right
+ * before the loop waits (or polls again at once): what the turn's
+ * handlers held back goes out together (rs_ctlconn_hold). */
+void rs_loop_before_sleep(struct rs_loop *l, void (*fn)(void *ctx), void *ctx);
 /* SIGTERM and SIGINT stop the loop ("exit on signal N" is logged); SIGUSR1
  * calls 'stats'('ctx') when not NULL.  SIGPIPE is ignored.  For the main
  * thread only (the signals are blocked process-wide first).  Returns 0 or -errno. */
