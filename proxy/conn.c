@@ -1297,8 +1297,12 @@ static void on_flow_event(void *arg, const struct rs_flow_event *ev)
     if (!pc || (pc->rec && px_recovery_event(p, pc, ev)))
         return;
     kb = px_key_b(pc);
+    /* Until its entries tell otherwise (recovery.c reads them for the
+     * logger's word: px_syn_backend_closed_first), a backend that ended
+     * its side holds a TIME_WAIT on the port.  Without a guard nothing
+     * tells: as though it did. */
     if (pc->syn_port && (ev->flags & RS_FLOW_SEEN_FIN) && !memcmp(&ev->key, &kb, sizeof(kb)))
-        pc->backend_fin_first = px_syn_backend_closed_first(p, pc);
+        pc->backend_fin_first = true;
     if (ev->flags & RS_FLOW_ACKED) {
         if (pc->opening && pc->open_gen && ev->gen == pc->open_gen && !memcmp(&ev->key, &kb, sizeof(kb)))
             open_done(p, pc);

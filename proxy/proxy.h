@@ -435,9 +435,11 @@ void px_syn_event(struct proxy *p, const struct rs_flow_event *ev);
  * made of the two SYNs.  Returns it, or NULL when it is gone or its
  * backend has not answered yet (adopt.c calls it for a predecessor's). */
 struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_t id, uint64_t ns);
-/* Whether the backend of 'pc', whose FIN just came, sent it before it got
- * the client's (it then holds a TIME_WAIT on the port). */
-bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc);
+/* Whether the backend whose FIN the guard holds (its entry 'fb', the
+ * client's 'fc') sent it before it had the client's: it then holds a
+ * TIME_WAIT on the port.  The held FIN's acknowledgement tells, whenever
+ * the entries are read. */
+bool px_syn_backend_closed_first(const struct px_flow_info *fc, const struct px_flow_info *fb);
 /* Closes 'pc', spliced at the SYN, when its client (entry 'fc') has not
  * acknowledged the backend's SYN-ACK within --syn-sweep (half-open: a SYN
  * flood, a client gone): nothing else would end it for --idle, and it

@@ -675,7 +675,8 @@ static bool close_as_told(struct proxy *p, struct pconn *pc, const struct px_flo
 }
 
 /* Reads both of 'pc''s entries, which must show the FIN the guard holds
- * and both streams' positions.  Returns 0, or -errno when they do not. */
+ * and both streams' positions (and tell, for a splice made at the SYN,
+ * which side closed first).  Returns 0, or -errno when they do not. */
 static int flows(struct proxy *p, struct pconn *pc, struct px_flow_info *fc, struct px_flow_info *fb)
 {
     struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
@@ -683,6 +684,8 @@ static int flows(struct proxy *p, struct pconn *pc, struct px_flow_info *fc, str
 
     if (e || (e = px_dp_get(p->dp, &kb, fb)))
         return e;
+    if (pc->syn_port && fb->t.pos.fin_seen)
+        pc->backend_fin_first = px_syn_backend_closed_first(fc, fb);
     return fb->t.pos.fin_seen && fb->t.pos.has_seq && fc->t.pos.has_seq ? 0 : -ENODATA;
 }
 

@@ -410,19 +410,15 @@ void px_syn_event(struct proxy *p, const struct rs_flow_event *ev)
            ev->splice_id, RS_A(backend), local.port, e ? ": " : "", e ? strerror(-e) : "");
 }
 
-bool px_syn_backend_closed_first(struct proxy *p, const struct pconn *pc)
+bool px_syn_backend_closed_first(const struct px_flow_info *fc, const struct px_flow_info *fb)
 {
-    struct rs_flow_key kc = px_key_c(pc), kb = px_key_b(pc);
-    struct px_flow_info fc, fb;
-
-    if (px_dp_get(p->dp, &kc, &fc) || !fc.t.pos.fin_seen)
+    if (!fc->t.pos.fin_seen)
         return true;            /* the client's FIN has not even passed */
     /* The FINs may have crossed: the backend had the client's only if its
-     * own FIN acknowledges it (the guard kept that FIN's header; without
-     * a guard nothing tells: as though it had not). */
-    if (px_dp_get(p->dp, &kb, &fb) || fb.t.fin_hdr_len < RS_TCP_HDR_MIN)
+     * own FIN acknowledges it (the guard kept that FIN's header). */
+    if (fb->t.fin_hdr_len < RS_TCP_HDR_MIN)
         return true;
-    return !rs_seq_ge(rs_splice_ack(&fb.cfg.dir, rs_splice_load32(fb.t.fin_hdr + 8)), fc.t.pos.seq_next);
+    return !rs_seq_ge(rs_splice_ack(&fb->cfg.dir, rs_splice_load32(fb->t.fin_hdr + 8)), fc->t.pos.seq_next);
 }
 
 void px_syn_port_free(struct proxy *p, const struct pconn *pc)
