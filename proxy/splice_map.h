@@ -50,14 +50,14 @@ struct rs_syn_cfg {
     rs_u32 backend_addr;       /* network order, as the entries' keys */
     rs_u32 local_addr;         /* the proxy's address towards it */
     rs_u16 backend_port;
-    rs_u16 on;                 /* non-zero: splice at the SYN; RS_SYN_OPENED_WAKES too: report
-                                * RS_FLOW_OPENED on the ring that wakes rs-proxy (a pair's
+    rs_u16 on;                 /* non-zero: splice at the SYN; RS_SYN_EVENTS_WAKE too: report
+                                * every event on the ring that wakes rs-proxy (a pair's
                                 * standby must learn of each connection at once) */
     rs_u32 ifindex;            /* where the segments leave */
     rs_u32 guard;              /* the backend entry's rs_flow.guard */
 };
 
-#define RS_SYN_OPENED_WAKES 2     /* rs_syn_cfg.on */
+#define RS_SYN_EVENTS_WAKE 2      /* rs_syn_cfg.on */
 
 #define RS_SYN_ID_BASE (1ull << 62)   /* the tc program's splice ids; below: the daemon's */
 

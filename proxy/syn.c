@@ -61,7 +61,7 @@ static int write_cfg(struct proxy *p, const uint16_t *ports, size_t n)
     if (b >= 0) {
         /* A pair's active proxy copies each connection to its standby
          * when it takes it on: no waiting for the next wake-up there. */
-        cfg.on = 1 | (p->pair.peer.port ? RS_SYN_OPENED_WAKES : 0);
+        cfg.on = 1 | (p->pair.peer.port ? RS_SYN_EVENTS_WAKE : 0);
         cfg.backend_addr = htonl(p->backends[b].addr.ip);
         cfg.backend_port = htons(p->backends[b].addr.port);
     }

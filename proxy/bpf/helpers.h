@@ -12,19 +12,30 @@
 #include "maps.h"
 #include "splice.h"
 
-/* Whether RS_FLOW_OPENED goes on the ring that wakes nobody. */
-static __always_inline int opened_quiet(void)
+/* Whether an event with 'flags' from entry 'f' goes on the ring that wakes
+ * nobody (rs_events_quiet), which rs-proxy reads first whenever it wakes:
+ * a backend's SYN-ACK (RS_FLOW_OPENED), and an end that passed on a
+ * running splice (the client's FIN: the backend's own, which the guard
+ * holds, wakes rs-proxy next; without a guard nothing waits for it).
+ * Only while splicing at the SYN, unless rs-proxy asked for wake-ups
+ * (RS_SYN_EVENTS_WAKE: a pair's active proxy). */
+static __always_inline int quiet_event(const struct rs_flow *f, __u32 flags)
 {
     __u32 zero = 0;
-    const struct rs_syn_cfg *cfg = bpf_map_lookup_elem(&rs_syn, &zero);
+    const struct rs_syn_cfg *cfg;
 
-    return cfg && !(cfg->on & RS_SYN_OPENED_WAKES);
+    if (flags != RS_FLOW_OPENED
+        && (!(flags & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)) || (flags & RS_FLOW_GUARDED)
+            || f->state != RS_FLOW_ACTIVE))
+        return 0;
+    cfg = bpf_map_lookup_elem(&rs_syn, &zero);
+    return cfg && (cfg->on & 1) && !(cfg->on & RS_SYN_EVENTS_WAKE);
 }
 
 static __always_inline void report(const struct rs_flow_key *k, const struct rs_flow *f,
                                    __u32 flags, __u32 seq, __u32 gen)
 {
-    int quiet = flags == RS_FLOW_OPENED && opened_quiet();
+    int quiet = quiet_event(f, flags);
     struct rs_flow_event *e = quiet ? bpf_ringbuf_reserve(&rs_events_quiet, sizeof(*e), 0)
                                     : bpf_ringbuf_reserve(&rs_events, sizeof(*e), 0);
 

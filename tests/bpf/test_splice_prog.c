@@ -342,6 +342,98 @@ static void guarded_fin_held_after_client_fin(void **state)
     }
 }
 
+/* Sends a bare FIN from the sender of frame 'in' ('len' bytes) where its
+ * stream stands, after a segment that teaches the program that place.
+ * Returns the program's verdict on the FIN. */
+static int fin_at_end(uint8_t *in, size_t len, uint8_t *out)
+{
+    struct rs_flow_key k = key_of(in);
+    struct rs_flow_track t;
+
+    in[ETH_LEN + 33] &= (uint8_t)~RS_TCP_F_FIN;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
+    rs_splice_store32(in + ETH_LEN + 24, t.pos.seq_next);
+    in[ETH_LEN + 33] |= RS_TCP_F_FIN;
+    len = ETH_LEN + 20 + (size_t)(in[ETH_LEN + 32] >> 4) * 4;
+    in[ETH_LEN + 2] = (uint8_t)((len - ETH_LEN) >> 8);
+    in[ETH_LEN + 3] = (uint8_t)(len - ETH_LEN);
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    return run(in, len, out);
+}
+
+/* While splicing at the SYN, an end that passes (the client's FIN) is
+ * reported on the ring that wakes nobody: the backend's, which the guard
+ * holds, wakes rs-proxy, which reads that ring first.  Told to wake (a
+ * pair's active proxy), or not splicing at the SYN, on the ring that
+ * wakes it. */
+static void passed_end_reported_quietly(void **state)
+{
+    uint8_t in[400], out[464];
+    size_t len = random_frame(in, 0x0a000402u, 0x0a000001u, 45002, 80);
+    struct rs_flow_key kc = key_of(in), kb = { .saddr = htonl(0x0a00000bu), .daddr = htonl(0x0a000001u),
+                                               .sport = htons(8080), .dport = htons(44002) };
+    struct rs_flow fc = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .peer = kb };
+    struct rs_flow fb = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .guard = 1, .peer = kc };
+    struct rs_syn_cfg cfg = { .on = 1 };
+    uint32_t zero = 0;
+    int loud[2] = { 0, 0 }, quiet[2] = { 0, 0 };
+    struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), count_fin, loud, NULL);
+    struct ring_buffer *qb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events_quiet), count_fin, quiet, NULL);
+
+    (void)state;
+    assert_non_null(rb);
+    assert_non_null(qb);
+    put_flow(&kc, &fc);
+    put_flow(&kb, &fb);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
+    ring_buffer__consume(rb);
+    ring_buffer__consume(qb);
+    loud[0] = loud[1] = quiet[0] = quiet[1] = 0;
+    assert_int_equal(fin_at_end(in, len, out), TC_ACT_REDIRECT);
+    ring_buffer__consume(rb);
+    ring_buffer__consume(qb);
+    assert_int_equal(quiet[1], 1);
+    assert_int_equal(loud[1], 0);
+
+    /* The backend's FIN, held: on the ring that wakes rs-proxy. */
+    len = random_frame(in, 0x0a00000bu, 0x0a000001u, 8080, 44002);
+    assert_int_equal(fin_at_end(in, len, out), TC_ACT_SHOT);
+    ring_buffer__consume(rb);
+    ring_buffer__consume(qb);
+    assert_int_equal(loud[0], 1);
+    assert_int_equal(quiet[0], 0);
+
+    /* The client's end again, for a proxy that asked to be woken, then
+     * for one not splicing at the SYN. */
+    for (int i = 0; i < 2; i++) {
+        struct rs_flow_track t;
+
+        cfg.on = i == 0 ? 1 | RS_SYN_EVENTS_WAKE : 0;
+        assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
+        assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kc, &t), 0);
+        t.seen = 0;
+        t.pos.fin_seen = 0;
+        assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_track), &kc, &t, BPF_ANY), 0);
+        len = random_frame(in, 0x0a000402u, 0x0a000001u, 45002, 80);
+        rs_splice_store32(in + ETH_LEN + 24, t.pos.seq_next);
+        set_checksums(in + ETH_LEN, len - ETH_LEN);
+        assert_int_equal(fin_at_end(in, len, out), TC_ACT_REDIRECT);
+        ring_buffer__consume(rb);
+        ring_buffer__consume(qb);
+        assert_int_equal(loud[1], i + 1);
+        assert_int_equal(quiet[1], 1);
+    }
+    ring_buffer__free(rb);
+    ring_buffer__free(qb);
+    for (int i = 0; i < 2; i++) {
+        const struct rs_flow_key *k = i ? &kc : &kb;
+        bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), k);
+        bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), k);
+    }
+}
+
 /* A backend's RST once both sides closed and acknowledged each other's
  * FIN is dropped (counted): the client, in TIME_WAIT, never sees it.
  * Before the client's last ACK it passes as any RST. */
@@ -658,7 +750,7 @@ static void syn_spliced_by_the_program(void **state)
     assert_int_equal(ev.seq, 5000);
     /* Again (a retransmission), told to wake (a pair's active proxy): on
      * the other ring. */
-    cfg.on = 1 | RS_SYN_OPENED_WAKES;
+    cfg.on = 1 | RS_SYN_EVENTS_WAKE;
     assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
     assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
     assert_int_equal(ring_buffer__consume(quiet), 0);
@@ -752,6 +844,7 @@ int main(void)
         cmocka_unit_test(states_drop_and_guard),
         cmocka_unit_test(guarded_fin_held_after_client_fin),
         cmocka_unit_test(rst_after_closing_in_full_dropped),
+        cmocka_unit_test(passed_end_reported_quietly),
         cmocka_unit_test(ack_clamp_as_core_does),
         cmocka_unit_test(bare_syn_after_end_goes_to_stack),
         cmocka_unit_test(syn_held_back_without_proxy),
