@@ -14,7 +14,10 @@
 #define IN_START       4096u   /* grows for big frames: to RS_CTL_SMALL_FRAME_MAX on an
                                   accepted connection, RS_CTL_FRAME_MAX on our own */
 #define BACKOFF_MIN_NS (10ull * 1000000u)
-#define BACKOFF_MAX_NS (500ull * 1000000u)
+/* A peer that restarts (a proxy's successor) is reached again within this
+ * of its start: at 500 ms, the logger's failure notices and words waited
+ * that long for a new proxy.  A try costs a SYN and its RST. */
+#define BACKOFF_MAX_NS (100ull * 1000000u)
 #define CONNECT_NS     (1000ull * 1000000u)  /* a peer that does not answer a SYN in 1 s is down */
 #define SERVER_CONNS   1024u
 #define SERVER_OUT_MAX (4u << 20)

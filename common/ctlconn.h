@@ -104,7 +104,7 @@ struct rs_ctlconn *rs_ctlserver_find(struct rs_ctlserver *s, uint64_t id);
 /* ---- Outgoing peers ------------------------------------------------------------ */
 
 /* Prepares peer 'c' to 'a'; connects at once and then keeps reconnecting
- * (back-off 10 ms .. 500 ms).  'out_max' bounds the frames queued for it.
+ * (back-off 10 ms .. 100 ms).  'out_max' bounds the frames queued for it.
  * 'on_msg' gets the frames no call takes; 'on_state' (may be NULL) hears
  * of ups and downs.  Returns 0 or -ENOMEM. */
 int rs_ctlconn_peer(struct rs_ctlconn *c, struct rs_loop *l, const char *name, struct rs_addr a,

@@ -543,7 +543,17 @@ class TestProxyRestart(Case):
     connection, notices nothing."""
     STREAM = "/slow?bytes=1200000&chunk=8000&delay=20ms"   # 150 chunks, ~3 s
 
-    def restart_then_crash(self, stop):
+    def logger_ups(self, since):
+        """When each of the logger's two connections to the proxy first came
+        up after 'since': {liveness?: time}."""
+        out = {}
+        for t, live in re.findall(r"(?m)^(\d+\.\d+) rs-logger control proxy(\(liveness\))?=\S+ up$",
+                                  self.stack.log("logger")):
+            if float(t) > since:
+                out.setdefault(bool(live), float(t))
+        return out
+
+    def restart_then_crash(self, stop, pause=0.0):
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
         d = self.client("request POST /counter\n  expect contains \"counter=1\"\n"
                         f"request GET {self.STREAM}\n  expect content seed=0\n"
@@ -552,11 +562,20 @@ class TestProxyRestart(Case):
         self.assertTrue(wait_until(lambda: file_contains(d.err, "step=0 response"), 10), open(d.err).read()[-2000:])
         self.assertTrue(wait_until(lambda: re.search(SPLICED + f"{self.cid()} ", self.stack.log("proxy")), 5))
         time.sleep(0.3)
+        stopped = time.time()
         stop(self.stack.d["proxy"])
         old = self.stack.log("proxy")
+        time.sleep(pause)
         self.stack.start_proxy("proxy-restarted")
         log = self.stack.log("proxy")
         self.assertIn("adopted 1 spliced connections", log, old[-2000:] + log[-2000:])
+        # The logger's connections to the proxy (its words, and its
+        # failure notices from the liveness thread) are back within its
+        # reconnect back-off's cap of the successor's listening (a try
+        # once its control port opens may come a little before its line).
+        listening = float(re.search(r"(?m)^(\d+\.\d+) rs-proxy listening", log).group(1))
+        self.assertTrue(wait_until(lambda: len(self.logger_ups(stopped)) == 2, 2), self.stack.log("logger")[-2000:])
+        self.assertLess(max(self.logger_ups(stopped).values()) - listening, 0.15, self.stack.log("logger")[-2000:])
         time.sleep(0.3)
         self.assertFalse(file_contains(d.err, "step=1 response"), "the stream ended before the crash")
         self.stack.kill_primary()
@@ -569,7 +588,9 @@ class TestProxyRestart(Case):
         return old
 
     def test_sigkill_then_primary_crash(self):
-        self.restart_then_crash(self.tb.kill)
+        # Restarted after a while, as a supervisor would: the logger has
+        # been trying to reach a proxy for as long.
+        self.restart_then_crash(self.tb.kill, pause=1.0)
 
     def test_sigterm_hands_over(self):
         def term(d):
