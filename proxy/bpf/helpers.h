@@ -12,11 +12,24 @@
 #include "maps.h"
 #include "splice.h"
 
+/* Whether the other direction of entry 'f''s splice (a backend's: its
+ * client) has sent its FIN. */
+static __always_inline int peer_closed(const struct rs_flow *f)
+{
+    const struct rs_flow_track *pt = bpf_map_lookup_elem(&rs_track, &f->peer);
+
+    return pt && pt->pos.fin_seen;
+}
+
 /* Whether an event with 'flags' from entry 'f' goes on the ring that wakes
  * nobody (rs_events_quiet), which rs-proxy reads first whenever it wakes:
- * a backend's SYN-ACK (RS_FLOW_OPENED), and an end that passed on a
- * running splice (the client's FIN: the backend's own, which the guard
- * holds, wakes rs-proxy next; without a guard nothing waits for it).
+ * - a backend's SYN-ACK (RS_FLOW_OPENED);
+ * - an end that passed on a running splice (the client's FIN);
+ * - a backend's FIN that the guard holds after its client's FIN (the usual
+ *   close): the logger's word on it wakes rs-proxy (else the lease's
+ *   renewal, within 100 ms).  A backend that crashed after a half-close
+ *   is found meanwhile by rs-stated and the logger, whose messages wake
+ *   rs-proxy; a RST, or a FIN before the client's, wakes it at once.
  * Only while splicing at the SYN, unless rs-proxy asked for wake-ups
  * (RS_SYN_EVENTS_WAKE: a pair's active proxy). */
 static __always_inline int quiet_event(const struct rs_flow *f, __u32 flags)
@@ -24,10 +37,14 @@ static __always_inline int quiet_event(const struct rs_flow *f, __u32 flags)
     __u32 zero = 0;
     const struct rs_syn_cfg *cfg;
 
-    if (flags != RS_FLOW_OPENED
-        && (!(flags & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)) || (flags & RS_FLOW_GUARDED)
-            || f->state != RS_FLOW_ACTIVE))
+    if (flags == (RS_FLOW_SEEN_FIN | RS_FLOW_GUARDED)) {
+        if (!peer_closed(f))
+            return 0;
+    } else if (flags != RS_FLOW_OPENED
+               && (!(flags & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)) || (flags & RS_FLOW_GUARDED)
+                   || f->state != RS_FLOW_ACTIVE)) {
         return 0;
+    }
     cfg = bpf_map_lookup_elem(&rs_syn, &zero);
     return cfg && (cfg->on & 1) && !(cfg->on & RS_SYN_EVENTS_WAKE);
 }
