@@ -25,12 +25,16 @@
 #include "logger.h"
 
 #define EBPF_BATCH 4096            /* records per drain: sockets and timers between */
-/* While segments keep coming, the ring is read every millisecond with its
- * wake-ups off, rather than woken for each record that finds the logger
- * caught up (a context switch each: with two downloads at 200 MB/s that
- * was half the logger's CPU).  The log then lags the wire by 1 ms at most,
- * as libpcap's TPACKET_V3 blocks do. */
-#define EBPF_POLL_NS (1000ull * 1000ull)
+/* While segments keep coming, the ring is read every half millisecond
+ * with its wake-ups off, rather than woken for each record that finds the
+ * logger caught up (a context switch each: with two downloads at 200 MB/s
+ * that was half the logger's CPU).  The log then lags the wire by 0.5 ms
+ * at most.  Every 1 ms (libpcap's TPACKET_V3 block timeout) made each
+ * drain a burst that landed in some connection's path on two cores, and
+ * the logger's words on closes, which rs-proxy waits for, a burst of
+ * their own: new connections one after another, p99 0.43-0.49 ms against
+ * 0.34-0.38 (docs/performance.md, session 37). */
+#define EBPF_POLL_NS (500ull * 1000ull)
 #define EBPF_BATCH_FULL (-EAGAIN)  /* what the record callback returns to end a drain */
 /* Where the filter sits in the ingress chain: a fixed place, so that the
  * filter a SIGKILLed logger left behind (tc filters outlive their process)

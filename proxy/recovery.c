@@ -649,7 +649,7 @@ static void legit_close(struct recovery *rec)
 #define CLOSE_WORD_WAIT_NS (50 * 1000000ull)
 /* After the client's own FIN the client waits for nothing: the FIN
  * waits this long for the unasked word (the logger reads its capture
- * every ms while segments keep coming) before it asks, which saves a
+ * every 0.5 ms while segments keep coming) before it asks, which saves a
  * question and its answer per connection.  (A crash there is found by
  * rs-stated meanwhile, ~1-2 ms.) */
 #define CLOSE_WORD_UNASKED_NS (2 * 1000000ull)
