@@ -36,9 +36,15 @@ Phases (rs-client for requests, curl for bulk transfers):
   newconn    the same, each on a new connection the client closes after
              the response: latency p50 / p99 (connect to last byte)
   close      the same with "Connection: close" (the server closes): p50
-  conns      8 clients opening connections for one 1 KB GET each, as fast
-             as they can: new connections per second (from the first
-             connect to the last response's end)
+  conns      8 clients (8 rs-client processes) opening connections for
+             one 1 KB GET each, as fast as they can: new connections per
+             second (from the first connect to the last response's end).
+             Until session 37 one rs-client ran the 8 connections on its
+             one thread, and an in-kernel forwarder's work (the SYN and
+             the FIN through the proxy's tc program into the backend's
+             TCP) ran inside that thread's connect() and close(), while
+             HAProxy ends the client's TCP at itself: that client measured
+             its own thread as much as the proxy.
   single     one 200 MB download (median of 3): Gbit/s
   parallel   8 downloads of 50 MB at once: aggregate Gbit/s
 and the CPU time each component used (user + system, from /proc): per GB
@@ -197,6 +203,11 @@ class Bench:
         # Thousands of connections a round, each closed by the client: its
         # TIME_WAITs would use up the ports (its own namespace's settings).
         self.c1.cmd("sysctl -qw net.ipv4.ip_local_port_range='1024 65535' net.ipv4.tcp_tw_reuse=1")
+        # The proxy host's own connects to the backend (HAProxy's, rs-proxy's
+        # at the request) leave TIME_WAITs too: a round after the first once
+        # found HAProxy's connects slowed to 1200 a second.  (Its port range
+        # stays: rs-proxy's --syn-ports is chosen outside it.)
+        tb["proxy"].cmd("sysctl -qw net.ipv4.tcp_tw_reuse=1")
 
     def trace(self, name, steps, close=False):
         path = os.path.join(self.dir, f"{name}.trace")
@@ -207,21 +218,26 @@ class Bench:
                     f.write("  header Connection: close\n")
         return path
 
-    def client(self, dep, name, trace, repeat, connections=1):
-        """Runs rs-client on c1; returns (rows of its CSV, wall seconds)."""
-        csv_path = os.path.join(self.dir, f"{dep.name}-{name}.csv")
-        argv = [binary("rs-client"), "--server", dep.server, "--trace", trace, "--repeat", str(repeat),
-                "--connections", str(connections), "--csv", csv_path, "--quiet", "--timeout", "10s"]
+    def client(self, dep, name, trace, repeat, connections=1, processes=1):
+        """Runs rs-client on c1 ('processes' of them at once, each with
+        'connections'); returns (rows of their CSVs, wall seconds)."""
+        ds, rows = [], []
         t0 = time.monotonic()
-        d = self.tb.start(self.c1, f"{dep.name}-client-{name}", argv)
-        rc = d.popen.wait(600)
-        wall = time.monotonic() - t0
-        with open(csv_path) as f:
-            rows = list(csv.DictReader(f))
-        bad = [r for r in rows if r["result"] != "ok"]
-        if rc or bad:
-            raise RuntimeError(f"{dep.name} {name}: rs-client exit {rc}, {len(bad)} failed requests; see {d.err}")
-        return rows, wall
+        for i in range(processes):
+            tag = f"{name}-{i}" if processes > 1 else name
+            csv_path = os.path.join(self.dir, f"{dep.name}-{tag}.csv")
+            argv = [binary("rs-client"), "--server", dep.server, "--trace", trace, "--repeat", str(repeat),
+                    "--connections", str(connections), "--csv", csv_path, "--quiet", "--timeout", "10s"]
+            ds.append((self.tb.start(self.c1, f"{dep.name}-client-{tag}", argv), csv_path))
+        for d, csv_path in ds:
+            rc = d.popen.wait(600)
+            with open(csv_path) as f:
+                mine = list(csv.DictReader(f))
+            bad = [r for r in mine if r["result"] != "ok"]
+            if rc or bad:
+                raise RuntimeError(f"{dep.name} {name}: rs-client exit {rc}, {len(bad)} failed requests; see {d.err}")
+            rows += mine
+        return rows, time.monotonic() - t0
 
     @staticmethod
     def rate(rows):
@@ -275,7 +291,8 @@ class Bench:
         fig["new_p50_ms"], fig["new_p99_ms"] = percentile(lat, 0.5), percentile(lat, 0.99)
         rows, _ = phase("req", n // 2, lambda: self.client(dep, "close", self.trace("close", 1, close=True), n // 2))
         fig["close_p50_ms"] = percentile(self.latencies_ms(rows), 0.5)
-        rows, _ = phase("req", n, lambda: self.client(dep, "conns", self.trace("one", 1), n // PARALLEL, PARALLEL))
+        rows, _ = phase("req", n, lambda: self.client(dep, "conns", self.trace("one", 1), n // PARALLEL,
+                                                      processes=PARALLEL))
         fig["conns_per_s"] = self.rate(rows)
         singles = [phase("bulk", SINGLE_BYTES / 1e9, lambda: self.download(dep, SINGLE_BYTES, 1)) for _ in range(3)]
         fig["single_gbps"] = median(singles)
