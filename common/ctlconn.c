@@ -180,11 +180,9 @@ int rs_ctl_send(struct rs_ctlconn *c, struct rs_ctl_msg *m)
     return 0;
 }
 
-void rs_ctlconn_hold(struct rs_ctlconn *c, bool on)
+void rs_ctlconn_hold(struct rs_ctlconn *c)
 {
-    c->held = on;
-    if (!on)
-        flush(c);
+    c->held = true;
 }
 
 void rs_ctlconn_flush(struct rs_ctlconn *c)

@@ -118,10 +118,10 @@ void rs_ctlconn_close(struct rs_ctlconn *c);
 /* Queues 'm' (its sender and seq are set here) and writes what it can.
  * Returns 0, -ENOBUFS (queue full: dropped and counted), or -EINVAL. */
 int rs_ctl_send(struct rs_ctlconn *c, struct rs_ctl_msg *m);
-/* While 'on', what rs_ctl_send queues on 'c' waits for rs_ctlconn_flush
+/* From now on, what rs_ctl_send queues on 'c' waits for rs_ctlconn_flush
  * (which the owner calls once per turn of its loop, rs_loop_before_sleep):
  * the frames a turn raises go out in one write, not a system call each. */
-void rs_ctlconn_hold(struct rs_ctlconn *c, bool on);
+void rs_ctlconn_hold(struct rs_ctlconn *c);
 /* Writes what 'c' holds queued, as far as the socket takes it. */
 void rs_ctlconn_flush(struct rs_ctlconn *c);
 /* ACKs 'req' with 'status'.  Returns as rs_ctl_send. */

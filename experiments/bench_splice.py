@@ -204,9 +204,10 @@ class Bench:
         # TIME_WAITs would use up the ports (its own namespace's settings).
         self.c1.cmd("sysctl -qw net.ipv4.ip_local_port_range='1024 65535' net.ipv4.tcp_tw_reuse=1")
         # The proxy host's own connects to the backend (HAProxy's, rs-proxy's
-        # at the request) leave TIME_WAITs too: a round after the first once
-        # found HAProxy's connects slowed to 1200 a second.  (Its port range
-        # stays: rs-proxy's --syn-ports is chosen outside it.)
+        # at the request) leave TIME_WAITs too, reused as the client's are.
+        # (HAProxy once fell to 1200 connections a second in a later round,
+        # its TIME_WAITs suspected, not proven.)  Its port range stays:
+        # rs-proxy's --syn-ports is chosen outside it.
         tb["proxy"].cmd("sysctl -qw net.ipv4.tcp_tw_reuse=1")
 
     def trace(self, name, steps, close=False):

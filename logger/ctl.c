@@ -185,7 +185,7 @@ int lg_ctl_setup(struct logger *lg)
          * that closed in it: they go out in one write at the end of the
          * loop's turn (a send each was half the logger's CPU at ~5000
          * new connections a second). */
-        rs_ctlconn_hold(&lg->px, true);
+        rs_ctlconn_hold(&lg->px);
         rs_loop_before_sleep(&lg->loop, flush_px, lg);
     }
     if (lg->has_stated)

@@ -1,7 +1,8 @@
 /* Unit tests for common/ctlconn.c: the calls of a connection that goes
  * down end exactly once each, even when one's callback cancels and frees
  * another that was failing with it (the proxy's CONN_MAP callbacks fence a
- * backend, which ends the other connections waiting on the same rs-stated). */
+ * backend, which ends the other connections waiting on the same rs-stated);
+ * a held connection writes nothing until it is flushed. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "ctlconn.h"
 
@@ -86,10 +89,69 @@ static void calls_end_once_when_one_frees_another(void **state)
     rs_loop_fini(&l);
 }
 
+static void on_frame(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
+{
+    (void)m;
+    ++*(int *)c->ctx;
+}
+
+static void on_stop(struct rs_timer *t)
+{
+    rs_loop_stop(t->ctx);
+}
+
+/* Runs 'l' for 'ms' milliseconds. */
+static void spin(struct rs_loop *l, uint64_t ms)
+{
+    struct rs_timer t;
+
+    rs_timer_init(&t, on_stop, l);
+    rs_timer_after(l, &t, ms * 1000000ull);
+    l->stop = false;
+    assert_int_equal(rs_loop_run(l), 0);
+}
+
+static void held_frames_wait_for_the_flush(void **state)
+{
+    struct rs_loop l;
+    struct rs_ctlserver s;
+    struct rs_ctlconn c;
+    struct rs_ctl_key key = { { 0 } };
+    uint64_t seq = 1, sseq = 1;
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    int got = 0;
+
+    (void)state;
+    assert_int_equal(rs_ctl_init(), 0);
+    assert_int_equal(rs_loop_init(&l), 0);
+    assert_int_equal(rs_ctlserver_open(&s, &l, (struct rs_addr){ 0x7f000001u, 0 }, &key, &sseq, 2, on_frame, &got),
+                     0);
+    assert_int_equal(getsockname(s.io.fd, (struct sockaddr *)&sin, &len), 0);
+    assert_int_equal(rs_ctlconn_peer(&c, &l, "t", (struct rs_addr){ 0x7f000001u, ntohs(sin.sin_port) }, &key, &seq,
+                                     RS_CTL_SENDER_OPERATOR | 1, 1u << 20, NULL, NULL, NULL), 0);
+    spin(&l, 50);
+    assert_true(c.up);
+    rs_ctlconn_hold(&c);
+    for (int i = 0; i < 3; i++) {
+        struct rs_ctl_msg m = { .type = RS_CTL_STATUS };
+        assert_int_equal(rs_ctl_send(&c, &m), 0);
+    }
+    spin(&l, 50);
+    assert_int_equal(got, 0);
+    rs_ctlconn_flush(&c);
+    spin(&l, 50);
+    assert_int_equal(got, 3);
+    rs_ctlconn_close(&c);
+    rs_ctlserver_close(&s);
+    rs_loop_fini(&l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(calls_end_once_when_one_frees_another),
+        cmocka_unit_test(held_frames_wait_for_the_flush),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
