@@ -677,7 +677,21 @@ def trial(tb, args, target, fault, workload, n, seed, window):
         effects = (effects[0], effects[1] + ["wrong_bytes"])
     if judge(row, clients, flows, plog, faults.times, effects, len(stack.backends)):
         row["kept"] = keep(args, f"{fault}-{workload}-{n}")
+        if "wrong_bytes" in row["reason"]:
+            row["detail"] = " | ".join(wrong_bytes_lines(clients, llog) + [row["detail"]])
     return row
+
+
+def wrong_bytes_lines(clients, llog, most=3):
+    """What a wrong-bytes verdict rests on, for the violation's line (a CI
+    run shows that line and nothing of the folder it keeps): the clients'
+    failed checks and the logger's "retransmission differs"."""
+    lines = []
+    for c in clients:
+        with open(c["d"].err, errors="replace") as f:
+            lines += [l.strip() for l in f if "request-failed" in l and any(b in l for b in BAD_BYTES)]
+    lines += [l.strip() for l in llog.splitlines() if "reason=conflict" in l]
+    return [l[:300] for l in lines[:most]]
 
 
 def stack_files(work):
@@ -746,7 +760,8 @@ def run_group(args, topo, faults, workloads, per, windows, prog, rows, out):
                     out.write(**r)
                     if r["verdict"] == "violation":
                         print(f"  VIOLATION {f} {w} trial {n} seed={seed}: {r['reason']} ({r['faults']}; "
-                              f"kept in {r.get('kept')})", flush=True)
+                              f"kept in {r.get('kept')})" + (f"\n    {r['detail']}" if r["detail"] else ""),
+                              flush=True)
                 if f == "none":
                     window = median([r["action_ms"] for r in rows if r["workload"] == w and r["fault"] == "none"
                                      and r["verdict"] != "violation" and r["action_ms"] is not None]) or None
