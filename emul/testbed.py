@@ -12,6 +12,7 @@ SIGTERM, without `mn -c`.  Daemons are ended by the PIDs we started.
 Python is the harness only; every component it runs is C.
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,6 +228,25 @@ class Testbed:
             out = sw.cmd(f"bridge fdb replace {h.defaultIntf().MAC()} dev {port} master static 2>&1; echo rc=$?")
             if "rc=0" not in out:
                 raise TestbedError(f"cannot pin {h.name}'s MAC on {port}: {out.strip()}")
+
+    # -- receive processing -------------------------------------------------
+    def spread_receive(self, hosts=None):
+        """Lets the kernel of each of 'hosts' (default: all) process what
+        its interface receives on any core (RPS over every CPU), as a
+        multi-queue NIC spreads flows with RSS.  A veth has one queue, and
+        without RPS the receiver's whole softirq chain (and every hop a
+        forwarder adds to it) runs in the sender's context, on the sender's
+        core.  A host's /sys shows the root namespace's devices: the
+        setting is written from a mount namespace of its own with its
+        network namespace's sysfs."""
+        mask = format((1 << os.cpu_count()) - 1, "x")
+        for h in (self.net[n] for n in hosts) if hosts else self.net.hosts:
+            q = f"/sys/class/net/{h.defaultIntf().name}/queues/rx-0/rps_cpus"
+            out = h.cmd(f"unshare -m sh -c 'umount -l /sys && mount -t sysfs sysfs /sys && echo {mask} > {q}"
+                        f" && cat {q}' 2>&1").strip()
+            got = out.replace(",", "")
+            if not re.fullmatch(r"[0-9a-f]+", got) or int(got, 16) != int(mask, 16):
+                raise TestbedError(f"RPS on {h.name}'s {h.defaultIntf().name}: {out}")
 
     # -- port mirror -------------------------------------------------------
     def _mirror(self):

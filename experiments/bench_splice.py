@@ -57,6 +57,14 @@ and keeps each figure's median.  A ratio to direct is taken within each
 round (the host's drift moves both alike) and the median of the rounds'
 ratios reported, with their range beside it: this host's figures move by
 tens of percent between runs, and one round's ratio says little.
+Every host processes what it receives on either core (RPS over all CPUs,
+emul/testbed.py spread_receive), as hosts with multi-queue NICs do with
+RSS: on a veth a transfer's whole receive chain otherwise runs on its
+sender's core, and each hop a forwarder adds lengthens that one core's
+chain (session 38: the 200 MB download through resplice 0.70× direct
+without it, 1.01× with it, HAProxy 0.80×; direct unchanged).  RPS=0
+measures without it, as until session 38.
+
 REQS= (default 2000); DEPLOYMENTS= a comma list of the above; KEEP=1 keeps
 the run directory (the daemons' logs).  Ends with 'summary: ...' holding
 every figure, its ratio to direct (x_...) and, with several rounds, the
@@ -311,6 +319,7 @@ def main():
         use_build(a.build)
     rounds = int(os.environ.get("ROUNDS", "3"))
     reqs = int(os.environ.get("REQS", "2000"))
+    spread = os.environ.get("RPS", "1") != "0"
     deps = [d.strip() for d in os.environ.get("DEPLOYMENTS", ",".join(DEPLOYMENTS)).split(",") if d.strip()]
     unknown = [d for d in deps if d not in DEPLOYMENTS]
     if unknown or "direct" not in deps or reqs < 2 * PARALLEL:
@@ -322,6 +331,8 @@ def main():
     rows = []
     with WorkDir("rs-bench-splice-") as work, Testbed(LanTopo(), work.path) as tb:
         tmp = work.path
+        if spread:
+            tb.spread_receive()
         for k in range(rounds):
             for name in deps:
                 progress.step(f"round {k + 1}: {name}")
@@ -340,7 +351,7 @@ def main():
         w = csv.DictWriter(f, fieldnames=["round", "deployment", "figure", "value"])
         w.writeheader()
         w.writerows(rows)
-    report(deps, figs, {k: median(v) for k, v in cpus.items()}, rounds, reqs)
+    report(deps, figs, {k: median(v) for k, v in cpus.items()}, rounds, reqs, spread)
 
 
 def round_ratios(values, bases):
@@ -351,14 +362,14 @@ def round_ratios(values, bases):
     return (median(r), min(r), max(r)) if r else None
 
 
-def report(deps, figs, cpu, rounds, reqs):
+def report(deps, figs, cpu, rounds, reqs, spread):
     """Prints the table and the summary line.  'figs': {(deployment,
     figure): [one value per round]}; 'cpu': {(deployment, kind, component):
     median seconds}."""
     width = 14 if rounds == 1 else 26
     print()
     print(f"{'':26s}" + "".join(f"{d:>{width}s}" for d in deps))
-    kv = [("rounds", rounds), ("reqs", reqs)]
+    kv = [("rounds", rounds), ("reqs", reqs), ("rps", int(spread))]
     for key, unit, label, _ in FIGURES:
         cells = []
         for d in deps:

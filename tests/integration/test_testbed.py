@@ -93,6 +93,24 @@ class TestMirror(TestbedCase):
             self.assertEqual(pcap_count(pcap_p[1], d), pcap_count(pcap_l[1], d), d)
 
 
+class TestSpreadReceive(TestbedCase):
+    def test_rps_on_the_hosts_own_interface(self):
+        """spread_receive() sets RPS over every CPU on the named hosts'
+        interfaces, read back through each host's own sysfs, and leaves
+        the other hosts and the root namespace's /sys alone."""
+        def rps(tb, host):
+            q = f"/sys/class/net/{tb[host].defaultIntf().name}/queues/rx-0/rps_cpus"
+            out = tb[host].cmd(f"unshare -m sh -c 'umount -l /sys && mount -t sysfs sysfs /sys && cat {q}'")
+            return int(out.strip().replace(",", ""), 16)
+
+        with Testbed(LanTopo(), self.run_dir) as tb:
+            tb.spread_receive(["proxy"])
+            self.assertEqual(rps(tb, "proxy"), (1 << os.cpu_count()) - 1)
+            self.assertEqual(rps(tb, "primary"), 0)
+            self.assertTrue(os.path.exists(f"/sys/class/net/{tb.net.switches[0].name}"),
+                            "the root namespace's /sys must still show its own devices")
+
+
 class TestOvs(TestbedCase):
     def test_ovs_switch_mirror_and_shaping(self):
         flt = f"host {PROXY} and host {PRIMARY}"
