@@ -61,9 +61,10 @@ Every host processes what it receives on either core (RPS over all CPUs,
 emul/testbed.py spread_receive), as hosts with multi-queue NICs do with
 RSS: on a veth a transfer's whole receive chain otherwise runs on its
 sender's core, and each hop a forwarder adds lengthens that one core's
-chain (session 38: the 200 MB download through resplice 0.70× direct
-without it, 1.01× with it, HAProxy 0.80×; direct unchanged).  RPS=0
-measures without it, as until session 38.
+chain (session 38, one run of each: the 200 MB download through resplice
+0.70× direct without it, 1.31× with it; HAProxy's 1.13× and 0.83×;
+direct's own download unchanged, its new connections slower: 0.105 →
+0.167 ms).  RPS=0 measures without it, as until session 38.
 
 REQS= (default 2000); DEPLOYMENTS= a comma list of the above; KEEP=1 keeps
 the run directory (the daemons' logs).  Ends with 'summary: ...' holding
