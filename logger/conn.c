@@ -586,6 +586,12 @@ bool lg_conn_meant_ends(const struct lg_conn *c, uint32_t *req_end, uint32_t *re
     return true;
 }
 
+bool lg_word_went(const struct logger *lg, const struct lg_conn *c, uint32_t req_end, uint32_t resp_end)
+{
+    return c->word_sent && c->word_px_up == lg->px_ups && c->word_end[LG_REQ] == req_end
+           && c->word_end[LG_RESP] == resp_end;
+}
+
 /* Tells the proxy, unasked, as soon as the log shows an end the
  * application means: the backend's FIN, which the guard holds, then
  * passes without a question (CLOSE_ASK) or a RECOVER.  Again whenever
@@ -597,14 +603,14 @@ static void close_word(struct logger *lg, struct lg_conn *c)
     uint32_t req_end, resp_end;
 
     if (!lg->has_proxy || lg->readfile || !lg->px.up || c->fin[LG_RESP]
-        || !lg_conn_meant_ends(c, &req_end, &resp_end)
-        || (c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end))
+        || !lg_conn_meant_ends(c, &req_end, &resp_end) || lg_word_went(lg, c, req_end, resp_end))
         return;
     if (lg_ctl_close_word(lg, &lg->px, &client, RS_CTL_CLOSE_MEANT, req_end, resp_end))
         return;
     c->word_sent = true;
     c->word_end[LG_REQ] = req_end;
     c->word_end[LG_RESP] = resp_end;
+    c->word_px_up = lg->px_ups;
 }
 
 /* One TCP segment of the client leg; 'd' says which way it went. */

@@ -36,6 +36,16 @@ static void on_stated_state(struct rs_ctlconn *c, int err)
     rs_ctl_send(c, &m);
 }
 
+/* Up (again), perhaps to a proxy started after the last one died: the
+ * words that went to that one went with it. */
+static void on_px_state(struct rs_ctlconn *c, int err)
+{
+    struct logger *lg = c->ctx;
+
+    if (!err)
+        lg->px_ups++;
+}
+
 void lg_ctl_txn_logged(struct logger *lg, rs_txn_id txn, uint32_t resp_end)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_TXN_LOGGED };
@@ -114,9 +124,9 @@ static void on_close_ask(struct logger *lg, struct rs_ctlconn *cc, const struct 
     c = lg_conn_find(lg, q->client.ip4, q->client.port);
     meant = c && lg_conn_meant_ends(c, &req_end, &resp_end) && req_end == q->req_end && resp_end == q->resp_end;
     /* The drain may have sent the unasked word for these very ends: it
-     * answers the question as well (unless it waits in the queue of a
-     * connection not up: an unasked word goes only over one that is). */
-    if (meant && lg->px.up && c->word_sent && c->word_end[LG_REQ] == req_end && c->word_end[LG_RESP] == resp_end)
+     * answers the question as well, if it went over the connection up
+     * now (not one sent to a proxy that died since, unread). */
+    if (meant && lg->px.up && lg_word_went(lg, c, req_end, resp_end))
         return;
     lg_ctl_close_word(lg, cc, &q->client, RS_CTL_CLOSE_ANSWER | (meant ? RS_CTL_CLOSE_MEANT : 0), q->req_end,
                       q->resp_end);
@@ -180,7 +190,7 @@ int lg_ctl_setup(struct logger *lg)
         return e;
     if (lg->has_proxy) {
         rs_ctlconn_peer(&lg->px, &lg->loop, "proxy", lg->proxy, &lg->key, &lg->seq, LG_SENDER_PROXY, LG_PEER_QUEUE,
-                        on_peer_msg, NULL, lg);
+                        on_peer_msg, on_px_state, lg);
         /* One drain of the capture raises a word for each connection
          * that closed in it: they go out in one write at the end of the
          * loop's turn (a send each was half the logger's CPU at ~5000

@@ -97,6 +97,7 @@ struct lg_conn {
     bool suspected;                  /* a SUSPECT went out since the last progress */
     bool word_sent;                  /* an unasked CLOSE_WORD went out for the ends below */
     uint32_t word_end[2];            /* [LG_REQ] req_end, [LG_RESP] resp_end of the last one */
+    uint64_t word_px_up;             /* logger.px_ups when it went (the connection it went on) */
     uint32_t log_first;              /* oldest transaction whose request is still held */
     uint32_t read_only_from;         /* the released transactions from this one on were read-only */
     uint32_t logged_sent;            /* TXN_LOGGED sent for transactions below this */
@@ -195,6 +196,8 @@ struct logger {
     struct rs_loop loop;
     struct rs_ctlserver ctlsrv;
     struct rs_ctlconn px, st;        /* the proxy (SUSPECT), the alternate's rs-stated */
+    uint64_t px_ups;                 /* times px came up: a word sent before the last time may
+                                      * have died unread with the proxy it went to */
     struct rs_ctlconn st_spare[LG_SPARES_MAX];  /* other standbys' rs-stated (re-protection) */
     const struct lg_capture_ops *capture;   /* where frames come from (capture.c); NULL until
                                              * live capture starts: the default, ebpf or pcap */
@@ -274,6 +277,8 @@ bool lg_closed_as_meant(const struct lg_conn *c);
 /* Whether the log of 'c' shows an end the application means, over a log
  * without holes; then where its two streams end (the client's past its FIN). */
 bool lg_conn_meant_ends(const struct lg_conn *c, uint32_t *req_end, uint32_t *resp_end);
+/* Whether an unasked word for these ends went to the proxy now connected. */
+bool lg_word_went(const struct logger *lg, const struct lg_conn *c, uint32_t req_end, uint32_t resp_end);
 
 /* ---- liveness.c: the liveness thread ---------------------------------------------- */
 

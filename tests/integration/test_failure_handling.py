@@ -599,6 +599,49 @@ class TestProxyRestart(Case):
         old = self.restart_then_crash(term)
         self.assertRegex(old, r"exiting: 1 spliced connections handed over .* 0 cut")
 
+    def test_word_lost_with_the_predecessor(self):
+        """The client closes first while rs-proxy hangs: the logger's
+        unasked word that the close is meant goes into the hung proxy's
+        socket and dies unread with it (SIGKILL).  The successor adopts
+        the connection and the logger connects to it; then the backend
+        (stopped meanwhile) sends its FIN, which the guard holds, and the
+        successor asks.  The logger must answer, since its word went to
+        the predecessor: the FIN passes as meant, without 50 ms waiting
+        for a word that will not come, and without a RECOVER."""
+        go = os.path.join(self.dir, "go")
+        client = ("import os, socket, time, sys\n"
+                  f"s = socket.create_connection(('{VIP_IP}', 80), timeout=10)\n"
+                  "s.sendall(b'GET /static/1000?seed=9 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+                  "buf = b''\n"
+                  "while len(buf) < 1000 or b'\\r\\n\\r\\n' not in buf: buf += s.recv(65536)\n"
+                  "print('got', flush=True)\n"
+                  f"while not os.path.exists('{go}'): time.sleep(0.02)\n"
+                  "s.shutdown(socket.SHUT_WR)\n"
+                  "while s.recv(65536): pass\n"
+                  "print('eof', flush=True)\n")
+        proxy, app = self.stack.d["proxy"], self.stack.d["app-primary"]
+        d = self.tb.start("c1", "closer", ["python3", "-c", client])
+        self.assertTrue(wait_until(lambda: "got" in d.output(), 10), d.output() + open(d.err).read())
+        os.kill(proxy.pid, signal.SIGSTOP)
+        os.kill(app.pid, signal.SIGSTOP)        # its FIN comes once the successor runs
+        try:
+            open(go, "w").close()               # the client's FIN, then the logger's word
+            time.sleep(0.3)
+            self.tb.kill(proxy)
+            stopped = time.time()
+            self.stack.start_proxy("proxy-restarted")
+            self.assertIn("adopted 1 spliced connections", self.stack.log("proxy"))
+            self.assertTrue(wait_until(lambda: len(self.logger_ups(stopped)) == 2, 2),
+                            self.stack.log("logger")[-2000:])
+        finally:
+            os.kill(app.pid, signal.SIGCONT)
+        d.popen.wait(10)
+        log = self.stack.log("proxy")
+        self.assertIn("eof", d.output(), log[-2000:])
+        self.assertNotIn("no word from the logger", log)
+        self.assertNotRegex(log, r"recover id=\d+ .*why=backend-fin")
+        self.assertRegex(log, r"close id=\d+ client=10\.0\.1\.1:\d+ .*meant \(the logger's word\)")
+
     def test_new_connection_on_an_adopted_port(self):
         """An adopted connection that ends (a RST from its client) while a
         new one from the same client port begins: the new one is served,
