@@ -1339,11 +1339,25 @@ void px_pc_check_end(struct proxy *p, struct pconn *pc)
     }
 }
 
+/* A standby of a pair acts on no event of its program: the connections
+ * are the active proxy's, and it has no logger or rs-stated to ask.  What
+ * its program reported (before it stood by: a proxy restarted where the
+ * active one ran; or what a stale ARP entry sent it) waits in the rings
+ * until it takes over (px_serve) and has adopted the table. */
+static bool standing_by(const struct proxy *p)
+{
+    return p->pair.peer.port && !p->pair.active;
+}
+
 void px_pc_events(struct rs_io *io, uint32_t events)
 {
     struct proxy *p = io->ctx;
 
     (void)events;
+    if (standing_by(p)) {
+        rs_io_set(io, 0);       /* again in px_serve */
+        return;
+    }
     px_dp_poll_events(p->dp, on_flow_event, p);
 }
 
@@ -1351,7 +1365,8 @@ void px_pc_events_quiet(void *ctx)
 {
     struct proxy *p = ctx;
 
-    px_dp_poll_quiet(p->dp, on_flow_event, p);
+    if (!standing_by(p))
+        px_dp_poll_quiet(p->dp, on_flow_event, p);
 }
 
 /* How many turns of the reap it takes to read every connection once: each

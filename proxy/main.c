@@ -641,8 +641,10 @@ int px_serve(struct proxy *p)
 
     if ((e = listen_vip(p)) != 0)
         return e;
-    if (p->dp)
+    if (p->dp) {
         renew_lease(&p->lease_timer);
+        rs_io_set(&p->eio, EPOLLIN);    /* a standby's events waited (conn.c, standing_by) */
+    }
     if (p->logger.port)
         rs_ctlconn_peer(&p->logger_conn, &p->loop, "logger", p->logger, &p->key, &p->ctl_seq, PX_SENDER_LOGGER,
                         16u << 20, on_peer_msg, NULL, p);
