@@ -620,6 +620,7 @@ class TestProxyRestart(Case):
                   "while s.recv(65536): pass\n"
                   "print('eof', flush=True)\n")
         proxy, app = self.stack.d["proxy"], self.stack.d["app-primary"]
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
         d = self.tb.start("c1", "closer", ["python3", "-c", client])
         self.assertTrue(wait_until(lambda: "got" in d.output(), 10), d.output() + open(d.err).read())
         os.kill(proxy.pid, signal.SIGSTOP)
@@ -636,8 +637,13 @@ class TestProxyRestart(Case):
         finally:
             os.kill(app.pid, signal.SIGCONT)
         d.popen.wait(10)
+        time.sleep(0.2)
+        self.tb.stop_capture(cap)
         log = self.stack.log("proxy")
         self.assertIn("eof", d.output(), log[-2000:])
+        # From the client's side: its close answered by a FIN, no RST.
+        self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "the client got a RST from the VIP")
+        self.assertGreaterEqual(pcap_count(pcap, f"src {VIP_IP} and tcp[tcpflags] & tcp-fin != 0"), 1)
         self.assertNotIn("no word from the logger", log)
         self.assertNotRegex(log, r"recover id=\d+ .*why=backend-fin")
         self.assertRegex(log, r"close id=\d+ client=10\.0\.1\.1:\d+ .*meant \(the logger's word\)")
