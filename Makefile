@@ -51,7 +51,7 @@ logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
-.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update san fault-campaign clean
+.PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-auxlog bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update san fault-campaign clean
 all: $(LIB) $(BINS)
 
 deps:
@@ -199,6 +199,12 @@ bench-failover: all
 # (SCALE_N=, FAULTS=process,host).
 bench-scale: all
 	@$(PYTHON) experiments/bench_scale.py --build $(BUILD)
+
+# rs-auxlog's relay against the mail store directly and against the kernel
+# forwarding on the auxlog host: a Roundcube-like IMAP conversation's time
+# (ROUNDS=, CONVS=; see experiments/bench_auxlog.py).
+bench-auxlog: all
+	@$(PYTHON) experiments/bench_auxlog.py --build $(BUILD)
 
 # rs-logger's capture, the tc program's ring (--capture ebpf) against
 # libpcap in the same run: CPU per GB and whether it keeps 1 GB/s without
