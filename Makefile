@@ -49,6 +49,11 @@ proxy_CFLAGS := $(shell pkg-config --cflags libnl-genl-3.0)
 proxy_DEPS  := $(BUILD)/splice.skel.h
 logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
+logger_SRC  := common/tcfilter.c common/tcfilter.h
+# rs-auxlog's tap loads rs-logger's capture program (--tap).
+auxlog_LIBS := -lbpf -lelf -lz
+auxlog_DEPS := $(BUILD)/capture.skel.h
+auxlog_SRC  := common/tcfilter.c common/tcfilter.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv
 
 .PHONY: kmod kmod-test bench-kmod bench-core bench-splice bench-auxlog bench-capture all deps test unit fuzz-smoke fuzz integration emul-check bench-emul bench-failover bench-scale bench-roundcube figures experiment-lan experiment-wan experiment-nospof regress regress-update san fault-campaign clean
@@ -110,8 +115,9 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(wildcard core/*.h) proxy/tcpsp.h p
 $(BUILD)/rs-emul: emul/rs-emul.c $(LIB)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< -o $@ $(LIB) -lnetfilter_queue -lnfnetlink -lm
 
-# common/: plumbing every daemon shares (logging, addresses, key files).
-COMMON_SRC := $(wildcard common/*.c)
+# common/: plumbing every daemon shares (logging, addresses, key files);
+# tcfilter.c (libbpf) only for the daemons that attach a tc program.
+COMMON_SRC := $(filter-out common/tcfilter.c,$(wildcard common/*.c))
 
 define daemon_rule
 $(BUILD)/rs-$(1): $(wildcard $(1)/*.c) $(wildcard $(1)/*.h) $(COMMON_SRC) $(wildcard common/*.h) $($(1)_SRC) $(LIB) $($(1)_DEPS)

@@ -36,6 +36,8 @@ struct aux_unit {
 };
 
 struct aux_conv;
+struct tap;
+struct tap_flow;
 
 /* A recorded conversation.  Keyed ones sit in the hash table and the age
  * list; a conversation before its marker keeps an unkeyed one. */
@@ -116,6 +118,7 @@ struct aux_conv {
     size_t marker;                      /* conversation index of the marker unit */
     bool cur_decided, cur_replay;       /* REPLAY: verdict on the unit in progress */
     uint64_t start_ns, bytes_c, bytes_s;
+    struct tap_flow *tap;               /* a tapped conversation (tap.c): no sockets, nothing to forward */
 };
 
 /* A listening port (--imap, --smtp) and the mail store behind it. */
@@ -143,7 +146,8 @@ struct auxlog {
     uint64_t n_records, record_bytes;
     /* stats */
     uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, stale, errors, refused,
-        superseded, drained;
+        superseded, drained, tapped, fenced;
+    struct tap *tap;                    /* --tap (tap.c), or NULL */
 };
 
 static inline const char *proto_name(enum rs_aux_proto p)
@@ -188,7 +192,9 @@ int conv_accept(void *ctx, int fd, const struct sockaddr_in *sin);
 /* Queues bytes for the backend / the mail store.  Return 0 or -ENOMEM. */
 int to_client(struct aux_conv *c, const void *p, size_t n);
 int to_upstream(struct aux_conv *c, const void *p, size_t n);
-/* Drops the first 'n' bytes of 'b'. */
+/* Appends 'n' bytes to 'b' / drops its first 'n'.  buf_add returns 0 or
+ * -ENOMEM. */
+int buf_add(struct aux_buf *b, const void *p, size_t n);
 void buf_drop(struct aux_buf *b, size_t n);
 /* Ends 'c' (both sockets closed, its record let go), logging 'why'. */
 void conv_close(struct auxlog *a, struct aux_conv *c, const char *why);
@@ -212,5 +218,22 @@ int server_scan(struct auxlog *a, struct aux_conv *c);
 /* REPLAY: 'c' waited for its record (struct aux_conv, 'waiting'): decides
  * again and goes on.  Returns 0 (perhaps waiting again) or -errno. */
 int replay_resume(struct auxlog *a, struct aux_conv *c);
+
+/* ---- tap.c --------------------------------------------------------------- */
+
+/* --tap IFACE: records the conversations this host forwards to and from the
+ * store of the listeners' upstream (one address).  Returns 0 or -errno. */
+int tap_open(struct auxlog *a, const char *ifname);
+void tap_close(struct auxlog *a);
+/* Reads the ring to its end: every segment that passed until now is in
+ * the records. */
+void tap_sync(struct auxlog *a);
+/* Backend 'ip' re-runs 'txn': the tapped conversations of it from other
+ * backends are fenced, and what they sent before is read. */
+void tap_fence_txn(struct auxlog *a, rs_txn_id txn, uint32_t ip);
+/* Ends the flows idle for long (their backend vanished without a FIN). */
+void tap_expire(struct auxlog *a);
+/* conv_close of a tapped conversation: its flow forgets it. */
+void tap_conv_closed(struct aux_conv *c);
 
 #endif /* RS_AUXLOG_H */

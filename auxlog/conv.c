@@ -17,8 +17,7 @@
 
 /* ---- Buffers ------------------------------------------------------------ */
 
-/* Appends 'n' bytes.  Returns 0 or -ENOMEM. */
-static int buf_add(struct aux_buf *b, const void *p, size_t n)
+int buf_add(struct aux_buf *b, const void *p, size_t n)
 {
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
@@ -93,13 +92,15 @@ static int flush_fd(int fd, struct aux_buf *b)
 
 int to_client(struct aux_conv *c, const void *p, size_t n)
 {
-    if (c->draining)
-        return 0;       /* its backend is not heard any more, nor told anything */
+    if (c->draining || c->tap)
+        return 0;       /* its backend is not heard any more, nor told anything; the kernel forwards a tap's */
     return buf_add(&c->cout, p, n);
 }
 
 int to_upstream(struct aux_conv *c, const void *p, size_t n)
 {
+    if (c->tap)
+        return 0;       /* the kernel forwards a tapped conversation */
     return buf_add(&c->uout, p, n);
 }
 
@@ -129,10 +130,13 @@ void conv_close(struct auxlog *a, struct aux_conv *c, const char *why)
             record_put(c->rec);     /* else after the wake */
     }
     RS_LIST_UNLINK(a->convs, c);
+    tap_conv_closed(c);
     rs_io_stop(&c->cio);
     rs_io_stop(&c->uio);
-    close(c->cfd);
-    close(c->ufd);
+    if (c->cfd >= 0)
+        close(c->cfd);
+    if (c->ufd >= 0)
+        close(c->ufd);
     buf_free(&c->cin);
     buf_free(&c->sin);
     buf_free(&c->cout);
@@ -172,7 +176,8 @@ void conv_supersede(struct auxlog *a, struct aux_conv *c)
     c->draining = true;
     c->draining_ns = rs_mono_ns();
     c->c_eof = true;
-    shutdown(c->cfd, SHUT_RDWR);
+    if (c->cfd >= 0)
+        shutdown(c->cfd, SHUT_RDWR);
     buf_free(&c->cout);
     conv_arm(a, c);
 }

@@ -23,10 +23,10 @@ static void print_stats(void *ctx)
     printf("stats: open=%u conns=%" PRIu64 " live=%" PRIu64 " unmarked=%" PRIu64 " replayed=%" PRIu64
            " caught_up=%" PRIu64 " diverged=%" PRIu64 " records=%" PRIu64 " record_bytes=%" PRIu64
            " expired=%" PRIu64 " evicted=%" PRIu64 " stale=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64
-           " superseded=%" PRIu64 " drained=%" PRIu64 "\n",
+           " superseded=%" PRIu64 " drained=%" PRIu64 " tapped=%" PRIu64 " fenced=%" PRIu64 "\n",
            a->n_convs, a->conns, a->live, a->unmarked, a->replayed, a->caught_up, a->diverged, a->n_records,
            a->record_bytes, a->expired, a->evicted, a->stale, a->errors, a->refused, a->superseded,
-           a->drained);
+           a->drained, a->tapped, a->fenced);
     fflush(stdout);
 }
 
@@ -41,6 +41,10 @@ static void usage(FILE *f)
         "\n"
         "  --imap ADDR:PORT=ADDR:PORT   IMAP listener and the IMAP server behind it\n"
         "  --smtp ADDR:PORT=ADDR:PORT   SMTP listener and the SMTP server behind it\n"
+        "  --tap IFACE                  also record the conversations this host forwards\n"
+        "                               to and from the mail store (the upstreams' address),\n"
+        "                               from a tc program on IFACE: the backends' first runs\n"
+        "                               need not come through the relay (re-runs must)\n"
         "  --ttl DUR                    how long a record is kept (default 120s)\n"
         "  --max-bytes N                all records together (default 64M; oldest go first)\n"
         "  --log FILE                   append the event log to FILE instead of stderr\n"
@@ -68,6 +72,7 @@ static void on_expire(struct rs_timer *t)
 
     records_expire(a);
     convs_expire(a);
+    tap_expire(a);
     rs_timer_after(&a->loop, t, 1000000000ull);
 }
 
@@ -114,13 +119,14 @@ int main(int argc, char **argv)
     /* A record is needed for a failover's few seconds; a long TTL only widens
      * the window in which a reused client port meets an old record. */
     static struct auxlog a = { .ttl_ns = 120ull * 1000000000ull, .max_bytes = 64u << 20 };
-    const char *log_path = NULL;
+    const char *log_path = NULL, *tap_if = NULL;
     const struct rs_opt opts[] = {
         RS_OPTION("imap", RS_OPT_FN, &a, .want = "ADDR:PORT=ADDR:PORT, once", .fn = imap_listener),
         RS_OPTION("smtp", RS_OPT_FN, &a, .want = "ADDR:PORT=ADDR:PORT, once", .fn = smtp_listener),
         RS_OPTION("ttl", RS_OPT_DURATION, &a.ttl_ns, .nonzero = true),
         RS_OPTION("max-bytes", RS_OPT_SIZE, &a.max_bytes, .nonzero = true),
         RS_OPTION("log", RS_OPT_STR, &log_path),
+        RS_OPTION("tap", RS_OPT_STR, &tap_if),
         RS_OPTIONS_END,
     };
     int err;
@@ -132,12 +138,16 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (tap_if && a.n_ls == 2 && a.ls[0].up.ip != a.ls[1].up.ip) {
+        fprintf(stderr, "rs-auxlog: --tap needs the IMAP and SMTP upstreams on one address\n");
+        return 2;
+    }
     if (log_path && (err = rs_log_to(log_path)) < 0) {
         fprintf(stderr, "rs-auxlog: cannot open --log %s: %s\n", log_path, strerror(-err));
         return 2;
     }
     rs_log_init("rs-auxlog");   /* line-buffers the (maybe reopened) stderr */
-    if (setup(&a) < 0)
+    if (setup(&a) < 0 || (tap_if && tap_open(&a, tap_if) < 0))
         return 1;
     for (unsigned i = 0; i < a.n_ls; i++) {
         printf("listening on %s %s -> %s\n", proto_name(a.ls[i].proto), RS_A(a.ls[i].laddr), RS_A(a.ls[i].up));
@@ -150,6 +160,7 @@ int main(int argc, char **argv)
         return 1;
     }
     print_stats(&a);
+    tap_close(&a);
     return 0;
 }
 

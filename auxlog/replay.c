@@ -66,7 +66,10 @@ static int catch_up(struct auxlog *a, struct aux_conv *c, size_t cur, bool cur_d
  * could do it twice), or -errno. */
 static int replay_decide(struct auxlog *a, struct aux_conv *c, const struct rs_aux_cmd *cmd, bool parsed)
 {
-    struct aux_record *r = c->rec;
+    struct aux_record *r;
+
+    tap_sync(a);        /* --tap: the record as far as the store has seen it */
+    r = c->rec;
     ptrdiff_t jj = (ptrdiff_t)c->nc + c->off;
     size_t j = (size_t)jj;
     char why[256];
@@ -124,6 +127,8 @@ static int rerun_claim(struct auxlog *a, struct aux_conv *c, rs_txn_id txn)
 {
     int e = rerun_set(a, txn, c->peer.ip);
 
+    tap_fence_txn(a, txn, c->peer.ip);      /* --tap: what they sent is in the records before this goes on */
+
     for (struct aux_conv *x = a->convs, *next; x; x = next) {
         next = x->next;
         if (x != c && x->marked && x->txn == txn && x->peer.ip != c->peer.ip && !x->draining) {
@@ -154,6 +159,13 @@ static int on_marker(struct auxlog *a, struct aux_conv *c, rs_txn_id txn, bool r
     }
     if (rerun && (e = rerun_claim(a, c, txn)) < 0)
         return e;
+    if (rerun && c->tap) {
+        /* The plugin sends a re-run through the relay; this one reached
+         * the store: nothing can be answered from a record any more. */
+        a->errors++;
+        conv_stop_recording(a, c, "a re-run on the tap, not through the relay");
+        return 0;
+    }
     if ((ord = ordinal_next(a, c->proto, txn, c->peer.ip)) < 0)
         return ord;
     c->marked = true;

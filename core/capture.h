@@ -34,7 +34,18 @@
      : (i) == 5 ? 24576u : (i) == 6 ? 32768u : (i) == 7 ? 49152u : (i) == 8 ? 65536u                 \
      : (i) == 9 ? 131072u : 262144u)
 
+/* Fenced conversations rs-auxlog's tap remembers at once (an LRU map:
+ * the oldest go first, long after their backend's retries ended). */
+#define RS_CAPTURE_FENCE_MAX 4096u
+
 /* ---- Types ---------------------------------------------------------------- */
+
+/* A fenced conversation: its backend-to-store segments' IPv4 source and
+ * destination and TCP ports, network order, as they are in the packet. */
+struct rs_capture_fence_key {
+    rs_u32 saddr, daddr;
+    unsigned short sport, dport;
+};
 
 /* One ring record: this header, then 'caplen' bytes of the segment from
  * its IPv4 header on (pcap's LINKTYPE_RAW), in a record of the class's
@@ -68,17 +79,20 @@ static inline rs_u32 rs_capture_ihl(const unsigned char *ip)
 
 /* Whether the segment with IPv4 header 'ip' (its first 20 bytes) and TCP
  * ports 'ports' (the TCP header's first 4 bytes) belongs to the service at
- * 'vip':'port': sent to it or by it.  What the logger keeps of pcap's
- * "tcp and host VIP and port PORT" (logger/conn.c counts the rest not ours). */
+ * 'vip':'port', or at 'vip':'port2' when that is not 0: sent to it or by
+ * it.  What the logger keeps of pcap's "tcp and host VIP and port PORT"
+ * (logger/conn.c counts the rest not ours); rs-auxlog's tap names the mail
+ * store's IMAP and SMTP ports. */
 static inline int rs_capture_match(const unsigned char *ip, const unsigned char *ports, rs_u32 vip,
-                                   unsigned short port)
+                                   unsigned short port, unsigned short port2)
 {
     rs_u32 saddr = ((rs_u32)ip[12] << 24) | ((rs_u32)ip[13] << 16) | ((rs_u32)ip[14] << 8) | ip[15];
     rs_u32 daddr = ((rs_u32)ip[16] << 24) | ((rs_u32)ip[17] << 16) | ((rs_u32)ip[18] << 8) | ip[19];
     unsigned short sport = (unsigned short)((ports[0] << 8) | ports[1]);
     unsigned short dport = (unsigned short)((ports[2] << 8) | ports[3]);
 
-    return (daddr == vip && dport == port) || (saddr == vip && sport == port);
+    return (daddr == vip && (dport == port || (port2 && dport == port2)))
+           || (saddr == vip && (sport == port || (port2 && sport == port2)));
 }
 
 /* ---- Record sizes --------------------------------------------------------- */

@@ -23,6 +23,7 @@
 #include "capture.h"
 #include "capture.skel.h"
 #include "logger.h"
+#include "tcfilter.h"
 
 #define EBPF_BATCH 4096            /* records per drain: sockets and timers between */
 /* While segments keep coming, the ring is read every half millisecond
@@ -47,9 +48,7 @@
 struct lg_ebpf {
     struct lg_capture_bpf *skel;
     struct ring_buffer *ring;
-    struct bpf_tc_hook hook;
-    bool hook_created;              /* we added the clsact qdisc (it stays: see ebpf_close) */
-    uint32_t prog_id;               /* our filter's program, once attached */
+    struct rs_tcfilter filter;
     int promisc_fd;                 /* holds the interface promiscuous while open */
     unsigned batch;                 /* records handled in the current drain */
     unsigned since_wake;            /* records handled since the last wake-up or poll */
@@ -164,17 +163,8 @@ static void ebpf_close(struct logger *lg)
     if (rs_io_active(&lg->capture_io))
         rs_io_stop(&lg->capture_io);
     rs_timer_stop(&lg->loop, &b->poll);
-    if (b->prog_id) {
-        LIBBPF_OPTS(bpf_tc_opts, now, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO);
-        LIBBPF_OPTS(bpf_tc_opts, opts, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO);
-
-        /* Another logger started on the interface since replaced ours:
-         * its filter stays. */
-        if (!bpf_tc_query(&b->hook, &now) && now.prog_id == b->prog_id && bpf_tc_detach(&b->hook, &opts))
-            rs_log("capture ebpf: detaching the filter from ifindex %d failed", b->hook.ifindex);
-    }
-    /* A clsact qdisc we added stays: removing it would take with it any
-     * filter someone else attached since; an empty one costs nothing. */
+    if (!rs_tcfilter_detach(&b->filter))
+        rs_log("capture ebpf: detaching the filter from ifindex %d failed", b->filter.hook.ifindex);
     ring_buffer__free(b->ring);
     lg_capture_bpf__destroy(b->skel);
     if (b->promisc_fd >= 0)
@@ -184,50 +174,18 @@ static void ebpf_close(struct logger *lg)
     lg->ebpf = NULL;
 }
 
-/* Whether the program of id 'id' is a capture program (another logger's). */
-static bool is_capture_prog(const struct lg_ebpf *b, uint32_t id)
-{
-    struct bpf_prog_info info = { 0 };
-    uint32_t len = sizeof(info);
-    int fd = bpf_prog_get_fd_by_id(id);
-    bool ours;
-
-    if (fd < 0)
-        return false;
-    ours = !bpf_obj_get_info_by_fd(fd, &info, &len)
-           && !strncmp(info.name, bpf_program__name(b->skel->progs.rs_capture_ingress), sizeof(info.name) - 1);
-    close(fd);
-    return ours;
-}
-
 /* Attaches the loaded program at 'ifindex''s ingress, replacing the filter
  * a previous logger left there.  Returns 0, -EBUSY when another program
  * holds the place, or libbpf's -errno. */
 static int ebpf_attach(struct logger *lg, int ifindex)
 {
     struct lg_ebpf *b = lg->ebpf;
-    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
-    LIBBPF_OPTS(bpf_tc_opts, old, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO);
-    LIBBPF_OPTS(bpf_tc_opts, opts, .handle = EBPF_TC_HANDLE, .priority = EBPF_TC_PRIO, .flags = BPF_TC_F_REPLACE,
-                .prog_fd = bpf_program__fd(b->skel->progs.rs_capture_ingress));
-    int e;
+    int e = rs_tcfilter_attach(&b->filter, ifindex, EBPF_TC_HANDLE, EBPF_TC_PRIO, b->skel->progs.rs_capture_ingress);
 
-    b->hook = hook;
-    e = bpf_tc_hook_create(&b->hook);
-    if (e && e != -EEXIST)
-        return e;
-    b->hook_created = e == 0;
-    if (bpf_tc_query(&b->hook, &old))
-        old.prog_id = 0;
-    if (old.prog_id && !is_capture_prog(b, old.prog_id))
-        return -EBUSY;
-    if ((e = bpf_tc_attach(&b->hook, &opts)))
-        return e;
-    b->prog_id = opts.prog_id;
-    if (old.prog_id)
+    if (!e && b->filter.replaced)
         rs_log("capture ebpf on %s: replaced the filter a previous rs-logger left (program %u)", lg->iface,
-               old.prog_id);
-    return 0;
+               b->filter.replaced);
+    return e;
 }
 
 /* Puts the interface in promiscuous mode while we run, as libpcap does for

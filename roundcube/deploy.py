@@ -470,8 +470,8 @@ class AuxLog:
     the mail store, recorded per web transaction and answered from the record
     when the alternate re-runs a transaction (seed §5: the auxiliary logger)."""
 
-    def __init__(self, tb, run_dir, host="auxlog", mailstore_ip=MAILSTORE_IP):
-        self.tb, self.host_name, self.mailstore_ip = tb, host, mailstore_ip
+    def __init__(self, tb, run_dir, host="auxlog", mailstore_ip=MAILSTORE_IP, tap=False):
+        self.tb, self.host_name, self.mailstore_ip, self.tap = tb, host, mailstore_ip, tap
         self.d = None
 
     @property
@@ -482,7 +482,8 @@ class AuxLog:
         ms = self.mailstore_ip
         self.d = self.tb.start(self.host_name, "auxlog", [
             binary("rs-auxlog"), "--imap", f"0.0.0.0:{IMAP_PORT}={ms}:{IMAP_PORT}",
-            "--smtp", f"0.0.0.0:{SMTP_PORT}={ms}:{SMTP_PORT}"], ready="listening")
+            "--smtp", f"0.0.0.0:{SMTP_PORT}={ms}:{SMTP_PORT}"]
+            + (["--tap", f"{self.host_name}-eth0"] if self.tap else []), ready="listening")
         return self
 
     def stop(self):

@@ -17,10 +17,14 @@
 
 #define ETH_HLEN_ 14
 
-/* The service, host order, and the snap length: set by rs-logger before
- * the load (read-only afterwards, so the verifier knows them). */
+/* The service, host order, and the snap length: set by rs-logger (or
+ * rs-auxlog's tap, which names a second port) before the load (read-only
+ * afterwards, so the verifier knows them). */
 const volatile __u32 rs_cap_vip = 0;
 const volatile __u16 rs_cap_port = 0;
+const volatile __u16 rs_cap_port2 = 0;
+/* rs-auxlog's tap: drop what a fenced backend sends (rs_cap_fence). */
+const volatile __u8 rs_cap_fencing = 0;
 const volatile __u32 rs_cap_snaplen = RS_CAPTURE_SNAPLEN;
 
 /* Non-zero while rs-logger reads the ring on a timer (it is busy): then a
@@ -79,8 +83,18 @@ int rs_capture_ingress(struct __sk_buff *skb)
     ihl = rs_capture_ihl(ip);
     if (!ihl || bpf_skb_load_bytes(skb, ETH_HLEN_ + ihl, ports, sizeof(ports)) < 0)
         return TC_ACT_UNSPEC;
-    if (!rs_capture_match(ip, ports, rs_cap_vip, rs_cap_port))
+    if (!rs_capture_match(ip, ports, rs_cap_vip, rs_cap_port, rs_cap_port2))
         return TC_ACT_UNSPEC;
+    if (rs_cap_fencing) {
+        struct rs_capture_fence_key k;
+
+        __builtin_memcpy(&k.saddr, ip + 12, 4);
+        __builtin_memcpy(&k.daddr, ip + 16, 4);
+        __builtin_memcpy(&k.sport, ports, 2);
+        __builtin_memcpy(&k.dport, ports + 2, 2);
+        if (bpf_map_lookup_elem(&rs_cap_fence, &k))
+            return TC_ACT_SHOT;
+    }
     len = skb->len - ETH_HLEN_;
     caplen = rs_capture_caplen(len, rs_cap_snaplen);
     switch (rs_capture_class(caplen)) {

@@ -21,4 +21,16 @@ struct {
     __type(value, struct rs_capture_counts);
 } rs_cap_counts SEC(".maps");
 
+/* rs-auxlog's tap only (rs_cap_fencing): the conversations whose
+ * backend no longer acts for its web transaction (another one re-runs
+ * it).  Key: the backend-to-store segment's addresses and ports as they
+ * are on the wire (struct rs_capture_fence_key); such segments are dropped,
+ * uncopied.  The store's replies still pass, and are copied. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, RS_CAPTURE_FENCE_MAX);
+    __type(key, struct rs_capture_fence_key);
+    __type(value, __u8);
+} rs_cap_fence SEC(".maps");
+
 #endif /* LG_BPF_MAPS_H */

@@ -63,26 +63,36 @@ static void test_match(void **state)
 
     (void)state;
     segment(ip, ports, 0x0a000002u, VIP, 40000, PORT);        /* a request */
-    assert_true(rs_capture_match(ip, ports, VIP, PORT));
+    assert_true(rs_capture_match(ip, ports, VIP, PORT, 0));
     segment(ip, ports, VIP, 0x0a000002u, PORT, 40000);        /* a response */
-    assert_true(rs_capture_match(ip, ports, VIP, PORT));
+    assert_true(rs_capture_match(ip, ports, VIP, PORT, 0));
     segment(ip, ports, 0x0a000002u, VIP, 40000, 81);          /* another port of the VIP */
-    assert_false(rs_capture_match(ip, ports, VIP, PORT));
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
     segment(ip, ports, 0x0a000002u, 0x0a000003u, 40000, PORT); /* another host's port 80 */
-    assert_false(rs_capture_match(ip, ports, VIP, PORT));
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
     /* The VIP's own client connection whose peer port happens to be 80:
      * pcap's filter takes it, the log counts it not ours; not taken. */
     segment(ip, ports, VIP, 0x0a000003u, 40000, PORT);
-    assert_false(rs_capture_match(ip, ports, VIP, PORT));
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
     segment(ip, ports, 0x0a000002u, VIP, PORT, 40000);
-    assert_false(rs_capture_match(ip, ports, VIP, PORT));
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
     /* Byte order: 10.0.0.1 is not 1.0.0.10, port 80 is not 20480. */
     segment(ip, ports, 0x0a000002u, 0x0100000au, 40000, PORT);
-    assert_false(rs_capture_match(ip, ports, VIP, PORT));
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
     segment(ip, ports, 0x0a000002u, VIP, 40000, 0x5000);
-    assert_false(rs_capture_match(ip, ports, VIP, PORT));
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
     segment(ip, ports, 0xfffffffeu, 0xfffffffdu, 65535, 65534);
-    assert_true(rs_capture_match(ip, ports, 0xfffffffdu, 65534));
+    assert_true(rs_capture_match(ip, ports, 0xfffffffdu, 65534, 0));
+    /* A second port (rs-auxlog's IMAP and SMTP); 0 names none, not port 0. */
+    segment(ip, ports, 0x0a000002u, VIP, 40000, 25);
+    assert_true(rs_capture_match(ip, ports, VIP, PORT, 25));
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
+    segment(ip, ports, VIP, 0x0a000002u, 25, 40000);
+    assert_true(rs_capture_match(ip, ports, VIP, PORT, 25));
+    segment(ip, ports, 0x0a000002u, VIP, 40000, 0);
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 0));
+    segment(ip, ports, 0x0a000002u, 0x0a000003u, 40000, 25);  /* another host's port 25 */
+    assert_false(rs_capture_match(ip, ports, VIP, PORT, 25));
 }
 
 static void test_caplen(void **state)

@@ -1,0 +1,472 @@
+/* rs-auxlog's tap (--tap IFACE): the web backends reach the mail store at
+ * its own address, routed through this host, whose kernel forwards their
+ * conversations; rs-logger's capture program (logger/bpf/capture.bpf.c),
+ * attached at IFACE's ingress, copies every segment to or from the store's
+ * IMAP and SMTP ports into a ring that this file reads.  Each TCP
+ * connection is reassembled both ways (core/reasm.h) and its bytes go
+ * through the relay's own scanning and recording (replay.c) as a
+ * conversation without sockets: the record is the same, and a re-run,
+ * which still comes through the relay, is answered from it.  Nothing
+ * waits for this process on the way: the relay's two wake-ups per round
+ * trip are gone (docs/performance.md, session 39).
+ *
+ * Fencing.  The relay held every unit until its conversation's marker was
+ * judged; here the bytes have passed when they are read.  When a backend
+ * re-runs a transaction (rerun_claim), the tapped conversations of that
+ * transaction from other backends are fenced first: the program drops
+ * their backend-to-store segments from then on (rs_cap_fence), one RCU
+ * grace period later every segment that passed before is in the ring, and
+ * the ring is read, so the record holds all the mail store saw before the
+ * re-run is answered from it.  A conversation a fenced backend opens after
+ * the re-run began is fenced once its marker is read: its first units may
+ * pass before (see docs/performance.md: holding them for a verdict is the
+ * next step). */
+#include "auxlog.h"
+
+#include <errno.h>
+#include <linux/membarrier.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "capture.h"
+#include "capture.skel.h"
+#include "list.h"
+#include "reasm.h"
+#include "tcfilter.h"
+
+#define TAP_TC_HANDLE 1
+#define TAP_TC_PRIO 2
+#define TAP_BUCKETS 1024u
+#define TAP_STREAM_CAP (64u << 10)      /* a direction's reassembly ring to start with */
+#define TAP_STREAM_MAX (32u << 20)      /* ... and at most (AUX_UNIT_MAX) */
+#define TAP_BUDGET (256ull << 20)       /* all of them together */
+#define TAP_IDLE_NS (600ull * 1000000000ull)
+
+/* One TCP connection between a backend and the store, seen on the wire. */
+struct tap_flow {
+    struct tap_flow *hnext;
+    uint32_t bip;                       /* the backend, host order */
+    uint16_t bport, sport;              /* its port, the store's */
+    struct rs_reasm c2s, s2c;
+    bool c_fin, s_fin, fenced;
+    uint32_t c_fin_seq, s_fin_seq;      /* the FIN's own seq */
+    struct aux_conv *conv;              /* NULL once it ended (or was never recorded) */
+    uint64_t last_ns;
+};
+
+struct tap {
+    struct lg_capture_bpf *skel;
+    struct ring_buffer *ring;
+    struct rs_tcfilter filter;
+    struct rs_io io;
+    struct rs_reasm_budget budget;
+    struct tap_flow *flows[TAP_BUCKETS];
+    uint32_t store;                     /* the store's address, host order */
+    bool membarrier_ok;
+};
+
+/* ---- libbpf's messages ---------------------------------------------------- */
+
+/* Loading, libbpf's warnings say why it failed (a verifier log); attaching,
+ * its notes on a filter not there yet are noise. */
+static bool libbpf_verbose;
+
+static int on_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+    return level == LIBBPF_DEBUG || !libbpf_verbose ? 0 : vfprintf(stderr, fmt, ap);
+}
+
+/* ---- Flows ---------------------------------------------------------------- */
+
+static unsigned flow_hash(uint32_t bip, uint16_t bport, uint16_t sport)
+{
+    return (unsigned)(((uint64_t)bip * 0x9e3779b97f4a7c15ull ^ ((uint64_t)bport << 16 | sport)) >> 20) % TAP_BUCKETS;
+}
+
+static struct tap_flow **flow_slot(struct tap *t, uint32_t bip, uint16_t bport, uint16_t sport)
+{
+    struct tap_flow **pp = &t->flows[flow_hash(bip, bport, sport)];
+
+    while (*pp && !((*pp)->bip == bip && (*pp)->bport == bport && (*pp)->sport == sport))
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+/* Ends flow 'f' (and its conversation, logging 'why'). */
+static void flow_end(struct auxlog *a, struct tap_flow *f, const char *why)
+{
+    struct tap_flow **pp = flow_slot(a->tap, f->bip, f->bport, f->sport);
+
+    if (f->conv)
+        conv_close(a, f->conv, why);   /* clears f->conv (tap_conv_closed) */
+    if (*pp == f)
+        *pp = f->hnext;
+    rs_reasm_free(&f->c2s);
+    rs_reasm_free(&f->s2c);
+    free(f);
+}
+
+void tap_conv_closed(struct aux_conv *c)
+{
+    if (c->tap)
+        c->tap->conv = NULL;
+    c->tap = NULL;
+}
+
+/* A new conversation for flow 'f' (its backend's SYN), as conv_accept
+ * makes one, without sockets. */
+static struct aux_conv *tap_conv_new(struct auxlog *a, struct tap_flow *f)
+{
+    struct aux_conv *c = calloc(1, sizeof(*c));
+    enum rs_aux_proto proto = RS_AUX_IMAP;
+
+    for (unsigned i = 0; i < a->n_ls; i++)
+        if (a->ls[i].up.port == f->sport)
+            proto = a->ls[i].proto;
+    if (!c)
+        return NULL;
+    c->id = ++a->next_id;
+    c->a = a;
+    c->proto = proto;
+    c->cfd = c->ufd = -1;
+    c->tap = f;
+    c->peer = (struct rs_addr){ .ip = f->bip, .port = f->bport };
+    c->up = (struct rs_addr){ .ip = a->tap->store, .port = f->sport };
+    c->start_ns = rs_mono_ns();
+    rs_aux_split_init(&c->cs, c->proto, RS_AUX_CLIENT, AUX_LINE_MAX, AUX_UNIT_MAX);
+    rs_aux_split_init(&c->ss, c->proto, RS_AUX_SERVER, AUX_LINE_MAX, AUX_UNIT_MAX);
+    c->rec = record_new(c->proto, c->peer.ip);
+    c->nc = 1;
+    RS_LIST_PUSH(a->convs, c);
+    a->n_convs++;
+    a->conns++;
+    a->tapped++;
+    if (!c->rec || record_push(a, c->rec, NULL, 0, NULL) < 0) {
+        conv_close(a, c, "error:record:no memory");
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- Fencing -------------------------------------------------------------- */
+
+static void fence(struct auxlog *a, struct tap_flow *f)
+{
+    struct rs_capture_fence_key k = {
+        .saddr = htonl(f->bip), .daddr = htonl(a->tap->store), .sport = htons(f->bport), .dport = htons(f->sport),
+    };
+    uint8_t one = 1;
+
+    if (f->fenced)
+        return;
+    if (bpf_map_update_elem(bpf_map__fd(a->tap->skel->maps.rs_cap_fence), &k, &one, BPF_ANY))
+        rs_log("tap: fencing %s: %s", RS_A(((struct rs_addr){ .ip = f->bip, .port = f->bport })), strerror(errno));
+    f->fenced = true;
+    a->fenced++;
+}
+
+/* Waits until every run of the program that may not have seen a fence has
+ * ended: tc programs run under RCU, and MEMBARRIER_CMD_GLOBAL waits for a
+ * grace period (synchronize_rcu). */
+static void grace_period(struct tap *t)
+{
+    if (t->membarrier_ok && syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
+        return;
+    usleep(20000);      /* no membarrier: far longer than a softirq's run */
+}
+
+void tap_fence_txn(struct auxlog *a, rs_txn_id txn, uint32_t ip)
+{
+    unsigned n = 0;
+
+    if (!a->tap)
+        return;
+    tap_sync(a);        /* markers that passed until now */
+    for (struct aux_conv *c = a->convs; c; c = c->next)
+        if (c->tap && c->marked && c->txn == txn && c->peer.ip != ip && !c->tap->fenced) {
+            rs_log("fence %s backend=%s txn=%s ordinal=%u: re-run by %u.%u.%u.%u", proto_name(c->proto),
+                   RS_A(c->peer), RS_TXN(txn), c->ordinal, ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
+            fence(a, c->tap);
+            n++;
+        }
+    if (n) {
+        grace_period(a->tap);
+        tap_sync(a);    /* what passed before the fence */
+    }
+}
+
+/* ---- Segments --------------------------------------------------------------- */
+
+/* Hands the new contiguous bytes of 'f''s direction 's' to its
+ * conversation.  Returns 0 or -errno (the conversation then ends). */
+static int feed(struct auxlog *a, struct tap_flow *f, bool to_store)
+{
+    struct rs_reasm *s = to_store ? &f->c2s : &f->s2c;
+
+    while (f->conv && rs_reasm_has_base(s) && rs_reasm_released_seq(s) != rs_reasm_contig_seq(s)) {
+        struct aux_conv *c = f->conv;
+        uint32_t at = rs_reasm_released_seq(s);
+        const uint8_t *p;
+        size_t n;
+        int e;
+
+        if (rs_reasm_peek(s, at, &p, &n) < 0 || n == 0)
+            break;
+        e = to_store ? (c->bytes_c += n, c->mode == AUX_RELAY ? 0 : buf_add(&c->cin, p, n))
+                     : (c->bytes_s += n, c->mode == AUX_RELAY ? 0 : buf_add(&c->sin, p, n));
+        rs_reasm_release(s, at + (uint32_t)n);
+        if (e < 0 || c->mode == AUX_RELAY)
+            continue;
+        if (to_store) {
+            if (c->mode == AUX_LIVE)
+                c->cfwd = c->cin.len;
+            e = client_scan(a, c);
+        } else {
+            e = server_scan(a, c);
+        }
+        if (e == -EACCES) {     /* another backend re-runs its transaction */
+            fence(a, f);
+            conv_close(a, c, "superseded (fenced)");
+            return 0;
+        }
+        if (e < 0)
+            return e;
+    }
+    return 0;
+}
+
+/* After 'f''s segments: ends a drained superseded conversation, wakes the
+ * replays waiting on its record, ends the flow once both sides closed. */
+static void settle(struct auxlog *a, struct tap_flow *f)
+{
+    struct aux_conv *c = f->conv;
+    bool c_eof = f->c_fin && rs_reasm_has_base(&f->c2s) && rs_reasm_contig_seq(&f->c2s) == f->c_fin_seq;
+    bool s_eof = f->s_fin && rs_reasm_has_base(&f->s2c) && rs_reasm_contig_seq(&f->s2c) == f->s_fin_seq;
+
+    if (c) {
+        c->c_eof = c->c_eof || c_eof;
+        c->u_eof = c->u_eof || s_eof;
+        if (c->draining && (c->nr >= c->nc || c->u_eof || c->mode != AUX_LIVE))
+            conv_close(a, c, "superseded (drained)");
+        else if (c->draining && c->rec)
+            replay_wake(a, c->rec);
+    }
+    if (c_eof && s_eof)
+        flow_end(a, f, "closed");
+}
+
+static void on_segment(struct auxlog *a, const uint8_t *ip, size_t len)
+{
+    struct tap *t = a->tap;
+    uint32_t ihl = rs_capture_ihl(ip), saddr, daddr, seq, doff;
+    uint16_t sport, dport, bport, stport;
+    uint8_t flags;
+    bool to_store;
+    struct tap_flow **pp, *f;
+    const uint8_t *tcp;
+    size_t plen;
+
+    if (len < 20 || !ihl || len < ihl + 20)
+        return;
+    tcp = ip + ihl;
+    saddr = (uint32_t)ip[12] << 24 | (uint32_t)ip[13] << 16 | (uint32_t)ip[14] << 8 | ip[15];
+    daddr = (uint32_t)ip[16] << 24 | (uint32_t)ip[17] << 16 | (uint32_t)ip[18] << 8 | ip[19];
+    sport = (uint16_t)(tcp[0] << 8 | tcp[1]);
+    dport = (uint16_t)(tcp[2] << 8 | tcp[3]);
+    seq = (uint32_t)tcp[4] << 24 | (uint32_t)tcp[5] << 16 | (uint32_t)tcp[6] << 8 | tcp[7];
+    doff = (uint32_t)(tcp[12] >> 4) * 4;
+    flags = tcp[13];
+    if (doff < 20 || len < ihl + doff)
+        return;
+    plen = ((size_t)ip[2] << 8 | ip[3]) < len ? ((size_t)ip[2] << 8 | ip[3]) : len;
+    plen = plen > ihl + doff ? plen - ihl - doff : 0;
+    to_store = daddr == t->store;
+    bport = to_store ? sport : dport;
+    stport = to_store ? dport : sport;
+    pp = flow_slot(t, to_store ? saddr : daddr, bport, stport);
+    f = *pp;
+    if (to_store && (flags & 0x02) && !(flags & 0x10)) {        /* the backend's SYN */
+        if (f && rs_reasm_has_base(&f->c2s) && rs_reasm_base_seq(&f->c2s) == seq + 1)
+            return;     /* retransmitted */
+        if (f)
+            flow_end(a, f, "port used again");
+        if (!(f = calloc(1, sizeof(*f))))
+            return;
+        f->bip = saddr;
+        f->bport = bport;
+        f->sport = stport;
+        if (rs_reasm_init(&f->c2s, &t->budget, TAP_STREAM_CAP) || rs_reasm_init(&f->s2c, &t->budget, TAP_STREAM_CAP)) {
+            rs_reasm_free(&f->c2s);
+            rs_reasm_free(&f->s2c);
+            free(f);
+            a->errors++;
+            return;
+        }
+        rs_reasm_set_base(&f->c2s, seq + 1);
+        pp = flow_slot(t, f->bip, f->bport, f->sport);
+        f->hnext = *pp;
+        *pp = f;
+        f->conv = tap_conv_new(a, f);
+    }
+    if (!f)
+        return;         /* joined mid-conversation (not recorded), or ended */
+    f->last_ns = rs_mono_ns();
+    if (flags & 0x04) {         /* RST */
+        flow_end(a, f, to_store ? "reset by the backend" : "reset by the store");
+        return;
+    }
+    if (!to_store && (flags & 0x12) == 0x12 && !rs_reasm_has_base(&f->s2c))
+        rs_reasm_set_base(&f->s2c, seq + 1);
+    if (flags & 0x02)
+        seq++;
+    if (plen) {
+        struct rs_reasm *s = to_store ? &f->c2s : &f->s2c;
+        size_t want = (size_t)(rs_reasm_contig_off(s) - rs_reasm_released_off(s)) + plen + (seq - rs_reasm_contig_seq(s));
+
+        if (want > s->cap && want <= TAP_STREAM_MAX)
+            rs_reasm_grow(s, want * 2 > TAP_STREAM_MAX ? TAP_STREAM_MAX : want * 2);
+        rs_reasm_add(s, seq, tcp + doff, plen);
+    }
+    if (flags & 0x01) {         /* FIN */
+        if (to_store) {
+            f->c_fin = true;
+            f->c_fin_seq = seq + (uint32_t)plen;
+        } else {
+            f->s_fin = true;
+            f->s_fin_seq = seq + (uint32_t)plen;
+        }
+    }
+    if (plen && f->conv) {
+        int e = feed(a, f, to_store);
+        if (e < 0 && f->conv) {
+            char why[160];
+            a->errors++;
+            snprintf(why, sizeof(why), "error:%s:%s", to_store ? "backend" : "store", strerror(-e));
+            conv_close(a, f->conv, why);
+        }
+    }
+    settle(a, f);
+}
+
+static int on_record(void *ctx, void *data, size_t size)
+{
+    const struct rs_capture_rec *r = data;
+
+    if (size >= sizeof(*r) && r->caplen <= size - sizeof(*r))
+        on_segment(ctx, (const uint8_t *)(r + 1), r->caplen);
+    return 0;
+}
+
+void tap_sync(struct auxlog *a)
+{
+    if (a->tap && a->tap->ring) {
+        int e = ring_buffer__consume(a->tap->ring);
+        if (e < 0)
+            rs_log("tap: reading the ring: %s", strerror(-e));
+    }
+}
+
+static void on_readable(struct rs_io *io, uint32_t events)
+{
+    (void)events;
+    tap_sync(io->ctx);
+}
+
+void tap_expire(struct auxlog *a)
+{
+    uint64_t now = rs_mono_ns();
+
+    if (!a->tap)
+        return;
+    for (unsigned b = 0; b < TAP_BUCKETS; b++)
+        for (struct tap_flow *f = a->tap->flows[b], *next; f; f = next) {
+            next = f->hnext;
+            if (now - f->last_ns > TAP_IDLE_NS)
+                flow_end(a, f, "idle");
+        }
+}
+
+/* ---- Set-up and tear-down ----------------------------------------------------- */
+
+void tap_close(struct auxlog *a)
+{
+    struct tap *t = a->tap;
+
+    if (!t)
+        return;
+    rs_io_stop(&t->io);
+    for (unsigned b = 0; b < TAP_BUCKETS; b++)
+        while (t->flows[b])
+            flow_end(a, t->flows[b], "exiting");
+    if (t->skel && !rs_tcfilter_detach(&t->filter))
+        rs_log("tap: detaching the filter from ifindex %d failed", t->filter.hook.ifindex);
+    ring_buffer__free(t->ring);
+    lg_capture_bpf__destroy(t->skel);
+    free(t);
+    a->tap = NULL;
+}
+
+int tap_open(struct auxlog *a, const char *ifname)
+{
+    struct tap *t = calloc(1, sizeof(*t));
+    const char *step = "allocate";
+    int ifindex = (int)if_nametoindex(ifname), e = -ENOMEM;
+    struct rs_addr store = a->ls[0].up;
+
+    if (!t)
+        goto fail;
+    a->tap = t;
+    rs_reasm_budget_init(&t->budget, TAP_BUDGET);
+    t->store = store.ip;
+    libbpf_set_print(on_libbpf);
+    e = -ENODEV;
+    step = "find the interface";
+    if (!ifindex)
+        goto fail;
+    step = "open the program";
+    if (!(t->skel = lg_capture_bpf__open())) {
+        e = -errno;
+        goto fail;
+    }
+    t->skel->rodata->rs_cap_vip = store.ip;
+    t->skel->rodata->rs_cap_port = a->ls[0].up.port;
+    t->skel->rodata->rs_cap_port2 = a->n_ls > 1 ? a->ls[1].up.port : 0;
+    t->skel->rodata->rs_cap_fencing = 1;
+    step = "load the program";
+    libbpf_verbose = true;
+    e = lg_capture_bpf__load(t->skel);
+    libbpf_verbose = false;
+    if (e)
+        goto fail;
+    step = "attach it";
+    if ((e = rs_tcfilter_attach(&t->filter, ifindex, TAP_TC_HANDLE, TAP_TC_PRIO, t->skel->progs.rs_capture_ingress)))
+        goto fail;
+    step = "map its ring";
+    if (!(t->ring = ring_buffer__new(bpf_map__fd(t->skel->maps.rs_cap_ring), on_record, a, NULL))) {
+        e = -errno;
+        goto fail;
+    }
+    step = "poll its ring";
+    if ((e = rs_io_start(&a->loop, &t->io, bpf_map__fd(t->skel->maps.rs_cap_ring), EPOLLIN, on_readable, a)))
+        goto fail;
+    t->membarrier_ok = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) > 0
+                       && (syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) & MEMBARRIER_CMD_GLOBAL);
+    rs_log("tap on %s: the conversations forwarded to and from %s (ports %u, %u)%s%s", ifname, RS_A(store),
+           a->ls[0].up.port, a->n_ls > 1 ? a->ls[1].up.port : 0,
+           t->filter.replaced ? "; replaced a previous rs-auxlog's filter" : "",
+           t->membarrier_ok ? "" : "; no membarrier: fences wait 20 ms");
+    return 0;
+fail:
+    rs_log("tap on %s: cannot %s: %s", ifname, step, strerror(e < 0 ? -e : EINVAL));
+    tap_close(a);
+    return e < 0 ? e : -EINVAL;
+}

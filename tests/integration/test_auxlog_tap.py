@@ -1,0 +1,181 @@
+"""rs-auxlog --tap on the LAN testbed: the backends reach the mail store at
+its own address, routed through the auxlog host, whose kernel forwards;
+rs-auxlog records what passes from a tc program's ring, and a re-run,
+which comes through its relay, is answered from that record.
+
+Checked from outside: the mail store's own Maildir (an APPEND stored once),
+the clients' replies (the re-run gets the first run's), and the fences:
+a backend whose transaction another one re-runs gets nothing more to the
+store, whether its conversation was open then (hung, SIGSTOP) or opened
+after.  rs-auxlog's death (SIGKILL) does not stop the mail: the kernel
+forwards on, and a successor replaces the filter its predecessor left."""
+import os
+import re
+import signal
+import sys
+import time
+import shutil
+import tempfile
+import unittest
+
+from emul.shaping import wait_until
+from emul.testbed import Testbed
+from roundcube.deploy import AUXLOG_IP, MAILSTORE_IP, USERS, AuxLog, MailStore, count_messages
+from tests.integration.harness import needs_root
+from topologies.lan import LanTopo
+
+# An IMAP client: argv HOST MARKER TXN STEP..., one line out per tagged
+# reply ("A2 OK ..."); a step "wait:PATH" waits for that file first.
+# Exits 3 when a reply does not come within 2 s (a fenced backend).
+IMAP_CLIENT = r"""
+import os, socket, sys, time
+host, marker, txn, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+s = socket.create_connection((host, 143), timeout=5)
+f = s.makefile("rb")
+print("greeting", f.readline().decode().strip(), flush=True)
+MSG = b"From: a@example.org\r\nSubject: tapped\r\n\r\nonce\r\n"
+cmds = {"id": f'ID ("name" "t" "{marker}" "{txn}")', "select": "SELECT INBOX", "logout": "LOGOUT"}
+n = 0
+for st in steps:
+    if st.startswith("wait:"):
+        while not os.path.exists(st[5:]):
+            time.sleep(0.01)
+        continue
+    n += 1
+    tag = f"A{n}"
+    if st == "append":
+        s.sendall(f"{tag} APPEND INBOX {{{len(MSG)}+}}\r\n".encode() + MSG + b"\r\n")
+    elif st == "login":
+        s.sendall(f"{tag} LOGIN alice {os.environ['PW']}\r\n".encode())
+    else:
+        s.sendall(f"{tag} {cmds[st]}\r\n".encode())
+    s.settimeout(2)
+    try:
+        while True:
+            line = f.readline()
+            if not line:
+                print("eof", flush=True)
+                sys.exit(4)
+            if line.startswith(tag.encode() + b" "):
+                print(line.decode().strip(), flush=True)
+                break
+    except socket.timeout:
+        print("no reply", st, flush=True)
+        sys.exit(3)
+"""
+
+TXN = "10.0.1.1:41000#7"
+
+
+@needs_root
+class TestAuxlogTap(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="rs-test-tap-")
+        os.chmod(self.dir, 0o755)
+        self.tb = Testbed(LanTopo(), os.path.join(self.dir, "run")).__enter__()
+        self.addCleanup(self.tb.__exit__, None, None, None)
+        self.ms = MailStore(self.tb, self.tb.run_dir).start()
+        self.addCleanup(self.ms.stop)
+        self.aux = AuxLog(self.tb, self.tb.run_dir, tap=True).start()
+        self.addCleanup(lambda: self.aux.stop())
+        aux = self.tb["auxlog"]
+        aux.cmd("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 "
+                "net.ipv4.conf.auxlog-eth0.send_redirects=0")
+        for h in ("primary", "alternate"):
+            self.tb[h].cmd(f"ip route replace {MAILSTORE_IP}/32 via {AUXLOG_IP}")
+            self.tb["mailstore"].cmd(f"ip route replace {self.tb[h].IP()}/32 via {AUXLOG_IP}")
+        self.script = os.path.join(self.dir, "imapc.py")
+        with open(self.script, "w") as f:
+            f.write(IMAP_CLIENT)
+        self.n = 0
+
+    def tearDown(self):
+        if os.environ.get("RS_KEEP"):
+            shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def imap(self, host, to, marker, steps, wait=True):
+        self.n += 1
+        d = self.tb.start(host, f"imap-{host}-{self.n}", [sys.executable, self.script, to, marker, TXN] + steps,
+                          env=dict(os.environ, PW=USERS["alice"]))
+        if wait:
+            d.popen.wait(20)
+        return d
+
+    def log(self):
+        with open(self.aux.d.err) as f:
+            return f.read()
+
+    def inbox(self):
+        return count_messages(self.tb.run_dir, "alice", "INBOX")
+
+    def test_tapped_conversation_recorded_and_replayed(self):
+        """The primary's APPEND reaches the store through the kernel and
+        is recorded; the alternate's re-run through the relay gets the
+        same replies and stores nothing."""
+        before = self.inbox()
+        first = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "append", "logout"])
+        self.assertEqual(first.popen.returncode, 0, first.output())
+        self.assertEqual(self.inbox(), before + 1)
+        self.assertTrue(wait_until(lambda: "end imap backend=10.0.0.11" in self.log(), 5), self.log())
+        self.assertRegex(self.log(), rf"live imap backend=10\.0\.0\.11:\d+ txn={re.escape(TXN)} ordinal=0")
+        rerun = self.imap("alternate", AUXLOG_IP, "x-resplice-rerun", ["id", "login", "select", "append", "logout"])
+        self.assertEqual(rerun.popen.returncode, 0, rerun.output())
+        self.assertRegex(self.log(), rf"replay imap backend=10\.0\.0\.12:\d+ txn={re.escape(TXN)} ordinal=0 "
+                         r"from=10\.0\.0\.11")
+        # The same replies, the APPEND's UID included.
+        self.assertEqual(first.output().splitlines()[1:], rerun.output().splitlines()[1:])
+        self.assertEqual(self.inbox(), before + 1)
+
+    def test_rerun_fences_a_hung_backends_open_conversation(self):
+        """The primary logs in and hangs before its APPEND; the alternate
+        re-runs the transaction through the relay (the APPEND stored once,
+        by it); the primary resumes and sends its APPEND: dropped on the
+        way, it never reaches the store."""
+        go = os.path.join(self.dir, "resume")
+        before = self.inbox()
+        hung = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", f"wait:{go}", "append"],
+                         wait=False)
+        self.assertTrue(wait_until(lambda: "A3 OK" in hung.output(), 10), hung.output())
+        self.assertTrue(wait_until(lambda: "live imap backend=10.0.0.11" in self.log(), 5), self.log())
+        rerun = self.imap("alternate", AUXLOG_IP, "x-resplice-rerun", ["id", "login", "select", "append", "logout"])
+        self.assertEqual(rerun.popen.returncode, 0, rerun.output())
+        self.assertRegex(self.log(), r"fence imap backend=10\.0\.0\.11:\d+ txn=")
+        self.assertEqual(self.inbox(), before + 1)
+        open(go, "w").close()
+        hung.popen.wait(10)
+        self.assertEqual(hung.popen.returncode, 3, hung.output())     # its APPEND got no reply
+        time.sleep(0.5)
+        self.assertEqual(self.inbox(), before + 1)
+
+    def test_rerun_fences_a_conversation_opened_after(self):
+        """The alternate re-runs the transaction first; the primary, resumed
+        later, opens a conversation for it: fenced at its marker, its
+        APPEND never reaches the store."""
+        before = self.inbox()
+        rerun = self.imap("alternate", AUXLOG_IP, "x-resplice-rerun", ["id", "login", "select", "append", "logout"])
+        self.assertEqual(rerun.popen.returncode, 0, rerun.output())
+        self.assertEqual(self.inbox(), before + 1)
+        late = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "append", "logout"])
+        self.assertNotEqual(late.popen.returncode, 0, late.output())
+        self.assertRegex(self.log(), r"superseded \(fenced\)")
+        time.sleep(0.5)
+        self.assertEqual(self.inbox(), before + 1)
+
+    def test_mail_goes_on_without_rs_auxlog(self):
+        """SIGKILL of rs-auxlog: the primary's mail still flows (the kernel
+        forwards it, unrecorded); a new rs-auxlog replaces the filter the
+        dead one left, and records again."""
+        self.tb.kill(self.aux.d)
+        before = self.inbox()
+        d = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "append", "logout"])
+        self.assertEqual(d.popen.returncode, 0, d.output())
+        self.assertEqual(self.inbox(), before + 1)
+        self.aux = AuxLog(self.tb, self.tb.run_dir, tap=True).start()
+        self.assertIn("replaced a previous rs-auxlog's filter", self.log())
+        d = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "logout"])
+        self.assertEqual(d.popen.returncode, 0, d.output())
+        self.assertTrue(wait_until(lambda: "end imap backend=10.0.0.11" in self.log(), 5), self.log())
+        filters = self.tb["auxlog"].cmd("tc filter show dev auxlog-eth0 ingress")
+        self.assertEqual(len(re.findall(r"handle 0x1 rs_capture_ingr", filters)), 1, filters)
+
