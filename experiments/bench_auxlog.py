@@ -16,18 +16,21 @@ them for Roundcube):
             store and records the conversation: what Roundcube behind
             resplice does today
   forward   it talks to the mail store, routed through the auxlog host,
-            whose kernel forwards it (no process in the path): what a
-            recorder that copies the segments on their way (a tc program,
-            as rs-logger does) would at best cost
+            whose kernel forwards it (no process in the path, nothing
+            recorded): the floor of a recorder off the path
+  tap       the same with rs-auxlog --tap, which records it from a tc
+            program's ring on the auxlog host: what Roundcube's first runs
+            cost with the tap (re-runs still come through the relay)
 
 Figures: a conversation's time (connect to the LOGOUT's answer), p50 and
 p99, and its extra over direct; rs-auxlog's CPU (user + system, /proc) per
-1000 conversations.  ROUNDS= (default 5) repeats the deployments in turn (each round
+1000 conversations (the tc program's copies are the kernel's, not in it).  ROUNDS= (default 5) repeats the deployments in turn (each round
 starting with the next one);
 each ratio to direct is taken within a round and the median of the rounds'
 ratios printed with their range (these machines drift).  The benchmark
-checks that rs-auxlog recorded every conversation it relayed (its stats'
-'live' count), so that it measures what it claims.
+checks that rs-auxlog recorded every conversation it relayed or tapped
+(its stats' 'live' count), and none it did not, so that it measures what
+it claims.
 
 Measured here (docs/performance.md, session 39): a relayed conversation
 costs ~0.9 ms more than a direct one (~1.25x), a forwarded one nothing
@@ -50,7 +53,8 @@ from experiments.common import ROOT, Progress, WorkDir, median, summary  # noqa:
 from roundcube.deploy import AUXLOG_IP, IMAP_PORT, MAILSTORE_IP, USERS, AuxLog, MailStore  # noqa: E402
 from topologies.lan import LanTopo  # noqa: E402
 
-DEPLOYMENTS = ("direct", "auxlog", "forward")
+DEPLOYMENTS = ("direct", "auxlog", "forward", "tap")
+RECORDED = ("auxlog", "tap")
 BACKEND = "primary"
 
 
@@ -134,10 +138,17 @@ class Bench:
         line = [ln for ln in d.output().splitlines() if ln.startswith("stats:")][-1]
         return int(dict(kv.split("=", 1) for kv in line.split()[1:])["live"])
 
+    def _auxlog(self, tap):
+        """rs-auxlog running with --tap or without."""
+        if self.aux.tap != tap:
+            self.aux.stop()
+            self.aux = AuxLog(self.tb, self.dir, tap=tap).start()
+
     def run(self, name, n):
         """'n' conversations through deployment 'name': (their ms, rs-auxlog's
         CPU seconds, conversations it recorded)."""
-        self._route(name == "forward")
+        self._auxlog(name == "tap")
+        self._route(name in ("forward", "tap"))
         host = AUXLOG_IP if name == "auxlog" else MAILSTORE_IP
         live0, cpu0 = self.live(), _cpu_s(self.aux.d.pid)
         out = os.path.join(self.dir, f"client-{name}-{self.next_txn}.json")
@@ -169,7 +180,7 @@ def main():
     if rounds < 1 or n < 1:
         sys.exit("bench-auxlog: ROUNDS and CONVS must be at least 1")
     os.makedirs(a.out, exist_ok=True)
-    p50, p99, cpu = {d: [] for d in DEPLOYMENTS}, {d: [] for d in DEPLOYMENTS}, []
+    p50, p99, cpu = {d: [] for d in DEPLOYMENTS}, {d: [] for d in DEPLOYMENTS}, {d: [] for d in RECORDED}
     progress = Progress(rounds * len(DEPLOYMENTS))
     with WorkDir("rs-bench-auxlog-") as work, Testbed(LanTopo(), work.path) as tb:
         b = Bench(tb, work.path)
@@ -178,17 +189,17 @@ def main():
             for k in range(rounds):
                 # Each round starts with another deployment: the one after a
                 # given other finds the machine as that one left it.
-                for name in DEPLOYMENTS[k % 3:] + DEPLOYMENTS[:k % 3]:
+                for name in DEPLOYMENTS[k % len(DEPLOYMENTS):] + DEPLOYMENTS[:k % len(DEPLOYMENTS)]:
                     progress.step(f"round {k + 1}: {name} x{n}")
                     ms, cpu_s, live = b.run(name, n)
-                    want = n if name == "auxlog" else 0
+                    want = n if name in RECORDED else 0
                     if live != want:
                         sys.exit(f"bench-auxlog: rs-auxlog recorded {live} of the {name} deployment's "
                                  f"{n} conversations (want {want})")
                     p50[name].append(median(ms))
                     p99[name].append(pct(ms, 99))
-                    if name == "auxlog":
-                        cpu.append(cpu_s / n * 1000)
+                    if name in RECORDED:
+                        cpu[name].append(cpu_s / n * 1000)
         finally:
             b.stop()
     print()
@@ -207,9 +218,10 @@ def main():
         print(f"{label:28s}" + "".join(f"{c:>22s}" for c in cells))
     extra = {d: median([v - b for v, b in zip(p50[d], p50["direct"])]) for d in DEPLOYMENTS if d != "direct"}
     print(f"{'extra over direct, p50 ms':28s}{'':>22s}" + "".join(f"{extra[d]:22.3f}" for d in extra))
-    print(f"{'rs-auxlog CPU s/1000 convs':28s}{'':>22s}{median(cpu):22.3f}")
+    print(f"{'rs-auxlog CPU s/1000 convs':28s}" + "".join(f"{median(cpu[d]):22.3f}" if d in cpu else f"{'':>22s}"
+                                                         for d in DEPLOYMENTS))
     kv += [(f"extra_{d}_ms", round(v, 3)) for d, v in extra.items()]
-    kv.append(("auxlog_cpu_s_per_1000", round(median(cpu), 3)))
+    kv += [(f"{d}_cpu_s_per_1000", round(median(cpu[d]), 3)) for d in RECORDED]
     line = summary(*kv)
     with open(os.path.join(a.out, "summary.txt"), "w") as f:
         f.write(line + "\n")

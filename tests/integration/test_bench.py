@@ -93,7 +93,7 @@ class TestBenchAuxlog(unittest.TestCase):
     def test_every_deployment_measured(self):
         """bench-auxlog times each deployment's conversations, prints each
         ratio within its range, and rs-auxlog recorded exactly the relayed
-        ones (the bench exits 1 otherwise)."""
+        and the tapped ones (the bench exits 1 otherwise)."""
         with tempfile.TemporaryDirectory(prefix="rs-test-bench-") as out:
             env = dict(os.environ, CONVS="10", ROUNDS="2")
             r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "bench_auxlog.py"), "--out", out],
@@ -101,11 +101,12 @@ class TestBenchAuxlog(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-3000:])
             s = summary(r.stdout)
             self.assertEqual(s.get("convs"), "10", s)
-            for dep in ("auxlog", "forward"):
+            for dep in ("auxlog", "forward", "tap"):
                 for fig in ("p50", "p99"):
                     lo, x, hi = (float(s[f"x_{dep}_{fig}{k}"]) for k in ("_lo", "", "_hi"))
                     self.assertTrue(0 < lo <= x <= hi, (dep, fig, lo, x, hi))
-            self.assertGreater(float(s["auxlog_cpu_s_per_1000"]), 0, s)
+            for dep in ("auxlog", "tap"):       # /proc's ticks: 10 conversations may round to 0
+                self.assertGreaterEqual(float(s[f"{dep}_cpu_s_per_1000"]), 0, s)
             with open(os.path.join(out, "summary.txt")) as f:
                 self.assertEqual(summary(f.read()), s)
         self.assertEqual(leftovers(), [])
