@@ -46,7 +46,7 @@
 #define TAP_TC_HANDLE 1
 #define TAP_TC_PRIO 2
 #define TAP_BUCKETS 1024u
-#define TAP_STREAM_CAP (64u << 10)      /* a direction's reassembly ring to start with */
+#define TAP_STREAM_CAP (16u << 10)      /* a direction's reassembly ring to start with */
 #define TAP_STREAM_MAX (32u << 20)      /* ... and at most (AUX_UNIT_MAX) */
 #define TAP_BUDGET (256ull << 20)       /* all of them together */
 #define TAP_IDLE_NS (600ull * 1000000000ull)
@@ -159,11 +159,16 @@ static struct aux_conv *tap_conv_new(struct auxlog *a, struct tap_flow *f)
 
 /* ---- Fencing -------------------------------------------------------------- */
 
+static struct rs_capture_fence_key fence_key(const struct tap *t, uint32_t bip, uint16_t bport, uint16_t sport)
+{
+    return (struct rs_capture_fence_key){
+        .saddr = htonl(bip), .daddr = htonl(t->store), .sport = htons(bport), .dport = htons(sport),
+    };
+}
+
 static void fence(struct auxlog *a, struct tap_flow *f)
 {
-    struct rs_capture_fence_key k = {
-        .saddr = htonl(f->bip), .daddr = htonl(a->tap->store), .sport = htons(f->bport), .dport = htons(f->sport),
-    };
+    struct rs_capture_fence_key k = fence_key(a->tap, f->bip, f->bport, f->sport);
     uint8_t one = 1;
 
     if (f->fenced)
@@ -172,6 +177,16 @@ static void fence(struct auxlog *a, struct tap_flow *f)
         rs_log("tap: fencing %s: %s", RS_A(((struct rs_addr){ .ip = f->bip, .port = f->bport })), strerror(errno));
     f->fenced = true;
     a->fenced++;
+}
+
+/* A new connection from a fenced backend's address and port (the program
+ * lets SYNs through): it is judged anew, at its own marker.  Its next
+ * segments may come before this, and are dropped and retransmitted. */
+static void unfence(struct auxlog *a, uint32_t bip, uint16_t bport, uint16_t sport)
+{
+    struct rs_capture_fence_key k = fence_key(a->tap, bip, bport, sport);
+
+    bpf_map_delete_elem(bpf_map__fd(a->tap->skel->maps.rs_cap_fence), &k);
 }
 
 /* Waits until every run of the program that may not have seen a fence has
@@ -224,7 +239,9 @@ static int feed(struct auxlog *a, struct tap_flow *f, bool to_store)
         e = to_store ? (c->bytes_c += n, c->mode == AUX_RELAY ? 0 : buf_add(&c->cin, p, n))
                      : (c->bytes_s += n, c->mode == AUX_RELAY ? 0 : buf_add(&c->sin, p, n));
         rs_reasm_release(s, at + (uint32_t)n);
-        if (e < 0 || c->mode == AUX_RELAY)
+        if (e < 0)
+            return e;
+        if (c->mode == AUX_RELAY)
             continue;
         if (to_store) {
             if (c->mode == AUX_LIVE)
@@ -299,6 +316,8 @@ static void on_segment(struct auxlog *a, const uint8_t *ip, size_t len)
             return;     /* retransmitted */
         if (f)
             flow_end(a, f, "port used again");
+        if (a->fenced)
+            unfence(a, saddr, bport, stport);
         if (!(f = calloc(1, sizeof(*f))))
             return;
         f->bip = saddr;
@@ -329,12 +348,18 @@ static void on_segment(struct auxlog *a, const uint8_t *ip, size_t len)
     if (flags & 0x02)
         seq++;
     if (plen) {
+        /* The ring holds what is not fed yet: bytes beyond a hole, and this
+         * segment (a GSO one is ~64 KB). */
         struct rs_reasm *s = to_store ? &f->c2s : &f->s2c;
-        size_t want = (size_t)(rs_reasm_contig_off(s) - rs_reasm_released_off(s)) + plen + (seq - rs_reasm_contig_seq(s));
+        int32_t ahead = (int32_t)(seq - rs_reasm_contig_seq(s));
+        size_t want = (size_t)(rs_reasm_contig_off(s) - rs_reasm_released_off(s)) + plen + (ahead > 0 ? (size_t)ahead : 0);
 
         if (want > s->cap && want <= TAP_STREAM_MAX)
             rs_reasm_grow(s, want * 2 > TAP_STREAM_MAX ? TAP_STREAM_MAX : want * 2);
-        rs_reasm_add(s, seq, tcp + doff, plen);
+        if (rs_reasm_add(s, seq, tcp + doff, plen) < 0 && f->conv) {
+            a->errors++;
+            conv_stop_recording(a, f->conv, "a segment the reassembly could not keep");
+        }
     }
     if (flags & 0x01) {         /* FIN */
         if (to_store) {

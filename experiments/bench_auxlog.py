@@ -109,23 +109,15 @@ class Bench:
     def __init__(self, tb, run_dir):
         self.tb, self.dir = tb, run_dir
         self.ms = MailStore(tb, run_dir).start()
-        self.aux = AuxLog(tb, run_dir).start()
+        self.aux = AuxLog(tb, run_dir, tap=False).start()
         aux = tb["auxlog"]
         aux.cmd("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 "
                 f"net.ipv4.conf.{aux.defaultIntf()}.send_redirects=0")
         self.next_txn = 0
 
     def stop(self):
-        self._route(False)
         self.aux.stop()
         self.ms.stop()
-
-    def _route(self, on):
-        """The primary's and the mail store's way to each other: through the
-        auxlog host (on) or straight (off)."""
-        op = "replace" if on else "del"
-        self.tb[BACKEND].cmd(f"ip route {op} {MAILSTORE_IP}/32 via {AUXLOG_IP} 2>/dev/null")
-        self.tb["mailstore"].cmd(f"ip route {op} {self.tb[BACKEND].IP()}/32 via {AUXLOG_IP} 2>/dev/null")
 
     def live(self):
         """rs-auxlog's count of recorded conversations (its stats line)."""
@@ -148,7 +140,7 @@ class Bench:
         """'n' conversations through deployment 'name': (their ms, rs-auxlog's
         CPU seconds, conversations it recorded)."""
         self._auxlog(name == "tap")
-        self._route(name in ("forward", "tap"))
+        self.aux.route(BACKEND, name in ("forward", "tap"))
         host = AUXLOG_IP if name == "auxlog" else MAILSTORE_IP
         live0, cpu0 = self.live(), _cpu_s(self.aux.d.pid)
         out = os.path.join(self.dir, f"client-{name}-{self.next_txn}.json")
@@ -161,7 +153,7 @@ class Bench:
             ms = json.loads(f.read())
             json.dump(ms, g)
         cpu = _cpu_s(self.aux.d.pid) - cpu0
-        self._route(False)
+        self.aux.route(BACKEND, False)
         return ms, cpu, self.live() - live0
 
 

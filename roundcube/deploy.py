@@ -42,6 +42,9 @@ DOVECOT = "/usr/sbin/dovecot"
 
 MAILSTORE_IP = SERVERS["mailstore"]
 AUXLOG_IP = SERVERS["auxlog"]
+# How rs-auxlog records the backends' first runs: "tap" (forwarded by its
+# host, recorded on the way: rs-auxlog --tap) or "relay" (through it).
+AUXLOG_TAP = os.environ.get("RS_AUXLOG", "relay") == "tap"
 IMAP_PORT, SMTP_PORT = 143, 25
 HTTP_PORT = APP_PORT            # Roundcube alone, or the front before it (lighttpd then on UPSTREAM_PORT)
 PLUGIN_SRC = os.path.join(ROOT, "roundcube", "plugins", "resplice")
@@ -468,11 +471,19 @@ def descendants(pid):
 class AuxLog:
     """rs-auxlog on 'host': IMAP and SMTP of both backends pass through it to
     the mail store, recorded per web transaction and answered from the record
-    when the alternate re-runs a transaction (seed §5: the auxiliary logger)."""
+    when the alternate re-runs a transaction (seed §5: the auxiliary logger).
 
-    def __init__(self, tb, run_dir, host="auxlog", mailstore_ip=MAILSTORE_IP, tap=False):
-        self.tb, self.host_name, self.mailstore_ip, self.tap = tb, host, mailstore_ip, tap
+    'tap' (rs-auxlog --tap): the backends reach the mail store at its own
+    address, routed through 'host', whose kernel forwards (route() puts a
+    backend on that way), and rs-auxlog records what passes; a re-run still
+    connects to rs-auxlog (the plugin's resplice_auxlog_host)."""
+
+    def __init__(self, tb, run_dir, host="auxlog", mailstore_ip=MAILSTORE_IP, tap=None, store_host="mailstore"):
+        self.tb, self.host_name, self.mailstore_ip = tb, host, mailstore_ip
+        self.tap = AUXLOG_TAP if tap is None else tap
+        self.store_host = store_host
         self.d = None
+        self.routed = set()
 
     @property
     def ip(self):
@@ -484,9 +495,24 @@ class AuxLog:
             binary("rs-auxlog"), "--imap", f"0.0.0.0:{IMAP_PORT}={ms}:{IMAP_PORT}",
             "--smtp", f"0.0.0.0:{SMTP_PORT}={ms}:{SMTP_PORT}"]
             + (["--tap", f"{self.host_name}-eth0"] if self.tap else []), ready="listening")
+        if self.tap:
+            # A router that forwards, and says nothing of a shorter way (the
+            # backends and the store share its LAN).
+            self.tb[self.host_name].cmd("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 "
+                                        f"net.ipv4.conf.{self.host_name}-eth0.send_redirects=0")
         return self
 
+    def route(self, host, on=True):
+        """Backend 'host' and the mail store reach each other through this
+        host (on) or straight again (off)."""
+        op = "replace" if on else "del"
+        self.tb[host].cmd(f"ip route {op} {self.mailstore_ip}/32 via {self.ip} 2>/dev/null")
+        self.tb[self.store_host].cmd(f"ip route {op} {self.tb[host].IP()}/32 via {self.ip} 2>/dev/null")
+        (self.routed.add if on else self.routed.discard)(host)
+
     def stop(self):
+        for h in list(self.routed):
+            self.route(h, False)
         if self.d:
             self.tb.stop(self.d)
 
@@ -549,9 +575,11 @@ class ResplicedRoundcube:
         self.ms = mailstore or MailStore(tb, run_dir)
         self.aux = aux if aux is not None else (AuxLog(tb, run_dir) if auxlog else None)
         self._own = [x for x, given in ((self.ms, mailstore), (self.aux, aux)) if x and not given]
-        store_ip = AUXLOG_IP if self.aux else MAILSTORE_IP
+        tap = bool(self.aux and self.aux.tap)
+        store_ip = AUXLOG_IP if self.aux and not tap else MAILSTORE_IP
+        extra = {"resplice_auxlog_host": AUXLOG_IP} if tap else None
         self.rc = {h: Roundcube(tb, run_dir, h, mailstore_ip=store_ip, port=UPSTREAM_PORT, bind="127.0.0.1",
-                                plugin=True) for h in hosts}
+                                plugin=True, extra_config=extra) for h in hosts}
         self.stack = Stack(tb, run_dir, front={"start": lambda h: self.rc[h].start(), "port": UPSTREAM_PORT,
                                                "args": self._front_args},
                            logger_args=["--tags", TAGS]
@@ -586,6 +614,9 @@ class ResplicedRoundcube:
                     os.unlink(os.path.join(rc.state_dir, f))
         if self.dump:
             os.makedirs(os.path.join(self.dir, "streams"), exist_ok=True)
+        if self.aux and self.aux.tap:
+            for h in self.rc:
+                self.aux.route(h)
         self.stack.start()
         if self.warm_first:
             self.warm()
@@ -618,6 +649,9 @@ class ResplicedRoundcube:
         """Stops the trial's processes (the stack and every Roundcube)."""
         stop_roundcubes(self.tb, list(self.rc.values()), self.stack.d.values())
         self.stack.d.clear()
+        if self.aux and self.aux.tap:
+            for h in self.rc:
+                self.aux.route(h, False)
 
     def stop_all(self):
         self.stop()

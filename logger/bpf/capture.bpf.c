@@ -71,7 +71,7 @@ static __always_inline int copy(struct __sk_buff *skb, __u32 len, __u32 caplen, 
 SEC("tc")
 int rs_capture_ingress(struct __sk_buff *skb)
 {
-    __u8 ip[20], ports[4];
+    __u8 ip[20], ports[14];        /* the TCP header's ports ... flags */
     struct rs_capture_counts *c;
     __u32 zero = 0, ihl, len, caplen;
     int e;
@@ -85,7 +85,9 @@ int rs_capture_ingress(struct __sk_buff *skb)
         return TC_ACT_UNSPEC;
     if (!rs_capture_match(ip, ports, rs_cap_vip, rs_cap_port, rs_cap_port2))
         return TC_ACT_UNSPEC;
-    if (rs_cap_fencing) {
+    /* A fenced conversation's SYN passes (its port used again: a new
+     * connection, which rs-auxlog judges anew). */
+    if (rs_cap_fencing && (ports[13] & 0x12) != 0x02) {
         struct rs_capture_fence_key k;
 
         __builtin_memcpy(&k.saddr, ip + 12, 4);

@@ -25,7 +25,9 @@ struct {
  * backend no longer acts for its web transaction (another one re-runs
  * it).  Key: the backend-to-store segment's addresses and ports as they
  * are on the wire (struct rs_capture_fence_key); such segments are dropped,
- * uncopied.  The store's replies still pass, and are copied. */
+ * uncopied, but for a SYN (the port used again: rs-auxlog lifts the fence
+ * and judges the new connection at its marker).  The store's replies still
+ * pass, and are copied. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, RS_CAPTURE_FENCE_MAX);

@@ -78,12 +78,8 @@ class TestAuxlogTap(unittest.TestCase):
         self.addCleanup(self.ms.stop)
         self.aux = AuxLog(self.tb, self.tb.run_dir, tap=True).start()
         self.addCleanup(lambda: self.aux.stop())
-        aux = self.tb["auxlog"]
-        aux.cmd("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 "
-                "net.ipv4.conf.auxlog-eth0.send_redirects=0")
         for h in ("primary", "alternate"):
-            self.tb[h].cmd(f"ip route replace {MAILSTORE_IP}/32 via {AUXLOG_IP}")
-            self.tb["mailstore"].cmd(f"ip route replace {self.tb[h].IP()}/32 via {AUXLOG_IP}")
+            self.aux.route(h)
         self.script = os.path.join(self.dir, "imapc.py")
         with open(self.script, "w") as f:
             f.write(IMAP_CLIENT)

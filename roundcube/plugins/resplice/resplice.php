@@ -35,7 +35,10 @@
  * SMTP: the EHLO host "x-resplice-txn-A-B-C-D-PORT-N.<smtp_helo_host>".
  * When the front says the request is a re-run after a failover
  * (X-Resplice-Rerun: 1), "rerun" replaces "txn" in both: only those
- * conversations may be answered from another backend's record.
+ * conversations may be answered from another backend's record.  With
+ * rs-auxlog --tap (the mail store reached at its own address, recorded on
+ * the way), a re-run must come to rs-auxlog's relay instead, which answers
+ * from the record: resplice_auxlog_host names it.
  *
  * Config (Roundcube's config.inc.php or this folder's config.inc.php; see
  * config.inc.php.dist):
@@ -45,6 +48,9 @@
  *                         that sets a cookie (default login, logout, compose, send)
  *   resplice_skip_tables  tables emptied in the snapshot and not tracked (default: the caches)
  *   resplice_state        'changes' (default) or 'snapshot'
+ *   resplice_auxlog_host  rs-auxlog's relay, for re-runs, when its tap records
+ *                         the first runs (default: none, every conversation
+ *                         goes to imap_host / smtp_host)
  */
 class resplice extends rcube_plugin
 {
@@ -121,8 +127,24 @@ class resplice extends rcube_plugin
         $ident['name'] = isset($ident['name']) ? $ident['name'] : 'Roundcube';
         $ident[$this->marker] = $this->txn;
         $args['preauth_ident'] = $ident;
+        if ($relay = $this->rerun_relay()) {
+            $args['host'] = $relay;
+        }
 
         return $args;
+    }
+
+    /**
+     * rs-auxlog's relay when this request is a re-run and its tap records
+     * the first runs (resplice_auxlog_host), else null.
+     */
+    private function rerun_relay()
+    {
+        if ($this->marker !== 'x-resplice-rerun') {
+            return null;
+        }
+
+        return rcube::get_instance()->config->get('resplice_auxlog_host') ?: null;
     }
 
     /**
@@ -132,6 +154,10 @@ class resplice extends rcube_plugin
     {
         $helo = !empty($args['smtp_helo_host']) ? $args['smtp_helo_host'] : 'localhost';
         $args['smtp_helo_host'] = $this->marker . '-' . strtr($this->txn, '.:#', '---') . '.' . $helo;
+        if (($relay = $this->rerun_relay()) && !empty($args['smtp_host'])) {
+            // The host of "[scheme://]host[:port]", the rest kept.
+            $args['smtp_host'] = preg_replace('#^((?:[a-z]+://)?)[^:/]+#i', '${1}' . $relay, $args['smtp_host']);
+        }
 
         return $args;
     }
