@@ -51,7 +51,7 @@ logger_LIBS := -lpcap -lbpf -lelf -lz
 logger_DEPS := $(BUILD)/capture.skel.h
 logger_SRC  := common/tcfilter.c common/tcfilter.h
 # rs-auxlog's tap loads rs-logger's capture program (--tap).
-auxlog_LIBS := -lbpf -lelf -lz
+auxlog_LIBS := -lbpf -lelf -lz -lnetfilter_queue -lnfnetlink
 auxlog_DEPS := $(BUILD)/capture.skel.h
 auxlog_SRC  := common/tcfilter.c common/tcfilter.h
 BINS := $(BUILD)/rs-emul $(DAEMONS:%=$(BUILD)/rs-%) $(BUILD)/rs-kv

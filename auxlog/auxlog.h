@@ -146,7 +146,7 @@ struct auxlog {
     uint64_t n_records, record_bytes;
     /* stats */
     uint64_t conns, live, unmarked, replayed, caught_up, diverged, expired, evicted, stale, errors, refused,
-        superseded, drained, tapped, fenced;
+        superseded, drained, tapped, fenced, queued, queue_dropped;
     struct tap *tap;                    /* --tap (tap.c), or NULL */
 };
 
@@ -222,8 +222,9 @@ int replay_resume(struct auxlog *a, struct aux_conv *c);
 /* ---- tap.c --------------------------------------------------------------- */
 
 /* --tap IFACE: records the conversations this host forwards to and from the
- * store of the listeners' upstream (one address).  Returns 0 or -errno. */
-int tap_open(struct auxlog *a, const char *ifname);
+ * store of the listeners' upstream (one address), judging each one's
+ * marker before it passes on netfilter queue 'queue'.  Returns 0 or -errno. */
+int tap_open(struct auxlog *a, const char *ifname, unsigned queue);
 void tap_close(struct auxlog *a);
 /* Reads the ring to its end: every segment that passed until now is in
  * the records. */

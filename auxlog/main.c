@@ -23,10 +23,11 @@ static void print_stats(void *ctx)
     printf("stats: open=%u conns=%" PRIu64 " live=%" PRIu64 " unmarked=%" PRIu64 " replayed=%" PRIu64
            " caught_up=%" PRIu64 " diverged=%" PRIu64 " records=%" PRIu64 " record_bytes=%" PRIu64
            " expired=%" PRIu64 " evicted=%" PRIu64 " stale=%" PRIu64 " errors=%" PRIu64 " refused=%" PRIu64
-           " superseded=%" PRIu64 " drained=%" PRIu64 " tapped=%" PRIu64 " fenced=%" PRIu64 "\n",
+           " superseded=%" PRIu64 " drained=%" PRIu64 " tapped=%" PRIu64 " fenced=%" PRIu64 " queued=%" PRIu64
+           " queue_dropped=%" PRIu64 "\n",
            a->n_convs, a->conns, a->live, a->unmarked, a->replayed, a->caught_up, a->diverged, a->n_records,
            a->record_bytes, a->expired, a->evicted, a->stale, a->errors, a->refused, a->superseded,
-           a->drained, a->tapped, a->fenced);
+           a->drained, a->tapped, a->fenced, a->queued, a->queue_dropped);
     fflush(stdout);
 }
 
@@ -44,7 +45,11 @@ static void usage(FILE *f)
         "  --tap IFACE                  also record the conversations this host forwards\n"
         "                               to and from the mail store (the upstreams' address),\n"
         "                               from a tc program on IFACE: the backends' first runs\n"
-        "                               need not come through the relay (re-runs must)\n"
+        "                               need not come through the relay (re-runs must);\n"
+        "                               a conversation's first units wait for its marker's\n"
+        "                               judgment on a netfilter queue (iptables: a chain\n"
+        "                               rs_auxlog in mangle's FORWARD is installed for it)\n"
+        "  --tap-queue NUM              that queue's number (default 7)\n"
         "  --ttl DUR                    how long a record is kept (default 120s)\n"
         "  --max-bytes N                all records together (default 64M; oldest go first)\n"
         "  --log FILE                   append the event log to FILE instead of stderr\n"
@@ -120,6 +125,7 @@ int main(int argc, char **argv)
      * the window in which a reused client port meets an old record. */
     static struct auxlog a = { .ttl_ns = 120ull * 1000000000ull, .max_bytes = 64u << 20 };
     const char *log_path = NULL, *tap_if = NULL;
+    uint32_t tap_queue = 7;
     const struct rs_opt opts[] = {
         RS_OPTION("imap", RS_OPT_FN, &a, .want = "ADDR:PORT=ADDR:PORT, once", .fn = imap_listener),
         RS_OPTION("smtp", RS_OPT_FN, &a, .want = "ADDR:PORT=ADDR:PORT, once", .fn = smtp_listener),
@@ -127,6 +133,7 @@ int main(int argc, char **argv)
         RS_OPTION("max-bytes", RS_OPT_SIZE, &a.max_bytes, .nonzero = true),
         RS_OPTION("log", RS_OPT_STR, &log_path),
         RS_OPTION("tap", RS_OPT_STR, &tap_if),
+        RS_OPTION("tap-queue", RS_OPT_U32, &tap_queue),
         RS_OPTIONS_END,
     };
     int err;
@@ -138,6 +145,10 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (tap_queue > 65535) {
+        fprintf(stderr, "rs-auxlog: --tap-queue is a netfilter queue's number, 0 to 65535\n");
+        return 2;
+    }
     if (tap_if && a.n_ls == 2 && a.ls[0].up.ip != a.ls[1].up.ip) {
         fprintf(stderr, "rs-auxlog: --tap needs the IMAP and SMTP upstreams on one address\n");
         return 2;
@@ -147,7 +158,7 @@ int main(int argc, char **argv)
         return 2;
     }
     rs_log_init("rs-auxlog");   /* line-buffers the (maybe reopened) stderr */
-    if (setup(&a) < 0 || (tap_if && tap_open(&a, tap_if) < 0))
+    if (setup(&a) < 0 || (tap_if && tap_open(&a, tap_if, (unsigned)tap_queue) < 0))
         return 1;
     for (unsigned i = 0; i < a.n_ls; i++) {
         printf("listening on %s %s -> %s\n", proto_name(a.ls[i].proto), RS_A(a.ls[i].laddr), RS_A(a.ls[i].up));

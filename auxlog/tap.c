@@ -14,13 +14,16 @@
  * judged; here the bytes have passed when they are read.  When a backend
  * re-runs a transaction (rerun_claim), the tapped conversations of that
  * transaction from other backends are fenced first: the program drops
- * their backend-to-store segments from then on (rs_cap_fence), one RCU
+ * their backend-to-store segments from then on (rs_cap_verdict), one RCU
  * grace period later every segment that passed before is in the ring, and
  * the ring is read, so the record holds all the mail store saw before the
- * re-run is answered from it.  A conversation a fenced backend opens after
- * the re-run began is fenced once its marker is read: its first units may
- * pass before (see docs/performance.md: holding them for a verdict is the
- * next step). */
+ * re-run is answered from it.  And no conversation's backend gets a
+ * unit to the store before its marker is judged: until then the program
+ * marks what the backend sends, one iptables rule (installed here) queues
+ * it to this process (NFQUEUE), which reads the ring, so that the bytes
+ * are scanned, and answers: a conversation a fenced backend opens after
+ * the re-run began (it hung, and resumed) is dropped at its marker.  One
+ * wake-up per conversation, off the path for every other segment. */
 #include "auxlog.h"
 
 #include <errno.h>
@@ -32,10 +35,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+#include <linux/netfilter.h>
 
 #include "capture.h"
 #include "capture.skel.h"
@@ -50,6 +56,9 @@
 #define TAP_STREAM_MAX (32u << 20)      /* ... and at most (AUX_UNIT_MAX) */
 #define TAP_BUDGET (256ull << 20)       /* all of them together */
 #define TAP_IDLE_NS (600ull * 1000000000ull)
+#define TAP_QUEUE_LEN 4096u             /* segments awaiting a verdict; more are dropped (and sent again) */
+#define TAP_VERDICT_WAIT_US 20000       /* for a queued segment's copy to show in the ring */
+#define TAP_CHAIN "rs_auxlog"
 
 /* One TCP connection between a backend and the store, seen on the wire. */
 struct tap_flow {
@@ -57,7 +66,7 @@ struct tap_flow {
     uint32_t bip;                       /* the backend, host order */
     uint16_t bport, sport;              /* its port, the store's */
     struct rs_reasm c2s, s2c;
-    bool c_fin, s_fin, fenced;
+    bool c_fin, s_fin, fenced, judged;
     uint32_t c_fin_seq, s_fin_seq;      /* the FIN's own seq */
     struct aux_conv *conv;              /* NULL once it ended (or was never recorded) */
     uint64_t last_ns;
@@ -67,7 +76,11 @@ struct tap {
     struct lg_capture_bpf *skel;
     struct ring_buffer *ring;
     struct rs_tcfilter filter;
-    struct rs_io io;
+    struct rs_io io, qio;
+    struct nfq_handle *nfq;
+    struct nfq_q_handle *qh;
+    unsigned queue_num;
+    bool rule_installed;
     struct rs_reasm_budget budget;
     struct tap_flow *flows[TAP_BUCKETS];
     uint32_t store;                     /* the store's address, host order */
@@ -166,27 +179,33 @@ static struct rs_capture_fence_key fence_key(const struct tap *t, uint32_t bip, 
     };
 }
 
-static void fence(struct auxlog *a, struct tap_flow *f)
-{
-    struct rs_capture_fence_key k = fence_key(a->tap, f->bip, f->bport, f->sport);
-    uint8_t one = 1;
-
-    if (f->fenced)
-        return;
-    if (bpf_map_update_elem(bpf_map__fd(a->tap->skel->maps.rs_cap_fence), &k, &one, BPF_ANY))
-        rs_log("tap: fencing %s: %s", RS_A(((struct rs_addr){ .ip = f->bip, .port = f->bport })), strerror(errno));
-    f->fenced = true;
-    a->fenced++;
-}
-
-/* A new connection from a fenced backend's address and port (the program
- * lets SYNs through): it is judged anew, at its own marker.  Its next
- * segments may come before this, and are dropped and retransmitted. */
-static void unfence(struct auxlog *a, uint32_t bip, uint16_t bport, uint16_t sport)
+/* Tells the program verdict 'v' on the conversation of backend 'bip':'bport'
+ * with the store's port 'sport' (RS_CAPTURE_JUDGED, RS_CAPTURE_FENCED). */
+static void verdict_set(struct auxlog *a, uint32_t bip, uint16_t bport, uint16_t sport, uint8_t v)
 {
     struct rs_capture_fence_key k = fence_key(a->tap, bip, bport, sport);
 
-    bpf_map_delete_elem(bpf_map__fd(a->tap->skel->maps.rs_cap_fence), &k);
+    if (bpf_map_update_elem(bpf_map__fd(a->tap->skel->maps.rs_cap_verdict), &k, &v, BPF_ANY))
+        rs_log("tap: a verdict on %s: %s", RS_A(((struct rs_addr){ .ip = bip, .port = bport })), strerror(errno));
+}
+
+static void fence(struct auxlog *a, struct tap_flow *f)
+{
+    if (f->fenced)
+        return;
+    verdict_set(a, f->bip, f->bport, f->sport, RS_CAPTURE_FENCED);
+    f->fenced = f->judged = true;
+    a->fenced++;
+}
+
+/* 'f''s marker is judged (or it has none, or it is no longer recorded):
+ * what its backend sends passes without waiting for this process. */
+static void judge(struct auxlog *a, struct tap_flow *f)
+{
+    if (f->judged || (f->conv && f->conv->mode == AUX_PRE))
+        return;
+    verdict_set(a, f->bip, f->bport, f->sport, RS_CAPTURE_JUDGED);
+    f->judged = true;
 }
 
 /* Waits until every run of the program that may not have seen a fence has
@@ -316,8 +335,6 @@ static void on_segment(struct auxlog *a, const uint8_t *ip, size_t len)
             return;     /* retransmitted */
         if (f)
             flow_end(a, f, "port used again");
-        if (a->fenced)
-            unfence(a, saddr, bport, stport);
         if (!(f = calloc(1, sizeof(*f))))
             return;
         f->bip = saddr;
@@ -379,7 +396,144 @@ static void on_segment(struct auxlog *a, const uint8_t *ip, size_t len)
             conv_close(a, f->conv, why);
         }
     }
+    if (!f->fenced)
+        judge(a, f);
     settle(a, f);
+}
+
+/* ---- Verdicts on what waits in the queue ------------------------------------ */
+
+/* A segment a backend sent before its conversation's marker was judged,
+ * 'ip' its first 'len' bytes (its headers at least).  Its copy is in the
+ * ring (the tc program ran before netfilter), though a record another CPU
+ * reserved before it may hold it back for a moment: the ring is read until
+ * the segment's bytes have been scanned.  Returns NF_ACCEPT or NF_DROP. */
+static int queued_verdict(struct auxlog *a, const uint8_t *ip, size_t len)
+{
+    struct tap *t = a->tap;
+    uint32_t ihl = len >= 20 ? rs_capture_ihl(ip) : 0, saddr, seq, end;
+    uint16_t sport, dport;
+    uint64_t deadline = rs_mono_ns() + TAP_VERDICT_WAIT_US * 1000ull;
+    const uint8_t *tcp;
+
+    if (!ihl || len < ihl + 20)
+        return NF_ACCEPT;       /* not the program's mark: not ours to judge */
+    tcp = ip + ihl;
+    saddr = (uint32_t)ip[12] << 24 | (uint32_t)ip[13] << 16 | (uint32_t)ip[14] << 8 | ip[15];
+    sport = (uint16_t)(tcp[0] << 8 | tcp[1]);
+    dport = (uint16_t)(tcp[2] << 8 | tcp[3]);
+    seq = (uint32_t)tcp[4] << 24 | (uint32_t)tcp[5] << 16 | (uint32_t)tcp[6] << 8 | tcp[7];
+    end = seq + (((uint32_t)ip[2] << 8 | ip[3]) - ihl - (uint32_t)(tcp[12] >> 4) * 4);
+    for (;;) {
+        struct tap_flow *f;
+
+        tap_sync(a);
+        f = *flow_slot(t, saddr, sport, dport);
+        if (f && f->fenced)
+            return NF_DROP;
+        if (f && (f->judged || !f->conv))
+            return NF_ACCEPT;
+        /* Still before its marker: these bytes were scanned (or lie beyond
+         * a hole, and complete nothing the store could act on). */
+        if (f && rs_reasm_has_base(&f->c2s) && (int32_t)(end - rs_reasm_contig_seq(&f->c2s)) <= 0)
+            return NF_ACCEPT;
+        if (f && rs_reasm_has_base(&f->c2s) && (int32_t)(seq - rs_reasm_contig_seq(&f->c2s)) > 0)
+            return NF_ACCEPT;
+        if (rs_mono_ns() > deadline) {
+            if (f)
+                return NF_DROP;         /* never scanned: its sender sends it again */
+            /* A connection from before this process (no SYN seen): not
+             * recorded, nothing to judge. */
+            verdict_set(a, saddr, sport, dport, RS_CAPTURE_JUDGED);
+            return NF_ACCEPT;
+        }
+        usleep(50);
+    }
+}
+
+static int on_queued(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_data *nfa, void *ctx)
+{
+    struct auxlog *a = ctx;
+    struct nfqnl_msg_packet_hdr *ph = nfq_get_msg_packet_hdr(nfa);
+    unsigned char *p = NULL;
+    int n = nfq_get_payload(nfa, &p), v;
+
+    (void)msg;
+    if (!ph)
+        return 0;
+    v = n > 0 ? queued_verdict(a, p, (size_t)n) : NF_ACCEPT;
+    a->queued++;
+    a->queue_dropped += v == NF_DROP;
+    return nfq_set_verdict(qh, ntohl(ph->packet_id), (uint32_t)v, 0, NULL);
+}
+
+static void on_queue(struct rs_io *io, uint32_t events)
+{
+    struct auxlog *a = io->ctx;
+    static char buf[65536] __attribute__((aligned));
+
+    (void)events;
+    for (;;) {
+        ssize_t n = recv(io->fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+        if (n <= 0) {
+            if (n < 0 && errno == ENOBUFS)
+                rs_log("tap: the queue's socket overflowed: its segments are dropped (and sent again)");
+            if (n < 0 && errno != EAGAIN && errno != ENOBUFS)
+                rs_log("tap: reading the queue: %s", strerror(errno));
+            if (n < 0 && errno == ENOBUFS)
+                continue;
+            return;
+        }
+        nfq_handle_packet(a->tap->nfq, buf, (int)n);
+    }
+}
+
+/* Runs 'script' with /bin/sh.  Returns 0 or -1. */
+static int shell(const char *script)
+{
+    int st = system(script);
+
+    return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+/* The rule that queues the program's marked segments, in a chain of our
+ * own in the mangle table's FORWARD (iptables' NFQUEUE target: this
+ * kernel's nftables has no queue expression); the chain a killed
+ * predecessor left is emptied and used again.  '--queue-bypass': with
+ * nobody reading, they pass (unjudged, as they are unrecorded then). */
+static int queue_open(struct auxlog *a, unsigned num)
+{
+    struct tap *t = a->tap;
+    char script[768];
+
+    snprintf(script, sizeof(script),
+             "iptables -w -t mangle -N " TAP_CHAIN " 2>/dev/null; "
+             "iptables -w -t mangle -F " TAP_CHAIN " && "
+             "iptables -w -t mangle -A " TAP_CHAIN " -m mark --mark 0x%x -j NFQUEUE --queue-num %u --queue-bypass && "
+             "{ iptables -w -t mangle -C FORWARD -j " TAP_CHAIN " 2>/dev/null || "
+             "iptables -w -t mangle -A FORWARD -j " TAP_CHAIN "; }", RS_CAPTURE_QUEUE_MARK, num);
+    t->queue_num = num;
+    if (!(t->nfq = nfq_open()) || !(t->qh = nfq_create_queue(t->nfq, (uint16_t)num, on_queued, a)))
+        return errno ? -errno : -EIO;
+    if (nfq_set_mode(t->qh, NFQNL_COPY_PACKET, 128) < 0 || nfq_set_queue_maxlen(t->qh, TAP_QUEUE_LEN) < 0)
+        return -EIO;
+    if (shell(script) < 0)
+        return -ENOEXEC;
+    t->rule_installed = true;
+    return rs_io_start(&a->loop, &t->qio, nfq_fd(t->nfq), EPOLLIN, on_queue, a);
+}
+
+static void queue_close(struct tap *t)
+{
+    rs_io_stop(&t->qio);
+    if (t->rule_installed && shell("iptables -w -t mangle -D FORWARD -j " TAP_CHAIN " && "
+                                   "iptables -w -t mangle -F " TAP_CHAIN " && iptables -w -t mangle -X " TAP_CHAIN) < 0)
+        rs_log("tap: removing the iptables chain " TAP_CHAIN " failed");
+    if (t->qh)
+        nfq_destroy_queue(t->qh);
+    if (t->nfq)
+        nfq_close(t->nfq);
 }
 
 static int on_record(void *ctx, void *data, size_t size)
@@ -429,6 +583,7 @@ void tap_close(struct auxlog *a)
     if (!t)
         return;
     rs_io_stop(&t->io);
+    queue_close(t);
     for (unsigned b = 0; b < TAP_BUCKETS; b++)
         while (t->flows[b])
             flow_end(a, t->flows[b], "exiting");
@@ -440,7 +595,7 @@ void tap_close(struct auxlog *a)
     a->tap = NULL;
 }
 
-int tap_open(struct auxlog *a, const char *ifname)
+int tap_open(struct auxlog *a, const char *ifname, unsigned queue)
 {
     struct tap *t = calloc(1, sizeof(*t));
     const char *step = "allocate";
@@ -465,7 +620,7 @@ int tap_open(struct auxlog *a, const char *ifname)
     t->skel->rodata->rs_cap_vip = store.ip;
     t->skel->rodata->rs_cap_port = a->ls[0].up.port;
     t->skel->rodata->rs_cap_port2 = a->n_ls > 1 ? a->ls[1].up.port : 0;
-    t->skel->rodata->rs_cap_fencing = 1;
+    t->skel->rodata->rs_cap_tap = 1;
     step = "load the program";
     libbpf_verbose = true;
     e = lg_capture_bpf__load(t->skel);
@@ -483,10 +638,13 @@ int tap_open(struct auxlog *a, const char *ifname)
     step = "poll its ring";
     if ((e = rs_io_start(&a->loop, &t->io, bpf_map__fd(t->skel->maps.rs_cap_ring), EPOLLIN, on_readable, a)))
         goto fail;
+    step = "queue what waits for a verdict (NFQUEUE, iptables)";
+    if ((e = queue_open(a, queue)))
+        goto fail;
     t->membarrier_ok = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) > 0
                        && (syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) & MEMBARRIER_CMD_GLOBAL);
-    rs_log("tap on %s: the conversations forwarded to and from %s (ports %u, %u)%s%s", ifname, RS_A(store),
-           a->ls[0].up.port, a->n_ls > 1 ? a->ls[1].up.port : 0,
+    rs_log("tap on %s: the conversations forwarded to and from %s (ports %u, %u), judged on queue %u%s%s", ifname,
+           RS_A(store), a->ls[0].up.port, a->n_ls > 1 ? a->ls[1].up.port : 0, queue,
            t->filter.replaced ? "; replaced a previous rs-auxlog's filter" : "",
            t->membarrier_ok ? "" : "; no membarrier: fences wait 20 ms");
     return 0;

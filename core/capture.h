@@ -34,14 +34,19 @@
      : (i) == 5 ? 24576u : (i) == 6 ? 32768u : (i) == 7 ? 49152u : (i) == 8 ? 65536u                 \
      : (i) == 9 ? 131072u : 262144u)
 
-/* Fenced conversations rs-auxlog's tap remembers at once (an LRU map:
- * the oldest go first, long after their backend's retries ended). */
-#define RS_CAPTURE_FENCE_MAX 4096u
+/* rs-auxlog's tap: the conversations it has judged, at once (an LRU map:
+ * the oldest go first, long after they ended), their verdicts, and the
+ * mark of what its netfilter queue must judge first. */
+#define RS_CAPTURE_VERDICT_MAX 16384u
+#define RS_CAPTURE_JUDGED 1             /* its marker judged (or it has none): it passes */
+#define RS_CAPTURE_FENCED 2             /* its backend no longer acts for it: dropped */
+#define RS_CAPTURE_QUEUE_MARK 0x72736171u
 
 /* ---- Types ---------------------------------------------------------------- */
 
-/* A fenced conversation: its backend-to-store segments' IPv4 source and
- * destination and TCP ports, network order, as they are in the packet. */
+/* A conversation rs-auxlog's tap judged: its backend-to-store segments'
+ * IPv4 source and destination and TCP ports, network order, as they are
+ * in the packet. */
 struct rs_capture_fence_key {
     rs_u32 saddr, daddr;
     unsigned short sport, dport;

@@ -233,6 +233,7 @@ static int ebpf_open(struct logger *lg)
     }
     b->skel->rodata->rs_cap_vip = lg->vip.ip;
     b->skel->rodata->rs_cap_port = lg->vip.port;
+    bpf_map__set_max_entries(b->skel->maps.rs_cap_verdict, 1);    /* rs-auxlog's tap's, unused here */
     step = "load the program";
     if ((e = lg_capture_bpf__load(b->skel)))
         goto fail;

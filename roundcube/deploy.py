@@ -44,7 +44,7 @@ MAILSTORE_IP = SERVERS["mailstore"]
 AUXLOG_IP = SERVERS["auxlog"]
 # How rs-auxlog records the backends' first runs: "tap" (forwarded by its
 # host, recorded on the way: rs-auxlog --tap) or "relay" (through it).
-AUXLOG_TAP = os.environ.get("RS_AUXLOG", "relay") == "tap"
+AUXLOG_TAP = os.environ.get("RS_AUXLOG", "tap") == "tap"
 IMAP_PORT, SMTP_PORT = 143, 25
 HTTP_PORT = APP_PORT            # Roundcube alone, or the front before it (lighttpd then on UPSTREAM_PORT)
 PLUGIN_SRC = os.path.join(ROOT, "roundcube", "plugins", "resplice")

@@ -23,8 +23,8 @@
 const volatile __u32 rs_cap_vip = 0;
 const volatile __u16 rs_cap_port = 0;
 const volatile __u16 rs_cap_port2 = 0;
-/* rs-auxlog's tap: drop what a fenced backend sends (rs_cap_fence). */
-const volatile __u8 rs_cap_fencing = 0;
+/* rs-auxlog's tap (tap_verdict). */
+const volatile __u8 rs_cap_tap = 0;
 const volatile __u32 rs_cap_snaplen = RS_CAPTURE_SNAPLEN;
 
 /* Non-zero while rs-logger reads the ring on a timer (it is busy): then a
@@ -63,6 +63,37 @@ static __always_inline int copy(struct __sk_buff *skb, __u32 len, __u32 caplen, 
     return COPIED;
 }
 
+/* rs-auxlog's tap: what a conversation's backend sends before rs-auxlog
+ * has judged its marker is marked for the netfilter queue it reads (one
+ * nftables rule queues it: rs-auxlog answers once it has read the ring);
+ * what a fenced one sends is dropped, uncopied; a SYN (the backend's port
+ * used again: a new connection) forgets the old one's verdict.  The
+ * store's replies pass.  Returns TC_ACT_SHOT to drop, else TC_ACT_UNSPEC. */
+static __always_inline int tap_verdict(struct __sk_buff *skb, const __u8 *ip, const __u8 *tcp, __u32 ihl)
+{
+    struct rs_capture_fence_key k;
+    __u32 daddr = ((__u32)ip[16] << 24) | ((__u32)ip[17] << 16) | ((__u32)ip[18] << 8) | ip[19];
+    __u32 tot = ((__u32)ip[2] << 8) | ip[3], hdrs = ihl + (__u32)(tcp[12] >> 4) * 4;
+    __u8 *v;
+
+    if (daddr != rs_cap_vip)
+        return TC_ACT_UNSPEC;
+    __builtin_memcpy(&k.saddr, ip + 12, 4);
+    __builtin_memcpy(&k.daddr, ip + 16, 4);
+    __builtin_memcpy(&k.sport, tcp, 2);
+    __builtin_memcpy(&k.dport, tcp + 2, 2);
+    if ((tcp[13] & 0x12) == 0x02) {
+        bpf_map_delete_elem(&rs_cap_verdict, &k);
+        return TC_ACT_UNSPEC;
+    }
+    v = bpf_map_lookup_elem(&rs_cap_verdict, &k);
+    if (v && *v == RS_CAPTURE_FENCED)
+        return TC_ACT_SHOT;
+    if (!v && tot > hdrs)
+        skb->mark = RS_CAPTURE_QUEUE_MARK;
+    return TC_ACT_UNSPEC;
+}
+
 #define CLASS(i) \
     case i: \
         e = copy(skb, len, caplen, RS_CAPTURE_CLASS_BYTES(i)); \
@@ -71,7 +102,7 @@ static __always_inline int copy(struct __sk_buff *skb, __u32 len, __u32 caplen, 
 SEC("tc")
 int rs_capture_ingress(struct __sk_buff *skb)
 {
-    __u8 ip[20], ports[14];        /* the TCP header's ports ... flags */
+    __u8 ip[20], ports[14];        /* the TCP header, its ports to its flags */
     struct rs_capture_counts *c;
     __u32 zero = 0, ihl, len, caplen;
     int e;
@@ -85,18 +116,8 @@ int rs_capture_ingress(struct __sk_buff *skb)
         return TC_ACT_UNSPEC;
     if (!rs_capture_match(ip, ports, rs_cap_vip, rs_cap_port, rs_cap_port2))
         return TC_ACT_UNSPEC;
-    /* A fenced conversation's SYN passes (its port used again: a new
-     * connection, which rs-auxlog judges anew). */
-    if (rs_cap_fencing && (ports[13] & 0x12) != 0x02) {
-        struct rs_capture_fence_key k;
-
-        __builtin_memcpy(&k.saddr, ip + 12, 4);
-        __builtin_memcpy(&k.daddr, ip + 16, 4);
-        __builtin_memcpy(&k.sport, ports, 2);
-        __builtin_memcpy(&k.dport, ports + 2, 2);
-        if (bpf_map_lookup_elem(&rs_cap_fence, &k))
-            return TC_ACT_SHOT;
-    }
+    if (rs_cap_tap && tap_verdict(skb, ip, ports, ihl) == TC_ACT_SHOT)
+        return TC_ACT_SHOT;
     len = skb->len - ETH_HLEN_;
     caplen = rs_capture_caplen(len, rs_cap_snaplen);
     switch (rs_capture_class(caplen)) {
@@ -116,6 +137,9 @@ int rs_capture_ingress(struct __sk_buff *skb)
         }
     }
     if (e == COPIED && skb->pkt_type == PACKET_OTHERHOST)
+        return TC_ACT_SHOT;
+    /* The tap lets nothing pass unrecorded: the sender sends it again. */
+    if (rs_cap_tap && e != COPIED)
         return TC_ACT_SHOT;
     return TC_ACT_UNSPEC;
 }

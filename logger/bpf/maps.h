@@ -21,18 +21,15 @@ struct {
     __type(value, struct rs_capture_counts);
 } rs_cap_counts SEC(".maps");
 
-/* rs-auxlog's tap only (rs_cap_fencing): the conversations whose
- * backend no longer acts for its web transaction (another one re-runs
- * it).  Key: the backend-to-store segment's addresses and ports as they
- * are on the wire (struct rs_capture_fence_key); such segments are dropped,
- * uncopied, but for a SYN (the port used again: rs-auxlog lifts the fence
- * and judges the new connection at its marker).  The store's replies still
- * pass, and are copied. */
+/* rs-auxlog's tap only (rs_cap_tap): its verdict on each conversation it
+ * judged (RS_CAPTURE_JUDGED, RS_CAPTURE_FENCED), keyed by the
+ * backend-to-store segments' addresses and ports as they are on the wire
+ * (struct rs_capture_fence_key).  No entry: not judged yet. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, RS_CAPTURE_FENCE_MAX);
+    __uint(max_entries, RS_CAPTURE_VERDICT_MAX);
     __type(key, struct rs_capture_fence_key);
     __type(value, __u8);
-} rs_cap_fence SEC(".maps");
+} rs_cap_verdict SEC(".maps");
 
 #endif /* LG_BPF_MAPS_H */

@@ -7,7 +7,8 @@ Checked from outside: the mail store's own Maildir (an APPEND stored once),
 the clients' replies (the re-run gets the first run's), and the fences:
 a backend whose transaction another one re-runs gets nothing more to the
 store, whether its conversation was open then (hung, SIGSTOP) or opened
-after.  rs-auxlog's death (SIGKILL) does not stop the mail: the kernel
+after, even while rs-auxlog itself hangs (a conversation's first units
+wait for its marker's judgment on a netfilter queue).  rs-auxlog's death (SIGKILL) does not stop the mail: the kernel
 forwards on, and a successor replaces the filter its predecessor left."""
 import os
 import re
@@ -26,7 +27,8 @@ from topologies.lan import LanTopo
 
 # An IMAP client: argv HOST MARKER TXN STEP..., one line out per tagged
 # reply ("A2 OK ..."); a step "wait:PATH" waits for that file first.
-# Exits 3 when a reply does not come within 2 s (a fenced backend).
+# Exits 3 when a reply does not come within $TIMEOUT s (default 2: a
+# fenced backend).
 IMAP_CLIENT = r"""
 import os, socket, sys, time
 host, marker, txn, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
@@ -49,7 +51,7 @@ for st in steps:
         s.sendall(f"{tag} LOGIN alice {os.environ['PW']}\r\n".encode())
     else:
         s.sendall(f"{tag} {cmds[st]}\r\n".encode())
-    s.settimeout(2)
+    s.settimeout(float(os.environ.get("TIMEOUT", "2")))
     try:
         while True:
             line = f.readline()
@@ -90,10 +92,10 @@ class TestAuxlogTap(unittest.TestCase):
             shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def imap(self, host, to, marker, steps, wait=True):
+    def imap(self, host, to, marker, steps, wait=True, timeout=2):
         self.n += 1
         d = self.tb.start(host, f"imap-{host}-{self.n}", [sys.executable, self.script, to, marker, TXN] + steps,
-                          env=dict(os.environ, PW=USERS["alice"]))
+                          env=dict(os.environ, PW=USERS["alice"], TIMEOUT=str(timeout)))
         if wait:
             d.popen.wait(20)
         return d
@@ -158,10 +160,51 @@ class TestAuxlogTap(unittest.TestCase):
         time.sleep(0.5)
         self.assertEqual(self.inbox(), before + 1)
 
+    def test_marker_waits_for_its_judgment(self):
+        """rs-auxlog hangs (SIGSTOP) when the primary, resumed after the
+        alternate re-ran its transaction, opens a conversation for it: its
+        marker waits in the netfilter queue, and once rs-auxlog runs again
+        it is dropped there; nothing of the conversation reaches the store.
+        (Without the queue, everything passed while rs-auxlog was stopped,
+        the APPEND too.)"""
+        before = self.inbox()
+        rerun = self.imap("alternate", AUXLOG_IP, "x-resplice-rerun", ["id", "login", "select", "append", "logout"])
+        self.assertEqual(rerun.popen.returncode, 0, rerun.output())
+        self.aux.d.popen.send_signal(signal.SIGSTOP)
+        try:
+            late = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "append", "logout"],
+                             wait=False, timeout=3)
+            time.sleep(1)
+            self.assertEqual(late.output().splitlines()[1:], [], "a reply came while rs-auxlog was stopped")
+        finally:
+            self.aux.d.popen.send_signal(signal.SIGCONT)
+        late.popen.wait(10)
+        self.assertEqual(late.popen.returncode, 3, late.output())       # the ID never answered
+        self.assertRegex(self.log(), r"superseded \(fenced\)")
+        time.sleep(0.5)
+        self.assertEqual(self.inbox(), before + 1)
+
+    def test_first_run_waits_for_a_hung_rs_auxlog(self):
+        """A first run's conversation opened while rs-auxlog is stopped
+        waits at its marker, then goes on, recorded, once it runs again."""
+        self.aux.d.popen.send_signal(signal.SIGSTOP)
+        try:
+            d = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "logout"], wait=False,
+                          timeout=5)
+            time.sleep(0.7)
+            self.assertEqual(d.output().splitlines()[1:], [], "the marker passed while rs-auxlog was stopped")
+        finally:
+            self.aux.d.popen.send_signal(signal.SIGCONT)
+        d.popen.wait(10)
+        self.assertEqual(d.popen.returncode, 0, d.output())
+        self.assertTrue(wait_until(lambda: "end imap backend=10.0.0.11" in self.log(), 5), self.log())
+        self.assertRegex(self.log(), rf"live imap backend=10\.0\.0\.11:\d+ txn={re.escape(TXN)}")
+
     def test_mail_goes_on_without_rs_auxlog(self):
         """SIGKILL of rs-auxlog: the primary's mail still flows (the kernel
-        forwards it, unrecorded); a new rs-auxlog replaces the filter the
-        dead one left, and records again."""
+        forwards it, unrecorded: the queue lets what nobody judges pass); a
+        new rs-auxlog replaces the filter and the iptables rule the dead
+        one left, and records again."""
         self.tb.kill(self.aux.d)
         before = self.inbox()
         d = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "append", "logout"])
@@ -174,4 +217,7 @@ class TestAuxlogTap(unittest.TestCase):
         self.assertTrue(wait_until(lambda: "end imap backend=10.0.0.11" in self.log(), 5), self.log())
         filters = self.tb["auxlog"].cmd("tc filter show dev auxlog-eth0 ingress")
         self.assertEqual(len(re.findall(r"handle 0x1 rs_capture_ingr", filters)), 1, filters)
+        rules = self.tb["auxlog"].cmd("iptables -w -t mangle -S")
+        self.assertEqual(rules.count("-A FORWARD -j rs_auxlog"), 1, rules)
+        self.assertEqual(rules.count("-j NFQUEUE"), 1, rules)
 
