@@ -229,6 +229,9 @@ void tap_close(struct auxlog *a);
 /* Reads the ring to its end: every segment that passed until now is in
  * the records. */
 void tap_sync(struct auxlog *a);
+/* A re-run connected to the relay ('on') / none is remembered any more:
+ * markers are judged before they pass, or not. */
+void tap_judging(struct auxlog *a, bool on);
 /* Backend 'ip' re-runs 'txn': the tapped conversations of it from other
  * backends are fenced, and what they sent before is read. */
 void tap_fence_txn(struct auxlog *a, rs_txn_id txn, uint32_t ip);

@@ -429,6 +429,7 @@ int conv_accept(void *ctx, int fd, const struct sockaddr_in *sin)
         close(fd);
         return 0;
     }
+    tap_judging(a, true);       /* --tap: the relay only serves re-runs then */
     c = calloc(1, sizeof(*c));
     ufd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (!c || ufd < 0) {

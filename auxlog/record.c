@@ -164,9 +164,18 @@ void records_expire(struct auxlog *a)
         a->expired++;
         record_unkey(a, r);
     }
+    bool rerun = false;
     for (unsigned b = 0; b < AUX_HASH_BUCKETS; b++) {
         expire_chain(&a->otab[b], now, a->ttl_ns);
         expire_chain(&a->xtab[b], now, a->ttl_ns);
+        rerun = rerun || a->xtab[b];
+    }
+    if (a->tap && !rerun) {
+        bool relayed = false;
+        for (struct aux_conv *c = a->convs; c && !relayed; c = c->next)
+            relayed = !c->tap;
+        if (!relayed)
+            tap_judging(a, false);
     }
 }
 

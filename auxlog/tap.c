@@ -17,13 +17,16 @@
  * their backend-to-store segments from then on (rs_cap_verdict), one RCU
  * grace period later every segment that passed before is in the ring, and
  * the ring is read, so the record holds all the mail store saw before the
- * re-run is answered from it.  And no conversation's backend gets a
- * unit to the store before its marker is judged: until then the program
- * marks what the backend sends, one iptables rule (installed here) queues
- * it to this process (NFQUEUE), which reads the ring, so that the bytes
- * are scanned, and answers: a conversation a fenced backend opens after
- * the re-run began (it hung, and resumed) is dropped at its marker.  One
- * wake-up per conversation, off the path for every other segment. */
+ * re-run is answered from it.  And from the moment a re-run connects to
+ * the relay (tap_judging) until no re-run is remembered, no conversation's
+ * backend gets a unit to the store before its marker is judged: the
+ * program marks what the backend sends until then, one iptables rule
+ * (installed here) queues it to this process (NFQUEUE), which reads the
+ * ring, so that the bytes are scanned, and answers: a conversation a
+ * fenced backend opens after the re-run began (it hung, and resumed) is
+ * dropped at its marker.  One wake-up per conversation while judging;
+ * none at all while nothing was re-run (every marker that passed
+ * unjudged is read, as the judging starts, before the re-run's own). */
 #include "auxlog.h"
 
 #include <errno.h>
@@ -59,6 +62,11 @@
 #define TAP_QUEUE_LEN 4096u             /* segments awaiting a verdict; more are dropped (and sent again) */
 #define TAP_VERDICT_WAIT_US 20000       /* for a queued segment's copy to show in the ring */
 #define TAP_CHAIN "rs_auxlog"
+/* The ring is read this often, and at every decision that needs it (a
+ * verdict, a re-run): the program wakes nobody.  A wake-up per record cost
+ * each forwarded segment ~18 us here (irq_work, then an IPI: 19 against
+ * 1 us per pass through the host, p50, a pcap on it). */
+#define TAP_POLL_NS (10ull * 1000000ull)
 
 /* One TCP connection between a backend and the store, seen on the wire. */
 struct tap_flow {
@@ -77,6 +85,7 @@ struct tap {
     struct ring_buffer *ring;
     struct rs_tcfilter filter;
     struct rs_io io, qio;
+    struct rs_timer poll;
     struct nfq_handle *nfq;
     struct nfq_q_handle *qh;
     unsigned queue_num;
@@ -84,7 +93,7 @@ struct tap {
     struct rs_reasm_budget budget;
     struct tap_flow *flows[TAP_BUCKETS];
     uint32_t store;                     /* the store's address, host order */
-    bool membarrier_ok;
+    bool membarrier_ok, judging;
 };
 
 /* ---- libbpf's messages ---------------------------------------------------- */
@@ -216,6 +225,25 @@ static void grace_period(struct tap *t)
     if (t->membarrier_ok && syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0)
         return;
     usleep(20000);      /* no membarrier: far longer than a softirq's run */
+}
+
+void tap_judging(struct auxlog *a, bool on)
+{
+    struct tap *t = a->tap;
+
+    if (!t || t->judging == on)
+        return;
+    __atomic_store_n(&t->skel->bss->rs_cap_judging, on ? 1u : 0u, __ATOMIC_SEQ_CST);
+    t->judging = on;
+    rs_log("tap: %s", on ? "judging every conversation's marker before it passes (a re-run connected)"
+                         : "markers pass unjudged again (no re-run remembered)");
+    if (on) {
+        /* Every marker that passed unjudged is read now, before the
+         * re-run's own: the conversation it names is live, and a re-run of
+         * its transaction fences it (tap_fence_txn). */
+        grace_period(t);
+        tap_sync(a);
+    }
 }
 
 void tap_fence_txn(struct auxlog *a, rs_txn_id txn, uint32_t ip)
@@ -431,8 +459,11 @@ static int queued_verdict(struct auxlog *a, const uint8_t *ip, size_t len)
         f = *flow_slot(t, saddr, sport, dport);
         if (f && f->fenced)
             return NF_DROP;
-        if (f && (f->judged || !f->conv))
+        if (f && (f->judged || !f->conv)) {
+            if (!f->fenced)
+                verdict_set(a, saddr, sport, dport, RS_CAPTURE_JUDGED);     /* judged before the judging began */
             return NF_ACCEPT;
+        }
         /* Still before its marker: these bytes were scanned (or lie beyond
          * a hole, and complete nothing the store could act on). */
         if (f && rs_reasm_has_base(&f->c2s) && (int32_t)(end - rs_reasm_contig_seq(&f->c2s)) <= 0)
@@ -560,6 +591,14 @@ static void on_readable(struct rs_io *io, uint32_t events)
     tap_sync(io->ctx);
 }
 
+static void on_poll(struct rs_timer *tm)
+{
+    struct auxlog *a = tm->ctx;
+
+    tap_sync(a);
+    rs_timer_after(&a->loop, &a->tap->poll, TAP_POLL_NS);
+}
+
 void tap_expire(struct auxlog *a)
 {
     uint64_t now = rs_mono_ns();
@@ -583,6 +622,7 @@ void tap_close(struct auxlog *a)
     if (!t)
         return;
     rs_io_stop(&t->io);
+    rs_timer_stop(&a->loop, &t->poll);
     queue_close(t);
     for (unsigned b = 0; b < TAP_BUCKETS; b++)
         while (t->flows[b])
@@ -638,6 +678,9 @@ int tap_open(struct auxlog *a, const char *ifname, unsigned queue)
     step = "poll its ring";
     if ((e = rs_io_start(&a->loop, &t->io, bpf_map__fd(t->skel->maps.rs_cap_ring), EPOLLIN, on_readable, a)))
         goto fail;
+    t->skel->bss->rs_cap_polled = 1;    /* records wake nobody (TAP_POLL_NS) */
+    rs_timer_init(&t->poll, on_poll, a);
+    rs_timer_after(&a->loop, &t->poll, TAP_POLL_NS);
     step = "queue what waits for a verdict (NFQUEUE, iptables)";
     if ((e = queue_open(a, queue)))
         goto fail;

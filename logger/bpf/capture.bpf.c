@@ -23,15 +23,18 @@
 const volatile __u32 rs_cap_vip = 0;
 const volatile __u16 rs_cap_port = 0;
 const volatile __u16 rs_cap_port2 = 0;
-/* rs-auxlog's tap (tap_verdict). */
+/* rs-auxlog's tap (tap_verdict); rs_cap_judging: non-zero while it judges
+ * markers (a re-run may come: it writes it through .bss). */
 const volatile __u8 rs_cap_tap = 0;
+__u32 rs_cap_judging = 0;
 const volatile __u32 rs_cap_snaplen = RS_CAPTURE_SNAPLEN;
 
 /* Non-zero while rs-logger reads the ring on a timer (it is busy): then a
  * record wakes nobody.  Otherwise the ring wakes it when it has caught
  * up, through an interrupt that this machine pays dearly for, and that
  * would be wasted on a logger that polls.  rs-logger writes it through
- * the skeleton's mapping of .bss (logger/capture_ebpf.c, ebpf_pace). */
+ * the skeleton's mapping of .bss (logger/capture_ebpf.c, ebpf_pace);
+ * rs-auxlog's tap sets it for good (it reads on a timer, auxlog/tap.c). */
 __u32 rs_cap_polled = 0;
 
 enum { COPIED = 0, NO_ROOM = -1, UNREADABLE = -2 };
@@ -63,9 +66,10 @@ static __always_inline int copy(struct __sk_buff *skb, __u32 len, __u32 caplen, 
     return COPIED;
 }
 
-/* rs-auxlog's tap: what a conversation's backend sends before rs-auxlog
- * has judged its marker is marked for the netfilter queue it reads (one
- * nftables rule queues it: rs-auxlog answers once it has read the ring);
+/* rs-auxlog's tap: while it judges markers, what a conversation's backend
+ * sends before rs-auxlog has judged its marker is marked for the netfilter
+ * queue it reads (one iptables rule queues it: rs-auxlog answers once it
+ * has read the ring);
  * what a fenced one sends is dropped, uncopied; a SYN (the backend's port
  * used again: a new connection) forgets the old one's verdict.  The
  * store's replies pass.  Returns TC_ACT_SHOT to drop, else TC_ACT_UNSPEC. */
@@ -89,7 +93,7 @@ static __always_inline int tap_verdict(struct __sk_buff *skb, const __u8 *ip, co
     v = bpf_map_lookup_elem(&rs_cap_verdict, &k);
     if (v && *v == RS_CAPTURE_FENCED)
         return TC_ACT_SHOT;
-    if (!v && tot > hdrs)
+    if (!v && tot > hdrs && rs_cap_judging)
         skb->mark = RS_CAPTURE_QUEUE_MARK;
     return TC_ACT_UNSPEC;
 }

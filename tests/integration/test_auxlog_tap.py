@@ -92,9 +92,9 @@ class TestAuxlogTap(unittest.TestCase):
             shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def imap(self, host, to, marker, steps, wait=True, timeout=2):
+    def imap(self, host, to, marker, steps, wait=True, timeout=2, txn=TXN):
         self.n += 1
-        d = self.tb.start(host, f"imap-{host}-{self.n}", [sys.executable, self.script, to, marker, TXN] + steps,
+        d = self.tb.start(host, f"imap-{host}-{self.n}", [sys.executable, self.script, to, marker, txn] + steps,
                           env=dict(os.environ, PW=USERS["alice"], TIMEOUT=str(timeout)))
         if wait:
             d.popen.wait(20)
@@ -184,21 +184,38 @@ class TestAuxlogTap(unittest.TestCase):
         time.sleep(0.5)
         self.assertEqual(self.inbox(), before + 1)
 
-    def test_first_run_waits_for_a_hung_rs_auxlog(self):
-        """A first run's conversation opened while rs-auxlog is stopped
-        waits at its marker, then goes on, recorded, once it runs again."""
+    def stopped_first_run(self):
+        """A first run's conversation opened while rs-auxlog is stopped:
+        whether a reply came before it ran again, and the client."""
         self.aux.d.popen.send_signal(signal.SIGSTOP)
         try:
             d = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "logout"], wait=False,
                           timeout=5)
             time.sleep(0.7)
-            self.assertEqual(d.output().splitlines()[1:], [], "the marker passed while rs-auxlog was stopped")
+            replied = d.output().splitlines()[1:] != []
         finally:
             self.aux.d.popen.send_signal(signal.SIGCONT)
         d.popen.wait(10)
         self.assertEqual(d.popen.returncode, 0, d.output())
         self.assertTrue(wait_until(lambda: "end imap backend=10.0.0.11" in self.log(), 5), self.log())
         self.assertRegex(self.log(), rf"live imap backend=10\.0\.0\.11:\d+ txn={re.escape(TXN)}")
+        return replied
+
+    def test_first_run_passes_a_hung_rs_auxlog_while_nothing_is_rerun(self):
+        """No re-run remembered: nothing is judged, a first run's
+        conversation goes on while rs-auxlog is stopped, and is recorded
+        once it runs again."""
+        self.assertTrue(self.stopped_first_run(), "a first run waited for rs-auxlog with nothing re-run")
+        self.assertNotIn("judging every conversation", self.log())
+
+    def test_first_run_waits_for_a_hung_rs_auxlog_while_judging(self):
+        """After a re-run (of another transaction), every marker is judged:
+        a first run's conversation opened while rs-auxlog is stopped waits
+        at its marker, then goes on, recorded."""
+        other = self.imap("alternate", AUXLOG_IP, "x-resplice-rerun", ["id", "login", "logout"], txn="10.0.1.1:41001#1")
+        self.assertEqual(other.popen.returncode, 0, other.output())
+        self.assertIn("judging every conversation", self.log())
+        self.assertFalse(self.stopped_first_run(), "the marker passed while rs-auxlog was stopped")
 
     def test_mail_goes_on_without_rs_auxlog(self):
         """SIGKILL of rs-auxlog: the primary's mail still flows (the kernel
