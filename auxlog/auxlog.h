@@ -2,7 +2,9 @@
  * conversations keyed by the web transaction that caused them (record.c),
  * the conversations relayed between a web backend and the mail store
  * (conv.c: sockets and buffers; replay.c: markers, recording, answering a
- * re-run), and the daemon (main.c: options, listeners, the loop).  What is
+ * re-run), those forwarded by this host's kernel and recorded on the way
+ * (tap.c: --tap, no sockets), and the daemon (main.c: options, listeners,
+ * the loop).  What is
  * IMAP or SMTP is core/auxproto.h (pure, unit-tested and fuzzed): these
  * files are the same for both. */
 #ifndef RS_AUXLOG_H

@@ -1,8 +1,9 @@
 /* rs-auxlog: the aux logger of DESIGN.md.  Sits between the web backends
- * and the mail store, relays IMAP and SMTP, records each marked
- * conversation against its web transaction, and answers a re-run of that
- * conversation by another backend (after a failover) from the record, so
- * that an email is sent once and stored once.  One event loop (common/loop.h). */
+ * and the mail store, relays IMAP and SMTP (or, with --tap, records what
+ * its host forwards: tap.c), records each marked conversation against its
+ * web transaction, and answers a re-run of that conversation by another
+ * backend (after a failover) from the record, so that an email is sent
+ * once and stored once.  One event loop (common/loop.h). */
 #include "auxlog.h"
 
 #include <errno.h>
@@ -46,6 +47,7 @@ static void usage(FILE *f)
         "                               to and from the mail store (the upstreams' address),\n"
         "                               from a tc program on IFACE: the backends' first runs\n"
         "                               need not come through the relay (re-runs must);\n"
+        "                               once a re-run connects, and while one is remembered,\n"
         "                               a conversation's first units wait for its marker's\n"
         "                               judgment on a netfilter queue (iptables: a chain\n"
         "                               rs_auxlog in mangle's FORWARD is installed for it)\n"

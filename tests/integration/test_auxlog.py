@@ -512,6 +512,17 @@ class AuxlogCase(unittest.TestCase):
             r = subprocess.run([binary("rs-auxlog")] + argv, capture_output=True, text=True)
             self.assertEqual(r.returncode, 2, argv)
             self.assertIn("rs-auxlog:", r.stderr)
+        # --tap: one store address, a queue number, an interface that exists.
+        for argv, why in ((["--tap-queue", "70000"], "--tap-queue"),
+                          (["--tap", "lo", "--smtp", "127.0.0.1:1=127.0.0.2:25"], "one address")):
+            r = subprocess.run([binary("rs-auxlog"), "--imap", "127.0.0.1:1=127.0.0.1:143"] + argv,
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2, argv)
+            self.assertIn(why, r.stderr)
+        r = subprocess.run([binary("rs-auxlog"), "--imap", f"127.0.0.1:{free_port()}=127.0.0.1:143",
+                            "--tap", "rs-no-such0"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("tap on rs-no-such0: cannot find the interface", r.stderr)
 
 
 if __name__ == "__main__":
