@@ -71,7 +71,7 @@
 
 /* ---- Types ------------------------------------------------------------ */
 
-enum hdr_kind { HK_KEEP, HK_CUT, HK_STATE, HK_SYNC, HK_SEQ };
+enum hdr_kind { HK_KEEP, HK_CUT, HK_STATE, HK_STATE_DATA, HK_SYNC, HK_SEQ };
 
 /* A request or response head being collected: its bytes, and the header
  * lines to drop from it, found through the parser's callbacks. */
@@ -94,6 +94,8 @@ struct front_head {
     bool done;                  /* headers complete: the final LF is still unparsed */
     uint32_t hend;              /* after done: end of the last header line */
     bool has_state, has_sync;   /* responses: X-Resplice-State / -Sync seen */
+    bool has_data;              /* X-Resplice-State-Data: the state itself, base64 ... */
+    uint32_t data_from, data_to;    /* ... at buf[data_from, data_to) */
     char path[FRONT_PATH_MAX + 1];
     uint32_t path_len;
     bool path_long;

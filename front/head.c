@@ -1,7 +1,8 @@
 /* rs-front's head filter: finds, through the parser's callbacks, the header
  * lines to drop from a request head (every X-Resplice-*: a client must not
- * name its own transaction) or a response head (X-Resplice-*, read first,
- * and the --strip-header names), and writes the head without them. */
+ * name its own transaction) or a response head (X-Resplice-*, read first:
+ * the state's file or the state itself, its sync and its age; and the
+ * --strip-header names), and writes the head without them. */
 #include "front.h"
 
 #include <ctype.h>
@@ -17,7 +18,7 @@ void head_reset(struct front_head *h)
     h->in_field = h->open = h->classified = false;
     h->n_cuts = 0;
     h->cut_overflow = h->done = false;
-    h->has_state = h->has_sync = h->path_long = false;
+    h->has_state = h->has_sync = h->has_data = h->path_long = false;
     h->path_len = h->sync_len = h->seq_len = 0;
 }
 
@@ -75,6 +76,11 @@ static void head_classify(struct front_conn *c, struct front_head *h)
         h->has_state = true;
         h->path_len = 0;        /* the last one counts */
         h->path_long = false;
+    } else if (name_is(h, "X-Resplice-State-Data")) {
+        h->kind = HK_STATE_DATA;
+        h->has_data = true;
+        h->data_from = UINT32_MAX;      /* the last one counts */
+        h->data_to = 0;
     } else if (name_is(h, "X-Resplice-Sync")) {
         h->kind = HK_SYNC;
         h->has_sync = true;
@@ -133,7 +139,12 @@ static void head_value(struct front_conn *c, struct front_head *h, const char *a
         h->in_field = false;
         head_classify(c, h);
     }
-    if (h->kind == HK_STATE) {
+    if (h->kind == HK_STATE_DATA) {
+        /* The value stays where it is, in the head's bytes. */
+        if (h->data_from == UINT32_MAX)
+            h->data_from = head_pos(h, at);
+        h->data_to = head_pos(h, at) + (uint32_t)len;
+    } else if (h->kind == HK_STATE) {
         if (h->path_len + len > FRONT_PATH_MAX) {
             h->path_long = true;
             return;

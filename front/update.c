@@ -1,5 +1,6 @@
 /* rs-front's state updates: the state file a response names
- * (X-Resplice-State) goes, in an envelope, to the state library; a
+ * (X-Resplice-State), or the state it carries (X-Resplice-State-Data,
+ * base64), goes, in an envelope, to the state library; a
  * synchronous one (X-Resplice-Sync: 1) waits for its complete response and
  * carries it along. */
 #include "front.h"
@@ -11,6 +12,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #include "ctl_msg.h"
 
@@ -159,50 +162,88 @@ static void state_send(struct front_conn *c, struct front_txn *t, uint32_t slen,
                rs_txn_str(t->id, id), c->who.name, strerror(-r));
 }
 
-/* Reads the state file a response named and hands it to the library; sets
- * 't->waiting' when the response must wait for the alternate. */
-void update_take(struct front_conn *c, struct front_txn *t)
+/* Reads the state file a response named into f->blob, after the envelope's
+ * header, and deletes it.  Returns its length; sets '*err' when it could
+ * not. */
+static ssize_t state_file(struct front_conn *c, const char **err)
 {
     struct front_head *h = &c->rsh;
     struct front *f = c->f;
-    char id[RS_TXN_ID_STRLEN], real[PATH_MAX];
-    bool sync = h->has_sync && strtol(h->sync, NULL, 10) == 1;
-    const char *err = NULL;
+    char real[PATH_MAX];
     size_t dlen = strlen(f->state_real);
     ssize_t len = 0;
     struct stat st;
     int fd = -1;
 
-    if (!h->has_state) {
+    /* Only files in --state-dir, so a response cannot make us read (and
+     * delete) anything else. */
+    if (h->path_long || h->path_len == 0)
+        *err = "bad path";
+    else if (!realpath(h->path, real))
+        *err = strerror(errno);
+    else if (strncmp(real, f->state_real, dlen) != 0 || real[dlen] != '/')
+        *err = "not in --state-dir";
+    else if ((fd = open(real, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
+        *err = strerror(errno);
+    else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        *err = "not a regular file";
+    else if ((uint64_t)st.st_size > RS_CTL_STATE_MAX - FRONT_BLOB_HDR)
+        *err = "larger than the state limit (1 MiB)";
+    else if ((len = read(fd, f->blob + FRONT_BLOB_HDR, (size_t)st.st_size)) != (ssize_t)st.st_size)
+        *err = len < 0 ? strerror(errno) : "short read";
+    if (fd >= 0)
+        close(fd);
+    if (!*err || fd >= 0)
+        unlink(real);           /* ours now, read or not */
+    return len;
+}
+
+/* Decodes the state a response carried itself (X-Resplice-State-Data,
+ * base64: a small one spares the application a file, and us reading it)
+ * into f->blob, after the envelope's header.  Returns its length; sets
+ * '*err' when it could not. */
+static ssize_t state_data(struct front_conn *c, const char **err)
+{
+    struct front_head *h = &c->rsh;
+    size_t n = 0;
+
+    if (h->data_from == UINT32_MAX || h->data_to < h->data_from
+        || sodium_base642bin(c->f->blob + FRONT_BLOB_HDR, RS_CTL_STATE_MAX - FRONT_BLOB_HDR,
+                             (const char *)h->buf + h->data_from, h->data_to - h->data_from, " \t", &n, NULL,
+                             sodium_base64_VARIANT_ORIGINAL) != 0) {
+        *err = "not base64, or larger than the state limit";
+        return -1;
+    }
+    return (ssize_t)n;
+}
+
+/* Reads the state a response named (a file) or carried, and hands it to
+ * the library; sets 't->waiting' when the response must wait for the
+ * alternate. */
+void update_take(struct front_conn *c, struct front_txn *t)
+{
+    struct front_head *h = &c->rsh;
+    struct front *f = c->f;
+    char id[RS_TXN_ID_STRLEN];
+    bool sync = h->has_sync && strtol(h->sync, NULL, 10) == 1;
+    const char *err = NULL;
+    ssize_t len;
+
+    if (!h->has_state && !h->has_data) {
         if (sync)
             rs_log("state %s %s: X-Resplice-Sync without X-Resplice-State (ignored)", rs_txn_str(t->id, id),
                    c->who.name);
         return;
     }
-    /* Only files in --state-dir, so a response cannot make us read (and
-     * delete) anything else. */
-    if (h->path_long || h->path_len == 0)
-        err = "bad path";
-    else if (!realpath(h->path, real))
-        err = strerror(errno);
-    else if (strncmp(real, f->state_real, dlen) != 0 || real[dlen] != '/')
-        err = "not in --state-dir";
-    else if ((fd = open(real, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
-        err = strerror(errno);
-    else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-        err = "not a regular file";
-    else if ((uint64_t)st.st_size > RS_CTL_STATE_MAX - FRONT_BLOB_HDR)
-        err = "larger than the state limit (1 MiB)";
-    else if ((len = read(fd, f->blob + FRONT_BLOB_HDR, (size_t)st.st_size)) != (ssize_t)st.st_size)
-        err = len < 0 ? strerror(errno) : "short read";
-    if (fd >= 0)
-        close(fd);
-    if (!err || fd >= 0)
-        unlink(real);           /* ours now, read or not */
+    len = h->has_data ? state_data(c, &err) : state_file(c, &err);
     if (err) {
         f->stats[FS_STATE_ERRORS]++;
-        rs_log("state %s %s file '%s': %s; the transaction goes unreplicated", rs_txn_str(t->id, id),
-               c->who.name, h->path_long ? "(too long)" : h->path, err);
+        if (h->has_data)
+            rs_log("state %s %s X-Resplice-State-Data: %s; the transaction goes unreplicated", rs_txn_str(t->id, id),
+                   c->who.name, err);
+        else
+            rs_log("state %s %s file '%s': %s; the transaction goes unreplicated", rs_txn_str(t->id, id),
+                   c->who.name, h->path_long ? "(too long)" : h->path, err);
         return;
     }
     f->stats[FS_STATES]++;

@@ -297,6 +297,10 @@ class Roundcube:
             # "snapshot" (the whole database each request), to compare.
             if os.environ.get("RS_ROUNDCUBE_STATE"):
                 c["resplice_state"] = os.environ["RS_ROUNDCUBE_STATE"]
+            # $RS_ROUNDCUBE_STATE_INLINE: the largest change set sent in the
+            # response's head (0: every state in a file, as before session 39).
+            if os.environ.get("RS_ROUNDCUBE_STATE_INLINE"):
+                c["resplice_state_inline_max"] = int(os.environ["RS_ROUNDCUBE_STATE_INLINE"])
         c.update(self.extra_config)
         return c
 

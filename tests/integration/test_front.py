@@ -113,6 +113,10 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.small("token=%s\n" % t, state="token=%s" % t, sync=True)
         if u.path == "/bigstate":
             return self.small("big\n", state="big=" + "b" * 900000)
+        if u.path == "/inline":      # the state in the head, as the Roundcube plugin sends a small one
+            return self.small("inline\n", extra=[("X-Resplice-State-Data", "aW5saW5lPTQy")])     # "inline=42"
+        if u.path == "/badinline":
+            return self.small("bad\n", extra=[("X-Resplice-State-Data", "not*base64")])
         if u.path == "/echo":
             return self.small("%d %s\n" % (len(body), hashlib.sha256(body).hexdigest()))
         if u.path == "/headers":
@@ -435,6 +439,24 @@ class TestFront(FrontCase):
                         self.log("front-primary")[-2000:])
         # 900004 bytes of state in the front's 20-byte envelope.
         self.assertIn(f"update {big}#0 900024B", self.log("stated-alternate"))
+
+    def test_state_in_the_head(self):
+        """A state the response carries in its head (X-Resplice-State-Data,
+        base64) reaches the alternate as a file's would; the header never
+        reaches the client; one that is not base64 is logged and counted,
+        and the response still goes."""
+        self.start_pair()
+        port = 42101
+        resps = self.client(port, [["POST", "/inline", {}, ""], ["POST", "/badinline", {}, ""]])
+        self.assertEqual([(r["status"], r["body"]) for r in resps], [(200, "inline\n"), (200, "bad\n")])
+        for r in resps:
+            self.assert_clean_headers(r)
+        client = f"{C1}:{port}"
+        self.assertTrue(wait_until(lambda: f"update {client}#0 29B" in self.log("stated-alternate"), 5),
+                        self.log("stated-alternate")[-2000:])      # 9 bytes in the 20-byte envelope
+        self.assertRegex(self.log("front-primary"),
+                         rf"state {re.escape(client)}#1 \S+ X-Resplice-State-Data: not base64")
+        self.assertNotIn(f"update {client}#1 ", self.log("stated-alternate"))
 
     def test_apply_file_newest_state_wins(self):
         """--apply-file installs a whole-state file by rename; states of two

@@ -8,8 +8,9 @@
  * The front numbers the client's requests and sends X-Resplice-Txn with
  * each one.  For every PHP request that came through it (all of them update
  * the session row), this plugin holds the output, and once Roundcube has
- * written the session at shutdown it writes the request's state to a file
- * in the front's --state-dir and answers
+ * written the session at shutdown it answers the request's state, in the
+ * head when it is small, else in a file in the front's --state-dir:
+ *   X-Resplice-State-Data: <base64> (up to INLINE_MAX bytes) or
  *   X-Resplice-State: <that file>   (the front reads, sends and deletes it)
  *   X-Resplice-Sync: 1              for non-deterministic requests (a new
  *                                   session id, token or compose id): the
@@ -48,6 +49,8 @@
  *                         that sets a cookie (default login, logout, compose, send)
  *   resplice_skip_tables  tables emptied in the snapshot and not tracked (default: the caches)
  *   resplice_state        'changes' (default) or 'snapshot'
+ *   resplice_state_inline_max  a change set up to this many bytes goes in the
+ *                         head (default and at most INLINE_MAX; 0: always a file)
  *   resplice_auxlog_host  rs-auxlog's relay, for re-runs, when its tap records
  *                         the first runs (default: none, every conversation
  *                         goes to imap_host / smtp_host)
@@ -70,6 +73,10 @@ class resplice extends rcube_plugin
     const CHANGES_MAGIC = '-- resplice changes';
     /* Bumped when the triggers change: each database gets them anew. */
     const TRIGGERS_VERSION = '1';
+    /* A change set up to this many bytes goes in the response's head
+     * (X-Resplice-State-Data, base64: 8 KB of the front's 16 KB head);
+     * a larger one, or a snapshot, in a file (X-Resplice-State). */
+    const INLINE_MAX = 6144;
     /* Noted changes older than this many seconds are pruned (no request runs that long). */
     const CHANGES_KEEP_S = 600;
 
@@ -175,29 +182,38 @@ class resplice extends rcube_plugin
             return;
         }
 
-        $tmp = @tempnam($this->state_dir, 'rs-state-');
-        if ($tmp === false) {
-            rcube::raise_error("resplice: {$this->txn}: cannot create a file in {$this->state_dir}", true, false);
-            return;
-        }
-
-        $seq = null;
+        $seq = $text = $tmp = null;
         if ($this->changes_from !== null) {
             try {
-                $seq = self::changes($this->db, $tmp, $this->changes_from);
+                list($seq, $text) = self::changes_text($this->db, $this->changes_from);
             }
             catch (Exception $e) {
                 rcube::raise_error("resplice: {$this->txn}: changes failed (a snapshot instead): "
                     . $e->getMessage(), true, false);
             }
         }
-        try {
-            $seq = $seq !== null ? $seq : self::snapshot($this->db_path, $tmp, $this->skip_tables());
-        }
-        catch (Exception $e) {
-            @unlink($tmp);
-            rcube::raise_error("resplice: {$this->txn}: snapshot failed: " . $e->getMessage(), true, false);
-            return;
+        // A small change set travels in the response's head; anything else
+        // in a file of the front's --state-dir.
+        $inline = (int) rcube::get_instance()->config->get('resplice_state_inline_max', self::INLINE_MAX);
+        if ($text === null || strlen($text) > min($inline, self::INLINE_MAX)) {
+            $tmp = @tempnam($this->state_dir, 'rs-state-');
+            if ($tmp === false) {
+                rcube::raise_error("resplice: {$this->txn}: cannot create a file in {$this->state_dir}", true, false);
+                return;
+            }
+            try {
+                if ($text !== null) {
+                    self::write($tmp, $text);
+                }
+                else {
+                    $seq = self::snapshot($this->db_path, $tmp, $this->skip_tables());
+                }
+            }
+            catch (Exception $e) {
+                @unlink($tmp);
+                rcube::raise_error("resplice: {$this->txn}: state not written: " . $e->getMessage(), true, false);
+                return;
+            }
         }
 
         // Roundcube's no-cache headers carry the current time: a re-run on
@@ -210,7 +226,12 @@ class resplice extends rcube_plugin
         }
         header_remove('Last-Modified');
 
-        header('X-Resplice-State: ' . $tmp);
+        if ($tmp !== null) {
+            header('X-Resplice-State: ' . $tmp);
+        }
+        else {
+            header('X-Resplice-State-Data: ' . base64_encode($text));
+        }
         // Its age: the alternate keeps the newest image of each row.
         header('X-Resplice-State-Seq: ' . $seq);
         if ($this->is_nondeterministic()) {
@@ -364,12 +385,29 @@ class resplice extends rcube_plugin
      */
     public static function changes($src, $dst, $from)
     {
-        return self::using($src, function (PDO $db) use ($dst, $from) {
-            return self::changes_in($db, $dst, $from);
+        list($seq, $text) = self::changes_text($src, $from);
+        self::write($dst, $text);
+        return $seq;
+    }
+
+    /**
+     * The same, as [the sequence number, the SQL text].
+     */
+    public static function changes_text($src, $from)
+    {
+        return self::using($src, function (PDO $db) use ($from) {
+            return self::changes_in($db, $from);
         });
     }
 
-    private static function changes_in(PDO $db, $dst, $from)
+    private static function write($dst, $text)
+    {
+        if (file_put_contents($dst, $text) !== strlen($text)) {
+            throw new Exception("cannot write $dst");
+        }
+    }
+
+    private static function changes_in(PDO $db, $from)
     {
         $db->exec('BEGIN IMMEDIATE');
         try {
@@ -411,10 +449,7 @@ class resplice extends rcube_plugin
             $db->exec('ROLLBACK');
             throw $e;
         }
-        if (file_put_contents($dst, $out) !== strlen($out)) {
-            throw new Exception("cannot write $dst");
-        }
-        return $seq;
+        return [$seq, $out];
     }
 
     /**
