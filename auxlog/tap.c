@@ -88,7 +88,6 @@ struct tap {
     struct rs_timer poll;
     struct nfq_handle *nfq;
     struct nfq_q_handle *qh;
-    unsigned queue_num;
     bool rule_installed;
     struct rs_reasm_budget budget;
     struct tap_flow *flows[TAP_BUCKETS];
@@ -111,7 +110,9 @@ static int on_libbpf(enum libbpf_print_level level, const char *fmt, va_list ap)
 
 static unsigned flow_hash(uint32_t bip, uint16_t bport, uint16_t sport)
 {
-    return (unsigned)(((uint64_t)bip * 0x9e3779b97f4a7c15ull ^ ((uint64_t)bport << 16 | sport)) >> 20) % TAP_BUCKETS;
+    uint64_t k = (uint64_t)bip << 32 | (uint32_t)bport << 16 | sport;
+
+    return (unsigned)((k * 0x9e3779b97f4a7c15ull) >> 40) % TAP_BUCKETS;
 }
 
 static struct tap_flow **flow_slot(struct tap *t, uint32_t bip, uint16_t bport, uint16_t sport)
@@ -544,7 +545,6 @@ static int queue_open(struct auxlog *a, unsigned num)
              "iptables -w -t mangle -A " TAP_CHAIN " -m mark --mark 0x%x -j NFQUEUE --queue-num %u --queue-bypass && "
              "{ iptables -w -t mangle -C FORWARD -j " TAP_CHAIN " 2>/dev/null || "
              "iptables -w -t mangle -A FORWARD -j " TAP_CHAIN "; }", RS_CAPTURE_QUEUE_MARK, num);
-    t->queue_num = num;
     if (!(t->nfq = nfq_open()) || !(t->qh = nfq_create_queue(t->nfq, (uint16_t)num, on_queued, a)))
         return errno ? -errno : -EIO;
     if (nfq_set_mode(t->qh, NFQNL_COPY_PACKET, 128) < 0 || nfq_set_queue_maxlen(t->qh, TAP_QUEUE_LEN) < 0)

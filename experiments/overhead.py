@@ -13,9 +13,10 @@ results/overhead/<workload>.csv (experiments/common.py's overhead schema):
 
 TRIALS=, QUICK=1 (2 runs; direct, haproxy-tuned, resplice), TECHNIQUES=,
 WORKLOADS=, ROUNDS= (default 1): the techniques take turns ROUNDS times,
-each with its share of the TRIALS, so that a host that slows down or
-speeds up during the study (these machines do, by a third within a
-minute) weighs on all of them alike.  Ends with a summary: line (median
+each with its share of the TRIALS, each round starting with the next
+technique, so that a host that slows down or speeds up during the study
+(these machines do, by a third within a minute) weighs on all of them
+alike.  Ends with a summary: line (median
 Action 2 time, or the last action's, per workload and technique and its
 ratio to direct)."""
 import argparse
@@ -62,7 +63,11 @@ def run(a, runs, rounds, known, plan, tmp):
             times = {}
             for r in range(rounds):
                 share = runs // rounds + (1 if r < runs % rounds else 0)
-                for name in wtechs:
+                # Each round starts with another technique: the one that
+                # runs after a given other finds the machine as that one
+                # left it (session 39: the second of two variants measured
+                # ~7% slower whichever it was).
+                for name in wtechs[r % len(wtechs):] + wtechs[:r % len(wtechs)]:
                     progress.step(f"{wl} {name}: both actions x{share}" + (f" (round {r + 1})" if rounds > 1 else ""))
                     tech = known[name](tb, run_dir, s.wl)
                     base = s.baseline(tech, share)
