@@ -21,7 +21,7 @@ import unittest
 
 from emul.shaping import wait_until
 from emul.testbed import Testbed
-from roundcube.deploy import AUXLOG_IP, MAILSTORE_IP, USERS, AuxLog, MailStore, count_messages
+from roundcube.deploy import AUXLOG_IP, MAILSTORE_IP, USERS, AuxLog, MailStore, count_messages, pid_alive
 from tests.integration.harness import needs_root
 from topologies.lan import LanTopo
 
@@ -77,7 +77,7 @@ class TestAuxlogTap(unittest.TestCase):
         self.tb = Testbed(LanTopo(), os.path.join(self.dir, "run")).__enter__()
         self.addCleanup(self.tb.__exit__, None, None, None)
         self.ms = MailStore(self.tb, self.tb.run_dir).start()
-        self.addCleanup(self.ms.stop)
+        self.addCleanup(self.stop_mailstore)
         self.aux = AuxLog(self.tb, self.tb.run_dir, tap=True).start()
         self.addCleanup(lambda: self.aux.stop())
         for h in ("primary", "alternate"):
@@ -86,6 +86,17 @@ class TestAuxlogTap(unittest.TestCase):
         with open(self.script, "w") as f:
             f.write(IMAP_CLIENT)
         self.n = 0
+
+    def stop_mailstore(self):
+        """Stops the mail store, and ends whatever of it outlived its
+        master (dovecot's children, once seen beside two busy loops)."""
+        pids = self.ms.pids()
+        self.ms.stop()
+        if wait_until(lambda: not any(pid_alive(p) for p in pids), 5):
+            return
+        for p in pids:
+            if pid_alive(p):
+                os.kill(p, signal.SIGKILL)
 
     def tearDown(self):
         if os.environ.get("RS_KEEP"):
