@@ -74,6 +74,7 @@ class TestAuxlogTap(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="rs-test-tap-")
         os.chmod(self.dir, 0o755)
+        self.addCleanup(self.remove_dir)       # also when setUp fails
         self.tb = Testbed(LanTopo(), os.path.join(self.dir, "run")).__enter__()
         self.addCleanup(self.tb.__exit__, None, None, None)
         self.ms = MailStore(self.tb, self.tb.run_dir).start()
@@ -98,7 +99,7 @@ class TestAuxlogTap(unittest.TestCase):
             if pid_alive(p):
                 os.kill(p, signal.SIGKILL)
 
-    def tearDown(self):
+    def remove_dir(self):
         if os.environ.get("RS_KEEP"):
             shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
