@@ -1,5 +1,5 @@
 /* rs-front on the alternate: applies the peer's states (--apply-cmd, run
- * asynchronously, or --apply-file, renamed into place) and keeps the
+ * asynchronously, or --apply-file, installed in place) and keeps the
  * responses that came with synchronous states, to answer a recovered
  * request from them instead of re-running it. */
 #include "front.h"
@@ -160,7 +160,8 @@ static int write_temp(char *tmpl, const void *data, size_t len, mode_t mode)
 }
 
 /* --apply-file: the state is the application's whole state file; one
- * rename installs it, unless a newer one ('seq', X-Resplice-State-Seq) is
+ * rename installs it (an sqlite database: copied into the file in place),
+ * unless a newer one ('seq', X-Resplice-State-Seq) is
  * already there (states of different client connections can be logged,
  * hence applied, out of the order they were taken in).  Or it is an sqlite
  * change set (changes.c), run on the file in one transaction: it sets each
@@ -168,7 +169,7 @@ static int write_temp(char *tmpl, const void *data, size_t len, mode_t mode)
 static int apply_file(struct front *f, rs_txn_id id, const void *state, size_t len, uint64_t seq)
 {
     char tmp[PATH_MAX + 16], ids[RS_TXN_ID_STRLEN], why[256];
-    bool changes = front_is_changes(state, len);
+    bool changes = front_is_changes(state, len), sqlite = front_is_sqlite(state, len);
     struct stat st;
     int err;
 
@@ -192,19 +193,25 @@ static int apply_file(struct front *f, rs_txn_id id, const void *state, size_t l
     }
     snprintf(tmp, sizeof(tmp), "%s.rs-XXXXXX", f->cfg.apply_file);
     err = write_temp(tmp, state, len, stat(f->cfg.apply_file, &st) == 0 ? st.st_mode & 07777 : 0640);
-    if (err == 0 && rename(tmp, f->cfg.apply_file) < 0) {
+    snprintf(why, sizeof(why), "%s", strerror(-err));
+    if (err == 0 && sqlite) {
+        /* In place: php's connections may stay open on the file. */
+        err = front_sqlite_install(f->cfg.apply_file, tmp, why, sizeof(why));
+        unlink(tmp);
+    } else if (err == 0 && rename(tmp, f->cfg.apply_file) < 0) {
         err = -errno;
+        snprintf(why, sizeof(why), "%s", strerror(errno));
         unlink(tmp);
     }
     if (err < 0) {
         f->stats[FS_APPLY_ERRORS]++;
-        rs_log("state-apply %s file %s: %s", ids, f->cfg.apply_file, strerror(-err));
+        rs_log("state-apply %s file %s: %s", ids, f->cfg.apply_file, why);
         return err;
     }
     if (seq)
         f->installed_seq = seq;
     f->stats[FS_APPLIES]++;
-    rs_log("state-apply %s file %zuB seq=%" PRIu64, ids, len, seq);
+    rs_log("state-apply %s file %zuB seq=%" PRIu64 "%s", ids, len, seq, sqlite ? " in place" : "");
     return 0;
 }
 

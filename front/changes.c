@@ -143,3 +143,33 @@ int front_sqlite_copy(const char *path, const char *copy, char *why, size_t whyl
     sqlite3_close(db);
     return 0;
 }
+
+int front_sqlite_install(const char *path, const char *snapshot, char *why, size_t whylen)
+{
+    sqlite3 *dst = NULL, *src = NULL;
+    sqlite3_backup *b;
+    int err, rc;
+
+    if ((err = open_db(snapshot, SQLITE_OPEN_READONLY, &src, why, whylen)) != 0)
+        return err;
+    if ((err = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &dst, why, whylen)) != 0) {
+        sqlite3_close(src);
+        return err;
+    }
+    /* One step copies every page in one write transaction of 'dst' (its
+     * busy handler waits for a writer); readers see the old database or
+     * the new one. */
+    if (!(b = sqlite3_backup_init(dst, "main", src, "main"))) {
+        snprintf(why, whylen, "install %s: %s", path, sqlite3_errmsg(dst));
+        err = -EIO;
+    } else {
+        rc = sqlite3_backup_step(b, -1);
+        if (sqlite3_backup_finish(b) != SQLITE_OK || rc != SQLITE_DONE) {
+            snprintf(why, whylen, "install %s: %s", path, sqlite3_errmsg(dst));
+            err = -EIO;
+        }
+    }
+    sqlite3_close(src);
+    sqlite3_close(dst);
+    return err;
+}

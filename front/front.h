@@ -349,7 +349,7 @@ bool front_is_changes(const void *state, size_t len);
 bool front_is_sqlite(const void *head, size_t len);
 /* Runs change set 'sql' ('len' bytes) on database 'path' in one
  * transaction, on a connection kept open until the next (reopened when
- * 'path' is another file by then).  Returns 0, or -errno with 'why' said
+ * 'path' is another file by then: a whole-file state installed by rename).  Returns 0, or -errno with 'why' said
  * (nothing applied). */
 int front_changes_apply(const char *path, const void *sql, size_t len, char *why, size_t whylen);
 /* Closes the connection front_changes_apply keeps. */
@@ -357,6 +357,12 @@ void front_changes_close(void);
 /* Writes a consistent copy of database 'path' to 'copy' (VACUUM INTO),
  * without the change tracking's tables.  Returns 0 or -errno ('why'). */
 int front_sqlite_copy(const char *path, const char *copy, char *why, size_t whylen);
+/* Makes database 'path' (created if absent) a copy of database file
+ * 'snapshot', in place (sqlite's backup, one transaction): connections
+ * that stay open on 'path' (php's, with Roundcube's db_persistent) see the
+ * copy, where a rename would leave them on the old file.  Returns 0 or
+ * -errno ('why'); 'path' is unchanged on failure. */
+int front_sqlite_install(const char *path, const char *snapshot, char *why, size_t whylen);
 
 /* ---- alternate.c: the peer's states and recorded responses ---------------------- */
 

@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import unittest
+from unittest import mock
 
 from emul.shaping import wait_until
 from emul.places import binary
@@ -137,6 +138,17 @@ class RoundcubeFailover(MailTestbedCase):
         self.assertEqual(len(sizes["action1.trace"]), 14)
         self.assertEqual(len(sizes["action2.trace"]), ACTION2_STEPS)
         self.assertEqual(self.counts(), (before[0] + 1, before[1] + 1))
+
+    def test_action2_14_first_byte_by_snapshots(self):
+        """The whole database as every request's state (the plugin's
+        'snapshot', its way when it cannot read the changes), and php-cgi
+        children whose connections stay open from request to request
+        (Roundcube's db_persistent): the alternate's front copies each
+        snapshot into its database in place, so that those connections
+        read the session after the failover (a rename left them on the
+        old file: the client got the login form)."""
+        with mock.patch.dict(os.environ, {"RS_ROUNDCUBE_STATE": "snapshot", "RS_ROUNDCUBE_PERSISTENT": "1"}):
+            self.check_crash("action2.trace", 14, 0)
 
     def test_action1_mid_largest_static(self):
         sizes = self.baseline()["action1.trace"]

@@ -1,7 +1,8 @@
 /* Unit tests for front/changes.c: a change set runs on an sqlite database
  * in one transaction (all of it or, on any error, none of it), a NUL byte
- * is refused, the two kinds of state are told apart, and the export's copy
- * is the database without the change tracking's tables. */
+ * is refused, the two kinds of state are told apart, a snapshot goes into
+ * the database in place, and the export's copy is the database without
+ * the change tracking's tables. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -142,6 +143,51 @@ static void test_apply_after_rename(void **state)
     assert_int_equal(count(f->db, "SELECT count(*) FROM session WHERE sess_id = 'two'"), 1);
 }
 
+/* A snapshot goes into the database in place: a connection that stays
+ * open on it (php's, with db_persistent) reads the snapshot's rows, and
+ * the change set after it runs on them.  Something that is no database
+ * leaves the database as it was. */
+static void test_install_in_place(void **state)
+{
+    struct fx *f = *state;
+    static const char two[] = FRONT_CHANGES_MAGIC "seq=11\nINSERT OR REPLACE INTO session VALUES ('two', 'y');\n";
+    char why[128] = "", snap[128];
+    sqlite3 *php;
+    sqlite3_stmt *st;
+    FILE *junk;
+
+    sql(f->db, "PRAGMA journal_mode = WAL");
+    assert_int_equal(front_changes_apply(f->db, two, strlen(two), why, sizeof(why)), 0);
+    assert_int_equal(sqlite3_open(f->db, &php), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(php, "SELECT group_concat(sess_id) FROM session", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "old,two");
+    sqlite3_reset(st);
+
+    snprintf(snap, sizeof(snap), "%s/snap.db", f->dir);
+    sql(snap, "CREATE TABLE session (sess_id TEXT PRIMARY KEY, vars TEXT);"
+              "INSERT INTO session VALUES ('snap', 'z');");
+    assert_int_equal(front_sqlite_install(f->db, snap, why, sizeof(why)), 0);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "snap");
+    sqlite3_reset(st);
+    assert_int_equal(front_changes_apply(f->db, two, strlen(two), why, sizeof(why)), 0);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "snap,two");
+    sqlite3_reset(st);
+
+    assert_non_null(junk = fopen(snap, "w"));
+    fputs("not a database, but long enough to look at its header", junk);
+    fclose(junk);
+    assert_int_equal(front_sqlite_install(f->db, snap, why, sizeof(why)), -EIO);
+    assert_non_null(strstr(why, "install"));
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "snap,two");
+    sqlite3_finalize(st);
+    sqlite3_close(php);
+    unlink(snap);
+}
+
 static void test_copy_without_tracking(void **state)
 {
     struct fx *f = *state;
@@ -168,6 +214,7 @@ int main(void)
         cmocka_unit_test(test_kinds),
         cmocka_unit_test_setup_teardown(test_apply_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_apply_after_rename, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_install_in_place, setup, teardown),
         cmocka_unit_test_setup_teardown(test_apply_none_on_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refuses_nul_and_missing_db, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_without_tracking, setup, teardown),

@@ -309,9 +309,8 @@ class resplice extends rcube_plugin
             // no resplice_meta yet
         }
         if ($ver !== self::TRIGGERS_VERSION) {
-            $db->exec('BEGIN IMMEDIATE');
+            self::begin_write($db);
             try {
-                $db->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
                 $db->exec('CREATE TABLE IF NOT EXISTS resplice_changes (id INTEGER PRIMARY KEY AUTOINCREMENT,'
                     . ' tbl TEXT NOT NULL, k TEXT NOT NULL, at INTEGER NOT NULL)');
                 $tables = $db->query("SELECT name FROM sqlite_master WHERE type = 'table'"
@@ -323,10 +322,10 @@ class resplice extends rcube_plugin
                 }
                 $db->exec("INSERT OR REPLACE INTO resplice_meta (k, v) VALUES ('triggers', "
                     . $db->quote(self::TRIGGERS_VERSION) . ")");
-                $db->exec('COMMIT');
+                $db->commit();
             }
             catch (Exception $e) {
-                $db->exec('ROLLBACK');
+                $db->rollBack();
                 throw $e;
             }
         }
@@ -409,7 +408,7 @@ class resplice extends rcube_plugin
 
     private static function changes_in(PDO $db, $from)
     {
-        $db->exec('BEGIN IMMEDIATE');
+        self::begin_write($db);
         try {
             $seq = (string) hrtime(true);
             $out = self::CHANGES_MAGIC . " seq=$seq\n"
@@ -443,13 +442,33 @@ class resplice extends rcube_plugin
                 $db->exec("DELETE FROM resplice_changes WHERE at < CAST(strftime('%s', 'now') AS INTEGER) - "
                     . self::CHANGES_KEEP_S);
             }
-            $db->exec('COMMIT');
+            $db->commit();
         }
         catch (Exception $e) {
-            $db->exec('ROLLBACK');
+            $db->rollBack();
             throw $e;
         }
         return [$seq, $out];
+    }
+
+    /**
+     * Begins a write transaction on 'db' with the write lock taken at once,
+     * as BEGIN IMMEDIATE, but through PDO, which then knows of it: with
+     * Roundcube's db_persistent the connection outlives the request, and
+     * PDO rolls back a transaction that a request died in instead of
+     * leaving it, and the write lock, to the next request.
+     */
+    private static function begin_write(PDO $db)
+    {
+        $db->beginTransaction();
+        try {
+            $db->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
+            $db->exec('DELETE FROM resplice_meta WHERE 0');     // takes the write lock, changes nothing
+        }
+        catch (Exception $e) {
+            $db->rollBack();
+            throw $e;
+        }
     }
 
     /**
