@@ -10,6 +10,10 @@ from outside the component:
   process               SIGKILL of the primary's application
   host                  the primary host's interfaces down
   hang                  SIGSTOP of the primary's application
+  hang-resume           the same, and SIGCONT once the proxy failed it over
+                        (0-500 ms later, drawn): the resumed backend goes on
+                        with what it was doing (a response, a state, a
+                        mail); none of it may reach the client or count
   cut-logger            the primary cut off from the logger only (iptables
                         in its namespace): its heartbeats stop, it lives on
   alternate-in-recovery SIGKILL of the primary, then of the alternate's
@@ -117,7 +121,7 @@ from experiments.common import FAULT_VERDICTS, Progress, RowWriter, median, summ
 from experiments.pcaps import ends  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
-FAULTS = ("none", "process", "host", "hang", "cut-logger", "alternate-in-recovery", "logger-idle",
+FAULTS = ("none", "process", "host", "hang", "hang-resume", "cut-logger", "alternate-in-recovery", "logger-idle",
           "logger-in-recovery", "client-loss", "second", "proxy", "pair-kill", "pair-host", "double")
 # These run on a testbed of their own, with a proxy pair, or with a spare.
 PAIR_FAULTS = ("pair-kill", "pair-host")
@@ -138,6 +142,8 @@ def unmaskable(times, backends=2):
 
 SECOND = ("client-loss", "logger", "alternate")
 PROXY_RESTART_S = 0.2        # a supervisor's delay before it starts a killed rs-proxy again
+RESUME_WAIT_S = 3.0          # hang-resume: the longest wait for the failover before the SIGCONT
+RESUME_SETTLE_S = 1.0        # hang-resume: the resumed backend's time to act before the judging
 
 
 def spliced_before(plog, t):
@@ -407,6 +413,26 @@ class Faults:
         # (rs-auxlog keeps its mail from counting twice: a superseded
         # conversation drains; docs/failure-handling.md).
         self.undo.append(lambda: [signal_pid(pid, signal.SIGKILL) for pid in pids])
+        return pids
+
+    def hang_resume(self):
+        """A hang that ends: SIGCONT once the proxy declared the primary
+        failed (or after RESUME_WAIT_S when it did not), a drawn 0-500 ms
+        later; then RESUME_SETTLE_S for the resumed backend to finish what
+        it was doing before the trial is judged."""
+        pids, delay = self.hang(), self.rng.uniform(0, 0.5)
+
+        def resume():
+            wait_until(lambda: "rs-proxy failure backend_id=1 " in self.stack.proxy_log(), RESUME_WAIT_S, 0.02)
+            time.sleep(delay)
+            self.mark("resume")
+            for pid in pids:
+                signal_pid(pid, signal.SIGCONT)
+            time.sleep(RESUME_SETTLE_S)
+
+        t = threading.Timer(0, resume)
+        t.start()
+        return t
 
     def cut_logger(self):
         self.mark("cut-logger")
@@ -445,6 +471,8 @@ class Faults:
             self.host()
         elif fault == "hang":
             self.hang()
+        elif fault == "hang-resume":
+            return self.hang_resume()
         elif fault == "cut-logger":
             self.cut_logger()
         elif fault == "logger-idle":
@@ -502,7 +530,7 @@ class Faults:
         if handle is None:
             return
         if isinstance(handle, threading.Timer):
-            handle.join(5)
+            handle.join(8)
         else:
             handle.fired.wait(6)
 
