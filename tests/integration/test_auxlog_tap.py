@@ -28,11 +28,17 @@ from topologies.lan import LanTopo
 # An IMAP client: argv HOST MARKER TXN STEP..., one line out per tagged
 # reply ("A2 OK ..."); a step "wait:PATH" waits for that file first.
 # Exits 3 when a reply does not come within $TIMEOUT s (default 2: a
-# fenced backend).
+# fenced backend), its socket reset (no FIN left to send: the port is free
+# at once).  $LPORT: its local port.
 IMAP_CLIENT = r"""
-import os, socket, sys, time
+import os, socket, struct, sys, time
 host, marker, txn, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-s = socket.create_connection((host, 143), timeout=5)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if os.environ.get("LPORT"):
+    s.bind(("", int(os.environ["LPORT"])))
+s.settimeout(5)
+s.connect((host, 143))
 f = s.makefile("rb")
 print("greeting", f.readline().decode().strip(), flush=True)
 MSG = b"From: a@example.org\r\nSubject: tapped\r\n\r\nonce\r\n"
@@ -63,6 +69,8 @@ for st in steps:
                 break
     except socket.timeout:
         print("no reply", st, flush=True)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
         sys.exit(3)
 """
 
@@ -104,10 +112,11 @@ class TestAuxlogTap(unittest.TestCase):
             shutil.copytree(self.dir, os.path.join(os.environ["RS_KEEP"], self.id()), dirs_exist_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def imap(self, host, to, marker, steps, wait=True, timeout=2, txn=TXN):
+    def imap(self, host, to, marker, steps, wait=True, timeout=2, txn=TXN, port=None):
         self.n += 1
+        env = dict(os.environ, PW=USERS["alice"], TIMEOUT=str(timeout), **({"LPORT": str(port)} if port else {}))
         d = self.tb.start(host, f"imap-{host}-{self.n}", [sys.executable, self.script, to, marker, txn] + steps,
-                          env=dict(os.environ, PW=USERS["alice"], TIMEOUT=str(timeout)))
+                          env=env)
         if wait:
             d.popen.wait(20)
         return d
@@ -171,6 +180,29 @@ class TestAuxlogTap(unittest.TestCase):
         self.assertRegex(self.log(), r"superseded \(fenced\)")
         time.sleep(0.5)
         self.assertEqual(self.inbox(), before + 1)
+
+    def test_fenced_port_used_again(self):
+        """A fenced conversation's 4-tuple comes back for another
+        transaction (the backend's kernel gave its port out again): its
+        SYN clears the fence, and the new conversation reaches the store,
+        recorded.  (The store may still hold the fenced connection, whose
+        end was dropped too: its challenge ACK and the backend's RST clear
+        it, and the SYN is sent again.)"""
+        port = 41777
+        before = self.inbox()
+        rerun = self.imap("alternate", AUXLOG_IP, "x-resplice-rerun", ["id", "login", "select", "append", "logout"])
+        self.assertEqual(rerun.popen.returncode, 0, rerun.output())
+        late = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "append", "logout"],
+                         port=port)
+        self.assertEqual(late.popen.returncode, 3, late.output())
+        self.assertRegex(self.log(), rf"end imap backend=10\.0\.0\.11:{port} .*superseded \(fenced\)")
+        self.assertEqual(self.inbox(), before + 1)
+        again = self.imap("primary", MAILSTORE_IP, "x-resplice-txn", ["id", "login", "select", "append", "logout"],
+                          txn="10.0.1.1:41002#3", port=port, timeout=5)
+        self.assertEqual(again.popen.returncode, 0, again.output())
+        self.assertEqual(self.inbox(), before + 2)
+        self.assertTrue(wait_until(lambda: f"end imap backend=10.0.0.11:{port} txn=10.0.1.1:41002#3" in self.log(), 5),
+                        self.log())
 
     def test_marker_waits_for_its_judgment(self):
         """rs-auxlog hangs (SIGSTOP) when the primary, resumed after the
