@@ -193,14 +193,15 @@ static int apply_file(struct front *f, rs_txn_id id, const void *state, size_t l
     }
     snprintf(tmp, sizeof(tmp), "%s.rs-XXXXXX", f->cfg.apply_file);
     err = write_temp(tmp, state, len, stat(f->cfg.apply_file, &st) == 0 ? st.st_mode & 07777 : 0640);
-    snprintf(why, sizeof(why), "%s", strerror(-err));
-    if (err == 0 && sqlite) {
+    if (err < 0) {
+        snprintf(why, sizeof(why), "%s", strerror(-err));
+    } else if (sqlite) {
         /* In place: php's connections may stay open on the file. */
         err = front_sqlite_install(f->cfg.apply_file, tmp, why, sizeof(why));
         unlink(tmp);
-    } else if (err == 0 && rename(tmp, f->cfg.apply_file) < 0) {
+    } else if (rename(tmp, f->cfg.apply_file) < 0) {
         err = -errno;
-        snprintf(why, sizeof(why), "%s", strerror(errno));
+        snprintf(why, sizeof(why), "%s", strerror(-err));
         unlink(tmp);
     }
     if (err < 0) {

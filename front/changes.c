@@ -55,7 +55,8 @@ static int run(sqlite3 *db, const char *sql, char *why, size_t whylen)
 /* The database change sets run in, open from one to the next: opening it
  * reads its whole schema, 1 ms for Roundcube's (measured), where the
  * change set itself takes 0.05.  Opened anew when 'path' names another
- * file (a snapshot installed by rename) or after a failure. */
+ * file (replaced by a rename: rs-front itself copies a snapshot in place,
+ * front_sqlite_install) or after a failure. */
 static struct {
     char *path;
     sqlite3 *db;

@@ -349,7 +349,7 @@ bool front_is_changes(const void *state, size_t len);
 bool front_is_sqlite(const void *head, size_t len);
 /* Runs change set 'sql' ('len' bytes) on database 'path' in one
  * transaction, on a connection kept open until the next (reopened when
- * 'path' is another file by then: a whole-file state installed by rename).  Returns 0, or -errno with 'why' said
+ * 'path' is another file by then).  Returns 0, or -errno with 'why' said
  * (nothing applied). */
 int front_changes_apply(const char *path, const void *sql, size_t len, char *why, size_t whylen);
 /* Closes the connection front_changes_apply keeps. */

@@ -1,6 +1,7 @@
 """What the integration tests share besides the testbed (emul/) and the
 places of things (emul/places.py)."""
 import os
+import shutil
 import unittest
 
 NEEDS_ROOT = "needs root (network namespaces, daemons on test hosts)"
@@ -11,6 +12,15 @@ def needs_root(cls):
     daemons.  Without root its tests are reported as skipped, and
     tests/run.py fails the run: a suite that should have run did not."""
     return unittest.skipUnless(os.geteuid() == 0, NEEDS_ROOT)(cls)
+
+
+def keep_run(src, name):
+    """With $RS_KEEP (a directory to keep runs' logs in): copies run
+    directory 'src' to $RS_KEEP/'name', its files and directories only
+    (not dovecot's sockets and fifos)."""
+    if os.environ.get("RS_KEEP"):
+        shutil.copytree(src, os.path.join(os.environ["RS_KEEP"], name), dirs_exist_ok=True, ignore=lambda d, names: [
+            n for n in names if not os.path.isdir(os.path.join(d, n)) and not os.path.isfile(os.path.join(d, n))])
 
 
 # From a client host: two connections to the VIP from one client port, the

@@ -2,13 +2,12 @@
 running mail store (dovecot + rs-smtpd) for the whole class, everything
 torn down after it, and a check that no process it started outlived it."""
 import os
-import shutil
 import tempfile
 import unittest
 
 from emul.testbed import Testbed, leftovers
 from roundcube.deploy import MailStore, pid_alive
-from tests.integration.harness import needs_root
+from tests.integration.harness import keep_run, needs_root
 from topologies.lan import LanTopo
 
 
@@ -42,12 +41,7 @@ class MailTestbedCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.tb.__exit__(None, None, None)
-        if os.environ.get("RS_KEEP"):   # a directory to keep the run's logs in
-            # (not dovecot's sockets and fifos: only files and directories)
-            shutil.copytree(cls.dir, os.path.join(os.environ["RS_KEEP"], f"{cls.__module__}.{cls.__name__}"),
-                            dirs_exist_ok=True, ignore=lambda d, names: [
-                                n for n in names if not os.path.isdir(os.path.join(d, n))
-                                and not os.path.isfile(os.path.join(d, n))])
+        keep_run(cls.dir, f"{cls.__module__}.{cls.__name__}")
         try:
             # Every process we started, php-cgi's children included, is gone.
             left = [p for p in cls.pids if pid_alive(p)]

@@ -23,7 +23,7 @@ import unittest
 
 from emul.places import binary
 from roundcube.deploy import DOVECOT, USERS, MailStore
-from tests.integration.harness import needs_root
+from tests.integration.harness import keep_run, needs_root
 
 PRIMARY, ALTERNATE = "127.0.0.2", "127.0.0.3"
 
@@ -280,12 +280,7 @@ class AuxlogCase(unittest.TestCase):
             if name in cls.d:
                 cls.d[name].stop()
         alive = [n for n, d in cls.d.items() if d.p.poll() is None]
-        if os.environ.get("RS_KEEP"):   # a directory to keep the run's logs in
-            # (not dovecot's sockets and fifos: only files and directories)
-            shutil.copytree(cls.dir, os.path.join(os.environ["RS_KEEP"], f"{cls.__module__}.{cls.__name__}"),
-                            dirs_exist_ok=True, ignore=lambda d, names: [
-                                n for n in names if not os.path.isdir(os.path.join(d, n))
-                                and not os.path.isfile(os.path.join(d, n))])
+        keep_run(cls.dir, f"{cls.__module__}.{cls.__name__}")
         shutil.rmtree(cls.dir, ignore_errors=True)
         assert not alive, f"still running: {alive}"
 
