@@ -438,6 +438,15 @@ def install_plugin():
     os.replace(tmp, PLUGIN_DIR)
 
 
+def remove_db(path):
+    """Removes sqlite database 'path' with its WAL and shared-memory files
+    (a WAL left by a killed php must not meet the next database made
+    there)."""
+    for f in (path, path + "-wal", path + "-shm"):
+        if os.path.exists(f):
+            os.unlink(f)
+
+
 def init_db(path):
     """Creates Roundcube's tables in a new sqlite database at 'path'."""
     with open(RC_SCHEMA) as f:
@@ -619,9 +628,9 @@ class ResplicedRoundcube:
             if getattr(x, "d", None) in (None, {}):
                 x.start()
         for rc in self.rc.values():
-            for f in (rc.db, rc.db + ".resplice-seq"):
-                if os.path.exists(f):
-                    os.unlink(f)
+            remove_db(rc.db)
+            if os.path.exists(rc.db + ".resplice-seq"):
+                os.unlink(rc.db + ".resplice-seq")
             if os.path.isdir(rc.state_dir):
                 for f in os.listdir(rc.state_dir):
                     os.unlink(os.path.join(rc.state_dir, f))
