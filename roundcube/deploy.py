@@ -294,7 +294,7 @@ class Roundcube:
             # Roundcube.  A new sqlite connection reads the whole schema
             # (0.4 ms for Roundcube's, 0.7 ms with the resplice plugin's
             # triggers) and, in WAL mode, checkpoints when it closes; with
-            # it on, Action 2 measured 20-27% faster in every deployment
+            # it on, Action 2 measured faster in every deployment
             # (docs/performance.md, session 40).
             "db_persistent": os.environ.get("RS_ROUNDCUBE_PERSISTENT", "0") == "1",
         }
