@@ -62,10 +62,16 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *f = *state;
+    static const char *const left[] = { "a.db-wal", "a.db-shm", "snap.db" };     /* by a test that failed */
+    char path[128];
 
     front_changes_close();
     unlink(f->db);
     unlink(f->copy);
+    for (size_t i = 0; i < sizeof(left) / sizeof(left[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", f->dir, left[i]);
+        unlink(path);
+    }
     rmdir(f->dir);
     free(f);
     return 0;
