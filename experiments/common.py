@@ -54,7 +54,8 @@ Fault CSV (study "faults", make fault-campaign), one row per trial:
   injected, with its time), verdict (masked | clean_end | violation),
   reason (the violations, blank otherwise), detail, then what the checker
   saw: action_ms, serving (the backend whose counter was read), no_backend
-  (1: none left alive), requests, failed, resets, clean_ends, updates_ok,
+  (1: none left alive), requests, failed, resets, clean_ends, clean_end_ms
+  (the slowest clean end, from the last fault or its SYN), updates_ok,
   updates_unsure, counter, recovered, unrecoverable, false_failovers,
   sanitizer (daemons with a sanitizer report), kept (where a violation's
   logs and pcaps went), and the stamp columns.
@@ -114,7 +115,7 @@ OVERHEAD_COLUMNS = ["study", "technique", "workload", "metric", "value", "trial"
 OVERHEAD_METRICS = ("latency_ms", "throughput_mbps")
 FAULT_COLUMNS = ["study", "fault", "workload", "load", "trial", "seed", "moment_ms", "faults", "verdict", "reason",
                  "detail", "action_ms", "serving", "no_backend", "requests", "failed", "resets", "clean_ends",
-                 "updates_ok", "updates_unsure", "counter", "recovered", "unrecoverable", "false_failovers",
+                 "clean_end_ms", "updates_ok", "updates_unsure", "counter", "recovered", "unrecoverable", "false_failovers",
                  "sanitizer", "kept"] + STAMP_COLUMNS
 FAULT_VERDICTS = ("masked", "clean_end", "violation")
 NOSPOF_COLUMNS = ["study", "technique", "fault", "trial", "seed", "moment_ms", "masked", "completed", "stall_ms",

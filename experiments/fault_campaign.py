@@ -583,7 +583,7 @@ def judge(row, clients, flows, plog, times, effects, backends=2):
     # a new one with no backend left); tcpdump names a client ip.port, the
     # proxy ip:port.
     counted = {c.replace(":", ".") for c in re.findall(r"rs-proxy close id=\d+ client=(\S+) .*reason=\S+ rst=1", plog)}
-    clean, detail = 0, []
+    clean, slowest, detail = 0, 0.0, []
     for client, e in flows.items():
         if "client_syn" not in e:
             # Not this trial's (each begins with its SYN in the capture): a
@@ -601,11 +601,14 @@ def judge(row, clients, flows, plog, times, effects, backends=2):
             ok = ok or 0 <= end - max(proxy_t, e.get("client_syn", 0)) <= CLEAN_END_S
         if ok:
             clean += 1
+            slowest = max(slowest, end - since)
         else:
             bad.append("unclean_end")
             detail.append(("rst" if "server_rst" in e else "fin") + f"@{client}"
                           + (f"+{(end - since) * 1000:.0f}ms" if last_fault else ""))
     row["clean_ends"] = clean
+    # How close the slowest clean end came to CLEAN_END_S.
+    row["clean_end_ms"] = round(slowest * 1000) if clean else ""
     row["resets"] = sum(r["result"] == "reset" for r in results)
     fields, effects_bad = effects
     row.update(fields)

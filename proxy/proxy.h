@@ -381,7 +381,8 @@ int px_resplice(struct proxy *p, struct pconn *pc, struct rs_addr target, uint32
                 uint64_t ctl_conn, uint64_t ctl_seq);
 /* Starts the recovery of 'pc' from the failure of its backend
  * (docs/recovery.md); 'why' is logged.  The connection either continues on
- * the alternate or ends cleanly (RST, counted).  A no-op when it already recovers. */
+ * the alternate or ends cleanly (RST, counted): then 'pc' may be freed on
+ * return (find it again by its id).  A no-op when it already recovers. */
 void px_recover(struct proxy *p, struct pconn *pc, const char *why);
 /* Closes 'fd' silently once segments already on their way to it landed. */
 void px_close_after_grace(struct proxy *p, int fd);
@@ -399,7 +400,7 @@ void px_backend_rejoin(struct proxy *p, int b);
  * once if the logger's word (CLOSE_WORD) covers it, else the logger is
  * asked (CLOSE_ASK); a RST, a FIN the answer does not cover, or no answer
  * within a bound: the recovery judges (px_recover). */
-void px_backend_end(struct proxy *p, struct pconn *pc, bool rst);
+void px_backend_end(struct proxy *p, struct pconn *pc, bool rst);   /* (may free 'pc', as px_recover) */
 /* The logger's CLOSE_WORD 'w', asked or not. */
 void px_close_word(struct proxy *p, const struct rs_ctl_close *w);
 /* The FIN 'pc''s backend sent waited its time for a word: ask (after the
@@ -432,8 +433,10 @@ void px_syn_sync(struct proxy *p);
 void px_syn_event(struct proxy *p, const struct rs_flow_event *ev);
 /* Takes on the connection spliced at the SYN whose backend entry is 'kb'
  * (splice id 'id'), its SYN-ACK seen at 'ns' (CLOCK_MONOTONIC): its record
- * made of the two SYNs.  Returns it, or NULL when it is gone or its
- * backend has not answered yet (adopt.c calls it for a predecessor's). */
+ * made of the two SYNs.  Returns it, or NULL when it is gone, its
+ * backend has not answered yet, or it ended at once (its backend's end,
+ * held by the guard, started a recovery that could not go on) (adopt.c
+ * calls it for a predecessor's). */
 struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_t id, uint64_t ns);
 /* Whether the backend whose FIN the guard holds (its entry 'fb', the
  * client's 'fc') sent it before it had the client's: it then holds a

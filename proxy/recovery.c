@@ -431,6 +431,7 @@ static void rec_again(struct recovery *rec, int err)
     struct proxy *p = pc->p;
     const char *why = rec->why;
     unsigned attempt = rec->attempt + 1;
+    uint64_t id = pc->id;
 
     if (!rec->again) {
         p->st.recovery_retargets++;
@@ -444,7 +445,7 @@ static void rec_again(struct recovery *rec, int err)
     move_cleanup(p, &rec->mv, true);
     rec_end(rec);
     px_recover(p, pc, why);
-    if (pc->rec)
+    if ((pc = px_pc_find(p, id)) != NULL && pc->rec)   /* (else it ended at once) */
         pc->rec->attempt = attempt;
 }
 

@@ -192,6 +192,38 @@ static void forget_unanswered(struct proxy *p, uint64_t idle_ns)
     free(keys);
 }
 
+/* True when every backend is fenced: none will answer a SYN again until
+ * an operator readmits one. */
+static bool none_left(const struct proxy *p)
+{
+    for (int i = 0; i < p->nbackends; i++)
+        if (!p->backends[i].fenced)
+            return false;
+    return true;
+}
+
+/* Ends the SYNs kept for the next backend when none is left: each client
+ * gets a RST now (acknowledging its SYN, as SYN-SENT requires), counted as
+ * a new connection's at accept with no backend, rather than after its own
+ * retransmission a second or more later. */
+static void refuse_kept(struct proxy *p)
+{
+    for (size_t i = 0; i < p->syn.nagain; i++) {
+        const struct px_syn_again *a = &p->syn.again[i];
+        struct rs_addr client = px_addr_of(a->kc.saddr, a->kc.sport);
+        int e = p->rawfd < 0 ? -EBADF
+                             : px_send_tcp(p->rawfd, px_addr_of(a->kc.daddr, a->kc.dport), client, 0,
+                                           a->syn.isn + 1, 0x14 /* RST, ACK */);
+
+        p->st.closed_early++;
+        if (!e)
+            p->st.resets_sent++;
+        rs_log("close id=0 client=%s backend=- phase=syn reason=no-backend rst=1%s%s", RS_A(client),
+               e ? ": " : "", e ? strerror(-e) : "");
+    }
+    p->syn.nagain = 0;
+}
+
 void px_syn_sync(struct proxy *p)
 {
     int e;
@@ -204,6 +236,8 @@ void px_syn_sync(struct proxy *p)
     }
     rs_log("splice-at syn: backend %s", p->syn.backend >= 0 ? RS_A(p->backends[p->syn.backend].addr) : "none");
     forget_unanswered(p, 0);
+    if (p->syn.backend < 0 && none_left(p))
+        refuse_kept(p);
     if (p->syn.backend < 0 || !p->syn.nagain)
         return;                 /* kept until a backend serves */
     for (size_t i = 0; i < p->syn.nagain; i++) {
@@ -260,10 +294,11 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     /* Taken on late (its SYN-ACK's event lost, or a predecessor's): the
      * backend may have ended its side meanwhile, its FIN or RST held by
      * the guard and reported once, to nobody. */
-    if (fb.cfg.guard && (fb.t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)))
+    if (fb.cfg.guard && (fb.t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST))) {
         px_backend_end(p, pc, fb.t.seen & RS_FLOW_SEEN_RST);
-    else
-        pc->seen |= (fb.t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)) << 4;   /* (it passed) */
+        return px_pc_find(p, id);   /* (NULL: its recovery could not start, and ended it) */
+    }
+    pc->seen |= (fb.t.seen & (RS_FLOW_SEEN_FIN | RS_FLOW_SEEN_RST)) << 4;       /* (it passed) */
     px_pc_check_end(p, pc);
     return pc;
 }

@@ -20,8 +20,9 @@ import sys
 import tempfile
 import time
 import unittest
+from unittest import mock
 
-from emul.places import binary
+from emul.places import binary, build_dir
 from emul.shaping import wait_until
 from emul.stack import Stack
 from emul.testbed import Testbed, file_contains, leftovers, pcap_count
@@ -37,9 +38,15 @@ class SynCase(unittest.TestCase):
     proxy_args = ["--splice-at", "syn"]
     stack_args = {}
     clients = 1
+    sanitized = False   # the daemons of the sanitized build (make san), where there is one
 
     def setUp(self):
         self.assertEqual(leftovers(), [], "testbed leftovers from an earlier run")
+        san = os.path.join(build_dir(), "san")
+        if self.sanitized and os.access(os.path.join(san, "rs-proxy"), os.X_OK):
+            patch = mock.patch.dict(os.environ, RS_BUILD=san)
+            patch.start()
+            self.addCleanup(patch.stop)
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-syn-")
         self.dir = self.tmp.name
         self.tb = Testbed(LanTopo(clients=self.clients), os.path.join(self.dir, "run"))
@@ -141,6 +148,42 @@ class TestBackendGone(SynCase):
         self.assertRegex(log, r"syn-unanswered id=\d+ client=\S+ backend=10\.0\.0\.11:8080 again_after_ms=\d+")
         self.assertRegex(log, r"failure backend_id=1 .*why=connect-failed .*fenced")
         self.assertLess(took, 2.0, "the client waited for a second SYN retransmission")
+
+    def test_none_left_refuses_at_once(self):
+        """Both applications dead: the SYN sent on to the alternate is
+        refused too, and nothing is left to serve it.  The client gets a
+        RST from the VIP at once, counted, not its own SYN again a second
+        later (the campaign's alternate-in-recovery at the SYN)."""
+        def gone():
+            self.stack.kill_primary()
+            self.tb.kill(self.stack.d["app-alternate"])
+
+        self.stack.d["stated-primary"].popen.send_signal(signal.SIGSTOP)    # nothing tells the proxy
+        try:
+            got, pcap = self.run_on_c1(CONNECT_ONCE, SERVERS["proxy"], during=gone)
+        finally:
+            self.stack.d["stated-primary"].popen.send_signal(signal.SIGCONT)
+        log = self.stack.log("proxy")
+        self.assertEqual(got["error"], "ConnectionRefusedError", f"{got}\n{log[-3000:]}")
+        self.assertLess(got["took_s"], 0.8, "the client waited for its own SYN retransmission")
+        self.assertRegex(log, rf"failure backend_id=2 backend={re.escape(SERVERS['alternate'])}:8080 .*fenced")
+        self.assertRegex(log, r"close id=0 client=10\.0\.1\.1:\d+ backend=- phase=syn reason=no-backend rst=1\n")
+        self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 1)
+        self.assertEqual(pcap_count(pcap, "tcp[tcpflags] & tcp-syn != 0 and tcp[tcpflags] & tcp-ack = 0"), 1,
+                         "the client sent its SYN again")
+
+
+# From a client host: one connect to argv[1]:80; prints its error's name
+# (or null) and how long it took (s).
+CONNECT_ONCE = r"""
+import json, socket, sys, time
+t0, err = time.monotonic(), None
+try:
+    socket.create_connection((sys.argv[1], 80), timeout=10).close()
+except OSError as e:
+    err = type(e).__name__
+print(json.dumps({"error": err, "took_s": round(time.monotonic() - t0, 2)}))
+"""
 
 
 # From a client host: opens argv[2] connections to argv[1]:80 one after
@@ -253,7 +296,7 @@ class TestBurstRequest(TestBurst):
     proxy_args = ["--splice-at", "request"]
 
 
-class TestLostEvents(SynCase):
+class LostEventsCase(SynCase):
     """The tc program's events fill their ring while rs-proxy is stopped
     (SIGSTOP, under 0.5 s: within its lease; a ring of 4 KB holds ~70
     events, 100 connections make ~300): the connections whose SYN-ACK's
@@ -285,6 +328,8 @@ class TestLostEvents(SynCase):
             proxy.send_signal(signal.SIGCONT)
         self.assertIn("rc=0", out)
 
+
+class TestLostEvents(LostEventsCase):
     def test_events_lost_to_a_full_ring(self):
         self.fill_the_ring()
 
@@ -326,6 +371,51 @@ class TestLostEvents(SynCase):
         # the tc program dropped RSTs after a close in full.
         self.assertEqual(pcap_count(pcap, f"src host {SERVERS['proxy']} and tcp[tcpflags] & tcp-rst != 0"), 0,
                          "the client saw a RST from the VIP")
+
+
+class TestLastBackendLostEvents(LostEventsCase):
+    sanitized = True
+
+    def test_last_backend_crash_with_events_lost(self):
+        """The same with the alternate failed before: taken on late, each
+        stream's recovery cannot start (no standby left) and ends it at
+        once.  Each client gets a clean end (a RST from the VIP, counted),
+        and the proxy lives on (with the sanitized build: without a
+        report; it used the connection it had just freed)."""
+        trace = f"request GET {STREAM}\n  expect length 1200000\n"
+        ds = []
+
+        def streams_then_crash():
+            # Never accepted: its kernel resets them when it dies.
+            self.stack.d["app-primary"].popen.send_signal(signal.SIGSTOP)
+            ds.extend(self.client(trace, name=f"stream{i}") for i in range(6))
+            time.sleep(0.15)
+            self.stack.kill_primary()
+        self.tb.kill(self.stack.d["app-alternate"])
+        self.assertTrue(wait_until(lambda: "failure backend_id=2 " in self.stack.log("proxy"), 5),
+                        self.stack.log("proxy")[-3000:])
+        stated = self.stack.d["stated-primary"].popen
+        stated.send_signal(signal.SIGSTOP)      # the backend's RSTs, held, tell the proxy
+        try:
+            self.fill_the_ring(then=streams_then_crash)
+        finally:
+            stated.send_signal(signal.SIGCONT)
+        for d in ds:
+            d.popen.wait(10)
+        self.assertEqual([d.popen.returncode != 0 for d in ds].count(True), 6)
+        ports = [re.search(r"connected lport=(\d+)", open(d.err).read()).group(1) for d in ds]
+
+        def ended():    # (the RSTs may come before their lines in the log)
+            log = self.stack.log("proxy")
+            return all(re.search(rf"close id=\d+ client=10\.0\.1\.1:{p} .*reason=\S+ rst=1\n", log) for p in ports)
+        self.assertTrue(wait_until(ended, 5), f"{ports}\n" + self.stack.log("proxy")[-3000:])
+        proxy = self.stack.d["proxy"]
+        with open(proxy.err) as f:
+            err = f.read()
+        self.assertIsNone(proxy.popen.poll(), err[-3000:])
+        self.assertNotIn("Sanitizer", err, err[-3000:])
+        st = self.stack.stats("proxy")
+        self.assertGreater(int(st["syn_late"]), 0, st)
 
 
 class TestPortPool(SynCase):
