@@ -29,8 +29,9 @@ from outside the component:
   proxy                 SIGKILL of rs-proxy, started again 200 ms later (a
                         supervisor): the new one adopts the spliced
                         connections; those it had not spliced yet die with
-                        its sockets, and new ones are refused until it
-                        listens (a clean end, counted; see below)
+                        its sockets, and new ones wait for it (their SYNs
+                        dropped: sent again) or, in the ~5 ms of its dying,
+                        are refused (a clean end, counted; see below)
   pair-kill             with a proxy pair (LanTopo(pair=True)): SIGKILL of the
                         active rs-proxy; the standby takes the VIP over, and a
                         supervisor starts the killed one again (as the standby)

@@ -60,8 +60,9 @@ struct px_datapath_ops {
      * TSval recorded (the splice must continue the client's clock).
      * 'lease_ns': the proxy is alive until then (CLOCK_MONOTONIC; 0: no
      * lease): once it runs out, new connections' SYNs are held back for a
-     * successor (struct rs_vip). */
-    int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns);
+     * successor (struct rs_vip); 'listens': also once the proxy's listener
+     * on the VIP is gone (the tc program only). */
+    int (*set_vip)(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns, bool listens);
     /* The newest TSval client connection 'k' sent before its splice (the
      * kernel module then forgets it; the tc program's LRU map keeps it
      * until a SYN on that 4-tuple writes it afresh).  Returns 0 or -ENOENT. */
@@ -158,9 +159,10 @@ static inline void px_dp_close(struct px_datapath *dp, bool keep)
     if (dp)
         dp->ops->close(dp, keep);
 }
-static inline int px_dp_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns)
+static inline int px_dp_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns,
+                                bool listens)
 {
-    return dp->ops->set_vip(dp, ip, port, lease_ns);
+    return dp->ops->set_vip(dp, ip, port, lease_ns, listens);
 }
 static inline int px_dp_client_ts(struct px_datapath *dp, const struct rs_flow_key *k, uint32_t *ts)
 {

@@ -256,10 +256,10 @@ static int on_ring_event(void *ctx, void *data, size_t len)
     return 0;
 }
 
-static int ebpf_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns)
+static int ebpf_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns, bool listens)
 {
     struct dp_ebpf *s = (struct dp_ebpf *)dp;
-    struct rs_vip v = { .addr = htonl(ip), .port = htons(port), .lease_ns = lease_ns };
+    struct rs_vip v = { .addr = htonl(ip), .port = htons(port), .listens = listens, .lease_ns = lease_ns };
     uint32_t zero = 0;
 
     return bpf_map_update_elem(bpf_map__fd(s->skel->maps.rs_vips), &zero, &v, BPF_ANY) ? -errno : 0;

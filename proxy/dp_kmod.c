@@ -226,8 +226,9 @@ fail:
     return NULL;
 }
 
-static int kmod_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns)
+static int kmod_set_vip(struct px_datapath *dp, uint32_t ip, uint16_t port, uint64_t lease_ns, bool listens)
 {
+    (void)listens;      /* (the module holds SYNs back on the lease alone) */
     struct rs_vip v = { .addr = htonl(ip), .port = htons(port), .lease_ns = lease_ns };
     struct answer a;
     int e = request((struct dp_kmod *)dp, RS_TCPSP_C_VIP, &a, 1, RS_TCPSP_A_VIP, &v);

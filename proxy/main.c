@@ -498,11 +498,18 @@ static int parse_args(struct proxy *p, int argc, char **argv)
 #define LEASE_RENEW_NS ((uint64_t)100 * 1000000)
 
 /* While the proxy runs, its lease in the tc program does not run out; when
- * it dies (or stops), new connections wait for a successor (struct rs_vip). */
+ * it dies (or stops), new connections wait for a successor (struct rs_vip).
+ * Its death also ends the lease at once (its listener, which it holds from
+ * px_serve on, closed), unless it splices at the SYN without a pair: the
+ * program's splices of the meantime then reach the backend at once, and
+ * its successor on this host takes them on (adopt.c), where a pair's
+ * other proxy, holding the VIP, would not know of them, and where
+ * without splicing at the SYN the host would refuse them. */
 static void renew_lease(struct rs_timer *t)
 {
     struct proxy *p = t->ctx;
-    int e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, rs_mono_ns() + LEASE_NS);
+    int e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, rs_mono_ns() + LEASE_NS,
+                          !p->syn.on || p->pair.peer.port);
 
     if (e)
         rs_log("lease: %s", strerror(-e));
@@ -563,7 +570,7 @@ static int setup(struct proxy *p)
                     strerror(-e));
             return -1;
         }
-        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, 0)) != 0
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, 0, false)) != 0
             || (e = rs_io_start(&p->loop, &p->eio, px_dp_events_fd(p->dp), EPOLLIN, px_pc_events, p)) != 0) {
             fprintf(stderr, "rs-proxy: cannot configure the splice program: %s\n", strerror(-e));
             return -1;
@@ -728,7 +735,7 @@ static void hand_over(struct proxy *p)
         uint64_t now = rs_mono_ns();
 
         rs_timer_stop(&p->loop, &p->lease_timer);
-        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, now)) != 0)
+        if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, now, false)) != 0)
             rs_log("stopping: new connections cannot be held back: %s", strerror(-e));
         p->drain_until_ns = now + DRAIN_NS;
         rs_timer_init(&t, drain_check, p);

@@ -29,7 +29,12 @@
 struct rs_vip {
     rs_u32 addr;
     rs_u16 port;
-    rs_u16 pad_;
+    rs_u16 listens;            /* non-zero: the proxy listens on the VIP here, and a SYN that
+                                * finds no socket listening (its death closed them all at
+                                * once) is dropped as after its lease, which runs on up to
+                                * its length: clients spliced meanwhile by a dead proxy's
+                                * program would reach nobody once a pair's other proxy
+                                * holds the VIP (the tc program only) */
     rs_u64 lease_ns;           /* the proxy is alive until then (bpf_ktime_get_ns; renewed
                                 * as it runs, ended by a stop; 0: no lease).  For
                                 * RS_VIP_SUCCESSOR_NS after a lease ran out, new connections'

@@ -48,6 +48,19 @@ static __always_inline int proxy_alive(const struct rs_vip *vip)
     return now <= vip->lease_ns || now > vip->lease_ns + RS_VIP_SUCCESSOR_NS;
 }
 
+/* Whether a socket listens where the client's SYN 'k' goes (struct
+ * rs_vip.listens): the proxy's own, which its death closes at once. */
+static __always_inline int proxy_listens(struct __sk_buff *skb, const struct rs_flow_key *k)
+{
+    struct bpf_sock_tuple tu = { .ipv4 = { k->saddr, k->daddr, k->sport, k->dport } };
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &tu, sizeof(tu.ipv4), BPF_F_CURRENT_NETNS, 0);
+
+    if (!sk)
+        return 0;
+    bpf_sk_release(sk);
+    return 1;
+}
+
 /* The client's SYN 'skb' (its IP header 'ip') on the ended connection of
  * entry 'k' ('f', 't'), where new connections are spliced at the SYN and
  * the proxy holds its lease: what the SYN announced is kept in the track
@@ -107,7 +120,7 @@ int rs_splice_ingress(struct __sk_buff *skb)
         if (!vip || vip->addr != key.daddr || vip->port != key.dport)
             return TC_ACT_OK;
         if ((tcp[13] & 0x12) == 0x02) {
-            if (vip->lease_ns && !proxy_alive(vip))
+            if (vip->lease_ns && (!proxy_alive(vip) || (vip->listens && !proxy_listens(skb, &key))))
                 return TC_ACT_SHOT;
             /* Splicing at the SYN: only while the proxy holds its lease
              * (it takes the connection on when the SYN-ACK comes). */

@@ -20,6 +20,8 @@
 
 #include <linux/pkt_cls.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -607,6 +609,30 @@ static void syn_held_back_without_proxy(void **state)
         set_checksums(in + ETH_LEN, len - ETH_LEN);
         assert_int_equal(run(in, len, out), TC_ACT_OK);
     }
+
+    /* Within its lease, a proxy that listened (rs_vip.listens) and whose
+     * listener is gone (it died): dropped; listening: the stack's. */
+    v.lease_ns = now_ns + 1000000000ull;
+    v.listens = 1;
+    assert_int_equal(bpf_map_update_elem(vips, &zero, &v, BPF_ANY), 0);
+    in[ETH_LEN + 20 + 13] = 0x02;
+    set_checksums(in + ETH_LEN, len - ETH_LEN);
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    {
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(80), .sin_addr.s_addr = htonl(0x0a000001u) };
+        int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);     /* the VIP is not this host's: IP_FREEBIND */
+
+        assert_true(fd >= 0);
+        assert_int_equal(setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one)), 0);
+        assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+        assert_int_equal(listen(fd, 1), 0);
+        assert_int_equal(run(in, len, out), TC_ACT_OK);
+        close(fd);
+    }
+    assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+    v.listens = 0;
+    v.lease_ns = 0;
+    assert_int_equal(bpf_map_update_elem(vips, &zero, &v, BPF_ANY), 0);
 }
 
 /* Keeps the ring's last RS_FLOW_OPENED, STALE, REFUSED, UNANSWERED and

@@ -680,6 +680,28 @@ class TestProxyRestart(Case):
         self.assertLess(float(new.group(1)) - t_rst, 0.5, "the new connection waited for the old one's entries to go")
 
 
+class TestProxyGap(Case):
+    """rs-proxy SIGKILLed where it splices at the request: a new
+    connection's SYN in the gap before its successor listens is dropped by
+    the tc program (the proxy's listener is gone, though its lease runs
+    on), not refused by the host: the client sends it again, and the
+    successor serves it."""
+    stack_args = {"proxy_args": ["--splice-at", "request"]}
+
+    def test_new_connection_held_back_not_refused(self):
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        self.tb.kill(self.stack.d["proxy"])
+        d = self.client("request GET /static/1000?seed=9\n  expect content seed=9\n")
+        time.sleep(0.3)
+        self.stack.start_proxy("proxy-restarted")
+        d.popen.wait(20)
+        self.tb.stop_capture(cap)
+        self.assertEqual(d.popen.returncode, 0, open(d.err).read()[-2000:])
+        self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "the host refused it")
+        self.assertGreaterEqual(pcap_count(pcap, "tcp[tcpflags] == tcp-syn"), 2, "its SYN was answered at once")
+        self.assertRegex(self.stack.log("proxy"), r"accept id=\d+ client=10\.0\.1\.1:")
+
+
 class TestProxyPair(Case):
     """Two proxies share the VIP (issue 15): the standby keeps a copy of
     the active's splice table and takes the VIP over when the active
