@@ -33,6 +33,8 @@ uint32_t *px_flow_field(struct rs_flow *f, enum px_dp_field field)
         return &f->state;
     case PX_DP_ACKS_TO_STACK:
         return &f->acks_to_stack;
+    case PX_DP_AT_SYN:
+        return &f->at_syn;
     default:
         return &f->clamp_ack;
     }

@@ -27,6 +27,7 @@ enum px_dp_field {
     PX_DP_STATE,            /* enum rs_flow_state */
     PX_DP_ACKS_TO_STACK,    /* rs_flow.acks_to_stack */
     PX_DP_CLAMP_ACK,        /* rs_flow.clamp_ack */
+    PX_DP_AT_SYN,           /* rs_flow.at_syn */
 };
 
 typedef void (*px_dp_event_cb)(void *arg, const struct rs_flow_event *ev);
@@ -200,6 +201,11 @@ static inline int px_dp_acks_to_stack(struct px_datapath *dp, const struct rs_fl
 static inline int px_dp_clamp_ack(struct px_datapath *dp, const struct rs_flow_key *k)
 {
     return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_CLAMP_ACK, 1));
+}
+/* Lets the SYN-ACKs of backend entry 'k' pass (clears RS_AT_SYN_HOLD). */
+static inline int px_dp_release_synack(struct px_datapath *dp, const struct rs_flow_key *k)
+{
+    return px_dp_tell(dp, k, false, dp->ops->set(dp, k, PX_DP_AT_SYN, 1));
 }
 static inline int px_dp_activate(struct px_datapath *dp, const struct rs_flow_key *k, const struct rs_splice_dir *d,
                                  uint64_t id, uint32_t state, bool guard, const struct rs_flow_key *peer)

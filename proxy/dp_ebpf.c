@@ -617,7 +617,8 @@ static int ebpf_syn_setup(struct px_datapath *dp, const struct rs_syn_cfg *cfg, 
     int qfd = bpf_map__fd(s->skel->maps.rs_syn_ports), ifd = bpf_map__fd(s->skel->maps.rs_syn_ids);
     struct rs_syn_cfg c = *cfg;
     struct rs_flow_key k, prev;
-    uint64_t id = 0;
+    struct rs_flow f;
+    uint64_t id = 0, above = RS_SYN_ID_BASE;
     uint32_t zero = 0;
     uint16_t port;
     uint8_t *used = calloc(65536, 1);
@@ -626,10 +627,14 @@ static int ebpf_syn_setup(struct px_datapath *dp, const struct rs_syn_cfg *cfg, 
     if (!used)
         return -ENOMEM;
     /* The ports of the table's entries towards the backend stay taken
-     * (a predecessor's connections, adopted). */
+     * (a predecessor's connections, adopted), and so do their splice ids:
+     * a pair's other proxy's program numbered its own from the same base,
+     * and a new splice with an adopted one's id would be taken for it. */
     while (ports && !bpf_map_get_next_key(s->map_fd, first ? NULL : &prev, &k)) {
         if (k.daddr == cfg->local_addr)
             used[ntohs(k.dport)] = 1;     /* a client's entry marks the VIP's port: not in the pool */
+        if (!cfg_read(s, &k, &f) && f.splice_id >= above)
+            above = f.splice_id + 1;
         prev = k;
         first = false;
     }
@@ -641,8 +646,8 @@ static int ebpf_syn_setup(struct px_datapath *dp, const struct rs_syn_cfg *cfg, 
             return -errno;
         }
     free(used);
-    if (bpf_map_lookup_elem(ifd, &zero, &id) || id < RS_SYN_ID_BASE) {
-        id = RS_SYN_ID_BASE;
+    if (bpf_map_lookup_elem(ifd, &zero, &id) || id < above) {
+        id = above;
         if (bpf_map_update_elem(ifd, &zero, &id, BPF_ANY))
             return -errno;
     }

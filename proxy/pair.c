@@ -389,7 +389,12 @@ static void become_active(struct proxy *p, const char *why)
     rs_timer_stop(&p->loop, &pr->timer);
     rs_log("pair: active (%s), epoch %" PRIu64 ", last heard of the other %" PRIu64 " ms ago", why, pr->epoch,
            pr->last_heard_ns ? (rs_mono_ns() - pr->last_heard_ns) / 1000000 : 0);
-    /* The VIP first, so that the answers to adopt.c's probes come here. */
+    /* The VIP first, so that the answers to adopt.c's probes come here.
+     * Until px_serve listens, new connections' SYNs are dropped (a lease
+     * that has just run out: struct rs_vip), not refused by the host:
+     * their clients send them again. */
+    if ((e = px_dp_set_vip(p->dp, p->listen.ip, p->listen.port, rs_mono_ns(), false)) != 0)
+        rs_log("pair: new connections cannot be held back until we listen: %s", strerror(-e));
     pr->garp_next = 0;
     rs_timer_init(&pr->garp_timer, garp, p);
     garp(&pr->garp_timer);

@@ -63,6 +63,16 @@ struct rs_syn_cfg {
 };
 
 #define RS_SYN_EVENTS_WAKE 2      /* rs_syn_cfg.on */
+#define RS_SYN_HOLD_SYNACK 4      /* rs_syn_cfg.on: each backend's entry is made with
+                                   * RS_AT_SYN_HOLD (a pair's active proxy) */
+/* rs_flow.at_syn of a backend's entry: its SYN-ACK is held (dropped, the
+ * header kept in the track's fin_hdr, the event reported) until the daemon
+ * has taken the connection on and clears this; the daemon sends the kept
+ * one, retransmissions pass.  A pair's active proxy thus copies each new
+ * connection to its standby before its client can use it: should it die
+ * first, the client sends its SYN again, to whichever proxy holds the VIP
+ * by then, instead of holding a connection no proxy knows. */
+#define RS_AT_SYN_HOLD 2
 
 #define RS_SYN_ID_BASE (1ull << 62)   /* the tc program's splice ids; below: the daemon's */
 

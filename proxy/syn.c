@@ -61,7 +61,7 @@ static int write_cfg(struct proxy *p, const uint16_t *ports, size_t n)
     if (b >= 0) {
         /* A pair's active proxy copies each connection to its standby
          * when it takes it on: no waiting for the next wake-up there. */
-        cfg.on = 1 | (p->pair.peer.port ? RS_SYN_EVENTS_WAKE : 0);
+        cfg.on = 1 | (p->pair.peer.port ? RS_SYN_EVENTS_WAKE | RS_SYN_HOLD_SYNACK : 0);
         cfg.backend_addr = htonl(p->backends[b].addr.ip);
         cfg.backend_port = htons(p->backends[b].addr.port);
     }
@@ -250,6 +250,32 @@ void px_syn_sync(struct proxy *p)
     p->syn.nagain = 0;
 }
 
+/* The backend's SYN-ACK of 'pc' (entry 'kb', 'fb'), held by the tc program
+ * until now (RS_AT_SYN_HOLD: a pair's standby has the connection by the
+ * time its client can use it): its retransmissions pass from now on, and
+ * the one kept goes to the client at once. */
+static void release_synack(struct proxy *p, struct pconn *pc, const struct rs_flow_key *kb,
+                           const struct px_flow_info *fb)
+{
+    uint8_t hdr[RS_TCP_HDR_MAX];
+    uint32_t len = fb->t.fin_hdr_len;
+    int e = px_dp_release_synack(p->dp, kb);
+
+    if (!e && (p->rawfd < 0 || len < RS_TCP_HDR_MIN || len > sizeof(hdr)))
+        e = -ENODATA;
+    if (!e) {
+        memcpy(hdr, fb->t.fin_hdr, len);
+        if ((hdr[13] & (RS_TCP_F_SYN | RS_TCP_F_ACK | RS_TCP_F_FIN | RS_TCP_F_RST)) != (RS_TCP_F_SYN | RS_TCP_F_ACK)
+            || rs_splice_tcp(&fb->cfg.dir, hdr, len))
+            e = -EBADMSG;
+        else
+            e = px_send_hdr(p->rawfd, pc->vip, pc->client, hdr, len);
+    }
+    if (e)
+        rs_log("syn-ack id=%" PRIu64 " client=%s: not sent (%s): the backend's own retransmission will do", pc->id,
+               RS_A(pc->client), strerror(-e));
+}
+
 struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_t id, uint64_t ns)
 {
     struct px_flow_info fb, fc;
@@ -291,6 +317,8 @@ struct pconn *px_syn_take(struct proxy *p, const struct rs_flow_key *kb, uint64_
     p->st.syn_spliced++;
     rs_log("syn-spliced id=%" PRIu64 " client=%s backend=%s port=%u", pc->id, RS_A(pc->client),
            RS_A(pc->backend), pc->local.port);
+    if (fb.cfg.at_syn & RS_AT_SYN_HOLD)
+        release_synack(p, pc, kb, &fb);
     /* Taken on late (its SYN-ACK's event lost, or a predecessor's): the
      * backend may have ended its side meanwhile, its FIN or RST held by
      * the guard and reported once, to nobody. */

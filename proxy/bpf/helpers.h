@@ -222,7 +222,8 @@ static __always_inline int syn_splice(const struct rs_flow_key *kc, const __u8 *
     fc->state = fb->state = RS_FLOW_ACTIVE;
     fc->splice_id = fb->splice_id = id;
     fc->gen = fb->gen = 1;
-    fc->at_syn = fb->at_syn = 1;
+    fc->at_syn = 1;
+    fb->at_syn = cfg->on & RS_SYN_HOLD_SYNACK ? 1 | RS_AT_SYN_HOLD : 1;
     fb->guard = cfg->guard;
     fc->peer = kb;
     fb->peer = *kc;

@@ -270,12 +270,20 @@ int rs_splice_ingress(struct __sk_buff *skb)
      * the proxy (retransmissions too: it takes the first). */
     if (f->at_syn && (tcp[13] & RS_TCP_F_SYN)) {
         struct rs_syn_info si;
+        /* Held until the proxy takes the connection on (RS_AT_SYN_HOLD):
+         * kept before the event, which the proxy may read at once. */
+        int hold = (f->at_syn & RS_AT_SYN_HOLD) && (tcp[13] & RS_TCP_F_ACK);
 
+        if (hold)
+            t->fin_hdr_len = hlen >= RS_TCP_HDR_MIN && hlen <= RS_TCP_HDR_MAX
+                             && bpf_skb_load_bytes(skb, TCP_OFF, t->fin_hdr, hlen) == 0 ? hlen : 0;
         if (rs_bpf_syn_info(&buf, hlen, &si) == 0) {
             t->syn = si;
             if (tcp[13] & RS_TCP_F_ACK)
                 report(&key, f, RS_FLOW_OPENED, si.isn, f->gen);
         }
+        if (hold)
+            goto drop;
         name_client = !(tcp[13] & RS_TCP_F_ACK) && payload == 0;
     }
     __builtin_memcpy(old, tcp, sizeof(old));

@@ -873,6 +873,75 @@ static void syn_spliced_by_the_program(void **state)
     ring_buffer__free(quiet);
 }
 
+/* A pair's active proxy (RS_SYN_HOLD_SYNACK): the backend's SYN-ACK is
+ * held, its header kept in the track and its event reported, until the
+ * daemon clears RS_AT_SYN_HOLD in the backend's entry; then it passes. */
+static void synack_held_until_taken_on(void **state)
+{
+    uint8_t in[128], out[200];
+    const uint32_t vip = 0x0a000001u, client = 0x0a000102u, backend = 0x0a00000bu;
+    uint32_t zero = 0;
+    uint16_t port = 61100;
+    struct timespec now;
+    struct rs_vip v = { .addr = htonl(vip), .port = htons(80) };
+    struct rs_syn_cfg cfg = { .backend_addr = htonl(backend), .local_addr = htonl(vip), .backend_port = htons(8080),
+                              .on = 1 | RS_SYN_EVENTS_WAKE | RS_SYN_HOLD_SYNACK, .ifindex = 1, .guard = 1 };
+    uint64_t id0 = RS_SYN_ID_BASE + 100;
+    struct rs_flow_key kc = { htonl(client), htonl(vip), htons(43000), htons(80) };
+    struct rs_flow_key kb = { htonl(backend), htonl(vip), htons(8080), htons(port) };
+    struct rs_flow fb;
+    struct rs_flow_track t;
+    struct rs_flow_event evs[5];
+    struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.rs_events), opened, evs, NULL);
+    size_t len;
+
+    (void)state;
+    assert_non_null(rb);
+    ring_buffer__consume(rb);
+    memset(evs, 0, sizeof(evs));
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    v.lease_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec + 1000000000ull;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ids), &zero, &id0, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
+
+    len = syn_frame(in, client, 43000, vip, 80, 2000, false);
+    assert_int_equal(run_grown(in, len, out, RS_IDENT_ROOM), TC_ACT_REDIRECT);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_flows), &kb, &fb), 0);
+    assert_int_equal(fb.at_syn, 1 | RS_AT_SYN_HOLD);
+
+    /* Held: dropped, kept, reported; a retransmission too. */
+    len = syn_frame(in, backend, 8080, vip, port, 7000, true);
+    for (int i = 0; i < 2; i++) {
+        memset(evs, 0, sizeof(evs));
+        assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+        assert_int_equal(ring_buffer__consume(rb), 1);
+        assert_int_equal(evs[0].flags & RS_FLOW_OPENED, RS_FLOW_OPENED);
+        assert_int_equal(evs[0].splice_id, id0);
+        assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &kb, &t), 0);
+        assert_int_equal(t.fin_hdr_len, len - ETH_LEN - 20);
+        assert_memory_equal(t.fin_hdr, in + ETH_LEN + 20, t.fin_hdr_len);
+        assert_int_equal(t.syn.isn, 7000);
+    }
+    /* Taken on: it passes, to the client. */
+    fb.at_syn = 1;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_flows), &kb, &fb, BPF_ANY), 0);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_int_equal(rs_splice_load32(out + ETH_LEN + 16), client);
+    assert_int_equal(rs_splice_load16(out + ETH_LEN + 22), 43000);
+
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &kb);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &kc);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &kb);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &kc);
+    cfg.on = 0;
+    bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY);
+    v.lease_ns = 0;
+    bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY);
+    ring_buffer__free(rb);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -899,6 +968,7 @@ int main(void)
         cmocka_unit_test(bare_syn_after_end_goes_to_stack),
         cmocka_unit_test(syn_held_back_without_proxy),
         cmocka_unit_test(syn_spliced_by_the_program),
+        cmocka_unit_test(synack_held_until_taken_on),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

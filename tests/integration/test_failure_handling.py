@@ -757,6 +757,35 @@ class TestProxyPair(Case):
         self.assertEqual(old.popen.returncode, 3)
         self.assertIn("pair: stepping down", self.stack.log("proxy"))
 
+    def test_connection_opened_while_the_active_hangs(self):
+        """The active proxy hangs (SIGSTOP) as a client connects: its tc
+        program splices the SYN but holds the backend's SYN-ACK, for the
+        proxy to copy the connection to its standby first.  The standby
+        takes the VIP over; the client's SYN, sent again, reaches it, and
+        the stream comes whole.  (Let through, the SYN-ACK would leave the
+        client on a connection no running proxy knows, cut off once the
+        VIP moved: the campaign's pair-kill at early moments.)"""
+        old, go = self.stack.d["proxy"], os.path.join(self.dir, "go")
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        d = self.tb.start("c1", "streamer", [sys.executable, "-c", STREAM_ON_CUE, VIP_IP, go])
+        self.assertTrue(wait_until(lambda: "ready" in d.output(), 10), open(d.err).read())
+        # c1 knows the VIP's address (ARP) already: a hung proxy answers no ARP.
+        self.assertIn("200", self.tb["c1"].cmd(f"curl -s -o /dev/null -w '%{{http_code}}' http://{VIP_IP}/static/10"))
+        old.popen.send_signal(signal.SIGSTOP)
+        try:
+            open(go, "w").close()
+            self.assertTrue(wait_until(lambda: "pair: active" in self.stack.log("proxy2"), 5),
+                            self.stack.log("proxy2")[-2000:])
+            d.popen.wait(30)
+        finally:
+            old.popen.send_signal(signal.SIGCONT)
+        old.popen.wait(5)
+        self.tb.stop_capture(cap)
+        self.assertIn("whole", d.output(), d.output() + open(d.err).read() + self.stack.log("proxy2")[-2000:])
+        self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "the client got a RST from the VIP")
+        self.assertGreaterEqual(pcap_count(pcap, "tcp[tcpflags] == tcp-syn"), 2, "its SYN was not sent again")
+        self.assertRegex(self.stack.log("proxy2"), r"syn-spliced id=\d+ client=10\.0\.1\.1:")
+
     def test_restarted_proxy_stands_by_and_takes_over_again(self):
         def restart_then_kill_the_other():
             self.stack.start_proxy("proxy-restarted", host="proxy", standby=True)
@@ -804,6 +833,29 @@ class TestProxyPair(Case):
 
 # Opens N keep-alive connections to the VIP, one request each, prints
 # "open N", closes them all once the file argv[3] exists, prints "closed".
+# From a client host: once file argv[2] exists, one connection to
+# argv[1]:80 for the 1.2 MB stream of TestProxyRestart; prints "whole" when
+# every byte came.
+STREAM_ON_CUE = r"""
+import os, socket, sys, time
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+s.sendall(b"GET /slow?bytes=1200000&chunk=8000&delay=20ms HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+d = b"".join(iter(lambda: s.recv(65536), b""))
+head, _, rest = d.partition(b"\r\n\r\n")
+body = b""
+while b"\r\n" in rest:    # chunked
+    size, _, rest = rest.partition(b"\r\n")
+    n = int(size, 16)
+    if n == 0:
+        break
+    body, rest = body + rest[:n], rest[n + 2:]
+print("whole" if head.startswith(b"HTTP/1.1 200") and len(body) == 1200000 else "cut at %d" % len(body), flush=True)
+"""
+
+
 CLOSE_ON_CUE = r"""
 import os, socket, sys, time
 socks = []
