@@ -678,6 +678,21 @@ static size_t syn_frame(uint8_t *f, uint32_t src, uint16_t sport, uint32_t dst, 
     return ETH_LEN + 60;
 }
 
+/* Splicing at the SYN as the proxy sets it up: a lease a second long on
+ * VIP 'v', 'cfg', splice ids from 'id0', one port in the queue. */
+static void syn_set_up(struct rs_vip *v, const struct rs_syn_cfg *cfg, uint64_t id0, uint16_t port)
+{
+    struct timespec now;
+    uint32_t zero = 0;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    v->lease_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec + 1000000000ull;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, v, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, cfg, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ids), &zero, &id0, BPF_ANY), 0);
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
+}
+
 /* Splicing at the SYN (struct rs_syn_cfg): a client's SYN to the VIP takes
  * a port from the queue and goes to the backend with the client's name
  * added, both entries made; the backend's SYN-ACK goes to the client and
@@ -689,7 +704,6 @@ static void syn_spliced_by_the_program(void **state)
     const uint32_t vip = 0x0a000001u, client = 0x0a000101u, backend = 0x0a00000bu;
     uint32_t zero = 0, addr;
     uint16_t port = 61000, cport;
-    struct timespec now;
     struct rs_vip v = { .addr = htonl(vip), .port = htons(80) };
     struct rs_syn_cfg cfg = { .backend_addr = htonl(backend), .local_addr = htonl(vip), .backend_port = htons(8080),
                               .on = 1, .ifindex = 1, .guard = 1 };
@@ -709,12 +723,7 @@ static void syn_spliced_by_the_program(void **state)
     ring_buffer__consume(rb);
     ring_buffer__consume(quiet);
     memset(evs, 0, sizeof(evs));
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    v.lease_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec + 1000000000ull;
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY), 0);
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ids), &zero, &id0, BPF_ANY), 0);
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
+    syn_set_up(&v, &cfg, id0, port);
 
     /* The client's SYN: to the backend from the proxy's port, named. */
     len = syn_frame(in, client, 42000, vip, 80, 1000, false);
@@ -882,7 +891,6 @@ static void synack_held_until_taken_on(void **state)
     const uint32_t vip = 0x0a000001u, client = 0x0a000102u, backend = 0x0a00000bu;
     uint32_t zero = 0;
     uint16_t port = 61100;
-    struct timespec now;
     struct rs_vip v = { .addr = htonl(vip), .port = htons(80) };
     struct rs_syn_cfg cfg = { .backend_addr = htonl(backend), .local_addr = htonl(vip), .backend_port = htons(8080),
                               .on = 1 | RS_SYN_EVENTS_WAKE | RS_SYN_HOLD_SYNACK, .ifindex = 1, .guard = 1 };
@@ -899,12 +907,7 @@ static void synack_held_until_taken_on(void **state)
     assert_non_null(rb);
     ring_buffer__consume(rb);
     memset(evs, 0, sizeof(evs));
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    v.lease_ns = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec + 1000000000ull;
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_vips), &zero, &v, BPF_ANY), 0);
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn), &zero, &cfg, BPF_ANY), 0);
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ids), &zero, &id0, BPF_ANY), 0);
-    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_syn_ports), NULL, &port, BPF_ANY), 0);
+    syn_set_up(&v, &cfg, id0, port);
 
     len = syn_frame(in, client, 43000, vip, 80, 2000, false);
     assert_int_equal(run_grown(in, len, out, RS_IDENT_ROOM), TC_ACT_REDIRECT);
