@@ -188,7 +188,8 @@ struct rs_flow_track {
     rs_u32 fin_hdr_len;        /* non-zero: fin_hdr holds the TCP header of the FIN the guard
                                 * held last (as received; seq moved past any data it carried,
                                 * which passed), so the daemon can release it at once when the
-                                * logger says the end was meant, without the sender's RTO */
+                                * logger says the end was meant, without the sender's RTO;
+                                * before that, a backend's SYN-ACK held (RS_AT_SYN_HOLD) */
     rs_u8 fin_hdr[RS_TCP_HDR_MAX];
     struct rs_syn_info syn;    /* what the sender's SYN announced (a splice made at the SYN;
                                 * after RS_FLOW_REUSED, the new connection's SYN) */
