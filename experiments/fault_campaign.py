@@ -30,7 +30,7 @@ from outside the component:
                         supervisor): the new one adopts the spliced
                         connections; those it had not spliced yet die with
                         its sockets, and new ones wait for it (their SYNs
-                        dropped: sent again) or, in the ~5 ms of its dying,
+                        dropped: sent again) or, while it is still dying,
                         are refused (a clean end, counted; see below)
   pair-kill             with a proxy pair (LanTopo(pair=True)): SIGKILL of the
                         active rs-proxy; the standby takes the VIP over, and a

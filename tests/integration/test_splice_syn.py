@@ -394,6 +394,7 @@ class TestLastBackendLostEvents(LostEventsCase):
         self.tb.kill(self.stack.d["app-alternate"])
         self.assertTrue(wait_until(lambda: "failure backend_id=2 " in self.stack.log("proxy"), 5),
                         self.stack.log("proxy")[-3000:])
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
         stated = self.stack.d["stated-primary"].popen
         stated.send_signal(signal.SIGSTOP)      # the backend's RSTs, held, tell the proxy
         try:
@@ -402,8 +403,14 @@ class TestLastBackendLostEvents(LostEventsCase):
             stated.send_signal(signal.SIGCONT)
         for d in ds:
             d.popen.wait(10)
+        self.tb.stop_capture(cap)
         self.assertEqual([d.popen.returncode != 0 for d in ds].count(True), 6)
         ports = [re.search(r"connected lport=(\d+)", open(d.err).read()).group(1) for d in ds]
+        # From each client's side: its stream ended by a RST from the VIP, no FIN.
+        for port in ports:
+            to = f"src host {SERVERS['proxy']} and dst port {port}"
+            self.assertGreaterEqual(pcap_count(pcap, f"{to} and tcp[tcpflags] & tcp-rst != 0"), 1, port)
+            self.assertEqual(pcap_count(pcap, f"{to} and tcp[tcpflags] & tcp-fin != 0"), 0, port)
 
         def ended():    # (the RSTs may come before their lines in the log)
             log = self.stack.log("proxy")
