@@ -252,6 +252,7 @@ TECHNIQUE_SETTINGS = {
     "vrrp": {"vrrp": "keepalived", "advert": "default", **VRRP_ADVERT["default"]},
     "vrrp-tuned": {"vrrp": "keepalived", "advert": "tuned", **VRRP_ADVERT["tuned"]},
     "resplice": {"proxy": "resplice"},
+    "resplice-nostate": {"proxy": "resplice", "state": None},
 }
 
 

@@ -94,7 +94,7 @@ STUDY_TARGETS = {"failover": "make experiment-lan", "wan": "make experiment-wan"
 
 # Canonical technique names, in the order tables and figures show them.
 TECHNIQUES = ("none", "browser", "browser-shared", "haproxy", "haproxy-tuned",
-              "vrrp", "vrrp-tuned", "resplice")
+              "vrrp", "vrrp-tuned", "resplice", "resplice-nostate")
 TECHNIQUE_TITLES = {
     "none": "none (single backend)",
     "browser": "browser retry",
@@ -104,6 +104,7 @@ TECHNIQUE_TITLES = {
     "vrrp": "VRRP (advert 1s)",
     "vrrp-tuned": "VRRP (advert 100ms)",
     "resplice": "resplice",
+    "resplice-nostate": "resplice without the application's state",
 }
 
 STAMP_COLUMNS = ["config", "machine", "commit", "timestamp"]

@@ -11,6 +11,10 @@ results/overhead/<workload>.csv (experiments/common.py's overhead schema):
   workload <w>-<first action>, metric throughput_mbps   its bytes / time (the
                                                  page and its files)
 
+Besides the techniques of the failover studies, resplice-nostate (Roundcube
+only): resplice with Roundcube's state left out (no resplice plugin), whose
+difference to resplice is what the state's tracking and shipping cost.
+
 TRIALS=, QUICK=1 (2 runs; direct, haproxy-tuned, resplice), TECHNIQUES=,
 WORKLOADS=, ROUNDS= (default 1): the techniques take turns ROUNDS times,
 each with its share of the TRIALS, each round starting with the next
@@ -28,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from emul.testbed import Testbed  # noqa: E402
 from experiments import common  # noqa: E402
 from experiments.failover import Study, chosen  # noqa: E402
-from experiments.techniques import TECHNIQUES, Plain  # noqa: E402
+from experiments.techniques import COST_ONLY, TECHNIQUES, Plain  # noqa: E402
 from experiments.workloads import WORKLOADS  # noqa: E402
 from topologies.lan import LanTopo  # noqa: E402
 
@@ -41,7 +45,7 @@ def main():
     a = ap.parse_args()
     runs = common.trials(10, quick_default=2)
     rounds = max(1, min(runs, int(os.environ.get("ROUNDS", "1"))))
-    known = {"direct": Plain, **TECHNIQUES}
+    known = {"direct": Plain, **TECHNIQUES, **COST_ONLY}
     techs = chosen("TECHNIQUES", known, QUICK_TECHNIQUES if common.quick() else known, "technique")
     wls = chosen("WORKLOADS", WORKLOADS, WORKLOADS, "workload")
     plan = [(w, [t for t in techs if known[t].applies(WORKLOADS[w])]) for w in wls]
@@ -91,7 +95,7 @@ def run(a, runs, rounds, known, plan, tmp):
         ref = medians.get((wl, "direct", last))
         for name in wtechs:
             ms = {a: medians[(wl, name, a)] for a in actions}
-            print(f"{wl:10s} {name:15s} " + "  ".join(f"{a} {m:8.1f} ms" for a, m in ms.items())
+            print(f"{wl:10s} {name:16s} " + "  ".join(f"{a} {m:8.1f} ms" for a, m in ms.items())
                   + (f"  x{ms[last] / ref:.2f}" if ref else ""))
             key = f"{wl}_{name.replace('-', '_')}"
             summary[f"{key}_{last}_ms"] = round(ms[last], 2)

@@ -211,6 +211,23 @@ class Resplice(Technique):
         self.rr.stop()
 
 
+class RespliceNoState(Resplice):
+    """resplice without the application's state: Roundcube without the
+    resplice plugin.  The overhead study's measure of what the state's
+    tracking and shipping add (resplice - resplice-nostate) to the rest of
+    the stack; it masks no crash that loses a session, so it is not a
+    technique of the failover studies (COST_ONLY)."""
+    name = "resplice-nostate"
+
+    @classmethod
+    def applies(cls, workload):
+        return workload.name == "roundcube"
+
+    def start(self, crash_at):
+        self.rr = self.wl.resplice(crash_at, state=False).start()
+        return self
+
+
 class Plain(Technique):
     """The workload on the primary, nothing in front of it (no crash injection)."""
     name, browser = "direct", False
@@ -231,3 +248,5 @@ class Plain(Technique):
 
 TECHNIQUES = {t.name: t for t in (Direct, BrowserRetry, BrowserRetryShared, HAProxyDefault, HAProxyTuned, Vrrp,
                                   VrrpTuned, Resplice)}
+# Measured by the overhead study only.
+COST_ONLY = {t.name: t for t in (RespliceNoState,)}

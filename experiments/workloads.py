@@ -247,8 +247,8 @@ class RoundcubeWorkload(Workload):
     def backends(self, hosts, shared_db=False, crash_host="primary"):
         return RoundcubeBackends(self.tb, self.dir, hosts, shared_db=shared_db, crash_host=crash_host)
 
-    def resplice(self, crash_at):
-        return ResplicedRoundcube(self.tb, self.dir, crash_at=crash_at, mailstore=self.ms, aux=self.aux)
+    def resplice(self, crash_at, state=True):
+        return ResplicedRoundcube(self.tb, self.dir, crash_at=crash_at, mailstore=self.ms, aux=self.aux, state=state)
 
     def direct(self):
         return RoundcubeDirect(self.tb, self.dir, self.ms)

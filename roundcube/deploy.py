@@ -586,10 +586,13 @@ class ResplicedRoundcube:
     itself likewise (crash_alternate() kills the rest): a second failover,
     to the spare.  'dump': the logger also writes every connection's two
     streams to streams/ (rs-logger --dump; for tests that read them, not for
-    measurements)."""
+    measurements).  'state' False: Roundcube without the resplice plugin, so
+    no state reaches the alternate (what the rest of resplice costs, for the
+    overhead study's resplice-nostate: not a deployment that masks a
+    crash)."""
 
     def __init__(self, tb, run_dir, crash_at=None, auxlog=True, dead_after="100ms", mailstore=None, aux=None,
-                 warm=True, alternate_crash_at=None, dump=False):
+                 warm=True, alternate_crash_at=None, dump=False, state=True):
         from emul.stack import Stack
         self.tb, self.dir, self.crash_at, self.warm_first = tb, os.path.abspath(run_dir), crash_at, warm
         self.alternate_crash_at, self.dump = alternate_crash_at, dump
@@ -601,7 +604,7 @@ class ResplicedRoundcube:
         store_ip = AUXLOG_IP if self.aux and not tap else MAILSTORE_IP
         extra = {"resplice_auxlog_host": AUXLOG_IP} if tap else None
         self.rc = {h: Roundcube(tb, run_dir, h, mailstore_ip=store_ip, port=UPSTREAM_PORT, bind="127.0.0.1",
-                                plugin=True, extra_config=extra) for h in hosts}
+                                plugin=state, extra_config=extra) for h in hosts}
         self.stack = Stack(tb, run_dir, front={"start": lambda h: self.rc[h].start(), "port": UPSTREAM_PORT,
                                                "args": self._front_args},
                            logger_args=["--tags", TAGS]

@@ -134,9 +134,10 @@ class ExperimentWan(DriverCase):
 
 
 class ExperimentOverhead(DriverCase):
-    """The overhead driver, QUICK with two techniques and both workloads:
-    rows per run and metric, the figure, and the report's overhead table."""
-    driver, env = "overhead.py", {"TECHNIQUES": "direct,resplice"}
+    """The overhead driver, QUICK with three techniques and both workloads:
+    rows per run and metric, the figure, and the report's overhead table;
+    resplice-nostate (Roundcube without its state) for Roundcube only."""
+    driver, env = "overhead.py", {"TECHNIQUES": "direct,resplice,resplice-nostate"}
 
     def test_overhead(self):
         self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
@@ -148,9 +149,10 @@ class ExperimentOverhead(DriverCase):
             with open(os.path.join(self.results, "overhead", f"{wl}.csv")) as f:
                 rows = list(csv.DictReader(f))
             self.assertEqual(list(rows[0].keys()), list(common.OVERHEAD_COLUMNS))
-            # 2 techniques x (2 actions x 2 runs of latency + 2 of throughput).
+            # techniques x (2 actions x 2 runs of latency + 2 of throughput).
+            techs = ("direct", "resplice") + (("resplice-nostate",) if wl == "roundcube" else ())
             got = sorted((r["technique"], r["workload"], r["metric"]) for r in rows)
-            want = sorted((t, f"{wl}-{a}", m) for t in ("direct", "resplice") for a, m in
+            want = sorted((t, f"{wl}-{a}", m) for t in techs for a, m in
                           (("action1", "latency_ms"), ("action2", "latency_ms"), ("action1", "throughput_mbps"))
                           for _ in range(2))
             self.assertEqual(got, want)
@@ -163,6 +165,8 @@ class ExperimentOverhead(DriverCase):
             self.assertEqual(len(line), 1, report)
             self.assertIn(f"| {med:.2f} |", line[0])
             self.assertIn(f"{wl}_resplice_ratio", s)
+        self.assertIn("roundcube_resplice_nostate_ratio", s)
+        self.assertNotIn("refapp_resplice_nostate_ratio", s)
 
 
 class TechniqueTimers(unittest.TestCase):
