@@ -589,6 +589,14 @@ static int setup(struct proxy *p)
     }
     p->ctl_seq = rs_now_us();
     if (p->pair.peer.port) {
+        /* Until it takes over, a pair's proxy splices no SYN (px_syn_sync):
+         * a program kept from an earlier life here as the active one may
+         * still, numbering from where it stopped, below the ids the other
+         * proxy gave since. */
+        if (p->dp && p->syn.on && (e = px_dp_syn_setup(p->dp, &(struct rs_syn_cfg){ 0 }, NULL, 0)) != 0) {
+            fprintf(stderr, "rs-proxy: cannot configure the splice program: %s\n", strerror(-e));
+            return -1;
+        }
         if ((e = px_pair_start(p)) != 0) {
             fprintf(stderr, "rs-proxy: cannot start the pair: %s\n", strerror(-e));
             return -1;

@@ -786,6 +786,52 @@ class TestProxyPair(Case):
         self.assertGreaterEqual(pcap_count(pcap, "tcp[tcpflags] == tcp-syn"), 2, "its SYN was not sent again")
         self.assertRegex(self.stack.log("proxy2"), r"syn-spliced id=\d+ client=10\.0\.1\.1:")
 
+    def new_connections_across(self, fault, active, serving):
+        """New connections from c1, four at a time, one after another,
+        while 'fault' makes the proxy on 'serving' take over from the one on
+        'active': none fails, no RST comes from the VIP."""
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80", snaplen=96)
+        stop = os.path.join(self.dir, "stop")
+        script = os.path.join(self.dir, "newconns.py")
+        with open(script, "w") as f:
+            f.write(NEW_CONNECTIONS)
+        n = self.tb.start("c1", "newconns", ["python3", script, VIP_IP, stop])
+        self.assertTrue(wait_until(lambda: self.stack.splices(active) >= 20, 10), self.stack.log(active)[-2000:])
+        taken = self.stack.log(serving).count("pair: active")
+        fault()
+        self.assertTrue(wait_until(lambda: self.stack.log(serving).count("pair: active") > taken, 5),
+                        self.stack.log(serving)[-2000:])
+        time.sleep(1.5)         # a SYN dropped meanwhile is sent again after 1 s
+        open(stop, "w").close()
+        n.popen.wait(20)
+        self.tb.stop_capture(cap)
+        out = n.output()
+        print(f"\nnew connections across the takeover: {out.strip()}")
+        m = re.search(r"ok=(\d+) failed=(\d+) held=(\d+)", out)
+        self.assertTrue(m, out + open(n.err).read())
+        self.assertEqual(m.group(2), "0", out + open(n.err).read()[-2000:] + self.stack.log(serving)[-2000:])
+        self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "a client got a RST from the VIP")
+
+    def test_new_connections_across_a_kill_of_the_active(self):
+        """The active proxy SIGKILLed while new connections come every few
+        ms: those whose SYN came while the standby took over (between its
+        listening and its splicing at the SYN) were spliced by its program
+        with splice ids the other proxy had given (its standby's
+        configuration), taken for the adopted connections of those ids,
+        and their SYN-ACKs held for good: the clients hung."""
+        self.new_connections_across(lambda: self.tb.kill(self.stack.d["proxy"]), "proxy", "proxy2")
+
+    def test_new_connections_across_a_kill_of_a_restarted_active(self):
+        """The same, the proxy taking over this time restarted as the
+        standby where the active one ran: its tc program, kept from then,
+        must not splice with the ids it had reached (the other proxy's
+        have gone above them)."""
+        self.tb.kill(self.stack.d["proxy"])
+        self.assertTrue(wait_until(lambda: "pair: active" in self.stack.log("proxy2"), 5))
+        self.stack.start_proxy("proxy-restarted", host="proxy", standby=True)
+        self.stack.wait_standby("proxy")
+        self.new_connections_across(lambda: self.tb.kill(self.stack.d["proxy2"]), "proxy2", "proxy")
+
     def test_restarted_proxy_stands_by_and_takes_over_again(self):
         def restart_then_kill_the_other():
             self.stack.start_proxy("proxy-restarted", host="proxy", standby=True)
