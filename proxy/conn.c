@@ -1344,7 +1344,7 @@ void px_pc_check_end(struct proxy *p, struct pconn *pc)
  * its program reported (before it stood by: a proxy restarted where the
  * active one ran; or what a stale ARP entry sent it) waits in the rings
  * until it takes over (px_serve) and has adopted the table. */
-static bool standing_by(const struct proxy *p)
+bool px_standing_by(const struct proxy *p)
 {
     return p->pair.peer.port && !p->pair.active;
 }
@@ -1354,7 +1354,7 @@ void px_pc_events(struct rs_io *io, uint32_t events)
     struct proxy *p = io->ctx;
 
     (void)events;
-    if (standing_by(p)) {
+    if (px_standing_by(p)) {
         rs_io_set(io, 0);       /* again in px_serve */
         return;
     }
@@ -1365,7 +1365,7 @@ void px_pc_events_quiet(void *ctx)
 {
     struct proxy *p = ctx;
 
-    if (!standing_by(p))
+    if (!px_standing_by(p))
         px_dp_poll_quiet(p->dp, on_flow_event, p);
 }
 

@@ -658,7 +658,7 @@ int px_serve(struct proxy *p)
         return e;
     if (p->dp) {
         renew_lease(&p->lease_timer);
-        rs_io_set(&p->eio, EPOLLIN);    /* a standby's events waited (conn.c, standing_by) */
+        rs_io_set(&p->eio, EPOLLIN);    /* a standby's events waited (px_standing_by) */
     }
     if (p->logger.port)
         rs_ctlconn_peer(&p->logger_conn, &p->loop, "logger", p->logger, &p->key, &p->ctl_seq, PX_SENDER_LOGGER,

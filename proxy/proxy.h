@@ -348,6 +348,9 @@ void px_probe(struct proxy *p, const struct rs_flow_key *kc);
 /* With --pair: starts as the active proxy (then px_serve) or as the
  * standby (which calls px_serve when it takes over).  Returns 0 or -errno. */
 int px_pair_start(struct proxy *p);
+/* A pair's proxy that has not taken over: it acts on no event of its tc
+ * program, and configures no splicing at the SYN (conn.c). */
+bool px_standing_by(const struct proxy *p);
 /* Backend 'b' was fenced or readmitted: the standby learns it. */
 void px_pair_fence(struct proxy *p, int b);
 

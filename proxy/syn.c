@@ -233,7 +233,7 @@ void px_syn_sync(struct proxy *p)
      * the other proxy numbered from, a new splice could carry an adopted
      * connection's id, be taken for it, and have its SYN-ACK held for
      * good (TestProxyPair.test_new_connections_across_a_kill_of_the_active). */
-    if (!p->syn.on || !p->dp || serving(p) == p->syn.backend || (p->pair.peer.port && !p->pair.active))
+    if (!p->syn.on || !p->dp || serving(p) == p->syn.backend || px_standing_by(p))
         return;
     if ((e = write_cfg(p, NULL, 0)) != 0) {
         rs_log("splice-at syn: cannot change the backend: %s", strerror(-e));

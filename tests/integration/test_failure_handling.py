@@ -789,7 +789,8 @@ class TestProxyPair(Case):
     def new_connections_across(self, fault, active, serving):
         """New connections from c1, four at a time, one after another,
         while 'fault' makes the proxy on 'serving' take over from the one on
-        'active': none fails, no RST comes from the VIP."""
+        'active', at a seeded random moment: none fails, no RST comes from
+        the VIP."""
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80", snaplen=96)
         stop = os.path.join(self.dir, "stop")
         script = os.path.join(self.dir, "newconns.py")
@@ -798,6 +799,9 @@ class TestProxyPair(Case):
         n = self.tb.start("c1", "newconns", ["python3", script, VIP_IP, stop])
         self.assertTrue(wait_until(lambda: self.stack.splices(active) >= 20, 10), self.stack.log(active)[-2000:])
         taken = self.stack.log(serving).count("pair: active")
+        delay = random.Random(SEED).uniform(0, 0.3)
+        print(f"\nseed={SEED} fault {delay * 1000:.0f} ms after the 20th splice")
+        time.sleep(delay)
         fault()
         self.assertTrue(wait_until(lambda: self.stack.log(serving).count("pair: active") > taken, 5),
                         self.stack.log(serving)[-2000:])
