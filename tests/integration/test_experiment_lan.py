@@ -180,6 +180,26 @@ class TechniqueTimers(unittest.TestCase):
                                "haproxy-tuned": 0.1, "vrrp": 1.0, "vrrp-tuned": 1.0, "resplice": 0})
 
 
+class NoStateDeployment(unittest.TestCase):
+    """resplice-nostate deploys both backends' Roundcube without the
+    resplice plugin (no state, no tracking); resplice with it."""
+
+    def test_plugin_left_out(self):
+        from types import SimpleNamespace
+        from unittest import mock
+        from experiments.techniques import COST_ONLY, Resplice
+        from experiments.workloads import RoundcubeWorkload
+        tb = SimpleNamespace(topo=SimpleNamespace(spare=False))
+        wl = RoundcubeWorkload.__new__(RoundcubeWorkload)
+        wl.tb, wl.dir, wl.ms, wl.aux = tb, tempfile.gettempdir(), object(), SimpleNamespace(tap=True)
+        for cls, plugins in ((COST_ONLY["resplice-nostate"], []), (Resplice, ["resplice"])):
+            with mock.patch("emul.stack.Stack"), mock.patch("roundcube.deploy.ResplicedRoundcube.start",
+                                                            lambda self: self):
+                t = cls(tb, tempfile.gettempdir(), wl).start(None)
+            self.assertEqual({h: rc.settings().get("plugins") for h, rc in t.rr.rc.items()},
+                             {"primary": plugins, "alternate": plugins}, cls.name)
+
+
 class ForgetEarlier(unittest.TestCase):
     def test_only_that_workloads_files(self):
         from experiments.failover import forget_earlier
