@@ -61,6 +61,10 @@ Workloads (the reference app's responses are checkable content):
               static files) or Action 2 (log in, compose, send, log out):
               Action 2 must deliver its message exactly once (bob's INBOX,
               alice's Sent)
+  refapp-churn  new connections all along: 8 clients on 2 hosts, each
+              opening a connection every ~5 ms for a 1 KB download and a
+              counter update (the fault meets connections being set up,
+              spliced at the SYN or at the request, and ending)
 
 The checker sees only what lands outside the daemons:
   - the clients' own pcaps: a RST or FIN from the VIP before the client's
@@ -92,7 +96,8 @@ workload, load, verdict, reason, ...; experiments/common.py documents the
 columns; make figures draws the matrix and REPORT.md's section), and ends
 with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
 false_failovers= ...'.  TRIALS= per (fault, workload) (default: 48 for
-refapp-1, 18 for refapp-50, 4 for each Roundcube action: 1028 trials),
+refapp-1, 18 for refapp-50, 4 for each Roundcube action, 12 for
+refapp-churn: 1208 trials),
 QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
 WORKLOADS=, SEED=, MOMENT_MS= (every fault at this moment: the drawn
 moment depends on the machine's pace), HOG=1 (a busy loop on the logger and proxy hosts: the
@@ -192,6 +197,16 @@ def refapp_50(seed):
             "request GET /token\n  expect status 200\n  capture tok body \"token=([0-9a-f]{32})\"\n")
 
 
+def refapp_churn(seed):
+    # Run again and again (CHURN_RUNS), each run on a new connection.
+    return (f"request GET /static/1000?seed={seed}\n  expect content seed={seed}\n"
+            "request POST /counter\n  expect contains \"counter=\"\n"
+            "think 5ms\n")
+
+
+CHURN_RUNS = 120
+
+
 def kind(r):
     """"POST /counter" for a client row."""
     return f"{r['method']} {r['target'].split('?')[0]}"
@@ -202,10 +217,11 @@ class Refapp:
     counter, which every update (POST /counter, POST /upload) increments."""
     UPDATES = ("POST /counter", "POST /upload")
 
-    def __init__(self, tb, work, make, nhosts, conns):
+    def __init__(self, tb, work, make, nhosts, conns, runs=1):
+        """'runs': of the trace per client connection, each on a new one."""
         self.tb, self.work, self.make = tb, work, make
         self.hosts = [f"c{i + 1}" for i in range(nhosts)]
-        self.conns = conns
+        self.conns, self.runs = conns, runs
         self.stack = None
 
     def start(self):
@@ -246,7 +262,7 @@ class Refapp:
         return path
 
     def client_args(self):
-        return ["--connections", str(self.conns)]
+        return ["--connections", str(self.conns), "--repeat", str(self.runs)]
 
     def before(self):
         return None
@@ -353,16 +369,19 @@ WORKLOADS = {
     "refapp-50": lambda tb, work: Refapp(tb, work, refapp_50, 5, 10),
     "roundcube-action1": lambda tb, work: Roundcube(tb, work, "action1"),
     "roundcube-action2": lambda tb, work: Roundcube(tb, work, "action2"),
+    "refapp-churn": lambda tb, work: Refapp(tb, work, refapp_churn, 2, 4, CHURN_RUNS),
 }
 CLIENT_HOSTS = 5
 # Trials per fault of each workload in the full campaign (TRIALS= sets them
-# all): 1028 trials (74 per fault, 66 for 'double', which runs with the
-# reference app only).  Measured at 3c78304: 32.7 minutes (a trial:
-# refapp-1 1.6 s, refapp-50 2.2 s, Roundcube 3.0 s; 51.1 minutes before
-# the stack's start was cut from 0.95 s to 0.35 s: the tc program's
-# verification, 0.6 s of every rs-proxy start, fell to 0.1 s, and the
-# daemons and captures start side by side).
-FULL_TRIALS = {"refapp-1": 48, "refapp-50": 18, "roundcube-action1": 4, "roundcube-action2": 4}
+# all): 1208 trials (86 per fault, 78 for 'double', which runs with the
+# reference app only).  Measured at 3c78304, before refapp-churn: 1028
+# trials in 32.7 minutes (a trial: refapp-1 1.6 s, refapp-50 2.2 s,
+# Roundcube 3.0 s; 51.1 minutes before the stack's start was cut from
+# 0.95 s to 0.35 s: the tc program's verification, 0.6 s of every rs-proxy
+# start, fell to 0.1 s, and the daemons and captures start side by side);
+# refapp-churn's trials take 2.7 s (session 43).
+FULL_TRIALS = {"refapp-1": 48, "refapp-50": 18, "roundcube-action1": 4, "roundcube-action2": 4,
+               "refapp-churn": 12}
 
 
 # ---- faults ----------------------------------------------------------------
