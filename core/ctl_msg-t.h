@@ -69,7 +69,8 @@ enum rs_ctl_type {
     RS_CTL_FLOW,              /* active proxy -> standby proxy: its splice table, as it changes */
     RS_CTL_CLOSE_ASK,         /* proxy -> logger: is this backend's end (its FIN, held) meant? */
     RS_CTL_CLOSE_WORD,        /* logger -> proxy: whether a client's connection may end there */
-    RS_CTL_TYPE_MAX = RS_CTL_CLOSE_WORD,
+    RS_CTL_OWED_ASK,          /* proxy -> logger, as it comes up: name the connections owing a response */
+    RS_CTL_TYPE_MAX = RS_CTL_OWED_ASK,
 };
 
 enum rs_ctl_role {
@@ -268,7 +269,9 @@ enum rs_ctl_suspect_reason {
     RS_CTL_SUSPECT_STALL = 1, /* a complete request, no response byte for the configured bound */
     RS_CTL_SUSPECT_NOT_READING, /* request bytes wait unacknowledged, the backend's ACK has not
                                  * moved for the bound (it stopped reading: an upload in flight) */
-    RS_CTL_SUSPECT_MAX = RS_CTL_SUSPECT_NOT_READING,
+    RS_CTL_SUSPECT_OWED,      /* the answer to OWED_ASK, one for each connection owing a response:
+                               * one the proxy does not know died with its predecessor */
+    RS_CTL_SUSPECT_MAX = RS_CTL_SUSPECT_OWED,
 };
 
 /* The connection of 'client' owes a response its backend has not begun

@@ -34,6 +34,7 @@ static const uint32_t body_len[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_FLOW] = RS_CTL_FLOW_HDR,
     [RS_CTL_CLOSE_ASK] = 16,
     [RS_CTL_CLOSE_WORD] = 16,
+    [RS_CTL_OWED_ASK] = 4,
 };
 
 static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
@@ -59,6 +60,7 @@ static const char *const type_name[RS_CTL_TYPE_MAX + 1] = {
     [RS_CTL_FLOW] = "FLOW",
     [RS_CTL_CLOSE_ASK] = "CLOSE_ASK",
     [RS_CTL_CLOSE_WORD] = "CLOSE_WORD",
+    [RS_CTL_OWED_ASK] = "OWED_ASK",
 };
 
 /* Wire flag bits inside payloads. */
@@ -217,6 +219,7 @@ static int validate__(const struct rs_ctl_msg *m)
         ok = m->u.fence.backend_id != 0;
         break;
     case RS_CTL_STATUS:
+    case RS_CTL_OWED_ASK:
         ok = true;
         break;
     case RS_CTL_FLOW: {
@@ -431,6 +434,7 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
         rs_put_zero(p, 3);
         break;
     case RS_CTL_STATUS:
+    case RS_CTL_OWED_ASK:
         rs_put_zero(p, 4);
         break;
     case RS_CTL_STATUS_REPORT: {
@@ -665,6 +669,7 @@ static int get_body(const uint8_t *p, uint32_t plen, struct rs_ctl_msg *m)
         m->u.fence.fenced = fl == 1;
         break;
     case RS_CTL_STATUS:
+    case RS_CTL_OWED_ASK:
         pad_ok = get_zero(&p, 4);
         break;
     case RS_CTL_STATUS_REPORT: {
@@ -857,6 +862,7 @@ bool rs_ctl_msg_equal(const struct rs_ctl_msg *a, const struct rs_ctl_msg *b)
         return a->u.fence.backend_id == b->u.fence.backend_id && a->u.fence.ip4 == b->u.fence.ip4
                && a->u.fence.fenced == b->u.fence.fenced;
     case RS_CTL_STATUS:
+    case RS_CTL_OWED_ASK:
         return true;
     case RS_CTL_STATUS_REPORT: {
         const struct rs_ctl_status_report *x = &a->u.status_report, *y = &b->u.status_report;
@@ -914,6 +920,7 @@ bool rs_ctl_role_may_send(int role, unsigned type)
         [RS_CTL_FLOW] = P,
         [RS_CTL_CLOSE_ASK] = P,
         [RS_CTL_CLOSE_WORD] = L,
+        [RS_CTL_OWED_ASK] = P,
     };
 #undef R
 

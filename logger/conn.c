@@ -893,8 +893,29 @@ void lg_conn_check_stalls(struct logger *lg, uint64_t now)
             if (!why)
                 continue;
             c->suspected = true;
-            lg_ctl_suspect(lg, c, why, (uint32_t)(age(now, why == RS_CTL_SUSPECT_STALL ? c->progress_ns
-                                                                                        : c->ack_srv_ns) / 1000000));
+            lg_ctl_suspect(lg, NULL, c, why,
+                           (uint32_t)(age(now, why == RS_CTL_SUSPECT_STALL ? c->progress_ns : c->ack_srv_ns) / 1000000));
+        }
+    }
+}
+
+/* A proxy coming up asks (OWED_ASK), perhaps one that took over from a
+ * dead one (a restart, or a pair's standby): the connections its
+ * predecessor had accepted but not yet copied or handed over, it does
+ * not know, and nobody would answer their clients, who wait in silence
+ * for a response.  Names to it, over 'to', every connection that owes
+ * one; the proxy resets those it does not know (docs/failure-handling.md,
+ * "A proxy pair"). */
+void lg_conn_tell_owed(struct logger *lg, struct rs_ctlconn *to)
+{
+    uint64_t now = rs_mono_ns();
+
+    for (unsigned b = 0; b < LG_BUCKETS; b++) {
+        for (struct lg_conn *c = lg->buckets[b]; c; c = c->next) {
+            if (!c->started || c->closed_ns || c->fin[LG_RESP] || c->rst
+                || rs_http_resp_done_count(&c->http) >= rs_http_txn_count(&c->http))
+                continue;
+            lg_ctl_suspect(lg, to, c, RS_CTL_SUSPECT_OWED, (uint32_t)(age(now, c->progress_ns) / 1000000));
         }
     }
 }

@@ -84,18 +84,21 @@ static void flush_px(void *ctx)
     rs_ctlconn_flush(&((struct logger *)ctx)->px);
 }
 
-void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason, uint32_t silent_ms)
+void lg_ctl_suspect(struct logger *lg, struct rs_ctlconn *to, const struct lg_conn *c, uint16_t reason,
+                    uint32_t silent_ms)
 {
     struct rs_ctl_msg m = { .type = RS_CTL_SUSPECT };
 
-    lg->s.suspects++;
-    rs_log("suspect client=%s why=%s silent_ms=%u txns=%u done=%u", RS_A(((struct rs_addr){ c->ip, c->port })),
-           reason == RS_CTL_SUSPECT_STALL ? "response-stall" : "not-reading", silent_ms,
-           rs_http_txn_count(&c->http), rs_http_resp_done_count(&c->http));
-    if (!lg->has_proxy || !lg->px.loop)
+    lg->s.suspects += reason != RS_CTL_SUSPECT_OWED;
+    rs_log("%s client=%s why=%s silent_ms=%u txns=%u done=%u", reason == RS_CTL_SUSPECT_OWED ? "owed" : "suspect",
+           RS_A(((struct rs_addr){ c->ip, c->port })),
+           reason == RS_CTL_SUSPECT_STALL ? "response-stall" : reason == RS_CTL_SUSPECT_OWED ? "new-proxy"
+                                                                                         : "not-reading",
+           silent_ms, rs_http_txn_count(&c->http), rs_http_resp_done_count(&c->http));
+    if (!to && (!lg->has_proxy || !lg->px.loop))
         return;
     m.u.suspect = (struct rs_ctl_suspect){ { c->ip, c->port }, reason, silent_ms };
-    rs_ctl_send(&lg->px, &m);
+    rs_ctl_send(to ? to : &lg->px, &m);
 }
 
 int lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
@@ -149,6 +152,11 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         break;
     case RS_CTL_CLOSE_ASK:
         on_close_ask(lg, c, &m->u.close);
+        break;
+    case RS_CTL_OWED_ASK:
+        rs_ctl_ack(c, m, 0);
+        lg_capture_drain(lg);
+        lg_conn_tell_owed(lg, c);
         break;
     case RS_CTL_ACK:
         break;

@@ -236,6 +236,8 @@ const char *lg_tags_str(unsigned tags);
 /* Clients whose backend owes them a response and has been silent for
  * --stall-after while they could take it: a SUSPECT goes to the proxy for each. */
 void lg_conn_check_stalls(struct logger *lg, uint64_t now_ns);
+/* Names to a proxy coming up ('to') every connection owing a response. */
+void lg_conn_tell_owed(struct logger *lg, struct rs_ctlconn *to);
 
 /* ---- ctl.c: control plane -------------------------------------------------- */
 
@@ -254,8 +256,11 @@ struct rs_ctlconn *lg_ctl_stated_of(struct logger *lg, uint32_t ip);
  * logged from that transaction on (UNLOGGED): it applies its states as
  * they come instead of waiting for TXN_LOGGED. */
 void lg_ctl_unlogged(struct logger *lg, rs_txn_id from);
-/* Tells the proxy that the backend of 'c' owes it a response and is silent. */
-void lg_ctl_suspect(struct logger *lg, const struct lg_conn *c, uint16_t reason, uint32_t silent_ms);
+/* Tells the proxy (over 'to', or the logger's own connection to it when
+ * NULL) that the backend of 'c' owes it a response and is silent, or, as
+ * RS_CTL_SUSPECT_OWED, just that it owes one. */
+void lg_ctl_suspect(struct logger *lg, struct rs_ctlconn *to, const struct lg_conn *c, uint16_t reason,
+                    uint32_t silent_ms);
 /* Sends CLOSE_WORD{client, flags, req_end, resp_end} on 'to'; 0 or -errno. */
 int lg_ctl_close_word(struct logger *lg, struct rs_ctlconn *to, const struct rs_ctl_conn *client, uint8_t flags,
                       uint32_t req_end, uint32_t resp_end);

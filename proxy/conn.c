@@ -393,6 +393,10 @@ static int pick_backend(struct proxy *p, struct pconn *pc)
 
 /* ---- backend connection -------------------------------------------------- */
 
+/* Ports another socket of this host holds (bind() refused) before giving
+ * up.  Ports whose entries live on are not counted: they are skipped,
+ * however many (after a takeover or a restart, the adopted connections'
+ * ports are one run of the sequence, thousands long under load). */
 #define BIND_TRIES 64
 
 /* The ports of the proxy's connections to backends: it picks them itself,
@@ -433,7 +437,7 @@ int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
 
     if (fd < 0)
         return -errno;
-    for (int tries = 0; tries < BIND_TRIES; tries++) {
+    for (unsigned tries = 0, left = (p->port_hi - p->port_lo) / 2u + 1u; tries < BIND_TRIES && left; left--) {
         struct px_flow_info f;
         struct rs_flow_key k;
 
@@ -447,8 +451,10 @@ int px_bind_watched(struct proxy *p, struct rs_addr to, uint64_t id, struct rs_a
         }
         me.sin_port = htons(local->port);
         if (bind(fd, (struct sockaddr *)&me, sizeof(me))) {
-            if (errno == EADDRINUSE)
-                continue;       /* another socket of this host holds it */
+            if (errno == EADDRINUSE) {
+                tries++;        /* another socket of this host holds it */
+                continue;
+            }
             e = -errno;
             break;
         }

@@ -53,6 +53,7 @@ static void print_stats(void *ctx)
         RS_STAT(struct stats, resplices), RS_STAT(struct stats, resplice_errors),
         RS_STAT(struct stats, backend_errors), RS_STAT(struct stats, conn_map_errors),
         RS_STAT(struct stats, failures), RS_STAT(struct stats, false_alarms), RS_STAT(struct stats, suspects),
+        RS_STAT(struct stats, owed_reset),
         RS_STAT(struct stats, recovered), RS_STAT(struct stats, unrecoverable),
         RS_STAT(struct stats, recovery_retargets),
         RS_STAT(struct stats, legit_closes), RS_STAT(struct stats, fins_released),
@@ -109,6 +110,25 @@ static const char *fail_reason(uint16_t r)
     return "?";
 }
 
+/* The logger names a connection that owes a response, as we come up.
+ * One that neither we nor our tc program know (no connection, no entry)
+ * was accepted by a predecessor that died before copying it or handing
+ * it over: nobody can answer it, and its client would wait in silence.
+ * It is reset: a probe, which this host's stack answers with a RST.  (A
+ * connection still in our accept queue has its socket: the probe's answer
+ * meets it, and nothing happens.) */
+static void owed(struct proxy *p, struct rs_addr client, const struct pconn *pc)
+{
+    struct rs_flow_key kc = px_flow_key(client, p->listen);
+    struct px_flow_info f;
+
+    if (pc || px_standing_by(p) || (p->dp && !px_dp_get(p->dp, &kc, &f)))
+        return;
+    p->st.owed_reset++;
+    rs_log("owed client=%s: no connection here (its proxy died before copying it): reset", RS_A(client));
+    px_probe(p, &kc);
+}
+
 static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 {
     struct proxy *p = c->ctx;
@@ -133,6 +153,12 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
     case RS_CTL_SUSPECT: {
         struct rs_addr client = { m->u.suspect.client.ip4, m->u.suspect.client.port };
         struct pconn *pc = px_pc_find_client(p, client);
+
+        if (m->u.suspect.reason == RS_CTL_SUSPECT_OWED) {
+            rs_ctl_ack(c, m, 0);
+            owed(p, client, pc);
+            break;
+        }
         bool reading = m->u.suspect.reason == RS_CTL_SUSPECT_NOT_READING;
         uint64_t quiet_ms = pc ? px_pc_backend_quiet_ms(p, pc, reading) : 0;
         /* The logger's view may have holes (a capture that fell behind): a
@@ -188,9 +214,22 @@ static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 
     if (m->type == RS_CTL_CLOSE_WORD && c == &p->logger_conn)
         px_close_word(p, &m->u.close);
-    else if (m->type == RS_CTL_ACK && m->u.ack.status)
+    else if (m->type == RS_CTL_SUSPECT && m->u.suspect.reason == RS_CTL_SUSPECT_OWED && c == &p->logger_conn) {
+        struct rs_addr client = { m->u.suspect.client.ip4, m->u.suspect.client.port };
+        owed(p, client, px_pc_find_client(p, client));
+    } else if (m->type == RS_CTL_ACK && m->u.ack.status)
         rs_log("control %s=%s: %s answered %s", c->name, RS_A(c->addr), rs_ctl_type_str(m->u.ack.echo_type),
                strerror(-m->u.ack.status));
+}
+
+/* Up (again): a predecessor that died may have left connections we do
+ * not know; the logger names those that owe a response (owed()). */
+static void on_logger_state(struct rs_ctlconn *c, int err)
+{
+    struct rs_ctl_msg m = { .type = RS_CTL_OWED_ASK };
+
+    if (!err)
+        rs_ctl_send(c, &m);
 }
 
 /* ---- options ------------------------------------------------------------------- */
@@ -662,7 +701,7 @@ int px_serve(struct proxy *p)
     }
     if (p->logger.port)
         rs_ctlconn_peer(&p->logger_conn, &p->loop, "logger", p->logger, &p->key, &p->ctl_seq, PX_SENDER_LOGGER,
-                        16u << 20, on_peer_msg, NULL, p);
+                        16u << 20, on_peer_msg, on_logger_state, p);
     for (int i = 0; p->stated_port && i < p->nbackends; i++) {
         static char names[RS_PROXY_MAX_BACKENDS][24];
         snprintf(names[i], sizeof(names[i]), "stated-%u", p->backends[i].id);

@@ -1062,10 +1062,11 @@ void px_backend_failed(struct proxy *p, uint32_t id, const char *why)
     /* 1. Fence first, in one pass: from now on nothing this backend sends
      * reaches any client, before any connection moves. */
     for (int b = 0; b < RS_PROXY_BUCKETS; b++) {
-        for (struct pconn *pc = p->buckets[b]; pc; pc = pc->next) {
+        for (struct pconn *pc = p->buckets[b], *next; pc; pc = next) {
             struct rs_flow_key kb = px_key_b(pc), kc = px_key_c(pc);
-
             int e = 0;
+
+            next = pc->next;    /* a fence that fails frees pc */
 
             if (pc->rec && pc->rec->target == idx && !pc->rec->resplice_only && pc->backend_idx != idx
                 && !pc->rec->failing) {

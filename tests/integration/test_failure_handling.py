@@ -680,6 +680,93 @@ class TestProxyRestart(Case):
         self.assertLess(float(new.group(1)) - t_rst, 0.5, "the new connection waited for the old one's entries to go")
 
 
+class TestProxyRestartPorts(Case):
+    """A proxy that adopts many connections spliced at the request: their
+    ports to the backend are one run of the sequence its predecessor
+    picked them from, and its own walk through the same sequence starts
+    at a random port.  Started inside the run, it gave up after 64 ports
+    whose entries live on, and reset the new client (`backend-socket`;
+    the fault campaign's pair-host on refapp-churn, 268 adopted).  Here
+    the proxy's host has 400 ports to pick from, 380 of them adopted: a
+    random start lands 64 or more before the run's end 4 times in 5."""
+    stack_args = {"proxy_args": ["--splice-at", "request"]}
+    HELD = 380
+
+    def test_new_connections_after_adopting_most_ports(self):
+        self.tb["proxy"].cmd("sysctl -qw net.ipv4.ip_local_port_range='40000 40800'")
+        self.tb.kill(self.stack.d["proxy"])
+        self.stack.start_proxy("proxy-ports")        # picks its ports from that range
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        held = self.client("request GET /static/1000?seed=9\n  expect content seed=9\nthink 8s\n"
+                           "request GET /static/1000?seed=10\n  expect content seed=10\n",
+                           name="held", extra=["--connections", str(self.HELD)])
+        self.assertTrue(wait_until(lambda: self.stack.splices() >= self.HELD, 10),
+                        self.stack.log("proxy")[-2000:])
+        self.tb.kill(self.stack.d["proxy"])
+        self.stack.start_proxy("proxy-restarted")
+        self.assertRegex(self.stack.log("proxy"), rf"adopted {self.HELD} spliced connections")
+        new = self.client("request GET /static/1000?seed=11\n  expect content seed=11\n", name="new",
+                          extra=["--repeat", "20"])
+        new.popen.wait(30)
+        held.popen.wait(30)
+        self.tb.stop_capture(cap)
+        log = self.stack.log("proxy")
+        self.assertEqual(new.popen.returncode, 0, open(new.err).read()[-2000:] + log[-2000:])
+        self.assertEqual(held.popen.returncode, 0, open(held.err).read()[-2000:])
+        self.assertEqual(len(self.rows(new)), 20)
+        self.assertNotIn("backend-socket", log)
+        self.assertEqual(pcap_count(pcap, RST_FROM_VIP), 0, "a client got a RST from the VIP")
+
+
+class TestProxyPairAtRequest(Case):
+    """A pair splicing at the request: the active proxy hangs (SIGSTOP)
+    as a client connects and sends its request.  Its host's stack accepts
+    the connection and acknowledges the request, but the daemon never
+    copies it: the standby takes over knowing nothing of it, and nothing
+    would tell the client, which waits for its response in silence.  The
+    logger saw the request: it names the connection to the new active
+    proxy as its control connection comes up, and the proxy resets it
+    (found by the fault campaign's pair-host on refapp-churn: a client
+    timed out after 10 s)."""
+    topo_args = {"pair": True}
+    stack_args = {"proxy_args": ["--splice-at", "request"]}
+    WAIT_S = 6
+
+    def test_request_to_a_hung_active_ends_at_the_takeover(self):
+        old = self.stack.d["proxy"]
+        script = ("import socket, sys, time\n"
+                  f"s = socket.create_connection(('{VIP_IP}', 80), timeout={self.WAIT_S})\n"
+                  "t0 = time.monotonic()\n"
+                  "s.sendall(b'GET /static/1000?seed=9 HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n"
+                  "try:\n"
+                  "    print('answered' if s.recv(65536) else 'closed', flush=True)\n"
+                  "except ConnectionResetError:\n"
+                  "    print('reset', flush=True)\n"
+                  "except socket.timeout:\n"
+                  "    print('timeout', flush=True)\n"
+                  "print(f'after {time.monotonic() - t0:.2f} s', flush=True)\n")
+        cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80")
+        # c1 knows the VIP's address (ARP) already: a hung proxy answers no ARP.
+        self.assertIn("200", self.tb["c1"].cmd(f"curl -s -o /dev/null -w '%{{http_code}}' http://{VIP_IP}/static/10"))
+        old.popen.send_signal(signal.SIGSTOP)
+        try:
+            d = self.tb.start("c1", "waiter", [sys.executable, "-c", script])
+            self.assertTrue(wait_until(lambda: "txn-request id=10.0.1.1:" in self.stack.log("logger").split(
+                "/static/10 ")[-1], 3), self.stack.log("logger")[-2000:])
+            self.assertTrue(wait_until(lambda: "pair: active" in self.stack.log("proxy2"), 5),
+                            self.stack.log("proxy2")[-2000:])
+            d.popen.wait(self.WAIT_S + 5)
+        finally:
+            self.tb.kill(old)
+        self.tb.stop_capture(cap)
+        out, log = d.output(), self.stack.log("proxy2")
+        self.assertIn("reset", out, out + log[-2000:])
+        self.assertLess(float(re.search(r"after (\S+) s", out).group(1)), 2.0, out)
+        self.assertRegex(log, r"owed client=10\.0\.1\.1:\d+: no connection here")
+        self.assertRegex(self.stack.log("logger"), r"owed client=10\.0\.1\.1:\d+ why=new-proxy")
+        self.assertGreaterEqual(pcap_count(pcap, RST_FROM_VIP), 1)
+
+
 class TestProxyGap(Case):
     """rs-proxy SIGKILLed where it splices at the request: a new
     connection's SYN in the gap before its successor listens is dropped by

@@ -33,7 +33,7 @@ static int setup(void **state)
 }
 
 /* A valid message of each type, numbered 0 .. N_SAMPLES-1. */
-#define N_SAMPLES 30
+#define N_SAMPLES 32
 
 static void sample(unsigned i, struct rs_ctl_msg *m)
 {
@@ -183,6 +183,13 @@ static void sample(unsigned i, struct rs_ctl_msg *m)
         m->type = RS_CTL_CLOSE_WORD;
         m->u.close = (struct rs_ctl_close){ { 0x0a000102u, 5556 }, RS_CTL_CLOSE_MEANT | RS_CTL_CLOSE_ANSWER,
                                             0x12345678u, 0x9abcdef0u };
+        break;
+    case 30:
+        m->type = RS_CTL_OWED_ASK;
+        break;
+    case 31:
+        m->type = RS_CTL_SUSPECT;
+        m->u.suspect = (struct rs_ctl_suspect){ { 0x0a000101u, 5555 }, RS_CTL_SUSPECT_OWED, 0 };
         break;
     }
 }
@@ -336,6 +343,9 @@ static void roles_of_senders(void **state)
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_CLOSE_WORD));
     assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_CLOSE_ASK));
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_LOGGER, RS_CTL_CLOSE_ASK));
+    /* A proxy coming up asks the logger which connections owe a response. */
+    assert_true(rs_ctl_role_may_send(RS_CTL_ROLE_PROXY, RS_CTL_OWED_ASK));
+    assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR, RS_CTL_OWED_ASK));
     /* Unknown roles and types send nothing. */
     assert_false(rs_ctl_role_may_send(0, RS_CTL_ACK));
     assert_false(rs_ctl_role_may_send(RS_CTL_ROLE_OPERATOR + 1, RS_CTL_ACK));
