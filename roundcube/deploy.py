@@ -156,6 +156,14 @@ info_log_path = /dev/stderr
 log_timestamp = "%Y-%m-%d %H:%M:%S "
 mail_location = maildir:~/Maildir
 mail_fsync = never
+# Every backend's Roundcube and rs-auxlog's relays reach dovecot from
+# few addresses, one connection per HTTP request: several users of one
+# account at once (the campaign's roundcube-action2x4), with re-runs and
+# connections a killed backend left open, passed dovecot's default of 10
+# and a login failed.
+protocol imap {{
+  mail_max_userip_connections = 100
+}}
 first_valid_uid = {pw.pw_uid}
 last_valid_uid = {pw.pw_uid}
 mail_privileged_group =

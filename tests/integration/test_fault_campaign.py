@@ -1,9 +1,9 @@
 """The fault campaign (issue 14), QUICK: every fault of
 experiments/fault_campaign.py at seeded random moments, on the reference
 app's workloads (one client; 50 connections on five client hosts; new
-connections every few ms from eight clients) and Roundcube's, against the
-daemons built with AddressSanitizer and UndefinedBehaviorSanitizer
-(build/san, `make san`).  Judged from outside by the driver's checker:
+connections every few ms from eight clients) and Roundcube's (one user;
+four at once), against the daemons built with AddressSanitizer and
+UndefinedBehaviorSanitizer (build/san, `make san`).  Judged from outside by the driver's checker:
 no wrong byte, no duplicate or lost update, no hang, no false failover, no
 unclean end, no sanitizer report.  The seed is RS_TEST_SEED (default 1).
 Twice: new connections spliced at their request, and at their SYN."""

@@ -166,6 +166,60 @@ class ChangeSets(unittest.TestCase):
         self.assertEqual(n, 3 * tables)
 
 
+# Two requests at once on two connections: the first's change set, taken
+# on its own connection ('mine'), must hold its own row only.
+TWO_AT_ONCE = r"""<?php
+class rcube_plugin {}
+require $argv[1];
+$skip = json_decode($argv[3], true);
+$open = function () use ($argv) {
+    $pdo = new PDO('sqlite:' . $argv[2]);
+    $pdo->setAttribute(PDO::ATTR_ERRMODE, PDO::ERRMODE_SILENT);
+    $pdo->query('PRAGMA journal_mode = WAL');
+    return $pdo;
+};
+$mine = $argv[4] === 'mine';
+$a = $open();
+$b = $open();
+$from = resplice::track_changes($a, $skip, $mine);
+resplice::track_changes($b, $skip, $mine);
+$b->exec("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('theirs', '2026-12-07', '', 'b')");
+$a->exec("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('own', '2026-12-07', '', 'a')");
+list($seq, $text) = resplice::changes_text($a, $from, $mine);
+echo $text;
+"""
+
+
+class ChangeSetsOfOneConnection(unittest.TestCase):
+    """Four users at once (the campaign's roundcube-action2x4): a
+    request's change set held the rows that requests running at the same
+    time on other connections wrote.  One whose backend then died had its
+    writes on the alternate before its re-run there (a login re-run found
+    its session gone: 401)."""
+
+    def change_set(self, how):
+        with tempfile.TemporaryDirectory(prefix="rs-rcstate-") as d:
+            db, script = os.path.join(d, "p.db"), os.path.join(d, "two.php")
+            init_db(db)
+            with open(script, "w") as f:
+                f.write(TWO_AT_ONCE)
+            r = subprocess.run(["php", script, PLUGIN, db, json.dumps(SKIP), how], capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            return r.stdout
+
+    def test_only_its_own_rows(self):
+        text = self.change_set("mine")
+        self.assertIn("'own'", text)
+        self.assertNotIn("'theirs'", text)
+
+    def test_every_row_since_without_mine(self):
+        """The paths' way (a connection of its own): every note since."""
+        text = self.change_set("since")
+        self.assertIn("'own'", text)
+        self.assertIn("'theirs'", text)
+
+
 class ChangeSetsOnRoundcubesConnection(ChangeSets):
     """The same through a connection as Roundcube's own, which the plugin
     borrows in Roundcube (errors silent, numbers as strings): the error

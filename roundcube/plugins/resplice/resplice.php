@@ -18,12 +18,12 @@
  *                                   alternate has the state.
  * The state is, by default, what the request changed ("changes"): triggers
  * (made once per database) note the key of every row any writer inserts,
- * updates or deletes, in resplice_changes; at shutdown the rows noted
- * since the request began are written as SQL that sets each row to its
- * image now (or deletes it), stamped with a sequence number taken under
- * the write lock (hrtime), so that on the alternate the newest image of a
- * row wins whatever order states arrive in (resplice_rowver keeps each
- * row's).  A few KB instead of the whole database.  With
+ * updates or deletes, in resplice_changes; at shutdown the rows the
+ * request's own connection noted (self::mine) are written as SQL that
+ * sets each row to its image now (or deletes it), stamped with a sequence
+ * number taken under the write lock (hrtime), so that on the alternate the
+ * newest image of a row wins whatever order states arrive in
+ * (resplice_rowver keeps each row's).  A few KB instead of the whole database.  With
  * resplice_state = 'snapshot', or when the changes cannot be read, the
  * state is a copy of the whole database (VACUUM INTO, without the caches).
  * On the alternate, the front (rs-front --apply-file DB) runs the changes
@@ -79,6 +79,8 @@ class resplice extends rcube_plugin
     const INLINE_MAX = 6144;
     /* Noted changes older than this many seconds are pruned (no request runs that long). */
     const CHANGES_KEEP_S = 600;
+    /* How long the change set begins again for the write lock. */
+    const BUSY_WAIT_S = 0.5;
 
     public function init()
     {
@@ -106,7 +108,9 @@ class resplice extends rcube_plugin
         if ($rcmail->config->get('resplice_state', 'changes') === 'changes') {
             $this->db = self::roundcube_pdo($rcmail, $this->db_path) ?: $this->db_path;
             try {
-                $this->changes_from = self::track_changes($this->db, $this->skip_tables());
+                $this->release_roundcubes_statement();
+                $this->changes_from = self::track_changes($this->db, $this->skip_tables(),
+                                                          $this->db instanceof PDO);
             }
             catch (Exception $e) {
                 rcube::raise_error("resplice: {$this->txn}: cannot track changes (a snapshot instead): "
@@ -185,7 +189,8 @@ class resplice extends rcube_plugin
         $seq = $text = $tmp = null;
         if ($this->changes_from !== null) {
             try {
-                list($seq, $text) = self::changes_text($this->db, $this->changes_from);
+                $this->release_roundcubes_statement();
+                list($seq, $text) = self::changes_text($this->db, $this->changes_from, $this->db instanceof PDO);
             }
             catch (Exception $e) {
                 rcube::raise_error("resplice: {$this->txn}: changes failed (a snapshot instead): "
@@ -291,12 +296,35 @@ class resplice extends rcube_plugin
      * that note changed rows in resplice_changes (once per database and
      * TRIGGERS_VERSION), and returns the last note's id: the request's
      * changes are the notes after it.  'src': a PDO or a path (self::using).
+     * 'mine' (a PDO: the connection the request writes on): only the notes
+     * this connection makes from now on are the request's (self::mine).
      */
-    public static function track_changes($src, array $skip)
+    public static function track_changes($src, array $skip, $mine = false)
     {
-        return self::using($src, function (PDO $db) use ($skip) {
-            return self::track_changes_in($db, $skip);
+        return self::using($src, function (PDO $db) use ($skip, $mine) {
+            $from = self::track_changes_in($db, $skip);
+            if ($mine) {
+                self::mine($db);
+            }
+            return $from;
         });
+    }
+
+    /**
+     * Notes the ids of the notes connection 'db' makes, in its own
+     * temporary table (a temporary trigger fires for its connection's
+     * writes only).  With several users at once the notes after a
+     * request's start are others' too: a request still running elsewhere,
+     * which may never answer (its backend dies), must not have its writes
+     * shipped with this one's state (its re-run on the alternate would
+     * find them done: a login re-run found its session gone, 401).
+     */
+    private static function mine(PDO $db)
+    {
+        $db->exec('CREATE TEMP TABLE IF NOT EXISTS resplice_mine (id INTEGER PRIMARY KEY)');
+        $db->exec('DELETE FROM temp.resplice_mine');    // a persistent connection's earlier request
+        $db->exec('CREATE TEMP TRIGGER IF NOT EXISTS resplice_mine AFTER INSERT ON main.resplice_changes'
+            . ' BEGIN INSERT INTO resplice_mine (id) VALUES (NEW.id); END');
     }
 
     private static function track_changes_in(PDO $db, array $skip)
@@ -306,7 +334,9 @@ class resplice extends rcube_plugin
             $ver = $db->query("SELECT v FROM resplice_meta WHERE k = 'triggers'")->fetchColumn();
         }
         catch (PDOException $e) {
-            // no resplice_meta yet
+            if (stripos($e->getMessage(), 'no such table') === false) {
+                throw $e;       // not "no resplice_meta yet": the triggers stay as they are
+            }
         }
         if ($ver !== self::TRIGGERS_VERSION) {
             self::begin_write($db);
@@ -390,12 +420,13 @@ class resplice extends rcube_plugin
     }
 
     /**
-     * The same, as [the sequence number, the SQL text].
+     * The same, as [the sequence number, the SQL text]; 'mine': only the
+     * rows this connection wrote (track_changes' 'mine').
      */
-    public static function changes_text($src, $from)
+    public static function changes_text($src, $from, $mine = false)
     {
-        return self::using($src, function (PDO $db) use ($from) {
-            return self::changes_in($db, $from);
+        return self::using($src, function (PDO $db) use ($from, $mine) {
+            return self::changes_in($db, $from, $mine);
         });
     }
 
@@ -406,7 +437,7 @@ class resplice extends rcube_plugin
         }
     }
 
-    private static function changes_in(PDO $db, $from)
+    private static function changes_in(PDO $db, $from, $mine)
     {
         self::begin_write($db);
         try {
@@ -414,7 +445,9 @@ class resplice extends rcube_plugin
             $out = self::CHANGES_MAGIC . " seq=$seq\n"
                 . "CREATE TABLE IF NOT EXISTS resplice_rowver (tbl TEXT NOT NULL, k TEXT NOT NULL,"
                 . " seq INTEGER NOT NULL, PRIMARY KEY (tbl, k));\n";
-            $rows = $db->prepare('SELECT tbl, k FROM resplice_changes WHERE id > ? GROUP BY tbl, k ORDER BY MIN(id)');
+            $rows = $db->prepare('SELECT tbl, k FROM resplice_changes WHERE id > ?'
+                . ($mine ? ' AND id IN (SELECT id FROM temp.resplice_mine)' : '')
+                . ' GROUP BY tbl, k ORDER BY MIN(id)');
             $rows->execute([(int) $from]);
             $cols = [];
             foreach ($rows->fetchAll(PDO::FETCH_NUM) as list($t, $k)) {
@@ -460,14 +493,27 @@ class resplice extends rcube_plugin
      */
     private static function begin_write(PDO $db)
     {
-        $db->beginTransaction();
-        try {
-            $db->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
-            $db->exec('DELETE FROM resplice_meta WHERE 0');     // takes the write lock, changes nothing
-        }
-        catch (Exception $e) {
-            $db->rollBack();
-            throw $e;
+        // In WAL mode (Roundcube's), a transaction that read first cannot
+        // take the write lock once another connection has committed since
+        // (SQLITE_BUSY_SNAPSHOT, "database is locked", at once): begun
+        // again on a new snapshot, for up to BUSY_WAIT_S (only while no
+        // statement of the connection holds an older one:
+        // release_roundcubes_statement).
+        for ($t0 = microtime(true), $pause = 100; ; $pause = min(2 * $pause, 10000)) {
+            $db->beginTransaction();
+            try {
+                $db->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
+                $db->exec('DELETE FROM resplice_meta WHERE 0');     // takes the write lock, changes nothing
+                return;
+            }
+            catch (PDOException $e) {
+                $db->rollBack();
+                if (stripos($e->getMessage(), 'database is locked') === false
+                    || microtime(true) - $t0 > self::BUSY_WAIT_S) {
+                    throw $e;
+                }
+            }
+            usleep($pause);
         }
     }
 
@@ -488,6 +534,25 @@ class resplice extends rcube_plugin
         finally {
             $src->setAttribute(PDO::ATTR_ERRMODE, $mode);
         }
+    }
+
+    /**
+     * Ends the statement Roundcube keeps from its last query (rcube_db's
+     * last_result) when the state is taken on its connection.  A SELECT
+     * not read to its end holds its read transaction, in WAL mode a
+     * snapshot: a write lock wanted on that connection then fails at once
+     * (SQLITE_BUSY_SNAPSHOT) as soon as another request has committed
+     * since, however often it is tried.  Four users at once failed there
+     * for most requests, and a whole snapshot went instead.
+     */
+    private function release_roundcubes_statement()
+    {
+        if (!($this->db instanceof PDO) || !($rc = rcube::get_instance()->get_dbh())) {
+            return;
+        }
+        (function () {
+            $this->last_result = null;
+        })->call($rc);
     }
 
     /**
