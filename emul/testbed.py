@@ -120,6 +120,7 @@ class Testbed:
         self.daemons = []
         self.captures = []
         self.timers = []
+        self.routes_down = {}     # host -> its static routes while host_down() holds it down
         self.ovs = None
         self._old_handlers = {}
         os.makedirs(run_dir, exist_ok=True)
@@ -325,6 +326,10 @@ class Testbed:
         """Takes every interface of 'host' down (a host crash: no FIN, no RST).
         Returns the monotonic time."""
         h = self.net[host] if isinstance(host, str) else host
+        # The kernel forgets the static routes of an interface taken down;
+        # a host's own configuration would set them again (host_up does).
+        self.routes_down[h.name] = [l for l in h.cmd("ip -4 route show").splitlines()
+                                    if l.strip() and "proto kernel" not in l]
         t = time.monotonic()
         for intf in h.intfList():
             if intf.name != "lo":
@@ -332,11 +337,16 @@ class Testbed:
         return t
 
     def host_up(self, host):
-        """Brings 'host''s interfaces back up after host_down()."""
+        """Brings 'host''s interfaces back up after host_down(), with the
+        static routes it had (rs-auxlog's tap: a backend whose route to the
+        mail store through it was lost reached the mail store past it, and
+        a fenced primary's late mail counted)."""
         h = self.net[host] if isinstance(host, str) else host
         for intf in h.intfList():
             if intf.name != "lo":
                 h.cmd(f"ip link set dev {intf.name} up")
+        for route in self.routes_down.pop(h.name, []):
+            h.cmd(f"ip route replace {route}")
 
     def crash_at(self, delay_s, action, *args):
         """Runs action(*args) 'delay_s' seconds from now, in the background."""

@@ -69,6 +69,18 @@ class TestLifetime(TestbedCase):
                                             interval=0.05, wait_s=1)
             self.assertEqual(recv, 0, "a downed host must not answer")
 
+    def test_host_up_gives_back_static_routes(self):
+        """A host's interfaces down and up again: its static routes come
+        back (rs-auxlog's tap depends on the backends' route to the mail
+        store through it)."""
+        with Testbed(LanTopo(), self.run_dir) as tb:
+            h = tb["alternate"]
+            h.cmd(f"ip route replace 10.0.0.99/32 via {SERVERS['logger']}")
+            tb.host_down("alternate")
+            self.assertNotIn("10.0.0.99", h.cmd("ip -4 route show"))
+            tb.host_up("alternate")
+            self.assertIn(f"10.0.0.99 via {SERVERS['logger']}", h.cmd("ip -4 route show"))
+
 
 class TestMirror(TestbedCase):
     def test_logger_sees_every_proxy_primary_frame(self):
