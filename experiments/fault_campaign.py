@@ -99,7 +99,7 @@ columns; make figures draws the matrix and REPORT.md's section), and ends
 with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
 false_failovers= ...'.  TRIALS= per (fault, workload) (default: 48 for
 refapp-1, 18 for refapp-50, 4 for each Roundcube workload, 12 for
-refapp-churn: 1264 trials),
+refapp-churn: 1338 trials),
 QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
 WORKLOADS=, SEED=, MOMENT_MS= (every fault at this moment: the drawn
 moment depends on the machine's pace), HOG=1 (a busy loop on the logger and proxy hosts: the
@@ -384,13 +384,14 @@ WORKLOADS = {
 }
 CLIENT_HOSTS = 5
 # Trials per fault of each workload in the full campaign (TRIALS= sets them
-# all): 1264 trials (90 per fault, 78 for 'double', which runs with the
-# reference app only).  Measured at 3c78304, before refapp-churn: 1028
-# trials in 32.7 minutes (a trial: refapp-1 1.6 s, refapp-50 2.2 s,
-# Roundcube 3.0 s; 51.1 minutes before the stack's start was cut from
-# 0.95 s to 0.35 s: the tc program's verification, 0.6 s of every rs-proxy
-# start, fell to 0.1 s, and the daemons and captures start side by side);
-# refapp-churn's trials take 2.7 s, roundcube-action2x4's 5 s (session 43).
+# all): 1338 trials (90 per fault, 78 for 'double', which runs with the
+# reference app only).  Measured at 3c78304, before session 43 added
+# refapp-churn and roundcube-action2x4: 1028 trials in 32.7 minutes (a
+# trial: refapp-1 1.6 s, refapp-50 2.2 s, Roundcube 3.0 s; 51.1 minutes
+# before the stack's start was cut from 0.95 s to 0.35 s: the tc program's
+# verification, 0.6 s of every rs-proxy start, fell to 0.1 s, and the
+# daemons and captures start side by side); refapp-churn's trials take
+# 2.7 s, roundcube-action2x4's 5 s.
 FULL_TRIALS = {"refapp-1": 48, "refapp-50": 18, "roundcube-action1": 4, "roundcube-action2": 4,
                "refapp-churn": 12, "roundcube-action2x4": 4}
 

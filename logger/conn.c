@@ -893,8 +893,9 @@ void lg_conn_check_stalls(struct logger *lg, uint64_t now)
             if (!why)
                 continue;
             c->suspected = true;
-            lg_ctl_suspect(lg, NULL, c, why,
-                           (uint32_t)(age(now, why == RS_CTL_SUSPECT_STALL ? c->progress_ns : c->ack_srv_ns) / 1000000));
+            uint64_t since = why == RS_CTL_SUSPECT_STALL ? c->progress_ns : c->ack_srv_ns;
+
+            lg_ctl_suspect(lg, NULL, c, why, (uint32_t)(age(now, since) / 1000000));
         }
     }
 }

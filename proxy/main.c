@@ -154,7 +154,7 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         struct rs_addr client = { m->u.suspect.client.ip4, m->u.suspect.client.port };
         struct pconn *pc = px_pc_find_client(p, client);
 
-        if (m->u.suspect.reason == RS_CTL_SUSPECT_OWED) {
+        if (m->u.suspect.reason == RS_CTL_SUSPECT_OWED) {     /* (it comes on logger_conn: on_peer_msg) */
             rs_ctl_ack(c, m, 0);
             owed(p, client, pc);
             break;

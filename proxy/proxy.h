@@ -126,7 +126,8 @@ struct stats {
     uint64_t accepted, spliced, splice_retries, closed_early, resets, fins, reaped_idle,
         reaped_half_open, resplices, resplice_errors, ctl_rejected, backend_errors,
         conn_map_errors, failures, false_alarms, recovered, unrecoverable, legit_closes, redispatched,
-        resets_sent, fenced_drops, suspects, owed_reset, port_clashes, request_timeouts, request_evictions, fd_reserve_drops,
+        resets_sent, fenced_drops, suspects, owed_reset, port_clashes, request_timeouts, request_evictions,
+        fd_reserve_drops,
         adopted, recovery_retargets, fins_released, close_words, close_asks,
         close_words_late, close_refused, syn_spliced, syn_stale, syn_late, syn_half_open, connects_busy,
         syn_time_waits_reset, syn_reused;
