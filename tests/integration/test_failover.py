@@ -240,9 +240,12 @@ class TestWanCrash(FailoverCase):
         # Usually a full window is in flight when the kill lands (0.3 s into
         # the download's slow start), but a sender that had nothing in
         # flight at that moment (seen once in CI: the client had acknowledged
-        # every logged byte) leaves nothing to resend.  Such a trial must
-        # still be transparent; then the next one is tried, up to three.
-        for attempt in range(3):
+        # every logged byte) leaves nothing to resend.  So does a capture
+        # that missed response bytes the client was sent (2 trials in 8,
+        # session 43: the logger waits half its budget for them, ~390 ms,
+        # and the client acknowledges everything meanwhile).  Such a trial
+        # must still be transparent; then the next one is tried, up to five.
+        for attempt in range(5):
             if attempt:
                 self.stack.stop()
                 self.stack.start()
@@ -258,7 +261,7 @@ class TestWanCrash(FailoverCase):
             unacked = (int(plan.group(2)) - int(plan.group(1))) % 2**32
             if unacked:
                 break
-        self.assertGreater(unacked, 0, "the client had acknowledged every logged byte in three trials")
+        self.assertGreater(unacked, 0, "the client had acknowledged every logged byte in five trials")
         self.assertRegex(log, rf"step=resent bytes={unacked} ")
 
 
