@@ -117,12 +117,13 @@ static const char *fail_reason(uint16_t r)
  * It is reset: a probe, which this host's stack answers with a RST.  (A
  * connection still in our accept queue has its socket: the probe's answer
  * meets it, and nothing happens.) */
-static void owed(struct proxy *p, struct rs_addr client, const struct pconn *pc)
+static void owed(struct proxy *p, const struct rs_ctl_suspect *s)
 {
+    struct rs_addr client = { s->client.ip4, s->client.port };
     struct rs_flow_key kc = px_flow_key(client, p->listen);
     struct px_flow_info f;
 
-    if (pc || px_standing_by(p) || (p->dp && !px_dp_get(p->dp, &kc, &f)))
+    if (px_pc_find_client(p, client) || px_standing_by(p) || (p->dp && !px_dp_get(p->dp, &kc, &f)))
         return;
     p->st.owed_reset++;
     rs_log("owed client=%s: no connection here (its proxy died before copying it): reset", RS_A(client));
@@ -156,7 +157,7 @@ static void on_ctl(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 
         if (m->u.suspect.reason == RS_CTL_SUSPECT_OWED) {     /* (it comes on logger_conn: on_peer_msg) */
             rs_ctl_ack(c, m, 0);
-            owed(p, client, pc);
+            owed(p, &m->u.suspect);
             break;
         }
         bool reading = m->u.suspect.reason == RS_CTL_SUSPECT_NOT_READING;
@@ -214,10 +215,9 @@ static void on_peer_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
 
     if (m->type == RS_CTL_CLOSE_WORD && c == &p->logger_conn)
         px_close_word(p, &m->u.close);
-    else if (m->type == RS_CTL_SUSPECT && m->u.suspect.reason == RS_CTL_SUSPECT_OWED && c == &p->logger_conn) {
-        struct rs_addr client = { m->u.suspect.client.ip4, m->u.suspect.client.port };
-        owed(p, client, px_pc_find_client(p, client));
-    } else if (m->type == RS_CTL_ACK && m->u.ack.status)
+    else if (m->type == RS_CTL_SUSPECT && m->u.suspect.reason == RS_CTL_SUSPECT_OWED && c == &p->logger_conn)
+        owed(p, &m->u.suspect);
+    else if (m->type == RS_CTL_ACK && m->u.ack.status)
         rs_log("control %s=%s: %s answered %s", c->name, RS_A(c->addr), rs_ctl_type_str(m->u.ack.echo_type),
                strerror(-m->u.ack.status));
 }

@@ -241,7 +241,7 @@ class TestWanCrash(FailoverCase):
         # the download's slow start), but a sender that had nothing in
         # flight at that moment (seen once in CI: the client had acknowledged
         # every logged byte) leaves nothing to resend.  So does a capture
-        # that missed response bytes the client was sent (2 trials in 8,
+        # that missed response bytes the client was sent (4 trials in 15,
         # session 43: the logger waits half its budget for them, ~390 ms,
         # and the client acknowledges everything meanwhile).  Such a trial
         # must still be transparent; then the next one is tried, up to five.

@@ -751,8 +751,10 @@ class TestProxyPairAtRequest(Case):
         old.popen.send_signal(signal.SIGSTOP)
         try:
             d = self.tb.start("c1", "waiter", [sys.executable, "-c", script])
-            self.assertTrue(wait_until(lambda: "txn-request id=10.0.1.1:" in self.stack.log("logger").split(
-                "/static/10 ")[-1], 3), self.stack.log("logger")[-2000:])
+            # The logger saw the request: the one it will name to the new active.
+            self.assertTrue(wait_until(lambda: re.search(r"txn-request id=10\.0\.1\.1:\S+ method=GET "
+                                                         r"target=/static/1000\?seed=9 ", self.stack.log("logger")), 3),
+                            self.stack.log("logger")[-2000:])
             self.assertTrue(wait_until(lambda: "pair: active" in self.stack.log("proxy2"), 5),
                             self.stack.log("proxy2")[-2000:])
             d.popen.wait(self.WAIT_S + 5)
