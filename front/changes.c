@@ -138,8 +138,7 @@ int front_sqlite_copy(const char *path, const char *copy, char *why, size_t whyl
     sqlite3_close(db);
     if (err || (err = open_db(copy, SQLITE_OPEN_READWRITE, &db, why, whylen)) != 0)
         return err;
-    /* The change tracking's own tables mean nothing in another database. */
-    sqlite3_exec(db, "DELETE FROM resplice_changes", NULL, NULL, NULL);
+    /* The change sets' versions mean nothing in another database. */
     sqlite3_exec(db, "DELETE FROM resplice_rowver", NULL, NULL, NULL);
     sqlite3_close(db);
     return 0;

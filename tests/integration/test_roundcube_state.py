@@ -1,11 +1,17 @@
-"""Roundcube's state by changes (issue 17): the resplice plugin's change
-sets, made by php from a database Roundcube's schema made, run on a copy
-of that database (as rs-front runs them: in one transaction), leave it
-equal to the primary's, whatever order the change sets arrive in; a
-deleted row goes; an older change set never undoes a newer one; the whole
-snapshot carries none of the tracking's tables.  rs-front's own apply and
-export of an sqlite --apply-file are checked in tests/unit/test_front_changes.c
-and, end to end, by the Roundcube failover tests."""
+"""Roundcube's state by changes (issue 17): the rows a request's database
+connection writes, noted by the resplice plugin's tracker
+(roundcube/plugins/resplice/resplice_db.php: temporary triggers made
+before each write), become a change set that, run on a copy of the
+database (as rs-front runs them: in one transaction), leaves it equal to
+the primary's, whatever order the change sets arrive in; a deleted row
+goes, and so do the rows a foreign key's cascade deletes with it; an older
+change set never undoes a newer one; another connection's writes are not
+this one's; the schema gets no trigger; the whole snapshot carries none of
+the tracking's tables.  Roundcube's own database layer is checked to pass
+every query through the tracker (the driver, db_dsnw "sqlite_resplice:").
+rs-front's own apply and export of an sqlite --apply-file are checked in
+tests/unit/test_front_changes.c and, end to end, by the Roundcube failover
+tests."""
 import json
 import os
 import sqlite3
@@ -13,40 +19,63 @@ import subprocess
 import tempfile
 import unittest
 
-from roundcube.deploy import init_db
+from roundcube.deploy import RC_INSTALL, init_db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PLUGIN = os.path.join(ROOT, "roundcube", "plugins", "resplice", "resplice.php")
 SKIP = ["cache", "cache_shared", "cache_index", "cache_thread", "cache_messages"]
 
-# The plugin's static functions, outside Roundcube: a stand-in base class.
-HARNESS = r"""<?php
+# One request's connection, as Roundcube's (errors silent, numbers as
+# strings): each statement of argv[3] (JSON) noted, then run; its change
+# set printed (or "failed: why").  argv[4], when given: statements another
+# connection runs meanwhile, between the first and the rest.
+REQUEST = r"""<?php
 class rcube_plugin {}
 require $argv[1];
-$db = $argv[2];
-$skip = json_decode($argv[4], true);
-if (getenv('RS_PDO') === '1') {
-    // A connection as Roundcube's own (rcube_db): silent, numbers as strings.
-    $pdo = new PDO('sqlite:' . $db);
+$open = function () use ($argv) {
+    $pdo = new PDO('sqlite:' . $argv[2]);
     $pdo->setAttribute(PDO::ATTR_ERRMODE, PDO::ERRMODE_SILENT);
     $pdo->setAttribute(PDO::ATTR_STRINGIFY_FETCHES, 1);
-    $db = $pdo;
+    $pdo->query('PRAGMA journal_mode = WAL');
+    $pdo->query('PRAGMA foreign_keys = ON');
+    return $pdo;
+};
+$run = function (PDO $pdo, $sql) {
+    resplice_tracker::before($pdo, $sql);
+    if ($pdo->exec($sql) === false) {
+        fwrite(STDERR, "$sql: " . $pdo->errorInfo()[2] . "\n");
+        exit(2);
+    }
+};
+$own = $open();
+$sqls = json_decode($argv[3], true);
+$run($own, array_shift($sqls));
+if (isset($argv[4])) {
+    $other = $open();
+    foreach (json_decode($argv[4], true) as $sql) {
+        $run($other, $sql);
+    }
 }
-switch ($argv[3]) {
-case 'track':
-    echo resplice::track_changes($db, $skip);
-    break;
-case 'changes':
-    echo resplice::changes($db, $argv[5], (int) $argv[6]);
-    break;
-case 'snapshot':
-    echo resplice::snapshot($argv[2], $argv[5], $skip);   // a path, always
-    break;
+foreach ($sqls as $sql) {
+    $run($own, $sql);
 }
-if (isset($pdo) && $pdo->getAttribute(PDO::ATTR_ERRMODE) !== PDO::ERRMODE_SILENT) {
-    fwrite(STDERR, "the borrowed connection's error mode was not given back\n");
+try {
+    list($seq, $text) = resplice::changes_text($own);
+    echo $text;
+}
+catch (Exception $e) {
+    echo 'failed: ', $e->getMessage();
+}
+if ($own->getAttribute(PDO::ATTR_ERRMODE) !== PDO::ERRMODE_SILENT) {
+    fwrite(STDERR, "the connection's error mode was not given back\n");
     exit(3);
 }
+"""
+
+SNAPSHOT = r"""<?php
+class rcube_plugin {}
+require $argv[1];
+echo resplice::snapshot($argv[2], $argv[3], json_decode($argv[4], true));
 """
 
 
@@ -56,46 +85,35 @@ def rows(path, table):
 
 
 class ChangeSets(unittest.TestCase):
-    env = {}
-
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="rs-rcstate-")
         self.addCleanup(self.tmp.cleanup)
         self.dir = self.tmp.name
-        self.harness = os.path.join(self.dir, "harness.php")
-        with open(self.harness, "w") as f:
-            f.write(HARNESS)
         self.primary, self.alternate = os.path.join(self.dir, "p.db"), os.path.join(self.dir, "a.db")
         init_db(self.primary)
         init_db(self.alternate)
         self.n = 0
 
-    def php(self, *args):
-        r = subprocess.run(["php", self.harness, PLUGIN, self.primary, args[0], json.dumps(SKIP)] + list(args[1:]),
-                           capture_output=True, text=True, timeout=30, env={**os.environ, **self.env})
+    def php(self, script, *args):
+        path = os.path.join(self.dir, "script.php")
+        with open(path, "w") as f:
+            f.write(script)
+        r = subprocess.run(["php", path, PLUGIN] + list(args), capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return r.stdout
 
+    def request(self, *sql, meanwhile=None):
+        """One request's writes on one connection: its change set (text)."""
+        args = [self.primary, json.dumps(list(sql))] + ([json.dumps(meanwhile)] if meanwhile else [])
+        return self.php(REQUEST, *args)
+
     def write(self, *sql):
         with sqlite3.connect(self.primary) as db:
-            for s in sql:
-                db.execute(s)
+            for q in sql:
+                db.execute(q)
 
-    def request(self, *sql):
-        """One request: its start, its writes, its change set (path, seq)."""
-        start = int(self.php("track"))
-        self.write(*sql)
-        self.n += 1
-        path = os.path.join(self.dir, f"state-{self.n}.sql")
-        seq = int(self.php("changes", path, str(start)))
-        with open(path) as f:
-            text = f.read()
-        self.assertTrue(text.startswith(f"-- resplice changes seq={seq}\n"), text[:200])
-        return path, seq
-
-    def apply(self, path):
-        with open(path) as f:
-            text = f.read()
+    def apply(self, text):
+        self.assertTrue(text.startswith("-- resplice changes seq="), text[:200])
         db = sqlite3.connect(self.alternate, isolation_level=None)
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -108,123 +126,145 @@ class ChangeSets(unittest.TestCase):
             self.assertEqual(rows(self.alternate, t), rows(self.primary, t), t)
 
     def test_login_session_and_contacts(self):
-        s1, _ = self.request(
+        s1 = self.request(
             "INSERT INTO users (username, mail_host, created, language, preferences) "
             "VALUES ('alice', 'localhost', '2026-12-05 10:00:00', 'en_US', 'a:0:{}')",
             "INSERT INTO session (sess_id, changed, ip, vars) VALUES ('abc', '2026-12-05 10:00:00', '10.0.1.1', "
             "'language|s:5:\"en_US\";')")
-        s2, _ = self.request(
+        s2 = self.request(
             "UPDATE session SET vars = 'x''y|quote\"d', changed = '2026-12-05 10:00:01' WHERE sess_id = 'abc'",
             "INSERT INTO contacts (changed, del, name, email, words, user_id) "
             "VALUES ('2026-12-05 10:00:01', 0, 'Bob', 'bob@example.org', 'bob', 1)",
             "INSERT INTO dictionary (user_id, language, data) VALUES (1, 'en', 'resplice')")
-        with open(s2) as f:
-            text = f.read()
-        self.assertNotIn("cache", text)
-        self.assertIn("rowid=", text, "dictionary has no primary key: keyed by rowid")
+        self.assertNotIn("cache", s2)
+        self.assertIn("rowid=", s2, "dictionary has no primary key: keyed by rowid")
         for s in (s1, s2):
             self.apply(s)
         self.assert_same("users", "session", "contacts", "dictionary")
         # A deleted row goes.
-        s3, _ = self.request("DELETE FROM contacts WHERE name = 'Bob'")
-        self.apply(s3)
+        self.apply(self.request("DELETE FROM contacts WHERE name = 'Bob'"))
         self.assert_same("contacts")
         self.assertEqual(rows(self.alternate, "contacts"), [])
 
     def test_newest_image_wins_in_any_order(self):
-        s0, _ = self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'one')")
-        s1, q1 = self.request("UPDATE session SET vars = 'two' WHERE sess_id = 's'")
-        s2, q2 = self.request("UPDATE session SET vars = 'three' WHERE sess_id = 's'")
-        self.assertLess(q1, q2)
+        s0 = self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'one')")
+        s1 = self.request("UPDATE session SET vars = 'two' WHERE sess_id = 's'")
+        s2 = self.request("UPDATE session SET vars = 'three' WHERE sess_id = 's'")
         self.apply(s2)
         self.apply(s0)      # older: it must not undo 'three'
         self.apply(s1)
         self.assertEqual(rows(self.alternate, "session"), [("s", "2026-12-05", "", "three")])
         self.assert_same("session")
 
+    def test_a_cascade_deletes_with_its_row(self):
+        """Deleting a user deletes its identities (ON DELETE CASCADE):
+        those rows are in the change set too."""
+        self.apply(self.request(
+            "INSERT INTO users (user_id, username, mail_host, created, language, preferences) "
+            "VALUES (7, 'bob', 'localhost', '2026-12-05', 'en_US', '')",
+            "INSERT INTO identities (user_id, changed, del, standard, name, email) "
+            "VALUES (7, '2026-12-05', 0, 1, 'Bob', 'bob@example.org')"))
+        self.assertEqual(len(rows(self.alternate, "identities")), 1)
+        text = self.request("DELETE FROM users WHERE user_id = 7")
+        self.assertIn('DELETE FROM "identities"', text)
+        self.apply(text)
+        self.assert_same("users", "identities")
+        self.assertEqual(rows(self.alternate, "identities"), [])
+
+    def test_a_referenced_key_changed_is_no_change_set(self):
+        """An update of a key other rows reference would cascade to them;
+        instead of tracking every referencing table at each update, the
+        change set fails (the plugin then sends a whole snapshot)."""
+        self.request("INSERT INTO users (user_id, username, mail_host, created, language, preferences) "
+                     "VALUES (7, 'bob', 'localhost', '2026-12-05', 'en_US', '')")
+        text = self.request("UPDATE users SET preferences = 'x' WHERE user_id = 7")
+        self.assertIn('INSERT OR REPLACE INTO "users"', text, "an ordinary update of the users row")
+        text = self.request("UPDATE users SET user_id = 8 WHERE user_id = 7")
+        self.assertTrue(text.startswith("failed: a key of users that other rows reference changed"), text)
+
     def test_cache_untracked_and_snapshot_without_tracking_tables(self):
-        self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'v')")
-        start = int(self.php("track"))
-        self.write("INSERT INTO cache (user_id, cache_key, expires, data) VALUES (1, 'k', NULL, 'big')")
-        path = os.path.join(self.dir, "cache.sql")
-        self.php("changes", path, str(start))
-        with open(path) as f:
-            self.assertNotIn("INSERT OR REPLACE", f.read(), "a cache write is no state")
+        self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'v')",
+                     "INSERT INTO users (user_id, username, mail_host, created, language, preferences) "
+                     "VALUES (1, 'alice', 'localhost', '2026-12-05', 'en_US', '')")
+        text = self.request("INSERT INTO cache (user_id, cache_key, expires, data) VALUES (1, 'k', NULL, 'big')")
+        self.assertNotIn("INSERT OR REPLACE", text, "a cache write is no state")
+        # A database that was an alternate's before (a failover) has the
+        # change sets' versions: they mean nothing in another one.
+        self.write("CREATE TABLE resplice_rowver (tbl TEXT NOT NULL, k TEXT NOT NULL, seq INTEGER NOT NULL,"
+                   " PRIMARY KEY (tbl, k))", "INSERT INTO resplice_rowver VALUES ('session', 'x', 1)")
         snap = os.path.join(self.dir, "snap.db")
-        self.php("snapshot", snap)
-        self.assertEqual(rows(snap, "resplice_changes"), [])
+        self.php(SNAPSHOT, self.primary, snap, json.dumps(SKIP))
+        self.assertEqual(rows(snap, "resplice_rowver"), [])
+        self.assertEqual(rows(snap, "cache"), [])
         self.assertEqual(rows(snap, "session"), rows(self.primary, "session"))
 
-    def test_triggers_made_once(self):
-        self.php("track")
+    def test_nothing_in_the_schema(self):
+        """The triggers are temporary: nothing in the database's schema
+        (every new connection would read it) but the table of foreign keys
+        kept, resplice_meta."""
+        self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'v')",
+                     "DELETE FROM users WHERE user_id = 1")
         with sqlite3.connect(self.primary) as db:
-            n = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0]
-        self.php("track")
-        with sqlite3.connect(self.primary) as db:
-            self.assertEqual(db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0], n)
-        tables = 17 - len(SKIP)     # Roundcube's schema: 17 tables
-        self.assertEqual(n, 3 * tables)
+            self.assertEqual(db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'").fetchone()[0], 0)
+            self.assertEqual([r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'resplice%'")],
+                             ["resplice_meta"])
+
+    def test_only_its_own_rows(self):
+        """Four users at once (the campaign's roundcube-action2x4): a
+        request's change set held the rows that requests running at the
+        same time on other connections wrote.  One whose backend then died
+        had its writes on the alternate before its re-run there (a login
+        re-run found its session gone: 401)."""
+        text = self.request(
+            "INSERT INTO session (sess_id, changed, ip, vars) VALUES ('own', '2026-12-07', '', 'a')",
+            "UPDATE session SET vars = 'a2' WHERE sess_id = 'own'",
+            meanwhile=["INSERT INTO session (sess_id, changed, ip, vars) VALUES ('theirs', '2026-12-07', '', 'b')"])
+        self.assertIn("'own'", text)
+        self.assertNotIn("'theirs'", text)
+
+    def test_a_request_without_writes_changes_nothing(self):
+        self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'v')")
+        text = self.request("SELECT * FROM session")
+        self.assertNotIn("INSERT", text)
+        self.assertNotIn("DELETE", text)
 
 
-# Two requests at once on two connections: the first's change set, taken
-# on its own connection ('mine'), must hold its own row only.
-TWO_AT_ONCE = r"""<?php
+# Roundcube's database layer, with the driver: every query it runs goes
+# through the tracker (rcube_db::query_execute).
+THROUGH_ROUNDCUBE = r"""<?php
+define('INSTALL_PATH', $argv[1] . '/');
+define('RCUBE_INSTALL_PATH', INSTALL_PATH);
+require INSTALL_PATH . 'program/lib/Roundcube/bootstrap.php';
+require $argv[2];
 class rcube_plugin {}
-require $argv[1];
-$skip = json_decode($argv[3], true);
-$open = function () use ($argv) {
-    $pdo = new PDO('sqlite:' . $argv[2]);
-    $pdo->setAttribute(PDO::ATTR_ERRMODE, PDO::ERRMODE_SILENT);
-    $pdo->query('PRAGMA journal_mode = WAL');
-    return $pdo;
-};
-$mine = $argv[4] === 'mine';
-$a = $open();
-$b = $open();
-$from = resplice::track_changes($a, $skip, $mine);
-resplice::track_changes($b, $skip, $mine);
-$b->exec("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('theirs', '2026-12-07', '', 'b')");
-$a->exec("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('own', '2026-12-07', '', 'a')");
-list($seq, $text) = resplice::changes_text($a, $from, $mine);
+require $argv[3];
+$rc = rcube::get_instance();
+$rc->config->set('db_dsnw', 'sqlite_resplice:///' . $argv[4]);
+$db = $rc->get_dbh();
+echo get_class($db), "\n";
+$db->query("INSERT INTO session (sess_id, changed, ip, vars) VALUES (?, datetime('now'), '', ?)", 'rc', 'v1');
+$db->query("UPDATE session SET vars = ? WHERE sess_id = ?", 'v2', 'rc');
+$db->db_connect('w');
+$pdo = (function () { return $this->dbh; })->call($db);
+list($seq, $text) = resplice::changes_text($pdo);
 echo $text;
 """
 
 
-class ChangeSetsOfOneConnection(unittest.TestCase):
-    """Four users at once (the campaign's roundcube-action2x4): a
-    request's change set held the rows that requests running at the same
-    time on other connections wrote.  One whose backend then died had its
-    writes on the alternate before its re-run there (a login re-run found
-    its session gone: 401)."""
-
-    def change_set(self, how):
+class ThroughRoundcubesDriver(unittest.TestCase):
+    def test_roundcubes_queries_are_noted(self):
         with tempfile.TemporaryDirectory(prefix="rs-rcstate-") as d:
-            db, script = os.path.join(d, "p.db"), os.path.join(d, "two.php")
+            db, script = os.path.join(d, "p.db"), os.path.join(d, "rc.php")
             init_db(db)
             with open(script, "w") as f:
-                f.write(TWO_AT_ONCE)
-            r = subprocess.run(["php", script, PLUGIN, db, json.dumps(SKIP), how], capture_output=True, text=True,
-                               timeout=30)
+                f.write(THROUGH_ROUNDCUBE)
+            driver = os.path.join(os.path.dirname(PLUGIN), "resplice_db.php")
+            r = subprocess.run(["php", script, RC_INSTALL, driver, PLUGIN, db], capture_output=True, text=True,
+                               timeout=30, env={**os.environ, "ROUNDCUBE_CONFIG_DIR": d})
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            return r.stdout
-
-    def test_only_its_own_rows(self):
-        text = self.change_set("mine")
-        self.assertIn("'own'", text)
-        self.assertNotIn("'theirs'", text)
-
-    def test_every_row_since_without_mine(self):
-        """The paths' way (a connection of its own): every note since."""
-        text = self.change_set("since")
-        self.assertIn("'own'", text)
-        self.assertIn("'theirs'", text)
-
-
-class ChangeSetsOnRoundcubesConnection(ChangeSets):
-    """The same through a connection as Roundcube's own, which the plugin
-    borrows in Roundcube (errors silent, numbers as strings): the error
-    mode is given back.  (The snapshot opens its own.)"""
-    env = {"RS_PDO": "1"}
+            self.assertTrue(r.stdout.startswith("rcube_db_sqlite_resplice\n"), r.stdout[:300])
+            self.assertIn("'rc'", r.stdout)
+            self.assertIn("'v2'", r.stdout)
 
 
 if __name__ == "__main__":

@@ -199,17 +199,14 @@ static void test_copy_without_tracking(void **state)
     struct fx *f = *state;
     char why[128] = "";
 
-    sql(f->db, "CREATE TABLE resplice_changes (id INTEGER PRIMARY KEY, tbl, k, at);"
-               "INSERT INTO resplice_changes VALUES (1, 'session', 'x', 0);"
-               "CREATE TABLE resplice_rowver (tbl, k, seq, PRIMARY KEY (tbl, k));"
+    sql(f->db, "CREATE TABLE resplice_rowver (tbl, k, seq, PRIMARY KEY (tbl, k));"
                "INSERT INTO resplice_rowver VALUES ('session', 'x', 5);");
     assert_int_equal(front_sqlite_copy(f->db, f->copy, why, sizeof(why)), 0);
     assert_int_equal(count(f->copy, "SELECT count(*) FROM session"), 1);
-    assert_int_equal(count(f->copy, "SELECT count(*) FROM resplice_changes"), 0);
     assert_int_equal(count(f->copy, "SELECT count(*) FROM resplice_rowver"), 0);
-    assert_int_equal(count(f->db, "SELECT count(*) FROM resplice_changes"), 1);    /* the original untouched */
-    /* And a database without them copies too. */
-    sql(f->db, "DROP TABLE resplice_changes; DROP TABLE resplice_rowver;");
+    assert_int_equal(count(f->db, "SELECT count(*) FROM resplice_rowver"), 1);     /* the original untouched */
+    /* And a database without it copies too. */
+    sql(f->db, "DROP TABLE resplice_rowver;");
     assert_int_equal(front_sqlite_copy(f->db, f->copy, why, sizeof(why)), 0);
     assert_int_equal(count(f->copy, "SELECT count(*) FROM session"), 1);
 }

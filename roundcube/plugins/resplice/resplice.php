@@ -16,16 +16,18 @@
  *                                   session id, token or compose id): the
  *                                   front holds the response until the
  *                                   alternate has the state.
- * The state is, by default, what the request changed ("changes"): triggers
- * (made once per database) note the key of every row any writer inserts,
- * updates or deletes, in resplice_changes; at shutdown the rows the
- * request's own connection noted (self::mine) are written as SQL that
- * sets each row to its image now (or deletes it), stamped with a sequence
- * number taken under the write lock (hrtime), so that on the alternate the
- * newest image of a row wins whatever order states arrive in
- * (resplice_rowver keeps each row's).  A few KB instead of the whole database.  With
- * resplice_state = 'snapshot', or when the changes cannot be read, the
- * state is a copy of the whole database (VACUUM INTO, without the caches).
+ * The state is, by default, what the request changed ("changes"): the
+ * database driver of resplice_db.php (db_dsnw "sqlite_resplice:...") notes
+ * the key of every row Roundcube's connection inserts, updates or deletes
+ * (temporary triggers, made before its first write of each table); at
+ * shutdown those rows are written as SQL that sets each row to its image
+ * now (or deletes it), stamped with a sequence number taken under the
+ * write lock (hrtime), so that on the alternate the newest image of a row
+ * wins whatever order states arrive in (resplice_rowver keeps each row's).
+ * A few KB instead of the whole database.  With resplice_state =
+ * 'snapshot', without that driver, or when the changes cannot be read,
+ * the state is a copy of the whole database (VACUUM INTO, without the
+ * caches).
  * On the alternate, the front (rs-front --apply-file DB) runs the changes
  * in one transaction, or installs a snapshot over the database, the newest
  * (X-Resplice-State-Seq) winning.
@@ -47,7 +49,8 @@
  *   resplice_db_path      the sqlite file (default: from db_dsnw)
  *   resplice_sync_actions actions answered synchronously besides any response
  *                         that sets a cookie (default login, logout, compose, send)
- *   resplice_skip_tables  tables emptied in the snapshot and not tracked (default: the caches)
+ *   resplice_skip_tables  tables emptied in the snapshot and not tracked (default: the caches;
+ *                         in Roundcube's own config.inc.php, which the driver reads)
  *   resplice_state        'changes' (default) or 'snapshot'
  *   resplice_state_inline_max  a change set up to this many bytes goes in the
  *                         head (default and at most INLINE_MAX; 0: always a file)
@@ -55,6 +58,8 @@
  *                         the first runs (default: none, every conversation
  *                         goes to imap_host / smtp_host)
  */
+require_once __DIR__ . '/resplice_db.php';
+
 class resplice extends rcube_plugin
 {
     /** Request header the front adds: "a.b.c.d:port#n". */
@@ -66,19 +71,14 @@ class resplice extends rcube_plugin
     private $marker;            /* 'x-resplice-txn' or 'x-resplice-rerun' */
     private $state_dir;
     private $db_path;
-    private $changes_from;      /* resplice_changes' last id when the request began; null: snapshot */
-    private $db;                /* Roundcube's own connection to db_path (PDO), or db_path */
+    private $db;                /* Roundcube's own connection (PDO) when its writes are noted; null: snapshot */
 
     /* The state file of a change set starts with this (rs-front tells the kinds apart by it). */
     const CHANGES_MAGIC = '-- resplice changes';
-    /* Bumped when the triggers change: each database gets them anew. */
-    const TRIGGERS_VERSION = '1';
     /* A change set up to this many bytes goes in the response's head
      * (X-Resplice-State-Data, base64: 8 KB of the front's 16 KB head);
      * a larger one, or a snapshot, in a file (X-Resplice-State). */
     const INLINE_MAX = 6144;
-    /* Noted changes older than this many seconds are pruned (no request runs that long). */
-    const CHANGES_KEEP_S = 600;
     /* How long the change set begins again for the write lock. */
     const BUSY_WAIT_S = 0.5;
 
@@ -105,17 +105,11 @@ class resplice extends rcube_plugin
             return;
         }
 
-        if ($rcmail->config->get('resplice_state', 'changes') === 'changes') {
-            $this->db = self::roundcube_pdo($rcmail, $this->db_path) ?: $this->db_path;
-            try {
-                $this->release_roundcubes_statement();
-                $this->changes_from = self::track_changes($this->db, $this->skip_tables(),
-                                                          $this->db instanceof PDO);
-            }
-            catch (Exception $e) {
-                rcube::raise_error("resplice: {$this->txn}: cannot track changes (a snapshot instead): "
-                    . $e->getMessage(), true, false);
-            }
+        if ($rcmail->config->get('resplice_state', 'changes') === 'changes'
+            && !($this->db = self::roundcube_pdo($rcmail, $this->db_path))) {
+            rcube::raise_error("resplice: {$this->txn}: Roundcube's database is not " . $this->db_path
+                . " through the sqlite_resplice driver (resplice_db.php): changes not tracked, a snapshot instead",
+                true, false);
         }
 
         $this->add_hook('storage_connect', [$this, 'storage_connect']);
@@ -187,10 +181,10 @@ class resplice extends rcube_plugin
         }
 
         $seq = $text = $tmp = null;
-        if ($this->changes_from !== null) {
+        if ($this->db) {
             try {
                 $this->release_roundcubes_statement();
-                list($seq, $text) = self::changes_text($this->db, $this->changes_from, $this->db instanceof PDO);
+                list($seq, $text) = self::changes_text($this->db);
             }
             catch (Exception $e) {
                 rcube::raise_error("resplice: {$this->txn}: changes failed (a snapshot instead): "
@@ -258,8 +252,8 @@ class resplice extends rcube_plugin
     {
         $opts = [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION, PDO::ATTR_TIMEOUT => 5];
         $db = new PDO('sqlite:' . $src, null, null, $opts);
-        // The change tracking's own tables mean nothing in another database.
-        $skip = array_merge($skip, ['resplice_changes', 'resplice_rowver']);
+        // The change sets' versions mean nothing in another database.
+        $skip = array_merge($skip, ['resplice_rowver']);
         // The copy is a transient file: no fsync (it costs more than the copy).
         $db->exec('PRAGMA synchronous = OFF');
         $db->exec('VACUUM INTO ' . $db->quote($dst));
@@ -292,141 +286,18 @@ class resplice extends rcube_plugin
     }
 
     /**
-     * Makes sure every table of 'src' but the 'skip' ones has the triggers
-     * that note changed rows in resplice_changes (once per database and
-     * TRIGGERS_VERSION), and returns the last note's id: the request's
-     * changes are the notes after it.  'src': a PDO or a path (self::using).
-     * 'mine' (a PDO: the connection the request writes on): only the notes
-     * this connection makes from now on are the request's (self::mine).
+     * The rows Roundcube's connection 'db' wrote in this request
+     * (resplice_tracker), as SQL for the alternate: each row set to its
+     * image now (INSERT OR REPLACE) or deleted, only if this state's
+     * sequence number is the newest the alternate has seen for that row
+     * (resplice_rowver): [the sequence number, the SQL text].  The images
+     * and the number are taken under the write lock, so a later number
+     * never goes with an older image.
      */
-    public static function track_changes($src, array $skip, $mine = false)
+    public static function changes_text(PDO $db)
     {
-        return self::using($src, function (PDO $db) use ($skip, $mine) {
-            $from = self::track_changes_in($db, $skip);
-            if ($mine) {
-                self::mine($db);
-            }
-            return $from;
-        });
-    }
-
-    /**
-     * Notes the ids of the notes connection 'db' makes, in its own
-     * temporary table (a temporary trigger fires for its connection's
-     * writes only).  With several users at once the notes after a
-     * request's start are others' too: a request still running elsewhere,
-     * which may never answer (its backend dies), must not have its writes
-     * shipped with this one's state (its re-run on the alternate would
-     * find them done: a login re-run found its session gone, 401).
-     */
-    private static function mine(PDO $db)
-    {
-        $db->exec('CREATE TEMP TABLE IF NOT EXISTS resplice_mine (id INTEGER PRIMARY KEY)');
-        $db->exec('DELETE FROM temp.resplice_mine');    // a persistent connection's earlier request
-        $db->exec('CREATE TEMP TRIGGER IF NOT EXISTS resplice_mine AFTER INSERT ON main.resplice_changes'
-            . ' BEGIN INSERT INTO resplice_mine (id) VALUES (NEW.id); END');
-    }
-
-    private static function track_changes_in(PDO $db, array $skip)
-    {
-        $ver = null;
-        try {
-            $ver = $db->query("SELECT v FROM resplice_meta WHERE k = 'triggers'")->fetchColumn();
-        }
-        catch (PDOException $e) {
-            if (stripos($e->getMessage(), 'no such table') === false) {
-                throw $e;       // not "no resplice_meta yet": the triggers stay as they are
-            }
-        }
-        if ($ver !== self::TRIGGERS_VERSION) {
-            self::begin_write($db);
-            try {
-                $db->exec('CREATE TABLE IF NOT EXISTS resplice_changes (id INTEGER PRIMARY KEY AUTOINCREMENT,'
-                    . ' tbl TEXT NOT NULL, k TEXT NOT NULL, at INTEGER NOT NULL)');
-                $tables = $db->query("SELECT name FROM sqlite_master WHERE type = 'table'"
-                    . " AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'resplice_%'")->fetchAll(PDO::FETCH_COLUMN);
-                foreach (array_diff($tables, $skip) as $t) {
-                    foreach (self::trigger_sql($db, $t) as $sql) {
-                        $db->exec($sql);
-                    }
-                }
-                $db->exec("INSERT OR REPLACE INTO resplice_meta (k, v) VALUES ('triggers', "
-                    . $db->quote(self::TRIGGERS_VERSION) . ")");
-                $db->commit();
-            }
-            catch (Exception $e) {
-                $db->rollBack();
-                throw $e;
-            }
-        }
-        return (int) $db->query('SELECT COALESCE(MAX(id), 0) FROM resplice_changes')->fetchColumn();
-    }
-
-    /**
-     * The statements that (re)make table 't''s three triggers.  A row's
-     * key is noted as SQL ("sess_id"='abc' AND ...), built by sqlite's
-     * quote(); a table without a primary key is keyed by rowid.
-     */
-    private static function trigger_sql(PDO $db, $t)
-    {
-        $pk = [];
-        foreach ($db->query('PRAGMA table_info(' . self::ident($t) . ')') as $c) {
-            if ($c['pk'] > 0) {
-                $pk[$c['pk']] = $c['name'];
-            }
-        }
-        ksort($pk);
-        $key = function ($row) use ($pk) {
-            if (!$pk) {
-                return "'rowid=' || $row.rowid";
-            }
-            $parts = [];
-            foreach ($pk as $c) {
-                $parts[] = "'" . str_replace("'", "''", self::ident($c)) . "=' || quote($row." . self::ident($c) . ")";
-            }
-            return implode(" || ' AND ' || ", $parts);
-        };
-        $note = function ($row) use ($db, $t, $key) {
-            return 'INSERT INTO resplice_changes (tbl, k, at) VALUES (' . $db->quote($t) . ', ' . $key($row)
-                . ", CAST(strftime('%s', 'now') AS INTEGER));";
-        };
-        $name = function ($what) use ($t) {
-            return self::ident('resplice_' . $t . '_' . $what);
-        };
-        $on = self::ident($t);
-        return [
-            'DROP TRIGGER IF EXISTS ' . $name('ins'), 'DROP TRIGGER IF EXISTS ' . $name('upd'),
-            'DROP TRIGGER IF EXISTS ' . $name('del'),
-            'CREATE TRIGGER ' . $name('ins') . " AFTER INSERT ON $on BEGIN " . $note('NEW') . ' END',
-            'CREATE TRIGGER ' . $name('upd') . " AFTER UPDATE ON $on BEGIN " . $note('OLD') . ' ' . $note('NEW') . ' END',
-            'CREATE TRIGGER ' . $name('del') . " AFTER DELETE ON $on BEGIN " . $note('OLD') . ' END',
-        ];
-    }
-
-    /**
-     * Writes to 'dst' the rows of 'src' noted after id 'from' as SQL for
-     * the alternate: each row set to its image now (INSERT OR REPLACE) or
-     * deleted, only if this state's sequence number is the newest the
-     * alternate has seen for that row (resplice_rowver).  The images and
-     * the number are taken under the write lock, so a later number never
-     * goes with an older image.  Returns the sequence number.  'src': a
-     * PDO or a path (self::using).
-     */
-    public static function changes($src, $dst, $from)
-    {
-        list($seq, $text) = self::changes_text($src, $from);
-        self::write($dst, $text);
-        return $seq;
-    }
-
-    /**
-     * The same, as [the sequence number, the SQL text]; 'mine': only the
-     * rows this connection wrote (track_changes' 'mine').
-     */
-    public static function changes_text($src, $from, $mine = false)
-    {
-        return self::using($src, function (PDO $db) use ($from, $mine) {
-            return self::changes_in($db, $from, $mine);
+        return resplice_tracker::using($db, function (PDO $db) {
+            return self::changes_in($db);
         });
     }
 
@@ -437,30 +308,23 @@ class resplice extends rcube_plugin
         }
     }
 
-    private static function changes_in(PDO $db, $from, $mine)
+    private static function changes_in(PDO $db)
     {
+        if ($why = resplice_tracker::broken($db)) {
+            throw new Exception("its writes were not all noted: $why");
+        }
         self::begin_write($db);
         try {
             $seq = (string) hrtime(true);
             $out = self::CHANGES_MAGIC . " seq=$seq\n"
                 . "CREATE TABLE IF NOT EXISTS resplice_rowver (tbl TEXT NOT NULL, k TEXT NOT NULL,"
                 . " seq INTEGER NOT NULL, PRIMARY KEY (tbl, k));\n";
-            $rows = $db->prepare('SELECT tbl, k FROM resplice_changes WHERE id > ?'
-                . ($mine ? ' AND id IN (SELECT id FROM temp.resplice_mine)' : '')
-                . ' GROUP BY tbl, k ORDER BY MIN(id)');
-            $rows->execute([(int) $from]);
-            $cols = [];
-            foreach ($rows->fetchAll(PDO::FETCH_NUM) as list($t, $k)) {
-                if (!isset($cols[$t])) {
-                    $cols[$t] = $db->query('PRAGMA table_info(' . self::ident($t) . ')')->fetchAll(PDO::FETCH_COLUMN, 1);
-                    if (strpos($k, 'rowid=') === 0) {
-                        array_unshift($cols[$t], 'rowid');
-                    }
-                }
-                $names = implode(', ', array_map([self::class, 'ident'], $cols[$t]));
+            foreach (resplice_tracker::take($db) as list($t, $k)) {
+                $cols = resplice_tracker::columns($db, $t);
+                $names = implode(', ', array_map([self::class, 'ident'], $cols));
                 $quoted = implode(" || ',' || ", array_map(function ($c) {
                     return 'quote(' . self::ident($c) . ')';
-                }, $cols[$t]));
+                }, $cols));
                 $image = $db->query("SELECT $quoted FROM " . self::ident($t) . " WHERE $k")->fetchColumn();
                 $tq = $db->quote($t);
                 $kq = $db->quote($k);
@@ -470,10 +334,6 @@ class resplice extends rcube_plugin
                 $out .= $image !== false
                     ? 'INSERT OR REPLACE INTO ' . self::ident($t) . " ($names) SELECT $image WHERE $won;\n"
                     : 'DELETE FROM ' . self::ident($t) . " WHERE $k AND $won;\n";
-            }
-            if (mt_rand(0, 63) === 0) {
-                $db->exec("DELETE FROM resplice_changes WHERE at < CAST(strftime('%s', 'now') AS INTEGER) - "
-                    . self::CHANGES_KEEP_S);
             }
             $db->commit();
         }
@@ -518,25 +378,6 @@ class resplice extends rcube_plugin
     }
 
     /**
-     * Runs 'fn' on 'src': a PDO (Roundcube's own connection, made to throw
-     * for the while), or a path, opened for it.
-     */
-    private static function using($src, callable $fn)
-    {
-        if (!($src instanceof PDO)) {
-            return $fn(self::open($src));
-        }
-        $mode = $src->getAttribute(PDO::ATTR_ERRMODE);
-        $src->setAttribute(PDO::ATTR_ERRMODE, PDO::ERRMODE_EXCEPTION);
-        try {
-            return $fn($src);
-        }
-        finally {
-            $src->setAttribute(PDO::ATTR_ERRMODE, $mode);
-        }
-    }
-
-    /**
      * Ends the statement Roundcube keeps from its last query (rcube_db's
      * last_result) when the state is taken on its connection.  A SELECT
      * not read to its end holds its read transaction, in WAL mode a
@@ -556,17 +397,16 @@ class resplice extends rcube_plugin
     }
 
     /**
-     * Roundcube's own connection, when it is to sqlite file 'path', else
-     * null.  Each new connection reads the whole schema (about 0.7 ms for
-     * Roundcube's tables and these triggers): borrowing this one spares
-     * two per request.  rcube_db keeps its PDO protected; a closure bound
-     * to it reads it.
+     * Roundcube's own connection, when it is to sqlite file 'path' through
+     * the driver that notes its writes (resplice_db.php), else null: the
+     * change set is taken on it.  rcube_db keeps its PDO protected; a
+     * closure bound to it reads it.
      */
     private static function roundcube_pdo($rcmail, $path)
     {
         $rc = $rcmail->get_dbh();
         $own = self::sqlite_path($rcmail->config->get('db_dsnw'));
-        if (!$rc || !$own || @realpath($own) !== @realpath($path)) {
+        if (!($rc instanceof rcube_db_sqlite_resplice) || !$own || @realpath($own) !== @realpath($path)) {
             return null;
         }
         $rc->db_connect('w');
@@ -576,39 +416,32 @@ class resplice extends rcube_plugin
         return $pdo instanceof PDO ? $pdo : null;
     }
 
-    private static function open($path)
-    {
-        return new PDO('sqlite:' . $path, null, null, [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION,
-                                                       PDO::ATTR_TIMEOUT => 5]);
-    }
-
     /** An sqlite identifier, quoted. */
     public static function ident($name)
     {
-        return '"' . str_replace('"', '""', $name) . '"';
+        return resplice_tracker::ident($name);
     }
 
     /**
-     * The database file of an sqlite DSN ("sqlite:////path/db?mode=0640"),
-     * or null.
+     * The database file of an sqlite DSN ("sqlite:////path/db?mode=0640",
+     * or the same through the driver, "sqlite_resplice:..."), or null.
      */
     public static function sqlite_path($dsn)
     {
-        if (!is_string($dsn) || stripos($dsn, 'sqlite:') !== 0) {
+        if (!is_string($dsn) || !preg_match('/^sqlite(_resplice)?:/i', $dsn)) {
             return null;
         }
         if (class_exists('rcube_db')) {
             $parsed = rcube_db::parse_dsn($dsn);
             return !empty($parsed['database']) ? $parsed['database'] : null;
         }
-        $path = preg_replace('/\?.*$/', '', substr($dsn, strlen('sqlite://')));
+        $path = preg_replace('/\?.*$/', '', preg_replace('#^sqlite(_resplice)?://#i', '', $dsn));
         return $path !== '' ? $path : null;
     }
 
     private function skip_tables()
     {
-        $default = ['cache', 'cache_shared', 'cache_index', 'cache_thread', 'cache_messages'];
-        return (array) rcube::get_instance()->config->get('resplice_skip_tables', $default);
+        return (array) rcube::get_instance()->config->get('resplice_skip_tables', resplice_tracker::CACHES);
     }
 
     /**

@@ -1,0 +1,319 @@
+<?php
+
+/**
+ * resplice: the rows each of Roundcube's database connections writes,
+ * noted for the resplice plugin's change sets (resplice.php).
+ *
+ * Before a statement that writes a table (INSERT, REPLACE, UPDATE,
+ * DELETE) runs on a connection, resplice_tracker::before() makes sure the
+ * connection has TEMP triggers on that table, and on every table a foreign
+ * key's cascade can write from it, that note the key of each row inserted,
+ * updated or deleted in temp.resplice_notes.  A temporary trigger fires
+ * for its own connection's writes only, and lives in no file:
+ *   - the notes are the request's own, whatever other requests write at
+ *     the same time (four users at once: a request still running
+ *     elsewhere must not have its writes shipped with this one's state);
+ *   - the database's schema holds no trigger, which every new connection
+ *     would read (Roundcube opens one per request), and its file no note,
+ *     which every commit would write and every last close checkpoint.
+ *     Triggers in the schema cost Action 2 ~1 ms a PHP request in place,
+ *     these ~0.1 ms (docs/performance.md, session 44).
+ *
+ * Roundcube runs every query through rcube_db::query_execute(): the
+ * driver below (db_dsnw "sqlite_resplice:///path/to/db") is its sqlite
+ * driver with before() in front of it.  Roundcube makes its database
+ * object before it loads plugins, so config.inc.php requires this file.
+ */
+class resplice_tracker
+{
+    /** Tables not tracked by default: Roundcube's caches, rebuilt on demand. */
+    const CACHES = ['cache', 'cache_shared', 'cache_index', 'cache_thread', 'cache_messages'];
+
+    /** Tables not tracked (the resplice_skip_tables of the plugin's config). */
+    public static $skip = self::CACHES;
+
+    /* Per connection (spl_object_id), in this request: the triggers made
+     * or found ("table op" => true); a connection is here once it wrote. */
+    private static $armed = [];
+    /* Per connection: why its notes are not the whole of its writes. */
+    private static $broken = [];
+    /* Per table: its columns, and the SQL of a row's key (OLD or NEW). */
+    private static $cols = [];
+    /* Per table: [the tables whose foreign keys reference it, the columns they reference]. */
+    private static $children = null;
+
+    const NOTES = 'temp.resplice_notes';
+    const WRITE = '/^\s*(INSERT|REPLACE|UPDATE|DELETE)\b/i';
+    /* The table a write names (after "main.", if it says so; another
+     * schema's name matches nothing, and every table is armed). */
+    const TABLE = '/^\s*(?:INSERT(?:\s+OR\s+\w+)?\s+INTO|REPLACE\s+INTO|UPDATE(?:\s+OR\s+\w+)?|DELETE\s+FROM)\s+'
+        . '(?:(?:main|"main")\s*\.\s*)?("(?:[^"]|"")+"|`[^`]+`|\[[^\]]+\]|[\w$]+)(?![\w$])(?!\s*\.)/i';
+
+    /**
+     * Before statement 'sql' runs on 'db': the triggers that note what it
+     * writes.  Never fails the statement: a connection whose triggers could
+     * not be made is marked (broken()), and its request's state becomes a
+     * whole snapshot.
+     */
+    public static function before(PDO $db, $sql)
+    {
+        if (preg_match(self::WRITE, $sql, $m)) {
+            $ops = [['INSERT' => 'ins', 'REPLACE' => 'ins', 'UPDATE' => 'upd', 'DELETE' => 'del'][strtoupper($m[1])]];
+            $table = preg_match(self::TABLE, $sql, $t) ? self::unquote($t[1]) : null;
+        }
+        elseif (preg_match('/^\s*WITH\b/i', $sql) && preg_match('/\b(INSERT|REPLACE|UPDATE|DELETE)\b/i', $sql)) {
+            $ops = ['ins', 'upd', 'del'];       // a write after a WITH: not parsed, everything armed
+            $table = null;
+        }
+        else {
+            return;
+        }
+        try {
+            self::using($db, function (PDO $db) use ($ops, $table) {
+                foreach ($table !== null ? [$table] : self::tables($db) as $t) {
+                    foreach ($ops as $op) {
+                        self::arm($db, $t, $op);
+                    }
+                }
+            });
+        }
+        catch (Exception $e) {
+            self::$broken[spl_object_id($db)] = $e->getMessage();
+        }
+    }
+
+    /** Whether 'db' wrote a tracked table in this request. */
+    public static function wrote(PDO $db)
+    {
+        return isset(self::$armed[spl_object_id($db)]);
+    }
+
+    /** Why 'db''s notes miss some of its writes, or null. */
+    public static function broken(PDO $db)
+    {
+        return self::$broken[spl_object_id($db)] ?? null;
+    }
+
+    /**
+     * The rows 'db' wrote in this request, [[table, key SQL], ...] in the
+     * order first written, each once; and forgets them (a persistent
+     * connection's next request starts with none).
+     */
+    public static function take(PDO $db)
+    {
+        if (!self::wrote($db)) {
+            return [];
+        }
+        $rows = $db->query('SELECT tbl, k FROM ' . self::NOTES . ' GROUP BY tbl, k ORDER BY MIN(rowid)')
+            ->fetchAll(PDO::FETCH_NUM);
+        $db->exec('DELETE FROM ' . self::NOTES);
+        foreach ($rows as list($t, $k)) {
+            if ($t === '') {
+                throw new Exception($k);    // a change the notes do not hold (arm())
+            }
+        }
+        return $rows;
+    }
+
+    /** Table 't''s columns (rowid first for a table keyed by it). */
+    public static function columns(PDO $db, $t)
+    {
+        self::key_sql($db, $t, 'NEW');
+        return self::$cols[$t][0];
+    }
+
+    /**
+     * Makes the trigger of 'op' on table 't' (and, for an update or a
+     * delete, those of updates and deletes on every table a cascade
+     * reaches from it), once per connection.
+     */
+    private static function arm(PDO $db, $t, $op)
+    {
+        $id = spl_object_id($db);
+        if (!isset(self::$armed[$id])) {
+            // Its first write in this request: notes of an earlier one on
+            // a persistent connection are not this one's.
+            $db->exec('CREATE TEMP TABLE IF NOT EXISTS resplice_notes (tbl TEXT NOT NULL, k TEXT NOT NULL)');
+            $db->exec('DELETE FROM ' . self::NOTES);
+            self::$armed[$id] = [];
+        }
+        if (isset(self::$armed[$id]["$t $op"]) || in_array($t, self::$skip, true) || strpos($t, 'resplice_') === 0
+            || strpos($t, 'sqlite_') === 0) {
+            return;
+        }
+        $note = function ($row) use ($db, $t) {
+            return 'INSERT INTO resplice_notes (tbl, k) VALUES (' . $db->quote($t) . ', ' . self::key_sql($db, $t, $row)
+                . ');';
+        };
+        $what = ['ins' => ['INSERT', $note('NEW')], 'upd' => ['UPDATE', $note('OLD') . ' ' . $note('NEW')],
+                 'del' => ['DELETE', $note('OLD')]][$op];
+        $db->exec('CREATE TEMP TRIGGER IF NOT EXISTS ' . self::ident("resplice_{$t}_$op") . " AFTER {$what[0]} ON main."
+            . self::ident($t) . " BEGIN {$what[1]} END");
+        self::$armed[$id]["$t $op"] = true;
+        list($children, $keys) = self::referenced($db, $t);
+        if ($op === 'del') {
+            // A delete's foreign key actions (Roundcube's: CASCADE) write
+            // the rows that reference it.
+            foreach ($children as $child) {
+                self::arm($db, $child, 'upd');
+                self::arm($db, $child, 'del');
+            }
+        }
+        elseif ($op === 'upd' && $keys && !isset(self::$armed[$id]["$t key"])) {
+            // So would an update of a referenced key, which Roundcube never
+            // makes: its trigger marks the notes incomplete (the state is
+            // then a whole snapshot) instead of every referencing table
+            // getting triggers at each ordinary update (of the users row,
+            // at most logins: 16 triggers, 0.7 ms).
+            $db->exec('CREATE TEMP TRIGGER IF NOT EXISTS ' . self::ident("resplice_{$t}_key") . ' AFTER UPDATE OF '
+                . implode(', ', array_map([self::class, 'ident'], $keys)) . ' ON main.' . self::ident($t)
+                . " BEGIN INSERT INTO resplice_notes (tbl, k) VALUES ('', " . $db->quote("a key of $t that other rows"
+                . ' reference changed') . '); END');
+            self::$armed[$id]["$t key"] = true;
+        }
+    }
+
+    /**
+     * The SQL of a row's key in a trigger ('row': OLD or NEW), as the change
+     * set's WHERE clause: "col"='value' AND ..., built by sqlite's quote();
+     * rowid for a table without a primary key.
+     */
+    private static function key_sql(PDO $db, $t, $row)
+    {
+        if (!isset(self::$cols[$t])) {
+            $cols = $pk = [];
+            foreach ($db->query('PRAGMA main.table_info(' . self::ident($t) . ')')->fetchAll(PDO::FETCH_ASSOC) as $c) {
+                $cols[] = $c['name'];
+                if ($c['pk'] > 0) {
+                    $pk[$c['pk']] = $c['name'];
+                }
+            }
+            if (!$cols) {
+                throw new Exception("no table $t");
+            }
+            ksort($pk);
+            if (!$pk) {
+                array_unshift($cols, 'rowid');
+            }
+            self::$cols[$t] = [$cols, $pk];
+        }
+        list(, $pk) = self::$cols[$t];
+        if (!$pk) {
+            return "'rowid=' || $row.rowid";
+        }
+        $parts = [];
+        foreach ($pk as $c) {
+            $parts[] = "'" . str_replace("'", "''", self::ident($c)) . "=' || quote($row." . self::ident($c) . ")";
+        }
+        return implode(" || ' AND ' || ", $parts);
+    }
+
+    /**
+     * [the tables whose foreign keys reference table 't', the columns of
+     * 't' they reference].  The whole map is read once per schema and kept
+     * in resplice_meta: read from the schema it takes ~0.1 ms, as much as
+     * the rest of a request's tracking.
+     */
+    private static function referenced(PDO $db, $t)
+    {
+        if (self::$children === null) {
+            $db->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
+            $ver = (string) $db->query('PRAGMA main.schema_version')->fetchColumn();
+            $kept = json_decode((string) $db->query("SELECT v FROM resplice_meta WHERE k = 'references'")
+                ->fetchColumn(), true);
+            if (!is_array($kept) || ($kept['schema'] ?? null) !== $ver) {
+                $kept = ['schema' => $ver, 'tables' => []];
+                $fks = $db->query('SELECT f."table", f."to", m.name FROM main.sqlite_master m,'
+                    . " pragma_foreign_key_list(m.name) f WHERE m.type = 'table'")->fetchAll(PDO::FETCH_NUM);
+                foreach ($fks as list($parent, $to, $child)) {
+                    $kept['tables'][$parent][0][$child] = true;
+                    // No column named: the parent's primary key.
+                    foreach ($to !== null ? [$to] : self::primary_key($db, $parent) as $c) {
+                        $kept['tables'][$parent][1][$c] = true;
+                    }
+                }
+                $db->prepare("INSERT OR REPLACE INTO resplice_meta (k, v) VALUES ('references', ?)")
+                    ->execute([json_encode($kept)]);
+            }
+            self::$children = $kept['tables'];
+        }
+        $r = self::$children[$t] ?? [[], []];
+        return [array_keys($r[0]), array_keys($r[1])];
+    }
+
+    private static function primary_key(PDO $db, $t)
+    {
+        self::key_sql($db, $t, 'NEW');
+        return self::$cols[$t][1];
+    }
+
+    /** Every table of the database (a write whose table was not found). */
+    private static function tables(PDO $db)
+    {
+        return $db->query("SELECT name FROM main.sqlite_master WHERE type = 'table'")->fetchAll(PDO::FETCH_COLUMN);
+    }
+
+    /**
+     * Runs 'fn' on 'db' made to throw for the while (Roundcube's connection
+     * is silent).
+     */
+    public static function using(PDO $db, callable $fn)
+    {
+        $mode = $db->getAttribute(PDO::ATTR_ERRMODE);
+        $db->setAttribute(PDO::ATTR_ERRMODE, PDO::ERRMODE_EXCEPTION);
+        try {
+            return $fn($db);
+        }
+        finally {
+            $db->setAttribute(PDO::ATTR_ERRMODE, $mode);
+        }
+    }
+
+    /** An sqlite identifier, quoted. */
+    public static function ident($name)
+    {
+        return '"' . str_replace('"', '""', $name) . '"';
+    }
+
+    private static function unquote($name)
+    {
+        $q = $name[0];
+        if ($q === '"') {
+            return str_replace('""', '"', substr($name, 1, -1));
+        }
+        return $q === '`' || $q === '[' ? substr($name, 1, -1) : $name;
+    }
+}
+
+// Roundcube's sqlite driver, its writes noted (autoloaded in Roundcube;
+// absent where Roundcube is not, as in the plugin's tests).
+if (class_exists('rcube_db_sqlite')) {
+    class rcube_db_sqlite_resplice extends rcube_db_sqlite
+    {
+        public function __construct($db_dsnw, $db_dsnr = '', $pconn = false)
+        {
+            parent::__construct($db_dsnw, $db_dsnr, $pconn);
+            resplice_tracker::$skip = (array) rcube::get_instance()->config->get('resplice_skip_tables',
+                                                                                  resplice_tracker::CACHES);
+        }
+
+        /** PDO knows the driver as sqlite. */
+        protected function dsn_string($dsn)
+        {
+            return 'sqlite:' . $dsn['database'];
+        }
+
+        protected function query_execute($query)
+        {
+            // The statement of the last query (a SELECT not read to its
+            // end) goes first, as rcube_db does before the next one: it
+            // would hold the connection's read transaction during the
+            // triggers' making.
+            $this->last_result = null;
+            if ($this->dbh) {
+                resplice_tracker::before($this->dbh, $query);
+            }
+            return parent::query_execute($query);
+        }
+    }
+}
