@@ -392,7 +392,13 @@ fastcgi.server = (".php" => ((
             "PHP_FCGI_CHILDREN": str(self.php_children),
             "PHP_FCGI_MAX_REQUESTS": "100000",
         }
-        self.d["php"] = self.tb.start(h, f"php-{self.host_name}", [PHP_CGI, "-b", self.sock], env=env)
+        argv = [PHP_CGI, "-b", self.sock]
+        if os.environ.get("RS_PHP_TIMES"):
+            # Each request's start and end in php, appended to
+            # $RS_PHP_TIMES.<host> (experiments/request_times.py).
+            env["RS_PHP_TIMES"] = f"{os.environ['RS_PHP_TIMES']}.{self.host_name}"
+            argv[1:1] = ["-d", f"auto_prepend_file={os.path.join(ROOT, 'roundcube', 'php_times.php')}"]
+        self.d["php"] = self.tb.start(h, f"php-{self.host_name}", argv, env=env)
         if not _wait(lambda: os.path.exists(self.sock) or not self.d["php"].alive(), timeout):
             raise DeployError(f"php-cgi did not create {self.sock}; see {self.d['php'].err}")
         self.d["lighttpd"] = self.tb.start(h, f"lighttpd-{self.host_name}", [LIGHTTPD, "-D", "-f", conf])

@@ -169,6 +169,33 @@ class ExperimentOverhead(DriverCase):
         self.assertNotIn("refapp_resplice_nostate_ratio", s)
 
 
+class ExperimentRequestTimes(DriverCase):
+    """Where Action 2's time goes (experiments/request_times.py), QUICK,
+    direct and resplice, one round: a row per request and run; each PHP
+    request cut in three parts that add up to its time at the client,
+    static files in none; the summary names each technique's parts."""
+    driver, env = "request_times.py", {"TECHNIQUES": "direct,resplice", "ROUNDS": "1"}
+
+    def test_parts(self):
+        self.assertEqual(self.drv.returncode, 0, self.drv.stdout[-3000:] + self.drv.stderr[-3000:])
+        with open(os.path.join(self.results, "request-times", "roundcube-action2.csv")) as f:
+            rows = list(csv.DictReader(f))
+        # 2 techniques x 2 runs x Action 2's 17 requests.
+        self.assertEqual(len(rows), 2 * 2 * 17)
+        for r in rows:
+            static = r["target"].startswith("/program/")
+            self.assertEqual(r["app_ms"] == "", static, r)
+            if not static:
+                parts = [float(r[f"{p}_ms"]) for p in ("in", "app", "after")]
+                self.assertTrue(all(p > 0 for p in parts), r)
+                self.assertAlmostEqual(sum(parts), float(r["ms"]), delta=0.01)
+        s = common.parse_summary(self.drv.stdout.strip().splitlines()[-1])
+        for t in ("direct", "resplice"):
+            for k in ("ms", "ratio", "in_ms", "app_ms", "after_ms"):
+                self.assertIn(f"{t}_{k}", s)
+        self.assertEqual(s["direct_ratio"], "1")
+
+
 class TechniqueTimers(unittest.TestCase):
     """The period each technique's trials spread the client's start over
     (its slowest detection timer)."""

@@ -150,6 +150,21 @@ class RoundcubeFailover(MailTestbedCase):
         with mock.patch.dict(os.environ, {"RS_ROUNDCUBE_STATE": "snapshot", "RS_ROUNDCUBE_PERSISTENT": "1"}):
             self.check_crash("action2.trace", 14, 0)
 
+    def test_action2_14_first_byte_changes_on_persistent_connections(self):
+        """The change sets with php-cgi children whose connections stay
+        open from request to request: the temporary triggers and their
+        notes outlive a request on such a connection, and each request's
+        change set must still hold its own rows only, every one of them
+        (the list request re-run on the alternate needs the session the
+        requests before it wrote)."""
+        with mock.patch.dict(os.environ, {"RS_ROUNDCUBE_PERSISTENT": "1"}):
+            _, rr, _ = self.check_crash("action2.trace", 14, 0)
+        applied = re.findall(r"state-apply \S+ (changes|file) ", read(os.path.join(rr.dir, "app-alternate.err")))
+        self.assertGreaterEqual(len(applied), 9, "the states of the 9 PHP requests before the crash")
+        self.assertEqual(set(applied), {"changes"}, "a whole snapshot: the notes could not be read")
+        errors = os.path.join(rr.rc["primary"].dir, "logs", "errors.log")
+        self.assertNotIn("resplice:", read(errors) if os.path.exists(errors) else "")
+
     def test_action1_mid_largest_static(self):
         sizes = self.baseline()["action1.trace"]
         step = max(range(1, len(sizes)), key=lambda i: sizes[i])
