@@ -473,21 +473,15 @@ static inline int rs_splice_packet(const struct rs_splice_dir *d, rs_u8 *pkt, rs
  * here with probability 2^25 / 2^32, under 1 %) and is not followed. */
 #define RS_SPLICE_POS_JUMP_MAX (1u << 25)
 
-/* Follows segment 'tcp' (a TCP header, at least 20 bytes) that carried
- * 'payload' bytes of data.  Returns its ACK number when it carried one (and
- * sets '*has_ack'). */
-static inline rs_u32 rs_splice_pos_update(struct rs_splice_pos *p, const rs_u8 *tcp, rs_u32 payload,
-                                          int *has_ack)
+/* Follows the ACK of segment 'tcp' (a TCP header, at least 20 bytes)
+ * only: a segment whose data (and FIN) will not reach its receiver, which
+ * the data path drops for good, acknowledges what its sender received all
+ * the same.  Returns its ACK number when it carried one (and sets
+ * '*has_ack'). */
+static inline rs_u32 rs_splice_pos_ack(struct rs_splice_pos *p, const rs_u8 *tcp, int *has_ack)
 {
-    rs_u32 seq = rs_splice_load32(tcp + 4), ack = 0;
-    rs_u32 end = seq + payload + ((tcp[13] & (RS_TCP_F_SYN | RS_TCP_F_FIN)) ? 1 : 0);
+    rs_u32 ack = 0;
 
-    if (!p->has_seq || (rs_seq_gt(end, p->seq_next) && end - p->seq_next <= RS_SPLICE_POS_JUMP_MAX)) {
-        p->seq_next = end;
-        p->has_seq = 1;
-    }
-    if (tcp[13] & RS_TCP_F_FIN)
-        p->fin_seen = 1;
     *has_ack = (tcp[13] & RS_TCP_F_ACK) != 0;
     if (*has_ack) {
         ack = rs_splice_load32(tcp + 8);
@@ -497,6 +491,24 @@ static inline rs_u32 rs_splice_pos_update(struct rs_splice_pos *p, const rs_u8 *
         }
     }
     return ack;
+}
+
+/* Follows segment 'tcp' (a TCP header, at least 20 bytes) that carried
+ * 'payload' bytes of data.  Returns its ACK number when it carried one (and
+ * sets '*has_ack'). */
+static inline rs_u32 rs_splice_pos_update(struct rs_splice_pos *p, const rs_u8 *tcp, rs_u32 payload,
+                                          int *has_ack)
+{
+    rs_u32 seq = rs_splice_load32(tcp + 4);
+    rs_u32 end = seq + payload + ((tcp[13] & (RS_TCP_F_SYN | RS_TCP_F_FIN)) ? 1 : 0);
+
+    if (!p->has_seq || (rs_seq_gt(end, p->seq_next) && end - p->seq_next <= RS_SPLICE_POS_JUMP_MAX)) {
+        p->seq_next = end;
+        p->has_seq = 1;
+    }
+    if (tcp[13] & RS_TCP_F_FIN)
+        p->fin_seen = 1;
+    return rs_splice_pos_ack(p, tcp, has_ack);
 }
 
 /* Whether segment 'tcp' starts where the sender's stream stands (before

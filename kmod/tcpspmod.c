@@ -294,7 +294,10 @@ static enum tsp_verdict tsp_decide(struct tsp_table *tb, struct sk_buff *skb, st
 	at_pos = rs_splice_pos_at(&t->pos, tcp);
 	at_end = rs_splice_pos_is_end(&t->pos, tcp, s->payload, at_pos);
 	if ((at_pos || !f->guard || !(flags & 0x05)) && f->state != RS_FLOW_FROZEN) {
-		ack = rs_splice_pos_update(&t->pos, tcp, s->payload, &has_ack);
+		/* As the tc program: a guarded backend's segment a HOLD drops
+		 * never reaches the client, and does not move its position. */
+		ack = f->state == RS_FLOW_HOLD && f->guard ? rs_splice_pos_ack(&t->pos, tcp, &has_ack)
+							   : rs_splice_pos_update(&t->pos, tcp, s->payload, &has_ack);
 		if (has_ack && f->ack_watch_gen && t->acked_gen != f->ack_watch_gen && rs_seq_ge(ack, f->ack_watch)) {
 			t->acked_gen = f->ack_watch_gen;
 			tsp_report(s, f, RS_FLOW_ACKED, ack, f->ack_watch_gen);

@@ -75,7 +75,13 @@ static __always_inline void track_seq(struct __sk_buff *skb, const struct rs_flo
                                       struct rs_flow_track *t, const __u8 *tcp, __u32 hlen)
 {
     int has_ack;
-    __u32 ack = rs_splice_pos_update(&t->pos, tcp, skb->len - TCP_OFF - hlen, &has_ack);
+    /* A guarded backend's segment that a HOLD drops never reaches the
+     * client (the proxy's RECOVER says how far the backend's bytes went,
+     * and the logger waits for its log to hold them all: for half its
+     * budget, ~390 ms, when the backend's kernel sent on after the hold). */
+    __u32 ack = f->state == RS_FLOW_HOLD && f->guard
+                    ? rs_splice_pos_ack(&t->pos, tcp, &has_ack)
+                    : rs_splice_pos_update(&t->pos, tcp, skb->len - TCP_OFF - hlen, &has_ack);
 
     if (has_ack && f->ack_watch_gen && t->acked_gen != f->ack_watch_gen && rs_seq_ge(ack, f->ack_watch)) {
         t->acked_gen = f->ack_watch_gen;

@@ -210,6 +210,52 @@ static int count_fin(void *ctx, void *data, size_t len)
     return 0;
 }
 
+/* A guarded backend's segment that a HOLD drops never reaches the client:
+ * its data does not move the sender's position (the proxy's RECOVER says
+ * from it how far the backend's bytes went, and the logger waited half its
+ * budget, ~390 ms, for bytes the backend's kernel sent on after the hold);
+ * its ACK does.  An unguarded sender's segment (the client's) still moves
+ * both: the mirror gave the logger its bytes. */
+static void hold_keeps_a_guarded_senders_position(void **state)
+{
+    uint8_t in[400], out[464];
+    size_t len = random_frame(in, 0x0a00000bu, 0x0a000001u, 8080, 41001);
+    struct rs_flow_key k = key_of(in);
+    struct rs_flow fl = { .dir = random_dir(), .state = RS_FLOW_ACTIVE, .ifindex = 1, .guard = 1 };
+    struct rs_flow_track t;
+    size_t hdr = ETH_LEN + 20 + (size_t)(in[ETH_LEN + 32] >> 4) * 4;
+    uint32_t pos, ack;
+
+    (void)state;
+    put_flow(&k, &fl);
+    assert_int_equal(run(in, len, out), TC_ACT_REDIRECT);
+    assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
+    pos = t.pos.seq_next;
+    ack = t.pos.ack_max;
+    fl.state = RS_FLOW_HOLD;
+    assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_flows), &k, &fl, BPF_ANY), 0);  /* track kept */
+    for (int guard = 1; guard >= 0; guard--) {
+        fl.guard = (uint32_t)guard;
+        assert_int_equal(bpf_map_update_elem(bpf_map__fd(skel->maps.rs_flows), &k, &fl, BPF_ANY), 0);
+        rs_splice_store32(in + ETH_LEN + 24, pos);                          /* the next data, */
+        rs_splice_store32(in + ETH_LEN + 28, ack + 100 * (uint32_t)(2 - guard));   /* a newer ACK */
+        in[ETH_LEN + 33] |= RS_TCP_F_FIN;
+        set_checksums(in + ETH_LEN, len - ETH_LEN);
+        assert_int_equal(run(in, len, out), TC_ACT_SHOT);
+        assert_int_equal(bpf_map_lookup_elem(bpf_map__fd(skel->maps.rs_track), &k, &t), 0);
+        assert_int_equal(t.pos.ack_max, ack + 100 * (uint32_t)(2 - guard));
+        if (guard) {
+            assert_int_equal(t.pos.seq_next, pos);
+            assert_false(t.pos.fin_seen);
+        } else {
+            assert_int_equal(t.pos.seq_next, pos + (uint32_t)(len - hdr) + 1);
+            assert_true(t.pos.fin_seen);
+        }
+    }
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_flows), &k);
+    bpf_map_delete_elem(bpf_map__fd(skel->maps.rs_track), &k);
+}
+
 /* FROZEN, HOLD and ACKONLY-with-data drop; a guarded FIN is held back and
  * reported once (data it carries passes without it), its retransmission passes and is reported once the flow is
  * re-activated unguarded (a legitimate close); the track half follows the
@@ -964,6 +1010,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(program_translates_as_core_does),
         cmocka_unit_test(states_drop_and_guard),
+        cmocka_unit_test(hold_keeps_a_guarded_senders_position),
         cmocka_unit_test(guarded_fin_held_after_client_fin),
         cmocka_unit_test(rst_after_closing_in_full_dropped),
         cmocka_unit_test(passed_end_reported_quietly),

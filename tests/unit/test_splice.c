@@ -913,6 +913,21 @@ static void position_follows_the_sender(void **state)
     assert_int_equal(p.ack_max, 5000);
     free(pkt);
 
+    /* A segment the data path drops for good (a HOLD): its ACK counts,
+     * its data and FIN do not. */
+    s.flags = RS_TCP_F_ACK | RS_TCP_F_FIN;
+    s.seq = 0x55u;
+    s.ack = 5100;
+    pkt = build_pkt(&s, &len);
+    assert_int_equal(rs_splice_pos_ack(&p, pkt + 20, &has_ack), 5100);
+    assert_true(has_ack);
+    assert_int_equal(p.seq_next, 0x55u);
+    assert_false(p.fin_seen);
+    assert_int_equal(p.ack_max, 5100);
+    p.ack_max = 5000;
+    free(pkt);
+    s.flags = RS_TCP_F_ACK;
+
     s.seq = 0xfffffff1u;                           /* a retransmission of less */
     s.ack = 4000;                                  /* and an older ACK */
     pkt = build_pkt(&s, &len);
