@@ -77,7 +77,9 @@ The checker sees only what lands outside the daemons:
     closed with a counted reason; or, after a SIGKILL of the proxy (or of
     the active one of a pair, or its host down), a FIN or RST within 1 s
     of it, for a connection the proxy had not spliced (it died with the
-    proxy's sockets; a spliced one must live);
+    proxy's sockets; a spliced one must live) and whose first SYN came
+    before a proxy served again (restarted, or the pair's standby active:
+    a later connection must live too);
   - every response byte checked by rs-client against the content the
     crash-free run sends (content seeds; counter and upload bodies), and
     every byte the alternate sends again compared on the wire with what
@@ -166,6 +168,20 @@ def spliced_before(plog, t):
         if when < t and ((what == "splice" and rest.endswith(" pending=0")) or (what == "open" and rest.startswith("us="))):
             out.add(client.replace(":", "."))
     return out
+
+
+def serving_again(plog, t):
+    """When a proxy served the VIP again after the proxy fault at 't': the
+    restarted one listening, or a pair's standby active; None if none did.
+    A connection whose first SYN came later meets a working proxy: it must
+    not end (the port clash session 43 found ended such connections, and
+    the rule for connections the dead proxy took down had let it pass)."""
+    for m in re.finditer(r"^(\d+\.\d+) rs-proxy (?:listening on |pair: active )", plog, re.M):
+        if float(m.group(1)) > t:
+            return float(m.group(1))
+    return None
+
+
 VIP = SERVERS["proxy"]
 CLEAN_END_S = 1.0
 REQ_MAX = 64 * 1024          # rs-proxy's first-request limit (RS_PROXY_REQ_MAX)
@@ -611,6 +627,7 @@ def judge(row, clients, flows, plog, times, effects, backends=2):
     last_fault = max((t for _, t in times), default=None)
     proxy_t = next((t for w, t in times if w == "proxy"), None)
     spliced_at_kill = spliced_before(plog, proxy_t) if proxy_t is not None else set()
+    successor_t = serving_again(plog, proxy_t) if proxy_t is not None else None
     # Connections the proxy reset with a counted reason (unrecoverable, or
     # a new one with no backend left); tcpdump names a client ip.port, the
     # proxy ip:port.
@@ -629,8 +646,9 @@ def judge(row, clients, flows, plog, times, effects, backends=2):
         since = max(last_fault or 0, e.get("client_syn", 0))
         ok = ("server_rst" in e and e["server_rst"] == end and unmaskable(times, backends) and client in counted
               and last_fault is not None and end - since <= CLEAN_END_S)
-        if proxy_t is not None and client not in spliced_at_kill:
-            ok = ok or 0 <= end - max(proxy_t, e.get("client_syn", 0)) <= CLEAN_END_S
+        if (proxy_t is not None and client not in spliced_at_kill
+                and (successor_t is None or e["client_syn"] < successor_t)):
+            ok = ok or 0 <= end - max(proxy_t, e["client_syn"]) <= CLEAN_END_S
         if ok:
             clean += 1
             slowest = max(slowest, end - since)

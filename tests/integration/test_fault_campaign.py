@@ -21,6 +21,29 @@ from tests.integration.harness import needs_root
 SEED = os.environ.get("RS_TEST_SEED", "1")
 
 
+class JudgeAfterAProxyFault(unittest.TestCase):
+    """The checker's rule for a proxy's death: a connection it had not
+    spliced may end within 1 s (it died with the proxy's sockets), unless
+    its first SYN came after a proxy served again; then it must live."""
+
+    def test_a_connection_after_the_successor_must_live(self):
+        from experiments.fault_campaign import judge, serving_again
+        plog = ("100.000000 rs-proxy listening on 10.0.0.1:80 ifname=proxy-eth0\n"
+                "105.500000 rs-proxy listening on 10.0.0.1:80 ifname=proxy-eth0\n")
+        self.assertEqual(serving_again(plog, 105.0), 105.5)
+        self.assertIsNone(serving_again(plog, 106.0))
+        self.assertEqual(serving_again("105.6 rs-proxy pair: active (the other fell silent)\n", 105.0), 105.6)
+        flows = {"10.0.1.1.40000": {"client_syn": 104.9, "server_rst": 105.2},    # died with the proxy
+                 "10.0.1.1.40001": {"client_syn": 105.3, "server_rst": 105.4}}    # before the successor
+        row = {"false_failovers": 0, "sanitizer": ""}
+        self.assertEqual(judge(row, [], flows, plog, [("proxy", 105.0)], ({}, [])), [])
+        self.assertEqual(row["clean_ends"], 2)
+        flows["10.0.1.1.40002"] = {"client_syn": 105.6, "server_rst": 105.7}      # after it
+        row = {"false_failovers": 0, "sanitizer": ""}
+        self.assertEqual(judge(row, [], flows, plog, [("proxy", 105.0)], ({}, [])), ["unclean_end"])
+        self.assertIn("rst@10.0.1.1.40002", row["detail"])
+
+
 @needs_root
 class TestFaultCampaign(unittest.TestCase):
     def campaign(self, **extra_env):
