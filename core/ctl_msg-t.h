@@ -20,9 +20,11 @@
  *    10     8  sequence (non-zero, strictly increasing per sender)
  *    18     4  payload length
  *    22     n  payload (type-specific, fixed-size fields, network byte order)
- *  22+n    32  HMAC-SHA256 over bytes [0, 22+n)
+ *  22+n    32  keyed BLAKE2b-256 (libsodium's crypto_generichash) of bytes
+ *              [0, 22+n): version 2; version 1 had HMAC-SHA256, 4 times
+ *              slower here (a 40 KB state: 197 us against 49 on each end)
  */
-#define RS_CTL_VERSION     1u
+#define RS_CTL_VERSION     2u
 #define RS_CTL_HDR_LEN     22u
 #define RS_CTL_MAC_LEN     32u
 #define RS_CTL_KEY_LEN     32u

@@ -457,6 +457,11 @@ static void put_body(uint8_t **p, const struct rs_ctl_msg *m)
     }
 }
 
+void rs_ctl_mac(uint8_t mac[RS_CTL_MAC_LEN], const uint8_t *buf, size_t len, const struct rs_ctl_key *key)
+{
+    crypto_generichash(mac, RS_CTL_MAC_LEN, buf, len, key->bytes, sizeof(key->bytes));
+}
+
 int rs_ctl_encode(const struct rs_ctl_key *key, const struct rs_ctl_msg *msg,
                   uint8_t *buf, size_t buflen)
 {
@@ -485,7 +490,7 @@ int rs_ctl_encode(const struct rs_ctl_key *key, const struct rs_ctl_msg *msg,
     rs_put32(&p, msg->sender);
     rs_put64(&p, msg->seq);
     rs_put32(&p, plen);
-    crypto_auth_hmacsha256(buf + RS_CTL_HDR_LEN + plen, buf, RS_CTL_HDR_LEN + plen, key->bytes);
+    rs_ctl_mac(buf + RS_CTL_HDR_LEN + plen, buf, RS_CTL_HDR_LEN + plen, key);
     return n;
 }
 
@@ -709,6 +714,7 @@ static unsigned replay_slot(const struct rs_ctl_replay *r, uint32_t sender)
 int rs_ctl_decode(const struct rs_ctl_key *key, struct rs_ctl_replay *replay,
                   const uint8_t *buf, size_t len, struct rs_ctl_msg *msg)
 {
+    uint8_t mac[RS_CTL_MAC_LEN];
     const uint8_t *p;
     uint32_t plen;
     size_t frame;
@@ -736,8 +742,8 @@ int rs_ctl_decode(const struct rs_ctl_key *key, struct rs_ctl_replay *replay,
     frame = RS_CTL_HDR_LEN + (size_t)plen + RS_CTL_MAC_LEN;
     if (len < frame)
         return 0;
-    if (crypto_auth_hmacsha256_verify(buf + RS_CTL_HDR_LEN + plen, buf,
-                                      RS_CTL_HDR_LEN + plen, key->bytes) != 0)
+    rs_ctl_mac(mac, buf, RS_CTL_HDR_LEN + plen, key);
+    if (crypto_verify_32(buf + RS_CTL_HDR_LEN + plen, mac) != 0)
         return -EACCES;
 
     memset(msg, 0, sizeof(*msg));

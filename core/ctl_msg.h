@@ -1,6 +1,6 @@
 /* Control-plane messages between proxy, logger, aux logger and backends:
- * versioned, length-prefixed frames authenticated with HMAC-SHA256 (libsodium)
- * under a shared key, with per-sender sequence numbers against replay.
+ * versioned, length-prefixed frames authenticated with keyed BLAKE2b-256
+ * (libsodium's crypto_generichash) under a shared key, with per-sender sequence numbers against replay.
  * Pure encode/decode: no I/O, no globals (receiver state is the caller's).
  * The wire format and the message types are ctl_msg-t.h; this header is
  * what to do with them. */
@@ -30,6 +30,10 @@ int rs_ctl_encoded_len(const struct rs_ctl_msg *msg);
  * same checks the decoder applies), or -ENOSPC when 'buflen' is too small. */
 int rs_ctl_encode(const struct rs_ctl_key *key, const struct rs_ctl_msg *msg,
                  uint8_t *buf, size_t buflen);
+
+/* The MAC of 'len' bytes at 'buf' (a frame's header and payload) under
+ * 'key', as the frame carries it after them. */
+void rs_ctl_mac(uint8_t mac[RS_CTL_MAC_LEN], const uint8_t *buf, size_t len, const struct rs_ctl_key *key);
 
 /* Decodes the frame at the start of 'buf' ('len' bytes, possibly a partial
  * or several frames from a stream) into '*msg'.  Returns:

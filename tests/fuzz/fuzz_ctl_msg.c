@@ -266,7 +266,7 @@ static void signed_decode(const struct rs_ctl_key *key, const uint8_t *data, siz
     frame = malloc(size + RS_CTL_MAC_LEN);
     assert(frame);
     memcpy(frame, data, size);
-    crypto_auth_hmacsha256(frame + size, frame, size, key->bytes);
+    rs_ctl_mac(frame + size, frame, size, key);
     rs_ctl_replay_init(&rp);
     rc = rs_ctl_decode(key, &rp, frame, size + RS_CTL_MAC_LEN, &m);
     if (rc > 0) {

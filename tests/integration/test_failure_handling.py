@@ -1365,7 +1365,7 @@ import os, socket, struct, sys, time
 idle = []
 for target in sys.argv[1:]:
     host, port = target.rsplit(":", 1)
-    for payload in (os.urandom(4096), b"RS" + bytes([1, 1, 0, 0]) + struct.pack(">IQI", 7, 1, 0xfffffff0)):
+    for payload in (os.urandom(4096), b"RS" + bytes([2, 1, 0, 0]) + struct.pack(">IQI", 7, 1, 0xfffffff0)):
         s = socket.create_connection((host, int(port)), timeout=5)
         try:
             s.sendall(payload)
@@ -1373,7 +1373,7 @@ for target in sys.argv[1:]:
             pass
         s.close()
     s = socket.create_connection((host, int(port)), timeout=5)
-    s.sendall(b"RS\x01")
+    s.sendall(b"RS\x02")
     idle.append(s)
 time.sleep(0.5)
 print("sent", flush=True)
@@ -1488,12 +1488,12 @@ class TestHostileFrames(Case):
 # the key but from an operator's sender, then a RESPLICE from a backend's
 # sender; prints "sent 2".
 WRONG_ROLE_FRAMES = r"""
-import hashlib, hmac, socket, struct, sys, time
+import hashlib, socket, struct, sys, time
 key = bytes.fromhex(open(sys.argv[1]).read().strip())
 host, port = sys.argv[2].rsplit(":", 1)
 def frame(mtype, sender, payload):
-    head = b"RS" + bytes([1, mtype, 0, 0]) + struct.pack(">IQI", sender, time.time_ns() // 1000, len(payload))
-    return head + payload + hmac.new(key, head + payload, hashlib.sha256).digest()
+    head = b"RS" + bytes([2, mtype, 0, 0]) + struct.pack(">IQI", sender, time.time_ns() // 1000, len(payload))
+    return head + payload + hashlib.blake2b(head + payload, key=key, digest_size=32).digest()
 s = socket.create_connection((host, int(port)), timeout=5)
 s.sendall(frame(2, 0x7f000001, struct.pack(">IHH", 1, 1, 0)))                    # FAILURE, TIMEOUT
 conn = lambda ip, port: socket.inet_aton(ip) + struct.pack(">H", port)

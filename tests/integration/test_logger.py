@@ -31,13 +31,13 @@ CLIENT = client_ip(0)
 # or proxy control port that prints every frame it gets, and heartbeat /
 # failure senders.  Run on Mininet hosts as a script.
 PEER_SCRIPT = r'''
-import hmac, hashlib, socket, struct, sys, threading, time
+import hashlib, socket, struct, sys, threading, time
 key = bytes.fromhex(open(sys.argv[1]).read().strip())
 seq = [int(time.time() * 1e6)]
 def frame(t, payload, sender=0x04000011):   # a backend's sender space (roles are checked)
     seq[0] += 1
-    h = b"RS" + bytes([1, t]) + struct.pack(">HIQI", 0, sender, seq[0], len(payload)) + payload
-    return h + hmac.new(key, h, hashlib.sha256).digest()
+    h = b"RS" + bytes([2, t]) + struct.pack(">HIQI", 0, sender, seq[0], len(payload)) + payload
+    return h + hashlib.blake2b(h, key=key, digest_size=32).digest()
 def frames(conn):
     buf = b""
     while True:
