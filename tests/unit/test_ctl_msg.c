@@ -559,7 +559,9 @@ static void early_rejection(void **state)
     b[1] = 's';
     assert_int_equal(rs_ctl_decode(&key_a, &rp, b, 2, &out), -EPROTO);
     b[1] = 'S';
-    b[2] = 2;
+    b[2] = RS_CTL_VERSION - 1;      /* version 1: HMAC-SHA256, no longer spoken */
+    assert_int_equal(rs_ctl_decode(&key_a, &rp, b, 3, &out), -EPROTONOSUPPORT);
+    b[2] = RS_CTL_VERSION + 1;
     assert_int_equal(rs_ctl_decode(&key_a, &rp, b, 3, &out), -EPROTONOSUPPORT);
     b[2] = RS_CTL_VERSION;
     b[3] = 0;

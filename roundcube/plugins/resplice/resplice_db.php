@@ -6,9 +6,9 @@
  *
  * Before a statement that writes a table (INSERT, REPLACE, UPDATE,
  * DELETE) runs on a connection, resplice_tracker::before() makes sure the
- * connection has TEMP triggers on that table, and on every table a foreign
- * key's cascade can write from it, that note the key of each row inserted,
- * updated or deleted in temp.resplice_notes.  A temporary trigger fires
+ * connection has TEMP triggers on that table (and, for a delete, on every
+ * table a foreign key's cascade can write from it) that note the key of
+ * each row inserted, updated or deleted in temp.resplice_notes.  A temporary trigger fires
  * for its own connection's writes only, and lives in no file:
  *   - the notes are the request's own, whatever other requests write at
  *     the same time (four users at once: a request still running
@@ -16,8 +16,9 @@
  *   - the database's schema holds no trigger, which every new connection
  *     would read (Roundcube opens one per request), and its file no note,
  *     which every commit would write and every last close checkpoint.
- *     Triggers in the schema cost Action 2 ~1 ms a PHP request in place,
- *     these ~0.1 ms (docs/performance.md, session 44).
+ *     Triggers and notes in the database cost ~0.7 ms a PHP request in
+ *     place (Action 2: 4-8 ms), these ~0.1 ms (docs/performance.md,
+ *     session 44).
  *
  * Roundcube runs every query through rcube_db::query_execute(): the
  * driver below (db_dsnw "sqlite_resplice:///path/to/db") is its sqlite
@@ -123,9 +124,10 @@ class resplice_tracker
     }
 
     /**
-     * Makes the trigger of 'op' on table 't' (and, for an update or a
-     * delete, those of updates and deletes on every table a cascade
-     * reaches from it), once per connection.
+     * Makes the trigger of 'op' on table 't', once per connection: for a
+     * delete also those of updates and deletes on every table a cascade
+     * reaches from it; for an update of a table other rows reference, the
+     * one that marks a change of their key.
      */
     private static function arm(PDO $db, $t, $op)
     {
@@ -164,7 +166,7 @@ class resplice_tracker
             // makes: its trigger marks the notes incomplete (the state is
             // then a whole snapshot) instead of every referencing table
             // getting triggers at each ordinary update (of the users row,
-            // at most logins: 16 triggers, 0.7 ms).
+            // at most logins: some 16 triggers, ~45 us each).
             $db->exec('CREATE TEMP TRIGGER IF NOT EXISTS ' . self::ident("resplice_{$t}_key") . ' AFTER UPDATE OF '
                 . implode(', ', array_map([self::class, 'ident'], $keys)) . ' ON main.' . self::ident($t)
                 . " BEGIN INSERT INTO resplice_notes (tbl, k) VALUES ('', " . $db->quote("a key of $t that other rows"
