@@ -54,6 +54,35 @@ void rs_log_flush(void)
     }
 }
 
+/* Writes 'v' in decimal, at least 'width' digits, ending at 'end'; returns
+ * where it starts. */
+static char *decimal(char *end, uint64_t v, int width)
+{
+    for (int n = 0; v || n < width || n == 0; n++) {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return end;
+}
+
+void rs_log_from_signal(const char *msg)
+{
+    struct timespec ts;
+    char stamp[64], *s = stamp + sizeof(stamp);
+
+    rs_log_flush();
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *--s = ' ';
+    s = decimal(s, (uint64_t)ts.tv_nsec / 1000u, 6);
+    *--s = '.';
+    s = decimal(s, (uint64_t)ts.tv_sec, 1);
+    rs_write_all(STDERR_FILENO, s, (size_t)(stamp + sizeof(stamp) - s));
+    rs_write_all(STDERR_FILENO, log_name, strlen(log_name));
+    rs_write_all(STDERR_FILENO, " ", 1);
+    rs_write_all(STDERR_FILENO, msg, strlen(msg));
+    rs_write_all(STDERR_FILENO, "\n", 1);
+}
+
 static void flush_at_exit(void)
 {
     rs_log_flush();

@@ -32,6 +32,10 @@ void rs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * A SIGKILL loses what the loop's current turn logged. */
 void rs_log_hold(void);
 void rs_log_flush(void);
+/* From a signal handler about to _exit: the held lines, then "<epoch>.<us>
+ * <name> <msg>\n", with nothing but write(2) (async-signal-safe; a line
+ * the interrupted code was adding to the buffer is lost). */
+void rs_log_from_signal(const char *msg);
 /* Writes all 'len' bytes (again after EINTR or a short write).  Returns 0
  * or -errno. */
 int rs_write_all(int fd, const void *buf, size_t len);

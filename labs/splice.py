@@ -120,8 +120,9 @@ def check(folder):
 
 
 def run(folder):
+    from emul.shaping import wait_until
     from emul.stack import Stack
-    from emul.testbed import Testbed
+    from emul.testbed import Testbed, pcap_count
     from topologies.lan import LanTopo
     with common.fresh("lab-1", folder) as scratch, Testbed(LanTopo(), scratch.path) as tb:
         work = scratch.path
@@ -131,6 +132,12 @@ def run(folder):
                 tb.capture("primary", "backend", bpf_filter="tcp port 8080", snaplen=96)]
         url = f"http://{stack.vip}/static/{SIZE}.jpg?seed=7"
         out = tb["c1"].cmd(f"curl -sf -o /dev/null -w '%{{size_download}}' '{url}'")
+        # curl's FIN is the client's one segment after the splice that
+        # tcpdump prints with a sequence number: stopped before it passed
+        # the backend's capture, the run would show no such segment.
+        fin = "tcp[tcpflags] & tcp-fin != 0"
+        wait_until(lambda: pcap_count(caps[0][1], f"dst port 80 and {fin}") >= 1
+                   and pcap_count(caps[1][1], f"dst port 8080 and {fin}") >= 1, 5, 0.05)
         for d, _ in caps:
             tb.stop_capture(d)
         if out.strip() != str(SIZE):

@@ -555,6 +555,21 @@ static void renew_lease(struct rs_timer *t)
     rs_timer_after(&p->loop, t, LEASE_RENEW_NS);
 }
 
+/* Whenever the loop wakes, before anything else is handled: an active
+ * pair's proxy that was stopped too long steps down; then the events that
+ * wake nobody (a connection to take on) are read, whatever woke the loop
+ * (the lease's renewal does every 100 ms): reading an empty ring costs no
+ * system call. */
+static void woken(void *ctx)
+{
+    struct proxy *p = ctx;
+
+    if (p->pair.peer.port)
+        px_pair_woken(p);
+    if (p->dp)
+        px_pc_events_quiet(p);
+}
+
 /* --syn-ports by default: the larger of the ranges below and above the
  * host's ephemeral ports (from 1024), less the VIP's port and what lies
  * beyond it on the smaller side.  (32768-60999, Linux's: 1024-32767.) */
@@ -620,12 +635,8 @@ static int setup(struct proxy *p)
         rs_timer_init(&p->reap_timer, px_pc_reap, p);
         rs_timer_after(&p->loop, &p->reap_timer, 500000000ull);
         rs_timer_init(&p->lease_timer, renew_lease, p);
-        /* Events that wake nobody (a connection to take on) are read
-         * whenever the loop wakes, whatever woke it (the lease's renewal
-         * does every 100 ms), before anything else is handled: reading an
-         * empty ring costs no system call. */
-        rs_loop_woken(&p->loop, px_pc_events_quiet, p);
     }
+    rs_loop_woken(&p->loop, woken, p);
     p->ctl_seq = rs_now_us();
     if (p->pair.peer.port) {
         /* Until it takes over, a pair's proxy splices no SYN (px_syn_sync):

@@ -43,6 +43,8 @@
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <netinet/if_ether.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +110,48 @@ static int arp_send(struct proxy *p, const uint8_t *to_mac, uint16_t op, const u
 }
 
 static void step_down(struct proxy *p, const char *why);
+
+/* ---- A stop longer than the standby waits --------------------------------------------- */
+
+/* An active proxy stopped (a hang, SIGSTOP) longer than the standby waits
+ * for its ALIVE has been taken over, or is as it goes (its connection
+ * closes): it must do nothing more.  Not a timer, not an event, and not
+ * the rest of what it was doing when it stopped: once, stopped between
+ * opening its tc program to a FIN the guard held and sending that FIN
+ * itself, an old active woke and sent it after the new one had seen the
+ * connection closed, and the backend answered the client's ACK with a
+ * RST.  So a handler of SIGCONT, which runs before the interrupted code
+ * goes on, checks the time since our last ALIVE, and so does the loop
+ * whenever it wakes (a stop without SIGCONT: starved of CPU).
+ *
+ * The mark: when our last ALIVE went (monotonic ns) while the standby is
+ * in sync (it takes over only then), else 0.  Atomic: the handler reads
+ * it. */
+static _Atomic uint64_t alive_mark;
+static uint64_t stop_limit_ns;      /* --takeover-after */
+#define STOPPED_TOO_LONG "we were stopped longer than --takeover-after"
+#define STEPPING_DOWN(why) "pair: stepping down (" why "): exiting, the tc program stays for segments sent here still"
+
+static void set_mark(struct pair *pr)
+{
+    atomic_store(&alive_mark, pr->active && pr->in_sync ? pr->alive_ns : 0);
+}
+
+static bool stopped_too_long(void)
+{
+    uint64_t mark = atomic_load(&alive_mark);
+
+    return mark && rs_mono_ns() - mark > stop_limit_ns;
+}
+
+static void on_sigcont(int sig)
+{
+    (void)sig;
+    if (stopped_too_long()) {
+        rs_log_from_signal(STEPPING_DOWN(STOPPED_TOO_LONG));
+        _exit(3);
+    }
+}
 
 /* A gratuitous ARP for the VIP. */
 static void announce(struct proxy *p)
@@ -264,6 +308,7 @@ static void send_flow(struct proxy *p, uint8_t op, const struct rs_flow_key *k, 
     if (pr->in_sync) {
         rs_log("pair: the standby's queue is full: its copy starts afresh");
         pr->in_sync = false;
+        set_mark(pr);
         rs_timer_after(&p->loop, &pr->resync_timer, 0);
     }
 }
@@ -310,6 +355,7 @@ static void out_state(struct rs_ctlconn *c, int err)
                    strerror(-err));
         p->pair.in_sync = false;
         p->pair.told_unreachable = true;
+        set_mark(&p->pair);
         return;
     }
     /* Every change must be in the kernel's hands before the segments it
@@ -320,6 +366,7 @@ static void out_state(struct rs_ctlconn *c, int err)
     if (setsockopt(c->io.fd, SOL_SOCKET, SO_SNDBUFFORCE, &(int){ PAIR_SNDBUF }, sizeof(int)))
         rs_log("pair: send buffer: %s (a burst of changes may wait in this process)", strerror(errno));
     p->pair.in_sync = true;
+    set_mark(&p->pair);
     send_flow(p, RS_CTL_FLOW_BEGIN, NULL, NULL);
     while (!px_dp_next_key(p->dp, prev, &k)) {
         if (!px_dp_get(p->dp, &k, &f)) {
@@ -351,19 +398,20 @@ static void out_msg(struct rs_ctlconn *c, const struct rs_ctl_msg *m)
         step_down(c->ctx, "the other proxy is active in a later term");
 }
 
+void px_pair_woken(struct proxy *p)
+{
+    if (stopped_too_long())
+        step_down(p, STOPPED_TOO_LONG);
+}
+
 static void alive(struct rs_timer *t)
 {
     struct proxy *p = t->ctx;
     struct pair *pr = &p->pair;
-    uint64_t now = rs_mono_ns(), last = pr->alive_ns;
 
-    pr->alive_ns = now;
-    if (last && pr->in_sync && now - last > pr->takeover_ns) {
-        /* Stopped (a hang) longer than the standby waits: it has taken
-         * over, or takes over as we go (our connection closes). */
-        step_down(p, "we were stopped longer than --takeover-after");
-        return;
-    }
+    px_pair_woken(p);
+    pr->alive_ns = rs_mono_ns();
+    set_mark(pr);
     if (!px_link_up(p)) {
         /* Cut off (its host's interfaces down, a cable): the standby takes
          * over, and nothing done from here could be right. */
@@ -549,7 +597,7 @@ static void watch(struct rs_timer *t)
  * timer's RST, a recovery, an ARP reply) could be right. */
 static void step_down(struct proxy *p, const char *why)
 {
-    rs_log("pair: stepping down (%s): exiting, the tc program stays for segments sent here still", why);
+    rs_log(STEPPING_DOWN("%s"), why);
     px_exit(p, 3);
 }
 
@@ -560,6 +608,9 @@ int px_pair_start(struct proxy *p)
 
     pr->arpfd = -1;
     pr->started_ns = rs_mono_ns();
+    stop_limit_ns = pr->takeover_ns;
+    if (sigaction(SIGCONT, &(struct sigaction){ .sa_handler = on_sigcont, .sa_flags = SA_RESTART }, NULL))
+        rs_log("pair: SIGCONT: %s (a proxy woken from a long stop may act before it steps down)", strerror(errno));
     if ((e = arp_open(p)) != 0) {
         rs_log("pair: packet socket on %s: %s", p->ifname, strerror(-e));
         return e;

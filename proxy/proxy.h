@@ -354,6 +354,9 @@ int px_pair_start(struct proxy *p);
 bool px_standing_by(const struct proxy *p);
 /* Backend 'b' was fenced or readmitted: the standby learns it. */
 void px_pair_fence(struct proxy *p, int b);
+/* Called first whenever the loop wakes: an active proxy stopped longer
+ * than --takeover-after exits before it does anything else. */
+void px_pair_woken(struct proxy *p);
 
 /* ---- main.c ----------------------------------------------------------------------- */
 

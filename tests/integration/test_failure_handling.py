@@ -875,11 +875,11 @@ class TestProxyPair(Case):
         self.assertGreaterEqual(pcap_count(pcap, "tcp[tcpflags] == tcp-syn"), 2, "its SYN was not sent again")
         self.assertRegex(self.stack.log("proxy2"), r"syn-spliced id=\d+ client=10\.0\.1\.1:")
 
-    def new_connections_across(self, fault, active, serving):
+    def new_connections_across(self, fault, active, serving, then=None):
         """New connections from c1, four at a time, one after another,
         while 'fault' makes the proxy on 'serving' take over from the one on
-        'active', at a seeded random moment: none fails, no RST comes from
-        the VIP."""
+        'active', at a seeded random moment ('then' runs once it did): none
+        fails, no RST comes from the VIP."""
         cap, pcap = self.tb.capture("c1", "c1", bpf_filter="tcp port 80", snaplen=96)
         stop = os.path.join(self.dir, "stop")
         script = os.path.join(self.dir, "newconns.py")
@@ -894,6 +894,8 @@ class TestProxyPair(Case):
         fault()
         self.assertTrue(wait_until(lambda: self.stack.log(serving).count("pair: active") > taken, 5),
                         self.stack.log(serving)[-2000:])
+        if then:
+            then()
         time.sleep(1.5)         # a SYN dropped meanwhile is sent again after 1 s
         open(stop, "w").close()
         n.popen.wait(20)
@@ -913,6 +915,37 @@ class TestProxyPair(Case):
         configuration), taken for the adopted connections of those ids,
         and their SYN-ACKs held for good: the clients hung."""
         self.new_connections_across(lambda: self.tb.kill(self.stack.d["proxy"]), "proxy", "proxy2")
+
+    def test_new_connections_across_a_hang_of_the_active(self):
+        """The active proxy SIGSTOPped at a seeded moment while connections
+        open and close every few ms, so it is likely stopped inside its
+        work on one (the guard's FIN of a closing connection let through,
+        not yet sent itself); SIGCONTed once the standby took over.  It
+        must do nothing more but step down: not finish that work (it once
+        sent that FIN after the new active had closed the connection, and
+        the client's answer drew a RST from the backend), nor run a timer
+        or an event first."""
+        old, cont = self.stack.d["proxy"], []
+
+        def stop_at_work():
+            """SIGSTOP once it is seen running (not waiting in epoll)."""
+            end = time.monotonic() + 1
+            while time.monotonic() < end:
+                with open(f"/proc/{old.popen.pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "R":
+                        break
+            old.popen.send_signal(signal.SIGSTOP)
+
+        def wake():
+            time.sleep(0.1)
+            cont.append(time.time())
+            old.popen.send_signal(signal.SIGCONT)
+            old.popen.wait(5)
+        self.new_connections_across(stop_at_work, "proxy", "proxy2", then=wake)
+        self.assertEqual(old.popen.returncode, 3)
+        after = [l for l in self.stack.log("proxy").splitlines()
+                 if re.match(r"\d+\.\d+ ", l) and float(l.split()[0]) >= cont[0]]
+        self.assertTrue(after and all("pair: stepping down (we were stopped" in l for l in after), after)
 
     def test_new_connections_across_a_kill_of_a_restarted_active(self):
         """The same, the proxy taking over this time restarted as the
