@@ -36,6 +36,13 @@ from outside the component:
                         active rs-proxy; the standby takes the VIP over, and a
                         supervisor starts the killed one again (as the standby)
                         200 ms later
+  pair-hang             with a proxy pair: SIGSTOP of the active rs-proxy; the
+                        standby takes over after --takeover-after, and a drawn
+                        200-700 ms later the hung one gets SIGCONT: it must step
+                        down (exit 3) before it does anything else (a connection
+                        that ends from then on is not forgiven as the proxy
+                        fault's); a supervisor then starts it again as the
+                        standby
   pair-host             with a proxy pair: the active proxy's host's
                         interfaces down (the standby takes over after
                         --takeover-after; the clients of connections still
@@ -101,7 +108,7 @@ columns; make figures draws the matrix and REPORT.md's section), and ends
 with 'summary: trials= masked= clean_ends= wrong_bytes= duplicates= hangs=
 false_failovers= ...'.  TRIALS= per (fault, workload) (default: 48 for
 refapp-1, 18 for refapp-50, 4 for each Roundcube workload, 12 for
-refapp-churn: 1338 trials),
+refapp-churn: 1428 trials),
 QUICK=1 (2 per pair for refapp-1, 1 for the others), FAULTS=,
 WORKLOADS=, SEED=, MOMENT_MS= (every fault at this moment: the drawn
 moment depends on the machine's pace), HOG=1 (a busy loop on the logger and proxy hosts: the
@@ -116,6 +123,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -132,9 +140,9 @@ from experiments.pcaps import ends  # noqa: E402
 from topologies.lan import SERVERS, LanTopo  # noqa: E402
 
 FAULTS = ("none", "process", "host", "hang", "hang-resume", "cut-logger", "alternate-in-recovery", "logger-idle",
-          "logger-in-recovery", "client-loss", "second", "proxy", "pair-kill", "pair-host", "double")
+          "logger-in-recovery", "client-loss", "second", "proxy", "pair-kill", "pair-hang", "pair-host", "double")
 # These run on a testbed of their own, with a proxy pair, or with a spare.
-PAIR_FAULTS = ("pair-kill", "pair-host")
+PAIR_FAULTS = ("pair-kill", "pair-hang", "pair-host")
 SPARE_FAULTS = ("double",)
 DOUBLE_MIN_S = 0.05
 # Faults a campaign runs only when asked (FAULTS=...): rs-auxlog is not
@@ -154,6 +162,7 @@ SECOND = ("client-loss", "logger", "alternate")
 PROXY_RESTART_S = 0.2        # a supervisor's delay before it starts a killed rs-proxy again
 RESUME_WAIT_S = 3.0          # hang-resume: the longest wait for the failover before the SIGCONT
 RESUME_SETTLE_S = 1.0        # hang-resume: the resumed backend's time to act before the judging
+PAIR_RESUME_MIN_S = 0.2      # pair-hang: the SIGCONT at least this long after the takeover (its resets are done)
 
 
 def spliced_before(plog, t):
@@ -400,7 +409,7 @@ WORKLOADS = {
 }
 CLIENT_HOSTS = 5
 # Trials per fault of each workload in the full campaign (TRIALS= sets them
-# all): 1338 trials (90 per fault, 78 for 'double', which runs with the
+# all): 1428 trials (90 per fault, 78 for 'double', which runs with the
 # reference app only).  Measured at 3c78304, before session 43 added
 # refapp-churn and roundcube-action2x4: 1028 trials in 32.7 minutes (a
 # trial: refapp-1 1.6 s, refapp-50 2.2 s, Roundcube 3.0 s; 51.1 minutes
@@ -548,6 +557,8 @@ class Faults:
             t = threading.Timer(PROXY_RESTART_S, self.restart_proxy, kwargs={"standby": True})
             t.start()
             return t
+        elif fault == "pair-hang":
+            return self.pair_hang()
         elif fault == "pair-host":
             self.mark("proxy")
             self.tb.host_down("proxy")
@@ -568,6 +579,34 @@ class Faults:
             t.start()
             return t
         return None
+
+    def pair_hang(self):
+        """SIGSTOP of the active proxy; SIGCONT a drawn 200-700 ms after the
+        standby took over (or after RESUME_WAIT_S): it must exit (status 3)
+        at once; then a supervisor starts it again as the standby.  One
+        that lives on is SIGKILLed and marked "proxy-stuck" (a violation)."""
+        d, delay = self.stack.d["proxy"], self.rng.uniform(PAIR_RESUME_MIN_S, PAIR_RESUME_MIN_S + 0.5)
+        self.mark("proxy")
+        d.popen.send_signal(signal.SIGSTOP)
+
+        def resume():
+            wait_until(lambda: "pair: active" in self.stack.log("proxy2"), RESUME_WAIT_S, 0.02)
+            time.sleep(delay)
+            self.mark("resume")
+            d.popen.send_signal(signal.SIGCONT)
+            try:
+                d.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.mark("proxy-stuck")
+                self.tb.kill(d)
+            if d.popen.returncode != 3:
+                self.mark("proxy-stuck")
+            time.sleep(PROXY_RESTART_S)
+            self.restart_proxy(standby=True)
+
+        t = threading.Timer(0, resume)
+        t.start()
+        return t
 
     def restart_proxy(self, standby=False):
         self.dead_proxy_log = self.stack.log("proxy")
@@ -624,10 +663,15 @@ def judge(row, clients, flows, plog, times, effects, backends=2):
         bad.append("wrong_bytes")
     if any(c["hung"] for c in clients):
         bad.append("hang")
+    if any(w == "proxy-stuck" for w, _ in times):
+        bad.append("proxy_stuck")      # a hung active proxy, woken, did not step down
     last_fault = max((t for _, t in times), default=None)
     proxy_t = next((t for w, t in times if w == "proxy"), None)
     spliced_at_kill = spliced_before(plog, proxy_t) if proxy_t is not None else set()
     successor_t = serving_again(plog, proxy_t) if proxy_t is not None else None
+    # A hung proxy woken after its successor took over must do nothing:
+    # what ends from then on was not the fault's doing (pair-hang).
+    resume_t = next((t for w, t in times if w == "resume"), None)
     # Connections the proxy reset with a counted reason (unrecoverable, or
     # a new one with no backend left); tcpdump names a client ip.port, the
     # proxy ip:port.
@@ -647,7 +691,8 @@ def judge(row, clients, flows, plog, times, effects, backends=2):
         ok = ("server_rst" in e and e["server_rst"] == end and unmaskable(times, backends) and client in counted
               and last_fault is not None and end - since <= CLEAN_END_S)
         if (proxy_t is not None and client not in spliced_at_kill
-                and (successor_t is None or e["client_syn"] < successor_t)):
+                and (successor_t is None or e["client_syn"] < successor_t)
+                and (resume_t is None or end < resume_t)):
             ok = ok or 0 <= end - max(proxy_t, e["client_syn"]) <= CLEAN_END_S
         if ok:
             clean += 1
