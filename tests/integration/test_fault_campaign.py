@@ -24,7 +24,8 @@ SEED = os.environ.get("RS_TEST_SEED", "1")
 class JudgeAfterAProxyFault(unittest.TestCase):
     """The checker's rule for a proxy's death: a connection it had not
     spliced may end within 1 s (it died with the proxy's sockets), unless
-    its first SYN came after a proxy served again; then it must live."""
+    its first SYN came after a proxy served again, or it ended once a hung
+    proxy was woken; then it must live."""
 
     def test_a_connection_after_the_successor_must_live(self):
         from experiments.fault_campaign import judge, serving_again
@@ -42,6 +43,21 @@ class JudgeAfterAProxyFault(unittest.TestCase):
         row = {"false_failovers": 0, "sanitizer": ""}
         self.assertEqual(judge(row, [], flows, plog, [("proxy", 105.0)], ({}, [])), ["unclean_end"])
         self.assertIn("rst@10.0.1.1.40002", row["detail"])
+
+    def test_nothing_may_end_once_a_hung_proxy_is_woken(self):
+        """pair-hang: the hung proxy's stop counts as its death until it is
+        woken (after the takeover); what ends from then on is its doing."""
+        from experiments.fault_campaign import judge
+        plog = "100.300000 rs-proxy pair: active (the active proxy is silent)\n"
+        flows = {"10.0.1.1.40000": {"client_syn": 99.9, "server_rst": 100.3},     # at the takeover
+                 "10.0.1.1.40001": {"client_syn": 100.1, "server_rst": 100.9}}    # once woken
+        times = [("proxy", 100.0), ("resume", 100.8)]
+        row = {"false_failovers": 0, "sanitizer": ""}
+        self.assertEqual(judge(row, [], flows, plog, times, ({}, [])), ["unclean_end"])
+        self.assertEqual(row["clean_ends"], 1)
+        self.assertIn("rst@10.0.1.1.40001", row["detail"])
+        row = {"false_failovers": 0, "sanitizer": ""}
+        self.assertIn("proxy_stuck", judge(row, [], flows, plog, times + [("proxy-stuck", 101.0)], ({}, [])))
 
 
 @needs_root
