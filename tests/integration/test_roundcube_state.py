@@ -47,6 +47,7 @@ $run = function (PDO $pdo, $sql) {
         exit(2);
     }
 };
+resplice_tracker::$cache_dir = dirname($argv[2]);
 $own = $open();
 $sqls = json_decode($argv[3], true);
 $run($own, array_shift($sqls));
@@ -222,6 +223,28 @@ class ChangeSets(unittest.TestCase):
         self.assertIn("'own'", text)
         self.assertNotIn("'theirs'", text)
 
+    def test_the_schemas_facts_kept_per_version(self):
+        """Each table's key and the foreign keys are read once per version
+        of the schema and kept in a file: a table made later is read then,
+        and tracked by its own key."""
+        # (The first change set makes resplice_meta: a new version.)
+        self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'v')")
+        kept = lambda: sorted(f for f in os.listdir(self.dir) if f.startswith("resplice-schema-"))
+        self.request("UPDATE session SET vars = 'w' WHERE sess_id = 's'")
+        first = kept()
+        with open(os.path.join(self.dir, first[-1])) as f:
+            self.assertEqual(json.load(f)["tables"]["session"][1], ["sess_id"])
+        self.request("UPDATE session SET vars = 'x' WHERE sess_id = 's'")
+        self.assertEqual(kept(), first, "read again at an unchanged schema")
+        for db in (self.primary, self.alternate):
+            with sqlite3.connect(db) as c:
+                c.execute("CREATE TABLE later (name TEXT PRIMARY KEY, v TEXT)")
+        text = self.request("INSERT INTO later (name, v) VALUES ('n', 'x')")
+        self.assertEqual(len(kept()), len(first) + 1, kept())
+        self.assertIn("'\"name\"=''n'''", text, "keyed by its primary key, not rowid")
+        self.apply(text)
+        self.assert_same("later")
+
     def test_a_request_without_writes_changes_nothing(self):
         self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'v')")
         text = self.request("SELECT * FROM session")
@@ -240,6 +263,7 @@ class rcube_plugin {}
 require $argv[3];
 $rc = rcube::get_instance();
 $rc->config->set('db_dsnw', 'sqlite_resplice:///' . $argv[4]);
+$rc->config->set('temp_dir', dirname($argv[4]));
 $db = $rc->get_dbh();
 echo get_class($db), "\n";
 $db->query("INSERT INTO session (sess_id, changed, ip, vars) VALUES (?, datetime('now'), '', ?)", 'rc', 'v1');

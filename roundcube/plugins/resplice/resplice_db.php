@@ -7,9 +7,11 @@
  * Before a statement that writes a table (INSERT, REPLACE, UPDATE,
  * DELETE) runs on a connection, resplice_tracker::before() makes sure the
  * connection has TEMP triggers on that table (and, for a delete, on every
- * table a foreign key's cascade can write from it) that note the key of
- * each row inserted, updated or deleted in temp.resplice_notes.  A temporary trigger fires
- * for its own connection's writes only, and lives in no file:
+ * table a foreign key's cascade can write from it) that hand the key of
+ * each row inserted, updated or deleted to a PHP function of the
+ * connection's (resplice_note), which keeps it in this request's memory.
+ * A temporary trigger fires for its own connection's writes only, and
+ * lives in no file:
  *   - the notes are the request's own, whatever other requests write at
  *     the same time (four users at once: a request still running
  *     elsewhere must not have its writes shipped with this one's state);
@@ -17,8 +19,9 @@
  *     would read (Roundcube opens one per request), and its file no note,
  *     which every commit would write and every last close checkpoint.
  *     Triggers and notes in the database cost ~0.7 ms a PHP request in
- *     place (Action 2: 4-8 ms), these ~0.1 ms (docs/performance.md,
- *     session 44).
+ *     place (Action 2: 4-8 ms; docs/performance.md, session 44).
+ * The schema's facts the triggers need (each table's key, the foreign
+ * keys) are read once per version of the schema and kept in a file.
  *
  * Roundcube runs every query through rcube_db::query_execute(): the
  * driver below (db_dsnw "sqlite_resplice:///path/to/db") is its sqlite
@@ -33,17 +36,22 @@ class resplice_tracker
     /** Tables not tracked (the resplice_skip_tables of the plugin's config). */
     public static $skip = self::CACHES;
 
+    /** Where the schema's facts are kept between requests (the driver: Roundcube's temp_dir). */
+    public static $cache_dir = null;
+
     /* Per connection (spl_object_id), in this request: the triggers made
      * or found ("table op" => true); a connection is here once it wrote. */
     private static $armed = [];
     /* Per connection: why its notes are not the whole of its writes. */
     private static $broken = [];
-    /* Per table: its columns, and the SQL of a row's key (OLD or NEW). */
-    private static $cols = [];
-    /* Per table: [the tables whose foreign keys reference it, the columns they reference]. */
-    private static $children = null;
+    /* Per connection: the rows its triggers noted, "table\0key SQL" =>
+     * [table, key SQL], in the order first written. */
+    private static $notes = [];
+    /* The schema's facts (schema()), this request's. */
+    private static $schema = null;
 
-    const NOTES = 'temp.resplice_notes';
+    /* The SQL function the triggers call with (table, key SQL). */
+    const NOTE = 'resplice_note';
     const WRITE = '/^\s*(INSERT|REPLACE|UPDATE|DELETE)\b/i';
     /* The table a write names (after "main.", if it says so; another
      * schema's name matches nothing, and every table is armed). */
@@ -58,6 +66,10 @@ class resplice_tracker
      */
     public static function before(PDO $db, $sql)
     {
+        // Most queries read: a look at their first letter spares the patterns.
+        if (stripos('IRUDW', $sql[strspn($sql, " \t\r\n")] ?? ' ') === false) {
+            return;
+        }
         if (preg_match(self::WRITE, $sql, $m)) {
             $ops = [['INSERT' => 'ins', 'REPLACE' => 'ins', 'UPDATE' => 'upd', 'DELETE' => 'del'][strtoupper($m[1])]];
             $table = preg_match(self::TABLE, $sql, $t) ? self::unquote($t[1]) : null;
@@ -102,12 +114,9 @@ class resplice_tracker
      */
     public static function take(PDO $db)
     {
-        if (!self::wrote($db)) {
-            return [];
-        }
-        $rows = $db->query('SELECT tbl, k FROM ' . self::NOTES . ' GROUP BY tbl, k ORDER BY MIN(rowid)')
-            ->fetchAll(PDO::FETCH_NUM);
-        $db->exec('DELETE FROM ' . self::NOTES);
+        $id = spl_object_id($db);
+        $rows = array_values(self::$notes[$id] ?? []);
+        self::$notes[$id] = [];
         foreach ($rows as list($t, $k)) {
             if ($t === '') {
                 throw new Exception($k);    // a change the notes do not hold (arm())
@@ -116,11 +125,24 @@ class resplice_tracker
         return $rows;
     }
 
+    /**
+     * Gives 'db' the SQL function its triggers note rows with.  The driver
+     * calls it as each request opens its connection (a persistent one
+     * loses it at the end of the request, its triggers stay); arm() too.
+     */
+    public static function attach(PDO $db)
+    {
+        $id = spl_object_id($db);
+        $db->sqliteCreateFunction(self::NOTE, function ($t, $k) use ($id) {
+            self::$notes[$id]["$t\0$k"] = [$t, $k];
+            return null;
+        }, 2);
+    }
+
     /** Table 't''s columns (rowid first for a table keyed by it). */
     public static function columns(PDO $db, $t)
     {
-        self::key_sql($db, $t, 'NEW');
-        return self::$cols[$t][0];
+        return self::table($db, $t)[0];
     }
 
     /**
@@ -133,10 +155,9 @@ class resplice_tracker
     {
         $id = spl_object_id($db);
         if (!isset(self::$armed[$id])) {
-            // Its first write in this request: notes of an earlier one on
-            // a persistent connection are not this one's.
-            $db->exec('CREATE TEMP TABLE IF NOT EXISTS resplice_notes (tbl TEXT NOT NULL, k TEXT NOT NULL)');
-            $db->exec('DELETE FROM ' . self::NOTES);
+            // Its first write in this request.
+            self::attach($db);
+            self::$notes[$id] = [];
             self::$armed[$id] = [];
         }
         if (isset(self::$armed[$id]["$t $op"]) || in_array($t, self::$skip, true) || strpos($t, 'resplice_') === 0
@@ -144,8 +165,7 @@ class resplice_tracker
             return;
         }
         $note = function ($row) use ($db, $t) {
-            return 'INSERT INTO resplice_notes (tbl, k) VALUES (' . $db->quote($t) . ', ' . self::key_sql($db, $t, $row)
-                . ');';
+            return 'SELECT ' . self::NOTE . '(' . $db->quote($t) . ', ' . self::key_sql($db, $t, $row) . ');';
         };
         $what = ['ins' => ['INSERT', $note('NEW')], 'upd' => ['UPDATE', $note('OLD') . ' ' . $note('NEW')],
                  'del' => ['DELETE', $note('OLD')]][$op];
@@ -169,8 +189,8 @@ class resplice_tracker
             // at most logins: some 16 triggers, ~45 us each).
             $db->exec('CREATE TEMP TRIGGER IF NOT EXISTS ' . self::ident("resplice_{$t}_key") . ' AFTER UPDATE OF '
                 . implode(', ', array_map([self::class, 'ident'], $keys)) . ' ON main.' . self::ident($t)
-                . " BEGIN INSERT INTO resplice_notes (tbl, k) VALUES ('', " . $db->quote("a key of $t that other rows"
-                . ' reference changed') . '); END');
+                . ' BEGIN SELECT ' . self::NOTE . "('', " . $db->quote("a key of $t that other rows reference changed")
+                . '); END');
             self::$armed[$id]["$t key"] = true;
         }
     }
@@ -182,24 +202,7 @@ class resplice_tracker
      */
     private static function key_sql(PDO $db, $t, $row)
     {
-        if (!isset(self::$cols[$t])) {
-            $cols = $pk = [];
-            foreach ($db->query('PRAGMA main.table_info(' . self::ident($t) . ')')->fetchAll(PDO::FETCH_ASSOC) as $c) {
-                $cols[] = $c['name'];
-                if ($c['pk'] > 0) {
-                    $pk[$c['pk']] = $c['name'];
-                }
-            }
-            if (!$cols) {
-                throw new Exception("no table $t");
-            }
-            ksort($pk);
-            if (!$pk) {
-                array_unshift($cols, 'rowid');
-            }
-            self::$cols[$t] = [$cols, $pk];
-        }
-        list(, $pk) = self::$cols[$t];
+        list(, $pk) = self::table($db, $t);
         if (!$pk) {
             return "'rowid=' || $row.rowid";
         }
@@ -210,43 +213,86 @@ class resplice_tracker
         return implode(" || ' AND ' || ", $parts);
     }
 
+    /** Table 't': [its columns (rowid first without a primary key), its primary key's]. */
+    private static function table(PDO $db, $t)
+    {
+        $schema = self::schema($db);
+        if (!isset($schema['tables'][$t])) {
+            throw new Exception("no table $t");
+        }
+        return $schema['tables'][$t];
+    }
+
     /**
      * [the tables whose foreign keys reference table 't', the columns of
-     * 't' they reference].  The whole map is read once per schema and kept
-     * in resplice_meta: read from the schema it takes ~0.1 ms, as much as
-     * the rest of a request's tracking.
+     * 't' they reference].
      */
     private static function referenced(PDO $db, $t)
     {
-        if (self::$children === null) {
-            $db->exec('CREATE TABLE IF NOT EXISTS resplice_meta (k TEXT PRIMARY KEY, v TEXT)');
-            $ver = (string) $db->query('PRAGMA main.schema_version')->fetchColumn();
-            $kept = json_decode((string) $db->query("SELECT v FROM resplice_meta WHERE k = 'references'")
-                ->fetchColumn(), true);
-            if (!is_array($kept) || ($kept['schema'] ?? null) !== $ver) {
-                $kept = ['schema' => $ver, 'tables' => []];
-                $fks = $db->query('SELECT f."table", f."to", m.name FROM main.sqlite_master m,'
-                    . " pragma_foreign_key_list(m.name) f WHERE m.type = 'table'")->fetchAll(PDO::FETCH_NUM);
-                foreach ($fks as list($parent, $to, $child)) {
-                    $kept['tables'][$parent][0][$child] = true;
-                    // No column named: the parent's primary key.
-                    foreach ($to !== null ? [$to] : self::primary_key($db, $parent) as $c) {
-                        $kept['tables'][$parent][1][$c] = true;
-                    }
-                }
-                $db->prepare("INSERT OR REPLACE INTO resplice_meta (k, v) VALUES ('references', ?)")
-                    ->execute([json_encode($kept)]);
-            }
-            self::$children = $kept['tables'];
-        }
-        $r = self::$children[$t] ?? [[], []];
-        return [array_keys($r[0]), array_keys($r[1])];
+        $r = self::schema($db)['references'][$t] ?? [];
+        return [array_keys($r[0] ?? []), array_keys($r[1] ?? [])];
     }
 
-    private static function primary_key(PDO $db, $t)
+    /**
+     * What the tracking needs of the database's schema: every table's
+     * columns and primary key, and which tables reference which by a
+     * foreign key.  Read from the schema (~0.1 ms a request, as much as
+     * the rest of the tracking) only when its version changed: kept in a
+     * JSON file of $cache_dir named by the database's file and the
+     * schema's version, so a request reads one pragma and that file.
+     */
+    private static function schema(PDO $db)
     {
-        self::key_sql($db, $t, 'NEW');
-        return self::$cols[$t][1];
+        if (self::$schema !== null) {
+            return self::$schema;
+        }
+        // (Two pragmas: 7 us; one SELECT of their table-valued functions: 40.)
+        $file = '';
+        foreach ($db->query('PRAGMA database_list')->fetchAll(PDO::FETCH_NUM) as list(, $name, $f)) {
+            $file = $name === 'main' ? (string) $f : $file;
+        }
+        $ver = (string) $db->query('PRAGMA main.schema_version')->fetchColumn();
+        $dir = rtrim(self::$cache_dir ?: sys_get_temp_dir(), '/');
+        $path = "$dir/resplice-schema-" . md5($file) . "-$ver.json";
+        $kept = is_readable($path) ? json_decode((string) file_get_contents($path), true) : null;
+        if (!is_array($kept) || ($kept['file'] ?? null) !== $file) {
+            $kept = self::read_schema($db, $file);
+            $tmp = @tempnam($dir, 'resplice-schema-');
+            if ($tmp === false || file_put_contents($tmp, json_encode($kept)) === false || !rename($tmp, $path)) {
+                @unlink((string) $tmp);
+                error_log("resplice: cannot keep the schema's facts in $dir: each request reads them");
+            }
+        }
+        return self::$schema = $kept;
+    }
+
+    private static function read_schema(PDO $db, $file)
+    {
+        $kept = ['file' => $file, 'tables' => [], 'references' => []];
+        foreach (self::tables($db) as $t) {
+            $cols = $pk = [];
+            foreach ($db->query('PRAGMA main.table_info(' . self::ident($t) . ')')->fetchAll(PDO::FETCH_ASSOC) as $c) {
+                $cols[] = $c['name'];
+                if ($c['pk'] > 0) {
+                    $pk[$c['pk']] = $c['name'];
+                }
+            }
+            ksort($pk);
+            if (!$pk) {
+                array_unshift($cols, 'rowid');
+            }
+            $kept['tables'][$t] = [$cols, array_values($pk)];
+        }
+        $fks = $db->query('SELECT f."table", f."to", m.name FROM main.sqlite_master m,'
+            . " pragma_foreign_key_list(m.name) f WHERE m.type = 'table'")->fetchAll(PDO::FETCH_NUM);
+        foreach ($fks as list($parent, $to, $child)) {
+            $kept['references'][$parent][0][$child] = true;
+            // No column named: the parent's primary key.
+            foreach ($to !== null ? [$to] : $kept['tables'][$parent][1] ?? [] as $c) {
+                $kept['references'][$parent][1][$c] = true;
+            }
+        }
+        return $kept;
     }
 
     /** Every table of the database (a write whose table was not found). */
@@ -295,8 +341,16 @@ if (class_exists('rcube_db_sqlite')) {
         public function __construct($db_dsnw, $db_dsnr = '', $pconn = false)
         {
             parent::__construct($db_dsnw, $db_dsnr, $pconn);
-            resplice_tracker::$skip = (array) rcube::get_instance()->config->get('resplice_skip_tables',
-                                                                                  resplice_tracker::CACHES);
+            $config = rcube::get_instance()->config;
+            resplice_tracker::$skip = (array) $config->get('resplice_skip_tables', resplice_tracker::CACHES);
+            resplice_tracker::$cache_dir = $config->get('temp_dir') ?: null;
+        }
+
+        /** Each request's connection, persistent or not, gets the triggers' function first. */
+        protected function conn_configure($dsn, $dbh)
+        {
+            parent::conn_configure($dsn, $dbh);
+            resplice_tracker::attach($dbh);
         }
 
         /** PDO knows the driver as sqlite. */
