@@ -33,8 +33,8 @@ void rs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void rs_log_hold(void);
 void rs_log_flush(void);
 /* From a signal handler about to _exit: the held lines, then "<epoch>.<us>
- * <name> <msg>\n", with nothing but write(2) (async-signal-safe; a line
- * the interrupted code was adding to the buffer is lost). */
+ * <name> <msg>\n", with nothing but write(2) (async-signal-safe; lines
+ * the interrupted code was adding or writing may be lost or doubled). */
 void rs_log_from_signal(const char *msg);
 /* Writes all 'len' bytes (again after EINTR or a short write).  Returns 0
  * or -errno. */
