@@ -244,6 +244,11 @@ class ChangeSets(unittest.TestCase):
         self.assertIn("'\"name\"=''n'''", text, "keyed by its primary key, not rowid")
         self.apply(text)
         self.assert_same("later")
+        # One made by the request itself, after its first write.
+        text = self.request("UPDATE later SET v = 'y' WHERE name = 'n'",
+                            "CREATE TABLE sooner (id INTEGER PRIMARY KEY, v TEXT)",
+                            "INSERT INTO sooner (id, v) VALUES (5, 'z')")
+        self.assertIn("'\"id\"=5'", text)
 
     def test_a_request_without_writes_changes_nothing(self):
         self.request("INSERT INTO session (sess_id, changed, ip, vars) VALUES ('s', '2026-12-05', '', 'v')")
