@@ -409,7 +409,7 @@ static void alive(struct rs_timer *t)
     struct proxy *p = t->ctx;
     struct pair *pr = &p->pair;
 
-    px_pair_woken(p);
+    /* (A stop since the last one was found as the loop woke: px_pair_woken.) */
     pr->alive_ns = rs_mono_ns();
     set_mark(pr);
     if (!px_link_up(p)) {

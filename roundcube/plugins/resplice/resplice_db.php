@@ -232,8 +232,8 @@ class resplice_tracker
     /**
      * What the tracking needs of the database's schema: every table's
      * columns and primary key, and which tables reference which by a
-     * foreign key.  Read from the schema (0.14 ms a request in place, as
-     * much as the rest of the tracking) only when its version changed:
+     * foreign key.  Read from the schema (~0.07 ms a request in place:
+     * table_info, the foreign keys) only when its version changed:
      * kept in a JSON file of $cache_dir named by the database's file and
      * the schema's version, so a request reads two pragmas and that file
      * (a database in memory, which has no file, reads the schema).
